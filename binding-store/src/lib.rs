@@ -1,0 +1,20 @@
+//! Tenant bindings for Nexus Edge.
+//!
+//! - [`model`]: the binding record and the types it is made of.
+//! - [`table`]: the immutable, structurally shared [`BindingTable`] and the lock-free
+//!   [`BindingHandle`] requests read it through.
+//!
+//! This crate knows nothing of Pingora or HTTP: it is shared by the proxy, the admin CLI
+//! and the benchmarks.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod model;
+pub mod table;
+
+pub use error::{ApplyError, FieldError, StoreError};
+pub use model::{
+    Binding, BindingRecord, DomainName, InstanceId, Mode, OrgId, Plan, Region, Revision, SubscriptionId,
+    TenantId, TenantStatus, UpstreamUrl,
+};
+pub use table::{BindingHandle, BindingTable, Change};

@@ -1,0 +1,633 @@
+//! The binding record and the small types it is made of.
+//!
+//! Every field that the router makes a decision on is a type that can only hold a valid
+//! value: a `TenantId` is always canonical, a status is one of the known states, an
+//! upstream URL is always `http(s)://host[:port][/path]`. Records arrive as JSON
+//! ([`BindingRecord`], the wire format) and become a [`Binding`] only through
+//! [`Binding::from_record`], which names every problem it finds.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::FieldError;
+
+/// Longest tenant id: one DNS label, so `<tenant>.<base domain>` is always a valid host.
+pub const MAX_TENANT_ID_LEN: usize = 63;
+
+/// A tenant id in canonical form: 1–63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
+///
+/// Canonical means there is exactly one spelling per tenant, so comparing two ids is a byte
+/// comparison and a token claim `ACME` never matches the tenant `acme`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(Arc<str>);
+
+impl TenantId {
+    /// Parses a tenant id that must already be canonical (no case folding, no trimming).
+    pub fn parse(s: &str) -> Result<Self, FieldError> {
+        if is_dns_label(s) {
+            Ok(Self(Arc::from(s)))
+        } else {
+            Err(FieldError::new(
+                "tenant_id",
+                format!("{s:?} is not a canonical tenant id (1-63 of a-z, 0-9, '-', not starting or ending with '-')"),
+            ))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TenantId({})", &self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for TenantId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for TenantId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// True for a lowercase DNS label: 1–63 of `a-z0-9-`, not starting or ending with `-`.
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_TENANT_ID_LEN
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && b
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// An opaque identifier (instance id, subscription id, org id, region): 1–128 printable ASCII
+/// characters without spaces, so it is safe to put in a header or a log line as it is.
+fn check_opaque(field: &'static str, s: &str) -> Result<(), FieldError> {
+    if !s.is_empty() && s.len() <= 128 && s.bytes().all(|c| c.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("{s:?} must be 1-128 printable ASCII characters without spaces"),
+        ))
+    }
+}
+
+macro_rules! opaque_id {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Parses the id: 1–128 printable ASCII characters, no spaces.
+            pub fn parse(s: &str) -> Result<Self, FieldError> {
+                check_opaque($field, s)?;
+                Ok(Self(Arc::from(s)))
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+opaque_id!(
+    /// The backend instance a tenant runs on (e.g. `inst-eu-042`).
+    InstanceId,
+    "instance_id"
+);
+opaque_id!(
+    /// The billing subscription behind the tenant.
+    SubscriptionId,
+    "subscription_id"
+);
+opaque_id!(
+    /// The identity provider's organisation id; tokens carry it in the org claim.
+    OrgId,
+    "identity_org_id"
+);
+opaque_id!(
+    /// Deployment region (e.g. `eu-west`).
+    Region,
+    "region"
+);
+
+/// A store-wide revision. Every change gets a larger one; a table never goes back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Revision(pub u64);
+
+impl Revision {
+    /// No change applied yet.
+    pub const ZERO: Revision = Revision(0);
+
+    /// The numeric value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Every state a tenant can be in: the billing states and the provisioning states of the brief.
+///
+/// `active` appears in both lists and is one state. Policy code matches on this exhaustively,
+/// so a new state does not compile until someone decides what the router does with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStatus {
+    /// Billing: trial period; served.
+    Trialing,
+    /// Billing and provisioning: paid and running; served.
+    Active,
+    /// Billing: payment failed; served with a notice to the app.
+    PastDue,
+    /// Billing: grace period after a failed payment; served.
+    GracePeriod,
+    /// Billing: only the billing / admin recovery paths are served.
+    Suspended,
+    /// Billing: deprovisioning; no longer served (410).
+    Canceled,
+    /// Provisioning: order received, nothing deployed yet.
+    OrderReceived,
+    /// Provisioning: payment verified.
+    PaymentVerified,
+    /// Provisioning: waiting for a provisioning slot.
+    QueuedForProvisioning,
+    /// Provisioning: instance being deployed.
+    Provisioning,
+    /// Provisioning: deployed instance being validated.
+    Validation,
+    /// Provisioning: waiting on the customer (DNS, identity).
+    AwaitingCustomerAction,
+    /// Operations: blocked by an operator.
+    Blocked,
+    /// Operations: an incident is open for this tenant's instance.
+    Incident,
+}
+
+impl TenantStatus {
+    /// Every state, for help texts and exhaustive tests.
+    pub const ALL: [TenantStatus; 14] = [
+        TenantStatus::Trialing,
+        TenantStatus::Active,
+        TenantStatus::PastDue,
+        TenantStatus::GracePeriod,
+        TenantStatus::Suspended,
+        TenantStatus::Canceled,
+        TenantStatus::OrderReceived,
+        TenantStatus::PaymentVerified,
+        TenantStatus::QueuedForProvisioning,
+        TenantStatus::Provisioning,
+        TenantStatus::Validation,
+        TenantStatus::AwaitingCustomerAction,
+        TenantStatus::Blocked,
+        TenantStatus::Incident,
+    ];
+
+    /// The wire name (`past_due`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Trialing => "trialing",
+            TenantStatus::Active => "active",
+            TenantStatus::PastDue => "past_due",
+            TenantStatus::GracePeriod => "grace_period",
+            TenantStatus::Suspended => "suspended",
+            TenantStatus::Canceled => "canceled",
+            TenantStatus::OrderReceived => "order_received",
+            TenantStatus::PaymentVerified => "payment_verified",
+            TenantStatus::QueuedForProvisioning => "queued_for_provisioning",
+            TenantStatus::Provisioning => "provisioning",
+            TenantStatus::Validation => "validation",
+            TenantStatus::AwaitingCustomerAction => "awaiting_customer_action",
+            TenantStatus::Blocked => "blocked",
+            TenantStatus::Incident => "incident",
+        }
+    }
+}
+
+impl fmt::Display for TenantStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TenantStatus {
+    type Err = FieldError;
+    fn from_str(s: &str) -> Result<Self, FieldError> {
+        TenantStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = TenantStatus::ALL.iter().map(|s| s.as_str()).collect();
+                FieldError::new("status", format!("unknown status {s:?}; expected one of {}", names.join(", ")))
+            })
+    }
+}
+
+/// The plan the tenant bought.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Plan {
+    /// Single-user workspaces on shared nodes.
+    Solo,
+    /// Multi-user production.
+    Team,
+    /// High-seat, high-compliance.
+    Enterprise,
+}
+
+impl Plan {
+    /// The deployment mode a plan gets when the record does not say.
+    pub fn default_mode(self) -> Mode {
+        match self {
+            Plan::Solo => Mode::Isolated,
+            Plan::Team | Plan::Enterprise => Mode::Cooperative,
+        }
+    }
+}
+
+/// Deployment mode: same runtime, different policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Solo: single-user workspaces, no API access.
+    Isolated,
+    /// Team / Enterprise: shared workspace with RBAC.
+    Cooperative,
+}
+
+/// An upstream base URL: `http` or `https`, a host, an optional port and path prefix; no user
+/// info, query or fragment (those would silently change every forwarded request).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct UpstreamUrl(url::Url);
+
+impl UpstreamUrl {
+    /// Parses and checks an upstream URL; `field` names the record field in the error.
+    pub fn parse(field: &'static str, s: &str) -> Result<Self, FieldError> {
+        let u = url::Url::parse(s).map_err(|e| FieldError::new(field, format!("{s:?} is not a URL: {e}")))?;
+        if u.scheme() != "http" && u.scheme() != "https" {
+            return Err(FieldError::new(field, format!("{s:?}: scheme must be http or https")));
+        }
+        if u.host_str().is_none_or(str::is_empty) {
+            return Err(FieldError::new(field, format!("{s:?}: a host is required")));
+        }
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(FieldError::new(field, format!("{s:?}: user info is not allowed")));
+        }
+        if u.query().is_some() || u.fragment().is_some() {
+            return Err(FieldError::new(field, format!("{s:?}: query and fragment are not allowed")));
+        }
+        Ok(Self(u))
+    }
+
+    /// The parsed URL.
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+
+    /// True for `https`.
+    pub fn is_tls(&self) -> bool {
+        self.0.scheme() == "https"
+    }
+
+    /// Host as it appears in the URL (IPv6 without brackets).
+    pub fn host(&self) -> &str {
+        match self.0.host() {
+            Some(url::Host::Ipv6(_)) => self
+                .0
+                .host_str()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+                .unwrap_or(""),
+            _ => self.0.host_str().unwrap_or(""),
+        }
+    }
+
+    /// Port, defaulting by scheme.
+    pub fn port(&self) -> u16 {
+        self.0.port_or_known_default().unwrap_or(80)
+    }
+
+    /// Path prefix without a trailing slash ("" for the root).
+    pub fn path_prefix(&self) -> &str {
+        self.0.path().trim_end_matches('/')
+    }
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse("url", &s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A custom domain in canonical form: lowercase, no trailing dot, at least two labels, each a
+/// valid DNS label (punycode for internationalised names). Never an IP address.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct DomainName(Arc<str>);
+
+impl DomainName {
+    /// Parses a domain that must already be canonical.
+    pub fn parse(s: &str) -> Result<Self, FieldError> {
+        let ok = s.len() <= 253
+            && s.contains('.')
+            && s.split('.').all(is_dns_label)
+            // The last label of a real domain is never all digits; this also refuses IPv4.
+            && !s.rsplit('.').next().is_some_and(|l| l.bytes().all(|c| c.is_ascii_digit()));
+        if ok {
+            Ok(Self(Arc::from(s)))
+        } else {
+            Err(FieldError::new(
+                "domains",
+                format!("{s:?} is not a canonical domain name (lowercase labels, no trailing dot, not an IP)"),
+            ))
+        }
+    }
+
+    /// The domain as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for DomainName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DomainName({})", &self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for DomainName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The wire form of a binding, as stored in JSON files and in Redis.
+///
+/// Every field is plain data; [`Binding::from_record`] validates it. Unknown fields are
+/// refused so that a typo (`instance_ur1`) is an error instead of a silently missing value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingRecord {
+    /// Canonical tenant id.
+    pub tenant_id: String,
+    /// Billing subscription.
+    pub subscription_id: String,
+    /// Backend instance id.
+    pub instance_id: String,
+    /// Where the tenant's app runs.
+    pub instance_url: String,
+    /// Where the tenant's API runs, if not on `instance_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// The identity org the tenant's tokens must carry, if the tenant has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_org_id: Option<String>,
+    /// Subscription / provisioning status (wire name).
+    pub status: String,
+    /// Plan (`solo`, `team`, `enterprise`).
+    pub plan: String,
+    /// Region.
+    pub region: String,
+    /// Custom domains served for this tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+    /// Store revision of the last change to this record.
+    #[serde(default)]
+    pub revision: u64,
+    /// RFC 3339 time of the last change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    /// Deployment mode; defaults from the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+/// A validated binding: everything the router needs to send a tenant's traffic to its instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// Billing subscription.
+    pub subscription_id: SubscriptionId,
+    /// Backend instance.
+    pub instance_id: InstanceId,
+    /// The instance's base URL.
+    pub instance_url: UpstreamUrl,
+    /// API base URL, when API traffic goes elsewhere.
+    pub api_url: Option<UpstreamUrl>,
+    /// Org the tenant's tokens must carry, when set.
+    pub identity_org_id: Option<OrgId>,
+    /// Current status.
+    pub status: TenantStatus,
+    /// Plan.
+    pub plan: Plan,
+    /// Region.
+    pub region: Region,
+    /// Custom domains (canonical, no duplicates).
+    pub domains: Vec<DomainName>,
+    /// Revision of the last change.
+    pub revision: Revision,
+    /// Time of the last change.
+    pub updated_at: Option<OffsetDateTime>,
+    /// Deployment mode.
+    pub mode: Mode,
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(field: &'static str, s: &str, expected: &str) -> Result<T, FieldError> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| FieldError::new(field, format!("unknown {field} {s:?}; expected one of {expected}")))
+}
+
+impl Binding {
+    /// Validates a wire record. Returns every field problem at once.
+    pub fn from_record(r: &BindingRecord) -> Result<Binding, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        macro_rules! take {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        errs.push(e);
+                        None
+                    }
+                }
+            };
+        }
+        let tenant_id = take!(TenantId::parse(&r.tenant_id));
+        let subscription_id = take!(SubscriptionId::parse(&r.subscription_id));
+        let instance_id = take!(InstanceId::parse(&r.instance_id));
+        let instance_url = take!(UpstreamUrl::parse("instance_url", &r.instance_url));
+        let api_url = match &r.api_url {
+            None => Some(None),
+            Some(s) => take!(UpstreamUrl::parse("api_url", s)).map(Some),
+        };
+        let identity_org_id = match &r.identity_org_id {
+            None => Some(None),
+            Some(s) => take!(OrgId::parse(s)).map(Some),
+        };
+        let status = take!(r.status.parse::<TenantStatus>());
+        let plan: Option<Plan> = take!(parse_enum("plan", &r.plan, "solo, team, enterprise"));
+        let region = take!(Region::parse(&r.region));
+        let mut domains = Vec::with_capacity(r.domains.len());
+        for d in &r.domains {
+            if let Some(d) = take!(DomainName::parse(d)) {
+                if domains.contains(&d) {
+                    errs.push(FieldError::new("domains", format!("{d} is listed twice")));
+                } else {
+                    domains.push(d);
+                }
+            }
+        }
+        let updated_at = match &r.updated_at {
+            None => Some(None),
+            Some(s) => take!(OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| FieldError::new("updated_at", format!("{s:?} is not an RFC 3339 time: {e}"))))
+            .map(Some),
+        };
+        let mode: Option<Option<Mode>> = match &r.mode {
+            None => Some(None),
+            Some(s) => take!(parse_enum("mode", s, "isolated, cooperative")).map(Some),
+        };
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        // Every `take!` above succeeded, so each Option is Some.
+        match (
+            tenant_id,
+            subscription_id,
+            instance_id,
+            instance_url,
+            api_url,
+            identity_org_id,
+            status,
+            plan,
+            region,
+            updated_at,
+            mode,
+        ) {
+            (
+                Some(tenant_id),
+                Some(subscription_id),
+                Some(instance_id),
+                Some(instance_url),
+                Some(api_url),
+                Some(identity_org_id),
+                Some(status),
+                Some(plan),
+                Some(region),
+                Some(updated_at),
+                Some(mode),
+            ) => Ok(Binding {
+                tenant_id,
+                subscription_id,
+                instance_id,
+                instance_url,
+                api_url,
+                identity_org_id,
+                status,
+                plan,
+                region,
+                domains,
+                revision: Revision(r.revision),
+                updated_at,
+                mode: mode.unwrap_or(plan.default_mode()),
+            }),
+            _ => Err(vec![FieldError::new("record", "invalid record".to_owned())]),
+        }
+    }
+
+    /// The wire form of this binding.
+    pub fn to_record(&self) -> BindingRecord {
+        BindingRecord {
+            tenant_id: self.tenant_id.to_string(),
+            subscription_id: self.subscription_id.to_string(),
+            instance_id: self.instance_id.to_string(),
+            instance_url: self.instance_url.to_string(),
+            api_url: self.api_url.as_ref().map(ToString::to_string),
+            identity_org_id: self.identity_org_id.as_ref().map(ToString::to_string),
+            status: self.status.as_str().to_owned(),
+            plan: serde_json::to_value(self.plan)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            region: self.region.to_string(),
+            domains: self.domains.iter().map(ToString::to_string).collect(),
+            revision: self.revision.0,
+            updated_at: self
+                .updated_at
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+            mode: serde_json::to_value(self.mode)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned)),
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Nexus Edge configuration.
+#![warn(missing_docs)]
+
+pub mod settings;
+
+pub use settings::*;

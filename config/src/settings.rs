@@ -1,0 +1,156 @@
+//! The validated settings the rest of Nexus Edge works with.
+//!
+//! These are domain types, separate from the TOML file format (see `file.rs`): every value
+//! here has already been checked, so code that receives a [`Settings`] never re-validates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `nexus-edge serve` needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Listener, threads, shutdown.
+    pub server: ServerSettings,
+    /// How a request's host maps to a tenant, and which paths are special.
+    pub tenancy: TenancySettings,
+    /// Token validation.
+    pub auth: AuthSettings,
+    /// Connections to tenant instances.
+    pub upstream: UpstreamSettings,
+    /// Where bindings come from.
+    pub store: StoreSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerSettings {
+    /// Plain HTTP listener address.
+    pub listen: SocketAddr,
+    /// Address of the operations listener (`/metrics`, `/healthz`, `/readyz`); `None` = off.
+    pub admin_listen: Option<SocketAddr>,
+    /// Pingora worker threads.
+    pub threads: usize,
+    /// How long in-flight requests get to finish after SIGTERM/SIGINT before the process exits.
+    pub shutdown_grace: Duration,
+    /// Delay between the shutdown signal and closing the listeners (lets load balancers notice).
+    pub shutdown_delay: Duration,
+}
+
+/// `[tenancy]`
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenancySettings {
+    /// Base domains: a host `<tenant>.<base>` addresses `<tenant>`. Lowercase, no trailing dot.
+    pub base_domains: Vec<String>,
+    /// Path prefixes routed by host without a token (e.g. `/login`, `/assets/`).
+    pub public_paths: Vec<String>,
+    /// Path prefixes still served for a `suspended` tenant (billing / admin recovery).
+    pub recovery_paths: Vec<String>,
+    /// Requests under this prefix go to the binding's `api_url` when it has one.
+    pub api_prefix: String,
+    /// `Retry-After` sent with the 503 for tenants still being provisioned.
+    pub provisioning_retry_after: Duration,
+    /// Response header set on requests for `past_due` tenants (the app shows a notice).
+    pub past_due_header: String,
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthSettings {
+    /// Where the verification keys (a JWKS, RFC 7517) come from.
+    pub jwks: JwksSource,
+    /// HMAC secrets, each under its `kid`; HS256/384/512 are refused unless one is configured.
+    pub hmac_keys: Vec<HmacKey>,
+    /// Accepted `iss` values; empty = `iss` not checked.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values (token `aud` may be a string or an array); empty = not checked.
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Claim holding the tenant id.
+    pub tenant_claim: String,
+    /// Claim holding the identity org id.
+    pub org_claim: String,
+    /// Cookie that may carry the token besides `Authorization: Bearer`.
+    pub session_cookie: Option<String>,
+    /// Entries in the verified-token cache; 0 disables it.
+    pub token_cache_capacity: usize,
+    /// Longest token accepted, in bytes.
+    pub max_token_bytes: usize,
+}
+
+/// Where verification keys come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JwksSource {
+    /// A JWKS file, reloaded when it changes. A config file must name one.
+    File(PathBuf),
+    /// The demo key set compiled into the binary; only the no-config embedded default uses it.
+    EmbeddedDemo,
+}
+
+/// A shared HMAC secret, enabled explicitly.
+#[derive(Clone, PartialEq)]
+pub struct HmacKey {
+    /// Key id matched against the token's `kid`.
+    pub kid: String,
+    /// The secret bytes (never printed).
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for HmacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HmacKey")
+            .field("kid", &self.kid)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `[upstream]`
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamSettings {
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed between reads from the instance.
+    pub read_timeout: Duration,
+    /// Time allowed between writes to the instance.
+    pub write_timeout: Duration,
+    /// Extra CA bundle (PEM) for `https` instances; the system roots are used otherwise.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[store]`: where bindings come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreSettings {
+    /// A JSON file of binding records, reloaded when it changes.
+    File(FileStoreSettings),
+}
+
+/// `[store] kind = "file"`
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileStoreSettings {
+    /// The bindings file; `None` only in the no-config embedded default (demo bindings).
+    pub path: Option<PathBuf>,
+    /// How often the file is checked for changes.
+    pub poll_interval: Duration,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info` or `nexus_edge=debug,info`.
+    pub filter: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
