@@ -18,3 +18,7 @@ pub use model::{
     TenantId, TenantStatus, UpstreamUrl,
 };
 pub use table::{BindingHandle, BindingTable, Change};
+pub mod source;
+pub use source::{BindingSource, SyncHealth};
+pub mod admin;
+pub use admin::{Actor, AdminError, AuditEntry, BindingAdmin, Mutation};

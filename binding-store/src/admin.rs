@@ -1,0 +1,111 @@
+//! Admin writes to a binding store: the operations behind `nexus-edge tenant ...`.
+//!
+//! Every write is atomic in the store (record + revision + change event + audit entry in one
+//! step) and may carry an expected revision for optimistic concurrency: a write that expected
+//! revision N fails with [`AdminError::Conflict`] if someone else changed the tenant first.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Binding, InstanceId, Revision, TenantId, TenantStatus, UpstreamUrl};
+
+/// Who made a change and why; recorded in the audit log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// Operator or pipeline name (e.g. `alice`, `provisioner`).
+    pub name: String,
+    /// Free-text reason (ticket, migration id).
+    pub reason: Option<String>,
+}
+
+/// One change a writer wants made.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mutation {
+    /// Create or replace the whole binding (its `revision` and `updated_at` are assigned by the store).
+    Put(Box<Binding>),
+    /// Move the tenant to another instance.
+    Rebind {
+        /// New instance.
+        instance_id: InstanceId,
+        /// New instance URL.
+        instance_url: UpstreamUrl,
+        /// New API URL: `None` leaves it unchanged, `Some(None)` clears it.
+        api_url: Option<Option<UpstreamUrl>>,
+    },
+    /// Change the status.
+    SetStatus(TenantStatus),
+    /// Remove the binding.
+    Delete,
+}
+
+/// One audit log entry: who, when, what, old and new value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Revision the change produced.
+    pub revision: u64,
+    /// RFC 3339 time of the change.
+    pub at: String,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Operation (`put`, `rebind`, `set-status`, `delete`, `import`).
+    pub op: String,
+    /// Record before the change (`None` when created).
+    pub old: Option<crate::model::BindingRecord>,
+    /// Record after the change (`None` when deleted).
+    pub new: Option<crate::model::BindingRecord>,
+}
+
+/// Why an admin write or read failed. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The tenant does not exist.
+    #[error("tenant {0} not found")]
+    NotFound(TenantId),
+    /// `--expect-revision` did not match.
+    #[error("conflict: tenant {tenant} is at revision {actual}, not the expected {expected}; re-read it and retry")]
+    Conflict {
+        /// Tenant.
+        tenant: TenantId,
+        /// Revision the writer expected.
+        expected: Revision,
+        /// Revision the store has (0 = absent).
+        actual: Revision,
+    },
+    /// The change would leave an invalid binding (e.g. a domain owned by another tenant).
+    #[error("tenant {tenant}: {reason}")]
+    Invalid {
+        /// Tenant.
+        tenant: TenantId,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store could not be reached or answered with an error.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store's data is damaged (a record that does not parse, ...).
+    #[error("store data is damaged: {0}")]
+    Corrupt(String),
+}
+
+/// Reads and atomic writes against a binding store.
+#[async_trait]
+pub trait BindingAdmin: Send + Sync {
+    /// One tenant's binding.
+    async fn get(&self, tenant: &TenantId) -> Result<Option<Binding>, AdminError>;
+    /// Every binding (sorted by tenant id).
+    async fn list(&self) -> Result<Vec<Binding>, AdminError>;
+    /// Applies one mutation atomically; returns the binding after it (`None` after a delete).
+    async fn apply(
+        &self,
+        tenant: &TenantId,
+        mutation: Mutation,
+        expect: Option<Revision>,
+        actor: &Actor,
+    ) -> Result<(Revision, Option<Binding>), AdminError>;
+    /// The tenant's audit history, oldest first.
+    async fn history(&self, tenant: &TenantId) -> Result<Vec<AuditEntry>, AdminError>;
+}
