@@ -1,6 +1,21 @@
-//! Nexus Edge configuration.
+//! Nexus Edge configuration: TOML parsing and validation into typed settings.
+//!
+//! The file format is private to this crate; the rest of the router only sees the validated
+//! [`Settings`]. Every problem in a file is reported at once, each with its dotted key path
+//! and line, and unknown keys are errors (a typo must not silently fall back to a default).
+//! `deploy/nexus-edge.example.toml` documents every key.
 #![warn(missing_docs)]
 
+mod defaults;
+mod error;
+mod load;
+mod reader;
 pub mod settings;
 
+pub use defaults::embedded_default;
+pub use error::{ConfigError, Problem};
+pub use load::{load_file, parse_str};
 pub use settings::*;
+
+#[cfg(test)]
+mod tests;

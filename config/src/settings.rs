@@ -33,10 +33,9 @@ pub struct ServerSettings {
     pub admin_listen: Option<SocketAddr>,
     /// Pingora worker threads.
     pub threads: usize,
-    /// How long in-flight requests get to finish after SIGTERM/SIGINT before the process exits.
+    /// After SIGTERM/SIGINT the listeners close at once and in-flight requests get this long
+    /// to finish before the process exits.
     pub shutdown_grace: Duration,
-    /// Delay between the shutdown signal and closing the listeners (lets load balancers notice).
-    pub shutdown_delay: Duration,
 }
 
 /// `[tenancy]`

@@ -1,19 +1,4 @@
 //! Nexus Edge: the tenant router.
-//!
-//! The request path is a chain of small, pure decisions, each in its own module, and one
-//! Pingora service that only orchestrates them:
-//!
-//! | module | decides |
-//! |---|---|
-//! | [`host`] | which tenant a request is addressed to |
-//! | [`path`] | the one normalised path used for policy and upstream |
-//! | [`auth`] | whether the token is genuine (JWKS, JWT rules, verified-token cache) |
-//! | [`authz`] | whether the token's tenant/org claims match the addressed tenant |
-//! | [`policy`] | what the tenant's status allows |
-//! | [`decision`] | all of the above, in order, for one request |
-//! | [`route`] | which upstream and which headers |
-//! | [`errors`] | status code, body and metric label of every rejection |
-//! | [`service`] | the Pingora `ProxyHttp` glue |
 #![warn(missing_docs)]
 
 pub mod auth;

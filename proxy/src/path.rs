@@ -1,1 +1,302 @@
-//! path
+//! One normalised path per request, used for every policy decision and sent upstream.
+//!
+//! If the policy decided on one spelling of a path and the instance received another,
+//! `/billing/../api` would pass a "billing only" rule and reach the API. So the path is
+//! normalised exactly once, here, and that same string is what the instance gets.
+//!
+//! Rules:
+//! - origin-form only (starts with `/`);
+//! - `%XX` of an unreserved character (`A-Z a-z 0-9 - . _ ~`) is decoded, every other `%XX`
+//!   keeps its encoding with uppercase hex;
+//! - an encoded `/` or `\` (`%2F`, `%5C`), an encoded NUL and a raw `\` are refused: upstreams
+//!   disagree on what they mean, so no prefix rule could be sound with them;
+//! - raw control characters, spaces and non-ASCII bytes are refused (they must be encoded);
+//! - dot-segments are removed (RFC 3986 §5.2.4) after decoding, so `%2e%2e` counts as `..`;
+//!   `..` at the root stays at the root;
+//! - runs of `/` collapse to one; a trailing `/` is kept.
+
+use std::borrow::Cow;
+
+/// Longest path accepted.
+pub const MAX_PATH_LEN: usize = 8 * 1024;
+
+/// Why a path was refused (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Not origin-form (`*`, authority-form, empty).
+    #[error("request-target is not an absolute path")]
+    NotOriginForm,
+    /// `%2F` or `%5C`: an encoded path separator.
+    #[error("encoded path separator")]
+    EncodedSeparator,
+    /// `%00`.
+    #[error("encoded NUL")]
+    EncodedNul,
+    /// A raw backslash.
+    #[error("backslash in path")]
+    Backslash,
+    /// Control character, space or non-ASCII byte.
+    #[error("character that must be percent-encoded")]
+    ControlChar,
+    /// `%` not followed by two hex digits.
+    #[error("malformed percent-encoding")]
+    InvalidPercent,
+    /// Longer than [`MAX_PATH_LEN`].
+    #[error("path too long")]
+    TooLong,
+}
+
+impl PathError {
+    /// Closed label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            PathError::NotOriginForm => "not_origin_form",
+            PathError::EncodedSeparator => "encoded_separator",
+            PathError::EncodedNul => "encoded_nul",
+            PathError::Backslash => "backslash",
+            PathError::ControlChar => "control_char",
+            PathError::InvalidPercent => "invalid_percent",
+            PathError::TooLong => "too_long",
+        }
+    }
+}
+
+/// Splits a request-target into path and query (without the `?`). A fragment never reaches a
+/// server; if one does, it is treated as part of the query and left alone.
+pub fn split_target(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Bytes allowed raw in a path (RFC 3986 `pchar` plus `/`, minus `%`, handled apart).
+fn is_path_char(c: u8) -> bool {
+    is_unreserved(c)
+        || matches!(
+            c,
+            b'/' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+        )
+}
+
+/// Normalises a path (no query). See the module docs for the rules.
+///
+/// Already-normal paths (the common case) are returned borrowed, without allocating.
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    let b = raw.as_bytes();
+    if b.first() != Some(&b'/') {
+        return Err(PathError::NotOriginForm);
+    }
+    if b.len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong);
+    }
+    // Pass 1: validate, and see whether anything needs rewriting.
+    let mut needs_work = false;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    b.get(i + 1).copied().and_then(hex_val),
+                    b.get(i + 2).copied().and_then(hex_val),
+                ) else {
+                    return Err(PathError::InvalidPercent);
+                };
+                let v = h * 16 + l;
+                match v {
+                    b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                    0 => return Err(PathError::EncodedNul),
+                    _ => {}
+                }
+                if is_unreserved(v) || b[i + 1].is_ascii_lowercase() || b[i + 2].is_ascii_lowercase() {
+                    needs_work = true;
+                }
+                i += 3;
+                continue;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            _ if !is_path_char(c) => return Err(PathError::ControlChar),
+            b'/' if b.get(i + 1) == Some(&b'/') => needs_work = true,
+            b'.' if (i == 0 || b[i - 1] == b'/') && is_dot_segment(&b[i..]) => needs_work = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    if !needs_work {
+        return Ok(Cow::Borrowed(raw));
+    }
+
+    // Pass 2: decode unreserved escapes, uppercase the rest.
+    let mut decoded = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            // Validated in pass 1: two hex digits follow.
+            let v = hex_val(b[i + 1]).unwrap_or(0) * 16 + hex_val(b[i + 2]).unwrap_or(0);
+            if is_unreserved(v) {
+                decoded.push(char::from(v));
+            } else {
+                decoded.push('%');
+                decoded.push(char::from(b[i + 1].to_ascii_uppercase()));
+                decoded.push(char::from(b[i + 2].to_ascii_uppercase()));
+            }
+            i += 3;
+        } else {
+            decoded.push(char::from(b[i]));
+            i += 1;
+        }
+    }
+
+    // Pass 3: segments — drop empty and ".", resolve "..", keep a trailing slash.
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut path = String::with_capacity(decoded.len());
+    for seg in &out {
+        path.push('/');
+        path.push_str(seg);
+    }
+    if path.is_empty() || trailing {
+        path.push('/');
+    }
+    Ok(Cow::Owned(path))
+}
+
+/// True if `s` (starting right after a `/` or at the start) is a `.` or `..` segment,
+/// possibly spelled with `%2e`.
+fn is_dot_segment(s: &[u8]) -> bool {
+    let seg_end = s.iter().position(|&c| c == b'/').unwrap_or(s.len());
+    matches!(&s[..seg_end], b"." | b"..")
+}
+
+/// Segment-aware prefix test for public, recovery and API prefixes.
+///
+/// `/billing` matches `/billing`, `/billing/` and `/billing/x`, not `/billingx`. A prefix that
+/// ends with `/` (`/assets/`) matches everything under it and the bare `/assets`.
+pub fn has_prefix(path: &str, prefix: &str) -> bool {
+    let base = prefix.strip_suffix('/').unwrap_or(prefix);
+    if base.is_empty() {
+        // "/" matches everything.
+        return true;
+    }
+    match path.strip_prefix(base) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation_table() {
+        let ok = [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("/billing/../api", "/api"),
+            ("/billing/%2e%2e/api", "/api"),
+            ("/billing/%2E%2E/api", "/api"),
+            ("/billing/.%2e/api", "/api"),
+            ("//billing///x", "/billing/x"),
+            ("/a/./b/", "/a/b/"),
+            ("/a/.", "/a/"),
+            ("/a/..", "/"),
+            ("/..", "/"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("/%7e", "/~"),
+            ("/%7Euser", "/~user"),
+            ("/a%3ab", "/a%3Ab"),
+            ("/a%3Ab", "/a%3Ab"),
+            ("/%41%42", "/AB"),
+            ("/a..b/c", "/a..b/c"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/...", "/..."),
+            ("/a:b@c!$&'()*+,;=", "/a:b@c!$&'()*+,;="),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
+        }
+        let bad = [
+            ("", PathError::NotOriginForm),
+            ("*", PathError::NotOriginForm),
+            ("a/b", PathError::NotOriginForm),
+            ("/billing/%2E%2E%2Fapi", PathError::EncodedSeparator),
+            ("/a%2fb", PathError::EncodedSeparator),
+            ("/a%5Cb", PathError::EncodedSeparator),
+            ("/a%00b", PathError::EncodedNul),
+            ("/a\\b", PathError::Backslash),
+            ("/a b", PathError::ControlChar),
+            ("/a\tb", PathError::ControlChar),
+            ("/caf\u{e9}", PathError::ControlChar),
+            ("/a%", PathError::InvalidPercent),
+            ("/a%4", PathError::InvalidPercent),
+            ("/a%zz", PathError::InvalidPercent),
+            ("/a\"b", PathError::ControlChar),
+            ("/a<b", PathError::ControlChar),
+        ];
+        for (raw, want) in bad {
+            assert_eq!(normalize_path(raw), Err(want), "{raw:?}");
+        }
+        let long = format!("/{}", "a".repeat(MAX_PATH_LEN));
+        assert_eq!(normalize_path(&long), Err(PathError::TooLong));
+    }
+
+    #[test]
+    fn normal_paths_are_borrowed() {
+        for p in ["/", "/api/v1/items", "/a/b/", "/a%3Ab"] {
+            assert!(matches!(normalize_path(p), Ok(Cow::Borrowed(_))), "{p}");
+        }
+    }
+
+    #[test]
+    fn prefix_table() {
+        let cases = [
+            ("/billing", "/billing", true),
+            ("/billing/", "/billing", true),
+            ("/billing/x", "/billing", true),
+            ("/billingx", "/billing", false),
+            ("/bill", "/billing", false),
+            ("/assets/app.js", "/assets/", true),
+            ("/assets", "/assets/", true),
+            ("/assetsx", "/assets/", false),
+            ("/anything", "/", true),
+            ("/api/v1", "/api/", true),
+            ("/apiary", "/api/", false),
+        ];
+        for (path, prefix, want) in cases {
+            assert_eq!(has_prefix(path, prefix), want, "{path} vs {prefix}");
+        }
+    }
+
+    #[test]
+    fn split_target_table() {
+        assert_eq!(split_target("/a?b=c"), ("/a", Some("b=c")));
+        assert_eq!(split_target("/a"), ("/a", None));
+        assert_eq!(split_target("/a?"), ("/a", Some("")));
+        assert_eq!(split_target("/a?b?c"), ("/a", Some("b?c")));
+    }
+}

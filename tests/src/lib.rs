@@ -1,1 +1,15 @@
-//! Harness for end-to-end tests.
+//! Harness for end-to-end tests of the real `nexus-edge` binary.
+//!
+//! - [`backend`]: real HTTP instances on `127.0.0.1:0` that answer with their own name and the
+//!   headers they received (and can be slow, or speak WebSocket).
+//! - [`edge`]: starts the real binary on a generated config and stops it on drop.
+//! - [`http`]: a raw HTTP/1.1 client, so tests can send what a browser would not (two Host
+//!   headers, absolute-form targets, spoofed identity headers).
+//! - [`keys`]: signing keys and their JWKS for tests.
+//! - [`wait`]: polling with a deadline instead of sleeping.
+
+pub mod backend;
+pub mod edge;
+pub mod http;
+pub mod keys;
+pub mod wait;

@@ -1,0 +1,50 @@
+//! The baseline of the load harness: a bare Pingora proxy with no auth and one fixed upstream.
+//!
+//! `bare-proxy LISTEN UPSTREAM THREADS` — what Pingora itself costs per request, so the
+//! harness can report Nexus Edge's full path as a fraction of it.
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+
+struct Bare {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(listen), Some(upstream), Some(threads)) = (args.get(1), args.get(2), args.get(3)) else {
+        eprintln!("usage: bare-proxy LISTEN UPSTREAM THREADS");
+        std::process::exit(2);
+    };
+    let (Ok(upstream), Ok(threads)) = (upstream.parse::<SocketAddr>(), threads.parse::<usize>()) else {
+        eprintln!("bare-proxy: UPSTREAM must be ip:port and THREADS a number");
+        std::process::exit(2);
+    };
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream });
+    svc.add_tcp(listen);
+    server.add_service(svc);
+    server.run_forever();
+}

@@ -1,0 +1,58 @@
+//! The embedded default: what `nexus-edge serve` runs with when no config file is given.
+//!
+//! It works on a fresh machine with nothing else installed: loopback listeners, the demo key
+//! set compiled into the binary and the demo bindings. A config file never falls back to the
+//! demo keys or bindings: there `auth.jwks_file` and `store.path` are required.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::settings::*;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// The no-config default.
+pub fn embedded_default() -> Settings {
+    Settings {
+        server: ServerSettings {
+            listen: SocketAddr::new(LOOPBACK, 8080),
+            admin_listen: Some(SocketAddr::new(LOOPBACK, 9090)),
+            threads: 2,
+            shutdown_grace: Duration::from_secs(10),
+        },
+        tenancy: TenancySettings {
+            base_domains: vec!["nexus.localhost".to_owned()],
+            public_paths: vec!["/login".to_owned(), "/assets/".to_owned()],
+            recovery_paths: vec!["/billing".to_owned(), "/admin/recovery".to_owned()],
+            api_prefix: "/api/".to_owned(),
+            provisioning_retry_after: Duration::from_secs(30),
+            past_due_header: "x-nexus-billing-notice".to_owned(),
+        },
+        auth: AuthSettings {
+            jwks: JwksSource::EmbeddedDemo,
+            hmac_keys: Vec::new(),
+            issuers: vec!["https://id.nexus.localhost".to_owned()],
+            audiences: vec!["nexus".to_owned()],
+            leeway: Duration::from_secs(30),
+            tenant_claim: "tenant_id".to_owned(),
+            org_claim: "org_id".to_owned(),
+            session_cookie: Some("nexus_session".to_owned()),
+            token_cache_capacity: 100_000,
+            max_token_bytes: 8192,
+        },
+        upstream: UpstreamSettings {
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            ca_file: None,
+        },
+        store: StoreSettings::File(FileStoreSettings {
+            path: None,
+            poll_interval: Duration::from_secs(1),
+        }),
+        log: LogSettings {
+            filter: "info".to_owned(),
+            format: LogFormat::Text,
+        },
+    }
+}

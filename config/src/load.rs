@@ -1,0 +1,380 @@
+//! TOML text → validated [`Settings`]. Every section is read even when an earlier one failed,
+//! so one run of `nexus-edge check` lists every problem in the file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+
+use crate::defaults::embedded_default;
+use crate::error::ConfigError;
+use crate::reader::{unknown_message, Problems, Section};
+use crate::settings::*;
+
+const SECTIONS: [&str; 6] = ["server", "tenancy", "auth", "upstream", "store", "log"];
+
+/// Parses and validates config text; `origin` names the file in messages and anchors relative
+/// paths.
+pub fn parse_str(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        path: origin.to_path_buf(),
+        problems,
+    };
+    let mut p = Problems::new(text);
+    let root = match DeTable::parse(text) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e.span().map(|s| s.start);
+            p.push("(syntax)", at, e.message().trim().to_owned());
+            return Err(invalid(p.list));
+        }
+    };
+    let root = root.get_ref();
+    for (k, _) in root.iter() {
+        let name = k.get_ref().as_ref();
+        if !SECTIONS.contains(&name) {
+            p.push(name, Some(k.span().start), unknown_message(name, &SECTIONS));
+        }
+    }
+    let base = origin.parent().unwrap_or(Path::new("."));
+    let d = embedded_default();
+    let server = server(root, &d.server, &mut p);
+    let tenancy = tenancy(root, &d.tenancy, &mut p);
+    let auth = auth(root, &d.auth, base, &mut p);
+    let upstream = upstream(root, &d.upstream, base, &mut p);
+    let store = store(root, base, &mut p);
+    let log = log(root, &d.log, &mut p);
+    match (server, tenancy, auth, upstream, store, log) {
+        (Some(server), Some(tenancy), Some(auth), Some(upstream), Some(store), Some(log)) if p.list.is_empty() => {
+            Ok(Settings {
+                server,
+                tenancy,
+                auth,
+                upstream,
+                store,
+                log,
+            })
+        }
+        _ => Err(invalid(p.list)),
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_str(&text, path)
+}
+
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+const MS: Duration = Duration::from_millis(1);
+
+fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Option<ServerSettings> {
+    let mut s = Section::open(root, "server", p);
+    let before = p.list.len();
+    let listen = s.socket_addr("listen", p).unwrap_or(d.listen);
+    let admin_listen = match s.string("admin_listen", p) {
+        None => d.admin_listen,
+        Some((v, _)) if v.is_empty() => None,
+        Some((v, at)) => match v.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.push("server.admin_listen", Some(at), format!("{v:?} is not an address (\"\" turns it off)"));
+                None
+            }
+        },
+    };
+    if admin_listen == Some(listen) {
+        p.push("server.admin_listen", None, "must differ from server.listen");
+    }
+    let threads = s.integer("threads", 1, 1024, p).map_or(d.threads, |n| n as usize);
+    let shutdown_grace = s
+        .duration("shutdown_grace", Duration::ZERO, Duration::from_secs(600), p)
+        .unwrap_or(d.shutdown_grace);
+    s.finish(p);
+    (p.list.len() == before).then_some(ServerSettings {
+        listen,
+        admin_listen,
+        threads,
+        shutdown_grace,
+    })
+}
+
+/// A canonical domain: lowercase labels of `a-z0-9-`, no leading/trailing dot.
+fn check_domain(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        });
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not a lowercase domain name without leading or trailing dot"))
+    }
+}
+
+/// A path prefix used by the policy: plain, already-normal text.
+fn check_prefix(s: &str) -> Result<String, String> {
+    let ok = s.starts_with('/')
+        && !s.contains("//")
+        && !s.split('/').any(|seg| seg == "." || seg == "..")
+        && s.bytes().all(|c| c.is_ascii_graphic() && !matches!(c, b'%' | b'?' | b'#' | b'\\'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} must start with '/' and contain no '//', dot segments, '%', '?', '#' or '\\\\'"
+        ))
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+}
+
+fn tenancy(root: &DeTable<'_>, d: &TenancySettings, p: &mut Problems<'_>) -> Option<TenancySettings> {
+    let mut s = Section::open(root, "tenancy", p);
+    let before = p.list.len();
+    let base_domains = s.strings("base_domains", p, check_domain).unwrap_or_else(|| d.base_domains.clone());
+    if base_domains.is_empty() {
+        p.push("tenancy.base_domains", None, "must list at least one domain");
+    }
+    let public_paths = s.strings("public_paths", p, check_prefix).unwrap_or_else(|| d.public_paths.clone());
+    let recovery_paths = s
+        .strings("recovery_paths", p, check_prefix)
+        .unwrap_or_else(|| d.recovery_paths.clone());
+    let api_prefix = match s.string("api_prefix", p) {
+        None => d.api_prefix.clone(),
+        Some((v, at)) => check_prefix(&v).unwrap_or_else(|m| {
+            p.push("tenancy.api_prefix", Some(at), m);
+            v
+        }),
+    };
+    let provisioning_retry_after = s
+        .duration("provisioning_retry_after", Duration::from_secs(1), Duration::from_secs(86_400), p)
+        .unwrap_or(d.provisioning_retry_after);
+    let past_due_header = match s.string("past_due_header", p) {
+        None => d.past_due_header.clone(),
+        Some((v, at)) => {
+            if !is_token(&v) || v.bytes().any(|c| c.is_ascii_uppercase()) {
+                p.push("tenancy.past_due_header", Some(at), format!("{v:?} is not a lowercase header name"));
+            }
+            v
+        }
+    };
+    s.finish(p);
+    (p.list.len() == before).then_some(TenancySettings {
+        base_domains,
+        public_paths,
+        recovery_paths,
+        api_prefix,
+        provisioning_retry_after,
+        past_due_header,
+    })
+}
+
+fn auth(root: &DeTable<'_>, d: &AuthSettings, base: &Path, p: &mut Problems<'_>) -> Option<AuthSettings> {
+    let mut s = Section::open(root, "auth", p);
+    let before = p.list.len();
+    let jwks = match s.raw("jwks_file") {
+        Some(_) => s.path("jwks_file", base, p).map(JwksSource::File),
+        None => {
+            p.push("auth.jwks_file", None, "is required (the JWKS file with the token verification keys)");
+            None
+        }
+    };
+    let hmac_keys = hmac_keys(&mut s, base, p);
+    let issuers = s.strings("issuers", p, |v| Ok(v.to_owned())).unwrap_or_else(|| d.issuers.clone());
+    let audiences = s.strings("audiences", p, |v| Ok(v.to_owned())).unwrap_or_else(|| d.audiences.clone());
+    let leeway = s.duration("leeway", Duration::ZERO, Duration::from_secs(300), p).unwrap_or(d.leeway);
+    let claim = |v: &str| if v.is_empty() { Err("must not be empty".to_owned()) } else { Ok(v.to_owned()) };
+    let tenant_claim = match s.string("tenant_claim", p) {
+        None => d.tenant_claim.clone(),
+        Some((v, at)) => claim(&v).unwrap_or_else(|m| {
+            p.push("auth.tenant_claim", Some(at), m);
+            v
+        }),
+    };
+    let org_claim = match s.string("org_claim", p) {
+        None => d.org_claim.clone(),
+        Some((v, at)) => claim(&v).unwrap_or_else(|m| {
+            p.push("auth.org_claim", Some(at), m);
+            v
+        }),
+    };
+    if tenant_claim == org_claim {
+        p.push("auth.org_claim", None, "must differ from auth.tenant_claim");
+    }
+    let session_cookie = match s.string("session_cookie", p) {
+        None => d.session_cookie.clone(),
+        Some((v, _)) if v.is_empty() => None,
+        Some((v, at)) => {
+            if !is_token(&v) {
+                p.push("auth.session_cookie", Some(at), format!("{v:?} is not a valid cookie name"));
+            }
+            Some(v)
+        }
+    };
+    let token_cache_capacity = s
+        .integer("token_cache_capacity", 0, 10_000_000, p)
+        .map_or(d.token_cache_capacity, |n| n as usize);
+    let max_token_bytes = s
+        .integer("max_token_bytes", 256, 65_536, p)
+        .map_or(d.max_token_bytes, |n| n as usize);
+    s.finish(p);
+    let jwks = jwks?;
+    (p.list.len() == before).then_some(AuthSettings {
+        jwks,
+        hmac_keys,
+        issuers,
+        audiences,
+        leeway,
+        tenant_claim,
+        org_claim,
+        session_cookie,
+        token_cache_capacity,
+        max_token_bytes,
+    })
+}
+
+/// `[[auth.hmac_keys]]`: `kid` plus exactly one of `secret_env` / `secret_file`. HMAC is off
+/// unless a key is configured here; secrets never come from the JWKS file.
+fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<HmacKey> {
+    let Some(v) = s.raw("hmac_keys") else { return Vec::new() };
+    let DeValue::Array(items) = v.get_ref() else {
+        p.push("auth.hmac_keys", Some(v.span().start), "must be an array of tables ([[auth.hmac_keys]])");
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("auth.hmac_keys[{i}]");
+        let at = Some(item.span().start);
+        let DeValue::Table(t) = item.get_ref() else {
+            p.push(key, at, "must be a table with kid and secret_env or secret_file");
+            continue;
+        };
+        let field = |n: &str| t.iter().find(|(k, _)| k.get_ref().as_ref() == n).and_then(|(_, v)| v.get_ref().as_str().map(str::to_owned));
+        for (k, _) in t.iter() {
+            let n = k.get_ref().as_ref();
+            if !["kid", "secret_env", "secret_file"].contains(&n) {
+                p.push(format!("{key}.{n}"), Some(k.span().start), unknown_message(n, &["kid", "secret_env", "secret_file"]));
+            }
+        }
+        let Some(kid) = field("kid").filter(|k| !k.is_empty()) else {
+            p.push(format!("{key}.kid"), at, "is required");
+            continue;
+        };
+        let secret = match (field("secret_env"), field("secret_file")) {
+            (Some(env), None) => match std::env::var(&env) {
+                Ok(v) => v.into_bytes(),
+                Err(_) => {
+                    p.push(format!("{key}.secret_env"), at, format!("environment variable {env} is not set"));
+                    continue;
+                }
+            },
+            (None, Some(file)) => match std::fs::read(base.join(&file)) {
+                Ok(mut b) => {
+                    while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                        b.pop();
+                    }
+                    b
+                }
+                Err(e) => {
+                    p.push(format!("{key}.secret_file"), at, format!("cannot read {file}: {e}"));
+                    continue;
+                }
+            },
+            _ => {
+                p.push(key, at, "needs exactly one of secret_env or secret_file");
+                continue;
+            }
+        };
+        if secret.len() < 32 {
+            p.push(key, at, format!("secret for kid {kid:?} is shorter than 32 bytes"));
+            continue;
+        }
+        keys.push(HmacKey { kid, secret });
+    }
+    keys
+}
+
+fn upstream(root: &DeTable<'_>, d: &UpstreamSettings, base: &Path, p: &mut Problems<'_>) -> Option<UpstreamSettings> {
+    let mut s = Section::open(root, "upstream", p);
+    let before = p.list.len();
+    let connect_timeout = s.duration("connect_timeout", MS, MAX_TIMEOUT, p).unwrap_or(d.connect_timeout);
+    let read_timeout = s.duration("read_timeout", MS, MAX_TIMEOUT, p).unwrap_or(d.read_timeout);
+    let write_timeout = s.duration("write_timeout", MS, MAX_TIMEOUT, p).unwrap_or(d.write_timeout);
+    let ca_file = s.path("ca_file", base, p);
+    s.finish(p);
+    (p.list.len() == before).then_some(UpstreamSettings {
+        connect_timeout,
+        read_timeout,
+        write_timeout,
+        ca_file,
+    })
+}
+
+fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreSettings> {
+    let mut s = Section::open(root, "store", p);
+    let before = p.list.len();
+    if !s.present() {
+        p.push("store", None, "is required ([store] with kind and path)");
+        return None;
+    }
+    let kind = s.required_string("kind", p).map(|(k, at)| (k, at));
+    let result = match kind.as_ref().map(|(k, at)| (k.as_str(), *at)) {
+        Some(("file", _)) => {
+            let path = match s.raw("path") {
+                Some(_) => s.path("path", base, p),
+                None => {
+                    p.push("store.path", None, "is required for kind = \"file\"");
+                    None
+                }
+            };
+            let poll_interval = s
+                .duration("poll_interval", Duration::from_millis(10), Duration::from_secs(3600), p)
+                .unwrap_or(Duration::from_secs(1));
+            path.map(|path| {
+                StoreSettings::File(FileStoreSettings {
+                    path: Some(path),
+                    poll_interval,
+                })
+            })
+        }
+        Some((other, at)) => {
+            p.push("store.kind", Some(at), format!("unknown store kind {other:?}; expected \"file\""));
+            None
+        }
+        None => None,
+    };
+    s.finish(p);
+    result.filter(|_| p.list.len() == before)
+}
+
+fn log(root: &DeTable<'_>, d: &LogSettings, p: &mut Problems<'_>) -> Option<LogSettings> {
+    let mut s = Section::open(root, "log", p);
+    let before = p.list.len();
+    let filter = s.string("filter", p).map_or_else(|| d.filter.clone(), |(v, _)| v);
+    let format = match s.string("format", p) {
+        None => d.format,
+        Some((v, at)) => match v.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => {
+                p.push("log.format", Some(at), format!("{v:?} is not a log format; expected \"text\" or \"json\""));
+                d.format
+            }
+        },
+    };
+    s.finish(p);
+    (p.list.len() == before).then_some(LogSettings { filter, format })
+}

@@ -1,0 +1,262 @@
+//! A walker over the spanned TOML document that collects problems instead of stopping at the
+//! first one. Each section reader knows its allowed keys, so unknown keys are reported with the
+//! closest known one.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::error::Problem;
+
+/// Collects problems and turns byte offsets into line numbers.
+pub(crate) struct Problems<'t> {
+    text: &'t str,
+    pub(crate) list: Vec<Problem>,
+}
+
+impl<'t> Problems<'t> {
+    pub(crate) fn new(text: &'t str) -> Self {
+        Self { text, list: Vec::new() }
+    }
+
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&c| c == b'\n').count() + 1
+    }
+
+    pub(crate) fn push(&mut self, key: impl Into<String>, offset: Option<usize>, message: impl Into<String>) {
+        let line = offset.map(|o| self.line_of(o));
+        self.list.push(Problem {
+            key: key.into(),
+            line,
+            message: message.into(),
+        });
+    }
+}
+
+/// One `[section]` being read.
+pub(crate) struct Section<'a, 'i> {
+    pub(crate) name: &'static str,
+    table: Option<&'a DeTable<'i>>,
+    /// Offset of the section header, for "missing key" problems.
+    at: Option<usize>,
+    known: Vec<&'static str>,
+}
+
+impl<'a, 'i> Section<'a, 'i> {
+    /// Opens `name` in the root table (absent section = all defaults).
+    pub(crate) fn open(root: &'a DeTable<'i>, name: &'static str, p: &mut Problems<'_>) -> Self {
+        let entry = root.iter().find(|(k, _)| k.get_ref().as_ref() == name);
+        match entry {
+            None => Self {
+                name,
+                table: None,
+                at: None,
+                known: Vec::new(),
+            },
+            Some((k, v)) => match v.get_ref() {
+                DeValue::Table(t) => Self {
+                    name,
+                    table: Some(t),
+                    at: Some(k.span().start),
+                    known: Vec::new(),
+                },
+                other => {
+                    p.push(name, Some(v.span().start), format!("must be a table, found {}", other.type_str()));
+                    Self {
+                        name,
+                        table: None,
+                        at: Some(k.span().start),
+                        known: Vec::new(),
+                    }
+                }
+            },
+        }
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.name)
+    }
+
+    /// Raw spanned value of `k`, marking it as known.
+    pub(crate) fn raw(&mut self, k: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.known.push(k);
+        self.table?.iter().find(|(key, _)| key.get_ref().as_ref() == k).map(|(_, v)| v)
+    }
+
+    /// Whether the section exists in the file.
+    pub(crate) fn present(&self) -> bool {
+        self.table.is_some()
+    }
+
+    pub(crate) fn string(&mut self, k: &'static str, p: &mut Problems<'_>) -> Option<(String, usize)> {
+        let v = self.raw(k)?;
+        match v.get_ref() {
+            DeValue::String(s) => Some((s.to_string(), v.span().start)),
+            other => {
+                p.push(self.key(k), Some(v.span().start), format!("must be a string, found {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    pub(crate) fn required_string(&mut self, k: &'static str, p: &mut Problems<'_>) -> Option<(String, usize)> {
+        let present = self.raw(k).is_some();
+        if !present {
+            p.push(self.key(k), self.at, "is required");
+            return None;
+        }
+        self.string(k, p)
+    }
+
+    pub(crate) fn integer(&mut self, k: &'static str, min: i64, max: i64, p: &mut Problems<'_>) -> Option<i64> {
+        let v = self.raw(k)?;
+        let parsed = match v.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            Some(n) => {
+                p.push(self.key(k), Some(v.span().start), format!("{n} is out of range ({min}..={max})"));
+                None
+            }
+            None => {
+                p.push(
+                    self.key(k),
+                    Some(v.span().start),
+                    format!("must be an integer, found {}", v.get_ref().type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    pub(crate) fn duration(&mut self, k: &'static str, min: Duration, max: Duration, p: &mut Problems<'_>) -> Option<Duration> {
+        let (s, at) = self.string(k, p)?;
+        match humantime::parse_duration(&s) {
+            Ok(d) if d >= min && d <= max => Some(d),
+            Ok(_) => {
+                p.push(
+                    self.key(k),
+                    Some(at),
+                    format!(
+                        "{s:?} is out of range ({} to {})",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                );
+                None
+            }
+            Err(_) => {
+                p.push(self.key(k), Some(at), format!("{s:?} is not a duration (e.g. \"30s\", \"500ms\", \"2m\")"));
+                None
+            }
+        }
+    }
+
+    pub(crate) fn socket_addr(&mut self, k: &'static str, p: &mut Problems<'_>) -> Option<SocketAddr> {
+        let (s, at) = self.string(k, p)?;
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.push(self.key(k), Some(at), format!("{s:?} is not an address (e.g. \"0.0.0.0:8080\")"));
+                None
+            }
+        }
+    }
+
+    pub(crate) fn path(&mut self, k: &'static str, base: &Path, p: &mut Problems<'_>) -> Option<PathBuf> {
+        let (s, at) = self.string(k, p)?;
+        if s.is_empty() {
+            p.push(self.key(k), Some(at), "must not be empty");
+            return None;
+        }
+        Some(base.join(s))
+    }
+
+    /// A list of strings, each checked by `check` (which returns an error message).
+    pub(crate) fn strings(
+        &mut self,
+        k: &'static str,
+        p: &mut Problems<'_>,
+        check: impl Fn(&str) -> Result<String, String>,
+    ) -> Option<Vec<String>> {
+        let v = self.raw(k)?;
+        let DeValue::Array(items) = v.get_ref() else {
+            p.push(
+                self.key(k),
+                Some(v.span().start),
+                format!("must be a list of strings, found {}", v.get_ref().type_str()),
+            );
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("{}.{k}[{i}]", self.name);
+            match item.get_ref() {
+                DeValue::String(s) => match check(s) {
+                    Ok(c) if out.contains(&c) => {
+                        p.push(key, Some(item.span().start), format!("{s:?} is listed twice"));
+                        ok = false;
+                    }
+                    Ok(c) => out.push(c),
+                    Err(m) => {
+                        p.push(key, Some(item.span().start), m);
+                        ok = false;
+                    }
+                },
+                other => {
+                    p.push(key, Some(item.span().start), format!("must be a string, found {}", other.type_str()));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// Reports every key of the section that no reader asked for.
+    pub(crate) fn finish(self, p: &mut Problems<'_>) {
+        let Some(t) = self.table else { return };
+        for (k, _) in t.iter() {
+            let name = k.get_ref().as_ref();
+            if !self.known.contains(&name) {
+                p.push(
+                    format!("{}.{name}", self.name),
+                    Some(k.span().start),
+                    unknown_message(name, &self.known),
+                );
+            }
+        }
+    }
+}
+
+/// "unknown key" with the closest known key, if one is close.
+pub(crate) fn unknown_message(name: &str, known: &[&str]) -> String {
+    let best = known
+        .iter()
+        .map(|k| (edit_distance(name, k), *k))
+        .min()
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3));
+    match best {
+        Some((_, k)) => format!("unknown key; did you mean `{k}`?"),
+        None => format!("unknown key; expected one of: {}", known.join(", ")),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

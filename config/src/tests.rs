@@ -1,0 +1,146 @@
+use std::path::Path;
+use std::time::Duration;
+
+use crate::*;
+
+const MINIMAL: &str = r#"
+[auth]
+jwks_file = "keys/jwks.json"
+
+[store]
+kind = "file"
+path = "bindings.json"
+"#;
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse_str(text, Path::new("/etc/nexus/edge.toml")) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+fn has(ps: &[Problem], key: &str, line: usize, needle: &str) {
+    assert!(
+        ps.iter().any(|p| p.key == key && p.line == Some(line) && p.message.contains(needle)),
+        "no problem {key}:{line} containing {needle:?} in {ps:#?}"
+    );
+}
+
+#[test]
+fn example_file_parses() {
+    let text = include_str!("../../deploy/nexus-edge.example.toml");
+    let s = parse_str(text, Path::new("/repo/deploy/nexus-edge.example.toml")).expect("example is valid");
+    assert_eq!(s.auth.jwks, JwksSource::File("/repo/deploy/demo/jwks.json".into()));
+    assert_eq!(s.tenancy.base_domains, ["nexus.localhost"]);
+    assert_eq!(s.server.shutdown_grace, Duration::from_secs(10));
+}
+
+#[test]
+fn minimal_file_takes_defaults_and_resolves_paths() {
+    let s = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    let d = embedded_default();
+    assert_eq!(s.server, d.server);
+    assert_eq!(s.tenancy, d.tenancy);
+    assert_eq!(s.auth.jwks, JwksSource::File("/etc/nexus/keys/jwks.json".into()));
+    assert_eq!(
+        s.store,
+        StoreSettings::File(FileStoreSettings {
+            path: Some("/etc/nexus/bindings.json".into()),
+            poll_interval: Duration::from_secs(1)
+        })
+    );
+}
+
+#[test]
+fn every_problem_is_reported_with_key_and_line() {
+    let text = r#"[server]
+listen = "not an address"
+threads = 0
+shutdwn_grace = "5s"
+
+[tenancy]
+base_domains = ["Nexus.App", "ok.app", "ok.app"]
+recovery_paths = ["/billing/../api"]
+past_due_header = "Bad Header"
+
+[auth]
+leeway = "3 parsecs"
+tenant_claim = "same"
+org_claim = "same"
+
+[store]
+kind = "etcd"
+
+[colour]
+x = 1
+"#;
+    let ps = problems(text);
+    has(&ps, "server.listen", 2, "not an address");
+    has(&ps, "server.threads", 3, "out of range");
+    has(&ps, "server.shutdwn_grace", 4, "did you mean `shutdown_grace`");
+    has(&ps, "tenancy.base_domains[0]", 7, "lowercase domain");
+    has(&ps, "tenancy.base_domains[2]", 7, "listed twice");
+    has(&ps, "tenancy.recovery_paths[0]", 8, "dot segments");
+    has(&ps, "tenancy.past_due_header", 9, "header name");
+    has(&ps, "auth.leeway", 12, "not a duration");
+    has(&ps, "store.kind", 17, "unknown store kind");
+    has(&ps, "colour", 19, "unknown key");
+    assert!(ps.iter().any(|p| p.key == "auth.jwks_file" && p.message.contains("required")), "{ps:#?}");
+    assert!(ps.iter().any(|p| p.key == "auth.org_claim" && p.message.contains("differ")), "{ps:#?}");
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let text = "[server]\nthreads = \"four\"\n[auth]\njwks_file = 7\n[store]\nkind = \"file\"\npath = \"b.json\"\n";
+    let ps = problems(text);
+    has(&ps, "server.threads", 2, "must be an integer");
+    has(&ps, "auth.jwks_file", 4, "must be a string");
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let ps = problems("[server]\nlisten = \n");
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0].line, Some(2), "{ps:?}");
+}
+
+#[test]
+fn store_is_required_in_a_file() {
+    let ps = problems("[auth]\njwks_file = \"j.json\"\n");
+    assert!(ps.iter().any(|p| p.key == "store"), "{ps:?}");
+    let ps = problems("[auth]\njwks_file = \"j.json\"\n[store]\nkind = \"file\"\n");
+    assert!(ps.iter().any(|p| p.key == "store.path"), "{ps:?}");
+}
+
+#[test]
+fn hmac_keys_come_from_env_or_file_and_must_be_long() {
+    let dir = std::env::temp_dir().join(format!("nexus-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("secret"), "0123456789abcdef0123456789abcdef\n").expect("write");
+    std::fs::write(dir.join("short"), "short").expect("write");
+    let text = format!(
+        "{MINIMAL}\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"b\"\nsecret_file = \"short\"\n\n[[auth.hmac_keys]]\nkid = \"c\"\nsecret_env = \"NEXUS_TEST_SURELY_UNSET_VAR\"\n"
+    );
+    let ps = match parse_str(&text, &dir.join("edge.toml")) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("{other:?}"),
+    };
+    assert!(ps.iter().any(|p| p.key == "auth.hmac_keys[1]" && p.message.contains("32 bytes")), "{ps:?}");
+    assert!(
+        ps.iter().any(|p| p.key == "auth.hmac_keys[2].secret_env" && p.message.contains("NEXUS_TEST_SURELY_UNSET_VAR")),
+        "{ps:?}"
+    );
+    assert!(!format!("{ps:?}").contains("0123456789abcdef"), "secrets never appear in errors");
+    let ok = format!("{MINIMAL}\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n");
+    let s = parse_str(&ok, &dir.join("edge.toml")).expect("valid");
+    assert_eq!(s.auth.hmac_keys.len(), 1);
+    assert_eq!(s.auth.hmac_keys[0].secret.len(), 32);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn display_lists_file_line_key() {
+    let err = parse_str("[server]\nthreads = 0\n", Path::new("edge.toml")).expect_err("invalid");
+    let text = err.to_string();
+    assert!(text.contains("edge.toml:2: server.threads:"), "{text}");
+}

@@ -1,0 +1,59 @@
+//! The `nexus-edge` command line: `serve`, `check`, `token`, `demo`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod check;
+mod serve;
+mod token;
+
+/// Nexus Edge: the tenant router in front of every Nexus instance.
+#[derive(Debug, Parser)]
+#[command(name = "nexus-edge", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the router (embedded demo default when no config is given).
+    Serve {
+        /// Config file (TOML). See deploy/nexus-edge.example.toml.
+        #[arg(long, short, env = "NEXUS_EDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file; exits non-zero and lists every problem if it is invalid.
+    Check {
+        /// Config file (TOML).
+        #[arg(long, short, env = "NEXUS_EDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Mint a signed login token for testing.
+    Token(token::TokenArgs),
+    /// Start the router with two demo tenants and two tiny demo instances, and print curl
+    /// commands that show routing, a cross-tenant 403 and a 401.
+    Demo(crate::demo::DemoArgs),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config } => serve::run(config.as_deref()),
+        Command::Check { config } => check::run(config.as_deref()),
+        Command::Token(args) => token::run(&args),
+        Command::Demo(args) => crate::demo::run(&args),
+    }
+}
+
+/// Loads settings from `path`, or the embedded default when there is none.
+pub(crate) fn load_settings(path: Option<&Path>) -> Result<nexus_config::Settings, nexus_config::ConfigError> {
+    match path {
+        Some(p) => nexus_config::load_file(p),
+        None => Ok(nexus_config::embedded_default()),
+    }
+}

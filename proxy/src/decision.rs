@@ -1,0 +1,150 @@
+//! The whole routing decision for one request, as one pure function.
+//!
+//! [`decide`] takes the facts of a request (host headers, target, credentials, time), the
+//! tenancy settings, one binding-table snapshot and the authenticator, and returns either
+//! where to send the request or why not. No sockets, no Pingora: the service calls it once per
+//! request, tests call it table-driven, benches time it.
+//!
+//! The order matters and is part of the contract:
+//! 1. host → tenant (400 malformed, 404 unknown) — before anything else, so nothing about a
+//!    tenant leaks to a request that is not addressed to one;
+//! 2. the path is normalised once (400 if unacceptable); that one path is used for every
+//!    decision below and is the path sent upstream;
+//! 3. the tenant's status (410 / 503 / suspended-recovery-only) — an honest "not ready" or
+//!    "gone" does not need a login;
+//! 4. public paths are routed without a token;
+//! 5. the token (401), then its tenant/org claims against the binding (403).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use nexus_binding_store::{Binding, BindingTable, UpstreamUrl};
+use nexus_config::TenancySettings;
+
+use crate::auth::{extract_token, Authenticator, VerifiedToken};
+use crate::authz::check_claims;
+use crate::errors::RejectReason;
+use crate::host::{request_authority, resolve_host, HostTarget};
+use crate::path::{has_prefix, normalize_path, split_target};
+use crate::policy::{status_decision, BillingNotice, StatusDecision};
+
+/// What the router knows about a request before deciding.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// Every `Host` header value, raw.
+    pub host_headers: &'a [&'a [u8]],
+    /// Authority of the request-target (absolute-form or HTTP/2 `:authority`).
+    pub uri_authority: Option<&'a str>,
+    /// Whether the request came over HTTP/2.
+    pub is_http2: bool,
+    /// The request-target's path and query, as received.
+    pub target: &'a str,
+    /// Every `Authorization` header value, raw.
+    pub authorization: &'a [&'a [u8]],
+    /// Every `Cookie` header value, raw.
+    pub cookies: &'a [&'a [u8]],
+    /// Current Unix time in seconds.
+    pub now_unix: u64,
+}
+
+/// Which of the binding's upstreams serves the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// `instance_url`.
+    App,
+    /// `api_url` (requests under the API prefix, when the binding has one).
+    Api,
+}
+
+/// A request that may be forwarded, and everything needed to forward it.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The tenant's binding, from the table snapshot the decision was made on.
+    pub binding: Arc<Binding>,
+    /// Which upstream.
+    pub upstream: UpstreamKind,
+    /// Normalised path (what the policy saw; what goes upstream).
+    pub path: String,
+    /// Query string, untouched, without the `?`.
+    pub query: Option<String>,
+    /// The verified token; `None` on public paths.
+    pub identity: Option<Arc<VerifiedToken>>,
+    /// Billing notice for the app (`past_due`).
+    pub notice: Option<BillingNotice>,
+}
+
+impl Decision {
+    /// The upstream base URL chosen.
+    pub fn upstream_url(&self) -> &UpstreamUrl {
+        match (self.upstream, &self.binding.api_url) {
+            (UpstreamKind::Api, Some(api)) => api,
+            _ => &self.binding.instance_url,
+        }
+    }
+}
+
+/// Decides one request. See the module docs for the order of checks.
+pub fn decide(
+    facts: &RequestFacts<'_>,
+    tenancy: &TenancySettings,
+    table: &BindingTable,
+    auth: &Authenticator,
+) -> Result<Decision, RejectReason> {
+    let authority = request_authority(facts.host_headers, facts.uri_authority, facts.is_http2)
+        .map_err(RejectReason::BadHost)?;
+    let target = resolve_host(authority, &tenancy.base_domains).map_err(RejectReason::BadHost)?;
+
+    let (raw_path, query) = split_target(facts.target);
+    let path = normalize_path(raw_path).map_err(RejectReason::BadPath)?;
+
+    let binding = match &target {
+        HostTarget::Subdomain(tenant) => table.get(tenant.as_str()),
+        HostTarget::CustomDomain(domain) => table
+            .tenant_for_domain(domain)
+            .and_then(|tenant| table.get(tenant.as_str())),
+    }
+    .ok_or(RejectReason::UnknownTenant)?;
+
+    let notice = match status_decision(binding.status, &path, &tenancy.recovery_paths) {
+        StatusDecision::Serve { notice } => notice,
+        StatusDecision::RecoveryOnly => return Err(RejectReason::Suspended),
+        StatusDecision::Gone => return Err(RejectReason::Canceled),
+        StatusDecision::NotReady => {
+            return Err(RejectReason::NotReady {
+                retry_after: tenancy.provisioning_retry_after,
+            })
+        }
+        StatusDecision::Unavailable => return Err(RejectReason::Unavailable),
+    };
+
+    let identity = if tenancy.public_paths.iter().any(|p| has_prefix(&path, p)) {
+        None
+    } else {
+        let token = extract_token(facts.authorization, facts.cookies, auth.session_cookie())
+            .map_err(RejectReason::BadCredential)?
+            .ok_or(RejectReason::MissingToken)?;
+        let verified = auth.verify(token, facts.now_unix).map_err(RejectReason::InvalidToken)?;
+        check_claims(verified.tenant.as_deref(), verified.org.as_deref(), binding)
+            .map_err(RejectReason::WrongTenant)?;
+        Some(verified)
+    };
+
+    let upstream = if binding.api_url.is_some() && has_prefix(&path, &tenancy.api_prefix) {
+        UpstreamKind::Api
+    } else {
+        UpstreamKind::App
+    };
+
+    Ok(Decision {
+        binding: Arc::clone(binding),
+        upstream,
+        path: cow_into_string(path),
+        query: query.map(str::to_owned),
+        identity,
+        notice,
+    })
+}
+
+fn cow_into_string(c: Cow<'_, str>) -> String {
+    c.into_owned()
+}

@@ -1,0 +1,132 @@
+//! Every way the router turns a request away, and what the client sees for each.
+//!
+//! [`RejectReason`] is a closed enum: it alone decides the status code, the short body, the
+//! extra headers (`WWW-Authenticate`, `Retry-After`) and the metric label. Bodies are fixed
+//! texts: never a token, a claim value, an upstream address or a stack trace.
+
+use std::time::Duration;
+
+use crate::auth::{CredentialError, TokenError};
+use crate::authz::ClaimMismatch;
+use crate::host::HostError;
+use crate::path::PathError;
+
+/// Why a request was not forwarded (or failed on the way).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RejectReason {
+    /// The request's host could not be read (missing, duplicate, malformed, IP literal).
+    BadHost(HostError),
+    /// The request path is not acceptable (encoded slash, control characters, ...).
+    BadPath(PathError),
+    /// No tenant is bound to this host.
+    UnknownTenant,
+    /// A protected path was requested without a token.
+    MissingToken,
+    /// The token could not be read from the request (malformed header, conflicting copies).
+    BadCredential(CredentialError),
+    /// The token is not valid (signature, expiry, issuer, ...).
+    InvalidToken(TokenError),
+    /// The token is valid but belongs to another tenant or org.
+    WrongTenant(ClaimMismatch),
+    /// The tenant is suspended and the path is not a recovery path.
+    Suspended,
+    /// The tenant was canceled.
+    Canceled,
+    /// The tenant's instance is still being provisioned.
+    NotReady {
+        /// Sent as `Retry-After`.
+        retry_after: Duration,
+    },
+    /// The tenant is blocked or has an open incident.
+    Unavailable,
+    /// The instance could not be reached.
+    UpstreamUnreachable,
+    /// The instance did not answer in time.
+    UpstreamTimeout,
+    /// Something inside the router failed.
+    Internal,
+}
+
+impl RejectReason {
+    /// HTTP status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            RejectReason::BadHost(_) | RejectReason::BadPath(_) => 400,
+            RejectReason::UnknownTenant => 404,
+            RejectReason::MissingToken | RejectReason::BadCredential(_) | RejectReason::InvalidToken(_) => 401,
+            RejectReason::WrongTenant(_) | RejectReason::Suspended => 403,
+            RejectReason::Canceled => 410,
+            RejectReason::NotReady { .. } | RejectReason::Unavailable => 503,
+            RejectReason::UpstreamUnreachable => 502,
+            RejectReason::UpstreamTimeout => 504,
+            RejectReason::Internal => 500,
+        }
+    }
+
+    /// Closed metric/log label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RejectReason::BadHost(_) => "bad_host",
+            RejectReason::BadPath(_) => "bad_path",
+            RejectReason::UnknownTenant => "unknown_tenant",
+            RejectReason::MissingToken => "missing_token",
+            RejectReason::BadCredential(_) => "bad_credential",
+            RejectReason::InvalidToken(_) => "invalid_token",
+            RejectReason::WrongTenant(_) => "wrong_tenant",
+            RejectReason::Suspended => "suspended",
+            RejectReason::Canceled => "canceled",
+            RejectReason::NotReady { .. } => "not_ready",
+            RejectReason::Unavailable => "unavailable",
+            RejectReason::UpstreamUnreachable => "upstream_unreachable",
+            RejectReason::UpstreamTimeout => "upstream_timeout",
+            RejectReason::Internal => "internal",
+        }
+    }
+
+    /// Finer detail for logs (a closed label of the inner error, never request content).
+    pub fn detail(&self) -> &'static str {
+        match self {
+            RejectReason::BadHost(e) => e.label(),
+            RejectReason::BadPath(e) => e.label(),
+            RejectReason::BadCredential(e) => e.label(),
+            RejectReason::InvalidToken(e) => e.label(),
+            RejectReason::WrongTenant(e) => e.label(),
+            _ => self.label(),
+        }
+    }
+
+    /// Short plain-text body.
+    pub fn body(&self) -> &'static str {
+        match self {
+            RejectReason::BadHost(_) => "bad request: the Host header is missing, repeated or malformed\n",
+            RejectReason::BadPath(_) => "bad request: the request path is not acceptable\n",
+            RejectReason::UnknownTenant => "not found: no tenant is served at this address\n",
+            RejectReason::MissingToken => "unauthorized: sign in first\n",
+            RejectReason::BadCredential(_) | RejectReason::InvalidToken(_) => {
+                "unauthorized: the login token is not valid; sign in again\n"
+            }
+            RejectReason::WrongTenant(_) => "forbidden: your login does not belong to this workspace\n",
+            RejectReason::Suspended => {
+                "forbidden: this workspace is suspended; only billing and admin recovery are available\n"
+            }
+            RejectReason::Canceled => "gone: this workspace has been canceled\n",
+            RejectReason::NotReady { .. } => "not ready yet: this workspace is still being set up; try again shortly\n",
+            RejectReason::Unavailable => "unavailable: this workspace is temporarily unavailable\n",
+            RejectReason::UpstreamUnreachable => "bad gateway: the workspace could not be reached\n",
+            RejectReason::UpstreamTimeout => "gateway timeout: the workspace did not answer in time\n",
+            RejectReason::Internal => "internal error\n",
+        }
+    }
+
+    /// Extra response headers (name, value).
+    pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            RejectReason::MissingToken => vec![("www-authenticate", crate::auth::www_authenticate_missing())],
+            RejectReason::BadCredential(e) => vec![("www-authenticate", e.www_authenticate())],
+            RejectReason::InvalidToken(e) => vec![("www-authenticate", e.www_authenticate())],
+            RejectReason::NotReady { retry_after } => vec![("retry-after", retry_after.as_secs().max(1).to_string())],
+            RejectReason::Unavailable => vec![("retry-after", "60".to_owned())],
+            _ => Vec::new(),
+        }
+    }
+}

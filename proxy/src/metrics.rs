@@ -1,0 +1,111 @@
+//! Prometheus metrics, in a registry owned by the running router (no global statics).
+//!
+//! Labels come only from closed enums ([`crate::errors::RejectReason::label`], the outcome
+//! class): never tenant, host, path or error text, so the series count is fixed and known.
+//! Per-instance latency and queue-delay signals for scale triggers arrive with the metrics
+//! milestone and will be bounded by a configured instance budget.
+
+use std::sync::Arc;
+
+use nexus_binding_store::{BindingHandle, SyncHealth};
+use pingora_prometheus::prometheus::{
+    self, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets (seconds) around the 200 ms API SLO.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// The router's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by outcome: `forwarded` or a rejection label.
+    pub requests: IntCounterVec,
+    /// Whole-request latency by outcome class (`forwarded`, `rejected`).
+    pub request_duration: HistogramVec,
+    /// Time spent deciding (host, path, token, policy) per request.
+    pub decision_duration: Histogram,
+    /// Bindings in the live table.
+    pub bindings: IntGauge,
+    /// Highest binding revision applied.
+    pub binding_revision: IntGauge,
+    /// 1 when the binding store answered at the last attempt.
+    pub store_up: IntGauge,
+    /// Seconds since the last successful sync with the binding store.
+    pub sync_age_seconds: IntGauge,
+    /// Binding records refused so far.
+    pub rejected_records: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new_custom(Some("nexus_edge".to_owned()), None)?;
+        let requests = IntCounterVec::new(Opts::new("requests_total", "Requests by outcome"), &["outcome"])?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Request latency as seen by the router")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["class"],
+        )?;
+        let decision_duration = Histogram::with_opts(
+            HistogramOpts::new("decision_duration_seconds", "Time to decide a request (host, path, token, policy)")
+                .buckets(vec![0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005]),
+        )?;
+        let bindings = IntGauge::new("bindings", "Bindings in the live table")?;
+        let binding_revision = IntGauge::new("binding_revision", "Highest binding revision applied")?;
+        let store_up = IntGauge::new("binding_store_up", "1 if the binding store answered at the last attempt")?;
+        let sync_age_seconds = IntGauge::new("binding_sync_age_seconds", "Seconds since the last successful binding sync")?;
+        let rejected_records = IntGauge::new("binding_records_rejected", "Binding records refused by validation so far")?;
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(decision_duration.clone()),
+            Box::new(bindings.clone()),
+            Box::new(binding_revision.clone()),
+            Box::new(store_up.clone()),
+            Box::new(sync_age_seconds.clone()),
+            Box::new(rejected_records.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        Ok(Self {
+            registry,
+            requests,
+            request_duration,
+            decision_duration,
+            bindings,
+            binding_revision,
+            store_up,
+            sync_age_seconds,
+            rejected_records,
+        })
+    }
+
+    /// Refreshes the gauges that mirror state, then renders the text exposition format.
+    pub fn render(&self, table: &BindingHandle, health: &Arc<SyncHealth>) -> Vec<u8> {
+        let t = table.load();
+        self.bindings.set(i64::try_from(t.len()).unwrap_or(i64::MAX));
+        self.binding_revision.set(i64::try_from(t.revision().get()).unwrap_or(i64::MAX));
+        self.store_up.set(i64::from(health.store_up()));
+        let last = health.last_sync_unix_ms();
+        let age = if last == 0 {
+            -1
+        } else {
+            i64::try_from(nexus_binding_store::source::now_unix_ms().saturating_sub(last) / 1000).unwrap_or(i64::MAX)
+        };
+        self.sync_age_seconds.set(age);
+        self.rejected_records.set(i64::try_from(health.rejected_records()).unwrap_or(i64::MAX));
+        let mut out = Vec::with_capacity(4096);
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

@@ -1,0 +1,131 @@
+//! What the instance receives: the upstream request-target and the identity headers.
+//!
+//! Identity and forwarding headers are authoritative only when the router sets them, so every
+//! client-supplied copy is removed first; a backend can trust `X-Tenant-Id` because no client
+//! can put it there.
+
+use std::net::IpAddr;
+
+use pingora::http::RequestHeader;
+
+use crate::decision::Decision;
+
+/// Headers only the router may set. Client copies are removed before forwarding.
+pub const ROUTER_HEADERS: [&str; 9] = [
+    "x-tenant-id",
+    "x-org-id",
+    "x-user-id",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// Longest request id kept from a client.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Returns the client's `X-Request-Id` if there is exactly one and it is sane (1–128 of
+/// `A-Z a-z 0-9 - _ . :`), so ids from a trusted edge survive and junk is replaced.
+pub fn sane_request_id<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Option<&'a str> {
+    let first = values.next()?;
+    if values.next().is_some() || first.is_empty() || first.len() > MAX_REQUEST_ID {
+        return None;
+    }
+    if first
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+    {
+        std::str::from_utf8(first).ok()
+    } else {
+        None
+    }
+}
+
+/// Builds the upstream request-target: the upstream URL's path prefix, the normalised path,
+/// and the original query.
+pub fn upstream_target(decision: &Decision) -> String {
+    let prefix = decision.upstream_url().path_prefix();
+    let mut t = String::with_capacity(prefix.len() + decision.path.len() + 1 + decision.query.as_ref().map_or(0, |q| q.len()));
+    t.push_str(prefix);
+    t.push_str(&decision.path);
+    if let Some(q) = &decision.query {
+        t.push('?');
+        t.push_str(q);
+    }
+    t
+}
+
+/// Facts about the downstream connection needed for the forwarding headers.
+#[derive(Debug, Clone)]
+pub struct Forwarding<'a> {
+    /// Client address (the TCP peer).
+    pub client_ip: Option<IpAddr>,
+    /// `https` when the client connected over TLS.
+    pub proto: &'static str,
+    /// The host the client addressed (canonical).
+    pub host: &'a str,
+    /// The request id to send.
+    pub request_id: &'a str,
+}
+
+/// Rewrites the request for the instance: target, identity and forwarding headers.
+pub fn rewrite_upstream_request(
+    req: &mut RequestHeader,
+    decision: &Decision,
+    fwd: &Forwarding<'_>,
+) -> pingora::Result<()> {
+    let target = upstream_target(decision);
+    let uri: http::Uri = target
+        .parse()
+        .map_err(|e| pingora::Error::because(pingora::ErrorType::InternalError, "upstream target", e))?;
+    req.set_uri(uri);
+
+    for name in ROUTER_HEADERS {
+        req.remove_header(name);
+    }
+    let binding = &decision.binding;
+    req.insert_header("x-tenant-id", binding.tenant_id.as_str())?;
+    if let Some(identity) = &decision.identity {
+        if let Some(org) = &identity.org {
+            req.insert_header("x-org-id", org.as_str())?;
+        }
+        if let Some(sub) = &identity.sub {
+            // `sub` came from a verified token, but it is still client-chosen text: only
+            // send it when it is a valid header value.
+            if http::HeaderValue::from_str(sub).is_ok() {
+                req.insert_header("x-user-id", sub.as_str())?;
+            }
+        }
+    }
+    req.insert_header("x-request-id", fwd.request_id)?;
+    if let Some(ip) = fwd.client_ip {
+        req.insert_header("x-forwarded-for", ip.to_string())?;
+    }
+    req.insert_header("x-forwarded-proto", fwd.proto)?;
+    req.insert_header("x-forwarded-host", fwd.host)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_sanity() {
+        let cases: &[(&[&[u8]], Option<&str>)] = &[
+            (&[b"abc-123"], Some("abc-123")),
+            (&[b"a:b.c_d"], Some("a:b.c_d")),
+            (&[], None),
+            (&[b""], None),
+            (&[b"has space"], None),
+            (&[b"new\nline"], None),
+            (&[b"a", b"b"], None),
+            (&[&[b'x'; 129]], None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(sane_request_id(input.iter().copied()), *want, "{input:?}");
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Assembles and runs the Pingora server: proxy listener, ops listener, background tasks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nexus_binding_store::{BindingHandle, BindingSource};
+use nexus_config::Settings;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::auth::{AuthSetupError, Authenticator};
+use crate::background::{BindingSync, KeyReload};
+use crate::metrics::Metrics;
+use crate::ops::OpsApp;
+use crate::service::EdgeService;
+use crate::state::EdgeState;
+
+/// How often the JWKS file is checked for changes.
+const KEY_RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// Why the router could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Verification keys could not be loaded.
+    #[error("verification keys: {0}")]
+    Keys(#[from] AuthSetupError),
+    /// No binding table could be loaded.
+    #[error("bindings: {0}")]
+    Bindings(#[from] nexus_binding_store::StoreError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(String),
+    /// A runtime for start-up work could not be created.
+    #[error("runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// SIGTERM and SIGINT both drain gracefully: orchestrators send SIGTERM, people press Ctrl-C,
+/// and neither should cut requests in flight.
+struct Signals;
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Loads keys and bindings, then builds the shared state. Split from [`run`] so the demo and
+/// tests can inspect the state.
+pub fn prepare(settings: Settings, source: &Arc<dyn BindingSource>) -> Result<Arc<EdgeState>, StartError> {
+    let auth = Authenticator::new(&settings.auth)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let table = rt.block_on(source.initial_load())?;
+    tracing::info!(
+        bindings = table.len(),
+        revision = table.revision().get(),
+        source = source.kind(),
+        "binding table loaded"
+    );
+    let metrics = Metrics::new().map_err(|e| StartError::Metrics(e.to_string()))?;
+    Ok(Arc::new(EdgeState {
+        sync_health: source.health(),
+        bindings: BindingHandle::new(table),
+        auth,
+        metrics,
+        settings,
+    }))
+}
+
+/// Runs the router until SIGTERM/SIGINT, then drains for `server.shutdown_grace`.
+pub fn run(state: Arc<EdgeState>, source: Arc<dyn BindingSource>) {
+    let s = &state.settings;
+    let mut conf = ServerConf {
+        threads: s.server.threads,
+        grace_period_seconds: Some(s.server.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    if let Some(ca) = &s.upstream.ca_file {
+        conf.ca_file = Some(ca.display().to_string());
+    }
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        EdgeService::new(Arc::clone(&state)),
+        "nexus-edge",
+    );
+    proxy.add_tcp(&s.server.listen.to_string());
+    server.add_service(proxy);
+
+    if let Some(addr) = s.server.admin_listen {
+        let mut ops = Service::new(
+            "nexus-edge ops".to_owned(),
+            pingora::apps::http_app::HttpServer::new_app(OpsApp::new(Arc::clone(&state))),
+        );
+        ops.add_tcp(&addr.to_string());
+        server.add_service(ops);
+    }
+
+    server.add_service(background_service(
+        "binding sync",
+        BindingSync::new(source, state.bindings.clone()),
+    ));
+    server.add_service(background_service(
+        "key reload",
+        KeyReload::new(Arc::clone(&state), KEY_RELOAD_EVERY),
+    ));
+
+    tracing::info!(listen = %s.server.listen, admin = ?s.server.admin_listen, "nexus-edge serving");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+    tracing::info!("nexus-edge stopped");
+}

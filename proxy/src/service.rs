@@ -1,0 +1,266 @@
+//! The Pingora `ProxyHttp` glue. It only orchestrates: every decision is made by
+//! [`crate::decision::decide`], every header rule lives in [`crate::route`], every
+//! rejection's shape in [`crate::errors`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::decision::{decide, Decision, RequestFacts};
+use crate::errors::RejectReason;
+use crate::policy::BillingNotice;
+use crate::route::{rewrite_upstream_request, sane_request_id, Forwarding};
+use crate::state::EdgeState;
+
+/// Per-request state carried between Pingora phases.
+#[derive(Debug)]
+pub struct RequestCtx {
+    start: Instant,
+    request_id: String,
+    decision: Option<Decision>,
+    rejected: Option<RejectReason>,
+}
+
+/// The Nexus Edge HTTP service.
+#[derive(Debug, Clone)]
+pub struct EdgeService {
+    state: Arc<EdgeState>,
+}
+
+impl EdgeService {
+    /// A service over shared state.
+    pub fn new(state: Arc<EdgeState>) -> Self {
+        Self { state }
+    }
+
+    /// Sends a rejection with its fixed body and headers.
+    async fn reject(&self, session: &mut Session, ctx: &mut RequestCtx, reason: RejectReason) -> Result<()> {
+        let body = reason.body();
+        let mut resp = ResponseHeader::build(reason.status(), Some(4))?;
+        resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        for (name, value) in reason.extra_headers() {
+            resp.insert_header(name, value)?;
+        }
+        ctx.rejected = Some(reason);
+        session.set_keepalive(None);
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await?;
+        Ok(())
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn header_values<'a>(req: &'a pingora::http::RequestHeader, name: &str) -> Vec<&'a [u8]> {
+    req.headers.get_all(name).iter().map(|v| v.as_bytes()).collect()
+}
+
+/// Maps a proxying error to the rejection the client sees.
+fn upstream_failure(e: &Error) -> RejectReason {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => RejectReason::UpstreamTimeout,
+        _ => match e.esource() {
+            ErrorSource::Upstream => RejectReason::UpstreamUnreachable,
+            ErrorSource::Internal | ErrorSource::Unset | ErrorSource::Downstream => RejectReason::Internal,
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeService {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            request_id: String::new(),
+            decision: None,
+            rejected: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = sane_request_id(req.headers.get_all("x-request-id").iter().map(|v| v.as_bytes()))
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+
+        let host_headers = header_values(req, "host");
+        let authorization = header_values(req, "authorization");
+        let cookies = header_values(req, "cookie");
+        let raw_path = std::str::from_utf8(req.raw_path()).ok();
+        let outcome = match raw_path {
+            None => Err(RejectReason::BadPath(crate::path::PathError::ControlChar)),
+            Some(target) => {
+                let facts = RequestFacts {
+                    host_headers: &host_headers,
+                    uri_authority: req.uri.authority().map(|a| a.as_str()),
+                    is_http2: session.is_http2(),
+                    target,
+                    authorization: &authorization,
+                    cookies: &cookies,
+                    now_unix: now_unix(),
+                };
+                let table = self.state.bindings.load();
+                let started = Instant::now();
+                let d = decide(&facts, &self.state.settings.tenancy, &table, &self.state.auth);
+                self.state.metrics.decision_duration.observe(started.elapsed().as_secs_f64());
+                d
+            }
+        };
+        match outcome {
+            Ok(decision) => {
+                ctx.decision = Some(decision);
+                Ok(false)
+            }
+            Err(reason) => {
+                tracing::info!(
+                    request_id = %ctx.request_id,
+                    status = reason.status(),
+                    reason = reason.label(),
+                    detail = reason.detail(),
+                    "request rejected"
+                );
+                self.reject(session, ctx, reason).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let decision = ctx
+            .decision
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing decision"))?;
+        let url = decision.upstream_url();
+        let host = url.host();
+        let port = url.port();
+        let addr = match host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, port),
+            Err(_) => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| Error::because(ErrorType::ConnectNoRoute, "resolving the instance host", e))?
+                .next()
+                .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "instance host has no address"))?,
+        };
+        let mut peer = HttpPeer::new(addr, url.is_tls(), host.to_owned());
+        let up = &self.state.settings.upstream;
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.total_connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.write_timeout);
+        peer.options.verify_cert = true;
+        peer.options.verify_hostname = true;
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let decision = ctx
+            .decision
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing decision"))?;
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let host = upstream_request
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.to_ascii_lowercase())
+            .unwrap_or_default();
+        let proto = if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let fwd = Forwarding {
+            client_ip,
+            proto,
+            host: &host,
+            request_id: &ctx.request_id,
+        };
+        rewrite_upstream_request(upstream_request, decision, &fwd)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(BillingNotice::PastDue) = ctx.decision.as_ref().and_then(|d| d.notice) {
+            upstream_response.insert_header(self.state.settings.tenancy.past_due_header.clone(), "past_due")?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let reason = match e.esource() {
+            ErrorSource::Downstream => {
+                // The client went away or sent garbage: nothing useful to answer.
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+            _ => upstream_failure(e),
+        };
+        let tenant = ctx
+            .decision
+            .as_ref()
+            .map(|d| d.binding.tenant_id.to_string())
+            .unwrap_or_default();
+        tracing::warn!(
+            request_id = %ctx.request_id,
+            tenant = %tenant,
+            reason = reason.label(),
+            error = %e,
+            "upstream failed"
+        );
+        let code = reason.status();
+        if let Err(err) = self.reject(session, ctx, reason).await {
+            tracing::debug!(error = %err, "could not send the error response");
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let elapsed = ctx.start.elapsed().as_secs_f64();
+        let m = &self.state.metrics;
+        match &ctx.rejected {
+            Some(r) => {
+                m.requests.with_label_values(&[r.label()]).inc();
+                m.request_duration.with_label_values(&["rejected"]).observe(elapsed);
+            }
+            None => {
+                m.requests.with_label_values(&["forwarded"]).inc();
+                m.request_duration.with_label_values(&["forwarded"]).observe(elapsed);
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! What every request shares: settings, the live binding table, the authenticator, metrics.
+
+use std::sync::Arc;
+
+use nexus_binding_store::{BindingHandle, SyncHealth};
+use nexus_config::Settings;
+
+use crate::auth::Authenticator;
+use crate::metrics::Metrics;
+
+/// Shared, read-mostly router state. Cloning the `Arc` is the only cost per request.
+#[derive(Debug)]
+pub struct EdgeState {
+    /// Validated settings.
+    pub settings: Settings,
+    /// The live binding table.
+    pub bindings: BindingHandle,
+    /// Health of the binding source.
+    pub sync_health: Arc<SyncHealth>,
+    /// Token verification (keys hot-reloaded inside).
+    pub auth: Authenticator,
+    /// Metrics registry.
+    pub metrics: Metrics,
+}

@@ -1,0 +1,173 @@
+//! Real HTTP instances for tests, on `127.0.0.1:0`, stopped on drop.
+//!
+//! Every response is JSON naming the instance and echoing the request line and headers, so a
+//! test sees exactly which instance got a request and what the router sent it. Paths:
+//! - `/slow/<ms>`: answers after `<ms>` milliseconds (in-flight requests across a rebind,
+//!   upstream timeouts);
+//! - a request with `Upgrade: websocket`: answers `101` and then echoes bytes back.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// A running test instance.
+pub struct Backend {
+    /// Name reported in every response.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts an instance called `name`.
+    pub fn start(name: &str) -> Backend {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let hits = Arc::new(AtomicU64::new(0));
+        let hits2 = Arc::clone(&hits);
+        let owned = name.to_owned();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("backend runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+                addr_tx.send(listener.local_addr().expect("addr")).expect("send addr");
+                let serve = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let name = owned.clone();
+                        let hits = Arc::clone(&hits2);
+                        tokio::spawn(async move {
+                            let _ = serve_conn(stream, &name, &hits).await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stop_rx => {}
+                }
+            });
+            rt.shutdown_timeout(Duration::from_millis(100));
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("backend started");
+        Backend {
+            name: name.to_owned(),
+            addr,
+            hits,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve_conn(mut stream: TcpStream, name: &str, hits: &AtomicU64) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        // One request head at a time (keep-alive supported, request bodies read by length).
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        hits.fetch_add(1, Ordering::SeqCst);
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        buf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or_default().to_owned();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            while buf.len() < len {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..len);
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        if let Some(ms) = path.strip_prefix("/slow/").and_then(|m| m.parse::<u64>().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nx-instance: {name}\r\n\r\n"
+            );
+            stream.write_all(resp.as_bytes()).await?;
+            if !buf.is_empty() {
+                stream.write_all(&buf).await?;
+            }
+            let (mut r, mut w) = stream.split();
+            tokio::io::copy(&mut r, &mut w).await?;
+            return Ok(());
+        }
+        let body = serde_json::json!({
+            "instance": name,
+            "request_line": request_line,
+            "path": path,
+            "headers": headers.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
+        })
+        .to_string();
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-instance: {name}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(resp.as_bytes()).await?;
+    }
+}
+
+/// All values of a header the backend received, from its JSON echo.
+pub fn echoed_header(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .map(|hs| {
+            hs.iter()
+                .filter(|h| h[0].as_str() == Some(name))
+                .filter_map(|h| h[1].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

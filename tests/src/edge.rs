@@ -1,0 +1,251 @@
+//! The real `nexus-edge` binary, started on a generated config, killed on drop.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::wait;
+
+/// Path of the `nexus-edge` binary built by this `cargo test` run (override: NEXUS_EDGE_BIN).
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("NEXUS_EDGE_BIN") {
+        return PathBuf::from(p);
+    }
+    // Test executables live in target/<profile>/deps; the binary in target/<profile>.
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = profile_dir.join("nexus-edge");
+    assert!(
+        bin.exists(),
+        "{} not found: run the tests with `cargo test --workspace` (which builds the binary) or set NEXUS_EDGE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port (bound and released; the small reuse race is retried by [`Edge::start`]).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr")
+}
+
+/// What to put in the generated config.
+#[derive(Clone, Debug)]
+pub struct EdgeOptions {
+    /// The JWKS the router verifies with.
+    pub jwks: serde_json::Value,
+    /// The bindings file content.
+    pub bindings: serde_json::Value,
+    /// Extra TOML appended to `[tenancy]`/`[auth]`/`[upstream]` defaults (whole sections).
+    pub extra: String,
+    /// `[upstream] read_timeout`.
+    pub read_timeout: &'static str,
+}
+
+impl EdgeOptions {
+    /// Options with the given keys and bindings.
+    pub fn new(jwks: serde_json::Value, bindings: serde_json::Value) -> Self {
+        Self {
+            jwks,
+            bindings,
+            extra: String::new(),
+            read_timeout: "5s",
+        }
+    }
+}
+
+/// A running router process.
+pub struct Edge {
+    child: Child,
+    /// Proxy listener.
+    pub addr: SocketAddr,
+    /// Ops listener (metrics, probes).
+    pub ops_addr: SocketAddr,
+    /// Config, keys and bindings live here.
+    pub dir: tempfile::TempDir,
+    /// The bindings file the router watches.
+    pub bindings_path: PathBuf,
+    /// The JWKS file the router watches.
+    pub jwks_path: PathBuf,
+}
+
+/// The base domain every test config uses.
+pub const BASE: &str = "edge.test";
+
+impl Edge {
+    /// Writes the config and starts the binary; returns once `/readyz` answers.
+    pub fn start(opts: &EdgeOptions) -> Edge {
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            match Self::try_start(opts) {
+                Ok(e) => return e,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("nexus-edge did not start: {last_err}");
+    }
+
+    fn try_start(opts: &EdgeOptions) -> Result<Edge, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let jwks_path = dir.path().join("jwks.json");
+        let bindings_path = dir.path().join("bindings.json");
+        std::fs::write(&jwks_path, opts.jwks.to_string()).map_err(|e| e.to_string())?;
+        write_atomically(&bindings_path, &opts.bindings.to_string());
+        let addr = free_addr();
+        let ops_addr = free_addr();
+        let config = format!(
+            r#"[server]
+listen = "{addr}"
+admin_listen = "{ops_addr}"
+threads = 2
+shutdown_grace = "5s"
+
+[tenancy]
+base_domains = ["{BASE}"]
+public_paths = ["/login", "/assets/"]
+recovery_paths = ["/billing", "/admin/recovery"]
+api_prefix = "/api/"
+provisioning_retry_after = "30s"
+past_due_header = "x-nexus-billing-notice"
+
+[auth]
+jwks_file = "jwks.json"
+issuers = ["https://id.edge.test"]
+audiences = ["nexus"]
+leeway = "5s"
+session_cookie = "nexus_session"
+
+[upstream]
+connect_timeout = "1s"
+read_timeout = "{read_timeout}"
+
+[store]
+kind = "file"
+path = "bindings.json"
+poll_interval = "50ms"
+
+[log]
+filter = "info"
+{extra}
+"#,
+            read_timeout = opts.read_timeout,
+            extra = opts.extra,
+        );
+        let config_path = dir.path().join("nexus-edge.toml");
+        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.path().join("edge.log")).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut edge = Edge {
+            child,
+            addr,
+            ops_addr,
+            dir,
+            bindings_path,
+            jwks_path,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = edge.child.try_wait() {
+                return Err(format!("exited with {status}: {}", edge.log()));
+            }
+            let ready = crate::http::send_raw(
+                edge.ops_addr,
+                b"GET /readyz HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n",
+            )
+            .is_ok_and(|r| r.status == 200);
+            let proxy_up = std::net::TcpStream::connect_timeout(&edge.addr, Duration::from_millis(200)).is_ok();
+            if ready && proxy_up {
+                return Ok(edge);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("not ready after 20s: {}", edge.log()));
+            }
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+
+    /// The router's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("edge.log")).unwrap_or_default()
+    }
+
+    /// Replaces the bindings file (atomically, as documented for writers).
+    pub fn write_bindings(&self, bindings: &serde_json::Value) {
+        write_atomically(&self.bindings_path, &bindings.to_string());
+    }
+
+    /// GET on the ops listener.
+    pub fn ops_get(&self, path: &str) -> crate::http::Response {
+        crate::http::get(self.ops_addr, "ops", path, &[])
+    }
+
+    /// The binding table revision the router serves.
+    pub fn revision(&self) -> u64 {
+        self.ops_get("/bindings/revision").text().trim().parse().unwrap_or(0)
+    }
+
+    /// Polls until `cond` holds for a GET of `host` `path` with `token`.
+    pub fn wait_for(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        wait::until(Duration::from_secs(10), what, || cond().then_some(()));
+    }
+
+    /// Sends SIGTERM (graceful drain).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+    }
+
+    /// Waits for the process to exit, with a deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        wait::until(timeout, "nexus-edge to exit", || child.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- nexus-edge log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Writes a file the way the docs tell writers to: temp file, then rename.
+pub fn write_atomically(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).expect("write temp");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// A binding record for tests.
+pub fn binding(tenant: &str, url: &str, status: &str, org: Option<&str>) -> serde_json::Value {
+    let mut b = serde_json::json!({
+        "tenant_id": tenant,
+        "subscription_id": format!("sub-{tenant}"),
+        "instance_id": format!("inst-{tenant}"),
+        "instance_url": url,
+        "status": status,
+        "plan": "team",
+        "region": "local",
+    });
+    if let Some(o) = org {
+        b["identity_org_id"] = serde_json::Value::String(o.to_owned());
+    }
+    b
+}
+
+/// A bindings file body.
+pub fn bindings_file(records: Vec<serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({ "format": "nexus-edge.bindings/v1", "bindings": records })
+}

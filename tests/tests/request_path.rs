@@ -1,0 +1,502 @@
+//! The request path end to end: the real `nexus-edge` binary, real HTTP instances, real tokens.
+
+use std::time::Duration;
+
+use nexus_e2e::backend::{echoed_header, Backend};
+use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions, BASE};
+use nexus_e2e::http::{get, get_with_token, send_raw};
+use nexus_e2e::keys::{self, claims, TestKeys};
+
+/// Two tenants on two instances: `acme` (org-acme, custom domain) and `globex` (no org).
+struct World {
+    keys: TestKeys,
+    a: Backend,
+    b: Backend,
+    edge: Edge,
+}
+
+fn host(tenant: &str) -> String {
+    format!("{tenant}.{BASE}")
+}
+
+fn world_with(extra: impl FnOnce(&mut Vec<serde_json::Value>, &Backend, &Backend), read_timeout: &'static str) -> World {
+    let keys = TestKeys::new();
+    let a = Backend::start("instance-a");
+    let b = Backend::start("instance-b");
+    let mut acme = binding("acme", &a.url(), "active", Some("org-acme"));
+    acme["domains"] = serde_json::json!(["app.acme-corp.test"]);
+    let mut records = vec![acme, binding("globex", &b.url(), "active", None)];
+    extra(&mut records, &a, &b);
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings_file(records));
+    opts.read_timeout = read_timeout;
+    let edge = Edge::start(&opts);
+    World { keys, a, b, edge }
+}
+
+fn world() -> World {
+    world_with(|_, _, _| {}, "5s")
+}
+
+#[test]
+fn routes_each_tenant_to_its_own_instance() {
+    let w = world();
+    let acme = get_with_token(w.edge.addr, &host("acme"), "/dashboard?x=1", &w.keys.token("acme", Some("org-acme")));
+    assert_eq!(acme.status, 200, "{}", acme.text());
+    let echo = acme.json();
+    assert_eq!(echo["instance"], "instance-a");
+    assert_eq!(echo["path"], "/dashboard?x=1");
+    assert_eq!(echoed_header(&echo, "x-tenant-id"), ["acme"]);
+    assert_eq!(echoed_header(&echo, "x-org-id"), ["org-acme"]);
+    assert_eq!(echoed_header(&echo, "x-user-id"), ["user-1"]);
+
+    let globex = get_with_token(w.edge.addr, &host("globex"), "/", &w.keys.token("globex", None));
+    assert_eq!(globex.status, 200, "{}", globex.text());
+    assert_eq!(globex.json()["instance"], "instance-b");
+
+    // Case, port and a trailing dot do not change the tenant.
+    let mixed = get_with_token(w.edge.addr, "ACME.Edge.Test.:8443", "/", &w.keys.token("acme", Some("org-acme")));
+    assert_eq!(mixed.status, 200, "{}", mixed.text());
+    assert_eq!(mixed.json()["instance"], "instance-a");
+    assert_eq!(w.a.hits(), 2);
+    assert_eq!(w.b.hits(), 1);
+}
+
+#[test]
+fn rs256_tokens_and_the_session_cookie_are_accepted() {
+    let w = world();
+    let rs = w.keys.rs.sign(&claims("acme", Some("org-acme"))).expect("sign");
+    let r = get_with_token(w.edge.addr, &host("acme"), "/", &rs);
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let cookie = format!("theme=dark; nexus_session={}", w.keys.token("acme", Some("org-acme")));
+    let r = get(w.edge.addr, &host("acme"), "/", &[("Cookie", &cookie)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Header and cookie disagree: which one is the caller? Neither.
+    let other = w.keys.rs.sign(&claims("acme", Some("org-acme"))).expect("sign");
+    let r = get(
+        w.edge.addr,
+        &host("acme"),
+        "/",
+        &[("Cookie", &cookie), ("Authorization", &format!("Bearer {other}"))],
+    );
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn custom_domain_and_public_paths() {
+    let w = world();
+    let r = get_with_token(w.edge.addr, "app.acme-corp.test", "/x", &w.keys.token("acme", Some("org-acme")));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["instance"], "instance-a");
+
+    // Public paths need no token, and still go to the host's tenant.
+    for path in ["/login", "/login/sso", "/assets/app.js"] {
+        let r = get(w.edge.addr, &host("globex"), path, &[]);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.json()["instance"], "instance-b");
+    }
+    // Prefixes are segment-aware, and traversal out of a public prefix is normalised first.
+    for path in ["/loginx", "/assets/../api/secret", "/login/%2e%2e/admin"] {
+        let r = get(w.edge.addr, &host("globex"), path, &[]);
+        assert_eq!(r.status, 401, "{path}");
+    }
+}
+
+#[test]
+fn invalid_tokens_get_401_with_rfc6750_header() {
+    let w = world();
+    let addr = w.edge.addr;
+    let h = host("acme");
+    let org = Some("org-acme");
+
+    let missing = get(addr, &h, "/", &[]);
+    assert_eq!(missing.status, 401);
+    let challenge = missing.header("www-authenticate").expect("challenge");
+    assert!(challenge.starts_with("Bearer"), "{challenge}");
+    assert!(!challenge.contains("error="), "no error code when no token was sent: {challenge}");
+
+    let mut expired = claims("acme", org);
+    expired["exp"] = serde_json::json!(keys::now() - 120);
+    let mut not_yet = claims("acme", org);
+    not_yet["nbf"] = serde_json::json!(keys::now() + 600);
+    let mut wrong_iss = claims("acme", org);
+    wrong_iss["iss"] = serde_json::json!("https://evil.test");
+    let mut wrong_aud = claims("acme", org);
+    wrong_aud["aud"] = serde_json::json!(["other", "api"]);
+    let mut no_exp = claims("acme", org);
+    no_exp.as_object_mut().expect("object").remove("exp");
+
+    let good = w.keys.token("acme", org);
+    let rsa_public = w.keys.rs.public_jwk();
+    let rsa_n = rsa_public["n"].as_str().expect("n").as_bytes().to_vec();
+    let cases: Vec<(&str, String)> = vec![
+        ("expired", w.keys.es.sign(&expired).expect("sign")),
+        ("not yet valid", w.keys.es.sign(&not_yet).expect("sign")),
+        ("wrong issuer", w.keys.es.sign(&wrong_iss).expect("sign")),
+        ("wrong audience", w.keys.es.sign(&wrong_aud).expect("sign")),
+        ("no exp", w.keys.es.sign(&no_exp).expect("sign")),
+        ("bad signature", keys::with_signature_of(&good, &w.keys.token("acme", Some("org-other")))),
+        (
+            "alg none",
+            keys::unsigned(&serde_json::json!({"alg": "none", "typ": "JWT"}), &claims("acme", org)),
+        ),
+        (
+            "alg None with kid",
+            keys::unsigned(&serde_json::json!({"alg": "None", "kid": "test-es256"}), &claims("acme", org)),
+        ),
+        ("HS256 with the RSA key as secret", keys::hs256("test-rs256", &rsa_n, &claims("acme", org))),
+        (
+            "HS256 with the RSA JWK as secret",
+            keys::hs256("test-rs256", rsa_public.to_string().as_bytes(), &claims("acme", org)),
+        ),
+        ("unknown kid", {
+            let other = nexus_edge::auth::mint::SigningKey::generate_es256("not-in-jwks").expect("key");
+            other.sign(&claims("acme", org)).expect("sign")
+        }),
+        ("two parts", good.rsplit_once('.').expect("dot").0.to_owned()),
+        ("garbage", "not-a-token".to_owned()),
+        ("bad base64", format!("{good}!")),
+        (
+            "jku header",
+            keys::unsigned(
+                &serde_json::json!({"alg": "ES256", "kid": "test-es256", "jku": "https://evil.test/jwks"}),
+                &claims("acme", org),
+            ),
+        ),
+    ];
+    for (name, token) in cases {
+        let r = get_with_token(addr, &h, "/", &token);
+        assert_eq!(r.status, 401, "{name}: {}", r.text());
+        let challenge = r.header("www-authenticate").unwrap_or_default();
+        assert!(challenge.contains("error=\"invalid_token\""), "{name}: {challenge}");
+        assert!(!r.text().contains(&token), "{name}: body must not echo the token");
+    }
+    // Tokens in the query string are ignored: still 401 for a missing token.
+    let r = get(addr, &h, &format!("/?access_token={good}"), &[]);
+    assert_eq!(r.status, 401);
+    assert_eq!(w.a.hits(), 0, "no rejected request may reach the instance");
+    assert!(!w.edge.log().contains(&good), "the log must never contain a token");
+}
+
+#[test]
+fn cross_tenant_and_org_mismatch_get_403() {
+    let w = world();
+    let addr = w.edge.addr;
+    let cases = [
+        ("globex token on acme", host("acme"), w.keys.token("globex", None)),
+        ("acme token on globex", host("globex"), w.keys.token("acme", Some("org-acme"))),
+        ("right tenant, wrong org", host("acme"), w.keys.token("acme", Some("org-globex"))),
+        ("right tenant, no org", host("acme"), w.keys.token("acme", None)),
+        ("case-folded tenant claim", host("acme"), w.keys.token("ACME", Some("org-acme"))),
+        ("tenant claim with space", host("acme"), w.keys.token("acme ", Some("org-acme"))),
+        ("case-folded org claim", host("acme"), w.keys.token("acme", Some("ORG-ACME"))),
+        ("custom domain, other tenant", "app.acme-corp.test".to_owned(), w.keys.token("globex", None)),
+    ];
+    for (name, h, token) in cases {
+        let r = get_with_token(addr, &h, "/", &token);
+        assert_eq!(r.status, 403, "{name}: {}", r.text());
+    }
+    assert_eq!(w.a.hits() + w.b.hits(), 0);
+}
+
+#[test]
+fn malformed_and_unknown_hosts() {
+    let w = world();
+    let addr = w.edge.addr;
+    let token = w.keys.token("acme", Some("org-acme"));
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let raw = |req: String| send_raw(addr, req.as_bytes()).expect("response").status;
+
+    assert_eq!(get_with_token(addr, &host("nobody"), "/", &token).status, 404);
+    assert_eq!(get_with_token(addr, "unknown.example", "/", &token).status, 404);
+    assert_eq!(get_with_token(addr, BASE, "/", &token).status, 404);
+    assert_eq!(get_with_token(addr, &format!("a.acme.{BASE}"), "/", &token).status, 404);
+    assert_eq!(get_with_token(addr, "127.0.0.1", "/", &token).status, 400);
+    assert_eq!(get_with_token(addr, "[::1]:80", "/", &token).status, 400);
+    assert_eq!(get_with_token(addr, "acme..edge.test", "/", &token).status, 400);
+    assert_eq!(get_with_token(addr, "user@acme.edge.test", "/", &token).status, 400);
+    assert_eq!(
+        raw(format!("GET / HTTP/1.1\r\nHost: {}\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n", host("acme"), host("acme"))),
+        400,
+        "duplicate Host"
+    );
+    assert_eq!(
+        raw(format!("GET / HTTP/1.1\r\nHost: {}\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n", host("acme"), host("globex"))),
+        400,
+        "two different Hosts"
+    );
+    assert_eq!(raw(format!("GET / HTTP/1.1\r\n{auth}Connection: close\r\n\r\n")), 400, "no Host");
+    assert_eq!(
+        raw(format!(
+            "GET http://{}/ HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
+            host("globex"),
+            host("acme")
+        )),
+        400,
+        "absolute-form authority disagrees with Host"
+    );
+    let same = send_raw(
+        addr,
+        format!("GET http://{0}/x HTTP/1.1\r\nHost: {0}\r\n{auth}Connection: close\r\n\r\n", host("acme")).as_bytes(),
+    )
+    .expect("response");
+    assert_eq!(same.status, 200, "absolute-form that agrees with Host: {}", same.text());
+    assert_eq!(w.a.hits() + w.b.hits(), 1);
+}
+
+#[test]
+fn spoofed_identity_headers_are_replaced() {
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let r = get(
+        w.edge.addr,
+        &host("acme"),
+        "/",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("X-Tenant-Id", "globex"),
+            ("X-Org-Id", "org-globex"),
+            ("X-User-Id", "admin"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-Host", "evil.test"),
+            ("X-Forwarded-Proto", "https"),
+            ("Forwarded", "for=6.6.6.6"),
+            ("X-Request-Id", "trace-123"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(echoed_header(&echo, "x-tenant-id"), ["acme"]);
+    assert_eq!(echoed_header(&echo, "x-org-id"), ["org-acme"]);
+    assert_eq!(echoed_header(&echo, "x-user-id"), ["user-1"]);
+    assert_eq!(echoed_header(&echo, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(echoed_header(&echo, "x-forwarded-host"), [host("acme")]);
+    assert_eq!(echoed_header(&echo, "x-forwarded-proto"), ["http"]);
+    assert!(echoed_header(&echo, "forwarded").is_empty());
+    assert_eq!(echoed_header(&echo, "x-request-id"), ["trace-123"], "a sane request id is kept");
+    assert_eq!(r.header("x-request-id"), Some("trace-123"));
+
+    // An insane request id is replaced by a generated one.
+    let r = get(
+        w.edge.addr,
+        &host("acme"),
+        "/",
+        &[("Authorization", &format!("Bearer {token}")), ("X-Request-Id", "<script>")],
+    );
+    let ids = echoed_header(&r.json(), "x-request-id");
+    assert_eq!(ids.len(), 1);
+    assert_ne!(ids[0], "<script>");
+    assert!(ids[0].len() >= 16);
+}
+
+#[test]
+fn status_policy_for_every_state() {
+    let w = world_with(
+        |records, a, _| {
+            for (tenant, status) in [
+                ("trial", "trialing"),
+                ("grace", "grace_period"),
+                ("late", "past_due"),
+                ("susp", "suspended"),
+                ("gone", "canceled"),
+                ("prov", "provisioning"),
+                ("queued", "queued_for_provisioning"),
+                ("waiting", "awaiting_customer_action"),
+                ("blocked", "blocked"),
+                ("incident", "incident"),
+            ] {
+                records.push(binding(tenant, &a.url(), status, None));
+            }
+        },
+        "5s",
+    );
+    let addr = w.edge.addr;
+    let t = |tenant: &str| w.keys.token(tenant, None);
+    for tenant in ["trial", "grace"] {
+        let r = get_with_token(addr, &host(tenant), "/", &t(tenant));
+        assert_eq!(r.status, 200, "{tenant}");
+        assert!(r.header("x-nexus-billing-notice").is_none());
+    }
+    let late = get_with_token(addr, &host("late"), "/", &t("late"));
+    assert_eq!(late.status, 200);
+    assert_eq!(late.header("x-nexus-billing-notice"), Some("past_due"));
+
+    // Suspended: only the recovery paths, and traversal out of them does not work.
+    for ok in ["/billing", "/billing/invoices", "/admin/recovery/reset", "/billing/./x", "/billing//x"] {
+        let r = get_with_token(addr, &host("susp"), ok, &t("susp"));
+        assert_eq!(r.status, 200, "suspended {ok}: {}", r.text());
+    }
+    for blocked in [
+        "/",
+        "/api/data",
+        "/billingx",
+        "/billing/../api",
+        "/billing/%2e%2e/api",
+        "/billing/%2E%2E/api",
+        "/billing/.%2e/api",
+        "/billing%2F..%2Fapi",
+        "/billing/..%2Fapi",
+        "/billing\\..\\api",
+        "/admin/recovery/../../api",
+    ] {
+        let r = get_with_token(addr, &host("susp"), blocked, &t("susp"));
+        assert!(r.status == 403 || r.status == 400, "suspended {blocked}: got {}", r.status);
+    }
+    // The normalised path is what the instance receives.
+    let r = get_with_token(addr, &host("susp"), "/billing/%7Einvoices/./a", &t("susp"));
+    assert_eq!(r.json()["path"], "/billing/~invoices/a");
+
+    let gone = get_with_token(addr, &host("gone"), "/", &t("gone"));
+    assert_eq!(gone.status, 410);
+    for tenant in ["prov", "queued", "waiting"] {
+        let r = get(addr, &host(tenant), "/", &[]);
+        assert_eq!(r.status, 503, "{tenant}");
+        assert_eq!(r.header("retry-after"), Some("30"), "{tenant}");
+    }
+    for tenant in ["blocked", "incident"] {
+        let r = get_with_token(addr, &host(tenant), "/", &t(tenant));
+        assert_eq!(r.status, 503, "{tenant}");
+    }
+}
+
+#[test]
+fn api_prefix_goes_to_api_url() {
+    let w = world_with(
+        |records, _, b| {
+            records[0]["api_url"] = serde_json::Value::String(format!("{}/v2", b.url()));
+        },
+        "5s",
+    );
+    let token = w.keys.token("acme", Some("org-acme"));
+    let api = get_with_token(w.edge.addr, &host("acme"), "/api/items?q=1", &token);
+    assert_eq!(api.status, 200, "{}", api.text());
+    assert_eq!(api.json()["instance"], "instance-b");
+    assert_eq!(api.json()["path"], "/v2/api/items?q=1");
+    let app = get_with_token(w.edge.addr, &host("acme"), "/apiary", &token);
+    assert_eq!(app.json()["instance"], "instance-a");
+}
+
+#[test]
+fn websocket_upgrade_passes_through() {
+    use std::io::{Read, Write};
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let mut s = std::net::TcpStream::connect(w.edge.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        host("acme")
+    )
+    .expect("write");
+    let resp = nexus_e2e::http::read_response(&mut s).expect("101");
+    assert_eq!(resp.status, 101);
+    assert_eq!(resp.header("x-instance"), Some("instance-a"));
+    s.write_all(b"ping over the tunnel").expect("write frame");
+    let mut got = vec![0u8; 20];
+    s.read_exact(&mut got).expect("echo");
+    assert_eq!(&got, b"ping over the tunnel");
+
+    // Without a token the upgrade is refused like any other request.
+    let r = get(w.edge.addr, &host("acme"), "/ws", &[("Connection", "Upgrade"), ("Upgrade", "websocket")]);
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn unreachable_instance_is_502_and_slow_instance_is_504() {
+    let dead = nexus_e2e::edge::free_addr();
+    let w = world_with(
+        |records, _, _| {
+            records.push(binding("dead", &format!("http://{dead}"), "active", None));
+        },
+        "500ms",
+    );
+    let r = get_with_token(w.edge.addr, &host("dead"), "/", &w.keys.token("dead", None));
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(!r.text().contains(&dead.to_string()), "the body must not reveal the upstream");
+
+    let r = get_with_token(w.edge.addr, &host("acme"), "/slow/3000", &w.keys.token("acme", Some("org-acme")));
+    assert_eq!(r.status, 504, "{}", r.text());
+}
+
+#[test]
+fn binding_file_changes_are_picked_up_live() {
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let before = get_with_token(w.edge.addr, &host("acme"), "/", &token);
+    assert_eq!(before.json()["instance"], "instance-a");
+
+    // Rebind acme to instance b; add a new tenant; include one invalid record.
+    let mut acme = binding("acme", &w.b.url(), "active", Some("org-acme"));
+    acme["domains"] = serde_json::json!(["app.acme-corp.test"]);
+    let mut broken_globex = binding("globex", "ftp://nowhere", "active", None);
+    broken_globex["revision"] = serde_json::json!(7);
+    w.edge.write_bindings(&bindings_file(vec![
+        acme,
+        binding("newco", &w.a.url(), "active", None),
+        broken_globex,
+    ]));
+    w.edge.wait_for("acme rebound to instance b", || {
+        let r = get_with_token(w.edge.addr, &host("acme"), "/", &token);
+        r.status == 200 && r.json()["instance"] == "instance-b"
+    });
+    let newco = get_with_token(w.edge.addr, &host("newco"), "/", &w.keys.token("newco", None));
+    assert_eq!(newco.status, 200);
+    // globex's new record is invalid: globex keeps its last good binding.
+    let globex = get_with_token(w.edge.addr, &host("globex"), "/", &w.keys.token("globex", None));
+    assert_eq!(globex.status, 200, "{}", globex.text());
+    assert_eq!(globex.json()["instance"], "instance-b");
+
+    // A file that is not JSON at all changes nothing.
+    nexus_e2e::edge::write_atomically(&w.edge.bindings_path, "{ this is not json");
+    let r = get_with_token(w.edge.addr, &host("newco"), "/", &w.keys.token("newco", None));
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn key_rotation_is_picked_up_live() {
+    let w = world();
+    let newkey = nexus_edge::auth::mint::SigningKey::generate_es256("rotated-key").expect("key");
+    let token = newkey.sign(&claims("acme", Some("org-acme"))).expect("sign");
+    assert_eq!(get_with_token(w.edge.addr, &host("acme"), "/", &token).status, 401);
+    let jwks = serde_json::json!({ "keys": [w.keys.es.public_jwk(), newkey.public_jwk()] });
+    nexus_e2e::edge::write_atomically(&w.edge.jwks_path, &jwks.to_string());
+    nexus_e2e::wait::until(Duration::from_secs(15), "the rotated key to be accepted", || {
+        (get_with_token(w.edge.addr, &host("acme"), "/", &token).status == 200).then_some(())
+    });
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let mut w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let addr = w.edge.addr;
+    let h = host("acme");
+    let slow = std::thread::spawn(move || get_with_token(addr, &h, "/slow/800", &token));
+    nexus_e2e::wait::until(Duration::from_secs(5), "the slow request to reach the instance", || {
+        (w.a.hits() == 1).then_some(())
+    });
+    w.edge.terminate();
+    let r = slow.join().expect("slow request thread");
+    assert_eq!(r.status, 200, "in-flight request must finish during the drain");
+    let status = w.edge.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn metrics_and_probes_on_the_ops_listener() {
+    let w = world();
+    let _ = get(w.edge.addr, &host("acme"), "/", &[]);
+    let m = w.edge.ops_get("/metrics");
+    assert_eq!(m.status, 200);
+    let text = m.text();
+    assert!(text.contains("nexus_edge_requests_total{outcome=\"missing_token\"} 1"), "{text}");
+    assert!(text.contains("nexus_edge_bindings 2"), "{text}");
+    assert_eq!(w.edge.ops_get("/healthz").status, 200);
+    assert_eq!(w.edge.ops_get("/readyz").json()["bindings"], 2);
+    // The ops endpoints are not reachable through a tenant host.
+    let r = get(w.edge.addr, &host("acme"), "/metrics", &[]);
+    assert_eq!(r.status, 401);
+}
