@@ -330,7 +330,7 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
         p.push("store", None, "is required ([store] with kind and path)");
         return None;
     }
-    let kind = s.required_string("kind", p).map(|(k, at)| (k, at));
+    let kind = s.required_string("kind", p);
     let result = match kind.as_ref().map(|(k, at)| (k.as_str(), *at)) {
         Some(("file", _)) => {
             let path = match s.raw("path") {

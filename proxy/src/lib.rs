@@ -1,8 +1,40 @@
 //! Nexus Edge: the tenant router.
+//!
+//! The request path is a chain of small, pure decisions, each in its own module, and one
+//! Pingora service that only orchestrates them:
+//!
+//! | module | decides |
+//! |---|---|
+//! | [`host`] | which tenant a request is addressed to |
+//! | [`path`] | the one normalised path used for policy and upstream |
+//! | [`auth`] | whether the token is genuine (JWKS, JWT rules, verified-token cache) |
+//! | [`authz`] | whether the token's tenant/org claims match the addressed tenant |
+//! | [`policy`] | what the tenant's status allows |
+//! | [`decision`] | all of the above, in order, for one request |
+//! | [`route`] | which upstream and which headers |
+//! | [`errors`] | status code, body and metric label of every rejection |
+//! | [`service`] | the Pingora `ProxyHttp` glue |
+//!
+//! Around them: [`server`] assembles and runs Pingora, [`ops`] serves metrics and probes,
+//! [`background`] runs binding sync and key reload, [`cli`] is the command line, [`demo`]
+//! the newcomer's first five minutes.
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod authz;
+pub mod background;
+pub mod cli;
+pub mod decision;
+pub mod demo;
+pub mod errors;
 pub mod host;
+pub mod logging;
+pub mod metrics;
+pub mod ops;
 pub mod path;
 pub mod policy;
+pub mod route;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod store;

@@ -8,6 +8,9 @@
 //! - [`keys`]: signing keys and their JWKS for tests.
 //! - [`wait`]: polling with a deadline instead of sleeping.
 
+// A harness for tests: a failed expectation here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod backend;
 pub mod edge;
 pub mod http;

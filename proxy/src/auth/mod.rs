@@ -1,1 +1,155 @@
-//! Token authentication.
+//! Token authentication: is this login token genuine, unexpired and meant for us?
+//!
+//! - [`jws`]: compact-serialization parsing and header rules (RFC 7515 / 8725);
+//! - [`jwk`]: keys pinned to their algorithms; `keyset`: the JWKS plus HMAC secrets;
+//! - [`claims`]: `exp`/`nbf`/`iss`/`aud` and the identity claims;
+//! - `cache`: the verified-token cache; [`credential`]: where the token comes from;
+//! - [`mint`]: signing, for the CLI, demo and tests.
+//!
+//! Whether the token belongs to the *addressed tenant* is not decided here but in
+//! [`crate::authz`], on every request, cached token or not.
+
+mod cache;
+pub mod claims;
+pub mod credential;
+mod error;
+pub mod jwk;
+pub mod jws;
+mod keyset;
+pub mod mint;
+mod strict_json;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use nexus_config::{AuthSettings, HmacKey, JwksSource};
+
+pub use claims::VerifiedToken;
+pub use credential::extract_token;
+pub use error::{www_authenticate_missing, AuthSetupError, CredentialError, TokenError};
+pub use jwk::Algorithm;
+
+use cache::TokenCache;
+use claims::ClaimRules;
+use keyset::KeySet;
+
+/// The demo key set compiled into the binary (public keys only).
+const DEMO_JWKS: &str = include_str!("../../../deploy/demo/jwks.json");
+
+/// Verifies tokens. Shared by every request; keys are swapped atomically on reload.
+#[derive(Debug)]
+pub struct Authenticator {
+    source: JwksSource,
+    hmac: Vec<HmacKey>,
+    keys: ArcSwap<KeySet>,
+    cache: TokenCache,
+    rules: ClaimRules,
+    max_token_bytes: usize,
+    session_cookie: Option<String>,
+    generation: AtomicU64,
+    /// Full signature checks done (cache misses), for tests and metrics.
+    signature_checks: AtomicU64,
+}
+
+fn read_source(source: &JwksSource) -> Result<(String, String), AuthSetupError> {
+    match source {
+        JwksSource::File(p) => std::fs::read_to_string(p)
+            .map(|t| (t, p.display().to_string()))
+            .map_err(|e| AuthSetupError::Read {
+                path: p.display().to_string(),
+                source: e,
+            }),
+        JwksSource::EmbeddedDemo => Ok((DEMO_JWKS.to_owned(), "embedded demo key set".to_owned())),
+    }
+}
+
+impl Authenticator {
+    /// Loads the key set named by the settings.
+    pub fn new(settings: &AuthSettings) -> Result<Self, AuthSetupError> {
+        let (text, origin) = read_source(&settings.jwks)?;
+        let keys = KeySet::load(&text, &origin, &settings.hmac_keys, 1)?;
+        Ok(Self {
+            source: settings.jwks.clone(),
+            hmac: settings.hmac_keys.clone(),
+            keys: ArcSwap::from_pointee(keys),
+            cache: TokenCache::new(settings.token_cache_capacity),
+            rules: ClaimRules {
+                issuers: settings.issuers.clone(),
+                audiences: settings.audiences.clone(),
+                leeway: settings.leeway.as_secs(),
+                tenant_claim: settings.tenant_claim.clone(),
+                org_claim: settings.org_claim.clone(),
+            },
+            max_token_bytes: settings.max_token_bytes,
+            session_cookie: settings.session_cookie.clone(),
+            generation: AtomicU64::new(1),
+            signature_checks: AtomicU64::new(0),
+        })
+    }
+
+    /// Re-reads the key file if its content changed. On error the current keys stay.
+    /// Returns whether a new key set was installed.
+    pub fn reload_keys(&self) -> Result<bool, AuthSetupError> {
+        let (text, origin) = read_source(&self.source)?;
+        if keyset::digest(&text) == self.keys.load().digest {
+            return Ok(false);
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let keys = KeySet::load(&text, &origin, &self.hmac, generation)?;
+        self.keys.store(Arc::new(keys));
+        Ok(true)
+    }
+
+    /// Usable keys in the current set.
+    pub fn key_count(&self) -> usize {
+        self.keys.load().len()
+    }
+
+    /// The session cookie that may carry tokens.
+    pub fn session_cookie(&self) -> Option<&str> {
+        self.session_cookie.as_deref()
+    }
+
+    /// Full signature verifications so far (cache misses).
+    pub fn signature_checks(&self) -> u64 {
+        self.signature_checks.load(Ordering::Relaxed)
+    }
+
+    /// Verified tokens currently cached.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Verifies a token at `now_unix`: from the cache when this exact token was verified under
+    /// the current keys, otherwise in full. Time claims are checked either way.
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<Arc<VerifiedToken>, TokenError> {
+        if token.len() > self.max_token_bytes {
+            return Err(TokenError::TooLarge);
+        }
+        let keys = self.keys.load();
+        let key = cache::hash(token);
+        if let Some(hit) = self.cache.get(&key, keys.generation) {
+            return match hit.check_time(now_unix, self.rules.leeway) {
+                Ok(()) => Ok(hit),
+                Err(e) => {
+                    self.cache.remove(&key);
+                    Err(e)
+                }
+            };
+        }
+        let parsed = jws::parse(token)?;
+        let verify_key = keys.select(parsed.kid.as_deref()).ok_or(TokenError::UnknownKey)?;
+        if !verify_key.allows(parsed.alg) {
+            return Err(TokenError::AlgorithmMismatch);
+        }
+        self.signature_checks.fetch_add(1, Ordering::Relaxed);
+        verify_key.verify(parsed.alg, parsed.signing_input.as_bytes(), &parsed.signature)?;
+        let verified = claims::check(&parsed.payload, &self.rules, now_unix, parsed.kid, parsed.alg)?;
+        self.cache.insert(key, Arc::clone(&verified), keys.generation);
+        Ok(verified)
+    }
+}
+
+#[cfg(test)]
+mod tests;

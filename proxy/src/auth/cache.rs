@@ -1,0 +1,75 @@
+//! The verified-token cache: a browser sends the same token for its whole life, so the
+//! signature check is done once per token and key-set generation.
+//!
+//! - keyed by SHA-256 of the whole token: the cache never holds tokens, and two tokens that
+//!   differ in any byte never share an entry;
+//! - bounded (`quick_cache`, sharded and lock-light), so a flood of distinct tokens costs a
+//!   fixed amount of memory;
+//! - an entry remembers the key-set generation it was verified under; after a key rotation it
+//!   is ignored and the token re-verified, so a removed key stops working at once;
+//! - what is cached are claims, not decisions: time claims, tenant and org are checked on
+//!   every request, and an expired entry is dropped when seen.
+
+use std::sync::Arc;
+
+use quick_cache::sync::Cache;
+
+use super::claims::VerifiedToken;
+
+/// SHA-256 of a token.
+pub(crate) type TokenHash = [u8; 32];
+
+/// Hashes a token for the cache key.
+pub(crate) fn hash(token: &str) -> TokenHash {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Verified tokens by hash.
+pub(crate) struct TokenCache {
+    inner: Option<Cache<TokenHash, (Arc<VerifiedToken>, u64)>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("len", &self.inner.as_ref().map_or(0, Cache::len))
+            .finish()
+    }
+}
+
+impl TokenCache {
+    /// A cache of `capacity` entries; 0 disables caching.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            inner: (capacity > 0).then(|| Cache::new(capacity)),
+        }
+    }
+
+    /// The entry for `key` if it was verified under key-set `generation`.
+    pub(crate) fn get(&self, key: &TokenHash, generation: u64) -> Option<Arc<VerifiedToken>> {
+        let (token, g) = self.inner.as_ref()?.get(key)?;
+        (g == generation).then_some(token)
+    }
+
+    /// Remembers a verified token.
+    pub(crate) fn insert(&self, key: TokenHash, token: Arc<VerifiedToken>, generation: u64) {
+        if let Some(c) = &self.inner {
+            c.insert(key, (token, generation));
+        }
+    }
+
+    /// Drops an entry (expired).
+    pub(crate) fn remove(&self, key: &TokenHash) {
+        if let Some(c) = &self.inner {
+            c.remove(key);
+        }
+    }
+
+    /// Entries held.
+    pub(crate) fn len(&self) -> usize {
+        self.inner.as_ref().map_or(0, Cache::len)
+    }
+}

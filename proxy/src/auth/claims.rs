@@ -1,0 +1,118 @@
+//! Registered claims (RFC 7519 §4.1) and the identity the router forwards.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::error::TokenError;
+use super::jwk::Algorithm;
+
+/// A token whose signature and claims were verified. Claim values are the caller's to compare;
+/// they are never logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// `sub`, when a string.
+    pub sub: Option<String>,
+    /// The tenant claim, when a string.
+    pub tenant: Option<String>,
+    /// The org claim, when a string.
+    pub org: Option<String>,
+    /// `exp`, Unix seconds.
+    pub exp: u64,
+    /// `nbf`, Unix seconds.
+    pub nbf: Option<u64>,
+    /// `kid` of the key that verified it.
+    pub kid: Option<String>,
+    /// Algorithm that verified it.
+    pub alg: Algorithm,
+}
+
+impl VerifiedToken {
+    /// Time claims against `now` with `leeway`: expired at `exp + leeway`, valid from
+    /// `nbf - leeway`. Checked on every request, cached or not.
+    pub fn check_time(&self, now: u64, leeway: u64) -> Result<(), TokenError> {
+        if now >= self.exp.saturating_add(leeway) {
+            return Err(TokenError::Expired);
+        }
+        if let Some(nbf) = self.nbf {
+            if now.saturating_add(leeway) < nbf {
+                return Err(TokenError::NotYetValid);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the claims are checked against.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaimRules {
+    pub(crate) issuers: Vec<String>,
+    pub(crate) audiences: Vec<String>,
+    pub(crate) leeway: u64,
+    pub(crate) tenant_claim: String,
+    pub(crate) org_claim: String,
+}
+
+/// A NumericDate (RFC 7519 §2): a JSON number of seconds; fractions are truncated.
+fn numeric_date(v: &Value) -> Result<u64, TokenError> {
+    if let Some(n) = v.as_u64() {
+        return Ok(n);
+    }
+    match v.as_f64() {
+        Some(f) if f.is_finite() && f >= 0.0 && f < 1e15 => Ok(f as u64),
+        _ => Err(TokenError::Malformed("time claim is not a valid NumericDate")),
+    }
+}
+
+fn string_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    claims.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Checks the registered claims and extracts the identity.
+pub(crate) fn check(
+    claims: &Map<String, Value>,
+    rules: &ClaimRules,
+    now: u64,
+    kid: Option<String>,
+    alg: Algorithm,
+) -> Result<Arc<VerifiedToken>, TokenError> {
+    let exp = numeric_date(claims.get("exp").ok_or(TokenError::MissingExp)?)?;
+    let nbf = claims.get("nbf").map(numeric_date).transpose()?;
+    if let Some(iat) = claims.get("iat") {
+        numeric_date(iat)?;
+    }
+    if !rules.issuers.is_empty() {
+        match claims.get("iss") {
+            Some(Value::String(iss)) if rules.issuers.iter().any(|i| i == iss) => {}
+            _ => return Err(TokenError::WrongIssuer),
+        }
+    }
+    if !rules.audiences.is_empty() {
+        let ok = match claims.get("aud") {
+            Some(Value::String(a)) => rules.audiences.iter().any(|x| x == a),
+            Some(Value::Array(list)) => {
+                if list.iter().any(|v| !v.is_string()) {
+                    return Err(TokenError::Malformed("aud array holds a non-string"));
+                }
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .any(|a| rules.audiences.iter().any(|x| x == a))
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(TokenError::WrongAudience);
+        }
+    }
+    let token = VerifiedToken {
+        sub: string_claim(claims, "sub"),
+        tenant: string_claim(claims, &rules.tenant_claim),
+        org: string_claim(claims, &rules.org_claim),
+        exp,
+        nbf,
+        kid,
+        alg,
+    };
+    token.check_time(now, rules.leeway)?;
+    Ok(Arc::new(token))
+}

@@ -1,0 +1,117 @@
+//! Taking the token from the request: `Authorization: Bearer` or the session cookie.
+//!
+//! Tokens in the query string are never read (they end up in logs and referrers). If the
+//! header and the cookie both carry a token they must be the same token: otherwise it is not
+//! clear who the caller is, and the request is refused.
+
+use super::error::CredentialError;
+
+/// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_b64token(s: &[u8]) -> bool {
+    let body_end = s.iter().rposition(|&c| c != b'=').map_or(0, |i| i + 1);
+    body_end > 0
+        && s[..body_end]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+/// The token from `Authorization: Bearer` headers and/or the named cookie; `None` if neither
+/// carries one. A non-Bearer `Authorization` (e.g. Basic, meant for the app) is not ours and
+/// counts as no token.
+pub fn extract_token<'a>(
+    authorization: &[&'a [u8]],
+    cookie_headers: &[&'a [u8]],
+    cookie_name: Option<&str>,
+) -> Result<Option<&'a str>, CredentialError> {
+    let header_token = match authorization {
+        [] => None,
+        [one] => bearer(one)?,
+        _ => return Err(CredentialError::Duplicate),
+    };
+    let mut cookie_token: Option<&'a str> = None;
+    if let Some(name) = cookie_name {
+        for header in cookie_headers {
+            for pair in header.split(|&c| c == b';') {
+                let pair = pair.trim_ascii();
+                let Some(eq) = pair.iter().position(|&c| c == b'=') else { continue };
+                if &pair[..eq] != name.as_bytes() {
+                    continue;
+                }
+                let mut value = &pair[eq + 1..];
+                if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
+                    value = &value[1..value.len() - 1];
+                }
+                if !is_b64token(value) {
+                    return Err(CredentialError::Malformed);
+                }
+                let value = std::str::from_utf8(value).map_err(|_| CredentialError::Malformed)?;
+                match cookie_token {
+                    Some(prev) if prev != value => return Err(CredentialError::Conflict),
+                    _ => cookie_token = Some(value),
+                }
+            }
+        }
+    }
+    match (header_token, cookie_token) {
+        (Some(h), Some(c)) if h != c => Err(CredentialError::Conflict),
+        (Some(h), _) => Ok(Some(h)),
+        (None, c) => Ok(c),
+    }
+}
+
+fn bearer(value: &[u8]) -> Result<Option<&str>, CredentialError> {
+    let value = value.trim_ascii();
+    let Some(sp) = value.iter().position(|&c| c == b' ') else {
+        // A lone scheme word: `Bearer` with no token is malformed, anything else is not ours.
+        return if value.eq_ignore_ascii_case(b"bearer") {
+            Err(CredentialError::Malformed)
+        } else {
+            Ok(None)
+        };
+    };
+    if !value[..sp].eq_ignore_ascii_case(b"bearer") {
+        return Ok(None);
+    }
+    let token = value[sp..].trim_ascii_start();
+    if !is_b64token(token) {
+        return Err(CredentialError::Malformed);
+    }
+    std::str::from_utf8(token).map(Some).map_err(|_| CredentialError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        use CredentialError::*;
+        let c = Some("sess");
+        let cases: Vec<(Vec<&[u8]>, Vec<&[u8]>, Result<Option<&str>, CredentialError>)> = vec![
+            (vec![], vec![], Ok(None)),
+            (vec![b"Bearer abc.def.ghi"], vec![], Ok(Some("abc.def.ghi"))),
+            (vec![b"bearer abc"], vec![], Ok(Some("abc"))),
+            (vec![b"BEARER  abc "], vec![], Ok(Some("abc"))),
+            (vec![b"Basic dXNlcjpwYXNz"], vec![], Ok(None)),
+            (vec![b"Bearer"], vec![], Err(Malformed)),
+            (vec![b"Bearer a b"], vec![], Err(Malformed)),
+            (vec![b"Bearer a,b"], vec![], Err(Malformed)),
+            (vec![b"Bearer ="], vec![], Err(Malformed)),
+            (vec![b"Bearer a", b"Bearer a"], vec![], Err(Duplicate)),
+            (vec![], vec![b"sess=tok"], Ok(Some("tok"))),
+            (vec![], vec![b"a=1; sess=tok; b=2"], Ok(Some("tok"))),
+            (vec![], vec![b"sess=\"tok\""], Ok(Some("tok"))),
+            (vec![], vec![b"xsess=tok"], Ok(None)),
+            (vec![], vec![b"sess=tok", b"sess=tok"], Ok(Some("tok"))),
+            (vec![], vec![b"sess=tok; sess=other"], Err(Conflict)),
+            (vec![], vec![b"sess=bad value"], Err(Malformed)),
+            (vec![b"Bearer tok"], vec![b"sess=tok"], Ok(Some("tok"))),
+            (vec![b"Bearer tok"], vec![b"sess=other"], Err(Conflict)),
+            (vec![b"Basic x"], vec![b"sess=tok"], Ok(Some("tok"))),
+        ];
+        for (auth, cookies, want) in cases {
+            assert_eq!(extract_token(&auth, &cookies, c), want, "{auth:?} {cookies:?}");
+        }
+        assert_eq!(extract_token(&[], &[b"sess=tok"], None), Ok(None));
+    }
+}

@@ -1,0 +1,273 @@
+//! Verification keys: JWKs turned into ready-to-use key material, each pinned to what it may
+//! verify.
+//!
+//! The key decides the algorithm, never the token: a key's own `alg` wins; without one, the key
+//! type allows only its own family (an RSA key never verifies an HMAC token, which is how the
+//! classic "HS256 signed with the public key" confusion is closed). HMAC secrets never come
+//! from a JWKS file; they are configured explicitly.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::signature::{self, UnparsedPublicKey};
+use serde_json::Value;
+
+use super::error::TokenError;
+
+/// A JWS algorithm this router implements (RFC 7518 §3, RFC 8037 for EdDSA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    RS512,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// RSASSA-PSS with SHA-384.
+    PS384,
+    /// RSASSA-PSS with SHA-512.
+    PS512,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+    /// ECDSA P-384 with SHA-384.
+    ES384,
+    /// Ed25519.
+    EdDSA,
+    /// HMAC SHA-256 (only with a configured secret).
+    HS256,
+    /// HMAC SHA-384 (only with a configured secret).
+    HS384,
+    /// HMAC SHA-512 (only with a configured secret).
+    HS512,
+}
+
+impl Algorithm {
+    /// Parses the `alg` name, exactly (names are case-sensitive; `none` is never accepted).
+    pub fn from_name(s: &str) -> Option<Algorithm> {
+        Some(match s {
+            "RS256" => Algorithm::RS256,
+            "RS384" => Algorithm::RS384,
+            "RS512" => Algorithm::RS512,
+            "PS256" => Algorithm::PS256,
+            "PS384" => Algorithm::PS384,
+            "PS512" => Algorithm::PS512,
+            "ES256" => Algorithm::ES256,
+            "ES384" => Algorithm::ES384,
+            "EdDSA" => Algorithm::EdDSA,
+            "HS256" => Algorithm::HS256,
+            "HS384" => Algorithm::HS384,
+            "HS512" => Algorithm::HS512,
+            _ => return None,
+        })
+    }
+
+    /// The `alg` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+            Algorithm::HS256 => "HS256",
+            Algorithm::HS384 => "HS384",
+            Algorithm::HS512 => "HS512",
+        }
+    }
+}
+
+/// Key material, parsed once at load so no request re-parses a JWK.
+#[derive(Debug)]
+enum Material {
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    /// Uncompressed SEC1 point `04 || x || y`.
+    EcP256(Vec<u8>),
+    EcP384(Vec<u8>),
+    Ed25519(Vec<u8>),
+    Hmac([ring::hmac::Key; 3]),
+}
+
+/// One verification key.
+#[derive(Debug)]
+pub struct VerifyKey {
+    /// `kid`, when the key has one.
+    pub kid: Option<String>,
+    /// The algorithm the key is pinned to, from its JWK `alg`.
+    pub alg: Option<Algorithm>,
+    material: Material,
+}
+
+impl VerifyKey {
+    /// An HMAC key from a configured secret.
+    pub fn hmac(kid: &str, secret: &[u8]) -> VerifyKey {
+        VerifyKey {
+            kid: Some(kid.to_owned()),
+            alg: None,
+            material: Material::Hmac([
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA384, secret),
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA512, secret),
+            ]),
+        }
+    }
+
+    /// Whether this key may verify `alg`: its own `alg` if it has one, else its family.
+    pub fn allows(&self, alg: Algorithm) -> bool {
+        if let Some(pinned) = self.alg {
+            return pinned == alg;
+        }
+        use Algorithm::*;
+        match &self.material {
+            Material::Rsa { .. } => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+            Material::EcP256(_) => alg == ES256,
+            Material::EcP384(_) => alg == ES384,
+            Material::Ed25519(_) => alg == EdDSA,
+            Material::Hmac(_) => matches!(alg, HS256 | HS384 | HS512),
+        }
+    }
+
+    /// Verifies `sig` over `msg` with `alg` (which [`VerifyKey::allows`] has approved).
+    pub fn verify(&self, alg: Algorithm, msg: &[u8], sig: &[u8]) -> Result<(), TokenError> {
+        if !self.allows(alg) {
+            return Err(TokenError::AlgorithmMismatch);
+        }
+        use Algorithm::*;
+        let ok = match (&self.material, alg) {
+            (Material::Rsa { n, e }, _) => {
+                let params: &signature::RsaParameters = match alg {
+                    RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+                    RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+                    RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+                    PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+                    PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+                    PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+                    _ => return Err(TokenError::AlgorithmMismatch),
+                };
+                signature::RsaPublicKeyComponents { n, e }.verify(params, msg, sig).is_ok()
+            }
+            (Material::EcP256(p), ES256) => UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, p)
+                .verify(msg, sig)
+                .is_ok(),
+            (Material::EcP384(p), ES384) => UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, p)
+                .verify(msg, sig)
+                .is_ok(),
+            (Material::Ed25519(x), EdDSA) => UnparsedPublicKey::new(&signature::ED25519, x).verify(msg, sig).is_ok(),
+            (Material::Hmac(keys), HS256) => ring::hmac::verify(&keys[0], msg, sig).is_ok(),
+            (Material::Hmac(keys), HS384) => ring::hmac::verify(&keys[1], msg, sig).is_ok(),
+            (Material::Hmac(keys), HS512) => ring::hmac::verify(&keys[2], msg, sig).is_ok(),
+            _ => return Err(TokenError::AlgorithmMismatch),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(TokenError::BadSignature)
+        }
+    }
+}
+
+fn b64_field(jwk: &Value, name: &str) -> Result<Vec<u8>, String> {
+    let s = jwk
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("missing {name}"))?;
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| format!("{name} is not base64url"))
+}
+
+fn str_field<'a>(jwk: &'a Value, name: &str) -> Result<Option<&'a str>, String> {
+    match jwk.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("{name} must be a string")),
+    }
+}
+
+/// Parses one JWK. `Err` explains why the key is skipped (never key material).
+pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
+    if !jwk.is_object() {
+        return Err("not an object".to_owned());
+    }
+    let kid = str_field(jwk, "kid")?.map(str::to_owned);
+    if let Some(u) = str_field(jwk, "use")? {
+        if u != "sig" {
+            return Err(format!("use is {u:?}, not \"sig\""));
+        }
+    }
+    if let Some(ops) = jwk.get("key_ops") {
+        let verify = ops
+            .as_array()
+            .is_some_and(|a| a.iter().any(|o| o.as_str() == Some("verify")));
+        if !verify {
+            return Err("key_ops does not include \"verify\"".to_owned());
+        }
+    }
+    let alg = match str_field(jwk, "alg")? {
+        None => None,
+        Some(a) => Some(Algorithm::from_name(a).ok_or_else(|| format!("alg {a:?} is not supported"))?),
+    };
+    let kty = str_field(jwk, "kty")?.ok_or("missing kty")?;
+    let material = match kty {
+        "RSA" => {
+            let n = b64_field(jwk, "n")?;
+            let e = b64_field(jwk, "e")?;
+            let first = n.iter().position(|&b| b != 0).unwrap_or(n.len());
+            let n = n[first..].to_vec();
+            let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+            if bits < 2048 {
+                return Err(format!("RSA key of {bits} bits; at least 2048 are required"));
+            }
+            if alg.is_some_and(|a| !matches!(a.name().as_bytes()[0], b'R' | b'P')) {
+                return Err("alg does not fit an RSA key".to_owned());
+            }
+            Material::Rsa { n, e }
+        }
+        "EC" => {
+            let crv = str_field(jwk, "crv")?.ok_or("missing crv")?;
+            let x = b64_field(jwk, "x")?;
+            let y = b64_field(jwk, "y")?;
+            let (len, want) = match crv {
+                "P-256" => (32, Algorithm::ES256),
+                "P-384" => (48, Algorithm::ES384),
+                other => return Err(format!("curve {other:?} is not supported")),
+            };
+            if x.len() != len || y.len() != len {
+                return Err(format!("{crv} coordinates must be {len} bytes"));
+            }
+            if alg.is_some_and(|a| a != want) {
+                return Err(format!("alg does not fit a {crv} key"));
+            }
+            let mut point = Vec::with_capacity(1 + 2 * len);
+            point.push(4);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            if len == 32 {
+                Material::EcP256(point)
+            } else {
+                Material::EcP384(point)
+            }
+        }
+        "OKP" => {
+            let crv = str_field(jwk, "crv")?.ok_or("missing crv")?;
+            if crv != "Ed25519" {
+                return Err(format!("curve {crv:?} is not supported"));
+            }
+            let x = b64_field(jwk, "x")?;
+            if x.len() != 32 {
+                return Err("Ed25519 key must be 32 bytes".to_owned());
+            }
+            if alg.is_some_and(|a| a != Algorithm::EdDSA) {
+                return Err("alg does not fit an Ed25519 key".to_owned());
+            }
+            Material::Ed25519(x)
+        }
+        "oct" => return Err("symmetric keys are never taken from a JWKS; configure [[auth.hmac_keys]]".to_owned()),
+        other => return Err(format!("kty {other:?} is not supported")),
+    };
+    Ok(VerifyKey { kid, alg, material })
+}

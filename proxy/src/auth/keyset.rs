@@ -1,0 +1,100 @@
+//! The key set: JWKS keys plus configured HMAC secrets, indexed by `kid`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use nexus_config::HmacKey;
+use serde_json::Value;
+
+use super::error::AuthSetupError;
+use super::jwk::{parse_jwk, VerifyKey};
+
+/// An immutable set of verification keys; swapped whole on reload.
+#[derive(Debug, Default)]
+pub(crate) struct KeySet {
+    by_kid: HashMap<String, Arc<VerifyKey>>,
+    /// Keys without a `kid` (usable only when they are the only key).
+    anonymous: Vec<Arc<VerifyKey>>,
+    /// Bumped on every reload; cache entries from older generations are ignored.
+    pub(crate) generation: u64,
+    /// SHA-256 of the JWKS text, to skip reloads of an unchanged file.
+    pub(crate) digest: [u8; 32],
+}
+
+impl KeySet {
+    /// Builds a key set from JWKS text and the configured HMAC keys. Bad keys are skipped with
+    /// a warning naming them; a set with no usable key is an error.
+    pub(crate) fn load(text: &str, origin: &str, hmac: &[HmacKey], generation: u64) -> Result<KeySet, AuthSetupError> {
+        let format = |reason: String| AuthSetupError::Format {
+            path: origin.to_owned(),
+            reason,
+        };
+        let doc: Value = serde_json::from_str(text).map_err(|e| format(e.to_string()))?;
+        let keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format("no \"keys\" array".to_owned()))?;
+        let mut set = KeySet {
+            generation,
+            digest: digest(text),
+            ..KeySet::default()
+        };
+        let mut skipped = Vec::new();
+        for (i, jwk) in keys.iter().enumerate() {
+            let name = jwk
+                .get("kid")
+                .and_then(Value::as_str)
+                .map_or_else(|| format!("keys[{i}]"), |k| format!("kid {k:?}"));
+            match parse_jwk(jwk) {
+                Ok(key) => match key.kid.clone() {
+                    Some(kid) if set.by_kid.contains_key(&kid) => skipped.push(format!("{name}: duplicate kid")),
+                    Some(kid) => {
+                        set.by_kid.insert(kid, Arc::new(key));
+                    }
+                    None => set.anonymous.push(Arc::new(key)),
+                },
+                Err(reason) => skipped.push(format!("{name}: {reason}")),
+            }
+        }
+        for h in hmac {
+            if set.by_kid.contains_key(&h.kid) {
+                skipped.push(format!("hmac kid {:?}: also in the JWKS", h.kid));
+                continue;
+            }
+            set.by_kid.insert(h.kid.clone(), Arc::new(VerifyKey::hmac(&h.kid, &h.secret)));
+        }
+        for s in &skipped {
+            tracing::warn!(source = origin, key = %s, "verification key skipped");
+        }
+        if set.len() == 0 {
+            return Err(AuthSetupError::NoKeys {
+                path: origin.to_owned(),
+                skipped: skipped.len(),
+                reasons: skipped.join("; "),
+            });
+        }
+        Ok(set)
+    }
+
+    /// Number of usable keys.
+    pub(crate) fn len(&self) -> usize {
+        self.by_kid.len() + self.anonymous.len()
+    }
+
+    /// The key a token's `kid` selects. Without a `kid`, only a lone key is used.
+    pub(crate) fn select(&self, kid: Option<&str>) -> Option<&Arc<VerifyKey>> {
+        match kid {
+            Some(k) => self.by_kid.get(k),
+            None if self.len() == 1 => self.by_kid.values().next().or(self.anonymous.first()),
+            None => None,
+        }
+    }
+}
+
+/// SHA-256 of a text.
+pub(crate) fn digest(text: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}

@@ -1,0 +1,325 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::mint::SigningKey;
+use super::*;
+
+const NOW: u64 = 1_800_000_000;
+const RS_PEM: &str = include_str!("../../../deploy/demo/demo-rs256-key.pem");
+const ES_PEM: &str = include_str!("../../../deploy/demo/demo-es256-key.pem");
+const HMAC_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+struct Fixture {
+    rs: SigningKey,
+    es: SigningKey,
+    ed: SigningKey,
+    dir: PathBuf,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let rs = SigningKey::from_pem(RS_PEM, Some("rs".into())).expect("rs");
+    let es = SigningKey::from_pem(ES_PEM, Some("es".into())).expect("es");
+    let ed = SigningKey::generate_ed25519("ed").expect("ed");
+    let dir = std::env::temp_dir().join(format!("nexus-auth-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let jwks = json!({ "keys": [rs.public_jwk(), es.public_jwk(), ed.public_jwk()] });
+    std::fs::write(dir.join("jwks.json"), jwks.to_string()).expect("write");
+    Fixture { rs, es, ed, dir }
+}
+
+fn settings(f: &Fixture) -> AuthSettings {
+    AuthSettings {
+        jwks: JwksSource::File(f.dir.join("jwks.json")),
+        hmac_keys: vec![HmacKey {
+            kid: "hs".into(),
+            secret: HMAC_SECRET.to_vec(),
+        }],
+        issuers: vec!["https://id.test".into()],
+        audiences: vec!["nexus".into()],
+        leeway: Duration::from_secs(30),
+        tenant_claim: "tenant_id".into(),
+        org_claim: "org_id".into(),
+        session_cookie: Some("sess".into()),
+        token_cache_capacity: 1000,
+        max_token_bytes: 8192,
+    }
+}
+
+fn claims() -> Value {
+    json!({ "iss": "https://id.test", "aud": "nexus", "sub": "u1", "exp": NOW + 600, "iat": NOW, "tenant_id": "acme", "org_id": "org-1" })
+}
+
+fn b64(s: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(s)
+}
+
+fn hs(alg: &str, kid: &str, secret: &[u8], claims: &Value) -> String {
+    let header = json!({ "alg": alg, "kid": kid });
+    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let algo = match alg {
+        "HS384" => ring::hmac::HMAC_SHA384,
+        "HS512" => ring::hmac::HMAC_SHA512,
+        _ => ring::hmac::HMAC_SHA256,
+    };
+    let sig = ring::hmac::sign(&ring::hmac::Key::new(algo, secret), input.as_bytes());
+    format!("{input}.{}", b64(sig.as_ref()))
+}
+
+#[test]
+fn every_algorithm_verifies() {
+    let f = fixture("algs");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    let tokens = [
+        ("RS256", f.rs.sign(&claims()).expect("sign")),
+        ("ES256", f.es.sign(&claims()).expect("sign")),
+        ("EdDSA", f.ed.sign(&claims()).expect("sign")),
+        ("HS256", hs("HS256", "hs", HMAC_SECRET, &claims())),
+        ("HS512", hs("HS512", "hs", HMAC_SECRET, &claims())),
+    ];
+    for (alg, t) in tokens {
+        let v = auth.verify(&t, NOW).unwrap_or_else(|e| panic!("{alg}: {e}"));
+        assert_eq!(v.tenant.as_deref(), Some("acme"));
+        assert_eq!(v.org.as_deref(), Some("org-1"));
+        assert_eq!(v.sub.as_deref(), Some("u1"));
+        assert_eq!(v.alg.name(), alg);
+    }
+}
+
+#[test]
+fn ps256_and_es384_verify() {
+    // PS256 with the RSA key (its JWK without alg pins only the RSA family).
+    let f = fixture("pss");
+    let mut jwk = f.rs.public_jwk();
+    jwk.as_object_mut().expect("obj").remove("alg");
+    jwk["kid"] = json!("rs-any");
+    let es384_pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .expect("p384");
+    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", es384_pkcs8.as_ref().to_vec()));
+    let es384 = SigningKey::from_pem(&pem, Some("es384".into())).expect("es384");
+    std::fs::write(
+        f.dir.join("jwks.json"),
+        json!({ "keys": [jwk, es384.public_jwk()] }).to_string(),
+    )
+    .expect("write");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    assert!(auth.verify(&es384.sign(&claims()).expect("sign"), NOW).is_ok());
+
+    let rsa = ring::signature::RsaKeyPair::from_pkcs8(pem::parse(RS_PEM).expect("pem").contents()).expect("rsa");
+    let input = format!(
+        "{}.{}",
+        b64(json!({"alg": "PS256", "kid": "rs-any"}).to_string().as_bytes()),
+        b64(claims().to_string().as_bytes())
+    );
+    let mut sig = vec![0; rsa.public().modulus_len()];
+    rsa.sign(&ring::signature::RSA_PSS_SHA256, &ring::rand::SystemRandom::new(), input.as_bytes(), &mut sig)
+        .expect("sign");
+    let token = format!("{input}.{}", b64(&sig));
+    assert!(auth.verify(&token, NOW).is_ok());
+}
+
+#[test]
+fn refusals() {
+    let f = fixture("refusals");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    let with = |patch: Value| {
+        let mut c = claims();
+        for (k, v) in patch.as_object().expect("obj") {
+            if v.is_null() {
+                c.as_object_mut().expect("obj").remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    };
+    let rsa_pub_der = {
+        let rsa = ring::signature::RsaKeyPair::from_pkcs8(pem::parse(RS_PEM).expect("pem").contents()).expect("rsa");
+        use ring::signature::KeyPair;
+        rsa.public_key().as_ref().to_vec()
+    };
+    let good = f.es.sign(&claims()).expect("sign");
+    let (good_head, _) = good.rsplit_once('.').expect("dot");
+    let cases: Vec<(&str, String, TokenError)> = vec![
+        ("expired", f.es.sign(&with(json!({"exp": NOW - 31}))).expect("s"), TokenError::Expired),
+        ("not yet valid", f.es.sign(&with(json!({"nbf": NOW + 31}))).expect("s"), TokenError::NotYetValid),
+        ("no exp", f.es.sign(&with(json!({"exp": null}))).expect("s"), TokenError::MissingExp),
+        (
+            "exp string",
+            f.es.sign(&with(json!({"exp": "soon"}))).expect("s"),
+            TokenError::Malformed("time claim is not a valid NumericDate"),
+        ),
+        ("wrong iss", f.es.sign(&with(json!({"iss": "https://evil"}))).expect("s"), TokenError::WrongIssuer),
+        ("no iss", f.es.sign(&with(json!({"iss": null}))).expect("s"), TokenError::WrongIssuer),
+        ("wrong aud", f.es.sign(&with(json!({"aud": "other"}))).expect("s"), TokenError::WrongAudience),
+        ("wrong aud array", f.es.sign(&with(json!({"aud": ["a", "b"]}))).expect("s"), TokenError::WrongAudience),
+        ("no aud", f.es.sign(&with(json!({"aud": null}))).expect("s"), TokenError::WrongAudience),
+        ("bad signature", format!("{good_head}.{}", b64(&[0u8; 64])), TokenError::BadSignature),
+        ("HS256 with RSA public key", hs("HS256", "rs", &rsa_pub_der, &claims()), TokenError::AlgorithmMismatch),
+        ("HS256 with PEM text", hs("HS256", "rs", RS_PEM.as_bytes(), &claims()), TokenError::AlgorithmMismatch),
+        ("HS256 with wrong secret", hs("HS256", "hs", b"another-secret-of-32-bytes-long!", &claims()), TokenError::BadSignature),
+        ("ES256 token on RSA key", f.es.sign_raw(&json!({"alg":"ES256","kid":"rs"}).to_string(), &claims().to_string()).expect("s"), TokenError::AlgorithmMismatch),
+        ("RS384 on RS256-pinned key", f.rs.sign_raw(&json!({"alg":"RS384","kid":"rs"}).to_string(), &claims().to_string()).expect("s"), TokenError::AlgorithmMismatch),
+        ("unknown kid", f.es.sign_raw(&json!({"alg":"ES256","kid":"nope"}).to_string(), &claims().to_string()).expect("s"), TokenError::UnknownKey),
+        ("no kid, many keys", f.es.sign_raw(&json!({"alg":"ES256"}).to_string(), &claims().to_string()).expect("s"), TokenError::UnknownKey),
+        ("alg none", format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(claims().to_string().as_bytes())), TokenError::Malformed("empty part")),
+        ("alg none signed", format!("{}.{}.AAAA", b64(br#"{"alg":"none","kid":"es"}"#), b64(claims().to_string().as_bytes())), TokenError::UnsupportedAlgorithm),
+        ("duplicate claim", f.es.sign_raw(&json!({"alg":"ES256","kid":"es"}).to_string(), r#"{"exp":1900000000,"tenant_id":"a","tenant_id":"b"}"#).expect("s"), TokenError::DuplicateKey),
+        ("crit", f.es.sign_raw(&json!({"alg":"ES256","kid":"es","crit":["x"],"x":1}).to_string(), &claims().to_string()).expect("s"), TokenError::CriticalHeader),
+        ("jwk header", f.es.sign_raw(&json!({"alg":"ES256","kid":"es","jwk":f.es.public_jwk()}).to_string(), &claims().to_string()).expect("s"), TokenError::ForbiddenHeader("jwk")),
+        ("typ", f.es.sign_raw(&json!({"alg":"ES256","kid":"es","typ":"secevent+jwt"}).to_string(), &claims().to_string()).expect("s"), TokenError::WrongType),
+        ("too large", "a".repeat(9000), TokenError::TooLarge),
+    ];
+    for (name, token, want) in cases {
+        assert_eq!(auth.verify(&token, NOW).map(|_| ()), Err(want), "{name}");
+    }
+    // Unknown, non-critical header parameters are ignored (RFC 7515 §4).
+    let extra = f
+        .es
+        .sign_raw(&json!({"alg":"ES256","kid":"es","x-vendor":{"a":1},"x5t":"abc"}).to_string(), &claims().to_string())
+        .expect("s");
+    assert!(auth.verify(&extra, NOW).is_ok());
+    // Leeway edges.
+    assert!(auth.verify(&f.es.sign(&with(json!({"exp": NOW - 29}))).expect("s"), NOW).is_ok());
+    assert!(auth.verify(&f.es.sign(&with(json!({"nbf": NOW + 29}))).expect("s"), NOW).is_ok());
+    // A non-string tenant claim verifies, but yields no tenant (the caller rejects with 403).
+    let v = auth.verify(&f.es.sign(&with(json!({"tenant_id": 42}))).expect("s"), NOW).expect("ok");
+    assert_eq!(v.tenant, None);
+}
+
+#[test]
+fn hmac_is_refused_without_configured_secret() {
+    let f = fixture("nohmac");
+    let mut s = settings(&f);
+    s.hmac_keys.clear();
+    let auth = Authenticator::new(&s).expect("auth");
+    assert_eq!(
+        auth.verify(&hs("HS256", "hs", HMAC_SECRET, &claims()), NOW).map(|_| ()),
+        Err(TokenError::UnknownKey)
+    );
+}
+
+#[test]
+fn cache_skips_signature_but_not_time() {
+    let f = fixture("cache");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    let t = f.rs.sign(&claims()).expect("sign");
+    for _ in 0..5 {
+        auth.verify(&t, NOW).expect("ok");
+    }
+    assert_eq!(auth.signature_checks(), 1, "later requests hit the cache");
+    // Past exp the cached entry is refused and dropped.
+    assert_eq!(auth.verify(&t, NOW + 700).map(|_| ()), Err(TokenError::Expired));
+    assert_eq!(auth.cached_tokens(), 0);
+    // A token differing in one byte of the signature is not a cache hit.
+    let mut tampered = t.clone();
+    let last = tampered.pop().expect("char");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(auth.verify(&tampered, NOW).is_err());
+}
+
+#[test]
+fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
+    let f = fixture("rotation");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    let t = f.es.sign(&claims()).expect("sign");
+    auth.verify(&t, NOW).expect("ok");
+    assert!(!auth.reload_keys().expect("unchanged"), "same file: no reload");
+
+    // The ES key is removed: its cached token must stop working at once.
+    std::fs::write(f.dir.join("jwks.json"), json!({ "keys": [f.rs.public_jwk()] }).to_string()).expect("w");
+    assert!(auth.reload_keys().expect("reloaded"));
+    assert_eq!(auth.verify(&t, NOW).map(|_| ()), Err(TokenError::UnknownKey));
+
+    // A broken file is refused and the current keys stay.
+    std::fs::write(f.dir.join("jwks.json"), "{ nope").expect("w");
+    assert!(auth.reload_keys().is_err());
+    assert_eq!(auth.key_count(), 2, "rs + hmac");
+    assert!(auth.verify(&f.rs.sign(&claims()).expect("s"), NOW).is_ok());
+}
+
+#[test]
+fn jwks_loading_skips_bad_keys() {
+    let f = fixture("jwks");
+    let weak = json!({"kty":"RSA","kid":"weak","n": b64(&[0xff; 128]),"e":"AQAB"});
+    let oct = json!({"kty":"oct","kid":"sym","k": b64(b"secret")});
+    let enc = {
+        let mut j = f.es.public_jwk();
+        j["use"] = json!("enc");
+        j["kid"] = json!("enc");
+        j
+    };
+    let bad_curve = json!({"kty":"EC","crv":"P-521","kid":"p521","x":"AA","y":"AA"});
+    std::fs::write(
+        f.dir.join("jwks.json"),
+        json!({ "keys": [weak, oct, enc, bad_curve, f.es.public_jwk()] }).to_string(),
+    )
+    .expect("w");
+    let mut s = settings(&f);
+    s.hmac_keys.clear();
+    let auth = Authenticator::new(&s).expect("one usable key");
+    assert_eq!(auth.key_count(), 1);
+
+    std::fs::write(f.dir.join("jwks.json"), json!({ "keys": [json!({"kty":"oct","k":"AA"})] }).to_string()).expect("w");
+    assert!(matches!(Authenticator::new(&s), Err(AuthSetupError::NoKeys { .. })));
+    std::fs::write(f.dir.join("jwks.json"), "[]").expect("w");
+    assert!(matches!(Authenticator::new(&s), Err(AuthSetupError::Format { .. })));
+}
+
+#[test]
+fn embedded_demo_keys_load() {
+    let f = fixture("demo");
+    let mut s = settings(&f);
+    s.jwks = JwksSource::EmbeddedDemo;
+    let auth = Authenticator::new(&s).expect("demo keys");
+    let demo = SigningKey::from_pem(ES_PEM, Some("demo-es256".into())).expect("key");
+    assert!(auth.verify(&demo.sign(&claims()).expect("s"), NOW).is_ok());
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    /// One authenticator for all cases: building it per case would dominate the run time.
+    fn shared() -> &'static Authenticator {
+        static AUTH: OnceLock<Authenticator> = OnceLock::new();
+        AUTH.get_or_init(|| Authenticator::new(&settings(&fixture("prop"))).expect("auth"))
+    }
+
+    proptest! {
+        #[test]
+        fn verify_never_panics(s in ".{0,600}") {
+            let auth = shared();
+            let _ = auth.verify(&s, NOW);
+        }
+
+        #[test]
+        fn verify_never_panics_on_token_shaped_input(h in "[A-Za-z0-9_-]{0,80}", p in "[A-Za-z0-9_-]{0,200}", s in "[A-Za-z0-9_-]{0,90}") {
+            let auth = shared();
+            let _ = auth.verify(&format!("{h}.{p}.{s}"), NOW);
+        }
+
+        #[test]
+        fn verify_never_panics_on_any_json(header in any::<Vec<(String, i64)>>(), payload in any::<Vec<(String, String)>>()) {
+            let auth = shared();
+            let hj: serde_json::Map<String, Value> = header.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            let pj: serde_json::Map<String, Value> = payload.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            let t = format!("{}.{}.{}", b64(Value::Object(hj).to_string().as_bytes()), b64(Value::Object(pj).to_string().as_bytes()), b64(b"sig"));
+            let _ = auth.verify(&t, NOW);
+        }
+
+        #[test]
+        fn extract_never_panics(a in any::<Vec<Vec<u8>>>(), c in any::<Vec<Vec<u8>>>()) {
+            let a: Vec<&[u8]> = a.iter().map(Vec::as_slice).collect();
+            let c: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
+            let _ = extract_token(&a, &c, Some("sess"));
+        }
+    }
+}
