@@ -41,6 +41,8 @@ pub enum Mutation {
 /// One audit log entry: who, when, what, old and new value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
+    /// Tenant changed.
+    pub tenant: String,
     /// Revision the change produced.
     pub revision: u64,
     /// RFC 3339 time of the change.

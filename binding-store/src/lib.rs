@@ -14,11 +14,13 @@ pub mod table;
 
 pub use error::{ApplyError, FieldError, StoreError};
 pub use model::{
-    Binding, BindingRecord, DomainName, InstanceId, Mode, OrgId, Plan, Region, Revision, SubscriptionId,
-    TenantId, TenantStatus, UpstreamUrl,
+    Binding, BindingRecord, DomainName, InstanceId, Mode, OrgId, Plan, Region, Revision,
+    SubscriptionId, TenantId, TenantStatus, UpstreamUrl,
 };
 pub use table::{BindingHandle, BindingTable, Change};
 pub mod source;
 pub use source::{BindingSource, SyncHealth};
 pub mod admin;
+pub mod file_store;
+pub mod records;
 pub use admin::{Actor, AdminError, AuditEntry, BindingAdmin, Mutation};

@@ -81,8 +81,7 @@ pub(crate) fn is_dns_label(s: &str) -> bool {
         && b.len() <= MAX_TENANT_ID_LEN
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
@@ -156,7 +155,9 @@ opaque_id!(
 );
 
 /// A store-wide revision. Every change gets a larger one; a table never goes back.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Revision(pub u64);
 
@@ -267,7 +268,10 @@ impl std::str::FromStr for TenantStatus {
             .find(|st| st.as_str() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = TenantStatus::ALL.iter().map(|s| s.as_str()).collect();
-                FieldError::new("status", format!("unknown status {s:?}; expected one of {}", names.join(", ")))
+                FieldError::new(
+                    "status",
+                    format!("unknown status {s:?}; expected one of {}", names.join(", ")),
+                )
             })
     }
 }
@@ -313,18 +317,28 @@ pub struct UpstreamUrl(url::Url);
 impl UpstreamUrl {
     /// Parses and checks an upstream URL; `field` names the record field in the error.
     pub fn parse(field: &'static str, s: &str) -> Result<Self, FieldError> {
-        let u = url::Url::parse(s).map_err(|e| FieldError::new(field, format!("{s:?} is not a URL: {e}")))?;
+        let u = url::Url::parse(s)
+            .map_err(|e| FieldError::new(field, format!("{s:?} is not a URL: {e}")))?;
         if u.scheme() != "http" && u.scheme() != "https" {
-            return Err(FieldError::new(field, format!("{s:?}: scheme must be http or https")));
+            return Err(FieldError::new(
+                field,
+                format!("{s:?}: scheme must be http or https"),
+            ));
         }
         if u.host_str().is_none_or(str::is_empty) {
             return Err(FieldError::new(field, format!("{s:?}: a host is required")));
         }
         if !u.username().is_empty() || u.password().is_some() {
-            return Err(FieldError::new(field, format!("{s:?}: user info is not allowed")));
+            return Err(FieldError::new(
+                field,
+                format!("{s:?}: user info is not allowed"),
+            ));
         }
         if u.query().is_some() || u.fragment().is_some() {
-            return Err(FieldError::new(field, format!("{s:?}: query and fragment are not allowed")));
+            return Err(FieldError::new(
+                field,
+                format!("{s:?}: query and fragment are not allowed"),
+            ));
         }
         Ok(Self(u))
     }
@@ -502,9 +516,17 @@ pub struct Binding {
     pub mode: Mode,
 }
 
-fn parse_enum<T: serde::de::DeserializeOwned>(field: &'static str, s: &str, expected: &str) -> Result<T, FieldError> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned()))
-        .map_err(|_| FieldError::new(field, format!("unknown {field} {s:?}; expected one of {expected}")))
+fn parse_enum<T: serde::de::DeserializeOwned>(
+    field: &'static str,
+    s: &str,
+    expected: &str,
+) -> Result<T, FieldError> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        FieldError::new(
+            field,
+            format!("unknown {field} {s:?}; expected one of {expected}"),
+        )
+    })
 }
 
 impl Binding {
@@ -549,8 +571,14 @@ impl Binding {
         }
         let updated_at = match &r.updated_at {
             None => Some(None),
-            Some(s) => take!(OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| FieldError::new("updated_at", format!("{s:?} is not an RFC 3339 time: {e}"))))
+            Some(s) => take!(OffsetDateTime::parse(
+                s,
+                &time::format_description::well_known::Rfc3339
+            )
+            .map_err(|e| FieldError::new(
+                "updated_at",
+                format!("{s:?} is not an RFC 3339 time: {e}")
+            )))
             .map(Some),
         };
         let mode: Option<Option<Mode>> = match &r.mode {
@@ -622,9 +650,10 @@ impl Binding {
             region: self.region.to_string(),
             domains: self.domains.iter().map(ToString::to_string).collect(),
             revision: self.revision.0,
-            updated_at: self
-                .updated_at
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+            updated_at: self.updated_at.and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            }),
             mode: serde_json::to_value(self.mode)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned)),

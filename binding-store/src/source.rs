@@ -46,8 +46,10 @@ impl SyncHealth {
     /// Records a successful contact with the store at the current revision.
     pub fn mark_synced(&self, revision: crate::model::Revision) {
         self.store_up.store(true, Ordering::Relaxed);
-        self.last_sync_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
-        self.applied_revision.fetch_max(revision.get(), Ordering::Relaxed);
+        self.last_sync_unix_ms
+            .store(now_unix_ms(), Ordering::Relaxed);
+        self.applied_revision
+            .fetch_max(revision.get(), Ordering::Relaxed);
     }
 
     /// Records that the store is unreachable (the last table keeps being served).

@@ -68,9 +68,15 @@ impl BindingTable {
     ///
     /// Bindings are applied in revision order; the ones refused (an older duplicate of a
     /// tenant, a domain already taken) are returned beside the table so the caller can log them.
-    pub fn from_bindings(bindings: impl IntoIterator<Item = Arc<Binding>>) -> (Self, Vec<ApplyError>) {
+    pub fn from_bindings(
+        bindings: impl IntoIterator<Item = Arc<Binding>>,
+    ) -> (Self, Vec<ApplyError>) {
         let mut all: Vec<Arc<Binding>> = bindings.into_iter().collect();
-        all.sort_by(|a, b| a.revision.cmp(&b.revision).then_with(|| a.tenant_id.cmp(&b.tenant_id)));
+        all.sort_by(|a, b| {
+            a.revision
+                .cmp(&b.revision)
+                .then_with(|| a.tenant_id.cmp(&b.tenant_id))
+        });
         let mut table = BindingTable::new();
         let mut refused = Vec::new();
         for b in all {
@@ -131,7 +137,10 @@ impl BindingTable {
     }
 
     /// Applies many changes, returning the new table and the refused changes' errors.
-    pub fn apply_all(&self, changes: impl IntoIterator<Item = Change>) -> (BindingTable, Vec<ApplyError>) {
+    pub fn apply_all(
+        &self,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> (BindingTable, Vec<ApplyError>) {
         let mut next = self.clone();
         let mut refused = Vec::new();
         for c in changes {

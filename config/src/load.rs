@@ -45,7 +45,9 @@ pub fn parse_str(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
     let store = store(root, base, &mut p);
     let log = log(root, &d.log, &mut p);
     match (server, tenancy, auth, upstream, store, log) {
-        (Some(server), Some(tenancy), Some(auth), Some(upstream), Some(store), Some(log)) if p.list.is_empty() => {
+        (Some(server), Some(tenancy), Some(auth), Some(upstream), Some(store), Some(log))
+            if p.list.is_empty() =>
+        {
             Ok(Settings {
                 server,
                 tenancy,
@@ -81,17 +83,32 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
         Some((v, at)) => match v.parse() {
             Ok(a) => Some(a),
             Err(_) => {
-                p.push("server.admin_listen", Some(at), format!("{v:?} is not an address (\"\" turns it off)"));
+                p.push(
+                    "server.admin_listen",
+                    Some(at),
+                    format!("{v:?} is not an address (\"\" turns it off)"),
+                );
                 None
             }
         },
     };
     if admin_listen == Some(listen) {
-        p.push("server.admin_listen", None, "must differ from server.listen");
+        p.push(
+            "server.admin_listen",
+            None,
+            "must differ from server.listen",
+        );
     }
-    let threads = s.integer("threads", 1, 1024, p).map_or(d.threads, |n| n as usize);
+    let threads = s
+        .integer("threads", 1, 1024, p)
+        .map_or(d.threads, |n| n as usize);
     let shutdown_grace = s
-        .duration("shutdown_grace", Duration::ZERO, Duration::from_secs(600), p)
+        .duration(
+            "shutdown_grace",
+            Duration::ZERO,
+            Duration::from_secs(600),
+            p,
+        )
         .unwrap_or(d.shutdown_grace);
     s.finish(p);
     (p.list.len() == before).then_some(ServerSettings {
@@ -111,12 +128,15 @@ fn check_domain(s: &str) -> Result<String, String> {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                && l.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         });
     if ok {
         Ok(s.to_owned())
     } else {
-        Err(format!("{s:?} is not a lowercase domain name without leading or trailing dot"))
+        Err(format!(
+            "{s:?} is not a lowercase domain name without leading or trailing dot"
+        ))
     }
 }
 
@@ -125,7 +145,8 @@ fn check_prefix(s: &str) -> Result<String, String> {
     let ok = s.starts_with('/')
         && !s.contains("//")
         && !s.split('/').any(|seg| seg == "." || seg == "..")
-        && s.bytes().all(|c| c.is_ascii_graphic() && !matches!(c, b'%' | b'?' | b'#' | b'\\'));
+        && s.bytes()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, b'%' | b'?' | b'#' | b'\\'));
     if ok {
         Ok(s.to_owned())
     } else {
@@ -141,14 +162,26 @@ fn is_token(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
-fn tenancy(root: &DeTable<'_>, d: &TenancySettings, p: &mut Problems<'_>) -> Option<TenancySettings> {
+fn tenancy(
+    root: &DeTable<'_>,
+    d: &TenancySettings,
+    p: &mut Problems<'_>,
+) -> Option<TenancySettings> {
     let mut s = Section::open(root, "tenancy", p);
     let before = p.list.len();
-    let base_domains = s.strings("base_domains", p, check_domain).unwrap_or_else(|| d.base_domains.clone());
+    let base_domains = s
+        .strings("base_domains", p, check_domain)
+        .unwrap_or_else(|| d.base_domains.clone());
     if base_domains.is_empty() {
-        p.push("tenancy.base_domains", None, "must list at least one domain");
+        p.push(
+            "tenancy.base_domains",
+            None,
+            "must list at least one domain",
+        );
     }
-    let public_paths = s.strings("public_paths", p, check_prefix).unwrap_or_else(|| d.public_paths.clone());
+    let public_paths = s
+        .strings("public_paths", p, check_prefix)
+        .unwrap_or_else(|| d.public_paths.clone());
     let recovery_paths = s
         .strings("recovery_paths", p, check_prefix)
         .unwrap_or_else(|| d.recovery_paths.clone());
@@ -160,13 +193,22 @@ fn tenancy(root: &DeTable<'_>, d: &TenancySettings, p: &mut Problems<'_>) -> Opt
         }),
     };
     let provisioning_retry_after = s
-        .duration("provisioning_retry_after", Duration::from_secs(1), Duration::from_secs(86_400), p)
+        .duration(
+            "provisioning_retry_after",
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+            p,
+        )
         .unwrap_or(d.provisioning_retry_after);
     let past_due_header = match s.string("past_due_header", p) {
         None => d.past_due_header.clone(),
         Some((v, at)) => {
             if !is_token(&v) || v.bytes().any(|c| c.is_ascii_uppercase()) {
-                p.push("tenancy.past_due_header", Some(at), format!("{v:?} is not a lowercase header name"));
+                p.push(
+                    "tenancy.past_due_header",
+                    Some(at),
+                    format!("{v:?} is not a lowercase header name"),
+                );
             }
             v
         }
@@ -182,21 +224,42 @@ fn tenancy(root: &DeTable<'_>, d: &TenancySettings, p: &mut Problems<'_>) -> Opt
     })
 }
 
-fn auth(root: &DeTable<'_>, d: &AuthSettings, base: &Path, p: &mut Problems<'_>) -> Option<AuthSettings> {
+fn auth(
+    root: &DeTable<'_>,
+    d: &AuthSettings,
+    base: &Path,
+    p: &mut Problems<'_>,
+) -> Option<AuthSettings> {
     let mut s = Section::open(root, "auth", p);
     let before = p.list.len();
     let jwks = match s.raw("jwks_file") {
         Some(_) => s.path("jwks_file", base, p).map(JwksSource::File),
         None => {
-            p.push("auth.jwks_file", None, "is required (the JWKS file with the token verification keys)");
+            p.push(
+                "auth.jwks_file",
+                None,
+                "is required (the JWKS file with the token verification keys)",
+            );
             None
         }
     };
     let hmac_keys = hmac_keys(&mut s, base, p);
-    let issuers = s.strings("issuers", p, |v| Ok(v.to_owned())).unwrap_or_else(|| d.issuers.clone());
-    let audiences = s.strings("audiences", p, |v| Ok(v.to_owned())).unwrap_or_else(|| d.audiences.clone());
-    let leeway = s.duration("leeway", Duration::ZERO, Duration::from_secs(300), p).unwrap_or(d.leeway);
-    let claim = |v: &str| if v.is_empty() { Err("must not be empty".to_owned()) } else { Ok(v.to_owned()) };
+    let issuers = s
+        .strings("issuers", p, |v| Ok(v.to_owned()))
+        .unwrap_or_else(|| d.issuers.clone());
+    let audiences = s
+        .strings("audiences", p, |v| Ok(v.to_owned()))
+        .unwrap_or_else(|| d.audiences.clone());
+    let leeway = s
+        .duration("leeway", Duration::ZERO, Duration::from_secs(300), p)
+        .unwrap_or(d.leeway);
+    let claim = |v: &str| {
+        if v.is_empty() {
+            Err("must not be empty".to_owned())
+        } else {
+            Ok(v.to_owned())
+        }
+    };
     let tenant_claim = match s.string("tenant_claim", p) {
         None => d.tenant_claim.clone(),
         Some((v, at)) => claim(&v).unwrap_or_else(|m| {
@@ -219,7 +282,11 @@ fn auth(root: &DeTable<'_>, d: &AuthSettings, base: &Path, p: &mut Problems<'_>)
         Some((v, _)) if v.is_empty() => None,
         Some((v, at)) => {
             if !is_token(&v) {
-                p.push("auth.session_cookie", Some(at), format!("{v:?} is not a valid cookie name"));
+                p.push(
+                    "auth.session_cookie",
+                    Some(at),
+                    format!("{v:?} is not a valid cookie name"),
+                );
             }
             Some(v)
         }
@@ -249,9 +316,15 @@ fn auth(root: &DeTable<'_>, d: &AuthSettings, base: &Path, p: &mut Problems<'_>)
 /// `[[auth.hmac_keys]]`: `kid` plus exactly one of `secret_env` / `secret_file`. HMAC is off
 /// unless a key is configured here; secrets never come from the JWKS file.
 fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<HmacKey> {
-    let Some(v) = s.raw("hmac_keys") else { return Vec::new() };
+    let Some(v) = s.raw("hmac_keys") else {
+        return Vec::new();
+    };
     let DeValue::Array(items) = v.get_ref() else {
-        p.push("auth.hmac_keys", Some(v.span().start), "must be an array of tables ([[auth.hmac_keys]])");
+        p.push(
+            "auth.hmac_keys",
+            Some(v.span().start),
+            "must be an array of tables ([[auth.hmac_keys]])",
+        );
         return Vec::new();
     };
     let mut keys = Vec::new();
@@ -259,14 +332,26 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
         let key = format!("auth.hmac_keys[{i}]");
         let at = Some(item.span().start);
         let DeValue::Table(t) = item.get_ref() else {
-            p.push(key, at, "must be a table with kid and secret_env or secret_file");
+            p.push(
+                key,
+                at,
+                "must be a table with kid and secret_env or secret_file",
+            );
             continue;
         };
-        let field = |n: &str| t.iter().find(|(k, _)| k.get_ref().as_ref() == n).and_then(|(_, v)| v.get_ref().as_str().map(str::to_owned));
+        let field = |n: &str| {
+            t.iter()
+                .find(|(k, _)| k.get_ref().as_ref() == n)
+                .and_then(|(_, v)| v.get_ref().as_str().map(str::to_owned))
+        };
         for (k, _) in t.iter() {
             let n = k.get_ref().as_ref();
             if !["kid", "secret_env", "secret_file"].contains(&n) {
-                p.push(format!("{key}.{n}"), Some(k.span().start), unknown_message(n, &["kid", "secret_env", "secret_file"]));
+                p.push(
+                    format!("{key}.{n}"),
+                    Some(k.span().start),
+                    unknown_message(n, &["kid", "secret_env", "secret_file"]),
+                );
             }
         }
         let Some(kid) = field("kid").filter(|k| !k.is_empty()) else {
@@ -277,7 +362,11 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
             (Some(env), None) => match std::env::var(&env) {
                 Ok(v) => v.into_bytes(),
                 Err(_) => {
-                    p.push(format!("{key}.secret_env"), at, format!("environment variable {env} is not set"));
+                    p.push(
+                        format!("{key}.secret_env"),
+                        at,
+                        format!("environment variable {env} is not set"),
+                    );
                     continue;
                 }
             },
@@ -289,7 +378,11 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
                     b
                 }
                 Err(e) => {
-                    p.push(format!("{key}.secret_file"), at, format!("cannot read {file}: {e}"));
+                    p.push(
+                        format!("{key}.secret_file"),
+                        at,
+                        format!("cannot read {file}: {e}"),
+                    );
                     continue;
                 }
             },
@@ -299,7 +392,11 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
             }
         };
         if secret.len() < 32 {
-            p.push(key, at, format!("secret for kid {kid:?} is shorter than 32 bytes"));
+            p.push(
+                key,
+                at,
+                format!("secret for kid {kid:?} is shorter than 32 bytes"),
+            );
             continue;
         }
         keys.push(HmacKey { kid, secret });
@@ -307,12 +404,23 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
     keys
 }
 
-fn upstream(root: &DeTable<'_>, d: &UpstreamSettings, base: &Path, p: &mut Problems<'_>) -> Option<UpstreamSettings> {
+fn upstream(
+    root: &DeTable<'_>,
+    d: &UpstreamSettings,
+    base: &Path,
+    p: &mut Problems<'_>,
+) -> Option<UpstreamSettings> {
     let mut s = Section::open(root, "upstream", p);
     let before = p.list.len();
-    let connect_timeout = s.duration("connect_timeout", MS, MAX_TIMEOUT, p).unwrap_or(d.connect_timeout);
-    let read_timeout = s.duration("read_timeout", MS, MAX_TIMEOUT, p).unwrap_or(d.read_timeout);
-    let write_timeout = s.duration("write_timeout", MS, MAX_TIMEOUT, p).unwrap_or(d.write_timeout);
+    let connect_timeout = s
+        .duration("connect_timeout", MS, MAX_TIMEOUT, p)
+        .unwrap_or(d.connect_timeout);
+    let read_timeout = s
+        .duration("read_timeout", MS, MAX_TIMEOUT, p)
+        .unwrap_or(d.read_timeout);
+    let write_timeout = s
+        .duration("write_timeout", MS, MAX_TIMEOUT, p)
+        .unwrap_or(d.write_timeout);
     let ca_file = s.path("ca_file", base, p);
     s.finish(p);
     (p.list.len() == before).then_some(UpstreamSettings {
@@ -341,7 +449,12 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
                 }
             };
             let poll_interval = s
-                .duration("poll_interval", Duration::from_millis(10), Duration::from_secs(3600), p)
+                .duration(
+                    "poll_interval",
+                    Duration::from_millis(10),
+                    Duration::from_secs(3600),
+                    p,
+                )
                 .unwrap_or(Duration::from_secs(1));
             path.map(|path| {
                 StoreSettings::File(FileStoreSettings {
@@ -351,7 +464,11 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
             })
         }
         Some((other, at)) => {
-            p.push("store.kind", Some(at), format!("unknown store kind {other:?}; expected \"file\""));
+            p.push(
+                "store.kind",
+                Some(at),
+                format!("unknown store kind {other:?}; expected \"file\""),
+            );
             None
         }
         None => None,
@@ -363,14 +480,20 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
 fn log(root: &DeTable<'_>, d: &LogSettings, p: &mut Problems<'_>) -> Option<LogSettings> {
     let mut s = Section::open(root, "log", p);
     let before = p.list.len();
-    let filter = s.string("filter", p).map_or_else(|| d.filter.clone(), |(v, _)| v);
+    let filter = s
+        .string("filter", p)
+        .map_or_else(|| d.filter.clone(), |(v, _)| v);
     let format = match s.string("format", p) {
         None => d.format,
         Some((v, at)) => match v.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             _ => {
-                p.push("log.format", Some(at), format!("{v:?} is not a log format; expected \"text\" or \"json\""));
+                p.push(
+                    "log.format",
+                    Some(at),
+                    format!("{v:?} is not a log format; expected \"text\" or \"json\""),
+                );
                 d.format
             }
         },

@@ -19,15 +19,27 @@ pub(crate) struct Problems<'t> {
 
 impl<'t> Problems<'t> {
     pub(crate) fn new(text: &'t str) -> Self {
-        Self { text, list: Vec::new() }
+        Self {
+            text,
+            list: Vec::new(),
+        }
     }
 
     pub(crate) fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&c| c == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&c| c == b'\n')
+            .count()
+            + 1
     }
 
-    pub(crate) fn push(&mut self, key: impl Into<String>, offset: Option<usize>, message: impl Into<String>) {
+    pub(crate) fn push(
+        &mut self,
+        key: impl Into<String>,
+        offset: Option<usize>,
+        message: impl Into<String>,
+    ) {
         let line = offset.map(|o| self.line_of(o));
         self.list.push(Problem {
             key: key.into(),
@@ -65,7 +77,11 @@ impl<'a, 'i> Section<'a, 'i> {
                     known: Vec::new(),
                 },
                 other => {
-                    p.push(name, Some(v.span().start), format!("must be a table, found {}", other.type_str()));
+                    p.push(
+                        name,
+                        Some(v.span().start),
+                        format!("must be a table, found {}", other.type_str()),
+                    );
                     Self {
                         name,
                         table: None,
@@ -84,7 +100,10 @@ impl<'a, 'i> Section<'a, 'i> {
     /// Raw spanned value of `k`, marking it as known.
     pub(crate) fn raw(&mut self, k: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
         self.known.push(k);
-        self.table?.iter().find(|(key, _)| key.get_ref().as_ref() == k).map(|(_, v)| v)
+        self.table?
+            .iter()
+            .find(|(key, _)| key.get_ref().as_ref() == k)
+            .map(|(_, v)| v)
     }
 
     /// Whether the section exists in the file.
@@ -92,18 +111,30 @@ impl<'a, 'i> Section<'a, 'i> {
         self.table.is_some()
     }
 
-    pub(crate) fn string(&mut self, k: &'static str, p: &mut Problems<'_>) -> Option<(String, usize)> {
+    pub(crate) fn string(
+        &mut self,
+        k: &'static str,
+        p: &mut Problems<'_>,
+    ) -> Option<(String, usize)> {
         let v = self.raw(k)?;
         match v.get_ref() {
             DeValue::String(s) => Some((s.to_string(), v.span().start)),
             other => {
-                p.push(self.key(k), Some(v.span().start), format!("must be a string, found {}", other.type_str()));
+                p.push(
+                    self.key(k),
+                    Some(v.span().start),
+                    format!("must be a string, found {}", other.type_str()),
+                );
                 None
             }
         }
     }
 
-    pub(crate) fn required_string(&mut self, k: &'static str, p: &mut Problems<'_>) -> Option<(String, usize)> {
+    pub(crate) fn required_string(
+        &mut self,
+        k: &'static str,
+        p: &mut Problems<'_>,
+    ) -> Option<(String, usize)> {
         let present = self.raw(k).is_some();
         if !present {
             p.push(self.key(k), self.at, "is required");
@@ -112,16 +143,28 @@ impl<'a, 'i> Section<'a, 'i> {
         self.string(k, p)
     }
 
-    pub(crate) fn integer(&mut self, k: &'static str, min: i64, max: i64, p: &mut Problems<'_>) -> Option<i64> {
+    pub(crate) fn integer(
+        &mut self,
+        k: &'static str,
+        min: i64,
+        max: i64,
+        p: &mut Problems<'_>,
+    ) -> Option<i64> {
         let v = self.raw(k)?;
         let parsed = match v.get_ref() {
-            DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok(),
+            DeValue::Integer(i) => {
+                i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
+            }
             _ => None,
         };
         match parsed {
             Some(n) if (min..=max).contains(&n) => Some(n),
             Some(n) => {
-                p.push(self.key(k), Some(v.span().start), format!("{n} is out of range ({min}..={max})"));
+                p.push(
+                    self.key(k),
+                    Some(v.span().start),
+                    format!("{n} is out of range ({min}..={max})"),
+                );
                 None
             }
             None => {
@@ -135,7 +178,13 @@ impl<'a, 'i> Section<'a, 'i> {
         }
     }
 
-    pub(crate) fn duration(&mut self, k: &'static str, min: Duration, max: Duration, p: &mut Problems<'_>) -> Option<Duration> {
+    pub(crate) fn duration(
+        &mut self,
+        k: &'static str,
+        min: Duration,
+        max: Duration,
+        p: &mut Problems<'_>,
+    ) -> Option<Duration> {
         let (s, at) = self.string(k, p)?;
         match humantime::parse_duration(&s) {
             Ok(d) if d >= min && d <= max => Some(d),
@@ -152,24 +201,41 @@ impl<'a, 'i> Section<'a, 'i> {
                 None
             }
             Err(_) => {
-                p.push(self.key(k), Some(at), format!("{s:?} is not a duration (e.g. \"30s\", \"500ms\", \"2m\")"));
+                p.push(
+                    self.key(k),
+                    Some(at),
+                    format!("{s:?} is not a duration (e.g. \"30s\", \"500ms\", \"2m\")"),
+                );
                 None
             }
         }
     }
 
-    pub(crate) fn socket_addr(&mut self, k: &'static str, p: &mut Problems<'_>) -> Option<SocketAddr> {
+    pub(crate) fn socket_addr(
+        &mut self,
+        k: &'static str,
+        p: &mut Problems<'_>,
+    ) -> Option<SocketAddr> {
         let (s, at) = self.string(k, p)?;
         match s.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                p.push(self.key(k), Some(at), format!("{s:?} is not an address (e.g. \"0.0.0.0:8080\")"));
+                p.push(
+                    self.key(k),
+                    Some(at),
+                    format!("{s:?} is not an address (e.g. \"0.0.0.0:8080\")"),
+                );
                 None
             }
         }
     }
 
-    pub(crate) fn path(&mut self, k: &'static str, base: &Path, p: &mut Problems<'_>) -> Option<PathBuf> {
+    pub(crate) fn path(
+        &mut self,
+        k: &'static str,
+        base: &Path,
+        p: &mut Problems<'_>,
+    ) -> Option<PathBuf> {
         let (s, at) = self.string(k, p)?;
         if s.is_empty() {
             p.push(self.key(k), Some(at), "must not be empty");
@@ -190,7 +256,10 @@ impl<'a, 'i> Section<'a, 'i> {
             p.push(
                 self.key(k),
                 Some(v.span().start),
-                format!("must be a list of strings, found {}", v.get_ref().type_str()),
+                format!(
+                    "must be a list of strings, found {}",
+                    v.get_ref().type_str()
+                ),
             );
             return None;
         };
@@ -201,7 +270,11 @@ impl<'a, 'i> Section<'a, 'i> {
             match item.get_ref() {
                 DeValue::String(s) => match check(s) {
                     Ok(c) if out.contains(&c) => {
-                        p.push(key, Some(item.span().start), format!("{s:?} is listed twice"));
+                        p.push(
+                            key,
+                            Some(item.span().start),
+                            format!("{s:?} is listed twice"),
+                        );
                         ok = false;
                     }
                     Ok(c) => out.push(c),
@@ -211,7 +284,11 @@ impl<'a, 'i> Section<'a, 'i> {
                     }
                 },
                 other => {
-                    p.push(key, Some(item.span().start), format!("must be a string, found {}", other.type_str()));
+                    p.push(
+                        key,
+                        Some(item.span().start),
+                        format!("must be a string, found {}", other.type_str()),
+                    );
                     ok = false;
                 }
             }
@@ -254,7 +331,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }

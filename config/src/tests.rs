@@ -21,7 +21,8 @@ fn problems(text: &str) -> Vec<Problem> {
 
 fn has(ps: &[Problem], key: &str, line: usize, needle: &str) {
     assert!(
-        ps.iter().any(|p| p.key == key && p.line == Some(line) && p.message.contains(needle)),
+        ps.iter()
+            .any(|p| p.key == key && p.line == Some(line) && p.message.contains(needle)),
         "no problem {key}:{line} containing {needle:?} in {ps:#?}"
     );
 }
@@ -29,8 +30,12 @@ fn has(ps: &[Problem], key: &str, line: usize, needle: &str) {
 #[test]
 fn example_file_parses() {
     let text = include_str!("../../deploy/nexus-edge.example.toml");
-    let s = parse_str(text, Path::new("/repo/deploy/nexus-edge.example.toml")).expect("example is valid");
-    assert_eq!(s.auth.jwks, JwksSource::File("/repo/deploy/demo/jwks.json".into()));
+    let s = parse_str(text, Path::new("/repo/deploy/nexus-edge.example.toml"))
+        .expect("example is valid");
+    assert_eq!(
+        s.auth.jwks,
+        JwksSource::File("/repo/deploy/demo/jwks.json".into())
+    );
     assert_eq!(s.tenancy.base_domains, ["nexus.localhost"]);
     assert_eq!(s.server.shutdown_grace, Duration::from_secs(10));
 }
@@ -41,7 +46,10 @@ fn minimal_file_takes_defaults_and_resolves_paths() {
     let d = embedded_default();
     assert_eq!(s.server, d.server);
     assert_eq!(s.tenancy, d.tenancy);
-    assert_eq!(s.auth.jwks, JwksSource::File("/etc/nexus/keys/jwks.json".into()));
+    assert_eq!(
+        s.auth.jwks,
+        JwksSource::File("/etc/nexus/keys/jwks.json".into())
+    );
     assert_eq!(
         s.store,
         StoreSettings::File(FileStoreSettings {
@@ -77,7 +85,12 @@ x = 1
     let ps = problems(text);
     has(&ps, "server.listen", 2, "not an address");
     has(&ps, "server.threads", 3, "out of range");
-    has(&ps, "server.shutdwn_grace", 4, "did you mean `shutdown_grace`");
+    has(
+        &ps,
+        "server.shutdwn_grace",
+        4,
+        "did you mean `shutdown_grace`",
+    );
     has(&ps, "tenancy.base_domains[0]", 7, "lowercase domain");
     has(&ps, "tenancy.base_domains[2]", 7, "listed twice");
     has(&ps, "tenancy.recovery_paths[0]", 8, "dot segments");
@@ -85,8 +98,16 @@ x = 1
     has(&ps, "auth.leeway", 12, "not a duration");
     has(&ps, "store.kind", 17, "unknown store kind");
     has(&ps, "colour", 19, "unknown key");
-    assert!(ps.iter().any(|p| p.key == "auth.jwks_file" && p.message.contains("required")), "{ps:#?}");
-    assert!(ps.iter().any(|p| p.key == "auth.org_claim" && p.message.contains("differ")), "{ps:#?}");
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "auth.jwks_file" && p.message.contains("required")),
+        "{ps:#?}"
+    );
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "auth.org_claim" && p.message.contains("differ")),
+        "{ps:#?}"
+    );
 }
 
 #[test]
@@ -125,12 +146,20 @@ fn hmac_keys_come_from_env_or_file_and_must_be_long() {
         Err(ConfigError::Invalid { problems, .. }) => problems,
         other => panic!("{other:?}"),
     };
-    assert!(ps.iter().any(|p| p.key == "auth.hmac_keys[1]" && p.message.contains("32 bytes")), "{ps:?}");
     assert!(
-        ps.iter().any(|p| p.key == "auth.hmac_keys[2].secret_env" && p.message.contains("NEXUS_TEST_SURELY_UNSET_VAR")),
+        ps.iter()
+            .any(|p| p.key == "auth.hmac_keys[1]" && p.message.contains("32 bytes")),
         "{ps:?}"
     );
-    assert!(!format!("{ps:?}").contains("0123456789abcdef"), "secrets never appear in errors");
+    assert!(
+        ps.iter().any(|p| p.key == "auth.hmac_keys[2].secret_env"
+            && p.message.contains("NEXUS_TEST_SURELY_UNSET_VAR")),
+        "{ps:?}"
+    );
+    assert!(
+        !format!("{ps:?}").contains("0123456789abcdef"),
+        "secrets never appear in errors"
+    );
     let ok = format!("{MINIMAL}\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n");
     let s = parse_str(&ok, &dir.join("edge.toml")).expect("valid");
     assert_eq!(s.auth.hmac_keys.len(), 1);

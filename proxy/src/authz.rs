@@ -36,7 +36,11 @@ impl ClaimMismatch {
 }
 
 /// Checks the token's tenant and org claims against the addressed tenant's binding.
-pub fn check_claims(tenant_claim: Option<&str>, org_claim: Option<&str>, binding: &Binding) -> Result<(), ClaimMismatch> {
+pub fn check_claims(
+    tenant_claim: Option<&str>,
+    org_claim: Option<&str>,
+    binding: &Binding,
+) -> Result<(), ClaimMismatch> {
     let tenant = tenant_claim.ok_or(ClaimMismatch::MissingTenantClaim)?;
     if tenant.as_bytes() != binding.tenant_id.as_str().as_bytes() {
         return Err(ClaimMismatch::TenantMismatch);
@@ -79,7 +83,12 @@ mod tests {
         use ClaimMismatch::*;
         let with_org = binding(Some("org-1"));
         let no_org = binding(None);
-        let cases: [(Option<&str>, Option<&str>, &Binding, Result<(), ClaimMismatch>); 14] = [
+        let cases: [(
+            Option<&str>,
+            Option<&str>,
+            &Binding,
+            Result<(), ClaimMismatch>,
+        ); 14] = [
             (Some("acme"), Some("org-1"), &with_org, Ok(())),
             (Some("acme"), None, &no_org, Ok(())),
             (Some("acme"), Some("anything"), &no_org, Ok(())),
@@ -87,9 +96,24 @@ mod tests {
             (Some("ACME"), Some("org-1"), &with_org, Err(TenantMismatch)),
             (Some("acme "), Some("org-1"), &with_org, Err(TenantMismatch)),
             (Some(" acme"), Some("org-1"), &with_org, Err(TenantMismatch)),
-            (Some("acm\u{0435}"), Some("org-1"), &with_org, Err(TenantMismatch)),
-            (Some("acme\0"), Some("org-1"), &with_org, Err(TenantMismatch)),
-            (Some("globex"), Some("org-1"), &with_org, Err(TenantMismatch)),
+            (
+                Some("acm\u{0435}"),
+                Some("org-1"),
+                &with_org,
+                Err(TenantMismatch),
+            ),
+            (
+                Some("acme\0"),
+                Some("org-1"),
+                &with_org,
+                Err(TenantMismatch),
+            ),
+            (
+                Some("globex"),
+                Some("org-1"),
+                &with_org,
+                Err(TenantMismatch),
+            ),
             (Some(""), Some("org-1"), &with_org, Err(TenantMismatch)),
             (Some("acme"), None, &with_org, Err(MissingOrgClaim)),
             (Some("acme"), Some("ORG-1"), &with_org, Err(OrgMismatch)),

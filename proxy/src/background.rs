@@ -26,7 +26,9 @@ impl BindingSync {
 #[async_trait]
 impl BackgroundService for BindingSync {
     async fn start(&self, shutdown: ShutdownWatch) {
-        Arc::clone(&self.source).run(self.handle.clone(), shutdown).await;
+        Arc::clone(&self.source)
+            .run(self.handle.clone(), shutdown)
+            .await;
     }
 }
 

@@ -123,7 +123,9 @@ pub fn decide(
         let token = extract_token(facts.authorization, facts.cookies, auth.session_cookie())
             .map_err(RejectReason::BadCredential)?
             .ok_or(RejectReason::MissingToken)?;
-        let verified = auth.verify(token, facts.now_unix).map_err(RejectReason::InvalidToken)?;
+        let verified = auth
+            .verify(token, facts.now_unix)
+            .map_err(RejectReason::InvalidToken)?;
         check_claims(verified.tenant.as_deref(), verified.org.as_deref(), binding)
             .map_err(RejectReason::WrongTenant)?;
         Some(verified)

@@ -38,7 +38,9 @@ pub async fn spawn_demo_instance(name: &'static str) -> std::io::Result<SocketAd
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut reader = BufReader::new(read);
@@ -127,7 +129,10 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     // The demo instances live on their own runtime thread for the life of the process.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 let _ = tx.send(Err(e));
@@ -135,7 +140,12 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             }
         };
         rt.block_on(async {
-            let addrs = async { Ok((spawn_demo_instance("demo-instance-a").await?, spawn_demo_instance("demo-instance-b").await?)) };
+            let addrs = async {
+                Ok((
+                    spawn_demo_instance("demo-instance-a").await?,
+                    spawn_demo_instance("demo-instance-b").await?,
+                ))
+            };
             let _ = tx.send(addrs.await);
             std::future::pending::<()>().await;
         });
@@ -153,8 +163,12 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     let jwks = serde_json::json!({ "keys": [key.public_jwk()] });
     let jwks_path = dir.join("jwks.json");
     let bindings_path = dir.join("bindings.json");
-    let key_write = std::fs::write(&jwks_path, format!("{jwks:#}\n"))
-        .and_then(|()| std::fs::write(&bindings_path, format!("{:#}\n", demo_bindings(acme, globex))));
+    let key_write = std::fs::write(&jwks_path, format!("{jwks:#}\n")).and_then(|()| {
+        std::fs::write(
+            &bindings_path,
+            format!("{:#}\n", demo_bindings(acme, globex)),
+        )
+    });
     if let Err(e) = key_write {
         return fail(format!("{}: {e}", dir.display()));
     }
@@ -170,7 +184,10 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     });
     crate::logging::init(&settings.log);
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let iss = settings.auth.issuers.first().cloned().unwrap_or_default();
     let aud = settings.auth.audiences.first().cloned().unwrap_or_default();
     let mint = |tenant: &str, org: &str, user: &str| {
@@ -179,11 +196,19 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             "tenant_id": tenant, "org_id": org,
         }))
     };
-    let (acme_token, globex_token) = match (mint("acme", "org-acme", "alice"), mint("globex", "org-globex", "bob")) {
+    let (acme_token, globex_token) = match (
+        mint("acme", "org-acme", "alice"),
+        mint("globex", "org-globex", "bob"),
+    ) {
         (Ok(a), Ok(g)) => (a, g),
         (Err(e), _) | (_, Err(e)) => return fail(e),
     };
-    let base = settings.tenancy.base_domains.first().cloned().unwrap_or_default();
+    let base = settings
+        .tenancy
+        .base_domains
+        .first()
+        .cloned()
+        .unwrap_or_default();
     let l = args.listen;
     println!(
         "\nNexus Edge demo\n===============\n\

@@ -53,7 +53,9 @@ impl RejectReason {
         match self {
             RejectReason::BadHost(_) | RejectReason::BadPath(_) => 400,
             RejectReason::UnknownTenant => 404,
-            RejectReason::MissingToken | RejectReason::BadCredential(_) | RejectReason::InvalidToken(_) => 401,
+            RejectReason::MissingToken
+            | RejectReason::BadCredential(_)
+            | RejectReason::InvalidToken(_) => 401,
             RejectReason::WrongTenant(_) | RejectReason::Suspended => 403,
             RejectReason::Canceled => 410,
             RejectReason::NotReady { .. } | RejectReason::Unavailable => 503,
@@ -121,10 +123,14 @@ impl RejectReason {
     /// Extra response headers (name, value).
     pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
         match self {
-            RejectReason::MissingToken => vec![("www-authenticate", crate::auth::www_authenticate_missing())],
+            RejectReason::MissingToken => {
+                vec![("www-authenticate", crate::auth::www_authenticate_missing())]
+            }
             RejectReason::BadCredential(e) => vec![("www-authenticate", e.www_authenticate())],
             RejectReason::InvalidToken(e) => vec![("www-authenticate", e.www_authenticate())],
-            RejectReason::NotReady { retry_after } => vec![("retry-after", retry_after.as_secs().max(1).to_string())],
+            RejectReason::NotReady { retry_after } => {
+                vec![("retry-after", retry_after.as_secs().max(1).to_string())]
+            }
             RejectReason::Unavailable => vec![("retry-after", "60".to_owned())],
             _ => Vec::new(),
         }

@@ -131,7 +131,10 @@ pub fn resolve_host(authority: &str, base_domains: &[String]) -> Result<HostTarg
         return Err(HostError::Malformed);
     }
     let bytes = name.as_bytes();
-    if !bytes.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.') {
+    if !bytes
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
+    {
         return Err(HostError::Malformed);
     }
     for label in name.split('.') {
@@ -144,7 +147,9 @@ pub fn resolve_host(authority: &str, base_domains: &[String]) -> Result<HostTarg
     // many spellings (127.1, 0x7f.1, 2130706433): refuse them all.
     let last = name.rsplit('.').next().unwrap_or(name);
     if last.bytes().all(|c| c.is_ascii_digit())
-        || (last.len() > 2 && last[..2].eq_ignore_ascii_case("0x") && last[2..].bytes().all(|c| c.is_ascii_hexdigit()))
+        || (last.len() > 2
+            && last[..2].eq_ignore_ascii_case("0x")
+            && last[2..].bytes().all(|c| c.is_ascii_hexdigit()))
     {
         return Err(HostError::IpLiteral);
     }
@@ -227,7 +232,10 @@ mod tests {
             assert_eq!(resolve_host(host, &bases()), want, "{host:?}");
         }
         let long_label = format!("{}.nexus.app", "a".repeat(64));
-        assert_eq!(resolve_host(&long_label, &bases()), Err(HostError::Malformed));
+        assert_eq!(
+            resolve_host(&long_label, &bases()),
+            Err(HostError::Malformed)
+        );
     }
 
     #[test]
@@ -239,17 +247,41 @@ mod tests {
             (vec![], None, false, Err(HostError::Missing)),
             (vec![], Some("a.x"), false, Err(HostError::Missing)),
             (vec![], Some("a.x"), true, Ok("a.x")),
-            (vec![h("a.x"), h("a.x")], None, false, Err(HostError::Duplicate)),
-            (vec![h("a.x"), h("b.x")], None, false, Err(HostError::Duplicate)),
+            (
+                vec![h("a.x"), h("a.x")],
+                None,
+                false,
+                Err(HostError::Duplicate),
+            ),
+            (
+                vec![h("a.x"), h("b.x")],
+                None,
+                false,
+                Err(HostError::Duplicate),
+            ),
             (vec![h("a.x, b.x")], None, false, Err(HostError::Duplicate)),
             (vec![h("a.x")], Some("a.x"), false, Ok("a.x")),
             (vec![h("A.X:80")], Some("a.x."), false, Ok("A.X:80")),
-            (vec![h("a.x")], Some("b.x"), false, Err(HostError::AuthorityMismatch)),
-            (vec![h("a.x")], Some("b.x"), true, Err(HostError::AuthorityMismatch)),
+            (
+                vec![h("a.x")],
+                Some("b.x"),
+                false,
+                Err(HostError::AuthorityMismatch),
+            ),
+            (
+                vec![h("a.x")],
+                Some("b.x"),
+                true,
+                Err(HostError::AuthorityMismatch),
+            ),
             (vec![&[0xff, 0xfe]], None, false, Err(HostError::Malformed)),
         ];
         for (headers, authority, h2, want) in cases {
-            assert_eq!(request_authority(&headers, authority, h2), want, "{headers:?} {authority:?}");
+            assert_eq!(
+                request_authority(&headers, authority, h2),
+                want,
+                "{headers:?} {authority:?}"
+            );
         }
     }
 }

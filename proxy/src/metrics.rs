@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use nexus_binding_store::{BindingHandle, SyncHealth};
 use pingora_prometheus::prometheus::{
-    self, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    self, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets (seconds) around the 200 ms API SLO.
@@ -49,21 +50,42 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new_custom(Some("nexus_edge".to_owned()), None)?;
-        let requests = IntCounterVec::new(Opts::new("requests_total", "Requests by outcome"), &["outcome"])?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests by outcome"),
+            &["outcome"],
+        )?;
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("request_duration_seconds", "Request latency as seen by the router")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Request latency as seen by the router",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["class"],
         )?;
         let decision_duration = Histogram::with_opts(
-            HistogramOpts::new("decision_duration_seconds", "Time to decide a request (host, path, token, policy)")
-                .buckets(vec![0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005]),
+            HistogramOpts::new(
+                "decision_duration_seconds",
+                "Time to decide a request (host, path, token, policy)",
+            )
+            .buckets(vec![
+                0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005,
+            ]),
         )?;
         let bindings = IntGauge::new("bindings", "Bindings in the live table")?;
-        let binding_revision = IntGauge::new("binding_revision", "Highest binding revision applied")?;
-        let store_up = IntGauge::new("binding_store_up", "1 if the binding store answered at the last attempt")?;
-        let sync_age_seconds = IntGauge::new("binding_sync_age_seconds", "Seconds since the last successful binding sync")?;
-        let rejected_records = IntGauge::new("binding_records_rejected", "Binding records refused by validation so far")?;
+        let binding_revision =
+            IntGauge::new("binding_revision", "Highest binding revision applied")?;
+        let store_up = IntGauge::new(
+            "binding_store_up",
+            "1 if the binding store answered at the last attempt",
+        )?;
+        let sync_age_seconds = IntGauge::new(
+            "binding_sync_age_seconds",
+            "Seconds since the last successful binding sync",
+        )?;
+        let rejected_records = IntGauge::new(
+            "binding_records_rejected",
+            "Binding records refused by validation so far",
+        )?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -92,17 +114,21 @@ impl Metrics {
     /// Refreshes the gauges that mirror state, then renders the text exposition format.
     pub fn render(&self, table: &BindingHandle, health: &Arc<SyncHealth>) -> Vec<u8> {
         let t = table.load();
-        self.bindings.set(i64::try_from(t.len()).unwrap_or(i64::MAX));
-        self.binding_revision.set(i64::try_from(t.revision().get()).unwrap_or(i64::MAX));
+        self.bindings
+            .set(i64::try_from(t.len()).unwrap_or(i64::MAX));
+        self.binding_revision
+            .set(i64::try_from(t.revision().get()).unwrap_or(i64::MAX));
         self.store_up.set(i64::from(health.store_up()));
         let last = health.last_sync_unix_ms();
         let age = if last == 0 {
             -1
         } else {
-            i64::try_from(nexus_binding_store::source::now_unix_ms().saturating_sub(last) / 1000).unwrap_or(i64::MAX)
+            i64::try_from(nexus_binding_store::source::now_unix_ms().saturating_sub(last) / 1000)
+                .unwrap_or(i64::MAX)
         };
         self.sync_age_seconds.set(age);
-        self.rejected_records.set(i64::try_from(health.rejected_records()).unwrap_or(i64::MAX));
+        self.rejected_records
+            .set(i64::try_from(health.rejected_records()).unwrap_or(i64::MAX));
         let mut out = Vec::with_capacity(4096);
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

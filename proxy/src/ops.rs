@@ -32,7 +32,8 @@ fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u
         resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     let len = resp.body().len();
-    resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     resp
 }
 
@@ -59,7 +60,11 @@ impl ServeHttp for OpsApp {
                     "last_sync_unix_ms": s.sync_health.last_sync_unix_ms(),
                     "keys": s.auth.key_count(),
                 });
-                text(StatusCode::OK, "application/json", format!("{body}\n").into_bytes())
+                text(
+                    StatusCode::OK,
+                    "application/json",
+                    format!("{body}\n").into_bytes(),
+                )
             }
             "/bindings/revision" => {
                 let table = s.bindings.load();

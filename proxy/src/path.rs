@@ -88,7 +88,19 @@ fn is_path_char(c: u8) -> bool {
     is_unreserved(c)
         || matches!(
             c,
-            b'/' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+            b'/' | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
         )
 }
 
@@ -122,7 +134,10 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                     0 => return Err(PathError::EncodedNul),
                     _ => {}
                 }
-                if is_unreserved(v) || b[i + 1].is_ascii_lowercase() || b[i + 2].is_ascii_lowercase() {
+                if is_unreserved(v)
+                    || b[i + 1].is_ascii_lowercase()
+                    || b[i + 2].is_ascii_lowercase()
+                {
                     needs_work = true;
                 }
                 i += 3;

@@ -33,9 +33,15 @@ pub enum StatusDecision {
 }
 
 /// Decides what `status` allows for the (already normalised) `path`.
-pub fn status_decision(status: TenantStatus, path: &str, recovery_paths: &[String]) -> StatusDecision {
+pub fn status_decision(
+    status: TenantStatus,
+    path: &str,
+    recovery_paths: &[String],
+) -> StatusDecision {
     match status {
-        TenantStatus::Trialing | TenantStatus::Active | TenantStatus::GracePeriod => StatusDecision::Serve { notice: None },
+        TenantStatus::Trialing | TenantStatus::Active | TenantStatus::GracePeriod => {
+            StatusDecision::Serve { notice: None }
+        }
         TenantStatus::PastDue => StatusDecision::Serve {
             notice: Some(BillingNotice::PastDue),
         },
@@ -70,7 +76,9 @@ mod tests {
         use StatusDecision::*;
         for status in TenantStatus::ALL {
             let want = match status {
-                TenantStatus::Trialing | TenantStatus::Active | TenantStatus::GracePeriod => Serve { notice: None },
+                TenantStatus::Trialing | TenantStatus::Active | TenantStatus::GracePeriod => {
+                    Serve { notice: None }
+                }
                 TenantStatus::PastDue => Serve {
                     notice: Some(BillingNotice::PastDue),
                 },
@@ -79,7 +87,11 @@ mod tests {
                 TenantStatus::Blocked | TenantStatus::Incident => Unavailable,
                 _ => NotReady,
             };
-            assert_eq!(status_decision(status, "/app", &recovery()), want, "{status}");
+            assert_eq!(
+                status_decision(status, "/app", &recovery()),
+                want,
+                "{status}"
+            );
         }
     }
 
@@ -100,13 +112,22 @@ mod tests {
         ];
         for (path, served) in cases {
             let d = status_decision(TenantStatus::Suspended, path, &recovery());
-            assert_eq!(d == StatusDecision::Serve { notice: None }, served, "{path}");
+            assert_eq!(
+                d == StatusDecision::Serve { notice: None },
+                served,
+                "{path}"
+            );
         }
     }
 
     #[test]
     fn traversal_is_decided_on_the_normalised_path() {
-        for raw in ["/billing/../api", "/billing/%2e%2e/api", "/billing/.%2E/api/x", "/admin/recovery/../../api"] {
+        for raw in [
+            "/billing/../api",
+            "/billing/%2e%2e/api",
+            "/billing/.%2E/api/x",
+            "/admin/recovery/../../api",
+        ] {
             let path = crate::path::normalize_path(raw).expect("normalises");
             assert_eq!(
                 status_decision(TenantStatus::Suspended, &path, &recovery()),

@@ -47,7 +47,9 @@ pub fn sane_request_id<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Option
 /// and the original query.
 pub fn upstream_target(decision: &Decision) -> String {
     let prefix = decision.upstream_url().path_prefix();
-    let mut t = String::with_capacity(prefix.len() + decision.path.len() + 1 + decision.query.as_ref().map_or(0, |q| q.len()));
+    let mut t = String::with_capacity(
+        prefix.len() + decision.path.len() + 1 + decision.query.as_ref().map_or(0, |q| q.len()),
+    );
     t.push_str(prefix);
     t.push_str(&decision.path);
     if let Some(q) = &decision.query {
@@ -77,9 +79,9 @@ pub fn rewrite_upstream_request(
     fwd: &Forwarding<'_>,
 ) -> pingora::Result<()> {
     let target = upstream_target(decision);
-    let uri: http::Uri = target
-        .parse()
-        .map_err(|e| pingora::Error::because(pingora::ErrorType::InternalError, "upstream target", e))?;
+    let uri: http::Uri = target.parse().map_err(|e| {
+        pingora::Error::because(pingora::ErrorType::InternalError, "upstream target", e)
+    })?;
     req.set_uri(uri);
 
     for name in ROUTER_HEADERS {

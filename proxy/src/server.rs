@@ -47,7 +47,10 @@ struct Signals;
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
@@ -61,9 +64,14 @@ impl ShutdownSignalWatch for Signals {
 
 /// Loads keys and bindings, then builds the shared state. Split from [`run`] so the demo and
 /// tests can inspect the state.
-pub fn prepare(settings: Settings, source: &Arc<dyn BindingSource>) -> Result<Arc<EdgeState>, StartError> {
+pub fn prepare(
+    settings: Settings,
+    source: &Arc<dyn BindingSource>,
+) -> Result<Arc<EdgeState>, StartError> {
     let auth = Authenticator::new(&settings.auth)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let table = rt.block_on(source.initial_load())?;
     tracing::info!(
         bindings = table.len(),

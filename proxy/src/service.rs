@@ -41,7 +41,12 @@ impl EdgeService {
     }
 
     /// Sends a rejection with its fixed body and headers.
-    async fn reject(&self, session: &mut Session, ctx: &mut RequestCtx, reason: RejectReason) -> Result<()> {
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reason: RejectReason,
+    ) -> Result<()> {
         let body = reason.body();
         let mut resp = ResponseHeader::build(reason.status(), Some(4))?;
         resp.insert_header("content-type", "text/plain; charset=utf-8")?;
@@ -54,7 +59,9 @@ impl EdgeService {
         ctx.rejected = Some(reason);
         session.set_keepalive(None);
         session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await?;
+        session
+            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+            .await?;
         Ok(())
     }
 }
@@ -67,16 +74,24 @@ fn now_unix() -> u64 {
 }
 
 fn header_values<'a>(req: &'a pingora::http::RequestHeader, name: &str) -> Vec<&'a [u8]> {
-    req.headers.get_all(name).iter().map(|v| v.as_bytes()).collect()
+    req.headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect()
 }
 
 /// Maps a proxying error to the rejection the client sees.
 fn upstream_failure(e: &Error) -> RejectReason {
     match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => RejectReason::UpstreamTimeout,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            RejectReason::UpstreamTimeout
+        }
         _ => match e.esource() {
             ErrorSource::Upstream => RejectReason::UpstreamUnreachable,
-            ErrorSource::Internal | ErrorSource::Unset | ErrorSource::Downstream => RejectReason::Internal,
+            ErrorSource::Internal | ErrorSource::Unset | ErrorSource::Downstream => {
+                RejectReason::Internal
+            }
         },
     }
 }
@@ -96,14 +111,26 @@ impl ProxyHttp for EdgeService {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        ctx.request_id = sane_request_id(req.headers.get_all("x-request-id").iter().map(|v| v.as_bytes()))
-            .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        ctx.request_id = sane_request_id(
+            req.headers
+                .get_all("x-request-id")
+                .iter()
+                .map(|v| v.as_bytes()),
+        )
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
 
         let host_headers = header_values(req, "host");
         let authorization = header_values(req, "authorization");
         let cookies = header_values(req, "cookie");
-        let raw_path = std::str::from_utf8(req.raw_path()).ok();
+        // Origin-form targets are taken raw (exactly as sent); an absolute-form target's
+        // path comes from the parsed URI (its authority is checked against Host in `decide`).
+        let raw = req.raw_path();
+        let raw_path = if raw.first() == Some(&b'/') {
+            std::str::from_utf8(raw).ok()
+        } else {
+            req.uri.path_and_query().map(|p| p.as_str())
+        };
         let outcome = match raw_path {
             None => Err(RejectReason::BadPath(crate::path::PathError::ControlChar)),
             Some(target) => {
@@ -118,8 +145,16 @@ impl ProxyHttp for EdgeService {
                 };
                 let table = self.state.bindings.load();
                 let started = Instant::now();
-                let d = decide(&facts, &self.state.settings.tenancy, &table, &self.state.auth);
-                self.state.metrics.decision_duration.observe(started.elapsed().as_secs_f64());
+                let d = decide(
+                    &facts,
+                    &self.state.settings.tenancy,
+                    &table,
+                    &self.state.auth,
+                );
+                self.state
+                    .metrics
+                    .decision_duration
+                    .observe(started.elapsed().as_secs_f64());
                 d
             }
         };
@@ -142,7 +177,11 @@ impl ProxyHttp for EdgeService {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let decision = ctx
             .decision
             .as_ref()
@@ -154,9 +193,13 @@ impl ProxyHttp for EdgeService {
             Ok(ip) => SocketAddr::new(ip, port),
             Err(_) => tokio::net::lookup_host((host, port))
                 .await
-                .map_err(|e| Error::because(ErrorType::ConnectNoRoute, "resolving the instance host", e))?
+                .map_err(|e| {
+                    Error::because(ErrorType::ConnectNoRoute, "resolving the instance host", e)
+                })?
                 .next()
-                .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "instance host has no address"))?,
+                .ok_or_else(|| {
+                    Error::explain(ErrorType::ConnectNoRoute, "instance host has no address")
+                })?,
         };
         let mut peer = HttpPeer::new(addr, url.is_tls(), host.to_owned());
         let up = &self.state.settings.upstream;
@@ -189,7 +232,11 @@ impl ProxyHttp for EdgeService {
             .and_then(|h| h.to_str().ok())
             .map(|h| h.to_ascii_lowercase())
             .unwrap_or_default();
-        let proto = if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() {
+        let proto = if session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some()
+        {
             "https"
         } else {
             "http"
@@ -211,12 +258,20 @@ impl ProxyHttp for EdgeService {
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(BillingNotice::PastDue) = ctx.decision.as_ref().and_then(|d| d.notice) {
-            upstream_response.insert_header(self.state.settings.tenancy.past_due_header.clone(), "past_due")?;
+            upstream_response.insert_header(
+                self.state.settings.tenancy.past_due_header.clone(),
+                "past_due",
+            )?;
         }
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let reason = match e.esource() {
             ErrorSource::Downstream => {
                 // The client went away or sent garbage: nothing useful to answer.
@@ -255,11 +310,15 @@ impl ProxyHttp for EdgeService {
         match &ctx.rejected {
             Some(r) => {
                 m.requests.with_label_values(&[r.label()]).inc();
-                m.request_duration.with_label_values(&["rejected"]).observe(elapsed);
+                m.request_duration
+                    .with_label_values(&["rejected"])
+                    .observe(elapsed);
             }
             None => {
                 m.requests.with_label_values(&["forwarded"]).inc();
-                m.request_duration.with_label_values(&["forwarded"]).observe(elapsed);
+                m.request_duration
+                    .with_label_values(&["forwarded"])
+                    .observe(elapsed);
             }
         }
     }

@@ -41,11 +41,17 @@ impl Backend {
                 .build()
                 .expect("backend runtime");
             rt.block_on(async move {
-                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
-                addr_tx.send(listener.local_addr().expect("addr")).expect("send addr");
+                let listener = TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind backend");
+                addr_tx
+                    .send(listener.local_addr().expect("addr"))
+                    .expect("send addr");
                 let serve = async {
                     loop {
-                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
                         let name = owned.clone();
                         let hits = Arc::clone(&hits2);
                         tokio::spawn(async move {
@@ -60,7 +66,9 @@ impl Backend {
             });
             rt.shutdown_timeout(Duration::from_millis(100));
         });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("backend started");
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("backend started");
         Backend {
             name: name.to_owned(),
             addr,
@@ -128,8 +136,15 @@ async fn serve_conn(mut stream: TcpStream, name: &str, hits: &AtomicU64) -> std:
             }
             buf.drain(..len);
         }
-        let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-        if let Some(ms) = path.strip_prefix("/slow/").and_then(|m| m.parse::<u64>().ok()) {
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_owned();
+        if let Some(ms) = path
+            .strip_prefix("/slow/")
+            .and_then(|m| m.parse::<u64>().ok())
+        {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         if header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {

@@ -163,7 +163,9 @@ filter = "info"
                 b"GET /readyz HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n",
             )
             .is_ok_and(|r| r.status == 200);
-            let proxy_up = std::net::TcpStream::connect_timeout(&edge.addr, Duration::from_millis(200)).is_ok();
+            let proxy_up =
+                std::net::TcpStream::connect_timeout(&edge.addr, Duration::from_millis(200))
+                    .is_ok();
             if ready && proxy_up {
                 return Ok(edge);
             }
@@ -191,7 +193,11 @@ filter = "info"
 
     /// The binding table revision the router serves.
     pub fn revision(&self) -> u64 {
-        self.ops_get("/bindings/revision").text().trim().parse().unwrap_or(0)
+        self.ops_get("/bindings/revision")
+            .text()
+            .trim()
+            .parse()
+            .unwrap_or(0)
     }
 
     /// Polls until `cond` holds for a GET of `host` `path` with `token`.
@@ -201,13 +207,18 @@ filter = "info"
 
     /// Sends SIGTERM (graceful drain).
     pub fn terminate(&self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
     }
 
     /// Waits for the process to exit, with a deadline.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let child = &mut self.child;
-        wait::until(timeout, "nexus-edge to exit", || child.try_wait().ok().flatten())
+        wait::until(timeout, "nexus-edge to exit", || {
+            child.try_wait().ok().flatten()
+        })
     }
 }
 

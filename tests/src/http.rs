@@ -31,7 +31,8 @@ impl Response {
 
     /// Body as JSON (panics with the body if it is not JSON).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -55,7 +56,12 @@ pub fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -
 
 /// A GET with a bearer token.
 pub fn get_with_token(addr: SocketAddr, host: &str, path: &str, token: &str) -> Response {
-    get(addr, host, path, &[("Authorization", &format!("Bearer {token}"))])
+    get(
+        addr,
+        host,
+        path,
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
 }
 
 /// Reads one response (content-length, chunked, or until close).
@@ -68,7 +74,10 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
         }
         let n = s.read(&mut chunk)?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before headers"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before headers",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -79,7 +88,12 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad status line {status_line:?}")))?;
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad status line {status_line:?}"),
+            )
+        })?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -87,7 +101,11 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
     let mut body = buf[head_end + 4..].to_vec();
     let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     if status == 101 || status == 204 || status == 304 {
-        return Ok(Response { status, headers, body });
+        return Ok(Response {
+            status,
+            headers,
+            body,
+        });
     }
     if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
         while body.len() < len {
@@ -113,7 +131,11 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
     } else {
         s.read_to_end(&mut body)?;
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

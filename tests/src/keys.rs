@@ -31,7 +31,8 @@ impl TestKeys {
     /// Generates / loads the keys.
     pub fn new() -> TestKeys {
         let es = SigningKey::generate_es256("test-es256").expect("es256 key");
-        let pem = std::fs::read_to_string(repo_root().join("deploy/demo/demo-rs256-key.pem")).expect("rs256 demo key");
+        let pem = std::fs::read_to_string(repo_root().join("deploy/demo/demo-rs256-key.pem"))
+            .expect("rs256 demo key");
         let rs = SigningKey::from_pem(&pem, Some("test-rs256".to_owned())).expect("rs256 key");
         TestKeys { es, rs }
     }
@@ -80,13 +81,21 @@ pub fn b64(data: &[u8]) -> String {
 
 /// An unsigned token (`alg` as given, empty signature).
 pub fn unsigned(header: &serde_json::Value, claims: &serde_json::Value) -> String {
-    format!("{}.{}.", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()))
+    format!(
+        "{}.{}.",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    )
 }
 
 /// An HS256 token signed with `secret` — e.g. the RSA public key, the classic confusion attack.
 pub fn hs256(kid: &str, secret: &[u8], claims: &serde_json::Value) -> String {
     let header = serde_json::json!({ "alg": "HS256", "typ": "JWT", "kid": kid });
-    let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let sig = ring::hmac::sign(&key, signing_input.as_bytes());
     format!("{signing_input}.{}", b64(sig.as_ref()))

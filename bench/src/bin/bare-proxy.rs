@@ -20,18 +20,24 @@ impl ProxyHttp for Bare {
     type CTX = ();
     fn new_ctx(&self) {}
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
     }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (Some(listen), Some(upstream), Some(threads)) = (args.get(1), args.get(2), args.get(3)) else {
+    let (Some(listen), Some(upstream), Some(threads)) = (args.get(1), args.get(2), args.get(3))
+    else {
         eprintln!("usage: bare-proxy LISTEN UPSTREAM THREADS");
         std::process::exit(2);
     };
-    let (Ok(upstream), Ok(threads)) = (upstream.parse::<SocketAddr>(), threads.parse::<usize>()) else {
+    let (Ok(upstream), Ok(threads)) = (upstream.parse::<SocketAddr>(), threads.parse::<usize>())
+    else {
         eprintln!("bare-proxy: UPSTREAM must be ip:port and THREADS a number");
         std::process::exit(2);
     };

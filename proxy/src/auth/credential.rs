@@ -10,9 +10,9 @@ use super::error::CredentialError;
 fn is_b64token(s: &[u8]) -> bool {
     let body_end = s.iter().rposition(|&c| c != b'=').map_or(0, |i| i + 1);
     body_end > 0
-        && s[..body_end]
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        && s[..body_end].iter().all(|&c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 /// The token from `Authorization: Bearer` headers and/or the named cookie; `None` if neither
@@ -33,7 +33,9 @@ pub fn extract_token<'a>(
         for header in cookie_headers {
             for pair in header.split(|&c| c == b';') {
                 let pair = pair.trim_ascii();
-                let Some(eq) = pair.iter().position(|&c| c == b'=') else { continue };
+                let Some(eq) = pair.iter().position(|&c| c == b'=') else {
+                    continue;
+                };
                 if &pair[..eq] != name.as_bytes() {
                     continue;
                 }
@@ -76,7 +78,9 @@ fn bearer(value: &[u8]) -> Result<Option<&str>, CredentialError> {
     if !is_b64token(token) {
         return Err(CredentialError::Malformed);
     }
-    std::str::from_utf8(token).map(Some).map_err(|_| CredentialError::Malformed)
+    std::str::from_utf8(token)
+        .map(Some)
+        .map_err(|_| CredentialError::Malformed)
 }
 
 #[cfg(test)]
@@ -87,7 +91,11 @@ mod tests {
     fn table() {
         use CredentialError::*;
         let c = Some("sess");
-        let cases: Vec<(Vec<&[u8]>, Vec<&[u8]>, Result<Option<&str>, CredentialError>)> = vec![
+        let cases: Vec<(
+            Vec<&[u8]>,
+            Vec<&[u8]>,
+            Result<Option<&str>, CredentialError>,
+        )> = vec![
             (vec![], vec![], Ok(None)),
             (vec![b"Bearer abc.def.ghi"], vec![], Ok(Some("abc.def.ghi"))),
             (vec![b"bearer abc"], vec![], Ok(Some("abc"))),
@@ -110,7 +118,11 @@ mod tests {
             (vec![b"Basic x"], vec![b"sess=tok"], Ok(Some("tok"))),
         ];
         for (auth, cookies, want) in cases {
-            assert_eq!(extract_token(&auth, &cookies, c), want, "{auth:?} {cookies:?}");
+            assert_eq!(
+                extract_token(&auth, &cookies, c),
+                want,
+                "{auth:?} {cookies:?}"
+            );
         }
         assert_eq!(extract_token(&[], &[b"sess=tok"], None), Ok(None));
     }

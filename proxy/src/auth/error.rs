@@ -79,13 +79,17 @@ impl TokenError {
         let description = match self {
             TokenError::Expired => "the token expired",
             TokenError::NotYetValid => "the token is not valid yet",
-            TokenError::WrongIssuer | TokenError::WrongAudience => "the token was not issued for this service",
+            TokenError::WrongIssuer | TokenError::WrongAudience => {
+                "the token was not issued for this service"
+            }
             TokenError::BadSignature | TokenError::UnknownKey | TokenError::AlgorithmMismatch => {
                 "the token signature is not valid"
             }
             _ => "the token is malformed or not accepted",
         };
-        format!("Bearer realm=\"nexus\", error=\"invalid_token\", error_description=\"{description}\"")
+        format!(
+            "Bearer realm=\"nexus\", error=\"invalid_token\", error_description=\"{description}\""
+        )
     }
 }
 

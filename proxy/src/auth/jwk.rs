@@ -84,7 +84,10 @@ impl Algorithm {
 /// Key material, parsed once at load so no request re-parses a JWK.
 #[derive(Debug)]
 enum Material {
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
     /// Uncompressed SEC1 point `04 || x || y`.
     EcP256(Vec<u8>),
     EcP384(Vec<u8>),
@@ -148,15 +151,23 @@ impl VerifyKey {
                     PS512 => &signature::RSA_PSS_2048_8192_SHA512,
                     _ => return Err(TokenError::AlgorithmMismatch),
                 };
-                signature::RsaPublicKeyComponents { n, e }.verify(params, msg, sig).is_ok()
+                signature::RsaPublicKeyComponents { n, e }
+                    .verify(params, msg, sig)
+                    .is_ok()
             }
-            (Material::EcP256(p), ES256) => UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, p)
+            (Material::EcP256(p), ES256) => {
+                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, p)
+                    .verify(msg, sig)
+                    .is_ok()
+            }
+            (Material::EcP384(p), ES384) => {
+                UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, p)
+                    .verify(msg, sig)
+                    .is_ok()
+            }
+            (Material::Ed25519(x), EdDSA) => UnparsedPublicKey::new(&signature::ED25519, x)
                 .verify(msg, sig)
                 .is_ok(),
-            (Material::EcP384(p), ES384) => UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, p)
-                .verify(msg, sig)
-                .is_ok(),
-            (Material::Ed25519(x), EdDSA) => UnparsedPublicKey::new(&signature::ED25519, x).verify(msg, sig).is_ok(),
             (Material::Hmac(keys), HS256) => ring::hmac::verify(&keys[0], msg, sig).is_ok(),
             (Material::Hmac(keys), HS384) => ring::hmac::verify(&keys[1], msg, sig).is_ok(),
             (Material::Hmac(keys), HS512) => ring::hmac::verify(&keys[2], msg, sig).is_ok(),
@@ -209,7 +220,9 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
     }
     let alg = match str_field(jwk, "alg")? {
         None => None,
-        Some(a) => Some(Algorithm::from_name(a).ok_or_else(|| format!("alg {a:?} is not supported"))?),
+        Some(a) => {
+            Some(Algorithm::from_name(a).ok_or_else(|| format!("alg {a:?} is not supported"))?)
+        }
     };
     let kty = str_field(jwk, "kty")?.ok_or("missing kty")?;
     let material = match kty {
@@ -220,7 +233,9 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             let n = n[first..].to_vec();
             let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
             if bits < 2048 {
-                return Err(format!("RSA key of {bits} bits; at least 2048 are required"));
+                return Err(format!(
+                    "RSA key of {bits} bits; at least 2048 are required"
+                ));
             }
             if alg.is_some_and(|a| !matches!(a.name().as_bytes()[0], b'R' | b'P')) {
                 return Err("alg does not fit an RSA key".to_owned());
@@ -266,7 +281,12 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             }
             Material::Ed25519(x)
         }
-        "oct" => return Err("symmetric keys are never taken from a JWKS; configure [[auth.hmac_keys]]".to_owned()),
+        "oct" => {
+            return Err(
+                "symmetric keys are never taken from a JWKS; configure [[auth.hmac_keys]]"
+                    .to_owned(),
+            )
+        }
         other => return Err(format!("kty {other:?} is not supported")),
     };
     Ok(VerifyKey { kid, alg, material })

@@ -47,7 +47,9 @@ fn object(bytes: &[u8], what: &'static str) -> Result<Map<String, Value>, TokenE
 /// Splits and decodes a compact JWS and checks its header.
 pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, TokenError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(TokenError::Malformed("not three dot-separated parts"));
     };
     if h.is_empty() || p.is_empty() || s.is_empty() {
@@ -55,7 +57,9 @@ pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, TokenError> {
     }
     let header = object(&decode(h)?, "header is not a JSON object")?;
     let alg = match header.get("alg") {
-        Some(Value::String(a)) => Algorithm::from_name(a).ok_or(TokenError::UnsupportedAlgorithm)?,
+        Some(Value::String(a)) => {
+            Algorithm::from_name(a).ok_or(TokenError::UnsupportedAlgorithm)?
+        }
         Some(_) => return Err(TokenError::Malformed("alg is not a string")),
         None => return Err(TokenError::Malformed("no alg")),
     };
@@ -114,29 +118,98 @@ mod tests {
         let p = r#"{"exp":1}"#;
         let cases: Vec<(String, Result<Algorithm, TokenError>)> = vec![
             (tok(r#"{"alg":"ES256"}"#, p), Ok(Algorithm::ES256)),
-            (tok(r#"{"alg":"ES256","typ":"JWT"}"#, p), Ok(Algorithm::ES256)),
-            (tok(r#"{"alg":"ES256","typ":"application/at+jwt"}"#, p), Ok(Algorithm::ES256)),
-            (tok(r#"{"alg":"ES256","x-custom":1,"x5t":"abc"}"#, p), Ok(Algorithm::ES256)),
-            (tok(r#"{"alg":"none"}"#, p), Err(TokenError::UnsupportedAlgorithm)),
-            (tok(r#"{"alg":"None"}"#, p), Err(TokenError::UnsupportedAlgorithm)),
-            (tok(r#"{"alg":"NONE"}"#, p), Err(TokenError::UnsupportedAlgorithm)),
-            (tok(r#"{"alg":"es256"}"#, p), Err(TokenError::UnsupportedAlgorithm)),
-            (tok(r#"{"alg":"RS1"}"#, p), Err(TokenError::UnsupportedAlgorithm)),
-            (tok(r#"{"typ":"JWT"}"#, p), Err(TokenError::Malformed("no alg"))),
-            (tok(r#"{"alg":7}"#, p), Err(TokenError::Malformed("alg is not a string"))),
-            (tok(r#"{"alg":"ES256","crit":["exp"]}"#, p), Err(TokenError::CriticalHeader)),
-            (tok(r#"{"alg":"ES256","crit":[]}"#, p), Err(TokenError::CriticalHeader)),
-            (tok(r#"{"alg":"ES256","jku":"https://x"}"#, p), Err(TokenError::ForbiddenHeader("jku"))),
-            (tok(r#"{"alg":"ES256","x5u":"https://x"}"#, p), Err(TokenError::ForbiddenHeader("x5u"))),
-            (tok(r#"{"alg":"ES256","jwk":{}}"#, p), Err(TokenError::ForbiddenHeader("jwk"))),
-            (tok(r#"{"alg":"ES256","x5c":[]}"#, p), Err(TokenError::ForbiddenHeader("x5c"))),
-            (tok(r#"{"alg":"ES256","typ":"dpop+jwt"}"#, p), Err(TokenError::WrongType)),
-            (tok(r#"{"alg":"ES256","cty":"JWT"}"#, p), Err(TokenError::WrongType)),
-            (tok(r#"{"alg":"ES256","alg":"ES256"}"#, p), Err(TokenError::DuplicateKey)),
-            (tok(r#"{"alg":"ES256"}"#, r#"{"a":1,"a":2}"#), Err(TokenError::DuplicateKey)),
-            (tok(r#"{"alg":"ES256","kid":1}"#, p), Err(TokenError::Malformed("kid is not a string"))),
-            (tok(r#"{"alg":"ES256"}"#, "[1]"), Err(TokenError::Malformed("payload is not a JSON object"))),
-            (tok("[]", p), Err(TokenError::Malformed("header is not a JSON object"))),
+            (
+                tok(r#"{"alg":"ES256","typ":"JWT"}"#, p),
+                Ok(Algorithm::ES256),
+            ),
+            (
+                tok(r#"{"alg":"ES256","typ":"application/at+jwt"}"#, p),
+                Ok(Algorithm::ES256),
+            ),
+            (
+                tok(r#"{"alg":"ES256","x-custom":1,"x5t":"abc"}"#, p),
+                Ok(Algorithm::ES256),
+            ),
+            (
+                tok(r#"{"alg":"none"}"#, p),
+                Err(TokenError::UnsupportedAlgorithm),
+            ),
+            (
+                tok(r#"{"alg":"None"}"#, p),
+                Err(TokenError::UnsupportedAlgorithm),
+            ),
+            (
+                tok(r#"{"alg":"NONE"}"#, p),
+                Err(TokenError::UnsupportedAlgorithm),
+            ),
+            (
+                tok(r#"{"alg":"es256"}"#, p),
+                Err(TokenError::UnsupportedAlgorithm),
+            ),
+            (
+                tok(r#"{"alg":"RS1"}"#, p),
+                Err(TokenError::UnsupportedAlgorithm),
+            ),
+            (
+                tok(r#"{"typ":"JWT"}"#, p),
+                Err(TokenError::Malformed("no alg")),
+            ),
+            (
+                tok(r#"{"alg":7}"#, p),
+                Err(TokenError::Malformed("alg is not a string")),
+            ),
+            (
+                tok(r#"{"alg":"ES256","crit":["exp"]}"#, p),
+                Err(TokenError::CriticalHeader),
+            ),
+            (
+                tok(r#"{"alg":"ES256","crit":[]}"#, p),
+                Err(TokenError::CriticalHeader),
+            ),
+            (
+                tok(r#"{"alg":"ES256","jku":"https://x"}"#, p),
+                Err(TokenError::ForbiddenHeader("jku")),
+            ),
+            (
+                tok(r#"{"alg":"ES256","x5u":"https://x"}"#, p),
+                Err(TokenError::ForbiddenHeader("x5u")),
+            ),
+            (
+                tok(r#"{"alg":"ES256","jwk":{}}"#, p),
+                Err(TokenError::ForbiddenHeader("jwk")),
+            ),
+            (
+                tok(r#"{"alg":"ES256","x5c":[]}"#, p),
+                Err(TokenError::ForbiddenHeader("x5c")),
+            ),
+            (
+                tok(r#"{"alg":"ES256","typ":"dpop+jwt"}"#, p),
+                Err(TokenError::WrongType),
+            ),
+            (
+                tok(r#"{"alg":"ES256","cty":"JWT"}"#, p),
+                Err(TokenError::WrongType),
+            ),
+            (
+                tok(r#"{"alg":"ES256","alg":"ES256"}"#, p),
+                Err(TokenError::DuplicateKey),
+            ),
+            (
+                tok(r#"{"alg":"ES256"}"#, r#"{"a":1,"a":2}"#),
+                Err(TokenError::DuplicateKey),
+            ),
+            (
+                tok(r#"{"alg":"ES256","kid":1}"#, p),
+                Err(TokenError::Malformed("kid is not a string")),
+            ),
+            (
+                tok(r#"{"alg":"ES256"}"#, "[1]"),
+                Err(TokenError::Malformed("payload is not a JSON object")),
+            ),
+            (
+                tok("[]", p),
+                Err(TokenError::Malformed("header is not a JSON object")),
+            ),
         ];
         for (t, want) in cases {
             assert_eq!(parse(&t).map(|p| p.alg), want, "{t}");
@@ -156,7 +229,10 @@ mod tests {
             ".".to_owned(),
             String::new(),
         ] {
-            assert!(matches!(parse(&bad), Err(TokenError::Malformed(_))), "{bad:?}");
+            assert!(
+                matches!(parse(&bad), Err(TokenError::Malformed(_))),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -24,7 +24,12 @@ pub(crate) struct KeySet {
 impl KeySet {
     /// Builds a key set from JWKS text and the configured HMAC keys. Bad keys are skipped with
     /// a warning naming them; a set with no usable key is an error.
-    pub(crate) fn load(text: &str, origin: &str, hmac: &[HmacKey], generation: u64) -> Result<KeySet, AuthSetupError> {
+    pub(crate) fn load(
+        text: &str,
+        origin: &str,
+        hmac: &[HmacKey],
+        generation: u64,
+    ) -> Result<KeySet, AuthSetupError> {
         let format = |reason: String| AuthSetupError::Format {
             path: origin.to_owned(),
             reason,
@@ -47,7 +52,9 @@ impl KeySet {
                 .map_or_else(|| format!("keys[{i}]"), |k| format!("kid {k:?}"));
             match parse_jwk(jwk) {
                 Ok(key) => match key.kid.clone() {
-                    Some(kid) if set.by_kid.contains_key(&kid) => skipped.push(format!("{name}: duplicate kid")),
+                    Some(kid) if set.by_kid.contains_key(&kid) => {
+                        skipped.push(format!("{name}: duplicate kid"))
+                    }
                     Some(kid) => {
                         set.by_kid.insert(kid, Arc::new(key));
                     }
@@ -61,7 +68,8 @@ impl KeySet {
                 skipped.push(format!("hmac kid {:?}: also in the JWKS", h.kid));
                 continue;
             }
-            set.by_kid.insert(h.kid.clone(), Arc::new(VerifyKey::hmac(&h.kid, &h.secret)));
+            set.by_kid
+                .insert(h.kid.clone(), Arc::new(VerifyKey::hmac(&h.kid, &h.secret)));
         }
         for s in &skipped {
             tracing::warn!(source = origin, key = %s, "verification key skipped");

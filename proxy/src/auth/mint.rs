@@ -62,7 +62,10 @@ impl SigningKey {
     pub fn from_pem(pem_text: &str, kid: Option<String>) -> Result<Self, MintError> {
         let block = pem::parse(pem_text).map_err(|e| MintError::Format(e.to_string()))?;
         if block.tag() != "PRIVATE KEY" {
-            return Err(MintError::Format(format!("PEM block is {:?}, expected \"PRIVATE KEY\"", block.tag())));
+            return Err(MintError::Format(format!(
+                "PEM block is {:?}, expected \"PRIVATE KEY\"",
+                block.tag()
+            )));
         }
         Self::from_pkcs8(block.contents(), kid)
     }
@@ -71,16 +74,23 @@ impl SigningKey {
         let rng = SystemRandom::new();
         let kind = if let Ok(k) = RsaKeyPair::from_pkcs8(der) {
             Kind::Rsa(k)
-        } else if let Ok(k) = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng) {
+        } else if let Ok(k) =
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
+        {
             Kind::Ec(k, Algorithm::ES256)
-        } else if let Ok(k) = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, der, &rng) {
+        } else if let Ok(k) =
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, der, &rng)
+        {
             Kind::Ec(k, Algorithm::ES384)
         } else if let Ok(k) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
             Kind::Ed(k)
         } else {
             return Err(MintError::Format("unsupported or damaged key".to_owned()));
         };
-        let mut key = SigningKey { kind, kid: String::new() };
+        let mut key = SigningKey {
+            kind,
+            kid: String::new(),
+        };
         key.kid = kid.unwrap_or_else(|| key.thumbprint());
         Ok(key)
     }
@@ -95,7 +105,8 @@ impl SigningKey {
 
     /// A fresh Ed25519 key.
     pub fn generate_ed25519(kid: &str) -> Result<Self, MintError> {
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| MintError::Sign)?;
+        let pkcs8 =
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| MintError::Sign)?;
         Self::from_pkcs8(pkcs8.as_ref(), Some(kid.to_owned()))
     }
 
@@ -123,10 +134,16 @@ impl SigningKey {
             Kind::Ec(k, alg) => {
                 let p = k.public_key().as_ref();
                 let half = (p.len() - 1) / 2;
-                let crv = if *alg == Algorithm::ES256 { "P-256" } else { "P-384" };
+                let crv = if *alg == Algorithm::ES256 {
+                    "P-256"
+                } else {
+                    "P-384"
+                };
                 serde_json::json!({ "crv": crv, "kty": "EC", "x": b64(&p[1..=half]), "y": b64(&p[1 + half..]) })
             }
-            Kind::Ed(k) => serde_json::json!({ "crv": "Ed25519", "kty": "OKP", "x": b64(k.public_key().as_ref()) }),
+            Kind::Ed(k) => {
+                serde_json::json!({ "crv": "Ed25519", "kty": "OKP", "x": b64(k.public_key().as_ref()) })
+            }
         }
     }
 
@@ -153,16 +170,29 @@ impl SigningKey {
 
     /// Signs arbitrary header and payload JSON text as given (tests craft odd tokens with it).
     pub fn sign_raw(&self, header_json: &str, payload_json: &str) -> Result<String, MintError> {
-        let input = format!("{}.{}", b64(header_json.as_bytes()), b64(payload_json.as_bytes()));
+        let input = format!(
+            "{}.{}",
+            b64(header_json.as_bytes()),
+            b64(payload_json.as_bytes())
+        );
         let rng = SystemRandom::new();
         let sig = match &self.kind {
             Kind::Rsa(k) => {
                 let mut sig = vec![0u8; k.public().modulus_len()];
-                k.sign(&signature::RSA_PKCS1_SHA256, &rng, input.as_bytes(), &mut sig)
-                    .map_err(|_| MintError::Sign)?;
+                k.sign(
+                    &signature::RSA_PKCS1_SHA256,
+                    &rng,
+                    input.as_bytes(),
+                    &mut sig,
+                )
+                .map_err(|_| MintError::Sign)?;
                 sig
             }
-            Kind::Ec(k, _) => k.sign(&rng, input.as_bytes()).map_err(|_| MintError::Sign)?.as_ref().to_vec(),
+            Kind::Ec(k, _) => k
+                .sign(&rng, input.as_bytes())
+                .map_err(|_| MintError::Sign)?
+                .as_ref()
+                .to_vec(),
             Kind::Ed(k) => k.sign(input.as_bytes()).as_ref().to_vec(),
         };
         Ok(format!("{input}.{}", b64(&sig)))

@@ -139,14 +139,27 @@ impl Authenticator {
             };
         }
         let parsed = jws::parse(token)?;
-        let verify_key = keys.select(parsed.kid.as_deref()).ok_or(TokenError::UnknownKey)?;
+        let verify_key = keys
+            .select(parsed.kid.as_deref())
+            .ok_or(TokenError::UnknownKey)?;
         if !verify_key.allows(parsed.alg) {
             return Err(TokenError::AlgorithmMismatch);
         }
         self.signature_checks.fetch_add(1, Ordering::Relaxed);
-        verify_key.verify(parsed.alg, parsed.signing_input.as_bytes(), &parsed.signature)?;
-        let verified = claims::check(&parsed.payload, &self.rules, now_unix, parsed.kid, parsed.alg)?;
-        self.cache.insert(key, Arc::clone(&verified), keys.generation);
+        verify_key.verify(
+            parsed.alg,
+            parsed.signing_input.as_bytes(),
+            &parsed.signature,
+        )?;
+        let verified = claims::check(
+            &parsed.payload,
+            &self.rules,
+            now_unix,
+            parsed.kid,
+            parsed.alg,
+        )?;
+        self.cache
+            .insert(key, Arc::clone(&verified), keys.generation);
         Ok(verified)
     }
 }

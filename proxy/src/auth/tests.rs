@@ -59,7 +59,11 @@ fn b64(s: &[u8]) -> String {
 
 fn hs(alg: &str, kid: &str, secret: &[u8], claims: &Value) -> String {
     let header = json!({ "alg": alg, "kid": kid });
-    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
     let algo = match alg {
         "HS384" => ring::hmac::HMAC_SHA384,
         "HS512" => ring::hmac::HMAC_SHA512,
@@ -81,7 +85,9 @@ fn every_algorithm_verifies() {
         ("HS512", hs("HS512", "hs", HMAC_SECRET, &claims())),
     ];
     for (alg, t) in tokens {
-        let v = auth.verify(&t, NOW).unwrap_or_else(|e| panic!("{alg}: {e}"));
+        let v = auth
+            .verify(&t, NOW)
+            .unwrap_or_else(|e| panic!("{alg}: {e}"));
         assert_eq!(v.tenant.as_deref(), Some("acme"));
         assert_eq!(v.org.as_deref(), Some("org-1"));
         assert_eq!(v.sub.as_deref(), Some("u1"));
@@ -109,17 +115,27 @@ fn ps256_and_es384_verify() {
     )
     .expect("write");
     let auth = Authenticator::new(&settings(&f)).expect("auth");
-    assert!(auth.verify(&es384.sign(&claims()).expect("sign"), NOW).is_ok());
+    assert!(auth
+        .verify(&es384.sign(&claims()).expect("sign"), NOW)
+        .is_ok());
 
-    let rsa = ring::signature::RsaKeyPair::from_pkcs8(pem::parse(RS_PEM).expect("pem").contents()).expect("rsa");
+    let rsa = ring::signature::RsaKeyPair::from_pkcs8(pem::parse(RS_PEM).expect("pem").contents())
+        .expect("rsa");
     let input = format!(
         "{}.{}",
-        b64(json!({"alg": "PS256", "kid": "rs-any"}).to_string().as_bytes()),
+        b64(json!({"alg": "PS256", "kid": "rs-any"})
+            .to_string()
+            .as_bytes()),
         b64(claims().to_string().as_bytes())
     );
     let mut sig = vec![0; rsa.public().modulus_len()];
-    rsa.sign(&ring::signature::RSA_PSS_SHA256, &ring::rand::SystemRandom::new(), input.as_bytes(), &mut sig)
-        .expect("sign");
+    rsa.sign(
+        &ring::signature::RSA_PSS_SHA256,
+        &ring::rand::SystemRandom::new(),
+        input.as_bytes(),
+        &mut sig,
+    )
+    .expect("sign");
     let token = format!("{input}.{}", b64(&sig));
     assert!(auth.verify(&token, NOW).is_ok());
 }
@@ -140,56 +156,196 @@ fn refusals() {
         c
     };
     let rsa_pub_der = {
-        let rsa = ring::signature::RsaKeyPair::from_pkcs8(pem::parse(RS_PEM).expect("pem").contents()).expect("rsa");
+        let rsa =
+            ring::signature::RsaKeyPair::from_pkcs8(pem::parse(RS_PEM).expect("pem").contents())
+                .expect("rsa");
         use ring::signature::KeyPair;
         rsa.public_key().as_ref().to_vec()
     };
     let good = f.es.sign(&claims()).expect("sign");
     let (good_head, _) = good.rsplit_once('.').expect("dot");
     let cases: Vec<(&str, String, TokenError)> = vec![
-        ("expired", f.es.sign(&with(json!({"exp": NOW - 31}))).expect("s"), TokenError::Expired),
-        ("not yet valid", f.es.sign(&with(json!({"nbf": NOW + 31}))).expect("s"), TokenError::NotYetValid),
-        ("no exp", f.es.sign(&with(json!({"exp": null}))).expect("s"), TokenError::MissingExp),
+        (
+            "expired",
+            f.es.sign(&with(json!({"exp": NOW - 31}))).expect("s"),
+            TokenError::Expired,
+        ),
+        (
+            "not yet valid",
+            f.es.sign(&with(json!({"nbf": NOW + 31}))).expect("s"),
+            TokenError::NotYetValid,
+        ),
+        (
+            "no exp",
+            f.es.sign(&with(json!({"exp": null}))).expect("s"),
+            TokenError::MissingExp,
+        ),
         (
             "exp string",
             f.es.sign(&with(json!({"exp": "soon"}))).expect("s"),
             TokenError::Malformed("time claim is not a valid NumericDate"),
         ),
-        ("wrong iss", f.es.sign(&with(json!({"iss": "https://evil"}))).expect("s"), TokenError::WrongIssuer),
-        ("no iss", f.es.sign(&with(json!({"iss": null}))).expect("s"), TokenError::WrongIssuer),
-        ("wrong aud", f.es.sign(&with(json!({"aud": "other"}))).expect("s"), TokenError::WrongAudience),
-        ("wrong aud array", f.es.sign(&with(json!({"aud": ["a", "b"]}))).expect("s"), TokenError::WrongAudience),
-        ("no aud", f.es.sign(&with(json!({"aud": null}))).expect("s"), TokenError::WrongAudience),
-        ("bad signature", format!("{good_head}.{}", b64(&[0u8; 64])), TokenError::BadSignature),
-        ("HS256 with RSA public key", hs("HS256", "rs", &rsa_pub_der, &claims()), TokenError::AlgorithmMismatch),
-        ("HS256 with PEM text", hs("HS256", "rs", RS_PEM.as_bytes(), &claims()), TokenError::AlgorithmMismatch),
-        ("HS256 with wrong secret", hs("HS256", "hs", b"another-secret-of-32-bytes-long!", &claims()), TokenError::BadSignature),
-        ("ES256 token on RSA key", f.es.sign_raw(&json!({"alg":"ES256","kid":"rs"}).to_string(), &claims().to_string()).expect("s"), TokenError::AlgorithmMismatch),
-        ("RS384 on RS256-pinned key", f.rs.sign_raw(&json!({"alg":"RS384","kid":"rs"}).to_string(), &claims().to_string()).expect("s"), TokenError::AlgorithmMismatch),
-        ("unknown kid", f.es.sign_raw(&json!({"alg":"ES256","kid":"nope"}).to_string(), &claims().to_string()).expect("s"), TokenError::UnknownKey),
-        ("no kid, many keys", f.es.sign_raw(&json!({"alg":"ES256"}).to_string(), &claims().to_string()).expect("s"), TokenError::UnknownKey),
-        ("alg none", format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(claims().to_string().as_bytes())), TokenError::Malformed("empty part")),
-        ("alg none signed", format!("{}.{}.AAAA", b64(br#"{"alg":"none","kid":"es"}"#), b64(claims().to_string().as_bytes())), TokenError::UnsupportedAlgorithm),
-        ("duplicate claim", f.es.sign_raw(&json!({"alg":"ES256","kid":"es"}).to_string(), r#"{"exp":1900000000,"tenant_id":"a","tenant_id":"b"}"#).expect("s"), TokenError::DuplicateKey),
-        ("crit", f.es.sign_raw(&json!({"alg":"ES256","kid":"es","crit":["x"],"x":1}).to_string(), &claims().to_string()).expect("s"), TokenError::CriticalHeader),
-        ("jwk header", f.es.sign_raw(&json!({"alg":"ES256","kid":"es","jwk":f.es.public_jwk()}).to_string(), &claims().to_string()).expect("s"), TokenError::ForbiddenHeader("jwk")),
-        ("typ", f.es.sign_raw(&json!({"alg":"ES256","kid":"es","typ":"secevent+jwt"}).to_string(), &claims().to_string()).expect("s"), TokenError::WrongType),
+        (
+            "wrong iss",
+            f.es.sign(&with(json!({"iss": "https://evil"}))).expect("s"),
+            TokenError::WrongIssuer,
+        ),
+        (
+            "no iss",
+            f.es.sign(&with(json!({"iss": null}))).expect("s"),
+            TokenError::WrongIssuer,
+        ),
+        (
+            "wrong aud",
+            f.es.sign(&with(json!({"aud": "other"}))).expect("s"),
+            TokenError::WrongAudience,
+        ),
+        (
+            "wrong aud array",
+            f.es.sign(&with(json!({"aud": ["a", "b"]}))).expect("s"),
+            TokenError::WrongAudience,
+        ),
+        (
+            "no aud",
+            f.es.sign(&with(json!({"aud": null}))).expect("s"),
+            TokenError::WrongAudience,
+        ),
+        (
+            "bad signature",
+            format!("{good_head}.{}", b64(&[0u8; 64])),
+            TokenError::BadSignature,
+        ),
+        (
+            "HS256 with RSA public key",
+            hs("HS256", "rs", &rsa_pub_der, &claims()),
+            TokenError::AlgorithmMismatch,
+        ),
+        (
+            "HS256 with PEM text",
+            hs("HS256", "rs", RS_PEM.as_bytes(), &claims()),
+            TokenError::AlgorithmMismatch,
+        ),
+        (
+            "HS256 with wrong secret",
+            hs(
+                "HS256",
+                "hs",
+                b"another-secret-of-32-bytes-long!",
+                &claims(),
+            ),
+            TokenError::BadSignature,
+        ),
+        (
+            "ES256 token on RSA key",
+            f.es.sign_raw(
+                &json!({"alg":"ES256","kid":"rs"}).to_string(),
+                &claims().to_string(),
+            )
+            .expect("s"),
+            TokenError::AlgorithmMismatch,
+        ),
+        (
+            "RS384 on RS256-pinned key",
+            f.rs.sign_raw(
+                &json!({"alg":"RS384","kid":"rs"}).to_string(),
+                &claims().to_string(),
+            )
+            .expect("s"),
+            TokenError::AlgorithmMismatch,
+        ),
+        (
+            "unknown kid",
+            f.es.sign_raw(
+                &json!({"alg":"ES256","kid":"nope"}).to_string(),
+                &claims().to_string(),
+            )
+            .expect("s"),
+            TokenError::UnknownKey,
+        ),
+        (
+            "no kid, many keys",
+            f.es.sign_raw(&json!({"alg":"ES256"}).to_string(), &claims().to_string())
+                .expect("s"),
+            TokenError::UnknownKey,
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(br#"{"alg":"none"}"#),
+                b64(claims().to_string().as_bytes())
+            ),
+            TokenError::Malformed("empty part"),
+        ),
+        (
+            "alg none signed",
+            format!(
+                "{}.{}.AAAA",
+                b64(br#"{"alg":"none","kid":"es"}"#),
+                b64(claims().to_string().as_bytes())
+            ),
+            TokenError::UnsupportedAlgorithm,
+        ),
+        (
+            "duplicate claim",
+            f.es.sign_raw(
+                &json!({"alg":"ES256","kid":"es"}).to_string(),
+                r#"{"exp":1900000000,"tenant_id":"a","tenant_id":"b"}"#,
+            )
+            .expect("s"),
+            TokenError::DuplicateKey,
+        ),
+        (
+            "crit",
+            f.es.sign_raw(
+                &json!({"alg":"ES256","kid":"es","crit":["x"],"x":1}).to_string(),
+                &claims().to_string(),
+            )
+            .expect("s"),
+            TokenError::CriticalHeader,
+        ),
+        (
+            "jwk header",
+            f.es.sign_raw(
+                &json!({"alg":"ES256","kid":"es","jwk":f.es.public_jwk()}).to_string(),
+                &claims().to_string(),
+            )
+            .expect("s"),
+            TokenError::ForbiddenHeader("jwk"),
+        ),
+        (
+            "typ",
+            f.es.sign_raw(
+                &json!({"alg":"ES256","kid":"es","typ":"secevent+jwt"}).to_string(),
+                &claims().to_string(),
+            )
+            .expect("s"),
+            TokenError::WrongType,
+        ),
         ("too large", "a".repeat(9000), TokenError::TooLarge),
     ];
     for (name, token, want) in cases {
         assert_eq!(auth.verify(&token, NOW).map(|_| ()), Err(want), "{name}");
     }
     // Unknown, non-critical header parameters are ignored (RFC 7515 §4).
-    let extra = f
-        .es
-        .sign_raw(&json!({"alg":"ES256","kid":"es","x-vendor":{"a":1},"x5t":"abc"}).to_string(), &claims().to_string())
+    let extra =
+        f.es.sign_raw(
+            &json!({"alg":"ES256","kid":"es","x-vendor":{"a":1},"x5t":"abc"}).to_string(),
+            &claims().to_string(),
+        )
         .expect("s");
     assert!(auth.verify(&extra, NOW).is_ok());
     // Leeway edges.
-    assert!(auth.verify(&f.es.sign(&with(json!({"exp": NOW - 29}))).expect("s"), NOW).is_ok());
-    assert!(auth.verify(&f.es.sign(&with(json!({"nbf": NOW + 29}))).expect("s"), NOW).is_ok());
+    assert!(auth
+        .verify(&f.es.sign(&with(json!({"exp": NOW - 29}))).expect("s"), NOW)
+        .is_ok());
+    assert!(auth
+        .verify(&f.es.sign(&with(json!({"nbf": NOW + 29}))).expect("s"), NOW)
+        .is_ok());
     // A non-string tenant claim verifies, but yields no tenant (the caller rejects with 403).
-    let v = auth.verify(&f.es.sign(&with(json!({"tenant_id": 42}))).expect("s"), NOW).expect("ok");
+    let v = auth
+        .verify(&f.es.sign(&with(json!({"tenant_id": 42}))).expect("s"), NOW)
+        .expect("ok");
     assert_eq!(v.tenant, None);
 }
 
@@ -200,7 +356,8 @@ fn hmac_is_refused_without_configured_secret() {
     s.hmac_keys.clear();
     let auth = Authenticator::new(&s).expect("auth");
     assert_eq!(
-        auth.verify(&hs("HS256", "hs", HMAC_SECRET, &claims()), NOW).map(|_| ()),
+        auth.verify(&hs("HS256", "hs", HMAC_SECRET, &claims()), NOW)
+            .map(|_| ()),
         Err(TokenError::UnknownKey)
     );
 }
@@ -215,7 +372,10 @@ fn cache_skips_signature_but_not_time() {
     }
     assert_eq!(auth.signature_checks(), 1, "later requests hit the cache");
     // Past exp the cached entry is refused and dropped.
-    assert_eq!(auth.verify(&t, NOW + 700).map(|_| ()), Err(TokenError::Expired));
+    assert_eq!(
+        auth.verify(&t, NOW + 700).map(|_| ()),
+        Err(TokenError::Expired)
+    );
     assert_eq!(auth.cached_tokens(), 0);
     // A token differing in one byte of the signature is not a cache hit.
     let mut tampered = t.clone();
@@ -230,12 +390,22 @@ fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
     let auth = Authenticator::new(&settings(&f)).expect("auth");
     let t = f.es.sign(&claims()).expect("sign");
     auth.verify(&t, NOW).expect("ok");
-    assert!(!auth.reload_keys().expect("unchanged"), "same file: no reload");
+    assert!(
+        !auth.reload_keys().expect("unchanged"),
+        "same file: no reload"
+    );
 
     // The ES key is removed: its cached token must stop working at once.
-    std::fs::write(f.dir.join("jwks.json"), json!({ "keys": [f.rs.public_jwk()] }).to_string()).expect("w");
+    std::fs::write(
+        f.dir.join("jwks.json"),
+        json!({ "keys": [f.rs.public_jwk()] }).to_string(),
+    )
+    .expect("w");
     assert!(auth.reload_keys().expect("reloaded"));
-    assert_eq!(auth.verify(&t, NOW).map(|_| ()), Err(TokenError::UnknownKey));
+    assert_eq!(
+        auth.verify(&t, NOW).map(|_| ()),
+        Err(TokenError::UnknownKey)
+    );
 
     // A broken file is refused and the current keys stay.
     std::fs::write(f.dir.join("jwks.json"), "{ nope").expect("w");
@@ -266,10 +436,20 @@ fn jwks_loading_skips_bad_keys() {
     let auth = Authenticator::new(&s).expect("one usable key");
     assert_eq!(auth.key_count(), 1);
 
-    std::fs::write(f.dir.join("jwks.json"), json!({ "keys": [json!({"kty":"oct","k":"AA"})] }).to_string()).expect("w");
-    assert!(matches!(Authenticator::new(&s), Err(AuthSetupError::NoKeys { .. })));
+    std::fs::write(
+        f.dir.join("jwks.json"),
+        json!({ "keys": [json!({"kty":"oct","k":"AA"})] }).to_string(),
+    )
+    .expect("w");
+    assert!(matches!(
+        Authenticator::new(&s),
+        Err(AuthSetupError::NoKeys { .. })
+    ));
     std::fs::write(f.dir.join("jwks.json"), "[]").expect("w");
-    assert!(matches!(Authenticator::new(&s), Err(AuthSetupError::Format { .. })));
+    assert!(matches!(
+        Authenticator::new(&s),
+        Err(AuthSetupError::Format { .. })
+    ));
 }
 
 #[test]

@@ -14,7 +14,11 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             // would start a router that rejects every login.
             match crate::auth::Authenticator::new(&settings.auth) {
                 Ok(auth) => {
-                    println!("{}: ok ({} verification keys)", path.display(), auth.key_count());
+                    println!(
+                        "{}: ok ({} verification keys)",
+                        path.display(),
+                        auth.key_count()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

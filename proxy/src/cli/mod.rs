@@ -51,7 +51,9 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 /// Loads settings from `path`, or the embedded default when there is none.
-pub(crate) fn load_settings(path: Option<&Path>) -> Result<nexus_config::Settings, nexus_config::ConfigError> {
+pub(crate) fn load_settings(
+    path: Option<&Path>,
+) -> Result<nexus_config::Settings, nexus_config::ConfigError> {
     match path {
         Some(p) => nexus_config::load_file(p),
         None => Ok(nexus_config::embedded_default()),

@@ -51,7 +51,10 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut claims = serde_json::json!({
         "iss": a.iss,
         "aud": a.aud,

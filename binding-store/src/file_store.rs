@@ -1,0 +1,540 @@
+//! The file-backed binding store: a JSON bindings file, watched for changes.
+//!
+//! It is the embedded default (no Redis needed) and the store for single-node setups.
+//!
+//! - The proxy polls the file; a change replaces the whole table. A record that fails
+//!   validation does not take its tenant offline: the tenant keeps its last good binding.
+//!   A file that does not parse at all changes nothing.
+//! - Writers must replace the file atomically (temp file + rename): `nexus-edge tenant ...`
+//!   does, under an advisory lock, and appends an audit line to `<file>.audit.jsonl`.
+//! - Revisions: each admin write stamps `max(revision in file) + 1`; hand-written records may
+//!   leave `revision` out (0). The table's revision is the highest record revision.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::admin::{Actor, AdminError, AuditEntry, BindingAdmin, Mutation};
+use crate::error::StoreError;
+use crate::model::{Binding, Revision, TenantId};
+use crate::records::{parse_record, parse_records, BINDINGS_FORMAT};
+use crate::source::{BindingSource, SyncHealth};
+use crate::table::{BindingHandle, BindingTable};
+
+/// The demo bindings compiled into the binary (the no-config default).
+const DEMO_BINDINGS: &str = include_str!("../../deploy/demo/bindings.json");
+
+/// What identifies a version of the file without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+/// Bindings in a JSON file (or the embedded demo set when there is no path).
+#[derive(Debug)]
+pub struct FileStore {
+    path: Option<PathBuf>,
+    poll_interval: Duration,
+    health: Arc<SyncHealth>,
+    /// Stamp and content digest of the version last loaded.
+    seen: Mutex<Option<(Stamp, [u8; 32])>>,
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+    })
+}
+
+impl FileStore {
+    /// A store over `path` (`None`: the embedded demo bindings), checked every `poll_interval`.
+    pub fn new(path: Option<PathBuf>, poll_interval: Duration) -> Self {
+        Self {
+            path,
+            poll_interval,
+            health: Arc::new(SyncHealth::default()),
+            seen: Mutex::new(None),
+        }
+    }
+
+    fn origin(&self) -> String {
+        self.path.as_ref().map_or_else(
+            || "embedded demo bindings".to_owned(),
+            |p| p.display().to_string(),
+        )
+    }
+
+    fn read(&self) -> Result<Vec<u8>, StoreError> {
+        match &self.path {
+            None => Ok(DEMO_BINDINGS.as_bytes().to_vec()),
+            Some(p) => std::fs::read(p).map_err(|source| StoreError::Io {
+                path: p.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Builds a table from file content. Tenants whose new record is invalid keep their binding
+    /// from `current`.
+    fn build(
+        &self,
+        bytes: &[u8],
+        current: Option<&BindingTable>,
+    ) -> Result<BindingTable, StoreError> {
+        let parsed = parse_records(bytes).map_err(|reason| StoreError::Format {
+            path: PathBuf::from(self.origin()),
+            reason,
+        })?;
+        let mut bindings = parsed.bindings;
+        for p in &parsed.problems {
+            tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; the tenant keeps its last good binding");
+            if let (Some(tenant), Some(table)) = (&p.tenant, current) {
+                if let Some(old) = table.get(tenant) {
+                    if !bindings.iter().any(|b| b.tenant_id == old.tenant_id) {
+                        bindings.push(Arc::clone(old));
+                    }
+                }
+            }
+        }
+        let (table, refused) = BindingTable::from_bindings(bindings);
+        for e in &refused {
+            tracing::warn!(file = %self.origin(), error = %e, "binding refused");
+        }
+        self.health
+            .add_rejected((parsed.problems.len() + refused.len()) as u64);
+        Ok(table)
+    }
+
+    /// Checks the file once and swaps the table if it changed. Returns whether it did.
+    pub fn check_for_change(&self, handle: &BindingHandle) -> bool {
+        let Some(path) = &self.path else { return false };
+        let now = stamp(path);
+        let previous = self.seen.lock().ok().and_then(|g| g.clone());
+        if let (Some(now), Some((before, _))) = (&now, &previous) {
+            if now == before {
+                return false;
+            }
+        }
+        let bytes = match self.read() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "bindings file unreadable; keeping the current table");
+                self.health.mark_down();
+                return false;
+            }
+        };
+        let d = digest(&bytes);
+        if previous.as_ref().is_some_and(|(_, before)| *before == d) {
+            self.remember(now, d);
+            return false;
+        }
+        match self.build(&bytes, Some(&handle.load())) {
+            Ok(table) => {
+                let (n, rev) = (table.len(), table.revision());
+                handle.store(table);
+                self.remember(now, d);
+                self.health.mark_synced(rev);
+                tracing::info!(file = %self.origin(), bindings = n, revision = rev.get(), "bindings reloaded");
+                true
+            }
+            Err(e) => {
+                // Remember the bad version so it is not re-parsed every poll; a new write
+                // changes the stamp and is tried again.
+                self.remember(now, d);
+                self.health.mark_down();
+                tracing::error!(error = %e, "bindings file refused; keeping the current table");
+                false
+            }
+        }
+    }
+
+    fn remember(&self, stamp: Option<Stamp>, d: [u8; 32]) {
+        if let (Ok(mut g), Some(s)) = (self.seen.lock(), stamp) {
+            *g = Some((s, d));
+        }
+    }
+
+    fn writable_path(&self) -> Result<&Path, AdminError> {
+        self.path.as_deref().ok_or_else(|| {
+            AdminError::Unavailable(
+                "the embedded demo store is read-only; configure [store] path".to_owned(),
+            )
+        })
+    }
+}
+
+#[async_trait]
+impl BindingSource for FileStore {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    async fn initial_load(&self) -> Result<BindingTable, StoreError> {
+        let bytes = self.read()?;
+        let table = self.build(&bytes, None)?;
+        if let Some(p) = &self.path {
+            self.remember(stamp(p), digest(&bytes));
+        }
+        self.health.mark_synced(table.revision());
+        Ok(table)
+    }
+
+    async fn run(self: Arc<Self>, handle: BindingHandle, mut shutdown: watch::Receiver<bool>) {
+        if self.path.is_none() {
+            let _ = shutdown.changed().await;
+            return;
+        }
+        let mut tick = tokio::time::interval(self.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let store = Arc::clone(&self);
+                    let h = handle.clone();
+                    // File I/O and parsing stay off the async workers.
+                    let _ = tokio::task::spawn_blocking(move || store.check_for_change(&h)).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn health(&self) -> Arc<SyncHealth> {
+        Arc::clone(&self.health)
+    }
+}
+
+/// The raw document, kept as JSON values so that records an admin write does not touch are
+/// written back exactly as they were (even invalid ones).
+struct RawDoc {
+    bindings: Vec<Value>,
+}
+
+impl RawDoc {
+    fn read(path: &Path) -> Result<RawDoc, AdminError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(RawDoc {
+                    bindings: Vec::new(),
+                })
+            }
+            Err(e) => return Err(AdminError::Unavailable(format!("{}: {e}", path.display()))),
+        };
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| AdminError::Corrupt(format!("{}: not JSON: {e}", path.display())))?;
+        if v.get("format").and_then(Value::as_str) != Some(BINDINGS_FORMAT) {
+            return Err(AdminError::Corrupt(format!(
+                "{}: format is not {BINDINGS_FORMAT}",
+                path.display()
+            )));
+        }
+        let bindings = v
+            .get("bindings")
+            .and_then(Value::as_array)
+            .cloned()
+            .ok_or_else(|| AdminError::Corrupt(format!("{}: no bindings array", path.display())))?;
+        Ok(RawDoc { bindings })
+    }
+
+    fn position(&self, tenant: &TenantId) -> Option<usize> {
+        self.bindings
+            .iter()
+            .position(|v| v.get("tenant_id").and_then(Value::as_str) == Some(tenant.as_str()))
+    }
+
+    fn max_revision(&self) -> u64 {
+        self.bindings
+            .iter()
+            .filter_map(|v| v.get("revision").and_then(Value::as_u64))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn valid(&self) -> Vec<Binding> {
+        self.bindings
+            .iter()
+            .filter_map(|v| parse_record(v).ok())
+            .collect()
+    }
+
+    fn write(&self, path: &Path) -> Result<(), AdminError> {
+        let doc = serde_json::json!({ "format": BINDINGS_FORMAT, "bindings": self.bindings });
+        write_atomically(path, format!("{doc:#}\n").as_bytes())
+            .map_err(|e| AdminError::Unavailable(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Temp file in the same directory, fsync, rename, fsync the directory: readers see the old
+/// file or the new one, never half of one, even across a crash.
+pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(content)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn now_rfc3339() -> (time::OffsetDateTime, String) {
+    let now = time::OffsetDateTime::now_utc();
+    let text = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    (now, text)
+}
+
+/// Applies a mutation to the current binding, producing the new one (`None` = deleted).
+pub(crate) fn mutate(
+    tenant: &TenantId,
+    current: Option<&Binding>,
+    mutation: Mutation,
+    revision: Revision,
+    at: time::OffsetDateTime,
+) -> Result<Option<Binding>, AdminError> {
+    let mut next = match (mutation, current) {
+        (Mutation::Put(b), _) => {
+            if b.tenant_id != *tenant {
+                return Err(AdminError::Invalid {
+                    tenant: tenant.clone(),
+                    reason: format!("record is for tenant {}", b.tenant_id),
+                });
+            }
+            *b
+        }
+        (Mutation::Delete, Some(_)) => return Ok(None),
+        (_, None) => return Err(AdminError::NotFound(tenant.clone())),
+        (
+            Mutation::Rebind {
+                instance_id,
+                instance_url,
+                api_url,
+            },
+            Some(cur),
+        ) => {
+            let mut b = cur.clone();
+            b.instance_id = instance_id;
+            b.instance_url = instance_url;
+            if let Some(api) = api_url {
+                b.api_url = api;
+            }
+            b
+        }
+        (Mutation::SetStatus(status), Some(cur)) => {
+            let mut b = cur.clone();
+            b.status = status;
+            b
+        }
+    };
+    next.revision = revision;
+    next.updated_at = Some(at);
+    Ok(Some(next))
+}
+
+fn op_name(m: &Mutation) -> &'static str {
+    match m {
+        Mutation::Put(_) => "put",
+        Mutation::Rebind { .. } => "rebind",
+        Mutation::SetStatus(_) => "set-status",
+        Mutation::Delete => "delete",
+    }
+}
+
+#[async_trait]
+impl BindingAdmin for FileStore {
+    async fn get(&self, tenant: &TenantId) -> Result<Option<Binding>, AdminError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .find(|b| b.tenant_id == *tenant))
+    }
+
+    async fn list(&self) -> Result<Vec<Binding>, AdminError> {
+        let bytes = self
+            .read()
+            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        let parsed = parse_records(&bytes).map_err(AdminError::Corrupt)?;
+        let mut out: Vec<Binding> = parsed.bindings.iter().map(|b| b.as_ref().clone()).collect();
+        out.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        Ok(out)
+    }
+
+    async fn apply(
+        &self,
+        tenant: &TenantId,
+        mutation: Mutation,
+        expect: Option<Revision>,
+        actor: &Actor,
+    ) -> Result<(Revision, Option<Binding>), AdminError> {
+        let path = self.writable_path()?.to_path_buf();
+        let tenant = tenant.clone();
+        let actor = actor.clone();
+        let task = move || apply_locked(&path, &tenant, mutation, expect, &actor);
+        tokio::task::spawn_blocking(task)
+            .await
+            .map_err(|e| AdminError::Unavailable(format!("write task failed: {e}")))?
+    }
+
+    async fn history(&self, tenant: &TenantId) -> Result<Vec<AuditEntry>, AdminError> {
+        let path = audit_path(self.writable_path()?);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(AdminError::Unavailable(format!("{}: {e}", path.display()))),
+        };
+        let mut out = Vec::new();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let entry: AuditEntry = serde_json::from_str(line)
+                .map_err(|e| AdminError::Corrupt(format!("{}:{}: {e}", path.display(), i + 1)))?;
+            if entry.tenant == tenant.as_str() {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn audit_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".audit.jsonl");
+    PathBuf::from(p)
+}
+
+/// Read-modify-write under an exclusive advisory lock on `<file>.lock`, so concurrent
+/// writers (several `nexus-edge tenant` commands) never lose an update.
+fn apply_locked(
+    path: &Path,
+    tenant: &TenantId,
+    mutation: Mutation,
+    expect: Option<Revision>,
+    actor: &Actor,
+) -> Result<(Revision, Option<Binding>), AdminError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(PathBuf::from(lock_path))
+        .map_err(|e| AdminError::Unavailable(format!("lock: {e}")))?;
+    lock.lock()
+        .map_err(|e| AdminError::Unavailable(format!("lock: {e}")))?;
+
+    let mut doc = RawDoc::read(path)?;
+    let pos = doc.position(tenant);
+    let current = match pos {
+        None => None,
+        Some(i) => Some(parse_record(&doc.bindings[i]).map_err(|(_, m)| {
+            AdminError::Corrupt(format!(
+                "the stored record of {tenant} is invalid ({m}); replace it with `tenant put`"
+            ))
+        })),
+    };
+    // A put may replace an invalid record; other operations need a valid one.
+    let current = match (current, &mutation) {
+        (Some(Err(_)), Mutation::Put(_)) => None,
+        (Some(Err(e)), _) => return Err(e),
+        (Some(Ok(b)), _) => Some(b),
+        (None, _) => None,
+    };
+    let actual = current.as_ref().map_or(Revision::ZERO, |b| b.revision);
+    if let Some(expected) = expect {
+        if expected != actual {
+            return Err(AdminError::Conflict {
+                tenant: tenant.clone(),
+                expected,
+                actual,
+            });
+        }
+    }
+    let revision = Revision(doc.max_revision().max(actual.get()) + 1);
+    let (at, at_text) = now_rfc3339();
+    let op = op_name(&mutation);
+    let next = mutate(tenant, current.as_ref(), mutation, revision, at)?;
+    if let Some(n) = &next {
+        for other in doc.valid().iter().filter(|b| b.tenant_id != *tenant) {
+            if let Some(d) = n.domains.iter().find(|d| other.domains.contains(d)) {
+                return Err(AdminError::Invalid {
+                    tenant: tenant.clone(),
+                    reason: format!("domain {d} already belongs to tenant {}", other.tenant_id),
+                });
+            }
+        }
+    }
+    let new_value = next
+        .as_ref()
+        .map(|b| serde_json::to_value(b.to_record()))
+        .transpose()
+        .map_err(|e| AdminError::Invalid {
+            tenant: tenant.clone(),
+            reason: e.to_string(),
+        })?;
+    match (pos, new_value) {
+        (Some(i), Some(v)) => doc.bindings[i] = v,
+        (None, Some(v)) => doc.bindings.push(v),
+        (Some(i), None) => {
+            doc.bindings.remove(i);
+        }
+        (None, None) => return Err(AdminError::NotFound(tenant.clone())),
+    }
+    doc.write(path)?;
+
+    let entry = AuditEntry {
+        tenant: tenant.to_string(),
+        revision: revision.get(),
+        at: at_text,
+        actor: actor.name.clone(),
+        reason: actor.reason.clone(),
+        op: op.to_owned(),
+        old: current.as_ref().map(Binding::to_record),
+        new: next.as_ref().map(Binding::to_record),
+    };
+    let line =
+        serde_json::to_string(&entry).map_err(|e| AdminError::Unavailable(e.to_string()))? + "\n";
+    let audit = audit_path(path);
+    let appended = File::options()
+        .create(true)
+        .append(true)
+        .open(&audit)
+        .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_all()));
+    if let Err(e) = appended {
+        // The change is already in place; say loudly that its audit line is missing.
+        tracing::error!(file = %audit.display(), error = %e, "audit entry not written");
+    }
+    Ok((revision, next))
+}

@@ -1,0 +1,160 @@
+//! Loading a set of binding records (a bindings file, a snapshot, a full reconcile).
+//!
+//! Each record is validated on its own: a bad record is refused and named (position, tenant,
+//! every field problem) and the others load. Only a document that is not a bindings document
+//! at all is an error for the whole set.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::FieldErrors;
+use crate::model::{Binding, BindingRecord};
+
+/// Format tag of a bindings file.
+pub const BINDINGS_FORMAT: &str = "nexus-edge.bindings/v1";
+
+/// One refused record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordProblem {
+    /// Position in the document.
+    pub index: usize,
+    /// Tenant id, when it could be read.
+    pub tenant: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for RecordProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tenant {
+            Some(t) => write!(f, "record {} (tenant {t:?}): {}", self.index, self.message),
+            None => write!(f, "record {}: {}", self.index, self.message),
+        }
+    }
+}
+
+/// The outcome of reading a document: the valid bindings and the refused records.
+#[derive(Debug, Default)]
+pub struct ParsedRecords {
+    /// Valid bindings.
+    pub bindings: Vec<Arc<Binding>>,
+    /// Refused records, named.
+    pub problems: Vec<RecordProblem>,
+}
+
+/// The file layout: `{"format": "nexus-edge.bindings/v1", "bindings": [...]}`.
+#[derive(Serialize, Deserialize)]
+struct Document {
+    format: String,
+    bindings: Vec<Value>,
+}
+
+/// Validates one JSON value as a binding record.
+pub fn parse_record(value: &Value) -> Result<Binding, (Option<String>, String)> {
+    let tenant = value
+        .get("tenant_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let record: BindingRecord =
+        serde_json::from_value(value.clone()).map_err(|e| (tenant.clone(), e.to_string()))?;
+    Binding::from_record(&record).map_err(|errs| (tenant, FieldErrors(&errs).to_string()))
+}
+
+/// Parses a bindings document. `Err` means the document as a whole is unusable.
+pub fn parse_records(json: &[u8]) -> Result<ParsedRecords, String> {
+    let doc: Document = serde_json::from_slice(json).map_err(|e| {
+        format!("not a bindings document ({{\"format\": \"{BINDINGS_FORMAT}\", \"bindings\": [...]}}): {e}")
+    })?;
+    if doc.format != BINDINGS_FORMAT {
+        return Err(format!(
+            "format is {:?}, expected {BINDINGS_FORMAT:?}",
+            doc.format
+        ));
+    }
+    let mut out = ParsedRecords::default();
+    for (index, value) in doc.bindings.iter().enumerate() {
+        match parse_record(value) {
+            Ok(b) => out.bindings.push(Arc::new(b)),
+            Err((tenant, message)) => out.problems.push(RecordProblem {
+                index,
+                tenant,
+                message,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// Serialises bindings as a bindings document (sorted by tenant, pretty-printed).
+pub fn to_document<'a>(bindings: impl IntoIterator<Item = &'a Binding>) -> String {
+    let mut records: Vec<BindingRecord> = bindings.into_iter().map(Binding::to_record).collect();
+    records.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+    let doc = serde_json::json!({ "format": BINDINGS_FORMAT, "bindings": records });
+    format!("{doc:#}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(tenant: &str) -> Value {
+        serde_json::json!({
+            "tenant_id": tenant, "subscription_id": "s", "instance_id": "i",
+            "instance_url": "http://10.0.0.1:8080", "status": "active", "plan": "team", "region": "eu"
+        })
+    }
+
+    #[test]
+    fn good_and_bad_records() {
+        let mut bad_url = rec("bad");
+        bad_url["instance_url"] = serde_json::json!("ftp://x");
+        bad_url["status"] = serde_json::json!("dormant");
+        let mut unknown_field = rec("typo");
+        unknown_field["instance_ur1"] = serde_json::json!("http://x");
+        let doc = serde_json::json!({
+            "format": BINDINGS_FORMAT,
+            "bindings": [rec("acme"), bad_url, unknown_field, 17, rec("globex")]
+        });
+        let parsed = parse_records(doc.to_string().as_bytes()).expect("document");
+        let tenants: Vec<&str> = parsed
+            .bindings
+            .iter()
+            .map(|b| b.tenant_id.as_str())
+            .collect();
+        assert_eq!(tenants, ["acme", "globex"]);
+        assert_eq!(parsed.problems.len(), 3);
+        let p = &parsed.problems[0];
+        assert_eq!((p.index, p.tenant.as_deref()), (1, Some("bad")));
+        assert!(
+            p.message.contains("instance_url") && p.message.contains("status"),
+            "{p}"
+        );
+        assert!(
+            parsed.problems[1].message.contains("instance_ur1"),
+            "{}",
+            parsed.problems[1]
+        );
+        assert_eq!(parsed.problems[2].tenant, None);
+    }
+
+    #[test]
+    fn whole_document_errors() {
+        assert!(parse_records(b"not json").is_err());
+        assert!(parse_records(b"[]").is_err());
+        assert!(parse_records(br#"{"format":"other/v9","bindings":[]}"#).is_err());
+    }
+
+    #[test]
+    fn round_trip() {
+        let doc =
+            serde_json::json!({ "format": BINDINGS_FORMAT, "bindings": [rec("b"), rec("a")] });
+        let parsed = parse_records(doc.to_string().as_bytes()).expect("doc");
+        let text = to_document(parsed.bindings.iter().map(|b| b.as_ref()));
+        let again = parse_records(text.as_bytes()).expect("doc");
+        assert_eq!(again.bindings.len(), 2);
+        assert_eq!(again.bindings[0].tenant_id.as_str(), "a");
+    }
+}
