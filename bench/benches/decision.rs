@@ -1,0 +1,164 @@
+//! Hot-path micro-benchmarks: host → tenant lookup at 1,000,000 bindings, token verification
+//! per algorithm (cache hit and miss), and the whole routing decision.
+//!
+//! `cargo bench -p nexus-bench --bench decision`. With NEXUS_BENCH_SMOKE=1 the table is small
+//! (CI runs it with `--test` so the bench never rots).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use nexus_bench::*;
+use nexus_edge::auth::mint::SigningKey;
+use nexus_edge::auth::Authenticator;
+use nexus_edge::decision::{decide, RequestFacts};
+use nexus_edge::host::{resolve_host, HostTarget};
+
+fn size() -> usize {
+    if std::env::var_os("NEXUS_BENCH_SMOKE").is_some() {
+        1_000
+    } else {
+        1_000_000
+    }
+}
+
+fn host_lookup(c: &mut Criterion) {
+    let n = size();
+    let table = table(n, "http://10.0.0.1:8080");
+    let bases = vec![BASE.to_owned()];
+    let hosts: Vec<String> = (0..1024)
+        .map(|i| format!("{}.{BASE}", tenant(i * 977 % n)))
+        .collect();
+    let mut i = 0;
+    c.bench_function(&format!("host_to_binding/{n}_bindings"), |b| {
+        b.iter(|| {
+            i = (i + 1) % hosts.len();
+            let target = resolve_host(black_box(&hosts[i]), &bases).expect("host");
+            let HostTarget::Subdomain(t) = target else {
+                panic!("subdomain")
+            };
+            black_box(table.get(t.as_str()).is_some())
+        })
+    });
+    let domain = format!("app.customer{}.example", (n / 2) / 10 * 10);
+    c.bench_function(&format!("custom_domain_to_binding/{n}_bindings"), |b| {
+        b.iter(|| {
+            let target = resolve_host(black_box(&domain), &bases).expect("host");
+            let HostTarget::CustomDomain(d) = target else {
+                panic!("custom")
+            };
+            black_box(
+                table
+                    .tenant_for_domain(&d)
+                    .and_then(|t| table.get(t.as_str()))
+                    .is_some(),
+            )
+        })
+    });
+}
+
+fn token_verify(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("dir");
+    let keys = [
+        rs256_key(),
+        SigningKey::generate_es256("bench-es256").expect("es"),
+        SigningKey::generate_ed25519("bench-ed25519").expect("ed"),
+    ];
+    let refs: Vec<&SigningKey> = keys.iter().collect();
+    let cached = Authenticator::new(&auth_settings(
+        &dir.path().join("jwks.json"),
+        &refs,
+        100_000,
+    ))
+    .expect("auth");
+    let uncached =
+        Authenticator::new(&auth_settings(&dir.path().join("jwks2.json"), &refs, 0)).expect("auth");
+    let now = now();
+    for key in &keys {
+        let alg = key.alg().name();
+        let token = key.sign(&claims(1, 1)).expect("sign");
+        c.bench_function(&format!("verify/{alg}/miss"), |b| {
+            b.iter(|| black_box(uncached.verify(black_box(&token), now).expect("valid")))
+        });
+        cached.verify(&token, now).expect("valid");
+        c.bench_function(&format!("verify/{alg}/hit"), |b| {
+            b.iter(|| black_box(cached.verify(black_box(&token), now).expect("valid")))
+        });
+    }
+}
+
+fn full_decision(c: &mut Criterion) {
+    let n = size();
+    let dir = tempfile::tempdir().expect("dir");
+    let key = rs256_key();
+    let auth = Authenticator::new(&auth_settings(
+        &dir.path().join("jwks.json"),
+        &[&key],
+        100_000,
+    ))
+    .expect("auth");
+    let table = table(n, "http://10.0.0.1:8080");
+    let mut tenancy = nexus_config::embedded_default().tenancy;
+    tenancy.base_domains = vec![BASE.to_owned()];
+    let now = now();
+    let requests: Vec<(String, String)> = (0..1000)
+        .map(|i| {
+            let t = i * 997 % n;
+            (
+                format!("{}.{BASE}", tenant(t)),
+                format!("Bearer {}", key.sign(&claims(t, i as u64)).expect("sign")),
+            )
+        })
+        .collect();
+    for (_, auth_header) in &requests {
+        let token = auth_header.trim_start_matches("Bearer ");
+        auth.verify(token, now).expect("warm");
+    }
+    let mut i = 0;
+    c.bench_function(&format!("decide/cached_token/{n}_bindings"), |b| {
+        b.iter(|| {
+            i = (i + 1) % requests.len();
+            let (host, authz) = &requests[i];
+            let facts = RequestFacts {
+                host_headers: &[host.as_bytes()],
+                uri_authority: None,
+                is_http2: false,
+                target: "/api/v1/items?page=2",
+                authorization: &[authz.as_bytes()],
+                cookies: &[],
+                now_unix: now,
+            };
+            black_box(decide(&facts, &tenancy, &table, &auth).expect("routed"))
+        })
+    });
+    let mut nonce = 1_000_000u64;
+    c.bench_function(&format!("decide/new_rs256_token/{n}_bindings"), |b| {
+        b.iter_batched(
+            || {
+                nonce += 1;
+                let t = (nonce as usize) % n;
+                (
+                    format!("{}.{BASE}", tenant(t)),
+                    format!("Bearer {}", key.sign(&claims(t, nonce)).expect("sign")),
+                )
+            },
+            |(host, authz)| {
+                let facts = RequestFacts {
+                    host_headers: &[host.as_bytes()],
+                    uri_authority: None,
+                    is_http2: false,
+                    target: "/api/v1/items",
+                    authorization: &[authz.as_bytes()],
+                    cookies: &[],
+                    now_unix: now,
+                };
+                black_box(decide(&facts, &tenancy, &table, &auth).expect("routed"));
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, host_lookup, token_verify, full_decision);
+criterion_main!(benches);
