@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages Nexus Edge needs, or says exactly what is missing.
 #   cmake, a C compiler: Pingora's compression dependency (zlib-ng) and ring build C code.
-#   redis-server:        the integration tests start real Redis servers (only with --test).
+#   redis-server, wrk:   the tests start real Redis servers; CI runs the load harness smoke (--test).
+#   wrk, haproxy:        the side-by-side load harness (--load).
 set -euo pipefail
 
 need=()
@@ -9,6 +10,12 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 if [[ "${1:-}" == "--test" ]]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+fi
+if [[ "${1:-}" == "--load" ]]; then
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+  command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 fi
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo is not installed (install Rust with rustup first)" >&2; exit 1; }
 

@@ -9,8 +9,19 @@ pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    // Pingora logs through `log`; without the bridge its messages would vanish.
-    let _ = tracing_log::LogTracer::init();
+    // Pingora logs through `log`; without the bridge its messages would vanish. The bridge's
+    // level is capped at the filter's most verbose level: otherwise every `debug!` inside
+    // Pingora would be built and handed to the filter on the hot path only to be dropped.
+    let max = match filter.max_level_hint() {
+        Some(l) if l == tracing::level_filters::LevelFilter::OFF => log::LevelFilter::Off,
+        Some(l) if l >= tracing::level_filters::LevelFilter::TRACE => log::LevelFilter::Trace,
+        Some(l) if l >= tracing::level_filters::LevelFilter::DEBUG => log::LevelFilter::Debug,
+        Some(l) if l >= tracing::level_filters::LevelFilter::INFO => log::LevelFilter::Info,
+        Some(l) if l >= tracing::level_filters::LevelFilter::WARN => log::LevelFilter::Warn,
+        Some(_) => log::LevelFilter::Error,
+        None => log::LevelFilter::Trace,
+    };
+    let _ = tracing_log::LogTracer::builder().with_max_level(max).init();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -16,7 +16,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::decision::{decide, Decision, RequestFacts};
 use crate::errors::RejectReason;
 use crate::policy::BillingNotice;
-use crate::route::{rewrite_upstream_request, sane_request_id, Forwarding};
+use crate::route::{rewrite_upstream_request, sane_request_id, Forwarding, RequestIds};
 use crate::state::EdgeState;
 
 /// Per-request state carried between Pingora phases.
@@ -32,12 +32,16 @@ pub struct RequestCtx {
 #[derive(Debug, Clone)]
 pub struct EdgeService {
     state: Arc<EdgeState>,
+    ids: Arc<RequestIds>,
 }
 
 impl EdgeService {
     /// A service over shared state.
     pub fn new(state: Arc<EdgeState>) -> Self {
-        Self { state }
+        Self {
+            state,
+            ids: Arc::new(RequestIds::new()),
+        }
     }
 
     /// Sends a rejection with its fixed body and headers.
@@ -118,7 +122,7 @@ impl ProxyHttp for EdgeService {
                 .map(|v| v.as_bytes()),
         )
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        .unwrap_or_else(|| self.ids.next_id());
 
         let host_headers = header_values(req, "host");
         let authorization = header_values(req, "authorization");

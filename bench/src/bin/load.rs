@@ -1,0 +1,307 @@
+//! The load harness: the same workload against a bare Pingora proxy, Nexus Edge (tokens in
+//! rotation, and every token verified in full) and, when installed, HAProxy doing RS256
+//! `jwt_verify` plus a map lookup — side by side in one run, with the ratios printed.
+//!
+//! Workload: HTTP/1.1 keep-alive, 10,000 tenants, RS256 tokens. Each proxy runs one worker
+//! thread pinned to core 0; wrk and the backend share core 1, so the proxy's core is the
+//! bottleneck. Run with `scripts/bench-load.sh` (builds release binaries first).
+//!
+//! `load [--smoke]`: `--smoke` runs 1 s per target on 1,000 tenants (CI keeps it from rotting).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nexus_bench::*;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn sibling(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/bench-load.sh (it builds it)",
+        p.display()
+    );
+    p
+}
+
+fn pinned(core: &str, program: &Path) -> Command {
+    let mut c = if Path::new("/usr/bin/taskset").exists() {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(core).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+/// Waits until `addr` answers an HTTP request for `host` with any status.
+fn wait_http(addr: SocketAddr, host: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let req = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            let mut buf = [0u8; 16];
+            if s.write_all(req.as_bytes()).is_ok() && s.read(&mut buf).unwrap_or(0) > 0 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{addr} did not come up");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// A minimal keep-alive HTTP backend (fixed 200), so the proxy, not the backend, is measured.
+fn start_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(stream));
+        }
+    });
+    addr
+}
+
+fn serve(mut s: TcpStream) {
+    let _ = s.set_nodelay(true);
+    let mut buf = vec![0u8; 16384];
+    let mut filled = 0;
+    const RESP: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok";
+    loop {
+        match s.read(&mut buf[filled..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => filled += n,
+        }
+        // Answer every complete request head in the buffer (GETs, no bodies).
+        let mut start = 0;
+        while let Some(end) = buf[start..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+            if s.write_all(RESP).is_err() {
+                return;
+            }
+            start += end + 4;
+        }
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+        if filled == buf.len() {
+            return;
+        }
+    }
+}
+
+const LUA: &str = r#"
+local lines = {}
+for l in io.lines(os.getenv("NEXUS_LOAD_REQS")) do lines[#lines + 1] = l end
+local i = math.random(#lines)
+request = function()
+  i = i % #lines + 1
+  local host, tok = lines[i]:match("(%S+) (%S+)")
+  return wrk.format("GET", "/api/items", { ["Host"] = host, ["Authorization"] = "Bearer " .. tok })
+end
+"#;
+
+/// Runs wrk on core 1 and returns requests/s and the count of non-2xx responses.
+fn wrk(dir: &Path, addr: SocketAddr, secs: u64) -> (f64, u64) {
+    let out = Command::new("taskset")
+        .args(["-c", "1", "wrk", "-t1", "-c32", &format!("-d{secs}s"), "-s"])
+        .arg(dir.join("rotate.lua"))
+        .arg(format!("http://{addr}/"))
+        .env("NEXUS_LOAD_REQS", dir.join("requests.txt"))
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "wrk output without a rate:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let errors = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (rps, errors)
+}
+
+fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let (tenants, secs) = if smoke { (1_000, 1) } else { (10_000, 10) };
+    let dir = tempfile::tempdir().unwrap();
+    let backend = start_backend();
+    let backend_url = format!("http://{backend}");
+
+    // Bindings, keys and 1,000 RS256 tokens in rotation (one per tenant slot).
+    let bindings: Vec<_> = (0..tenants).map(|i| record(i, &backend_url)).collect();
+    std::fs::write(
+        dir.path().join("bindings.json"),
+        serde_json::json!({ "format": "nexus-edge.bindings/v1", "bindings": bindings }).to_string(),
+    )
+    .unwrap();
+    let key = rs256_key();
+    let _ = auth_settings(&dir.path().join("jwks.json"), &[&key], 0);
+    let mut reqs = String::new();
+    for j in 0..1000 {
+        let t = j * (tenants / 1000).max(1) % tenants;
+        reqs.push_str(&format!(
+            "{}.{BASE} {}\n",
+            tenant(t),
+            key.sign(&claims(t, j as u64)).unwrap()
+        ));
+    }
+    std::fs::write(dir.path().join("requests.txt"), reqs).unwrap();
+    std::fs::write(dir.path().join("rotate.lua"), LUA).unwrap();
+    let first_host = format!("{}.{BASE}", tenant(0));
+
+    let mut results: Vec<(&str, f64, u64)> = Vec::new();
+
+    // 1. Bare Pingora: no auth, fixed upstream.
+    {
+        let addr = free_addr();
+        let _p = Proc(
+            pinned("0", &sibling("bare-proxy"))
+                .args([addr.to_string(), backend.to_string(), "1".to_owned()])
+                .spawn()
+                .unwrap(),
+        );
+        wait_http(addr, &first_host);
+        let (rps, err) = wrk(dir.path(), addr, secs);
+        results.push(("bare Pingora proxy (no auth)", rps, err));
+    }
+
+    // 2 and 3. Nexus Edge, token cache on (1,000 tokens in rotation) and off (every request
+    // pays the full RS256 verification, as if every token were new).
+    for (label, cache) in [
+        ("nexus-edge, 1,000 tokens in rotation", 100_000),
+        ("nexus-edge, every token verified (cache off)", 0),
+    ] {
+        let addr = free_addr();
+        let ops = free_addr();
+        let config = format!(
+            "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{ops}\"\nthreads = 1\nshutdown_grace = \"0s\"\n\
+             [tenancy]\nbase_domains = [\"{BASE}\"]\n\
+             [auth]\njwks_file = \"jwks.json\"\nissuers = [\"https://id.nexus.bench\"]\naudiences = [\"nexus\"]\ntoken_cache_capacity = {cache}\n\
+             [store]\nkind = \"file\"\npath = \"bindings.json\"\n[log]\nfilter = \"warn\"\n"
+        );
+        let cfg = dir.path().join(format!("edge-{cache}.toml"));
+        std::fs::write(&cfg, config).unwrap();
+        let _p = Proc(
+            pinned("0", &sibling("nexus-edge"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&cfg)
+                .spawn()
+                .unwrap(),
+        );
+        wait_http(addr, &first_host);
+        let (rps, err) = wrk(dir.path(), addr, secs);
+        results.push((label, rps, err));
+    }
+
+    // 4. HAProxy 2.6: jwt_verify RS256 + map lookup per request, no token cache.
+    if Command::new("haproxy").arg("-v").output().is_ok() {
+        let addr = free_addr();
+        let pubkey = dir.path().join("rs256-pub.pem");
+        let ok = Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(repo_root().join("deploy/demo/demo-rs256-key.pem"))
+            .arg("-out")
+            .arg(&pubkey)
+            .status()
+            .is_ok_and(|s| s.success());
+        let map: String = (0..tenants)
+            .map(|i| format!("{}.{BASE} {backend}\n", tenant(i)))
+            .collect();
+        std::fs::write(dir.path().join("hosts.map"), map).unwrap();
+        let cfg = format!(
+            "global\n  nbthread 1\n  maxconn 4096\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n\
+             frontend fe\n  bind {addr}\n\
+             \x20 http-request set-var(txn.bearer) http_auth_bearer\n\
+             \x20 http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')\n\
+             \x20 http-request deny unless {{ var(txn.alg) -m str RS256 }}\n\
+             \x20 http-request deny unless {{ var(txn.bearer),jwt_verify(txn.alg,\"{pk}\") -m int 1 }}\n\
+             \x20 http-request set-var(txn.instance) req.hdr(host),lower,map({map})\n\
+             \x20 http-request deny unless {{ var(txn.instance) -m found }}\n\
+             \x20 default_backend be\n\
+             backend be\n  server s1 {backend}\n",
+            pk = pubkey.display(),
+            map = dir.path().join("hosts.map").display(),
+        );
+        let cfg_path = dir.path().join("haproxy.cfg");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let check = Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&cfg_path)
+            .output();
+        if ok && check.as_ref().is_ok_and(|o| o.status.success()) {
+            let mut cmd = pinned("0", Path::new("/usr/sbin/haproxy"));
+            cmd.arg("-f").arg(&cfg_path).stderr(Stdio::inherit());
+            let _p = Proc(cmd.spawn().unwrap());
+            wait_http(addr, &first_host);
+            let (rps, err) = wrk(dir.path(), addr, secs);
+            results.push(("HAProxy 2.6 (jwt_verify RS256 + map)", rps, err));
+        } else {
+            eprintln!(
+                "HAProxy skipped: its config did not validate: {}",
+                check
+                    .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                    .unwrap_or_default()
+            );
+        }
+    }
+
+    let bare = results[0].1;
+    println!("\nload harness: {tenants} tenants, RS256, HTTP/1.1 keep-alive, 32 connections, {secs}s per target");
+    println!("proxy: 1 worker pinned to core 0; wrk + backend on core 1\n");
+    println!(
+        "{:<48} {:>12} {:>10} {:>8}",
+        "target", "requests/s", "vs bare", "non-2xx"
+    );
+    for (label, rps, err) in &results {
+        println!(
+            "{label:<48} {rps:>12.0} {:>9.1}% {err:>8}",
+            rps / bare * 100.0
+        );
+    }
+    if let Some(h) = results.iter().find(|r| r.0.starts_with("HAProxy")) {
+        println!("\nbare Pingora / HAProxy = {:.2}x", bare / h.1);
+        for r in results.iter().filter(|r| r.0.starts_with("nexus-edge")) {
+            println!("{} / HAProxy = {:.2}x", r.0, r.1 / h.1);
+        }
+    }
+    if results.iter().any(|r| r.2 > 0) {
+        eprintln!("warning: some targets answered non-2xx: their rates are not comparable");
+    }
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Side-by-side load run: bare Pingora vs nexus-edge (cache on / off) vs HAProxy if installed.
+# Pass --smoke for a 1-second-per-target check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh --load
+cargo build -q --release -p nexus-edge --bin nexus-edge -p nexus-bench --bin load --bin bare-proxy
+exec target/release/load "$@"
