@@ -23,4 +23,6 @@ pub use source::{BindingSource, SyncHealth};
 pub mod admin;
 pub mod file_store;
 pub mod records;
+pub mod redis_store;
+pub mod snapshot;
 pub use admin::{Actor, AdminError, AuditEntry, BindingAdmin, Mutation};

@@ -1,0 +1,218 @@
+//! One replica's sync loop: follow the change stream, detect gaps, reconcile, heartbeat,
+//! snapshot, and survive Redis going away.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+use tokio::sync::watch;
+
+use super::{field_str, field_u64, parse_json_record, FeedPosition, RedisStore};
+use crate::model::{Revision, TenantId};
+use crate::table::{BindingHandle, Change};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Snapshots are written at most this often.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
+
+type Entries = Vec<(String, Vec<(String, String)>)>;
+
+/// Runs until `shutdown`; reconnects with backoff and jitter, serving the last table meanwhile.
+pub(super) async fn run(store: Arc<RedisStore>, handle: BindingHandle, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match session(&store, &handle, &mut shutdown, &mut backoff).await {
+            Ok(()) => return,
+            Err(e) => {
+                store.health_ref().mark_down();
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    "binding sync lost Redis; serving the last table");
+            }
+        }
+        let jitter = Duration::from_millis(u64::from(rand_u8()) * backoff.as_millis() as u64 / 512);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// A few random bits for jitter, without a RNG dependency.
+fn rand_u8() -> u8 {
+    let mut b = [0u8; 1];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b[0]
+}
+
+/// Replaces the table with a full load from Redis; tenants whose record is now invalid keep
+/// their current binding.
+async fn reconcile(store: &RedisStore, handle: &BindingHandle, con: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    let current = handle.load();
+    let (table, pos) = store.full_table(con, Some(&current)).await?;
+    tracing::info!(bindings = table.len(), revision = pos.revision, "full reconcile with Redis");
+    handle.store(table);
+    store.health_ref().add_full_reload();
+    store.health_ref().mark_synced(Revision(pos.revision));
+    store.set_position(pos);
+    store.snapshot(handle.load()).await;
+    Ok(())
+}
+
+async fn session(
+    store: &RedisStore,
+    handle: &BindingHandle,
+    shutdown: &mut watch::Receiver<bool>,
+    backoff: &mut Duration,
+) -> redis::RedisResult<()> {
+    let mut con = store.connect().await?;
+    let mut blocking = store.connect_blocking().await?;
+    let opts = store.opts().clone();
+
+    // Catch up: resume from the last position if the feed still has everything after it;
+    // otherwise (never loaded from Redis, or the feed was trimmed meanwhile) reconcile.
+    let needs_reconcile = match store.position() {
+        None => true,
+        Some(p) if p.stream_id == "0-0" && p.revision == 0 => true,
+        Some(p) => {
+            let counter: Option<u64> = con.get(store.keys().revision()).await?;
+            let next: Entries = redis::cmd("XRANGE")
+                .arg(store.keys().changes())
+                .arg(format!("({}", p.stream_id))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut con)
+                .await?;
+            let counter = counter.unwrap_or(0);
+            counter > p.revision && next.first().is_none_or(|(_, f)| field_u64(f, "rev") > p.revision + 1)
+        }
+    };
+    if needs_reconcile {
+        reconcile(store, handle, &mut con).await?;
+    }
+    *backoff = Duration::from_millis(100);
+    store.health_ref().mark_synced(Revision(store.position().map_or(0, |p| p.revision)));
+    tracing::info!("binding sync following the Redis change feed");
+
+    let mut last_reconcile = Instant::now();
+    let mut last_heartbeat: Option<Instant> = None;
+    let mut last_snapshot = Instant::now();
+    let mut snapshot_dirty = false;
+    let block_ms = (opts.heartbeat_interval.as_millis() as u64 / 2).clamp(10, 1000);
+    loop {
+        if last_heartbeat.is_none_or(|t| t.elapsed() >= opts.heartbeat_interval) {
+            let applied = store.position().map_or(0, |p| p.revision);
+            super::fleet::heartbeat(store, &mut con, applied).await?;
+            store.health_ref().mark_synced(Revision(applied));
+            last_heartbeat = Some(Instant::now());
+        }
+        if last_reconcile.elapsed() >= opts.reconcile_interval {
+            reconcile(store, handle, &mut con).await?;
+            last_reconcile = Instant::now();
+        }
+        if snapshot_dirty && last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+            store.snapshot(handle.load()).await;
+            last_snapshot = Instant::now();
+            snapshot_dirty = false;
+        }
+        let from = store.position().map_or_else(|| "0-0".to_owned(), |p| p.stream_id);
+        let mut xread = redis::cmd("XREAD");
+        xread
+            .arg("COUNT")
+            .arg(1000)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(store.keys().changes())
+            .arg(&from);
+        let read = xread.query_async::<Option<Vec<(String, Entries)>>>(&mut blocking);
+        let result = tokio::select! {
+            r = tokio::time::timeout(Duration::from_millis(block_ms) + opts.timeout, read) => r,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let streams = match result {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(redis::RedisError::from((redis::ErrorKind::IoError, "stream read timed out")));
+            }
+        };
+        let entries: Entries = streams.into_iter().flatten().flat_map(|(_, e)| e).collect();
+        if entries.is_empty() {
+            continue;
+        }
+        if apply_entries(store, handle, &mut con, entries).await? {
+            reconcile(store, handle, &mut con).await?;
+        }
+        snapshot_dirty = true;
+        let applied = store.position().map_or(0, |p| p.revision);
+        store.health_ref().mark_synced(Revision(applied));
+        // Tell the fleet at once: `rebind --wait` is waiting for exactly this.
+        super::fleet::heartbeat(store, &mut con, applied).await?;
+        last_heartbeat = Some(Instant::now());
+    }
+}
+
+/// Applies feed entries in order. Returns true when a gap shows that entries were trimmed away
+/// (the caller then reconciles).
+async fn apply_entries(
+    store: &RedisStore,
+    handle: &BindingHandle,
+    con: &mut MultiplexedConnection,
+    entries: Entries,
+) -> redis::RedisResult<bool> {
+    let mut pos = store.position().unwrap_or(FeedPosition {
+        stream_id: "0-0".to_owned(),
+        revision: 0,
+    });
+    for (id, fields) in entries {
+        let rev = field_u64(&fields, "rev");
+        if rev > pos.revision + 1 {
+            tracing::warn!(expected = pos.revision + 1, got = rev, "gap in the change feed (trimmed?); reconciling");
+            return Ok(true);
+        }
+        let tenant = field_str(&fields, "tenant").and_then(|t| TenantId::parse(t).ok());
+        if let Some(tenant) = tenant {
+            let text: Option<String> = con.get(store.keys().binding(tenant.as_str())).await?;
+            // The record may already be newer than this entry; revisions only move forward,
+            // so applying the newest state early and skipping the stale entries later is safe.
+            let change = match text {
+                None => Some(Change::Delete {
+                    tenant: tenant.clone(),
+                    revision: Revision(rev),
+                }),
+                Some(t) => match parse_json_record(&t) {
+                    Ok(b) => Some(Change::Upsert(Arc::new(b))),
+                    Err(msg) => {
+                        store.health_ref().add_rejected(1);
+                        tracing::warn!(tenant = %tenant, problem = %msg,
+                            "binding record refused; the tenant keeps its last good binding");
+                        None
+                    }
+                },
+            };
+            if let Some(change) = change {
+                match handle.apply(change) {
+                    Ok(_) => {}
+                    Err(crate::error::ApplyError::Stale { .. }) => {}
+                    Err(e) => {
+                        store.health_ref().add_rejected(1);
+                        tracing::warn!(error = %e, "binding change refused");
+                    }
+                }
+            }
+        } else {
+            tracing::warn!(entry = %id, "change entry without a valid tenant ignored");
+        }
+        pos = FeedPosition {
+            stream_id: id,
+            revision: pos.revision.max(rev),
+        };
+        store.set_position(pos.clone());
+    }
+    Ok(false)
+}

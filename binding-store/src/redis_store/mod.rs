@@ -1,0 +1,537 @@
+//! Redis as the shared source of truth for every replica (schema: `docs/redis-schema.md`).
+//!
+//! - Writes go through one Lua script (`write.lua`): revision, record, domain index, change
+//!   event and audit entry change together or not at all.
+//! - Replicas load everything (SCAN in batches), then follow the change stream from the
+//!   position taken *before* the scan, so nothing written during the load is missed. Revisions
+//!   are consecutive (one INCR per change, appended in the same script), so a gap in the
+//!   stream — it was trimmed while a replica was away — is detected and answered with a full
+//!   reconcile. A periodic reconcile backs this up.
+//! - Fail-static: when Redis is unreachable the last table keeps serving, the replica retries
+//!   with backoff and jitter, and health says how stale it is. The table is also snapshotted
+//!   to disk, so a replica that restarts during an outage serves the last known good table.
+//! - Each replica heartbeats its applied revision, which is how `tenant rebind --wait` knows
+//!   that every live replica has the change.
+
+mod fleet;
+mod follow;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+use tokio::sync::watch;
+
+use crate::admin::{Actor, AdminError, AuditEntry, BindingAdmin, Mutation};
+use crate::error::StoreError;
+use crate::file_store::mutate;
+use crate::model::{Binding, Revision, TenantId};
+use crate::records::parse_record;
+use crate::source::{BindingSource, SyncHealth};
+use crate::table::{BindingHandle, BindingTable};
+
+pub use fleet::{ReplicaStatus, WaitOutcome};
+
+/// Where and how to reach Redis, and how this replica behaves.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host:port/db` or `redis+unix:///path/to/socket`.
+    pub url: String,
+    /// Key prefix (default `nexus`).
+    pub key_prefix: String,
+    /// Last-known-good snapshot file; `None` disables snapshots.
+    pub snapshot_path: Option<PathBuf>,
+    /// Full reconcile period.
+    pub reconcile_interval: Duration,
+    /// Heartbeat period; a replica silent for 3 periods is not live.
+    pub heartbeat_interval: Duration,
+    /// This replica's id in the fleet.
+    pub replica_id: String,
+    /// Keys per SCAN batch on full loads.
+    pub scan_batch: usize,
+    /// Approximate cap of the change stream.
+    pub stream_maxlen: usize,
+    /// Audit entries kept per tenant.
+    pub audit_cap: usize,
+    /// Connect / command timeout.
+    pub timeout: Duration,
+}
+
+impl RedisOptions {
+    /// Options with production defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: "nexus".to_owned(),
+            snapshot_path: None,
+            reconcile_interval: Duration::from_secs(300),
+            heartbeat_interval: Duration::from_secs(2),
+            replica_id: default_replica_id(),
+            scan_batch: 1000,
+            stream_maxlen: 100_000,
+            audit_cap: 1000,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `hostname-pid`.
+pub fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "replica".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Key names under the prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn binding(&self, tenant: &str) -> String {
+        format!("{}:binding:{tenant}", self.prefix)
+    }
+    pub(crate) fn binding_pattern(&self) -> String {
+        format!("{}:binding:*", self.prefix)
+    }
+    pub(crate) fn revision(&self) -> String {
+        format!("{}:revision", self.prefix)
+    }
+    pub(crate) fn changes(&self) -> String {
+        format!("{}:changes", self.prefix)
+    }
+    pub(crate) fn audit(&self, tenant: &str) -> String {
+        format!("{}:audit:{tenant}", self.prefix)
+    }
+    pub(crate) fn domains(&self) -> String {
+        format!("{}:domains", self.prefix)
+    }
+    pub(crate) fn replicas(&self) -> String {
+        format!("{}:replicas", self.prefix)
+    }
+}
+
+/// Position in the change feed: last stream id read and the revision it carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FeedPosition {
+    pub(crate) stream_id: String,
+    pub(crate) revision: u64,
+}
+
+/// The Redis binding store: admin writes, and the sync loop of one replica.
+pub struct RedisStore {
+    opts: RedisOptions,
+    keys: Keys,
+    client: redis::Client,
+    script: redis::Script,
+    health: Arc<SyncHealth>,
+    position: Mutex<Option<FeedPosition>>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.opts.key_prefix)
+            .field("replica", &self.opts.replica_id)
+            .finish()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> AdminError {
+    AdminError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// A store for `opts`. Fails only on a malformed URL; connecting happens on use.
+    pub fn new(opts: RedisOptions) -> Result<Self, String> {
+        let client = redis::Client::open(opts.url.as_str()).map_err(|e| format!("redis url: {e}"))?;
+        Ok(Self {
+            keys: Keys {
+                prefix: opts.key_prefix.clone(),
+            },
+            client,
+            script: redis::Script::new(include_str!("write.lua")),
+            health: Arc::new(SyncHealth::default()),
+            position: Mutex::new(None),
+            opts,
+        })
+    }
+
+    pub(crate) async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(self.opts.timeout)
+            .set_response_timeout(self.opts.timeout);
+        self.client.get_multiplexed_async_connection_with_config(&cfg).await
+    }
+
+    /// A connection without a response timeout, for blocking stream reads.
+    pub(crate) async fn connect_blocking(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let cfg = redis::AsyncConnectionConfig::new().set_connection_timeout(self.opts.timeout);
+        self.client.get_multiplexed_async_connection_with_config(&cfg).await
+    }
+
+    /// Loads every binding (SCAN + MGET in batches). Invalid records are logged, counted and
+    /// returned by tenant so a reconcile can keep those tenants' last good bindings.
+    pub(crate) async fn load_all(
+        &self,
+        con: &mut MultiplexedConnection,
+    ) -> redis::RedisResult<(Vec<Arc<Binding>>, Vec<String>)> {
+        let mut cursor: u64 = 0;
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(self.keys.binding_pattern())
+                .arg("COUNT")
+                .arg(self.opts.scan_batch)
+                .query_async(con)
+                .await?;
+            if !keys.is_empty() {
+                let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(con).await?;
+                for (key, value) in keys.iter().zip(values) {
+                    let Some(text) = value else { continue };
+                    match parse_json_record(&text) {
+                        Ok(b) => good.push(Arc::new(b)),
+                        Err(msg) => {
+                            let tenant = key.rsplit(':').next().unwrap_or_default().to_owned();
+                            tracing::warn!(key = %key, problem = %msg, "binding record in Redis refused; the tenant keeps its last good binding");
+                            bad.push(tenant);
+                        }
+                    }
+                }
+                if good.len() % 100_000 < keys.len() && good.len() >= 100_000 {
+                    tracing::info!(loaded = good.len(), "loading bindings from Redis");
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        self.health.add_rejected(bad.len() as u64);
+        Ok((good, bad))
+    }
+
+    /// The stream's newest entry (id, revision), or the start of the stream.
+    pub(crate) async fn feed_head(&self, con: &mut MultiplexedConnection) -> redis::RedisResult<FeedPosition> {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            .arg(self.keys.changes())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(con)
+            .await?;
+        Ok(entries.into_iter().next().map_or(
+            FeedPosition {
+                stream_id: "0-0".to_owned(),
+                revision: 0,
+            },
+            |(id, fields)| FeedPosition {
+                revision: field_u64(&fields, "rev"),
+                stream_id: id,
+            },
+        ))
+    }
+
+    /// A full table from Redis: the feed position is taken first, so changes made during the
+    /// scan are replayed by the follower afterwards.
+    pub(crate) async fn full_table(
+        &self,
+        con: &mut MultiplexedConnection,
+        current: Option<&BindingTable>,
+    ) -> redis::RedisResult<(BindingTable, FeedPosition)> {
+        let head = self.feed_head(con).await?;
+        let counter: Option<u64> = con.get(self.keys.revision()).await?;
+        let (mut bindings, bad) = self.load_all(con).await?;
+        if let Some(cur) = current {
+            for tenant in &bad {
+                if let Some(old) = cur.get(tenant) {
+                    bindings.push(Arc::clone(old));
+                }
+            }
+        }
+        let (table, refused) = BindingTable::from_bindings(bindings);
+        for e in &refused {
+            tracing::warn!(error = %e, "binding refused on load");
+        }
+        // Every change up to the counter is in the scan; the feed continues after `head`.
+        let revision = head.revision.max(counter.unwrap_or(0));
+        Ok((
+            table,
+            FeedPosition {
+                stream_id: head.stream_id,
+                revision,
+            },
+        ))
+    }
+
+    fn set_position(&self, p: FeedPosition) {
+        if let Ok(mut g) = self.position.lock() {
+            *g = Some(p);
+        }
+    }
+
+    pub(crate) fn position(&self) -> Option<FeedPosition> {
+        self.position.lock().ok().and_then(|g| g.clone())
+    }
+
+    pub(crate) fn opts(&self) -> &RedisOptions {
+        &self.opts
+    }
+
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub(crate) fn health_ref(&self) -> &SyncHealth {
+        &self.health
+    }
+
+    /// Writes the snapshot off the async workers (if snapshots are on).
+    pub(crate) async fn snapshot(&self, table: Arc<BindingTable>) {
+        let Some(path) = self.opts.snapshot_path.clone() else { return };
+        let r = tokio::task::spawn_blocking(move || crate::snapshot::write_snapshot(&path, &table)).await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "snapshot not written"),
+            Err(e) => tracing::error!(error = %e, "snapshot task failed"),
+        }
+    }
+}
+
+pub(crate) fn field_u64(fields: &[(String, String)], name: &str) -> u64 {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub(crate) fn field_str<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+pub(crate) fn parse_json_record(text: &str) -> Result<Binding, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    parse_record(&value).map_err(|(_, m)| m)
+}
+
+#[async_trait]
+impl BindingSource for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn initial_load(&self) -> Result<BindingTable, StoreError> {
+        let loaded = async {
+            let mut con = self.connect().await?;
+            self.full_table(&mut con, None).await
+        }
+        .await;
+        match loaded {
+            Ok((table, pos)) => {
+                tracing::info!(bindings = table.len(), revision = pos.revision, "bindings loaded from Redis");
+                self.health.mark_synced(table.revision());
+                self.health.add_full_reload();
+                self.set_position(pos);
+                self.snapshot(Arc::new(table.clone())).await;
+                Ok(table)
+            }
+            Err(e) => {
+                self.health.mark_down();
+                let Some(path) = &self.opts.snapshot_path else {
+                    return Err(StoreError::Format {
+                        path: PathBuf::from(&self.opts.url),
+                        reason: format!("Redis unreachable ({e}) and no snapshot configured"),
+                    });
+                };
+                match crate::snapshot::read_snapshot(path) {
+                    Ok(table) => {
+                        tracing::warn!(error = %e, snapshot = %path.display(), bindings = table.len(),
+                            "Redis unreachable at start: serving the last known good snapshot");
+                        // Resume by reconcile: the snapshot knows no feed position.
+                        self.set_position(FeedPosition {
+                            stream_id: "0-0".to_owned(),
+                            revision: 0,
+                        });
+                        Ok(table)
+                    }
+                    Err(snap) => Err(StoreError::Format {
+                        path: path.clone(),
+                        reason: format!("Redis unreachable ({e}) and the snapshot is unusable: {snap}"),
+                    }),
+                }
+            }
+        }
+    }
+
+    async fn run(self: Arc<Self>, handle: BindingHandle, shutdown: watch::Receiver<bool>) {
+        follow::run(self, handle, shutdown).await;
+    }
+
+    fn health(&self) -> Arc<SyncHealth> {
+        Arc::clone(&self.health)
+    }
+}
+
+#[async_trait]
+impl BindingAdmin for RedisStore {
+    async fn get(&self, tenant: &TenantId) -> Result<Option<Binding>, AdminError> {
+        let mut con = self.connect().await.map_err(unavailable)?;
+        let text: Option<String> = con.get(self.keys.binding(tenant.as_str())).await.map_err(unavailable)?;
+        text.map(|t| parse_json_record(&t).map_err(|m| AdminError::Corrupt(format!("tenant {tenant}: {m}"))))
+            .transpose()
+    }
+
+    async fn list(&self) -> Result<Vec<Binding>, AdminError> {
+        let mut con = self.connect().await.map_err(unavailable)?;
+        let (bindings, _) = self.load_all(&mut con).await.map_err(unavailable)?;
+        let mut out: Vec<Binding> = bindings.iter().map(|b| b.as_ref().clone()).collect();
+        out.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        Ok(out)
+    }
+
+    async fn apply(
+        &self,
+        tenant: &TenantId,
+        mutation: Mutation,
+        expect: Option<Revision>,
+        actor: &Actor,
+    ) -> Result<(Revision, Option<Binding>), AdminError> {
+        let mut con = self.connect().await.map_err(unavailable)?;
+        // Read-modify-write with an optimistic check: without --expect-revision the script is
+        // still told what we read, and a concurrent change makes us re-read and retry.
+        for _attempt in 0..64 {
+            let text: Option<String> = con.get(self.keys.binding(tenant.as_str())).await.map_err(unavailable)?;
+            let current = match (&text, &mutation) {
+                (None, _) => None,
+                (Some(t), m) => match parse_json_record(t) {
+                    Ok(b) => Some(b),
+                    Err(_) if matches!(m, Mutation::Put(_) | Mutation::Delete) => None,
+                    Err(msg) => return Err(AdminError::Corrupt(format!("tenant {tenant}: {msg}; replace it with `tenant put`"))),
+                },
+            };
+            let read_rev = text
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+                .and_then(|v| v.get("revision").and_then(serde_json::Value::as_u64))
+                .unwrap_or(0);
+            if let Some(e) = expect {
+                if e.get() != read_rev {
+                    return Err(AdminError::Conflict {
+                        tenant: tenant.clone(),
+                        expected: e,
+                        actual: Revision(read_rev),
+                    });
+                }
+            }
+            let op = match &mutation {
+                Mutation::Put(_) => "put",
+                Mutation::Rebind { .. } => "rebind",
+                Mutation::SetStatus(_) => "set-status",
+                Mutation::Delete => "delete",
+            };
+            let now = time::OffsetDateTime::now_utc();
+            if matches!(mutation, Mutation::Delete) && text.is_none() {
+                return Err(AdminError::NotFound(tenant.clone()));
+            }
+            let next = mutate(tenant, current.as_ref(), mutation.clone(), Revision::ZERO, now)?;
+            let at = now
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            let new_json = match &next {
+                Some(b) => serde_json::to_string(&b.to_record()).map_err(unavailable)?,
+                None => String::new(),
+            };
+            let entry = AuditEntry {
+                tenant: tenant.to_string(),
+                revision: 0,
+                at,
+                actor: actor.name.clone(),
+                reason: actor.reason.clone(),
+                op: op.to_owned(),
+                old: current.as_ref().map(Binding::to_record),
+                new: next.as_ref().map(Binding::to_record),
+            };
+            let audit_json = serde_json::to_string(&entry).map_err(unavailable)?;
+            let mut inv = self.script.prepare_invoke();
+            inv.key(self.keys.binding(tenant.as_str()))
+                .key(self.keys.revision())
+                .key(self.keys.changes())
+                .key(self.keys.audit(tenant.as_str()))
+                .key(self.keys.domains())
+                .arg(tenant.as_str())
+                .arg(read_rev.to_string())
+                .arg(new_json)
+                .arg(audit_json)
+                .arg(self.opts.stream_maxlen)
+                .arg(self.opts.audit_cap);
+            if let Some(b) = &next {
+                for d in &b.domains {
+                    inv.arg(d.as_str());
+                }
+            }
+            match inv.invoke_async::<u64>(&mut con).await {
+                Ok(rev) => {
+                    let next = next.map(|mut b| {
+                        b.revision = Revision(rev);
+                        b
+                    });
+                    return Ok((Revision(rev), next));
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if msg.contains("CONFLICT") {
+                        if expect.is_some() {
+                            let actual = msg
+                                .split_whitespace()
+                                .filter_map(|w| w.parse::<u64>().ok())
+                                .last()
+                                .unwrap_or(0);
+                            return Err(AdminError::Conflict {
+                                tenant: tenant.clone(),
+                                expected: expect.unwrap_or_default(),
+                                actual: Revision(actual),
+                            });
+                        }
+                        continue;
+                    }
+                    if msg.contains("NOTFOUND") {
+                        return Err(AdminError::NotFound(tenant.clone()));
+                    }
+                    if let Some(rest) = msg.split("DOMAIN ").nth(1) {
+                        return Err(AdminError::Invalid {
+                            tenant: tenant.clone(),
+                            reason: format!("domain already bound: {}", rest.trim()),
+                        });
+                    }
+                    return Err(unavailable(e));
+                }
+            }
+        }
+        Err(AdminError::Unavailable(format!(
+            "tenant {tenant} kept changing under this write; try again"
+        )))
+    }
+
+    async fn history(&self, tenant: &TenantId) -> Result<Vec<AuditEntry>, AdminError> {
+        let mut con = self.connect().await.map_err(unavailable)?;
+        let lines: Vec<String> = con
+            .lrange(self.keys.audit(tenant.as_str()), 0, -1)
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(lines.len());
+        for l in lines.iter().rev() {
+            out.push(serde_json::from_str(l).map_err(|e| AdminError::Corrupt(format!("audit entry: {e}")))?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,67 @@
+-- Nexus Edge binding write: the ONLY way a binding may change in Redis.
+-- One atomic step: check the expected revision, take the next store revision, write or delete
+-- the record, keep the domain index, append the change event and the audit entry.
+--
+-- KEYS[1] binding key ({prefix}:binding:{tenant})   KEYS[2] revision counter ({prefix}:revision)
+-- KEYS[3] change stream ({prefix}:changes)          KEYS[4] audit list ({prefix}:audit:{tenant})
+-- KEYS[5] domain index hash ({prefix}:domains)
+-- ARGV[1] tenant id
+-- ARGV[2] expected current revision ("" = no check; "0" = must not exist)
+-- ARGV[3] new record JSON with "revision":0 as placeholder ("" = delete)
+-- ARGV[4] audit entry JSON with "revision":0 placeholders for the new revision
+-- ARGV[5] approximate stream length cap   ARGV[6] audit entries kept per tenant
+-- ARGV[7..] custom domains of the new record
+-- Returns the new revision; errors: "CONFLICT <actual>", "NOTFOUND", "DOMAIN <domain> <owner>".
+
+local cur = redis.call('GET', KEYS[1])
+local actual = 0
+if cur then
+  actual = tonumber(string.match(cur, '"revision":(%d+)')) or 0
+end
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= actual then
+  return redis.error_reply('CONFLICT ' .. actual)
+end
+if ARGV[3] == '' and not cur then
+  return redis.error_reply('NOTFOUND')
+end
+for i = 7, #ARGV do
+  local owner = redis.call('HGET', KEYS[5], ARGV[i])
+  if owner and owner ~= ARGV[1] then
+    return redis.error_reply('DOMAIN ' .. ARGV[i] .. ' ' .. owner)
+  end
+end
+
+local rev = redis.call('INCR', KEYS[2])
+local placeholder = '"revision":0'
+local stamped = '"revision":' .. rev
+
+-- Drop the tenant's old domains from the index, then add the new ones.
+if cur then
+  local ok, old = pcall(cjson.decode, cur)
+  if ok and type(old) == 'table' and type(old.domains) == 'table' then
+    for _, d in ipairs(old.domains) do
+      if redis.call('HGET', KEYS[5], d) == ARGV[1] then
+        redis.call('HDEL', KEYS[5], d)
+      end
+    end
+  end
+end
+
+local op
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[1])
+  op = 'delete'
+else
+  local record = string.gsub(ARGV[3], placeholder, stamped, 1)
+  redis.call('SET', KEYS[1], record)
+  for i = 7, #ARGV do
+    redis.call('HSET', KEYS[5], ARGV[i], ARGV[1])
+  end
+  op = 'upsert'
+end
+
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'rev', rev, 'tenant', ARGV[1], 'op', op)
+local audit = string.gsub(ARGV[4], placeholder, stamped)
+redis.call('LPUSH', KEYS[4], audit)
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
+return rev

@@ -1,0 +1,223 @@
+//! The last-known-good snapshot: the table on local disk, so a replica that restarts while
+//! Redis is down can still serve.
+//!
+//! Layout: one header line of JSON `{"format":"nexus-edge.snapshot","version":1,"revision":..,
+//! "count":..,"written_at_ms":..,"sha256":".."}`, then one binding record per line. The
+//! checksum covers every byte after the header line. Written temp → fsync → rename → fsync dir;
+//! a snapshot that fails any check is refused whole, never partially loaded.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Binding;
+use crate::records::parse_record;
+use crate::table::BindingTable;
+
+/// Snapshot format version this build writes and reads.
+pub const SNAPSHOT_VERSION: u32 = 1;
+const FORMAT: &str = "nexus-edge.snapshot";
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+    revision: u64,
+    count: usize,
+    written_at_ms: u64,
+    sha256: String,
+}
+
+/// Why a snapshot was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// No snapshot file.
+    #[error("{0}: no snapshot")]
+    Missing(PathBuf),
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Written by another format version.
+    #[error("{path}: snapshot format version {found} is not supported (this build reads {SNAPSHOT_VERSION})")]
+    UnsupportedVersion {
+        /// File.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+    },
+    /// Contents do not match the checksum (truncated or damaged).
+    #[error("{0}: snapshot checksum mismatch (truncated or damaged); refusing it")]
+    ChecksumMismatch(PathBuf),
+    /// Not a snapshot, or a record in it is invalid.
+    #[error("{path}:{line}: corrupt snapshot: {reason}")]
+    Corrupt {
+        /// File.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `table` atomically to `path`.
+pub fn write_snapshot(path: &Path, table: &BindingTable) -> Result<(), SnapshotError> {
+    let io = |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut body = Vec::with_capacity(table.len() * 320);
+    let mut bindings: Vec<&Arc<Binding>> = table.iter().collect();
+    bindings.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+    for b in &bindings {
+        serde_json::to_writer(&mut body, &b.to_record()).map_err(|e| io(std::io::Error::other(e)))?;
+        body.push(b'\n');
+    }
+    let header = Header {
+        format: FORMAT.to_owned(),
+        version: SNAPSHOT_VERSION,
+        revision: table.revision().get(),
+        count: bindings.len(),
+        written_at_ms: crate::source::now_unix_ms(),
+        sha256: hex(ring::digest::digest(&ring::digest::SHA256, &body).as_ref()),
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = BufWriter::new(file);
+        serde_json::to_writer(&mut w, &header).map_err(std::io::Error::other)?;
+        w.write_all(b"\n")?;
+        w.write_all(&body)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// Reads and fully checks a snapshot.
+pub fn read_snapshot(path: &Path) -> Result<BindingTable, SnapshotError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SnapshotError::Missing(path.to_path_buf())),
+        Err(source) => {
+            return Err(SnapshotError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let corrupt = |line: usize, reason: String| SnapshotError::Corrupt {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    };
+    let nl = bytes
+        .iter()
+        .position(|&c| c == b'\n')
+        .ok_or_else(|| corrupt(1, "no header line".to_owned()))?;
+    let header: Header = serde_json::from_slice(&bytes[..nl]).map_err(|e| corrupt(1, format!("bad header: {e}")))?;
+    if header.format != FORMAT {
+        return Err(corrupt(1, format!("format is {:?}", header.format)));
+    }
+    if header.version != SNAPSHOT_VERSION {
+        return Err(SnapshotError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: header.version,
+        });
+    }
+    let body = &bytes[nl + 1..];
+    if hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref()) != header.sha256 {
+        return Err(SnapshotError::ChecksumMismatch(path.to_path_buf()));
+    }
+    let mut bindings = Vec::with_capacity(header.count);
+    for (i, line) in body.split(|&c| c == b'\n').enumerate().filter(|(_, l)| !l.is_empty()) {
+        let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| corrupt(i + 2, e.to_string()))?;
+        let b = parse_record(&value).map_err(|(_, m)| corrupt(i + 2, m))?;
+        bindings.push(Arc::new(b));
+    }
+    if bindings.len() != header.count {
+        return Err(corrupt(0, format!("{} records, header says {}", bindings.len(), header.count)));
+    }
+    let (table, refused) = BindingTable::from_bindings(bindings);
+    if let Some(e) = refused.first() {
+        return Err(corrupt(0, e.to_string()));
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::BindingRecord;
+
+    fn table(n: usize) -> BindingTable {
+        let bindings = (0..n).map(|i| {
+            let r = BindingRecord {
+                tenant_id: format!("t{i}"),
+                subscription_id: "s".into(),
+                instance_id: "i".into(),
+                instance_url: "http://10.0.0.1".into(),
+                api_url: None,
+                identity_org_id: None,
+                status: "active".into(),
+                plan: "team".into(),
+                region: "eu".into(),
+                domains: vec![],
+                revision: i as u64 + 1,
+                updated_at: None,
+                mode: None,
+            };
+            Arc::new(Binding::from_record(&r).expect("valid"))
+        });
+        BindingTable::from_bindings(bindings).0
+    }
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("snap");
+        assert!(matches!(read_snapshot(&path), Err(SnapshotError::Missing(_))));
+        write_snapshot(&path, &table(10_000)).expect("write");
+        let back = read_snapshot(&path).expect("read");
+        assert_eq!(back.len(), 10_000);
+        assert_eq!(back.revision().get(), 10_000);
+
+        let good = std::fs::read(&path).expect("read");
+        let mut flipped = good.clone();
+        let last = flipped.len() - 10;
+        flipped[last] ^= 0x01;
+        std::fs::write(&path, &flipped).expect("w");
+        assert!(matches!(read_snapshot(&path), Err(SnapshotError::ChecksumMismatch(_))));
+        std::fs::write(&path, &good[..good.len() / 2]).expect("w");
+        assert!(matches!(read_snapshot(&path), Err(SnapshotError::ChecksumMismatch(_))));
+        let text = String::from_utf8(good.clone()).expect("utf8").replacen("\"version\":1", "\"version\":9", 1);
+        std::fs::write(&path, text).expect("w");
+        assert!(matches!(read_snapshot(&path), Err(SnapshotError::UnsupportedVersion { found: 9, .. })));
+        std::fs::write(&path, "garbage").expect("w");
+        assert!(matches!(read_snapshot(&path), Err(SnapshotError::Corrupt { .. })));
+    }
+}
