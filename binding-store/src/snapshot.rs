@@ -83,7 +83,8 @@ pub fn write_snapshot(path: &Path, table: &BindingTable) -> Result<(), SnapshotE
     let mut bindings: Vec<&Arc<Binding>> = table.iter().collect();
     bindings.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
     for b in &bindings {
-        serde_json::to_writer(&mut body, &b.to_record()).map_err(|e| io(std::io::Error::other(e)))?;
+        serde_json::to_writer(&mut body, &b.to_record())
+            .map_err(|e| io(std::io::Error::other(e)))?;
         body.push(b'\n');
     }
     let header = Header {
@@ -94,11 +95,16 @@ pub fn write_snapshot(path: &Path, table: &BindingTable) -> Result<(), SnapshotE
         written_at_ms: crate::source::now_unix_ms(),
         sha256: hex(ring::digest::digest(&ring::digest::SHA256, &body).as_ref()),
     };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
     let tmp = dir.join(format!(
         ".{}.tmp.{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let result = (|| {
@@ -122,7 +128,9 @@ pub fn write_snapshot(path: &Path, table: &BindingTable) -> Result<(), SnapshotE
 pub fn read_snapshot(path: &Path) -> Result<BindingTable, SnapshotError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SnapshotError::Missing(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SnapshotError::Missing(path.to_path_buf()))
+        }
         Err(source) => {
             return Err(SnapshotError::Io {
                 path: path.to_path_buf(),
@@ -139,7 +147,8 @@ pub fn read_snapshot(path: &Path) -> Result<BindingTable, SnapshotError> {
         .iter()
         .position(|&c| c == b'\n')
         .ok_or_else(|| corrupt(1, "no header line".to_owned()))?;
-    let header: Header = serde_json::from_slice(&bytes[..nl]).map_err(|e| corrupt(1, format!("bad header: {e}")))?;
+    let header: Header =
+        serde_json::from_slice(&bytes[..nl]).map_err(|e| corrupt(1, format!("bad header: {e}")))?;
     if header.format != FORMAT {
         return Err(corrupt(1, format!("format is {:?}", header.format)));
     }
@@ -154,13 +163,21 @@ pub fn read_snapshot(path: &Path) -> Result<BindingTable, SnapshotError> {
         return Err(SnapshotError::ChecksumMismatch(path.to_path_buf()));
     }
     let mut bindings = Vec::with_capacity(header.count);
-    for (i, line) in body.split(|&c| c == b'\n').enumerate().filter(|(_, l)| !l.is_empty()) {
-        let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| corrupt(i + 2, e.to_string()))?;
+    for (i, line) in body
+        .split(|&c| c == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+    {
+        let value: serde_json::Value =
+            serde_json::from_slice(line).map_err(|e| corrupt(i + 2, e.to_string()))?;
         let b = parse_record(&value).map_err(|(_, m)| corrupt(i + 2, m))?;
         bindings.push(Arc::new(b));
     }
     if bindings.len() != header.count {
-        return Err(corrupt(0, format!("{} records, header says {}", bindings.len(), header.count)));
+        return Err(corrupt(
+            0,
+            format!("{} records, header says {}", bindings.len(), header.count),
+        ));
     }
     let (table, refused) = BindingTable::from_bindings(bindings);
     if let Some(e) = refused.first() {
@@ -200,7 +217,10 @@ mod tests {
     fn round_trip_and_refusals() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("snap");
-        assert!(matches!(read_snapshot(&path), Err(SnapshotError::Missing(_))));
+        assert!(matches!(
+            read_snapshot(&path),
+            Err(SnapshotError::Missing(_))
+        ));
         write_snapshot(&path, &table(10_000)).expect("write");
         let back = read_snapshot(&path).expect("read");
         assert_eq!(back.len(), 10_000);
@@ -211,13 +231,29 @@ mod tests {
         let last = flipped.len() - 10;
         flipped[last] ^= 0x01;
         std::fs::write(&path, &flipped).expect("w");
-        assert!(matches!(read_snapshot(&path), Err(SnapshotError::ChecksumMismatch(_))));
+        assert!(matches!(
+            read_snapshot(&path),
+            Err(SnapshotError::ChecksumMismatch(_))
+        ));
         std::fs::write(&path, &good[..good.len() / 2]).expect("w");
-        assert!(matches!(read_snapshot(&path), Err(SnapshotError::ChecksumMismatch(_))));
-        let text = String::from_utf8(good.clone()).expect("utf8").replacen("\"version\":1", "\"version\":9", 1);
+        assert!(matches!(
+            read_snapshot(&path),
+            Err(SnapshotError::ChecksumMismatch(_))
+        ));
+        let text = String::from_utf8(good.clone()).expect("utf8").replacen(
+            "\"version\":1",
+            "\"version\":9",
+            1,
+        );
         std::fs::write(&path, text).expect("w");
-        assert!(matches!(read_snapshot(&path), Err(SnapshotError::UnsupportedVersion { found: 9, .. })));
+        assert!(matches!(
+            read_snapshot(&path),
+            Err(SnapshotError::UnsupportedVersion { found: 9, .. })
+        ));
         std::fs::write(&path, "garbage").expect("w");
-        assert!(matches!(read_snapshot(&path), Err(SnapshotError::Corrupt { .. })));
+        assert!(matches!(
+            read_snapshot(&path),
+            Err(SnapshotError::Corrupt { .. })
+        ));
     }
 }

@@ -463,11 +463,62 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
                 })
             })
         }
+        Some(("redis", _)) => {
+            let url = match s.required_string("url", p) {
+                Some((u, at))
+                    if !(u.starts_with("redis://")
+                        || u.starts_with("redis+unix://")
+                        || u.starts_with("unix://")) =>
+                {
+                    p.push(
+                        "store.url",
+                        Some(at),
+                        format!("{u:?} is not a redis://, redis+unix:// or unix:// URL"),
+                    );
+                    None
+                }
+                other => other.map(|(u, _)| u),
+            };
+            let key_prefix = s
+                .string("key_prefix", p)
+                .map_or_else(|| "nexus".to_owned(), |(v, _)| v);
+            let snapshot_path = s.path("snapshot_path", base, p);
+            let reconcile_interval = s
+                .duration(
+                    "reconcile_interval",
+                    Duration::from_secs(1),
+                    Duration::from_secs(86_400),
+                    p,
+                )
+                .unwrap_or(Duration::from_secs(300));
+            let heartbeat_interval = s
+                .duration(
+                    "heartbeat_interval",
+                    Duration::from_millis(10),
+                    Duration::from_secs(60),
+                    p,
+                )
+                .unwrap_or(Duration::from_secs(2));
+            let replica_id = s
+                .string("replica_id", p)
+                .map(|(v, _)| v)
+                .filter(|v| !v.is_empty());
+            url.map(|url| {
+                StoreSettings::Redis(RedisStoreSettings {
+                    url,
+                    key_prefix,
+                    snapshot_path,
+                    reconcile_interval,
+                    heartbeat_interval,
+                    replica_id,
+                })
+            })
+        }
         Some((other, at)) => {
             p.push(
                 "store.kind",
                 Some(at),
-                format!("unknown store kind {other:?}; expected \"file\""),
+                format!("unknown store kind {other:?}; expected \"file\" or \"redis\""),
             );
             None
         }

@@ -125,6 +125,25 @@ pub struct UpstreamSettings {
 pub enum StoreSettings {
     /// A JSON file of binding records, reloaded when it changes.
     File(FileStoreSettings),
+    /// Redis, shared by every replica.
+    Redis(RedisStoreSettings),
+}
+
+/// `[store] kind = "redis"`
+#[derive(Clone, Debug, PartialEq)]
+pub struct RedisStoreSettings {
+    /// `redis://[user:password@]host:port/db` or `redis+unix:///path`.
+    pub url: String,
+    /// Key prefix shared by the fleet.
+    pub key_prefix: String,
+    /// Last-known-good snapshot on local disk (`None`: no snapshot).
+    pub snapshot_path: Option<PathBuf>,
+    /// Full reconcile period.
+    pub reconcile_interval: Duration,
+    /// Replica heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// This replica's id (`None`: hostname-pid).
+    pub replica_id: Option<String>,
 }
 
 /// `[store] kind = "file"`

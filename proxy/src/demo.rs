@@ -232,7 +232,13 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         b = bindings_path.display(),
     );
 
-    let source = crate::store::source(&settings.store);
+    let source = match crate::store::Store::open(&settings.store) {
+        Ok(s) => s.source(),
+        Err(e) => {
+            eprintln!("nexus-edge: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match crate::server::prepare(settings, &source) {
         Ok(state) => {
             crate::server::run(state, source);

@@ -48,7 +48,11 @@ pub struct WaitOutcome {
     pub behind: Vec<String>,
 }
 
-pub(super) async fn heartbeat(store: &RedisStore, con: &mut MultiplexedConnection, applied: u64) -> redis::RedisResult<()> {
+pub(super) async fn heartbeat(
+    store: &RedisStore,
+    con: &mut MultiplexedConnection,
+    applied: u64,
+) -> redis::RedisResult<()> {
     let hb = Heartbeat {
         applied_revision: applied,
         at_ms: now_unix_ms(),
@@ -56,14 +60,19 @@ pub(super) async fn heartbeat(store: &RedisStore, con: &mut MultiplexedConnectio
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let json = serde_json::to_string(&hb).unwrap_or_default();
-    let _: () = con.hset(store.keys().replicas(), &store.opts().replica_id, json).await?;
+    let _: () = con
+        .hset(store.keys().replicas(), &store.opts().replica_id, json)
+        .await?;
     Ok(())
 }
 
 impl RedisStore {
     /// Every replica that ever heartbeated (dead ones older than an hour are pruned).
     pub async fn replicas(&self) -> Result<Vec<ReplicaStatus>, AdminError> {
-        let mut con = self.connect().await.map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        let mut con = self
+            .connect()
+            .await
+            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
         let all: Vec<(String, String)> = con
             .hgetall(self.keys().replicas())
             .await
@@ -75,7 +84,9 @@ impl RedisStore {
         let now = now_unix_ms();
         let mut out = Vec::new();
         for (id, json) in all {
-            let Ok(hb) = serde_json::from_str::<Heartbeat>(&json) else { continue };
+            let Ok(hb) = serde_json::from_str::<Heartbeat>(&json) else {
+                continue;
+            };
             let age = now.saturating_sub(hb.at_ms);
             if age > 3_600_000 {
                 let _: Result<(), _> = con.hdel(self.keys().replicas(), &id).await;
@@ -95,7 +106,11 @@ impl RedisStore {
 
     /// Waits until every live replica has applied `revision`, or `timeout` passes. A replica
     /// that goes silent during the wait stops being live and is reported in `behind`.
-    pub async fn wait_for_revision(&self, revision: u64, timeout: Duration) -> Result<WaitOutcome, WaitOutcome> {
+    pub async fn wait_for_revision(
+        &self,
+        revision: u64,
+        timeout: Duration,
+    ) -> Result<WaitOutcome, WaitOutcome> {
         let deadline = Instant::now() + timeout;
         let mut seen_live: Vec<String> = Vec::new();
         loop {
@@ -106,7 +121,10 @@ impl RedisStore {
                 }
             }
             let live: Vec<&ReplicaStatus> = replicas.iter().filter(|r| r.live).collect();
-            let applied = live.iter().filter(|r| r.applied_revision >= revision).count();
+            let applied = live
+                .iter()
+                .filter(|r| r.applied_revision >= revision)
+                .count();
             let mut behind: Vec<String> = live
                 .iter()
                 .filter(|r| r.applied_revision < revision)

@@ -19,7 +19,11 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
 type Entries = Vec<(String, Vec<(String, String)>)>;
 
 /// Runs until `shutdown`; reconnects with backoff and jitter, serving the last table meanwhile.
-pub(super) async fn run(store: Arc<RedisStore>, handle: BindingHandle, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn run(
+    store: Arc<RedisStore>,
+    handle: BindingHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {
@@ -51,10 +55,18 @@ fn rand_u8() -> u8 {
 
 /// Replaces the table with a full load from Redis; tenants whose record is now invalid keep
 /// their current binding.
-async fn reconcile(store: &RedisStore, handle: &BindingHandle, con: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+async fn reconcile(
+    store: &RedisStore,
+    handle: &BindingHandle,
+    con: &mut MultiplexedConnection,
+) -> redis::RedisResult<()> {
     let current = handle.load();
     let (table, pos) = store.full_table(con, Some(&current)).await?;
-    tracing::info!(bindings = table.len(), revision = pos.revision, "full reconcile with Redis");
+    tracing::info!(
+        bindings = table.len(),
+        revision = pos.revision,
+        "full reconcile with Redis"
+    );
     handle.store(table);
     store.health_ref().add_full_reload();
     store.health_ref().mark_synced(Revision(pos.revision));
@@ -89,14 +101,19 @@ async fn session(
                 .query_async(&mut con)
                 .await?;
             let counter = counter.unwrap_or(0);
-            counter > p.revision && next.first().is_none_or(|(_, f)| field_u64(f, "rev") > p.revision + 1)
+            counter > p.revision
+                && next
+                    .first()
+                    .is_none_or(|(_, f)| field_u64(f, "rev") > p.revision + 1)
         }
     };
     if needs_reconcile {
         reconcile(store, handle, &mut con).await?;
     }
     *backoff = Duration::from_millis(100);
-    store.health_ref().mark_synced(Revision(store.position().map_or(0, |p| p.revision)));
+    store
+        .health_ref()
+        .mark_synced(Revision(store.position().map_or(0, |p| p.revision)));
     tracing::info!("binding sync following the Redis change feed");
 
     let mut last_reconcile = Instant::now();
@@ -120,7 +137,9 @@ async fn session(
             last_snapshot = Instant::now();
             snapshot_dirty = false;
         }
-        let from = store.position().map_or_else(|| "0-0".to_owned(), |p| p.stream_id);
+        let from = store
+            .position()
+            .map_or_else(|| "0-0".to_owned(), |p| p.stream_id);
         let mut xread = redis::cmd("XREAD");
         xread
             .arg("COUNT")
@@ -138,7 +157,10 @@ async fn session(
         let streams = match result {
             Ok(r) => r?,
             Err(_) => {
-                return Err(redis::RedisError::from((redis::ErrorKind::IoError, "stream read timed out")));
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "stream read timed out",
+                )));
             }
         };
         let entries: Entries = streams.into_iter().flatten().flat_map(|(_, e)| e).collect();
@@ -172,7 +194,11 @@ async fn apply_entries(
     for (id, fields) in entries {
         let rev = field_u64(&fields, "rev");
         if rev > pos.revision + 1 {
-            tracing::warn!(expected = pos.revision + 1, got = rev, "gap in the change feed (trimmed?); reconciling");
+            tracing::warn!(
+                expected = pos.revision + 1,
+                got = rev,
+                "gap in the change feed (trimmed?); reconciling"
+            );
             return Ok(true);
         }
         let tenant = field_str(&fields, "tenant").and_then(|t| TenantId::parse(t).ok());

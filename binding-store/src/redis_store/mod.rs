@@ -149,7 +149,8 @@ fn unavailable(e: impl std::fmt::Display) -> AdminError {
 impl RedisStore {
     /// A store for `opts`. Fails only on a malformed URL; connecting happens on use.
     pub fn new(opts: RedisOptions) -> Result<Self, String> {
-        let client = redis::Client::open(opts.url.as_str()).map_err(|e| format!("redis url: {e}"))?;
+        let client =
+            redis::Client::open(opts.url.as_str()).map_err(|e| format!("redis url: {e}"))?;
         Ok(Self {
             keys: Keys {
                 prefix: opts.key_prefix.clone(),
@@ -166,13 +167,17 @@ impl RedisStore {
         let cfg = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(self.opts.timeout)
             .set_response_timeout(self.opts.timeout);
-        self.client.get_multiplexed_async_connection_with_config(&cfg).await
+        self.client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
     }
 
     /// A connection without a response timeout, for blocking stream reads.
     pub(crate) async fn connect_blocking(&self) -> redis::RedisResult<MultiplexedConnection> {
         let cfg = redis::AsyncConnectionConfig::new().set_connection_timeout(self.opts.timeout);
-        self.client.get_multiplexed_async_connection_with_config(&cfg).await
+        self.client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
     }
 
     /// Loads every binding (SCAN + MGET in batches). Invalid records are logged, counted and
@@ -194,7 +199,8 @@ impl RedisStore {
                 .query_async(con)
                 .await?;
             if !keys.is_empty() {
-                let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(con).await?;
+                let values: Vec<Option<String>> =
+                    redis::cmd("MGET").arg(&keys).query_async(con).await?;
                 for (key, value) in keys.iter().zip(values) {
                     let Some(text) = value else { continue };
                     match parse_json_record(&text) {
@@ -220,7 +226,10 @@ impl RedisStore {
     }
 
     /// The stream's newest entry (id, revision), or the start of the stream.
-    pub(crate) async fn feed_head(&self, con: &mut MultiplexedConnection) -> redis::RedisResult<FeedPosition> {
+    pub(crate) async fn feed_head(
+        &self,
+        con: &mut MultiplexedConnection,
+    ) -> redis::RedisResult<FeedPosition> {
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
             .arg(self.keys.changes())
             .arg("+")
@@ -297,8 +306,11 @@ impl RedisStore {
 
     /// Writes the snapshot off the async workers (if snapshots are on).
     pub(crate) async fn snapshot(&self, table: Arc<BindingTable>) {
-        let Some(path) = self.opts.snapshot_path.clone() else { return };
-        let r = tokio::task::spawn_blocking(move || crate::snapshot::write_snapshot(&path, &table)).await;
+        let Some(path) = self.opts.snapshot_path.clone() else {
+            return;
+        };
+        let r = tokio::task::spawn_blocking(move || crate::snapshot::write_snapshot(&path, &table))
+            .await;
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "snapshot not written"),
@@ -316,11 +328,15 @@ pub(crate) fn field_u64(fields: &[(String, String)], name: &str) -> u64 {
 }
 
 pub(crate) fn field_str<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 pub(crate) fn parse_json_record(text: &str) -> Result<Binding, String> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     parse_record(&value).map_err(|(_, m)| m)
 }
 
@@ -338,7 +354,11 @@ impl BindingSource for RedisStore {
         .await;
         match loaded {
             Ok((table, pos)) => {
-                tracing::info!(bindings = table.len(), revision = pos.revision, "bindings loaded from Redis");
+                tracing::info!(
+                    bindings = table.len(),
+                    revision = pos.revision,
+                    "bindings loaded from Redis"
+                );
                 self.health.mark_synced(table.revision());
                 self.health.add_full_reload();
                 self.set_position(pos);
@@ -366,7 +386,9 @@ impl BindingSource for RedisStore {
                     }
                     Err(snap) => Err(StoreError::Format {
                         path: path.clone(),
-                        reason: format!("Redis unreachable ({e}) and the snapshot is unusable: {snap}"),
+                        reason: format!(
+                            "Redis unreachable ({e}) and the snapshot is unusable: {snap}"
+                        ),
                     }),
                 }
             }
@@ -386,9 +408,14 @@ impl BindingSource for RedisStore {
 impl BindingAdmin for RedisStore {
     async fn get(&self, tenant: &TenantId) -> Result<Option<Binding>, AdminError> {
         let mut con = self.connect().await.map_err(unavailable)?;
-        let text: Option<String> = con.get(self.keys.binding(tenant.as_str())).await.map_err(unavailable)?;
-        text.map(|t| parse_json_record(&t).map_err(|m| AdminError::Corrupt(format!("tenant {tenant}: {m}"))))
-            .transpose()
+        let text: Option<String> = con
+            .get(self.keys.binding(tenant.as_str()))
+            .await
+            .map_err(unavailable)?;
+        text.map(|t| {
+            parse_json_record(&t).map_err(|m| AdminError::Corrupt(format!("tenant {tenant}: {m}")))
+        })
+        .transpose()
     }
 
     async fn list(&self) -> Result<Vec<Binding>, AdminError> {
@@ -410,13 +437,20 @@ impl BindingAdmin for RedisStore {
         // Read-modify-write with an optimistic check: without --expect-revision the script is
         // still told what we read, and a concurrent change makes us re-read and retry.
         for _attempt in 0..64 {
-            let text: Option<String> = con.get(self.keys.binding(tenant.as_str())).await.map_err(unavailable)?;
+            let text: Option<String> = con
+                .get(self.keys.binding(tenant.as_str()))
+                .await
+                .map_err(unavailable)?;
             let current = match (&text, &mutation) {
                 (None, _) => None,
                 (Some(t), m) => match parse_json_record(t) {
                     Ok(b) => Some(b),
                     Err(_) if matches!(m, Mutation::Put(_) | Mutation::Delete) => None,
-                    Err(msg) => return Err(AdminError::Corrupt(format!("tenant {tenant}: {msg}; replace it with `tenant put`"))),
+                    Err(msg) => {
+                        return Err(AdminError::Corrupt(format!(
+                            "tenant {tenant}: {msg}; replace it with `tenant put`"
+                        )))
+                    }
                 },
             };
             let read_rev = text
@@ -443,7 +477,13 @@ impl BindingAdmin for RedisStore {
             if matches!(mutation, Mutation::Delete) && text.is_none() {
                 return Err(AdminError::NotFound(tenant.clone()));
             }
-            let next = mutate(tenant, current.as_ref(), mutation.clone(), Revision::ZERO, now)?;
+            let next = mutate(
+                tenant,
+                current.as_ref(),
+                mutation.clone(),
+                Revision::ZERO,
+                now,
+            )?;
             let at = now
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default();
@@ -530,7 +570,10 @@ impl BindingAdmin for RedisStore {
             .map_err(unavailable)?;
         let mut out = Vec::with_capacity(lines.len());
         for l in lines.iter().rev() {
-            out.push(serde_json::from_str(l).map_err(|e| AdminError::Corrupt(format!("audit entry: {e}")))?);
+            out.push(
+                serde_json::from_str(l)
+                    .map_err(|e| AdminError::Corrupt(format!("audit entry: {e}")))?,
+            );
         }
         Ok(out)
     }

@@ -1,4 +1,4 @@
-//! The `nexus-edge` command line: `serve`, `check`, `token`, `demo`.
+//! The `nexus-edge` command line: `serve`, `check`, `token`, `demo`, `tenant`, `replicas`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod serve;
+mod tenant;
 mod token;
 
 /// Nexus Edge: the tenant router in front of every Nexus instance.
@@ -38,6 +39,17 @@ pub enum Command {
     /// Start the router with two demo tenants and two tiny demo instances, and print curl
     /// commands that show routing, a cross-tenant 403 and a 401.
     Demo(crate::demo::DemoArgs),
+    /// Read and change tenant bindings in the configured store (atomic, audited).
+    Tenant(tenant::TenantArgs),
+    /// List the router replicas following the Redis store, their applied revision and lag.
+    Replicas {
+        /// Config file naming the store.
+        #[arg(long, short, env = "NEXUS_EDGE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a parsed command line.
@@ -47,6 +59,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check { config } => check::run(config.as_deref()),
         Command::Token(args) => token::run(&args),
         Command::Demo(args) => crate::demo::run(&args),
+        Command::Tenant(args) => tenant::run(args),
+        Command::Replicas { config, json } => tenant::replicas(config.as_deref(), json),
     }
 }
 

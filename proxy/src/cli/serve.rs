@@ -18,7 +18,13 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
              never use it in production"
         );
     }
-    let source = crate::store::source(&settings.store);
+    let source = match crate::store::Store::open(&settings.store) {
+        Ok(s) => s.source(),
+        Err(e) => {
+            eprintln!("nexus-edge: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match crate::server::prepare(settings, &source) {
         Ok(state) => {
             crate::server::run(state, source);

@@ -1,0 +1,494 @@
+//! `nexus-edge tenant ...` and `nexus-edge replicas`: admin operations on the configured
+//! binding store (Redis, or the JSON file). Every write is atomic and audited.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use nexus_binding_store::records::{parse_records, to_document};
+use nexus_binding_store::{
+    Actor, AdminError, AuditEntry, Binding, BindingRecord, InstanceId, Mutation, Revision,
+    TenantId, TenantStatus, UpstreamUrl,
+};
+
+use crate::store::Store;
+
+/// Options shared by every tenant command.
+#[derive(Debug, Args)]
+pub struct TenantArgs {
+    /// Config file naming the store (default: the embedded demo store, read-only).
+    #[arg(long, short, env = "NEXUS_EDGE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Who is making the change (audit log); defaults to $USER.
+    #[arg(long, global = true)]
+    pub actor: Option<String>,
+    /// Why (audit log), e.g. a ticket or migration id.
+    #[arg(long, global = true)]
+    pub reason: Option<String>,
+    /// The operation.
+    #[command(subcommand)]
+    pub op: TenantOp,
+}
+
+/// Waiting for the fleet after a write.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Return only when every live replica has applied the change (Redis store).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Tenant operations.
+#[derive(Debug, Subcommand)]
+pub enum TenantOp {
+    /// Create or replace a binding from a JSON record (file, or - for stdin).
+    Put {
+        /// JSON binding record.
+        file: PathBuf,
+        /// Fail unless the tenant is at this revision (0: must not exist).
+        #[arg(long)]
+        expect_revision: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Show one binding.
+    Get {
+        /// Tenant id.
+        tenant: String,
+    },
+    /// List every binding.
+    List,
+    /// Move a tenant to another instance.
+    Rebind {
+        /// Tenant id.
+        tenant: String,
+        /// New instance id.
+        #[arg(long)]
+        instance_id: String,
+        /// New instance URL.
+        #[arg(long)]
+        instance_url: String,
+        /// New API URL.
+        #[arg(long, conflicts_with = "clear_api_url")]
+        api_url: Option<String>,
+        /// Remove the API URL (API traffic goes to the instance URL).
+        #[arg(long)]
+        clear_api_url: bool,
+        /// Fail unless the tenant is at this revision.
+        #[arg(long)]
+        expect_revision: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Change a tenant's status.
+    SetStatus {
+        /// Tenant id.
+        tenant: String,
+        /// New status (active, past_due, suspended, canceled, provisioning, ...).
+        status: String,
+        /// Fail unless the tenant is at this revision.
+        #[arg(long)]
+        expect_revision: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Remove a binding.
+    Delete {
+        /// Tenant id.
+        tenant: String,
+        /// Fail unless the tenant is at this revision.
+        #[arg(long)]
+        expect_revision: Option<u64>,
+    },
+    /// Put every record of a bindings file (`{"format": ..., "bindings": [...]}`).
+    Import {
+        /// Bindings file.
+        file: PathBuf,
+    },
+    /// Print every binding as a bindings file.
+    Export,
+    /// Show a tenant's audit history, oldest first.
+    History {
+        /// Tenant id.
+        tenant: String,
+    },
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("nexus-edge: {msg}");
+    ExitCode::FAILURE
+}
+
+fn tenant_id(s: &str) -> Result<TenantId, String> {
+    TenantId::parse(s).map_err(|e| e.to_string())
+}
+
+fn print_binding(b: &Binding, json: bool) {
+    let r = b.to_record();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{}  rev {}  {}  {} -> {}{}{}",
+        r.tenant_id,
+        r.revision,
+        r.status,
+        r.instance_id,
+        r.instance_url,
+        r.api_url.map(|a| format!("  api {a}")).unwrap_or_default(),
+        if r.domains.is_empty() {
+            String::new()
+        } else {
+            format!("  domains {}", r.domains.join(","))
+        },
+    );
+}
+
+fn print_history(entries: &[AuditEntry], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(entries).unwrap_or_default()
+        );
+        return;
+    }
+    let show = |r: &Option<BindingRecord>| {
+        r.as_ref().map_or("-".to_owned(), |r| {
+            format!("{} {} {}", r.status, r.instance_id, r.instance_url)
+        })
+    };
+    for e in entries {
+        println!(
+            "rev {}  {}  {}  {}{}\n    old: {}\n    new: {}",
+            e.revision,
+            e.at,
+            e.actor,
+            e.op,
+            e.reason
+                .as_ref()
+                .map(|r| format!("  ({r})"))
+                .unwrap_or_default(),
+            show(&e.old),
+            show(&e.new),
+        );
+    }
+}
+
+/// Runs a tenant command.
+pub(super) fn run(args: TenantArgs) -> ExitCode {
+    let settings = match super::load_settings(args.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let store = match Store::open(&settings.store) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    rt.block_on(exec(&store, args))
+}
+
+async fn exec(store: &Store, args: TenantArgs) -> ExitCode {
+    let actor = Actor {
+        name: args
+            .actor
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "unknown".to_owned()),
+        reason: args.reason.clone(),
+    };
+    let admin = store.admin();
+    let json = args.json;
+    let write = |tenant: String, m: Mutation, expect: Option<u64>, wait: Option<WaitArgs>| {
+        let actor = actor.clone();
+        async move {
+            let t = match tenant_id(&tenant) {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+            match admin.apply(&t, m, expect.map(Revision), &actor).await {
+                Ok((rev, after)) => {
+                    match &after {
+                        Some(b) => print_binding(b, json),
+                        None if json => println!(
+                            "{}",
+                            serde_json::json!({"deleted": t.as_str(), "revision": rev.get()})
+                        ),
+                        None => println!("{t} deleted at revision {rev}"),
+                    }
+                    match wait {
+                        Some(w) if w.wait => wait_fleet(store, rev, w.timeout, json).await,
+                        _ => ExitCode::SUCCESS,
+                    }
+                }
+                Err(e @ AdminError::Conflict { .. }) => {
+                    eprintln!("nexus-edge: {e}");
+                    ExitCode::from(3)
+                }
+                Err(e) => fail(e),
+            }
+        }
+    };
+    match args.op {
+        TenantOp::Put {
+            file,
+            expect_revision,
+            wait,
+        } => {
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                match std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+                    Ok(_) => s,
+                    Err(e) => return fail(e),
+                }
+            } else {
+                match std::fs::read_to_string(&file) {
+                    Ok(s) => s,
+                    Err(e) => return fail(format!("{}: {e}", file.display())),
+                }
+            };
+            let value: serde_json::Value = match serde_json::from_str(&text) {
+                Ok(v) => v,
+                Err(e) => return fail(format!("not JSON: {e}")),
+            };
+            let binding = match nexus_binding_store::records::parse_record(&value) {
+                Ok(b) => b,
+                Err((_, m)) => return fail(format!("invalid record: {m}")),
+            };
+            let tenant = binding.tenant_id.to_string();
+            write(
+                tenant,
+                Mutation::Put(Box::new(binding)),
+                expect_revision,
+                Some(wait),
+            )
+            .await
+        }
+        TenantOp::Get { tenant } => {
+            let t = match tenant_id(&tenant) {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+            match admin.get(&t).await {
+                Ok(Some(b)) => {
+                    print_binding(&b, json);
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => fail(AdminError::NotFound(t)),
+                Err(e) => fail(e),
+            }
+        }
+        TenantOp::List => match admin.list().await {
+            Ok(all) => {
+                if json {
+                    let records: Vec<BindingRecord> = all.iter().map(Binding::to_record).collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&records).unwrap_or_default()
+                    );
+                } else {
+                    all.iter().for_each(|b| print_binding(b, false));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        TenantOp::Rebind {
+            tenant,
+            instance_id,
+            instance_url,
+            api_url,
+            clear_api_url,
+            expect_revision,
+            wait,
+        } => {
+            let instance_id = match InstanceId::parse(&instance_id) {
+                Ok(i) => i,
+                Err(e) => return fail(e),
+            };
+            let instance_url = match UpstreamUrl::parse("instance_url", &instance_url) {
+                Ok(u) => u,
+                Err(e) => return fail(e),
+            };
+            let api_url = match (api_url, clear_api_url) {
+                (Some(a), _) => match UpstreamUrl::parse("api_url", &a) {
+                    Ok(u) => Some(Some(u)),
+                    Err(e) => return fail(e),
+                },
+                (None, true) => Some(None),
+                (None, false) => None,
+            };
+            let m = Mutation::Rebind {
+                instance_id,
+                instance_url,
+                api_url,
+            };
+            write(tenant, m, expect_revision, Some(wait)).await
+        }
+        TenantOp::SetStatus {
+            tenant,
+            status,
+            expect_revision,
+            wait,
+        } => match status.parse::<TenantStatus>() {
+            Ok(s) => write(tenant, Mutation::SetStatus(s), expect_revision, Some(wait)).await,
+            Err(e) => fail(e),
+        },
+        TenantOp::Delete {
+            tenant,
+            expect_revision,
+        } => write(tenant, Mutation::Delete, expect_revision, None).await,
+        TenantOp::Import { file } => {
+            let bytes = match std::fs::read(&file) {
+                Ok(b) => b,
+                Err(e) => return fail(format!("{}: {e}", file.display())),
+            };
+            let parsed = match parse_records(&bytes) {
+                Ok(p) => p,
+                Err(e) => return fail(format!("{}: {e}", file.display())),
+            };
+            if !parsed.problems.is_empty() {
+                for p in &parsed.problems {
+                    eprintln!("nexus-edge: {}: {p}", file.display());
+                }
+                return fail("nothing imported: fix the records above first");
+            }
+            let mut n = 0;
+            for b in parsed.bindings {
+                let t = b.tenant_id.clone();
+                if let Err(e) = admin
+                    .apply(
+                        &t,
+                        Mutation::Put(Box::new(b.as_ref().clone())),
+                        None,
+                        &actor,
+                    )
+                    .await
+                {
+                    return fail(format!(
+                        "import stopped at tenant {t} after {n} records: {e}"
+                    ));
+                }
+                n += 1;
+            }
+            println!("imported {n} bindings");
+            ExitCode::SUCCESS
+        }
+        TenantOp::Export => match admin.list().await {
+            Ok(all) => {
+                print!("{}", to_document(all.iter()));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        TenantOp::History { tenant } => {
+            let t = match tenant_id(&tenant) {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+            match admin.history(&t).await {
+                Ok(h) => {
+                    print_history(&h, json);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+async fn wait_fleet(store: &Store, rev: Revision, timeout: Duration, json: bool) -> ExitCode {
+    let Store::Redis(redis) = store else {
+        return fail("--wait needs the Redis store (a file store has no fleet to confirm)");
+    };
+    let result = redis.wait_for_revision(rev.get(), timeout).await;
+    let (ok, o) = match result {
+        Ok(o) => (true, o),
+        Err(o) => (false, o),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&o).unwrap_or_default());
+    } else if ok {
+        println!(
+            "{}/{} replicas on revision {}",
+            o.applied, o.live, o.revision
+        );
+    } else {
+        eprintln!(
+            "nexus-edge: timed out after {}: {}/{} live replicas on revision {}; behind: {}",
+            humantime::format_duration(timeout),
+            o.applied,
+            o.live,
+            o.revision,
+            if o.behind.is_empty() {
+                "no live replica".to_owned()
+            } else {
+                o.behind.join(", ")
+            }
+        );
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    }
+}
+
+/// `nexus-edge replicas`.
+pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode {
+    let settings = match super::load_settings(config) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let Ok(Store::Redis(redis)) = Store::open(&settings.store) else {
+        return fail("replicas needs the Redis store");
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    match rt.block_on(redis.replicas()) {
+        Ok(list) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:<40} {:>10} {:>8} {:>10}  live",
+                    "replica", "revision", "lag", "seen(ms)"
+                );
+                for r in list {
+                    println!(
+                        "{:<40} {:>10} {:>8} {:>10}  {}",
+                        r.id,
+                        r.applied_revision,
+                        r.lag,
+                        r.last_seen_ms,
+                        if r.live { "yes" } else { "no" }
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
