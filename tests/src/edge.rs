@@ -41,6 +41,8 @@ pub struct EdgeOptions {
     pub extra: String,
     /// `[upstream] read_timeout`.
     pub read_timeout: &'static str,
+    /// A whole `[store]` section replacing the default file store (e.g. Redis).
+    pub store: Option<String>,
 }
 
 impl EdgeOptions {
@@ -51,6 +53,7 @@ impl EdgeOptions {
             bindings,
             extra: String::new(),
             read_timeout: "5s",
+            store: None,
         }
     }
 }
@@ -68,6 +71,8 @@ pub struct Edge {
     pub bindings_path: PathBuf,
     /// The JWKS file the router watches.
     pub jwks_path: PathBuf,
+    /// The generated config file.
+    pub config_path: PathBuf,
 }
 
 /// The base domain every test config uses.
@@ -86,7 +91,8 @@ impl Edge {
         panic!("nexus-edge did not start: {last_err}");
     }
 
-    fn try_start(opts: &EdgeOptions) -> Result<Edge, String> {
+    /// Like [`Edge::start`] but returns the failure (with the router's log) instead of panicking.
+    pub fn try_start(opts: &EdgeOptions) -> Result<Edge, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let jwks_path = dir.path().join("jwks.json");
         let bindings_path = dir.path().join("bindings.json");
@@ -120,10 +126,7 @@ session_cookie = "nexus_session"
 connect_timeout = "1s"
 read_timeout = "{read_timeout}"
 
-[store]
-kind = "file"
-path = "bindings.json"
-poll_interval = "50ms"
+{store}
 
 [log]
 filter = "info"
@@ -131,6 +134,10 @@ filter = "info"
 "#,
             read_timeout = opts.read_timeout,
             extra = opts.extra,
+            store = opts.store.clone().unwrap_or_else(|| {
+                "[store]\nkind = \"file\"\npath = \"bindings.json\"\npoll_interval = \"50ms\""
+                    .to_owned()
+            }),
         );
         let config_path = dir.path().join("nexus-edge.toml");
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
@@ -152,6 +159,7 @@ filter = "info"
             dir,
             bindings_path,
             jwks_path,
+            config_path,
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
@@ -230,6 +238,15 @@ impl Drop for Edge {
             eprintln!("---- nexus-edge log ----\n{}", self.log());
         }
     }
+}
+
+/// Runs `nexus-edge ARGS` (e.g. `tenant rebind ...`) and returns its output.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nexus-edge")
 }
 
 /// Writes a file the way the docs tell writers to: temp file, then rename.

@@ -15,4 +15,5 @@ pub mod backend;
 pub mod edge;
 pub mod http;
 pub mod keys;
+pub mod redis_server;
 pub mod wait;

@@ -29,7 +29,7 @@ pub struct ReplicaStatus {
     pub applied_revision: u64,
     /// Milliseconds since its last heartbeat.
     pub last_seen_ms: u64,
-    /// Heard from within 3 heartbeat intervals.
+    /// Heard from within the live window (10 heartbeats, at least 5 s).
     pub live: bool,
     /// Store revision minus applied revision.
     pub lag: u64,
@@ -46,6 +46,13 @@ pub struct WaitOutcome {
     pub revision: u64,
     /// Replicas still behind (or that went silent) when the wait ended.
     pub behind: Vec<String>,
+}
+
+/// A replica silent for longer than this is no longer counted: 10 heartbeats and at least
+/// 5 s, so a replica that is briefly stalled (or stopped mid-migration) still holds up
+/// `--wait` and is named in its timeout instead of being silently skipped.
+fn live_window_ms(interval_ms: u64) -> u64 {
+    (10 * interval_ms).max(5_000)
 }
 
 pub(super) async fn heartbeat(
@@ -96,7 +103,7 @@ impl RedisStore {
                 id,
                 applied_revision: hb.applied_revision,
                 last_seen_ms: age,
-                live: age <= 3 * hb.interval_ms.max(1),
+                live: age <= live_window_ms(hb.interval_ms),
                 lag: counter.unwrap_or(0).saturating_sub(hb.applied_revision),
             });
         }

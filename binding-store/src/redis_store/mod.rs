@@ -46,7 +46,7 @@ pub struct RedisOptions {
     pub snapshot_path: Option<PathBuf>,
     /// Full reconcile period.
     pub reconcile_interval: Duration,
-    /// Heartbeat period; a replica silent for 3 periods is not live.
+    /// Heartbeat period; a replica silent for 10 periods (at least 5 s) is not live.
     pub heartbeat_interval: Duration,
     /// This replica's id in the fleet.
     pub replica_id: String,
@@ -436,7 +436,15 @@ impl BindingAdmin for RedisStore {
         let mut con = self.connect().await.map_err(unavailable)?;
         // Read-modify-write with an optimistic check: without --expect-revision the script is
         // still told what we read, and a concurrent change makes us re-read and retry.
-        for _attempt in 0..64 {
+        for attempt in 0u64..200 {
+            if attempt > 0 {
+                // Back off a little, randomly, so concurrent writers to one tenant do not keep
+                // invalidating each other's reads.
+                let mut b = [0u8; 1];
+                let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+                let micros = (u64::from(b[0]) * 8 * attempt.min(10)).max(100);
+                tokio::time::sleep(Duration::from_micros(micros)).await;
+            }
             let text: Option<String> = con
                 .get(self.keys.binding(tenant.as_str()))
                 .await

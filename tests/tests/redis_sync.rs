@@ -1,0 +1,580 @@
+//! Bindings from Redis: real `redis-server`, real `nexus-edge` replicas, real backends, and the
+//! real admin CLI.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_e2e::backend::Backend;
+use nexus_e2e::edge::{binding, cli, Edge, EdgeOptions, BASE};
+use nexus_e2e::http::get_with_token;
+use nexus_e2e::keys::TestKeys;
+use nexus_e2e::redis_server::RedisServer;
+use nexus_e2e::wait;
+
+const HEARTBEAT: &str = "100ms";
+
+fn store_section(url: &str, replica: &str, snapshot: Option<&str>) -> String {
+    let snap = snapshot
+        .map(|s| format!("snapshot_path = \"{s}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[store]\nkind = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"nexus\"\nreconcile_interval = \"1h\"\n\
+         heartbeat_interval = \"{HEARTBEAT}\"\nreplica_id = \"{replica}\"\n{snap}"
+    )
+}
+
+/// An admin config (for the CLI) on the same Redis.
+struct Admin {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Admin {
+    fn new(redis: &RedisServer) -> Admin {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = dir.path().join("admin.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[auth]\njwks_file = \"unused.json\"\n\n{}",
+                store_section(&redis.url(), "admin", None)
+            ),
+        )
+        .expect("write");
+        Admin { _dir: dir, config }
+    }
+
+    /// Runs `nexus-edge tenant ARGS --config admin.toml`; returns (exit code, stdout, stderr).
+    fn tenant(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec![
+            "tenant",
+            "--config",
+            self.config.to_str().expect("utf8"),
+            "--actor",
+            "test-admin",
+        ];
+        all.extend_from_slice(args);
+        let out = cli(&all);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.tenant(args);
+        assert_eq!(code, 0, "tenant {args:?} failed: {err}{out}");
+        out
+    }
+
+    fn put(&self, record: &serde_json::Value) {
+        let dir = tempfile::tempdir().expect("dir");
+        let f = dir.path().join("record.json");
+        std::fs::write(&f, record.to_string()).expect("write");
+        self.ok(&["put", f.to_str().expect("utf8")]);
+    }
+}
+
+fn replica(
+    keys: &TestKeys,
+    redis_url: &str,
+    id: &str,
+    snapshot: Option<&str>,
+) -> Result<Edge, String> {
+    let mut opts = EdgeOptions::new(keys.jwks(), serde_json::json!({}));
+    opts.store = Some(store_section(redis_url, id, snapshot));
+    Edge::try_start(&opts)
+}
+
+fn host(t: &str) -> String {
+    format!("{t}.{BASE}")
+}
+
+fn instance_of(edge: &Edge, keys: &TestKeys, tenant: &str) -> Option<String> {
+    let r = get_with_token(edge.addr, &host(tenant), "/", &keys.token(tenant, None));
+    (r.status == 200).then(|| r.json()["instance"].as_str().unwrap_or_default().to_owned())
+}
+
+fn wait_instance(edge: &Edge, keys: &TestKeys, tenant: &str, want: &str) {
+    wait::until(
+        Duration::from_secs(15),
+        &format!("{tenant} routed to {want}"),
+        || (instance_of(edge, keys, tenant).as_deref() == Some(want)).then_some(()),
+    );
+}
+
+#[test]
+fn rebind_reaches_every_replica_and_wait_confirms() {
+    let redis = RedisServer::start();
+    let admin = Admin::new(&redis);
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    admin.put(&binding("acme", &a.url(), "active", None));
+
+    let r1 = replica(&keys, &redis.url(), "replica-1", None).expect("replica 1");
+    let r2 = replica(&keys, &redis.url(), "replica-2", None).expect("replica 2");
+    wait_instance(&r1, &keys, "acme", "instance-a");
+    wait_instance(&r2, &keys, "acme", "instance-a");
+
+    let out = admin.ok(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &b.url(),
+        "--wait",
+        "--timeout",
+        "10s",
+    ]);
+    assert!(out.contains("2/2 replicas on revision 2"), "{out}");
+    // --wait returned: both replicas already route to the new instance, no polling needed.
+    assert_eq!(
+        instance_of(&r1, &keys, "acme").as_deref(),
+        Some("instance-b")
+    );
+    assert_eq!(
+        instance_of(&r2, &keys, "acme").as_deref(),
+        Some("instance-b")
+    );
+    assert_eq!((r1.revision(), r2.revision()), (2, 2));
+
+    // Optimistic concurrency: a stale --expect-revision changes nothing.
+    let (code, _, err) =
+        admin.tenant(&["set-status", "acme", "suspended", "--expect-revision", "1"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("conflict") && err.contains("revision 2"),
+        "{err}"
+    );
+    admin.ok(&[
+        "set-status",
+        "acme",
+        "past_due",
+        "--expect-revision",
+        "2",
+        "--reason",
+        "card declined",
+    ]);
+
+    // Bad input: clear error, nothing written.
+    for bad in [
+        vec!["set-status", "acme", "dormant"],
+        vec![
+            "rebind",
+            "acme",
+            "--instance-id",
+            "x",
+            "--instance-url",
+            "ftp://nowhere",
+        ],
+        vec![
+            "rebind",
+            "nobody",
+            "--instance-id",
+            "x",
+            "--instance-url",
+            "http://127.0.0.1:1",
+        ],
+        vec!["set-status", "ACME", "active"],
+    ] {
+        let (code, _, err) = admin.tenant(&bad);
+        assert_ne!(code, 0, "{bad:?} must fail");
+        assert!(!err.is_empty(), "{bad:?} must say why");
+    }
+    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "3");
+
+    // The audit log has who, when, why, old and new.
+    let history: serde_json::Value =
+        serde_json::from_str(&admin.ok(&["history", "acme", "--json"])).expect("history json");
+    let entries = history.as_array().expect("array");
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[1]["op"], "rebind");
+    assert_eq!(entries[1]["old"]["instance_url"], format!("{}/", a.url()));
+    assert_eq!(entries[1]["new"]["instance_url"], format!("{}/", b.url()));
+    assert_eq!(entries[2]["reason"], "card declined");
+    assert_eq!(entries[2]["actor"], "test-admin");
+    assert_eq!(entries[2]["new"]["revision"], 3);
+
+    let out = cli(&[
+        "replicas",
+        "--config",
+        admin.config.to_str().expect("utf8"),
+        "--json",
+    ]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("replicas json");
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn wait_times_out_naming_a_stopped_replica() {
+    let redis = RedisServer::start();
+    let admin = Admin::new(&redis);
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    let r1 = replica(&keys, &redis.url(), "replica-up", None).expect("r1");
+    let r2 = replica(&keys, &redis.url(), "replica-down", None).expect("r2");
+    wait_instance(&r1, &keys, "acme", "instance-a");
+    wait_instance(&r2, &keys, "acme", "instance-a");
+    // Freeze replica-down: it stops heartbeating and applying changes.
+    let pid = r2_pid(&r2);
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let (code, _, err) = admin.tenant(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &b.url(),
+        "--wait",
+        "--timeout",
+        "1s",
+    ]);
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("timed out") && err.contains("replica-down"),
+        "{err}"
+    );
+    assert!(err.contains("1/2"), "{err}");
+    // Once it runs again it catches up.
+    wait_instance(&r2, &keys, "acme", "instance-b");
+}
+
+fn r2_pid(edge: &Edge) -> String {
+    // The harness does not expose the child; find it by its unique config path.
+    let out = std::process::Command::new("pgrep")
+        .arg("-f")
+        .arg(edge.config_path.to_str().expect("utf8"))
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .expect("pid")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn redis_outage_is_fail_static_and_changes_are_applied_after() {
+    let mut redis = RedisServer::start();
+    let admin = Admin::new(&redis);
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    admin.put(&binding("globex", &a.url(), "active", None));
+    // The replica logs in as its own ACL user, so the test can cut it off while admins write.
+    redis.cmd(&[
+        "ACL",
+        "SETUSER",
+        "edge",
+        "on",
+        ">edge-secret",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let edge = replica(
+        &keys,
+        &redis.url_as("edge", "edge-secret"),
+        "replica-1",
+        None,
+    )
+    .expect("replica");
+    wait_instance(&edge, &keys, "acme", "instance-a");
+
+    // Steady traffic for the whole test: not one request may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let traffic = {
+        let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+        let (addr, token) = (edge.addr, keys.token("globex", None));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let r = get_with_token(addr, &host("globex"), "/", &token);
+                if r.status == 200 { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let served = |n: u64| {
+        let target = ok.load(Ordering::Relaxed) + n;
+        wait::until(Duration::from_secs(20), "traffic to flow", || {
+            (ok.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    };
+    served(20);
+
+    // 1. Cut the replica off; change things meanwhile, and trim the feed so it cannot replay.
+    redis.cmd(&["ACL", "SETUSER", "edge", "off"]);
+    redis.cmd(&["CLIENT", "KILL", "USER", "edge"]);
+    wait::until(Duration::from_secs(10), "the replica to notice", || {
+        edge.ops_get("/readyz").json()["store_up"]
+            .as_bool()
+            .is_some_and(|up| !up)
+            .then_some(())
+    });
+    admin.ok(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &b.url(),
+    ]);
+    admin.ok(&["set-status", "globex", "past_due"]);
+    redis.cmd(&["XTRIM", "nexus:changes", "MAXLEN", "0"]);
+    served(20);
+    assert_eq!(
+        instance_of(&edge, &keys, "acme").as_deref(),
+        Some("instance-a"),
+        "cut off: last table served"
+    );
+    redis.cmd(&["ACL", "SETUSER", "edge", "on"]);
+    wait_instance(&edge, &keys, "acme", "instance-b");
+    let reloads = edge.ops_get("/metrics").text();
+    assert!(
+        reloads.contains("nexus_edge_binding_store_up 1"),
+        "{reloads}"
+    );
+
+    // 2. Redis itself dies under traffic, and comes back.
+    redis.stop();
+    served(50);
+    redis.restart();
+    // ACL users live in memory only: recreate the replica's user on the restarted server.
+    redis.cmd(&[
+        "ACL",
+        "SETUSER",
+        "edge",
+        "on",
+        ">edge-secret",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    admin.ok(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-a",
+        "--instance-url",
+        &a.url(),
+    ]);
+    wait_instance(&edge, &keys, "acme", "instance-a");
+    served(20);
+
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().expect("traffic");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the outage"
+    );
+}
+
+#[test]
+fn restart_during_outage_serves_the_snapshot_and_refuses_a_corrupt_one() {
+    let mut redis = RedisServer::start();
+    let admin = Admin::new(&redis);
+    let keys = TestKeys::new();
+    let a = Backend::start("instance-a");
+    admin.put(&binding("acme", &a.url(), "active", None));
+    let snap_dir = tempfile::tempdir().expect("dir");
+    let snap = snap_dir.path().join("bindings.snapshot");
+    let snap_s = snap.to_str().expect("utf8").to_owned();
+    {
+        let edge = replica(&keys, &redis.url(), "replica-1", Some(&snap_s)).expect("replica");
+        wait_instance(&edge, &keys, "acme", "instance-a");
+        wait::until(Duration::from_secs(10), "the snapshot", || {
+            snap.exists().then_some(())
+        });
+    }
+    redis.stop();
+    let edge =
+        replica(&keys, &redis.url(), "replica-1", Some(&snap_s)).expect("starts from the snapshot");
+    assert_eq!(
+        instance_of(&edge, &keys, "acme").as_deref(),
+        Some("instance-a")
+    );
+    assert!(
+        edge.log().contains("last known good snapshot"),
+        "{}",
+        edge.log()
+    );
+    drop(edge);
+
+    let mut bytes = std::fs::read(&snap).expect("read");
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x20;
+    std::fs::write(&snap, bytes).expect("write");
+    let err = replica(&keys, &redis.url(), "replica-1", Some(&snap_s))
+        .err()
+        .expect("must refuse to start");
+    assert!(err.contains("checksum"), "{err}");
+}
+
+#[test]
+fn malformed_record_in_redis_is_isolated() {
+    let redis = RedisServer::start();
+    let admin = Admin::new(&redis);
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    admin.put(&binding("globex", &a.url(), "active", None));
+    let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
+    wait_instance(&edge, &keys, "globex", "instance-a");
+
+    // An external writer puts garbage for globex and announces it.
+    redis.cmd(&[
+        "SET",
+        "nexus:binding:globex",
+        r#"{"tenant_id":"globex","status":"sideways"}"#,
+    ]);
+    let rev = redis.cmd(&["INCR", "nexus:revision"]);
+    redis.cmd(&[
+        "XADD",
+        "nexus:changes",
+        "*",
+        "rev",
+        &rev,
+        "tenant",
+        "globex",
+        "op",
+        "upsert",
+    ]);
+    admin.ok(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &b.url(),
+    ]);
+    wait_instance(&edge, &keys, "acme", "instance-b");
+    assert_eq!(
+        instance_of(&edge, &keys, "globex").as_deref(),
+        Some("instance-a"),
+        "globex keeps its last good binding"
+    );
+    let metrics = edge.ops_get("/metrics").text();
+    assert!(
+        metrics.contains("nexus_edge_binding_records_rejected 1"),
+        "{metrics}"
+    );
+    // The CLI refuses to build on the damaged record, and `put` repairs it.
+    let (code, _, err) = admin.tenant(&["set-status", "globex", "active"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("damaged"), "{err}");
+    admin.put(&binding("globex", &b.url(), "active", None));
+    wait_instance(&edge, &keys, "globex", "instance-b");
+}
+
+#[test]
+fn concurrent_writes_end_with_every_replica_on_the_highest_revision() {
+    let redis = RedisServer::start();
+    let admin = Admin::new(&redis);
+    let keys = TestKeys::new();
+    let a = Backend::start("instance-a");
+    admin.put(&binding("acme", &a.url(), "active", None));
+    let r1 = replica(&keys, &redis.url(), "replica-1", None).expect("r1");
+    let r2 = replica(&keys, &redis.url(), "replica-2", None).expect("r2");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    let store = Arc::new(
+        nexus_binding_store::redis_store::RedisStore::new(
+            nexus_binding_store::redis_store::RedisOptions::new(redis.url()),
+        )
+        .expect("store"),
+    );
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for w in 0..20 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                use nexus_binding_store::{Actor, BindingAdmin, Mutation, TenantId, TenantStatus};
+                let t = TenantId::parse("acme").expect("id");
+                let actor = Actor {
+                    name: format!("writer-{w}"),
+                    reason: None,
+                };
+                for i in 0..50 {
+                    let s = if (w + i) % 2 == 0 {
+                        TenantStatus::Active
+                    } else {
+                        TenantStatus::PastDue
+                    };
+                    store
+                        .apply(&t, Mutation::SetStatus(s), None, &actor)
+                        .await
+                        .expect("write");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+    });
+    // 1 put + 1,000 status changes, every one a distinct revision.
+    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "1001");
+    for r in [&r1, &r2] {
+        wait::until(Duration::from_secs(20), "replica on revision 1001", || {
+            (r.revision() == 1001).then_some(())
+        });
+    }
+    let stored: serde_json::Value =
+        serde_json::from_str(&redis.cmd(&["GET", "nexus:binding:acme"])).expect("json");
+    assert_eq!(stored["revision"], 1001);
+}
+
+#[test]
+fn in_flight_request_finishes_on_the_old_instance_across_a_rebind() {
+    let redis = RedisServer::start();
+    let admin = Admin::new(&redis);
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
+    wait_instance(&edge, &keys, "acme", "instance-a");
+    let hits_before = a.hits();
+    let (addr, token) = (edge.addr, keys.token("acme", None));
+    let slow =
+        std::thread::spawn(move || get_with_token(addr, &host("acme"), "/slow/1500", &token));
+    wait::until(
+        Duration::from_secs(5),
+        "the slow request to reach instance a",
+        || (a.hits() > hits_before).then_some(()),
+    );
+    admin.ok(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &b.url(),
+        "--wait",
+        "--timeout",
+        "10s",
+    ]);
+    assert_eq!(
+        instance_of(&edge, &keys, "acme").as_deref(),
+        Some("instance-b")
+    );
+    let r = slow.join().expect("slow");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["instance"], "instance-a");
+}
