@@ -39,7 +39,7 @@ pub fn record(i: usize, url: &str) -> BindingRecord {
         status: "active".to_owned(),
         plan: "team".to_owned(),
         region: "eu-west".to_owned(),
-        domains: if i % 10 == 0 {
+        domains: if i.is_multiple_of(10) {
             vec![format!("app.customer{i}.example")]
         } else {
             vec![]

@@ -79,6 +79,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table-driven test row is a tuple by design
     fn claim_table() {
         use ClaimMismatch::*;
         let with_org = binding(Some("org-1"));

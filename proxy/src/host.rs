@@ -239,6 +239,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table-driven test row is a tuple by design
     fn authority_table() {
         let h = |s: &'static str| s.as_bytes();
         let cases: Vec<(Vec<&[u8]>, Option<&str>, bool, Result<&str, HostError>)> = vec![

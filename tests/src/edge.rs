@@ -213,6 +213,11 @@ filter = "info"
         wait::until(Duration::from_secs(10), what, || cond().then_some(()));
     }
 
+    /// The router's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM (graceful drain).
     pub fn terminate(&self) {
         let _ = Command::new("kill")

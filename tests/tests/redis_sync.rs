@@ -1,6 +1,9 @@
 //! Bindings from Redis: real `redis-server`, real `nexus-edge` replicas, real backends, and the
 //! real admin CLI.
 
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -221,7 +224,7 @@ fn wait_times_out_naming_a_stopped_replica() {
     wait_instance(&r1, &keys, "acme", "instance-a");
     wait_instance(&r2, &keys, "acme", "instance-a");
     // Freeze replica-down: it stops heartbeating and applying changes.
-    let pid = r2_pid(&r2);
+    let pid = r2.pid().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-STOP", &pid])
         .status()
@@ -249,21 +252,6 @@ fn wait_times_out_naming_a_stopped_replica() {
     assert!(err.contains("1/2"), "{err}");
     // Once it runs again it catches up.
     wait_instance(&r2, &keys, "acme", "instance-b");
-}
-
-fn r2_pid(edge: &Edge) -> String {
-    // The harness does not expose the child; find it by its unique config path.
-    let out = std::process::Command::new("pgrep")
-        .arg("-f")
-        .arg(edge.config_path.to_str().expect("utf8"))
-        .output()
-        .expect("pgrep");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .expect("pid")
-        .trim()
-        .to_owned()
 }
 
 #[test]

@@ -1,5 +1,8 @@
 //! The request path end to end: the real `nexus-edge` binary, real HTTP instances, real tokens.
 
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use nexus_e2e::backend::{echoed_header, Backend};

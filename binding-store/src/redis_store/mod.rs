@@ -541,8 +541,8 @@ impl BindingAdmin for RedisStore {
                         if expect.is_some() {
                             let actual = msg
                                 .split_whitespace()
-                                .filter_map(|w| w.parse::<u64>().ok())
-                                .last()
+                                .rev()
+                                .find_map(|w| w.parse::<u64>().ok())
                                 .unwrap_or(0);
                             return Err(AdminError::Conflict {
                                 tenant: tenant.clone(),

@@ -59,7 +59,7 @@ fn numeric_date(v: &Value) -> Result<u64, TokenError> {
         return Ok(n);
     }
     match v.as_f64() {
-        Some(f) if f.is_finite() && f >= 0.0 && f < 1e15 => Ok(f as u64),
+        Some(f) if (0.0..1e15).contains(&f) => Ok(f as u64),
         _ => Err(TokenError::Malformed(
             "time claim is not a valid NumericDate",
         )),

@@ -88,6 +88,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table-driven test row is a tuple by design
     fn table() {
         use CredentialError::*;
         let c = Some("sess");

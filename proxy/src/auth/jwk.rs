@@ -92,7 +92,7 @@ enum Material {
     EcP256(Vec<u8>),
     EcP384(Vec<u8>),
     Ed25519(Vec<u8>),
-    Hmac([ring::hmac::Key; 3]),
+    Hmac(Box<[ring::hmac::Key; 3]>),
 }
 
 /// One verification key.
@@ -111,11 +111,11 @@ impl VerifyKey {
         VerifyKey {
             kid: Some(kid.to_owned()),
             alg: None,
-            material: Material::Hmac([
+            material: Material::Hmac(Box::new([
                 ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
                 ring::hmac::Key::new(ring::hmac::HMAC_SHA384, secret),
                 ring::hmac::Key::new(ring::hmac::HMAC_SHA512, secret),
-            ]),
+            ])),
         }
     }
 
