@@ -238,3 +238,91 @@ impl BindingHandle {
         Ok(rev)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::BindingRecord;
+
+    fn b(tenant: &str, rev: u64, domains: &[&str]) -> Arc<Binding> {
+        let r = BindingRecord {
+            tenant_id: tenant.into(),
+            subscription_id: "s".into(),
+            instance_id: format!("i{rev}"),
+            instance_url: "http://10.0.0.1".into(),
+            api_url: None,
+            identity_org_id: None,
+            status: "active".into(),
+            plan: "team".into(),
+            region: "eu".into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            revision: rev,
+            updated_at: None,
+            mode: None,
+        };
+        Arc::new(Binding::from_record(&r).expect("valid"))
+    }
+
+    #[test]
+    fn revisions_only_move_forward() {
+        let t = BindingTable::new()
+            .apply(Change::Upsert(b("acme", 5, &[])))
+            .expect("first");
+        assert!(matches!(
+            t.apply(Change::Upsert(b("acme", 4, &[]))),
+            Err(ApplyError::Stale { .. })
+        ));
+        assert!(matches!(
+            t.apply(Change::Upsert(b("acme", 5, &[]))),
+            Err(ApplyError::Stale { .. })
+        ));
+        let t = t.apply(Change::Upsert(b("acme", 6, &[]))).expect("newer");
+        assert_eq!(t.get("acme").map(|b| b.revision), Some(Revision(6)));
+        // A delete leaves a tombstone: a late, older upsert cannot resurrect the tenant.
+        let t = t
+            .apply(Change::Delete {
+                tenant: TenantId::parse("acme").expect("id"),
+                revision: Revision(8),
+            })
+            .expect("delete");
+        assert!(t.get("acme").is_none());
+        assert!(t.apply(Change::Upsert(b("acme", 7, &[]))).is_err());
+        assert!(t.apply(Change::Upsert(b("acme", 9, &[]))).is_ok());
+    }
+
+    #[test]
+    fn domains_are_unique_and_follow_their_tenant() {
+        let t = BindingTable::new()
+            .apply(Change::Upsert(b("acme", 1, &["app.acme.test"])))
+            .expect("acme");
+        assert!(matches!(
+            t.apply(Change::Upsert(b("evil", 2, &["app.acme.test"]))),
+            Err(ApplyError::DomainTaken { .. })
+        ));
+        let t = t
+            .apply(Change::Upsert(b("acme", 3, &["new.acme.test"])))
+            .expect("move");
+        assert!(t.tenant_for_domain("app.acme.test").is_none());
+        assert_eq!(
+            t.tenant_for_domain("new.acme.test").map(TenantId::as_str),
+            Some("acme")
+        );
+    }
+
+    #[test]
+    fn an_old_snapshot_is_untouched_by_later_changes() {
+        let handle = BindingHandle::new(BindingTable::new());
+        handle
+            .apply(Change::Upsert(b("acme", 1, &[])))
+            .expect("apply");
+        let before = handle.load();
+        handle
+            .apply(Change::Upsert(b("acme", 2, &[])))
+            .expect("apply");
+        assert_eq!(before.get("acme").map(|b| b.revision), Some(Revision(1)));
+        assert_eq!(
+            handle.load().get("acme").map(|b| b.revision),
+            Some(Revision(2))
+        );
+    }
+}

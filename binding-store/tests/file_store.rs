@@ -1,0 +1,208 @@
+//! The file store as an admin target and as a watched source, on real files.
+
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_binding_store::file_store::{write_atomically, FileStore};
+use nexus_binding_store::records::parse_record;
+use nexus_binding_store::{
+    Actor, AdminError, BindingAdmin, BindingHandle, BindingSource, Mutation, Revision, TenantId,
+    TenantStatus, UpstreamUrl,
+};
+
+fn record(tenant: &str, url: &str) -> serde_json::Value {
+    serde_json::json!({
+        "tenant_id": tenant, "subscription_id": "s", "instance_id": "i", "instance_url": url,
+        "status": "active", "plan": "team", "region": "eu"
+    })
+}
+
+fn actor() -> Actor {
+    Actor {
+        name: "tester".into(),
+        reason: Some("test".into()),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn admin_writes_are_revisioned_audited_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let acme = TenantId::parse("acme").unwrap();
+    rt().block_on(async {
+        let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
+        let (rev, _) = store
+            .apply(
+                &acme,
+                Mutation::Put(Box::new(b)),
+                Some(Revision(0)),
+                &actor(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(rev, Revision(1));
+        let rebind = Mutation::Rebind {
+            instance_id: nexus_binding_store::InstanceId::parse("i2").unwrap(),
+            instance_url: UpstreamUrl::parse("instance_url", "http://10.0.0.2").unwrap(),
+            api_url: None,
+        };
+        let (rev, after) = store
+            .apply(&acme, rebind, Some(Revision(1)), &actor())
+            .await
+            .unwrap();
+        assert_eq!(rev, Revision(2));
+        assert_eq!(after.unwrap().instance_url.host(), "10.0.0.2");
+        let conflict = store
+            .apply(
+                &acme,
+                Mutation::SetStatus(TenantStatus::Suspended),
+                Some(Revision(1)),
+                &actor(),
+            )
+            .await;
+        assert!(
+            matches!(
+                conflict,
+                Err(AdminError::Conflict {
+                    actual: Revision(2),
+                    ..
+                })
+            ),
+            "{conflict:?}"
+        );
+        let missing = store
+            .apply(
+                &TenantId::parse("nobody").unwrap(),
+                Mutation::Delete,
+                None,
+                &actor(),
+            )
+            .await;
+        assert!(matches!(missing, Err(AdminError::NotFound(_))));
+        let history = store.history(&acme).await.unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[1].op, "rebind");
+        assert_eq!(
+            history[1].old.as_ref().unwrap().instance_url,
+            "http://10.0.0.1/"
+        );
+        assert_eq!(
+            history[1].new.as_ref().unwrap().instance_url,
+            "http://10.0.0.2/"
+        );
+        assert_eq!(history[1].actor, "tester");
+    });
+}
+
+#[test]
+fn concurrent_writers_lose_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let store = Arc::new(FileStore::new(
+        Some(path.clone()),
+        Duration::from_millis(10),
+    ));
+    let acme = TenantId::parse("acme").unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
+        store
+            .apply(&acme, Mutation::Put(Box::new(b)), None, &actor())
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let (store, acme) = (Arc::clone(&store), acme.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    let s = if (w + i) % 2 == 0 {
+                        TenantStatus::Active
+                    } else {
+                        TenantStatus::PastDue
+                    };
+                    store
+                        .apply(&acme, Mutation::SetStatus(s), None, &actor())
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let b = store.get(&acme).await.unwrap().unwrap();
+        assert_eq!(b.revision, Revision(201));
+        assert_eq!(store.history(&acme).await.unwrap().len(), 201);
+    });
+}
+
+#[test]
+fn reload_keeps_last_good_binding_of_an_invalid_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let doc = |records: Vec<serde_json::Value>| {
+        serde_json::json!({"format": "nexus-edge.bindings/v1", "bindings": records}).to_string()
+    };
+    write_atomically(
+        &path,
+        doc(vec![
+            record("acme", "http://10.0.0.1"),
+            record("globex", "http://10.0.0.1"),
+        ])
+        .as_bytes(),
+    )
+    .unwrap();
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let table = rt().block_on(store.initial_load()).unwrap();
+    let handle = BindingHandle::new(table);
+
+    let mut bad = record("globex", "http://10.0.0.9");
+    bad["status"] = serde_json::json!("sideways");
+    write_atomically(
+        &path,
+        doc(vec![record("acme", "http://10.0.0.2"), bad]).as_bytes(),
+    )
+    .unwrap();
+    assert!(store.check_for_change(&handle));
+    let t = handle.load();
+    assert_eq!(t.get("acme").unwrap().instance_url.host(), "10.0.0.2");
+    assert_eq!(
+        t.get("globex").unwrap().instance_url.host(),
+        "10.0.0.1",
+        "globex keeps its last good binding"
+    );
+    assert_eq!(store.health().rejected_records(), 1);
+
+    write_atomically(&path, b"{ half a file").unwrap();
+    assert!(!store.check_for_change(&handle));
+    assert_eq!(handle.load().len(), 2, "a broken file changes nothing");
+    assert!(!store.health().store_up());
+}
+
+#[test]
+fn embedded_demo_store_loads_and_is_read_only() {
+    let store = FileStore::new(None, Duration::from_secs(1));
+    let rt = rt();
+    let table = rt.block_on(store.initial_load()).unwrap();
+    assert!(table.get("acme").is_some());
+    let b = parse_record(&record("x", "http://10.0.0.1")).unwrap();
+    let r = rt.block_on(store.apply(
+        &TenantId::parse("x").unwrap(),
+        Mutation::Put(Box::new(b)),
+        None,
+        &actor(),
+    ));
+    assert!(matches!(r, Err(AdminError::Unavailable(_))));
+}
