@@ -1,0 +1,137 @@
+//! Binding sync figures against a real `redis-server`:
+//! 1. full load of 1,000,000 bindings: time and resident memory per binding;
+//! 2. propagation delay (admin write in Redis → applied in the replica's table), p50/p99,
+//!    across two replicas following the same Redis.
+//!
+//! `cargo run --release -p nexus-bench --bin redis-bench [-- --smoke]` (`--smoke`: 10,000
+//! bindings, 50 changes).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nexus_bench::*;
+use nexus_binding_store::redis_store::{RedisOptions, RedisStore};
+use nexus_binding_store::{Actor, BindingAdmin, BindingHandle, BindingSource, InstanceId, Mutation, TenantId, UpstreamUrl};
+
+/// Resident set size of this process, bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let (n, changes) = if smoke { (10_000, 50) } else { (1_000_000, 500) };
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("redis.sock");
+    let mut server = Command::new("redis-server")
+        .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    let url = format!("redis+unix://{}", sock.display());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+
+    let result = rt.block_on(async {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut con = loop {
+            match client.get_multiplexed_async_connection().await {
+                Ok(c) => break c,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        // Seed the store directly (pipelined), as a provisioning pipeline's bulk import would.
+        let seeded = Instant::now();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+            let mut pipe = redis::pipe();
+            for &i in chunk {
+                let rec = record(i, "http://10.1.2.3:8080");
+                pipe.set(format!("nexus:binding:{}", rec.tenant_id), serde_json::to_string(&rec).unwrap())
+                    .ignore();
+            }
+            let _: () = pipe.query_async(&mut con).await.unwrap();
+        }
+        let _: () = redis::cmd("SET").arg("nexus:revision").arg(n).query_async(&mut con).await.unwrap();
+        println!("seeded {n} bindings into Redis in {:.2?}", seeded.elapsed());
+
+        // 1. Full load.
+        let replica = |id: &str| {
+            let mut o = RedisOptions::new(url.clone());
+            o.replica_id = id.to_owned();
+            o.heartbeat_interval = Duration::from_millis(200);
+            Arc::new(RedisStore::new(o).unwrap())
+        };
+        let r1 = replica("bench-1");
+        let before = rss();
+        let started = Instant::now();
+        let table = r1.initial_load().await.unwrap();
+        let load_time = started.elapsed();
+        let after = rss();
+        println!(
+            "full load: {} bindings in {:.2?} ({:.0} bindings/s); resident memory +{:.1} MB = {:.0} bytes/binding",
+            table.len(),
+            load_time,
+            table.len() as f64 / load_time.as_secs_f64(),
+            (after.saturating_sub(before)) as f64 / 1e6,
+            after.saturating_sub(before) as f64 / table.len() as f64,
+        );
+        let h1 = BindingHandle::new(table);
+
+        // 2. Propagation across two replicas.
+        let r2 = replica("bench-2");
+        let h2 = BindingHandle::new(r2.initial_load().await.unwrap());
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let f1 = tokio::spawn(Arc::clone(&r1).run(h1.clone(), rx.clone()));
+        let f2 = tokio::spawn(Arc::clone(&r2).run(h2.clone(), rx));
+        tokio::time::sleep(Duration::from_millis(300)).await; // let both followers start blocking
+        let admin = replica("bench-admin");
+        let actor = Actor { name: "bench".into(), reason: None };
+        let mut delays = Vec::with_capacity(changes * 2);
+        for c in 0..changes {
+            let t = TenantId::parse(&tenant(c * 7 % n)).unwrap();
+            let m = Mutation::Rebind {
+                instance_id: InstanceId::parse(&format!("moved-{c}")).unwrap(),
+                instance_url: UpstreamUrl::parse("instance_url", &format!("http://10.9.{}.{}:8080", c / 250, c % 250)).unwrap(),
+                api_url: None,
+            };
+            let sent = Instant::now();
+            let (rev, _) = admin.apply(&t, m, None, &actor).await.unwrap();
+            let mut pending = vec![&h1, &h2];
+            while !pending.is_empty() {
+                pending.retain(|h| {
+                    if h.load().get(t.as_str()).is_some_and(|b| b.revision >= rev) {
+                        delays.push(sent.elapsed());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                tokio::task::yield_now().await;
+                assert!(sent.elapsed() < Duration::from_secs(10), "change {c} did not propagate");
+            }
+        }
+        let _ = tx.send(true);
+        let _ = f1.await;
+        let _ = f2.await;
+        delays.sort();
+        println!(
+            "propagation (write in Redis -> applied in the table), {changes} changes x 2 replicas: p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+            percentile(&delays, 0.5),
+            percentile(&delays, 0.99),
+            delays.last().copied().unwrap_or_default(),
+        );
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
