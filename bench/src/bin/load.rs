@@ -76,12 +76,16 @@ fn wait_http(addr: SocketAddr, host: &str) {
     }
 }
 
+/// Upstream connections the backend accepted (a proxy that reuses connections opens few).
+static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A minimal keep-alive HTTP backend (fixed 200), so the proxy, not the backend, is measured.
 fn start_backend() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
+            ACCEPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             std::thread::spawn(move || serve(stream));
         }
     });
@@ -128,6 +132,7 @@ end
 
 /// Runs wrk on core 1 and returns requests/s and the count of non-2xx responses.
 fn wrk(dir: &Path, addr: SocketAddr, secs: u64) -> (f64, u64) {
+    let accepted_before = ACCEPTED.load(std::sync::atomic::Ordering::Relaxed);
     let out = Command::new("taskset")
         .args(["-c", "1", "wrk", "-t1", "-c32", &format!("-d{secs}s"), "-s"])
         .arg(dir.join("rotate.lua"))
@@ -151,6 +156,8 @@ fn wrk(dir: &Path, addr: SocketAddr, secs: u64) -> (f64, u64) {
         .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
+    let opened = ACCEPTED.load(std::sync::atomic::Ordering::Relaxed) - accepted_before;
+    eprintln!("  {addr}: {rps:.0} req/s, {opened} upstream connections opened");
     (rps, errors)
 }
 

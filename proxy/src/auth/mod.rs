@@ -44,6 +44,7 @@ pub struct Authenticator {
     hmac: Vec<HmacKey>,
     keys: ArcSwap<KeySet>,
     cache: TokenCache,
+    cache_key: [u8; 32],
     rules: ClaimRules,
     max_token_bytes: usize,
     session_cookie: Option<String>,
@@ -74,6 +75,7 @@ impl Authenticator {
             hmac: settings.hmac_keys.clone(),
             keys: ArcSwap::from_pointee(keys),
             cache: TokenCache::new(settings.token_cache_capacity),
+            cache_key: cache::random_key(),
             rules: ClaimRules {
                 issuers: settings.issuers.clone(),
                 audiences: settings.audiences.clone(),
@@ -128,7 +130,7 @@ impl Authenticator {
             return Err(TokenError::TooLarge);
         }
         let keys = self.keys.load();
-        let key = cache::hash(token);
+        let key = cache::hash(&self.cache_key, token);
         if let Some(hit) = self.cache.get(&key, keys.generation) {
             return match hit.check_time(now_unix, self.rules.leeway) {
                 Ok(()) => Ok(hit),
