@@ -14,7 +14,7 @@ pub mod table;
 
 pub use error::{ApplyError, FieldError, StoreError};
 pub use model::{
-    Binding, BindingRecord, DomainName, InstanceId, Mode, OrgId, Plan, Region, Revision,
+    Binding, BindingRecord, DomainName, InstanceId, Interner, Mode, OrgId, Plan, Region, Revision,
     SubscriptionId, TenantId, TenantStatus, UpstreamUrl,
 };
 pub use table::{BindingHandle, BindingTable, Change};

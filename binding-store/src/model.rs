@@ -312,7 +312,7 @@ pub enum Mode {
 /// info, query or fragment (those would silently change every forwarded request).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
-pub struct UpstreamUrl(url::Url);
+pub struct UpstreamUrl(Arc<url::Url>);
 
 impl UpstreamUrl {
     /// Parses and checks an upstream URL; `field` names the record field in the error.
@@ -340,7 +340,7 @@ impl UpstreamUrl {
                 format!("{s:?}: query and fragment are not allowed"),
             ));
         }
-        Ok(Self(u))
+        Ok(Self(Arc::new(u)))
     }
 
     /// The parsed URL.
@@ -444,6 +444,45 @@ impl<'de> Deserialize<'de> for DomainName {
     }
 }
 
+/// Shares equal values across the bindings of one load: thousands of tenants sit on the same
+/// instance, in the same region, so a million bindings need only a few thousand URL and id
+/// allocations. Keeps a 1M-binding table in memory budget.
+#[derive(Debug, Default)]
+pub struct Interner {
+    urls: std::collections::HashMap<String, UpstreamUrl>,
+    instances: std::collections::HashMap<String, InstanceId>,
+    regions: std::collections::HashMap<String, Region>,
+}
+
+impl Interner {
+    fn url(&mut self, field: &'static str, s: &str) -> Result<UpstreamUrl, FieldError> {
+        if let Some(u) = self.urls.get(s) {
+            return Ok(u.clone());
+        }
+        let u = UpstreamUrl::parse(field, s)?;
+        self.urls.insert(s.to_owned(), u.clone());
+        Ok(u)
+    }
+
+    fn instance(&mut self, s: &str) -> Result<InstanceId, FieldError> {
+        if let Some(i) = self.instances.get(s) {
+            return Ok(i.clone());
+        }
+        let i = InstanceId::parse(s)?;
+        self.instances.insert(s.to_owned(), i.clone());
+        Ok(i)
+    }
+
+    fn region(&mut self, s: &str) -> Result<Region, FieldError> {
+        if let Some(r) = self.regions.get(s) {
+            return Ok(r.clone());
+        }
+        let r = Region::parse(s)?;
+        self.regions.insert(s.to_owned(), r.clone());
+        Ok(r)
+    }
+}
+
 /// The wire form of a binding, as stored in JSON files and in Redis.
 ///
 /// Every field is plain data; [`Binding::from_record`] validates it. Unknown fields are
@@ -532,6 +571,14 @@ fn parse_enum<T: serde::de::DeserializeOwned>(
 impl Binding {
     /// Validates a wire record. Returns every field problem at once.
     pub fn from_record(r: &BindingRecord) -> Result<Binding, Vec<FieldError>> {
+        Self::from_record_with(r, &mut Interner::default())
+    }
+
+    /// Like [`Binding::from_record`], sharing equal URLs and ids through `interner`.
+    pub fn from_record_with(
+        r: &BindingRecord,
+        interner: &mut Interner,
+    ) -> Result<Binding, Vec<FieldError>> {
         let mut errs = Vec::new();
         macro_rules! take {
             ($e:expr) => {
@@ -546,11 +593,11 @@ impl Binding {
         }
         let tenant_id = take!(TenantId::parse(&r.tenant_id));
         let subscription_id = take!(SubscriptionId::parse(&r.subscription_id));
-        let instance_id = take!(InstanceId::parse(&r.instance_id));
-        let instance_url = take!(UpstreamUrl::parse("instance_url", &r.instance_url));
+        let instance_id = take!(interner.instance(&r.instance_id));
+        let instance_url = take!(interner.url("instance_url", &r.instance_url));
         let api_url = match &r.api_url {
             None => Some(None),
-            Some(s) => take!(UpstreamUrl::parse("api_url", s)).map(Some),
+            Some(s) => take!(interner.url("api_url", s)).map(Some),
         };
         let identity_org_id = match &r.identity_org_id {
             None => Some(None),
@@ -558,7 +605,7 @@ impl Binding {
         };
         let status = take!(r.status.parse::<TenantStatus>());
         let plan: Option<Plan> = take!(parse_enum("plan", &r.plan, "solo, team, enterprise"));
-        let region = take!(Region::parse(&r.region));
+        let region = take!(interner.region(&r.region));
         let mut domains = Vec::with_capacity(r.domains.len());
         for d in &r.domains {
             if let Some(d) = take!(DomainName::parse(d)) {

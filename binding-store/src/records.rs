@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::FieldErrors;
-use crate::model::{Binding, BindingRecord};
+use crate::model::{Binding, BindingRecord, Interner};
 
 /// Format tag of a bindings file.
 pub const BINDINGS_FORMAT: &str = "nexus-edge.bindings/v1";
@@ -54,13 +54,22 @@ struct Document {
 
 /// Validates one JSON value as a binding record.
 pub fn parse_record(value: &Value) -> Result<Binding, (Option<String>, String)> {
+    parse_record_with(value, &mut Interner::default())
+}
+
+/// Like [`parse_record`], sharing equal URLs and ids across a load through `interner`.
+pub fn parse_record_with(
+    value: &Value,
+    interner: &mut Interner,
+) -> Result<Binding, (Option<String>, String)> {
     let tenant = value
         .get("tenant_id")
         .and_then(Value::as_str)
         .map(str::to_owned);
     let record: BindingRecord =
         serde_json::from_value(value.clone()).map_err(|e| (tenant.clone(), e.to_string()))?;
-    Binding::from_record(&record).map_err(|errs| (tenant, FieldErrors(&errs).to_string()))
+    Binding::from_record_with(&record, interner)
+        .map_err(|errs| (tenant, FieldErrors(&errs).to_string()))
 }
 
 /// Parses a bindings document. `Err` means the document as a whole is unusable.
@@ -75,8 +84,9 @@ pub fn parse_records(json: &[u8]) -> Result<ParsedRecords, String> {
         ));
     }
     let mut out = ParsedRecords::default();
+    let mut interner = Interner::default();
     for (index, value) in doc.bindings.iter().enumerate() {
-        match parse_record(value) {
+        match parse_record_with(value, &mut interner) {
             Ok(b) => out.bindings.push(Arc::new(b)),
             Err((tenant, message)) => out.problems.push(RecordProblem {
                 index,

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Binding;
-use crate::records::parse_record;
+use crate::model::Interner;
+use crate::records::parse_record_with;
 use crate::table::BindingTable;
 
 /// Snapshot format version this build writes and reads.
@@ -163,6 +164,7 @@ pub fn read_snapshot(path: &Path) -> Result<BindingTable, SnapshotError> {
         return Err(SnapshotError::ChecksumMismatch(path.to_path_buf()));
     }
     let mut bindings = Vec::with_capacity(header.count);
+    let mut interner = Interner::default();
     for (i, line) in body
         .split(|&c| c == b'\n')
         .enumerate()
@@ -170,7 +172,7 @@ pub fn read_snapshot(path: &Path) -> Result<BindingTable, SnapshotError> {
     {
         let value: serde_json::Value =
             serde_json::from_slice(line).map_err(|e| corrupt(i + 2, e.to_string()))?;
-        let b = parse_record(&value).map_err(|(_, m)| corrupt(i + 2, m))?;
+        let b = parse_record_with(&value, &mut interner).map_err(|(_, m)| corrupt(i + 2, m))?;
         bindings.push(Arc::new(b));
     }
     if bindings.len() != header.count {

@@ -124,4 +124,38 @@ mod tests {
             assert_eq!(check_claims(tenant, org, b), want, "{tenant:?} {org:?}");
         }
     }
+
+    #[test]
+    fn messages_and_labels_carry_no_claim_values() {
+        use ClaimMismatch::*;
+        let b = binding(Some("org-1"));
+        let all = [
+            MissingTenantClaim,
+            TenantMismatch,
+            MissingOrgClaim,
+            OrgMismatch,
+        ];
+        let mut labels: Vec<_> = all.iter().map(ClaimMismatch::label).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), all.len());
+        for (tenant, org) in [("s3cret-tenant", "org-1"), ("acme", "s3cret-org")] {
+            let e = check_claims(Some(tenant), Some(org), &b).expect_err("mismatch");
+            let shown = format!("{e} {e:?} {}", e.label());
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn tenant_is_checked_before_org() {
+        let b = binding(Some("org-1"));
+        assert_eq!(
+            check_claims(Some("globex"), None, &b),
+            Err(ClaimMismatch::TenantMismatch)
+        );
+        assert_eq!(
+            check_claims(None, None, &b),
+            Err(ClaimMismatch::MissingTenantClaim)
+        );
+    }
 }

@@ -4,11 +4,20 @@
 //! absolute-form target), then canonicalised and mapped ([`resolve_host`]): `<tenant>.<base>`
 //! for a configured base domain, otherwise a custom domain that the binding table may know.
 //! Anything ambiguous is refused before any instance is contacted.
+//!
+//! Both functions are byte scans over the input; for an already-lowercase host the only
+//! allocation is the [`TenantId`] (or custom-domain `String`) that the result owns.
+
+use std::borrow::Cow;
+use std::net::Ipv6Addr;
 
 use nexus_binding_store::TenantId;
 
-/// Longest host name (RFC 1035).
+/// Longest host name (RFC 1035), not counting a trailing dot.
 const MAX_NAME_LEN: usize = 253;
+
+/// Longest DNS label (RFC 1035).
+const MAX_LABEL_LEN: usize = 63;
 
 /// Where a request is addressed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +44,7 @@ pub enum HostError {
     /// An IP address instead of a name: no tenant lives at an address.
     #[error("IP literal as Host")]
     IpLiteral,
-    /// The absolute-form request-target names another host than `Host`.
+    /// The absolute-form request-target (or HTTP/2 `:authority`) names another host than `Host`.
     #[error("request-target authority disagrees with Host")]
     AuthorityMismatch,
 }
@@ -53,12 +62,18 @@ impl HostError {
     }
 }
 
-/// Picks the one authority of a request.
+/// Picks the one authority of a request, so that the tenant is read from exactly one place.
 ///
-/// - HTTP/1.1: exactly one `Host` header, required even with an absolute-form target (RFC 9112
-///   §3.2); when the target is absolute-form its authority must name the same host.
-/// - HTTP/2: `:authority` (given here as `uri_authority`); a `Host` header, if also present,
-///   must agree with it.
+/// - `Host` must appear at most once, and not as a list (`a, b`): with two, a proxy and an
+///   instance could each pick a different one (→ [`HostError::Duplicate`], even if identical).
+/// - HTTP/1.1 requires `Host` even with an absolute-form target (RFC 9112 §3.2), so a target
+///   authority without `Host` is [`HostError::Missing`], not a fallback.
+/// - HTTP/2 carries `:authority` in the URI (`uri_authority`); it is used when there is no
+///   `Host`.
+/// - When both are present (absolute-form, or HTTP/2 with `Host`) they must name the same host
+///   ignoring ASCII case, one trailing dot and the port (→ [`HostError::AuthorityMismatch`]).
+///   The port is ignored because it never selects a tenant, and `http://a/` with `Host: a:80`
+///   is one request. The `Host` value is returned; [`resolve_host`] validates it.
 pub fn request_authority<'a>(
     host_headers: &[&'a [u8]],
     uri_authority: Option<&'a str>,
@@ -77,7 +92,7 @@ pub fn request_authority<'a>(
     };
     match (host, uri_authority) {
         (Some(h), Some(a)) => {
-            if same_authority(h, a) {
+            if name_part(h).eq_ignore_ascii_case(name_part(a)) {
                 Ok(h)
             } else {
                 Err(HostError::AuthorityMismatch)
@@ -89,93 +104,148 @@ pub fn request_authority<'a>(
     }
 }
 
-/// Whether two authorities name the same host (case, port and trailing dot aside).
-fn same_authority(a: &str, b: &str) -> bool {
-    match (split_port(a), split_port(b)) {
-        (Ok((ha, _)), Ok((hb, _))) => {
-            let ha = ha.strip_suffix('.').unwrap_or(ha);
-            let hb = hb.strip_suffix('.').unwrap_or(hb);
-            ha.eq_ignore_ascii_case(hb)
+/// The host of an authority for comparison only: a `:digits` port and one trailing dot dropped,
+/// brackets kept. Lenient on purpose: the chosen value is validated by [`resolve_host`].
+fn name_part(authority: &str) -> &str {
+    let name = match authority.rfind(':') {
+        Some(i)
+            if authority[i + 1..].bytes().all(|c| c.is_ascii_digit())
+                && !authority[i..].contains(']')
+                && (authority.starts_with('[') || !authority[..i].contains(':')) =>
+        {
+            &authority[..i]
         }
-        _ => false,
-    }
+        _ => authority,
+    };
+    name.strip_suffix('.').unwrap_or(name)
 }
 
-/// Splits `name[:port]`; IPv6 literals (`[...]`) are reported as such.
-fn split_port(authority: &str) -> Result<(&str, Option<u16>), HostError> {
-    if authority.starts_with('[') {
-        return Err(HostError::IpLiteral);
-    }
-    match authority.rsplit_once(':') {
-        None => Ok((authority, None)),
-        Some((name, port)) => {
-            if port.is_empty() || port.len() > 5 || !port.bytes().all(|c| c.is_ascii_digit()) {
-                return Err(HostError::Malformed);
-            }
-            match port.parse::<u16>() {
-                Ok(p) if p > 0 => Ok((name, Some(p))),
-                _ => Err(HostError::Malformed),
-            }
-        }
-    }
-}
-
-/// Canonicalises an authority and maps it to a tenant or a custom domain.
-pub fn resolve_host(authority: &str, base_domains: &[String]) -> Result<HostTarget, HostError> {
+/// Splits `host[:port]` and checks the port (1–65535, digits only); refuses user info and
+/// classifies IP literals, bracketed or not.
+fn split_port(authority: &str) -> Result<&str, HostError> {
     if authority.contains('@') {
         return Err(HostError::Malformed);
     }
-    let (name, _port) = split_port(authority)?;
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
+    if let Some(rest) = authority.strip_prefix('[') {
+        // `[IPv6]` or `[vX.future]`, optionally with a port: an address either way.
+        let (inner, after) = rest.split_once(']').ok_or(HostError::Malformed)?;
+        let ok_inner = inner.parse::<Ipv6Addr>().is_ok() || inner.starts_with(['v', 'V']);
+        let ok_after = after.is_empty() || after.strip_prefix(':').is_some_and(valid_port);
+        return Err(if ok_inner && ok_after {
+            HostError::IpLiteral
+        } else {
+            HostError::Malformed
+        });
+    }
+    let (name, port) = match authority.rsplit_once(':') {
+        None => (authority, None),
+        Some((name, port)) => (name, Some(port)),
+    };
+    if name.contains(':') {
+        // Only an unbracketed IPv6 address has more than one colon.
+        return Err(if authority.parse::<Ipv6Addr>().is_ok() {
+            HostError::IpLiteral
+        } else {
+            HostError::Malformed
+        });
+    }
+    match port {
+        Some(p) if !valid_port(p) => Err(HostError::Malformed),
+        _ => Ok(name),
+    }
+}
+
+/// A port: 1–5 digits, value 1–65535.
+fn valid_port(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 5
+        && p.bytes().all(|c| c.is_ascii_digit())
+        && p.parse::<u16>().is_ok_and(|n| n > 0)
+}
+
+/// Checks a host name (port and trailing dot already removed): 1–253 bytes of LDH labels, each
+/// 1–63 of `A-Za-z0-9-` not starting or ending with `-`; a numeric last label is an IPv4
+/// address.
+fn check_name(name: &str) -> Result<(), HostError> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.len() > MAX_NAME_LEN {
         return Err(HostError::Malformed);
     }
-    let bytes = name.as_bytes();
-    if !bytes
-        .iter()
-        .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
-    {
-        return Err(HostError::Malformed);
-    }
-    for label in name.split('.') {
-        let l = label.as_bytes();
-        if l.is_empty() || l.len() > 63 || l[0] == b'-' || l[l.len() - 1] == b'-' {
+    let mut last: &[u8] = b;
+    for label in b.split(|&c| c == b'.') {
+        let ok = !label.is_empty()
+            && label.len() <= MAX_LABEL_LEN
+            && label[0] != b'-'
+            && label[label.len() - 1] != b'-'
+            && label
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'-');
+        if !ok {
             return Err(HostError::Malformed);
         }
+        last = label;
     }
-    // An all-numeric (or hex-looking numeric) last label means an IPv4 address in one of its
-    // many spellings (127.1, 0x7f.1, 2130706433): refuse them all.
-    let last = name.rsplit('.').next().unwrap_or(name);
-    if last.bytes().all(|c| c.is_ascii_digit())
-        || (last.len() > 2
-            && last[..2].eq_ignore_ascii_case("0x")
-            && last[2..].bytes().all(|c| c.is_ascii_hexdigit()))
-    {
+    // A name whose last label is a number is an IPv4 address in one of its many spellings
+    // (127.1, 0x7f.1, 2130706433, 127.0.0.0x) for URL parsers (WHATWG "ends in a number"):
+    // refuse them all rather than guess which one an upstream would use.
+    let hex = last.len() >= 2 && last[0] == b'0' && last[1].eq_ignore_ascii_case(&b'x');
+    if last.iter().all(u8::is_ascii_digit) || (hex && last[2..].iter().all(u8::is_ascii_hexdigit)) {
         return Err(HostError::IpLiteral);
     }
-    let canonical = name.to_ascii_lowercase();
+    Ok(())
+}
 
-    // Longest matching base domain wins, so nested bases (`eu.example.com` inside
-    // `example.com`) address the inner one.
+/// Canonicalises an authority and maps it to a tenant or a custom domain.
+///
+/// Canonical: ASCII lowercase, port removed (must be 1–65535), one trailing dot removed. User
+/// info → [`HostError::Malformed`]; IPv4/IPv6 literals in any spelling →
+/// [`HostError::IpLiteral`]; anything else outside LDH labels (underscores, `%`, non-ASCII —
+/// IDNs arrive as `xn--` punycode) → [`HostError::Malformed`].
+///
+/// `<label>.<base>` for a base in `base_domains` (the longest wins when bases nest), where
+/// `label` is a valid tenant id, is a [`HostTarget::Subdomain`]. Every other well-formed name,
+/// including deeper names `a.b.<base>` and every configured base itself (even one nested
+/// under another base), is a [`HostTarget::CustomDomain`] for
+/// the domain index, so it can only reach a tenant that claimed it. `base_domains` must be
+/// canonical (the config loader checks this).
+pub fn resolve_host(authority: &str, base_domains: &[String]) -> Result<HostTarget, HostError> {
+    let name = split_port(authority)?;
+    let name = name.strip_suffix('.').unwrap_or(name);
+    check_name(name)?;
+    let canonical: Cow<'_, str> = if name.bytes().any(|c| c.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    };
+    if let Some(label) = tenant_label(&canonical, base_domains) {
+        if let Ok(tenant) = TenantId::parse(label) {
+            return Ok(HostTarget::Subdomain(tenant));
+        }
+    }
+    Ok(HostTarget::CustomDomain(canonical.into_owned()))
+}
+
+/// The single label in front of the longest base domain that `name` is directly under.
+fn tenant_label<'n>(name: &'n str, base_domains: &[String]) -> Option<&'n str> {
     let mut best: Option<&str> = None;
     for base in base_domains {
-        if canonical.len() > base.len() + 1
-            && canonical.ends_with(base.as_str())
-            && canonical.as_bytes()[canonical.len() - base.len() - 1] == b'.'
-            && best.is_none_or(|b| base.len() > b.len())
-        {
-            best = Some(base);
+        if name == base {
+            // A base domain itself is never a tenant, even when it sits under another base
+            // (`eu.example.com` inside `example.com`).
+            return None;
+        }
+        let Some(front) = name.strip_suffix(base.as_str()) else {
+            continue;
+        };
+        let Some(label) = front.strip_suffix('.') else {
+            continue;
+        };
+        if !label.is_empty() && best.is_none_or(|b| b.len() > label.len()) {
+            best = Some(label);
         }
     }
-    if let Some(base) = best {
-        let label = &canonical[..canonical.len() - base.len() - 1];
-        if !label.contains('.') {
-            if let Ok(tenant) = TenantId::parse(label) {
-                return Ok(HostTarget::Subdomain(tenant));
-            }
-        }
-    }
-    Ok(HostTarget::CustomDomain(canonical))
+    // A deeper name (`a.b.<base>`) is not a tenant subdomain.
+    best.filter(|l| !l.contains('.'))
 }
 
 #[cfg(test)]
@@ -196,93 +266,173 @@ mod tests {
 
     #[test]
     fn resolve_table() {
+        use HostError::*;
         let cases = [
+            // Subdomains: case, port, one trailing dot, nested bases (longest wins).
             ("acme.nexus.app", sub("acme")),
             ("ACME.Nexus.App", sub("acme")),
             ("acme.nexus.app:8443", sub("acme")),
+            ("acme.nexus.app:080", sub("acme")),
+            ("acme.nexus.app:65535", sub("acme")),
             ("acme.nexus.app.", sub("acme")),
             ("acme.nexus.app.:80", sub("acme")),
             ("acme.eu.nexus.app", sub("acme")),
-            ("eu.nexus.app", sub("eu")),
+            ("ACME.EU.NEXUS.APP.", sub("acme")),
+            ("a-1.nexus.app", sub("a-1")),
+            ("xn--80ak6aa92e.nexus.app", sub("xn--80ak6aa92e")),
+            // Custom domains: deeper names, bare bases (even nested ones), other names.
             ("a.b.nexus.app", custom("a.b.nexus.app")),
+            ("x.acme.eu.nexus.app", custom("x.acme.eu.nexus.app")),
             ("nexus.app", custom("nexus.app")),
-            ("app.acme.com", custom("app.acme.com")),
+            ("Nexus.App.:443", custom("nexus.app")),
+            ("eu.nexus.app", custom("eu.nexus.app")),
+            ("acmenexus.app", custom("acmenexus.app")),
+            ("App.Acme.com", custom("app.acme.com")),
             ("xn--caf-dma.example", custom("xn--caf-dma.example")),
-            ("acme.nexus.app..", Err(HostError::Malformed)),
-            ("acme..nexus.app", Err(HostError::Malformed)),
-            ("-acme.nexus.app", Err(HostError::Malformed)),
-            ("acme_1.nexus.app", Err(HostError::Malformed)),
-            ("acme%2e.nexus.app", Err(HostError::Malformed)),
-            ("user@acme.nexus.app", Err(HostError::Malformed)),
-            ("acme.nexus.app:", Err(HostError::Malformed)),
-            ("acme.nexus.app:0", Err(HostError::Malformed)),
-            ("acme.nexus.app:65536", Err(HostError::Malformed)),
-            ("acme.nexus.app:80x", Err(HostError::Malformed)),
-            ("café.nexus.app", Err(HostError::Malformed)),
-            ("", Err(HostError::Malformed)),
-            ("127.0.0.1", Err(HostError::IpLiteral)),
-            ("127.0.0.1:8080", Err(HostError::IpLiteral)),
-            ("127.1", Err(HostError::IpLiteral)),
-            ("0x7f.1", Err(HostError::IpLiteral)),
-            ("2130706433", Err(HostError::IpLiteral)),
-            ("[::1]", Err(HostError::IpLiteral)),
-            ("[::1]:8080", Err(HostError::IpLiteral)),
+            ("localhost", custom("localhost")),
+            ("acme.0xg", custom("acme.0xg")),
+            ("acme.1e3", custom("acme.1e3")),
+            // Malformed.
+            ("acme.nexus.app..", Err(Malformed)),
+            ("acme..nexus.app", Err(Malformed)),
+            (".acme.nexus.app", Err(Malformed)),
+            (".", Err(Malformed)),
+            ("-acme.nexus.app", Err(Malformed)),
+            ("acme-.nexus.app", Err(Malformed)),
+            ("acme_1.nexus.app", Err(Malformed)),
+            ("acme%2e.nexus.app", Err(Malformed)),
+            ("acme .nexus.app", Err(Malformed)),
+            ("user@acme.nexus.app", Err(Malformed)),
+            ("user:pw@acme.nexus.app", Err(Malformed)),
+            ("acme.nexus.app:", Err(Malformed)),
+            ("acme.nexus.app:0", Err(Malformed)),
+            ("acme.nexus.app:65536", Err(Malformed)),
+            ("acme.nexus.app:080808", Err(Malformed)),
+            ("acme.nexus.app:80x", Err(Malformed)),
+            ("acme.nexus.app:+80", Err(Malformed)),
+            ("acme.nexus.app:80:80", Err(Malformed)),
+            ("café.nexus.app", Err(Malformed)),
+            ("", Err(Malformed)),
+            (":80", Err(Malformed)),
+            ("[::1", Err(Malformed)),
+            ("[nope]", Err(Malformed)),
+            ("[::1]x", Err(Malformed)),
+            ("[::1]:0", Err(Malformed)),
+            // IP literals in every spelling.
+            ("127.0.0.1", Err(IpLiteral)),
+            ("127.0.0.1:8080", Err(IpLiteral)),
+            ("127.0.0.1.", Err(IpLiteral)),
+            ("127.1", Err(IpLiteral)),
+            ("0x7f.1", Err(IpLiteral)),
+            ("0x7f", Err(IpLiteral)),
+            ("127.0.0.0x", Err(IpLiteral)),
+            ("1.0X7F", Err(IpLiteral)),
+            ("2130706433", Err(IpLiteral)),
+            ("acme.123", Err(IpLiteral)),
+            ("[::1]", Err(IpLiteral)),
+            ("[::1]:8080", Err(IpLiteral)),
+            ("[v1.x]", Err(IpLiteral)),
+            ("::1", Err(IpLiteral)),
+            ("fe80::1:443", Err(IpLiteral)),
         ];
         for (host, want) in cases {
             assert_eq!(resolve_host(host, &bases()), want, "{host:?}");
         }
-        let long_label = format!("{}.nexus.app", "a".repeat(64));
+    }
+
+    #[test]
+    fn length_limits() {
+        let label63 = "a".repeat(63);
         assert_eq!(
-            resolve_host(&long_label, &bases()),
+            resolve_host(&format!("{label63}.nexus.app"), &bases()),
+            sub(&label63)
+        );
+        let label64 = "a".repeat(64);
+        assert_eq!(
+            resolve_host(&format!("{label64}.nexus.app"), &bases()),
             Err(HostError::Malformed)
+        );
+        // 3 x 63 + 3 dots + 61 = 253 bytes is the longest name; one more byte is too long.
+        let name253 = [label63.as_str(); 3].join(".") + "." + &"b".repeat(61);
+        assert_eq!(name253.len(), 253);
+        assert_eq!(resolve_host(&name253, &bases()), custom(&name253));
+        assert_eq!(
+            resolve_host(&format!("{name253}."), &bases()),
+            custom(&name253)
+        );
+        assert_eq!(
+            resolve_host(&format!("{name253}a"), &bases()),
+            Err(HostError::Malformed)
+        );
+    }
+
+    #[test]
+    fn nested_bases_in_any_order() {
+        let reversed = vec!["eu.nexus.app".to_owned(), "nexus.app".to_owned()];
+        assert_eq!(resolve_host("acme.eu.nexus.app", &reversed), sub("acme"));
+        assert_eq!(resolve_host("acme.nexus.app", &reversed), sub("acme"));
+        assert_eq!(
+            resolve_host("eu.nexus.app", &reversed),
+            custom("eu.nexus.app")
+        );
+        assert_eq!(
+            resolve_host("acme.nexus.app", &[]),
+            custom("acme.nexus.app")
         );
     }
 
     #[test]
     #[allow(clippy::type_complexity)] // a table-driven test row is a tuple by design
     fn authority_table() {
+        use HostError::*;
         let h = |s: &'static str| s.as_bytes();
         let cases: Vec<(Vec<&[u8]>, Option<&str>, bool, Result<&str, HostError>)> = vec![
+            // One Host, origin-form.
             (vec![h("a.x")], None, false, Ok("a.x")),
-            (vec![h(" a.x ")], None, false, Ok("a.x")),
-            (vec![], None, false, Err(HostError::Missing)),
-            (vec![], Some("a.x"), false, Err(HostError::Missing)),
+            (vec![h(" a.x\t")], None, false, Ok("a.x")),
+            (vec![h("a.x")], None, true, Ok("a.x")),
+            // No Host: only HTTP/2 may use the URI authority.
+            (vec![], None, false, Err(Missing)),
+            (vec![], None, true, Err(Missing)),
+            (vec![], Some("a.x"), false, Err(Missing)),
             (vec![], Some("a.x"), true, Ok("a.x")),
-            (
-                vec![h("a.x"), h("a.x")],
-                None,
-                false,
-                Err(HostError::Duplicate),
-            ),
-            (
-                vec![h("a.x"), h("b.x")],
-                None,
-                false,
-                Err(HostError::Duplicate),
-            ),
-            (vec![h("a.x, b.x")], None, false, Err(HostError::Duplicate)),
+            // Duplicates, even identical ones, and lists.
+            (vec![h("a.x"), h("a.x")], None, false, Err(Duplicate)),
+            (vec![h("a.x"), h("b.x")], None, false, Err(Duplicate)),
+            (vec![h("a.x"), h("a.x")], Some("a.x"), true, Err(Duplicate)),
+            (vec![h(""), h("")], None, false, Err(Duplicate)),
+            (vec![h("a.x, b.x")], None, false, Err(Duplicate)),
+            (vec![h("a.x,")], None, false, Err(Duplicate)),
+            // Absolute-form / :authority must agree with Host (case, dot, port aside).
             (vec![h("a.x")], Some("a.x"), false, Ok("a.x")),
             (vec![h("A.X:80")], Some("a.x."), false, Ok("A.X:80")),
-            (
-                vec![h("a.x")],
-                Some("b.x"),
-                false,
-                Err(HostError::AuthorityMismatch),
-            ),
-            (
-                vec![h("a.x")],
-                Some("b.x"),
-                true,
-                Err(HostError::AuthorityMismatch),
-            ),
-            (vec![&[0xff, 0xfe]], None, false, Err(HostError::Malformed)),
+            (vec![h("a.x:80")], Some("a.x:8080"), false, Ok("a.x:80")),
+            (vec![h("[::1]:80")], Some("[::1]"), false, Ok("[::1]:80")),
+            (vec![h("a.x")], Some("b.x"), false, Err(AuthorityMismatch)),
+            (vec![h("a.x")], Some("b.x"), true, Err(AuthorityMismatch)),
+            (vec![h("a.x")], Some("u@a.x"), false, Err(AuthorityMismatch)),
+            (vec![h("a.x")], Some("a.x.y"), false, Err(AuthorityMismatch)),
+            (vec![h("a.x")], Some("a.x.."), false, Err(AuthorityMismatch)),
+            (vec![h("a.x")], Some("[::1]"), false, Err(AuthorityMismatch)),
+            // Not text.
+            (vec![&[0xff, 0xfe]], None, false, Err(Malformed)),
         ];
         for (headers, authority, h2, want) in cases {
             assert_eq!(
                 request_authority(&headers, authority, h2),
                 want,
-                "{headers:?} {authority:?}"
+                "{headers:?} {authority:?} h2={h2}"
             );
         }
+    }
+
+    #[test]
+    fn error_labels_are_distinct() {
+        use HostError::*;
+        let all = [Missing, Duplicate, Malformed, IpLiteral, AuthorityMismatch];
+        let mut labels: Vec<_> = all.iter().map(HostError::label).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), all.len());
     }
 }

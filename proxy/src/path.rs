@@ -10,9 +10,12 @@
 //!   keeps its encoding with uppercase hex;
 //! - an encoded `/` or `\` (`%2F`, `%5C`), an encoded NUL and a raw `\` are refused: upstreams
 //!   disagree on what they mean, so no prefix rule could be sound with them;
-//! - raw control characters, spaces and non-ASCII bytes are refused (they must be encoded);
+//! - raw control characters, spaces, non-ASCII bytes and every other byte that RFC 3986 does
+//!   not allow raw in a path (`"` `<` `>` `#` `[` `]` `{` `}` `|` `^` `` ` ``) are refused: a
+//!   client must encode them, and passing them on would let upstreams each guess a meaning;
 //! - dot-segments are removed (RFC 3986 §5.2.4) after decoding, so `%2e%2e` counts as `..`;
-//!   `..` at the root stays at the root;
+//!   `..` at the root stays at the root (RFC 3986 behaviour, not an error: `/../x` can only
+//!   ever mean `/x`, so refusing it would add a failure mode without closing a hole);
 //! - runs of `/` collapse to one; a trailing `/` is kept.
 
 use std::borrow::Cow;
@@ -35,7 +38,8 @@ pub enum PathError {
     /// A raw backslash.
     #[error("backslash in path")]
     Backslash,
-    /// Control character, space or non-ASCII byte.
+    /// A raw byte that must be percent-encoded: control character, space, non-ASCII, or ASCII
+    /// outside RFC 3986 `pchar` (`"`, `<`, `#`, `{`, ...).
     #[error("character that must be percent-encoded")]
     ControlChar,
     /// `%` not followed by two hex digits.
@@ -106,7 +110,8 @@ fn is_path_char(c: u8) -> bool {
 
 /// Normalises a path (no query). See the module docs for the rules.
 ///
-/// Already-normal paths (the common case) are returned borrowed, without allocating.
+/// Already-normal paths (the common case) are returned borrowed after one byte scan, without
+/// allocating. The result is a fixed point: normalising it again returns it unchanged.
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     let b = raw.as_bytes();
     if b.first() != Some(&b'/') {
@@ -251,6 +256,22 @@ mod tests {
             ("/.well-known/x", "/.well-known/x"),
             ("/...", "/..."),
             ("/a:b@c!$&'()*+,;=", "/a:b@c!$&'()*+,;="),
+            ("/%2e%2e", "/"),
+            ("/%2e%2e/%2E%2E/x", "/x"),
+            ("/a/%2e", "/a/"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/../", "/a/"),
+            ("/a/./../b", "/b"),
+            ("/a/%2e/b", "/a/b"),
+            ("/%7e", "/~"),
+            ("/%c3%a9", "/%C3%A9"),
+            ("/%C3%A9", "/%C3%A9"),
+            ("/a%20b", "/a%20b"),
+            ("/a%2ab%3f", "/a%2Ab%3F"),
+            ("/a%2db%5fc%2Ed", "/a-b_c.d"),
+            ("//", "/"),
+            ("///a//", "/a/"),
+            ("/billing/./../api/x", "/api/x"),
         ];
         for (raw, want) in ok {
             assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
@@ -272,6 +293,20 @@ mod tests {
             ("/a%zz", PathError::InvalidPercent),
             ("/a\"b", PathError::ControlChar),
             ("/a<b", PathError::ControlChar),
+            ("/a#b", PathError::ControlChar),
+            ("/a{b}", PathError::ControlChar),
+            ("/a\u{7f}", PathError::ControlChar),
+            ("/a\0b", PathError::ControlChar),
+            ("/a\r\nb", PathError::ControlChar),
+            ("/%2F", PathError::EncodedSeparator),
+            ("/a%5cb", PathError::EncodedSeparator),
+            ("/..%2f..%2fetc", PathError::EncodedSeparator),
+            ("/%E2%80%8B%00", PathError::EncodedNul),
+            ("/a\\..\\b", PathError::Backslash),
+            ("/%%41", PathError::InvalidPercent),
+            ("/%+1", PathError::InvalidPercent),
+            ("http://a.x/b", PathError::NotOriginForm),
+            ("a.x:443", PathError::NotOriginForm),
         ];
         for (raw, want) in bad {
             assert_eq!(normalize_path(raw), Err(want), "{raw:?}");
@@ -282,9 +317,50 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        for p in ["/", "/api/v1/items", "/a/b/", "/a%3Ab"] {
+        for p in [
+            "/",
+            "/api/v1/items",
+            "/a/b/",
+            "/a%3Ab",
+            "/a..b/.c/...",
+            "/%C3%A9",
+        ] {
             assert!(matches!(normalize_path(p), Ok(Cow::Borrowed(_))), "{p}");
         }
+    }
+
+    #[test]
+    fn paths_needing_work_are_owned() {
+        for p in ["//a", "/a/./b", "/a/..", "/%7e", "/%3a"] {
+            assert!(matches!(normalize_path(p), Ok(Cow::Owned(_))), "{p}");
+        }
+    }
+
+    #[test]
+    fn error_labels_are_distinct() {
+        use PathError::*;
+        let all = [
+            NotOriginForm,
+            EncodedSeparator,
+            EncodedNul,
+            Backslash,
+            ControlChar,
+            InvalidPercent,
+            TooLong,
+        ];
+        let mut labels: Vec<_> = all.iter().map(PathError::label).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), all.len());
+    }
+
+    #[test]
+    fn length_cap_is_on_the_raw_path() {
+        let max = format!("/{}", "a".repeat(MAX_PATH_LEN - 1));
+        assert!(normalize_path(&max).is_ok());
+        // Dot-segments do not buy room: the raw length counts.
+        let dotted = format!("/{}", "./".repeat(MAX_PATH_LEN / 2));
+        assert_eq!(normalize_path(&dotted), Err(PathError::TooLong));
     }
 
     #[test]
@@ -301,6 +377,10 @@ mod tests {
             ("/anything", "/", true),
             ("/api/v1", "/api/", true),
             ("/apiary", "/api/", false),
+            ("/admin/recovery/x", "/admin/recovery", true),
+            ("/admin/recoveryx", "/admin/recovery", false),
+            ("/admin", "/admin/recovery", false),
+            ("/", "/billing", false),
         ];
         for (path, prefix, want) in cases {
             assert_eq!(has_prefix(path, prefix), want, "{path} vs {prefix}");

@@ -124,6 +124,11 @@ mod tests {
     fn traversal_is_decided_on_the_normalised_path() {
         for raw in [
             "/billing/../api",
+            "/billing/../api/x",
+            "/billing/./../api/x",
+            "/billingx",
+            "/billingx/../billingx",
+            "//billing/..//api",
             "/billing/%2e%2e/api",
             "/billing/.%2E/api/x",
             "/admin/recovery/../../api",
@@ -134,6 +139,46 @@ mod tests {
                 StatusDecision::RecoveryOnly,
                 "{raw} -> {path}"
             );
+        }
+    }
+
+    #[test]
+    fn recovery_spellings_are_served_once_normalised() {
+        for raw in [
+            "/billing",
+            "//billing//invoices",
+            "/api/../billing/",
+            "/%62illing/x",
+        ] {
+            let path = crate::path::normalize_path(raw).expect("normalises");
+            assert_eq!(
+                status_decision(TenantStatus::Suspended, &path, &recovery()),
+                StatusDecision::Serve { notice: None },
+                "{raw} -> {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn suspended_without_recovery_paths_serves_nothing() {
+        for path in ["/", "/billing", "/admin/recovery"] {
+            assert_eq!(
+                status_decision(TenantStatus::Suspended, path, &[]),
+                StatusDecision::RecoveryOnly,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_suspended_depends_on_the_path() {
+        for status in TenantStatus::ALL {
+            if status == TenantStatus::Suspended {
+                continue;
+            }
+            let a = status_decision(status, "/billing", &recovery());
+            let b = status_decision(status, "/api/x", &recovery());
+            assert_eq!(a, b, "{status}");
         }
     }
 }

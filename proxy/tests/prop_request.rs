@@ -4,6 +4,8 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::borrow::Cow;
+
 use nexus_edge::host::{request_authority, resolve_host, HostTarget};
 use nexus_edge::path::{has_prefix, normalize_path, split_target};
 use proptest::prelude::*;
@@ -26,6 +28,24 @@ fn model(segments: &[&str]) -> String {
         }
     }
     format!("/{}", stack.join("/"))
+}
+
+/// Segment model of `has_prefix`: the prefix's segments (one trailing `/` dropped, so `/` has
+/// none) are the first segments of the path.
+fn prefix_model(path: &str, prefix: &str) -> bool {
+    let base = prefix.strip_suffix('/').unwrap_or(prefix);
+    let want: Vec<&str> = base.split('/').skip(1).collect();
+    let have: Vec<&str> = path.split('/').skip(1).collect();
+    have.len() >= want.len() && have[..want.len()] == want[..]
+}
+
+/// Hex digits of every `%XX` in `s`.
+fn escapes(s: &str) -> Vec<(u8, u8)> {
+    let b = s.as_bytes();
+    (0..b.len())
+        .filter(|&i| b[i] == b'%' && i + 2 < b.len())
+        .map(|i| (b[i + 1], b[i + 2]))
+        .collect()
 }
 
 proptest! {
@@ -81,5 +101,73 @@ proptest! {
     fn prefix_matches_by_segment(path in "(/[a-c]{1,3}){1,4}/?", prefix in "(/[a-c]{1,3}){1,2}") {
         let want = path == prefix || path.starts_with(&format!("{prefix}/"));
         prop_assert_eq!(has_prefix(&path, &prefix), want);
+    }
+
+    #[test]
+    fn prefix_agrees_with_segment_model(
+        path in "(/[ab.]{0,2}){1,4}/?",
+        prefix in "/|(/[ab.]{1,2}){1,2}/?",
+    ) {
+        prop_assert_eq!(has_prefix(&path, &prefix), prefix_model(&path, &prefix), "{} vs {}", path, prefix);
+    }
+
+    #[test]
+    fn prefix_decisions_see_through_dot_segments(
+        segs in proptest::collection::vec(prop::sample::select(vec!["a", "b", "..", ".", "%2e%2E", ""]), 0..10),
+        prefix in "(/[ab]){1,2}/?",
+    ) {
+        // Deciding on the normalised path is deciding on what the path really names.
+        let raw = format!("/{}", segs.join("/"));
+        let got = normalize_path(&raw).expect("only safe characters");
+        prop_assert_eq!(has_prefix(&got, &prefix), prefix_model(&model(&segs), &prefix), "{} -> {}", raw, got);
+    }
+
+    #[test]
+    fn escapes_are_canonical(s in "/([a-zA-Z0-9/.~_\\-]|%[0-9a-fA-F]{2}){0,30}") {
+        if let Ok(y) = normalize_path(&s) {
+            for (h, l) in escapes(&y) {
+                let v = u8::from_str_radix(std::str::from_utf8(&[h, l]).expect("ascii"), 16).expect("hex");
+                prop_assert!(!h.is_ascii_lowercase() && !l.is_ascii_lowercase(), "{}", y);
+                prop_assert!(!(v.is_ascii_alphanumeric() || b"-._~".contains(&v)), "{}", y);
+                prop_assert!(v != b'/' && v != b'\\' && v != 0, "{}", y);
+            }
+            // Borrowed exactly when nothing changed.
+            let borrowed = matches!(normalize_path(&s), Ok(Cow::Borrowed(_)));
+            prop_assert_eq!(borrowed, y == s, "{}", s);
+        }
+    }
+
+    #[test]
+    fn resolved_hosts_are_canonical(h in "[a-zA-Z0-9.\\-]{1,30}(\\.nexus\\.app|\\.eu\\.nexus\\.app)?\\.?(:[0-9]{1,5})?") {
+        match resolve_host(&h, &bases()) {
+            Ok(HostTarget::CustomDomain(d)) => {
+                prop_assert!(!d.contains(':') && !d.ends_with('.') && !d.is_empty(), "{}", d);
+                prop_assert!(d.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'), "{}", d);
+                prop_assert_eq!(resolve_host(&d, &bases()), Ok(HostTarget::CustomDomain(d.clone())));
+            }
+            Ok(HostTarget::Subdomain(t)) => {
+                let lower = h.to_ascii_lowercase();
+                prop_assert!(lower.starts_with(&format!("{}.", t.as_str())), "{} -> {}", h, t.as_str());
+                prop_assert_eq!(resolve_host(&format!("{}.nexus.app", t.as_str()), &bases()), Ok(HostTarget::Subdomain(t.clone())));
+            }
+            Err(_) => {}
+        }
+    }
+
+    #[test]
+    fn chosen_authority_comes_from_the_request(
+        headers in proptest::collection::vec("[a-zA-Z.:, ]{0,12}", 0..3),
+        uri in proptest::option::of("[a-zA-Z.:]{0,12}"),
+        h2 in any::<bool>(),
+    ) {
+        let refs: Vec<&[u8]> = headers.iter().map(|h| h.as_bytes()).collect();
+        if let Ok(a) = request_authority(&refs, uri.as_deref(), h2) {
+            match headers.as_slice() {
+                [one] => prop_assert_eq!(a, one.trim_matches(|c| c == ' ' || c == '\t')),
+                [] => { prop_assert!(h2); prop_assert_eq!(Some(a), uri.as_deref()); }
+                _ => prop_assert!(false, "several Host headers accepted"),
+            }
+            prop_assert!(!a.contains(','));
+        }
     }
 }

@@ -14,12 +14,18 @@ use std::time::{Duration, Instant};
 
 use nexus_bench::*;
 use nexus_binding_store::redis_store::{RedisOptions, RedisStore};
-use nexus_binding_store::{Actor, BindingAdmin, BindingHandle, BindingSource, InstanceId, Mutation, TenantId, UpstreamUrl};
+use nexus_binding_store::{
+    Actor, BindingAdmin, BindingHandle, BindingSource, InstanceId, Mutation, TenantId, UpstreamUrl,
+};
 
 /// Resident set size of this process, bytes.
 fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -30,19 +36,35 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
-    let (n, changes) = if smoke { (10_000, 50) } else { (1_000_000, 500) };
+    let (n, changes) = if smoke {
+        (10_000, 50)
+    } else {
+        (1_000_000, 500)
+    };
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("redis.sock");
     let mut server = Command::new("redis-server")
-        .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+        .args([
+            "--port",
+            "0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--unixsocket",
+        ])
         .arg(&sock)
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server (apt-get install redis-server)");
     let url = format!("redis+unix://{}", sock.display());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
 
-    let result = rt.block_on(async {
+    rt.block_on(async {
         let client = redis::Client::open(url.as_str()).unwrap();
         let mut con = loop {
             match client.get_multiplexed_async_connection().await {
@@ -133,5 +155,4 @@ fn main() {
     });
     let _ = server.kill();
     let _ = server.wait();
-    result
 }

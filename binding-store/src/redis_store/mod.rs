@@ -28,8 +28,7 @@ use tokio::sync::watch;
 use crate::admin::{Actor, AdminError, AuditEntry, BindingAdmin, Mutation};
 use crate::error::StoreError;
 use crate::file_store::mutate;
-use crate::model::{Binding, Revision, TenantId};
-use crate::records::parse_record;
+use crate::model::{Binding, Interner, Revision, TenantId};
 use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
 
@@ -189,6 +188,7 @@ impl RedisStore {
         let mut cursor: u64 = 0;
         let mut good = Vec::new();
         let mut bad = Vec::new();
+        let mut interner = Interner::default();
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
@@ -203,7 +203,7 @@ impl RedisStore {
                     redis::cmd("MGET").arg(&keys).query_async(con).await?;
                 for (key, value) in keys.iter().zip(values) {
                     let Some(text) = value else { continue };
-                    match parse_json_record(&text) {
+                    match parse_json_record_with(&text, &mut interner) {
                         Ok(b) => good.push(Arc::new(b)),
                         Err(msg) => {
                             let tenant = key.rsplit(':').next().unwrap_or_default().to_owned();
@@ -335,9 +335,18 @@ pub(crate) fn field_str<'a>(fields: &'a [(String, String)], name: &str) -> Optio
 }
 
 pub(crate) fn parse_json_record(text: &str) -> Result<Binding, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    parse_record(&value).map_err(|(_, m)| m)
+    parse_json_record_with(text, &mut Interner::default())
+}
+
+/// Parses a stored record straight from its JSON text, sharing URLs and ids via `interner`.
+pub(crate) fn parse_json_record_with(
+    text: &str,
+    interner: &mut Interner,
+) -> Result<Binding, String> {
+    let record: crate::model::BindingRecord =
+        serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Binding::from_record_with(&record, interner)
+        .map_err(|errs| crate::error::FieldErrors(&errs).to_string())
 }
 
 #[async_trait]
