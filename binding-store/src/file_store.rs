@@ -361,7 +361,8 @@ pub(crate) fn mutate(
     Ok(Some(next))
 }
 
-fn op_name(m: &Mutation) -> &'static str {
+/// The audit log's name for a mutation.
+pub(crate) fn op_name(m: &Mutation) -> &'static str {
     match m {
         Mutation::Put(_) => "put",
         Mutation::Rebind { .. } => "rebind",

@@ -232,18 +232,12 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         b = bindings_path.display(),
     );
 
-    let source = match crate::store::Store::open(&settings.store) {
-        Ok(s) => s.source(),
+    match crate::server::serve(settings) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            tracing::error!(error = %e, "nexus-edge stopped");
             eprintln!("nexus-edge: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    match crate::server::prepare(settings, &source) {
-        Ok(state) => {
-            crate::server::run(state, source);
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(format!("cannot start: {e}")),
     }
 }

@@ -89,6 +89,14 @@ pub fn prepare(
     }))
 }
 
+/// Opens the configured store, loads everything, and serves until shutdown.
+pub fn serve(settings: Settings) -> Result<(), String> {
+    let source = crate::store::Store::open(&settings.store)?.source();
+    let state = prepare(settings, &source).map_err(|e| format!("cannot start: {e}"))?;
+    run(state, source);
+    Ok(())
+}
+
 /// Runs the router until SIGTERM/SIGINT, then drains for `server.shutdown_grace`.
 pub fn run(state: Arc<EdgeState>, source: Arc<dyn BindingSource>) {
     let s = &state.settings;

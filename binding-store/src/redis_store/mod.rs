@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::admin::{Actor, AdminError, AuditEntry, BindingAdmin, Mutation};
 use crate::error::StoreError;
-use crate::file_store::mutate;
+use crate::file_store::{mutate, op_name};
 use crate::model::{Binding, Interner, Revision, TenantId};
 use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
@@ -484,12 +484,7 @@ impl BindingAdmin for RedisStore {
                     });
                 }
             }
-            let op = match &mutation {
-                Mutation::Put(_) => "put",
-                Mutation::Rebind { .. } => "rebind",
-                Mutation::SetStatus(_) => "set-status",
-                Mutation::Delete => "delete",
-            };
+            let op = op_name(&mutation);
             let now = time::OffsetDateTime::now_utc();
             if matches!(mutation, Mutation::Delete) && text.is_none() {
                 return Err(AdminError::NotFound(tenant.clone()));

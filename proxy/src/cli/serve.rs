@@ -18,21 +18,11 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
              never use it in production"
         );
     }
-    let source = match crate::store::Store::open(&settings.store) {
-        Ok(s) => s.source(),
+    match crate::server::serve(settings) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            tracing::error!(error = %e, "nexus-edge stopped");
             eprintln!("nexus-edge: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match crate::server::prepare(settings, &source) {
-        Ok(state) => {
-            crate::server::run(state, source);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            eprintln!("nexus-edge: cannot start: {e}");
             ExitCode::FAILURE
         }
     }
