@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::admin::{Actor, AdminError, AuditEntry, BindingAdmin, Mutation};
 use crate::error::StoreError;
 use crate::model::{Binding, Revision, TenantId};
-use crate::records::{parse_record, parse_records, BINDINGS_FORMAT};
+use crate::records::{parse_record, parse_records, sorted_by_tenant, BINDINGS_FORMAT};
 use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
 
@@ -386,9 +386,7 @@ impl BindingAdmin for FileStore {
             .read()
             .map_err(|e| AdminError::Unavailable(e.to_string()))?;
         let parsed = parse_records(&bytes).map_err(AdminError::Corrupt)?;
-        let mut out: Vec<Binding> = parsed.bindings.iter().map(|b| b.as_ref().clone()).collect();
-        out.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
-        Ok(out)
+        Ok(sorted_by_tenant(&parsed.bindings))
     }
 
     async fn apply(

@@ -707,3 +707,24 @@ impl Binding {
         }
     }
 }
+
+/// A valid binding for unit tests: `tenant` at `revision`, with `domains`.
+#[cfg(test)]
+pub(crate) fn test_binding(tenant: &str, revision: u64, domains: &[&str]) -> Arc<Binding> {
+    let r = BindingRecord {
+        tenant_id: tenant.into(),
+        subscription_id: "s".into(),
+        instance_id: "i".into(),
+        instance_url: "http://10.0.0.1".into(),
+        api_url: None,
+        identity_org_id: None,
+        status: "active".into(),
+        plan: "team".into(),
+        region: "eu".into(),
+        domains: domains.iter().map(|d| d.to_string()).collect(),
+        revision,
+        updated_at: None,
+        mode: None,
+    };
+    Arc::new(Binding::from_record(&r).expect("valid test binding"))
+}

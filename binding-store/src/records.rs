@@ -98,6 +98,13 @@ pub fn parse_records(json: &[u8]) -> Result<ParsedRecords, String> {
     Ok(out)
 }
 
+/// Owned copies of `bindings`, sorted by tenant id: what `tenant list` shows for any store.
+pub fn sorted_by_tenant(bindings: &[Arc<Binding>]) -> Vec<Binding> {
+    let mut out: Vec<Binding> = bindings.iter().map(|b| b.as_ref().clone()).collect();
+    out.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+    out
+}
+
 /// Serialises bindings as a bindings document (sorted by tenant, pretty-printed).
 pub fn to_document<'a>(bindings: impl IntoIterator<Item = &'a Binding>) -> String {
     let mut records: Vec<BindingRecord> = bindings.into_iter().map(Binding::to_record).collect();

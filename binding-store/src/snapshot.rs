@@ -191,28 +191,13 @@ pub fn read_snapshot(path: &Path) -> Result<BindingTable, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::BindingRecord;
+    use crate::model::test_binding;
 
     fn table(n: usize) -> BindingTable {
-        let bindings = (0..n).map(|i| {
-            let r = BindingRecord {
-                tenant_id: format!("t{i}"),
-                subscription_id: "s".into(),
-                instance_id: "i".into(),
-                instance_url: "http://10.0.0.1".into(),
-                api_url: None,
-                identity_org_id: None,
-                status: "active".into(),
-                plan: "team".into(),
-                region: "eu".into(),
-                domains: vec![],
-                revision: i as u64 + 1,
-                updated_at: None,
-                mode: None,
-            };
-            Arc::new(Binding::from_record(&r).expect("valid"))
-        });
-        BindingTable::from_bindings(bindings).0
+        BindingTable::from_bindings(
+            (0..n).map(|i| test_binding(&format!("t{i}"), i as u64 + 1, &[])),
+        )
+        .0
     }
 
     #[test]

@@ -242,25 +242,10 @@ impl BindingHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::BindingRecord;
+    use crate::model::test_binding;
 
     fn b(tenant: &str, rev: u64, domains: &[&str]) -> Arc<Binding> {
-        let r = BindingRecord {
-            tenant_id: tenant.into(),
-            subscription_id: "s".into(),
-            instance_id: format!("i{rev}"),
-            instance_url: "http://10.0.0.1".into(),
-            api_url: None,
-            identity_org_id: None,
-            status: "active".into(),
-            plan: "team".into(),
-            region: "eu".into(),
-            domains: domains.iter().map(|d| d.to_string()).collect(),
-            revision: rev,
-            updated_at: None,
-            mode: None,
-        };
-        Arc::new(Binding::from_record(&r).expect("valid"))
+        test_binding(tenant, rev, domains)
     }
 
     #[test]

@@ -232,12 +232,5 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         b = bindings_path.display(),
     );
 
-    match crate::server::serve(settings) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "nexus-edge stopped");
-            eprintln!("nexus-edge: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::server::serve(settings)
 }

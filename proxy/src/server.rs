@@ -89,12 +89,26 @@ pub fn prepare(
     }))
 }
 
-/// Opens the configured store, loads everything, and serves until shutdown.
-pub fn serve(settings: Settings) -> Result<(), String> {
-    let source = crate::store::Store::open(&settings.store)?.source();
-    let state = prepare(settings, &source).map_err(|e| format!("cannot start: {e}"))?;
-    run(state, source);
-    Ok(())
+/// Opens the configured store, loads everything, and serves until shutdown. A start-up
+/// failure is logged and printed, and becomes the process's failure exit code.
+pub fn serve(settings: Settings) -> std::process::ExitCode {
+    let started = crate::store::Store::open(&settings.store).and_then(|store| {
+        let source = store.source();
+        prepare(settings, &source)
+            .map(|state| (state, source))
+            .map_err(|e| format!("cannot start: {e}"))
+    });
+    match started {
+        Ok((state, source)) => {
+            run(state, source);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "nexus-edge stopped");
+            eprintln!("nexus-edge: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the router until SIGTERM/SIGINT, then drains for `server.shutdown_grace`.

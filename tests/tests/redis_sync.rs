@@ -330,7 +330,16 @@ fn redis_outage_is_fail_static_and_changes_are_applied_after() {
     );
     redis.cmd(&["ACL", "SETUSER", "edge", "on"]);
     wait_instance(&edge, &keys, "acme", "instance-b");
-    let reloads = edge.ops_get("/metrics").text();
+    // Health is marked right after the table is swapped: poll rather than race it.
+    let reloads = wait::until(
+        Duration::from_secs(10),
+        "the store to be reported up",
+        || {
+            let text = edge.ops_get("/metrics").text();
+            text.contains("nexus_edge_binding_store_up 1")
+                .then_some(text)
+        },
+    );
     assert!(
         reloads.contains("nexus_edge_binding_store_up 1"),
         "{reloads}"

@@ -687,7 +687,15 @@ fn sigterm_drains_in_flight_requests() {
 fn metrics_and_probes_on_the_ops_listener() {
     let w = world();
     let _ = get(w.edge.addr, &host("acme"), "/", &[]);
-    let m = w.edge.ops_get("/metrics");
+    // Requests are counted in Pingora's logging phase, after the response is sent: poll.
+    let counted = |m: &nexus_e2e::http::Response| {
+        m.text()
+            .contains("nexus_edge_requests_total{outcome=\"missing_token\"} 1")
+    };
+    let m = nexus_e2e::wait::until(Duration::from_secs(10), "the request to be counted", || {
+        let m = w.edge.ops_get("/metrics");
+        counted(&m).then_some(m)
+    });
     assert_eq!(m.status, 200);
     let text = m.text();
     assert!(

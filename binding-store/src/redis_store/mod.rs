@@ -430,9 +430,7 @@ impl BindingAdmin for RedisStore {
     async fn list(&self) -> Result<Vec<Binding>, AdminError> {
         let mut con = self.connect().await.map_err(unavailable)?;
         let (bindings, _) = self.load_all(&mut con).await.map_err(unavailable)?;
-        let mut out: Vec<Binding> = bindings.iter().map(|b| b.as_ref().clone()).collect();
-        out.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
-        Ok(out)
+        Ok(crate::records::sorted_by_tenant(&bindings))
     }
 
     async fn apply(

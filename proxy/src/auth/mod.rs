@@ -38,7 +38,6 @@ use keyset::KeySet;
 const DEMO_JWKS: &str = include_str!("../../../deploy/demo/jwks.json");
 
 /// Verifies tokens. Shared by every request; keys are swapped atomically on reload.
-#[derive(Debug)]
 pub struct Authenticator {
     source: JwksSource,
     hmac: Vec<HmacKey>,
@@ -51,6 +50,17 @@ pub struct Authenticator {
     generation: AtomicU64,
     /// Full signature checks done (cache misses), for tests and metrics.
     signature_checks: AtomicU64,
+}
+
+impl std::fmt::Debug for Authenticator {
+    // Hand-written so the cache's hashing key (a secret) never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("source", &self.source)
+            .field("keys", &self.key_count())
+            .field("cached_tokens", &self.cache.len())
+            .finish_non_exhaustive()
+    }
 }
 
 fn read_source(source: &JwksSource) -> Result<(String, String), AuthSetupError> {

@@ -18,12 +18,5 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
              never use it in production"
         );
     }
-    match crate::server::serve(settings) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "nexus-edge stopped");
-            eprintln!("nexus-edge: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::server::serve(settings)
 }
