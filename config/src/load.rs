@@ -1,7 +1,7 @@
 //! TOML text → validated [`Settings`]. Every section is read even when an earlier one failed,
 //! so one run of `nexus-edge check` lists every problem in the file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
@@ -464,21 +464,8 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
             })
         }
         Some(("redis", _)) => {
-            let url = match s.required_string("url", p) {
-                Some((u, at))
-                    if !(u.starts_with("redis://")
-                        || u.starts_with("redis+unix://")
-                        || u.starts_with("unix://")) =>
-                {
-                    p.push(
-                        "store.url",
-                        Some(at),
-                        format!("{u:?} is not a redis://, redis+unix:// or unix:// URL"),
-                    );
-                    None
-                }
-                other => other.map(|(u, _)| u),
-            };
+            let endpoint = redis_endpoint(&mut s, p);
+            let tls = redis_tls(&mut s, base, endpoint.as_ref(), p);
             let key_prefix = s
                 .string("key_prefix", p)
                 .map_or_else(|| "nexus".to_owned(), |(v, _)| v);
@@ -503,9 +490,10 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
                 .string("replica_id", p)
                 .map(|(v, _)| v)
                 .filter(|v| !v.is_empty());
-            url.map(|url| {
+            endpoint.map(|endpoint| {
                 StoreSettings::Redis(RedisStoreSettings {
-                    url,
+                    endpoint,
+                    tls,
                     key_prefix,
                     snapshot_path,
                     reconcile_interval,
@@ -526,6 +514,180 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
     };
     s.finish(p);
     result.filter(|_| p.list.len() == before)
+}
+
+fn is_redis_url(u: &str) -> bool {
+    ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|scheme| u.starts_with(scheme))
+}
+
+/// `url` or `[store.sentinel]`, exactly one.
+fn redis_endpoint(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<RedisEndpointSettings> {
+    let url = s.string("url", p);
+    let mut sentinel = s.nested("sentinel", "store.sentinel", p);
+    let endpoint = match (url, sentinel.present()) {
+        (Some(_), true) => {
+            p.push(
+                "store.url",
+                None,
+                "give either url or [store.sentinel], not both",
+            );
+            None
+        }
+        (None, false) => {
+            p.push(
+                "store.url",
+                None,
+                "is required for kind = \"redis\" (or configure [store.sentinel])",
+            );
+            None
+        }
+        (Some((u, at)), false) => {
+            if is_redis_url(&u) {
+                Some(RedisEndpointSettings::Url(u))
+            } else {
+                p.push(
+                    "store.url",
+                    Some(at),
+                    "is not a redis://, rediss://, redis+unix:// or unix:// URL",
+                );
+                None
+            }
+        }
+        (None, true) => sentinel_settings(&mut sentinel, p).map(RedisEndpointSettings::Sentinel),
+    };
+    sentinel.finish(p);
+    endpoint
+}
+
+fn sentinel_settings(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<SentinelSettings> {
+    let before = p.list.len();
+    let master_name = match s.required_string("master_name", p) {
+        Some((v, at)) if v.is_empty() => {
+            p.push("store.sentinel.master_name", Some(at), "must not be empty");
+            None
+        }
+        other => other.map(|(v, _)| v),
+    };
+    let nodes = match s.strings("nodes", p, |v| {
+        if v.starts_with("redis://") || v.starts_with("rediss://") {
+            Ok(v.to_owned())
+        } else {
+            Err("is not a redis:// or rediss:// URL (Sentinels are reached over TCP)".to_owned())
+        }
+    }) {
+        Some(n) if n.is_empty() => {
+            p.push(
+                "store.sentinel.nodes",
+                None,
+                "must list at least one Sentinel",
+            );
+            None
+        }
+        None if s.raw("nodes").is_none() => {
+            p.push("store.sentinel.nodes", None, "is required");
+            None
+        }
+        other => other,
+    };
+    if nodes.as_ref().is_some_and(|n| {
+        n.iter().any(|u| u.starts_with("rediss://")) && n.iter().any(|u| u.starts_with("redis://"))
+    }) {
+        p.push(
+            "store.sentinel.nodes",
+            None,
+            "mixes redis:// and rediss://; every Sentinel must use the same",
+        );
+    }
+    let tls = s.boolean("tls", p).unwrap_or(false);
+    let username = s
+        .string("username", p)
+        .map(|(v, _)| v)
+        .filter(|v| !v.is_empty());
+    let password = match s.string("password_env", p) {
+        None => None,
+        Some((env, at)) => match std::env::var(&env) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                p.push(
+                    "store.sentinel.password_env",
+                    Some(at),
+                    format!("environment variable {env} is not set"),
+                );
+                None
+            }
+        },
+    };
+    let db = s.integer("db", 0, 1023, p).unwrap_or(0);
+    if p.list.len() != before {
+        return None;
+    }
+    Some(SentinelSettings {
+        master_name: master_name?,
+        nodes: nodes?,
+        tls,
+        username,
+        password,
+        db,
+    })
+}
+
+/// `[store.tls]`: only meaningful when some connection uses TLS.
+fn redis_tls(
+    store: &mut Section<'_, '_>,
+    base: &Path,
+    endpoint: Option<&RedisEndpointSettings>,
+    p: &mut Problems<'_>,
+) -> RedisTlsSettings {
+    let mut s = store.nested("tls", "store.tls", p);
+    let readable = |key: &str, path: Option<PathBuf>, p: &mut Problems<'_>| {
+        let path = path?;
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Some(path),
+            _ => {
+                p.push(key, None, format!("cannot read {}", path.display()));
+                None
+            }
+        }
+    };
+    let ca_file = s.path("ca_file", base, p);
+    let ca_file = readable("store.tls.ca_file", ca_file, p);
+    let cert = s.path("client_cert_file", base, p);
+    let cert = readable("store.tls.client_cert_file", cert, p);
+    let key = s.path("client_key_file", base, p);
+    let key = readable("store.tls.client_key_file", key, p);
+    let client_cert = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            p.push(
+                "store.tls",
+                None,
+                "client_cert_file and client_key_file go together",
+            );
+            None
+        }
+    };
+    let uses_tls = match endpoint {
+        Some(RedisEndpointSettings::Url(u)) => u.starts_with("rediss://"),
+        Some(RedisEndpointSettings::Sentinel(st)) => {
+            st.tls || st.nodes.iter().any(|n| n.starts_with("rediss://"))
+        }
+        None => true,
+    };
+    if s.present() && !uses_tls {
+        p.push(
+            "store.tls",
+            None,
+            "is set but no connection uses TLS (use a rediss:// URL, or tls = true in [store.sentinel])",
+        );
+    }
+    s.finish(p);
+    RedisTlsSettings {
+        ca_file,
+        client_cert,
+    }
 }
 
 fn log(root: &DeTable<'_>, d: &LogSettings, p: &mut Problems<'_>) -> Option<LogSettings> {

@@ -61,7 +61,31 @@ pub(crate) struct Section<'a, 'i> {
 impl<'a, 'i> Section<'a, 'i> {
     /// Opens `name` in the root table (absent section = all defaults).
     pub(crate) fn open(root: &'a DeTable<'i>, name: &'static str, p: &mut Problems<'_>) -> Self {
-        let entry = root.iter().find(|(k, _)| k.get_ref().as_ref() == name);
+        Self::open_as(root, name, name, p)
+    }
+
+    /// Opens the nested table `k` of this section (e.g. `[store.sentinel]`) as a section of
+    /// its own, reported under `full_name`.
+    pub(crate) fn nested(
+        &mut self,
+        k: &'static str,
+        full_name: &'static str,
+        p: &mut Problems<'_>,
+    ) -> Section<'a, 'i> {
+        self.known.push(k);
+        match self.table {
+            Some(t) => Self::open_as(t, k, full_name, p),
+            None => Section {
+                name: full_name,
+                table: None,
+                at: None,
+                known: Vec::new(),
+            },
+        }
+    }
+
+    fn open_as(root: &'a DeTable<'i>, key: &str, name: &'static str, p: &mut Problems<'_>) -> Self {
+        let entry = root.iter().find(|(k, _)| k.get_ref().as_ref() == key);
         match entry {
             None => Self {
                 name,
@@ -141,6 +165,21 @@ impl<'a, 'i> Section<'a, 'i> {
             return None;
         }
         self.string(k, p)
+    }
+
+    pub(crate) fn boolean(&mut self, k: &'static str, p: &mut Problems<'_>) -> Option<bool> {
+        let v = self.raw(k)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                p.push(
+                    self.key(k),
+                    Some(v.span().start),
+                    format!("must be true or false, found {}", other.type_str()),
+                );
+                None
+            }
+        }
     }
 
     pub(crate) fn integer(

@@ -122,6 +122,7 @@ pub struct UpstreamSettings {
 
 /// `[store]`: where bindings come from.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // built once at start-up; boxing would only add noise
 pub enum StoreSettings {
     /// A JSON file of binding records, reloaded when it changes.
     File(FileStoreSettings),
@@ -132,8 +133,10 @@ pub enum StoreSettings {
 /// `[store] kind = "redis"`
 #[derive(Clone, Debug, PartialEq)]
 pub struct RedisStoreSettings {
-    /// `redis://[user:password@]host:port/db` or `redis+unix:///path`.
-    pub url: String,
+    /// Where the primary is.
+    pub endpoint: RedisEndpointSettings,
+    /// `[store.tls]`: certificates for `rediss://` connections.
+    pub tls: RedisTlsSettings,
     /// Key prefix shared by the fleet.
     pub key_prefix: String,
     /// Last-known-good snapshot on local disk (`None`: no snapshot).
@@ -144,6 +147,65 @@ pub struct RedisStoreSettings {
     pub heartbeat_interval: Duration,
     /// This replica's id (`None`: hostname-pid).
     pub replica_id: Option<String>,
+}
+
+/// How the Redis primary is found.
+#[derive(Clone, PartialEq)]
+pub enum RedisEndpointSettings {
+    /// `url = "redis://[user:password@]host:port/db"`, `rediss://…` (TLS) or
+    /// `redis+unix:///path`.
+    Url(String),
+    /// `[store.sentinel]`: the primary Redis Sentinel names.
+    Sentinel(SentinelSettings),
+}
+
+impl std::fmt::Debug for RedisEndpointSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The URL may carry a password.
+            RedisEndpointSettings::Url(_) => f.write_str("Url(<redacted>)"),
+            RedisEndpointSettings::Sentinel(s) => f.debug_tuple("Sentinel").field(s).finish(),
+        }
+    }
+}
+
+/// `[store.sentinel]`
+#[derive(Clone, PartialEq)]
+pub struct SentinelSettings {
+    /// The name the Sentinels monitor the primary under.
+    pub master_name: String,
+    /// Sentinel URLs: `redis://[user:password@]host:port`, or `rediss://` for TLS.
+    pub nodes: Vec<String>,
+    /// TLS to the primary.
+    pub tls: bool,
+    /// ACL user on the primary.
+    pub username: Option<String>,
+    /// Password on the primary (from `password_env`).
+    pub password: Option<String>,
+    /// Database number.
+    pub db: i64,
+}
+
+impl std::fmt::Debug for SentinelSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelSettings")
+            .field("master_name", &self.master_name)
+            .field("nodes", &self.nodes.len())
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .finish()
+    }
+}
+
+/// `[store.tls]`: certificates for TLS connections to Redis and Sentinel.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RedisTlsSettings {
+    /// Trust only this CA bundle (PEM); absent: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM), for servers that require mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[store] kind = "file"`

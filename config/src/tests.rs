@@ -173,3 +173,99 @@ fn display_lists_file_line_key() {
     let text = err.to_string();
     assert!(text.contains("edge.toml:2: server.threads:"), "{text}");
 }
+
+const AUTH: &str = "[auth]\njwks_file = \"keys/jwks.json\"\n";
+
+fn store_of(text: &str) -> RedisStoreSettings {
+    let full = format!("{AUTH}{text}");
+    match parse_str(&full, Path::new("/etc/nexus/edge.toml")) {
+        Ok(s) => match s.store {
+            StoreSettings::Redis(r) => r,
+            other => panic!("not a redis store: {other:?}"),
+        },
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn redis_store_by_url_or_by_sentinel() {
+    let r =
+        store_of("[store]\nkind = \"redis\"\nurl = \"rediss://edge:pw@redis.internal:6380/1\"\n");
+    assert_eq!(
+        r.endpoint,
+        RedisEndpointSettings::Url("rediss://edge:pw@redis.internal:6380/1".into())
+    );
+    assert!(
+        !format!("{r:?}").contains("pw@"),
+        "Debug must not show the password"
+    );
+
+    std::env::set_var("NEXUS_TEST_REDIS_PW", "primary-secret");
+    let r = store_of(
+        "[store]\nkind = \"redis\"\n\
+         [store.sentinel]\nmaster_name = \"nexus\"\nnodes = [\"redis://10.0.0.1:26379\", \"redis://10.0.0.2:26379\"]\n\
+         tls = true\nusername = \"edge\"\npassword_env = \"NEXUS_TEST_REDIS_PW\"\ndb = 2\n",
+    );
+    let RedisEndpointSettings::Sentinel(s) = &r.endpoint else {
+        panic!("{r:?}")
+    };
+    assert_eq!(s.master_name, "nexus");
+    assert_eq!(s.nodes.len(), 2);
+    assert!(s.tls);
+    assert_eq!(s.password.as_deref(), Some("primary-secret"));
+    assert_eq!(s.db, 2);
+    assert!(!format!("{r:?}").contains("primary-secret"));
+}
+
+#[test]
+fn redis_store_problems_name_the_key() {
+    let ps = problems(&format!("{AUTH}[store]\nkind = \"redis\"\n"));
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "store.url" && p.message.contains("sentinel")),
+        "{ps:#?}"
+    );
+
+    let ps = problems(&format!(
+        "{AUTH}[store]\nkind = \"redis\"\nurl = \"redis://x\"\n[store.sentinel]\nmaster_name = \"m\"\nnodes = [\"redis://a:1\"]\n"
+    ));
+    assert!(ps.iter().any(|p| p.message.contains("not both")), "{ps:#?}");
+
+    let ps = problems(&format!(
+        "{AUTH}[store]\nkind = \"redis\"\nurl = \"http://x\"\n"
+    ));
+    has(&ps, "store.url", 5, "rediss://");
+
+    let ps = problems(&format!(
+        "{AUTH}[store]\nkind = \"redis\"\n[store.sentinel]\nmaster_name = \"\"\nnodes = [\"redis+unix:///s\", \"redis://a:1\", \"rediss://b:1\"]\ntls = \"yes\"\npassword_env = \"NEXUS_TEST_UNSET_VAR\"\nmaster = \"m\"\n"
+    ));
+    has(&ps, "store.sentinel.master_name", 6, "empty");
+    has(&ps, "store.sentinel.nodes[0]", 7, "over TCP");
+    has(&ps, "store.sentinel.tls", 8, "true or false");
+    has(
+        &ps,
+        "store.sentinel.password_env",
+        9,
+        "NEXUS_TEST_UNSET_VAR",
+    );
+    has(&ps, "store.sentinel.master", 10, "master_name");
+
+    let ps = problems(&format!(
+        "{AUTH}[store]\nkind = \"redis\"\nurl = \"redis://x\"\n[store.tls]\nca_file = \"/nonexistent/ca.pem\"\nclient_cert_file = \"/etc/hostname\"\n"
+    ));
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "store.tls.ca_file" && p.message.contains("cannot read")),
+        "{ps:#?}"
+    );
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "store.tls" && p.message.contains("go together")),
+        "{ps:#?}"
+    );
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "store.tls" && p.message.contains("no connection uses TLS")),
+        "{ps:#?}"
+    );
+}

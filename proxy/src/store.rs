@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use nexus_binding_store::file_store::FileStore;
-use nexus_binding_store::redis_store::{default_replica_id, RedisOptions, RedisStore};
+use nexus_binding_store::redis_store::{
+    default_replica_id, RedisEndpoint, RedisOptions, RedisStore, RedisTls, SentinelOptions,
+};
 use nexus_binding_store::{BindingAdmin, BindingSource};
-use nexus_config::{RedisStoreSettings, StoreSettings};
+use nexus_config::{RedisEndpointSettings, RedisStoreSettings, StoreSettings};
 
 /// A configured store, as both a sync source and an admin target.
 #[derive(Debug, Clone)]
@@ -24,7 +26,7 @@ impl Store {
             StoreSettings::File(f) => {
                 Store::File(Arc::new(FileStore::new(f.path.clone(), f.poll_interval)))
             }
-            StoreSettings::Redis(r) => Store::Redis(Arc::new(RedisStore::new(redis_options(r))?)),
+            StoreSettings::Redis(r) => Store::Redis(Arc::new(RedisStore::new(redis_options(r)?)?)),
         })
     }
 
@@ -45,13 +47,42 @@ impl Store {
     }
 }
 
-/// Maps config to the store's options.
-pub fn redis_options(r: &RedisStoreSettings) -> RedisOptions {
-    let mut o = RedisOptions::new(r.url.clone());
+/// Maps config to the store's options, reading the TLS files it names.
+pub fn redis_options(r: &RedisStoreSettings) -> Result<RedisOptions, String> {
+    let endpoint = match &r.endpoint {
+        RedisEndpointSettings::Url(u) => RedisEndpoint::Url(u.clone()),
+        RedisEndpointSettings::Sentinel(s) => RedisEndpoint::Sentinel(SentinelOptions {
+            master_name: s.master_name.clone(),
+            nodes: s.nodes.clone(),
+            master_tls: s.tls,
+            username: s.username.clone(),
+            password: s.password.clone(),
+            db: s.db,
+        }),
+    };
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
+    };
+    let mut o = RedisOptions::with_endpoint(endpoint);
+    o.tls = RedisTls {
+        ca_pem: r
+            .tls
+            .ca_file
+            .as_deref()
+            .map(|p| read("store.tls.ca_file", p))
+            .transpose()?,
+        client_cert_pem: match &r.tls.client_cert {
+            Some((cert, key)) => Some((
+                read("store.tls.client_cert_file", cert)?,
+                read("store.tls.client_key_file", key)?,
+            )),
+            None => None,
+        },
+    };
     o.key_prefix = r.key_prefix.clone();
     o.snapshot_path = r.snapshot_path.clone();
     o.reconcile_interval = r.reconcile_interval;
     o.heartbeat_interval = r.heartbeat_interval;
     o.replica_id = r.replica_id.clone().unwrap_or_else(default_replica_id);
-    o
+    Ok(o)
 }

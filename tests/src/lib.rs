@@ -1,19 +1,26 @@
 //! Harness for end-to-end tests of the real `nexus-edge` binary.
 //!
+//! - [`admin`]: the admin CLI against a store, as a separate process.
 //! - [`backend`]: real HTTP instances on `127.0.0.1:0` that answer with their own name and the
 //!   headers they received (and can be slow, or speak WebSocket).
 //! - [`edge`]: starts the real binary on a generated config and stops it on drop.
 //! - [`http`]: a raw HTTP/1.1 client, so tests can send what a browser would not (two Host
 //!   headers, absolute-form targets, spoofed identity headers).
 //! - [`keys`]: signing keys and their JWKS for tests.
+//! - [`redis_server`]: a real `redis-server` on a unix socket; [`redis_tcp`]: TCP nodes for
+//!   TLS, replication and Sentinel.
+//! - [`tls`]: a throwaway CA with server and client certificates.
 //! - [`wait`]: polling with a deadline instead of sleeping.
 
 // A harness for tests: a failed expectation here is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod admin;
 pub mod backend;
 pub mod edge;
 pub mod http;
 pub mod keys;
 pub mod redis_server;
+pub mod redis_tcp;
+pub mod tls;
 pub mod wait;

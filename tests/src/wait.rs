@@ -19,3 +19,19 @@ pub fn until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Option<
         pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
+
+/// Like [`until`], but returns `None` at the deadline instead of panicking.
+pub fn poll<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(v) = cond() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::park_timeout(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}

@@ -4,11 +4,11 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nexus_e2e::admin::Admin;
 use nexus_e2e::backend::Backend;
 use nexus_e2e::edge::{binding, cli, Edge, EdgeOptions, BASE};
 use nexus_e2e::http::get_with_token;
@@ -28,57 +28,9 @@ fn store_section(url: &str, replica: &str, snapshot: Option<&str>) -> String {
     )
 }
 
-/// An admin config (for the CLI) on the same Redis.
-struct Admin {
-    _dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl Admin {
-    fn new(redis: &RedisServer) -> Admin {
-        let dir = tempfile::tempdir().expect("dir");
-        let config = dir.path().join("admin.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[auth]\njwks_file = \"unused.json\"\n\n{}",
-                store_section(&redis.url(), "admin", None)
-            ),
-        )
-        .expect("write");
-        Admin { _dir: dir, config }
-    }
-
-    /// Runs `nexus-edge tenant ARGS --config admin.toml`; returns (exit code, stdout, stderr).
-    fn tenant(&self, args: &[&str]) -> (i32, String, String) {
-        let mut all = vec![
-            "tenant",
-            "--config",
-            self.config.to_str().expect("utf8"),
-            "--actor",
-            "test-admin",
-        ];
-        all.extend_from_slice(args);
-        let out = cli(&all);
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.tenant(args);
-        assert_eq!(code, 0, "tenant {args:?} failed: {err}{out}");
-        out
-    }
-
-    fn put(&self, record: &serde_json::Value) {
-        let dir = tempfile::tempdir().expect("dir");
-        let f = dir.path().join("record.json");
-        std::fs::write(&f, record.to_string()).expect("write");
-        self.ok(&["put", f.to_str().expect("utf8")]);
-    }
+/// The admin CLI on the same Redis as the replicas.
+fn admin_for(redis: &RedisServer) -> Admin {
+    Admin::new(&store_section(&redis.url(), "admin", None))
 }
 
 fn replica(
@@ -112,7 +64,7 @@ fn wait_instance(edge: &Edge, keys: &TestKeys, tenant: &str, want: &str) {
 #[test]
 fn rebind_reaches_every_replica_and_wait_confirms() {
     let redis = RedisServer::start();
-    let admin = Admin::new(&redis);
+    let admin = admin_for(&redis);
     let keys = TestKeys::new();
     let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
     admin.put(&binding("acme", &a.url(), "active", None));
@@ -215,7 +167,7 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
 #[test]
 fn wait_times_out_naming_a_stopped_replica() {
     let redis = RedisServer::start();
-    let admin = Admin::new(&redis);
+    let admin = admin_for(&redis);
     let keys = TestKeys::new();
     let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
     admin.put(&binding("acme", &a.url(), "active", None));
@@ -257,7 +209,7 @@ fn wait_times_out_naming_a_stopped_replica() {
 #[test]
 fn redis_outage_is_fail_static_and_changes_are_applied_after() {
     let mut redis = RedisServer::start();
-    let admin = Admin::new(&redis);
+    let admin = admin_for(&redis);
     let keys = TestKeys::new();
     let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
     admin.put(&binding("acme", &a.url(), "active", None));
@@ -383,7 +335,7 @@ fn redis_outage_is_fail_static_and_changes_are_applied_after() {
 #[test]
 fn restart_during_outage_serves_the_snapshot_and_refuses_a_corrupt_one() {
     let mut redis = RedisServer::start();
-    let admin = Admin::new(&redis);
+    let admin = admin_for(&redis);
     let keys = TestKeys::new();
     let a = Backend::start("instance-a");
     admin.put(&binding("acme", &a.url(), "active", None));
@@ -424,7 +376,7 @@ fn restart_during_outage_serves_the_snapshot_and_refuses_a_corrupt_one() {
 #[test]
 fn malformed_record_in_redis_is_isolated() {
     let redis = RedisServer::start();
-    let admin = Admin::new(&redis);
+    let admin = admin_for(&redis);
     let keys = TestKeys::new();
     let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
     admin.put(&binding("acme", &a.url(), "active", None));
@@ -480,7 +432,7 @@ fn malformed_record_in_redis_is_isolated() {
 #[test]
 fn concurrent_writes_end_with_every_replica_on_the_highest_revision() {
     let redis = RedisServer::start();
-    let admin = Admin::new(&redis);
+    let admin = admin_for(&redis);
     let keys = TestKeys::new();
     let a = Backend::start("instance-a");
     admin.put(&binding("acme", &a.url(), "active", None));
@@ -541,7 +493,7 @@ fn concurrent_writes_end_with_every_replica_on_the_highest_revision() {
 #[test]
 fn in_flight_request_finishes_on_the_old_instance_across_a_rebind() {
     let redis = RedisServer::start();
-    let admin = Admin::new(&redis);
+    let admin = admin_for(&redis);
     let keys = TestKeys::new();
     let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
     admin.put(&binding("acme", &a.url(), "active", None));

@@ -76,10 +76,7 @@ pub(super) async fn heartbeat(
 impl RedisStore {
     /// Every replica that ever heartbeated (dead ones older than an hour are pruned).
     pub async fn replicas(&self) -> Result<Vec<ReplicaStatus>, AdminError> {
-        let mut con = self
-            .connect()
-            .await
-            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        let mut con = self.admin_connection().await?;
         let all: Vec<(String, String)> = con
             .hgetall(self.keys().replicas())
             .await

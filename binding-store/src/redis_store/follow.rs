@@ -92,19 +92,44 @@ async fn session(
         Some(p) if p.stream_id == "0-0" && p.revision == 0 => true,
         Some(p) => {
             let counter: Option<u64> = con.get(store.keys().revision()).await?;
-            let next: Entries = redis::cmd("XRANGE")
-                .arg(store.keys().changes())
-                .arg(format!("({}", p.stream_id))
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut con)
-                .await?;
             let counter = counter.unwrap_or(0);
-            counter > p.revision
-                && next
-                    .first()
-                    .is_none_or(|(_, f)| field_u64(f, "rev") > p.revision + 1)
+            // After a Sentinel failover that lost the last writes (replication is
+            // asynchronous), or a reset of Redis, the store's history is no longer the one
+            // this replica followed: its counter is behind ours, or our last entry is gone.
+            // Resuming would skip the new history's changes as "stale"; reload instead.
+            let ours: Entries = if p.stream_id == "0-0" {
+                Vec::new()
+            } else {
+                redis::cmd("XRANGE")
+                    .arg(store.keys().changes())
+                    .arg(&p.stream_id)
+                    .arg(&p.stream_id)
+                    .query_async(&mut con)
+                    .await?
+            };
+            if counter < p.revision || (p.stream_id != "0-0" && ours.is_empty()) {
+                tracing::warn!(
+                    store_revision = counter,
+                    applied_revision = p.revision,
+                    "the change feed no longer continues from this replica's position \
+                     (trimmed, failover, or reset); reconciling"
+                );
+                reconcile(store, handle, &mut con).await?;
+                false
+            } else {
+                let next: Entries = redis::cmd("XRANGE")
+                    .arg(store.keys().changes())
+                    .arg(format!("({}", p.stream_id))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut con)
+                    .await?;
+                counter > p.revision
+                    && next
+                        .first()
+                        .is_none_or(|(_, f)| field_u64(f, "rev") > p.revision + 1)
+            }
         }
     };
     if needs_reconcile {
@@ -179,8 +204,9 @@ async fn session(
     }
 }
 
-/// Applies feed entries in order. Returns true when a gap shows that entries were trimmed away
-/// (the caller then reconciles).
+/// Applies feed entries in order. Returns true when the feed no longer continues this
+/// replica's history — a gap (entries trimmed away) or a restart at an older revision — and
+/// the caller must reconcile.
 async fn apply_entries(
     store: &RedisStore,
     handle: &BindingHandle,
@@ -193,6 +219,17 @@ async fn apply_entries(
     });
     for (id, fields) in entries {
         let rev = field_u64(&fields, "rev");
+        // Within one history, entries after our position carry newer revisions. An older one
+        // means Redis started a new history (reset, or a failover that lost writes): its
+        // changes would all look stale, so reload instead of ignoring them.
+        if rev != 0 && rev <= pos.revision {
+            tracing::warn!(
+                applied = pos.revision,
+                got = rev,
+                "the change feed restarted at an older revision (Redis reset or failover); reconciling"
+            );
+            return Ok(true);
+        }
         if rev > pos.revision + 1 {
             tracing::warn!(
                 expected = pos.revision + 1,

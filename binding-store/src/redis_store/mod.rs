@@ -13,6 +13,7 @@
 //! - Each replica heartbeats its applied revision, which is how `tenant rebind --wait` knows
 //!   that every live replica has the change.
 
+mod endpoint;
 mod fleet;
 mod follow;
 
@@ -32,13 +33,18 @@ use crate::model::{Binding, Interner, Revision, TenantId};
 use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
 
+pub use endpoint::{RedisEndpoint, RedisTls, SentinelOptions};
 pub use fleet::{ReplicaStatus, WaitOutcome};
+
+use endpoint::Connector;
 
 /// Where and how to reach Redis, and how this replica behaves.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://[user:password@]host:port/db` or `redis+unix:///path/to/socket`.
-    pub url: String,
+    /// Where the primary is: a URL, or Sentinel discovery.
+    pub endpoint: RedisEndpoint,
+    /// Certificates for TLS connections (`rediss://`).
+    pub tls: RedisTls,
     /// Key prefix (default `nexus`).
     pub key_prefix: String,
     /// Last-known-good snapshot file; `None` disables snapshots.
@@ -60,10 +66,17 @@ pub struct RedisOptions {
 }
 
 impl RedisOptions {
-    /// Options with production defaults for `url`.
+    /// Options with production defaults for a primary at `url` (`redis://[user:password@]host:port/db`,
+    /// `rediss://` for TLS, or `redis+unix:///path/to/socket`).
     pub fn new(url: impl Into<String>) -> Self {
+        Self::with_endpoint(RedisEndpoint::Url(url.into()))
+    }
+
+    /// Options with production defaults for `endpoint`.
+    pub fn with_endpoint(endpoint: RedisEndpoint) -> Self {
         Self {
-            url: url.into(),
+            endpoint,
+            tls: RedisTls::default(),
             key_prefix: "nexus".to_owned(),
             snapshot_path: None,
             reconcile_interval: Duration::from_secs(300),
@@ -126,7 +139,7 @@ pub(crate) struct FeedPosition {
 pub struct RedisStore {
     opts: RedisOptions,
     keys: Keys,
-    client: redis::Client,
+    connector: Connector,
     script: redis::Script,
     health: Arc<SyncHealth>,
     position: Mutex<Option<FeedPosition>>,
@@ -146,15 +159,15 @@ fn unavailable(e: impl std::fmt::Display) -> AdminError {
 }
 
 impl RedisStore {
-    /// A store for `opts`. Fails only on a malformed URL; connecting happens on use.
+    /// A store for `opts`. Fails only on malformed endpoint or TLS settings; connecting
+    /// happens on use.
     pub fn new(opts: RedisOptions) -> Result<Self, String> {
-        let client =
-            redis::Client::open(opts.url.as_str()).map_err(|e| format!("redis url: {e}"))?;
+        let connector = Connector::new(&opts.endpoint, &opts.tls)?;
         Ok(Self {
             keys: Keys {
                 prefix: opts.key_prefix.clone(),
             },
-            client,
+            connector,
             script: redis::Script::new(include_str!("write.lua")),
             health: Arc::new(SyncHealth::default()),
             position: Mutex::new(None),
@@ -166,15 +179,26 @@ impl RedisStore {
         let cfg = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(self.opts.timeout)
             .set_response_timeout(self.opts.timeout);
-        self.client
+        self.connector
+            .client()
+            .await?
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
+    }
+
+    /// A connection for an admin command; the error names the endpoint (never its password).
+    pub(crate) async fn admin_connection(&self) -> Result<MultiplexedConnection, AdminError> {
+        self.connect().await.map_err(|e| {
+            AdminError::Unavailable(format!("redis at {}: {e}", self.opts.endpoint.describe()))
+        })
     }
 
     /// A connection without a response timeout, for blocking stream reads.
     pub(crate) async fn connect_blocking(&self) -> redis::RedisResult<MultiplexedConnection> {
         let cfg = redis::AsyncConnectionConfig::new().set_connection_timeout(self.opts.timeout);
-        self.client
+        self.connector
+            .client()
+            .await?
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
     }
@@ -378,7 +402,7 @@ impl BindingSource for RedisStore {
                 self.health.mark_down();
                 let Some(path) = &self.opts.snapshot_path else {
                     return Err(StoreError::Format {
-                        path: PathBuf::from(&self.opts.url),
+                        path: PathBuf::from(self.opts.endpoint.describe()),
                         reason: format!("Redis unreachable ({e}) and no snapshot configured"),
                     });
                 };
@@ -416,7 +440,7 @@ impl BindingSource for RedisStore {
 #[async_trait]
 impl BindingAdmin for RedisStore {
     async fn get(&self, tenant: &TenantId) -> Result<Option<Binding>, AdminError> {
-        let mut con = self.connect().await.map_err(unavailable)?;
+        let mut con = self.admin_connection().await?;
         let text: Option<String> = con
             .get(self.keys.binding(tenant.as_str()))
             .await
@@ -428,7 +452,7 @@ impl BindingAdmin for RedisStore {
     }
 
     async fn list(&self) -> Result<Vec<Binding>, AdminError> {
-        let mut con = self.connect().await.map_err(unavailable)?;
+        let mut con = self.admin_connection().await?;
         let (bindings, _) = self.load_all(&mut con).await.map_err(unavailable)?;
         Ok(crate::records::sorted_by_tenant(&bindings))
     }
@@ -440,7 +464,7 @@ impl BindingAdmin for RedisStore {
         expect: Option<Revision>,
         actor: &Actor,
     ) -> Result<(Revision, Option<Binding>), AdminError> {
-        let mut con = self.connect().await.map_err(unavailable)?;
+        let mut con = self.admin_connection().await?;
         // Read-modify-write with an optimistic check: without --expect-revision the script is
         // still told what we read, and a concurrent change makes us re-read and retry.
         for attempt in 0u64..200 {
@@ -573,7 +597,7 @@ impl BindingAdmin for RedisStore {
     }
 
     async fn history(&self, tenant: &TenantId) -> Result<Vec<AuditEntry>, AdminError> {
-        let mut con = self.connect().await.map_err(unavailable)?;
+        let mut con = self.admin_connection().await?;
         let lines: Vec<String> = con
             .lrange(self.keys.audit(tenant.as_str()), 0, -1)
             .await

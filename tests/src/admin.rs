@@ -1,0 +1,60 @@
+//! The admin CLI (`nexus-edge tenant …`) run as a separate process against a store, the way an
+//! operator runs it.
+
+use std::path::PathBuf;
+
+use crate::edge::cli;
+
+/// An admin config file for one store.
+pub struct Admin {
+    _dir: tempfile::TempDir,
+    /// The admin config file.
+    pub config: PathBuf,
+}
+
+impl Admin {
+    /// An admin whose config holds `store` (a whole `[store]` section, with sub-tables).
+    pub fn new(store: &str) -> Admin {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = dir.path().join("admin.toml");
+        std::fs::write(
+            &config,
+            format!("[auth]\njwks_file = \"unused.json\"\n\n{store}"),
+        )
+        .expect("write");
+        Admin { _dir: dir, config }
+    }
+
+    /// Runs `nexus-edge tenant ARGS --config admin.toml`; returns (exit code, stdout, stderr).
+    pub fn tenant(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec![
+            "tenant",
+            "--config",
+            self.config.to_str().expect("utf8"),
+            "--actor",
+            "test-admin",
+        ];
+        all.extend_from_slice(args);
+        let out = cli(&all);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.tenant(args);
+        assert_eq!(code, 0, "tenant {args:?} failed: {err}{out}");
+        out
+    }
+
+    /// `tenant put` of one record.
+    pub fn put(&self, record: &serde_json::Value) {
+        let dir = tempfile::tempdir().expect("dir");
+        let f = dir.path().join("record.json");
+        std::fs::write(&f, record.to_string()).expect("write");
+        self.ok(&["put", f.to_str().expect("utf8")]);
+    }
+}

@@ -1,0 +1,61 @@
+//! A throwaway certificate authority for TLS tests: a CA, a server certificate for
+//! `localhost`/`127.0.0.1`, and a client certificate, written as PEM files.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+
+/// PEM files of one test CA and the certificates it issued.
+pub struct TestPki {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// Server certificate (SAN `localhost`, `127.0.0.1`) and key.
+    pub server_cert: PathBuf,
+    /// Server key.
+    pub server_key: PathBuf,
+    /// Client certificate and key (for mutual TLS).
+    pub client_cert: PathBuf,
+    /// Client key.
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// Generates a fresh CA and certificates into `dir`.
+    pub fn generate(dir: &Path) -> TestPki {
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "nexus test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+
+        let issue = |names: &[&str], usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().expect("key");
+            let mut params =
+                CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                    .expect("params");
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = issue(
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) = issue(&["nexus-edge"], ExtendedKeyUsagePurpose::ClientAuth);
+
+        let write = |name: &str, pem: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, pem).expect("write pem");
+            p
+        };
+        TestPki {
+            ca: write("ca.pem", &ca.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client-key.pem", &client_key),
+        }
+    }
+}

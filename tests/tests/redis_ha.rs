@@ -1,0 +1,304 @@
+//! Redis in production shapes: TLS (with and without client certificates), Sentinel failover,
+//! and a Redis whose history restarts under a following replica. Real `redis-server` nodes on
+//! loopback TCP, the real `nexus-edge` binary and admin CLI.
+
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_e2e::admin::Admin;
+use nexus_e2e::backend::Backend;
+use nexus_e2e::edge::{binding, Edge, EdgeOptions, BASE};
+use nexus_e2e::http::get_with_token;
+use nexus_e2e::keys::TestKeys;
+use nexus_e2e::redis_server::RedisServer;
+use nexus_e2e::redis_tcp::RedisNode;
+use nexus_e2e::tls::TestPki;
+use nexus_e2e::wait;
+
+/// A `[store]` section: `endpoint` is `url = "…"` or a `[store.sentinel]` table, `tail` any
+/// further sub-tables (e.g. `[store.tls]`).
+fn store(endpoint: &str, replica: &str, tail: &str) -> String {
+    let (url, sentinel) = if endpoint.starts_with('[') {
+        ("", endpoint)
+    } else {
+        (endpoint, "")
+    };
+    format!(
+        "[store]\nkind = \"redis\"\n{url}\nreconcile_interval = \"1h\"\nheartbeat_interval = \"100ms\"\n\
+         replica_id = \"{replica}\"\n{sentinel}\n{tail}"
+    )
+}
+
+fn replica(keys: &TestKeys, store: String) -> Edge {
+    let mut opts = EdgeOptions::new(keys.jwks(), serde_json::json!({}));
+    opts.store = Some(store);
+    Edge::try_start(&opts).expect("replica starts")
+}
+
+fn host(t: &str) -> String {
+    format!("{t}.{BASE}")
+}
+
+fn instance_of(edge: &Edge, keys: &TestKeys, tenant: &str) -> Option<String> {
+    let r = get_with_token(edge.addr, &host(tenant), "/", &keys.token(tenant, None));
+    (r.status == 200).then(|| r.json()["instance"].as_str().unwrap_or_default().to_owned())
+}
+
+fn wait_instance(edge: &Edge, keys: &TestKeys, tenant: &str, want: &str) {
+    wait::until(
+        Duration::from_secs(20),
+        &format!("{tenant} routed to {want}"),
+        || (instance_of(edge, keys, tenant).as_deref() == Some(want)).then_some(()),
+    );
+}
+
+fn rebind(admin: &Admin, tenant: &str, to: &Backend) -> (i32, String, String) {
+    admin.tenant(&[
+        "rebind",
+        tenant,
+        "--instance-id",
+        "moved",
+        "--instance-url",
+        &to.url(),
+    ])
+}
+
+/// Steady requests for one tenant on a background thread, counting answers that were not 200.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(edge: &Edge, keys: &TestKeys, tenant: &str) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (s, o, f) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+        let (addr, token, host) = (edge.addr, keys.token(tenant, None), host(tenant));
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let r = get_with_token(addr, &host, "/", &token);
+                if r.status == 200 { &o } else { &f }.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Traffic {
+            stop,
+            ok,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until `n` more requests succeeded.
+    fn served(&self, n: u64) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        wait::until(Duration::from_secs(20), "traffic to flow", || {
+            (self.ok.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    }
+
+    /// Stops the thread; returns (ok, failed).
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("traffic thread");
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn rediss_with_a_private_ca_and_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path());
+    let redis = RedisNode::tls_primary(&pki, true);
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    let tls = format!(
+        "[store.tls]\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let url = format!("url = \"{}\"", redis.url());
+    let admin = Admin::new(&store(&url, "admin", &tls));
+    admin.put(&binding("acme", &a.url(), "active", None));
+
+    let edge = replica(&keys, store(&url, "replica-tls", &tls));
+    wait_instance(&edge, &keys, "acme", "instance-a");
+    let (code, out, err) = rebind(&admin, "acme", &b);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_instance(&edge, &keys, "acme", "instance-b");
+
+    // Wrong TLS set-ups fail with an error and write nothing.
+    let no_client_cert = Admin::new(&store(
+        &url,
+        "admin",
+        &format!("[store.tls]\nca_file = \"{}\"\n", pki.ca.display()),
+    ));
+    let system_roots = Admin::new(&store(&url, "admin", ""));
+    let plaintext = Admin::new(&store(
+        &format!("url = \"redis://127.0.0.1:{}\"", redis.port),
+        "admin",
+        "",
+    ));
+    for (what, bad) in [
+        ("no client certificate", &no_client_cert),
+        ("system roots only", &system_roots),
+        ("plaintext to a TLS port", &plaintext),
+    ] {
+        let (code, out, err) = rebind(bad, "acme", &a);
+        assert_ne!(code, 0, "{what}: {out}");
+        assert!(
+            err.to_lowercase().contains("redis"),
+            "{what}: the error names the store: {err}"
+        );
+    }
+    assert_eq!(
+        instance_of(&edge, &keys, "acme").as_deref(),
+        Some("instance-b")
+    );
+    let got = admin.ok(&["get", "acme", "--json"]);
+    assert!(
+        got.contains(&b.url()),
+        "nothing written by the failures: {got}"
+    );
+}
+
+#[test]
+fn sentinel_failover_moves_the_fleet_to_the_new_primary() {
+    let mut primary = RedisNode::primary();
+    let standby = RedisNode::replica_of(&primary);
+    wait::until(Duration::from_secs(15), "the replica to sync", || {
+        standby
+            .cmd(&["INFO", "replication"])
+            .contains("master_link_status:up")
+            .then_some(())
+    });
+    let sentinel = RedisNode::sentinel("nexus", &primary);
+    wait::until(
+        Duration::from_secs(15),
+        "Sentinel to discover the replica",
+        || {
+            sentinel
+                .cmd(&["SENTINEL", "REPLICAS", "nexus"])
+                .contains(&standby.port.to_string())
+                .then_some(())
+        },
+    );
+    let endpoint = format!(
+        "[store.sentinel]\nmaster_name = \"nexus\"\nnodes = [\"{}\"]\n",
+        sentinel.url()
+    );
+    let keys = TestKeys::new();
+    let (a, b, c) = (
+        Backend::start("instance-a"),
+        Backend::start("instance-b"),
+        Backend::start("instance-c"),
+    );
+    let admin = Admin::new(&store(&endpoint, "admin", ""));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    admin.put(&binding("globex", &a.url(), "active", None));
+    let edge = replica(&keys, store(&endpoint, "replica-s", ""));
+    wait_instance(&edge, &keys, "acme", "instance-a");
+    let traffic = Traffic::start(&edge, &keys, "globex");
+    traffic.served(20);
+
+    // Let the standby have everything, then lose the primary.
+    wait::until(Duration::from_secs(10), "the standby to catch up", || {
+        (standby.cmd(&["GET", "nexus:revision"]) == "2").then_some(())
+    });
+    primary.kill();
+    wait::until(
+        Duration::from_secs(30),
+        "Sentinel to promote the standby",
+        || {
+            sentinel
+                .cmd(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "nexus"])
+                .contains(&standby.port.to_string())
+                .then_some(())
+        },
+    );
+    // Admin writes go to the new primary (a write refused mid-failover wrote nothing and is
+    // retried, as an operator would).
+    wait::until(
+        Duration::from_secs(30),
+        "a rebind on the new primary",
+        || (rebind(&admin, "acme", &b).0 == 0).then_some(()),
+    );
+    wait_instance(&edge, &keys, "acme", "instance-b");
+    // The replica heartbeats to the new primary too, so `--wait` confirms there.
+    let out = admin.ok(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-c",
+        "--instance-url",
+        &c.url(),
+        "--wait",
+        "--timeout",
+        "15s",
+    ]);
+    assert!(out.contains("1/1 replicas on revision 4"), "{out}");
+    wait_instance(&edge, &keys, "acme", "instance-c");
+    traffic.served(20);
+    let (ok, failed) = traffic.finish();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed across the failover",
+        ok + failed
+    );
+}
+
+#[test]
+fn a_redis_whose_history_restarts_is_followed_not_ignored() {
+    // Redis loses its data (a reset, or a failover that dropped the last writes) and counts
+    // revisions from 1 again. The replica's applied revision is now ahead of the store: every
+    // new change would look stale. It must reload instead, connected or cut off.
+    let mut redis = RedisServer::start();
+    let url = format!("url = \"{}\"", redis.url());
+    let admin = Admin::new(&store(&url, "admin", ""));
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    for t in ["acme", "globex", "initech"] {
+        admin.put(&binding(t, &a.url(), "active", None));
+    }
+    let edge = replica(&keys, store(&url, "replica-r", ""));
+    wait_instance(&edge, &keys, "initech", "instance-a");
+
+    // 1. While the replica follows the feed.
+    redis.cmd(&["FLUSHALL"]);
+    admin.put(&binding("acme", &b.url(), "active", None));
+    wait_instance(&edge, &keys, "acme", "instance-b");
+    wait::until(Duration::from_secs(10), "globex to be gone", || {
+        (instance_of(&edge, &keys, "globex").is_none()).then_some(())
+    });
+
+    // 2. While the replica is away: Redis restarts empty and is written to before it returns.
+    redis.stop();
+    std::fs::remove_dir_all(redis.dir().join("appendonlydir")).ok();
+    redis.restart();
+    admin.put(&binding("globex", &b.url(), "active", None));
+    wait_instance(&edge, &keys, "globex", "instance-b");
+    assert_eq!(
+        instance_of(&edge, &keys, "acme"),
+        None,
+        "acme is not in the new history"
+    );
+}
