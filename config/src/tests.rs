@@ -269,3 +269,33 @@ fn redis_store_problems_name_the_key() {
         "{ps:#?}"
     );
 }
+
+#[test]
+fn example_redis_block_uses_real_keys() {
+    // The commented Redis block in the example, uncommented: every documented key must parse.
+    let example = include_str!("../../deploy/nexus-edge.example.toml");
+    let start = example
+        .find("# [store]\n# kind = \"redis\"")
+        .expect("redis block");
+    let block: String = example[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.strip_prefix("# ").or(l.strip_prefix('#')).unwrap_or(l))
+        .filter(|l| !l.starts_with('#') && !l.starts_with("url ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["redis-ca.pem", "edge-client.pem", "edge-client-key.pem"] {
+        std::fs::write(dir.path().join(f), "pem").unwrap();
+    }
+    std::env::set_var("NEXUS_EDGE_REDIS_PASSWORD", "example");
+    // The example keeps TLS off; [store.tls] only applies with it on.
+    let text = format!("{AUTH}{}", block.replace("tls = false", "tls = true"));
+    let s =
+        parse_str(&text, &dir.path().join("edge.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let StoreSettings::Redis(r) = s.store else {
+        panic!("not redis")
+    };
+    assert!(matches!(r.endpoint, RedisEndpointSettings::Sentinel(_)));
+    assert!(r.tls.client_cert.is_some());
+}
