@@ -5,6 +5,11 @@
 
 use std::net::SocketAddr;
 
+/// The same allocator as `nexus-edge`, so the harness's ratio measures the request path, not
+/// the allocator.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use async_trait::async_trait;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};

@@ -130,9 +130,38 @@ request = function()
 end
 "#;
 
-/// Runs wrk on core 1 and returns requests/s and the count of non-2xx responses.
-fn wrk(dir: &Path, addr: SocketAddr, secs: u64) -> (f64, u64) {
+/// CPU time (user + system) a process has used so far, in microseconds, from /proc.
+fn cpu_us(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 1e6 / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// One target's figures.
+struct Run {
+    rps: f64,
+    errors: u64,
+    /// The proxy's own CPU time per request (user + system). Unlike requests/s this does not
+    /// move when the VM's other tenants steal cycles, so it is the steadier comparison.
+    cpu_us_per_req: f64,
+}
+
+/// Runs wrk on core 1 against the proxy `pid` at `addr`.
+fn wrk(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Run {
     let accepted_before = ACCEPTED.load(std::sync::atomic::Ordering::Relaxed);
+    let cpu_before = cpu_us(pid).unwrap_or(0.0);
     let out = Command::new("taskset")
         .args(["-c", "1", "wrk", "-t1", "-c32", &format!("-d{secs}s"), "-s"])
         .arg(dir.join("rotate.lua"))
@@ -156,9 +185,22 @@ fn wrk(dir: &Path, addr: SocketAddr, secs: u64) -> (f64, u64) {
         .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
+    let cpu = cpu_us(pid).unwrap_or(0.0) - cpu_before;
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse::<f64>().ok())
+        .unwrap_or(rps * secs as f64);
     let opened = ACCEPTED.load(std::sync::atomic::Ordering::Relaxed) - accepted_before;
-    eprintln!("  {addr}: {rps:.0} req/s, {opened} upstream connections opened");
-    (rps, errors)
+    let cpu_us_per_req = cpu / requests.max(1.0);
+    eprintln!(
+        "  {addr}: {rps:.0} req/s, {cpu_us_per_req:.1} µs proxy CPU per request, {opened} upstream connections opened"
+    );
+    Run {
+        rps,
+        errors,
+        cpu_us_per_req,
+    }
 }
 
 fn main() {
@@ -190,20 +232,22 @@ fn main() {
     std::fs::write(dir.path().join("rotate.lua"), LUA).unwrap();
     let first_host = format!("{}.{BASE}", tenant(0));
 
-    let mut results: Vec<(&str, f64, u64)> = Vec::new();
+    let mut results: Vec<(&str, Run)> = Vec::new();
 
     // 1. Bare Pingora: no auth, fixed upstream.
     {
         let addr = free_addr();
-        let _p = Proc(
+        let p = Proc(
             pinned("0", &sibling("bare-proxy"))
                 .args([addr.to_string(), backend.to_string(), "1".to_owned()])
                 .spawn()
                 .unwrap(),
         );
         wait_http(addr, &first_host);
-        let (rps, err) = wrk(dir.path(), addr, secs);
-        results.push(("bare Pingora proxy (no auth)", rps, err));
+        results.push((
+            "bare Pingora proxy (no auth)",
+            wrk(dir.path(), addr, p.0.id(), secs),
+        ));
     }
 
     // 2 and 3. Nexus Edge, token cache on (1,000 tokens in rotation) and off (every request
@@ -222,7 +266,7 @@ fn main() {
         );
         let cfg = dir.path().join(format!("edge-{cache}.toml"));
         std::fs::write(&cfg, config).unwrap();
-        let _p = Proc(
+        let p = Proc(
             pinned("0", &sibling("nexus-edge"))
                 .arg("serve")
                 .arg("--config")
@@ -231,8 +275,7 @@ fn main() {
                 .unwrap(),
         );
         wait_http(addr, &first_host);
-        let (rps, err) = wrk(dir.path(), addr, secs);
-        results.push((label, rps, err));
+        results.push((label, wrk(dir.path(), addr, p.0.id(), secs)));
     }
 
     // 4. HAProxy 2.6: jwt_verify RS256 + map lookup per request, no token cache.
@@ -275,10 +318,12 @@ fn main() {
         if ok && check.as_ref().is_ok_and(|o| o.status.success()) {
             let mut cmd = pinned("0", Path::new("/usr/sbin/haproxy"));
             cmd.arg("-f").arg(&cfg_path).stderr(Stdio::inherit());
-            let _p = Proc(cmd.spawn().unwrap());
+            let p = Proc(cmd.spawn().unwrap());
             wait_http(addr, &first_host);
-            let (rps, err) = wrk(dir.path(), addr, secs);
-            results.push(("HAProxy 2.6 (jwt_verify RS256 + map)", rps, err));
+            results.push((
+                "HAProxy 2.6 (jwt_verify RS256 + map)",
+                wrk(dir.path(), addr, p.0.id(), secs),
+            ));
         } else {
             eprintln!(
                 "HAProxy skipped: its config did not validate: {}",
@@ -289,26 +334,40 @@ fn main() {
         }
     }
 
-    let bare = results[0].1;
+    let bare = &results[0].1;
+    let (bare_rps, bare_cpu) = (bare.rps, bare.cpu_us_per_req);
     println!("\nload harness: {tenants} tenants, RS256, HTTP/1.1 keep-alive, 32 connections, {secs}s per target");
-    println!("proxy: 1 worker pinned to core 0; wrk + backend on core 1\n");
+    println!("proxy: 1 worker pinned to core 0; wrk + backend on core 1");
+    println!("capacity = bare Pingora's CPU per request / this target's (steal-proof; 100% = as cheap as bare)\n");
     println!(
-        "{:<48} {:>12} {:>10} {:>8}",
-        "target", "requests/s", "vs bare", "non-2xx"
+        "{:<46} {:>11} {:>8} {:>12} {:>9} {:>8}",
+        "target", "requests/s", "vs bare", "CPU µs/req", "capacity", "non-2xx"
     );
-    for (label, rps, err) in &results {
+    for (label, r) in &results {
         println!(
-            "{label:<48} {rps:>12.0} {:>9.1}% {err:>8}",
-            rps / bare * 100.0
+            "{label:<46} {:>11.0} {:>7.1}% {:>12.1} {:>8.1}% {:>8}",
+            r.rps,
+            r.rps / bare_rps * 100.0,
+            r.cpu_us_per_req,
+            bare_cpu / r.cpu_us_per_req * 100.0,
+            r.errors
         );
     }
-    if let Some(h) = results.iter().find(|r| r.0.starts_with("HAProxy")) {
-        println!("\nbare Pingora / HAProxy = {:.2}x", bare / h.1);
-        for r in results.iter().filter(|r| r.0.starts_with("nexus-edge")) {
-            println!("{} / HAProxy = {:.2}x", r.0, r.1 / h.1);
+    if let Some((_, h)) = results.iter().find(|r| r.0.starts_with("HAProxy")) {
+        println!(
+            "\nbare Pingora / HAProxy = {:.2}x by requests/s, {:.2}x by CPU per request",
+            bare_rps / h.rps,
+            h.cpu_us_per_req / bare_cpu
+        );
+        for (label, r) in results.iter().filter(|r| r.0.starts_with("nexus-edge")) {
+            println!(
+                "{label} / HAProxy = {:.2}x by requests/s, {:.2}x by CPU per request",
+                r.rps / h.rps,
+                h.cpu_us_per_req / r.cpu_us_per_req
+            );
         }
     }
-    if results.iter().any(|r| r.2 > 0) {
+    if results.iter().any(|r| r.1.errors > 0) {
         eprintln!("warning: some targets answered non-2xx: their rates are not comparable");
     }
 }
