@@ -38,6 +38,13 @@ pub struct Metrics {
     pub sync_age_seconds: IntGauge,
     /// Binding records refused so far.
     pub rejected_records: IntGauge,
+    /// `requests_total{outcome="forwarded"}`, resolved once: the label lookup (a lock and a
+    /// hash) is not worth paying on every forwarded request.
+    pub forwarded: prometheus::IntCounter,
+    /// `request_duration_seconds{class="forwarded"}`, resolved once.
+    pub forwarded_duration: Histogram,
+    /// `request_duration_seconds{class="rejected"}`, resolved once.
+    pub rejected_duration: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -98,8 +105,14 @@ impl Metrics {
         ] {
             registry.register(c)?;
         }
+        let forwarded = requests.with_label_values(&["forwarded"]);
+        let forwarded_duration = request_duration.with_label_values(&["forwarded"]);
+        let rejected_duration = request_duration.with_label_values(&["rejected"]);
         Ok(Self {
             registry,
+            forwarded,
+            forwarded_duration,
+            rejected_duration,
             requests,
             request_duration,
             decision_duration,

@@ -77,7 +77,10 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-fn header_values<'a>(req: &'a pingora::http::RequestHeader, name: &str) -> Vec<&'a [u8]> {
+fn header_values<'a>(
+    req: &'a pingora::http::RequestHeader,
+    name: &http::header::HeaderName,
+) -> Vec<&'a [u8]> {
     req.headers
         .get_all(name)
         .iter()
@@ -117,16 +120,16 @@ impl ProxyHttp for EdgeService {
         let req = session.req_header();
         ctx.request_id = sane_request_id(
             req.headers
-                .get_all("x-request-id")
+                .get_all(&crate::route::X_REQUEST_ID)
                 .iter()
                 .map(|v| v.as_bytes()),
         )
         .map(str::to_owned)
         .unwrap_or_else(|| self.ids.next_id());
 
-        let host_headers = header_values(req, "host");
-        let authorization = header_values(req, "authorization");
-        let cookies = header_values(req, "cookie");
+        let host_headers = header_values(req, &http::header::HOST);
+        let authorization = header_values(req, &http::header::AUTHORIZATION);
+        let cookies = header_values(req, &http::header::COOKIE);
         // Origin-form targets are taken raw (exactly as sent); an absolute-form target's
         // path comes from the parsed URI (its authority is checked against Host in `decide`).
         let raw = req.raw_path();
@@ -232,7 +235,7 @@ impl ProxyHttp for EdgeService {
             .map(|a| a.ip());
         let host = upstream_request
             .headers
-            .get("host")
+            .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(|h| h.to_ascii_lowercase())
             .unwrap_or_default();
@@ -314,15 +317,11 @@ impl ProxyHttp for EdgeService {
         match &ctx.rejected {
             Some(r) => {
                 m.requests.with_label_values(&[r.label()]).inc();
-                m.request_duration
-                    .with_label_values(&["rejected"])
-                    .observe(elapsed);
+                m.rejected_duration.observe(elapsed);
             }
             None => {
-                m.requests.with_label_values(&["forwarded"]).inc();
-                m.request_duration
-                    .with_label_values(&["forwarded"])
-                    .observe(elapsed);
+                m.forwarded.inc();
+                m.forwarded_duration.observe(elapsed);
             }
         }
     }

@@ -6,7 +6,11 @@
 //! thread pinned to core 0; wrk and the backend share core 1, so the proxy's core is the
 //! bottleneck. Run with `scripts/bench-load.sh` (builds release binaries first).
 //!
-//! `load [--smoke]`: `--smoke` runs 1 s per target on 1,000 tenants (CI keeps it from rotting).
+//! `load [--smoke] [--callgrind]`: `--smoke` runs 1 s per target on 1,000 tenants (CI keeps it
+//! from rotting). `--callgrind` runs every proxy under `valgrind --tool=callgrind` and prints
+//! the instructions each executes per request, counted from after start-up to the end of the
+//! load: a figure that does not change with whatever else the machine is doing. Its profiles
+//! stay in the printed directory for `callgrind_annotate`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -45,14 +49,25 @@ fn sibling(name: &str) -> PathBuf {
     p
 }
 
+/// Where callgrind profiles go, when the run is under callgrind.
+static CALLGRIND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 fn pinned(core: &str, program: &Path) -> Command {
     let mut c = if Path::new("/usr/bin/taskset").exists() {
         let mut c = Command::new("taskset");
-        c.arg("-c").arg(core).arg(program);
+        c.arg("-c").arg(core);
         c
     } else {
-        Command::new(program)
+        Command::new("env")
     };
+    if let Some(dir) = CALLGRIND.get() {
+        let name = program.file_name().unwrap_or_default().to_string_lossy();
+        c.arg("valgrind").arg("--tool=callgrind").arg(format!(
+            "--callgrind-out-file={}/callgrind.{name}.%p",
+            dir.display()
+        ));
+    }
+    c.arg(program);
     c.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -61,7 +76,8 @@ fn pinned(core: &str, program: &Path) -> Command {
 
 /// Waits until `addr` answers an HTTP request for `host` with any status.
 fn wait_http(addr: SocketAddr, host: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let slow_start = if CALLGRIND.get().is_some() { 300 } else { 30 };
+    let deadline = Instant::now() + Duration::from_secs(slow_start);
     loop {
         if let Ok(mut s) = TcpStream::connect(addr) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -156,11 +172,83 @@ struct Run {
     /// The proxy's own CPU time per request (user + system). Unlike requests/s this does not
     /// move when the VM's other tenants steal cycles, so it is the steadier comparison.
     cpu_us_per_req: f64,
+    /// Under `--callgrind`: instructions the proxy executed per request.
+    instructions_per_req: Option<f64>,
+}
+
+/// Under callgrind: zeroes the counters of `pid` (start-up is not counted).
+fn callgrind_zero(pid: u32) {
+    if CALLGRIND.get().is_some() {
+        let ok = Command::new("callgrind_control")
+            .arg("-z")
+            .arg(pid.to_string())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(ok, "callgrind_control -z {pid} failed");
+    }
+}
+
+/// Under callgrind: dumps the counters of `pid` and returns the instructions since the zero.
+fn callgrind_total(pid: u32) -> Option<f64> {
+    let dir = CALLGRIND.get()?;
+    let before: Vec<PathBuf> = callgrind_files(dir, pid);
+    let ok = Command::new("callgrind_control")
+        .arg("-d")
+        .arg(pid.to_string())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "callgrind_control -d {pid} failed");
+    let dump = callgrind_files(dir, pid)
+        .into_iter()
+        .find(|p| !before.contains(p))?;
+    let text = std::fs::read_to_string(dump).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:").or(l.strip_prefix("totals:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+fn callgrind_files(dir: &Path, pid: u32) -> Vec<PathBuf> {
+    let suffix = format!(".{pid}");
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().contains(&suffix))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sends every request of the rotation once (so the measured run sees the steady state of
+/// 1,000 tokens in rotation: a verified-token cache, if on, holds them all).
+fn warm_up(dir: &Path, addr: SocketAddr) {
+    let reqs = std::fs::read_to_string(dir.join("requests.txt")).unwrap();
+    for line in reqs.lines() {
+        let Some((host, token)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let req = format!(
+            "GET /api/items HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        let mut sink = Vec::new();
+        if s.write_all(req.as_bytes()).is_ok() {
+            let _ = s.read_to_end(&mut sink);
+        }
+    }
 }
 
 /// Runs wrk on core 1 against the proxy `pid` at `addr`.
 fn wrk(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Run {
+    warm_up(dir, addr);
     let accepted_before = ACCEPTED.load(std::sync::atomic::Ordering::Relaxed);
+    callgrind_zero(pid);
     let cpu_before = cpu_us(pid).unwrap_or(0.0);
     let out = Command::new("taskset")
         .args(["-c", "1", "wrk", "-t1", "-c32", &format!("-d{secs}s"), "-s"])
@@ -186,6 +274,7 @@ fn wrk(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Run {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     let cpu = cpu_us(pid).unwrap_or(0.0) - cpu_before;
+    let instructions = callgrind_total(pid);
     let requests = text
         .lines()
         .find_map(|l| l.trim().split_once(" requests in "))
@@ -193,6 +282,7 @@ fn wrk(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Run {
         .unwrap_or(rps * secs as f64);
     let opened = ACCEPTED.load(std::sync::atomic::Ordering::Relaxed) - accepted_before;
     let cpu_us_per_req = cpu / requests.max(1.0);
+    let instructions_per_req = instructions.map(|i| i / requests.max(1.0));
     eprintln!(
         "  {addr}: {rps:.0} req/s, {cpu_us_per_req:.1} µs proxy CPU per request, {opened} upstream connections opened"
     );
@@ -200,6 +290,7 @@ fn wrk(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Run {
         rps,
         errors,
         cpu_us_per_req,
+        instructions_per_req,
     }
 }
 
@@ -207,6 +298,22 @@ fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let (tenants, secs) = if smoke { (1_000, 1) } else { (10_000, 10) };
     let dir = tempfile::tempdir().unwrap();
+    if std::env::args().any(|a| a == "--callgrind") {
+        let have = |tool: &str| {
+            Command::new(tool)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        assert!(
+            have("valgrind") && have("callgrind_control"),
+            "--callgrind needs valgrind (apt-get install valgrind)"
+        );
+        let out = std::env::temp_dir().join(format!("nexus-load-callgrind-{}", std::process::id()));
+        std::fs::create_dir_all(&out).unwrap();
+        eprintln!("callgrind profiles: {}", out.display());
+        let _ = CALLGRIND.set(out);
+    }
     let backend = start_backend();
     let backend_url = format!("http://{backend}");
 
@@ -364,6 +471,17 @@ fn main() {
                 "{label} / HAProxy = {:.2}x by requests/s, {:.2}x by CPU per request",
                 r.rps / h.rps,
                 h.cpu_us_per_req / r.cpu_us_per_req
+            );
+        }
+    }
+    if results.iter().all(|r| r.1.instructions_per_req.is_some()) {
+        let bare_ir = results[0].1.instructions_per_req.unwrap_or(1.0);
+        println!("\ninstructions per request (callgrind; requests/s above are under valgrind):");
+        for (label, r) in &results {
+            let ir = r.instructions_per_req.unwrap_or(0.0);
+            println!(
+                "{label:<46} {ir:>10.0}   capacity {:>5.1}%",
+                bare_ir / ir * 100.0
             );
         }
     }
