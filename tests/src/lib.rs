@@ -7,6 +7,7 @@
 //! - [`http`]: a raw HTTP/1.1 client, so tests can send what a browser would not (two Host
 //!   headers, absolute-form targets, spoofed identity headers).
 //! - [`keys`]: signing keys and their JWKS for tests.
+//! - [`probe`]: which instance a tenant reaches, and steady traffic that counts failures.
 //! - [`redis_server`]: a real `redis-server` on a unix socket; [`redis_tcp`]: TCP nodes for
 //!   TLS, replication and Sentinel.
 //! - [`tls`]: a throwaway CA with server and client certificates.
@@ -20,6 +21,7 @@ pub mod backend;
 pub mod edge;
 pub mod http;
 pub mod keys;
+pub mod probe;
 pub mod redis_server;
 pub mod redis_tcp;
 pub mod tls;

@@ -5,15 +5,13 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_e2e::admin::Admin;
 use nexus_e2e::backend::Backend;
-use nexus_e2e::edge::{binding, Edge, EdgeOptions, BASE};
-use nexus_e2e::http::get_with_token;
+use nexus_e2e::edge::{binding, Edge, EdgeOptions};
 use nexus_e2e::keys::TestKeys;
+use nexus_e2e::probe::{instance_of, wait_instance, Traffic};
 use nexus_e2e::redis_server::RedisServer;
 use nexus_e2e::redis_tcp::RedisNode;
 use nexus_e2e::tls::TestPki;
@@ -39,23 +37,6 @@ fn replica(keys: &TestKeys, store: String) -> Edge {
     Edge::try_start(&opts).expect("replica starts")
 }
 
-fn host(t: &str) -> String {
-    format!("{t}.{BASE}")
-}
-
-fn instance_of(edge: &Edge, keys: &TestKeys, tenant: &str) -> Option<String> {
-    let r = get_with_token(edge.addr, &host(tenant), "/", &keys.token(tenant, None));
-    (r.status == 200).then(|| r.json()["instance"].as_str().unwrap_or_default().to_owned())
-}
-
-fn wait_instance(edge: &Edge, keys: &TestKeys, tenant: &str, want: &str) {
-    wait::until(
-        Duration::from_secs(20),
-        &format!("{tenant} routed to {want}"),
-        || (instance_of(edge, keys, tenant).as_deref() == Some(want)).then_some(()),
-    );
-}
-
 fn rebind(admin: &Admin, tenant: &str, to: &Backend) -> (i32, String, String) {
     admin.tenant(&[
         "rebind",
@@ -65,61 +46,6 @@ fn rebind(admin: &Admin, tenant: &str, to: &Backend) -> (i32, String, String) {
         "--instance-url",
         &to.url(),
     ])
-}
-
-/// Steady requests for one tenant on a background thread, counting answers that were not 200.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(edge: &Edge, keys: &TestKeys, tenant: &str) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (s, o, f) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
-        let (addr, token, host) = (edge.addr, keys.token(tenant, None), host(tenant));
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let r = get_with_token(addr, &host, "/", &token);
-                if r.status == 200 { &o } else { &f }.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        Traffic {
-            stop,
-            ok,
-            failed,
-            thread: Some(thread),
-        }
-    }
-
-    /// Waits until `n` more requests succeeded.
-    fn served(&self, n: u64) {
-        let target = self.ok.load(Ordering::Relaxed) + n;
-        wait::until(Duration::from_secs(20), "traffic to flow", || {
-            (self.ok.load(Ordering::Relaxed) >= target).then_some(())
-        });
-    }
-
-    /// Stops the thread; returns (ok, failed).
-    fn finish(mut self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("traffic thread");
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 #[test]

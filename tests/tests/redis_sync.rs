@@ -4,15 +4,15 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_e2e::admin::Admin;
 use nexus_e2e::backend::Backend;
-use nexus_e2e::edge::{binding, cli, Edge, EdgeOptions, BASE};
+use nexus_e2e::edge::{binding, cli, Edge, EdgeOptions};
 use nexus_e2e::http::get_with_token;
 use nexus_e2e::keys::TestKeys;
+use nexus_e2e::probe::{host, instance_of, wait_instance, Traffic};
 use nexus_e2e::redis_server::RedisServer;
 use nexus_e2e::wait;
 
@@ -42,23 +42,6 @@ fn replica(
     let mut opts = EdgeOptions::new(keys.jwks(), serde_json::json!({}));
     opts.store = Some(store_section(redis_url, id, snapshot));
     Edge::try_start(&opts)
-}
-
-fn host(t: &str) -> String {
-    format!("{t}.{BASE}")
-}
-
-fn instance_of(edge: &Edge, keys: &TestKeys, tenant: &str) -> Option<String> {
-    let r = get_with_token(edge.addr, &host(tenant), "/", &keys.token(tenant, None));
-    (r.status == 200).then(|| r.json()["instance"].as_str().unwrap_or_default().to_owned())
-}
-
-fn wait_instance(edge: &Edge, keys: &TestKeys, tenant: &str, want: &str) {
-    wait::until(
-        Duration::from_secs(15),
-        &format!("{tenant} routed to {want}"),
-        || (instance_of(edge, keys, tenant).as_deref() == Some(want)).then_some(()),
-    );
 }
 
 #[test]
@@ -235,24 +218,8 @@ fn redis_outage_is_fail_static_and_changes_are_applied_after() {
     wait_instance(&edge, &keys, "acme", "instance-a");
 
     // Steady traffic for the whole test: not one request may fail.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let traffic = {
-        let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
-        let (addr, token) = (edge.addr, keys.token("globex", None));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let r = get_with_token(addr, &host("globex"), "/", &token);
-                if r.status == 200 { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
-    let served = |n: u64| {
-        let target = ok.load(Ordering::Relaxed) + n;
-        wait::until(Duration::from_secs(20), "traffic to flow", || {
-            (ok.load(Ordering::Relaxed) >= target).then_some(())
-        });
-    };
+    let traffic = Traffic::start(&edge, &keys, "globex");
+    let served = |n: u64| traffic.served(n);
     served(20);
 
     // 1. Cut the replica off; change things meanwhile, and trim the feed so it cannot replay.
@@ -323,12 +290,12 @@ fn redis_outage_is_fail_static_and_changes_are_applied_after() {
     wait_instance(&edge, &keys, "acme", "instance-a");
     served(20);
 
-    stop.store(true, Ordering::Relaxed);
-    traffic.join().expect("traffic");
+    let (ok, failed) = traffic.finish();
     assert_eq!(
-        failed.load(Ordering::Relaxed),
+        failed,
         0,
-        "requests failed during the outage"
+        "{failed} of {} requests failed during the outage",
+        ok + failed
     );
 }
 
