@@ -75,62 +75,70 @@ async fn reconcile(
     Ok(())
 }
 
+/// Whether the feed in Redis still continues from `p` without a gap.
+///
+/// After a Sentinel failover that lost the last writes (replication is asynchronous), or a
+/// reset of Redis, the store's history is no longer the one this replica followed: its counter
+/// is behind ours, or our last entry is gone. Resuming would skip the new history's changes as
+/// "stale". A trimmed feed shows as a jump in revisions after our entry.
+async fn feed_continues(
+    store: &RedisStore,
+    con: &mut MultiplexedConnection,
+    p: &FeedPosition,
+) -> redis::RedisResult<bool> {
+    let counter: Option<u64> = con.get(store.keys().revision()).await?;
+    let counter = counter.unwrap_or(0);
+    let has_entry = p.stream_id != "0-0";
+    let ours: Entries = if has_entry {
+        redis::cmd("XRANGE")
+            .arg(store.keys().changes())
+            .arg(&p.stream_id)
+            .arg(&p.stream_id)
+            .query_async(con)
+            .await?
+    } else {
+        Vec::new()
+    };
+    if counter < p.revision || (has_entry && ours.is_empty()) {
+        tracing::warn!(
+            store_revision = counter,
+            applied_revision = p.revision,
+            "the change feed no longer continues from this replica's position \
+             (trimmed, failover, or reset); reconciling"
+        );
+        return Ok(false);
+    }
+    if counter == p.revision {
+        return Ok(true);
+    }
+    let next: Entries = redis::cmd("XRANGE")
+        .arg(store.keys().changes())
+        .arg(format!("({}", p.stream_id))
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(con)
+        .await?;
+    Ok(next
+        .first()
+        .is_some_and(|(_, f)| field_u64(f, "rev") <= p.revision + 1))
+}
+
 async fn session(
     store: &RedisStore,
     handle: &BindingHandle,
     shutdown: &mut watch::Receiver<bool>,
     backoff: &mut Duration,
 ) -> redis::RedisResult<()> {
-    let mut con = store.connect().await?;
-    let mut blocking = store.connect_blocking().await?;
+    let (mut con, mut blocking) = store.connect_follower().await?;
     let opts = store.opts().clone();
 
-    // Catch up: resume from the last position if the feed still has everything after it;
-    // otherwise (never loaded from Redis, or the feed was trimmed meanwhile) reconcile.
+    // Catch up: resume from the last position if the feed still continues it; otherwise
+    // (never loaded from Redis, trimmed meanwhile, or a new history) reconcile.
     let needs_reconcile = match store.position() {
         None => true,
         Some(p) if p.stream_id == "0-0" && p.revision == 0 => true,
-        Some(p) => {
-            let counter: Option<u64> = con.get(store.keys().revision()).await?;
-            let counter = counter.unwrap_or(0);
-            // After a Sentinel failover that lost the last writes (replication is
-            // asynchronous), or a reset of Redis, the store's history is no longer the one
-            // this replica followed: its counter is behind ours, or our last entry is gone.
-            // Resuming would skip the new history's changes as "stale"; reload instead.
-            let ours: Entries = if p.stream_id == "0-0" {
-                Vec::new()
-            } else {
-                redis::cmd("XRANGE")
-                    .arg(store.keys().changes())
-                    .arg(&p.stream_id)
-                    .arg(&p.stream_id)
-                    .query_async(&mut con)
-                    .await?
-            };
-            if counter < p.revision || (p.stream_id != "0-0" && ours.is_empty()) {
-                tracing::warn!(
-                    store_revision = counter,
-                    applied_revision = p.revision,
-                    "the change feed no longer continues from this replica's position \
-                     (trimmed, failover, or reset); reconciling"
-                );
-                reconcile(store, handle, &mut con).await?;
-                false
-            } else {
-                let next: Entries = redis::cmd("XRANGE")
-                    .arg(store.keys().changes())
-                    .arg(format!("({}", p.stream_id))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut con)
-                    .await?;
-                counter > p.revision
-                    && next
-                        .first()
-                        .is_none_or(|(_, f)| field_u64(f, "rev") > p.revision + 1)
-            }
-        }
+        Some(p) => !feed_continues(store, &mut con, &p).await?,
     };
     if needs_reconcile {
         reconcile(store, handle, &mut con).await?;

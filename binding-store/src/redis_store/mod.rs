@@ -175,14 +175,17 @@ impl RedisStore {
         })
     }
 
-    pub(crate) async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let cfg = redis::AsyncConnectionConfig::new()
+    fn command_config(&self) -> redis::AsyncConnectionConfig {
+        redis::AsyncConnectionConfig::new()
             .set_connection_timeout(self.opts.timeout)
-            .set_response_timeout(self.opts.timeout);
+            .set_response_timeout(self.opts.timeout)
+    }
+
+    pub(crate) async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
         self.connector
             .client()
             .await?
-            .get_multiplexed_async_connection_with_config(&cfg)
+            .get_multiplexed_async_connection_with_config(&self.command_config())
             .await
     }
 
@@ -193,14 +196,21 @@ impl RedisStore {
         })
     }
 
-    /// A connection without a response timeout, for blocking stream reads.
-    pub(crate) async fn connect_blocking(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let cfg = redis::AsyncConnectionConfig::new().set_connection_timeout(self.opts.timeout);
-        self.connector
-            .client()
-            .await?
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
+    /// The sync loop's two connections, to the same primary (one Sentinel lookup): one for
+    /// commands, and one without a response timeout for blocking stream reads.
+    pub(crate) async fn connect_follower(
+        &self,
+    ) -> redis::RedisResult<(MultiplexedConnection, MultiplexedConnection)> {
+        let client = self.connector.client().await?;
+        let commands = client
+            .get_multiplexed_async_connection_with_config(&self.command_config())
+            .await?;
+        let blocking_cfg =
+            redis::AsyncConnectionConfig::new().set_connection_timeout(self.opts.timeout);
+        let blocking = client
+            .get_multiplexed_async_connection_with_config(&blocking_cfg)
+            .await?;
+        Ok((commands, blocking))
     }
 
     /// Loads every binding (SCAN + MGET in batches). Invalid records are logged, counted and
