@@ -56,6 +56,12 @@ impl TokenCache {
         }
     }
 
+    /// Whether the cache holds anything at all (capacity above 0): when not, callers skip
+    /// hashing the token.
+    pub(crate) fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
     /// The entry for `key` if it was verified under key-set `generation`.
     pub(crate) fn get(&self, key: &TokenHash, generation: u64) -> Option<Arc<VerifiedToken>> {
         let (token, g) = self.inner.as_ref()?.get(key)?;

@@ -5,10 +5,15 @@
 //! type allows only its own family (an RSA key never verifies an HMAC token, which is how the
 //! classic "HS256 signed with the public key" confusion is closed). HMAC secrets never come
 //! from a JWKS file; they are configured explicitly.
+//!
+//! Public keys are parsed once, at load, into aws-lc-rs `ParsedPublicKey`s: a request never
+//! re-parses key bytes, and an RSA key keeps its Montgomery constants between verifications
+//! (`ring` recomputes them on every call, a third of an RS256 verification). A key the library
+//! rejects (a point off the curve, a malformed modulus) is skipped at load with the reason.
 
+use aws_lc_rs::signature::{self as lc, ParsedPublicKey, VerificationAlgorithm};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ring::signature::{self, UnparsedPublicKey};
 use serde_json::Value;
 
 use super::error::TokenError;
@@ -84,15 +89,79 @@ impl Algorithm {
 /// Key material, parsed once at load so no request re-parses a JWK.
 #[derive(Debug)]
 enum Material {
-    Rsa {
-        n: Vec<u8>,
-        e: Vec<u8>,
-    },
-    /// Uncompressed SEC1 point `04 || x || y`.
-    EcP256(Vec<u8>),
-    EcP384(Vec<u8>),
-    Ed25519(Vec<u8>),
+    /// One parsed key per algorithm the key may verify: the library binds a parsed key to
+    /// one algorithm, so an RSA key without `alg` holds six (all sharing nothing mutable).
+    Public(Vec<(Algorithm, ParsedPublicKey)>),
     Hmac(Box<[ring::hmac::Key; 3]>),
+}
+
+/// The verification algorithm of the library for a JWS algorithm (`None` for HMAC).
+fn verification_algorithm(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    use Algorithm::*;
+    Some(match alg {
+        RS256 => &lc::RSA_PKCS1_2048_8192_SHA256,
+        RS384 => &lc::RSA_PKCS1_2048_8192_SHA384,
+        RS512 => &lc::RSA_PKCS1_2048_8192_SHA512,
+        PS256 => &lc::RSA_PSS_2048_8192_SHA256,
+        PS384 => &lc::RSA_PSS_2048_8192_SHA384,
+        PS512 => &lc::RSA_PSS_2048_8192_SHA512,
+        ES256 => &lc::ECDSA_P256_SHA256_FIXED,
+        ES384 => &lc::ECDSA_P384_SHA384_FIXED,
+        EdDSA => &lc::ED25519,
+        HS256 | HS384 | HS512 => return None,
+    })
+}
+
+/// Parses `bytes` once for each of `algs`.
+fn parse_public(bytes: &[u8], algs: &[Algorithm]) -> Result<Material, String> {
+    let mut parsed = Vec::with_capacity(algs.len());
+    for &alg in algs {
+        let verification = verification_algorithm(alg)
+            .ok_or_else(|| format!("{} needs a configured secret", alg.name()))?;
+        let key = ParsedPublicKey::new(verification, bytes)
+            .map_err(|e| format!("key rejected for {}: {e}", alg.name()))?;
+        parsed.push((alg, key));
+    }
+    Ok(Material::Public(parsed))
+}
+
+/// A minimal DER length.
+fn der_length(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|&&b| b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+}
+
+/// A DER INTEGER holding the unsigned big-endian `value` (leading zeros dropped, one added
+/// when the top bit is set so the number stays positive).
+fn der_unsigned(out: &mut Vec<u8>, value: &[u8]) {
+    let first = value.iter().position(|&b| b != 0).unwrap_or(value.len());
+    let value = &value[first..];
+    let pad = value.first().is_none_or(|&b| b & 0x80 != 0);
+    out.push(0x02);
+    der_length(out, value.len() + usize::from(pad));
+    if pad {
+        out.push(0);
+    }
+    out.extend_from_slice(value);
+}
+
+/// `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }` (RFC 8017 A.1.1),
+/// the form the library parses RSA public keys from.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    der_unsigned(&mut body, n);
+    der_unsigned(&mut body, e);
+    let mut der = Vec::with_capacity(body.len() + 4);
+    der.push(0x30);
+    der_length(&mut der, body.len());
+    der.extend_from_slice(&body);
+    der
 }
 
 /// One verification key.
@@ -126,10 +195,7 @@ impl VerifyKey {
         }
         use Algorithm::*;
         match &self.material {
-            Material::Rsa { .. } => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
-            Material::EcP256(_) => alg == ES256,
-            Material::EcP384(_) => alg == ES384,
-            Material::Ed25519(_) => alg == EdDSA,
+            Material::Public(parsed) => parsed.iter().any(|(a, _)| *a == alg),
             Material::Hmac(_) => matches!(alg, HS256 | HS384 | HS512),
         }
     }
@@ -141,33 +207,10 @@ impl VerifyKey {
         }
         use Algorithm::*;
         let ok = match (&self.material, alg) {
-            (Material::Rsa { n, e }, _) => {
-                let params: &signature::RsaParameters = match alg {
-                    RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-                    RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-                    RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-                    PS256 => &signature::RSA_PSS_2048_8192_SHA256,
-                    PS384 => &signature::RSA_PSS_2048_8192_SHA384,
-                    PS512 => &signature::RSA_PSS_2048_8192_SHA512,
-                    _ => return Err(TokenError::AlgorithmMismatch),
-                };
-                signature::RsaPublicKeyComponents { n, e }
-                    .verify(params, msg, sig)
-                    .is_ok()
-            }
-            (Material::EcP256(p), ES256) => {
-                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, p)
-                    .verify(msg, sig)
-                    .is_ok()
-            }
-            (Material::EcP384(p), ES384) => {
-                UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, p)
-                    .verify(msg, sig)
-                    .is_ok()
-            }
-            (Material::Ed25519(x), EdDSA) => UnparsedPublicKey::new(&signature::ED25519, x)
-                .verify(msg, sig)
-                .is_ok(),
+            (Material::Public(parsed), _) => match parsed.iter().find(|(a, _)| *a == alg) {
+                Some((_, key)) => key.verify_sig(msg, sig).is_ok(),
+                None => return Err(TokenError::AlgorithmMismatch),
+            },
             (Material::Hmac(keys), HS256) => ring::hmac::verify(&keys[0], msg, sig).is_ok(),
             (Material::Hmac(keys), HS384) => ring::hmac::verify(&keys[1], msg, sig).is_ok(),
             (Material::Hmac(keys), HS512) => ring::hmac::verify(&keys[2], msg, sig).is_ok(),
@@ -237,10 +280,18 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
                     "RSA key of {bits} bits; at least 2048 are required"
                 ));
             }
-            if alg.is_some_and(|a| !matches!(a.name().as_bytes()[0], b'R' | b'P')) {
-                return Err("alg does not fit an RSA key".to_owned());
-            }
-            Material::Rsa { n, e }
+            use Algorithm::*;
+            let family = [RS256, RS384, RS512, PS256, PS384, PS512];
+            let pinned;
+            let algs: &[Algorithm] = match alg {
+                None => &family,
+                Some(a) if family.contains(&a) => {
+                    pinned = [a];
+                    &pinned
+                }
+                Some(_) => return Err("alg does not fit an RSA key".to_owned()),
+            };
+            parse_public(&rsa_public_key_der(&n, &e), algs)?
         }
         "EC" => {
             let crv = str_field(jwk, "crv")?.ok_or("missing crv")?;
@@ -261,11 +312,7 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             point.push(4);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            if len == 32 {
-                Material::EcP256(point)
-            } else {
-                Material::EcP384(point)
-            }
+            parse_public(&point, &[want])?
         }
         "OKP" => {
             let crv = str_field(jwk, "crv")?.ok_or("missing crv")?;
@@ -279,7 +326,7 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             if alg.is_some_and(|a| a != Algorithm::EdDSA) {
                 return Err("alg does not fit an Ed25519 key".to_owned());
             }
-            Material::Ed25519(x)
+            parse_public(&x, &[Algorithm::EdDSA])?
         }
         "oct" => {
             return Err(
@@ -290,4 +337,41 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
         other => return Err(format!("kty {other:?} is not supported")),
     };
     Ok(VerifyKey { kid, alg, material })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_integers_are_minimal_and_positive() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (&[0x01, 0x00, 0x01], &[0x02, 0x03, 0x01, 0x00, 0x01]),
+            (&[0x00, 0x00, 0x7f], &[0x02, 0x01, 0x7f]),
+            (&[0x80], &[0x02, 0x02, 0x00, 0x80]),
+            (&[], &[0x02, 0x01, 0x00]),
+        ];
+        for (value, want) in cases {
+            let mut out = Vec::new();
+            der_unsigned(&mut out, value);
+            assert_eq!(&out, want, "{value:?}");
+        }
+        let mut long = Vec::new();
+        der_length(&mut long, 0x0101);
+        assert_eq!(long, [0x82, 0x01, 0x01]);
+        let mut short = Vec::new();
+        der_length(&mut short, 0x7f);
+        assert_eq!(short, [0x7f]);
+    }
+
+    #[test]
+    fn a_point_off_the_curve_is_skipped_at_load() {
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let jwk = serde_json::json!({
+            "kty": "EC", "crv": "P-256", "kid": "bad",
+            "x": b64(&[1; 32]), "y": b64(&[2; 32]),
+        });
+        let err = parse_jwk(&jwk).expect_err("off-curve point");
+        assert!(err.contains("key rejected"), "{err}");
+    }
 }

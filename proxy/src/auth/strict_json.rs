@@ -4,7 +4,6 @@
 //! mean "b" here and maybe "a" to another parser. RFC 7515 §5.2 lets a verifier reject such
 //! input and RFC 8725 recommends it: this parser rejects duplicates at every depth.
 
-use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -85,13 +84,12 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
-        let mut seen = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.clone()) {
+            let StrictValue(v) = map.next_value()?;
+            // The map itself tells a repeated name: no second set of keys to hash and copy.
+            if out.insert(key, v).is_some() {
                 return Err(de::Error::custom(DUPLICATE));
             }
-            let StrictValue(v) = map.next_value()?;
-            out.insert(key, v);
         }
         Ok(Value::Object(out))
     }
