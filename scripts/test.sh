@@ -10,6 +10,8 @@ echo "== fmt"
 cargo fmt --all --check
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== fuzz targets compile (fuzzing itself: fuzz/README.md)"
+cargo clippy -q --manifest-path fuzz/Cargo.toml --target-dir target --bins -- -D warnings
 echo "== example config"
 cargo run -q -p nexus-edge -- check --config deploy/nexus-edge.example.toml
 echo "== bench smoke (the benches and harnesses must keep working; figures are not judged here)"

@@ -1,0 +1,27 @@
+//! Token verification on arbitrary bytes: splitting, base64url, strict JSON, header rules,
+//! signature and claims. Nothing may panic, and no token is accepted unless it is, byte for
+//! byte, one of the genuine tokens signed with the demo key (the fuzzer has no private key, so
+//! any other accepted token would be a forgery).
+
+#![no_main]
+
+#[path = "world.rs"]
+mod world;
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let w = world::world();
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(verified) = w.auth.verify(text, w.now) {
+        assert!(
+            w.tokens.iter().any(|t| t == text),
+            "accepted a token nobody signed: {verified:?}"
+        );
+    }
+    // The credential extractor sees the same bytes as a header value.
+    let header = [b"Bearer ".as_slice(), data].concat();
+    let _ = nexus_edge::auth::extract_token(&[&header], &[], None);
+});
