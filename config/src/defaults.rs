@@ -45,6 +45,7 @@ pub fn embedded_default() -> Settings {
             read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             ca_file: None,
+            dns_ttl: Duration::from_secs(10),
         },
         store: StoreSettings::File(FileStoreSettings {
             path: None,

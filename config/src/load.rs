@@ -422,12 +422,16 @@ fn upstream(
         .duration("write_timeout", MS, MAX_TIMEOUT, p)
         .unwrap_or(d.write_timeout);
     let ca_file = s.path("ca_file", base, p);
+    let dns_ttl = s
+        .duration("dns_ttl", Duration::ZERO, MAX_TIMEOUT, p)
+        .unwrap_or(d.dns_ttl);
     s.finish(p);
     (p.list.len() == before).then_some(UpstreamSettings {
         connect_timeout,
         read_timeout,
         write_timeout,
         ca_file,
+        dns_ttl,
     })
 }
 

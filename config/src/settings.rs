@@ -118,6 +118,8 @@ pub struct UpstreamSettings {
     pub write_timeout: Duration,
     /// Extra CA bundle (PEM) for `https` instances; the system roots are used otherwise.
     pub ca_file: Option<PathBuf>,
+    /// How long a named instance's address is kept before the resolver is asked again.
+    pub dns_ttl: Duration,
 }
 
 /// `[store]`: where bindings come from.

@@ -111,6 +111,17 @@ x = 1
 }
 
 #[test]
+fn dns_ttl_may_be_zero_but_not_beyond_an_hour() {
+    let zero = format!("{MINIMAL}\n[upstream]\ndns_ttl = \"0s\"\n");
+    let s = parse_str(&zero, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(s.upstream.dns_ttl, Duration::ZERO);
+    let default = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(default.upstream.dns_ttl, Duration::from_secs(10));
+    let long = format!("{MINIMAL}\n[upstream]\ndns_ttl = \"2h\"\n");
+    has(&problems(&long), "upstream.dns_ttl", 10, "out of range");
+}
+
+#[test]
 fn wrong_types_are_named() {
     let text = "[server]\nthreads = \"four\"\n[auth]\njwks_file = 7\n[store]\nkind = \"file\"\npath = \"b.json\"\n";
     let ps = problems(text);

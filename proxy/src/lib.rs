@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod ops;
 pub mod path;
 pub mod policy;
+pub mod resolve;
 pub mod route;
 pub mod server;
 pub mod service;

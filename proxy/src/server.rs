@@ -85,6 +85,7 @@ pub fn prepare(
         bindings: BindingHandle::new(table),
         auth,
         metrics,
+        resolver: crate::resolve::InstanceResolver::new(settings.upstream.dns_ttl),
         settings,
     }))
 }

@@ -2,7 +2,6 @@
 //! [`crate::decision::decide`], every header rule lives in [`crate::route`], every
 //! rejection's shape in [`crate::errors`].
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -195,19 +194,20 @@ impl ProxyHttp for EdgeService {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing decision"))?;
         let url = decision.upstream_url();
         let host = url.host();
-        let port = url.port();
-        let addr = match host.parse::<IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, port),
-            Err(_) => tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| {
-                    Error::because(ErrorType::ConnectNoRoute, "resolving the instance host", e)
-                })?
-                .next()
-                .ok_or_else(|| {
-                    Error::explain(ErrorType::ConnectNoRoute, "instance host has no address")
-                })?,
-        };
+        let addr = self
+            .state
+            .resolver
+            .resolve(host, url.port())
+            .await
+            .map_err(|e| {
+                // The instance is unreachable (502), not the router broken (500).
+                Error::create(
+                    ErrorType::ConnectNoRoute,
+                    ErrorSource::Upstream,
+                    Some("resolving the instance".into()),
+                    Some(Box::new(e)),
+                )
+            })?;
         let mut peer = HttpPeer::new(addr, url.is_tls(), host.to_owned());
         let up = &self.state.settings.upstream;
         peer.options.connection_timeout = Some(up.connect_timeout);

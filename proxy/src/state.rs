@@ -7,6 +7,7 @@ use nexus_config::Settings;
 
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
+use crate::resolve::InstanceResolver;
 
 /// Shared, read-mostly router state. Cloning the `Arc` is the only cost per request.
 #[derive(Debug)]
@@ -21,4 +22,6 @@ pub struct EdgeState {
     pub auth: Authenticator,
     /// Metrics registry.
     pub metrics: Metrics,
+    /// Addresses of named instances, kept for `[upstream] dns_ttl`.
+    pub resolver: InstanceResolver,
 }

@@ -568,6 +568,49 @@ fn websocket_upgrade_passes_through() {
 }
 
 #[test]
+fn named_instances_are_resolved() {
+    // `localhost` goes through the system resolver (and the router's address cache); an
+    // unresolvable name is a 502 that names nothing.
+    let w = world_with(
+        |records, a, _| {
+            let port = a.url().rsplit(':').next().unwrap().to_owned();
+            records.push(binding(
+                "named",
+                &format!("http://localhost:{port}"),
+                "active",
+                None,
+            ));
+            records.push(binding(
+                "nowhere",
+                "http://no-such-instance.invalid:8080",
+                "active",
+                None,
+            ));
+        },
+        "5s",
+    );
+    for _ in 0..3 {
+        let r = get_with_token(
+            w.edge.addr,
+            &host("named"),
+            "/",
+            &w.keys.token("named", None),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["instance"], "instance-a");
+    }
+    assert_eq!(w.a.hits(), 3);
+    let r = get_with_token(
+        w.edge.addr,
+        &host("nowhere"),
+        "/",
+        &w.keys.token("nowhere", None),
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(!r.text().contains("no-such-instance"), "{}", r.text());
+}
+
+#[test]
 fn unreachable_instance_is_502_and_slow_instance_is_504() {
     let dead = nexus_e2e::edge::free_addr();
     let w = world_with(
