@@ -59,8 +59,15 @@ impl EdgeService {
         for (name, value) in reason.extra_headers() {
             resp.insert_header(name, value)?;
         }
+        let malformed = reason.status() == 400;
         ctx.rejected = Some(reason);
-        session.set_keepalive(None);
+        // A refused request without a body leaves the connection clean, so it stays open for
+        // the client's next request (typically the same call with a fresh token). A malformed
+        // request, or one with a body nobody will read, closes it: draining an unauthenticated
+        // upload is work for nobody.
+        if malformed || !session.is_body_empty() {
+            session.set_keepalive(None);
+        }
         session.write_response_header(Box::new(resp), false).await?;
         session
             .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)

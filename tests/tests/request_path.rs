@@ -685,6 +685,55 @@ fn binding_file_changes_are_picked_up_live() {
 }
 
 #[test]
+fn refusals_keep_a_clean_connection_and_close_one_with_a_body() {
+    use std::io::{Read, Write};
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let mut s = std::net::TcpStream::connect(w.edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let acme = host("acme");
+    // 401 without a token, then 404 for an unknown tenant, then the same call with the token:
+    // one connection throughout.
+    s.write_all(format!("GET /a HTTP/1.1\r\nHost: {acme}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(nexus_e2e::http::read_response(&mut s).unwrap().status, 401);
+    let unknown = host("nobody");
+    s.write_all(format!("GET /b HTTP/1.1\r\nHost: {unknown}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(nexus_e2e::http::read_response(&mut s).unwrap().status, 404);
+    s.write_all(
+        format!("GET /c HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {token}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let ok = nexus_e2e::http::read_response(&mut s).unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(w.a.hits(), 1);
+
+    // A refused upload is not drained: the router answers and closes.
+    let mut s = std::net::TcpStream::connect(w.edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: {acme}\r\nContent-Length: 5\r\n\r\nhello")
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(nexus_e2e::http::read_response(&mut s).unwrap().status, 401);
+    let mut rest = Vec::new();
+    let closed = s.read_to_end(&mut rest);
+    assert!(closed.is_ok() && rest.is_empty(), "{closed:?} {rest:?}");
+
+    // So does a malformed request.
+    let mut s = std::net::TcpStream::connect(w.edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /%2F HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    assert_eq!(nexus_e2e::http::read_response(&mut s).unwrap().status, 400);
+    let mut rest = Vec::new();
+    assert!(s.read_to_end(&mut rest).is_ok() && rest.is_empty());
+}
+
+#[test]
 fn key_rotation_is_picked_up_live() {
     let w = world();
     let newkey = nexus_edge::auth::mint::SigningKey::generate_es256("rotated-key").expect("key");
