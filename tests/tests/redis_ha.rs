@@ -228,3 +228,70 @@ fn a_redis_whose_history_restarts_is_followed_not_ignored() {
         "acme is not in the new history"
     );
 }
+
+#[test]
+fn a_wiped_redis_does_not_unbind_every_tenant() {
+    // Redis comes back empty (a FLUSHALL, a restart without persistence): no bindings and no
+    // revision counter. Taking that as the truth would unbind every tenant at once; replicas
+    // keep serving what they have, and the last snapshot stands in at start-up, until
+    // bindings are written again.
+    let redis = RedisServer::start();
+    let url = format!("url = \"{}\"", redis.url());
+    let admin = Admin::new(&store(&url, "admin", ""));
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    admin.put(&binding("globex", &a.url(), "active", None));
+    let snaps = tempfile::tempdir().unwrap();
+    let snapshot = snaps.path().join("bindings.snapshot.json");
+    let tail = format!("snapshot_path = \"{}\"\n", snapshot.display());
+    let edge = replica(&keys, store(&url, "replica-w", &tail));
+    wait_instance(&edge, &keys, "globex", "instance-a");
+
+    // 1. Wiped under a following replica, which then reconnects and checks the store.
+    redis.cmd(&["FLUSHALL"]);
+    redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
+    wait::until(Duration::from_secs(10), "the refusal to be logged", || {
+        edge.log().contains("no revision counter").then_some(())
+    });
+    assert_eq!(
+        instance_of(&edge, &keys, "acme").as_deref(),
+        Some("instance-a")
+    );
+    assert_eq!(
+        instance_of(&edge, &keys, "globex").as_deref(),
+        Some("instance-a")
+    );
+
+    // Writing again is a new history, and it is followed.
+    admin.put(&binding("acme", &b.url(), "active", None));
+    wait_instance(&edge, &keys, "acme", "instance-b");
+    wait::until(Duration::from_secs(10), "globex to be gone", || {
+        instance_of(&edge, &keys, "globex").is_none().then_some(())
+    });
+    wait::until(
+        Duration::from_secs(10),
+        "the snapshot of the new history",
+        || {
+            let text = std::fs::read_to_string(&snapshot).unwrap_or_default();
+            (text.contains(&b.url()) && !text.contains("globex")).then_some(())
+        },
+    );
+    drop(edge);
+
+    // 2. Wiped while no replica runs: a new replica serves the snapshot, not nothing.
+    redis.cmd(&["FLUSHALL"]);
+    let edge = replica(&keys, store(&url, "replica-w2", &tail));
+    assert_eq!(
+        instance_of(&edge, &keys, "acme").as_deref(),
+        Some("instance-b")
+    );
+    assert!(edge.log().contains("no revision counter"), "{}", edge.log());
+    admin.put(&binding("globex", &a.url(), "active", None));
+    wait_instance(&edge, &keys, "globex", "instance-a");
+    assert_eq!(
+        instance_of(&edge, &keys, "acme"),
+        None,
+        "acme is not in the new history"
+    );
+}

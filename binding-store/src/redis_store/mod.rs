@@ -286,6 +286,11 @@ impl RedisStore {
 
     /// A full table from Redis: the feed position is taken first, so changes made during the
     /// scan are replayed by the follower afterwards.
+    ///
+    /// Refused (an error, so the caller keeps its table and retries) when Redis holds neither a
+    /// binding nor a revision counter while `current` has bindings: that Redis was never
+    /// written through the schema, or was wiped (`FLUSHALL`, a restart without persistence).
+    /// Deleting every tenant through the schema leaves the counter, so it is not refused.
     pub(crate) async fn full_table(
         &self,
         con: &mut MultiplexedConnection,
@@ -294,6 +299,10 @@ impl RedisStore {
         let head = self.feed_head(con).await?;
         let counter: Option<u64> = con.get(self.keys.revision()).await?;
         let (mut bindings, bad) = self.load_all(con).await?;
+        let serving = current.map_or(0, BindingTable::len);
+        if counter.is_none() && bindings.is_empty() && bad.is_empty() && serving > 0 {
+            return Err(no_history(serving));
+        }
         if let Some(cur) = current {
             for tenant in &bad {
                 if let Some(old) = cur.get(tenant) {
@@ -383,6 +392,18 @@ pub(crate) fn parse_json_record_with(
         .map_err(|errs| crate::error::FieldErrors(&errs).to_string())
 }
 
+/// The refusal of a full load that would unbind every tenant (see [`RedisStore::full_table`]).
+fn no_history(serving: usize) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::ClientError,
+        "Redis holds no bindings and no revision counter",
+        format!(
+            "it is empty or was wiped; keeping the {serving} bindings served now until bindings \
+             are written or imported (nexus-edge tenant import)"
+        ),
+    ))
+}
+
 #[async_trait]
 impl BindingSource for RedisStore {
     fn kind(&self) -> &'static str {
@@ -390,9 +411,17 @@ impl BindingSource for RedisStore {
     }
 
     async fn initial_load(&self) -> Result<BindingTable, StoreError> {
+        // The snapshot stands in for the table a running replica would be serving, so an empty
+        // or wiped Redis does not replace it (nor overwrite it) at start-up either.
+        let snapshot = self
+            .opts
+            .snapshot_path
+            .as_deref()
+            .and_then(|p| crate::snapshot::read_snapshot(p).ok())
+            .filter(|t| !t.is_empty());
         let loaded = async {
             let mut con = self.connect().await?;
-            self.full_table(&mut con, None).await
+            self.full_table(&mut con, snapshot.as_ref()).await
         }
         .await;
         match loaded {
@@ -413,13 +442,13 @@ impl BindingSource for RedisStore {
                 let Some(path) = &self.opts.snapshot_path else {
                     return Err(StoreError::Format {
                         path: PathBuf::from(self.opts.endpoint.describe()),
-                        reason: format!("Redis unreachable ({e}) and no snapshot configured"),
+                        reason: format!("Redis not usable ({e}) and no snapshot configured"),
                     });
                 };
                 match crate::snapshot::read_snapshot(path) {
                     Ok(table) => {
                         tracing::warn!(error = %e, snapshot = %path.display(), bindings = table.len(),
-                            "Redis unreachable at start: serving the last known good snapshot");
+                            "Redis not usable at start: serving the last known good snapshot");
                         // Resume by reconcile: the snapshot knows no feed position.
                         self.set_position(FeedPosition {
                             stream_id: "0-0".to_owned(),
@@ -430,7 +459,7 @@ impl BindingSource for RedisStore {
                     Err(snap) => Err(StoreError::Format {
                         path: path.clone(),
                         reason: format!(
-                            "Redis unreachable ({e}) and the snapshot is unusable: {snap}"
+                            "Redis not usable ({e}) and the snapshot is unusable: {snap}"
                         ),
                     }),
                 }
