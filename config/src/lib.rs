@@ -8,12 +8,14 @@
 
 mod defaults;
 mod error;
+mod ipnet;
 mod load;
 mod reader;
 pub mod settings;
 
 pub use defaults::embedded_default;
 pub use error::{ConfigError, Problem};
+pub use ipnet::IpNet;
 pub use load::{load_file, parse_str};
 pub use settings::*;
 

@@ -10,6 +10,7 @@ use crate::defaults::embedded_default;
 use crate::error::ConfigError;
 use crate::reader::{unknown_message, Problems, Section};
 use crate::settings::*;
+use crate::IpNet;
 
 const SECTIONS: [&str; 6] = ["server", "tenancy", "auth", "upstream", "store", "log"];
 
@@ -110,12 +111,21 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
             p,
         )
         .unwrap_or(d.shutdown_grace);
+    let trusted_proxies = s
+        .strings("trusted_proxies", p, |v| {
+            IpNet::parse(v).map(|n| n.to_string())
+        })
+        .map_or_else(
+            || d.trusted_proxies.clone(),
+            |list| list.iter().filter_map(|v| IpNet::parse(v).ok()).collect(),
+        );
     s.finish(p);
     (p.list.len() == before).then_some(ServerSettings {
         listen,
         admin_listen,
         threads,
         shutdown_grace,
+        trusted_proxies,
     })
 }
 

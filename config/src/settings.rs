@@ -36,6 +36,8 @@ pub struct ServerSettings {
     /// After SIGTERM/SIGINT the listeners close at once and in-flight requests get this long
     /// to finish before the process exits.
     pub shutdown_grace: Duration,
+    /// Peers whose `X-Forwarded-For` is kept (and appended to); anyone else's is replaced.
+    pub trusted_proxies: Vec<crate::IpNet>,
 }
 
 /// `[tenancy]`

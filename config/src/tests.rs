@@ -122,6 +122,21 @@ fn dns_ttl_may_be_zero_but_not_beyond_an_hour() {
 }
 
 #[test]
+fn trusted_proxies_are_networks() {
+    let good = format!("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n{MINIMAL}");
+    let s = parse_str(&good, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    let want: Vec<IpNet> = ["10.0.0.0/8", "::1"]
+        .iter()
+        .map(|n| IpNet::parse(n).expect("net"))
+        .collect();
+    assert_eq!(s.server.trusted_proxies, want);
+    let bad = format!("[server]\ntrusted_proxies = [\"10.0.0.1/8\", \"lb.internal\"]\n{MINIMAL}");
+    let ps = problems(&bad);
+    has(&ps, "server.trusted_proxies[0]", 2, "host bits");
+    has(&ps, "server.trusted_proxies[1]", 2, "not an IP address");
+}
+
+#[test]
 fn wrong_types_are_named() {
     let text = "[server]\nthreads = \"four\"\n[auth]\njwks_file = 7\n[store]\nkind = \"file\"\npath = \"b.json\"\n";
     let ps = problems(text);

@@ -12,12 +12,13 @@ use crate::decision::Decision;
 
 use http::header::HeaderName;
 
-/// `X-Request-Id`, parsed once.
+/// `X-Request-Id`, parsed once (as are the other router headers below).
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 static X_ORG_ID: HeaderName = HeaderName::from_static("x-org-id");
 static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -110,11 +111,47 @@ pub fn upstream_target(decision: &Decision) -> String {
     t
 }
 
+/// Longest client-supplied `X-Forwarded-For` chain kept from a trusted proxy.
+const MAX_FORWARDED_HOPS: usize = 16;
+
+/// The `X-Forwarded-For` to send for a request from TCP peer `peer` that carried `client`
+/// header values.
+///
+/// From a peer in `trusted` (a load balancer in front of the router) the chain it sent is kept
+/// and the peer appended, so the instance sees the real client first. From anyone else the
+/// header is only the peer's address: a client cannot plant an address. A chain from a trusted
+/// peer that is not a list of IP addresses (at most 16) is dropped the same way.
+pub fn forwarded_for<'a>(
+    peer: Option<IpAddr>,
+    client: impl Iterator<Item = &'a [u8]>,
+    trusted: &[nexus_config::IpNet],
+) -> Option<String> {
+    let peer = peer?.to_canonical();
+    if !trusted.iter().any(|net| net.contains(peer)) {
+        return Some(peer.to_string());
+    }
+    let mut chain: Vec<IpAddr> = Vec::new();
+    for value in client {
+        let Ok(text) = std::str::from_utf8(value) else {
+            return Some(peer.to_string());
+        };
+        for hop in text.split(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) if chain.len() < MAX_FORWARDED_HOPS => chain.push(ip),
+                _ => return Some(peer.to_string()),
+            }
+        }
+    }
+    chain.push(peer);
+    let parts: Vec<String> = chain.iter().map(IpAddr::to_string).collect();
+    Some(parts.join(", "))
+}
+
 /// Facts about the downstream connection needed for the forwarding headers.
 #[derive(Debug, Clone)]
 pub struct Forwarding<'a> {
-    /// Client address (the TCP peer).
-    pub client_ip: Option<IpAddr>,
+    /// The `X-Forwarded-For` to send (see [`forwarded_for`]); `None` without a TCP peer.
+    pub forwarded_for: Option<String>,
     /// `https` when the client connected over TLS.
     pub proto: &'static str,
     /// The host the client addressed (canonical).
@@ -171,8 +208,8 @@ pub fn rewrite_upstream_request(
         }
     }
     headers.insert(X_REQUEST_ID.clone(), value(fwd.request_id)?);
-    if let Some(ip) = fwd.client_ip {
-        headers.insert(X_FORWARDED_FOR.clone(), value(&ip.to_string())?);
+    if let Some(chain) = &fwd.forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), value(chain)?);
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
@@ -208,6 +245,58 @@ mod tests {
             sane_request_id(std::iter::once(first.as_bytes())),
             Some(first.as_str())
         );
+    }
+
+    #[test]
+    fn forwarded_for_table() {
+        let lb = [nexus_config::IpNet::parse("10.0.0.0/8").expect("net")];
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        type Case<'a> = (
+            Option<IpAddr>,
+            &'a [&'a [u8]],
+            &'a [nexus_config::IpNet],
+            Option<&'a str>,
+        );
+        let cases: &[Case<'_>] = &[
+            (None, &[], &lb, None),
+            (ip("198.51.100.9"), &[], &[], Some("198.51.100.9")),
+            (ip("198.51.100.9"), &[b"6.6.6.6"], &[], Some("198.51.100.9")),
+            (ip("198.51.100.9"), &[b"6.6.6.6"], &lb, Some("198.51.100.9")),
+            (ip("10.1.2.3"), &[], &lb, Some("10.1.2.3")),
+            (
+                ip("10.1.2.3"),
+                &[b"203.0.113.7"],
+                &lb,
+                Some("203.0.113.7, 10.1.2.3"),
+            ),
+            (
+                ip("10.1.2.3"),
+                &[b"203.0.113.7, 2001:db8::1", b"192.0.2.4"],
+                &lb,
+                Some("203.0.113.7, 2001:db8::1, 192.0.2.4, 10.1.2.3"),
+            ),
+            (
+                ip("10.1.2.3"),
+                &[b"203.0.113.7, evil"],
+                &lb,
+                Some("10.1.2.3"),
+            ),
+            (ip("10.1.2.3"), &[b"203.0.113.7,,"], &lb, Some("10.1.2.3")),
+            (ip("10.1.2.3"), &[b"\xff"], &lb, Some("10.1.2.3")),
+            (
+                ip("::ffff:10.1.2.3"),
+                &[b"203.0.113.7"],
+                &lb,
+                Some("203.0.113.7, 10.1.2.3"),
+            ),
+        ];
+        for (peer, client, trusted, want) in cases {
+            let got = forwarded_for(*peer, client.iter().copied(), trusted);
+            assert_eq!(got.as_deref(), *want, "{peer:?} {client:?}");
+        }
+        let long = vec!["192.0.2.1"; 17].join(",");
+        let got = forwarded_for(ip("10.1.2.3"), std::iter::once(long.as_bytes()), &lb);
+        assert_eq!(got.as_deref(), Some("10.1.2.3"), "more than 16 hops");
     }
 
     #[test]

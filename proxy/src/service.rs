@@ -236,10 +236,19 @@ impl ProxyHttp for EdgeService {
             .decision
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing decision"))?;
-        let client_ip = session
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let forwarded_for = crate::route::forwarded_for(
+            peer,
+            upstream_request
+                .headers
+                .get_all(&crate::route::X_FORWARDED_FOR)
+                .iter()
+                .map(|v| v.as_bytes()),
+            &self.state.settings.server.trusted_proxies,
+        );
         let host = upstream_request
             .headers
             .get(http::header::HOST)
@@ -256,7 +265,7 @@ impl ProxyHttp for EdgeService {
             "http"
         };
         let fwd = Forwarding {
-            client_ip,
+            forwarded_for,
             proto,
             host: &host,
             request_id: &ctx.request_id,

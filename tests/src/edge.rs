@@ -43,6 +43,8 @@ pub struct EdgeOptions {
     pub read_timeout: &'static str,
     /// A whole `[store]` section replacing the default file store (e.g. Redis).
     pub store: Option<String>,
+    /// Extra `[server]` keys (e.g. `trusted_proxies = [...]`).
+    pub server_extra: String,
 }
 
 impl EdgeOptions {
@@ -54,6 +56,7 @@ impl EdgeOptions {
             extra: String::new(),
             read_timeout: "5s",
             store: None,
+            server_extra: String::new(),
         }
     }
 }
@@ -106,6 +109,7 @@ listen = "{addr}"
 admin_listen = "{ops_addr}"
 threads = 2
 shutdown_grace = "5s"
+{server_extra}
 
 [tenancy]
 base_domains = ["{BASE}"]
@@ -133,6 +137,7 @@ filter = "info"
 {extra}
 "#,
             read_timeout = opts.read_timeout,
+            server_extra = opts.server_extra,
             extra = opts.extra,
             store = opts.store.clone().unwrap_or_else(|| {
                 "[store]\nkind = \"file\"\npath = \"bindings.json\"\npoll_interval = \"50ms\""

@@ -438,6 +438,38 @@ fn spoofed_identity_headers_are_replaced() {
 }
 
 #[test]
+fn forwarded_for_is_kept_only_from_a_trusted_proxy() {
+    let keys = TestKeys::new();
+    let a = Backend::start("instance-a");
+    let mut opts = EdgeOptions::new(
+        keys.jwks(),
+        bindings_file(vec![binding("acme", &a.url(), "active", Some("org-acme"))]),
+    );
+    // The test client connects from 127.0.0.1: a trusted load balancer here.
+    opts.server_extra = "trusted_proxies = [\"127.0.0.0/8\"]".to_owned();
+    let edge = Edge::start(&opts);
+    let token = keys.token("acme", Some("org-acme"));
+    let xff = |sent: &[(&str, &str)]| {
+        let mut headers = vec![("Authorization", format!("Bearer {token}"))];
+        headers.extend(sent.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = get(edge.addr, &host("acme"), "/", &headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        echoed_header(&r.json(), "x-forwarded-for")
+    };
+    assert_eq!(
+        xff(&[("X-Forwarded-For", "203.0.113.7, 198.51.100.2")]),
+        ["203.0.113.7, 198.51.100.2, 127.0.0.1"]
+    );
+    assert_eq!(xff(&[]), ["127.0.0.1"]);
+    assert_eq!(
+        xff(&[("X-Forwarded-For", "203.0.113.7, <script>")]),
+        ["127.0.0.1"],
+        "a chain that is not addresses is dropped"
+    );
+}
+
+#[test]
 fn status_policy_for_every_state() {
     let w = world_with(
         |records, a, _| {
