@@ -6,7 +6,8 @@
 //!   validation does not take its tenant offline: the tenant keeps its last good binding.
 //!   A file that does not parse at all changes nothing.
 //! - Writers must replace the file atomically (temp file + rename): `nexus-edge tenant ...`
-//!   does, under an advisory lock, and appends an audit line to `<file>.audit.jsonl`.
+//!   does, under an advisory lock, and appends an audit line to `<file>.audit.jsonl` first: a
+//!   change whose audit line cannot be written is not made.
 //! - Revisions: each admin write stamps `max(revision in file) + 1`; hand-written records may
 //!   leave `revision` out (0). The table's revision is the highest record revision.
 
@@ -511,8 +512,6 @@ fn apply_locked(
         }
         (None, None) => return Err(AdminError::NotFound(tenant.clone())),
     }
-    doc.write(path)?;
-
     let entry = AuditEntry {
         tenant: tenant.to_string(),
         revision: revision.get(),
@@ -525,15 +524,30 @@ fn apply_locked(
     };
     let line =
         serde_json::to_string(&entry).map_err(|e| AdminError::Unavailable(e.to_string()))? + "\n";
+    // The audit line goes first and the change second, so no change is ever made without its
+    // line; if the change then fails, the line is cut off again (the lock keeps other writers
+    // out meanwhile).
     let audit = audit_path(path);
-    let appended = File::options()
+    let unavailable =
+        |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
+    let mut log = File::options()
         .create(true)
         .append(true)
         .open(&audit)
-        .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_all()));
-    if let Err(e) = appended {
-        // The change is already in place; say loudly that its audit line is missing.
-        tracing::error!(file = %audit.display(), error = %e, "audit entry not written");
+        .map_err(unavailable)?;
+    let before = log.metadata().map_err(unavailable)?.len();
+    log.write_all(line.as_bytes())
+        .and_then(|()| log.sync_all())
+        .map_err(|e| {
+            let _ = log.set_len(before);
+            unavailable(e)
+        })?;
+    if let Err(e) = doc.write(path) {
+        if let Err(cut) = log.set_len(before).and_then(|()| log.sync_all()) {
+            tracing::error!(file = %audit.display(), error = %cut,
+                "a failed change's audit line could not be removed");
+        }
+        return Err(e);
     }
     Ok((revision, next))
 }

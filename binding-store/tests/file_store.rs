@@ -206,3 +206,49 @@ fn embedded_demo_store_loads_and_is_read_only() {
     ));
     assert!(matches!(r, Err(AdminError::Unavailable(_))));
 }
+
+#[test]
+fn no_change_is_made_without_its_audit_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let acme = TenantId::parse("acme").unwrap();
+    rt().block_on(async {
+        let put = |url: &str| Mutation::Put(Box::new(parse_record(&record("acme", url)).unwrap()));
+        store
+            .apply(&acme, put("http://10.0.0.1"), None, &actor())
+            .await
+            .unwrap();
+        let before = std::fs::read_to_string(&path).unwrap();
+        // The audit log cannot be appended to: a directory stands where the file should be.
+        let audit = dir.path().join("bindings.json.audit.jsonl");
+        let lines_before = std::fs::read_to_string(&audit).unwrap();
+        std::fs::remove_file(&audit).unwrap();
+        std::fs::create_dir(&audit).unwrap();
+        let refused = store
+            .apply(&acme, put("http://10.0.0.2"), None, &actor())
+            .await;
+        assert!(
+            matches!(&refused, Err(AdminError::Unavailable(m)) if m.contains("audit")),
+            "{refused:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            before,
+            "nothing changed"
+        );
+        // With the log back, writes go on, and the log has one line per change made.
+        std::fs::remove_dir(&audit).unwrap();
+        std::fs::write(&audit, &lines_before).unwrap();
+        store
+            .apply(&acme, put("http://10.0.0.3"), None, &actor())
+            .await
+            .unwrap();
+        let lines = std::fs::read_to_string(&audit).unwrap();
+        assert_eq!(lines.lines().count(), 2, "{lines}");
+        assert!(
+            lines.contains("10.0.0.3") && !lines.contains("10.0.0.2"),
+            "{lines}"
+        );
+    });
+}
