@@ -47,6 +47,7 @@ pub fn embedded_default() -> Settings {
             write_timeout: Duration::from_secs(30),
             ca_file: None,
             dns_ttl: Duration::from_secs(10),
+            dns_serve_stale: Duration::from_secs(30),
         },
         store: StoreSettings::File(FileStoreSettings {
             path: None,

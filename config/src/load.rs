@@ -435,6 +435,9 @@ fn upstream(
     let dns_ttl = s
         .duration("dns_ttl", Duration::ZERO, MAX_TIMEOUT, p)
         .unwrap_or(d.dns_ttl);
+    let dns_serve_stale = s
+        .duration("dns_serve_stale", Duration::ZERO, MAX_TIMEOUT, p)
+        .unwrap_or(d.dns_serve_stale);
     s.finish(p);
     (p.list.len() == before).then_some(UpstreamSettings {
         connect_timeout,
@@ -442,6 +445,7 @@ fn upstream(
         write_timeout,
         ca_file,
         dns_ttl,
+        dns_serve_stale,
     })
 }
 

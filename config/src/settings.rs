@@ -122,6 +122,8 @@ pub struct UpstreamSettings {
     pub ca_file: Option<PathBuf>,
     /// How long a named instance's address is kept before the resolver is asked again.
     pub dns_ttl: Duration,
+    /// How long past `dns_ttl` the last address still serves while the resolver fails.
+    pub dns_serve_stale: Duration,
 }
 
 /// `[store]`: where bindings come from.

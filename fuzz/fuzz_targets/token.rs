@@ -1,7 +1,9 @@
 //! Token verification on arbitrary bytes: splitting, base64url, strict JSON, header rules,
 //! signature and claims. Nothing may panic, and no token is accepted unless it is, byte for
 //! byte, one of the genuine tokens signed with the demo key (the fuzzer has no private key, so
-//! any other accepted token would be a forgery).
+//! any other accepted token would be a forgery). That holds because the world signs with RS256
+//! only, whose signatures cannot be altered and still verify; ECDSA's can ((r, s) and
+//! (r, n - s) both verify), so an EC key here would need a weaker property.
 
 #![no_main]
 

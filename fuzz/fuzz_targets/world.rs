@@ -11,6 +11,9 @@ use nexus_edge::auth::Authenticator;
 
 pub const TENANTS: usize = 8;
 
+/// The custom domain of tenant 0 (from the bench fixture's records).
+pub const CUSTOM_DOMAIN: &str = "app.customer0.example";
+
 pub struct World {
     pub tenancy: TenancySettings,
     pub table: BindingTable,
@@ -28,6 +31,8 @@ pub fn world() -> &'static World {
             std::env::temp_dir().join(format!("nexus-fuzz-jwks-{}.json", std::process::id()));
         let key = rs256_key();
         let auth = Authenticator::new(&auth_settings(&jwks, &[&key], 64)).expect("auth");
+        // The keys are loaded; the file is not needed again.
+        let _ = std::fs::remove_file(&jwks);
         let statuses = [
             "active",
             "past_due",

@@ -3,21 +3,25 @@
 //! Instances are usually named (a Kubernetes service, an internal DNS name). Asking the
 //! system resolver on every request would put a blocking `getaddrinfo` (run on tokio's
 //! blocking pool) in front of every request to a named instance; answers are kept for
-//! `dns_ttl` instead (`0s`: ask every time). When a refresh fails, the last answer keeps
-//! serving for up to [`STALE_FOR`] past its expiry, and the name is asked again at most once
-//! a second meanwhile: a resolver hiccup neither takes instances offline nor floods the
-//! resolver and the log. IP literals never reach the cache.
+//! `dns_ttl` instead, and requests take the answer's addresses in turn.
+//!
+//! - One refresh at a time per name: the request that finds the answer expired claims the
+//!   refresh; the others meanwhile keep using the expired answer (a brand-new name has none,
+//!   so its first requests each ask). A lookup gets `[upstream] connect_timeout`.
+//! - When a refresh fails, the last answer keeps serving for `dns_serve_stale` past its expiry
+//!   (a resolver outage should not take instances offline), and the name is asked again at
+//!   most once a second. A name that was deleted keeps getting traffic that long too, which
+//!   is why the window is short by default and can be `0s`.
+//! - IP literals never reach the cache.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long past its expiry an answer may serve while refreshes fail.
-pub const STALE_FOR: Duration = Duration::from_secs(300);
-
-/// How often a name whose refresh failed is asked again.
+/// How often a name whose refresh failed, or is under way, is asked again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Names remembered at most; beyond it, expired entries are dropped (then all, if need be).
@@ -40,29 +44,59 @@ pub enum ResolveError {
         /// The instance host.
         host: String,
     },
+    /// The resolver did not answer in time.
+    #[error("resolving {host}: no answer within {timeout:?}")]
+    Timeout {
+        /// The instance host.
+        host: String,
+        /// How long it was given.
+        timeout: Duration,
+    },
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Entry {
-    ip: IpAddr,
+    ips: Arc<[IpAddr]>,
     fetched: Instant,
-    /// Earliest next lookup after a failed refresh.
+    /// Before this instant nobody else looks the name up: a refresh is under way or failed.
     next_try: Instant,
+}
+
+/// How long answers live and how failures are handled.
+#[derive(Debug, Clone, Copy)]
+pub struct ResolverPolicy {
+    /// How long an answer is used before it is refreshed.
+    pub ttl: Duration,
+    /// How long past `ttl` an answer still serves while refreshes fail.
+    pub serve_stale: Duration,
+    /// How long one lookup may take.
+    pub timeout: Duration,
 }
 
 /// The cache of instance addresses, shared by every request.
 #[derive(Debug)]
 pub struct InstanceResolver {
-    ttl: Duration,
+    policy: ResolverPolicy,
     names: Mutex<HashMap<String, Entry>>,
+    /// Spreads requests over a name's addresses.
+    turn: AtomicUsize,
+}
+
+/// What the cache says before any lookup.
+enum Cached {
+    /// Use this answer.
+    Use(Arc<[IpAddr]>),
+    /// Look up; `stale` may stand in if that fails.
+    Refresh { stale: Option<Entry> },
 }
 
 impl InstanceResolver {
-    /// A resolver keeping answers for `ttl`.
-    pub fn new(ttl: Duration) -> Self {
+    /// A resolver with `policy`.
+    pub fn new(policy: ResolverPolicy) -> Self {
         Self {
-            ttl,
+            policy,
             names: Mutex::new(HashMap::new()),
+            turn: AtomicUsize::new(0),
         }
     }
 
@@ -71,7 +105,7 @@ impl InstanceResolver {
         self.resolve_with(host, port, Instant::now(), || async move {
             tokio::net::lookup_host((host, port))
                 .await
-                .map(|mut addrs| addrs.next().map(|a| a.ip()))
+                .map(|addrs| addrs.map(|a| a.ip()).collect())
         })
         .await
     }
@@ -86,65 +120,82 @@ impl InstanceResolver {
     ) -> Result<SocketAddr, ResolveError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = std::io::Result<Option<IpAddr>>>,
+        Fut: Future<Output = std::io::Result<Vec<IpAddr>>>,
     {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, port));
         }
-        let known = self.lock().get(host).copied();
-        if let Some(e) = known {
-            let age = now.saturating_duration_since(e.fetched);
-            let stale_ok = age < self.ttl + STALE_FOR;
-            if age < self.ttl || (now < e.next_try && stale_ok) {
-                return Ok(SocketAddr::new(e.ip, port));
-            }
-        }
-        match lookup().await {
-            Ok(Some(ip)) => {
-                self.store(
-                    host,
-                    Entry {
-                        ip,
-                        fetched: now,
-                        next_try: now,
-                    },
-                    now,
-                );
-                Ok(SocketAddr::new(ip, port))
-            }
-            failed => {
-                let err = match failed {
-                    Err(source) => ResolveError::Lookup {
-                        host: host.to_owned(),
-                        source,
-                    },
-                    Ok(_) => ResolveError::NoAddress {
-                        host: host.to_owned(),
-                    },
+        let stale = match self.consult(host, now) {
+            Cached::Use(ips) => return Ok(self.pick(&ips, port)),
+            Cached::Refresh { stale } => stale,
+        };
+        let answer = match tokio::time::timeout(self.policy.timeout, lookup()).await {
+            Ok(Ok(ips)) if !ips.is_empty() => Ok(ips),
+            Ok(Ok(_)) => Err(ResolveError::NoAddress {
+                host: host.to_owned(),
+            }),
+            Ok(Err(source)) => Err(ResolveError::Lookup {
+                host: host.to_owned(),
+                source,
+            }),
+            Err(_) => Err(ResolveError::Timeout {
+                host: host.to_owned(),
+                timeout: self.policy.timeout,
+            }),
+        };
+        match answer {
+            Ok(ips) => {
+                let ips: Arc<[IpAddr]> = ips.into();
+                let entry = Entry {
+                    ips: Arc::clone(&ips),
+                    fetched: now,
+                    next_try: now,
                 };
-                match known {
-                    Some(e) if now.saturating_duration_since(e.fetched) < self.ttl + STALE_FOR => {
-                        tracing::warn!(error = %err, "instance name not refreshed; using its last address");
-                        self.store(
-                            host,
-                            Entry {
-                                next_try: now + RETRY_EVERY,
-                                ..e
-                            },
-                            now,
-                        );
-                        Ok(SocketAddr::new(e.ip, port))
-                    }
-                    _ => Err(err),
-                }
+                self.store(host, entry, now);
+                Ok(self.pick(&ips, port))
             }
+            Err(err) => match stale {
+                Some(e) => {
+                    tracing::warn!(error = %err, "instance name not refreshed; using its last addresses");
+                    Ok(self.pick(&e.ips, port))
+                }
+                None => Err(err),
+            },
         }
     }
 
+    /// Reads the cache and, when the answer needs refreshing, claims the refresh so
+    /// concurrent requests keep using the old answer instead of asking too.
+    fn consult(&self, host: &str, now: Instant) -> Cached {
+        let mut names = self.lock();
+        let Some(e) = names.get_mut(host) else {
+            return Cached::Refresh { stale: None };
+        };
+        let age = now.saturating_duration_since(e.fetched);
+        let usable = age < self.policy.ttl + self.policy.serve_stale;
+        if age < self.policy.ttl || (now < e.next_try && usable) {
+            return Cached::Use(Arc::clone(&e.ips));
+        }
+        e.next_try = now + RETRY_EVERY;
+        Cached::Refresh {
+            stale: usable.then(|| e.clone()),
+        }
+    }
+
+    fn pick(&self, ips: &[IpAddr], port: u16) -> SocketAddr {
+        let i = self.turn.fetch_add(1, Ordering::Relaxed) % ips.len().max(1);
+        SocketAddr::new(ips[i], port)
+    }
+
+    /// Stores a fresh answer, unless a fresher one arrived meanwhile.
     fn store(&self, host: &str, entry: Entry, now: Instant) {
         let mut names = self.lock();
-        if names.len() >= MAX_NAMES && !names.contains_key(host) {
-            let keep = self.ttl + STALE_FOR;
+        if let Some(current) = names.get(host) {
+            if current.fetched > entry.fetched {
+                return;
+            }
+        } else if names.len() >= MAX_NAMES {
+            let keep = self.policy.ttl + self.policy.serve_stale;
             names.retain(|_, e| now.saturating_duration_since(e.fetched) < keep);
             if names.len() >= MAX_NAMES {
                 names.clear();
@@ -154,8 +205,7 @@ impl InstanceResolver {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        // A panic while holding the lock cannot leave an entry half-written (inserts are
-        // whole), so a poisoned map is still a valid map.
+        // Every update is a whole insert or one field, so a poisoned map is still a valid map.
         self.names.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -169,11 +219,19 @@ mod tests {
     const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 
-    /// Resolves `name` at `now` with a scripted resolver answer; counts lookups.
+    fn resolver(ttl: u64, stale: u64) -> InstanceResolver {
+        InstanceResolver::new(ResolverPolicy {
+            ttl: Duration::from_secs(ttl),
+            serve_stale: Duration::from_secs(stale),
+            timeout: Duration::from_millis(200),
+        })
+    }
+
+    /// Resolves the test name at `now` with a scripted resolver answer; counts lookups.
     async fn ask(
         r: &InstanceResolver,
         now: Instant,
-        answer: std::io::Result<Option<IpAddr>>,
+        answer: std::io::Result<Vec<IpAddr>>,
         lookups: &Cell<u32>,
     ) -> Result<SocketAddr, ResolveError> {
         r.resolve_with("instance.internal", 8080, now, || {
@@ -183,47 +241,91 @@ mod tests {
         .await
     }
 
-    fn down() -> std::io::Result<Option<IpAddr>> {
+    fn down() -> std::io::Result<Vec<IpAddr>> {
         Err(std::io::Error::other("resolver down"))
     }
 
     #[tokio::test]
     async fn answers_are_kept_for_the_ttl_then_refreshed() {
-        let r = InstanceResolver::new(Duration::from_secs(10));
+        let r = resolver(10, 30);
         let n = Cell::new(0);
         let t0 = Instant::now();
-        let first = ask(&r, t0, Ok(Some(A)), &n).await.expect("resolved");
+        let first = ask(&r, t0, Ok(vec![A]), &n).await.expect("resolved");
         assert_eq!(first, SocketAddr::new(A, 8080));
-        let cached = ask(&r, t0 + Duration::from_secs(9), Ok(Some(B)), &n).await;
+        let cached = ask(&r, t0 + Duration::from_secs(9), Ok(vec![B]), &n).await;
         assert_eq!(cached.expect("cached").ip(), A);
         assert_eq!(n.get(), 1, "no lookup within the ttl");
-        let refreshed = ask(&r, t0 + Duration::from_secs(10), Ok(Some(B)), &n).await;
+        let refreshed = ask(&r, t0 + Duration::from_secs(10), Ok(vec![B]), &n).await;
         assert_eq!(refreshed.expect("refreshed").ip(), B);
         assert_eq!(n.get(), 2);
     }
 
     #[tokio::test]
-    async fn a_failed_refresh_serves_the_last_answer_and_retries_once_a_second() {
-        let r = InstanceResolver::new(Duration::from_secs(10));
+    async fn requests_take_the_addresses_in_turn() {
+        let r = resolver(10, 30);
         let n = Cell::new(0);
         let t0 = Instant::now();
-        ask(&r, t0, Ok(Some(A)), &n).await.expect("resolved");
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let addr = ask(&r, t0, Ok(vec![A, B]), &n).await.expect("resolved");
+            seen.push(addr.ip());
+        }
+        assert_eq!(n.get(), 1);
+        assert_eq!(seen.iter().filter(|ip| **ip == A).count(), 2, "{seen:?}");
+        assert_eq!(seen.iter().filter(|ip| **ip == B).count(), 2, "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn one_refresh_at_a_time_and_a_failed_one_serves_the_last_answer() {
+        let r = resolver(10, 30);
+        let n = Cell::new(0);
+        let t0 = Instant::now();
+        ask(&r, t0, Ok(vec![A]), &n).await.expect("resolved");
         let t1 = t0 + Duration::from_secs(11);
-        assert_eq!(ask(&r, t1, down(), &n).await.expect("stale").ip(), A);
+        // The refresh is claimed before the lookup: a request arriving meanwhile does not ask.
+        assert!(matches!(
+            r.consult("instance.internal", t1),
+            Cached::Refresh { stale: Some(_) }
+        ));
+        assert!(matches!(r.consult("instance.internal", t1), Cached::Use(_)));
+        let t2 = t1 + RETRY_EVERY;
+        assert_eq!(ask(&r, t2, down(), &n).await.expect("stale").ip(), A);
         assert_eq!(n.get(), 2);
-        let soon = t1 + Duration::from_millis(500);
+        let soon = t2 + Duration::from_millis(500);
         assert_eq!(ask(&r, soon, down(), &n).await.expect("stale").ip(), A);
         assert_eq!(n.get(), 2, "no second lookup within a second of a failure");
-        let later = t1 + Duration::from_secs(2);
-        assert_eq!(ask(&r, later, Ok(None), &n).await.expect("stale").ip(), A);
+        let later = t2 + Duration::from_secs(2);
+        assert_eq!(ask(&r, later, Ok(vec![]), &n).await.expect("stale").ip(), A);
         assert_eq!(n.get(), 3);
         let back = later + Duration::from_secs(2);
-        assert_eq!(ask(&r, back, Ok(Some(B)), &n).await.expect("fresh").ip(), B);
+        assert_eq!(ask(&r, back, Ok(vec![B]), &n).await.expect("fresh").ip(), B);
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_never_replaces_a_fresher_one() {
+        let r = resolver(10, 30);
+        let n = Cell::new(0);
+        let t0 = Instant::now();
+        ask(&r, t0 + Duration::from_secs(5), Ok(vec![B]), &n)
+            .await
+            .expect("resolved");
+        // A lookup that started earlier and finished later must not win.
+        r.store(
+            "instance.internal",
+            Entry {
+                ips: vec![A].into(),
+                fetched: t0,
+                next_try: t0,
+            },
+            t0 + Duration::from_secs(6),
+        );
+        let now = t0 + Duration::from_secs(6);
+        assert_eq!(ask(&r, now, down(), &n).await.expect("cached").ip(), B);
     }
 
     #[tokio::test]
     async fn stale_answers_end_and_unknown_names_fail() {
-        let r = InstanceResolver::new(Duration::from_secs(10));
+        let r = resolver(10, 30);
         let n = Cell::new(0);
         let t0 = Instant::now();
         assert!(matches!(
@@ -231,21 +333,42 @@ mod tests {
             Err(ResolveError::Lookup { .. })
         ));
         assert!(matches!(
-            ask(&r, t0, Ok(None), &n).await,
+            ask(&r, t0, Ok(vec![]), &n).await,
             Err(ResolveError::NoAddress { .. })
         ));
-        ask(&r, t0, Ok(Some(A)), &n).await.expect("resolved");
-        let too_late = t0 + Duration::from_secs(10) + STALE_FOR;
+        ask(&r, t0, Ok(vec![A]), &n).await.expect("resolved");
+        let too_late = t0 + Duration::from_secs(40);
         assert!(ask(&r, too_late, down(), &n).await.is_err());
+        // With no stale window, a failed refresh fails at once.
+        let strict = resolver(10, 0);
+        ask(&strict, t0, Ok(vec![A]), &n).await.expect("resolved");
+        let expired = t0 + Duration::from_secs(10);
+        assert!(ask(&strict, expired, down(), &n).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_hanging_resolver_times_out() {
+        let r = resolver(10, 30);
+        let hung = r
+            .resolve_with("instance.internal", 80, Instant::now(), || {
+                std::future::pending::<std::io::Result<Vec<IpAddr>>>()
+            })
+            .await;
+        assert!(
+            matches!(hung, Err(ResolveError::Timeout { .. })),
+            "{hung:?}"
+        );
     }
 
     #[tokio::test]
     async fn zero_ttl_asks_every_time_and_ip_literals_never() {
-        let r = InstanceResolver::new(Duration::ZERO);
+        let r = resolver(0, 0);
         let n = Cell::new(0);
         let t0 = Instant::now();
-        ask(&r, t0, Ok(Some(A)), &n).await.expect("resolved");
-        ask(&r, t0, Ok(Some(A)), &n).await.expect("resolved");
+        ask(&r, t0, Ok(vec![A]), &n).await.expect("resolved");
+        ask(&r, t0 + Duration::from_secs(2), Ok(vec![A]), &n)
+            .await
+            .expect("resolved");
         assert_eq!(n.get(), 2);
         let literal = r
             .resolve_with("10.0.0.9", 80, t0, || async { down() })

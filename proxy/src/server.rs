@@ -85,7 +85,11 @@ pub fn prepare(
         bindings: BindingHandle::new(table),
         auth,
         metrics,
-        resolver: crate::resolve::InstanceResolver::new(settings.upstream.dns_ttl),
+        resolver: crate::resolve::InstanceResolver::new(crate::resolve::ResolverPolicy {
+            ttl: settings.upstream.dns_ttl,
+            serve_stale: settings.upstream.dns_serve_stale,
+            timeout: settings.upstream.connect_timeout,
+        }),
         settings,
     }))
 }

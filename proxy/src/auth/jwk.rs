@@ -274,10 +274,13 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             let e = b64_field(jwk, "e")?;
             let first = n.iter().position(|&b| b != 0).unwrap_or(n.len());
             let n = n[first..].to_vec();
-            let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
-            if bits < 2048 {
+            // `n` has no leading zero bytes here, so only its first byte has leading zero bits
+            // (an empty or all-zero `n` is 0 bits).
+            let bits =
+                (n.len() * 8).saturating_sub(n.first().map_or(0, |b| b.leading_zeros() as usize));
+            if !(2048..=8192).contains(&bits) {
                 return Err(format!(
-                    "RSA key of {bits} bits; at least 2048 are required"
+                    "RSA key of {bits} bits; 2048 to 8192 are supported"
                 ));
             }
             use Algorithm::*;
@@ -362,6 +365,21 @@ mod tests {
         let mut short = Vec::new();
         der_length(&mut short, 0x7f);
         assert_eq!(short, [0x7f]);
+    }
+
+    #[test]
+    fn rsa_moduli_outside_2048_to_8192_bits_are_skipped_at_load() {
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let key = |n: &[u8]| serde_json::json!({ "kty": "RSA", "n": b64(n), "e": "AQAB" });
+        for (n, bits) in [
+            (vec![], 0),
+            (vec![0; 300], 0),
+            (vec![0xff; 255], 2040),
+            (vec![0xff; 1025], 8200),
+        ] {
+            let err = parse_jwk(&key(&n)).expect_err("refused");
+            assert!(err.contains(&format!("{bits} bits")), "{err}");
+        }
     }
 
     #[test]

@@ -385,6 +385,24 @@ fn cache_skips_signature_but_not_time() {
 }
 
 #[test]
+fn with_the_cache_off_every_request_is_verified_in_full() {
+    let f = fixture("nocache");
+    let mut s = settings(&f);
+    s.token_cache_capacity = 0;
+    let auth = Authenticator::new(&s).expect("auth");
+    let t = f.rs.sign(&claims()).expect("sign");
+    for _ in 0..3 {
+        auth.verify(&t, NOW).expect("ok");
+    }
+    assert_eq!(auth.signature_checks(), 3);
+    assert_eq!(auth.cached_tokens(), 0);
+    assert_eq!(
+        auth.verify(&t, NOW + 700).map(|_| ()),
+        Err(TokenError::Expired)
+    );
+}
+
+#[test]
 fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
     let f = fixture("rotation");
     let auth = Authenticator::new(&settings(&f)).expect("auth");
