@@ -284,6 +284,10 @@ impl RawDoc {
 
 /// Temp file in the same directory, fsync, rename, fsync the directory: readers see the old
 /// file or the new one, never half of one, even across a crash.
+///
+/// An error means the file was not replaced. Once the rename is done the new content is what
+/// everyone reads, so a failure to sync the directory after it is logged, not returned (a
+/// caller would otherwise undo the audit line of a change that did happen).
 pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
@@ -298,13 +302,17 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
         f.write_all(content)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
+        return result;
     }
-    result
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(file = %path.display(), error = %e,
+            "file replaced, but its directory could not be synced: a crash now may undo it");
+    }
+    Ok(())
 }
 
 fn now_rfc3339() -> (time::OffsetDateTime, String) {

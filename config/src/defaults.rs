@@ -19,6 +19,7 @@ pub fn embedded_default() -> Settings {
             admin_listen: Some(SocketAddr::new(LOOPBACK, 9090)),
             threads: 2,
             shutdown_grace: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
         },
         tenancy: TenancySettings {

@@ -111,6 +111,9 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
             p,
         )
         .unwrap_or(d.shutdown_grace);
+    let keepalive_timeout = s
+        .duration("keepalive_timeout", Duration::from_secs(1), MAX_TIMEOUT, p)
+        .unwrap_or(d.keepalive_timeout);
     let trusted_proxies = s
         .strings("trusted_proxies", p, |v| {
             IpNet::parse(v).map(|n| n.to_string())
@@ -125,6 +128,7 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
         admin_listen,
         threads,
         shutdown_grace,
+        keepalive_timeout,
         trusted_proxies,
     })
 }

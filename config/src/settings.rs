@@ -36,7 +36,10 @@ pub struct ServerSettings {
     /// After SIGTERM/SIGINT the listeners close at once and in-flight requests get this long
     /// to finish before the process exits.
     pub shutdown_grace: Duration,
-    /// Peers whose `X-Forwarded-For` is kept (and appended to); anyone else's is replaced.
+    /// How long an idle client connection is kept open between requests.
+    pub keepalive_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is read (right to left, up to the client); anyone
+    /// else's is replaced.
     pub trusted_proxies: Vec<crate::IpNet>,
 }
 

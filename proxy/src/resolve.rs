@@ -5,13 +5,18 @@
 //! blocking pool) in front of every request to a named instance; answers are kept for
 //! `dns_ttl` instead, and requests take the answer's addresses in turn.
 //!
-//! - One refresh at a time per name: the request that finds the answer expired claims the
-//!   refresh; the others meanwhile keep using the expired answer (a brand-new name has none,
-//!   so its first requests each ask). A lookup gets `[upstream] connect_timeout`.
+//! - One lookup at a time per name: the request that finds the answer expired claims the
+//!   refresh (for the lookup's timeout, `[upstream] connect_timeout`, at least a second); the
+//!   others meanwhile keep using the expired answer while it may serve stale, and fail fast
+//!   once it may not. Only a brand-new name's first concurrent requests each ask.
+//! - A failed lookup is remembered for a second: requests in that second fail fast instead of
+//!   asking again (so an unresolvable instance does not cost a lookup per request).
 //! - When a refresh fails, the last answer keeps serving for `dns_serve_stale` past its expiry
-//!   (a resolver outage should not take instances offline), and the name is asked again at
-//!   most once a second. A name that was deleted keeps getting traffic that long too, which
-//!   is why the window is short by default and can be `0s`.
+//!   (a resolver outage should not take instances offline). A name that was deleted keeps
+//!   getting traffic that long too, which is why the window is short by default and can be
+//!   `0s`.
+//! - Requests take the addresses of the answer's first family in turn (an IPv6 answer on a
+//!   host without IPv6 routes must not fail every other request).
 //! - IP literals never reach the cache.
 
 use std::collections::HashMap;
@@ -21,11 +26,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How often a name whose refresh failed, or is under way, is asked again.
+/// How long a failed lookup is remembered before the name is asked again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
-/// Names remembered at most; beyond it, expired entries are dropped (then all, if need be).
-const MAX_NAMES: usize = 10_000;
+/// Names remembered at most; beyond it, expired entries go, then the older half.
+const MAX_NAMES: usize = 100_000;
 
 /// Why an instance host has no address.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +49,12 @@ pub enum ResolveError {
         /// The instance host.
         host: String,
     },
+    /// A lookup of this name failed within the last second; it is not asked again yet.
+    #[error("resolving {host}: failed moments ago")]
+    RecentlyFailed {
+        /// The instance host.
+        host: String,
+    },
     /// The resolver did not answer in time.
     #[error("resolving {host}: no answer within {timeout:?}")]
     Timeout {
@@ -56,6 +67,7 @@ pub enum ResolveError {
 
 #[derive(Debug, Clone)]
 struct Entry {
+    /// Empty for a name whose only lookup failed.
     ips: Arc<[IpAddr]>,
     fetched: Instant,
     /// Before this instant nobody else looks the name up: a refresh is under way or failed.
@@ -86,8 +98,10 @@ pub struct InstanceResolver {
 enum Cached {
     /// Use this answer.
     Use(Arc<[IpAddr]>),
+    /// A lookup is under way or just failed, and no answer may stand in.
+    FailFast,
     /// Look up; `stale` may stand in if that fails.
-    Refresh { stale: Option<Entry> },
+    Refresh { stale: Option<Arc<[IpAddr]>> },
 }
 
 impl InstanceResolver {
@@ -127,10 +141,15 @@ impl InstanceResolver {
         }
         let stale = match self.consult(host, now) {
             Cached::Use(ips) => return Ok(self.pick(&ips, port)),
+            Cached::FailFast => {
+                return Err(ResolveError::RecentlyFailed {
+                    host: host.to_owned(),
+                })
+            }
             Cached::Refresh { stale } => stale,
         };
         let answer = match tokio::time::timeout(self.policy.timeout, lookup()).await {
-            Ok(Ok(ips)) if !ips.is_empty() => Ok(ips),
+            Ok(Ok(ips)) if !ips.is_empty() => Ok(first_family(ips)),
             Ok(Ok(_)) => Err(ResolveError::NoAddress {
                 host: host.to_owned(),
             }),
@@ -155,11 +174,15 @@ impl InstanceResolver {
                 Ok(self.pick(&ips, port))
             }
             Err(err) => match stale {
-                Some(e) => {
+                Some(ips) => {
                     tracing::warn!(error = %err, "instance name not refreshed; using its last addresses");
-                    Ok(self.pick(&e.ips, port))
+                    self.failed(host, now);
+                    Ok(self.pick(&ips, port))
                 }
-                None => Err(err),
+                None => {
+                    self.failed(host, now);
+                    Err(err)
+                }
             },
         }
     }
@@ -172,13 +195,39 @@ impl InstanceResolver {
             return Cached::Refresh { stale: None };
         };
         let age = now.saturating_duration_since(e.fetched);
-        let usable = age < self.policy.ttl + self.policy.serve_stale;
-        if age < self.policy.ttl || (now < e.next_try && usable) {
+        let known = !e.ips.is_empty();
+        let usable = known && age < self.policy.ttl + self.policy.serve_stale;
+        if known && age < self.policy.ttl {
             return Cached::Use(Arc::clone(&e.ips));
         }
-        e.next_try = now + RETRY_EVERY;
+        if now < e.next_try {
+            return if usable {
+                Cached::Use(Arc::clone(&e.ips))
+            } else {
+                Cached::FailFast
+            };
+        }
+        // Held for as long as the lookup may take, so no second one overlaps it.
+        e.next_try = now + self.policy.timeout.max(RETRY_EVERY);
         Cached::Refresh {
-            stale: usable.then(|| e.clone()),
+            stale: usable.then(|| Arc::clone(&e.ips)),
+        }
+    }
+
+    /// Remembers a failed lookup (started at `now`) for [`RETRY_EVERY`].
+    fn failed(&self, host: &str, now: Instant) {
+        let mut names = self.lock();
+        match names.get_mut(host) {
+            Some(e) => e.next_try = e.next_try.max(now + RETRY_EVERY),
+            None => {
+                let entry = Entry {
+                    ips: Arc::from(Vec::new()),
+                    fetched: now,
+                    next_try: now + RETRY_EVERY,
+                };
+                Self::make_room(&mut names, now, self.policy);
+                names.insert(host.to_owned(), entry);
+            }
         }
     }
 
@@ -190,24 +239,39 @@ impl InstanceResolver {
     /// Stores a fresh answer, unless a fresher one arrived meanwhile.
     fn store(&self, host: &str, entry: Entry, now: Instant) {
         let mut names = self.lock();
-        if let Some(current) = names.get(host) {
-            if current.fetched > entry.fetched {
-                return;
-            }
-        } else if names.len() >= MAX_NAMES {
-            let keep = self.policy.ttl + self.policy.serve_stale;
-            names.retain(|_, e| now.saturating_duration_since(e.fetched) < keep);
-            if names.len() >= MAX_NAMES {
-                names.clear();
-            }
+        match names.get(host) {
+            Some(current) if current.fetched > entry.fetched && !current.ips.is_empty() => return,
+            Some(_) => {}
+            None => Self::make_room(&mut names, now, self.policy),
         }
         names.insert(host.to_owned(), entry);
+    }
+
+    /// Keeps the map under [`MAX_NAMES`]: expired entries go first, then the older half.
+    fn make_room(names: &mut HashMap<String, Entry>, now: Instant, policy: ResolverPolicy) {
+        if names.len() < MAX_NAMES {
+            return;
+        }
+        let keep = policy.ttl + policy.serve_stale;
+        names.retain(|_, e| now.saturating_duration_since(e.fetched) < keep);
+        if names.len() >= MAX_NAMES {
+            let mut ages: Vec<Instant> = names.values().map(|e| e.fetched).collect();
+            let (_, median, _) = ages.select_nth_unstable(names.len() / 2);
+            let median = *median;
+            names.retain(|_, e| e.fetched > median);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         // Every update is a whole insert or one field, so a poisoned map is still a valid map.
         self.names.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The addresses of the first (the resolver's preferred) family, in the resolver's order.
+fn first_family(ips: Vec<IpAddr>) -> Vec<IpAddr> {
+    let v4 = ips.first().is_some_and(IpAddr::is_ipv4);
+    ips.into_iter().filter(|ip| ip.is_ipv4() == v4).collect()
 }
 
 #[cfg(test)]
@@ -324,26 +388,49 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stale_answers_end_and_unknown_names_fail() {
+    async fn failures_are_remembered_for_a_second_and_stale_answers_end() {
         let r = resolver(10, 30);
         let n = Cell::new(0);
         let t0 = Instant::now();
+        let secs = |s: u64| t0 + Duration::from_secs(s);
         assert!(matches!(
             ask(&r, t0, down(), &n).await,
             Err(ResolveError::Lookup { .. })
         ));
+        // Within the second, no lookup: an unresolvable name costs one lookup a second.
+        let again = ask(&r, t0 + Duration::from_millis(500), Ok(vec![A]), &n).await;
+        assert!(
+            matches!(again, Err(ResolveError::RecentlyFailed { .. })),
+            "{again:?}"
+        );
+        assert_eq!(n.get(), 1);
         assert!(matches!(
-            ask(&r, t0, Ok(vec![]), &n).await,
+            ask(&r, secs(1), Ok(vec![]), &n).await,
             Err(ResolveError::NoAddress { .. })
         ));
-        ask(&r, t0, Ok(vec![A]), &n).await.expect("resolved");
-        let too_late = t0 + Duration::from_secs(40);
+        ask(&r, secs(2), Ok(vec![A]), &n).await.expect("resolved");
+        // Past ttl + dns_serve_stale the old answer no longer stands in, and the failure is
+        // remembered all the same.
+        let too_late = secs(42);
         assert!(ask(&r, too_late, down(), &n).await.is_err());
+        let looked = n.get();
+        let soon = too_late + Duration::from_millis(500);
+        assert!(matches!(
+            ask(&r, soon, Ok(vec![A]), &n).await,
+            Err(ResolveError::RecentlyFailed { .. })
+        ));
+        assert_eq!(n.get(), looked);
         // With no stale window, a failed refresh fails at once.
         let strict = resolver(10, 0);
         ask(&strict, t0, Ok(vec![A]), &n).await.expect("resolved");
-        let expired = t0 + Duration::from_secs(10);
-        assert!(ask(&strict, expired, down(), &n).await.is_err());
+        assert!(ask(&strict, secs(10), down(), &n).await.is_err());
+    }
+
+    #[test]
+    fn only_the_preferred_family_is_used() {
+        let v6: IpAddr = "2001:db8::1".parse().expect("ip");
+        assert_eq!(first_family(vec![A, v6, B]), [A, B]);
+        assert_eq!(first_family(vec![v6, A]), [v6]);
     }
 
     #[tokio::test]

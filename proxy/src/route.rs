@@ -111,40 +111,51 @@ pub fn upstream_target(decision: &Decision) -> String {
     t
 }
 
-/// Longest client-supplied `X-Forwarded-For` chain kept from a trusted proxy.
+/// Most `X-Forwarded-For` entries looked at, from the right.
 const MAX_FORWARDED_HOPS: usize = 16;
 
 /// The `X-Forwarded-For` to send for a request from TCP peer `peer` that carried `client`
 /// header values.
 ///
-/// From a peer in `trusted` (a load balancer in front of the router) the chain it sent is kept
-/// and the peer appended, so the instance sees the real client first. From anyone else the
-/// header is only the peer's address: a client cannot plant an address. A chain from a trusted
-/// peer that is not a list of IP addresses (at most 16) is dropped the same way.
+/// From a peer not in `trusted`, it is the peer's address alone: a client cannot plant one.
+/// From a trusted peer (a load balancer in front of the router) the chain is read from the
+/// right, the way it was built: each trusted hop vouches for the entry to its left, so the
+/// walk keeps trusted addresses and stops at the first untrusted one, the client. Whatever lies
+/// left of it, or left of an entry that is not an address, came from the client and is
+/// dropped. So `spoofed, client, lb` from a balancer that appends becomes `client, lb, peer`.
 pub fn forwarded_for<'a>(
     peer: Option<IpAddr>,
     client: impl Iterator<Item = &'a [u8]>,
     trusted: &[nexus_config::IpNet],
 ) -> Option<String> {
     let peer = peer?.to_canonical();
-    if !trusted.iter().any(|net| net.contains(peer)) {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(peer) {
         return Some(peer.to_string());
     }
-    let mut chain: Vec<IpAddr> = Vec::new();
-    for value in client {
+    let values: Vec<&[u8]> = client.collect();
+    let mut kept: Vec<IpAddr> = Vec::new();
+    'walk: for value in values.iter().rev() {
         let Ok(text) = std::str::from_utf8(value) else {
-            return Some(peer.to_string());
+            break;
         };
-        for hop in text.split(',') {
-            match hop.trim().parse::<IpAddr>() {
-                Ok(ip) if chain.len() < MAX_FORWARDED_HOPS => chain.push(ip),
-                _ => return Some(peer.to_string()),
+        for hop in text.rsplit(',') {
+            if kept.len() == MAX_FORWARDED_HOPS {
+                break 'walk;
+            }
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                break 'walk;
+            };
+            let ip = ip.to_canonical();
+            kept.push(ip);
+            if !is_trusted(ip) {
+                break 'walk;
             }
         }
     }
-    chain.push(peer);
-    let parts: Vec<String> = chain.iter().map(IpAddr::to_string).collect();
-    Some(parts.join(", "))
+    let mut out: Vec<String> = kept.iter().rev().map(IpAddr::to_string).collect();
+    out.push(peer.to_string());
+    Some(out.join(", "))
 }
 
 /// Facts about the downstream connection needed for the forwarding headers.
@@ -259,9 +270,11 @@ mod tests {
         );
         let cases: &[Case<'_>] = &[
             (None, &[], &lb, None),
+            // Not from a trusted proxy: the peer alone, whatever was sent.
             (ip("198.51.100.9"), &[], &[], Some("198.51.100.9")),
             (ip("198.51.100.9"), &[b"6.6.6.6"], &[], Some("198.51.100.9")),
             (ip("198.51.100.9"), &[b"6.6.6.6"], &lb, Some("198.51.100.9")),
+            // From the balancer: its client, then itself.
             (ip("10.1.2.3"), &[], &lb, Some("10.1.2.3")),
             (
                 ip("10.1.2.3"),
@@ -269,11 +282,26 @@ mod tests {
                 &lb,
                 Some("203.0.113.7, 10.1.2.3"),
             ),
+            // A balancer that appends to the client's header: the client's part is dropped.
             (
                 ip("10.1.2.3"),
-                &[b"203.0.113.7, 2001:db8::1", b"192.0.2.4"],
+                &[b"6.6.6.6, 203.0.113.7"],
                 &lb,
-                Some("203.0.113.7, 2001:db8::1, 192.0.2.4, 10.1.2.3"),
+                Some("203.0.113.7, 10.1.2.3"),
+            ),
+            // Two balancers: both kept, up to the first untrusted address.
+            (
+                ip("10.1.2.3"),
+                &[b"6.6.6.6, 203.0.113.7", b"10.9.9.9"],
+                &lb,
+                Some("203.0.113.7, 10.9.9.9, 10.1.2.3"),
+            ),
+            // Junk left of the client is dropped; junk where the client should be stops the walk.
+            (
+                ip("10.1.2.3"),
+                &[b"evil, 203.0.113.7"],
+                &lb,
+                Some("203.0.113.7, 10.1.2.3"),
             ),
             (
                 ip("10.1.2.3"),
@@ -289,14 +317,21 @@ mod tests {
                 &lb,
                 Some("203.0.113.7, 10.1.2.3"),
             ),
+            (
+                ip("10.1.2.3"),
+                &[b"2001:db8::1"],
+                &lb,
+                Some("2001:db8::1, 10.1.2.3"),
+            ),
         ];
         for (peer, client, trusted, want) in cases {
             let got = forwarded_for(*peer, client.iter().copied(), trusted);
             assert_eq!(got.as_deref(), *want, "{peer:?} {client:?}");
         }
-        let long = vec!["192.0.2.1"; 17].join(",");
+        // A chain of trusted hops longer than 16 is cut at 16.
+        let long = vec!["10.0.0.1"; 20].join(",");
         let got = forwarded_for(ip("10.1.2.3"), std::iter::once(long.as_bytes()), &lb);
-        assert_eq!(got.as_deref(), Some("10.1.2.3"), "more than 16 hops");
+        assert_eq!(got.as_deref().map(|s| s.split(", ").count()), Some(17));
     }
 
     #[test]

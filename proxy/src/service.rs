@@ -32,23 +32,27 @@ pub struct RequestCtx {
 pub struct EdgeService {
     state: Arc<EdgeState>,
     ids: Arc<RequestIds>,
+    keepalive_secs: u64,
 }
 
 impl EdgeService {
     /// A service over shared state.
     pub fn new(state: Arc<EdgeState>) -> Self {
         Self {
+            keepalive_secs: state.settings.server.keepalive_timeout.as_secs().max(1),
             state,
             ids: Arc::new(RequestIds::new()),
         }
     }
 
-    /// Sends a rejection with its fixed body and headers.
+    /// Sends a rejection with its fixed body and headers. `close` forces the connection shut
+    /// (an upstream failure, after which Pingora does not reuse it).
     async fn reject(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         reason: RejectReason,
+        close: bool,
     ) -> Result<()> {
         let body = reason.body();
         let mut resp = ResponseHeader::build(reason.status(), Some(4))?;
@@ -65,7 +69,7 @@ impl EdgeService {
         // the client's next request (typically the same call with a fresh token). A malformed
         // request, or one with a body nobody will read, closes it: draining an unauthenticated
         // upload is work for nobody.
-        if malformed || !session.is_body_empty() {
+        if close || malformed || !session.is_body_empty() {
             session.set_keepalive(None);
         }
         session.write_response_header(Box::new(resp), false).await?;
@@ -123,6 +127,9 @@ impl ProxyHttp for EdgeService {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // Pingora keeps an HTTP/1.1 connection idle for as long as the client likes; bound it.
+        // (A client's `Connection: close` still wins.)
+        session.set_keepalive(Some(self.keepalive_secs));
         let req = session.req_header();
         ctx.request_id = sane_request_id(
             req.headers
@@ -184,7 +191,7 @@ impl ProxyHttp for EdgeService {
                     detail = reason.detail(),
                     "request rejected"
                 );
-                self.reject(session, ctx, reason).await?;
+                self.reject(session, ctx, reason, false).await?;
                 Ok(true)
             }
         }
@@ -318,7 +325,7 @@ impl ProxyHttp for EdgeService {
             "upstream failed"
         );
         let code = reason.status();
-        if let Err(err) = self.reject(session, ctx, reason).await {
+        if let Err(err) = self.reject(session, ctx, reason, true).await {
             tracing::debug!(error = %err, "could not send the error response");
         }
         FailToProxy {

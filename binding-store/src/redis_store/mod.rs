@@ -398,8 +398,8 @@ fn no_history(serving: usize) -> redis::RedisError {
         redis::ErrorKind::ClientError,
         "Redis holds no bindings and no revision counter",
         format!(
-            "it is empty or was wiped; keeping the {serving} bindings served now until bindings \
-             are written or imported (nexus-edge tenant import)"
+            "it is empty or was wiped; keeping the {serving} bindings served now. Restore Redis \
+             from a backup: the first write starts a new history that replicas follow"
         ),
     ))
 }
