@@ -115,13 +115,8 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
         .duration("keepalive_timeout", Duration::from_secs(1), MAX_TIMEOUT, p)
         .unwrap_or(d.keepalive_timeout);
     let trusted_proxies = s
-        .strings("trusted_proxies", p, |v| {
-            IpNet::parse(v).map(|n| n.to_string())
-        })
-        .map_or_else(
-            || d.trusted_proxies.clone(),
-            |list| list.iter().filter_map(|v| IpNet::parse(v).ok()).collect(),
-        );
+        .strings("trusted_proxies", p, IpNet::parse)
+        .unwrap_or_else(|| d.trusted_proxies.clone());
     s.finish(p);
     (p.list.len() == before).then_some(ServerSettings {
         listen,

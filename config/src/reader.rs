@@ -283,13 +283,14 @@ impl<'a, 'i> Section<'a, 'i> {
         Some(base.join(s))
     }
 
-    /// A list of strings, each checked by `check` (which returns an error message).
-    pub(crate) fn strings(
+    /// A list of strings, each checked and converted by `check` (which returns an error
+    /// message); two entries that convert to the same value are a problem too.
+    pub(crate) fn strings<T: PartialEq>(
         &mut self,
         k: &'static str,
         p: &mut Problems<'_>,
-        check: impl Fn(&str) -> Result<String, String>,
-    ) -> Option<Vec<String>> {
+        check: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<Vec<T>> {
         let v = self.raw(k)?;
         let DeValue::Array(items) = v.get_ref() else {
             p.push(

@@ -173,17 +173,16 @@ impl InstanceResolver {
                 self.store(host, entry, now);
                 Ok(self.pick(&ips, port))
             }
-            Err(err) => match stale {
-                Some(ips) => {
-                    tracing::warn!(error = %err, "instance name not refreshed; using its last addresses");
-                    self.failed(host, now);
-                    Ok(self.pick(&ips, port))
+            Err(err) => {
+                self.failed(host, now);
+                match stale {
+                    Some(ips) => {
+                        tracing::warn!(error = %err, "instance name not refreshed; using its last addresses");
+                        Ok(self.pick(&ips, port))
+                    }
+                    None => Err(err),
                 }
-                None => {
-                    self.failed(host, now);
-                    Err(err)
-                }
-            },
+            }
         }
     }
 
@@ -214,20 +213,18 @@ impl InstanceResolver {
         }
     }
 
-    /// Remembers a failed lookup (started at `now`) for [`RETRY_EVERY`].
+    /// Remembers a failed lookup (started at `now`) for [`RETRY_EVERY`]. A name already in
+    /// the map needs nothing: [`Self::consult`] held it at least that long when it claimed
+    /// the lookup. A new name gets an entry without addresses.
     fn failed(&self, host: &str, now: Instant) {
         let mut names = self.lock();
-        match names.get_mut(host) {
-            Some(e) => e.next_try = e.next_try.max(now + RETRY_EVERY),
-            None => {
-                let entry = Entry {
-                    ips: Arc::from(Vec::new()),
-                    fetched: now,
-                    next_try: now + RETRY_EVERY,
-                };
-                Self::make_room(&mut names, now, self.policy);
-                names.insert(host.to_owned(), entry);
-            }
+        if !names.contains_key(host) {
+            let entry = Entry {
+                ips: Arc::from(Vec::new()),
+                fetched: now,
+                next_try: now + RETRY_EVERY,
+            };
+            Self::insert_new(&mut names, host, entry, now, self.policy);
         }
     }
 
@@ -239,27 +236,33 @@ impl InstanceResolver {
     /// Stores a fresh answer, unless a fresher one arrived meanwhile.
     fn store(&self, host: &str, entry: Entry, now: Instant) {
         let mut names = self.lock();
-        match names.get(host) {
-            Some(current) if current.fetched > entry.fetched && !current.ips.is_empty() => return,
-            Some(_) => {}
-            None => Self::make_room(&mut names, now, self.policy),
+        match names.get_mut(host) {
+            Some(current) if current.fetched > entry.fetched && !current.ips.is_empty() => {}
+            Some(current) => *current = entry,
+            None => Self::insert_new(&mut names, host, entry, now, self.policy),
         }
-        names.insert(host.to_owned(), entry);
     }
 
-    /// Keeps the map under [`MAX_NAMES`]: expired entries go first, then the older half.
-    fn make_room(names: &mut HashMap<String, Entry>, now: Instant, policy: ResolverPolicy) {
-        if names.len() < MAX_NAMES {
-            return;
+    /// Adds a name, keeping the map under [`MAX_NAMES`]: expired entries go first, then the
+    /// older half.
+    fn insert_new(
+        names: &mut HashMap<String, Entry>,
+        host: &str,
+        entry: Entry,
+        now: Instant,
+        policy: ResolverPolicy,
+    ) {
+        if names.len() >= MAX_NAMES {
+            let keep = policy.ttl + policy.serve_stale;
+            names.retain(|_, e| now.saturating_duration_since(e.fetched) < keep);
         }
-        let keep = policy.ttl + policy.serve_stale;
-        names.retain(|_, e| now.saturating_duration_since(e.fetched) < keep);
         if names.len() >= MAX_NAMES {
             let mut ages: Vec<Instant> = names.values().map(|e| e.fetched).collect();
             let (_, median, _) = ages.select_nth_unstable(names.len() / 2);
             let median = *median;
             names.retain(|_, e| e.fetched > median);
         }
+        names.insert(host.to_owned(), entry);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {

@@ -114,8 +114,8 @@ pub fn upstream_target(decision: &Decision) -> String {
 /// Most `X-Forwarded-For` entries looked at, from the right.
 const MAX_FORWARDED_HOPS: usize = 16;
 
-/// The `X-Forwarded-For` to send for a request from TCP peer `peer` that carried `client`
-/// header values.
+/// The `X-Forwarded-For` to send for a request from TCP peer `peer`; `client` gives the
+/// header values the request carried, and is only asked for when the peer is trusted.
 ///
 /// From a peer not in `trusted`, it is the peer's address alone: a client cannot plant one.
 /// From a trusted peer (a load balancer in front of the router) the chain is read from the
@@ -123,19 +123,21 @@ const MAX_FORWARDED_HOPS: usize = 16;
 /// walk keeps trusted addresses and stops at the first untrusted one, the client. Whatever lies
 /// left of it, or left of an entry that is not an address, came from the client and is
 /// dropped. So `spoofed, client, lb` from a balancer that appends becomes `client, lb, peer`.
-pub fn forwarded_for<'a>(
+pub fn forwarded_for<'a, I>(
     peer: Option<IpAddr>,
-    client: impl Iterator<Item = &'a [u8]>,
+    client: impl FnOnce() -> I,
     trusted: &[nexus_config::IpNet],
-) -> Option<String> {
+) -> Option<String>
+where
+    I: DoubleEndedIterator<Item = &'a [u8]>,
+{
     let peer = peer?.to_canonical();
     let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(peer) {
         return Some(peer.to_string());
     }
-    let values: Vec<&[u8]> = client.collect();
     let mut kept: Vec<IpAddr> = Vec::new();
-    'walk: for value in values.iter().rev() {
+    'walk: for value in client().rev() {
         let Ok(text) = std::str::from_utf8(value) else {
             break;
         };
@@ -325,12 +327,12 @@ mod tests {
             ),
         ];
         for (peer, client, trusted, want) in cases {
-            let got = forwarded_for(*peer, client.iter().copied(), trusted);
+            let got = forwarded_for(*peer, || client.iter().copied(), trusted);
             assert_eq!(got.as_deref(), *want, "{peer:?} {client:?}");
         }
         // A chain of trusted hops longer than 16 is cut at 16.
         let long = vec!["10.0.0.1"; 20].join(",");
-        let got = forwarded_for(ip("10.1.2.3"), std::iter::once(long.as_bytes()), &lb);
+        let got = forwarded_for(ip("10.1.2.3"), || std::iter::once(long.as_bytes()), &lb);
         assert_eq!(got.as_deref().map(|s| s.split(", ").count()), Some(17));
     }
 

@@ -32,14 +32,12 @@ pub struct RequestCtx {
 pub struct EdgeService {
     state: Arc<EdgeState>,
     ids: Arc<RequestIds>,
-    keepalive_secs: u64,
 }
 
 impl EdgeService {
     /// A service over shared state.
     pub fn new(state: Arc<EdgeState>) -> Self {
         Self {
-            keepalive_secs: state.settings.server.keepalive_timeout.as_secs().max(1),
             state,
             ids: Arc::new(RequestIds::new()),
         }
@@ -129,7 +127,8 @@ impl ProxyHttp for EdgeService {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // Pingora keeps an HTTP/1.1 connection idle for as long as the client likes; bound it.
         // (A client's `Connection: close` still wins.)
-        session.set_keepalive(Some(self.keepalive_secs));
+        let keepalive = &self.state.settings.server.keepalive_timeout;
+        session.set_keepalive(Some(keepalive.as_secs().max(1)));
         let req = session.req_header();
         ctx.request_id = sane_request_id(
             req.headers
@@ -249,11 +248,13 @@ impl ProxyHttp for EdgeService {
             .map(|a| a.ip());
         let forwarded_for = crate::route::forwarded_for(
             peer,
-            upstream_request
-                .headers
-                .get_all(&crate::route::X_FORWARDED_FOR)
-                .iter()
-                .map(|v| v.as_bytes()),
+            || {
+                upstream_request
+                    .headers
+                    .get_all(&crate::route::X_FORWARDED_FOR)
+                    .iter()
+                    .map(|v| v.as_bytes())
+            },
             &self.state.settings.server.trusted_proxies,
         );
         let host = upstream_request

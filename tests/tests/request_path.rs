@@ -26,6 +26,21 @@ fn world_with(
     extra: impl FnOnce(&mut Vec<serde_json::Value>, &Backend, &Backend),
     read_timeout: &'static str,
 ) -> World {
+    world_configured(extra, |opts| opts.read_timeout = read_timeout)
+}
+
+/// The two-tenant world with extra `[server]` keys.
+fn world_serving(server_extra: &str) -> World {
+    world_configured(
+        |_, _, _| {},
+        |opts| opts.server_extra = server_extra.to_owned(),
+    )
+}
+
+fn world_configured(
+    extra: impl FnOnce(&mut Vec<serde_json::Value>, &Backend, &Backend),
+    configure: impl FnOnce(&mut EdgeOptions),
+) -> World {
     let keys = TestKeys::new();
     let a = Backend::start("instance-a");
     let b = Backend::start("instance-b");
@@ -34,7 +49,7 @@ fn world_with(
     let mut records = vec![acme, binding("globex", &b.url(), "active", None)];
     extra(&mut records, &a, &b);
     let mut opts = EdgeOptions::new(keys.jwks(), bindings_file(records));
-    opts.read_timeout = read_timeout;
+    configure(&mut opts);
     let edge = Edge::start(&opts);
     World { keys, a, b, edge }
 }
@@ -439,15 +454,9 @@ fn spoofed_identity_headers_are_replaced() {
 
 #[test]
 fn forwarded_for_is_kept_only_from_a_trusted_proxy() {
-    let keys = TestKeys::new();
-    let a = Backend::start("instance-a");
-    let mut opts = EdgeOptions::new(
-        keys.jwks(),
-        bindings_file(vec![binding("acme", &a.url(), "active", Some("org-acme"))]),
-    );
     // The test client connects from 127.0.0.1: a trusted load balancer here.
-    opts.server_extra = "trusted_proxies = [\"127.0.0.0/8\"]".to_owned();
-    let edge = Edge::start(&opts);
+    let w = world_serving("trusted_proxies = [\"127.0.0.0/8\"]");
+    let (keys, edge) = (&w.keys, &w.edge);
     let token = keys.token("acme", Some("org-acme"));
     let xff = |sent: &[(&str, &str)]| {
         let mut headers = vec![("Authorization", format!("Bearer {token}"))];
@@ -769,15 +778,9 @@ fn refusals_keep_a_clean_connection_and_close_one_with_a_body() {
 #[test]
 fn idle_connections_are_closed_after_the_keepalive_timeout() {
     use std::io::{Read, Write};
-    let keys = TestKeys::new();
-    let a = Backend::start("instance-a");
-    let mut opts = EdgeOptions::new(
-        keys.jwks(),
-        bindings_file(vec![binding("acme", &a.url(), "active", None)]),
-    );
-    opts.server_extra = "keepalive_timeout = \"1s\"".to_owned();
-    let edge = Edge::start(&opts);
-    let token = keys.token("acme", None);
+    let w = world_serving("keepalive_timeout = \"1s\"");
+    let (keys, edge) = (&w.keys, &w.edge);
+    let token = keys.token("acme", Some("org-acme"));
     for first in [
         format!(
             "GET / HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",

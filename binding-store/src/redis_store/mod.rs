@@ -411,17 +411,21 @@ impl BindingSource for RedisStore {
     }
 
     async fn initial_load(&self) -> Result<BindingTable, StoreError> {
-        // The snapshot stands in for the table a running replica would be serving, so an empty
-        // or wiped Redis does not replace it (nor overwrite it) at start-up either.
+        // Read once: the snapshot stands in for the table a running replica would be serving
+        // (so an empty or wiped Redis neither replaces nor overwrites it), and it is what is
+        // served when Redis cannot be used at all.
         let snapshot = self
             .opts
             .snapshot_path
             .as_deref()
-            .and_then(|p| crate::snapshot::read_snapshot(p).ok())
+            .map(|p| (p, crate::snapshot::read_snapshot(p)));
+        let standing_in = snapshot
+            .as_ref()
+            .and_then(|(_, read)| read.as_ref().ok())
             .filter(|t| !t.is_empty());
         let loaded = async {
             let mut con = self.connect().await?;
-            self.full_table(&mut con, snapshot.as_ref()).await
+            self.full_table(&mut con, standing_in).await
         }
         .await;
         match loaded {
@@ -439,14 +443,12 @@ impl BindingSource for RedisStore {
             }
             Err(e) => {
                 self.health.mark_down();
-                let Some(path) = &self.opts.snapshot_path else {
-                    return Err(StoreError::Format {
+                match snapshot {
+                    None => Err(StoreError::Format {
                         path: PathBuf::from(self.opts.endpoint.describe()),
                         reason: format!("Redis not usable ({e}) and no snapshot configured"),
-                    });
-                };
-                match crate::snapshot::read_snapshot(path) {
-                    Ok(table) => {
+                    }),
+                    Some((path, Ok(table))) => {
                         tracing::warn!(error = %e, snapshot = %path.display(), bindings = table.len(),
                             "Redis not usable at start: serving the last known good snapshot");
                         // Resume by reconcile: the snapshot knows no feed position.
@@ -456,8 +458,8 @@ impl BindingSource for RedisStore {
                         });
                         Ok(table)
                     }
-                    Err(snap) => Err(StoreError::Format {
-                        path: path.clone(),
+                    Some((path, Err(snap))) => Err(StoreError::Format {
+                        path: path.to_path_buf(),
                         reason: format!(
                             "Redis not usable ({e}) and the snapshot is unusable: {snap}"
                         ),

@@ -21,13 +21,8 @@ use super::claims::VerifiedToken;
 /// Keyed BLAKE3 of a token.
 pub(crate) type TokenHash = [u8; 32];
 
-/// Hashes a token for the cache key under `key` (random per process).
-pub(crate) fn hash(key: &[u8; 32], token: &str) -> TokenHash {
-    *blake3::keyed_hash(key, token.as_bytes()).as_bytes()
-}
-
 /// A fresh random hashing key.
-pub(crate) fn random_key() -> [u8; 32] {
+fn random_key() -> [u8; 32] {
     let mut k = [0u8; 32];
     // If the system RNG fails the key stays zero: hashing is still collision-resistant, only
     // no longer secret, which costs nothing the cache relies on.
@@ -38,6 +33,8 @@ pub(crate) fn random_key() -> [u8; 32] {
 /// Verified tokens by hash.
 pub(crate) struct TokenCache {
     inner: Option<Cache<TokenHash, (Arc<VerifiedToken>, u64)>>,
+    /// The hashing key (random per process; a secret, so never in `Debug`).
+    hash_key: [u8; 32],
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -53,13 +50,15 @@ impl TokenCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             inner: (capacity > 0).then(|| Cache::new(capacity)),
+            hash_key: random_key(),
         }
     }
 
-    /// Whether the cache holds anything at all (capacity above 0): when not, callers skip
-    /// hashing the token.
-    pub(crate) fn enabled(&self) -> bool {
-        self.inner.is_some()
+    /// The cache key of `token`: its keyed BLAKE3 hash, or `None` when the cache is off (then
+    /// there is nothing to look up or fill, and the token is not hashed).
+    pub(crate) fn key(&self, token: &str) -> Option<TokenHash> {
+        self.inner.as_ref()?;
+        Some(*blake3::keyed_hash(&self.hash_key, token.as_bytes()).as_bytes())
     }
 
     /// The entry for `key` if it was verified under key-set `generation`.

@@ -273,7 +273,7 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             let n = b64_field(jwk, "n")?;
             let e = b64_field(jwk, "e")?;
             let first = n.iter().position(|&b| b != 0).unwrap_or(n.len());
-            let n = n[first..].to_vec();
+            let n = &n[first..];
             // `n` has no leading zero bytes here, so only its first byte has leading zero bits
             // (an empty or all-zero `n` is 0 bits).
             let bits =
@@ -294,7 +294,7 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
                 }
                 Some(_) => return Err("alg does not fit an RSA key".to_owned()),
             };
-            parse_public(&rsa_public_key_der(&n, &e), algs)?
+            parse_public(&rsa_public_key_der(n, &e), algs)?
         }
         "EC" => {
             let crv = str_field(jwk, "crv")?.ok_or("missing crv")?;

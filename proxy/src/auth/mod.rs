@@ -43,7 +43,6 @@ pub struct Authenticator {
     hmac: Vec<HmacKey>,
     keys: ArcSwap<KeySet>,
     cache: TokenCache,
-    cache_key: [u8; 32],
     rules: ClaimRules,
     max_token_bytes: usize,
     session_cookie: Option<String>,
@@ -85,7 +84,6 @@ impl Authenticator {
             hmac: settings.hmac_keys.clone(),
             keys: ArcSwap::from_pointee(keys),
             cache: TokenCache::new(settings.token_cache_capacity),
-            cache_key: cache::random_key(),
             rules: ClaimRules {
                 issuers: settings.issuers.clone(),
                 audiences: settings.audiences.clone(),
@@ -140,11 +138,7 @@ impl Authenticator {
             return Err(TokenError::TooLarge);
         }
         let keys = self.keys.load();
-        // With the cache off there is nothing to look up or fill: skip the hash.
-        let key = self
-            .cache
-            .enabled()
-            .then(|| cache::hash(&self.cache_key, token));
+        let key = self.cache.key(token);
         if let Some(key) = &key {
             if let Some(hit) = self.cache.get(key, keys.generation) {
                 return match hit.check_time(now_unix, self.rules.leeway) {
