@@ -1,5 +1,6 @@
 //! Hot-path micro-benchmarks: host → tenant lookup at 1,000,000 bindings, token verification
-//! per algorithm (cache hit and miss), and the whole routing decision.
+//! per algorithm (cache hit and miss), the token-cache key's hash against the alternatives,
+//! and the whole routing decision.
 //!
 //! `cargo bench -p nexus-bench --bench decision`. With NEXUS_BENCH_SMOKE=1 the table is small
 //! (CI runs it with `--test` so the bench never rots).
@@ -88,6 +89,35 @@ fn token_verify(c: &mut Criterion) {
     }
 }
 
+/// The token cache keys entries by a hash of the whole token, and that hash is most of a
+/// cache hit: the one in use (aws-lc-rs SHA-256) beside the alternatives, on a real RS256
+/// token.
+fn token_hash(c: &mut Criterion) {
+    let token = rs256_key().sign(&claims(1, 1)).expect("sign");
+    let bytes = token.as_bytes();
+    let n = bytes.len();
+    c.bench_function(&format!("token_hash/{n}_bytes/sha256_aws_lc"), |b| {
+        b.iter(|| {
+            black_box(aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                black_box(bytes),
+            ))
+        })
+    });
+    c.bench_function(&format!("token_hash/{n}_bytes/sha256_ring"), |b| {
+        b.iter(|| {
+            black_box(ring::digest::digest(
+                &ring::digest::SHA256,
+                black_box(bytes),
+            ))
+        })
+    });
+    let key = [7u8; 32];
+    c.bench_function(&format!("token_hash/{n}_bytes/blake3_keyed"), |b| {
+        b.iter(|| black_box(blake3::keyed_hash(&key, black_box(bytes))))
+    });
+}
+
 fn full_decision(c: &mut Criterion) {
     let n = size();
     let dir = tempfile::tempdir().expect("dir");
@@ -160,5 +190,11 @@ fn full_decision(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, host_lookup, token_verify, full_decision);
+criterion_group!(
+    benches,
+    host_lookup,
+    token_verify,
+    token_hash,
+    full_decision
+);
 criterion_main!(benches);

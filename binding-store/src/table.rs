@@ -9,10 +9,16 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use imbl::HashMap;
+use imbl::shared_ptr::DefaultSharedPtr;
+use imbl::GenericHashMap;
 
 use crate::error::ApplyError;
 use crate::model::{Binding, DomainName, Revision, TenantId};
+
+/// The table's maps hash with foldhash (seeded per process), not SipHash: a lookup is on
+/// every request, and the keys are tenant ids and domains from binding records, which only
+/// admins write, so there is no flood of chosen colliding keys to defend against.
+type HashMap<K, V> = GenericHashMap<K, V, foldhash::fast::RandomState, DefaultSharedPtr>;
 
 /// One change to the table, as carried by a change feed.
 #[derive(Clone, Debug, PartialEq, Eq)]
