@@ -28,7 +28,11 @@ fn mask(prefix: u8, width: u8) -> u128 {
 
 impl IpNet {
     /// Parses `addr` or `addr/prefix`. Host bits must be zero (`10.0.0.1/8` is refused, as
-    /// it is most likely a typo for one address or for `10.0.0.0/8`).
+    /// it is most likely a typo for one address or for `10.0.0.0/8`). The prefix is plain
+    /// decimal (`/08` is refused, as address parsers disagree on what leading zeros mean).
+    /// An IPv4-mapped IPv6 range (`::ffff:10.0.0.0/104`) is kept as the IPv4 range it names,
+    /// because peers are compared in their IPv4 form; one wider than the mapped block
+    /// (prefix under 96) is refused.
     pub fn parse(s: &str) -> Result<IpNet, String> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -40,15 +44,33 @@ impl IpNet {
         let (value, width) = bits(addr);
         let prefix = match prefix {
             None => width,
-            Some(p) => match p.parse::<u8>() {
-                Ok(n) if n <= width && !p.starts_with('+') => n,
-                _ => return Err(format!("{s:?}: the prefix length must be 0 to {width}")),
-            },
+            Some(p) => {
+                let plain =
+                    p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0'));
+                match p.parse::<u8>() {
+                    Ok(n) if n <= width && plain => n,
+                    _ => return Err(format!("{s:?}: the prefix length must be 0 to {width}")),
+                }
+            }
         };
         if value & !mask(prefix, width) != 0 {
             return Err(format!("{s:?} has host bits set after /{prefix}"));
         }
-        Ok(IpNet { addr, prefix })
+        match addr.to_canonical() {
+            IpAddr::V4(v4) if addr.is_ipv6() => {
+                if prefix < 96 {
+                    return Err(format!(
+                        "{s:?} reaches beyond the IPv4-mapped block ::ffff:0:0/96; \
+                         write an IPv4 range or a plain IPv6 one"
+                    ));
+                }
+                Ok(IpNet {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                })
+            }
+            _ => Ok(IpNet { addr, prefix }),
+        }
     }
 
     /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
@@ -82,6 +104,14 @@ mod tests {
             ("10.0.0.0/33", None),
             ("10.0.0.0/+8", None),
             ("10.0.0.0/", None),
+            ("10.0.0.0/08", None),
+            ("10.0.0.0/008", None),
+            ("10.0.0.0/ 8", None),
+            ("10.0.0.0/-0", None),
+            ("::ffff:10.0.0.0/104", Some("10.0.0.0/8")),
+            ("::ffff:192.168.1.5", Some("192.168.1.5/32")),
+            ("::ffff:0.0.0.0/96", Some("0.0.0.0/0")),
+            ("::ffff:0.0.0.0/95", None),
             ("example.com", None),
             ("", None),
         ];
@@ -103,5 +133,9 @@ mod tests {
         assert!(!net("0.0.0.0/0").contains(ip("::2")));
         assert!(net("2001:db8::/32").contains(ip("2001:db8:1::5")));
         assert!(!net("2001:db8::/32").contains(ip("2001:db9::5")));
+        // A mapped range matches the peer whichever way the peer's address is written.
+        assert!(net("::ffff:10.0.0.0/104").contains(ip("10.1.2.3")));
+        assert!(net("::ffff:10.0.0.0/104").contains(ip("::ffff:10.1.2.3")));
+        assert!(!net("::ffff:10.0.0.0/104").contains(ip("11.1.2.3")));
     }
 }
