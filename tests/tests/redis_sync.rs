@@ -397,6 +397,52 @@ fn malformed_record_in_redis_is_isolated() {
 }
 
 #[test]
+fn a_replica_started_on_a_damaged_record_keeps_that_tenant_from_the_snapshot() {
+    // At start-up the snapshot stands in for the table a running replica would hold, and is
+    // read only when needed: here, for a tenant whose record in Redis is damaged, which keeps
+    // its last good binding. Every other tenant comes from Redis.
+    let redis = RedisServer::start();
+    let admin = admin_for(&redis);
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    admin.put(&binding("globex", &a.url(), "active", None));
+    let snap_dir = tempfile::tempdir().expect("dir");
+    let snap = snap_dir.path().join("bindings.snapshot");
+    let snap_s = snap.to_str().expect("utf8").to_owned();
+    {
+        let edge = replica(&keys, &redis.url(), "replica-1", Some(&snap_s)).expect("replica");
+        wait_instance(&edge, &keys, "globex", "instance-a");
+        wait::until(Duration::from_secs(10), "the snapshot", || {
+            snap.exists().then_some(())
+        });
+    }
+    redis.cmd(&[
+        "SET",
+        "nexus:binding:globex",
+        r#"{"tenant_id":"globex","status":"sideways"}"#,
+    ]);
+    admin.put(&binding("acme", &b.url(), "active", None));
+
+    let edge = replica(&keys, &redis.url(), "replica-2", Some(&snap_s)).expect("replica");
+    assert_eq!(
+        instance_of(&edge, &keys, "acme").as_deref(),
+        Some("instance-b"),
+        "acme comes from Redis"
+    );
+    assert_eq!(
+        instance_of(&edge, &keys, "globex").as_deref(),
+        Some("instance-a"),
+        "globex keeps the snapshot's binding"
+    );
+    let metrics = edge.ops_get("/metrics").text();
+    assert!(
+        metrics.contains("nexus_edge_binding_records_rejected 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn concurrent_writes_end_with_every_replica_on_the_highest_revision() {
     let redis = RedisServer::start();
     let admin = admin_for(&redis);

@@ -61,7 +61,7 @@ async fn reconcile(
     con: &mut MultiplexedConnection,
 ) -> redis::RedisResult<()> {
     let current = handle.load();
-    let (table, pos) = store.full_table(con, Some(&current)).await?;
+    let (table, pos) = store.full_table(con, || Some(&*current)).await?;
     tracing::info!(
         bindings = table.len(),
         revision = pos.revision,

@@ -287,26 +287,35 @@ impl RedisStore {
     /// A full table from Redis: the feed position is taken first, so changes made during the
     /// scan are replayed by the follower afterwards.
     ///
+    /// `current` gives the table being served (or standing in for it), and is only called when
+    /// the load needs it: for tenants whose record is invalid (they keep their current
+    /// binding), or to tell an empty Redis from a wiped one. So a start-up against a healthy
+    /// Redis never reads the snapshot file.
+    ///
     /// Refused (an error, so the caller keeps its table and retries) when Redis holds neither a
     /// binding nor a revision counter while `current` has bindings: that Redis was never
     /// written through the schema, or was wiped (`FLUSHALL`, a restart without persistence).
     /// Deleting every tenant through the schema leaves the counter, so it is not refused.
-    pub(crate) async fn full_table(
+    pub(crate) async fn full_table<'c>(
         &self,
         con: &mut MultiplexedConnection,
-        current: Option<&BindingTable>,
+        current: impl FnOnce() -> Option<&'c BindingTable> + Send,
     ) -> redis::RedisResult<(BindingTable, FeedPosition)> {
         let head = self.feed_head(con).await?;
         let counter: Option<u64> = con.get(self.keys.revision()).await?;
         let (mut bindings, bad) = self.load_all(con).await?;
-        let serving = current.map_or(0, BindingTable::len);
-        if counter.is_none() && bindings.is_empty() && bad.is_empty() && serving > 0 {
-            return Err(no_history(serving));
-        }
-        if let Some(cur) = current {
-            for tenant in &bad {
-                if let Some(old) = cur.get(tenant) {
-                    bindings.push(Arc::clone(old));
+        let looks_wiped = counter.is_none() && bindings.is_empty() && bad.is_empty();
+        if looks_wiped || !bad.is_empty() {
+            let current = current();
+            let serving = current.map_or(0, BindingTable::len);
+            if looks_wiped && serving > 0 {
+                return Err(no_history(serving));
+            }
+            if let Some(cur) = current {
+                for tenant in &bad {
+                    if let Some(old) = cur.get(tenant) {
+                        bindings.push(Arc::clone(old));
+                    }
                 }
             }
         }
@@ -411,20 +420,27 @@ impl BindingSource for RedisStore {
     }
 
     async fn initial_load(&self) -> Result<BindingTable, StoreError> {
-        // Read once: the snapshot stands in for the table a running replica would be serving
-        // (so an empty or wiped Redis neither replaces nor overwrites it), and it is what is
-        // served when Redis cannot be used at all.
-        let snapshot = self
-            .opts
-            .snapshot_path
-            .as_deref()
-            .map(|p| (p, crate::snapshot::read_snapshot(p)));
-        let standing_in = snapshot
-            .as_ref()
-            .and_then(|(_, read)| read.as_ref().ok())
-            .filter(|t| !t.is_empty());
+        // The snapshot stands in for the table a running replica would be serving (so an
+        // empty or wiped Redis neither replaces nor overwrites it), and it is what is served
+        // when Redis cannot be used at all. It is read at most once, and only when one of those
+        // needs it: at a million bindings reading it takes seconds and as much memory again.
+        let path = self.opts.snapshot_path.as_deref();
+        let snapshot = std::sync::OnceLock::new();
+        let read = || {
+            path.map(|p| {
+                (
+                    p,
+                    snapshot.get_or_init(|| crate::snapshot::read_snapshot(p)),
+                )
+            })
+        };
         let loaded = async {
             let mut con = self.connect().await?;
+            let standing_in = || {
+                read()
+                    .and_then(|(_, r)| r.as_ref().ok())
+                    .filter(|t| !t.is_empty())
+            };
             self.full_table(&mut con, standing_in).await
         }
         .await;
@@ -443,7 +459,7 @@ impl BindingSource for RedisStore {
             }
             Err(e) => {
                 self.health.mark_down();
-                match snapshot {
+                match read() {
                     None => Err(StoreError::Format {
                         path: PathBuf::from(self.opts.endpoint.describe()),
                         reason: format!("Redis not usable ({e}) and no snapshot configured"),
@@ -456,7 +472,7 @@ impl BindingSource for RedisStore {
                             stream_id: "0-0".to_owned(),
                             revision: 0,
                         });
-                        Ok(table)
+                        Ok(table.clone())
                     }
                     Some((path, Err(snap))) => Err(StoreError::Format {
                         path: path.to_path_buf(),
