@@ -8,8 +8,12 @@
 //! - Writers must replace the file atomically (temp file + rename): `nexus-edge tenant ...`
 //!   does, under an advisory lock, and appends an audit line to `<file>.audit.jsonl` first: a
 //!   change whose audit line cannot be written is not made.
-//! - Revisions: each admin write stamps `max(revision in file) + 1`; hand-written records may
-//!   leave `revision` out (0). The table's revision is the highest record revision.
+//! - Revisions: each admin write stamps one more than the highest the store has issued (kept
+//!   in the file's top-level `revision`, so deleting the newest tenant does not hand its
+//!   number out again); hand-written records may leave `revision` out (0). The table's
+//!   revision is the highest record revision.
+//! - A writer that stopped between its audit line and the file is noticed by the next one,
+//!   which records that the change was not made (`audit_log`).
 
 use std::fs::File;
 use std::io::Write;
@@ -22,6 +26,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::admin::{Actor, AdminError, AuditEntry, BindingAdmin, Mutation};
+use crate::audit_log::{self, AuditLog};
 use crate::error::StoreError;
 use crate::model::{Binding, Revision, TenantId};
 use crate::records::{parse_record, parse_records, sorted_by_tenant, BINDINGS_FORMAT};
@@ -225,6 +230,9 @@ impl BindingSource for FileStore {
 /// written back exactly as they were (even invalid ones).
 struct RawDoc {
     bindings: Vec<Value>,
+    /// The highest revision this store has issued (the top-level `revision`); `None` in files
+    /// that predate it or were written by hand.
+    revision: Option<u64>,
 }
 
 impl RawDoc {
@@ -234,6 +242,7 @@ impl RawDoc {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(RawDoc {
                     bindings: Vec::new(),
+                    revision: None,
                 })
             }
             Err(e) => return Err(AdminError::Unavailable(format!("{}: {e}", path.display()))),
@@ -251,7 +260,8 @@ impl RawDoc {
             .and_then(Value::as_array)
             .cloned()
             .ok_or_else(|| AdminError::Corrupt(format!("{}: no bindings array", path.display())))?;
-        Ok(RawDoc { bindings })
+        let revision = v.get("revision").and_then(Value::as_u64);
+        Ok(RawDoc { bindings, revision })
     }
 
     fn position(&self, tenant: &TenantId) -> Option<usize> {
@@ -260,12 +270,13 @@ impl RawDoc {
             .position(|v| v.get("tenant_id").and_then(Value::as_str) == Some(tenant.as_str()))
     }
 
-    fn max_revision(&self) -> u64 {
+    /// The highest revision issued: the file's counter, or a record's if one is higher
+    /// (hand-edited files).
+    fn high_revision(&self) -> u64 {
         self.bindings
             .iter()
             .filter_map(|v| v.get("revision").and_then(Value::as_u64))
-            .max()
-            .unwrap_or(0)
+            .fold(self.revision.unwrap_or(0), u64::max)
     }
 
     fn valid(&self) -> Vec<Binding> {
@@ -276,7 +287,11 @@ impl RawDoc {
     }
 
     fn write(&self, path: &Path) -> Result<(), AdminError> {
-        let doc = serde_json::json!({ "format": BINDINGS_FORMAT, "bindings": self.bindings });
+        let doc = serde_json::json!({
+            "format": BINDINGS_FORMAT,
+            "revision": self.revision.unwrap_or_else(|| self.high_revision()),
+            "bindings": self.bindings,
+        });
         write_atomically(path, format!("{doc:#}\n").as_bytes())
             .map_err(|e| AdminError::Unavailable(format!("{}: {e}", path.display())))
     }
@@ -415,7 +430,7 @@ impl BindingAdmin for FileStore {
     }
 
     async fn history(&self, tenant: &TenantId) -> Result<Vec<AuditEntry>, AdminError> {
-        let path = audit_path(self.writable_path()?);
+        let path = audit_log::path_for(self.writable_path()?);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -437,11 +452,8 @@ impl BindingAdmin for FileStore {
     }
 }
 
-fn audit_path(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".audit.jsonl");
-    PathBuf::from(p)
-}
+/// The audit `op` of a logged change that was never made.
+const NOT_MADE: &str = "not-made";
 
 /// Read-modify-write under an exclusive advisory lock on `<file>.lock`, so concurrent
 /// writers (several `nexus-edge tenant` commands) never lose an update.
@@ -464,6 +476,33 @@ fn apply_locked(
         .map_err(|e| AdminError::Unavailable(format!("lock: {e}")))?;
 
     let mut doc = RawDoc::read(path)?;
+    let audit = audit_log::path_for(path);
+    let unavailable =
+        |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
+    let mut log = AuditLog::open(audit.clone()).map_err(unavailable)?;
+    let mut high = doc.high_revision();
+    if let Some(last) = log.last_entry().map_err(unavailable)? {
+        // A revision past the file's counter is a change its writer logged and then stopped
+        // before making. (A file without the counter, older or hand-written, cannot tell.)
+        if doc.revision.is_some() && last.revision > high && last.op != NOT_MADE {
+            tracing::warn!(file = %audit.display(), tenant = %last.tenant,
+                revision = last.revision, "an audited change was never made; recording that");
+            let (_, at) = now_rfc3339();
+            let note = AuditEntry {
+                tenant: last.tenant.clone(),
+                revision: last.revision,
+                at,
+                actor: "nexus-edge".to_owned(),
+                reason: Some("its writer stopped before changing the bindings file".to_owned()),
+                op: NOT_MADE.to_owned(),
+                old: None,
+                new: None,
+            };
+            log.append(&note).map_err(unavailable)?;
+        }
+        // Either way the number was handed out: never again.
+        high = high.max(last.revision);
+    }
     let pos = doc.position(tenant);
     let current = match pos {
         None => None,
@@ -490,7 +529,8 @@ fn apply_locked(
             });
         }
     }
-    let revision = Revision(doc.max_revision().max(actual.get()) + 1);
+    let revision = Revision(high.max(actual.get()) + 1);
+    doc.revision = Some(revision.get());
     let (at, at_text) = now_rfc3339();
     let op = op_name(&mutation);
     let next = mutate(tenant, current.as_ref(), mutation, revision, at)?;
@@ -530,29 +570,13 @@ fn apply_locked(
         old: current.as_ref().map(Binding::to_record),
         new: next.as_ref().map(Binding::to_record),
     };
-    let line =
-        serde_json::to_string(&entry).map_err(|e| AdminError::Unavailable(e.to_string()))? + "\n";
     // The audit line goes first and the change second, so no change is ever made without its
     // line; if the change then fails, the line is cut off again (the lock keeps other writers
     // out meanwhile).
-    let audit = audit_path(path);
-    let unavailable =
-        |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
-    let mut log = File::options()
-        .create(true)
-        .append(true)
-        .open(&audit)
-        .map_err(unavailable)?;
-    let before = log.metadata().map_err(unavailable)?.len();
-    log.write_all(line.as_bytes())
-        .and_then(|()| log.sync_all())
-        .map_err(|e| {
-            let _ = log.set_len(before);
-            unavailable(e)
-        })?;
+    let before = log.append(&entry).map_err(unavailable)?;
     if let Err(e) = doc.write(path) {
-        if let Err(cut) = log.set_len(before).and_then(|()| log.sync_all()) {
-            tracing::error!(file = %audit.display(), error = %cut,
+        if let Err(cut) = log.cut(before) {
+            tracing::error!(file = %log.path().display(), error = %cut,
                 "a failed change's audit line could not be removed");
         }
         return Err(e);

@@ -21,6 +21,7 @@ pub use table::{BindingHandle, BindingTable, Change};
 pub mod source;
 pub use source::{BindingSource, SyncHealth};
 pub mod admin;
+mod audit_log;
 pub mod file_store;
 pub mod records;
 pub mod redis_store;

@@ -252,3 +252,95 @@ fn no_change_is_made_without_its_audit_line() {
         );
     });
 }
+
+#[test]
+fn revisions_are_never_handed_out_twice() {
+    // Deleting the tenant with the newest revision must not give its number to the next write.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    rt().block_on(async {
+        let put = |t: &str| {
+            Mutation::Put(Box::new(
+                parse_record(&record(t, "http://10.0.0.1")).unwrap(),
+            ))
+        };
+        let id = |t: &str| TenantId::parse(t).unwrap();
+        let mut revisions = Vec::new();
+        for (tenant, m) in [
+            ("acme", put("acme")),
+            ("globex", put("globex")),
+            ("globex", Mutation::Delete),
+            ("initech", put("initech")),
+        ] {
+            let (rev, _) = store.apply(&id(tenant), m, None, &actor()).await.unwrap();
+            revisions.push(rev.get());
+        }
+        assert_eq!(revisions, [1, 2, 3, 4]);
+    });
+}
+
+#[test]
+fn a_logged_change_that_was_never_made_is_recorded_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let audit = dir.path().join("bindings.json.audit.jsonl");
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let acme = TenantId::parse("acme").unwrap();
+    rt().block_on(async {
+        let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
+        store
+            .apply(&acme, Mutation::Put(Box::new(b)), None, &actor())
+            .await
+            .unwrap();
+        // A writer logged revision 2 and was killed before writing the bindings file; the
+        // next one was killed halfway through its line.
+        let mut unmade = store.history(&acme).await.unwrap().remove(0);
+        unmade.revision = 2;
+        unmade.op = "rebind".into();
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&audit)
+            .unwrap();
+        use std::io::Write;
+        writeln!(log, "{}", serde_json::to_string(&unmade).unwrap()).unwrap();
+        write!(log, r#"{{"tenant":"acme","revis"#).unwrap();
+        drop(log);
+
+        let (rev, _) = store
+            .apply(
+                &acme,
+                Mutation::SetStatus(TenantStatus::Suspended),
+                None,
+                &actor(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(rev, Revision(3), "revision 2 was handed out already");
+        let history = store.history(&acme).await.unwrap();
+        let ops: Vec<(u64, &str)> = history
+            .iter()
+            .map(|e| (e.revision, e.op.as_str()))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                (1, "put"),
+                (2, "rebind"),
+                (2, "not-made"),
+                (3, "set-status")
+            ]
+        );
+        // Noticed once: the next write adds no second note.
+        store
+            .apply(
+                &acme,
+                Mutation::SetStatus(TenantStatus::Active),
+                None,
+                &actor(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.history(&acme).await.unwrap().len(), 5);
+    });
+}

@@ -1,0 +1,113 @@
+//! The file store's audit log, `<bindings file>.audit.jsonl`: one JSON line per change,
+//! appended and synced before the change is made.
+//!
+//! Writing the line first means no change is ever made without one. It also means a writer
+//! that stops between the two (killed, power lost) leaves a line for a change that was not
+//! made. The next writer, under the same lock, tells that from the bindings file (its
+//! revision never reached the line's) and records that the change was not made, so the log
+//! stays a true account; a line torn by a crash mid-write (no final newline, never synced) is
+//! cut off.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::admin::AuditEntry;
+
+/// How much of the end of the log is read first to find its last line (doubled until found).
+const TAIL_WINDOW: u64 = 64 * 1024;
+
+/// The log next to a bindings file.
+pub(crate) fn path_for(bindings: &Path) -> PathBuf {
+    let mut p = bindings.as_os_str().to_owned();
+    p.push(".audit.jsonl");
+    PathBuf::from(p)
+}
+
+/// An open audit log. Callers hold the store's write lock while they use it.
+pub(crate) struct AuditLog {
+    file: File,
+    path: PathBuf,
+}
+
+impl AuditLog {
+    /// Opens (creating) the log for appending.
+    pub(crate) fn open(path: PathBuf) -> std::io::Result<AuditLog> {
+        let file = File::options()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        Ok(AuditLog { file, path })
+    }
+
+    /// The last complete entry, after cutting off a torn final line. `None` for an empty log,
+    /// or when the last line is not an entry (hand-edited): then nothing can be told from it.
+    pub(crate) fn last_entry(&mut self) -> std::io::Result<Option<AuditEntry>> {
+        let mut window = TAIL_WINDOW;
+        loop {
+            let len = self.file.metadata()?.len();
+            if len == 0 {
+                return Ok(None);
+            }
+            let start = len.saturating_sub(window);
+            let mut tail = Vec::with_capacity((len - start) as usize);
+            self.file.seek(SeekFrom::Start(start))?;
+            (&self.file).take(len - start).read_to_end(&mut tail)?;
+            if tail.last() != Some(&b'\n') {
+                // Torn: this line's write never finished, so neither did its sync, and its
+                // change was never attempted. Cut back to the last complete line.
+                let keep = match tail.iter().rposition(|&b| b == b'\n') {
+                    Some(i) => start + i as u64 + 1,
+                    None if start == 0 => 0,
+                    None => {
+                        window = window.saturating_mul(2);
+                        continue;
+                    }
+                };
+                tracing::warn!(file = %self.path.display(), bytes = len - keep,
+                    "cutting off a torn audit line (a writer stopped mid-write)");
+                self.file.set_len(keep)?;
+                self.file.sync_all()?;
+                continue;
+            }
+            let body = &tail[..tail.len() - 1];
+            let line = match body.iter().rposition(|&b| b == b'\n') {
+                Some(i) => &body[i + 1..],
+                None if start == 0 => body,
+                None => {
+                    window = window.saturating_mul(2);
+                    continue;
+                }
+            };
+            return Ok(serde_json::from_slice(line).ok());
+        }
+    }
+
+    /// Appends one entry and syncs it. Returns the length before, for [`AuditLog::cut`].
+    pub(crate) fn append(&mut self, entry: &AuditEntry) -> std::io::Result<u64> {
+        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let before = self.file.metadata()?.len();
+        let written = self
+            .file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_all());
+        if let Err(e) = written {
+            let _ = self.file.set_len(before);
+            return Err(e);
+        }
+        Ok(before)
+    }
+
+    /// Removes what was appended after `before` (the change it announced failed).
+    pub(crate) fn cut(&mut self, before: u64) -> std::io::Result<()> {
+        self.file.set_len(before)?;
+        self.file.sync_all()
+    }
+
+    /// Where the log is.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
