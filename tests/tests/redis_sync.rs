@@ -44,13 +44,67 @@ fn replica(
     Edge::try_start(&opts)
 }
 
+/// Redis with `tenants` bound to instance-a, its admin, the test keys, and two instances.
+struct World {
+    redis: RedisServer,
+    admin: Admin,
+    keys: TestKeys,
+    a: Backend,
+    b: Backend,
+}
+
+impl World {
+    fn start(tenants: &[&str]) -> World {
+        let redis = RedisServer::start();
+        let admin = admin_for(&redis);
+        let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+        for t in tenants {
+            admin.put(&binding(t, &a.url(), "active", None));
+        }
+        World {
+            redis,
+            admin,
+            keys: TestKeys::new(),
+            a,
+            b,
+        }
+    }
+}
+
+/// A snapshot written by a replica that served `tenant` from `instance`; the directory holds
+/// it for the test's life.
+fn snapshot_from_a_replica(
+    keys: &TestKeys,
+    redis_url: &str,
+    tenant: &str,
+    instance: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().expect("dir");
+    let snap = dir.path().join("bindings.snapshot");
+    let snap_s = snap.to_str().expect("utf8").to_owned();
+    let edge = replica(keys, redis_url, "replica-1", Some(&snap_s)).expect("replica");
+    wait_instance(&edge, keys, tenant, instance);
+    wait::until(Duration::from_secs(10), "the snapshot", || {
+        snap.exists().then_some(())
+    });
+    (dir, snap, snap_s)
+}
+
+/// Puts an invalid record for `tenant` behind the admin's back, as an external writer might.
+fn damage_record(redis: &RedisServer, tenant: &str) {
+    let record = format!(r#"{{"tenant_id":"{tenant}","status":"sideways"}}"#);
+    redis.cmd(&["SET", &format!("nexus:binding:{tenant}"), &record]);
+}
+
 #[test]
 fn rebind_reaches_every_replica_and_wait_confirms() {
-    let redis = RedisServer::start();
-    let admin = admin_for(&redis);
-    let keys = TestKeys::new();
-    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
-    admin.put(&binding("acme", &a.url(), "active", None));
+    let World {
+        redis,
+        admin,
+        keys,
+        a,
+        b,
+    } = World::start(&["acme"]);
 
     let r1 = replica(&keys, &redis.url(), "replica-1", None).expect("replica 1");
     let r2 = replica(&keys, &redis.url(), "replica-2", None).expect("replica 2");
@@ -149,11 +203,13 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
 
 #[test]
 fn wait_times_out_naming_a_stopped_replica() {
-    let redis = RedisServer::start();
-    let admin = admin_for(&redis);
-    let keys = TestKeys::new();
-    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
-    admin.put(&binding("acme", &a.url(), "active", None));
+    let World {
+        redis,
+        admin,
+        keys,
+        a: _a,
+        b,
+    } = World::start(&["acme"]);
     let r1 = replica(&keys, &redis.url(), "replica-up", None).expect("r1");
     let r2 = replica(&keys, &redis.url(), "replica-down", None).expect("r2");
     wait_instance(&r1, &keys, "acme", "instance-a");
@@ -191,12 +247,13 @@ fn wait_times_out_naming_a_stopped_replica() {
 
 #[test]
 fn redis_outage_is_fail_static_and_changes_are_applied_after() {
-    let mut redis = RedisServer::start();
-    let admin = admin_for(&redis);
-    let keys = TestKeys::new();
-    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
-    admin.put(&binding("acme", &a.url(), "active", None));
-    admin.put(&binding("globex", &a.url(), "active", None));
+    let World {
+        mut redis,
+        admin,
+        keys,
+        a,
+        b,
+    } = World::start(&["acme", "globex"]);
     // The replica logs in as its own ACL user, so the test can cut it off while admins write.
     redis.cmd(&[
         "ACL",
@@ -301,21 +358,14 @@ fn redis_outage_is_fail_static_and_changes_are_applied_after() {
 
 #[test]
 fn restart_during_outage_serves_the_snapshot_and_refuses_a_corrupt_one() {
-    let mut redis = RedisServer::start();
-    let admin = admin_for(&redis);
-    let keys = TestKeys::new();
-    let a = Backend::start("instance-a");
-    admin.put(&binding("acme", &a.url(), "active", None));
-    let snap_dir = tempfile::tempdir().expect("dir");
-    let snap = snap_dir.path().join("bindings.snapshot");
-    let snap_s = snap.to_str().expect("utf8").to_owned();
-    {
-        let edge = replica(&keys, &redis.url(), "replica-1", Some(&snap_s)).expect("replica");
-        wait_instance(&edge, &keys, "acme", "instance-a");
-        wait::until(Duration::from_secs(10), "the snapshot", || {
-            snap.exists().then_some(())
-        });
-    }
+    let World {
+        mut redis,
+        admin: _admin,
+        keys,
+        a: _a,
+        ..
+    } = World::start(&["acme"]);
+    let (_dir, snap, snap_s) = snapshot_from_a_replica(&keys, &redis.url(), "acme", "instance-a");
     redis.stop();
     let edge =
         replica(&keys, &redis.url(), "replica-1", Some(&snap_s)).expect("starts from the snapshot");
@@ -342,21 +392,18 @@ fn restart_during_outage_serves_the_snapshot_and_refuses_a_corrupt_one() {
 
 #[test]
 fn malformed_record_in_redis_is_isolated() {
-    let redis = RedisServer::start();
-    let admin = admin_for(&redis);
-    let keys = TestKeys::new();
-    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
-    admin.put(&binding("acme", &a.url(), "active", None));
-    admin.put(&binding("globex", &a.url(), "active", None));
+    let World {
+        redis,
+        admin,
+        keys,
+        a: _a,
+        b,
+    } = World::start(&["acme", "globex"]);
     let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
     wait_instance(&edge, &keys, "globex", "instance-a");
 
     // An external writer puts garbage for globex and announces it.
-    redis.cmd(&[
-        "SET",
-        "nexus:binding:globex",
-        r#"{"tenant_id":"globex","status":"sideways"}"#,
-    ]);
+    damage_record(&redis, "globex");
     let rev = redis.cmd(&["INCR", "nexus:revision"]);
     redis.cmd(&[
         "XADD",
@@ -401,27 +448,15 @@ fn a_replica_started_on_a_damaged_record_keeps_that_tenant_from_the_snapshot() {
     // At start-up the snapshot stands in for the table a running replica would hold, and is
     // read only when needed: here, for a tenant whose record in Redis is damaged, which keeps
     // its last good binding. Every other tenant comes from Redis.
-    let redis = RedisServer::start();
-    let admin = admin_for(&redis);
-    let keys = TestKeys::new();
-    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
-    admin.put(&binding("acme", &a.url(), "active", None));
-    admin.put(&binding("globex", &a.url(), "active", None));
-    let snap_dir = tempfile::tempdir().expect("dir");
-    let snap = snap_dir.path().join("bindings.snapshot");
-    let snap_s = snap.to_str().expect("utf8").to_owned();
-    {
-        let edge = replica(&keys, &redis.url(), "replica-1", Some(&snap_s)).expect("replica");
-        wait_instance(&edge, &keys, "globex", "instance-a");
-        wait::until(Duration::from_secs(10), "the snapshot", || {
-            snap.exists().then_some(())
-        });
-    }
-    redis.cmd(&[
-        "SET",
-        "nexus:binding:globex",
-        r#"{"tenant_id":"globex","status":"sideways"}"#,
-    ]);
+    let World {
+        redis,
+        admin,
+        keys,
+        a: _a,
+        b,
+    } = World::start(&["acme", "globex"]);
+    let (_dir, _, snap_s) = snapshot_from_a_replica(&keys, &redis.url(), "globex", "instance-a");
+    damage_record(&redis, "globex");
     admin.put(&binding("acme", &b.url(), "active", None));
 
     let edge = replica(&keys, &redis.url(), "replica-2", Some(&snap_s)).expect("replica");
@@ -444,11 +479,13 @@ fn a_replica_started_on_a_damaged_record_keeps_that_tenant_from_the_snapshot() {
 
 #[test]
 fn concurrent_writes_end_with_every_replica_on_the_highest_revision() {
-    let redis = RedisServer::start();
-    let admin = admin_for(&redis);
-    let keys = TestKeys::new();
-    let a = Backend::start("instance-a");
-    admin.put(&binding("acme", &a.url(), "active", None));
+    let World {
+        redis,
+        admin: _admin,
+        keys,
+        a: _a,
+        ..
+    } = World::start(&["acme"]);
     let r1 = replica(&keys, &redis.url(), "replica-1", None).expect("r1");
     let r2 = replica(&keys, &redis.url(), "replica-2", None).expect("r2");
 
@@ -505,11 +542,13 @@ fn concurrent_writes_end_with_every_replica_on_the_highest_revision() {
 
 #[test]
 fn in_flight_request_finishes_on_the_old_instance_across_a_rebind() {
-    let redis = RedisServer::start();
-    let admin = admin_for(&redis);
-    let keys = TestKeys::new();
-    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
-    admin.put(&binding("acme", &a.url(), "active", None));
+    let World {
+        redis,
+        admin,
+        keys,
+        a,
+        b,
+    } = World::start(&["acme"]);
     let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
     wait_instance(&edge, &keys, "acme", "instance-a");
     let hits_before = a.hits();
