@@ -52,7 +52,8 @@ pub struct AuditEntry {
     /// Why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Operation (`put`, `rebind`, `set-status`, `delete`, `import`).
+    /// Operation (`put`, `rebind`, `set-status`, `delete`, `import`; in a file store's log
+    /// also `not-made`, for a logged change the bindings file never received).
     pub op: String,
     /// Record before the change (`None` when created).
     pub old: Option<crate::model::BindingRecord>,

@@ -5,8 +5,8 @@
 //! that stops between the two (killed, power lost) leaves a line for a change that was not
 //! made. The next writer, under the same lock, tells that from the bindings file (its
 //! revision never reached the line's) and records that the change was not made, so the log
-//! stays a true account; a line torn by a crash mid-write (no final newline, never synced) is
-//! cut off.
+//! stays a true account. A line torn by a crash mid-write (no final newline, and not a whole
+//! entry) is cut off; a whole entry missing only its newline is finished.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -55,9 +55,7 @@ impl AuditLog {
             self.file.seek(SeekFrom::Start(start))?;
             (&self.file).take(len - start).read_to_end(&mut tail)?;
             if tail.last() != Some(&b'\n') {
-                // Torn: this line's write never finished, so neither did its sync, and its
-                // change was never attempted. Cut back to the last complete line.
-                let keep = match tail.iter().rposition(|&b| b == b'\n') {
+                let cut_at = match tail.iter().rposition(|&b| b == b'\n') {
                     Some(i) => start + i as u64 + 1,
                     None if start == 0 => 0,
                     None => {
@@ -65,9 +63,18 @@ impl AuditLog {
                         continue;
                     }
                 };
-                tracing::warn!(file = %self.path.display(), bytes = len - keep,
-                    "cutting off a torn audit line (a writer stopped mid-write)");
-                self.file.set_len(keep)?;
+                let unfinished = &tail[(cut_at - start) as usize..];
+                if serde_json::from_slice::<AuditEntry>(unfinished).is_ok() {
+                    // A whole entry that lacks only its newline (a writer stopped just before
+                    // it, or the file was copied or edited): finish it, and keep it.
+                    self.file.write_all(b"\n")?;
+                } else {
+                    // Torn: the writer stopped inside the line, so its sync never returned and
+                    // its change was never attempted. Cut back to the last whole line.
+                    tracing::warn!(file = %self.path.display(), bytes = len - cut_at,
+                        "cutting off a torn audit line (its writer stopped mid-write)");
+                    self.file.set_len(cut_at)?;
+                }
                 self.file.sync_all()?;
                 continue;
             }

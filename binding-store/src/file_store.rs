@@ -436,8 +436,11 @@ impl BindingAdmin for FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(AdminError::Unavailable(format!("{}: {e}", path.display()))),
         };
+        // Read without the write lock: a last line without its newline is being written (or
+        // was torn by a crash, and the next write cuts it), so it is not history yet.
+        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
         let mut out = Vec::new();
-        for (i, line) in text
+        for (i, line) in complete
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
@@ -482,8 +485,9 @@ fn apply_locked(
     let mut log = AuditLog::open(audit.clone()).map_err(unavailable)?;
     let mut high = doc.high_revision();
     if let Some(last) = log.last_entry().map_err(unavailable)? {
-        // A revision past the file's counter is a change its writer logged and then stopped
-        // before making. (A file without the counter, older or hand-written, cannot tell.)
+        // A revision past the file's counter is a change the file does not hold: its writer
+        // logged it and stopped before making it (or the file was since replaced, e.g. from a
+        // backup). A file without the counter, older or hand-written, cannot tell.
         if doc.revision.is_some() && last.revision > high && last.op != NOT_MADE {
             tracing::warn!(file = %audit.display(), tenant = %last.tenant,
                 revision = last.revision, "an audited change was never made; recording that");
@@ -493,7 +497,11 @@ fn apply_locked(
                 revision: last.revision,
                 at,
                 actor: "nexus-edge".to_owned(),
-                reason: Some("its writer stopped before changing the bindings file".to_owned()),
+                reason: Some(
+                    "the bindings file does not hold this change (its writer stopped before \
+                     writing it, or the file was replaced since)"
+                        .to_owned(),
+                ),
                 op: NOT_MADE.to_owned(),
                 old: None,
                 new: None,
@@ -529,7 +537,16 @@ fn apply_locked(
             });
         }
     }
-    let revision = Revision(high.max(actual.get()) + 1);
+    let revision = high
+        .max(actual.get())
+        .checked_add(1)
+        .map(Revision)
+        .ok_or_else(|| {
+            AdminError::Corrupt(format!(
+                "{}: revisions are exhausted (the file or its audit log holds u64::MAX)",
+                path.display()
+            ))
+        })?;
     doc.revision = Some(revision.get());
     let (at, at_text) = now_rfc3339();
     let op = op_name(&mutation);

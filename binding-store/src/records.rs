@@ -45,7 +45,8 @@ pub struct ParsedRecords {
     pub problems: Vec<RecordProblem>,
 }
 
-/// The file layout: `{"format": "nexus-edge.bindings/v1", "bindings": [...]}`.
+/// The file layout: `{"format": "nexus-edge.bindings/v1", "bindings": [...]}`. A file store's
+/// own file also carries `"revision"`, the highest it has issued (not needed to read it).
 #[derive(Serialize, Deserialize)]
 struct Document {
     format: String,

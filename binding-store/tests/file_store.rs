@@ -344,3 +344,42 @@ fn a_logged_change_that_was_never_made_is_recorded_as_such() {
         assert_eq!(store.history(&acme).await.unwrap().len(), 5);
     });
 }
+
+#[test]
+fn a_whole_audit_entry_missing_its_newline_is_kept() {
+    // A copy or an editor can leave the log without its final newline: that entry is finished,
+    // not cut. Until a write does that, history leaves the unterminated line out.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let audit = dir.path().join("bindings.json.audit.jsonl");
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let acme = TenantId::parse("acme").unwrap();
+    rt().block_on(async {
+        let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
+        store
+            .apply(&acme, Mutation::Put(Box::new(b)), None, &actor())
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&audit).unwrap();
+        std::fs::write(&audit, text.trim_end()).unwrap();
+        assert!(store.history(&acme).await.unwrap().is_empty());
+
+        store
+            .apply(
+                &acme,
+                Mutation::SetStatus(TenantStatus::Suspended),
+                None,
+                &actor(),
+            )
+            .await
+            .unwrap();
+        let ops: Vec<(u64, String)> = store
+            .history(&acme)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.revision, e.op))
+            .collect();
+        assert_eq!(ops, [(1, "put".into()), (2, "set-status".into())]);
+    });
+}

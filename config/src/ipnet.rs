@@ -31,8 +31,7 @@ impl IpNet {
     /// it is most likely a typo for one address or for `10.0.0.0/8`). The prefix is plain
     /// decimal (`/08` is refused, as address parsers disagree on what leading zeros mean).
     /// An IPv4-mapped IPv6 range (`::ffff:10.0.0.0/104`) is kept as the IPv4 range it names,
-    /// because peers are compared in their IPv4 form; one wider than the mapped block
-    /// (prefix under 96) is refused.
+    /// because peers are compared in their IPv4 form.
     pub fn parse(s: &str) -> Result<IpNet, String> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -57,18 +56,12 @@ impl IpNet {
             return Err(format!("{s:?} has host bits set after /{prefix}"));
         }
         match addr.to_canonical() {
-            IpAddr::V4(v4) if addr.is_ipv6() => {
-                if prefix < 96 {
-                    return Err(format!(
-                        "{s:?} reaches beyond the IPv4-mapped block ::ffff:0:0/96; \
-                         write an IPv4 range or a plain IPv6 one"
-                    ));
-                }
-                Ok(IpNet {
-                    addr: IpAddr::V4(v4),
-                    prefix: prefix - 96,
-                })
-            }
+            // Host bits are zero, so the `ffff` of a mapped address is inside the prefix: 96 or
+            // more (`::ffff:0.0.0.0/95` is refused above).
+            IpAddr::V4(v4) if addr.is_ipv6() => Ok(IpNet {
+                addr: IpAddr::V4(v4),
+                prefix: prefix.saturating_sub(96),
+            }),
             _ => Ok(IpNet { addr, prefix }),
         }
     }
