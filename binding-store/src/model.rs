@@ -365,6 +365,15 @@ impl UpstreamUrl {
         }
     }
 
+    /// The host's address when it is an IP literal (parsed once, with the URL).
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self.0.host()? {
+            url::Host::Ipv4(ip) => Some(ip.into()),
+            url::Host::Ipv6(ip) => Some(ip.into()),
+            url::Host::Domain(_) => None,
+        }
+    }
+
     /// Port, defaulting by scheme.
     pub fn port(&self) -> u16 {
         self.0.port_or_known_default().unwrap_or(80)

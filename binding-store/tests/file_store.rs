@@ -280,19 +280,25 @@ fn revisions_are_never_handed_out_twice() {
     });
 }
 
+/// A file store in `dir` holding acme at revision 1, with its audit log's path.
+fn store_with_acme(
+    dir: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+) -> (FileStore, std::path::PathBuf, TenantId) {
+    let store = FileStore::new(Some(dir.join("bindings.json")), Duration::from_millis(10));
+    let acme = TenantId::parse("acme").unwrap();
+    let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
+    rt.block_on(store.apply(&acme, Mutation::Put(Box::new(b)), None, &actor()))
+        .unwrap();
+    (store, dir.join("bindings.json.audit.jsonl"), acme)
+}
+
 #[test]
 fn a_logged_change_that_was_never_made_is_recorded_as_such() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bindings.json");
-    let audit = dir.path().join("bindings.json.audit.jsonl");
-    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
-    let acme = TenantId::parse("acme").unwrap();
-    rt().block_on(async {
-        let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
-        store
-            .apply(&acme, Mutation::Put(Box::new(b)), None, &actor())
-            .await
-            .unwrap();
+    let rt = rt();
+    let (store, audit, acme) = store_with_acme(dir.path(), &rt);
+    rt.block_on(async {
         // A writer logged revision 2 and was killed before writing the bindings file; the
         // next one was killed halfway through its line.
         let mut unmade = store.history(&acme).await.unwrap().remove(0);
@@ -350,16 +356,9 @@ fn a_whole_audit_entry_missing_its_newline_is_kept() {
     // A copy or an editor can leave the log without its final newline: that entry is finished,
     // not cut. Until a write does that, history leaves the unterminated line out.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bindings.json");
-    let audit = dir.path().join("bindings.json.audit.jsonl");
-    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
-    let acme = TenantId::parse("acme").unwrap();
-    rt().block_on(async {
-        let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
-        store
-            .apply(&acme, Mutation::Put(Box::new(b)), None, &actor())
-            .await
-            .unwrap();
+    let rt = rt();
+    let (store, audit, acme) = store_with_acme(dir.path(), &rt);
+    rt.block_on(async {
         let text = std::fs::read_to_string(&audit).unwrap();
         std::fs::write(&audit, text.trim_end()).unwrap();
         assert!(store.history(&acme).await.unwrap().is_empty());

@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nexus_binding_store::UpstreamUrl;
+
 /// How long a failed lookup is remembered before the name is asked again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
@@ -114,8 +116,14 @@ impl InstanceResolver {
         }
     }
 
-    /// The address of `host:port`, from the cache or the system resolver.
-    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, ResolveError> {
+    /// The address to connect to for `url`: its IP literal as parsed with the URL, or its
+    /// name's address from the cache or the system resolver.
+    pub async fn resolve(&self, url: &UpstreamUrl) -> Result<SocketAddr, ResolveError> {
+        let port = url.port();
+        if let Some(ip) = url.ip() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let host = url.host();
         self.resolve_with(host, port, Instant::now(), || async move {
             tokio::net::lookup_host((host, port))
                 .await
@@ -124,7 +132,8 @@ impl InstanceResolver {
         .await
     }
 
-    /// [`InstanceResolver::resolve`] at `now` with `lookup` as the resolver (tests inject one).
+    /// [`InstanceResolver::resolve`] for a host string at `now`, with `lookup` as the resolver
+    /// (tests inject one). An IP literal is used as it is.
     pub async fn resolve_with<F, Fut>(
         &self,
         host: &str,
@@ -427,6 +436,19 @@ mod tests {
         let strict = resolver(10, 0);
         ask(&strict, t0, Ok(vec![A]), &n).await.expect("resolved");
         assert!(ask(&strict, secs(10), down(), &n).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn url_literals_are_used_as_parsed() {
+        let r = resolver(10, 30);
+        for (url, want) in [
+            ("http://10.0.0.9:8080/app", "10.0.0.9:8080"),
+            ("https://[2001:db8::5]/", "[2001:db8::5]:443"),
+        ] {
+            let url = UpstreamUrl::parse("instance_url", url).expect("url");
+            assert_eq!(r.resolve(&url).await.expect("literal").to_string(), want);
+        }
+        assert!(r.lock().is_empty(), "literals never reach the cache");
     }
 
     #[test]

@@ -206,22 +206,16 @@ impl ProxyHttp for EdgeService {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing decision"))?;
         let url = decision.upstream_url();
-        let host = url.host();
-        let addr = self
-            .state
-            .resolver
-            .resolve(host, url.port())
-            .await
-            .map_err(|e| {
-                // The instance is unreachable (502), not the router broken (500).
-                Error::create(
-                    ErrorType::ConnectNoRoute,
-                    ErrorSource::Upstream,
-                    Some("resolving the instance".into()),
-                    Some(Box::new(e)),
-                )
-            })?;
-        let mut peer = HttpPeer::new(addr, url.is_tls(), host.to_owned());
+        let addr = self.state.resolver.resolve(url).await.map_err(|e| {
+            // The instance is unreachable (502), not the router broken (500).
+            Error::create(
+                ErrorType::ConnectNoRoute,
+                ErrorSource::Upstream,
+                Some("resolving the instance".into()),
+                Some(Box::new(e)),
+            )
+        })?;
+        let mut peer = HttpPeer::new(addr, url.is_tls(), url.host().to_owned());
         let up = &self.state.settings.upstream;
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);

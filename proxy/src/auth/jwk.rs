@@ -11,6 +11,7 @@
 //! (`ring` recomputes them on every call, a third of an RS256 verification). A key the library
 //! rejects (a point off the curve, a malformed modulus) is skipped at load with the reason.
 
+use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::{self as lc, ParsedPublicKey, VerificationAlgorithm};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -125,43 +126,13 @@ fn parse_public(bytes: &[u8], algs: &[Algorithm]) -> Result<Material, String> {
     Ok(Material::Public(parsed))
 }
 
-/// A minimal DER length.
-fn der_length(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|&&b| b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-}
-
-/// A DER INTEGER holding the unsigned big-endian `value` (leading zeros dropped, one added
-/// when the top bit is set so the number stays positive).
-fn der_unsigned(out: &mut Vec<u8>, value: &[u8]) {
-    let first = value.iter().position(|&b| b != 0).unwrap_or(value.len());
-    let value = &value[first..];
-    let pad = value.first().is_none_or(|&b| b & 0x80 != 0);
-    out.push(0x02);
-    der_length(out, value.len() + usize::from(pad));
-    if pad {
-        out.push(0);
-    }
-    out.extend_from_slice(value);
-}
-
-/// `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }` (RFC 8017 A.1.1),
-/// the form the library parses RSA public keys from.
-fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
-    der_unsigned(&mut body, n);
-    der_unsigned(&mut body, e);
-    let mut der = Vec::with_capacity(body.len() + 4);
-    der.push(0x30);
-    der_length(&mut der, body.len());
-    der.extend_from_slice(&body);
-    der
+/// The DER public key (X.509 `SubjectPublicKeyInfo`) the library parses an RSA key from.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Result<Vec<u8>, String> {
+    let e = &e[e.iter().position(|&b| b != 0).unwrap_or(e.len())..];
+    aws_lc_rs::rsa::PublicKeyComponents { n, e }
+        .as_der()
+        .map(|der| der.as_ref().to_vec())
+        .map_err(|_| "RSA key rejected: n and e do not form a public key".to_owned())
 }
 
 /// One verification key.
@@ -294,7 +265,7 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
                 }
                 Some(_) => return Err("alg does not fit an RSA key".to_owned()),
             };
-            parse_public(&rsa_public_key_der(n, &e), algs)?
+            parse_public(&rsa_public_key_der(n, &e)?, algs)?
         }
         "EC" => {
             let crv = str_field(jwk, "crv")?.ok_or("missing crv")?;
@@ -345,27 +316,6 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn der_integers_are_minimal_and_positive() {
-        let cases: &[(&[u8], &[u8])] = &[
-            (&[0x01, 0x00, 0x01], &[0x02, 0x03, 0x01, 0x00, 0x01]),
-            (&[0x00, 0x00, 0x7f], &[0x02, 0x01, 0x7f]),
-            (&[0x80], &[0x02, 0x02, 0x00, 0x80]),
-            (&[], &[0x02, 0x01, 0x00]),
-        ];
-        for (value, want) in cases {
-            let mut out = Vec::new();
-            der_unsigned(&mut out, value);
-            assert_eq!(&out, want, "{value:?}");
-        }
-        let mut long = Vec::new();
-        der_length(&mut long, 0x0101);
-        assert_eq!(long, [0x82, 0x01, 0x01]);
-        let mut short = Vec::new();
-        der_length(&mut short, 0x7f);
-        assert_eq!(short, [0x7f]);
-    }
 
     #[test]
     fn rsa_moduli_outside_2048_to_8192_bits_are_skipped_at_load() {
