@@ -6,6 +6,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh --test
 
+# A clean build of every profile this script uses (check, debug, release) takes about 5 GB of
+# target dir. Say so before starting rather than dying halfway with "No space left on device".
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+free_kb=$(df -Pk "$target_dir" | awk 'NR==2 {print $4}')
+if [[ -n "$free_kb" ]] && ((free_kb < 6 * 1024 * 1024)); then
+  echo "warning: only $((free_kb / 1024)) MB free for $target_dir; a clean run needs about 6 GB" >&2
+fi
+# Incremental caches only pay off when rebuilding; a CI run builds once and they double the disk.
+if [[ "${CI:-}" == "true" ]]; then
+  export CARGO_INCREMENTAL=0
+fi
+
 echo "== fmt"
 cargo fmt --all --check
 echo "== clippy"
