@@ -17,7 +17,12 @@
 //!   `0s`.
 //! - Requests take the addresses of the answer's first family in turn (an IPv6 answer on a
 //!   host without IPv6 routes must not fail every other request).
-//! - IP literals never reach the cache.
+//! - An address that refuses or drops a connection is tried again by the same request at
+//!   another address of the name (up to [`MAX_CONNECT_ATTEMPTS`] in all), and other requests
+//!   pass it over for [`DOWN_FOR`]: one dead pod behind a service name must not fail its
+//!   share of the requests. When every address left is marked down they are tried anyway;
+//!   a mark is a guess, and the alternative is failing the request unasked.
+//! - IP literals never reach the cache (and have nothing to fail over to).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,6 +38,13 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Names remembered at most; beyond it, expired entries go, then the older half.
 const MAX_NAMES: usize = 100_000;
+
+/// How long an address that failed a connect is passed over by later requests.
+pub const DOWN_FOR: Duration = Duration::from_secs(10);
+
+/// Connect attempts one request makes at most, over distinct addresses of its instance's
+/// name. Bounds a request's wait when several addresses time out in turn.
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// Why an instance host has no address.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +77,16 @@ pub enum ResolveError {
         /// How long it was given.
         timeout: Duration,
     },
+    /// This request already tried every address of the name.
+    #[error("{host}: every address refused the connection")]
+    AllTried {
+        /// The instance host.
+        host: String,
+    },
 }
+
+/// Addresses that failed a connect, each with the instant until which it is passed over.
+type DownMarks = Vec<(IpAddr, Instant)>;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -74,6 +95,9 @@ struct Entry {
     fetched: Instant,
     /// Before this instant nobody else looks the name up: a refresh is under way or failed.
     next_try: Instant,
+    /// Addresses that failed a connect, and until when they are passed over. Usually empty
+    /// (no allocation); kept across refreshes of the name.
+    down: DownMarks,
 }
 
 /// How long answers live and how failures are handled.
@@ -87,10 +111,33 @@ pub struct ResolverPolicy {
     pub timeout: Duration,
 }
 
+/// Where a name's addresses come from: the system resolver in production. In-process tests
+/// give names fixed answers (several addresses for one name, some dead), which the system
+/// resolver here cannot.
+#[async_trait::async_trait]
+pub trait NameLookup: Send + Sync + std::fmt::Debug {
+    /// The addresses `host` has, in the resolver's order of preference.
+    async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>>;
+}
+
+/// `getaddrinfo`, on tokio's blocking pool.
+#[derive(Debug)]
+struct SystemLookup;
+
+#[async_trait::async_trait]
+impl NameLookup for SystemLookup {
+    async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>> {
+        tokio::net::lookup_host((host, port))
+            .await
+            .map(|addrs| addrs.map(|a| a.ip()).collect())
+    }
+}
+
 /// The cache of instance addresses, shared by every request.
 #[derive(Debug)]
 pub struct InstanceResolver {
     policy: ResolverPolicy,
+    lookup: Arc<dyn NameLookup>,
     names: Mutex<HashMap<String, Entry>>,
     /// Spreads requests over a name's addresses.
     turn: AtomicUsize,
@@ -98,36 +145,49 @@ pub struct InstanceResolver {
 
 /// What the cache says before any lookup.
 enum Cached {
-    /// Use this answer.
-    Use(Arc<[IpAddr]>),
+    /// Use this address of the cached answer.
+    Use(SocketAddr),
+    /// The answer is good, but this request has tried each of its addresses.
+    AllTried,
     /// A lookup is under way or just failed, and no answer may stand in.
     FailFast,
-    /// Look up; `stale` may stand in if that fails.
-    Refresh { stale: Option<Arc<[IpAddr]>> },
+    /// Look up; `stale` (an answer and its down marks) may stand in if that fails.
+    Refresh {
+        stale: Option<(Arc<[IpAddr]>, DownMarks)>,
+    },
 }
 
 impl InstanceResolver {
-    /// A resolver with `policy`.
+    /// A resolver with `policy`, asking the system resolver.
     pub fn new(policy: ResolverPolicy) -> Self {
+        Self::with_lookup(policy, Arc::new(SystemLookup))
+    }
+
+    /// A resolver with `policy` that asks `lookup` for names.
+    pub fn with_lookup(policy: ResolverPolicy, lookup: Arc<dyn NameLookup>) -> Self {
         Self {
             policy,
+            lookup,
             names: Mutex::new(HashMap::new()),
             turn: AtomicUsize::new(0),
         }
     }
 
     /// The address to connect to for `url`: its IP literal as parsed with the URL, or its
-    /// name's address from the cache or the system resolver.
-    pub async fn resolve(&self, url: &UpstreamUrl) -> Result<SocketAddr, ResolveError> {
+    /// name's address from the cache or the system resolver, other than those in `tried`
+    /// (the addresses this request failed to connect to).
+    pub async fn resolve(
+        &self,
+        url: &UpstreamUrl,
+        tried: &[SocketAddr],
+    ) -> Result<SocketAddr, ResolveError> {
         let port = url.port();
         if let Some(ip) = url.ip() {
             return Ok(SocketAddr::new(ip, port));
         }
         let host = url.host();
-        self.resolve_with(host, port, Instant::now(), || async move {
-            tokio::net::lookup_host((host, port))
-                .await
-                .map(|addrs| addrs.map(|a| a.ip()).collect())
+        self.resolve_with(host, port, tried, Instant::now(), || {
+            self.lookup.lookup(host, port)
         })
         .await
     }
@@ -138,6 +198,7 @@ impl InstanceResolver {
         &self,
         host: &str,
         port: u16,
+        tried: &[SocketAddr],
         now: Instant,
         lookup: F,
     ) -> Result<SocketAddr, ResolveError>
@@ -148,8 +209,12 @@ impl InstanceResolver {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, port));
         }
-        let stale = match self.consult(host, now) {
-            Cached::Use(ips) => return Ok(self.pick(&ips, port)),
+        let all_tried = || ResolveError::AllTried {
+            host: host.to_owned(),
+        };
+        let stale = match self.consult(host, port, tried, now) {
+            Cached::Use(addr) => return Ok(addr),
+            Cached::AllTried => return Err(all_tried()),
             Cached::FailFast => {
                 return Err(ResolveError::RecentlyFailed {
                     host: host.to_owned(),
@@ -178,16 +243,19 @@ impl InstanceResolver {
                     ips: Arc::clone(&ips),
                     fetched: now,
                     next_try: now,
+                    down: Vec::new(),
                 };
-                self.store(host, entry, now);
-                Ok(self.pick(&ips, port))
+                let down = self.store(host, entry, now);
+                self.pick(&ips, port, tried, &down, now)
+                    .ok_or_else(all_tried)
             }
             Err(err) => {
                 self.failed(host, now);
                 match stale {
-                    Some(ips) => {
+                    Some((ips, down)) => {
                         tracing::warn!(error = %err, "instance name not refreshed; using its last addresses");
-                        Ok(self.pick(&ips, port))
+                        self.pick(&ips, port, tried, &down, now)
+                            .ok_or_else(all_tried)
                     }
                     None => Err(err),
                 }
@@ -195,9 +263,44 @@ impl InstanceResolver {
         }
     }
 
+    /// Records that this request could not connect to `addr` for `url`, and says whether it
+    /// should try again: the address is passed over by every request for [`DOWN_FOR`] and
+    /// by this one for good (it joins `tried`), and another attempt is worth it when the
+    /// name has an address this request has not tried and attempts remain. An IP literal
+    /// has nothing to fall back to.
+    pub fn connect_failed(
+        &self,
+        url: &UpstreamUrl,
+        addr: SocketAddr,
+        tried: &mut Vec<SocketAddr>,
+        now: Instant,
+    ) -> bool {
+        if url.ip().is_some() {
+            return false;
+        }
+        if !tried.contains(&addr) {
+            tried.push(addr);
+        }
+        let mut names = self.lock();
+        let Some(entry) = names.get_mut(url.host()) else {
+            return false;
+        };
+        entry
+            .down
+            .retain(|(ip, until)| *ip != addr.ip() && *until > now);
+        if entry.ips.contains(&addr.ip()) {
+            entry.down.push((addr.ip(), now + DOWN_FOR));
+        }
+        tried.len() < MAX_CONNECT_ATTEMPTS
+            && entry
+                .ips
+                .iter()
+                .any(|ip| !tried.contains(&SocketAddr::new(*ip, addr.port())))
+    }
+
     /// Reads the cache and, when the answer needs refreshing, claims the refresh so
     /// concurrent requests keep using the old answer instead of asking too.
-    fn consult(&self, host: &str, now: Instant) -> Cached {
+    fn consult(&self, host: &str, port: u16, tried: &[SocketAddr], now: Instant) -> Cached {
         let mut names = self.lock();
         let Some(e) = names.get_mut(host) else {
             return Cached::Refresh { stale: None };
@@ -205,20 +308,19 @@ impl InstanceResolver {
         let age = now.saturating_duration_since(e.fetched);
         let known = !e.ips.is_empty();
         let usable = known && age < self.policy.ttl + self.policy.serve_stale;
-        if known && age < self.policy.ttl {
-            return Cached::Use(Arc::clone(&e.ips));
+        if (known && age < self.policy.ttl) || (usable && now < e.next_try) {
+            return match self.pick(&e.ips, port, tried, &e.down, now) {
+                Some(addr) => Cached::Use(addr),
+                None => Cached::AllTried,
+            };
         }
         if now < e.next_try {
-            return if usable {
-                Cached::Use(Arc::clone(&e.ips))
-            } else {
-                Cached::FailFast
-            };
+            return Cached::FailFast;
         }
         // Held for as long as the lookup may take, so no second one overlaps it.
         e.next_try = now + self.policy.timeout.max(RETRY_EVERY);
         Cached::Refresh {
-            stale: usable.then(|| Arc::clone(&e.ips)),
+            stale: usable.then(|| (Arc::clone(&e.ips), e.down.clone())),
         }
     }
 
@@ -232,23 +334,66 @@ impl InstanceResolver {
                 ips: Arc::from(Vec::new()),
                 fetched: now,
                 next_try: now + RETRY_EVERY,
+                down: Vec::new(),
             };
             Self::insert_new(&mut names, host, entry, now, self.policy);
         }
     }
 
-    fn pick(&self, ips: &[IpAddr], port: u16) -> SocketAddr {
-        let i = self.turn.fetch_add(1, Ordering::Relaxed) % ips.len().max(1);
-        SocketAddr::new(ips[i], port)
+    /// The next address in turn that this request has not tried, preferring one not marked
+    /// down; `None` when every address has been tried.
+    fn pick(
+        &self,
+        ips: &[IpAddr],
+        port: u16,
+        tried: &[SocketAddr],
+        down: &[(IpAddr, Instant)],
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let n = ips.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        let mut untried = (0..n)
+            .map(|k| SocketAddr::new(ips[(start + k) % n], port))
+            .filter(|addr| !tried.contains(addr));
+        let is_down = |addr: &SocketAddr| {
+            down.iter()
+                .any(|(ip, until)| *ip == addr.ip() && *until > now)
+        };
+        if down.is_empty() {
+            return untried.next();
+        }
+        let mut fallback = None;
+        for addr in untried {
+            if !is_down(&addr) {
+                return Some(addr);
+            }
+            fallback.get_or_insert(addr);
+        }
+        fallback
     }
 
-    /// Stores a fresh answer, unless a fresher one arrived meanwhile.
-    fn store(&self, host: &str, entry: Entry, now: Instant) {
+    /// Stores a fresh answer, unless a fresher one arrived meanwhile; the name's down marks
+    /// carry over. Returns the marks now in force.
+    fn store(&self, host: &str, mut entry: Entry, now: Instant) -> DownMarks {
         let mut names = self.lock();
         match names.get_mut(host) {
-            Some(current) if current.fetched > entry.fetched && !current.ips.is_empty() => {}
-            Some(current) => *current = entry,
-            None => Self::insert_new(&mut names, host, entry, now, self.policy),
+            Some(current) if current.fetched > entry.fetched && !current.ips.is_empty() => {
+                current.down.clone()
+            }
+            Some(current) => {
+                entry.down = std::mem::take(&mut current.down);
+                entry.down.retain(|(_, until)| *until > now);
+                let down = entry.down.clone();
+                *current = entry;
+                down
+            }
+            None => {
+                Self::insert_new(&mut names, host, entry, now, self.policy);
+                Vec::new()
+            }
         }
     }
 
@@ -310,7 +455,7 @@ mod tests {
         answer: std::io::Result<Vec<IpAddr>>,
         lookups: &Cell<u32>,
     ) -> Result<SocketAddr, ResolveError> {
-        r.resolve_with("instance.internal", 8080, now, || {
+        r.resolve_with("instance.internal", 8080, &[], now, || {
             lookups.set(lookups.get() + 1);
             async move { answer }
         })
@@ -360,10 +505,13 @@ mod tests {
         let t1 = t0 + Duration::from_secs(11);
         // The refresh is claimed before the lookup: a request arriving meanwhile does not ask.
         assert!(matches!(
-            r.consult("instance.internal", t1),
+            r.consult("instance.internal", 8080, &[], t1),
             Cached::Refresh { stale: Some(_) }
         ));
-        assert!(matches!(r.consult("instance.internal", t1), Cached::Use(_)));
+        assert!(matches!(
+            r.consult("instance.internal", 8080, &[], t1),
+            Cached::Use(_)
+        ));
         let t2 = t1 + RETRY_EVERY;
         assert_eq!(ask(&r, t2, down(), &n).await.expect("stale").ip(), A);
         assert_eq!(n.get(), 2);
@@ -392,6 +540,7 @@ mod tests {
                 ips: vec![A].into(),
                 fetched: t0,
                 next_try: t0,
+                down: Vec::new(),
             },
             t0 + Duration::from_secs(6),
         );
@@ -446,7 +595,10 @@ mod tests {
             ("https://[2001:db8::5]/", "[2001:db8::5]:443"),
         ] {
             let url = UpstreamUrl::parse("instance_url", url).expect("url");
-            assert_eq!(r.resolve(&url).await.expect("literal").to_string(), want);
+            assert_eq!(
+                r.resolve(&url, &[]).await.expect("literal").to_string(),
+                want
+            );
         }
         assert!(r.lock().is_empty(), "literals never reach the cache");
     }
@@ -458,11 +610,114 @@ mod tests {
         assert_eq!(first_family(vec![v6, A]), [v6]);
     }
 
+    fn named() -> UpstreamUrl {
+        UpstreamUrl::parse("instance_url", "http://instance.internal:8080/").expect("url")
+    }
+
+    #[tokio::test]
+    async fn a_request_fails_over_to_the_next_address_and_others_pass_the_dead_one_over() {
+        let r = resolver(10, 30);
+        let n = Cell::new(0);
+        let t0 = Instant::now();
+        let url = named();
+        // The first request's pick refuses; it goes again and gets the other address.
+        let mut tried = Vec::new();
+        let first = ask(&r, t0, Ok(vec![A, B]), &n).await.expect("resolved");
+        assert!(r.connect_failed(&url, first, &mut tried, t0), "B is left");
+        let second = r
+            .resolve_with("instance.internal", 8080, &tried, t0, || async { down() })
+            .await
+            .expect("the other address");
+        assert_ne!(second, first);
+        // Both tried: nothing left to try, and asking anyway says so.
+        assert!(!r.connect_failed(&url, second, &mut tried, t0));
+        let none = r
+            .resolve_with("instance.internal", 8080, &tried, t0, || async { down() })
+            .await;
+        assert!(
+            matches!(none, Err(ResolveError::AllTried { .. })),
+            "{none:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dead_address_is_passed_over_for_a_while_even_across_refreshes() {
+        let r = resolver(1, 30);
+        let n = Cell::new(0);
+        let t0 = Instant::now();
+        let url = named();
+        ask(&r, t0, Ok(vec![A, B]), &n).await.expect("resolved");
+        let dead = SocketAddr::new(A, 8080);
+        assert!(r.connect_failed(&url, dead, &mut Vec::new(), t0));
+        let t1 = t0 + Duration::from_secs(2);
+        for i in 0..6 {
+            // The first of these refreshes the name; its mark carries over.
+            let addr = ask(&r, t1, Ok(vec![A, B]), &n).await.expect("resolved");
+            assert_eq!(addr.ip(), B, "request {i} went to the dead address");
+        }
+        assert_eq!(n.get(), 2, "one refresh");
+        // After DOWN_FOR the address gets its turn again.
+        let later = t0 + DOWN_FOR + Duration::from_millis(500);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(
+                ask(&r, later, Ok(vec![A, B]), &n)
+                    .await
+                    .expect("resolved")
+                    .ip(),
+            );
+        }
+        assert!(seen.contains(&A), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn when_every_address_is_down_they_are_tried_anyway() {
+        let r = resolver(10, 30);
+        let n = Cell::new(0);
+        let t0 = Instant::now();
+        let url = named();
+        ask(&r, t0, Ok(vec![A, B]), &n).await.expect("resolved");
+        for ip in [A, B] {
+            r.connect_failed(&url, SocketAddr::new(ip, 8080), &mut Vec::new(), t0);
+        }
+        let addr = ask(&r, t0, Ok(vec![A, B]), &n).await;
+        assert!(addr.is_ok(), "{addr:?}");
+    }
+
+    #[tokio::test]
+    async fn attempts_per_request_are_bounded_and_literals_are_never_retried() {
+        let r = resolver(10, 30);
+        let t0 = Instant::now();
+        let url = named();
+        let many: Vec<IpAddr> = (1..=6)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(10, 0, 1, i)))
+            .collect();
+        let mut tried = Vec::new();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let addr = r
+                .resolve_with("instance.internal", 8080, &tried, t0, || async {
+                    Ok(many.clone())
+                })
+                .await
+                .expect("an untried address");
+            assert!(!tried.contains(&addr), "{addr} tried twice");
+            if !r.connect_failed(&url, addr, &mut tried, t0) {
+                break;
+            }
+        }
+        assert_eq!(attempts, MAX_CONNECT_ATTEMPTS);
+        let literal = UpstreamUrl::parse("instance_url", "http://10.0.0.9:8080/").expect("url");
+        let addr = "10.0.0.9:8080".parse().expect("addr");
+        assert!(!r.connect_failed(&literal, addr, &mut Vec::new(), t0));
+    }
+
     #[tokio::test]
     async fn a_hanging_resolver_times_out() {
         let r = resolver(10, 30);
         let hung = r
-            .resolve_with("instance.internal", 80, Instant::now(), || {
+            .resolve_with("instance.internal", 80, &[], Instant::now(), || {
                 std::future::pending::<std::io::Result<Vec<IpAddr>>>()
             })
             .await;
@@ -483,7 +738,7 @@ mod tests {
             .expect("resolved");
         assert_eq!(n.get(), 2);
         let literal = r
-            .resolve_with("10.0.0.9", 80, t0, || async { down() })
+            .resolve_with("10.0.0.9", 80, &[], t0, || async { down() })
             .await
             .expect("literal");
         assert_eq!(literal, "10.0.0.9:80".parse().expect("addr"));

@@ -2,6 +2,7 @@
 //! [`crate::decision::decide`], every header rule lives in [`crate::route`], every
 //! rejection's shape in [`crate::errors`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,6 +11,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::decision::{decide, Decision, RequestFacts};
@@ -25,6 +27,8 @@ pub struct RequestCtx {
     request_id: String,
     decision: Option<Decision>,
     rejected: Option<RejectReason>,
+    /// Instance addresses this request failed to connect to (empty unless one did).
+    tried: Vec<SocketAddr>,
 }
 
 /// The Nexus Edge HTTP service.
@@ -121,6 +125,7 @@ impl ProxyHttp for EdgeService {
             request_id: String::new(),
             decision: None,
             rejected: None,
+            tried: Vec::new(),
         }
     }
 
@@ -206,15 +211,20 @@ impl ProxyHttp for EdgeService {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing decision"))?;
         let url = decision.upstream_url();
-        let addr = self.state.resolver.resolve(url).await.map_err(|e| {
-            // The instance is unreachable (502), not the router broken (500).
-            Error::create(
-                ErrorType::ConnectNoRoute,
-                ErrorSource::Upstream,
-                Some("resolving the instance".into()),
-                Some(Box::new(e)),
-            )
-        })?;
+        let addr = self
+            .state
+            .resolver
+            .resolve(url, &ctx.tried)
+            .await
+            .map_err(|e| {
+                // The instance is unreachable (502), not the router broken (500).
+                Error::create(
+                    ErrorType::ConnectNoRoute,
+                    ErrorSource::Upstream,
+                    Some("resolving the instance".into()),
+                    Some(Box::new(e)),
+                )
+            })?;
         let mut peer = HttpPeer::new(addr, url.is_tls(), url.host().to_owned());
         let up = &self.state.settings.upstream;
         peer.options.connection_timeout = Some(up.connect_timeout);
@@ -224,6 +234,37 @@ impl ProxyHttp for EdgeService {
         peer.options.verify_cert = true;
         peer.options.verify_hostname = true;
         Ok(Box::new(peer))
+    }
+
+    /// A connect that failed (refused, timed out, TLS handshake) never reached the instance,
+    /// so any request may go again: to another address of the instance's name, when it has
+    /// one this request has not tried (Pingora then asks [`Self::upstream_peer`] anew).
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let (Some(decision), Some(addr)) = (ctx.decision.as_ref(), peer.address().as_inet()) else {
+            return e;
+        };
+        let again = self.state.resolver.connect_failed(
+            decision.upstream_url(),
+            *addr,
+            &mut ctx.tried,
+            Instant::now(),
+        );
+        if again {
+            tracing::info!(
+                request_id = %ctx.request_id,
+                address = %addr,
+                error = %e,
+                "instance address failed to connect; trying another"
+            );
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn upstream_request_filter(

@@ -1,0 +1,176 @@
+//! An instance whose name has a dead address: nexus-edge's Pingora service, run in process,
+//! fails over to the live address, and later requests pass the dead one over.
+//!
+//! In process rather than the binary because the system resolver here knows no name with two
+//! addresses; in process the service is given one (`InstanceResolver::with_lookup`). Everything
+//! else is real: Pingora's HTTP proxy, TCP connects (one refused), the HTTP instance.
+
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_e2e::backend::Backend;
+use nexus_e2e::edge::{binding, bindings_file, write_atomically, BASE};
+use nexus_e2e::http::get;
+use nexus_e2e::keys::TestKeys;
+use nexus_edge::resolve::{InstanceResolver, NameLookup, ResolverPolicy};
+use nexus_edge::service::EdgeService;
+use pingora::apps::ServerApp;
+use pingora::server::configuration::ServerConf;
+use tokio::sync::{oneshot, watch};
+
+/// `instance.test` has a dead address first (nothing listens on 127.0.0.2) and the live one
+/// second, so the first request's first pick is the dead one.
+#[derive(Debug, Default)]
+struct DeadThenLive {
+    lookups: AtomicU32,
+}
+
+const DEAD: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const LIVE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+#[async_trait::async_trait]
+impl NameLookup for DeadThenLive {
+    async fn lookup(&self, host: &str, _port: u16) -> std::io::Result<Vec<IpAddr>> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        match host {
+            "instance.test" => Ok(vec![DEAD, LIVE]),
+            _ => Err(std::io::Error::other(format!("{host}: unknown name"))),
+        }
+    }
+}
+
+/// nexus-edge's service behind Pingora's HTTP proxy on a loopback port; stopped on drop.
+struct InProcessEdge {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcessEdge {
+    fn start(instance_port: u16, lookup: Arc<dyn NameLookup>) -> InProcessEdge {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = TestKeys::new();
+        std::fs::write(dir.path().join("jwks.json"), keys.jwks().to_string()).expect("jwks");
+        let url = format!("http://instance.test:{instance_port}");
+        let records = vec![binding("acme", &url, "active", None)];
+        write_atomically(
+            &dir.path().join("bindings.json"),
+            &bindings_file(records).to_string(),
+        );
+        let config = format!(
+            r#"[tenancy]
+base_domains = ["{BASE}"]
+public_paths = ["/login"]
+
+[auth]
+jwks_file = "jwks.json"
+issuers = ["https://id.edge.test"]
+audiences = ["nexus"]
+
+[upstream]
+connect_timeout = "1s"
+
+[store]
+kind = "file"
+path = "bindings.json"
+"#
+        );
+        let settings =
+            nexus_config::parse_str(&config, &dir.path().join("nexus-edge.toml")).expect("config");
+        let policy = ResolverPolicy {
+            ttl: settings.upstream.dns_ttl,
+            serve_stale: settings.upstream.dns_serve_stale,
+            timeout: settings.upstream.connect_timeout,
+        };
+        let store = nexus_edge::store::Store::open(&settings.store).expect("store");
+        let mut state = nexus_edge::server::prepare(settings, &store.source()).expect("state");
+        Arc::get_mut(&mut state).expect("sole owner").resolver =
+            InstanceResolver::with_lookup(policy, lookup);
+        let proxy = Arc::new(pingora::proxy::http_proxy(
+            &Arc::new(ServerConf::default()),
+            EdgeService::new(state),
+        ));
+
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                addr_tx
+                    .send(listener.local_addr().expect("addr"))
+                    .expect("send");
+                let (_shutdown_tx, shutdown) = watch::channel(false);
+                let serve = async {
+                    loop {
+                        let Ok((tcp, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let proxy = Arc::clone(&proxy);
+                        let shutdown = shutdown.clone();
+                        tokio::spawn(async move {
+                            let stream = pingora::protocols::l4::stream::Stream::from(tcp);
+                            proxy.process_new(Box::new(stream), &shutdown).await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stop_rx => {}
+                }
+            });
+            rt.shutdown_timeout(Duration::from_millis(100));
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("proxy started");
+        InProcessEdge {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for InProcessEdge {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_dead_address_of_an_instance_name_fails_no_request() {
+    let instance = Backend::start("instance-a");
+    let lookup = Arc::new(DeadThenLive::default());
+    let edge = InProcessEdge::start(instance.addr.port(), Arc::clone(&lookup) as _);
+    let host = format!("acme.{BASE}");
+    for i in 0..6 {
+        let r = get(edge.addr, &host, "/login", &[]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.json()["instance"], "instance-a", "request {i}");
+    }
+    assert_eq!(instance.hits(), 6);
+    assert_eq!(lookups(&lookup), 1, "the answer is cached");
+}
+
+fn lookups(l: &DeadThenLive) -> u32 {
+    l.lookups.load(Ordering::SeqCst)
+}
