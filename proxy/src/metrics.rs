@@ -45,6 +45,9 @@ pub struct Metrics {
     pub forwarded_duration: Histogram,
     /// `request_duration_seconds{class="rejected"}`, resolved once.
     pub rejected_duration: Histogram,
+    /// Connects retried at another address of an instance's name: a dead or dying instance
+    /// address shows here before any request fails.
+    pub upstream_connect_retries: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -93,6 +96,10 @@ impl Metrics {
             "binding_records_rejected",
             "Binding records refused by validation so far",
         )?;
+        let upstream_connect_retries = prometheus::IntCounter::new(
+            "upstream_connect_retries_total",
+            "Connects retried at another address of an instance's name",
+        )?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -102,6 +109,7 @@ impl Metrics {
             Box::new(store_up.clone()),
             Box::new(sync_age_seconds.clone()),
             Box::new(rejected_records.clone()),
+            Box::new(upstream_connect_retries.clone()),
         ] {
             registry.register(c)?;
         }
@@ -121,6 +129,7 @@ impl Metrics {
             store_up,
             sync_age_seconds,
             rejected_records,
+            upstream_connect_retries,
         })
     }
 

@@ -262,6 +262,7 @@ impl ProxyHttp for EdgeService {
                 error = %e,
                 "instance address failed to connect; trying another"
             );
+            self.state.metrics.upstream_connect_retries.inc();
             e.set_retry(true);
         }
         e

@@ -47,6 +47,7 @@ impl NameLookup for DeadThenLive {
 /// nexus-edge's service behind Pingora's HTTP proxy on a loopback port; stopped on drop.
 struct InProcessEdge {
     addr: SocketAddr,
+    state: Arc<nexus_edge::state::EdgeState>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -94,7 +95,7 @@ path = "bindings.json"
             InstanceResolver::with_lookup(policy, lookup);
         let proxy = Arc::new(pingora::proxy::http_proxy(
             &Arc::new(ServerConf::default()),
-            EdgeService::new(state),
+            EdgeService::new(Arc::clone(&state)),
         ));
 
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -138,6 +139,7 @@ path = "bindings.json"
             .expect("proxy started");
         InProcessEdge {
             addr,
+            state,
             stop: Some(stop_tx),
             thread: Some(thread),
             _dir: dir,
@@ -169,6 +171,9 @@ fn a_dead_address_of_an_instance_name_fails_no_request() {
     }
     assert_eq!(instance.hits(), 6);
     assert_eq!(lookups(&lookup), 1, "the answer is cached");
+    // One retry: the first request's; later ones passed the dead address over.
+    let retries = edge.state.metrics.upstream_connect_retries.get();
+    assert_eq!(retries, 1);
 }
 
 fn lookups(l: &DeadThenLive) -> u32 {
