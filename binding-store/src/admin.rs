@@ -4,6 +4,8 @@
 //! step) and may carry an expected revision for optimistic concurrency: a write that expected
 //! revision N fails with [`AdminError::Conflict`] if someone else changed the tenant first.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -52,8 +54,9 @@ pub struct AuditEntry {
     /// Why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Operation (`put`, `rebind`, `set-status`, `delete`, `import`; in a file store's log
-    /// also `not-made`, for a logged change the bindings file never received).
+    /// Operation (`put`, `rebind`, `set-status`, `delete`; in a file store's log also
+    /// `import`, one tenant of a one-step import, and `not-made`, for a logged change the
+    /// bindings file never received. Redis logs an imported tenant as `put`).
     pub op: String,
     /// Record before the change (`None` when created).
     pub old: Option<crate::model::BindingRecord>,
@@ -94,6 +97,22 @@ pub enum AdminError {
     Corrupt(String),
 }
 
+/// Why an import stopped, and how far it got.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "import stopped after {written} records{}: {error}",
+    tenant.as_ref().map(|t| format!(" at tenant {t}")).unwrap_or_default()
+)]
+pub struct ImportError {
+    /// Records written before the failure (0 for a store that imports in one step).
+    pub written: u64,
+    /// The tenant whose record failed (`None` when the whole step did: the store).
+    pub tenant: Option<TenantId>,
+    /// Why.
+    #[source]
+    pub error: AdminError,
+}
+
 /// Reads and atomic writes against a binding store.
 #[async_trait]
 pub trait BindingAdmin: Send + Sync {
@@ -111,4 +130,25 @@ pub trait BindingAdmin: Send + Sync {
     ) -> Result<(Revision, Option<Binding>), AdminError>;
     /// The tenant's audit history, oldest first.
     async fn history(&self, tenant: &TenantId) -> Result<Vec<AuditEntry>, AdminError>;
+
+    /// Creates or replaces every binding (their revisions are assigned by the store); returns
+    /// how many were written. By default one [`BindingAdmin::apply`] each, in order, stopping
+    /// at the first failure; a store that can write them all in one step does (the file
+    /// store: one rewrite of the file, all or nothing, instead of one per tenant).
+    async fn import(&self, bindings: Vec<Arc<Binding>>, actor: &Actor) -> Result<u64, ImportError> {
+        let mut written = 0;
+        for b in bindings {
+            let tenant = b.tenant_id.clone();
+            let put = Mutation::Put(Box::new(Arc::unwrap_or_clone(b)));
+            if let Err(error) = self.apply(&tenant, put, None, actor).await {
+                return Err(ImportError {
+                    written,
+                    tenant: Some(tenant),
+                    error,
+                });
+            }
+            written += 1;
+        }
+        Ok(written)
+    }
 }

@@ -93,18 +93,54 @@ impl AuditLog {
 
     /// Appends one entry and syncs it. Returns the length before, for [`AuditLog::cut`].
     pub(crate) fn append(&mut self, entry: &AuditEntry) -> std::io::Result<u64> {
-        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
-        line.push(b'\n');
+        self.append_all(std::slice::from_ref(entry))
+    }
+
+    /// Appends entries in one write and one sync. Returns the length before, for
+    /// [`AuditLog::cut`].
+    pub(crate) fn append_all(&mut self, entries: &[AuditEntry]) -> std::io::Result<u64> {
+        let mut lines = Vec::new();
+        for entry in entries {
+            serde_json::to_writer(&mut lines, entry).map_err(std::io::Error::other)?;
+            lines.push(b'\n');
+        }
         let before = self.file.metadata()?.len();
         let written = self
             .file
-            .write_all(&line)
+            .write_all(&lines)
             .and_then(|()| self.file.sync_all());
         if let Err(e) = written {
             let _ = self.file.set_len(before);
             return Err(e);
         }
         Ok(before)
+    }
+
+    /// The logged changes past revision `high` that have no `not_made` entry yet, in log
+    /// order. Reads the whole log: only called when its last entry is past the file's
+    /// counter, i.e. after a writer stopped between its audit lines and the file.
+    pub(crate) fn unmade_after(
+        &mut self,
+        high: u64,
+        not_made: &str,
+    ) -> std::io::Result<Vec<AuditEntry>> {
+        let mut text = String::new();
+        self.file.seek(SeekFrom::Start(0))?;
+        (&self.file).read_to_string(&mut text)?;
+        let past: Vec<AuditEntry> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<AuditEntry>(l).ok())
+            .filter(|e| e.revision > high)
+            .collect();
+        let noted: std::collections::HashSet<u64> = past
+            .iter()
+            .filter(|e| e.op == not_made)
+            .map(|e| e.revision)
+            .collect();
+        Ok(past
+            .into_iter()
+            .filter(|e| e.op != not_made && !noted.contains(&e.revision))
+            .collect())
     }
 
     /// Removes what was appended after `before` (the change it announced failed).

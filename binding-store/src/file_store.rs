@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::admin::{Actor, AdminError, AuditEntry, BindingAdmin, Mutation};
+use crate::admin::{Actor, AdminError, AuditEntry, BindingAdmin, ImportError, Mutation};
 use crate::audit_log::{self, AuditLog};
 use crate::error::StoreError;
 use crate::model::{Binding, Revision, TenantId};
@@ -429,6 +429,25 @@ impl BindingAdmin for FileStore {
             .map_err(|e| AdminError::Unavailable(format!("write task failed: {e}")))?
     }
 
+    async fn import(&self, bindings: Vec<Arc<Binding>>, actor: &Actor) -> Result<u64, ImportError> {
+        let path = self
+            .writable_path()
+            .map_err(|error| ImportError {
+                written: 0,
+                tenant: None,
+                error,
+            })?
+            .to_path_buf();
+        let actor = actor.clone();
+        tokio::task::spawn_blocking(move || import_locked(&path, bindings, &actor))
+            .await
+            .map_err(|e| ImportError {
+                written: 0,
+                tenant: None,
+                error: AdminError::Unavailable(format!("import task failed: {e}")),
+            })?
+    }
+
     async fn history(&self, tenant: &TenantId) -> Result<Vec<AuditEntry>, AdminError> {
         let path = audit_log::path_for(self.writable_path()?);
         let text = match std::fs::read_to_string(&path) {
@@ -455,18 +474,155 @@ impl BindingAdmin for FileStore {
     }
 }
 
+/// Puts every binding in one step: one audit append and one rewrite of the file, all or
+/// nothing. Tenants are found by an index and domains checked once on the result, so a
+/// large import costs one pass, where one write per tenant re-read and rewrote the whole
+/// file each time. Domains are checked on the final state: a domain may move between two
+/// tenants of the same import whatever their order.
+fn import_locked(
+    path: &Path,
+    bindings: Vec<Arc<Binding>>,
+    actor: &Actor,
+) -> Result<u64, ImportError> {
+    let failed = |tenant: &TenantId, error| ImportError {
+        written: 0,
+        tenant: Some(tenant.clone()),
+        error,
+    };
+    let whole = |error| ImportError {
+        written: 0,
+        tenant: None,
+        error,
+    };
+    if bindings.is_empty() {
+        return Ok(0);
+    }
+    let Locked {
+        _lock,
+        mut doc,
+        mut log,
+        high,
+    } = lock_for_write(path).map_err(whole)?;
+    let mut at: std::collections::HashMap<String, usize> = doc
+        .bindings
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| Some((v.get("tenant_id")?.as_str()?.to_owned(), i)))
+        .collect();
+    let (now, now_text) = now_rfc3339();
+    let mut revision = high;
+    let mut entries = Vec::with_capacity(bindings.len());
+    let written = bindings.len() as u64;
+    let imported: std::collections::HashSet<TenantId> =
+        bindings.iter().map(|b| b.tenant_id.clone()).collect();
+    for b in bindings {
+        let tenant = b.tenant_id.clone();
+        let pos = at.get(tenant.as_str()).copied();
+        // An invalid stored record is replaced, as `tenant put` would.
+        let current = pos.and_then(|i| parse_record(&doc.bindings[i]).ok());
+        let actual = current.as_ref().map_or(0, |c| c.revision.get());
+        revision = revision.max(actual).checked_add(1).ok_or_else(|| {
+            failed(
+                &tenant,
+                AdminError::Corrupt(format!(
+                    "{}: revisions are exhausted (the file or its audit log holds u64::MAX)",
+                    path.display()
+                )),
+            )
+        })?;
+        let put = Mutation::Put(Box::new(Arc::unwrap_or_clone(b)));
+        let next = mutate(&tenant, current.as_ref(), put, Revision(revision), now)
+            .map_err(|e| failed(&tenant, e))?
+            // A put always leaves a binding.
+            .ok_or_else(|| failed(&tenant, AdminError::NotFound(tenant.clone())))?;
+        let record = next.to_record();
+        let value = serde_json::to_value(&record).map_err(|e| {
+            let reason = e.to_string();
+            let invalid = AdminError::Invalid {
+                tenant: tenant.clone(),
+                reason,
+            };
+            failed(&tenant, invalid)
+        })?;
+        match pos {
+            Some(i) => doc.bindings[i] = value,
+            None => {
+                at.insert(tenant.to_string(), doc.bindings.len());
+                doc.bindings.push(value);
+            }
+        }
+        entries.push(AuditEntry {
+            tenant: tenant.to_string(),
+            revision,
+            at: now_text.clone(),
+            actor: actor.name.clone(),
+            reason: actor.reason.clone(),
+            op: IMPORT.to_owned(),
+            old: current.as_ref().map(Binding::to_record),
+            new: Some(record),
+        });
+    }
+    let mut owners: std::collections::HashMap<String, TenantId> = std::collections::HashMap::new();
+    for b in doc.valid() {
+        for d in &b.domains {
+            match owners.insert(d.as_str().to_owned(), b.tenant_id.clone()) {
+                // A clash between two records the import does not touch is not its business.
+                Some(other)
+                    if other != b.tenant_id
+                        && (imported.contains(&other) || imported.contains(&b.tenant_id)) =>
+                {
+                    let reason = format!("domain {d} also belongs to tenant {other}");
+                    let tenant = b.tenant_id.clone();
+                    return Err(failed(
+                        &tenant,
+                        AdminError::Invalid {
+                            tenant: tenant.clone(),
+                            reason,
+                        },
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    doc.revision = Some(revision);
+    let audit = audit_log::path_for(path);
+    let unavailable =
+        |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
+    // As for one change: the audit lines first, then the file; a failed file write takes the
+    // lines back.
+    let before = log
+        .append_all(&entries)
+        .map_err(|e| whole(unavailable(e)))?;
+    if let Err(e) = doc.write(path) {
+        if let Err(cut) = log.cut(before) {
+            tracing::error!(file = %log.path().display(), error = %cut,
+                "a failed import's audit lines could not be removed");
+        }
+        return Err(whole(e));
+    }
+    Ok(written)
+}
+
+/// The audit `op` of one tenant of a one-step import.
+const IMPORT: &str = "import";
+
 /// The audit `op` of a logged change that was never made.
 const NOT_MADE: &str = "not-made";
 
-/// Read-modify-write under an exclusive advisory lock on `<file>.lock`, so concurrent
-/// writers (several `nexus-edge tenant` commands) never lose an update.
-fn apply_locked(
-    path: &Path,
-    tenant: &TenantId,
-    mutation: Mutation,
-    expect: Option<Revision>,
-    actor: &Actor,
-) -> Result<(Revision, Option<Binding>), AdminError> {
+/// The store held for one write: its lock (released on drop), the document, the audit log,
+/// and the highest revision ever handed out.
+struct Locked {
+    _lock: File,
+    doc: RawDoc,
+    log: AuditLog,
+    high: u64,
+}
+
+/// Takes the exclusive advisory lock on `<file>.lock`, so concurrent writers (several
+/// `nexus-edge tenant` commands) never lose an update, then reads the file and its audit log.
+/// Logged changes the file does not hold get their `not-made` entries here.
+fn lock_for_write(path: &Path) -> Result<Locked, AdminError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock = File::options()
@@ -478,39 +634,70 @@ fn apply_locked(
     lock.lock()
         .map_err(|e| AdminError::Unavailable(format!("lock: {e}")))?;
 
-    let mut doc = RawDoc::read(path)?;
+    let doc = RawDoc::read(path)?;
     let audit = audit_log::path_for(path);
     let unavailable =
         |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
     let mut log = AuditLog::open(audit.clone()).map_err(unavailable)?;
     let mut high = doc.high_revision();
     if let Some(last) = log.last_entry().map_err(unavailable)? {
-        // A revision past the file's counter is a change the file does not hold: its writer
-        // logged it and stopped before making it (or the file was since replaced, e.g. from a
-        // backup). A file without the counter, older or hand-written, cannot tell.
-        if doc.revision.is_some() && last.revision > high && last.op != NOT_MADE {
-            tracing::warn!(file = %audit.display(), tenant = %last.tenant,
-                revision = last.revision, "an audited change was never made; recording that");
+        // Revisions past the file's counter are changes the file does not hold: their writer
+        // logged them and stopped before making them (or the file was since replaced, e.g.
+        // from a backup). A file without the counter, older or hand-written, cannot tell.
+        if doc.revision.is_some() && last.revision > high {
+            let unmade = log.unmade_after(high, NOT_MADE).map_err(unavailable)?;
             let (_, at) = now_rfc3339();
-            let note = AuditEntry {
-                tenant: last.tenant.clone(),
-                revision: last.revision,
-                at,
-                actor: "nexus-edge".to_owned(),
-                reason: Some(
-                    "the bindings file does not hold this change (its writer stopped before \
-                     writing it, or the file was replaced since)"
-                        .to_owned(),
-                ),
-                op: NOT_MADE.to_owned(),
-                old: None,
-                new: None,
-            };
-            log.append(&note).map_err(unavailable)?;
+            let notes: Vec<AuditEntry> = unmade
+                .into_iter()
+                .map(|e| AuditEntry {
+                    tenant: e.tenant,
+                    revision: e.revision,
+                    at: at.clone(),
+                    actor: "nexus-edge".to_owned(),
+                    reason: Some(
+                        "the bindings file does not hold this change (its writer stopped before \
+                         writing it, or the file was replaced since)"
+                            .to_owned(),
+                    ),
+                    op: NOT_MADE.to_owned(),
+                    old: None,
+                    new: None,
+                })
+                .collect();
+            if !notes.is_empty() {
+                tracing::warn!(file = %audit.display(), changes = notes.len(),
+                    "audited changes were never made; recording that");
+                log.append_all(&notes).map_err(unavailable)?;
+            }
         }
-        // Either way the number was handed out: never again.
+        // Either way the numbers were handed out: never again.
         high = high.max(last.revision);
     }
+    Ok(Locked {
+        _lock: lock,
+        doc,
+        log,
+        high,
+    })
+}
+
+/// One change, read-modify-write, under the store's lock.
+fn apply_locked(
+    path: &Path,
+    tenant: &TenantId,
+    mutation: Mutation,
+    expect: Option<Revision>,
+    actor: &Actor,
+) -> Result<(Revision, Option<Binding>), AdminError> {
+    let Locked {
+        _lock,
+        mut doc,
+        mut log,
+        high,
+    } = lock_for_write(path)?;
+    let audit = audit_log::path_for(path);
+    let unavailable =
+        |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
     let pos = doc.position(tenant);
     let current = match pos {
         None => None,

@@ -382,3 +382,161 @@ fn a_whole_audit_entry_missing_its_newline_is_kept() {
         assert_eq!(ops, [(1, "put".into()), (2, "set-status".into())]);
     });
 }
+
+fn bindings(records: &[serde_json::Value]) -> Vec<Arc<nexus_binding_store::Binding>> {
+    records
+        .iter()
+        .map(|r| Arc::new(parse_record(r).unwrap()))
+        .collect()
+}
+
+fn with_domain(tenant: &str, domain: &str) -> serde_json::Value {
+    let mut r = record(tenant, "http://10.0.0.9");
+    r["domains"] = serde_json::json!([domain]);
+    r
+}
+
+#[test]
+fn an_import_is_one_step_audited_per_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let (store, _, acme) = store_with_acme(dir.path(), &rt);
+    rt.block_on(async {
+        let many: Vec<serde_json::Value> = (0..500)
+            .map(|i| record(&format!("t{i:03}"), "http://10.0.0.2"))
+            .chain([record("acme", "http://10.0.0.3")])
+            .collect();
+        let n = store.import(bindings(&many), &actor()).await.unwrap();
+        assert_eq!(n, 501);
+        let all = store.list().await.unwrap();
+        assert_eq!(all.len(), 501, "acme replaced, not added");
+        let mut revs: Vec<u64> = all.iter().map(|b| b.revision.get()).collect();
+        revs.sort_unstable();
+        assert_eq!(
+            revs,
+            (2..=502).collect::<Vec<_>>(),
+            "one revision each, after acme's 1"
+        );
+        let acme_now = store.get(&acme).await.unwrap().unwrap();
+        assert_eq!(acme_now.instance_url.to_string(), "http://10.0.0.3/");
+        let history = store.history(&acme).await.unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[1].op, "import");
+        assert_eq!(
+            history[1].old.as_ref().unwrap().instance_url,
+            "http://10.0.0.1/"
+        );
+        // The next single write continues the numbering.
+        let (rev, _) = store
+            .apply(
+                &acme,
+                Mutation::SetStatus(TenantStatus::Suspended),
+                None,
+                &actor(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(rev, Revision(503));
+    });
+}
+
+#[test]
+fn an_import_with_a_clashing_domain_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let (store, audit, _) = store_with_acme(dir.path(), &rt);
+    let file = dir.path().join("bindings.json");
+    rt.block_on(async {
+        let owner = TenantId::parse("owner").unwrap();
+        let b = parse_record(&with_domain("owner", "app.owner.test")).unwrap();
+        store
+            .apply(&owner, Mutation::Put(Box::new(b)), None, &actor())
+            .await
+            .unwrap();
+        let (file_before, audit_before) =
+            (std::fs::read(&file).unwrap(), std::fs::read(&audit).unwrap());
+        let clash = [
+            record("fine", "http://10.0.0.2"),
+            with_domain("thief", "app.owner.test"),
+        ];
+        let err = store.import(bindings(&clash), &actor()).await.unwrap_err();
+        assert_eq!(err.written, 0);
+        assert!(
+            matches!(&err.error, AdminError::Invalid { reason, .. } if reason.contains("app.owner.test")),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), file_before, "all or nothing");
+        assert_eq!(std::fs::read(&audit).unwrap(), audit_before);
+
+        // A domain moving between two tenants of one import is fine, in either order.
+        let moved = [
+            with_domain("thief", "app.owner.test"),
+            record("owner", "http://10.0.0.4"),
+        ];
+        assert_eq!(store.import(bindings(&moved), &actor()).await.unwrap(), 2);
+        let thief = store.get(&TenantId::parse("thief").unwrap()).await.unwrap();
+        assert_eq!(thief.unwrap().domains.len(), 1);
+    });
+}
+
+#[test]
+fn every_change_of_an_import_that_never_reached_the_file_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let (store, audit, acme) = store_with_acme(dir.path(), &rt);
+    rt.block_on(async {
+        // An import logged revisions 2..=4 and was killed before writing the bindings file.
+        let template = store.history(&acme).await.unwrap().remove(0);
+        let mut lines = String::new();
+        for (rev, tenant) in [(2, "t1"), (3, "t2"), (4, "acme")] {
+            let mut e = template.clone();
+            e.revision = rev;
+            e.tenant = tenant.into();
+            e.op = "import".into();
+            lines.push_str(&serde_json::to_string(&e).unwrap());
+            lines.push('\n');
+        }
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&audit)
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+
+        let (rev, _) = store
+            .apply(
+                &acme,
+                Mutation::SetStatus(TenantStatus::Suspended),
+                None,
+                &actor(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(rev, Revision(5));
+        for (tenant, want) in [("t1", 2), ("t2", 3)] {
+            let h = store
+                .history(&TenantId::parse(tenant).unwrap())
+                .await
+                .unwrap();
+            let ops: Vec<(u64, &str)> = h.iter().map(|e| (e.revision, e.op.as_str())).collect();
+            assert_eq!(ops, [(want, "import"), (want, "not-made")], "{tenant}");
+        }
+        let ops: Vec<(u64, String)> = store
+            .history(&acme)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.revision, e.op))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                (1, "put".to_owned()),
+                (4, "import".to_owned()),
+                (4, "not-made".to_owned()),
+                (5, "set-status".to_owned())
+            ]
+        );
+    });
+}

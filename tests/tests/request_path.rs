@@ -727,6 +727,44 @@ fn binding_file_changes_are_picked_up_live() {
 }
 
 #[test]
+fn tenant_import_into_the_file_store_is_served_at_once_or_not_at_all() {
+    let w = world();
+    let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();
+    let admin =
+        nexus_e2e::admin::Admin::new(&format!("[store]\nkind = \"file\"\npath = \"{bindings}\""));
+    let file = w.edge.dir.path().join("import.json");
+    let write_import = |records: Vec<serde_json::Value>| {
+        std::fs::write(&file, bindings_file(records).to_string()).expect("write import");
+    };
+    let file_arg = file.to_str().expect("utf8");
+
+    // A clash with acme's custom domain: nothing is written, and the message says why.
+    let mut thief = binding("thief", &w.b.url(), "active", None);
+    thief["domains"] = serde_json::json!(["app.acme-corp.test"]);
+    write_import(vec![binding("newco", &w.a.url(), "active", None), thief]);
+    let before = std::fs::read(&w.edge.bindings_path).expect("read");
+    let (code, _, err) = admin.tenant(&["import", file_arg]);
+    assert_ne!(code, 0);
+    assert!(err.contains("app.acme-corp.test"), "{err}");
+    assert_eq!(std::fs::read(&w.edge.bindings_path).expect("read"), before);
+
+    // Then a good import: every tenant arrives, in one reload.
+    let records: Vec<serde_json::Value> = (0..200)
+        .map(|i| binding(&format!("t{i:03}"), &w.b.url(), "active", None))
+        .collect();
+    write_import(records);
+    let out = admin.ok(&["import", file_arg]);
+    assert!(out.contains("imported 200 bindings"), "{out}");
+    w.edge.wait_for("t199 served", || {
+        get_with_token(w.edge.addr, &host("t199"), "/", &w.keys.token("t199", None)).status == 200
+    });
+    let t000 = get_with_token(w.edge.addr, &host("t000"), "/", &w.keys.token("t000", None));
+    assert_eq!(t000.json()["instance"], "instance-b");
+    let history = admin.ok(&["history", "t000"]);
+    assert!(history.contains("import"), "{history}");
+}
+
+#[test]
 fn refusals_keep_a_clean_connection_and_close_one_with_a_body() {
     use std::io::{Read, Write};
     let w = world();

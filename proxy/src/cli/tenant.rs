@@ -367,26 +367,13 @@ async fn exec(store: &Store, args: TenantArgs) -> ExitCode {
                 }
                 return fail("nothing imported: fix the records above first");
             }
-            let mut n = 0;
-            for b in parsed.bindings {
-                let t = b.tenant_id.clone();
-                if let Err(e) = admin
-                    .apply(
-                        &t,
-                        Mutation::Put(Box::new(b.as_ref().clone())),
-                        None,
-                        &actor,
-                    )
-                    .await
-                {
-                    return fail(format!(
-                        "import stopped at tenant {t} after {n} records: {e}"
-                    ));
+            match admin.import(parsed.bindings, &actor).await {
+                Ok(n) => {
+                    println!("imported {n} bindings");
+                    ExitCode::SUCCESS
                 }
-                n += 1;
+                Err(e) => fail(e),
             }
-            println!("imported {n} bindings");
-            ExitCode::SUCCESS
         }
         TenantOp::Export => match admin.list().await {
             Ok(all) => {
