@@ -100,7 +100,8 @@ pub enum AdminError {
 /// Why an import stopped, and how far it got.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "import stopped after {written} records{}: {error}",
+    "{}{}: {error}",
+    if *written == 0 { "nothing imported".to_owned() } else { format!("import stopped after {written} records") },
     tenant.as_ref().map(|t| format!(" at tenant {t}")).unwrap_or_default()
 )]
 pub struct ImportError {

@@ -124,12 +124,13 @@ impl AuditLog {
         high: u64,
         not_made: &str,
     ) -> std::io::Result<Vec<AuditEntry>> {
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         self.file.seek(SeekFrom::Start(0))?;
-        (&self.file).read_to_string(&mut text)?;
-        let past: Vec<AuditEntry> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<AuditEntry>(l).ok())
+        (&self.file).read_to_end(&mut bytes)?;
+        // Bytes, not text: a damaged line (even one that is not UTF-8) is skipped, not fatal.
+        let past: Vec<AuditEntry> = bytes
+            .split(|&b| b == b'\n')
+            .filter_map(|l| serde_json::from_slice::<AuditEntry>(l).ok())
             .filter(|e| e.revision > high)
             .collect();
         let noted: std::collections::HashSet<u64> = past

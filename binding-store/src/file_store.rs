@@ -571,8 +571,13 @@ fn import_locked(
                     if other != b.tenant_id
                         && (imported.contains(&other) || imported.contains(&b.tenant_id)) =>
                 {
-                    let reason = format!("domain {d} also belongs to tenant {other}");
-                    let tenant = b.tenant_id.clone();
+                    // Name the imported tenant first.
+                    let (tenant, owner) = if imported.contains(&b.tenant_id) {
+                        (b.tenant_id.clone(), other)
+                    } else {
+                        (other, b.tenant_id.clone())
+                    };
+                    let reason = format!("domain {d} also belongs to tenant {owner}");
                     return Err(failed(
                         &tenant,
                         AdminError::Invalid {

@@ -453,8 +453,10 @@ fn an_import_with_a_clashing_domain_changes_nothing() {
             .apply(&owner, Mutation::Put(Box::new(b)), None, &actor())
             .await
             .unwrap();
-        let (file_before, audit_before) =
-            (std::fs::read(&file).unwrap(), std::fs::read(&audit).unwrap());
+        let (file_before, audit_before) = (
+            std::fs::read(&file).unwrap(),
+            std::fs::read(&audit).unwrap(),
+        );
         let clash = [
             record("fine", "http://10.0.0.2"),
             with_domain("thief", "app.owner.test"),
@@ -462,9 +464,11 @@ fn an_import_with_a_clashing_domain_changes_nothing() {
         let err = store.import(bindings(&clash), &actor()).await.unwrap_err();
         assert_eq!(err.written, 0);
         assert!(
-            matches!(&err.error, AdminError::Invalid { reason, .. } if reason.contains("app.owner.test")),
+            matches!(&err.error, AdminError::Invalid { tenant, reason }
+                if tenant.as_str() == "thief" && reason.contains("app.owner.test")),
             "{err}"
         );
+        assert!(err.to_string().starts_with("nothing imported"), "{err}");
         assert_eq!(std::fs::read(&file).unwrap(), file_before, "all or nothing");
         assert_eq!(std::fs::read(&audit).unwrap(), audit_before);
 
@@ -476,6 +480,13 @@ fn an_import_with_a_clashing_domain_changes_nothing() {
         assert_eq!(store.import(bindings(&moved), &actor()).await.unwrap(), 2);
         let thief = store.get(&TenantId::parse("thief").unwrap()).await.unwrap();
         assert_eq!(thief.unwrap().domains.len(), 1);
+        let back = [
+            with_domain("owner", "app.owner.test"),
+            record("thief", "http://10.0.0.5"),
+        ];
+        assert_eq!(store.import(bindings(&back), &actor()).await.unwrap(), 2);
+        let owner = store.get(&owner).await.unwrap();
+        assert_eq!(owner.unwrap().domains.len(), 1);
     });
 }
 

@@ -17,11 +17,14 @@
 //!   `0s`.
 //! - Requests take the addresses of the answer's first family in turn (an IPv6 answer on a
 //!   host without IPv6 routes must not fail every other request).
-//! - An address that refuses or drops a connection is tried again by the same request at
-//!   another address of the name (up to [`MAX_CONNECT_ATTEMPTS`] in all), and other requests
-//!   pass it over for [`DOWN_FOR`]: one dead pod behind a service name must not fail its
-//!   share of the requests. When every address left is marked down they are tried anyway;
-//!   a mark is a guess, and the alternative is failing the request unasked.
+//! - A request whose connect to an address fails (refused, unreachable, timed out, TLS
+//!   handshake) goes again to another address of the name, up to [`MAX_CONNECT_ATTEMPTS`] in
+//!   all (so it may wait that many `connect_timeout`s), and other requests prefer the name's
+//!   other addresses to that one for [`DOWN_FOR`]: one dead pod behind a service name must not
+//!   fail its share of the requests. A mark is a preference, not a ban: when only marked
+//!   addresses are left they are tried, since the alternative is failing the request unasked.
+//!   A connection that breaks after it was made is not retried (the request may have reached
+//!   the instance).
 //! - IP literals never reach the cache (and have nothing to fail over to).
 
 use std::collections::HashMap;
@@ -77,16 +80,18 @@ pub enum ResolveError {
         /// How long it was given.
         timeout: Duration,
     },
-    /// This request already tried every address of the name.
-    #[error("{host}: every address refused the connection")]
+    /// This request already tried every address of the name (it can happen when a refresh
+    /// between two attempts shrank the answer).
+    #[error("{host}: no address left that this request has not tried")]
     AllTried {
         /// The instance host.
         host: String,
     },
 }
 
-/// Addresses that failed a connect, each with the instant until which it is passed over.
-type DownMarks = Vec<(IpAddr, Instant)>;
+/// Addresses that failed a connect, each with the instant until which others are preferred.
+/// By socket address: an instance's `api_url` may share its name and not its port.
+type DownMarks = Vec<(SocketAddr, Instant)>;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -285,11 +290,9 @@ impl InstanceResolver {
         let Some(entry) = names.get_mut(url.host()) else {
             return false;
         };
-        entry
-            .down
-            .retain(|(ip, until)| *ip != addr.ip() && *until > now);
+        entry.down.retain(|(a, until)| *a != addr && *until > now);
         if entry.ips.contains(&addr.ip()) {
-            entry.down.push((addr.ip(), now + DOWN_FOR));
+            entry.down.push((addr, now + DOWN_FOR));
         }
         tried.len() < MAX_CONNECT_ATTEMPTS
             && entry
@@ -340,39 +343,31 @@ impl InstanceResolver {
         }
     }
 
-    /// The next address in turn that this request has not tried, preferring one not marked
-    /// down; `None` when every address has been tried.
+    /// The next address in turn that this request has not tried, among those not marked
+    /// down when there are any (so the healthy ones share the load evenly); `None` when every
+    /// address has been tried.
     fn pick(
         &self,
         ips: &[IpAddr],
         port: u16,
         tried: &[SocketAddr],
-        down: &[(IpAddr, Instant)],
+        down: &[(SocketAddr, Instant)],
         now: Instant,
     ) -> Option<SocketAddr> {
-        let n = ips.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
-        let mut untried = (0..n)
-            .map(|k| SocketAddr::new(ips[(start + k) % n], port))
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let untried = ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
             .filter(|addr| !tried.contains(addr));
-        let is_down = |addr: &SocketAddr| {
-            down.iter()
-                .any(|(ip, until)| *ip == addr.ip() && *until > now)
-        };
-        if down.is_empty() {
-            return untried.next();
+        if down.is_empty() && tried.is_empty() {
+            // The usual case: no allocation.
+            let n = ips.len();
+            return (n > 0).then(|| SocketAddr::new(ips[turn % n], port));
         }
-        let mut fallback = None;
-        for addr in untried {
-            if !is_down(&addr) {
-                return Some(addr);
-            }
-            fallback.get_or_insert(addr);
-        }
-        fallback
+        let is_down = |addr: &SocketAddr| down.iter().any(|(a, until)| a == addr && *until > now);
+        let (up, marked): (Vec<SocketAddr>, Vec<SocketAddr>) = untried.partition(|a| !is_down(a));
+        let choose = if up.is_empty() { marked } else { up };
+        (!choose.is_empty()).then(|| choose[turn % choose.len()])
     }
 
     /// Stores a fresh answer, unless a fresher one arrived meanwhile; the name's down marks
@@ -668,6 +663,38 @@ mod tests {
             );
         }
         assert!(seen.contains(&A), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn the_live_addresses_share_the_load_evenly_and_marks_keep_to_their_port() {
+        let r = resolver(10, 30);
+        let n = Cell::new(0);
+        let t0 = Instant::now();
+        let c: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3));
+        ask(&r, t0, Ok(vec![A, B, c]), &n).await.expect("resolved");
+        r.connect_failed(&named(), SocketAddr::new(A, 8080), &mut Vec::new(), t0);
+        let mut seen = Vec::new();
+        for _ in 0..60 {
+            seen.push(ask(&r, t0, Ok(vec![]), &n).await.expect("resolved").ip());
+        }
+        let count = |ip| seen.iter().filter(|s| **s == ip).count();
+        assert_eq!((count(A), count(B), count(c)), (0, 30, 30));
+        // The same name on another port (an api_url) is not marked.
+        let api_port: Vec<IpAddr> = ask_many(&r, 9090, 30, t0).await;
+        assert_eq!(api_port.iter().filter(|ip| **ip == A).count(), 10);
+    }
+
+    /// `times` requests to the test name on `port`; their addresses.
+    async fn ask_many(r: &InstanceResolver, port: u16, times: usize, now: Instant) -> Vec<IpAddr> {
+        let mut out = Vec::new();
+        for _ in 0..times {
+            let addr = r
+                .resolve_with("instance.internal", port, &[], now, || async { down() })
+                .await
+                .expect("cached");
+            out.push(addr.ip());
+        }
+        out
     }
 
     #[tokio::test]

@@ -236,9 +236,11 @@ impl ProxyHttp for EdgeService {
         Ok(Box::new(peer))
     }
 
-    /// A connect that failed (refused, timed out, TLS handshake) never reached the instance,
-    /// so any request may go again: to another address of the instance's name, when it has
-    /// one this request has not tried (Pingora then asks [`Self::upstream_peer`] anew).
+    /// A connect that failed (refused, unreachable, timed out, TLS handshake) never reached
+    /// the instance, so any request may go again: to another address of the instance's name,
+    /// when it has one this request has not tried (Pingora then asks [`Self::upstream_peer`]
+    /// anew). Failures every address would share (the router's own sockets, a certificate the
+    /// name does not match) are not retried.
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -246,7 +248,20 @@ impl ProxyHttp for EdgeService {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let (Some(decision), Some(addr)) = (ctx.decision.as_ref(), peer.address().as_inet()) else {
+        let address_failed = matches!(
+            e.etype(),
+            ErrorType::ConnectRefused
+                | ErrorType::ConnectTimedout
+                | ErrorType::ConnectNoRoute
+                | ErrorType::ConnectError
+                | ErrorType::TLSHandshakeFailure
+                | ErrorType::TLSHandshakeTimedout
+        );
+        let (true, Some(decision), Some(addr)) = (
+            address_failed,
+            ctx.decision.as_ref(),
+            peer.address().as_inet(),
+        ) else {
             return e;
         };
         let again = self.state.resolver.connect_failed(
