@@ -125,6 +125,7 @@ async fn serve_conn(mut stream: TcpStream, name: &str, hits: &AtomicU64) -> std:
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
         let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let mut body_bytes = None;
         if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
             while buf.len() < len {
                 let mut chunk = [0u8; 4096];
@@ -134,6 +135,7 @@ async fn serve_conn(mut stream: TcpStream, name: &str, hits: &AtomicU64) -> std:
                 }
                 buf.extend_from_slice(&chunk[..n]);
             }
+            body_bytes = Some(String::from_utf8_lossy(&buf[..len]).into_owned());
             buf.drain(..len);
         }
         let path = request_line
@@ -164,6 +166,7 @@ async fn serve_conn(mut stream: TcpStream, name: &str, hits: &AtomicU64) -> std:
             "request_line": request_line,
             "path": path,
             "headers": headers.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
+            "body": body_bytes,
         })
         .to_string();
         let resp = format!(

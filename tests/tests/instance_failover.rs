@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use nexus_e2e::backend::Backend;
 use nexus_e2e::edge::{binding, bindings_file, write_atomically, BASE};
-use nexus_e2e::http::get;
+use nexus_e2e::http::{get, send_raw};
 use nexus_e2e::keys::TestKeys;
 use nexus_edge::resolve::{InstanceResolver, NameLookup, ResolverPolicy};
 use nexus_edge::service::EdgeService;
@@ -174,6 +174,22 @@ fn a_dead_address_of_an_instance_name_fails_no_request() {
     // One retry: the first request's; later ones passed the dead address over.
     let retries = edge.state.metrics.upstream_connect_retries.get();
     assert_eq!(retries, 1);
+}
+
+#[test]
+fn a_request_body_arrives_whole_after_a_failover() {
+    let instance = Backend::start("instance-a");
+    let edge = InProcessEdge::start(instance.addr.port(), Arc::new(DeadThenLive::default()));
+    // The first request's first pick is the dead address.
+    let body = "user=alice&password=correct-horse";
+    let raw = format!(
+        "POST /login HTTP/1.1\r\nHost: acme.{BASE}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let r = send_raw(edge.addr, raw.as_bytes()).expect("response");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body"], body);
+    assert_eq!(edge.state.metrics.upstream_connect_retries.get(), 1);
 }
 
 fn lookups(l: &DeadThenLive) -> u32 {
