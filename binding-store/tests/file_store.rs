@@ -280,6 +280,21 @@ fn revisions_are_never_handed_out_twice() {
     });
 }
 
+/// Sets `tenant`'s status (a write whose outcome is not the point); its revision.
+async fn set_status(store: &FileStore, tenant: &TenantId, status: TenantStatus) -> Revision {
+    store
+        .apply(tenant, Mutation::SetStatus(status), None, &actor())
+        .await
+        .unwrap()
+        .0
+}
+
+/// `tenant`'s audit history as (revision, op).
+async fn ops(store: &FileStore, tenant: &TenantId) -> Vec<(u64, String)> {
+    let history = store.history(tenant).await.unwrap();
+    history.into_iter().map(|e| (e.revision, e.op)).collect()
+}
+
 /// A file store in `dir` holding acme at revision 1, with its audit log's path.
 fn store_with_acme(
     dir: &std::path::Path,
@@ -313,15 +328,7 @@ fn a_logged_change_that_was_never_made_is_recorded_as_such() {
         write!(log, r#"{{"tenant":"acme","revis"#).unwrap();
         drop(log);
 
-        let (rev, _) = store
-            .apply(
-                &acme,
-                Mutation::SetStatus(TenantStatus::Suspended),
-                None,
-                &actor(),
-            )
-            .await
-            .unwrap();
+        let rev = set_status(&store, &acme, TenantStatus::Suspended).await;
         assert_eq!(rev, Revision(3), "revision 2 was handed out already");
         let history = store.history(&acme).await.unwrap();
         let ops: Vec<(u64, &str)> = history
@@ -338,15 +345,7 @@ fn a_logged_change_that_was_never_made_is_recorded_as_such() {
             ]
         );
         // Noticed once: the next write adds no second note.
-        store
-            .apply(
-                &acme,
-                Mutation::SetStatus(TenantStatus::Active),
-                None,
-                &actor(),
-            )
-            .await
-            .unwrap();
+        set_status(&store, &acme, TenantStatus::Active).await;
         assert_eq!(store.history(&acme).await.unwrap().len(), 5);
     });
 }
@@ -363,22 +362,8 @@ fn a_whole_audit_entry_missing_its_newline_is_kept() {
         std::fs::write(&audit, text.trim_end()).unwrap();
         assert!(store.history(&acme).await.unwrap().is_empty());
 
-        store
-            .apply(
-                &acme,
-                Mutation::SetStatus(TenantStatus::Suspended),
-                None,
-                &actor(),
-            )
-            .await
-            .unwrap();
-        let ops: Vec<(u64, String)> = store
-            .history(&acme)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.revision, e.op))
-            .collect();
+        set_status(&store, &acme, TenantStatus::Suspended).await;
+        let ops = ops(&store, &acme).await;
         assert_eq!(ops, [(1, "put".into()), (2, "set-status".into())]);
     });
 }
@@ -427,15 +412,7 @@ fn an_import_is_one_step_audited_per_tenant() {
             "http://10.0.0.1/"
         );
         // The next single write continues the numbering.
-        let (rev, _) = store
-            .apply(
-                &acme,
-                Mutation::SetStatus(TenantStatus::Suspended),
-                None,
-                &actor(),
-            )
-            .await
-            .unwrap();
+        let rev = set_status(&store, &acme, TenantStatus::Suspended).await;
         assert_eq!(rev, Revision(503));
     });
 }
@@ -515,15 +492,7 @@ fn every_change_of_an_import_that_never_reached_the_file_is_recorded() {
             .write_all(lines.as_bytes())
             .unwrap();
 
-        let (rev, _) = store
-            .apply(
-                &acme,
-                Mutation::SetStatus(TenantStatus::Suspended),
-                None,
-                &actor(),
-            )
-            .await
-            .unwrap();
+        let rev = set_status(&store, &acme, TenantStatus::Suspended).await;
         assert_eq!(rev, Revision(5));
         for (tenant, want) in [("t1", 2), ("t2", 3)] {
             let h = store
@@ -533,13 +502,7 @@ fn every_change_of_an_import_that_never_reached_the_file_is_recorded() {
             let ops: Vec<(u64, &str)> = h.iter().map(|e| (e.revision, e.op.as_str())).collect();
             assert_eq!(ops, [(want, "import"), (want, "not-made")], "{tenant}");
         }
-        let ops: Vec<(u64, String)> = store
-            .history(&acme)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.revision, e.op))
-            .collect();
+        let ops = ops(&store, &acme).await;
         assert_eq!(
             ops,
             [

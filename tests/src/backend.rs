@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
+
+use crate::loopback::LoopbackServer;
 
 /// A running test instance.
 pub struct Backend {
@@ -22,59 +23,25 @@ pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
     hits: Arc<AtomicU64>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: LoopbackServer,
 }
 
 impl Backend {
     /// Starts an instance called `name`.
     pub fn start(name: &str) -> Backend {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let hits = Arc::new(AtomicU64::new(0));
-        let hits2 = Arc::clone(&hits);
-        let owned = name.to_owned();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("backend runtime");
-            rt.block_on(async move {
-                let listener = TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind backend");
-                addr_tx
-                    .send(listener.local_addr().expect("addr"))
-                    .expect("send addr");
-                let serve = async {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let name = owned.clone();
-                        let hits = Arc::clone(&hits2);
-                        tokio::spawn(async move {
-                            let _ = serve_conn(stream, &name, &hits).await;
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = serve => {}
-                    _ = stop_rx => {}
-                }
-            });
-            rt.shutdown_timeout(Duration::from_millis(100));
+        let (owned, counter) = (name.to_owned(), Arc::clone(&hits));
+        let server = LoopbackServer::start(move |stream| {
+            let (name, hits) = (owned.clone(), Arc::clone(&counter));
+            async move {
+                let _ = serve_conn(stream, &name, &hits).await;
+            }
         });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("backend started");
         Backend {
             name: name.to_owned(),
-            addr,
+            addr: server.addr,
             hits,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -86,17 +53,6 @@ impl Backend {
     /// Requests received so far.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`http`]: a raw HTTP/1.1 client, so tests can send what a browser would not (two Host
 //!   headers, absolute-form targets, spoofed identity headers).
 //! - [`keys`]: signing keys and their JWKS for tests.
+//! - [`loopback`]: the thread-and-runtime TCP server every in-test server runs on.
 //! - [`probe`]: which instance a tenant reaches, and steady traffic that counts failures.
 //! - [`redis_server`]: a real `redis-server` on a unix socket; [`redis_tcp`]: TCP nodes for
 //!   TLS, replication and Sentinel.
@@ -21,6 +22,7 @@ pub mod backend;
 pub mod edge;
 pub mod http;
 pub mod keys;
+pub mod loopback;
 pub mod probe;
 pub mod redis_server;
 pub mod redis_tcp;

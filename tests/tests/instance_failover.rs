@@ -11,17 +11,17 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use nexus_e2e::backend::Backend;
 use nexus_e2e::edge::{binding, bindings_file, write_atomically, BASE};
 use nexus_e2e::http::{get, send_raw};
 use nexus_e2e::keys::TestKeys;
+use nexus_e2e::loopback::LoopbackServer;
 use nexus_edge::resolve::{InstanceResolver, NameLookup, ResolverPolicy};
 use nexus_edge::service::EdgeService;
 use pingora::apps::ServerApp;
 use pingora::server::configuration::ServerConf;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 /// `instance.test` has a dead address first (nothing listens on 127.0.0.2) and the live one
 /// second, so the first request's first pick is the dead one.
@@ -48,8 +48,8 @@ impl NameLookup for DeadThenLive {
 struct InProcessEdge {
     addr: SocketAddr,
     state: Arc<nexus_edge::state::EdgeState>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: LoopbackServer,
+    _shutdown: watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
@@ -98,62 +98,21 @@ path = "bindings.json"
             EdgeService::new(Arc::clone(&state)),
         ));
 
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                addr_tx
-                    .send(listener.local_addr().expect("addr"))
-                    .expect("send");
-                let (_shutdown_tx, shutdown) = watch::channel(false);
-                let serve = async {
-                    loop {
-                        let Ok((tcp, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let proxy = Arc::clone(&proxy);
-                        let shutdown = shutdown.clone();
-                        tokio::spawn(async move {
-                            let stream = pingora::protocols::l4::stream::Stream::from(tcp);
-                            proxy.process_new(Box::new(stream), &shutdown).await;
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = serve => {}
-                    _ = stop_rx => {}
-                }
-            });
-            rt.shutdown_timeout(Duration::from_millis(100));
+        // Never sent: Pingora's connection loops only read it.
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let server = LoopbackServer::start(move |tcp| {
+            let (proxy, shutdown) = (Arc::clone(&proxy), shutdown.clone());
+            async move {
+                let stream = pingora::protocols::l4::stream::Stream::from(tcp);
+                proxy.process_new(Box::new(stream), &shutdown).await;
+            }
         });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("proxy started");
         InProcessEdge {
-            addr,
+            addr: server.addr,
             state,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _server: server,
+            _shutdown: shutdown_tx,
             _dir: dir,
-        }
-    }
-}
-
-impl Drop for InProcessEdge {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }
