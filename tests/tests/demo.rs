@@ -1,0 +1,151 @@
+//! `nexus-edge demo`, a newcomer's first five minutes: every `curl` command it prints does
+//! what its comment says, against the real binary and its demo instances.
+
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nexus_e2e::edge::{binary, free_addr};
+use nexus_e2e::http::{get, send_raw, Response};
+use nexus_e2e::wait;
+
+/// The demo process; killed on drop.
+struct Demo {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One printed command: its comment and the request it makes.
+#[derive(Debug)]
+struct Example {
+    comment: String,
+    host: String,
+    headers: Vec<(String, String)>,
+    addr: SocketAddr,
+    path: String,
+}
+
+impl Example {
+    /// Parses `curl -s[i] -H 'Name: value' ... http://ADDR/PATH`.
+    fn parse(comment: &str, line: &str) -> Example {
+        let mut headers = Vec::new();
+        for (i, part) in line.split('\'').enumerate() {
+            if i % 2 == 1 {
+                let (name, value) = part.split_once(": ").expect("a header");
+                headers.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        let url = line.rsplit(' ').next().expect("a url");
+        let rest = url.strip_prefix("http://").expect("http url");
+        let (authority, path) = rest.split_at(rest.find('/').expect("a path"));
+        let host = headers
+            .iter()
+            .position(|(k, _)| k == "Host")
+            .map(|i| headers.remove(i).1)
+            .expect("a Host header");
+        Example {
+            comment: comment.to_owned(),
+            host,
+            headers,
+            addr: authority.parse().expect("an address"),
+            path: path.to_owned(),
+        }
+    }
+
+    fn send(&self) -> Response {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        get(self.addr, &self.host, &self.path, &headers)
+    }
+}
+
+/// Starts the demo on free ports and returns it with its printed examples.
+fn start_demo() -> (Demo, Vec<Example>, SocketAddr) {
+    let dir = tempfile::tempdir().expect("dir");
+    let (listen, ops) = (free_addr(), free_addr());
+    let mut child = Command::new(binary())
+        .args(["demo", "--listen", &listen.to_string()])
+        .args(["--admin-listen", &ops.to_string()])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let demo = Demo { child, _dir: dir };
+    let mut examples = Vec::new();
+    let mut comment = String::new();
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.expect("demo output");
+        if let Some(c) = line.strip_prefix("# ") {
+            comment = c.to_owned();
+        } else if line.starts_with("curl ") {
+            examples.push(Example::parse(&comment, &line));
+        } else if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    // Keep reading what it prints afterwards (its log), so it never writes to a closed pipe;
+    // the thread ends when the demo is killed.
+    std::thread::spawn(move || lines.for_each(drop));
+    wait::until(Duration::from_secs(20), "the demo router ready", || {
+        send_raw(
+            ops,
+            b"GET /readyz HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n",
+        )
+        .ok()
+        .filter(|r| r.status == 200)
+    });
+    (demo, examples, listen)
+}
+
+#[test]
+fn every_printed_demo_command_does_what_its_comment_says() {
+    let (_demo, examples, listen) = start_demo();
+    assert_eq!(examples.len(), 6, "{examples:#?}");
+    for e in &examples {
+        assert_eq!(e.addr, listen, "{}", e.comment);
+    }
+    let r: Vec<Response> = examples.iter().map(Example::send).collect();
+    let context = |i: usize| format!("#{} {}: {}", i + 1, examples[i].comment, r[i].text());
+
+    assert_eq!(r[0].status, 200, "{}", context(0));
+    assert_eq!(r[0].json()["instance"], "demo-instance-a", "{}", context(0));
+    assert_eq!(r[0].json()["x-tenant-id"], "acme", "{}", context(0));
+    assert_eq!(r[0].json()["x-user-id"], "alice", "{}", context(0));
+    assert_eq!(r[1].status, 403, "{}", context(1));
+    assert_eq!(r[2].status, 401, "{}", context(2));
+    assert!(
+        r[2].header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer")),
+        "{}",
+        context(2)
+    );
+    assert_eq!(r[3].status, 200, "{}", context(3));
+    assert!(
+        r[3].headers.iter().any(|(_, v)| v == "past_due"),
+        "{}",
+        context(3)
+    );
+    assert_eq!(r[4].status, 503, "{}", context(4));
+    assert!(r[4].header("retry-after").is_some(), "{}", context(4));
+    assert_eq!(r[5].status, 200, "{}", context(5));
+    assert_eq!(r[5].json()["instance"], "demo-instance-a", "{}", context(5));
+}
