@@ -27,6 +27,12 @@ pub enum Command {
         /// Config file (TOML). See deploy/nexus-edge.example.toml.
         #[arg(long, short, env = "NEXUS_EDGE_CONFIG")]
         config: Option<PathBuf>,
+        /// Listen here instead of `[server] listen` (e.g. several routers on one host).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Serve metrics and probes here instead of `[server] admin_listen`.
+        #[arg(long)]
+        admin_listen: Option<std::net::SocketAddr>,
     },
     /// Validate a config file; exits non-zero and lists every problem if it is invalid.
     Check {
@@ -55,7 +61,11 @@ pub enum Command {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve { config } => serve::run(config.as_deref()),
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        } => serve::run(config.as_deref(), listen, admin_listen),
         Command::Check { config } => check::run(config.as_deref()),
         Command::Token(args) => token::run(&args),
         Command::Demo(args) => crate::demo::run(&args),

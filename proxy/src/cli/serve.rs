@@ -1,16 +1,27 @@
 //! `nexus-edge serve`: run the router.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub(super) fn run(config: Option<&Path>) -> ExitCode {
-    let settings = match super::load_settings(config) {
+pub(super) fn run(
+    config: Option<&Path>,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+) -> ExitCode {
+    let mut settings = match super::load_settings(config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
+    if let Some(l) = listen {
+        settings.server.listen = l;
+    }
+    if let Some(a) = admin_listen {
+        settings.server.admin_listen = Some(a);
+    }
     crate::logging::init(&settings.log);
     if config.is_none() {
         tracing::warn!(
