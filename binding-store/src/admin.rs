@@ -137,19 +137,29 @@ pub trait BindingAdmin: Send + Sync {
     /// at the first failure; a store that can write them all in one step does (the file
     /// store: one rewrite of the file, all or nothing, instead of one per tenant).
     async fn import(&self, bindings: Vec<Arc<Binding>>, actor: &Actor) -> Result<u64, ImportError> {
-        let mut written = 0;
-        for b in bindings {
-            let tenant = b.tenant_id.clone();
-            let put = Mutation::Put(Box::new(Arc::unwrap_or_clone(b)));
-            if let Err(error) = self.apply(&tenant, put, None, actor).await {
-                return Err(ImportError {
-                    written,
-                    tenant: Some(tenant),
-                    error,
-                });
-            }
-            written += 1;
-        }
-        Ok(written)
+        import_each(self, bindings, actor).await
     }
+}
+
+/// An import as one [`BindingAdmin::apply`] per binding, in order, stopping at the first
+/// failure.
+pub async fn import_each<A: BindingAdmin + ?Sized>(
+    admin: &A,
+    bindings: Vec<Arc<Binding>>,
+    actor: &Actor,
+) -> Result<u64, ImportError> {
+    let mut written = 0;
+    for b in bindings {
+        let tenant = b.tenant_id.clone();
+        let put = Mutation::Put(Box::new(Arc::unwrap_or_clone(b)));
+        if let Err(error) = admin.apply(&tenant, put, None, actor).await {
+            return Err(ImportError {
+                written,
+                tenant: Some(tenant),
+                error,
+            });
+        }
+        written += 1;
+    }
+    Ok(written)
 }

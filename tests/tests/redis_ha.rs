@@ -295,3 +295,67 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
         "acme is not in the new history"
     );
 }
+
+#[test]
+fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
+    // After a wipe, `tenant import` is a restore: every record first, then the history in one
+    // step. Written one tenant at a time, the first record would start a history holding one
+    // tenant, and replicas would unbind the rest until the import reached them.
+    let redis = RedisServer::start();
+    let url = format!("url = \"{}\"", redis.url());
+    let admin = Admin::new(&store(&url, "admin", ""));
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    for t in ["acme", "globex", "initech"] {
+        admin.put(&binding(t, &a.url(), "active", None));
+    }
+    let edge = replica(&keys, store(&url, "replica-i", ""));
+    wait_instance(&edge, &keys, "initech", "instance-a");
+
+    // 1. A restore under way: its first record is in, its history is not. A replica that
+    // reconnects meanwhile (and so reloads) keeps its whole table.
+    redis.cmd(&["FLUSHALL"]);
+    let mut first = binding("acme", &b.url(), "active", None);
+    first["revision"] = serde_json::json!(1);
+    redis.cmd(&["SET", "nexus:binding:acme", &first.to_string()]);
+    redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
+    wait::until(Duration::from_secs(10), "the refusal to be logged", || {
+        edge.log().contains("no revision counter").then_some(())
+    });
+    for t in ["acme", "globex", "initech"] {
+        assert_eq!(
+            instance_of(&edge, &keys, t).as_deref(),
+            Some("instance-a"),
+            "{t}"
+        );
+    }
+
+    // 2. The whole restore: every tenant arrives, through one reset of the feed.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("restore.json");
+    let restore: Vec<serde_json::Value> = ["acme", "globex", "initech", "umbrella"]
+        .iter()
+        .map(|t| binding(t, &b.url(), "active", None))
+        .collect();
+    let doc = serde_json::json!({ "format": "nexus-edge.bindings/v1", "bindings": restore });
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = admin.ok(&["import", file.to_str().unwrap()]);
+    assert!(out.contains("imported 4 bindings"), "{out}");
+    for t in ["umbrella", "acme", "globex", "initech"] {
+        wait_instance(&edge, &keys, t, "instance-b");
+    }
+    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "4");
+    assert_eq!(redis.cmd(&["XLEN", "nexus:changes"]), "1");
+    let history = admin.ok(&["history", "globex", "--json"]);
+    assert!(history.contains("\"import\""), "{history}");
+
+    // 3. With a history in Redis, an import is one followed write per tenant.
+    let doc = serde_json::json!({
+        "format": "nexus-edge.bindings/v1",
+        "bindings": [binding("umbrella", &a.url(), "active", None)],
+    });
+    std::fs::write(&file, doc.to_string()).unwrap();
+    admin.ok(&["import", file.to_str().unwrap()]);
+    wait_instance(&edge, &keys, "umbrella", "instance-a");
+    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "5");
+}

@@ -226,6 +226,13 @@ async fn apply_entries(
         revision: 0,
     });
     for (id, fields) in entries {
+        if field_str(&fields, "op") == Some(super::restore::RESET) {
+            tracing::info!(
+                revision = field_u64(&fields, "rev"),
+                "Redis started a new history (a restore import); reconciling"
+            );
+            return Ok(true);
+        }
         let rev = field_u64(&fields, "rev");
         // Within one history, entries after our position carry newer revisions. An older one
         // means Redis started a new history (reset, or a failover that lost writes): its

@@ -1,7 +1,8 @@
 //! Redis as the shared source of truth for every replica (schema: `docs/redis-schema.md`).
 //!
 //! - Writes go through one Lua script (`write.lua`): revision, record, domain index, change
-//!   event and audit entry change together or not at all.
+//!   event and audit entry change together or not at all. The exception is a restore import
+//!   into a Redis without history (`restore`): records first, then the history in one step.
 //! - Replicas load everything (SCAN in batches), then follow the change stream from the
 //!   position taken *before* the scan, so nothing written during the load is missed. Revisions
 //!   are consecutive (one INCR per change, appended in the same script), so a gap in the
@@ -16,6 +17,7 @@
 mod endpoint;
 mod fleet;
 mod follow;
+mod restore;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,7 +28,9 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 use tokio::sync::watch;
 
-use crate::admin::{Actor, AdminError, AuditEntry, BindingAdmin, Mutation};
+use crate::admin::{
+    import_each, Actor, AdminError, AuditEntry, BindingAdmin, ImportError, Mutation,
+};
 use crate::error::StoreError;
 use crate::file_store::{mutate, op_name};
 use crate::model::{Binding, Interner, Revision, TenantId};
@@ -292,10 +296,11 @@ impl RedisStore {
     /// binding), or to tell an empty Redis from a wiped one. So a start-up against a healthy
     /// Redis never reads the snapshot file.
     ///
-    /// Refused (an error, so the caller keeps its table and retries) when Redis holds neither a
-    /// binding nor a revision counter while `current` has bindings: that Redis was never
-    /// written through the schema, or was wiped (`FLUSHALL`, a restart without persistence).
-    /// Deleting every tenant through the schema leaves the counter, so it is not refused.
+    /// Refused (an error, so the caller keeps its table and retries) when Redis holds no
+    /// revision counter while `current` has bindings: that Redis was wiped (`FLUSHALL`, a
+    /// restart without persistence), or never written through the schema, or a restore import
+    /// is writing its records (the counter comes last). Deleting every tenant through the
+    /// schema leaves the counter, so it is not refused.
     pub(crate) async fn full_table<'c>(
         &self,
         con: &mut MultiplexedConnection,
@@ -304,12 +309,12 @@ impl RedisStore {
         let head = self.feed_head(con).await?;
         let counter: Option<u64> = con.get(self.keys.revision()).await?;
         let (mut bindings, bad) = self.load_all(con).await?;
-        let looks_wiped = counter.is_none() && bindings.is_empty() && bad.is_empty();
-        if looks_wiped || !bad.is_empty() {
+        let no_counter = counter.is_none();
+        if no_counter || !bad.is_empty() {
             let current = current();
             let serving = current.map_or(0, BindingTable::len);
-            if looks_wiped && serving > 0 {
-                return Err(no_history(serving));
+            if no_counter && serving > 0 {
+                return Err(no_history(serving, bindings.len() + bad.len()));
             }
             if let Some(cur) = current {
                 for tenant in &bad {
@@ -401,14 +406,16 @@ pub(crate) fn parse_json_record_with(
         .map_err(|errs| crate::error::FieldErrors(&errs).to_string())
 }
 
-/// The refusal of a full load that would unbind every tenant (see [`RedisStore::full_table`]).
-fn no_history(serving: usize) -> redis::RedisError {
+/// The refusal of a full load from a Redis without history (see [`RedisStore::full_table`]).
+fn no_history(serving: usize, records: usize) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::ClientError,
-        "Redis holds no bindings and no revision counter",
+        "Redis holds no revision counter",
         format!(
-            "it is empty or was wiped; keeping the {serving} bindings served now. Restore Redis \
-             from a backup: the first write starts a new history that replicas follow"
+            "it holds {records} binding records but no history: wiped, or a restore import is \
+             under way; keeping the {serving} bindings served now. `nexus-edge tenant import` \
+             restores it in one step, or restore Redis from a backup; any other write starts a \
+             new history that replicas follow"
         ),
     ))
 }
@@ -651,6 +658,29 @@ impl BindingAdmin for RedisStore {
         Err(AdminError::Unavailable(format!(
             "tenant {tenant} kept changing under this write; try again"
         )))
+    }
+
+    /// Into a Redis with a revision counter, one atomic write per tenant, each followed at
+    /// once. Into one without (wiped, or never written), a restore: every record first, then
+    /// the history in one step, so replicas never serve a half-imported table (`restore`).
+    async fn import(&self, bindings: Vec<Arc<Binding>>, actor: &Actor) -> Result<u64, ImportError> {
+        let whole = |error| ImportError {
+            written: 0,
+            tenant: None,
+            error,
+        };
+        if bindings.is_empty() {
+            return Ok(0);
+        }
+        let mut con = self.admin_connection().await.map_err(whole)?;
+        let counter: Option<u64> = con
+            .get(self.keys.revision())
+            .await
+            .map_err(|e| whole(unavailable(e)))?;
+        match counter {
+            Some(_) => import_each(self, bindings, actor).await,
+            None => restore::restore(self, &mut con, bindings, actor).await,
+        }
     }
 
     async fn history(&self, tenant: &TenantId) -> Result<Vec<AuditEntry>, AdminError> {

@@ -1,0 +1,27 @@
+-- Nexus Edge restore write: one tenant of an import into a Redis that holds no revision
+-- counter (wiped, or never written). Like write.lua without the counter and the change feed:
+-- replicas keep serving their table while a history is only half written, and history.lua
+-- starts it once every record is in. The importer checked the domains beforehand.
+--
+-- KEYS[1] binding key   KEYS[2] domain index hash   KEYS[3] audit list
+-- ARGV[1] tenant id     ARGV[2] record JSON (revision stamped)   ARGV[3] audit entry JSON
+-- ARGV[4] audit entries kept per tenant   ARGV[5..] custom domains of the record
+
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, old = pcall(cjson.decode, cur)
+  if ok and type(old) == 'table' and type(old.domains) == 'table' then
+    for _, d in ipairs(old.domains) do
+      if redis.call('HGET', KEYS[2], d) == ARGV[1] then
+        redis.call('HDEL', KEYS[2], d)
+      end
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+for i = 5, #ARGV do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[1])
+end
+redis.call('LPUSH', KEYS[3], ARGV[3])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
+return 1
