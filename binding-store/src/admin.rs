@@ -54,9 +54,10 @@ pub struct AuditEntry {
     /// Why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Operation (`put`, `rebind`, `set-status`, `delete`; in a file store's log also
-    /// `import`, one tenant of a one-step import, and `not-made`, for a logged change the
-    /// bindings file never received. Redis logs an imported tenant as `put`).
+    /// Operation (`put`, `rebind`, `set-status`, `delete`; `import` for one tenant of a
+    /// one-step import (a file store's, or a restore into a Redis without history; other
+    /// imports into Redis log `put`); in a file store's log also `not-made`, for a logged
+    /// change the bindings file never received).
     pub op: String,
     /// Record before the change (`None` when created).
     pub old: Option<crate::model::BindingRecord>,

@@ -318,6 +318,10 @@ fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
     let mut first = binding("acme", &b.url(), "active", None);
     first["revision"] = serde_json::json!(1);
     redis.cmd(&["SET", "nexus:binding:acme", &first.to_string()]);
+    // A record from elsewhere, not in the restore: its revision is never handed out again.
+    let mut leftover = binding("leftover", &a.url(), "active", None);
+    leftover["revision"] = serde_json::json!(40);
+    redis.cmd(&["SET", "nexus:binding:leftover", &leftover.to_string()]);
     redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
     wait::until(Duration::from_secs(10), "the refusal to be logged", || {
         edge.log().contains("no revision counter").then_some(())
@@ -330,7 +334,7 @@ fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
         );
     }
 
-    // 2. The whole restore: every tenant arrives, through one reset of the feed.
+    // 2. While a restore holds the store, other writes and a second restore are refused.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("restore.json");
     let restore: Vec<serde_json::Value> = ["acme", "globex", "initech", "umbrella"]
@@ -339,17 +343,36 @@ fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
         .collect();
     let doc = serde_json::json!({ "format": "nexus-edge.bindings/v1", "bindings": restore });
     std::fs::write(&file, doc.to_string()).unwrap();
+    redis.cmd(&["SET", "nexus:restoring", "another-admin", "PX", "60000"]);
+    let record = dir.path().join("record.json");
+    std::fs::write(
+        &record,
+        binding("acme", &a.url(), "active", None).to_string(),
+    )
+    .unwrap();
+    let (code, _, err) = admin.tenant(&["put", record.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("restore import is writing"), "{err}");
+    let (code, _, err) = admin.tenant(&["import", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("another restore import"), "{err}");
+    redis.cmd(&["DEL", "nexus:restoring"]);
+
+    // 3. The whole restore: every tenant arrives, through one reset of the feed, numbered
+    // after the highest revision in Redis.
     let out = admin.ok(&["import", file.to_str().unwrap()]);
     assert!(out.contains("imported 4 bindings"), "{out}");
     for t in ["umbrella", "acme", "globex", "initech"] {
         wait_instance(&edge, &keys, t, "instance-b");
     }
-    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "4");
+    wait_instance(&edge, &keys, "leftover", "instance-a");
+    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "44");
     assert_eq!(redis.cmd(&["XLEN", "nexus:changes"]), "1");
+    assert_eq!(redis.cmd(&["EXISTS", "nexus:restoring"]), "0");
     let history = admin.ok(&["history", "globex", "--json"]);
     assert!(history.contains("\"import\""), "{history}");
 
-    // 3. With a history in Redis, an import is one followed write per tenant.
+    // 4. With a history in Redis, an import is one followed write per tenant.
     let doc = serde_json::json!({
         "format": "nexus-edge.bindings/v1",
         "bindings": [binding("umbrella", &a.url(), "active", None)],
@@ -357,5 +380,5 @@ fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
     std::fs::write(&file, doc.to_string()).unwrap();
     admin.ok(&["import", file.to_str().unwrap()]);
     wait_instance(&edge, &keys, "umbrella", "instance-a");
-    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "5");
+    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "45");
 }

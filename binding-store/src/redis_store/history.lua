@@ -1,15 +1,19 @@
 -- Nexus Edge: start a new history after a restore import (restore.lua wrote the records).
--- One atomic step: the revision counter and one `reset` entry in the change feed, which
--- tells every replica to reload the whole table.
+-- One atomic step: the revision counter, one `reset` entry in the change feed (which tells
+-- every replica to reload the whole table), and the restore lock released.
 --
--- KEYS[1] revision counter   KEYS[2] change stream
--- ARGV[1] the new history's revision (records written)   ARGV[2] approximate stream length cap
--- Errors: "HISTORY <counter>" when a write started a history meanwhile.
+-- KEYS[1] revision counter   KEYS[2] change stream   KEYS[3] restore lock
+-- ARGV[1] the new history's revision (the highest record revision)
+-- ARGV[2] approximate stream length cap   ARGV[3] lock token
+-- Errors: "HISTORY" (a counter exists), "LOCK" (the lock is not ours any more).
 
-local now = redis.call('GET', KEYS[1])
-if now then
-  return redis.error_reply('HISTORY ' .. now)
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('HISTORY')
+end
+if redis.call('GET', KEYS[3]) ~= ARGV[3] then
+  return redis.error_reply('LOCK')
 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'rev', ARGV[1], 'op', 'reset')
+redis.call('DEL', KEYS[3])
 return tonumber(ARGV[1])

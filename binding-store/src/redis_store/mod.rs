@@ -130,6 +130,10 @@ impl Keys {
     pub(crate) fn replicas(&self) -> String {
         format!("{}:replicas", self.prefix)
     }
+    /// Held by a restore import while it writes (see `restore`).
+    pub(crate) fn restoring(&self) -> String {
+        format!("{}:restoring", self.prefix)
+    }
 }
 
 /// Position in the change feed: last stream id read and the revision it carried.
@@ -606,6 +610,7 @@ impl BindingAdmin for RedisStore {
                 .key(self.keys.changes())
                 .key(self.keys.audit(tenant.as_str()))
                 .key(self.keys.domains())
+                .key(self.keys.restoring())
                 .arg(tenant.as_str())
                 .arg(read_rev.to_string())
                 .arg(new_json)
@@ -642,6 +647,13 @@ impl BindingAdmin for RedisStore {
                         }
                         continue;
                     }
+                    if msg.contains("RESTORING") {
+                        return Err(AdminError::Unavailable(
+                            "a restore import is writing to this Redis; try again when it \
+                             has finished"
+                                .to_owned(),
+                        ));
+                    }
                     if msg.contains("NOTFOUND") {
                         return Err(AdminError::NotFound(tenant.clone()));
                     }
@@ -677,10 +689,13 @@ impl BindingAdmin for RedisStore {
             .get(self.keys.revision())
             .await
             .map_err(|e| whole(unavailable(e)))?;
-        match counter {
-            Some(_) => import_each(self, bindings, actor).await,
-            None => restore::restore(self, &mut con, bindings, actor).await,
+        if counter.is_none() {
+            // Cloning the Arcs keeps them for the usual way if a history started meanwhile.
+            if let Some(n) = restore::restore(self, &mut con, bindings.clone(), actor).await? {
+                return Ok(n);
+            }
         }
+        import_each(self, bindings, actor).await
     }
 
     async fn history(&self, tenant: &TenantId) -> Result<Vec<AuditEntry>, AdminError> {

@@ -1,12 +1,23 @@
 -- Nexus Edge restore write: one tenant of an import into a Redis that holds no revision
 -- counter (wiped, or never written). Like write.lua without the counter and the change feed:
 -- replicas keep serving their table while a history is only half written, and history.lua
--- starts it once every record is in. The importer checked the domains beforehand.
+-- starts it once every record is in. The importer checked the domains beforehand and holds
+-- the restore lock, which keeps every other writer (write.lua, another restore) out.
 --
 -- KEYS[1] binding key   KEYS[2] domain index hash   KEYS[3] audit list
+-- KEYS[4] revision counter   KEYS[5] restore lock
 -- ARGV[1] tenant id     ARGV[2] record JSON (revision stamped)   ARGV[3] audit entry JSON
--- ARGV[4] audit entries kept per tenant   ARGV[5..] custom domains of the record
+-- ARGV[4] audit entries kept per tenant   ARGV[5] lock token   ARGV[6] lock lifetime (ms)
+-- ARGV[7..] custom domains of the record
+-- Errors: "HISTORY" (a counter exists), "LOCK" (the lock is not ours any more).
 
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return redis.error_reply('HISTORY')
+end
+if redis.call('GET', KEYS[5]) ~= ARGV[5] then
+  return redis.error_reply('LOCK')
+end
+redis.call('PEXPIRE', KEYS[5], ARGV[6])
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, old = pcall(cjson.decode, cur)
@@ -19,7 +30,7 @@ if cur then
   end
 end
 redis.call('SET', KEYS[1], ARGV[2])
-for i = 5, #ARGV do
+for i = 7, #ARGV do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[1])
 end
 redis.call('LPUSH', KEYS[3], ARGV[3])

@@ -5,6 +5,8 @@
 //! tenants imported so far. A restore writes every record first (`restore.lua`, no counter, no
 //! change entry; replicas see no history and keep their table), then starts the history in
 //! one step (`history.lua`: the counter and one `reset` entry, on which replicas reload).
+//! A lock (`{prefix}:restoring`, renewed by every batch, released by `history.lua`) keeps
+//! every other writer out meanwhile: `write.lua` refuses while it is held.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -44,7 +46,7 @@ async fn check_domains(
     con: &mut MultiplexedConnection,
     bindings: &[Arc<Binding>],
 ) -> Result<(), ImportError> {
-    let imported: HashSet<&TenantId> = bindings.iter().map(|b| &b.tenant_id).collect();
+    let imported: HashSet<&str> = bindings.iter().map(|b| b.tenant_id.as_str()).collect();
     let mut owners: HashMap<&str, &TenantId> = HashMap::new();
     for b in bindings {
         for d in &b.domains {
@@ -70,7 +72,7 @@ async fn check_domains(
             .map_err(|e| whole(unavailable(e)))?;
         for (d, owner) in chunk.iter().zip(stored) {
             let Some(owner) = owner else { continue };
-            if imported.iter().any(|t| t.as_str() == owner) {
+            if imported.contains(owner.as_str()) {
                 continue;
             }
             let tenant = owners[d];
@@ -85,14 +87,89 @@ async fn check_domains(
     Ok(())
 }
 
-/// Writes every binding (revisions 1..=n in import order), then starts the history.
+/// How long the restore lock lives without a batch renewing it: a restore that died frees
+/// the store after this.
+const LOCK_MS: u64 = 60_000;
+
+/// Releases the lock if it is still ours (best effort: it expires anyway).
+async fn release(store: &RedisStore, con: &mut MultiplexedConnection, token: &str) {
+    let script = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end \
+         return 0",
+    );
+    let released = script
+        .key(store.keys.restoring())
+        .arg(token)
+        .invoke_async::<i64>(con)
+        .await;
+    if let Err(e) = released {
+        tracing::warn!(error = %e, "restore lock not released; it expires on its own");
+    }
+}
+
+/// A random lock token, so only its holder renews or releases the lock.
+fn token() -> String {
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Restores `bindings` into a Redis without history. `Ok(None)` when a history started
+/// before the lock was taken: the caller imports the usual way.
 pub(super) async fn restore(
     store: &RedisStore,
     con: &mut MultiplexedConnection,
     bindings: Vec<Arc<Binding>>,
     actor: &Actor,
-) -> Result<u64, ImportError> {
+) -> Result<Option<u64>, ImportError> {
+    let token = token();
+    let locked: Option<String> = redis::cmd("SET")
+        .arg(store.keys.restoring())
+        .arg(&token)
+        .arg("NX")
+        .arg("PX")
+        .arg(LOCK_MS)
+        .query_async(con)
+        .await
+        .map_err(|e| whole(unavailable(e)))?;
+    if locked.is_none() {
+        return Err(whole(AdminError::Unavailable(format!(
+            "another restore import is writing to this Redis (or one stopped less than {} s \
+             ago); try again when it has finished",
+            LOCK_MS / 1000
+        ))));
+    }
+    let result = restore_locked(store, con, bindings, actor, &token).await;
+    if !matches!(result, Ok(Some(_))) {
+        release(store, con, &token).await;
+    }
+    result
+}
+
+async fn restore_locked(
+    store: &RedisStore,
+    con: &mut MultiplexedConnection,
+    bindings: Vec<Arc<Binding>>,
+    actor: &Actor,
+    token: &str,
+) -> Result<Option<u64>, ImportError> {
+    // Every other writer is out now; one may have started a history just before.
+    let counter: Option<u64> = redis::cmd("GET")
+        .arg(store.keys.revision())
+        .query_async(con)
+        .await
+        .map_err(|e| whole(unavailable(e)))?;
+    if counter.is_some() {
+        return Ok(None);
+    }
     check_domains(store, con, &bindings).await?;
+    // Records already in Redis (an earlier restore that stopped, or ones written outside the
+    // schema) keep their revisions: number after the highest, so none is ever reissued.
+    let (present, _) = store
+        .load_all(con)
+        .await
+        .map_err(|e| whole(unavailable(e)))?;
+    let mut revision = present.iter().map(|b| b.revision.get()).max().unwrap_or(0);
     let write = redis::Script::new(include_str!("restore.lua"));
     write
         .load_async(con)
@@ -102,7 +179,15 @@ pub(super) async fn restore(
     let at = now
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let mut revision = 0u64;
+    let mut written = 0u64;
+    let stopped = |written: u64, e: &dyn std::fmt::Display| ImportError {
+        written,
+        tenant: None,
+        error: AdminError::Unavailable(format!(
+            "{e}; no history was started, so replicas serve what they served before: run the \
+             import again"
+        )),
+    };
     for chunk in bindings.chunks(BATCH) {
         let keys: Vec<String> = chunk
             .iter()
@@ -112,7 +197,7 @@ pub(super) async fn restore(
             .arg(&keys)
             .query_async(con)
             .await
-            .map_err(|e| whole(unavailable(e)))?;
+            .map_err(|e| stopped(written, &e))?;
         let mut pipe = redis::pipe();
         for ((b, key), old) in chunk.iter().zip(&keys).zip(old) {
             revision += 1;
@@ -144,14 +229,18 @@ pub(super) async fn restore(
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(write.get_hash())
-                .arg(3)
+                .arg(5)
                 .arg(key)
                 .arg(store.keys.domains())
                 .arg(store.keys.audit(next.tenant_id.as_str()))
+                .arg(store.keys.revision())
+                .arg(store.keys.restoring())
                 .arg(next.tenant_id.as_str())
                 .arg(record_json)
                 .arg(entry_json)
-                .arg(store.opts.audit_cap);
+                .arg(store.opts.audit_cap)
+                .arg(token)
+                .arg(LOCK_MS);
             for d in &next.domains {
                 cmd.arg(d.as_str());
             }
@@ -159,24 +248,19 @@ pub(super) async fn restore(
         }
         pipe.query_async::<()>(con)
             .await
-            .map_err(|e| whole(unavailable(e)))?;
+            .map_err(|e| stopped(written, &e))?;
+        written += chunk.len() as u64;
     }
     let history = redis::Script::new(include_str!("history.lua"));
-    let started = history
+    history
         .key(store.keys.revision())
         .key(store.keys.changes())
+        .key(store.keys.restoring())
         .arg(revision)
         .arg(store.opts.stream_maxlen)
+        .arg(token)
         .invoke_async::<u64>(con)
-        .await;
-    match started {
-        Ok(_) => Ok(revision),
-        Err(e) if e.to_string().contains("HISTORY") => {
-            Err(whole(AdminError::Unavailable(format!(
-                "every record was written, but another write started a history first ({e}); \
-                 run the import again to put them through it"
-            ))))
-        }
-        Err(e) => Err(whole(unavailable(e))),
-    }
+        .await
+        .map_err(|e| stopped(written, &e))?;
+    Ok(Some(written))
 }

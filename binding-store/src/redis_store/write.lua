@@ -4,15 +4,19 @@
 --
 -- KEYS[1] binding key ({prefix}:binding:{tenant})   KEYS[2] revision counter ({prefix}:revision)
 -- KEYS[3] change stream ({prefix}:changes)          KEYS[4] audit list ({prefix}:audit:{tenant})
--- KEYS[5] domain index hash ({prefix}:domains)
+-- KEYS[5] domain index hash ({prefix}:domains)  KEYS[6] restore lock ({prefix}:restoring)
 -- ARGV[1] tenant id
 -- ARGV[2] expected current revision ("" = no check; "0" = must not exist)
 -- ARGV[3] new record JSON with "revision":0 as placeholder ("" = delete)
 -- ARGV[4] audit entry JSON with "revision":0 placeholders for the new revision
 -- ARGV[5] approximate stream length cap   ARGV[6] audit entries kept per tenant
 -- ARGV[7..] custom domains of the new record
--- Returns the new revision; errors: "CONFLICT <actual>", "NOTFOUND", "DOMAIN <domain> <owner>".
+-- Returns the new revision; errors: "CONFLICT <actual>", "NOTFOUND", "DOMAIN <domain> <owner>",
+-- "RESTORING" (a restore import holds the store; see restore.lua).
 
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  return redis.error_reply('RESTORING')
+end
 local cur = redis.call('GET', KEYS[1])
 local actual = 0
 if cur then
