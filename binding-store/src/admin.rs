@@ -115,6 +115,26 @@ pub struct ImportError {
     pub error: AdminError,
 }
 
+impl ImportError {
+    /// Nothing was imported because of the store, not of one record.
+    pub fn nothing(error: AdminError) -> Self {
+        Self {
+            written: 0,
+            tenant: None,
+            error,
+        }
+    }
+
+    /// Nothing was imported because of `tenant`'s record.
+    pub fn at(tenant: &TenantId, error: AdminError) -> Self {
+        Self {
+            written: 0,
+            tenant: Some(tenant.clone()),
+            error,
+        }
+    }
+}
+
 /// Reads and atomic writes against a binding store.
 #[async_trait]
 pub trait BindingAdmin: Send + Sync {

@@ -432,19 +432,13 @@ impl BindingAdmin for FileStore {
     async fn import(&self, bindings: Vec<Arc<Binding>>, actor: &Actor) -> Result<u64, ImportError> {
         let path = self
             .writable_path()
-            .map_err(|error| ImportError {
-                written: 0,
-                tenant: None,
-                error,
-            })?
+            .map_err(ImportError::nothing)?
             .to_path_buf();
         let actor = actor.clone();
         tokio::task::spawn_blocking(move || import_locked(&path, bindings, &actor))
             .await
-            .map_err(|e| ImportError {
-                written: 0,
-                tenant: None,
-                error: AdminError::Unavailable(format!("import task failed: {e}")),
+            .map_err(|e| {
+                ImportError::nothing(AdminError::Unavailable(format!("import task failed: {e}")))
             })?
     }
 
@@ -484,16 +478,7 @@ fn import_locked(
     bindings: Vec<Arc<Binding>>,
     actor: &Actor,
 ) -> Result<u64, ImportError> {
-    let failed = |tenant: &TenantId, error| ImportError {
-        written: 0,
-        tenant: Some(tenant.clone()),
-        error,
-    };
-    let whole = |error| ImportError {
-        written: 0,
-        tenant: None,
-        error,
-    };
+    let (failed, whole) = (ImportError::at, ImportError::nothing);
     if bindings.is_empty() {
         return Ok(0);
     }

@@ -192,12 +192,18 @@ fn sentinel_failover_moves_the_fleet_to_the_new_primary() {
     );
 }
 
-#[test]
-fn a_redis_whose_history_restarts_is_followed_not_ignored() {
-    // Redis loses its data (a reset, or a failover that dropped the last writes) and counts
-    // revisions from 1 again. The replica's applied revision is now ahead of the store: every
-    // new change would look stale. It must reload instead, connected or cut off.
-    let mut redis = RedisServer::start();
+/// Redis with acme, globex and initech on instance-a, followed by one replica.
+struct ThreeTenants {
+    redis: RedisServer,
+    admin: Admin,
+    keys: TestKeys,
+    a: Backend,
+    b: Backend,
+    edge: Edge,
+}
+
+fn three_tenants(replica_id: &str) -> ThreeTenants {
+    let redis = RedisServer::start();
     let url = format!("url = \"{}\"", redis.url());
     let admin = Admin::new(&store(&url, "admin", ""));
     let keys = TestKeys::new();
@@ -205,8 +211,31 @@ fn a_redis_whose_history_restarts_is_followed_not_ignored() {
     for t in ["acme", "globex", "initech"] {
         admin.put(&binding(t, &a.url(), "active", None));
     }
-    let edge = replica(&keys, store(&url, "replica-r", ""));
+    let edge = replica(&keys, store(&url, replica_id, ""));
     wait_instance(&edge, &keys, "initech", "instance-a");
+    ThreeTenants {
+        redis,
+        admin,
+        keys,
+        a,
+        b,
+        edge,
+    }
+}
+
+#[test]
+fn a_redis_whose_history_restarts_is_followed_not_ignored() {
+    // Redis loses its data (a reset, or a failover that dropped the last writes) and counts
+    // revisions from 1 again. The replica's applied revision is now ahead of the store: every
+    // new change would look stale. It must reload instead, connected or cut off.
+    let ThreeTenants {
+        mut redis,
+        admin,
+        keys,
+        a: _a,
+        b,
+        edge,
+    } = three_tenants("replica-r");
 
     // 1. While the replica follows the feed.
     redis.cmd(&["FLUSHALL"]);
@@ -301,16 +330,14 @@ fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
     // After a wipe, `tenant import` is a restore: every record first, then the history in one
     // step. Written one tenant at a time, the first record would start a history holding one
     // tenant, and replicas would unbind the rest until the import reached them.
-    let redis = RedisServer::start();
-    let url = format!("url = \"{}\"", redis.url());
-    let admin = Admin::new(&store(&url, "admin", ""));
-    let keys = TestKeys::new();
-    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
-    for t in ["acme", "globex", "initech"] {
-        admin.put(&binding(t, &a.url(), "active", None));
-    }
-    let edge = replica(&keys, store(&url, "replica-i", ""));
-    wait_instance(&edge, &keys, "initech", "instance-a");
+    let ThreeTenants {
+        redis,
+        admin,
+        keys,
+        a,
+        b,
+        edge,
+    } = three_tenants("replica-i");
 
     // 1. A restore under way: its first record is in, its history is not. A replica that
     // reconnects meanwhile (and so reloads) keeps its whole table.

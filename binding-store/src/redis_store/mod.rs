@@ -674,13 +674,10 @@ impl BindingAdmin for RedisStore {
 
     /// Into a Redis with a revision counter, one atomic write per tenant, each followed at
     /// once. Into one without (wiped, or never written), a restore: every record first, then
-    /// the history in one step, so replicas never serve a half-imported table (`restore`).
+    /// the history in one step, so a replica serving a table keeps it until the whole import
+    /// is in (`restore`).
     async fn import(&self, bindings: Vec<Arc<Binding>>, actor: &Actor) -> Result<u64, ImportError> {
-        let whole = |error| ImportError {
-            written: 0,
-            tenant: None,
-            error,
-        };
+        let whole = ImportError::nothing;
         if bindings.is_empty() {
             return Ok(0);
         }

@@ -23,22 +23,6 @@ const BATCH: usize = 500;
 /// The change-feed `op` that makes every replica reload.
 pub(crate) const RESET: &str = "reset";
 
-fn whole(error: AdminError) -> ImportError {
-    ImportError {
-        written: 0,
-        tenant: None,
-        error,
-    }
-}
-
-fn at_tenant(tenant: &TenantId, error: AdminError) -> ImportError {
-    ImportError {
-        written: 0,
-        tenant: Some(tenant.clone()),
-        error,
-    }
-}
-
 /// Refuses an import whose domains clash, among its own records or with a record in Redis
 /// that the import does not replace. Nothing is written before this passes.
 async fn check_domains(
@@ -57,7 +41,7 @@ async fn check_domains(
                         tenant: b.tenant_id.clone(),
                         reason,
                     };
-                    return Err(at_tenant(&b.tenant_id, invalid));
+                    return Err(ImportError::at(&b.tenant_id, invalid));
                 }
             }
         }
@@ -69,7 +53,7 @@ async fn check_domains(
             .arg(chunk)
             .query_async(con)
             .await
-            .map_err(|e| whole(unavailable(e)))?;
+            .map_err(|e| ImportError::nothing(unavailable(e)))?;
         for (d, owner) in chunk.iter().zip(stored) {
             let Some(owner) = owner else { continue };
             if imported.contains(owner.as_str()) {
@@ -81,7 +65,7 @@ async fn check_domains(
                 tenant: tenant.clone(),
                 reason,
             };
-            return Err(at_tenant(tenant, invalid));
+            return Err(ImportError::at(tenant, invalid));
         }
     }
     Ok(())
@@ -131,9 +115,9 @@ pub(super) async fn restore(
         .arg(LOCK_MS)
         .query_async(con)
         .await
-        .map_err(|e| whole(unavailable(e)))?;
+        .map_err(|e| ImportError::nothing(unavailable(e)))?;
     if locked.is_none() {
-        return Err(whole(AdminError::Unavailable(format!(
+        return Err(ImportError::nothing(AdminError::Unavailable(format!(
             "another restore import is writing to this Redis (or one stopped less than {} s \
              ago); try again when it has finished",
             LOCK_MS / 1000
@@ -158,7 +142,7 @@ async fn restore_locked(
         .arg(store.keys.revision())
         .query_async(con)
         .await
-        .map_err(|e| whole(unavailable(e)))?;
+        .map_err(|e| ImportError::nothing(unavailable(e)))?;
     if counter.is_some() {
         return Ok(None);
     }
@@ -168,13 +152,13 @@ async fn restore_locked(
     let (present, _) = store
         .load_all(con)
         .await
-        .map_err(|e| whole(unavailable(e)))?;
+        .map_err(|e| ImportError::nothing(unavailable(e)))?;
     let mut revision = present.iter().map(|b| b.revision.get()).max().unwrap_or(0);
     let write = redis::Script::new(include_str!("restore.lua"));
     write
         .load_async(con)
         .await
-        .map_err(|e| whole(unavailable(e)))?;
+        .map_err(|e| ImportError::nothing(unavailable(e)))?;
     let now = time::OffsetDateTime::now_utc();
     let at = now
         .format(&time::format_description::well_known::Rfc3339)
@@ -224,7 +208,7 @@ async fn restore_locked(
             );
             let (Ok(record_json), Ok(entry_json)) = encoded else {
                 let e = AdminError::Unavailable("cannot encode a record".to_owned());
-                return Err(at_tenant(&next.tenant_id, e));
+                return Err(ImportError::at(&next.tenant_id, e));
             };
             let cmd = pipe
                 .cmd("EVALSHA")
