@@ -191,7 +191,7 @@ impl InstanceResolver {
             return Ok(SocketAddr::new(ip, port));
         }
         let host = url.host();
-        self.resolve_with(host, port, tried, Instant::now(), || {
+        self.resolve_name(host, port, tried, Instant::now(), || {
             self.lookup.lookup(host, port)
         })
         .await
@@ -214,6 +214,23 @@ impl InstanceResolver {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, port));
         }
+        self.resolve_name(host, port, tried, now, lookup).await
+    }
+
+    /// [`InstanceResolver::resolve_with`] for a host known to be a name (the URL was parsed
+    /// once, at load: the request path does not parse it again).
+    async fn resolve_name<F, Fut>(
+        &self,
+        host: &str,
+        port: u16,
+        tried: &[SocketAddr],
+        now: Instant,
+        lookup: F,
+    ) -> Result<SocketAddr, ResolveError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::io::Result<Vec<IpAddr>>>,
+    {
         let all_tried = || ResolveError::AllTried {
             host: host.to_owned(),
         };

@@ -96,6 +96,15 @@ fn damage_record(redis: &RedisServer, tenant: &str) {
     redis.cmd(&["SET", &format!("nexus:binding:{tenant}"), &record]);
 }
 
+/// The replica's metrics count exactly one refused binding record.
+fn assert_one_record_rejected(edge: &Edge) {
+    let metrics = edge.ops_get("/metrics").text();
+    assert!(
+        metrics.contains("nexus_edge_binding_records_rejected 1"),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn rebind_reaches_every_replica_and_wait_confirms() {
     let World {
@@ -430,11 +439,7 @@ fn malformed_record_in_redis_is_isolated() {
         Some("instance-a"),
         "globex keeps its last good binding"
     );
-    let metrics = edge.ops_get("/metrics").text();
-    assert!(
-        metrics.contains("nexus_edge_binding_records_rejected 1"),
-        "{metrics}"
-    );
+    assert_one_record_rejected(&edge);
     // The CLI refuses to build on the damaged record, and `put` repairs it.
     let (code, _, err) = admin.tenant(&["set-status", "globex", "active"]);
     assert_ne!(code, 0);
@@ -470,11 +475,7 @@ fn a_replica_started_on_a_damaged_record_keeps_that_tenant_from_the_snapshot() {
         Some("instance-a"),
         "globex keeps the snapshot's binding"
     );
-    let metrics = edge.ops_get("/metrics").text();
-    assert!(
-        metrics.contains("nexus_edge_binding_records_rejected 1"),
-        "{metrics}"
-    );
+    assert_one_record_rejected(&edge);
 }
 
 #[test]

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 
-use super::{parse_json_record, unavailable, RedisStore};
+use super::{unavailable, RedisStore};
 use crate::admin::{Actor, AdminError, AuditEntry, ImportError};
-use crate::model::{Binding, Revision, TenantId};
+use crate::model::{Binding, BindingRecord, Revision, TenantId};
 
 /// Records per pipelined round trip.
 const BATCH: usize = 500;
@@ -148,12 +148,17 @@ async fn restore_locked(
     }
     check_domains(store, con, &bindings).await?;
     // Records already in Redis (an earlier restore that stopped, or ones written outside the
-    // schema) keep their revisions: number after the highest, so none is ever reissued.
+    // schema) keep their revisions: number after the highest, so none is ever reissued. The
+    // same read gives the audit entries their old records.
     let (present, _) = store
         .load_all(con)
         .await
         .map_err(|e| ImportError::nothing(unavailable(e)))?;
     let mut revision = present.iter().map(|b| b.revision.get()).max().unwrap_or(0);
+    let mut records: HashMap<String, BindingRecord> = present
+        .iter()
+        .map(|b| (b.tenant_id.to_string(), b.to_record()))
+        .collect();
     let write = redis::Script::new(include_str!("restore.lua"));
     write
         .load_async(con)
@@ -173,17 +178,8 @@ async fn restore_locked(
         )),
     };
     for chunk in bindings.chunks(BATCH) {
-        let keys: Vec<String> = chunk
-            .iter()
-            .map(|b| store.keys.binding(b.tenant_id.as_str()))
-            .collect();
-        let old: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(con)
-            .await
-            .map_err(|e| stopped(written, &e))?;
         let mut pipe = redis::pipe();
-        for ((b, key), old) in chunk.iter().zip(&keys).zip(old) {
+        for b in chunk {
             revision += 1;
             let mut next = Binding::clone(b);
             next.revision = Revision(revision);
@@ -196,10 +192,9 @@ async fn restore_locked(
                 actor: actor.name.clone(),
                 reason: actor.reason.clone(),
                 op: "import".to_owned(),
-                old: old
-                    .as_deref()
-                    .and_then(|t| parse_json_record(t).ok())
-                    .map(|o| o.to_record()),
+                // What the tenant held before this write (an earlier record of the same import
+                // counts).
+                old: records.insert(next.tenant_id.to_string(), record.clone()),
                 new: Some(record.clone()),
             };
             let encoded = (
@@ -214,7 +209,7 @@ async fn restore_locked(
                 .cmd("EVALSHA")
                 .arg(write.get_hash())
                 .arg(5)
-                .arg(key)
+                .arg(store.keys.binding(next.tenant_id.as_str()))
                 .arg(store.keys.domains())
                 .arg(store.keys.audit(next.tenant_id.as_str()))
                 .arg(store.keys.revision())
