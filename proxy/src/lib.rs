@@ -15,9 +15,9 @@
 //! | [`errors`] | status code, body and metric label of every rejection |
 //! | [`service`] | the Pingora `ProxyHttp` glue |
 //!
-//! Around them: [`server`] assembles and runs Pingora, [`ops`] serves metrics and probes,
-//! [`background`] runs binding sync and key reload, [`cli`] is the command line, [`demo`]
-//! the newcomer's first five minutes.
+//! Around them: [`server`] assembles and runs Pingora on sockets [`listening`] bound up front,
+//! [`ops`] serves metrics and probes, [`background`] runs binding sync and key reload, [`cli`]
+//! is the command line, [`demo`] the newcomer's first five minutes.
 #![warn(missing_docs)]
 
 pub mod auth;
@@ -28,6 +28,7 @@ pub mod decision;
 pub mod demo;
 pub mod errors;
 pub mod host;
+pub mod listening;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

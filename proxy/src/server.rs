@@ -13,6 +13,7 @@ use pingora::services::listening::Service;
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::background::{BindingSync, KeyReload};
+use crate::listening::{self, BindError, BoundListeners, Prebound};
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::service::EdgeService;
@@ -34,6 +35,9 @@ pub enum StartError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// A listener could not be bound.
+    #[error("{0}")]
+    Listen(#[from] BindError),
     /// A runtime for start-up work could not be created.
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
@@ -99,13 +103,15 @@ pub fn prepare(
 pub fn serve(settings: Settings) -> std::process::ExitCode {
     let started = crate::store::Store::open(&settings.store).and_then(|store| {
         let source = store.source();
+        // Bound only once the state is loaded: a socket that accepts must soon be served.
         prepare(settings, &source)
-            .map(|state| (state, source))
+            .and_then(|state| Ok((bind_listeners(&state.settings)?, state)))
+            .map(|(listeners, state)| (state, source, listeners))
             .map_err(|e| format!("cannot start: {e}"))
     });
     match started {
-        Ok((state, source)) => {
-            run(state, source);
+        Ok((state, source, listeners)) => {
+            run(state, source, listeners);
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -116,8 +122,20 @@ pub fn serve(settings: Settings) -> std::process::ExitCode {
     }
 }
 
-/// Runs the router until SIGTERM/SIGINT, then drains for `server.shutdown_grace`.
-pub fn run(state: Arc<EdgeState>, source: Arc<dyn BindingSource>) {
+/// Binds the public and ops listeners, so an address that cannot be had stops start-up with
+/// an error naming it, and so both accept before any service runs.
+pub fn bind_listeners(settings: &Settings) -> Result<BoundListeners, StartError> {
+    let mut bound = BoundListeners::default();
+    listening::bind(&mut bound, settings.server.listen, "public")?;
+    if let Some(ops) = settings.server.admin_listen {
+        listening::bind(&mut bound, ops, "ops")?;
+    }
+    Ok(bound)
+}
+
+/// Runs the router on `listeners` (from [`bind_listeners`]) until SIGTERM/SIGINT, then drains
+/// for `server.shutdown_grace`.
+pub fn run(state: Arc<EdgeState>, source: Arc<dyn BindingSource>, mut listeners: BoundListeners) {
     let s = &state.settings;
     let mut conf = ServerConf {
         threads: s.server.threads,
@@ -136,16 +154,16 @@ pub fn run(state: Arc<EdgeState>, source: Arc<dyn BindingSource>) {
         EdgeService::new(Arc::clone(&state)),
         "nexus-edge",
     );
-    proxy.add_tcp(&s.server.listen.to_string());
-    server.add_service(proxy);
+    proxy.add_tcp(&listening::key(s.server.listen));
+    server.add_service(Prebound::new(proxy, &mut listeners, s.server.listen));
 
     if let Some(addr) = s.server.admin_listen {
         let mut ops = Service::new(
             "nexus-edge ops".to_owned(),
             pingora::apps::http_app::HttpServer::new_app(OpsApp::new(Arc::clone(&state))),
         );
-        ops.add_tcp(&addr.to_string());
-        server.add_service(ops);
+        ops.add_tcp(&listening::key(addr));
+        server.add_service(Prebound::new(ops, &mut listeners, addr));
     }
 
     server.add_service(background_service(

@@ -1,5 +1,6 @@
 //! `nexus-edge demo`, a newcomer's first five minutes: every `curl` command it prints does
-//! what its comment says, against the real binary and its demo instances.
+//! what its comment says, against the real binary and its demo instances. Also `serve` on the
+//! embedded default: how it starts, and how it refuses to.
 
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -209,6 +210,41 @@ fn serve_without_a_config_runs_the_embedded_default() {
             "{host}: {} {}",
             routed.status,
             routed.text()
+        );
+    }
+}
+
+/// `serve` on an address it cannot have stops at once with an error naming the address and
+/// the listener; it used to live on for 30 s of bind retries, then without that listener (and
+/// with its ops listener reporting ready).
+#[test]
+fn serve_stops_when_a_listen_address_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
+    for (role, listen, ops) in [
+        ("public", taken_addr, free_addr()),
+        ("ops", free_addr(), taken_addr),
+    ] {
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", &listen.to_string()])
+            .args(["--admin-listen", &ops.to_string()])
+            .env_remove("NEXUS_EDGE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nexus-edge");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let stop = KillOnDrop(&mut child);
+        let status = wait::until(Duration::from_secs(20), "nexus-edge to exit", || {
+            stop.0.try_wait().ok().flatten()
+        });
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut err).expect("stderr");
+        assert_eq!(status.code(), Some(1), "{role}: {err}");
+        assert!(
+            err.contains(&format!("cannot listen on {taken_addr} ({role}): ")),
+            "{role}: {err}"
         );
     }
 }

@@ -1,0 +1,166 @@
+//! Listening sockets bound before Pingora starts, so a router either accepts or exits.
+//!
+//! Left to itself, Pingora binds each listener on the service's own runtime after start-up,
+//! which gets two things wrong for a router behind a load balancer:
+//! - the services start in parallel, so the ops listener (and its `/readyz`) could answer
+//!   while the public port still refused connections;
+//! - a listener that cannot bind (address in use for 30 s, address not on this host) panics
+//!   its service thread while the process lives on, serving nothing on that port.
+//!
+//! So [`bind`] binds every listener up front, where a failure is a start-up error naming the
+//! address, and [`Prebound`] hands the bound socket to Pingora through its listener fd table
+//! (the table a zero-downtime upgrade fills with inherited sockets). Any later failure of a
+//! listening service stops the process rather than leaving it half alive.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::IntoRawFd;
+
+use async_trait::async_trait;
+use pingora::server::{ListenFds, RuntimeOpts, ShutdownWatch};
+use pingora::services::{Service, ServiceReadyNotifier, ServiceWithDependents};
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({role}): {source}")]
+pub struct BindError {
+    /// The configured address.
+    pub addr: SocketAddr,
+    /// Which listener: `public` or `ops`.
+    pub role: &'static str,
+    /// What the system said.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Sockets bound and listening, keyed by the address string Pingora is given for them.
+#[derive(Debug, Default)]
+pub struct BoundListeners {
+    sockets: HashMap<String, TcpListener>,
+}
+
+/// Binds `addr` for `role`, with the options Pingora's own bind uses (address reuse,
+/// non-blocking; Pingora raises the backlog when it adopts the socket).
+pub fn bind(
+    listeners: &mut BoundListeners,
+    addr: SocketAddr,
+    role: &'static str,
+) -> Result<(), BindError> {
+    let err = |source| BindError { addr, role, source };
+    let socket = TcpListener::bind(addr).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    listeners.sockets.insert(key(addr), socket);
+    Ok(())
+}
+
+/// The string a listener is registered under, both in Pingora's `add_tcp` and its fd table.
+pub fn key(addr: SocketAddr) -> String {
+    addr.to_string()
+}
+
+/// A listening service whose socket was bound by [`bind`].
+pub struct Prebound<S> {
+    /// Taken when the service starts: it runs in its own task so that a panic can be seen.
+    inner: Option<S>,
+    socket: Option<(String, TcpListener)>,
+    name: String,
+    threads: Option<usize>,
+    addresses: Option<Vec<String>>,
+}
+
+impl<S: Service> Prebound<S> {
+    /// Wraps `inner`, which was given `addr` with `add_tcp(&key(addr))`, taking that address's
+    /// bound socket out of `listeners` (if it is not there, Pingora binds it itself).
+    pub fn new(inner: S, listeners: &mut BoundListeners, addr: SocketAddr) -> Self {
+        let key = key(addr);
+        Self {
+            name: inner.name().to_owned(),
+            threads: inner.threads(),
+            addresses: inner.listen_addresses(),
+            inner: Some(inner),
+            socket: listeners.sockets.remove(&key).map(|s| (key, s)),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: Service + 'static> ServiceWithDependents for Prebound<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+        ready: ServiceReadyNotifier,
+    ) {
+        let Some(mut inner) = self.inner.take() else {
+            tracing::error!(service = %self.name, "started twice; ignored");
+            return;
+        };
+        if let (Some(table), Some((key, socket))) = (&fds, self.socket.take()) {
+            let mut table = table.lock();
+            // An inherited socket for the address (an upgrade) wins; ours then closes.
+            if table.get(&key).is_none() {
+                table.add(key, socket.into_raw_fd());
+            }
+        }
+        // The socket already accepts: dependents may start.
+        ready.notify_ready();
+        let run = tokio::spawn(async move {
+            inner.start_service(fds, shutdown, listeners_per_fd).await;
+        });
+        if let Err(e) = run.await {
+            // Pingora panics when it cannot build a listener; its message says why.
+            tracing::error!(service = %self.name, error = %e, "listener failed; exiting");
+            eprintln!("nexus-edge: the {} listener failed; exiting", self.name);
+            std::process::exit(1);
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.threads
+    }
+
+    fn runtime_opts_override(&self, global: &RuntimeOpts) -> Option<RuntimeOpts> {
+        self.inner
+            .as_ref()
+            .and_then(|s| s.runtime_opts_override(global))
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        self.addresses.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_address_is_a_named_error_and_binds_nothing() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = taken.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let mut bound = BoundListeners::default();
+        let e = bind(&mut bound, addr, "public").err();
+        let msg = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.starts_with(&format!("cannot listen on {addr} (public): ")),
+            "{msg}"
+        );
+        assert!(bound.sockets.is_empty());
+    }
+
+    #[test]
+    fn a_bound_socket_accepts_before_any_service_runs() {
+        let mut bound = BoundListeners::default();
+        let free = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap_or_else(|e| panic!("{e}"));
+        bind(&mut bound, free, "public").unwrap_or_else(|e| panic!("{e}"));
+        assert!(bound.sockets.contains_key(&key(free)));
+        std::net::TcpStream::connect(free).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
