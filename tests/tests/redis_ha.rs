@@ -1,6 +1,7 @@
 //! Redis in production shapes: TLS (with and without client certificates), Sentinel failover,
-//! and a Redis whose history restarts under a following replica. Real `redis-server` nodes on
-//! loopback TCP, the real `nexus-edge` binary and admin CLI.
+//! and a Redis whose history restarts under a following replica (even where its feed cannot
+//! reach the new entries). Real `redis-server` nodes on loopback TCP, the real `nexus-edge`
+//! binary and admin CLI.
 
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -408,4 +409,46 @@ fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
     admin.ok(&["import", file.to_str().unwrap()]);
     wait_instance(&edge, &keys, "umbrella", "instance-a");
     assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "45");
+}
+
+#[test]
+fn a_new_history_the_feed_cannot_reach_is_found_by_the_revision_counter() {
+    // A Redis wiped and written again on a host whose clock runs behind (or failed over to
+    // one) gives the new change entries stream ids that sort before this replica's position:
+    // its feed read finds nothing, and the full reconcile is an hour away here. At each
+    // heartbeat the replica compares the store's revision counter with what it applied, sees
+    // it is stuck behind, and reconciles.
+    let ThreeTenants {
+        redis,
+        admin: _admin,
+        keys,
+        a: _a,
+        b,
+        edge,
+    } = three_tenants("replica-c");
+
+    // In one step: the old history gone, a new one holding acme alone at revision 5, its
+    // change entry at stream id 1-1.
+    let mut acme = binding("acme", &b.url(), "active", None);
+    acme["revision"] = serde_json::json!(5);
+    redis.cmd(&[
+        "EVAL",
+        "redis.call('DEL', 'nexus:binding:globex', 'nexus:binding:initech', 'nexus:changes') \
+         redis.call('SET', 'nexus:binding:acme', ARGV[1]) \
+         redis.call('SET', 'nexus:revision', '5') \
+         redis.call('XADD', 'nexus:changes', '1-1', 'rev', '5', 'tenant', 'acme', 'op', 'upsert') \
+         return 1",
+        "0",
+        &acme.to_string(),
+    ]);
+    wait_instance(&edge, &keys, "acme", "instance-b");
+    wait::until(Duration::from_secs(10), "globex to be gone", || {
+        instance_of(&edge, &keys, "globex").is_none().then_some(())
+    });
+    assert!(
+        edge.log().contains("the change feed delivers nothing"),
+        "{}",
+        edge.log()
+    );
+    assert_eq!(edge.revision(), 5);
 }

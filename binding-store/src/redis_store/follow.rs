@@ -75,6 +75,50 @@ async fn reconcile(
     Ok(())
 }
 
+/// Checks, at each heartbeat, the store's revision counter against the revision this replica
+/// has applied: the one way to see a new history whose change entries the feed read cannot
+/// reach (a Redis wiped and written again, or failed over, on a host whose clock runs behind,
+/// gives stream ids that sort before this replica's position), without waiting for the next
+/// full reconcile.
+#[derive(Debug, Default)]
+struct CounterWatch {
+    /// The counter and the applied revision seen at the last heartbeat, when the replica was
+    /// behind the counter.
+    behind: Option<(u64, u64)>,
+}
+
+impl CounterWatch {
+    /// Returns why the replica must reconcile, if it must.
+    ///
+    /// A counter below the applied revision (or gone) is a new history. A counter ahead is
+    /// normal for a moment (entries are read right after they are written), so only a replica
+    /// still behind the counter of the previous heartbeat with its position unmoved, a whole
+    /// heartbeat during which the feed was read, has lost the feed.
+    fn observe(&mut self, counter: Option<u64>, applied: u64) -> Option<&'static str> {
+        let counter = counter.unwrap_or(0);
+        if counter < applied {
+            self.behind = None;
+            return Some(
+                "the store's revision counter is behind this replica (reset, wipe or failover)",
+            );
+        }
+        if counter == applied {
+            self.behind = None;
+            return None;
+        }
+        if let Some((seen, was_applied)) = self.behind {
+            if applied == was_applied && applied < seen {
+                self.behind = None;
+                return Some(
+                    "the change feed delivers nothing while the store's revision counter is ahead",
+                );
+            }
+        }
+        self.behind = Some((counter, applied));
+        None
+    }
+}
+
 /// Whether the feed in Redis still continues from `p` without a gap.
 ///
 /// After a Sentinel failover that lost the last writes (replication is asynchronous), or a
@@ -151,11 +195,21 @@ async fn session(
 
     let mut last_reconcile = Instant::now();
     let mut last_heartbeat: Option<Instant> = None;
+    let mut counter_watch = CounterWatch::default();
     let mut last_snapshot = Instant::now();
     let mut snapshot_dirty = false;
     let block_ms = (opts.heartbeat_interval.as_millis() as u64 / 2).clamp(10, 1000);
     loop {
         if last_heartbeat.is_none_or(|t| t.elapsed() >= opts.heartbeat_interval) {
+            let counter: Option<u64> = con.get(store.keys().revision()).await?;
+            let applied = store.position().map_or(0, |p| p.revision);
+            if let Some(why) = counter_watch.observe(counter, applied) {
+                tracing::warn!(store_revision = ?counter, applied_revision = applied,
+                    "{why}; reconciling");
+                reconcile(store, handle, &mut con).await?;
+                last_reconcile = Instant::now();
+                counter_watch = CounterWatch::default();
+            }
             let applied = store.position().map_or(0, |p| p.revision);
             super::fleet::heartbeat(store, &mut con, applied).await?;
             store.health_ref().mark_synced(Revision(applied));
@@ -293,4 +347,52 @@ async fn apply_entries(
         store.set_position(pos.clone());
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CounterWatch;
+
+    /// (counter, applied, must reconcile) per heartbeat, in order.
+    fn run(beats: &[(Option<u64>, u64, bool)]) {
+        let mut w = CounterWatch::default();
+        for (i, &(counter, applied, expect)) in beats.iter().enumerate() {
+            let got = w.observe(counter, applied);
+            assert_eq!(
+                got.is_some(),
+                expect,
+                "beat {i}: {counter:?}/{applied}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn counter_watch_table() {
+        // In step.
+        run(&[(Some(5), 5, false), (Some(5), 5, false)]);
+        // Empty store, empty replica.
+        run(&[(None, 0, false), (None, 0, false)]);
+        // Behind for a moment, then caught up: entries being read.
+        run(&[(Some(7), 5, false), (Some(7), 7, false)]);
+        // Moving but still behind (a large import being applied): not stuck.
+        run(&[
+            (Some(900), 5, false),
+            (Some(1900), 400, false),
+            (Some(1900), 1200, false),
+        ]);
+        // Behind, and nothing applied for a whole heartbeat: the feed cannot reach the entries.
+        run(&[(Some(7), 5, false), (Some(7), 5, true)]);
+        // The counter moved on, the replica did not reach even the earlier counter.
+        run(&[(Some(7), 5, false), (Some(9), 5, true)]);
+        // Counter behind or gone: a new history, at once.
+        run(&[(Some(2), 5, true)]);
+        run(&[(None, 5, true)]);
+        // After a verdict the watch starts over.
+        run(&[
+            (Some(7), 5, false),
+            (Some(7), 5, true),
+            (Some(7), 5, false),
+            (Some(7), 5, true),
+        ]);
+    }
 }
