@@ -47,6 +47,12 @@ pub fn bind(
     role: &'static str,
 ) -> Result<(), BindError> {
     let err = |source| BindError { addr, role, source };
+    if listeners.sockets.contains_key(&key(addr)) {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another listener of this router has this address",
+        )));
+    }
     let socket = TcpListener::bind(addr).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     listeners.sockets.insert(key(addr), socket);
@@ -96,23 +102,26 @@ impl<S: Service + 'static> ServiceWithDependents for Prebound<S> {
             tracing::error!(service = %self.name, "started twice; ignored");
             return;
         };
+        // The router does not run Pingora's socket-passing upgrade, so the table holds no
+        // inherited socket for this address (if it ever does, `bind` must skip those
+        // addresses: the old process still listens on them).
         if let (Some(table), Some((key, socket))) = (&fds, self.socket.take()) {
-            let mut table = table.lock();
-            // An inherited socket for the address (an upgrade) wins; ours then closes.
-            if table.get(&key).is_none() {
-                table.add(key, socket.into_raw_fd());
-            }
+            table.lock().add(key, socket.into_raw_fd());
         }
         // The socket already accepts: dependents may start.
         ready.notify_ready();
         let run = tokio::spawn(async move {
             inner.start_service(fds, shutdown, listeners_per_fd).await;
         });
-        if let Err(e) = run.await {
+        match run.await {
+            Ok(()) => {}
             // Pingora panics when it cannot build a listener; its message says why.
-            tracing::error!(service = %self.name, error = %e, "listener failed; exiting");
-            eprintln!("nexus-edge: the {} listener failed; exiting", self.name);
-            std::process::exit(1);
+            Err(e) if e.is_panic() => {
+                tracing::error!(service = %self.name, error = %e, "listener failed; exiting");
+                eprintln!("nexus-edge: the {} listener failed; exiting", self.name);
+                std::process::exit(1);
+            }
+            Err(e) => tracing::warn!(service = %self.name, error = %e, "listener stopped"),
         }
     }
 
@@ -162,5 +171,13 @@ mod tests {
         bind(&mut bound, free, "public").unwrap_or_else(|e| panic!("{e}"));
         assert!(bound.sockets.contains_key(&key(free)));
         std::net::TcpStream::connect(free).unwrap_or_else(|e| panic!("{e}"));
+        // Two listeners on one address (e.g. both on port 0) would share one socket.
+        let twice = bind(&mut bound, free, "ops").err().map(|e| e.to_string());
+        assert!(
+            twice
+                .as_deref()
+                .is_some_and(|m| m.contains("another listener")),
+            "{twice:?}"
+        );
     }
 }

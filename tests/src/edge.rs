@@ -24,10 +24,36 @@ pub fn binary() -> PathBuf {
     bin
 }
 
-/// A free loopback port (bound and released; the small reuse race is retried by [`Edge::start`]).
+/// A free loopback port for a child process to listen on (bound and released; the small
+/// reuse race is retried by [`Edge::start`]).
+///
+/// Picked below the kernel's ephemeral range when there is room: a port from that range can
+/// be taken, between this pick and the child's bind, as the source port of any test's
+/// outgoing connection, and then sits in TIME_WAIT for a minute, refusing the bind.
 pub fn free_addr() -> SocketAddr {
+    const LOWEST: u16 = 10_000;
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&low| low > LOWEST + 1_000);
+    if let Some(low) = below {
+        for _ in 0..100 {
+            let port = LOWEST + (random_u64() % u64::from(low - LOWEST)) as u16;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                return l.local_addr().expect("local addr");
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
     l.local_addr().expect("local addr")
+}
+
+/// Random bits from std's per-instance hash keys: parallel test processes pick apart.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 /// What to put in the generated config.
