@@ -38,6 +38,9 @@ pub struct Metrics {
     pub sync_age_seconds: IntGauge,
     /// Binding records refused so far.
     pub rejected_records: IntGauge,
+    /// `binding_full_reloads`: whole-table loads from Redis (start-up and reconciles); one
+    /// that keeps rising is a replica that keeps losing the change feed.
+    pub full_reloads: IntGauge,
     /// `requests_total{outcome="forwarded"}`, resolved once: the label lookup (a lock and a
     /// hash) is not worth paying on every forwarded request.
     pub forwarded: prometheus::IntCounter,
@@ -96,6 +99,10 @@ impl Metrics {
             "binding_records_rejected",
             "Binding records refused by validation so far",
         )?;
+        let full_reloads = IntGauge::new(
+            "binding_full_reloads",
+            "Whole binding-table loads from Redis so far (start-up and reconciles; 0 with the file store)",
+        )?;
         let upstream_connect_retries = prometheus::IntCounter::new(
             "upstream_connect_retries_total",
             "Connects retried at another address of an instance's name",
@@ -109,6 +116,7 @@ impl Metrics {
             Box::new(store_up.clone()),
             Box::new(sync_age_seconds.clone()),
             Box::new(rejected_records.clone()),
+            Box::new(full_reloads.clone()),
             Box::new(upstream_connect_retries.clone()),
         ] {
             registry.register(c)?;
@@ -129,6 +137,7 @@ impl Metrics {
             store_up,
             sync_age_seconds,
             rejected_records,
+            full_reloads,
             upstream_connect_retries,
         })
     }
@@ -151,6 +160,8 @@ impl Metrics {
         self.sync_age_seconds.set(age);
         self.rejected_records
             .set(i64::try_from(health.rejected_records()).unwrap_or(i64::MAX));
+        self.full_reloads
+            .set(i64::try_from(health.full_reloads()).unwrap_or(i64::MAX));
         let mut out = Vec::with_capacity(4096);
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -278,12 +278,24 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     let edge = replica(&keys, store(&url, "replica-w", &tail));
     wait_instance(&edge, &keys, "globex", "instance-a");
 
-    // 1. Wiped under a following replica, which then reconnects and checks the store.
+    // 1. Wiped under a following replica: its next heartbeat notices, says so once, and it
+    // keeps its table; so does a reload after a reconnect.
     redis.cmd(&["FLUSHALL"]);
+    wait::until(Duration::from_secs(10), "the wipe to be noticed", || {
+        edge.log()
+            .contains("keeping the table served now until a new history starts")
+            .then_some(())
+    });
     redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
     wait::until(Duration::from_secs(10), "the refusal to be logged", || {
-        edge.log().contains("no revision counter").then_some(())
+        edge.log().contains("restores it in one step").then_some(())
     });
+    assert_eq!(
+        edge.log().matches("until a new history starts").count(),
+        1,
+        "{}",
+        edge.log()
+    );
     assert_eq!(
         instance_of(&edge, &keys, "acme").as_deref(),
         Some("instance-a")
@@ -411,32 +423,67 @@ fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
     assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "45");
 }
 
+/// `nexus_edge_binding_full_reloads` of `edge`.
+fn full_reloads(edge: &Edge) -> u64 {
+    let text = edge.ops_get("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("nexus_edge_binding_full_reloads "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no full-reload count in {text}"))
+}
+
+/// Waits until `replica` has heartbeated `n` more times (its `at_ms` in the fleet hash moved).
+fn heartbeats(redis: &RedisServer, replica: &str, n: usize) {
+    let at = || {
+        let beat = redis.cmd(&["HGET", "nexus:replicas", replica]);
+        serde_json::from_str::<serde_json::Value>(&beat).ok()?["at_ms"].as_u64()
+    };
+    let mut last = wait::until(Duration::from_secs(10), "a heartbeat", at);
+    for _ in 0..n {
+        last = wait::until(Duration::from_secs(10), "the next heartbeat", || {
+            at().filter(|&t| t > last)
+        });
+    }
+}
+
 #[test]
-fn a_new_history_the_feed_cannot_reach_is_found_by_the_revision_counter() {
+fn a_new_history_the_feed_cannot_reach_is_found_at_the_next_heartbeat() {
     // A Redis wiped and written again on a host whose clock runs behind (or failed over to
     // one) gives the new change entries stream ids that sort before this replica's position:
     // its feed read finds nothing, and the full reconcile is an hour away here. At each
-    // heartbeat the replica compares the store's revision counter with what it applied, sees
-    // it is stuck behind, and reconciles.
+    // heartbeat the replica checks the revision counter and its own last entry, and
+    // reconciles; normal writes, however many, never make it reconcile.
     let ThreeTenants {
         redis,
-        admin: _admin,
+        admin,
         keys,
-        a: _a,
+        a,
         b,
         edge,
     } = three_tenants("replica-c");
+    let reloads = full_reloads(&edge);
 
-    // In one step: the old history gone, a new one holding acme alone at revision 5, its
-    // change entry at stream id 1-1.
+    // 1. Normal writes, then heartbeats: no reconcile.
+    for i in 0..20 {
+        let to = if i % 2 == 0 { &b } else { &a };
+        admin.put(&binding("umbrella", &to.url(), "active", None));
+    }
+    edge.wait_for("revision 23", || edge.revision() == 23);
+    heartbeats(&redis, "replica-c", 3);
+    assert_eq!(full_reloads(&edge), reloads, "{}", edge.log());
+
+    // 2. In one step: the old history gone, a new one holding acme alone at the revision
+    // the replica has applied, its change entry at stream id 1-1. Only the replica's own
+    // entry, gone, tells the two histories apart.
     let mut acme = binding("acme", &b.url(), "active", None);
-    acme["revision"] = serde_json::json!(5);
+    acme["revision"] = serde_json::json!(23);
     redis.cmd(&[
         "EVAL",
-        "redis.call('DEL', 'nexus:binding:globex', 'nexus:binding:initech', 'nexus:changes') \
+        "redis.call('DEL', 'nexus:changes', 'nexus:binding:globex', 'nexus:binding:initech', \
+                    'nexus:binding:umbrella') \
          redis.call('SET', 'nexus:binding:acme', ARGV[1]) \
-         redis.call('SET', 'nexus:revision', '5') \
-         redis.call('XADD', 'nexus:changes', '1-1', 'rev', '5', 'tenant', 'acme', 'op', 'upsert') \
+         redis.call('SET', 'nexus:revision', '23') \
+         redis.call('XADD', 'nexus:changes', '1-1', 'rev', '23', 'tenant', 'acme', 'op', 'upsert') \
          return 1",
         "0",
         &acme.to_string(),
@@ -446,9 +493,19 @@ fn a_new_history_the_feed_cannot_reach_is_found_by_the_revision_counter() {
         instance_of(&edge, &keys, "globex").is_none().then_some(())
     });
     assert!(
-        edge.log().contains("the change feed delivers nothing"),
+        edge.log().contains("last change entry is gone"),
         "{}",
         edge.log()
     );
-    assert_eq!(edge.revision(), 5);
+
+    // 3. A counter moved on with no entry the feed can deliver (a write outside the
+    // contract): the replica stays behind it for a heartbeat, then reconciles.
+    let mut globex = binding("globex", &a.url(), "active", None);
+    globex["revision"] = serde_json::json!(25);
+    redis.cmd(&["SET", "nexus:binding:globex", &globex.to_string()]);
+    redis.cmd(&["SET", "nexus:revision", "25"]);
+    wait_instance(&edge, &keys, "globex", "instance-a");
+    assert!(edge.log().contains("delivers nothing"), "{}", edge.log());
+    assert_eq!(edge.revision(), 25);
+    assert_eq!(full_reloads(&edge), reloads + 2, "{}", edge.log());
 }

@@ -8,15 +8,13 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 use tokio::sync::watch;
 
-use super::{field_str, field_u64, parse_json_record, FeedPosition, RedisStore};
+use super::{field_str, field_u64, parse_json_record, Entries, FeedPosition, RedisStore};
 use crate::model::{Revision, TenantId};
 use crate::table::{BindingHandle, Change};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Snapshots are written at most this often.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
-
-type Entries = Vec<(String, Vec<(String, String)>)>;
 
 /// Runs until `shutdown`; reconnects with backoff and jitter, serving the last table meanwhile.
 pub(super) async fn run(
@@ -75,48 +73,96 @@ async fn reconcile(
     Ok(())
 }
 
-/// Checks, at each heartbeat, the store's revision counter against the revision this replica
-/// has applied: the one way to see a new history whose change entries the feed read cannot
-/// reach (a Redis wiped and written again, or failed over, on a host whose clock runs behind,
-/// gives stream ids that sort before this replica's position), without waiting for the next
-/// full reconcile.
+/// Checks, at each heartbeat, that the store still holds the history this replica follows,
+/// without waiting for the next full reconcile. A new history whose change entries the feed
+/// read cannot reach (a Redis wiped and written again, or failed over, on a host whose clock
+/// runs behind, gives stream ids that sort before this replica's position) shows as the
+/// replica's own last entry gone, or a revision counter behind it, or ahead of it and staying
+/// out of reach.
 #[derive(Debug, Default)]
 struct CounterWatch {
     /// The counter and the applied revision seen at the last heartbeat, when the replica was
     /// behind the counter.
     behind: Option<(u64, u64)>,
+    /// A missing counter was already reported.
+    told_no_history: bool,
+}
+
+/// What one heartbeat's check found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing to do.
+    InStep,
+    /// No counter while the replica has applied changes: wiped, or a restore is writing.
+    /// The replica keeps its table; the restore's reset entry or the next write reloads it.
+    NoHistory,
+    /// The store's history is not the one this replica follows: reconcile.
+    Diverged(&'static str),
 }
 
 impl CounterWatch {
-    /// Returns why the replica must reconcile, if it must.
+    /// `counter` is the store's revision counter, `applied` this replica's revision, and
+    /// `own_entry` whether its position's stream entry is still in the feed (true when it has
+    /// no position in the feed).
     ///
-    /// A counter below the applied revision (or gone) is a new history. A counter ahead is
-    /// normal for a moment (entries are read right after they are written), so only a replica
-    /// still behind the counter of the previous heartbeat with its position unmoved, a whole
-    /// heartbeat during which the feed was read, has lost the feed.
-    fn observe(&mut self, counter: Option<u64>, applied: u64) -> Option<&'static str> {
-        let counter = counter.unwrap_or(0);
+    /// A counter ahead is normal for a moment (entries are read right after they are
+    /// written), so only a replica still behind the previous heartbeat's counter with its
+    /// position unmoved, a whole heartbeat during which the feed was read, has lost the feed.
+    fn observe(&mut self, counter: Option<u64>, applied: u64, own_entry: bool) -> Verdict {
+        let Some(counter) = counter.or((applied == 0).then_some(0)) else {
+            self.behind = None;
+            if std::mem::replace(&mut self.told_no_history, true) {
+                return Verdict::InStep;
+            }
+            return Verdict::NoHistory;
+        };
+        self.told_no_history = false;
+        if !own_entry {
+            self.behind = None;
+            return Verdict::Diverged("this replica's last change entry is gone from the feed");
+        }
         if counter < applied {
             self.behind = None;
-            return Some(
-                "the store's revision counter is behind this replica (reset, wipe or failover)",
-            );
+            return Verdict::Diverged("the store's revision counter is behind this replica");
         }
         if counter == applied {
             self.behind = None;
-            return None;
+            return Verdict::InStep;
         }
         if let Some((seen, was_applied)) = self.behind {
             if applied == was_applied && applied < seen {
                 self.behind = None;
-                return Some(
+                return Verdict::Diverged(
                     "the change feed delivers nothing while the store's revision counter is ahead",
                 );
             }
         }
         self.behind = Some((counter, applied));
-        None
+        Verdict::InStep
     }
+}
+
+/// The store's revision counter, and whether the stream entry at `position` is still there.
+async fn history_check(
+    store: &RedisStore,
+    con: &mut MultiplexedConnection,
+    position: Option<&FeedPosition>,
+) -> redis::RedisResult<(Option<u64>, bool)> {
+    let id = position.map_or("0-0", |p| p.stream_id.as_str());
+    if id == "0-0" {
+        let counter: Option<u64> = con.get(store.keys().revision()).await?;
+        return Ok((counter, true));
+    }
+    let (counter, entry): (Option<u64>, Entries) = redis::pipe()
+        .cmd("GET")
+        .arg(store.keys().revision())
+        .cmd("XRANGE")
+        .arg(store.keys().changes())
+        .arg(id)
+        .arg(id)
+        .query_async(con)
+        .await?;
+    Ok((counter, !entry.is_empty()))
 }
 
 /// Whether the feed in Redis still continues from `p` without a gap.
@@ -201,14 +247,22 @@ async fn session(
     let block_ms = (opts.heartbeat_interval.as_millis() as u64 / 2).clamp(10, 1000);
     loop {
         if last_heartbeat.is_none_or(|t| t.elapsed() >= opts.heartbeat_interval) {
-            let counter: Option<u64> = con.get(store.keys().revision()).await?;
-            let applied = store.position().map_or(0, |p| p.revision);
-            if let Some(why) = counter_watch.observe(counter, applied) {
-                tracing::warn!(store_revision = ?counter, applied_revision = applied,
-                    "{why}; reconciling");
-                reconcile(store, handle, &mut con).await?;
-                last_reconcile = Instant::now();
-                counter_watch = CounterWatch::default();
+            let position = store.position();
+            let (counter, own_entry) = history_check(store, &mut con, position.as_ref()).await?;
+            let applied = position.map_or(0, |p| p.revision);
+            match counter_watch.observe(counter, applied, own_entry) {
+                Verdict::InStep => {}
+                Verdict::NoHistory => tracing::warn!(
+                    applied_revision = applied,
+                    "Redis holds no revision counter (wiped, or a restore import is under way); \
+                     keeping the table served now until a new history starts"
+                ),
+                Verdict::Diverged(why) => {
+                    tracing::warn!(store_revision = ?counter, applied_revision = applied,
+                        "{why}; reconciling");
+                    reconcile(store, handle, &mut con).await?;
+                    last_reconcile = Instant::now();
+                }
             }
             let applied = store.position().map_or(0, |p| p.revision);
             super::fleet::heartbeat(store, &mut con, applied).await?;
@@ -351,48 +405,63 @@ async fn apply_entries(
 
 #[cfg(test)]
 mod tests {
-    use super::CounterWatch;
+    use super::{CounterWatch, Verdict};
 
-    /// (counter, applied, must reconcile) per heartbeat, in order.
-    fn run(beats: &[(Option<u64>, u64, bool)]) {
+    /// Per heartbeat, in order: (counter, applied, own entry present, verdict).
+    fn run(beats: &[(Option<u64>, u64, bool, Verdict)]) {
         let mut w = CounterWatch::default();
-        for (i, &(counter, applied, expect)) in beats.iter().enumerate() {
-            let got = w.observe(counter, applied);
-            assert_eq!(
-                got.is_some(),
-                expect,
-                "beat {i}: {counter:?}/{applied}: {got:?}"
-            );
+        for (i, (counter, applied, own, expect)) in beats.iter().enumerate() {
+            let got = w.observe(*counter, *applied, *own);
+            assert_eq!(&got, expect, "beat {i}: {counter:?}/{applied}/{own}");
         }
     }
 
     #[test]
     fn counter_watch_table() {
-        // In step.
-        run(&[(Some(5), 5, false), (Some(5), 5, false)]);
-        // Empty store, empty replica.
-        run(&[(None, 0, false), (None, 0, false)]);
+        use Verdict::{InStep, NoHistory};
+        let gone = Verdict::Diverged("this replica's last change entry is gone from the feed");
+        let behind = Verdict::Diverged("the store's revision counter is behind this replica");
+        let stuck = Verdict::Diverged(
+            "the change feed delivers nothing while the store's revision counter is ahead",
+        );
+        // In step; an empty store and an empty replica.
+        run(&[(Some(5), 5, true, InStep), (Some(5), 5, true, InStep)]);
+        run(&[(None, 0, true, InStep), (None, 0, true, InStep)]);
         // Behind for a moment, then caught up: entries being read.
-        run(&[(Some(7), 5, false), (Some(7), 7, false)]);
+        run(&[(Some(7), 5, true, InStep), (Some(7), 7, true, InStep)]);
         // Moving but still behind (a large import being applied): not stuck.
         run(&[
-            (Some(900), 5, false),
-            (Some(1900), 400, false),
-            (Some(1900), 1200, false),
+            (Some(900), 5, true, InStep),
+            (Some(1900), 400, true, InStep),
+            (Some(1900), 1200, true, InStep),
         ]);
-        // Behind, and nothing applied for a whole heartbeat: the feed cannot reach the entries.
-        run(&[(Some(7), 5, false), (Some(7), 5, true)]);
-        // The counter moved on, the replica did not reach even the earlier counter.
-        run(&[(Some(7), 5, false), (Some(9), 5, true)]);
-        // Counter behind or gone: a new history, at once.
-        run(&[(Some(2), 5, true)]);
-        run(&[(None, 5, true)]);
+        // Behind with nothing applied for a whole heartbeat, against the same or a newer
+        // counter: the feed cannot reach the entries.
+        run(&[
+            (Some(7), 5, true, InStep),
+            (Some(7), 5, true, stuck.clone()),
+        ]);
+        run(&[
+            (Some(7), 5, true, InStep),
+            (Some(9), 5, true, stuck.clone()),
+        ]);
+        // A counter behind, or the replica's own entry gone (even at an equal counter): a new
+        // history, at once.
+        run(&[(Some(2), 5, true, behind)]);
+        run(&[(Some(5), 5, false, gone)]);
+        // No counter while serving: said once per episode, never a reconcile.
+        run(&[
+            (None, 5, false, NoHistory),
+            (None, 5, false, InStep),
+            (Some(5), 5, true, InStep),
+            (None, 5, false, NoHistory),
+        ]);
         // After a verdict the watch starts over.
         run(&[
-            (Some(7), 5, false),
-            (Some(7), 5, true),
-            (Some(7), 5, false),
-            (Some(7), 5, true),
+            (Some(7), 5, true, InStep),
+            (Some(7), 5, true, stuck.clone()),
+            (Some(7), 5, true, InStep),
+            (Some(7), 5, true, stuck),
         ]);
     }
 }

@@ -267,20 +267,27 @@ impl RedisStore {
         Ok((good, bad))
     }
 
-    /// The stream's newest entry (id, revision), or the start of the stream.
+    /// The stream's newest entry (id, revision), or the start of the stream, and the revision
+    /// counter, read in one transaction: read apart, a write landing between them would put
+    /// the counter past the entry, and the follower would take that write's entry for a
+    /// restart of the history and reconcile again.
     pub(crate) async fn feed_head(
         &self,
         con: &mut MultiplexedConnection,
-    ) -> redis::RedisResult<FeedPosition> {
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+    ) -> redis::RedisResult<(FeedPosition, Option<u64>)> {
+        let (entries, counter): (Entries, Option<u64>) = redis::pipe()
+            .atomic()
+            .cmd("XREVRANGE")
             .arg(self.keys.changes())
             .arg("+")
             .arg("-")
             .arg("COUNT")
             .arg(1)
+            .cmd("GET")
+            .arg(self.keys.revision())
             .query_async(con)
             .await?;
-        Ok(entries.into_iter().next().map_or(
+        let head = entries.into_iter().next().map_or(
             FeedPosition {
                 stream_id: "0-0".to_owned(),
                 revision: 0,
@@ -289,7 +296,8 @@ impl RedisStore {
                 revision: field_u64(&fields, "rev"),
                 stream_id: id,
             },
-        ))
+        );
+        Ok((head, counter))
     }
 
     /// A full table from Redis: the feed position is taken first, so changes made during the
@@ -310,17 +318,26 @@ impl RedisStore {
         con: &mut MultiplexedConnection,
         current: impl FnOnce() -> Option<&'c BindingTable> + Send,
     ) -> redis::RedisResult<(BindingTable, FeedPosition)> {
-        let head = self.feed_head(con).await?;
-        let counter: Option<u64> = con.get(self.keys.revision()).await?;
-        let (mut bindings, bad) = self.load_all(con).await?;
-        let no_counter = counter.is_none();
-        if no_counter || !bad.is_empty() {
-            let current = current();
-            let serving = current.map_or(0, BindingTable::len);
-            if no_counter && serving > 0 {
-                return Err(no_history(serving, bindings.len() + bad.len()));
+        let (head, counter) = self.feed_head(con).await?;
+        // Called at most once, and only when needed.
+        let mut current = Some(current);
+        let mut served = None;
+        let mut current = move || {
+            if let Some(f) = current.take() {
+                served = f();
             }
-            if let Some(cur) = current {
+            served
+        };
+        // Refused before the scan: replicas retry this while a restore writes its records.
+        if counter.is_none() {
+            let serving = current().map_or(0, BindingTable::len);
+            if serving > 0 {
+                return Err(no_history(serving));
+            }
+        }
+        let (mut bindings, bad) = self.load_all(con).await?;
+        if !bad.is_empty() {
+            if let Some(cur) = current() {
                 for tenant in &bad {
                     if let Some(old) = cur.get(tenant) {
                         bindings.push(Arc::clone(old));
@@ -411,15 +428,18 @@ pub(crate) fn parse_json_record_with(
 }
 
 /// The refusal of a full load from a Redis without history (see [`RedisStore::full_table`]).
-fn no_history(serving: usize, records: usize) -> redis::RedisError {
+/// Stream entries as redis-rs returns them: (id, [(field, value)]).
+pub(crate) type Entries = Vec<(String, Vec<(String, String)>)>;
+
+fn no_history(serving: usize) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::ClientError,
         "Redis holds no revision counter",
         format!(
-            "it holds {records} binding records but no history: wiped, or a restore import is \
-             under way; keeping the {serving} bindings served now. `nexus-edge tenant import` \
-             restores it in one step, or restore Redis from a backup; any other write starts a \
-             new history that replicas follow"
+            "it has no history: wiped, or a restore import is under way; keeping the {serving} \
+             bindings served now. `nexus-edge tenant import` restores it in one step, or \
+             restore Redis from a backup; any other write starts a new history that replicas \
+             follow"
         ),
     ))
 }
