@@ -106,14 +106,7 @@ fn start_demo() -> (Demo, Vec<Example>, SocketAddr) {
     // Keep reading what it prints afterwards (its log), so it never writes to a closed pipe;
     // the thread ends when the demo is killed.
     std::thread::spawn(move || lines.for_each(drop));
-    wait::until(Duration::from_secs(20), "the demo router ready", || {
-        send_raw(
-            ops,
-            b"GET /readyz HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n",
-        )
-        .ok()
-        .filter(|r| r.status == 200)
-    });
+    wait_ready(ops, "the demo router ready");
     (demo, examples, listen)
 }
 
@@ -156,24 +149,12 @@ fn every_printed_demo_command_does_what_its_comment_says() {
 #[test]
 fn serve_without_a_config_runs_the_embedded_default() {
     let (listen, ops) = (free_addr(), free_addr());
-    let mut child = Command::new(binary())
-        .args(["serve", "--listen", &listen.to_string()])
-        .args(["--admin-listen", &ops.to_string()])
-        .env_remove("NEXUS_EDGE_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+    let mut child = serve(listen, ops)
         .stderr(Stdio::null())
         .spawn()
         .expect("start nexus-edge");
     let _stop = KillOnDrop(&mut child);
-    wait::until(Duration::from_secs(20), "the router ready", || {
-        send_raw(
-            ops,
-            b"GET /readyz HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n",
-        )
-        .ok()
-        .filter(|r| r.status == 200)
-    });
+    wait_ready(ops, "the router ready");
     let key = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/demo/demo-es256-key.pem"
@@ -225,12 +206,7 @@ fn serve_stops_when_a_listen_address_is_taken() {
         ("public", taken_addr, free_addr()),
         ("ops", free_addr(), taken_addr),
     ] {
-        let mut child = Command::new(binary())
-            .args(["serve", "--listen", &listen.to_string()])
-            .args(["--admin-listen", &ops.to_string()])
-            .env_remove("NEXUS_EDGE_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let mut child = serve(listen, ops)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start nexus-edge");
@@ -247,6 +223,29 @@ fn serve_stops_when_a_listen_address_is_taken() {
             "{role}: {err}"
         );
     }
+}
+
+/// `nexus-edge serve` on the embedded default (no config), stdin and stdout closed.
+fn serve(listen: SocketAddr, ops: SocketAddr) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.args(["serve", "--listen", &listen.to_string()])
+        .args(["--admin-listen", &ops.to_string()])
+        .env_remove("NEXUS_EDGE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// Waits until the ops listener at `ops` answers `/readyz` with 200.
+fn wait_ready(ops: SocketAddr, what: &str) {
+    wait::until(Duration::from_secs(20), what, || {
+        send_raw(
+            ops,
+            b"GET /readyz HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n",
+        )
+        .ok()
+        .filter(|r| r.status == 200)
+    });
 }
 
 /// Kills and reaps a child process when the test ends, pass or fail.

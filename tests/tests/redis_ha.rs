@@ -169,19 +169,32 @@ fn sentinel_failover_moves_the_fleet_to_the_new_primary() {
         || (rebind(&admin, "acme", &b).0 == 0).then_some(()),
     );
     wait_instance(&edge, &keys, "acme", "instance-b");
-    // The replica heartbeats to the new primary too, so `--wait` confirms there.
-    let out = admin.ok(&[
-        "rebind",
-        "acme",
-        "--instance-id",
-        "inst-c",
-        "--instance-url",
-        &c.url(),
-        "--wait",
-        "--timeout",
-        "15s",
-    ]);
-    assert!(out.contains("1/1 replicas on revision 4"), "{out}");
+    // The replica heartbeats to the new primary too, so `--wait` confirms there. (Sentinel
+    // can still call the new primary down for a moment on a loaded machine: the admin then
+    // refuses to write, and is retried.)
+    let out = wait::until(
+        Duration::from_secs(30),
+        "a confirmed rebind on the new primary",
+        || {
+            let (code, out, _) = admin.tenant(&[
+                "rebind",
+                "acme",
+                "--instance-id",
+                "inst-c",
+                "--instance-url",
+                &c.url(),
+                "--wait",
+                "--timeout",
+                "15s",
+            ]);
+            (code == 0).then_some(out)
+        },
+    );
+    let revision = standby.cmd(&["GET", "nexus:revision"]);
+    assert!(
+        out.contains(&format!("1/1 replicas on revision {revision}")),
+        "{out}"
+    );
     wait_instance(&edge, &keys, "acme", "instance-c");
     traffic.served(20);
     let (ok, failed) = traffic.finish();
