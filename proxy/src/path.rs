@@ -13,6 +13,9 @@
 //! - raw control characters, spaces, non-ASCII bytes and every other byte that RFC 3986 does
 //!   not allow raw in a path (`"` `<` `>` `#` `[` `]` `{` `}` `|` `^` `` ` ``) are refused: a
 //!   client must encode them, and passing them on would let upstreams each guess a meaning;
+//! - a dot-segment carrying parameters (`..;x`, `.;`, `%2e%2e%3b`) is refused: servlet
+//!   containers (Tomcat, Jetty, Spring) drop `;` parameters and then resolve the `..`, so
+//!   `/billing/..;/api` is `/api` to them while it is under `/billing` to any RFC reading;
 //! - dot-segments are removed (RFC 3986 §5.2.4) after decoding, so `%2e%2e` counts as `..`;
 //!   `..` at the root stays at the root (RFC 3986 behaviour, not an error: `/../x` can only
 //!   ever mean `/x`, so refusing it would add a failure mode without closing a hole);
@@ -42,6 +45,9 @@ pub enum PathError {
     /// outside RFC 3986 `pchar` (`"`, `<`, `#`, `{`, ...).
     #[error("character that must be percent-encoded")]
     ControlChar,
+    /// `..;x` or `.;x`: a dot-segment with parameters, `..` to a servlet container.
+    #[error("dot-segment with parameters")]
+    DotSegmentParameters,
     /// `%` not followed by two hex digits.
     #[error("malformed percent-encoding")]
     InvalidPercent,
@@ -59,6 +65,7 @@ impl PathError {
             PathError::EncodedNul => "encoded_nul",
             PathError::Backslash => "backslash",
             PathError::ControlChar => "control_char",
+            PathError::DotSegmentParameters => "dot_segment_parameters",
             PathError::InvalidPercent => "invalid_percent",
             PathError::TooLong => "too_long",
         }
@@ -150,6 +157,11 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
             }
             b'\\' => return Err(PathError::Backslash),
             _ if !is_path_char(c) => return Err(PathError::ControlChar),
+            b'/' if matches!(b.get(i + 1), Some(b'.' | b'%'))
+                && is_dot_segment_with_parameters(&b[i + 1..]) =>
+            {
+                return Err(PathError::DotSegmentParameters)
+            }
             b'/' if b.get(i + 1) == Some(&b'/') => needs_work = true,
             b'.' if (i == 0 || b[i - 1] == b'/') && is_dot_segment(&b[i..]) => needs_work = true,
             _ => {}
@@ -209,6 +221,27 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
 fn is_dot_segment(s: &[u8]) -> bool {
     let seg_end = s.iter().position(|&c| c == b'/').unwrap_or(s.len());
     matches!(&s[..seg_end], b"." | b"..")
+}
+
+/// True if the segment at the start of `s` is one or two dots (raw or `%2e`) followed by a
+/// `;` (raw or `%3b`).
+fn is_dot_segment_with_parameters(s: &[u8]) -> bool {
+    let escaped = |s: &[u8], hi: u8, lo: u8| {
+        s.len() >= 3 && s[0] == b'%' && s[1] == hi && s[2].eq_ignore_ascii_case(&lo)
+    };
+    let mut rest = s;
+    let mut dots = 0;
+    loop {
+        if rest.first() == Some(&b'.') {
+            rest = &rest[1..];
+        } else if escaped(rest, b'2', b'e') {
+            rest = &rest[3..];
+        } else {
+            break;
+        }
+        dots += 1;
+    }
+    matches!(dots, 1 | 2) && (rest.first() == Some(&b';') || escaped(rest, b'3', b'b'))
 }
 
 /// Segment-aware prefix test for public, recovery and API prefixes.
@@ -272,6 +305,12 @@ mod tests {
             ("//", "/"),
             ("///a//", "/a/"),
             ("/billing/./../api/x", "/api/x"),
+            // Parameters elsewhere are ordinary path characters.
+            ("/a;b/c", "/a;b/c"),
+            ("/...;x", "/...;x"),
+            ("/a.;b", "/a.;b"),
+            ("/;/..", "/"),
+            ("/billing;x/../api", "/api"),
         ];
         for (raw, want) in ok {
             assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
@@ -305,6 +344,15 @@ mod tests {
             ("/a\\..\\b", PathError::Backslash),
             ("/%%41", PathError::InvalidPercent),
             ("/%+1", PathError::InvalidPercent),
+            ("/billing/..;/api", PathError::DotSegmentParameters),
+            ("/billing/..;x=1/api", PathError::DotSegmentParameters),
+            ("/billing/.;/api", PathError::DotSegmentParameters),
+            ("/billing/%2e%2e;/x", PathError::DotSegmentParameters),
+            ("/billing/%2E.;/x", PathError::DotSegmentParameters),
+            ("/billing/..%3B/x", PathError::DotSegmentParameters),
+            ("/billing/..%3b", PathError::DotSegmentParameters),
+            ("/%62illing/..;/x", PathError::DotSegmentParameters),
+            ("/..;", PathError::DotSegmentParameters),
             ("http://a.x/b", PathError::NotOriginForm),
             ("a.x:443", PathError::NotOriginForm),
         ];
@@ -345,6 +393,7 @@ mod tests {
             EncodedNul,
             Backslash,
             ControlChar,
+            DotSegmentParameters,
             InvalidPercent,
             TooLong,
         ];

@@ -21,20 +21,49 @@ static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Headers only the router may set. Client copies are removed before forwarding.
-pub static ROUTER_HEADERS: [&HeaderName; 9] = [
-    &X_TENANT_ID,
-    &X_ORG_ID,
-    &X_USER_ID,
-    &X_REQUEST_ID,
-    &X_FORWARDED_FOR,
-    &X_FORWARDED_PROTO,
-    &X_FORWARDED_HOST,
-    &X_REAL_IP,
-    &http::header::FORWARDED,
+/// Header names (besides `x-forwarded-*` and `forwarded`) the instance must only ever get from
+/// the router: the identity headers it sets, and headers some servers and frameworks take as
+/// the client's address or as the real request path (`X-Original-URL` and kin would let a
+/// client replace the path the policy decided on).
+const RESERVED: [&str; 8] = [
+    "x-tenant-id",
+    "x-org-id",
+    "x-user-id",
+    "x-request-id",
+    "x-real-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
 ];
+
+/// Whether a client's request header is one the router owns, in any spelling an upstream may
+/// fold together: `_` for `-` (CGI-style servers map both to `HTTP_X_USER_ID`), every
+/// `X-Forwarded-*` (`-Prefix`, `-Port`, `-Ssl` steer frameworks too), and `Forwarded`.
+/// Such headers are removed before the router sets its own.
+pub fn is_reserved(name: &HeaderName) -> bool {
+    let b = name.as_str().as_bytes();
+    match b.first() {
+        Some(b'x') => {
+            starts_as(b, b"x-forwarded-") || RESERVED.iter().any(|r| same_name(b, r.as_bytes()))
+        }
+        Some(b'f') => same_name(b, b"forwarded"),
+        _ => false,
+    }
+}
+
+/// Equal as header names, with `-` and `_` the same (names are already lowercase).
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && starts_as(a, b)
+}
+
+/// `a` begins with `prefix`, with `-` and `_` the same.
+fn starts_as(a: &[u8], prefix: &[u8]) -> bool {
+    a.len() >= prefix.len()
+        && a.iter()
+            .zip(prefix)
+            .all(|(&x, &y)| x == y || (matches!(x, b'-' | b'_') && matches!(y, b'-' | b'_')))
+}
 
 /// Longest request id kept from a client.
 const MAX_REQUEST_ID: usize = 128;
@@ -199,12 +228,14 @@ pub fn rewrite_upstream_request(
     let mut parts = req.as_owned_parts();
     parts.uri = uri;
     let headers = &mut parts.headers;
-    headers.reserve(ROUTER_HEADERS.len());
+    headers.reserve(6);
 
-    // Clients rarely send these: one pass over the (few) headers present is cheaper than a
-    // hash lookup per router header, and removal happens only when one is there.
-    if headers.keys().any(|name| ROUTER_HEADERS.contains(&name)) {
-        for name in ROUTER_HEADERS {
+    // Clients rarely send these: one pass over the (few) headers present, and removal only
+    // when one is there.
+    if headers.keys().any(is_reserved) {
+        let reserved: Vec<HeaderName> =
+            headers.keys().filter(|n| is_reserved(n)).cloned().collect();
+        for name in &reserved {
             headers.remove(name);
         }
     }
@@ -241,6 +272,55 @@ pub fn rewrite_upstream_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_header_table() {
+        let reserved = [
+            "x-tenant-id",
+            "x_tenant_id",
+            "x-org-id",
+            "x_org-id",
+            "x-user-id",
+            "x_user_id",
+            "x-request-id",
+            "x_request_id",
+            "x-real-ip",
+            "x_real_ip",
+            "x-forwarded-for",
+            "x_forwarded_for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-prefix",
+            "x-forwarded-port",
+            "x-forwarded-ssl",
+            "x_forwarded_scheme",
+            "forwarded",
+            "x-original-url",
+            "x_original_uri",
+            "x-rewrite-url",
+        ];
+        let kept = [
+            "x-user-ids",
+            "x-user",
+            "x-tenant",
+            "x-forwarded",
+            "forwarded-for",
+            "authorization",
+            "cookie",
+            "x-api-key",
+            "x-requested-with",
+            "user-agent",
+            "x-custom_header",
+        ];
+        for name in reserved {
+            let n = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            assert!(is_reserved(&n), "{name} must be removed");
+        }
+        for name in kept {
+            let n = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!is_reserved(&n), "{name} must be kept");
+        }
+    }
 
     #[test]
     fn generated_request_ids_are_prefix_and_fixed_width_hex() {

@@ -131,6 +131,22 @@ fn rs256_tokens_and_the_session_cookie_are_accepted() {
         ],
     );
     assert_eq!(r.status, 401);
+
+    // Near-misses a loose parser in the app would still read as a second credential: a
+    // Bearer header the router cannot parse, a session cookie with a padded name.
+    let valid = w.keys.token("acme", Some("org-acme"));
+    let forged = format!("Bearer\t{other}");
+    let padded = format!("nexus_session ={other}; nexus_session={valid}");
+    for headers in [
+        vec![
+            ("Cookie", cookie.as_str()),
+            ("Authorization", forged.as_str()),
+        ],
+        vec![("Cookie", padded.as_str())],
+    ] {
+        let r = get(w.edge.addr, &host("acme"), "/", &headers);
+        assert_eq!(r.status, 401, "{headers:?}");
+    }
 }
 
 #[test]
@@ -155,6 +171,15 @@ fn custom_domain_and_public_paths() {
     for path in ["/loginx", "/assets/../api/secret", "/login/%2e%2e/admin"] {
         let r = get(w.edge.addr, &host("globex"), path, &[]);
         assert_eq!(r.status, 401, "{path}");
+    }
+    // `..;` is `..` to servlet containers, which would see `/admin`: refused outright.
+    for path in [
+        "/login/..;/admin",
+        "/assets/.;/../api",
+        "/login/%2e%2e%3b/admin",
+    ] {
+        let r = get(w.edge.addr, &host("globex"), path, &[]);
+        assert_eq!(r.status, 400, "{path}");
     }
 }
 
@@ -418,10 +443,32 @@ fn spoofed_identity_headers_are_replaced() {
             ("X-Forwarded-Proto", "https"),
             ("Forwarded", "for=6.6.6.6"),
             ("X-Request-Id", "trace-123"),
+            // Spellings that CGI-style servers fold into the same variables, forwarding
+            // headers frameworks honour, and path overrides.
+            ("X_User_Id", "admin"),
+            ("X_Tenant_Id", "globex"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("X-Forwarded-Prefix", "/evil"),
+            ("X-Forwarded-Port", "443"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("X-Original-URL", "/admin"),
+            ("X-Rewrite-URL", "/admin"),
         ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let echo = r.json();
+    for gone in [
+        "x_user_id",
+        "x_tenant_id",
+        "x_forwarded_for",
+        "x-forwarded-prefix",
+        "x-forwarded-port",
+        "x-real-ip",
+        "x-original-url",
+        "x-rewrite-url",
+    ] {
+        assert!(echoed_header(&echo, gone).is_empty(), "{gone}: {echo}");
+    }
     assert_eq!(echoed_header(&echo, "x-tenant-id"), ["acme"]);
     assert_eq!(echoed_header(&echo, "x-org-id"), ["org-acme"]);
     assert_eq!(echoed_header(&echo, "x-user-id"), ["user-1"]);
@@ -534,6 +581,10 @@ fn status_policy_for_every_state() {
         "/billing/..%2Fapi",
         "/billing\\..\\api",
         "/admin/recovery/../../api",
+        // `..;` is `..` to servlet containers.
+        "/billing/..;/api",
+        "/billing/%2e%2e;/api",
+        "/billing/..%3B/api",
     ] {
         let r = get_with_token(addr, &host("susp"), blocked, &t("susp"));
         assert!(

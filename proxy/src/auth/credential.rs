@@ -49,10 +49,12 @@ pub fn extract_token<'a>(
                 let Some(eq) = pair.iter().position(|&c| c == b'=') else {
                     continue;
                 };
-                if &pair[..eq] != name.as_bytes() {
+                // Trimmed as lenient cookie parsers trim, so that `sess =x` cannot smuggle a
+                // second session cookie past this check to an app that would read it.
+                if pair[..eq].trim_ascii() != name.as_bytes() {
                     continue;
                 }
-                let mut value = &pair[eq + 1..];
+                let mut value = pair[eq + 1..].trim_ascii();
                 if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
                     value = &value[1..value.len() - 1];
                 }
@@ -74,21 +76,27 @@ pub fn extract_token<'a>(
     }
 }
 
+/// The token of a `Bearer` credential; `None` for another scheme (e.g. Basic, meant for the
+/// app).
+///
+/// Anything that starts like `Bearer` must be exactly `Bearer 1*SP b64token`: a near-miss
+/// (`Bearer<TAB>x`, `Bearer,x`, `Bearer=x`, `Bearerx`) is refused, not passed over. Passed
+/// over, it would reach the instance beside the cookie the router did check, and an app
+/// parsing it loosely would take it for the caller's token.
 fn bearer(value: &[u8]) -> Result<Option<&str>, CredentialError> {
+    const SCHEME: &[u8] = b"bearer";
     let value = value.trim_ascii();
-    let Some(sp) = value.iter().position(|&c| c == b' ') else {
-        // A lone scheme word: `Bearer` with no token is malformed, anything else is not ours.
-        return if value.eq_ignore_ascii_case(b"bearer") {
-            Err(CredentialError::Malformed)
-        } else {
-            Ok(None)
-        };
+    let Some(scheme) = value.get(..SCHEME.len()) else {
+        return Ok(None);
     };
-    if !value[..sp].eq_ignore_ascii_case(b"bearer") {
+    if !scheme.eq_ignore_ascii_case(SCHEME) {
         return Ok(None);
     }
-    let token = value[sp..].trim_ascii_start();
-    if !is_b64token(token) {
+    // `1*SP`: RFC 7235 separates scheme and credentials with spaces only.
+    let rest = &value[SCHEME.len()..];
+    let spaces = rest.iter().take_while(|&&c| c == b' ').count();
+    let token = &rest[spaces..];
+    if spaces == 0 || !is_b64token(token) {
         return Err(CredentialError::Malformed);
     }
     std::str::from_utf8(token)
@@ -128,12 +136,25 @@ mod tests {
             (vec![b"Bearer a,b"], vec![], Err(Malformed)),
             (vec![b"Bearer ="], vec![], Err(Malformed)),
             (vec![b"Bearer a", b"Bearer a"], vec![], Err(Duplicate)),
+            // Near-misses of the scheme are refused, never passed over as "not ours".
+            (vec![b"Bearer\tabc"], vec![], Err(Malformed)),
+            (vec![b"Bearer,abc"], vec![], Err(Malformed)),
+            (vec![b"Bearer=abc"], vec![], Err(Malformed)),
+            (vec![b"Bearerabc"], vec![], Err(Malformed)),
+            (vec![b"bearer\t abc"], vec![], Err(Malformed)),
+            (vec![b"Bearer\tforged"], vec![b"sess=tok"], Err(Malformed)),
+            (vec![b"Bear abc"], vec![], Ok(None)),
+            (vec![b"Digest x=1"], vec![], Ok(None)),
             (vec![], vec![b"sess=tok"], Ok(Some("tok"))),
             (vec![], vec![b"a=1; sess=tok; b=2"], Ok(Some("tok"))),
             (vec![], vec![b"sess=\"tok\""], Ok(Some("tok"))),
             (vec![], vec![b"xsess=tok"], Ok(None)),
             (vec![], vec![b"sess=tok", b"sess=tok"], Ok(Some("tok"))),
             (vec![], vec![b"sess=tok; sess=other"], Err(Conflict)),
+            // A name or value padded with spaces is the same cookie to lenient parsers.
+            (vec![], vec![b"sess =forged; sess=tok"], Err(Conflict)),
+            (vec![], vec![b"sess= forged; sess=tok"], Err(Conflict)),
+            (vec![], vec![b"sess = tok"], Ok(Some("tok"))),
             (vec![], vec![b"sess=bad value"], Err(Malformed)),
             (vec![b"Bearer tok"], vec![b"sess=tok"], Ok(Some("tok"))),
             (vec![b"Bearer tok"], vec![b"sess=other"], Err(Conflict)),
