@@ -21,6 +21,7 @@ use std::sync::Arc;
 use nexus_binding_store::{Binding, BindingTable, UpstreamUrl};
 use nexus_config::TenancySettings;
 
+use crate::auth::credential::check_query_token;
 use crate::auth::{extract_token, Authenticator, VerifiedToken};
 use crate::authz::check_claims;
 use crate::errors::RejectReason;
@@ -123,6 +124,7 @@ pub fn decide(
         let token = extract_token(facts.authorization, facts.cookies, auth.session_cookie())
             .map_err(RejectReason::BadCredential)?
             .ok_or(RejectReason::MissingToken)?;
+        check_query_token(query, token).map_err(RejectReason::BadCredential)?;
         let verified = auth
             .verify(token, facts.now_unix)
             .map_err(RejectReason::InvalidToken)?;

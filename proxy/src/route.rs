@@ -22,42 +22,60 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Header names (besides `x-forwarded-*` and `forwarded`) the instance must only ever get from
-/// the router: the identity headers it sets, and headers some servers and frameworks take as
-/// the client's address or as the real request path (`X-Original-URL` and kin would let a
-/// client replace the path the policy decided on).
-const RESERVED: [&str; 8] = [
-    "x-tenant-id",
-    "x-org-id",
-    "x-user-id",
-    "x-request-id",
-    "x-real-ip",
-    "x-original-url",
-    "x-original-uri",
-    "x-rewrite-url",
-];
+/// Longest reserved name other than the `x-forwarded*` family.
+const MAX_RESERVED_LEN: usize = 19;
 
-/// Whether a client's request header is one the router owns, in any spelling an upstream may
-/// fold together: `_` for `-` (CGI-style servers map both to `HTTP_X_USER_ID`), every
-/// `X-Forwarded-*` (`-Prefix`, `-Port`, `-Ssl` steer frameworks too), and `Forwarded`.
-/// Such headers are removed before the router sets its own.
+/// Whether a client's request header is one the instance must only ever get from the router,
+/// in any spelling an upstream may fold together (`_` for `-`: CGI-style servers map both to
+/// `HTTP_X_USER_ID`). These are removed before the router sets its own:
+/// - the identity headers it sets (`X-Tenant-Id`, `X-Org-Id`, `X-User-Id`, `X-Request-Id`);
+/// - every `X-Forwarded*` and `Forwarded`, and the client-address and scheme headers that
+///   frameworks and client-IP helpers read in their place (`X-Real-IP`, `X-Client-IP`,
+///   `True-Client-IP`, `CF-Connecting-IP`, `X-Scheme`, ...): the router's `X-Forwarded-For`
+///   and `-Proto` are the only account of the client;
+/// - path overrides some frameworks honour (`X-Original-URL`, `X-Original-URI`,
+///   `X-Rewrite-URL`), which would replace the path the policy decided on.
 pub fn is_reserved(name: &HeaderName) -> bool {
     let b = name.as_str().as_bytes();
-    match b.first() {
-        Some(b'x') => {
-            starts_as(b, b"x-forwarded-") || RESERVED.iter().any(|r| same_name(b, r.as_bytes()))
-        }
-        Some(b'f') => same_name(b, b"forwarded"),
-        _ => false,
+    if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c')) {
+        return false;
     }
+    if starts_as(b, b"x-forwarded") {
+        return true;
+    }
+    if b.len() > MAX_RESERVED_LEN {
+        return false;
+    }
+    let mut folded = [0u8; MAX_RESERVED_LEN];
+    for (d, &c) in folded.iter_mut().zip(b) {
+        *d = if c == b'_' { b'-' } else { c };
+    }
+    matches!(
+        &folded[..b.len()],
+        b"x-tenant-id"
+            | b"x-org-id"
+            | b"x-user-id"
+            | b"x-request-id"
+            | b"forwarded"
+            | b"forwarded-for"
+            | b"x-real-ip"
+            | b"x-client-ip"
+            | b"client-ip"
+            | b"true-client-ip"
+            | b"cf-connecting-ip"
+            | b"fastly-client-ip"
+            | b"fly-client-ip"
+            | b"x-cluster-client-ip"
+            | b"x-scheme"
+            | b"x-url-scheme"
+            | b"front-end-https"
+            | b"x-original-url"
+            | b"x-original-uri"
+            | b"x-rewrite-url"
+    )
 }
 
-/// Equal as header names, with `-` and `_` the same (names are already lowercase).
-fn same_name(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && starts_as(a, b)
-}
-
-/// `a` begins with `prefix`, with `-` and `_` the same.
+/// `a` begins with `prefix`, with `-` and `_` the same (names are already lowercase).
 fn starts_as(a: &[u8], prefix: &[u8]) -> bool {
     a.len() >= prefix.len()
         && a.iter()
@@ -298,14 +316,29 @@ mod tests {
             "x-original-url",
             "x_original_uri",
             "x-rewrite-url",
+            "x-forwarded",
+            "x-forwarded-client-cert-chain-of-trust",
+            "forwarded-for",
+            "x-client-ip",
+            "client_ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "fastly-client-ip",
+            "fly-client-ip",
+            "x-cluster-client-ip",
+            "x-scheme",
+            "x_url_scheme",
+            "front-end-https",
         ];
         let kept = [
             "x-user-ids",
             "x-user",
             "x-tenant",
-            "x-forwarded",
-            "forwarded-for",
+            "forwarded-host-of-app",
             "authorization",
+            "content-type",
+            "cf-ray",
+            "client-ip-hint",
             "cookie",
             "x-api-key",
             "x-requested-with",

@@ -137,16 +137,37 @@ fn rs256_tokens_and_the_session_cookie_are_accepted() {
     let valid = w.keys.token("acme", Some("org-acme"));
     let forged = format!("Bearer\t{other}");
     let padded = format!("nexus_session ={other}; nexus_session={valid}");
+    let php = format!("nexus.session={other}; nexus_session={valid}");
+    let cased = format!("NEXUS_SESSION={other}; nexus_session={valid}");
     for headers in [
         vec![
             ("Cookie", cookie.as_str()),
             ("Authorization", forged.as_str()),
         ],
         vec![("Cookie", padded.as_str())],
+        vec![("Cookie", php.as_str())],
+        vec![("Cookie", cased.as_str())],
     ] {
         let r = get(w.edge.addr, &host("acme"), "/", &headers);
         assert_eq!(r.status, 401, "{headers:?}");
     }
+    // An `access_token` query parameter (read by some frameworks) may only repeat the token.
+    let bearer = format!("Bearer {valid}");
+    let auth = [("Authorization", bearer.as_str())];
+    let r = get(
+        w.edge.addr,
+        &host("acme"),
+        &format!("/?access_token={other}"),
+        &auth,
+    );
+    assert_eq!(r.status, 401);
+    let r = get(
+        w.edge.addr,
+        &host("acme"),
+        &format!("/?x=1&access_token={valid}"),
+        &auth,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //!
 //! Tokens in the query string are never read (they end up in logs and referrers). If the
 //! header and the cookie both carry a token they must be the same token: otherwise it is not
-//! clear who the caller is, and the request is refused.
+//! clear who the caller is, and the request is refused. The same holds for an
+//! `access_token` query parameter (RFC 6750 §2.3), which some frameworks read (ASP.NET for
+//! SignalR, Spring when allowed): it may only repeat the verified token.
 
 use super::error::CredentialError;
 
@@ -49,9 +51,7 @@ pub fn extract_token<'a>(
                 let Some(eq) = pair.iter().position(|&c| c == b'=') else {
                     continue;
                 };
-                // Trimmed as lenient cookie parsers trim, so that `sess =x` cannot smuggle a
-                // second session cookie past this check to an app that would read it.
-                if pair[..eq].trim_ascii() != name.as_bytes() {
+                if !same_cookie_name(&pair[..eq], name.as_bytes()) {
                     continue;
                 }
                 let mut value = pair[eq + 1..].trim_ascii();
@@ -74,6 +74,102 @@ pub fn extract_token<'a>(
         (Some(h), _) => Ok(Some(h)),
         (None, c) => Ok(c),
     }
+}
+
+/// The query parameter RFC 6750 §2.3 defines for bearer tokens.
+const QUERY_TOKEN: &[u8] = b"access_token";
+
+/// Checks that every `access_token` parameter of `query` (name without case, as ASP.NET
+/// reads it; `&` or `;` separated; `%XX` and `+` decoded) carries exactly `token`: the router
+/// never authenticates from the query, so any other value is a second, unchecked credential
+/// that would reach the instance beside the verified one.
+pub fn check_query_token(query: Option<&str>, token: &str) -> Result<(), CredentialError> {
+    let Some(query) = query.filter(|q| q.len() >= QUERY_TOKEN.len()) else {
+        return Ok(());
+    };
+    for pair in query.as_bytes().split(|&c| c == b'&' || c == b';') {
+        let (name, value) = match pair.iter().position(|&c| c == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &b""[..]),
+        };
+        if name.len() >= QUERY_TOKEN.len()
+            && decodes_to(name, QUERY_TOKEN, true)
+            && !decodes_to(value, token.as_bytes(), false)
+        {
+            return Err(CredentialError::Conflict);
+        }
+    }
+    Ok(())
+}
+
+/// Whether form-decoding `raw` (`%XX`, `+` for space) gives `want`, optionally without case.
+fn decodes_to(raw: &[u8], want: &[u8], fold_case: bool) -> bool {
+    let mut want = want.iter();
+    let mut i = 0;
+    while i < raw.len() {
+        let c = match (raw[i], raw.get(i + 1..i + 3)) {
+            (b'%', Some(&[h, l])) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                i += 3;
+                hex_pair(h, l)
+            }
+            (b'+', _) => {
+                i += 1;
+                b' '
+            }
+            (c, _) => {
+                i += 1;
+                c
+            }
+        };
+        match want.next() {
+            Some(&w) if w == c || (fold_case && w.eq_ignore_ascii_case(&c)) => {}
+            _ => return false,
+        }
+    }
+    want.next().is_none()
+}
+
+/// The byte two hex digits spell (both already checked to be hex digits).
+fn hex_pair(h: u8, l: u8) -> u8 {
+    let hex = |d: u8| (d as char).to_digit(16).unwrap_or(0) as u8;
+    hex(h) * 16 + hex(l)
+}
+
+/// Whether a cookie called `raw` is the session cookie `name` to some framework the instance
+/// may run, so that a second session cookie cannot ride past this check to an app that reads
+/// it: names are compared trimmed (lenient parsers), percent-decoded with `.`, space and `[`
+/// read as `_` (PHP) and without case (ASP.NET Core).
+fn same_cookie_name(raw: &[u8], name: &[u8]) -> bool {
+    let raw = raw.trim_ascii();
+    if raw == name {
+        return true;
+    }
+    // An escape spells one byte in three: anything outside this range cannot match.
+    if raw.len() < name.len() || raw.len() > 3 * name.len() {
+        return false;
+    }
+    let fold = |c: u8| match c.to_ascii_lowercase() {
+        b'.' | b' ' | b'[' => b'_',
+        c => c,
+    };
+    let mut want = name.iter().map(|&c| fold(c));
+    let mut i = 0;
+    while i < raw.len() {
+        let c = match (raw[i], raw.get(i + 1..i + 3)) {
+            (b'%', Some(&[h, l])) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                i += 3;
+                hex_pair(h, l)
+            }
+            (c, _) => {
+                i += 1;
+                c
+            }
+        };
+        if want.next() != Some(fold(c)) {
+            return false;
+        }
+    }
+    want.next().is_none()
 }
 
 /// The token of a `Bearer` credential; `None` for another scheme (e.g. Basic, meant for the
@@ -117,6 +213,32 @@ mod tests {
     }
 
     #[test]
+    fn query_token_table() {
+        use CredentialError::Conflict;
+        let cases: [(Option<&str>, Result<(), CredentialError>); 16] = [
+            (None, Ok(())),
+            (Some(""), Ok(())),
+            (Some("page=2&sort=name"), Ok(())),
+            (Some("access_token=tok"), Ok(())),
+            (Some("a=1&access_token=tok&b=2"), Ok(())),
+            (Some("access_token=t%6Fk"), Ok(())),
+            (Some("access_token=forged"), Err(Conflict)),
+            (Some("a=1&access_token=forged"), Err(Conflict)),
+            (Some("a=1;access_token=forged"), Err(Conflict)),
+            (Some("Access_Token=forged"), Err(Conflict)),
+            (Some("access%5Ftoken=forged"), Err(Conflict)),
+            (Some("access_token"), Err(Conflict)),
+            (Some("access_token=tok&access_token=forged"), Err(Conflict)),
+            (Some("access_tokens=x&xaccess_token=y"), Ok(())),
+            (Some("access+token=x"), Ok(())),
+            (Some("refresh_token=x"), Ok(())),
+        ];
+        for (query, want) in cases {
+            assert_eq!(check_query_token(query, "tok"), want, "{query:?}");
+        }
+    }
+
+    #[test]
     #[allow(clippy::type_complexity)] // a table-driven test row is a tuple by design
     fn table() {
         use CredentialError::*;
@@ -155,6 +277,12 @@ mod tests {
             (vec![], vec![b"sess =forged; sess=tok"], Err(Conflict)),
             (vec![], vec![b"sess= forged; sess=tok"], Err(Conflict)),
             (vec![], vec![b"sess = tok"], Ok(Some("tok"))),
+            // Names other frameworks fold into the session cookie's (case, escapes, PHP's
+            // `.` and space for `_`) count as it.
+            (vec![], vec![b"SESS=forged; sess=tok"], Err(Conflict)),
+            (vec![], vec![b"s%65ss=forged; sess=tok"], Err(Conflict)),
+            (vec![], vec![b"Sess=tok"], Ok(Some("tok"))),
+            (vec![], vec![b"sessx=tok; sess_=x"], Ok(None)),
             (vec![], vec![b"sess=bad value"], Err(Malformed)),
             (vec![b"Bearer tok"], vec![b"sess=tok"], Ok(Some("tok"))),
             (vec![b"Bearer tok"], vec![b"sess=other"], Err(Conflict)),
@@ -168,5 +296,28 @@ mod tests {
             );
         }
         assert_eq!(extract_token(&[], &[b"sess=tok"], None), Ok(None));
+        let php = Some("nexus_session");
+        for forged in [
+            &b"nexus.session=forged; nexus_session=tok"[..],
+            b"nexus session=forged; nexus_session=tok",
+            b"nexus[session=forged; nexus_session=tok",
+            b"nexus%5Fsession=forged; nexus_session=tok",
+            b"nexus%2esession=forged; nexus_session=tok",
+            b"NEXUS_SESSION=forged; nexus_session=tok",
+        ] {
+            assert_eq!(
+                extract_token(&[], &[forged], php),
+                Err(Conflict),
+                "{forged:?}"
+            );
+        }
+        assert_eq!(
+            extract_token(
+                &[],
+                &[b"nexus_sessions=x; nexus-session=y; nexus_session=tok"],
+                php
+            ),
+            Ok(Some("tok"))
+        );
     }
 }
