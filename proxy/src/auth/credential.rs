@@ -93,8 +93,8 @@ pub fn check_query_token(query: Option<&str>, token: &str) -> Result<(), Credent
             None => (pair, &b""[..]),
         };
         if name.len() >= QUERY_TOKEN.len()
-            && decodes_to(name, QUERY_TOKEN, true)
-            && !decodes_to(value, token.as_bytes(), false)
+            && decodes_to(name, QUERY_TOKEN, |c| c.to_ascii_lowercase())
+            && !decodes_to(value, token.as_bytes(), |c| c)
         {
             return Err(CredentialError::Conflict);
         }
@@ -102,9 +102,10 @@ pub fn check_query_token(query: Option<&str>, token: &str) -> Result<(), Credent
     Ok(())
 }
 
-/// Whether form-decoding `raw` (`%XX`, `+` for space) gives `want`, optionally without case.
-fn decodes_to(raw: &[u8], want: &[u8], fold_case: bool) -> bool {
-    let mut want = want.iter();
+/// Whether form-decoding `raw` (`%XX`, `+` for space) gives `want`, both sides mapped through
+/// `fold` byte by byte (how a framework folds names).
+fn decodes_to(raw: &[u8], want: &[u8], fold: impl Fn(u8) -> u8) -> bool {
+    let mut want = want.iter().map(|&c| fold(c));
     let mut i = 0;
     while i < raw.len() {
         let c = match (raw[i], raw.get(i + 1..i + 3)) {
@@ -121,9 +122,8 @@ fn decodes_to(raw: &[u8], want: &[u8], fold_case: bool) -> bool {
                 c
             }
         };
-        match want.next() {
-            Some(&w) if w == c || (fold_case && w.eq_ignore_ascii_case(&c)) => {}
-            _ => return false,
+        if want.next() != Some(fold(c)) {
+            return false;
         }
     }
     want.next().is_none()
@@ -137,7 +137,7 @@ fn hex_pair(h: u8, l: u8) -> u8 {
 
 /// Whether a cookie called `raw` is the session cookie `name` to some framework the instance
 /// may run, so that a second session cookie cannot ride past this check to an app that reads
-/// it: names are compared trimmed (lenient parsers), percent-decoded with `.`, space and `[`
+/// it: names are compared trimmed (lenient parsers), form-decoded with `.`, space and `[`
 /// read as `_` (PHP) and without case (ASP.NET Core).
 fn same_cookie_name(raw: &[u8], name: &[u8]) -> bool {
     let raw = raw.trim_ascii();
@@ -148,28 +148,10 @@ fn same_cookie_name(raw: &[u8], name: &[u8]) -> bool {
     if raw.len() < name.len() || raw.len() > 3 * name.len() {
         return false;
     }
-    let fold = |c: u8| match c.to_ascii_lowercase() {
+    decodes_to(raw, name, |c| match c.to_ascii_lowercase() {
         b'.' | b' ' | b'[' => b'_',
         c => c,
-    };
-    let mut want = name.iter().map(|&c| fold(c));
-    let mut i = 0;
-    while i < raw.len() {
-        let c = match (raw[i], raw.get(i + 1..i + 3)) {
-            (b'%', Some(&[h, l])) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
-                i += 3;
-                hex_pair(h, l)
-            }
-            (c, _) => {
-                i += 1;
-                c
-            }
-        };
-        if want.next() != Some(fold(c)) {
-            return false;
-        }
-    }
-    want.next().is_none()
+    })
 }
 
 /// The token of a `Bearer` credential; `None` for another scheme (e.g. Basic, meant for the
