@@ -1,6 +1,6 @@
 //! Hot-path micro-benchmarks: host → tenant lookup at 1,000,000 bindings, token verification
 //! per algorithm (cache hit and miss), the token-cache key's hash against the alternatives,
-//! and the whole routing decision.
+//! the whole routing decision, and the reserved-header pass over a request's header names.
 //!
 //! `cargo bench -p nexus-bench --bench decision`. With NEXUS_BENCH_SMOKE=1 the table is small
 //! (CI runs it with `--test` so the bench never rots).
@@ -190,11 +190,51 @@ fn full_decision(c: &mut Criterion) {
     });
 }
 
+/// The per-request pass that finds client headers the router owns: a browser's request
+/// behind a load balancer (12 names, 3 of them `X-Forwarded-*`), and one without any.
+fn reserved_headers(c: &mut Criterion) {
+    use http::header::HeaderName;
+    let names = |list: &[&str]| -> Vec<HeaderName> {
+        list.iter()
+            .map(|n| HeaderName::from_bytes(n.as_bytes()).expect("name"))
+            .collect()
+    };
+    let behind_lb = names(&[
+        "host",
+        "user-agent",
+        "accept",
+        "accept-language",
+        "accept-encoding",
+        "authorization",
+        "cookie",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "content-type",
+        "x-custom-trace",
+    ]);
+    let direct = names(&["host", "user-agent", "accept", "authorization"]);
+    for (label, list) in [
+        ("12_names_3_reserved", &behind_lb),
+        ("4_names_none", &direct),
+    ] {
+        c.bench_function(&format!("reserved_headers/{label}"), |b| {
+            b.iter(|| {
+                black_box(list)
+                    .iter()
+                    .filter(|n| nexus_edge::route::is_reserved(n))
+                    .count()
+            })
+        });
+    }
+}
+
 criterion_group!(
     benches,
     host_lookup,
     token_verify,
     token_hash,
-    full_decision
+    full_decision,
+    reserved_headers
 );
 criterion_main!(benches);
