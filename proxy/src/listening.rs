@@ -18,6 +18,7 @@ use std::os::fd::IntoRawFd;
 
 use async_trait::async_trait;
 use pingora::server::{ListenFds, RuntimeOpts, ShutdownWatch};
+use pingora::services::listening::Service as ListeningService;
 use pingora::services::{Service, ServiceReadyNotifier, ServiceWithDependents};
 
 /// A listener that could not be bound.
@@ -60,7 +61,7 @@ pub fn bind(
 }
 
 /// The string a listener is registered under, both in Pingora's `add_tcp` and its fd table.
-pub fn key(addr: SocketAddr) -> String {
+fn key(addr: SocketAddr) -> String {
     addr.to_string()
 }
 
@@ -74,15 +75,23 @@ pub struct Prebound<S> {
     addresses: Option<Vec<String>>,
 }
 
-impl<S: Service> Prebound<S> {
-    /// Wraps `inner`, which was given `addr` with `add_tcp(&key(addr))`, taking that address's
-    /// bound socket out of `listeners` (if it is not there, Pingora binds it itself).
-    pub fn new(inner: S, listeners: &mut BoundListeners, addr: SocketAddr) -> Self {
+impl<A> Prebound<ListeningService<A>>
+where
+    ListeningService<A>: Service,
+{
+    /// Makes `inner` listen on `addr` on the socket [`bind`] bound there, taken out of
+    /// `listeners` (if it is not there, Pingora binds the address itself).
+    pub fn new(
+        mut inner: ListeningService<A>,
+        listeners: &mut BoundListeners,
+        addr: SocketAddr,
+    ) -> Self {
         let key = key(addr);
+        inner.add_tcp(&key);
         Self {
-            name: inner.name().to_owned(),
-            threads: inner.threads(),
-            addresses: inner.listen_addresses(),
+            name: Service::name(&inner).to_owned(),
+            threads: Service::threads(&inner),
+            addresses: Service::listen_addresses(&inner),
             inner: Some(inner),
             socket: listeners.sockets.remove(&key).map(|s| (key, s)),
         }

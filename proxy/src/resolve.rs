@@ -197,28 +197,9 @@ impl InstanceResolver {
         .await
     }
 
-    /// [`InstanceResolver::resolve`] for a host string at `now`, with `lookup` as the resolver
-    /// (tests inject one). An IP literal is used as it is.
-    pub async fn resolve_with<F, Fut>(
-        &self,
-        host: &str,
-        port: u16,
-        tried: &[SocketAddr],
-        now: Instant,
-        lookup: F,
-    ) -> Result<SocketAddr, ResolveError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = std::io::Result<Vec<IpAddr>>>,
-    {
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(SocketAddr::new(ip, port));
-        }
-        self.resolve_name(host, port, tried, now, lookup).await
-    }
-
-    /// [`InstanceResolver::resolve_with`] for a host known to be a name (the URL was parsed
-    /// once, at load: the request path does not parse it again).
+    /// [`InstanceResolver::resolve`] for a host known to be a name (the URL was parsed once,
+    /// at load: the request path does not parse it again), at `now`, with `lookup` as the
+    /// resolver (tests inject both).
     async fn resolve_name<F, Fut>(
         &self,
         host: &str,
@@ -467,7 +448,7 @@ mod tests {
         answer: std::io::Result<Vec<IpAddr>>,
         lookups: &Cell<u32>,
     ) -> Result<SocketAddr, ResolveError> {
-        r.resolve_with("instance.internal", 8080, &[], now, || {
+        r.resolve_name("instance.internal", 8080, &[], now, || {
             lookups.set(lookups.get() + 1);
             async move { answer }
         })
@@ -637,14 +618,14 @@ mod tests {
         let first = ask(&r, t0, Ok(vec![A, B]), &n).await.expect("resolved");
         assert!(r.connect_failed(&url, first, &mut tried, t0), "B is left");
         let second = r
-            .resolve_with("instance.internal", 8080, &tried, t0, || async { down() })
+            .resolve_name("instance.internal", 8080, &tried, t0, || async { down() })
             .await
             .expect("the other address");
         assert_ne!(second, first);
         // Both tried: nothing left to try, and asking anyway says so.
         assert!(!r.connect_failed(&url, second, &mut tried, t0));
         let none = r
-            .resolve_with("instance.internal", 8080, &tried, t0, || async { down() })
+            .resolve_name("instance.internal", 8080, &tried, t0, || async { down() })
             .await;
         assert!(
             matches!(none, Err(ResolveError::AllTried { .. })),
@@ -706,7 +687,7 @@ mod tests {
         let mut out = Vec::new();
         for _ in 0..times {
             let addr = r
-                .resolve_with("instance.internal", port, &[], now, || async { down() })
+                .resolve_name("instance.internal", port, &[], now, || async { down() })
                 .await
                 .expect("cached");
             out.push(addr.ip());
@@ -741,7 +722,7 @@ mod tests {
         loop {
             attempts += 1;
             let addr = r
-                .resolve_with("instance.internal", 8080, &tried, t0, || async {
+                .resolve_name("instance.internal", 8080, &tried, t0, || async {
                     Ok(many.clone())
                 })
                 .await
@@ -761,7 +742,7 @@ mod tests {
     async fn a_hanging_resolver_times_out() {
         let r = resolver(10, 30);
         let hung = r
-            .resolve_with("instance.internal", 80, &[], Instant::now(), || {
+            .resolve_name("instance.internal", 80, &[], Instant::now(), || {
                 std::future::pending::<std::io::Result<Vec<IpAddr>>>()
             })
             .await;
@@ -781,10 +762,8 @@ mod tests {
             .await
             .expect("resolved");
         assert_eq!(n.get(), 2);
-        let literal = r
-            .resolve_with("10.0.0.9", 80, &[], t0, || async { down() })
-            .await
-            .expect("literal");
+        let url = UpstreamUrl::parse("instance_url", "http://10.0.0.9:80/").expect("url");
+        let literal = r.resolve(&url, &[]).await.expect("literal");
         assert_eq!(literal, "10.0.0.9:80".parse().expect("addr"));
     }
 }

@@ -149,20 +149,18 @@ pub fn run(state: Arc<EdgeState>, source: Arc<dyn BindingSource>, mut listeners:
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         EdgeService::new(Arc::clone(&state)),
         "nexus-edge",
     );
-    proxy.add_tcp(&listening::key(s.server.listen));
     server.add_service(Prebound::new(proxy, &mut listeners, s.server.listen));
 
     if let Some(addr) = s.server.admin_listen {
-        let mut ops = Service::new(
+        let ops = Service::new(
             "nexus-edge ops".to_owned(),
             pingora::apps::http_app::HttpServer::new_app(OpsApp::new(Arc::clone(&state))),
         );
-        ops.add_tcp(&listening::key(addr));
         server.add_service(Prebound::new(ops, &mut listeners, addr));
     }
 

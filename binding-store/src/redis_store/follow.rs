@@ -176,20 +176,9 @@ async fn feed_continues(
     con: &mut MultiplexedConnection,
     p: &FeedPosition,
 ) -> redis::RedisResult<bool> {
-    let counter: Option<u64> = con.get(store.keys().revision()).await?;
+    let (counter, own_entry) = history_check(store, con, Some(p)).await?;
     let counter = counter.unwrap_or(0);
-    let has_entry = p.stream_id != "0-0";
-    let ours: Entries = if has_entry {
-        redis::cmd("XRANGE")
-            .arg(store.keys().changes())
-            .arg(&p.stream_id)
-            .arg(&p.stream_id)
-            .query_async(con)
-            .await?
-    } else {
-        Vec::new()
-    };
-    if counter < p.revision || (has_entry && ours.is_empty()) {
+    if counter < p.revision || !own_entry {
         tracing::warn!(
             store_revision = counter,
             applied_revision = p.revision,

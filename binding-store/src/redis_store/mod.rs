@@ -320,24 +320,22 @@ impl RedisStore {
     ) -> redis::RedisResult<(BindingTable, FeedPosition)> {
         let (head, counter) = self.feed_head(con).await?;
         // Called at most once, and only when needed.
+        // Called at most once, and only when needed.
         let mut current = Some(current);
-        let mut served = None;
-        let mut current = move || {
-            if let Some(f) = current.take() {
-                served = f();
-            }
-            served
-        };
         // Refused before the scan: replicas retry this while a restore writes its records.
+        // Past this check with no counter, the table served is empty: no binding to keep below.
         if counter.is_none() {
-            let serving = current().map_or(0, BindingTable::len);
+            let serving = current
+                .take()
+                .and_then(|f| f())
+                .map_or(0, BindingTable::len);
             if serving > 0 {
                 return Err(no_history(serving));
             }
         }
         let (mut bindings, bad) = self.load_all(con).await?;
         if !bad.is_empty() {
-            if let Some(cur) = current() {
+            if let Some(cur) = current.take().and_then(|f| f()) {
                 for tenant in &bad {
                     if let Some(old) = cur.get(tenant) {
                         bindings.push(Arc::clone(old));
