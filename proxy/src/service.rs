@@ -8,11 +8,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use smallvec::SmallVec;
 
 use crate::decision::{decide, Decision, RequestFacts};
 use crate::errors::RejectReason;
@@ -24,11 +26,19 @@ use crate::state::EdgeState;
 #[derive(Debug)]
 pub struct RequestCtx {
     start: Instant,
-    request_id: String,
+    /// The request's id, as sent upstream and in every response (cloning it is a refcount).
+    request_id: HeaderValue,
     decision: Option<Decision>,
     rejected: Option<RejectReason>,
     /// Instance addresses this request failed to connect to (empty unless one did).
     tried: Vec<SocketAddr>,
+}
+
+impl RequestCtx {
+    /// The request id, for log lines (always ASCII: generated, or a client's checked one).
+    fn id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
 }
 
 /// The Nexus Edge HTTP service.
@@ -61,7 +71,7 @@ impl EdgeService {
         resp.insert_header("content-type", "text/plain; charset=utf-8")?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
-        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        resp.insert_header("x-request-id", ctx.request_id.clone())?;
         for (name, value) in reason.extra_headers() {
             resp.insert_header(name, value)?;
         }
@@ -80,6 +90,50 @@ impl EdgeService {
             .await?;
         Ok(())
     }
+
+    /// Gathers the request's facts and decides it. `start` is when the request was read; the
+    /// decision's duration is measured from it (one clock read fewer per request than timing
+    /// `decide` alone, and the gathering is part of deciding).
+    fn decide_request(&self, session: &Session, start: Instant) -> Result<Decision, RejectReason> {
+        let req = session.req_header();
+        let host_headers = header_values(req, &http::header::HOST);
+        let authorization = header_values(req, &http::header::AUTHORIZATION);
+        let cookies = header_values(req, &http::header::COOKIE);
+        // Origin-form targets are taken raw (exactly as sent); an absolute-form target's
+        // path comes from the parsed URI (its authority is checked against Host in `decide`).
+        let raw = req.raw_path();
+        let raw_path = if raw.first() == Some(&b'/') {
+            std::str::from_utf8(raw).ok()
+        } else {
+            req.uri.path_and_query().map(|p| p.as_str())
+        };
+        match raw_path {
+            None => Err(RejectReason::BadPath(crate::path::PathError::ControlChar)),
+            Some(target) => {
+                let facts = RequestFacts {
+                    host_headers: &host_headers,
+                    uri_authority: req.uri.authority().map(|a| a.as_str()),
+                    is_http2: session.is_http2(),
+                    target,
+                    authorization: &authorization,
+                    cookies: &cookies,
+                    now_unix: now_unix(),
+                };
+                let table = self.state.bindings.load();
+                let d = decide(
+                    &facts,
+                    &self.state.settings.tenancy,
+                    &table,
+                    &self.state.auth,
+                );
+                self.state
+                    .metrics
+                    .decision_duration
+                    .observe(start.elapsed().as_secs_f64());
+                d
+            }
+        }
+    }
 }
 
 fn now_unix() -> u64 {
@@ -89,10 +143,13 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// A request's values of one header: almost always one or none, so they stay on the stack.
+type HeaderValues<'a> = SmallVec<[&'a [u8]; 2]>;
+
 fn header_values<'a>(
     req: &'a pingora::http::RequestHeader,
     name: &http::header::HeaderName,
-) -> Vec<&'a [u8]> {
+) -> HeaderValues<'a> {
     req.headers
         .get_all(name)
         .iter()
@@ -122,7 +179,7 @@ impl ProxyHttp for EdgeService {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             start: Instant::now(),
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             decision: None,
             rejected: None,
             tried: Vec::new(),
@@ -135,53 +192,11 @@ impl ProxyHttp for EdgeService {
         let keepalive = &self.state.settings.server.keepalive_timeout;
         session.set_keepalive(Some(keepalive.as_secs().max(1)));
         let req = session.req_header();
-        ctx.request_id = sane_request_id(
-            req.headers
-                .get_all(&crate::route::X_REQUEST_ID)
-                .iter()
-                .map(|v| v.as_bytes()),
-        )
-        .map(str::to_owned)
-        .unwrap_or_else(|| self.ids.next_id());
+        ctx.request_id = sane_request_id(req.headers.get_all(&crate::route::X_REQUEST_ID).iter())
+            .cloned()
+            .unwrap_or_else(|| self.ids.next_id());
 
-        let host_headers = header_values(req, &http::header::HOST);
-        let authorization = header_values(req, &http::header::AUTHORIZATION);
-        let cookies = header_values(req, &http::header::COOKIE);
-        // Origin-form targets are taken raw (exactly as sent); an absolute-form target's
-        // path comes from the parsed URI (its authority is checked against Host in `decide`).
-        let raw = req.raw_path();
-        let raw_path = if raw.first() == Some(&b'/') {
-            std::str::from_utf8(raw).ok()
-        } else {
-            req.uri.path_and_query().map(|p| p.as_str())
-        };
-        let outcome = match raw_path {
-            None => Err(RejectReason::BadPath(crate::path::PathError::ControlChar)),
-            Some(target) => {
-                let facts = RequestFacts {
-                    host_headers: &host_headers,
-                    uri_authority: req.uri.authority().map(|a| a.as_str()),
-                    is_http2: session.is_http2(),
-                    target,
-                    authorization: &authorization,
-                    cookies: &cookies,
-                    now_unix: now_unix(),
-                };
-                let table = self.state.bindings.load();
-                let started = Instant::now();
-                let d = decide(
-                    &facts,
-                    &self.state.settings.tenancy,
-                    &table,
-                    &self.state.auth,
-                );
-                self.state
-                    .metrics
-                    .decision_duration
-                    .observe(started.elapsed().as_secs_f64());
-                d
-            }
-        };
+        let outcome = self.decide_request(session, ctx.start);
         match outcome {
             Ok(decision) => {
                 ctx.decision = Some(decision);
@@ -189,7 +204,7 @@ impl ProxyHttp for EdgeService {
             }
             Err(reason) => {
                 tracing::info!(
-                    request_id = %ctx.request_id,
+                    request_id = ctx.id(),
                     status = reason.status(),
                     reason = reason.label(),
                     detail = reason.detail(),
@@ -272,7 +287,7 @@ impl ProxyHttp for EdgeService {
         );
         if again {
             tracing::info!(
-                request_id = %ctx.request_id,
+                request_id = ctx.id(),
                 address = %addr,
                 error = %e,
                 "instance address failed to connect; trying another"
@@ -308,12 +323,17 @@ impl ProxyHttp for EdgeService {
             },
             &self.state.settings.server.trusted_proxies,
         );
-        let host = upstream_request
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(|h| h.to_ascii_lowercase())
-            .unwrap_or_default();
+        let host = match upstream_request.headers.get(http::header::HOST) {
+            Some(h) if h.to_str().is_ok() && !h.as_bytes().iter().any(u8::is_ascii_uppercase) => {
+                h.clone()
+            }
+            Some(h) => h
+                .to_str()
+                .ok()
+                .and_then(|t| HeaderValue::from_str(&t.to_ascii_lowercase()).ok())
+                .unwrap_or_else(|| HeaderValue::from_static("")),
+            None => HeaderValue::from_static(""),
+        };
         let proto = if session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -326,10 +346,10 @@ impl ProxyHttp for EdgeService {
         let fwd = Forwarding {
             forwarded_for,
             proto,
-            host: &host,
+            host,
             request_id: &ctx.request_id,
         };
-        rewrite_upstream_request(upstream_request, decision, &fwd)
+        rewrite_upstream_request(upstream_request, decision, fwd)
     }
 
     async fn response_filter(
@@ -338,7 +358,7 @@ impl ProxyHttp for EdgeService {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
         if let Some(BillingNotice::PastDue) = ctx.decision.as_ref().and_then(|d| d.notice) {
             upstream_response.insert_header(
                 self.state.settings.tenancy.past_due_header.clone(),
@@ -370,7 +390,7 @@ impl ProxyHttp for EdgeService {
             .map(|d| d.binding.tenant_id.to_string())
             .unwrap_or_default();
         tracing::warn!(
-            request_id = %ctx.request_id,
+            request_id = ctx.id(),
             tenant = %tenant,
             reason = reason.label(),
             error = %e,

@@ -443,6 +443,11 @@ fn malformed_and_unknown_hosts() {
         "absolute-form that agrees with Host: {}",
         same.text()
     );
+    assert_eq!(
+        same.json()["path"],
+        "/x",
+        "the instance gets an origin-form target"
+    );
     assert_eq!(w.a.hits() + w.b.hits(), 1);
 }
 
@@ -518,6 +523,25 @@ fn spoofed_identity_headers_are_replaced() {
     assert_eq!(ids.len(), 1);
     assert_ne!(ids[0], "<script>");
     assert!(ids[0].len() >= 16);
+    assert_eq!(
+        r.header("x-request-id"),
+        Some(ids[0].as_str()),
+        "the client sees the id the instance got"
+    );
+
+    // The forwarded host is the addressed host in lowercase, port and all.
+    let shouting = format!("{}:80", host("acme").to_ascii_uppercase());
+    let r = get(
+        w.edge.addr,
+        &shouting,
+        "/",
+        &[("Authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        echoed_header(&r.json(), "x-forwarded-host"),
+        [format!("{}:80", host("acme"))]
+    );
 }
 
 #[test]
