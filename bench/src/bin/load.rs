@@ -6,7 +6,12 @@
 //! thread pinned to core 0; wrk and the backend share core 1, so the proxy's core is the
 //! bottleneck. Run with `scripts/bench-load.sh` (builds release binaries first).
 //!
-//! `load [--smoke] [--callgrind]`: `--smoke` runs 1 s per target on 1,000 tenants (CI keeps it
+//! All targets are started first; then 7 rounds each give every target a 3-second wrk burst,
+//! back to back, starting at a different target each round. A shared VM's speed drifts over a
+//! minute by more than the differences measured, so ratios are taken between bursts of the
+//! same round and printed as the median of the rounds with their range.
+//!
+//! `load [--smoke] [--callgrind]`: `--smoke` runs one 1 s round on 1,000 tenants (CI keeps it
 //! from rotting). `--callgrind` runs every proxy under `valgrind --tool=callgrind` and prints
 //! the instructions each executes per request, counted from after start-up to the end of the
 //! load: a figure that does not change with whatever else the machine is doing. Its profiles
@@ -169,15 +174,82 @@ fn clock_ticks() -> f64 {
     })
 }
 
-/// One target's figures.
-struct Run {
+/// One wrk burst against one target.
+struct Burst {
     rps: f64,
+    requests: f64,
+    /// The proxy's own CPU time over the burst (user + system), in µs.
+    cpu_us: f64,
     errors: u64,
-    /// The proxy's own CPU time per request (user + system). Unlike requests/s this does not
-    /// move when the VM's other tenants steal cycles, so it is the steadier comparison.
-    cpu_us_per_req: f64,
+}
+
+/// A running target and what was measured of it.
+struct Target {
+    label: &'static str,
+    addr: SocketAddr,
+    proc: Proc,
+    bursts: Vec<Burst>,
     /// Under `--callgrind`: instructions the proxy executed per request.
     instructions_per_req: Option<f64>,
+}
+
+impl Target {
+    fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+
+    /// CPU per request over every burst. Unlike requests/s this does not move when the VM's
+    /// other tenants steal cycles, so it is the steadier comparison.
+    fn cpu_us_per_req(&self) -> f64 {
+        let cpu: f64 = self.bursts.iter().map(|b| b.cpu_us).sum();
+        cpu / self.requests().max(1.0)
+    }
+
+    fn requests(&self) -> f64 {
+        self.bursts.iter().map(|b| b.requests).sum()
+    }
+
+    fn median_rps(&self) -> f64 {
+        median(self.bursts.iter().map(|b| b.rps).collect())
+    }
+
+    fn errors(&self) -> u64 {
+        self.bursts.iter().map(|b| b.errors).sum()
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Per-round ratios of `t` against `base` (same round, back to back): by requests/s and by
+/// CPU per request (`base`'s over `t`'s, so above 1 means `t` is cheaper).
+fn round_ratios(t: &Target, base: &Target) -> (Vec<f64>, Vec<f64>) {
+    t.bursts
+        .iter()
+        .zip(&base.bursts)
+        .map(|(a, b)| {
+            let cpu = |x: &Burst| x.cpu_us / x.requests.max(1.0);
+            (a.rps / b.rps, cpu(b) / cpu(a))
+        })
+        .unzip()
+}
+
+/// `median (min–max)` of ratios, as percentages or as a factor.
+fn spread(v: &[f64], percent: bool) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let m = median(v.to_vec());
+    if percent {
+        format!("{:.1}% ({:.1}–{:.1})", m * 100.0, lo * 100.0, hi * 100.0)
+    } else {
+        format!("{m:.2}x ({lo:.2}–{hi:.2})")
+    }
 }
 
 /// Under callgrind: zeroes the counters of `pid` (start-up is not counted).
@@ -248,11 +320,9 @@ fn warm_up(dir: &Path, addr: SocketAddr) {
     }
 }
 
-/// Runs wrk on core 1 against the proxy `pid` at `addr`.
-fn wrk(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Run {
-    warm_up(dir, addr);
+/// Runs wrk on core 1 for `secs` against the proxy `pid` at `addr`.
+fn burst(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Burst {
     let accepted_before = ACCEPTED.load(std::sync::atomic::Ordering::Relaxed);
-    callgrind_zero(pid);
     let cpu_before = cpu_us(pid).unwrap_or(0.0);
     let out = Command::new("taskset")
         .args(["-c", "1", "wrk", "-t1", "-c32", &format!("-d{secs}s"), "-s"])
@@ -277,32 +347,38 @@ fn wrk(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Run {
         .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    let cpu = cpu_us(pid).unwrap_or(0.0) - cpu_before;
-    let instructions = callgrind_total(pid);
+    let cpu_us = cpu_us(pid).unwrap_or(0.0) - cpu_before;
     let requests = text
         .lines()
         .find_map(|l| l.trim().split_once(" requests in "))
         .and_then(|(n, _)| n.trim().parse::<f64>().ok())
         .unwrap_or(rps * secs as f64);
     let opened = ACCEPTED.load(std::sync::atomic::Ordering::Relaxed) - accepted_before;
-    let cpu_us_per_req = cpu / requests.max(1.0);
-    let instructions_per_req = instructions.map(|i| i / requests.max(1.0));
     eprintln!(
-        "  {addr}: {rps:.0} req/s, {cpu_us_per_req:.1} µs proxy CPU per request, {opened} upstream connections opened"
+        "  {addr}: {rps:.0} req/s, {:.1} µs proxy CPU per request, {opened} upstream connections opened",
+        cpu_us / requests.max(1.0)
     );
-    Run {
+    Burst {
         rps,
+        requests,
+        cpu_us,
         errors,
-        cpu_us_per_req,
-        instructions_per_req,
     }
 }
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
-    let (tenants, secs) = if smoke { (1_000, 1) } else { (10_000, 10) };
+    let callgrind = std::env::args().any(|a| a == "--callgrind");
+    // Rounds of short bursts, every target once per round: the VM's speed drifts over a
+    // minute, and a ratio is only fair between bursts run back to back. Under callgrind the
+    // counts do not drift, so one long burst each.
+    let (tenants, rounds, secs) = match (smoke, callgrind) {
+        (true, _) => (1_000, 1, 1),
+        (false, true) => (10_000, 1, 10),
+        (false, false) => (10_000, 7, 3),
+    };
     let dir = tempfile::tempdir().unwrap();
-    if std::env::args().any(|a| a == "--callgrind") {
+    if callgrind {
         let have = |tool: &str| {
             Command::new(tool)
                 .arg("--version")
@@ -343,7 +419,14 @@ fn main() {
     std::fs::write(dir.path().join("rotate.lua"), LUA).unwrap();
     let first_host = format!("{}.{BASE}", tenant(0));
 
-    let mut results: Vec<(&str, Run)> = Vec::new();
+    let mut targets: Vec<Target> = Vec::new();
+    let target = |label, addr, proc| Target {
+        label,
+        addr,
+        proc,
+        bursts: Vec::new(),
+        instructions_per_req: None,
+    };
 
     // 1. Bare Pingora: no auth, fixed upstream.
     {
@@ -355,10 +438,7 @@ fn main() {
                 .unwrap(),
         );
         wait_http(addr, &first_host);
-        results.push((
-            "bare Pingora proxy (no auth)",
-            wrk(dir.path(), addr, p.0.id(), secs),
-        ));
+        targets.push(target("bare Pingora proxy (no auth)", addr, p));
     }
 
     // 2 and 3. Nexus Edge, token cache on (1,000 tokens in rotation) and off (every request
@@ -386,7 +466,7 @@ fn main() {
                 .unwrap(),
         );
         wait_http(addr, &first_host);
-        results.push((label, wrk(dir.path(), addr, p.0.id(), secs)));
+        targets.push(target(label, addr, p));
     }
 
     // 4. HAProxy 2.6: jwt_verify RS256 + map lookup per request, no token cache.
@@ -431,10 +511,7 @@ fn main() {
             cmd.arg("-f").arg(&cfg_path).stderr(Stdio::inherit());
             let p = Proc(cmd.spawn().unwrap());
             wait_http(addr, &first_host);
-            results.push((
-                "HAProxy 2.6 (jwt_verify RS256 + map)",
-                wrk(dir.path(), addr, p.0.id(), secs),
-            ));
+            targets.push(target("HAProxy 2.6 (jwt_verify RS256 + map)", addr, p));
         } else {
             eprintln!(
                 "HAProxy skipped: its config did not validate: {}",
@@ -445,51 +522,82 @@ fn main() {
         }
     }
 
-    let bare = &results[0].1;
-    let (bare_rps, bare_cpu) = (bare.rps, bare.cpu_us_per_req);
-    println!("\nload harness: {tenants} tenants, RS256, HTTP/1.1 keep-alive, 32 connections, {secs}s per target");
-    println!("proxy: 1 worker pinned to core 0; wrk + backend on core 1");
-    println!("capacity = bare Pingora's CPU per request / this target's (steal-proof; 100% = as cheap as bare)\n");
+    // Every target runs from here on, idle but for its own burst; all share core 0.
+    for t in &targets {
+        warm_up(dir.path(), t.addr);
+        callgrind_zero(t.pid());
+    }
+    for round in 0..rounds {
+        eprintln!("round {} of {rounds}", round + 1);
+        // Each round starts at a different target, so none always follows the same one.
+        for k in 0..targets.len() {
+            let i = (round + k) % targets.len();
+            let b = burst(dir.path(), targets[i].addr, targets[i].pid(), secs);
+            targets[i].bursts.push(b);
+        }
+    }
+    for t in &mut targets {
+        t.instructions_per_req = callgrind_total(t.pid()).map(|i| i / t.requests().max(1.0));
+    }
+    report(&targets, tenants, rounds, secs);
+}
+
+fn report(targets: &[Target], tenants: usize, rounds: usize, secs: u64) {
+    let Some(bare) = targets.first() else {
+        return;
+    };
+    println!("\nload harness: {tenants} tenants, RS256, HTTP/1.1 keep-alive, 32 connections, {rounds} rounds of {secs}s per target");
+    println!("proxy: 1 worker pinned to core 0; wrk + backend on core 1; every target runs in each round, back to back");
+    println!("vs bare = requests/s against bare Pingora's in the same round; capacity = bare's CPU per request / this target's");
     println!(
-        "{:<46} {:>11} {:>8} {:>12} {:>9} {:>8}",
+        "(steal-proof; 100% = as cheap as bare); both as the median of the rounds (min–max)\n"
+    );
+    println!(
+        "{:<46} {:>11} {:>22} {:>11} {:>22} {:>8}",
         "target", "requests/s", "vs bare", "CPU µs/req", "capacity", "non-2xx"
     );
-    for (label, r) in &results {
+    for t in targets {
+        let (rps, cpu) = round_ratios(t, bare);
         println!(
-            "{label:<46} {:>11.0} {:>7.1}% {:>12.1} {:>8.1}% {:>8}",
-            r.rps,
-            r.rps / bare_rps * 100.0,
-            r.cpu_us_per_req,
-            bare_cpu / r.cpu_us_per_req * 100.0,
-            r.errors
+            "{:<46} {:>11.0} {:>22} {:>11.1} {:>22} {:>8}",
+            t.label,
+            t.median_rps(),
+            spread(&rps, true),
+            t.cpu_us_per_req(),
+            spread(&cpu, true),
+            t.errors()
         );
     }
-    if let Some((_, h)) = results.iter().find(|r| r.0.starts_with("HAProxy")) {
+    if let Some(h) = targets.iter().find(|t| t.label.starts_with("HAProxy")) {
+        let (rps, cpu) = round_ratios(bare, h);
         println!(
-            "\nbare Pingora / HAProxy = {:.2}x by requests/s, {:.2}x by CPU per request",
-            bare_rps / h.rps,
-            h.cpu_us_per_req / bare_cpu
+            "\nbare Pingora / HAProxy = {} by requests/s, {} by CPU per request",
+            spread(&rps, false),
+            spread(&cpu, false)
         );
-        for (label, r) in results.iter().filter(|r| r.0.starts_with("nexus-edge")) {
+        for t in targets.iter().filter(|t| t.label.starts_with("nexus-edge")) {
+            let (rps, cpu) = round_ratios(t, h);
             println!(
-                "{label} / HAProxy = {:.2}x by requests/s, {:.2}x by CPU per request",
-                r.rps / h.rps,
-                h.cpu_us_per_req / r.cpu_us_per_req
+                "{} / HAProxy = {} by requests/s, {} by CPU per request",
+                t.label,
+                spread(&rps, false),
+                spread(&cpu, false)
             );
         }
     }
-    if results.iter().all(|r| r.1.instructions_per_req.is_some()) {
-        let bare_ir = results[0].1.instructions_per_req.unwrap_or(1.0);
+    if targets.iter().all(|t| t.instructions_per_req.is_some()) {
+        let bare_ir = bare.instructions_per_req.unwrap_or(1.0);
         println!("\ninstructions per request (callgrind; requests/s above are under valgrind):");
-        for (label, r) in &results {
-            let ir = r.instructions_per_req.unwrap_or(0.0);
+        for t in targets {
+            let ir = t.instructions_per_req.unwrap_or(0.0);
             println!(
-                "{label:<46} {ir:>10.0}   capacity {:>5.1}%",
+                "{:<46} {ir:>10.0}   capacity {:>5.1}%",
+                t.label,
                 bare_ir / ir * 100.0
             );
         }
     }
-    if results.iter().any(|r| r.1.errors > 0) {
+    if targets.iter().any(|t| t.errors() > 0) {
         eprintln!("warning: some targets answered non-2xx: their rates are not comparable");
     }
 }
