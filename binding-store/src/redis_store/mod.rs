@@ -162,6 +162,26 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// How long an admin command waits for the Sentinels to name a primary that answers.
+pub const ADMIN_FAILOVER_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether a failed connect is one a Sentinel failover in progress explains: no primary named
+/// or valid yet, the named one refusing or gone, or one still loading or read-only.
+fn cured_by_failover(e: &redis::RedisError) -> bool {
+    use redis::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::MasterNameNotFoundBySentinel
+            | K::NoValidReplicasFoundBySentinel
+            | K::MasterDown
+            | K::BusyLoadingError
+            | K::TryAgain
+            | K::ReadOnly
+    ) || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+}
+
 fn unavailable(e: impl std::fmt::Display) -> AdminError {
     AdminError::Unavailable(e.to_string())
 }
@@ -198,10 +218,44 @@ impl RedisStore {
     }
 
     /// A connection for an admin command; the error names the endpoint (never its password).
+    ///
+    /// Behind Sentinel, a failover leaves a few seconds in which no node answers as primary
+    /// (the old one is gone, or the Sentinels have not yet agreed on the new one, or briefly
+    /// call it down again). Nothing is written before a connection exists, so the command
+    /// asks again for up to [`ADMIN_FAILOVER_WAIT`] instead of failing an operator's rebind
+    /// mid-migration. Errors no failover cures (credentials, configuration) fail at once, as
+    /// does a fixed URL: there is no one to name another node.
     pub(crate) async fn admin_connection(&self) -> Result<MultiplexedConnection, AdminError> {
-        self.connect().await.map_err(|e| {
-            AdminError::Unavailable(format!("redis at {}: {e}", self.opts.endpoint.describe()))
-        })
+        let sentinel = matches!(self.opts.endpoint, RedisEndpoint::Sentinel(_));
+        let deadline = tokio::time::Instant::now() + ADMIN_FAILOVER_WAIT;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.connect().await {
+                Ok(con) => return Ok(con),
+                Err(e)
+                    if sentinel
+                        && cured_by_failover(&e)
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    let waited = if sentinel && cured_by_failover(&e) {
+                        format!(
+                            " (no primary answered for {}s)",
+                            ADMIN_FAILOVER_WAIT.as_secs()
+                        )
+                    } else {
+                        String::new()
+                    };
+                    return Err(AdminError::Unavailable(format!(
+                        "redis at {}: {e}{waited}",
+                        self.opts.endpoint.describe()
+                    )));
+                }
+            }
+        }
     }
 
     /// The sync loop's two connections, to the same primary (one Sentinel lookup): one for
@@ -727,5 +781,39 @@ impl BindingAdmin for RedisStore {
             );
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cured_by_failover;
+    use redis::{ErrorKind, RedisError};
+
+    #[test]
+    fn which_connect_failures_a_failover_explains() {
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let cases = [
+            (
+                RedisError::from((ErrorKind::MasterNameNotFoundBySentinel, "no master")),
+                true,
+            ),
+            (RedisError::from((ErrorKind::MasterDown, "down")), true),
+            (
+                RedisError::from((ErrorKind::BusyLoadingError, "loading")),
+                true,
+            ),
+            (refused, true),
+            (
+                RedisError::from((ErrorKind::AuthenticationFailed, "wrong password")),
+                false,
+            ),
+            (
+                RedisError::from((ErrorKind::InvalidClientConfig, "bad url")),
+                false,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(cured_by_failover(&e), want, "{e}");
+        }
     }
 }
