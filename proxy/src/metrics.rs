@@ -26,7 +26,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Whole-request latency by outcome class (`forwarded`, `rejected`).
     pub request_duration: HistogramVec,
-    /// Time spent deciding (host, path, token, policy) per request.
+    /// Time from the request's header being read to its routing decision (host, path, token,
+    /// policy) per request.
     pub decision_duration: Histogram,
     /// Bindings in the live table.
     pub bindings: IntGauge,
@@ -78,7 +79,7 @@ impl Metrics {
         let decision_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "decision_duration_seconds",
-                "Time to decide a request (host, path, token, policy)",
+                "Time from reading a request's header to its routing decision (host, path, token, policy)",
             )
             .buckets(vec![
                 0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005,

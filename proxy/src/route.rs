@@ -289,6 +289,26 @@ pub fn rewrite_upstream_request(
             pingora::Error::because(pingora::ErrorType::InternalError, "upstream target", e)
         })?)
     };
+    // Every fallible conversion happens before the request is taken apart.
+    let binding = &decision.binding;
+    let tenant = value(binding.tenant_id.as_str())?;
+    let (org, sub) = match &decision.identity {
+        Some(identity) => (
+            identity.org.as_deref().map(value).transpose()?,
+            // `sub` came from a verified token, but it is still client-chosen text: only send
+            // it when it is a valid header value.
+            identity.sub.as_deref().and_then(|s| value(s).ok()),
+        ),
+        None => (None, None),
+    };
+    let forwarded_for = fwd
+        .forwarded_for
+        // The String's buffer becomes the value: no copy.
+        .map(http::HeaderValue::try_from)
+        .transpose()
+        .map_err(|e| {
+            pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "router header", e)
+        })?;
     let send_end_stream = req.send_end_stream();
     // Moved out, not cloned: the request is replaced whole below.
     let taken = std::mem::replace(
@@ -311,24 +331,15 @@ pub fn rewrite_upstream_request(
             headers.remove(name);
         }
     }
-    let binding = &decision.binding;
-    headers.insert(X_TENANT_ID.clone(), value(binding.tenant_id.as_str())?);
-    if let Some(identity) = &decision.identity {
-        if let Some(org) = &identity.org {
-            headers.insert(X_ORG_ID.clone(), value(org.as_str())?);
-        }
-        // `sub` came from a verified token, but it is still client-chosen text: only send
-        // it when it is a valid header value.
-        if let Some(sub) = identity.sub.as_deref().and_then(|s| value(s).ok()) {
-            headers.insert(X_USER_ID.clone(), sub);
-        }
+    headers.insert(X_TENANT_ID.clone(), tenant);
+    if let Some(org) = org {
+        headers.insert(X_ORG_ID.clone(), org);
+    }
+    if let Some(sub) = sub {
+        headers.insert(X_USER_ID.clone(), sub);
     }
     headers.insert(X_REQUEST_ID.clone(), fwd.request_id.clone());
-    if let Some(chain) = fwd.forwarded_for {
-        // The String's buffer becomes the value: no copy.
-        let chain = http::HeaderValue::try_from(chain).map_err(|e| {
-            pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "router header", e)
-        })?;
+    if let Some(chain) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), chain);
     }
     headers.insert(
@@ -350,6 +361,9 @@ pub fn rewrite_upstream_request(
 fn sends_target_as_is(uri: &http::Uri, decision: &Decision) -> bool {
     uri.scheme().is_none()
         && uri.authority().is_none()
+        && uri
+            .path_and_query()
+            .is_some_and(|p| p.as_str().starts_with('/'))
         && decision.upstream_url().path_prefix().is_empty()
         && uri.path() == decision.path
         && uri.query() == decision.query.as_deref()

@@ -204,7 +204,7 @@ impl ProxyHttp for EdgeService {
             }
             Err(reason) => {
                 tracing::info!(
-                    request_id = ctx.id(),
+                    request_id = %ctx.id(),
                     status = reason.status(),
                     reason = reason.label(),
                     detail = reason.detail(),
@@ -287,7 +287,7 @@ impl ProxyHttp for EdgeService {
         );
         if again {
             tracing::info!(
-                request_id = ctx.id(),
+                request_id = %ctx.id(),
                 address = %addr,
                 error = %e,
                 "instance address failed to connect; trying another"
@@ -390,7 +390,7 @@ impl ProxyHttp for EdgeService {
             .map(|d| d.binding.tenant_id.to_string())
             .unwrap_or_default();
         tracing::warn!(
-            request_id = ctx.id(),
+            request_id = %ctx.id(),
             tenant = %tenant,
             reason = reason.label(),
             error = %e,

@@ -13,8 +13,9 @@
 //!
 //! `load [--smoke] [--callgrind]`: `--smoke` runs one 1 s round on 1,000 tenants (CI keeps it
 //! from rotting). `--callgrind` runs every proxy under `valgrind --tool=callgrind` and prints
-//! the instructions each executes per request, counted from after start-up to the end of the
-//! load: a figure that does not change with whatever else the machine is doing. Its profiles
+//! the instructions each executes per request, counted only while its own bursts run (after
+//! start-up and warm-up): a figure that does not change with whatever else the machine is
+//! doing. Its profiles
 //! stay in the printed directory for `callgrind_annotate`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -181,6 +182,8 @@ struct Burst {
     /// The proxy's own CPU time over the burst (user + system), in µs.
     cpu_us: f64,
     errors: u64,
+    /// Under `--callgrind`: instructions the proxy executed during the burst.
+    instructions: Option<f64>,
 }
 
 /// A running target and what was measured of it.
@@ -189,8 +192,6 @@ struct Target {
     addr: SocketAddr,
     proc: Proc,
     bursts: Vec<Burst>,
-    /// Under `--callgrind`: instructions the proxy executed per request.
-    instructions_per_req: Option<f64>,
 }
 
 impl Target {
@@ -215,6 +216,13 @@ impl Target {
 
     fn errors(&self) -> u64 {
         self.bursts.iter().map(|b| b.errors).sum()
+    }
+
+    /// Under `--callgrind`: instructions per request over every burst (counted only while
+    /// the target's own burst runs, so no idle time of the others is charged to it).
+    fn instructions_per_req(&self) -> Option<f64> {
+        let total: Option<f64> = self.bursts.iter().map(|b| b.instructions).sum();
+        total.map(|i| i / self.requests().max(1.0))
     }
 }
 
@@ -252,7 +260,7 @@ fn spread(v: &[f64], percent: bool) -> String {
     }
 }
 
-/// Under callgrind: zeroes the counters of `pid` (start-up is not counted).
+/// Under callgrind: zeroes the counters of `pid` (before a burst: only the burst is counted).
 fn callgrind_zero(pid: u32) {
     if CALLGRIND.get().is_some() {
         let ok = Command::new("callgrind_control")
@@ -323,6 +331,7 @@ fn warm_up(dir: &Path, addr: SocketAddr) {
 /// Runs wrk on core 1 for `secs` against the proxy `pid` at `addr`.
 fn burst(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Burst {
     let accepted_before = ACCEPTED.load(std::sync::atomic::Ordering::Relaxed);
+    callgrind_zero(pid);
     let cpu_before = cpu_us(pid).unwrap_or(0.0);
     let out = Command::new("taskset")
         .args(["-c", "1", "wrk", "-t1", "-c32", &format!("-d{secs}s"), "-s"])
@@ -348,6 +357,7 @@ fn burst(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Burst {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     let cpu_us = cpu_us(pid).unwrap_or(0.0) - cpu_before;
+    let instructions = callgrind_total(pid);
     let requests = text
         .lines()
         .find_map(|l| l.trim().split_once(" requests in "))
@@ -363,6 +373,7 @@ fn burst(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Burst {
         requests,
         cpu_us,
         errors,
+        instructions,
     }
 }
 
@@ -425,7 +436,6 @@ fn main() {
         addr,
         proc,
         bursts: Vec::new(),
-        instructions_per_req: None,
     };
 
     // 1. Bare Pingora: no auth, fixed upstream.
@@ -525,7 +535,6 @@ fn main() {
     // Every target runs from here on, idle but for its own burst; all share core 0.
     for t in &targets {
         warm_up(dir.path(), t.addr);
-        callgrind_zero(t.pid());
     }
     for round in 0..rounds {
         eprintln!("round {} of {rounds}", round + 1);
@@ -536,9 +545,6 @@ fn main() {
             targets[i].bursts.push(b);
         }
     }
-    for t in &mut targets {
-        t.instructions_per_req = callgrind_total(t.pid()).map(|i| i / t.requests().max(1.0));
-    }
     report(&targets, tenants, rounds, secs);
 }
 
@@ -548,10 +554,9 @@ fn report(targets: &[Target], tenants: usize, rounds: usize, secs: u64) {
     };
     println!("\nload harness: {tenants} tenants, RS256, HTTP/1.1 keep-alive, 32 connections, {rounds} rounds of {secs}s per target");
     println!("proxy: 1 worker pinned to core 0; wrk + backend on core 1; every target runs in each round, back to back");
-    println!("vs bare = requests/s against bare Pingora's in the same round; capacity = bare's CPU per request / this target's");
-    println!(
-        "(steal-proof; 100% = as cheap as bare); both as the median of the rounds (min–max)\n"
-    );
+    println!("requests/s: the median of the rounds; CPU µs/req: over all rounds");
+    println!("vs bare = requests/s against bare Pingora's in the same round; capacity = bare's CPU per request / this target's,");
+    println!("in the same round (steal-proof; 100% = as cheap as bare); both the median of the rounds (min–max)\n");
     println!(
         "{:<46} {:>11} {:>22} {:>11} {:>22} {:>8}",
         "target", "requests/s", "vs bare", "CPU µs/req", "capacity", "non-2xx"
@@ -585,11 +590,11 @@ fn report(targets: &[Target], tenants: usize, rounds: usize, secs: u64) {
             );
         }
     }
-    if targets.iter().all(|t| t.instructions_per_req.is_some()) {
-        let bare_ir = bare.instructions_per_req.unwrap_or(1.0);
+    if targets.iter().all(|t| t.instructions_per_req().is_some()) {
+        let bare_ir = bare.instructions_per_req().unwrap_or(1.0);
         println!("\ninstructions per request (callgrind; requests/s above are under valgrind):");
         for t in targets {
-            let ir = t.instructions_per_req.unwrap_or(0.0);
+            let ir = t.instructions_per_req().unwrap_or(0.0);
             println!(
                 "{:<46} {ir:>10.0}   capacity {:>5.1}%",
                 t.label,

@@ -180,6 +180,16 @@ fn cured_by_failover(e: &redis::RedisError) -> bool {
     ) || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                use std::io::ErrorKind as Io;
+                // The primary's whole machine gone.
+                matches!(
+                    io.kind(),
+                    Io::HostUnreachable | Io::NetworkUnreachable | Io::ConnectionAborted
+                )
+            })
 }
 
 fn unavailable(e: impl std::fmt::Display) -> AdminError {
@@ -226,34 +236,42 @@ impl RedisStore {
     /// mid-migration. Errors no failover cures (credentials, configuration) fail at once, as
     /// does a fixed URL: there is no one to name another node.
     pub(crate) async fn admin_connection(&self) -> Result<MultiplexedConnection, AdminError> {
-        let sentinel = matches!(self.opts.endpoint, RedisEndpoint::Sentinel(_));
+        let fail = |e: &dyn std::fmt::Display, waited: bool| {
+            let waited = if waited {
+                format!(
+                    " (no primary answered for {}s)",
+                    ADMIN_FAILOVER_WAIT.as_secs()
+                )
+            } else {
+                String::new()
+            };
+            AdminError::Unavailable(format!(
+                "redis at {}: {e}{waited}",
+                self.opts.endpoint.describe()
+            ))
+        };
+        if !matches!(self.opts.endpoint, RedisEndpoint::Sentinel(_)) {
+            return self.connect().await.map_err(|e| fail(&e, false));
+        }
         let deadline = tokio::time::Instant::now() + ADMIN_FAILOVER_WAIT;
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.connect().await {
+            // The Sentinel lookup and the primary's `ROLE` check have no timeout of their own:
+            // the deadline bounds each attempt too.
+            let attempt = match tokio::time::timeout_at(deadline, self.connect()).await {
+                Ok(attempt) => attempt,
+                Err(_) => return Err(fail(&"no answer", true)),
+            };
+            match attempt {
                 Ok(con) => return Ok(con),
-                Err(e)
-                    if sentinel
-                        && cured_by_failover(&e)
-                        && tokio::time::Instant::now() + pause < deadline =>
-                {
+                Err(e) if cured_by_failover(&e) => {
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(fail(&e, true));
+                    }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }
-                Err(e) => {
-                    let waited = if sentinel && cured_by_failover(&e) {
-                        format!(
-                            " (no primary answered for {}s)",
-                            ADMIN_FAILOVER_WAIT.as_secs()
-                        )
-                    } else {
-                        String::new()
-                    };
-                    return Err(AdminError::Unavailable(format!(
-                        "redis at {}: {e}{waited}",
-                        self.opts.endpoint.describe()
-                    )));
-                }
+                Err(e) => return Err(fail(&e, false)),
             }
         }
     }
@@ -803,6 +821,10 @@ mod tests {
                 true,
             ),
             (refused, true),
+            (
+                RedisError::from(std::io::Error::from(std::io::ErrorKind::HostUnreachable)),
+                true,
+            ),
             (
                 RedisError::from((ErrorKind::AuthenticationFailed, "wrong password")),
                 false,
