@@ -22,8 +22,11 @@ pub fn init(settings: &LogSettings) {
         None => log::LevelFilter::Trace,
     };
     let _ = tracing_log::LogTracer::builder().with_max_level(max).init();
+    // Colour only for a person at a terminal: escape codes in a log file or a collector's
+    // stream break every search for `field=value`.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match settings.format {
         LogFormat::Text => builder.try_init(),

@@ -254,7 +254,8 @@ impl RedisStore {
             return self.connect().await.map_err(|e| fail(&e, false));
         }
         let deadline = tokio::time::Instant::now() + ADMIN_FAILOVER_WAIT;
-        let mut pause = Duration::from_millis(50);
+        const FIRST_PAUSE: Duration = Duration::from_millis(50);
+        let mut pause = FIRST_PAUSE;
         loop {
             // The Sentinel lookup and the primary's `ROLE` check have no timeout of their own:
             // the deadline bounds each attempt too.
@@ -267,6 +268,15 @@ impl RedisStore {
                 Err(e) if cured_by_failover(&e) => {
                     if tokio::time::Instant::now() + pause >= deadline {
                         return Err(fail(&e, true));
+                    }
+                    if pause == FIRST_PAUSE {
+                        // Said once, so an operator knows why the command has not returned.
+                        tracing::warn!(
+                            redis = %self.opts.endpoint.describe(),
+                            error = %e,
+                            "no node answers as the primary; waiting up to {}s for the Sentinels' failover",
+                            ADMIN_FAILOVER_WAIT.as_secs()
+                        );
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));

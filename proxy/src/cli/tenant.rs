@@ -182,12 +182,22 @@ fn print_history(entries: &[AuditEntry], json: bool) {
     }
 }
 
+/// Admin commands print the store's warnings (a record refused, a failover waited out) to
+/// stderr, and nothing chattier unless `RUST_LOG` asks for it.
+fn admin_logging(settings: &nexus_config::Settings) {
+    crate::logging::init(&nexus_config::LogSettings {
+        filter: "warn".to_owned(),
+        format: settings.log.format,
+    });
+}
+
 /// Runs a tenant command.
 pub(super) fn run(args: TenantArgs) -> ExitCode {
     let settings = match super::load_settings(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    admin_logging(&settings);
     let store = match Store::open(&settings.store) {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -441,6 +451,7 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    admin_logging(&settings);
     let Ok(Store::Redis(redis)) = Store::open(&settings.store) else {
         return fail("replicas needs the Redis store");
     };
