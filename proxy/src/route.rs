@@ -552,7 +552,61 @@ mod tests {
         }
     }
 
+    fn decision_for(target: &str, instance_url: &str) -> Option<Decision> {
+        let record = nexus_binding_store::BindingRecord {
+            tenant_id: "acme".into(),
+            subscription_id: "s".into(),
+            instance_id: "i".into(),
+            instance_url: instance_url.into(),
+            api_url: None,
+            identity_org_id: None,
+            status: "active".into(),
+            plan: "team".into(),
+            region: "r".into(),
+            domains: vec![],
+            revision: 1,
+            updated_at: None,
+            mode: None,
+        };
+        let binding = nexus_binding_store::Binding::from_record(&record).ok()?;
+        let (raw, query) = crate::path::split_target(target);
+        let path = crate::path::normalize_path(raw).ok()?;
+        Some(Decision {
+            binding: std::sync::Arc::new(binding),
+            upstream: crate::decision::UpstreamKind::App,
+            path: path.into_owned(),
+            query: query.map(str::to_owned),
+            identity: None,
+            notice: None,
+        })
+    }
+
     proptest::proptest! {
+        /// Whether the client's target is kept or rebuilt, the instance gets exactly the
+        /// normalised path (behind the upstream's prefix) and the query the policy saw.
+        #[test]
+        fn the_instance_gets_the_decided_target(
+            target in "/[a-zA-Z0-9./%~_;?=&:@!$'()*+,\\-]{0,40}",
+            prefixed in proptest::bool::ANY,
+        ) {
+            let url = if prefixed { "http://127.0.0.1:1/base" } else { "http://127.0.0.1:1" };
+            let decision = decision_for(&target, url);
+            let req = RequestHeader::build("GET", target.as_bytes(), None);
+            if let (Some(decision), Ok(mut req)) = (decision, req) {
+                let want = upstream_target(&decision);
+                let id = http::HeaderValue::from_static("id");
+                let fwd = Forwarding {
+                    forwarded_for: None,
+                    proto: "http",
+                    host: http::HeaderValue::from_static("acme.nexus.test"),
+                    request_id: &id,
+                };
+                if rewrite_upstream_request(&mut req, &decision, fwd).is_ok() {
+                    proptest::prop_assert_eq!(req.raw_path(), want.as_bytes());
+                }
+            }
+        }
+
         #[test]
         fn every_address_is_written_as_the_formatter_writes_it(v4: u32, v6: u128) {
             for ip in [IpAddr::from(v4.to_be_bytes()), IpAddr::from(v6.to_be_bytes())] {
