@@ -57,25 +57,9 @@ pub fn check_claims(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nexus_binding_store::BindingRecord;
 
     fn binding(org: Option<&str>) -> Binding {
-        let r = BindingRecord {
-            tenant_id: "acme".into(),
-            subscription_id: "s".into(),
-            instance_id: "i".into(),
-            instance_url: "http://127.0.0.1:1".into(),
-            api_url: None,
-            identity_org_id: org.map(str::to_owned),
-            status: "active".into(),
-            plan: "team".into(),
-            region: "r".into(),
-            domains: vec![],
-            revision: 1,
-            updated_at: None,
-            mode: None,
-        };
-        Binding::from_record(&r).expect("valid")
+        crate::test_support::binding("http://127.0.0.1:1", org)
     }
 
     #[test]

@@ -40,3 +40,5 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+#[cfg(test)]
+mod test_support;

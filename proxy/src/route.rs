@@ -553,22 +553,7 @@ mod tests {
     }
 
     fn decision_for(target: &str, instance_url: &str) -> Option<Decision> {
-        let record = nexus_binding_store::BindingRecord {
-            tenant_id: "acme".into(),
-            subscription_id: "s".into(),
-            instance_id: "i".into(),
-            instance_url: instance_url.into(),
-            api_url: None,
-            identity_org_id: None,
-            status: "active".into(),
-            plan: "team".into(),
-            region: "r".into(),
-            domains: vec![],
-            revision: 1,
-            updated_at: None,
-            mode: None,
-        };
-        let binding = nexus_binding_store::Binding::from_record(&record).ok()?;
+        let binding = crate::test_support::binding(instance_url, None);
         let (raw, query) = crate::path::split_target(target);
         let path = crate::path::normalize_path(raw).ok()?;
         Some(Decision {

@@ -1,0 +1,24 @@
+//! Fixtures shared by the unit tests of several modules.
+
+use nexus_binding_store::{Binding, BindingRecord};
+
+/// An active binding of tenant `acme` at `instance_url`, with `org` as its identity org.
+pub(crate) fn binding(instance_url: &str, org: Option<&str>) -> Binding {
+    let record = BindingRecord {
+        tenant_id: "acme".into(),
+        subscription_id: "s".into(),
+        instance_id: "i".into(),
+        instance_url: instance_url.into(),
+        api_url: None,
+        identity_org_id: org.map(str::to_owned),
+        status: "active".into(),
+        plan: "team".into(),
+        region: "r".into(),
+        domains: vec![],
+        revision: 1,
+        updated_at: None,
+        mode: None,
+    };
+    #[allow(clippy::expect_used)] // a fixture that does not build is a broken test
+    Binding::from_record(&record).expect("a valid fixture")
+}
