@@ -90,6 +90,14 @@ fn hex_val(c: u8) -> Option<u8> {
     }
 }
 
+/// The byte a `%XX` escape at the start of `s` spells, if `s` starts with one.
+pub(crate) fn escaped_byte(s: &[u8]) -> Option<u8> {
+    match s {
+        [b'%', h, l, ..] => Some(hex_val(*h)? * 16 + hex_val(*l)?),
+        _ => None,
+    }
+}
+
 fn is_unreserved(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
 }
@@ -134,13 +142,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         let c = b[i];
         match c {
             b'%' => {
-                let (Some(h), Some(l)) = (
-                    b.get(i + 1).copied().and_then(hex_val),
-                    b.get(i + 2).copied().and_then(hex_val),
-                ) else {
+                let Some(v) = escaped_byte(&b[i..]) else {
                     return Err(PathError::InvalidPercent);
                 };
-                let v = h * 16 + l;
                 match v {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                     0 => return Err(PathError::EncodedNul),
@@ -178,7 +182,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     while i < b.len() {
         if b[i] == b'%' {
             // Validated in pass 1: two hex digits follow.
-            let v = hex_val(b[i + 1]).unwrap_or(0) * 16 + hex_val(b[i + 2]).unwrap_or(0);
+            let v = escaped_byte(&b[i..]).unwrap_or(0);
             if is_unreserved(v) {
                 decoded.push(char::from(v));
             } else {
@@ -226,22 +230,17 @@ fn is_dot_segment(s: &[u8]) -> bool {
 /// True if the segment at the start of `s` is one or two dots (raw or `%2e`) followed by a
 /// `;` (raw or `%3b`).
 fn is_dot_segment_with_parameters(s: &[u8]) -> bool {
-    let escaped = |s: &[u8], hi: u8, lo: u8| {
-        s.len() >= 3 && s[0] == b'%' && s[1] == hi && s[2].eq_ignore_ascii_case(&lo)
-    };
     let mut rest = s;
     let mut dots = 0;
     loop {
-        if rest.first() == Some(&b'.') {
-            rest = &rest[1..];
-        } else if escaped(rest, b'2', b'e') {
-            rest = &rest[3..];
-        } else {
-            break;
-        }
+        rest = match (rest.first(), escaped_byte(rest)) {
+            (Some(b'.'), _) => &rest[1..],
+            (_, Some(b'.')) => &rest[3..],
+            _ => break,
+        };
         dots += 1;
     }
-    matches!(dots, 1 | 2) && (rest.first() == Some(&b';') || escaped(rest, b'3', b'b'))
+    matches!(dots, 1 | 2) && (rest.first() == Some(&b';') || escaped_byte(rest) == Some(b';'))
 }
 
 /// Segment-aware prefix test for public, recovery and API prefixes.

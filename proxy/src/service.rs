@@ -19,7 +19,9 @@ use smallvec::SmallVec;
 use crate::decision::{decide, Decision, RequestFacts};
 use crate::errors::RejectReason;
 use crate::policy::BillingNotice;
-use crate::route::{rewrite_upstream_request, sane_request_id, Forwarding, RequestIds};
+use crate::route::{
+    forwarded_host, rewrite_upstream_request, sane_request_id, Forwarding, RequestIds,
+};
 use crate::state::EdgeState;
 
 /// Per-request state carried between Pingora phases.
@@ -323,17 +325,7 @@ impl ProxyHttp for EdgeService {
             },
             &self.state.settings.server.trusted_proxies,
         );
-        let host = match upstream_request.headers.get(http::header::HOST) {
-            Some(h) if h.to_str().is_ok() && !h.as_bytes().iter().any(u8::is_ascii_uppercase) => {
-                h.clone()
-            }
-            Some(h) => h
-                .to_str()
-                .ok()
-                .and_then(|t| HeaderValue::from_str(&t.to_ascii_lowercase()).ok())
-                .unwrap_or_else(|| HeaderValue::from_static("")),
-            None => HeaderValue::from_static(""),
-        };
+        let host = forwarded_host(upstream_request.headers.get(http::header::HOST));
         let proto = if session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())

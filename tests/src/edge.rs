@@ -48,6 +48,15 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
+/// Whether the router whose ops listener is `ops` answers `/readyz` with 200.
+pub fn is_ready(ops: SocketAddr) -> bool {
+    crate::http::send_raw(
+        ops,
+        b"GET /readyz HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n",
+    )
+    .is_ok_and(|r| r.status == 200)
+}
+
 /// Random bits from std's per-instance hash keys: parallel test processes pick apart.
 fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -198,12 +207,7 @@ filter = "info"
                 return Err(format!("exited with {status}: {}", edge.log()));
             }
             // Ready implies the public port accepts: both listeners are bound before start-up.
-            let ready = crate::http::send_raw(
-                edge.ops_addr,
-                b"GET /readyz HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n",
-            )
-            .is_ok_and(|r| r.status == 200);
-            if ready {
+            if is_ready(edge.ops_addr) {
                 return Ok(edge);
             }
             if std::time::Instant::now() > deadline {

@@ -1,8 +1,8 @@
 //! Real `redis-server` nodes on loopback TCP, for what a unix socket cannot show: TLS,
 //! replication and Sentinel (Sentinel hands out `host:port` addresses).
 //!
-//! Ports are found by binding `127.0.0.1:0` and passing the port on (Redis cannot report a
-//! port it chose itself); a node that loses that race is restarted on another port.
+//! Ports come from [`free_addr`] (bound, released and passed on: Redis cannot report a port
+//! it chose itself); a node that loses that race is restarted on another port.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

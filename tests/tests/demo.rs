@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nexus_e2e::edge::{binary, free_addr};
-use nexus_e2e::http::{get, send_raw, Response};
+use nexus_e2e::edge::{binary, free_addr, is_ready};
+use nexus_e2e::http::{get, Response};
 use nexus_e2e::wait;
 
 /// The demo process; killed on drop.
@@ -239,12 +239,7 @@ fn serve(listen: SocketAddr, ops: SocketAddr) -> Command {
 /// Waits until the ops listener at `ops` answers `/readyz` with 200.
 fn wait_ready(ops: SocketAddr, what: &str) {
     wait::until(Duration::from_secs(20), what, || {
-        send_raw(
-            ops,
-            b"GET /readyz HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n",
-        )
-        .ok()
-        .filter(|r| r.status == 200)
+        is_ready(ops).then_some(())
     });
 }
 

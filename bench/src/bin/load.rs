@@ -186,6 +186,12 @@ struct Burst {
     instructions: Option<f64>,
 }
 
+impl Burst {
+    fn cpu_us_per_req(&self) -> f64 {
+        self.cpu_us / self.requests.max(1.0)
+    }
+}
+
 /// A running target and what was measured of it.
 struct Target {
     label: &'static str,
@@ -241,10 +247,7 @@ fn round_ratios(t: &Target, base: &Target) -> (Vec<f64>, Vec<f64>) {
     t.bursts
         .iter()
         .zip(&base.bursts)
-        .map(|(a, b)| {
-            let cpu = |x: &Burst| x.cpu_us / x.requests.max(1.0);
-            (a.rps / b.rps, cpu(b) / cpu(a))
-        })
+        .map(|(a, b)| (a.rps / b.rps, b.cpu_us_per_req() / a.cpu_us_per_req()))
         .unzip()
 }
 
@@ -364,17 +367,18 @@ fn burst(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Burst {
         .and_then(|(n, _)| n.trim().parse::<f64>().ok())
         .unwrap_or(rps * secs as f64);
     let opened = ACCEPTED.load(std::sync::atomic::Ordering::Relaxed) - accepted_before;
-    eprintln!(
-        "  {addr}: {rps:.0} req/s, {:.1} µs proxy CPU per request, {opened} upstream connections opened",
-        cpu_us / requests.max(1.0)
-    );
-    Burst {
+    let b = Burst {
         rps,
         requests,
         cpu_us,
         errors,
         instructions,
-    }
+    };
+    eprintln!(
+        "  {addr}: {rps:.0} req/s, {:.1} µs proxy CPU per request, {opened} upstream connections opened",
+        b.cpu_us_per_req()
+    );
+    b
 }
 
 fn main() {

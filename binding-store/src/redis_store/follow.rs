@@ -109,8 +109,9 @@ impl CounterWatch {
     /// written), so only a replica still behind the previous heartbeat's counter with its
     /// position unmoved, a whole heartbeat during which the feed was read, has lost the feed.
     fn observe(&mut self, counter: Option<u64>, applied: u64, own_entry: bool) -> Verdict {
+        // Only the case that waits for the next heartbeat puts it back.
+        let behind = self.behind.take();
         let Some(counter) = counter.or((applied == 0).then_some(0)) else {
-            self.behind = None;
             if std::mem::replace(&mut self.told_no_history, true) {
                 return Verdict::InStep;
             }
@@ -118,24 +119,18 @@ impl CounterWatch {
         };
         self.told_no_history = false;
         if !own_entry {
-            self.behind = None;
             return Verdict::Diverged("this replica's last change entry is gone from the feed");
         }
         if counter < applied {
-            self.behind = None;
             return Verdict::Diverged("the store's revision counter is behind this replica");
         }
         if counter == applied {
-            self.behind = None;
             return Verdict::InStep;
         }
-        if let Some((seen, was_applied)) = self.behind {
-            if applied == was_applied && applied < seen {
-                self.behind = None;
-                return Verdict::Diverged(
-                    "the change feed delivers nothing while the store's revision counter is ahead",
-                );
-            }
+        if behind.is_some_and(|(seen, was_applied)| applied == was_applied && applied < seen) {
+            return Verdict::Diverged(
+                "the change feed delivers nothing while the store's revision counter is ahead",
+            );
         }
         self.behind = Some((counter, applied));
         Verdict::InStep

@@ -402,7 +402,6 @@ impl RedisStore {
     ) -> redis::RedisResult<(BindingTable, FeedPosition)> {
         let (head, counter) = self.feed_head(con).await?;
         // Called at most once, and only when needed.
-        // Called at most once, and only when needed.
         let mut current = Some(current);
         // Refused before the scan: replicas retry this while a restore writes its records.
         // Past this check with no counter, the table served is empty: no binding to keep below.
@@ -507,10 +506,10 @@ pub(crate) fn parse_json_record_with(
         .map_err(|errs| crate::error::FieldErrors(&errs).to_string())
 }
 
-/// The refusal of a full load from a Redis without history (see [`RedisStore::full_table`]).
 /// Stream entries as redis-rs returns them: (id, [(field, value)]).
 pub(crate) type Entries = Vec<(String, Vec<(String, String)>)>;
 
+/// The refusal of a full load from a Redis without history (see [`RedisStore::full_table`]).
 fn no_history(serving: usize) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::ClientError,

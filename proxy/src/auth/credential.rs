@@ -7,6 +7,7 @@
 //! SignalR, Spring when allowed): it may only repeat the verified token.
 
 use super::error::CredentialError;
+use crate::path::escaped_byte;
 
 /// A `b64token` body byte. Written with non-short-circuit `|` so the check over a whole token
 /// compiles to vector compares: it runs over every byte of every token on every request.
@@ -106,33 +107,19 @@ pub fn check_query_token(query: Option<&str>, token: &str) -> Result<(), Credent
 /// `fold` byte by byte (how a framework folds names).
 fn decodes_to(raw: &[u8], want: &[u8], fold: impl Fn(u8) -> u8) -> bool {
     let mut want = want.iter().map(|&c| fold(c));
-    let mut i = 0;
-    while i < raw.len() {
-        let c = match (raw[i], raw.get(i + 1..i + 3)) {
-            (b'%', Some(&[h, l])) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
-                i += 3;
-                hex_pair(h, l)
-            }
-            (b'+', _) => {
-                i += 1;
-                b' '
-            }
-            (c, _) => {
-                i += 1;
-                c
-            }
+    let mut rest = raw;
+    while let Some(&first) = rest.first() {
+        let (c, len) = match (first, escaped_byte(rest)) {
+            (_, Some(v)) => (v, 3),
+            (b'+', None) => (b' ', 1),
+            (c, None) => (c, 1),
         };
+        rest = &rest[len..];
         if want.next() != Some(fold(c)) {
             return false;
         }
     }
     want.next().is_none()
-}
-
-/// The byte two hex digits spell (both already checked to be hex digits).
-fn hex_pair(h: u8, l: u8) -> u8 {
-    let hex = |d: u8| (d as char).to_digit(16).unwrap_or(0) as u8;
-    hex(h) * 16 + hex(l)
 }
 
 /// Whether a cookie called `raw` is the session cookie `name` to some framework the instance
