@@ -1,4 +1,4 @@
-//! Real HTTP instances for tests, on `127.0.0.1:0`, stopped on drop.
+//! Real HTTP (or HTTPS) instances for tests, on `127.0.0.1:0`, stopped on drop.
 //!
 //! Every response is JSON naming the instance and echoing the request line and headers, so a
 //! test sees exactly which instance got a request and what the router sent it. Paths:
@@ -7,12 +7,13 @@
 //! - a request with `Upgrade: websocket`: answers `101` and then echoes bytes back.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use pingora::tls::{ServerConfig, TlsAcceptor};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::loopback::LoopbackServer;
 
@@ -22,6 +23,7 @@ pub struct Backend {
     pub name: String,
     /// Where it listens.
     pub addr: SocketAddr,
+    scheme: &'static str,
     hits: Arc<AtomicU64>,
     _server: LoopbackServer,
 }
@@ -40,14 +42,50 @@ impl Backend {
         Backend {
             name: name.to_owned(),
             addr: server.addr,
+            scheme: "http",
             hits,
             _server: server,
         }
     }
 
-    /// `http://addr`.
+    /// Starts an instance called `name` that speaks HTTPS only, with the certificate chain
+    /// and key in the PEM files `cert` and `key`. A connection whose TLS handshake fails is
+    /// closed without reading a request.
+    pub fn start_tls(name: &str, cert: &Path, key: &Path) -> Backend {
+        pingora::tls::install_default_crypto_provider();
+        let (chain, key) = pingora::tls::load_certs_and_key_files(
+            &cert.display().to_string(),
+            &key.display().to_string(),
+        )
+        .expect("read certificate files")
+        .expect("a certificate and a key");
+        let config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server certificate");
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let hits = Arc::new(AtomicU64::new(0));
+        let (owned, counter) = (name.to_owned(), Arc::clone(&hits));
+        let server = LoopbackServer::start(move |stream| {
+            let (name, hits, acceptor) = (owned.clone(), Arc::clone(&counter), acceptor.clone());
+            async move {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    let _ = serve_conn(tls, &name, &hits).await;
+                }
+            }
+        });
+        Backend {
+            name: name.to_owned(),
+            addr: server.addr,
+            scheme: "https",
+            hits,
+            _server: server,
+        }
+    }
+
+    /// `http://addr` (`https://` for a TLS instance).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Requests received so far.
@@ -56,7 +94,10 @@ impl Backend {
     }
 }
 
-async fn serve_conn(mut stream: TcpStream, name: &str, hits: &AtomicU64) -> std::io::Result<()> {
+async fn serve_conn<S>(mut stream: S, name: &str, hits: &AtomicU64) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf = Vec::new();
     loop {
         // One request head at a time (keep-alive supported, request bodies read by length).
@@ -113,7 +154,7 @@ async fn serve_conn(mut stream: TcpStream, name: &str, hits: &AtomicU64) -> std:
             if !buf.is_empty() {
                 stream.write_all(&buf).await?;
             }
-            let (mut r, mut w) = stream.split();
+            let (mut r, mut w) = tokio::io::split(stream);
             tokio::io::copy(&mut r, &mut w).await?;
             return Ok(());
         }

@@ -80,6 +80,8 @@ pub struct EdgeOptions {
     pub store: Option<String>,
     /// Extra `[server]` keys (e.g. `trusted_proxies = [...]`).
     pub server_extra: String,
+    /// Extra `[upstream]` keys (e.g. `ca_file = "..."`).
+    pub upstream_extra: String,
 }
 
 impl EdgeOptions {
@@ -92,6 +94,7 @@ impl EdgeOptions {
             read_timeout: "5s",
             store: None,
             server_extra: String::new(),
+            upstream_extra: String::new(),
         }
     }
 }
@@ -164,6 +167,7 @@ session_cookie = "nexus_session"
 [upstream]
 connect_timeout = "1s"
 read_timeout = "{read_timeout}"
+{upstream_extra}
 
 {store}
 
@@ -173,6 +177,7 @@ filter = "info"
 "#,
             read_timeout = opts.read_timeout,
             server_extra = opts.server_extra,
+            upstream_extra = opts.upstream_extra,
             extra = opts.extra,
             store = opts.store.clone().unwrap_or_else(|| {
                 "[store]\nkind = \"file\"\npath = \"bindings.json\"\npoll_interval = \"50ms\""

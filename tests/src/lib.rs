@@ -1,7 +1,7 @@
 //! Harness for end-to-end tests of the real `nexus-edge` binary.
 //!
 //! - [`admin`]: the admin CLI against a store, as a separate process.
-//! - [`backend`]: real HTTP instances on `127.0.0.1:0` that answer with their own name and the
+//! - [`backend`]: real HTTP and HTTPS instances on `127.0.0.1:0` that answer with their own name and the
 //!   headers they received (and can be slow, or speak WebSocket).
 //! - [`edge`]: starts the real binary on a generated config and stops it on drop.
 //! - [`http`]: a raw HTTP/1.1 client, so tests can send what a browser would not (two Host

@@ -13,6 +13,10 @@ pub struct TestPki {
     pub server_cert: PathBuf,
     /// Server key.
     pub server_key: PathBuf,
+    /// A server certificate from the same CA for `elsewhere.test` only, and its key.
+    pub other_name_cert: PathBuf,
+    /// Its key.
+    pub other_name_key: PathBuf,
     /// Client certificate and key (for mutual TLS).
     pub client_cert: PathBuf,
     /// Client key.
@@ -43,6 +47,8 @@ impl TestPki {
             &["localhost", "127.0.0.1"],
             ExtendedKeyUsagePurpose::ServerAuth,
         );
+        let (other_name_cert, other_name_key) =
+            issue(&["elsewhere.test"], ExtendedKeyUsagePurpose::ServerAuth);
         let (client_cert, client_key) = issue(&["nexus-edge"], ExtendedKeyUsagePurpose::ClientAuth);
 
         let write = |name: &str, pem: &str| {
@@ -54,6 +60,8 @@ impl TestPki {
             ca: write("ca.pem", &ca.pem()),
             server_cert: write("server.pem", &server_cert),
             server_key: write("server-key.pem", &server_key),
+            other_name_cert: write("other-name.pem", &other_name_cert),
+            other_name_key: write("other-name-key.pem", &other_name_key),
             client_cert: write("client.pem", &client_cert),
             client_key: write("client-key.pem", &client_key),
         }

@@ -1,0 +1,80 @@
+//! HTTPS instances: the real binary reaches an instance over TLS only when the instance's
+//! certificate chains to a trusted CA (`[upstream] ca_file`, else the system roots) and names
+//! the host of its URL. Real handshakes against a real TLS server.
+
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use nexus_e2e::backend::{echoed_header, Backend};
+use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions};
+use nexus_e2e::http::get_with_token;
+use nexus_e2e::keys::TestKeys;
+use nexus_e2e::probe::host;
+use nexus_e2e::tls::TestPki;
+
+/// A router whose `acme` is `https://localhost:<port>` (a name: SNI and a DNS name check) and
+/// `globex` is `https://127.0.0.1:<port>` (an address: an IP address check), both `instance`.
+fn edge_for(instance: &Backend, keys: &TestKeys, ca: Option<&std::path::Path>) -> Edge {
+    let port = instance.addr.port();
+    let bindings = bindings_file(vec![
+        binding("acme", &format!("https://localhost:{port}"), "active", None),
+        binding("globex", &instance.url(), "active", None),
+    ]);
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
+    if let Some(ca) = ca {
+        opts.upstream_extra = format!("ca_file = {:?}", ca.display().to_string());
+    }
+    Edge::start(&opts)
+}
+
+#[test]
+fn an_https_instance_is_reached_through_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path());
+    let instance = Backend::start_tls("secure", &pki.server_cert, &pki.server_key);
+    assert!(instance.url().starts_with("https://127.0.0.1:"));
+    let keys = TestKeys::new();
+    let edge = edge_for(&instance, &keys, Some(&pki.ca));
+    for tenant in ["acme", "globex"] {
+        let r = get_with_token(edge.addr, &host(tenant), "/app", &keys.token(tenant, None));
+        assert_eq!(r.status, 200, "{tenant}: {}", r.text());
+        let echo = r.json();
+        assert_eq!(echo["instance"], "secure");
+        assert_eq!(echoed_header(&echo, "x-tenant-id"), [tenant]);
+    }
+    assert_eq!(instance.hits(), 2);
+}
+
+#[test]
+fn an_instance_certificate_the_router_cannot_verify_gets_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path());
+    let keys = TestKeys::new();
+
+    // A CA the router was not told about: the system roots do not include it.
+    let instance = Backend::start_tls("untrusted", &pki.server_cert, &pki.server_key);
+    let edge = edge_for(&instance, &keys, None);
+    for tenant in ["acme", "globex"] {
+        let r = get_with_token(edge.addr, &host(tenant), "/app", &keys.token(tenant, None));
+        assert_eq!(r.status, 502, "{tenant}: {}", r.text());
+        assert!(!r.text().contains("secure"), "{}", r.text());
+    }
+    assert_eq!(
+        instance.hits(),
+        0,
+        "a request crossed an unverified connection"
+    );
+
+    // A trusted CA, but a certificate for another name than the instance URL's host.
+    let elsewhere = Backend::start_tls("elsewhere", &pki.other_name_cert, &pki.other_name_key);
+    let edge = edge_for(&elsewhere, &keys, Some(&pki.ca));
+    for tenant in ["acme", "globex"] {
+        let r = get_with_token(edge.addr, &host(tenant), "/app", &keys.token(tenant, None));
+        assert_eq!(r.status, 502, "{tenant}: {}", r.text());
+    }
+    assert_eq!(
+        elsewhere.hits(),
+        0,
+        "a request reached a certificate for another name"
+    );
+}
