@@ -25,9 +25,15 @@ pub const MAX_TENANT_ID_LEN: usize = 63;
 pub struct TenantId(Arc<str>);
 
 impl TenantId {
+    /// Whether `s` is a canonical tenant id, the check [`TenantId::parse`] makes (for callers
+    /// that only look an id up and need not own it).
+    pub fn is_valid(s: &str) -> bool {
+        is_dns_label(s)
+    }
+
     /// Parses a tenant id that must already be canonical (no case folding, no trimming).
     pub fn parse(s: &str) -> Result<Self, FieldError> {
-        if is_dns_label(s) {
+        if Self::is_valid(s) {
             Ok(Self(Arc::from(s)))
         } else {
             Err(FieldError::new(

@@ -19,14 +19,26 @@ const MAX_NAME_LEN: usize = 253;
 /// Longest DNS label (RFC 1035).
 const MAX_LABEL_LEN: usize = 63;
 
-/// Where a request is addressed.
+/// Where a request is addressed. Borrowed from the request's host when that is already
+/// canonical, so resolving a host allocates nothing on the usual path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostTarget {
+pub enum HostTarget<'a> {
     /// `<tenant>.<base domain>`.
-    Subdomain(TenantId),
+    Subdomain(TenantLabel<'a>),
     /// Any other well-formed name (canonical: lowercase, no port, no trailing dot); looked up in
     /// the binding table's domain index.
-    CustomDomain(String),
+    CustomDomain(Cow<'a, str>),
+}
+
+/// A tenant id read from a host name: only made after the check [`TenantId::parse`] makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantLabel<'a>(Cow<'a, str>);
+
+impl TenantLabel<'_> {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Why the request's host was refused (400).
@@ -208,21 +220,32 @@ fn check_name(name: &str) -> Result<(), HostError> {
 /// under another base), is a [`HostTarget::CustomDomain`] for
 /// the domain index, so it can only reach a tenant that claimed it. `base_domains` must be
 /// canonical (the config loader checks this).
-pub fn resolve_host(authority: &str, base_domains: &[String]) -> Result<HostTarget, HostError> {
+pub fn resolve_host<'a>(
+    authority: &'a str,
+    base_domains: &[String],
+) -> Result<HostTarget<'a>, HostError> {
     let name = split_port(authority)?;
     let name = name.strip_suffix('.').unwrap_or(name);
     check_name(name)?;
-    let canonical: Cow<'_, str> = if name.bytes().any(|c| c.is_ascii_uppercase()) {
+    let canonical: Cow<'a, str> = if name.bytes().any(|c| c.is_ascii_uppercase()) {
         Cow::Owned(name.to_ascii_lowercase())
     } else {
         Cow::Borrowed(name)
     };
-    if let Some(label) = tenant_label(&canonical, base_domains) {
-        if let Ok(tenant) = TenantId::parse(label) {
-            return Ok(HostTarget::Subdomain(tenant));
+    // The label is the name's first one, so it is cut from the name as it is.
+    if let Some(len) = tenant_label(&canonical, base_domains).map(str::len) {
+        if TenantId::is_valid(&canonical[..len]) {
+            let label = match canonical {
+                Cow::Borrowed(name) => Cow::Borrowed(&name[..len]),
+                Cow::Owned(mut name) => {
+                    name.truncate(len);
+                    Cow::Owned(name)
+                }
+            };
+            return Ok(HostTarget::Subdomain(TenantLabel(label)));
         }
     }
-    Ok(HostTarget::CustomDomain(canonical.into_owned()))
+    Ok(HostTarget::CustomDomain(canonical))
 }
 
 /// The single label in front of the longest base domain that `name` is directly under.
@@ -256,12 +279,13 @@ mod tests {
         vec!["nexus.app".to_owned(), "eu.nexus.app".to_owned()]
     }
 
-    fn sub(t: &str) -> Result<HostTarget, HostError> {
-        Ok(HostTarget::Subdomain(TenantId::parse(t).expect("tenant")))
+    fn sub(t: &str) -> Result<HostTarget<'_>, HostError> {
+        assert!(TenantId::is_valid(t), "{t}");
+        Ok(HostTarget::Subdomain(TenantLabel(Cow::Borrowed(t))))
     }
 
-    fn custom(d: &str) -> Result<HostTarget, HostError> {
-        Ok(HostTarget::CustomDomain(d.to_owned()))
+    fn custom(d: &str) -> Result<HostTarget<'_>, HostError> {
+        Ok(HostTarget::CustomDomain(Cow::Borrowed(d)))
     }
 
     #[test]

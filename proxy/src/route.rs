@@ -305,15 +305,26 @@ pub fn rewrite_upstream_request(
     };
     // Every fallible conversion happens before the request is taken apart.
     let binding = &decision.binding;
-    let tenant = value(binding.tenant_id.as_str())?;
-    let (org, sub) = match &decision.identity {
-        Some(identity) => (
-            identity.org.as_deref().map(value).transpose()?,
-            // `sub` came from a verified token, but it is still client-chosen text: only send
-            // it when it is a valid header value.
-            identity.sub.as_deref().and_then(|s| value(s).ok()),
-        ),
-        None => (None, None),
+    let (tenant, org, sub) = match &decision.identity {
+        Some(identity) => {
+            let made = &identity.headers;
+            // `decide` lets a token through only when its tenant claim is byte for byte the
+            // binding's tenant id, so the token's value is that id's.
+            let tenant = match &made.tenant {
+                Some(v) => v.clone(),
+                None => value(binding.tenant_id.as_str())?,
+            };
+            let org = match (&made.org, identity.org.as_deref()) {
+                (Some(v), _) => Some(v.clone()),
+                // An org claim that is no header value fails the request.
+                (None, Some(text)) => Some(value(text)?),
+                (None, None) => None,
+            };
+            // `sub` came from a verified token, but it is still client-chosen text: it is
+            // only sent when it is a valid header value.
+            (tenant, org, made.user.clone())
+        }
+        None => (value(binding.tenant_id.as_str())?, None, None),
     };
     let forwarded_for = fwd
         .forwarded_for
@@ -583,6 +594,44 @@ mod tests {
             identity: None,
             notice: None,
         })
+    }
+
+    #[test]
+    fn identity_headers_come_from_the_verified_token() {
+        let rewritten = |org: Option<&str>, sub: Option<&str>| {
+            let mut decision = decision_for("/api/x", "http://127.0.0.1:1").expect("decision");
+            decision.identity = Some(crate::test_support::identity("acme", org, sub));
+            let mut req = RequestHeader::build("GET", b"/api/x", None).expect("request");
+            req.insert_header("x-tenant-id", "globex").expect("header");
+            req.insert_header("X-User-Id", "admin").expect("header");
+            let id = http::HeaderValue::from_static("id");
+            let fwd = Forwarding {
+                forwarded_for: None,
+                proto: "http",
+                host: http::HeaderValue::from_static("acme.nexus.test"),
+                request_id: &id,
+            };
+            rewrite_upstream_request(&mut req, &decision, fwd).map(|()| {
+                let one = |name: &HeaderName| {
+                    let all: Vec<_> = req.headers.get_all(name).iter().collect();
+                    assert!(all.len() <= 1, "{name} sent {} times", all.len());
+                    all.first().map(|v| v.to_str().expect("ascii").to_owned())
+                };
+                (one(&X_TENANT_ID), one(&X_ORG_ID), one(&X_USER_ID))
+            })
+        };
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            rewritten(Some("org-1"), Some("u1")).ok(),
+            Some((some("acme"), some("org-1"), some("u1")))
+        );
+        assert_eq!(rewritten(None, None).ok(), Some((some("acme"), None, None)));
+        // A `sub` that is no header value is left out; an org that is none fails the request.
+        assert_eq!(
+            rewritten(Some("org-1"), Some("u\n1")).ok(),
+            Some((some("acme"), some("org-1"), None))
+        );
+        assert!(rewritten(Some("org\r\n"), Some("u1")).is_err());
     }
 
     proptest::proptest! {

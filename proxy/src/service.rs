@@ -242,7 +242,14 @@ impl ProxyHttp for EdgeService {
                     Some(Box::new(e)),
                 )
             })?;
-        let mut peer = HttpPeer::new(addr, url.is_tls(), url.host().to_owned());
+        // The name is only used for TLS (SNI and the certificate check); a plain peer is its
+        // address, and an empty name costs no allocation per request.
+        let sni = if url.is_tls() {
+            url.host().to_owned()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(addr, url.is_tls(), sni);
         let up = &self.state.settings.upstream;
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);

@@ -22,3 +22,21 @@ pub(crate) fn binding(instance_url: &str, org: Option<&str>) -> Binding {
     #[allow(clippy::expect_used)] // a fixture that does not build is a broken test
     Binding::from_record(&record).expect("a valid fixture")
 }
+
+/// A verified RS256 token's identity, as `decide` hands it on.
+pub(crate) fn identity(
+    tenant: &str,
+    org: Option<&str>,
+    sub: Option<&str>,
+) -> std::sync::Arc<crate::auth::VerifiedToken> {
+    std::sync::Arc::new(crate::auth::VerifiedToken {
+        sub: sub.map(str::to_owned),
+        tenant: Some(tenant.to_owned()),
+        org: org.map(str::to_owned),
+        exp: u64::MAX,
+        nbf: None,
+        kid: None,
+        alg: crate::auth::Algorithm::RS256,
+        headers: crate::auth::IdentityHeaders::new(Some(tenant), org, sub),
+    })
+}

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http::HeaderValue;
 use serde_json::{Map, Value};
 
 use super::error::TokenError;
@@ -25,6 +27,40 @@ pub struct VerifiedToken {
     pub kid: Option<String>,
     /// Algorithm that verified it.
     pub alg: Algorithm,
+    /// `sub`, tenant and org as the header values sent to the instance.
+    pub headers: IdentityHeaders,
+}
+
+/// The identity claims as header values, made once when the token is verified: a cached
+/// token serves many requests, and each then clones a shared buffer instead of checking and
+/// copying three strings (`X-Tenant-Id`, `X-Org-Id`, `X-User-Id`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// The tenant claim, when present and a valid header value.
+    pub tenant: Option<HeaderValue>,
+    /// The org claim, when present and a valid header value.
+    pub org: Option<HeaderValue>,
+    /// `sub`, when present and a valid header value.
+    pub user: Option<HeaderValue>,
+}
+
+impl IdentityHeaders {
+    /// Header values for the claims that are valid ones (no control characters); the three
+    /// share one buffer.
+    pub(crate) fn new(tenant: Option<&str>, org: Option<&str>, sub: Option<&str>) -> Self {
+        let claims = [tenant, org, sub];
+        let mut buf = Vec::with_capacity(claims.iter().flatten().map(|c| c.len()).sum());
+        let ranges = claims.map(|c| {
+            c.map(|c| {
+                buf.extend_from_slice(c.as_bytes());
+                buf.len() - c.len()..buf.len()
+            })
+        });
+        let buf = Bytes::from(buf);
+        let [tenant, org, user] =
+            ranges.map(|r| r.and_then(|r| HeaderValue::from_maybe_shared(buf.slice(r)).ok()));
+        Self { tenant, org, user }
+    }
 }
 
 impl VerifiedToken {
@@ -106,14 +142,19 @@ pub(crate) fn check(
             return Err(TokenError::WrongAudience);
         }
     }
+    let sub = string_claim(claims, "sub");
+    let tenant = string_claim(claims, &rules.tenant_claim);
+    let org = string_claim(claims, &rules.org_claim);
+    let headers = IdentityHeaders::new(tenant.as_deref(), org.as_deref(), sub.as_deref());
     let token = VerifiedToken {
-        sub: string_claim(claims, "sub"),
-        tenant: string_claim(claims, &rules.tenant_claim),
-        org: string_claim(claims, &rules.org_claim),
+        sub,
+        tenant,
+        org,
         exp,
         nbf,
         kid,
         alg,
+        headers,
     };
     token.check_time(now, rules.leeway)?;
     Ok(Arc::new(token))

@@ -92,6 +92,10 @@ fn every_algorithm_verifies() {
         assert_eq!(v.org.as_deref(), Some("org-1"));
         assert_eq!(v.sub.as_deref(), Some("u1"));
         assert_eq!(v.alg.name(), alg);
+        let h = &v.headers;
+        assert_eq!(h.tenant.as_ref().map(|v| v.as_bytes()), Some(&b"acme"[..]));
+        assert_eq!(h.org.as_ref().map(|v| v.as_bytes()), Some(&b"org-1"[..]));
+        assert_eq!(h.user.as_ref().map(|v| v.as_bytes()), Some(&b"u1"[..]));
     }
 }
 
@@ -347,6 +351,26 @@ fn refusals() {
         .verify(&f.es.sign(&with(json!({"tenant_id": 42}))).expect("s"), NOW)
         .expect("ok");
     assert_eq!(v.tenant, None);
+    assert_eq!(v.headers.tenant, None);
+    // Claims that are no header values verify, but have no header value: the router then
+    // leaves `X-User-Id` out and refuses to forward an org it cannot send.
+    let v = auth
+        .verify(
+            &f.es
+                .sign(&with(
+                    json!({"sub": "u\n1", "org_id": "o\r\n", "tenant_id": "acme"}),
+                ))
+                .expect("s"),
+            NOW,
+        )
+        .expect("ok");
+    assert_eq!(v.sub.as_deref(), Some("u\n1"));
+    assert_eq!(v.headers.user, None);
+    assert_eq!(v.headers.org, None);
+    assert_eq!(
+        v.headers.tenant.as_ref().map(|v| v.as_bytes()),
+        Some(&b"acme"[..])
+    );
 }
 
 #[test]
