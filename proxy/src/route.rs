@@ -596,6 +596,18 @@ mod tests {
         })
     }
 
+    /// Rewrites `req` for a plain-HTTP client of `acme.nexus.test` with no TCP peer.
+    fn rewrite(req: &mut RequestHeader, decision: &Decision) -> pingora::Result<()> {
+        let id = http::HeaderValue::from_static("id");
+        let fwd = Forwarding {
+            forwarded_for: None,
+            proto: "http",
+            host: http::HeaderValue::from_static("acme.nexus.test"),
+            request_id: &id,
+        };
+        rewrite_upstream_request(req, decision, fwd)
+    }
+
     #[test]
     fn identity_headers_come_from_the_verified_token() {
         let rewritten = |org: Option<&str>, sub: Option<&str>| {
@@ -604,14 +616,7 @@ mod tests {
             let mut req = RequestHeader::build("GET", b"/api/x", None).expect("request");
             req.insert_header("x-tenant-id", "globex").expect("header");
             req.insert_header("X-User-Id", "admin").expect("header");
-            let id = http::HeaderValue::from_static("id");
-            let fwd = Forwarding {
-                forwarded_for: None,
-                proto: "http",
-                host: http::HeaderValue::from_static("acme.nexus.test"),
-                request_id: &id,
-            };
-            rewrite_upstream_request(&mut req, &decision, fwd).map(|()| {
+            rewrite(&mut req, &decision).map(|()| {
                 let one = |name: &HeaderName| {
                     let all: Vec<_> = req.headers.get_all(name).iter().collect();
                     assert!(all.len() <= 1, "{name} sent {} times", all.len());
@@ -647,14 +652,7 @@ mod tests {
             let req = RequestHeader::build("GET", target.as_bytes(), None);
             if let (Some(decision), Ok(mut req)) = (decision, req) {
                 let want = upstream_target(&decision);
-                let id = http::HeaderValue::from_static("id");
-                let fwd = Forwarding {
-                    forwarded_for: None,
-                    proto: "http",
-                    host: http::HeaderValue::from_static("acme.nexus.test"),
-                    request_id: &id,
-                };
-                if rewrite_upstream_request(&mut req, &decision, fwd).is_ok() {
+                if rewrite(&mut req, &decision).is_ok() {
                     proptest::prop_assert_eq!(req.raw_path(), want.as_bytes());
                 }
             }
