@@ -309,10 +309,11 @@ pub fn rewrite_upstream_request(
         Some(identity) => {
             let made = &identity.headers;
             // `decide` lets a token through only when its tenant claim is byte for byte the
-            // binding's tenant id, so the token's value is that id's.
+            // binding's tenant id, so the token's value is that id's; checked again here, so
+            // the instance is told the tenant it was routed for whatever built the decision.
             let tenant = match &made.tenant {
-                Some(v) => v.clone(),
-                None => value(binding.tenant_id.as_str())?,
+                Some(v) if v.as_bytes() == binding.tenant_id.as_str().as_bytes() => v.clone(),
+                _ => value(binding.tenant_id.as_str())?,
             };
             let org = match (&made.org, identity.org.as_deref()) {
                 (Some(v), _) => Some(v.clone()),
@@ -637,6 +638,16 @@ mod tests {
             Some((some("acme"), some("org-1"), None))
         );
         assert!(rewritten(Some("org\r\n"), Some("u1")).is_err());
+
+        // The tenant sent is the binding's, even for a decision holding another tenant's token.
+        let mut decision = decision_for("/api/x", "http://127.0.0.1:1").expect("decision");
+        decision.identity = Some(crate::test_support::identity("globex", None, None));
+        let mut req = RequestHeader::build("GET", b"/api/x", None).expect("request");
+        rewrite(&mut req, &decision).expect("rewritten");
+        assert_eq!(
+            req.headers.get(&X_TENANT_ID).map(|v| v.as_bytes()),
+            Some(&b"acme"[..])
+        );
     }
 
     proptest::proptest! {
