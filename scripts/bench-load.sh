@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side load run: bare Pingora vs nexus-edge (cache on / off) vs HAProxy if installed.
+# Side-by-side load run: bare Pingora (also with nexus-edge's timeouts) vs nexus-edge (cache on / off)
+# vs HAProxy if installed.
 # Pass --smoke for a 1-second-per-target check.
 set -euo pipefail
 cd "$(dirname "$0")/.."

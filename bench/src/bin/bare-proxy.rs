@@ -1,7 +1,12 @@
 //! The baseline of the load harness: a bare Pingora proxy with no auth and one fixed upstream.
 //!
-//! `bare-proxy LISTEN UPSTREAM THREADS` — what Pingora itself costs per request, so the
-//! harness can report Nexus Edge's full path as a fraction of it.
+//! `bare-proxy LISTEN UPSTREAM THREADS [timeouts]` — what Pingora itself costs per request,
+//! so the harness can report Nexus Edge's full path as a fraction of it. With `timeouts` it
+//! bounds connections as `nexus-edge` does by default (idle clients 60 s; instance connect
+//! 2 s, read and write 30 s), which costs Pingora timers and clock reads on every request:
+//! the harness shows how much of the gap to bare Pingora that is.
+
+use std::time::Duration;
 
 use std::net::SocketAddr;
 
@@ -18,6 +23,7 @@ use pingora::server::Server;
 
 struct Bare {
     upstream: SocketAddr,
+    timeouts: bool,
 }
 
 #[async_trait]
@@ -25,12 +31,27 @@ impl ProxyHttp for Bare {
     type CTX = ();
     fn new_ctx(&self) {}
 
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> pingora::Result<bool> {
+        if self.timeouts {
+            session.set_keepalive(Some(60));
+        }
+        Ok(false)
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
         _ctx: &mut (),
     ) -> pingora::Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        if self.timeouts {
+            let o = &mut peer.options;
+            o.connection_timeout = Some(Duration::from_secs(2));
+            o.total_connection_timeout = Some(Duration::from_secs(2));
+            o.read_timeout = Some(Duration::from_secs(30));
+            o.write_timeout = Some(Duration::from_secs(30));
+        }
+        Ok(Box::new(peer))
     }
 }
 
@@ -38,8 +59,16 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(upstream), Some(threads)) = (args.get(1), args.get(2), args.get(3))
     else {
-        eprintln!("usage: bare-proxy LISTEN UPSTREAM THREADS");
+        eprintln!("usage: bare-proxy LISTEN UPSTREAM THREADS [timeouts]");
         std::process::exit(2);
+    };
+    let timeouts = match args.get(4).map(String::as_str) {
+        None => false,
+        Some("timeouts") => true,
+        Some(other) => {
+            eprintln!("bare-proxy: unknown option {other:?} (expected \"timeouts\")");
+            std::process::exit(2);
+        }
     };
     let (Ok(upstream), Ok(threads)) = (upstream.parse::<SocketAddr>(), threads.parse::<usize>())
     else {
@@ -54,7 +83,8 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream });
+    let mut svc =
+        pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream, timeouts });
     svc.add_tcp(listen);
     server.add_service(svc);
     server.run_forever();

@@ -1,4 +1,5 @@
-//! The load harness: the same workload against a bare Pingora proxy, Nexus Edge (tokens in
+//! The load harness: the same workload against a bare Pingora proxy (and the same proxy with
+//! nexus-edge's default timeouts, to show what Pingora's timers cost), Nexus Edge (tokens in
 //! rotation, and every token verified in full) and, when installed, HAProxy doing RS256
 //! `jwt_verify` plus a map lookup — side by side in one run, with the ratios printed.
 //!
@@ -54,6 +55,9 @@ fn sibling(name: &str) -> PathBuf {
     );
     p
 }
+
+/// The baseline every ratio is taken against.
+const BARE: &str = "bare Pingora proxy (no auth)";
 
 /// Where callgrind profiles go, when the run is under callgrind.
 static CALLGRIND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -442,17 +446,19 @@ fn main() {
         bursts: Vec::new(),
     };
 
-    // 1. Bare Pingora: no auth, fixed upstream.
-    {
+    // 1. Bare Pingora: no auth, fixed upstream; every ratio is against this one. Then the
+    // same with nexus-edge's default timeouts, which cost Pingora timers on every request.
+    for (label, extra) in [
+        (BARE, None),
+        ("bare Pingora + nexus-edge's timeouts", Some("timeouts")),
+    ] {
         let addr = free_addr();
-        let p = Proc(
-            pinned("0", &sibling("bare-proxy"))
-                .args([addr.to_string(), backend.to_string(), "1".to_owned()])
-                .spawn()
-                .unwrap(),
-        );
+        let mut cmd = pinned("0", &sibling("bare-proxy"));
+        cmd.args([addr.to_string(), backend.to_string(), "1".to_owned()]);
+        cmd.args(extra);
+        let p = Proc(cmd.spawn().unwrap());
         wait_http(addr, &first_host);
-        targets.push(target("bare Pingora proxy (no auth)", addr, p));
+        targets.push(target(label, addr, p));
     }
 
     // 2 and 3. Nexus Edge, token cache on (1,000 tokens in rotation) and off (every request
@@ -593,6 +599,20 @@ fn report(targets: &[Target], tenants: usize, rounds: usize, secs: u64) {
                 spread(&cpu, false)
             );
         }
+    }
+    let timed = targets
+        .iter()
+        .find(|t| t.label.starts_with("bare Pingora +"));
+    let rotation = targets.iter().find(|t| t.label.contains("rotation"));
+    if let (Some(timed), Some(rotation)) = (timed, rotation) {
+        let (rps, cpu) = round_ratios(rotation, timed);
+        println!(
+            "\n{} / {} = {} by requests/s, {} by CPU per request",
+            rotation.label,
+            timed.label,
+            spread(&rps, true),
+            spread(&cpu, true)
+        );
     }
     if targets.iter().all(|t| t.instructions_per_req().is_some()) {
         let bare_ir = bare.instructions_per_req().unwrap_or(1.0);
