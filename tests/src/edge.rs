@@ -134,6 +134,13 @@ impl Edge {
 
     /// Like [`Edge::start`] but returns the failure (with the router's log) instead of panicking.
     pub fn try_start(opts: &EdgeOptions) -> Result<Edge, String> {
+        let mut edge = Self::spawn(opts)?;
+        edge.wait_ready(Duration::from_secs(20))?;
+        Ok(edge)
+    }
+
+    /// Writes the config and starts the binary, without waiting for it to be ready.
+    pub fn spawn(opts: &EdgeOptions) -> Result<Edge, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let jwks_path = dir.path().join("jwks.json");
         let bindings_path = dir.path().join("bindings.json");
@@ -197,7 +204,7 @@ filter = "info"
             .stderr(log2)
             .spawn()
             .map_err(|e| e.to_string())?;
-        let mut edge = Edge {
+        Ok(Edge {
             child,
             addr,
             ops_addr,
@@ -205,18 +212,22 @@ filter = "info"
             bindings_path,
             jwks_path,
             config_path,
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        })
+    }
+
+    /// Polls `/readyz` until it answers, the process exits, or `timeout` passes.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + timeout;
         loop {
-            if let Ok(Some(status)) = edge.child.try_wait() {
-                return Err(format!("exited with {status}: {}", edge.log()));
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("exited with {status}: {}", self.log()));
             }
             // Ready implies the public port accepts: both listeners are bound before start-up.
-            if is_ready(edge.ops_addr) {
-                return Ok(edge);
+            if is_ready(self.ops_addr) {
+                return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                return Err(format!("not ready after 20s: {}", edge.log()));
+                return Err(format!("not ready after {timeout:?}: {}", self.log()));
             }
             std::thread::park_timeout(Duration::from_millis(20));
         }

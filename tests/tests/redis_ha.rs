@@ -430,6 +430,74 @@ fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
     assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "45");
 }
 
+#[test]
+fn a_replica_started_during_a_restore_serves_all_of_it_or_nothing() {
+    // A restore into an empty Redis, run by the test the way `tenant import` runs one: the
+    // lock, then the records, then the product's own history.lua (counter, reset entry, lock
+    // released, in one step). A replica that starts in the middle has no table to keep; it
+    // must not serve the records written so far.
+    let redis = RedisServer::start();
+    let keys = TestKeys::new();
+    let b = Backend::start("instance-b");
+    let tenants = ["acme", "globex", "initech"];
+    let record = |i: usize| {
+        let mut r = binding(tenants[i], &b.url(), "active", None);
+        r["revision"] = serde_json::json!(i + 1);
+        r.to_string()
+    };
+    redis.cmd(&["SET", "nexus:restoring", "restore-token", "PX", "60000"]);
+    redis.cmd(&["SET", "nexus:binding:acme", &record(0)]);
+
+    let mut opts = EdgeOptions::new(keys.jwks(), serde_json::json!({}));
+    opts.store = Some(store(
+        &format!("url = \"{}\"", redis.url()),
+        "replica-r",
+        "",
+    ));
+    let mut edge = Edge::spawn(&opts).expect("replica spawned");
+    wait::until(
+        Duration::from_secs(20),
+        "the replica to wait for the restore",
+        || {
+            edge.log()
+                .contains("waiting for it to finish")
+                .then_some(())
+        },
+    );
+    assert!(
+        !nexus_e2e::edge::is_ready(edge.ops_addr),
+        "ready on part of a restore"
+    );
+
+    redis.cmd(&["SET", "nexus:binding:globex", &record(1)]);
+    redis.cmd(&["SET", "nexus:binding:initech", &record(2)]);
+    let history = nexus_e2e::keys::repo_root().join("binding-store/src/redis_store/history.lua");
+    let script = std::fs::read_to_string(history).unwrap();
+    let started = redis.cmd(&[
+        "EVAL",
+        &script,
+        "3",
+        "nexus:revision",
+        "nexus:changes",
+        "nexus:restoring",
+        "3",
+        "100000",
+        "restore-token",
+    ]);
+    assert_eq!(started, "3");
+
+    edge.wait_ready(Duration::from_secs(20))
+        .expect("ready after the restore");
+    for t in tenants {
+        assert_eq!(
+            instance_of(&edge, &keys, t).as_deref(),
+            Some("instance-b"),
+            "{t}"
+        );
+    }
+    assert!(edge.log().contains("bindings=3"), "{}", edge.log());
+}
+
 /// `nexus_edge_binding_full_reloads` of `edge`.
 fn full_reloads(edge: &Edge) -> u64 {
     let text = edge.ops_get("/metrics").text();

@@ -165,6 +165,9 @@ impl std::fmt::Debug for RedisStore {
 /// How long an admin command waits for the Sentinels to name a primary that answers.
 pub const ADMIN_FAILOVER_WAIT: Duration = Duration::from_secs(30);
 
+/// How often a replica starting during a restore import asks whether it has finished.
+const RESTORE_POLL: Duration = Duration::from_millis(250);
+
 /// Whether a failed connect is one a Sentinel failover in progress explains: no primary named
 /// or valid yet, the named one refusing or gone, or one still loading or read-only.
 fn cured_by_failover(e: &redis::RedisError) -> bool {
@@ -394,7 +397,9 @@ impl RedisStore {
     /// revision counter while `current` has bindings: that Redis was wiped (`FLUSHALL`, a
     /// restart without persistence), or never written through the schema, or a restore import
     /// is writing its records (the counter comes last). Deleting every tenant through the
-    /// schema leaves the counter, so it is not refused.
+    /// schema leaves the counter, so it is not refused. With no bindings to keep, it is
+    /// refused too while a restore holds its lock ([`is_restore_under_way`]): the records
+    /// written so far are only part of the restore.
     pub(crate) async fn full_table<'c>(
         &self,
         con: &mut MultiplexedConnection,
@@ -415,6 +420,17 @@ impl RedisStore {
             }
         }
         let (mut bindings, bad) = self.load_all(con).await?;
+        // Asked after the scan: a restore that started before it, or during it, still holds
+        // the lock now, unless it has finished, and then its reset entry lies after `head`.
+        if counter.is_none() {
+            let restoring: bool = redis::cmd("EXISTS")
+                .arg(self.keys.restoring())
+                .query_async(con)
+                .await?;
+            if restoring {
+                return Err(restore_under_way());
+            }
+        }
         if !bad.is_empty() {
             if let Some(cur) = current.take().and_then(|f| f()) {
                 for tenant in &bad {
@@ -509,6 +525,27 @@ pub(crate) fn parse_json_record_with(
 /// Stream entries as redis-rs returns them: (id, [(field, value)]).
 pub(crate) type Entries = Vec<(String, Vec<(String, String)>)>;
 
+/// Code of the refusal to load a restore's first records ([`restore_under_way`]).
+const RESTORE_UNDER_WAY: &str = "NEXUS_RESTORE_UNDER_WAY";
+
+/// The refusal of a full load, with no table to keep, while a restore import writes.
+fn restore_under_way() -> redis::RedisError {
+    redis::make_extension_error(
+        RESTORE_UNDER_WAY.to_owned(),
+        Some(
+            "a restore import is writing its records to Redis; the whole table is loaded when \
+             it finishes"
+                .to_owned(),
+        ),
+    )
+}
+
+/// Whether `e` is the refusal to load while a restore import writes: the load is worth
+/// asking again soon, with nothing to serve meanwhile.
+pub(crate) fn is_restore_under_way(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::ExtensionError && e.code() == Some(RESTORE_UNDER_WAY)
+}
+
 /// The refusal of a full load from a Redis without history (see [`RedisStore::full_table`]).
 fn no_history(serving: usize) -> redis::RedisError {
     redis::RedisError::from((
@@ -551,7 +588,24 @@ impl BindingSource for RedisStore {
                     .and_then(|(_, r)| r.as_ref().ok())
                     .filter(|t| !t.is_empty())
             };
-            self.full_table(&mut con, standing_in).await
+            let mut told = false;
+            loop {
+                match self.full_table(&mut con, standing_in).await {
+                    // A replica starting with nothing to serve waits for a restore to
+                    // finish (its lock lapses a minute after a restore that stopped) rather
+                    // than serve part of it.
+                    Err(e) if is_restore_under_way(&e) => {
+                        if !std::mem::replace(&mut told, true) {
+                            tracing::warn!(
+                                "a restore import is writing to Redis: waiting for it to finish \
+                                 before serving"
+                            );
+                        }
+                        tokio::time::sleep(RESTORE_POLL).await;
+                    }
+                    loaded => break loaded,
+                }
+            }
         }
         .await;
         match loaded {
