@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use pingora::http::RequestHeader;
 
+use crate::authz::check_claims;
 use crate::decision::Decision;
 
 use http::header::HeaderName;
@@ -307,13 +308,23 @@ pub fn rewrite_upstream_request(
     let binding = &decision.binding;
     let (tenant, org, sub) = match &decision.identity {
         Some(identity) => {
+            // `decide` made this check; it is made again where the identity is sent, so no
+            // decision built any other way can send one tenant's identity to another's
+            // instance (two compares of strings the decision has just read).
+            check_claims(identity.tenant.as_deref(), identity.org.as_deref(), binding).map_err(
+                |e| {
+                    pingora::Error::because(
+                        pingora::ErrorType::InternalError,
+                        "identity of another tenant",
+                        e,
+                    )
+                },
+            )?;
             let made = &identity.headers;
-            // `decide` lets a token through only when its tenant claim is byte for byte the
-            // binding's tenant id, so the token's value is that id's; checked again here, so
-            // the instance is told the tenant it was routed for whatever built the decision.
+            // The tenant claim is the binding's tenant id, so always a valid value.
             let tenant = match &made.tenant {
-                Some(v) if v.as_bytes() == binding.tenant_id.as_str().as_bytes() => v.clone(),
-                _ => value(binding.tenant_id.as_str())?,
+                Some(v) => v.clone(),
+                None => value(binding.tenant_id.as_str())?,
             };
             let org = match (&made.org, identity.org.as_deref()) {
                 (Some(v), _) => Some(v.clone()),
@@ -639,15 +650,20 @@ mod tests {
         );
         assert!(rewritten(Some("org\r\n"), Some("u1")).is_err());
 
-        // The tenant sent is the binding's, even for a decision holding another tenant's token.
+        // A decision holding another tenant's token, or a token of another org than the
+        // binding's, is not forwarded at all.
         let mut decision = decision_for("/api/x", "http://127.0.0.1:1").expect("decision");
-        decision.identity = Some(crate::test_support::identity("globex", None, None));
+        decision.identity = Some(crate::test_support::identity("globex", None, Some("u1")));
         let mut req = RequestHeader::build("GET", b"/api/x", None).expect("request");
-        rewrite(&mut req, &decision).expect("rewritten");
-        assert_eq!(
-            req.headers.get(&X_TENANT_ID).map(|v| v.as_bytes()),
-            Some(&b"acme"[..])
-        );
+        assert!(rewrite(&mut req, &decision).is_err());
+        let binding = crate::test_support::binding("http://127.0.0.1:1", Some("org-1"));
+        decision.binding = std::sync::Arc::new(binding);
+        for org in [None, Some("org-2")] {
+            decision.identity = Some(crate::test_support::identity("acme", org, Some("u1")));
+            assert!(rewrite(&mut req, &decision).is_err(), "{org:?}");
+        }
+        decision.identity = Some(crate::test_support::identity("acme", Some("org-1"), None));
+        assert!(rewrite(&mut req, &decision).is_ok());
     }
 
     proptest::proptest! {

@@ -242,14 +242,10 @@ impl ProxyHttp for EdgeService {
                     Some(Box::new(e)),
                 )
             })?;
-        // The name is only used for TLS (SNI and the certificate check); a plain peer is its
-        // address, and an empty name costs no allocation per request.
-        let sni = if url.is_tls() {
-            url.host().to_owned()
-        } else {
-            String::new()
-        };
-        let mut peer = HttpPeer::new(addr, url.is_tls(), sni);
+        // The name is part of the connection pool's key, so instances with different names
+        // never share a connection even at one address; for TLS it is also the SNI and the
+        // name the certificate must carry (Pingora skips verification without one).
+        let mut peer = HttpPeer::new(addr, url.is_tls(), url.host().to_owned());
         let up = &self.state.settings.upstream;
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);

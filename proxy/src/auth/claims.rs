@@ -27,21 +27,22 @@ pub struct VerifiedToken {
     pub kid: Option<String>,
     /// Algorithm that verified it.
     pub alg: Algorithm,
-    /// `sub`, tenant and org as the header values sent to the instance.
-    pub headers: IdentityHeaders,
+    /// `sub`, tenant and org as the header values sent to the instance: made from the
+    /// fields above when the token is verified, and only there.
+    pub(crate) headers: IdentityHeaders,
 }
 
 /// The identity claims as header values, made once when the token is verified: a cached
 /// token serves many requests, and each then clones a shared buffer instead of checking and
 /// copying three strings (`X-Tenant-Id`, `X-Org-Id`, `X-User-Id`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IdentityHeaders {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdentityHeaders {
     /// The tenant claim, when present and a valid header value.
-    pub tenant: Option<HeaderValue>,
+    pub(crate) tenant: Option<HeaderValue>,
     /// The org claim, when present and a valid header value.
-    pub org: Option<HeaderValue>,
+    pub(crate) org: Option<HeaderValue>,
     /// `sub`, when present and a valid header value.
-    pub user: Option<HeaderValue>,
+    pub(crate) user: Option<HeaderValue>,
 }
 
 impl IdentityHeaders {
@@ -67,15 +68,7 @@ impl VerifiedToken {
     /// Time claims against `now` with `leeway`: expired at `exp + leeway`, valid from
     /// `nbf - leeway`. Checked on every request, cached or not.
     pub fn check_time(&self, now: u64, leeway: u64) -> Result<(), TokenError> {
-        if now >= self.exp.saturating_add(leeway) {
-            return Err(TokenError::Expired);
-        }
-        if let Some(nbf) = self.nbf {
-            if now.saturating_add(leeway) < nbf {
-                return Err(TokenError::NotYetValid);
-            }
-        }
-        Ok(())
+        check_time(self.exp, self.nbf, now, leeway)
     }
 }
 
@@ -100,6 +93,19 @@ fn numeric_date(v: &Value) -> Result<u64, TokenError> {
             "time claim is not a valid NumericDate",
         )),
     }
+}
+
+/// See [`VerifiedToken::check_time`].
+fn check_time(exp: u64, nbf: Option<u64>, now: u64, leeway: u64) -> Result<(), TokenError> {
+    if now >= exp.saturating_add(leeway) {
+        return Err(TokenError::Expired);
+    }
+    if let Some(nbf) = nbf {
+        if now.saturating_add(leeway) < nbf {
+            return Err(TokenError::NotYetValid);
+        }
+    }
+    Ok(())
 }
 
 fn string_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
@@ -142,6 +148,8 @@ pub(crate) fn check(
             return Err(TokenError::WrongAudience);
         }
     }
+    // Before anything is copied out of an expired token.
+    check_time(exp, nbf, now, rules.leeway)?;
     let sub = string_claim(claims, "sub");
     let tenant = string_claim(claims, &rules.tenant_claim);
     let org = string_claim(claims, &rules.org_claim);
@@ -156,6 +164,5 @@ pub(crate) fn check(
         alg,
         headers,
     };
-    token.check_time(now, rules.leeway)?;
     Ok(Arc::new(token))
 }

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use nexus_config::{AuthSettings, HmacKey, JwksSource};
 
-pub use claims::{IdentityHeaders, VerifiedToken};
+#[cfg(test)]
+pub(crate) use claims::IdentityHeaders;
+pub use claims::VerifiedToken;
 pub use credential::extract_token;
 pub use error::{www_authenticate_missing, AuthSetupError, CredentialError, TokenError};
 pub use jwk::Algorithm;
