@@ -8,7 +8,10 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 use tokio::sync::watch;
 
-use super::{field_str, field_u64, parse_json_record, Entries, FeedPosition, RedisStore};
+use super::{
+    field_str, field_u64, is_restore_under_way, parse_json_record, Entries, FeedPosition,
+    RedisStore, RESTORE_POLL,
+};
 use crate::model::{Revision, TenantId};
 use crate::table::{BindingHandle, Change};
 
@@ -23,13 +26,31 @@ pub(super) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut told_restore = false;
     loop {
         if *shutdown.borrow() {
             return;
         }
         match session(&store, &handle, &mut shutdown, &mut backoff).await {
             Ok(()) => return,
+            // Redis is up, and a replica with no table to keep waits for a restore import
+            // to finish before loading it: asked again soon, with no backoff, and not
+            // reported as Redis lost.
+            Err(e) if is_restore_under_way(&e) => {
+                if !std::mem::replace(&mut told_restore, true) {
+                    tracing::info!(
+                        "a restore import is writing to Redis: loading the whole table when \
+                         it finishes"
+                    );
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(RESTORE_POLL) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
             Err(e) => {
+                told_restore = false;
                 store.health_ref().mark_down();
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
                     "binding sync lost Redis; serving the last table");

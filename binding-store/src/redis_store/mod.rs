@@ -385,6 +385,20 @@ impl RedisStore {
         Ok((head, counter))
     }
 
+    /// Whether a restore import is writing to a Redis that had no revision counter, or has
+    /// since finished (the counter is there now): either way a scan made meanwhile may hold
+    /// only part of it. The lock and the counter are read in one transaction, because a
+    /// restore sets one and deletes the other in one step.
+    async fn restore_started(&self, con: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
+        let (lock, counter): (bool, bool) = redis::pipe()
+            .atomic()
+            .exists(self.keys.restoring())
+            .exists(self.keys.revision())
+            .query_async(con)
+            .await?;
+        Ok(lock || counter)
+    }
+
     /// A full table from Redis: the feed position is taken first, so changes made during the
     /// scan are replayed by the follower afterwards.
     ///
@@ -418,18 +432,16 @@ impl RedisStore {
             if serving > 0 {
                 return Err(no_history(serving));
             }
-        }
-        let (mut bindings, bad) = self.load_all(con).await?;
-        // Asked after the scan: a restore that started before it, or during it, still holds
-        // the lock now, unless it has finished, and then its reset entry lies after `head`.
-        if counter.is_none() {
-            let restoring: bool = redis::cmd("EXISTS")
-                .arg(self.keys.restoring())
-                .query_async(con)
-                .await?;
-            if restoring {
+            // Nothing to keep, but a restore's records so far are only part of it; refused
+            // before scanning them, as replicas ask again every 250 ms.
+            if self.restore_started(con).await? {
                 return Err(restore_under_way());
             }
+        }
+        let (mut bindings, bad) = self.load_all(con).await?;
+        // Asked again after the scan, for a restore that began during it.
+        if counter.is_none() && self.restore_started(con).await? {
+            return Err(restore_under_way());
         }
         if !bad.is_empty() {
             if let Some(cur) = current.take().and_then(|f| f()) {
