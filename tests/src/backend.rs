@@ -25,6 +25,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     scheme: &'static str,
     hits: Arc<AtomicU64>,
+    server_names: Arc<std::sync::Mutex<Vec<Option<String>>>>,
     _server: LoopbackServer,
 }
 
@@ -44,6 +45,7 @@ impl Backend {
             addr: server.addr,
             scheme: "http",
             hits,
+            server_names: Arc::default(),
             _server: server,
         }
     }
@@ -65,11 +67,19 @@ impl Backend {
             .expect("server certificate");
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let hits = Arc::new(AtomicU64::new(0));
-        let (owned, counter) = (name.to_owned(), Arc::clone(&hits));
+        let server_names: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
+        let (owned, counter, names) = (
+            name.to_owned(),
+            Arc::clone(&hits),
+            Arc::clone(&server_names),
+        );
         let server = LoopbackServer::start(move |stream| {
             let (name, hits, acceptor) = (owned.clone(), Arc::clone(&counter), acceptor.clone());
+            let names = Arc::clone(&names);
             async move {
                 if let Ok(tls) = acceptor.accept(stream).await {
+                    let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                    names.lock().unwrap().push(sni);
                     let _ = serve_conn(tls, &name, &hits).await;
                 }
             }
@@ -79,6 +89,7 @@ impl Backend {
             addr: server.addr,
             scheme: "https",
             hits,
+            server_names,
             _server: server,
         }
     }
@@ -91,6 +102,12 @@ impl Backend {
     /// Requests received so far.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// The server name (SNI) of every TLS connection accepted so far, in order; `None` for a
+    /// client that sent none.
+    pub fn server_names(&self) -> Vec<Option<String>> {
+        self.server_names.lock().unwrap().clone()
     }
 }
 
