@@ -2,11 +2,9 @@
 //!
 //! `bare-proxy LISTEN UPSTREAM THREADS [timeouts]` — what Pingora itself costs per request,
 //! so the harness can report Nexus Edge's full path as a fraction of it. With `timeouts` it
-//! bounds connections as `nexus-edge` does by default (idle clients 60 s; instance connect
-//! 2 s, read and write 30 s), which costs Pingora timers and clock reads on every request:
-//! the harness shows how much of the gap to bare Pingora that is.
-
-use std::time::Duration;
+//! bounds connections with `nexus-edge`'s default timeouts (idle clients; instance connect,
+//! read and write), which costs Pingora timers and clock reads on every request: the harness
+//! shows how much of the gap to bare Pingora that is.
 
 use std::net::SocketAddr;
 
@@ -23,7 +21,8 @@ use pingora::server::Server;
 
 struct Bare {
     upstream: SocketAddr,
-    timeouts: bool,
+    /// `nexus-edge`'s defaults, when the proxy bounds connections as it does.
+    timeouts: Option<(nexus_config::ServerSettings, nexus_config::UpstreamSettings)>,
 }
 
 #[async_trait]
@@ -32,8 +31,8 @@ impl ProxyHttp for Bare {
     fn new_ctx(&self) {}
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> pingora::Result<bool> {
-        if self.timeouts {
-            session.set_keepalive(Some(60));
+        if let Some((server, _)) = &self.timeouts {
+            session.set_keepalive(Some(server.keepalive_timeout.as_secs().max(1)));
         }
         Ok(false)
     }
@@ -44,12 +43,12 @@ impl ProxyHttp for Bare {
         _ctx: &mut (),
     ) -> pingora::Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.upstream, false, String::new());
-        if self.timeouts {
+        if let Some((_, up)) = &self.timeouts {
             let o = &mut peer.options;
-            o.connection_timeout = Some(Duration::from_secs(2));
-            o.total_connection_timeout = Some(Duration::from_secs(2));
-            o.read_timeout = Some(Duration::from_secs(30));
-            o.write_timeout = Some(Duration::from_secs(30));
+            o.connection_timeout = Some(up.connect_timeout);
+            o.total_connection_timeout = Some(up.connect_timeout);
+            o.read_timeout = Some(up.read_timeout);
+            o.write_timeout = Some(up.write_timeout);
         }
         Ok(Box::new(peer))
     }
@@ -63,8 +62,11 @@ fn main() {
         std::process::exit(2);
     };
     let timeouts = match args.get(4).map(String::as_str) {
-        None => false,
-        Some("timeouts") => true,
+        None => None,
+        Some("timeouts") => {
+            let d = nexus_config::embedded_default();
+            Some((d.server, d.upstream))
+        }
         Some(other) => {
             eprintln!("bare-proxy: unknown option {other:?} (expected \"timeouts\")");
             std::process::exit(2);

@@ -56,8 +56,12 @@ fn sibling(name: &str) -> PathBuf {
     p
 }
 
-/// The baseline every ratio is taken against.
+/// The baseline every ratio is taken against; it is started first.
 const BARE: &str = "bare Pingora proxy (no auth)";
+/// The baseline with nexus-edge's default timeouts.
+const BARE_TIMED: &str = "bare Pingora + nexus-edge's timeouts";
+/// nexus-edge with its token cache on.
+const ROTATION: &str = "nexus-edge, 1,000 tokens in rotation";
 
 /// Where callgrind profiles go, when the run is under callgrind.
 static CALLGRIND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -448,10 +452,7 @@ fn main() {
 
     // 1. Bare Pingora: no auth, fixed upstream; every ratio is against this one. Then the
     // same with nexus-edge's default timeouts, which cost Pingora timers on every request.
-    for (label, extra) in [
-        (BARE, None),
-        ("bare Pingora + nexus-edge's timeouts", Some("timeouts")),
-    ] {
+    for (label, extra) in [(BARE, None), (BARE_TIMED, Some("timeouts"))] {
         let addr = free_addr();
         let mut cmd = pinned("0", &sibling("bare-proxy"));
         cmd.args([addr.to_string(), backend.to_string(), "1".to_owned()]);
@@ -464,7 +465,7 @@ fn main() {
     // 2 and 3. Nexus Edge, token cache on (1,000 tokens in rotation) and off (every request
     // pays the full RS256 verification, as if every token were new).
     for (label, cache) in [
-        ("nexus-edge, 1,000 tokens in rotation", 100_000),
+        (ROTATION, 100_000),
         ("nexus-edge, every token verified (cache off)", 0),
     ] {
         let addr = free_addr();
@@ -559,7 +560,7 @@ fn main() {
 }
 
 fn report(targets: &[Target], tenants: usize, rounds: usize, secs: u64) {
-    let Some(bare) = targets.first() else {
+    let Some(bare) = targets.iter().find(|t| t.label == BARE) else {
         return;
     };
     println!("\nload harness: {tenants} tenants, RS256, HTTP/1.1 keep-alive, 32 connections, {rounds} rounds of {secs}s per target");
@@ -600,10 +601,8 @@ fn report(targets: &[Target], tenants: usize, rounds: usize, secs: u64) {
             );
         }
     }
-    let timed = targets
-        .iter()
-        .find(|t| t.label.starts_with("bare Pingora +"));
-    let rotation = targets.iter().find(|t| t.label.contains("rotation"));
+    let timed = targets.iter().find(|t| t.label == BARE_TIMED);
+    let rotation = targets.iter().find(|t| t.label == ROTATION);
     if let (Some(timed), Some(rotation)) = (timed, rotation) {
         let (rps, cpu) = round_ratios(rotation, timed);
         println!(
