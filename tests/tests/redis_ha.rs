@@ -430,6 +430,27 @@ fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
     assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "45");
 }
 
+/// Ends a restore whose lock the test took as `restore-token`, the way `tenant import` does:
+/// the product's own history.lua sets the counter to `revision`, appends the reset entry and
+/// releases the lock, in one step.
+fn finish_restore(redis: &RedisServer, revision: u64) {
+    let history = nexus_e2e::keys::repo_root().join("binding-store/src/redis_store/history.lua");
+    let script = std::fs::read_to_string(history).unwrap();
+    let revision = revision.to_string();
+    let started = redis.cmd(&[
+        "EVAL",
+        &script,
+        "3",
+        "nexus:revision",
+        "nexus:changes",
+        "nexus:restoring",
+        &revision,
+        "100000",
+        "restore-token",
+    ]);
+    assert_eq!(started, revision);
+}
+
 #[test]
 fn a_replica_started_during_a_restore_serves_all_of_it_or_nothing() {
     // A restore into an empty Redis, run by the test the way `tenant import` runs one: the
@@ -469,20 +490,7 @@ fn a_replica_started_during_a_restore_serves_all_of_it_or_nothing() {
 
     redis.cmd(&["SET", "nexus:binding:globex", &record(1)]);
     redis.cmd(&["SET", "nexus:binding:initech", &record(2)]);
-    let history = nexus_e2e::keys::repo_root().join("binding-store/src/redis_store/history.lua");
-    let script = std::fs::read_to_string(history).unwrap();
-    let started = redis.cmd(&[
-        "EVAL",
-        &script,
-        "3",
-        "nexus:revision",
-        "nexus:changes",
-        "nexus:restoring",
-        "3",
-        "100000",
-        "restore-token",
-    ]);
-    assert_eq!(started, "3");
+    finish_restore(&redis, 3);
 
     edge.wait_ready(Duration::from_secs(20))
         .expect("ready after the restore");
@@ -535,19 +543,7 @@ fn a_following_replica_with_no_table_waits_for_a_restore_too() {
     );
 
     redis.cmd(&["SET", "nexus:binding:globex", &record("globex", 2)]);
-    let history = nexus_e2e::keys::repo_root().join("binding-store/src/redis_store/history.lua");
-    let script = std::fs::read_to_string(history).unwrap();
-    redis.cmd(&[
-        "EVAL",
-        &script,
-        "3",
-        "nexus:revision",
-        "nexus:changes",
-        "nexus:restoring",
-        "2",
-        "100000",
-        "restore-token",
-    ]);
+    finish_restore(&redis, 2);
     wait_instance(&edge, &keys, "acme", "instance-b");
     wait_instance(&edge, &keys, "globex", "instance-b");
 }

@@ -27,6 +27,14 @@ fn edge_for(instance: &Backend, keys: &TestKeys, ca: Option<&std::path::Path>) -
     Edge::start(&opts)
 }
 
+/// Both tenants of [`edge_for`] get 502 (the instance cannot be verified).
+fn assert_refused(edge: &Edge, keys: &TestKeys) {
+    for tenant in ["acme", "globex"] {
+        let r = get_with_token(edge.addr, &host(tenant), "/app", &keys.token(tenant, None));
+        assert_eq!(r.status, 502, "{tenant}: {}", r.text());
+    }
+}
+
 #[test]
 fn an_https_instance_is_reached_through_the_configured_ca() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,11 +66,7 @@ fn an_instance_certificate_the_router_cannot_verify_gets_no_request() {
 
     // A CA the router was not told about: the system roots do not include it.
     let instance = Backend::start_tls("untrusted", &pki.server_cert, &pki.server_key);
-    let edge = edge_for(&instance, &keys, None);
-    for tenant in ["acme", "globex"] {
-        let r = get_with_token(edge.addr, &host(tenant), "/app", &keys.token(tenant, None));
-        assert_eq!(r.status, 502, "{tenant}: {}", r.text());
-    }
+    assert_refused(&edge_for(&instance, &keys, None), &keys);
     assert_eq!(
         instance.hits(),
         0,
@@ -71,11 +75,7 @@ fn an_instance_certificate_the_router_cannot_verify_gets_no_request() {
 
     // A trusted CA, but a certificate for another name than the instance URL's host.
     let elsewhere = Backend::start_tls("elsewhere", &pki.other_name_cert, &pki.other_name_key);
-    let edge = edge_for(&elsewhere, &keys, Some(&pki.ca));
-    for tenant in ["acme", "globex"] {
-        let r = get_with_token(edge.addr, &host(tenant), "/app", &keys.token(tenant, None));
-        assert_eq!(r.status, 502, "{tenant}: {}", r.text());
-    }
+    assert_refused(&edge_for(&elsewhere, &keys, Some(&pki.ca)), &keys);
     assert_eq!(
         elsewhere.hits(),
         0,
