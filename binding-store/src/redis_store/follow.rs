@@ -9,8 +9,8 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 use super::{
-    field_str, field_u64, is_restore_under_way, parse_json_record, Entries, FeedPosition,
-    RedisStore, RESTORE_POLL,
+    field_str, field_u64, parse_json_record, Entries, FeedPosition, LoadError, RedisStore,
+    RESTORE_POLL,
 };
 use crate::model::{Revision, TenantId};
 use crate::table::{BindingHandle, Change};
@@ -36,7 +36,7 @@ pub(super) async fn run(
             // Redis is up, and a replica with no table to keep waits for a restore import
             // to finish before loading it: asked again soon, with no backoff, and not
             // reported as Redis lost.
-            Err(e) if is_restore_under_way(&e) => {
+            Err(LoadError::RestoreUnderWay) => {
                 if !std::mem::replace(&mut told_restore, true) {
                     tracing::info!(
                         "a restore import is writing to Redis: loading the whole table when \
@@ -78,7 +78,7 @@ async fn reconcile(
     store: &RedisStore,
     handle: &BindingHandle,
     con: &mut MultiplexedConnection,
-) -> redis::RedisResult<()> {
+) -> Result<(), LoadError> {
     let current = handle.load();
     let (table, pos) = store.full_table(con, || Some(&*current)).await?;
     tracing::info!(
@@ -224,7 +224,7 @@ async fn session(
     handle: &BindingHandle,
     shutdown: &mut watch::Receiver<bool>,
     backoff: &mut Duration,
-) -> redis::RedisResult<()> {
+) -> Result<(), LoadError> {
     let (mut con, mut blocking) = store.connect_follower().await?;
     let opts = store.opts().clone();
 
@@ -306,7 +306,8 @@ async fn session(
                 return Err(redis::RedisError::from((
                     redis::ErrorKind::IoError,
                     "stream read timed out",
-                )));
+                ))
+                .into());
             }
         };
         let entries: Entries = streams.into_iter().flatten().flat_map(|(_, e)| e).collect();

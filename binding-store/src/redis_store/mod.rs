@@ -412,13 +412,13 @@ impl RedisStore {
     /// restart without persistence), or never written through the schema, or a restore import
     /// is writing its records (the counter comes last). Deleting every tenant through the
     /// schema leaves the counter, so it is not refused. With no bindings to keep, it is
-    /// refused too while a restore holds its lock ([`is_restore_under_way`]): the records
+    /// refused too while a restore holds its lock ([`LoadError::RestoreUnderWay`]): the records
     /// written so far are only part of the restore.
     pub(crate) async fn full_table<'c>(
         &self,
         con: &mut MultiplexedConnection,
         current: impl FnOnce() -> Option<&'c BindingTable> + Send,
-    ) -> redis::RedisResult<(BindingTable, FeedPosition)> {
+    ) -> Result<(BindingTable, FeedPosition), LoadError> {
         let (head, counter) = self.feed_head(con).await?;
         // Called at most once, and only when needed.
         let mut current = Some(current);
@@ -430,18 +430,18 @@ impl RedisStore {
                 .and_then(|f| f())
                 .map_or(0, BindingTable::len);
             if serving > 0 {
-                return Err(no_history(serving));
+                return Err(LoadError::NoHistory { serving });
             }
             // Nothing to keep, but a restore's records so far are only part of it; refused
             // before scanning them, as replicas ask again every 250 ms.
             if self.restore_started(con).await? {
-                return Err(restore_under_way());
+                return Err(LoadError::RestoreUnderWay);
             }
         }
         let (mut bindings, bad) = self.load_all(con).await?;
         // Asked again after the scan, for a restore that began during it.
         if counter.is_none() && self.restore_started(con).await? {
-            return Err(restore_under_way());
+            return Err(LoadError::RestoreUnderWay);
         }
         if !bad.is_empty() {
             if let Some(cur) = current.take().and_then(|f| f()) {
@@ -537,39 +537,32 @@ pub(crate) fn parse_json_record_with(
 /// Stream entries as redis-rs returns them: (id, [(field, value)]).
 pub(crate) type Entries = Vec<(String, Vec<(String, String)>)>;
 
-/// Code of the refusal to load a restore's first records ([`restore_under_way`]).
-const RESTORE_UNDER_WAY: &str = "NEXUS_RESTORE_UNDER_WAY";
-
-/// The refusal of a full load, with no table to keep, while a restore import writes.
-fn restore_under_way() -> redis::RedisError {
-    redis::make_extension_error(
-        RESTORE_UNDER_WAY.to_owned(),
-        Some(
-            "a restore import is writing its records to Redis; the whole table is loaded when \
-             it finishes"
-                .to_owned(),
-        ),
-    )
-}
-
-/// Whether `e` is the refusal to load while a restore import writes: the load is worth
-/// asking again soon, with nothing to serve meanwhile.
-pub(crate) fn is_restore_under_way(e: &redis::RedisError) -> bool {
-    e.kind() == redis::ErrorKind::ExtensionError && e.code() == Some(RESTORE_UNDER_WAY)
-}
-
-/// The refusal of a full load from a Redis without history (see [`RedisStore::full_table`]).
-fn no_history(serving: usize) -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::ClientError,
-        "Redis holds no revision counter",
-        format!(
-            "it has no history: wiped, or a restore import is under way; keeping the {serving} \
-             bindings served now. `nexus-edge tenant import` restores it in one step, or \
-             restore Redis from a backup; any other write starts a new history that replicas \
-             follow"
-        ),
-    ))
+/// Why a full load from Redis gave no table ([`RedisStore::full_table`]); the caller keeps
+/// what it serves and asks again.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    /// Redis could not be asked, or answered with an error.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    /// No revision counter while `serving` bindings are served: wiped, never written through
+    /// the schema, or a restore import writing.
+    #[error(
+        "Redis holds no revision counter: it has no history (wiped, or a restore import is \
+         under way); keeping the {serving} bindings served now. `nexus-edge tenant import` \
+         restores it in one step, or restore Redis from a backup; any other write starts a \
+         new history that replicas follow"
+    )]
+    NoHistory {
+        /// Bindings in the table kept.
+        serving: usize,
+    },
+    /// Nothing is served, and a restore import is writing (or finished during the scan): the
+    /// records read are only part of it. Worth asking again soon.
+    #[error(
+        "a restore import is writing its records to Redis; the whole table is loaded when it \
+         finishes"
+    )]
+    RestoreUnderWay,
 }
 
 #[async_trait]
@@ -606,7 +599,7 @@ impl BindingSource for RedisStore {
                     // A replica starting with nothing to serve waits for a restore to
                     // finish (its lock lapses a minute after a restore that stopped) rather
                     // than serve part of it.
-                    Err(e) if is_restore_under_way(&e) => {
+                    Err(LoadError::RestoreUnderWay) => {
                         if !std::mem::replace(&mut told, true) {
                             tracing::warn!(
                                 "a restore import is writing to Redis: waiting for it to finish \
