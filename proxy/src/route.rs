@@ -328,7 +328,8 @@ pub fn rewrite_upstream_request(
             };
             let org = match (&made.org, identity.org.as_deref()) {
                 (Some(v), _) => Some(v.clone()),
-                // An org claim that is no header value fails the request.
+                // No value was made because the claim is no header value: making one here
+                // fails the request with that error.
                 (None, Some(text)) => Some(value(text)?),
                 (None, None) => None,
             };

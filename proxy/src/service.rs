@@ -145,13 +145,30 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// A request's values of one header: almost always one or none, so they stay on the stack.
-type HeaderValues<'a> = SmallVec<[&'a [u8]; 2]>;
+/// Bounds how long a client's keep-alive connection may sit idle (Pingora counts whole
+/// seconds, at least one). Public for the load harness's bare proxy, which bounds its
+/// clients the same way.
+pub fn bound_idle_client(session: &mut Session, server: &nexus_config::ServerSettings) {
+    session.set_keepalive(Some(server.keepalive_timeout.as_secs().max(1)));
+}
 
+/// Bounds an instance connection's connect, reads and writes as configured. Public for the
+/// load harness's bare proxy.
+pub fn bound_instance_io(
+    options: &mut pingora::upstreams::peer::PeerOptions,
+    up: &nexus_config::UpstreamSettings,
+) {
+    options.connection_timeout = Some(up.connect_timeout);
+    options.total_connection_timeout = Some(up.connect_timeout);
+    options.read_timeout = Some(up.read_timeout);
+    options.write_timeout = Some(up.write_timeout);
+}
+
+/// A request's values of one header: almost always one or none, so they stay on the stack.
 fn header_values<'a>(
     req: &'a pingora::http::RequestHeader,
     name: &http::header::HeaderName,
-) -> HeaderValues<'a> {
+) -> SmallVec<[&'a [u8]; 2]> {
     req.headers
         .get_all(name)
         .iter()
@@ -191,8 +208,7 @@ impl ProxyHttp for EdgeService {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // Pingora keeps an HTTP/1.1 connection idle for as long as the client likes; bound it.
         // (A client's `Connection: close` still wins.)
-        let keepalive = &self.state.settings.server.keepalive_timeout;
-        session.set_keepalive(Some(keepalive.as_secs().max(1)));
+        bound_idle_client(session, &self.state.settings.server);
         let req = session.req_header();
         ctx.request_id = sane_request_id(req.headers.get_all(&crate::route::X_REQUEST_ID).iter())
             .cloned()
@@ -247,10 +263,7 @@ impl ProxyHttp for EdgeService {
         // name the certificate must carry (Pingora skips verification without one).
         let mut peer = HttpPeer::new(addr, url.is_tls(), url.host().to_owned());
         let up = &self.state.settings.upstream;
-        peer.options.connection_timeout = Some(up.connect_timeout);
-        peer.options.total_connection_timeout = Some(up.connect_timeout);
-        peer.options.read_timeout = Some(up.read_timeout);
-        peer.options.write_timeout = Some(up.write_timeout);
+        bound_instance_io(&mut peer.options, up);
         peer.options.verify_cert = true;
         peer.options.verify_hostname = true;
         Ok(Box::new(peer))

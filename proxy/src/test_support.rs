@@ -29,14 +29,12 @@ pub(crate) fn identity(
     org: Option<&str>,
     sub: Option<&str>,
 ) -> std::sync::Arc<crate::auth::VerifiedToken> {
-    std::sync::Arc::new(crate::auth::VerifiedToken {
-        sub: sub.map(str::to_owned),
-        tenant: Some(tenant.to_owned()),
-        org: org.map(str::to_owned),
-        exp: u64::MAX,
-        nbf: None,
-        kid: None,
-        alg: crate::auth::Algorithm::RS256,
-        headers: crate::auth::IdentityHeaders::new(Some(tenant), org, sub),
-    })
+    std::sync::Arc::new(crate::auth::VerifiedToken::new(
+        sub.map(str::to_owned),
+        Some(tenant.to_owned()),
+        org.map(str::to_owned),
+        (u64::MAX, None),
+        None,
+        crate::auth::Algorithm::RS256,
+    ))
 }

@@ -32,22 +32,7 @@ pub struct Backend {
 impl Backend {
     /// Starts an instance called `name`.
     pub fn start(name: &str) -> Backend {
-        let hits = Arc::new(AtomicU64::new(0));
-        let (owned, counter) = (name.to_owned(), Arc::clone(&hits));
-        let server = LoopbackServer::start(move |stream| {
-            let (name, hits) = (owned.clone(), Arc::clone(&counter));
-            async move {
-                let _ = serve_conn(stream, &name, &hits).await;
-            }
-        });
-        Backend {
-            name: name.to_owned(),
-            addr: server.addr,
-            scheme: "http",
-            hits,
-            server_names: Arc::default(),
-            _server: server,
-        }
+        Self::start_with(name, None)
     }
 
     /// Starts an instance called `name` that speaks HTTPS only, with the certificate chain
@@ -65,7 +50,12 @@ impl Backend {
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .expect("server certificate");
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        Self::start_with(name, Some(TlsAcceptor::from(Arc::new(config))))
+    }
+
+    /// Plain HTTP without `tls`; with it, HTTPS only, recording each connection's SNI.
+    fn start_with(name: &str, tls: Option<TlsAcceptor>) -> Backend {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let hits = Arc::new(AtomicU64::new(0));
         let server_names: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
         let (owned, counter, names) = (
@@ -74,9 +64,17 @@ impl Backend {
             Arc::clone(&server_names),
         );
         let server = LoopbackServer::start(move |stream| {
-            let (name, hits, acceptor) = (owned.clone(), Arc::clone(&counter), acceptor.clone());
-            let names = Arc::clone(&names);
+            let (name, hits, names, tls) = (
+                owned.clone(),
+                Arc::clone(&counter),
+                Arc::clone(&names),
+                tls.clone(),
+            );
             async move {
+                let Some(acceptor) = tls else {
+                    let _ = serve_conn(stream, &name, &hits).await;
+                    return;
+                };
                 if let Ok(tls) = acceptor.accept(stream).await {
                     let sni = tls.get_ref().1.server_name().map(str::to_owned);
                     names.lock().unwrap().push(sni);
@@ -87,7 +85,7 @@ impl Backend {
         Backend {
             name: name.to_owned(),
             addr: server.addr,
-            scheme: "https",
+            scheme,
             hits,
             server_names,
             _server: server,

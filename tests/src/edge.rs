@@ -217,20 +217,14 @@ filter = "info"
 
     /// Polls `/readyz` until it answers, the process exits, or `timeout` passes.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
+        let ready = crate::wait::poll(timeout, || {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("exited with {status}: {}", self.log()));
+                return Some(Err(format!("exited with {status}: {}", self.log())));
             }
             // Ready implies the public port accepts: both listeners are bound before start-up.
-            if is_ready(self.ops_addr) {
-                return Ok(());
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(format!("not ready after {timeout:?}: {}", self.log()));
-            }
-            std::thread::park_timeout(Duration::from_millis(20));
-        }
+            is_ready(self.ops_addr).then_some(Ok(()))
+        });
+        ready.unwrap_or_else(|| Err(format!("not ready after {timeout:?}: {}", self.log())))
     }
 
     /// The router's log so far.

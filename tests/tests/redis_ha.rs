@@ -32,10 +32,21 @@ fn store(endpoint: &str, replica: &str, tail: &str) -> String {
     )
 }
 
-fn replica(keys: &TestKeys, store: String) -> Edge {
+fn replica_opts(keys: &TestKeys, store: String) -> EdgeOptions {
     let mut opts = EdgeOptions::new(keys.jwks(), serde_json::json!({}));
     opts.store = Some(store);
-    Edge::try_start(&opts).expect("replica starts")
+    opts
+}
+
+fn replica(keys: &TestKeys, store: String) -> Edge {
+    Edge::try_start(&replica_opts(keys, store)).expect("replica starts")
+}
+
+/// An active binding record of `tenant` at `url`, stamped with `revision`, as stored.
+fn record_at(tenant: &str, url: &str, revision: u64) -> String {
+    let mut r = binding(tenant, url, "active", None);
+    r["revision"] = serde_json::json!(revision);
+    r.to_string()
 }
 
 fn rebind(admin: &Admin, tenant: &str, to: &Backend) -> (i32, String, String) {
@@ -362,13 +373,13 @@ fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
     // 1. A restore under way: its first record is in, its history is not. A replica that
     // reconnects meanwhile (and so reloads) keeps its whole table.
     redis.cmd(&["FLUSHALL"]);
-    let mut first = binding("acme", &b.url(), "active", None);
-    first["revision"] = serde_json::json!(1);
-    redis.cmd(&["SET", "nexus:binding:acme", &first.to_string()]);
+    redis.cmd(&["SET", "nexus:binding:acme", &record_at("acme", &b.url(), 1)]);
     // A record from elsewhere, not in the restore: its revision is never handed out again.
-    let mut leftover = binding("leftover", &a.url(), "active", None);
-    leftover["revision"] = serde_json::json!(40);
-    redis.cmd(&["SET", "nexus:binding:leftover", &leftover.to_string()]);
+    redis.cmd(&[
+        "SET",
+        "nexus:binding:leftover",
+        &record_at("leftover", &a.url(), 40),
+    ]);
     redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
     wait::until(Duration::from_secs(10), "the refusal to be logged", || {
         edge.log().contains("no revision counter").then_some(())
@@ -430,9 +441,14 @@ fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
     assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "45");
 }
 
-/// Ends a restore whose lock the test took as `restore-token`, the way `tenant import` does:
-/// the product's own history.lua sets the counter to `revision`, appends the reset entry and
-/// releases the lock, in one step.
+/// Starts a restore the way `tenant import` does: its lock, held as `restore-token`.
+fn begin_restore(redis: &RedisServer) {
+    redis.cmd(&["SET", "nexus:restoring", "restore-token", "PX", "60000"]);
+}
+
+/// Ends a restore begun by [`begin_restore`], the way `tenant import` does: the product's
+/// own history.lua sets the counter to `revision`, appends the reset entry and releases the
+/// lock, in one step.
 fn finish_restore(redis: &RedisServer, revision: u64) {
     let history = nexus_e2e::keys::repo_root().join("binding-store/src/redis_store/history.lua");
     let script = std::fs::read_to_string(history).unwrap();
@@ -461,20 +477,13 @@ fn a_replica_started_during_a_restore_serves_all_of_it_or_nothing() {
     let keys = TestKeys::new();
     let b = Backend::start("instance-b");
     let tenants = ["acme", "globex", "initech"];
-    let record = |i: usize| {
-        let mut r = binding(tenants[i], &b.url(), "active", None);
-        r["revision"] = serde_json::json!(i + 1);
-        r.to_string()
-    };
-    redis.cmd(&["SET", "nexus:restoring", "restore-token", "PX", "60000"]);
-    redis.cmd(&["SET", "nexus:binding:acme", &record(0)]);
+    begin_restore(&redis);
+    redis.cmd(&["SET", "nexus:binding:acme", &record_at("acme", &b.url(), 1)]);
 
-    let mut opts = EdgeOptions::new(keys.jwks(), serde_json::json!({}));
-    opts.store = Some(store(
-        &format!("url = \"{}\"", redis.url()),
-        "replica-r",
-        "",
-    ));
+    let opts = replica_opts(
+        &keys,
+        store(&format!("url = \"{}\"", redis.url()), "replica-r", ""),
+    );
     let mut edge = Edge::spawn(&opts).expect("replica spawned");
     // The listeners serve only once the table is loaded, so waiting shows in the log; the
     // table it serves is checked below.
@@ -488,8 +497,16 @@ fn a_replica_started_during_a_restore_serves_all_of_it_or_nothing() {
         },
     );
 
-    redis.cmd(&["SET", "nexus:binding:globex", &record(1)]);
-    redis.cmd(&["SET", "nexus:binding:initech", &record(2)]);
+    redis.cmd(&[
+        "SET",
+        "nexus:binding:globex",
+        &record_at("globex", &b.url(), 2),
+    ]);
+    redis.cmd(&[
+        "SET",
+        "nexus:binding:initech",
+        &record_at("initech", &b.url(), 3),
+    ]);
     finish_restore(&redis, 3);
 
     edge.wait_ready(Duration::from_secs(20))
@@ -519,13 +536,8 @@ fn a_following_replica_with_no_table_waits_for_a_restore_too() {
     );
     assert_eq!(instance_of(&edge, &keys, "acme"), None);
 
-    let record = |t: &str, rev: u64| {
-        let mut r = binding(t, &b.url(), "active", None);
-        r["revision"] = serde_json::json!(rev);
-        r.to_string()
-    };
-    redis.cmd(&["SET", "nexus:restoring", "restore-token", "PX", "60000"]);
-    redis.cmd(&["SET", "nexus:binding:acme", &record("acme", 1)]);
+    begin_restore(&redis);
+    redis.cmd(&["SET", "nexus:binding:acme", &record_at("acme", &b.url(), 1)]);
     redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
     wait::until(
         Duration::from_secs(20),
@@ -542,7 +554,11 @@ fn a_following_replica_with_no_table_waits_for_a_restore_too() {
         "part of a restore served"
     );
 
-    redis.cmd(&["SET", "nexus:binding:globex", &record("globex", 2)]);
+    redis.cmd(&[
+        "SET",
+        "nexus:binding:globex",
+        &record_at("globex", &b.url(), 2),
+    ]);
     finish_restore(&redis, 2);
     wait_instance(&edge, &keys, "acme", "instance-b");
     wait_instance(&edge, &keys, "globex", "instance-b");
@@ -625,9 +641,11 @@ fn a_new_history_the_feed_cannot_reach_is_found_at_the_next_heartbeat() {
 
     // 3. A counter moved on with no entry the feed can deliver (a write outside the
     // contract): the replica stays behind it for a heartbeat, then reconciles.
-    let mut globex = binding("globex", &a.url(), "active", None);
-    globex["revision"] = serde_json::json!(25);
-    redis.cmd(&["SET", "nexus:binding:globex", &globex.to_string()]);
+    redis.cmd(&[
+        "SET",
+        "nexus:binding:globex",
+        &record_at("globex", &a.url(), 25),
+    ]);
     redis.cmd(&["SET", "nexus:revision", "25"]);
     wait_instance(&edge, &keys, "globex", "instance-a");
     assert!(edge.log().contains("delivers nothing"), "{}", edge.log());

@@ -32,7 +32,7 @@ impl ProxyHttp for Bare {
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> pingora::Result<bool> {
         if let Some((server, _)) = &self.timeouts {
-            session.set_keepalive(Some(server.keepalive_timeout.as_secs().max(1)));
+            nexus_edge::service::bound_idle_client(session, server);
         }
         Ok(false)
     }
@@ -44,11 +44,7 @@ impl ProxyHttp for Bare {
     ) -> pingora::Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.upstream, false, String::new());
         if let Some((_, up)) = &self.timeouts {
-            let o = &mut peer.options;
-            o.connection_timeout = Some(up.connect_timeout);
-            o.total_connection_timeout = Some(up.connect_timeout);
-            o.read_timeout = Some(up.read_timeout);
-            o.write_timeout = Some(up.write_timeout);
+            nexus_edge::service::bound_instance_io(&mut peer.options, up);
         }
         Ok(Box::new(peer))
     }

@@ -62,6 +62,10 @@ const BARE: &str = "bare Pingora proxy (no auth)";
 const BARE_TIMED: &str = "bare Pingora + nexus-edge's timeouts";
 /// nexus-edge with its token cache on.
 const ROTATION: &str = "nexus-edge, 1,000 tokens in rotation";
+/// nexus-edge with its token cache off.
+const EVERY_TOKEN: &str = "nexus-edge, every token verified (cache off)";
+/// HAProxy, when installed.
+const HAPROXY: &str = "HAProxy 2.6 (jwt_verify RS256 + map)";
 
 /// Where callgrind profiles go, when the run is under callgrind.
 static CALLGRIND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -464,10 +468,7 @@ fn main() {
 
     // 2 and 3. Nexus Edge, token cache on (1,000 tokens in rotation) and off (every request
     // pays the full RS256 verification, as if every token were new).
-    for (label, cache) in [
-        (ROTATION, 100_000),
-        ("nexus-edge, every token verified (cache off)", 0),
-    ] {
+    for (label, cache) in [(ROTATION, 100_000), (EVERY_TOKEN, 0)] {
         let addr = free_addr();
         let ops = free_addr();
         let config = format!(
@@ -532,7 +533,7 @@ fn main() {
             cmd.arg("-f").arg(&cfg_path).stderr(Stdio::inherit());
             let p = Proc(cmd.spawn().unwrap());
             wait_http(addr, &first_host);
-            targets.push(target("HAProxy 2.6 (jwt_verify RS256 + map)", addr, p));
+            targets.push(target(HAPROXY, addr, p));
         } else {
             eprintln!(
                 "HAProxy skipped: its config did not validate: {}",
@@ -584,14 +585,17 @@ fn report(targets: &[Target], tenants: usize, rounds: usize, secs: u64) {
             t.errors()
         );
     }
-    if let Some(h) = targets.iter().find(|t| t.label.starts_with("HAProxy")) {
+    if let Some(h) = targets.iter().find(|t| t.label == HAPROXY) {
         let (rps, cpu) = round_ratios(bare, h);
         println!(
             "\nbare Pingora / HAProxy = {} by requests/s, {} by CPU per request",
             spread(&rps, false),
             spread(&cpu, false)
         );
-        for t in targets.iter().filter(|t| t.label.starts_with("nexus-edge")) {
+        for t in targets
+            .iter()
+            .filter(|t| [ROTATION, EVERY_TOKEN].contains(&t.label))
+        {
             let (rps, cpu) = round_ratios(t, h);
             println!(
                 "{} / HAProxy = {} by requests/s, {} by CPU per request",

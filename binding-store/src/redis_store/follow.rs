@@ -10,7 +10,6 @@ use tokio::sync::watch;
 
 use super::{
     field_str, field_u64, parse_json_record, Entries, FeedPosition, LoadError, RedisStore,
-    RESTORE_POLL,
 };
 use crate::model::{Revision, TenantId};
 use crate::table::{BindingHandle, Change};
@@ -26,31 +25,13 @@ pub(super) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
-    let mut told_restore = false;
     loop {
         if *shutdown.borrow() {
             return;
         }
         match session(&store, &handle, &mut shutdown, &mut backoff).await {
             Ok(()) => return,
-            // Redis is up, and a replica with no table to keep waits for a restore import
-            // to finish before loading it: asked again soon, with no backoff, and not
-            // reported as Redis lost.
-            Err(LoadError::RestoreUnderWay) => {
-                if !std::mem::replace(&mut told_restore, true) {
-                    tracing::info!(
-                        "a restore import is writing to Redis: loading the whole table when \
-                         it finishes"
-                    );
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(RESTORE_POLL) => {}
-                    _ = shutdown.changed() => return,
-                }
-                continue;
-            }
             Err(e) => {
-                told_restore = false;
                 store.health_ref().mark_down();
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
                     "binding sync lost Redis; serving the last table");
@@ -73,14 +54,27 @@ fn rand_u8() -> u8 {
 }
 
 /// Replaces the table with a full load from Redis; tenants whose record is now invalid keep
-/// their current binding.
+/// their current binding. With an empty table, a restore import under way is waited out on
+/// this connection (Redis is up: not reported as lost); nothing changes if `shutdown` comes
+/// meanwhile.
 async fn reconcile(
     store: &RedisStore,
     handle: &BindingHandle,
     con: &mut MultiplexedConnection,
+    shutdown: &watch::Receiver<bool>,
 ) -> Result<(), LoadError> {
     let current = handle.load();
-    let (table, pos) = store.full_table(con, || Some(&*current)).await?;
+    let tell = || {
+        tracing::info!(
+            "a restore import is writing to Redis: loading the whole table when it finishes"
+        );
+    };
+    let loaded = store
+        .full_table_whole(con, || Some(&*current), tell, || *shutdown.borrow())
+        .await?;
+    let Some((table, pos)) = loaded else {
+        return Ok(());
+    };
     tracing::info!(
         bindings = table.len(),
         revision = pos.revision,
@@ -236,7 +230,7 @@ async fn session(
         Some(p) => !feed_continues(store, &mut con, &p).await?,
     };
     if needs_reconcile {
-        reconcile(store, handle, &mut con).await?;
+        reconcile(store, handle, &mut con, shutdown).await?;
     }
     *backoff = Duration::from_millis(100);
     store
@@ -265,7 +259,7 @@ async fn session(
                 Verdict::Diverged(why) => {
                     tracing::warn!(store_revision = ?counter, applied_revision = applied,
                         "{why}; reconciling");
-                    reconcile(store, handle, &mut con).await?;
+                    reconcile(store, handle, &mut con, shutdown).await?;
                     last_reconcile = Instant::now();
                 }
             }
@@ -275,7 +269,7 @@ async fn session(
             last_heartbeat = Some(Instant::now());
         }
         if last_reconcile.elapsed() >= opts.reconcile_interval {
-            reconcile(store, handle, &mut con).await?;
+            reconcile(store, handle, &mut con, shutdown).await?;
             last_reconcile = Instant::now();
         }
         if snapshot_dirty && last_snapshot.elapsed() >= SNAPSHOT_EVERY {
@@ -315,7 +309,7 @@ async fn session(
             continue;
         }
         if apply_entries(store, handle, &mut con, entries).await? {
-            reconcile(store, handle, &mut con).await?;
+            reconcile(store, handle, &mut con, shutdown).await?;
         }
         snapshot_dirty = true;
         let applied = store.position().map_or(0, |p| p.revision);

@@ -163,7 +163,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 /// How long an admin command waits for the Sentinels to name a primary that answers.
-pub const ADMIN_FAILOVER_WAIT: Duration = Duration::from_secs(30);
+const ADMIN_FAILOVER_WAIT: Duration = Duration::from_secs(30);
 
 /// How often a replica starting during a restore import asks whether it has finished.
 const RESTORE_POLL: Duration = Duration::from_millis(250);
@@ -352,15 +352,16 @@ impl RedisStore {
         Ok((good, bad))
     }
 
-    /// The stream's newest entry (id, revision), or the start of the stream, and the revision
-    /// counter, read in one transaction: read apart, a write landing between them would put
-    /// the counter past the entry, and the follower would take that write's entry for a
-    /// restart of the history and reconcile again.
+    /// The stream's newest entry (id, revision), or the start of the stream, the revision
+    /// counter, and whether a restore import holds its lock, read in one transaction: read
+    /// apart, a write landing between them would put the counter past the entry, and the
+    /// follower would take that write's entry for a restart of the history and reconcile
+    /// again.
     pub(crate) async fn feed_head(
         &self,
         con: &mut MultiplexedConnection,
-    ) -> redis::RedisResult<(FeedPosition, Option<u64>)> {
-        let (entries, counter): (Entries, Option<u64>) = redis::pipe()
+    ) -> redis::RedisResult<(FeedPosition, Option<u64>, bool)> {
+        let (entries, counter, restoring): (Entries, Option<u64>, bool) = redis::pipe()
             .atomic()
             .cmd("XREVRANGE")
             .arg(self.keys.changes())
@@ -370,6 +371,7 @@ impl RedisStore {
             .arg(1)
             .cmd("GET")
             .arg(self.keys.revision())
+            .exists(self.keys.restoring())
             .query_async(con)
             .await?;
         let head = entries.into_iter().next().map_or(
@@ -382,7 +384,7 @@ impl RedisStore {
                 stream_id: id,
             },
         );
-        Ok((head, counter))
+        Ok((head, counter, restoring))
     }
 
     /// Whether a restore import is writing to a Redis that had no revision counter, or has
@@ -397,6 +399,34 @@ impl RedisStore {
             .query_async(con)
             .await?;
         Ok(lock || counter)
+    }
+
+    /// [`Self::full_table`], asked again over the same connection every [`RESTORE_POLL`]
+    /// while a restore import writes and there is no table to keep (a replica serves all of
+    /// a restore or none of it). `tell` runs once, when the first refusal comes; `None` if
+    /// `stop` says so while waiting.
+    pub(crate) async fn full_table_whole<'c>(
+        &self,
+        con: &mut MultiplexedConnection,
+        current: impl FnOnce() -> Option<&'c BindingTable> + Send + Copy,
+        tell: impl FnOnce() + Send,
+        stop: impl Fn() -> bool + Send,
+    ) -> Result<Option<(BindingTable, FeedPosition)>, LoadError> {
+        let mut tell = Some(tell);
+        loop {
+            match self.full_table(con, current).await {
+                Err(LoadError::RestoreUnderWay) => {
+                    if let Some(tell) = tell.take() {
+                        tell();
+                    }
+                    if stop() {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(RESTORE_POLL).await;
+                }
+                loaded => return loaded.map(Some),
+            }
+        }
     }
 
     /// A full table from Redis: the feed position is taken first, so changes made during the
@@ -419,7 +449,7 @@ impl RedisStore {
         con: &mut MultiplexedConnection,
         current: impl FnOnce() -> Option<&'c BindingTable> + Send,
     ) -> Result<(BindingTable, FeedPosition), LoadError> {
-        let (head, counter) = self.feed_head(con).await?;
+        let (head, counter, restoring) = self.feed_head(con).await?;
         // Called at most once, and only when needed.
         let mut current = Some(current);
         // Refused before the scan: replicas retry this while a restore writes its records.
@@ -434,7 +464,7 @@ impl RedisStore {
             }
             // Nothing to keep, but a restore's records so far are only part of it; refused
             // before scanning them, as replicas ask again every 250 ms.
-            if self.restore_started(con).await? {
+            if restoring {
                 return Err(LoadError::RestoreUnderWay);
             }
         }
@@ -593,24 +623,15 @@ impl BindingSource for RedisStore {
                     .and_then(|(_, r)| r.as_ref().ok())
                     .filter(|t| !t.is_empty())
             };
-            let mut told = false;
-            loop {
-                match self.full_table(&mut con, standing_in).await {
-                    // A replica starting with nothing to serve waits for a restore to
-                    // finish (its lock lapses a minute after a restore that stopped) rather
-                    // than serve part of it.
-                    Err(LoadError::RestoreUnderWay) => {
-                        if !std::mem::replace(&mut told, true) {
-                            tracing::warn!(
-                                "a restore import is writing to Redis: waiting for it to finish \
-                                 before serving"
-                            );
-                        }
-                        tokio::time::sleep(RESTORE_POLL).await;
-                    }
-                    loaded => break loaded,
-                }
-            }
+            let tell = || {
+                tracing::warn!(
+                    "a restore import is writing to Redis: waiting for it to finish before serving"
+                );
+            };
+            // Start-up is never stopped: it waits until the restore ends.
+            self.full_table_whole(&mut con, standing_in, tell, || false)
+                .await?
+                .ok_or(LoadError::RestoreUnderWay)
         }
         .await;
         match loaded {

@@ -28,7 +28,7 @@ pub struct VerifiedToken {
     /// Algorithm that verified it.
     pub alg: Algorithm,
     /// `sub`, tenant and org as the header values sent to the instance: made from the
-    /// fields above when the token is verified, and only there.
+    /// fields above by [`VerifiedToken::new`], and only there.
     pub(crate) headers: IdentityHeaders,
 }
 
@@ -48,7 +48,7 @@ pub(crate) struct IdentityHeaders {
 impl IdentityHeaders {
     /// Header values for the claims that are valid ones (no control characters); the three
     /// share one buffer.
-    pub(crate) fn new(tenant: Option<&str>, org: Option<&str>, sub: Option<&str>) -> Self {
+    fn new(tenant: Option<&str>, org: Option<&str>, sub: Option<&str>) -> Self {
         let claims = [tenant, org, sub];
         let mut buf = Vec::with_capacity(claims.iter().flatten().map(|c| c.len()).sum());
         let ranges = claims.map(|c| {
@@ -65,6 +65,28 @@ impl IdentityHeaders {
 }
 
 impl VerifiedToken {
+    /// The verified identity and time claims, with the header values made from them.
+    pub(crate) fn new(
+        sub: Option<String>,
+        tenant: Option<String>,
+        org: Option<String>,
+        (exp, nbf): (u64, Option<u64>),
+        kid: Option<String>,
+        alg: Algorithm,
+    ) -> Self {
+        let headers = IdentityHeaders::new(tenant.as_deref(), org.as_deref(), sub.as_deref());
+        Self {
+            sub,
+            tenant,
+            org,
+            exp,
+            nbf,
+            kid,
+            alg,
+            headers,
+        }
+    }
+
     /// Time claims against `now` with `leeway`: expired at `exp + leeway`, valid from
     /// `nbf - leeway`. Checked on every request, cached or not.
     pub fn check_time(&self, now: u64, leeway: u64) -> Result<(), TokenError> {
@@ -150,19 +172,12 @@ pub(crate) fn check(
     }
     // Before anything is copied out of an expired token.
     check_time(exp, nbf, now, rules.leeway)?;
-    let sub = string_claim(claims, "sub");
-    let tenant = string_claim(claims, &rules.tenant_claim);
-    let org = string_claim(claims, &rules.org_claim);
-    let headers = IdentityHeaders::new(tenant.as_deref(), org.as_deref(), sub.as_deref());
-    let token = VerifiedToken {
-        sub,
-        tenant,
-        org,
-        exp,
-        nbf,
+    Ok(Arc::new(VerifiedToken::new(
+        string_claim(claims, "sub"),
+        string_claim(claims, &rules.tenant_claim),
+        string_claim(claims, &rules.org_claim),
+        (exp, nbf),
         kid,
         alg,
-        headers,
-    };
-    Ok(Arc::new(token))
+    )))
 }

@@ -25,8 +25,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use nexus_config::{AuthSettings, HmacKey, JwksSource};
 
-#[cfg(test)]
-pub(crate) use claims::IdentityHeaders;
 pub use claims::VerifiedToken;
 pub use credential::extract_token;
 pub use error::{www_authenticate_missing, AuthSetupError, CredentialError, TokenError};
