@@ -48,6 +48,18 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
+/// Two different free addresses, for a router's public and ops listeners: two picks of
+/// [`free_addr`] can land on the same port, which the config then refuses.
+pub fn free_addr_pair() -> (SocketAddr, SocketAddr) {
+    let first = free_addr();
+    loop {
+        let second = free_addr();
+        if second != first {
+            return (first, second);
+        }
+    }
+}
+
 /// Whether the router whose ops listener is `ops` answers `/readyz` with 200.
 pub fn is_ready(ops: SocketAddr) -> bool {
     crate::http::send_raw(
@@ -146,8 +158,7 @@ impl Edge {
         let bindings_path = dir.path().join("bindings.json");
         std::fs::write(&jwks_path, opts.jwks.to_string()).map_err(|e| e.to_string())?;
         write_atomically(&bindings_path, &opts.bindings.to_string());
-        let addr = free_addr();
-        let ops_addr = free_addr();
+        let (addr, ops_addr) = free_addr_pair();
         let config = format!(
             r#"[server]
 listen = "{addr}"

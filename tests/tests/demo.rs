@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nexus_e2e::edge::{binary, free_addr, is_ready};
+use nexus_e2e::edge::{binary, free_addr, free_addr_pair, is_ready};
 use nexus_e2e::http::{get, Response};
 use nexus_e2e::wait;
 
@@ -77,7 +77,7 @@ impl Example {
 /// Starts the demo on free ports and returns it with its printed examples.
 fn start_demo() -> (Demo, Vec<Example>, SocketAddr) {
     let dir = tempfile::tempdir().expect("dir");
-    let (listen, ops) = (free_addr(), free_addr());
+    let (listen, ops) = free_addr_pair();
     let mut child = Command::new(binary())
         .args(["demo", "--listen", &listen.to_string()])
         .args(["--admin-listen", &ops.to_string()])
@@ -148,7 +148,7 @@ fn every_printed_demo_command_does_what_its_comment_says() {
 /// loads and decides requests, on ports given on the command line.
 #[test]
 fn serve_without_a_config_runs_the_embedded_default() {
-    let (listen, ops) = (free_addr(), free_addr());
+    let (listen, ops) = free_addr_pair();
     let mut child = serve(listen, ops)
         .stderr(Stdio::null())
         .spawn()
