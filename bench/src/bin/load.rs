@@ -12,12 +12,14 @@
 //! minute by more than the differences measured, so ratios are taken between bursts of the
 //! same round and printed as the median of the rounds with their range.
 //!
-//! `load [--smoke] [--callgrind]`: `--smoke` runs one 1 s round on 1,000 tenants (CI keeps it
-//! from rotting). `--callgrind` runs every proxy under `valgrind --tool=callgrind` and prints
-//! the instructions each executes per request, counted only while its own bursts run (after
-//! start-up and warm-up): a figure that does not change with whatever else the machine is
-//! doing. Its profiles
-//! stay in the printed directory for `callgrind_annotate`.
+//! `load [--smoke] [--callgrind] [--distinct N]`: `--smoke` runs one 1 s round on 1,000 tenants
+//! (CI keeps it from rotting). `--callgrind` runs every proxy under `valgrind --tool=callgrind`
+//! and prints the instructions each executes per request, counted only while its own bursts
+//! run (after start-up and warm-up): a figure that does not change with whatever else the
+//! machine is doing. Its profiles stay in the printed directory for `callgrind_annotate`.
+//! `--distinct N` makes the 1,000-request rotation cycle through only N distinct tenants and
+//! tokens (1..=1000): with a few, everything a request touches stays in the core's caches, so
+//! comparing it with the default shows what cache misses cost.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -396,6 +398,7 @@ fn burst(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Burst {
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let callgrind = std::env::args().any(|a| a == "--callgrind");
+    let distinct = distinct_tokens();
     // Rounds of short bursts, every target once per round: the VM's speed drifts over a
     // minute, and a ratio is only fair between bursts run back to back. Under callgrind the
     // counts do not drift, so one long burst each.
@@ -434,7 +437,7 @@ fn main() {
     let key = rs256_key();
     let _ = auth_settings(&dir.path().join("jwks.json"), &[&key], 0);
     let mut reqs = String::new();
-    for j in 0..1000 {
+    for j in (0..1000).map(|j| j % distinct) {
         let t = j * (tenants / 1000).max(1) % tenants;
         reqs.push_str(&format!(
             "{}.{BASE} {}\n",
@@ -558,6 +561,24 @@ fn main() {
         }
     }
     report(&targets, tenants, rounds, secs);
+    if distinct < 1000 {
+        println!("\n(--distinct {distinct}: the 1,000-request rotation cycles through {distinct} tenants and tokens)");
+    }
+}
+
+/// `--distinct N`: how many distinct tenants and tokens the rotation cycles through.
+fn distinct_tokens() -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(i) = args.iter().position(|a| a == "--distinct") else {
+        return 1000;
+    };
+    match args.get(i + 1).and_then(|v| v.parse::<usize>().ok()) {
+        Some(n @ 1..=1000) => n,
+        _ => {
+            eprintln!("load: --distinct takes a number from 1 to 1000");
+            std::process::exit(2);
+        }
+    }
 }
 
 fn report(targets: &[Target], tenants: usize, rounds: usize, secs: u64) {
