@@ -12,7 +12,10 @@
 //!    decision below and is the path sent upstream;
 //! 3. the tenant's status (410 / 503 / suspended-recovery-only) — an honest "not ready" or
 //!    "gone" does not need a login;
-//! 4. public paths are routed without a token;
+//! 4. public paths are routed without a token. A token there that proves the caller belongs
+//!    to the tenant is used as anywhere else; any other credential is not refused (an expired
+//!    session must still reach `/login`) but taken off the request, so the instance never
+//!    receives a credential the router did not accept for it;
 //! 5. the token (401), then its tenant/org claims against the binding (403).
 
 use std::borrow::Cow;
@@ -68,7 +71,9 @@ pub struct Decision {
     pub path: String,
     /// Query string, untouched, without the `?`.
     pub query: Option<String>,
-    /// The verified token; `None` on public paths.
+    /// The verified token. `None` only on a public path, when no credential proved the
+    /// caller belongs to the tenant: the instance then gets no bearer credential and no
+    /// session cookie ([`crate::route::rewrite_upstream_request`]).
     pub identity: Option<Arc<VerifiedToken>>,
     /// Billing notice for the app (`past_due`).
     pub notice: Option<BillingNotice>,
@@ -103,6 +108,13 @@ pub fn decide(
         HostTarget::CustomDomain(domain) => table
             .tenant_for_domain(domain)
             .and_then(|tenant| table.get(tenant.as_str())),
+        // A record can claim any name; under a base domain only the tenant whose namespace
+        // the name is in may have it.
+        HostTarget::UnderTenant { domain, tenant } => table
+            .tenant_for_domain(domain)
+            .filter(|owner| owner.as_str() == tenant.as_str())
+            .and_then(|owner| table.get(owner.as_str())),
+        HostTarget::Reserved => None,
     }
     .ok_or(RejectReason::UnknownTenant)?;
 
@@ -119,18 +131,15 @@ pub fn decide(
     };
 
     let identity = if tenancy.public_paths.iter().any(|p| has_prefix(&path, p)) {
-        None
+        let identity = tenant_identity(facts, query, binding, auth).ok();
+        if identity.is_none() {
+            // Headers can be taken off, a query parameter cannot: an `access_token` the
+            // router did not accept would reach the instance.
+            check_query_token(query, "").map_err(RejectReason::BadCredential)?;
+        }
+        identity
     } else {
-        let token = extract_token(facts.authorization, facts.cookies, auth.session_cookie())
-            .map_err(RejectReason::BadCredential)?
-            .ok_or(RejectReason::MissingToken)?;
-        check_query_token(query, token).map_err(RejectReason::BadCredential)?;
-        let verified = auth
-            .verify(token, facts.now_unix)
-            .map_err(RejectReason::InvalidToken)?;
-        check_claims(verified.tenant.as_deref(), verified.org.as_deref(), binding)
-            .map_err(RejectReason::WrongTenant)?;
-        Some(verified)
+        Some(tenant_identity(facts, query, binding, auth)?)
     };
 
     let upstream = if binding.api_url.is_some() && has_prefix(&path, &tenancy.api_prefix) {
@@ -147,6 +156,25 @@ pub fn decide(
         identity,
         notice,
     })
+}
+
+/// The request's token, verified and proven to belong to the binding's tenant.
+fn tenant_identity(
+    facts: &RequestFacts<'_>,
+    query: Option<&str>,
+    binding: &Binding,
+    auth: &Authenticator,
+) -> Result<Arc<VerifiedToken>, RejectReason> {
+    let token = extract_token(facts.authorization, facts.cookies, auth.session_cookie())
+        .map_err(RejectReason::BadCredential)?
+        .ok_or(RejectReason::MissingToken)?;
+    check_query_token(query, token).map_err(RejectReason::BadCredential)?;
+    let verified = auth
+        .verify(token, facts.now_unix)
+        .map_err(RejectReason::InvalidToken)?;
+    check_claims(verified.tenant.as_deref(), verified.org.as_deref(), binding)
+        .map_err(RejectReason::WrongTenant)?;
+    Ok(verified)
 }
 
 fn cow_into_string(c: Cow<'_, str>) -> String {

@@ -2,8 +2,9 @@
 //!
 //! The authority is read once ([`request_authority`]: exactly one `Host`, agreeing with an
 //! absolute-form target), then canonicalised and mapped ([`resolve_host`]): `<tenant>.<base>`
-//! for a configured base domain, otherwise a custom domain that the binding table may know.
-//! Anything ambiguous is refused before any instance is contacted.
+//! for a configured base domain, otherwise a custom domain that the binding table may know
+//! (under a base domain, only in the namespace of the tenant it is under). Anything ambiguous
+//! is refused before any instance is contacted.
 //!
 //! Both functions are byte scans over the input; for an already-lowercase host the only
 //! allocation is the [`TenantId`] (or custom-domain `String`) that the result owns.
@@ -25,9 +26,21 @@ const MAX_LABEL_LEN: usize = 63;
 pub enum HostTarget<'a> {
     /// `<tenant>.<base domain>`.
     Subdomain(TenantLabel<'a>),
-    /// Any other well-formed name (canonical: lowercase, no port, no trailing dot); looked up in
-    /// the binding table's domain index.
+    /// A well-formed name outside every base domain (canonical: lowercase, no port, no
+    /// trailing dot); looked up in the binding table's domain index.
     CustomDomain(Cow<'a, str>),
+    /// A deeper name under a tenant's subdomain (`x.acme.<base>`, canonical): it is in that
+    /// tenant's namespace, so the domain index may route it to that tenant only.
+    UnderTenant {
+        /// The whole name, for the domain index.
+        domain: Cow<'a, str>,
+        /// The tenant whose subdomain it is under.
+        tenant: TenantLabel<'a>,
+    },
+    /// A configured base domain itself, or a name under one with no tenant id in front of it:
+    /// the operator's, never a tenant's. A tenant claiming it would be sent every cookie
+    /// scoped to the base domain.
+    Reserved,
 }
 
 /// A tenant id read from a host name: only made after the check [`TenantId::parse`] makes.
@@ -215,11 +228,11 @@ fn check_name(name: &str) -> Result<(), HostError> {
 /// IDNs arrive as `xn--` punycode) → [`HostError::Malformed`].
 ///
 /// `<label>.<base>` for a base in `base_domains` (the longest wins when bases nest), where
-/// `label` is a valid tenant id, is a [`HostTarget::Subdomain`]. Every other well-formed name,
-/// including deeper names `a.b.<base>` and every configured base itself (even one nested
-/// under another base), is a [`HostTarget::CustomDomain`] for
-/// the domain index, so it can only reach a tenant that claimed it. `base_domains` must be
-/// canonical (the config loader checks this).
+/// `label` is a valid tenant id, is a [`HostTarget::Subdomain`]; a deeper name
+/// `a.<label>.<base>` is [`HostTarget::UnderTenant`], and a base itself (even one nested
+/// under another base) is [`HostTarget::Reserved`]. Every other well-formed name is a
+/// [`HostTarget::CustomDomain`] for the domain index, so it can only reach a tenant that
+/// claimed it. `base_domains` must be canonical (the config loader checks this).
 pub fn resolve_host<'a>(
     authority: &'a str,
     base_domains: &[String],
@@ -232,43 +245,63 @@ pub fn resolve_host<'a>(
     } else {
         Cow::Borrowed(name)
     };
-    // The label is the name's first one, so it is cut from the name as it is.
-    if let Some(len) = tenant_label(&canonical, base_domains).map(str::len) {
-        if TenantId::is_valid(&canonical[..len]) {
-            let label = match canonical {
-                Cow::Borrowed(name) => Cow::Borrowed(&name[..len]),
-                Cow::Owned(mut name) => {
-                    name.truncate(len);
-                    Cow::Owned(name)
-                }
-            };
-            return Ok(HostTarget::Subdomain(TenantLabel(label)));
-        }
+    // The tenant's label is the last one in front of the base: cut from the name as it is.
+    let label = match in_front_of_base(&canonical, base_domains) {
+        InFront::Outside => return Ok(HostTarget::CustomDomain(canonical)),
+        InFront::Base => return Ok(HostTarget::Reserved),
+        InFront::Labels(front) => front.rfind('.').map_or(0, |dot| dot + 1)..front.len(),
+    };
+    if !TenantId::is_valid(&canonical[label.clone()]) {
+        return Ok(HostTarget::Reserved);
     }
-    Ok(HostTarget::CustomDomain(canonical))
+    Ok(match canonical {
+        Cow::Borrowed(name) if label.start == 0 => {
+            HostTarget::Subdomain(TenantLabel(Cow::Borrowed(&name[label])))
+        }
+        Cow::Owned(mut name) if label.start == 0 => {
+            name.truncate(label.end);
+            HostTarget::Subdomain(TenantLabel(Cow::Owned(name)))
+        }
+        Cow::Borrowed(name) => HostTarget::UnderTenant {
+            domain: Cow::Borrowed(name),
+            tenant: TenantLabel(Cow::Borrowed(&name[label])),
+        },
+        Cow::Owned(name) => HostTarget::UnderTenant {
+            tenant: TenantLabel(Cow::Owned(name[label].to_owned())),
+            domain: Cow::Owned(name),
+        },
+    })
 }
 
-/// The single label in front of the longest base domain that `name` is directly under.
-fn tenant_label<'n>(name: &'n str, base_domains: &[String]) -> Option<&'n str> {
+/// Where a name stands to the configured base domains.
+enum InFront<'n> {
+    /// Under none of them.
+    Outside,
+    /// It is one of them.
+    Base,
+    /// The labels in front of the longest base it is under, without the joining dot.
+    Labels(&'n str),
+}
+
+fn in_front_of_base<'n>(name: &'n str, base_domains: &[String]) -> InFront<'n> {
     let mut best: Option<&str> = None;
     for base in base_domains {
         if name == base {
-            // A base domain itself is never a tenant, even when it sits under another base
+            // A base domain itself is never a tenant's, even when it sits under another base
             // (`eu.example.com` inside `example.com`).
-            return None;
+            return InFront::Base;
         }
-        let Some(front) = name.strip_suffix(base.as_str()) else {
+        let Some(front) = name
+            .strip_suffix(base.as_str())
+            .and_then(|f| f.strip_suffix('.'))
+        else {
             continue;
         };
-        let Some(label) = front.strip_suffix('.') else {
-            continue;
-        };
-        if !label.is_empty() && best.is_none_or(|b| b.len() > label.len()) {
-            best = Some(label);
+        if !front.is_empty() && best.is_none_or(|b| b.len() > front.len()) {
+            best = Some(front);
         }
     }
-    // A deeper name (`a.b.<base>`) is not a tenant subdomain.
-    best.filter(|l| !l.contains('.'))
+    best.map_or(InFront::Outside, InFront::Labels)
 }
 
 #[cfg(test)]
@@ -288,6 +321,13 @@ mod tests {
         Ok(HostTarget::CustomDomain(Cow::Borrowed(d)))
     }
 
+    fn under<'a>(d: &'a str, t: &'a str) -> Result<HostTarget<'a>, HostError> {
+        Ok(HostTarget::UnderTenant {
+            domain: Cow::Borrowed(d),
+            tenant: TenantLabel(Cow::Borrowed(t)),
+        })
+    }
+
     #[test]
     fn resolve_table() {
         use HostError::*;
@@ -304,12 +344,16 @@ mod tests {
             ("ACME.EU.NEXUS.APP.", sub("acme")),
             ("a-1.nexus.app", sub("a-1")),
             ("xn--80ak6aa92e.nexus.app", sub("xn--80ak6aa92e")),
-            // Custom domains: deeper names, bare bases (even nested ones), other names.
-            ("a.b.nexus.app", custom("a.b.nexus.app")),
-            ("x.acme.eu.nexus.app", custom("x.acme.eu.nexus.app")),
-            ("nexus.app", custom("nexus.app")),
-            ("Nexus.App.:443", custom("nexus.app")),
-            ("eu.nexus.app", custom("eu.nexus.app")),
+            // Deeper names are in the namespace of the tenant in front of the base.
+            ("a.b.nexus.app", under("a.b.nexus.app", "b")),
+            ("x.acme.eu.nexus.app", under("x.acme.eu.nexus.app", "acme")),
+            ("x.y.acme.nexus.app", under("x.y.acme.nexus.app", "acme")),
+            ("API.Acme.Nexus.App.", under("api.acme.nexus.app", "acme")),
+            // Bare bases (even nested ones) are no tenant's.
+            ("nexus.app", Ok(HostTarget::Reserved)),
+            ("Nexus.App.:443", Ok(HostTarget::Reserved)),
+            ("eu.nexus.app", Ok(HostTarget::Reserved)),
+            // Custom domains: names outside every base.
             ("acmenexus.app", custom("acmenexus.app")),
             ("App.Acme.com", custom("app.acme.com")),
             ("xn--caf-dma.example", custom("xn--caf-dma.example")),
@@ -397,7 +441,11 @@ mod tests {
         assert_eq!(resolve_host("acme.nexus.app", &reversed), sub("acme"));
         assert_eq!(
             resolve_host("eu.nexus.app", &reversed),
-            custom("eu.nexus.app")
+            Ok(HostTarget::Reserved)
+        );
+        assert_eq!(
+            resolve_host("x.acme.eu.nexus.app", &reversed),
+            under("x.acme.eu.nexus.app", "acme")
         );
         assert_eq!(
             resolve_host("acme.nexus.app", &[]),

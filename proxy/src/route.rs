@@ -2,12 +2,14 @@
 //!
 //! Identity and forwarding headers are authoritative only when the router sets them, so every
 //! client-supplied copy is removed first; a backend can trust `X-Tenant-Id` because no client
-//! can put it there.
+//! can put it there. A request forwarded without an identity (a public path) also loses its
+//! bearer credential and session cookie: the router did not accept them for this tenant.
 
 use std::net::IpAddr;
 
 use pingora::http::RequestHeader;
 
+use crate::auth::credential::{has_session_cookie, is_bearer, without_session_cookie};
 use crate::authz::check_claims;
 use crate::decision::Decision;
 
@@ -262,7 +264,8 @@ pub fn forwarded_host(host: Option<&http::HeaderValue>) -> http::HeaderValue {
     }
 }
 
-/// Facts about the downstream connection needed for the forwarding headers.
+/// Facts about the downstream connection needed for the forwarding headers, and the session
+/// cookie's name.
 #[derive(Debug, Clone)]
 pub struct Forwarding<'a> {
     /// The `X-Forwarded-For` to send (see [`forwarded_for`]); `None` without a TCP peer.
@@ -273,6 +276,8 @@ pub struct Forwarding<'a> {
     pub host: http::HeaderValue,
     /// The request id to send.
     pub request_id: &'a http::HeaderValue,
+    /// The session cookie that may carry tokens (`[auth] session_cookie`).
+    pub session_cookie: Option<&'a str>,
 }
 
 fn value(text: &str) -> pingora::Result<http::HeaderValue> {
@@ -369,6 +374,9 @@ pub fn rewrite_upstream_request(
             headers.remove(name);
         }
     }
+    if decision.identity.is_none() {
+        take_off_credentials(headers, fwd.session_cookie);
+    }
     headers.insert(X_TENANT_ID.clone(), tenant);
     if let Some(org) = org {
         headers.insert(X_ORG_ID.clone(), org);
@@ -392,6 +400,55 @@ pub fn rewrite_upstream_request(
     }
     *req = rebuilt;
     Ok(())
+}
+
+/// Takes the bearer credential (every `Authorization: Bearer`, well-formed or not) and the
+/// session cookie (in every spelling the router reads) off a request forwarded without an
+/// identity. Other schemes and other cookies are the app's and stay.
+fn take_off_credentials(headers: &mut http::HeaderMap, session_cookie: Option<&str>) {
+    use http::header::{AUTHORIZATION, COOKIE};
+    if headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .any(|v| is_bearer(v.as_bytes()))
+    {
+        let kept: Vec<http::HeaderValue> = headers
+            .get_all(AUTHORIZATION)
+            .iter()
+            .filter(|v| !is_bearer(v.as_bytes()))
+            .cloned()
+            .collect();
+        headers.remove(AUTHORIZATION);
+        for v in kept {
+            headers.append(AUTHORIZATION, v);
+        }
+    }
+    let Some(name) = session_cookie else {
+        return;
+    };
+    if headers
+        .get_all(COOKIE)
+        .iter()
+        .any(|v| has_session_cookie(v.as_bytes(), name))
+    {
+        let kept: Vec<http::HeaderValue> = headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| {
+                if has_session_cookie(v.as_bytes(), name) {
+                    // What is left of a valid value is one: the pieces are its own bytes.
+                    without_session_cookie(v.as_bytes(), name)
+                        .and_then(|rest| http::HeaderValue::from_bytes(&rest).ok())
+                } else {
+                    Some(v.clone())
+                }
+            })
+            .collect();
+        headers.remove(COOKIE);
+        for v in kept {
+            headers.append(COOKIE, v);
+        }
+    }
 }
 
 /// Whether the client's request-target is exactly the one [`upstream_target`] would build:
@@ -617,8 +674,47 @@ mod tests {
             proto: "http",
             host: http::HeaderValue::from_static("acme.nexus.test"),
             request_id: &id,
+            session_cookie: Some("sess"),
         };
         rewrite_upstream_request(req, decision, fwd)
+    }
+
+    #[test]
+    fn without_an_identity_the_credentials_stay_behind() {
+        let all = |req: &RequestHeader, name| -> Vec<String> {
+            req.headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().expect("ascii").to_owned())
+                .collect()
+        };
+        let mut decision = decision_for("/login", "http://127.0.0.1:1").expect("decision");
+        let mut req = RequestHeader::build("GET", b"/login", None).expect("request");
+        req.append_header("authorization", "Bearer other.tenant.token")
+            .expect("header");
+        req.append_header("authorization", "Basic dXNlcjpwYXNz")
+            .expect("header");
+        req.append_header("cookie", "theme=dark; sess=other; csrf=1")
+            .expect("header");
+        req.append_header("cookie", "SESS=x").expect("header");
+        req.append_header("cookie", "lang=en").expect("header");
+        let original = req.clone();
+        rewrite(&mut req, &decision).expect("rewrite");
+        assert_eq!(
+            all(&req, http::header::AUTHORIZATION),
+            ["Basic dXNlcjpwYXNz"]
+        );
+        assert_eq!(
+            all(&req, http::header::COOKIE),
+            ["theme=dark; csrf=1", "lang=en"]
+        );
+
+        // A verified identity keeps its credential as sent.
+        decision.identity = Some(crate::test_support::identity("acme", None, None));
+        let mut req = original;
+        rewrite(&mut req, &decision).expect("rewrite");
+        assert_eq!(all(&req, http::header::AUTHORIZATION).len(), 2);
+        assert_eq!(all(&req, http::header::COOKIE).len(), 3);
     }
 
     #[test]

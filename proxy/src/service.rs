@@ -356,6 +356,7 @@ impl ProxyHttp for EdgeService {
             proto,
             host,
             request_id: &ctx.request_id,
+            session_cookie: self.state.auth.session_cookie(),
         };
         rewrite_upstream_request(upstream_request, decision, fwd)
     }

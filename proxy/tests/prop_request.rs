@@ -166,6 +166,15 @@ proptest! {
                 prop_assert!(d.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'), "{}", d);
                 prop_assert_eq!(resolve_host(&d, &bases()), Ok(HostTarget::CustomDomain(d.clone())));
             }
+            Ok(HostTarget::UnderTenant { domain, tenant }) => {
+                prop_assert!(domain.ends_with(&format!(".{}.nexus.app", tenant.as_str())) || domain.ends_with(&format!(".{}.eu.nexus.app", tenant.as_str())), "{}", domain);
+                prop_assert_eq!(resolve_host(&domain, &bases()), Ok(HostTarget::UnderTenant { domain: domain.clone(), tenant: tenant.clone() }));
+            }
+            Ok(HostTarget::Reserved) => {
+                let lower = h.to_ascii_lowercase();
+                let name = lower.split(':').next().unwrap_or_default().trim_end_matches('.');
+                prop_assert!(name == "nexus.app" || name == "eu.nexus.app", "{}", h);
+            }
             Ok(HostTarget::Subdomain(t)) => {
                 let lower = h.to_ascii_lowercase();
                 prop_assert!(lower.starts_with(&format!("{}.", t.as_str())), "{} -> {}", h, t.as_str());

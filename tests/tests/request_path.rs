@@ -205,6 +205,131 @@ fn custom_domain_and_public_paths() {
 }
 
 #[test]
+fn names_under_the_base_domain_belong_to_the_tenant_they_are_under() {
+    // globex's record claims a name in acme's namespace and the base domain itself; acme's
+    // claims a name under its own subdomain.
+    let w = world_with(
+        |records, _, _| {
+            records[0]["domains"] =
+                serde_json::json!(["app.acme-corp.test", format!("api.acme.{BASE}")]);
+            records[1]["domains"] = serde_json::json!([format!("x.acme.{BASE}"), BASE]);
+        },
+        "5s",
+    );
+    let acme = w.keys.token("acme", Some("org-acme"));
+    let globex = w.keys.token("globex", None);
+
+    let r = get_with_token(w.edge.addr, &format!("api.acme.{BASE}"), "/x", &acme);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["instance"], "instance-a");
+
+    for (name, token) in [
+        (format!("x.acme.{BASE}"), &globex),
+        (format!("x.acme.{BASE}"), &acme),
+        (BASE.to_owned(), &globex),
+    ] {
+        for path in ["/x", "/login"] {
+            let r = get_with_token(w.edge.addr, &name, path, token);
+            assert_eq!(r.status, 404, "{name}{path}: {}", r.text());
+        }
+    }
+    assert_eq!(w.b.hits(), 0);
+    assert_eq!(w.a.hits(), 1);
+}
+
+#[test]
+fn a_public_path_forwards_only_a_credential_of_its_tenant() {
+    let w = world();
+    let addr = w.edge.addr;
+    let acme = host("acme");
+    let own = w.keys.token("acme", Some("org-acme"));
+    let other = w.keys.token("globex", None);
+    let mut expired = claims("acme", Some("org-acme"));
+    expired["exp"] = serde_json::json!(keys::now() - 120);
+    let expired = w.keys.es.sign(&expired).expect("sign");
+
+    // Another tenant's session cookie (a cookie scoped to the base domain goes to every
+    // tenant's host), a forged bearer token, an expired own token: the request still reaches
+    // the public page, without the credential and without an identity.
+    // A piece of the cookie header that hides a session cookie goes whole.
+    let cases = [
+        (
+            "Cookie",
+            format!("theme=dark; nexus_session={other}"),
+            vec!["theme=dark"],
+        ),
+        (
+            "Authorization",
+            "Bearer forged.forged.forged".to_owned(),
+            vec![],
+        ),
+        ("Authorization", format!("Bearer {expired}"), vec![]),
+        (
+            "Cookie",
+            format!("theme=dark nexus_session={own}; lang=en; nexus_session={other}"),
+            vec!["lang=en"],
+        ),
+    ];
+    for (name, value, kept) in &cases {
+        let r = get(addr, &acme, "/assets/logo.png", &[(name, value)]);
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let echo = r.json();
+        assert_eq!(echo["instance"], "instance-a");
+        assert!(echoed_header(&echo, "authorization").is_empty(), "{name}");
+        assert_eq!(echoed_header(&echo, "cookie"), *kept, "{name}");
+        assert_eq!(echoed_header(&echo, "x-tenant-id"), ["acme"]);
+        assert!(echoed_header(&echo, "x-user-id").is_empty(), "{name}");
+    }
+
+    // The tenant's own valid token is used as on any path: forwarded, with the identity.
+    let r = get(
+        addr,
+        &acme,
+        "/login",
+        &[("Cookie", &format!("nexus_session={own}"))],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(
+        echoed_header(&echo, "cookie"),
+        [format!("nexus_session={own}")]
+    );
+    assert_eq!(echoed_header(&echo, "x-user-id"), ["user-1"]);
+    assert_eq!(echoed_header(&echo, "x-org-id"), ["org-acme"]);
+
+    // Another scheme is the app's business and stays.
+    let r = get(
+        addr,
+        &acme,
+        "/login",
+        &[("Authorization", "Basic dXNlcjpwYXNz")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        echoed_header(&r.json(), "authorization"),
+        ["Basic dXNlcjpwYXNz"]
+    );
+
+    // A query token cannot be taken off: without an accepted credential it is refused.
+    let before = w.a.hits();
+    for path in [
+        format!("/login?access_token={other}"),
+        "/login?access.token=forged".to_owned(),
+    ] {
+        let r = get(addr, &acme, &path, &[]);
+        assert_eq!(r.status, 401, "{path}: {}", r.text());
+    }
+    let r = get(
+        addr,
+        &acme,
+        &format!("/login?access_token={own}"),
+        &[("Authorization", &format!("Bearer {own}"))],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(w.a.hits(), before + 1);
+}
+
+#[test]
 fn invalid_tokens_get_401_with_rfc6750_header() {
     let w = world();
     let addr = w.edge.addr;

@@ -5,6 +5,12 @@
 //! clear who the caller is, and the request is refused. The same holds for an
 //! `access_token` query parameter (RFC 6750 §2.3), which some frameworks read (ASP.NET for
 //! SignalR, Spring when allowed): it may only repeat the verified token.
+//!
+//! The instance's framework, not this router, has the last word on what a `Cookie` header or
+//! a query string holds, so both are read the way the most lenient parsers read them: a
+//! cookie pair may also hide behind a comma or a space inside another pair (Rack, Python's
+//! `SimpleCookie`, RFC 2965 parsers), and a name matches when some framework would fold it
+//! into the session cookie's or `access_token` (see [`same_name`]).
 
 use super::error::CredentialError;
 use crate::path::escaped_byte;
@@ -48,24 +54,17 @@ pub fn extract_token<'a>(
     if let Some(name) = cookie_name {
         for header in cookie_headers {
             for pair in header.split(|&c| c == b';') {
-                let pair = pair.trim_ascii();
-                let Some(eq) = pair.iter().position(|&c| c == b'=') else {
-                    continue;
-                };
-                if !same_cookie_name(&pair[..eq], name.as_bytes()) {
-                    continue;
-                }
-                let mut value = pair[eq + 1..].trim_ascii();
-                if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
-                    value = &value[1..value.len() - 1];
-                }
-                if !is_b64token(value) {
-                    return Err(CredentialError::Malformed);
-                }
-                let value = std::str::from_utf8(value).map_err(|_| CredentialError::Malformed)?;
-                match cookie_token {
-                    Some(prev) if prev != value => return Err(CredentialError::Conflict),
-                    _ => cookie_token = Some(value),
+                for value in session_values(pair, name.as_bytes()) {
+                    let value = unquote(value);
+                    if !is_b64token(value) {
+                        return Err(CredentialError::Malformed);
+                    }
+                    let value =
+                        std::str::from_utf8(value).map_err(|_| CredentialError::Malformed)?;
+                    match cookie_token {
+                        Some(prev) if prev != value => return Err(CredentialError::Conflict),
+                        _ => cookie_token = Some(value),
+                    }
                 }
             }
         }
@@ -75,6 +74,69 @@ pub fn extract_token<'a>(
         (Some(h), _) => Ok(Some(h)),
         (None, c) => Ok(c),
     }
+}
+
+/// The values a `;`-separated piece of a `Cookie` header gives the session cookie `name`: its
+/// own value when its name is that cookie's, then the value of every pair hidden behind a
+/// comma or blank inside it (`$Version=1, sess=x`, `theme=dark sess=x`), which parsers that
+/// split there would read. Cookie values have no commas or blanks (RFC 6265 `cookie-octet`),
+/// so a well-formed piece hides nothing.
+fn session_values<'a, 'n>(
+    pair: &'a [u8],
+    name: &'n [u8],
+) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
+    let pair = pair.trim_ascii();
+    let own = pair
+        .iter()
+        .position(|&c| c == b'=')
+        .filter(|&eq| same_name(&pair[..eq], name))
+        .map(|eq| pair[eq + 1..].trim_ascii());
+    let hidden = pair
+        .split(|&c| c == b',' || c.is_ascii_whitespace())
+        .skip(1)
+        .filter_map(move |piece| {
+            let eq = piece.iter().position(|&c| c == b'=')?;
+            same_name(&piece[..eq], name).then(|| &piece[eq + 1..])
+        });
+    own.into_iter().chain(hidden)
+}
+
+/// A cookie value without the double quotes RFC 6265 allows around it.
+fn unquote(value: &[u8]) -> &[u8] {
+    match value {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => value,
+    }
+}
+
+/// Whether a `Cookie` header value carries the session cookie `name` in any spelling
+/// [`extract_token`] would read: for taking it off a request whose credential was not used.
+pub fn has_session_cookie(value: &[u8], name: &str) -> bool {
+    value
+        .split(|&c| c == b';')
+        .any(|pair| session_values(pair, name.as_bytes()).next().is_some())
+}
+
+/// A `Cookie` header value without the pieces that carry the session cookie `name` (as
+/// [`has_session_cookie`] finds them); `None` when nothing is left.
+pub fn without_session_cookie(value: &[u8], name: &str) -> Option<Vec<u8>> {
+    let mut kept = Vec::with_capacity(value.len());
+    for pair in value.split(|&c| c == b';') {
+        if pair.trim_ascii().is_empty() || session_values(pair, name.as_bytes()).next().is_some() {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(pair.trim_ascii());
+    }
+    (!kept.is_empty()).then_some(kept)
+}
+
+/// Whether an `Authorization` value is a `Bearer` credential, well-formed or not (what
+/// [`extract_token`] reads or refuses, as opposed to another scheme it passes over).
+pub fn is_bearer(value: &[u8]) -> bool {
+    !matches!(bearer(value), Ok(None))
 }
 
 /// The query parameter RFC 6750 §2.3 defines for bearer tokens.
@@ -93,52 +155,56 @@ pub fn check_query_token(query: Option<&str>, token: &str) -> Result<(), Credent
             Some(eq) => (&pair[..eq], &pair[eq + 1..]),
             None => (pair, &b""[..]),
         };
-        if name.len() >= QUERY_TOKEN.len()
-            && decodes_to(name, QUERY_TOKEN, |c| c.to_ascii_lowercase())
-            && !decodes_to(value, token.as_bytes(), |c| c)
-        {
+        if same_name(name, QUERY_TOKEN) && !decodes_to(value, token.as_bytes()) {
             return Err(CredentialError::Conflict);
         }
     }
     Ok(())
 }
 
-/// Whether form-decoding `raw` (`%XX`, `+` for space) gives `want`, both sides mapped through
-/// `fold` byte by byte (how a framework folds names).
-fn decodes_to(raw: &[u8], want: &[u8], fold: impl Fn(u8) -> u8) -> bool {
-    let mut want = want.iter().map(|&c| fold(c));
+/// Form-decodes `raw` (`%XX`, `+` for space) byte by byte.
+fn form_decoded(raw: &[u8]) -> impl Iterator<Item = u8> + '_ {
     let mut rest = raw;
-    while let Some(&first) = rest.first() {
+    std::iter::from_fn(move || {
+        let first = *rest.first()?;
         let (c, len) = match (first, escaped_byte(rest)) {
             (_, Some(v)) => (v, 3),
             (b'+', None) => (b' ', 1),
             (c, None) => (c, 1),
         };
         rest = &rest[len..];
-        if want.next() != Some(fold(c)) {
-            return false;
-        }
-    }
-    want.next().is_none()
+        Some(c)
+    })
 }
 
-/// Whether a cookie called `raw` is the session cookie `name` to some framework the instance
-/// may run, so that a second session cookie cannot ride past this check to an app that reads
-/// it: names are compared trimmed (lenient parsers), form-decoded with `.`, space and `[`
-/// read as `_` (PHP) and without case (ASP.NET Core).
-fn same_cookie_name(raw: &[u8], name: &[u8]) -> bool {
+/// Whether form-decoding `raw` gives exactly `want`.
+fn decodes_to(raw: &[u8], want: &[u8]) -> bool {
+    form_decoded(raw).eq(want.iter().copied())
+}
+
+/// Whether a cookie or query parameter called `raw` is the one called `name` to some
+/// framework the instance may run, so that a second credential cannot ride past the checks to
+/// an app that reads it. Names are compared trimmed (lenient parsers), form-decoded, without
+/// case (ASP.NET Core), with `.`, space and `[` read as `_` (PHP), and up to a `[` or a NUL
+/// that follows the whole name (PHP makes `name[x]` an array under `name`, and stops a name
+/// at a NUL).
+fn same_name(raw: &[u8], name: &[u8]) -> bool {
     let raw = raw.trim_ascii();
     if raw == name {
         return true;
     }
-    // An escape spells one byte in three: anything outside this range cannot match.
-    if raw.len() < name.len() || raw.len() > 3 * name.len() {
+    // A decoded byte takes at least one raw byte.
+    if raw.len() < name.len() {
         return false;
     }
-    decodes_to(raw, name, |c| match c.to_ascii_lowercase() {
+    let fold = |c: u8| match c.to_ascii_lowercase() {
         b'.' | b' ' | b'[' => b'_',
         c => c,
-    })
+    };
+    let mut decoded = form_decoded(raw);
+    name.iter()
+        .all(|&want| decoded.next().is_some_and(|c| fold(c) == fold(want)))
+        && matches!(decoded.next(), None | Some(b'[' | 0))
 }
 
 /// The token of a `Bearer` credential; `None` for another scheme (e.g. Basic, meant for the
@@ -182,9 +248,51 @@ mod tests {
     }
 
     #[test]
+    fn session_cookie_taken_off() {
+        let cases: [(&[u8], Option<&[u8]>); 8] = [
+            (b"sess=tok", None),
+            (b"a=1; sess=tok; b=2", Some(b"a=1; b=2")),
+            (b"a=1;sess=tok;", Some(b"a=1")),
+            (b"SESS=x; a=1", Some(b"a=1")),
+            (b"theme=dark sess=x; a=1", Some(b"a=1")),
+            (b"sess[x]=1; a=1", Some(b"a=1")),
+            (b"a=1; b=2", Some(b"a=1; b=2")),
+            (b"sessx=1; a=sess", Some(b"sessx=1; a=sess")),
+        ];
+        for (value, want) in cases {
+            assert_eq!(
+                without_session_cookie(value, "sess").as_deref(),
+                want,
+                "{value:?}"
+            );
+            assert_eq!(
+                has_session_cookie(value, "sess"),
+                want != Some(value),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bearer_or_other_scheme() {
+        for v in [
+            &b"Bearer x"[..],
+            b"bearer",
+            b"Bearer\tx",
+            b"BEARERx",
+            b" Bearer x ",
+        ] {
+            assert!(is_bearer(v), "{v:?}");
+        }
+        for v in [&b"Basic dXNlcg=="[..], b"Bear x", b"JWT x", b""] {
+            assert!(!is_bearer(v), "{v:?}");
+        }
+    }
+
+    #[test]
     fn query_token_table() {
         use CredentialError::Conflict;
-        let cases: [(Option<&str>, Result<(), CredentialError>); 16] = [
+        let cases: [(Option<&str>, Result<(), CredentialError>); 25] = [
             (None, Ok(())),
             (Some(""), Ok(())),
             (Some("page=2&sort=name"), Ok(())),
@@ -199,7 +307,18 @@ mod tests {
             (Some("access_token"), Err(Conflict)),
             (Some("access_token=tok&access_token=forged"), Err(Conflict)),
             (Some("access_tokens=x&xaccess_token=y"), Ok(())),
-            (Some("access+token=x"), Ok(())),
+            // Names PHP folds into `access_token`: `+` and `%20` decode to a space, then
+            // `.` and space read as `_`; `[...]` makes an array under the name; a NUL ends it.
+            (Some("access+token=x"), Err(Conflict)),
+            (Some("access.token=forged"), Err(Conflict)),
+            (Some("access%20token=forged"), Err(Conflict)),
+            (Some("access_token%00=forged"), Err(Conflict)),
+            (Some("access_token%00x=forged"), Err(Conflict)),
+            (Some("access_token[]=forged"), Err(Conflict)),
+            (Some("access_token%5Bx%5D=forged"), Err(Conflict)),
+            (Some("access_token[]=tok"), Ok(())),
+            (Some("access_tokenx=forged&xaccess_token=forged"), Ok(())),
+            (Some("access_toke=forged"), Ok(())),
             (Some("refresh_token=x"), Ok(())),
         ];
         for (query, want) in cases {
@@ -253,6 +372,41 @@ mod tests {
             (vec![], vec![b"Sess=tok"], Ok(Some("tok"))),
             (vec![], vec![b"sessx=tok; sess_=x"], Ok(None)),
             (vec![], vec![b"sess=bad value"], Err(Malformed)),
+            // Pairs hidden behind a comma or a blank, as Rack, Python's SimpleCookie and RFC
+            // 2965 parsers split them; a PHP array under the name.
+            (
+                vec![],
+                vec![b"theme=dark sess=forged; sess=tok"],
+                Err(Conflict),
+            ),
+            (
+                vec![],
+                vec![b"$Version=1, sess=forged; sess=tok"],
+                Err(Conflict),
+            ),
+            (vec![], vec![b"a=1,sess=forged"], Ok(Some("forged"))),
+            (
+                vec![b"Bearer tok"],
+                vec![b"theme=dark\tsess=forged"],
+                Err(Conflict),
+            ),
+            (vec![b"Bearer tok"], vec![b"sess[x]=forged"], Err(Conflict)),
+            (
+                vec![b"Bearer tok"],
+                vec![b"sess%5B%5D=forged"],
+                Err(Conflict),
+            ),
+            (
+                vec![b"Bearer tok"],
+                vec![b"theme=dark sess="],
+                Err(Malformed),
+            ),
+            (
+                vec![b"Bearer tok"],
+                vec![b"theme=dark sess=tok"],
+                Ok(Some("tok")),
+            ),
+            (vec![], vec![b"theme=dark; sessx=1 xsess=2"], Ok(None)),
             (vec![b"Bearer tok"], vec![b"sess=tok"], Ok(Some("tok"))),
             (vec![b"Bearer tok"], vec![b"sess=other"], Err(Conflict)),
             (vec![b"Basic x"], vec![b"sess=tok"], Ok(Some("tok"))),
