@@ -30,7 +30,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 const SET_BY_ROUTER: usize = 7;
 
 /// Longest reserved name other than the `x-forwarded*` family.
-const MAX_RESERVED_LEN: usize = 19;
+const MAX_RESERVED_LEN: usize = 20;
 
 /// Whether a client's request header is one the instance must only ever get from the router,
 /// in any spelling an upstream may fold together (`_` for `-`: CGI-style servers map both to
@@ -40,11 +40,15 @@ const MAX_RESERVED_LEN: usize = 19;
 ///   frameworks and client-IP helpers read in their place (`X-Real-IP`, `X-Client-IP`,
 ///   `True-Client-IP`, `CF-Connecting-IP`, `X-Scheme`, ...): the router's `X-Forwarded-For`
 ///   and `-Proto` are the only account of the client;
-/// - path overrides some frameworks honour (`X-Original-URL`, `X-Original-URI`,
-///   `X-Rewrite-URL`), which would replace the path the policy decided on.
+/// - path and host overrides some frameworks honour (`X-Original-URL`, `X-Original-URI`,
+///   `X-Rewrite-URL`, `X-Original-Host`, `X-Host`), which would replace the path the policy
+///   decided on or the host the tenant was read from;
+/// - the user headers of auth-proxy setups (`Remote-User`, `X-Remote-User`,
+///   `X-Auth-Request-User`, `X-Auth-Request-Email`, `X-WebAuth-User`): an app configured to
+///   trust one behind an authenticating proxy must only ever get it from one.
 pub fn is_reserved(name: &HeaderName) -> bool {
     let b = name.as_str().as_bytes();
-    if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c')) {
+    if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c' | b'r')) {
         return false;
     }
     if starts_as(b, b"x-forwarded") {
@@ -79,6 +83,13 @@ pub fn is_reserved(name: &HeaderName) -> bool {
             | b"x-original-url"
             | b"x-original-uri"
             | b"x-rewrite-url"
+            | b"x-original-host"
+            | b"x-host"
+            | b"remote-user"
+            | b"x-remote-user"
+            | b"x-auth-request-user"
+            | b"x-auth-request-email"
+            | b"x-webauth-user"
     )
 }
 
@@ -506,6 +517,14 @@ mod tests {
             "x-scheme",
             "x_url_scheme",
             "front-end-https",
+            "x-original-host",
+            "x_host",
+            "remote-user",
+            "remote_user",
+            "x-remote-user",
+            "x-auth-request-user",
+            "x_auth_request_email",
+            "x-webauth-user",
         ];
         let kept = [
             "x-user-ids",
@@ -521,6 +540,10 @@ mod tests {
             "x-requested-with",
             "user-agent",
             "x-custom_header",
+            "x-hosts",
+            "referer",
+            "range",
+            "x-auth-request-redirect",
         ];
         for name in reserved {
             let n = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));

@@ -606,6 +606,10 @@ fn spoofed_identity_headers_are_replaced() {
             ("X-Real-IP", "6.6.6.6"),
             ("X-Original-URL", "/admin"),
             ("X-Rewrite-URL", "/admin"),
+            // Host overrides and the user headers of auth-proxy setups.
+            ("X-Original-Host", "globex.edge.test"),
+            ("Remote-User", "admin"),
+            ("X-Auth-Request-User", "admin"),
         ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -619,6 +623,9 @@ fn spoofed_identity_headers_are_replaced() {
         "x-real-ip",
         "x-original-url",
         "x-rewrite-url",
+        "x-original-host",
+        "remote-user",
+        "x-auth-request-user",
     ] {
         assert!(echoed_header(&echo, gone).is_empty(), "{gone}: {echo}");
     }
