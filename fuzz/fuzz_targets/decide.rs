@@ -1,6 +1,7 @@
 //! The whole routing decision on fuzzed requests. Whatever comes in, the router must not panic,
 //! and a request it routes must provably belong to the tenant it is routed to:
-//! - the Host names that tenant (its subdomain or one of its custom domains);
+//! - the Host names that tenant (its subdomain or one of its custom domains), and a name under
+//!   the base domain only when it is under that tenant's subdomain;
 //! - with a token, the token's tenant (and org, when the binding pins one) are the tenant's;
 //! - without a token, the path is public;
 //! - the path sent on is normalised (absolute, no empty, `.` or `..` segments).
@@ -25,6 +26,13 @@ enum Host<'a> {
     },
     /// Tenant 0's custom domain.
     Domain {
+        upper: bool,
+        port: Option<u16>,
+        dot: bool,
+    },
+    /// A name under the base domain that a binding claims.
+    UnderBase {
+        which: u8,
         upper: bool,
         port: Option<u16>,
         dot: bool,
@@ -75,6 +83,16 @@ fn host_bytes(host: &Host<'_>) -> Vec<u8> {
         }
         Host::Domain { upper, port, dot } => {
             dress(world::CUSTOM_DOMAIN.to_owned(), *upper, *port, *dot)
+        }
+        Host::UnderBase {
+            which,
+            upper,
+            port,
+            dot,
+        } => {
+            let names = world::claimed_under_base();
+            let h = names[usize::from(*which) % names.len()].clone();
+            dress(h, *upper, *port, *dot)
         }
         Host::Raw(raw) => raw.to_vec(),
     }
@@ -160,6 +178,16 @@ fuzz_target!(|input: Input<'_>| {
         by_subdomain || by_domain,
         "routed {addressed:?} to {tenant}"
     );
+    // Under the base domain a name is in the namespace of the label in front of the base.
+    assert_ne!(addressed, nexus_bench::BASE, "routed the base domain");
+    if let Some(front) = addressed.strip_suffix(&format!(".{}", nexus_bench::BASE)) {
+        let owner = front.rsplit('.').next();
+        assert_eq!(
+            owner,
+            Some(tenant),
+            "routed {addressed:?}, under {owner:?}, to {tenant}"
+        );
+    }
 
     match &d.identity {
         Some(id) => {

@@ -14,6 +14,17 @@ pub const TENANTS: usize = 8;
 /// The custom domain of tenant 0 (from the bench fixture's records).
 pub const CUSTOM_DOMAIN: &str = "app.customer0.example";
 
+/// Names under the base domain that bindings claim: tenant 0 one under its own subdomain,
+/// tenant 1 one under tenant 0's and the base domain itself (claims the router must not
+/// honour).
+pub fn claimed_under_base() -> [String; 3] {
+    [
+        format!("api.{}", tenant_host(0)),
+        format!("x.{}", tenant_host(0)),
+        BASE.to_owned(),
+    ]
+}
+
 pub struct World {
     pub tenancy: TenancySettings,
     pub table: BindingTable,
@@ -49,6 +60,12 @@ pub fn world() -> &'static World {
                 r.status = statuses[i].to_owned();
                 if i == 5 {
                     r.identity_org_id = None;
+                }
+                let [own, foreign, base] = claimed_under_base();
+                match i {
+                    0 => r.domains.push(own),
+                    1 => r.domains.extend([foreign, base]),
+                    _ => {}
                 }
                 Arc::new(Binding::from_record(&r).expect("fixture"))
             })

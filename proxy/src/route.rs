@@ -29,8 +29,8 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// `X-Forwarded-*`.
 const SET_BY_ROUTER: usize = 7;
 
-/// Longest reserved name other than the `x-forwarded*` family.
-const MAX_RESERVED_LEN: usize = 20;
+/// Longest reserved name outside the families matched by prefix.
+const MAX_RESERVED_LEN: usize = 19;
 
 /// Whether a client's request header is one the instance must only ever get from the router,
 /// in any spelling an upstream may fold together (`_` for `-`: CGI-style servers map both to
@@ -43,15 +43,25 @@ const MAX_RESERVED_LEN: usize = 20;
 /// - path and host overrides some frameworks honour (`X-Original-URL`, `X-Original-URI`,
 ///   `X-Rewrite-URL`, `X-Original-Host`, `X-Host`), which would replace the path the policy
 ///   decided on or the host the tenant was read from;
-/// - the user headers of auth-proxy setups (`Remote-User`, `X-Remote-User`,
-///   `X-Auth-Request-User`, `X-Auth-Request-Email`, `X-WebAuth-User`): an app configured to
-///   trust one behind an authenticating proxy must only ever get it from one.
+/// - the user headers of auth-proxy setups, by family (`Remote-*` as Authelia sends them,
+///   `X-Remote-*`, `X-Auth-Request-*` as oauth2-proxy does, `X-WebAuth-*` as Grafana reads
+///   them): an app configured to trust one behind an authenticating proxy must only ever get
+///   it from one.
 pub fn is_reserved(name: &HeaderName) -> bool {
     let b = name.as_str().as_bytes();
     if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c' | b'r')) {
         return false;
     }
-    if starts_as(b, b"x-forwarded") {
+    if [
+        &b"x-forwarded"[..],
+        b"remote-",
+        b"x-remote-",
+        b"x-auth-request-",
+        b"x-webauth-",
+    ]
+    .iter()
+    .any(|family| starts_as(b, family))
+    {
         return true;
     }
     if b.len() > MAX_RESERVED_LEN {
@@ -85,11 +95,6 @@ pub fn is_reserved(name: &HeaderName) -> bool {
             | b"x-rewrite-url"
             | b"x-original-host"
             | b"x-host"
-            | b"remote-user"
-            | b"x-remote-user"
-            | b"x-auth-request-user"
-            | b"x-auth-request-email"
-            | b"x-webauth-user"
     )
 }
 
@@ -525,6 +530,13 @@ mod tests {
             "x-auth-request-user",
             "x_auth_request_email",
             "x-webauth-user",
+            "remote-groups",
+            "remote_email",
+            "x-auth-request-groups",
+            "x-auth-request-preferred-username",
+            "x-auth-request-access-token",
+            "x-auth-request-redirect",
+            "x-webauth-email",
         ];
         let kept = [
             "x-user-ids",
@@ -543,7 +555,9 @@ mod tests {
             "x-hosts",
             "referer",
             "range",
-            "x-auth-request-redirect",
+            "remote",
+            "x-remoteuser",
+            "x-auth-requests",
         ];
         for name in reserved {
             let n = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));

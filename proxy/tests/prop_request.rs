@@ -159,15 +159,21 @@ proptest! {
     }
 
     #[test]
-    fn resolved_hosts_are_canonical(h in "[a-zA-Z0-9.\\-]{1,30}(\\.nexus\\.app|\\.eu\\.nexus\\.app)?\\.?(:[0-9]{1,5})?") {
+    fn resolved_hosts_are_canonical(h in "(([a-zA-Z0-9.\\-]{1,30}|[a-z]{1,3}(\\.[a-z]{1,3}){0,2})(\\.nexus\\.app|\\.eu\\.nexus\\.app)?|[Nn]exus\\.app|[Ee]u\\.nexus\\.app)\\.?(:[0-9]{1,5})?") {
         match resolve_host(&h, &bases()) {
             Ok(HostTarget::CustomDomain(d)) => {
+                // Outside every base: names under one never reach the domain index unscoped.
+                prop_assert!(d != "nexus.app" && !d.ends_with(".nexus.app"), "{}", d);
                 prop_assert!(!d.contains(':') && !d.ends_with('.') && !d.is_empty(), "{}", d);
                 prop_assert!(d.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'), "{}", d);
                 prop_assert_eq!(resolve_host(&d, &bases()), Ok(HostTarget::CustomDomain(d.clone())));
             }
             Ok(HostTarget::UnderTenant { domain, tenant }) => {
-                prop_assert!(domain.ends_with(&format!(".{}.nexus.app", tenant.as_str())) || domain.ends_with(&format!(".{}.eu.nexus.app", tenant.as_str())), "{}", domain);
+                // The tenant is the label in front of the longest base the name is under.
+                let base = if domain.ends_with(".eu.nexus.app") { "eu.nexus.app" } else { "nexus.app" };
+                let front = domain.strip_suffix(&format!(".{base}")).unwrap_or_default();
+                let (deeper, label) = front.rsplit_once('.').unwrap_or_default();
+                prop_assert!(!deeper.is_empty() && label == tenant.as_str(), "{} -> {}", domain, tenant.as_str());
                 prop_assert_eq!(resolve_host(&domain, &bases()), Ok(HostTarget::UnderTenant { domain: domain.clone(), tenant: tenant.clone() }));
             }
             Ok(HostTarget::Reserved) => {

@@ -235,6 +235,36 @@ fn names_under_the_base_domain_belong_to_the_tenant_they_are_under() {
     }
     assert_eq!(w.b.hits(), 0);
     assert_eq!(w.a.hits(), 1);
+
+    // The admin CLI refuses such claims when they are written.
+    let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();
+    let admin = nexus_e2e::admin::Admin::new(&format!(
+        "[store]\nkind = \"file\"\npath = \"{bindings}\"\n\n[tenancy]\nbase_domains = [\"{BASE}\"]"
+    ));
+    let file = w.edge.dir.path().join("record.json");
+    let file_arg = file.to_str().expect("utf8");
+    let mut squatter = binding("initech", &w.b.url(), "active", None);
+    for (domain, why) in [
+        (format!("y.acme.{BASE}"), "under tenant acme's subdomain"),
+        (BASE.to_owned(), "a base domain"),
+        (format!("acme.{BASE}"), "tenant acme's subdomain"),
+    ] {
+        squatter["domains"] = serde_json::json!([domain]);
+        std::fs::write(&file, squatter.to_string()).expect("write");
+        let (code, _, err) = admin.tenant(&["put", file_arg]);
+        assert_ne!(code, 0, "{domain}");
+        assert!(
+            err.contains(why) && err.contains(&domain),
+            "{domain}: {err}"
+        );
+        std::fs::write(&file, bindings_file(vec![squatter.clone()]).to_string()).expect("write");
+        let (code, _, err) = admin.tenant(&["import", file_arg]);
+        assert_ne!(code, 0, "{domain}");
+        assert!(err.contains(why), "{domain}: {err}");
+    }
+    squatter["domains"] = serde_json::json!(["www.initech.example"]);
+    std::fs::write(&file, squatter.to_string()).expect("write");
+    admin.ok(&["put", file_arg]);
 }
 
 #[test]

@@ -78,7 +78,7 @@ pub fn extract_token<'a>(
 
 /// The values a `;`-separated piece of a `Cookie` header gives the session cookie `name`: its
 /// own value when its name is that cookie's, then the value of every pair hidden behind a
-/// comma or blank inside it (`$Version=1, sess=x`, `theme=dark sess=x`), which parsers that
+/// comma or blank inside it (`$Version=1, sess=x`, `theme=dark sess = x`), which parsers that
 /// split there would read. Cookie values have no commas or blanks (RFC 6265 `cookie-octet`),
 /// so a well-formed piece hides nothing.
 fn session_values<'a, 'n>(
@@ -86,19 +86,43 @@ fn session_values<'a, 'n>(
     name: &'n [u8],
 ) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
     let pair = pair.trim_ascii();
-    let own = pair
-        .iter()
-        .position(|&c| c == b'=')
+    let first_eq = pair.iter().position(|&c| c == b'=');
+    let own = first_eq
         .filter(|&eq| same_name(&pair[..eq], name))
         .map(|eq| pair[eq + 1..].trim_ascii());
     let hidden = pair
-        .split(|&c| c == b',' || c.is_ascii_whitespace())
-        .skip(1)
-        .filter_map(move |piece| {
-            let eq = piece.iter().position(|&c| c == b'=')?;
-            same_name(&piece[..eq], name).then(|| &piece[eq + 1..])
-        });
+        .iter()
+        .enumerate()
+        .filter(move |&(i, &c)| c == b'=' && Some(i) != first_eq)
+        .filter_map(move |(eq, _)| hidden_value(pair, eq, name));
     own.into_iter().chain(hidden)
+}
+
+/// Where lenient parsers split a cookie piece.
+fn is_cookie_split(c: u8) -> bool {
+    c == b',' || c.is_ascii_whitespace()
+}
+
+/// The value of the pair whose `=` is at `eq` inside a cookie piece, when that pair starts
+/// after a comma or blank (not inside another pair's value) and is called `name`; blanks may
+/// stand around the `=`, as Python's `SimpleCookie` allows.
+fn hidden_value<'a>(pair: &'a [u8], eq: usize, name: &[u8]) -> Option<&'a [u8]> {
+    let end = pair[..eq].trim_ascii_end().len();
+    let start = pair[..end]
+        .iter()
+        .rposition(|&c| is_cookie_split(c) || c == b'=')
+        .map_or(0, |i| i + 1);
+    // A name must follow a split; one that follows `=` or opens the piece is no hidden pair.
+    if start == 0 || start == end || pair[start - 1] == b'=' || !same_name(&pair[start..end], name)
+    {
+        return None;
+    }
+    let value = pair[eq + 1..].trim_ascii_start();
+    let len = value
+        .iter()
+        .position(|&c| is_cookie_split(c))
+        .unwrap_or(value.len());
+    Some(&value[..len])
 }
 
 /// A cookie value without the double quotes RFC 6265 allows around it.
@@ -142,10 +166,11 @@ pub fn is_bearer(value: &[u8]) -> bool {
 /// The query parameter RFC 6750 §2.3 defines for bearer tokens.
 const QUERY_TOKEN: &[u8] = b"access_token";
 
-/// Checks that every `access_token` parameter of `query` (name without case, as ASP.NET
-/// reads it; `&` or `;` separated; `%XX` and `+` decoded) carries exactly `token`: the router
-/// never authenticates from the query, so any other value is a second, unchecked credential
-/// that would reach the instance beside the verified one.
+/// Checks that every `access_token` parameter of `query` (`&` or `;` separated; its name in
+/// any spelling some framework reads as `access_token`, see [`same_name`]; its value `%XX`
+/// and `+` decoded) carries exactly `token`: the router never authenticates from the query,
+/// so any other value is a second, unchecked credential that would reach the instance beside
+/// the verified one. With `token` empty, any parameter that carries something is refused.
 pub fn check_query_token(query: Option<&str>, token: &str) -> Result<(), CredentialError> {
     let Some(query) = query.filter(|q| q.len() >= QUERY_TOKEN.len()) else {
         return Ok(());
@@ -185,9 +210,10 @@ fn decodes_to(raw: &[u8], want: &[u8]) -> bool {
 /// Whether a cookie or query parameter called `raw` is the one called `name` to some
 /// framework the instance may run, so that a second credential cannot ride past the checks to
 /// an app that reads it. Names are compared trimmed (lenient parsers), form-decoded, without
-/// case (ASP.NET Core), with `.`, space and `[` read as `_` (PHP), and up to a `[` or a NUL
-/// that follows the whole name (PHP makes `name[x]` an array under `name`, and stops a name
-/// at a NUL).
+/// case (ASP.NET Core), with `.`, space and `[` read as `_` (PHP), after any leading spaces
+/// (PHP drops them), `[` and `]` (Rack), and up to a `[`, `]` or NUL that follows the whole
+/// name (PHP makes `name[x]` an array under `name` and stops a name at a NUL; Rack reads
+/// `name]` as `name`).
 fn same_name(raw: &[u8], name: &[u8]) -> bool {
     let raw = raw.trim_ascii();
     if raw == name {
@@ -201,10 +227,10 @@ fn same_name(raw: &[u8], name: &[u8]) -> bool {
         b'.' | b' ' | b'[' => b'_',
         c => c,
     };
-    let mut decoded = form_decoded(raw);
+    let mut decoded = form_decoded(raw).skip_while(|c| matches!(c, b' ' | b'[' | b']'));
     name.iter()
         .all(|&want| decoded.next().is_some_and(|c| fold(c) == fold(want)))
-        && matches!(decoded.next(), None | Some(b'[' | 0))
+        && matches!(decoded.next(), None | Some(b'[' | b']' | 0))
 }
 
 /// The token of a `Bearer` credential; `None` for another scheme (e.g. Basic, meant for the
@@ -249,7 +275,7 @@ mod tests {
 
     #[test]
     fn session_cookie_taken_off() {
-        let cases: [(&[u8], Option<&[u8]>); 8] = [
+        let cases: [(&[u8], Option<&[u8]>); 10] = [
             (b"sess=tok", None),
             (b"a=1; sess=tok; b=2", Some(b"a=1; b=2")),
             (b"a=1;sess=tok;", Some(b"a=1")),
@@ -258,6 +284,8 @@ mod tests {
             (b"sess[x]=1; a=1", Some(b"a=1")),
             (b"a=1; b=2", Some(b"a=1; b=2")),
             (b"sessx=1; a=sess", Some(b"sessx=1; a=sess")),
+            (b"theme=dark sess =x; a=1", Some(b"a=1")),
+            (b"a=sess=x; b=1", Some(b"a=sess=x; b=1")),
         ];
         for (value, want) in cases {
             assert_eq!(
@@ -292,7 +320,7 @@ mod tests {
     #[test]
     fn query_token_table() {
         use CredentialError::Conflict;
-        let cases: [(Option<&str>, Result<(), CredentialError>); 25] = [
+        let cases: [(Option<&str>, Result<(), CredentialError>); 29] = [
             (None, Ok(())),
             (Some(""), Ok(())),
             (Some("page=2&sort=name"), Ok(())),
@@ -318,6 +346,11 @@ mod tests {
             (Some("access_token%5Bx%5D=forged"), Err(Conflict)),
             (Some("access_token[]=tok"), Ok(())),
             (Some("access_tokenx=forged&xaccess_token=forged"), Ok(())),
+            // Leading spaces (PHP drops them), brackets around the name (Rack).
+            (Some("+access_token=forged"), Err(Conflict)),
+            (Some("%20access.token=forged"), Err(Conflict)),
+            (Some("[access_token]=forged"), Err(Conflict)),
+            (Some("access_token]=forged"), Err(Conflict)),
             (Some("access_toke=forged"), Ok(())),
             (Some("refresh_token=x"), Ok(())),
         ];
@@ -407,6 +440,26 @@ mod tests {
                 Ok(Some("tok")),
             ),
             (vec![], vec![b"theme=dark; sessx=1 xsess=2"], Ok(None)),
+            // Blanks around a hidden pair's `=` (SimpleCookie allows them).
+            (
+                vec![b"Bearer tok"],
+                vec![b"theme=dark sess =forged"],
+                Err(Conflict),
+            ),
+            (
+                vec![b"Bearer tok"],
+                vec![b"$Version=1, sess = forged"],
+                Err(Conflict),
+            ),
+            (
+                vec![b"Bearer tok"],
+                vec![b"a=1, sess= forged"],
+                Err(Conflict),
+            ),
+            // Inside another pair's value a name is no pair; padding is no pair either.
+            (vec![b"Bearer tok"], vec![b"a=sess=forged"], Ok(Some("tok"))),
+            (vec![], vec![b"sess=abc=="], Ok(Some("abc=="))),
+            (vec![], vec![b"a=x==, b=y=="], Ok(None)),
             (vec![b"Bearer tok"], vec![b"sess=tok"], Ok(Some("tok"))),
             (vec![b"Bearer tok"], vec![b"sess=other"], Err(Conflict)),
             (vec![b"Basic x"], vec![b"sess=tok"], Ok(Some("tok"))),

@@ -209,10 +209,40 @@ pub(super) fn run(args: TenantArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(e),
     };
-    rt.block_on(exec(&store, args))
+    rt.block_on(exec(&store, &settings.tenancy.base_domains, args))
 }
 
-async fn exec(store: &Store, args: TenantArgs) -> ExitCode {
+/// Refuses a binding's custom domains that the router would never route to its tenant: a
+/// base domain itself, a tenant's subdomain (routed by name, not through the domain index),
+/// or a name under another tenant's subdomain (that tenant's namespace). Said here, at write
+/// time, instead of leaving a claim that only ever answers 404 and blocks the rightful owner.
+fn check_domains(binding: &Binding, base_domains: &[String]) -> Result<(), String> {
+    use crate::host::{resolve_host, HostTarget};
+    let tenant = binding.tenant_id.as_str();
+    for domain in &binding.domains {
+        let why = match resolve_host(domain.as_str(), base_domains) {
+            Ok(HostTarget::CustomDomain(_)) => continue,
+            Ok(HostTarget::UnderTenant { tenant: owner, .. }) if owner.as_str() == tenant => {
+                continue
+            }
+            Ok(HostTarget::UnderTenant { tenant: owner, .. }) => {
+                format!("it is under tenant {}'s subdomain", owner.as_str())
+            }
+            Ok(HostTarget::Subdomain(owner)) => {
+                format!(
+                    "it is tenant {}'s subdomain, routed by name",
+                    owner.as_str()
+                )
+            }
+            Ok(HostTarget::Reserved) => "it is a base domain, no tenant's".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        return Err(format!("{tenant}: domain {domain}: {why}"));
+    }
+    Ok(())
+}
+
+async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitCode {
     let actor = Actor {
         name: args
             .actor
@@ -279,6 +309,9 @@ async fn exec(store: &Store, args: TenantArgs) -> ExitCode {
                 Ok(b) => b,
                 Err((_, m)) => return fail(format!("invalid record: {m}")),
             };
+            if let Err(e) = check_domains(&binding, base_domains) {
+                return fail(format!("invalid record: {e}"));
+            }
             let tenant = binding.tenant_id.to_string();
             write(
                 tenant,
@@ -371,8 +404,16 @@ async fn exec(store: &Store, args: TenantArgs) -> ExitCode {
                 Ok(p) => p,
                 Err(e) => return fail(format!("{}: {e}", file.display())),
             };
-            if !parsed.problems.is_empty() {
+            let misplaced: Vec<String> = parsed
+                .bindings
+                .iter()
+                .filter_map(|b| check_domains(b, base_domains).err())
+                .collect();
+            if !parsed.problems.is_empty() || !misplaced.is_empty() {
                 for p in &parsed.problems {
+                    eprintln!("nexus-edge: {}: {p}", file.display());
+                }
+                for p in &misplaced {
                     eprintln!("nexus-edge: {}: {p}", file.display());
                 }
                 return fail("nothing imported: fix the records above first");
