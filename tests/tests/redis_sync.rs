@@ -580,3 +580,168 @@ fn in_flight_request_finishes_on_the_old_instance_across_a_rebind() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["instance"], "instance-a");
 }
+
+/// Announces a change of `tenant` in the feed as an outside writer would: the next revision,
+/// then its entry.
+fn announce(redis: &RedisServer, tenant: &str) {
+    let rev = redis.cmd(&["INCR", "nexus:revision"]);
+    redis.cmd(&[
+        "XADD",
+        "nexus:changes",
+        "*",
+        "rev",
+        &rev,
+        "tenant",
+        tenant,
+        "op",
+        "upsert",
+    ]);
+}
+
+/// The number the replica's metrics give for `name`.
+fn metric(edge: &Edge, name: &str) -> u64 {
+    let text = edge.ops_get("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+}
+
+#[test]
+fn records_written_by_hand_cannot_take_a_tenant_over_or_stop_the_feed() {
+    let World {
+        redis,
+        admin,
+        keys,
+        a: _a,
+        b,
+    } = World::start(&["acme", "globex"]);
+    let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
+    wait_instance(&edge, &keys, "globex", "instance-a");
+
+    // A record under zed's key that names globex, pointing at another instance.
+    let mut thief = binding("globex", &b.url(), "active", None);
+    thief["revision"] = serde_json::json!(1000);
+    redis.cmd(&["SET", "nexus:binding:zed", &thief.to_string()]);
+    announce(&redis, "zed");
+    // A record that is no UTF-8 text, and a key of another type.
+    redis.cmd(&[
+        "EVAL",
+        "return redis.call('SET', KEYS[1], ARGV[1] .. string.char(255) .. '}')",
+        "1",
+        "nexus:binding:acme",
+        r#"{"tenant_id":"acme","region":""#,
+    ]);
+    announce(&redis, "acme");
+    redis.cmd(&["DEL", "nexus:binding:globex"]);
+    redis.cmd(&["HSET", "nexus:binding:globex", "a", "b"]);
+    announce(&redis, "globex");
+    // A feed entry whose tenant is no UTF-8.
+    let rev = redis.cmd(&["INCR", "nexus:revision"]);
+    redis.cmd(&[
+        "EVAL",
+        "return redis.call('XADD', KEYS[1], '*', 'rev', ARGV[1], 'tenant', 'x' .. string.char(255), 'op', 'upsert')",
+        "1",
+        "nexus:changes",
+        &rev,
+    ]);
+
+    // The feed goes on: a change written after all of it arrives.
+    admin.put(&binding("initech", &b.url(), "active", None));
+    wait_instance(&edge, &keys, "initech", "instance-b");
+    // Nobody was taken over or unbound; each bad record was refused and counted.
+    assert_eq!(
+        instance_of(&edge, &keys, "globex").as_deref(),
+        Some("instance-a")
+    );
+    assert_eq!(
+        instance_of(&edge, &keys, "acme").as_deref(),
+        Some("instance-a")
+    );
+    assert_eq!(metric(&edge, "nexus_edge_binding_records_rejected"), 3);
+    let log = edge.log();
+    assert!(log.contains(r#"names tenant "globex""#), "{log}");
+
+    // A replica that starts now loads the whole store: zed's record does not take globex
+    // over there either.
+    let fresh = replica(&keys, &redis.url(), "replica-2", None).expect("replica");
+    wait_instance(&fresh, &keys, "initech", "instance-b");
+    assert_eq!(instance_of(&fresh, &keys, "globex"), None);
+}
+
+#[test]
+fn a_custom_domain_claimed_twice_stays_with_its_owner() {
+    let World {
+        redis,
+        admin,
+        keys,
+        a,
+        b,
+    } = World::start(&[]);
+    let mut acme = binding("acme", &a.url(), "active", None);
+    acme["domains"] = serde_json::json!(["app.acme-corp.test"]);
+    admin.put(&acme);
+    let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
+    wait_instance(&edge, &keys, "acme", "instance-a");
+
+    // An outside writer gives evil acme's domain at a lower revision (applied first by
+    // revision order) and announces it; the feed refuses it (the domain is taken).
+    let mut evil = binding("evil", &b.url(), "active", None);
+    evil["domains"] = serde_json::json!(["app.acme-corp.test"]);
+    redis.cmd(&["SET", "nexus:binding:evil", &evil.to_string()]);
+    announce(&redis, "evil");
+    // A gap in the feed makes the replica reload the whole table.
+    let rev: u64 = redis
+        .cmd(&["INCRBY", "nexus:revision", "5"])
+        .parse()
+        .expect("rev");
+    redis.cmd(&[
+        "XADD",
+        "nexus:changes",
+        "*",
+        "rev",
+        &rev.to_string(),
+        "tenant",
+        "acme",
+        "op",
+        "upsert",
+    ]);
+    admin.put(&binding("initech", &b.url(), "active", None));
+    wait_instance(&edge, &keys, "initech", "instance-b");
+    let by_domain =
+        |e: &Edge| get_with_token(e.addr, "app.acme-corp.test", "/", &keys.token("acme", None));
+    assert_eq!(
+        instance_of(&edge, &keys, "acme").as_deref(),
+        Some("instance-a")
+    );
+    assert_eq!(by_domain(&edge).json()["instance"], "instance-a");
+    // A replica starting now has no table to go by: the store's domain index names acme.
+    let fresh = replica(&keys, &redis.url(), "replica-2", None).expect("replica");
+    wait_instance(&fresh, &keys, "initech", "instance-b");
+    assert_eq!(
+        instance_of(&fresh, &keys, "acme").as_deref(),
+        Some("instance-a")
+    );
+    assert_eq!(by_domain(&fresh).json()["instance"], "instance-a");
+    assert_eq!(instance_of(&fresh, &keys, "evil"), None);
+    let log = fresh.log();
+    assert!(log.contains("claimed by another record too"), "{log}");
+}
+
+#[test]
+fn the_cli_changes_a_record_written_by_hand_with_spaced_json() {
+    let World {
+        redis,
+        admin,
+        keys: _keys,
+        a,
+        b: _b,
+    } = World::start(&["acme"]);
+    // Valid JSON, as a script or an operator writes it: `"revision": 1`, with blanks.
+    let mut record = binding("acme", &a.url(), "active", None);
+    record["revision"] = serde_json::json!(1);
+    let pretty = serde_json::to_string_pretty(&record).expect("json");
+    assert!(pretty.contains("\"revision\": 1"), "{pretty}");
+    redis.cmd(&["SET", "nexus:binding:acme", &pretty]);
+    let out = admin.ok(&["set-status", "acme", "past_due", "--expect-revision", "1"]);
+    assert!(out.contains("past_due"), "{out}");
+}

@@ -9,7 +9,8 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 use super::{
-    field_str, field_u64, parse_json_record, Entries, FeedPosition, LoadError, RedisStore,
+    brief, check_key, field_str, field_u64, parse_json_record, record_text, Entries, FeedPosition,
+    LoadError, RedisStore,
 };
 use crate::model::{Revision, TenantId};
 use crate::table::{BindingHandle, Change};
@@ -363,28 +364,44 @@ async fn apply_entries(
         }
         let tenant = field_str(&fields, "tenant").and_then(|t| TenantId::parse(t).ok());
         if let Some(tenant) = tenant {
-            let text: Option<String> = con.get(store.keys().binding(tenant.as_str())).await?;
+            let got: redis::RedisResult<Option<Vec<u8>>> =
+                con.get(store.keys().binding(tenant.as_str())).await;
+            // A key of another type is a bad record, not a broken connection: refused like
+            // one, so the feed goes on.
+            let stored = match got {
+                Err(e) if e.code() == Some("WRONGTYPE") => {
+                    Some(Err("the key holds no string value".to_owned()))
+                }
+                got => got?.map(|v| {
+                    record_text(&v)
+                        .and_then(parse_json_record)
+                        .and_then(|b| check_key(b, tenant.as_str()))
+                }),
+            };
             // The record may already be newer than this entry; revisions only move forward,
             // so applying the newest state early and skipping the stale entries later is safe.
-            let change = match text {
+            let change = match stored {
                 None => Some(Change::Delete {
                     tenant: tenant.clone(),
                     revision: Revision(rev),
                 }),
-                Some(t) => match parse_json_record(&t) {
-                    Ok(b) => Some(Change::Upsert(Arc::new(b))),
-                    Err(msg) => {
-                        store.health_ref().add_rejected(1);
-                        tracing::warn!(tenant = %tenant, problem = %msg,
-                            "binding record refused; the tenant keeps its last good binding");
-                        None
-                    }
-                },
+                Some(Ok(b)) => Some(Change::Upsert(Arc::new(b))),
+                Some(Err(msg)) => {
+                    store.health_ref().add_rejected(1);
+                    tracing::warn!(tenant = %tenant, problem = %brief(&msg),
+                        "binding record refused; the tenant keeps its last good binding");
+                    None
+                }
             };
             if let Some(change) = change {
+                let upsert = matches!(change, Change::Upsert(_));
                 match handle.apply(change) {
                     Ok(_) => {}
-                    Err(crate::error::ApplyError::Stale { .. }) => {}
+                    // Applied early from an older entry, or a delete a later entry carries:
+                    // benign. A stored record older than the one applied is not: within one
+                    // history revisions only move forward, so it was written by hand.
+                    Err(crate::error::ApplyError::Stale { have, got, .. })
+                        if !upsert || got >= have => {}
                     Err(e) => {
                         store.health_ref().add_rejected(1);
                         tracing::warn!(error = %e, "binding change refused");

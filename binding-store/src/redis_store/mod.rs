@@ -326,16 +326,23 @@ impl RedisStore {
                 .query_async(con)
                 .await?;
             if !keys.is_empty() {
-                let values: Vec<Option<String>> =
+                let values: Vec<Option<Vec<u8>>> =
                     redis::cmd("MGET").arg(&keys).query_async(con).await?;
                 for (key, value) in keys.iter().zip(values) {
-                    let Some(text) = value else { continue };
-                    match parse_json_record_with(&text, &mut interner) {
+                    let tenant = key.rsplit(':').next().unwrap_or_default();
+                    // MGET answers nil for a key that holds no string (or was deleted during
+                    // the scan: its feed entry follows the load).
+                    let parsed = value
+                        .ok_or_else(|| "the key holds no string value".to_owned())
+                        .and_then(|v| {
+                            record_text(&v).and_then(|t| parse_json_record_with(t, &mut interner))
+                        })
+                        .and_then(|b| check_key(b, tenant));
+                    match parsed {
                         Ok(b) => good.push(Arc::new(b)),
                         Err(msg) => {
-                            let tenant = key.rsplit(':').next().unwrap_or_default().to_owned();
-                            tracing::warn!(key = %key, problem = %msg, "binding record in Redis refused; the tenant keeps its last good binding");
-                            bad.push(tenant);
+                            tracing::warn!(key = %key, problem = %brief(&msg), "binding record in Redis refused; the tenant keeps its last good binding");
+                            bad.push(tenant.to_owned());
                         }
                     }
                 }
@@ -473,8 +480,12 @@ impl RedisStore {
         if counter.is_none() && self.restore_started(con).await? {
             return Err(LoadError::RestoreUnderWay);
         }
+        // The table served, read once and only when a refused record or a contested domain
+        // needs it.
+        let mut served: Option<Option<&BindingTable>> = None;
+        let mut served = || *served.get_or_insert_with(|| current.take().and_then(|f| f()));
         if !bad.is_empty() {
-            if let Some(cur) = current.take().and_then(|f| f()) {
+            if let Some(cur) = served() {
                 for tenant in &bad {
                     if let Some(old) = cur.get(tenant) {
                         bindings.push(Arc::clone(old));
@@ -482,12 +493,41 @@ impl RedisStore {
                 }
             }
         }
+        let contested = contested_domains(&bindings);
+        if !contested.is_empty() {
+            let owners: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.keys.domains())
+                .arg(
+                    contested
+                        .iter()
+                        .map(|(d, _)| d.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .query_async(con)
+                .await?;
+            bindings = settle_contested(bindings, &contested, &owners, served());
+        }
         let (table, refused) = BindingTable::from_bindings(bindings);
         for e in &refused {
             tracing::warn!(error = %e, "binding refused on load");
         }
         // Every change up to the counter is in the scan; the feed continues after `head`.
-        let revision = head.revision.max(counter.unwrap_or(0));
+        // Writes through the schema put no entry past the counter: one that claims more was
+        // written by hand, and is not believed (it would make every later write look old and
+        // the fleet report revisions it never applied).
+        let revision = match counter {
+            Some(c) if head.revision > c => {
+                tracing::warn!(
+                    entry = %head.stream_id,
+                    claims = head.revision,
+                    counter = c,
+                    "the newest change entry claims a revision past the store's counter; ignored"
+                );
+                c
+            }
+            Some(c) => c.max(head.revision),
+            None => head.revision,
+        };
         Ok((
             table,
             FeedPosition {
@@ -534,19 +574,115 @@ impl RedisStore {
     }
 }
 
-pub(crate) fn field_u64(fields: &[(String, String)], name: &str) -> u64 {
-    fields
-        .iter()
-        .find(|(k, _)| k == name)
-        .and_then(|(_, v)| v.parse().ok())
+pub(crate) fn field_u64(fields: &[(Vec<u8>, Vec<u8>)], name: &str) -> u64 {
+    field_str(fields, name)
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
-pub(crate) fn field_str<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+/// A field of a feed entry as text; `None` when absent or not UTF-8.
+pub(crate) fn field_str<'a>(fields: &'a [(Vec<u8>, Vec<u8>)], name: &str) -> Option<&'a str> {
     fields
         .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+        .find(|(k, _)| k == name.as_bytes())
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
+/// A refusal's text for a log line, cut short: a field error quotes the value, and a record
+/// in Redis can hold megabytes.
+pub(crate) fn brief(problem: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 300;
+    if problem.len() <= MAX {
+        return problem.into();
+    }
+    let mut end = MAX;
+    while !problem.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &problem[..end], problem.len()).into()
+}
+
+/// A stored record's text, or why it is none: Redis values are bytes, and one that is no
+/// UTF-8 must be refused as a record, not fail the whole read.
+pub(crate) fn record_text(value: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(value).map_err(|e| format!("the record is not UTF-8 text: {e}"))
+}
+
+/// Custom domains that more than one loaded record claims, with their claimants. Writes
+/// through the schema never make one (the domain index refuses the second claim); an outside
+/// writer can.
+fn contested_domains(bindings: &[Arc<Binding>]) -> Vec<(String, Vec<TenantId>)> {
+    let mut claims: std::collections::BTreeMap<&str, Vec<TenantId>> = Default::default();
+    for b in bindings {
+        for d in &b.domains {
+            claims
+                .entry(d.as_str())
+                .or_default()
+                .push(b.tenant_id.clone());
+        }
+    }
+    claims
+        .into_iter()
+        .filter(|(_, tenants)| tenants.len() > 1)
+        .map(|(d, tenants)| (d.to_owned(), tenants))
+        .collect()
+}
+
+/// Settles domains claimed twice (see [`contested_domains`]) without handing one to a
+/// newcomer or unbinding a tenant by revision order: the tenant that holds the domain in the
+/// served table keeps it, else the one the store's domain index names (`owners`, one per
+/// contested domain), else nobody. Every other claimant's record is refused: that tenant
+/// keeps its served binding, or stays unbound, as with any refused record.
+fn settle_contested(
+    bindings: Vec<Arc<Binding>>,
+    contested: &[(String, Vec<TenantId>)],
+    owners: &[Option<String>],
+    served: Option<&BindingTable>,
+) -> Vec<Arc<Binding>> {
+    let mut losers: Vec<&TenantId> = Vec::new();
+    for ((domain, claimants), indexed) in contested.iter().zip(owners) {
+        let winner = served
+            .and_then(|t| t.tenant_for_domain(domain))
+            .filter(|t| claimants.contains(t))
+            .map(TenantId::as_str)
+            .or_else(|| {
+                indexed
+                    .as_deref()
+                    .filter(|o| claimants.iter().any(|c| c.as_str() == *o))
+            });
+        for c in claimants.iter().filter(|c| Some(c.as_str()) != winner) {
+            tracing::warn!(
+                domain = %domain,
+                tenant = %c,
+                kept_by = winner.unwrap_or("nobody"),
+                "binding record in Redis refused: its custom domain is claimed by another record too; the tenant keeps its last good binding"
+            );
+            losers.push(c);
+        }
+    }
+    losers.sort();
+    losers.dedup();
+    let mut kept: Vec<Arc<Binding>> = bindings
+        .into_iter()
+        .filter(|b| !losers.contains(&&b.tenant_id))
+        .collect();
+    if let Some(cur) = served {
+        kept.extend(losers.iter().filter_map(|t| cur.get(t.as_str()).cloned()));
+    }
+    kept
+}
+
+/// A record must be stored under its own tenant's key: one that names another tenant would
+/// take that tenant's routing over.
+pub(crate) fn check_key(binding: Binding, key_tenant: &str) -> Result<Binding, String> {
+    if binding.tenant_id.as_str() == key_tenant {
+        Ok(binding)
+    } else {
+        Err(format!(
+            "the record under tenant {key_tenant:?}'s key names tenant {:?}",
+            binding.tenant_id.as_str()
+        ))
+    }
 }
 
 pub(crate) fn parse_json_record(text: &str) -> Result<Binding, String> {
@@ -565,7 +701,9 @@ pub(crate) fn parse_json_record_with(
 }
 
 /// Stream entries as redis-rs returns them: (id, [(field, value)]).
-pub(crate) type Entries = Vec<(String, Vec<(String, String)>)>;
+/// Feed entries: ids, and fields as bytes, so that one entry an outside writer filled with
+/// bytes that are no UTF-8 is skipped as invalid instead of failing every read of the feed.
+pub(crate) type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
 /// Why a full load from Redis gave no table ([`RedisStore::full_table`]); the caller keeps
 /// what it serves and asks again.

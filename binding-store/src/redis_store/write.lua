@@ -20,13 +20,24 @@ end
 local cur = redis.call('GET', KEYS[1])
 local actual = 0
 if cur then
-  actual = tonumber(string.match(cur, '"revision":(%d+)')) or 0
+  -- Read as JSON: a record written by hand may space its members ("revision": 2).
+  local ok, old = pcall(cjson.decode, cur)
+  if ok and type(old) == 'table' and tonumber(old.revision) then
+    actual = tonumber(old.revision)
+  else
+    actual = tonumber(string.match(cur, '"revision"%s*:%s*(%d+)')) or 0
+  end
 end
 if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= actual then
   return redis.error_reply('CONFLICT ' .. actual)
 end
 if ARGV[3] == '' and not cur then
   return redis.error_reply('NOTFOUND')
+end
+-- Checked before anything is written: a record without the exact placeholder would be
+-- stored with a revision its feed entry does not carry, and replicas would skip it.
+if ARGV[3] ~= '' and not string.find(ARGV[3], '"revision":0', 1, true) then
+  return redis.error_reply('PLACEHOLDER the record must carry "revision":0 for the revision')
 end
 for i = 7, #ARGV do
   local owner = redis.call('HGET', KEYS[5], ARGV[i])
