@@ -413,18 +413,7 @@ fn malformed_record_in_redis_is_isolated() {
 
     // An external writer puts garbage for globex and announces it.
     damage_record(&redis, "globex");
-    let rev = redis.cmd(&["INCR", "nexus:revision"]);
-    redis.cmd(&[
-        "XADD",
-        "nexus:changes",
-        "*",
-        "rev",
-        &rev,
-        "tenant",
-        "globex",
-        "op",
-        "upsert",
-    ]);
+    announce(&redis, "globex");
     admin.ok(&[
         "rebind",
         "acme",
