@@ -71,6 +71,18 @@ impl World {
     }
 }
 
+impl World {
+    /// The world with `tenants`, and one replica that serves them.
+    fn followed(tenants: &[&str]) -> (World, Edge) {
+        let w = World::start(tenants);
+        let edge = replica(&w.keys, &w.redis.url(), "replica-1", None).expect("replica");
+        for t in tenants {
+            wait_instance(&edge, &w.keys, t, "instance-a");
+        }
+        (w, edge)
+    }
+}
+
 /// A snapshot written by a replica that served `tenant` from `instance`; the directory holds
 /// it for the test's life.
 fn snapshot_from_a_replica(
@@ -401,19 +413,18 @@ fn restart_during_outage_serves_the_snapshot_and_refuses_a_corrupt_one() {
 
 #[test]
 fn malformed_record_in_redis_is_isolated() {
+    let (w, edge) = World::followed(&["acme", "globex"]);
     let World {
         redis,
         admin,
         keys,
-        a: _a,
         b,
-    } = World::start(&["acme", "globex"]);
-    let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
-    wait_instance(&edge, &keys, "globex", "instance-a");
+        ..
+    } = &w;
 
     // An external writer puts garbage for globex and announces it.
-    damage_record(&redis, "globex");
-    announce(&redis, "globex");
+    damage_record(redis, "globex");
+    announce(redis, "globex");
     admin.ok(&[
         "rebind",
         "acme",
@@ -422,9 +433,9 @@ fn malformed_record_in_redis_is_isolated() {
         "--instance-url",
         &b.url(),
     ]);
-    wait_instance(&edge, &keys, "acme", "instance-b");
+    wait_instance(&edge, keys, "acme", "instance-b");
     assert_eq!(
-        instance_of(&edge, &keys, "globex").as_deref(),
+        instance_of(&edge, keys, "globex").as_deref(),
         Some("instance-a"),
         "globex keeps its last good binding"
     );
@@ -434,7 +445,7 @@ fn malformed_record_in_redis_is_isolated() {
     assert_ne!(code, 0);
     assert!(err.contains("damaged"), "{err}");
     admin.put(&binding("globex", &b.url(), "active", None));
-    wait_instance(&edge, &keys, "globex", "instance-b");
+    wait_instance(&edge, keys, "globex", "instance-b");
 }
 
 #[test]
@@ -597,21 +608,20 @@ fn metric(edge: &Edge, name: &str) -> u64 {
 
 #[test]
 fn records_written_by_hand_cannot_take_a_tenant_over_or_stop_the_feed() {
+    let (w, edge) = World::followed(&["acme", "globex"]);
     let World {
         redis,
         admin,
         keys,
-        a: _a,
         b,
-    } = World::start(&["acme", "globex"]);
-    let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
-    wait_instance(&edge, &keys, "globex", "instance-a");
+        ..
+    } = &w;
 
     // A record under zed's key that names globex, pointing at another instance.
     let mut thief = binding("globex", &b.url(), "active", None);
     thief["revision"] = serde_json::json!(1000);
     redis.cmd(&["SET", "nexus:binding:zed", &thief.to_string()]);
-    announce(&redis, "zed");
+    announce(redis, "zed");
     // A record that is no UTF-8 text, and a key of another type.
     redis.cmd(&[
         "EVAL",
@@ -620,10 +630,10 @@ fn records_written_by_hand_cannot_take_a_tenant_over_or_stop_the_feed() {
         "nexus:binding:acme",
         r#"{"tenant_id":"acme","region":""#,
     ]);
-    announce(&redis, "acme");
+    announce(redis, "acme");
     redis.cmd(&["DEL", "nexus:binding:globex"]);
     redis.cmd(&["HSET", "nexus:binding:globex", "a", "b"]);
-    announce(&redis, "globex");
+    announce(redis, "globex");
     // A feed entry whose tenant is no UTF-8.
     let rev = redis.cmd(&["INCR", "nexus:revision"]);
     redis.cmd(&[
@@ -636,14 +646,14 @@ fn records_written_by_hand_cannot_take_a_tenant_over_or_stop_the_feed() {
 
     // The feed goes on: a change written after all of it arrives.
     admin.put(&binding("initech", &b.url(), "active", None));
-    wait_instance(&edge, &keys, "initech", "instance-b");
+    wait_instance(&edge, keys, "initech", "instance-b");
     // Nobody was taken over or unbound; each bad record was refused and counted.
     assert_eq!(
-        instance_of(&edge, &keys, "globex").as_deref(),
+        instance_of(&edge, keys, "globex").as_deref(),
         Some("instance-a")
     );
     assert_eq!(
-        instance_of(&edge, &keys, "acme").as_deref(),
+        instance_of(&edge, keys, "acme").as_deref(),
         Some("instance-a")
     );
     assert_eq!(metric(&edge, "nexus_edge_binding_records_rejected"), 3);
@@ -652,9 +662,9 @@ fn records_written_by_hand_cannot_take_a_tenant_over_or_stop_the_feed() {
 
     // A replica that starts now loads the whole store: zed's record does not take globex
     // over there either.
-    let fresh = replica(&keys, &redis.url(), "replica-2", None).expect("replica");
-    wait_instance(&fresh, &keys, "initech", "instance-b");
-    assert_eq!(instance_of(&fresh, &keys, "globex"), None);
+    let fresh = replica(keys, &redis.url(), "replica-2", None).expect("replica");
+    wait_instance(&fresh, keys, "initech", "instance-b");
+    assert_eq!(instance_of(&fresh, keys, "globex"), None);
 }
 
 #[test]
