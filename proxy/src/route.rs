@@ -422,48 +422,57 @@ pub fn rewrite_upstream_request(
 /// session cookie (in every spelling the router reads) off a request forwarded without an
 /// identity. Other schemes and other cookies are the app's and stay.
 fn take_off_credentials(headers: &mut http::HeaderMap, session_cookie: Option<&str>) {
-    use http::header::{AUTHORIZATION, COOKIE};
-    if headers
-        .get_all(AUTHORIZATION)
-        .iter()
-        .any(|v| is_bearer(v.as_bytes()))
-    {
-        let kept: Vec<http::HeaderValue> = headers
-            .get_all(AUTHORIZATION)
-            .iter()
-            .filter(|v| !is_bearer(v.as_bytes()))
-            .cloned()
-            .collect();
-        headers.remove(AUTHORIZATION);
-        for v in kept {
-            headers.append(AUTHORIZATION, v);
+    edit_values(headers, http::header::AUTHORIZATION, |v| {
+        if is_bearer(v.as_bytes()) {
+            Edit::Drop
+        } else {
+            Edit::Keep
         }
+    });
+    if let Some(name) = session_cookie {
+        edit_values(headers, http::header::COOKIE, |v| {
+            if !has_session_cookie(v.as_bytes(), name) {
+                return Edit::Keep;
+            }
+            // What is left of a valid value is one: the pieces are its own bytes.
+            without_session_cookie(v.as_bytes(), name)
+                .and_then(|rest| http::HeaderValue::from_bytes(&rest).ok())
+                .map_or(Edit::Drop, Edit::Replace)
+        });
     }
-    let Some(name) = session_cookie else {
+}
+
+/// What becomes of one value of a header.
+enum Edit {
+    Keep,
+    Drop,
+    Replace(http::HeaderValue),
+}
+
+/// Applies `edit` to every value of `name`, in order; the header is only rebuilt when some
+/// value changes.
+fn edit_values(
+    headers: &mut http::HeaderMap,
+    name: HeaderName,
+    edit: impl Fn(&http::HeaderValue) -> Edit,
+) {
+    let edits: Vec<Edit> = headers.get_all(&name).iter().map(&edit).collect();
+    if edits.iter().all(|e| matches!(e, Edit::Keep)) {
         return;
-    };
-    if headers
-        .get_all(COOKIE)
+    }
+    let values: Vec<http::HeaderValue> = headers
+        .get_all(&name)
         .iter()
-        .any(|v| has_session_cookie(v.as_bytes(), name))
-    {
-        let kept: Vec<http::HeaderValue> = headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| {
-                if has_session_cookie(v.as_bytes(), name) {
-                    // What is left of a valid value is one: the pieces are its own bytes.
-                    without_session_cookie(v.as_bytes(), name)
-                        .and_then(|rest| http::HeaderValue::from_bytes(&rest).ok())
-                } else {
-                    Some(v.clone())
-                }
-            })
-            .collect();
-        headers.remove(COOKIE);
-        for v in kept {
-            headers.append(COOKIE, v);
-        }
+        .zip(edits)
+        .filter_map(|(v, e)| match e {
+            Edit::Keep => Some(v.clone()),
+            Edit::Drop => None,
+            Edit::Replace(new) => Some(new),
+        })
+        .collect();
+    headers.remove(&name);
+    for v in values {
+        headers.append(name.clone(), v);
     }
 }
 
