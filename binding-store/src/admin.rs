@@ -93,6 +93,20 @@ pub enum AdminError {
     /// The store could not be reached or answered with an error.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Redis holds no revision counter while replicas serve revision `served`: its data was
+    /// lost under them, and a write would start a history that unbinds every other tenant.
+    #[error(
+        "Redis holds no revision counter, yet replicas serve bindings up to revision {served}: \
+         it looks wiped (FLUSHALL, a restart without persistence, a new server). Replicas keep \
+         serving their tables; a write now would start a new history and every replica would \
+         unbind each tenant not in it. Restore first: `nexus-edge tenant import FILE` with an \
+         export or a replica's snapshot file (`snapshot_path`), or Redis's own backup. To write \
+         anyway, pass --start-new-history"
+    )]
+    Wiped {
+        /// The highest revision a replica reports serving.
+        served: Revision,
+    },
     /// The store's data is damaged (a record that does not parse, ...).
     #[error("store data is damaged: {0}")]
     Corrupt(String),

@@ -139,6 +139,19 @@ pub fn read_snapshot(path: &Path) -> Result<BindingTable, SnapshotError> {
             })
         }
     };
+    parse_snapshot(path, &bytes)
+}
+
+/// Whether `bytes` begin with a snapshot's header line: lets a tool given any file (`tenant
+/// import`) tell a snapshot from a bindings document.
+pub fn is_snapshot(bytes: &[u8]) -> bool {
+    let first = bytes.split(|&c| c == b'\n').next().unwrap_or_default();
+    serde_json::from_slice::<serde_json::Value>(first)
+        .is_ok_and(|v| v.get("format").and_then(serde_json::Value::as_str) == Some(FORMAT))
+}
+
+/// Checks the snapshot `bytes` read from `path` (named in errors) as [`read_snapshot`] does.
+pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<BindingTable, SnapshotError> {
     let corrupt = |line: usize, reason: String| SnapshotError::Corrupt {
         path: path.to_path_buf(),
         line,
@@ -214,6 +227,15 @@ mod tests {
         assert_eq!(back.revision().get(), 10_000);
 
         let good = std::fs::read(&path).expect("read");
+        assert!(is_snapshot(&good));
+        for other in [
+            &br#"{"format": "nexus-edge.bindings/v1", "bindings": []}"#[..],
+            b"",
+            b"\xff\n",
+            b"{\"format\": 1}\n",
+        ] {
+            assert!(!is_snapshot(other), "{other:?}");
+        }
         let mut flipped = good.clone();
         let last = flipped.len() - 10;
         flipped[last] ^= 0x01;

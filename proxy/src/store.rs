@@ -6,6 +6,7 @@ use std::sync::Arc;
 use nexus_binding_store::file_store::FileStore;
 use nexus_binding_store::redis_store::{
     default_replica_id, RedisEndpoint, RedisOptions, RedisStore, RedisTls, SentinelOptions,
+    WipedStore,
 };
 use nexus_binding_store::{BindingAdmin, BindingSource};
 use nexus_config::{RedisEndpointSettings, RedisStoreSettings, StoreSettings};
@@ -27,6 +28,19 @@ impl Store {
                 Store::File(Arc::new(FileStore::new(f.path.clone(), f.poll_interval)))
             }
             StoreSettings::Redis(r) => Store::Redis(Arc::new(RedisStore::new(redis_options(r)?)?)),
+        })
+    }
+
+    /// The store for an admin command: as [`Store::open`], with what a write into a Redis
+    /// that looks wiped does.
+    pub fn open_admin(settings: &StoreSettings, wiped: WipedStore) -> Result<Store, String> {
+        Ok(match settings {
+            StoreSettings::Redis(r) => {
+                let mut opts = redis_options(r)?;
+                opts.wiped_store = wiped;
+                Store::Redis(Arc::new(RedisStore::new(opts)?))
+            }
+            StoreSettings::File(_) => Store::open(settings)?,
         })
     }
 

@@ -50,11 +50,24 @@ impl Admin {
         out
     }
 
-    /// `tenant put` of one record.
-    pub fn put(&self, record: &serde_json::Value) {
+    /// `tenant FLAGS put` of one record; returns (exit code, stdout, stderr).
+    pub fn try_put(&self, flags: &[&str], record: &serde_json::Value) -> (i32, String, String) {
         let dir = tempfile::tempdir().expect("dir");
         let f = dir.path().join("record.json");
         std::fs::write(&f, record.to_string()).expect("write");
-        self.ok(&["put", f.to_str().expect("utf8")]);
+        let mut args = flags.to_vec();
+        args.extend(["put", f.to_str().expect("utf8")]);
+        self.tenant(&args)
+    }
+
+    /// `tenant FLAGS put` of one record, which must succeed.
+    pub fn put_with(&self, flags: &[&str], record: &serde_json::Value) {
+        let (code, out, err) = self.try_put(flags, record);
+        assert_eq!(code, 0, "tenant {flags:?} put failed: {err}{out}");
+    }
+
+    /// `tenant put` of one record.
+    pub fn put(&self, record: &serde_json::Value) {
+        self.put_with(&[], record);
     }
 }

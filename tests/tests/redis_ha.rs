@@ -256,9 +256,10 @@ fn a_redis_whose_history_restarts_is_followed_not_ignored() {
         edge,
     } = three_tenants("replica-r");
 
-    // 1. While the replica follows the feed.
+    // 1. While the replica follows the feed. (Writing into a Redis that looks wiped takes
+    // the admin's word that a new history is meant.)
     redis.cmd(&["FLUSHALL"]);
-    admin.put(&binding("acme", &b.url(), "active", None));
+    admin.put_with(NEW_HISTORY, &binding("acme", &b.url(), "active", None));
     wait_instance(&edge, &keys, "acme", "instance-b");
     wait::until(Duration::from_secs(10), "globex to be gone", || {
         (instance_of(&edge, &keys, "globex").is_none()).then_some(())
@@ -268,7 +269,7 @@ fn a_redis_whose_history_restarts_is_followed_not_ignored() {
     redis.stop();
     std::fs::remove_dir_all(redis.dir().join("appendonlydir")).ok();
     redis.restart();
-    admin.put(&binding("globex", &b.url(), "active", None));
+    admin.put_with(NEW_HISTORY, &binding("globex", &b.url(), "active", None));
     wait_instance(&edge, &keys, "globex", "instance-b");
     assert_eq!(
         instance_of(&edge, &keys, "acme"),
@@ -323,8 +324,16 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
         Some("instance-a")
     );
 
-    // Writing again is a new history, and it is followed.
-    admin.put(&binding("acme", &b.url(), "active", None));
+    // A write would start a new history holding one tenant: the admin CLI refuses it, and
+    // nothing is written, until the admin says a new history is meant.
+    heartbeats(&redis, "replica-w", 1);
+    let acme_b = binding("acme", &b.url(), "active", None);
+    let (code, _, err) = admin.try_put(&[], &acme_b);
+    assert_ne!(code, 0);
+    assert!(err.contains("looks wiped"), "{err}");
+    assert!(err.contains("up to revision 2"), "{err}");
+    assert_eq!(redis.cmd(&["DBSIZE"]), "1", "only the heartbeats");
+    admin.put_with(NEW_HISTORY, &acme_b);
     wait_instance(&edge, &keys, "acme", "instance-b");
     wait::until(Duration::from_secs(10), "globex to be gone", || {
         instance_of(&edge, &keys, "globex").is_none().then_some(())
@@ -339,7 +348,8 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     );
     drop(edge);
 
-    // 2. Wiped while no replica runs: a new replica serves the snapshot, not nothing.
+    // 2. Wiped while no replica runs: a new replica serves the snapshot, not nothing, and
+    // the snapshot restores Redis (checked whole, then written as one restore).
     redis.cmd(&["FLUSHALL"]);
     let edge = replica(&keys, store(&url, "replica-w2", &tail));
     assert_eq!(
@@ -347,14 +357,29 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
         Some("instance-b")
     );
     assert!(edge.log().contains("no revision counter"), "{}", edge.log());
+    heartbeats(&redis, "replica-w2", 1);
+    let (code, _, err) = admin.try_put(&[], &binding("globex", &a.url(), "active", None));
+    assert_ne!(code, 0);
+    assert!(err.contains("looks wiped"), "{err}");
+    let damaged = snaps.path().join("damaged.snapshot");
+    let text = std::fs::read_to_string(&snapshot).unwrap();
+    std::fs::write(&damaged, text.replace("inst-acme", "inst-acmx")).unwrap();
+    let (code, _, err) = admin.tenant(&["import", damaged.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("checksum mismatch"), "{err}");
+    let out = admin.ok(&["import", snapshot.to_str().unwrap()]);
+    assert!(out.contains("imported 1 bindings"), "{out}");
     admin.put(&binding("globex", &a.url(), "active", None));
     wait_instance(&edge, &keys, "globex", "instance-a");
     assert_eq!(
-        instance_of(&edge, &keys, "acme"),
-        None,
-        "acme is not in the new history"
+        instance_of(&edge, &keys, "acme").as_deref(),
+        Some("instance-b"),
+        "acme came back with the snapshot"
     );
 }
+
+/// Global flag of `tenant`: write into a Redis that looks wiped.
+const NEW_HISTORY: &[&str] = &["--start-new-history"];
 
 #[test]
 fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {

@@ -231,7 +231,18 @@ async fn session(
         Some(p) => !feed_continues(store, &mut con, &p).await?,
     };
     if needs_reconcile {
-        reconcile(store, handle, &mut con, shutdown).await?;
+        if let Err(e) = reconcile(store, handle, &mut con, shutdown).await {
+            if matches!(e, LoadError::NoHistory { .. }) {
+                // Redis is up but lost its data: say what this replica serves, so the admin
+                // CLI can refuse a write that would start a new history over it (write.lua).
+                let serving = store
+                    .position()
+                    .map_or(0, |p| p.revision)
+                    .max(handle.load().revision().get());
+                super::fleet::heartbeat(store, &mut con, serving).await?;
+            }
+            return Err(e);
+        }
     }
     *backoff = Duration::from_millis(100);
     store

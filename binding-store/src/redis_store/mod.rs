@@ -67,6 +67,21 @@ pub struct RedisOptions {
     pub audit_cap: usize,
     /// Connect / command timeout.
     pub timeout: Duration,
+    /// What an admin write does in a Redis that looks wiped (see [`WipedStore`]).
+    pub wiped_store: WipedStore,
+}
+
+/// What an admin write does when Redis holds no revision counter while replicas heartbeat a
+/// revision they serve: its data was lost under them (`FLUSHALL`, a restart without
+/// persistence, a new server). The write would start a new history holding that one tenant,
+/// and every replica would unbind all the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WipedStore {
+    /// Refuse it, naming the revision the fleet serves ([`AdminError::Wiped`]): restore first.
+    #[default]
+    Refuse,
+    /// Write it, starting the new history (`tenant --start-new-history`).
+    StartNewHistory,
 }
 
 impl RedisOptions {
@@ -90,6 +105,7 @@ impl RedisOptions {
             stream_maxlen: 100_000,
             audit_cap: 1000,
             timeout: Duration::from_secs(2),
+            wiped_store: WipedStore::Refuse,
         }
     }
 }
@@ -928,12 +944,17 @@ impl BindingAdmin for RedisStore {
                 .key(self.keys.audit(tenant.as_str()))
                 .key(self.keys.domains())
                 .key(self.keys.restoring())
+                .key(self.keys.replicas())
                 .arg(tenant.as_str())
                 .arg(read_rev.to_string())
                 .arg(new_json)
                 .arg(audit_json)
                 .arg(self.opts.stream_maxlen)
-                .arg(self.opts.audit_cap);
+                .arg(self.opts.audit_cap)
+                .arg(match self.opts.wiped_store {
+                    WipedStore::Refuse => "",
+                    WipedStore::StartNewHistory => "new-history",
+                });
             if let Some(b) = &next {
                 for d in &b.domains {
                     inv.arg(d.as_str());
@@ -970,6 +991,15 @@ impl BindingAdmin for RedisStore {
                              has finished"
                                 .to_owned(),
                         ));
+                    }
+                    if let Some(rest) = msg.split("WIPED").nth(1) {
+                        let served = rest
+                            .split(|c: char| !c.is_ascii_digit())
+                            .find_map(|w| w.parse::<u64>().ok())
+                            .unwrap_or(0);
+                        return Err(AdminError::Wiped {
+                            served: Revision(served),
+                        });
                     }
                     if msg.contains("NOTFOUND") {
                         return Err(AdminError::NotFound(tenant.clone()));

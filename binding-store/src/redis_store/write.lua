@@ -5,17 +5,35 @@
 -- KEYS[1] binding key ({prefix}:binding:{tenant})   KEYS[2] revision counter ({prefix}:revision)
 -- KEYS[3] change stream ({prefix}:changes)          KEYS[4] audit list ({prefix}:audit:{tenant})
 -- KEYS[5] domain index hash ({prefix}:domains)  KEYS[6] restore lock ({prefix}:restoring)
+-- KEYS[7] replicas' heartbeats ({prefix}:replicas)
 -- ARGV[1] tenant id
 -- ARGV[2] expected current revision ("" = no check; "0" = must not exist)
 -- ARGV[3] new record JSON with "revision":0 as placeholder ("" = delete)
 -- ARGV[4] audit entry JSON with "revision":0 placeholders for the new revision
 -- ARGV[5] approximate stream length cap   ARGV[6] audit entries kept per tenant
--- ARGV[7..] custom domains of the new record
+-- ARGV[7] "new-history" to write even where the store looks wiped ("" = refuse)
+-- ARGV[8..] custom domains of the new record
 -- Returns the new revision; errors: "CONFLICT <actual>", "NOTFOUND", "DOMAIN <domain> <owner>",
--- "RESTORING" (a restore import holds the store; see restore.lua).
+-- "RESTORING" (a restore import holds the store; see restore.lua), "WIPED <revision>" (no
+-- counter while a replica serves that revision).
 
 if redis.call('EXISTS', KEYS[6]) == 1 then
   return redis.error_reply('RESTORING')
+end
+-- No counter, yet replicas heartbeat a revision they serve: Redis lost its data under them.
+-- The first write would start a new history holding this one tenant, and every replica
+-- would unbind all the others.
+if ARGV[7] ~= 'new-history' and not redis.call('GET', KEYS[2]) then
+  local served = 0
+  for _, beat in ipairs(redis.call('HVALS', KEYS[7])) do
+    local ok, hb = pcall(cjson.decode, beat)
+    if ok and type(hb) == 'table' and tonumber(hb.applied_revision) then
+      served = math.max(served, tonumber(hb.applied_revision))
+    end
+  end
+  if served > 0 then
+    return redis.error_reply('WIPED ' .. served)
+  end
 end
 local cur = redis.call('GET', KEYS[1])
 local actual = 0
@@ -39,7 +57,7 @@ end
 if ARGV[3] ~= '' and not string.find(ARGV[3], '"revision":0', 1, true) then
   return redis.error_reply('PLACEHOLDER the record must carry "revision":0 for the revision')
 end
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   local owner = redis.call('HGET', KEYS[5], ARGV[i])
   if owner and owner ~= ARGV[1] then
     return redis.error_reply('DOMAIN ' .. ARGV[i] .. ' ' .. owner)
@@ -69,7 +87,7 @@ if ARGV[3] == '' then
 else
   local record = string.gsub(ARGV[3], placeholder, stamped, 1)
   redis.call('SET', KEYS[1], record)
-  for i = 7, #ARGV do
+  for i = 8, #ARGV do
     redis.call('HSET', KEYS[5], ARGV[i], ARGV[1])
   end
   op = 'upsert'

@@ -6,13 +6,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use nexus_binding_store::records::{parse_records, to_document};
+use nexus_binding_store::records::{parse_records, to_document, ParsedRecords};
+use nexus_binding_store::snapshot;
 use nexus_binding_store::{
     Actor, AdminError, AuditEntry, Binding, BindingRecord, InstanceId, Mutation, Revision,
     TenantId, TenantStatus, UpstreamUrl,
 };
 
 use crate::store::Store;
+use nexus_binding_store::redis_store::WipedStore;
 
 /// Options shared by every tenant command.
 #[derive(Debug, Args)]
@@ -29,6 +31,10 @@ pub struct TenantArgs {
     /// Why (audit log), e.g. a ticket or migration id.
     #[arg(long, global = true)]
     pub reason: Option<String>,
+    /// Write even into a Redis that looks wiped (no revision counter while replicas serve
+    /// bindings): the write starts a new history, and replicas unbind every tenant not in it.
+    #[arg(long, global = true)]
+    pub start_new_history: bool,
     /// The operation.
     #[command(subcommand)]
     pub op: TenantOp,
@@ -107,7 +113,8 @@ pub enum TenantOp {
         #[arg(long)]
         expect_revision: Option<u64>,
     },
-    /// Put every record of a bindings file (`{"format": ..., "bindings": [...]}`).
+    /// Put every record of a bindings file (`{"format": ..., "bindings": [...]}`) or of a
+    /// replica's snapshot file (checked whole first).
     Import {
         /// Bindings file.
         file: PathBuf,
@@ -198,7 +205,12 @@ pub(super) fn run(args: TenantArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     admin_logging(&settings);
-    let store = match Store::open(&settings.store) {
+    let wiped = if args.start_new_history {
+        WipedStore::StartNewHistory
+    } else {
+        WipedStore::Refuse
+    };
+    let store = match Store::open_admin(&settings.store, wiped) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -400,9 +412,20 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Ok(b) => b,
                 Err(e) => return fail(format!("{}: {e}", file.display())),
             };
-            let parsed = match parse_records(&bytes) {
-                Ok(p) => p,
-                Err(e) => return fail(format!("{}: {e}", file.display())),
+            // A replica's snapshot is the fleet's table when Redis lost it: restorable as is.
+            let parsed = if snapshot::is_snapshot(&bytes) {
+                match snapshot::parse_snapshot(&file, &bytes) {
+                    Ok(table) => ParsedRecords {
+                        bindings: table.iter().cloned().collect(),
+                        problems: Vec::new(),
+                    },
+                    Err(e) => return fail(e),
+                }
+            } else {
+                match parse_records(&bytes) {
+                    Ok(p) => p,
+                    Err(e) => return fail(format!("{}: {e}", file.display())),
+                }
             };
             let misplaced: Vec<String> = parsed
                 .bindings
