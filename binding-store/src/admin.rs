@@ -65,6 +65,17 @@ pub struct AuditEntry {
     pub new: Option<crate::model::BindingRecord>,
 }
 
+/// A tenant's audit history as read. A damaged entry (edited by hand, or not this schema's)
+/// does not hide the others: it is named in `unreadable`, in place of a history that fails
+/// whole.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Readable entries, oldest first.
+    pub entries: Vec<AuditEntry>,
+    /// Where each unreadable entry is (file and line, or position in Redis's list), and why.
+    pub unreadable: Vec<String>,
+}
+
 /// Why an admin write or read failed. Nothing was written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -164,8 +175,8 @@ pub trait BindingAdmin: Send + Sync {
         expect: Option<Revision>,
         actor: &Actor,
     ) -> Result<(Revision, Option<Binding>), AdminError>;
-    /// The tenant's audit history, oldest first.
-    async fn history(&self, tenant: &TenantId) -> Result<Vec<AuditEntry>, AdminError>;
+    /// The tenant's audit history, oldest first, with the entries that could not be read.
+    async fn history(&self, tenant: &TenantId) -> Result<History, AdminError>;
 
     /// Creates or replaces every binding (their revisions are assigned by the store); returns
     /// how many were written. By default one [`BindingAdmin::apply`] each, in order, stopping

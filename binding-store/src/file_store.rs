@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::admin::{Actor, AdminError, AuditEntry, BindingAdmin, ImportError, Mutation};
+use crate::admin::{Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, Mutation};
 use crate::audit_log::{self, AuditLog};
 use crate::error::StoreError;
 use crate::model::{Binding, Revision, TenantId};
@@ -442,26 +442,33 @@ impl BindingAdmin for FileStore {
             })?
     }
 
-    async fn history(&self, tenant: &TenantId) -> Result<Vec<AuditEntry>, AdminError> {
+    async fn history(&self, tenant: &TenantId) -> Result<History, AdminError> {
         let path = audit_log::path_for(self.writable_path()?);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        // Bytes: a line that is not UTF-8 is one unreadable entry, not a failed read.
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(AdminError::Unavailable(format!("{}: {e}", path.display()))),
         };
         // Read without the write lock: a last line without its newline is being written (or
         // was torn by a crash, and the next write cuts it), so it is not history yet.
-        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
-        let mut out = Vec::new();
+        let complete = bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(&[][..], |i| &bytes[..i]);
+        let mut out = History::default();
         for (i, line) in complete
-            .lines()
+            .split(|&b| b == b'\n')
             .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
+            .filter(|(_, l)| !l.trim_ascii().is_empty())
         {
-            let entry: AuditEntry = serde_json::from_str(line)
-                .map_err(|e| AdminError::Corrupt(format!("{}:{}: {e}", path.display(), i + 1)))?;
-            if entry.tenant == tenant.as_str() {
-                out.push(entry);
+            match serde_json::from_slice::<AuditEntry>(line) {
+                Ok(entry) if entry.tenant == tenant.as_str() => out.entries.push(entry),
+                Ok(_) => {}
+                // Whose it was cannot be told, so every tenant's history names it.
+                Err(e) => out
+                    .unreadable
+                    .push(format!("{}:{}: {e}", path.display(), i + 1)),
             }
         }
         Ok(out)

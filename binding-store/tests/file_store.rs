@@ -91,7 +91,7 @@ fn admin_writes_are_revisioned_audited_and_checked() {
             )
             .await;
         assert!(matches!(missing, Err(AdminError::NotFound(_))));
-        let history = store.history(&acme).await.unwrap();
+        let history = store.history(&acme).await.unwrap().entries;
         assert_eq!(history.len(), 2);
         assert_eq!(history[1].op, "rebind");
         assert_eq!(
@@ -144,7 +144,7 @@ fn concurrent_writers_lose_no_update() {
         }
         let b = store.get(&acme).await.unwrap().unwrap();
         assert_eq!(b.revision, Revision(201));
-        assert_eq!(store.history(&acme).await.unwrap().len(), 201);
+        assert_eq!(store.history(&acme).await.unwrap().entries.len(), 201);
     });
 }
 
@@ -291,7 +291,7 @@ async fn set_status(store: &FileStore, tenant: &TenantId, status: TenantStatus) 
 
 /// `tenant`'s audit history as (revision, op).
 async fn ops(store: &FileStore, tenant: &TenantId) -> Vec<(u64, String)> {
-    let history = store.history(tenant).await.unwrap();
+    let history = store.history(tenant).await.unwrap().entries;
     history.into_iter().map(|e| (e.revision, e.op)).collect()
 }
 
@@ -316,7 +316,7 @@ fn a_logged_change_that_was_never_made_is_recorded_as_such() {
     rt.block_on(async {
         // A writer logged revision 2 and was killed before writing the bindings file; the
         // next one was killed halfway through its line.
-        let mut unmade = store.history(&acme).await.unwrap().remove(0);
+        let mut unmade = store.history(&acme).await.unwrap().entries.remove(0);
         unmade.revision = 2;
         unmade.op = "rebind".into();
         let mut log = std::fs::OpenOptions::new()
@@ -330,7 +330,7 @@ fn a_logged_change_that_was_never_made_is_recorded_as_such() {
 
         let rev = set_status(&store, &acme, TenantStatus::Suspended).await;
         assert_eq!(rev, Revision(3), "revision 2 was handed out already");
-        let history = store.history(&acme).await.unwrap();
+        let history = store.history(&acme).await.unwrap().entries;
         let ops: Vec<(u64, &str)> = history
             .iter()
             .map(|e| (e.revision, e.op.as_str()))
@@ -346,7 +346,7 @@ fn a_logged_change_that_was_never_made_is_recorded_as_such() {
         );
         // Noticed once: the next write adds no second note.
         set_status(&store, &acme, TenantStatus::Active).await;
-        assert_eq!(store.history(&acme).await.unwrap().len(), 5);
+        assert_eq!(store.history(&acme).await.unwrap().entries.len(), 5);
     });
 }
 
@@ -360,7 +360,7 @@ fn a_whole_audit_entry_missing_its_newline_is_kept() {
     rt.block_on(async {
         let text = std::fs::read_to_string(&audit).unwrap();
         std::fs::write(&audit, text.trim_end()).unwrap();
-        assert!(store.history(&acme).await.unwrap().is_empty());
+        assert!(store.history(&acme).await.unwrap().entries.is_empty());
 
         set_status(&store, &acme, TenantStatus::Suspended).await;
         let ops = ops(&store, &acme).await;
@@ -404,7 +404,7 @@ fn an_import_is_one_step_audited_per_tenant() {
         );
         let acme_now = store.get(&acme).await.unwrap().unwrap();
         assert_eq!(acme_now.instance_url.to_string(), "http://10.0.0.3/");
-        let history = store.history(&acme).await.unwrap();
+        let history = store.history(&acme).await.unwrap().entries;
         assert_eq!(history.len(), 2);
         assert_eq!(history[1].op, "import");
         assert_eq!(
@@ -474,7 +474,7 @@ fn every_change_of_an_import_that_never_reached_the_file_is_recorded() {
     let (store, audit, acme) = store_with_acme(dir.path(), &rt);
     rt.block_on(async {
         // An import logged revisions 2..=4 and was killed before writing the bindings file.
-        let template = store.history(&acme).await.unwrap().remove(0);
+        let template = store.history(&acme).await.unwrap().entries.remove(0);
         let mut lines = String::new();
         for (rev, tenant) in [(2, "t1"), (3, "t2"), (4, "acme")] {
             let mut e = template.clone();
@@ -498,7 +498,8 @@ fn every_change_of_an_import_that_never_reached_the_file_is_recorded() {
             let h = store
                 .history(&TenantId::parse(tenant).unwrap())
                 .await
-                .unwrap();
+                .unwrap()
+                .entries;
             let ops: Vec<(u64, &str)> = h.iter().map(|e| (e.revision, e.op.as_str())).collect();
             assert_eq!(ops, [(want, "import"), (want, "not-made")], "{tenant}");
         }
@@ -511,6 +512,40 @@ fn every_change_of_an_import_that_never_reached_the_file_is_recorded() {
                 (4, "not-made".to_owned()),
                 (5, "set-status".to_owned())
             ]
+        );
+    });
+}
+
+#[test]
+fn a_damaged_audit_entry_is_named_and_the_rest_of_the_history_kept() {
+    // An entry edited by hand (or not JSON at all) does not hide the tenant's history: history
+    // returns every readable entry and names the damaged line; writes go on.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let (store, audit, acme) = store_with_acme(dir.path(), &rt);
+    rt.block_on(async {
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&audit)
+            .unwrap();
+        use std::io::Write;
+        log.write_all(b"{\"tenant\":\"acme\",\"revision\":\"two\"}\n\xff\xfe\n")
+            .unwrap();
+        drop(log);
+        set_status(&store, &acme, TenantStatus::Suspended).await;
+
+        let history = store.history(&acme).await.unwrap();
+        let ops: Vec<(u64, &str)> = history
+            .entries
+            .iter()
+            .map(|e| (e.revision, e.op.as_str()))
+            .collect();
+        assert_eq!(ops, [(1, "put"), (2, "set-status")]);
+        assert_eq!(history.unreadable.len(), 2, "{:?}", history.unreadable);
+        assert!(
+            history.unreadable[0].contains("audit.jsonl:2: "),
+            "{:?}",
+            history.unreadable
         );
     });
 }

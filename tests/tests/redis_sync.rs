@@ -212,6 +212,17 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
     assert_eq!(entries[2]["actor"], "test-admin");
     assert_eq!(entries[2]["new"]["revision"], 3);
 
+    // An entry damaged in Redis is named; the rest of the history still shows.
+    redis.cmd(&["LPUSH", "nexus:audit:acme", "not an entry"]);
+    let (code, out, err) = admin.tenant(&["history", "acme", "--json"]);
+    assert_ne!(code, 0, "an incomplete history is not a success");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("history json");
+    assert_eq!(shown, history);
+    assert!(
+        err.contains("unreadable audit entry: nexus:audit:acme index 0"),
+        "{err}"
+    );
+
     let out = cli(&[
         "replicas",
         "--config",

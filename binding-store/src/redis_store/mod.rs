@@ -29,7 +29,7 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 use crate::admin::{
-    import_each, Actor, AdminError, AuditEntry, BindingAdmin, ImportError, Mutation,
+    import_each, Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, Mutation,
 };
 use crate::error::StoreError;
 use crate::file_store::{mutate, op_name};
@@ -1042,18 +1042,18 @@ impl BindingAdmin for RedisStore {
         import_each(self, bindings, actor).await
     }
 
-    async fn history(&self, tenant: &TenantId) -> Result<Vec<AuditEntry>, AdminError> {
+    async fn history(&self, tenant: &TenantId) -> Result<History, AdminError> {
         let mut con = self.admin_connection().await?;
-        let lines: Vec<String> = con
-            .lrange(self.keys.audit(tenant.as_str()), 0, -1)
-            .await
-            .map_err(unavailable)?;
-        let mut out = Vec::with_capacity(lines.len());
-        for l in lines.iter().rev() {
-            out.push(
-                serde_json::from_str(l)
-                    .map_err(|e| AdminError::Corrupt(format!("audit entry: {e}")))?,
-            );
+        let key = self.keys.audit(tenant.as_str());
+        // Bytes: an entry that is not UTF-8 is one unreadable entry, not a failed read.
+        let lines: Vec<Vec<u8>> = con.lrange(&key, 0, -1).await.map_err(unavailable)?;
+        let mut out = History::default();
+        // Newest first in Redis (LPUSH); index i is `LINDEX key i`.
+        for (i, l) in lines.iter().enumerate().rev() {
+            match serde_json::from_slice::<AuditEntry>(l) {
+                Ok(entry) => out.entries.push(entry),
+                Err(e) => out.unreadable.push(format!("{key} index {i}: {e}")),
+            }
         }
         Ok(out)
     }

@@ -463,8 +463,18 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             };
             match admin.history(&t).await {
                 Ok(h) => {
-                    print_history(&h, json);
-                    ExitCode::SUCCESS
+                    print_history(&h.entries, json);
+                    for u in &h.unreadable {
+                        eprintln!("nexus-edge: unreadable audit entry: {u}");
+                    }
+                    if h.unreadable.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        fail(format!(
+                            "the history above leaves out {} unreadable entries",
+                            h.unreadable.len()
+                        ))
+                    }
                 }
                 Err(e) => fail(e),
             }
