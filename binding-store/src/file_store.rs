@@ -29,7 +29,10 @@ use crate::admin::{Actor, AdminError, AuditEntry, BindingAdmin, History, ImportE
 use crate::audit_log::{self, AuditLog};
 use crate::error::StoreError;
 use crate::model::{Binding, Revision, TenantId};
-use crate::records::{parse_record, parse_records, sorted_by_tenant, BINDINGS_FORMAT};
+use crate::records::{
+    contested_domains, parse_record, parse_records, settle_contested, sorted_by_tenant,
+    BINDINGS_FORMAT,
+};
 use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
 
@@ -97,33 +100,62 @@ impl FileStore {
     }
 
     /// Builds a table from file content. Tenants whose new record is invalid keep their binding
-    /// from `current`.
+    /// from `current`; so do tenants whose record claims a custom domain another record
+    /// claims too, unless they hold it now.
+    ///
+    /// With a table served (`current`), two files are refused whole, as no tenant's binding
+    /// can be kept for sure: one holding a record that names no tenant (no `tenant_id`, or
+    /// one not canonical), which could be any tenant's; and one holding no records at all that
+    /// was not written by the admin CLI (no top-level `revision`), which would unbind
+    /// everyone. Deleting tenants one by one through the CLI empties a file legitimately.
     fn build(
         &self,
         bytes: &[u8],
         current: Option<&BindingTable>,
     ) -> Result<BindingTable, StoreError> {
-        let parsed = parse_records(bytes).map_err(|reason| StoreError::Format {
+        let refuse = |reason: String| StoreError::Format {
             path: PathBuf::from(self.origin()),
             reason,
-        })?;
+        };
+        let parsed = parse_records(bytes).map_err(refuse)?;
+        if let Some(table) = current.filter(|t| !t.is_empty()) {
+            if let Some(p) = parsed.problems.iter().find(|p| p.tenant_id().is_none()) {
+                return Err(refuse(format!(
+                    "{p}; a record that names no tenant could be any tenant's, so no tenant \
+                     missing from the file can be unbound"
+                )));
+            }
+            if parsed.bindings.is_empty() && parsed.problems.is_empty() && parsed.revision.is_none()
+            {
+                return Err(refuse(format!(
+                    "the file holds no bindings, while {} are served; remove tenants with \
+                     `nexus-edge tenant delete`",
+                    table.len()
+                )));
+            }
+        }
         let mut bindings = parsed.bindings;
         for p in &parsed.problems {
             tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; the tenant keeps its last good binding");
-            if let (Some(tenant), Some(table)) = (&p.tenant, current) {
-                if let Some(old) = table.get(tenant) {
+            if let (Some(tenant), Some(table)) = (p.tenant_id(), current) {
+                if let Some(old) = table.get(tenant.as_str()) {
                     if !bindings.iter().any(|b| b.tenant_id == old.tenant_id) {
                         bindings.push(Arc::clone(old));
                     }
                 }
             }
         }
+        let contested = contested_domains(&bindings);
+        let refused_claims = contested.len();
+        if !contested.is_empty() {
+            bindings = settle_contested(bindings, &contested, &[], current, "file");
+        }
         let (table, refused) = BindingTable::from_bindings(bindings);
         for e in &refused {
             tracing::warn!(file = %self.origin(), error = %e, "binding refused");
         }
         self.health
-            .add_rejected((parsed.problems.len() + refused.len()) as u64);
+            .add_rejected((parsed.problems.len() + refused_claims + refused.len()) as u64);
         Ok(table)
     }
 

@@ -4,6 +4,7 @@
 //! every field problem) and the others load. Only a document that is not a bindings document
 //! at all is an error for the whole set.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -11,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::FieldErrors;
-use crate::model::{Binding, BindingRecord, Interner};
+use crate::model::{Binding, BindingRecord, Interner, TenantId};
+use crate::table::BindingTable;
 
 /// Format tag of a bindings file.
 pub const BINDINGS_FORMAT: &str = "nexus-edge.bindings/v1";
@@ -43,6 +45,17 @@ pub struct ParsedRecords {
     pub bindings: Vec<Arc<Binding>>,
     /// Refused records, named.
     pub problems: Vec<RecordProblem>,
+    /// The document's top-level `revision`: the highest a file store's writer has issued.
+    /// Only a file written by `nexus-edge tenant ...` has one.
+    pub revision: Option<u64>,
+}
+
+impl RecordProblem {
+    /// The tenant the refused record is surely about: its `tenant_id` read as a canonical id.
+    /// `None` for a record that could be any tenant's (no id, or one not canonical).
+    pub fn tenant_id(&self) -> Option<TenantId> {
+        self.tenant.as_deref().and_then(|t| TenantId::parse(t).ok())
+    }
 }
 
 /// The file layout: `{"format": "nexus-edge.bindings/v1", "bindings": [...]}`. A file store's
@@ -50,6 +63,8 @@ pub struct ParsedRecords {
 #[derive(Serialize, Deserialize)]
 struct Document {
     format: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revision: Option<u64>,
     bindings: Vec<Value>,
 }
 
@@ -84,11 +99,15 @@ pub fn parse_records(json: &[u8]) -> Result<ParsedRecords, String> {
             doc.format
         ));
     }
-    let mut out = ParsedRecords::default();
+    let mut out = ParsedRecords {
+        revision: doc.revision,
+        ..ParsedRecords::default()
+    };
     let mut interner = Interner::default();
+    let mut good = Vec::with_capacity(doc.bindings.len());
     for (index, value) in doc.bindings.iter().enumerate() {
         match parse_record_with(value, &mut interner) {
-            Ok(b) => out.bindings.push(Arc::new(b)),
+            Ok(b) => good.push((index, Arc::new(b))),
             Err((tenant, message)) => out.problems.push(RecordProblem {
                 index,
                 tenant,
@@ -96,6 +115,28 @@ pub fn parse_records(json: &[u8]) -> Result<ParsedRecords, String> {
             }),
         }
     }
+    // A tenant listed twice has no one record to trust: every one of its records is refused.
+    let mut at: HashMap<String, Vec<usize>> = HashMap::new();
+    for (index, b) in &good {
+        at.entry(b.tenant_id.to_string()).or_default().push(*index);
+    }
+    for p in &out.problems {
+        if let Some(t) = p.tenant_id() {
+            at.entry(t.to_string()).or_default().push(p.index);
+        }
+    }
+    at.retain(|_, places| places.len() > 1);
+    for (index, b) in good {
+        match at.get(b.tenant_id.as_str()) {
+            None => out.bindings.push(b),
+            Some(places) => out.problems.push(RecordProblem {
+                index,
+                tenant: Some(b.tenant_id.to_string()),
+                message: format!("tenant listed more than once (records {places:?})"),
+            }),
+        }
+    }
+    out.problems.sort_by_key(|p| p.index);
     Ok(out)
 }
 
@@ -112,6 +153,72 @@ pub fn to_document<'a>(bindings: impl IntoIterator<Item = &'a Binding>) -> Strin
     records.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
     let doc = serde_json::json!({ "format": BINDINGS_FORMAT, "bindings": records });
     format!("{doc:#}\n")
+}
+
+/// Custom domains that more than one loaded record claims, with their claimants. Admin
+/// writes never make one (they refuse the second claim); an outside writer can.
+pub(crate) fn contested_domains(bindings: &[Arc<Binding>]) -> Vec<(String, Vec<TenantId>)> {
+    let mut claims: std::collections::BTreeMap<&str, Vec<TenantId>> = Default::default();
+    for b in bindings {
+        for d in &b.domains {
+            claims
+                .entry(d.as_str())
+                .or_default()
+                .push(b.tenant_id.clone());
+        }
+    }
+    claims
+        .into_iter()
+        .filter(|(_, tenants)| tenants.len() > 1)
+        .map(|(d, tenants)| (d.to_owned(), tenants))
+        .collect()
+}
+
+/// Settles domains claimed twice (see [`contested_domains`]) without handing one to a
+/// newcomer or unbinding a tenant by revision order: the tenant that holds the domain in the
+/// served table keeps it, else the one the store's domain index names (`owners`, one per
+/// contested domain; a store without an index passes none), else nobody. Every other
+/// claimant's record is refused: that tenant keeps its served binding, or stays unbound, as
+/// with any refused record. `origin` names the store in the log.
+pub(crate) fn settle_contested(
+    bindings: Vec<Arc<Binding>>,
+    contested: &[(String, Vec<TenantId>)],
+    owners: &[Option<String>],
+    served: Option<&BindingTable>,
+    origin: &str,
+) -> Vec<Arc<Binding>> {
+    let mut losers: Vec<&TenantId> = Vec::new();
+    let indexed = owners
+        .iter()
+        .map(Option::as_deref)
+        .chain(std::iter::repeat(None));
+    for ((domain, claimants), indexed) in contested.iter().zip(indexed) {
+        let winner = served
+            .and_then(|t| t.tenant_for_domain(domain))
+            .filter(|t| claimants.contains(t))
+            .map(TenantId::as_str)
+            .or_else(|| indexed.filter(|o| claimants.iter().any(|c| c.as_str() == *o)));
+        for c in claimants.iter().filter(|c| Some(c.as_str()) != winner) {
+            tracing::warn!(
+                store = origin,
+                domain = %domain,
+                tenant = %c,
+                kept_by = winner.unwrap_or("nobody"),
+                "binding record refused: its custom domain is claimed by another record too; the tenant keeps its last good binding"
+            );
+            losers.push(c);
+        }
+    }
+    losers.sort();
+    losers.dedup();
+    let mut kept: Vec<Arc<Binding>> = bindings
+        .into_iter()
+        .filter(|b| !losers.contains(&&b.tenant_id))
+        .collect();
+    if let Some(cur) = served {
+        kept.extend(losers.iter().filter_map(|t| cur.get(t.as_str()).cloned()));
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -156,6 +263,45 @@ mod tests {
             parsed.problems[1]
         );
         assert_eq!(parsed.problems[2].tenant, None);
+    }
+
+    #[test]
+    fn a_tenant_listed_twice_is_refused_everywhere() {
+        let mut bad = rec("acme");
+        bad["status"] = serde_json::json!("zombie");
+        let doc = serde_json::json!({
+            "format": BINDINGS_FORMAT,
+            "revision": 7,
+            "bindings": [rec("acme"), rec("globex"), rec("acme"), rec("initech"), bad, rec("initech")]
+        });
+        let parsed = parse_records(doc.to_string().as_bytes()).expect("document");
+        assert_eq!(parsed.revision, Some(7));
+        let tenants: Vec<&str> = parsed
+            .bindings
+            .iter()
+            .map(|b| b.tenant_id.as_str())
+            .collect();
+        assert_eq!(tenants, ["globex"]);
+        let problems: Vec<(usize, Option<&str>)> = parsed
+            .problems
+            .iter()
+            .map(|p| (p.index, p.tenant.as_deref()))
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                (0, Some("acme")),
+                (2, Some("acme")),
+                (3, Some("initech")),
+                (4, Some("acme")),
+                (5, Some("initech"))
+            ]
+        );
+        assert!(
+            parsed.problems[0].message.contains("records [0, 2, 4]"),
+            "{}",
+            parsed.problems[0]
+        );
     }
 
     #[test]

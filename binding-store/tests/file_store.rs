@@ -549,3 +549,110 @@ fn a_damaged_audit_entry_is_named_and_the_rest_of_the_history_kept() {
         );
     });
 }
+
+#[test]
+fn a_reload_never_unbinds_a_tenant_it_cannot_account_for() {
+    // From a served acme (with a custom domain) and globex, each file below is reloaded:
+    // whether it is taken, and where acme and globex then go (None: unbound). Each case
+    // starts from the served pair again.
+    let mut acme = with_domain("acme", "acme.example.com");
+    acme["instance_url"] = serde_json::json!("http://10.0.0.1");
+    let globex = record("globex", "http://10.0.0.1");
+    let doc = |records: serde_json::Value| serde_json::json!({"format": "nexus-edge.bindings/v1", "bindings": records});
+    let mut claims_acmes_domain = with_domain("globex", "acme.example.com");
+    claims_acmes_domain["instance_url"] = serde_json::json!("http://10.0.0.2");
+    let mut no_id = record("acme", "http://10.0.0.2");
+    no_id["tenantid"] = no_id["tenant_id"].take();
+    let mut not_canonical = record("acme", "http://10.0.0.2");
+    not_canonical["tenant_id"] = serde_json::json!("ACME");
+    let mut emptied_by_the_cli = doc(serde_json::json!([]));
+    emptied_by_the_cli["revision"] = serde_json::json!(3);
+    let one = "http://10.0.0.1";
+    // (what, file, whether it is taken, acme's instance then, globex's instance then)
+    type Case<'a> = (
+        &'a str,
+        serde_json::Value,
+        bool,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+    let cases: [Case; 7] = [
+        (
+            "a newcomer claims a held domain",
+            doc(serde_json::json!([acme.clone(), claims_acmes_domain])),
+            true,
+            Some(one),
+            Some(one),
+        ),
+        (
+            "a record without tenant_id",
+            doc(serde_json::json!([no_id, globex.clone()])),
+            false,
+            Some(one),
+            Some(one),
+        ),
+        (
+            "a tenant_id not canonical",
+            doc(serde_json::json!([not_canonical, globex.clone()])),
+            false,
+            Some(one),
+            Some(one),
+        ),
+        (
+            "records that are not records",
+            doc(serde_json::json!([null, 5, "x"])),
+            false,
+            Some(one),
+            Some(one),
+        ),
+        (
+            "an empty file",
+            doc(serde_json::json!([])),
+            false,
+            Some(one),
+            Some(one),
+        ),
+        ("emptied by the CLI", emptied_by_the_cli, true, None, None),
+        (
+            "a tenant listed twice",
+            doc(serde_json::json!([
+                record("acme", "http://10.0.0.2"),
+                record("globex", "http://10.0.0.3"),
+                record("acme", "http://10.0.0.4")
+            ])),
+            true,
+            Some(one),
+            Some("http://10.0.0.3"),
+        ),
+    ];
+    for (what, file, taken, want_acme, want_globex) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bindings.json");
+        let served = doc(serde_json::json!([acme.clone(), globex.clone()]));
+        write_atomically(&path, served.to_string().as_bytes()).unwrap();
+        let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+        let handle = BindingHandle::new(rt().block_on(store.initial_load()).unwrap());
+        write_atomically(&path, file.to_string().as_bytes()).unwrap();
+        assert_eq!(store.check_for_change(&handle), taken, "{what}");
+        let t = handle.load();
+        let url = |tenant: &str| {
+            t.get(tenant).map(|b| {
+                b.instance_url
+                    .url()
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_owned()
+            })
+        };
+        assert_eq!(url("acme").as_deref(), want_acme, "{what}: acme");
+        assert_eq!(url("globex").as_deref(), want_globex, "{what}: globex");
+        if want_acme.is_some() {
+            assert_eq!(
+                t.tenant_for_domain("acme.example.com")
+                    .map(TenantId::as_str),
+                Some("acme"),
+                "{what}"
+            );
+        }
+    }
+}

@@ -34,6 +34,7 @@ use crate::admin::{
 use crate::error::StoreError;
 use crate::file_store::{mutate, op_name};
 use crate::model::{Binding, Interner, Revision, TenantId};
+use crate::records::{contested_domains, settle_contested};
 use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
 
@@ -521,7 +522,7 @@ impl RedisStore {
                 )
                 .query_async(con)
                 .await?;
-            bindings = settle_contested(bindings, &contested, &owners, served());
+            bindings = settle_contested(bindings, &contested, &owners, served(), "Redis");
         }
         let (table, refused) = BindingTable::from_bindings(bindings);
         for e in &refused {
@@ -622,70 +623,6 @@ pub(crate) fn brief(problem: &str) -> std::borrow::Cow<'_, str> {
 /// UTF-8 must be refused as a record, not fail the whole read.
 pub(crate) fn record_text(value: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(value).map_err(|e| format!("the record is not UTF-8 text: {e}"))
-}
-
-/// Custom domains that more than one loaded record claims, with their claimants. Writes
-/// through the schema never make one (the domain index refuses the second claim); an outside
-/// writer can.
-fn contested_domains(bindings: &[Arc<Binding>]) -> Vec<(String, Vec<TenantId>)> {
-    let mut claims: std::collections::BTreeMap<&str, Vec<TenantId>> = Default::default();
-    for b in bindings {
-        for d in &b.domains {
-            claims
-                .entry(d.as_str())
-                .or_default()
-                .push(b.tenant_id.clone());
-        }
-    }
-    claims
-        .into_iter()
-        .filter(|(_, tenants)| tenants.len() > 1)
-        .map(|(d, tenants)| (d.to_owned(), tenants))
-        .collect()
-}
-
-/// Settles domains claimed twice (see [`contested_domains`]) without handing one to a
-/// newcomer or unbinding a tenant by revision order: the tenant that holds the domain in the
-/// served table keeps it, else the one the store's domain index names (`owners`, one per
-/// contested domain), else nobody. Every other claimant's record is refused: that tenant
-/// keeps its served binding, or stays unbound, as with any refused record.
-fn settle_contested(
-    bindings: Vec<Arc<Binding>>,
-    contested: &[(String, Vec<TenantId>)],
-    owners: &[Option<String>],
-    served: Option<&BindingTable>,
-) -> Vec<Arc<Binding>> {
-    let mut losers: Vec<&TenantId> = Vec::new();
-    for ((domain, claimants), indexed) in contested.iter().zip(owners) {
-        let winner = served
-            .and_then(|t| t.tenant_for_domain(domain))
-            .filter(|t| claimants.contains(t))
-            .map(TenantId::as_str)
-            .or_else(|| {
-                indexed
-                    .as_deref()
-                    .filter(|o| claimants.iter().any(|c| c.as_str() == *o))
-            });
-        for c in claimants.iter().filter(|c| Some(c.as_str()) != winner) {
-            tracing::warn!(
-                domain = %domain,
-                tenant = %c,
-                kept_by = winner.unwrap_or("nobody"),
-                "binding record in Redis refused: its custom domain is claimed by another record too; the tenant keeps its last good binding"
-            );
-            losers.push(c);
-        }
-    }
-    losers.sort();
-    losers.dedup();
-    let mut kept: Vec<Arc<Binding>> = bindings
-        .into_iter()
-        .filter(|b| !losers.contains(&&b.tenant_id))
-        .collect();
-    if let Some(cur) = served {
-        kept.extend(losers.iter().filter_map(|t| cur.get(t.as_str()).cloned()));
-    }
-    kept
 }
 
 /// A record must be stored under its own tenant's key: one that names another tenant would

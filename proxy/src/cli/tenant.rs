@@ -417,7 +417,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 match snapshot::parse_snapshot(&file, &bytes) {
                     Ok(table) => ParsedRecords {
                         bindings: table.iter().cloned().collect(),
-                        problems: Vec::new(),
+                        ..ParsedRecords::default()
                     },
                     Err(e) => return fail(e),
                 }
