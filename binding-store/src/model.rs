@@ -16,6 +16,11 @@ use crate::error::FieldError;
 
 /// Longest tenant id: one DNS label, so `<tenant>.<base domain>` is always a valid host.
 pub const MAX_TENANT_ID_LEN: usize = 63;
+/// Custom domains one binding may claim: far above any real tenant's, low enough that a
+/// runaway record cannot stall a load or flood the domain index.
+pub const MAX_DOMAINS: usize = 1_000;
+/// Longest `instance_url` / `api_url` accepted (bytes), as common HTTP tooling limits URLs.
+pub const MAX_URL_LEN: usize = 2_048;
 
 /// A tenant id in canonical form: 1–63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
 ///
@@ -38,7 +43,7 @@ impl TenantId {
         } else {
             Err(FieldError::new(
                 "tenant_id",
-                format!("{s:?} is not a canonical tenant id (1-63 of a-z, 0-9, '-', not starting or ending with '-')"),
+                format!("{q} is not a canonical tenant id (1-63 of a-z, 0-9, '-', not starting or ending with '-')", q = quoted(s)),
             ))
         }
     }
@@ -99,7 +104,10 @@ fn check_opaque(field: &'static str, s: &str) -> Result<(), FieldError> {
     } else {
         Err(FieldError::new(
             field,
-            format!("{s:?} must be 1-128 printable ASCII characters without spaces"),
+            format!(
+                "{q} must be 1-128 printable ASCII characters without spaces",
+                q = quoted(s)
+            ),
         ))
     }
 }
@@ -276,7 +284,11 @@ impl std::str::FromStr for TenantStatus {
                 let names: Vec<&str> = TenantStatus::ALL.iter().map(|s| s.as_str()).collect();
                 FieldError::new(
                     "status",
-                    format!("unknown status {s:?}; expected one of {}", names.join(", ")),
+                    format!(
+                        "unknown status {q}; expected one of {}",
+                        names.join(", "),
+                        q = quoted(s)
+                    ),
                 )
             })
     }
@@ -323,27 +335,36 @@ pub struct UpstreamUrl(Arc<url::Url>);
 impl UpstreamUrl {
     /// Parses and checks an upstream URL; `field` names the record field in the error.
     pub fn parse(field: &'static str, s: &str) -> Result<Self, FieldError> {
+        if s.len() > MAX_URL_LEN {
+            return Err(FieldError::new(
+                field,
+                format!("{} is longer than {MAX_URL_LEN} bytes", quoted(s)),
+            ));
+        }
         let u = url::Url::parse(s)
-            .map_err(|e| FieldError::new(field, format!("{s:?} is not a URL: {e}")))?;
+            .map_err(|e| FieldError::new(field, format!("{q} is not a URL: {e}", q = quoted(s))))?;
         if u.scheme() != "http" && u.scheme() != "https" {
             return Err(FieldError::new(
                 field,
-                format!("{s:?}: scheme must be http or https"),
+                format!("{q}: scheme must be http or https", q = quoted(s)),
             ));
         }
         if u.host_str().is_none_or(str::is_empty) {
-            return Err(FieldError::new(field, format!("{s:?}: a host is required")));
+            return Err(FieldError::new(
+                field,
+                format!("{q}: a host is required", q = quoted(s)),
+            ));
         }
         if !u.username().is_empty() || u.password().is_some() {
             return Err(FieldError::new(
                 field,
-                format!("{s:?}: user info is not allowed"),
+                format!("{q}: user info is not allowed", q = quoted(s)),
             ));
         }
         if u.query().is_some() || u.fragment().is_some() {
             return Err(FieldError::new(
                 field,
-                format!("{s:?}: query and fragment are not allowed"),
+                format!("{q}: query and fragment are not allowed", q = quoted(s)),
             ));
         }
         Ok(Self(Arc::new(u)))
@@ -423,7 +444,7 @@ impl DomainName {
         } else {
             Err(FieldError::new(
                 "domains",
-                format!("{s:?} is not a canonical domain name (lowercase labels, no trailing dot, not an IP)"),
+                format!("{q} is not a canonical domain name (lowercase labels, no trailing dot, not an IP)", q = quoted(s)),
             ))
         }
     }
@@ -570,6 +591,16 @@ pub struct Binding {
     pub mode: Mode,
 }
 
+/// `s` quoted for an error message, cut to its first 80 characters: a record's bad value can
+/// be megabytes, and it ends up in a log line.
+pub(crate) fn quoted(s: &str) -> String {
+    const SHOWN: usize = 80;
+    match s.char_indices().nth(SHOWN) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
 fn parse_enum<T: serde::de::DeserializeOwned>(
     field: &'static str,
     s: &str,
@@ -578,7 +609,10 @@ fn parse_enum<T: serde::de::DeserializeOwned>(
     serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
         FieldError::new(
             field,
-            format!("unknown {field} {s:?}; expected one of {expected}"),
+            format!(
+                "unknown {field} {q}; expected one of {expected}",
+                q = quoted(s)
+            ),
         )
     })
 }
@@ -621,13 +655,24 @@ impl Binding {
         let status = take!(r.status.parse::<TenantStatus>());
         let plan: Option<Plan> = take!(parse_enum("plan", &r.plan, "solo, team, enterprise"));
         let region = take!(interner.region(&r.region));
-        let mut domains = Vec::with_capacity(r.domains.len());
-        for d in &r.domains {
-            if let Some(d) = take!(DomainName::parse(d)) {
-                if domains.contains(&d) {
-                    errs.push(FieldError::new("domains", format!("{d} is listed twice")));
-                } else {
-                    domains.push(d);
+        let mut domains = Vec::with_capacity(r.domains.len().min(MAX_DOMAINS));
+        let mut seen = std::collections::HashSet::with_capacity(domains.capacity());
+        if r.domains.len() > MAX_DOMAINS {
+            errs.push(FieldError::new(
+                "domains",
+                format!(
+                    "{} custom domains; a tenant may have at most {MAX_DOMAINS}",
+                    r.domains.len()
+                ),
+            ));
+        } else {
+            for d in &r.domains {
+                if let Some(d) = take!(DomainName::parse(d)) {
+                    if seen.insert(d.clone()) {
+                        domains.push(d);
+                    } else {
+                        errs.push(FieldError::new("domains", format!("{d} is listed twice")));
+                    }
                 }
             }
         }
@@ -639,7 +684,7 @@ impl Binding {
             )
             .map_err(|e| FieldError::new(
                 "updated_at",
-                format!("{s:?} is not an RFC 3339 time: {e}")
+                format!("{q} is not an RFC 3339 time: {e}", q = quoted(s))
             )))
             .map(Some),
         };
@@ -742,4 +787,61 @@ pub(crate) fn test_binding(tenant: &str, revision: u64, domains: &[&str]) -> Arc
         mode: None,
     };
     Arc::new(Binding::from_record(&r).expect("valid test binding"))
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    fn record(domains: Vec<String>, url: String) -> BindingRecord {
+        BindingRecord {
+            tenant_id: "acme".into(),
+            subscription_id: "s".into(),
+            instance_id: "i".into(),
+            instance_url: url,
+            api_url: None,
+            identity_org_id: None,
+            status: "active".into(),
+            plan: "team".into(),
+            region: "eu".into(),
+            domains,
+            revision: 0,
+            updated_at: None,
+            mode: None,
+        }
+    }
+
+    fn field_errors(r: &BindingRecord) -> Vec<String> {
+        match Binding::from_record(r) {
+            Ok(_) => Vec::new(),
+            Err(errs) => errs.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn oversized_records_are_refused_with_short_messages() {
+        let url = "http://10.0.0.1".to_owned();
+        let many = |n: usize| (0..n).map(|i| format!("d{i}.example.com")).collect();
+        assert!(field_errors(&record(many(MAX_DOMAINS), url.clone())).is_empty());
+        let errs = field_errors(&record(many(100_000), url.clone()));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("at most 1000"), "{errs:?}");
+        let mut twice = many(3);
+        twice.push("d1.example.com".into());
+        let errs = field_errors(&record(twice, url));
+        assert!(
+            errs[0].contains("d1.example.com is listed twice"),
+            "{errs:?}"
+        );
+
+        let long = format!("http://10.0.0.1/{}", "a".repeat(MAX_URL_LEN));
+        let errs = field_errors(&record(Vec::new(), long));
+        assert!(errs[0].contains("longer than 2048 bytes"), "{errs:?}");
+        assert!(errs[0].len() < 200, "{errs:?}");
+        let mut bad_plan = record(Vec::new(), "http://10.0.0.1".into());
+        bad_plan.plan = "x".repeat(1_000_000);
+        let errs = field_errors(&bad_plan);
+        assert!(errs[0].contains("(1000000 bytes)"), "{errs:?}");
+        assert!(errs[0].len() < 200, "{errs:?}");
+    }
 }
