@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 /// A network: an address with its host bits zero, and a prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IpNet {
     addr: IpAddr,
     prefix: u8,

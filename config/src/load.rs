@@ -218,6 +218,15 @@ fn tenancy(
                     Some(at),
                     format!("{v:?} is not a lowercase header name"),
                 );
+            } else if NOT_A_NOTICE.contains(&v.as_str()) || v.starts_with("proxy-") {
+                p.push(
+                    "tenancy.past_due_header",
+                    Some(at),
+                    format!(
+                        "{v:?} frames the response or is the router's own; pick a header of \
+                         its own, e.g. \"x-subscription-status\""
+                    ),
+                );
             }
             v
         }
@@ -430,7 +439,7 @@ fn upstream(
     let write_timeout = s
         .duration("write_timeout", MS, MAX_TIMEOUT, p)
         .unwrap_or(d.write_timeout);
-    let ca_file = s.path("ca_file", base, p);
+    let ca_file = ca_bundle("upstream.ca_file", s.path("ca_file", base, p), p);
     let dns_ttl = s
         .duration("dns_ttl", Duration::ZERO, MAX_TIMEOUT, p)
         .unwrap_or(d.dns_ttl);
@@ -650,6 +659,54 @@ fn sentinel_settings(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<Se
     })
 }
 
+/// Response headers the past-due notice may not be: framing and hop-by-hop headers (a
+/// second `content-length` or `transfer-encoding` breaks the response, or desynchronises
+/// whatever sits in front), and the ones the router or the instance set themselves.
+const NOT_A_NOTICE: &[&str] = &[
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "date",
+    "host",
+    "keep-alive",
+    "location",
+    "retry-after",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "www-authenticate",
+    "x-request-id",
+];
+
+/// A CA bundle: a readable file holding at least one PEM certificate. Checked with the rest
+/// of the config: Pingora's upstream connector panics at start on an unreadable one, and an
+/// empty one would fail every TLS connection later.
+fn ca_bundle(key: &str, path: Option<PathBuf>, p: &mut Problems<'_>) -> Option<PathBuf> {
+    const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+    let path = path?;
+    match std::fs::read(&path) {
+        Ok(bytes) if bytes.windows(BEGIN.len()).any(|w| w == BEGIN) => Some(path),
+        Ok(_) => {
+            p.push(
+                key,
+                None,
+                format!(
+                    "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    path.display()
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            p.push(key, None, format!("cannot read {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
 /// `[store.tls]`: only meaningful when some connection uses TLS.
 fn redis_tls(
     store: &mut Section<'_, '_>,
@@ -668,8 +725,7 @@ fn redis_tls(
             }
         }
     };
-    let ca_file = s.path("ca_file", base, p);
-    let ca_file = readable("store.tls.ca_file", ca_file, p);
+    let ca_file = ca_bundle("store.tls.ca_file", s.path("ca_file", base, p), p);
     let cert = s.path("client_cert_file", base, p);
     let cert = readable("store.tls.client_cert_file", cert, p);
     let key = s.path("client_key_file", base, p);

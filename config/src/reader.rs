@@ -285,7 +285,7 @@ impl<'a, 'i> Section<'a, 'i> {
 
     /// A list of strings, each checked and converted by `check` (which returns an error
     /// message); two entries that convert to the same value are a problem too.
-    pub(crate) fn strings<T: PartialEq>(
+    pub(crate) fn strings<T: Eq + std::hash::Hash + Clone>(
         &mut self,
         k: &'static str,
         p: &mut Problems<'_>,
@@ -304,12 +304,13 @@ impl<'a, 'i> Section<'a, 'i> {
             return None;
         };
         let mut out = Vec::with_capacity(items.len());
+        let mut seen = std::collections::HashSet::with_capacity(items.len());
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
             let key = format!("{}.{k}[{i}]", self.name);
             match item.get_ref() {
                 DeValue::String(s) => match check(s) {
-                    Ok(c) if out.contains(&c) => {
+                    Ok(c) if !seen.insert(c.clone()) => {
                         p.push(
                             key,
                             Some(item.span().start),

@@ -312,7 +312,7 @@ fn example_redis_block_uses_real_keys() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     for f in ["redis-ca.pem", "edge-client.pem", "edge-client-key.pem"] {
-        std::fs::write(dir.path().join(f), "pem").unwrap();
+        std::fs::write(dir.path().join(f), "-----BEGIN CERTIFICATE-----\n").unwrap();
     }
     std::env::set_var("NEXUS_EDGE_REDIS_PASSWORD", "example");
     // The example keeps TLS off; [store.tls] only applies with it on.
@@ -324,4 +324,53 @@ fn example_redis_block_uses_real_keys() {
     };
     assert!(matches!(r.endpoint, RedisEndpointSettings::Sentinel(_)));
     assert!(r.tls.client_cert.is_some());
+}
+
+#[test]
+fn an_upstream_ca_bundle_must_hold_a_certificate() {
+    // Pingora's connector panics at start on an unreadable bundle: `check` must say so first.
+    let dir = tempfile::tempdir().expect("dir");
+    let good = dir.path().join("ca.pem");
+    std::fs::write(
+        &good,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("write");
+    let config = |path: &Path| format!("{MINIMAL}[upstream]\nca_file = \"{}\"\n", path.display());
+    for (path, needle) in [
+        (dir.path().join("missing.pem"), "cannot read"),
+        (dir.path().to_path_buf(), "cannot read"),
+        (garbage, "holds no PEM certificate"),
+    ] {
+        let ps = problems(&config(&path));
+        assert!(
+            ps.iter()
+                .any(|p| p.key == "upstream.ca_file" && p.message.contains(needle)),
+            "{}: {ps:#?}",
+            path.display()
+        );
+    }
+    let s = parse_str(&config(&good), Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(s.upstream.ca_file, Some(good));
+}
+
+#[test]
+fn the_past_due_notice_cannot_be_a_framing_or_router_header() {
+    for name in [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "proxy-authorization",
+        "x-request-id",
+    ] {
+        let ps = problems(&format!(
+            "{MINIMAL}[tenancy]\npast_due_header = \"{name}\"\n"
+        ));
+        has(&ps, "tenancy.past_due_header", 9, "frames the response");
+    }
+    let text = format!("{MINIMAL}[tenancy]\npast_due_header = \"x-billing-state\"\n");
+    let s = parse_str(&text, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(s.tenancy.past_due_header, "x-billing-state");
 }
