@@ -31,7 +31,7 @@ use crate::error::StoreError;
 use crate::model::{Binding, Revision, TenantId};
 use crate::records::{
     contested_domains, parse_record, parse_records, settle_contested, sorted_by_tenant,
-    BINDINGS_FORMAT,
+    ParsedRecords, BINDINGS_FORMAT,
 };
 use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
@@ -206,6 +206,14 @@ impl FileStore {
         if let (Ok(mut g), Some(s)) = (self.seen.lock(), stamp) {
             *g = Some((s, d));
         }
+    }
+
+    /// The file's records, for an admin read.
+    fn parsed(&self) -> Result<ParsedRecords, AdminError> {
+        let bytes = self
+            .read()
+            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        parse_records(&bytes).map_err(AdminError::Corrupt)
     }
 
     fn writable_path(&self) -> Result<&Path, AdminError> {
@@ -430,18 +438,28 @@ pub(crate) fn op_name(m: &Mutation) -> &'static str {
 #[async_trait]
 impl BindingAdmin for FileStore {
     async fn get(&self, tenant: &TenantId) -> Result<Option<Binding>, AdminError> {
-        Ok(self
-            .list()
-            .await?
-            .into_iter()
-            .find(|b| b.tenant_id == *tenant))
+        let parsed = self.parsed()?;
+        // A refused record is not "not found": say what is wrong with it.
+        if let Some(p) = parsed
+            .problems
+            .iter()
+            .find(|p| p.tenant_id().as_ref() == Some(tenant))
+        {
+            return Err(AdminError::Corrupt(format!("{}: {p}", self.origin())));
+        }
+        Ok(parsed
+            .bindings
+            .iter()
+            .find(|b| b.tenant_id == *tenant)
+            .map(|b| b.as_ref().clone()))
     }
 
     async fn list(&self) -> Result<Vec<Binding>, AdminError> {
-        let bytes = self
-            .read()
-            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-        let parsed = parse_records(&bytes).map_err(AdminError::Corrupt)?;
+        let parsed = self.parsed()?;
+        // Left out of a listing or an export, so said (on stderr for the CLI).
+        for p in &parsed.problems {
+            tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; left out");
+        }
         Ok(sorted_by_tenant(&parsed.bindings))
     }
 

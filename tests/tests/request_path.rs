@@ -1022,6 +1022,33 @@ fn tenant_import_into_the_file_store_is_served_at_once_or_not_at_all() {
     assert_eq!(t000.json()["instance"], "instance-b");
     let history = admin.ok(&["history", "t000"]);
     assert!(history.contains("import"), "{history}");
+
+    // A record the store refuses is named by every read, not passed over: `get` says why,
+    // `list` and `export` (a backup) say what they leave out.
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&w.edge.bindings_path).expect("read")).expect("json");
+    let records = doc["bindings"].as_array_mut().expect("bindings");
+    let t001 = records
+        .iter_mut()
+        .find(|r| r["tenant_id"] == "t001")
+        .expect("t001");
+    t001["status"] = serde_json::json!("zombie");
+    nexus_e2e::edge::write_atomically(&w.edge.bindings_path, &doc.to_string());
+    let (code, _, err) = admin.tenant(&["get", "t001"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown status \"zombie\""), "{err}");
+    for read in ["list", "export"] {
+        let (code, out, err) = admin.tenant(&[read]);
+        assert_eq!(code, 0, "{read}: {err}");
+        assert!(
+            out.contains("t002") && !out.contains("t001"),
+            "{read}: {out}"
+        );
+        assert!(
+            err.contains("refused; left out") && err.contains("t001"),
+            "{read}: {err}"
+        );
+    }
 }
 
 #[test]
