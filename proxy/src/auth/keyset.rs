@@ -19,6 +19,8 @@ pub(crate) struct KeySet {
     pub(crate) generation: u64,
     /// SHA-256 of the JWKS text, to skip reloads of an unchanged file.
     pub(crate) digest: [u8; 32],
+    /// Keys left out, each with why (a duplicate `kid`, an unsupported or broken key).
+    pub(crate) skipped: Vec<String>,
 }
 
 impl KeySet {
@@ -81,6 +83,7 @@ impl KeySet {
                 reasons: skipped.join("; "),
             });
         }
+        set.skipped = skipped;
         Ok(set)
     }
 

@@ -116,6 +116,11 @@ impl Authenticator {
         self.keys.load().len()
     }
 
+    /// Keys the current set left out, each with why.
+    pub fn skipped_keys(&self) -> Vec<String> {
+        self.keys.load().skipped.clone()
+    }
+
     /// The session cookie that may carry tokens.
     pub fn session_cookie(&self) -> Option<&str> {
         self.session_cookie.as_deref()

@@ -12,24 +12,50 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
         Ok(settings) => {
             // Keys are part of a valid configuration: a config whose JWKS cannot be loaded
             // would start a router that rejects every login.
-            match crate::auth::Authenticator::new(&settings.auth) {
-                Ok(auth) => {
-                    println!(
-                        "{}: ok ({} verification keys)",
-                        path.display(),
-                        auth.key_count()
-                    );
-                    ExitCode::SUCCESS
-                }
+            let auth = match crate::auth::Authenticator::new(&settings.auth) {
+                Ok(auth) => auth,
                 Err(e) => {
                     eprintln!("{}: auth.jwks_file: {e}", path.display());
-                    ExitCode::FAILURE
+                    return ExitCode::FAILURE;
                 }
+            };
+            // Said, not refused: a provider's set may hold keys for other uses.
+            for s in auth.skipped_keys() {
+                eprintln!(
+                    "{}: warning: auth.jwks_file: key left out: {s}",
+                    path.display()
+                );
             }
+            if let Err(e) = check_bindings_file(&settings.store) {
+                eprintln!("{}: store.path: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "{}: ok ({} verification keys)",
+                path.display(),
+                auth.key_count()
+            );
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The file store's bindings file must exist and be a bindings document, as `serve` needs it
+/// to start; records it would refuse are warned about.
+fn check_bindings_file(store: &nexus_config::StoreSettings) -> Result<(), String> {
+    let nexus_config::StoreSettings::File(f) = store else {
+        return Ok(());
+    };
+    let Some(file) = &f.path else { return Ok(()) };
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let parsed = nexus_binding_store::records::parse_records(&bytes)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    for p in &parsed.problems {
+        eprintln!("{}: warning: binding record refused: {p}", file.display());
+    }
+    Ok(())
 }

@@ -1,0 +1,60 @@
+//! `nexus-edge check`: what `serve` would refuse (or silently drop) is said before it runs.
+
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use nexus_e2e::edge::cli;
+
+/// Runs `check` on `config` in `dir`; returns (exit code, stdout + stderr).
+fn check(dir: &std::path::Path, config: &str) -> (i32, String) {
+    let path = dir.join("edge.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = cli(&["check", "--config", path.to_str().unwrap()]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_says_what_serve_would_refuse_or_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
+    let mut doubled: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{demo}/jwks.json")).unwrap())
+            .unwrap();
+    let keys = doubled["keys"].as_array_mut().unwrap();
+    let twin = keys[0].clone();
+    keys.push(twin);
+    std::fs::write(dir.path().join("jwks.json"), doubled.to_string()).unwrap();
+    let mut bindings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{demo}/bindings.json")).unwrap())
+            .unwrap();
+    bindings["bindings"][0]["status"] = serde_json::json!("zombie");
+    std::fs::write(dir.path().join("bindings.json"), bindings.to_string()).unwrap();
+    let config = |path: &str| {
+        format!("[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"file\"\npath = \"{path}\"\n")
+    };
+
+    // A key left out and a record refused are warnings: serve runs without them.
+    let (code, out) = check(dir.path(), &config("bindings.json"));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: auth.jwks_file: key left out") && out.contains("duplicate kid"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning: binding record refused") && out.contains("zombie"),
+        "{out}"
+    );
+
+    // A bindings file serve cannot start from is an error.
+    let (code, out) = check(dir.path(), &config("missing.json"));
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("store.path") && out.contains("missing.json"),
+        "{out}"
+    );
+}
