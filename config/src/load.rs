@@ -17,9 +17,13 @@ const SECTIONS: [&str; 6] = ["server", "tenancy", "auth", "upstream", "store", "
 /// Parses and validates config text; `origin` names the file in messages and anchors relative
 /// paths.
 pub fn parse_str(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
-    let invalid = |problems| ConfigError::Invalid {
-        path: origin.to_path_buf(),
-        problems,
+    // In file order; problems without a line (whole-file ones) last.
+    let invalid = |mut problems: Vec<crate::Problem>| {
+        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            problems,
+        }
     };
     let mut p = Problems::new(text);
     let root = match DeTable::parse(text) {
@@ -71,6 +75,15 @@ pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
     parse_str(&text, path)
 }
 
+/// Whether two listeners would take one port: the same port (not 0, which the system
+/// picks) on the same address, or on any address when either is a wildcard (`0.0.0.0`,
+/// `::`).
+fn same_port(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 const MS: Duration = Duration::from_millis(1);
 
@@ -93,11 +106,11 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
             }
         },
     };
-    if admin_listen == Some(listen) {
+    if admin_listen.is_some_and(|a| same_port(a, listen)) {
         p.push(
             "server.admin_listen",
             None,
-            "must differ from server.listen",
+            format!("{listen} (server.listen) already takes this port on these addresses"),
         );
     }
     let threads = s
@@ -140,7 +153,10 @@ fn check_domain(s: &str) -> Result<String, String> {
                 && l.bytes()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         });
-    if ok {
+    if ok && s.parse::<std::net::Ipv4Addr>().is_ok() {
+        // The router refuses IP hosts (400): such a base domain would route nothing.
+        Err(format!("{s:?} is an IP address, not a domain name"))
+    } else if ok {
         Ok(s.to_owned())
     } else {
         Err(format!(

@@ -207,11 +207,11 @@ impl<'a, 'i> Section<'a, 'i> {
                 None
             }
             None => {
-                p.push(
-                    self.key(k),
-                    Some(v.span().start),
-                    format!("must be an integer, found {}", v.get_ref().type_str()),
-                );
+                let message = match v.get_ref() {
+                    DeValue::Integer(_) => format!("is out of range ({min}..={max})"),
+                    other => format!("must be an integer, found {}", other.type_str()),
+                };
+                p.push(self.key(k), Some(v.span().start), message);
                 None
             }
         }
@@ -362,7 +362,13 @@ pub(crate) fn unknown_message(name: &str, known: &[&str]) -> String {
         .filter(|(d, k)| *d <= 2.max(k.len() / 3));
     match best {
         Some((_, k)) => format!("unknown key; did you mean `{k}`?"),
-        None => format!("unknown key; expected one of: {}", known.join(", ")),
+        None => {
+            // Readers may ask for a key more than once (a section read in two passes).
+            let mut names = known.to_vec();
+            names.sort_unstable();
+            names.dedup();
+            format!("unknown key; expected one of: {}", names.join(", "))
+        }
     }
 }
 

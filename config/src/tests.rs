@@ -374,3 +374,39 @@ fn the_past_due_notice_cannot_be_a_framing_or_router_header() {
     let s = parse_str(&text, Path::new("/etc/nexus/edge.toml")).expect("valid");
     assert_eq!(s.tenancy.past_due_header, "x-billing-state");
 }
+
+#[test]
+fn listeners_ips_and_messages_a_reader_can_act_on() {
+    let ps = problems(&format!(
+        "{MINIMAL}[server]\nlisten = \"0.0.0.0:8080\"\nadmin_listen = \"127.0.0.1:8080\"\nthreads = 99999999999999999999\n\
+         [tenancy]\nbase_domains = [\"127.0.0.1\"]\n[store.x]\n"
+    ));
+    assert!(
+        ps.iter().any(
+            |p| p.key == "server.admin_listen" && p.message.contains("already takes this port")
+        ),
+        "{ps:#?}"
+    );
+    has(&ps, "server.threads", 11, "out of range (1..=1024)");
+    has(&ps, "tenancy.base_domains[0]", 13, "is an IP address");
+    let lines: Vec<usize> = ps.iter().map(|p| p.line.unwrap_or(usize::MAX)).collect();
+    assert!(lines.is_sorted(), "in file order: {ps:#?}");
+    let unknown = ps
+        .iter()
+        .find(|p| p.message.contains("expected one of"))
+        .expect("an unknown key");
+    assert_eq!(
+        unknown.message.matches("kind").count(),
+        1,
+        "each name once: {unknown:?}"
+    );
+
+    for (listen, admin) in [
+        ("127.0.0.1:8080", "127.0.0.2:8080"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ] {
+        let text =
+            format!("{MINIMAL}[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n");
+        parse_str(&text, Path::new("/etc/nexus/edge.toml")).expect("separate listeners");
+    }
+}

@@ -6,8 +6,10 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured filter.
 /// Calling it twice is harmless (the second call does nothing).
 pub fn init(settings: &LogSettings) {
+    let configured = EnvFilter::try_new(&settings.filter);
+    let bad_filter = configured.as_ref().err().map(ToString::to_string);
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.filter))
+        .or(configured)
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Pingora logs through `log`; without the bridge its messages would vanish. The bridge's
     // level is capped at the filter's most verbose level: otherwise every `debug!` inside
@@ -32,4 +34,15 @@ pub fn init(settings: &LogSettings) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    if let Some(e) = bad_filter {
+        tracing::warn!(filter = %settings.filter, error = %e,
+            "log.filter is not a valid filter; `nexus-edge check` refuses it");
+    }
+}
+
+/// Whether `filter` is a filter `init` can use (`check` refuses one it cannot).
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

@@ -50,6 +50,25 @@ fn check_says_what_serve_would_refuse_or_drop() {
         "{out}"
     );
 
+    // So is a log filter serve cannot use, or a key set with no key.
+    let with_filter = format!(
+        "{}[log]\nfilter = \"info,,=x[bad\"\n",
+        config("bindings.json")
+    );
+    let (code, out) = check(dir.path(), &with_filter);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("log.filter"), "{out}");
+    std::fs::write(dir.path().join("empty.json"), r#"{"keys": []}"#).unwrap();
+    let (code, out) = check(
+        dir.path(),
+        &config("bindings.json").replace("jwks.json", "empty.json"),
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("no usable verification key (the set is empty)"),
+        "{out}"
+    );
+
     // A bindings file serve cannot start from is an error.
     let (code, out) = check(dir.path(), &config("missing.json"));
     assert_ne!(code, 0, "{out}");

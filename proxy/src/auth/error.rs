@@ -150,7 +150,10 @@ pub enum AuthSetupError {
         reason: String,
     },
     /// The JWKS holds no usable verification key.
-    #[error("{path}: no usable verification key ({skipped} skipped: {reasons})")]
+    #[error(
+        "{path}: no usable verification key{}",
+        if *skipped == 0 { " (the set is empty)".to_owned() } else { format!(" ({skipped} skipped: {reasons})") }
+    )]
     NoKeys {
         /// File.
         path: String,

@@ -26,6 +26,10 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
                     path.display()
                 );
             }
+            if let Err(e) = crate::logging::check_filter(&settings.log.filter) {
+                eprintln!("{}: log.filter: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
             if let Err(e) = check_bindings_file(&settings.store) {
                 eprintln!("{}: store.path: {e}", path.display());
                 return ExitCode::FAILURE;

@@ -463,6 +463,9 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             };
             match admin.history(&t).await {
                 Ok(h) => {
+                    if h.entries.is_empty() && h.unreadable.is_empty() && !json {
+                        eprintln!("nexus-edge: no audit entries for tenant {t}");
+                    }
                     print_history(&h.entries, json);
                     for u in &h.unreadable {
                         eprintln!("nexus-edge: unreadable audit entry: {u}");
