@@ -362,6 +362,7 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
         return Vec::new();
     };
     let mut keys = Vec::new();
+    let mut kids = std::collections::HashSet::new();
     for (i, item) in items.iter().enumerate() {
         let key = format!("auth.hmac_keys[{i}]");
         let at = Some(item.span().start);
@@ -392,6 +393,12 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
             p.push(format!("{key}.kid"), at, "is required");
             continue;
         };
+        if !kids.insert(kid.clone()) {
+            // A token's kid selects one key: a second one under the same kid would never
+            // be used.
+            p.push(format!("{key}.kid"), at, format!("{kid:?} is listed twice"));
+            continue;
+        }
         let secret = match (field("secret_env"), field("secret_file")) {
             (Some(env), None) => match std::env::var(&env) {
                 Ok(v) => v.into_bytes(),

@@ -166,7 +166,7 @@ fn hmac_keys_come_from_env_or_file_and_must_be_long() {
     std::fs::write(dir.join("secret"), "0123456789abcdef0123456789abcdef\n").expect("write");
     std::fs::write(dir.join("short"), "short").expect("write");
     let text = format!(
-        "{MINIMAL}\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"b\"\nsecret_file = \"short\"\n\n[[auth.hmac_keys]]\nkid = \"c\"\nsecret_env = \"NEXUS_TEST_SURELY_UNSET_VAR\"\n"
+        "{MINIMAL}\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"b\"\nsecret_file = \"short\"\n\n[[auth.hmac_keys]]\nkid = \"c\"\nsecret_env = \"NEXUS_TEST_SURELY_UNSET_VAR\"\n\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n"
     );
     let ps = match parse_str(&text, &dir.join("edge.toml")) {
         Err(ConfigError::Invalid { problems, .. }) => problems,
@@ -180,6 +180,11 @@ fn hmac_keys_come_from_env_or_file_and_must_be_long() {
     assert!(
         ps.iter().any(|p| p.key == "auth.hmac_keys[2].secret_env"
             && p.message.contains("NEXUS_TEST_SURELY_UNSET_VAR")),
+        "{ps:?}"
+    );
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "auth.hmac_keys[3].kid" && p.message.contains("listed twice")),
         "{ps:?}"
     );
     assert!(

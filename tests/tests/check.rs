@@ -50,7 +50,21 @@ fn check_says_what_serve_would_refuse_or_drop() {
         "{out}"
     );
 
-    // So is a log filter serve cannot use, or a key set with no key.
+    // Public paths that open every path, or the API, are valid and worth a second look.
+    for (paths, says) in [
+        (r#"["/"]"#, "makes every path public"),
+        (r#"["/login", "/api"]"#, "covers the API prefix"),
+    ] {
+        let open = format!(
+            "{}[tenancy]\npublic_paths = {paths}\napi_prefix = \"/api/\"\n",
+            config("bindings.json")
+        );
+        let (code, out) = check(dir.path(), &open);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains(says), "{paths}: {out}");
+    }
+
+    // A log filter serve cannot use, or a key set with no key, is an error.
     let with_filter = format!(
         "{}[log]\nfilter = \"info,,=x[bad\"\n",
         config("bindings.json")

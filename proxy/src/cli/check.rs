@@ -26,6 +26,9 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
                     path.display()
                 );
             }
+            for w in public_path_warnings(&settings.tenancy) {
+                eprintln!("{}: warning: tenancy.public_paths: {w}", path.display());
+            }
             if let Err(e) = crate::logging::check_filter(&settings.log.filter) {
                 eprintln!("{}: log.filter: {e}", path.display());
                 return ExitCode::FAILURE;
@@ -62,4 +65,23 @@ fn check_bindings_file(store: &nexus_config::StoreSettings) -> Result<(), String
         eprintln!("{}: warning: binding record refused: {p}", file.display());
     }
     Ok(())
+}
+
+/// Public paths that make more public than a reader of the config may think: valid, but
+/// worth a second look.
+fn public_path_warnings(t: &nexus_config::TenancySettings) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in &t.public_paths {
+        if p == "/" {
+            out.push(
+                "\"/\" makes every path public: no request to any tenant needs a token".to_owned(),
+            );
+        } else if crate::path::has_prefix(&t.api_prefix, p) {
+            out.push(format!(
+                "{p:?} covers the API prefix {:?}: API requests need no token",
+                t.api_prefix
+            ));
+        }
+    }
+    out
 }
