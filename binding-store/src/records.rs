@@ -78,6 +78,17 @@ pub fn parse_record_with(
     value: &Value,
     interner: &mut Interner,
 ) -> Result<Binding, (Option<String>, String)> {
+    let kind = match value {
+        Value::Object(_) => None,
+        Value::Null => Some("null"),
+        Value::Bool(_) => Some("a boolean"),
+        Value::Number(_) => Some("a number"),
+        Value::String(_) => Some("a string"),
+        Value::Array(_) => Some("an array"),
+    };
+    if let Some(kind) = kind {
+        return Err((None, format!("a binding record is a JSON object, not {kind}")));
+    }
     let tenant = value
         .get("tenant_id")
         .and_then(Value::as_str)
@@ -263,6 +274,10 @@ mod tests {
             parsed.problems[1]
         );
         assert_eq!(parsed.problems[2].tenant, None);
+        assert_eq!(
+            parsed.problems[2].message,
+            "a binding record is a JSON object, not a number"
+        );
     }
 
     #[test]
