@@ -87,7 +87,10 @@ pub fn parse_record_with(
         Value::Array(_) => Some("an array"),
     };
     if let Some(kind) = kind {
-        return Err((None, format!("a binding record is a JSON object, not {kind}")));
+        return Err((
+            None,
+            format!("a binding record is a JSON object, not {kind}"),
+        ));
     }
     let tenant = value
         .get("tenant_id")

@@ -234,7 +234,7 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
 }
 
 #[test]
-fn wait_times_out_naming_a_stopped_replica() {
+fn wait_names_replicas_stopped_or_on_another_history() {
     let World {
         redis,
         admin,
@@ -275,6 +275,34 @@ fn wait_times_out_naming_a_stopped_replica() {
     assert!(err.contains("1/2"), "{err}");
     // Once it runs again it catches up.
     wait_instance(&r2, &keys, "acme", "instance-b");
+
+    // A replica still serving another history (Redis lost its data under it) reports
+    // revisions of that history: they say nothing about this one's, so it has not applied
+    // the change, whatever the number.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    let beat = serde_json::json!({
+        "applied_revision": 99, "at_ms": now_ms as u64, "interval_ms": 1000, "version": "0"
+    });
+    redis.cmd(&["HSET", "nexus:replicas", "replica-old", &beat.to_string()]);
+    let (code, _, err) = admin.tenant(&[
+        "set-status",
+        "acme",
+        "past_due",
+        "--wait",
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("replica-old (still on another history)"),
+        "{err}"
+    );
+    let list = cli(&["replicas", "--config", admin.config.to_str().expect("utf8")]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("on another history"), "{text}");
 }
 
 #[test]

@@ -33,6 +33,17 @@ pub struct ReplicaStatus {
     pub live: bool,
     /// Store revision minus applied revision.
     pub lag: u64,
+    /// It applied a revision above the store's counter: it still serves another history
+    /// (Redis lost its data, or a failover lost the last writes) and has not loaded this one.
+    /// Its revisions say nothing about this history's, so it has applied none of them yet.
+    pub other_history: bool,
+}
+
+impl ReplicaStatus {
+    /// Whether it serves `revision` of the store's current history.
+    pub fn has_applied(&self, revision: u64) -> bool {
+        self.applied_revision >= revision && !self.other_history
+    }
 }
 
 /// Result of waiting for a revision.
@@ -102,6 +113,9 @@ impl RedisStore {
                 last_seen_ms: age,
                 live: age <= live_window_ms(hb.interval_ms),
                 lag: counter.unwrap_or(0).saturating_sub(hb.applied_revision),
+                // The heartbeats were read before the counter, which only grows: within one
+                // history no replica is ahead of it.
+                other_history: counter.is_some_and(|c| hb.applied_revision > c),
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -125,14 +139,17 @@ impl RedisStore {
                 }
             }
             let live: Vec<&ReplicaStatus> = replicas.iter().filter(|r| r.live).collect();
-            let applied = live
-                .iter()
-                .filter(|r| r.applied_revision >= revision)
-                .count();
+            let applied = live.iter().filter(|r| r.has_applied(revision)).count();
             let mut behind: Vec<String> = live
                 .iter()
-                .filter(|r| r.applied_revision < revision)
-                .map(|r| r.id.clone())
+                .filter(|r| !r.has_applied(revision))
+                .map(|r| {
+                    if r.other_history {
+                        format!("{} (still on another history)", r.id)
+                    } else {
+                        r.id.clone()
+                    }
+                })
                 .collect();
             // Replicas that were live when we started and went silent are behind too.
             for id in &seen_live {

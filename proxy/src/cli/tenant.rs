@@ -553,12 +553,17 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
                 );
                 for r in list {
                     println!(
-                        "{:<40} {:>10} {:>8} {:>10}  {}",
+                        "{:<40} {:>10} {:>8} {:>10}  {}{}",
                         r.id,
                         r.applied_revision,
                         r.lag,
                         r.last_seen_ms,
-                        if r.live { "yes" } else { "no" }
+                        if r.live { "yes" } else { "no" },
+                        if r.other_history {
+                            "  (on another history: not yet reloaded)"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }
