@@ -37,9 +37,31 @@ fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u
     resp
 }
 
+/// Whether the client keeps its connection open after this request (RFC 9112 §9.3): HTTP/1.1
+/// unless it says `close`; HTTP/1.0 only when it says `keep-alive`.
+fn asks_keepalive(req: &pingora::http::RequestHeader) -> bool {
+    let mut said = None;
+    for v in req.headers.get_all(http::header::CONNECTION) {
+        for token in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                return false;
+            }
+            if token.eq_ignore_ascii_case(b"keep-alive") {
+                said = Some(true);
+            }
+        }
+    }
+    said.unwrap_or(req.version >= http::Version::HTTP_11)
+}
+
 #[async_trait]
 impl ServeHttp for OpsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if !asks_keepalive(session.req_header()) {
+            // Pingora's app wrapper keeps every connection open for 60 s, HTTP/1.0 ones
+            // too: a probe reading to the end of the stream would hang.
+            session.set_keepalive(None);
+        }
         let path = session.req_header().uri.path().to_owned();
         let s = &self.state;
         match path.as_str() {

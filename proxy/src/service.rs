@@ -149,7 +149,11 @@ fn now_unix() -> u64 {
 /// seconds, at least one). Public for the load harness's bare proxy, which bounds its
 /// clients the same way.
 pub fn bound_idle_client(session: &mut Session, server: &nexus_config::ServerSettings) {
-    session.set_keepalive(Some(server.keepalive_timeout.as_secs().max(1)));
+    // Only a connection the client keeps open (HTTP/1.1 without `Connection: close`, or
+    // HTTP/1.0 asking for keep-alive: Pingora decided that when it read the request).
+    if session.get_keepalive().is_some() {
+        session.set_keepalive(Some(server.keepalive_timeout.as_secs().max(1)));
+    }
 }
 
 /// Bounds an instance connection's connect, reads and writes as configured. Public for the
@@ -406,6 +410,15 @@ impl ProxyHttp for EdgeService {
             "upstream failed"
         );
         let code = reason.status();
+        if session.response_written().is_some() {
+            // The instance's status and headers are out: an error page now would become the
+            // end of its body (a complete-looking 200, even cacheable). The connection is
+            // dropped instead, without a final chunk, so the client sees the cut.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         if let Err(err) = self.reject(session, ctx, reason, true).await {
             tracing::debug!(error = %err, "could not send the error response");
         }

@@ -4,6 +4,8 @@
 //! test sees exactly which instance got a request and what the router sent it. Paths:
 //! - `/slow/<ms>`: answers after `<ms>` milliseconds (in-flight requests across a rebind,
 //!   upstream timeouts);
+//! - `/cut/<n>`: announces `<n>` bytes more than it sends, then closes (an instance that
+//!   dies mid-response); `/cut-chunked`: one chunk of a chunked body, then closes;
 //! - a request with `Upgrade: websocket`: answers `101` and then echoes bytes back.
 
 use std::net::SocketAddr;
@@ -181,11 +183,25 @@ where
             "body": body_bytes,
         })
         .to_string();
+        if path == "/cut-chunked" {
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-instance: {name}\r\n\r\n{:x}\r\n{body}\r\n",
+                body.len()
+            );
+            stream.write_all(resp.as_bytes()).await?;
+            return Ok(());
+        }
+        let missing = path
+            .strip_prefix("/cut/")
+            .and_then(|n| n.parse::<usize>().ok());
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-instance: {name}\r\n\r\n{body}",
-            body.len()
+            body.len() + missing.unwrap_or(0)
         );
         stream.write_all(resp.as_bytes()).await?;
+        if missing.is_some() {
+            return Ok(());
+        }
     }
 }
 

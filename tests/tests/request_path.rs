@@ -938,6 +938,49 @@ fn unreachable_instance_is_502_and_slow_instance_is_504() {
 }
 
 #[test]
+fn an_instance_that_dies_mid_response_leaves_the_response_cut_not_completed() {
+    // Once the instance's status and headers are out, an error page would become the end of
+    // its body: a complete-looking (even cacheable) 200. The client must see the cut.
+    use std::io::{Read, Write};
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    for path in ["/cut/100", "/cut-chunked"] {
+        let mut s = std::net::TcpStream::connect(w.edge.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
+            host("acme")
+        )
+        .expect("write");
+        let mut raw = Vec::new();
+        // The router drops the connection: a reset is as good as an end of stream here.
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        assert!(
+            !body.contains("gateway"),
+            "{path}: no error page in the body: {body}"
+        );
+        match head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+        {
+            Some(len) => assert!(
+                body.len() < len.trim().parse::<usize>().expect("length"),
+                "{path}: the body must stay short of its length: {text}"
+            ),
+            None => assert!(
+                !body.ends_with("0\r\n\r\n"),
+                "{path}: no final chunk: {text}"
+            ),
+        }
+    }
+}
+
+#[test]
 fn binding_file_changes_are_picked_up_live() {
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));
@@ -1123,6 +1166,40 @@ fn idle_connections_are_closed_after_the_keepalive_timeout() {
         let mut rest = Vec::new();
         let closed = s.read_to_end(&mut rest);
         assert!(closed.is_ok() && rest.is_empty(), "{closed:?} {rest:?}");
+    }
+}
+
+#[test]
+fn an_http_1_0_client_gets_its_connection_closed_after_the_response() {
+    // HTTP/1.0 keeps a connection only when asked (`Connection: keep-alive`): a probe that
+    // reads to the end of the stream must get it, on the public and the ops listener alike,
+    // long before the keep-alive timeout (60 s here).
+    use std::io::{Read, Write};
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let requests = [
+        (
+            w.edge.addr,
+            format!(
+                "GET / HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+                host("acme")
+            ),
+        ),
+        (w.edge.ops_addr, "GET /healthz HTTP/1.0\r\n\r\n".to_owned()),
+    ];
+    for (addr, request) in requests {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut all = Vec::new();
+        let closed = s.read_to_end(&mut all);
+        let text = String::from_utf8_lossy(&all);
+        assert!(
+            closed.is_ok(),
+            "{addr}: still open after {text}: {closed:?}"
+        );
+        assert!(text.starts_with("HTTP/1."), "{addr}: {text}");
+        assert!(text.contains(" 200 "), "{addr}: {text}");
     }
 }
 
