@@ -164,9 +164,17 @@ impl FileStore {
         let Some(path) = &self.path else { return false };
         let now = stamp(path);
         let previous = self.seen.lock().ok().and_then(|g| g.clone());
+        // Unchanged since the last check: still in sync if that check loaded it (a refused
+        // file stays refused). Sync age and `last_sync` mean "checked", not "changed".
+        let unchanged = || {
+            if self.health.store_up() {
+                self.health.mark_synced(handle.load().revision());
+            }
+            false
+        };
         if let (Some(now), Some((before, _))) = (&now, &previous) {
             if now == before {
-                return false;
+                return unchanged();
             }
         }
         let bytes = match self.read() {
@@ -180,7 +188,7 @@ impl FileStore {
         let d = digest(&bytes);
         if previous.as_ref().is_some_and(|(_, before)| *before == d) {
             self.remember(now, d);
-            return false;
+            return unchanged();
         }
         match self.build(&bytes, Some(&handle.load())) {
             Ok(table) => {

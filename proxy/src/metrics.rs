@@ -37,11 +37,14 @@ pub struct Metrics {
     pub store_up: IntGauge,
     /// Seconds since the last successful sync with the binding store.
     pub sync_age_seconds: IntGauge,
-    /// Binding records refused so far.
-    pub rejected_records: IntGauge,
-    /// `binding_full_reloads`: whole-table loads from Redis (start-up and reconciles); one
-    /// that keeps rising is a replica that keeps losing the change feed.
-    pub full_reloads: IntGauge,
+    /// `binding_records_rejected_total`: binding records refused so far.
+    pub rejected_records: prometheus::IntCounter,
+    /// `binding_full_reloads_total`: whole-table loads from Redis (start-up and reconciles);
+    /// one that keeps rising is a replica that keeps losing the change feed.
+    pub full_reloads: prometheus::IntCounter,
+    /// Held while the counters above catch up with the store's totals, so that two scrapes
+    /// at once do not both add the same difference.
+    mirror: Arc<std::sync::Mutex<()>>,
     /// `requests_total{outcome="forwarded"}`, resolved once: the label lookup (a lock and a
     /// hash) is not worth paying on every forwarded request.
     pub forwarded: prometheus::IntCounter,
@@ -96,12 +99,12 @@ impl Metrics {
             "binding_sync_age_seconds",
             "Seconds since the last successful binding sync",
         )?;
-        let rejected_records = IntGauge::new(
-            "binding_records_rejected",
+        let rejected_records = prometheus::IntCounter::new(
+            "binding_records_rejected_total",
             "Binding records refused by validation so far",
         )?;
-        let full_reloads = IntGauge::new(
-            "binding_full_reloads",
+        let full_reloads = prometheus::IntCounter::new(
+            "binding_full_reloads_total",
             "Whole binding-table loads from Redis so far (start-up and reconciles; 0 with the file store)",
         )?;
         let upstream_connect_retries = prometheus::IntCounter::new(
@@ -139,6 +142,7 @@ impl Metrics {
             sync_age_seconds,
             rejected_records,
             full_reloads,
+            mirror: Arc::default(),
             upstream_connect_retries,
         })
     }
@@ -159,10 +163,15 @@ impl Metrics {
                 .unwrap_or(i64::MAX)
         };
         self.sync_age_seconds.set(age);
-        self.rejected_records
-            .set(i64::try_from(health.rejected_records()).unwrap_or(i64::MAX));
-        self.full_reloads
-            .set(i64::try_from(health.full_reloads()).unwrap_or(i64::MAX));
+        {
+            // The store keeps the totals; the counters only ever move up to them.
+            let _held = self.mirror.lock();
+            let catch_up = |c: &prometheus::IntCounter, total: u64| {
+                c.inc_by(total.saturating_sub(c.get()));
+            };
+            catch_up(&self.rejected_records, health.rejected_records());
+            catch_up(&self.full_reloads, health.full_reloads());
+        }
         let mut out = Vec::with_capacity(4096);
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

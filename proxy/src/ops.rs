@@ -62,6 +62,21 @@ impl ServeHttp for OpsApp {
             // too: a probe reading to the end of the stream would hang.
             session.set_keepalive(None);
         }
+        let method = &session.req_header().method;
+        if method != http::Method::GET && method != http::Method::HEAD {
+            let mut resp = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                b"method not allowed: GET or HEAD\n".to_vec(),
+            );
+            resp.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
+            );
+            // Whatever body the request carried was not read: the connection cannot be reused.
+            session.set_keepalive(None);
+            return resp;
+        }
         let path = session.req_header().uri.path().to_owned();
         let s = &self.state;
         match path.as_str() {

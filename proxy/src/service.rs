@@ -371,6 +371,11 @@ impl ProxyHttp for EdgeService {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::NO_CONTENT {
+            // RFC 9110 §8.6: a 204 carries no Content-Length. Pingora sends no body after it
+            // anyway; the header would only tell the client to wait for bytes that never come.
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+        }
         upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
         if let Some(BillingNotice::PastDue) = ctx.decision.as_ref().and_then(|d| d.notice) {
             upstream_response.insert_header(

@@ -589,11 +589,11 @@ fn a_following_replica_with_no_table_waits_for_a_restore_too() {
     wait_instance(&edge, &keys, "globex", "instance-b");
 }
 
-/// `nexus_edge_binding_full_reloads` of `edge`.
+/// `nexus_edge_binding_full_reloads_total` of `edge`.
 fn full_reloads(edge: &Edge) -> u64 {
     let text = edge.ops_get("/metrics").text();
     text.lines()
-        .find_map(|l| l.strip_prefix("nexus_edge_binding_full_reloads "))
+        .find_map(|l| l.strip_prefix("nexus_edge_binding_full_reloads_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no full-reload count in {text}"))
 }

@@ -112,7 +112,7 @@ fn damage_record(redis: &RedisServer, tenant: &str) {
 fn assert_one_record_rejected(edge: &Edge) {
     let metrics = edge.ops_get("/metrics").text();
     assert!(
-        metrics.contains("nexus_edge_binding_records_rejected 1"),
+        metrics.contains("nexus_edge_binding_records_rejected_total 1"),
         "{metrics}"
     );
 }
@@ -695,7 +695,10 @@ fn records_written_by_hand_cannot_take_a_tenant_over_or_stop_the_feed() {
         instance_of(&edge, keys, "acme").as_deref(),
         Some("instance-a")
     );
-    assert_eq!(metric(&edge, "nexus_edge_binding_records_rejected"), 3);
+    assert_eq!(
+        metric(&edge, "nexus_edge_binding_records_rejected_total"),
+        3
+    );
     let log = edge.log();
     assert!(log.contains(r#"names tenant "globex""#), "{log}");
 

@@ -981,6 +981,16 @@ fn an_instance_that_dies_mid_response_leaves_the_response_cut_not_completed() {
 }
 
 #[test]
+fn a_204_reaches_the_client_without_a_content_length() {
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let r = get_with_token(w.edge.addr, &host("acme"), "/no-content", &token);
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("content-length"), None);
+    assert!(r.header("x-request-id").is_some());
+}
+
+#[test]
 fn binding_file_changes_are_picked_up_live() {
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));
@@ -1265,8 +1275,33 @@ fn metrics_and_probes_on_the_ops_listener() {
         "{text}"
     );
     assert!(text.contains("nexus_edge_bindings 2"), "{text}");
+    // Running totals are counters, named so.
+    for counter in [
+        "nexus_edge_binding_records_rejected_total",
+        "nexus_edge_binding_full_reloads_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {counter} counter")),
+            "{text}"
+        );
+    }
     assert_eq!(w.edge.ops_get("/healthz").status, 200);
-    assert_eq!(w.edge.ops_get("/readyz").json()["bindings"], 2);
+    let ready = w.edge.ops_get("/readyz").json();
+    assert_eq!(ready["bindings"], 2);
+    // The file is checked every poll: an unchanged file is still in sync, not ever older.
+    let synced = ready["last_sync_unix_ms"].as_u64().expect("last sync");
+    nexus_e2e::wait::until(Duration::from_secs(10), "a later sync", || {
+        let now = w.edge.ops_get("/readyz").json()["last_sync_unix_ms"].as_u64();
+        now.filter(|&t| t > synced)
+    });
+    // Only GET and HEAD; anything else is refused without being served.
+    let post = nexus_e2e::http::send_raw(
+        w.edge.ops_addr,
+        b"POST /metrics HTTP/1.1\r\nHost: ops\r\nContent-Length: 0\r\n\r\n",
+    )
+    .expect("post");
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
     // The ops endpoints are not reachable through a tenant host.
     let r = get(w.edge.addr, &host("acme"), "/metrics", &[]);
     assert_eq!(r.status, 401);
