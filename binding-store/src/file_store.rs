@@ -146,6 +146,7 @@ impl FileStore {
             }
         }
         let contested = contested_domains(&bindings);
+        // Counted once per contested domain: at least one claimant's record was refused.
         let refused_claims = contested.len();
         if !contested.is_empty() {
             bindings = settle_contested(bindings, &contested, &[], current, "file");

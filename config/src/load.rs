@@ -68,9 +68,25 @@ pub fn parse_str(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
 
 /// Reads and validates a config file.
 pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // Say where: a stray byte in a long file is otherwise hard to find.
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems: vec![crate::Problem {
+                key: "(file)".to_owned(),
+                line: Some(line),
+                message: format!(
+                    "not UTF-8 (byte {} is the first that is not)",
+                    valid.len() + 1
+                ),
+            }],
+        }
     })?;
     parse_str(&text, path)
 }

@@ -415,3 +415,18 @@ fn listeners_ips_and_messages_a_reader_can_act_on() {
         parse_str(&text, Path::new("/etc/nexus/edge.toml")).expect("separate listeners");
     }
 }
+
+#[test]
+fn a_file_that_is_not_utf8_is_named_with_its_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("edge.toml");
+    std::fs::write(&path, b"[server]\nthreads = 2\n# caf\xe9\n").expect("write");
+    match load_file(&path) {
+        Err(ConfigError::Invalid { problems, .. }) => {
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].line, Some(3), "{problems:?}");
+            assert!(problems[0].message.contains("not UTF-8"), "{problems:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
