@@ -105,9 +105,9 @@ impl FileStore {
     ///
     /// With a table served (`current`), two files are refused whole, as no tenant's binding
     /// can be kept for sure: one holding a record that names no tenant (no `tenant_id`, or
-    /// one not canonical), which could be any tenant's; and one holding no records at all that
-    /// was not written by the admin CLI (no top-level `revision`), which would unbind
-    /// everyone. Deleting tenants one by one through the CLI empties a file legitimately.
+    /// one not canonical), which could be any tenant's; and one holding no records at all
+    /// whose top-level `revision` is not past the table's (not the admin CLI's last delete),
+    /// which would unbind everyone.
     fn build(
         &self,
         bytes: &[u8],
@@ -125,8 +125,10 @@ impl FileStore {
                      missing from the file can be unbound"
                 )));
             }
-            if parsed.bindings.is_empty() && parsed.problems.is_empty() && parsed.revision.is_none()
-            {
+            // The CLI's last delete leaves the file at a revision past the table's; a hand
+            // edit of any file does not move it.
+            let written_since = parsed.revision.is_some_and(|r| r > table.revision().get());
+            if parsed.bindings.is_empty() && parsed.problems.is_empty() && !written_since {
                 return Err(refuse(format!(
                     "the file holds no bindings, while {} are served; remove tenants with \
                      `nexus-edge tenant delete`",

@@ -567,6 +567,8 @@ fn a_reload_never_unbinds_a_tenant_it_cannot_account_for() {
     not_canonical["tenant_id"] = serde_json::json!("ACME");
     let mut emptied_by_the_cli = doc(serde_json::json!([]));
     emptied_by_the_cli["revision"] = serde_json::json!(3);
+    let mut emptied_by_hand = doc(serde_json::json!([]));
+    emptied_by_hand["revision"] = serde_json::json!(0);
     let one = "http://10.0.0.1";
     // (what, file, whether it is taken, acme's instance then, globex's instance then)
     type Case<'a> = (
@@ -576,7 +578,7 @@ fn a_reload_never_unbinds_a_tenant_it_cannot_account_for() {
         Option<&'a str>,
         Option<&'a str>,
     );
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         (
             "a newcomer claims a held domain",
             doc(serde_json::json!([acme.clone(), claims_acmes_domain])),
@@ -613,6 +615,13 @@ fn a_reload_never_unbinds_a_tenant_it_cannot_account_for() {
             Some(one),
         ),
         ("emptied by the CLI", emptied_by_the_cli, true, None, None),
+        (
+            "a CLI-written file emptied by hand",
+            emptied_by_hand,
+            false,
+            Some(one),
+            Some(one),
+        ),
         (
             "a tenant listed twice",
             doc(serde_json::json!([
