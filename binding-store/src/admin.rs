@@ -110,13 +110,28 @@ pub enum AdminError {
         "Redis holds no revision counter, yet replicas serve bindings up to revision {served}: \
          it looks wiped (FLUSHALL, a restart without persistence, a new server). Replicas keep \
          serving their tables; a write now would start a new history and every replica would \
-         unbind each tenant not in it. Restore first: `nexus-edge tenant import FILE` with an \
-         export or a replica's snapshot file (`snapshot_path`), or Redis's own backup. To write \
-         anyway, pass --start-new-history"
+         unbind each tenant not in it. Restore first: `nexus-edge tenant import SNAPSHOT` with \
+         a replica's snapshot file (`snapshot_path`), or Redis's own backup. To write anyway, \
+         pass --start-new-history"
     )]
     Wiped {
         /// The highest revision a replica reports serving.
         served: Revision,
+    },
+    /// An import into a Redis that lost its data would restore a table older or smaller than
+    /// the one replicas serve (revision `served`): they would reload it and unbind every
+    /// tenant not in it.
+    #[error(
+        "Redis holds no revision counter, yet replicas serve bindings up to revision {served}; \
+         {offered}, and replicas would reload it and unbind every tenant not in it. Import a \
+         replica's snapshot file (`snapshot_path`) at revision {served} or later, or pass \
+         --start-new-history to restore this file anyway"
+    )]
+    StaleRestore {
+        /// The highest revision a replica reports serving.
+        served: Revision,
+        /// What the import offers instead.
+        offered: String,
     },
     /// The store's data is damaged (a record that does not parse, ...).
     #[error("store data is damaged: {0}")]
@@ -185,6 +200,31 @@ pub trait BindingAdmin: Send + Sync {
     async fn import(&self, bindings: Vec<Arc<Binding>>, actor: &Actor) -> Result<u64, ImportError> {
         import_each(self, bindings, actor).await
     }
+
+    /// [`BindingAdmin::import`], told where the bindings come from: a store that can have
+    /// lost its data under serving replicas (Redis) restores it only from a table as recent
+    /// as the one they serve.
+    async fn import_from(
+        &self,
+        bindings: Vec<Arc<Binding>>,
+        actor: &Actor,
+        _source: ImportSource,
+    ) -> Result<u64, ImportError> {
+        self.import(bindings, actor).await
+    }
+}
+
+/// Where an import's bindings come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportSource {
+    /// A bindings file (an export, or one written by hand): it may be older, or hold fewer
+    /// tenants, than the table replicas serve.
+    Records,
+    /// A replica's snapshot of the whole table at `revision`.
+    Snapshot {
+        /// The revision the snapshot's replica had applied.
+        revision: Revision,
+    },
 }
 
 /// An import as one [`BindingAdmin::apply`] per binding, in order, stopping at the first

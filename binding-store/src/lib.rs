@@ -26,4 +26,6 @@ pub mod file_store;
 pub mod records;
 pub mod redis_store;
 pub mod snapshot;
-pub use admin::{Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, Mutation};
+pub use admin::{
+    Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource, Mutation,
+};

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Binding;
 use crate::model::Interner;
+use crate::model::{Binding, Revision};
 use crate::records::parse_record_with;
 use crate::table::BindingTable;
 
@@ -139,7 +139,7 @@ pub fn read_snapshot(path: &Path) -> Result<BindingTable, SnapshotError> {
             })
         }
     };
-    parse_snapshot(path, &bytes)
+    parse_snapshot(path, &bytes).map(|(table, _)| table)
 }
 
 /// Whether `bytes` begin with a snapshot's header line: lets a tool given any file (`tenant
@@ -150,8 +150,13 @@ pub fn is_snapshot(bytes: &[u8]) -> bool {
         .is_ok_and(|v| v.get("format").and_then(serde_json::Value::as_str) == Some(FORMAT))
 }
 
-/// Checks the snapshot `bytes` read from `path` (named in errors) as [`read_snapshot`] does.
-pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<BindingTable, SnapshotError> {
+/// Checks the snapshot `bytes` read from `path` (named in errors) as [`read_snapshot`] does;
+/// also returns the revision its replica had applied (its header's: a delete after the
+/// newest record makes it higher than any record's).
+pub fn parse_snapshot(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(BindingTable, Revision), SnapshotError> {
     let corrupt = |line: usize, reason: String| SnapshotError::Corrupt {
         path: path.to_path_buf(),
         line,
@@ -198,7 +203,7 @@ pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<BindingTable, Snapsho
     if let Some(e) = refused.first() {
         return Err(corrupt(0, e.to_string()));
     }
-    Ok(table)
+    Ok((table, Revision(header.revision)))
 }
 
 #[cfg(test)]

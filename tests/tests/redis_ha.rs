@@ -367,6 +367,16 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     let (code, _, err) = admin.tenant(&["import", damaged.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("checksum mismatch"), "{err}");
+    // An export (no revision to tell) would be refused; the replica's own snapshot is taken.
+    let export = snaps.path().join("export.json");
+    std::fs::write(
+        &export,
+        nexus_e2e::edge::bindings_file(vec![binding("acme", &b.url(), "active", None)]).to_string(),
+    )
+    .unwrap();
+    let (code, _, err) = admin.tenant(&["import", export.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("only a replica's snapshot tells"), "{err}");
     let out = admin.ok(&["import", snapshot.to_str().unwrap()]);
     assert!(out.contains("imported 1 bindings"), "{out}");
     admin.put(&binding("globex", &a.url(), "active", None));
@@ -441,9 +451,17 @@ fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
     assert!(err.contains("another restore import"), "{err}");
     redis.cmd(&["DEL", "nexus:restoring"]);
 
-    // 3. The whole restore: every tenant arrives, through one reset of the feed, numbered
-    // after the highest revision in Redis.
-    let out = admin.ok(&["import", file.to_str().unwrap()]);
+    // 3. A bindings file may be older or smaller than the table the replica serves: the
+    // restore is refused until the admin says so. Then every tenant arrives, through one
+    // reset of the feed, numbered after the highest revision in Redis.
+    let (code, _, err) = admin.tenant(&["import", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("serve bindings up to revision 3"), "{err}");
+    assert!(err.contains("nothing imported"), "{err}");
+    assert_eq!(redis.cmd(&["EXISTS", "nexus:restoring"]), "0");
+    let mut args = NEW_HISTORY.to_vec();
+    args.extend(["import", file.to_str().unwrap()]);
+    let out = admin.ok(&args);
     assert!(out.contains("imported 4 bindings"), "{out}");
     for t in ["umbrella", "acme", "globex", "initech"] {
         wait_instance(&edge, &keys, t, "instance-b");

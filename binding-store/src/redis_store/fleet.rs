@@ -84,6 +84,21 @@ pub(super) async fn heartbeat(
     Ok(())
 }
 
+/// The highest revision any replica's heartbeat reports serving (0 with none): what a
+/// Redis that lost its data is still served as.
+pub(super) async fn served_revision(
+    store: &RedisStore,
+    con: &mut MultiplexedConnection,
+) -> redis::RedisResult<u64> {
+    let beats: Vec<Vec<u8>> = con.hvals(store.keys().replicas()).await?;
+    Ok(beats
+        .iter()
+        .filter_map(|b| serde_json::from_slice::<Heartbeat>(b).ok())
+        .map(|hb| hb.applied_revision)
+        .max()
+        .unwrap_or(0))
+}
+
 impl RedisStore {
     /// Every replica that ever heartbeated (dead ones older than an hour are pruned).
     pub async fn replicas(&self) -> Result<Vec<ReplicaStatus>, AdminError> {

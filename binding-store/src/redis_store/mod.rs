@@ -29,7 +29,8 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 use crate::admin::{
-    import_each, Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, Mutation,
+    import_each, Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource,
+    Mutation,
 };
 use crate::error::StoreError;
 use crate::file_store::{mutate, op_name};
@@ -961,6 +962,18 @@ impl BindingAdmin for RedisStore {
     /// the history in one step, so a replica serving a table keeps it until the whole import
     /// is in (`restore`).
     async fn import(&self, bindings: Vec<Arc<Binding>>, actor: &Actor) -> Result<u64, ImportError> {
+        self.import_from(bindings, actor, ImportSource::Records)
+            .await
+    }
+
+    /// As [`BindingAdmin::import`]; a restore over serving replicas takes only a snapshot as
+    /// recent as their table, unless told to start a new history (`restore`).
+    async fn import_from(
+        &self,
+        bindings: Vec<Arc<Binding>>,
+        actor: &Actor,
+        source: ImportSource,
+    ) -> Result<u64, ImportError> {
         let whole = ImportError::nothing;
         if bindings.is_empty() {
             return Ok(0);
@@ -972,7 +985,9 @@ impl BindingAdmin for RedisStore {
             .map_err(|e| whole(unavailable(e)))?;
         if counter.is_none() {
             // Cloning the Arcs keeps them for the usual way if a history started meanwhile.
-            if let Some(n) = restore::restore(self, &mut con, bindings.clone(), actor).await? {
+            if let Some(n) =
+                restore::restore(self, &mut con, bindings.clone(), actor, source).await?
+            {
                 return Ok(n);
             }
         }

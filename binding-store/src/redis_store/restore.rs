@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 
-use super::{unavailable, RedisStore};
-use crate::admin::{Actor, AdminError, AuditEntry, ImportError};
+use super::{unavailable, RedisStore, WipedStore};
+use crate::admin::{Actor, AdminError, AuditEntry, ImportError, ImportSource};
 use crate::model::{Binding, BindingRecord, Revision, TenantId};
 
 /// Records per pipelined round trip.
@@ -105,6 +105,7 @@ pub(super) async fn restore(
     con: &mut MultiplexedConnection,
     bindings: Vec<Arc<Binding>>,
     actor: &Actor,
+    source: ImportSource,
 ) -> Result<Option<u64>, ImportError> {
     let token = token();
     let locked: Option<String> = redis::cmd("SET")
@@ -123,7 +124,7 @@ pub(super) async fn restore(
             LOCK_MS / 1000
         ))));
     }
-    let result = restore_locked(store, con, bindings, actor, &token).await;
+    let result = restore_locked(store, con, bindings, actor, source, &token).await;
     if !matches!(result, Ok(Some(_))) {
         release(store, con, &token).await;
     }
@@ -135,6 +136,7 @@ async fn restore_locked(
     con: &mut MultiplexedConnection,
     bindings: Vec<Arc<Binding>>,
     actor: &Actor,
+    source: ImportSource,
     token: &str,
 ) -> Result<Option<u64>, ImportError> {
     // Every other writer is out now; one may have started a history just before.
@@ -145,6 +147,30 @@ async fn restore_locked(
         .map_err(|e| ImportError::nothing(unavailable(e)))?;
     if counter.is_some() {
         return Ok(None);
+    }
+    // Replicas that serve a table over this Redis reload whatever the restore holds: only
+    // a table as recent as theirs may replace it, unless the admin says otherwise.
+    if store.opts.wiped_store != WipedStore::StartNewHistory {
+        let served = super::fleet::served_revision(store, con)
+            .await
+            .map_err(|e| ImportError::nothing(unavailable(e)))?;
+        let offered = match source {
+            ImportSource::Snapshot { revision } if revision.get() >= served => None,
+            ImportSource::Snapshot { revision } => {
+                Some(format!("this snapshot is older (revision {revision})"))
+            }
+            ImportSource::Records => Some(
+                "this bindings file may be older or smaller than their table (only a \
+                 replica's snapshot tells its revision)"
+                    .to_owned(),
+            ),
+        };
+        if let Some(offered) = offered.filter(|_| served > 0) {
+            return Err(ImportError::nothing(AdminError::StaleRestore {
+                served: Revision(served),
+                offered,
+            }));
+        }
     }
     check_domains(store, con, &bindings).await?;
     // Records already in Redis (an earlier restore that stopped, or ones written outside the

@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 use nexus_binding_store::records::{parse_records, to_document, ParsedRecords};
 use nexus_binding_store::snapshot;
 use nexus_binding_store::{
-    Actor, AdminError, AuditEntry, Binding, BindingRecord, InstanceId, Mutation, Revision,
-    TenantId, TenantStatus, UpstreamUrl,
+    Actor, AdminError, AuditEntry, Binding, BindingRecord, ImportSource, InstanceId, Mutation,
+    Revision, TenantId, TenantStatus, UpstreamUrl,
 };
 
 use crate::store::Store;
@@ -413,17 +413,20 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Err(e) => return fail(format!("{}: {e}", file.display())),
             };
             // A replica's snapshot is the fleet's table when Redis lost it: restorable as is.
-            let parsed = if snapshot::is_snapshot(&bytes) {
+            let (parsed, source) = if snapshot::is_snapshot(&bytes) {
                 match snapshot::parse_snapshot(&file, &bytes) {
-                    Ok(table) => ParsedRecords {
-                        bindings: table.iter().cloned().collect(),
-                        ..ParsedRecords::default()
-                    },
+                    Ok((table, revision)) => (
+                        ParsedRecords {
+                            bindings: table.iter().cloned().collect(),
+                            ..ParsedRecords::default()
+                        },
+                        ImportSource::Snapshot { revision },
+                    ),
                     Err(e) => return fail(e),
                 }
             } else {
                 match parse_records(&bytes) {
-                    Ok(p) => p,
+                    Ok(p) => (p, ImportSource::Records),
                     Err(e) => return fail(format!("{}: {e}", file.display())),
                 }
             };
@@ -441,7 +444,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 }
                 return fail("nothing imported: fix the records above first");
             }
-            match admin.import(parsed.bindings, &actor).await {
+            match admin.import_from(parsed.bindings, &actor, source).await {
                 Ok(n) => {
                     println!("imported {n} bindings");
                     ExitCode::SUCCESS
