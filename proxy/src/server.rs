@@ -41,6 +41,22 @@ pub enum StartError {
     /// A runtime for start-up work could not be created.
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    /// The upstream CA bundle cannot be used (Pingora's connector would panic on it).
+    #[error("upstream.ca_file: {0}")]
+    CaBundle(String),
+}
+
+/// Loads the CA bundle for https instances the way Pingora's connector will (every PEM item a
+/// certificate that a root store takes), so that a bad one stops start-up with its reason,
+/// and `check` says so, instead of panicking in Pingora when the service starts.
+pub fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
+    let mut store = pingora::tls::RootCertStore::empty();
+    pingora::tls::load_ca_file_into_store(path, &mut store)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if store.is_empty() {
+        return Err(format!("{}: holds no certificate", path.display()));
+    }
+    Ok(())
 }
 
 /// SIGTERM and SIGINT both drain gracefully: orchestrators send SIGTERM, people press Ctrl-C,
@@ -72,6 +88,9 @@ pub fn prepare(
     settings: Settings,
     source: &Arc<dyn BindingSource>,
 ) -> Result<Arc<EdgeState>, StartError> {
+    if let Some(ca) = &settings.upstream.ca_file {
+        check_ca_bundle(ca).map_err(StartError::CaBundle)?;
+    }
     let auth = Authenticator::new(&settings.auth)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -83,6 +83,37 @@ fn check_says_what_serve_would_refuse_or_drop() {
         "{out}"
     );
 
+    // A CA bundle whose certificate block is not a certificate: check refuses it, and serve
+    // stops with the reason instead of panicking in Pingora's connector.
+    std::fs::write(
+        dir.path().join("ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let bad_ca = format!(
+        "{}[upstream]\nca_file = \"ca.pem\"\n",
+        config("bindings.json")
+    );
+    let (code, out) = check(dir.path(), &bad_ca);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("upstream.ca_file"), "{out}");
+    let (listen, ops) = nexus_e2e::edge::free_addr_pair();
+    let served = cli(&[
+        "serve",
+        "--config",
+        dir.path().join("edge.toml").to_str().unwrap(),
+        "--listen",
+        &listen.to_string(),
+        "--admin-listen",
+        &ops.to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&served.stderr);
+    assert_eq!(served.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("upstream.ca_file") && !err.contains("panicked"),
+        "{err}"
+    );
+
     // A bindings file serve cannot start from is an error.
     let (code, out) = check(dir.path(), &config("missing.json"));
     assert_ne!(code, 0, "{out}");

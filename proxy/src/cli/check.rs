@@ -29,6 +29,15 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             for w in public_path_warnings(&settings.tenancy) {
                 eprintln!("{}: warning: tenancy.public_paths: {w}", path.display());
             }
+            if let Some(Err(e)) = settings
+                .upstream
+                .ca_file
+                .as_deref()
+                .map(crate::server::check_ca_bundle)
+            {
+                eprintln!("{}: upstream.ca_file: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
             if let Err(e) = crate::logging::check_filter(&settings.log.filter) {
                 eprintln!("{}: log.filter: {e}", path.display());
                 return ExitCode::FAILURE;
