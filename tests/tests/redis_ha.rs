@@ -333,6 +333,11 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     assert!(err.contains("looks wiped"), "{err}");
     assert!(err.contains("up to revision 2"), "{err}");
     assert_eq!(redis.cmd(&["DBSIZE"]), "1", "only the heartbeats");
+    // Its revisions are no longer the store's: `replicas` says so, and `--wait` would not
+    // count it until it reloads.
+    let list = nexus_e2e::edge::cli(&["replicas", "--config", admin.config.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("on another history"), "{text}");
     admin.put_with(NEW_HISTORY, &acme_b);
     wait_instance(&edge, &keys, "acme", "instance-b");
     wait::until(Duration::from_secs(10), "globex to be gone", || {

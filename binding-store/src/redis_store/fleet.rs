@@ -18,6 +18,15 @@ struct Heartbeat {
     at_ms: u64,
     interval_ms: u64,
     version: String,
+    /// False while the replica serves a table the store no longer holds (Redis lost its
+    /// data): its revisions then belong to that table's history, not the store's. Missing
+    /// from older replicas' heartbeats.
+    #[serde(default = "following_by_default")]
+    following: bool,
+}
+
+fn following_by_default() -> bool {
+    true
 }
 
 /// One replica as seen from Redis.
@@ -70,12 +79,14 @@ pub(super) async fn heartbeat(
     store: &RedisStore,
     con: &mut MultiplexedConnection,
     applied: u64,
+    following: bool,
 ) -> redis::RedisResult<()> {
     let hb = Heartbeat {
         applied_revision: applied,
         at_ms: now_unix_ms(),
         interval_ms: store.opts().heartbeat_interval.as_millis() as u64,
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        following,
     };
     let json = serde_json::to_string(&hb).unwrap_or_default();
     let _: () = con
@@ -128,9 +139,9 @@ impl RedisStore {
                 last_seen_ms: age,
                 live: age <= live_window_ms(hb.interval_ms),
                 lag: counter.unwrap_or(0).saturating_sub(hb.applied_revision),
-                // The heartbeats were read before the counter, which only grows: within one
-                // history no replica is ahead of it.
-                other_history: counter.is_some_and(|c| hb.applied_revision > c),
+                // Said by the replica; or seen: the heartbeats were read before the counter,
+                // which only grows, so within one history no replica is ahead of it.
+                other_history: !hb.following || counter.is_some_and(|c| hb.applied_revision > c),
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));

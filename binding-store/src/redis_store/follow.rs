@@ -239,7 +239,7 @@ async fn session(
                     .position()
                     .map_or(0, |p| p.revision)
                     .max(handle.load().revision().get());
-                super::fleet::heartbeat(store, &mut con, serving).await?;
+                super::fleet::heartbeat(store, &mut con, serving, false).await?;
             }
             return Err(e);
         }
@@ -276,7 +276,8 @@ async fn session(
                 }
             }
             let applied = store.position().map_or(0, |p| p.revision);
-            super::fleet::heartbeat(store, &mut con, applied).await?;
+            let following = !counter_watch.told_no_history;
+            super::fleet::heartbeat(store, &mut con, applied, following).await?;
             store.health_ref().mark_synced(Revision(applied));
             last_heartbeat = Some(Instant::now());
         }
@@ -327,7 +328,7 @@ async fn session(
         let applied = store.position().map_or(0, |p| p.revision);
         store.health_ref().mark_synced(Revision(applied));
         // Tell the fleet at once: `rebind --wait` is waiting for exactly this.
-        super::fleet::heartbeat(store, &mut con, applied).await?;
+        super::fleet::heartbeat(store, &mut con, applied, true).await?;
         last_heartbeat = Some(Instant::now());
     }
 }
