@@ -367,10 +367,21 @@ impl ProxyHttp for EdgeService {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if session.req_header().version < http::Version::HTTP_11
+            && upstream_response
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING)
+        {
+            // RFC 9112 §6.1: no chunked coding to an HTTP/1.0 client (Pingora turns a body
+            // without a length into chunks for every client). The body ends with the
+            // connection instead.
+            upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
+        }
         if upstream_response.status == http::StatusCode::NO_CONTENT {
             // RFC 9110 §8.6: a 204 carries no Content-Length. Pingora sends no body after it
             // anyway; the header would only tell the client to wait for bytes that never come.

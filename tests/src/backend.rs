@@ -4,6 +4,7 @@
 //! test sees exactly which instance got a request and what the router sent it. Paths:
 //! - `/slow/<ms>`: answers after `<ms>` milliseconds (in-flight requests across a rebind,
 //!   upstream timeouts);
+//! - `/no-length`: a `200` whose body ends with the connection (no length, not chunked);
 //! - `/no-content`: a `204` that (wrongly) carries `content-length: 5` and no body;
 //! - `/cut/<n>`: announces `<n>` bytes more than it sends, then closes (an instance that
 //!   dies mid-response); `/cut-chunked`: one chunk of a chunked body, then closes;
@@ -184,6 +185,12 @@ where
             "body": body_bytes,
         })
         .to_string();
+        if path == "/no-length" {
+            let resp =
+                format!("HTTP/1.1 200 OK\r\nconnection: close\r\nx-instance: {name}\r\n\r\n{body}");
+            stream.write_all(resp.as_bytes()).await?;
+            return Ok(());
+        }
         if path == "/no-content" {
             let resp = format!(
                 "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\nx-instance: {name}\r\n\r\n"

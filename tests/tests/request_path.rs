@@ -1211,6 +1211,29 @@ fn an_http_1_0_client_gets_its_connection_closed_after_the_response() {
         assert!(text.starts_with("HTTP/1."), "{addr}: {text}");
         assert!(text.contains(" 200 "), "{addr}: {text}");
     }
+
+    // A body without a length reaches an HTTP/1.0 client as it is, ended by the close: no
+    // chunked coding, which HTTP/1.0 does not have.
+    let mut s = std::net::TcpStream::connect(w.edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /no-length HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        host("acme")
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all)
+        .expect("closed at the end of the body");
+    let text = String::from_utf8_lossy(&all);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(head.contains(" 200 "), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    let echo: serde_json::Value = serde_json::from_str(body).expect("the body, unchunked");
+    assert_eq!(echo["instance"], "instance-a");
 }
 
 #[test]
