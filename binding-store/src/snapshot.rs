@@ -182,6 +182,7 @@ pub fn parse_snapshot(
         return Err(SnapshotError::ChecksumMismatch(path.to_path_buf()));
     }
     let mut bindings = Vec::with_capacity(header.count);
+    let mut tenants = std::collections::HashSet::with_capacity(header.count);
     let mut interner = Interner::default();
     for (i, line) in body
         .split(|&c| c == b'\n')
@@ -191,6 +192,12 @@ pub fn parse_snapshot(
         let value: serde_json::Value =
             serde_json::from_slice(line).map_err(|e| corrupt(i + 2, e.to_string()))?;
         let b = parse_record_with(&value, &mut interner).map_err(|(_, m)| corrupt(i + 2, m))?;
+        if !tenants.insert(b.tenant_id.clone()) {
+            return Err(corrupt(
+                i + 2,
+                format!("tenant {} listed twice", b.tenant_id),
+            ));
+        }
         bindings.push(Arc::new(b));
     }
     if bindings.len() != header.count {
@@ -264,6 +271,23 @@ mod tests {
             read_snapshot(&path),
             Err(SnapshotError::UnsupportedVersion { found: 9, .. })
         ));
+        // A tenant listed twice (checksum and count made to match): named as such.
+        let text = String::from_utf8(good.clone()).expect("utf8");
+        let (head, body) = text.split_once('\n').expect("header line");
+        let first = body.lines().next().expect("a record");
+        let doubled = format!("{body}{first}\n");
+        let sum = hex(ring::digest::digest(&ring::digest::SHA256, doubled.as_bytes()).as_ref());
+        let mut header: Header = serde_json::from_str(head).expect("header");
+        header.sha256 = sum;
+        header.count += 1;
+        let head = serde_json::to_string(&header).expect("header");
+        std::fs::write(&path, format!("{head}\n{doubled}")).expect("w");
+        match read_snapshot(&path) {
+            Err(SnapshotError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("listed twice"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
         std::fs::write(&path, "garbage").expect("w");
         assert!(matches!(
             read_snapshot(&path),

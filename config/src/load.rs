@@ -250,7 +250,10 @@ fn tenancy(
                     Some(at),
                     format!("{v:?} is not a lowercase header name"),
                 );
-            } else if NOT_A_NOTICE.contains(&v.as_str()) || v.starts_with("proxy-") {
+            } else if NOT_A_NOTICE.contains(&v.as_str())
+                || v.starts_with("proxy-")
+                || v.starts_with("access-control-")
+            {
                 p.push(
                     "tenancy.past_due_header",
                     Some(at),
@@ -700,24 +703,46 @@ fn sentinel_settings(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<Se
 
 /// Response headers the past-due notice may not be: framing and hop-by-hop headers (a
 /// second `content-length` or `transfer-encoding` breaks the response, or desynchronises
-/// whatever sits in front), and the ones the router or the instance set themselves.
+/// whatever sits in front), standard ones the instance sets (the notice replaces the
+/// instance's value: `cache-control: past_due`), and the router's own.
 const NOT_A_NOTICE: &[&str] = &[
+    "accept-ranges",
+    "age",
+    "allow",
+    "cache-control",
     "connection",
+    "content-disposition",
     "content-encoding",
+    "content-language",
     "content-length",
+    "content-location",
+    "content-range",
+    "content-security-policy",
     "content-type",
     "date",
+    "etag",
+    "expires",
     "host",
     "keep-alive",
+    "last-modified",
     "location",
     "retry-after",
+    "server",
     "set-cookie",
+    "strict-transport-security",
     "te",
     "trailer",
     "transfer-encoding",
     "upgrade",
+    "vary",
     "www-authenticate",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-org-id",
     "x-request-id",
+    "x-tenant-id",
+    "x-user-id",
 ];
 
 /// A CA bundle: a readable file holding at least one PEM certificate. Checked with the rest

@@ -369,6 +369,9 @@ fn the_past_due_notice_cannot_be_a_framing_or_router_header() {
         "connection",
         "proxy-authorization",
         "x-request-id",
+        "cache-control",
+        "x-tenant-id",
+        "access-control-allow-origin",
     ] {
         let ps = problems(&format!(
             "{MINIMAL}[tenancy]\npast_due_header = \"{name}\"\n"

@@ -214,12 +214,19 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
 
     // An entry damaged in Redis is named; the rest of the history still shows.
     redis.cmd(&["LPUSH", "nexus:audit:acme", "not an entry"]);
+    let mut stray = entries[0].clone();
+    stray["tenant"] = serde_json::json!("globex");
+    redis.cmd(&["LPUSH", "nexus:audit:acme", &stray.to_string()]);
     let (code, out, err) = admin.tenant(&["history", "acme", "--json"]);
     assert_ne!(code, 0, "an incomplete history is not a success");
     let shown: serde_json::Value = serde_json::from_str(&out).expect("history json");
     assert_eq!(shown, history);
     assert!(
-        err.contains("unreadable audit entry: nexus:audit:acme index 0"),
+        err.contains("unreadable audit entry: nexus:audit:acme index 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("nexus:audit:acme index 0: an entry of tenant \"globex\""),
         "{err}"
     );
 

@@ -1003,7 +1003,12 @@ impl BindingAdmin for RedisStore {
         // Newest first in Redis (LPUSH); index i is `LINDEX key i`.
         for (i, l) in lines.iter().enumerate().rev() {
             match serde_json::from_slice::<AuditEntry>(l) {
-                Ok(entry) => out.entries.push(entry),
+                Ok(entry) if entry.tenant == tenant.as_str() => out.entries.push(entry),
+                // Not this tenant's: written there by hand, so not part of its history.
+                Ok(entry) => out.unreadable.push(format!(
+                    "{key} index {i}: an entry of tenant {}",
+                    crate::model::quoted(&entry.tenant)
+                )),
                 Err(e) => out.unreadable.push(format!("{key} index {i}: {e}")),
             }
         }
