@@ -196,21 +196,16 @@ pub trait BindingAdmin: Send + Sync {
     /// Creates or replaces every binding (their revisions are assigned by the store); returns
     /// how many were written. By default one [`BindingAdmin::apply`] each, in order, stopping
     /// at the first failure; a store that can write them all in one step does (the file
-    /// store: one rewrite of the file, all or nothing, instead of one per tenant).
-    async fn import(&self, bindings: Vec<Arc<Binding>>, actor: &Actor) -> Result<u64, ImportError> {
-        import_each(self, bindings, actor).await
-    }
-
-    /// [`BindingAdmin::import`], told where the bindings come from: a store that can have
-    /// lost its data under serving replicas (Redis) restores it only from a table as recent
-    /// as the one they serve.
-    async fn import_from(
+    /// store: one rewrite of the file, all or nothing, instead of one per tenant). `source`
+    /// says where they come from: a store that can lose its data under serving replicas
+    /// (Redis) restores it only from a table as recent as the one they serve.
+    async fn import(
         &self,
         bindings: Vec<Arc<Binding>>,
         actor: &Actor,
         _source: ImportSource,
     ) -> Result<u64, ImportError> {
-        self.import(bindings, actor).await
+        import_each(self, bindings, actor).await
     }
 }
 

@@ -25,7 +25,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::admin::{Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, Mutation};
+use crate::admin::{
+    Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource, Mutation,
+};
 use crate::audit_log::{self, AuditLog};
 use crate::error::StoreError;
 use crate::model::{Binding, Revision, TenantId};
@@ -490,7 +492,12 @@ impl BindingAdmin for FileStore {
             .map_err(|e| AdminError::Unavailable(format!("write task failed: {e}")))?
     }
 
-    async fn import(&self, bindings: Vec<Arc<Binding>>, actor: &Actor) -> Result<u64, ImportError> {
+    async fn import(
+        &self,
+        bindings: Vec<Arc<Binding>>,
+        actor: &Actor,
+        _source: ImportSource,
+    ) -> Result<u64, ImportError> {
         let path = self
             .writable_path()
             .map_err(ImportError::nothing)?

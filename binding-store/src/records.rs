@@ -130,18 +130,18 @@ pub fn parse_records(json: &[u8]) -> Result<ParsedRecords, String> {
         }
     }
     // A tenant listed twice has no one record to trust: every one of its records is refused.
-    let mut at: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut at: HashMap<TenantId, Vec<usize>> = HashMap::new();
     for (index, b) in &good {
-        at.entry(b.tenant_id.to_string()).or_default().push(*index);
+        at.entry(b.tenant_id.clone()).or_default().push(*index);
     }
     for p in &out.problems {
         if let Some(t) = p.tenant_id() {
-            at.entry(t.to_string()).or_default().push(p.index);
+            at.entry(t).or_default().push(p.index);
         }
     }
     at.retain(|_, places| places.len() > 1);
     for (index, b) in good {
-        match at.get(b.tenant_id.as_str()) {
+        match at.get(&b.tenant_id) {
             None => out.bindings.push(b),
             Some(places) => out.problems.push(RecordProblem {
                 index,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use nexus_binding_store::file_store::{write_atomically, FileStore};
 use nexus_binding_store::records::parse_record;
 use nexus_binding_store::{
-    Actor, AdminError, BindingAdmin, BindingHandle, BindingSource, Mutation, Revision, TenantId,
-    TenantStatus, UpstreamUrl,
+    Actor, AdminError, BindingAdmin, BindingHandle, BindingSource, ImportSource, Mutation,
+    Revision, TenantId, TenantStatus, UpstreamUrl,
 };
 
 fn record(tenant: &str, url: &str) -> serde_json::Value {
@@ -391,7 +391,10 @@ fn an_import_is_one_step_audited_per_tenant() {
             .map(|i| record(&format!("t{i:03}"), "http://10.0.0.2"))
             .chain([record("acme", "http://10.0.0.3")])
             .collect();
-        let n = store.import(bindings(&many), &actor()).await.unwrap();
+        let n = store
+            .import(bindings(&many), &actor(), ImportSource::Records)
+            .await
+            .unwrap();
         assert_eq!(n, 501);
         let all = store.list().await.unwrap();
         assert_eq!(all.len(), 501, "acme replaced, not added");
@@ -438,7 +441,10 @@ fn an_import_with_a_clashing_domain_changes_nothing() {
             record("fine", "http://10.0.0.2"),
             with_domain("thief", "app.owner.test"),
         ];
-        let err = store.import(bindings(&clash), &actor()).await.unwrap_err();
+        let err = store
+            .import(bindings(&clash), &actor(), ImportSource::Records)
+            .await
+            .unwrap_err();
         assert_eq!(err.written, 0);
         assert!(
             matches!(&err.error, AdminError::Invalid { tenant, reason }
@@ -454,14 +460,26 @@ fn an_import_with_a_clashing_domain_changes_nothing() {
             with_domain("thief", "app.owner.test"),
             record("owner", "http://10.0.0.4"),
         ];
-        assert_eq!(store.import(bindings(&moved), &actor()).await.unwrap(), 2);
+        assert_eq!(
+            store
+                .import(bindings(&moved), &actor(), ImportSource::Records)
+                .await
+                .unwrap(),
+            2
+        );
         let thief = store.get(&TenantId::parse("thief").unwrap()).await.unwrap();
         assert_eq!(thief.unwrap().domains.len(), 1);
         let back = [
             with_domain("owner", "app.owner.test"),
             record("thief", "http://10.0.0.5"),
         ];
-        assert_eq!(store.import(bindings(&back), &actor()).await.unwrap(), 2);
+        assert_eq!(
+            store
+                .import(bindings(&back), &actor(), ImportSource::Records)
+                .await
+                .unwrap(),
+            2
+        );
         let owner = store.get(&owner).await.unwrap();
         assert_eq!(owner.unwrap().domains.len(), 1);
     });

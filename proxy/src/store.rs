@@ -21,26 +21,23 @@ pub enum Store {
 }
 
 impl Store {
-    /// The store for `settings`.
+    /// The store for `settings` (admin writes into a Redis that looks wiped are refused).
     pub fn open(settings: &StoreSettings) -> Result<Store, String> {
-        Ok(match settings {
-            StoreSettings::File(f) => {
-                Store::File(Arc::new(FileStore::new(f.path.clone(), f.poll_interval)))
-            }
-            StoreSettings::Redis(r) => Store::Redis(Arc::new(RedisStore::new(redis_options(r)?)?)),
-        })
+        Self::open_admin(settings, WipedStore::Refuse)
     }
 
     /// The store for an admin command: as [`Store::open`], with what a write into a Redis
     /// that looks wiped does.
     pub fn open_admin(settings: &StoreSettings, wiped: WipedStore) -> Result<Store, String> {
         Ok(match settings {
+            StoreSettings::File(f) => {
+                Store::File(Arc::new(FileStore::new(f.path.clone(), f.poll_interval)))
+            }
             StoreSettings::Redis(r) => {
                 let mut opts = redis_options(r)?;
                 opts.wiped_store = wiped;
                 Store::Redis(Arc::new(RedisStore::new(opts)?))
             }
-            StoreSettings::File(_) => Store::open(settings)?,
         })
     }
 

@@ -626,6 +626,14 @@ pub(crate) fn record_text(value: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(value).map_err(|e| format!("the record is not UTF-8 text: {e}"))
 }
 
+/// The revision a `write.lua` error ends with (`CONFLICT 7`, `WIPED 12`); 0 if none.
+fn last_number(msg: &str) -> u64 {
+    msg.split_whitespace()
+        .rev()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A record must be stored under its own tenant's key: one that names another tenant would
 /// take that tenant's routing over.
 pub(crate) fn check_key(binding: Binding, key_tenant: &str) -> Result<Binding, String> {
@@ -910,15 +918,10 @@ impl BindingAdmin for RedisStore {
                     let msg = e.to_string();
                     if msg.contains("CONFLICT") {
                         if expect.is_some() {
-                            let actual = msg
-                                .split_whitespace()
-                                .rev()
-                                .find_map(|w| w.parse::<u64>().ok())
-                                .unwrap_or(0);
                             return Err(AdminError::Conflict {
                                 tenant: tenant.clone(),
                                 expected: expect.unwrap_or_default(),
-                                actual: Revision(actual),
+                                actual: Revision(last_number(&msg)),
                             });
                         }
                         continue;
@@ -930,13 +933,9 @@ impl BindingAdmin for RedisStore {
                                 .to_owned(),
                         ));
                     }
-                    if let Some(rest) = msg.split("WIPED").nth(1) {
-                        let served = rest
-                            .split(|c: char| !c.is_ascii_digit())
-                            .find_map(|w| w.parse::<u64>().ok())
-                            .unwrap_or(0);
+                    if msg.contains("WIPED") {
                         return Err(AdminError::Wiped {
-                            served: Revision(served),
+                            served: Revision(last_number(&msg)),
                         });
                     }
                     if msg.contains("NOTFOUND") {
@@ -960,15 +959,9 @@ impl BindingAdmin for RedisStore {
     /// Into a Redis with a revision counter, one atomic write per tenant, each followed at
     /// once. Into one without (wiped, or never written), a restore: every record first, then
     /// the history in one step, so a replica serving a table keeps it until the whole import
-    /// is in (`restore`).
-    async fn import(&self, bindings: Vec<Arc<Binding>>, actor: &Actor) -> Result<u64, ImportError> {
-        self.import_from(bindings, actor, ImportSource::Records)
-            .await
-    }
-
-    /// As [`BindingAdmin::import`]; a restore over serving replicas takes only a snapshot as
-    /// recent as their table, unless told to start a new history (`restore`).
-    async fn import_from(
+    /// is in; over serving replicas it takes only a snapshot as recent as their table, unless
+    /// told to start a new history (`restore`).
+    async fn import(
         &self,
         bindings: Vec<Arc<Binding>>,
         actor: &Actor,

@@ -444,7 +444,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 }
                 return fail("nothing imported: fix the records above first");
             }
-            match admin.import_from(parsed.bindings, &actor, source).await {
+            match admin.import(parsed.bindings, &actor, source).await {
                 Ok(n) => {
                     println!("imported {n} bindings");
                     ExitCode::SUCCESS
