@@ -20,6 +20,8 @@ pub fn embedded_default() -> Settings {
             threads: 2,
             shutdown_grace: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
+            request_header_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
             trusted_proxies: Vec::new(),
         },
         tenancy: TenancySettings {

@@ -143,6 +143,17 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
     let keepalive_timeout = s
         .duration("keepalive_timeout", Duration::from_secs(1), MAX_TIMEOUT, p)
         .unwrap_or(d.keepalive_timeout);
+    let request_header_timeout = s
+        .duration(
+            "request_header_timeout",
+            Duration::from_millis(100),
+            MAX_TIMEOUT,
+            p,
+        )
+        .unwrap_or(d.request_header_timeout);
+    let max_connections = s
+        .integer("max_connections", 1, 10_000_000, p)
+        .map_or(d.max_connections, |n| n as usize);
     let trusted_proxies = s
         .strings("trusted_proxies", p, IpNet::parse)
         .unwrap_or_else(|| d.trusted_proxies.clone());
@@ -153,6 +164,8 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
         threads,
         shutdown_grace,
         keepalive_timeout,
+        request_header_timeout,
+        max_connections,
         trusted_proxies,
     })
 }

@@ -38,6 +38,13 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// How long an idle client connection is kept open between requests.
     pub keepalive_timeout: Duration,
+    /// How long a client has to send a whole request header, from its first byte (or, on a
+    /// new connection, from the accept). Bounds slow-header ("slowloris") clients, which
+    /// Pingora's per-read timeouts do not.
+    pub request_header_timeout: Duration,
+    /// Client connections open at once; the next one is closed at once. Keep it below the
+    /// process's open-file limit, which instance connections share.
+    pub max_connections: usize,
     /// Peers whose `X-Forwarded-For` is read (right to left, up to the client); anyone
     /// else's is replaced.
     pub trusted_proxies: Vec<crate::IpNet>,

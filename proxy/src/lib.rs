@@ -16,6 +16,7 @@
 //! | [`service`] | the Pingora `ProxyHttp` glue |
 //!
 //! Around them: [`server`] assembles and runs Pingora on sockets [`listening`] bound up front,
+//! [`connections`] caps client connections and bounds how long a request header may take,
 //! [`ops`] serves metrics and probes, [`background`] runs binding sync and key reload, [`cli`]
 //! is the command line, [`demo`] the newcomer's first five minutes.
 #![warn(missing_docs)]
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod authz;
 pub mod background;
 pub mod cli;
+pub mod connections;
 pub mod decision;
 pub mod demo;
 pub mod errors;

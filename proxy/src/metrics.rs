@@ -55,6 +55,63 @@ pub struct Metrics {
     /// Connects retried at another address of an instance's name: a dead or dying instance
     /// address shows here before any request fails.
     pub upstream_connect_retries: prometheus::IntCounter,
+    /// Client connections: how many are open, the cap, and what the cap and the header
+    /// deadline turned away.
+    pub connections: ConnectionMetrics,
+}
+
+/// Saturation of the public listener (see [`crate::connections`]).
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    /// `client_connections`: open client connections.
+    pub open: IntGauge,
+    /// `client_connections_limit`: `[server] max_connections`, so that `open / limit` is a
+    /// saturation ratio without knowing the config.
+    pub limit: IntGauge,
+    /// `client_connections_refused_total`: connections closed at once because the cap was
+    /// reached.
+    pub refused: prometheus::IntCounter,
+    /// `request_header_timeouts_total`: connections closed because a request header did not
+    /// arrive within `[server] request_header_timeout`.
+    pub header_timeouts: prometheus::IntCounter,
+}
+
+impl std::fmt::Debug for ConnectionMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionMetrics")
+            .field("open", &self.open.get())
+            .field("limit", &self.limit.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionMetrics {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            open: IntGauge::new("client_connections", "Open client connections")?,
+            limit: IntGauge::new(
+                "client_connections_limit",
+                "Client connections allowed open at once (server.max_connections)",
+            )?,
+            refused: prometheus::IntCounter::new(
+                "client_connections_refused_total",
+                "Client connections closed at once because max_connections were open",
+            )?,
+            header_timeouts: prometheus::IntCounter::new(
+                "request_header_timeouts_total",
+                "Client connections closed because a request header was not complete within request_header_timeout",
+            )?,
+        })
+    }
+
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 4] {
+        [
+            Box::new(self.open.clone()),
+            Box::new(self.limit.clone()),
+            Box::new(self.refused.clone()),
+            Box::new(self.header_timeouts.clone()),
+        ]
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -111,6 +168,7 @@ impl Metrics {
             "upstream_connect_retries_total",
             "Connects retried at another address of an instance's name",
         )?;
+        let connections = ConnectionMetrics::new()?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -122,7 +180,10 @@ impl Metrics {
             Box::new(rejected_records.clone()),
             Box::new(full_reloads.clone()),
             Box::new(upstream_connect_retries.clone()),
-        ] {
+        ]
+        .into_iter()
+        .chain(connections.collectors())
+        {
             registry.register(c)?;
         }
         let forwarded = requests.with_label_values(&["forwarded"]);
@@ -144,6 +205,7 @@ impl Metrics {
             full_reloads,
             mirror: Arc::default(),
             upstream_connect_retries,
+            connections,
         })
     }
 

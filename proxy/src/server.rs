@@ -13,6 +13,7 @@ use pingora::services::listening::Service;
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::background::{BindingSync, KeyReload};
+use crate::connections::{Guarded, Limits};
 use crate::listening::{self, BindError, BoundListeners, Prebound};
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
@@ -168,10 +169,13 @@ pub fn run(state: Arc<EdgeState>, source: Arc<dyn BindingSource>, mut listeners:
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        EdgeService::new(Arc::clone(&state)),
-        "nexus-edge",
+    let proxy = Service::new(
+        "nexus-edge".to_owned(),
+        Guarded::new(
+            pingora::proxy::http_proxy(&server.configuration, EdgeService::new(Arc::clone(&state))),
+            Limits::from_settings(&s.server),
+            state.metrics.connections.clone(),
+        ),
     );
     server.add_service(Prebound::new(proxy, &mut listeners, s.server.listen));
 

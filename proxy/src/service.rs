@@ -213,6 +213,7 @@ impl ProxyHttp for EdgeService {
         // Pingora keeps an HTTP/1.1 connection idle for as long as the client likes; bound it.
         // (A client's `Connection: close` still wins.)
         bound_idle_client(session, &self.state.settings.server);
+        crate::connections::header_read(session);
         let req = session.req_header();
         ctx.request_id = sane_request_id(req.headers.get_all(&crate::route::X_REQUEST_ID).iter())
             .cloned()
@@ -444,7 +445,8 @@ impl ProxyHttp for EdgeService {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        crate::connections::request_done(session);
         let elapsed = ctx.start.elapsed().as_secs_f64();
         let m = &self.state.metrics;
         match &ctx.rejected {

@@ -253,6 +253,14 @@ filter = "info"
         crate::http::get(self.ops_addr, "ops", path, &[])
     }
 
+    /// The value the router's `/metrics` give for the series `name` (with its labels, if any).
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.ops_get("/metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    }
+
     /// The binding table revision the router serves.
     pub fn revision(&self) -> u64 {
         self.ops_get("/bindings/revision")

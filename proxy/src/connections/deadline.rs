@@ -1,0 +1,313 @@
+//! The request-header deadline, kept by the client's stream itself.
+//!
+//! A connection is in one of four phases. A new one starts in `HEADER`: the client owes a
+//! request. The proxy moves it to `SERVING` once Pingora has parsed the header
+//! ([`header_read`]) and to `IDLE` when the request is finished ([`request_done`]); the first
+//! bytes read while idle begin the next header. Only in `HEADER` is there a deadline. It starts
+//! at the header's first wait for more bytes, which for a header arriving in one piece never
+//! comes: the common case reads no clock and arms no timer. Request bodies, upgraded
+//! (WebSocket) connections and idle keep-alive connections are bounded elsewhere (Pingora's
+//! per-read timeouts, `[server] keepalive_timeout`), not here.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN, IO,
+};
+use pingora::proxy::Session;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::Shared;
+
+const IDLE: u8 = 0;
+const HEADER: u8 = 1;
+const SERVING: u8 = 2;
+/// The deadline passed: every later read fails.
+const EXPIRED: u8 = 3;
+
+/// What a client that sent part of a header gets when its time is up. One that sent nothing
+/// gets no answer: browsers open connections ahead of need, and some show a 408 that arrives
+/// on one as the response to their next request.
+const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\
+content-type: text/plain; charset=utf-8\r\ncontent-length: 59\r\n\r\n\
+request timeout: the request header did not arrive in time\n";
+
+/// A client stream that fails its reads once a request header has taken longer than
+/// `[server] request_header_timeout`.
+pub struct HeaderDeadline {
+    inner: Stream,
+    /// Written by the proxy's hooks through a shared reference (see [`header_read`]), read by
+    /// `poll_read`; both run on the connection's one task, so `Relaxed` suffices.
+    phase: AtomicU8,
+    /// The current header's timer; made once per connection, reset for each header.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether `timer` runs for the current header.
+    timer_running: bool,
+    /// Whether the current header has any bytes yet.
+    header_started: bool,
+    shared: Arc<Shared>,
+}
+
+impl HeaderDeadline {
+    /// Wraps a client stream. HTTP/2 (negotiated by ALPN) carries many requests at once on a
+    /// connection, so there is no one header to time: it is returned as it is.
+    pub(super) fn wrap(inner: Stream, shared: &Arc<Shared>) -> Stream {
+        if inner.selected_alpn_proto() == Some(ALPN::H2) {
+            return inner;
+        }
+        Box::new(Self {
+            inner,
+            phase: AtomicU8::new(HEADER),
+            timer: None,
+            timer_running: false,
+            header_started: false,
+            shared: Arc::clone(shared),
+        })
+    }
+
+    fn timeout(&self) -> Duration {
+        self.shared.limits.request_header_timeout
+    }
+
+    fn expired_error(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "request header not complete within request_header_timeout ({:?})",
+                self.timeout()
+            ),
+        )
+    }
+
+    /// Bytes arrived: while idle they begin a new header.
+    fn bytes_arrived(&mut self) {
+        match self.phase.load(Ordering::Relaxed) {
+            IDLE => {
+                self.phase.store(HEADER, Ordering::Relaxed);
+                self.timer_running = false;
+                self.header_started = true;
+            }
+            HEADER => self.header_started = true,
+            _ => {}
+        }
+    }
+
+    /// The client has nothing more to read now. In a header, wait for the deadline too.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.phase.load(Ordering::Relaxed) != HEADER {
+            return Poll::Pending;
+        }
+        if !self.timer_running {
+            let at = Instant::now() + self.timeout();
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.timer_running = true;
+        }
+        let Some(timer) = &mut self.timer else {
+            return Poll::Pending;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.phase.store(EXPIRED, Ordering::Relaxed);
+        self.shared.metrics.header_timeouts.inc();
+        if self.header_started {
+            // Best effort: the connection closes next whatever this write does.
+            let _ = Pin::new(&mut self.inner).poll_write(cx, TIMEOUT_RESPONSE);
+        }
+        // Pingora closes the connection on a read error, quietly when no byte of the header
+        // had arrived.
+        Poll::Ready(Err(self.expired_error()))
+    }
+}
+
+/// Tells the stream under `session` that its request header has been read: no deadline until
+/// the request is done.
+pub fn header_read(session: &Session) {
+    set_phase(session, SERVING);
+}
+
+/// Tells the stream under `session` that its request is done: the next bytes begin a header.
+pub fn request_done(session: &Session) {
+    set_phase(session, IDLE);
+}
+
+fn set_phase(session: &Session, phase: u8) {
+    let Some(stream) = session.as_downstream().stream() else {
+        return;
+    };
+    let io: &dyn IO = &**stream;
+    if let Some(d) = io.as_any().downcast_ref::<HeaderDeadline>() {
+        // An expired stream stays expired.
+        let _ = d
+            .phase
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                (p != EXPIRED).then_some(phase)
+            });
+    }
+}
+
+impl std::fmt::Debug for HeaderDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderDeadline")
+            .field("inner", &self.inner)
+            .field("phase", &self.phase.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for HeaderDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.phase.load(Ordering::Relaxed) == EXPIRED {
+            return Poll::Ready(Err(this.expired_error()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.bytes_arrived();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.poll_deadline(cx),
+        }
+    }
+}
+
+impl AsyncWrite for HeaderDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+// Everything Pingora asks of a client stream besides reading goes to the wrapped one.
+
+#[async_trait]
+impl Shutdown for HeaderDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for HeaderDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeaderDeadline {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeaderDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeaderDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for HeaderDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for HeaderDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TIMEOUT_RESPONSE;
+
+    #[test]
+    fn the_408_says_its_own_length() {
+        let text = std::str::from_utf8(TIMEOUT_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, body.len());
+        assert!(head.starts_with("HTTP/1.1 408 Request Timeout\r\n"));
+    }
+}

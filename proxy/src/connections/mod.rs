@@ -1,0 +1,183 @@
+//! Client connections: a cap on how many are open, and a deadline for each request header.
+//!
+//! Pingora bounds each read from a client (the keep-alive timeout), but neither a whole
+//! request header nor the number of connections. A client that sends one header byte every few
+//! seconds ("slowloris") holds a connection, a task and its buffers for as long as it likes, and
+//! enough such clients use up the file descriptors every other client needs.
+//!
+//! [`Guarded`] wraps the proxy application: it admits at most `[server] max_connections` at
+//! once (the next is closed unanswered, as nginx does when its connections run out) and hands
+//! the proxy each admitted connection inside a [`HeaderDeadline`] stream, which ends a request
+//! header that is not complete within `[server] request_header_timeout`.
+//!
+//! Where a header ends only the HTTP parser knows, so the proxy tells the stream: [`header_read`]
+//! from its first hook after Pingora parsed a header, [`request_done`] from its last one.
+
+mod deadline;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+
+use crate::metrics::ConnectionMetrics;
+
+pub use deadline::{header_read, request_done, HeaderDeadline};
+
+/// The bounds [`Guarded`] enforces (from `[server]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Client connections open at once.
+    pub max_connections: usize,
+    /// Time for a whole request header, from its first byte (from the accept on a new
+    /// connection).
+    pub request_header_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits `[server]` configures.
+    pub fn from_settings(server: &nexus_config::ServerSettings) -> Self {
+        Self {
+            max_connections: server.max_connections,
+            request_header_timeout: server.request_header_timeout,
+        }
+    }
+}
+
+/// What every connection of one listener shares.
+#[derive(Debug)]
+struct Shared {
+    limits: Limits,
+    open: AtomicUsize,
+    metrics: ConnectionMetrics,
+    /// Unix second of the last "connections full" warning: one per [`FULL_WARNING_EVERY`],
+    /// however many connections a flood brings.
+    last_full_warning: AtomicU64,
+}
+
+const FULL_WARNING_EVERY: u64 = 10;
+
+/// A place among the open connections, given back when the connection ends (however it ends).
+struct Slot<'a>(&'a Shared);
+
+impl Shared {
+    fn take_slot(&self) -> Option<Slot<'_>> {
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        if before >= self.limits.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.metrics.open.inc();
+        Some(Slot(self))
+    }
+
+    fn refuse(&self) {
+        self.metrics.refused.inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_full_warning.load(Ordering::Relaxed);
+        if now >= last + FULL_WARNING_EVERY
+            && self
+                .last_full_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max_connections = self.limits.max_connections,
+                "client connection closed unanswered: max_connections are open \
+                 (counted by client_connections_refused_total)"
+            );
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.open.dec();
+    }
+}
+
+/// A [`ServerApp`] (the proxy) behind the connection cap and the header deadline.
+pub struct Guarded<A> {
+    app: Arc<A>,
+    shared: Arc<Shared>,
+}
+
+impl<A> Guarded<A> {
+    /// Wraps `app`; `metrics` count what the limits turn away.
+    pub fn new(app: A, limits: Limits, metrics: ConnectionMetrics) -> Self {
+        metrics
+            .limit
+            .set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
+        Self {
+            app: Arc::new(app),
+            shared: Arc::new(Shared {
+                limits,
+                open: AtomicUsize::new(0),
+                metrics,
+                last_full_warning: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for Guarded<A>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Some(_slot) = self.shared.take_slot() else {
+            self.shared.refuse();
+            // Dropping the stream closes the connection.
+            return None;
+        };
+        // The HTTP application keeps a connection for all its requests and returns nothing;
+        // a stream it did hand back is served here again, so the slot is held throughout.
+        let mut next = Some(HeaderDeadline::wrap(stream, &self.shared));
+        while let Some(stream) = next {
+            next = self.app.process_new(stream, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_capped_and_given_back() {
+        let metrics = crate::metrics::Metrics::new().unwrap().connections;
+        let limits = Limits {
+            max_connections: 2,
+            request_header_timeout: Duration::from_secs(1),
+        };
+        let guarded = Guarded::new((), limits, metrics.clone());
+        let shared = &guarded.shared;
+        let a = shared.take_slot().unwrap();
+        let b = shared.take_slot().unwrap();
+        assert!(shared.take_slot().is_none());
+        assert_eq!(metrics.open.get(), 2);
+        assert_eq!(metrics.limit.get(), 2);
+        drop(a);
+        assert_eq!(metrics.open.get(), 1);
+        let _c = shared.take_slot().unwrap();
+        drop(b);
+        assert_eq!(shared.open.load(Ordering::Relaxed), 1);
+    }
+}

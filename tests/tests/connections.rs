@@ -1,0 +1,195 @@
+//! Client connections end to end: the whole-header deadline (`request_header_timeout`) and
+//! the connection cap (`max_connections`), on the real binary with a real instance.
+
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use nexus_e2e::backend::Backend;
+use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions, BASE};
+use nexus_e2e::http::read_response;
+use nexus_e2e::keys::TestKeys;
+
+/// One tenant, `acme`, on one instance; `/login` is a public path, so no token is needed.
+struct World {
+    _keys: TestKeys,
+    backend: Backend,
+    edge: Edge,
+}
+
+fn world(server_extra: &str) -> World {
+    let keys = TestKeys::new();
+    let backend = Backend::start("instance-a");
+    let records = vec![binding("acme", &backend.url(), "active", None)];
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings_file(records));
+    opts.server_extra = server_extra.to_owned();
+    let edge = Edge::start(&opts);
+    World {
+        _keys: keys,
+        backend,
+        edge,
+    }
+}
+
+fn connect(edge: &Edge) -> TcpStream {
+    let s = TcpStream::connect(edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+fn login_request() -> String {
+    format!("GET /login HTTP/1.1\r\nHost: acme.{BASE}\r\n\r\n")
+}
+
+/// Whether the router has closed `s`: reads what is left (with `wait` as the read timeout)
+/// and returns it, or `None` while the connection stays open.
+fn closed_with(s: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return if got.is_empty() { None } else { Some(got) };
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Some(got),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_header_sent_a_byte_at_a_time_is_cut_at_the_deadline() {
+    // Each byte comes well inside Pingora's per-read timeout (60 s), so only a deadline on
+    // the whole header ends this.
+    let w = world("request_header_timeout = \"500ms\"");
+    let mut s = connect(&w.edge);
+    s.write_all(format!("GET /login HTTP/1.1\r\nHost: acme.{BASE}\r\nX-Slow: ").as_bytes())
+        .unwrap();
+    let start = Instant::now();
+    let answer = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the router still reads a header begun {:?} ago",
+            start.elapsed()
+        );
+        // The read timeout paces the bytes: one every 50 ms while the connection is open.
+        if let Some(answer) = closed_with(&mut s, Duration::from_millis(50)) {
+            break answer;
+        }
+        if s.write_all(b"a").is_err() {
+            break closed_with(&mut s, Duration::from_secs(5)).unwrap_or_default();
+        }
+    };
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text:?}");
+    assert!(text.contains("did not arrive in time"), "{text:?}");
+    assert_eq!(w.backend.hits(), 0);
+    assert_eq!(w.edge.metric("nexus_edge_request_header_timeouts_total"), 1);
+}
+
+#[test]
+fn a_connection_that_sends_nothing_is_closed_without_an_answer() {
+    // Before any byte, Pingora's own bound is 60 s; the header deadline closes it sooner, and
+    // with nothing to say (a browser's spare connection must not read a 408 as its answer).
+    let w = world("request_header_timeout = \"300ms\"");
+    let mut s = connect(&w.edge);
+    let answer = closed_with(&mut s, Duration::from_secs(20)).expect("closed");
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    nexus_e2e::wait::until(Duration::from_secs(10), "the timeout to be counted", || {
+        (w.edge.metric("nexus_edge_request_header_timeouts_total") == 1).then_some(())
+    });
+}
+
+#[test]
+fn slow_bodies_idle_keepalive_and_later_headers_are_not_cut() {
+    let w = world("request_header_timeout = \"300ms\"");
+    let mut s = connect(&w.edge);
+    // A body that takes longer than the header deadline: only the header is timed.
+    let body = b"0123456789";
+    s.write_all(
+        format!(
+            "POST /login HTTP/1.1\r\nHost: acme.{BASE}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    for b in body {
+        assert_eq!(closed_with(&mut s, Duration::from_millis(60)), None);
+        s.write_all(&[*b]).unwrap();
+    }
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body"], "0123456789");
+
+    // Idle between requests longer than the header deadline: the keep-alive timeout (60 s)
+    // bounds that, not the header deadline.
+    assert_eq!(closed_with(&mut s, Duration::from_millis(900)), None);
+
+    // The next header has its own deadline, counted from its own first byte: sent in three
+    // pieces it is read whole.
+    let next = login_request();
+    let (a, rest) = next.as_bytes().split_at(10);
+    let (b, c) = rest.split_at(10);
+    for piece in [a, b] {
+        s.write_all(piece).unwrap();
+        assert_eq!(closed_with(&mut s, Duration::from_millis(50)), None);
+    }
+    s.write_all(c).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    assert_eq!(w.edge.metric("nexus_edge_request_header_timeouts_total"), 0);
+}
+
+#[test]
+fn connections_over_max_connections_are_closed_unanswered_until_one_ends() {
+    let w = world("max_connections = 2");
+    // Two keep-alive connections, each with a request answered: both admitted.
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = connect(&w.edge);
+            s.write_all(login_request().as_bytes()).unwrap();
+            assert_eq!(read_response(&mut s).unwrap().status, 200);
+            s
+        })
+        .collect();
+    assert_eq!(w.edge.metric("nexus_edge_client_connections"), 2);
+    assert_eq!(w.edge.metric("nexus_edge_client_connections_limit"), 2);
+
+    // A third is closed without a byte, and never reaches the instance.
+    let hits = w.backend.hits();
+    let mut third = connect(&w.edge);
+    let _ = third.write_all(login_request().as_bytes());
+    let answer = closed_with(&mut third, Duration::from_secs(20)).expect("closed");
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    assert_eq!(w.backend.hits(), hits);
+    assert_eq!(
+        w.edge.metric("nexus_edge_client_connections_refused_total"),
+        1
+    );
+    assert!(w.edge.log().contains("max_connections are open"));
+
+    // The held connections still work.
+    request_ok(&mut held[0]);
+
+    // One ends: a new connection is admitted (once the router has seen the close).
+    drop(held.pop());
+    let r = nexus_e2e::wait::until(Duration::from_secs(10), "a free slot", || {
+        let mut s = connect(&w.edge);
+        s.write_all(login_request().as_bytes()).ok()?;
+        read_response(&mut s).ok()
+    });
+    assert_eq!(r.status, 200);
+}
+
+fn request_ok(s: &mut TcpStream) {
+    s.write_all(login_request().as_bytes()).unwrap();
+    assert_eq!(read_response(s).unwrap().status, 200);
+}
