@@ -18,6 +18,7 @@ pub fn embedded_default() -> Settings {
             listen: SocketAddr::new(LOOPBACK, 8080),
             admin_listen: Some(SocketAddr::new(LOOPBACK, 9090)),
             threads: 2,
+            shutdown_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             request_header_timeout: Duration::from_secs(10),

@@ -132,6 +132,14 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
     let threads = s
         .integer("threads", 1, 1024, p)
         .map_or(d.threads, |n| n as usize);
+    let shutdown_delay = s
+        .duration(
+            "shutdown_delay",
+            Duration::ZERO,
+            Duration::from_secs(600),
+            p,
+        )
+        .unwrap_or(d.shutdown_delay);
     let shutdown_grace = s
         .duration(
             "shutdown_grace",
@@ -162,6 +170,7 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
         listen,
         admin_listen,
         threads,
+        shutdown_delay,
         shutdown_grace,
         keepalive_timeout,
         request_header_timeout,

@@ -33,8 +33,12 @@ pub struct ServerSettings {
     pub admin_listen: Option<SocketAddr>,
     /// Pingora worker threads.
     pub threads: usize,
-    /// After SIGTERM/SIGINT the listeners close at once and in-flight requests get this long
-    /// to finish before the process exits.
+    /// After SIGTERM the router first reports not ready (`/readyz` 503) and keeps serving,
+    /// closing each connection after its next response, for this long, so that a load
+    /// balancer stops sending new requests before the listeners close. SIGINT skips it.
+    pub shutdown_delay: Duration,
+    /// Once the listeners close, in-flight requests get this long to finish before the
+    /// process exits.
     pub shutdown_grace: Duration,
     /// How long an idle client connection is kept open between requests.
     pub keepalive_timeout: Duration,

@@ -87,18 +87,25 @@ impl ServeHttp for OpsApp {
             ),
             "/healthz" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                // Ready once a table is being served. A store outage does not make the router
-                // unready: it keeps serving the last table (fail-static).
+                // Ready once a table is being served, until a shutdown begins. A store outage
+                // does not make the router unready: it keeps serving the last table
+                // (fail-static).
                 let table = s.bindings.load();
+                let draining = s.is_draining();
                 let body = serde_json::json!({
                     "bindings": table.len(),
                     "revision": table.revision().get(),
                     "store_up": s.sync_health.store_up(),
                     "last_sync_unix_ms": s.sync_health.last_sync_unix_ms(),
                     "keys": s.auth.key_count(),
+                    "draining": draining,
                 });
                 text(
-                    StatusCode::OK,
+                    if draining {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    },
                     "application/json",
                     format!("{body}\n").into_bytes(),
                 )

@@ -62,7 +62,12 @@ pub fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
 
 /// SIGTERM and SIGINT both drain gracefully: orchestrators send SIGTERM, people press Ctrl-C,
 /// and neither should cut requests in flight.
-struct Signals;
+/// Turns SIGTERM and SIGINT into Pingora's graceful shutdown, after `[server] shutdown_delay`
+/// for SIGTERM: the router reports not ready and closes each connection after its next
+/// response, still serving, while a load balancer notices; then the listeners close.
+struct Signals {
+    state: Arc<EdgeState>,
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
@@ -75,9 +80,26 @@ impl ShutdownSignalWatch for Signals {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        let delay = self.state.settings.server.shutdown_delay;
+        let wait = tokio::select! {
+            _ = term.recv() => {
+                tracing::info!(shutdown_delay = ?delay, "SIGTERM: not ready; the listeners close after shutdown_delay");
+                true
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: draining");
+                false
+            }
+        };
+        self.state.start_draining();
+        if wait && !delay.is_zero() {
+            // An impatient operator's second signal skips the rest of the wait.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = term.recv() => tracing::info!("second SIGTERM: closing the listeners now"),
+                _ = int.recv() => tracing::info!("SIGINT: closing the listeners now"),
+            }
+            tracing::info!("draining");
         }
         ShutdownSignal::GracefulTerminate
     }
@@ -115,6 +137,7 @@ pub fn prepare(
             timeout: settings.upstream.connect_timeout,
         }),
         settings,
+        draining: std::sync::atomic::AtomicBool::new(false),
     }))
 }
 
@@ -154,7 +177,7 @@ pub fn bind_listeners(settings: &Settings) -> Result<BoundListeners, StartError>
 }
 
 /// Runs the router on `listeners` (from [`bind_listeners`]) until SIGTERM/SIGINT, then drains
-/// for `server.shutdown_grace`.
+/// for `server.shutdown_grace` (after `server.shutdown_delay`, for SIGTERM).
 pub fn run(state: Arc<EdgeState>, source: Arc<dyn BindingSource>, mut listeners: BoundListeners) {
     let s = &state.settings;
     let mut conf = ServerConf {
@@ -198,7 +221,9 @@ pub fn run(state: Arc<EdgeState>, source: Arc<dyn BindingSource>, mut listeners:
 
     tracing::info!(listen = %s.server.listen, admin = ?s.server.admin_listen, "nexus-edge serving");
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals),
+        shutdown_signal: Box::new(Signals {
+            state: Arc::clone(&state),
+        }),
     });
     tracing::info!("nexus-edge stopped");
 }

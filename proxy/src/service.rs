@@ -213,6 +213,11 @@ impl ProxyHttp for EdgeService {
         // Pingora keeps an HTTP/1.1 connection idle for as long as the client likes; bound it.
         // (A client's `Connection: close` still wins.)
         bound_idle_client(session, &self.state.settings.server);
+        if self.state.is_draining() {
+            // Shutting down: this response closes the connection, so the client's next
+            // request goes to a replica that stays.
+            session.set_keepalive(None);
+        }
         crate::connections::header_read(session);
         let req = session.req_header();
         ctx.request_id = sane_request_id(req.headers.get_all(&crate::route::X_REQUEST_ID).iter())

@@ -1,5 +1,6 @@
 //! What every request shares: settings, the live binding table, the authenticator, metrics.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nexus_binding_store::{BindingHandle, SyncHealth};
@@ -24,4 +25,19 @@ pub struct EdgeState {
     pub metrics: Metrics,
     /// Addresses of named instances, kept for `[upstream] dns_ttl`.
     pub resolver: InstanceResolver,
+    /// Set when a shutdown signal arrives, before the listeners close: `/readyz` answers 503
+    /// and every response closes its connection, so clients and load balancers move away.
+    pub draining: AtomicBool,
+}
+
+impl EdgeState {
+    /// Whether a shutdown has begun (see [`EdgeState::draining`]).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Begins the shutdown: not ready from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
 }

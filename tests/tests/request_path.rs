@@ -1279,6 +1279,52 @@ fn sigterm_drains_in_flight_requests() {
 }
 
 #[test]
+fn sigterm_reports_not_ready_and_keeps_serving_for_the_shutdown_delay() {
+    use std::io::{Read, Write};
+    let mut w = world_serving("shutdown_delay = \"30s\"");
+    let token = w.keys.token("acme", Some("org-acme"));
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        host("acme")
+    );
+    // A keep-alive connection from before the signal.
+    let mut kept = std::net::TcpStream::connect(w.edge.addr).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    kept.write_all(request.as_bytes()).unwrap();
+    let r = nexus_e2e::http::read_response(&mut kept).unwrap();
+    assert_eq!(
+        (r.status, r.header("connection")),
+        (200, Some("keep-alive"))
+    );
+
+    w.edge.terminate();
+    // Not ready, so that a load balancer stops sending...
+    let ready = nexus_e2e::wait::until(Duration::from_secs(10), "/readyz to say 503", || {
+        let r = send_raw(
+            w.edge.ops_addr,
+            b"GET /readyz HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n",
+        )
+        .ok()?;
+        (r.status == 503).then_some(r)
+    });
+    assert_eq!(ready.json()["draining"], true);
+    // ... while what still comes is served, each response closing its connection.
+    let r = get_with_token(w.edge.addr, &host("acme"), "/", &token);
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    kept.write_all(request.as_bytes()).unwrap();
+    let r = nexus_e2e::http::read_response(&mut kept).unwrap();
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    let mut rest = Vec::new();
+    assert!(kept.read_to_end(&mut rest).is_ok() && rest.is_empty());
+
+    // A second SIGTERM cuts the 30 s delay short: the router drains and exits.
+    w.edge.terminate();
+    let status = w.edge.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
 fn metrics_and_probes_on_the_ops_listener() {
     let w = world();
     let _ = get(w.edge.addr, &host("acme"), "/", &[]);
