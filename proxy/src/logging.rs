@@ -46,3 +46,66 @@ pub fn check_filter(filter: &str) -> Result<(), String> {
         .map(drop)
         .map_err(|e| e.to_string())
 }
+
+/// A Pingora error as the router logs it. Pingora's own display includes, for an instance
+/// response header that does not parse, that header's raw bytes (`buf: ...`, up to kilobytes),
+/// which can hold the instance's `Set-Cookie`: here they are replaced by their length.
+pub struct LoggedError<'a>(pub &'a pingora::Error);
+
+impl std::fmt::Display for LoggedError<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut e = self.0;
+        write!(f, "{} {}", e.esource.as_str(), e.etype.as_str())?;
+        loop {
+            if let Some(c) = &e.context {
+                match c.as_str().strip_prefix("buf: ") {
+                    Some(raw) => write!(
+                        f,
+                        " context: the instance's unparsable response header ({} bytes, not logged)",
+                        raw.len()
+                    )?,
+                    None => write!(f, " context: {c}")?,
+                }
+            }
+            let Some(cause) = &e.cause else {
+                return Ok(());
+            };
+            match cause.downcast_ref::<Box<pingora::Error>>() {
+                Some(inner) => {
+                    write!(
+                        f,
+                        " cause: {} {}",
+                        inner.esource.as_str(),
+                        inner.etype.as_str()
+                    )?;
+                    e = &**inner;
+                }
+                None => return write!(f, " cause: {cause}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LoggedError;
+    use pingora::{Error, ErrorType};
+
+    #[test]
+    fn an_instance_response_header_is_not_logged() {
+        let e = Error::because(
+            ErrorType::InvalidHTTPHeader,
+            "buf: HTTP/1.1 200 OK\\r\\nset-cookie: sid=secret\\r\\nbad",
+            Error::new(ErrorType::InvalidHTTPHeader),
+        );
+        let logged = LoggedError(&e).to_string();
+        assert!(!logged.contains("secret"), "{logged}");
+        assert!(logged.contains("InvalidHTTPHeader"), "{logged}");
+        assert!(logged.contains("bytes, not logged"), "{logged}");
+        // Other contexts are kept as they are.
+        let e = Error::explain(ErrorType::ConnectTimedout, "connecting to 10.0.0.1:80");
+        assert!(LoggedError(&e)
+            .to_string()
+            .contains("context: connecting to 10.0.0.1:80"));
+    }
+}

@@ -18,6 +18,7 @@ use smallvec::SmallVec;
 
 use crate::decision::{decide, Decision, RequestFacts};
 use crate::errors::RejectReason;
+use crate::logging::LoggedError;
 use crate::policy::BillingNotice;
 use crate::route::{
     forwarded_host, rewrite_upstream_request, sane_request_id, Forwarding, RequestIds,
@@ -412,6 +413,11 @@ impl ProxyHttp for EdgeService {
         let reason = match e.esource() {
             ErrorSource::Downstream => {
                 // The client went away or sent garbage: nothing useful to answer.
+                tracing::debug!(
+                    request_id = %ctx.id(),
+                    error = %LoggedError(e),
+                    "client connection failed"
+                );
                 return FailToProxy {
                     error_code: 0,
                     can_reuse_downstream: false,
@@ -428,7 +434,7 @@ impl ProxyHttp for EdgeService {
             request_id = %ctx.id(),
             tenant = %tenant,
             reason = reason.label(),
-            error = %e,
+            error = %LoggedError(e),
             "upstream failed"
         );
         let code = reason.status();
@@ -448,6 +454,30 @@ impl ProxyHttp for EdgeService {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Every failure Pingora would log at its end has been logged by [`Self::fail_to_proxy`],
+    /// which Pingora calls first, without the raw instance bytes Pingora's line can carry.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _e: &Error) -> bool {
+        true
+    }
+
+    /// What Pingora's own log lines (a retried connect) say of the request. Pingora's default
+    /// has the whole target: its query can hold a token or an app's secret (a reset code, a
+    /// signed URL), which logs must never carry.
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {}{}, request_id: {}",
+            req.method,
+            req.uri.path(),
+            if req.uri.query().is_some() {
+                "?…"
+            } else {
+                ""
+            },
+            ctx.id()
+        )
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {

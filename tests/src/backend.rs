@@ -185,6 +185,13 @@ where
             "body": body_bytes,
         })
         .to_string();
+        if path.starts_with("/bad-header") {
+            // A response header that does not parse, with a cookie the router must not log.
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nset-cookie: sid=instance-secret-cookie\r\nno colon here\r\n\r\n")
+                .await?;
+            return Ok(());
+        }
         if path == "/no-length" {
             let resp =
                 format!("HTTP/1.1 200 OK\r\nconnection: close\r\nx-instance: {name}\r\n\r\n{body}");

@@ -1325,6 +1325,29 @@ fn sigterm_reports_not_ready_and_keeps_serving_for_the_shutdown_delay() {
 }
 
 #[test]
+fn logs_carry_no_query_and_no_instance_response_bytes() {
+    // A query can hold an app's secret, and an instance's unparsable response its cookies:
+    // neither may reach the router's log, whoever logs the failure (Pingora or the router).
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let r = get_with_token(
+        w.edge.addr,
+        &host("acme"),
+        "/bad-header?reset_code=query-secret-4711",
+        &token,
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    let log = nexus_e2e::wait::until(Duration::from_secs(10), "the failure logged", || {
+        let log = w.edge.log();
+        log.contains("upstream failed").then_some(log)
+    });
+    assert!(log.contains("not logged"), "{log}");
+    assert!(!log.contains("query-secret-4711"), "{log}");
+    assert!(!log.contains("instance-secret-cookie"), "{log}");
+    assert!(!log.contains(&token), "{log}");
+}
+
+#[test]
 fn metrics_and_probes_on_the_ops_listener() {
     let w = world();
     let _ = get(w.edge.addr, &host("acme"), "/", &[]);
