@@ -62,6 +62,27 @@ pub fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
 
 /// SIGTERM and SIGINT both drain gracefully: orchestrators send SIGTERM, people press Ctrl-C,
 /// and neither should cut requests in flight.
+/// Raises the open-file limit for `max_connections` and says when it stays too low.
+fn fit_open_files(max_connections: usize) {
+    match crate::connections::raise_open_file_limit(max_connections) {
+        Ok(files) if files.now < files.needed => tracing::warn!(
+            limit = files.now,
+            needed = files.needed,
+            max_connections,
+            "the open-file limit is below what max_connections may need (a client and an \
+             instance connection each): connections beyond it fail at accept. Raise the hard \
+             limit (ulimit -Hn, LimitNOFILE= for systemd) or lower server.max_connections"
+        ),
+        Ok(files) if files.now > files.before => tracing::info!(
+            from = files.before,
+            to = files.now,
+            "open-file limit raised for max_connections"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+}
+
 /// Turns SIGTERM and SIGINT into Pingora's graceful shutdown, after `[server] shutdown_delay`
 /// for SIGTERM: the router reports not ready and closes each connection after its next
 /// response, still serving, while a load balancer notices; then the listeners close.
@@ -189,6 +210,7 @@ pub fn run(state: Arc<EdgeState>, source: Arc<dyn BindingSource>, mut listeners:
     if let Some(ca) = &s.upstream.ca_file {
         conf.ca_file = Some(ca.display().to_string());
     }
+    fit_open_files(s.server.max_connections);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

@@ -94,6 +94,8 @@ pub struct EdgeOptions {
     pub server_extra: String,
     /// Extra `[upstream]` keys (e.g. `ca_file = "..."`).
     pub upstream_extra: String,
+    /// Start the router with this soft open-file limit (`ulimit -S -n`).
+    pub open_files: Option<u64>,
 }
 
 impl EdgeOptions {
@@ -107,6 +109,7 @@ impl EdgeOptions {
             store: None,
             server_extra: String::new(),
             upstream_extra: String::new(),
+            open_files: None,
         }
     }
 }
@@ -206,7 +209,18 @@ filter = "info"
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.path().join("edge.log")).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(binary())
+        let mut command = match opts.open_files {
+            None => Command::new(binary()),
+            Some(n) => {
+                // The shell sets the limit and becomes the router (same process id).
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -S -n {n} && exec \"$0\" \"$@\""))
+                    .arg(binary());
+                c
+            }
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)

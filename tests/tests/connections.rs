@@ -193,3 +193,45 @@ fn request_ok(s: &mut TcpStream) {
     s.write_all(login_request().as_bytes()).unwrap();
     assert_eq!(read_response(s).unwrap().status, 200);
 }
+
+#[test]
+fn the_open_file_limit_is_raised_for_max_connections() {
+    // Started at 256, as a shell or service manager may start it; max_connections = 1,000
+    // needs a descriptor for each client and its instance connection, plus a reserve.
+    let keys = TestKeys::new();
+    let backend = Backend::start("instance-a");
+    let records = vec![binding("acme", &backend.url(), "active", None)];
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings_file(records));
+    opts.server_extra = "max_connections = 1000".to_owned();
+    opts.open_files = Some(256);
+    let edge = Edge::start(&opts);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", edge.pid())).unwrap();
+    let (soft, hard) = limits
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("Max open files")?;
+            let mut numbers = rest.split_whitespace();
+            let soft: u64 = numbers.next()?.parse().ok()?;
+            let hard = numbers.next()?.parse::<u64>().unwrap_or(u64::MAX);
+            Some((soft, hard))
+        })
+        .unwrap_or_else(|| panic!("{limits}"));
+    assert_eq!(soft, hard.min(2_064), "{limits}");
+    if hard < 2_064 {
+        assert!(
+            edge.log().contains("open-file limit is below"),
+            "{}",
+            edge.log()
+        );
+    } else {
+        assert!(
+            edge.log().contains("open-file limit raised"),
+            "{}",
+            edge.log()
+        );
+    }
+    assert_eq!(
+        nexus_e2e::http::get(edge.addr, &format!("acme.{BASE}"), "/login", &[]).status,
+        200
+    );
+}

@@ -48,6 +48,43 @@ impl Limits {
     }
 }
 
+/// Descriptors kept beside the connections: listeners, the binding store's connections,
+/// files being read, the log.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// The open-file limit at start, against what `max_connections` may need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// The soft limit the process was started with.
+    pub before: u64,
+    /// The soft limit now.
+    pub now: u64,
+    /// What a router with `max_connections` clients open may hold: a descriptor for each
+    /// client and one for the instance connection serving it, plus a small reserve.
+    pub needed: u64,
+}
+
+/// Raises the process's soft open-file limit as far as `max_connections` needs and the hard
+/// limit allows. Shells and service managers commonly start processes at 1,024, which a
+/// proxy runs out of long before any other resource; the hard limit is the operator's word.
+pub fn raise_open_file_limit(max_connections: usize) -> nix::Result<OpenFiles> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let needed = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(RESERVED_DESCRIPTORS);
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let target = soft.max(needed.min(hard));
+    if target > soft {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
+    }
+    Ok(OpenFiles {
+        before: soft,
+        now: target,
+        needed,
+    })
+}
+
 /// What every connection of one listener shares.
 #[derive(Debug)]
 struct Shared {
@@ -179,5 +216,22 @@ mod tests {
         let _c = shared.take_slot().unwrap();
         drop(b);
         assert_eq!(shared.open.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_as_far_as_needed_and_allowed() {
+        use nix::sys::resource::{getrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let files = raise_open_file_limit(1_000).unwrap();
+        assert_eq!(files.needed, 2_064);
+        let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(soft, files.now);
+        assert!(
+            soft >= files.before.max(hard.min(files.needed)),
+            "{files:?}"
+        );
+        // Never lowered.
+        let again = raise_open_file_limit(1).unwrap();
+        assert_eq!(again.now, soft);
     }
 }
