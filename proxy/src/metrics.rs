@@ -71,9 +71,12 @@ pub struct ConnectionMetrics {
     /// `client_connections_refused_total`: connections closed at once because the cap was
     /// reached.
     pub refused: prometheus::IntCounter,
-    /// `request_header_timeouts_total`: connections closed because a request header did not
-    /// arrive within `[server] request_header_timeout`.
+    /// `request_header_timeouts_total`: connections closed (with a 408) because a request
+    /// header begun did not end within `[server] request_header_timeout`.
     pub header_timeouts: prometheus::IntCounter,
+    /// `client_connections_unused_total`: new connections closed because no request began
+    /// within `[server] request_header_timeout` (browsers' spare connections, scanners).
+    pub unused: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for ConnectionMetrics {
@@ -99,17 +102,22 @@ impl ConnectionMetrics {
             )?,
             header_timeouts: prometheus::IntCounter::new(
                 "request_header_timeouts_total",
-                "Client connections closed because a request header was not complete within request_header_timeout",
+                "Client connections closed (408) because a request header begun was not complete within request_header_timeout",
+            )?,
+            unused: prometheus::IntCounter::new(
+                "client_connections_unused_total",
+                "New client connections closed because no request began within request_header_timeout",
             )?,
         })
     }
 
-    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 4] {
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 5] {
         [
             Box::new(self.open.clone()),
             Box::new(self.limit.clone()),
             Box::new(self.refused.clone()),
             Box::new(self.header_timeouts.clone()),
+            Box::new(self.unused.clone()),
         ]
     }
 }

@@ -60,8 +60,6 @@ pub fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGTERM and SIGINT both drain gracefully: orchestrators send SIGTERM, people press Ctrl-C,
-/// and neither should cut requests in flight.
 /// Raises the open-file limit for `max_connections` and says when it stays too low.
 fn fit_open_files(max_connections: usize) {
     match crate::connections::raise_open_file_limit(max_connections) {

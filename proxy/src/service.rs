@@ -94,6 +94,14 @@ impl EdgeService {
         Ok(())
     }
 
+    /// Shutting down: the response closes its connection, so the client's next request goes
+    /// to a replica that stays.
+    fn close_if_draining(&self, session: &mut Session) {
+        if self.state.is_draining() {
+            session.set_keepalive(None);
+        }
+    }
+
     /// Gathers the request's facts and decides it. `start` is when the request was read; the
     /// decision's duration is measured from it (one clock read fewer per request than timing
     /// `decide` alone, and the gathering is part of deciding).
@@ -214,11 +222,7 @@ impl ProxyHttp for EdgeService {
         // Pingora keeps an HTTP/1.1 connection idle for as long as the client likes; bound it.
         // (A client's `Connection: close` still wins.)
         bound_idle_client(session, &self.state.settings.server);
-        if self.state.is_draining() {
-            // Shutting down: this response closes the connection, so the client's next
-            // request goes to a replica that stays.
-            session.set_keepalive(None);
-        }
+        self.close_if_draining(session);
         crate::connections::header_read(session);
         let req = session.req_header();
         ctx.request_id = sane_request_id(req.headers.get_all(&crate::route::X_REQUEST_ID).iter())
@@ -389,6 +393,8 @@ impl ProxyHttp for EdgeService {
             upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
             session.set_keepalive(None);
         }
+        // Again here: the signal may have come while the instance answered.
+        self.close_if_draining(session);
         if upstream_response.status == http::StatusCode::NO_CONTENT {
             // RFC 9110 §8.6: a 204 carries no Content-Length. Pingora sends no body after it
             // anyway; the header would only tell the client to wait for bytes that never come.

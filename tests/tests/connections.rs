@@ -101,9 +101,10 @@ fn a_connection_that_sends_nothing_is_closed_without_an_answer() {
     let mut s = connect(&w.edge);
     let answer = closed_with(&mut s, Duration::from_secs(20)).expect("closed");
     assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
-    nexus_e2e::wait::until(Duration::from_secs(10), "the timeout to be counted", || {
-        (w.edge.metric("nexus_edge_request_header_timeouts_total") == 1).then_some(())
+    nexus_e2e::wait::until(Duration::from_secs(10), "the close to be counted", || {
+        (w.edge.metric("nexus_edge_client_connections_unused_total") == 1).then_some(())
     });
+    assert_eq!(w.edge.metric("nexus_edge_request_header_timeouts_total"), 0);
 }
 
 #[test]
@@ -130,7 +131,9 @@ fn slow_bodies_idle_keepalive_and_later_headers_are_not_cut() {
     assert_eq!(r.json()["body"], "0123456789");
 
     // Idle between requests longer than the header deadline: the keep-alive timeout (60 s)
-    // bounds that, not the header deadline.
+    // bounds that, not the header deadline. A stray line end (some clients send one after a
+    // body) is ignored, not taken for the start of a header (RFC 9112 §2.2).
+    s.write_all(b"\r\n").unwrap();
     assert_eq!(closed_with(&mut s, Duration::from_millis(900)), None);
 
     // The next header has its own deadline, counted from its own first byte: sent in three
@@ -146,6 +149,10 @@ fn slow_bodies_idle_keepalive_and_later_headers_are_not_cut() {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     assert_eq!(read_response(&mut s).unwrap().status, 200);
     assert_eq!(w.edge.metric("nexus_edge_request_header_timeouts_total"), 0);
+    assert_eq!(
+        w.edge.metric("nexus_edge_client_connections_unused_total"),
+        0
+    );
 }
 
 #[test]

@@ -1297,6 +1297,14 @@ fn sigterm_reports_not_ready_and_keeps_serving_for_the_shutdown_delay() {
         (r.status, r.header("connection")),
         (200, Some("keep-alive"))
     );
+    // Its next request is still at the instance when the signal comes.
+    let slow = request.replacen("GET / ", "GET /slow/3000 ", 1);
+    kept.write_all(slow.as_bytes()).unwrap();
+    nexus_e2e::wait::until(
+        Duration::from_secs(10),
+        "the slow request at the instance",
+        || (w.a.hits() == 2).then_some(()),
+    );
 
     w.edge.terminate();
     // Not ready, so that a load balancer stops sending...
@@ -1312,7 +1320,7 @@ fn sigterm_reports_not_ready_and_keeps_serving_for_the_shutdown_delay() {
     // ... while what still comes is served, each response closing its connection.
     let r = get_with_token(w.edge.addr, &host("acme"), "/", &token);
     assert_eq!((r.status, r.header("connection")), (200, Some("close")));
-    kept.write_all(request.as_bytes()).unwrap();
+    // The request in flight at the signal is answered, and its connection closed too.
     let r = nexus_e2e::http::read_response(&mut kept).unwrap();
     assert_eq!((r.status, r.header("connection")), (200, Some("close")));
     let mut rest = Vec::new();

@@ -4,8 +4,9 @@
 //! request. The proxy moves it to `SERVING` once Pingora has parsed the header
 //! ([`header_read`]) and to `IDLE` when the request is finished ([`request_done`]); the first
 //! bytes read while idle begin the next header. Only in `HEADER` is there a deadline. It starts
-//! at the header's first wait for more bytes, which for a header arriving in one piece never
-//! comes: the common case reads no clock and arms no timer. Request bodies, upgraded
+//! at the header's first wait for more bytes, which for a header arriving in one piece on a
+//! reused connection never comes: the common case reads no clock and arms no timer. (A new
+//! connection waits for its first request, so its timer starts at the accept.) Request bodies, upgraded
 //! (WebSocket) connections and idle keep-alive connections are bounded elsewhere (Pingora's
 //! per-read timeouts, `[server] keepalive_timeout`), not here.
 
@@ -90,9 +91,12 @@ impl HeaderDeadline {
         )
     }
 
-    /// Bytes arrived: while idle they begin a new header.
-    fn bytes_arrived(&mut self) {
+    /// `bytes` arrived: while idle they begin a new header, unless they are only line ends,
+    /// which a server ignores before a request line (RFC 9112 §2.2; some clients send one after
+    /// a body).
+    fn bytes_arrived(&mut self, bytes: &[u8]) {
         match self.phase.load(Ordering::Relaxed) {
+            IDLE if bytes.iter().all(|b| matches!(b, b'\r' | b'\n')) => {}
             IDLE => {
                 self.phase.store(HEADER, Ordering::Relaxed);
                 self.timer_running = false;
@@ -123,10 +127,12 @@ impl HeaderDeadline {
             return Poll::Pending;
         }
         self.phase.store(EXPIRED, Ordering::Relaxed);
-        self.shared.metrics.header_timeouts.inc();
         if self.header_started {
+            self.shared.metrics.header_timeouts.inc();
             // Best effort: the connection closes next whatever this write does.
             let _ = Pin::new(&mut self.inner).poll_write(cx, TIMEOUT_RESPONSE);
+        } else {
+            self.shared.metrics.unused.inc();
         }
         // Pingora closes the connection on a read error, quietly when no byte of the header
         // had arrived.
@@ -182,8 +188,8 @@ impl AsyncRead for HeaderDeadline {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.bytes_arrived();
+                if let Some(bytes) = buf.filled().get(before..).filter(|b| !b.is_empty()) {
+                    this.bytes_arrived(bytes);
                 }
                 Poll::Ready(Ok(()))
             }
