@@ -60,7 +60,9 @@ impl RecordProblem {
 
 /// The file layout: `{"format": "nexus-edge.bindings/v1", "bindings": [...]}`. A file store's
 /// own file also carries `"revision"`, the highest it has issued (not needed to read it).
+/// Any other key is refused, as in the config: a misspelt `"revison"` must not pass unseen.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Document {
     format: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -327,6 +329,11 @@ mod tests {
         assert!(parse_records(b"not json").is_err());
         assert!(parse_records(b"[]").is_err());
         assert!(parse_records(br#"{"format":"other/v9","bindings":[]}"#).is_err());
+        let typo =
+            parse_records(br#"{"format":"nexus-edge.bindings/v1","revison":3,"bindings":[]}"#)
+                .err()
+                .unwrap_or_default();
+        assert!(typo.contains("unknown field `revison`"), "{typo}");
     }
 
     #[test]
