@@ -1,7 +1,10 @@
 //! Logging: `tracing` for our code, with Pingora's `log` records bridged into it.
 
 use nexus_config::{LogFormat, LogSettings};
-use tracing_subscriber::EnvFilter;
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured filter.
 /// Calling it twice is harmless (the second call does nothing).
@@ -26,17 +29,57 @@ pub fn init(settings: &LogSettings) {
     let _ = tracing_log::LogTracer::builder().with_max_level(max).init();
     // Colour only for a person at a terminal: escape codes in a log file or a collector's
     // stream break every search for `field=value`.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let _ = match settings.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match settings.format {
+        LogFormat::Text => Box::new(fmt),
+        LogFormat::Json => Box::new(fmt.json()),
     };
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(filter)
+        .with(ClientReadFailures)
+        .try_init();
     if let Some(e) = bad_filter {
         tracing::warn!(filter = %settings.filter, error = %e,
             "log.filter is not a valid filter; `nexus-edge check` refuses it");
+    }
+}
+
+/// Drops the error line Pingora writes for every request a client fails to deliver
+/// (`Fail to proxy: Downstream ...`: it closed the connection mid-header, or its header missed
+/// `request_header_timeout`). Those are the client's doing, not the router's, and one line per
+/// connection would let anyone fill the log; `request_header_timeouts_total` counts the
+/// deadline's.
+struct ClientReadFailures;
+
+impl<S: Subscriber> Layer<S> for ClientReadFailures {
+    fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
+        // Bridged `log` records carry their own target in a field; this reads it back.
+        use tracing_log::NormalizeEvent;
+        let Some(meta) = event.normalized_metadata() else {
+            return true;
+        };
+        if *meta.level() != Level::ERROR || meta.target() != "pingora_proxy" {
+            return true;
+        }
+        let mut message = Message(None);
+        event.record(&mut message);
+        !message
+            .0
+            .is_some_and(|m| m.starts_with("Fail to proxy: Downstream"))
+    }
+}
+
+/// An event's `message` field, as text.
+struct Message(Option<String>);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = Some(format!("{value:?}"));
+        }
     }
 }
 
