@@ -132,22 +132,10 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
     let threads = s
         .integer("threads", 1, 1024, p)
         .map_or(d.threads, |n| n as usize);
-    let shutdown_delay = s
-        .duration(
-            "shutdown_delay",
-            Duration::ZERO,
-            Duration::from_secs(600),
-            p,
-        )
-        .unwrap_or(d.shutdown_delay);
-    let shutdown_grace = s
-        .duration(
-            "shutdown_grace",
-            Duration::ZERO,
-            Duration::from_secs(600),
-            p,
-        )
-        .unwrap_or(d.shutdown_grace);
+    // Both shutdown phases: from nothing up to ten minutes.
+    let mut shutdown_phase = |key| s.duration(key, Duration::ZERO, Duration::from_secs(600), p);
+    let shutdown_delay = shutdown_phase("shutdown_delay").unwrap_or(d.shutdown_delay);
+    let shutdown_grace = shutdown_phase("shutdown_grace").unwrap_or(d.shutdown_grace);
     let keepalive_timeout = s
         .duration("keepalive_timeout", Duration::from_secs(1), MAX_TIMEOUT, p)
         .unwrap_or(d.keepalive_timeout);
