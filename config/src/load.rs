@@ -122,7 +122,15 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
             }
         },
     };
-    if admin_listen.is_some_and(|a| same_port(a, listen)) {
+    if admin_listen == Some(listen) && listen.port() == 0 {
+        // Port 0 asks the system for a free port, but the router sets its listeners apart by
+        // their configured addresses, and these two are one.
+        p.push(
+            "server.admin_listen",
+            None,
+            format!("{listen} is server.listen's address too: give one of them a port, or another address"),
+        );
+    } else if admin_listen.is_some_and(|a| same_port(a, listen)) {
         p.push(
             "server.admin_listen",
             None,

@@ -411,12 +411,23 @@ fn listeners_ips_and_messages_a_reader_can_act_on() {
 
     for (listen, admin) in [
         ("127.0.0.1:8080", "127.0.0.2:8080"),
-        ("127.0.0.1:0", "127.0.0.1:0"),
+        ("127.0.0.1:0", "127.0.0.2:0"),
+        ("127.0.0.1:0", "127.0.0.1:9090"),
     ] {
         let text =
             format!("{MINIMAL}[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n");
         parse_str(&text, Path::new("/etc/nexus/edge.toml")).expect("separate listeners");
     }
+    // `serve` could not tell these two apart: `check` says so.
+    let ps = problems(&format!(
+        "{MINIMAL}[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n"
+    ));
+    assert!(
+        ps.iter().any(
+            |p| p.key == "server.admin_listen" && p.message.contains("give one of them a port")
+        ),
+        "{ps:#?}"
+    );
 }
 
 #[test]
