@@ -308,6 +308,16 @@ impl RawDoc {
                 path.display()
             )));
         }
+        // What the router refuses to load, a write must not quietly mend (and drop).
+        if let Some(key) = v.as_object().and_then(|o| {
+            o.keys()
+                .find(|k| !["format", "revision", "bindings"].contains(&k.as_str()))
+        }) {
+            return Err(AdminError::Corrupt(format!(
+                "{}: unknown top-level key {key:?} (expected format, revision, bindings)",
+                path.display()
+            )));
+        }
         let bindings = v
             .get("bindings")
             .and_then(Value::as_array)

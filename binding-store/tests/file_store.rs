@@ -683,3 +683,28 @@ fn a_reload_never_unbinds_a_tenant_it_cannot_account_for() {
         }
     }
 }
+
+#[test]
+fn a_write_refuses_a_file_the_router_would_refuse() {
+    // A misspelt top-level key makes the router refuse the file; an admin write must not
+    // quietly drop it (and with it the revision the file meant to carry).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let text = serde_json::json!({
+        "format": "nexus-edge.bindings/v1",
+        "revison": 7,
+        "bindings": [record("acme", "http://10.0.0.1")],
+    })
+    .to_string();
+    std::fs::write(&path, &text).unwrap();
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let acme = TenantId::parse("acme").unwrap();
+    let b = parse_record(&record("acme", "http://10.0.0.2")).unwrap();
+    let err = rt()
+        .block_on(store.apply(&acme, Mutation::Put(Box::new(b)), None, &actor()))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("unknown top-level key \"revison\""), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+}

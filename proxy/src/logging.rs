@@ -47,12 +47,25 @@ pub fn init(settings: &LogSettings) {
     }
 }
 
-/// Drops the error line Pingora writes for every request a client fails to deliver
-/// (`Fail to proxy: Downstream ...`: it closed the connection mid-header, or its header missed
-/// `request_header_timeout`). Those are the client's doing, not the router's, and one line per
-/// connection would let anyone fill the log; `request_header_timeouts_total` counts the
-/// deadline's.
+/// Drops the error lines Pingora writes when a client's connection fails: it closed
+/// mid-header, its header missed `request_header_timeout`, or it went away before an answer
+/// could be written. Those are the client's doing, not the router's; one line per connection
+/// would let anyone fill the log, and the ops listener's line even carries the request's
+/// query. `request_header_timeouts_total` counts the deadline's.
 struct ClientReadFailures;
+
+/// Pingora's lines for a client's failure: (target, start of the message).
+const CLIENT_FAILURE_LINES: [(&str, &str); 3] = [
+    ("pingora_proxy", "Fail to proxy: Downstream"),
+    (
+        "pingora_proxy",
+        "failed to send error response to downstream",
+    ),
+    (
+        "pingora_core::apps::http_app",
+        "HTTP server fails to write to downstream",
+    ),
+];
 
 impl<S: Subscriber> Layer<S> for ClientReadFailures {
     fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
@@ -61,14 +74,20 @@ impl<S: Subscriber> Layer<S> for ClientReadFailures {
         let Some(meta) = event.normalized_metadata() else {
             return true;
         };
-        if *meta.level() != Level::ERROR || meta.target() != "pingora_proxy" {
+        if *meta.level() != Level::ERROR
+            || !CLIENT_FAILURE_LINES
+                .iter()
+                .any(|(target, _)| meta.target() == *target)
+        {
             return true;
         }
         let mut message = Message(None);
         event.record(&mut message);
-        !message
-            .0
-            .is_some_and(|m| m.starts_with("Fail to proxy: Downstream"))
+        !message.0.is_some_and(|m| {
+            CLIENT_FAILURE_LINES
+                .iter()
+                .any(|(target, start)| meta.target() == *target && m.starts_with(start))
+        })
     }
 }
 
@@ -131,8 +150,68 @@ impl std::fmt::Display for LoggedError<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::LoggedError;
+    use super::{ClientReadFailures, LoggedError};
     use pingora::{Error, ErrorType};
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// A log writer into memory.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pingoras_lines_for_a_failing_client_are_dropped_and_no_others() {
+        let out = Capture::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone()),
+            )
+            .with(ClientReadFailures);
+        let records = [
+            ("pingora_proxy", log::Level::Error, "Fail to proxy: Downstream ReadError (dropped)"),
+            ("pingora_proxy", log::Level::Error, "failed to send error response to downstream: reset (dropped)"),
+            (
+                "pingora_core::apps::http_app",
+                log::Level::Error,
+                "HTTP server fails to write to downstream: reset, GET /metrics?token=secret (dropped)",
+            ),
+            ("pingora_proxy", log::Level::Error, "Fail to proxy: Upstream ConnectRefused (kept)"),
+            ("pingora_core::server", log::Level::Info, "Server starting (kept)"),
+            ("other", log::Level::Error, "Fail to proxy: Downstream, another target (kept)"),
+        ];
+        tracing::subscriber::with_default(subscriber, || {
+            for (target, level, message) in records {
+                let _ = tracing_log::format_trace(
+                    &log::Record::builder()
+                        .args(format_args!("{message}"))
+                        .target(target)
+                        .level(level)
+                        .build(),
+                );
+            }
+        });
+        let text = String::from_utf8(out.0.lock().map(|v| v.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(text.matches("(kept)").count(), 3, "{text}");
+        assert!(!text.contains("(dropped)"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
 
     #[test]
     fn an_instance_response_header_is_not_logged() {

@@ -120,7 +120,49 @@ impl ShutdownSignalWatch for Signals {
             }
             tracing::info!("draining");
         }
+        exit_on_next_signal();
         ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// From the drain on, one more SIGTERM or SIGINT ends the process at once (exit code 1):
+/// Pingora waits out `shutdown_grace` with the signals still caught, so nothing else could
+/// hurry it. The watch is in place before this returns, so no signal falls in between.
+fn exit_on_next_signal() {
+    let (ready, armed) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("exit on signal".to_owned())
+        .spawn(move || {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
+                    return;
+                };
+                let _ = ready.send(());
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                tracing::warn!(
+                    "another signal during the drain: exiting now, cutting requests in flight"
+                );
+                std::process::exit(1);
+            });
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = armed.recv_timeout(Duration::from_secs(1));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot watch for a signal to cut the drain short"),
     }
 }
 

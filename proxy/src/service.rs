@@ -87,10 +87,16 @@ impl EdgeService {
         if close || malformed || !session.is_body_empty() {
             session.set_keepalive(None);
         }
-        session.write_response_header(Box::new(resp), false).await?;
+        // A write that fails is the client's connection failing (it went away), not the
+        // router: so marked, it is not logged as a router fault.
+        session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .map_err(Error::into_down)?;
         session
             .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-            .await?;
+            .await
+            .map_err(Error::into_down)?;
         Ok(())
     }
 
@@ -436,13 +442,23 @@ impl ProxyHttp for EdgeService {
             .as_ref()
             .map(|d| d.binding.tenant_id.to_string())
             .unwrap_or_default();
-        tracing::warn!(
-            request_id = %ctx.id(),
-            tenant = %tenant,
-            reason = reason.label(),
-            error = %LoggedError(e),
-            "upstream failed"
-        );
+        if reason == RejectReason::Internal {
+            // A fault of the router itself: an error, unlike an instance's failure.
+            tracing::error!(
+                request_id = %ctx.id(),
+                tenant = %tenant,
+                error = %LoggedError(e),
+                "request failed inside the router"
+            );
+        } else {
+            tracing::warn!(
+                request_id = %ctx.id(),
+                tenant = %tenant,
+                reason = reason.label(),
+                error = %LoggedError(e),
+                "upstream failed"
+            );
+        }
         let code = reason.status();
         if session.response_written().is_some() {
             // The instance's status and headers are out: an error page now would become the

@@ -302,6 +302,11 @@ filter = "info"
             .status();
     }
 
+    /// The exit status, if the process has exited.
+    pub fn try_exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits for the process to exit, with a deadline.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let child = &mut self.child;

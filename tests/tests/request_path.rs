@@ -1333,6 +1333,25 @@ fn sigterm_reports_not_ready_and_keeps_serving_for_the_shutdown_delay() {
 }
 
 #[test]
+fn a_signal_during_the_drain_stops_the_router_at_once() {
+    // The drain waits out shutdown_grace; an operator's next signal cuts it short (exit code
+    // 1, where a drain that runs its course exits 0).
+    let mut w = world();
+    w.edge.terminate();
+    nexus_e2e::wait::until(Duration::from_secs(10), "the drain to begin", || {
+        w.edge.log().contains("SIGTERM").then_some(())
+    });
+    // The first signal's handling (and the watch for the next) may still be under way:
+    // repeat until the router is gone.
+    let status = nexus_e2e::wait::until(Duration::from_secs(15), "the router to stop", || {
+        w.edge.terminate();
+        w.edge.try_exit_status()
+    });
+    assert_eq!(status.code(), Some(1), "{}", w.edge.log());
+    assert!(w.edge.log().contains("exiting now"), "{}", w.edge.log());
+}
+
+#[test]
 fn logs_carry_no_query_and_no_instance_response_bytes() {
     // A query can hold an app's secret, and an instance's unparsable response its cookies:
     // neither may reach the router's log, whoever logs the failure (Pingora or the router).
