@@ -3,12 +3,14 @@
 //! A connection is in one of four phases. A new one starts in `HEADER`: the client owes a
 //! request. The proxy moves it to `SERVING` once Pingora has parsed the header
 //! ([`header_read`]) and to `IDLE` when the request is finished ([`request_done`]); the first
-//! bytes read while idle begin the next header. Only in `HEADER` is there a deadline. It starts
-//! at the header's first wait for more bytes, which for a header arriving in one piece on a
-//! reused connection never comes: the common case reads no clock and arms no timer. (A new
-//! connection waits for its first request, so its timer starts at the accept.) Request bodies, upgraded
-//! (WebSocket) connections and idle keep-alive connections are bounded elsewhere (Pingora's
-//! per-read timeouts, `[server] keepalive_timeout`), not here.
+//! bytes other than line ends read while idle begin the next header. Only in `HEADER` is there
+//! a deadline, and once it passes the stream is `EXPIRED`: every later read fails.
+//!
+//! The deadline starts at the header's first wait for more bytes, which for a header arriving
+//! in one piece on a reused connection never comes: the common case reads no clock and arms
+//! no timer. (A new connection waits for its first request, so its timer starts at the
+//! accept.) Request bodies, upgraded (WebSocket) connections and idle keep-alive connections
+//! are bounded elsewhere (Pingora's per-read timeouts, `[server] keepalive_timeout`).
 
 use std::future::Future;
 use std::io;
