@@ -33,7 +33,7 @@ use crate::error::StoreError;
 use crate::model::{Binding, Revision, TenantId};
 use crate::records::{
     contested_domains, parse_record, parse_records, settle_contested, sorted_by_tenant,
-    ParsedRecords, BINDINGS_FORMAT,
+    ParsedRecords, BINDINGS_FORMAT, DOCUMENT_KEYS,
 };
 use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
@@ -309,13 +309,14 @@ impl RawDoc {
             )));
         }
         // What the router refuses to load, a write must not quietly mend (and drop).
-        if let Some(key) = v.as_object().and_then(|o| {
-            o.keys()
-                .find(|k| !["format", "revision", "bindings"].contains(&k.as_str()))
-        }) {
+        if let Some(key) = v
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !DOCUMENT_KEYS.contains(&k.as_str())))
+        {
             return Err(AdminError::Corrupt(format!(
-                "{}: unknown top-level key {key:?} (expected format, revision, bindings)",
-                path.display()
+                "{}: unknown top-level key {key:?} (expected {})",
+                path.display(),
+                DOCUMENT_KEYS.join(", ")
             )));
         }
         let bindings = v

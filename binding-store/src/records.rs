@@ -58,9 +58,14 @@ impl RecordProblem {
     }
 }
 
+/// A bindings document's top-level keys: [`Document`]'s fields. Any other key is refused,
+/// as in the config (a misspelt `"revison"` must not pass unseen), by this module's reader
+/// and by the file store's writer alike.
+pub const DOCUMENT_KEYS: [&str; 3] = ["format", "revision", "bindings"];
+
 /// The file layout: `{"format": "nexus-edge.bindings/v1", "bindings": [...]}`. A file store's
 /// own file also carries `"revision"`, the highest it has issued (not needed to read it).
-/// Any other key is refused, as in the config: a misspelt `"revison"` must not pass unseen.
+/// Its fields are [`DOCUMENT_KEYS`].
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Document {
@@ -334,6 +339,19 @@ mod tests {
                 .err()
                 .unwrap_or_default();
         assert!(typo.contains("unknown field `revison`"), "{typo}");
+        // The key list the file store's writer checks is this reader's.
+        let doc = serde_json::to_value(Document {
+            format: BINDINGS_FORMAT.to_owned(),
+            revision: Some(1),
+            bindings: Vec::new(),
+        })
+        .unwrap_or_default();
+        let keys: Vec<&str> = doc
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(keys.len(), DOCUMENT_KEYS.len());
+        assert!(keys.iter().all(|k| DOCUMENT_KEYS.contains(k)), "{keys:?}");
     }
 
     #[test]

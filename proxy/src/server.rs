@@ -81,6 +81,36 @@ fn fit_open_files(max_connections: usize) {
     }
 }
 
+/// The two signals that stop the router, caught from creation on.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+/// Which of [`StopSignals`] came.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Term,
+    Int,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.term.recv() => Stop::Term,
+            _ = self.int.recv() => Stop::Int,
+        }
+    }
+}
+
 /// Turns SIGTERM and SIGINT into Pingora's graceful shutdown, after `[server] shutdown_delay`
 /// for SIGTERM: the router reports not ready and closes each connection after its next
 /// response, still serving, while a load balancer notices; then the listeners close.
@@ -91,32 +121,24 @@ struct Signals {
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let Ok(mut signals) = StopSignals::install() else {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
         let delay = self.state.settings.server.shutdown_delay;
-        let wait = tokio::select! {
-            _ = term.recv() => {
-                tracing::info!(shutdown_delay = ?delay, "SIGTERM: not ready; the listeners close after shutdown_delay");
-                true
+        let first = signals.next().await;
+        match first {
+            Stop::Term => {
+                tracing::info!(shutdown_delay = ?delay, "SIGTERM: not ready; the listeners close after shutdown_delay")
             }
-            _ = int.recv() => {
-                tracing::info!("SIGINT: draining");
-                false
-            }
-        };
+            Stop::Int => tracing::info!("SIGINT: draining"),
+        }
         self.state.start_draining();
-        if wait && !delay.is_zero() {
+        if first == Stop::Term && !delay.is_zero() {
             // An impatient operator's second signal skips the rest of the wait.
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                _ = term.recv() => tracing::info!("second SIGTERM: closing the listeners now"),
-                _ = int.recv() => tracing::info!("SIGINT: closing the listeners now"),
+                _ = signals.next() => tracing::info!("another signal: closing the listeners now"),
             }
             tracing::info!("draining");
         }
@@ -133,7 +155,6 @@ fn exit_on_next_signal() {
     let spawned = std::thread::Builder::new()
         .name("exit on signal".to_owned())
         .spawn(move || {
-            use tokio::signal::unix::{signal, SignalKind};
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -141,17 +162,11 @@ fn exit_on_next_signal() {
                 return;
             };
             rt.block_on(async {
-                let (Ok(mut term), Ok(mut int)) = (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::interrupt()),
-                ) else {
+                let Ok(mut signals) = StopSignals::install() else {
                     return;
                 };
                 let _ = ready.send(());
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
+                signals.next().await;
                 tracing::warn!(
                     "another signal during the drain: exiting now, cutting requests in flight"
                 );

@@ -1,10 +1,11 @@
 //! The request-header deadline, kept by the client's stream itself.
 //!
-//! A connection is in one of four phases. A new one starts in `HEADER`: the client owes a
-//! request. The proxy moves it to `SERVING` once Pingora has parsed the header
-//! ([`header_read`]) and to `IDLE` when the request is finished ([`request_done`]); the first
-//! bytes other than line ends read while idle begin the next header. Only in `HEADER` is there
-//! a deadline, and once it passes the stream is `EXPIRED`: every later read fails.
+//! A connection is in one of five phases. A new one starts in `FRESH`: the client owes a
+//! request and has sent nothing yet; its first bytes make it `HEADER`. The proxy moves it to
+//! `SERVING` once Pingora has parsed the header ([`header_read`]) and to `IDLE` when the request
+//! is finished ([`request_done`]); the first bytes other than line ends read while idle begin
+//! the next header. Only in `FRESH` and `HEADER` is there a deadline, and once it passes the
+//! stream is `EXPIRED`: every later read fails.
 //!
 //! The deadline starts at the header's first wait for more bytes, which for a header arriving
 //! in one piece on a reused connection never comes: the common case reads no clock and arms
@@ -29,15 +30,17 @@ use pingora::protocols::{
 };
 use pingora::proxy::Session;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use super::Shared;
 
-const IDLE: u8 = 0;
+/// A new connection, no byte read yet.
+const FRESH: u8 = 0;
 const HEADER: u8 = 1;
 const SERVING: u8 = 2;
+const IDLE: u8 = 3;
 /// The deadline passed: every later read fails.
-const EXPIRED: u8 = 3;
+const EXPIRED: u8 = 4;
 
 /// What a client that sent part of a header gets when its time is up. One that sent nothing
 /// gets no answer: browsers open connections ahead of need, and some show a 408 that arrives
@@ -53,12 +56,9 @@ pub struct HeaderDeadline {
     /// Written by the proxy's hooks through a shared reference (see [`header_read`]), read by
     /// `poll_read`; both run on the connection's one task, so `Relaxed` suffices.
     phase: AtomicU8,
-    /// The current header's timer; made once per connection, reset for each header.
+    /// The current header's timer, made at its first wait (none for a header that needs no
+    /// second read).
     timer: Option<Pin<Box<Sleep>>>,
-    /// Whether `timer` runs for the current header.
-    timer_running: bool,
-    /// Whether the current header has any bytes yet.
-    header_started: bool,
     shared: Arc<Shared>,
 }
 
@@ -71,10 +71,8 @@ impl HeaderDeadline {
         }
         Box::new(Self {
             inner,
-            phase: AtomicU8::new(HEADER),
+            phase: AtomicU8::new(FRESH),
             timer: None,
-            timer_running: false,
-            header_started: false,
             shared: Arc::clone(shared),
         })
     }
@@ -96,40 +94,34 @@ impl HeaderDeadline {
     /// `bytes` arrived: while idle they begin a new header, unless they are only line ends,
     /// which a server ignores before a request line (RFC 9112 §2.2; some clients send one after
     /// a body).
+    /// (A new connection's header was timed from the accept: its timer is kept.)
     fn bytes_arrived(&mut self, bytes: &[u8]) {
         match self.phase.load(Ordering::Relaxed) {
+            FRESH => self.phase.store(HEADER, Ordering::Relaxed),
             IDLE if bytes.iter().all(|b| matches!(b, b'\r' | b'\n')) => {}
             IDLE => {
                 self.phase.store(HEADER, Ordering::Relaxed);
-                self.timer_running = false;
-                self.header_started = true;
+                self.timer = None;
             }
-            HEADER => self.header_started = true,
             _ => {}
         }
     }
 
     /// The client has nothing more to read now. In a header, wait for the deadline too.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.phase.load(Ordering::Relaxed) != HEADER {
+        let phase = self.phase.load(Ordering::Relaxed);
+        if phase != FRESH && phase != HEADER {
             return Poll::Pending;
         }
-        if !self.timer_running {
-            let at = Instant::now() + self.timeout();
-            match &mut self.timer {
-                Some(t) => t.as_mut().reset(at),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
-            }
-            self.timer_running = true;
-        }
-        let Some(timer) = &mut self.timer else {
-            return Poll::Pending;
-        };
+        let timeout = self.timeout();
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         if timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
         self.phase.store(EXPIRED, Ordering::Relaxed);
-        if self.header_started {
+        if phase == HEADER {
             self.shared.metrics.header_timeouts.inc();
             // Best effort: the connection closes next whatever this write does.
             let _ = Pin::new(&mut self.inner).poll_write(cx, TIMEOUT_RESPONSE);
