@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use crate::auth::{CredentialError, TokenError};
 use crate::authz::ClaimMismatch;
+use crate::framing::FramingError;
 use crate::host::HostError;
 use crate::path::PathError;
 
 /// Why a request was not forwarded (or failed on the way).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RejectReason {
+    /// The request's body framing is one the router does not forward (a transfer coding
+    /// besides `chunked`, or `chunked` twice).
+    BadFraming(FramingError),
     /// The request's host could not be read (missing, duplicate, malformed, IP literal).
     BadHost(HostError),
     /// The request path is not acceptable (encoded slash, control characters, ...).
@@ -51,7 +55,10 @@ impl RejectReason {
     /// HTTP status code.
     pub fn status(&self) -> u16 {
         match self {
-            RejectReason::BadHost(_) | RejectReason::BadPath(_) => 400,
+            RejectReason::BadFraming(FramingError::UnsupportedCoding) => 501,
+            RejectReason::BadFraming(FramingError::ChunkedTwice)
+            | RejectReason::BadHost(_)
+            | RejectReason::BadPath(_) => 400,
             RejectReason::UnknownTenant => 404,
             RejectReason::MissingToken
             | RejectReason::BadCredential(_)
@@ -68,6 +75,7 @@ impl RejectReason {
     /// Closed metric/log label.
     pub fn label(&self) -> &'static str {
         match self {
+            RejectReason::BadFraming(_) => "bad_framing",
             RejectReason::BadHost(_) => "bad_host",
             RejectReason::BadPath(_) => "bad_path",
             RejectReason::UnknownTenant => "unknown_tenant",
@@ -88,6 +96,7 @@ impl RejectReason {
     /// Finer detail for logs (a closed label of the inner error, never request content).
     pub fn detail(&self) -> &'static str {
         match self {
+            RejectReason::BadFraming(e) => e.label(),
             RejectReason::BadHost(e) => e.label(),
             RejectReason::BadPath(e) => e.label(),
             RejectReason::BadCredential(e) => e.label(),
@@ -100,6 +109,12 @@ impl RejectReason {
     /// Short plain-text body.
     pub fn body(&self) -> &'static str {
         match self {
+            RejectReason::BadFraming(FramingError::UnsupportedCoding) => {
+                "not implemented: the request body's transfer coding is not supported\n"
+            }
+            RejectReason::BadFraming(FramingError::ChunkedTwice) => {
+                "bad request: the request body's framing is malformed\n"
+            }
             RejectReason::BadHost(_) => "bad request: the Host header is missing, repeated or malformed\n",
             RejectReason::BadPath(_) => "bad request: the request path is not acceptable\n",
             RejectReason::UnknownTenant => "not found: no tenant is served at this address\n",

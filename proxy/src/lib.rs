@@ -5,6 +5,7 @@
 //!
 //! | module | decides |
 //! |---|---|
+//! | [`framing`] | that the request's body is framed one way, for router and instance alike |
 //! | [`host`] | which tenant a request is addressed to |
 //! | [`path`] | the one normalised path used for policy and upstream |
 //! | [`auth`] | whether the token is genuine (JWKS, JWT rules, verified-token cache) |
@@ -29,6 +30,7 @@ pub mod connections;
 pub mod decision;
 pub mod demo;
 pub mod errors;
+pub mod framing;
 pub mod host;
 pub mod listening;
 pub mod logging;

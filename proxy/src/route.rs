@@ -12,6 +12,7 @@ use pingora::http::RequestHeader;
 use crate::auth::credential::{has_session_cookie, is_bearer, without_session_cookie};
 use crate::authz::check_claims;
 use crate::decision::Decision;
+use crate::framing::canonical_content_length;
 
 use http::header::HeaderName;
 
@@ -392,6 +393,9 @@ pub fn rewrite_upstream_request(
     }
     if decision.identity.is_none() {
         take_off_credentials(headers, fwd.session_cookie);
+    }
+    if let Some(length) = canonical_content_length(headers) {
+        headers.insert(http::header::CONTENT_LENGTH, length);
     }
     headers.insert(X_TENANT_ID.clone(), tenant);
     if let Some(org) = org {

@@ -18,6 +18,7 @@ use smallvec::SmallVec;
 
 use crate::decision::{decide, Decision, RequestFacts};
 use crate::errors::RejectReason;
+use crate::framing::check_transfer_coding;
 use crate::logging::LoggedError;
 use crate::policy::BillingNotice;
 use crate::route::{
@@ -113,6 +114,9 @@ impl EdgeService {
     /// `decide` alone, and the gathering is part of deciding).
     fn decide_request(&self, session: &Session, start: Instant) -> Result<Decision, RejectReason> {
         let req = session.req_header();
+        // Before the tenant: a body the instance would read otherwise than the router is
+        // refused whoever it is addressed to.
+        check_transfer_coding(&req.headers).map_err(RejectReason::BadFraming)?;
         let host_headers = header_values(req, &http::header::HOST);
         let authorization = header_values(req, &http::header::AUTHORIZATION);
         let cookies = header_values(req, &http::header::COOKIE);

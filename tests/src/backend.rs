@@ -1,7 +1,8 @@
 //! Real HTTP (or HTTPS) instances for tests, on `127.0.0.1:0`, stopped on drop.
 //!
-//! Every response is JSON naming the instance and echoing the request line and headers, so a
-//! test sees exactly which instance got a request and what the router sent it. Paths:
+//! Every response is JSON naming the instance and echoing the request line, headers and body
+//! (read by its length or its chunks), so a test sees exactly which instance got a request and
+//! what the router sent it. Paths:
 //! - `/slow/<ms>`: answers after `<ms>` milliseconds (in-flight requests across a rebind,
 //!   upstream timeouts);
 //! - `/no-length`: a `200` whose body ends with the connection (no length, not chunked);
@@ -119,17 +120,10 @@ where
 {
     let mut buf = Vec::new();
     loop {
-        // One request head at a time (keep-alive supported, request bodies read by length).
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
+        // One request head at a time (keep-alive supported, request bodies read by length or
+        // by chunks).
+        let Some(head_end) = read_to(&mut stream, &mut buf, b"\r\n\r\n").await? else {
+            return Ok(());
         };
         hits.fetch_add(1, Ordering::SeqCst);
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
@@ -142,14 +136,14 @@ where
             .collect();
         let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
         let mut body_bytes = None;
-        if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-            while buf.len() < len {
-                let mut chunk = [0u8; 4096];
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.extend_from_slice(&chunk[..n]);
+        if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            let Some(body) = read_chunked(&mut stream, &mut buf).await? else {
+                return Ok(());
+            };
+            body_bytes = Some(String::from_utf8_lossy(&body).into_owned());
+        } else if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            if !fill(&mut stream, &mut buf, len).await? {
+                return Ok(());
             }
             body_bytes = Some(String::from_utf8_lossy(&buf[..len]).into_owned());
             buf.drain(..len);
@@ -224,6 +218,81 @@ where
         if missing.is_some() {
             return Ok(());
         }
+    }
+}
+
+/// Reads until `buf` holds `end`; its position, or `None` if the connection ended first.
+async fn read_to<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    end: &[u8],
+) -> std::io::Result<Option<usize>> {
+    loop {
+        if let Some(i) = buf.windows(end.len()).position(|w| w == end) {
+            return Ok(Some(i));
+        }
+        if !read_more(stream, buf).await? {
+            return Ok(None);
+        }
+    }
+}
+
+/// Reads until `buf` holds at least `len` bytes; false if the connection ended first.
+async fn fill<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    len: usize,
+) -> std::io::Result<bool> {
+    while buf.len() < len {
+        if !read_more(stream, buf).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    let mut chunk = [0u8; 4096];
+    let n = stream.read(&mut chunk).await?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n > 0)
+}
+
+/// A chunked body (RFC 9112 §7.1), trailers skipped; `None` if the connection ended first.
+async fn read_chunked<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        let Some(line_end) = read_to(stream, buf, b"\r\n").await? else {
+            return Ok(None);
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+        buf.drain(..line_end + 2);
+        let size_text = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "chunk size"))?;
+        if size == 0 {
+            // Trailer lines, up to the empty one.
+            loop {
+                let Some(end) = read_to(stream, buf, b"\r\n").await? else {
+                    return Ok(None);
+                };
+                buf.drain(..end + 2);
+                if end == 0 {
+                    return Ok(Some(body));
+                }
+            }
+        }
+        if !fill(stream, buf, size + 2).await? {
+            return Ok(None);
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
     }
 }
 

@@ -609,6 +609,68 @@ fn malformed_and_unknown_hosts() {
 }
 
 #[test]
+fn a_body_reaches_the_instance_framed_as_the_router_read_it() {
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let acme = host("acme");
+    let post = |framing: &str, body: &str| {
+        send_raw(
+            w.edge.addr,
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {token}\r\n\
+                 {framing}Connection: close\r\n\r\n{body}"
+            )
+            .as_bytes(),
+        )
+        .expect("response")
+    };
+    let chunks = "3\r\nabc\r\n0\r\n\r\n";
+
+    // A transfer coding besides chunked would reach the instance as content: refused, as is
+    // chunked twice over, before any instance is asked.
+    for (framing, status) in [
+        ("Transfer-Encoding: gzip, chunked\r\n", 501),
+        (
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+            501,
+        ),
+        ("Transfer-Encoding: chunked, chunked\r\n", 400),
+        (
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            400,
+        ),
+    ] {
+        let r = post(framing, chunks);
+        assert_eq!(r.status, status, "{framing:?}: {}", r.text());
+    }
+    assert_eq!(w.a.hits(), 0);
+
+    // Chunked once is forwarded; a length given as identical values, or with leading zeros,
+    // reaches the instance as the one number the router read.
+    for framing in [
+        "Transfer-Encoding: chunked\r\n",
+        "Content-Length: 3, 3\r\n",
+        "Content-Length: 3\r\nContent-Length: 3\r\n",
+        "Content-Length: 003\r\n",
+    ] {
+        let body = if framing.starts_with("Transfer") {
+            chunks
+        } else {
+            "abc"
+        };
+        let r = post(framing, body);
+        assert_eq!(r.status, 200, "{framing:?}: {}", r.text());
+        let echo = r.json();
+        assert_eq!(echo["body"], "abc", "{framing:?}");
+        let lengths = echoed_header(&echo, "content-length");
+        if framing.starts_with("Content-Length") {
+            assert_eq!(lengths, ["3"], "{framing:?}");
+        }
+    }
+    assert_eq!(w.a.hits(), 4);
+}
+
+#[test]
 fn spoofed_identity_headers_are_replaced() {
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));

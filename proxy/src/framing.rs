@@ -1,0 +1,179 @@
+//! How a request's body is delimited: one reading, the router's, which the instance gets too.
+//!
+//! Pingora reads a request body by its `Content-Length` or by a final `chunked` coding, and
+//! sends the instance the body framed afresh. Two kinds of framing it accepts would leave the
+//! instance reading the body otherwise than the router did:
+//! - a transfer coding besides `chunked` (`gzip, chunked`). Pingora removes
+//!   `Transfer-Encoding` as a hop-by-hop header and sends the body chunked, so the instance
+//!   would take gzip-coded bytes for the content. The router implements no other coding, and
+//!   refuses such a request with 501 (RFC 9112 §6.1). `chunked` twice (`chunked, chunked`)
+//!   claims a body chunked twice over and is refused with 400 (RFC 9112 §7);
+//! - a `Content-Length` of identical values, as a list (`3, 3`) or on repeated lines, or with
+//!   leading zeros. Pingora frames the body by the one value (RFC 9110 §8.6) but forwards the
+//!   header as received; [`canonical_content_length`] gives the instance that one value.
+
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue};
+
+/// Why a request's framing is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    /// `Transfer-Encoding` names a coding other than `chunked`.
+    #[error("transfer coding other than chunked")]
+    UnsupportedCoding,
+    /// `Transfer-Encoding` names `chunked` more than once.
+    #[error("chunked applied more than once")]
+    ChunkedTwice,
+}
+
+impl FramingError {
+    /// Closed label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FramingError::UnsupportedCoding => "unsupported_transfer_coding",
+            FramingError::ChunkedTwice => "chunked_twice",
+        }
+    }
+}
+
+/// Accepts a request whose `Transfer-Encoding`, over all its lines, is `chunked` once and
+/// nothing else (empty list elements aside, RFC 9110 §5.6.1), or which has none.
+///
+/// Pingora has already refused a list that does not end in `chunked`, and a
+/// `Transfer-Encoding` on an HTTP/1.0 request.
+pub fn check_transfer_coding(headers: &HeaderMap) -> Result<(), FramingError> {
+    let mut chunked = 0usize;
+    for line in headers.get_all(TRANSFER_ENCODING) {
+        for element in line.as_bytes().split(|&b| b == b',') {
+            let element = element.trim_ascii();
+            if element.is_empty() {
+                continue;
+            }
+            // A coding's name ends at its first parameter; `chunked` takes none (Pingora
+            // refuses `chunked;x=1` last), any other name is refused whatever follows it.
+            let name = element
+                .split(|&b| b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            if !name.eq_ignore_ascii_case(b"chunked") {
+                return Err(FramingError::UnsupportedCoding);
+            }
+            chunked += 1;
+        }
+    }
+    if chunked > 1 {
+        return Err(FramingError::ChunkedTwice);
+    }
+    Ok(())
+}
+
+/// The `Content-Length` the instance gets in place of the client's, when the client's is not
+/// already one plain number: `None` for none, for a single canonical value (the usual case:
+/// nothing is copied), and for values Pingora would have refused (they do not reach here).
+pub fn canonical_content_length(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    if values.next().is_none() && is_canonical_number(first.as_bytes()) {
+        return None;
+    }
+    let mut length: Option<u64> = None;
+    for line in headers.get_all(CONTENT_LENGTH) {
+        for element in line.as_bytes().split(|&b| b == b',') {
+            let n = parse_number(element.trim_ascii())?;
+            match length {
+                None => length = Some(n),
+                Some(seen) if seen != n => return None,
+                Some(_) => {}
+            }
+        }
+    }
+    length.map(HeaderValue::from)
+}
+
+/// Digits only, without a leading zero unless it is the only one.
+fn is_canonical_number(b: &[u8]) -> bool {
+    !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b.len() == 1 || b[0] != b'0')
+}
+
+/// A decimal number of digits only (no sign, no blanks), as `Content-Length` is written.
+fn parse_number(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(name: http::header::HeaderName, lines: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for l in lines {
+            h.append(name.clone(), HeaderValue::from_str(l).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn transfer_codings_table() {
+        use FramingError::*;
+        let cases: &[(&[&str], Result<(), FramingError>)] = &[
+            (&[], Ok(())),
+            (&["chunked"], Ok(())),
+            (&["Chunked"], Ok(())),
+            (&[" chunked "], Ok(())),
+            (&[", chunked"], Ok(())),
+            (&["", "chunked"], Ok(())),
+            (&["gzip, chunked"], Err(UnsupportedCoding)),
+            (&["gzip", "chunked"], Err(UnsupportedCoding)),
+            (&["deflate;q=1, chunked"], Err(UnsupportedCoding)),
+            (&["identity, chunked"], Err(UnsupportedCoding)),
+            (&["x-chunked, chunked"], Err(UnsupportedCoding)),
+            (&["chunked, chunked"], Err(ChunkedTwice)),
+            (&["chunked", "chunked"], Err(ChunkedTwice)),
+            (&["CHUNKED", "chunked"], Err(ChunkedTwice)),
+        ];
+        for (lines, want) in cases {
+            assert_eq!(
+                check_transfer_coding(&headers(TRANSFER_ENCODING, lines)),
+                *want,
+                "{lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn content_length_table() {
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (&[], None),
+            (&["3"], None),
+            (&["0"], None),
+            (&["18446744073709551615"], None),
+            (&["3, 3"], Some("3")),
+            (&["3,3"], Some("3")),
+            (&["3", "3"], Some("3")),
+            (&["3", "3, 3"], Some("3")),
+            (&["003"], Some("3")),
+            (&["00"], Some("0")),
+            (&[" 3"], Some("3")),
+            // Pingora refuses these before the router sees them; nothing is made of them.
+            (&["3, 4"], None),
+            (&["3", "4"], None),
+            (&["+3"], None),
+            (&["3,"], None),
+            (&["18446744073709551616"], None),
+        ];
+        for (lines, want) in cases {
+            let got = canonical_content_length(&headers(CONTENT_LENGTH, lines));
+            assert_eq!(
+                got.as_ref().map(|v| v.to_str().unwrap()),
+                *want,
+                "{lines:?}"
+            );
+        }
+    }
+}
