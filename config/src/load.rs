@@ -155,6 +155,10 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
             p,
         )
         .unwrap_or(d.request_header_timeout);
+    // From a minimal request with a token up to Pingora's own bound.
+    let max_request_header_bytes = s
+        .integer("max_request_header_bytes", 4096, 1_048_575, p)
+        .map_or(d.max_request_header_bytes, |n| n as usize);
     let max_connections = s
         .integer("max_connections", 1, 10_000_000, p)
         .map_or(d.max_connections, |n| n as usize);
@@ -170,6 +174,7 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
         shutdown_grace,
         keepalive_timeout,
         request_header_timeout,
+        max_request_header_bytes,
         max_connections,
         trusted_proxies,
     })

@@ -46,6 +46,10 @@ pub struct ServerSettings {
     /// new connection, from the accept). Bounds slow-header ("slowloris") clients, which
     /// Pingora's per-read timeouts do not.
     pub request_header_timeout: Duration,
+    /// Longest request header (request line and fields) a client may send; a longer one gets
+    /// 431. Bounds what one connection can make the router buffer (Pingora's own bound is
+    /// 1 MiB).
+    pub max_request_header_bytes: usize,
     /// Client connections open at once; the next one is closed at once. Keep it below the
     /// process's open-file limit, which instance connections share.
     pub max_connections: usize,

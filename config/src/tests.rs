@@ -122,6 +122,24 @@ fn dns_ttl_may_be_zero_but_not_beyond_an_hour() {
 }
 
 #[test]
+fn the_request_header_bound_is_between_4_kib_and_pingoras_own() {
+    let default = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(default.server.max_request_header_bytes, 65536);
+    let set = format!("{MINIMAL}\n[server]\nmax_request_header_bytes = 16_384\n");
+    let s = parse_str(&set, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(s.server.max_request_header_bytes, 16384);
+    for (value, range) in [("4095", "4096..=1048575"), ("1048576", "4096..=1048575")] {
+        let text = format!("{MINIMAL}\n[server]\nmax_request_header_bytes = {value}\n");
+        has(
+            &problems(&text),
+            "server.max_request_header_bytes",
+            10,
+            &format!("out of range ({range})"),
+        );
+    }
+}
+
+#[test]
 fn trusted_proxies_are_networks() {
     let good = format!("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n{MINIMAL}");
     let s = parse_str(&good, Path::new("/etc/nexus/edge.toml")).expect("valid");

@@ -18,6 +18,8 @@ pub enum RejectReason {
     /// The request's body framing is one the router does not forward (a transfer coding
     /// besides `chunked`, or `chunked` twice).
     BadFraming(FramingError),
+    /// The request header is longer than `[server] max_request_header_bytes`.
+    HeaderTooLarge,
     /// The request's host could not be read (missing, duplicate, malformed, IP literal).
     BadHost(HostError),
     /// The request path is not acceptable (encoded slash, control characters, ...).
@@ -56,6 +58,7 @@ impl RejectReason {
     pub fn status(&self) -> u16 {
         match self {
             RejectReason::BadFraming(FramingError::UnsupportedCoding) => 501,
+            RejectReason::HeaderTooLarge => 431,
             RejectReason::BadFraming(FramingError::ChunkedTwice)
             | RejectReason::BadHost(_)
             | RejectReason::BadPath(_) => 400,
@@ -76,6 +79,7 @@ impl RejectReason {
     pub fn label(&self) -> &'static str {
         match self {
             RejectReason::BadFraming(_) => "bad_framing",
+            RejectReason::HeaderTooLarge => "header_too_large",
             RejectReason::BadHost(_) => "bad_host",
             RejectReason::BadPath(_) => "bad_path",
             RejectReason::UnknownTenant => "unknown_tenant",
@@ -114,6 +118,9 @@ impl RejectReason {
             }
             RejectReason::BadFraming(FramingError::ChunkedTwice) => {
                 "bad request: the request body's framing is malformed\n"
+            }
+            RejectReason::HeaderTooLarge => {
+                "request header fields too large: the request header is longer than allowed\n"
             }
             RejectReason::BadHost(_) => "bad request: the Host header is missing, repeated or malformed\n",
             RejectReason::BadPath(_) => "bad request: the request path is not acceptable\n",

@@ -77,6 +77,9 @@ pub struct ConnectionMetrics {
     /// `client_connections_unused_total`: new connections closed because no request began
     /// within `[server] request_header_timeout` (browsers' spare connections, scanners).
     pub unused: prometheus::IntCounter,
+    /// `request_headers_too_large_total`: requests answered 431 because their header was
+    /// longer than `[server] max_request_header_bytes`.
+    pub headers_too_large: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for ConnectionMetrics {
@@ -108,16 +111,21 @@ impl ConnectionMetrics {
                 "client_connections_unused_total",
                 "New client connections closed because no request began within request_header_timeout",
             )?,
+            headers_too_large: prometheus::IntCounter::new(
+                "request_headers_too_large_total",
+                "Requests answered 431 because their header was longer than max_request_header_bytes",
+            )?,
         })
     }
 
-    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 5] {
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 6] {
         [
             Box::new(self.open.clone()),
             Box::new(self.limit.clone()),
             Box::new(self.refused.clone()),
             Box::new(self.header_timeouts.clone()),
             Box::new(self.unused.clone()),
+            Box::new(self.headers_too_large.clone()),
         ]
     }
 }

@@ -16,6 +16,7 @@ use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use smallvec::SmallVec;
 
+use crate::connections::HeaderTooLarge;
 use crate::decision::{decide, Decision, RequestFacts};
 use crate::errors::RejectReason;
 use crate::framing::check_transfer_coding;
@@ -79,11 +80,11 @@ impl EdgeService {
         for (name, value) in reason.extra_headers() {
             resp.insert_header(name, value)?;
         }
-        let malformed = reason.status() == 400;
+        let malformed = matches!(reason.status(), 400 | 431);
         ctx.rejected = Some(reason);
         // A refused request without a body leaves the connection clean, so it stays open for
         // the client's next request (typically the same call with a fresh token). A malformed
-        // request, or one with a body nobody will read, closes it: draining an unauthenticated
+        // or oversized request, or one with a body nobody will read, closes it: draining an unauthenticated
         // upload is work for nobody.
         if close || malformed || !session.is_body_empty() {
             session.set_keepalive(None);
@@ -233,13 +234,16 @@ impl ProxyHttp for EdgeService {
         // (A client's `Connection: close` still wins.)
         bound_idle_client(session, &self.state.settings.server);
         self.close_if_draining(session);
-        crate::connections::header_read(session);
+        let header_size = crate::connections::header_read(session);
         let req = session.req_header();
         ctx.request_id = sane_request_id(req.headers.get_all(&crate::route::X_REQUEST_ID).iter())
             .cloned()
             .unwrap_or_else(|| self.ids.next_id());
 
-        let outcome = self.decide_request(session, ctx.start);
+        let outcome = match header_size {
+            Ok(()) => self.decide_request(session, ctx.start),
+            Err(HeaderTooLarge) => Err(RejectReason::HeaderTooLarge),
+        };
         match outcome {
             Ok(decision) => {
                 ctx.decision = Some(decision);

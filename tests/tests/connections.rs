@@ -1,5 +1,6 @@
-//! Client connections end to end: the whole-header deadline (`request_header_timeout`) and
-//! the connection cap (`max_connections`), on the real binary with a real instance.
+//! Client connections end to end: the whole-header deadline (`request_header_timeout`), the
+//! header size bound (`max_request_header_bytes`) and the connection cap (`max_connections`),
+//! on the real binary with a real instance.
 
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -157,6 +158,68 @@ fn slow_bodies_idle_keepalive_and_later_headers_are_not_cut() {
         w.edge.metric("nexus_edge_client_connections_unused_total"),
         0
     );
+}
+
+/// A `/login` request whose header (request line and fields) is exactly `size` bytes.
+fn login_request_of(size: usize) -> Vec<u8> {
+    let head = format!("GET /login HTTP/1.1\r\nHost: acme.{BASE}\r\nX-Pad: ");
+    let pad = size - head.len() - "\r\n\r\n".len();
+    let mut req = head.into_bytes();
+    req.resize(req.len() + pad, b'p');
+    req.extend_from_slice(b"\r\n\r\n");
+    req
+}
+
+#[test]
+fn a_header_longer_than_max_request_header_bytes_gets_431() {
+    let w = world("max_request_header_bytes = 8192");
+    let mut s = connect(&w.edge);
+    // At the bound: served, and the connection stays open.
+    s.write_all(&login_request_of(8192)).unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // One byte more, whole: refused once parsed, and closed.
+    s.write_all(&login_request_of(8193)).unwrap();
+    let answer = closed_with(&mut s, Duration::from_secs(20)).expect("closed");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text:?}");
+    assert!(text.contains("longer than allowed"), "{text:?}");
+
+    // A header that goes on: refused as soon as it passes the bound, before it ends (Pingora
+    // alone would buffer up to 1 MiB of it). One byte past, so that the router has read all
+    // that was sent when it closes (unread bytes would turn its close into a reset).
+    let mut s = connect(&w.edge);
+    let mut unended = login_request_of(8192);
+    unended.truncate(unended.len() - 4);
+    unended.resize(8193, b'p');
+    s.write_all(&unended).unwrap();
+    let answer = closed_with(&mut s, Duration::from_secs(20)).expect("closed");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text:?}");
+
+    // Only the header is bounded: a body of any length is the instance's business.
+    let mut s = connect(&w.edge);
+    let body = vec![b'b'; 100_000];
+    s.write_all(
+        format!(
+            "POST /login HTTP/1.1\r\nHost: acme.{BASE}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body"].as_str().map(str::len), Some(100_000));
+
+    assert_eq!(w.backend.hits(), 2);
+    assert_eq!(
+        w.edge.metric("nexus_edge_request_headers_too_large_total"),
+        2
+    );
+    let log = w.edge.log();
+    assert!(!log.contains("Fail to proxy"), "{log}");
 }
 
 #[test]

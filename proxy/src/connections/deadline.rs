@@ -1,4 +1,4 @@
-//! The request-header deadline, kept by the client's stream itself.
+//! The request-header deadline and size bound, kept by the client's stream itself.
 //!
 //! A connection is in one of five phases. A new one starts in `FRESH`: the client owes a
 //! request and has sent nothing yet; its first bytes make it `HEADER`. The proxy moves it to
@@ -6,6 +6,12 @@
 //! is finished ([`request_done`]); the first bytes other than line ends read while idle begin
 //! the next header. Only in `FRESH` and `HEADER` is there a deadline, and once it passes the
 //! stream is `EXPIRED`: every later read fails.
+//!
+//! The bytes read in `HEADER` are counted. Until the header ends they are all header, so a
+//! parser that asks for more once `[server] max_request_header_bytes` have come is refused (431,
+//! and the stream is `EXPIRED`). A header that ends within a read that took the count past the
+//! bound is measured exactly by [`header_read`], from the parsed header: the count then also
+//! holds body bytes read with it.
 //!
 //! The deadline starts at the header's first wait for more bytes, which for a header arriving
 //! in one piece on a reused connection never comes: the common case reads no clock and arms
@@ -49,6 +55,17 @@ const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: cl
 content-type: text/plain; charset=utf-8\r\ncontent-length: 59\r\n\r\n\
 request timeout: the request header did not arrive in time\n";
 
+/// What a client gets whose header goes on past `[server] max_request_header_bytes`. The body
+/// is [`crate::errors::RejectReason::HeaderTooLarge`]'s, which answers a header that ended
+/// past the bound.
+const TOO_LARGE_RESPONSE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+connection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 75\r\n\r\n\
+request header fields too large: the request header is longer than allowed\n";
+
+/// A request header longer than `[server] max_request_header_bytes`, found once it was parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderTooLarge;
+
 /// A client stream that fails its reads once a request header has taken longer than
 /// `[server] request_header_timeout`.
 pub struct HeaderDeadline {
@@ -59,6 +76,9 @@ pub struct HeaderDeadline {
     /// The current header's timer, made at its first wait (none for a header that needs no
     /// second read).
     timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes read since the current header began (with any body bytes that came in its last
+    /// read).
+    header_bytes: usize,
     shared: Arc<Shared>,
 }
 
@@ -73,6 +93,7 @@ impl HeaderDeadline {
             inner,
             phase: AtomicU8::new(FRESH),
             timer: None,
+            header_bytes: 0,
             shared: Arc::clone(shared),
         })
     }
@@ -97,14 +118,35 @@ impl HeaderDeadline {
     /// (A new connection's header was timed from the accept: its timer is kept.)
     fn bytes_arrived(&mut self, bytes: &[u8]) {
         match self.phase.load(Ordering::Relaxed) {
-            FRESH => self.phase.store(HEADER, Ordering::Relaxed),
+            FRESH => {
+                self.phase.store(HEADER, Ordering::Relaxed);
+                self.header_bytes = bytes.len();
+            }
             IDLE if bytes.iter().all(|b| matches!(b, b'\r' | b'\n')) => {}
             IDLE => {
                 self.phase.store(HEADER, Ordering::Relaxed);
                 self.timer = None;
+                self.header_bytes = bytes.len();
             }
+            HEADER => self.header_bytes = self.header_bytes.saturating_add(bytes.len()),
             _ => {}
         }
+    }
+
+    /// The parser wants more of a header that already has more bytes than allowed: answer 431
+    /// and end the stream.
+    fn refuse_too_large(&mut self, cx: &mut Context<'_>) -> io::Error {
+        self.phase.store(EXPIRED, Ordering::Relaxed);
+        self.shared.metrics.headers_too_large.inc();
+        // Best effort, as for the 408.
+        let _ = Pin::new(&mut self.inner).poll_write(cx, TOO_LARGE_RESPONSE);
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "request header longer than max_request_header_bytes ({})",
+                self.shared.limits.max_request_header_bytes
+            ),
+        )
     }
 
     /// The client has nothing more to read now. In a header, wait for the deadline too.
@@ -135,29 +177,48 @@ impl HeaderDeadline {
 }
 
 /// Tells the stream under `session` that its request header has been read: no deadline until
-/// the request is done.
-pub fn header_read(session: &Session) {
-    set_phase(session, SERVING);
+/// the request is done. A header longer than `[server] max_request_header_bytes` is refused:
+/// the caller answers it.
+pub fn header_read(session: &Session) -> Result<(), HeaderTooLarge> {
+    let Some(d) = deadline_of(session) else {
+        return Ok(());
+    };
+    set_phase(d, SERVING);
+    let max = d.shared.limits.max_request_header_bytes;
+    // Counted bytes within the bound: so is the header (the common case, one compare). Past
+    // it, the count may include body bytes: the header is measured.
+    if d.header_bytes > max
+        && session
+            .as_downstream()
+            .as_http1()
+            .is_some_and(|h1| h1.get_headers_raw_bytes().len() > max)
+    {
+        d.shared.metrics.headers_too_large.inc();
+        return Err(HeaderTooLarge);
+    }
+    Ok(())
 }
 
 /// Tells the stream under `session` that its request is done: the next bytes begin a header.
 pub fn request_done(session: &Session) {
-    set_phase(session, IDLE);
+    if let Some(d) = deadline_of(session) {
+        set_phase(d, IDLE);
+    }
 }
 
-fn set_phase(session: &Session, phase: u8) {
-    let Some(stream) = session.as_downstream().stream() else {
-        return;
-    };
-    let io: &dyn IO = &**stream;
-    if let Some(d) = io.as_any().downcast_ref::<HeaderDeadline>() {
-        // An expired stream stays expired.
-        let _ = d
-            .phase
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
-                (p != EXPIRED).then_some(phase)
-            });
-    }
+/// The session's client stream, when it is one (HTTP/2 streams are not wrapped).
+fn deadline_of(session: &Session) -> Option<&HeaderDeadline> {
+    let io: &dyn IO = &**session.as_downstream().stream()?;
+    io.as_any().downcast_ref::<HeaderDeadline>()
+}
+
+fn set_phase(d: &HeaderDeadline, phase: u8) {
+    // An expired stream stays expired.
+    let _ = d
+        .phase
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+            (p != EXPIRED).then_some(phase)
+        });
 }
 
 impl std::fmt::Debug for HeaderDeadline {
@@ -176,8 +237,12 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.phase.load(Ordering::Relaxed) == EXPIRED {
-            return Poll::Ready(Err(this.expired_error()));
+        match this.phase.load(Ordering::Relaxed) {
+            EXPIRED => return Poll::Ready(Err(this.expired_error())),
+            HEADER if this.header_bytes > this.shared.limits.max_request_header_bytes => {
+                return Poll::Ready(Err(this.refuse_too_large(cx)));
+            }
+            _ => {}
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -295,11 +360,12 @@ impl Peek for HeaderDeadline {
 
 #[cfg(test)]
 mod tests {
-    use super::TIMEOUT_RESPONSE;
+    use super::{TIMEOUT_RESPONSE, TOO_LARGE_RESPONSE};
+    use crate::errors::RejectReason;
 
-    #[test]
-    fn the_408_says_its_own_length() {
-        let text = std::str::from_utf8(TIMEOUT_RESPONSE).unwrap();
+    /// Head and body of a canned response, its `content-length` checked against the body.
+    fn parts(response: &'static [u8]) -> (&'static str, &'static str) {
+        let text = std::str::from_utf8(response).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let length: usize = head
             .lines()
@@ -308,6 +374,20 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(length, body.len());
+        (head, body)
+    }
+
+    #[test]
+    fn the_408_says_its_own_length() {
+        let (head, _) = parts(TIMEOUT_RESPONSE);
         assert!(head.starts_with("HTTP/1.1 408 Request Timeout\r\n"));
+    }
+
+    #[test]
+    fn the_431_says_its_own_length_and_what_the_proxy_says() {
+        let (head, body) = parts(TOO_LARGE_RESPONSE);
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert_eq!(body, RejectReason::HeaderTooLarge.body());
+        assert_eq!(RejectReason::HeaderTooLarge.status(), 431);
     }
 }

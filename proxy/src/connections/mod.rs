@@ -8,7 +8,8 @@
 //! [`Guarded`] wraps the proxy application: it admits at most `[server] max_connections` at
 //! once (the next is closed unanswered, as nginx does when its connections run out) and hands
 //! the proxy each admitted connection inside a [`HeaderDeadline`] stream, which ends a request
-//! header that is not complete within `[server] request_header_timeout`.
+//! header that is not complete within `[server] request_header_timeout`, or within
+//! `[server] max_request_header_bytes`.
 //!
 //! Where a header ends only the HTTP parser knows, so the proxy tells the stream: [`header_read`]
 //! from its first hook after Pingora parsed a header, [`request_done`] from its last one.
@@ -26,7 +27,7 @@ use pingora::server::ShutdownWatch;
 
 use crate::metrics::ConnectionMetrics;
 
-pub use deadline::{header_read, request_done, HeaderDeadline};
+pub use deadline::{header_read, request_done, HeaderDeadline, HeaderTooLarge};
 
 /// The bounds [`Guarded`] enforces (from `[server]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +37,8 @@ pub struct Limits {
     /// Time for a whole request header, from its first byte (from the accept on a new
     /// connection).
     pub request_header_timeout: Duration,
+    /// Longest request header, request line and fields together.
+    pub max_request_header_bytes: usize,
 }
 
 impl Limits {
@@ -44,6 +47,7 @@ impl Limits {
         Self {
             max_connections: server.max_connections,
             request_header_timeout: server.request_header_timeout,
+            max_request_header_bytes: server.max_request_header_bytes,
         }
     }
 }
@@ -203,6 +207,7 @@ mod tests {
         let limits = Limits {
             max_connections: 2,
             request_header_timeout: Duration::from_secs(1),
+            max_request_header_bytes: 65536,
         };
         let guarded = Guarded::new((), limits, metrics.clone());
         let shared = &guarded.shared;
