@@ -59,7 +59,7 @@ impl RejectReason {
         match self {
             RejectReason::BadFraming(FramingError::UnsupportedCoding) => 501,
             RejectReason::HeaderTooLarge => 431,
-            RejectReason::BadFraming(FramingError::ChunkedTwice)
+            RejectReason::BadFraming(FramingError::ChunkedTwice | FramingError::BadChunk)
             | RejectReason::BadHost(_)
             | RejectReason::BadPath(_) => 400,
             RejectReason::UnknownTenant => 404,
@@ -116,7 +116,7 @@ impl RejectReason {
             RejectReason::BadFraming(FramingError::UnsupportedCoding) => {
                 "not implemented: the request body's transfer coding is not supported\n"
             }
-            RejectReason::BadFraming(FramingError::ChunkedTwice) => {
+            RejectReason::BadFraming(FramingError::ChunkedTwice | FramingError::BadChunk) => {
                 "bad request: the request body's framing is malformed\n"
             }
             RejectReason::HeaderTooLarge => {

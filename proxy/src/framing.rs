@@ -11,6 +11,16 @@
 //! - a `Content-Length` of identical values, as a list (`3, 3`) or on repeated lines, or with
 //!   leading zeros. Pingora frames the body by the one value (RFC 9110 §8.6) but forwards the
 //!   header as received; [`canonical_content_length`] gives the instance that one value.
+//!
+//! A chunked body that does not parse is found only while it is forwarded; the client gets
+//! 400 ([`is_bad_chunk`]) unless the instance's answer has begun.
+
+/// Whether a proxying error is Pingora's for a client's chunked body that does not parse.
+/// Pingora does not export the error type, so it is matched by its name; a test of the real
+/// binary sends such a body.
+pub fn is_bad_chunk(e: &pingora::Error) -> bool {
+    matches!(e.etype(), pingora::ErrorType::Custom("InvalidChunk"))
+}
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue};
@@ -24,6 +34,10 @@ pub enum FramingError {
     /// `Transfer-Encoding` names `chunked` more than once.
     #[error("chunked applied more than once")]
     ChunkedTwice,
+    /// The chunked body does not parse (a bad chunk size, a missing line end): found while
+    /// forwarding it, so the instance has had its start.
+    #[error("malformed chunk")]
+    BadChunk,
 }
 
 impl FramingError {
@@ -32,6 +46,7 @@ impl FramingError {
         match self {
             FramingError::UnsupportedCoding => "unsupported_transfer_coding",
             FramingError::ChunkedTwice => "chunked_twice",
+            FramingError::BadChunk => "bad_chunk",
         }
     }
 }

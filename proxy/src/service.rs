@@ -19,7 +19,7 @@ use smallvec::SmallVec;
 use crate::connections::HeaderTooLarge;
 use crate::decision::{decide, Decision, RequestFacts};
 use crate::errors::RejectReason;
-use crate::framing::check_transfer_coding;
+use crate::framing::{check_transfer_coding, is_bad_chunk, FramingError};
 use crate::logging::LoggedError;
 use crate::policy::BillingNotice;
 use crate::route::{
@@ -158,6 +158,17 @@ impl EdgeService {
     }
 }
 
+/// One line per request the router refuses itself: id, status and closed labels only.
+fn log_rejection(ctx: &RequestCtx, reason: &RejectReason) {
+    tracing::info!(
+        request_id = %ctx.id(),
+        status = reason.status(),
+        reason = reason.label(),
+        detail = reason.detail(),
+        "request rejected"
+    );
+}
+
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -250,13 +261,7 @@ impl ProxyHttp for EdgeService {
                 Ok(false)
             }
             Err(reason) => {
-                tracing::info!(
-                    request_id = %ctx.id(),
-                    status = reason.status(),
-                    reason = reason.label(),
-                    detail = reason.detail(),
-                    "request rejected"
-                );
+                log_rejection(ctx, &reason);
                 self.reject(session, ctx, reason, false).await?;
                 Ok(true)
             }
@@ -431,6 +436,18 @@ impl ProxyHttp for EdgeService {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let reason = match e.esource() {
+            ErrorSource::Downstream if is_bad_chunk(e) && session.response_written().is_none() => {
+                // The client's body is garbage, and the client is there to be told so.
+                let reason = RejectReason::BadFraming(FramingError::BadChunk);
+                log_rejection(ctx, &reason);
+                if let Err(err) = self.reject(session, ctx, reason, true).await {
+                    tracing::debug!(error = %err, "could not send the error response");
+                }
+                return FailToProxy {
+                    error_code: 400,
+                    can_reuse_downstream: false,
+                };
+            }
             ErrorSource::Downstream => {
                 // The client went away or sent garbage: nothing useful to answer.
                 tracing::debug!(

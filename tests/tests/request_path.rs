@@ -668,6 +668,12 @@ fn a_body_reaches_the_instance_framed_as_the_router_read_it() {
         }
     }
     assert_eq!(w.a.hits(), 4);
+
+    // A chunk that does not parse is found while the body is forwarded (the instance may
+    // have had the start of it): the client is told all the same.
+    let r = post("Transfer-Encoding: chunked\r\n", "3\r\nabc\r\nzz\r\n\r\n");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("framing is malformed"), "{}", r.text());
 }
 
 #[test]
