@@ -49,6 +49,9 @@ pub fn parse_str(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
     let upstream = upstream(root, &d.upstream, base, &mut p);
     let store = store(root, base, &mut p);
     let log = log(root, &d.log, &mut p);
+    if let (Some(server), Some(auth)) = (&server, &auth) {
+        token_fits_in_header(root, server, auth, &mut p);
+    }
     match (server, tenancy, auth, upstream, store, log) {
         (Some(server), Some(tenancy), Some(auth), Some(upstream), Some(store), Some(log))
             if p.list.is_empty() =>
@@ -89,6 +92,39 @@ pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
         }
     })?;
     parse_str(&text, path)
+}
+
+/// A token as long as `auth.max_token_bytes` allows must fit in a request header as long as
+/// `server.max_request_header_bytes` allows, or the longest tokens are refused by the header
+/// bound with a 431 no one would trace back to the token.
+fn token_fits_in_header(
+    root: &DeTable<'_>,
+    server: &ServerSettings,
+    auth: &crate::AuthSettings,
+    p: &mut Problems<'_>,
+) {
+    if auth.max_token_bytes < server.max_request_header_bytes {
+        return;
+    }
+    // The line of whichever of the two the file sets (the token bound's first).
+    let at = [
+        ("auth", "max_token_bytes"),
+        ("server", "max_request_header_bytes"),
+    ]
+    .into_iter()
+    .find_map(|(section, key)| match root.get(section)?.get_ref() {
+        DeValue::Table(t) => t.get(key).map(|v| v.span().start),
+        _ => None,
+    });
+    p.push(
+        "auth.max_token_bytes",
+        at,
+        format!(
+            "{} is not below server.max_request_header_bytes ({}): a token that long could \
+             never arrive; lower it or raise the header bound",
+            auth.max_token_bytes, server.max_request_header_bytes
+        ),
+    );
 }
 
 /// Whether two listeners would take one port: the same port (not 0, which the system
@@ -155,9 +191,10 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
             p,
         )
         .unwrap_or(d.request_header_timeout);
-    // From a minimal request with a token up to Pingora's own bound.
+    // From a minimal request with a token up to half of Pingora's own bound (1 MiB), so that a
+    // header past it meets the router's 431 before Pingora's 400.
     let max_request_header_bytes = s
-        .integer("max_request_header_bytes", 4096, 1_048_575, p)
+        .integer("max_request_header_bytes", 4096, 524_288, p)
         .map_or(d.max_request_header_bytes, |n| n as usize);
     let max_connections = s
         .integer("max_connections", 1, 10_000_000, p)

@@ -75,6 +75,12 @@ impl RejectReason {
         }
     }
 
+    /// Whether the request could not be read as sent (malformed, oversized, framed in a way
+    /// the router does not forward), so its connection cannot carry another one.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self.status(), 400 | 431 | 501)
+    }
+
     /// Closed metric/log label.
     pub fn label(&self) -> &'static str {
         match self {

@@ -48,10 +48,11 @@ pub fn init(settings: &LogSettings) {
 }
 
 /// Drops the error lines Pingora writes when a client's connection fails: it closed
-/// mid-header, its header missed `request_header_timeout`, or it went away before an answer
-/// could be written. Those are the client's doing, not the router's; one line per connection
-/// would let anyone fill the log, and the ops listener's line even carries the request's
-/// query. `request_header_timeouts_total` counts the deadline's.
+/// mid-header, its header missed `request_header_timeout` or went on past
+/// `max_request_header_bytes`, or it went away before an answer could be written. Those are
+/// the client's doing, not the router's; one line per connection would let anyone fill the
+/// log, and the ops listener's line even carries the request's query.
+/// `request_header_timeouts_total` and `request_headers_too_large_total` count the stream's.
 struct ClientReadFailures;
 
 /// Pingora's lines for a client's failure: (target, start of the message).

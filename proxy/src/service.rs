@@ -80,13 +80,13 @@ impl EdgeService {
         for (name, value) in reason.extra_headers() {
             resp.insert_header(name, value)?;
         }
-        let malformed = matches!(reason.status(), 400 | 431);
+        let unreadable = reason.closes_connection();
         ctx.rejected = Some(reason);
         // A refused request without a body leaves the connection clean, so it stays open for
-        // the client's next request (typically the same call with a fresh token). A malformed
-        // or oversized request, or one with a body nobody will read, closes it: draining an unauthenticated
-        // upload is work for nobody.
-        if close || malformed || !session.is_body_empty() {
+        // the client's next request (typically the same call with a fresh token). A request
+        // that could not be read as sent, or one with a body nobody will read, closes it:
+        // draining an unauthenticated upload is work for nobody.
+        if close || unreadable || !session.is_body_empty() {
             session.set_keepalive(None);
         }
         // A write that fails is the client's connection failing (it went away), not the

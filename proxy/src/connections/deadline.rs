@@ -7,11 +7,17 @@
 //! the next header. Only in `FRESH` and `HEADER` is there a deadline, and once it passes the
 //! stream is `EXPIRED`: every later read fails.
 //!
-//! The bytes read in `HEADER` are counted. Until the header ends they are all header, so a
+//! The bytes read since the last request ended are counted, line ends while idle included
+//! (Pingora keeps them in its header buffer). Until a header ends they are all header, so a
 //! parser that asks for more once `[server] max_request_header_bytes` have come is refused (431,
 //! and the stream is `EXPIRED`). A header that ends within a read that took the count past the
 //! bound is measured exactly by [`header_read`], from the parsed header: the count then also
 //! holds body bytes read with it.
+//!
+//! Line ends while idle are ignored, as a server ignores an empty line before a request line
+//! (RFC 9112 §2.2; some clients send one after a body), up to [`STRAY_LINE_ENDS`] bytes. More
+//! than that begin a header, timed and bounded as any other: a client trickling line ends
+//! must not hold its connection past the deadline.
 //!
 //! The deadline starts at the header's first wait for more bytes, which for a header arriving
 //! in one piece on a reused connection never comes: the common case reads no clock and arms
@@ -22,7 +28,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -48,6 +54,9 @@ const IDLE: u8 = 3;
 /// The deadline passed: every later read fails.
 const EXPIRED: u8 = 4;
 
+/// Line-end bytes read while idle that are taken for stray ones: two empty lines.
+const STRAY_LINE_ENDS: usize = 4;
+
 /// What a client that sent part of a header gets when its time is up. One that sent nothing
 /// gets no answer: browsers open connections ahead of need, and some show a 408 that arrives
 /// on one as the response to their next request.
@@ -67,7 +76,7 @@ request header fields too large: the request header is longer than allowed\n";
 pub struct HeaderTooLarge;
 
 /// A client stream that fails its reads once a request header has taken longer than
-/// `[server] request_header_timeout`.
+/// `[server] request_header_timeout`, or grown past `[server] max_request_header_bytes`.
 pub struct HeaderDeadline {
     inner: Stream,
     /// Written by the proxy's hooks through a shared reference (see [`header_read`]), read by
@@ -76,9 +85,10 @@ pub struct HeaderDeadline {
     /// The current header's timer, made at its first wait (none for a header that needs no
     /// second read).
     timer: Option<Pin<Box<Sleep>>>,
-    /// Bytes read since the current header began (with any body bytes that came in its last
-    /// read).
-    header_bytes: usize,
+    /// Bytes read since the last request ended (with any body bytes that came in the read
+    /// that ended the header). Reset by [`request_done`] through a shared reference, as
+    /// `phase` is.
+    header_bytes: AtomicUsize,
     shared: Arc<Shared>,
 }
 
@@ -93,7 +103,7 @@ impl HeaderDeadline {
             inner,
             phase: AtomicU8::new(FRESH),
             timer: None,
-            header_bytes: 0,
+            header_bytes: AtomicUsize::new(0),
             shared: Arc::clone(shared),
         })
     }
@@ -112,23 +122,24 @@ impl HeaderDeadline {
         )
     }
 
-    /// `bytes` arrived: while idle they begin a new header, unless they are only line ends,
-    /// which a server ignores before a request line (RFC 9112 §2.2; some clients send one after
-    /// a body).
-    /// (A new connection's header was timed from the accept: its timer is kept.)
+    /// `bytes` arrived: while idle they begin a new header, unless they are a few line ends
+    /// (see the module docs). (A new connection's header was timed from the accept: its
+    /// timer is kept.)
     fn bytes_arrived(&mut self, bytes: &[u8]) {
-        match self.phase.load(Ordering::Relaxed) {
-            FRESH => {
-                self.phase.store(HEADER, Ordering::Relaxed);
-                self.header_bytes = bytes.len();
-            }
-            IDLE if bytes.iter().all(|b| matches!(b, b'\r' | b'\n')) => {}
+        let phase = self.phase.get_mut();
+        if !matches!(*phase, FRESH | HEADER | IDLE) {
+            return;
+        }
+        let counted = self.header_bytes.get_mut();
+        *counted = counted.saturating_add(bytes.len());
+        match *phase {
+            FRESH => *phase = HEADER,
+            IDLE if *counted <= STRAY_LINE_ENDS
+                && bytes.iter().all(|b| matches!(b, b'\r' | b'\n')) => {}
             IDLE => {
-                self.phase.store(HEADER, Ordering::Relaxed);
+                *phase = HEADER;
                 self.timer = None;
-                self.header_bytes = bytes.len();
             }
-            HEADER => self.header_bytes = self.header_bytes.saturating_add(bytes.len()),
             _ => {}
         }
     }
@@ -186,12 +197,16 @@ pub fn header_read(session: &Session) -> Result<(), HeaderTooLarge> {
     set_phase(d, SERVING);
     let max = d.shared.limits.max_request_header_bytes;
     // Counted bytes within the bound: so is the header (the common case, one compare). Past
-    // it, the count may include body bytes: the header is measured.
-    if d.header_bytes > max
-        && session
-            .as_downstream()
-            .as_http1()
-            .is_some_and(|h1| h1.get_headers_raw_bytes().len() > max)
+    // it, the count may include body bytes: the header is measured, from its request line.
+    if d.header_bytes.load(Ordering::Relaxed) > max
+        && session.as_downstream().as_http1().is_some_and(|h1| {
+            let raw = h1.get_headers_raw_bytes();
+            let line_ends = raw
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            raw.len() - line_ends > max
+        })
     {
         d.shared.metrics.headers_too_large.inc();
         return Err(HeaderTooLarge);
@@ -202,6 +217,7 @@ pub fn header_read(session: &Session) -> Result<(), HeaderTooLarge> {
 /// Tells the stream under `session` that its request is done: the next bytes begin a header.
 pub fn request_done(session: &Session) {
     if let Some(d) = deadline_of(session) {
+        d.header_bytes.store(0, Ordering::Relaxed);
         set_phase(d, IDLE);
     }
 }
@@ -239,7 +255,9 @@ impl AsyncRead for HeaderDeadline {
         let this = self.get_mut();
         match this.phase.load(Ordering::Relaxed) {
             EXPIRED => return Poll::Ready(Err(this.expired_error())),
-            HEADER if this.header_bytes > this.shared.limits.max_request_header_bytes => {
+            HEADER
+                if *this.header_bytes.get_mut() > this.shared.limits.max_request_header_bytes =>
+            {
                 return Poll::Ready(Err(this.refuse_too_large(cx)));
             }
             _ => {}
