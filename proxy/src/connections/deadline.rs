@@ -3,9 +3,9 @@
 //! A connection is in one of five phases. A new one starts in `FRESH`: the client owes a
 //! request and has sent nothing yet; its first bytes make it `HEADER`. The proxy moves it to
 //! `SERVING` once Pingora has parsed the header ([`header_read`]) and to `IDLE` when the request
-//! is finished ([`request_done`]); the first bytes other than line ends read while idle begin
-//! the next header. Only in `FRESH` and `HEADER` is there a deadline, and once it passes the
-//! stream is `EXPIRED`: every later read fails.
+//! is finished ([`request_done`]); the first bytes read while idle, other than a stray empty
+//! line or two, begin the next header. Only in `FRESH` and `HEADER` is there a deadline, and
+//! once it passes the stream is `EXPIRED`: every later read fails.
 //!
 //! The bytes read since the last request ended are counted, line ends while idle included
 //! (Pingora keeps them in its header buffer). Until a header ends they are all header, so a
