@@ -13,6 +13,7 @@
 //! | [`policy`] | what the tenant's status allows |
 //! | [`decision`] | all of the above, in order, for one request |
 //! | [`route`] | which upstream and which headers |
+//! | [`response`] | which of the instance's response header fields reach the client |
 //! | [`errors`] | status code, body and metric label of every rejection |
 //! | [`service`] | the Pingora `ProxyHttp` glue |
 //!
@@ -39,6 +40,7 @@ pub mod ops;
 pub mod path;
 pub mod policy;
 pub mod resolve;
+pub mod response;
 pub mod route;
 pub mod server;
 pub mod service;

@@ -22,6 +22,7 @@ use crate::errors::RejectReason;
 use crate::framing::{check_transfer_coding, is_bad_chunk, FramingError};
 use crate::logging::LoggedError;
 use crate::policy::BillingNotice;
+use crate::response::remove_hop_by_hop;
 use crate::route::{
     forwarded_host, rewrite_upstream_request, sane_request_id, Forwarding, RequestIds,
 };
@@ -401,6 +402,7 @@ impl ProxyHttp for EdgeService {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        remove_hop_by_hop(upstream_response);
         if session.req_header().version < http::Version::HTTP_11
             && upstream_response
                 .headers

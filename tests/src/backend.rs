@@ -6,6 +6,8 @@
 //! - `/slow/<ms>`: answers after `<ms>` milliseconds (in-flight requests across a rebind,
 //!   upstream timeouts);
 //! - `/no-length`: a `200` whose body ends with the connection (no length, not chunked);
+//! - `/hop-by-hop`: a `200` with `Keep-Alive`, `Proxy-Connection` and a field its
+//!   `Connection` names;
 //! - `/no-content`: a `204` that (wrongly) carries `content-length: 5` and no body;
 //! - `/cut/<n>`: announces `<n>` bytes more than it sends, then closes (an instance that
 //!   dies mid-response); `/cut-chunked`: one chunk of a chunked body, then closes;
@@ -191,6 +193,17 @@ where
                 format!("HTTP/1.1 200 OK\r\nconnection: close\r\nx-instance: {name}\r\n\r\n{body}");
             stream.write_all(resp.as_bytes()).await?;
             return Ok(());
+        }
+        if path == "/hop-by-hop" {
+            // Fields for the instance's own connection, one of them named by `Connection`.
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nconnection: x-internal\r\nx-internal: secret\r\n\
+                 keep-alive: timeout=5\r\nproxy-connection: keep-alive\r\nx-app: kept\r\n\
+                 x-instance: {name}\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(resp.as_bytes()).await?;
+            continue;
         }
         if path == "/no-content" {
             let resp = format!(

@@ -1049,6 +1049,20 @@ fn an_instance_that_dies_mid_response_leaves_the_response_cut_not_completed() {
 }
 
 #[test]
+fn the_instances_hop_by_hop_fields_stay_behind() {
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let r = get_with_token(w.edge.addr, &host("acme"), "/hop-by-hop", &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-app"), Some("kept"));
+    for name in ["x-internal", "keep-alive", "proxy-connection"] {
+        assert_eq!(r.header(name), None, "{name} reached the client");
+    }
+    // The router's own: about the client's connection, not the instance's.
+    assert_ne!(r.header("connection"), Some("x-internal"));
+}
+
+#[test]
 fn a_204_reaches_the_client_without_a_content_length() {
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));
