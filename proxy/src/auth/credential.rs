@@ -10,7 +10,7 @@
 //! a query string holds, so both are read the way the most lenient parsers read them: a
 //! cookie pair may also hide behind a comma or a space inside another pair (Rack, Python's
 //! `SimpleCookie`, RFC 2965 parsers), and a name matches when some framework would fold it
-//! into the session cookie's or `access_token` (see [`same_name`]).
+//! into the session cookie's or `access_token` (see `same_name`).
 
 use super::error::CredentialError;
 use crate::path::escaped_byte;
@@ -167,7 +167,7 @@ pub fn is_bearer(value: &[u8]) -> bool {
 const QUERY_TOKEN: &[u8] = b"access_token";
 
 /// Checks that every `access_token` parameter of `query` (`&` or `;` separated; its name in
-/// any spelling some framework reads as `access_token`, see [`same_name`]; its value `%XX`
+/// any spelling some framework reads as `access_token`, see `same_name`; its value `%XX`
 /// and `+` decoded) carries exactly `token`: the router never authenticates from the query,
 /// so any other value is a second, unchecked credential that would reach the instance beside
 /// the verified one. With `token` empty, any parameter that carries something is refused.
