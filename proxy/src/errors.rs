@@ -20,6 +20,10 @@ pub enum RejectReason {
     BadFraming(FramingError),
     /// The request header is longer than `[server] max_request_header_bytes`.
     HeaderTooLarge,
+    /// A request header Pingora refuses only once it prepares the request for the instance:
+    /// `Connection` naming `Host` or an `X-Forwarded-*` field, ten or more names, or a name
+    /// that is no token.
+    MalformedHeader,
     /// The request's host could not be read (missing, duplicate, malformed, IP literal).
     BadHost(HostError),
     /// The request path is not acceptable (encoded slash, control characters, ...).
@@ -60,6 +64,7 @@ impl RejectReason {
             RejectReason::BadFraming(FramingError::UnsupportedCoding) => 501,
             RejectReason::HeaderTooLarge => 431,
             RejectReason::BadFraming(FramingError::ChunkedTwice | FramingError::BadChunk)
+            | RejectReason::MalformedHeader
             | RejectReason::BadHost(_)
             | RejectReason::BadPath(_) => 400,
             RejectReason::UnknownTenant => 404,
@@ -86,6 +91,7 @@ impl RejectReason {
         match self {
             RejectReason::BadFraming(_) => "bad_framing",
             RejectReason::HeaderTooLarge => "header_too_large",
+            RejectReason::MalformedHeader => "malformed_header",
             RejectReason::BadHost(_) => "bad_host",
             RejectReason::BadPath(_) => "bad_path",
             RejectReason::UnknownTenant => "unknown_tenant",
@@ -128,6 +134,7 @@ impl RejectReason {
             RejectReason::HeaderTooLarge => {
                 "request header fields too large: the request header is longer than allowed\n"
             }
+            RejectReason::MalformedHeader => "bad request: a request header is malformed\n",
             RejectReason::BadHost(_) => "bad request: the Host header is missing, repeated or malformed\n",
             RejectReason::BadPath(_) => "bad request: the request path is not acceptable\n",
             RejectReason::UnknownTenant => "not found: no tenant is served at this address\n",

@@ -159,6 +159,23 @@ impl EdgeService {
     }
 }
 
+/// A fault in the client's request that Pingora finds only while forwarding it: a chunk of
+/// the body that does not parse, or a request header it refuses once it prepares the request
+/// for the instance (see [`RejectReason::MalformedHeader`]). Any other failure of the
+/// client's side is the client going away.
+fn late_client_fault(e: &Error) -> Option<RejectReason> {
+    if !matches!(e.esource(), ErrorSource::Downstream) {
+        return None;
+    }
+    if is_bad_chunk(e) {
+        Some(RejectReason::BadFraming(FramingError::BadChunk))
+    } else if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+        Some(RejectReason::MalformedHeader)
+    } else {
+        None
+    }
+}
+
 /// One line per request the router refuses itself: id, status and closed labels only.
 fn log_rejection(ctx: &RequestCtx, reason: &RejectReason) {
     tracing::info!(
@@ -437,19 +454,20 @@ impl ProxyHttp for EdgeService {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let reason = match e.esource() {
-            ErrorSource::Downstream if is_bad_chunk(e) && session.response_written().is_none() => {
-                // The client's body is garbage, and the client is there to be told so.
-                let reason = RejectReason::BadFraming(FramingError::BadChunk);
-                log_rejection(ctx, &reason);
-                if let Err(err) = self.reject(session, ctx, reason, true).await {
-                    tracing::debug!(error = %err, "could not send the error response");
-                }
-                return FailToProxy {
-                    error_code: 400,
-                    can_reuse_downstream: false,
-                };
+        if let Some(reason) = late_client_fault(e).filter(|_| session.response_written().is_none())
+        {
+            // The client's request is at fault, and the client is there to be told so.
+            log_rejection(ctx, &reason);
+            let code = reason.status();
+            if let Err(err) = self.reject(session, ctx, reason, true).await {
+                tracing::debug!(error = %err, "could not send the error response");
             }
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
+        let reason = match e.esource() {
             ErrorSource::Downstream => {
                 // The client went away or sent garbage: nothing useful to answer.
                 tracing::debug!(

@@ -677,6 +677,40 @@ fn a_body_reaches_the_instance_framed_as_the_router_read_it() {
 }
 
 #[test]
+fn connection_names_pingora_refuses_get_400_not_a_silent_close() {
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let acme = host("acme");
+    let get = |connection: &str| {
+        send_raw(
+            w.edge.addr,
+            format!(
+                "GET /x HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {token}\r\n\
+                 Connection: {connection}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("an answer")
+    };
+    // Pingora refuses these only once it prepares the request for the instance.
+    for connection in [
+        "x-forwarded-for",
+        "Host",
+        "\"x-a\"",
+        "a1, a2, a3, a4, a5, a6, a7, a8, a9, a10",
+    ] {
+        let r = get(connection);
+        assert_eq!(r.status, 400, "{connection:?}: {}", r.text());
+        assert!(r.text().contains("header is malformed"), "{}", r.text());
+    }
+    // A name the router sets itself is simply set again.
+    let r = get("x-tenant-id, x-user-id");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(echoed_header(&r.json(), "x-tenant-id"), ["acme"]);
+    assert_eq!(echoed_header(&r.json(), "x-user-id"), ["user-1"]);
+}
+
+#[test]
 fn spoofed_identity_headers_are_replaced() {
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));
