@@ -16,7 +16,7 @@ pub mod settings;
 pub use defaults::embedded_default;
 pub use error::{ConfigError, Problem};
 pub use ipnet::IpNet;
-pub use load::{load_file, parse_str};
+pub use load::{key_line, load_file, parse_str};
 pub use settings::*;
 
 #[cfg(test)]

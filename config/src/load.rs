@@ -94,6 +94,32 @@ pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
     parse_str(&text, path)
 }
 
+/// The line where config `text` sets `key` (a dotted path such as `auth.jwks_file`), or the
+/// line of the nearest enclosing section the file has when it leaves the key to its default.
+/// For problems found after loading, in what a key names (a key set, a CA bundle), so that
+/// they are reported like every other problem: key path and line.
+pub fn key_line(text: &str, key: &str) -> Option<usize> {
+    let root = DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut at = None;
+    for part in key.split('.') {
+        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == part) else {
+            break;
+        };
+        match v.get_ref() {
+            DeValue::Table(t) => {
+                at = Some(k.span().start);
+                table = t;
+            }
+            _ => {
+                at = Some(v.span().start);
+                break;
+            }
+        }
+    }
+    at.map(|o| Problems::new(text).line_of(o))
+}
+
 /// A token as long as `auth.max_token_bytes` allows must fit in a request header as long as
 /// `server.max_request_header_bytes` allows, or the longest tokens are refused by the header
 /// bound with a 431 no one would trace back to the token.
@@ -143,33 +169,36 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
     let mut s = Section::open(root, "server", p);
     let before = p.list.len();
     let listen = s.socket_addr("listen", p).unwrap_or(d.listen);
-    let admin_listen = match s.string("admin_listen", p) {
-        None => d.admin_listen,
-        Some((v, _)) if v.is_empty() => None,
+    let (admin_listen, admin_at) = match s.string("admin_listen", p) {
+        None => (d.admin_listen, None),
+        Some((v, at)) if v.is_empty() => (None, Some(at)),
         Some((v, at)) => match v.parse() {
-            Ok(a) => Some(a),
+            Ok(a) => (Some(a), Some(at)),
             Err(_) => {
                 p.push(
                     "server.admin_listen",
                     Some(at),
                     format!("{v:?} is not an address (\"\" turns it off)"),
                 );
-                None
+                (None, Some(at))
             }
         },
     };
+    // A clash is the line of admin_listen, or of listen when the file leaves admin_listen to
+    // its default.
+    let admin_at = admin_at.or_else(|| s.raw("listen").map(|v| v.span().start));
     if admin_listen == Some(listen) && listen.port() == 0 {
         // Port 0 asks the system for a free port, but the router sets its listeners apart by
         // their configured addresses, and these two are one.
         p.push(
             "server.admin_listen",
-            None,
+            admin_at,
             format!("{listen} is server.listen's address too: give one of them a port, or another address"),
         );
     } else if admin_listen.is_some_and(|a| same_port(a, listen)) {
         p.push(
             "server.admin_listen",
-            None,
+            admin_at,
             format!("{listen} (server.listen) already takes this port on these addresses"),
         );
     }

@@ -430,12 +430,7 @@ fn listeners_ips_and_messages_a_reader_can_act_on() {
         "{MINIMAL}[server]\nlisten = \"0.0.0.0:8080\"\nadmin_listen = \"127.0.0.1:8080\"\nthreads = 99999999999999999999\n\
          [tenancy]\nbase_domains = [\"127.0.0.1\"]\n[store.x]\n"
     ));
-    assert!(
-        ps.iter().any(
-            |p| p.key == "server.admin_listen" && p.message.contains("already takes this port")
-        ),
-        "{ps:#?}"
-    );
+    has(&ps, "server.admin_listen", 10, "already takes this port");
     has(&ps, "server.threads", 11, "out of range (1..=1024)");
     has(&ps, "tenancy.base_domains[0]", 13, "is an IP address");
     let lines: Vec<usize> = ps.iter().map(|p| p.line.unwrap_or(usize::MAX)).collect();
@@ -463,12 +458,23 @@ fn listeners_ips_and_messages_a_reader_can_act_on() {
     let ps = problems(&format!(
         "{MINIMAL}[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n"
     ));
-    assert!(
-        ps.iter().any(
-            |p| p.key == "server.admin_listen" && p.message.contains("give one of them a port")
-        ),
-        "{ps:#?}"
-    );
+    has(&ps, "server.admin_listen", 10, "give one of them a port");
+    // Left to its default (127.0.0.1:9090), admin_listen clashes at listen's line.
+    let ps = problems(&format!(
+        "{MINIMAL}[server]\nthreads = 2\nlisten = \"0.0.0.0:9090\"\n"
+    ));
+    has(&ps, "server.admin_listen", 10, "already takes this port");
+}
+
+#[test]
+fn key_line_finds_a_key_or_its_section() {
+    let text = format!("{MINIMAL}[upstream]\nconnect_timeout = \"1s\"\n");
+    assert_eq!(key_line(&text, "auth.jwks_file"), Some(3));
+    assert_eq!(key_line(&text, "store.path"), Some(7));
+    // Left to its default: the section's header; no section: no line.
+    assert_eq!(key_line(&text, "upstream.ca_file"), Some(8));
+    assert_eq!(key_line(&text, "log.filter"), None);
+    assert_eq!(key_line("not = [toml", "auth.jwks_file"), None);
 }
 
 #[test]

@@ -121,4 +121,26 @@ fn check_says_what_serve_would_refuse_or_drop() {
         out.contains("store.path") && out.contains("missing.json"),
         "{out}"
     );
+
+    // Every such problem at once, in file order, each at its key's line, as the file's own
+    // problems are reported: one run of check shows all there is to fix.
+    let all_wrong = format!(
+        "{}[upstream]\nca_file = \"ca.pem\"\n[log]\nfilter = \"info,,=x[bad\"\n",
+        config("missing.json").replace("jwks.json", "empty.json")
+    );
+    let (code, out) = check(dir.path(), &all_wrong);
+    assert_ne!(code, 0, "{out}");
+    let edge = dir.path().join("edge.toml");
+    let at = |line: usize, key: &str| {
+        out.find(&format!("{}:{line}: {key}: ", edge.display()))
+            .unwrap_or_else(|| panic!("no {key} at line {line}: {out}"))
+    };
+    let found = [
+        at(2, "auth.jwks_file"),
+        at(5, "store.path"),
+        at(7, "upstream.ca_file"),
+        at(9, "log.filter"),
+    ];
+    assert!(found.is_sorted(), "in file order: {out}");
+    assert!(out.contains("invalid config (4 problems)"), "{out}");
 }

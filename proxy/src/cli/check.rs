@@ -8,17 +8,26 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
         eprintln!("nexus-edge check: no config file given (--config FILE or NEXUS_EDGE_CONFIG)");
         return ExitCode::from(2);
     };
-    match nexus_config::load_file(path) {
-        Ok(settings) => {
-            // Keys are part of a valid configuration: a config whose JWKS cannot be loaded
-            // would start a router that rejects every login.
-            let auth = match crate::auth::Authenticator::new(&settings.auth) {
-                Ok(auth) => auth,
-                Err(e) => {
-                    eprintln!("{}: auth.jwks_file: {e}", path.display());
-                    return ExitCode::FAILURE;
-                }
-            };
+    let settings = match nexus_config::load_file(path) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // What the keys name (a key set, a CA bundle, a bindings file) is part of a valid config:
+    // a key set that cannot be loaded would start a router that rejects every login. Every
+    // such problem is listed, each at its key's line, as the file's own problems are.
+    let mut problems = Vec::new();
+    let mut problem = |key: &str, message: String| {
+        problems.push(nexus_config::Problem {
+            key: key.to_owned(),
+            line: None,
+            message,
+        })
+    };
+    let keys = match crate::auth::Authenticator::new(&settings.auth) {
+        Ok(auth) => {
             // Said, not refused: a provider's set may hold keys for other uses.
             for s in auth.skipped_keys() {
                 eprintln!(
@@ -26,35 +35,47 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
                     path.display()
                 );
             }
-            for w in public_path_warnings(&settings.tenancy) {
-                eprintln!("{}: warning: tenancy.public_paths: {w}", path.display());
-            }
-            if let Some(Err(e)) = settings
-                .upstream
-                .ca_file
-                .as_deref()
-                .map(crate::server::check_ca_bundle)
-            {
-                eprintln!("{}: upstream.ca_file: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-            if let Err(e) = crate::logging::check_filter(&settings.log.filter) {
-                eprintln!("{}: log.filter: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-            if let Err(e) = check_bindings_file(&settings.store) {
-                eprintln!("{}: store.path: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-            println!(
-                "{}: ok ({} verification keys)",
-                path.display(),
-                auth.key_count()
-            );
-            ExitCode::SUCCESS
+            Some(auth.key_count())
         }
         Err(e) => {
-            eprintln!("{e}");
+            problem("auth.jwks_file", e.to_string());
+            None
+        }
+    };
+    for w in public_path_warnings(&settings.tenancy) {
+        eprintln!("{}: warning: tenancy.public_paths: {w}", path.display());
+    }
+    if let Some(Err(e)) = settings
+        .upstream
+        .ca_file
+        .as_deref()
+        .map(crate::server::check_ca_bundle)
+    {
+        problem("upstream.ca_file", e);
+    }
+    if let Err(e) = crate::logging::check_filter(&settings.log.filter) {
+        problem("log.filter", e);
+    }
+    if let Err(e) = check_bindings_file(&settings.store) {
+        problem("store.path", e);
+    }
+    match keys {
+        Some(n) if problems.is_empty() => {
+            println!("{}: ok ({n} verification keys)", path.display());
+            ExitCode::SUCCESS
+        }
+        _ => {
+            // The file was read a moment ago; should it be gone now, the lines are left out.
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            for p in &mut problems {
+                p.line = nexus_config::key_line(&text, &p.key);
+            }
+            problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+            let invalid = nexus_config::ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            };
+            eprintln!("{invalid}");
             ExitCode::FAILURE
         }
     }
