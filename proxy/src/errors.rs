@@ -15,6 +15,10 @@ use crate::path::PathError;
 /// Why a request was not forwarded (or failed on the way).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RejectReason {
+    /// A `TRACE` (or `TRACK`) request: the instance would echo it whole, the identity headers the router
+    /// adds and the client's cookies included, into a response a script can read (cross-site
+    /// tracing).
+    TraceRefused,
     /// The request's body framing is one the router does not forward (a transfer coding
     /// besides `chunked`, or `chunked` twice).
     BadFraming(FramingError),
@@ -61,7 +65,8 @@ impl RejectReason {
     /// HTTP status code.
     pub fn status(&self) -> u16 {
         match self {
-            RejectReason::BadFraming(FramingError::UnsupportedCoding) => 501,
+            RejectReason::BadFraming(FramingError::UnsupportedCoding)
+            | RejectReason::TraceRefused => 501,
             RejectReason::HeaderTooLarge => 431,
             RejectReason::BadFraming(FramingError::ChunkedTwice | FramingError::BadChunk)
             | RejectReason::MalformedHeader
@@ -89,6 +94,7 @@ impl RejectReason {
     /// Closed metric/log label.
     pub fn label(&self) -> &'static str {
         match self {
+            RejectReason::TraceRefused => "trace_refused",
             RejectReason::BadFraming(_) => "bad_framing",
             RejectReason::HeaderTooLarge => "header_too_large",
             RejectReason::MalformedHeader => "malformed_header",
@@ -125,6 +131,7 @@ impl RejectReason {
     /// Short plain-text body.
     pub fn body(&self) -> &'static str {
         match self {
+            RejectReason::TraceRefused => "not implemented: the TRACE method is not served\n",
             RejectReason::BadFraming(FramingError::UnsupportedCoding) => {
                 "not implemented: the request body's transfer coding is not supported\n"
             }

@@ -677,6 +677,49 @@ fn a_body_reaches_the_instance_framed_as_the_router_read_it() {
 }
 
 #[test]
+fn trace_is_refused_before_any_instance_is_asked() {
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let acme = host("acme");
+    let send = |method: &str| {
+        send_raw(
+            w.edge.addr,
+            format!(
+                "{method} /x HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {token}\r\n\
+                 Cookie: session=secret\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("an answer")
+    };
+    // An echo of the request would hand a script the identity headers and the cookies.
+    for method in ["TRACE", "trace", "TRACK"] {
+        let r = send(method);
+        assert_eq!(r.status, 501, "{method}: {}", r.text());
+        assert!(
+            r.text().contains("TRACE method is not served"),
+            "{}",
+            r.text()
+        );
+        assert!(r.header("x-request-id").is_some(), "{method}");
+    }
+    // CONNECT is refused by Pingora before the router sees it.
+    assert_eq!(send("CONNECT").status, 405);
+    assert_eq!(w.a.hits(), 0);
+    // Other methods, extension ones included, are the instance's to answer.
+    for method in ["OPTIONS", "PROPFIND"] {
+        let r = send(method);
+        assert_eq!(r.status, 200, "{method}: {}", r.text());
+    }
+    assert_eq!(w.a.hits(), 2);
+    assert_eq!(
+        w.edge
+            .metric("nexus_edge_requests_total{outcome=\"trace_refused\"}"),
+        3
+    );
+}
+
+#[test]
 fn connection_names_pingora_refuses_get_400_not_a_silent_close() {
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));
