@@ -24,9 +24,9 @@ pub enum RejectReason {
     BadFraming(FramingError),
     /// The request header is longer than `[server] max_request_header_bytes`.
     HeaderTooLarge,
-    /// A request header Pingora refuses only once it prepares the request for the instance:
+    /// A request header Pingora refuses when it prepares the request for the instance:
     /// `Connection` naming `Host` or an `X-Forwarded-*` field, ten or more names, or a name
-    /// that is no token.
+    /// that is no token. [`crate::nominations`] finds these before any instance is asked.
     MalformedHeader,
     /// The request's host could not be read (missing, duplicate, malformed, IP literal).
     BadHost(HostError),

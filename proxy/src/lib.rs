@@ -5,7 +5,9 @@
 //!
 //! | module | decides |
 //! |---|---|
+//! | [`method`] | that the request does not ask for an echo of itself (`TRACE`) |
 //! | [`framing`] | that the request's body is framed one way, for router and instance alike |
+//! | [`nominations`] | that its `Connection` names only fields the instance can go without |
 //! | [`host`] | which tenant a request is addressed to |
 //! | [`path`] | the one normalised path used for policy and upstream |
 //! | [`auth`] | whether the token is genuine (JWKS, JWT rules, verified-token cache) |
@@ -35,7 +37,9 @@ pub mod framing;
 pub mod host;
 pub mod listening;
 pub mod logging;
+pub mod method;
 pub mod metrics;
+pub mod nominations;
 pub mod ops;
 pub mod path;
 pub mod policy;

@@ -116,12 +116,15 @@ impl EdgeService {
     /// `decide` alone, and the gathering is part of deciding).
     fn decide_request(&self, session: &Session, start: Instant) -> Result<Decision, RejectReason> {
         let req = session.req_header();
-        if is_trace(&req.method) {
+        if crate::method::is_echo(&req.method) {
             return Err(RejectReason::TraceRefused);
         }
         // Before the tenant: a body the instance would read otherwise than the router is
         // refused whoever it is addressed to.
         check_transfer_coding(&req.headers).map_err(RejectReason::BadFraming)?;
+        if crate::nominations::is_refused(&req.headers) {
+            return Err(RejectReason::MalformedHeader);
+        }
         let host_headers = header_values(req, &http::header::HOST);
         let authorization = header_values(req, &http::header::AUTHORIZATION);
         let cookies = header_values(req, &http::header::COOKIE);
@@ -160,13 +163,6 @@ impl EdgeService {
             }
         }
     }
-}
-
-/// `TRACE`, or IIS's `TRACK`, in any case: methods are case-sensitive, but some servers
-/// read them otherwise, and an echo is refused whatever its spelling.
-fn is_trace(method: &http::Method) -> bool {
-    let m = method.as_str();
-    m.eq_ignore_ascii_case("TRACE") || m.eq_ignore_ascii_case("TRACK")
 }
 
 /// A fault in the client's request that Pingora finds only while forwarding it: a chunk of

@@ -32,6 +32,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     scheme: &'static str,
     hits: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
     server_names: Arc<std::sync::Mutex<Vec<Option<String>>>>,
     _server: LoopbackServer,
 }
@@ -64,13 +65,16 @@ impl Backend {
     fn start_with(name: &str, tls: Option<TlsAcceptor>) -> Backend {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let hits = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
         let server_names: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
-        let (owned, counter, names) = (
+        let (owned, counter, accepted, names) = (
             name.to_owned(),
             Arc::clone(&hits),
+            Arc::clone(&connections),
             Arc::clone(&server_names),
         );
         let server = LoopbackServer::start(move |stream| {
+            accepted.fetch_add(1, Ordering::SeqCst);
             let (name, hits, names, tls) = (
                 owned.clone(),
                 Arc::clone(&counter),
@@ -94,6 +98,7 @@ impl Backend {
             addr: server.addr,
             scheme,
             hits,
+            connections,
             server_names,
             _server: server,
         }
@@ -107,6 +112,11 @@ impl Backend {
     /// Requests received so far.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// The server name (SNI) of every TLS connection accepted so far, in order; `None` for a

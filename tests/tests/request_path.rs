@@ -735,7 +735,8 @@ fn connection_names_pingora_refuses_get_400_not_a_silent_close() {
         )
         .expect("an answer")
     };
-    // Pingora refuses these only once it prepares the request for the instance.
+    // Pingora would refuse these only once it prepares the request for the instance, with a
+    // connection to the instance open: the router refuses them before it opens one.
     for connection in [
         "x-forwarded-for",
         "Host",
@@ -746,6 +747,11 @@ fn connection_names_pingora_refuses_get_400_not_a_silent_close() {
         assert_eq!(r.status, 400, "{connection:?}: {}", r.text());
         assert!(r.text().contains("header is malformed"), "{}", r.text());
     }
+    assert_eq!(
+        w.a.connections(),
+        0,
+        "no instance connection for a refused request"
+    );
     // A name the router sets itself is simply set again.
     let r = get("x-tenant-id, x-user-id");
     assert_eq!(r.status, 200, "{}", r.text());

@@ -1,0 +1,91 @@
+//! The fields a request's `Connection` header names, read before any instance is asked.
+//!
+//! A field named in `Connection` is about the client's connection only (RFC 9110 §7.6.1), and
+//! Pingora removes each one before forwarding. It refuses the request instead when the header
+//! names a field it must keep (`Host`, `X-Forwarded-For`, `-Host`, `-Proto`), a pseudo-header,
+//! something that is not a token (`"x-a"`), or ten names or more (a bound on the work). It
+//! finds that only once it prepares the request for the instance, with a connection to the
+//! instance open. The same rules, read here with the rest of the request, answer such a request
+//! 400 before any instance connection is opened (and dropped). Should Pingora's rules ever
+//! refuse more than these, `service::late_client_fault` still answers 400.
+
+use http::header::CONNECTION;
+use http::HeaderMap;
+
+/// Names at most, `close` and `keep-alive` included: Pingora refuses the tenth.
+pub const MAX_NAMES: usize = 9;
+
+/// Fields a request must keep whatever its `Connection` says: the instance's `Host`, and the
+/// forwarding fields the router writes.
+const PROTECTED: [&str; 4] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
+/// Whether Pingora would refuse the request's `Connection` header (over all its lines).
+pub fn is_refused(headers: &HeaderMap) -> bool {
+    let mut names = 0usize;
+    for value in headers.get_all(CONNECTION) {
+        for name in value.as_bytes().split(|&b| b == b',') {
+            let name = name.trim_ascii();
+            if name.is_empty() {
+                continue;
+            }
+            names += 1;
+            if names > MAX_NAMES
+                || !name.iter().all(|&b| is_tchar(b))
+                || PROTECTED
+                    .iter()
+                    .any(|p| name.eq_ignore_ascii_case(p.as_bytes()))
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// `tchar` (RFC 9110 §5.6.2): the bytes of a token. A pseudo-header's `:` is not one.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn refused(lines: &[&str]) -> bool {
+        let mut h = HeaderMap::new();
+        for l in lines {
+            h.append(CONNECTION, HeaderValue::from_str(l).expect("a value"));
+        }
+        is_refused(&h)
+    }
+
+    #[test]
+    fn what_pingora_refuses_is_refused_and_nothing_else() {
+        for (lines, refuse) in [
+            (&[][..], false),
+            (&["keep-alive"][..], false),
+            (&["close", "Upgrade"][..], false),
+            (&["x-tenant-id, X-User-Id"][..], false),
+            (&[" , ,x-a,"][..], false),
+            (&["a1, a2, a3, a4, a5, a6, a7, a8, a9"][..], false),
+            (&["a1, a2, a3, a4, a5, a6, a7, a8, a9, a10"][..], true),
+            (&["a1, a2, a3, a4, a5", "a6, a7, a8, a9", "close"][..], true),
+            (&["Host"][..], true),
+            (&["keep-alive, X-Forwarded-For"][..], true),
+            (&["x-forwarded-host"][..], true),
+            (&["X-FORWARDED-PROTO"][..], true),
+            (&["\"x-a\""][..], true),
+            (&[":authority"][..], true),
+            (&["x a"][..], true),
+            (&["x;a"][..], true),
+        ] {
+            assert_eq!(refused(lines), refuse, "{lines:?}");
+        }
+    }
+}
