@@ -71,6 +71,12 @@ pub fn parse_str(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
 
 /// Reads and validates a config file.
 pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
+    parse_str(&read_text(path)?, path)
+}
+
+/// Reads a config file's text: for a caller that needs the text as well as the settings
+/// ([`parse_str`] it, then find lines in the same text with [`key_line`]).
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
     let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
@@ -91,13 +97,15 @@ pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
             }],
         }
     })?;
-    parse_str(&text, path)
+    Ok(text)
 }
 
 /// The line where config `text` sets `key` (a dotted path such as `auth.jwks_file`), or the
 /// line of the nearest enclosing section the file has when it leaves the key to its default.
 /// For problems found after loading, in what a key names (a key set, a CA bundle), so that
-/// they are reported like every other problem: key path and line.
+/// they are reported like every other problem: key path and line. `key` names tables and
+/// their keys only: an element (`tenancy.base_domains[0]`) or a key inside an array of
+/// tables (`[[auth.hmac_keys]]`) is not looked into, and gives its enclosing section's line.
 pub fn key_line(text: &str, key: &str) -> Option<usize> {
     let root = DeTable::parse(text).ok()?;
     let mut table = root.get_ref();

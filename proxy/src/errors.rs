@@ -15,9 +15,9 @@ use crate::path::PathError;
 /// Why a request was not forwarded (or failed on the way).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RejectReason {
-    /// A `TRACE` (or `TRACK`) request: the instance would echo it whole, the identity headers the router
-    /// adds and the client's cookies included, into a response a script can read (cross-site
-    /// tracing).
+    /// A `TRACE` (or `TRACK`) request: the instance would echo it whole, the identity headers
+    /// the router adds and the client's cookies included, into a response a script can read
+    /// (cross-site tracing). See [`crate::method`].
     TraceRefused,
     /// The request's body framing is one the router does not forward (a transfer coding
     /// besides `chunked`, or `chunked` twice).
@@ -131,7 +131,7 @@ impl RejectReason {
     /// Short plain-text body.
     pub fn body(&self) -> &'static str {
         match self {
-            RejectReason::TraceRefused => "not implemented: the TRACE method is not served\n",
+            RejectReason::TraceRefused => "not implemented: TRACE and TRACK are not served\n",
             RejectReason::BadFraming(FramingError::UnsupportedCoding) => {
                 "not implemented: the request body's transfer coding is not supported\n"
             }

@@ -8,12 +8,19 @@
 //! instance open. The same rules, read here with the rest of the request, answer such a request
 //! 400 before any instance connection is opened (and dropped). Should Pingora's rules ever
 //! refuse more than these, `service::late_client_fault` still answers 400.
+//!
+//! These are the rules of Pingora's default request policy for an instance, which the router
+//! keeps (it strips nominated fields and refuses malformed nominations); a test holds it to
+//! that, since a lenient policy would accept names refused here.
 
 use http::header::CONNECTION;
 use http::HeaderMap;
 
 /// Names at most, `close` and `keep-alive` included: Pingora refuses the tenth.
 pub const MAX_NAMES: usize = 9;
+
+/// The longest field name the `http` crate takes; Pingora refuses a longer nomination.
+const MAX_NAME_BYTES: usize = 65_535;
 
 /// Fields a request must keep whatever its `Connection` says: the instance's `Host`, and the
 /// forwarding fields the router writes.
@@ -35,6 +42,7 @@ pub fn is_refused(headers: &HeaderMap) -> bool {
             }
             names += 1;
             if names > MAX_NAMES
+                || name.len() > MAX_NAME_BYTES
                 || !name.iter().all(|&b| is_tchar(b))
                 || PROTECTED
                     .iter()
@@ -84,8 +92,22 @@ mod tests {
             (&[":authority"][..], true),
             (&["x a"][..], true),
             (&["x;a"][..], true),
+            // Look-alikes of protected names are other names: Pingora strips them.
+            (&["'X-Forwarded-For'"][..], false),
+            (&["X-Forwarded-For.", "!host", "hosts"][..], false),
         ] {
             assert_eq!(refused(lines), refuse, "{lines:?}");
         }
+        let long = "x".repeat(MAX_NAME_BYTES);
+        assert!(!refused(&[&long]));
+        assert!(refused(&[&format!("{long}x")]));
+    }
+
+    #[test]
+    fn the_rules_are_those_of_the_policy_the_router_keeps() {
+        // The router never sets another policy on an instance's peer options.
+        let policy = pingora::upstreams::peer::PeerOptions::new().http_upstream_request_policy;
+        assert!(policy.strip_connection_nominated);
+        assert!(policy.reject_malformed_connection_nominations);
     }
 }

@@ -681,28 +681,31 @@ fn trace_is_refused_before_any_instance_is_asked() {
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));
     let acme = host("acme");
-    let send = |method: &str| {
+    let send_to = |method: &str, host: &str| {
         send_raw(
             w.edge.addr,
             format!(
-                "{method} /x HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {token}\r\n\
+                "{method} /x HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
                  Cookie: session=secret\r\nConnection: close\r\n\r\n"
             )
             .as_bytes(),
         )
         .expect("an answer")
     };
+    let send = |method: &str| send_to(method, &acme);
     // An echo of the request would hand a script the identity headers and the cookies.
     for method in ["TRACE", "trace", "TRACK"] {
         let r = send(method);
         assert_eq!(r.status, 501, "{method}: {}", r.text());
         assert!(
-            r.text().contains("TRACE method is not served"),
+            r.text().contains("TRACE and TRACK are not served"),
             "{}",
             r.text()
         );
         assert!(r.header("x-request-id").is_some(), "{method}");
     }
+    // Whoever it is addressed to: the method is read before the tenant.
+    assert_eq!(send_to("TRACE", &host("nobody")).status, 501);
     // CONNECT is refused by Pingora before the router sees it.
     assert_eq!(send("CONNECT").status, 405);
     assert_eq!(w.a.hits(), 0);
@@ -715,7 +718,7 @@ fn trace_is_refused_before_any_instance_is_asked() {
     assert_eq!(
         w.edge
             .metric("nexus_edge_requests_total{outcome=\"trace_refused\"}"),
-        3
+        4
     );
 }
 
@@ -747,14 +750,27 @@ fn connection_names_pingora_refuses_get_400_not_a_silent_close() {
         assert_eq!(r.status, 400, "{connection:?}: {}", r.text());
         assert!(r.text().contains("header is malformed"), "{}", r.text());
     }
-    assert_eq!(
-        w.a.connections(),
-        0,
-        "no instance connection for a refused request"
-    );
+    // Whoever it is addressed to: the header is read before the tenant.
+    let r = send_raw(
+        w.edge.addr,
+        format!(
+            "GET /x HTTP/1.1\r\nHost: {}\r\nConnection: host, close\r\n\r\n",
+            host("nobody")
+        )
+        .as_bytes(),
+    )
+    .expect("an answer");
+    assert_eq!(r.status, 400, "{}", r.text());
     // A name the router sets itself is simply set again.
     let r = get("x-tenant-id, x-user-id");
     assert_eq!(r.status, 200, "{}", r.text());
+    // That request's connection is the only one the instance accepted: the refused ones,
+    // sent before it, opened none.
+    assert_eq!(
+        w.a.connections(),
+        1,
+        "no instance connection for a refused request"
+    );
     assert_eq!(echoed_header(&r.json(), "x-tenant-id"), ["acme"]);
     assert_eq!(echoed_header(&r.json(), "x-user-id"), ["user-1"]);
 }

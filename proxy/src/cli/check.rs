@@ -8,7 +8,15 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
         eprintln!("nexus-edge check: no config file given (--config FILE or NEXUS_EDGE_CONFIG)");
         return ExitCode::from(2);
     };
-    let settings = match nexus_config::load_file(path) {
+    // Read once: the lines of problems found later are looked up in this same text.
+    let text = match nexus_config::read_text(path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = match nexus_config::parse_str(&text, path) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("{e}");
@@ -65,8 +73,6 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            // The file was read a moment ago; should it be gone now, the lines are left out.
-            let text = std::fs::read_to_string(path).unwrap_or_default();
             for p in &mut problems {
                 p.line = nexus_config::key_line(&text, &p.key);
             }
