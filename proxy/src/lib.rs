@@ -20,6 +20,7 @@
 //! | [`service`] | the Pingora `ProxyHttp` glue |
 //!
 //! Around them: [`server`] assembles and runs Pingora on sockets [`listening`] bound up front,
+//! [`signals`] turns SIGTERM and SIGINT into its shutdown,
 //! [`connections`] caps client connections and bounds how long a request header may take,
 //! [`ops`] serves metrics and probes, [`background`] runs binding sync and key reload, [`cli`]
 //! is the command line, [`demo`] the newcomer's first five minutes.
@@ -48,6 +49,7 @@ pub mod response;
 pub mod route;
 pub mod server;
 pub mod service;
+pub mod signals;
 pub mod state;
 pub mod store;
 #[cfg(test)]

@@ -3,11 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use nexus_binding_store::{BindingHandle, BindingSource};
 use nexus_config::Settings;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
@@ -18,6 +17,7 @@ use crate::listening::{self, BindError, BoundListeners, Prebound};
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::service::EdgeService;
+use crate::signals::Signals;
 use crate::state::EdgeState;
 
 /// How often the JWKS file is checked for changes.
@@ -42,6 +42,9 @@ pub enum StartError {
     /// A runtime for start-up work could not be created.
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    /// SIGTERM and SIGINT could not be caught.
+    #[error("cannot catch the stop signals: {0}")]
+    Signals(std::io::Error),
     /// The upstream CA bundle cannot be used (Pingora's connector would panic on it).
     #[error("upstream.ca_file: {0}")]
     CaBundle(String),
@@ -78,106 +81,6 @@ fn fit_open_files(max_connections: usize) {
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
-    }
-}
-
-/// The two signals that stop the router, caught from creation on.
-struct StopSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-/// Which of [`StopSignals`] came.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    Term,
-    Int,
-}
-
-impl StopSignals {
-    fn install() -> std::io::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn next(&mut self) -> Stop {
-        tokio::select! {
-            _ = self.term.recv() => Stop::Term,
-            _ = self.int.recv() => Stop::Int,
-        }
-    }
-}
-
-/// Turns SIGTERM and SIGINT into Pingora's graceful shutdown, after `[server] shutdown_delay`
-/// for SIGTERM: the router reports not ready and closes each connection after its next
-/// response, still serving, while a load balancer notices; then the listeners close.
-struct Signals {
-    state: Arc<EdgeState>,
-}
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        let Ok(mut signals) = StopSignals::install() else {
-            tracing::error!("cannot install signal handlers; stopping");
-            return ShutdownSignal::FastShutdown;
-        };
-        let delay = self.state.settings.server.shutdown_delay;
-        let first = signals.next().await;
-        match first {
-            Stop::Term => {
-                tracing::info!(shutdown_delay = ?delay, "SIGTERM: not ready; the listeners close after shutdown_delay")
-            }
-            Stop::Int => tracing::info!("SIGINT: draining"),
-        }
-        self.state.start_draining();
-        if first == Stop::Term && !delay.is_zero() {
-            // An impatient operator's second signal skips the rest of the wait.
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                _ = signals.next() => tracing::info!("another signal: closing the listeners now"),
-            }
-            tracing::info!("draining");
-        }
-        exit_on_next_signal();
-        ShutdownSignal::GracefulTerminate
-    }
-}
-
-/// From the drain on, one more SIGTERM or SIGINT ends the process at once (exit code 1):
-/// Pingora waits out `shutdown_grace` with the signals still caught, so nothing else could
-/// hurry it. The watch is in place before this returns, so no signal falls in between.
-fn exit_on_next_signal() {
-    let (ready, armed) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("exit on signal".to_owned())
-        .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let Ok(mut signals) = StopSignals::install() else {
-                    return;
-                };
-                let _ = ready.send(());
-                signals.next().await;
-                tracing::warn!(
-                    "another signal during the drain: exiting now, cutting requests in flight"
-                );
-                std::process::exit(1);
-            });
-        });
-    match spawned {
-        Ok(_) => {
-            let _ = armed.recv_timeout(Duration::from_secs(1));
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot watch for a signal to cut the drain short"),
     }
 }
 
@@ -222,15 +125,21 @@ pub fn prepare(
 pub fn serve(settings: Settings) -> std::process::ExitCode {
     let started = crate::store::Store::open(&settings.store).and_then(|store| {
         let source = store.source();
-        // Bound only once the state is loaded: a socket that accepts must soon be served.
+        // Bound only once the state is loaded: a socket that accepts must soon be served. The
+        // stop signals are caught from before that on (until then their default action ends
+        // the process, as it should while it only loads), so a client that reaches a listener
+        // can rely on a SIGTERM being drained, not ended on.
         prepare(settings, &source)
-            .and_then(|state| Ok((bind_listeners(&state.settings)?, state)))
-            .map(|(listeners, state)| (state, source, listeners))
+            .and_then(|state| {
+                let signals = Signals::catch(Arc::clone(&state)).map_err(StartError::Signals)?;
+                Ok((bind_listeners(&state.settings)?, state, signals))
+            })
+            .map(|(listeners, state, signals)| (state, source, listeners, signals))
             .map_err(|e| format!("cannot start: {e}"))
     });
     match started {
-        Ok((state, source, listeners)) => {
-            run(state, source, listeners);
+        Ok((state, source, listeners, signals)) => {
+            run(state, source, listeners, signals);
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -253,8 +162,14 @@ pub fn bind_listeners(settings: &Settings) -> Result<BoundListeners, StartError>
 }
 
 /// Runs the router on `listeners` (from [`bind_listeners`]) until SIGTERM/SIGINT, then drains
-/// for `server.shutdown_grace` (after `server.shutdown_delay`, for SIGTERM).
-pub fn run(state: Arc<EdgeState>, source: Arc<dyn BindingSource>, mut listeners: BoundListeners) {
+/// for `server.shutdown_grace` (after `server.shutdown_delay`, for SIGTERM), as `signals`
+/// (caught before the listeners were bound) say.
+pub fn run(
+    state: Arc<EdgeState>,
+    source: Arc<dyn BindingSource>,
+    mut listeners: BoundListeners,
+    signals: Signals,
+) {
     let s = &state.settings;
     let mut conf = ServerConf {
         threads: s.server.threads,
@@ -298,9 +213,7 @@ pub fn run(state: Arc<EdgeState>, source: Arc<dyn BindingSource>, mut listeners:
 
     tracing::info!(listen = %s.server.listen, admin = ?s.server.admin_listen, "nexus-edge serving");
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals {
-            state: Arc::clone(&state),
-        }),
+        shutdown_signal: Box::new(signals),
     });
     tracing::info!("nexus-edge stopped");
 }

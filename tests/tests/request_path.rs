@@ -1514,6 +1514,35 @@ fn sigterm_reports_not_ready_and_keeps_serving_for_the_shutdown_delay() {
 }
 
 #[test]
+fn a_sigterm_as_soon_as_the_listener_accepts_is_drained_not_fatal() {
+    // The listeners accept before Pingora first asks for a stop signal, and the ops listener
+    // may report ready before it too: a SIGTERM from then on is the drain's, never the
+    // default action's (which ended the process at once, unlogged, in about 1 run in 12 of
+    // the signal tests on a busy machine).
+    let keys = TestKeys::new();
+    let a = Backend::start("instance-a");
+    let opts = EdgeOptions::new(
+        keys.jwks(),
+        bindings_file(vec![binding("acme", &a.url(), "active", None)]),
+    );
+    for _ in 0..3 {
+        let mut edge = Edge::spawn(&opts).unwrap();
+        let listening = nexus_e2e::wait::poll(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(edge.addr).ok()
+        });
+        assert!(listening.is_some(), "never listened: {}", edge.log());
+        edge.terminate();
+        let handled = nexus_e2e::wait::until(Duration::from_secs(10), "the SIGTERM", || {
+            if let Some(status) = edge.try_exit_status() {
+                return Some(Err(status));
+            }
+            edge.log().contains("SIGTERM").then_some(Ok(()))
+        });
+        assert_eq!(handled, Ok(()), "{}", edge.log());
+    }
+}
+
+#[test]
 fn a_signal_during_the_drain_stops_the_router_at_once() {
     // The drain waits out shutdown_grace; an operator's next signal cuts it short (exit code
     // 1, where a drain that runs its course exits 0).
