@@ -175,6 +175,7 @@ pub fn run(
         threads: s.server.threads,
         grace_period_seconds: Some(s.server.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
+        // `daemon` stays off: the signals thread (see `signals`) would not survive its fork.
         ..ServerConf::default()
     };
     if let Some(ca) = &s.upstream.ca_file {

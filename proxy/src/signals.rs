@@ -5,13 +5,16 @@
 //! should). Pingora asks for a stop signal only once its services run, and the listeners
 //! accept, and the ops listener may answer `/readyz`, before that: a signal that came in
 //! between used to meet the default action and end the process at once, with nothing logged
-//! and no drain. Queued, it is handled as soon as Pingora asks, and no later signal is lost.
+//! and no drain. Queued, it is handled as soon as Pingora asks. (Repeats of one signal that
+//! arrive at the same moment count once: the system, and tokio, keep one pending flag each.)
 //!
 //! - SIGTERM: `/readyz` turns 503 and every response closes its connection for
 //!   `[server] shutdown_delay` while a load balancer notices, then the listeners close and the
 //!   drain runs for `shutdown_grace`. SIGINT, or a second SIGTERM, skips the delay.
 //! - One more signal once the drain has begun ends the process at once (exit code 1): Pingora
 //!   waits out `shutdown_grace` with the signals caught, so nothing else could hurry it.
+//!   Signals that came before the drain began (say, two while the router was starting) are
+//!   not counted toward it.
 
 use std::sync::{Arc, Mutex};
 
@@ -82,6 +85,11 @@ impl StopSignals {
         }
     }
 
+    /// Forgets the signals queued so far.
+    fn discard_queued(&mut self) {
+        while self.queue.try_recv().is_ok() {}
+    }
+
     /// The next signal. Should the signal thread end, none comes any more.
     async fn next(&mut self) -> Stop {
         match self.queue.recv().await {
@@ -111,6 +119,8 @@ impl Signals {
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
+    // Pingora awaits this once, to the end. Dropped half-way, it would take the queue with it
+    // and leave the signals caught and unheard.
     async fn recv(&self) -> ShutdownSignal {
         // Nothing panics while the lock is held, so poisoning cannot hide the signals.
         let taken = self
@@ -139,6 +149,7 @@ impl ShutdownSignalWatch for Signals {
             }
             tracing::info!("draining");
         }
+        signals.discard_queued();
         exit_on_next_signal(signals);
         ShutdownSignal::GracefulTerminate
     }

@@ -1525,12 +1525,23 @@ fn a_sigterm_as_soon_as_the_listener_accepts_is_drained_not_fatal() {
         keys.jwks(),
         bindings_file(vec![binding("acme", &a.url(), "active", None)]),
     );
-    for _ in 0..3 {
+    for _ in 0..10 {
         let mut edge = Edge::spawn(&opts).unwrap();
-        let listening = nexus_e2e::wait::poll(Duration::from_secs(20), || {
-            std::net::TcpStream::connect(edge.addr).ok()
-        });
-        assert!(listening.is_some(), "never listened: {}", edge.log());
+        // Connect in a tight loop (no pause), so the signal follows the bind closely.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(edge.addr).is_err() {
+            if edge.try_exit_status().is_some() && edge.log().contains("cannot listen") {
+                break; // another process took the port meanwhile: not this test's concern
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never listened: {}",
+                edge.log()
+            );
+        }
+        if edge.log().contains("cannot listen") {
+            continue;
+        }
         edge.terminate();
         let handled = nexus_e2e::wait::until(Duration::from_secs(10), "the SIGTERM", || {
             if let Some(status) = edge.try_exit_status() {
