@@ -37,6 +37,18 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// The problems of the config file at `path`, in file order (problems without a line,
+    /// whole-file ones, last).
+    pub fn invalid(path: &std::path::Path, mut problems: Vec<Problem>) -> Self {
+        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        }
+    }
+}
+
 /// Display helper: one line per problem, `file:line: key: message`.
 struct Invalid<'a> {
     path: &'a PathBuf,

@@ -17,14 +17,7 @@ const SECTIONS: [&str; 6] = ["server", "tenancy", "auth", "upstream", "store", "
 /// Parses and validates config text; `origin` names the file in messages and anchors relative
 /// paths.
 pub fn parse_str(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
-    // In file order; problems without a line (whole-file ones) last.
-    let invalid = |mut problems: Vec<crate::Problem>| {
-        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
-        ConfigError::Invalid {
-            path: origin.to_path_buf(),
-            problems,
-        }
-    };
+    let invalid = |problems| ConfigError::invalid(origin, problems);
     let mut p = Problems::new(text);
     let root = match DeTable::parse(text) {
         Ok(t) => t,

@@ -132,9 +132,9 @@ pub fn serve(settings: Settings) -> std::process::ExitCode {
         prepare(settings, &source)
             .and_then(|state| {
                 let signals = Signals::catch(Arc::clone(&state)).map_err(StartError::Signals)?;
-                Ok((bind_listeners(&state.settings)?, state, signals))
+                let listeners = bind_listeners(&state.settings)?;
+                Ok((state, source, listeners, signals))
             })
-            .map(|(listeners, state, signals)| (state, source, listeners, signals))
             .map_err(|e| format!("cannot start: {e}"))
     });
     match started {

@@ -30,7 +30,7 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     let mut problem = |key: &str, message: String| {
         problems.push(nexus_config::Problem {
             key: key.to_owned(),
-            line: None,
+            line: nexus_config::key_line(&text, key),
             message,
         })
     };
@@ -73,15 +73,7 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            for p in &mut problems {
-                p.line = nexus_config::key_line(&text, &p.key);
-            }
-            problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
-            let invalid = nexus_config::ConfigError::Invalid {
-                path: path.to_path_buf(),
-                problems,
-            };
-            eprintln!("{invalid}");
+            eprintln!("{}", nexus_config::ConfigError::invalid(path, problems));
             ExitCode::FAILURE
         }
     }
