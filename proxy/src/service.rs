@@ -200,17 +200,6 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Bounds how long a client's keep-alive connection may sit idle (Pingora counts whole
-/// seconds, at least one). Public for the load harness's bare proxy, which bounds its
-/// clients the same way.
-pub fn bound_idle_client(session: &mut Session, server: &nexus_config::ServerSettings) {
-    // Only a connection the client keeps open (HTTP/1.1 without `Connection: close`, or
-    // HTTP/1.0 asking for keep-alive: Pingora decided that when it read the request).
-    if session.get_keepalive().is_some() {
-        session.set_keepalive(Some(server.keepalive_timeout.as_secs().max(1)));
-    }
-}
-
 /// Bounds an instance connection's connect, reads and writes as configured. Public for the
 /// load harness's bare proxy.
 pub fn bound_instance_io(
@@ -267,7 +256,10 @@ impl ProxyHttp for EdgeService {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // Pingora keeps an HTTP/1.1 connection idle for as long as the client likes; bound it.
         // (A client's `Connection: close` still wins.)
-        bound_idle_client(session, &self.state.settings.server);
+        crate::connections::bound_idle_client(
+            session,
+            self.state.settings.server.keepalive_timeout,
+        );
         self.close_if_draining(session);
         let header_size = crate::connections::header_read(session);
         let req = session.req_header();

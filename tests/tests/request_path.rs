@@ -1361,6 +1361,38 @@ fn idle_connections_are_closed_after_the_keepalive_timeout() {
 }
 
 #[test]
+fn the_keepalive_timeout_counts_each_idle_spell_not_the_connections_age() {
+    use std::io::{Read, Write};
+    let w = world_serving("keepalive_timeout = \"1s\"");
+    let token = w.keys.token("acme", Some("org-acme"));
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        host("acme")
+    );
+    let mut s = std::net::TcpStream::connect(w.edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    assert_eq!(nexus_e2e::http::read_response(&mut s).unwrap().status, 200);
+    // Idle spells of 0.4 s, 1.6 s in all: each is within the bound, though the connection
+    // outlives it. (The pauses are the scenario, not a wait for something.)
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(400));
+        s.write_all(request.as_bytes()).unwrap();
+        assert_eq!(nexus_e2e::http::read_response(&mut s).unwrap().status, 200);
+    }
+    // Then a full second idle: closed (EOF), and not early.
+    let idle = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = s.read_to_end(&mut rest);
+    assert!(closed.is_ok() && rest.is_empty(), "{closed:?} {rest:?}");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        idle.elapsed()
+    );
+}
+
+#[test]
 fn an_http_1_0_client_gets_its_connection_closed_after_the_response() {
     // HTTP/1.0 keeps a connection only when asked (`Connection: keep-alive`): a probe that
     // reads to the end of the stream must get it, on the public and the ops listener alike,

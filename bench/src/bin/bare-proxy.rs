@@ -2,9 +2,10 @@
 //!
 //! `bare-proxy LISTEN UPSTREAM THREADS [timeouts]` — what Pingora itself costs per request,
 //! so the harness can report Nexus Edge's full path as a fraction of it. With `timeouts` it
-//! bounds connections with `nexus-edge`'s default timeouts (idle clients; instance connect,
-//! read and write), which costs Pingora timers and clock reads on every request: the harness
-//! shows how much of the gap to bare Pingora that is.
+//! bounds connections at `nexus-edge`'s default values (idle clients; instance connect, read
+//! and write) with Pingora's own timers, which cost timer registrations and clock reads on
+//! every request: the harness shows how much of the gap to bare Pingora that is. (`nexus-edge`
+//! bounds idle clients in its client stream instead, without a timer per request.)
 
 use std::net::SocketAddr;
 
@@ -32,7 +33,10 @@ impl ProxyHttp for Bare {
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> pingora::Result<bool> {
         if let Some((server, _)) = &self.timeouts {
-            nexus_edge::service::bound_idle_client(session, server);
+            // Pingora's own per-wait timer, at nexus-edge's default bound.
+            if session.get_keepalive().is_some() {
+                session.set_keepalive(Some(server.keepalive_timeout.as_secs()));
+            }
         }
         Ok(false)
     }

@@ -4,8 +4,8 @@
 //! request and has sent nothing yet; its first bytes make it `HEADER`. The proxy moves it to
 //! `SERVING` once Pingora has parsed the header ([`header_read`]) and to `IDLE` when the request
 //! is finished ([`request_done`]); the first bytes read while idle, other than a stray empty
-//! line or two, begin the next header. Only in `FRESH` and `HEADER` is there a deadline, and
-//! once it passes the stream is `EXPIRED`: every later read fails.
+//! line or two, begin the next header. `FRESH` and `HEADER` have the header's deadline, `IDLE`
+//! the keep-alive bound; once either passes the stream is `EXPIRED`: every later read fails.
 //!
 //! The bytes read since the last request ended are counted, line ends while idle included
 //! (Pingora keeps them in its header buffer). Until a header ends they are all header, so a
@@ -22,8 +22,16 @@
 //! The deadline starts at the header's first wait for more bytes, which for a header arriving
 //! in one piece on a reused connection never comes: the common case reads no clock and arms
 //! no timer. (A new connection waits for its first request, so its timer starts at the
-//! accept.) Request bodies, upgraded (WebSocket) connections and idle keep-alive connections
-//! are bounded elsewhere (Pingora's per-read timeouts, `[server] keepalive_timeout`).
+//! accept.) Request bodies and upgraded (WebSocket) connections are bounded by Pingora's
+//! per-read timeouts.
+//!
+//! Idle, the stream waits at most `[server] keepalive_timeout` for the next request, counted
+//! from its first wait, and then closes quietly. Pingora could bound that wait itself, but it
+//! arms a fresh timer for it on every request (a keep-alive client always makes the router
+//! wait: it sends its next request once it has the response). Here one timer serves every idle
+//! spell of the connection: armed for an earlier spell, it fires before the current one's
+//! deadline and is armed again then. A busy connection arms it about once per
+//! `keepalive_timeout` instead of once per request, for one clock read per request.
 
 use std::future::Future;
 use std::io;
@@ -31,7 +39,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -45,6 +53,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::Shared;
+
+/// The keep-alive timer: Pingora's, which its timer thread fires (in 10 ms steps, never
+/// early), so the connections' idle timers add no work to the runtime's own timer wheel on
+/// every park.
+type IdleTimer = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
 /// A new connection, no byte read yet.
 const FRESH: u8 = 0;
@@ -89,6 +102,11 @@ pub struct HeaderDeadline {
     /// that ended the header). Reset by [`request_done`] through a shared reference, as
     /// `phase` is.
     header_bytes: AtomicUsize,
+    /// When the current idle spell began (its first wait); `None` outside one.
+    idle_since: Option<Instant>,
+    /// The keep-alive timer with the deadline it was armed for, made at the connection's
+    /// first idle wait and kept for later ones (see the module docs).
+    idle_timer: Option<(Instant, IdleTimer)>,
     shared: Arc<Shared>,
 }
 
@@ -104,6 +122,8 @@ impl HeaderDeadline {
             phase: AtomicU8::new(FRESH),
             timer: None,
             header_bytes: AtomicUsize::new(0),
+            idle_since: None,
+            idle_timer: None,
             shared: Arc::clone(shared),
         })
     }
@@ -139,6 +159,7 @@ impl HeaderDeadline {
             IDLE => {
                 *phase = HEADER;
                 self.timer = None;
+                self.idle_since = None;
             }
             _ => {}
         }
@@ -160,12 +181,47 @@ impl HeaderDeadline {
         )
     }
 
-    /// The client has nothing more to read now. In a header, wait for the deadline too.
+    /// The client has nothing more to read now. In a header or idle, wait for its bound too.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let phase = self.phase.load(Ordering::Relaxed);
-        if phase != FRESH && phase != HEADER {
-            return Poll::Pending;
+        match self.phase.load(Ordering::Relaxed) {
+            phase @ (FRESH | HEADER) => self.poll_header_deadline(cx, phase),
+            IDLE => self.poll_idle_bound(cx),
+            _ => Poll::Pending,
         }
+    }
+
+    /// Idle: the connection closes once `[server] keepalive_timeout` has passed since the
+    /// spell's first wait. No answer: nothing was asked.
+    fn poll_idle_bound(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let timeout = self.shared.limits.keepalive_timeout;
+        let deadline = *self.idle_since.get_or_insert_with(Instant::now) + timeout;
+        loop {
+            let (armed_for, timer) = self.idle_timer.get_or_insert_with(|| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                (
+                    deadline,
+                    Box::pin(pingora::prelude::fast_timeout::fast_sleep(left)),
+                )
+            });
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if *armed_for >= deadline {
+                break;
+            }
+            // Armed for an earlier spell: arm it for this one.
+            self.idle_timer = None;
+        }
+        self.phase.store(EXPIRED, Ordering::Relaxed);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connection idle for keepalive_timeout ({timeout:?})"),
+        )))
+    }
+
+    /// In a header: it fails once `[server] request_header_timeout` has passed since its
+    /// first wait (since the accept on a new connection).
+    fn poll_header_deadline(&mut self, cx: &mut Context<'_>, phase: u8) -> Poll<io::Result<()>> {
         let timeout = self.timeout();
         let timer = self
             .timer
@@ -185,6 +241,24 @@ impl HeaderDeadline {
         // had arrived.
         Poll::Ready(Err(self.expired_error()))
     }
+}
+
+/// Bounds how long the client's connection may stay idle for its next request, when the
+/// client keeps it open (HTTP/1.1 without `Connection: close`, or HTTP/1.0 asking for
+/// keep-alive: Pingora decided when it read the request). A client's own `Keep-Alive: timeout`
+/// does not set it. On a stream of this module the stream keeps the bound, so Pingora is told
+/// to wait without one of its own; elsewhere Pingora keeps it (in whole seconds, at least one).
+pub fn bound_idle_client(session: &mut Session, keepalive_timeout: Duration) {
+    if session.get_keepalive().is_none() {
+        return;
+    }
+    let seconds = if deadline_of(session).is_some() {
+        // Pingora's "no timeout".
+        0
+    } else {
+        keepalive_timeout.as_secs().max(1)
+    };
+    session.set_keepalive(Some(seconds));
 }
 
 /// Tells the stream under `session` that its request header has been read: no deadline until

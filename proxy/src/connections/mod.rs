@@ -1,15 +1,18 @@
-//! Client connections: a cap on how many are open, and a deadline for each request header.
+//! Client connections: a cap on how many are open, a deadline for each request header, and
+//! the keep-alive bound between requests.
 //!
-//! Pingora bounds each read from a client (the keep-alive timeout), but neither a whole
-//! request header nor the number of connections. A client that sends one header byte every few
-//! seconds ("slowloris") holds a connection, a task and its buffers for as long as it likes, and
-//! enough such clients use up the file descriptors every other client needs.
+//! Pingora bounds neither a whole request header nor the number of connections. A client that
+//! sends one header byte every few seconds ("slowloris") holds a connection, a task and its
+//! buffers for as long as it likes, and enough such clients use up the file descriptors every
+//! other client needs.
 //!
 //! [`Guarded`] wraps the proxy application: it admits at most `[server] max_connections` at
 //! once (the next is closed unanswered, as nginx does when its connections run out) and hands
 //! the proxy each admitted connection inside a [`HeaderDeadline`] stream, which ends a request
 //! header that is not complete within `[server] request_header_timeout`, or within
-//! `[server] max_request_header_bytes`.
+//! `[server] max_request_header_bytes`. The same stream closes a keep-alive connection left
+//! idle for `[server] keepalive_timeout` (Pingora's own bound would arm a timer for every wait
+//! between requests: see [`bound_idle_client`]).
 //!
 //! Where a header ends only the HTTP parser knows, so the proxy tells the stream: [`header_read`]
 //! from its first hook after Pingora parsed a header, [`request_done`] from its last one.
@@ -27,7 +30,7 @@ use pingora::server::ShutdownWatch;
 
 use crate::metrics::ConnectionMetrics;
 
-pub use deadline::{header_read, request_done, HeaderDeadline, HeaderTooLarge};
+pub use deadline::{bound_idle_client, header_read, request_done, HeaderDeadline, HeaderTooLarge};
 
 /// The bounds [`Guarded`] enforces (from `[server]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +42,8 @@ pub struct Limits {
     pub request_header_timeout: Duration,
     /// Longest request header, request line and fields together.
     pub max_request_header_bytes: usize,
+    /// Time a keep-alive connection may wait for its next request.
+    pub keepalive_timeout: Duration,
 }
 
 impl Limits {
@@ -48,6 +53,7 @@ impl Limits {
             max_connections: server.max_connections,
             request_header_timeout: server.request_header_timeout,
             max_request_header_bytes: server.max_request_header_bytes,
+            keepalive_timeout: server.keepalive_timeout,
         }
     }
 }
@@ -208,6 +214,7 @@ mod tests {
             max_connections: 2,
             request_header_timeout: Duration::from_secs(1),
             max_request_header_bytes: 65536,
+            keepalive_timeout: Duration::from_secs(60),
         };
         let guarded = Guarded::new((), limits, metrics.clone());
         let shared = &guarded.shared;
