@@ -59,6 +59,14 @@ use super::Shared;
 /// every park.
 type IdleTimer = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
+/// The least a keep-alive timer is armed for. Pingora's timer checks whether it has fired
+/// before it starts listening for the firing, so one due within the current 10 ms step could
+/// fire in between and never wake the connection (whose idle bound would then be gone). Armed
+/// two steps ahead, it would take the thread stalling 20 ms between those two instructions,
+/// which Pingora's own timers risk as well. The bound is at least 1 s: this only delays a
+/// re-arm that comes within 20 ms of its deadline.
+const MIN_IDLE_ARM: Duration = Duration::from_millis(20);
+
 /// A new connection, no byte read yet.
 const FRESH: u8 = 0;
 const HEADER: u8 = 1;
@@ -197,7 +205,9 @@ impl HeaderDeadline {
         let deadline = *self.idle_since.get_or_insert_with(Instant::now) + timeout;
         loop {
             let (armed_for, timer) = self.idle_timer.get_or_insert_with(|| {
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(MIN_IDLE_ARM);
                 (
                     deadline,
                     Box::pin(pingora::prelude::fast_timeout::fast_sleep(left)),
@@ -209,8 +219,11 @@ impl HeaderDeadline {
             if *armed_for >= deadline {
                 break;
             }
-            // Armed for an earlier spell: arm it for this one.
+            // Armed for an earlier spell: arm it for this one, unless that is over too.
             self.idle_timer = None;
+            if Instant::now() >= deadline {
+                break;
+            }
         }
         self.phase.store(EXPIRED, Ordering::Relaxed);
         Poll::Ready(Err(io::Error::new(
