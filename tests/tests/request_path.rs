@@ -1374,9 +1374,20 @@ fn the_keepalive_timeout_counts_each_idle_spell_not_the_connections_age() {
     s.write_all(request.as_bytes()).unwrap();
     assert_eq!(nexus_e2e::http::read_response(&mut s).unwrap().status, 200);
     // Idle spells of 0.4 s, 1.6 s in all: each is within the bound, though the connection
-    // outlives it. (The pauses are the scenario, not a wait for something.)
+    // outlives it. Each spell is a read waiting 0.4 s for the router to close: it must time
+    // out instead.
     for _ in 0..4 {
-        std::thread::sleep(Duration::from_millis(400));
+        s.set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+        let waited = s.read(&mut [0u8; 1]);
+        assert!(
+            waited.as_ref().is_err_and(|e| matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )),
+            "{waited:?}"
+        );
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(request.as_bytes()).unwrap();
         assert_eq!(nexus_e2e::http::read_response(&mut s).unwrap().status, 200);
     }
