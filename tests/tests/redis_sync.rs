@@ -44,6 +44,27 @@ fn replica(
     Edge::try_start(&opts)
 }
 
+/// Waits until the admin sees `ids` heartbeating. A replica serves its loaded table before its
+/// sync task writes the first heartbeat; a test that stops one must first know it is counted.
+fn wait_live(admin: &Admin, ids: &[&str]) {
+    wait::until(Duration::from_secs(10), "the replicas' heartbeats", || {
+        let out = cli(&[
+            "replicas",
+            "--config",
+            admin.config.to_str().expect("utf8"),
+            "--json",
+        ]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let live = |id: &str| {
+            list.as_array()?
+                .iter()
+                .find(|r| r["id"] == id)
+                .map(|r| r["live"] == true)
+        };
+        ids.iter().all(|id| live(id) == Some(true)).then_some(())
+    });
+}
+
 /// Redis with `tenants` bound to instance-a, its admin, the test keys, and two instances.
 struct World {
     redis: RedisServer,
@@ -253,6 +274,7 @@ fn wait_names_replicas_stopped_or_on_another_history() {
     let r2 = replica(&keys, &redis.url(), "replica-down", None).expect("r2");
     wait_instance(&r1, &keys, "acme", "instance-a");
     wait_instance(&r2, &keys, "acme", "instance-a");
+    wait_live(&admin, &["replica-up", "replica-down"]);
     // Freeze replica-down: it stops heartbeating and applying changes.
     let pid = r2.pid().to_string();
     assert!(std::process::Command::new("kill")
