@@ -210,7 +210,7 @@ pub trait BindingAdmin: Send + Sync {
 }
 
 /// Where an import's bindings come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImportSource {
     /// A bindings file (an export, or one written by hand): it may be older, or hold fewer
     /// tenants, than the table replicas serve.
@@ -219,6 +219,8 @@ pub enum ImportSource {
     Snapshot {
         /// The revision the snapshot's replica had applied.
         revision: Revision,
+        /// The Redis key prefix it followed: its revision only counts in that keyspace.
+        key_prefix: String,
     },
 }
 

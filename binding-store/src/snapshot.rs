@@ -1,10 +1,15 @@
 //! The last-known-good snapshot: the table on local disk, so a replica that restarts while
 //! Redis is down can still serve.
 //!
-//! Layout: one header line of JSON `{"format":"nexus-edge.snapshot","version":1,"revision":..,
-//! "count":..,"written_at_ms":..,"sha256":".."}`, then one binding record per line. The
-//! checksum covers every byte after the header line. Written temp → fsync → rename → fsync dir;
-//! a snapshot that fails any check is refused whole, never partially loaded.
+//! Layout: one header line of JSON `{"format":"nexus-edge.snapshot","version":2,
+//! "key_prefix":"..","revision":..,"count":..,"written_at_ms":..,"sha256":".."}`, then one
+//! binding record per line. The checksum covers every byte after the header line. Written
+//! temp → fsync → rename → fsync dir; a snapshot that fails any check is refused whole, never
+//! partially loaded.
+//!
+//! The header names the Redis key prefix whose table it holds: a revision only means something
+//! within one keyspace, and a replica pointed at another prefix (a new environment, a
+//! blue/green switch) must not serve, or stand in with, the old keyspace's bindings.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -17,14 +22,18 @@ use crate::model::{Binding, Revision};
 use crate::records::parse_record_with;
 use crate::table::BindingTable;
 
-/// Snapshot format version this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// Snapshot format version this build writes and reads (2: the header names its key prefix;
+/// a version-1 snapshot does not say which keyspace it holds, so it is refused).
+pub const SNAPSHOT_VERSION: u32 = 2;
 const FORMAT: &str = "nexus-edge.snapshot";
 
 #[derive(Serialize, Deserialize)]
 struct Header {
     format: String,
     version: u32,
+    /// Absent from version 1, which is then refused for its version, not as corrupt.
+    #[serde(default)]
+    key_prefix: String,
     revision: u64,
     count: usize,
     written_at_ms: u64,
@@ -55,6 +64,20 @@ pub enum SnapshotError {
         /// Version found.
         found: u32,
     },
+    /// Holds the table of another keyspace than the one this replica follows.
+    #[error(
+        "{path}: snapshot of key prefix {found:?}, but this replica follows {expected:?}; \
+         refusing it (its bindings are another keyspace's: delete the file, or point \
+         snapshot_path elsewhere)"
+    )]
+    OtherKeyspace {
+        /// File.
+        path: PathBuf,
+        /// Key prefix the snapshot was written under.
+        found: String,
+        /// Key prefix of this replica.
+        expected: String,
+    },
     /// Contents do not match the checksum (truncated or damaged).
     #[error("{0}: snapshot checksum mismatch (truncated or damaged); refusing it")]
     ChecksumMismatch(PathBuf),
@@ -74,8 +97,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes `table` atomically to `path`.
-pub fn write_snapshot(path: &Path, table: &BindingTable) -> Result<(), SnapshotError> {
+/// Writes `table`, followed under Redis key prefix `key_prefix`, atomically to `path`.
+pub fn write_snapshot(
+    path: &Path,
+    table: &BindingTable,
+    key_prefix: &str,
+) -> Result<(), SnapshotError> {
     let io = |source| SnapshotError::Io {
         path: path.to_path_buf(),
         source,
@@ -91,6 +118,7 @@ pub fn write_snapshot(path: &Path, table: &BindingTable) -> Result<(), SnapshotE
     let header = Header {
         format: FORMAT.to_owned(),
         version: SNAPSHOT_VERSION,
+        key_prefix: key_prefix.to_owned(),
         revision: table.revision().get(),
         count: bindings.len(),
         written_at_ms: crate::source::now_unix_ms(),
@@ -125,8 +153,8 @@ pub fn write_snapshot(path: &Path, table: &BindingTable) -> Result<(), SnapshotE
     result.map_err(io)
 }
 
-/// Reads and fully checks a snapshot.
-pub fn read_snapshot(path: &Path) -> Result<BindingTable, SnapshotError> {
+/// Reads and fully checks a snapshot, which must hold the table of key prefix `key_prefix`.
+pub fn read_snapshot(path: &Path, key_prefix: &str) -> Result<BindingTable, SnapshotError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -139,7 +167,27 @@ pub fn read_snapshot(path: &Path) -> Result<BindingTable, SnapshotError> {
             })
         }
     };
-    parse_snapshot(path, &bytes).map(|(table, _)| table)
+    let snapshot = parse_snapshot(path, &bytes)?;
+    if snapshot.key_prefix != key_prefix {
+        return Err(SnapshotError::OtherKeyspace {
+            path: path.to_path_buf(),
+            found: snapshot.key_prefix,
+            expected: key_prefix.to_owned(),
+        });
+    }
+    Ok(snapshot.table)
+}
+
+/// A snapshot's contents, checked.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The bindings.
+    pub table: BindingTable,
+    /// The revision its replica had applied (its header's: a delete after the newest record
+    /// makes it higher than any record's).
+    pub revision: Revision,
+    /// The Redis key prefix whose table it is.
+    pub key_prefix: String,
 }
 
 /// Whether `bytes` begin with a snapshot's header line: lets a tool given any file (`tenant
@@ -150,13 +198,9 @@ pub fn is_snapshot(bytes: &[u8]) -> bool {
         .is_ok_and(|v| v.get("format").and_then(serde_json::Value::as_str) == Some(FORMAT))
 }
 
-/// Checks the snapshot `bytes` read from `path` (named in errors) as [`read_snapshot`] does;
-/// also returns the revision its replica had applied (its header's: a delete after the
-/// newest record makes it higher than any record's).
-pub fn parse_snapshot(
-    path: &Path,
-    bytes: &[u8],
-) -> Result<(BindingTable, Revision), SnapshotError> {
+/// Checks the snapshot `bytes` read from `path` (named in errors) as [`read_snapshot`] does,
+/// whatever keyspace it holds (an import decides what another keyspace's snapshot is worth).
+pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     let corrupt = |line: usize, reason: String| SnapshotError::Corrupt {
         path: path.to_path_buf(),
         line,
@@ -210,7 +254,11 @@ pub fn parse_snapshot(
     if let Some(e) = refused.first() {
         return Err(corrupt(0, e.to_string()));
     }
-    Ok((table, Revision(header.revision)))
+    Ok(Snapshot {
+        table,
+        revision: Revision(header.revision),
+        key_prefix: header.key_prefix,
+    })
 }
 
 #[cfg(test)]
@@ -230,16 +278,42 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("snap");
         assert!(matches!(
-            read_snapshot(&path),
+            read_snapshot(&path, "nexus"),
             Err(SnapshotError::Missing(_))
         ));
-        write_snapshot(&path, &table(10_000)).expect("write");
-        let back = read_snapshot(&path).expect("read");
+        write_snapshot(&path, &table(10_000), "nexus").expect("write");
+        let back = read_snapshot(&path, "nexus").expect("read");
         assert_eq!(back.len(), 10_000);
         assert_eq!(back.revision().get(), 10_000);
 
         let good = std::fs::read(&path).expect("read");
         assert!(is_snapshot(&good));
+        // Another keyspace's table: refused, naming both prefixes; an import still reads it.
+        match read_snapshot(&path, "nexus-blue") {
+            Err(e @ SnapshotError::OtherKeyspace { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("\"nexus\"") && text.contains("\"nexus-blue\""),
+                    "{text}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let parsed = parse_snapshot(&path, &good).expect("parse");
+        assert_eq!(parsed.key_prefix, "nexus");
+        assert_eq!(parsed.revision.get(), 10_000);
+        // A version-1 snapshot (no key prefix): refused for its version.
+        let text = String::from_utf8(good.clone()).expect("utf8");
+        let v1 = text.replacen("\"version\":2", "\"version\":1", 1).replacen(
+            "\"key_prefix\":\"nexus\",",
+            "",
+            1,
+        );
+        std::fs::write(&path, v1).expect("w");
+        assert!(matches!(
+            read_snapshot(&path, "nexus"),
+            Err(SnapshotError::UnsupportedVersion { found: 1, .. })
+        ));
         for other in [
             &br#"{"format": "nexus-edge.bindings/v1", "bindings": []}"#[..],
             b"",
@@ -253,22 +327,22 @@ mod tests {
         flipped[last] ^= 0x01;
         std::fs::write(&path, &flipped).expect("w");
         assert!(matches!(
-            read_snapshot(&path),
+            read_snapshot(&path, "nexus"),
             Err(SnapshotError::ChecksumMismatch(_))
         ));
         std::fs::write(&path, &good[..good.len() / 2]).expect("w");
         assert!(matches!(
-            read_snapshot(&path),
+            read_snapshot(&path, "nexus"),
             Err(SnapshotError::ChecksumMismatch(_))
         ));
         let text = String::from_utf8(good.clone()).expect("utf8").replacen(
-            "\"version\":1",
+            "\"version\":2",
             "\"version\":9",
             1,
         );
         std::fs::write(&path, text).expect("w");
         assert!(matches!(
-            read_snapshot(&path),
+            read_snapshot(&path, "nexus"),
             Err(SnapshotError::UnsupportedVersion { found: 9, .. })
         ));
         // A tenant listed twice (checksum and count made to match): named as such.
@@ -282,7 +356,7 @@ mod tests {
         header.count += 1;
         let head = serde_json::to_string(&header).expect("header");
         std::fs::write(&path, format!("{head}\n{doubled}")).expect("w");
-        match read_snapshot(&path) {
+        match read_snapshot(&path, "nexus") {
             Err(SnapshotError::Corrupt { reason, .. }) => {
                 assert!(reason.contains("listed twice"), "{reason}");
             }
@@ -290,7 +364,7 @@ mod tests {
         }
         std::fs::write(&path, "garbage").expect("w");
         assert!(matches!(
-            read_snapshot(&path),
+            read_snapshot(&path, "nexus"),
             Err(SnapshotError::Corrupt { .. })
         ));
     }

@@ -19,11 +19,15 @@ use nexus_e2e::wait;
 const HEARTBEAT: &str = "100ms";
 
 fn store_section(url: &str, replica: &str, snapshot: Option<&str>) -> String {
+    store_section_under("nexus", url, replica, snapshot)
+}
+
+fn store_section_under(prefix: &str, url: &str, replica: &str, snapshot: Option<&str>) -> String {
     let snap = snapshot
         .map(|s| format!("snapshot_path = \"{s}\"\n"))
         .unwrap_or_default();
     format!(
-        "[store]\nkind = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"nexus\"\nreconcile_interval = \"1h\"\n\
+        "[store]\nkind = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\nreconcile_interval = \"1h\"\n\
          heartbeat_interval = \"{HEARTBEAT}\"\nreplica_id = \"{replica}\"\n{snap}"
     )
 }
@@ -477,6 +481,57 @@ fn restart_during_outage_serves_the_snapshot_and_refuses_a_corrupt_one() {
         .err()
         .expect("must refuse to start");
     assert!(err.contains("checksum"), "{err}");
+}
+
+/// A snapshot names the key prefix whose table it holds. A replica pointed at another prefix
+/// (a new environment, a blue/green switch) neither lets it stand in for an empty keyspace
+/// nor serves it while Redis is down: that would route requests by another keyspace's
+/// bindings.
+#[test]
+fn a_snapshot_of_another_key_prefix_is_never_served() {
+    let World {
+        mut redis,
+        admin: _admin,
+        keys,
+        a: _a,
+        ..
+    } = World::start(&["acme"]);
+    let (dir, snap, _) = snapshot_from_a_replica(&keys, &redis.url(), "acme", "instance-a");
+    let copies: Vec<String> = ["up", "down"]
+        .iter()
+        .map(|name| {
+            let copy = dir.path().join(format!("{name}.snapshot"));
+            std::fs::copy(&snap, &copy).expect("copy");
+            copy.to_str().expect("utf8").to_owned()
+        })
+        .collect();
+    let url = redis.url();
+    let blue = |id: &str, snapshot: &str| {
+        let mut opts = EdgeOptions::new(keys.jwks(), serde_json::json!({}));
+        opts.store = Some(store_section_under("nexus-blue", &url, id, Some(snapshot)));
+        Edge::try_start(&opts)
+    };
+
+    // Redis up, the replica's keyspace empty: it serves that (nothing), not the snapshot.
+    let edge = blue("replica-blue", &copies[0]).expect("starts on its empty keyspace");
+    let r = get_with_token(edge.addr, &host("acme"), "/", &keys.token("acme", None));
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(
+        edge.log().contains("the snapshot is not used"),
+        "{}",
+        edge.log()
+    );
+    drop(edge);
+
+    // Redis down: nothing of its own to serve, so it does not start, and says why.
+    redis.stop();
+    let err = blue("replica-blue", &copies[1])
+        .err()
+        .expect("must refuse to start");
+    assert!(
+        err.contains("key prefix \"nexus\"") && err.contains("follows \"nexus-blue\""),
+        "{err}"
+    );
 }
 
 #[test]

@@ -582,8 +582,11 @@ impl RedisStore {
         let Some(path) = self.opts.snapshot_path.clone() else {
             return;
         };
-        let r = tokio::task::spawn_blocking(move || crate::snapshot::write_snapshot(&path, &table))
-            .await;
+        let prefix = self.opts.key_prefix.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            crate::snapshot::write_snapshot(&path, &table, &prefix)
+        })
+        .await;
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "snapshot not written"),
@@ -712,7 +715,14 @@ impl BindingSource for RedisStore {
             path.map(|p| {
                 (
                     p,
-                    snapshot.get_or_init(|| crate::snapshot::read_snapshot(p)),
+                    snapshot.get_or_init(|| {
+                        let r = crate::snapshot::read_snapshot(p, &self.opts.key_prefix);
+                        match &r {
+                            Ok(_) | Err(crate::snapshot::SnapshotError::Missing(_)) => {}
+                            Err(e) => tracing::warn!(error = %e, "the snapshot is not used"),
+                        }
+                        r
+                    }),
                 )
             })
         };

@@ -154,18 +154,7 @@ async fn restore_locked(
         let served = super::fleet::served_revision(store, con)
             .await
             .map_err(|e| ImportError::nothing(unavailable(e)))?;
-        let offered = match source {
-            ImportSource::Snapshot { revision } if revision.get() >= served => None,
-            ImportSource::Snapshot { revision } => {
-                Some(format!("this snapshot is older (revision {revision})"))
-            }
-            ImportSource::Records => Some(
-                "this bindings file may be older or smaller than their table (only a \
-                 replica's snapshot tells its revision)"
-                    .to_owned(),
-            ),
-        };
-        if let Some(offered) = offered.filter(|_| served > 0) {
+        if let Some(offered) = stale_offer(&source, served, &store.opts.key_prefix) {
             return Err(ImportError::nothing(AdminError::StaleRestore {
                 served: Revision(served),
                 offered,
@@ -268,4 +257,70 @@ async fn restore_locked(
         .await
         .map_err(|e| stopped(written, &e))?;
     Ok(Some(written))
+}
+
+/// Why `source` may not replace the table of revision `served` that replicas of keyspace
+/// `key_prefix` serve, or `None` when it may: only that keyspace's snapshot at `served` or
+/// later tells it is as recent. Another keyspace's snapshot counts like a bindings file: its
+/// revision belongs to another history.
+fn stale_offer(source: &ImportSource, served: u64, key_prefix: &str) -> Option<String> {
+    if served == 0 {
+        return None;
+    }
+    match source {
+        ImportSource::Snapshot {
+            revision,
+            key_prefix: theirs,
+        } if theirs != key_prefix => Some(format!(
+            "this snapshot holds key prefix {theirs:?}'s table, not {key_prefix:?}'s: its \
+             revision ({revision}) says nothing of this keyspace"
+        )),
+        ImportSource::Snapshot { revision, .. } if revision.get() >= served => None,
+        ImportSource::Snapshot { revision, .. } => {
+            Some(format!("this snapshot is older (revision {revision})"))
+        }
+        ImportSource::Records => Some(
+            "this bindings file may be older or smaller than their table (only a replica's \
+             snapshot tells its revision)"
+                .to_owned(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(revision: u64, key_prefix: &str) -> ImportSource {
+        ImportSource::Snapshot {
+            revision: Revision(revision),
+            key_prefix: key_prefix.to_owned(),
+        }
+    }
+
+    #[test]
+    fn only_this_keyspaces_recent_snapshot_replaces_a_served_table() {
+        let cases = [
+            (snapshot(7, "nexus"), 7, None),
+            (snapshot(9, "nexus"), 7, None),
+            (snapshot(6, "nexus"), 7, Some("older")),
+            (
+                snapshot(9, "nexus-blue"),
+                7,
+                Some("key prefix \"nexus-blue\""),
+            ),
+            (ImportSource::Records, 7, Some("bindings file")),
+            // Nobody serves a table: anything may start the history.
+            (snapshot(1, "nexus-blue"), 0, None),
+            (ImportSource::Records, 0, None),
+        ];
+        for (source, served, want) in cases {
+            let got = stale_offer(&source, served, "nexus");
+            match (got.as_deref(), want) {
+                (None, None) => {}
+                (Some(text), Some(part)) if text.contains(part) => {}
+                other => panic!("{source:?} over {served}: {other:?}"),
+            }
+        }
+    }
 }

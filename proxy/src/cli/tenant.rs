@@ -415,12 +415,15 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             // A replica's snapshot is the fleet's table when Redis lost it: restorable as is.
             let (parsed, source) = if snapshot::is_snapshot(&bytes) {
                 match snapshot::parse_snapshot(&file, &bytes) {
-                    Ok((table, revision)) => (
+                    Ok(snap) => (
                         ParsedRecords {
-                            bindings: table.iter().cloned().collect(),
+                            bindings: snap.table.iter().cloned().collect(),
                             ..ParsedRecords::default()
                         },
-                        ImportSource::Snapshot { revision },
+                        ImportSource::Snapshot {
+                            revision: snap.revision,
+                            key_prefix: snap.key_prefix,
+                        },
                     ),
                     Err(e) => return fail(e),
                 }
