@@ -136,6 +136,21 @@ pub enum AdminError {
     /// The store's data is damaged (a record that does not parse, ...).
     #[error("store data is damaged: {0}")]
     Corrupt(String),
+    /// A key the schema writes holds another type of value (another program wrote it). The
+    /// write is refused before any of it is made.
+    #[error(
+        "{key} is a Redis {found}, not the {expected} nexus-edge keeps there (another program \
+         wrote it), so the write that needed it was refused before any of it was made. Look at \
+         it (redis-cli TYPE / DUMP {key}), then rename or delete it"
+    )]
+    WrongType {
+        /// The key.
+        key: String,
+        /// What it holds (Redis's `TYPE`, or `text` for a counter that is no number).
+        found: String,
+        /// What the schema keeps there.
+        expected: String,
+    },
 }
 
 /// Why an import stopped, and how far it got.

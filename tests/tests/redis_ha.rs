@@ -382,6 +382,28 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     let (code, _, err) = admin.tenant(&["import", export.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("only a replica's snapshot tells"), "{err}");
+    // Another keyspace's snapshot (the header names it; the checksum covers the records)
+    // tells nothing of this one's revisions.
+    let other = snaps.path().join("other.snapshot");
+    let renamed = text.replacen(
+        "\"key_prefix\":\"nexus\"",
+        "\"key_prefix\":\"nexus-blue\"",
+        1,
+    );
+    assert_ne!(renamed, text);
+    std::fs::write(&other, renamed).unwrap();
+    let (code, _, err) = admin.tenant(&["import", other.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("key prefix \"nexus-blue\"'s table"), "{err}");
+    // A key of the schema holding another type stops the restore before that write, by name.
+    redis.cmd(&["SET", "nexus:audit:acme", "by hand"]);
+    let (code, _, err) = admin.tenant(&["import", snapshot.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("nexus:audit:acme is a Redis string, not the list"),
+        "{err}"
+    );
+    redis.cmd(&["DEL", "nexus:audit:acme"]);
     let out = admin.ok(&["import", snapshot.to_str().unwrap()]);
     assert!(out.contains("imported 1 bindings"), "{out}");
     admin.put(&binding("globex", &a.url(), "active", None));

@@ -534,6 +534,87 @@ fn a_snapshot_of_another_key_prefix_is_never_served() {
     );
 }
 
+/// Keys of the schema that another program wrote with another type. A Redis script keeps
+/// what it wrote before a failing command, so each write checks every key it touches first:
+/// refused whole, naming the key, nothing changed, and the tenant's history names it too.
+#[test]
+fn a_schema_key_of_another_type_refuses_the_write_whole() {
+    let World {
+        redis, admin, b, ..
+    } = World::start(&["acme"]);
+    let rebind = || {
+        admin.tenant(&[
+            "rebind",
+            "acme",
+            "--instance-id",
+            "inst-b",
+            "--instance-url",
+            &b.url(),
+        ])
+    };
+    let state = || {
+        (
+            redis.cmd(&["GET", "nexus:revision"]),
+            redis.cmd(&["GET", "nexus:binding:acme"]),
+            redis.cmd(&["XLEN", "nexus:changes"]),
+        )
+    };
+    let before = state();
+    for (key, setup, says) in [
+        (
+            "nexus:audit:acme",
+            vec!["SET", "nexus:audit:acme", "by hand"],
+            "nexus:audit:acme is a Redis string, not the list",
+        ),
+        (
+            "nexus:domains",
+            vec!["SADD", "nexus:domains", "acme.example.com"],
+            "nexus:domains is a Redis set, not the hash",
+        ),
+        (
+            "nexus:revision",
+            vec!["SET", "nexus:revision", "seven"],
+            "nexus:revision is a Redis text, not the integer",
+        ),
+    ] {
+        let kept = if key == "nexus:revision" {
+            redis.cmd(&["GET", key])
+        } else {
+            String::new()
+        };
+        redis.cmd(&setup);
+        let (code, out, err) = rebind();
+        if key == "nexus:revision" {
+            redis.cmd(&["SET", key, &kept]);
+        } else {
+            redis.cmd(&["DEL", key]);
+        }
+        assert_eq!(state(), before, "after {key}: {err}");
+        assert_ne!(code, 0, "{out}");
+        assert!(
+            err.contains(says) && err.contains("refused before any of it was made"),
+            "{err}"
+        );
+    }
+    redis.cmd(&["SET", "nexus:audit:acme", "by hand"]);
+    let (code, _, err) = admin.tenant(&["history", "acme"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("nexus:audit:acme is a Redis string, not the list"),
+        "{err}"
+    );
+    redis.cmd(&["DEL", "nexus:audit:acme"]);
+    admin.ok(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &b.url(),
+    ]);
+    assert_ne!(state(), before);
+}
+
 #[test]
 fn malformed_record_in_redis_is_isolated() {
     let (w, edge) = World::followed(&["acme", "globex"]);

@@ -13,6 +13,12 @@ end
 if redis.call('GET', KEYS[3]) ~= ARGV[3] then
   return redis.error_reply('LOCK')
 end
+-- A changes key of another type would fail the XADD after the counter is set: replicas would
+-- then follow a history whose reset they never saw.
+local found = redis.call('TYPE', KEYS[2]).ok
+if found ~= 'none' and found ~= 'stream' then
+  return redis.error_reply('KEYTYPE ' .. KEYS[2] .. ' ' .. found .. ' stream')
+end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'rev', ARGV[1], 'op', 'reset')
 redis.call('DEL', KEYS[3])

@@ -629,6 +629,20 @@ pub(crate) fn record_text(value: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(value).map_err(|e| format!("the record is not UTF-8 text: {e}"))
 }
 
+/// The key a script refused to write because it holds another type (`KEYTYPE <key> <found>
+/// <expected>`, from `write.lua`, `restore.lua` or `history.lua`).
+pub(crate) fn wrong_type(msg: &str) -> Option<AdminError> {
+    // redis-rs shows a script's error code with a colon: `KEYTYPE: <key> ...`.
+    let rest = msg.split_once("KEYTYPE")?.1.trim_start_matches(':');
+    let mut words = rest.split_whitespace();
+    let (key, found, expected) = (words.next()?, words.next()?, words.next()?);
+    Some(AdminError::WrongType {
+        key: key.to_owned(),
+        found: found.to_owned(),
+        expected: expected.to_owned(),
+    })
+}
+
 /// The revision a `write.lua` error ends with (`CONFLICT 7`, `WIPED 12`); 0 if none.
 fn last_number(msg: &str) -> u64 {
     msg.split_whitespace()
@@ -951,6 +965,9 @@ impl BindingAdmin for RedisStore {
                     if msg.contains("NOTFOUND") {
                         return Err(AdminError::NotFound(tenant.clone()));
                     }
+                    if let Some(e) = wrong_type(&msg) {
+                        return Err(e);
+                    }
                     if let Some(rest) = msg.split("DOMAIN ").nth(1) {
                         return Err(AdminError::Invalid {
                             tenant: tenant.clone(),
@@ -1001,7 +1018,22 @@ impl BindingAdmin for RedisStore {
         let mut con = self.admin_connection().await?;
         let key = self.keys.audit(tenant.as_str());
         // Bytes: an entry that is not UTF-8 is one unreadable entry, not a failed read.
-        let lines: Vec<Vec<u8>> = con.lrange(&key, 0, -1).await.map_err(unavailable)?;
+        let lines: Vec<Vec<u8>> = match con.lrange(&key, 0, -1).await {
+            Ok(lines) => lines,
+            Err(e) if e.code() == Some("WRONGTYPE") => {
+                let found: String = redis::cmd("TYPE")
+                    .arg(&key)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(unavailable)?;
+                return Err(AdminError::WrongType {
+                    key,
+                    found,
+                    expected: "list".to_owned(),
+                });
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
         let mut out = History::default();
         // Newest first in Redis (LPUSH); index i is `LINDEX key i`.
         for (i, l) in lines.iter().enumerate().rev() {

@@ -9,13 +9,29 @@
 -- ARGV[1] tenant id     ARGV[2] record JSON (revision stamped)   ARGV[3] audit entry JSON
 -- ARGV[4] audit entries kept per tenant   ARGV[5] lock token   ARGV[6] lock lifetime (ms)
 -- ARGV[7..] custom domains of the record
--- Errors: "HISTORY" (a counter exists), "LOCK" (the lock is not ours any more).
+-- Errors: "HISTORY" (a counter exists), "LOCK" (the lock is not ours any more), "KEYTYPE <key>
+-- <found> <expected>" (a key of the schema holds another type: nothing written).
 
 if redis.call('EXISTS', KEYS[4]) == 1 then
   return redis.error_reply('HISTORY')
 end
 if redis.call('GET', KEYS[5]) ~= ARGV[5] then
   return redis.error_reply('LOCK')
+end
+
+-- Every key written here must be absent or of the type the schema gives it. One that another
+-- program wrote would fail a command half way, and Redis keeps what a script wrote before its
+-- error: the change would be half made. Error: "KEYTYPE <key> <found> <expected>".
+local function check_type(key, want)
+  local found = redis.call('TYPE', key).ok
+  if found ~= 'none' and found ~= want then
+    return redis.error_reply('KEYTYPE ' .. key .. ' ' .. found .. ' ' .. want)
+  end
+end
+local bad = check_type(KEYS[1], 'string') or check_type(KEYS[2], 'hash')
+  or check_type(KEYS[3], 'list')
+if bad then
+  return bad
 end
 redis.call('PEXPIRE', KEYS[5], ARGV[6])
 local cur = redis.call('GET', KEYS[1])

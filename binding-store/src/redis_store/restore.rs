@@ -187,10 +187,13 @@ async fn restore_locked(
     let stopped = |written: u64, e: &dyn std::fmt::Display| ImportError {
         written,
         tenant: None,
-        error: AdminError::Unavailable(format!(
-            "{e}; no history was started, so replicas serve what they served before: run the \
-             import again"
-        )),
+        // A key of another type stops every run alike: name it rather than ask for another.
+        error: super::wrong_type(&e.to_string()).unwrap_or_else(|| {
+            AdminError::Unavailable(format!(
+                "{e}; no history was started, so replicas serve what they served before: run \
+                 the import again"
+            ))
+        }),
     };
     for chunk in bindings.chunks(BATCH) {
         let mut pipe = redis::pipe();

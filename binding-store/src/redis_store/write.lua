@@ -15,10 +15,31 @@
 -- ARGV[8..] custom domains of the new record
 -- Returns the new revision; errors: "CONFLICT <actual>", "NOTFOUND", "DOMAIN <domain> <owner>",
 -- "RESTORING" (a restore import holds the store; see restore.lua), "WIPED <revision>" (no
--- counter while a replica serves that revision).
+-- counter while a replica serves that revision), "KEYTYPE <key> <found> <expected>" (a key of
+-- the schema holds another type, or a counter that is no number: nothing written).
 
 if redis.call('EXISTS', KEYS[6]) == 1 then
   return redis.error_reply('RESTORING')
+end
+
+-- Every key written here must be absent or of the type the schema gives it. One that another
+-- program wrote would fail a command half way, and Redis keeps what a script wrote before its
+-- error: the change would be half made. Error: "KEYTYPE <key> <found> <expected>".
+local function check_type(key, want)
+  local found = redis.call('TYPE', key).ok
+  if found ~= 'none' and found ~= want then
+    return redis.error_reply('KEYTYPE ' .. key .. ' ' .. found .. ' ' .. want)
+  end
+end
+local bad = check_type(KEYS[1], 'string') or check_type(KEYS[2], 'string')
+  or check_type(KEYS[3], 'stream') or check_type(KEYS[4], 'list') or check_type(KEYS[5], 'hash')
+  or check_type(KEYS[7], 'hash')
+if bad then
+  return bad
+end
+local counter = redis.call('GET', KEYS[2])
+if counter and not string.match(counter, '^%d+$') then
+  return redis.error_reply('KEYTYPE ' .. KEYS[2] .. ' text integer')
 end
 -- No counter, yet replicas heartbeat a revision they serve: Redis lost its data under them.
 -- The first write would start a new history holding this one tenant, and every replica
