@@ -136,20 +136,21 @@ pub enum AdminError {
     /// The store's data is damaged (a record that does not parse, ...).
     #[error("store data is damaged: {0}")]
     Corrupt(String),
-    /// A key the schema writes holds another type of value (another program wrote it). The
-    /// write is refused before any of it is made.
+    /// A key of the schema holds another type of value (another program wrote it).
     #[error(
         "{key} is a Redis {found}, not the {expected} nexus-edge keeps there (another program \
-         wrote it), so the write that needed it was refused before any of it was made. Look at \
-         it (redis-cli TYPE / DUMP {key}), then rename or delete it"
+         wrote it), {consequence}. Look at it (redis-cli TYPE / DUMP {key}), then rename or \
+         delete it"
     )]
     WrongType {
         /// The key.
         key: String,
-        /// What it holds (Redis's `TYPE`, or `text` for a counter that is no number).
+        /// What it holds (Redis's `TYPE`, or "string that is no number" for a counter).
         found: String,
         /// What the schema keeps there.
         expected: String,
+        /// What it stopped, e.g. "so the write was refused before any of it was made".
+        consequence: &'static str,
     },
 }
 
@@ -234,8 +235,9 @@ pub enum ImportSource {
     Snapshot {
         /// The revision the snapshot's replica had applied.
         revision: Revision,
-        /// The Redis key prefix it followed: its revision only counts in that keyspace.
-        key_prefix: String,
+        /// The Redis key prefix it followed: its revision only counts in that keyspace
+        /// (`None`: a version-1 snapshot, taken as the importing keyspace's own).
+        key_prefix: Option<String>,
     },
 }
 

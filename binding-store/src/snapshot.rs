@@ -9,7 +9,10 @@
 //!
 //! The header names the Redis key prefix whose table it holds: a revision only means something
 //! within one keyspace, and a replica pointed at another prefix (a new environment, a
-//! blue/green switch) must not serve, or stand in with, the old keyspace's bindings.
+//! blue/green switch) must not serve, or stand in with, the old keyspace's bindings. Version
+//! 1 (before the prefix was recorded) is still read, as the configured prefix's table: a
+//! replica upgraded in place must keep its last good table, and its prefix is the one it
+//! wrote under unless the configuration changed in the same step.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -22,18 +25,21 @@ use crate::model::{Binding, Revision};
 use crate::records::parse_record_with;
 use crate::table::BindingTable;
 
-/// Snapshot format version this build writes and reads (2: the header names its key prefix;
-/// a version-1 snapshot does not say which keyspace it holds, so it is refused).
+/// Snapshot format version this build writes (2: the header names its key prefix). It also
+/// reads version 1, which does not.
 pub const SNAPSHOT_VERSION: u32 = 2;
+
+/// The version before the key prefix was recorded.
+const SNAPSHOT_VERSION_NO_PREFIX: u32 = 1;
 const FORMAT: &str = "nexus-edge.snapshot";
 
 #[derive(Serialize, Deserialize)]
 struct Header {
     format: String,
     version: u32,
-    /// Absent from version 1, which is then refused for its version, not as corrupt.
-    #[serde(default)]
-    key_prefix: String,
+    /// Absent from version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_prefix: Option<String>,
     revision: u64,
     count: usize,
     written_at_ms: u64,
@@ -57,7 +63,7 @@ pub enum SnapshotError {
         source: std::io::Error,
     },
     /// Written by another format version.
-    #[error("{path}: snapshot format version {found} is not supported (this build reads {SNAPSHOT_VERSION})")]
+    #[error("{path}: snapshot format version {found} is not supported (this build reads 1 and {SNAPSHOT_VERSION})")]
     UnsupportedVersion {
         /// File.
         path: PathBuf,
@@ -118,7 +124,7 @@ pub fn write_snapshot(
     let header = Header {
         format: FORMAT.to_owned(),
         version: SNAPSHOT_VERSION,
-        key_prefix: key_prefix.to_owned(),
+        key_prefix: Some(key_prefix.to_owned()),
         revision: table.revision().get(),
         count: bindings.len(),
         written_at_ms: crate::source::now_unix_ms(),
@@ -168,14 +174,19 @@ pub fn read_snapshot(path: &Path, key_prefix: &str) -> Result<BindingTable, Snap
         }
     };
     let snapshot = parse_snapshot(path, &bytes)?;
-    if snapshot.key_prefix != key_prefix {
-        return Err(SnapshotError::OtherKeyspace {
+    match snapshot.key_prefix {
+        Some(found) if found != key_prefix => Err(SnapshotError::OtherKeyspace {
             path: path.to_path_buf(),
-            found: snapshot.key_prefix,
+            found,
             expected: key_prefix.to_owned(),
-        });
+        }),
+        Some(_) => Ok(snapshot.table),
+        None => {
+            tracing::warn!(snapshot = %path.display(), key_prefix,
+                "snapshot of format version 1 names no key prefix: read as this prefix's table");
+            Ok(snapshot.table)
+        }
     }
-    Ok(snapshot.table)
 }
 
 /// A snapshot's contents, checked.
@@ -186,8 +197,9 @@ pub struct Snapshot {
     /// The revision its replica had applied (its header's: a delete after the newest record
     /// makes it higher than any record's).
     pub revision: Revision,
-    /// The Redis key prefix whose table it is.
-    pub key_prefix: String,
+    /// The Redis key prefix whose table it is (`None`: a version-1 snapshot, which does not
+    /// say).
+    pub key_prefix: Option<String>,
 }
 
 /// Whether `bytes` begin with a snapshot's header line: lets a tool given any file (`tenant
@@ -215,7 +227,7 @@ pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotErr
     if header.format != FORMAT {
         return Err(corrupt(1, format!("format is {:?}", header.format)));
     }
-    if header.version != SNAPSHOT_VERSION {
+    if header.version != SNAPSHOT_VERSION && header.version != SNAPSHOT_VERSION_NO_PREFIX {
         return Err(SnapshotError::UnsupportedVersion {
             path: path.to_path_buf(),
             found: header.version,
@@ -300,20 +312,24 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let parsed = parse_snapshot(&path, &good).expect("parse");
-        assert_eq!(parsed.key_prefix, "nexus");
+        assert_eq!(parsed.key_prefix.as_deref(), Some("nexus"));
         assert_eq!(parsed.revision.get(), 10_000);
-        // A version-1 snapshot (no key prefix): refused for its version.
+        // A version-1 snapshot (no key prefix), as the build before wrote it: read as the
+        // configured prefix's table, whichever it is.
         let text = String::from_utf8(good.clone()).expect("utf8");
         let v1 = text.replacen("\"version\":2", "\"version\":1", 1).replacen(
             "\"key_prefix\":\"nexus\",",
             "",
             1,
         );
-        std::fs::write(&path, v1).expect("w");
-        assert!(matches!(
-            read_snapshot(&path, "nexus"),
-            Err(SnapshotError::UnsupportedVersion { found: 1, .. })
-        ));
+        assert!(!v1.contains("key_prefix"));
+        std::fs::write(&path, &v1).expect("w");
+        assert_eq!(
+            read_snapshot(&path, "nexus-blue").expect("v1").len(),
+            10_000
+        );
+        let parsed = parse_snapshot(&path, v1.as_bytes()).expect("parse v1");
+        assert_eq!(parsed.key_prefix, None);
         for other in [
             &br#"{"format": "nexus-edge.bindings/v1", "bindings": []}"#[..],
             b"",

@@ -395,15 +395,31 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     let (code, _, err) = admin.tenant(&["import", other.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("key prefix \"nexus-blue\"'s table"), "{err}");
-    // A key of the schema holding another type stops the restore before that write, by name.
-    redis.cmd(&["SET", "nexus:audit:acme", "by hand"]);
-    let (code, _, err) = admin.tenant(&["import", snapshot.to_str().unwrap()]);
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("nexus:audit:acme is a Redis string, not the list"),
-        "{err}"
-    );
-    redis.cmd(&["DEL", "nexus:audit:acme"]);
+    // A key of the schema holding another type stops the restore before anything is written,
+    // by name: a tenant's audit list, or the change feed (written last, with the counter).
+    for (key, says) in [
+        (
+            "nexus:audit:acme",
+            "nexus:audit:acme is a Redis string, not the list",
+        ),
+        (
+            "nexus:changes",
+            "nexus:changes is a Redis string, not the stream",
+        ),
+    ] {
+        redis.cmd(&["SET", key, "by hand"]);
+        let (code, _, err) = admin.tenant(&["import", snapshot.to_str().unwrap()]);
+        redis.cmd(&["DEL", key]);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains(says) && err.contains("refused before anything was written"),
+            "{err}"
+        );
+        assert_eq!(
+            redis.cmd(&["EXISTS", "nexus:binding:acme", "nexus:revision"]),
+            "0"
+        );
+    }
     let out = admin.ok(&["import", snapshot.to_str().unwrap()]);
     assert!(out.contains("imported 1 bindings"), "{out}");
     admin.put(&binding("globex", &a.url(), "active", None));

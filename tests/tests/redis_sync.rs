@@ -560,47 +560,60 @@ fn a_schema_key_of_another_type_refuses_the_write_whole() {
         )
     };
     let before = state();
-    for (key, setup, says) in [
+    let record = redis.cmd(&["GET", "nexus:binding:acme"]);
+    // (key, what another program left there, what the CLI must say): each once, the key then
+    // put back as it was.
+    let cases: [(&str, &[&str], &str); 5] = [
         (
             "nexus:audit:acme",
-            vec!["SET", "nexus:audit:acme", "by hand"],
-            "nexus:audit:acme is a Redis string, not the list",
+            &["SET", "nexus:audit:acme", "by hand"],
+            "nexus:audit:acme is a Redis string, not the list nexus-edge keeps there (another \
+             program wrote it), so the write was refused before any of it was made",
+        ),
+        (
+            "nexus:changes",
+            &["SET", "nexus:changes", "by hand"],
+            "nexus:changes is a Redis string, not the stream",
         ),
         (
             "nexus:domains",
-            vec!["SADD", "nexus:domains", "acme.example.com"],
+            &["SADD", "nexus:domains", "acme.example.com"],
             "nexus:domains is a Redis set, not the hash",
         ),
         (
             "nexus:revision",
-            vec!["SET", "nexus:revision", "seven"],
-            "nexus:revision is a Redis text, not the integer",
+            &["SET", "nexus:revision", "seven"],
+            "nexus:revision is a Redis string that is no number, not the integer",
         ),
-    ] {
-        let kept = if key == "nexus:revision" {
-            redis.cmd(&["GET", key])
-        } else {
-            String::new()
-        };
-        redis.cmd(&setup);
+        (
+            "nexus:binding:acme",
+            &["HSET", "nexus:binding:acme", "tenant_id", "acme"],
+            "nexus:binding:acme is a Redis hash, not the string nexus-edge keeps there (another \
+             program wrote it), so it cannot be read",
+        ),
+    ];
+    for (key, setup, says) in cases {
+        let existed = redis.cmd(&["EXISTS", key]) == "1";
+        if existed {
+            redis.cmd(&["RENAME", key, "kept-aside"]);
+        }
+        redis.cmd(setup);
         let (code, out, err) = rebind();
-        if key == "nexus:revision" {
-            redis.cmd(&["SET", key, &kept]);
-        } else {
-            redis.cmd(&["DEL", key]);
+        redis.cmd(&["DEL", key]);
+        if existed {
+            redis.cmd(&["RENAME", "kept-aside", key]);
         }
         assert_eq!(state(), before, "after {key}: {err}");
         assert_ne!(code, 0, "{out}");
-        assert!(
-            err.contains(says) && err.contains("refused before any of it was made"),
-            "{err}"
-        );
+        assert!(err.contains(says), "{err}");
     }
+    assert_eq!(redis.cmd(&["GET", "nexus:binding:acme"]), record);
     redis.cmd(&["SET", "nexus:audit:acme", "by hand"]);
     let (code, _, err) = admin.tenant(&["history", "acme"]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("nexus:audit:acme is a Redis string, not the list"),
+        err.contains("nexus:audit:acme is a Redis string, not the list")
+            && err.contains("so it cannot be read"),
         "{err}"
     );
     redis.cmd(&["DEL", "nexus:audit:acme"]);

@@ -629,18 +629,56 @@ pub(crate) fn record_text(value: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(value).map_err(|e| format!("the record is not UTF-8 text: {e}"))
 }
 
-/// The key a script refused to write because it holds another type (`KEYTYPE <key> <found>
-/// <expected>`, from `write.lua`, `restore.lua` or `history.lua`).
-pub(crate) fn wrong_type(msg: &str) -> Option<AdminError> {
-    // redis-rs shows a script's error code with a colon: `KEYTYPE: <key> ...`.
-    let rest = msg.split_once("KEYTYPE")?.1.trim_start_matches(':');
-    let mut words = rest.split_whitespace();
-    let (key, found, expected) = (words.next()?, words.next()?, words.next()?);
+/// A script's error as (code, detail): `CONFLICT 7` gives ("CONFLICT", "7"). Redis sends a
+/// one-word error (`NOTFOUND`) as `ERR NOTFOUND`, so after `ERR` the code is the detail's first
+/// word.
+pub(crate) fn script_error(e: &redis::RedisError) -> Option<(&str, &str)> {
+    match (e.code()?, e.detail().unwrap_or_default()) {
+        ("ERR", detail) => Some(detail.split_once(' ').unwrap_or((detail, ""))),
+        (code, detail) => Some((code, detail)),
+    }
+}
+
+/// What a write refused by a script's type check (`KEYTYPE <key> <found> <expected>`, from
+/// `write.lua`, `restore.lua` or `history.lua`) stopped, said as `consequence`.
+pub(crate) fn wrong_type(e: &redis::RedisError, consequence: &'static str) -> Option<AdminError> {
+    let ("KEYTYPE", detail) = script_error(e)? else {
+        return None;
+    };
+    // From the end: the key is the schema's prefix plus a name, and the prefix is any text.
+    let mut words = detail.trim_end().rsplitn(3, ' ');
+    let (expected, found, key) = (words.next()?, words.next()?, words.next()?);
     Some(AdminError::WrongType {
         key: key.to_owned(),
-        found: found.to_owned(),
+        found: match found {
+            "text" => "string that is no number".to_owned(),
+            other => other.to_owned(),
+        },
         expected: expected.to_owned(),
+        consequence,
     })
+}
+
+/// A read of `key` that failed: a key holding another type than the schema's `expected` is
+/// named as such, anything else is the store being unavailable.
+async fn read_failure(
+    con: &mut MultiplexedConnection,
+    key: &str,
+    e: redis::RedisError,
+    expected: &str,
+) -> AdminError {
+    if e.code() != Some("WRONGTYPE") {
+        return unavailable(e);
+    }
+    match redis::cmd("TYPE").arg(key).query_async::<String>(con).await {
+        Ok(found) => AdminError::WrongType {
+            key: key.to_owned(),
+            found,
+            expected: expected.to_owned(),
+            consequence: "so it cannot be read",
+        },
+        Err(_) => unavailable(e),
+    }
 }
 
 /// The revision a `write.lua` error ends with (`CONFLICT 7`, `WIPED 12`); 0 if none.
@@ -812,10 +850,11 @@ impl BindingSource for RedisStore {
 impl BindingAdmin for RedisStore {
     async fn get(&self, tenant: &TenantId) -> Result<Option<Binding>, AdminError> {
         let mut con = self.admin_connection().await?;
-        let text: Option<String> = con
-            .get(self.keys.binding(tenant.as_str()))
-            .await
-            .map_err(unavailable)?;
+        let key = self.keys.binding(tenant.as_str());
+        let text: Option<String> = match con.get(&key).await {
+            Ok(text) => text,
+            Err(e) => return Err(read_failure(&mut con, &key, e, "string").await),
+        };
         text.map(|t| {
             parse_json_record(&t).map_err(|m| AdminError::Corrupt(format!("tenant {tenant}: {m}")))
         })
@@ -847,10 +886,11 @@ impl BindingAdmin for RedisStore {
                 let micros = (u64::from(b[0]) * 8 * attempt.min(10)).max(100);
                 tokio::time::sleep(Duration::from_micros(micros)).await;
             }
-            let text: Option<String> = con
-                .get(self.keys.binding(tenant.as_str()))
-                .await
-                .map_err(unavailable)?;
+            let key = self.keys.binding(tenant.as_str());
+            let text: Option<String> = match con.get(&key).await {
+                Ok(text) => text,
+                Err(e) => return Err(read_failure(&mut con, &key, e, "string").await),
+            };
             let current = match (&text, &mutation) {
                 (None, _) => None,
                 (Some(t), m) => match parse_json_record(t) {
@@ -938,43 +978,45 @@ impl BindingAdmin for RedisStore {
                     });
                     return Ok((Revision(rev), next));
                 }
+                // By the error's code (its first word), never by searching the text: the
+                // detail carries key names, and a key prefix is any text.
                 Err(e) => {
-                    let msg = e.to_string();
-                    if msg.contains("CONFLICT") {
-                        if expect.is_some() {
+                    let (code, detail) = script_error(&e).unwrap_or_default();
+                    match code {
+                        "CONFLICT" if expect.is_some() => {
                             return Err(AdminError::Conflict {
                                 tenant: tenant.clone(),
                                 expected: expect.unwrap_or_default(),
-                                actual: Revision(last_number(&msg)),
+                                actual: Revision(last_number(detail)),
                             });
                         }
-                        continue;
+                        "CONFLICT" => continue,
+                        "RESTORING" => {
+                            return Err(AdminError::Unavailable(
+                                "a restore import is writing to this Redis; try again when it \
+                                 has finished"
+                                    .to_owned(),
+                            ))
+                        }
+                        "WIPED" => {
+                            return Err(AdminError::Wiped {
+                                served: Revision(last_number(detail)),
+                            })
+                        }
+                        "NOTFOUND" => return Err(AdminError::NotFound(tenant.clone())),
+                        "DOMAIN" => {
+                            return Err(AdminError::Invalid {
+                                tenant: tenant.clone(),
+                                reason: format!("domain already bound: {}", detail.trim()),
+                            })
+                        }
+                        _ => {}
                     }
-                    if msg.contains("RESTORING") {
-                        return Err(AdminError::Unavailable(
-                            "a restore import is writing to this Redis; try again when it \
-                             has finished"
-                                .to_owned(),
-                        ));
-                    }
-                    if msg.contains("WIPED") {
-                        return Err(AdminError::Wiped {
-                            served: Revision(last_number(&msg)),
-                        });
-                    }
-                    if msg.contains("NOTFOUND") {
-                        return Err(AdminError::NotFound(tenant.clone()));
-                    }
-                    if let Some(e) = wrong_type(&msg) {
-                        return Err(e);
-                    }
-                    if let Some(rest) = msg.split("DOMAIN ").nth(1) {
-                        return Err(AdminError::Invalid {
-                            tenant: tenant.clone(),
-                            reason: format!("domain already bound: {}", rest.trim()),
-                        });
-                    }
-                    return Err(unavailable(e));
+                    return Err(wrong_type(
+                        &e,
+                        "so the write was refused before any of it was made",
+                    )
+                    .unwrap_or_else(|| unavailable(e)));
                 }
             }
         }
@@ -1020,19 +1062,7 @@ impl BindingAdmin for RedisStore {
         // Bytes: an entry that is not UTF-8 is one unreadable entry, not a failed read.
         let lines: Vec<Vec<u8>> = match con.lrange(&key, 0, -1).await {
             Ok(lines) => lines,
-            Err(e) if e.code() == Some("WRONGTYPE") => {
-                let found: String = redis::cmd("TYPE")
-                    .arg(&key)
-                    .query_async(&mut con)
-                    .await
-                    .map_err(unavailable)?;
-                return Err(AdminError::WrongType {
-                    key,
-                    found,
-                    expected: "list".to_owned(),
-                });
-            }
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => return Err(read_failure(&mut con, &key, e, "list").await),
         };
         let mut out = History::default();
         // Newest first in Redis (LPUSH); index i is `LINDEX key i`.
@@ -1053,8 +1083,36 @@ impl BindingAdmin for RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use super::cured_by_failover;
+    use super::{cured_by_failover, script_error, wrong_type};
+    use crate::admin::AdminError;
     use redis::{ErrorKind, RedisError};
+
+    #[test]
+    fn script_errors_are_read_by_code() {
+        let two = redis::make_extension_error("CONFLICT".to_owned(), Some("7".to_owned()));
+        assert_eq!(script_error(&two), Some(("CONFLICT", "7")));
+        // Redis turns a one-word error into `ERR <word>`.
+        let one = RedisError::from((ErrorKind::ResponseError, "server", "NOTFOUND".to_owned()));
+        assert_eq!(script_error(&one), Some(("NOTFOUND", "")));
+        // The key goes up to the last two words, whatever the prefix holds.
+        let keytype = redis::make_extension_error(
+            "KEYTYPE".to_owned(),
+            Some("my CONFLICT prefix:audit:acme string list".to_owned()),
+        );
+        match wrong_type(&keytype, "so it stopped") {
+            Some(AdminError::WrongType {
+                key,
+                found,
+                expected,
+                ..
+            }) => assert_eq!(
+                (key.as_str(), found.as_str(), expected.as_str()),
+                ("my CONFLICT prefix:audit:acme", "string", "list")
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(wrong_type(&two, "so it stopped").is_none());
+    }
 
     #[test]
     fn which_connect_failures_a_failover_explains() {

@@ -161,6 +161,7 @@ async fn restore_locked(
             }));
         }
     }
+    check_types(store, con, &bindings).await?;
     check_domains(store, con, &bindings).await?;
     // Records already in Redis (an earlier restore that stopped, or ones written outside the
     // schema) keep their revisions: number after the highest, so none is ever reissued. The
@@ -184,11 +185,15 @@ async fn restore_locked(
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
     let mut written = 0u64;
-    let stopped = |written: u64, e: &dyn std::fmt::Display| ImportError {
+    let stopped = |written: u64, e: &redis::RedisError| ImportError {
         written,
         tenant: None,
-        // A key of another type stops every run alike: name it rather than ask for another.
-        error: super::wrong_type(&e.to_string()).unwrap_or_else(|| {
+        error: super::wrong_type(
+            e,
+            "so the import stopped there; no history was started, so replicas serve what they \
+             served before: run the import again once it is fixed",
+        )
+        .unwrap_or_else(|| {
             AdminError::Unavailable(format!(
                 "{e}; no history was started, so replicas serve what they served before: run \
                  the import again"
@@ -262,6 +267,45 @@ async fn restore_locked(
     Ok(Some(written))
 }
 
+/// Every key the restore writes must be absent or of the schema's type. Checked for all of
+/// them before the first write: `restore.lua` checks its own keys too, but the other scripts
+/// of its batch run whatever one of them refuses, and `history.lua` comes after every record.
+async fn check_types(
+    store: &RedisStore,
+    con: &mut MultiplexedConnection,
+    bindings: &[Arc<Binding>],
+) -> Result<(), ImportError> {
+    let mut wanted: Vec<(String, &'static str)> = vec![
+        (store.keys.domains(), "hash"),
+        (store.keys.changes(), "stream"),
+    ];
+    for b in bindings {
+        wanted.push((store.keys.binding(b.tenant_id.as_str()), "string"));
+        wanted.push((store.keys.audit(b.tenant_id.as_str()), "list"));
+    }
+    for chunk in wanted.chunks(BATCH) {
+        let mut pipe = redis::pipe();
+        for (key, _) in chunk {
+            pipe.cmd("TYPE").arg(key);
+        }
+        let types: Vec<String> = pipe
+            .query_async(con)
+            .await
+            .map_err(|e| ImportError::nothing(unavailable(e)))?;
+        for ((key, want), found) in chunk.iter().zip(types) {
+            if found != "none" && found != *want {
+                return Err(ImportError::nothing(AdminError::WrongType {
+                    key: key.clone(),
+                    found,
+                    expected: (*want).to_owned(),
+                    consequence: "so the import was refused before anything was written",
+                }));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Why `source` may not replace the table of revision `served` that replicas of keyspace
 /// `key_prefix` serve, or `None` when it may: only that keyspace's snapshot at `served` or
 /// later tells it is as recent. Another keyspace's snapshot counts like a bindings file: its
@@ -273,7 +317,7 @@ fn stale_offer(source: &ImportSource, served: u64, key_prefix: &str) -> Option<S
     match source {
         ImportSource::Snapshot {
             revision,
-            key_prefix: theirs,
+            key_prefix: Some(theirs),
         } if theirs != key_prefix => Some(format!(
             "this snapshot holds key prefix {theirs:?}'s table, not {key_prefix:?}'s: its \
              revision ({revision}) says nothing of this keyspace"
@@ -297,7 +341,7 @@ mod tests {
     fn snapshot(revision: u64, key_prefix: &str) -> ImportSource {
         ImportSource::Snapshot {
             revision: Revision(revision),
-            key_prefix: key_prefix.to_owned(),
+            key_prefix: Some(key_prefix.to_owned()),
         }
     }
 
@@ -313,6 +357,15 @@ mod tests {
                 Some("key prefix \"nexus-blue\""),
             ),
             (ImportSource::Records, 7, Some("bindings file")),
+            // A version-1 snapshot names no prefix: taken as this keyspace's.
+            (
+                ImportSource::Snapshot {
+                    revision: Revision(7),
+                    key_prefix: None,
+                },
+                7,
+                None,
+            ),
             // Nobody serves a table: anything may start the history.
             (snapshot(1, "nexus-blue"), 0, None),
             (ImportSource::Records, 0, None),
