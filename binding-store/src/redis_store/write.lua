@@ -24,7 +24,8 @@ end
 
 -- Every key written here must be absent or of the type the schema gives it. One that another
 -- program wrote would fail a command half way, and Redis keeps what a script wrote before its
--- error: the change would be half made. Error: "KEYTYPE <key> <found> <expected>".
+-- error: the change would be half made. Error: "KEYTYPE <key> <found> <expected>". (Each
+-- script carries its own copy: other writers run them as shipped.)
 local function check_type(key, want)
   local found = redis.call('TYPE', key).ok
   if found ~= 'none' and found ~= want then
