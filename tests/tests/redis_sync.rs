@@ -628,6 +628,36 @@ fn a_schema_key_of_another_type_refuses_the_write_whole() {
     assert_ne!(state(), before);
 }
 
+/// The change feed's key replaced by another program with another type, under a following
+/// replica: it keeps serving its table, logs which key holds what (Redis is up, so retrying
+/// alone changes nothing), and follows again once the key is put back.
+#[test]
+fn a_replica_names_a_feed_key_of_another_type_and_follows_once_it_is_back() {
+    let (w, edge) = World::followed(&["acme"]);
+    w.redis.cmd(&["RENAME", "nexus:changes", "kept-aside"]);
+    w.redis.cmd(&["SET", "nexus:changes", "by hand"]);
+    wait::until(Duration::from_secs(20), "the log naming the key", || {
+        edge.log()
+            .contains("nexus:changes is a Redis string, not the stream")
+            .then_some(())
+    });
+    assert_eq!(
+        instance_of(&edge, &w.keys, "acme").as_deref(),
+        Some("instance-a")
+    );
+    w.redis.cmd(&["DEL", "nexus:changes"]);
+    w.redis.cmd(&["RENAME", "kept-aside", "nexus:changes"]);
+    w.admin.ok(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &w.b.url(),
+    ]);
+    wait_instance(&edge, &w.keys, "acme", "instance-b");
+}
+
 #[test]
 fn malformed_record_in_redis_is_isolated() {
     let (w, edge) = World::followed(&["acme", "globex"]);

@@ -34,8 +34,13 @@ pub(super) async fn run(
             Ok(()) => return,
             Err(e) => {
                 store.health_ref().mark_down();
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
-                    "binding sync lost Redis; serving the last table");
+                match misplaced_key(&store, &e).await {
+                    Some(named) => tracing::error!(problem = %named,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "binding sync cannot follow Redis; serving the last table"),
+                    None => tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "binding sync lost Redis; serving the last table"),
+                }
             }
         }
         let jitter = Duration::from_millis(u64::from(rand_u8()) * backoff.as_millis() as u64 / 512);
@@ -45,6 +50,46 @@ pub(super) async fn run(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// When `e` is Redis refusing a command for a key's type, which key of the schema another
+/// program wrote with another type, said as the admin CLI says it. Redis is up then, and
+/// retrying changes nothing until the key is fixed, so the log must name it.
+async fn misplaced_key(store: &RedisStore, e: &LoadError) -> Option<String> {
+    let LoadError::Redis(re) = e else {
+        return None;
+    };
+    if re.code() != Some("WRONGTYPE") {
+        return None;
+    }
+    let mut con = store.connect().await.ok()?;
+    let keys = store.keys();
+    for (key, expected) in [
+        (keys.changes(), "stream"),
+        (keys.revision(), "string"),
+        (keys.domains(), "hash"),
+        (keys.replicas(), "hash"),
+    ] {
+        let found: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .ok()?;
+        if found != "none" && found != expected {
+            return Some(
+                crate::admin::AdminError::WrongType {
+                    key,
+                    found,
+                    expected: expected.to_owned(),
+                    consequence: "so the binding table cannot be followed",
+                }
+                .to_string(),
+            );
+        }
+    }
+    Some(format!(
+        "a key of the binding schema holds another type: {re}"
+    ))
 }
 
 /// A few random bits for jitter, without a RNG dependency.
