@@ -33,10 +33,9 @@ impl ProxyHttp for Bare {
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> pingora::Result<bool> {
         if let Some((server, _)) = &self.timeouts {
-            // Pingora's own per-wait timer, at nexus-edge's default bound.
-            if session.get_keepalive().is_some() {
-                session.set_keepalive(Some(server.keepalive_timeout.as_secs()));
-            }
+            // This proxy's streams are not nexus-edge's, so the bound stays with Pingora's own
+            // per-wait timer.
+            nexus_edge::connections::bound_idle_client(session, server.keepalive_timeout);
         }
         Ok(false)
     }

@@ -64,31 +64,18 @@ async fn misplaced_key(store: &RedisStore, e: &LoadError) -> Option<String> {
     }
     let mut con = store.connect().await.ok()?;
     let keys = store.keys();
-    for (key, expected) in [
+    let wanted = [
         (keys.changes(), "stream"),
         (keys.revision(), "string"),
         (keys.domains(), "hash"),
         (keys.replicas(), "hash"),
-    ] {
-        let found: String = redis::cmd("TYPE")
-            .arg(&key)
-            .query_async(&mut con)
-            .await
-            .ok()?;
-        if found != "none" && found != expected {
-            return Some(
-                crate::admin::AdminError::WrongType {
-                    key,
-                    found,
-                    expected: expected.to_owned(),
-                    consequence: "so the binding table cannot be followed",
-                }
-                .to_string(),
-            );
-        }
-    }
-    Some(format!(
-        "a key of the binding schema holds another type: {re}"
+    ];
+    let named = super::misplaced(&mut con, &wanted, "so the binding table cannot be followed")
+        .await
+        .ok()?;
+    Some(named.map_or_else(
+        || format!("a key of the binding schema holds another type: {re}"),
+        |e| e.to_string(),
     ))
 }
 

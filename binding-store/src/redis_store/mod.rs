@@ -659,25 +659,44 @@ pub(crate) fn wrong_type(e: &redis::RedisError, consequence: &'static str) -> Op
     })
 }
 
+/// The first of `wanted` (key, the type the schema keeps there) that holds another type, as
+/// the error saying so and what that stopped (`consequence`): one pipelined round of `TYPE`.
+pub(crate) async fn misplaced(
+    con: &mut MultiplexedConnection,
+    wanted: &[(String, &'static str)],
+    consequence: &'static str,
+) -> redis::RedisResult<Option<AdminError>> {
+    let mut pipe = redis::pipe();
+    for (key, _) in wanted {
+        pipe.cmd("TYPE").arg(key);
+    }
+    let types: Vec<String> = pipe.query_async(con).await?;
+    Ok(wanted
+        .iter()
+        .zip(types)
+        .find(|((_, expected), found)| found != "none" && found != expected)
+        .map(|((key, expected), found)| AdminError::WrongType {
+            key: key.clone(),
+            found,
+            expected: (*expected).to_owned(),
+            consequence,
+        }))
+}
+
 /// A read of `key` that failed: a key holding another type than the schema's `expected` is
 /// named as such, anything else is the store being unavailable.
 async fn read_failure(
     con: &mut MultiplexedConnection,
     key: &str,
     e: redis::RedisError,
-    expected: &str,
+    expected: &'static str,
 ) -> AdminError {
     if e.code() != Some("WRONGTYPE") {
         return unavailable(e);
     }
-    match redis::cmd("TYPE").arg(key).query_async::<String>(con).await {
-        Ok(found) => AdminError::WrongType {
-            key: key.to_owned(),
-            found,
-            expected: expected.to_owned(),
-            consequence: "so it cannot be read",
-        },
-        Err(_) => unavailable(e),
+    match misplaced(con, &[(key.to_owned(), expected)], "so it cannot be read").await {
+        Ok(Some(named)) => named,
+        _ => unavailable(e),
     }
 }
 

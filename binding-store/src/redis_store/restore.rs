@@ -284,23 +284,15 @@ async fn check_types(
         wanted.push((store.keys.audit(b.tenant_id.as_str()), "list"));
     }
     for chunk in wanted.chunks(BATCH) {
-        let mut pipe = redis::pipe();
-        for (key, _) in chunk {
-            pipe.cmd("TYPE").arg(key);
-        }
-        let types: Vec<String> = pipe
-            .query_async(con)
-            .await
-            .map_err(|e| ImportError::nothing(unavailable(e)))?;
-        for ((key, want), found) in chunk.iter().zip(types) {
-            if found != "none" && found != *want {
-                return Err(ImportError::nothing(AdminError::WrongType {
-                    key: key.clone(),
-                    found,
-                    expected: (*want).to_owned(),
-                    consequence: "so the import was refused before anything was written",
-                }));
-            }
+        let named = super::misplaced(
+            con,
+            chunk,
+            "so the import was refused before anything was written",
+        )
+        .await
+        .map_err(|e| ImportError::nothing(unavailable(e)))?;
+        if let Some(e) = named {
+            return Err(ImportError::nothing(e));
         }
     }
     Ok(())
