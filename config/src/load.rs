@@ -456,8 +456,12 @@ fn auth(
     })
 }
 
-/// `[[auth.hmac_keys]]`: `kid` plus exactly one of `secret_env` / `secret_file`. HMAC is off
-/// unless a key is configured here; secrets never come from the JWKS file.
+/// `[[auth.hmac_keys]]`: `kid`, `alg` (HS256 when left out) and exactly one of `secret_env` /
+/// `secret_file`. HMAC is off unless a key is configured here; secrets never come from the
+/// JWKS file.
+/// The fields of one `[[auth.hmac_keys]]` table.
+const HMAC_KEY_FIELDS: &[&str] = &["kid", "alg", "secret_env", "secret_file"];
+
 fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<HmacKey> {
     let Some(v) = s.raw("hmac_keys") else {
         return Vec::new();
@@ -490,11 +494,11 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
         };
         for (k, _) in t.iter() {
             let n = k.get_ref().as_ref();
-            if !["kid", "secret_env", "secret_file"].contains(&n) {
+            if !HMAC_KEY_FIELDS.contains(&n) {
                 p.push(
                     format!("{key}.{n}"),
                     Some(k.span().start),
-                    unknown_message(n, &["kid", "secret_env", "secret_file"]),
+                    unknown_message(n, HMAC_KEY_FIELDS),
                 );
             }
         }
@@ -508,6 +512,20 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
             p.push(format!("{key}.kid"), at, format!("{kid:?} is listed twice"));
             continue;
         }
+        let alg = match field("alg") {
+            None => HmacAlgorithm::HS256,
+            Some(name) => match HmacAlgorithm::from_name(&name) {
+                Some(a) => a,
+                None => {
+                    p.push(
+                        format!("{key}.alg"),
+                        at,
+                        format!("{name:?} is not one of \"HS256\", \"HS384\", \"HS512\""),
+                    );
+                    continue;
+                }
+            },
+        };
         let secret = match (field("secret_env"), field("secret_file")) {
             (Some(env), None) => match std::env::var(&env) {
                 Ok(v) => v.into_bytes(),
@@ -541,15 +559,20 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
                 continue;
             }
         };
-        if secret.len() < 32 {
+        // RFC 7518 §3.2: an HMAC key at least as long as the hash's output.
+        if secret.len() < alg.min_secret_len() {
             p.push(
                 key,
                 at,
-                format!("secret for kid {kid:?} is shorter than 32 bytes"),
+                format!(
+                    "secret for kid {kid:?} is shorter than {} bytes, the least {} allows",
+                    alg.min_secret_len(),
+                    alg.name()
+                ),
             );
             continue;
         }
-        keys.push(HmacKey { kid, secret });
+        keys.push(HmacKey { kid, alg, secret });
     }
     keys
 }

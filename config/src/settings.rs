@@ -80,7 +80,8 @@ pub struct TenancySettings {
 pub struct AuthSettings {
     /// Where the verification keys (a JWKS, RFC 7517) come from.
     pub jwks: JwksSource,
-    /// HMAC secrets, each under its `kid`; HS256/384/512 are refused unless one is configured.
+    /// HMAC secrets, each under its `kid` and pinned to one of HS256/384/512; HMAC tokens are
+    /// refused unless one is configured.
     pub hmac_keys: Vec<HmacKey>,
     /// Accepted `iss` values; empty = `iss` not checked.
     pub issuers: Vec<String>,
@@ -114,14 +115,55 @@ pub enum JwksSource {
 pub struct HmacKey {
     /// Key id matched against the token's `kid`.
     pub kid: String,
-    /// The secret bytes (never printed).
+    /// The one algorithm the secret verifies (RFC 8725 §3.1: a key is used with exactly one).
+    pub alg: HmacAlgorithm,
+    /// The secret bytes (never printed), at least [`HmacAlgorithm::min_secret_len`] long.
     pub secret: Vec<u8>,
+}
+
+/// The HMAC algorithm an `[[auth.hmac_keys]]` secret is pinned to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HmacAlgorithm {
+    /// HMAC SHA-256, the default.
+    HS256,
+    /// HMAC SHA-384.
+    HS384,
+    /// HMAC SHA-512.
+    HS512,
+}
+
+impl HmacAlgorithm {
+    /// The `alg` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            HmacAlgorithm::HS256 => "HS256",
+            HmacAlgorithm::HS384 => "HS384",
+            HmacAlgorithm::HS512 => "HS512",
+        }
+    }
+
+    /// Parses an `alg` name, exactly.
+    pub fn from_name(s: &str) -> Option<HmacAlgorithm> {
+        [Self::HS256, Self::HS384, Self::HS512]
+            .into_iter()
+            .find(|a| a.name() == s)
+    }
+
+    /// Shortest secret allowed: the hash's output size (RFC 7518 §3.2).
+    pub fn min_secret_len(self) -> usize {
+        match self {
+            HmacAlgorithm::HS256 => 32,
+            HmacAlgorithm::HS384 => 48,
+            HmacAlgorithm::HS512 => 64,
+        }
+    }
 }
 
 impl std::fmt::Debug for HmacKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HmacKey")
             .field("kid", &self.kid)
+            .field("alg", &self.alg)
             .field("secret", &"<redacted>")
             .finish()
     }

@@ -207,7 +207,7 @@ fn hmac_keys_come_from_env_or_file_and_must_be_long() {
     std::fs::write(dir.join("secret"), "0123456789abcdef0123456789abcdef\n").expect("write");
     std::fs::write(dir.join("short"), "short").expect("write");
     let text = format!(
-        "{MINIMAL}\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"b\"\nsecret_file = \"short\"\n\n[[auth.hmac_keys]]\nkid = \"c\"\nsecret_env = \"NEXUS_TEST_SURELY_UNSET_VAR\"\n\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n"
+        "{MINIMAL}\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"b\"\nsecret_file = \"short\"\n\n[[auth.hmac_keys]]\nkid = \"c\"\nsecret_env = \"NEXUS_TEST_SURELY_UNSET_VAR\"\n\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"d\"\nalg = \"HS512\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"e\"\nalg = \"RS256\"\nsecret_file = \"secret\"\n"
     );
     let ps = match parse_str(&text, &dir.join("edge.toml")) {
         Err(ConfigError::Invalid { problems, .. }) => problems,
@@ -228,6 +228,18 @@ fn hmac_keys_come_from_env_or_file_and_must_be_long() {
             .any(|p| p.key == "auth.hmac_keys[3].kid" && p.message.contains("listed twice")),
         "{ps:?}"
     );
+    // RFC 7518 §3.2: an HS512 secret is at least 64 bytes.
+    assert!(
+        ps.iter().any(|p| p.key == "auth.hmac_keys[4]"
+            && p.message
+                .contains("shorter than 64 bytes, the least HS512 allows")),
+        "{ps:?}"
+    );
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "auth.hmac_keys[5].alg" && p.message.contains("\"RS256\"")),
+        "{ps:?}"
+    );
     assert!(
         !format!("{ps:?}").contains("0123456789abcdef"),
         "secrets never appear in errors"
@@ -236,6 +248,13 @@ fn hmac_keys_come_from_env_or_file_and_must_be_long() {
     let s = parse_str(&ok, &dir.join("edge.toml")).expect("valid");
     assert_eq!(s.auth.hmac_keys.len(), 1);
     assert_eq!(s.auth.hmac_keys[0].secret.len(), 32);
+    assert_eq!(s.auth.hmac_keys[0].alg, HmacAlgorithm::HS256, "the default");
+    let ok = format!(
+        "{MINIMAL}\n[[auth.hmac_keys]]\nkid = \"a\"\nalg = \"HS384\"\nsecret_env = \"NEXUS_TEST_HS384\"\n"
+    );
+    std::env::set_var("NEXUS_TEST_HS384", "x".repeat(48));
+    let s = parse_str(&ok, &dir.join("edge.toml")).expect("valid");
+    assert_eq!(s.auth.hmac_keys[0].alg, HmacAlgorithm::HS384);
     let _ = std::fs::remove_dir_all(dir);
 }
 

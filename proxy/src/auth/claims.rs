@@ -104,13 +104,35 @@ pub(crate) struct ClaimRules {
     pub(crate) org_claim: String,
 }
 
-/// A NumericDate (RFC 7519 §2): a JSON number of seconds; fractions are truncated.
-fn numeric_date(v: &Value) -> Result<u64, TokenError> {
+/// Which way a fractional NumericDate is rounded to whole seconds: the way that never lets
+/// a token be accepted outside the time its claim allows.
+#[derive(Clone, Copy)]
+enum Round {
+    /// `exp`: a token expiring at 10.9 is taken as expiring at 10.
+    Earlier,
+    /// `nbf`: a token valid from 10.1 is taken as valid from 11.
+    Later,
+}
+
+/// A NumericDate (RFC 7519 §2): a JSON number of seconds since the epoch, which may be
+/// negative or fractional. Dates before the epoch read as 0 and dates past `u64` seconds as
+/// `u64::MAX`; both are far outside any leeway, so neither changes a decision.
+fn numeric_date(v: &Value, round: Round) -> Result<u64, TokenError> {
     if let Some(n) = v.as_u64() {
         return Ok(n);
     }
+    if v.as_i64().is_some() {
+        return Ok(0);
+    }
     match v.as_f64() {
-        Some(f) if (0.0..1e15).contains(&f) => Ok(f as u64),
+        Some(f) if f.is_finite() => {
+            let whole = match round {
+                Round::Earlier => f.floor(),
+                Round::Later => f.ceil(),
+            };
+            // `as` saturates: below 0 gives 0, beyond the range `u64::MAX`.
+            Ok(whole as u64)
+        }
         _ => Err(TokenError::Malformed(
             "time claim is not a valid NumericDate",
         )),
@@ -142,10 +164,17 @@ pub(crate) fn check(
     kid: Option<String>,
     alg: Algorithm,
 ) -> Result<Arc<VerifiedToken>, TokenError> {
-    let exp = numeric_date(claims.get("exp").ok_or(TokenError::MissingExp)?)?;
-    let nbf = claims.get("nbf").map(numeric_date).transpose()?;
+    let exp = numeric_date(
+        claims.get("exp").ok_or(TokenError::MissingExp)?,
+        Round::Earlier,
+    )?;
+    let nbf = claims
+        .get("nbf")
+        .map(|v| numeric_date(v, Round::Later))
+        .transpose()?;
+    // `iat` is not used for a decision, but a token whose `iat` is not a date is malformed.
     if let Some(iat) = claims.get("iat") {
-        numeric_date(iat)?;
+        numeric_date(iat, Round::Earlier)?;
     }
     if !rules.issuers.is_empty() {
         match claims.get("iss") {
@@ -153,22 +182,23 @@ pub(crate) fn check(
             _ => return Err(TokenError::WrongIssuer),
         }
     }
-    if !rules.audiences.is_empty() {
-        let ok = match claims.get("aud") {
-            Some(Value::String(a)) => rules.audiences.iter().any(|x| x == a),
-            Some(Value::Array(list)) => {
-                if list.iter().any(|v| !v.is_string()) {
-                    return Err(TokenError::Malformed("aud array holds a non-string"));
-                }
-                list.iter()
-                    .filter_map(Value::as_str)
-                    .any(|a| rules.audiences.iter().any(|x| x == a))
+    // RFC 7519 §4.1.3: a present `aud` must name this service, so with no audience
+    // configured a token that names any audience is meant for someone else.
+    let ok = match claims.get("aud") {
+        None => rules.audiences.is_empty(),
+        Some(Value::String(a)) => rules.audiences.iter().any(|x| x == a),
+        Some(Value::Array(list)) => {
+            if list.iter().any(|v| !v.is_string()) {
+                return Err(TokenError::Malformed("aud array holds a non-string"));
             }
-            _ => false,
-        };
-        if !ok {
-            return Err(TokenError::WrongAudience);
+            list.iter()
+                .filter_map(Value::as_str)
+                .any(|a| rules.audiences.iter().any(|x| x == a))
         }
+        Some(_) => false,
+    };
+    if !ok {
+        return Err(TokenError::WrongAudience);
     }
     // Before anything is copied out of an expired token.
     check_time(exp, nbf, now, rules.leeway)?;

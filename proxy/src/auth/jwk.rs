@@ -1,10 +1,13 @@
-//! Verification keys: JWKs turned into ready-to-use key material, each pinned to what it may
-//! verify.
+//! Verification keys: JWKs turned into ready-to-use key material, each pinned to the one
+//! algorithm it may verify (RFC 8725 §3.1: each key is used with exactly one algorithm).
 //!
-//! The key decides the algorithm, never the token: a key's own `alg` wins; without one, the key
-//! type allows only its own family (an RSA key never verifies an HMAC token, which is how the
-//! classic "HS256 signed with the public key" confusion is closed). HMAC secrets never come
-//! from a JWKS file; they are configured explicitly.
+//! The key decides the algorithm, never the token: a key's own `alg` wins, and must fit its
+//! type. Without one, the key type gives it: RSA → RS256 (the algorithm OpenID Connect
+//! requires every provider to offer), P-256 → ES256, P-384 → ES384, Ed25519 → EdDSA; an RSA key
+//! meant for PS256 or RS512 must say so in its `alg`. So an RSA key never verifies an HMAC
+//! token (the classic "HS256 signed with the public key" confusion) nor a PSS one it was not
+//! published for. HMAC secrets never come from a JWKS file; they are configured explicitly,
+//! each with its algorithm.
 //!
 //! Public keys are parsed once, at load, into aws-lc-rs `ParsedPublicKey`s: a request never
 //! re-parses key bytes, and an RSA key keeps its Montgomery constants between verifications
@@ -15,6 +18,7 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::{self as lc, ParsedPublicKey, VerificationAlgorithm};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use nexus_config::HmacAlgorithm;
 use serde_json::Value;
 
 use super::error::TokenError;
@@ -90,10 +94,10 @@ impl Algorithm {
 /// Key material, parsed once at load so no request re-parses a JWK.
 #[derive(Debug)]
 enum Material {
-    /// One parsed key per algorithm the key may verify: the library binds a parsed key to
-    /// one algorithm, so an RSA key without `alg` holds six (all sharing nothing mutable).
-    Public(Vec<(Algorithm, ParsedPublicKey)>),
-    Hmac(Box<[ring::hmac::Key; 3]>),
+    /// A public key, parsed for the key's one algorithm.
+    Public(ParsedPublicKey),
+    /// An HMAC secret, for the key's one algorithm.
+    Hmac(ring::hmac::Key),
 }
 
 /// The verification algorithm of the library for a JWS algorithm (`None` for HMAC).
@@ -113,17 +117,13 @@ fn verification_algorithm(alg: Algorithm) -> Option<&'static dyn VerificationAlg
     })
 }
 
-/// Parses `bytes` once for each of `algs`.
-fn parse_public(bytes: &[u8], algs: &[Algorithm]) -> Result<Material, String> {
-    let mut parsed = Vec::with_capacity(algs.len());
-    for &alg in algs {
-        let verification = verification_algorithm(alg)
-            .ok_or_else(|| format!("{} needs a configured secret", alg.name()))?;
-        let key = ParsedPublicKey::new(verification, bytes)
-            .map_err(|e| format!("key rejected for {}: {e}", alg.name()))?;
-        parsed.push((alg, key));
-    }
-    Ok(Material::Public(parsed))
+/// Parses `bytes` as a public key for `alg`.
+fn parse_public(bytes: &[u8], alg: Algorithm) -> Result<Material, String> {
+    let verification = verification_algorithm(alg)
+        .ok_or_else(|| format!("{} needs a configured secret", alg.name()))?;
+    ParsedPublicKey::new(verification, bytes)
+        .map(Material::Public)
+        .map_err(|e| format!("key rejected for {}: {e}", alg.name()))
 }
 
 /// The DER public key (X.509 `SubjectPublicKeyInfo`) the library parses an RSA key from.
@@ -140,52 +140,35 @@ fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Result<Vec<u8>, String> {
 pub struct VerifyKey {
     /// `kid`, when the key has one.
     pub kid: Option<String>,
-    /// The algorithm the key is pinned to, from its JWK `alg`.
-    pub alg: Option<Algorithm>,
+    /// The one algorithm the key verifies: its JWK `alg`, else its type's (module docs).
+    pub alg: Algorithm,
     material: Material,
 }
 
 impl VerifyKey {
-    /// An HMAC key from a configured secret.
-    pub fn hmac(kid: &str, secret: &[u8]) -> VerifyKey {
+    /// An HMAC key from a configured secret, for its configured algorithm.
+    pub fn hmac(kid: &str, alg: HmacAlgorithm, secret: &[u8]) -> VerifyKey {
+        let (alg, hash) = match alg {
+            HmacAlgorithm::HS256 => (Algorithm::HS256, ring::hmac::HMAC_SHA256),
+            HmacAlgorithm::HS384 => (Algorithm::HS384, ring::hmac::HMAC_SHA384),
+            HmacAlgorithm::HS512 => (Algorithm::HS512, ring::hmac::HMAC_SHA512),
+        };
         VerifyKey {
             kid: Some(kid.to_owned()),
-            alg: None,
-            material: Material::Hmac(Box::new([
-                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
-                ring::hmac::Key::new(ring::hmac::HMAC_SHA384, secret),
-                ring::hmac::Key::new(ring::hmac::HMAC_SHA512, secret),
-            ])),
+            alg,
+            material: Material::Hmac(ring::hmac::Key::new(hash, secret)),
         }
     }
 
-    /// Whether this key may verify `alg`: its own `alg` if it has one, else its family.
-    pub fn allows(&self, alg: Algorithm) -> bool {
-        if let Some(pinned) = self.alg {
-            return pinned == alg;
-        }
-        use Algorithm::*;
-        match &self.material {
-            Material::Public(parsed) => parsed.iter().any(|(a, _)| *a == alg),
-            Material::Hmac(_) => matches!(alg, HS256 | HS384 | HS512),
-        }
-    }
-
-    /// Verifies `sig` over `msg` with `alg` (which [`VerifyKey::allows`] has approved).
+    /// Verifies `sig` over `msg` for a token whose header says `alg`: only the key's own
+    /// algorithm is ever used.
     pub fn verify(&self, alg: Algorithm, msg: &[u8], sig: &[u8]) -> Result<(), TokenError> {
-        if !self.allows(alg) {
+        if alg != self.alg {
             return Err(TokenError::AlgorithmMismatch);
         }
-        use Algorithm::*;
-        let ok = match (&self.material, alg) {
-            (Material::Public(parsed), _) => match parsed.iter().find(|(a, _)| *a == alg) {
-                Some((_, key)) => key.verify_sig(msg, sig).is_ok(),
-                None => return Err(TokenError::AlgorithmMismatch),
-            },
-            (Material::Hmac(keys), HS256) => ring::hmac::verify(&keys[0], msg, sig).is_ok(),
-            (Material::Hmac(keys), HS384) => ring::hmac::verify(&keys[1], msg, sig).is_ok(),
-            (Material::Hmac(keys), HS512) => ring::hmac::verify(&keys[2], msg, sig).is_ok(),
-            _ => return Err(TokenError::AlgorithmMismatch),
+        let ok = match &self.material {
+            Material::Public(key) => key.verify_sig(msg, sig).is_ok(),
+            Material::Hmac(key) => ring::hmac::verify(key, msg, sig).is_ok(),
         };
         if ok {
             Ok(())
@@ -239,7 +222,7 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
         }
     };
     let kty = str_field(jwk, "kty")?.ok_or("missing kty")?;
-    let material = match kty {
+    let (alg, material) = match kty {
         "RSA" => {
             let n = b64_field(jwk, "n")?;
             let e = b64_field(jwk, "e")?;
@@ -255,17 +238,12 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
                 ));
             }
             use Algorithm::*;
-            let family = [RS256, RS384, RS512, PS256, PS384, PS512];
-            let pinned;
-            let algs: &[Algorithm] = match alg {
-                None => &family,
-                Some(a) if family.contains(&a) => {
-                    pinned = [a];
-                    &pinned
-                }
+            let alg = match alg {
+                None => RS256,
+                Some(a @ (RS256 | RS384 | RS512 | PS256 | PS384 | PS512)) => a,
                 Some(_) => return Err("alg does not fit an RSA key".to_owned()),
             };
-            parse_public(&rsa_public_key_der(n, &e)?, algs)?
+            (alg, parse_public(&rsa_public_key_der(n, &e)?, alg)?)
         }
         "EC" => {
             let crv = str_field(jwk, "crv")?.ok_or("missing crv")?;
@@ -286,7 +264,7 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             point.push(4);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            parse_public(&point, &[want])?
+            (want, parse_public(&point, want)?)
         }
         "OKP" => {
             let crv = str_field(jwk, "crv")?.ok_or("missing crv")?;
@@ -300,7 +278,7 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             if alg.is_some_and(|a| a != Algorithm::EdDSA) {
                 return Err("alg does not fit an Ed25519 key".to_owned());
             }
-            parse_public(&x, &[Algorithm::EdDSA])?
+            (Algorithm::EdDSA, parse_public(&x, Algorithm::EdDSA)?)
         }
         "oct" => {
             return Err(

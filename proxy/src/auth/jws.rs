@@ -9,6 +9,8 @@
 //! - `typ`, when present, must say JWT (`JWT`, `at+jwt`, with or without `application/`),
 //!   so other JWS objects cannot be replayed as logins (RFC 8725 §3.11);
 //! - `cty` present → refused: nested JWTs are not accepted (RFC 7519 §5.2);
+//! - `b64` other than `true` → refused: unencoded payloads (RFC 7797) are not accepted, with
+//!   or without `crit`;
 //! - any other header parameter is ignored, as RFC 7515 §4 requires for parameters a verifier
 //!   does not understand and that are not listed in `crit`.
 
@@ -73,6 +75,13 @@ pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, TokenError> {
     }
     if header.contains_key("cty") {
         return Err(TokenError::WrongType);
+    }
+    // RFC 7797: `b64: false` says the payload was signed unencoded. Such a token must list
+    // `b64` in `crit` (refused above); without it, a verifier reading the payload as
+    // base64url would take claims the signer never meant. Only the default, `true`, passes.
+    match header.get("b64") {
+        None | Some(Value::Bool(true)) => {}
+        Some(_) => return Err(TokenError::Malformed("unencoded payload (b64)")),
     }
     match header.get("typ") {
         None => {}
@@ -189,6 +198,18 @@ mod tests {
             (
                 tok(r#"{"alg":"ES256","cty":"JWT"}"#, p),
                 Err(TokenError::WrongType),
+            ),
+            (
+                tok(r#"{"alg":"ES256","b64":true}"#, p),
+                Ok(Algorithm::ES256),
+            ),
+            (
+                tok(r#"{"alg":"ES256","b64":false}"#, p),
+                Err(TokenError::Malformed("unencoded payload (b64)")),
+            ),
+            (
+                tok(r#"{"alg":"ES256","b64":"false"}"#, p),
+                Err(TokenError::Malformed("unencoded payload (b64)")),
             ),
             (
                 tok(r#"{"alg":"ES256","alg":"ES256"}"#, p),

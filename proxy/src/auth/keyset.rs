@@ -1,4 +1,8 @@
 //! The key set: JWKS keys plus configured HMAC secrets, indexed by `kid`.
+//!
+//! A `kid` may name keys of different types that the issuer treats as alternatives (RFC 7517
+//! §4.5 gives this example): each key verifies one algorithm, so the token's `alg` picks among
+//! them. Two keys with the same `kid` and algorithm are ambiguous; the second is skipped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -6,13 +10,14 @@ use std::sync::Arc;
 use nexus_config::HmacKey;
 use serde_json::Value;
 
-use super::error::AuthSetupError;
-use super::jwk::{parse_jwk, VerifyKey};
+use super::error::{AuthSetupError, TokenError};
+use super::jwk::{parse_jwk, Algorithm, VerifyKey};
 
 /// An immutable set of verification keys; swapped whole on reload.
 #[derive(Debug, Default)]
 pub(crate) struct KeySet {
-    by_kid: HashMap<String, Arc<VerifyKey>>,
+    /// Keys by `kid`; the keys under one `kid` have distinct algorithms.
+    by_kid: HashMap<String, Vec<Arc<VerifyKey>>>,
     /// Keys without a `kid` (usable only when they are the only key).
     anonymous: Vec<Arc<VerifyKey>>,
     /// Bumped on every reload; cache entries from older generations are ignored.
@@ -54,11 +59,13 @@ impl KeySet {
                 .map_or_else(|| format!("keys[{i}]"), |k| format!("kid {k:?}"));
             match parse_jwk(jwk) {
                 Ok(key) => match key.kid.clone() {
-                    Some(kid) if set.by_kid.contains_key(&kid) => {
-                        skipped.push(format!("{name}: duplicate kid"))
-                    }
                     Some(kid) => {
-                        set.by_kid.insert(kid, Arc::new(key));
+                        let same_kid = set.by_kid.entry(kid).or_default();
+                        if same_kid.iter().any(|k| k.alg == key.alg) {
+                            skipped.push(format!("{name}: duplicate kid for {}", key.alg.name()));
+                        } else {
+                            same_kid.push(Arc::new(key));
+                        }
                     }
                     None => set.anonymous.push(Arc::new(key)),
                 },
@@ -70,8 +77,10 @@ impl KeySet {
                 skipped.push(format!("hmac kid {:?}: also in the JWKS", h.kid));
                 continue;
             }
-            set.by_kid
-                .insert(h.kid.clone(), Arc::new(VerifyKey::hmac(&h.kid, &h.secret)));
+            set.by_kid.insert(
+                h.kid.clone(),
+                vec![Arc::new(VerifyKey::hmac(&h.kid, h.alg, &h.secret))],
+            );
         }
         for s in &skipped {
             tracing::warn!(source = origin, key = %s, "verification key skipped");
@@ -89,15 +98,35 @@ impl KeySet {
 
     /// Number of usable keys.
     pub(crate) fn len(&self) -> usize {
-        self.by_kid.len() + self.anonymous.len()
+        self.by_kid.values().map(Vec::len).sum::<usize>() + self.anonymous.len()
     }
 
-    /// The key a token's `kid` selects. Without a `kid`, only a lone key is used.
-    pub(crate) fn select(&self, kid: Option<&str>) -> Option<&Arc<VerifyKey>> {
-        match kid {
-            Some(k) => self.by_kid.get(k),
-            None if self.len() == 1 => self.by_kid.values().next().or(self.anonymous.first()),
+    /// The key that verifies a token with this `kid` and `alg`. Without a `kid`, only a lone
+    /// key is used. A `kid` that names no key of the token's algorithm is an algorithm
+    /// mismatch: the token asks a known key to verify what it was not published for.
+    pub(crate) fn select(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<&Arc<VerifyKey>, TokenError> {
+        let key = match kid {
+            Some(k) => {
+                let keys = self.by_kid.get(k).ok_or(TokenError::UnknownKey)?;
+                keys.iter().find(|key| key.alg == alg).or(keys.first())
+            }
+            None if self.len() == 1 => self
+                .by_kid
+                .values()
+                .flatten()
+                .next()
+                .or(self.anonymous.first()),
             None => None,
+        }
+        .ok_or(TokenError::UnknownKey)?;
+        if key.alg == alg {
+            Ok(key)
+        } else {
+            Err(TokenError::AlgorithmMismatch)
         }
     }
 }

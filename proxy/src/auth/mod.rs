@@ -156,12 +156,7 @@ impl Authenticator {
             }
         }
         let parsed = jws::parse(token)?;
-        let verify_key = keys
-            .select(parsed.kid.as_deref())
-            .ok_or(TokenError::UnknownKey)?;
-        if !verify_key.allows(parsed.alg) {
-            return Err(TokenError::AlgorithmMismatch);
-        }
+        let verify_key = keys.select(parsed.kid.as_deref(), parsed.alg)?;
         self.signature_checks.fetch_add(1, Ordering::Relaxed);
         verify_key.verify(
             parsed.alg,

@@ -5,6 +5,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
 
+use nexus_config::HmacAlgorithm;
+
 use super::mint::SigningKey;
 use super::*;
 
@@ -12,6 +14,7 @@ const NOW: u64 = 1_800_000_000;
 const RS_PEM: &str = include_str!("../../../deploy/demo/demo-rs256-key.pem");
 const ES_PEM: &str = include_str!("../../../deploy/demo/demo-es256-key.pem");
 const HMAC_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+const HMAC_SECRET_64: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 struct Fixture {
     rs: SigningKey,
@@ -34,10 +37,18 @@ fn fixture(name: &str) -> Fixture {
 fn settings(f: &Fixture) -> AuthSettings {
     AuthSettings {
         jwks: JwksSource::File(f.dir.join("jwks.json")),
-        hmac_keys: vec![HmacKey {
-            kid: "hs".into(),
-            secret: HMAC_SECRET.to_vec(),
-        }],
+        hmac_keys: vec![
+            HmacKey {
+                kid: "hs".into(),
+                alg: HmacAlgorithm::HS256,
+                secret: HMAC_SECRET.to_vec(),
+            },
+            HmacKey {
+                kid: "hs512".into(),
+                alg: HmacAlgorithm::HS512,
+                secret: HMAC_SECRET_64.to_vec(),
+            },
+        ],
         issuers: vec!["https://id.test".into()],
         audiences: vec!["nexus".into()],
         leeway: Duration::from_secs(30),
@@ -82,7 +93,7 @@ fn every_algorithm_verifies() {
         ("ES256", f.es.sign(&claims()).expect("sign")),
         ("EdDSA", f.ed.sign(&claims()).expect("sign")),
         ("HS256", hs("HS256", "hs", HMAC_SECRET, &claims())),
-        ("HS512", hs("HS512", "hs", HMAC_SECRET, &claims())),
+        ("HS512", hs("HS512", "hs512", HMAC_SECRET_64, &claims())),
     ];
     for (alg, t) in tokens {
         let v = auth
@@ -99,37 +110,13 @@ fn every_algorithm_verifies() {
     }
 }
 
-#[test]
-fn ps256_and_es384_verify() {
-    // PS256 with the RSA key (its JWK without alg pins only the RSA family).
-    let f = fixture("pss");
-    let mut jwk = f.rs.public_jwk();
-    jwk.as_object_mut().expect("obj").remove("alg");
-    jwk["kid"] = json!("rs-any");
-    let es384_pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
-        &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
-        &ring::rand::SystemRandom::new(),
-    )
-    .expect("p384");
-    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", es384_pkcs8.as_ref().to_vec()));
-    let es384 = SigningKey::from_pem(&pem, Some("es384".into())).expect("es384");
-    std::fs::write(
-        f.dir.join("jwks.json"),
-        json!({ "keys": [jwk, es384.public_jwk()] }).to_string(),
-    )
-    .expect("write");
-    let auth = Authenticator::new(&settings(&f)).expect("auth");
-    assert!(auth
-        .verify(&es384.sign(&claims()).expect("sign"), NOW)
-        .is_ok());
-
+/// A token signed with PS256 by the RSA demo key, under `kid`.
+fn ps256(kid: &str) -> String {
     let rsa = ring::signature::RsaKeyPair::from_pkcs8(pem::parse(RS_PEM).expect("pem").contents())
         .expect("rsa");
     let input = format!(
         "{}.{}",
-        b64(json!({"alg": "PS256", "kid": "rs-any"})
-            .to_string()
-            .as_bytes()),
+        b64(json!({"alg": "PS256", "kid": kid}).to_string().as_bytes()),
         b64(claims().to_string().as_bytes())
     );
     let mut sig = vec![0; rsa.public().modulus_len()];
@@ -140,8 +127,111 @@ fn ps256_and_es384_verify() {
         &mut sig,
     )
     .expect("sign");
-    let token = format!("{input}.{}", b64(&sig));
-    assert!(auth.verify(&token, NOW).is_ok());
+    format!("{input}.{}", b64(&sig))
+}
+
+#[test]
+fn each_key_verifies_exactly_one_algorithm() {
+    // RFC 8725 §3.1. The RSA key published three ways: without `alg` (RS256, its type's
+    // default), pinned to PS256, and pinned to RS256; plus a P-384 key without `alg`.
+    let f = fixture("pss");
+    let bare = |kid: &str| {
+        let mut jwk = f.rs.public_jwk();
+        jwk.as_object_mut().expect("obj").remove("alg");
+        jwk["kid"] = json!(kid);
+        jwk
+    };
+    let mut pss = bare("rs-pss");
+    pss["alg"] = json!("PS256");
+    let es384_pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .expect("p384");
+    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", es384_pkcs8.as_ref().to_vec()));
+    let es384 = SigningKey::from_pem(&pem, Some("es384".into())).expect("es384");
+    let mut es384_jwk = es384.public_jwk();
+    es384_jwk.as_object_mut().expect("obj").remove("alg");
+    std::fs::write(
+        f.dir.join("jwks.json"),
+        json!({ "keys": [bare("rs-any"), pss, es384_jwk] }).to_string(),
+    )
+    .expect("write");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    let verify = |t: &str| auth.verify(t, NOW).map(|_| ());
+    assert_eq!(verify(&es384.sign(&claims()).expect("sign")), Ok(()));
+    assert_eq!(verify(&ps256("rs-pss")), Ok(()));
+    // The key without `alg` is RS256's only: a PSS token under it is refused unverified.
+    assert_eq!(verify(&ps256("rs-any")), Err(TokenError::AlgorithmMismatch));
+    let rs256 = |kid: &str, alg: &str| {
+        f.rs.sign_raw(
+            &json!({"alg": alg, "kid": kid}).to_string(),
+            &claims().to_string(),
+        )
+        .expect("s")
+    };
+    assert_eq!(verify(&rs256("rs-any", "RS256")), Ok(()));
+    assert_eq!(
+        verify(&rs256("rs-pss", "RS256")),
+        Err(TokenError::AlgorithmMismatch)
+    );
+    // An HMAC secret verifies its configured algorithm only, whatever the header asks.
+    assert_eq!(
+        verify(&hs("HS512", "hs", HMAC_SECRET, &claims())),
+        Err(TokenError::AlgorithmMismatch)
+    );
+    assert_eq!(
+        verify(&hs("HS256", "hs512", HMAC_SECRET_64, &claims())),
+        Err(TokenError::AlgorithmMismatch)
+    );
+}
+
+#[test]
+fn keys_of_different_types_may_share_a_kid() {
+    // RFC 7517 §4.5: an RSA and an EC key under one `kid`, as alternatives. The token's
+    // `alg` picks the key; a second key of the same algorithm under that `kid` is skipped.
+    let f = fixture("sharedkid");
+    let mut rs = f.rs.public_jwk();
+    rs["kid"] = json!("k1");
+    let mut es = f.es.public_jwk();
+    es["kid"] = json!("k1");
+    let mut ed = f.ed.public_jwk();
+    ed["kid"] = json!("k1");
+    let mut ed_again = ed.clone();
+    ed_again["x"] = json!(b64(&[9u8; 32]));
+    std::fs::write(
+        f.dir.join("jwks.json"),
+        json!({ "keys": [rs, es, ed, ed_again] }).to_string(),
+    )
+    .expect("write");
+    let mut s = settings(&f);
+    s.hmac_keys.clear();
+    let auth = Authenticator::new(&s).expect("auth");
+    assert_eq!(auth.key_count(), 3);
+    assert_eq!(
+        auth.skipped_keys(),
+        vec!["kid \"k1\": duplicate kid for EdDSA".to_owned()]
+    );
+    let under_k1 = |key: &SigningKey| {
+        key.sign_raw(
+            &json!({"alg": key.alg().name(), "kid": "k1"}).to_string(),
+            &claims().to_string(),
+        )
+        .expect("s")
+    };
+    for key in [&f.rs, &f.es, &f.ed] {
+        assert_eq!(
+            auth.verify(&under_k1(key), NOW).map(|v| v.alg),
+            Ok(key.alg()),
+            "{}",
+            key.alg().name()
+        );
+    }
+    // No key under k1 verifies PS256.
+    assert_eq!(
+        auth.verify(&ps256("k1"), NOW).map(|_| ()),
+        Err(TokenError::AlgorithmMismatch)
+    );
 }
 
 #[test]
@@ -374,6 +464,68 @@ fn refusals() {
 }
 
 #[test]
+fn time_claims_round_toward_refusal_and_may_precede_the_epoch() {
+    let f = fixture("numericdate");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    let verify = |patch: Value| {
+        let mut c = claims();
+        for (k, v) in patch.as_object().expect("obj") {
+            c[k] = v.clone();
+        }
+        auth.verify(&f.es.sign(&c).expect("s"), NOW).map(|_| ())
+    };
+    // Leeway is 30 s. A token valid from NOW + 30.5 is not valid at NOW + 0.9 (the clock
+    // reads whole seconds): its `nbf` counts as NOW + 31, not NOW + 30.
+    assert_eq!(
+        verify(json!({"nbf": NOW as f64 + 30.5})),
+        Err(TokenError::NotYetValid)
+    );
+    assert_eq!(verify(json!({"nbf": NOW as f64 + 29.5})), Ok(()));
+    // An `exp` of NOW - 29.5 has passed, with the leeway, by NOW + 0.5.
+    assert_eq!(
+        verify(json!({"exp": NOW as f64 - 29.5})),
+        Err(TokenError::Expired)
+    );
+    assert_eq!(verify(json!({"exp": NOW as f64 - 28.5})), Ok(()));
+    // NumericDates are signed (RFC 7519 §2): before the epoch is a date, long past.
+    assert_eq!(verify(json!({"nbf": -1, "iat": -5})), Ok(()));
+    assert_eq!(verify(json!({"nbf": -1.5})), Ok(()));
+    assert_eq!(verify(json!({"exp": -1})), Err(TokenError::Expired));
+    // Far-future dates of either JSON kind read alike.
+    assert_eq!(verify(json!({"exp": 1e300})), Ok(()));
+    assert_eq!(verify(json!({"exp": u64::MAX})), Ok(()));
+}
+
+#[test]
+fn with_no_audience_configured_a_token_naming_one_is_refused() {
+    let f = fixture("noaud");
+    let mut s = settings(&f);
+    s.audiences.clear();
+    let auth = Authenticator::new(&s).expect("auth");
+    let with_aud = |aud: Option<Value>| {
+        let mut c = claims();
+        let c2 = c.as_object_mut().expect("obj");
+        match aud {
+            Some(a) => c2.insert("aud".into(), a),
+            None => c2.remove("aud"),
+        };
+        auth.verify(&f.es.sign(&c).expect("s"), NOW).map(|_| ())
+    };
+    // RFC 7519 §4.1.3: this service identifies with no audience, so a present `aud` is not
+    // for it.
+    assert_eq!(
+        with_aud(Some(json!("some-other-service"))),
+        Err(TokenError::WrongAudience)
+    );
+    assert_eq!(
+        with_aud(Some(json!(["a", "b"]))),
+        Err(TokenError::WrongAudience)
+    );
+    assert_eq!(with_aud(Some(json!([]))), Err(TokenError::WrongAudience));
+    assert_eq!(with_aud(None), Ok(()));
+}
+
+#[test]
 fn hmac_is_refused_without_configured_secret() {
     let f = fixture("nohmac");
     let mut s = settings(&f);
@@ -452,7 +604,7 @@ fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
     // A broken file is refused and the current keys stay.
     std::fs::write(f.dir.join("jwks.json"), "{ nope").expect("w");
     assert!(auth.reload_keys().is_err());
-    assert_eq!(auth.key_count(), 2, "rs + hmac");
+    assert_eq!(auth.key_count(), 3, "rs + two hmac");
     assert!(auth.verify(&f.rs.sign(&claims()).expect("s"), NOW).is_ok());
 }
 
