@@ -98,7 +98,9 @@ impl HostError {
 /// - When both are present (absolute-form, or HTTP/2 with `Host`) they must name the same host
 ///   ignoring ASCII case, one trailing dot and the port (→ [`HostError::AuthorityMismatch`]).
 ///   The port is ignored because it never selects a tenant, and `http://a/` with `Host: a:80`
-///   is one request. The `Host` value is returned; [`resolve_host`] validates it.
+///   is one request. The `Host` value is returned; [`resolve_host`] validates it. (Pingora,
+///   before the router, already refuses an HTTP/1 absolute-form authority that differs from
+///   `Host` in any byte; this check is the router's own, for whatever reaches it.)
 pub fn request_authority<'a>(
     host_headers: &[&'a [u8]],
     uri_authority: Option<&'a str>,

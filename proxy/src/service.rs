@@ -129,22 +129,18 @@ impl EdgeService {
         let host_headers = header_values(req, &http::header::HOST);
         let authorization = header_values(req, &http::header::AUTHORIZATION);
         let cookies = header_values(req, &http::header::COOKIE);
-        // Origin-form targets are taken raw (exactly as sent); an absolute-form target's
-        // path comes from the parsed URI (its authority is checked against Host in `decide`).
-        let raw = req.raw_path();
-        let raw_path = if raw.first() == Some(&b'/') {
-            std::str::from_utf8(raw).ok()
-        } else {
-            req.uri.path_and_query().map(|p| p.as_str())
+        let target = match request_target(req) {
+            Ok(target) => target,
+            Err(e) => return Err(RejectReason::BadPath(e)),
         };
-        match raw_path {
+        match target {
             None => Err(RejectReason::BadPath(crate::path::PathError::ControlChar)),
-            Some(target) => {
+            Some(path) => {
                 let facts = RequestFacts {
                     host_headers: &host_headers,
                     uri_authority: req.uri.authority().map(|a| a.as_str()),
                     is_http2: session.is_http2(),
-                    target,
+                    target: path,
                     authorization: &authorization,
                     cookies: &cookies,
                     now_unix: now_unix(),
@@ -163,6 +159,30 @@ impl EdgeService {
                 d
             }
         }
+    }
+}
+
+/// The request-target the decision reads: an origin-form target raw (exactly as sent), an
+/// `http(s)` absolute-form target's path from the parsed URI (Pingora has checked its
+/// authority against Host byte for byte). Any other form (authority-form, `*`, a bare word,
+/// another scheme) is refused: Pingora anchors those URIs to `/`, so read from the URI they
+/// would reach the instance as a request for its root that the client never made. `Ok(None)`:
+/// an origin-form target that is not UTF-8.
+fn request_target(
+    req: &pingora::http::RequestHeader,
+) -> std::result::Result<Option<&str>, crate::path::PathError> {
+    use pingora::protocols::http::authority::{
+        is_http_family_scheme, raw_target_authority, RawTargetAuthority,
+    };
+    let raw = req.raw_path();
+    if raw.first() == Some(&b'/') {
+        return Ok(std::str::from_utf8(raw).ok());
+    }
+    match raw_target_authority(raw) {
+        RawTargetAuthority::Absolute { scheme, .. } if is_http_family_scheme(scheme) => {
+            Ok(req.uri.path_and_query().map(|p| p.as_str()))
+        }
+        _ => Err(crate::path::PathError::NotOriginForm),
     }
 }
 

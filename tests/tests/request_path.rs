@@ -605,6 +605,27 @@ fn malformed_and_unknown_hosts() {
         "/x",
         "the instance gets an origin-form target"
     );
+    // Targets in neither form: Pingora reads each as `/`, and the instance must not get a
+    // request for its root that the client never sent (with the caller's identity).
+    for target in [
+        format!("{}:443", host("acme")),
+        "foo".to_owned(),
+        "mailto:x".to_owned(),
+        "foo:bar://x/admin".to_owned(),
+    ] {
+        for method in ["GET", "DELETE"] {
+            let r = send_raw(
+                addr,
+                format!(
+                    "{method} {target} HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
+                    host("acme")
+                )
+                .as_bytes(),
+            )
+            .expect("response");
+            assert_eq!(r.status, 400, "{method} {target}: {}", r.text());
+        }
+    }
     assert_eq!(w.a.hits() + w.b.hits(), 1);
 }
 
