@@ -899,11 +899,30 @@ fn records_written_by_hand_cannot_take_a_tenant_over_or_stop_the_feed() {
     let log = edge.log();
     assert!(log.contains(r#"names tenant "globex""#), "{log}");
 
+    // Keys a full load finds under the binding pattern that are no tenant's key: one whose
+    // last segment is initech's id, holding a record for initech with a higher revision
+    // than the real one, and one whose name is no UTF-8.
+    let mut squatter = binding("initech", &w.a.url(), "active", None);
+    squatter["revision"] = serde_json::json!(1000);
+    redis.cmd(&["SET", "nexus:binding:zed:initech", &squatter.to_string()]);
+    redis.cmd(&[
+        "EVAL",
+        "return redis.call('SET', KEYS[1] .. string.char(255), ARGV[1])",
+        "1",
+        "nexus:binding:",
+        "{}",
+    ]);
+
     // A replica that starts now loads the whole store: zed's record does not take globex
-    // over there either.
+    // over there either, nor the squatter initech, and the odd key name stops nothing.
     let fresh = replica(keys, &redis.url(), "replica-2", None).expect("replica");
     wait_instance(&fresh, keys, "initech", "instance-b");
     assert_eq!(instance_of(&fresh, keys, "globex"), None);
+    let log = fresh.log();
+    assert!(
+        log.contains("nexus:binding:zed:initech") && log.contains("no tenant's binding key"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -334,8 +334,10 @@ impl RedisStore {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         let mut interner = Interner::default();
+        let key_head = self.keys.binding("");
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            // Key names as bytes: one that is not UTF-8 is refused alone, never the load.
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(self.keys.binding_pattern())
@@ -347,7 +349,18 @@ impl RedisStore {
                 let values: Vec<Option<Vec<u8>>> =
                     redis::cmd("MGET").arg(&keys).query_async(con).await?;
                 for (key, value) in keys.iter().zip(values) {
-                    let tenant = key.rsplit(':').next().unwrap_or_default();
+                    let key = String::from_utf8_lossy(key);
+                    // The tenant is all of the key after `{prefix}:binding:`, and must be an
+                    // id: `nexus:binding:zed:acme` is no key of acme's (nor of anyone's), even
+                    // if the record in it says acme.
+                    let Some(tenant) = key
+                        .strip_prefix(key_head.as_str())
+                        .filter(|t| TenantId::parse(t).is_ok())
+                    else {
+                        tracing::warn!(key = %key, "key under the binding pattern is no tenant's binding key; ignored");
+                        self.health.add_rejected(1);
+                        continue;
+                    };
                     // MGET answers nil for a key that holds no string (or was deleted during
                     // the scan: its feed entry follows the load).
                     let parsed = value
