@@ -41,12 +41,22 @@ use crate::table::{BindingHandle, BindingTable};
 /// The demo bindings compiled into the binary (the no-config default).
 const DEMO_BINDINGS: &str = include_str!("../../deploy/demo/bindings.json");
 
-/// What identifies a version of the file without reading it.
+/// What identifies a version of the file without reading it: which file (a write by rename
+/// makes a new one), its length, and when its content and its inode last changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
-    modified: Option<SystemTime>,
+    file: (u64, u64),
     len: u64,
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
 }
+
+/// How long after a change a stamp is not trusted. File times move in clock ticks (a few
+/// milliseconds), so a second write of the same length within the tick of the one just read
+/// can leave every field of the stamp as it was; that version would never be read. Until
+/// the inode's change time is this far in the past, each check reads the file and compares
+/// its digest instead (as git does with "racily clean" entries).
+const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 /// Bindings in a JSON file (or the embedded demo set when there is no path).
 #[derive(Debug)]
@@ -54,8 +64,9 @@ pub struct FileStore {
     path: Option<PathBuf>,
     poll_interval: Duration,
     health: Arc<SyncHealth>,
-    /// Stamp and content digest of the version last loaded.
-    seen: Mutex<Option<(Stamp, [u8; 32])>>,
+    /// Stamp (when one can be trusted, see [`RACY_WINDOW`]) and content digest of the
+    /// version last loaded.
+    seen: Mutex<Option<(Option<Stamp>, [u8; 32])>>,
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -66,11 +77,25 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some(Stamp {
-        modified: m.modified().ok(),
+        file: (m.dev(), m.ino()),
         len: m.len(),
+        modified: m.modified().ok(),
+        changed: (m.ctime(), m.ctime_nsec()),
     })
+}
+
+/// `stamp`, if no write after it can go unseen: its inode changed at least [`RACY_WINDOW`]
+/// before `now` (any later write then sets a later change time).
+fn settled(stamp: Option<Stamp>, now: SystemTime) -> Option<Stamp> {
+    let stamp = stamp?;
+    let (secs, nanos) = stamp.changed;
+    let changed = u64::try_from(secs)
+        .ok()
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::new(s, u32::try_from(nanos).unwrap_or(0)))?;
+    (changed + RACY_WINDOW <= now).then_some(stamp)
 }
 
 impl FileStore {
@@ -177,7 +202,7 @@ impl FileStore {
             }
             false
         };
-        if let (Some(now), Some((before, _))) = (&now, &previous) {
+        if let (Some(now), Some((Some(before), _))) = (&now, &previous) {
             if now == before {
                 return unchanged();
             }
@@ -215,9 +240,10 @@ impl FileStore {
         }
     }
 
+    /// Remembers the version read (`stamp` taken before reading it) for the next check.
     fn remember(&self, stamp: Option<Stamp>, d: [u8; 32]) {
-        if let (Ok(mut g), Some(s)) = (self.seen.lock(), stamp) {
-            *g = Some((s, d));
+        if let Ok(mut g) = self.seen.lock() {
+            *g = Some((settled(stamp, SystemTime::now()), d));
         }
     }
 

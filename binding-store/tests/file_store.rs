@@ -192,6 +192,37 @@ fn reload_keeps_last_good_binding_of_an_invalid_record() {
 }
 
 #[test]
+fn a_same_length_rewrite_within_one_clock_tick_is_not_missed() {
+    // File times move in ticks of a few milliseconds: two writes of the same length in one
+    // tick can leave size and modification time as they were. The second write is made so
+    // here for certain, by setting its modification time back to the first's.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let doc = |url: &str| {
+        serde_json::json!({"format": "nexus-edge.bindings/v1", "bindings": [record("acme", url)]})
+            .to_string()
+    };
+    std::fs::write(&path, doc("http://10.0.0.1")).unwrap();
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let handle = BindingHandle::new(rt().block_on(store.initial_load()).unwrap());
+    let first = std::fs::metadata(&path).unwrap();
+
+    std::fs::write(&path, doc("http://10.0.0.2")).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_modified(first.modified().unwrap()).unwrap();
+    let second = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        (second.len(), second.modified().unwrap()),
+        (first.len(), first.modified().unwrap())
+    );
+
+    assert!(store.check_for_change(&handle), "the rewrite is read");
+    let t = handle.load();
+    assert_eq!(t.get("acme").unwrap().instance_url.host(), "10.0.0.2");
+    assert!(!store.check_for_change(&handle), "and then is unchanged");
+}
+
+#[test]
 fn embedded_demo_store_loads_and_is_read_only() {
     let store = FileStore::new(None, Duration::from_secs(1));
     let rt = rt();
