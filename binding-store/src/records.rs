@@ -201,7 +201,34 @@ pub(crate) fn contested_domains(bindings: &[Arc<Binding>]) -> Vec<(String, Vec<T
 /// contested domain; a store without an index passes none), else nobody. Every other
 /// claimant's record is refused: that tenant keeps its served binding, or stays unbound, as
 /// with any refused record. `origin` names the store in the log.
+///
+/// A served binding put back for a refused record can claim a domain again: B's old record
+/// still holds the domain C's new one now claims. So settling goes on, round by round, until
+/// no domain is claimed twice; in each later round the served binding's tenant holds the
+/// domain, so it keeps it, and the other claimant is put back in turn. Each round puts at
+/// least one more tenant back, so it ends.
 pub(crate) fn settle_contested(
+    bindings: Vec<Arc<Binding>>,
+    contested: &[(String, Vec<TenantId>)],
+    owners: &[Option<String>],
+    served: Option<&BindingTable>,
+    origin: &str,
+) -> Vec<Arc<Binding>> {
+    let mut kept = settle_round(bindings, contested, owners, served, origin);
+    // The bound only guards the argument above; a table built from what is left refuses any
+    // claim still doubled, as before.
+    for _ in 0..kept.len() {
+        let again = contested_domains(&kept);
+        if again.is_empty() {
+            break;
+        }
+        kept = settle_round(kept, &again, &[], served, origin);
+    }
+    kept
+}
+
+/// One round of [`settle_contested`].
+fn settle_round(
     bindings: Vec<Arc<Binding>>,
     contested: &[(String, Vec<TenantId>)],
     owners: &[Option<String>],

@@ -600,6 +600,53 @@ fn a_damaged_audit_entry_is_named_and_the_rest_of_the_history_kept() {
 }
 
 #[test]
+fn a_domain_handed_back_to_its_holder_is_settled_down_the_line() {
+    // Served: acme holds d1, globex d2, initech none. The file then: acme's record is
+    // refused (so acme keeps its served binding, with d1), globex moves to d1 and initech
+    // claims d2. Globex loses d1 to acme and keeps its served binding, which holds d2 again:
+    // so initech's claim is refused in turn, and initech keeps its served binding. Nobody is
+    // unbound.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let doc = |records: serde_json::Value| {
+        serde_json::json!({"format": "nexus-edge.bindings/v1", "bindings": records}).to_string()
+    };
+    let served = serde_json::json!([
+        with_domain("acme", "d1.example.com"),
+        with_domain("globex", "d2.example.com"),
+        record("initech", "http://10.0.0.1"),
+    ]);
+    write_atomically(&path, doc(served).as_bytes()).unwrap();
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let handle = BindingHandle::new(rt().block_on(store.initial_load()).unwrap());
+
+    let mut acme = with_domain("acme", "d1.example.com");
+    acme["status"] = serde_json::json!("sideways");
+    let mut globex = with_domain("globex", "d1.example.com");
+    globex["instance_url"] = serde_json::json!("http://10.0.0.2");
+    let mut initech = with_domain("initech", "d2.example.com");
+    initech["instance_url"] = serde_json::json!("http://10.0.0.3");
+    write_atomically(
+        &path,
+        doc(serde_json::json!([acme, globex, initech])).as_bytes(),
+    )
+    .unwrap();
+    store.check_for_change(&handle);
+
+    let t = handle.load();
+    assert_eq!(t.len(), 3, "nobody is unbound");
+    assert_eq!(
+        t.tenant_for_domain("d1.example.com").map(|t| t.as_str()),
+        Some("acme")
+    );
+    assert_eq!(
+        t.tenant_for_domain("d2.example.com").map(|t| t.as_str()),
+        Some("globex")
+    );
+    assert_eq!(t.get("initech").unwrap().instance_url.host(), "10.0.0.1");
+}
+
+#[test]
 fn a_reload_never_unbinds_a_tenant_it_cannot_account_for() {
     // From a served acme (with a custom domain) and globex, each file below is reloaded:
     // whether it is taken, and where acme and globex then go (None: unbound). Each case
