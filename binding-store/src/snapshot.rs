@@ -103,10 +103,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes `table`, followed under Redis key prefix `key_prefix`, atomically to `path`.
+/// Writes `table`, followed under Redis key prefix `key_prefix` up to feed revision
+/// `applied`, atomically to `path`.
 pub fn write_snapshot(
     path: &Path,
     table: &BindingTable,
+    applied: Revision,
     key_prefix: &str,
 ) -> Result<(), SnapshotError> {
     let io = |source| SnapshotError::Io {
@@ -125,7 +127,9 @@ pub fn write_snapshot(
         format: FORMAT.to_owned(),
         version: SNAPSHOT_VERSION,
         key_prefix: Some(key_prefix.to_owned()),
-        revision: table.revision().get(),
+        // What the replica applied, which a table built by a full load does not know: the
+        // revisions of deletes (and refused records) after the newest record it holds.
+        revision: table.revision().max(applied).get(),
         count: bindings.len(),
         written_at_ms: crate::source::now_unix_ms(),
         sha256: hex(ring::digest::digest(&ring::digest::SHA256, &body).as_ref()),
@@ -293,7 +297,7 @@ mod tests {
             read_snapshot(&path, "nexus"),
             Err(SnapshotError::Missing(_))
         ));
-        write_snapshot(&path, &table(10_000), "nexus").expect("write");
+        write_snapshot(&path, &table(10_000), Revision(0), "nexus").expect("write");
         let back = read_snapshot(&path, "nexus").expect("read");
         assert_eq!(back.len(), 10_000);
         assert_eq!(back.revision().get(), 10_000);

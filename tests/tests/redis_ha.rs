@@ -431,6 +431,42 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     );
 }
 
+#[test]
+fn a_replica_s_snapshot_restores_a_history_that_ended_in_a_delete() {
+    // The feed's last change is a delete, so no record holds the newest revision: a replica
+    // that loads the store whole applies revision 3 while its newest record is at 1. Its
+    // snapshot must say 3, the revision its heartbeats report, or a restore from it is
+    // refused as older than what the fleet serves.
+    let redis = RedisServer::start();
+    let url = format!("url = \"{}\"", redis.url());
+    let admin = Admin::new(&store(&url, "admin", ""));
+    let keys = TestKeys::new();
+    let a = Backend::start("instance-a");
+    admin.put(&binding("acme", &a.url(), "active", None));
+    admin.put(&binding("globex", &a.url(), "active", None));
+    admin.ok(&["delete", "globex"]);
+    let snaps = tempfile::tempdir().unwrap();
+    let snapshot = snaps.path().join("bindings.snapshot");
+    let tail = format!("snapshot_path = \"{}\"\n", snapshot.display());
+    let edge = replica(&keys, store(&url, "replica-d", &tail));
+    wait_instance(&edge, &keys, "acme", "instance-a");
+    wait::until(Duration::from_secs(10), "the snapshot", || {
+        snapshot.exists().then_some(())
+    });
+    let header = std::fs::read_to_string(&snapshot).unwrap();
+    let header: serde_json::Value = serde_json::from_str(header.lines().next().unwrap()).unwrap();
+    assert_eq!(header["revision"], 3, "{header}");
+
+    redis.cmd(&["FLUSHALL"]);
+    heartbeats(&redis, "replica-d", 1);
+    let out = admin.ok(&["import", snapshot.to_str().unwrap()]);
+    assert!(out.contains("imported 1 bindings"), "{out}");
+    assert_eq!(
+        instance_of(&edge, &keys, "acme").as_deref(),
+        Some("instance-a")
+    );
+}
+
 /// Global flag of `tenant`: write into a Redis that looks wiped.
 const NEW_HISTORY: &[&str] = &["--start-new-history"];
 

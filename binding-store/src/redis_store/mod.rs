@@ -590,14 +590,16 @@ impl RedisStore {
         &self.health
     }
 
-    /// Writes the snapshot off the async workers (if snapshots are on).
+    /// Writes the snapshot off the async workers (if snapshots are on), with the feed
+    /// revision applied so far: the one a restore from it is measured against.
     pub(crate) async fn snapshot(&self, table: Arc<BindingTable>) {
         let Some(path) = self.opts.snapshot_path.clone() else {
             return;
         };
         let prefix = self.opts.key_prefix.clone();
+        let applied = Revision(self.position().map_or(0, |p| p.revision));
         let r = tokio::task::spawn_blocking(move || {
-            crate::snapshot::write_snapshot(&path, &table, &prefix)
+            crate::snapshot::write_snapshot(&path, &table, applied, &prefix)
         })
         .await;
         match r {
