@@ -1002,3 +1002,54 @@ fn the_cli_changes_a_record_written_by_hand_with_spaced_json() {
     let out = admin.ok(&["set-status", "acme", "past_due", "--expect-revision", "1"]);
     assert!(out.contains("past_due"), "{out}");
 }
+
+#[test]
+fn the_cli_replaces_or_deletes_a_damaged_record() {
+    let World {
+        redis, admin, a, ..
+    } = World::start(&["acme", "globex", "initech"]);
+    let damaged = |tenant: &str, record: &str| {
+        redis.cmd(&[
+            "EVAL",
+            "return redis.call('SET', KEYS[1], ARGV[1])",
+            "1",
+            &format!("nexus:binding:{tenant}"),
+            record,
+        ]);
+    };
+    // A revision that is a string: damaged, so it reads as revision 0 for the CLI and the
+    // write script alike (they once read 0 and 5, and the write retried until it gave up).
+    damaged("acme", r#"{"tenant_id":"acme","revision":"5"}"#);
+    let (code, _, err) = admin.try_put(&[], &binding("acme", &a.url(), "past_due", None));
+    assert_eq!(code, 0, "{err}");
+    // A record that is no UTF-8 text: put and delete both read it as damaged.
+    redis.cmd(&[
+        "EVAL",
+        "return redis.call('SET', KEYS[1], '{\"tenant_id\":\"globex\",\"x\":\"' .. string.char(255) .. '\"}')",
+        "1",
+        "nexus:binding:globex",
+    ]);
+    let (code, _, err) = admin.tenant(&["get", "globex"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not UTF-8 text"), "{err}");
+    let (code, _, err) = admin.tenant(&["delete", "globex"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(redis.cmd(&["EXISTS", "nexus:binding:globex"]), "0");
+    // A record that fails validation is deleted too, not "not found".
+    damaged(
+        "initech",
+        r#"{"tenant_id":"initech","status":"sideways","revision":3}"#,
+    );
+    let (code, _, err) = admin.tenant(&["delete", "initech"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(redis.cmd(&["EXISTS", "nexus:binding:initech"]), "0");
+    let (code, _, err) = admin.tenant(&["delete", "initech"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not found") || err.contains("no binding"),
+        "{err}"
+    );
+    // Every change went through the script: revision, feed entry and audit entry each.
+    let out = admin.ok(&["history", "initech"]);
+    assert!(out.contains("delete"), "{out}");
+}

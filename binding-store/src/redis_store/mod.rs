@@ -736,6 +736,28 @@ pub(crate) fn check_key(binding: Binding, key_tenant: &str) -> Result<Binding, S
     }
 }
 
+/// A stored record's revision as `write.lua` reads it (its optimistic check compares this):
+/// the `revision` member of a JSON object when it is a whole number from 0 to 2^53, else 0,
+/// so a damaged record or one written by hand reads as 0 on both sides.
+fn record_revision(raw: &[u8]) -> u64 {
+    const MAX: u64 = 1 << 53;
+    let text = String::from_utf8_lossy(raw);
+    let Ok(serde_json::Value::Object(record)) = serde_json::from_str(&text) else {
+        return 0;
+    };
+    let Some(serde_json::Value::Number(n)) = record.get("revision") else {
+        return 0;
+    };
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f <= MAX as f64)
+                .map(|f| f as u64)
+        })
+        .filter(|r| *r <= MAX)
+        .unwrap_or(0)
+}
+
 pub(crate) fn parse_json_record(text: &str) -> Result<Binding, String> {
     parse_json_record_with(text, &mut Interner::default())
 }
@@ -885,12 +907,14 @@ impl BindingAdmin for RedisStore {
     async fn get(&self, tenant: &TenantId) -> Result<Option<Binding>, AdminError> {
         let mut con = self.admin_connection().await?;
         let key = self.keys.binding(tenant.as_str());
-        let text: Option<String> = match con.get(&key).await {
-            Ok(text) => text,
+        let raw: Option<Vec<u8>> = match con.get(&key).await {
+            Ok(raw) => raw,
             Err(e) => return Err(read_failure(&mut con, &key, e, "string").await),
         };
-        text.map(|t| {
-            parse_json_record(&t).map_err(|m| AdminError::Corrupt(format!("tenant {tenant}: {m}")))
+        raw.map(|r| {
+            record_text(&r)
+                .and_then(parse_json_record)
+                .map_err(|m| AdminError::Corrupt(format!("tenant {tenant}: {m}")))
         })
         .transpose()
     }
@@ -909,6 +933,9 @@ impl BindingAdmin for RedisStore {
         actor: &Actor,
     ) -> Result<(Revision, Option<Binding>), AdminError> {
         let mut con = self.admin_connection().await?;
+        // The record text the script last refused, with the revision it read there: should
+        // the two readings of one text ever differ, the next attempt goes by the script's.
+        let mut script_read: Option<(Vec<u8>, u64)> = None;
         // Read-modify-write with an optimistic check: without --expect-revision the script is
         // still told what we read, and a concurrent change makes us re-read and retry.
         for attempt in 0u64..200 {
@@ -921,27 +948,29 @@ impl BindingAdmin for RedisStore {
                 tokio::time::sleep(Duration::from_micros(micros)).await;
             }
             let key = self.keys.binding(tenant.as_str());
-            let text: Option<String> = match con.get(&key).await {
-                Ok(text) => text,
+            // As bytes: a record that is no UTF-8 text is a damaged one, to replace or delete.
+            let raw: Option<Vec<u8>> = match con.get(&key).await {
+                Ok(raw) => raw,
                 Err(e) => return Err(read_failure(&mut con, &key, e, "string").await),
             };
-            let current = match (&text, &mutation) {
+            let parsed = raw.as_deref().map(|r| {
+                record_text(r).and_then(parse_json_record).map_err(|msg| {
+                    AdminError::Corrupt(format!(
+                        "tenant {tenant}: {msg}; replace it with `tenant put` or remove it with \
+                         `tenant delete`"
+                    ))
+                })
+            });
+            let current = match (parsed, &mutation) {
                 (None, _) => None,
-                (Some(t), m) => match parse_json_record(t) {
-                    Ok(b) => Some(b),
-                    Err(_) if matches!(m, Mutation::Put(_) | Mutation::Delete) => None,
-                    Err(msg) => {
-                        return Err(AdminError::Corrupt(format!(
-                            "tenant {tenant}: {msg}; replace it with `tenant put`"
-                        )))
-                    }
-                },
+                (Some(Ok(b)), _) => Some(b),
+                (Some(Err(_)), Mutation::Put(_) | Mutation::Delete) => None,
+                (Some(Err(e)), _) => return Err(e),
             };
-            let read_rev = text
-                .as_deref()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-                .and_then(|v| v.get("revision").and_then(serde_json::Value::as_u64))
-                .unwrap_or(0);
+            let read_rev = match (&script_read, &raw) {
+                (Some((text, rev)), Some(now)) if text == now => *rev,
+                _ => raw.as_deref().map_or(0, record_revision),
+            };
             if let Some(e) = expect {
                 if e.get() != read_rev {
                     return Err(AdminError::Conflict {
@@ -953,16 +982,18 @@ impl BindingAdmin for RedisStore {
             }
             let op = op_name(&mutation);
             let now = time::OffsetDateTime::now_utc();
-            if matches!(mutation, Mutation::Delete) && text.is_none() {
-                return Err(AdminError::NotFound(tenant.clone()));
-            }
-            let next = mutate(
-                tenant,
-                current.as_ref(),
-                mutation.clone(),
-                Revision::ZERO,
-                now,
-            )?;
+            let next = match (&mutation, &raw, &current) {
+                (Mutation::Delete, None, _) => return Err(AdminError::NotFound(tenant.clone())),
+                // A damaged record: deleting it is how it is cleared.
+                (Mutation::Delete, Some(_), None) => None,
+                _ => mutate(
+                    tenant,
+                    current.as_ref(),
+                    mutation.clone(),
+                    Revision::ZERO,
+                    now,
+                )?,
+            };
             let at = now
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default();
@@ -1024,7 +1055,10 @@ impl BindingAdmin for RedisStore {
                                 actual: Revision(last_number(detail)),
                             });
                         }
-                        "CONFLICT" => continue,
+                        "CONFLICT" => {
+                            script_read = raw.map(|r| (r, last_number(detail)));
+                            continue;
+                        }
                         "RESTORING" => {
                             return Err(AdminError::Unavailable(
                                 "a restore import is writing to this Redis; try again when it \
@@ -1117,9 +1151,35 @@ impl BindingAdmin for RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use super::{cured_by_failover, script_error, wrong_type};
+    use super::{cured_by_failover, record_revision, script_error, wrong_type};
     use crate::admin::AdminError;
     use redis::{ErrorKind, RedisError};
+
+    #[test]
+    fn a_record_s_revision_is_read_as_the_write_script_reads_it() {
+        let cases: [(&[u8], u64); 12] = [
+            (br#"{"revision":7}"#, 7),
+            (br#"{ "revision" : 7 }"#, 7),
+            (br#"{"revision":7.0}"#, 7),
+            (br#"{"revision":9007199254740992}"#, 1 << 53),
+            (br#"{"revision":9007199254740993}"#, 0),
+            (br#"{"revision":1e300}"#, 0),
+            (br#"{"revision":"5"}"#, 0),
+            (br#"{"revision":-1}"#, 0),
+            (br#"{"revision":5.5}"#, 0),
+            (br#"{"revision":5"#, 0),
+            (br#"[5]"#, 0),
+            (b"{\"x\":\"\xff\",\"revision\":4}", 4),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                record_revision(raw),
+                want,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
 
     #[test]
     fn script_errors_are_read_by_code() {

@@ -58,18 +58,21 @@ if ARGV[7] ~= 'new-history' and not redis.call('GET', KEYS[2]) then
   end
 end
 local cur = redis.call('GET', KEYS[1])
+-- The current record's revision: its "revision" member when the record is a JSON object (a
+-- record written by hand may space its members) and the member a whole number from 0 to
+-- 2^53. Any other record, damaged or written by hand, reads as revision 0, as the admin CLI
+-- reads it, so the CLI can replace or delete it.
 local actual = 0
 if cur then
-  -- Read as JSON: a record written by hand may space its members ("revision": 2).
   local ok, old = pcall(cjson.decode, cur)
-  if ok and type(old) == 'table' and tonumber(old.revision) then
-    actual = tonumber(old.revision)
-  else
-    actual = tonumber(string.match(cur, '"revision"%s*:%s*(%d+)')) or 0
+  if ok and type(old) == 'table' and type(old.revision) == 'number'
+    and old.revision >= 0 and old.revision <= 9007199254740992
+    and old.revision == math.floor(old.revision) then
+    actual = old.revision
   end
 end
 if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= actual then
-  return redis.error_reply('CONFLICT ' .. actual)
+  return redis.error_reply('CONFLICT ' .. string.format('%.0f', actual))
 end
 if ARGV[3] == '' and not cur then
   return redis.error_reply('NOTFOUND')
