@@ -805,13 +805,16 @@ fn apply_locked(
         None => None,
         Some(i) => Some(parse_record(&doc.bindings[i]).map_err(|(_, m)| {
             AdminError::Corrupt(format!(
-                "the stored record of {tenant} is invalid ({m}); replace it with `tenant put`"
+                "the stored record of {tenant} is invalid ({m}); replace it with `tenant put` \
+                 or remove it with `tenant delete`"
             ))
         })),
     };
-    // A put may replace an invalid record; other operations need a valid one.
+    // A put may replace an invalid record, and a delete remove it; other operations need a
+    // valid one.
+    let clears_invalid = matches!((&current, &mutation), (Some(Err(_)), Mutation::Delete));
     let current = match (current, &mutation) {
-        (Some(Err(_)), Mutation::Put(_)) => None,
+        (Some(Err(_)), Mutation::Put(_) | Mutation::Delete) => None,
         (Some(Err(e)), _) => return Err(e),
         (Some(Ok(b)), _) => Some(b),
         (None, _) => None,
@@ -839,7 +842,11 @@ fn apply_locked(
     doc.revision = Some(revision.get());
     let (at, at_text) = now_rfc3339();
     let op = op_name(&mutation);
-    let next = mutate(tenant, current.as_ref(), mutation, revision, at)?;
+    let next = if clears_invalid {
+        None
+    } else {
+        mutate(tenant, current.as_ref(), mutation, revision, at)?
+    };
     if let Some(n) = &next {
         for other in doc.valid().iter().filter(|b| b.tenant_id != *tenant) {
             if let Some(d) = n.domains.iter().find(|d| other.domains.contains(d)) {

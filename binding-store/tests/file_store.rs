@@ -223,6 +223,45 @@ fn a_same_length_rewrite_within_one_clock_tick_is_not_missed() {
 }
 
 #[test]
+fn an_invalid_record_can_be_deleted_as_well_as_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let mut bad = record("globex", "http://10.0.0.9");
+    bad["status"] = serde_json::json!("sideways");
+    let doc = serde_json::json!({"format": "nexus-edge.bindings/v1",
+        "bindings": [record("acme", "http://10.0.0.1"), bad]});
+    write_atomically(&path, doc.to_string().as_bytes()).unwrap();
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let globex = TenantId::parse("globex").unwrap();
+    rt().block_on(async {
+        // Other changes need a valid record, and say how to get one.
+        let e = store
+            .apply(
+                &globex,
+                Mutation::SetStatus(TenantStatus::Active),
+                None,
+                &actor(),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("`tenant delete`"), "{e}");
+        let (_, after) = store
+            .apply(&globex, Mutation::Delete, None, &actor())
+            .await
+            .unwrap();
+        assert_eq!(after, None);
+        let history = store.history(&globex).await.unwrap();
+        assert_eq!(history.entries.len(), 1);
+        assert!(matches!(
+            store.apply(&globex, Mutation::Delete, None, &actor()).await,
+            Err(AdminError::NotFound(_))
+        ));
+    });
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("globex") && text.contains("acme"), "{text}");
+}
+
+#[test]
 fn embedded_demo_store_loads_and_is_read_only() {
     let store = FileStore::new(None, Duration::from_secs(1));
     let rt = rt();
