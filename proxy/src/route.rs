@@ -23,7 +23,7 @@ static X_ORG_ID: HeaderName = HeaderName::from_static("x-org-id");
 static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers [`rewrite_upstream_request`] sets: tenant, org, user, request id and the three
@@ -210,7 +210,7 @@ where
     I: DoubleEndedIterator<Item = &'a [u8]>,
 {
     let peer = peer?.to_canonical();
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let is_trusted = |ip: IpAddr| is_trusted_proxy(ip, trusted);
     if !is_trusted(peer) {
         let mut out = String::with_capacity(15);
         push_ip(&mut out, peer);
@@ -242,6 +242,38 @@ where
     }
     push_ip(&mut out, peer);
     Some(out)
+}
+
+/// Whether `peer` is one of `[server] trusted_proxies`.
+pub fn is_trusted_proxy(peer: IpAddr, trusted: &[nexus_config::IpNet]) -> bool {
+    let peer = peer.to_canonical();
+    trusted.iter().any(|net| net.contains(peer))
+}
+
+/// The `X-Forwarded-Proto` to send: `https` when the client's connection to the router is TLS;
+/// otherwise, from a trusted peer (a load balancer that ended TLS in front of the router), the
+/// scheme it names in its own `X-Forwarded-Proto` when that is one value, `http` or `https`
+/// (any case); else `http`. A client that is not behind a trusted peer cannot claim `https`.
+pub fn forwarded_proto<'a, I>(
+    tls: bool,
+    peer_trusted: bool,
+    client: impl FnOnce() -> I,
+) -> &'static str
+where
+    I: Iterator<Item = &'a [u8]>,
+{
+    if tls {
+        return "https";
+    }
+    if peer_trusted {
+        let mut values = client();
+        if let (Some(one), None) = (values.next(), values.next()) {
+            if one.trim_ascii().eq_ignore_ascii_case(b"https") {
+                return "https";
+            }
+        }
+    }
+    "http"
 }
 
 /// Appends an address in its usual text form. IPv4 (nearly every peer) is written digit by
@@ -602,6 +634,27 @@ mod tests {
             sane_request_id(std::iter::once(first.as_bytes())),
             Some(first.as_bytes())
         );
+    }
+
+    #[test]
+    fn forwarded_proto_table() {
+        let cases: [(bool, bool, &[&[u8]], &str); 8] = [
+            (true, false, &[b"http"], "https"),
+            (false, false, &[b"https"], "http"),
+            (false, true, &[b"https"], "https"),
+            (false, true, &[b" HTTPS "], "https"),
+            (false, true, &[b"http"], "http"),
+            (false, true, &[], "http"),
+            (false, true, &[b"https", b"https"], "http"),
+            (false, true, &[b"https,http"], "http"),
+        ];
+        for (tls, trusted, sent, want) in cases {
+            assert_eq!(
+                forwarded_proto(tls, trusted, || sent.iter().copied()),
+                want,
+                "{tls} {trusted} {sent:?}"
+            );
+        }
     }
 
     #[test]

@@ -419,15 +419,22 @@ impl ProxyHttp for EdgeService {
             &self.state.settings.server.trusted_proxies,
         );
         let host = forwarded_host(upstream_request.headers.get(http::header::HOST));
-        let proto = if session
+        let tls = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
-            .is_some()
-        {
-            "https"
-        } else {
-            "http"
-        };
+            .is_some();
+        let trusted = &self.state.settings.server.trusted_proxies;
+        let proto = crate::route::forwarded_proto(
+            tls,
+            !trusted.is_empty() && peer.is_some_and(|p| crate::route::is_trusted_proxy(p, trusted)),
+            || {
+                upstream_request
+                    .headers
+                    .get_all(&crate::route::X_FORWARDED_PROTO)
+                    .iter()
+                    .map(|v| v.as_bytes())
+            },
+        );
         let fwd = Forwarding {
             forwarded_for,
             proto,

@@ -897,7 +897,7 @@ fn spoofed_identity_headers_are_replaced() {
 }
 
 #[test]
-fn forwarded_for_is_kept_only_from_a_trusted_proxy() {
+fn forwarded_for_and_proto_are_kept_only_from_a_trusted_proxy() {
     // The test client connects from 127.0.0.1: a trusted load balancer here.
     let w = world_serving("trusted_proxies = [\"127.0.0.0/8\"]");
     let (keys, edge) = (&w.keys, &w.edge);
@@ -921,6 +921,32 @@ fn forwarded_for_is_kept_only_from_a_trusted_proxy() {
         xff(&[("X-Forwarded-For", "<script>, 198.51.100.2")]),
         ["198.51.100.2, 127.0.0.1"]
     );
+    // The balancer ended TLS: its scheme reaches the instance when it names one, plainly.
+    let proto = |sent: &[&str]| {
+        let mut headers = vec![("Authorization".to_owned(), format!("Bearer {token}"))];
+        headers.extend(
+            sent.iter()
+                .map(|v| ("X-Forwarded-Proto".to_owned(), (*v).to_owned())),
+        );
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let r = get(edge.addr, &host("acme"), "/", &headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        echoed_header(&r.json(), "x-forwarded-proto")
+    };
+    assert_eq!(proto(&["https"]), ["https"]);
+    assert_eq!(proto(&["HTTPS"]), ["https"]);
+    assert_eq!(proto(&["http"]), ["http"]);
+    assert_eq!(proto(&[]), ["http"]);
+    assert_eq!(
+        proto(&["https, http"]),
+        ["http"],
+        "a list names no one scheme"
+    );
+    assert_eq!(proto(&["https", "https"]), ["http"], "nor do two fields");
+    assert_eq!(proto(&["javascript"]), ["http"]);
 }
 
 #[test]
