@@ -1053,3 +1053,62 @@ fn the_cli_replaces_or_deletes_a_damaged_record() {
     let out = admin.ok(&["history", "initech"]);
     assert!(out.contains("delete"), "{out}");
 }
+
+#[test]
+fn wait_names_a_replica_that_refused_the_change() {
+    // The domain index was edited by hand: shop.example.com no longer names acme, though
+    // acme's record (and every replica's table) still holds it. A write giving it to globex
+    // passes the script's check, and the replica refuses it: the domain is acme's there.
+    // It applied the revision, but serves no binding for globex: --wait must say so, at
+    // once, not report the fleet on that revision.
+    let (w, edge) = World::followed(&["acme"]);
+    let World {
+        redis,
+        admin,
+        keys,
+        a,
+        ..
+    } = &w;
+    let mut acme = binding("acme", &a.url(), "active", None);
+    acme["domains"] = serde_json::json!(["shop.example.com"]);
+    admin.put(&acme);
+    wait::until(Duration::from_secs(10), "acme's domain", || {
+        (edge.revision() >= 2).then_some(())
+    });
+    redis.cmd(&["HDEL", "nexus:domains", "shop.example.com"]);
+    let mut globex = binding("globex", &a.url(), "active", None);
+    globex["domains"] = serde_json::json!(["shop.example.com"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("globex.json");
+    std::fs::write(&file, globex.to_string()).expect("write");
+    let (code, _, err) = admin.tenant(&[
+        "put",
+        file.to_str().expect("utf8"),
+        "--wait",
+        "--timeout",
+        "30s",
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "refused by replica-1 (refused globex's record; still serves no binding for it)"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("timed out"), "ended on the refusal: {err}");
+    assert_eq!(instance_of(&edge, keys, "globex"), None);
+    // `replicas` tells it too; a later change the replica applies clears it.
+    let list = nexus_e2e::edge::cli(&["replicas", "--config", admin.config.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("refused the records of: globex"), "{text}");
+    globex["domains"] = serde_json::json!([]);
+    std::fs::write(&file, globex.to_string()).expect("write");
+    let out = admin.ok(&[
+        "put",
+        file.to_str().expect("utf8"),
+        "--wait",
+        "--timeout",
+        "10s",
+    ]);
+    assert!(out.contains("1/1 replicas on revision 4"), "{out}");
+}

@@ -1,6 +1,7 @@
 //! Fleet-wide confirmation: every replica heartbeats the revision it has applied into one
 //! hash, so an admin can wait until every live replica has a change.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -23,7 +24,15 @@ struct Heartbeat {
     /// from older replicas' heartbeats.
     #[serde(default = "following_by_default")]
     following: bool,
+    /// Tenants whose latest record the replica refused, each with the revision of the binding
+    /// it still serves for them (0: none). Missing from older replicas' heartbeats.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    refused: BTreeMap<String, u64>,
 }
+
+/// Most refusals a heartbeat tells (it is rewritten every interval; a fleet with more
+/// refused records than this has a problem its logs and metrics already show).
+pub(crate) const MAX_TOLD_REFUSALS: usize = 256;
 
 fn following_by_default() -> bool {
     true
@@ -46,12 +55,21 @@ pub struct ReplicaStatus {
     /// (Redis lost its data, or a failover lost the last writes) and has not loaded this one.
     /// Its revisions say nothing about this history's, so it has applied none of them yet.
     pub other_history: bool,
+    /// Tenants whose latest record it refused, with the revision of the binding it still
+    /// serves for each (0: none).
+    pub refused: BTreeMap<String, u64>,
 }
 
 impl ReplicaStatus {
     /// Whether it serves `revision` of the store's current history.
     pub fn has_applied(&self, revision: u64) -> bool {
         self.applied_revision >= revision && !self.other_history
+    }
+
+    /// The binding revision it still serves for `tenant` when it refused `tenant`'s record
+    /// and so serves something older than `revision`.
+    pub fn refused_before(&self, tenant: &str, revision: u64) -> Option<u64> {
+        self.refused.get(tenant).copied().filter(|r| *r < revision)
     }
 }
 
@@ -66,6 +84,9 @@ pub struct WaitOutcome {
     pub revision: u64,
     /// Replicas still behind (or that went silent) when the wait ended.
     pub behind: Vec<String>,
+    /// Replicas that refused the tenant's record (each with the revision it still serves):
+    /// they will not apply it until the record is put right, so the wait ends at once.
+    pub refused: Vec<String>,
 }
 
 /// A replica silent for longer than this is no longer counted: 10 heartbeats and at least
@@ -87,6 +108,7 @@ pub(super) async fn heartbeat(
         interval_ms: store.opts().heartbeat_interval.as_millis() as u64,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         following,
+        refused: store.refusals(),
     };
     let json = serde_json::to_string(&hb).unwrap_or_default();
     let _: () = con
@@ -142,17 +164,22 @@ impl RedisStore {
                 // Said by the replica; or seen: the heartbeats were read before the counter,
                 // which only grows, so within one history no replica is ahead of it.
                 other_history: !hb.following || counter.is_some_and(|c| hb.applied_revision > c),
+                refused: hb.refused,
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 
-    /// Waits until every live replica has applied `revision`, or `timeout` passes. A replica
-    /// that goes silent during the wait stops being live and is reported in `behind`.
+    /// Waits until every live replica has applied `revision`, a change of `tenant`'s, or
+    /// `timeout` passes. A replica that goes silent during the wait stops being live and is
+    /// reported in `behind`. One that refused the tenant's record serves an older binding
+    /// whatever revision it reports: it is reported in `refused`, and the wait ends as soon
+    /// as no other replica is behind.
     pub async fn wait_for_revision(
         &self,
         revision: u64,
+        tenant: &str,
         timeout: Duration,
     ) -> Result<WaitOutcome, WaitOutcome> {
         let deadline = Instant::now() + timeout;
@@ -165,7 +192,26 @@ impl RedisStore {
                 }
             }
             let live: Vec<&ReplicaStatus> = replicas.iter().filter(|r| r.live).collect();
-            let applied = live.iter().filter(|r| r.has_applied(revision)).count();
+            let serves = |r: &ReplicaStatus| {
+                r.has_applied(revision) && r.refused_before(tenant, revision).is_none()
+            };
+            let applied = live.iter().filter(|r| serves(r)).count();
+            let refused: Vec<String> = live
+                .iter()
+                .filter(|r| r.has_applied(revision))
+                .filter_map(|r| {
+                    let at = r.refused_before(tenant, revision)?;
+                    Some(format!(
+                        "{} (refused {tenant}'s record; still serves {})",
+                        r.id,
+                        if at == 0 {
+                            "no binding for it".to_owned()
+                        } else {
+                            format!("its revision {at}")
+                        }
+                    ))
+                })
+                .collect();
             let mut behind: Vec<String> = live
                 .iter()
                 .filter(|r| !r.has_applied(revision))
@@ -188,9 +234,14 @@ impl RedisStore {
                 live: live.len(),
                 revision,
                 behind,
+                refused,
             };
             if outcome.behind.is_empty() && outcome.live > 0 {
-                return Ok(outcome);
+                return if outcome.refused.is_empty() {
+                    Ok(outcome)
+                } else {
+                    Err(outcome)
+                };
             }
             if Instant::now() >= deadline {
                 return Err(outcome);

@@ -437,18 +437,28 @@ async fn apply_entries(
                     None
                 }
             };
-            if let Some(change) = change {
-                let upsert = matches!(change, Change::Upsert(_));
-                match handle.apply(change) {
-                    Ok(_) => {}
-                    // Applied early from an older entry, or a delete a later entry carries:
-                    // benign. A stored record older than the one applied is not: within one
-                    // history revisions only move forward, so it was written by hand.
-                    Err(crate::error::ApplyError::Stale { have, got, .. })
-                        if !upsert || got >= have => {}
-                    Err(e) => {
-                        store.health_ref().add_rejected(1);
-                        tracing::warn!(error = %e, "binding change refused");
+            let serving = |h: &BindingHandle| {
+                h.load()
+                    .get(tenant.as_str())
+                    .map_or(0, |b| b.revision.get())
+            };
+            match change {
+                None => store.refused(tenant.as_str(), serving(handle)),
+                Some(change) => {
+                    let upsert = matches!(change, Change::Upsert(_));
+                    match handle.apply(change) {
+                        Ok(_) => store.accepted(tenant.as_str()),
+                        // Applied early from an older entry, or a delete a later entry
+                        // carries: benign. A stored record older than the one applied is
+                        // not: within one history revisions only move forward, so it was
+                        // written by hand.
+                        Err(crate::error::ApplyError::Stale { have, got, .. })
+                            if !upsert || got >= have => {}
+                        Err(e) => {
+                            store.health_ref().add_rejected(1);
+                            store.refused(tenant.as_str(), serving(handle));
+                            tracing::warn!(error = %e, "binding change refused");
+                        }
                     }
                 }
             }

@@ -19,6 +19,7 @@ mod fleet;
 mod follow;
 mod restore;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -169,6 +170,10 @@ pub struct RedisStore {
     script: redis::Script,
     health: Arc<SyncHealth>,
     position: Mutex<Option<FeedPosition>>,
+    /// Tenants whose latest record this replica refused, each with the revision of the
+    /// binding it still serves for them (0: none). Told in heartbeats, so `--wait` does not
+    /// count a replica that refused the very change it waits for.
+    refusals: Mutex<BTreeMap<String, u64>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -230,6 +235,7 @@ impl RedisStore {
             script: redis::Script::new(include_str!("write.lua")),
             health: Arc::new(SyncHealth::default()),
             position: Mutex::new(None),
+            refusals: Mutex::new(BTreeMap::new()),
             opts,
         })
     }
@@ -507,6 +513,8 @@ impl RedisStore {
             }
         }
         let (mut bindings, bad) = self.load_all(con).await?;
+        // The records as loaded: those that do not end up in the table were refused.
+        let loaded: Vec<Arc<Binding>> = bindings.clone();
         // Asked again after the scan, for a restore that began during it.
         if counter.is_none() && self.restore_started(con).await? {
             return Err(LoadError::RestoreUnderWay);
@@ -542,6 +550,22 @@ impl RedisStore {
         for e in &refused {
             tracing::warn!(error = %e, "binding refused on load");
         }
+        let serving = |t: &str| table.get(t).map_or(0, |b| b.revision.get());
+        let refusals: BTreeMap<String, u64> = loaded
+            .iter()
+            .filter(|b| {
+                !table
+                    .get(b.tenant_id.as_str())
+                    .is_some_and(|t| Arc::ptr_eq(t, b))
+            })
+            .map(|b| b.tenant_id.to_string())
+            .chain(bad.iter().cloned())
+            .map(|t| {
+                let r = serving(&t);
+                (t, r)
+            })
+            .collect();
+        self.set_refusals(refusals);
         // Every change up to the counter is in the scan; the feed continues after `head`.
         // Writes through the schema put no entry past the counter: one that claims more was
         // written by hand, and is not believed (it would make every later write look old and
@@ -576,6 +600,41 @@ impl RedisStore {
 
     pub(crate) fn position(&self) -> Option<FeedPosition> {
         self.position.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Notes that `tenant`'s record was refused, the replica serving `serving` (its binding's
+    /// revision, 0 for none) for it meanwhile.
+    pub(crate) fn refused(&self, tenant: &str, serving: u64) {
+        if let Ok(mut g) = self.refusals.lock() {
+            g.insert(tenant.to_owned(), serving);
+        }
+    }
+
+    /// Notes that a change of `tenant`'s was applied: it serves the store's record again.
+    pub(crate) fn accepted(&self, tenant: &str) {
+        if let Ok(mut g) = self.refusals.lock() {
+            g.remove(tenant);
+        }
+    }
+
+    /// The refusals of a table loaded whole: they replace every earlier note.
+    fn set_refusals(&self, refusals: BTreeMap<String, u64>) {
+        if let Ok(mut g) = self.refusals.lock() {
+            *g = refusals;
+        }
+    }
+
+    /// The refusals to tell in a heartbeat: at most [`fleet::MAX_TOLD_REFUSALS`].
+    pub(crate) fn refusals(&self) -> BTreeMap<String, u64> {
+        self.refusals
+            .lock()
+            .map(|g| {
+                g.iter()
+                    .take(fleet::MAX_TOLD_REFUSALS)
+                    .map(|(t, r)| (t.clone(), *r))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub(crate) fn opts(&self) -> &RedisOptions {

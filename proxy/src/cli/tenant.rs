@@ -283,7 +283,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                         None => println!("{t} deleted at revision {rev}"),
                     }
                     match wait {
-                        Some(w) if w.wait => wait_fleet(store, rev, w.timeout, json).await,
+                        Some(w) if w.wait => wait_fleet(store, &t, rev, w.timeout, json).await,
                         _ => ExitCode::SUCCESS,
                     }
                 }
@@ -491,11 +491,19 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
     }
 }
 
-async fn wait_fleet(store: &Store, rev: Revision, timeout: Duration, json: bool) -> ExitCode {
+async fn wait_fleet(
+    store: &Store,
+    tenant: &TenantId,
+    rev: Revision,
+    timeout: Duration,
+    json: bool,
+) -> ExitCode {
     let Store::Redis(redis) = store else {
         return fail("--wait needs the Redis store (a file store has no fleet to confirm)");
     };
-    let result = redis.wait_for_revision(rev.get(), timeout).await;
+    let result = redis
+        .wait_for_revision(rev.get(), tenant.as_str(), timeout)
+        .await;
     let (ok, o) = match result {
         Ok(o) => (true, o),
         Err(o) => (false, o),
@@ -507,6 +515,15 @@ async fn wait_fleet(store: &Store, rev: Revision, timeout: Duration, json: bool)
             "{}/{} replicas on revision {}",
             o.applied, o.live, o.revision
         );
+    } else if !o.refused.is_empty() && o.behind.is_empty() {
+        eprintln!(
+            "nexus-edge: {}/{} live replicas serve revision {}; refused by {} (see their logs: \
+             they keep serving the binding named until the record is put right)",
+            o.applied,
+            o.live,
+            o.revision,
+            o.refused.join(", ")
+        );
     } else {
         eprintln!(
             "nexus-edge: timed out after {}: {}/{} live replicas on revision {}; behind: {}",
@@ -517,7 +534,12 @@ async fn wait_fleet(store: &Store, rev: Revision, timeout: Duration, json: bool)
             if o.behind.is_empty() {
                 "no live replica".to_owned()
             } else {
-                o.behind.join(", ")
+                o.behind
+                    .iter()
+                    .chain(&o.refused)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         );
     }
@@ -571,6 +593,10 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
                             ""
                         }
                     );
+                    if !r.refused.is_empty() {
+                        let tenants: Vec<&str> = r.refused.keys().map(String::as_str).collect();
+                        println!("{:<40} refused the records of: {}", "", tenants.join(", "));
+                    }
                 }
             }
             ExitCode::SUCCESS
