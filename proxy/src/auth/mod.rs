@@ -79,6 +79,14 @@ impl Authenticator {
     pub fn new(settings: &AuthSettings) -> Result<Self, AuthSetupError> {
         let (text, origin) = read_source(&settings.jwks)?;
         let keys = KeySet::load(&text, &origin, &settings.hmac_keys, 1)?;
+        if settings.audiences.is_empty() {
+            // Said once at start: with an issuer that names an audience in every token,
+            // every request would be refused, and the reason would only show per request.
+            tracing::warn!(
+                "[auth] audiences is empty: a token that carries an aud claim is refused (it \
+                 names some other service, RFC 7519 §4.1.3); list this service's audience"
+            );
+        }
         Ok(Self {
             source: settings.jwks.clone(),
             hmac: settings.hmac_keys.clone(),
