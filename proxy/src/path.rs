@@ -16,6 +16,11 @@
 //! - a dot-segment carrying parameters (`..;x`, `.;`, `%2e%2e%3b`) is refused: servlet
 //!   containers (Tomcat, Jetty, Spring) drop `;` parameters and then resolve the `..`, so
 //!   `/billing/..;/api` is `/api` to them while it is under `/billing` to any RFC reading;
+//! - a segment that is one or two dots followed by encoded blanks (`..%20`, `.%09`), or spelled
+//!   with a Unicode dot (`%EF%BC%8E%EF%BC%8E`, fullwidth; the one-dot leader and small full
+//!   stop too), is refused: Windows path handling drops trailing blanks and Unicode
+//!   normalisation (NFKC) makes those dots `.`, so an instance doing either reads a `..` that
+//!   the rules above never saw: `/login/..%20/admin` would leave a public prefix;
 //! - dot-segments are removed (RFC 3986 §5.2.4) after decoding, so `%2e%2e` counts as `..`;
 //!   `..` at the root stays at the root (RFC 3986 behaviour, not an error: `/../x` can only
 //!   ever mean `/x`, so refusing it would add a failure mode without closing a hole);
@@ -48,6 +53,9 @@ pub enum PathError {
     /// `..;x` or `.;x`: a dot-segment with parameters, `..` to a servlet container.
     #[error("dot-segment with parameters")]
     DotSegmentParameters,
+    /// `..%20`, `%EF%BC%8E%EF%BC%8E`: a segment some servers read as a dot-segment.
+    #[error("segment that some servers read as a dot-segment")]
+    DotSegmentLookalike,
     /// `%` not followed by two hex digits.
     #[error("malformed percent-encoding")]
     InvalidPercent,
@@ -66,6 +74,7 @@ impl PathError {
             PathError::Backslash => "backslash",
             PathError::ControlChar => "control_char",
             PathError::DotSegmentParameters => "dot_segment_parameters",
+            PathError::DotSegmentLookalike => "dot_segment_lookalike",
             PathError::InvalidPercent => "invalid_percent",
             PathError::TooLong => "too_long",
         }
@@ -161,10 +170,13 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
             }
             b'\\' => return Err(PathError::Backslash),
             _ if !is_path_char(c) => return Err(PathError::ControlChar),
-            b'/' if matches!(b.get(i + 1), Some(b'.' | b'%'))
-                && is_dot_segment_with_parameters(&b[i + 1..]) =>
-            {
-                return Err(PathError::DotSegmentParameters)
+            b'/' if matches!(b.get(i + 1), Some(b'.' | b'%')) => {
+                if is_dot_segment_with_parameters(&b[i + 1..]) {
+                    return Err(PathError::DotSegmentParameters);
+                }
+                if is_dot_segment_lookalike(&b[i + 1..]) {
+                    return Err(PathError::DotSegmentLookalike);
+                }
             }
             b'/' if b.get(i + 1) == Some(&b'/') => needs_work = true,
             b'.' if (i == 0 || b[i - 1] == b'/') && is_dot_segment(&b[i..]) => needs_work = true,
@@ -243,6 +255,52 @@ fn is_dot_segment_with_parameters(s: &[u8]) -> bool {
     matches!(dots, 1 | 2) && (rest.first() == Some(&b';') || escaped_byte(rest) == Some(b';'))
 }
 
+/// UTF-8 of the dots NFKC turns into `.`: fullwidth full stop (U+FF0E), one dot leader
+/// (U+2024), small full stop (U+FE52).
+const UNICODE_DOTS: [[u8; 3]; 3] = [[0xEF, 0xBC, 0x8E], [0xE2, 0x80, 0xA4], [0xEF, 0xB9, 0x92]];
+
+/// True if the segment at the start of `s` is one or two dots, at least one of them a
+/// percent-encoded Unicode dot, or one or two dots followed by percent-encoded blanks (space,
+/// tab, vertical tab, form feed) only: a dot-segment to a server that normalises Unicode or
+/// trims blanks. Plain `.` and `..` (raw or `%2e`) are not: they are resolved here.
+fn is_dot_segment_lookalike(s: &[u8]) -> bool {
+    let end = s.iter().position(|&c| c == b'/').unwrap_or(s.len());
+    let mut rest = &s[..end];
+    let (mut dots, mut unicode) = (0, false);
+    loop {
+        if let Some(r) = rest.strip_prefix(b".") {
+            rest = r;
+        } else if escaped_byte(rest) == Some(b'.') {
+            rest = &rest[3..];
+        } else if let Some(r) = unicode_dot(rest) {
+            rest = r;
+            unicode = true;
+        } else {
+            break;
+        }
+        dots += 1;
+    }
+    if !matches!(dots, 1 | 2) {
+        return false;
+    }
+    let mut blanks = 0;
+    while let Some(b'\t' | b' ' | 0x0B | 0x0C) = escaped_byte(rest) {
+        rest = &rest[3..];
+        blanks += 1;
+    }
+    rest.is_empty() && (unicode || blanks > 0)
+}
+
+/// `s` after a percent-encoded Unicode dot at its start (any hex case), if it starts with one.
+fn unicode_dot(s: &[u8]) -> Option<&[u8]> {
+    let bytes = [
+        escaped_byte(s)?,
+        escaped_byte(s.get(3..)?)?,
+        escaped_byte(s.get(6..)?)?,
+    ];
+    UNICODE_DOTS.contains(&bytes).then(|| &s[9..])
+}
+
 /// Segment-aware prefix test for public, recovery and API prefixes.
 ///
 /// `/billing` matches `/billing`, `/billing/` and `/billing/x`, not `/billingx`. A prefix that
@@ -310,6 +368,12 @@ mod tests {
             ("/a.;b", "/a.;b"),
             ("/;/..", "/"),
             ("/billing;x/../api", "/api"),
+            // Blanks or Unicode dots elsewhere are ordinary.
+            ("/a/..%20x", "/a/..%20x"),
+            ("/a/%20..", "/a/%20.."),
+            ("/a/...%20", "/a/...%20"),
+            ("/a/%EF%BC%8Ex", "/a/%EF%BC%8Ex"),
+            ("/a/%20", "/a/%20"),
         ];
         for (raw, want) in ok {
             assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
@@ -352,6 +416,20 @@ mod tests {
             ("/billing/..%3b", PathError::DotSegmentParameters),
             ("/%62illing/..;/x", PathError::DotSegmentParameters),
             ("/..;", PathError::DotSegmentParameters),
+            ("/login/..%20/admin", PathError::DotSegmentLookalike),
+            ("/login/.%20/x", PathError::DotSegmentLookalike),
+            ("/billing/%2e%2e%20%09/api", PathError::DotSegmentLookalike),
+            ("/billing/..%0c", PathError::DotSegmentLookalike),
+            (
+                "/billing/%EF%BC%8E%EF%BC%8E/api",
+                PathError::DotSegmentLookalike,
+            ),
+            ("/billing/.%ef%bc%8e/api", PathError::DotSegmentLookalike),
+            (
+                "/billing/%E2%80%A4%E2%80%A4",
+                PathError::DotSegmentLookalike,
+            ),
+            ("/billing/%EF%B9%92/api", PathError::DotSegmentLookalike),
             ("http://a.x/b", PathError::NotOriginForm),
             ("a.x:443", PathError::NotOriginForm),
         ];
@@ -393,6 +471,7 @@ mod tests {
             Backslash,
             ControlChar,
             DotSegmentParameters,
+            DotSegmentLookalike,
             InvalidPercent,
             TooLong,
         ];

@@ -193,11 +193,14 @@ fn custom_domain_and_public_paths() {
         let r = get(w.edge.addr, &host("globex"), path, &[]);
         assert_eq!(r.status, 401, "{path}");
     }
-    // `..;` is `..` to servlet containers, which would see `/admin`: refused outright.
+    // `..;` is `..` to servlet containers, which would see `/admin`: refused outright. So are
+    // `..` with trailing blanks (Windows trims them) and Unicode dots (NFKC makes them `.`).
     for path in [
         "/login/..;/admin",
         "/assets/.;/../api",
         "/login/%2e%2e%3b/admin",
+        "/login/..%20/admin",
+        "/login/%EF%BC%8E%EF%BC%8E/admin",
     ] {
         let r = get(w.edge.addr, &host("globex"), path, &[]);
         assert_eq!(r.status, 400, "{path}");
@@ -1008,6 +1011,8 @@ fn status_policy_for_every_state() {
         "/billing/..;/api",
         "/billing/%2e%2e;/api",
         "/billing/..%3B/api",
+        "/billing/..%20/api",
+        "/billing/%EF%BC%8E%EF%BC%8E/api",
     ] {
         let r = get_with_token(addr, &host("susp"), blocked, &t("susp"));
         assert!(
