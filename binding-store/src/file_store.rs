@@ -164,6 +164,8 @@ impl FileStore {
             }
         }
         let mut bindings = parsed.bindings;
+        // The file's valid records: those that do not end up in the table were refused.
+        let from_file = bindings.clone();
         for p in &parsed.problems {
             tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; the tenant keeps its last good binding");
             if let (Some(tenant), Some(table)) = (p.tenant_id(), current) {
@@ -175,8 +177,6 @@ impl FileStore {
             }
         }
         let contested = contested_domains(&bindings);
-        // Counted once per contested domain: at least one claimant's record was refused.
-        let refused_claims = contested.len();
         if !contested.is_empty() {
             bindings = settle_contested(bindings, &contested, &[], current, "file");
         }
@@ -184,8 +184,16 @@ impl FileStore {
         for e in &refused {
             tracing::warn!(file = %self.origin(), error = %e, "binding refused");
         }
+        let not_taken = from_file
+            .iter()
+            .filter(|b| {
+                !table
+                    .get(b.tenant_id.as_str())
+                    .is_some_and(|t| Arc::ptr_eq(t, b))
+            })
+            .count();
         self.health
-            .add_rejected((parsed.problems.len() + refused_claims + refused.len()) as u64);
+            .add_rejected((parsed.problems.len() + not_taken) as u64);
         Ok(table)
     }
 

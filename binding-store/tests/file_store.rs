@@ -683,6 +683,7 @@ fn a_domain_handed_back_to_its_holder_is_settled_down_the_line() {
         Some("globex")
     );
     assert_eq!(t.get("initech").unwrap().instance_url.host(), "10.0.0.1");
+    assert_eq!(store.health().rejected_records(), 3, "each tenant's record");
 }
 
 #[test]

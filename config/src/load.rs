@@ -456,12 +456,12 @@ fn auth(
     })
 }
 
-/// `[[auth.hmac_keys]]`: `kid`, `alg` (HS256 when left out) and exactly one of `secret_env` /
-/// `secret_file`. HMAC is off unless a key is configured here; secrets never come from the
-/// JWKS file.
 /// The fields of one `[[auth.hmac_keys]]` table.
 const HMAC_KEY_FIELDS: &[&str] = &["kid", "alg", "secret_env", "secret_file"];
 
+/// `[[auth.hmac_keys]]`: `kid`, `alg` (HS256 when left out) and exactly one of `secret_env` /
+/// `secret_file`. HMAC is off unless a key is configured here; secrets never come from the
+/// JWKS file.
 fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<HmacKey> {
     let Some(v) = s.raw("hmac_keys") else {
         return Vec::new();
@@ -492,7 +492,8 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
                 .find(|(k, _)| k.get_ref().as_ref() == n)
                 .and_then(|(_, v)| v.get_ref().as_str().map(str::to_owned))
         };
-        for (k, _) in t.iter() {
+        let mut mistyped = false;
+        for (k, v) in t.iter() {
             let n = k.get_ref().as_ref();
             if !HMAC_KEY_FIELDS.contains(&n) {
                 p.push(
@@ -500,7 +501,18 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
                     Some(k.span().start),
                     unknown_message(n, HMAC_KEY_FIELDS),
                 );
+            } else if v.get_ref().as_str().is_none() {
+                // Not taken as absent: `alg = 512` must not become the default.
+                p.push(
+                    format!("{key}.{n}"),
+                    Some(k.span().start),
+                    "must be a string",
+                );
+                mistyped = true;
             }
+        }
+        if mistyped {
+            continue;
         }
         let Some(kid) = field("kid").filter(|k| !k.is_empty()) else {
             p.push(format!("{key}.kid"), at, "is required");

@@ -85,7 +85,8 @@ pub struct AuthSettings {
     pub hmac_keys: Vec<HmacKey>,
     /// Accepted `iss` values; empty = `iss` not checked.
     pub issuers: Vec<String>,
-    /// Accepted `aud` values (token `aud` may be a string or an array); empty = not checked.
+    /// Accepted `aud` values (token `aud` may be a string or an array); empty: a token must
+    /// carry no `aud` (one that does is meant for another service, RFC 7519 §4.1.3).
     pub audiences: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway: Duration,

@@ -207,7 +207,7 @@ fn hmac_keys_come_from_env_or_file_and_must_be_long() {
     std::fs::write(dir.join("secret"), "0123456789abcdef0123456789abcdef\n").expect("write");
     std::fs::write(dir.join("short"), "short").expect("write");
     let text = format!(
-        "{MINIMAL}\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"b\"\nsecret_file = \"short\"\n\n[[auth.hmac_keys]]\nkid = \"c\"\nsecret_env = \"NEXUS_TEST_SURELY_UNSET_VAR\"\n\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"d\"\nalg = \"HS512\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"e\"\nalg = \"RS256\"\nsecret_file = \"secret\"\n"
+        "{MINIMAL}\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"b\"\nsecret_file = \"short\"\n\n[[auth.hmac_keys]]\nkid = \"c\"\nsecret_env = \"NEXUS_TEST_SURELY_UNSET_VAR\"\n\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"d\"\nalg = \"HS512\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"e\"\nalg = \"RS256\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"f\"\nalg = 512\nsecret_file = \"secret\"\n"
     );
     let ps = match parse_str(&text, &dir.join("edge.toml")) {
         Err(ConfigError::Invalid { problems, .. }) => problems,
@@ -238,6 +238,11 @@ fn hmac_keys_come_from_env_or_file_and_must_be_long() {
     assert!(
         ps.iter()
             .any(|p| p.key == "auth.hmac_keys[5].alg" && p.message.contains("\"RS256\"")),
+        "{ps:?}"
+    );
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "auth.hmac_keys[6].alg" && p.message == "must be a string"),
         "{ps:?}"
     );
     assert!(

@@ -163,9 +163,9 @@ impl EdgeService {
 }
 
 /// The request-target the decision reads: an origin-form target raw (exactly as sent), an
-/// `http(s)` absolute-form target's path from the parsed URI (Pingora has checked its
-/// authority against Host byte for byte). Any other form (authority-form, `*`, a bare word,
-/// another scheme) is refused: Pingora anchors those URIs to `/`, so read from the URI they
+/// absolute-form target of the HTTP family (`http(s)`, `ws(s)`)'s path from the parsed URI
+/// (Pingora has checked its authority against Host byte for byte). Any other form
+/// (authority-form, `*`, a bare word, another scheme) is refused: Pingora anchors those URIs to `/`, so read from the URI they
 /// would reach the instance as a request for its root that the client never made. `Ok(None)`:
 /// an origin-form target that is not UTF-8.
 fn request_target(

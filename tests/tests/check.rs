@@ -28,6 +28,9 @@ fn check_says_what_serve_would_refuse_or_drop() {
     let keys = doubled["keys"].as_array_mut().unwrap();
     let twin = keys[0].clone();
     keys.push(twin);
+    // The RSA key without its alg: it then verifies RS256 only, which check says.
+    let rsa = keys.iter_mut().find(|k| k["kty"] == "RSA").unwrap();
+    rsa.as_object_mut().unwrap().remove("alg");
     std::fs::write(dir.path().join("jwks.json"), doubled.to_string()).unwrap();
     let mut bindings: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{demo}/bindings.json")).unwrap())
@@ -49,6 +52,19 @@ fn check_says_what_serve_would_refuse_or_drop() {
         out.contains("warning: binding record refused") && out.contains("zombie"),
         "{out}"
     );
+    assert!(
+        out.contains("note: auth.jwks_file: kid")
+            && out.contains("has no alg, so it verifies RS256 only"),
+        "{out}"
+    );
+    assert!(!out.contains("auth.audiences"), "{out}");
+    // No audience configured: valid, but every token naming one would be refused.
+    let (code, out) = check(
+        dir.path(),
+        &config("bindings.json").replace("[store]", "audiences = []\n[store]"),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warning: auth.audiences: empty"), "{out}");
 
     // Public paths that open every path, or the API, are valid and worth a second look.
     for (paths, says) in [

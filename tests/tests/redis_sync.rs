@@ -1035,6 +1035,22 @@ fn the_cli_replaces_or_deletes_a_damaged_record() {
     let (code, _, err) = admin.tenant(&["delete", "globex"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(redis.cmd(&["EXISTS", "nexus:binding:globex"]), "0");
+    // A revision cjson reads and serde_json does not (a leading zero): the CLI retries with
+    // the script's reading.
+    damaged("acme", r#"{"tenant_id":"acme","revision":05}"#);
+    let (code, _, err) = admin.try_put(&[], &binding("acme", &a.url(), "active", None));
+    assert_eq!(code, 0, "{err}");
+    // A damaged record does not say which custom domains it held: deleting it frees the
+    // ones the index gives it.
+    let mut initech = binding("initech", &a.url(), "active", None);
+    initech["domains"] = serde_json::json!(["shop.example.com"]);
+    admin.put(&initech);
+    damaged("initech", r#"{"tenant_id":"initech","domains":["shop.exa"#);
+    admin.ok(&["delete", "initech"]);
+    assert_eq!(redis.cmd(&["HLEN", "nexus:domains"]), "0");
+    let mut globex = binding("globex", &a.url(), "active", None);
+    globex["domains"] = serde_json::json!(["shop.example.com"]);
+    admin.put(&globex);
     // A record that fails validation is deleted too, not "not found".
     damaged(
         "initech",

@@ -28,6 +28,9 @@ struct Heartbeat {
     /// it still serves for them (0: none). Missing from older replicas' heartbeats.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     refused: BTreeMap<String, u64>,
+    /// It refused more tenants' records than `refused` lists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    refused_more: bool,
 }
 
 /// Most refusals a heartbeat tells (it is rewritten every interval; a fleet with more
@@ -58,6 +61,9 @@ pub struct ReplicaStatus {
     /// Tenants whose latest record it refused, with the revision of the binding it still
     /// serves for each (0: none).
     pub refused: BTreeMap<String, u64>,
+    /// It refused more records than `refused` lists: for a tenant not listed, nobody can
+    /// tell from here whether it serves the tenant's latest record.
+    pub refused_more: bool,
 }
 
 impl ReplicaStatus {
@@ -66,10 +72,14 @@ impl ReplicaStatus {
         self.applied_revision >= revision && !self.other_history
     }
 
-    /// The binding revision it still serves for `tenant` when it refused `tenant`'s record
-    /// and so serves something older than `revision`.
-    pub fn refused_before(&self, tenant: &str, revision: u64) -> Option<u64> {
-        self.refused.get(tenant).copied().filter(|r| *r < revision)
+    /// When it refused `tenant`'s record and so serves something older than `revision`:
+    /// `Some(Some(r))` with the binding revision it still serves (0: none), `Some(None)` when
+    /// its heartbeat could not list every refusal and does not list this tenant.
+    pub fn refused_before(&self, tenant: &str, revision: u64) -> Option<Option<u64>> {
+        match self.refused.get(tenant) {
+            Some(r) => (*r < revision).then_some(Some(*r)),
+            None => self.refused_more.then_some(None),
+        }
     }
 }
 
@@ -102,13 +112,15 @@ pub(super) async fn heartbeat(
     applied: u64,
     following: bool,
 ) -> redis::RedisResult<()> {
+    let (refused, refused_more) = store.refusals();
     let hb = Heartbeat {
         applied_revision: applied,
         at_ms: now_unix_ms(),
         interval_ms: store.opts().heartbeat_interval.as_millis() as u64,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         following,
-        refused: store.refusals(),
+        refused,
+        refused_more,
     };
     let json = serde_json::to_string(&hb).unwrap_or_default();
     let _: () = con
@@ -165,6 +177,7 @@ impl RedisStore {
                 // which only grows, so within one history no replica is ahead of it.
                 other_history: !hb.following || counter.is_some_and(|c| hb.applied_revision > c),
                 refused: hb.refused,
+                refused_more: hb.refused_more,
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -200,16 +213,20 @@ impl RedisStore {
                 .iter()
                 .filter(|r| r.has_applied(revision))
                 .filter_map(|r| {
-                    let at = r.refused_before(tenant, revision)?;
-                    Some(format!(
-                        "{} (refused {tenant}'s record; still serves {})",
-                        r.id,
-                        if at == 0 {
-                            "no binding for it".to_owned()
-                        } else {
-                            format!("its revision {at}")
-                        }
-                    ))
+                    Some(match r.refused_before(tenant, revision)? {
+                        Some(0) => format!(
+                            "{} (refused {tenant}'s record; still serves no binding for it)",
+                            r.id
+                        ),
+                        Some(at) => format!(
+                            "{} (refused {tenant}'s record; still serves its revision {at})",
+                            r.id
+                        ),
+                        None => format!(
+                            "{} (refused more records than its heartbeat lists; see its log)",
+                            r.id
+                        ),
+                    })
                 })
                 .collect();
             let mut behind: Vec<String> = live
@@ -248,5 +265,36 @@ impl RedisStore {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(refused: &[(&str, u64)], refused_more: bool) -> ReplicaStatus {
+        ReplicaStatus {
+            id: "r1".to_owned(),
+            applied_revision: 10,
+            last_seen_ms: 0,
+            live: true,
+            lag: 0,
+            other_history: false,
+            refused: refused.iter().map(|(t, r)| ((*t).to_owned(), *r)).collect(),
+            refused_more,
+        }
+    }
+
+    #[test]
+    fn a_refusal_counts_only_against_a_newer_change_of_that_tenant() {
+        let r = replica(&[("acme", 4), ("globex", 0)], false);
+        assert_eq!(r.refused_before("acme", 7), Some(Some(4)));
+        assert_eq!(r.refused_before("acme", 4), None, "it serves revision 4");
+        assert_eq!(r.refused_before("globex", 7), Some(Some(0)));
+        assert_eq!(r.refused_before("initech", 7), None);
+        // A heartbeat that could not list every refusal vouches for no tenant it leaves out.
+        let r = replica(&[("acme", 4)], true);
+        assert_eq!(r.refused_before("initech", 7), Some(None));
+        assert_eq!(r.refused_before("acme", 7), Some(Some(4)));
     }
 }

@@ -624,15 +624,18 @@ impl RedisStore {
         }
     }
 
-    /// The refusals to tell in a heartbeat: at most [`fleet::MAX_TOLD_REFUSALS`].
-    pub(crate) fn refusals(&self) -> BTreeMap<String, u64> {
+    /// The refusals to tell in a heartbeat (at most [`fleet::MAX_TOLD_REFUSALS`]), and
+    /// whether there are more.
+    pub(crate) fn refusals(&self) -> (BTreeMap<String, u64>, bool) {
         self.refusals
             .lock()
             .map(|g| {
-                g.iter()
+                let told = g
+                    .iter()
                     .take(fleet::MAX_TOLD_REFUSALS)
                     .map(|(t, r)| (t.clone(), *r))
-                    .collect()
+                    .collect();
+                (told, g.len() > fleet::MAX_TOLD_REFUSALS)
             })
             .unwrap_or_default()
     }
@@ -795,9 +798,10 @@ pub(crate) fn check_key(binding: Binding, key_tenant: &str) -> Result<Binding, S
     }
 }
 
-/// A stored record's revision as `write.lua` reads it (its optimistic check compares this):
-/// the `revision` member of a JSON object when it is a whole number from 0 to 2^53, else 0,
-/// so a damaged record or one written by hand reads as 0 on both sides.
+/// A stored record's revision, read by the rule `write.lua` follows (its optimistic check
+/// compares this): the `revision` member of a JSON object when it is a whole number from 0 to
+/// 2^53, else 0, so a damaged record reads as 0 on both sides. (Where the script's JSON
+/// reader takes a number this one does not, the write goes by the script's.)
 fn record_revision(raw: &[u8]) -> u64 {
     const MAX: u64 = 1 << 53;
     let text = String::from_utf8_lossy(raw);
@@ -1214,14 +1218,17 @@ mod tests {
     use crate::admin::AdminError;
     use redis::{ErrorKind, RedisError};
 
+    /// The rule `write.lua` follows too. Its JSON reader (Redis's cjson) also takes a few
+    /// numbers serde_json refuses (`05`, `0x10`) and rounds integers past 2^53 to doubles;
+    /// for those the two readings differ and the write retries with the script's (the e2e
+    /// test `the_cli_replaces_or_deletes_a_damaged_record` puts one through real Redis).
     #[test]
-    fn a_record_s_revision_is_read_as_the_write_script_reads_it() {
-        let cases: [(&[u8], u64); 12] = [
+    fn a_record_s_revision_reading() {
+        let cases: [(&[u8], u64); 11] = [
             (br#"{"revision":7}"#, 7),
             (br#"{ "revision" : 7 }"#, 7),
             (br#"{"revision":7.0}"#, 7),
             (br#"{"revision":9007199254740992}"#, 1 << 53),
-            (br#"{"revision":9007199254740993}"#, 0),
             (br#"{"revision":1e300}"#, 0),
             (br#"{"revision":"5"}"#, 0),
             (br#"{"revision":-1}"#, 0),

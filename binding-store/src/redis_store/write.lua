@@ -54,7 +54,7 @@ if ARGV[7] ~= 'new-history' and not redis.call('GET', KEYS[2]) then
     end
   end
   if served > 0 then
-    return redis.error_reply('WIPED ' .. served)
+    return redis.error_reply('WIPED ' .. string.format('%.0f', served))
   end
 end
 local cur = redis.call('GET', KEYS[1])
@@ -102,6 +102,20 @@ if cur then
         redis.call('HDEL', KEYS[5], d)
       end
     end
+  elseif not (ok and type(old) == 'table') then
+    -- A damaged record does not say which domains it held: the index is searched for the
+    -- tenant's instead (a scan, but only when such a record is replaced or deleted), so none
+    -- stays claimed by a record that is gone.
+    local cursor = '0'
+    repeat
+      local page = redis.call('HSCAN', KEYS[5], cursor, 'COUNT', 1000)
+      cursor = page[1]
+      for i = 1, #page[2], 2 do
+        if page[2][i + 1] == ARGV[1] then
+          redis.call('HDEL', KEYS[5], page[2][i])
+        end
+      end
+    until cursor == '0'
   end
 end
 

@@ -26,6 +26,9 @@ pub(crate) struct KeySet {
     pub(crate) digest: [u8; 32],
     /// Keys left out, each with why (a duplicate `kid`, an unsupported or broken key).
     pub(crate) skipped: Vec<String>,
+    /// RSA keys without `alg`, which verify RS256 only (a key set that signs PS256 or RS512
+    /// with them must say so): told at load and by `check`.
+    pub(crate) rs256_by_default: Vec<String>,
 }
 
 impl KeySet {
@@ -58,19 +61,17 @@ impl KeySet {
                 .and_then(Value::as_str)
                 .map_or_else(|| format!("keys[{i}]"), |k| format!("kid {k:?}"));
             match parse_jwk(jwk) {
-                Ok(key) => match key.kid.clone() {
-                    Some(kid) => {
-                        let same_kid = set.by_kid.entry(kid).or_default();
-                        if same_kid.iter().any(|k| k.alg == key.alg) {
-                            skipped.push(format!("{name}: duplicate kid for {}", key.alg.name()));
-                        } else {
-                            same_kid.push(Arc::new(key));
-                        }
-                    }
-                    None => set.anonymous.push(Arc::new(key)),
-                },
+                Ok(key) if jwk.get("alg").is_none() && key.alg == Algorithm::RS256 => {
+                    set.rs256_by_default.push(name.clone());
+                    set.insert(key, &name, &mut skipped);
+                }
+                Ok(key) => set.insert(key, &name, &mut skipped),
                 Err(reason) => skipped.push(format!("{name}: {reason}")),
             }
+        }
+        if !set.rs256_by_default.is_empty() {
+            tracing::info!(source = origin, keys = %set.rs256_by_default.join(", "),
+                "RSA keys without alg verify RS256 only");
         }
         for h in hmac {
             if set.by_kid.contains_key(&h.kid) {
@@ -94,6 +95,21 @@ impl KeySet {
         }
         set.skipped = skipped;
         Ok(set)
+    }
+
+    /// Adds a parsed JWKS key; a second key with the same `kid` and algorithm is skipped.
+    fn insert(&mut self, key: VerifyKey, name: &str, skipped: &mut Vec<String>) {
+        match key.kid.clone() {
+            Some(kid) => {
+                let same_kid = self.by_kid.entry(kid).or_default();
+                if same_kid.iter().any(|k| k.alg == key.alg) {
+                    skipped.push(format!("{name}: duplicate kid for {}", key.alg.name()));
+                } else {
+                    same_kid.push(Arc::new(key));
+                }
+            }
+            None => self.anonymous.push(Arc::new(key)),
+        }
     }
 
     /// Number of usable keys.

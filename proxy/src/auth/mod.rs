@@ -129,6 +129,11 @@ impl Authenticator {
         self.keys.load().skipped.clone()
     }
 
+    /// RSA keys of the current set that have no `alg`, and so verify RS256 only.
+    pub fn rs256_by_default(&self) -> Vec<String> {
+        self.keys.load().rs256_by_default.clone()
+    }
+
     /// The session cookie that may carry tokens.
     pub fn session_cookie(&self) -> Option<&str> {
         self.session_cookie.as_deref()

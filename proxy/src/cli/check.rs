@@ -43,6 +43,12 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
                     path.display()
                 );
             }
+            for k in auth.rs256_by_default() {
+                eprintln!(
+                    "{}: note: auth.jwks_file: {k} has no alg, so it verifies RS256 only",
+                    path.display()
+                );
+            }
             Some(auth.key_count())
         }
         Err(e) => {
@@ -50,6 +56,13 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             None
         }
     };
+    if settings.auth.audiences.is_empty() {
+        eprintln!(
+            "{}: warning: auth.audiences: empty, so every token that carries an aud claim is \
+             refused (RFC 7519 §4.1.3); list this service's audience",
+            path.display()
+        );
+    }
     for w in public_path_warnings(&settings.tenancy) {
         eprintln!("{}: warning: tenancy.public_paths: {w}", path.display());
     }
