@@ -904,3 +904,33 @@ fn apply_locked(
     }
     Ok((revision, next))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_is_trusted_only_once_its_change_time_has_settled() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, "one").expect("write");
+        let s = stamp(&path).expect("stamp");
+        let changed =
+            SystemTime::UNIX_EPOCH + Duration::new(s.changed.0 as u64, s.changed.1 as u32);
+        assert_eq!(
+            settled(Some(s.clone()), changed + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            settled(Some(s.clone()), changed + RACY_WINDOW),
+            Some(s.clone())
+        );
+        // A write by rename is another file, whatever its size and times.
+        let tmp = dir.path().join("g");
+        std::fs::write(&tmp, "two").expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+        let after = stamp(&path).expect("stamp");
+        assert_ne!(after.file, s.file);
+        assert_ne!(after, s);
+    }
+}
