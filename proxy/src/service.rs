@@ -245,6 +245,14 @@ fn header_values<'a>(
         .collect()
 }
 
+/// The values of every `name` field, as bytes.
+fn header_bytes<'a>(
+    headers: &'a http::HeaderMap,
+    name: &http::HeaderName,
+) -> impl DoubleEndedIterator<Item = &'a [u8]> {
+    headers.get_all(name).iter().map(|v| v.as_bytes())
+}
+
 /// Maps a proxying error to the rejection the client sees.
 fn upstream_failure(e: &Error) -> RejectReason {
     match e.etype() {
@@ -407,33 +415,22 @@ impl ProxyHttp for EdgeService {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let client = &upstream_request.headers;
+        let trusted = &self.state.settings.server.trusted_proxies;
         let forwarded_for = crate::route::forwarded_for(
             peer,
-            || {
-                upstream_request
-                    .headers
-                    .get_all(&crate::route::X_FORWARDED_FOR)
-                    .iter()
-                    .map(|v| v.as_bytes())
-            },
-            &self.state.settings.server.trusted_proxies,
+            || header_bytes(client, &crate::route::X_FORWARDED_FOR),
+            trusted,
         );
-        let host = forwarded_host(upstream_request.headers.get(http::header::HOST));
+        let host = forwarded_host(client.get(http::header::HOST));
         let tls = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
             .is_some();
-        let trusted = &self.state.settings.server.trusted_proxies;
         let proto = crate::route::forwarded_proto(
             tls,
             !trusted.is_empty() && peer.is_some_and(|p| crate::route::is_trusted_proxy(p, trusted)),
-            || {
-                upstream_request
-                    .headers
-                    .get_all(&crate::route::X_FORWARDED_PROTO)
-                    .iter()
-                    .map(|v| v.as_bytes())
-            },
+            || header_bytes(client, &crate::route::X_FORWARDED_PROTO),
         );
         let fwd = Forwarding {
             forwarded_for,

@@ -64,6 +64,19 @@ fn claims() -> Value {
     json!({ "iss": "https://id.test", "aud": "nexus", "sub": "u1", "exp": NOW + 600, "iat": NOW, "tenant_id": "acme", "org_id": "org-1" })
 }
 
+/// The test claims with `patch` applied: a `null` member removes the claim.
+fn claims_with(patch: Value) -> Value {
+    let mut c = claims();
+    for (k, v) in patch.as_object().expect("obj") {
+        if v.is_null() {
+            c.as_object_mut().expect("obj").remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
 fn b64(s: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(s)
 }
@@ -238,17 +251,7 @@ fn keys_of_different_types_may_share_a_kid() {
 fn refusals() {
     let f = fixture("refusals");
     let auth = Authenticator::new(&settings(&f)).expect("auth");
-    let with = |patch: Value| {
-        let mut c = claims();
-        for (k, v) in patch.as_object().expect("obj") {
-            if v.is_null() {
-                c.as_object_mut().expect("obj").remove(k);
-            } else {
-                c[k] = v.clone();
-            }
-        }
-        c
-    };
+    let with = claims_with;
     let rsa_pub_der = {
         let rsa =
             ring::signature::RsaKeyPair::from_pkcs8(pem::parse(RS_PEM).expect("pem").contents())
@@ -468,11 +471,8 @@ fn time_claims_round_toward_refusal_and_may_precede_the_epoch() {
     let f = fixture("numericdate");
     let auth = Authenticator::new(&settings(&f)).expect("auth");
     let verify = |patch: Value| {
-        let mut c = claims();
-        for (k, v) in patch.as_object().expect("obj") {
-            c[k] = v.clone();
-        }
-        auth.verify(&f.es.sign(&c).expect("s"), NOW).map(|_| ())
+        auth.verify(&f.es.sign(&claims_with(patch)).expect("s"), NOW)
+            .map(|_| ())
     };
     // Leeway is 30 s. A token valid from NOW + 30.5 is not valid at NOW + 0.9 (the clock
     // reads whole seconds): its `nbf` counts as NOW + 31, not NOW + 30.
@@ -503,12 +503,7 @@ fn with_no_audience_configured_a_token_naming_one_is_refused() {
     s.audiences.clear();
     let auth = Authenticator::new(&s).expect("auth");
     let with_aud = |aud: Option<Value>| {
-        let mut c = claims();
-        let c2 = c.as_object_mut().expect("obj");
-        match aud {
-            Some(a) => c2.insert("aud".into(), a),
-            None => c2.remove("aud"),
-        };
+        let c = claims_with(json!({ "aud": aud }));
         auth.verify(&f.es.sign(&c).expect("s"), NOW).map(|_| ())
     };
     // RFC 7519 §4.1.3: this service identifies with no audience, so a present `aud` is not
