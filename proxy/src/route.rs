@@ -225,7 +225,7 @@ where
             if kept.len() == MAX_FORWARDED_HOPS {
                 break 'walk;
             }
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            let Some(ip) = hop_address(hop.trim()) else {
                 break 'walk;
             };
             let ip = ip.to_canonical();
@@ -242,6 +242,15 @@ where
     }
     push_ip(&mut out, peer);
     Some(out)
+}
+
+/// The address of one `X-Forwarded-For` entry: an address, or an address with the port the
+/// balancer saw it from (`203.0.113.7:51234`, `[2001:db8::1]:443`; Azure Application Gateway
+/// writes these); the port is dropped.
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// Whether `peer` is one of `[server] trusted_proxies`.
@@ -722,6 +731,20 @@ mod tests {
                 &lb,
                 Some("2001:db8::1, 10.1.2.3"),
             ),
+            // Entries with the port the balancer saw: the address is kept, the port dropped.
+            (
+                ip("10.1.2.3"),
+                &[b"6.6.6.6, 203.0.113.7:51234"],
+                &lb,
+                Some("203.0.113.7, 10.1.2.3"),
+            ),
+            (
+                ip("10.1.2.3"),
+                &[b"[2001:db8::1]:443, 10.9.9.9:80"],
+                &lb,
+                Some("2001:db8::1, 10.9.9.9, 10.1.2.3"),
+            ),
+            (ip("10.1.2.3"), &[b"203.0.113.7:x"], &lb, Some("10.1.2.3")),
         ];
         for (peer, client, trusted, want) in cases {
             let got = forwarded_for(*peer, || client.iter().copied(), trusted);
