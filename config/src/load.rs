@@ -207,9 +207,19 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
         .integer("threads", 1, 1024, p)
         .map_or(d.threads, |n| n as usize);
     // Both shutdown phases: from nothing up to ten minutes.
-    let mut shutdown_phase = |key| s.duration(key, Duration::ZERO, Duration::from_secs(600), p);
-    let shutdown_delay = shutdown_phase("shutdown_delay").unwrap_or(d.shutdown_delay);
-    let shutdown_grace = shutdown_phase("shutdown_grace").unwrap_or(d.shutdown_grace);
+    let phase_max = Duration::from_secs(600);
+    let shutdown_delay = s
+        .duration("shutdown_delay", Duration::ZERO, phase_max, p)
+        .unwrap_or(d.shutdown_delay);
+    let shutdown_grace = s
+        .whole_seconds(
+            "shutdown_grace",
+            Duration::ZERO,
+            phase_max,
+            "Pingora counts the grace period in seconds",
+            p,
+        )
+        .unwrap_or(d.shutdown_grace);
     let keepalive_timeout = s
         .duration("keepalive_timeout", Duration::from_secs(1), MAX_TIMEOUT, p)
         .unwrap_or(d.keepalive_timeout);
@@ -271,19 +281,45 @@ fn check_domain(s: &str) -> Result<String, String> {
     }
 }
 
-/// A path prefix used by the policy: plain, already-normal text.
+/// A path prefix used by the policy: plain, already-normal text, so that it can match a
+/// normalised request path. Only bytes a path may hold raw (RFC 3986 `pchar` and `/`): a
+/// request path holding `{`, `|` or `"` is refused before any prefix is compared, so a prefix
+/// with one would never match. No dot-segments, with or without parameters (`..;x`: refused
+/// in requests too).
 fn check_prefix(s: &str) -> Result<String, String> {
+    let path_char = |c: u8| c.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&c);
+    let dot_segment = |seg: &str| {
+        let dots = seg.split(';').next().unwrap_or(seg);
+        dots == "." || dots == ".."
+    };
     let ok = s.starts_with('/')
         && !s.contains("//")
-        && !s.split('/').any(|seg| seg == "." || seg == "..")
-        && s.bytes()
-            .all(|c| c.is_ascii_graphic() && !matches!(c, b'%' | b'?' | b'#' | b'\\'));
+        && !s.split('/').any(dot_segment)
+        && s.bytes().all(path_char);
     if ok {
         Ok(s.to_owned())
     } else {
         Err(format!(
-            "{s:?} must start with '/' and contain no '//', dot segments, '%', '?', '#' or '\\\\'"
+            "{s:?} must start with '/' and hold only letters, digits and -._~!$&'()*+,;=:@ \
+             between single slashes, no dot segments"
         ))
+    }
+}
+
+/// The Redis key prefix: not empty, and free of what Redis's `SCAN MATCH` reads as a pattern
+/// (`*`, `?`, `[`, `]`, `\`), since the bindings are found by `{prefix}:binding:*`.
+fn check_key_prefix(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    match s
+        .chars()
+        .find(|c| matches!(c, '*' | '?' | '[' | ']' | '\\'))
+    {
+        Some(c) => Err(format!(
+            "{s:?} holds {c:?}, which Redis key patterns read as a wildcard"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -394,7 +430,13 @@ fn auth(
         .strings("audiences", p, |v| Ok(v.to_owned()))
         .unwrap_or_else(|| d.audiences.clone());
     let leeway = s
-        .duration("leeway", Duration::ZERO, Duration::from_secs(300), p)
+        .whole_seconds(
+            "leeway",
+            Duration::ZERO,
+            Duration::from_secs(300),
+            "token times are whole seconds",
+            p,
+        )
         .unwrap_or(d.leeway);
     let claim = |v: &str| {
         if v.is_empty() {
@@ -659,9 +701,16 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
         Some(("redis", _)) => {
             let endpoint = redis_endpoint(&mut s, p);
             let tls = redis_tls(&mut s, base, endpoint.as_ref(), p);
-            let key_prefix = s
-                .string("key_prefix", p)
-                .map_or_else(|| "nexus".to_owned(), |(v, _)| v);
+            let key_prefix = match s.string("key_prefix", p) {
+                None => Some("nexus".to_owned()),
+                Some((v, at)) => match check_key_prefix(&v) {
+                    Ok(()) => Some(v),
+                    Err(e) => {
+                        p.push("store.key_prefix", Some(at), e);
+                        None
+                    }
+                },
+            };
             let snapshot_path = s.path("snapshot_path", base, p);
             let reconcile_interval = s
                 .duration(
@@ -683,7 +732,7 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
                 .string("replica_id", p)
                 .map(|(v, _)| v)
                 .filter(|v| !v.is_empty());
-            endpoint.map(|endpoint| {
+            endpoint.zip(key_prefix).map(|(endpoint, key_prefix)| {
                 StoreSettings::Redis(RedisStoreSettings {
                     endpoint,
                     tls,
@@ -701,9 +750,14 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
                 Some(at),
                 format!("unknown store kind {other:?}; expected \"file\" or \"redis\""),
             );
-            None
+            s.finish_unjudged();
+            return None;
         }
-        None => None,
+        // Which keys belong depends on the kind: none is called unknown without one.
+        None => {
+            s.finish_unjudged();
+            return None;
+        }
     };
     s.finish(p);
     result.filter(|_| p.list.len() == before)
@@ -750,7 +804,13 @@ fn redis_endpoint(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<Redis
         }
         (None, true) => sentinel_settings(&mut sentinel, p).map(RedisEndpointSettings::Sentinel),
     };
-    sentinel.finish(p);
+    // Read only when it is the endpoint: beside a url its keys are not called unknown (the
+    // problem is that it is there at all).
+    if endpoint.is_none() && s.raw("url").is_some() {
+        sentinel.finish_unjudged();
+    } else {
+        sentinel.finish(p);
+    }
     endpoint
 }
 

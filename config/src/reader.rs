@@ -40,9 +40,14 @@ impl<'t> Problems<'t> {
         offset: Option<usize>,
         message: impl Into<String>,
     ) {
-        let line = offset.map(|o| self.line_of(o));
+        let key = key.into();
+        // Without an offset (a key that is missing, or a problem between keys): the line of
+        // the key, or of the nearest enclosing table the file has.
+        let line = offset
+            .map(|o| self.line_of(o))
+            .or_else(|| crate::load::key_line(self.text, &key));
         self.list.push(Problem {
-            key: key.into(),
+            key,
             line,
             message: message.into(),
         });
@@ -250,6 +255,32 @@ impl<'a, 'i> Section<'a, 'i> {
         }
     }
 
+    /// A duration that must be whole seconds: for settings whose consumer counts seconds
+    /// (Pingora's grace period, token times), where a fraction would be cut off unseen.
+    pub(crate) fn whole_seconds(
+        &mut self,
+        k: &'static str,
+        min: Duration,
+        max: Duration,
+        why: &str,
+        p: &mut Problems<'_>,
+    ) -> Option<Duration> {
+        let at = self.raw(k).map(|v| v.span().start);
+        let d = self.duration(k, min, max, p)?;
+        if d.subsec_nanos() == 0 {
+            return Some(d);
+        }
+        p.push(
+            self.key(k),
+            at,
+            format!(
+                "{} is not whole seconds ({why})",
+                humantime::format_duration(d)
+            ),
+        );
+        None
+    }
+
     pub(crate) fn socket_addr(
         &mut self,
         k: &'static str,
@@ -338,6 +369,10 @@ impl<'a, 'i> Section<'a, 'i> {
     }
 
     /// Reports every key of the section that no reader asked for.
+    /// Ends the section without judging the keys not read: for a section whose kind could
+    /// not be told, where no key can be called unknown.
+    pub(crate) fn finish_unjudged(self) {}
+
     pub(crate) fn finish(self, p: &mut Problems<'_>) {
         let Some(t) = self.table else { return };
         for (k, _) in t.iter() {

@@ -515,3 +515,65 @@ fn a_file_that_is_not_utf8_is_named_with_its_line() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn values_the_router_could_only_misread_are_refused() {
+    // Whole seconds where the consumer counts seconds: "999ms" of grace would be 0 s.
+    let ps = problems(
+        "[server]\nshutdown_grace = \"999ms\"\n[auth]\njwks_file = \"k.json\"\nleeway = \"500ms\"\n[store]\nkind = \"file\"\npath = \"b.json\"\n",
+    );
+    has(&ps, "server.shutdown_grace", 2, "not whole seconds");
+    has(&ps, "auth.leeway", 5, "not whole seconds");
+    // A prefix with a byte no request path holds raw could never match.
+    let ps = problems(&format!(
+        "{MINIMAL}\n[tenancy]\nrecovery_paths = [\"/billing{{x}}\", \"/a/..;x/b\"]\napi_prefix = \"/api|v1/\"\n"
+    ));
+    assert_eq!(
+        ps.iter()
+            .filter(|p| p.key.starts_with("tenancy.recovery_paths") || p.key == "tenancy.api_prefix")
+            .count(),
+        3,
+        "{ps:#?}"
+    );
+    // A key prefix Redis would read as a pattern.
+    let ps = problems(&format!(
+        "{AUTH}[store]\nkind = \"redis\"\nurl = \"redis://x\"\nkey_prefix = \"edge[eu]\"\n"
+    ));
+    has(&ps, "store.key_prefix", 6, "wildcard");
+    let ok = parse_str(
+        &format!("[server]\nshutdown_grace = \"2s\"\n{MINIMAL}\n[tenancy]\nrecovery_paths = [\"/billing\", \"/admin/re-covery;v=1\"]\n"),
+        Path::new("/etc/nexus/edge.toml"),
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn problems_without_a_value_still_have_a_line_and_no_spurious_unknown_keys() {
+    // A [store] without kind: said once, at the section; its keys are not called unknown.
+    let ps = problems("[auth]\njwks_file = \"k.json\"\n[store]\npath = \"b.json\"\n");
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    has(&ps, "store.kind", 3, "required");
+    // url and [store.sentinel] both: one problem, at the url.
+    let ps = problems(&format!(
+        "{AUTH}[store]\nkind = \"redis\"\nurl = \"redis://x\"\n[store.sentinel]\nmaster_name = \"m\"\nnodes = [\"redis://a:1\"]\n"
+    ));
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    has(&ps, "store.url", 5, "not both");
+    // Rules between keys are said at a key's line.
+    let ps = problems(
+        &format!("{MINIMAL}\n[auth]\ntenant_claim = \"t\"\norg_claim = \"t\"\n")
+            .replacen("[auth]\njwks_file = \"keys/jwks.json\"\n", "", 1)
+            .replacen("[auth]\n", "[auth]\njwks_file = \"k.json\"\n", 1),
+    );
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "auth.org_claim" && p.line.is_some()),
+        "{ps:#?}"
+    );
+    let ps = problems(&format!("{MINIMAL}\n[tenancy]\nbase_domains = []\n"));
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "tenancy.base_domains" && p.line == Some(10)),
+        "{ps:#?}"
+    );
+}

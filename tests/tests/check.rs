@@ -130,6 +130,21 @@ fn check_says_what_serve_would_refuse_or_drop() {
         "{err}"
     );
 
+    // A Redis store whose client serve could not build: a URL redis-rs does not read.
+    let bad_port = "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:99999/0\"\n";
+    let (code, out) = check(dir.path(), bad_port);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("store.url"), "{out}");
+    // replicas says why it cannot open the store, not that the store is not Redis.
+    let replicas = cli(&[
+        "replicas",
+        "--config",
+        dir.path().join("edge.toml").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&replicas.stderr);
+    assert_ne!(replicas.status.code(), Some(0));
+    assert!(!err.contains("needs the Redis store"), "{err}");
+
     // A bindings file serve cannot start from is an error.
     let (code, out) = check(dir.path(), &config("missing.json"));
     assert_ne!(code, 0, "{out}");

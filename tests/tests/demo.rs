@@ -171,6 +171,9 @@ fn serve_without_a_config_runs_the_embedded_default() {
         "demo-es256",
     ]);
     assert!(minted.status.success(), "{minted:?}");
+    // A tenant id that is not canonical would never match: no token is minted for it.
+    let refused = nexus_e2e::edge::cli(&["token", "--tenant", "ACME", "--key", key]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
     let token = String::from_utf8(minted.stdout).expect("utf8");
     let bearer = format!("Bearer {}", token.trim());
     let auth = [("Authorization", bearer.as_str())];

@@ -1308,6 +1308,11 @@ fn tenant_import_into_the_file_store_is_served_at_once_or_not_at_all() {
     assert_eq!(t000.json()["instance"], "instance-b");
     let history = admin.ok(&["history", "t000"]);
     assert!(history.contains("import"), "{history}");
+    // --wait needs a fleet: refused before anything is written, so the exit code is true.
+    let (code, _, err) = admin.tenant(&["set-status", "t000", "suspended", "--wait"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("needs the Redis store"), "{err}");
+    assert!(admin.ok(&["get", "t000"]).contains("active"));
 
     // A record the store refuses is named by every read, not passed over: `get` says why,
     // `list` and `export` (a backup) say what they leave out.

@@ -80,6 +80,17 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     if let Err(e) = check_bindings_file(&settings.store) {
         problem("store.path", e);
     }
+    // What the Redis store's client is built from (its URL as redis-rs reads it, TLS
+    // material, Sentinel credentials), as `serve` builds it; no connection is made.
+    if let (nexus_config::StoreSettings::Redis(r), Err(e)) =
+        (&settings.store, crate::store::Store::open(&settings.store))
+    {
+        let key = match r.endpoint {
+            nexus_config::RedisEndpointSettings::Url(_) => "store.url",
+            nexus_config::RedisEndpointSettings::Sentinel(_) => "store.sentinel",
+        };
+        problem(key, e);
+    }
     match keys {
         Some(n) if problems.is_empty() => {
             println!("{}: ok ({n} verification keys)", path.display());

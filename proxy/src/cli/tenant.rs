@@ -272,6 +272,11 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Ok(t) => t,
                 Err(e) => return fail(e),
             };
+            // Before the write: refused after it, the exit code would say the change failed
+            // when it was made, and a script would make it again.
+            if wait.as_ref().is_some_and(|w| w.wait) && !matches!(store, Store::Redis(_)) {
+                return fail("--wait needs the Redis store (a file store has no fleet to confirm)");
+            }
             match admin.apply(&t, m, expect.map(Revision), &actor).await {
                 Ok((rev, after)) => {
                     match &after {
@@ -557,8 +562,10 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
         Err(e) => return fail(e),
     };
     admin_logging(&settings);
-    let Ok(Store::Redis(redis)) = Store::open(&settings.store) else {
-        return fail("replicas needs the Redis store");
+    let redis = match Store::open(&settings.store) {
+        Ok(Store::Redis(redis)) => redis,
+        Ok(Store::File(_)) => return fail("replicas needs the Redis store"),
+        Err(e) => return fail(e),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
