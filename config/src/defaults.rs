@@ -21,6 +21,7 @@ pub fn embedded_default() -> Settings {
             shutdown_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
+            client_write_timeout: Duration::from_secs(30),
             request_header_timeout: Duration::from_secs(10),
             max_request_header_bytes: 64 * 1024,
             max_connections: 10_000,

@@ -223,6 +223,14 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
     let keepalive_timeout = s
         .duration("keepalive_timeout", Duration::from_secs(1), MAX_TIMEOUT, p)
         .unwrap_or(d.keepalive_timeout);
+    let client_write_timeout = s
+        .duration(
+            "client_write_timeout",
+            Duration::from_secs(1),
+            MAX_TIMEOUT,
+            p,
+        )
+        .unwrap_or(d.client_write_timeout);
     let request_header_timeout = s
         .duration(
             "request_header_timeout",
@@ -250,6 +258,7 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
         shutdown_delay,
         shutdown_grace,
         keepalive_timeout,
+        client_write_timeout,
         request_header_timeout,
         max_request_header_bytes,
         max_connections,

@@ -42,6 +42,10 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// How long an idle client connection is kept open between requests.
     pub keepalive_timeout: Duration,
+    /// Longest wait for a client to take each piece of a response. A client that stops
+    /// reading would otherwise hold its connection, and the instance connection feeding it,
+    /// for as long as it likes.
+    pub client_write_timeout: Duration,
     /// How long a client has to send a whole request header, from its first byte (or, on a
     /// new connection, from the accept). Bounds slow-header ("slowloris") clients, which
     /// Pingora's per-read timeouts do not.

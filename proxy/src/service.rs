@@ -253,6 +253,14 @@ fn header_bytes<'a>(
     headers.get_all(name).iter().map(|v| v.as_bytes())
 }
 
+/// Whether the client has had a final response (or a `101`): after a `100 Continue` or a
+/// `103 Early Hints` a final answer, an error page included, may still be written.
+fn final_response_written(session: &Session) -> bool {
+    session.response_written().is_some_and(|r| {
+        !r.status.is_informational() || r.status == http::StatusCode::SWITCHING_PROTOCOLS
+    })
+}
+
 /// Maps a proxying error to the rejection the client sees.
 fn upstream_failure(e: &Error) -> RejectReason {
     match e.etype() {
@@ -295,6 +303,13 @@ impl ProxyHttp for EdgeService {
             session,
             self.state.settings.server.keepalive_timeout,
         );
+        // Pingora waits on a client that stops reading for as long as it likes (its writes
+        // have no timeout by default), holding the instance connection that feeds it too.
+        session.set_write_timeout(Some(self.state.settings.server.client_write_timeout));
+        // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client, which would take it for the answer.
+        if session.req_header().version < http::Version::HTTP_11 {
+            session.set_ignore_info_resp(true);
+        }
         self.close_if_draining(session);
         let header_size = crate::connections::header_read(session);
         let req = session.req_header();
@@ -483,8 +498,7 @@ impl ProxyHttp for EdgeService {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if let Some(reason) = late_client_fault(e).filter(|_| session.response_written().is_none())
-        {
+        if let Some(reason) = late_client_fault(e).filter(|_| !final_response_written(session)) {
             // The client's request is at fault, and the client is there to be told so.
             log_rejection(ctx, &reason);
             let code = reason.status();
@@ -534,7 +548,7 @@ impl ProxyHttp for EdgeService {
             );
         }
         let code = reason.status();
-        if session.response_written().is_some() {
+        if final_response_written(session) {
             // The instance's status and headers are out: an error page now would become the
             // end of its body (a complete-looking 200, even cacheable). The connection is
             // dropped instead, without a final chunk, so the client sees the cut.

@@ -191,6 +191,36 @@ where
             "body": body_bytes,
         })
         .to_string();
+        // `/big/N` (under any prefix): N bytes of body, written as fast as the router takes
+        // them.
+        if let Some(n) = path
+            .rsplit_once("/big/")
+            .and_then(|(_, n)| n.parse::<usize>().ok())
+        {
+            let head =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\nx-instance: {name}\r\n\r\n");
+            stream.write_all(head.as_bytes()).await?;
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(chunk.len());
+                stream.write_all(&chunk[..k]).await?;
+                left -= k;
+            }
+            continue;
+        }
+        // A `100 Continue`, then nothing (until the router gives up on it).
+        if path.ends_with("/continue-then-stall") {
+            stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return Ok(());
+        }
+        // A `103 Early Hints` before the answer.
+        if path.ends_with("/early-hints") {
+            stream
+                .write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n")
+                .await?;
+        }
         if path.starts_with("/bad-header") {
             // A response header that does not parse, with a cookie the router must not log.
             stream

@@ -22,11 +22,15 @@ struct World {
 }
 
 fn world(server_extra: &str) -> World {
+    world_with(|opts| opts.server_extra = server_extra.to_owned())
+}
+
+fn world_with(configure: impl FnOnce(&mut EdgeOptions)) -> World {
     let keys = TestKeys::new();
     let backend = Backend::start("instance-a");
     let records = vec![binding("acme", &backend.url(), "active", None)];
     let mut opts = EdgeOptions::new(keys.jwks(), bindings_file(records));
-    opts.server_extra = server_extra.to_owned();
+    configure(&mut opts);
     let edge = Edge::start(&opts);
     World {
         _keys: keys,
@@ -340,4 +344,66 @@ fn the_open_file_limit_is_raised_for_max_connections() {
         nexus_e2e::http::get(edge.addr, &format!("acme.{BASE}"), "/login", &[]).status,
         200
     );
+}
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected() {
+    // 50 MB the client never reads: the router's writes stall once the socket buffers are
+    // full, and after client_write_timeout the connection (and the instance's) is let go.
+    let w = world("client_write_timeout = \"1s\"");
+    let mut s = connect(&w.edge);
+    s.write_all(
+        format!("GET /login/big/50000000 HTTP/1.1\r\nHost: acme.{BASE}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    nexus_e2e::wait::until(Duration::from_secs(20), "the request forwarded", || {
+        (w.backend.hits() == 1 && w.edge.metric("nexus_edge_client_connections") == 1).then_some(())
+    });
+    nexus_e2e::wait::until(Duration::from_secs(20), "the stalled client cut", || {
+        (w.edge.metric("nexus_edge_client_connections") == 0).then_some(())
+    });
+    // What the client got before the cut: the head and part of the body, never all of it.
+    let got = closed_with(&mut s, Duration::from_secs(20)).expect("closed");
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(got.len() < 50_000_000);
+}
+
+#[test]
+fn an_instance_that_stalls_after_100_continue_still_gets_the_client_a_504() {
+    let w = world_with(|opts| opts.read_timeout = "1s");
+    let mut s = connect(&w.edge);
+    s.write_all(
+        format!("GET /login/continue-then-stall HTTP/1.1\r\nHost: acme.{BASE}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let got = closed_with(&mut s, Duration::from_secs(20)).expect("closed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 100 Continue\r\n"), "{text}");
+    assert!(
+        text.contains("HTTP/1.1 504"),
+        "a final answer after the 100: {text}"
+    );
+}
+
+#[test]
+fn no_informational_response_reaches_an_http_1_0_client() {
+    let w = world("");
+    let ask = |version: &str| {
+        let mut s = connect(&w.edge);
+        s.write_all(
+            format!("GET /login/early-hints HTTP/{version}\r\nHost: acme.{BASE}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let got = closed_with(&mut s, Duration::from_secs(20)).expect("closed");
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let old = ask("1.0");
+    assert!(
+        old.starts_with("HTTP/1.1 200"),
+        "the 103 is not forwarded: {old}"
+    );
+    let new = ask("1.1");
+    assert!(new.starts_with("HTTP/1.1 103"), "{new}");
+    assert!(new.contains("HTTP/1.1 200"), "{new}");
 }
