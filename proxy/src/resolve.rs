@@ -30,7 +30,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -103,6 +102,10 @@ struct Entry {
     /// Addresses that failed a connect, and until when they are passed over. Usually empty
     /// (no allocation); kept across refreshes of the name.
     down: DownMarks,
+    /// Spreads this name's requests over its addresses. One counter per name: one shared by
+    /// every name would hand two names used in turn (an app's UI and API hosts) the same
+    /// parity each time, and each would use only half of its addresses.
+    turn: usize,
 }
 
 /// How long answers live and how failures are handled.
@@ -144,8 +147,6 @@ pub struct InstanceResolver {
     policy: ResolverPolicy,
     lookup: Arc<dyn NameLookup>,
     names: Mutex<HashMap<String, Entry>>,
-    /// Spreads requests over a name's addresses.
-    turn: AtomicUsize,
 }
 
 /// What the cache says before any lookup.
@@ -158,7 +159,7 @@ enum Cached {
     FailFast,
     /// Look up; `stale` (an answer and its down marks) may stand in if that fails.
     Refresh {
-        stale: Option<(Arc<[IpAddr]>, DownMarks)>,
+        stale: Option<(Arc<[IpAddr]>, DownMarks, usize)>,
     },
 }
 
@@ -174,7 +175,6 @@ impl InstanceResolver {
             policy,
             lookup,
             names: Mutex::new(HashMap::new()),
-            turn: AtomicUsize::new(0),
         }
     }
 
@@ -247,18 +247,17 @@ impl InstanceResolver {
                     fetched: now,
                     next_try: now,
                     down: Vec::new(),
+                    turn: 0,
                 };
-                let down = self.store(host, entry, now);
-                self.pick(&ips, port, tried, &down, now)
-                    .ok_or_else(all_tried)
+                let (down, turn) = self.store(host, entry, now);
+                Self::pick(&ips, port, tried, &down, now, turn).ok_or_else(all_tried)
             }
             Err(err) => {
                 self.failed(host, now);
                 match stale {
-                    Some((ips, down)) => {
+                    Some((ips, down, turn)) => {
                         tracing::warn!(error = %err, "instance name not refreshed; using its last addresses");
-                        self.pick(&ips, port, tried, &down, now)
-                            .ok_or_else(all_tried)
+                        Self::pick(&ips, port, tried, &down, now, turn).ok_or_else(all_tried)
                     }
                     None => Err(err),
                 }
@@ -309,8 +308,10 @@ impl InstanceResolver {
         let age = now.saturating_duration_since(e.fetched);
         let known = !e.ips.is_empty();
         let usable = known && age < self.policy.ttl + self.policy.serve_stale;
+        let turn = e.turn;
+        e.turn = e.turn.wrapping_add(1);
         if (known && age < self.policy.ttl) || (usable && now < e.next_try) {
-            return match self.pick(&e.ips, port, tried, &e.down, now) {
+            return match Self::pick(&e.ips, port, tried, &e.down, now, turn) {
                 Some(addr) => Cached::Use(addr),
                 None => Cached::AllTried,
             };
@@ -321,7 +322,7 @@ impl InstanceResolver {
         // Held for as long as the lookup may take, so no second one overlaps it.
         e.next_try = now + self.policy.timeout.max(RETRY_EVERY);
         Cached::Refresh {
-            stale: usable.then(|| (Arc::clone(&e.ips), e.down.clone())),
+            stale: usable.then(|| (Arc::clone(&e.ips), e.down.clone(), turn)),
         }
     }
 
@@ -336,6 +337,7 @@ impl InstanceResolver {
                 fetched: now,
                 next_try: now + RETRY_EVERY,
                 down: Vec::new(),
+                turn: 0,
             };
             Self::insert_new(&mut names, host, entry, now, self.policy);
         }
@@ -345,14 +347,13 @@ impl InstanceResolver {
     /// down when there are any (so the healthy ones share the load evenly); `None` when every
     /// address has been tried.
     fn pick(
-        &self,
         ips: &[IpAddr],
         port: u16,
         tried: &[SocketAddr],
         down: &[(SocketAddr, Instant)],
         now: Instant,
+        turn: usize,
     ) -> Option<SocketAddr> {
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let untried = ips
             .iter()
             .map(|ip| SocketAddr::new(*ip, port))
@@ -370,22 +371,27 @@ impl InstanceResolver {
 
     /// Stores a fresh answer, unless a fresher one arrived meanwhile; the name's down marks
     /// carry over. Returns the marks now in force.
-    fn store(&self, host: &str, mut entry: Entry, now: Instant) -> DownMarks {
+    fn store(&self, host: &str, mut entry: Entry, now: Instant) -> (DownMarks, usize) {
         let mut names = self.lock();
         match names.get_mut(host) {
             Some(current) if current.fetched > entry.fetched && !current.ips.is_empty() => {
-                current.down.clone()
+                let turn = current.turn;
+                current.turn = turn.wrapping_add(1);
+                (current.down.clone(), turn)
             }
             Some(current) => {
                 entry.down = std::mem::take(&mut current.down);
                 entry.down.retain(|(_, until)| *until > now);
-                let down = entry.down.clone();
+                let turn = current.turn;
+                entry.turn = turn.wrapping_add(1);
+                let picked = (entry.down.clone(), turn);
                 *current = entry;
-                down
+                picked
             }
             None => {
+                entry.turn = 1;
                 Self::insert_new(&mut names, host, entry, now, self.policy);
-                Vec::new()
+                (Vec::new(), 0)
             }
         }
     }
@@ -490,6 +496,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn two_names_used_in_turn_each_spread_over_their_addresses() {
+        // An app's UI and API hosts, asked alternately: each name keeps its own rotation, so
+        // neither sends every request to one of its addresses.
+        let r = resolver(10, 30);
+        let t0 = Instant::now();
+        const C: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1));
+        const D: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 2));
+        let mut seen: Vec<IpAddr> = Vec::new();
+        for _ in 0..20 {
+            for (host, ips) in [("app.svc", vec![A, B]), ("api.svc", vec![C, D])] {
+                let addr = r
+                    .resolve_name(host, 8080, &[], t0, || async move { Ok(ips) })
+                    .await
+                    .expect("resolved");
+                seen.push(addr.ip());
+            }
+        }
+        for ip in [A, B, C, D] {
+            assert_eq!(
+                seen.iter().filter(|s| **s == ip).count(),
+                10,
+                "{ip}: {seen:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn one_refresh_at_a_time_and_a_failed_one_serves_the_last_answer() {
         let r = resolver(10, 30);
         let n = Cell::new(0);
@@ -534,6 +567,7 @@ mod tests {
                 fetched: t0,
                 next_try: t0,
                 down: Vec::new(),
+                turn: 0,
             },
             t0 + Duration::from_secs(6),
         );

@@ -372,8 +372,9 @@ impl ProxyHttp for EdgeService {
     /// A connect that failed (refused, unreachable, timed out, TLS handshake) never reached
     /// the instance, so any request may go again: to another address of the instance's name,
     /// when it has one this request has not tried (Pingora then asks [`Self::upstream_peer`]
-    /// anew). Failures every address would share (the router's own sockets, a certificate the
-    /// name does not match) are not retried.
+    /// anew). Failures of the router's own (its sockets) are not retried. A certificate the
+    /// name does not match is, though every address would show it: Pingora reports it as a
+    /// handshake failure like any other, with the reason only in its message text.
     fn fail_to_connect(
         &self,
         _session: &mut Session,
