@@ -7,7 +7,7 @@
 //! connection the router keeps for a minute, and a field the instance named in `Connection`
 //! (an internal debugging header, say) is one it meant for the next hop only.
 
-use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use pingora::http::ResponseHeader;
 use smallvec::SmallVec;
 
@@ -17,16 +17,14 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes the instance's hop-by-hop fields: `Keep-Alive`, `Proxy-Connection`, its
 /// `Connection` and every field that names (an `Upgrade` on a response other than a 101, with
 /// it: sent on without `Connection: upgrade` it would break RFC 9110 §7.8). A
-/// `101 Switching Protocols` keeps its header whole: its `Connection: upgrade` and `Upgrade`
-/// are the switch itself.
+/// `101 Switching Protocols` keeps its `Connection: upgrade` and `Upgrade`, the switch itself,
+/// and loses the rest alike: its `Connection` then names `upgrade` alone.
 ///
 /// The body's framing (`Content-Length`, `Transfer-Encoding`) stays whatever `Connection`
 /// names: Pingora frames the client's body by it, and an instance must not be able to change
 /// how the router delimits what it sends.
 pub fn remove_hop_by_hop(resp: &mut ResponseHeader) {
-    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
-        return;
-    }
+    let switch = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
     // The usual response has none of them: one pass over its few names, no hashing (four
     // lookups cost about 600 instructions a request, 0.5% of the router's whole).
     let any = resp.headers.keys().any(|k| {
@@ -45,13 +43,19 @@ pub fn remove_hop_by_hop(resp: &mut ResponseHeader) {
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
         .filter(|name| ![CONTENT_LENGTH, TRANSFER_ENCODING].contains(name))
+        .filter(|name| !(switch && *name == UPGRADE))
         .collect();
     for name in named.iter().chain([&KEEP_ALIVE, &PROXY_CONNECTION]) {
         if resp.headers.contains_key(name) {
             resp.remove_header(name);
         }
     }
-    if resp.headers.contains_key(CONNECTION) {
+    if switch {
+        // The switch goes on to the client: its `Connection` names only the upgrade.
+        if resp.headers.contains_key(CONNECTION) {
+            let _ = resp.insert_header(CONNECTION, "upgrade");
+        }
+    } else if resp.headers.contains_key(CONNECTION) {
         // Pingora writes its own; the instance's is about another connection.
         resp.remove_header(&CONNECTION);
     }
@@ -130,17 +134,32 @@ mod tests {
                 &[("Connection", "upgrade"), ("Upgrade", "websocket")],
                 &[],
             ),
-            // A 101 is the switch itself.
+            // A 101 is the switch itself; what else its Connection names is still dropped.
             (
                 101,
                 &[("Connection", "upgrade"), ("Upgrade", "websocket")],
                 &["connection", "upgrade"],
+            ),
+            (
+                101,
+                &[
+                    ("Connection", "Upgrade, X-Internal"),
+                    ("Upgrade", "websocket"),
+                    ("x-internal", "secret"),
+                    ("Keep-Alive", "timeout=5"),
+                    ("sec-websocket-accept", "x"),
+                ],
+                &["connection", "sec-websocket-accept", "upgrade"],
             ),
         ];
         for (status, fields, left) in cases {
             let mut r = response(*status, fields);
             remove_hop_by_hop(&mut r);
             assert_eq!(names(&r), *left, "{status} {fields:?}");
+            if *status == 101 {
+                let connection = r.headers.get(CONNECTION).map(|v| v.as_bytes());
+                assert_eq!(connection, Some(&b"upgrade"[..]), "{fields:?}");
+            }
         }
     }
 }
