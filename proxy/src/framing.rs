@@ -15,11 +15,14 @@
 //! A chunked body that does not parse is found only while it is forwarded; the client gets
 //! 400 ([`is_bad_chunk`]) unless the instance's answer has begun.
 
-/// Whether a proxying error is Pingora's for a client's chunked body that does not parse.
-/// Pingora does not export the error type, so it is matched by its name; a test of the real
-/// binary sends such a body.
+/// Whether a proxying error is Pingora's for a client's chunked body that does not parse: a
+/// chunk, or the trailer section after the last one. Pingora does not export the error types,
+/// so they are matched by name; a test of the real binary sends such bodies.
 pub fn is_bad_chunk(e: &pingora::Error) -> bool {
-    matches!(e.etype(), pingora::ErrorType::Custom("InvalidChunk"))
+    matches!(
+        e.etype(),
+        pingora::ErrorType::Custom("InvalidChunk" | "InvalidTrailerEnd")
+    )
 }
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};

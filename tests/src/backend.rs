@@ -246,8 +246,9 @@ where
             continue;
         }
         if path == "/no-content" {
+            // Framing fields a 204 must not carry (RFC 9110 §8.6, RFC 9112 §6.1).
             let resp = format!(
-                "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\nx-instance: {name}\r\n\r\n"
+                "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\nx-instance: {name}\r\n\r\n"
             );
             stream.write_all(resp.as_bytes()).await?;
             continue;

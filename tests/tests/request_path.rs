@@ -698,6 +698,13 @@ fn a_body_reaches_the_instance_framed_as_the_router_read_it() {
     let r = post("Transfer-Encoding: chunked\r\n", "3\r\nabc\r\nzz\r\n\r\n");
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("framing is malformed"), "{}", r.text());
+    // So is a trailer section that does not end as it must (a CR not followed by LF).
+    let r = post(
+        "Transfer-Encoding: chunked\r\n",
+        "3\r\nabc\r\n0\r\nX-T: 1\r\n\rZ\r\n\r\n",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("framing is malformed"), "{}", r.text());
 }
 
 #[test]
@@ -1220,6 +1227,7 @@ fn a_204_reaches_the_client_without_a_content_length() {
     let r = get_with_token(w.edge.addr, &host("acme"), "/no-content", &token);
     assert_eq!(r.status, 204);
     assert_eq!(r.header("content-length"), None);
+    assert_eq!(r.header("transfer-encoding"), None);
     assert!(r.header("x-request-id").is_some());
 }
 
