@@ -315,12 +315,9 @@ fn check_prefix(s: &str) -> Result<String, String> {
     }
 }
 
-/// The Redis key prefix: not empty, and free of what Redis's `SCAN MATCH` reads as a pattern
-/// (`*`, `?`, `[`, `]`, `\`), since the bindings are found by `{prefix}:binding:*`.
+/// The Redis key prefix: free of what Redis's `SCAN MATCH` reads as a pattern (`*`, `?`,
+/// `[`, `]`, `\`), since the bindings are found by `{prefix}:binding:*`.
 fn check_key_prefix(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
     match s
         .chars()
         .find(|c| matches!(c, '*' | '?' | '[' | ']' | '\\'))
@@ -675,6 +672,21 @@ fn upstream(
     })
 }
 
+/// Every key of `[store]`, of either kind.
+const STORE_KEYS: &[&str] = &[
+    "kind",
+    "path",
+    "poll_interval",
+    "url",
+    "key_prefix",
+    "snapshot_path",
+    "reconcile_interval",
+    "heartbeat_interval",
+    "replica_id",
+    "sentinel",
+    "tls",
+];
+
 fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreSettings> {
     let mut s = Section::open(root, "store", p);
     let before = p.list.len();
@@ -762,9 +774,12 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
             s.finish_unjudged();
             return None;
         }
-        // Which keys belong depends on the kind: none is called unknown without one.
+        // Which keys belong depends on the kind: without one, a key of either kind is not
+        // called unknown, and any other is (`knid = "file"` is the likely reason it is
+        // missing).
         None => {
-            s.finish_unjudged();
+            s.allow(STORE_KEYS);
+            s.finish(p);
             return None;
         }
     };

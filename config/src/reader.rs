@@ -368,11 +368,16 @@ impl<'a, 'i> Section<'a, 'i> {
         ok.then_some(out)
     }
 
-    /// Reports every key of the section that no reader asked for.
     /// Ends the section without judging the keys not read: for a section whose kind could
     /// not be told, where no key can be called unknown.
     pub(crate) fn finish_unjudged(self) {}
 
+    /// Marks `keys` as known without reading them.
+    pub(crate) fn allow(&mut self, keys: &[&'static str]) {
+        self.known.extend_from_slice(keys);
+    }
+
+    /// Reports every key of the section that no reader asked for.
     pub(crate) fn finish(self, p: &mut Problems<'_>) {
         let Some(t) = self.table else { return };
         for (k, _) in t.iter() {

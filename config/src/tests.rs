@@ -553,6 +553,9 @@ fn problems_without_a_value_still_have_a_line_and_no_spurious_unknown_keys() {
     let ps = problems("[auth]\njwks_file = \"k.json\"\n[store]\npath = \"b.json\"\n");
     assert_eq!(ps.len(), 1, "{ps:#?}");
     has(&ps, "store.kind", 3, "required");
+    // A mistyped kind is still named, as the likely reason kind is missing.
+    let ps = problems("[auth]\njwks_file = \"k.json\"\n[store]\nknid = \"file\"\n");
+    has(&ps, "store.knid", 4, "did you mean `kind`");
     // url and [store.sentinel] both: one problem, at the url.
     let ps = problems(&format!(
         "{AUTH}[store]\nkind = \"redis\"\nurl = \"redis://x\"\n[store.sentinel]\nmaster_name = \"m\"\nnodes = [\"redis://a:1\"]\n"

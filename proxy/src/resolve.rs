@@ -159,7 +159,9 @@ enum Cached {
     FailFast,
     /// Look up; `stale` (an answer and its down marks) may stand in if that fails.
     Refresh {
-        stale: Option<(Arc<[IpAddr]>, DownMarks, usize)>,
+        stale: Option<(Arc<[IpAddr]>, DownMarks)>,
+        /// This request's turn of the name, taken when the refresh was claimed.
+        turn: usize,
     },
 }
 
@@ -215,7 +217,7 @@ impl InstanceResolver {
         let all_tried = || ResolveError::AllTried {
             host: host.to_owned(),
         };
-        let stale = match self.consult(host, port, tried, now) {
+        let (stale, turn) = match self.consult(host, port, tried, now) {
             Cached::Use(addr) => return Ok(addr),
             Cached::AllTried => return Err(all_tried()),
             Cached::FailFast => {
@@ -223,7 +225,7 @@ impl InstanceResolver {
                     host: host.to_owned(),
                 })
             }
-            Cached::Refresh { stale } => stale,
+            Cached::Refresh { stale, turn } => (stale, turn),
         };
         let answer = match tokio::time::timeout(self.policy.timeout, lookup()).await {
             Ok(Ok(ips)) if !ips.is_empty() => Ok(first_family(ips)),
@@ -247,15 +249,15 @@ impl InstanceResolver {
                     fetched: now,
                     next_try: now,
                     down: Vec::new(),
-                    turn: 0,
+                    turn: turn.wrapping_add(1),
                 };
-                let (down, turn) = self.store(host, entry, now);
+                let down = self.store(host, entry, now);
                 Self::pick(&ips, port, tried, &down, now, turn).ok_or_else(all_tried)
             }
             Err(err) => {
                 self.failed(host, now);
                 match stale {
-                    Some((ips, down, turn)) => {
+                    Some((ips, down)) => {
                         tracing::warn!(error = %err, "instance name not refreshed; using its last addresses");
                         Self::pick(&ips, port, tried, &down, now, turn).ok_or_else(all_tried)
                     }
@@ -303,7 +305,10 @@ impl InstanceResolver {
     fn consult(&self, host: &str, port: u16, tried: &[SocketAddr], now: Instant) -> Cached {
         let mut names = self.lock();
         let Some(e) = names.get_mut(host) else {
-            return Cached::Refresh { stale: None };
+            return Cached::Refresh {
+                stale: None,
+                turn: 0,
+            };
         };
         let age = now.saturating_duration_since(e.fetched);
         let known = !e.ips.is_empty();
@@ -322,7 +327,8 @@ impl InstanceResolver {
         // Held for as long as the lookup may take, so no second one overlaps it.
         e.next_try = now + self.policy.timeout.max(RETRY_EVERY);
         Cached::Refresh {
-            stale: usable.then(|| (Arc::clone(&e.ips), e.down.clone(), turn)),
+            stale: usable.then(|| (Arc::clone(&e.ips), e.down.clone())),
+            turn,
         }
     }
 
@@ -371,27 +377,25 @@ impl InstanceResolver {
 
     /// Stores a fresh answer, unless a fresher one arrived meanwhile; the name's down marks
     /// carry over. Returns the marks now in force.
-    fn store(&self, host: &str, mut entry: Entry, now: Instant) -> (DownMarks, usize) {
+    /// The name's turn goes on from the one the entry already holds (the refresh took its
+    /// turn when it was claimed); a new name starts from the entry's.
+    fn store(&self, host: &str, mut entry: Entry, now: Instant) -> DownMarks {
         let mut names = self.lock();
         match names.get_mut(host) {
             Some(current) if current.fetched > entry.fetched && !current.ips.is_empty() => {
-                let turn = current.turn;
-                current.turn = turn.wrapping_add(1);
-                (current.down.clone(), turn)
+                current.down.clone()
             }
             Some(current) => {
                 entry.down = std::mem::take(&mut current.down);
                 entry.down.retain(|(_, until)| *until > now);
-                let turn = current.turn;
-                entry.turn = turn.wrapping_add(1);
-                let picked = (entry.down.clone(), turn);
+                entry.turn = current.turn;
+                let down = entry.down.clone();
                 *current = entry;
-                picked
+                down
             }
             None => {
-                entry.turn = 1;
                 Self::insert_new(&mut names, host, entry, now, self.policy);
-                (Vec::new(), 0)
+                Vec::new()
             }
         }
     }
@@ -523,6 +527,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_name_refreshed_on_every_request_still_takes_its_addresses_in_turn() {
+        // A ttl shorter than the gap between requests (a quiet name, or dns_ttl = 0s): each
+        // request refreshes the answer, and the turn still moves by one each time.
+        let r = resolver(1, 30);
+        let n = Cell::new(0);
+        let t0 = Instant::now();
+        let mut seen = Vec::new();
+        for i in 0..10 {
+            let now = t0 + Duration::from_secs(2 * i);
+            seen.push(
+                ask(&r, now, Ok(vec![A, B]), &n)
+                    .await
+                    .expect("resolved")
+                    .ip(),
+            );
+        }
+        assert_eq!(n.get(), 10, "every request refreshed");
+        assert_eq!(seen.iter().filter(|ip| **ip == A).count(), 5, "{seen:?}");
+    }
+
+    #[tokio::test]
     async fn one_refresh_at_a_time_and_a_failed_one_serves_the_last_answer() {
         let r = resolver(10, 30);
         let n = Cell::new(0);
@@ -532,7 +557,7 @@ mod tests {
         // The refresh is claimed before the lookup: a request arriving meanwhile does not ask.
         assert!(matches!(
             r.consult("instance.internal", 8080, &[], t1),
-            Cached::Refresh { stale: Some(_) }
+            Cached::Refresh { stale: Some(_), .. }
         ));
         assert!(matches!(
             r.consult("instance.internal", 8080, &[], t1),

@@ -427,6 +427,12 @@ impl ProxyHttp for EdgeService {
             .decision
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing decision"))?;
+        if session.req_header().version < http::Version::HTTP_11 {
+            // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored;
+            // passed on, it would draw a 100 that Pingora forwards to a client that cannot
+            // take one.
+            upstream_request.remove_header(&http::header::EXPECT);
+        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())

@@ -115,6 +115,11 @@ pub struct HeaderDeadline {
     /// The keep-alive timer with the deadline it was armed for, made at the connection's
     /// first idle wait and kept for later ones (see the module docs).
     idle_timer: Option<(Instant, IdleTimer)>,
+    /// Armed when a write to the client waits, dropped when a write makes progress: once a
+    /// client has taken no bytes for `[server] client_write_timeout`, the waiting write fails
+    /// (a header, a body, the last chunk alike; Pingora bounds body writes only), and Pingora
+    /// drops the connection.
+    write_timer: Option<Pin<Box<Sleep>>>,
     shared: Arc<Shared>,
 }
 
@@ -132,6 +137,7 @@ impl HeaderDeadline {
             header_bytes: AtomicUsize::new(0),
             idle_since: None,
             idle_timer: None,
+            write_timer: None,
             shared: Arc::clone(shared),
         })
     }
@@ -363,13 +369,44 @@ impl AsyncRead for HeaderDeadline {
     }
 }
 
+impl HeaderDeadline {
+    /// A write's outcome under the write bound: progress disarms it; a wait arms it (once per
+    /// stall) and fails the write when it fires.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if r.is_ready() {
+            self.write_timer = None;
+            return r;
+        }
+        let bound = self.shared.limits.client_write_timeout;
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(bound)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the client took no response bytes for {} (client_write_timeout)",
+                humantime::format_duration(bound)
+            ),
+        )))
+    }
+}
+
 impl AsyncWrite for HeaderDeadline {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.bound_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -377,7 +414,9 @@ impl AsyncWrite for HeaderDeadline {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.bound_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -385,7 +424,9 @@ impl AsyncWrite for HeaderDeadline {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.bound_write(cx, r)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -44,6 +44,8 @@ pub struct Limits {
     pub max_request_header_bytes: usize,
     /// Time a keep-alive connection may wait for its next request.
     pub keepalive_timeout: Duration,
+    /// Time a write to the client may make no progress (the client takes no bytes).
+    pub client_write_timeout: Duration,
 }
 
 impl Limits {
@@ -54,6 +56,7 @@ impl Limits {
             request_header_timeout: server.request_header_timeout,
             max_request_header_bytes: server.max_request_header_bytes,
             keepalive_timeout: server.keepalive_timeout,
+            client_write_timeout: server.client_write_timeout,
         }
     }
 }
@@ -215,6 +218,7 @@ mod tests {
             request_header_timeout: Duration::from_secs(1),
             max_request_header_bytes: 65536,
             keepalive_timeout: Duration::from_secs(60),
+            client_write_timeout: Duration::from_secs(30),
         };
         let guarded = Guarded::new((), limits, metrics.clone());
         let shared = &guarded.shared;
@@ -228,6 +232,44 @@ mod tests {
         let _c = shared.take_slot().unwrap();
         drop(b);
         assert_eq!(shared.open.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_the_client_takes_nothing_of_fails_after_the_bound() {
+        use tokio::io::AsyncWriteExt;
+        let metrics = crate::metrics::Metrics::new().unwrap().connections;
+        let limits = Limits {
+            max_connections: 2,
+            request_header_timeout: Duration::from_secs(1),
+            max_request_header_bytes: 65536,
+            keepalive_timeout: Duration::from_secs(60),
+            client_write_timeout: Duration::from_millis(200),
+        };
+        let guarded = Guarded::new((), limits, metrics);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The client: connected, and never reads.
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let stream: pingora::protocols::Stream =
+            Box::new(pingora::protocols::l4::stream::Stream::from(server));
+        let mut stream = HeaderDeadline::wrap(stream, &guarded.shared);
+        let chunk = vec![0u8; 64 * 1024];
+        let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Err(e) = stream.write_all(&chunk).await {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("a write fails once the buffers are full and the bound has passed");
+        assert_eq!(outcome.kind(), std::io::ErrorKind::TimedOut, "{outcome}");
+        assert!(
+            outcome.to_string().contains("client_write_timeout"),
+            "{outcome}"
+        );
     }
 
     #[test]
