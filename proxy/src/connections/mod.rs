@@ -210,17 +210,21 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn slots_are_capped_and_given_back() {
-        let metrics = crate::metrics::Metrics::new().unwrap().connections;
-        let limits = Limits {
+    /// Two connections at most, short bounds, `client_write_timeout` as given.
+    fn limits(client_write_timeout: Duration) -> Limits {
+        Limits {
             max_connections: 2,
             request_header_timeout: Duration::from_secs(1),
             max_request_header_bytes: 65536,
             keepalive_timeout: Duration::from_secs(60),
-            client_write_timeout: Duration::from_secs(30),
-        };
-        let guarded = Guarded::new((), limits, metrics.clone());
+            client_write_timeout,
+        }
+    }
+
+    #[test]
+    fn slots_are_capped_and_given_back() {
+        let metrics = crate::metrics::Metrics::new().unwrap().connections;
+        let guarded = Guarded::new((), limits(Duration::from_secs(30)), metrics.clone());
         let shared = &guarded.shared;
         let a = shared.take_slot().unwrap();
         let b = shared.take_slot().unwrap();
@@ -238,14 +242,7 @@ mod tests {
     async fn a_write_the_client_takes_nothing_of_fails_after_the_bound() {
         use tokio::io::AsyncWriteExt;
         let metrics = crate::metrics::Metrics::new().unwrap().connections;
-        let limits = Limits {
-            max_connections: 2,
-            request_header_timeout: Duration::from_secs(1),
-            max_request_header_bytes: 65536,
-            keepalive_timeout: Duration::from_secs(60),
-            client_write_timeout: Duration::from_millis(200),
-        };
-        let guarded = Guarded::new((), limits, metrics);
+        let guarded = Guarded::new((), limits(Duration::from_millis(200)), metrics);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         // The client: connected, and never reads.
         let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
