@@ -32,7 +32,7 @@ use crate::audit_log::{self, AuditLog};
 use crate::error::StoreError;
 use crate::model::{Binding, Revision, TenantId};
 use crate::records::{
-    contested_domains, parse_record, parse_records, settle_contested, sorted_by_tenant,
+    contested_domains, not_taken, parse_record, parse_records, settle_contested, sorted_by_tenant,
     ParsedRecords, BINDINGS_FORMAT, DOCUMENT_KEYS,
 };
 use crate::source::{BindingSource, SyncHealth};
@@ -184,14 +184,7 @@ impl FileStore {
         for e in &refused {
             tracing::warn!(file = %self.origin(), error = %e, "binding refused");
         }
-        let not_taken = from_file
-            .iter()
-            .filter(|b| {
-                !table
-                    .get(b.tenant_id.as_str())
-                    .is_some_and(|t| Arc::ptr_eq(t, b))
-            })
-            .count();
+        let not_taken = not_taken(&from_file, &table).count();
         self.health
             .add_rejected((parsed.problems.len() + not_taken) as u64);
         Ok(table)
@@ -820,7 +813,6 @@ fn apply_locked(
     };
     // A put may replace an invalid record, and a delete remove it; other operations need a
     // valid one.
-    let clears_invalid = matches!((&current, &mutation), (Some(Err(_)), Mutation::Delete));
     let current = match (current, &mutation) {
         (Some(Err(_)), Mutation::Put(_) | Mutation::Delete) => None,
         (Some(Err(e)), _) => return Err(e),
@@ -850,7 +842,8 @@ fn apply_locked(
     doc.revision = Some(revision.get());
     let (at, at_text) = now_rfc3339();
     let op = op_name(&mutation);
-    let next = if clears_invalid {
+    // Only an invalid record is in the file (`pos`) without a current binding.
+    let next = if matches!(mutation, Mutation::Delete) && pos.is_some() && current.is_none() {
         None
     } else {
         mutate(tenant, current.as_ref(), mutation, revision, at)?

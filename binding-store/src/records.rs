@@ -195,6 +195,19 @@ pub(crate) fn contested_domains(bindings: &[Arc<Binding>]) -> Vec<(String, Vec<T
         .collect()
 }
 
+/// The records of `loaded` that did not end up in `table`: refused while settling contested
+/// domains or by the table build (the table holds the very `Arc`s it took).
+pub(crate) fn not_taken<'a>(
+    loaded: &'a [Arc<Binding>],
+    table: &'a BindingTable,
+) -> impl Iterator<Item = &'a Arc<Binding>> + 'a {
+    loaded.iter().filter(|b| {
+        !table
+            .get(b.tenant_id.as_str())
+            .is_some_and(|t| Arc::ptr_eq(t, b))
+    })
+}
+
 /// Settles domains claimed twice (see [`contested_domains`]) without handing one to a
 /// newcomer or unbinding a tenant by revision order: the tenant that holds the domain in the
 /// served table keeps it, else the one the store's domain index names (`owners`, one per

@@ -162,12 +162,12 @@ impl EdgeService {
     }
 }
 
-/// The request-target the decision reads: an origin-form target raw (exactly as sent), an
-/// absolute-form target of the HTTP family (`http(s)`, `ws(s)`)'s path from the parsed URI
+/// The request-target the decision reads: an origin-form target raw (exactly as sent); the
+/// path of an absolute-form target of the HTTP family (`http(s)`, `ws(s)`) from the parsed URI
 /// (Pingora has checked its authority against Host byte for byte). Any other form
-/// (authority-form, `*`, a bare word, another scheme) is refused: Pingora anchors those URIs to `/`, so read from the URI they
-/// would reach the instance as a request for its root that the client never made. `Ok(None)`:
-/// an origin-form target that is not UTF-8.
+/// (authority-form, `*`, a bare word, another scheme) is refused: Pingora anchors those URIs
+/// to `/`, so read from the URI they would reach the instance as a request for its root that
+/// the client never made. `Ok(None)`: an origin-form target that is not UTF-8.
 fn request_target(
     req: &pingora::http::RequestHeader,
 ) -> std::result::Result<Option<&str>, crate::path::PathError> {
@@ -238,11 +238,7 @@ fn header_values<'a>(
     req: &'a pingora::http::RequestHeader,
     name: &http::header::HeaderName,
 ) -> SmallVec<[&'a [u8]; 2]> {
-    req.headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect()
+    header_bytes(&req.headers, name).collect()
 }
 
 /// The values of every `name` field, as bytes.
@@ -307,8 +303,13 @@ impl ProxyHttp for EdgeService {
         // have no timeout by default), holding the instance connection that feeds it too.
         session.set_write_timeout(Some(self.state.settings.server.client_write_timeout));
         // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client, which would take it for the answer.
+        // So its 100-continue expectation is ignored too (RFC 9110 §10.1.1): passed on, it
+        // would draw a 100 that Pingora forwards whatever it was told.
         if session.req_header().version < http::Version::HTTP_11 {
             session.set_ignore_info_resp(true);
+            session
+                .req_header_mut()
+                .remove_header(&http::header::EXPECT);
         }
         self.close_if_draining(session);
         let header_size = crate::connections::header_read(session);
@@ -427,12 +428,6 @@ impl ProxyHttp for EdgeService {
             .decision
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing decision"))?;
-        if session.req_header().version < http::Version::HTTP_11 {
-            // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored;
-            // passed on, it would draw a 100 that Pingora forwards to a client that cannot
-            // take one.
-            upstream_request.remove_header(&http::header::EXPECT);
-        }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -451,7 +446,7 @@ impl ProxyHttp for EdgeService {
             .is_some();
         let proto = crate::route::forwarded_proto(
             tls,
-            !trusted.is_empty() && peer.is_some_and(|p| crate::route::is_trusted_proxy(p, trusted)),
+            peer.is_some_and(|p| crate::route::is_trusted_proxy(p, trusted)),
             || header_bytes(client, &crate::route::X_FORWARDED_PROTO),
         );
         let fwd = Forwarding {

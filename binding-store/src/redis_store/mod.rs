@@ -551,13 +551,7 @@ impl RedisStore {
             tracing::warn!(error = %e, "binding refused on load");
         }
         let serving = |t: &str| table.get(t).map_or(0, |b| b.revision.get());
-        let refusals: BTreeMap<String, u64> = loaded
-            .iter()
-            .filter(|b| {
-                !table
-                    .get(b.tenant_id.as_str())
-                    .is_some_and(|t| Arc::ptr_eq(t, b))
-            })
+        let refusals: BTreeMap<String, u64> = crate::records::not_taken(&loaded, &table)
             .map(|b| b.tenant_id.to_string())
             .chain(bad.iter().cloned())
             .map(|t| {
