@@ -162,8 +162,9 @@ pub fn bind_listeners(settings: &Settings) -> Result<BoundListeners, StartError>
 }
 
 /// Runs the router on `listeners` (from [`bind_listeners`]) until SIGTERM/SIGINT, then drains
-/// for `server.shutdown_grace` (after `server.shutdown_delay`, for SIGTERM), as `signals`
-/// (caught before the listeners were bound) say.
+/// until no client connection is left, for `server.shutdown_grace` at most (after
+/// `server.shutdown_delay`, for SIGTERM), as `signals` (caught before the listeners were
+/// bound) say.
 pub fn run(
     state: Arc<EdgeState>,
     source: Arc<dyn BindingSource>,
@@ -185,14 +186,13 @@ pub fn run(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let proxy = Service::new(
-        "nexus-edge".to_owned(),
-        Guarded::new(
-            pingora::proxy::http_proxy(&server.configuration, EdgeService::new(Arc::clone(&state))),
-            Limits::from_settings(&s.server),
-            state.metrics.connections.clone(),
-        ),
+    let guarded = Guarded::new(
+        pingora::proxy::http_proxy(&server.configuration, EdgeService::new(Arc::clone(&state))),
+        Limits::from_settings(&s.server),
+        state.metrics.connections.clone(),
     );
+    signals.end_drain_with(guarded.drain());
+    let proxy = Service::new("nexus-edge".to_owned(), guarded);
     server.add_service(Prebound::new(proxy, &mut listeners, s.server.listen));
 
     if let Some(addr) = s.server.admin_listen {

@@ -11,17 +11,22 @@
 //! - SIGTERM: `/readyz` turns 503 and every response closes its connection for
 //!   `[server] shutdown_delay` while a load balancer notices, then the listeners close and the
 //!   drain runs for `shutdown_grace`. SIGINT, or a second SIGTERM, skips the delay.
-//! - One more signal once the drain has begun ends the process at once (exit code 1): Pingora
-//!   waits out `shutdown_grace` with the signals caught, so nothing else could hurry it.
+//! - The drain ends as soon as no client connection is left (exit code 0), not at the end of
+//!   `shutdown_grace`: Pingora sleeps through the whole grace period whatever is in flight,
+//!   so an idle router would take the full grace to stop, and a rolling deploy that long per
+//!   replica.
+//! - One more signal once the drain has begun ends the process at once (exit code 1).
 //!   Signals that came before the drain began (say, two while the router was starting) are
 //!   not counted toward it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::mpsc;
 
+use crate::connections::Drain;
 use crate::state::EdgeState;
 
 /// Which signal came.
@@ -105,6 +110,8 @@ pub struct Signals {
     state: Arc<EdgeState>,
     /// Taken by the one call of `recv`, then by the watch for a signal during the drain.
     caught: Mutex<Option<StopSignals>>,
+    /// The public listener's connections, whose end ends the drain (set once it is built).
+    drain: OnceLock<Drain>,
 }
 
 impl Signals {
@@ -113,7 +120,14 @@ impl Signals {
         Ok(Self {
             state,
             caught: Mutex::new(Some(StopSignals::install()?)),
+            drain: OnceLock::new(),
         })
+    }
+
+    /// Ends the drain as soon as `drain` says it is over. Without it, the drain lasts the
+    /// whole `shutdown_grace`.
+    pub fn end_drain_with(&self, drain: Drain) {
+        let _ = self.drain.set(drain);
     }
 }
 
@@ -150,27 +164,59 @@ impl ShutdownSignalWatch for Signals {
             tracing::info!("draining");
         }
         signals.discard_queued();
-        exit_on_next_signal(signals);
+        finish_drain(signals, self.drain.get().cloned());
         ShutdownSignal::GracefulTerminate
     }
 }
 
-/// From the drain on, one more SIGTERM or SIGINT ends the process at once (exit code 1). The
-/// queue is already catching, so a signal that comes while this starts is not lost.
-fn exit_on_next_signal(mut signals: StopSignals) {
+/// How often the drain's end is looked for, and how long it must hold: a connection accepted
+/// just before the listener closed is counted once its task first runs, a moment later.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// From the drain on: the process exits as soon as `drain` is over (exit code 0), or at once
+/// on one more SIGTERM or SIGINT (exit code 1); failing both, Pingora ends it after
+/// `shutdown_grace`. The queue is already catching, so a signal that comes while this starts
+/// is not lost.
+fn finish_drain(mut signals: StopSignals, drain: Option<Drain>) {
     let spawned = std::thread::Builder::new()
-        .name("exit on signal".to_owned())
+        .name("drain".to_owned())
         .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            else {
                 return;
             };
-            rt.block_on(signals.next());
-            tracing::warn!(
-                "another signal during the drain: exiting now, cutting requests in flight"
-            );
-            std::process::exit(1);
+            let drained = async {
+                let Some(drain) = drain else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    tokio::time::sleep(DRAIN_POLL).await;
+                    if drain.is_over() {
+                        tokio::time::sleep(DRAIN_POLL).await;
+                        if drain.is_over() {
+                            return;
+                        }
+                    }
+                }
+            };
+            rt.block_on(async {
+                tokio::select! {
+                    _ = signals.next() => {
+                        tracing::warn!(
+                            "another signal during the drain: exiting now, cutting requests in flight"
+                        );
+                        std::process::exit(1);
+                    }
+                    () = drained => {
+                        tracing::info!("drained: no client connection is left; nexus-edge stopped");
+                        std::process::exit(0);
+                    }
+                }
+            });
         });
     if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot watch for a signal to cut the drain short");
+        tracing::warn!(error = %e, "cannot watch the drain; it lasts the whole shutdown_grace");
     }
 }

@@ -88,6 +88,8 @@ pub struct EdgeOptions {
     pub extra: String,
     /// `[upstream] read_timeout`.
     pub read_timeout: &'static str,
+    /// `[server] shutdown_grace`.
+    pub shutdown_grace: &'static str,
     /// A whole `[store]` section replacing the default file store (e.g. Redis).
     pub store: Option<String>,
     /// Extra `[server]` keys (e.g. `trusted_proxies = [...]`).
@@ -106,6 +108,7 @@ impl EdgeOptions {
             bindings,
             extra: String::new(),
             read_timeout: "5s",
+            shutdown_grace: "5s",
             store: None,
             server_extra: String::new(),
             upstream_extra: String::new(),
@@ -167,7 +170,7 @@ impl Edge {
 listen = "{addr}"
 admin_listen = "{ops_addr}"
 threads = 2
-shutdown_grace = "5s"
+shutdown_grace = "{shutdown_grace}"
 {server_extra}
 
 [tenancy]
@@ -197,6 +200,7 @@ filter = "info"
 {extra}
 "#,
             read_timeout = opts.read_timeout,
+            shutdown_grace = opts.shutdown_grace,
             server_extra = opts.server_extra,
             upstream_extra = opts.upstream_extra,
             extra = opts.extra,

@@ -1545,9 +1545,14 @@ fn key_rotation_is_picked_up_live() {
     );
 }
 
+/// A router whose drain may last a minute: the tests below see it end well before that.
+fn world_with_long_grace() -> World {
+    world_configured(|_, _, _| {}, |opts| opts.shutdown_grace = "60s")
+}
+
 #[test]
-fn sigterm_drains_in_flight_requests() {
-    let mut w = world();
+fn sigterm_drains_in_flight_requests_and_stops_once_they_are_done() {
+    let mut w = world_with_long_grace();
     let token = w.keys.token("acme", Some("org-acme"));
     let addr = w.edge.addr;
     let h = host("acme");
@@ -1563,8 +1568,34 @@ fn sigterm_drains_in_flight_requests() {
         r.status, 200,
         "in-flight request must finish during the drain"
     );
-    let status = w.edge.wait_exit(Duration::from_secs(20));
+    // Not after the 60 s grace: once the last connection is gone.
+    let status = w.edge.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "exit status {status}");
+    assert!(w.edge.log().contains("drained"), "{}", w.edge.log());
+}
+
+#[test]
+fn an_idle_router_stops_at_once_and_lets_go_of_idle_keep_alive_connections() {
+    use std::io::{Read, Write};
+    let mut w = world_with_long_grace();
+    let token = w.keys.token("acme", Some("org-acme"));
+    // A keep-alive connection, idle between requests when the signal comes.
+    let mut kept = std::net::TcpStream::connect(w.edge.addr).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        host("acme")
+    );
+    kept.write_all(request.as_bytes()).unwrap();
+    let r = nexus_e2e::http::read_response(&mut kept).unwrap();
+    assert_eq!(r.status, 200);
+
+    w.edge.terminate();
+    let status = w.edge.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+    let mut rest = Vec::new();
+    assert!(kept.read_to_end(&mut rest).is_ok() && rest.is_empty());
 }
 
 #[test]
@@ -1663,9 +1694,19 @@ fn a_sigterm_as_soon_as_the_listener_accepts_is_drained_not_fatal() {
 
 #[test]
 fn a_signal_during_the_drain_stops_the_router_at_once() {
-    // The drain waits out shutdown_grace; an operator's next signal cuts it short (exit code
-    // 1, where a drain that runs its course exits 0).
-    let mut w = world();
+    // The drain waits for the requests in flight (up to shutdown_grace); an operator's next
+    // signal cuts it short (exit code 1, where a drain that runs its course exits 0).
+    let mut w = world_with_long_grace();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let addr = w.edge.addr;
+    let h = host("acme");
+    // Still at the instance when the second signal comes; its answer is cut off.
+    let slow = std::thread::spawn(move || get_with_token(addr, &h, "/slow/20000", &token));
+    nexus_e2e::wait::until(
+        Duration::from_secs(5),
+        "the slow request to reach the instance",
+        || (w.a.hits() == 1).then_some(()),
+    );
     w.edge.terminate();
     nexus_e2e::wait::until(Duration::from_secs(10), "the drain to begin", || {
         w.edge.log().contains("SIGTERM").then_some(())
@@ -1678,6 +1719,7 @@ fn a_signal_during_the_drain_stops_the_router_at_once() {
     });
     assert_eq!(status.code(), Some(1), "{}", w.edge.log());
     assert!(w.edge.log().contains("exiting now"), "{}", w.edge.log());
+    let _ = slow.join();
 }
 
 #[test]

@@ -19,7 +19,7 @@
 
 mod deadline;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +107,9 @@ struct Shared {
     /// Unix second of the last "connections full" warning: one per [`FULL_WARNING_EVERY`],
     /// however many connections a flood brings.
     last_full_warning: AtomicU64,
+    /// The listener has stopped accepting and the application has let go of its idle
+    /// keep-alive connections: from now on the open count only falls.
+    closed: AtomicBool,
 }
 
 const FULL_WARNING_EVERY: u64 = 10;
@@ -172,8 +175,37 @@ impl<A> Guarded<A> {
                 open: AtomicUsize::new(0),
                 metrics,
                 last_full_warning: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// A view of the connections for the shutdown: see [`Drain`].
+    pub fn drain(&self) -> Drain {
+        Drain(Arc::clone(&self.shared))
+    }
+}
+
+/// Whether a shutdown's drain is over: the listener closed and every connection it admitted
+/// is gone (a connection idle between requests is let go at the close; one with a request in
+/// flight ends once that response is out, since a draining router closes every connection
+/// after its response). Pingora itself waits out the whole grace period whatever is left.
+#[derive(Clone)]
+pub struct Drain(Arc<Shared>);
+
+impl Drain {
+    /// True once the listener has closed and no connection is open.
+    pub fn is_over(&self) -> bool {
+        self.0.closed.load(Ordering::Acquire) && self.0.open.load(Ordering::Acquire) == 0
+    }
+}
+
+impl std::fmt::Debug for Drain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drain")
+            .field("closed", &self.0.closed.load(Ordering::Relaxed))
+            .field("open", &self.0.open.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -201,8 +233,12 @@ where
         None
     }
 
+    /// Pingora calls this once the listener has stopped accepting.
     async fn cleanup(&self) {
+        // The proxy drops its idle keep-alive connections here; only then is every open
+        // connection one that is finishing a request.
         self.app.cleanup().await;
+        self.shared.closed.store(true, Ordering::Release);
     }
 }
 
