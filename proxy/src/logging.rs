@@ -55,12 +55,18 @@ pub fn init(settings: &LogSettings) {
 /// `request_header_timeouts_total` and `request_headers_too_large_total` count the stream's.
 struct ClientReadFailures;
 
-/// Pingora's lines for a client's failure: (target, start of the message).
-const CLIENT_FAILURE_LINES: [(&str, &str); 3] = [
+/// Pingora's lines for a client's failure: (target, start of the message). The ops
+/// listener's read failure (a request header that does not parse) carries the raw request in
+/// its context: credentials, cookies, the query.
+const CLIENT_FAILURE_LINES: [(&str, &str); 4] = [
     ("pingora_proxy", "Fail to proxy: Downstream"),
     (
         "pingora_proxy",
         "failed to send error response to downstream",
+    ),
+    (
+        "pingora_core::apps::http_app",
+        "HTTP server fails to read from downstream",
     ),
     (
         "pingora_core::apps::http_app",

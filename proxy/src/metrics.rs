@@ -22,9 +22,11 @@ const LATENCY_BUCKETS: [f64; 14] = [
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Requests by outcome: `forwarded` or a rejection label.
+    /// Requests by outcome: `forwarded`, a rejection label, or how a forwarded request failed
+    /// after its response began (`upstream_unreachable`, `upstream_timeout`, `internal`) or
+    /// its client went away (`client_closed`).
     pub requests: IntCounterVec,
-    /// Whole-request latency by outcome class (`forwarded`, `rejected`).
+    /// Whole-request latency by outcome class (`forwarded`, `rejected`, `failed`).
     pub request_duration: HistogramVec,
     /// Time from the request's header being read to its routing decision (host, path, token,
     /// policy) per request.
@@ -52,6 +54,8 @@ pub struct Metrics {
     pub forwarded_duration: Histogram,
     /// `request_duration_seconds{class="rejected"}`, resolved once.
     pub rejected_duration: Histogram,
+    /// `request_duration_seconds{class="failed"}`: forwarded requests that did not complete.
+    pub failed_duration: Histogram,
     /// Connects retried at another address of an instance's name: a dead or dying instance
     /// address shows here before any request fails.
     pub upstream_connect_retries: prometheus::IntCounter,
@@ -205,11 +209,13 @@ impl Metrics {
         let forwarded = requests.with_label_values(&["forwarded"]);
         let forwarded_duration = request_duration.with_label_values(&["forwarded"]);
         let rejected_duration = request_duration.with_label_values(&["rejected"]);
+        let failed_duration = request_duration.with_label_values(&["failed"]);
         Ok(Self {
             registry,
             forwarded,
             forwarded_duration,
             rejected_duration,
+            failed_duration,
             requests,
             request_duration,
             decision_duration,

@@ -37,6 +37,9 @@ pub struct RequestCtx {
     request_id: HeaderValue,
     decision: Option<Decision>,
     rejected: Option<RejectReason>,
+    /// How a forwarded request failed once its answer could no longer be an error response
+    /// (the instance's status was out) or the client was gone: the `requests_total` outcome.
+    failed: Option<&'static str>,
     /// Instance addresses this request failed to connect to (empty unless one did).
     tried: Vec<SocketAddr>,
 }
@@ -203,6 +206,10 @@ fn late_client_fault(e: &Error) -> Option<RejectReason> {
     }
 }
 
+/// The `requests_total` outcome of a forwarded request whose client went away (or broke the
+/// connection) before the response was complete.
+const CLIENT_CLOSED: &str = "client_closed";
+
 /// One line per request the router refuses itself: id, status and closed labels only.
 fn log_rejection(ctx: &RequestCtx, reason: &RejectReason) {
     tracing::info!(
@@ -288,6 +295,7 @@ impl ProxyHttp for EdgeService {
             request_id: HeaderValue::from_static(""),
             decision: None,
             rejected: None,
+            failed: None,
             tried: Vec::new(),
         }
     }
@@ -522,6 +530,7 @@ impl ProxyHttp for EdgeService {
                     error = %LoggedError(e),
                     "client connection failed"
                 );
+                ctx.failed = Some(CLIENT_CLOSED);
                 return FailToProxy {
                     error_code: 0,
                     can_reuse_downstream: false,
@@ -556,6 +565,7 @@ impl ProxyHttp for EdgeService {
             // The instance's status and headers are out: an error page now would become the
             // end of its body (a complete-looking 200, even cacheable). The connection is
             // dropped instead, without a final chunk, so the client sees the cut.
+            ctx.failed = Some(reason.label());
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
@@ -598,12 +608,16 @@ impl ProxyHttp for EdgeService {
         crate::connections::request_done(session);
         let elapsed = ctx.start.elapsed().as_secs_f64();
         let m = &self.state.metrics;
-        match &ctx.rejected {
-            Some(r) => {
+        match (&ctx.rejected, ctx.failed) {
+            (Some(r), _) => {
                 m.requests.with_label_values(&[r.label()]).inc();
                 m.rejected_duration.observe(elapsed);
             }
-            None => {
+            (None, Some(label)) => {
+                m.requests.with_label_values(&[label]).inc();
+                m.failed_duration.observe(elapsed);
+            }
+            (None, None) => {
                 m.forwarded.inc();
                 m.forwarded_duration.observe(elapsed);
             }

@@ -1746,6 +1746,67 @@ fn logs_carry_no_query_and_no_instance_response_bytes() {
 }
 
 #[test]
+fn a_malformed_request_to_the_ops_listener_logs_none_of_its_bytes() {
+    // Pingora's ops server logs a request header it cannot parse with the raw bytes read so
+    // far: a scraper's credentials, cookies and query would reach the log at ERROR.
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let raw = format!(
+        "GET /metrics?reset_code=query-secret-4711 HTTP/1.1\r\nHost: ops\r\n\
+         Authorization: Bearer {token}\r\nCookie: nexus_session=cookie-secret-4711\r\n\
+         Bad Header: x\r\n\r\n"
+    );
+    // Answered or not, the connection is closed once Pingora has given up on it (after its
+    // log line, if any).
+    let _ = send_raw(w.edge.ops_addr, raw.as_bytes());
+    // A line the router logs after that one would be: a refused request on the main listener.
+    let _ = get(w.edge.addr, &host("acme"), "/after-the-ops-request", &[]);
+    let log = nexus_e2e::wait::until(Duration::from_secs(10), "the later request's line", || {
+        let log = w.edge.log();
+        log.contains("request rejected").then_some(log)
+    });
+    assert!(!log.contains("query-secret-4711"), "{log}");
+    assert!(!log.contains("cookie-secret-4711"), "{log}");
+    assert!(!log.contains(&token), "{log}");
+}
+
+#[test]
+fn a_response_the_instance_cuts_off_is_counted_as_failed_not_forwarded() {
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let raw = format!(
+        "GET /cut/100 HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n",
+        host("acme")
+    );
+    // The instance's status is out before it dies: the client sees a 200 cut short.
+    let mut s = std::net::TcpStream::connect(w.edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(&mut s, raw.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut out);
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    // Counted in Pingora's logging phase, after the connection is cut: poll.
+    let text = nexus_e2e::wait::until(Duration::from_secs(10), "the request counted", || {
+        let text = w.edge.ops_get("/metrics").text();
+        text.contains("nexus_edge_requests_total{outcome=\"upstream_unreachable\"} 1")
+            .then_some(text)
+    });
+    assert!(
+        text.contains("nexus_edge_requests_total{outcome=\"forwarded\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nexus_edge_request_duration_seconds_count{class=\"failed\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
 fn metrics_and_probes_on_the_ops_listener() {
     let w = world();
     let _ = get(w.edge.addr, &host("acme"), "/", &[]);
