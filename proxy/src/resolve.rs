@@ -7,8 +7,10 @@
 //!
 //! - One lookup at a time per name: the request that finds the answer expired claims the
 //!   refresh (for the lookup's timeout, `[upstream] connect_timeout`, at least a second); the
-//!   others meanwhile keep using the expired answer while it may serve stale, and fail fast
-//!   once it may not. Only a brand-new name's first concurrent requests each ask.
+//!   others meanwhile keep using the expired answer while it may serve stale, and once it may
+//!   not (a name quiet for longer, or `dns_serve_stale = "0s"`) wait for that lookup's
+//!   answer: a refresh under way is not a failure. Only a brand-new name's first concurrent
+//!   requests each ask.
 //! - A failed lookup is remembered for a second: requests in that second fail fast instead of
 //!   asking again (so an unresolvable instance does not cost a lookup per request).
 //! - When a refresh fails, the last answer keeps serving for `dns_serve_stale` past its expiry
@@ -16,7 +18,9 @@
 //!   getting traffic that long too, which is why the window is short by default and can be
 //!   `0s`.
 //! - Requests take the addresses of the answer's first family in turn (an IPv6 answer on a
-//!   host without IPv6 routes must not fail every other request).
+//!   host without IPv6 routes must not fail every other request); the other family's are
+//!   kept for failover, tried once the first family's have failed or are marked down (a name
+//!   with AAAA and A records whose instance listens on IPv4 only, `localhost` on many hosts).
 //! - A request whose connect to an address fails (refused, unreachable, timed out, TLS
 //!   handshake) goes again to another address of the name, up to [`MAX_CONNECT_ATTEMPTS`] in
 //!   all (so it may wait that many `connect_timeout`s), and other requests prefer the name's
@@ -34,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nexus_binding_store::UpstreamUrl;
+use tokio::sync::watch;
 
 /// How long a failed lookup is remembered before the name is asked again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -94,7 +99,8 @@ type DownMarks = Vec<(SocketAddr, Instant)>;
 
 #[derive(Debug, Clone)]
 struct Entry {
-    /// Empty for a name whose only lookup failed.
+    /// Empty for a name whose only lookup failed. The preferred family's addresses first
+    /// (see [`by_family`]).
     ips: Arc<[IpAddr]>,
     fetched: Instant,
     /// Before this instant nobody else looks the name up: a refresh is under way or failed.
@@ -106,6 +112,9 @@ struct Entry {
     /// every name would hand two names used in turn (an app's UI and API hosts) the same
     /// parity each time, and each would use only half of its addresses.
     turn: usize,
+    /// The lookup under way for this name, if any: its claimant holds the sender and drops
+    /// it once the answer (or the failure) is stored, which wakes the requests waiting.
+    refreshing: Option<watch::Receiver<()>>,
 }
 
 /// How long answers live and how failures are handled.
@@ -155,13 +164,17 @@ enum Cached {
     Use(SocketAddr),
     /// The answer is good, but this request has tried each of its addresses.
     AllTried,
-    /// A lookup is under way or just failed, and no answer may stand in.
+    /// A lookup just failed, and no answer may stand in.
     FailFast,
+    /// A lookup is under way and no answer may stand in: wait for it, then ask again.
+    Wait(watch::Receiver<()>),
     /// Look up; `stale` (an answer and its down marks) may stand in if that fails.
     Refresh {
         stale: Option<(Arc<[IpAddr]>, DownMarks)>,
         /// This request's turn of the name, taken when the refresh was claimed.
         turn: usize,
+        /// Held until the lookup's outcome is stored; dropping it wakes the waiters.
+        claim: Option<watch::Sender<()>>,
     },
 }
 
@@ -217,18 +230,33 @@ impl InstanceResolver {
         let all_tried = || ResolveError::AllTried {
             host: host.to_owned(),
         };
-        let (stale, turn) = match self.consult(host, port, tried, now) {
-            Cached::Use(addr) => return Ok(addr),
-            Cached::AllTried => return Err(all_tried()),
-            Cached::FailFast => {
-                return Err(ResolveError::RecentlyFailed {
-                    host: host.to_owned(),
-                })
+        let mut waited = false;
+        let (stale, turn, _claim) = loop {
+            match self.consult(host, port, tried, now) {
+                Cached::Use(addr) => return Ok(addr),
+                Cached::AllTried => return Err(all_tried()),
+                Cached::FailFast => {
+                    return Err(ResolveError::RecentlyFailed {
+                        host: host.to_owned(),
+                    })
+                }
+                Cached::Wait(mut done) if !waited => {
+                    waited = true;
+                    // Ends when the claimant stores its outcome (or gives up: dropped, its
+                    // claim wakes this too); the lookup itself is bounded by the timeout.
+                    let _ = tokio::time::timeout(self.policy.timeout, done.changed()).await;
+                }
+                Cached::Wait(_) => {
+                    return Err(ResolveError::Timeout {
+                        host: host.to_owned(),
+                        timeout: self.policy.timeout,
+                    })
+                }
+                Cached::Refresh { stale, turn, claim } => break (stale, turn, claim),
             }
-            Cached::Refresh { stale, turn } => (stale, turn),
         };
         let answer = match tokio::time::timeout(self.policy.timeout, lookup()).await {
-            Ok(Ok(ips)) if !ips.is_empty() => Ok(first_family(ips)),
+            Ok(Ok(ips)) if !ips.is_empty() => Ok(by_family(ips)),
             Ok(Ok(_)) => Err(ResolveError::NoAddress {
                 host: host.to_owned(),
             }),
@@ -250,6 +278,7 @@ impl InstanceResolver {
                     next_try: now,
                     down: Vec::new(),
                     turn: turn.wrapping_add(1),
+                    refreshing: None,
                 };
                 let down = self.store(host, entry, now);
                 Self::pick(&ips, port, tried, &down, now, turn).ok_or_else(all_tried)
@@ -308,6 +337,7 @@ impl InstanceResolver {
             return Cached::Refresh {
                 stale: None,
                 turn: 0,
+                claim: None,
             };
         };
         let age = now.saturating_duration_since(e.fetched);
@@ -321,14 +351,22 @@ impl InstanceResolver {
                 None => Cached::AllTried,
             };
         }
+        // A claimant that is gone (its outcome stored, or its request dropped) has closed
+        // the channel.
+        if let Some(done) = e.refreshing.as_ref().filter(|d| d.has_changed().is_ok()) {
+            return Cached::Wait(done.clone());
+        }
         if now < e.next_try {
             return Cached::FailFast;
         }
         // Held for as long as the lookup may take, so no second one overlaps it.
         e.next_try = now + self.policy.timeout.max(RETRY_EVERY);
+        let (claim, done) = watch::channel(());
+        e.refreshing = Some(done);
         Cached::Refresh {
             stale: usable.then(|| (Arc::clone(&e.ips), e.down.clone())),
             turn,
+            claim: Some(claim),
         }
     }
 
@@ -344,14 +382,16 @@ impl InstanceResolver {
                 next_try: now + RETRY_EVERY,
                 down: Vec::new(),
                 turn: 0,
+                refreshing: None,
             };
             Self::insert_new(&mut names, host, entry, now, self.policy);
         }
     }
 
-    /// The next address in turn that this request has not tried, among those not marked
-    /// down when there are any (so the healthy ones share the load evenly); `None` when every
-    /// address has been tried.
+    /// The next address in turn that this request has not tried, from the preferred
+    /// family's addresses not marked down when there are any (so the healthy ones share the
+    /// load evenly), else from the other family's not marked down, else from the marked ones;
+    /// `None` when every address has been tried.
     fn pick(
         ips: &[IpAddr],
         port: u16,
@@ -360,19 +400,26 @@ impl InstanceResolver {
         now: Instant,
         turn: usize,
     ) -> Option<SocketAddr> {
-        let untried = ips
-            .iter()
-            .map(|ip| SocketAddr::new(*ip, port))
-            .filter(|addr| !tried.contains(addr));
+        let preferred = preferred_family(ips);
         if down.is_empty() && tried.is_empty() {
             // The usual case: no allocation.
-            let n = ips.len();
-            return (n > 0).then(|| SocketAddr::new(ips[turn % n], port));
+            return (!preferred.is_empty())
+                .then(|| SocketAddr::new(preferred[turn % preferred.len()], port));
         }
         let is_down = |addr: &SocketAddr| down.iter().any(|(a, until)| a == addr && *until > now);
-        let (up, marked): (Vec<SocketAddr>, Vec<SocketAddr>) = untried.partition(|a| !is_down(a));
-        let choose = if up.is_empty() { marked } else { up };
-        (!choose.is_empty()).then(|| choose[turn % choose.len()])
+        let (first, other) = ips.split_at(preferred.len());
+        let candidates = |family: &[IpAddr], up: bool| -> Vec<SocketAddr> {
+            family
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .filter(|addr| !tried.contains(addr) && is_down(addr) != up)
+                .collect()
+        };
+        [(first, true), (other, true), (first, false), (other, false)]
+            .into_iter()
+            .map(|(family, up)| candidates(family, up))
+            .find(|c| !c.is_empty())
+            .map(|c| c[turn % c.len()])
     }
 
     /// Stores a fresh answer, unless a fresher one arrived meanwhile; the name's down marks
@@ -428,10 +475,21 @@ impl InstanceResolver {
     }
 }
 
-/// The addresses of the first (the resolver's preferred) family, in the resolver's order.
-fn first_family(ips: Vec<IpAddr>) -> Vec<IpAddr> {
+/// The answer with the first (the resolver's preferred) family's addresses first, then the
+/// other family's, each in the resolver's order.
+fn by_family(ips: Vec<IpAddr>) -> Vec<IpAddr> {
     let v4 = ips.first().is_some_and(IpAddr::is_ipv4);
-    ips.into_iter().filter(|ip| ip.is_ipv4() == v4).collect()
+    let (mut first, other): (Vec<IpAddr>, Vec<IpAddr>) =
+        ips.into_iter().partition(|ip| ip.is_ipv4() == v4);
+    first.extend(other);
+    first
+}
+
+/// The leading addresses of an answer ordered by [`by_family`]: the preferred family's.
+fn preferred_family(ips: &[IpAddr]) -> &[IpAddr] {
+    let v4 = ips.first().is_some_and(IpAddr::is_ipv4);
+    let n = ips.iter().take_while(|ip| ip.is_ipv4() == v4).count();
+    &ips[..n]
 }
 
 #[cfg(test)]
@@ -593,6 +651,7 @@ mod tests {
                 next_try: t0,
                 down: Vec::new(),
                 turn: 0,
+                refreshing: None,
             },
             t0 + Duration::from_secs(6),
         );
@@ -656,10 +715,13 @@ mod tests {
     }
 
     #[test]
-    fn only_the_preferred_family_is_used() {
+    fn the_preferred_family_comes_first() {
         let v6: IpAddr = "2001:db8::1".parse().expect("ip");
-        assert_eq!(first_family(vec![A, v6, B]), [A, B]);
-        assert_eq!(first_family(vec![v6, A]), [v6]);
+        assert_eq!(by_family(vec![A, v6, B]), [A, B, v6]);
+        assert_eq!(by_family(vec![v6, A]), [v6, A]);
+        assert_eq!(preferred_family(&[A, B, v6]), [A, B]);
+        assert_eq!(preferred_family(&[v6, A]), [v6]);
+        assert!(preferred_family(&[]).is_empty());
     }
 
     fn named() -> UpstreamUrl {
@@ -809,6 +871,115 @@ mod tests {
             matches!(hung, Err(ResolveError::Timeout { .. })),
             "{hung:?}"
         );
+    }
+
+    /// Two requests for the name at `now`: the first claims the refresh and its lookup
+    /// takes a while; the second comes meanwhile with a lookup of its own that must not run.
+    async fn two_at_once(
+        r: &InstanceResolver,
+        now: Instant,
+        answer: Vec<IpAddr>,
+    ) -> [Result<SocketAddr, ResolveError>; 2] {
+        let second_asked = Cell::new(false);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let first = r.resolve_name("instance.internal", 8080, &[], now, || {
+            let answer = answer.clone();
+            async move {
+                // Answers once the second request has consulted the cache.
+                let _ = rx.await;
+                Ok(answer)
+            }
+        });
+        let second = async {
+            // The first has claimed the refresh by now (its consult ran at its first poll).
+            tokio::task::yield_now().await;
+            let waiting = r.resolve_name("instance.internal", 8080, &[], now, || {
+                second_asked.set(true);
+                async { down() }
+            });
+            tokio::pin!(waiting);
+            // One poll: it consults and starts waiting; then the first's lookup may answer.
+            let polled =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(waiting.as_mut().poll(cx))).await;
+            let _ = tx.send(());
+            match polled {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => waiting.await,
+            }
+        };
+        let (a, b) = tokio::join!(first, second);
+        assert!(
+            !second_asked.get(),
+            "the second request looked the name up itself"
+        );
+        [a, b]
+    }
+
+    #[tokio::test]
+    async fn requests_during_the_refresh_of_a_quiet_name_wait_for_it() {
+        // A name idle for longer than dns_ttl + dns_serve_stale, then a burst (a browser
+        // loading a page): the first request claims the refresh, the others wait for its
+        // answer instead of failing "moments ago" while nothing has failed.
+        let r = resolver(10, 30);
+        let n = Cell::new(0);
+        let t0 = Instant::now();
+        ask(&r, t0, Ok(vec![A]), &n).await.expect("resolved");
+        let [first, second] = two_at_once(&r, t0 + Duration::from_secs(41), vec![B]).await;
+        assert_eq!(first.expect("first").ip(), B);
+        assert_eq!(second.expect("second waits for the refresh").ip(), B);
+    }
+
+    #[tokio::test]
+    async fn with_no_stale_window_a_routine_refresh_fails_no_request() {
+        let r = resolver(10, 0);
+        let n = Cell::new(0);
+        let t0 = Instant::now();
+        ask(&r, t0, Ok(vec![A]), &n).await.expect("resolved");
+        let [first, second] = two_at_once(&r, t0 + Duration::from_secs(10), vec![A]).await;
+        assert!(first.is_ok(), "{first:?}");
+        assert!(second.is_ok(), "{second:?}");
+        // A refresh that fails still fails the requests that waited for it, fast.
+        let t2 = t0 + Duration::from_secs(30);
+        let failed = ask(&r, t2, down(), &n).await;
+        assert!(
+            matches!(failed, Err(ResolveError::Lookup { .. })),
+            "{failed:?}"
+        );
+        let next = ask(&r, t2, Ok(vec![A]), &n).await;
+        assert!(
+            matches!(next, Err(ResolveError::RecentlyFailed { .. })),
+            "{next:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dual_stack_name_fails_over_to_its_other_family() {
+        // AAAA and A records (`localhost` on many hosts: ::1, 127.0.0.1), the instance
+        // listening on IPv4 only: the IPv6 connect is refused and the request goes again to
+        // the IPv4 address. Others keep taking the preferred family while it is up.
+        let r = resolver(10, 30);
+        let n = Cell::new(0);
+        let t0 = Instant::now();
+        let v6: IpAddr = "2001:db8::1".parse().expect("ip");
+        let url = named();
+        let mut tried = Vec::new();
+        let first = ask(&r, t0, Ok(vec![v6, A]), &n).await.expect("resolved");
+        assert_eq!(first.ip(), v6, "the resolver's preferred family first");
+        assert!(
+            r.connect_failed(&url, first, &mut tried, t0),
+            "the IPv4 address is left"
+        );
+        let second = r
+            .resolve_name("instance.internal", 8080, &tried, t0, || async { down() })
+            .await
+            .expect("the other family's address");
+        assert_eq!(second.ip(), A);
+        // While the IPv6 address is marked down, other requests go to IPv4 straight away.
+        let other = ask(&r, t0, down(), &n).await.expect("cached");
+        assert_eq!(other.ip(), A);
+        // Once the mark lapses, the preferred family is used again.
+        let later = ask(&r, t0 + DOWN_FOR, down(), &n).await.expect("cached");
+        assert_eq!(later.ip(), v6);
     }
 
     #[tokio::test]

@@ -154,3 +154,28 @@ fn a_request_body_arrives_whole_after_a_failover() {
 fn lookups(l: &DeadThenLive) -> u32 {
     l.lookups.load(Ordering::SeqCst)
 }
+
+/// `instance.test` has an AAAA and an A record, IPv6 first (as `localhost` has on many
+/// hosts); the instance listens on IPv4 only.
+#[derive(Debug, Default)]
+struct DualStack;
+
+#[async_trait::async_trait]
+impl NameLookup for DualStack {
+    async fn lookup(&self, _host: &str, _port: u16) -> std::io::Result<Vec<IpAddr>> {
+        Ok(vec![IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), LIVE])
+    }
+}
+
+#[test]
+fn a_dual_stack_instance_name_listening_on_ipv4_only_is_reached() {
+    // The IPv6 connect fails; the request goes again to the name's IPv4 address, and later
+    // requests pass the IPv6 address over while it is marked down.
+    let instance = Backend::start("instance-a");
+    let edge = InProcessEdge::start(instance.addr.port(), Arc::new(DualStack));
+    let host = format!("acme.{BASE}");
+    for i in 0..3 {
+        let r = get(edge.addr, &host, "/login", &[]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+}
