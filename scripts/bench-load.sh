@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh --load
 cargo build -q --release -p nexus-edge --bin nexus-edge -p nexus-bench --bin load --bin bare-proxy
-exec target/release/load "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/load" "$@"

@@ -30,8 +30,8 @@ cargo run -q -p nexus-edge -- check --config deploy/nexus-edge.example.toml
 echo "== bench smoke (the benches and harnesses must keep working; figures are not judged here)"
 NEXUS_BENCH_SMOKE=1 cargo bench -q -p nexus-bench --bench decision --bench table -- --test
 cargo build -q --release -p nexus-edge --bin nexus-edge -p nexus-bench --bin load --bin bare-proxy --bin redis-bench
-target/release/load --smoke
-target/release/redis-bench --smoke
+"$target_dir/release/load" --smoke
+"$target_dir/release/redis-bench" --smoke
 echo "== tests"
 # The end-to-end tests run the real binary: build it first.
 cargo build -q -p nexus-edge --bin nexus-edge

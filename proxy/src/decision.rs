@@ -6,10 +6,11 @@
 //! request, tests call it table-driven, benches time it.
 //!
 //! The order matters and is part of the contract:
-//! 1. host → tenant (400 malformed, 404 unknown) — before anything else, so nothing about a
-//!    tenant leaks to a request that is not addressed to one;
-//! 2. the path is normalised once (400 if unacceptable); that one path is used for every
-//!    decision below and is the path sent upstream;
+//! 1. the host is parsed (400 malformed), then the path is normalised once (400 if
+//!    unacceptable): a malformed request is refused whoever it is addressed to. That one path
+//!    is used for every decision below and is the path sent upstream;
+//! 2. the host's tenant is looked up (404 unknown) before anything about a tenant is read,
+//!    so nothing about a tenant leaks to a request that is not addressed to one;
 //! 3. the tenant's status (410 / 503 / suspended-recovery-only) — an honest "not ready" or
 //!    "gone" does not need a login;
 //! 4. public paths are routed without a token. A token there that proves the caller belongs

@@ -42,8 +42,8 @@ pub enum Command {
     },
     /// Mint a signed login token for testing.
     Token(token::TokenArgs),
-    /// Start the router with two demo tenants and two tiny demo instances, and print curl
-    /// commands that show routing, a cross-tenant 403 and a 401.
+    /// Start the router with three demo tenants (one still provisioning) on two tiny demo
+    /// instances, and print curl commands that show routing, a cross-tenant 403 and a 401.
     Demo(crate::demo::DemoArgs),
     /// Read and change tenant bindings in the configured store (atomic, audited).
     Tenant(tenant::TenantArgs),
