@@ -64,9 +64,20 @@ pub struct FileStore {
     path: Option<PathBuf>,
     poll_interval: Duration,
     health: Arc<SyncHealth>,
-    /// Stamp (when one can be trusted, see [`RACY_WINDOW`]) and content digest of the
-    /// version last loaded.
-    seen: Mutex<Option<(Option<Stamp>, [u8; 32])>>,
+    /// The version last read, and what was made of it.
+    seen: Mutex<Option<Seen>>,
+}
+
+/// A version of the file that was read, and its verdict. The verdict is kept with it because
+/// a read failure in between (the file briefly missing) says nothing about the version: when
+/// the same content is back, it is as good or as bad as it was.
+#[derive(Debug, Clone)]
+struct Seen {
+    /// Its stamp, when one can be trusted (see [`RACY_WINDOW`]).
+    stamp: Option<Stamp>,
+    digest: [u8; 32],
+    /// Whether it was loaded (the table served is its) rather than refused.
+    loaded: bool,
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -195,37 +206,40 @@ impl FileStore {
         let Some(path) = &self.path else { return false };
         let now = stamp(path);
         let previous = self.seen.lock().ok().and_then(|g| g.clone());
-        // Unchanged since the last check: still in sync if that check loaded it (a refused
-        // file stays refused). Sync age and `last_sync` mean "checked", not "changed".
-        let unchanged = || {
-            if self.health.store_up() {
+        // The version last read, again: in sync if it was loaded, even when a read failed in
+        // between (the table served is still its); a refused version stays refused. Sync age
+        // and `last_sync` mean "checked", not "changed".
+        let unchanged = |seen: &Seen| {
+            if seen.loaded {
                 self.health.mark_synced(handle.load().revision());
             }
             false
         };
-        if let (Some(now), Some((Some(before), _))) = (&now, &previous) {
-            if now == before {
-                return unchanged();
+        if let (Some(now), Some(seen)) = (&now, &previous) {
+            if seen.stamp.as_ref() == Some(now) {
+                return unchanged(seen);
             }
         }
         let bytes = match self.read() {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "bindings file unreadable; keeping the current table");
+                // Down until a version is read; `seen` stays, so that the version last read,
+                // back as it was, gets its verdict again without being loaded twice.
                 self.health.mark_down();
                 return false;
             }
         };
         let d = digest(&bytes);
-        if previous.as_ref().is_some_and(|(_, before)| *before == d) {
-            self.remember(now, d);
-            return unchanged();
+        if let Some(seen) = previous.filter(|seen| seen.digest == d) {
+            self.remember(now, d, seen.loaded);
+            return unchanged(&seen);
         }
         match self.build(&bytes, Some(&handle.load())) {
             Ok(table) => {
                 let (n, rev) = (table.len(), table.revision());
                 handle.store(table);
-                self.remember(now, d);
+                self.remember(now, d, true);
                 self.health.mark_synced(rev);
                 tracing::info!(file = %self.origin(), bindings = n, revision = rev.get(), "bindings reloaded");
                 true
@@ -233,7 +247,7 @@ impl FileStore {
             Err(e) => {
                 // Remember the bad version so it is not re-parsed every poll; a new write
                 // changes the stamp and is tried again.
-                self.remember(now, d);
+                self.remember(now, d, false);
                 self.health.mark_down();
                 tracing::error!(error = %e, "bindings file refused; keeping the current table");
                 false
@@ -241,10 +255,15 @@ impl FileStore {
         }
     }
 
-    /// Remembers the version read (`stamp` taken before reading it) for the next check.
-    fn remember(&self, stamp: Option<Stamp>, d: [u8; 32]) {
+    /// Remembers the version read (`stamp` taken before reading it) and whether it was
+    /// `loaded`, for the next check.
+    fn remember(&self, stamp: Option<Stamp>, digest: [u8; 32], loaded: bool) {
         if let Ok(mut g) = self.seen.lock() {
-            *g = Some((settled(stamp, SystemTime::now()), d));
+            *g = Some(Seen {
+                stamp: settled(stamp, SystemTime::now()),
+                digest,
+                loaded,
+            });
         }
     }
 
@@ -275,7 +294,7 @@ impl BindingSource for FileStore {
         let bytes = self.read()?;
         let table = self.build(&bytes, None)?;
         if let Some(p) = &self.path {
-            self.remember(stamp(p), digest(&bytes));
+            self.remember(stamp(p), digest(&bytes), true);
         }
         self.health.mark_synced(table.revision());
         Ok(table)

@@ -826,3 +826,86 @@ fn a_write_refuses_a_file_the_router_would_refuse() {
     assert!(err.contains("unknown top-level key \"revison\""), "{err}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
 }
+
+/// Checks the file until the store has marked a sync after `before` (the clock moves in
+/// milliseconds), or fails after a deadline: a store that never marks one again is the defect.
+fn wait_for_a_sync_after(store: &FileStore, handle: &BindingHandle, before: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        store.check_for_change(handle);
+        if store.health().last_sync_unix_ms() > before {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sync after {before} (store up: {})",
+            store.health().store_up()
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_file_back_unchanged_after_a_read_failure_is_up_and_in_sync_again() {
+    // The bindings file goes missing for a moment (a deploy tool's remove and write, a network
+    // file system's blip) and comes back as it was: the table served is the file's again.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let doc = serde_json::json!({"format": "nexus-edge.bindings/v1",
+        "bindings": [record("acme", "http://10.0.0.1")]})
+    .to_string();
+    std::fs::write(&path, &doc).unwrap();
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let handle = BindingHandle::new(rt().block_on(store.initial_load()).unwrap());
+    assert!(store.health().store_up());
+
+    std::fs::remove_file(&path).unwrap();
+    assert!(!store.check_for_change(&handle));
+    assert!(!store.health().store_up(), "a missing file: down");
+    let down_since = store.health().last_sync_unix_ms();
+
+    write_atomically(&path, doc.as_bytes()).unwrap();
+    assert!(
+        !store.check_for_change(&handle),
+        "the same content is not a change"
+    );
+    assert!(
+        store.health().store_up(),
+        "readable and as served: up again"
+    );
+    wait_for_a_sync_after(&store, &handle, down_since);
+    assert_eq!(store.health().rejected_records(), 0);
+}
+
+#[test]
+fn a_refused_file_back_unchanged_after_a_read_failure_stays_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let good = serde_json::json!({"format": "nexus-edge.bindings/v1",
+        "bindings": [record("acme", "http://10.0.0.1")]})
+    .to_string();
+    std::fs::write(&path, &good).unwrap();
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let handle = BindingHandle::new(rt().block_on(store.initial_load()).unwrap());
+
+    write_atomically(&path, b"{ half a file").unwrap();
+    assert!(!store.check_for_change(&handle));
+    assert!(!store.health().store_up(), "a broken file: down");
+    let refused_at = store.health().last_sync_unix_ms();
+
+    std::fs::remove_file(&path).unwrap();
+    assert!(!store.check_for_change(&handle));
+    write_atomically(&path, b"{ half a file").unwrap();
+    assert!(!store.check_for_change(&handle));
+    assert!(
+        !store.health().store_up(),
+        "the version back is the one refused: still down"
+    );
+    assert_eq!(store.health().last_sync_unix_ms(), refused_at);
+    assert_eq!(handle.load().len(), 1, "and the table is as it was");
+
+    // A version that loads brings it back.
+    write_atomically(&path, good.as_bytes()).unwrap();
+    store.check_for_change(&handle);
+    assert!(store.health().store_up());
+}
