@@ -164,7 +164,7 @@ pub fn write_snapshot(
 }
 
 /// Reads and fully checks a snapshot, which must hold the table of key prefix `key_prefix`.
-pub fn read_snapshot(path: &Path, key_prefix: &str) -> Result<BindingTable, SnapshotError> {
+pub fn read_snapshot(path: &Path, key_prefix: &str) -> Result<Snapshot, SnapshotError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -184,11 +184,11 @@ pub fn read_snapshot(path: &Path, key_prefix: &str) -> Result<BindingTable, Snap
             found,
             expected: key_prefix.to_owned(),
         }),
-        Some(_) => Ok(snapshot.table),
+        Some(_) => Ok(snapshot),
         None => {
             tracing::warn!(snapshot = %path.display(), key_prefix,
                 "snapshot of format version 1 names no key prefix: read as this prefix's table");
-            Ok(snapshot.table)
+            Ok(snapshot)
         }
     }
 }
@@ -204,6 +204,9 @@ pub struct Snapshot {
     /// The Redis key prefix whose table it is (`None`: a version-1 snapshot, which does not
     /// say).
     pub key_prefix: Option<String>,
+    /// When it was written (Unix ms): its replica was in sync with Redis then, so a table
+    /// served from it is at least this old.
+    pub written_at_unix_ms: u64,
 }
 
 /// Whether `bytes` begin with a snapshot's header line: lets a tool given any file (`tenant
@@ -274,6 +277,7 @@ pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotErr
         table,
         revision: Revision(header.revision),
         key_prefix: header.key_prefix,
+        written_at_unix_ms: header.written_at_ms,
     })
 }
 
@@ -297,10 +301,16 @@ mod tests {
             read_snapshot(&path, "nexus"),
             Err(SnapshotError::Missing(_))
         ));
+        let before = crate::source::now_unix_ms();
         write_snapshot(&path, &table(10_000), Revision(0), "nexus").expect("write");
         let back = read_snapshot(&path, "nexus").expect("read");
-        assert_eq!(back.len(), 10_000);
-        assert_eq!(back.revision().get(), 10_000);
+        assert_eq!(back.table.len(), 10_000);
+        assert_eq!(back.table.revision().get(), 10_000);
+        let written = back.written_at_unix_ms;
+        assert!(
+            (before..=crate::source::now_unix_ms()).contains(&written),
+            "{written}"
+        );
 
         let good = std::fs::read(&path).expect("read");
         assert!(is_snapshot(&good));
@@ -329,11 +339,12 @@ mod tests {
         assert!(!v1.contains("key_prefix"));
         std::fs::write(&path, &v1).expect("w");
         assert_eq!(
-            read_snapshot(&path, "nexus-blue").expect("v1").len(),
+            read_snapshot(&path, "nexus-blue").expect("v1").table.len(),
             10_000
         );
         let parsed = parse_snapshot(&path, v1.as_bytes()).expect("parse v1");
         assert_eq!(parsed.key_prefix, None);
+        assert_eq!(parsed.written_at_unix_ms, written);
         for other in [
             &br#"{"format": "nexus-edge.bindings/v1", "bindings": []}"#[..],
             b"",

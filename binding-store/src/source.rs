@@ -33,13 +33,29 @@ pub trait BindingSource: Send + Sync + 'static {
 }
 
 /// Sync health, written by the source and read by metrics and readiness checks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SyncHealth {
     store_up: AtomicBool,
     last_sync_unix_ms: AtomicU64,
     applied_revision: AtomicU64,
     rejected_records: AtomicU64,
     full_reloads: AtomicU64,
+    /// When this health began (its store was made, at start-up): a store never in sync is at
+    /// least that stale.
+    created_unix_ms: u64,
+}
+
+impl Default for SyncHealth {
+    fn default() -> Self {
+        Self {
+            store_up: AtomicBool::new(false),
+            last_sync_unix_ms: AtomicU64::new(0),
+            applied_revision: AtomicU64::new(0),
+            rejected_records: AtomicU64::new(0),
+            full_reloads: AtomicU64::new(0),
+            created_unix_ms: now_unix_ms(),
+        }
+    }
 }
 
 impl SyncHealth {
@@ -57,6 +73,19 @@ impl SyncHealth {
         self.store_up.store(false, Ordering::Relaxed);
     }
 
+    /// Records that the table served was last known in sync at `unix_ms` (the snapshot it
+    /// came from was written then), if nothing has synced yet. The store is not marked up: it
+    /// has not been reached. Without this a replica serving its snapshot would
+    /// report no sync age at all, while it may be serving the stalest table of the fleet.
+    pub fn seed_last_sync(&self, unix_ms: u64) {
+        let _ = self.last_sync_unix_ms.compare_exchange(
+            0,
+            unix_ms,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
     /// Counts records refused by validation or ordering.
     pub fn add_rejected(&self, n: u64) {
         self.rejected_records.fetch_add(n, Ordering::Relaxed);
@@ -72,9 +101,22 @@ impl SyncHealth {
         self.store_up.load(Ordering::Relaxed)
     }
 
-    /// Unix time (ms) of the last successful sync; 0 = never.
+    /// Unix time (ms) of the last successful sync, or of the snapshot served
+    /// ([`Self::seed_last_sync`]); 0 = never.
     pub fn last_sync_unix_ms(&self) -> u64 {
         self.last_sync_unix_ms.load(Ordering::Relaxed)
+    }
+
+    /// How long (ms) before `now_unix_ms` the table served was last known to be in sync: since
+    /// the last sync, or, never synced, since this health began (start-up), as the table
+    /// served is at least that old. 0 for a sync stamped later than `now_unix_ms` (the clock
+    /// stepped back).
+    pub fn sync_age_ms(&self, now_unix_ms: u64) -> u64 {
+        let since = match self.last_sync_unix_ms() {
+            0 => self.created_unix_ms,
+            t => t,
+        };
+        now_unix_ms.saturating_sub(since)
     }
 
     /// Highest revision applied.
@@ -99,4 +141,38 @@ pub fn now_unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Revision;
+
+    #[test]
+    fn a_seeded_sync_gives_an_age_but_not_up_and_gives_way_to_a_real_sync() {
+        let health = SyncHealth::default();
+        let start = health.created_unix_ms;
+        assert_eq!(health.last_sync_unix_ms(), 0, "never synced");
+        assert_eq!(
+            health.sync_age_ms(start + 7_000),
+            7_000,
+            "never synced: counted from start-up"
+        );
+
+        health.seed_last_sync(start - 3_600_000);
+        assert!(!health.store_up(), "a snapshot is not the store");
+        assert_eq!(health.last_sync_unix_ms(), start - 3_600_000);
+        assert_eq!(health.sync_age_ms(start), 3_600_000);
+
+        health.mark_synced(Revision(1));
+        let synced = health.last_sync_unix_ms();
+        assert!(synced >= start);
+        health.seed_last_sync(start - 3_600_000);
+        assert_eq!(
+            health.last_sync_unix_ms(),
+            synced,
+            "a seed never replaces a sync"
+        );
+        assert_eq!(health.sync_age_ms(synced - 1), 0, "a clock stepped back");
+    }
 }

@@ -37,7 +37,10 @@ pub struct Metrics {
     pub binding_revision: IntGauge,
     /// 1 when the binding store answered at the last attempt.
     pub store_up: IntGauge,
-    /// Seconds since the last successful sync with the binding store.
+    /// Seconds since the table served was last known in sync with the binding store: its last
+    /// successful sync, or for a replica serving its snapshot the snapshot's write, or, never
+    /// in sync, start-up. Never negative, so an alert on it fires for a replica that has not
+    /// synced.
     pub sync_age_seconds: IntGauge,
     /// `binding_records_rejected_total`: binding records refused so far.
     pub rejected_records: prometheus::IntCounter,
@@ -174,7 +177,7 @@ impl Metrics {
         )?;
         let sync_age_seconds = IntGauge::new(
             "binding_sync_age_seconds",
-            "Seconds since the last successful binding sync",
+            "Seconds since the bindings served were last known in sync with the store (last sync, else the snapshot's write, else start-up)",
         )?;
         let rejected_records = prometheus::IntCounter::new(
             "binding_records_rejected_total",
@@ -239,14 +242,9 @@ impl Metrics {
         self.binding_revision
             .set(i64::try_from(t.revision().get()).unwrap_or(i64::MAX));
         self.store_up.set(i64::from(health.store_up()));
-        let last = health.last_sync_unix_ms();
-        let age = if last == 0 {
-            -1
-        } else {
-            i64::try_from(nexus_binding_store::source::now_unix_ms().saturating_sub(last) / 1000)
-                .unwrap_or(i64::MAX)
-        };
-        self.sync_age_seconds.set(age);
+        let age_ms = health.sync_age_ms(nexus_binding_store::source::now_unix_ms());
+        self.sync_age_seconds
+            .set(i64::try_from(age_ms / 1000).unwrap_or(i64::MAX));
         {
             // The store keeps the totals; the counters only ever move up to them.
             let _held = self.mirror.lock();
@@ -260,5 +258,53 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_binding_store::source::now_unix_ms;
+    use nexus_binding_store::BindingTable;
+
+    /// The value of `nexus_edge_binding_sync_age_seconds` in a rendering.
+    fn sync_age(metrics: &Metrics, health: &Arc<SyncHealth>) -> i64 {
+        let table = BindingHandle::new(BindingTable::new());
+        let text = String::from_utf8(metrics.render(&table, health)).expect("utf-8");
+        text.lines()
+            .find_map(|l| l.strip_prefix("nexus_edge_binding_sync_age_seconds "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sync age series in\n{text}"))
+    }
+
+    /// A replica that never synced (down since start-up) reports an age counted from start-up,
+    /// never a negative one that an alert on `binding_sync_age_seconds > N` would not see.
+    #[test]
+    fn a_store_never_synced_reports_its_age_from_start_up() {
+        let metrics = Metrics::new().expect("metrics");
+        let health = Arc::new(SyncHealth::default());
+        health.mark_down();
+        let age = sync_age(&metrics, &health);
+        assert!((0..=1).contains(&age), "binding_sync_age_seconds = {age}");
+    }
+
+    /// A replica serving a snapshot written an hour ago reports the snapshot's age, while the
+    /// store stays down; a sync then resets it.
+    #[test]
+    fn a_replica_on_its_snapshot_reports_the_snapshots_age_until_it_syncs() {
+        let metrics = Metrics::new().expect("metrics");
+        let health = Arc::new(SyncHealth::default());
+        health.mark_down();
+        health.seed_last_sync(now_unix_ms() - 3_600_000);
+        let age = sync_age(&metrics, &health);
+        assert!(
+            (3_600..=3_601).contains(&age),
+            "binding_sync_age_seconds = {age}"
+        );
+        assert!(!health.store_up());
+
+        health.mark_synced(nexus_binding_store::Revision(1));
+        let age = sync_age(&metrics, &health);
+        assert!((0..=1).contains(&age), "binding_sync_age_seconds = {age}");
     }
 }

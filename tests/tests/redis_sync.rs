@@ -483,6 +483,55 @@ fn restart_during_outage_serves_the_snapshot_and_refuses_a_corrupt_one() {
     assert!(err.contains("checksum"), "{err}");
 }
 
+/// A replica that starts from its snapshot while Redis is down has never synced, but it is
+/// not fresh: the table it serves is as old as the snapshot. Its sync age says so (it was -1,
+/// which an alert on `binding_sync_age_seconds > N` never saw), with the store down.
+#[test]
+fn a_replica_started_from_its_snapshot_reports_the_snapshots_age() {
+    let World {
+        mut redis,
+        admin: _admin,
+        keys,
+        a: _a,
+        ..
+    } = World::start(&["acme"]);
+    let (_dir, snap, snap_s) = snapshot_from_a_replica(&keys, &redis.url(), "acme", "instance-a");
+    redis.stop();
+    // Written an hour ago, as far as the replica can tell: the checksum covers the records,
+    // not the header line that holds the write time.
+    let text = std::fs::read_to_string(&snap).expect("read");
+    let (head, body) = text.split_once('\n').expect("header line");
+    let mut header: serde_json::Value = serde_json::from_str(head).expect("header");
+    let hour_ago = header["written_at_ms"].as_u64().expect("written_at_ms") - 3_600_000;
+    header["written_at_ms"] = hour_ago.into();
+    std::fs::write(&snap, format!("{header}\n{body}")).expect("write");
+
+    let started = std::time::Instant::now();
+    let edge =
+        replica(&keys, &redis.url(), "replica-1", Some(&snap_s)).expect("starts from the snapshot");
+    assert_eq!(
+        instance_of(&edge, &keys, "acme").as_deref(),
+        Some("instance-a")
+    );
+    let metrics = edge.ops_get("/metrics").text();
+    let series = |name: &str| -> i64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert_eq!(series("nexus_edge_binding_store_up"), 0, "{metrics}");
+    let age = series("nexus_edge_binding_sync_age_seconds");
+    let most = 3_600 + i64::try_from(started.elapsed().as_secs()).expect("secs") + 1;
+    assert!(
+        (3_600..=most).contains(&age),
+        "binding_sync_age_seconds = {age}, the snapshot is an hour old\n{metrics}"
+    );
+    let ready = edge.ops_get("/readyz").json();
+    assert_eq!(ready["store_up"], false);
+    assert_eq!(ready["last_sync_unix_ms"].as_u64(), Some(hour_ago));
+}
+
 /// A snapshot names the key prefix whose table it holds. A replica pointed at another prefix
 /// (a new environment, a blue/green switch) neither lets it stand in for an empty keyspace
 /// nor serves it while Redis is down: that would route requests by another keyspace's

@@ -896,6 +896,7 @@ impl BindingSource for RedisStore {
             let standing_in = || {
                 read()
                     .and_then(|(_, r)| r.as_ref().ok())
+                    .map(|s| &s.table)
                     .filter(|t| !t.is_empty())
             };
             let tell = || {
@@ -929,15 +930,19 @@ impl BindingSource for RedisStore {
                         path: PathBuf::from(self.opts.endpoint.describe()),
                         reason: format!("Redis not usable ({e}) and no snapshot configured"),
                     }),
-                    Some((path, Ok(table))) => {
-                        tracing::warn!(error = %e, snapshot = %path.display(), bindings = table.len(),
+                    Some((path, Ok(snap))) => {
+                        tracing::warn!(error = %e, snapshot = %path.display(), bindings = snap.table.len(),
                             "Redis not usable at start: serving the last known good snapshot");
+                        // The table served was in sync when the snapshot was written: the sync
+                        // age counts from then (the store stays down), so an alert on it sees
+                        // how stale this replica may be.
+                        self.health.seed_last_sync(snap.written_at_unix_ms);
                         // Resume by reconcile: the snapshot knows no feed position.
                         self.set_position(FeedPosition {
                             stream_id: "0-0".to_owned(),
                             revision: 0,
                         });
-                        Ok(table.clone())
+                        Ok(snap.table.clone())
                     }
                     Some((path, Err(snap))) => Err(StoreError::Format {
                         path: path.to_path_buf(),
