@@ -51,6 +51,7 @@ pub fn embedded_default() -> Settings {
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
+            tunnel_idle_timeout: Duration::from_secs(3600),
             ca_file: None,
             dns_ttl: Duration::from_secs(10),
             dns_serve_stale: Duration::from_secs(30),

@@ -654,6 +654,15 @@ fn upstream(
     let write_timeout = s
         .duration("write_timeout", MS, MAX_TIMEOUT, p)
         .unwrap_or(d.write_timeout);
+    // A notification channel may stay silent for hours; a day is the most asked for.
+    let tunnel_idle_timeout = s
+        .duration(
+            "tunnel_idle_timeout",
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 3600),
+            p,
+        )
+        .unwrap_or(d.tunnel_idle_timeout);
     let ca_file = ca_bundle("upstream.ca_file", s.path("ca_file", base, p), p);
     let dns_ttl = s
         .duration("dns_ttl", Duration::ZERO, MAX_TIMEOUT, p)
@@ -666,6 +675,7 @@ fn upstream(
         connect_timeout,
         read_timeout,
         write_timeout,
+        tunnel_idle_timeout,
         ca_file,
         dns_ttl,
         dns_serve_stale,

@@ -183,6 +183,10 @@ pub struct UpstreamSettings {
     pub read_timeout: Duration,
     /// Time allowed between writes to the instance.
     pub write_timeout: Duration,
+    /// For a request that asks for an upgrade (a WebSocket): the bound on each read and write,
+    /// either side, in place of `read_timeout` and `write_timeout`. A tunnel may sit silent
+    /// far longer than a response may take to come.
+    pub tunnel_idle_timeout: Duration,
     /// Extra CA bundle (PEM) for `https` instances; the system roots are used otherwise.
     pub ca_file: Option<PathBuf>,
     /// How long a named instance's address is kept before the resolver is asked again.

@@ -122,6 +122,38 @@ fn dns_ttl_may_be_zero_but_not_beyond_an_hour() {
 }
 
 #[test]
+fn the_tunnel_idle_timeout_is_an_hour_unless_set_between_a_second_and_a_day() {
+    let default = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(
+        default.upstream.tunnel_idle_timeout,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(
+        embedded_default().upstream.tunnel_idle_timeout,
+        Duration::from_secs(3600)
+    );
+    let set = format!("{MINIMAL}\n[upstream]\ntunnel_idle_timeout = \"24h\"\n");
+    let s = parse_str(&set, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(s.upstream.tunnel_idle_timeout, Duration::from_secs(86_400));
+    for value in ["500ms", "25h"] {
+        let text = format!("{MINIMAL}\n[upstream]\ntunnel_idle_timeout = \"{value}\"\n");
+        has(
+            &problems(&text),
+            "upstream.tunnel_idle_timeout",
+            10,
+            "out of range (1s to 1day)",
+        );
+    }
+    let text = format!("{MINIMAL}\n[upstream]\ntunnel_idle_timeout = \"forever\"\n");
+    has(
+        &problems(&text),
+        "upstream.tunnel_idle_timeout",
+        10,
+        "not a duration",
+    );
+}
+
+#[test]
 fn the_request_header_bound_is_between_4_kib_and_half_of_pingoras_own() {
     let default = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
     assert_eq!(default.server.max_request_header_bytes, 65536);

@@ -240,6 +240,30 @@ pub fn bound_instance_io(
     options.write_timeout = Some(up.write_timeout);
 }
 
+/// Bounds a request that asks to switch protocols (a WebSocket) by `[upstream]
+/// tunnel_idle_timeout` instead: after a `101` Pingora keeps applying the instance
+/// connection's read and write timeouts, and the client session's read timeout (60 s by
+/// default), to the tunnel's bytes, so a channel that is quiet for longer than a response may
+/// take would be cut. Pingora's bounds are per read and per write, so each side may be silent
+/// that long whatever the other does; the wait for the `101` itself gets the same bound.
+fn bound_tunnel_io(
+    session: &mut Session,
+    options: &mut pingora::upstreams::peer::PeerOptions,
+    up: &nexus_config::UpstreamSettings,
+) {
+    options.read_timeout = Some(up.tunnel_idle_timeout);
+    options.write_timeout = Some(up.tunnel_idle_timeout);
+    session.set_read_timeout(Some(up.tunnel_idle_timeout));
+}
+
+/// Whether the request asks to switch protocols: an HTTP/1.1 `Upgrade`, which Pingora turns
+/// into a tunnel when the instance answers `101`, with a `Connection` that names it (RFC 9110
+/// §7.8: without that an instance does not switch).
+fn asks_for_upgrade(session: &Session) -> bool {
+    session.is_upgrade_req()
+        && crate::nominations::nominates(&session.req_header().headers, "upgrade")
+}
+
 /// A request's values of one header: almost always one or none, so they stay on the stack.
 fn header_values<'a>(
     req: &'a pingora::http::RequestHeader,
@@ -345,7 +369,7 @@ impl ProxyHttp for EdgeService {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let decision = ctx
@@ -373,6 +397,9 @@ impl ProxyHttp for EdgeService {
         let mut peer = HttpPeer::new(addr, url.is_tls(), url.host().to_owned());
         let up = &self.state.settings.upstream;
         bound_instance_io(&mut peer.options, up);
+        if asks_for_upgrade(session) {
+            bound_tunnel_io(session, &mut peer.options, up);
+        }
         peer.options.verify_cert = true;
         peer.options.verify_hostname = true;
         Ok(Box::new(peer))

@@ -1062,10 +1062,9 @@ fn api_prefix_goes_to_api_url() {
     assert_eq!(app.json()["instance"], "instance-a");
 }
 
-#[test]
-fn websocket_upgrade_passes_through() {
-    use std::io::{Read, Write};
-    let w = world();
+/// Opens a WebSocket to `acme` through the router (the test backend echoes after its `101`).
+fn open_websocket(w: &World) -> std::net::TcpStream {
+    use std::io::Write;
     let token = w.keys.token("acme", Some("org-acme"));
     let mut s = std::net::TcpStream::connect(w.edge.addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -1080,9 +1079,23 @@ fn websocket_upgrade_passes_through() {
     let resp = nexus_e2e::http::read_response(&mut s).expect("101");
     assert_eq!(resp.status, 101);
     assert_eq!(resp.header("x-instance"), Some("instance-a"));
-    s.write_all(b"ping over the tunnel").expect("write frame");
-    let mut got = vec![0u8; 20];
-    s.read_exact(&mut got).expect("echo");
+    s
+}
+
+/// Sends `frame` over the tunnel and reads back the backend's echo of it.
+fn echo(s: &mut std::net::TcpStream, frame: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    s.write_all(frame)?;
+    let mut got = vec![0u8; frame.len()];
+    s.read_exact(&mut got)?;
+    Ok(got)
+}
+
+#[test]
+fn websocket_upgrade_passes_through() {
+    let w = world();
+    let mut s = open_websocket(&w);
+    let got = echo(&mut s, b"ping over the tunnel").expect("echo");
     assert_eq!(&got, b"ping over the tunnel");
 
     // Without a token the upgrade is refused like any other request.
@@ -1093,6 +1106,45 @@ fn websocket_upgrade_passes_through() {
         &[("Connection", "Upgrade"), ("Upgrade", "websocket")],
     );
     assert_eq!(r.status, 401);
+}
+
+#[test]
+fn an_idle_websocket_outlives_the_read_timeout() {
+    // A notification channel: the instance says nothing for longer than read_timeout. The
+    // tunnel is bounded by tunnel_idle_timeout (an hour by default), not by read_timeout.
+    let w = world_with(|_, _, _| {}, "1s");
+    let mut s = open_websocket(&w);
+    // The idle spell is what is tested, not a wait for something to happen: there is nothing
+    // to poll for, so the test sits idle, bounded, for 2.5 read_timeouts.
+    std::thread::sleep(Duration::from_millis(2500));
+    let got = echo(&mut s, b"still there?").expect("the tunnel is still open");
+    assert_eq!(&got, b"still there?");
+}
+
+#[test]
+fn a_silent_websocket_is_closed_after_the_tunnel_idle_timeout() {
+    use std::io::Read;
+    // Nothing else would end it within the test's deadline: read_timeout is 30 s and
+    // Pingora's own bound on the client's reads 60 s.
+    let w = world_configured(
+        |_, _, _| {},
+        |opts| {
+            opts.read_timeout = "30s";
+            opts.upstream_extra = "tunnel_idle_timeout = \"1s\"".to_owned();
+        },
+    );
+    let mut s = open_websocket(&w);
+    let got = echo(&mut s, b"ping").expect("echo");
+    assert_eq!(&got, b"ping");
+    // The router closes the tunnel; the read below waits for that, up to its deadline.
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the router to close the silent tunnel, got {other:?}"),
+    }
 }
 
 #[test]

@@ -23,7 +23,8 @@
 //! in one piece on a reused connection never comes: the common case reads no clock and arms
 //! no timer. (A new connection waits for its first request, so its timer starts at the
 //! accept.) Request bodies and upgraded (WebSocket) connections are bounded by Pingora's
-//! per-read timeouts.
+//! per-read timeouts (for a WebSocket, `[upstream] tunnel_idle_timeout`: see
+//! `service::bound_tunnel_io`).
 //!
 //! Idle, the stream waits at most `[server] keepalive_timeout` for the next request, counted
 //! from its first wait, and then closes quietly. Pingora could bound that wait itself, but it
