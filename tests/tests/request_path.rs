@@ -1062,24 +1062,39 @@ fn api_prefix_goes_to_api_url() {
     assert_eq!(app.json()["instance"], "instance-a");
 }
 
-/// Opens a WebSocket to `acme` through the router (the test backend echoes after its `101`).
-fn open_websocket(w: &World) -> std::net::TcpStream {
+/// Upgrades a connection to `acme`'s instance (a WebSocket) and checks the tunnel with one
+/// echoed frame, which is returned.
+///
+/// Pingora 0.9.1 sometimes tears a fresh tunnel down right after the `101` (its issue #946: when
+/// it reads the instance's `101` before the upgrade request's own empty body end, it takes that
+/// end for the tunnel's): the client gets the `101`, then EOF at its first frame. It depends on
+/// scheduling (seen about once in ten runs on a loaded machine, never idle). That is Pingora's,
+/// documented in the README, so a handshake torn down that way is tried again, a few times.
+fn open_websocket(w: &World) -> (std::net::TcpStream, Vec<u8>) {
     use std::io::Write;
     let token = w.keys.token("acme", Some("org-acme"));
-    let mut s = std::net::TcpStream::connect(w.edge.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        host("acme")
-    )
-    .expect("write");
-    let resp = nexus_e2e::http::read_response(&mut s).expect("101");
-    assert_eq!(resp.status, 101);
-    assert_eq!(resp.header("x-instance"), Some("instance-a"));
-    s
+    let probe = b"ping over the tunnel";
+    for _ in 0..5 {
+        let mut s = std::net::TcpStream::connect(w.edge.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            host("acme")
+        )
+        .expect("write");
+        let resp = nexus_e2e::http::read_response(&mut s).expect("101");
+        assert_eq!(resp.status, 101);
+        assert_eq!(resp.header("x-instance"), Some("instance-a"));
+        match echo(&mut s, probe) {
+            Ok(got) => return (s, got),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => continue,
+            Err(e) => panic!("echo over a fresh tunnel: {e}"),
+        }
+    }
+    panic!("every tunnel was torn down at its first frame");
 }
 
 /// Sends `frame` over the tunnel and reads back the backend's echo of it.
@@ -1094,9 +1109,10 @@ fn echo(s: &mut std::net::TcpStream, frame: &[u8]) -> std::io::Result<Vec<u8>> {
 #[test]
 fn websocket_upgrade_passes_through() {
     let w = world();
-    let mut s = open_websocket(&w);
-    let got = echo(&mut s, b"ping over the tunnel").expect("echo");
+    let (mut s, got) = open_websocket(&w);
     assert_eq!(&got, b"ping over the tunnel");
+    let got = echo(&mut s, b"and another frame").expect("echo");
+    assert_eq!(&got, b"and another frame");
 
     // Without a token the upgrade is refused like any other request.
     let r = get(
@@ -1113,7 +1129,7 @@ fn an_idle_websocket_outlives_the_read_timeout() {
     // A notification channel: the instance says nothing for longer than read_timeout. The
     // tunnel is bounded by tunnel_idle_timeout (an hour by default), not by read_timeout.
     let w = world_with(|_, _, _| {}, "1s");
-    let mut s = open_websocket(&w);
+    let (mut s, _) = open_websocket(&w);
     // The idle spell is what is tested, not a wait for something to happen: there is nothing
     // to poll for, so the test sits idle, bounded, for 2.5 read_timeouts.
     std::thread::sleep(Duration::from_millis(2500));
@@ -1133,9 +1149,7 @@ fn a_silent_websocket_is_closed_after_the_tunnel_idle_timeout() {
             opts.upstream_extra = "tunnel_idle_timeout = \"1s\"".to_owned();
         },
     );
-    let mut s = open_websocket(&w);
-    let got = echo(&mut s, b"ping").expect("echo");
-    assert_eq!(&got, b"ping");
+    let (mut s, _) = open_websocket(&w);
     // The router closes the tunnel; the read below waits for that, up to its deadline.
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
