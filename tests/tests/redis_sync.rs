@@ -1034,6 +1034,64 @@ fn a_custom_domain_claimed_twice_stays_with_its_owner() {
 }
 
 #[test]
+fn a_domain_swap_read_in_one_batch_reaches_the_replica() {
+    // Two tenants swap custom domains in the only order the store allows (alpha lets go of
+    // one, beta takes it, alpha takes two) while a replica is frozen. Thawed, it reads the
+    // three entries together and applies each as the tenant's newest record: alpha's claims
+    // two, still beta's here, and beta's claims one, still alpha's. Entry by entry neither
+    // could land first; the replica reconciles instead of routing both domains to the wrong
+    // tenant until the next periodic reconcile.
+    let World {
+        redis,
+        admin,
+        keys,
+        a,
+        b,
+    } = World::start(&[]);
+    let put = |tenant: &str, url: &str, domains: &[&str]| {
+        let mut record = binding(tenant, url, "active", None);
+        record["domains"] = serde_json::json!(domains);
+        admin.put(&record);
+    };
+    put("alpha", &a.url(), &["one.example.test"]);
+    put("beta", &b.url(), &["two.example.test"]);
+    let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
+    let by_domain = |domain: &str, tenant: &str| {
+        let r = get_with_token(edge.addr, domain, "/", &keys.token(tenant, None));
+        (r.status == 200).then(|| r.json()["instance"].as_str().unwrap_or_default().to_owned())
+    };
+    wait::until(Duration::from_secs(20), "both domains routed", || {
+        (by_domain("one.example.test", "alpha").as_deref() == Some("instance-a")
+            && by_domain("two.example.test", "beta").as_deref() == Some("instance-b"))
+        .then_some(())
+    });
+
+    let pid = edge.pid().to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success());
+    };
+    signal("-STOP");
+    put("alpha", &a.url(), &[]);
+    put("beta", &b.url(), &["one.example.test"]);
+    put("alpha", &a.url(), &["two.example.test"]);
+    signal("-CONT");
+
+    wait::until(
+        Duration::from_secs(20),
+        "the swapped domains routed",
+        || {
+            (by_domain("one.example.test", "beta").as_deref() == Some("instance-b")
+                && by_domain("two.example.test", "alpha").as_deref() == Some("instance-a"))
+            .then_some(())
+        },
+    );
+}
+
+#[test]
 fn the_cli_changes_a_record_written_by_hand_with_spaced_json() {
     let World {
         redis,

@@ -366,8 +366,9 @@ async fn session(
 }
 
 /// Applies feed entries in order. Returns true when the feed no longer continues this
-/// replica's history — a gap (entries trimmed away) or a restart at an older revision — and
-/// the caller must reconcile.
+/// replica's history — a gap (entries trimmed away) or a restart at an older revision — or
+/// when it cannot be applied entry by entry (see `contested` below), and the caller must
+/// reconcile.
 async fn apply_entries(
     store: &RedisStore,
     handle: &BindingHandle,
@@ -378,6 +379,13 @@ async fn apply_entries(
         stream_id: "0-0".to_owned(),
         revision: 0,
     });
+    // Tenants whose newest record claims a custom domain another tenant still holds here.
+    // Each entry is applied as the tenant's *newest* record, which may be writes ahead of it:
+    // two tenants swapping domains (a lets go of one, b takes it, a takes b's) read in one
+    // batch would each wait for the other, and neither entry can land first. A later entry
+    // of the tenant that lands clears it; any left at the end of the batch are settled by a
+    // reconcile, which builds the table from Redis's consistent whole.
+    let mut contested: Vec<TenantId> = Vec::new();
     for (id, fields) in entries {
         if field_str(&fields, "op") == Some(super::restore::RESET) {
             tracing::info!(
@@ -447,7 +455,15 @@ async fn apply_entries(
                 Some(change) => {
                     let upsert = matches!(change, Change::Upsert(_));
                     match handle.apply(change) {
-                        Ok(_) => store.accepted(tenant.as_str()),
+                        Ok(_) => {
+                            contested.retain(|t| t != &tenant);
+                            store.accepted(tenant.as_str());
+                        }
+                        Err(crate::error::ApplyError::DomainTaken { .. }) => {
+                            if !contested.contains(&tenant) {
+                                contested.push(tenant.clone());
+                            }
+                        }
                         // Applied early from an older entry, or a delete a later entry
                         // carries: benign. A stored record older than the one applied is
                         // not: within one history revisions only move forward, so it was
@@ -470,6 +486,13 @@ async fn apply_entries(
             revision: pos.revision.max(rev),
         };
         store.set_position(pos.clone());
+    }
+    if !contested.is_empty() {
+        tracing::info!(
+            tenants = contested.len(),
+            "custom domains moved between tenants within one read of the feed; reconciling"
+        );
+        return Ok(true);
     }
     Ok(false)
 }
