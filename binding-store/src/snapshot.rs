@@ -244,8 +244,12 @@ pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotErr
     if hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref()) != header.sha256 {
         return Err(SnapshotError::ChecksumMismatch(path.to_path_buf()));
     }
-    let mut bindings = Vec::with_capacity(header.count);
-    let mut tenants = std::collections::HashSet::with_capacity(header.count);
+    // The header's count is not covered by the checksum: sized by it alone, a damaged count
+    // would overflow or exhaust memory before the count check below could refuse it.
+    let lines = body.iter().filter(|&&c| c == b'\n').count() + 1;
+    let expected = header.count.min(lines);
+    let mut bindings = Vec::with_capacity(expected);
+    let mut tenants = std::collections::HashSet::with_capacity(expected);
     let mut interner = Interner::default();
     for (i, line) in body
         .split(|&c| c == b'\n')
@@ -283,6 +287,15 @@ pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotErr
 
 #[cfg(test)]
 mod tests {
+    /// The header line of a snapshot's bytes.
+    fn good_head(bytes: &[u8]) -> &str {
+        std::str::from_utf8(bytes)
+            .expect("utf8")
+            .split_once('\n')
+            .expect("header line")
+            .0
+    }
+
     use super::*;
     use crate::model::test_binding;
 
@@ -392,6 +405,22 @@ mod tests {
                 assert!(reason.contains("listed twice"), "{reason}");
             }
             other => panic!("{other:?}"),
+        }
+        // A damaged count (the checksum covers the records, not the header): refused, never a
+        // capacity overflow or an allocation of what the count claims.
+        for count in [u64::MAX, 4_000_000_000] {
+            let mut header: Header = serde_json::from_str(good_head(&good)).expect("header");
+            header.count = usize::try_from(count).unwrap_or(usize::MAX);
+            let head = serde_json::to_string(&header).expect("header");
+            let body = String::from_utf8(good.clone()).expect("utf8");
+            let (_, body) = body.split_once('\n').expect("header line");
+            std::fs::write(&path, format!("{head}\n{body}")).expect("w");
+            match read_snapshot(&path, "nexus") {
+                Err(SnapshotError::Corrupt { reason, .. }) => {
+                    assert!(reason.contains("header says"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
         }
         std::fs::write(&path, "garbage").expect("w");
         assert!(matches!(

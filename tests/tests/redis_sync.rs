@@ -1092,6 +1092,25 @@ fn a_domain_swap_read_in_one_batch_reaches_the_replica() {
 }
 
 #[test]
+fn revisions_of_fifteen_digits_are_written_whole() {
+    // Lua writes numbers of 10^14 and above as 1e+14; a record stamped so is refused by every
+    // replica, and so is every record after it.
+    let (w, edge) = World::followed(&["acme"]);
+    let World {
+        redis,
+        admin,
+        keys,
+        b,
+        ..
+    } = &w;
+    redis.cmd(&["SET", "nexus:revision", "99999999999999"]);
+    admin.put(&binding("acme", &b.url(), "active", None));
+    let stored = redis.cmd(&["GET", "nexus:binding:acme"]);
+    assert!(stored.contains("\"revision\":100000000000000"), "{stored}");
+    wait_instance(&edge, keys, "acme", "instance-b");
+}
+
+#[test]
 fn the_cli_changes_a_record_written_by_hand_with_spaced_json() {
     let World {
         redis,

@@ -91,7 +91,9 @@ end
 
 local rev = redis.call('INCR', KEYS[2])
 local placeholder = '"revision":0'
-local stamped = '"revision":' .. rev
+-- Written out whole: Lua's own number format turns 10^14 and above into "1e+14", which no
+-- reader takes for a revision.
+local stamped = '"revision":' .. string.format('%.0f', rev)
 
 -- Drop the tenant's old domains from the index, then add the new ones.
 if cur then
