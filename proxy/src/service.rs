@@ -40,6 +40,9 @@ pub struct RequestCtx {
     /// How a forwarded request failed once its answer could no longer be an error response
     /// (the instance's status was out) or the client was gone: the `requests_total` outcome.
     failed: Option<&'static str>,
+    /// The instance gave its final answer to an `Expect: 100-continue` request before the
+    /// body: whatever body the client sends now is not forwarded (see `request_body_filter`).
+    body_unwanted: bool,
     /// Instance addresses this request failed to connect to (empty unless one did).
     tried: Vec<SocketAddr>,
 }
@@ -320,6 +323,7 @@ impl ProxyHttp for EdgeService {
             decision: None,
             rejected: None,
             failed: None,
+            body_unwanted: false,
             tried: Vec::new(),
         }
     }
@@ -494,12 +498,47 @@ impl ProxyHttp for EdgeService {
         rewrite_upstream_request(upstream_request, decision, fwd)
     }
 
+    /// Body bytes a client sends after the instance answered its `Expect: 100-continue`
+    /// request are not forwarded: the exchange ends here (the instance's answer is out; its
+    /// connection is dropped, not pooled). The instance chose not to read that body; one that
+    /// then read it as its next request (RFC 9110 §10.1.1 says it should close or read the
+    /// body, not that) would run a request the router never checked, identity headers written
+    /// by the client, and answer it to whoever's request came next on that connection.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.body_unwanted && body.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Err(Error::explain(
+                ErrorType::Custom("body after the answer"),
+                "request body sent after the instance's final answer to Expect: 100-continue",
+            )
+            .into_down());
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if !upstream_response.status.is_informational()
+            && !session.is_body_done()
+            && session
+                .req_header()
+                .headers
+                .contains_key(http::header::EXPECT)
+        {
+            // The instance answered without the body (see `request_body_filter`): the
+            // client's connection ends with this response, as the body may still be coming.
+            ctx.body_unwanted = true;
+            session.set_keepalive(None);
+        }
         remove_hop_by_hop(upstream_response);
         if session.req_header().version < http::Version::HTTP_11
             && upstream_response
@@ -557,7 +596,9 @@ impl ProxyHttp for EdgeService {
                     error = %LoggedError(e),
                     "client connection failed"
                 );
-                ctx.failed = Some(CLIENT_CLOSED);
+                if !ctx.body_unwanted {
+                    ctx.failed = Some(CLIENT_CLOSED);
+                }
                 return FailToProxy {
                     error_code: 0,
                     can_reuse_downstream: false,

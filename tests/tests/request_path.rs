@@ -3,12 +3,17 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexus_e2e::backend::{echoed_header, Backend};
 use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions, BASE};
 use nexus_e2e::http::{get, get_with_token, send_raw};
 use nexus_e2e::keys::{self, claims, TestKeys};
+use nexus_e2e::loopback::LoopbackServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Two tenants on two instances: `acme` (org-acme, custom domain) and `globex` (no org).
 struct World {
@@ -1922,4 +1927,158 @@ fn metrics_and_probes_on_the_ops_listener() {
     // The ops endpoints are not reachable through a tenant host.
     let r = get(w.edge.addr, &host("acme"), "/metrics", &[]);
     assert_eq!(r.status, 401);
+}
+
+/// An instance that answers a request carrying `Expect: 100-continue` at once with a final
+/// `417` (keep-alive, no `100 Continue`, body not read: it takes the client to have withheld
+/// the body, as a client waiting for `100` does), and any other request after reading its
+/// `Content-Length` body, echoing the head and body it parsed. Every head it parses is kept.
+struct EarlyAnsweringInstance {
+    heads: Arc<Mutex<Vec<String>>>,
+    server: LoopbackServer,
+}
+
+impl EarlyAnsweringInstance {
+    fn start() -> Self {
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = Arc::clone(&heads);
+        let server = LoopbackServer::start(move |mut stream| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let mut buf: Vec<u8> = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i;
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    seen.lock().unwrap().push(head.clone());
+                    let lower = head.to_ascii_lowercase();
+                    if lower.contains("\r\nexpect: 100-continue") {
+                        let resp = b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n";
+                        if stream.write_all(resp).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let len = lower
+                        .split("\r\n")
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while buf.len() < len {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = buf.drain(..len).collect();
+                    let echo = format!("{head}\n--body--\n{}", String::from_utf8_lossy(&body));
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{echo}",
+                        echo.len()
+                    );
+                    if stream.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Self { heads, server }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.server.addr)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// An instance that answers an `Expect: 100-continue` request with a final status before the
+/// body, and stays open: the body the client sends anyway must not reach it, since it may read
+/// those bytes as its next request (one the router never checked, with identity headers the
+/// client wrote), and the next request forwarded on that connection (another user's, or
+/// another tenant's on a shared instance) would become that request's body and get its answer.
+#[test]
+fn a_body_sent_after_the_instances_answer_to_expect_never_reaches_it() {
+    let keys = TestKeys::new();
+    let inst = EarlyAnsweringInstance::start();
+    // Two tenants served by one instance (one URL: one connection pool).
+    let records = vec![
+        binding("acme", &inst.url(), "active", Some("org-acme")),
+        binding("globex", &inst.url(), "active", None),
+    ];
+    let edge = Edge::start(&EdgeOptions::new(keys.jwks(), bindings_file(records)));
+    let acme = format!("acme.{BASE}");
+    let globex = format!("globex.{BASE}");
+
+    // The attacker: a user of acme, with acme's token.
+    let smuggled_head = format!(
+        "GET /smuggled HTTP/1.1\r\nHost: {globex}\r\nX-Tenant-Id: globex\r\nX-User-Id: admin\r\n\
+         Content-Length: 40\r\n\r\n"
+    );
+    let mut attacker = TcpStream::connect(edge.addr).unwrap();
+    attacker
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    attacker
+        .write_all(
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {}\r\n\
+                 Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+                keys.token("acme", Some("org-acme")),
+                smuggled_head.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let early = nexus_e2e::http::read_response(&mut attacker).unwrap();
+    assert_eq!(early.status, 417);
+    // The announced body, sent after the answer (a client may send it without waiting).
+    attacker.write_all(smuggled_head.as_bytes()).unwrap();
+    // The router ends the exchange: the client's connection closes after the answer.
+    let mut rest = Vec::new();
+    let _ = attacker.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+
+    // A globex user's ordinary request, forwarded next.
+    let mut victim = TcpStream::connect(edge.addr).unwrap();
+    victim
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    victim
+        .write_all(
+            format!(
+                "GET /inbox HTTP/1.1\r\nHost: {globex}\r\nAuthorization: Bearer {}\r\n\
+                 Connection: close\r\n\r\n",
+                keys.token("globex", None)
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let answer = nexus_e2e::http::read_response(&mut victim).unwrap();
+
+    let heads = inst.heads();
+    let unchecked: Vec<&String> = heads
+        .iter()
+        .filter(|h| !h.to_ascii_lowercase().contains("\r\nx-request-id:"))
+        .collect();
+    assert!(
+        unchecked.is_empty(),
+        "the instance parsed requests the router never checked (no router headers): {unchecked:#?}"
+    );
+    assert!(
+        answer.text().starts_with("GET /inbox"),
+        "the globex user got the answer to another request: {}",
+        answer.text()
+    );
 }
