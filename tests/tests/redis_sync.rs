@@ -108,6 +108,16 @@ impl World {
     }
 }
 
+/// Sends `sig` (`-STOP`, `-CONT`) to a replica's process.
+fn signal(edge: &Edge, sig: &str) {
+    let pid = edge.pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .expect("kill")
+        .success());
+}
+
 /// A snapshot written by a replica that served `tenant` from `instance`; the directory holds
 /// it for the test's life.
 fn snapshot_from_a_replica(
@@ -280,12 +290,7 @@ fn wait_names_replicas_stopped_or_on_another_history() {
     wait_instance(&r2, &keys, "acme", "instance-a");
     wait_live(&admin, &["replica-up", "replica-down"]);
     // Freeze replica-down: it stops heartbeating and applying changes.
-    let pid = r2.pid().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    signal(&r2, "-STOP");
     let (code, _, err) = admin.tenant(&[
         "rebind",
         "acme",
@@ -297,9 +302,7 @@ fn wait_names_replicas_stopped_or_on_another_history() {
         "--timeout",
         "1s",
     ]);
-    let _ = std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status();
+    signal(&r2, "-CONT");
     assert_eq!(code, 4, "{err}");
     assert!(
         err.contains("timed out") && err.contains("replica-down"),
@@ -1066,19 +1069,11 @@ fn a_domain_swap_read_in_one_batch_reaches_the_replica() {
         .then_some(())
     });
 
-    let pid = edge.pid().to_string();
-    let signal = |sig: &str| {
-        assert!(std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill")
-            .success());
-    };
-    signal("-STOP");
+    signal(&edge, "-STOP");
     put("alpha", &a.url(), &[]);
     put("beta", &b.url(), &["one.example.test"]);
     put("alpha", &a.url(), &["two.example.test"]);
-    signal("-CONT");
+    signal(&edge, "-CONT");
 
     wait::until(
         Duration::from_secs(20),
