@@ -40,9 +40,6 @@ pub struct RequestCtx {
     /// How a forwarded request failed once its answer could no longer be an error response
     /// (the instance's status was out) or the client was gone: the `requests_total` outcome.
     failed: Option<&'static str>,
-    /// The instance gave its final answer to an `Expect: 100-continue` request before the
-    /// body: whatever body the client sends now is not forwarded (see `request_body_filter`).
-    body_unwanted: bool,
     /// Instance addresses this request failed to connect to (empty unless one did).
     tried: Vec<SocketAddr>,
 }
@@ -192,6 +189,27 @@ fn request_target(
     }
 }
 
+/// Takes the request's `Expect` off; true when it asked for `100-continue` and a body is to
+/// come, so that the router answers `100 Continue` itself (called once it has accepted the
+/// request). Passed on, the expectation would let the instance give its final answer before
+/// the body; Pingora forwards the body anyway (sent with the header, or after the answer) and
+/// pools the connection, so an instance that then read those bytes as its next request would
+/// run a request the router never checked, identity headers written by the client, and answer
+/// it to whoever's request came next on that connection. Without it the instance reads the
+/// body as the body. Other expectations are ignored (RFC 9110 §10.1.1 allows it).
+fn take_expectation(session: &mut Session) -> bool {
+    let req = session.req_header();
+    if !req.headers.contains_key(http::header::EXPECT) {
+        return false;
+    }
+    let wants_continue = header_bytes(&req.headers, &http::header::EXPECT)
+        .any(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+    session
+        .req_header_mut()
+        .remove_header(&http::header::EXPECT);
+    wants_continue && !session.is_body_empty()
+}
+
 /// A fault in the client's request that Pingora finds only while forwarding it: a chunk of
 /// the body that does not parse, or a request header it refuses once it prepares the request
 /// for the instance (see [`RejectReason::MalformedHeader`]). Any other failure of the
@@ -323,7 +341,6 @@ impl ProxyHttp for EdgeService {
             decision: None,
             rejected: None,
             failed: None,
-            body_unwanted: false,
             tried: Vec::new(),
         }
     }
@@ -361,6 +378,13 @@ impl ProxyHttp for EdgeService {
         match outcome {
             Ok(decision) => {
                 ctx.decision = Some(decision);
+                if take_expectation(session) {
+                    // A write that fails is the client going away (see `reject`).
+                    session
+                        .write_continue_response()
+                        .await
+                        .map_err(Error::into_down)?;
+                }
                 Ok(false)
             }
             Err(reason) => {
@@ -498,47 +522,12 @@ impl ProxyHttp for EdgeService {
         rewrite_upstream_request(upstream_request, decision, fwd)
     }
 
-    /// Body bytes a client sends after the instance answered its `Expect: 100-continue`
-    /// request are not forwarded: the exchange ends here (the instance's answer is out; its
-    /// connection is dropped, not pooled). The instance chose not to read that body; one that
-    /// then read it as its next request (RFC 9110 §10.1.1 says it should close or read the
-    /// body, not that) would run a request the router never checked, identity headers written
-    /// by the client, and answer it to whoever's request came next on that connection.
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        if ctx.body_unwanted && body.as_ref().is_some_and(|b| !b.is_empty()) {
-            return Err(Error::explain(
-                ErrorType::Custom("body after the answer"),
-                "request body sent after the instance's final answer to Expect: 100-continue",
-            )
-            .into_down());
-        }
-        Ok(())
-    }
-
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if !upstream_response.status.is_informational()
-            && !session.is_body_done()
-            && session
-                .req_header()
-                .headers
-                .contains_key(http::header::EXPECT)
-        {
-            // The instance answered without the body (see `request_body_filter`): the
-            // client's connection ends with this response, as the body may still be coming.
-            ctx.body_unwanted = true;
-            session.set_keepalive(None);
-        }
         remove_hop_by_hop(upstream_response);
         if session.req_header().version < http::Version::HTTP_11
             && upstream_response
@@ -596,9 +585,7 @@ impl ProxyHttp for EdgeService {
                     error = %LoggedError(e),
                     "client connection failed"
                 );
-                if !ctx.body_unwanted {
-                    ctx.failed = Some(CLIENT_CLOSED);
-                }
+                ctx.failed = Some(CLIENT_CLOSED);
                 return FailToProxy {
                     error_code: 0,
                     can_reuse_downstream: false,

@@ -3,7 +3,7 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -2003,13 +2003,42 @@ impl EarlyAnsweringInstance {
     }
 }
 
-/// An instance that answers an `Expect: 100-continue` request with a final status before the
-/// body, and stays open: the body the client sends anyway must not reach it, since it may read
-/// those bytes as its next request (one the router never checked, with identity headers the
-/// client wrote), and the next request forwarded on that connection (another user's, or
-/// another tenant's on a shared instance) would become that request's body and get its answer.
+/// Reads an interim (1xx) response's head, byte by byte so nothing after it is taken.
+fn read_interim(s: &mut TcpStream) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("an interim response");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// The requests of an `Expect: 100-continue` attack: acme's user announces a body, which is
+/// the head of a request for globex with identity headers of the attacker's choosing.
+fn expect_attack(keys: &TestKeys, acme: &str, globex: &str) -> (String, String) {
+    let smuggled = format!(
+        "GET /smuggled HTTP/1.1\r\nHost: {globex}\r\nX-Tenant-Id: globex\r\nX-User-Id: admin\r\n\
+         Content-Length: 40\r\n\r\n"
+    );
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {}\r\n\
+         Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        keys.token("acme", Some("org-acme")),
+        smuggled.len()
+    );
+    (head, smuggled)
+}
+
+/// An instance that would answer an `Expect: 100-continue` request before its body and then
+/// read the body as its next request must never get the chance, whether the client sends the
+/// body after waiting or with its header: the router answers the expectation itself and the
+/// instance gets an ordinary request with a body. Otherwise it would run a request the router
+/// never checked (identity headers the client wrote), and the next request forwarded on that
+/// connection (another tenant's, on a shared instance) would become its body and get its answer.
 #[test]
-fn a_body_sent_after_the_instances_answer_to_expect_never_reaches_it() {
+fn an_expect_100_continue_body_always_reaches_the_instance_as_a_body() {
     let keys = TestKeys::new();
     let inst = EarlyAnsweringInstance::start();
     // Two tenants served by one instance (one URL: one connection pool).
@@ -2020,65 +2049,62 @@ fn a_body_sent_after_the_instances_answer_to_expect_never_reaches_it() {
     let edge = Edge::start(&EdgeOptions::new(keys.jwks(), bindings_file(records)));
     let acme = format!("acme.{BASE}");
     let globex = format!("globex.{BASE}");
+    let (head, smuggled) = expect_attack(&keys, &acme, &globex);
 
-    // The attacker: a user of acme, with acme's token.
-    let smuggled_head = format!(
-        "GET /smuggled HTTP/1.1\r\nHost: {globex}\r\nX-Tenant-Id: globex\r\nX-User-Id: admin\r\n\
-         Content-Length: 40\r\n\r\n"
-    );
-    let mut attacker = TcpStream::connect(edge.addr).unwrap();
-    attacker
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    attacker
-        .write_all(
-            format!(
-                "POST /upload HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {}\r\n\
-                 Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
-                keys.token("acme", Some("org-acme")),
-                smuggled_head.len()
+    for with_header in [false, true] {
+        let mut attacker = TcpStream::connect(edge.addr).unwrap();
+        attacker
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        if with_header {
+            attacker
+                .write_all(format!("{head}{smuggled}").as_bytes())
+                .unwrap();
+        } else {
+            attacker.write_all(head.as_bytes()).unwrap();
+        }
+        // The router accepted the request and says go on; the instance has said nothing.
+        let go_on = read_interim(&mut attacker);
+        assert!(go_on.starts_with("HTTP/1.1 100 "), "{go_on}");
+        if !with_header {
+            attacker.write_all(smuggled.as_bytes()).unwrap();
+        }
+        let answer = nexus_e2e::http::read_response(&mut attacker).unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        // The instance read the announced bytes as the upload's body.
+        assert!(
+            answer.text().starts_with("POST /upload")
+                && answer.text().contains("--body--\nGET /smuggled"),
+            "{}",
+            answer.text()
+        );
+
+        // A globex user's ordinary request, forwarded next.
+        let mut victim = TcpStream::connect(edge.addr).unwrap();
+        victim
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        victim
+            .write_all(
+                format!(
+                    "GET /inbox HTTP/1.1\r\nHost: {globex}\r\nAuthorization: Bearer {}\r\n\
+                     Connection: close\r\n\r\n",
+                    keys.token("globex", None)
+                )
+                .as_bytes(),
             )
-            .as_bytes(),
-        )
-        .unwrap();
-    let early = nexus_e2e::http::read_response(&mut attacker).unwrap();
-    assert_eq!(early.status, 417);
-    // The announced body, sent after the answer (a client may send it without waiting).
-    attacker.write_all(smuggled_head.as_bytes()).unwrap();
-    // The router ends the exchange: the client's connection closes after the answer.
-    let mut rest = Vec::new();
-    let _ = attacker.read_to_end(&mut rest);
-    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
-
-    // A globex user's ordinary request, forwarded next.
-    let mut victim = TcpStream::connect(edge.addr).unwrap();
-    victim
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    victim
-        .write_all(
-            format!(
-                "GET /inbox HTTP/1.1\r\nHost: {globex}\r\nAuthorization: Bearer {}\r\n\
-                 Connection: close\r\n\r\n",
-                keys.token("globex", None)
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-    let answer = nexus_e2e::http::read_response(&mut victim).unwrap();
-
+            .unwrap();
+        let mine = nexus_e2e::http::read_response(&mut victim).unwrap();
+        assert!(mine.text().starts_with("GET /inbox"), "{}", mine.text());
+    }
     let heads = inst.heads();
-    let unchecked: Vec<&String> = heads
-        .iter()
-        .filter(|h| !h.to_ascii_lowercase().contains("\r\nx-request-id:"))
-        .collect();
-    assert!(
-        unchecked.is_empty(),
-        "the instance parsed requests the router never checked (no router headers): {unchecked:#?}"
-    );
-    assert!(
-        answer.text().starts_with("GET /inbox"),
-        "the globex user got the answer to another request: {}",
-        answer.text()
-    );
+    for h in &heads {
+        let lower = h.to_ascii_lowercase();
+        assert!(
+            lower.contains("\r\nx-request-id:"),
+            "the instance parsed a request the router never checked: {h}"
+        );
+        assert!(!lower.contains("\r\nexpect:"), "{h}");
+    }
+    assert_eq!(heads.len(), 4, "{heads:#?}");
 }
