@@ -309,6 +309,18 @@ fn final_response_written(session: &Session) -> bool {
     })
 }
 
+/// Whether `e` is an upgraded connection (a WebSocket, after its `101`) that one side left
+/// silent for longer than `[upstream] tunnel_idle_timeout`: Pingora ends such a tunnel with a
+/// read or write timeout, of the instance's side or the client's.
+fn tunnel_idled_out(session: &Session, e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    ) && session
+        .response_written()
+        .is_some_and(|r| r.status == http::StatusCode::SWITCHING_PROTOCOLS)
+}
+
 /// Maps a proxying error to the rejection the client sees.
 fn upstream_failure(e: &Error) -> RejectReason {
     match e.etype() {
@@ -565,6 +577,14 @@ impl ProxyHttp for EdgeService {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if tunnel_idled_out(session, e) {
+            // The tunnel ended as configured (`tunnel_idle_timeout`), not by a failure.
+            tracing::debug!(request_id = %ctx.id(), "tunnel closed after tunnel_idle_timeout");
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         if let Some(reason) = late_client_fault(e).filter(|_| !final_response_written(session)) {
             // The client's request is at fault, and the client is there to be told so.
             log_rejection(ctx, &reason);

@@ -1164,6 +1164,28 @@ fn a_silent_websocket_is_closed_after_the_tunnel_idle_timeout() {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
         other => panic!("expected the router to close the silent tunnel, got {other:?}"),
     }
+    // Closed as configured: a request forwarded, not an instance failure or a client gone.
+    let counted = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("nexus_edge_requests_total{") && !l.ends_with(" 0"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let lines = nexus_e2e::wait::until(Duration::from_secs(10), "the tunnel counted", || {
+        let lines = counted(&w.edge.ops_get("/metrics").text());
+        (!lines.is_empty()).then_some(lines)
+    });
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("nexus_edge_requests_total{outcome=\"forwarded\"}")),
+        "{lines:?}"
+    );
+    assert!(
+        !w.edge.log().contains("upstream failed"),
+        "{}",
+        w.edge.log()
+    );
 }
 
 #[test]
