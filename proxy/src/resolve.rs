@@ -167,7 +167,11 @@ enum Cached {
     /// A lookup just failed, and no answer may stand in.
     FailFast,
     /// A lookup is under way and no answer may stand in: wait for it, then ask again.
-    Wait(watch::Receiver<()>),
+    Wait {
+        done: watch::Receiver<()>,
+        /// When the answer in the cache was fetched: one fetched later is the lookup's.
+        fetched: Instant,
+    },
     /// Look up; `stale` (an answer and its down marks) may stand in if that fails.
     Refresh {
         stale: Option<(Arc<[IpAddr]>, DownMarks)>,
@@ -230,9 +234,12 @@ impl InstanceResolver {
         let all_tried = || ResolveError::AllTried {
             host: host.to_owned(),
         };
-        let mut waited = false;
+        // After a wait: when the answer found before it was fetched. A later one is the
+        // answer waited for, and serves this request whatever its age (with `dns_ttl = 0s`
+        // it is already due for refreshing).
+        let mut waited: Option<Instant> = None;
         let (stale, turn, _claim) = loop {
-            match self.consult(host, port, tried, now) {
+            match self.consult(host, port, tried, now, waited) {
                 Cached::Use(addr) => return Ok(addr),
                 Cached::AllTried => return Err(all_tried()),
                 Cached::FailFast => {
@@ -240,13 +247,13 @@ impl InstanceResolver {
                         host: host.to_owned(),
                     })
                 }
-                Cached::Wait(mut done) if !waited => {
-                    waited = true;
+                Cached::Wait { mut done, fetched } if waited.is_none() => {
+                    waited = Some(fetched);
                     // Ends when the claimant stores its outcome (or gives up: dropped, its
                     // claim wakes this too); the lookup itself is bounded by the timeout.
                     let _ = tokio::time::timeout(self.policy.timeout, done.changed()).await;
                 }
-                Cached::Wait(_) => {
+                Cached::Wait { .. } => {
                     return Err(ResolveError::Timeout {
                         host: host.to_owned(),
                         timeout: self.policy.timeout,
@@ -331,7 +338,16 @@ impl InstanceResolver {
 
     /// Reads the cache and, when the answer needs refreshing, claims the refresh so
     /// concurrent requests keep using the old answer instead of asking too.
-    fn consult(&self, host: &str, port: u16, tried: &[SocketAddr], now: Instant) -> Cached {
+    /// `answered_after`: an answer fetched after this instant is the one this request waited
+    /// for, and serves it whatever its age.
+    fn consult(
+        &self,
+        host: &str,
+        port: u16,
+        tried: &[SocketAddr],
+        now: Instant,
+        answered_after: Option<Instant>,
+    ) -> Cached {
         let mut names = self.lock();
         let Some(e) = names.get_mut(host) else {
             return Cached::Refresh {
@@ -345,7 +361,8 @@ impl InstanceResolver {
         let usable = known && age < self.policy.ttl + self.policy.serve_stale;
         let turn = e.turn;
         e.turn = e.turn.wrapping_add(1);
-        if (known && age < self.policy.ttl) || (usable && now < e.next_try) {
+        let waited_for = answered_after.is_some_and(|t| e.fetched > t);
+        if (known && (age < self.policy.ttl || waited_for)) || (usable && now < e.next_try) {
             return match Self::pick(&e.ips, port, tried, &e.down, now, turn) {
                 Some(addr) => Cached::Use(addr),
                 None => Cached::AllTried,
@@ -354,7 +371,10 @@ impl InstanceResolver {
         // A claimant that is gone (its outcome stored, or its request dropped) has closed
         // the channel.
         if let Some(done) = e.refreshing.as_ref().filter(|d| d.has_changed().is_ok()) {
-            return Cached::Wait(done.clone());
+            return Cached::Wait {
+                done: done.clone(),
+                fetched: e.fetched,
+            };
         }
         if now < e.next_try {
             return Cached::FailFast;
@@ -614,11 +634,11 @@ mod tests {
         let t1 = t0 + Duration::from_secs(11);
         // The refresh is claimed before the lookup: a request arriving meanwhile does not ask.
         assert!(matches!(
-            r.consult("instance.internal", 8080, &[], t1),
+            r.consult("instance.internal", 8080, &[], t1, None),
             Cached::Refresh { stale: Some(_), .. }
         ));
         assert!(matches!(
-            r.consult("instance.internal", 8080, &[], t1),
+            r.consult("instance.internal", 8080, &[], t1, None),
             Cached::Use(_)
         ));
         let t2 = t1 + RETRY_EVERY;
@@ -950,6 +970,52 @@ mod tests {
             matches!(next, Err(ResolveError::RecentlyFailed { .. })),
             "{next:?}"
         );
+    }
+
+    /// Polls `f` once; true while it is pending.
+    async fn pending_once<F: Future>(mut f: std::pin::Pin<&mut F>) -> bool {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(f.as_mut().poll(cx).is_pending())).await
+    }
+
+    #[tokio::test]
+    async fn with_a_zero_ttl_every_waiting_request_takes_the_answer_it_waited_for() {
+        // dns_ttl = 0s and dns_serve_stale = 0s: the answer is due again as soon as it is
+        // stored, yet the requests that waited for it must use it, not queue another lookup
+        // (or fail, having waited once already).
+        let r = resolver(0, 0);
+        let n = Cell::new(0);
+        let t0 = Instant::now();
+        ask(&r, t0, Ok(vec![A]), &n).await.expect("resolved");
+        let now = t0 + Duration::from_secs(1);
+        let asked_again = Cell::new(0);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let first = r.resolve_name("instance.internal", 8080, &[], now, || async move {
+            let _ = rx.await;
+            Ok(vec![B])
+        });
+        let waiter = || {
+            r.resolve_name("instance.internal", 8080, &[], now, || {
+                asked_again.set(asked_again.get() + 1);
+                async { down() }
+            })
+        };
+        let (w1, w2) = (waiter(), waiter());
+        tokio::pin!(first, w1, w2);
+        assert!(
+            pending_once(first.as_mut()).await,
+            "the first waits for its lookup"
+        );
+        assert!(
+            pending_once(w1.as_mut()).await,
+            "the second waits for the first's lookup"
+        );
+        assert!(pending_once(w2.as_mut()).await, "the third too");
+        let _ = tx.send(());
+        let (a, b, c) = tokio::join!(first, w1, w2);
+        for got in [a, b, c] {
+            assert_eq!(got.expect("resolved").ip(), B);
+        }
+        assert_eq!(asked_again.get(), 0, "only the first looked the name up");
     }
 
     #[tokio::test]
