@@ -386,6 +386,11 @@ async fn apply_entries(
     // of the tenant that lands clears it; any left at the end of the batch are settled by a
     // reconcile, which builds the table from Redis's consistent whole.
     let mut contested: Vec<TenantId> = Vec::new();
+    // Where the feed stood before the first contested entry: kept as this replica's position
+    // until the reconcile has settled it. Should the reconcile fail (Redis went away), the
+    // next session reads those entries again and reconciles then, and meanwhile the replica
+    // does not report their revisions as applied (`--wait` goes on waiting for it).
+    let mut before_contested: Option<FeedPosition> = None;
     for (id, fields) in entries {
         if field_str(&fields, "op") == Some(super::restore::RESET) {
             tracing::info!(
@@ -463,6 +468,7 @@ async fn apply_entries(
                             if !contested.contains(&tenant) {
                                 contested.push(tenant.clone());
                             }
+                            before_contested.get_or_insert_with(|| pos.clone());
                         }
                         // Applied early from an older entry, or a delete a later entry
                         // carries: benign. A stored record older than the one applied is
@@ -487,7 +493,8 @@ async fn apply_entries(
         };
         store.set_position(pos.clone());
     }
-    if !contested.is_empty() {
+    if let (false, Some(before)) = (contested.is_empty(), before_contested) {
+        store.set_position(before);
         tracing::info!(
             tenants = contested.len(),
             "custom domains moved between tenants within one read of the feed; reconciling"
