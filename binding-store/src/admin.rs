@@ -93,6 +93,13 @@ pub enum AdminError {
         /// Revision the store has (0 = absent).
         actual: Revision,
     },
+    /// `--expect-revision 0` (must not exist) for a tenant that has a record: one without a
+    /// revision (written by hand), which reads as revision 0.
+    #[error("conflict: tenant {tenant} exists (its record carries no revision: written by hand), not absent as --expect-revision 0 says; re-read it and retry")]
+    Exists {
+        /// Tenant.
+        tenant: TenantId,
+    },
     /// The change would leave an invalid binding (e.g. a domain owned by another tenant).
     #[error("tenant {tenant}: {reason}")]
     Invalid {

@@ -840,6 +840,12 @@ fn apply_locked(
     };
     let actual = current.as_ref().map_or(Revision::ZERO, |b| b.revision);
     if let Some(expected) = expect {
+        // 0 says "must not exist", which a record without a revision does not satisfy.
+        if expected == Revision::ZERO && pos.is_some() {
+            return Err(AdminError::Exists {
+                tenant: tenant.clone(),
+            });
+        }
         if expected != actual {
             return Err(AdminError::Conflict {
                 tenant: tenant.clone(),

@@ -177,8 +177,9 @@ pub fn to_document<'a>(bindings: impl IntoIterator<Item = &'a Binding>) -> Strin
 }
 
 /// Custom domains that more than one loaded record claims, with their claimants. Admin
-/// writes never make one (they refuse the second claim); an outside writer can.
-pub(crate) fn contested_domains(bindings: &[Arc<Binding>]) -> Vec<(String, Vec<TenantId>)> {
+/// writes never make one (they refuse the second claim); an outside writer, or a file given
+/// to `tenant import`, can.
+pub fn contested_domains(bindings: &[Arc<Binding>]) -> Vec<(String, Vec<TenantId>)> {
     let mut claims: std::collections::BTreeMap<&str, Vec<TenantId>> = Default::default();
     for b in bindings {
         for d in &b.domains {

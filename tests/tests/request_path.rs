@@ -1374,6 +1374,86 @@ fn binding_file_changes_are_picked_up_live() {
 }
 
 #[test]
+fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
+    let w = world();
+    let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();
+    let admin =
+        nexus_e2e::admin::Admin::new(&format!("[store]\nkind = \"file\"\npath = \"{bindings}\""));
+    let file = w.edge.dir.path().join("record.json");
+    let file_arg = file.to_str().expect("utf8");
+    let before = std::fs::read(&w.edge.bindings_path).expect("read");
+
+    // acme's record was written by hand (no revision, so it reads as revision 0): it exists,
+    // and --expect-revision 0 ("must not exist") is a conflict, not a replacement.
+    std::fs::write(
+        &file,
+        binding("acme", &w.b.url(), "active", None).to_string(),
+    )
+    .expect("w");
+    let (code, _, err) = admin.tenant(&["put", file_arg, "--expect-revision", "0"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("exists"), "{err}");
+    let (code, _, err) = admin.tenant(&["delete", "acme", "--expect-revision", "0"]);
+    assert_eq!(code, 3, "{err}");
+
+    // A wait longer than a day is refused with the arguments, before anything is written
+    // (it overflowed the deadline and panicked after the write).
+    let (code, _, err) = admin.tenant(&[
+        "set-status",
+        "acme",
+        "past_due",
+        "--wait",
+        "--timeout",
+        "500000000000y",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("longer than 24h"), "{err}");
+
+    // Two records of one import claiming one domain: the file is refused whole, both named
+    // (the Redis store wrote the first before stopping at the second).
+    let mut a = binding("newa", &w.a.url(), "active", None);
+    a["domains"] = serde_json::json!(["x.example.test"]);
+    let mut b = binding("newb", &w.a.url(), "active", None);
+    b["domains"] = serde_json::json!(["x.example.test"]);
+    std::fs::write(&file, bindings_file(vec![a, b]).to_string()).expect("w");
+    let (code, _, err) = admin.tenant(&["import", file_arg]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("x.example.test is claimed by newa and newb")
+            && err.contains("nothing imported"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&w.edge.bindings_path).expect("read"), before);
+
+    // --json import answers in JSON.
+    std::fs::write(
+        &file,
+        bindings_file(vec![binding("newc", &w.a.url(), "active", None)]).to_string(),
+    )
+    .expect("w");
+    let out = admin.ok(&["--json", "import", file_arg]);
+    let parsed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(parsed["imported"], 1);
+
+    // A reader that goes away (`tenant list | head -1`) ends the command quietly.
+    let mut child = std::process::Command::new(nexus_e2e::edge::binary())
+        .args([
+            "tenant",
+            "--config",
+            admin.config.to_str().expect("utf8"),
+            "list",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn tenant_import_into_the_file_store_is_served_at_once_or_not_at_all() {
     let w = world();
     let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();

@@ -195,7 +195,11 @@ impl RedisStore {
         tenant: &str,
         timeout: Duration,
     ) -> Result<WaitOutcome, WaitOutcome> {
-        let deadline = Instant::now() + timeout;
+        // A deadline past what an Instant holds is no deadline at all.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
         let mut seen_live: Vec<String> = Vec::new();
         loop {
             let replicas = self.replicas().await.unwrap_or_default();

@@ -1034,6 +1034,12 @@ impl BindingAdmin for RedisStore {
                 _ => raw.as_deref().map_or(0, record_revision),
             };
             if let Some(e) = expect {
+                // 0 says "must not exist", which a record without a revision does not satisfy.
+                if e == Revision::ZERO && raw.is_some() {
+                    return Err(AdminError::Exists {
+                        tenant: tenant.clone(),
+                    });
+                }
                 if e.get() != read_rev {
                     return Err(AdminError::Conflict {
                         tenant: tenant.clone(),

@@ -93,7 +93,7 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     }
     match keys {
         Some(n) if problems.is_empty() => {
-            println!("{}: ok ({n} verification keys)", path.display());
+            outln!("{}: ok ({n} verification keys)", path.display());
             ExitCode::SUCCESS
         }
         _ => {

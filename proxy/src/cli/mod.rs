@@ -5,10 +5,39 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `print!` for the commands' output: see [`write_stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for the commands' output: see [`write_stdout`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod check;
 mod serve;
 mod tenant;
 mod token;
+
+/// Writes a command's output. A reader that has gone away (`tenant list | head -1`) ends the
+/// command quietly, with success, as the default SIGPIPE action would: Rust ignores SIGPIPE,
+/// and `println!` panics on a closed pipe.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("nexus-edge: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Nexus Edge: the tenant router in front of every Nexus instance.
 #[derive(Debug, Parser)]

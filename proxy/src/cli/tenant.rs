@@ -46,9 +46,21 @@ pub struct WaitArgs {
     /// Return only when every live replica has applied the change (Redis store).
     #[arg(long)]
     pub wait: bool,
-    /// How long `--wait` waits.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// How long `--wait` waits (at most 24h).
+    #[arg(long, default_value = "30s", value_parser = wait_timeout)]
     pub timeout: Duration,
+}
+
+/// The longest `--wait` there is: refused at parsing, before anything is written.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// A `--timeout` value: a duration of at most [`MAX_WAIT`].
+fn wait_timeout(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d > MAX_WAIT {
+        return Err("longer than 24h".to_owned());
+    }
+    Ok(d)
 }
 
 /// Tenant operations.
@@ -140,10 +152,10 @@ fn tenant_id(s: &str) -> Result<TenantId, String> {
 fn print_binding(b: &Binding, json: bool) {
     let r = b.to_record();
     if json {
-        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
         return;
     }
-    println!(
+    outln!(
         "{}  rev {}  {}  {} -> {}{}{}",
         r.tenant_id,
         r.revision,
@@ -161,7 +173,7 @@ fn print_binding(b: &Binding, json: bool) {
 
 fn print_history(entries: &[AuditEntry], json: bool) {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(entries).unwrap_or_default()
         );
@@ -173,7 +185,7 @@ fn print_history(entries: &[AuditEntry], json: bool) {
         })
     };
     for e in entries {
-        println!(
+        outln!(
             "rev {}  {}  {}  {}{}\n    old: {}\n    new: {}",
             e.revision,
             e.at,
@@ -281,18 +293,18 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Ok((rev, after)) => {
                     match &after {
                         Some(b) => print_binding(b, json),
-                        None if json => println!(
+                        None if json => outln!(
                             "{}",
                             serde_json::json!({"deleted": t.as_str(), "revision": rev.get()})
                         ),
-                        None => println!("{t} deleted at revision {rev}"),
+                        None => outln!("{t} deleted at revision {rev}"),
                     }
                     match wait {
                         Some(w) if w.wait => wait_fleet(store, &t, rev, w.timeout, json).await,
                         _ => ExitCode::SUCCESS,
                     }
                 }
-                Err(e @ AdminError::Conflict { .. }) => {
+                Err(e @ (AdminError::Conflict { .. } | AdminError::Exists { .. })) => {
                     eprintln!("nexus-edge: {e}");
                     ExitCode::from(3)
                 }
@@ -356,7 +368,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             Ok(all) => {
                 if json {
                     let records: Vec<BindingRecord> = all.iter().map(Binding::to_record).collect();
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::to_string_pretty(&records).unwrap_or_default()
                     );
@@ -438,11 +450,21 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                     Err(e) => return fail(format!("{}: {e}", file.display())),
                 }
             };
-            let misplaced: Vec<String> = parsed
+            let mut misplaced: Vec<String> = parsed
                 .bindings
                 .iter()
                 .filter_map(|b| check_domains(b, base_domains).err())
                 .collect();
+            // Checked here for every store: a Redis import writes record by record, and
+            // would stop at the second claimant with the first one written.
+            misplaced.extend(
+                nexus_binding_store::records::contested_domains(&parsed.bindings)
+                    .into_iter()
+                    .map(|(domain, tenants)| {
+                        let names: Vec<&str> = tenants.iter().map(|t| t.as_str()).collect();
+                        format!("domain {domain} is claimed by {}", names.join(" and "))
+                    }),
+            );
             if !parsed.problems.is_empty() || !misplaced.is_empty() {
                 for p in &parsed.problems {
                     eprintln!("nexus-edge: {}: {p}", file.display());
@@ -454,7 +476,11 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             }
             match admin.import(parsed.bindings, &actor, source).await {
                 Ok(n) => {
-                    println!("imported {n} bindings");
+                    if json {
+                        outln!("{}", serde_json::json!({ "imported": n }));
+                    } else {
+                        outln!("imported {n} bindings");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
@@ -462,7 +488,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
         }
         TenantOp::Export => match admin.list().await {
             Ok(all) => {
-                print!("{}", to_document(all.iter()));
+                out!("{}", to_document(all.iter()));
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),
@@ -514,11 +540,13 @@ async fn wait_fleet(
         Err(o) => (false, o),
     };
     if json {
-        println!("{}", serde_json::to_string(&o).unwrap_or_default());
+        outln!("{}", serde_json::to_string(&o).unwrap_or_default());
     } else if ok {
-        println!(
+        outln!(
             "{}/{} replicas on revision {}",
-            o.applied, o.live, o.revision
+            o.applied,
+            o.live,
+            o.revision
         );
     } else if !o.refused.is_empty() && o.behind.is_empty() {
         eprintln!(
@@ -577,17 +605,20 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
     match rt.block_on(redis.replicas()) {
         Ok(list) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&list).unwrap_or_default()
                 );
             } else {
-                println!(
+                outln!(
                     "{:<40} {:>10} {:>8} {:>10}  live",
-                    "replica", "revision", "lag", "seen(ms)"
+                    "replica",
+                    "revision",
+                    "lag",
+                    "seen(ms)"
                 );
                 for r in list {
-                    println!(
+                    outln!(
                         "{:<40} {:>10} {:>8} {:>10}  {}{}",
                         r.id,
                         r.applied_revision,
@@ -602,7 +633,7 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
                     );
                     if !r.refused.is_empty() {
                         let tenants: Vec<&str> = r.refused.keys().map(String::as_str).collect();
-                        println!("{:<40} refused the records of: {}", "", tenants.join(", "));
+                        outln!("{:<40} refused the records of: {}", "", tenants.join(", "));
                     }
                 }
             }

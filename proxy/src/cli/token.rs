@@ -65,7 +65,7 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
         "iss": a.iss,
         "sub": a.sub,
         "iat": now,
-        "exp": now + a.ttl.as_secs(),
+        "exp": now.saturating_add(a.ttl.as_secs()),
     });
     if !a.aud.is_empty() {
         claims["aud"] = serde_json::Value::String(a.aud.clone());
@@ -76,7 +76,7 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
     }
     match key.sign(&claims) {
         Ok(t) => {
-            println!("{t}");
+            outln!("{t}");
             ExitCode::SUCCESS
         }
         Err(e) => {
