@@ -273,6 +273,12 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
     ]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("replicas json");
     assert_eq!(list.as_array().map(Vec::len), Some(2));
+    // With --json, the write and the wait are one JSON document.
+    let out = admin.ok(&["--json", "set-status", "acme", "active", "--wait"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["written"]["tenant_id"], "acme", "{doc}");
+    assert_eq!(doc["wait"]["applied"], 2, "{doc}");
+    assert_eq!(doc["wait"]["revision"], doc["written"]["revision"], "{doc}");
 }
 
 #[test]

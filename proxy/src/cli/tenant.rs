@@ -291,17 +291,24 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             }
             match admin.apply(&t, m, expect.map(Revision), &actor).await {
                 Ok((rev, after)) => {
-                    match &after {
-                        Some(b) => print_binding(b, json),
-                        None if json => outln!(
-                            "{}",
-                            serde_json::json!({"deleted": t.as_str(), "revision": rev.get()})
-                        ),
-                        None => outln!("{t} deleted at revision {rev}"),
+                    let waiting = wait.as_ref().filter(|w| w.wait);
+                    let written = match &after {
+                        Some(b) => serde_json::to_value(b.to_record()).unwrap_or_default(),
+                        None => serde_json::json!({"deleted": t.as_str(), "revision": rev.get()}),
+                    };
+                    match (&after, json) {
+                        // With --wait, one JSON document holds both (see `wait_fleet`).
+                        (_, true) if waiting.is_some() => {}
+                        (Some(b), _) => print_binding(b, json),
+                        (None, true) => outln!("{written}"),
+                        (None, false) => outln!("{t} deleted at revision {rev}"),
                     }
-                    match wait {
-                        Some(w) if w.wait => wait_fleet(store, &t, rev, w.timeout, json).await,
-                        _ => ExitCode::SUCCESS,
+                    match waiting {
+                        Some(w) => {
+                            let written = json.then_some(written);
+                            wait_fleet(store, &t, rev, w.timeout, written).await
+                        }
+                        None => ExitCode::SUCCESS,
                     }
                 }
                 Err(e @ (AdminError::Conflict { .. } | AdminError::Exists { .. })) => {
@@ -522,12 +529,14 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
     }
 }
 
+/// Waits for the fleet to apply `rev` and says how it went. `written`: with `--json`, the
+/// write's own result, printed with the wait's as one document (`{"written", "wait"}`).
 async fn wait_fleet(
     store: &Store,
     tenant: &TenantId,
     rev: Revision,
     timeout: Duration,
-    json: bool,
+    written: Option<serde_json::Value>,
 ) -> ExitCode {
     let Store::Redis(redis) = store else {
         return fail("--wait needs the Redis store (a file store has no fleet to confirm)");
@@ -539,8 +548,8 @@ async fn wait_fleet(
         Ok(o) => (true, o),
         Err(o) => (false, o),
     };
-    if json {
-        outln!("{}", serde_json::to_string(&o).unwrap_or_default());
+    if let Some(written) = written {
+        outln!("{}", serde_json::json!({ "written": written, "wait": o }));
     } else if ok {
         outln!(
             "{}/{} replicas on revision {}",
