@@ -333,6 +333,18 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     assert!(err.contains("looks wiped"), "{err}");
     assert!(err.contains("up to revision 2"), "{err}");
     assert_eq!(redis.cmd(&["DBSIZE"]), "1", "only the heartbeats");
+    // So do the writes that need the tenant's record, which is gone: not "not found" or a
+    // conflict, which would send the admin to recreate tenants instead of restoring.
+    for args in [
+        &["set-status", "acme", "past_due"][..],
+        &["delete", "acme"],
+        &["set-status", "acme", "past_due", "--expect-revision", "1"],
+    ] {
+        let (code, _, err) = admin.tenant(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("looks wiped"), "{args:?}: {err}");
+    }
+    assert_eq!(redis.cmd(&["DBSIZE"]), "1", "only the heartbeats");
     // Its revisions are no longer the store's: `replicas` says so, and `--wait` would not
     // count it until it reloads.
     let list = nexus_e2e::edge::cli(&["replicas", "--config", admin.config.to_str().unwrap()]);

@@ -223,6 +223,26 @@ fn unavailable(e: impl std::fmt::Display) -> AdminError {
 }
 
 impl RedisStore {
+    /// Whether this Redis looks wiped: no revision counter while replicas report serving a
+    /// revision (the one returned). `write.lua` refuses writes then; the admin's own early
+    /// answers (not found, a conflict) say the same instead of misleading.
+    async fn looks_wiped(
+        &self,
+        con: &mut MultiplexedConnection,
+    ) -> Result<Option<Revision>, AdminError> {
+        let counter: bool = con
+            .exists(self.keys.revision())
+            .await
+            .map_err(unavailable)?;
+        if counter {
+            return Ok(None);
+        }
+        let served = fleet::served_revision(self, con)
+            .await
+            .map_err(unavailable)?;
+        Ok((served > 0).then_some(Revision(served)))
+    }
+
     /// A store for `opts`. Fails only on malformed endpoint or TLS settings; connecting
     /// happens on use.
     pub fn new(opts: RedisOptions) -> Result<Self, String> {
@@ -1033,6 +1053,16 @@ impl BindingAdmin for RedisStore {
                 (Some((text, rev)), Some(now)) if text == now => *rev,
                 _ => raw.as_deref().map_or(0, record_revision),
             };
+            // With no record, the store may be a wiped one: say that, as the script would,
+            // rather than "not found" or a conflict that send the admin to recreate tenants.
+            let missing = raw.is_none()
+                && (!matches!(mutation, Mutation::Put(_))
+                    || expect.is_some_and(|e| e != Revision::ZERO));
+            if missing && self.opts.wiped_store == WipedStore::Refuse {
+                if let Some(served) = self.looks_wiped(&mut con).await? {
+                    return Err(AdminError::Wiped { served });
+                }
+            }
             if let Some(e) = expect {
                 // 0 says "must not exist", which a record without a revision does not satisfy.
                 if e == Revision::ZERO && raw.is_some() {
