@@ -497,12 +497,11 @@ impl InstanceResolver {
 
 /// The answer with the first (the resolver's preferred) family's addresses first, then the
 /// other family's, each in the resolver's order.
-fn by_family(ips: Vec<IpAddr>) -> Vec<IpAddr> {
+fn by_family(mut ips: Vec<IpAddr>) -> Vec<IpAddr> {
     let v4 = ips.first().is_some_and(IpAddr::is_ipv4);
-    let (mut first, other): (Vec<IpAddr>, Vec<IpAddr>) =
-        ips.into_iter().partition(|ip| ip.is_ipv4() == v4);
-    first.extend(other);
-    first
+    // Stable: each family keeps the resolver's order.
+    ips.sort_by_key(|ip| ip.is_ipv4() != v4);
+    ips
 }
 
 /// The leading addresses of an answer ordered by [`by_family`]: the preferred family's.

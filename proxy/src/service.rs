@@ -196,14 +196,16 @@ fn request_target(
 /// pools the connection, so an instance that then read those bytes as its next request would
 /// run a request the router never checked, identity headers written by the client, and answer
 /// it to whoever's request came next on that connection. Without it the instance reads the
-/// body as the body. Other expectations are ignored (RFC 9110 §10.1.1 allows it).
+/// body as the body. Other expectations are ignored (RFC 9110 §10.1.1 allows it), and so is
+/// an HTTP/1.0 client's: it gets no 1xx (RFC 9110 §15.2).
 fn take_expectation(session: &mut Session) -> bool {
     let req = session.req_header();
     if !req.headers.contains_key(http::header::EXPECT) {
         return false;
     }
-    let wants_continue = header_bytes(&req.headers, &http::header::EXPECT)
-        .any(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+    let wants_continue = req.version >= http::Version::HTTP_11
+        && header_bytes(&req.headers, &http::header::EXPECT)
+            .any(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
     session
         .req_header_mut()
         .remove_header(&http::header::EXPECT);
@@ -304,9 +306,17 @@ fn header_bytes<'a>(
 /// Whether the client has had a final response (or a `101`): after a `100 Continue` or a
 /// `103 Early Hints` a final answer, an error page included, may still be written.
 fn final_response_written(session: &Session) -> bool {
-    session.response_written().is_some_and(|r| {
-        !r.status.is_informational() || r.status == http::StatusCode::SWITCHING_PROTOCOLS
-    })
+    session
+        .response_written()
+        .is_some_and(|r| !r.status.is_informational())
+        || switched_protocols(session)
+}
+
+/// Whether the client has had a `101`: the connection is a tunnel now.
+fn switched_protocols(session: &Session) -> bool {
+    session
+        .response_written()
+        .is_some_and(|r| r.status == http::StatusCode::SWITCHING_PROTOCOLS)
 }
 
 /// Whether `e` is an upgraded connection (a WebSocket, after its `101`) that one side left
@@ -316,9 +326,7 @@ fn tunnel_idled_out(session: &Session, e: &Error) -> bool {
     matches!(
         e.etype(),
         ErrorType::ReadTimedout | ErrorType::WriteTimedout
-    ) && session
-        .response_written()
-        .is_some_and(|r| r.status == http::StatusCode::SWITCHING_PROTOCOLS)
+    ) && switched_protocols(session)
 }
 
 /// Maps a proxying error to the rejection the client sees.
@@ -367,14 +375,11 @@ impl ProxyHttp for EdgeService {
         // Pingora waits on a client that stops reading for as long as it likes (its writes
         // have no timeout by default), holding the instance connection that feeds it too.
         session.set_write_timeout(Some(self.state.settings.server.client_write_timeout));
-        // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client, which would take it for the answer.
-        // So its 100-continue expectation is ignored too (RFC 9110 §10.1.1): passed on, it
-        // would draw a 100 that Pingora forwards whatever it was told.
+        // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client, which would take it for the answer
+        // (an instance may send one unasked; its expectation is answered by
+        // `take_expectation`).
         if session.req_header().version < http::Version::HTTP_11 {
             session.set_ignore_info_resp(true);
-            session
-                .req_header_mut()
-                .remove_header(&http::header::EXPECT);
         }
         self.close_if_draining(session);
         let header_size = crate::connections::header_read(session);

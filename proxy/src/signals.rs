@@ -191,14 +191,11 @@ fn finish_drain(mut signals: StopSignals, drain: Option<Drain>) {
                 let Some(drain) = drain else {
                     return std::future::pending().await;
                 };
-                loop {
+                // Over at two polls in a row.
+                let mut held = 0;
+                while held < 2 {
                     tokio::time::sleep(DRAIN_POLL).await;
-                    if drain.is_over() {
-                        tokio::time::sleep(DRAIN_POLL).await;
-                        if drain.is_over() {
-                            return;
-                        }
-                    }
+                    held = if drain.is_over() { held + 1 } else { 0 };
                 }
             };
             rt.block_on(async {

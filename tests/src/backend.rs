@@ -11,7 +11,8 @@
 //! - `/no-content`: a `204` that (wrongly) carries `content-length: 5` and no body;
 //! - `/cut/<n>`: announces `<n>` bytes more than it sends, then closes (an instance that
 //!   dies mid-response); `/cut-chunked`: one chunk of a chunked body, then closes;
-//! - a request with `Upgrade: websocket`: answers `101` and then echoes bytes back.
+//! - a request with `Upgrade: websocket`: answers `101` and then echoes bytes back; under
+//!   a path ending `/late/<ms>`, each after `<ms>` of silence.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -180,7 +181,27 @@ where
                 stream.write_all(&buf).await?;
             }
             let (mut r, mut w) = tokio::io::split(stream);
-            tokio::io::copy(&mut r, &mut w).await?;
+            // `…/late/<ms>`: each piece is echoed only after `<ms>` of silence (an instance
+            // slower to answer than a read timeout).
+            let late = path
+                .rsplit_once("/late/")
+                .and_then(|(_, ms)| ms.parse::<u64>().ok());
+            match late {
+                None => {
+                    tokio::io::copy(&mut r, &mut w).await?;
+                }
+                Some(ms) => {
+                    let mut piece = [0u8; 4096];
+                    loop {
+                        let n = r.read(&mut piece).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        w.write_all(&piece[..n]).await?;
+                    }
+                }
+            }
             return Ok(());
         }
         let body = serde_json::json!({

@@ -1076,6 +1076,11 @@ fn api_prefix_goes_to_api_url() {
 /// scheduling (seen about once in ten runs on a loaded machine, never idle). That is Pingora's,
 /// documented in the README, so a handshake torn down that way is tried again, a few times.
 fn open_websocket(w: &World) -> (std::net::TcpStream, Vec<u8>) {
+    open_websocket_at(w, "/ws")
+}
+
+/// [`open_websocket`] on `path` (the backend's `/late/<ms>` paths echo late).
+fn open_websocket_at(w: &World, path: &str) -> (std::net::TcpStream, Vec<u8>) {
     use std::io::Write;
     let token = w.keys.token("acme", Some("org-acme"));
     let probe = b"ping over the tunnel";
@@ -1085,7 +1090,7 @@ fn open_websocket(w: &World) -> (std::net::TcpStream, Vec<u8>) {
             .expect("timeout");
         write!(
             s,
-            "GET /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
             host("acme")
         )
@@ -1131,15 +1136,13 @@ fn websocket_upgrade_passes_through() {
 
 #[test]
 fn an_idle_websocket_outlives_the_read_timeout() {
-    // A notification channel: the instance says nothing for longer than read_timeout. The
-    // tunnel is bounded by tunnel_idle_timeout (an hour by default), not by read_timeout.
+    // A notification channel: the instance says nothing for longer than read_timeout (its
+    // echo comes 2.5 s after the frame, read_timeout is 1 s). The tunnel is bounded by
+    // tunnel_idle_timeout (an hour by default), not by read_timeout; the client's read waits
+    // for the echo, up to its own 10 s deadline.
     let w = world_with(|_, _, _| {}, "1s");
-    let (mut s, _) = open_websocket(&w);
-    // The idle spell is what is tested, not a wait for something to happen: there is nothing
-    // to poll for, so the test sits idle, bounded, for 2.5 read_timeouts.
-    std::thread::sleep(Duration::from_millis(2500));
-    let got = echo(&mut s, b"still there?").expect("the tunnel is still open");
-    assert_eq!(&got, b"still there?");
+    let (_, got) = open_websocket_at(&w, "/ws/late/2500");
+    assert_eq!(&got, b"ping over the tunnel");
 }
 
 #[test]
