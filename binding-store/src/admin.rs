@@ -198,13 +198,23 @@ impl ImportError {
     }
 }
 
+/// What [`BindingAdmin::list`] read.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Every readable binding, sorted by tenant id.
+    pub bindings: Vec<Binding>,
+    /// The records refused, each named with why (a tenant, or a place in the file).
+    pub left_out: Vec<String>,
+}
+
 /// Reads and atomic writes against a binding store.
 #[async_trait]
 pub trait BindingAdmin: Send + Sync {
     /// One tenant's binding.
     async fn get(&self, tenant: &TenantId) -> Result<Option<Binding>, AdminError>;
-    /// Every binding (sorted by tenant id).
-    async fn list(&self) -> Result<Vec<Binding>, AdminError>;
+    /// Every binding (sorted by tenant id), with the records the store refused and so left
+    /// out: a listing or a backup must say it is incomplete, not look whole.
+    async fn list(&self) -> Result<Listing, AdminError>;
     /// Applies one mutation atomically; returns the binding after it (`None` after a delete).
     async fn apply(
         &self,

@@ -26,7 +26,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::admin::{
-    Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource, Mutation,
+    Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource, Listing,
+    Mutation,
 };
 use crate::audit_log::{self, AuditLog};
 use crate::error::StoreError;
@@ -524,13 +525,16 @@ impl BindingAdmin for FileStore {
             .map(|b| b.as_ref().clone()))
     }
 
-    async fn list(&self) -> Result<Vec<Binding>, AdminError> {
+    async fn list(&self) -> Result<Listing, AdminError> {
         let parsed = self.parsed()?;
-        // Left out of a listing or an export, so said (on stderr for the CLI).
-        for p in &parsed.problems {
-            tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; left out");
-        }
-        Ok(sorted_by_tenant(&parsed.bindings))
+        Ok(Listing {
+            bindings: sorted_by_tenant(&parsed.bindings),
+            left_out: parsed
+                .problems
+                .iter()
+                .map(|p| format!("{}: {p}", self.origin()))
+                .collect(),
+        })
     }
 
     async fn apply(

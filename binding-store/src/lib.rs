@@ -27,5 +27,6 @@ pub mod records;
 pub mod redis_store;
 pub mod snapshot;
 pub use admin::{
-    Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource, Mutation,
+    Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource, Listing,
+    Mutation,
 };

@@ -1159,6 +1159,21 @@ fn the_cli_replaces_or_deletes_a_damaged_record() {
     let (code, _, err) = admin.tenant(&["get", "globex"]);
     assert_ne!(code, 0);
     assert!(err.contains("not UTF-8 text"), "{err}");
+    // A listing or a backup prints what it can read and fails, naming what it left out.
+    for read in ["list", "export"] {
+        let (code, out, err) = admin.tenant(&[read]);
+        assert_eq!(code, 1, "{read}: {err}");
+        assert!(
+            out.contains("acme") && !out.contains("globex"),
+            "{read}: {out}"
+        );
+        assert!(
+            err.contains("left out: nexus:binding:globex: ")
+                && err.contains("not UTF-8 text")
+                && err.contains("1 record(s) left out"),
+            "{read}: {err}"
+        );
+    }
     let (code, _, err) = admin.tenant(&["delete", "globex"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(redis.cmd(&["EXISTS", "nexus:binding:globex"]), "0");

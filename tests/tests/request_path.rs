@@ -1411,6 +1411,29 @@ fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("longer than 24h"), "{err}");
+    // A `--timeout` without `--wait` would bound nothing: refused with the arguments.
+    let (code, _, err) = admin.tenant(&["set-status", "acme", "past_due", "--timeout", "5s"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--wait"), "{err}");
+    // An empty actor (a script's unset variable) would write an audit entry naming nobody.
+    let config = admin.config.to_str().expect("utf8");
+    for actor in ["", "  "] {
+        let out = nexus_e2e::edge::cli(&[
+            "tenant",
+            "--config",
+            config,
+            "--actor",
+            actor,
+            "set-status",
+            "acme",
+            "past_due",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("--actor is empty"), "{err}");
+    }
+    let (_, out, _) = admin.tenant(&["get", "acme", "--json"]);
+    assert!(!out.contains("past_due"), "nothing was written: {out}");
 
     // Two records of one import claiming one domain: the file is refused whole, both named
     // (the Redis store wrote the first before stopping at the second).
@@ -1499,7 +1522,8 @@ fn tenant_import_into_the_file_store_is_served_at_once_or_not_at_all() {
     assert!(admin.ok(&["get", "t000"]).contains("active"));
 
     // A record the store refuses is named by every read, not passed over: `get` says why,
-    // `list` and `export` (a backup) say what they leave out.
+    // `list` and `export` (a backup) say what they leave out and exit 1, so a backup taken
+    // with `export > file && …` does not pass for whole.
     let mut doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&w.edge.bindings_path).expect("read")).expect("json");
     let records = doc["bindings"].as_array_mut().expect("bindings");
@@ -1514,13 +1538,15 @@ fn tenant_import_into_the_file_store_is_served_at_once_or_not_at_all() {
     assert!(err.contains("unknown status \"zombie\""), "{err}");
     for read in ["list", "export"] {
         let (code, out, err) = admin.tenant(&[read]);
-        assert_eq!(code, 0, "{read}: {err}");
+        assert_eq!(code, 1, "{read}: {err}");
         assert!(
             out.contains("t002") && !out.contains("t001"),
             "{read}: {out}"
         );
         assert!(
-            err.contains("refused; left out") && err.contains("t001"),
+            err.contains("refused; left out")
+                && err.contains("t001")
+                && err.contains("1 record(s) left out"),
             "{read}: {err}"
         );
     }

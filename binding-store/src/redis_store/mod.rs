@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 use crate::admin::{
     import_each, Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource,
-    Mutation,
+    Listing, Mutation,
 };
 use crate::error::StoreError;
 use crate::file_store::{mutate, op_name};
@@ -351,11 +351,12 @@ impl RedisStore {
     }
 
     /// Loads every binding (SCAN + MGET in batches). Invalid records are logged, counted and
-    /// returned by tenant so a reconcile can keep those tenants' last good bindings.
+    /// returned by tenant, each with its problem, so a reconcile can keep those tenants' last
+    /// good bindings and a listing can say what it left out.
     pub(crate) async fn load_all(
         &self,
         con: &mut MultiplexedConnection,
-    ) -> redis::RedisResult<(Vec<Arc<Binding>>, Vec<String>)> {
+    ) -> redis::RedisResult<(Vec<Arc<Binding>>, Vec<(String, String)>)> {
         let mut cursor: u64 = 0;
         let mut good = Vec::new();
         let mut bad = Vec::new();
@@ -399,7 +400,7 @@ impl RedisStore {
                         Ok(b) => good.push(Arc::new(b)),
                         Err(msg) => {
                             tracing::warn!(key = %key, problem = %brief(&msg), "binding record in Redis refused; the tenant keeps its last good binding");
-                            bad.push(tenant.to_owned());
+                            bad.push((tenant.to_owned(), brief(&msg).to_string()));
                         }
                     }
                 }
@@ -545,7 +546,7 @@ impl RedisStore {
         let mut served = || *served.get_or_insert_with(|| current.take().and_then(|f| f()));
         if !bad.is_empty() {
             if let Some(cur) = served() {
-                for tenant in &bad {
+                for (tenant, _) in &bad {
                     if let Some(old) = cur.get(tenant) {
                         bindings.push(Arc::clone(old));
                     }
@@ -573,7 +574,7 @@ impl RedisStore {
         let serving = |t: &str| table.get(t).map_or(0, |b| b.revision.get());
         let refusals: BTreeMap<String, u64> = crate::records::not_taken(&loaded, &table)
             .map(|b| b.tenant_id.to_string())
-            .chain(bad.iter().cloned())
+            .chain(bad.iter().map(|(t, _)| t.clone()))
             .map(|t| {
                 let r = serving(&t);
                 (t, r)
@@ -1001,10 +1002,16 @@ impl BindingAdmin for RedisStore {
         .transpose()
     }
 
-    async fn list(&self) -> Result<Vec<Binding>, AdminError> {
+    async fn list(&self) -> Result<Listing, AdminError> {
         let mut con = self.admin_connection().await?;
-        let (bindings, _) = self.load_all(&mut con).await.map_err(unavailable)?;
-        Ok(crate::records::sorted_by_tenant(&bindings))
+        let (bindings, bad) = self.load_all(&mut con).await.map_err(unavailable)?;
+        Ok(Listing {
+            bindings: crate::records::sorted_by_tenant(&bindings),
+            left_out: bad
+                .iter()
+                .map(|(t, problem)| format!("{}: {problem}", self.keys.binding(t)))
+                .collect(),
+        })
     }
 
     async fn apply(

@@ -46,8 +46,9 @@ pub struct WaitArgs {
     /// Return only when every live replica has applied the change (Redis store).
     #[arg(long)]
     pub wait: bool,
-    /// How long `--wait` waits (at most 24h).
-    #[arg(long, default_value = "30s", value_parser = wait_timeout)]
+    /// How long `--wait` waits (at most 24h). Only with `--wait`: alone it would bound
+    /// nothing, and a script relying on it would not learn so.
+    #[arg(long, default_value = "30s", value_parser = wait_timeout, requires = "wait")]
     pub timeout: Duration,
 }
 
@@ -143,6 +144,22 @@ pub enum TenantOp {
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("nexus-edge: {msg}");
     ExitCode::FAILURE
+}
+
+/// The exit of a listing or an export: 1 when the store refused records and so left them
+/// out, each named on stderr. The readable bindings are printed either way, but a backup
+/// taken by `export > file && …` must not pass for whole.
+fn incomplete(left_out: &[String]) -> ExitCode {
+    if left_out.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for record in left_out {
+        eprintln!("nexus-edge: record refused; left out: {record}");
+    }
+    fail(format!(
+        "{} record(s) left out: the output is incomplete",
+        left_out.len()
+    ))
 }
 
 fn tenant_id(s: &str) -> Result<TenantId, String> {
@@ -267,11 +284,15 @@ fn check_domains(binding: &Binding, base_domains: &[String]) -> Result<(), Strin
 }
 
 async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitCode {
+    // An audit entry must name someone: an empty `--actor` is a script's unset variable.
+    if args.actor.as_deref().is_some_and(|a| a.trim().is_empty()) {
+        return fail("--actor is empty: name who makes the change (or leave it out for $USER)");
+    }
     let actor = Actor {
         name: args
             .actor
             .clone()
-            .or_else(|| std::env::var("USER").ok())
+            .or_else(|| std::env::var("USER").ok().filter(|u| !u.trim().is_empty()))
             .unwrap_or_else(|| "unknown".to_owned()),
         reason: args.reason.clone(),
     };
@@ -372,7 +393,8 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             }
         }
         TenantOp::List => match admin.list().await {
-            Ok(all) => {
+            Ok(listing) => {
+                let all = &listing.bindings;
                 if json {
                     let records: Vec<BindingRecord> = all.iter().map(Binding::to_record).collect();
                     outln!(
@@ -382,7 +404,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 } else {
                     all.iter().for_each(|b| print_binding(b, false));
                 }
-                ExitCode::SUCCESS
+                incomplete(&listing.left_out)
             }
             Err(e) => fail(e),
         },
@@ -494,9 +516,9 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             }
         }
         TenantOp::Export => match admin.list().await {
-            Ok(all) => {
-                out!("{}", to_document(all.iter()));
-                ExitCode::SUCCESS
+            Ok(listing) => {
+                out!("{}", to_document(listing.bindings.iter()));
+                incomplete(&listing.left_out)
             }
             Err(e) => fail(e),
         },
