@@ -1,18 +1,22 @@
 //! The last-known-good snapshot: the table on local disk, so a replica that restarts while
 //! Redis is down can still serve.
 //!
-//! Layout: one header line of JSON `{"format":"nexus-edge.snapshot","version":2,
+//! Layout: one header line of JSON `{"format":"nexus-edge.snapshot","version":3,
 //! "key_prefix":"..","revision":..,"count":..,"written_at_ms":..,"sha256":".."}`, then one
-//! binding record per line. The checksum covers every byte after the header line. Written
-//! temp → fsync → rename → fsync dir; a snapshot that fails any check is refused whole, never
-//! partially loaded.
+//! binding record per line. The checksum covers the header's other fields and every byte
+//! after the header line. Written temp → fsync → rename → fsync dir; a snapshot that fails any
+//! check is refused whole, never partially loaded.
+//!
+//! The header's fields are covered because they are what the replica acts on: a damaged
+//! `revision` would have it resume the change feed at the wrong place, a damaged `key_prefix`
+//! serve another keyspace's table. Versions 1 and 2, whose checksum covers the records only,
+//! are still read, so a replica upgraded in place keeps its last good table.
 //!
 //! The header names the Redis key prefix whose table it holds: a revision only means something
 //! within one keyspace, and a replica pointed at another prefix (a new environment, a
 //! blue/green switch) must not serve, or stand in with, the old keyspace's bindings. Version
-//! 1 (before the prefix was recorded) is still read, as the configured prefix's table: a
-//! replica upgraded in place must keep its last good table, and its prefix is the one it
-//! wrote under unless the configuration changed in the same step.
+//! 1 (before the prefix was recorded) is still read, as the configured prefix's table: its
+//! prefix is the one it wrote under unless the configuration changed in the same step.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -25,12 +29,14 @@ use crate::model::{Binding, Revision};
 use crate::records::parse_record_with;
 use crate::table::BindingTable;
 
-/// Snapshot format version this build writes (2: the header names its key prefix). It also
-/// reads version 1, which does not.
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// Snapshot format version this build writes (3: the checksum covers the header too). It
+/// also reads versions 1 and 2.
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 /// The version before the key prefix was recorded.
 const SNAPSHOT_VERSION_NO_PREFIX: u32 = 1;
+/// The last version whose checksum covers the records only.
+const SNAPSHOT_VERSION_BODY_SUM: u32 = 2;
 const FORMAT: &str = "nexus-edge.snapshot";
 
 #[derive(Serialize, Deserialize)]
@@ -63,7 +69,7 @@ pub enum SnapshotError {
         source: std::io::Error,
     },
     /// Written by another format version.
-    #[error("{path}: snapshot format version {found} is not supported (this build reads 1 and {SNAPSHOT_VERSION})")]
+    #[error("{path}: snapshot format version {found} is not supported (this build reads 1 to {SNAPSHOT_VERSION})")]
     UnsupportedVersion {
         /// File.
         path: PathBuf,
@@ -103,6 +109,25 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The checksum a header of its version must carry for `body`: from version 3 over the
+/// header's fields (one per line, the key prefix as a JSON string, so no value can pass for
+/// another's line) and then the records; before, over the records only.
+fn checksum(header: &Header, body: &[u8]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    if header.version > SNAPSHOT_VERSION_BODY_SUM {
+        let prefix = serde_json::to_string(&header.key_prefix).unwrap_or_default();
+        ctx.update(
+            format!(
+                "{}\nversion={}\nkey_prefix={prefix}\nrevision={}\ncount={}\nwritten_at_ms={}\n",
+                header.format, header.version, header.revision, header.count, header.written_at_ms
+            )
+            .as_bytes(),
+        );
+    }
+    ctx.update(body);
+    hex(ctx.finish().as_ref())
+}
+
 /// Writes `table`, followed under Redis key prefix `key_prefix` up to feed revision
 /// `applied`, atomically to `path`.
 pub fn write_snapshot(
@@ -123,7 +148,7 @@ pub fn write_snapshot(
             .map_err(|e| io(std::io::Error::other(e)))?;
         body.push(b'\n');
     }
-    let header = Header {
+    let mut header = Header {
         format: FORMAT.to_owned(),
         version: SNAPSHOT_VERSION,
         key_prefix: Some(key_prefix.to_owned()),
@@ -132,8 +157,9 @@ pub fn write_snapshot(
         revision: table.revision().max(applied).get(),
         count: bindings.len(),
         written_at_ms: crate::source::now_unix_ms(),
-        sha256: hex(ring::digest::digest(&ring::digest::SHA256, &body).as_ref()),
+        sha256: String::new(),
     };
+    header.sha256 = checksum(&header, &body);
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -234,18 +260,22 @@ pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotErr
     if header.format != FORMAT {
         return Err(corrupt(1, format!("format is {:?}", header.format)));
     }
-    if header.version != SNAPSHOT_VERSION && header.version != SNAPSHOT_VERSION_NO_PREFIX {
+    if !(SNAPSHOT_VERSION_NO_PREFIX..=SNAPSHOT_VERSION).contains(&header.version) {
         return Err(SnapshotError::UnsupportedVersion {
             path: path.to_path_buf(),
             found: header.version,
         });
     }
+    if header.version > SNAPSHOT_VERSION_NO_PREFIX && header.key_prefix.is_none() {
+        return Err(corrupt(1, "no key_prefix".to_owned()));
+    }
     let body = &bytes[nl + 1..];
-    if hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref()) != header.sha256 {
+    if checksum(&header, body) != header.sha256 {
         return Err(SnapshotError::ChecksumMismatch(path.to_path_buf()));
     }
-    // The header's count is not covered by the checksum: sized by it alone, a damaged count
-    // would overflow or exhaust memory before the count check below could refuse it.
+    // Before version 3 the header's count is not covered by the checksum: sized by it alone,
+    // a damaged count would overflow or exhaust memory before the count check below could
+    // refuse it.
     let lines = body.iter().filter(|&&c| c == b'\n').count() + 1;
     let expected = header.count.min(lines);
     let mut bindings = Vec::with_capacity(expected);
@@ -299,6 +329,19 @@ mod tests {
     use super::*;
     use crate::model::test_binding;
 
+    /// `bytes` with its header changed by `edit` and summed again, as that header's version
+    /// sums (how the builds of versions 1 and 2 wrote theirs).
+    fn rewritten(bytes: &[u8], edit: impl FnOnce(&mut Header)) -> Vec<u8> {
+        let mut header: Header = serde_json::from_str(good_head(bytes)).expect("header");
+        let body = &bytes[good_head(bytes).len() + 1..];
+        edit(&mut header);
+        header.sha256 = checksum(&header, body);
+        let mut out = serde_json::to_vec(&header).expect("header");
+        out.push(b'\n');
+        out.extend_from_slice(body);
+        out
+    }
+
     fn table(n: usize) -> BindingTable {
         BindingTable::from_bindings(
             (0..n).map(|i| test_binding(&format!("t{i}"), i as u64 + 1, &[])),
@@ -341,23 +384,52 @@ mod tests {
         let parsed = parse_snapshot(&path, &good).expect("parse");
         assert_eq!(parsed.key_prefix.as_deref(), Some("nexus"));
         assert_eq!(parsed.revision.get(), 10_000);
-        // A version-1 snapshot (no key prefix), as the build before wrote it: read as the
+        // A version-1 snapshot (no key prefix), as the builds before wrote it: read as the
         // configured prefix's table, whichever it is.
-        let text = String::from_utf8(good.clone()).expect("utf8");
-        let v1 = text.replacen("\"version\":2", "\"version\":1", 1).replacen(
-            "\"key_prefix\":\"nexus\",",
-            "",
-            1,
-        );
-        assert!(!v1.contains("key_prefix"));
+        let v1 = rewritten(&good, |h| {
+            h.version = 1;
+            h.key_prefix = None;
+        });
+        assert!(!String::from_utf8_lossy(&v1).contains("key_prefix"));
         std::fs::write(&path, &v1).expect("w");
         assert_eq!(
             read_snapshot(&path, "nexus-blue").expect("v1").table.len(),
             10_000
         );
-        let parsed = parse_snapshot(&path, v1.as_bytes()).expect("parse v1");
+        let parsed = parse_snapshot(&path, &v1).expect("parse v1");
         assert_eq!(parsed.key_prefix, None);
         assert_eq!(parsed.written_at_unix_ms, written);
+        // Version 2 (its checksum covers the records only) is read too.
+        let v2 = rewritten(&good, |h| h.version = 2);
+        let parsed = parse_snapshot(&path, &v2).expect("parse v2");
+        assert_eq!(parsed.key_prefix.as_deref(), Some("nexus"));
+        assert_eq!(parsed.revision.get(), 10_000);
+
+        // Version 3: a damaged header field is refused like a damaged record. Each of these
+        // keeps the line valid JSON, so only the checksum can tell.
+        let head = good_head(&good).to_owned();
+        for (from, to) in [
+            ("\"revision\":10000", "\"revision\":90000"),
+            ("\"revision\":10000", "\"revision\":1000"),
+            ("\"key_prefix\":\"nexus\"", "\"key_prefix\":\"nexua\""),
+            ("\"count\":10000", "\"count\":10001"),
+            (
+                &format!("\"written_at_ms\":{written}"),
+                &format!("\"written_at_ms\":{}", written + 1),
+            ),
+        ] {
+            assert!(head.contains(from), "{head}");
+            let damaged = String::from_utf8(good.clone())
+                .expect("utf8")
+                .replacen(from, to, 1);
+            assert!(
+                matches!(
+                    parse_snapshot(&path, damaged.as_bytes()),
+                    Err(SnapshotError::ChecksumMismatch(_))
+                ),
+                "{from} → {to}"
+            );
+        }
         for other in [
             &br#"{"format": "nexus-edge.bindings/v1", "bindings": []}"#[..],
             b"",
@@ -380,7 +452,7 @@ mod tests {
             Err(SnapshotError::ChecksumMismatch(_))
         ));
         let text = String::from_utf8(good.clone()).expect("utf8").replacen(
-            "\"version\":2",
+            "\"version\":3",
             "\"version\":9",
             1,
         );
@@ -394,10 +466,9 @@ mod tests {
         let (head, body) = text.split_once('\n').expect("header line");
         let first = body.lines().next().expect("a record");
         let doubled = format!("{body}{first}\n");
-        let sum = hex(ring::digest::digest(&ring::digest::SHA256, doubled.as_bytes()).as_ref());
         let mut header: Header = serde_json::from_str(head).expect("header");
-        header.sha256 = sum;
         header.count += 1;
+        header.sha256 = checksum(&header, doubled.as_bytes());
         let head = serde_json::to_string(&header).expect("header");
         std::fs::write(&path, format!("{head}\n{doubled}")).expect("w");
         match read_snapshot(&path, "nexus") {
@@ -406,13 +477,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // A damaged count (the checksum covers the records, not the header): refused, never a
-        // capacity overflow or an allocation of what the count claims.
+        // A damaged count in a version-2 snapshot (its checksum covers the records, not the
+        // header): refused, never a capacity overflow or an allocation of what it claims.
         for count in [u64::MAX, 4_000_000_000] {
-            let mut header: Header = serde_json::from_str(good_head(&good)).expect("header");
+            let v2 = rewritten(&good, |h| h.version = 2);
+            let mut header: Header = serde_json::from_str(good_head(&v2)).expect("header");
             header.count = usize::try_from(count).unwrap_or(usize::MAX);
             let head = serde_json::to_string(&header).expect("header");
-            let body = String::from_utf8(good.clone()).expect("utf8");
+            let body = String::from_utf8(v2.clone()).expect("utf8");
             let (_, body) = body.split_once('\n').expect("header line");
             std::fs::write(&path, format!("{head}\n{body}")).expect("w");
             match read_snapshot(&path, "nexus") {

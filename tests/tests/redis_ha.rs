@@ -394,8 +394,9 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     let (code, _, err) = admin.tenant(&["import", export.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("only a replica's snapshot tells"), "{err}");
-    // Another keyspace's snapshot (the header names it; the checksum covers the records)
-    // tells nothing of this one's revisions.
+    // Another keyspace's snapshot (the same table, written under another key prefix) tells
+    // nothing of this one's revisions. Its prefix edited in by hand is a damaged snapshot:
+    // the checksum covers the header.
     let other = snaps.path().join("other.snapshot");
     let renamed = text.replacen(
         "\"key_prefix\":\"nexus\"",
@@ -404,6 +405,12 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     );
     assert_ne!(renamed, text);
     std::fs::write(&other, renamed).unwrap();
+    let (code, _, err) = admin.tenant(&["import", other.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("checksum mismatch"), "{err}");
+    let ours = nexus_binding_store::snapshot::parse_snapshot(&snapshot, text.as_bytes()).unwrap();
+    nexus_binding_store::snapshot::write_snapshot(&other, &ours.table, ours.revision, "nexus-blue")
+        .unwrap();
     let (code, _, err) = admin.tenant(&["import", other.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("key prefix \"nexus-blue\"'s table"), "{err}");

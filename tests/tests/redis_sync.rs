@@ -506,13 +506,22 @@ fn a_replica_started_from_its_snapshot_reports_the_snapshots_age() {
     } = World::start(&["acme"]);
     let (_dir, snap, snap_s) = snapshot_from_a_replica(&keys, &redis.url(), "acme", "instance-a");
     redis.stop();
-    // Written an hour ago, as far as the replica can tell: the checksum covers the records,
-    // not the header line that holds the write time.
+    // Written an hour ago, as far as the replica can tell: made a version-2 snapshot (as the
+    // builds before version 3 wrote them), whose checksum covers the records, not the header
+    // line that holds the write time.
     let text = std::fs::read_to_string(&snap).expect("read");
     let (head, body) = text.split_once('\n').expect("header line");
     let mut header: serde_json::Value = serde_json::from_str(head).expect("header");
     let hour_ago = header["written_at_ms"].as_u64().expect("written_at_ms") - 3_600_000;
     header["written_at_ms"] = hour_ago.into();
+    header["version"] = 2.into();
+    let sum = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+    header["sha256"] = sum
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into();
     std::fs::write(&snap, format!("{header}\n{body}")).expect("write");
 
     let started = std::time::Instant::now();
