@@ -1101,6 +1101,88 @@ fn a_domain_swap_read_in_one_batch_reaches_the_replica() {
     );
 }
 
+/// The reconcile that settles a domain swap can fail (here Redis refuses the replica its
+/// `SCAN`, as an ACL change would). The replica must not count the swap's entries as applied
+/// meanwhile: it goes on serving its table as it was, reports the revision before the swap
+/// (`--wait` keeps waiting), and reads the entries again when it reconnects. Counted as
+/// applied, they would never be read again, and both domains would stay with the wrong
+/// tenants until the periodic reconcile (1 h here).
+#[test]
+fn a_domain_swap_whose_reconcile_fails_is_read_again() {
+    let World {
+        redis,
+        admin,
+        keys,
+        a,
+        b,
+    } = World::start(&[]);
+    let put = |tenant: &str, url: &str, domains: &[&str]| {
+        let mut record = binding(tenant, url, "active", None);
+        record["domains"] = serde_json::json!(domains);
+        admin.put(&record);
+    };
+    put("alpha", &a.url(), &["one.example.test"]);
+    put("beta", &b.url(), &["two.example.test"]);
+    let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
+    let by_domain = |domain: &str, tenant: &str| {
+        let r = get_with_token(edge.addr, domain, "/", &keys.token(tenant, None));
+        (r.status == 200).then(|| r.json()["instance"].as_str().unwrap_or_default().to_owned())
+    };
+    let applied = || -> Option<u64> {
+        let beat = redis.cmd(&["HGET", "nexus:replicas", "replica-1"]);
+        serde_json::from_str::<serde_json::Value>(&beat).ok()?["applied_revision"].as_u64()
+    };
+    let before: u64 = redis
+        .cmd(&["GET", "nexus:revision"])
+        .parse()
+        .expect("counter");
+    wait::until(Duration::from_secs(20), "both domains routed", || {
+        (by_domain("one.example.test", "alpha").as_deref() == Some("instance-a")
+            && by_domain("two.example.test", "beta").as_deref() == Some("instance-b")
+            && applied() == Some(before))
+        .then_some(())
+    });
+
+    signal(&edge, "-STOP");
+    put("alpha", &a.url(), &[]);
+    put("beta", &b.url(), &["one.example.test"]);
+    put("alpha", &a.url(), &["two.example.test"]);
+    redis.cmd(&["ACL", "SETUSER", "default", "-scan"]);
+    signal(&edge, "-CONT");
+
+    // Two failed reconciles: the second session has heartbeated (before reading the feed)
+    // and read the swap again.
+    wait::until(Duration::from_secs(20), "two failed reconciles", || {
+        (edge.log().matches("NOPERM").count() >= 2).then_some(())
+    });
+    assert_eq!(applied(), Some(before), "{}", edge.log());
+    assert_eq!(
+        by_domain("one.example.test", "alpha").as_deref(),
+        Some("instance-a")
+    );
+    assert_eq!(
+        by_domain("two.example.test", "beta").as_deref(),
+        Some("instance-b")
+    );
+
+    redis.cmd(&["ACL", "SETUSER", "default", "+scan"]);
+    let after: u64 = redis
+        .cmd(&["GET", "nexus:revision"])
+        .parse()
+        .expect("counter");
+    assert_eq!(after, before + 3);
+    wait::until(
+        Duration::from_secs(20),
+        "the swapped domains routed",
+        || {
+            (by_domain("one.example.test", "beta").as_deref() == Some("instance-b")
+                && by_domain("two.example.test", "alpha").as_deref() == Some("instance-a")
+                && applied() == Some(after))
+            .then_some(())
+        },
+    );
+}
+
 #[test]
 fn revisions_of_fifteen_digits_are_written_whole() {
     // Lua writes numbers of 10^14 and above as 1e+14; a record stamped so is refused by every
