@@ -16,11 +16,12 @@
 //! - a dot-segment carrying parameters (`..;x`, `.;`, `%2e%2e%3b`) is refused: servlet
 //!   containers (Tomcat, Jetty, Spring) drop `;` parameters and then resolve the `..`, so
 //!   `/billing/..;/api` is `/api` to them while it is under `/billing` to any RFC reading;
-//! - a segment that is one or two dots followed by encoded blanks (`..%20`, `.%09`), or spelled
-//!   with a Unicode dot (`%EF%BC%8E%EF%BC%8E`, fullwidth; the one-dot leader and small full
-//!   stop too), is refused: Windows path handling drops trailing blanks and Unicode
-//!   normalisation (NFKC) makes those dots `.`, so an instance doing either reads a `..` that
-//!   the rules above never saw: `/login/..%20/admin` would leave a public prefix;
+//! - a segment of dots and encoded blanks only, starting with a dot (`..%20`, `.%09`,
+//!   `..%20.`), or spelled with a Unicode dot (`%EF%BC%8E%EF%BC%8E`, fullwidth; the one-dot
+//!   leader and small full stop too), is refused: Windows path handling drops trailing blanks
+//!   and dots, and Unicode normalisation (NFKC) makes those dots `.`, so an instance doing
+//!   either reads a `..` that the rules above never saw: `/login/..%20/admin` would leave a
+//!   public prefix;
 //! - dot-segments are removed (RFC 3986 §5.2.4) after decoding, so `%2e%2e` counts as `..`;
 //!   `..` at the root stays at the root (RFC 3986 behaviour, not an error: `/../x` can only
 //!   ever mean `/x`, so refusing it would add a failure mode without closing a hole);
@@ -259,14 +260,15 @@ fn is_dot_segment_with_parameters(s: &[u8]) -> bool {
 /// (U+2024), small full stop (U+FE52).
 const UNICODE_DOTS: [[u8; 3]; 3] = [[0xEF, 0xBC, 0x8E], [0xE2, 0x80, 0xA4], [0xEF, 0xB9, 0x92]];
 
-/// True if the segment at the start of `s` is one or two dots, at least one of them a
-/// percent-encoded Unicode dot, or one or two dots followed by percent-encoded blanks (space,
-/// tab, vertical tab, form feed) only: a dot-segment to a server that normalises Unicode or
-/// trims blanks. Plain `.` and `..` (raw or `%2e`) are not: they are resolved here.
+/// True if the segment at the start of `s` starts with a dot and holds nothing but dots and
+/// percent-encoded blanks (space, tab, vertical tab, form feed), with at least one blank or
+/// one percent-encoded Unicode dot: a dot-segment to a server that normalises Unicode or
+/// trims trailing blanks and dots (Windows reads `..%20.` as `..` too). Plain dots (raw or
+/// `%2e`) are not: `.` and `..` are resolved here, and `...` names a file.
 fn is_dot_segment_lookalike(s: &[u8]) -> bool {
     let end = s.iter().position(|&c| c == b'/').unwrap_or(s.len());
     let mut rest = &s[..end];
-    let (mut dots, mut unicode) = (0, false);
+    let (mut dots, mut blanks, mut unicode) = (0, 0, false);
     loop {
         if let Some(r) = rest.strip_prefix(b".") {
             rest = r;
@@ -275,20 +277,16 @@ fn is_dot_segment_lookalike(s: &[u8]) -> bool {
         } else if let Some(r) = unicode_dot(rest) {
             rest = r;
             unicode = true;
+        } else if let (true, Some(b'\t' | b' ' | 0x0B | 0x0C)) = (dots > 0, escaped_byte(rest)) {
+            rest = &rest[3..];
+            blanks += 1;
+            continue;
         } else {
             break;
         }
         dots += 1;
     }
-    if !matches!(dots, 1 | 2) {
-        return false;
-    }
-    let mut blanks = 0;
-    while let Some(b'\t' | b' ' | 0x0B | 0x0C) = escaped_byte(rest) {
-        rest = &rest[3..];
-        blanks += 1;
-    }
-    rest.is_empty() && (unicode || blanks > 0)
+    dots > 0 && rest.is_empty() && (unicode || blanks > 0)
 }
 
 /// `s` after a percent-encoded Unicode dot at its start (any hex case), if it starts with one.
@@ -345,6 +343,7 @@ mod tests {
             ("/a..b/c", "/a..b/c"),
             ("/.well-known/x", "/.well-known/x"),
             ("/...", "/..."),
+            ("/.a%20", "/.a%20"),
             ("/a:b@c!$&'()*+,;=", "/a:b@c!$&'()*+,;="),
             ("/%2e%2e", "/"),
             ("/%2e%2e/%2E%2E/x", "/x"),
@@ -371,7 +370,7 @@ mod tests {
             // Blanks or Unicode dots elsewhere are ordinary.
             ("/a/..%20x", "/a/..%20x"),
             ("/a/%20..", "/a/%20.."),
-            ("/a/...%20", "/a/...%20"),
+            ("/a/...x%20", "/a/...x%20"),
             ("/a/%EF%BC%8Ex", "/a/%EF%BC%8Ex"),
             ("/a/%20", "/a/%20"),
         ];
@@ -420,6 +419,10 @@ mod tests {
             ("/login/.%20/x", PathError::DotSegmentLookalike),
             ("/billing/%2e%2e%20%09/api", PathError::DotSegmentLookalike),
             ("/billing/..%0c", PathError::DotSegmentLookalike),
+            ("/login/..%20./admin", PathError::DotSegmentLookalike),
+            ("/login/.%20.%20/admin", PathError::DotSegmentLookalike),
+            ("/login/...%20/admin", PathError::DotSegmentLookalike),
+            ("/login/%2e%09%2e.", PathError::DotSegmentLookalike),
             (
                 "/billing/%EF%BC%8E%EF%BC%8E/api",
                 PathError::DotSegmentLookalike,
