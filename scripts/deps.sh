@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages Nexus Edge needs, or says exactly what is missing.
-#   cmake, a C compiler: Pingora's compression dependency (zlib-ng), ring and aws-lc build C code.
+#   cmake, make, cc:     Pingora's compression dependency (zlib-ng), ring and aws-lc build C code.
 #   redis-server, wrk:   the tests start real Redis servers; CI runs the load harness smoke (--test).
 #   wrk, haproxy:        the side-by-side load harness (--load).
 set -euo pipefail
 
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v make >/dev/null 2>&1 || need+=(make) # cmake generates Makefiles for zlib-ng
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v c++ >/dev/null 2>&1 || need+=(g++) # libFuzzer, built for the fuzz targets' compile check
 if [[ "${1:-}" == "--test" ]]; then

@@ -24,7 +24,9 @@ cargo fmt --all --check
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== fuzz targets compile (fuzzing itself: fuzz/README.md)"
-cargo clippy -q --manifest-path fuzz/Cargo.toml --target-dir target --bins -- -D warnings
+# Its own workspace, so its own lock file: --locked fails (instead of rewriting a tracked file)
+# when a dependency change in the main workspace was not carried into fuzz/Cargo.lock.
+cargo clippy -q --locked --manifest-path fuzz/Cargo.toml --target-dir "$target_dir" --bins -- -D warnings
 echo "== example config"
 cargo run -q -p nexus-edge -- check --config deploy/nexus-edge.example.toml
 echo "== bench smoke (the benches and harnesses must keep working; figures are not judged here)"

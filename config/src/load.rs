@@ -366,10 +366,11 @@ fn tenancy(
         }),
     };
     let provisioning_retry_after = s
-        .duration(
+        .whole_seconds(
             "provisioning_retry_after",
             Duration::from_secs(1),
             Duration::from_secs(86_400),
+            "Retry-After counts whole seconds",
             p,
         )
         .unwrap_or(d.provisioning_retry_after);
@@ -797,6 +798,16 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
     result.filter(|_| p.list.len() == before)
 }
 
+/// A Redis URL's `#fragment` is refused: redis-rs reads `#insecure` as "skip the server
+/// certificate check", which this build neither does nor lets a config ask for (server
+/// certificates are always verified), and no other fragment means anything to it.
+fn fragment_problem(u: &str) -> Option<&'static str> {
+    u.contains('#').then_some(
+        "has a #fragment; none is used (#insecure would skip the server certificate check, \
+         which nexus-edge never does: give the server's CA in [store.tls] ca_file)",
+    )
+}
+
 fn is_redis_url(u: &str) -> bool {
     ["redis://", "rediss://", "redis+unix://", "unix://"]
         .iter()
@@ -825,15 +836,18 @@ fn redis_endpoint(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<Redis
             None
         }
         (Some((u, at)), false) => {
-            if is_redis_url(&u) {
-                Some(RedisEndpointSettings::Url(u))
-            } else {
+            if !is_redis_url(&u) {
                 p.push(
                     "store.url",
                     Some(at),
                     "is not a redis://, rediss://, redis+unix:// or unix:// URL",
                 );
                 None
+            } else if let Some(m) = fragment_problem(&u) {
+                p.push("store.url", Some(at), m);
+                None
+            } else {
+                Some(RedisEndpointSettings::Url(u))
             }
         }
         (None, true) => sentinel_settings(&mut sentinel, p).map(RedisEndpointSettings::Sentinel),
@@ -858,7 +872,9 @@ fn sentinel_settings(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<Se
         other => other.map(|(v, _)| v),
     };
     let nodes = match s.strings("nodes", p, |v| {
-        if v.starts_with("redis://") || v.starts_with("rediss://") {
+        if let Some(m) = fragment_problem(v) {
+            Err(m.to_owned())
+        } else if v.starts_with("redis://") || v.starts_with("rediss://") {
             Ok(v.to_owned())
         } else {
             Err("is not a redis:// or rediss:// URL (Sentinels are reached over TCP)".to_owned())

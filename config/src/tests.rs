@@ -363,6 +363,15 @@ fn redis_store_problems_name_the_key() {
         "{AUTH}[store]\nkind = \"redis\"\nurl = \"http://x\"\n"
     ));
     has(&ps, "store.url", 5, "rediss://");
+    // A fragment: redis-rs reads `#insecure` as "do not check the server's certificate".
+    let ps = problems(&format!(
+        "{AUTH}[store]\nkind = \"redis\"\nurl = \"rediss://127.0.0.1:1/0#insecure\"\n"
+    ));
+    has(&ps, "store.url", 5, "#fragment");
+    let ps = problems(&format!(
+        "{AUTH}[store]\nkind = \"redis\"\n[store.sentinel]\nmaster_name = \"m\"\nnodes = [\"rediss://a:1#insecure\"]\n"
+    ));
+    has(&ps, "store.sentinel.nodes[0]", 7, "#fragment");
 
     let ps = problems(&format!(
         "{AUTH}[store]\nkind = \"redis\"\n[store.sentinel]\nmaster_name = \"\"\nnodes = [\"redis+unix:///s\", \"redis://a:1\", \"rediss://b:1\"]\ntls = \"yes\"\npassword_env = \"NEXUS_TEST_UNSET_VAR\"\nmaster = \"m\"\n"
@@ -556,6 +565,16 @@ fn values_the_router_could_only_misread_are_refused() {
     );
     has(&ps, "server.shutdown_grace", 2, "not whole seconds");
     has(&ps, "auth.leeway", 5, "not whole seconds");
+    // Retry-After is whole seconds: "1999ms" was sent as 1.
+    let ps = problems(&format!(
+        "{MINIMAL}\n[tenancy]\nprovisioning_retry_after = \"1999ms\"\n"
+    ));
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "tenancy.provisioning_retry_after"
+                && p.message.contains("not whole seconds")),
+        "{ps:#?}"
+    );
     // A prefix with a byte no request path holds raw could never match.
     let ps = problems(&format!(
         "{MINIMAL}\n[tenancy]\nrecovery_paths = [\"/billing{{x}}\", \"/a/..;x/b\"]\napi_prefix = \"/api|v1/\"\n"
