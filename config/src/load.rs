@@ -7,7 +7,7 @@ use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 
 use crate::defaults::embedded_default;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, Problem};
 use crate::reader::{unknown_message, Problems, Section};
 use crate::settings::*;
 use crate::IpNet;
@@ -17,14 +17,56 @@ const SECTIONS: [&str; 6] = ["server", "tenancy", "auth", "upstream", "store", "
 /// Parses and validates config text; `origin` names the file in messages and anchors relative
 /// paths.
 pub fn parse_str(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
-    let invalid = |problems| ConfigError::invalid(origin, problems);
+    let (sections, problems) = parse_sections(text, origin);
+    match sections.whole() {
+        Some(settings) if problems.is_empty() => Ok(settings),
+        _ => Err(ConfigError::invalid(origin, problems)),
+    }
+}
+
+/// The sections of a config that parsed without a problem, whatever became of the others.
+/// `nexus-edge check` checks what these name (a key set, a bindings file) even when another
+/// section is wrong, so that one run lists every problem there is.
+#[derive(Debug, Default)]
+pub struct Sections {
+    /// `[server]`.
+    pub server: Option<ServerSettings>,
+    /// `[tenancy]`.
+    pub tenancy: Option<TenancySettings>,
+    /// `[auth]`.
+    pub auth: Option<AuthSettings>,
+    /// `[upstream]`.
+    pub upstream: Option<UpstreamSettings>,
+    /// `[store]`.
+    pub store: Option<StoreSettings>,
+    /// `[log]`.
+    pub log: Option<LogSettings>,
+}
+
+impl Sections {
+    /// The settings, when every section parsed.
+    pub fn whole(self) -> Option<Settings> {
+        Some(Settings {
+            server: self.server?,
+            tenancy: self.tenancy?,
+            auth: self.auth?,
+            upstream: self.upstream?,
+            store: self.store?,
+            log: self.log?,
+        })
+    }
+}
+
+/// Parses a config's text (from `origin`, which relative paths are resolved against) into
+/// the sections that hold no problem, beside every problem found (in no particular order).
+pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     let mut p = Problems::new(text);
     let root = match DeTable::parse(text) {
         Ok(t) => t,
         Err(e) => {
             let at = e.span().map(|s| s.start);
             p.push("(syntax)", at, e.message().trim().to_owned());
-            return Err(invalid(p.list));
+            return (Sections::default(), p.list);
         }
     };
     let root = root.get_ref();
@@ -45,21 +87,15 @@ pub fn parse_str(text: &str, origin: &Path) -> Result<Settings, ConfigError> {
     if let (Some(server), Some(auth)) = (&server, &auth) {
         token_fits_in_header(root, server, auth, &mut p);
     }
-    match (server, tenancy, auth, upstream, store, log) {
-        (Some(server), Some(tenancy), Some(auth), Some(upstream), Some(store), Some(log))
-            if p.list.is_empty() =>
-        {
-            Ok(Settings {
-                server,
-                tenancy,
-                auth,
-                upstream,
-                store,
-                log,
-            })
-        }
-        _ => Err(invalid(p.list)),
-    }
+    let sections = Sections {
+        server,
+        tenancy,
+        auth,
+        upstream,
+        store,
+        log,
+    };
+    (sections, p.list)
 }
 
 /// Reads and validates a config file.

@@ -60,6 +60,14 @@ pub fn bind(
     Ok(())
 }
 
+impl BoundListeners {
+    /// The address the listener configured as `addr` is bound to: with port 0 the system
+    /// picks the port, and this is the one to connect to.
+    pub fn local_addr(&self, addr: SocketAddr) -> Option<SocketAddr> {
+        self.sockets.get(&key(addr))?.local_addr().ok()
+    }
+}
+
 /// The string a listener is registered under, both in Pingora's `add_tcp` and its fd table.
 fn key(addr: SocketAddr) -> String {
     addr.to_string()

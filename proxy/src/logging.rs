@@ -6,14 +6,34 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured filter.
-/// Calling it twice is harmless (the second call does nothing).
+/// Installs the global subscriber. `RUST_LOG`, when set and not empty, overrides the
+/// configured filter. A filter [`check_filter`] refuses is passed over for the next (the
+/// configured one, then `info`), and a warning says so: a bare word that is not a level names
+/// a target, so `warning` would silence every line, errors included. Calling it twice is
+/// harmless (the second call does nothing).
 pub fn init(settings: &LogSettings) {
-    let configured = EnvFilter::try_new(&settings.filter);
-    let bad_filter = configured.as_ref().err().map(ToString::to_string);
-    let filter = EnvFilter::try_from_default_env()
-        .or(configured)
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    // The first usable of RUST_LOG, the configured filter and `info`; each refused one is
+    // said once the subscriber is up.
+    let mut refused = Vec::new();
+    let candidates = [
+        ("RUST_LOG", env.as_deref()),
+        ("log.filter", Some(&settings.filter)),
+    ];
+    let mut chosen = "info";
+    for (source, filter) in candidates {
+        let Some(filter) = filter else { continue };
+        match check_filter(filter) {
+            Ok(()) => {
+                chosen = filter;
+                break;
+            }
+            Err(e) => refused.push((source, filter.to_owned(), e)),
+        }
+    }
+    let filter = EnvFilter::new(chosen);
     // Pingora logs through `log`; without the bridge its messages would vanish. The bridge's
     // level is capped at the filter's most verbose level: otherwise every `debug!` inside
     // Pingora would be built and handed to the filter on the hot path only to be dropped.
@@ -41,9 +61,9 @@ pub fn init(settings: &LogSettings) {
         .with(filter)
         .with(ClientReadFailures)
         .try_init();
-    if let Some(e) = bad_filter {
-        tracing::warn!(filter = %settings.filter, error = %e,
-            "log.filter is not a valid filter; `nexus-edge check` refuses it");
+    for (source, filter, e) in refused {
+        tracing::warn!(filter = %filter, error = %e, using = chosen,
+            "{source} is not a usable filter, so it is not used; `nexus-edge check` refuses it");
     }
 }
 
@@ -109,11 +129,22 @@ impl tracing::field::Visit for Message {
     }
 }
 
-/// Whether `filter` is a filter `init` can use (`check` refuses one it cannot).
+/// Whether `filter` is a filter `init` uses (`check` refuses one it does not): it parses,
+/// and one of its directives is a bare level, the level of every target not named. Without
+/// one, every line of every other target is dropped, errors included: `warning` (a target
+/// named `warning`) or `nexus_edge=debug` alone would silence Pingora's errors.
 pub fn check_filter(filter: &str) -> Result<(), String> {
-    EnvFilter::try_new(filter)
-        .map(drop)
-        .map_err(|e| e.to_string())
+    EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |d: &str| LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l));
+    if filter.split(',').map(str::trim).any(is_level) {
+        return Ok(());
+    }
+    Err(format!(
+        "{filter:?} sets no level for every target (a bare word that is not a level names a \
+         target), so every other line would be dropped, errors included; begin it with one of \
+         off, error, warn, info, debug, trace (e.g. \"warn,nexus_edge=debug\")"
+    ))
 }
 
 /// A Pingora error as the router logs it. Pingora's own display includes, for an instance
@@ -157,7 +188,37 @@ impl std::fmt::Display for LoggedError<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ClientReadFailures, LoggedError};
+    use super::{check_filter, ClientReadFailures, LoggedError};
+
+    #[test]
+    fn a_filter_must_set_a_level_for_every_target() {
+        for ok in [
+            "info",
+            "WARN",
+            "warn,nexus_edge=debug",
+            "nexus_edge=debug, error",
+            "off",
+        ] {
+            assert_eq!(check_filter(ok), Ok(()), "{ok}");
+        }
+        // A typo of a level is a target name; a filter of targets alone drops everyone else's
+        // lines; an empty filter drops every line.
+        for silent in [
+            "warning",
+            "inf",
+            "",
+            "nexus_edge=debug",
+            "pingora=info,nexus_edge",
+        ] {
+            let e = check_filter(silent).expect_err(silent);
+            assert!(
+                e.contains("sets no level for every target"),
+                "{silent}: {e}"
+            );
+        }
+        assert!(check_filter("info,,=x[bad").is_err());
+        assert!(check_filter(" ").is_err());
+    }
     use pingora::{Error, ErrorType};
     use std::sync::{Arc, Mutex};
     use tracing_subscriber::layer::SubscriberExt;

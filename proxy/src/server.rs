@@ -172,6 +172,9 @@ pub fn run(
     signals: Signals,
 ) {
     let s = &state.settings;
+    // As bound: with port 0 in the config, the port the system chose.
+    let listen = listeners.local_addr(s.server.listen);
+    let admin = s.server.admin_listen.and_then(|a| listeners.local_addr(a));
     let mut conf = ServerConf {
         threads: s.server.threads,
         grace_period_seconds: Some(s.server.shutdown_grace.as_secs()),
@@ -212,7 +215,11 @@ pub fn run(
         KeyReload::new(Arc::clone(&state), KEY_RELOAD_EVERY),
     ));
 
-    tracing::info!(listen = %s.server.listen, admin = ?s.server.admin_listen, "nexus-edge serving");
+    tracing::info!(
+        listen = %listen.unwrap_or(s.server.listen),
+        admin = ?admin.or(s.server.admin_listen),
+        "nexus-edge serving"
+    );
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });

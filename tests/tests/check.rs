@@ -80,14 +80,32 @@ fn check_says_what_serve_would_refuse_or_drop() {
         assert!(out.contains(says), "{paths}: {out}");
     }
 
-    // A log filter serve cannot use, or a key set with no key, is an error.
-    let with_filter = format!(
-        "{}[log]\nfilter = \"info,,=x[bad\"\n",
+    // A log filter serve cannot use, or a key set with no key, is an error. So is a filter
+    // that would drop every line, errors included: a misspelt level names a target.
+    for filter in ["info,,=x[bad", "warning", ""] {
+        let with_filter = format!("{}[log]\nfilter = \"{filter}\"\n", config("bindings.json"));
+        let (code, out) = check(dir.path(), &with_filter);
+        assert_ne!(code, 0, "{filter}: {out}");
+        assert!(out.contains("log.filter"), "{filter}: {out}");
+    }
+    // An HMAC key whose kid the JWKS holds too would never verify anything.
+    let taken = format!(
+        "{}[[auth.hmac_keys]]\nkid = \"demo-es256\"\nsecret_env = \"NEXUS_TEST_HMAC_SECRET\"\n",
         config("bindings.json")
     );
-    let (code, out) = check(dir.path(), &with_filter);
-    assert_ne!(code, 0, "{out}");
-    assert!(out.contains("log.filter"), "{out}");
+    let path = dir.path().join("edge.toml");
+    std::fs::write(&path, taken).unwrap();
+    let out = std::process::Command::new(nexus_e2e::edge::binary())
+        .args(["check", "--config", path.to_str().unwrap()])
+        .env("NEXUS_TEST_HMAC_SECRET", "x".repeat(32))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("auth.hmac_keys") && err.contains("kid \"demo-es256\""),
+        "{err}"
+    );
     std::fs::write(dir.path().join("empty.json"), r#"{"keys": []}"#).unwrap();
     let (code, out) = check(
         dir.path(),
@@ -162,16 +180,98 @@ fn check_says_what_serve_would_refuse_or_drop() {
     let (code, out) = check(dir.path(), &all_wrong);
     assert_ne!(code, 0, "{out}");
     let edge = dir.path().join("edge.toml");
-    let at = |line: usize, key: &str| {
+    let at = |out: &str, line: usize, key: &str| {
         out.find(&format!("{}:{line}: {key}: ", edge.display()))
             .unwrap_or_else(|| panic!("no {key} at line {line}: {out}"))
     };
     let found = [
-        at(2, "auth.jwks_file"),
-        at(5, "store.path"),
-        at(7, "upstream.ca_file"),
-        at(9, "log.filter"),
+        at(&out, 2, "auth.jwks_file"),
+        at(&out, 5, "store.path"),
+        at(&out, 7, "upstream.ca_file"),
+        at(&out, 9, "log.filter"),
     ];
     assert!(found.is_sorted(), "in file order: {out}");
     assert!(out.contains("invalid config (4 problems)"), "{out}");
+    // With a problem in the file's own text too: still every problem in one run (the text's
+    // problem once stopped check before anything the keys name was looked at).
+    let (code, out) = check(dir.path(), &format!("[server]\nthreads = 0\n{all_wrong}"));
+    assert_ne!(code, 0, "{out}");
+    let found = [
+        at(&out, 2, "server.threads"),
+        at(&out, 4, "auth.jwks_file"),
+        at(&out, 7, "store.path"),
+        at(&out, 9, "upstream.ca_file"),
+        at(&out, 11, "log.filter"),
+    ];
+    assert!(found.is_sorted(), "in file order: {out}");
+    assert!(out.contains("invalid config (5 problems)"), "{out}");
+}
+
+/// `serve` with a log filter that would drop every line uses `info` and says so (an empty
+/// `RUST_LOG` counts as unset), and with port 0 logs the port it got.
+#[test]
+fn serve_says_what_it_does_instead_of_going_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
+    let (_, ops) = nexus_e2e::edge::free_addr_pair();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"{ops}\"\n\
+         [auth]\njwks_file = \"{demo}/jwks.json\"\n\
+         [store]\nkind = \"file\"\npath = \"{demo}/bindings.json\"\n\
+         [log]\nfilter = \"warning\"\n"
+    );
+    let path = dir.path().join("edge.toml");
+    std::fs::write(&path, config).unwrap();
+    let log_path = dir.path().join("edge.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = std::process::Command::new(nexus_e2e::edge::binary())
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop(child);
+    let line = nexus_e2e::wait::until(
+        std::time::Duration::from_secs(20),
+        "the serving line",
+        || {
+            let text = std::fs::read_to_string(&log_path).ok()?;
+            text.lines()
+                .find(|l| l.contains("nexus-edge serving"))
+                .map(str::to_owned)
+        },
+    );
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains("log.filter is not a usable filter, so it is not used")
+            && text.contains("using=\"info\""),
+        "{text}"
+    );
+    let port: u16 = line
+        .split("listen=127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert_ne!(port, 0, "{line}");
+    // That port is the router's: an unknown host there is its 404.
+    let r = nexus_e2e::http::get(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        "nobody.example.test",
+        "/",
+        &[],
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+}
+
+/// Kills and reaps a child process when the test ends, pass or fail.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -149,6 +149,18 @@ pub enum AuthSetupError {
         /// What is wrong.
         reason: String,
     },
+    /// An `[[auth.hmac_keys]]` key's `kid` is also a key's in the JWKS: a token naming it
+    /// could be meant for either, so the HMAC key would never be used.
+    #[error(
+        "{path}: kid {kid:?} of an [[auth.hmac_keys]] key is also a key's in this JWKS; an HMAC \
+         key's kid must be its own"
+    )]
+    HmacKidTaken {
+        /// The JWKS file.
+        path: String,
+        /// The kid both name.
+        kid: String,
+    },
     /// The JWKS holds no usable verification key.
     #[error(
         "{path}: no usable verification key{}",

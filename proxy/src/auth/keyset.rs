@@ -74,9 +74,13 @@ impl KeySet {
                 "RSA keys without alg verify RS256 only");
         }
         for h in hmac {
+            // Refused whole, not skipped: the secret was configured on purpose, and without it
+            // every HS256 token would be refused while the router looked healthy.
             if set.by_kid.contains_key(&h.kid) {
-                skipped.push(format!("hmac kid {:?}: also in the JWKS", h.kid));
-                continue;
+                return Err(AuthSetupError::HmacKidTaken {
+                    path: origin.to_owned(),
+                    kid: h.kid.clone(),
+                });
             }
             set.by_kid.insert(
                 h.kid.clone(),

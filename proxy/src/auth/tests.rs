@@ -604,6 +604,34 @@ fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
 }
 
 #[test]
+fn an_hmac_key_whose_kid_the_jwks_holds_is_refused_not_skipped() {
+    // Skipped, every HS256 token would be refused while the router looked healthy.
+    let f = fixture("hmac-kid");
+    let mut s = settings(&f);
+    let rs_kid = f.rs.public_jwk()["kid"].as_str().expect("kid").to_owned();
+    s.hmac_keys[0].kid = rs_kid.clone();
+    match Authenticator::new(&s) {
+        Err(AuthSetupError::HmacKidTaken { kid, .. }) => assert_eq!(kid, rs_kid),
+        other => panic!("{other:?}"),
+    }
+    // A key set that comes to hold an HMAC key's kid is refused on reload; the keys stay.
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    let mut taken = f.rs.public_jwk();
+    taken["kid"] = json!("hs");
+    std::fs::write(
+        f.dir.join("jwks.json"),
+        json!({ "keys": [f.rs.public_jwk(), taken] }).to_string(),
+    )
+    .expect("w");
+    assert!(matches!(
+        auth.reload_keys(),
+        Err(AuthSetupError::HmacKidTaken { .. })
+    ));
+    assert!(auth.verify(&f.rs.sign(&claims()).expect("s"), NOW).is_ok());
+    assert_eq!(auth.key_count(), 5, "rs, es, ed + two hmac");
+}
+
+#[test]
 fn jwks_loading_skips_bad_keys() {
     let f = fixture("jwks");
     let weak = json!({"kty":"RSA","kid":"weak","n": b64(&[0xff; 128]),"e":"AQAB"});

@@ -16,17 +16,12 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let settings = match nexus_config::parse_str(&text, path) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // The sections that parsed are checked further even when another did not, so that one
+    // run lists every problem there is.
+    let (sections, mut problems) = nexus_config::parse_sections(&text, path);
     // What the keys name (a key set, a CA bundle, a bindings file) is part of a valid config:
     // a key set that cannot be loaded would start a router that rejects every login. Every
     // such problem is listed, each at its key's line, as the file's own problems are.
-    let mut problems = Vec::new();
     let mut problem = |key: &str, message: String| {
         problems.push(nexus_config::Problem {
             key: key.to_owned(),
@@ -34,8 +29,9 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             message,
         })
     };
-    let keys = match crate::auth::Authenticator::new(&settings.auth) {
-        Ok(auth) => {
+    let keys = match sections.auth.as_ref().map(crate::auth::Authenticator::new) {
+        None => None,
+        Some(Ok(auth)) => {
             // Said, not refused: a provider's set may hold keys for other uses.
             for s in auth.skipped_keys() {
                 eprintln!(
@@ -51,45 +47,53 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             }
             Some(auth.key_count())
         }
-        Err(e) => {
-            problem("auth.jwks_file", e.to_string());
+        Some(Err(e)) => {
+            let key = match e {
+                crate::auth::AuthSetupError::HmacKidTaken { .. } => "auth.hmac_keys",
+                _ => "auth.jwks_file",
+            };
+            problem(key, e.to_string());
             None
         }
     };
-    if settings.auth.audiences.is_empty() {
-        eprintln!(
-            "{}: warning: auth.audiences: empty, so every token that carries an aud claim is \
-             refused (RFC 7519 §4.1.3); list this service's audience",
-            path.display()
-        );
+    if let Some(auth) = &sections.auth {
+        auth_warnings(path, auth);
     }
-    for w in public_path_warnings(&settings.tenancy) {
-        eprintln!("{}: warning: tenancy.public_paths: {w}", path.display());
+    if let Some(tenancy) = &sections.tenancy {
+        for w in public_path_warnings(tenancy) {
+            eprintln!("{}: warning: tenancy.public_paths: {w}", path.display());
+        }
     }
-    if let Some(Err(e)) = settings
+    if let Some(Err(e)) = sections
         .upstream
-        .ca_file
-        .as_deref()
+        .as_ref()
+        .and_then(|u| u.ca_file.as_deref())
         .map(crate::server::check_ca_bundle)
     {
         problem("upstream.ca_file", e);
     }
-    if let Err(e) = crate::logging::check_filter(&settings.log.filter) {
+    if let Some(Err(e)) = sections
+        .log
+        .as_ref()
+        .map(|l| crate::logging::check_filter(&l.filter))
+    {
         problem("log.filter", e);
     }
-    if let Err(e) = check_bindings_file(&settings.store) {
-        problem("store.path", e);
-    }
-    // What the Redis store's client is built from (its URL as redis-rs reads it, TLS
-    // material, Sentinel credentials), as `serve` builds it; no connection is made.
-    if let (nexus_config::StoreSettings::Redis(r), Err(e)) =
-        (&settings.store, crate::store::Store::open(&settings.store))
-    {
-        let key = match r.endpoint {
-            nexus_config::RedisEndpointSettings::Url(_) => "store.url",
-            nexus_config::RedisEndpointSettings::Sentinel(_) => "store.sentinel",
-        };
-        problem(key, e);
+    if let Some(store) = &sections.store {
+        if let Err(e) = check_bindings_file(store) {
+            problem("store.path", e);
+        }
+        // What the Redis store's client is built from (its URL as redis-rs reads it, TLS
+        // material, Sentinel credentials), as `serve` builds it; no connection is made.
+        if let (nexus_config::StoreSettings::Redis(r), Err(e)) =
+            (store, crate::store::Store::open(store))
+        {
+            let key = match r.endpoint {
+                nexus_config::RedisEndpointSettings::Url(_) => "store.url",
+                nexus_config::RedisEndpointSettings::Sentinel(_) => "store.sentinel",
+            };
+            problem(key, e);
+        }
     }
     match keys {
         Some(n) if problems.is_empty() => {
@@ -100,6 +104,17 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             eprintln!("{}", nexus_config::ConfigError::invalid(path, problems));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What is valid in `[auth]` but worth a second look.
+fn auth_warnings(path: &Path, auth: &nexus_config::AuthSettings) {
+    if auth.audiences.is_empty() {
+        eprintln!(
+            "{}: warning: auth.audiences: empty, so every token that carries an aud claim is \
+             refused (RFC 7519 §4.1.3); list this service's audience",
+            path.display()
+        );
     }
 }
 
