@@ -282,6 +282,31 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
 }
 
 #[test]
+fn wait_with_no_live_replica_says_so_at_once() {
+    let World {
+        redis: _redis,
+        admin,
+        a: _a,
+        ..
+    } = World::start(&["acme"]);
+    let (code, _, err) = admin.tenant(&[
+        "set-status",
+        "acme",
+        "past_due",
+        "--wait",
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("no replica is live (none is heartbeating); waiting up to 1s")
+            && err.contains("0/0 live replicas")
+            && err.contains("behind: no live replica"),
+        "{err}"
+    );
+}
+
+#[test]
 fn wait_names_replicas_stopped_or_on_another_history() {
     let World {
         redis,

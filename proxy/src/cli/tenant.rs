@@ -563,6 +563,20 @@ async fn wait_fleet(
     let Store::Redis(redis) = store else {
         return fail("--wait needs the Redis store (a file store has no fleet to confirm)");
     };
+    // Said at once: otherwise the whole timeout passes in silence. A replica that starts
+    // within it still counts (a fleet being restarted).
+    if redis
+        .replicas()
+        .await
+        .is_ok_and(|all| !all.iter().any(|r| r.live))
+    {
+        eprintln!(
+            "nexus-edge: no replica is live (none is heartbeating); waiting up to {} for one \
+             to apply revision {}",
+            humantime::format_duration(timeout),
+            rev.get()
+        );
+    }
     let result = redis
         .wait_for_revision(rev.get(), tenant.as_str(), timeout)
         .await;
