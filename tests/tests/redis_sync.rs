@@ -1209,6 +1209,69 @@ fn a_domain_swap_whose_reconcile_fails_is_read_again() {
 }
 
 #[test]
+fn a_domain_swap_read_with_a_record_that_cannot_be_read_is_read_again() {
+    // The swap's entries are contested (each waits for the other), then the batch's last
+    // entry cannot be read: the session ends before the reconcile that settles the swap. Its
+    // next read must start before the swap, or the swap is never applied.
+    let World {
+        redis,
+        admin,
+        keys,
+        a,
+        b,
+    } = World::start(&[]);
+    let put = |tenant: &str, url: &str, domains: &[&str]| {
+        let mut record = binding(tenant, url, "active", None);
+        record["domains"] = serde_json::json!(domains);
+        admin.put(&record);
+    };
+    put("alpha", &a.url(), &["one.example.test"]);
+    put("beta", &b.url(), &["two.example.test"]);
+    let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
+    let routed = |host: &str, tenant: &str| {
+        let r = get_with_token(edge.addr, host, "/", &keys.token(tenant, None));
+        (r.status == 200).then(|| r.json()["instance"].as_str().unwrap_or_default().to_owned())
+    };
+    wait::until(Duration::from_secs(20), "both domains routed", || {
+        (routed("one.example.test", "alpha").as_deref() == Some("instance-a")
+            && routed("two.example.test", "beta").as_deref() == Some("instance-b"))
+        .then_some(())
+    });
+
+    signal(&edge, "-STOP");
+    put("alpha", &a.url(), &[]);
+    put("beta", &b.url(), &["one.example.test"]);
+    put("alpha", &a.url(), &["two.example.test"]);
+    put("gamma", &a.url(), &[]);
+    // Every key but gamma's record stays reachable.
+    redis.cmd(&[
+        "ACL",
+        "SETUSER",
+        "default",
+        "resetkeys",
+        "~nexus:[^b]*",
+        "~nexus:binding:[^g]*",
+    ]);
+    signal(&edge, "-CONT");
+    wait::until(Duration::from_secs(20), "two failed reads of gamma", || {
+        (edge.log().matches("NOPERM").count() >= 2).then_some(())
+    });
+    redis.cmd(&["ACL", "SETUSER", "default", "allkeys"]);
+
+    // The periodic reconcile is an hour away: only reading the swap again settles it.
+    wait::until(
+        Duration::from_secs(20),
+        "the swapped domains and gamma routed",
+        || {
+            (routed("one.example.test", "beta").as_deref() == Some("instance-b")
+                && routed("two.example.test", "alpha").as_deref() == Some("instance-a")
+                && routed(&host("gamma"), "gamma").as_deref() == Some("instance-a"))
+            .then_some(())
+        },
+    );
+}
+
+#[test]
 fn revisions_of_fifteen_digits_are_written_whole() {
     // Lua writes numbers of 10^14 and above as 1e+14; a record stamped so is refused by every
     // replica, and so is every record after it.

@@ -387,9 +387,10 @@ async fn apply_entries(
     // reconcile, which builds the table from Redis's consistent whole.
     let mut contested: Vec<TenantId> = Vec::new();
     // Where the feed stood before the first contested entry: kept as this replica's position
-    // until the reconcile has settled it. Should the reconcile fail (Redis went away), the
-    // next session reads those entries again and reconciles then, and meanwhile the replica
-    // does not report their revisions as applied (`--wait` goes on waiting for it).
+    // until a later entry of each contested tenant lands or the reconcile has settled it.
+    // Should the session end first (Redis went away, a record could not be read), the next
+    // session reads those entries again, and meanwhile the replica does not report their
+    // revisions as applied (`--wait` goes on waiting for it).
     let mut before_contested: Option<FeedPosition> = None;
     for (id, fields) in entries {
         if field_str(&fields, "op") == Some(super::restore::RESET) {
@@ -491,10 +492,16 @@ async fn apply_entries(
             stream_id: id,
             revision: pos.revision.max(rev),
         };
-        store.set_position(pos.clone());
+        if contested.is_empty() {
+            before_contested = None;
+        }
+        // While a contested entry waits, the replica's position stays before it: a later
+        // entry that cannot be read ends this session before the reconcile, and the next
+        // one must read the contested entries again.
+        store.set_position(before_contested.clone().unwrap_or_else(|| pos.clone()));
     }
-    if let (false, Some(before)) = (contested.is_empty(), before_contested) {
-        store.set_position(before);
+    if !contested.is_empty() {
+        // The position is still before the first contested entry (see above).
         tracing::info!(
             tenants = contested.len(),
             "custom domains moved between tenants within one read of the feed; reconciling"
