@@ -62,8 +62,14 @@ pub fn init(settings: &LogSettings) {
         .with(ClientReadFailures)
         .try_init();
     for (source, filter, e) in refused {
+        // `check` reads the config file, not the environment.
+        let also = if source == "RUST_LOG" {
+            ""
+        } else {
+            "; `nexus-edge check` refuses it"
+        };
         tracing::warn!(filter = %filter, error = %e, using = chosen,
-            "{source} is not a usable filter, so it is not used; `nexus-edge check` refuses it");
+            "{source} is not a usable filter, so it is not used{also}");
     }
 }
 
@@ -135,15 +141,25 @@ impl tracing::field::Visit for Message {
 /// named `warning`) or `nexus_edge=debug` alone would silence Pingora's errors.
 pub fn check_filter(filter: &str) -> Result<(), String> {
     EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    let is_level = |d: &str| LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l));
-    if filter.split(',').map(str::trim).any(is_level) {
+    let directives = filter.split(',').filter(|d| !d.is_empty());
+    // `tracing` reads a directive with blanks around it wrongly: " info" is a target, and
+    // " nexus_edge=debug" names the target " nexus_edg".
+    if let Some(d) = directives.clone().find(|d| d.trim() != *d) {
+        return Err(format!(
+            "{filter:?} has blanks around the directive {d:?}, which the log filter would read \
+             as part of a target's name; write the directives without spaces (e.g. \
+             \"warn,nexus_edge=debug\")"
+        ));
+    }
+    // The parse `tracing` itself applies to a directive without `=`: a name or a number.
+    let mut directives = directives;
+    if directives.any(|d| d.parse::<tracing::level_filters::LevelFilter>().is_ok()) {
         return Ok(());
     }
     Err(format!(
         "{filter:?} sets no level for every target (a bare word that is not a level names a \
-         target), so every other line would be dropped, errors included; begin it with one of \
-         off, error, warn, info, debug, trace (e.g. \"warn,nexus_edge=debug\")"
+         target), so every other line would be dropped, errors included; add one of off, \
+         error, warn, info, debug, trace (e.g. \"warn,nexus_edge=debug\")"
     ))
 }
 
@@ -196,8 +212,10 @@ mod tests {
             "info",
             "WARN",
             "warn,nexus_edge=debug",
-            "nexus_edge=debug, error",
+            "nexus_edge=debug,error",
+            "3",
             "off",
+            "info,",
         ] {
             assert_eq!(check_filter(ok), Ok(()), "{ok}");
         }
@@ -215,6 +233,11 @@ mod tests {
                 e.contains("sets no level for every target"),
                 "{silent}: {e}"
             );
+        }
+        // Blanks make a level a target name, and misread a target's name.
+        for blank in ["pingora=warn, info", " info", "info ", "info, nexus_edge"] {
+            let e = check_filter(blank).expect_err(blank);
+            assert!(e.contains("has blanks around"), "{blank}: {e}");
         }
         assert!(check_filter("info,,=x[bad").is_err());
         assert!(check_filter(" ").is_err());
