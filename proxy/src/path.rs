@@ -17,11 +17,12 @@
 //!   containers (Tomcat, Jetty, Spring) drop `;` parameters and then resolve the `..`, so
 //!   `/billing/..;/api` is `/api` to them while it is under `/billing` to any RFC reading;
 //! - a segment of dots and encoded blanks only, starting with a dot (`..%20`, `.%09`,
-//!   `..%20.`), or spelled with a Unicode dot (`%EF%BC%8E%EF%BC%8E`, fullwidth; the one-dot
-//!   leader and small full stop too), is refused: Windows path handling drops trailing blanks
-//!   and dots, and Unicode normalisation (NFKC) makes those dots `.`, so an instance doing
-//!   either reads a `..` that the rules above never saw: `/login/..%20/admin` would leave a
-//!   public prefix;
+//!   `..%20.`, before parameters too: `..%20;x`), or one or two dots spelled with Unicode
+//!   (`%EF%BC%8E%EF%BC%8E`, fullwidth; the one-dot leader, small full stop, two-dot leader
+//!   and its vertical form too), is refused: Windows path handling drops trailing blanks and
+//!   dots, and Unicode normalisation (NFKC) makes those dots `.`, so an instance doing either
+//!   reads a `..` that the rules above never saw: `/login/..%20/admin` would leave a public
+//!   prefix;
 //! - dot-segments are removed (RFC 3986 §5.2.4) after decoding, so `%2e%2e` counts as `..`;
 //!   `..` at the root stays at the root (RFC 3986 behaviour, not an error: `/../x` can only
 //!   ever mean `/x`, so refusing it would add a failure mode without closing a hole);
@@ -256,47 +257,59 @@ fn is_dot_segment_with_parameters(s: &[u8]) -> bool {
     matches!(dots, 1 | 2) && (rest.first() == Some(&b';') || escaped_byte(rest) == Some(b';'))
 }
 
-/// UTF-8 of the dots NFKC turns into `.`: fullwidth full stop (U+FF0E), one dot leader
-/// (U+2024), small full stop (U+FE52).
-const UNICODE_DOTS: [[u8; 3]; 3] = [[0xEF, 0xBC, 0x8E], [0xE2, 0x80, 0xA4], [0xEF, 0xB9, 0x92]];
+/// UTF-8 of the characters NFKC turns into dots, with how many: fullwidth full stop (U+FF0E),
+/// one dot leader (U+2024), small full stop (U+FE52); two dot leader (U+2025) and its
+/// vertical form (U+FE30).
+const UNICODE_DOTS: [([u8; 3], u8); 5] = [
+    ([0xEF, 0xBC, 0x8E], 1),
+    ([0xE2, 0x80, 0xA4], 1),
+    ([0xEF, 0xB9, 0x92], 1),
+    ([0xE2, 0x80, 0xA5], 2),
+    ([0xEF, 0xB8, 0xB0], 2),
+];
 
-/// True if the segment at the start of `s` starts with a dot and holds nothing but dots and
-/// percent-encoded blanks (space, tab, vertical tab, form feed), with at least one blank or
-/// one percent-encoded Unicode dot: a dot-segment to a server that normalises Unicode or
-/// trims trailing blanks and dots (Windows reads `..%20.` as `..` too). Plain dots (raw or
-/// `%2e`) are not: `.` and `..` are resolved here, and `...` names a file.
+/// True if the segment at the start of `s` (up to `/`, or to `;` parameters) starts with a
+/// dot and holds nothing but dots and percent-encoded blanks (space, tab, vertical tab, form
+/// feed), with at least one blank, or percent-encoded Unicode dots making one or two: a
+/// dot-segment to a server that normalises Unicode or trims trailing blanks and dots
+/// (Windows reads `..%20.` as `..` too). Plain dots (raw or `%2e`) are not: `.` and `..` are
+/// resolved here, `..;x` is refused apart, and `...` names a file.
 fn is_dot_segment_lookalike(s: &[u8]) -> bool {
     let end = s.iter().position(|&c| c == b'/').unwrap_or(s.len());
     let mut rest = &s[..end];
-    let (mut dots, mut blanks, mut unicode) = (0, 0, false);
+    let (mut dots, mut blanks, mut unicode) = (0u32, 0, false);
     loop {
         if let Some(r) = rest.strip_prefix(b".") {
             rest = r;
+            dots += 1;
         } else if escaped_byte(rest) == Some(b'.') {
             rest = &rest[3..];
-        } else if let Some(r) = unicode_dot(rest) {
+            dots += 1;
+        } else if let Some((r, n)) = unicode_dot(rest) {
             rest = r;
+            dots += u32::from(n);
             unicode = true;
         } else if let (true, Some(b'\t' | b' ' | 0x0B | 0x0C)) = (dots > 0, escaped_byte(rest)) {
             rest = &rest[3..];
             blanks += 1;
-            continue;
         } else {
             break;
         }
-        dots += 1;
     }
-    dots > 0 && rest.is_empty() && (unicode || blanks > 0)
+    let ends = rest.is_empty() || rest.first() == Some(&b';') || escaped_byte(rest) == Some(b';');
+    dots > 0 && ends && (blanks > 0 || (unicode && dots <= 2))
 }
 
-/// `s` after a percent-encoded Unicode dot at its start (any hex case), if it starts with one.
-fn unicode_dot(s: &[u8]) -> Option<&[u8]> {
+/// `s` after a percent-encoded Unicode dot at its start (any hex case), and the dots it
+/// stands for, if it starts with one.
+fn unicode_dot(s: &[u8]) -> Option<(&[u8], u8)> {
     let bytes = [
         escaped_byte(s)?,
         escaped_byte(s.get(3..)?)?,
         escaped_byte(s.get(6..)?)?,
     ];
-    UNICODE_DOTS.contains(&bytes).then(|| &s[9..])
+    let (_, n) = UNICODE_DOTS.iter().find(|(utf8, _)| *utf8 == bytes)?;
+    Some((&s[9..], *n))
 }
 
 /// Segment-aware prefix test for public, recovery and API prefixes.
@@ -372,6 +385,12 @@ mod tests {
             ("/a/%20..", "/a/%20.."),
             ("/a/...x%20", "/a/...x%20"),
             ("/a/%EF%BC%8Ex", "/a/%EF%BC%8Ex"),
+            // Three dots, however spelled, name a file.
+            (
+                "/a/%EF%BC%8E%EF%BC%8E%EF%BC%8E",
+                "/a/%EF%BC%8E%EF%BC%8E%EF%BC%8E",
+            ),
+            ("/a/.%E2%80%A5", "/a/.%E2%80%A5"),
             ("/a/%20", "/a/%20"),
         ];
         for (raw, want) in ok {
@@ -422,6 +441,14 @@ mod tests {
             ("/login/..%20./admin", PathError::DotSegmentLookalike),
             ("/login/.%20.%20/admin", PathError::DotSegmentLookalike),
             ("/login/...%20/admin", PathError::DotSegmentLookalike),
+            ("/login/%E2%80%A5/admin", PathError::DotSegmentLookalike),
+            ("/login/%ef%b8%b0/admin", PathError::DotSegmentLookalike),
+            ("/login/.%E2%80%A4/admin", PathError::DotSegmentLookalike),
+            ("/billing/..%20;x/api", PathError::DotSegmentLookalike),
+            (
+                "/billing/.%EF%BC%8E%3bx/api",
+                PathError::DotSegmentLookalike,
+            ),
             ("/login/%2e%09%2e.", PathError::DotSegmentLookalike),
             (
                 "/billing/%EF%BC%8E%EF%BC%8E/api",
