@@ -1434,6 +1434,19 @@ fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
     }
     let (_, out, _) = admin.tenant(&["get", "acme", "--json"]);
     assert!(!out.contains("past_due"), "nothing was written: {out}");
+    // A reading command writes no audit entry: the same empty actor does not stop it.
+    for read in [
+        &["get", "acme"][..],
+        &["list"],
+        &["export"],
+        &["history", "acme"],
+    ] {
+        let mut args = vec!["tenant", "--config", config, "--actor", ""];
+        args.extend_from_slice(read);
+        let out = nexus_e2e::edge::cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{read:?}: {err}");
+    }
 
     // Two records of one import claiming one domain: the file is refused whole, both named
     // (the Redis store wrote the first before stopping at the second).
