@@ -375,7 +375,18 @@ impl RedisStore {
             if !keys.is_empty() {
                 let values: Vec<Option<Vec<u8>>> =
                     redis::cmd("MGET").arg(&keys).query_async(con).await?;
-                for (key, value) in keys.iter().zip(values) {
+                // MGET answers nil for a key that holds no string, and for one deleted since
+                // the scan saw it: that tenant is gone (its feed entry follows the load), not
+                // a refused record, and a listing must not call itself incomplete for it.
+                let mut gone = vec![false; keys.len()];
+                for (i, _) in values.iter().enumerate().filter(|(_, v)| v.is_none()) {
+                    let kind: String = redis::cmd("TYPE").arg(&keys[i]).query_async(con).await?;
+                    gone[i] = kind == "none";
+                }
+                for ((key, value), gone) in keys.iter().zip(values).zip(gone) {
+                    if gone {
+                        continue;
+                    }
                     let key = String::from_utf8_lossy(key);
                     // The tenant is all of the key after `{prefix}:binding:`, and must be an
                     // id: `nexus:binding:zed:acme` is no key of acme's (nor of anyone's), even
@@ -388,8 +399,6 @@ impl RedisStore {
                         self.health.add_rejected(1);
                         continue;
                     };
-                    // MGET answers nil for a key that holds no string (or was deleted during
-                    // the scan: its feed entry follows the load).
                     let parsed = value
                         .ok_or_else(|| "the key holds no string value".to_owned())
                         .and_then(|v| {
