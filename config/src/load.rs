@@ -203,8 +203,8 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 const MS: Duration = Duration::from_millis(1);
 
 fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Option<ServerSettings> {
-    let mut s = Section::open(root, "server", p);
     let before = p.list.len();
+    let mut s = Section::open(root, "server", p);
     let listen = s.socket_addr("listen", p).unwrap_or(d.listen);
     let (admin_listen, admin_at) = match s.string("admin_listen", p) {
         None => (d.admin_listen, None),
@@ -376,8 +376,8 @@ fn tenancy(
     d: &TenancySettings,
     p: &mut Problems<'_>,
 ) -> Option<TenancySettings> {
-    let mut s = Section::open(root, "tenancy", p);
     let before = p.list.len();
+    let mut s = Section::open(root, "tenancy", p);
     let base_domains = s
         .strings("base_domains", p, check_domain)
         .unwrap_or_else(|| d.base_domains.clone());
@@ -452,8 +452,8 @@ fn auth(
     base: &Path,
     p: &mut Problems<'_>,
 ) -> Option<AuthSettings> {
-    let mut s = Section::open(root, "auth", p);
     let before = p.list.len();
+    let mut s = Section::open(root, "auth", p);
     let jwks = match s.raw("jwks_file") {
         Some(_) => s.path("jwks_file", base, p).map(JwksSource::File),
         None => {
@@ -680,8 +680,8 @@ fn upstream(
     base: &Path,
     p: &mut Problems<'_>,
 ) -> Option<UpstreamSettings> {
-    let mut s = Section::open(root, "upstream", p);
     let before = p.list.len();
+    let mut s = Section::open(root, "upstream", p);
     let connect_timeout = s
         .duration("connect_timeout", MS, MAX_TIMEOUT, p)
         .unwrap_or(d.connect_timeout);
@@ -735,8 +735,8 @@ const STORE_KEYS: &[&str] = &[
 ];
 
 fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreSettings> {
-    let mut s = Section::open(root, "store", p);
     let before = p.list.len();
+    let mut s = Section::open(root, "store", p);
     if !s.present() {
         p.push("store", None, "is required ([store] with kind and path)");
         return None;
@@ -1099,8 +1099,8 @@ fn redis_tls(
 }
 
 fn log(root: &DeTable<'_>, d: &LogSettings, p: &mut Problems<'_>) -> Option<LogSettings> {
-    let mut s = Section::open(root, "log", p);
     let before = p.list.len();
+    let mut s = Section::open(root, "log", p);
     let filter = s
         .string("filter", p)
         .map_or_else(|| d.filter.clone(), |(v, _)| v);

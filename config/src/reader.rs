@@ -64,7 +64,8 @@ pub(crate) struct Section<'a, 'i> {
 }
 
 impl<'a, 'i> Section<'a, 'i> {
-    /// Opens `name` in the root table (absent section = all defaults).
+    /// Opens `name` in the root table (absent section = all defaults). A section that is no
+    /// table is a problem of its own: callers count their problems from before opening it.
     pub(crate) fn open(root: &'a DeTable<'i>, name: &'static str, p: &mut Problems<'_>) -> Self {
         Self::open_as(root, name, name, p)
     }

@@ -631,3 +631,30 @@ fn problems_without_a_value_still_have_a_line_and_no_spurious_unknown_keys() {
         "{ps:#?}"
     );
 }
+
+#[test]
+fn a_section_that_is_no_table_yields_no_settings() {
+    // `check` runs its file checks on the sections that parsed: a section that is no table
+    // must not stand in as defaults for the one written.
+    for name in ["server", "tenancy", "upstream", "log"] {
+        let text = format!("{name} = \"debug\"\n{MINIMAL}");
+        let (sections, problems) = parse_sections(&text, Path::new("/etc/nexus/edge.toml"));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == name && p.message.contains("must be a table")),
+            "{name}: {problems:#?}"
+        );
+        let parsed = match name {
+            "server" => sections.server.is_some(),
+            "tenancy" => sections.tenancy.is_some(),
+            "upstream" => sections.upstream.is_some(),
+            _ => sections.log.is_some(),
+        };
+        assert!(!parsed, "{name} parsed as defaults");
+        assert!(
+            sections.auth.is_some() && sections.store.is_some(),
+            "{name}"
+        );
+    }
+}
