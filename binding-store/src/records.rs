@@ -4,7 +4,7 @@
 //! every field problem) and the others load. Only a document that is not a bindings document
 //! at all is an error for the whole set.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -210,17 +210,20 @@ pub(crate) fn not_taken<'a>(
 }
 
 /// Settles domains claimed twice (see [`contested_domains`]) without handing one to a
-/// newcomer or unbinding a tenant by revision order: the tenant that holds the domain in the
-/// served table keeps it, else the one the store's domain index names (`owners`, one per
-/// contested domain; a store without an index passes none), else nobody. Every other
-/// claimant's record is refused: that tenant keeps its served binding, or stays unbound, as
-/// with any refused record. `origin` names the store in the log.
+/// newcomer or unbinding a tenant by revision order: the tenant that holds it in the served
+/// table keeps it while its record holds it too; else the one the store's domain index names
+/// (`owners`, one per contested domain; a store without an index passes none); else the
+/// served holder even with its record refused; else nobody. A served binding kept for a
+/// refused record may be an old snapshot's, so the index, which every write through the
+/// schema keeps, outranks it. Every other claimant's record is refused: that tenant keeps its
+/// served binding, or stays unbound, as with any refused record. `origin` names the store in
+/// the log.
 ///
 /// A served binding put back for a refused record can claim a domain again: B's old record
 /// still holds the domain C's new one now claims. So settling goes on, round by round, until
-/// no domain is claimed twice; in each later round the served binding's tenant holds the
-/// domain, so it keeps it, and the other claimant is put back in turn. Each round puts at
-/// least one more tenant back, so it ends.
+/// no domain is claimed twice. A put-back binding that loses a domain is kept without it: its
+/// tenant stays bound, and a domain its last good record held does not outrank the record
+/// that holds it now. Each round puts back or trims at least one binding, so it ends.
 pub(crate) fn settle_contested(
     bindings: Vec<Arc<Binding>>,
     contested: &[(String, Vec<TenantId>)],
@@ -228,7 +231,26 @@ pub(crate) fn settle_contested(
     served: Option<&BindingTable>,
     origin: &str,
 ) -> Vec<Arc<Binding>> {
-    let mut kept = settle_round(bindings, contested, owners, served, origin);
+    // By domain, for every round: a later round's contest over an indexed domain is settled
+    // by the index too.
+    let indexed: HashMap<&str, &str> = contested
+        .iter()
+        .zip(owners)
+        .filter_map(|((d, _), o)| Some((d.as_str(), o.as_deref()?)))
+        .collect();
+    // Tenants whose binding here is not their record from the store but a served one put
+    // back (or one trimmed since): those lose domains rather than come back whole.
+    let mut put_back: HashSet<TenantId> = served.map_or_else(HashSet::new, |t| {
+        bindings
+            .iter()
+            .filter(|b| {
+                t.get(b.tenant_id.as_str())
+                    .is_some_and(|o| Arc::ptr_eq(o, b))
+            })
+            .map(|b| b.tenant_id.clone())
+            .collect()
+    });
+    let mut kept = settle_round(bindings, contested, &indexed, &mut put_back, served, origin);
     // The bound only guards the argument above; a table built from what is left refuses any
     // claim still doubled, as before.
     for _ in 0..kept.len() {
@@ -236,7 +258,7 @@ pub(crate) fn settle_contested(
         if again.is_empty() {
             break;
         }
-        kept = settle_round(kept, &again, &[], served, origin);
+        kept = settle_round(kept, &again, &indexed, &mut put_back, served, origin);
     }
     kept
 }
@@ -245,21 +267,25 @@ pub(crate) fn settle_contested(
 fn settle_round(
     bindings: Vec<Arc<Binding>>,
     contested: &[(String, Vec<TenantId>)],
-    owners: &[Option<String>],
+    indexed: &HashMap<&str, &str>,
+    put_back: &mut HashSet<TenantId>,
     served: Option<&BindingTable>,
     origin: &str,
 ) -> Vec<Arc<Binding>> {
-    let mut losers: Vec<&TenantId> = Vec::new();
-    let indexed = owners
-        .iter()
-        .map(Option::as_deref)
-        .chain(std::iter::repeat(None));
-    for ((domain, claimants), indexed) in contested.iter().zip(indexed) {
-        let winner = served
+    // Each losing tenant, with the domains it lost.
+    let mut losers: BTreeMap<&TenantId, Vec<&str>> = BTreeMap::new();
+    for (domain, claimants) in contested {
+        let holder = served
             .and_then(|t| t.tenant_for_domain(domain))
-            .filter(|t| claimants.contains(t))
-            .map(TenantId::as_str)
-            .or_else(|| indexed.filter(|o| claimants.iter().any(|c| c.as_str() == *o)));
+            .filter(|t| claimants.contains(t));
+        let owner = indexed
+            .get(domain.as_str())
+            .copied()
+            .filter(|o| claimants.iter().any(|c| c.as_str() == *o));
+        let winner = match holder {
+            Some(h) if !put_back.contains(h) => Some(h.as_str()),
+            _ => owner.or(holder.map(TenantId::as_str)),
+        };
         for c in claimants.iter().filter(|c| Some(c.as_str()) != winner) {
             tracing::warn!(
                 store = origin,
@@ -268,18 +294,29 @@ fn settle_round(
                 kept_by = winner.unwrap_or("nobody"),
                 "binding record refused: its custom domain is claimed by another record too; the tenant keeps its last good binding"
             );
-            losers.push(c);
+            losers.entry(c).or_default().push(domain);
         }
     }
-    losers.sort();
-    losers.dedup();
-    let mut kept: Vec<Arc<Binding>> = bindings
-        .into_iter()
-        .filter(|b| !losers.contains(&&b.tenant_id))
-        .collect();
-    if let Some(cur) = served {
-        kept.extend(losers.iter().filter_map(|t| cur.get(t.as_str()).cloned()));
+    let mut kept = Vec::with_capacity(bindings.len());
+    let mut back = Vec::new();
+    for b in bindings {
+        let Some(lost) = losers.get(&b.tenant_id) else {
+            kept.push(b);
+            continue;
+        };
+        if put_back.contains(&b.tenant_id) {
+            // Already the tenant's served binding: kept, without the domains it lost.
+            let mut trimmed = b.as_ref().clone();
+            trimmed.domains.retain(|d| !lost.contains(&d.as_str()));
+            tracing::warn!(store = origin, tenant = %b.tenant_id, domains = ?lost,
+                "the tenant's last good binding is kept without custom domains another record holds now");
+            back.push(Arc::new(trimmed));
+        } else if let Some(old) = served.and_then(|t| t.get(b.tenant_id.as_str())) {
+            put_back.insert(b.tenant_id.clone());
+            back.push(Arc::clone(old));
+        }
     }
+    kept.extend(back);
     kept
 }
 

@@ -1272,6 +1272,86 @@ fn a_domain_swap_read_with_a_record_that_cannot_be_read_is_read_again() {
 }
 
 #[test]
+fn a_damaged_record_does_not_take_a_moved_domain_back_on_a_replica_started_from_a_snapshot() {
+    // acme's last good binding (in an old snapshot) holds a domain that has moved to globex
+    // since; then acme's record is damaged. acme keeps its binding without the domain, and
+    // globex, whose record the domain index confirms, keeps both.
+    let World {
+        redis,
+        admin,
+        keys,
+        a,
+        b,
+    } = World::start(&[]);
+    let mut acme = binding("acme", &a.url(), "active", None);
+    acme["domains"] = serde_json::json!(["app.shop.test"]);
+    admin.put(&acme);
+    let (_dir, _snap, snap_s) = snapshot_from_a_replica(&keys, &redis.url(), "acme", "instance-a");
+    admin.put(&binding("acme", &a.url(), "active", None));
+    let mut globex = binding("globex", &b.url(), "active", None);
+    globex["domains"] = serde_json::json!(["app.shop.test"]);
+    admin.put(&globex);
+    damage_record(&redis, "acme");
+
+    let edge = replica(&keys, &redis.url(), "replica-2", Some(&snap_s)).expect("replica");
+    let routed = |host: &str, tenant: &str| {
+        let r = get_with_token(edge.addr, host, "/", &keys.token(tenant, None));
+        (r.status == 200).then(|| r.json()["instance"].as_str().unwrap_or_default().to_owned())
+    };
+    wait::until(
+        Duration::from_secs(20),
+        "globex's domain and acme's subdomain",
+        || {
+            (routed("app.shop.test", "globex").as_deref() == Some("instance-b")
+                && routed(&host("globex"), "globex").as_deref() == Some("instance-b")
+                && routed(&host("acme"), "acme").as_deref() == Some("instance-a"))
+            .then_some(())
+        },
+    );
+    assert_eq!(routed("app.shop.test", "acme"), None, "{}", edge.log());
+    // Only acme's record is refused.
+    assert_one_record_rejected(&edge);
+}
+
+#[test]
+fn a_domain_of_a_deleted_damaged_record_can_be_taken() {
+    // A damaged record that is JSON without its domains: deleting it frees the domains the
+    // index holds for it.
+    let World {
+        redis, admin, a, ..
+    } = World::start(&[]);
+    let mut initech = binding("initech", &a.url(), "active", None);
+    initech["domains"] = serde_json::json!(["shop.example.test"]);
+    admin.put(&initech);
+    damage_record(&redis, "initech");
+    admin.ok(&["delete", "initech"]);
+    let mut globex = binding("globex", &a.url(), "active", None);
+    globex["domains"] = serde_json::json!(["shop.example.test"]);
+    let (code, _, err) = admin.try_put(&[], &globex);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        redis.cmd(&["HGET", "nexus:domains", "shop.example.test"]),
+        "globex"
+    );
+    // A record edited by hand to let go of a domain: the index still names its tenant, but
+    // the record no longer claims it, so another tenant may take it.
+    let mut globex_by_hand = globex.clone();
+    globex_by_hand["domains"] = serde_json::json!([]);
+    globex_by_hand["revision"] = serde_json::json!(7);
+    redis.cmd(&["SET", "nexus:binding:globex", &globex_by_hand.to_string()]);
+    let mut acme = binding("acme", &a.url(), "active", None);
+    acme["domains"] = serde_json::json!(["shop.example.test"]);
+    let (code, _, err) = admin.try_put(&[], &acme);
+    assert_eq!(code, 0, "{err}");
+    // One that still claims it keeps it.
+    let mut initech = binding("initech", &a.url(), "active", None);
+    initech["domains"] = serde_json::json!(["shop.example.test"]);
+    let (code, _, err) = admin.try_put(&[], &initech);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("shop.example.test acme"), "{err}");
+}
+
+#[test]
 fn revisions_of_fifteen_digits_are_written_whole() {
     // Lua writes numbers of 10^14 and above as 1e+14; a record stamped so is refused by every
     // replica, and so is every record after it.

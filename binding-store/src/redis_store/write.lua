@@ -82,9 +82,32 @@ end
 if ARGV[3] ~= '' and not string.find(ARGV[3], '"revision":0', 1, true) then
   return redis.error_reply('PLACEHOLDER the record must carry "revision":0 for the revision')
 end
+-- Whether the record of `owner` still claims `domain`: the index can outlive a claim made
+-- outside this script (a record deleted, or edited, by hand). A record that is no JSON object
+-- cannot say, and keeps its claims.
+local key_head = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])
+local function still_claims(owner, domain)
+  local raw = redis.call('GET', key_head .. owner)
+  if not raw then
+    return false
+  end
+  local ok, rec = pcall(cjson.decode, raw)
+  if not (ok and type(rec) == 'table') then
+    return true
+  end
+  if type(rec.domains) ~= 'table' then
+    return false
+  end
+  for _, d in ipairs(rec.domains) do
+    if d == domain then
+      return true
+    end
+  end
+  return false
+end
 for i = 8, #ARGV do
   local owner = redis.call('HGET', KEYS[5], ARGV[i])
-  if owner and owner ~= ARGV[1] then
+  if owner and owner ~= ARGV[1] and still_claims(owner, ARGV[i]) then
     return redis.error_reply('DOMAIN ' .. ARGV[i] .. ' ' .. owner)
   end
 end
@@ -104,10 +127,10 @@ if cur then
         redis.call('HDEL', KEYS[5], d)
       end
     end
-  elseif not (ok and type(old) == 'table') then
-    -- A damaged record does not say which domains it held: the index is searched for the
-    -- tenant's instead (a scan, but only when such a record is replaced or deleted), so none
-    -- stays claimed by a record that is gone.
+  else
+    -- A damaged record (no JSON object, or one without its domains) does not say which
+    -- domains it held: the index is searched for the tenant's instead (a scan, but only when
+    -- such a record is replaced or deleted), so none stays claimed by a record that is gone.
     local cursor = '0'
     repeat
       local page = redis.call('HSCAN', KEYS[5], cursor, 'COUNT', 1000)
