@@ -76,6 +76,19 @@ pub struct History {
     pub unreadable: Vec<String>,
 }
 
+/// What an admin write does where the store looks wiped: Redis holding no revision counter
+/// while replicas heartbeat a revision they serve (`FLUSHALL`, a restart without persistence,
+/// a new server), or a bindings file gone while its audit log holds changes. The write would
+/// start a new history holding that one tenant, and every replica would unbind all the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WipedStore {
+    /// Refuse it ([`AdminError::Wiped`], [`AdminError::FileLost`]): restore first.
+    #[default]
+    Refuse,
+    /// Write it, starting the new history (`tenant --start-new-history`).
+    StartNewHistory,
+}
+
 /// Why an admin write or read failed. Nothing was written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -124,6 +137,21 @@ pub enum AdminError {
     Wiped {
         /// The highest revision a replica reports serving.
         served: Revision,
+    },
+    /// The bindings file is missing while its audit log records changes: a write would create
+    /// a file holding that one tenant, and every proxy would unbind all the others.
+    #[error(
+        "{path}: the bindings file is missing, yet its audit log records changes up to \
+         revision {logged}: it looks lost (deleted, or a new disk). Proxies keep serving their \
+         tables; a write now would create a file holding only this change, and every proxy \
+         would unbind each tenant not in it. Put the file back first (a backup, or a `tenant \
+         export` taken earlier); to write anyway, pass --start-new-history"
+    )]
+    FileLost {
+        /// The bindings file.
+        path: String,
+        /// The highest revision the audit log records.
+        logged: Revision,
     },
     /// An import into a Redis that lost its data would restore a table older or smaller than
     /// the one replicas serve (revision `served`): they would reload it and unbind every

@@ -18,6 +18,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -27,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::admin::{
     Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource, Listing,
-    Mutation,
+    Mutation, WipedStore,
 };
 use crate::audit_log::{self, AuditLog};
 use crate::error::StoreError;
@@ -67,6 +68,11 @@ pub struct FileStore {
     health: Arc<SyncHealth>,
     /// The version last read, and what was made of it.
     seen: Mutex<Option<Seen>>,
+    /// The top-level `revision` of the version last loaded: a file emptied by hand keeps it,
+    /// so only a revision past it can be the admin CLI's delete of the last tenant.
+    loaded_revision: AtomicU64,
+    /// What an admin write does when the file is gone while its audit log holds changes.
+    wiped_store: WipedStore,
 }
 
 /// A version of the file that was read, and its verdict. The verdict is kept with it because
@@ -118,7 +124,15 @@ impl FileStore {
             poll_interval,
             health: Arc::new(SyncHealth::default()),
             seen: Mutex::new(None),
+            loaded_revision: AtomicU64::new(0),
+            wiped_store: WipedStore::Refuse,
         }
+    }
+
+    /// The store, with what an admin write does when the file is lost (see [`WipedStore`]).
+    pub fn with_wiped_store(mut self, wiped: WipedStore) -> Self {
+        self.wiped_store = wiped;
+        self
     }
 
     fn origin(&self) -> String {
@@ -145,8 +159,9 @@ impl FileStore {
     /// With a table served (`current`), two files are refused whole, as no tenant's binding
     /// can be kept for sure: one holding a record that names no tenant (no `tenant_id`, or
     /// one not canonical), which could be any tenant's; and one holding no records at all
-    /// whose top-level `revision` is not past the table's (not the admin CLI's last delete),
-    /// which would unbind everyone.
+    /// whose top-level `revision` is not past the table's and the last loaded file's (not the
+    /// admin CLI's last delete), which would unbind everyone. A table built is remembered as
+    /// loaded: callers serve it.
     fn build(
         &self,
         bytes: &[u8],
@@ -164,9 +179,13 @@ impl FileStore {
                      missing from the file can be unbound"
                 )));
             }
-            // The CLI's last delete leaves the file at a revision past the table's; a hand
-            // edit of any file does not move it.
-            let written_since = parsed.revision.is_some_and(|r| r > table.revision().get());
+            // The CLI's last delete leaves the file at a revision past the table's and the
+            // last loaded file's (after an earlier delete, that one is past the table's too);
+            // a hand edit of any file does not move it.
+            let loaded = self.loaded_revision.load(Ordering::Relaxed);
+            let written_since = parsed
+                .revision
+                .is_some_and(|r| r > table.revision().get().max(loaded));
             if parsed.bindings.is_empty() && parsed.problems.is_empty() && !written_since {
                 return Err(refuse(format!(
                     "the file holds no bindings, while {} are served; remove tenants with \
@@ -199,6 +218,10 @@ impl FileStore {
         let not_taken = not_taken(&from_file, &table).count();
         self.health
             .add_rejected((parsed.problems.len() + not_taken) as u64);
+        // The highest yet: the CLI never writes a revision below one it wrote (the audit log
+        // keeps its count), so a file going back is a backup or a hand edit.
+        self.loaded_revision
+            .fetch_max(parsed.revision.unwrap_or(0), Ordering::Relaxed);
         Ok(table)
     }
 
@@ -333,6 +356,8 @@ struct RawDoc {
     /// The highest revision this store has issued (the top-level `revision`); `None` in files
     /// that predate it or were written by hand.
     revision: Option<u64>,
+    /// The file does not exist (read as empty).
+    missing: bool,
 }
 
 impl RawDoc {
@@ -343,6 +368,7 @@ impl RawDoc {
                 return Ok(RawDoc {
                     bindings: Vec::new(),
                     revision: None,
+                    missing: true,
                 })
             }
             Err(e) => return Err(AdminError::Unavailable(format!("{}: {e}", path.display()))),
@@ -372,7 +398,11 @@ impl RawDoc {
             .cloned()
             .ok_or_else(|| AdminError::Corrupt(format!("{}: no bindings array", path.display())))?;
         let revision = v.get("revision").and_then(Value::as_u64);
-        Ok(RawDoc { bindings, revision })
+        Ok(RawDoc {
+            bindings,
+            revision,
+            missing: false,
+        })
     }
 
     fn position(&self, tenant: &TenantId) -> Option<usize> {
@@ -547,7 +577,8 @@ impl BindingAdmin for FileStore {
         let path = self.writable_path()?.to_path_buf();
         let tenant = tenant.clone();
         let actor = actor.clone();
-        let task = move || apply_locked(&path, &tenant, mutation, expect, &actor);
+        let wiped = self.wiped_store;
+        let task = move || apply_locked(&path, &tenant, mutation, expect, &actor, wiped);
         tokio::task::spawn_blocking(task)
             .await
             .map_err(|e| AdminError::Unavailable(format!("write task failed: {e}")))?
@@ -564,7 +595,8 @@ impl BindingAdmin for FileStore {
             .map_err(ImportError::nothing)?
             .to_path_buf();
         let actor = actor.clone();
-        tokio::task::spawn_blocking(move || import_locked(&path, bindings, &actor))
+        let wiped = self.wiped_store;
+        tokio::task::spawn_blocking(move || import_locked(&path, bindings, &actor, wiped))
             .await
             .map_err(|e| {
                 ImportError::nothing(AdminError::Unavailable(format!("import task failed: {e}")))
@@ -613,6 +645,7 @@ fn import_locked(
     path: &Path,
     bindings: Vec<Arc<Binding>>,
     actor: &Actor,
+    wiped: WipedStore,
 ) -> Result<u64, ImportError> {
     let (failed, whole) = (ImportError::at, ImportError::nothing);
     if bindings.is_empty() {
@@ -623,7 +656,7 @@ fn import_locked(
         mut doc,
         mut log,
         high,
-    } = lock_for_write(path).map_err(whole)?;
+    } = lock_for_write(path, wiped).map_err(whole)?;
     let mut at: std::collections::HashMap<String, usize> = doc
         .bindings
         .iter()
@@ -748,7 +781,7 @@ struct Locked {
 /// Takes the exclusive advisory lock on `<file>.lock`, so concurrent writers (several
 /// `nexus-edge tenant` commands) never lose an update, then reads the file and its audit log.
 /// Logged changes the file does not hold get their `not-made` entries here.
-fn lock_for_write(path: &Path) -> Result<Locked, AdminError> {
+fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock = File::options()
@@ -767,6 +800,12 @@ fn lock_for_write(path: &Path) -> Result<Locked, AdminError> {
     let mut log = AuditLog::open(audit.clone()).map_err(unavailable)?;
     let mut high = doc.high_revision();
     if let Some(last) = log.last_entry().map_err(unavailable)? {
+        if doc.missing && wiped == WipedStore::Refuse {
+            return Err(AdminError::FileLost {
+                path: path.display().to_string(),
+                logged: Revision(last.revision),
+            });
+        }
         // Revisions past the file's counter are changes the file does not hold: their writer
         // logged them and stopped before making them (or the file was since replaced, e.g.
         // from a backup). A file without the counter, older or hand-written, cannot tell.
@@ -814,13 +853,14 @@ fn apply_locked(
     mutation: Mutation,
     expect: Option<Revision>,
     actor: &Actor,
+    wiped: WipedStore,
 ) -> Result<(Revision, Option<Binding>), AdminError> {
     let Locked {
         _lock,
         mut doc,
         mut log,
         high,
-    } = lock_for_write(path)?;
+    } = lock_for_write(path, wiped)?;
     let audit = audit_log::path_for(path);
     let unavailable =
         |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));

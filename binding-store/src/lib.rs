@@ -28,5 +28,5 @@ pub mod redis_store;
 pub mod snapshot;
 pub use admin::{
     Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource, Listing,
-    Mutation,
+    Mutation, WipedStore,
 };

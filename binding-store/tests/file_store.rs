@@ -10,7 +10,7 @@ use nexus_binding_store::file_store::{write_atomically, FileStore};
 use nexus_binding_store::records::parse_record;
 use nexus_binding_store::{
     Actor, AdminError, BindingAdmin, BindingHandle, BindingSource, ImportSource, Mutation,
-    Revision, TenantId, TenantStatus, UpstreamUrl,
+    Revision, TenantId, TenantStatus, UpstreamUrl, WipedStore,
 };
 
 fn record(tenant: &str, url: &str) -> serde_json::Value {
@@ -910,4 +910,88 @@ fn a_refused_file_back_unchanged_after_a_read_failure_stays_refused() {
     write_atomically(&path, good.as_bytes()).unwrap();
     store.check_for_change(&handle);
     assert!(store.health().store_up());
+}
+
+fn tid(t: &str) -> TenantId {
+    TenantId::parse(t).unwrap()
+}
+
+fn put(store: &FileStore, t: &str) {
+    let b = parse_record(&record(t, "http://10.0.0.1")).unwrap();
+    rt().block_on(store.apply(&tid(t), Mutation::Put(Box::new(b)), None, &actor()))
+        .unwrap();
+}
+
+/// Polls `done` until it holds, for up to 5 s.
+fn wait_until(mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_hand_emptied_file_after_a_cli_delete_is_refused() {
+    // After a CLI delete the file's revision is past every record's; a hand edit emptying the
+    // bindings keeps it, and is no delete of the last tenant.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    for t in ["acme", "globex", "initech"] {
+        put(&store, t);
+    }
+    rt().block_on(store.apply(&tid("initech"), Mutation::Delete, None, &actor()))
+        .unwrap();
+    let handle = BindingHandle::new(rt().block_on(store.initial_load()).unwrap());
+    assert_eq!(handle.load().len(), 2);
+    let written = std::fs::read(&path).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&written).unwrap();
+    assert_eq!(doc["revision"], 4);
+    doc["bindings"] = serde_json::json!([]);
+    write_atomically(&path, doc.to_string().as_bytes()).unwrap();
+    assert!(!store.check_for_change(&handle));
+    assert_eq!(handle.load().len(), 2);
+    // The file put back, the CLI's own deletes of the rest are taken, down to none.
+    write_atomically(&path, &written).unwrap();
+    for t in ["acme", "globex"] {
+        rt().block_on(store.apply(&tid(t), Mutation::Delete, None, &actor()))
+            .unwrap();
+    }
+    wait_until(|| {
+        store.check_for_change(&handle);
+        handle.load().is_empty()
+    });
+}
+
+#[test]
+fn a_write_into_a_lost_bindings_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    put(&store, "acme");
+    put(&store, "globex");
+    std::fs::remove_file(&path).unwrap();
+    let b = parse_record(&record("initech", "http://10.0.0.1")).unwrap();
+    let e = rt()
+        .block_on(store.apply(
+            &tid("initech"),
+            Mutation::Put(Box::new(b.clone())),
+            None,
+            &actor(),
+        ))
+        .unwrap_err();
+    assert!(matches!(e, AdminError::FileLost { .. }), "{e}");
+    assert!(e.to_string().contains("up to revision 2"), "{e}");
+    assert!(!path.exists(), "nothing written");
+    let e = rt()
+        .block_on(store.import(vec![Arc::new(b.clone())], &actor(), ImportSource::Records))
+        .unwrap_err();
+    assert!(e.to_string().contains("looks lost"), "{e}");
+    // Said outright, the write starts a new file.
+    let store = store.with_wiped_store(WipedStore::StartNewHistory);
+    let (rev, _) = rt()
+        .block_on(store.apply(&tid("initech"), Mutation::Put(Box::new(b)), None, &actor()))
+        .unwrap();
+    assert_eq!(rev.get(), 3);
 }

@@ -30,9 +30,9 @@ impl Store {
     /// that looks wiped does.
     pub fn open_admin(settings: &StoreSettings, wiped: WipedStore) -> Result<Store, String> {
         Ok(match settings {
-            StoreSettings::File(f) => {
-                Store::File(Arc::new(FileStore::new(f.path.clone(), f.poll_interval)))
-            }
+            StoreSettings::File(f) => Store::File(Arc::new(
+                FileStore::new(f.path.clone(), f.poll_interval).with_wiped_store(wiped),
+            )),
             StoreSettings::Redis(r) => {
                 let mut opts = redis_options(r)?;
                 opts.wiped_store = wiped;

@@ -74,18 +74,7 @@ pub struct RedisOptions {
     pub wiped_store: WipedStore,
 }
 
-/// What an admin write does when Redis holds no revision counter while replicas heartbeat a
-/// revision they serve: its data was lost under them (`FLUSHALL`, a restart without
-/// persistence, a new server). The write would start a new history holding that one tenant,
-/// and every replica would unbind all the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WipedStore {
-    /// Refuse it, naming the revision the fleet serves ([`AdminError::Wiped`]): restore first.
-    #[default]
-    Refuse,
-    /// Write it, starting the new history (`tenant --start-new-history`).
-    StartNewHistory,
-}
+pub use crate::admin::WipedStore;
 
 impl RedisOptions {
     /// Options with production defaults for a primary at `url` (`redis://[user:password@]host:port/db`,

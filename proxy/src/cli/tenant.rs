@@ -32,7 +32,8 @@ pub struct TenantArgs {
     #[arg(long, global = true)]
     pub reason: Option<String>,
     /// Write even into a Redis that looks wiped (no revision counter while replicas serve
-    /// bindings): the write starts a new history, and replicas unbind every tenant not in it.
+    /// bindings), or a bindings file that looks lost (missing while its audit log records
+    /// changes): the write starts a new history, and proxies unbind every tenant not in it.
     #[arg(long, global = true)]
     pub start_new_history: bool,
     /// The operation.
