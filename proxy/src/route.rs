@@ -391,13 +391,14 @@ pub fn rewrite_upstream_request(
             };
             let org = match (&made.org, identity.org.as_deref()) {
                 (Some(v), _) => Some(v.clone()),
-                // No value was made because the claim is no header value: making one here
-                // fails the request with that error.
+                // Verification refuses a claim that is no header value; should one come
+                // here anyway, making the value fails the request rather than leave the
+                // org out.
                 (None, Some(text)) => Some(value(text)?),
                 (None, None) => None,
             };
-            // `sub` came from a verified token, but it is still client-chosen text: it is
-            // only sent when it is a valid header value.
+            // Verification refused a `sub` that is no header value as it is, so one that
+            // came with the token is here.
             (tenant, org, made.user.clone())
         }
         None => (value(binding.tenant_id.as_str())?, None, None),

@@ -368,6 +368,50 @@ fn a_public_path_forwards_only_a_credential_of_its_tenant() {
 }
 
 #[test]
+fn an_identity_claim_the_instance_would_not_get_byte_for_byte_is_a_401() {
+    // HTTP strips blanks at a header value's ends: `sub: " admin"` would reach the instance
+    // as the user `admin`, and an org claim as another org on a tenant without its own. A
+    // control character cannot be sent at all (it was a 500 after the instance connection).
+    let w = world();
+    let mut cases = Vec::new();
+    for sub in [" admin", "admin ", "\tadmin", "admin\t", "ad\u{1}min"] {
+        let mut c = claims("globex", None);
+        c["sub"] = serde_json::json!(sub);
+        cases.push((format!("sub {sub:?}"), c));
+    }
+    for org in [" org-other ", "org-other\t", "org\u{1}x"] {
+        let mut c = claims("globex", None);
+        c["org_id"] = serde_json::json!(org);
+        cases.push((format!("org {org:?}"), c));
+    }
+    for (name, c) in cases {
+        let token = w.keys.es.sign(&c).expect("sign");
+        let r = get_with_token(w.edge.addr, &host("globex"), "/", &token);
+        assert_eq!(r.status, 401, "{name}: {}", r.text());
+        let challenge = r.header("www-authenticate").unwrap_or_default();
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{name}: {challenge}"
+        );
+    }
+    assert_eq!(w.b.hits(), 0, "no such request reaches the instance");
+    let log = w.edge.log();
+    assert!(log.contains("unforwardable_claim"), "{log}");
+    assert!(!log.contains("request failed inside the router"), "{log}");
+    // Blanks inside are the issuer's and are sent as they are.
+    let mut c = claims("globex", None);
+    c["sub"] = serde_json::json!("Ada Lovelace");
+    let r = get_with_token(
+        w.edge.addr,
+        &host("globex"),
+        "/",
+        &w.keys.es.sign(&c).expect("sign"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(echoed_header(&r.json(), "x-user-id"), ["Ada Lovelace"]);
+}
+
+#[test]
 fn invalid_tokens_get_401_with_rfc6750_header() {
     let w = world();
     let addr = w.edge.addr;

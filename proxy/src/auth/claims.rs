@@ -152,6 +152,17 @@ fn check_time(exp: u64, nbf: Option<u64>, now: u64, leeway: u64) -> Result<(), T
     Ok(())
 }
 
+/// Whether `claim` reaches the instance unchanged as a header value: no control character
+/// (tab aside) and no blank at either end, which HTTP strips from a field value.
+fn forwardable(claim: &str) -> bool {
+    let blank = |c: char| c == ' ' || c == '\t';
+    claim
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+        && !claim.starts_with(blank)
+        && !claim.ends_with(blank)
+}
+
 fn string_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
     claims.get(name).and_then(Value::as_str).map(str::to_owned)
 }
@@ -202,10 +213,21 @@ pub(crate) fn check(
     }
     // Before anything is copied out of an expired token.
     check_time(exp, nbf, now, rules.leeway)?;
+    let sub = string_claim(claims, "sub");
+    let org = string_claim(claims, &rules.org_claim);
+    // The instance must be told the identity the issuer meant, byte for byte, or nothing:
+    // sent without its blanks, `" admin"` would be another user (the tenant claim is
+    // compared with a canonical id before it is sent, so it needs no check here).
+    if sub.as_deref().is_some_and(|s| !forwardable(s)) {
+        return Err(TokenError::UnforwardableClaim("sub"));
+    }
+    if org.as_deref().is_some_and(|s| !forwardable(s)) {
+        return Err(TokenError::UnforwardableClaim("org"));
+    }
     Ok(Arc::new(VerifiedToken::new(
-        string_claim(claims, "sub"),
+        sub,
         string_claim(claims, &rules.tenant_claim),
-        string_claim(claims, &rules.org_claim),
+        org,
         (exp, nbf),
         kid,
         alg,

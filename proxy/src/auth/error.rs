@@ -49,6 +49,11 @@ pub enum TokenError {
     /// `typ` says this is not a JWT (RFC 8725 §3.11).
     #[error("token type not accepted")]
     WrongType,
+    /// An identity claim the instance is told (`sub`, the org claim) cannot be sent as it is:
+    /// blanks at its ends, which every HTTP parser strips (RFC 9110 §5.5), so `" admin"`
+    /// would reach the instance as the user `admin`; or characters no header may hold.
+    #[error("the {0} claim cannot be sent to the instance as it is")]
+    UnforwardableClaim(&'static str),
 }
 
 impl TokenError {
@@ -70,6 +75,7 @@ impl TokenError {
             TokenError::CriticalHeader => "critical_header",
             TokenError::ForbiddenHeader(_) => "forbidden_header",
             TokenError::WrongType => "wrong_type",
+            TokenError::UnforwardableClaim(_) => "unforwardable_claim",
         }
     }
 
