@@ -90,6 +90,10 @@ impl Decision {
     }
 }
 
+/// The longest request-target the `http` crate builds (`u16::MAX - 1` bytes); Pingora takes
+/// client targets up to it, so with an upstream path prefix the rebuilt one can exceed it.
+const MAX_UPSTREAM_TARGET: usize = u16::MAX as usize - 1;
+
 /// Decides one request. See the module docs for the order of checks.
 pub fn decide(
     facts: &RequestFacts<'_>,
@@ -148,6 +152,16 @@ pub fn decide(
     } else {
         UpstreamKind::App
     };
+    // The instance's target is rebuilt from its URL's path prefix, the path and the query:
+    // past what a request-target can hold, it could not be sent, and is refused before any
+    // instance is asked.
+    let prefix = match (upstream, &binding.api_url) {
+        (UpstreamKind::Api, Some(api)) => api.path_prefix(),
+        _ => binding.instance_url.path_prefix(),
+    };
+    if prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1) > MAX_UPSTREAM_TARGET {
+        return Err(RejectReason::TargetTooLong);
+    }
 
     Ok(Decision {
         binding: Arc::clone(binding),

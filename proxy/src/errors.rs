@@ -32,6 +32,9 @@ pub enum RejectReason {
     BadHost(HostError),
     /// The request path is not acceptable (encoded slash, control characters, ...).
     BadPath(PathError),
+    /// The target the instance would get (its URL's path prefix, the path, the query) is
+    /// longer than a request-target can be sent (64 KiB).
+    TargetTooLong,
     /// No tenant is bound to this host.
     UnknownTenant,
     /// A protected path was requested without a token.
@@ -73,6 +76,7 @@ impl RejectReason {
             | RejectReason::BadHost(_)
             | RejectReason::BadPath(_) => 400,
             RejectReason::UnknownTenant => 404,
+            RejectReason::TargetTooLong => 414,
             RejectReason::MissingToken
             | RejectReason::BadCredential(_)
             | RejectReason::InvalidToken(_) => 401,
@@ -100,6 +104,7 @@ impl RejectReason {
             RejectReason::MalformedHeader => "malformed_header",
             RejectReason::BadHost(_) => "bad_host",
             RejectReason::BadPath(_) => "bad_path",
+            RejectReason::TargetTooLong => "target_too_long",
             RejectReason::UnknownTenant => "unknown_tenant",
             RejectReason::MissingToken => "missing_token",
             RejectReason::BadCredential(_) => "bad_credential",
@@ -144,6 +149,7 @@ impl RejectReason {
             RejectReason::MalformedHeader => "bad request: a request header is malformed\n",
             RejectReason::BadHost(_) => "bad request: the Host header is missing, repeated or malformed\n",
             RejectReason::BadPath(_) => "bad request: the request path is not acceptable\n",
+            RejectReason::TargetTooLong => "URI too long: the request target is longer than allowed\n",
             RejectReason::UnknownTenant => "not found: no tenant is served at this address\n",
             RejectReason::MissingToken => "unauthorized: sign in first\n",
             RejectReason::BadCredential(_) | RejectReason::InvalidToken(_) => {

@@ -55,16 +55,6 @@ pub fn is_refused(headers: &HeaderMap) -> bool {
     false
 }
 
-/// Whether the request's `Connection` header (over all its lines) names `name`, in any case.
-pub fn nominates(headers: &HeaderMap, name: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|n| n.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-    })
-}
-
 /// `tchar` (RFC 9110 §5.6.2): the bytes of a token. A pseudo-header's `:` is not one.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -81,19 +71,6 @@ mod tests {
             h.append(CONNECTION, HeaderValue::from_str(l).expect("a value"));
         }
         is_refused(&h)
-    }
-
-    #[test]
-    fn a_nomination_is_found_on_any_line_in_any_case() {
-        let mut h = HeaderMap::new();
-        assert!(!nominates(&h, "upgrade"));
-        h.append(CONNECTION, HeaderValue::from_static("keep-alive"));
-        assert!(!nominates(&h, "upgrade"));
-        h.append(CONNECTION, HeaderValue::from_static("x-a , Upgrade"));
-        assert!(nominates(&h, "upgrade"));
-        let mut h = HeaderMap::new();
-        h.append(CONNECTION, HeaderValue::from_static("upgrades, x-upgrade"));
-        assert!(!nominates(&h, "upgrade"), "look-alikes are other names");
     }
 
     #[test]

@@ -279,12 +279,17 @@ fn bound_tunnel_io(
     session.set_read_timeout(Some(up.tunnel_idle_timeout));
 }
 
-/// Whether the request asks to switch protocols: an HTTP/1.1 `Upgrade`, which Pingora turns
-/// into a tunnel when the instance answers `101`, with a `Connection` that names it (RFC 9110
-/// §7.8: without that an instance does not switch).
+/// Whether the instance is asked to switch protocols: exactly when Pingora forwards the
+/// upgrade (its default `WebSocketOnly` policy): an HTTP/1.1 request whose `Upgrade` is
+/// `websocket`, in any case. Pingora sends `Connection: Upgrade` itself, whether or not the
+/// client's `Connection` named it, and strips any other upgrade.
 fn asks_for_upgrade(session: &Session) -> bool {
-    session.is_upgrade_req()
-        && crate::nominations::nominates(&session.req_header().headers, "upgrade")
+    let req = session.req_header();
+    req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get(http::header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// A request's values of one header: almost always one or none, so they stay on the stack.

@@ -1125,6 +1125,11 @@ fn open_websocket(w: &World) -> (std::net::TcpStream, Vec<u8>) {
 
 /// [`open_websocket`] on `path` (the backend's `/late/<ms>` paths echo late).
 fn open_websocket_at(w: &World, path: &str) -> (std::net::TcpStream, Vec<u8>) {
+    open_websocket_with(w, path, "Connection: Upgrade\r\n")
+}
+
+/// As [`open_websocket_at`], with `connection` (whole header lines) for the `Connection`.
+fn open_websocket_with(w: &World, path: &str, connection: &str) -> (std::net::TcpStream, Vec<u8>) {
     use std::io::Write;
     let token = w.keys.token("acme", Some("org-acme"));
     let probe = b"ping over the tunnel";
@@ -1134,7 +1139,7 @@ fn open_websocket_at(w: &World, path: &str) -> (std::net::TcpStream, Vec<u8>) {
             .expect("timeout");
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{connection}Upgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
             host("acme")
         )
@@ -1187,6 +1192,47 @@ fn an_idle_websocket_outlives_the_read_timeout() {
     let w = world_with(|_, _, _| {}, "1s");
     let (_, got) = open_websocket_at(&w, "/ws/late/2500");
     assert_eq!(&got, b"ping over the tunnel");
+}
+
+#[test]
+fn a_websocket_whose_connection_does_not_name_the_upgrade_gets_the_tunnel_bounds_too() {
+    // Pingora forwards a websocket upgrade (and sends `Connection: Upgrade` itself) whatever
+    // the client's `Connection` says, so the tunnel it makes must be bounded as a tunnel.
+    let w = world_with(|_, _, _| {}, "1s");
+    for connection in ["", "Connection: keep-alive\r\n"] {
+        let (_, got) = open_websocket_with(&w, "/ws/late/2500", connection);
+        assert_eq!(&got, b"ping over the tunnel", "{connection:?}");
+    }
+}
+
+#[test]
+fn a_long_query_behind_an_instance_path_prefix_is_a_414_before_any_instance() {
+    // The instance's target is its URL's path prefix, the path and the query: past the 64 KiB
+    // a request-target may hold it cannot be sent (it was a 500, the instance connected).
+    let keys = TestKeys::new();
+    let a = Backend::start("instance-a");
+    let url = format!("{}/{}", a.url(), "p".repeat(100));
+    let opts = EdgeOptions::new(
+        keys.jwks(),
+        bindings_file(vec![binding("acme", &url, "active", None)]),
+    );
+    let edge = Edge::start(&opts);
+    let send = |query_len: usize| {
+        let target = format!("/login?{}", "a".repeat(query_len));
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: {}\r\n\r\n", host("acme"));
+        send_raw(edge.addr, raw.as_bytes()).expect("response")
+    };
+    let r = send(65_433);
+    assert_eq!(r.status, 414, "{}", r.text());
+    assert_eq!(a.connections(), 0);
+    assert!(!edge.log().contains("ERROR"), "{}", edge.log());
+    // One that fits is sent whole.
+    let r = send(65_300);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["path"].as_str().map(str::len),
+        Some(101 + 6 + 1 + 65_300)
+    );
 }
 
 #[test]
