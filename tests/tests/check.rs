@@ -65,6 +65,14 @@ fn check_says_what_serve_would_refuse_or_drop() {
     );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("warning: auth.audiences: empty"), "{out}");
+    assert!(!out.contains("auth.issuers"), "{out}");
+    // No issuer configured: the iss claim goes unchecked.
+    let (code, out) = check(
+        dir.path(),
+        &config("bindings.json").replace("[store]", "issuers = []\n[store]"),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warning: auth.issuers: empty"), "{out}");
 
     // Public paths that open every path, or the API, are valid and worth a second look.
     for (paths, says) in [

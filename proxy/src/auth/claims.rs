@@ -187,6 +187,17 @@ pub(crate) fn check(
     if let Some(iat) = claims.get("iat") {
         numeric_date(iat, Round::Earlier)?;
     }
+    // StringOrURI claims (RFC 7519 §4.1.1, §4.1.2): any other value makes the token invalid,
+    // checked or not.
+    for claim in ["iss", "sub"] {
+        if claims.get(claim).is_some_and(|v| !v.is_string()) {
+            return Err(TokenError::Malformed(if claim == "iss" {
+                "iss is not a string"
+            } else {
+                "sub is not a string"
+            }));
+        }
+    }
     if !rules.issuers.is_empty() {
         match claims.get("iss") {
             Some(Value::String(iss)) if rules.issuers.iter().any(|i| i == iss) => {}

@@ -79,6 +79,12 @@ impl Authenticator {
     pub fn new(settings: &AuthSettings) -> Result<Self, AuthSetupError> {
         let (text, origin) = read_source(&settings.jwks)?;
         let keys = KeySet::load(&text, &origin, &settings.hmac_keys, 1)?;
+        if settings.issuers.is_empty() {
+            tracing::warn!(
+                "[auth] issuers is empty: the iss claim is not checked, so a token of any \
+                 issuer whose keys the JWKS holds, or of none, is accepted; list the issuer"
+            );
+        }
         if settings.audiences.is_empty() {
             // Said once at start: with an issuer that names an audience in every token,
             // every request would be refused, and the reason would only show per request.

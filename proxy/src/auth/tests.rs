@@ -445,6 +445,22 @@ fn refusals() {
         .expect("ok");
     assert_eq!(v.tenant, None);
     assert_eq!(v.headers.tenant, None);
+    // `iss` and `sub` are StringOrURI: any other value makes the token invalid.
+    for (patch, why) in [
+        (json!({"sub": 42}), "sub is not a string"),
+        (json!({"sub": {"id": 1}}), "sub is not a string"),
+        (
+            json!({"iss": ["https://issuer.test"]}),
+            "iss is not a string",
+        ),
+    ] {
+        let token = f.es.sign(&with(patch.clone())).expect("s");
+        assert_eq!(
+            auth.verify(&token, NOW).map(|_| ()),
+            Err(TokenError::Malformed(why)),
+            "{patch}"
+        );
+    }
     // An identity claim the instance would not be told byte for byte is refused: control
     // characters, and blanks at its ends (HTTP strips them: " admin" would be `admin`).
     for (patch, claim) in [

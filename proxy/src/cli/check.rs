@@ -109,6 +109,13 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
 
 /// What is valid in `[auth]` but worth a second look.
 fn auth_warnings(path: &Path, auth: &nexus_config::AuthSettings) {
+    if auth.issuers.is_empty() {
+        eprintln!(
+            "{}: warning: auth.issuers: empty, so the iss claim is not checked: a token of any \
+             issuer whose keys the JWKS holds, or of none, is accepted; list the issuer",
+            path.display()
+        );
+    }
     if auth.audiences.is_empty() {
         eprintln!(
             "{}: warning: auth.audiences: empty, so every token that carries an aud claim is \
