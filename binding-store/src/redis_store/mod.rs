@@ -411,6 +411,20 @@ impl RedisStore {
                 break;
             }
         }
+        // SCAN may return a key twice (a rehash during the scan): each tenant is kept once, at
+        // its newest read, or its second copy would be refused as a duplicate.
+        good.sort_unstable_by(|a, b| {
+            a.tenant_id
+                .cmp(&b.tenant_id)
+                .then(b.revision.cmp(&a.revision))
+        });
+        good.dedup_by(|later, kept| later.tenant_id == kept.tenant_id);
+        bad.sort_unstable();
+        bad.dedup_by(|later, kept| later.0 == kept.0);
+        bad.retain(|(t, _)| {
+            good.binary_search_by(|b| b.tenant_id.as_str().cmp(t.as_str()))
+                .is_err()
+        });
         self.health.add_rejected(bad.len() as u64);
         Ok((good, bad))
     }
