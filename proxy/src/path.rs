@@ -19,10 +19,10 @@
 //! - a segment of dots and encoded blanks only, starting with a dot (`..%20`, `.%09`,
 //!   `..%20.`, before parameters too: `..%20;x`), or one or two dots spelled with Unicode
 //!   (`%EF%BC%8E%EF%BC%8E`, fullwidth; the one-dot leader, small full stop, two-dot leader
-//!   and its vertical form too), is refused: Windows path handling drops trailing blanks and
-//!   dots, and Unicode normalisation (NFKC) makes those dots `.`, so an instance doing either
-//!   reads a `..` that the rules above never saw: `/login/..%20/admin` would leave a public
-//!   prefix;
+//!   and its vertical form too) or encoded twice (`%252e%252e`), is refused: Windows path
+//!   handling drops trailing blanks and dots, Unicode normalisation (NFKC) makes those dots
+//!   `.`, and a second decoding makes `%252e` one, so an instance doing any of these reads a
+//!   `..` that the rules above never saw: `/login/..%20/admin` would leave a public prefix;
 //! - dot-segments are removed (RFC 3986 §5.2.4) after decoding, so `%2e%2e` counts as `..`;
 //!   `..` at the root stays at the root (RFC 3986 behaviour, not an error: `/../x` can only
 //!   ever mean `/x`, so refusing it would add a failure mode without closing a hole);
@@ -285,7 +285,7 @@ fn is_dot_segment_lookalike(s: &[u8]) -> bool {
         } else if escaped_byte(rest) == Some(b'.') {
             rest = &rest[3..];
             dots += 1;
-        } else if let Some((r, n)) = unicode_dot(rest) {
+        } else if let Some((r, n)) = unicode_dot(rest).or_else(|| double_encoded_dot(rest)) {
             rest = r;
             dots += u32::from(n);
             unicode = true;
@@ -298,6 +298,15 @@ fn is_dot_segment_lookalike(s: &[u8]) -> bool {
     }
     let ends = rest.is_empty() || rest.first() == Some(&b';') || escaped_byte(rest) == Some(b';');
     dots > 0 && ends && (blanks > 0 || (unicode && dots <= 2))
+}
+
+/// `s` after a twice-encoded dot (`%252e`, any hex case) at its start: a `.` to an instance
+/// that decodes the path once more, as some frameworks and file servers do.
+fn double_encoded_dot(s: &[u8]) -> Option<(&[u8], u8)> {
+    let [b'%', b'2', b'5', b'2', e, ..] = s else {
+        return None;
+    };
+    e.eq_ignore_ascii_case(&b'e').then(|| (&s[5..], 1))
 }
 
 /// `s` after a percent-encoded Unicode dot at its start (any hex case), and the dots it
@@ -385,6 +394,9 @@ mod tests {
             ("/a/%20..", "/a/%20.."),
             ("/a/...x%20", "/a/...x%20"),
             ("/a/%EF%BC%8Ex", "/a/%EF%BC%8Ex"),
+            // A twice-encoded dot elsewhere is ordinary.
+            ("/a/%252ex", "/a/%252ex"),
+            ("/a/%252e%252e%252e", "/a/%252e%252e%252e"),
             // Three dots, however spelled, name a file.
             (
                 "/a/%EF%BC%8E%EF%BC%8E%EF%BC%8E",
@@ -445,6 +457,9 @@ mod tests {
             ("/login/%ef%b8%b0/admin", PathError::DotSegmentLookalike),
             ("/login/.%E2%80%A4/admin", PathError::DotSegmentLookalike),
             ("/billing/..%20;x/api", PathError::DotSegmentLookalike),
+            ("/billing/%252e%252e/api", PathError::DotSegmentLookalike),
+            ("/billing/.%252E/api", PathError::DotSegmentLookalike),
+            ("/login/%252e/x", PathError::DotSegmentLookalike),
             (
                 "/billing/.%EF%BC%8E%3bx/api",
                 PathError::DotSegmentLookalike,
