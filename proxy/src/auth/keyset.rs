@@ -33,12 +33,16 @@ pub(crate) struct KeySet {
 
 impl KeySet {
     /// Builds a key set from JWKS text and the configured HMAC keys. Bad keys are skipped with
-    /// a warning naming them; a set with no usable key is an error.
+    /// a warning naming them; a set with no usable key is an error, except, with `emptied`,
+    /// one whose `keys` array is empty: on a reload that is how every key is revoked at
+    /// once, and keeping the old keys would keep accepting what an operator withdrew. (Keys
+    /// all skipped are no such intent: the current keys stay.)
     pub(crate) fn load(
         text: &str,
         origin: &str,
         hmac: &[HmacKey],
         generation: u64,
+        emptied: bool,
     ) -> Result<KeySet, AuthSetupError> {
         let format = |reason: String| AuthSetupError::Format {
             path: origin.to_owned(),
@@ -89,6 +93,13 @@ impl KeySet {
         }
         for s in &skipped {
             tracing::warn!(source = origin, key = %s, "verification key skipped");
+        }
+        if set.len() == 0 && emptied && keys.is_empty() {
+            tracing::error!(
+                source = origin,
+                "the JWKS holds no keys: every token is refused until keys are added"
+            );
+            return Ok(set);
         }
         if set.len() == 0 {
             return Err(AuthSetupError::NoKeys {

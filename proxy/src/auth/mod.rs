@@ -78,7 +78,7 @@ impl Authenticator {
     /// Loads the key set named by the settings.
     pub fn new(settings: &AuthSettings) -> Result<Self, AuthSetupError> {
         let (text, origin) = read_source(&settings.jwks)?;
-        let keys = KeySet::load(&text, &origin, &settings.hmac_keys, 1)?;
+        let keys = KeySet::load(&text, &origin, &settings.hmac_keys, 1, false)?;
         if settings.issuers.is_empty() {
             tracing::warn!(
                 "[auth] issuers is empty: the iss claim is not checked, so a token of any \
@@ -112,15 +112,16 @@ impl Authenticator {
         })
     }
 
-    /// Re-reads the key file if its content changed. On error the current keys stay.
-    /// Returns whether a new key set was installed.
+    /// Re-reads the key file if its content changed. On error the current keys stay; a file
+    /// whose `keys` array is empty revokes them all (see [`KeySet::load`]). Returns whether a
+    /// new key set was installed.
     pub fn reload_keys(&self) -> Result<bool, AuthSetupError> {
         let (text, origin) = read_source(&self.source)?;
         if keyset::digest(&text) == self.keys.load().digest {
             return Ok(false);
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let keys = KeySet::load(&text, &origin, &self.hmac, generation)?;
+        let keys = KeySet::load(&text, &origin, &self.hmac, generation, true)?;
         self.keys.store(Arc::new(keys));
         Ok(true)
     }

@@ -642,6 +642,40 @@ fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
 }
 
 #[test]
+fn a_key_set_emptied_on_reload_revokes_every_key_and_one_all_skipped_does_not() {
+    let f = fixture("revoke");
+    let mut s = settings(&f);
+    s.hmac_keys.clear();
+    let auth = Authenticator::new(&s).expect("auth");
+    let t = f.rs.sign(&claims()).expect("sign");
+    auth.verify(&t, NOW).expect("ok");
+    // Keys all unusable: a mistake, not a revocation; the keys stay.
+    std::fs::write(
+        f.dir.join("jwks.json"),
+        json!({ "keys": [json!({"kty":"oct","k":"AA"})] }).to_string(),
+    )
+    .expect("w");
+    assert!(matches!(
+        auth.reload_keys(),
+        Err(AuthSetupError::NoKeys { .. })
+    ));
+    assert!(auth.verify(&t, NOW).is_ok());
+    // Emptied: every key withdrawn, the cached token included.
+    std::fs::write(f.dir.join("jwks.json"), json!({ "keys": [] }).to_string()).expect("w");
+    assert!(auth.reload_keys().expect("reloaded"));
+    assert_eq!(auth.key_count(), 0);
+    assert_eq!(
+        auth.verify(&t, NOW).map(|_| ()),
+        Err(TokenError::UnknownKey)
+    );
+    // At start an empty set is still an error: nothing could ever be served.
+    assert!(matches!(
+        Authenticator::new(&s),
+        Err(AuthSetupError::NoKeys { .. })
+    ));
+}
+
+#[test]
 fn an_hmac_key_whose_kid_the_jwks_holds_is_refused_not_skipped() {
     // Skipped, every HS256 token would be refused while the router looked healthy.
     let f = fixture("hmac-kid");
