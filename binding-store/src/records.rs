@@ -217,7 +217,8 @@ pub(crate) fn not_taken<'a>(
 /// refused record may be an old snapshot's, so the index, which every write through the
 /// schema keeps, outranks it. Every other claimant's record is refused: that tenant keeps its
 /// served binding, or stays unbound, as with any refused record. `origin` names the store in
-/// the log.
+/// the log. (The index owner does not win where its own record loses another domain in the
+/// same round: its served binding, put back instead, does not hold this one.)
 ///
 /// A served binding put back for a refused record can claim a domain again: B's old record
 /// still holds the domain C's new one now claims. So settling goes on, round by round, until
@@ -263,6 +264,10 @@ pub(crate) fn settle_contested(
     kept
 }
 
+/// One contested domain in a round: the domain, its claimants, the winner and the put-back
+/// holder to fall back on.
+type Contest<'a> = (&'a str, &'a [TenantId], Option<&'a str>, Option<&'a str>);
+
 /// One round of [`settle_contested`].
 fn settle_round(
     bindings: Vec<Arc<Binding>>,
@@ -272,8 +277,8 @@ fn settle_round(
     served: Option<&BindingTable>,
     origin: &str,
 ) -> Vec<Arc<Binding>> {
-    // Each losing tenant, with the domains it lost.
-    let mut losers: BTreeMap<&TenantId, Vec<&str>> = BTreeMap::new();
+    // Who keeps each domain, and the put-back holder to fall back on.
+    let mut decided: Vec<Contest<'_>> = Vec::new();
     for (domain, claimants) in contested {
         let holder = served
             .and_then(|t| t.tenant_for_domain(domain))
@@ -285,6 +290,31 @@ fn settle_round(
         let winner = match holder {
             Some(h) if !put_back.contains(h) => Some(h.as_str()),
             _ => owner.or(holder.map(TenantId::as_str)),
+        };
+        let fallback = holder
+            .filter(|h| put_back.contains(*h))
+            .map(TenantId::as_str);
+        decided.push((domain, claimants, winner, fallback));
+    }
+    // A winner that loses another domain this round has its record replaced by its served
+    // binding, which does not hold this domain (the holder does): the domain stays with its
+    // put-back holder then, rather than go dark.
+    let replaced: HashSet<&str> = decided
+        .iter()
+        .flat_map(|(_, claimants, winner, _)| {
+            claimants
+                .iter()
+                .map(TenantId::as_str)
+                .filter(move |c| Some(*c) != *winner)
+        })
+        .filter(|c| !put_back.iter().any(|p| p.as_str() == *c))
+        .collect();
+    // Each losing tenant, with the domains it lost.
+    let mut losers: BTreeMap<&TenantId, Vec<&str>> = BTreeMap::new();
+    for (domain, claimants, winner, fallback) in decided {
+        let winner = match winner {
+            Some(w) if replaced.contains(w) => fallback,
+            w => w,
         };
         for c in claimants.iter().filter(|c| Some(c.as_str()) != winner) {
             tracing::warn!(
@@ -323,6 +353,70 @@ fn settle_round(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_domain_stays_with_its_put_back_holder_when_the_index_owner_is_refused_too() {
+        use crate::model::test_binding;
+        // Served: x holds d1 (an old snapshot), z holds d2. x's record is refused (put back);
+        // the index names y for d1, but y's record also claims z's d2 and is refused for it:
+        // y goes back to its served binding, without d1, so d1 stays x's.
+        let (x, z, y) = (
+            test_binding("x", 1, &["d1.example.test"]),
+            test_binding("z", 1, &["d2.example.test"]),
+            test_binding("y", 1, &[]),
+        );
+        let (served, _) = BindingTable::from_bindings(vec![x.clone(), z, y]);
+        let bindings = vec![
+            x,
+            test_binding("y", 5, &["d1.example.test", "d2.example.test"]),
+            test_binding("z", 2, &["d2.example.test"]),
+        ];
+        let contested = contested_domains(&bindings);
+        let owners: Vec<Option<String>> = contested
+            .iter()
+            .map(|(d, _)| Some(if d.starts_with("d1") { "y" } else { "z" }.to_owned()))
+            .collect();
+        let kept = settle_contested(bindings, &contested, &owners, Some(&served), "test");
+        let (table, refused) = BindingTable::from_bindings(kept);
+        assert!(refused.is_empty(), "{refused:?}");
+        let owner = |d: &str| table.tenant_for_domain(d).map(TenantId::as_str);
+        assert_eq!(owner("d1.example.test"), Some("x"));
+        assert_eq!(owner("d2.example.test"), Some("z"));
+        assert_eq!(table.get("y").map(|b| b.revision.get()), Some(1));
+    }
+
+    #[test]
+    fn a_put_back_binding_loses_a_moved_domain_to_the_record_the_index_names() {
+        use crate::model::test_binding;
+        // x's old binding holds d1, which the index and y's valid record now give y.
+        let x = test_binding("x", 1, &["d1.example.test", "d3.example.test"]);
+        let (served, _) = BindingTable::from_bindings(vec![x.clone()]);
+        let bindings = vec![x, test_binding("y", 5, &["d1.example.test"])];
+        let contested = contested_domains(&bindings);
+        let kept = settle_contested(
+            bindings,
+            &contested,
+            &[Some("y".to_owned())],
+            Some(&served),
+            "test",
+        );
+        let (table, refused) = BindingTable::from_bindings(kept);
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(
+            table
+                .tenant_for_domain("d1.example.test")
+                .map(TenantId::as_str),
+            Some("y")
+        );
+        let x = table.get("x").expect("x stays bound");
+        assert_eq!(x.domains.len(), 1, "kept without d1");
+        assert_eq!(
+            table
+                .tenant_for_domain("d3.example.test")
+                .map(TenantId::as_str),
+            Some("x")
+        );
+    }
 
     fn rec(tenant: &str) -> Value {
         serde_json::json!({

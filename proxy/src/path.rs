@@ -215,6 +215,14 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
+        // Decoding can spell what pass 1 refuses (`%25%32%65` is `%252e` now): each decoded
+        // segment is checked again, so the result holds none.
+        if is_dot_segment_with_parameters(seg.as_bytes()) {
+            return Err(PathError::DotSegmentParameters);
+        }
+        if is_dot_segment_lookalike(seg.as_bytes()) {
+            return Err(PathError::DotSegmentLookalike);
+        }
         match seg {
             "" | "." => {}
             ".." => {
@@ -460,6 +468,16 @@ mod tests {
             ("/billing/%252e%252e/api", PathError::DotSegmentLookalike),
             ("/billing/.%252E/api", PathError::DotSegmentLookalike),
             ("/login/%252e/x", PathError::DotSegmentLookalike),
+            // Spelled so that decoding makes them: `%32` is `2`, `%65` is `e`.
+            (
+                "/billing/%25%32%65%25%32%65/api",
+                PathError::DotSegmentLookalike,
+            ),
+            ("/billing/%25%32e%252e/api", PathError::DotSegmentLookalike),
+            (
+                "/login/%252%65%252%65/admin",
+                PathError::DotSegmentLookalike,
+            ),
             (
                 "/billing/.%EF%BC%8E%3bx/api",
                 PathError::DotSegmentLookalike,

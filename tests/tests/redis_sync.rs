@@ -1349,6 +1349,20 @@ fn a_domain_of_a_deleted_damaged_record_can_be_taken() {
     let (code, _, err) = admin.try_put(&[], &initech);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("shop.example.test acme"), "{err}");
+    // Nor does a record that is no JSON object (an array, another key type) give it up.
+    for damage in [
+        &["SET", "nexus:binding:acme", r#"["x"]"#][..],
+        &["DEL", "nexus:binding:acme"],
+        &["HSET", "nexus:binding:acme", "a", "b"],
+    ] {
+        redis.cmd(damage);
+        if damage[0] == "DEL" {
+            continue;
+        }
+        let (code, _, err) = admin.try_put(&[], &initech);
+        assert_eq!(code, 1, "{damage:?}: {err}");
+        assert!(err.contains("shop.example.test acme"), "{damage:?}: {err}");
+    }
 }
 
 #[test]

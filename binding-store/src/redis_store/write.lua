@@ -87,12 +87,17 @@ end
 -- cannot say, and keeps its claims.
 local key_head = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])
 local function still_claims(owner, domain)
-  local raw = redis.call('GET', key_head .. owner)
+  local raw = redis.pcall('GET', key_head .. owner)
+  if type(raw) == 'table' and raw.err then
+    -- A key of another type: it cannot say either.
+    return true
+  end
   if not raw then
     return false
   end
   local ok, rec = pcall(cjson.decode, raw)
-  if not (ok and type(rec) == 'table') then
+  -- cjson reads a JSON array as a table too: one with a first element is no object.
+  if not (ok and type(rec) == 'table') or rec[1] ~= nil then
     return true
   end
   if type(rec.domains) ~= 'table' then
