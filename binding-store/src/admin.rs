@@ -144,8 +144,9 @@ pub enum AdminError {
         "{path}: the bindings file is missing, yet its audit log records changes up to \
          revision {logged}: it looks lost (deleted, or a new disk). Proxies keep serving their \
          tables; a write now would create a file holding only this change, and every proxy \
-         would unbind each tenant not in it. Put the file back first (a backup, or a `tenant \
-         export` taken earlier); to write anyway, pass --start-new-history"
+         would unbind each tenant not in it. Put the file back first (copy a backup, or a \
+         `tenant export` taken earlier, into place); to write anyway, an import of that \
+         export included, pass --start-new-history"
     )]
     FileLost {
         /// The bindings file.

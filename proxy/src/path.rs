@@ -304,7 +304,11 @@ fn is_dot_segment_lookalike(s: &[u8]) -> bool {
             break;
         }
     }
-    let ends = rest.is_empty() || rest.first() == Some(&b';') || escaped_byte(rest) == Some(b';');
+    // Parameters end the segment too, however encoded (`;`, `%3b`, twice: `%253b`).
+    let ends = rest.is_empty()
+        || rest.first() == Some(&b';')
+        || escaped_byte(rest) == Some(b';')
+        || matches!(rest, [b'%', b'2', b'5', b'3', b, ..] if b.eq_ignore_ascii_case(&b'b'));
     dots > 0 && ends && (blanks > 0 || (unicode && dots <= 2))
 }
 
@@ -468,6 +472,10 @@ mod tests {
             ("/billing/%252e%252e/api", PathError::DotSegmentLookalike),
             ("/billing/.%252E/api", PathError::DotSegmentLookalike),
             ("/login/%252e/x", PathError::DotSegmentLookalike),
+            (
+                "/billing/%252e%252e%253bx/api",
+                PathError::DotSegmentLookalike,
+            ),
             // Spelled so that decoding makes them: `%32` is `2`, `%65` is `e`.
             (
                 "/billing/%25%32%65%25%32%65/api",
