@@ -1076,53 +1076,63 @@ fn a_custom_domain_claimed_twice_stays_with_its_owner() {
     assert!(log.contains("claimed by another record too"), "{log}");
 }
 
-#[test]
-fn a_domain_swap_read_in_one_batch_reaches_the_replica() {
-    // Two tenants swap custom domains in the only order the store allows (alpha lets go of
-    // one, beta takes it, alpha takes two) while a replica is frozen. Thawed, it reads the
-    // three entries together and applies each as the tenant's newest record: alpha's claims
-    // two, still beta's here, and beta's claims one, still alpha's. Entry by entry neither
-    // could land first; the replica reconciles instead of routing both domains to the wrong
-    // tenant until the next periodic reconcile.
-    let World {
-        redis,
-        admin,
-        keys,
-        a,
-        b,
-    } = World::start(&[]);
-    let put = |tenant: &str, url: &str, domains: &[&str]| {
-        let mut record = binding(tenant, url, "active", None);
-        record["domains"] = serde_json::json!(domains);
-        admin.put(&record);
-    };
-    put("alpha", &a.url(), &["one.example.test"]);
-    put("beta", &b.url(), &["two.example.test"]);
-    let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
-    let by_domain = |domain: &str, tenant: &str| {
-        let r = get_with_token(edge.addr, domain, "/", &keys.token(tenant, None));
-        (r.status == 200).then(|| r.json()["instance"].as_str().unwrap_or_default().to_owned())
-    };
+/// Puts `tenant` on `url` with `domains`.
+fn put_domains(admin: &Admin, tenant: &str, url: &str, domains: &[&str]) {
+    let mut record = binding(tenant, url, "active", None);
+    record["domains"] = serde_json::json!(domains);
+    admin.put(&record);
+}
+
+/// The instance `edge` routes `host` to for a token of `tenant`, if it answers 200.
+fn routed(edge: &Edge, keys: &TestKeys, host: &str, tenant: &str) -> Option<String> {
+    let r = get_with_token(edge.addr, host, "/", &keys.token(tenant, None));
+    (r.status == 200).then(|| r.json()["instance"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The start of every domain swap test: alpha holds one.example.test on instance-a, beta
+/// two.example.test on instance-b, and a replica routes both.
+fn swap_world() -> (World, Edge) {
+    let w = World::start(&[]);
+    put_domains(&w.admin, "alpha", &w.a.url(), &["one.example.test"]);
+    put_domains(&w.admin, "beta", &w.b.url(), &["two.example.test"]);
+    let edge = replica(&w.keys, &w.redis.url(), "replica-1", None).expect("replica");
     wait::until(Duration::from_secs(20), "both domains routed", || {
-        (by_domain("one.example.test", "alpha").as_deref() == Some("instance-a")
-            && by_domain("two.example.test", "beta").as_deref() == Some("instance-b"))
+        (routed(&edge, &w.keys, "one.example.test", "alpha").as_deref() == Some("instance-a")
+            && routed(&edge, &w.keys, "two.example.test", "beta").as_deref() == Some("instance-b"))
         .then_some(())
     });
+    (w, edge)
+}
 
+/// The swap, in the only order the store allows: alpha lets go of one, beta takes it, alpha
+/// takes two.
+fn swap(w: &World) {
+    put_domains(&w.admin, "alpha", &w.a.url(), &[]);
+    put_domains(&w.admin, "beta", &w.b.url(), &["one.example.test"]);
+    put_domains(&w.admin, "alpha", &w.a.url(), &["two.example.test"]);
+}
+
+/// Whether `edge` routes the domains swapped.
+fn swapped(w: &World, edge: &Edge) -> bool {
+    routed(edge, &w.keys, "one.example.test", "beta").as_deref() == Some("instance-b")
+        && routed(edge, &w.keys, "two.example.test", "alpha").as_deref() == Some("instance-a")
+}
+
+#[test]
+fn a_domain_swap_read_in_one_batch_reaches_the_replica() {
+    // The swap is made while a replica is frozen. Thawed, it reads the three entries together
+    // and applies each as the tenant's newest record: alpha's claims two, still beta's here,
+    // and beta's claims one, still alpha's. Entry by entry neither could land first; the
+    // replica reconciles instead of routing both domains to the wrong tenant until the next
+    // periodic reconcile.
+    let (w, edge) = swap_world();
     signal(&edge, "-STOP");
-    put("alpha", &a.url(), &[]);
-    put("beta", &b.url(), &["one.example.test"]);
-    put("alpha", &a.url(), &["two.example.test"]);
+    swap(&w);
     signal(&edge, "-CONT");
-
     wait::until(
         Duration::from_secs(20),
         "the swapped domains routed",
-        || {
-            (by_domain("one.example.test", "beta").as_deref() == Some("instance-b")
-                && by_domain("two.example.test", "alpha").as_deref() == Some("instance-a"))
-            .then_some(())
-        },
+        || swapped(&w, &edge).then_some(()),
     );
 }
 
@@ -1134,45 +1144,27 @@ fn a_domain_swap_read_in_one_batch_reaches_the_replica() {
 /// tenants until the periodic reconcile (1 h here).
 #[test]
 fn a_domain_swap_whose_reconcile_fails_is_read_again() {
-    let World {
-        redis,
-        admin,
-        keys,
-        a,
-        b,
-    } = World::start(&[]);
-    let put = |tenant: &str, url: &str, domains: &[&str]| {
-        let mut record = binding(tenant, url, "active", None);
-        record["domains"] = serde_json::json!(domains);
-        admin.put(&record);
-    };
-    put("alpha", &a.url(), &["one.example.test"]);
-    put("beta", &b.url(), &["two.example.test"]);
-    let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
-    let by_domain = |domain: &str, tenant: &str| {
-        let r = get_with_token(edge.addr, domain, "/", &keys.token(tenant, None));
-        (r.status == 200).then(|| r.json()["instance"].as_str().unwrap_or_default().to_owned())
-    };
+    let (w, edge) = swap_world();
     let applied = || -> Option<u64> {
-        let beat = redis.cmd(&["HGET", "nexus:replicas", "replica-1"]);
+        let beat = w.redis.cmd(&["HGET", "nexus:replicas", "replica-1"]);
         serde_json::from_str::<serde_json::Value>(&beat).ok()?["applied_revision"].as_u64()
     };
-    let before: u64 = redis
-        .cmd(&["GET", "nexus:revision"])
-        .parse()
-        .expect("counter");
-    wait::until(Duration::from_secs(20), "both domains routed", || {
-        (by_domain("one.example.test", "alpha").as_deref() == Some("instance-a")
-            && by_domain("two.example.test", "beta").as_deref() == Some("instance-b")
-            && applied() == Some(before))
-        .then_some(())
-    });
+    let counter = || -> u64 {
+        w.redis
+            .cmd(&["GET", "nexus:revision"])
+            .parse()
+            .expect("counter")
+    };
+    let before = counter();
+    wait::until(
+        Duration::from_secs(20),
+        "the replica on the counter",
+        || (applied() == Some(before)).then_some(()),
+    );
 
     signal(&edge, "-STOP");
-    put("alpha", &a.url(), &[]);
-    put("beta", &b.url(), &["one.example.test"]);
-    put("alpha", &a.url(), &["two.example.test"]);
-    redis.cmd(&["ACL", "SETUSER", "default", "-scan"]);
+    swap(&w);
+    w.redis.cmd(&["ACL", "SETUSER", "default", "-scan"]);
     signal(&edge, "-CONT");
 
     // Two failed reconciles: the second session has heartbeated (before reading the feed)
@@ -1182,29 +1174,21 @@ fn a_domain_swap_whose_reconcile_fails_is_read_again() {
     });
     assert_eq!(applied(), Some(before), "{}", edge.log());
     assert_eq!(
-        by_domain("one.example.test", "alpha").as_deref(),
+        routed(&edge, &w.keys, "one.example.test", "alpha").as_deref(),
         Some("instance-a")
     );
     assert_eq!(
-        by_domain("two.example.test", "beta").as_deref(),
+        routed(&edge, &w.keys, "two.example.test", "beta").as_deref(),
         Some("instance-b")
     );
 
-    redis.cmd(&["ACL", "SETUSER", "default", "+scan"]);
-    let after: u64 = redis
-        .cmd(&["GET", "nexus:revision"])
-        .parse()
-        .expect("counter");
+    w.redis.cmd(&["ACL", "SETUSER", "default", "+scan"]);
+    let after = counter();
     assert_eq!(after, before + 3);
     wait::until(
         Duration::from_secs(20),
         "the swapped domains routed",
-        || {
-            (by_domain("one.example.test", "beta").as_deref() == Some("instance-b")
-                && by_domain("two.example.test", "alpha").as_deref() == Some("instance-a")
-                && applied() == Some(after))
-            .then_some(())
-        },
+        || (swapped(&w, &edge) && applied() == Some(after)).then_some(()),
     );
 }
 
@@ -1213,38 +1197,12 @@ fn a_domain_swap_read_with_a_record_that_cannot_be_read_is_read_again() {
     // The swap's entries are contested (each waits for the other), then the batch's last
     // entry cannot be read: the session ends before the reconcile that settles the swap. Its
     // next read must start before the swap, or the swap is never applied.
-    let World {
-        redis,
-        admin,
-        keys,
-        a,
-        b,
-    } = World::start(&[]);
-    let put = |tenant: &str, url: &str, domains: &[&str]| {
-        let mut record = binding(tenant, url, "active", None);
-        record["domains"] = serde_json::json!(domains);
-        admin.put(&record);
-    };
-    put("alpha", &a.url(), &["one.example.test"]);
-    put("beta", &b.url(), &["two.example.test"]);
-    let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
-    let routed = |host: &str, tenant: &str| {
-        let r = get_with_token(edge.addr, host, "/", &keys.token(tenant, None));
-        (r.status == 200).then(|| r.json()["instance"].as_str().unwrap_or_default().to_owned())
-    };
-    wait::until(Duration::from_secs(20), "both domains routed", || {
-        (routed("one.example.test", "alpha").as_deref() == Some("instance-a")
-            && routed("two.example.test", "beta").as_deref() == Some("instance-b"))
-        .then_some(())
-    });
-
+    let (w, edge) = swap_world();
     signal(&edge, "-STOP");
-    put("alpha", &a.url(), &[]);
-    put("beta", &b.url(), &["one.example.test"]);
-    put("alpha", &a.url(), &["two.example.test"]);
-    put("gamma", &a.url(), &[]);
+    swap(&w);
+    put_domains(&w.admin, "gamma", &w.a.url(), &[]);
     // Every key but gamma's record stays reachable.
-    redis.cmd(&[
+    w.redis.cmd(&[
         "ACL",
         "SETUSER",
         "default",
@@ -1256,16 +1214,15 @@ fn a_domain_swap_read_with_a_record_that_cannot_be_read_is_read_again() {
     wait::until(Duration::from_secs(20), "two failed reads of gamma", || {
         (edge.log().matches("NOPERM").count() >= 2).then_some(())
     });
-    redis.cmd(&["ACL", "SETUSER", "default", "allkeys"]);
+    w.redis.cmd(&["ACL", "SETUSER", "default", "allkeys"]);
 
     // The periodic reconcile is an hour away: only reading the swap again settles it.
     wait::until(
         Duration::from_secs(20),
         "the swapped domains and gamma routed",
         || {
-            (routed("one.example.test", "beta").as_deref() == Some("instance-b")
-                && routed("two.example.test", "alpha").as_deref() == Some("instance-a")
-                && routed(&host("gamma"), "gamma").as_deref() == Some("instance-a"))
+            (swapped(&w, &edge)
+                && routed(&edge, &w.keys, &host("gamma"), "gamma").as_deref() == Some("instance-a"))
             .then_some(())
         },
     );
@@ -1283,21 +1240,14 @@ fn a_damaged_record_does_not_take_a_moved_domain_back_on_a_replica_started_from_
         a,
         b,
     } = World::start(&[]);
-    let mut acme = binding("acme", &a.url(), "active", None);
-    acme["domains"] = serde_json::json!(["app.shop.test"]);
-    admin.put(&acme);
+    put_domains(&admin, "acme", &a.url(), &["app.shop.test"]);
     let (_dir, _snap, snap_s) = snapshot_from_a_replica(&keys, &redis.url(), "acme", "instance-a");
-    admin.put(&binding("acme", &a.url(), "active", None));
-    let mut globex = binding("globex", &b.url(), "active", None);
-    globex["domains"] = serde_json::json!(["app.shop.test"]);
-    admin.put(&globex);
+    put_domains(&admin, "acme", &a.url(), &[]);
+    put_domains(&admin, "globex", &b.url(), &["app.shop.test"]);
     damage_record(&redis, "acme");
 
     let edge = replica(&keys, &redis.url(), "replica-2", Some(&snap_s)).expect("replica");
-    let routed = |host: &str, tenant: &str| {
-        let r = get_with_token(edge.addr, host, "/", &keys.token(tenant, None));
-        (r.status == 200).then(|| r.json()["instance"].as_str().unwrap_or_default().to_owned())
-    };
+    let routed = |host: &str, tenant: &str| routed(&edge, &keys, host, tenant);
     wait::until(
         Duration::from_secs(20),
         "globex's domain and acme's subdomain",
