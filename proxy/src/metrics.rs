@@ -87,6 +87,9 @@ pub struct ConnectionMetrics {
     /// `request_headers_too_large_total`: requests answered 431 because their header was
     /// longer than `[server] max_request_header_bytes`.
     pub headers_too_large: prometheus::IntCounter,
+    /// `client_headers_in_progress`: connections with a request header begun and not
+    /// complete, waiting for the rest (slow clients; a shutdown waits for them).
+    pub headers_in_progress: IntGauge,
 }
 
 impl std::fmt::Debug for ConnectionMetrics {
@@ -122,10 +125,14 @@ impl ConnectionMetrics {
                 "request_headers_too_large_total",
                 "Requests answered 431 because their header was longer than max_request_header_bytes",
             )?,
+            headers_in_progress: IntGauge::new(
+                "client_headers_in_progress",
+                "Client connections with a request header begun and not complete, waiting for the rest",
+            )?,
         })
     }
 
-    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 6] {
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 7] {
         [
             Box::new(self.open.clone()),
             Box::new(self.limit.clone()),
@@ -133,6 +140,7 @@ impl ConnectionMetrics {
             Box::new(self.header_timeouts.clone()),
             Box::new(self.unused.clone()),
             Box::new(self.headers_too_large.clone()),
+            Box::new(self.headers_in_progress.clone()),
         ]
     }
 }

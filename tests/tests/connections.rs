@@ -96,6 +96,8 @@ fn a_header_sent_a_byte_at_a_time_is_cut_at_the_deadline() {
     assert!(text.contains("did not arrive in time"), "{text:?}");
     assert_eq!(w.backend.hits(), 0);
     assert_eq!(w.edge.metric("nexus_edge_request_header_timeouts_total"), 1);
+    // No longer a header in progress.
+    assert_eq!(w.edge.metric("nexus_edge_client_headers_in_progress"), 0);
     // Counted, not logged as an error: that would be one line per slow client. (The line
     // Pingora writes comes before it closes the connection, and the close is seen above.)
     let log = w.edge.log();

@@ -1880,6 +1880,29 @@ fn sigterm_drains_in_flight_requests_and_stops_once_they_are_done() {
 }
 
 #[test]
+fn sigterm_lets_a_request_header_in_progress_end_and_answers_it() {
+    // Idle keep-alive connections are let go at the shutdown, but a client whose header has
+    // begun to arrive is mid-request: it gets until its header deadline, and its answer.
+    let mut w = world_with_long_grace();
+    let mut s = TcpStream::connect(w.edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("GET /login HTTP/1.1\r\nHost: {}\r\n", host("acme")).as_bytes())
+        .unwrap();
+    nexus_e2e::wait::until(Duration::from_secs(10), "the header in progress", || {
+        (w.edge.metric("nexus_edge_client_headers_in_progress") == 1).then_some(())
+    });
+    w.edge.terminate();
+    nexus_e2e::wait::until(Duration::from_secs(10), "the listener closed", || {
+        TcpStream::connect(w.edge.addr).is_err().then_some(())
+    });
+    s.write_all(b"\r\n").unwrap();
+    let r = nexus_e2e::http::read_response(&mut s).expect("an answer");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let status = w.edge.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
 fn an_idle_router_stops_at_once_and_lets_go_of_idle_keep_alive_connections() {
     use std::io::{Read, Write};
     let mut w = world_with_long_grace();

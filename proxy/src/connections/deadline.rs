@@ -37,7 +37,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -107,6 +107,10 @@ pub struct HeaderDeadline {
     /// The current header's timer, made at its first wait (none for a header that needs no
     /// second read).
     timer: Option<Pin<Box<Sleep>>>,
+    /// A header begun here waits for the rest: counted in `client_headers_in_progress`, which
+    /// a shutdown waits on, until it ends one way or another. Cleared through a shared
+    /// reference, as `phase` is.
+    waiting: AtomicBool,
     /// Bytes read since the last request ended (with any body bytes that came in the read
     /// that ended the header). Reset by [`request_done`] through a shared reference, as
     /// `phase` is.
@@ -135,6 +139,7 @@ impl HeaderDeadline {
             inner,
             phase: AtomicU8::new(FRESH),
             timer: None,
+            waiting: AtomicBool::new(false),
             header_bytes: AtomicUsize::new(0),
             idle_since: None,
             idle_timer: None,
@@ -145,6 +150,14 @@ impl HeaderDeadline {
 
     fn timeout(&self) -> Duration {
         self.shared.limits.request_header_timeout
+    }
+
+    /// The header this stream waited in is over (read, refused, timed out, or the connection
+    /// gone): no longer in progress.
+    fn header_over(&self) {
+        if self.waiting.load(Ordering::Relaxed) && self.waiting.swap(false, Ordering::Relaxed) {
+            self.shared.metrics.headers_in_progress.dec();
+        }
     }
 
     fn expired_error(&self) -> io::Error {
@@ -184,6 +197,7 @@ impl HeaderDeadline {
     /// and end the stream.
     fn refuse_too_large(&mut self, cx: &mut Context<'_>) -> io::Error {
         self.phase.store(EXPIRED, Ordering::Relaxed);
+        self.header_over();
         self.shared.metrics.headers_too_large.inc();
         // Best effort, as for the 408.
         let _ = Pin::new(&mut self.inner).poll_write(cx, TOO_LARGE_RESPONSE);
@@ -242,6 +256,10 @@ impl HeaderDeadline {
     /// In a header: it fails once `[server] request_header_timeout` has passed since its
     /// first wait (since the accept on a new connection).
     fn poll_header_deadline(&mut self, cx: &mut Context<'_>, phase: u8) -> Poll<io::Result<()>> {
+        if phase == HEADER && !*self.waiting.get_mut() {
+            *self.waiting.get_mut() = true;
+            self.shared.metrics.headers_in_progress.inc();
+        }
         let timeout = self.timeout();
         let timer = self
             .timer
@@ -250,6 +268,7 @@ impl HeaderDeadline {
             return Poll::Pending;
         }
         self.phase.store(EXPIRED, Ordering::Relaxed);
+        self.header_over();
         if phase == HEADER {
             self.shared.metrics.header_timeouts.inc();
             // Best effort: the connection closes next whatever this write does.
@@ -323,12 +342,19 @@ fn deadline_of(session: &Session) -> Option<&HeaderDeadline> {
 }
 
 fn set_phase(d: &HeaderDeadline, phase: u8) {
+    d.header_over();
     // An expired stream stays expired.
     let _ = d
         .phase
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
             (p != EXPIRED).then_some(phase)
         });
+}
+
+impl Drop for HeaderDeadline {
+    fn drop(&mut self) {
+        self.header_over();
+    }
 }
 
 impl std::fmt::Debug for HeaderDeadline {

@@ -235,8 +235,15 @@ where
 
     /// Pingora calls this once the listener has stopped accepting.
     async fn cleanup(&self) {
-        // The proxy drops its idle keep-alive connections here; only then is every open
-        // connection one that is finishing a request.
+        // The proxy drops every connection waiting for a request here, one whose header has
+        // begun to arrive as well as an idle one: the headers in progress are given until
+        // their deadline to end first, so a client mid-request is answered, not cut off.
+        let gauge = &self.shared.metrics.headers_in_progress;
+        let until = std::time::Instant::now() + self.shared.limits.request_header_timeout;
+        while gauge.get() > 0 && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Only then is every open connection one that is finishing a request.
         self.app.cleanup().await;
         self.shared.closed.store(true, Ordering::Release);
     }
