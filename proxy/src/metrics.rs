@@ -90,6 +90,12 @@ pub struct ConnectionMetrics {
     /// `client_headers_in_progress`: connections with a request header begun and not
     /// complete, waiting for the rest (slow clients; a shutdown waits for them).
     pub headers_in_progress: IntGauge,
+    /// `requests_total{outcome="unparsable_request"}`: requests Pingora answered 400 itself,
+    /// its parser refusing the header, before the router saw them. Set by [`Metrics::new`].
+    pub unparsable: prometheus::IntCounter,
+    /// `requests_total{outcome="connect_refused"}`: `CONNECT` requests Pingora answered 405
+    /// itself. Set by [`Metrics::new`].
+    pub connect_refused: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for ConnectionMetrics {
@@ -129,6 +135,9 @@ impl ConnectionMetrics {
                 "client_headers_in_progress",
                 "Client connections with a request header begun and not complete, waiting for the rest",
             )?,
+            // Unregistered until `Metrics::new` puts the `requests_total` series here.
+            unparsable: prometheus::IntCounter::new("unparsable", "-")?,
+            connect_refused: prometheus::IntCounter::new("connect_refused", "-")?,
         })
     }
 
@@ -199,7 +208,9 @@ impl Metrics {
             "upstream_connect_retries_total",
             "Connects retried at another address of an instance's name",
         )?;
-        let connections = ConnectionMetrics::new()?;
+        let mut connections = ConnectionMetrics::new()?;
+        connections.unparsable = requests.with_label_values(&["unparsable_request"]);
+        connections.connect_refused = requests.with_label_values(&["connect_refused"]);
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),

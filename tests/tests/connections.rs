@@ -409,3 +409,35 @@ fn no_informational_response_reaches_an_http_1_0_client() {
     assert!(new.starts_with("HTTP/1.1 103"), "{new}");
     assert!(new.contains("HTTP/1.1 200"), "{new}");
 }
+
+#[test]
+fn requests_pingora_answers_itself_are_counted() {
+    // A header Pingora's parser refuses (400) and a CONNECT (405) are answered before any of
+    // the router's hooks run: counted all the same, or a flood of either is invisible.
+    let w = world("");
+    for (raw, status) in [
+        (
+            format!("GET /login HTTP/1.1\r\nHost: acme.{BASE}\r\nBad Header: x\r\n\r\n"),
+            400,
+        ),
+        (
+            format!("CONNECT acme.{BASE}:443 HTTP/1.1\r\nHost: acme.{BASE}:443\r\n\r\n"),
+            405,
+        ),
+        (login_request(), 200),
+    ] {
+        let mut s = connect(&w.edge);
+        s.write_all(raw.as_bytes()).unwrap();
+        let r = read_response(&mut s).unwrap();
+        assert_eq!(r.status, status, "{raw:?}");
+    }
+    let count = |outcome: &str| {
+        w.edge.metric(&format!(
+            "nexus_edge_requests_total{{outcome=\"{outcome}\"}}"
+        ))
+    };
+    assert_eq!(count("unparsable_request"), 1);
+    assert_eq!(count("connect_refused"), 1);
+    assert_eq!(count("forwarded"), 1);
+    assert_eq!(w.edge.metric("nexus_edge_client_headers_in_progress"), 0);
+}

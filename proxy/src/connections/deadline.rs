@@ -152,6 +152,22 @@ impl HeaderDeadline {
         self.shared.limits.request_header_timeout
     }
 
+    /// A write before the proxy was handed a header is Pingora answering by itself: a 400
+    /// for a header its parser refuses, a 405 for `CONNECT`. Counted in `requests_total` (not
+    /// timed: the router never saw the request); the connection closes next.
+    fn note_pingora_answer(&mut self, buf: &[u8]) {
+        if !matches!(*self.phase.get_mut(), FRESH | HEADER) || buf.is_empty() {
+            return;
+        }
+        *self.phase.get_mut() = EXPIRED;
+        self.header_over();
+        let m = &self.shared.metrics;
+        match buf.get(9..12) {
+            Some(b"405") => m.connect_refused.inc(),
+            _ => m.unparsable.inc(),
+        }
+    }
+
     /// The header this stream waited in is over (read, refused, timed out, or the connection
     /// gone): no longer in progress.
     fn header_over(&self) {
@@ -432,6 +448,7 @@ impl AsyncWrite for HeaderDeadline {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.note_pingora_answer(buf);
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.bound_write(cx, r)
     }
@@ -442,6 +459,9 @@ impl AsyncWrite for HeaderDeadline {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            this.note_pingora_answer(first);
+        }
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.bound_write(cx, r)
     }
