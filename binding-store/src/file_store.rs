@@ -884,8 +884,9 @@ fn apply_locked(
     };
     let actual = current.as_ref().map_or(Revision::ZERO, |b| b.revision);
     if let Some(expected) = expect {
-        // 0 says "must not exist", which a record without a revision does not satisfy.
-        if expected == Revision::ZERO && pos.is_some() {
+        // 0 says "must not exist", which a record without a revision does not satisfy (one
+        // with a revision gets the usual conflict below, naming it).
+        if expected == Revision::ZERO && actual == Revision::ZERO && pos.is_some() {
             return Err(AdminError::Exists {
                 tenant: tenant.clone(),
             });

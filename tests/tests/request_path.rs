@@ -1488,6 +1488,16 @@ fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
     assert!(err.contains("exists"), "{err}");
     let (code, _, err) = admin.tenant(&["delete", "acme", "--expect-revision", "0"]);
     assert_eq!(code, 3, "{err}");
+    // A record the CLI wrote has a revision: the conflict names it, and blames no hand.
+    let (code, _, err) = admin.tenant(&["put", file_arg]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = admin.tenant(&["put", file_arg, "--expect-revision", "0"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("is at revision") && !err.contains("written by hand"),
+        "{err}"
+    );
+    std::fs::write(&w.edge.bindings_path, &before).expect("put back");
 
     // A wait longer than a day is refused with the arguments, before anything is written
     // (it overflowed the deadline and panicked after the write).

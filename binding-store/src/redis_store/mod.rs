@@ -1083,8 +1083,9 @@ impl BindingAdmin for RedisStore {
                 }
             }
             if let Some(e) = expect {
-                // 0 says "must not exist", which a record without a revision does not satisfy.
-                if e == Revision::ZERO && raw.is_some() {
+                // 0 says "must not exist", which a record without a revision does not satisfy
+                // (one with a revision gets the usual conflict below, naming it).
+                if e == Revision::ZERO && read_rev == 0 && raw.is_some() {
                     return Err(AdminError::Exists {
                         tenant: tenant.clone(),
                     });
