@@ -57,6 +57,41 @@ impl Sections {
     }
 }
 
+/// The key path and message for TOML's "duplicate key" at `span`: a key set twice in its
+/// table (`server.threads`), or a table declared twice (`[auth]`).
+fn duplicate_named(text: &str, span: &std::ops::Range<usize>) -> (String, String) {
+    let name = text
+        .get(span.clone())
+        .unwrap_or("")
+        .trim_matches(['"', '\'']);
+    let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+    if text[line_start..].trim_start().starts_with('[') {
+        let table = text[line_start..]
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches(['[', ']'])
+            .trim();
+        return (
+            table.to_owned(),
+            format!("duplicate table: [{table}] twice; merge the two"),
+        );
+    }
+    // The table the key is in: the last header above it.
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(['[', ']']).trim().to_owned());
+    let key = match table {
+        Some(t) => format!("{t}.{name}"),
+        None => name.to_owned(),
+    };
+    (key, "duplicate key: set twice; keep one".to_owned())
+}
+
 /// Parses a config's text (from `origin`, which relative paths are resolved against) into
 /// the sections that hold no problem, beside every problem found (in no particular order).
 pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
@@ -65,7 +100,14 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
         Ok(t) => t,
         Err(e) => {
             let at = e.span().map(|s| s.start);
-            p.push("(syntax)", at, e.message().trim().to_owned());
+            let message = e.message().trim();
+            match e.span().filter(|_| message == "duplicate key") {
+                Some(span) => {
+                    let (key, message) = duplicate_named(text, &span);
+                    p.push(key, Some(span.start), message);
+                }
+                None => p.push("(syntax)", at, message.to_owned()),
+            }
             return (Sections::default(), p.list);
         }
     };

@@ -658,3 +658,21 @@ fn a_section_that_is_no_table_yields_no_settings() {
         );
     }
 }
+
+#[test]
+fn a_duplicate_key_or_table_is_named() {
+    let ps = problems(&format!("{MINIMAL}\n[server]\nthreads = 2\nthreads = 3\n"));
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "server.threads" && p.message.contains("duplicate key")),
+        "{ps:#?}"
+    );
+    let ps = problems(&format!("{MINIMAL}\n[auth]\nleeway = \"1s\"\n"));
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "auth" && p.message.contains("[auth] twice")),
+        "{ps:#?}"
+    );
+    let ps = problems("a = 1\na = 2\n");
+    assert!(ps.iter().any(|p| p.key == "a"), "{ps:#?}");
+}
