@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds nexus-edge and starts the demo: two tenants, two demo instances, copy-paste curl lines.
+# Builds nexus-edge and starts the demo: three tenants, two demo instances, copy-paste curl lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh

@@ -1,4 +1,4 @@
-//! SIGTERM and SIGINT: when the router stops, and how fast.
+//! SIGTERM and SIGINT: when the router stops, and how fast. (SIGHUP is caught and ignored.)
 //!
 //! Both are caught by a thread of their own, and queued, from before the listeners are bound
 //! (while the router only loads its keys and bindings, their default action ends it, as it
@@ -42,7 +42,8 @@ struct StopSignals {
 }
 
 impl StopSignals {
-    /// Catches SIGTERM and SIGINT from now on. Returns once both are caught.
+    /// Catches SIGTERM and SIGINT from now on (and SIGHUP, only to say it does nothing).
+    /// Returns once they are caught.
     fn install() -> std::io::Result<Self> {
         let (tx, queue) = mpsc::unbounded_channel();
         let (caught, installed) = std::sync::mpsc::channel();
@@ -61,12 +62,13 @@ impl StopSignals {
                 };
                 rt.block_on(async move {
                     use tokio::signal::unix::{signal, SignalKind};
-                    let (mut term, mut int) = match (
+                    let (mut term, mut int, mut hup) = match (
                         signal(SignalKind::terminate()),
                         signal(SignalKind::interrupt()),
+                        signal(SignalKind::hangup()),
                     ) {
-                        (Ok(term), Ok(int)) => (term, int),
-                        (Err(e), _) | (_, Err(e)) => {
+                        (Ok(term), Ok(int), Ok(hup)) => (term, int, hup),
+                        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                             let _ = caught.send(Err(e));
                             return;
                         }
@@ -76,6 +78,16 @@ impl StopSignals {
                         let stop = tokio::select! {
                             _ = term.recv() => Stop::Term,
                             _ = int.recv() => Stop::Int,
+                            // By default SIGHUP would end the process at once, cutting what is
+                            // in flight; an operator sending it expects a reload.
+                            _ = hup.recv() => {
+                                tracing::warn!(
+                                    "SIGHUP ignored: bindings and keys reload by themselves when \
+                                     their store or file changes; a config change needs a restart \
+                                     (SIGTERM drains)"
+                                );
+                                continue;
+                            }
                         };
                         if tx.send(stop).is_err() {
                             return;

@@ -1890,6 +1890,19 @@ fn sigterm_drains_in_flight_requests_and_stops_once_they_are_done() {
 }
 
 #[test]
+fn sighup_is_ignored_with_a_warning_and_the_router_serves_on() {
+    let w = world();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &w.edge.pid().to_string()])
+        .status();
+    nexus_e2e::wait::until(Duration::from_secs(10), "the SIGHUP warning", || {
+        w.edge.log().contains("SIGHUP ignored").then_some(())
+    });
+    let r = get(w.edge.addr, &host("acme"), "/login", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
 fn sigterm_lets_a_request_header_in_progress_end_and_answers_it() {
     // Idle keep-alive connections are let go at the shutdown, but a client whose header has
     // begun to arrive is mid-request: it gets until its header deadline, and its answer.
