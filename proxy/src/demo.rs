@@ -173,9 +173,24 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         return fail(format!("{}: {e}", dir.display()));
     }
 
+    // The ports are tried before the curl lines are printed: lines for a port another
+    // process holds would reach that process. A port 0 becomes the one the system gave, so
+    // the lines name it.
+    let try_port = |addr: std::net::SocketAddr, which: &str| {
+        std::net::TcpListener::bind(addr)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("cannot listen on {addr} ({which}): {e}"))
+    };
+    let (listen, admin_listen) = match (
+        try_port(args.listen, "public"),
+        try_port(args.admin_listen, "ops"),
+    ) {
+        (Ok(l), Ok(a)) => (l, a),
+        (Err(e), _) | (_, Err(e)) => return fail(e),
+    };
     let mut settings = nexus_config::embedded_default();
-    settings.server.listen = args.listen;
-    settings.server.admin_listen = Some(args.admin_listen);
+    settings.server.listen = listen;
+    settings.server.admin_listen = Some(admin_listen);
     settings.server.shutdown_grace = Duration::from_secs(1);
     settings.auth.jwks = JwksSource::File(jwks_path);
     settings.store = StoreSettings::File(FileStoreSettings {
@@ -209,7 +224,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         .first()
         .cloned()
         .unwrap_or_default();
-    let l = args.listen;
+    let l = listen;
     println!(
         "\nNexus Edge demo\n===============\n\
          router  http://{l}   ops http://{admin}/metrics\n\
@@ -228,7 +243,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
          # 6. acme's custom domain, public login page (no token needed)\n\
          curl -s -H 'Host: acme.example.test' http://{l}/login\n\n\
          Ctrl-C stops the demo.\n",
-        admin = args.admin_listen,
+        admin = admin_listen,
         b = bindings_path.display(),
     );
 

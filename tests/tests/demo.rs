@@ -255,3 +255,26 @@ impl Drop for KillOnDrop<'_> {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn a_demo_whose_port_is_taken_prints_no_commands_for_it() {
+    // The printed lines would reach whatever holds the port.
+    let dir = tempfile::tempdir().expect("dir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (_, ops) = free_addr_pair();
+    let out = Command::new(binary())
+        .args(["demo", "--listen", &taken.local_addr().unwrap().to_string()])
+        .args(["--admin-listen", &ops.to_string()])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the demo");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert!(!stdout.contains("curl"), "{stdout}");
+}
