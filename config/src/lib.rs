@@ -16,7 +16,7 @@ pub mod settings;
 pub use defaults::embedded_default;
 pub use error::{ConfigError, Problem};
 pub use ipnet::IpNet;
-pub use load::{key_line, load_file, parse_sections, parse_str, read_text, Sections};
+pub use load::{key_line, load_file, parse_sections, parse_str, read_text, NamedFiles, Sections};
 pub use settings::*;
 
 #[cfg(test)]

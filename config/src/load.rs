@@ -41,6 +41,18 @@ pub struct Sections {
     pub store: Option<StoreSettings>,
     /// `[log]`.
     pub log: Option<LogSettings>,
+    /// The files the config names that parsed, whether or not their section did: `check`
+    /// checks them too, so that a bad key beside them does not hide their problems.
+    pub named: NamedFiles,
+}
+
+/// Files a config names, each when its own key parsed (see [`Sections::named`]).
+#[derive(Debug, Default)]
+pub struct NamedFiles {
+    /// `auth.jwks_file`.
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// `store.path` of a file store.
+    pub bindings_file: Option<std::path::PathBuf>,
 }
 
 impl Sections {
@@ -122,9 +134,10 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     let d = embedded_default();
     let server = server(root, &d.server, &mut p);
     let tenancy = tenancy(root, &d.tenancy, &mut p);
-    let auth = auth(root, &d.auth, base, &mut p);
+    let mut named = NamedFiles::default();
+    let auth = auth(root, &d.auth, base, &mut named, &mut p);
     let upstream = upstream(root, &d.upstream, base, &mut p);
-    let store = store(root, base, &mut p);
+    let store = store(root, base, &mut named, &mut p);
     let log = log(root, &d.log, &mut p);
     if let (Some(server), Some(auth)) = (&server, &auth) {
         token_fits_in_header(root, server, auth, &mut p);
@@ -136,6 +149,7 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
         upstream,
         store,
         log,
+        named,
     };
     (sections, p.list)
 }
@@ -492,12 +506,16 @@ fn auth(
     root: &DeTable<'_>,
     d: &AuthSettings,
     base: &Path,
+    named: &mut NamedFiles,
     p: &mut Problems<'_>,
 ) -> Option<AuthSettings> {
     let before = p.list.len();
     let mut s = Section::open(root, "auth", p);
     let jwks = match s.raw("jwks_file") {
-        Some(_) => s.path("jwks_file", base, p).map(JwksSource::File),
+        Some(_) => {
+            named.jwks_file = s.path("jwks_file", base, p);
+            named.jwks_file.clone().map(JwksSource::File)
+        }
         None => {
             p.push(
                 "auth.jwks_file",
@@ -776,7 +794,12 @@ const STORE_KEYS: &[&str] = &[
     "tls",
 ];
 
-fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreSettings> {
+fn store(
+    root: &DeTable<'_>,
+    base: &Path,
+    named: &mut NamedFiles,
+    p: &mut Problems<'_>,
+) -> Option<StoreSettings> {
     let before = p.list.len();
     let mut s = Section::open(root, "store", p);
     if !s.present() {
@@ -793,6 +816,7 @@ fn store(root: &DeTable<'_>, base: &Path, p: &mut Problems<'_>) -> Option<StoreS
                     None
                 }
             };
+            named.bindings_file.clone_from(&path);
             let poll_interval = s
                 .duration(
                     "poll_interval",

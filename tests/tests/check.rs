@@ -283,3 +283,25 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn a_bad_key_does_not_hide_what_the_files_beside_it_hold() {
+    // Both sections have a bad value; the files they name are missing: one run lists all four.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = check(
+        dir.path(),
+        "[auth]\njwks_file = \"missing-jwks.json\"\nleeway = \"3 parsecs\"\n\
+         [store]\nkind = \"file\"\npath = \"missing-bindings.json\"\npoll_interval = \"soon\"\n",
+    );
+    assert_eq!(code, 1, "{out}");
+    for said in [
+        "auth.leeway",
+        "store.poll_interval",
+        "auth.jwks_file",
+        "missing-jwks.json",
+        "store.path",
+        "missing-bindings.json",
+    ] {
+        assert!(out.contains(said), "{said}: {out}");
+    }
+}

@@ -29,7 +29,22 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             message,
         })
     };
-    let keys = match sections.auth.as_ref().map(crate::auth::Authenticator::new) {
+    // With `[auth]` wrong elsewhere, its key set is still loaded alone (no HMAC secrets:
+    // those are part of what failed), so its own problems show in this run too.
+    let alone = match (&sections.auth, &sections.named.jwks_file) {
+        (None, Some(file)) => Some(nexus_config::AuthSettings {
+            jwks: nexus_config::JwksSource::File(file.clone()),
+            hmac_keys: Vec::new(),
+            ..nexus_config::embedded_default().auth
+        }),
+        _ => None,
+    };
+    let keys = match sections
+        .auth
+        .as_ref()
+        .or(alone.as_ref())
+        .map(crate::auth::Authenticator::new)
+    {
         None => None,
         Some(Ok(auth)) => {
             // Said, not refused: a provider's set may hold keys for other uses.
@@ -78,6 +93,24 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
         .map(|l| crate::logging::check_filter(&l.filter))
     {
         problem("log.filter", e);
+    }
+    // As for the key set: a file store's bindings file is checked even when `[store]` is
+    // wrong elsewhere.
+    let file_store = |path: &std::path::PathBuf| {
+        nexus_config::StoreSettings::File(nexus_config::FileStoreSettings {
+            path: Some(path.clone()),
+            poll_interval: std::time::Duration::from_secs(1),
+        })
+    };
+    if let (None, Some(Err(e))) = (
+        &sections.store,
+        sections
+            .named
+            .bindings_file
+            .as_ref()
+            .map(|f| check_bindings_file(&file_store(f))),
+    ) {
+        problem("store.path", e);
     }
     if let Some(store) = &sections.store {
         if let Err(e) = check_bindings_file(store) {
