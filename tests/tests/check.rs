@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use nexus_e2e::edge::cli;
+use nexus_e2e::keys::TestKeys;
 
 /// Runs `check` on `config` in `dir`; returns (exit code, stdout + stderr).
 fn check(dir: &std::path::Path, config: &str) -> (i32, String) {
@@ -304,4 +305,25 @@ fn a_bad_key_does_not_hide_what_the_files_beside_it_hold() {
     ] {
         assert!(out.contains(said), "{said}: {out}");
     }
+}
+
+#[test]
+fn a_snapshot_path_that_is_a_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        TestKeys::new().jwks().to_string(),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("snap")).unwrap();
+    let (code, out) = check(
+        dir.path(),
+        "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"redis\"\n\
+         url = \"redis://127.0.0.1:6379\"\nsnapshot_path = \"snap\"\n",
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("store.snapshot_path") && out.contains("is a directory"),
+        "{out}"
+    );
 }

@@ -116,6 +116,13 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
         if let Err(e) = check_bindings_file(store) {
             problem("store.path", e);
         }
+        // A snapshot that could never be written would leave a replica nothing to start
+        // from while Redis is down, with only an error per write in the log to tell.
+        if let nexus_config::StoreSettings::Redis(r) = store {
+            if let Some(Err(e)) = r.snapshot_path.as_deref().map(check_snapshot_path) {
+                problem("store.snapshot_path", e);
+            }
+        }
         // What the Redis store's client is built from (its URL as redis-rs reads it, TLS
         // material, Sentinel credentials), as `serve` builds it; no connection is made.
         if let (nexus_config::StoreSettings::Redis(r), Err(e)) =
@@ -156,6 +163,15 @@ fn auth_warnings(path: &Path, auth: &nexus_config::AuthSettings) {
             path.display()
         );
     }
+}
+
+/// A snapshot path must name a file, not a directory (a missing directory is made when the
+/// first snapshot is written).
+fn check_snapshot_path(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err(format!("{}: is a directory, not a file", path.display()));
+    }
+    Ok(())
 }
 
 /// The file store's bindings file must exist and be a bindings document, as `serve` needs it
