@@ -43,6 +43,23 @@ impl Admin {
         )
     }
 
+    /// `list` and `export` each print `kept` and not `left_out`, and exit 1 saying so: every
+    /// line of `said` on stderr, and `1 record(s) left out`.
+    pub fn assert_one_left_out(&self, kept: &str, left_out: &str, said: &[&str]) {
+        for read in ["list", "export"] {
+            let (code, out, err) = self.tenant(&[read]);
+            assert_eq!(code, 1, "{read}: {err}");
+            assert!(
+                out.contains(kept) && !out.contains(left_out),
+                "{read}: {out}"
+            );
+            assert!(
+                said.iter().all(|s| err.contains(s)) && err.contains("1 record(s) left out"),
+                "{read}: {err}"
+            );
+        }
+    }
+
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let (code, out, err) = self.tenant(args);
