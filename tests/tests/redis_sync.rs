@@ -198,6 +198,14 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
         err.contains("conflict") && err.contains("revision 2"),
         "{err}"
     );
+    // "Must not exist" for a record the CLI wrote: the same conflict, naming its revision.
+    let (code, _, err) =
+        admin.tenant(&["set-status", "acme", "suspended", "--expect-revision", "0"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("is at revision 2") && !err.contains("written by hand"),
+        "{err}"
+    );
     admin.ok(&[
         "set-status",
         "acme",
