@@ -174,6 +174,20 @@ fn serve_without_a_config_runs_the_embedded_default() {
     // A tenant id that is not canonical would never match: no token is minted for it.
     let refused = nexus_e2e::edge::cli(&["token", "--tenant", "ACME", "--key", key]);
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    // Nor for claims the router would refuse or read otherwise than meant.
+    for bad in [
+        &["--tenant-claim", "exp"][..],
+        &["--org-claim", "sub", "--org", "o"],
+        &["--org-claim", "tenant_id", "--org", "o"],
+        &["--sub", " admin"],
+        &["--org", "org\tx\n"],
+    ] {
+        let mut args = vec!["token", "--tenant", "acme", "--key", key];
+        args.extend_from_slice(bad);
+        let out = nexus_e2e::edge::cli(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{bad:?}");
+    }
     let token = String::from_utf8(minted.stdout).expect("utf8");
     let bearer = format!("Bearer {}", token.trim());
     let auth = [("Authorization", bearer.as_str())];

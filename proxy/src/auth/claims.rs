@@ -154,7 +154,7 @@ fn check_time(exp: u64, nbf: Option<u64>, now: u64, leeway: u64) -> Result<(), T
 
 /// Whether `claim` reaches the instance unchanged as a header value: no control character
 /// (tab aside) and no blank at either end, which HTTP strips from a field value.
-fn forwardable(claim: &str) -> bool {
+pub(crate) fn forwardable(claim: &str) -> bool {
     let blank = |c: char| c == ' ' || c == '\t';
     claim
         .bytes()

@@ -50,6 +50,33 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
         eprintln!("nexus-edge token: --tenant {:?}: {e}", a.tenant);
         return ExitCode::from(2);
     }
+    // Tokens the router would refuse, or read otherwise than meant, are not minted.
+    const SET_HERE: [&str; 5] = ["iss", "sub", "iat", "exp", "aud"];
+    for (flag, name) in [
+        ("--tenant-claim", &a.tenant_claim),
+        ("--org-claim", &a.org_claim),
+    ] {
+        if SET_HERE.contains(&name.as_str()) || name.is_empty() {
+            eprintln!(
+                "nexus-edge token: {flag} {name:?}: the claim must have a name of its own, not \
+                 one of {SET_HERE:?}"
+            );
+            return ExitCode::from(2);
+        }
+    }
+    if a.tenant_claim == a.org_claim && a.org.is_some() {
+        eprintln!("nexus-edge token: --tenant-claim and --org-claim name the same claim");
+        return ExitCode::from(2);
+    }
+    for (flag, value) in [("--sub", Some(&a.sub)), ("--org", a.org.as_ref())] {
+        if let Some(v) = value.filter(|v| !crate::auth::claims::forwardable(v)) {
+            eprintln!(
+                "nexus-edge token: {flag} {v:?}: the router refuses a claim with blanks at its \
+                 ends or control characters"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let key = match SigningKey::from_pem_file(&a.key, a.kid.clone()) {
         Ok(k) => k,
         Err(e) => {
