@@ -304,10 +304,10 @@ fn settle_round(
         .flat_map(|(_, claimants, winner, _)| {
             claimants
                 .iter()
+                .filter(|c| !put_back.contains(*c))
                 .map(TenantId::as_str)
                 .filter(move |c| Some(*c) != *winner)
         })
-        .filter(|c| !put_back.iter().any(|p| p.as_str() == *c))
         .collect();
     // Each losing tenant, with the domains it lost.
     let mut losers: BTreeMap<&TenantId, Vec<&str>> = BTreeMap::new();

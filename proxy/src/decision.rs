@@ -61,6 +61,16 @@ pub enum UpstreamKind {
     Api,
 }
 
+impl UpstreamKind {
+    /// The binding's URL for this kind: `api_url` when it has one, else `instance_url`.
+    pub fn url_of(self, binding: &Binding) -> &UpstreamUrl {
+        match (self, &binding.api_url) {
+            (UpstreamKind::Api, Some(api)) => api,
+            _ => &binding.instance_url,
+        }
+    }
+}
+
 /// A request that may be forwarded, and everything needed to forward it.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -83,10 +93,7 @@ pub struct Decision {
 impl Decision {
     /// The upstream base URL chosen.
     pub fn upstream_url(&self) -> &UpstreamUrl {
-        match (self.upstream, &self.binding.api_url) {
-            (UpstreamKind::Api, Some(api)) => api,
-            _ => &self.binding.instance_url,
-        }
+        self.upstream.url_of(&self.binding)
     }
 }
 
@@ -155,10 +162,7 @@ pub fn decide(
     // The instance's target is rebuilt from its URL's path prefix, the path and the query:
     // past what a request-target can hold, it could not be sent, and is refused before any
     // instance is asked.
-    let prefix = match (upstream, &binding.api_url) {
-        (UpstreamKind::Api, Some(api)) => api.path_prefix(),
-        _ => binding.instance_url.path_prefix(),
-    };
+    let prefix = upstream.url_of(binding).path_prefix();
     if prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1) > MAX_UPSTREAM_TARGET {
         return Err(RejectReason::TargetTooLong);
     }

@@ -91,10 +91,10 @@ pub struct ConnectionMetrics {
     /// complete, waiting for the rest (slow clients; a shutdown waits for them).
     pub headers_in_progress: IntGauge,
     /// `requests_total{outcome="unparsable_request"}`: requests Pingora answered 400 itself,
-    /// its parser refusing the header, before the router saw them. Set by [`Metrics::new`].
+    /// its parser refusing the header, before the router saw them.
     pub unparsable: prometheus::IntCounter,
     /// `requests_total{outcome="connect_refused"}`: `CONNECT` requests Pingora answered 405
-    /// itself. Set by [`Metrics::new`].
+    /// itself.
     pub connect_refused: prometheus::IntCounter,
 }
 
@@ -108,7 +108,9 @@ impl std::fmt::Debug for ConnectionMetrics {
 }
 
 impl ConnectionMetrics {
-    fn new() -> prometheus::Result<Self> {
+    /// The connection metrics; `requests` is `requests_total`, which counts the requests
+    /// Pingora answers itself.
+    fn new(requests: &IntCounterVec) -> prometheus::Result<Self> {
         Ok(Self {
             open: IntGauge::new("client_connections", "Open client connections")?,
             limit: IntGauge::new(
@@ -135,9 +137,8 @@ impl ConnectionMetrics {
                 "client_headers_in_progress",
                 "Client connections with a request header begun and not complete, waiting for the rest",
             )?,
-            // Unregistered until `Metrics::new` puts the `requests_total` series here.
-            unparsable: prometheus::IntCounter::new("unparsable", "-")?,
-            connect_refused: prometheus::IntCounter::new("connect_refused", "-")?,
+            unparsable: requests.with_label_values(&["unparsable_request"]),
+            connect_refused: requests.with_label_values(&["connect_refused"]),
         })
     }
 
@@ -208,9 +209,7 @@ impl Metrics {
             "upstream_connect_retries_total",
             "Connects retried at another address of an instance's name",
         )?;
-        let mut connections = ConnectionMetrics::new()?;
-        connections.unparsable = requests.with_label_values(&["unparsable_request"]);
-        connections.connect_refused = requests.with_label_values(&["connect_refused"]);
+        let connections = ConnectionMetrics::new(&requests)?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),

@@ -308,17 +308,23 @@ fn is_dot_segment_lookalike(s: &[u8]) -> bool {
     let ends = rest.is_empty()
         || rest.first() == Some(&b';')
         || escaped_byte(rest) == Some(b';')
-        || matches!(rest, [b'%', b'2', b'5', b'3', b, ..] if b.eq_ignore_ascii_case(&b'b'));
+        || twice_escaped_byte(rest) == Some(b';');
     dots > 0 && ends && (blanks > 0 || (unicode && dots <= 2))
 }
 
-/// `s` after a twice-encoded dot (`%252e`, any hex case) at its start: a `.` to an instance
-/// that decodes the path once more, as some frameworks and file servers do.
+/// The byte a twice-encoded escape at the start of `s` spells (`%252e` is `.`, any hex case):
+/// what an instance that decodes the path once more, as some frameworks and file servers do,
+/// reads there.
+fn twice_escaped_byte(s: &[u8]) -> Option<u8> {
+    match (escaped_byte(s)?, s.get(3..5)?) {
+        (b'%', &[h, l]) => Some(hex_val(h)? * 16 + hex_val(l)?),
+        _ => None,
+    }
+}
+
+/// `s` after a twice-encoded dot (`%252e`) at its start, counted as one dot.
 fn double_encoded_dot(s: &[u8]) -> Option<(&[u8], u8)> {
-    let [b'%', b'2', b'5', b'2', e, ..] = s else {
-        return None;
-    };
-    e.eq_ignore_ascii_case(&b'e').then(|| (&s[5..], 1))
+    (twice_escaped_byte(s)? == b'.').then(|| (&s[5..], 1))
 }
 
 /// `s` after a percent-encoded Unicode dot at its start (any hex case), and the dots it

@@ -189,13 +189,12 @@ pub(crate) fn check(
     }
     // StringOrURI claims (RFC 7519 §4.1.1, §4.1.2): any other value makes the token invalid,
     // checked or not.
-    for claim in ["iss", "sub"] {
+    for (claim, why) in [
+        ("iss", "iss is not a string"),
+        ("sub", "sub is not a string"),
+    ] {
         if claims.get(claim).is_some_and(|v| !v.is_string()) {
-            return Err(TokenError::Malformed(if claim == "iss" {
-                "iss is not a string"
-            } else {
-                "sub is not a string"
-            }));
+            return Err(TokenError::Malformed(why));
         }
     }
     if !rules.issuers.is_empty() {
