@@ -180,6 +180,7 @@ fn serve_without_a_config_runs_the_embedded_default() {
         &["--org-claim", "sub", "--org", "o"],
         &["--org-claim", "tenant_id", "--org", "o"],
         &["--sub", " admin"],
+        &["--sub", ""],
         &["--org", "org\tx\n"],
     ] {
         let mut args = vec!["token", "--tenant", "acme", "--key", key];

@@ -152,13 +152,15 @@ fn check_time(exp: u64, nbf: Option<u64>, now: u64, leeway: u64) -> Result<(), T
     Ok(())
 }
 
-/// Whether `claim` reaches the instance unchanged as a header value: no control character
+/// Whether `claim` reaches the instance unchanged as a header value: not empty (an empty
+/// field reads as no identity, or as none sent, depending on the app), no control character
 /// (tab aside) and no blank at either end, which HTTP strips from a field value.
 pub(crate) fn forwardable(claim: &str) -> bool {
     let blank = |c: char| c == ' ' || c == '\t';
-    claim
-        .bytes()
-        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    !claim.is_empty()
+        && claim
+            .bytes()
+            .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
         && !claim.starts_with(blank)
         && !claim.ends_with(blank)
 }

@@ -51,7 +51,8 @@ pub enum TokenError {
     WrongType,
     /// An identity claim the instance is told (`sub`, the org claim) cannot be sent as it is:
     /// blanks at its ends, which every HTTP parser strips (RFC 9110 §5.5), so `" admin"`
-    /// would reach the instance as the user `admin`; or characters no header may hold.
+    /// would reach the instance as the user `admin`; characters no header may hold; or
+    /// nothing at all, which an app may read as no identity sent.
     #[error("the {0} claim cannot be sent to the instance as it is")]
     UnforwardableClaim(&'static str),
 }

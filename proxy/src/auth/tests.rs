@@ -462,8 +462,11 @@ fn refusals() {
         );
     }
     // An identity claim the instance would not be told byte for byte is refused: control
-    // characters, and blanks at its ends (HTTP strips them: " admin" would be `admin`).
+    // characters, blanks at its ends (HTTP strips them: " admin" would be `admin`), and an
+    // empty one (an empty header names nobody).
     for (patch, claim) in [
+        (json!({"sub": ""}), "sub"),
+        (json!({"org_id": ""}), "org"),
         (json!({"sub": "u\n1"}), "sub"),
         (json!({"sub": " admin"}), "sub"),
         (json!({"sub": "admin\t"}), "sub"),

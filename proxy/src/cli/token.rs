@@ -71,8 +71,8 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
     for (flag, value) in [("--sub", Some(&a.sub)), ("--org", a.org.as_ref())] {
         if let Some(v) = value.filter(|v| !crate::auth::claims::forwardable(v)) {
             eprintln!(
-                "nexus-edge token: {flag} {v:?}: the router refuses a claim with blanks at its \
-                 ends or control characters"
+                "nexus-edge token: {flag} {v:?}: the router refuses an empty claim or one with \
+                 blanks at its ends or control characters"
             );
             return ExitCode::from(2);
         }
