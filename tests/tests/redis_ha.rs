@@ -582,6 +582,33 @@ fn a_restore_import_into_a_wiped_redis_is_served_whole_or_not_at_all() {
     assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "45");
 }
 
+#[test]
+fn a_restore_over_a_damaged_record_frees_the_domains_the_index_gave_it() {
+    // A record that is not JSON cannot say which custom domains it held: the restore that
+    // replaces it frees every domain the index gives its tenant, as a write does, so none
+    // stays claimed for a record that no longer has it.
+    let redis = RedisServer::start();
+    let url = format!("url = \"{}\"", redis.url());
+    let admin = Admin::new(&store(&url, "admin", ""));
+    redis.cmd(&["SET", "nexus:binding:acme", "{not json"]);
+    redis.cmd(&["HSET", "nexus:domains", "old.example", "acme"]);
+    redis.cmd(&["HSET", "nexus:domains", "other.example", "globex"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("restore.json");
+    let mut acme = binding("acme", "http://127.0.0.1:9", "active", None);
+    acme["domains"] = serde_json::json!(["new.example"]);
+    let doc = nexus_e2e::edge::bindings_file(vec![acme]);
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = admin.ok(&["import", file.to_str().unwrap()]);
+    assert!(out.contains("imported 1 bindings"), "{out}");
+    assert_eq!(redis.cmd(&["HGET", "nexus:domains", "old.example"]), "");
+    assert_eq!(redis.cmd(&["HGET", "nexus:domains", "new.example"]), "acme");
+    assert_eq!(
+        redis.cmd(&["HGET", "nexus:domains", "other.example"]),
+        "globex"
+    );
+}
+
 /// Starts a restore the way `tenant import` does: its lock, held as `restore-token`.
 fn begin_restore(redis: &RedisServer) {
     redis.cmd(&["SET", "nexus:restoring", "restore-token", "PX", "60000"]);

@@ -44,6 +44,19 @@ if cur then
         redis.call('HDEL', KEYS[2], d)
       end
     end
+  else
+    -- A damaged record does not say which domains it held: the index is searched for the
+    -- tenant's (as write.lua does), so none stays claimed for a record that no longer has it.
+    local cursor = '0'
+    repeat
+      local page = redis.call('HSCAN', KEYS[2], cursor, 'COUNT', 1000)
+      cursor = page[1]
+      for i = 1, #page[2], 2 do
+        if page[2][i + 1] == ARGV[1] then
+          redis.call('HDEL', KEYS[2], page[2][i])
+        end
+      end
+    until cursor == '0'
   end
 end
 redis.call('SET', KEYS[1], ARGV[2])
