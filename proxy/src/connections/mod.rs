@@ -119,11 +119,14 @@ struct Slot<'a>(&'a Shared);
 
 impl Shared {
     fn take_slot(&self) -> Option<Slot<'_>> {
-        let before = self.open.fetch_add(1, Ordering::AcqRel);
-        if before >= self.limits.max_connections {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
+        // Compare-and-swap, not add-then-undo: a refused attempt's brief increment would
+        // refuse a connection arriving just as another closed.
+        let max = self.limits.max_connections;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()?;
         self.metrics.open.inc();
         Some(Slot(self))
     }
