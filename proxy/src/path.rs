@@ -9,7 +9,9 @@
 //! - `%XX` of an unreserved character (`A-Z a-z 0-9 - . _ ~`) is decoded, every other `%XX`
 //!   keeps its encoding with uppercase hex;
 //! - an encoded `/` or `\` (`%2F`, `%5C`), an encoded NUL and a raw `\` are refused: upstreams
-//!   disagree on what they mean, so no prefix rule could be sound with them;
+//!   disagree on what they mean, so no prefix rule could be sound with them. So are their
+//!   overlong UTF-8 spellings (`%C0%AF`, `%E0%80%AF`, `%C1%9C`), which lenient decoders (old
+//!   IIS, some Java stacks) read as the character;
 //! - raw control characters, spaces, non-ASCII bytes and every other byte that RFC 3986 does
 //!   not allow raw in a path (`"` `<` `>` `#` `[` `]` `{` `}` `|` `^` `` ` ``) are refused: a
 //!   client must encode them, and passing them on would let upstreams each guess a meaning;
@@ -19,7 +21,8 @@
 //! - a segment of dots and encoded blanks only, starting with a dot (`..%20`, `.%09`,
 //!   `..%20.`, before parameters too: `..%20;x`), or one or two dots spelled with Unicode
 //!   (`%EF%BC%8E%EF%BC%8E`, fullwidth; the one-dot leader, small full stop, two-dot leader
-//!   and its vertical form too) or encoded twice (`%252e%252e`), is refused: Windows path
+//!   and its vertical form too), in overlong UTF-8 (`%C0%AE`) or encoded twice
+//!   (`%252e%252e`), is refused: Windows path
 //!   handling drops trailing blanks and dots, Unicode normalisation (NFKC) makes those dots
 //!   `.`, and a second decoding makes `%252e` one, so an instance doing any of these reads a
 //!   `..` that the rules above never saw: `/login/..%20/admin` would leave a public prefix;
@@ -39,10 +42,10 @@ pub enum PathError {
     /// Not origin-form (`*`, authority-form, empty).
     #[error("request-target is not an absolute path")]
     NotOriginForm,
-    /// `%2F` or `%5C`: an encoded path separator.
+    /// `%2F` or `%5C`: an encoded path separator (or its overlong UTF-8, `%C0%AF`).
     #[error("encoded path separator")]
     EncodedSeparator,
-    /// `%00`.
+    /// `%00` (or its overlong UTF-8, `%C0%80`).
     #[error("encoded NUL")]
     EncodedNul,
     /// A raw backslash.
@@ -156,9 +159,18 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                 let Some(v) = escaped_byte(&b[i..]) else {
                     return Err(PathError::InvalidPercent);
                 };
-                match v {
-                    b'/' | b'\\' => return Err(PathError::EncodedSeparator),
-                    0 => return Err(PathError::EncodedNul),
+                // A lead byte of an overlong sequence is never valid UTF-8, so only such
+                // paths pay for the second look.
+                let spelled = if v >= 0xC0 {
+                    overlong_ascii(&b[i..])
+                } else {
+                    None
+                };
+                match (v, spelled) {
+                    (b'/' | b'\\', _) | (_, Some((_, b'/' | b'\\'))) => {
+                        return Err(PathError::EncodedSeparator)
+                    }
+                    (0, _) | (_, Some((_, 0))) => return Err(PathError::EncodedNul),
                     _ => {}
                 }
                 if is_unreserved(v)
@@ -293,7 +305,10 @@ fn is_dot_segment_lookalike(s: &[u8]) -> bool {
         } else if escaped_byte(rest) == Some(b'.') {
             rest = &rest[3..];
             dots += 1;
-        } else if let Some((r, n)) = unicode_dot(rest).or_else(|| double_encoded_dot(rest)) {
+        } else if let Some((r, n)) = unicode_dot(rest)
+            .or_else(|| double_encoded_dot(rest))
+            .or_else(|| overlong_dot(rest))
+        {
             rest = r;
             dots += u32::from(n);
             unicode = true;
@@ -325,6 +340,37 @@ fn twice_escaped_byte(s: &[u8]) -> Option<u8> {
 /// `s` after a twice-encoded dot (`%252e`) at its start, counted as one dot.
 fn double_encoded_dot(s: &[u8]) -> Option<(&[u8], u8)> {
     (twice_escaped_byte(s)? == b'.').then(|| (&s[5..], 1))
+}
+
+/// The ASCII character an overlong UTF-8 sequence, percent-encoded at the start of `s`,
+/// spells (`%C0%AE` is `.`, `%E0%80%AF` is `/`), with the length of its encoding. Such a
+/// sequence is invalid UTF-8, but a lenient decoder takes the character it spells.
+fn overlong_ascii(s: &[u8]) -> Option<(usize, u8)> {
+    let lead = escaped_byte(s)?;
+    let len = match lead {
+        0xC0 | 0xC1 => 2,
+        0xE0 => 3,
+        0xF0 => 4,
+        _ => return None,
+    };
+    let mut code = u32::from(lead) & (0x7F >> len);
+    for k in 1..len {
+        let next = escaped_byte(s.get(3 * k..)?)?;
+        if next & 0xC0 != 0x80 {
+            return None;
+        }
+        code = code << 6 | u32::from(next & 0x3F);
+    }
+    let ascii = u8::try_from(code).ok().filter(u8::is_ascii)?;
+    Some((3 * len, ascii))
+}
+
+/// `s` after an overlong UTF-8 dot (`%C0%AE`, `%E0%80%AE`, ...) at its start, counted as one.
+fn overlong_dot(s: &[u8]) -> Option<(&[u8], u8)> {
+    match overlong_ascii(s)? {
+        (len, b'.') => Some((&s[len..], 1)),
+        _ => None,
+    }
 }
 
 /// `s` after a percent-encoded Unicode dot at its start (any hex case), and the dots it
@@ -384,6 +430,11 @@ mod tests {
             ("/.well-known/x", "/.well-known/x"),
             ("/...", "/..."),
             ("/.a%20", "/.a%20"),
+            // Valid UTF-8, and Latin-1 bytes that start no overlong sequence, are passed on.
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/%C0x/%E0%A4%85", "/%C0x/%E0%A4%85"),
+            ("/a%C0%AEb", "/a%C0%AEb"),
+            ("/%C0%AE%C0%AE%C0%AE", "/%C0%AE%C0%AE%C0%AE"),
             ("/a:b@c!$&'()*+,;=", "/a:b@c!$&'()*+,;="),
             ("/%2e%2e", "/"),
             ("/%2e%2e/%2E%2E/x", "/x"),
@@ -507,6 +558,17 @@ mod tests {
                 PathError::DotSegmentLookalike,
             ),
             ("/billing/%EF%B9%92/api", PathError::DotSegmentLookalike),
+            // Overlong UTF-8, which lenient decoders read as the ASCII character.
+            ("/billing/%C0%AE%C0%AE/api", PathError::DotSegmentLookalike),
+            ("/billing/.%c0%ae/api", PathError::DotSegmentLookalike),
+            (
+                "/billing/%E0%80%AE%F0%80%80%AE/api",
+                PathError::DotSegmentLookalike,
+            ),
+            ("/billing/..%C0%AF../api", PathError::EncodedSeparator),
+            ("/billing/%e0%80%af", PathError::EncodedSeparator),
+            ("/billing/..%C1%9C..%C1%9Capi", PathError::EncodedSeparator),
+            ("/a%C0%80", PathError::EncodedNul),
             ("http://a.x/b", PathError::NotOriginForm),
             ("a.x:443", PathError::NotOriginForm),
         ];
