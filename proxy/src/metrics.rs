@@ -96,6 +96,9 @@ pub struct ConnectionMetrics {
     /// `requests_total{outcome="connect_refused"}`: `CONNECT` requests Pingora answered 405
     /// itself.
     pub connect_refused: prometheus::IntCounter,
+    /// `requests_total{outcome="shutting_down"}`: requests whose header was still arriving
+    /// when a shutdown's wait for headers ended, answered 503 and never forwarded.
+    pub shutting_down: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for ConnectionMetrics {
@@ -139,6 +142,7 @@ impl ConnectionMetrics {
             )?,
             unparsable: requests.with_label_values(&["unparsable_request"]),
             connect_refused: requests.with_label_values(&["connect_refused"]),
+            shutting_down: requests.with_label_values(&["shutting_down"]),
         })
     }
 

@@ -1913,6 +1913,47 @@ fn sigterm_lets_a_request_header_in_progress_end_and_answers_it() {
 }
 
 #[test]
+fn a_header_still_arriving_when_the_shutdown_wait_ends_is_answered_503_not_forwarded() {
+    // The wait for headers in progress takes at most half of shutdown_grace (here 3 of 6 s,
+    // within the 10 s header deadline), so what it lets in has time to be answered. A header
+    // still arriving then, begun before the signal or on a keep-alive connection idle at the
+    // signal, is answered 503 (the instance never saw it), not cut off without a word.
+    let mut w = world_configured(|_, _, _| {}, |opts| opts.shutdown_grace = "6s");
+    let token = w.keys.token("acme", Some("org-acme"));
+    let request = format!(
+        "GET /api/x HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n",
+        host("acme")
+    );
+    let mut idle = TcpStream::connect(w.edge.addr).unwrap();
+    idle.write_all(format!("{request}\r\n").as_bytes()).unwrap();
+    let r = nexus_e2e::http::read_response(&mut idle).expect("an answer");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut begun = TcpStream::connect(w.edge.addr).unwrap();
+    begun.write_all(request.as_bytes()).unwrap();
+    nexus_e2e::wait::until(Duration::from_secs(10), "the header in progress", || {
+        (w.edge.metric("nexus_edge_client_headers_in_progress") == 1).then_some(())
+    });
+    w.edge.terminate();
+    nexus_e2e::wait::until(Duration::from_secs(10), "the listener closed", || {
+        TcpStream::connect(w.edge.addr).is_err().then_some(())
+    });
+    idle.write_all(request.as_bytes()).unwrap();
+    for (name, s) in [("begun", &mut begun), ("idle", &mut idle)] {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let r = nexus_e2e::http::read_response(s).expect(name);
+        assert_eq!(r.status, 503, "{name}: {}", r.text());
+        assert!(r.text().contains("shutting down"), "{name}: {}", r.text());
+    }
+    assert_eq!(
+        w.a.hits(),
+        1,
+        "only the request before the signal reached the instance"
+    );
+    let status = w.edge.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
 fn an_idle_router_stops_at_once_and_lets_go_of_idle_keep_alive_connections() {
     use std::io::{Read, Write};
     let mut w = world_with_long_grace();

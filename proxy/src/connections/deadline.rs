@@ -93,6 +93,12 @@ const TOO_LARGE_RESPONSE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large
 connection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 75\r\n\r\n\
 request header fields too large: the request header is longer than allowed\n";
 
+/// What a client gets whose header was still arriving when a shutdown's wait for headers in
+/// progress ended. The instance never saw the request, so it may be sent again elsewhere.
+const SHUTTING_DOWN_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\
+content-type: text/plain; charset=utf-8\r\ncontent-length: 74\r\n\r\n\
+service unavailable: shutting down before the request header was complete\n";
+
 /// A request header longer than `[server] max_request_header_bytes`, found once it was parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderTooLarge;
@@ -156,7 +162,14 @@ impl HeaderDeadline {
     /// for a header its parser refuses, a 405 for `CONNECT`. Counted in `requests_total` (not
     /// timed: the router never saw the request); the connection closes next.
     fn note_pingora_answer(&mut self, buf: &[u8]) {
-        if !matches!(*self.phase.get_mut(), FRESH | HEADER) || buf.is_empty() {
+        // Idle with bytes read: a few line ends, which Pingora's parser may refuse (the
+        // router writes nothing between a request's end and the next header).
+        let before_header = match *self.phase.get_mut() {
+            FRESH | HEADER => true,
+            IDLE => *self.header_bytes.get_mut() > 0,
+            _ => false,
+        };
+        if !before_header || buf.is_empty() {
             return;
         }
         *self.phase.get_mut() = EXPIRED;
@@ -226,9 +239,26 @@ impl HeaderDeadline {
         )
     }
 
+    /// A shutdown's wait for headers in progress is over and this one is not complete: answer
+    /// 503 and end the stream (Pingora is letting go of the connection).
+    fn refuse_shutting_down(&mut self, cx: &mut Context<'_>) -> io::Error {
+        self.phase.store(EXPIRED, Ordering::Relaxed);
+        self.header_over();
+        self.shared.metrics.shutting_down.inc();
+        // Best effort, as for the 408.
+        let _ = Pin::new(&mut self.inner).poll_write(cx, SHUTTING_DOWN_RESPONSE);
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "shutting down before the request header was complete",
+        )
+    }
+
     /// The client has nothing more to read now. In a header or idle, wait for its bound too.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.phase.load(Ordering::Relaxed) {
+            HEADER if self.shared.cutting.load(Ordering::Acquire) => {
+                Poll::Ready(Err(self.refuse_shutting_down(cx)))
+            }
             phase @ (FRESH | HEADER) => self.poll_header_deadline(cx, phase),
             IDLE => self.poll_idle_bound(cx),
             _ => Poll::Pending,

@@ -46,6 +46,9 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// Time a write to the client may make no progress (the client takes no bytes).
     pub client_write_timeout: Duration,
+    /// The longest a shutdown's drain lasts: the wait for headers in progress takes at most
+    /// half of it, so a request it lets in has the other half to be answered.
+    pub shutdown_grace: Duration,
 }
 
 impl Limits {
@@ -57,6 +60,7 @@ impl Limits {
             max_request_header_bytes: server.max_request_header_bytes,
             keepalive_timeout: server.keepalive_timeout,
             client_write_timeout: server.client_write_timeout,
+            shutdown_grace: server.shutdown_grace,
         }
     }
 }
@@ -110,6 +114,9 @@ struct Shared {
     /// The listener has stopped accepting and the application has let go of its idle
     /// keep-alive connections: from now on the open count only falls.
     closed: AtomicBool,
+    /// The shutdown's wait for headers in progress is over: one still in progress is
+    /// answered 503 as the application lets go of it (see [`Guarded::cleanup`]).
+    cutting: AtomicBool,
 }
 
 const FULL_WARNING_EVERY: u64 = 10;
@@ -179,6 +186,7 @@ impl<A> Guarded<A> {
                 metrics,
                 last_full_warning: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
+                cutting: AtomicBool::new(false),
             }),
         }
     }
@@ -237,16 +245,23 @@ where
     }
 
     /// Pingora calls this once the listener has stopped accepting.
+    ///
+    /// The proxy drops every connection waiting for a request here, one whose header has
+    /// begun to arrive as well as an idle one. So the headers in progress (an idle connection
+    /// may begin one meanwhile) are first given until their deadline to end, and at most half
+    /// of `shutdown_grace`: Pingora's grace runs from now, and a request let in must have time
+    /// to be answered. One still in progress then is answered 503 (the instance never saw it,
+    /// so the client may send it again elsewhere), not cut off mid-request.
     async fn cleanup(&self) {
-        // The proxy drops every connection waiting for a request here, one whose header has
-        // begun to arrive as well as an idle one: the headers in progress are given until
-        // their deadline to end first, so a client mid-request is answered, not cut off.
+        let limits = &self.shared.limits;
         let gauge = &self.shared.metrics.headers_in_progress;
-        let until = std::time::Instant::now() + self.shared.limits.request_header_timeout;
+        let wait = limits.request_header_timeout.min(limits.shutdown_grace / 2);
+        let until = std::time::Instant::now() + wait;
         while gauge.get() > 0 && std::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // Only then is every open connection one that is finishing a request.
+        self.shared.cutting.store(true, Ordering::Release);
+        // Wakes every connection waiting for a request: one in a header answers 503 then.
         self.app.cleanup().await;
         self.shared.closed.store(true, Ordering::Release);
     }
@@ -264,6 +279,7 @@ mod tests {
             max_request_header_bytes: 65536,
             keepalive_timeout: Duration::from_secs(60),
             client_write_timeout,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 
