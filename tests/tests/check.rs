@@ -53,6 +53,11 @@ fn check_says_what_serve_would_refuse_or_drop() {
         out.contains("warning: binding record refused") && out.contains("zombie"),
         "{out}"
     );
+    assert_eq!(
+        out.matches("warning: binding record refused").count(),
+        1,
+        "said once: {out}"
+    );
     assert!(
         out.contains("note: auth.jwks_file: kid")
             && out.contains("has no alg, so it verifies RS256 only"),

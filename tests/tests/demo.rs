@@ -177,6 +177,7 @@ fn serve_without_a_config_runs_the_embedded_default() {
     // Nor for claims the router would refuse or read otherwise than meant.
     for bad in [
         &["--tenant-claim", "exp"][..],
+        &["--tenant-claim", "nbf"],
         &["--org-claim", "sub", "--org", "o"],
         &["--org-claim", "tenant_id", "--org", "o"],
         &["--sub", " admin"],

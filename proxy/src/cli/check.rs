@@ -102,15 +102,15 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             poll_interval: std::time::Duration::from_secs(1),
         })
     };
-    if let (None, Some(Err(e))) = (
-        &sections.store,
-        sections
+    if sections.store.is_none() {
+        if let Some(Err(e)) = sections
             .named
             .bindings_file
             .as_ref()
-            .map(|f| check_bindings_file(&file_store(f))),
-    ) {
-        problem("store.path", e);
+            .map(|f| check_bindings_file(&file_store(f)))
+        {
+            problem("store.path", e);
+        }
     }
     if let Some(store) = &sections.store {
         if let Err(e) = check_bindings_file(store) {

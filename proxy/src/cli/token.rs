@@ -50,16 +50,18 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
         eprintln!("nexus-edge token: --tenant {:?}: {e}", a.tenant);
         return ExitCode::from(2);
     }
-    // Tokens the router would refuse, or read otherwise than meant, are not minted.
-    const SET_HERE: [&str; 5] = ["iss", "sub", "iat", "exp", "aud"];
+    // Tokens the router would refuse, or read otherwise than meant, are not minted: a tenant
+    // or org claim may not take the name of a claim this command sets or the router reads
+    // as a date (`nbf`).
+    const RESERVED: [&str; 6] = ["iss", "sub", "iat", "exp", "aud", "nbf"];
     for (flag, name) in [
         ("--tenant-claim", &a.tenant_claim),
         ("--org-claim", &a.org_claim),
     ] {
-        if SET_HERE.contains(&name.as_str()) || name.is_empty() {
+        if RESERVED.contains(&name.as_str()) || name.is_empty() {
             eprintln!(
                 "nexus-edge token: {flag} {name:?}: the claim must have a name of its own, not \
-                 one of {SET_HERE:?}"
+                 one of {RESERVED:?}"
             );
             return ExitCode::from(2);
         }
