@@ -162,8 +162,9 @@ impl HeaderDeadline {
     /// for a header its parser refuses, a 405 for `CONNECT`. Counted in `requests_total` (not
     /// timed: the router never saw the request); the connection closes next.
     fn note_pingora_answer(&mut self, buf: &[u8]) {
-        // Idle with bytes read: a few line ends, which Pingora's parser may refuse (the
-        // router writes nothing between a request's end and the next header).
+        // Idle with bytes read since the request ended (a few line ends, which Pingora's
+        // parser may refuse): the router writes nothing then, and the last of the previous
+        // response (written after the request was done) went out before any was read.
         let before_header = match *self.phase.get_mut() {
             FRESH | HEADER => true,
             IDLE => *self.header_bytes.get_mut() > 0,
