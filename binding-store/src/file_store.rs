@@ -218,10 +218,11 @@ impl FileStore {
         let not_taken = not_taken(&from_file, &table).count();
         self.health
             .add_rejected((parsed.problems.len() + not_taken) as u64);
-        // The highest yet: the CLI never writes a revision below one it wrote (the audit log
-        // keeps its count), so a file going back is a backup or a hand edit.
+        // The file loaded last, not the highest yet: after a backup is restored with its
+        // audit log, the CLI numbers from the backup again, and its delete of the last tenant
+        // must be taken.
         self.loaded_revision
-            .fetch_max(parsed.revision.unwrap_or(0), Ordering::Relaxed);
+            .store(parsed.revision.unwrap_or(0), Ordering::Relaxed);
         Ok(table)
     }
 

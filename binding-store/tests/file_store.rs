@@ -995,3 +995,38 @@ fn a_write_into_a_lost_bindings_file_is_refused() {
         .unwrap();
     assert_eq!(rev.get(), 3);
 }
+
+#[test]
+fn after_a_backup_is_restored_the_cli_delete_of_its_last_tenant_is_taken() {
+    // The file and its audit log back from an older backup: the CLI numbers from the backup
+    // again, so its delete of the last tenant is past the restored file's revision, not past
+    // the newest file ever loaded.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let audit = dir.path().join("bindings.json.audit.jsonl");
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    put(&store, "acme");
+    let backup = (
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&audit).unwrap(),
+    );
+    for t in ["globex", "initech", "umbrella"] {
+        put(&store, t);
+    }
+    let handle = BindingHandle::new(rt().block_on(store.initial_load()).unwrap());
+    assert_eq!(handle.load().len(), 4);
+    write_atomically(&audit, &backup.1).unwrap();
+    write_atomically(&path, &backup.0).unwrap();
+    wait_until(|| {
+        store.check_for_change(&handle);
+        handle.load().len() == 1
+    });
+    let (rev, _) = rt()
+        .block_on(store.apply(&tid("acme"), Mutation::Delete, None, &actor()))
+        .unwrap();
+    assert_eq!(rev.get(), 2);
+    wait_until(|| {
+        store.check_for_change(&handle);
+        handle.load().is_empty()
+    });
+}
