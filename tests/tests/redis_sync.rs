@@ -1273,16 +1273,28 @@ fn a_damaged_record_does_not_take_a_moved_domain_back_on_a_replica_started_from_
 
 #[test]
 fn a_domain_of_a_deleted_damaged_record_can_be_taken() {
-    // A damaged record that is JSON without its domains: deleting it frees the domains the
-    // index holds for it.
+    // A damaged record whose domains are no list of names cannot say which it held: deleting
+    // it frees every domain the index holds for its tenant. (A name that is no string once
+    // failed the script after it had taken a revision: the counter ran ahead of the feed, and
+    // the record could never be deleted.)
     let World {
         redis, admin, a, ..
     } = World::start(&[]);
     let mut initech = binding("initech", &a.url(), "active", None);
     initech["domains"] = serde_json::json!(["shop.example.test"]);
     admin.put(&initech);
-    damage_record(&redis, "initech");
+    redis.cmd(&[
+        "SET",
+        "nexus:binding:initech",
+        r#"{"tenant_id":"initech","domains":[null]}"#,
+    ]);
     admin.ok(&["delete", "initech"]);
+    assert_eq!(
+        redis.cmd(&["HGET", "nexus:domains", "shop.example.test"]),
+        ""
+    );
+    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "2");
+    assert_eq!(redis.cmd(&["XLEN", "nexus:changes"]), "2");
     let mut globex = binding("globex", &a.url(), "active", None);
     globex["domains"] = serde_json::json!(["shop.example.test"]);
     let (code, _, err) = admin.try_put(&[], &globex);
@@ -1307,9 +1319,16 @@ fn a_domain_of_a_deleted_damaged_record_can_be_taken() {
     let (code, _, err) = admin.try_put(&[], &initech);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("shop.example.test acme"), "{err}");
-    // Nor does a record that is no JSON object (an array, another key type) give it up.
+    // Nor does a record that cannot say (no JSON object: an array, even an empty one, or
+    // another key type; or domains that are no list of names) give it up.
     for damage in [
         &["SET", "nexus:binding:acme", r#"["x"]"#][..],
+        &["SET", "nexus:binding:acme", "[]"],
+        &[
+            "SET",
+            "nexus:binding:acme",
+            r#"{"domains":"shop.example.test"}"#,
+        ],
         &["DEL", "nexus:binding:acme"],
         &["HSET", "nexus:binding:acme", "a", "b"],
     ] {

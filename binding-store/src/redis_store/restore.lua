@@ -35,11 +35,34 @@ if bad then
   return bad
 end
 redis.call('PEXPIRE', KEYS[5], ARGV[6])
+-- The custom domains a stored record claims, or nil when it cannot say (a copy of write.lua's).
+local function claims_of(raw)
+  if string.match(raw, '^%s*%[') then
+    return nil
+  end
+  local ok, rec = pcall(cjson.decode, raw)
+  if not ok or type(rec) ~= 'table' then
+    return nil
+  end
+  local domains = rec.domains
+  if domains == nil then
+    return {}
+  end
+  if type(domains) ~= 'table' or (next(domains) ~= nil and domains[1] == nil) then
+    return nil
+  end
+  for _, d in ipairs(domains) do
+    if type(d) ~= 'string' then
+      return nil
+    end
+  end
+  return domains
+end
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  local ok, old = pcall(cjson.decode, cur)
-  if ok and type(old) == 'table' and type(old.domains) == 'table' then
-    for _, d in ipairs(old.domains) do
+  local held = claims_of(cur)
+  if held then
+    for _, d in ipairs(held) do
       if redis.call('HGET', KEYS[2], d) == ARGV[1] then
         redis.call('HDEL', KEYS[2], d)
       end

@@ -82,9 +82,36 @@ end
 if ARGV[3] ~= '' and not string.find(ARGV[3], '"revision":0', 1, true) then
   return redis.error_reply('PLACEHOLDER the record must carry "revision":0 for the revision')
 end
+-- The custom domains a stored record claims, or nil when it cannot say: not JSON, no JSON
+-- object (cjson reads an array as a table too, `[]` included), or a `domains` member that is
+-- no list of names. A record without `domains` claims none: the admin CLI leaves an empty
+-- list out, so this is most tenants' record. (restore.lua carries a copy.)
+local function claims_of(raw)
+  if string.match(raw, '^%s*%[') then
+    return nil
+  end
+  local ok, rec = pcall(cjson.decode, raw)
+  if not ok or type(rec) ~= 'table' then
+    return nil
+  end
+  local domains = rec.domains
+  if domains == nil then
+    return {}
+  end
+  if type(domains) ~= 'table' or (next(domains) ~= nil and domains[1] == nil) then
+    return nil
+  end
+  for _, d in ipairs(domains) do
+    if type(d) ~= 'string' then
+      return nil
+    end
+  end
+  return domains
+end
+
 -- Whether the record of `owner` still claims `domain`: the index can outlive a claim made
--- outside this script (a record deleted, or edited, by hand). A record that is no JSON object
--- cannot say, and keeps its claims.
+-- outside this script (a record deleted, or edited, by hand). A record that cannot say keeps
+-- its claims.
 local key_head = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])
 local function still_claims(owner, domain)
   local raw = redis.pcall('GET', key_head .. owner)
@@ -95,15 +122,11 @@ local function still_claims(owner, domain)
   if not raw then
     return false
   end
-  local ok, rec = pcall(cjson.decode, raw)
-  -- cjson reads a JSON array as a table too: one with a first element is no object.
-  if not (ok and type(rec) == 'table') or rec[1] ~= nil then
+  local held = claims_of(raw)
+  if not held then
     return true
   end
-  if type(rec.domains) ~= 'table' then
-    return false
-  end
-  for _, d in ipairs(rec.domains) do
+  for _, d in ipairs(held) do
     if d == domain then
       return true
     end
@@ -125,17 +148,17 @@ local stamped = '"revision":' .. string.format('%.0f', rev)
 
 -- Drop the tenant's old domains from the index, then add the new ones.
 if cur then
-  local ok, old = pcall(cjson.decode, cur)
-  if ok and type(old) == 'table' and type(old.domains) == 'table' then
-    for _, d in ipairs(old.domains) do
+  local held = claims_of(cur)
+  if held then
+    for _, d in ipairs(held) do
       if redis.call('HGET', KEYS[5], d) == ARGV[1] then
         redis.call('HDEL', KEYS[5], d)
       end
     end
   else
-    -- A damaged record (no JSON object, or one without its domains) does not say which
-    -- domains it held: the index is searched for the tenant's instead (a scan, but only when
-    -- such a record is replaced or deleted), so none stays claimed by a record that is gone.
+    -- A damaged record that cannot say which domains it held: the index is searched for the
+    -- tenant's instead (a scan, but only when such a record is replaced or deleted), so none
+    -- stays claimed by a record that is gone.
     local cursor = '0'
     repeat
       local page = redis.call('HSCAN', KEYS[5], cursor, 'COUNT', 1000)
