@@ -197,11 +197,13 @@ impl FileStore {
         let mut bindings = parsed.bindings;
         // The file's valid records: those that do not end up in the table were refused.
         let from_file = bindings.clone();
+        let mut put_back = std::collections::HashSet::new();
         for p in &parsed.problems {
             tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; the tenant keeps its last good binding");
             if let (Some(tenant), Some(table)) = (p.tenant_id(), current) {
                 if let Some(old) = table.get(tenant.as_str()) {
                     if !bindings.iter().any(|b| b.tenant_id == old.tenant_id) {
+                        put_back.insert(old.tenant_id.clone());
                         bindings.push(Arc::clone(old));
                     }
                 }
@@ -209,7 +211,8 @@ impl FileStore {
         }
         let contested = contested_domains(&bindings);
         if !contested.is_empty() {
-            bindings = settle_contested(bindings, &contested, &[], current, "file");
+            // A file has no domain index: its put-back bindings keep their domains.
+            bindings = settle_contested(bindings, &contested, &[], current, put_back, None, "file");
         }
         let (table, refused) = BindingTable::from_bindings(bindings);
         for e in &refused {

@@ -196,6 +196,42 @@ pub fn contested_domains(bindings: &[Arc<Binding>]) -> Vec<(String, Vec<TenantId
         .collect()
 }
 
+/// What a store's domain index says of the custom domains looked up in it: the tenant it
+/// gives each (`None`: no tenant). Every write through the schema keeps the index, so it
+/// outranks a served binding put back for a refused record, which may be an old snapshot's.
+pub(crate) type DomainIndex = HashMap<String, Option<String>>;
+
+/// `b`, a served binding put back for a refused record, without the custom domains `index`
+/// does not give its tenant (one not looked up is not given); `b` itself when it keeps all,
+/// or when the store has no index. Without this a replica started from an old snapshot would
+/// hand a tenant whose record is damaged a domain it has released since.
+pub(crate) fn confirmed_by_index(
+    b: Arc<Binding>,
+    index: Option<&DomainIndex>,
+    origin: &str,
+) -> Arc<Binding> {
+    let Some(index) = index else { return b };
+    let given = |d: &str| {
+        index
+            .get(d)
+            .is_some_and(|o| o.as_deref() == Some(b.tenant_id.as_str()))
+    };
+    if b.domains.iter().all(|d| given(d.as_str())) {
+        return b;
+    }
+    let mut trimmed = b.as_ref().clone();
+    trimmed.domains.retain(|d| given(d.as_str()));
+    let dropped: Vec<&str> = b
+        .domains
+        .iter()
+        .map(|d| d.as_str())
+        .filter(|d| !given(d))
+        .collect();
+    tracing::warn!(store = origin, tenant = %b.tenant_id, domains = ?dropped,
+        "the tenant's last good binding is kept without custom domains the domain index no longer gives it");
+    Arc::new(trimmed)
+}
+
 /// The records of `loaded` that did not end up in `table`: refused while settling contested
 /// domains or by the table build (the table holds the very `Arc`s it took).
 pub(crate) fn not_taken<'a>(
@@ -225,11 +261,17 @@ pub(crate) fn not_taken<'a>(
 /// no domain is claimed twice. A put-back binding that loses a domain is kept without it: its
 /// tenant stays bound, and a domain its last good record held does not outrank the record
 /// that holds it now. Each round puts back or trims at least one binding, so it ends.
+///
+/// `put_back` names the tenants whose binding in `bindings` is a served one put back for a
+/// refused record. A store with a domain index passes what it says of the domains of every
+/// binding that may be put back (see [`confirmed_by_index`]).
 pub(crate) fn settle_contested(
     bindings: Vec<Arc<Binding>>,
     contested: &[(String, Vec<TenantId>)],
     owners: &[Option<String>],
     served: Option<&BindingTable>,
+    mut put_back: HashSet<TenantId>,
+    index: Option<&DomainIndex>,
     origin: &str,
 ) -> Vec<Arc<Binding>> {
     // By domain, for every round: a later round's contest over an indexed domain is settled
@@ -239,19 +281,15 @@ pub(crate) fn settle_contested(
         .zip(owners)
         .filter_map(|((d, _), o)| Some((d.as_str(), o.as_deref()?)))
         .collect();
-    // Tenants whose binding here is not their record from the store but a served one put
-    // back (or one trimmed since): those lose domains rather than come back whole.
-    let mut put_back: HashSet<TenantId> = served.map_or_else(HashSet::new, |t| {
-        bindings
-            .iter()
-            .filter(|b| {
-                t.get(b.tenant_id.as_str())
-                    .is_some_and(|o| Arc::ptr_eq(o, b))
-            })
-            .map(|b| b.tenant_id.clone())
-            .collect()
-    });
-    let mut kept = settle_round(bindings, contested, &indexed, &mut put_back, served, origin);
+    // `put_back` grows with every tenant put back here: those lose domains rather than come
+    // back whole.
+    let round = Round {
+        indexed: &indexed,
+        served,
+        index,
+        origin,
+    };
+    let mut kept = round.settle(bindings, contested, &mut put_back);
     // The bound only guards the argument above; a table built from what is left refuses any
     // claim still doubled, as before.
     for _ in 0..kept.len() {
@@ -259,7 +297,7 @@ pub(crate) fn settle_contested(
         if again.is_empty() {
             break;
         }
-        kept = settle_round(kept, &again, &indexed, &mut put_back, served, origin);
+        kept = round.settle(kept, &again, &mut put_back);
     }
     kept
 }
@@ -268,86 +306,101 @@ pub(crate) fn settle_contested(
 /// holder to fall back on.
 type Contest<'a> = (&'a str, &'a [TenantId], Option<&'a str>, Option<&'a str>);
 
-/// One round of [`settle_contested`].
-fn settle_round(
-    bindings: Vec<Arc<Binding>>,
-    contested: &[(String, Vec<TenantId>)],
-    indexed: &HashMap<&str, &str>,
-    put_back: &mut HashSet<TenantId>,
-    served: Option<&BindingTable>,
-    origin: &str,
-) -> Vec<Arc<Binding>> {
-    // Who keeps each domain, and the put-back holder to fall back on.
-    let mut decided: Vec<Contest<'_>> = Vec::new();
-    for (domain, claimants) in contested {
-        let holder = served
-            .and_then(|t| t.tenant_for_domain(domain))
-            .filter(|t| claimants.contains(t));
-        let owner = indexed
-            .get(domain.as_str())
-            .copied()
-            .filter(|o| claimants.iter().any(|c| c.as_str() == *o));
-        let winner = match holder {
-            Some(h) if !put_back.contains(h) => Some(h.as_str()),
-            _ => owner.or(holder.map(TenantId::as_str)),
-        };
-        let fallback = holder
-            .filter(|h| put_back.contains(*h))
-            .map(TenantId::as_str);
-        decided.push((domain, claimants, winner, fallback));
-    }
-    // A winner that loses another domain this round has its record replaced by its served
-    // binding, which does not hold this domain (the holder does): the domain stays with its
-    // put-back holder then, rather than go dark.
-    let replaced: HashSet<&str> = decided
-        .iter()
-        .flat_map(|(_, claimants, winner, _)| {
-            claimants
-                .iter()
-                .filter(|c| !put_back.contains(*c))
-                .map(TenantId::as_str)
-                .filter(move |c| Some(*c) != *winner)
-        })
-        .collect();
-    // Each losing tenant, with the domains it lost.
-    let mut losers: BTreeMap<&TenantId, Vec<&str>> = BTreeMap::new();
-    for (domain, claimants, winner, fallback) in decided {
-        let winner = match winner {
-            Some(w) if replaced.contains(w) => fallback,
-            w => w,
-        };
-        for c in claimants.iter().filter(|c| Some(c.as_str()) != winner) {
-            tracing::warn!(
-                store = origin,
-                domain = %domain,
-                tenant = %c,
-                kept_by = winner.unwrap_or("nobody"),
-                "binding record refused: its custom domain is claimed by another record too; the tenant keeps its last good binding"
-            );
-            losers.entry(c).or_default().push(domain);
+/// What every round of [`settle_contested`] decides by.
+struct Round<'a> {
+    /// The index owner of each contested domain.
+    indexed: &'a HashMap<&'a str, &'a str>,
+    served: Option<&'a BindingTable>,
+    index: Option<&'a DomainIndex>,
+    origin: &'a str,
+}
+
+impl Round<'_> {
+    /// One round of [`settle_contested`].
+    fn settle(
+        &self,
+        bindings: Vec<Arc<Binding>>,
+        contested: &[(String, Vec<TenantId>)],
+        put_back: &mut HashSet<TenantId>,
+    ) -> Vec<Arc<Binding>> {
+        let Round {
+            indexed,
+            served,
+            index,
+            origin,
+        } = *self;
+        // Who keeps each domain, and the put-back holder to fall back on.
+        let mut decided: Vec<Contest<'_>> = Vec::new();
+        for (domain, claimants) in contested {
+            let holder = served
+                .and_then(|t| t.tenant_for_domain(domain))
+                .filter(|t| claimants.contains(t));
+            let owner = indexed
+                .get(domain.as_str())
+                .copied()
+                .filter(|o| claimants.iter().any(|c| c.as_str() == *o));
+            let winner = match holder {
+                Some(h) if !put_back.contains(h) => Some(h.as_str()),
+                _ => owner.or(holder.map(TenantId::as_str)),
+            };
+            let fallback = holder
+                .filter(|h| put_back.contains(*h))
+                .map(TenantId::as_str);
+            decided.push((domain, claimants, winner, fallback));
         }
-    }
-    let mut kept = Vec::with_capacity(bindings.len());
-    let mut back = Vec::new();
-    for b in bindings {
-        let Some(lost) = losers.get(&b.tenant_id) else {
-            kept.push(b);
-            continue;
-        };
-        if put_back.contains(&b.tenant_id) {
-            // Already the tenant's served binding: kept, without the domains it lost.
-            let mut trimmed = b.as_ref().clone();
-            trimmed.domains.retain(|d| !lost.contains(&d.as_str()));
-            tracing::warn!(store = origin, tenant = %b.tenant_id, domains = ?lost,
+        // A winner that loses another domain this round has its record replaced by its served
+        // binding, which does not hold this domain (the holder does): the domain stays with its
+        // put-back holder then, rather than go dark.
+        let replaced: HashSet<&str> = decided
+            .iter()
+            .flat_map(|(_, claimants, winner, _)| {
+                claimants
+                    .iter()
+                    .filter(|c| !put_back.contains(*c))
+                    .map(TenantId::as_str)
+                    .filter(move |c| Some(*c) != *winner)
+            })
+            .collect();
+        // Each losing tenant, with the domains it lost.
+        let mut losers: BTreeMap<&TenantId, Vec<&str>> = BTreeMap::new();
+        for (domain, claimants, winner, fallback) in decided {
+            let winner = match winner {
+                Some(w) if replaced.contains(w) => fallback,
+                w => w,
+            };
+            for c in claimants.iter().filter(|c| Some(c.as_str()) != winner) {
+                tracing::warn!(
+                    store = origin,
+                    domain = %domain,
+                    tenant = %c,
+                    kept_by = winner.unwrap_or("nobody"),
+                    "binding record refused: its custom domain is claimed by another record too; the tenant keeps its last good binding"
+                );
+                losers.entry(c).or_default().push(domain);
+            }
+        }
+        let mut kept = Vec::with_capacity(bindings.len());
+        let mut back = Vec::new();
+        for b in bindings {
+            let Some(lost) = losers.get(&b.tenant_id) else {
+                kept.push(b);
+                continue;
+            };
+            if put_back.contains(&b.tenant_id) {
+                // Already the tenant's served binding: kept, without the domains it lost.
+                let mut trimmed = b.as_ref().clone();
+                trimmed.domains.retain(|d| !lost.contains(&d.as_str()));
+                tracing::warn!(store = origin, tenant = %b.tenant_id, domains = ?lost,
                 "the tenant's last good binding is kept without custom domains another record holds now");
-            back.push(Arc::new(trimmed));
-        } else if let Some(old) = served.and_then(|t| t.get(b.tenant_id.as_str())) {
-            put_back.insert(b.tenant_id.clone());
-            back.push(Arc::clone(old));
+                back.push(Arc::new(trimmed));
+            } else if let Some(old) = served.and_then(|t| t.get(b.tenant_id.as_str())) {
+                put_back.insert(b.tenant_id.clone());
+                back.push(confirmed_by_index(Arc::clone(old), index, origin));
+            }
         }
+        kept.extend(back);
+        kept
     }
-    kept.extend(back);
-    kept
 }
 
 #[cfg(test)]
@@ -376,7 +429,16 @@ mod tests {
             .iter()
             .map(|(d, _)| Some(if d.starts_with("d1") { "y" } else { "z" }.to_owned()))
             .collect();
-        let kept = settle_contested(bindings, &contested, &owners, Some(&served), "test");
+        let put_back = HashSet::from([TenantId::parse("x").unwrap()]);
+        let kept = settle_contested(
+            bindings,
+            &contested,
+            &owners,
+            Some(&served),
+            put_back,
+            None,
+            "test",
+        );
         let (table, refused) = BindingTable::from_bindings(kept);
         assert!(refused.is_empty(), "{refused:?}");
         let owner = |d: &str| table.tenant_for_domain(d).map(TenantId::as_str);
@@ -398,6 +460,8 @@ mod tests {
             &contested,
             &[Some("y".to_owned())],
             Some(&served),
+            HashSet::from([TenantId::parse("x").unwrap()]),
+            None,
             "test",
         );
         let (table, refused) = BindingTable::from_bindings(kept);
@@ -535,5 +599,41 @@ mod tests {
         let again = parse_records(text.as_bytes()).expect("doc");
         assert_eq!(again.bindings.len(), 2);
         assert_eq!(again.bindings[0].tenant_id.as_str(), "a");
+    }
+
+    #[test]
+    fn a_put_back_binding_keeps_only_the_domains_the_index_gives_its_tenant() {
+        use crate::model::test_binding;
+        let x = test_binding(
+            "x",
+            1,
+            &["d1.example.test", "d2.example.test", "d3.example.test"],
+        );
+        let index: DomainIndex = [
+            ("d1.example.test", Some("x")),
+            ("d2.example.test", None),
+            ("d3.example.test", Some("y")),
+        ]
+        .into_iter()
+        .map(|(d, o)| (d.to_owned(), o.map(str::to_owned)))
+        .collect();
+        let kept = confirmed_by_index(Arc::clone(&x), Some(&index), "test");
+        let kept: Vec<&str> = kept.domains.iter().map(|d| d.as_str()).collect();
+        assert_eq!(kept, ["d1.example.test"]);
+        // Without an index (a file), the binding stays as it was.
+        assert!(Arc::ptr_eq(
+            &confirmed_by_index(Arc::clone(&x), None, "test"),
+            &x
+        ));
+        // Kept whole, it is the same binding.
+        let all: DomainIndex = x
+            .domains
+            .iter()
+            .map(|d| (d.as_str().to_owned(), Some("x".to_owned())))
+            .collect();
+        assert!(Arc::ptr_eq(
+            &confirmed_by_index(Arc::clone(&x), Some(&all), "test"),
+            &x
+        ));
     }
 }

@@ -1272,6 +1272,36 @@ fn a_damaged_record_does_not_take_a_moved_domain_back_on_a_replica_started_from_
 }
 
 #[test]
+fn a_damaged_record_does_not_take_a_released_domain_back_on_a_replica_started_from_a_snapshot() {
+    // acme's last good binding (in an old snapshot) holds a domain it has released since, and
+    // no record claims now; then acme's record is damaged. A replica started from the
+    // snapshot keeps acme bound, without the domain: the index no longer gives it acme.
+    let World {
+        redis,
+        admin,
+        keys,
+        a,
+        ..
+    } = World::start(&[]);
+    put_domains(&admin, "acme", &a.url(), &["app.shop.test"]);
+    let (_dir, _snap, snap_s) = snapshot_from_a_replica(&keys, &redis.url(), "acme", "instance-a");
+    put_domains(&admin, "acme", &a.url(), &[]);
+    damage_record(&redis, "acme");
+
+    let edge = replica(&keys, &redis.url(), "replica-2", Some(&snap_s)).expect("replica");
+    wait::until(Duration::from_secs(20), "acme's subdomain", || {
+        (routed(&edge, &keys, &host("acme"), "acme").as_deref() == Some("instance-a")).then_some(())
+    });
+    assert_eq!(
+        routed(&edge, &keys, "app.shop.test", "acme"),
+        None,
+        "{}",
+        edge.log()
+    );
+    assert_one_record_rejected(&edge);
+}
+
+#[test]
 fn a_domain_of_a_deleted_damaged_record_can_be_taken() {
     // A damaged record whose domains are no list of names cannot say which it held: deleting
     // it frees every domain the index holds for its tenant. (A name that is no string once

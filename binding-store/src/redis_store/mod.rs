@@ -19,7 +19,7 @@ mod fleet;
 mod follow;
 mod restore;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,7 +36,7 @@ use crate::admin::{
 use crate::error::StoreError;
 use crate::file_store::{mutate, op_name};
 use crate::model::{Binding, Interner, Revision, TenantId};
-use crate::records::{contested_domains, settle_contested};
+use crate::records::{confirmed_by_index, contested_domains, settle_contested, DomainIndex};
 use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
 
@@ -506,6 +506,27 @@ impl RedisStore {
         }
     }
 
+    /// Adds to `index` what the domain index says of `domains` (those not in it yet).
+    async fn look_up_domains(
+        &self,
+        con: &mut MultiplexedConnection,
+        mut domains: Vec<&str>,
+        index: &mut DomainIndex,
+    ) -> redis::RedisResult<()> {
+        domains.retain(|d| !index.contains_key(*d));
+        domains.sort_unstable();
+        domains.dedup();
+        for chunk in domains.chunks(1000) {
+            let owners: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.keys.domains())
+                .arg(chunk)
+                .query_async(con)
+                .await?;
+            index.extend(chunk.iter().map(|d| (*d).to_owned()).zip(owners));
+        }
+        Ok(())
+    }
+
     /// A full table from Redis: the feed position is taken first, so changes made during the
     /// scan are replayed by the follower afterwards.
     ///
@@ -556,28 +577,54 @@ impl RedisStore {
         // needs it.
         let mut served: Option<Option<&BindingTable>> = None;
         let mut served = || *served.get_or_insert_with(|| current.take().and_then(|f| f()));
+        // A refused record's tenant keeps its served binding, which may be an old snapshot's:
+        // only with the custom domains the index still gives it.
+        let mut put_back = HashSet::new();
+        let mut index = DomainIndex::new();
         if !bad.is_empty() {
             if let Some(cur) = served() {
-                for (tenant, _) in &bad {
-                    if let Some(old) = cur.get(tenant) {
-                        bindings.push(Arc::clone(old));
-                    }
+                let old: Vec<&Arc<Binding>> = bad
+                    .iter()
+                    .filter_map(|(tenant, _)| cur.get(tenant))
+                    .collect();
+                let domains = old
+                    .iter()
+                    .flat_map(|b| b.domains.iter().map(|d| d.as_str()));
+                self.look_up_domains(con, domains.collect(), &mut index)
+                    .await?;
+                for b in old {
+                    put_back.insert(b.tenant_id.clone());
+                    bindings.push(confirmed_by_index(Arc::clone(b), Some(&index), "Redis"));
                 }
             }
         }
         let contested = contested_domains(&bindings);
         if !contested.is_empty() {
+            let domains: Vec<&str> = contested.iter().map(|(d, _)| d.as_str()).collect();
             let owners: Vec<Option<String>> = redis::cmd("HMGET")
                 .arg(self.keys.domains())
-                .arg(
-                    contested
-                        .iter()
-                        .map(|(d, _)| d.as_str())
-                        .collect::<Vec<_>>(),
-                )
+                .arg(&domains)
                 .query_async(con)
                 .await?;
-            bindings = settle_contested(bindings, &contested, &owners, served(), "Redis");
+            // A claimant that loses gets its served binding back: what the index says of
+            // its domains too.
+            let cur = served();
+            let losers_served = contested
+                .iter()
+                .flat_map(|(_, claimants)| claimants)
+                .filter_map(|t| cur.and_then(|c| c.get(t.as_str())))
+                .flat_map(|b| b.domains.iter().map(|d| d.as_str()));
+            self.look_up_domains(con, losers_served.collect(), &mut index)
+                .await?;
+            bindings = settle_contested(
+                bindings,
+                &contested,
+                &owners,
+                cur,
+                put_back,
+                Some(&index),
+                "Redis",
+            );
         }
         let (table, refused) = BindingTable::from_bindings(bindings);
         for e in &refused {
