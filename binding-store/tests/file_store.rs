@@ -922,11 +922,15 @@ fn put(store: &FileStore, t: &str) {
         .unwrap();
 }
 
-/// Polls `done` until it holds, for up to 5 s.
-fn wait_until(mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+/// Polls `done` until it holds, for up to 5 s; a timeout names `what` was awaited.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let limit = Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + limit;
     while !done() {
-        assert!(std::time::Instant::now() < deadline, "timed out");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::yield_now();
     }
 }
@@ -958,10 +962,13 @@ fn a_hand_emptied_file_after_a_cli_delete_is_refused() {
         rt().block_on(store.apply(&tid(t), Mutation::Delete, None, &actor()))
             .unwrap();
     }
-    wait_until(|| {
-        store.check_for_change(&handle);
-        handle.load().is_empty()
-    });
+    wait_until(
+        "the CLI's deletes of the last tenants to empty the table",
+        || {
+            store.check_for_change(&handle);
+            handle.load().is_empty()
+        },
+    );
 }
 
 #[test]

@@ -234,8 +234,8 @@ fn store_is_required_in_a_file() {
 
 #[test]
 fn hmac_keys_come_from_env_or_file_and_must_be_long() {
-    let dir = std::env::temp_dir().join(format!("nexus-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = tempfile::tempdir().expect("dir");
+    let dir = tmp.path();
     std::fs::write(dir.join("secret"), "0123456789abcdef0123456789abcdef\n").expect("write");
     std::fs::write(dir.join("short"), "short").expect("write");
     let text = format!(
@@ -292,7 +292,6 @@ fn hmac_keys_come_from_env_or_file_and_must_be_long() {
     std::env::set_var("NEXUS_TEST_HS384", "x".repeat(48));
     let s = parse_str(&ok, &dir.join("edge.toml")).expect("valid");
     assert_eq!(s.auth.hmac_keys[0].alg, HmacAlgorithm::HS384);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -1,4 +1,3 @@
-use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,23 +19,26 @@ struct Fixture {
     rs: SigningKey,
     es: SigningKey,
     ed: SigningKey,
-    dir: PathBuf,
+    /// Holds the JWKS file; removed when the fixture is dropped, even on panic.
+    dir: tempfile::TempDir,
 }
 
 fn fixture(name: &str) -> Fixture {
     let rs = SigningKey::from_pem(RS_PEM, Some("rs".into())).expect("rs");
     let es = SigningKey::from_pem(ES_PEM, Some("es".into())).expect("es");
     let ed = SigningKey::generate_ed25519("ed").expect("ed");
-    let dir = std::env::temp_dir().join(format!("nexus-auth-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("nexus-auth-{name}-"))
+        .tempdir()
+        .expect("dir");
     let jwks = json!({ "keys": [rs.public_jwk(), es.public_jwk(), ed.public_jwk()] });
-    std::fs::write(dir.join("jwks.json"), jwks.to_string()).expect("write");
+    std::fs::write(dir.path().join("jwks.json"), jwks.to_string()).expect("write");
     Fixture { rs, es, ed, dir }
 }
 
 fn settings(f: &Fixture) -> AuthSettings {
     AuthSettings {
-        jwks: JwksSource::File(f.dir.join("jwks.json")),
+        jwks: JwksSource::File(f.dir.path().join("jwks.json")),
         hmac_keys: vec![
             HmacKey {
                 kid: "hs".into(),
@@ -166,7 +168,7 @@ fn each_key_verifies_exactly_one_algorithm() {
     let mut es384_jwk = es384.public_jwk();
     es384_jwk.as_object_mut().expect("obj").remove("alg");
     std::fs::write(
-        f.dir.join("jwks.json"),
+        f.dir.path().join("jwks.json"),
         json!({ "keys": [bare("rs-any"), pss, es384_jwk] }).to_string(),
     )
     .expect("write");
@@ -213,7 +215,7 @@ fn keys_of_different_types_may_share_a_kid() {
     let mut ed_again = ed.clone();
     ed_again["x"] = json!(b64(&[9u8; 32]));
     std::fs::write(
-        f.dir.join("jwks.json"),
+        f.dir.path().join("jwks.json"),
         json!({ "keys": [rs, es, ed, ed_again] }).to_string(),
     )
     .expect("write");
@@ -627,7 +629,7 @@ fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
 
     // The ES key is removed: its cached token must stop working at once.
     std::fs::write(
-        f.dir.join("jwks.json"),
+        f.dir.path().join("jwks.json"),
         json!({ "keys": [f.rs.public_jwk()] }).to_string(),
     )
     .expect("w");
@@ -638,7 +640,7 @@ fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
     );
 
     // A broken file is refused and the current keys stay.
-    std::fs::write(f.dir.join("jwks.json"), "{ nope").expect("w");
+    std::fs::write(f.dir.path().join("jwks.json"), "{ nope").expect("w");
     assert!(auth.reload_keys().is_err());
     assert_eq!(auth.key_count(), 3, "rs + two hmac");
     assert!(auth.verify(&f.rs.sign(&claims()).expect("s"), NOW).is_ok());
@@ -654,7 +656,7 @@ fn a_key_set_emptied_on_reload_revokes_every_key_and_one_all_skipped_does_not() 
     auth.verify(&t, NOW).expect("ok");
     // Keys all unusable: a mistake, not a revocation; the keys stay.
     std::fs::write(
-        f.dir.join("jwks.json"),
+        f.dir.path().join("jwks.json"),
         json!({ "keys": [json!({"kty":"oct","k":"AA"})] }).to_string(),
     )
     .expect("w");
@@ -664,7 +666,11 @@ fn a_key_set_emptied_on_reload_revokes_every_key_and_one_all_skipped_does_not() 
     ));
     assert!(auth.verify(&t, NOW).is_ok());
     // Emptied: every key withdrawn, the cached token included.
-    std::fs::write(f.dir.join("jwks.json"), json!({ "keys": [] }).to_string()).expect("w");
+    std::fs::write(
+        f.dir.path().join("jwks.json"),
+        json!({ "keys": [] }).to_string(),
+    )
+    .expect("w");
     assert!(auth.reload_keys().expect("reloaded"));
     assert_eq!(auth.key_count(), 0);
     assert_eq!(
@@ -694,7 +700,7 @@ fn an_hmac_key_whose_kid_the_jwks_holds_is_refused_not_skipped() {
     let mut taken = f.rs.public_jwk();
     taken["kid"] = json!("hs");
     std::fs::write(
-        f.dir.join("jwks.json"),
+        f.dir.path().join("jwks.json"),
         json!({ "keys": [f.rs.public_jwk(), taken] }).to_string(),
     )
     .expect("w");
@@ -719,7 +725,7 @@ fn jwks_loading_skips_bad_keys() {
     };
     let bad_curve = json!({"kty":"EC","crv":"P-521","kid":"p521","x":"AA","y":"AA"});
     std::fs::write(
-        f.dir.join("jwks.json"),
+        f.dir.path().join("jwks.json"),
         json!({ "keys": [weak, oct, enc, bad_curve, f.es.public_jwk()] }).to_string(),
     )
     .expect("w");
@@ -729,7 +735,7 @@ fn jwks_loading_skips_bad_keys() {
     assert_eq!(auth.key_count(), 1);
 
     std::fs::write(
-        f.dir.join("jwks.json"),
+        f.dir.path().join("jwks.json"),
         json!({ "keys": [json!({"kty":"oct","k":"AA"})] }).to_string(),
     )
     .expect("w");
@@ -737,7 +743,7 @@ fn jwks_loading_skips_bad_keys() {
         Authenticator::new(&s),
         Err(AuthSetupError::NoKeys { .. })
     ));
-    std::fs::write(f.dir.join("jwks.json"), "[]").expect("w");
+    std::fs::write(f.dir.path().join("jwks.json"), "[]").expect("w");
     assert!(matches!(
         Authenticator::new(&s),
         Err(AuthSetupError::Format { .. })
