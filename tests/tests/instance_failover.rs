@@ -178,4 +178,8 @@ fn a_dual_stack_instance_name_listening_on_ipv4_only_is_reached() {
         let r = get(edge.addr, &host, "/login", &[]);
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
     }
+    assert_eq!(instance.hits(), 3);
+    // One retry: the first request's; the later ones went to IPv4 first (the mark lasts
+    // DOWN_FOR, 10 s, far longer than three requests take).
+    assert_eq!(edge.state.metrics.upstream_connect_retries.get(), 1);
 }

@@ -166,6 +166,8 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
     let r2 = replica(&keys, &redis.url(), "replica-2", None).expect("replica 2");
     wait_instance(&r1, &keys, "acme", "instance-a");
     wait_instance(&r2, &keys, "acme", "instance-a");
+    // --wait counts the replicas that heartbeat: both must have, or it may see only one.
+    wait_live(&admin, &["replica-1", "replica-2"]);
 
     let out = admin.ok(&[
         "rebind",
@@ -899,10 +901,13 @@ fn in_flight_request_finishes_on_the_old_instance_across_a_rebind() {
     } = World::start(&["acme"]);
     let edge = replica(&keys, &redis.url(), "replica-1", None).expect("replica");
     wait_instance(&edge, &keys, "acme", "instance-a");
+    // --wait below confirms only replicas that heartbeat.
+    wait_live(&admin, &["replica-1"]);
     let hits_before = a.hits();
     let (addr, token) = (edge.addr, keys.token("acme", None));
+    // Slow enough that the rebind is surely served while it is in flight (checked below).
     let slow =
-        std::thread::spawn(move || get_with_token(addr, &host("acme"), "/slow/1500", &token));
+        std::thread::spawn(move || get_with_token(addr, &host("acme"), "/slow/3000", &token));
     wait::until(
         Duration::from_secs(5),
         "the slow request to reach instance a",
@@ -922,6 +927,10 @@ fn in_flight_request_finishes_on_the_old_instance_across_a_rebind() {
     assert_eq!(
         instance_of(&edge, &keys, "acme").as_deref(),
         Some("instance-b")
+    );
+    assert!(
+        !slow.is_finished(),
+        "the slow request ended before the rebind was served: nothing crossed it"
     );
     let r = slow.join().expect("slow");
     assert_eq!(r.status, 200);
