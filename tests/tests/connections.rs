@@ -120,7 +120,9 @@ fn a_connection_that_sends_nothing_is_closed_without_an_answer() {
 
 #[test]
 fn slow_bodies_idle_keepalive_and_later_headers_are_not_cut() {
-    let w = world("request_header_timeout = \"300ms\"");
+    // A deadline long against the client's pacing below (pauses of 50 ms), short against the
+    // slow body and the idle spell (at least 1.5 s each, however the test is scheduled).
+    let w = world("request_header_timeout = \"1s\"");
     let mut s = connect(&w.edge);
     // A body that takes longer than the header deadline: only the header is timed.
     let body = b"0123456789";
@@ -133,7 +135,7 @@ fn slow_bodies_idle_keepalive_and_later_headers_are_not_cut() {
     )
     .unwrap();
     for b in body {
-        assert_eq!(closed_with(&mut s, Duration::from_millis(60)), None);
+        assert_eq!(closed_with(&mut s, Duration::from_millis(150)), None);
         s.write_all(&[*b]).unwrap();
     }
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -145,7 +147,7 @@ fn slow_bodies_idle_keepalive_and_later_headers_are_not_cut() {
     // bounds that, not the header deadline. A stray line end (some clients send one after a
     // body) is ignored, not taken for the start of a header (RFC 9112 §2.2).
     s.write_all(b"\r\n").unwrap();
-    assert_eq!(closed_with(&mut s, Duration::from_millis(900)), None);
+    assert_eq!(closed_with(&mut s, Duration::from_millis(1500)), None);
 
     // The next header has its own deadline, counted from its own first byte: sent in three
     // pieces it is read whole.
@@ -359,8 +361,9 @@ fn a_client_that_stops_reading_is_disconnected() {
     )
     .unwrap();
     nexus_e2e::wait::until(Duration::from_secs(20), "the request forwarded", || {
-        (w.backend.hits() == 1 && w.edge.metric("nexus_edge_client_connections") == 1).then_some(())
+        (w.backend.hits() == 1).then_some(())
     });
+    // The client never closes its end: a count back to 0 is the router letting it go.
     nexus_e2e::wait::until(Duration::from_secs(20), "the stalled client cut", || {
         (w.edge.metric("nexus_edge_client_connections") == 0).then_some(())
     });
