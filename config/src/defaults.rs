@@ -1,8 +1,10 @@
 //! The embedded default: what `nexus-edge serve` runs with when no config file is given.
 //!
 //! It works on a fresh machine with nothing else installed: loopback listeners, the demo key
-//! set compiled into the binary and the demo bindings. A config file never falls back to the
-//! demo keys or bindings: there `auth.jwks_file` and `store.path` are required.
+//! set compiled into the binary and the demo bindings. It starts no instance: the demo
+//! bindings point at loopback ports where nothing listens, so a request that passes every
+//! check gets 502 (`nexus-edge demo` starts instances of its own). A config file never falls
+//! back to the demo keys or bindings: there `auth.jwks_file` and `store.path` are required.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
