@@ -1,7 +1,8 @@
 //! The validated settings the rest of Nexus Edge works with.
 //!
-//! These are domain types, separate from the TOML file format (see `file.rs`): every value
-//! here has already been checked, so code that receives a [`Settings`] never re-validates.
+//! These are domain types, separate from the TOML file format (read and checked in `load.rs`,
+//! with the walker in `reader.rs`): every value here has already been checked, so code that
+//! receives a [`Settings`] never re-validates.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
