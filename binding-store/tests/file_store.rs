@@ -1024,7 +1024,7 @@ fn after_a_backup_is_restored_the_cli_delete_of_its_last_tenant_is_taken() {
     assert_eq!(handle.load().len(), 4);
     write_atomically(&audit, &backup.1).unwrap();
     write_atomically(&path, &backup.0).unwrap();
-    wait_until(|| {
+    wait_until("the restored backup to be loaded", || {
         store.check_for_change(&handle);
         handle.load().len() == 1
     });
@@ -1032,8 +1032,11 @@ fn after_a_backup_is_restored_the_cli_delete_of_its_last_tenant_is_taken() {
         .block_on(store.apply(&tid("acme"), Mutation::Delete, None, &actor()))
         .unwrap();
     assert_eq!(rev.get(), 2);
-    wait_until(|| {
-        store.check_for_change(&handle);
-        handle.load().is_empty()
-    });
+    wait_until(
+        "the CLI delete of the last tenant to empty the table",
+        || {
+            store.check_for_change(&handle);
+            handle.load().is_empty()
+        },
+    );
 }
