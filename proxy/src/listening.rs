@@ -182,14 +182,18 @@ mod tests {
     #[test]
     fn a_bound_socket_accepts_before_any_service_runs() {
         let mut bound = BoundListeners::default();
-        let free = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap_or_else(|e| panic!("{e}"));
-        bind(&mut bound, free, "public").unwrap_or_else(|e| panic!("{e}"));
-        assert!(bound.sockets.contains_key(&key(free)));
-        std::net::TcpStream::connect(free).unwrap_or_else(|e| panic!("{e}"));
+        // Port 0: the system picks a port no other process holds (a port found free and
+        // released first could be taken in between).
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        bind(&mut bound, any, "public").unwrap_or_else(|e| panic!("{e}"));
+        assert!(bound.sockets.contains_key(&key(any)));
+        let bound_at = bound
+            .local_addr(any)
+            .unwrap_or_else(|| panic!("no local address"));
+        assert_ne!(bound_at.port(), 0);
+        std::net::TcpStream::connect(bound_at).unwrap_or_else(|e| panic!("{e}"));
         // Two listeners on one address (e.g. both on port 0) would share one socket.
-        let twice = bind(&mut bound, free, "ops").err().map(|e| e.to_string());
+        let twice = bind(&mut bound, any, "ops").err().map(|e| e.to_string());
         assert!(
             twice
                 .as_deref()

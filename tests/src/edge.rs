@@ -1,9 +1,9 @@
 //! The real `nexus-edge` binary, started on a generated config, killed on drop.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::wait;
 
@@ -24,40 +24,56 @@ pub fn binary() -> PathBuf {
     bin
 }
 
-/// A free loopback port for a child process to listen on (bound and released; the small
-/// reuse race is retried by [`Edge::start`]).
+/// Where a router's public listener is configured: port 0, the system picks a free port and
+/// the router logs it (see [`serving_addrs`]), so no other process can be handed the same one.
 ///
-/// Picked below the kernel's ephemeral range when there is room: a port from that range can
-/// be taken, between this pick and the child's bind, as the source port of any test's
-/// outgoing connection, and then sits in TIME_WAIT for a minute, refusing the bind.
-pub fn free_addr() -> SocketAddr {
-    const LOWEST: u16 = 10_000;
-    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .filter(|&low| low > LOWEST + 1_000);
-    if let Some(low) = below {
-        for _ in 0..100 {
-            let port = LOWEST + (random_u64() % u64::from(low - LOWEST)) as u16;
-            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
-                return l.local_addr().expect("local addr");
-            }
-        }
-    }
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
+/// The harness keeps loopback addresses apart: 127.0.0.1 for every server a test starts
+/// (routers' public listeners, instances, Redis), [`OPS_LISTEN`]'s 127.0.0.2 for routers' ops
+/// listeners, and [`UNBOUND_IP`] for nothing at all. None binds a wildcard address.
+pub const PUBLIC_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
+
+/// Where a router's ops listener is configured: port 0 on another loopback address than
+/// [`PUBLIC_LISTEN`], since a router sets its listeners apart by their configured address and
+/// refuses `127.0.0.1:0` for both.
+pub const OPS_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 0));
+
+/// A loopback address no harness server ever binds (see [`dead_addr`]).
+pub const UNBOUND_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+/// An address where nothing listens, for an unreachable instance: a connection to it is
+/// refused at once.
+///
+/// A port the system just gave on [`UNBOUND_IP`], then released: nothing in the harness binds
+/// that address (its servers bind 127.0.0.1 or 127.0.0.2 by name, never a wildcard), so no
+/// other test can be listening there now or later; and the system hands out no port a
+/// wildcard listener holds, so only an unrelated process binding `0.0.0.0` on that very port
+/// from now on could answer.
+pub fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind((UNBOUND_IP, 0)).expect("bind 127.0.0.3:0");
     l.local_addr().expect("local addr")
 }
 
-/// Two different free addresses, for a router's public and ops listeners: two picks of
-/// [`free_addr`] can land on the same port, which the config then refuses.
-pub fn free_addr_pair() -> (SocketAddr, SocketAddr) {
-    let first = free_addr();
-    loop {
-        let second = free_addr();
-        if second != first {
-            return (first, second);
-        }
-    }
+/// The addresses a router says it bound, from its log's `nexus-edge serving listen=ADDR
+/// admin=Some(ADDR)` line (text format): the public listener and the ops listener, if any.
+/// Only whole lines count, so a line still being written is not misread.
+pub fn serving_addrs(log: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let line = log
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .find(|l| l.contains("nexus-edge serving listen="))?;
+    let field = |name: &str| {
+        line.split(&format!(" {name}="))
+            .nth(1)?
+            .split_whitespace()
+            .next()
+    };
+    let listen = field("listen")?.parse().ok()?;
+    let admin = match field("admin")? {
+        "None" => None,
+        a => Some(a.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok()?),
+    };
+    Some((listen, admin))
 }
 
 /// Whether the router whose ops listener is `ops` answers `/readyz` with 200.
@@ -67,14 +83,6 @@ pub fn is_ready(ops: SocketAddr) -> bool {
         b"GET /readyz HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n",
     )
     .is_ok_and(|r| r.status == 200)
-}
-
-/// Random bits from std's per-instance hash keys: parallel test processes pick apart.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
 }
 
 /// What to put in the generated config.
@@ -120,9 +128,10 @@ impl EdgeOptions {
 /// A running router process.
 pub struct Edge {
     child: Child,
-    /// Proxy listener.
+    /// Proxy listener, as bound: set by [`Edge::wait_listening`] (which [`Edge::start`] and
+    /// [`Edge::wait_ready`] call); until then the configured [`PUBLIC_LISTEN`].
     pub addr: SocketAddr,
-    /// Ops listener (metrics, probes).
+    /// Ops listener (metrics, probes), as bound: like `addr`, [`OPS_LISTEN`] until then.
     pub ops_addr: SocketAddr,
     /// Config, keys and bindings live here.
     pub dir: tempfile::TempDir,
@@ -140,14 +149,7 @@ pub const BASE: &str = "edge.test";
 impl Edge {
     /// Writes the config and starts the binary; returns once `/readyz` answers.
     pub fn start(opts: &EdgeOptions) -> Edge {
-        let mut last_err = String::new();
-        for _ in 0..3 {
-            match Self::try_start(opts) {
-                Ok(e) => return e,
-                Err(e) => last_err = e,
-            }
-        }
-        panic!("nexus-edge did not start: {last_err}");
+        Self::try_start(opts).unwrap_or_else(|e| panic!("nexus-edge did not start: {e}"))
     }
 
     /// Like [`Edge::start`] but returns the failure (with the router's log) instead of panicking.
@@ -157,14 +159,15 @@ impl Edge {
         Ok(edge)
     }
 
-    /// Writes the config and starts the binary, without waiting for it to be ready.
+    /// Writes the config and starts the binary, without waiting for it to be ready (nor to
+    /// listen: `addr` and `ops_addr` are known once [`Edge::wait_listening`] returns).
     pub fn spawn(opts: &EdgeOptions) -> Result<Edge, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let jwks_path = dir.path().join("jwks.json");
         let bindings_path = dir.path().join("bindings.json");
         std::fs::write(&jwks_path, opts.jwks.to_string()).map_err(|e| e.to_string())?;
         write_atomically(&bindings_path, &opts.bindings.to_string());
-        let (addr, ops_addr) = free_addr_pair();
+        let (addr, ops_addr) = (PUBLIC_LISTEN, OPS_LISTEN);
         let config = format!(
             r#"[server]
 listen = "{addr}"
@@ -244,9 +247,37 @@ filter = "info"
         })
     }
 
-    /// Polls `/readyz` until it answers, the process exits, or `timeout` passes.
+    /// Waits until the router has bound its listeners and logged where (see
+    /// [`serving_addrs`]), and sets `addr` and `ops_addr` to those addresses. Fails if the
+    /// process exits first or `timeout` passes.
+    pub fn wait_listening(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // The line is read before the exit status: a router that exits after logging
+            // it still listened.
+            if let Some((addr, Some(ops))) = serving_addrs(&self.log()) {
+                self.addr = addr;
+                self.ops_addr = ops;
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("exited with {status}: {}", self.log()));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("not listening after {timeout:?}: {}", self.log()));
+            }
+            // Short pauses: a test may want to act just as the listeners accept.
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+    }
+
+    /// Waits for the router to listen (see [`Edge::wait_listening`]), then polls `/readyz` on
+    /// its own ops listener until it answers 200, the process exits, or `timeout` passes.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
-        let ready = crate::wait::poll(timeout, || {
+        let deadline = Instant::now() + timeout;
+        self.wait_listening(timeout)?;
+        let rest = deadline.saturating_duration_since(Instant::now());
+        let ready = crate::wait::poll(rest, || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(Err(format!("exited with {status}: {}", self.log())));
             }
@@ -330,13 +361,10 @@ impl Drop for Edge {
     }
 }
 
-/// Runs `nexus-edge ARGS` (e.g. `tenant rebind ...`) and returns its output.
+/// Runs `nexus-edge ARGS` (e.g. `tenant rebind ...`) and returns its output; panics if it
+/// runs past [`crate::process::DEADLINE`].
 pub fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(binary())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run nexus-edge")
+    crate::process::output(Command::new(binary()).args(args))
 }
 
 /// Writes a file the way the docs tell writers to: temp file, then rename.
@@ -366,4 +394,28 @@ pub fn binding(tenant: &str, url: &str, status: &str, org: Option<&str>) -> serd
 /// A bindings file body.
 pub fn bindings_file(records: Vec<serde_json::Value>) -> serde_json::Value {
     serde_json::json!({ "format": "nexus-edge.bindings/v1", "bindings": records })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_serving_line_gives_the_bound_addresses_once_whole() {
+        let line = "2026-01-01T00:00:00.000000Z  INFO nexus_edge::server: nexus-edge serving \
+                    listen=127.0.0.1:41899 admin=Some(127.0.0.2:40919)";
+        let log = format!("earlier line: serving the embedded demo default\n{line}\n");
+        let want: (SocketAddr, SocketAddr) = (
+            "127.0.0.1:41899".parse().expect("addr"),
+            "127.0.0.2:40919".parse().expect("addr"),
+        );
+        assert_eq!(serving_addrs(&log), Some((want.0, Some(want.1))));
+        // Still being written: not read as a shorter port.
+        assert_eq!(serving_addrs(&log[..log.len() - 4]), None);
+        let no_ops = "x nexus-edge serving listen=127.0.0.1:1 admin=None\n";
+        assert_eq!(
+            serving_addrs(no_ops),
+            Some(("127.0.0.1:1".parse().expect("addr"), None))
+        );
+    }
 }

@@ -9,6 +9,7 @@
 //! - [`keys`]: signing keys and their JWKS for tests.
 //! - [`loopback`]: the thread-and-runtime TCP server every in-test server runs on.
 //! - [`probe`]: which instance a tenant reaches, and steady traffic that counts failures.
+//! - [`process`]: child processes run with a deadline, so a hang fails the test.
 //! - [`redis_server`]: a real `redis-server` on a unix socket; [`redis_tcp`]: TCP nodes for
 //!   TLS, replication and Sentinel.
 //! - [`tls`]: a throwaway CA with server and client certificates.
@@ -24,6 +25,7 @@ pub mod http;
 pub mod keys;
 pub mod loopback;
 pub mod probe;
+pub mod process;
 pub mod redis_server;
 pub mod redis_tcp;
 pub mod tls;

@@ -82,12 +82,12 @@ impl RedisServer {
 
     /// Runs `redis-cli` against the server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new("redis-cli")
-            .arg("-s")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .expect("redis-cli")
+        crate::process::output(
+            Command::new("redis-cli")
+                .arg("-s")
+                .arg(self.socket())
+                .args(args),
+        )
     }
 
     /// Runs `redis-cli` and returns its stdout, trimmed; panics if it reports an error.

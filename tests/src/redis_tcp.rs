@@ -1,14 +1,17 @@
 //! Real `redis-server` nodes on loopback TCP, for what a unix socket cannot show: TLS,
 //! replication and Sentinel (Sentinel hands out `host:port` addresses).
 //!
-//! Ports come from [`free_addr`] (bound, released and passed on: Redis cannot report a port
-//! it chose itself); a node that loses that race is restarted on another port.
+//! Redis cannot report a port it chose itself, so a node's port is picked by the harness
+//! ([`free_port`]: bound, released and passed on) and another process may take it in between.
+//! That race is caught, never served: a node counts as up only once the server answering on
+//! its port reports the node's own process id, so a test never talks to another test's Redis;
+//! a node whose port was taken fails to bind and exits, and is restarted on another port.
 
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::edge::free_addr;
 use crate::tls::TestPki;
 use crate::wait;
 
@@ -26,7 +29,7 @@ impl RedisNode {
         let mut last = String::new();
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("dir");
-            let port = free_addr().port();
+            let port = free_port();
             let mut cmd = Command::new("redis-server");
             if let Some(conf) = conf {
                 let path = dir.path().join("node.conf");
@@ -64,17 +67,21 @@ impl RedisNode {
                 tls: tls_files,
                 _dir: dir,
             };
+            // Up when the server on the port is this node (a Sentinel answers INFO too).
+            let pid = node.child.as_ref().map(Child::id).unwrap_or_default();
+            let own = format!("process_id:{pid}");
             let up = wait::poll(Duration::from_secs(10), || {
                 if node.exited() {
                     return Some(false);
                 }
-                let out = node.cli(&["PING"]);
-                (out.status.success() && String::from_utf8_lossy(&out.stdout).contains("PONG"))
-                    .then_some(true)
+                let out = node.cli(&["INFO", "server"]);
+                let info = String::from_utf8_lossy(&out.stdout);
+                (out.status.success() && info.lines().any(|l| l.trim() == own)).then_some(true)
             });
             match up {
                 Some(true) => return node,
-                _ => last = format!("redis-server on port {port} did not answer PING"),
+                // Another process holds the port (or this node never came up): try another.
+                _ => last = format!("redis-server (pid {pid}) did not come up on port {port}"),
             }
         }
         panic!("{last}");
@@ -151,7 +158,7 @@ impl RedisNode {
                 .arg("--key")
                 .arg(key);
         }
-        cmd.args(args).output().expect("redis-cli")
+        crate::process::output(cmd.args(args))
     }
 
     /// `redis-cli` stdout, trimmed.
@@ -168,6 +175,38 @@ impl RedisNode {
             let _ = c.wait();
         }
     }
+}
+
+/// A loopback port that was free a moment ago, for a node to listen on.
+///
+/// Picked below the kernel's ephemeral range when there is room: a port from that range can
+/// be taken, between this pick and the node's bind, as the source port of any test's
+/// outgoing connection (or by any server on port 0), and then sits in TIME_WAIT for a minute,
+/// refusing the bind.
+fn free_port() -> u16 {
+    const LOWEST: u16 = 10_000;
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&low| low > LOWEST + 1_000);
+    if let Some(low) = below {
+        for _ in 0..100 {
+            let port = LOWEST + (random_u64() % u64::from(low - LOWEST)) as u16;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                return l.local_addr().expect("local addr").port();
+            }
+        }
+    }
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Random bits from std's per-instance hash keys: parallel test processes pick apart.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 impl Drop for RedisNode {

@@ -3,7 +3,7 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use nexus_e2e::edge::cli;
+use nexus_e2e::edge::{cli, OPS_LISTEN, PUBLIC_LISTEN};
 use nexus_e2e::keys::TestKeys;
 
 /// Runs `check` on `config` in `dir`; returns (exit code, stdout + stderr).
@@ -109,11 +109,11 @@ fn check_says_what_serve_would_refuse_or_drop() {
     );
     let path = dir.path().join("edge.toml");
     std::fs::write(&path, taken).unwrap();
-    let out = std::process::Command::new(nexus_e2e::edge::binary())
-        .args(["check", "--config", path.to_str().unwrap()])
-        .env("NEXUS_TEST_HMAC_SECRET", "x".repeat(32))
-        .output()
-        .unwrap();
+    let out = nexus_e2e::process::output(
+        std::process::Command::new(nexus_e2e::edge::binary())
+            .args(["check", "--config", path.to_str().unwrap()])
+            .env("NEXUS_TEST_HMAC_SECRET", "x".repeat(32)),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -145,7 +145,7 @@ fn check_says_what_serve_would_refuse_or_drop() {
     let (code, out) = check(dir.path(), &bad_ca);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("upstream.ca_file"), "{out}");
-    let (listen, ops) = nexus_e2e::edge::free_addr_pair();
+    let (listen, ops) = (PUBLIC_LISTEN, OPS_LISTEN);
     let served = cli(&[
         "serve",
         "--config",
@@ -227,9 +227,8 @@ fn check_says_what_serve_would_refuse_or_drop() {
 fn serve_says_what_it_does_instead_of_going_silent() {
     let dir = tempfile::tempdir().unwrap();
     let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
-    let (_, ops) = nexus_e2e::edge::free_addr_pair();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"{ops}\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"{OPS_LISTEN}\"\n\
          [auth]\njwks_file = \"{demo}/jwks.json\"\n\
          [store]\nkind = \"file\"\npath = \"{demo}/bindings.json\"\n\
          [log]\nfilter = \"warning\"\n"

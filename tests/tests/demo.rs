@@ -5,26 +5,21 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use nexus_e2e::edge::{binary, free_addr, free_addr_pair, is_ready};
+use nexus_e2e::edge::{binary, is_ready, serving_addrs, OPS_LISTEN, PUBLIC_LISTEN};
 use nexus_e2e::http::{get, Response};
-use nexus_e2e::wait;
+use nexus_e2e::process::{self, Running};
 
-/// The demo process; killed on drop.
+/// How long the binary may take to start, listen, or refuse to.
+const START: Duration = Duration::from_secs(20);
+
+/// The demo process (killed on drop, before its directory goes).
 struct Demo {
-    child: Child,
+    _run: Running,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One printed command: its comment and the request it makes.
@@ -74,40 +69,46 @@ impl Example {
     }
 }
 
-/// Starts the demo on free ports and returns it with its printed examples.
+/// Starts the demo on ports the system picks and returns it with its printed examples and
+/// the public address its router bound.
 fn start_demo() -> (Demo, Vec<Example>, SocketAddr) {
     let dir = tempfile::tempdir().expect("dir");
-    let (listen, ops) = free_addr_pair();
-    let mut child = Command::new(binary())
-        .args(["demo", "--listen", &listen.to_string()])
-        .args(["--admin-listen", &ops.to_string()])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the demo");
-    let stdout = child.stdout.take().expect("stdout");
-    let demo = Demo { child, _dir: dir };
+    let mut run = Running::spawn(
+        Command::new(binary())
+            .args(["demo", "--listen", &PUBLIC_LISTEN.to_string()])
+            .args(["--admin-listen", &OPS_LISTEN.to_string()])
+            .arg("--dir")
+            .arg(dir.path()),
+    );
+    let printed = run.wait_for(START, "the demo's commands", |out, _| {
+        out.contains("\nCtrl-C").then(|| out.to_owned())
+    });
     let mut examples = Vec::new();
     let mut comment = String::new();
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line.expect("demo output");
+    for line in printed.lines() {
         if let Some(c) = line.strip_prefix("# ") {
             comment = c.to_owned();
         } else if line.starts_with("curl ") {
-            examples.push(Example::parse(&comment, &line));
+            examples.push(Example::parse(&comment, line));
         } else if line.starts_with("Ctrl-C") {
             break;
         }
     }
-    // Keep reading what it prints afterwards (its log), so it never writes to a closed pipe;
-    // the thread ends when the demo is killed.
-    std::thread::spawn(move || lines.for_each(drop));
-    wait_ready(ops, "the demo router ready");
-    (demo, examples, listen)
+    let (listen, ops) = wait_serving(&mut run, "the demo router ready");
+    // The ops address it printed is the one its router bound (the commands' is checked by
+    // the test).
+    assert!(
+        printed.contains(&format!("ops http://{ops}/metrics")),
+        "{printed}"
+    );
+    (
+        Demo {
+            _run: run,
+            _dir: dir,
+        },
+        examples,
+        listen,
+    )
 }
 
 #[test]
@@ -148,13 +149,8 @@ fn every_printed_demo_command_does_what_its_comment_says() {
 /// loads and decides requests, on ports given on the command line.
 #[test]
 fn serve_without_a_config_runs_the_embedded_default() {
-    let (listen, ops) = free_addr_pair();
-    let mut child = serve(listen, ops)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nexus-edge");
-    let _stop = KillOnDrop(&mut child);
-    wait_ready(ops, "the router ready");
+    let mut run = Running::spawn(&mut serve(PUBLIC_LISTEN, OPS_LISTEN));
+    let (listen, _) = wait_serving(&mut run, "the router ready");
     let key = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/demo/demo-es256-key.pem"
@@ -222,21 +218,12 @@ fn serve_stops_when_a_listen_address_is_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_addr = taken.local_addr().expect("addr");
     for (role, listen, ops) in [
-        ("public", taken_addr, free_addr()),
-        ("ops", free_addr(), taken_addr),
+        ("public", taken_addr, OPS_LISTEN),
+        ("ops", PUBLIC_LISTEN, taken_addr),
     ] {
-        let mut child = serve(listen, ops)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start nexus-edge");
-        let mut stderr = child.stderr.take().expect("stderr");
-        let stop = KillOnDrop(&mut child);
-        let status = wait::until(Duration::from_secs(20), "nexus-edge to exit", || {
-            stop.0.try_wait().ok().flatten()
-        });
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut err).expect("stderr");
-        assert_eq!(status.code(), Some(1), "{role}: {err}");
+        let out = process::output_within(&mut serve(listen, ops), START);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{role}: {err}");
         assert!(
             err.contains(&format!("cannot listen on {taken_addr} ({role}): ")),
             "{role}: {err}"
@@ -244,32 +231,24 @@ fn serve_stops_when_a_listen_address_is_taken() {
     }
 }
 
-/// `nexus-edge serve` on the embedded default (no config), stdin and stdout closed.
+/// `nexus-edge serve` on the embedded default (no config).
 fn serve(listen: SocketAddr, ops: SocketAddr) -> Command {
     let mut cmd = Command::new(binary());
     cmd.args(["serve", "--listen", &listen.to_string()])
         .args(["--admin-listen", &ops.to_string()])
-        .env_remove("NEXUS_EDGE_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .env_remove("NEXUS_EDGE_CONFIG");
     cmd
 }
 
-/// Waits until the ops listener at `ops` answers `/readyz` with 200.
-fn wait_ready(ops: SocketAddr, what: &str) {
-    wait::until(Duration::from_secs(20), what, || {
-        is_ready(ops).then_some(())
+/// Waits until the router `run` logs the addresses it bound, then until its own ops listener
+/// answers `/readyz` with 200; returns (public, ops). Panics if it exits first.
+fn wait_serving(run: &mut Running, what: &str) -> (SocketAddr, SocketAddr) {
+    let (listen, ops) = run.wait_for(START, what, |_, err| match serving_addrs(err) {
+        Some((listen, Some(ops))) => Some((listen, ops)),
+        _ => None,
     });
-}
-
-/// Kills and reaps a child process when the test ends, pass or fail.
-struct KillOnDrop<'a>(&'a mut Child);
-
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    run.wait_for(START, what, |_, _| is_ready(ops).then_some(()));
+    (listen, ops)
 }
 
 #[test]
@@ -277,15 +256,14 @@ fn a_demo_whose_port_is_taken_prints_no_commands_for_it() {
     // The printed lines would reach whatever holds the port.
     let dir = tempfile::tempdir().expect("dir");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let (_, ops) = free_addr_pair();
-    let out = Command::new(binary())
-        .args(["demo", "--listen", &taken.local_addr().unwrap().to_string()])
-        .args(["--admin-listen", &ops.to_string()])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the demo");
+    let out = process::output_within(
+        Command::new(binary())
+            .args(["demo", "--listen", &taken.local_addr().unwrap().to_string()])
+            .args(["--admin-listen", &OPS_LISTEN.to_string()])
+            .arg("--dir")
+            .arg(dir.path()),
+        START,
+    );
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

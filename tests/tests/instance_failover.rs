@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use nexus_e2e::backend::Backend;
-use nexus_e2e::edge::{binding, bindings_file, write_atomically, BASE};
+use nexus_e2e::edge::{binding, bindings_file, write_atomically, BASE, UNBOUND_IP};
 use nexus_e2e::http::{get, send_raw};
 use nexus_e2e::keys::TestKeys;
 use nexus_e2e::loopback::LoopbackServer;
@@ -23,14 +23,15 @@ use pingora::apps::ServerApp;
 use pingora::server::configuration::ServerConf;
 use tokio::sync::watch;
 
-/// `instance.test` has a dead address first (nothing listens on 127.0.0.2) and the live one
-/// second, so the first request's first pick is the dead one.
+/// `instance.test` has a dead address first (nothing listens on [`UNBOUND_IP`], which no
+/// harness server binds) and the live one second, so the first request's first pick is the
+/// dead one.
 #[derive(Debug, Default)]
 struct DeadThenLive {
     lookups: AtomicU32,
 }
 
-const DEAD: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const DEAD: IpAddr = IpAddr::V4(UNBOUND_IP);
 const LIVE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 #[async_trait::async_trait]

@@ -1326,7 +1326,7 @@ fn named_instances_are_resolved() {
 
 #[test]
 fn unreachable_instance_is_502_and_slow_instance_is_504() {
-    let dead = nexus_e2e::edge::free_addr();
+    let dead = nexus_e2e::edge::dead_addr();
     let w = world_with(
         |records, _, _| {
             records.push(binding("dead", &format!("http://{dead}"), "active", None));
@@ -2077,21 +2077,9 @@ fn a_sigterm_as_soon_as_the_listener_accepts_is_drained_not_fatal() {
     );
     for _ in 0..10 {
         let mut edge = Edge::spawn(&opts).unwrap();
-        // Connect in a tight loop (no pause), so the signal follows the bind closely.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(edge.addr).is_err() {
-            if edge.try_exit_status().is_some() && edge.log().contains("cannot listen") {
-                break; // another process took the port meanwhile: not this test's concern
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never listened: {}",
-                edge.log()
-            );
-        }
-        if edge.log().contains("cannot listen") {
-            continue;
-        }
+        // The line saying where it listens comes just after the bind (polled every
+        // millisecond), so the signal follows the bind closely.
+        edge.wait_listening(Duration::from_secs(20)).unwrap();
         edge.terminate();
         let handled = nexus_e2e::wait::until(Duration::from_secs(10), "the SIGTERM", || {
             if let Some(status) = edge.try_exit_status() {
