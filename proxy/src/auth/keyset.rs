@@ -77,6 +77,25 @@ impl KeySet {
             tracing::info!(source = origin, keys = %set.rs256_by_default.join(", "),
                 "RSA keys without alg verify RS256 only");
         }
+        for sk in &skipped {
+            tracing::warn!(source = origin, key = %sk, "verification key skipped");
+        }
+        // Keys given and none usable is a mistake, whatever HMAC secrets are configured
+        // beside them: the current keys stay (HMAC keys counted here would let a bad push
+        // revoke every JWKS key).
+        if !keys.is_empty() && set.len() == 0 {
+            return Err(AuthSetupError::NoKeys {
+                path: origin.to_owned(),
+                skipped: skipped.len(),
+                reasons: skipped.join("; "),
+            });
+        }
+        if keys.is_empty() && emptied {
+            tracing::error!(
+                source = origin,
+                "the JWKS holds no keys: every token it signed is refused until keys are added"
+            );
+        }
         for h in hmac {
             // Refused whole, not skipped: the secret was configured on purpose, and without it
             // every HS256 token would be refused while the router looked healthy.
@@ -91,14 +110,7 @@ impl KeySet {
                 vec![Arc::new(VerifyKey::hmac(&h.kid, h.alg, &h.secret))],
             );
         }
-        for s in &skipped {
-            tracing::warn!(source = origin, key = %s, "verification key skipped");
-        }
-        if set.len() == 0 && emptied && keys.is_empty() {
-            tracing::error!(
-                source = origin,
-                "the JWKS holds no keys: every token is refused until keys are added"
-            );
+        if set.len() == 0 && emptied {
             return Ok(set);
         }
         if set.len() == 0 {

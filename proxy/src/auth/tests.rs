@@ -685,6 +685,40 @@ fn a_key_set_emptied_on_reload_revokes_every_key_and_one_all_skipped_does_not() 
 }
 
 #[test]
+fn a_reload_with_keys_all_unusable_keeps_the_keys_with_hmac_secrets_configured_too() {
+    // The configured HMAC secrets are no usable JWKS key: counted as one, they let a bad
+    // push revoke every key the JWKS held.
+    let f = fixture("skip-hmac");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    let t = f.es.sign(&claims()).expect("sign");
+    auth.verify(&t, NOW).expect("ok");
+    let keys_before = auth.key_count();
+    std::fs::write(
+        f.dir.path().join("jwks.json"),
+        json!({ "keys": [json!({"kty":"oct","k":"AA"})] }).to_string(),
+    )
+    .expect("w");
+    assert!(matches!(
+        auth.reload_keys(),
+        Err(AuthSetupError::NoKeys { .. })
+    ));
+    assert_eq!(auth.key_count(), keys_before);
+    assert!(auth.verify(&t, NOW).is_ok());
+    // Emptied, the JWKS keys go and the configured secrets stay.
+    std::fs::write(
+        f.dir.path().join("jwks.json"),
+        json!({ "keys": [] }).to_string(),
+    )
+    .expect("w");
+    assert!(auth.reload_keys().expect("reloaded"));
+    assert_eq!(auth.key_count(), settings(&f).hmac_keys.len());
+    assert_eq!(
+        auth.verify(&t, NOW).map(|_| ()),
+        Err(TokenError::UnknownKey)
+    );
+}
+
+#[test]
 fn an_hmac_key_whose_kid_the_jwks_holds_is_refused_not_skipped() {
     // Skipped, every HS256 token would be refused while the router looked healthy.
     let f = fixture("hmac-kid");
