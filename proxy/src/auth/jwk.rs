@@ -272,8 +272,15 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
                 return Err(format!("curve {crv:?} is not supported"));
             }
             let x = b64_field(jwk, "x")?;
-            if x.len() != 32 {
+            let Ok(x) = <[u8; 32]>::try_from(x) else {
                 return Err("Ed25519 key must be 32 bytes".to_owned());
+            };
+            if forgeable_ed25519(&x) {
+                return Err(
+                    "Ed25519 key is a small-order point or not canonically encoded: anyone \
+                     could sign for it"
+                        .to_owned(),
+                );
             }
             if alg.is_some_and(|a| a != Algorithm::EdDSA) {
                 return Err("alg does not fit an Ed25519 key".to_owned());
@@ -289,6 +296,42 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
         other => return Err(format!("kty {other:?} is not supported")),
     };
     Ok(VerifyKey { kid, alg, material })
+}
+
+/// The y coordinates (little-endian, sign bit clear) of Ed25519's points of small order:
+/// the identity, the point of order 2, and the two of order 8 (the order-4 points have y = 0).
+const SMALL_ORDER_Y: [[u8; 32]; 4] = [
+    [
+        0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+];
+
+/// Whether an Ed25519 public key lets anyone sign for it: a point of small order (with such a
+/// key the signature R = identity, S = 0 verifies any message, and the library does not
+/// refuse it), or an encoding whose y is not below the field prime 2^255 - 19 (never
+/// produced by a key generator; some of them spell small-order points too).
+fn forgeable_ed25519(x: &[u8; 32]) -> bool {
+    let mut y = *x;
+    y[31] &= 0x7f;
+    // y >= p: the top bytes all 0xff (0x7f last) and the lowest at 0xed or above.
+    let non_canonical = y[0] >= 0xed && y[1..31].iter().all(|&b| b == 0xff) && y[31] == 0x7f;
+    non_canonical || y == [0; 32] || SMALL_ORDER_Y.contains(&y)
 }
 
 #[cfg(test)]

@@ -719,6 +719,56 @@ fn a_reload_with_keys_all_unusable_keeps_the_keys_with_hmac_secrets_configured_t
 }
 
 #[test]
+fn an_ed25519_key_anyone_could_sign_for_is_skipped() {
+    // With a small-order key the signature R = identity, S = 0 verifies any message.
+    let f = fixture("ed-small-order");
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut order_two = [0xffu8; 32];
+    order_two[0] = 0xec;
+    order_two[31] = 0x7f;
+    let mut past_p = [0xffu8; 32];
+    past_p[0] = 0xee;
+    past_p[31] = 0x7f;
+    let mut negative_zero = [0u8; 32];
+    negative_zero[31] = 0x80;
+    let weak = [identity, order_two, past_p, negative_zero, [0u8; 32]];
+    let mut keys = vec![f.es.public_jwk()];
+    for (i, x) in weak.iter().enumerate() {
+        keys.push(json!({"kty": "OKP", "crv": "Ed25519", "kid": format!("weak-{i}"), "x": b64(x)}));
+    }
+    std::fs::write(
+        f.dir.path().join("jwks.json"),
+        json!({ "keys": keys }).to_string(),
+    )
+    .expect("w");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    assert_eq!(
+        auth.skipped_keys().len(),
+        weak.len(),
+        "{:?}",
+        auth.skipped_keys()
+    );
+    assert!(auth.skipped_keys()[0].contains("small-order"));
+    let input = format!(
+        "{}.{}",
+        b64(json!({"alg": "EdDSA", "kid": "weak-0"})
+            .to_string()
+            .as_bytes()),
+        b64(claims_with(json!({"sub": "attacker"}))
+            .to_string()
+            .as_bytes())
+    );
+    let mut sig = [0u8; 64];
+    sig[0] = 1;
+    let forged = format!("{input}.{}", b64(&sig));
+    assert_eq!(
+        auth.verify(&forged, NOW).map(|_| ()),
+        Err(TokenError::UnknownKey)
+    );
+}
+
+#[test]
 fn an_hmac_key_whose_kid_the_jwks_holds_is_refused_not_skipped() {
     // Skipped, every HS256 token would be refused while the router looked healthy.
     let f = fixture("hmac-kid");
