@@ -26,6 +26,9 @@
 //!   handling drops trailing blanks and dots, Unicode normalisation (NFKC) makes those dots
 //!   `.`, and a second decoding makes `%252e` one, so an instance doing any of these reads a
 //!   `..` that the rules above never saw: `/login/..%20/admin` would leave a public prefix;
+//! - so is a dot-segment that a twice-encoded separator or `;` hides (`..%252F`, `x%252F..`,
+//!   `..%253b`): one more decoding makes it a real one. A twice-encoded `/` alone (an encoded
+//!   URL inside a path) is passed on;
 //! - dot-segments are removed (RFC 3986 §5.2.4) after decoding, so `%2e%2e` counts as `..`;
 //!   `..` at the root stays at the root (RFC 3986 behaviour, not an error: `/../x` can only
 //!   ever mean `/x`, so refusing it would add a failure mode without closing a hole);
@@ -151,6 +154,8 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     }
     // Pass 1: validate, and see whether anything needs rewriting.
     let mut needs_work = false;
+    // A `%25`: something is encoded twice, for an instance that decodes again to read.
+    let mut twice = false;
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -171,6 +176,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                         return Err(PathError::EncodedSeparator)
                     }
                     (0, _) | (_, Some((_, 0))) => return Err(PathError::EncodedNul),
+                    (b'%', _) => twice = true,
                     _ => {}
                 }
                 if is_unreserved(v)
@@ -199,6 +205,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         i += 1;
     }
     if !needs_work {
+        if twice {
+            check_second_decoding(b)?;
+        }
         return Ok(Cow::Borrowed(raw));
     }
 
@@ -250,6 +259,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     }
     if path.is_empty() || trailing {
         path.push('/');
+    }
+    if twice {
+        check_second_decoding(path.as_bytes())?;
     }
     Ok(Cow::Owned(path))
 }
@@ -325,6 +337,41 @@ fn is_dot_segment_lookalike(s: &[u8]) -> bool {
         || escaped_byte(rest) == Some(b';')
         || twice_escaped_byte(rest) == Some(b';');
     dots > 0 && ends && (blanks > 0 || (unicode && dots <= 2))
+}
+
+/// Refuses a normalised path that hides a dot-segment from every rule above behind a second
+/// encoding: read by an instance that decodes the path once more, `/login/..%252Fadmin` is
+/// `/login/../admin`, and `/billing/..%253b/api` is `..;` to a servlet container. Twice-encoded
+/// separators, dots and `;` are read as such, and the segments they make are checked again.
+/// (A twice-encoded `/` alone, as in an encoded URL inside a path, is passed on.)
+fn check_second_decoding(path: &[u8]) -> Result<(), PathError> {
+    let mut view = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        match twice_escaped_byte(&path[i..]) {
+            Some(c @ (b'/' | b'.' | b';')) => {
+                view.push(c);
+                i += 5;
+            }
+            Some(b'\\') => {
+                view.push(b'/');
+                i += 5;
+            }
+            _ => {
+                view.push(path[i]);
+                i += 1;
+            }
+        }
+    }
+    for seg in view.split(|&c| c == b'/') {
+        if is_dot_segment_with_parameters(seg) {
+            return Err(PathError::DotSegmentParameters);
+        }
+        if matches!(seg, b"." | b"..") || is_dot_segment_lookalike(seg) {
+            return Err(PathError::DotSegmentLookalike);
+        }
+    }
+    Ok(())
 }
 
 /// The byte a twice-encoded escape at the start of `s` spells (`%252e` is `.`, any hex case):
@@ -435,6 +482,13 @@ mod tests {
             ("/%C0x/%E0%A4%85", "/%C0x/%E0%A4%85"),
             ("/a%C0%AEb", "/a%C0%AEb"),
             ("/%C0%AE%C0%AE%C0%AE", "/%C0%AE%C0%AE%C0%AE"),
+            // A twice-encoded separator alone (an encoded URL in a path) is passed on.
+            ("/a%252Fb", "/a%252Fb"),
+            (
+                "/proxy/https%253A%252F%252Fexample.com%252Fx",
+                "/proxy/https%253A%252F%252Fexample.com%252Fx",
+            ),
+            ("/%7euser/a%252F..b", "/~user/a%252F..b"),
             ("/a:b@c!$&'()*+,;=", "/a:b@c!$&'()*+,;="),
             ("/%2e%2e", "/"),
             ("/%2e%2e/%2E%2E/x", "/x"),
@@ -569,6 +623,22 @@ mod tests {
             ("/billing/%e0%80%af", PathError::EncodedSeparator),
             ("/billing/..%C1%9C..%C1%9Capi", PathError::EncodedSeparator),
             ("/a%C0%80", PathError::EncodedNul),
+            // Encoded twice, a separator, dot or `;` around dots hides a dot-segment.
+            ("/login/..%252Fadmin", PathError::DotSegmentLookalike),
+            (
+                "/login/%252e%252e%252Fadmin",
+                PathError::DotSegmentLookalike,
+            ),
+            ("/login/..%255Cadmin", PathError::DotSegmentLookalike),
+            (
+                "/assets/..%252F..%252Fadmin",
+                PathError::DotSegmentLookalike,
+            ),
+            ("/a%252F..%252Fb", PathError::DotSegmentLookalike),
+            ("/a/x%252F.", PathError::DotSegmentLookalike),
+            ("/billing/..%253b/api", PathError::DotSegmentParameters),
+            ("/billing/..%253bx/api", PathError::DotSegmentParameters),
+            ("/%62illing/..%252F%61pi", PathError::DotSegmentLookalike),
             ("http://a.x/b", PathError::NotOriginForm),
             ("a.x:443", PathError::NotOriginForm),
         ];
