@@ -113,7 +113,7 @@ pub fn decide(
     let target = resolve_host(authority, &tenancy.base_domains).map_err(RejectReason::BadHost)?;
 
     let (raw_path, query) = split_target(facts.target);
-    let path = normalize_path(raw_path).map_err(RejectReason::BadPath)?;
+    let path = normalize_path(raw_path).map_err(RejectReason::of_path)?;
 
     let binding = match &target {
         HostTarget::Subdomain(tenant) => table.get(tenant.as_str()),

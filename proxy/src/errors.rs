@@ -65,6 +65,15 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// The rejection of a path `normalize_path` refused: one too long is a target too long
+    /// (414, as a long query is), every other a malformed path (400).
+    pub fn of_path(e: crate::path::PathError) -> Self {
+        match e {
+            crate::path::PathError::TooLong => RejectReason::TargetTooLong,
+            e => RejectReason::BadPath(e),
+        }
+    }
+
     /// HTTP status code.
     pub fn status(&self) -> u16 {
         match self {

@@ -134,7 +134,7 @@ impl EdgeService {
         let cookies = header_values(req, &http::header::COOKIE);
         let target = match request_target(req) {
             Ok(target) => target,
-            Err(e) => return Err(RejectReason::BadPath(e)),
+            Err(e) => return Err(RejectReason::of_path(e)),
         };
         match target {
             None => Err(RejectReason::BadPath(crate::path::PathError::ControlChar)),

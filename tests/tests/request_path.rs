@@ -1233,6 +1233,15 @@ fn a_long_query_behind_an_instance_path_prefix_is_a_414_before_any_instance() {
         r.json()["path"].as_str().map(str::len),
         Some(101 + 6 + 1 + 65_300)
     );
+    // A path past the router's own bound (8 KiB) is a target too long as well, not a
+    // malformed one.
+    let raw = format!(
+        "GET /{} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        "a".repeat(9_000),
+        host("acme")
+    );
+    let r = send_raw(edge.addr, raw.as_bytes()).expect("response");
+    assert_eq!(r.status, 414, "{}", r.text());
 }
 
 #[test]
