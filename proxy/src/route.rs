@@ -46,8 +46,13 @@ const MAX_RESERVED_LEN: usize = 19;
 ///   decided on or the host the tenant was read from;
 /// - the user headers of auth-proxy setups, by family (`Remote-*` as Authelia sends them,
 ///   `X-Remote-*`, `X-Auth-Request-*` as oauth2-proxy does, `X-WebAuth-*` as Grafana reads
-///   them): an app configured to trust one behind an authenticating proxy must only ever get
-///   it from one.
+///   them), and those of the platforms' own: `X-Amzn-Oidc-*` (AWS ALB), `X-Goog-Iap-*` and
+///   `X-Goog-Authenticated-User-*` (Google IAP), `Cf-Access-*` (Cloudflare Access),
+///   `X-MS-Client-Principal*` (Azure App Service), `X-Pomerium-*`, and every `X-Envoy-*`
+///   (Envoy's client address and path overrides among them): an app configured to trust one
+///   behind an authenticating proxy must only ever get it from one, and one moved here from
+///   behind such a platform may still trust it;
+/// - other client-address headers (`X-Original-Forwarded-For`, `X-Originating-IP`).
 pub fn is_reserved(name: &HeaderName) -> bool {
     let b = name.as_str().as_bytes();
     if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c' | b'r')) {
@@ -59,6 +64,14 @@ pub fn is_reserved(name: &HeaderName) -> bool {
         b"x-remote-",
         b"x-auth-request-",
         b"x-webauth-",
+        b"x-amzn-oidc-",
+        b"x-goog-iap-",
+        b"x-goog-authenticated-user-",
+        b"cf-access-",
+        b"x-ms-client-principal",
+        b"x-pomerium-",
+        b"x-envoy-",
+        b"x-original-forwarded-for",
     ]
     .iter()
     .any(|family| starts_as(b, family))
@@ -96,6 +109,7 @@ pub fn is_reserved(name: &HeaderName) -> bool {
             | b"x-rewrite-url"
             | b"x-original-host"
             | b"x-host"
+            | b"x-originating-ip"
     )
 }
 
@@ -592,6 +606,19 @@ mod tests {
             "x-auth-request-access-token",
             "x-auth-request-redirect",
             "x-webauth-email",
+            "x-amzn-oidc-identity",
+            "x-amzn-oidc-data",
+            "x-goog-iap-jwt-assertion",
+            "x-goog-authenticated-user-email",
+            "cf-access-authenticated-user-email",
+            "cf-access-jwt-assertion",
+            "x-ms-client-principal",
+            "x-ms-client-principal-name",
+            "x-pomerium-claim-email",
+            "x-envoy-external-address",
+            "x-envoy-original-path",
+            "x-original-forwarded-for",
+            "x-originating-ip",
         ];
         let kept = [
             "x-user-ids",
@@ -613,6 +640,9 @@ mod tests {
             "remote",
             "x-remoteuser",
             "x-auth-requests",
+            "x-amzn-trace-id",
+            "cf-ipcountry",
+            "x-goog-api-key",
         ];
         for name in reserved {
             let n = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));

@@ -887,6 +887,11 @@ fn spoofed_identity_headers_are_replaced() {
             ("X-Original-Host", "globex.edge.test"),
             ("Remote-User", "admin"),
             ("X-Auth-Request-User", "admin"),
+            // Platforms' own identity and client-address headers.
+            ("X-Amzn-Oidc-Identity", "admin"),
+            ("Cf-Access-Authenticated-User-Email", "admin@acme.test"),
+            ("X-Envoy-External-Address", "6.6.6.6"),
+            ("X-Originating-IP", "6.6.6.6"),
         ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -903,6 +908,10 @@ fn spoofed_identity_headers_are_replaced() {
         "x-original-host",
         "remote-user",
         "x-auth-request-user",
+        "x-amzn-oidc-identity",
+        "cf-access-authenticated-user-email",
+        "x-envoy-external-address",
+        "x-originating-ip",
     ] {
         assert!(echoed_header(&echo, gone).is_empty(), "{gone}: {echo}");
     }
