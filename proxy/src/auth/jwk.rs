@@ -202,6 +202,17 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
         return Err("not an object".to_owned());
     }
     let kid = str_field(jwk, "kid")?.map(str::to_owned);
+    // A key set is public: one that carries a private key has leaked it, and anyone who read
+    // the set can sign for the key. Its tokens prove nothing.
+    if let Some(member) = ["d", "p", "q", "dp", "dq", "qi", "oth"]
+        .into_iter()
+        .find(|m| jwk.get(m).is_some())
+    {
+        return Err(format!(
+            "it holds private key material ({member:?}): the key has leaked with the key set; \
+             rotate it and publish only the public part"
+        ));
+    }
     if let Some(u) = str_field(jwk, "use")? {
         if u != "sig" {
             return Err(format!("use is {u:?}, not \"sig\""));

@@ -769,6 +769,26 @@ fn an_ed25519_key_anyone_could_sign_for_is_skipped() {
 }
 
 #[test]
+fn a_jwk_carrying_its_private_key_is_skipped() {
+    let f = fixture("private-jwk");
+    let mut leaked = f.es.public_jwk();
+    leaked["kid"] = json!("leaked");
+    leaked["d"] = json!(b64(&[7u8; 32]));
+    std::fs::write(
+        f.dir.path().join("jwks.json"),
+        json!({ "keys": [f.rs.public_jwk(), leaked] }).to_string(),
+    )
+    .expect("w");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    assert_eq!(auth.skipped_keys().len(), 1, "{:?}", auth.skipped_keys());
+    assert!(
+        auth.skipped_keys()[0].contains("private key material"),
+        "{:?}",
+        auth.skipped_keys()
+    );
+}
+
+#[test]
 fn an_hmac_key_whose_kid_the_jwks_holds_is_refused_not_skipped() {
     // Skipped, every HS256 token would be refused while the router looked healthy.
     let f = fixture("hmac-kid");
