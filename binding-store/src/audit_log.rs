@@ -17,6 +17,17 @@ use crate::admin::AuditEntry;
 /// How much of the end of the log is read first to find its last line (doubled until found).
 const TAIL_WINDOW: u64 = 64 * 1024;
 
+/// What the end of a log tells: its last readable entry, if any.
+#[derive(Debug)]
+pub(crate) enum Tail {
+    /// No lines (or blank ones only): a new store's log.
+    Empty,
+    /// The last entry that can be read.
+    Entry(Box<AuditEntry>),
+    /// Lines, none of them an entry: whether the store recorded changes cannot be told.
+    Unreadable,
+}
+
 /// The log next to a bindings file.
 pub(crate) fn path_for(bindings: &Path) -> PathBuf {
     let mut p = bindings.as_os_str().to_owned();
@@ -41,14 +52,24 @@ impl AuditLog {
         Ok(AuditLog { file, path })
     }
 
-    /// The last complete entry, after cutting off a torn final line. `None` for an empty log,
-    /// or when the last line is not an entry (hand-edited): then nothing can be told from it.
-    pub(crate) fn last_entry(&mut self) -> std::io::Result<Option<AuditEntry>> {
+    /// The last entry that can be read, after cutting off a torn final line.
+    ///
+    /// Lines after it that are not entries (edited by hand, damaged) are passed over, as
+    /// [`AuditLog::unmade_after`] and a tenant's history pass over them. Were one of them
+    /// taken as "nothing can be told from the log", a single junk line would turn off what
+    /// the log guards: the refusal to start a new bindings file over a lost one, and the
+    /// numbering past every revision handed out (the next write would reuse them). Refusing
+    /// every write until the line is mended would keep them too, but stop all writes over a
+    /// line that holds nothing. What a damaged line can still hide is its own revision, had
+    /// it been an entry: a change made is in the bindings file's counter too, and a change
+    /// never made reached no router; only a lost file written over with
+    /// `--start-new-history` could reuse it.
+    pub(crate) fn last_entry(&mut self) -> std::io::Result<Tail> {
         let mut window = TAIL_WINDOW;
         loop {
             let len = self.file.metadata()?.len();
             if len == 0 {
-                return Ok(None);
+                return Ok(Tail::Empty);
             }
             let start = len.saturating_sub(window);
             let mut tail = Vec::with_capacity((len - start) as usize);
@@ -78,16 +99,38 @@ impl AuditLog {
                 self.file.sync_all()?;
                 continue;
             }
-            let body = &tail[..tail.len() - 1];
-            let line = match body.iter().rposition(|&b| b == b'\n') {
-                Some(i) => &body[i + 1..],
-                None if start == 0 => body,
-                None => {
-                    window = window.saturating_mul(2);
+            let mut lines: Vec<&[u8]> = tail[..tail.len() - 1].split(|&b| b == b'\n').collect();
+            // The window's first line may begin before it: only whole lines are read.
+            if start > 0 {
+                lines.remove(0);
+            }
+            let mut unreadable = 0usize;
+            for line in lines.iter().rev() {
+                if line.trim_ascii().is_empty() {
                     continue;
                 }
-            };
-            return Ok(serde_json::from_slice(line).ok());
+                match serde_json::from_slice::<AuditEntry>(line) {
+                    Ok(entry) => {
+                        if unreadable > 0 {
+                            tracing::warn!(file = %self.path.display(), lines = unreadable,
+                                revision = entry.revision,
+                                "audit lines after the last readable entry are not entries \
+                                 (edited by hand?); going by that entry");
+                        }
+                        return Ok(Tail::Entry(Box::new(entry)));
+                    }
+                    Err(_) => unreadable += 1,
+                }
+            }
+            if start > 0 {
+                window = window.saturating_mul(2);
+                continue;
+            }
+            return Ok(if unreadable == 0 {
+                Tail::Empty
+            } else {
+                Tail::Unreadable
+            });
         }
     }
 

@@ -30,7 +30,7 @@ use crate::admin::{
     Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource, Listing,
     Mutation, WipedStore,
 };
-use crate::audit_log::{self, AuditLog};
+use crate::audit_log::{self, AuditLog, Tail};
 use crate::error::StoreError;
 use crate::model::{Binding, Revision, TenantId};
 use crate::records::{
@@ -803,7 +803,24 @@ fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> 
         |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
     let mut log = AuditLog::open(audit.clone()).map_err(unavailable)?;
     let mut high = doc.high_revision();
-    if let Some(last) = log.last_entry().map_err(unavailable)? {
+    let last = match log.last_entry().map_err(unavailable)? {
+        Tail::Entry(last) => Some(*last),
+        Tail::Empty => None,
+        // Lines, none an entry: the log may have recorded changes, so a missing file may be
+        // a lost one. With the file there, its own counter numbers on.
+        Tail::Unreadable if doc.missing && wiped == WipedStore::Refuse => {
+            return Err(AdminError::Corrupt(format!(
+                "{}: the bindings file is missing, and its audit log {} is not empty, yet no \
+                 line of it can be read: whether it recorded changes (and the file was lost) \
+                 cannot be told. Put the file back, or mend the log or move it aside; to write \
+                 anyway, pass --start-new-history",
+                path.display(),
+                audit.display()
+            )));
+        }
+        Tail::Unreadable => None,
+    };
+    if let Some(last) = last {
         if doc.missing && wiped == WipedStore::Refuse {
             return Err(AdminError::FileLost {
                 path: path.display().to_string(),

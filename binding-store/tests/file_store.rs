@@ -1040,3 +1040,114 @@ fn after_a_backup_is_restored_the_cli_delete_of_its_last_tenant_is_taken() {
         },
     );
 }
+
+/// Appends `bytes` to the audit log at `audit`, as a hand edit would.
+fn append_to(audit: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(audit)
+        .unwrap();
+    log.write_all(bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_last_audit_line_hides_neither_a_lost_file_nor_a_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let audit = dir.path().join("bindings.json.audit.jsonl");
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    put(&store, "acme");
+    put(&store, "globex");
+    // The file lost, and a line that is no entry after the last one: the log still records
+    // changes up to revision 2, so the write is refused.
+    std::fs::remove_file(&path).unwrap();
+    append_to(&audit, b"not json\n\xff\n\n");
+    let b = parse_record(&record("initech", "http://10.0.0.1")).unwrap();
+    let e = rt()
+        .block_on(store.apply(
+            &tid("initech"),
+            Mutation::Put(Box::new(b.clone())),
+            None,
+            &actor(),
+        ))
+        .unwrap_err();
+    assert!(matches!(e, AdminError::FileLost { .. }), "{e}");
+    assert!(e.to_string().contains("up to revision 2"), "{e}");
+    assert!(!path.exists(), "nothing written");
+    let e = rt()
+        .block_on(store.import(vec![Arc::new(b.clone())], &actor(), ImportSource::Records))
+        .unwrap_err();
+    assert!(e.to_string().contains("looks lost"), "{e}");
+    // Said outright, the new history goes on from the numbers handed out.
+    let new = FileStore::new(Some(path.clone()), Duration::from_millis(10))
+        .with_wiped_store(WipedStore::StartNewHistory);
+    let (rev, _) = rt()
+        .block_on(new.apply(&tid("initech"), Mutation::Put(Box::new(b)), None, &actor()))
+        .unwrap();
+    assert_eq!(rev.get(), 3);
+
+    // A logged change the file never received (revision 4), then a damaged line: 4 was
+    // handed out, and is noted as not made.
+    let mut unmade = rt()
+        .block_on(store.history(&tid("initech")))
+        .unwrap()
+        .entries
+        .remove(0);
+    unmade.revision = 4;
+    unmade.op = "set-status".into();
+    append_to(
+        &audit,
+        format!("{}\n", serde_json::to_string(&unmade).unwrap()).as_bytes(),
+    );
+    append_to(&audit, b"{\"tenant\":\"initech\",\"revision\":\"five\"}\n");
+    let rev = rt().block_on(set_status(&store, &tid("initech"), TenantStatus::Suspended));
+    assert_eq!(rev, Revision(5), "revision 4 was handed out already");
+    let ops = rt().block_on(ops(&store, &tid("initech")));
+    assert_eq!(
+        ops,
+        [
+            (3, "put".to_owned()),
+            (4, "set-status".to_owned()),
+            (4, "not-made".to_owned()),
+            (5, "set-status".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn a_lost_file_whose_audit_log_holds_no_readable_entry_is_not_written_over() {
+    // Whether the log recorded changes cannot be told: the write is refused, not taken as the
+    // first of a new store.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let audit = dir.path().join("bindings.json.audit.jsonl");
+    std::fs::write(&audit, b"not json\n").unwrap();
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
+    let e = rt()
+        .block_on(store.apply(
+            &tid("acme"),
+            Mutation::Put(Box::new(b.clone())),
+            None,
+            &actor(),
+        ))
+        .unwrap_err();
+    assert!(e.to_string().contains("no line of it can be read"), "{e}");
+    assert!(e.to_string().contains("--start-new-history"), "{e}");
+    assert!(!path.exists(), "nothing written");
+    assert_eq!(std::fs::read(&audit).unwrap(), b"not json\n");
+    let store = store.with_wiped_store(WipedStore::StartNewHistory);
+    let (rev, _) = rt()
+        .block_on(store.apply(&tid("acme"), Mutation::Put(Box::new(b)), None, &actor()))
+        .unwrap();
+    assert_eq!(rev.get(), 1);
+    // An empty log is a new store's.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    std::fs::write(dir.path().join("bindings.json.audit.jsonl"), b"").unwrap();
+    put(
+        &FileStore::new(Some(path), Duration::from_millis(10)),
+        "acme",
+    );
+}
