@@ -409,10 +409,31 @@ impl RawDoc {
         })
     }
 
-    fn position(&self, tenant: &TenantId) -> Option<usize> {
-        self.bindings
-            .iter()
-            .position(|v| v.get("tenant_id").and_then(Value::as_str) == Some(tenant.as_str()))
+    /// Where each tenant's records are, by the `tenant_id` they name.
+    fn places(&self) -> std::collections::HashMap<String, Vec<usize>> {
+        let mut at: std::collections::HashMap<String, Vec<usize>> =
+            std::collections::HashMap::new();
+        for (i, v) in self.bindings.iter().enumerate() {
+            if let Some(t) = v.get("tenant_id").and_then(Value::as_str) {
+                at.entry(t.to_owned()).or_default().push(i);
+            }
+        }
+        at
+    }
+
+    /// Where `tenant`'s record is. A tenant listed more than once is refused (see
+    /// [`listed_twice`]).
+    fn position(&self, path: &Path, tenant: &TenantId) -> Result<Option<usize>, AdminError> {
+        let places: Vec<usize> = (0..self.bindings.len())
+            .filter(|&i| {
+                self.bindings[i].get("tenant_id").and_then(Value::as_str) == Some(tenant.as_str())
+            })
+            .collect();
+        match places[..] {
+            [] => Ok(None),
+            [i] => Ok(Some(i)),
+            _ => Err(listed_twice(path, tenant, &places)),
+        }
     }
 
     /// The highest revision issued: the file's counter, or a record's if one is higher
@@ -440,6 +461,19 @@ impl RawDoc {
         write_atomically(path, format!("{doc:#}\n").as_bytes())
             .map_err(|e| AdminError::Unavailable(format!("{}: {e}", path.display())))
     }
+}
+
+/// A write to a tenant listed more than once in the file is refused: routers refuse every
+/// one of its records (the tenant keeps the binding it had before), so a change to one of
+/// them would be audited and reported done, yet never take effect. Which record is meant is
+/// the operator's call, so the write does not pick one; nothing is written.
+fn listed_twice(path: &Path, tenant: &TenantId, places: &[usize]) -> AdminError {
+    AdminError::Corrupt(format!(
+        "{}: tenant {tenant} is listed more than once (records {places:?}); routers refuse \
+         every one of its records, so a change to it would never take effect. Remove the extra \
+         records from the file by hand, keeping the one meant, then retry",
+        path.display()
+    ))
 }
 
 /// Temp file in the same directory, fsync, rename, fsync the directory: readers see the old
@@ -661,12 +695,7 @@ fn import_locked(
         mut log,
         high,
     } = lock_for_write(path, wiped).map_err(whole)?;
-    let mut at: std::collections::HashMap<String, usize> = doc
-        .bindings
-        .iter()
-        .enumerate()
-        .filter_map(|(i, v)| Some((v.get("tenant_id")?.as_str()?.to_owned(), i)))
-        .collect();
+    let mut at = doc.places();
     let (now, now_text) = now_rfc3339();
     let mut revision = high;
     let mut entries = Vec::with_capacity(bindings.len());
@@ -675,7 +704,11 @@ fn import_locked(
         bindings.iter().map(|b| b.tenant_id.clone()).collect();
     for b in bindings {
         let tenant = b.tenant_id.clone();
-        let pos = at.get(tenant.as_str()).copied();
+        let pos = match at.get(tenant.as_str()).map(Vec::as_slice) {
+            None | Some([]) => None,
+            Some([i]) => Some(*i),
+            Some(places) => return Err(failed(&tenant, listed_twice(path, &tenant, places))),
+        };
         // An invalid stored record is replaced, as `tenant put` would.
         let current = pos.and_then(|i| parse_record(&doc.bindings[i]).ok());
         let actual = current.as_ref().map_or(0, |c| c.revision.get());
@@ -705,7 +738,7 @@ fn import_locked(
         match pos {
             Some(i) => doc.bindings[i] = value,
             None => {
-                at.insert(tenant.to_string(), doc.bindings.len());
+                at.insert(tenant.to_string(), vec![doc.bindings.len()]);
                 doc.bindings.push(value);
             }
         }
@@ -885,7 +918,7 @@ fn apply_locked(
     let audit = audit_log::path_for(path);
     let unavailable =
         |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
-    let pos = doc.position(tenant);
+    let pos = doc.position(path, tenant)?;
     let current = match pos {
         None => None,
         Some(i) => Some(parse_record(&doc.bindings[i]).map_err(|(_, m)| {

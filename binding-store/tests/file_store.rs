@@ -1151,3 +1151,71 @@ fn a_lost_file_whose_audit_log_holds_no_readable_entry_is_not_written_over() {
         "acme",
     );
 }
+
+#[test]
+fn no_write_touches_a_tenant_listed_twice() {
+    // The router refuses every record of a tenant listed twice: a write to one of them would
+    // be audited and reported done, yet never take effect.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let audit = dir.path().join("bindings.json.audit.jsonl");
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    put(&store, "acme");
+    put(&store, "globex");
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let first = doc["bindings"][0].clone();
+    assert_eq!(first["tenant_id"], "acme");
+    doc["bindings"].as_array_mut().unwrap().push(first);
+    write_atomically(&path, doc.to_string().as_bytes()).unwrap();
+    let before = (
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&audit).unwrap(),
+    );
+    let acme = tid("acme");
+    let rebind = Mutation::Rebind {
+        instance_id: nexus_binding_store::InstanceId::parse("i2").unwrap(),
+        instance_url: UpstreamUrl::parse("instance_url", "http://10.0.0.2").unwrap(),
+        api_url: None,
+    };
+    let b = parse_record(&record("acme", "http://10.0.0.3")).unwrap();
+    for m in [
+        Mutation::SetStatus(TenantStatus::Suspended),
+        rebind,
+        Mutation::Put(Box::new(b.clone())),
+        Mutation::Delete,
+    ] {
+        let what = format!("{m:?}");
+        let e = rt()
+            .block_on(store.apply(&acme, m, None, &actor()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tenant acme is listed more than once (records [0, 2])"),
+            "{what}: {e}"
+        );
+        assert!(e.contains("by hand"), "{what}: {e}");
+    }
+    let e = rt()
+        .block_on(store.import(
+            bindings(&[
+                record("globex", "http://10.0.0.4"),
+                record("acme", "http://10.0.0.4"),
+            ]),
+            &actor(),
+            ImportSource::Records,
+        ))
+        .unwrap_err();
+    assert_eq!(e.tenant, Some(acme.clone()), "{e}");
+    assert!(e.to_string().contains("listed more than once"), "{e}");
+    let after = (
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&audit).unwrap(),
+    );
+    assert!(before == after, "the file and its audit log are unchanged");
+    // Other tenants are written as usual, the duplicates kept as they are.
+    let rev = rt().block_on(set_status(&store, &tid("globex"), TenantStatus::Suspended));
+    assert_eq!(rev, Revision(3));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(doc["bindings"][0], doc["bindings"][2]);
+}
