@@ -479,10 +479,18 @@ fn listed_twice(path: &Path, tenant: &TenantId, places: &[usize]) -> AdminError 
 /// Temp file in the same directory, fsync, rename, fsync the directory: readers see the old
 /// file or the new one, never half of one, even across a crash.
 ///
+/// The new file is what the old one was to everyone else: a symlink at `path` is followed
+/// (the file it names is replaced, in its own directory, and the link kept: routers may read
+/// the file by either name), and the new file gets the old one's permissions, and its owner
+/// and group as far as this process may set them (see [`keep_owner_and_mode`]). A new file
+/// gets the default mode (umask).
+///
 /// An error means the file was not replaced. Once the rename is done the new content is what
 /// everyone reads, so a failure to sync the directory after it is logged, not returned (a
 /// caller would otherwise undo the audit line of a change that did happen).
 pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = &resolve_links(path)?;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -492,8 +500,28 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let old = match std::fs::metadata(path) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        // A temp file left by a process that had this id before, or anything else put at its
+        // name (a link would be followed): never written into, but replaced.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut options = File::options();
+        options.write(true).create_new(true);
+        if old.is_some() {
+            // Readable by no one else until it has the old file's owner and mode.
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp)?;
+        if let Some(old) = &old {
+            keep_owner_and_mode(&f, old, path)?;
+        }
         f.write_all(content)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -507,6 +535,55 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
             "file replaced, but its directory could not be synced: a crash now may undo it");
     }
     Ok(())
+}
+
+/// `path` with every symlink at it followed, to the file it names (which may not exist yet).
+/// Links in its directories need no following: the rename happens in the same directory.
+fn resolve_links(path: &Path) -> std::io::Result<PathBuf> {
+    // As the kernel's limit (ELOOP).
+    const MAX_LINKS: usize = 40;
+    let mut p = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&p)?;
+                // A relative target is relative to the link's directory (an absolute one
+                // replaces it in `join`).
+                p = match p.parent() {
+                    Some(d) => d.join(target),
+                    None => target,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "{}: more than {MAX_LINKS} symbolic links to follow",
+        path.display()
+    )))
+}
+
+/// Gives the new file `f` the owner, group and permissions of the file it replaces (`old`,
+/// at `path`). Only root may give a file to another user; other writers keep the group if
+/// they are in it. What cannot be kept is logged, not fatal: the write is the operator's,
+/// and the file the same file to them; but a router reading it under another user may no
+/// longer be able to.
+fn keep_owner_and_mode(f: &File, old: &std::fs::Metadata, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{fchown, MetadataExt, PermissionsExt};
+    let owner = |m: &std::fs::Metadata| (m.uid(), m.gid());
+    if owner(&f.metadata()?) != owner(old) && fchown(f, Some(old.uid()), Some(old.gid())).is_err() {
+        let _ = fchown(f, None, Some(old.gid()));
+        let now = owner(&f.metadata()?);
+        if now != owner(old) {
+            tracing::warn!(file = %path.display(),
+                was = %format!("{}:{}", old.uid(), old.gid()),
+                now = %format!("{}:{}", now.0, now.1),
+                "the file's owner or group could not be kept (only root may give a file \
+                 away); check that the routers reading it still may");
+        }
+    }
+    // After the owner: changing it may clear set-id bits.
+    f.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))
 }
 
 fn now_rfc3339() -> (time::OffsetDateTime, String) {

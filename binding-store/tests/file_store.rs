@@ -1219,3 +1219,42 @@ fn no_write_touches_a_tenant_listed_twice() {
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(doc["bindings"][0], doc["bindings"][2]);
 }
+#[test]
+fn a_write_keeps_the_files_mode_and_owner_and_writes_through_a_symlink() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    put(&store, "acme");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    // Only root may give a file away: then the owner and group are kept too.
+    let root = std::fs::metadata(&path).unwrap().uid() == 0;
+    if root {
+        std::os::unix::fs::chown(&path, Some(4321), Some(4322)).unwrap();
+    }
+    put(&store, "globex");
+    let m = std::fs::metadata(&path).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o640);
+    if root {
+        assert_eq!((m.uid(), m.gid()), (4321, 4322));
+    }
+
+    // The configured path a (relative) link to the file routers read.
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    let real = dir.path().join("real").join("b.json");
+    std::fs::rename(&path, &real).unwrap();
+    std::os::unix::fs::symlink("real/b.json", &path).unwrap();
+    put(&store, "initech");
+    assert!(
+        path.symlink_metadata().unwrap().is_symlink(),
+        "the link is kept"
+    );
+    let text = std::fs::read_to_string(&real).unwrap();
+    assert!(text.contains("initech"), "{text}");
+    assert_eq!(std::fs::metadata(&real).unwrap().mode() & 0o7777, 0o640);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("real"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, ["b.json"], "no temp file left");
+}
