@@ -502,6 +502,10 @@ fn tenancy(
     })
 }
 
+/// Claims the router reads as NumericDates (RFC 7519 §4.1.4-6): a number in every token it
+/// accepts, never the string a tenant or org claim must be.
+const DATE_CLAIMS: [&str; 3] = ["exp", "nbf", "iat"];
+
 fn auth(
     root: &DeTable<'_>,
     d: &AuthSettings,
@@ -544,6 +548,12 @@ fn auth(
     let claim = |v: &str| {
         if v.is_empty() {
             Err("must not be empty".to_owned())
+        } else if DATE_CLAIMS.contains(&v) {
+            Err(format!(
+                "{v:?} is a date claim: the router reads it as a number (NumericDate), and \
+                 this claim must be a string, so every token would be refused; name a claim \
+                 of its own"
+            ))
         } else {
             Ok(v.to_owned())
         }

@@ -675,3 +675,34 @@ fn a_duplicate_key_or_table_is_named() {
     let ps = problems("a = 1\na = 2\n");
     assert!(ps.iter().any(|p| p.key == "a"), "{ps:#?}");
 }
+
+#[test]
+fn the_tenant_and_org_claims_are_not_date_claims() {
+    // The router reads exp, nbf and iat as NumericDates (numbers), and the tenant and org
+    // claims must be strings: with one of these names every token would be refused.
+    for claim in ["exp", "nbf", "iat"] {
+        for key in ["tenant_claim", "org_claim"] {
+            let text = MINIMAL.replacen(
+                "jwks_file = \"keys/jwks.json\"\n",
+                &format!("jwks_file = \"keys/jwks.json\"\n{key} = \"{claim}\"\n"),
+                1,
+            );
+            has(
+                &problems(&text),
+                &format!("auth.{key}"),
+                4,
+                &format!("{claim:?} is a date claim"),
+            );
+        }
+    }
+    let text = MINIMAL.replacen(
+        "jwks_file = \"keys/jwks.json\"\n",
+        "jwks_file = \"keys/jwks.json\"\ntenant_claim = \"tid\"\norg_claim = \"expiry\"\n",
+        1,
+    );
+    let s = parse_str(&text, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(
+        (&*s.auth.tenant_claim, &*s.auth.org_claim),
+        ("tid", "expiry")
+    );
+}
