@@ -132,15 +132,18 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     }
     let base = origin.parent().unwrap_or(Path::new("."));
     let d = embedded_default();
-    let server = server(root, &d.server, &mut p);
+    let mut header_bound = None;
+    let server = server(root, &d.server, &mut header_bound, &mut p);
     let tenancy = tenancy(root, &d.tenancy, &mut p);
     let mut named = NamedFiles::default();
-    let auth = auth(root, &d.auth, base, &mut named, &mut p);
+    let mut token_bound = None;
+    let auth = auth(root, &d.auth, base, &mut named, &mut token_bound, &mut p);
     let upstream = upstream(root, &d.upstream, base, &mut p);
     let store = store(root, base, &mut named, &mut p);
     let log = log(root, &d.log, &mut p);
-    if let (Some(server), Some(auth)) = (&server, &auth) {
-        token_fits_in_header(root, server, auth, &mut p);
+    // Whenever both bounds parsed, whatever else is wrong in their sections.
+    if let (Some(header), Some(token)) = (header_bound, token_bound) {
+        token_fits_in_header(root, header, token, &mut p);
     }
     let sections = Sections {
         server,
@@ -213,16 +216,25 @@ pub fn key_line(text: &str, key: &str) -> Option<usize> {
     at.map(|o| Problems::new(text).line_of(o))
 }
 
+/// Room a request's header needs beside its token: the request line (`GET / HTTP/1.1` and
+/// its CRLF, 16 bytes with the shortest path), a `Host` header naming a tenant (`Host: `, the
+/// name, CRLF), the token's own framing (`Authorization: Bearer ` and CRLF, 24 bytes, or
+/// `Cookie: ` with the cookie's name, `=` and CRLF) and the empty line that ends the header
+/// (2 bytes). The least a request with a token takes; a real one takes more (a longer path,
+/// `User-Agent`, `Accept`).
+const TOKEN_HEADER_OVERHEAD: usize = 128;
+
 /// A token as long as `auth.max_token_bytes` allows must fit in a request header as long as
-/// `server.max_request_header_bytes` allows, or the longest tokens are refused by the header
-/// bound with a 431 no one would trace back to the token.
+/// `server.max_request_header_bytes` allows, beside the request line and the header's
+/// framing, or the longest tokens are refused by the header bound with a 431 no one would
+/// trace back to the token.
 fn token_fits_in_header(
     root: &DeTable<'_>,
-    server: &ServerSettings,
-    auth: &crate::AuthSettings,
+    max_request_header_bytes: usize,
+    max_token_bytes: usize,
     p: &mut Problems<'_>,
 ) {
-    if auth.max_token_bytes < server.max_request_header_bytes {
+    if max_token_bytes + TOKEN_HEADER_OVERHEAD <= max_request_header_bytes {
         return;
     }
     // The line of whichever of the two the file sets (the token bound's first).
@@ -239,9 +251,10 @@ fn token_fits_in_header(
         "auth.max_token_bytes",
         at,
         format!(
-            "{} is not below server.max_request_header_bytes ({}): a token that long could \
-             never arrive; lower it or raise the header bound",
-            auth.max_token_bytes, server.max_request_header_bytes
+            "{max_token_bytes} leaves less than {TOKEN_HEADER_OVERHEAD} bytes of \
+             server.max_request_header_bytes ({max_request_header_bytes}) for the request \
+             line, Host and the Authorization or Cookie framing: a token that long could never \
+             arrive; lower it or raise the header bound"
         ),
     );
 }
@@ -258,7 +271,14 @@ fn same_port(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 const MS: Duration = Duration::from_millis(1);
 
-fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Option<ServerSettings> {
+/// `[server]`; `header_bound` gets `max_request_header_bytes` whenever that key parsed (or
+/// is left to its default), whatever else is wrong.
+fn server(
+    root: &DeTable<'_>,
+    d: &ServerSettings,
+    header_bound: &mut Option<usize>,
+    p: &mut Problems<'_>,
+) -> Option<ServerSettings> {
     let before = p.list.len();
     let mut s = Section::open(root, "server", p);
     let listen = s.socket_addr("listen", p).unwrap_or(d.listen);
@@ -333,9 +353,12 @@ fn server(root: &DeTable<'_>, d: &ServerSettings, p: &mut Problems<'_>) -> Optio
         .unwrap_or(d.request_header_timeout);
     // From a minimal request with a token up to half of Pingora's own bound (1 MiB), so that a
     // header past it meets the router's 431 before Pingora's 400.
-    let max_request_header_bytes = s
+    let read = s
         .integer("max_request_header_bytes", 4096, 524_288, p)
-        .map_or(d.max_request_header_bytes, |n| n as usize);
+        .map(|n| n as usize);
+    *header_bound =
+        s.parsed_or_default("max_request_header_bytes", read, d.max_request_header_bytes);
+    let max_request_header_bytes = read.unwrap_or(d.max_request_header_bytes);
     let max_connections = s
         .integer("max_connections", 1, 10_000_000, p)
         .map_or(d.max_connections, |n| n as usize);
@@ -511,6 +534,7 @@ fn auth(
     d: &AuthSettings,
     base: &Path,
     named: &mut NamedFiles,
+    token_bound: &mut Option<usize>,
     p: &mut Problems<'_>,
 ) -> Option<AuthSettings> {
     let before = p.list.len();
@@ -592,9 +616,11 @@ fn auth(
     let token_cache_capacity = s
         .integer("token_cache_capacity", 0, 10_000_000, p)
         .map_or(d.token_cache_capacity, |n| n as usize);
-    let max_token_bytes = s
+    let read = s
         .integer("max_token_bytes", 256, 65_536, p)
-        .map_or(d.max_token_bytes, |n| n as usize);
+        .map(|n| n as usize);
+    *token_bound = s.parsed_or_default("max_token_bytes", read, d.max_token_bytes);
+    let max_token_bytes = read.unwrap_or(d.max_token_bytes);
     s.finish(p);
     let jwks = jwks?;
     (p.list.len() == before).then_some(AuthSettings {

@@ -136,6 +136,24 @@ impl<'a, 'i> Section<'a, 'i> {
             .map(|(_, v)| v)
     }
 
+    /// What `k` holds, given what its reader made of it (`read`): `read` when it parsed, the
+    /// default when the file leaves it out of a section that is a table (or absent), nothing
+    /// when the key or its section is wrong. For rules between keys of two sections, which
+    /// hold whatever else is wrong in either.
+    pub(crate) fn parsed_or_default<T>(
+        &mut self,
+        k: &'static str,
+        read: Option<T>,
+        default: T,
+    ) -> Option<T> {
+        let section_ok = self.table.is_some() || self.at.is_none();
+        match read {
+            Some(v) => Some(v),
+            None if section_ok && self.raw(k).is_none() => Some(default),
+            None => None,
+        }
+    }
+
     /// Whether the section exists in the file.
     pub(crate) fn present(&self) -> bool {
         self.table.is_some()

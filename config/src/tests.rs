@@ -180,7 +180,7 @@ fn the_longest_token_must_fit_in_the_longest_header() {
         &problems(text),
         "auth.max_token_bytes",
         3,
-        "65536 is not below server.max_request_header_bytes (65536)",
+        "65536 leaves less than 128 bytes of server.max_request_header_bytes (65536)",
     );
     // The header bound set too low (the token bound's default is 8192): named where that is.
     let text = format!("{MINIMAL}\n[server]\nmax_request_header_bytes = 8192\n");
@@ -188,10 +188,52 @@ fn the_longest_token_must_fit_in_the_longest_header() {
         &problems(&text),
         "auth.max_token_bytes",
         10,
-        "8192 is not below server.max_request_header_bytes (8192)",
+        "8192 leaves less than 128 bytes of server.max_request_header_bytes (8192)",
     );
+    // A token one byte shorter than the header bound could not arrive either: the request
+    // line and `Authorization: Bearer ` take room too.
     let text = format!("{MINIMAL}\n[server]\nmax_request_header_bytes = 8193\n");
+    has(
+        &problems(&text),
+        "auth.max_token_bytes",
+        10,
+        "8192 leaves less than 128 bytes",
+    );
+    let text = format!("{MINIMAL}\n[server]\nmax_request_header_bytes = 8319\n");
+    has(&problems(&text), "auth.max_token_bytes", 10, "8192 leaves");
+    let text = format!("{MINIMAL}\n[server]\nmax_request_header_bytes = 8320\n");
     parse_str(&text, Path::new("/etc/nexus/edge.toml")).expect("valid");
+}
+
+#[test]
+fn the_token_and_header_bounds_are_compared_beside_other_problems() {
+    // Other keys of both sections wrong: the two bounds parsed, so they are compared, and
+    // every problem is said in one run.
+    let text = "[server]\nthreads = 0\nmax_request_header_bytes = 8192\n\
+                [auth]\njwks_file = \"k.json\"\nleeway = \"soon\"\nmax_token_bytes = 60000\n\
+                [store]\nkind = \"file\"\npath = \"b.json\"\n";
+    let ps = problems(text);
+    has(&ps, "server.threads", 2, "out of range");
+    has(&ps, "auth.leeway", 6, "not a duration");
+    has(
+        &ps,
+        "auth.max_token_bytes",
+        7,
+        "60000 leaves less than 128 bytes of server.max_request_header_bytes (8192)",
+    );
+    // A bound that did not parse is not compared: its own problem is the one to fix.
+    let text = "[server]\nmax_request_header_bytes = 100\n\
+                [auth]\njwks_file = \"k.json\"\nmax_token_bytes = 60000\n\
+                [store]\nkind = \"file\"\npath = \"b.json\"\n";
+    let ps = problems(text);
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    has(&ps, "server.max_request_header_bytes", 2, "out of range");
+    // Nor is the default of a section that is no table.
+    let text = "server = 1\n[auth]\njwks_file = \"k.json\"\nmax_token_bytes = 65536\n\
+                [store]\nkind = \"file\"\npath = \"b.json\"\n";
+    let ps = problems(text);
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    has(&ps, "server", 1, "must be a table");
 }
 
 #[test]
