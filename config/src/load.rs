@@ -259,13 +259,19 @@ fn token_fits_in_header(
     );
 }
 
-/// Whether two listeners would take one port: the same port (not 0, which the system
-/// picks) on the same address, or on any address when either is a wildcard (`0.0.0.0`,
-/// `::`).
+/// Whether two listeners would take one port, as Linux binds them (std sets SO_REUSEADDR,
+/// which lets no second socket bind beside a listening one, and leaves IPV6_V6ONLY off): the
+/// same port (not 0, which the system picks) on the same address, an IPv4-mapped IPv6
+/// address (`::ffff:127.0.0.1`) being its IPv4 address; or where `0.0.0.0` (every IPv4
+/// address) meets an IPv4 address, or `::` (every address, IPv4 too) meets any.
 fn same_port(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    let (a_ip, b_ip) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let takes = |wide: std::net::IpAddr, other: std::net::IpAddr| {
+        wide.is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+    };
     a.port() == b.port()
         && a.port() != 0
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        && (a_ip == b_ip || takes(a_ip, b_ip) || takes(b_ip, a_ip))
 }
 
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);

@@ -748,3 +748,43 @@ fn the_tenant_and_org_claims_are_not_date_claims() {
         ("tid", "expiry")
     );
 }
+
+#[test]
+fn listeners_clash_as_linux_binds_them() {
+    // What Linux refuses (checked by binding, SO_REUSEADDR on both as std sets it, IPV6_V6ONLY
+    // off as it is by default): an IPv4-mapped IPv6 address is its IPv4 address, 0.0.0.0 takes
+    // every IPv4 address, `::` every address of both families.
+    for (listen, admin) in [
+        ("127.0.0.1:18190", "[::ffff:127.0.0.1]:18190"),
+        ("[::ffff:127.0.0.1]:18190", "127.0.0.1:18190"),
+        ("127.0.0.1:18190", "[::ffff:0.0.0.0]:18190"),
+        ("[::ffff:0.0.0.0]:18190", "127.0.0.2:18190"),
+        ("0.0.0.0:18190", "[::ffff:0.0.0.0]:18190"),
+        ("0.0.0.0:18190", "127.0.0.1:18190"),
+        ("[::]:18190", "127.0.0.1:18190"),
+        ("[::]:18190", "[::1]:18190"),
+        ("[::ffff:127.0.0.1]:18190", "[::]:18190"),
+    ] {
+        let text =
+            format!("{MINIMAL}[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n");
+        has(
+            &problems(&text),
+            "server.admin_listen",
+            10,
+            "already takes this port",
+        );
+    }
+    // What it lets both have: 0.0.0.0 is IPv4 only, and two IPv4 (or IPv6) addresses are two.
+    for (listen, admin) in [
+        ("0.0.0.0:18190", "[::1]:18190"),
+        ("[::1]:18190", "[::ffff:0.0.0.0]:18190"),
+        ("[::1]:18190", "127.0.0.1:18190"),
+        ("[::ffff:127.0.0.1]:18190", "[::1]:18190"),
+        ("[::ffff:127.0.0.1]:18190", "127.0.0.2:18190"),
+    ] {
+        let text =
+            format!("{MINIMAL}[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n");
+        parse_str(&text, Path::new("/etc/nexus/edge.toml"))
+            .unwrap_or_else(|e| panic!("{listen} and {admin} are two listeners: {e}"));
+    }
+}
