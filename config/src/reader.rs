@@ -14,6 +14,9 @@ use crate::error::Problem;
 /// Collects problems and turns byte offsets into line numbers.
 pub(crate) struct Problems<'t> {
     text: &'t str,
+    /// Offset of every `\n` in `text`, found once: a file with many problems is not read
+    /// again from its start for each.
+    newlines: Vec<usize>,
     pub(crate) list: Vec<Problem>,
 }
 
@@ -21,17 +24,19 @@ impl<'t> Problems<'t> {
     pub(crate) fn new(text: &'t str) -> Self {
         Self {
             text,
+            newlines: text
+                .bytes()
+                .enumerate()
+                .filter_map(|(i, c)| (c == b'\n').then_some(i))
+                .collect(),
             list: Vec::new(),
         }
     }
 
+    /// The 1-based line of byte `offset`: one more than the newlines before it.
     pub(crate) fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&c| c == b'\n')
-            .count()
-            + 1
+        self.newlines.partition_point(|&nl| nl < end) + 1
     }
 
     pub(crate) fn push(
