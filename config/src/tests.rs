@@ -716,6 +716,43 @@ fn a_duplicate_key_or_table_is_named() {
     );
     let ps = problems("a = 1\na = 2\n");
     assert!(ps.iter().any(|p| p.key == "a"), "{ps:#?}");
+    // Named from the parser's own reading, not the text's lines: a header inside a string is
+    // no header, and a key is in the inline table or dotted key it is written in.
+    for quotes in ["'''", "\"\"\""] {
+        let text = format!(
+            "[log]\nfilter = {quotes}\n[server]\n{quotes}\nformat = \"text\"\nformat = \"json\"\n"
+        );
+        has(&problems(&text), "log.format", 6, "duplicate key");
+    }
+    let ps = problems("server = { threads = 1, threads = 2 }\n");
+    has(&ps, "server.threads", 1, "duplicate key");
+    let ps = problems("[server]\na.b = 1\na.b = 2\n");
+    has(&ps, "server.a.b", 3, "duplicate key");
+    let ps = problems(
+        "[auth]\n[[auth.hmac_keys]]\nkid = \"a\"\n[[auth.hmac_keys]]\nkid = \"b\"\nkid = \"c\"\n",
+    );
+    has(&ps, "auth.hmac_keys[1].kid", 6, "duplicate key");
+    let ps = problems("[auth]\nhmac_keys = [{ kid = \"a\" }, { kid = \"b\", kid = \"c\" }]\n");
+    has(&ps, "auth.hmac_keys[1].kid", 2, "duplicate key");
+    let ps = problems("[[a]]\n[[a.b]]\n[[a]]\n[[a.b]]\n[[a.b]]\nc = 1\nc = 2\n");
+    has(&ps, "a[1].b[1].c", 7, "duplicate key");
+    let ps = problems("[\"log\"]\nformat = \"text\"\n[ log ]\n");
+    has(&ps, "log", 3, "[log] twice");
+}
+
+#[test]
+fn an_hmac_key_problem_is_said_at_the_line_of_its_field() {
+    let text = format!(
+        "{MINIMAL}[[auth.hmac_keys]]\nkid = \"a\"\n\nalg = \"HS999\"\nsecret_env = \"NEXUS_TEST_SURELY_UNSET_VAR\"\n\
+         [[auth.hmac_keys]]\nkid = \"b\"\nsecret_env = \"NEXUS_TEST_SURELY_UNSET_VAR\"\n\
+         [[auth.hmac_keys]]\nkid = \"b\"\nsecret_file = \"/nonexistent/secret\"\n\
+         [[auth.hmac_keys]]\nkid = \"c\"\nsecret_file = \"/nonexistent/secret\"\n"
+    );
+    let ps = problems(&text);
+    has(&ps, "auth.hmac_keys[0].alg", 11, "is not one of");
+    has(&ps, "auth.hmac_keys[1].secret_env", 15, "is not set");
+    has(&ps, "auth.hmac_keys[2].kid", 17, "listed twice");
+    has(&ps, "auth.hmac_keys[3].secret_file", 21, "cannot read");
 }
 
 #[test]
