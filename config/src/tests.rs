@@ -827,19 +827,17 @@ fn listeners_clash_as_linux_binds_them() {
 }
 
 #[test]
-fn many_problems_take_time_in_proportion() {
-    // Each problem's line is found without reading the file again from its start: 20,000
-    // unknown keys take well under a second in a debug build, where a scan from the start
-    // per problem took about a minute.
+fn each_of_many_problems_names_its_own_line() {
+    // Lines are found by binary search over newline offsets found once (a scan from the
+    // file start per problem took about a minute for 20,000 of them; speed is not asserted
+    // here, machines are noisy): every problem still gets its own line.
     let mut text = format!("{MINIMAL}[log]\n");
     for i in 0..20_000 {
         text.push_str(&format!("unknown_{i} = 1\n"));
     }
-    let started = std::time::Instant::now();
     let (_, ps) = parse_sections(&text, Path::new("/etc/nexus/edge.toml"));
-    let took = started.elapsed();
     assert_eq!(ps.len(), 20_000);
-    let last = ps.iter().find(|p| p.key == "log.unknown_19999");
-    assert_eq!(last.and_then(|p| p.line), Some(20_008), "{last:?}");
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let line_of = |key: &str| ps.iter().find(|p| p.key == key).and_then(|p| p.line);
+    assert_eq!(line_of("log.unknown_0"), Some(9));
+    assert_eq!(line_of("log.unknown_19999"), Some(20_008));
 }
