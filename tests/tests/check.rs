@@ -331,3 +331,42 @@ fn a_snapshot_path_that_is_a_directory_is_refused() {
         "{out}"
     );
 }
+
+#[test]
+fn check_warns_of_a_custom_domain_a_base_domain_now_covers() {
+    // A base domain added over a custom domain makes the name a tenant's subdomain, routed
+    // by name: the binding's claim then never reaches it.
+    let dir = tempfile::tempdir().unwrap();
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
+    std::fs::copy(format!("{demo}/jwks.json"), dir.path().join("jwks.json")).unwrap();
+    let mut bindings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{demo}/bindings.json")).unwrap())
+            .unwrap();
+    let records = bindings["bindings"].as_array_mut().unwrap();
+    let globex = records
+        .iter_mut()
+        .find(|b| b["tenant_id"] == "globex")
+        .unwrap();
+    globex["domains"] = serde_json::json!(["shop.globex.test"]);
+    std::fs::write(dir.path().join("bindings.json"), bindings.to_string()).unwrap();
+    let config = |bases: &str| {
+        format!(
+            "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"file\"\npath = \"bindings.json\"\n\
+             [tenancy]\nbase_domains = {bases}\n"
+        )
+    };
+    let (code, out) = check(dir.path(), &config(r#"["nexus.localhost"]"#));
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("shop.globex.test"), "{out}");
+    // acme's own custom domain under the new base is acme's subdomain: still acme's.
+    let (code, out) = check(
+        dir.path(),
+        &config(r#"["nexus.localhost", "globex.test", "example.test"]"#),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("binding globex: domain shop.globex.test: a base domain makes it tenant shop's subdomain"),
+        "{out}"
+    );
+    assert!(!out.contains("acme.example.test"), "{out}");
+}

@@ -102,18 +102,21 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             poll_interval: std::time::Duration::from_secs(1),
         })
     };
+    // The custom domains a base domain covers are checked against the base domains given,
+    // when `[tenancy]` is readable.
+    let bases = sections.tenancy.as_ref().map(|t| t.base_domains.as_slice());
     if sections.store.is_none() {
         if let Some(Err(e)) = sections
             .named
             .bindings_file
             .as_ref()
-            .map(|f| check_bindings_file(&file_store(f)))
+            .map(|f| check_bindings_file(&file_store(f), bases))
         {
             problem("store.path", e);
         }
     }
     if let Some(store) = &sections.store {
-        if let Err(e) = check_bindings_file(store) {
+        if let Err(e) = check_bindings_file(store, bases) {
             problem("store.path", e);
         }
         // A snapshot that could never be written would leave a replica nothing to start
@@ -176,7 +179,10 @@ fn check_snapshot_path(path: &Path) -> Result<(), String> {
 
 /// The file store's bindings file must exist and be a bindings document, as `serve` needs it
 /// to start; records it would refuse are warned about.
-fn check_bindings_file(store: &nexus_config::StoreSettings) -> Result<(), String> {
+fn check_bindings_file(
+    store: &nexus_config::StoreSettings,
+    base_domains: Option<&[String]>,
+) -> Result<(), String> {
     let nexus_config::StoreSettings::File(f) = store else {
         return Ok(());
     };
@@ -187,7 +193,56 @@ fn check_bindings_file(store: &nexus_config::StoreSettings) -> Result<(), String
     for p in &parsed.problems {
         eprintln!("{}: warning: binding record refused: {p}", file.display());
     }
+    // A base domain added over a custom domain makes that name a tenant's subdomain: routed
+    // by name, to another tenant if one has that id. `tenant put` refuses such a claim; a
+    // new base domain can make one of a claim made before.
+    if let Some(bases) = base_domains {
+        for b in &parsed.bindings {
+            for (domain, why) in unrouted_domains(b, bases) {
+                eprintln!(
+                    "{}: warning: binding {}: domain {domain}: {why}, so it never reaches \
+                     this tenant by that name",
+                    file.display(),
+                    b.tenant_id.as_str()
+                );
+            }
+        }
+    }
     Ok(())
+}
+
+/// The custom domains of `binding` that a base domain covers and that the router sends
+/// elsewhere: another tenant's subdomain (routed by name), a name in another tenant's
+/// namespace, or a base domain itself.
+fn unrouted_domains(
+    binding: &nexus_binding_store::Binding,
+    base_domains: &[String],
+) -> Vec<(String, String)> {
+    use crate::host::{resolve_host, HostTarget};
+    let tenant = binding.tenant_id.as_str();
+    let mut out = Vec::new();
+    for domain in &binding.domains {
+        let why =
+            match resolve_host(domain.as_str(), base_domains) {
+                Ok(HostTarget::CustomDomain(_)) => continue,
+                Ok(
+                    HostTarget::Subdomain(owner) | HostTarget::UnderTenant { tenant: owner, .. },
+                ) if owner.as_str() == tenant => continue,
+                Ok(HostTarget::Subdomain(owner)) => {
+                    format!(
+                        "a base domain makes it tenant {}'s subdomain",
+                        owner.as_str()
+                    )
+                }
+                Ok(HostTarget::UnderTenant { tenant: owner, .. }) => {
+                    format!("it is under tenant {}'s subdomain", owner.as_str())
+                }
+                Ok(HostTarget::Reserved) => "it is a base domain, no tenant's".to_owned(),
+                Err(e) => e.to_string(),
+            };
+        out.push((domain.as_str().to_owned(), why));
+    }
+    out
 }
 
 /// Public paths that make more public than a reader of the config may think: valid, but
