@@ -486,6 +486,71 @@ fn a_replica_s_snapshot_restores_a_history_that_ended_in_a_delete() {
     );
 }
 
+/// The revision in the header of the snapshot at `path` (0 while there is none).
+fn snapshot_revision(path: &std::path::Path) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .next()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|h| h["revision"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_replica_restarted_from_its_snapshot_reports_the_snapshot_s_revision() {
+    // A replica that starts from its snapshot over a wiped Redis serves what the snapshot's
+    // header says it applied: deletes after its newest record included. Were it to report
+    // its newest record's revision instead, a restore from an older snapshot (one still
+    // holding the deleted tenant) would pass for as recent, and bring the tenant back.
+    let redis = RedisServer::start();
+    let url = format!("url = \"{}\"", redis.url());
+    let admin = Admin::new(&store(&url, "admin", ""));
+    let keys = TestKeys::new();
+    let a = Backend::start("instance-a");
+    admin.put(&binding("acme", &a.url(), "active", None));
+    admin.put(&binding("globex", &a.url(), "active", None));
+    let snaps = tempfile::tempdir().unwrap();
+    let snapshot = snaps.path().join("bindings.snapshot");
+    let tail = format!("snapshot_path = \"{}\"\n", snapshot.display());
+    let edge = replica(&keys, store(&url, "replica-s", &tail));
+    wait_instance(&edge, &keys, "globex", "instance-a");
+    wait::until(
+        Duration::from_secs(10),
+        "the snapshot at revision 2",
+        || (snapshot_revision(&snapshot) == 2).then_some(()),
+    );
+    let old = snaps.path().join("old.snapshot");
+    std::fs::copy(&snapshot, &old).unwrap();
+    admin.ok(&["delete", "globex"]);
+    wait::until(
+        Duration::from_secs(10),
+        "the snapshot at revision 3",
+        || (snapshot_revision(&snapshot) == 3).then_some(()),
+    );
+    drop(edge);
+
+    redis.cmd(&["FLUSHALL"]);
+    let edge = replica(&keys, store(&url, "replica-s", &tail));
+    assert_eq!(
+        instance_of(&edge, &keys, "acme").as_deref(),
+        Some("instance-a")
+    );
+    assert_eq!(instance_of(&edge, &keys, "globex"), None);
+    heartbeats(&redis, "replica-s", 1);
+    let beat: serde_json::Value =
+        serde_json::from_str(&redis.cmd(&["HGET", "nexus:replicas", "replica-s"])).unwrap();
+    assert_eq!(beat["applied_revision"], 3, "{beat}");
+    // The snapshot from before the delete is older than what the fleet serves.
+    let (code, _, err) = admin.tenant(&["import", old.to_str().unwrap()]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("this snapshot is older (revision 2)"), "{err}");
+    assert_eq!(redis.cmd(&["EXISTS", "nexus:binding:globex"]), "0");
+    let out = admin.ok(&["import", snapshot.to_str().unwrap()]);
+    assert!(out.contains("imported 1 bindings"), "{out}");
+    assert_eq!(redis.cmd(&["EXISTS", "nexus:binding:globex"]), "0");
+    assert_eq!(instance_of(&edge, &keys, "globex"), None);
+}
+
 /// Global flag of `tenant`: write into a Redis that looks wiped.
 const NEW_HISTORY: &[&str] = &["--start-new-history"];
 

@@ -256,21 +256,22 @@ async fn session(
     let opts = store.opts().clone();
 
     // Catch up: resume from the last position if the feed still continues it; otherwise
-    // (never loaded from Redis, trimmed meanwhile, or a new history) reconcile.
+    // (never loaded from Redis, no place in the feed, trimmed meanwhile, or a new history)
+    // reconcile. A replica serving its snapshot has a revision but no place in the feed.
     let needs_reconcile = match store.position() {
         None => true,
-        Some(p) if p.stream_id == "0-0" && p.revision == 0 => true,
+        Some(p) if p.stream_id == "0-0" => true,
         Some(p) => !feed_continues(store, &mut con, &p).await?,
     };
     if needs_reconcile {
         if let Err(e) = reconcile(store, handle, &mut con, shutdown).await {
             if matches!(e, LoadError::NoHistory { .. }) {
                 // Redis is up but lost its data: say what this replica serves, so the admin
-                // CLI can refuse a write that would start a new history over it (write.lua).
-                let serving = store
-                    .position()
-                    .map_or(0, |p| p.revision)
-                    .max(handle.load().revision().get());
+                // CLI can refuse a write that would start a new history over it (write.lua),
+                // or a restore older than it. That is the revision applied (the snapshot's,
+                // when it serves one), deletes after the newest record included; the newest
+                // record's revision would leave them out.
+                let serving = store.position().map_or(0, |p| p.revision);
                 super::fleet::heartbeat(store, &mut con, serving, false).await?;
             }
             return Err(e);

@@ -1017,10 +1017,13 @@ impl BindingSource for RedisStore {
                         // age counts from then (the store stays down), so an alert on it sees
                         // how stale this replica may be.
                         self.health.seed_last_sync(snap.written_at_unix_ms);
-                        // Resume by reconcile: the snapshot knows no feed position.
+                        // Resume by reconcile: the snapshot knows no place in the feed. It
+                        // does say which revision its replica had applied, deletes after its
+                        // newest record included: that is what this replica serves, and
+                        // tells the fleet (a restore is measured against it).
                         self.set_position(FeedPosition {
                             stream_id: "0-0".to_owned(),
-                            revision: 0,
+                            revision: snap.revision.get(),
                         });
                         Ok(snap.table.clone())
                     }
