@@ -130,6 +130,13 @@ fn checksum(header: &Header, body: &[u8]) -> String {
 
 /// Writes `table`, followed under Redis key prefix `key_prefix` up to feed revision
 /// `applied`, atomically to `path`.
+///
+/// The header says `applied`, never the newest record's revision: a follower applies each
+/// feed entry as its tenant's newest record, and a full load scans records written after its
+/// starting point, so the table can hold records of revisions past changes not applied yet
+/// (a later delete). The header is what a restore from the snapshot is measured against, so
+/// it only vouches for what was applied. (A delete after the newest record makes `applied`
+/// the higher one.)
 pub fn write_snapshot(
     path: &Path,
     table: &BindingTable,
@@ -152,9 +159,7 @@ pub fn write_snapshot(
         format: FORMAT.to_owned(),
         version: SNAPSHOT_VERSION,
         key_prefix: Some(key_prefix.to_owned()),
-        // What the replica applied, which a table built by a full load does not know: the
-        // revisions of deletes (and refused records) after the newest record it holds.
-        revision: table.revision().max(applied).get(),
+        revision: applied.get(),
         count: bindings.len(),
         written_at_ms: crate::source::now_unix_ms(),
         sha256: String::new(),
@@ -224,8 +229,9 @@ pub fn read_snapshot(path: &Path, key_prefix: &str) -> Result<Snapshot, Snapshot
 pub struct Snapshot {
     /// The bindings.
     pub table: BindingTable,
-    /// The revision its replica had applied (its header's: a delete after the newest record
-    /// makes it higher than any record's).
+    /// The feed revision its replica had applied (its header's): every change up to it is in
+    /// the table. A delete after the newest record makes it higher than any record's; a record
+    /// read ahead of the feed can make it lower.
     pub revision: Revision,
     /// The Redis key prefix whose table it is (`None`: a version-1 snapshot, which does not
     /// say).
@@ -350,6 +356,32 @@ mod tests {
     }
 
     #[test]
+    fn the_header_says_the_revision_applied_not_the_newest_record_s() {
+        // A follower fetches each entry's tenant's newest record, and a full load scans
+        // records written after its starting point: the table may hold a record of revision
+        // 7 while the feed is applied up to 5 (a delete at 6 not read yet). The snapshot
+        // vouches for 5 only, or a restore from it would pass for as recent as revision 7.
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("snap");
+        let table = BindingTable::from_bindings([
+            test_binding("acme", 2, &[]),
+            test_binding("globex", 7, &[]),
+        ])
+        .0;
+        assert_eq!(table.revision().get(), 7);
+        write_snapshot(&path, &table, Revision(5), "nexus").expect("write");
+        let back = read_snapshot(&path, "nexus").expect("read");
+        assert_eq!(back.revision.get(), 5);
+        assert_eq!(back.table.len(), 2);
+        // Past the newest record (deletes after it): that revision.
+        write_snapshot(&path, &table, Revision(9), "nexus").expect("write");
+        assert_eq!(
+            read_snapshot(&path, "nexus").expect("read").revision.get(),
+            9
+        );
+    }
+
+    #[test]
     fn round_trip_and_refusals() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("snap");
@@ -358,7 +390,7 @@ mod tests {
             Err(SnapshotError::Missing(_))
         ));
         let before = crate::source::now_unix_ms();
-        write_snapshot(&path, &table(10_000), Revision(0), "nexus").expect("write");
+        write_snapshot(&path, &table(10_000), Revision(10_000), "nexus").expect("write");
         let back = read_snapshot(&path, "nexus").expect("read");
         assert_eq!(back.table.len(), 10_000);
         assert_eq!(back.table.revision().get(), 10_000);

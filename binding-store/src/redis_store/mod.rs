@@ -727,7 +727,8 @@ impl RedisStore {
     }
 
     /// Writes the snapshot off the async workers (if snapshots are on), with the feed
-    /// revision applied so far: the one a restore from it is measured against.
+    /// revision applied so far (never the table's newest record's, which may be ahead of
+    /// changes not applied yet): the one a restore from it is measured against.
     pub(crate) async fn snapshot(&self, table: Arc<BindingTable>) {
         let Some(path) = self.opts.snapshot_path.clone() else {
             return;
