@@ -2,6 +2,7 @@
 # Installs the system packages Nexus Edge needs, or says exactly what is missing.
 #   cmake, make, cc:     Pingora's compression dependency (zlib-ng), ring and aws-lc build C code.
 #   redis-server, wrk:   the tests start real Redis servers; CI runs the load harness smoke (--test).
+#   faketime:            tests run a replica or admin whose clock is off from the host's (--test).
 #   wrk, haproxy:        the side-by-side load harness (--load).
 set -euo pipefail
 
@@ -13,6 +14,7 @@ command -v c++ >/dev/null 2>&1 || need+=(g++) # libFuzzer, built for the fuzz ta
 if [[ "${1:-}" == "--test" ]]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v faketime >/dev/null 2>&1 || need+=(faketime)
 fi
 if [[ "${1:-}" == "--load" ]]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)

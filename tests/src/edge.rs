@@ -106,6 +106,8 @@ pub struct EdgeOptions {
     pub upstream_extra: String,
     /// Start the router with this soft open-file limit (`ulimit -S -n`).
     pub open_files: Option<u64>,
+    /// More environment variables for the router (e.g. [`crate::clock::skewed`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl EdgeOptions {
@@ -121,6 +123,7 @@ impl EdgeOptions {
             server_extra: String::new(),
             upstream_extra: String::new(),
             open_files: None,
+            env: Vec::new(),
         }
     }
 }
@@ -228,6 +231,7 @@ filter = "info"
             }
         };
         let child = command
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .arg("serve")
             .arg("--config")
             .arg(&config_path)

@@ -1,6 +1,7 @@
 //! Harness for end-to-end tests of the real `nexus-edge` binary.
 //!
 //! - [`admin`]: the admin CLI against a store, as a separate process.
+//! - [`clock`]: a process whose wall clock is set off from the host's.
 //! - [`backend`]: real HTTP and HTTPS instances on `127.0.0.1:0` that answer with their own name and the
 //!   headers they received (and can be slow, or speak WebSocket).
 //! - [`edge`]: starts the real binary on a generated config and stops it on drop.
@@ -20,6 +21,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod clock;
 pub mod edge;
 pub mod http;
 pub mod keys;

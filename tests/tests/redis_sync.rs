@@ -382,6 +382,108 @@ fn wait_names_replicas_stopped_or_on_another_history() {
     assert!(text.contains("on another history"), "{text}");
 }
 
+/// A replica whose wall clock is `offset` (`-2h`, `+2h`) off the host's.
+fn replica_with_clock(keys: &TestKeys, redis_url: &str, id: &str, offset: &str) -> Edge {
+    let mut opts = EdgeOptions::new(keys.jwks(), serde_json::json!({}));
+    opts.store = Some(store_section(redis_url, id, None));
+    opts.env = nexus_e2e::clock::skewed(offset);
+    Edge::try_start(&opts).expect("replica")
+}
+
+/// Redis's clock (`TIME`), in Unix ms.
+fn redis_now_ms(redis: &RedisServer) -> u64 {
+    let time = redis.cmd(&["TIME"]);
+    let mut parts = time.lines().map(|l| l.trim().parse::<u64>().expect("TIME"));
+    let (secs, micros) = (parts.next().expect("secs"), parts.next().expect("micros"));
+    secs * 1000 + micros / 1000
+}
+
+/// `replicas --json` as an admin whose clock is `offset` off the host's: id → live.
+fn live_as_seen_with_clock(admin: &Admin, offset: &str) -> Vec<(String, bool)> {
+    let mut cmd = std::process::Command::new(nexus_e2e::edge::binary());
+    cmd.envs(nexus_e2e::clock::skewed(offset)).args([
+        "replicas",
+        "--config",
+        admin.config.to_str().expect("utf8"),
+        "--json",
+    ]);
+    let out = nexus_e2e::process::output(&mut cmd);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("replicas json");
+    list.as_array()
+        .expect("array")
+        .iter()
+        .map(|r| (r["id"].as_str().expect("id").to_owned(), r["live"] == true))
+        .collect()
+}
+
+#[test]
+fn liveness_goes_by_redis_s_clock_not_each_host_s() {
+    // Heartbeats are stamped, and judged, by Redis's clock: a replica whose clock runs two
+    // hours behind is live (not skipped by `--wait`, not pruned as an hour dead), one whose
+    // clock runs ahead goes dead once it stops, and an admin's own clock changes nothing.
+    // So with an ACL user that may not run scripts.
+    let World {
+        redis,
+        admin,
+        keys,
+        a: _a,
+        ..
+    } = World::start(&["acme"]);
+    // This one's ACL user may not run scripts: it reads Redis's clock, then writes.
+    redis.cmd(&[
+        "ACL",
+        "SETUSER",
+        "no-scripts",
+        "on",
+        ">secret",
+        "~*",
+        "&*",
+        "+@all",
+        "-@scripting",
+    ]);
+    let no_scripts = redis.url_as("no-scripts", "secret");
+    let slow = replica_with_clock(&keys, &no_scripts, "replica-slow", "-2h");
+    let fast = replica_with_clock(&keys, &redis.url(), "replica-fast", "+2h");
+    for id in ["replica-slow", "replica-fast"] {
+        let at = wait::until(Duration::from_secs(10), "a heartbeat", || {
+            let beat = redis.cmd(&["HGET", "nexus:replicas", id]);
+            serde_json::from_str::<serde_json::Value>(&beat).ok()?["at_ms"].as_u64()
+        });
+        let now = redis_now_ms(&redis);
+        assert!(
+            now.abs_diff(at) < 60_000,
+            "{id}'s heartbeat is stamped {at}, Redis's clock says {now}"
+        );
+    }
+    for offset in ["+0", "-3h", "+3h"] {
+        wait::until(Duration::from_secs(10), "both replicas live", || {
+            let seen = live_as_seen_with_clock(&admin, offset);
+            let live = |id: &str| seen.iter().any(|(r, live)| r == id && *live);
+            (live("replica-slow") && live("replica-fast")).then_some(())
+        });
+    }
+    let out = admin.ok(&[
+        "set-status",
+        "acme",
+        "past_due",
+        "--wait",
+        "--timeout",
+        "10s",
+    ]);
+    assert!(out.contains("2/2 replicas on revision 2"), "{out}");
+    assert_eq!((slow.revision(), fast.revision()), (2, 2));
+
+    // Stopped, the replica whose clock runs ahead is dead once the live window (5 s here)
+    // has passed by Redis's clock.
+    drop(fast);
+    wait::until(Duration::from_secs(15), "replica-fast to be dead", || {
+        let seen = live_as_seen_with_clock(&admin, "+0");
+        seen.iter()
+            .any(|(r, live)| r == "replica-fast" && !*live)
+            .then_some(())
+    });
+}
+
 #[test]
 fn redis_outage_is_fail_static_and_changes_are_applied_after() {
     let World {

@@ -1,7 +1,12 @@
 //! Fleet-wide confirmation: every replica heartbeats the revision it has applied into one
 //! hash, so an admin can wait until every live replica has a change.
+//!
+//! Heartbeats are stamped with Redis's clock (`TIME`, in `heartbeat.lua`) and judged against
+//! it: each host's own clock would make a replica whose clock runs behind look dead (and
+//! `--wait` succeed without it), and keep one whose clock runs ahead live after it stopped.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -10,12 +15,18 @@ use serde::{Deserialize, Serialize};
 
 use super::RedisStore;
 use crate::admin::AdminError;
-use crate::source::now_unix_ms;
+
+/// Stores a heartbeat stamped with Redis's clock.
+static HEARTBEAT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("heartbeat.lua")));
 
 /// A replica's heartbeat, as stored in `{prefix}:replicas`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Heartbeat {
     applied_revision: u64,
+    /// When it was written, by Redis's clock (Unix ms): stamped by the script that stores
+    /// it, so never sent. (Replicas of earlier versions stamp their own clock.)
+    #[serde(skip_serializing)]
     at_ms: u64,
     interval_ms: u64,
     version: String,
@@ -48,7 +59,7 @@ pub struct ReplicaStatus {
     pub id: String,
     /// Revision it has applied.
     pub applied_revision: u64,
-    /// Milliseconds since its last heartbeat.
+    /// Milliseconds since its last heartbeat, by Redis's clock.
     pub last_seen_ms: u64,
     /// Heard from within the live window (10 heartbeats, at least 5 s).
     pub live: bool,
@@ -115,18 +126,37 @@ pub(super) async fn heartbeat(
     let (refused, refused_more) = store.refusals();
     let hb = Heartbeat {
         applied_revision: applied,
-        at_ms: now_unix_ms(),
+        at_ms: 0,
         interval_ms: store.opts().heartbeat_interval.as_millis() as u64,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         following,
         refused,
         refused_more,
     };
+    // Without `at_ms`, which the script puts first.
     let json = serde_json::to_string(&hb).unwrap_or_default();
-    let _: () = con
-        .hset(store.keys().replicas(), &store.opts().replica_id, json)
-        .await?;
-    Ok(())
+    let stamped = HEARTBEAT
+        .key(store.keys().replicas())
+        .arg(&store.opts().replica_id)
+        .arg(&json)
+        .invoke_async::<()>(con)
+        .await;
+    match stamped {
+        // An ACL user that may not run scripts: Redis's clock read first, then the write.
+        Err(e) if e.code() == Some("NOPERM") => {
+            let now = redis_now_ms(con).await?;
+            let json = format!("{{\"at_ms\":{now},{}", json.get(1..).unwrap_or_default());
+            con.hset(store.keys().replicas(), &store.opts().replica_id, json)
+                .await
+        }
+        other => other,
+    }
+}
+
+/// Redis's clock (`TIME`), in Unix ms: the clock heartbeats are stamped and judged by.
+async fn redis_now_ms(con: &mut MultiplexedConnection) -> redis::RedisResult<u64> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(con).await?;
+    Ok(secs * 1000 + micros / 1000)
 }
 
 /// The highest revision any replica's heartbeat reports serving (0 with none): what a
@@ -148,15 +178,16 @@ impl RedisStore {
     /// Every replica that ever heartbeated (dead ones older than an hour are pruned).
     pub async fn replicas(&self) -> Result<Vec<ReplicaStatus>, AdminError> {
         let mut con = self.admin_connection().await?;
-        let all: Vec<(String, String)> = con
+        // In this order (see `other_history` below), with Redis's clock, which stamped them.
+        type Read = (Vec<(String, String)>, Option<u64>, (u64, u64));
+        let (all, counter, (secs, micros)): Read = redis::pipe()
             .hgetall(self.keys().replicas())
-            .await
-            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-        let counter: Option<u64> = con
             .get(self.keys().revision())
+            .cmd("TIME")
+            .query_async(&mut con)
             .await
             .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-        let now = now_unix_ms();
+        let now = secs * 1000 + micros / 1000;
         let mut out = Vec::new();
         for (id, json) in all {
             let Ok(hb) = serde_json::from_str::<Heartbeat>(&json) else {

@@ -12,7 +12,8 @@
 //!   with backoff and jitter, and health says how stale it is. The table is also snapshotted
 //!   to disk, so a replica that restarts during an outage serves the last known good table.
 //! - Each replica heartbeats its applied revision, which is how `tenant rebind --wait` knows
-//!   that every live replica has the change.
+//!   that every live replica has the change. Heartbeats are stamped, and their age judged,
+//!   by Redis's clock (`TIME`), not each host's.
 
 mod endpoint;
 mod fleet;
