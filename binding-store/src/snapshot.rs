@@ -137,6 +137,9 @@ fn checksum(header: &Header, body: &[u8]) -> String {
 /// (a later delete). The header is what a restore from the snapshot is measured against, so
 /// it only vouches for what was applied. (A delete after the newest record makes `applied`
 /// the higher one.)
+///
+/// The temp file has a random name and is created exclusively: replicas that share the path
+/// (containers, all process 1) never write into, or rename, each other's.
 pub fn write_snapshot(
     path: &Path,
     table: &BindingTable,
@@ -170,15 +173,8 @@ pub fn write_snapshot(
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
+    let (tmp, file) = create_temp(dir, path).map_err(io)?;
     let result = (|| {
-        let file = std::fs::File::create(&tmp)?;
         let mut w = BufWriter::new(file);
         serde_json::to_writer(&mut w, &header).map_err(std::io::Error::other)?;
         w.write_all(b"\n")?;
@@ -192,6 +188,33 @@ pub fn write_snapshot(
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(io)
+}
+
+/// A new temp file beside `path` in `dir`, `.{name}.tmp.{random}`, created exclusively
+/// (`O_EXCL`): never one another writer (another replica sharing the path, whatever its
+/// process id) has open.
+fn create_temp(dir: &Path, path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rng = ring::rand::SystemRandom::new();
+    let mut tries = 0;
+    loop {
+        let mut b = [0u8; 12];
+        ring::rand::SecureRandom::fill(&rng, &mut b)
+            .map_err(|_| std::io::Error::other("no random bytes for the temp file's name"))?;
+        let tmp = dir.join(format!(".{name}.tmp.{}", hex(&b)));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Reads and fully checks a snapshot, which must hold the table of key prefix `key_prefix`.
@@ -379,6 +402,51 @@ mod tests {
             read_snapshot(&path, "nexus").expect("read").revision.get(),
             9
         );
+    }
+
+    /// Like [`table`], other tenants.
+    fn other_table(n: usize) -> BindingTable {
+        BindingTable::from_bindings(
+            (0..n).map(|i| test_binding(&format!("u{i}"), i as u64 + 1, &[])),
+        )
+        .0
+    }
+
+    #[test]
+    fn writers_sharing_one_path_each_leave_a_whole_snapshot() {
+        // Two replicas given one snapshot path (containers, each its process 1): writing at
+        // once, neither may rename the other's half-written temp file into place, nor fail
+        // because the other renamed it away. Threads of one process share its id as such
+        // replicas do.
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("snap");
+        // Of one size, so that the two writes overlap.
+        let tables = [Arc::new(table(500)), Arc::new(other_table(500))];
+        for _ in 0..25 {
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let writers: Vec<_> = tables
+                .iter()
+                .map(|t| {
+                    let (t, path, barrier) = (Arc::clone(t), path.clone(), Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        write_snapshot(&path, &t, t.revision(), "nexus")
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().expect("writer").expect("each write succeeds");
+            }
+            let back = read_snapshot(&path, "nexus").expect("a whole snapshot");
+            assert_eq!(back.table.len(), 500);
+            assert_eq!(back.revision.get(), 500);
+        }
+        // No temp file is left behind.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["snap"]);
     }
 
     #[test]
