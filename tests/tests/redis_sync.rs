@@ -417,6 +417,54 @@ fn live_as_seen_with_clock(admin: &Admin, offset: &str) -> Vec<(String, bool)> {
 }
 
 #[test]
+fn a_replica_whose_user_may_not_run_scripts_nor_read_time_still_follows_and_heartbeats() {
+    // A heartbeat the script cannot stamp is stamped with this host's clock and written
+    // plainly, as before heartbeats went by Redis's clock: never a reason to stop following.
+    let World {
+        redis,
+        admin,
+        keys,
+        a: _a,
+        b,
+    } = World::start(&["acme"]);
+    redis.cmd(&[
+        "ACL",
+        "SETUSER",
+        "least",
+        "on",
+        ">secret",
+        "~*",
+        "&*",
+        "+@all",
+        "-@scripting",
+        "-time",
+    ]);
+    let edge = replica(
+        &keys,
+        &redis.url_as("least", "secret"),
+        "replica-least",
+        None,
+    )
+    .expect("replica");
+    wait_instance(&edge, &keys, "acme", "instance-a");
+    wait_live(&admin, &["replica-least"]);
+    admin.ok(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &b.url(),
+    ]);
+    wait_instance(&edge, &keys, "acme", "instance-b");
+    assert!(
+        edge.log().contains("stamped with this host's clock"),
+        "{}",
+        edge.log()
+    );
+}
+
+#[test]
 fn liveness_goes_by_redis_s_clock_not_each_host_s() {
     // Heartbeats are stamped, and judged, by Redis's clock: a replica whose clock runs two
     // hours behind is live (not skipped by `--wait`, not pruned as an hour dead), one whose

@@ -142,14 +142,40 @@ pub(super) async fn heartbeat(
         .invoke_async::<()>(con)
         .await;
     match stamped {
-        // An ACL user that may not run scripts: Redis's clock read first, then the write.
-        Err(e) if e.code() == Some("NOPERM") => {
-            let now = redis_now_ms(con).await?;
+        // The connection is gone: the session ends, as for any command.
+        Err(e) if e.is_io_error() || e.is_connection_dropped() => Err(e),
+        // The script refused (an ACL user that may not run scripts, or may not read TIME in
+        // one; scripting renamed away): Redis's clock read apart, else this host's, then a
+        // plain write, which is all a heartbeat needed before. Never a reason to stop
+        // following the feed.
+        Err(e) => {
+            let now = match redis_now_ms(con).await {
+                Ok(now) => now,
+                Err(t) if t.is_io_error() || t.is_connection_dropped() => return Err(t),
+                Err(t) => {
+                    warn_once(&format!(
+                        "heartbeats are stamped with this host's clock: Redis refused both the \
+                         heartbeat script ({e}) and TIME ({t}); allow EVALSHA and TIME to the \
+                         replica's user, or --wait judges liveness by host clocks"
+                    ));
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64)
+                }
+            };
             let json = format!("{{\"at_ms\":{now},{}", json.get(1..).unwrap_or_default());
             con.hset(store.keys().replicas(), &store.opts().replica_id, json)
                 .await
         }
-        other => other,
+        ok => ok,
+    }
+}
+
+/// Logs `message` the first time only: a refusal that holds would repeat every heartbeat.
+fn warn_once(message: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!("{message}");
     }
 }
 
