@@ -202,8 +202,9 @@ pub fn contested_domains(bindings: &[Arc<Binding>]) -> Vec<(String, Vec<TenantId
 pub(crate) type DomainIndex = HashMap<String, Option<String>>;
 
 /// `b`, a served binding put back for a refused record, without the custom domains `index`
-/// does not give its tenant (one not looked up is not given); `b` itself when it keeps all,
-/// or when the store has no index. Without this a replica started from an old snapshot would
+/// gives another tenant or none; `b` itself when it keeps all, or when the store has no
+/// index. A domain not looked up (a later round's, or a lookup that failed) is kept, as before
+/// the index was asked. Without this a replica started from an old snapshot would
 /// hand a tenant whose record is damaged a domain it has released since.
 pub(crate) fn confirmed_by_index(
     b: Arc<Binding>,
@@ -214,7 +215,7 @@ pub(crate) fn confirmed_by_index(
     let given = |d: &str| {
         index
             .get(d)
-            .is_some_and(|o| o.as_deref() == Some(b.tenant_id.as_str()))
+            .is_none_or(|o| o.as_deref() == Some(b.tenant_id.as_str()))
     };
     if b.domains.iter().all(|d| given(d.as_str())) {
         return b;
@@ -620,6 +621,12 @@ mod tests {
         let kept = confirmed_by_index(Arc::clone(&x), Some(&index), "test");
         let kept: Vec<&str> = kept.domains.iter().map(|d| d.as_str()).collect();
         assert_eq!(kept, ["d1.example.test"]);
+        // A domain not looked up is kept.
+        let mut partial = index.clone();
+        partial.remove("d2.example.test");
+        let kept = confirmed_by_index(Arc::clone(&x), Some(&partial), "test");
+        let kept: Vec<&str> = kept.domains.iter().map(|d| d.as_str()).collect();
+        assert_eq!(kept, ["d1.example.test", "d2.example.test"]);
         // Without an index (a file), the binding stays as it was.
         assert!(Arc::ptr_eq(
             &confirmed_by_index(Arc::clone(&x), None, "test"),
@@ -635,5 +642,43 @@ mod tests {
             &confirmed_by_index(Arc::clone(&x), Some(&all), "test"),
             &x
         ));
+    }
+
+    #[test]
+    fn a_later_round_s_loser_keeps_the_served_domains_no_one_looked_up() {
+        use crate::model::test_binding;
+        // Round 1 settles d1 (a keeps it; b's served binding, with d2, comes back); round 2
+        // settles d2 (b keeps it; c's served binding comes back). The index was asked only
+        // about the first round's domains: c keeps d4, which nobody looked up.
+        let (served, _) = BindingTable::from_bindings(vec![
+            test_binding("a", 1, &["d1.example.test"]),
+            test_binding("b", 1, &["d2.example.test"]),
+            test_binding("c", 1, &["d4.example.test"]),
+        ]);
+        let bindings = vec![
+            test_binding("a", 2, &["d1.example.test"]),
+            test_binding("b", 2, &["d1.example.test", "d3.example.test"]),
+            test_binding("c", 2, &["d2.example.test", "d4.example.test"]),
+        ];
+        let contested = contested_domains(&bindings);
+        let owners: Vec<Option<String>> = vec![Some("a".to_owned())];
+        let index: DomainIndex = [("d1.example.test", "a"), ("d2.example.test", "b")]
+            .into_iter()
+            .map(|(d, o)| (d.to_owned(), Some(o.to_owned())))
+            .collect();
+        let kept = settle_contested(
+            bindings,
+            &contested,
+            &owners,
+            Some(&served),
+            HashSet::new(),
+            Some(&index),
+            "test",
+        );
+        let (table, _) = BindingTable::from_bindings(kept);
+        let owner = |d: &str| table.tenant_for_domain(d).map(TenantId::as_str);
+        assert_eq!(owner("d1.example.test"), Some("a"));
+        assert_eq!(owner("d2.example.test"), Some("b"));
+        assert_eq!(owner("d4.example.test"), Some("c"));
     }
 }

@@ -507,7 +507,9 @@ impl RedisStore {
         }
     }
 
-    /// Adds to `index` what the domain index says of `domains` (those not in it yet).
+    /// Adds to `index` what the domain index says of `domains` (those not in it yet). A
+    /// lookup Redis refuses (the index key of another type) leaves them out, so the bindings
+    /// put back keep them, as before the index was asked; a lost connection is an error.
     async fn look_up_domains(
         &self,
         con: &mut MultiplexedConnection,
@@ -518,11 +520,20 @@ impl RedisStore {
         domains.sort_unstable();
         domains.dedup();
         for chunk in domains.chunks(1000) {
-            let owners: Vec<Option<String>> = redis::cmd("HMGET")
+            let owners: Vec<Option<String>> = match redis::cmd("HMGET")
                 .arg(self.keys.domains())
                 .arg(chunk)
                 .query_async(con)
-                .await?;
+                .await
+            {
+                Ok(owners) => owners,
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(key = %self.keys.domains(), error = %e,
+                        "the domain index cannot be read: bindings kept for refused records keep their custom domains");
+                    return Ok(());
+                }
+            };
             index.extend(chunk.iter().map(|d| (*d).to_owned()).zip(owners));
         }
         Ok(())
