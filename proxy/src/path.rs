@@ -357,6 +357,12 @@ fn check_second_decoding(path: &[u8]) -> Result<(), PathError> {
                 view.push(b'/');
                 i += 5;
             }
+            // A blank read once: still encoded, as the lookalike rule reads it (`..%2520`
+            // is `..%20`, then `..` where trailing blanks are trimmed).
+            Some(b'\t' | b' ' | 0x0B | 0x0C) => {
+                view.extend_from_slice(&[b'%', path[i + 3], path[i + 4]]);
+                i += 5;
+            }
             _ => {
                 view.push(path[i]);
                 i += 1;
@@ -398,6 +404,10 @@ fn overlong_ascii(s: &[u8]) -> Option<(usize, u8)> {
         0xC0 | 0xC1 => 2,
         0xE0 => 3,
         0xF0 => 4,
+        // Five- and six-byte forms, which old decoders still read (IIS's traversal lists
+        // carry them).
+        0xF8 => 5,
+        0xFC => 6,
         _ => return None,
     };
     let mut code = u32::from(lead) & (0x7F >> len);
@@ -639,6 +649,19 @@ mod tests {
             ("/billing/..%253b/api", PathError::DotSegmentParameters),
             ("/billing/..%253bx/api", PathError::DotSegmentParameters),
             ("/%62illing/..%252F%61pi", PathError::DotSegmentLookalike),
+            ("/a/..%2520%252Fadmin", PathError::DotSegmentLookalike),
+            (
+                "/billing/..%F8%80%80%80%AF../api",
+                PathError::EncodedSeparator,
+            ),
+            (
+                "/billing/..%FC%80%80%80%80%AF../api",
+                PathError::EncodedSeparator,
+            ),
+            (
+                "/billing/%F8%80%80%80%AE%F8%80%80%80%AE/api",
+                PathError::DotSegmentLookalike,
+            ),
             ("http://a.x/b", PathError::NotOriginForm),
             ("a.x:443", PathError::NotOriginForm),
         ];
