@@ -226,7 +226,9 @@ pub(crate) fn check(
     // Before anything is copied out of an expired token.
     check_time(exp, nbf, now, rules.leeway)?;
     let sub = string_claim(claims, "sub");
-    let org = string_claim(claims, &rules.org_claim);
+    // An empty org claim is how many issuers say "no org": read as none (no `X-Org-Id`; a
+    // tenant whose binding names an org refuses it). An empty `sub` names nobody: refused.
+    let org = string_claim(claims, &rules.org_claim).filter(|o| !o.is_empty());
     // The instance must be told the identity the issuer meant, byte for byte, or nothing:
     // sent without its blanks, `" admin"` would be another user (the tenant claim is
     // compared with a canonical id before it is sent, so it needs no check here).

@@ -468,7 +468,6 @@ fn refusals() {
     // empty one (an empty header names nobody).
     for (patch, claim) in [
         (json!({"sub": ""}), "sub"),
-        (json!({"org_id": ""}), "org"),
         (json!({"sub": "u\n1"}), "sub"),
         (json!({"sub": " admin"}), "sub"),
         (json!({"sub": "admin\t"}), "sub"),
@@ -484,6 +483,11 @@ fn refusals() {
             "{patch}"
         );
     }
+    // An empty org claim is no org: none is sent.
+    let v = auth
+        .verify(&f.es.sign(&with(json!({"org_id": ""}))).expect("s"), NOW)
+        .expect("ok");
+    assert_eq!(v.headers.org, None);
     // Inner blanks and tabs, and text past ASCII, are sent as they are.
     let v = auth
         .verify(

@@ -72,10 +72,13 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
     }
     for (flag, value) in [("--sub", Some(&a.sub)), ("--org", a.org.as_ref())] {
         if let Some(v) = value.filter(|v| !crate::auth::claims::forwardable(v)) {
-            eprintln!(
-                "nexus-edge token: {flag} {v:?}: the router refuses an empty claim or one with \
-                 blanks at its ends or control characters"
-            );
+            let why = if v.is_empty() && flag == "--org" {
+                "the router reads an empty org claim as none: leave --org out"
+            } else {
+                "the router refuses an empty sub, and a claim with blanks at its ends or \
+                 control characters"
+            };
+            eprintln!("nexus-edge token: {flag} {v:?}: {why}");
             return ExitCode::from(2);
         }
     }
