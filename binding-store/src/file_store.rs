@@ -212,7 +212,7 @@ impl FileStore {
         let contested = contested_domains(&bindings);
         if !contested.is_empty() {
             // A file has no domain index: its put-back bindings keep their domains.
-            bindings = settle_contested(bindings, &contested, &[], current, put_back, None, "file");
+            bindings = settle_contested(bindings, &contested, current, put_back, None, "file").0;
         }
         let (table, refused) = BindingTable::from_bindings(bindings);
         for e in &refused {

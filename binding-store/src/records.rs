@@ -249,7 +249,7 @@ pub(crate) fn not_taken<'a>(
 /// Settles domains claimed twice (see [`contested_domains`]) without handing one to a
 /// newcomer or unbinding a tenant by revision order: the tenant that holds it in the served
 /// table keeps it while its record holds it too; else the one the store's domain index names
-/// (`owners`, one per contested domain; a store without an index passes none); else the
+/// (`index`, as far as it was asked; a store without one passes none); else the
 /// served holder even with its record refused; else nobody. A served binding kept for a
 /// refused record may be an old snapshot's, so the index, which every write through the
 /// schema keeps, outranks it. Every other claimant's record is refused: that tenant keeps its
@@ -264,28 +264,21 @@ pub(crate) fn not_taken<'a>(
 /// that holds it now. Each round puts back or trims at least one binding, so it ends.
 ///
 /// `put_back` names the tenants whose binding in `bindings` is a served one put back for a
-/// refused record. A store with a domain index passes what it says of the domains of every
-/// binding that may be put back (see [`confirmed_by_index`]).
+/// refused record. A store with a domain index passes what it says of the contested domains
+/// and of those of every binding that may be put back (see [`confirmed_by_index`]); a domain
+/// it was not asked about has no owner and is kept by a put-back binding.
 pub(crate) fn settle_contested(
     bindings: Vec<Arc<Binding>>,
     contested: &[(String, Vec<TenantId>)],
-    owners: &[Option<String>],
     served: Option<&BindingTable>,
     mut put_back: HashSet<TenantId>,
     index: Option<&DomainIndex>,
     origin: &str,
-) -> Vec<Arc<Binding>> {
-    // By domain, for every round: a later round's contest over an indexed domain is settled
-    // by the index too.
-    let indexed: HashMap<&str, &str> = contested
-        .iter()
-        .zip(owners)
-        .filter_map(|((d, _), o)| Some((d.as_str(), o.as_deref()?)))
-        .collect();
+) -> (Vec<Arc<Binding>>, HashSet<TenantId>) {
     // `put_back` grows with every tenant put back here: those lose domains rather than come
-    // back whole.
+    // back whole. It is returned, so a caller can ask its index about their domains and
+    // settle again.
     let round = Round {
-        indexed: &indexed,
         served,
         index,
         origin,
@@ -300,7 +293,7 @@ pub(crate) fn settle_contested(
         }
         kept = round.settle(kept, &again, &mut put_back);
     }
-    kept
+    (kept, put_back)
 }
 
 /// One contested domain in a round: the domain, its claimants, the winner and the put-back
@@ -309,8 +302,6 @@ type Contest<'a> = (&'a str, &'a [TenantId], Option<&'a str>, Option<&'a str>);
 
 /// What every round of [`settle_contested`] decides by.
 struct Round<'a> {
-    /// The index owner of each contested domain.
-    indexed: &'a HashMap<&'a str, &'a str>,
     served: Option<&'a BindingTable>,
     index: Option<&'a DomainIndex>,
     origin: &'a str,
@@ -325,7 +316,6 @@ impl Round<'_> {
         put_back: &mut HashSet<TenantId>,
     ) -> Vec<Arc<Binding>> {
         let Round {
-            indexed,
             served,
             index,
             origin,
@@ -336,9 +326,9 @@ impl Round<'_> {
             let holder = served
                 .and_then(|t| t.tenant_for_domain(domain))
                 .filter(|t| claimants.contains(t));
-            let owner = indexed
-                .get(domain.as_str())
-                .copied()
+            let owner = index
+                .and_then(|i| i.get(domain.as_str()))
+                .and_then(|o| o.as_deref())
                 .filter(|o| claimants.iter().any(|c| c.as_str() == *o));
             let winner = match holder {
                 Some(h) if !put_back.contains(h) => Some(h.as_str()),
@@ -426,18 +416,20 @@ mod tests {
             test_binding("z", 2, &["d2.example.test"]),
         ];
         let contested = contested_domains(&bindings);
-        let owners: Vec<Option<String>> = contested
+        let index: DomainIndex = contested
             .iter()
-            .map(|(d, _)| Some(if d.starts_with("d1") { "y" } else { "z" }.to_owned()))
+            .map(|(d, _)| {
+                let owner = if d.starts_with("d1") { "y" } else { "z" };
+                (d.clone(), Some(owner.to_owned()))
+            })
             .collect();
         let put_back = HashSet::from([TenantId::parse("x").unwrap()]);
-        let kept = settle_contested(
+        let (kept, _) = settle_contested(
             bindings,
             &contested,
-            &owners,
             Some(&served),
             put_back,
-            None,
+            Some(&index),
             "test",
         );
         let (table, refused) = BindingTable::from_bindings(kept);
@@ -456,13 +448,13 @@ mod tests {
         let (served, _) = BindingTable::from_bindings(vec![x.clone()]);
         let bindings = vec![x, test_binding("y", 5, &["d1.example.test"])];
         let contested = contested_domains(&bindings);
-        let kept = settle_contested(
+        let index = DomainIndex::from([("d1.example.test".to_owned(), Some("y".to_owned()))]);
+        let (kept, _) = settle_contested(
             bindings,
             &contested,
-            &[Some("y".to_owned())],
             Some(&served),
             HashSet::from([TenantId::parse("x").unwrap()]),
-            None,
+            Some(&index),
             "test",
         );
         let (table, refused) = BindingTable::from_bindings(kept);
@@ -649,7 +641,8 @@ mod tests {
         use crate::model::test_binding;
         // Round 1 settles d1 (a keeps it; b's served binding, with d2, comes back); round 2
         // settles d2 (b keeps it; c's served binding comes back). The index was asked only
-        // about the first round's domains: c keeps d4, which nobody looked up.
+        // about the first round's domains: in this pass c keeps d4, which nobody looked up
+        // (the Redis store then asks about it and settles again).
         let (served, _) = BindingTable::from_bindings(vec![
             test_binding("a", 1, &["d1.example.test"]),
             test_binding("b", 1, &["d2.example.test"]),
@@ -661,20 +654,20 @@ mod tests {
             test_binding("c", 2, &["d2.example.test", "d4.example.test"]),
         ];
         let contested = contested_domains(&bindings);
-        let owners: Vec<Option<String>> = vec![Some("a".to_owned())];
         let index: DomainIndex = [("d1.example.test", "a"), ("d2.example.test", "b")]
             .into_iter()
             .map(|(d, o)| (d.to_owned(), Some(o.to_owned())))
             .collect();
-        let kept = settle_contested(
+        let (kept, back) = settle_contested(
             bindings,
             &contested,
-            &owners,
             Some(&served),
             HashSet::new(),
             Some(&index),
             "test",
         );
+        // The tenants put back are returned: a store asks its index about their domains.
+        assert!(back.contains(&TenantId::parse("c").unwrap()));
         let (table, _) = BindingTable::from_bindings(kept);
         let owner = |d: &str| table.tenant_for_domain(d).map(TenantId::as_str);
         assert_eq!(owner("d1.example.test"), Some("a"));

@@ -1441,6 +1441,57 @@ fn snapshot_binding_of_a_damaged_record_after_its_domain_left(moved: bool) {
 }
 
 #[test]
+fn a_binding_put_back_in_a_later_round_does_not_take_a_domain_the_index_gives_a_valid_record() {
+    // The snapshot serves alpha{d1} beta{d2} gamma{d4}. Then beta's and gamma's records are
+    // written by hand (beta{d1,d3}, gamma{d2}) and epsilon takes d4 through the CLI. Settling
+    // puts beta back (d1 stays alpha's), then gamma (d2 stays beta's), whose snapshot binding
+    // holds d4: the index, asked about it in a second pass, gives d4 to epsilon.
+    let World {
+        redis,
+        admin,
+        keys,
+        a,
+        b,
+    } = World::start(&[]);
+    put_domains(&admin, "alpha", &a.url(), &["d1.example.test"]);
+    put_domains(&admin, "beta", &a.url(), &["d2.example.test"]);
+    put_domains(&admin, "gamma", &a.url(), &["d4.example.test"]);
+    let (_dir, _snap, snap_s) = snapshot_from_a_replica(&keys, &redis.url(), "gamma", "instance-a");
+    for (tenant, domains) in [
+        ("beta", &["d1.example.test", "d3.example.test"][..]),
+        ("gamma", &["d2.example.test"]),
+    ] {
+        let mut record = binding(tenant, &a.url(), "active", None);
+        record["domains"] = serde_json::json!(domains);
+        redis.cmd(&[
+            "SET",
+            &format!("nexus:binding:{tenant}"),
+            &record.to_string(),
+        ]);
+    }
+    put_domains(&admin, "epsilon", &b.url(), &["d4.example.test"]);
+
+    let edge = replica(&keys, &redis.url(), "replica-2", Some(&snap_s)).expect("replica");
+    let routed = |host: &str, tenant: &str| routed(&edge, &keys, host, tenant);
+    wait::until(Duration::from_secs(20), "epsilon's domain", || {
+        (routed("d4.example.test", "epsilon").as_deref() == Some("instance-b")).then_some(())
+    });
+    assert_eq!(
+        routed(&host("epsilon"), "epsilon").as_deref(),
+        Some("instance-b")
+    );
+    assert_eq!(
+        routed("d1.example.test", "alpha").as_deref(),
+        Some("instance-a")
+    );
+    assert_eq!(
+        routed("d2.example.test", "beta").as_deref(),
+        Some("instance-a")
+    );
+    assert_eq!(routed("d4.example.test", "gamma"), None, "{}", edge.log());
+}
+
+#[test]
 fn a_domain_of_a_deleted_damaged_record_can_be_taken() {
     // A damaged record whose domains are no list of names cannot say which it held: deleting
     // it frees every domain the index holds for its tenant. (A name that is no string once

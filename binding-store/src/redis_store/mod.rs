@@ -46,6 +46,10 @@ pub use fleet::{ReplicaStatus, WaitOutcome};
 
 use endpoint::Connector;
 
+/// Passes of a full load's settling of contested domains, each after asking the domain index
+/// about the domains the one before put back (one or two in practice).
+const MAX_SETTLING_PASSES: usize = 8;
+
 /// Where and how to reach Redis, and how this replica behaves.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
@@ -612,31 +616,47 @@ impl RedisStore {
         }
         let contested = contested_domains(&bindings);
         if !contested.is_empty() {
-            let domains: Vec<&str> = contested.iter().map(|(d, _)| d.as_str()).collect();
-            let owners: Vec<Option<String>> = redis::cmd("HMGET")
-                .arg(self.keys.domains())
-                .arg(&domains)
-                .query_async(con)
-                .await?;
-            // A claimant that loses gets its served binding back: what the index says of
-            // its domains too.
+            // The index is asked about the contested domains and those of the served
+            // bindings a loser gets back; settling may put back more, whose domains it was
+            // not asked about: it is asked, and the settling made again from the start. The
+            // index only grows, so this ends; the bound guards a lookup Redis refuses.
             let cur = served();
-            let losers_served = contested
+            let mut ask: Vec<String> = contested
                 .iter()
-                .flat_map(|(_, claimants)| claimants)
-                .filter_map(|t| cur.and_then(|c| c.get(t.as_str())))
-                .flat_map(|b| b.domains.iter().map(|d| d.as_str()));
-            self.look_up_domains(con, losers_served.collect(), &mut index)
-                .await?;
-            bindings = settle_contested(
-                bindings,
-                &contested,
-                &owners,
-                cur,
-                put_back,
-                Some(&index),
-                "Redis",
-            );
+                .map(|(d, _)| d.clone())
+                .chain(
+                    contested
+                        .iter()
+                        .flat_map(|(_, claimants)| claimants)
+                        .filter_map(|t| cur.and_then(|c| c.get(t.as_str())))
+                        .flat_map(|b| b.domains.iter().map(|d| d.as_str().to_owned())),
+                )
+                .collect();
+            let mut settled = Vec::new();
+            for _ in 0..MAX_SETTLING_PASSES {
+                self.look_up_domains(con, ask.iter().map(String::as_str).collect(), &mut index)
+                    .await?;
+                let (kept, back) = settle_contested(
+                    bindings.clone(),
+                    &contested,
+                    cur,
+                    put_back.clone(),
+                    Some(&index),
+                    "Redis",
+                );
+                ask = kept
+                    .iter()
+                    .filter(|b| back.contains(&b.tenant_id))
+                    .flat_map(|b| b.domains.iter().map(|d| d.as_str()))
+                    .filter(|d| !index.contains_key(*d))
+                    .map(str::to_owned)
+                    .collect();
+                settled = kept;
+                if ask.is_empty() {
+                    break;
+                }
+            }
+            bindings = settled;
         }
         let (table, refused) = BindingTable::from_bindings(bindings);
         for e in &refused {
