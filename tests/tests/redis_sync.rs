@@ -1489,6 +1489,12 @@ fn a_binding_put_back_in_a_later_round_does_not_take_a_domain_the_index_gives_a_
         Some("instance-a")
     );
     assert_eq!(routed("d4.example.test", "gamma"), None, "{}", edge.log());
+    // Only the last settling is logged: not the first pass's verdict for gamma.
+    let log = edge.log();
+    assert!(
+        !log.contains("kept_by=gamma") && !log.contains("kept_by=\"gamma\""),
+        "{log}"
+    );
 }
 
 #[test]

@@ -632,17 +632,29 @@ impl RedisStore {
                         .flat_map(|b| b.domains.iter().map(|d| d.as_str().to_owned())),
                 )
                 .collect();
-            let mut settled = Vec::new();
-            for _ in 0..MAX_SETTLING_PASSES {
-                self.look_up_domains(con, ask.iter().map(String::as_str).collect(), &mut index)
-                    .await?;
-                let (kept, back) = settle_contested(
+            // The passes before the last are settled quietly: their verdicts may be undone.
+            let settle = |index: &DomainIndex| {
+                settle_contested(
                     bindings.clone(),
                     &contested,
                     cur,
                     put_back.clone(),
-                    Some(&index),
+                    Some(index),
                     "Redis",
+                )
+            };
+            for pass in 0..MAX_SETTLING_PASSES {
+                let known = index.len();
+                self.look_up_domains(con, ask.iter().map(String::as_str).collect(), &mut index)
+                    .await?;
+                // Asked again and nothing learnt (the index cannot be read): the kept
+                // bindings keep the domains not asked about.
+                if pass > 0 && index.len() == known {
+                    break;
+                }
+                let (kept, back) = tracing::subscriber::with_default(
+                    tracing::subscriber::NoSubscriber::default(),
+                    || settle(&index),
                 );
                 ask = kept
                     .iter()
@@ -651,12 +663,11 @@ impl RedisStore {
                     .filter(|d| !index.contains_key(*d))
                     .map(str::to_owned)
                     .collect();
-                settled = kept;
                 if ask.is_empty() {
                     break;
                 }
             }
-            bindings = settled;
+            bindings = settle(&index).0;
         }
         let (table, refused) = BindingTable::from_bindings(bindings);
         for e in &refused {
