@@ -48,6 +48,14 @@ fn replica(
     Edge::try_start(&opts)
 }
 
+/// Makes (or remakes) the ACL user `name` with `password`, allowed everything but `denied`.
+fn acl_user(redis: &RedisServer, name: &str, password: &str, denied: &[&str]) {
+    let pw = format!(">{password}");
+    let mut args = vec!["ACL", "SETUSER", name, "on", &pw, "~*", "&*", "+@all"];
+    args.extend_from_slice(denied);
+    redis.cmd(&args);
+}
+
 /// Waits until the admin sees `ids` heartbeating. A replica serves its loaded table before its
 /// sync task writes the first heartbeat; a test that stops one must first know it is counted.
 fn wait_live(admin: &Admin, ids: &[&str]) {
@@ -427,18 +435,7 @@ fn a_replica_whose_user_may_not_run_scripts_nor_read_time_still_follows_and_hear
         a: _a,
         b,
     } = World::start(&["acme"]);
-    redis.cmd(&[
-        "ACL",
-        "SETUSER",
-        "least",
-        "on",
-        ">secret",
-        "~*",
-        "&*",
-        "+@all",
-        "-@scripting",
-        "-time",
-    ]);
+    acl_user(&redis, "least", "secret", &["-@scripting", "-time"]);
     let edge = replica(
         &keys,
         &redis.url_as("least", "secret"),
@@ -478,17 +475,7 @@ fn liveness_goes_by_redis_s_clock_not_each_host_s() {
         ..
     } = World::start(&["acme"]);
     // This one's ACL user may not run scripts: it reads Redis's clock, then writes.
-    redis.cmd(&[
-        "ACL",
-        "SETUSER",
-        "no-scripts",
-        "on",
-        ">secret",
-        "~*",
-        "&*",
-        "+@all",
-        "-@scripting",
-    ]);
+    acl_user(&redis, "no-scripts", "secret", &["-@scripting"]);
     let no_scripts = redis.url_as("no-scripts", "secret");
     let slow = replica_with_clock(&keys, &no_scripts, "replica-slow", "-2h");
     let fast = replica_with_clock(&keys, &redis.url(), "replica-fast", "+2h");
@@ -542,16 +529,7 @@ fn redis_outage_is_fail_static_and_changes_are_applied_after() {
         b,
     } = World::start(&["acme", "globex"]);
     // The replica logs in as its own ACL user, so the test can cut it off while admins write.
-    redis.cmd(&[
-        "ACL",
-        "SETUSER",
-        "edge",
-        "on",
-        ">edge-secret",
-        "~*",
-        "&*",
-        "+@all",
-    ]);
+    acl_user(&redis, "edge", "edge-secret", &[]);
     let edge = replica(
         &keys,
         &redis.url_as("edge", "edge-secret"),
@@ -613,16 +591,7 @@ fn redis_outage_is_fail_static_and_changes_are_applied_after() {
     served(50);
     redis.restart();
     // ACL users live in memory only: recreate the replica's user on the restarted server.
-    redis.cmd(&[
-        "ACL",
-        "SETUSER",
-        "edge",
-        "on",
-        ">edge-secret",
-        "~*",
-        "&*",
-        "+@all",
-    ]);
+    acl_user(&redis, "edge", "edge-secret", &[]);
     admin.ok(&[
         "rebind",
         "acme",
