@@ -2454,3 +2454,29 @@ fn an_expect_100_continue_body_always_reaches_the_instance_as_a_body() {
     }
     assert_eq!(heads.len(), 4, "{heads:#?}");
 }
+
+#[test]
+fn raw_control_bytes_in_the_target_reach_the_instance_percent_encoded() {
+    // Pingora percent-encodes raw control characters in the request line before the router
+    // reads it; the router, and the instance, see the encoded path. A NUL becomes `%00`, which
+    // is refused.
+    let w = world();
+    let raw = |target: &[u8]| {
+        let mut req = b"GET ".to_vec();
+        req.extend_from_slice(target);
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: globex.edge.test\r\nConnection: close\r\n\r\n");
+        send_raw(w.edge.addr, &req).expect("response")
+    };
+    for (target, sent) in [
+        (&b"/login/\x01x"[..], "/login/%01x"),
+        (b"/login/\x7fx", "/login/%7Fx"),
+        (b"/login/\tx", "/login/%09x"),
+    ] {
+        let r = raw(target);
+        assert_eq!(r.status, 200, "{sent}: {}", r.text());
+        assert_eq!(r.json()["path"], sent);
+    }
+    let nul = raw(b"/login/\x00x");
+    assert_eq!(nul.status, 400, "{}", nul.text());
+    assert_eq!(w.b.hits(), 3);
+}
