@@ -177,18 +177,21 @@ impl Authenticator {
         }
         let parsed = jws::parse(token)?;
         let verify_key = keys.select(parsed.kid.as_deref(), parsed.alg)?;
-        self.signature_checks.fetch_add(1, Ordering::Relaxed);
-        verify_key.verify(
-            parsed.alg,
-            parsed.signing_input.as_bytes(),
-            &parsed.signature,
-        )?;
+        // Claims before the signature: a token they refuse (expired, another issuer or
+        // audience) is refused without the costly check, however often it comes. Nothing
+        // from them is trusted or kept until the signature verifies below.
         let verified = claims::check(
             &parsed.payload,
             &self.rules,
             now_unix,
             parsed.kid,
             parsed.alg,
+        )?;
+        self.signature_checks.fetch_add(1, Ordering::Relaxed);
+        verify_key.verify(
+            parsed.alg,
+            parsed.signing_input.as_bytes(),
+            &parsed.signature,
         )?;
         if let Some(key) = key {
             self.cache

@@ -909,3 +909,51 @@ mod props {
         }
     }
 }
+
+#[test]
+fn a_token_refused_on_its_claims_costs_no_signature_check() {
+    // An expired token keeps coming from a browser until it refreshes, and anyone can send
+    // tokens naming another issuer or audience: refusing them needs no signature check.
+    let f = fixture("claims-first");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    let with = claims_with;
+    for (patch, want) in [
+        (json!({"exp": NOW - 31}), TokenError::Expired),
+        (json!({"nbf": NOW + 31}), TokenError::NotYetValid),
+        (json!({"exp": null}), TokenError::MissingExp),
+        (json!({"iss": "https://evil"}), TokenError::WrongIssuer),
+        (json!({"aud": ["a", "b"]}), TokenError::WrongAudience),
+        (
+            json!({"iat": "now"}),
+            TokenError::Malformed("time claim is not a valid NumericDate"),
+        ),
+        (
+            json!({"sub": " admin"}),
+            TokenError::UnforwardableClaim("sub"),
+        ),
+    ] {
+        let token = f.rs.sign(&with(patch.clone())).expect("s");
+        for _ in 0..3 {
+            assert_eq!(auth.verify(&token, NOW).map(|_| ()), Err(want), "{patch}");
+        }
+    }
+    assert_eq!(auth.signature_checks(), 0);
+    // Claims that pass prove nothing by themselves: the signature is still what accepts.
+    let good = f.rs.sign(&claims()).expect("s");
+    let (head, _) = good.rsplit_once('.').expect("dot");
+    let forged = format!("{head}.{}", b64(&[7u8; 256]));
+    assert_eq!(
+        auth.verify(&forged, NOW).map(|_| ()),
+        Err(TokenError::BadSignature)
+    );
+    assert_eq!(auth.signature_checks(), 1);
+    // A cached token that expires is refused without one too, every time.
+    auth.verify(&good, NOW).expect("ok");
+    for _ in 0..3 {
+        assert_eq!(
+            auth.verify(&good, NOW + 700).map(|_| ()),
+            Err(TokenError::Expired)
+        );
+    }
+    assert_eq!(auth.signature_checks(), 2);
+}
