@@ -20,7 +20,7 @@ pub mod mint;
 mod strict_json;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use nexus_config::{AuthSettings, HmacKey, JwksSource};
@@ -49,6 +49,11 @@ pub struct Authenticator {
     generation: AtomicU64,
     /// Full signature checks done (cache misses), for tests and metrics.
     signature_checks: AtomicU64,
+    /// Key files parsed (start and reloads), for tests.
+    key_set_loads: AtomicU64,
+    /// SHA-256 of the last key file refused, while the file still holds it: the file is
+    /// polled every few seconds, and one that stays bad is parsed and reported once.
+    refused: Mutex<Option<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -109,21 +114,39 @@ impl Authenticator {
             session_cookie: settings.session_cookie.clone(),
             generation: AtomicU64::new(1),
             signature_checks: AtomicU64::new(0),
+            key_set_loads: AtomicU64::new(1),
+            refused: Mutex::new(None),
         })
     }
 
     /// Re-reads the key file if its content changed. On error the current keys stay; a file
     /// whose `keys` array is empty revokes them all (see [`KeySet::load`]). Returns whether a
-    /// new key set was installed.
+    /// new key set was installed. A refused content is refused once: until the file holds
+    /// something else, it is `Ok(false)`, as the current keys stay.
     pub fn reload_keys(&self) -> Result<bool, AuthSetupError> {
         let (text, origin) = read_source(&self.source)?;
-        if keyset::digest(&text) == self.keys.load().digest {
+        let digest = keyset::digest(&text);
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        if digest == self.keys.load().digest {
+            *refused = None;
+            return Ok(false);
+        }
+        if *refused == Some(digest) {
             return Ok(false);
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let keys = KeySet::load(&text, &origin, &self.hmac, generation, true)?;
-        self.keys.store(Arc::new(keys));
-        Ok(true)
+        self.key_set_loads.fetch_add(1, Ordering::Relaxed);
+        match KeySet::load(&text, &origin, &self.hmac, generation, true) {
+            Ok(keys) => {
+                *refused = None;
+                self.keys.store(Arc::new(keys));
+                Ok(true)
+            }
+            Err(e) => {
+                *refused = Some(digest);
+                Err(e)
+            }
+        }
     }
 
     /// Usable keys in the current set.
@@ -149,6 +172,11 @@ impl Authenticator {
     /// Full signature verifications so far (cache misses).
     pub fn signature_checks(&self) -> u64 {
         self.signature_checks.load(Ordering::Relaxed)
+    }
+
+    /// Key files parsed so far: the one at start and every reload attempted.
+    pub fn key_set_loads(&self) -> u64 {
+        self.key_set_loads.load(Ordering::Relaxed)
     }
 
     /// Verified tokens currently cached.

@@ -957,3 +957,34 @@ fn a_token_refused_on_its_claims_costs_no_signature_check() {
     }
     assert_eq!(auth.signature_checks(), 2);
 }
+
+#[test]
+fn a_refused_key_file_is_parsed_and_told_once_until_its_content_changes() {
+    // The file is polled every few seconds: a refused one that stays as it is must not be
+    // parsed (each key of it) and reported again on every poll.
+    let f = fixture("refused-once");
+    let path = f.dir.path().join("jwks.json");
+    let good = std::fs::read_to_string(&path).expect("read");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    let loads = auth.key_set_loads();
+    let unusable = json!({ "keys": [json!({"kty":"oct","k":"AA"})] }).to_string();
+    std::fs::write(&path, &unusable).expect("w");
+    assert!(matches!(
+        auth.reload_keys(),
+        Err(AuthSetupError::NoKeys { .. })
+    ));
+    for _ in 0..3 {
+        assert!(!auth.reload_keys().expect("nothing new"));
+    }
+    assert_eq!(auth.key_set_loads(), loads + 1);
+    // Put back, then written again: a new attempt, told again.
+    std::fs::write(&path, &good).expect("w");
+    assert!(!auth.reload_keys().expect("the current keys"));
+    std::fs::write(&path, &unusable).expect("w");
+    assert!(auth.reload_keys().is_err());
+    assert_eq!(auth.key_set_loads(), loads + 2);
+    // A file that parses now is installed.
+    std::fs::write(&path, json!({ "keys": [f.rs.public_jwk()] }).to_string()).expect("w");
+    assert!(auth.reload_keys().expect("reloaded"));
+    assert_eq!(auth.key_set_loads(), loads + 3);
+}
