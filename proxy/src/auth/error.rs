@@ -156,6 +156,14 @@ pub enum AuthSetupError {
         /// What is wrong.
         reason: String,
     },
+    /// The JWKS file is larger than the router reads.
+    #[error("{path}: larger than {limit} bytes; a key set holds a few keys")]
+    TooLarge {
+        /// File.
+        path: String,
+        /// The bound, [`super::MAX_JWKS_BYTES`].
+        limit: usize,
+    },
     /// An `[[auth.hmac_keys]]` key's `kid` is also a key's in the JWKS: a token naming it
     /// could be meant for either, so the HMAC key would never be used.
     #[error(

@@ -55,7 +55,7 @@ impl KeySet {
             .ok_or_else(|| format("no \"keys\" array".to_owned()))?;
         let mut set = KeySet {
             generation,
-            digest: digest(text),
+            digest: digest(text.as_bytes()),
             ..KeySet::default()
         };
         let mut skipped = Vec::new();
@@ -174,9 +174,9 @@ impl KeySet {
     }
 }
 
-/// SHA-256 of a text.
-pub(crate) fn digest(text: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+/// SHA-256 of a key file's bytes.
+pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out

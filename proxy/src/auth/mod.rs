@@ -19,6 +19,7 @@ mod keyset;
 pub mod mint;
 mod strict_json;
 
+use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -67,23 +68,56 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-fn read_source(source: &JwksSource) -> Result<(String, String), AuthSetupError> {
+/// Largest key file read, in bytes. An identity provider publishes a handful of keys (one
+/// 8192-bit RSA JWK is under 1.5 KiB); a larger file is a mistake, and read whole it would be
+/// re-read and hashed on every poll and, when changed, parsed key by key.
+pub const MAX_JWKS_BYTES: usize = 1 << 20;
+
+/// The key file's bytes, at most one past [`MAX_JWKS_BYTES`] (enough to tell it is too
+/// large), and where they came from.
+fn read_source(source: &JwksSource) -> Result<(Vec<u8>, String), AuthSetupError> {
     match source {
-        JwksSource::File(p) => std::fs::read_to_string(p)
-            .map(|t| (t, p.display().to_string()))
-            .map_err(|e| AuthSetupError::Read {
-                path: p.display().to_string(),
-                source: e,
-            }),
-        JwksSource::EmbeddedDemo => Ok((DEMO_JWKS.to_owned(), "embedded demo key set".to_owned())),
+        JwksSource::File(p) => {
+            let path = p.display().to_string();
+            let mut bytes = Vec::new();
+            std::fs::File::open(p)
+                .and_then(|f| f.take(MAX_JWKS_BYTES as u64 + 1).read_to_end(&mut bytes))
+                .map(|_| (bytes, path.clone()))
+                .map_err(|e| AuthSetupError::Read { path, source: e })
+        }
+        JwksSource::EmbeddedDemo => Ok((
+            DEMO_JWKS.as_bytes().to_vec(),
+            "embedded demo key set".to_owned(),
+        )),
     }
+}
+
+/// Builds a key set from what [`read_source`] read.
+fn load_set(
+    bytes: &[u8],
+    origin: &str,
+    hmac: &[HmacKey],
+    generation: u64,
+    emptied: bool,
+) -> Result<KeySet, AuthSetupError> {
+    if bytes.len() > MAX_JWKS_BYTES {
+        return Err(AuthSetupError::TooLarge {
+            path: origin.to_owned(),
+            limit: MAX_JWKS_BYTES,
+        });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| AuthSetupError::Format {
+        path: origin.to_owned(),
+        reason: "not UTF-8".to_owned(),
+    })?;
+    KeySet::load(text, origin, hmac, generation, emptied)
 }
 
 impl Authenticator {
     /// Loads the key set named by the settings.
     pub fn new(settings: &AuthSettings) -> Result<Self, AuthSetupError> {
-        let (text, origin) = read_source(&settings.jwks)?;
-        let keys = KeySet::load(&text, &origin, &settings.hmac_keys, 1, false)?;
+        let (bytes, origin) = read_source(&settings.jwks)?;
+        let keys = load_set(&bytes, &origin, &settings.hmac_keys, 1, false)?;
         if settings.issuers.is_empty() {
             tracing::warn!(
                 "[auth] issuers is empty: the iss claim is not checked, so a token of any \
@@ -124,8 +158,8 @@ impl Authenticator {
     /// new key set was installed. A refused content is refused once: until the file holds
     /// something else, it is `Ok(false)`, as the current keys stay.
     pub fn reload_keys(&self) -> Result<bool, AuthSetupError> {
-        let (text, origin) = read_source(&self.source)?;
-        let digest = keyset::digest(&text);
+        let (bytes, origin) = read_source(&self.source)?;
+        let digest = keyset::digest(&bytes);
         let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
         if digest == self.keys.load().digest {
             *refused = None;
@@ -136,7 +170,7 @@ impl Authenticator {
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.key_set_loads.fetch_add(1, Ordering::Relaxed);
-        match KeySet::load(&text, &origin, &self.hmac, generation, true) {
+        match load_set(&bytes, &origin, &self.hmac, generation, true) {
             Ok(keys) => {
                 *refused = None;
                 self.keys.store(Arc::new(keys));

@@ -988,3 +988,25 @@ fn a_refused_key_file_is_parsed_and_told_once_until_its_content_changes() {
     assert!(auth.reload_keys().expect("reloaded"));
     assert_eq!(auth.key_set_loads(), loads + 3);
 }
+
+#[test]
+fn a_key_file_past_the_bound_is_refused_at_start_and_on_reload() {
+    let f = fixture("too-large");
+    let path = f.dir.path().join("jwks.json");
+    let keys = json!({ "keys": [f.rs.public_jwk()] }).to_string();
+    // JSON that parses, padded with blanks to `len` bytes.
+    let padded = |len: usize| format!("{keys}{}", " ".repeat(len - keys.len()));
+    std::fs::write(&path, padded(MAX_JWKS_BYTES)).expect("w");
+    let auth = Authenticator::new(&settings(&f)).expect("at the bound");
+    std::fs::write(&path, padded(MAX_JWKS_BYTES + 1)).expect("w");
+    assert!(matches!(
+        Authenticator::new(&settings(&f)),
+        Err(AuthSetupError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        auth.reload_keys(),
+        Err(AuthSetupError::TooLarge { .. })
+    ));
+    assert!(!auth.reload_keys().expect("refused once"));
+    assert_eq!(auth.key_count(), 3, "rs + two hmac");
+}
