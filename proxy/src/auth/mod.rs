@@ -243,7 +243,7 @@ impl Authenticator {
         // audience) is refused without the costly check, however often it comes. Nothing
         // from them is trusted or kept until the signature verifies below.
         let verified = claims::check(
-            &parsed.payload,
+            &parsed.claims()?,
             &self.rules,
             now_unix,
             parsed.kid,

@@ -1010,3 +1010,33 @@ fn a_key_file_past_the_bound_is_refused_at_start_and_on_reload() {
     assert!(!auth.reload_keys().expect("refused once"));
     assert_eq!(auth.key_count(), 3, "rs + two hmac");
 }
+
+#[test]
+fn the_payload_is_parsed_only_for_a_known_key_and_well_formed_parts() {
+    // A payload whose JSON would be refused (a repeated member) shows whether it was parsed:
+    // a token refused on its kid or on a part's base64url must not pay for up to a token's
+    // worth of JSON first.
+    let f = fixture("payload-last");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    let repeated = r#"{"exp":1900000000,"tenant_id":"a","tenant_id":"b"}"#;
+    let unknown_kid =
+        f.rs.sign_raw(&json!({"alg":"RS256","kid":"nope"}).to_string(), repeated)
+            .expect("s");
+    assert_eq!(
+        auth.verify(&unknown_kid, NOW).map(|_| ()),
+        Err(TokenError::UnknownKey)
+    );
+    let known_kid =
+        f.rs.sign_raw(&json!({"alg":"RS256","kid":"rs"}).to_string(), repeated)
+            .expect("s");
+    assert_eq!(
+        auth.verify(&known_kid, NOW).map(|_| ()),
+        Err(TokenError::DuplicateKey)
+    );
+    // Padding at the end of the signature is no base64url.
+    assert_eq!(
+        auth.verify(&format!("{known_kid}="), NOW).map(|_| ()),
+        Err(TokenError::Malformed("invalid base64url"))
+    );
+    assert_eq!(auth.signature_checks(), 0);
+}
