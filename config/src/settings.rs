@@ -101,7 +101,8 @@ pub struct AuthSettings {
     pub org_claim: String,
     /// Cookie that may carry the token besides `Authorization: Bearer`.
     pub session_cookie: Option<String>,
-    /// Entries in the verified-token cache; 0 disables it.
+    /// Capacity of the verified-token cache, in tokens of up to 1 KiB of identity claims (a
+    /// larger one counts once per KiB started); 0 disables it.
     pub token_cache_capacity: usize,
     /// Longest token accepted, in bytes.
     pub max_token_bytes: usize,

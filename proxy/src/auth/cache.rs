@@ -9,7 +9,8 @@
 //!   cache's own table hashes these keys again with a per-process random seed, so slot
 //!   placement stays unpredictable to clients;
 //! - bounded (`quick_cache`, sharded and lock-light), so a flood of distinct tokens costs a
-//!   fixed amount of memory;
+//!   fixed amount of memory: in entries, and in bytes, as an entry counts once per KiB
+//!   started of the identity claims it keeps (see [`ClaimKib`]);
 //! - an entry remembers the key-set generation it was verified under; after a key rotation it
 //!   is ignored and the token re-verified, so a removed key stops working at once;
 //! - what is cached are claims, not decisions: time claims, tenant and org are checked on
@@ -19,15 +20,40 @@ use std::sync::Arc;
 
 use aws_lc_rs::digest;
 use quick_cache::sync::Cache;
+use quick_cache::Weighter;
 
 use super::claims::VerifiedToken;
 
 /// SHA-256 of a token.
 pub(crate) type TokenHash = [u8; 32];
 
+/// An entry: the verified token and the key-set generation it was verified under.
+type Entry = (Arc<VerifiedToken>, u64);
+
+/// Claim bytes one unit of capacity stands for.
+const UNIT: usize = 1024;
+
+/// An entry's weight: one per KiB started of the claims it keeps (`sub`, tenant, org, `kid`;
+/// at least one). A common token weighs one, so capacity reads as tokens; a token whose
+/// claims fill `max_token_bytes` would otherwise pin several KiB (each claim is kept as text
+/// and as a header value) for one unit, `capacity` times over.
+#[derive(Clone, Copy, Debug)]
+struct ClaimKib;
+
+impl Weighter<TokenHash, Entry> for ClaimKib {
+    fn weight(&self, _: &TokenHash, (token, _): &Entry) -> u64 {
+        let bytes = [&token.sub, &token.tenant, &token.org, &token.kid]
+            .iter()
+            .filter_map(|c| c.as_ref())
+            .map(String::len)
+            .sum::<usize>();
+        bytes.div_ceil(UNIT).max(1) as u64
+    }
+}
+
 /// Verified tokens by hash.
 pub(crate) struct TokenCache {
-    inner: Option<Cache<TokenHash, (Arc<VerifiedToken>, u64)>>,
+    inner: Option<Cache<TokenHash, Entry, ClaimKib>>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -39,10 +65,11 @@ impl std::fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
-    /// A cache of `capacity` entries; 0 disables caching.
+    /// A cache of `capacity` units ([`ClaimKib`]); 0 disables caching.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            inner: (capacity > 0).then(|| Cache::new(capacity)),
+            inner: (capacity > 0)
+                .then(|| Cache::with_weighter(capacity, capacity as u64, ClaimKib)),
         }
     }
 

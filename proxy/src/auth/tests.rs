@@ -1040,3 +1040,39 @@ fn the_payload_is_parsed_only_for_a_known_key_and_well_formed_parts() {
     );
     assert_eq!(auth.signature_checks(), 0);
 }
+
+#[test]
+fn the_cache_bounds_the_identity_bytes_it_holds_not_only_its_entries() {
+    // A cached token keeps its identity claims (twice: as text and as header values). Counted
+    // as one entry each, `capacity` tokens with claims near `max_token_bytes` held that many
+    // times 5 KB; each KiB started counts as an entry now.
+    const SUB: usize = 5000;
+    let f = fixture("cache-bytes");
+    let s = settings(&f);
+    let capacity = s.token_cache_capacity;
+    let auth = Authenticator::new(&s).expect("auth");
+    for i in 0..capacity {
+        let sub = format!("{i:0>SUB$}");
+        let t = f.ed.sign(&claims_with(json!({ "sub": sub }))).expect("s");
+        assert!(t.len() <= s.max_token_bytes);
+        auth.verify(&t, NOW).expect("ok");
+    }
+    let pinned = auth.cached_tokens() * SUB;
+    assert!(
+        pinned <= capacity * 1024 * 11 / 10,
+        "{} tokens of {SUB} bytes of claims cached",
+        auth.cached_tokens()
+    );
+    // Tokens of common size count one entry each, as before.
+    let auth = Authenticator::new(&s).expect("auth");
+    let tokens: Vec<String> = (0..capacity / 2)
+        .map(|i| {
+            f.ed.sign(&claims_with(json!({ "sub": format!("u{i}") })))
+                .expect("s")
+        })
+        .collect();
+    for t in tokens.iter().chain(&tokens) {
+        auth.verify(t, NOW).expect("ok");
+    }
+    assert_eq!(auth.signature_checks(), capacity as u64 / 2);
+}
