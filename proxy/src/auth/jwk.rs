@@ -365,6 +365,22 @@ mod tests {
     }
 
     #[test]
+    fn rsa_exponents_the_library_refuses_are_skipped_at_load() {
+        // An exponent sets each verification's cost; 1 or an even one is no RSA key.
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let mut n = vec![0xc3; 256];
+        n[255] |= 1;
+        let key = |e: &[u8]| serde_json::json!({ "kty": "RSA", "n": b64(&n), "e": b64(e) });
+        for e in [&[1][..], &[2], &[1, 0, 0], &[0xff, 0xff, 0xff, 0xff, 1]] {
+            let err = parse_jwk(&key(e)).expect_err("refused");
+            assert!(err.contains("key rejected"), "{e:?}: {err}");
+        }
+        for e in [&[3][..], &[1, 0, 1], &[1, 1, 1, 1]] {
+            assert!(parse_jwk(&key(e)).is_ok(), "{e:?}");
+        }
+    }
+
+    #[test]
     fn a_point_off_the_curve_is_skipped_at_load() {
         let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
         let jwk = serde_json::json!({
