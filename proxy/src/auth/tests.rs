@@ -1076,3 +1076,29 @@ fn the_cache_bounds_the_identity_bytes_it_holds_not_only_its_entries() {
     }
     assert_eq!(auth.signature_checks(), capacity as u64 / 2);
 }
+
+#[test]
+fn a_flood_of_forged_tokens_is_not_cached_and_evicts_nothing() {
+    let f = fixture("flood");
+    let s = settings(&f);
+    let auth = Authenticator::new(&s).expect("auth");
+    let good = f.ed.sign(&claims()).expect("s");
+    auth.verify(&good, NOW).expect("ok");
+    let (head, _) = good.rsplit_once('.').expect("dot");
+    let flood = 3 * s.token_cache_capacity;
+    for i in 0..flood {
+        let mut sig = [0u8; 64];
+        sig[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let forged = format!("{head}.{}", b64(&sig));
+        assert_eq!(
+            auth.verify(&forged, NOW).map(|_| ()),
+            Err(TokenError::BadSignature)
+        );
+    }
+    // Each forged token costs its signature check (a failure is not remembered: the next
+    // one differs anyway), and none takes a place in the cache.
+    assert_eq!(auth.signature_checks(), 1 + flood as u64);
+    assert_eq!(auth.cached_tokens(), 1);
+    auth.verify(&good, NOW).expect("still cached");
+    assert_eq!(auth.signature_checks(), 1 + flood as u64);
+}
