@@ -24,6 +24,10 @@ pub enum RejectReason {
     BadFraming(FramingError),
     /// The request header is longer than `[server] max_request_header_bytes`.
     HeaderTooLarge,
+    /// The client stopped sending a request body it announced, for longer than a read
+    /// timeout: the instance was waiting for it, so the timeout is the client's, not the
+    /// instance's (see `service::late_client_fault`).
+    BodyTimeout,
     /// A request header Pingora refuses when it prepares the request for the instance:
     /// `Connection` naming `Host` or an `X-Forwarded-*` field, ten or more names, or a name
     /// that is no token. [`crate::nominations`] finds these before any instance is asked.
@@ -80,6 +84,7 @@ impl RejectReason {
             RejectReason::BadFraming(FramingError::UnsupportedCoding)
             | RejectReason::TraceRefused => 501,
             RejectReason::HeaderTooLarge => 431,
+            RejectReason::BodyTimeout => 408,
             RejectReason::BadFraming(FramingError::ChunkedTwice | FramingError::BadChunk)
             | RejectReason::MalformedHeader
             | RejectReason::BadHost(_)
@@ -101,7 +106,7 @@ impl RejectReason {
     /// Whether the request could not be read as sent (malformed, oversized, framed in a way
     /// the router does not forward), so its connection cannot carry another one.
     pub fn closes_connection(&self) -> bool {
-        matches!(self.status(), 400 | 431 | 501)
+        matches!(self.status(), 400 | 408 | 431 | 501)
     }
 
     /// Closed metric/log label.
@@ -110,6 +115,7 @@ impl RejectReason {
             RejectReason::TraceRefused => "trace_refused",
             RejectReason::BadFraming(_) => "bad_framing",
             RejectReason::HeaderTooLarge => "header_too_large",
+            RejectReason::BodyTimeout => "request_body_timeout",
             RejectReason::MalformedHeader => "malformed_header",
             RejectReason::BadHost(_) => "bad_host",
             RejectReason::BadPath(_) => "bad_path",
@@ -154,6 +160,9 @@ impl RejectReason {
             }
             RejectReason::HeaderTooLarge => {
                 "request header fields too large: the request header is longer than allowed\n"
+            }
+            RejectReason::BodyTimeout => {
+                "request timeout: the request body did not arrive in time\n"
             }
             RejectReason::MalformedHeader => "bad request: a request header is malformed\n",
             RejectReason::BadHost(_) => "bad request: the Host header is missing, repeated or malformed\n",

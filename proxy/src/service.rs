@@ -213,10 +213,24 @@ fn take_expectation(session: &mut Session) -> bool {
 }
 
 /// A fault in the client's request that Pingora finds only while forwarding it: a chunk of
-/// the body that does not parse, or a request header it refuses once it prepares the request
-/// for the instance (see [`RejectReason::MalformedHeader`]). Any other failure of the
-/// client's side is the client going away.
-fn late_client_fault(e: &Error) -> Option<RejectReason> {
+/// the body that does not parse, a request header it refuses once it prepares the request
+/// for the instance (see [`RejectReason::MalformedHeader`]), or a body the client stopped
+/// sending. Any other failure of the client's side is the client going away.
+///
+/// A read that timed out while the client still owes body bytes is the client's, whichever
+/// side's timer fired: Pingora restarts the instance's read timer whenever a piece of the body
+/// is passed on (an instance that stops taking the body shows as a write timeout instead), so
+/// the instance's timer fires first when the client has sent nothing for `read_timeout`, and
+/// the instance was waiting for the rest of the request. Told as an instance timeout, any
+/// client (on a public path, without a token) could make a tenant's instance look failing.
+/// A WebSocket request is left out: its wait for the `101` is the instance's.
+fn late_client_fault(session: &mut Session, e: &Error) -> Option<RejectReason> {
+    if matches!(e.etype(), ErrorType::ReadTimedout)
+        && !asks_for_upgrade(session)
+        && !session.is_body_done()
+    {
+        return Some(RejectReason::BodyTimeout);
+    }
     if !matches!(e.esource(), ErrorSource::Downstream) {
         return None;
     }
@@ -595,7 +609,9 @@ impl ProxyHttp for EdgeService {
                 can_reuse_downstream: false,
             };
         }
-        if let Some(reason) = late_client_fault(e).filter(|_| !final_response_written(session)) {
+        if let Some(reason) =
+            late_client_fault(session, e).filter(|_| !final_response_written(session))
+        {
             // The client's request is at fault, and the client is there to be told so.
             log_rejection(ctx, &reason);
             let code = reason.status();

@@ -1367,6 +1367,55 @@ fn unreachable_instance_is_502_and_slow_instance_is_504() {
     assert_eq!(r.status, 504, "{}", r.text());
 }
 
+/// A client that stops sending its request body leaves the instance waiting for it: the
+/// instance has not failed. Anyone can do it (a public path needs no token), so the router must
+/// not answer 504 for the instance, count `upstream_timeout` or log an instance failure for the
+/// tenant: that would page the tenant's on-call and feed its 5xx SLO.
+#[test]
+fn a_request_body_the_client_stops_sending_is_the_clients_timeout_not_the_instances() {
+    use std::io::Read;
+    let w = world_with(|_, _, _| {}, "500ms");
+    let token = w.keys.token("acme", Some("org-acme"));
+    for (path, credential) in [
+        ("/login", String::new()),
+        ("/upload", format!("Authorization: Bearer {token}\r\n")),
+    ] {
+        let mut s = TcpStream::connect(w.edge.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n{credential}Content-Length: 100\r\n\r\nabc",
+            host("acme")
+        )
+        .unwrap();
+        // The rest of the body never comes; the router gives up after `read_timeout`.
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 408 "), "{path}: {text}");
+        assert!(
+            text.contains("request body did not arrive"),
+            "{path}: {text}"
+        );
+    }
+    let text = nexus_e2e::wait::until(Duration::from_secs(10), "both counted", || {
+        let text = w.edge.ops_get("/metrics").text();
+        text.contains("nexus_edge_requests_total{outcome=\"request_body_timeout\"} 2")
+            .then_some(text)
+    });
+    assert!(
+        !text.contains("outcome=\"upstream_timeout\""),
+        "no instance timed out: {text}"
+    );
+    let log = w.edge.log();
+    assert!(!log.contains("upstream failed"), "{log}");
+    assert_eq!(
+        log.matches("reason=\"request_body_timeout\"").count(),
+        2,
+        "{log}"
+    );
+}
+
 #[test]
 fn an_instance_that_dies_mid_response_leaves_the_response_cut_not_completed() {
     // Once the instance's status and headers are out, an error page would become the end of
