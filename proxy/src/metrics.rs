@@ -26,7 +26,8 @@ pub struct Metrics {
     /// after its response began (`upstream_unreachable`, `upstream_timeout`, `internal`) or
     /// its client went away (`client_closed`).
     pub requests: IntCounterVec,
-    /// Whole-request latency by outcome class (`forwarded`, `rejected`, `failed`).
+    /// Whole-request latency by outcome class (`forwarded`, `rejected`, `failed`); a
+    /// WebSocket's ends at its `101`, not with the tunnel.
     pub request_duration: HistogramVec,
     /// Time from the request's header being read to its routing decision (host, path, token,
     /// policy) per request.

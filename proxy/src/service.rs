@@ -42,6 +42,9 @@ pub struct RequestCtx {
     failed: Option<&'static str>,
     /// Instance addresses this request failed to connect to (empty unless one did).
     tried: Vec<SocketAddr>,
+    /// When the instance switched protocols (its `101`): the request's duration ends there,
+    /// as the tunnel after it may live for hours and is no measure of the instance's latency.
+    switched_at: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -381,6 +384,7 @@ impl ProxyHttp for EdgeService {
             rejected: None,
             failed: None,
             tried: Vec::new(),
+            switched_at: None,
         }
     }
 
@@ -565,6 +569,9 @@ impl ProxyHttp for EdgeService {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         remove_hop_by_hop(upstream_response);
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            ctx.switched_at = Some(Instant::now());
+        }
         if session.req_header().version < http::Version::HTTP_11
             && upstream_response
                 .headers
@@ -707,7 +714,9 @@ impl ProxyHttp for EdgeService {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         crate::connections::request_done(session);
-        let elapsed = ctx.start.elapsed().as_secs_f64();
+        // A tunnel's request ended with its `101`.
+        let end = ctx.switched_at.unwrap_or_else(Instant::now);
+        let elapsed = end.saturating_duration_since(ctx.start).as_secs_f64();
         let m = &self.state.metrics;
         match (&ctx.rejected, ctx.failed) {
             (Some(r), _) => {

@@ -1203,6 +1203,36 @@ fn an_idle_websocket_outlives_the_read_timeout() {
     assert_eq!(&got, b"ping over the tunnel");
 }
 
+/// A WebSocket's request is answered by its `101`: the tunnel's life after it (minutes, hours)
+/// is not the instance's latency. Timed to its end, every open channel landed in the top
+/// buckets of `request_duration_seconds{class="forwarded"}`, and any client holding WebSockets
+/// open could push the p95 that scale triggers and the latency SLO read.
+#[test]
+fn a_websockets_duration_is_the_time_to_its_101_not_the_tunnels_life() {
+    let w = world();
+    // The echo comes 1.2 s after the frame: the tunnel lives at least that long.
+    let (s, got) = open_websocket_at(&w, "/ws/late/1200");
+    assert_eq!(&got, b"ping over the tunnel");
+    drop(s);
+    let text = nexus_e2e::wait::until(Duration::from_secs(10), "the tunnel counted", || {
+        let text = w.edge.ops_get("/metrics").text();
+        (!text.contains("nexus_edge_request_duration_seconds_count{class=\"forwarded\"} 0"))
+            .then_some(text)
+    });
+    let series = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    let count = series("nexus_edge_request_duration_seconds_count{class=\"forwarded\"}");
+    assert!(count >= 1, "{text}");
+    assert_eq!(
+        series("nexus_edge_request_duration_seconds_bucket{class=\"forwarded\",le=\"0.5\"}"),
+        count,
+        "the 101 came at once: {text}"
+    );
+}
+
 #[test]
 fn a_websocket_whose_connection_does_not_name_the_upgrade_gets_the_tunnel_bounds_too() {
     // Pingora forwards a websocket upgrade (and sends `Connection: Upgrade` itself) whatever
