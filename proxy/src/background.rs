@@ -32,7 +32,8 @@ impl BackgroundService for BindingSync {
     }
 }
 
-/// Re-reads the JWKS file periodically; a bad file keeps the current keys.
+/// Re-reads the JWKS file periodically; a bad file keeps the current keys, is logged once
+/// and shows in `key_set_refused` until it changes.
 pub struct KeyReload {
     state: Arc<EdgeState>,
     every: Duration,
@@ -58,6 +59,8 @@ impl BackgroundService for KeyReload {
                         Ok(false) => {}
                         Err(e) => tracing::error!(error = %e, "verification keys not reloaded; keeping the current keys"),
                     }
+                    let refused = self.state.auth.refusing();
+                    self.state.metrics.key_set_refused.set(i64::from(refused));
                 }
                 _ = shutdown.changed() => break,
             }

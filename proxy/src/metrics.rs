@@ -43,6 +43,9 @@ pub struct Metrics {
     /// in sync, start-up. Never negative, so an alert on it fires for a replica that has not
     /// synced.
     pub sync_age_seconds: IntGauge,
+    /// `key_set_refused`: 1 while the JWKS file holds a key set that was refused, so the
+    /// keys in use are older than the file (a rotation has stalled); logged once per content.
+    pub key_set_refused: IntGauge,
     /// `binding_records_rejected_total`: binding records refused so far.
     pub rejected_records: prometheus::IntCounter,
     /// `binding_full_reloads_total`: whole-table loads from Redis (start-up and reconciles);
@@ -202,6 +205,10 @@ impl Metrics {
             "binding_sync_age_seconds",
             "Seconds since the bindings served were last known in sync with the store (last sync, else the snapshot's write, else start-up)",
         )?;
+        let key_set_refused = IntGauge::new(
+            "key_set_refused",
+            "1 while the JWKS file holds a key set that was refused (the keys in use are older than the file)",
+        )?;
         let rejected_records = prometheus::IntCounter::new(
             "binding_records_rejected_total",
             "Binding records refused by validation so far",
@@ -223,6 +230,7 @@ impl Metrics {
             Box::new(binding_revision.clone()),
             Box::new(store_up.clone()),
             Box::new(sync_age_seconds.clone()),
+            Box::new(key_set_refused.clone()),
             Box::new(rejected_records.clone()),
             Box::new(full_reloads.clone()),
             Box::new(upstream_connect_retries.clone()),
@@ -249,6 +257,7 @@ impl Metrics {
             binding_revision,
             store_up,
             sync_age_seconds,
+            key_set_refused,
             rejected_records,
             full_reloads,
             mirror: Arc::default(),

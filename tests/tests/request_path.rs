@@ -1968,6 +1968,40 @@ fn key_rotation_is_picked_up_live() {
     );
 }
 
+/// A refused key file shows on `/metrics` for as long as the file holds it (the rotation it
+/// carries has stalled), and is logged once, not at every poll.
+#[test]
+fn a_refused_key_file_shows_in_the_metrics_until_it_is_fixed() {
+    let w = world();
+    let refused = |value: u8| {
+        let line = format!("nexus_edge_key_set_refused {value}");
+        w.edge
+            .ops_get("/metrics")
+            .text()
+            .lines()
+            .any(|l| l == line)
+            .then_some(())
+    };
+    refused(0).expect("not refused at start");
+    nexus_e2e::edge::write_atomically(&w.edge.jwks_path, "{ nope");
+    nexus_e2e::wait::until(Duration::from_secs(15), "the key file refused", || {
+        refused(1)
+    });
+    let newkey = nexus_edge::auth::mint::SigningKey::generate_es256("rotated-key").expect("key");
+    let jwks = serde_json::json!({ "keys": [w.keys.es.public_jwk(), newkey.public_jwk()] });
+    nexus_e2e::edge::write_atomically(&w.edge.jwks_path, &jwks.to_string());
+    nexus_e2e::wait::until(Duration::from_secs(15), "the fixed file loaded", || {
+        refused(0)
+    });
+    let log = w.edge.log();
+    assert!(log.contains("verification keys reloaded"), "{log}");
+    assert_eq!(
+        log.matches("verification keys not reloaded").count(),
+        1,
+        "{log}"
+    );
+}
+
 /// A router whose drain may last a minute: the tests below see it end well before that.
 fn world_with_long_grace() -> World {
     world_configured(|_, _, _| {}, |opts| opts.shutdown_grace = "60s")

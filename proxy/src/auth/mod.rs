@@ -183,6 +183,14 @@ impl Authenticator {
         }
     }
 
+    /// Whether the key file holds a key set that was refused: the keys in use are older than
+    /// the file (`key_set_refused` on `/metrics`).
+    pub fn refusing(&self) -> bool {
+        self.refused
+            .lock()
+            .map_or_else(|e| e.into_inner().is_some(), |g| g.is_some())
+    }
+
     /// Usable keys in the current set.
     pub fn key_count(&self) -> usize {
         self.keys.load().len()

@@ -650,6 +650,36 @@ fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
     assert!(auth.verify(&f.rs.sign(&claims()).expect("s"), NOW).is_ok());
 }
 
+/// The key file is polled every few seconds: a refused content is parsed and reported once,
+/// not once a poll (an error line, and a warning per skipped key, every 5 s until fixed).
+#[test]
+fn a_refused_key_file_is_reported_once_until_it_changes() {
+    let f = fixture("refused-once");
+    let auth = Authenticator::new(&settings(&f)).expect("auth");
+    let path = f.dir.path().join("jwks.json");
+    let good = std::fs::read_to_string(&path).expect("jwks");
+    assert!(!auth.refusing());
+    std::fs::write(&path, "{ nope").expect("w");
+    assert!(auth.reload_keys().is_err());
+    assert!(auth.refusing());
+    // The same content again: nothing new (no parse, no log line); still refused.
+    assert!(!auth.reload_keys().expect("refused before"));
+    assert!(auth.refusing());
+    // Another bad content is reported again.
+    std::fs::write(&path, "{ still nope").expect("w");
+    assert!(auth.reload_keys().is_err());
+    // Back to the keys in use: nothing to load, nothing refused.
+    std::fs::write(&path, &good).expect("w");
+    assert!(!auth.reload_keys().expect("unchanged"));
+    assert!(!auth.refusing());
+    // Refused, then a new good set: loaded.
+    std::fs::write(&path, "{ nope").expect("w");
+    assert!(auth.reload_keys().is_err());
+    std::fs::write(&path, json!({ "keys": [f.rs.public_jwk()] }).to_string()).expect("w");
+    assert!(auth.reload_keys().expect("reloaded"));
+    assert!(!auth.refusing());
+}
+
 #[test]
 fn a_key_set_emptied_on_reload_revokes_every_key_and_one_all_skipped_does_not() {
     let f = fixture("revoke");
