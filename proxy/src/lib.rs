@@ -42,6 +42,7 @@ pub mod method;
 pub mod metrics;
 pub mod nominations;
 pub mod ops;
+pub mod panics;
 pub mod path;
 pub mod policy;
 pub mod resolve;

@@ -61,6 +61,7 @@ pub fn init(settings: &LogSettings) {
         .with(filter)
         .with(ClientReadFailures)
         .try_init();
+    crate::panics::install();
     for (source, filter, e) in refused {
         // `check` reads the config file, not the environment.
         let also = if source == "RUST_LOG" {

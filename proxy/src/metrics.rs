@@ -46,6 +46,8 @@ pub struct Metrics {
     /// `key_set_refused`: 1 while the JWKS file holds a key set that was refused, so the
     /// keys in use are older than the file (a rotation has stalled); logged once per content.
     pub key_set_refused: IntGauge,
+    /// `panics_total`: panics since start (each also an `error` line; see [`crate::panics`]).
+    pub panics: prometheus::IntCounter,
     /// `binding_records_rejected_total`: binding records refused so far.
     pub rejected_records: prometheus::IntCounter,
     /// `binding_full_reloads_total`: whole-table loads from Redis (start-up and reconciles);
@@ -209,6 +211,10 @@ impl Metrics {
             "key_set_refused",
             "1 while the JWKS file holds a key set that was refused (the keys in use are older than the file)",
         )?;
+        let panics = prometheus::IntCounter::new(
+            "panics_total",
+            "Panics since start: each stopped the task it happened in (a connection or a background job) and was logged",
+        )?;
         let rejected_records = prometheus::IntCounter::new(
             "binding_records_rejected_total",
             "Binding records refused by validation so far",
@@ -231,6 +237,7 @@ impl Metrics {
             Box::new(store_up.clone()),
             Box::new(sync_age_seconds.clone()),
             Box::new(key_set_refused.clone()),
+            Box::new(panics.clone()),
             Box::new(rejected_records.clone()),
             Box::new(full_reloads.clone()),
             Box::new(upstream_connect_retries.clone()),
@@ -258,6 +265,7 @@ impl Metrics {
             store_up,
             sync_age_seconds,
             key_set_refused,
+            panics,
             rejected_records,
             full_reloads,
             mirror: Arc::default(),
@@ -285,6 +293,7 @@ impl Metrics {
             };
             catch_up(&self.rejected_records, health.rejected_records());
             catch_up(&self.full_reloads, health.full_reloads());
+            catch_up(&self.panics, crate::panics::count());
         }
         let mut out = Vec::with_capacity(4096);
         // Encoding into a Vec cannot fail for well-formed metric families.
