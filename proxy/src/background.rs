@@ -23,12 +23,38 @@ impl BindingSync {
     }
 }
 
+/// How long a sync stopped by a panic waits before it starts again: long enough that a
+/// panic met at every start does not spin a core, short enough that the table is not left
+/// stale for long.
+const RESTART_AFTER_PANIC: Duration = Duration::from_secs(1);
+
 #[async_trait]
 impl BackgroundService for BindingSync {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        Arc::clone(&self.source)
-            .run(self.handle.clone(), shutdown)
-            .await;
+    /// Follows the source until shutdown. A panic inside it (a bug met by one record, say)
+    /// would otherwise end the sync for good, leaving the replica on a table that never
+    /// changes again: it is logged and counted by the panic hook, and the sync starts over
+    /// (a source's `run` begins by catching up from wherever it is).
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let run = Arc::clone(&self.source).run(self.handle.clone(), shutdown.clone());
+            match tokio::spawn(run).await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    tracing::error!(
+                        source = self.source.kind(),
+                        "binding sync stopped by a panic; starting it again"
+                    );
+                }
+                Err(_) => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RESTART_AFTER_PANIC) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
     }
 }
 
@@ -54,10 +80,16 @@ impl BackgroundService for KeyReload {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    match self.state.auth.reload_keys() {
-                        Ok(true) => tracing::info!(keys = self.state.auth.key_count(), "verification keys reloaded"),
-                        Ok(false) => {}
-                        Err(e) => tracing::error!(error = %e, "verification keys not reloaded; keeping the current keys"),
+                    // A panic while reading a key file (logged and counted by the panic hook)
+                    // must not end key rotation for the life of the process.
+                    let reload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.state.auth.reload_keys()
+                    }));
+                    match reload {
+                        Ok(Ok(true)) => tracing::info!(keys = self.state.auth.key_count(), "verification keys reloaded"),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "verification keys not reloaded; keeping the current keys"),
+                        Err(_) => tracing::error!("verification keys not reloaded: the reload panicked; keeping the current keys"),
                     }
                     let refused = self.state.auth.refusing();
                     self.state.metrics.key_set_refused.set(i64::from(refused));
@@ -65,5 +97,70 @@ impl BackgroundService for KeyReload {
                 _ = shutdown.changed() => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_binding_store::{BindingTable, StoreError, SyncHealth};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::sync::watch;
+
+    /// A source whose first follow meets a bug: the only way to make a sync panic on cue.
+    struct PanicsOnce {
+        runs: AtomicU32,
+        health: Arc<SyncHealth>,
+    }
+
+    #[async_trait]
+    impl BindingSource for PanicsOnce {
+        fn kind(&self) -> &'static str {
+            "panics-once"
+        }
+        async fn initial_load(&self) -> Result<BindingTable, StoreError> {
+            Ok(BindingTable::new())
+        }
+        async fn run(self: Arc<Self>, _handle: BindingHandle, mut shutdown: watch::Receiver<bool>) {
+            assert!(
+                self.runs.fetch_add(1, Ordering::SeqCst) > 0,
+                "a bug met by one record"
+            );
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+        fn health(&self) -> Arc<SyncHealth> {
+            Arc::clone(&self.health)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_binding_sync_stopped_by_a_panic_starts_again_and_still_stops_on_shutdown() {
+        let source = Arc::new(PanicsOnce {
+            runs: AtomicU32::new(0),
+            health: Arc::new(SyncHealth::default()),
+        });
+        let sync = BindingSync::new(
+            Arc::clone(&source) as Arc<dyn BindingSource>,
+            BindingHandle::new(BindingTable::new()),
+        );
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(async move { sync.start(shutdown).await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while source.runs.load(Ordering::SeqCst) < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline && !task.is_finished(),
+                "the sync was not started again after its panic"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(true).expect("sync is listening");
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the sync stops on shutdown")
+            .expect("no panic escapes");
     }
 }
