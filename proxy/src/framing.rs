@@ -10,7 +10,8 @@
 //!   claims a body chunked twice over and is refused with 400 (RFC 9112 §7);
 //! - a `Content-Length` of identical values, as a list (`3, 3`) or on repeated lines, or with
 //!   leading zeros. Pingora frames the body by the one value (RFC 9110 §8.6) but forwards the
-//!   header as received; [`canonical_content_length`] gives the instance that one value.
+//!   header as received; [`canonical_content_length`] gives the instance that one value (and
+//!   the client, for an instance's response written so).
 //!
 //! A chunked body that does not parse is found only while it is forwarded; the client gets
 //! 400 ([`is_bad_chunk`]) unless the instance's answer has begun.
@@ -86,9 +87,10 @@ pub fn check_transfer_coding(headers: &HeaderMap) -> Result<(), FramingError> {
     Ok(())
 }
 
-/// The `Content-Length` the instance gets in place of the client's, when the client's is not
-/// already one plain number: `None` for none, for a single canonical value (the usual case:
-/// nothing is copied), and for values Pingora would have refused (they do not reach here).
+/// The `Content-Length` the next hop gets in place of the one received (the instance in place
+/// of the client's, the client in place of the instance's), when that is not already one
+/// plain number: `None` for none, for a single canonical value (the usual case: nothing is
+/// copied), and for values Pingora would have refused (they do not reach here).
 pub fn canonical_content_length(headers: &HeaderMap) -> Option<HeaderValue> {
     let mut values = headers.get_all(CONTENT_LENGTH).iter();
     let first = values.next()?;

@@ -61,6 +61,18 @@ pub fn remove_hop_by_hop(resp: &mut ResponseHeader) {
     }
 }
 
+/// Gives the client the instance's `Content-Length` as one plain number when the instance
+/// wrote it as identical values (a list, repeated lines) or with leading zeros. Pingora reads
+/// the body by the one number but passes the field on as received; RFC 9110 §8.6 has a
+/// recipient replace it with that number, and clients that refuse a repeated
+/// `Content-Length` even when the values agree (Node's parser) would refuse the response.
+pub fn canonicalise_content_length(resp: &mut ResponseHeader) -> pingora::Result<()> {
+    match crate::framing::canonical_content_length(&resp.headers) {
+        Some(length) => resp.insert_header(CONTENT_LENGTH, length),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

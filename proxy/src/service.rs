@@ -23,7 +23,7 @@ use crate::errors::RejectReason;
 use crate::framing::{check_transfer_coding, is_bad_chunk, FramingError};
 use crate::logging::LoggedError;
 use crate::policy::BillingNotice;
-use crate::response::remove_hop_by_hop;
+use crate::response::{canonicalise_content_length, remove_hop_by_hop};
 use crate::route::{
     forwarded_host, rewrite_upstream_request, sane_request_id, Forwarding, RequestIds,
 };
@@ -569,6 +569,7 @@ impl ProxyHttp for EdgeService {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         remove_hop_by_hop(upstream_response);
+        canonicalise_content_length(upstream_response)?;
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.switched_at = Some(Instant::now());
         }

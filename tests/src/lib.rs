@@ -11,6 +11,7 @@
 //! - [`loopback`]: the thread-and-runtime TCP server every in-test server runs on.
 //! - [`probe`]: which instance a tenant reaches, and steady traffic that counts failures.
 //! - [`process`]: child processes run with a deadline, so a hang fails the test.
+//! - [`raw_instance`]: an instance that answers scripted raw bytes and records what it got.
 //! - [`redis_server`]: a real `redis-server` on a unix socket; [`redis_tcp`]: TCP nodes for
 //!   TLS, replication and Sentinel.
 //! - [`tls`]: a throwaway CA with server and client certificates.
@@ -28,6 +29,7 @@ pub mod keys;
 pub mod loopback;
 pub mod probe;
 pub mod process;
+pub mod raw_instance;
 pub mod redis_server;
 pub mod redis_tcp;
 pub mod tls;

@@ -1,0 +1,98 @@
+//! HTTP/1.1 framing on the wire between the real router and an instance that answers raw,
+//! scripted bytes: what the client gets of an instance's response whose framing is unusual.
+
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions, BASE};
+use nexus_e2e::http::{read_response, Response};
+use nexus_e2e::keys::TestKeys;
+use nexus_e2e::raw_instance::{Answer, RawInstance};
+
+/// The router in front of one raw instance, serving tenant `acme`.
+struct World {
+    keys: TestKeys,
+    instance: RawInstance,
+    edge: Edge,
+}
+
+/// The instance answers each request by its path with `answer(path)`.
+fn world(answer: fn(&str) -> Answer) -> World {
+    let keys = TestKeys::new();
+    let instance =
+        RawInstance::start(move |head| answer(head.split_whitespace().nth(1).unwrap_or_default()));
+    let bindings = bindings_file(vec![binding(
+        "acme",
+        &instance.url(),
+        "active",
+        Some("org-acme"),
+    )]);
+    let edge = Edge::start(&EdgeOptions::new(keys.jwks(), bindings));
+    World {
+        keys,
+        instance,
+        edge,
+    }
+}
+
+impl World {
+    /// A keep-alive connection to the router.
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.edge.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// An authenticated keep-alive `GET path`.
+    fn request(&self, path: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {}\r\n\r\n",
+            self.keys.token("acme", Some("org-acme"))
+        )
+    }
+
+    /// Sends `GET path` on `s` and reads its response.
+    fn get(&self, s: &mut TcpStream, path: &str) -> Response {
+        s.write_all(self.request(path).as_bytes()).unwrap();
+        read_response(s).unwrap()
+    }
+}
+
+/// The values of `name` in `r`, in order.
+fn values<'a>(r: &'a Response, name: &str) -> Vec<&'a str> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+#[test]
+fn an_instances_repeated_or_padded_content_length_reaches_the_client_as_one_number() {
+    let w = world(|path| match path {
+        "/lines" => {
+            Answer::keep("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok")
+        }
+        "/list" => Answer::keep("HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok"),
+        "/zeros" => Answer::keep("HTTP/1.1 200 OK\r\ncontent-length: 002\r\n\r\nok"),
+        _ => Answer::keep(OK),
+    });
+    let mut s = w.connect();
+    for path in ["/lines", "/list", "/zeros"] {
+        let r = w.get(&mut s, path);
+        assert_eq!(r.status, 200, "{path}");
+        // RFC 9110 §8.6: the one value, once (a client such as Node's refuses a repeated
+        // Content-Length even when the values agree).
+        assert_eq!(values(&r, "content-length"), ["2"], "{path}");
+        assert_eq!(r.body, b"ok", "{path}");
+    }
+    // The same connection carried every answer, whole.
+    assert_eq!(w.get(&mut s, "/").status, 200);
+    assert_eq!(w.instance.received().len(), 1);
+}
