@@ -87,6 +87,23 @@ pub fn check_transfer_coding(headers: &HeaderMap) -> Result<(), FramingError> {
     Ok(())
 }
 
+/// Whether a response's body ends only when the instance closes its connection because its
+/// `Transfer-Encoding` does not end in `chunked` (`gzip`, `chunked, gzip`, `identity`):
+/// RFC 9112 §6.3 gives such a body no length, a `Content-Length` beside it included. Read as
+/// Pingora reads it (the last element of the last line), since Pingora then reads the
+/// instance's body to the close and writes it on unframed.
+pub fn ends_with_connection(headers: &HeaderMap) -> bool {
+    let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() else {
+        return false;
+    };
+    let coding = last
+        .as_bytes()
+        .rsplit(|&b| b == b',')
+        .next()
+        .unwrap_or_default();
+    !coding.trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
+
 /// The `Content-Length` the next hop gets in place of the one received (the instance in place
 /// of the client's, the client in place of the instance's), when that is not already one
 /// plain number: `None` for none, for a single canonical value (the usual case: nothing is
@@ -161,6 +178,29 @@ mod tests {
             assert_eq!(
                 check_transfer_coding(&headers(TRANSFER_ENCODING, lines)),
                 *want,
+                "{lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn response_bodies_that_end_with_the_connection() {
+        for (lines, ends) in [
+            (&[][..], false),
+            (&["chunked"][..], false),
+            (&[" Chunked "][..], false),
+            (&["gzip, chunked"][..], false),
+            (&["gzip", "chunked"][..], false),
+            (&["gzip"][..], true),
+            (&["identity"][..], true),
+            (&["chunked, gzip"][..], true),
+            (&["chunked", "gzip"][..], true),
+            (&["chunked,"][..], true),
+            (&["chunked;x=1"][..], true),
+        ] {
+            assert_eq!(
+                ends_with_connection(&headers(TRANSFER_ENCODING, lines)),
+                ends,
                 "{lines:?}"
             );
         }

@@ -20,7 +20,7 @@ use smallvec::SmallVec;
 use crate::connections::HeaderTooLarge;
 use crate::decision::{decide, Decision, RequestFacts};
 use crate::errors::RejectReason;
-use crate::framing::{check_transfer_coding, is_bad_chunk, FramingError};
+use crate::framing::{check_transfer_coding, ends_with_connection, is_bad_chunk, FramingError};
 use crate::logging::LoggedError;
 use crate::policy::BillingNotice;
 use crate::response::{canonicalise_content_length, remove_hop_by_hop};
@@ -572,6 +572,13 @@ impl ProxyHttp for EdgeService {
         canonicalise_content_length(upstream_response)?;
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.switched_at = Some(Instant::now());
+        }
+        if ends_with_connection(&upstream_response.headers) {
+            // The body has no length (RFC 9112 §6.3): Pingora reads it to the instance's
+            // close and writes it on unframed, so only the client's close can end it too.
+            // Kept alive, the client could wait for that close, or take the next response
+            // for more of this body.
+            session.set_keepalive(None);
         }
         if session.req_header().version < http::Version::HTTP_11
             && upstream_response

@@ -4,7 +4,7 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -95,4 +95,57 @@ fn an_instances_repeated_or_padded_content_length_reaches_the_client_as_one_numb
     // The same connection carried every answer, whole.
     assert_eq!(w.get(&mut s, "/").status, 200);
     assert_eq!(w.instance.received().len(), 1);
+}
+
+/// Everything the router sends on `s` until it closes the connection.
+fn read_to_close(s: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    let read = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all).into_owned();
+    assert!(read.is_ok(), "connection left open after: {text:?}");
+    text
+}
+
+#[test]
+fn a_body_that_ends_with_the_instances_connection_ends_with_the_clients() {
+    // RFC 9112 §6.3: a response whose transfer coding is not chunked last has no length, not
+    // even a Content-Length beside it; its body ends when the connection closes.
+    let w = world(|path| match path {
+        "/gzip" => {
+            Answer::close("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\ncoded-until-close")
+        }
+        "/chunked-gzip" => Answer::close(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+        "/identity" => Answer::close(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\ncontent-length: 2\r\n\r\nok",
+        ),
+        _ => Answer::keep(OK),
+    });
+    for (path, body) in [
+        ("/gzip", "coded-until-close"),
+        ("/chunked-gzip", "3\r\nabc\r\n0\r\n\r\n"),
+        ("/identity", "ok"),
+    ] {
+        let mut s = w.connect();
+        s.write_all(w.request(path).as_bytes()).unwrap();
+        // Kept open, the client could tell the body's end from nothing: it would wait for
+        // the close, or take the next response for more of this body.
+        let text = read_to_close(&mut s);
+        let (head, got) = text.split_once("\r\n\r\n").expect("a response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("\r\nconnection: close"),
+            "{path}: {head}"
+        );
+        assert!(
+            !head.to_ascii_lowercase().contains("content-length"),
+            "{path}: {head}"
+        );
+        assert_eq!(got, body, "{path}");
+    }
+    // An ordinary response keeps the connection.
+    let mut s = w.connect();
+    assert_eq!(w.get(&mut s, "/").status, 200);
+    assert_eq!(w.get(&mut s, "/").status, 200);
 }
