@@ -568,6 +568,19 @@ impl ProxyHttp for EdgeService {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && !asks_for_upgrade(session)
+        {
+            // RFC 9110 §7.8: a switch the client did not ask for (or, on HTTP/1.0, cannot
+            // make). Passed on, the client would get the 101 and then the instance's bytes
+            // as whatever it takes them for.
+            return Err(Error::create(
+                ErrorType::InvalidHTTPHeader,
+                ErrorSource::Upstream,
+                Some("a 101 to a request that asked for no upgrade".into()),
+                None,
+            ));
+        }
         remove_hop_by_hop(upstream_response);
         canonicalise_content_length(upstream_response)?;
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {

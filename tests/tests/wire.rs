@@ -149,3 +149,33 @@ fn a_body_that_ends_with_the_instances_connection_ends_with_the_clients() {
     assert_eq!(w.get(&mut s, "/").status, 200);
     assert_eq!(w.get(&mut s, "/").status, 200);
 }
+
+#[test]
+fn a_101_the_client_did_not_ask_for_is_a_502() {
+    // RFC 9110 §7.8: a server switches only to a protocol the client's `Upgrade` named.
+    let w = world(|path| match path {
+        "/switch" => Answer::keep(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\
+             HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged",
+        ),
+        _ => Answer::keep(OK),
+    });
+    let mut s = w.connect();
+    s.write_all(w.request("/switch").as_bytes()).unwrap();
+    let text = read_to_close(&mut s);
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(!text.contains("forged"), "{text}");
+    // So is one to an HTTP/1.0 client, which cannot switch at all, whatever it asked.
+    let mut s = w.connect();
+    s.write_all(
+        format!(
+            "GET /switch HTTP/1.0\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {}\r\n\
+             Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            w.keys.token("acme", Some("org-acme"))
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let text = read_to_close(&mut s);
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+}
