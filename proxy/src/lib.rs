@@ -15,6 +15,7 @@
 //! | [`policy`] | what the tenant's status allows |
 //! | [`decision`] | all of the above, in order, for one request |
 //! | [`route`] | which upstream and which headers |
+//! | [`pooling`] | which requests may share an instance connection (one tenant's) |
 //! | [`response`] | which of the instance's response header fields reach the client |
 //! | [`errors`] | status code, body and metric label of every rejection |
 //! | [`service`] | the Pingora `ProxyHttp` glue |
@@ -45,6 +46,7 @@ pub mod ops;
 pub mod panics;
 pub mod path;
 pub mod policy;
+pub mod pooling;
 pub mod resolve;
 pub mod response;
 pub mod route;

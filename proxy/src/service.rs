@@ -463,6 +463,8 @@ impl ProxyHttp for EdgeService {
         // never share a connection even at one address; for TLS it is also the SNI and the
         // name the certificate must carry (Pingora skips verification without one).
         let mut peer = HttpPeer::new(addr, url.is_tls(), url.host().to_owned());
+        // Connections are pooled per tenant: see `crate::pooling`.
+        peer.group_key = crate::pooling::tenant_group_key(decision.binding.tenant_id.as_str());
         let up = &self.state.settings.upstream;
         bound_instance_io(&mut peer.options, up);
         if asks_for_upgrade(session) {

@@ -6,6 +6,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions, BASE};
@@ -178,4 +180,86 @@ fn a_101_the_client_did_not_ask_for_is_a_502() {
     .unwrap();
     let text = read_to_close(&mut s);
     assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+}
+
+#[test]
+fn an_instances_stray_bytes_never_reach_another_tenants_request() {
+    // Two tenants on one shared instance that sends a body on HEAD, late: after the router
+    // has taken the response as complete and pooled the connection. Those bytes (here, a
+    // whole response) are read as the answer to whatever request that connection carries
+    // next; it must never be another tenant's.
+    let keys = TestKeys::new();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&accepted);
+    let instance = nexus_e2e::loopback::LoopbackServer::start(move |s| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        instance_with_late_head_bodies(s)
+    });
+    let url = format!("http://{}", instance.addr);
+    let bindings = bindings_file(vec![
+        binding("acme", &url, "active", Some("org-acme")),
+        binding("globex", &url, "active", None),
+    ]);
+    let edge = Edge::start(&EdgeOptions::new(keys.jwks(), bindings));
+    let send = |tenant: &str, org: Option<&str>, method: &str| {
+        let mut s = TcpStream::connect(edge.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            format!(
+                "{method} /doc HTTP/1.1\r\nHost: {tenant}.{BASE}\r\nAuthorization: Bearer {}\r\n\
+                 Connection: close\r\n\r\n",
+                keys.token(tenant, org)
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        read_to_close(&mut s)
+    };
+    let head = send("acme", Some("org-acme"), "HEAD");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let other = send("globex", None, "GET");
+    assert!(!other.contains("acme"), "globex got acme's bytes: {other}");
+    assert!(other.ends_with("\r\n\r\nglobex"), "{other}");
+    // A tenant's own requests still share the instance connection it pooled: one each.
+    let again = send("globex", None, "GET");
+    assert!(again.ends_with("\r\n\r\nglobex"), "{again}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// An instance that answers each request with the tenant it was for, and a HEAD with a
+/// length and no body, whose body (a whole response of tenant acme's) it sends late: just
+/// before its answer to the next request on that connection.
+async fn instance_with_late_head_bodies(mut s: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut pending, mut piece, mut stray) = (Vec::new(), [0u8; 8192], None);
+    loop {
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            pending.drain(..end + 4);
+            if let Some(bytes) = stray.take() {
+                let _ = s.write_all(bytes).await;
+            }
+            let tenant = head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-tenant-id: "))
+                .unwrap_or("none")
+                .to_owned();
+            let answer = if head.starts_with("HEAD") {
+                stray = Some(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nacme-secret");
+                "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n".to_owned()
+            } else {
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{tenant}",
+                    tenant.len()
+                )
+            };
+            if s.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        match s.read(&mut piece).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => pending.extend_from_slice(&piece[..n]),
+        }
+    }
 }
