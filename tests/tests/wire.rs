@@ -83,6 +83,10 @@ fn an_instances_repeated_or_padded_content_length_reaches_the_client_as_one_numb
         }
         "/list" => Answer::keep("HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok"),
         "/zeros" => Answer::keep("HTTP/1.1 200 OK\r\ncontent-length: 002\r\n\r\nok"),
+        "/chunked" => Answer::keep(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ntransfer-encoding: chunked\r\n\r\n\
+             2\r\nok\r\n0\r\n\r\n",
+        ),
         _ => Answer::keep(OK),
     });
     let mut s = w.connect();
@@ -94,6 +98,10 @@ fn an_instances_repeated_or_padded_content_length_reaches_the_client_as_one_numb
         assert_eq!(values(&r, "content-length"), ["2"], "{path}");
         assert_eq!(r.body, b"ok", "{path}");
     }
+    // Beside a chunked coding, which frames the body, there is no length to pass on.
+    let r = w.get(&mut s, "/chunked");
+    assert_eq!(values(&r, "content-length"), Vec::<&str>::new());
+    assert_eq!(r.body, b"ok");
     // The same connection carried every answer, whole.
     assert_eq!(w.get(&mut s, "/").status, 200);
     assert_eq!(w.instance.received().len(), 1);
