@@ -584,6 +584,16 @@ impl ProxyHttp for EdgeService {
             ));
         }
         remove_hop_by_hop(upstream_response);
+        if upstream_response.status == http::StatusCode::NO_CONTENT
+            || upstream_response.status.is_informational()
+        {
+            // RFC 9110 §8.6, RFC 9112 §6.1: a 1xx or a 204 carries no Content-Length nor
+            // Transfer-Encoding. Pingora sends no body after it anyway; either header would
+            // only tell the client to wait for bytes that never come (after a 1xx, it would
+            // take the final response for them).
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+            upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+        }
         canonicalise_content_length(upstream_response)?;
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.switched_at = Some(Instant::now());
@@ -608,13 +618,6 @@ impl ProxyHttp for EdgeService {
         }
         // Again here: the signal may have come while the instance answered.
         self.close_if_draining(session);
-        if upstream_response.status == http::StatusCode::NO_CONTENT {
-            // RFC 9110 §8.6, RFC 9112 §6.1: a 204 carries no Content-Length nor
-            // Transfer-Encoding. Pingora sends no body after it anyway; either header would
-            // only tell the client to wait for bytes that never come.
-            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
-            upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
-        }
         upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
         if let Some(BillingNotice::PastDue) = ctx.decision.as_ref().and_then(|d| d.notice) {
             upstream_response.insert_header(

@@ -271,3 +271,44 @@ async fn instance_with_late_head_bodies(mut s: tokio::net::TcpStream) {
         }
     }
 }
+
+#[test]
+fn an_interim_response_reaches_the_client_without_framing_fields() {
+    // RFC 9110 §8.6, RFC 9112 §6.1: a 1xx has no body, and carries no Content-Length nor
+    // Transfer-Encoding; a parser that took either for a body would eat the final response.
+    let w = world(|path| match path {
+        "/interim" => Answer::keep(
+            "HTTP/1.1 102 Processing\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n\
+             HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\ncontent-length: 9\r\n\r\n\
+             HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        ),
+        _ => Answer::keep(OK),
+    });
+    let mut s = w.connect();
+    s.write_all(w.request("/interim").as_bytes()).unwrap();
+    let mut interim = Vec::new();
+    for _ in 0..2 {
+        let r = read_interim(&mut s);
+        assert!(r.starts_with("HTTP/1.1 10"), "{r}");
+        interim.push(r);
+    }
+    for r in &interim {
+        let lower = r.to_ascii_lowercase();
+        assert!(!lower.contains("content-length"), "{r}");
+        assert!(!lower.contains("transfer-encoding"), "{r}");
+    }
+    assert!(interim[1].contains("link: </a.css>"), "{}", interim[1]);
+    let last = read_response(&mut s).unwrap();
+    assert_eq!((last.status, last.body.as_slice()), (200, &b"ok"[..]));
+}
+
+/// Reads one response head (up to its blank line), byte by byte so nothing after it is taken.
+fn read_interim(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed in a head");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
