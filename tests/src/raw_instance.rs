@@ -100,15 +100,6 @@ impl RawInstance {
     pub fn received(&self) -> Vec<Vec<u8>> {
         self.received.lock().unwrap().clone()
     }
-
-    /// Everything received so far, all connections, as text.
-    pub fn received_text(&self) -> String {
-        self.received()
-            .iter()
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect::<Vec<_>>()
-            .join("\n--- next connection ---\n")
-    }
 }
 
 /// The first complete request in `buf`: its head, and how many bytes it took with its body.
