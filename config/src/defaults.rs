@@ -57,6 +57,7 @@ pub fn embedded_default() -> Settings {
             ca_file: None,
             dns_ttl: Duration::from_secs(10),
             dns_serve_stale: Duration::from_secs(30),
+            idle_connections: 4096,
         },
         store: StoreSettings::File(FileStoreSettings {
             path: None,

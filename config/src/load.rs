@@ -991,6 +991,9 @@ fn upstream(
     let dns_serve_stale = s
         .duration("dns_serve_stale", Duration::ZERO, MAX_TIMEOUT, p)
         .unwrap_or(d.dns_serve_stale);
+    let idle_connections = s
+        .integer("idle_connections", 1, 1_000_000, p)
+        .map_or(d.idle_connections, |n| n as usize);
     s.finish(p);
     (p.list.len() == before).then_some(UpstreamSettings {
         connect_timeout,
@@ -1000,6 +1003,7 @@ fn upstream(
         ca_file,
         dns_ttl,
         dns_serve_stale,
+        idle_connections,
     })
 }
 

@@ -195,6 +195,10 @@ pub struct UpstreamSettings {
     pub dns_ttl: Duration,
     /// How long past `dns_ttl` the last address still serves while the resolver fails.
     pub dns_serve_stale: Duration,
+    /// Idle instance connections kept for reuse, all instances together. Connections are
+    /// pooled per tenant (one tenant's requests never ride another's), so a router needs
+    /// about one per tenant that is served often to keep reusing them.
+    pub idle_connections: usize,
 }
 
 /// `[store]`: where bindings come from.

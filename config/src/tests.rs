@@ -154,6 +154,24 @@ fn the_tunnel_idle_timeout_is_an_hour_unless_set_between_a_second_and_a_day() {
 }
 
 #[test]
+fn idle_instance_connections_are_4096_unless_set_between_1_and_a_million() {
+    let default = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(default.upstream.idle_connections, 4096);
+    assert_eq!(embedded_default().upstream.idle_connections, 4096);
+    let set = format!("{MINIMAL}\n[upstream]\nidle_connections = 20_000\n");
+    let s = parse_str(&set, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(s.upstream.idle_connections, 20_000);
+    for value in ["0", "1_000_001", "\"many\""] {
+        let text = format!("{MINIMAL}\n[upstream]\nidle_connections = {value}\n");
+        let found = problems(&text);
+        assert!(
+            found.iter().any(|p| p.key == "upstream.idle_connections"),
+            "{value}: {found:?}"
+        );
+    }
+}
+
+#[test]
 fn the_request_header_bound_is_between_4_kib_and_half_of_pingoras_own() {
     let default = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
     assert_eq!(default.server.max_request_header_bytes, 65536);

@@ -63,16 +63,18 @@ pub fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Raises the open-file limit for `max_connections` and says when it stays too low.
-fn fit_open_files(max_connections: usize) {
-    match crate::connections::raise_open_file_limit(max_connections) {
+/// Raises the open-file limit for `max_connections` and the idle instance connections, and
+/// says when it stays too low.
+fn fit_open_files(max_connections: usize, idle_connections: usize) {
+    match crate::connections::raise_open_file_limit(max_connections, idle_connections) {
         Ok(files) if files.now < files.needed => tracing::warn!(
             limit = files.now,
             needed = files.needed,
             max_connections,
             "the open-file limit is below what max_connections may need (a client and an \
-             instance connection each): connections beyond it fail at accept. Raise the hard \
-             limit (ulimit -Hn, LimitNOFILE= for systemd) or lower server.max_connections"
+             instance connection each, and upstream.idle_connections): connections beyond it \
+             fail at accept. Raise the hard limit (ulimit -Hn, LimitNOFILE= for systemd) or \
+             lower server.max_connections"
         ),
         Ok(files) if files.now > files.before => tracing::info!(
             from = files.before,
@@ -179,13 +181,14 @@ pub fn run(
         threads: s.server.threads,
         grace_period_seconds: Some(s.server.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: s.upstream.idle_connections,
         // `daemon` stays off: the signals thread (see `signals`) would not survive its fork.
         ..ServerConf::default()
     };
     if let Some(ca) = &s.upstream.ca_file {
         conf.ca_file = Some(ca.display().to_string());
     }
-    fit_open_files(s.server.max_connections);
+    fit_open_files(s.server.max_connections, s.upstream.idle_connections);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

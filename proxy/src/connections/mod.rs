@@ -77,18 +77,23 @@ pub struct OpenFiles {
     /// The soft limit now.
     pub now: u64,
     /// What a router with `max_connections` clients open may hold: a descriptor for each
-    /// client and one for the instance connection serving it, plus a small reserve.
+    /// client and one for the instance connection serving it, the idle instance connections
+    /// kept for reuse, plus a small reserve.
     pub needed: u64,
 }
 
 /// Raises the process's soft open-file limit as far as `max_connections` needs and the hard
 /// limit allows. Shells and service managers commonly start processes at 1,024, which a
 /// proxy runs out of long before any other resource; the hard limit is the operator's word.
-pub fn raise_open_file_limit(max_connections: usize) -> nix::Result<OpenFiles> {
+pub fn raise_open_file_limit(
+    max_connections: usize,
+    idle_connections: usize,
+) -> nix::Result<OpenFiles> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let needed = u64::try_from(max_connections)
         .unwrap_or(u64::MAX)
         .saturating_mul(2)
+        .saturating_add(u64::try_from(idle_connections).unwrap_or(u64::MAX))
         .saturating_add(RESERVED_DESCRIPTORS);
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     let target = soft.max(needed.min(hard));
@@ -335,8 +340,8 @@ mod tests {
     fn the_open_file_limit_is_raised_as_far_as_needed_and_allowed() {
         use nix::sys::resource::{getrlimit, Resource};
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        let files = raise_open_file_limit(1_000).unwrap();
-        assert_eq!(files.needed, 2_064);
+        let files = raise_open_file_limit(1_000, 500).unwrap();
+        assert_eq!(files.needed, 2_564);
         let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
         assert_eq!(soft, files.now);
         assert!(
@@ -344,7 +349,7 @@ mod tests {
             "{files:?}"
         );
         // Never lowered.
-        let again = raise_open_file_limit(1).unwrap();
+        let again = raise_open_file_limit(1, 0).unwrap();
         assert_eq!(again.now, soft);
     }
 }
