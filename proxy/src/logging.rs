@@ -60,6 +60,7 @@ pub fn init(settings: &LogSettings) {
         .with(fmt)
         .with(filter)
         .with(ClientReadFailures)
+        .with(MessageDumps)
         .try_init();
     crate::panics::install();
     for (source, filter, e) in refused {
@@ -122,6 +123,34 @@ impl<S: Subscriber> Layer<S> for ClientReadFailures {
                 .iter()
                 .any(|(target, start)| meta.target() == *target && m.starts_with(start))
         })
+    }
+}
+
+/// Drops Pingora's `debug` and `trace` lines from the modules that handle requests and
+/// responses: many print a message whole (a request header with its `Authorization` and
+/// `Cookie`, an instance's response header with its `Set-Cookie`, body bytes). A token must
+/// never reach a log, and debug logging is what an operator turns on while a problem is live,
+/// so those lines are not passed on at any filter. Pingora's other debug lines (connects,
+/// pools, services) still are, and its `info` and above from every module.
+struct MessageDumps;
+
+/// The Pingora modules whose debug and trace lines may print a message whole.
+const MESSAGE_DUMP_TARGETS: [&str; 3] = [
+    "pingora_proxy",
+    "pingora_core::protocols::http",
+    "pingora_core::apps",
+];
+
+impl<S: Subscriber> Layer<S> for MessageDumps {
+    fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
+        use tracing_log::NormalizeEvent;
+        let Some(meta) = event.normalized_metadata() else {
+            return true;
+        };
+        *meta.level() < Level::DEBUG
+            || !MESSAGE_DUMP_TARGETS
+                .iter()
+                .any(|t| meta.target().starts_with(t))
     }
 }
 

@@ -2276,6 +2276,44 @@ fn logs_carry_no_query_and_no_instance_response_bytes() {
 }
 
 #[test]
+fn no_token_or_cookie_reaches_the_log_even_at_trace() {
+    // Debug logging is what an operator turns on while a problem is live: Pingora's debug and
+    // trace lines print request and response headers whole (Authorization, Cookie), and
+    // must not be passed on. Its other debug lines still are.
+    let w = world_configured(
+        |_, _, _| {},
+        |opts| opts.env = vec![("RUST_LOG".to_owned(), "trace".to_owned())],
+    );
+    let token = w.keys.token("acme", Some("org-acme"));
+    let bearer = format!("Bearer {token}");
+    let cookie = format!("nexus_session={token}; theme=cookie-secret-4711");
+    let r = get(
+        w.edge.addr,
+        &host("acme"),
+        "/dashboard",
+        &[("Authorization", &bearer), ("Cookie", &cookie)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(
+        w.edge.addr,
+        &host("acme"),
+        "/dashboard",
+        &[("Cookie", &cookie)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let log = nexus_e2e::wait::until(Duration::from_secs(10), "the requests logged", || {
+        let log = w.edge.log();
+        (log.matches("nexus_edge").count() > 0 && log.contains("connected to new server"))
+            .then_some(log)
+    });
+    // The filter is really at trace: the router's and Pingora's connector lines are there.
+    assert!(log.contains("TRACE") || log.contains("DEBUG"), "{log}");
+    let signature = token.rsplit('.').next().expect("signature");
+    assert!(!log.contains(signature), "{log}");
+    assert!(!log.contains("cookie-secret-4711"), "{log}");
+}
+
+#[test]
 fn a_malformed_request_to_the_ops_listener_logs_none_of_its_bytes() {
     // Pingora's ops server logs a request header it cannot parse with the raw bytes read so
     // far: a scraper's credentials, cookies and query would reach the log at ERROR.
