@@ -367,6 +367,20 @@ impl UpstreamUrl {
                 format!("{q}: query and fragment are not allowed", q = quoted(s)),
             ));
         }
+        if let Some(checked) = u
+            .domain()
+            .filter(|_| u.scheme() == "https")
+            .and_then(name_tls_would_check)
+        {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "{q}: an https host may not have `_` in its first label (the certificate \
+                     would be checked for {checked}, another name)",
+                    q = quoted(s)
+                ),
+            ));
+        }
         Ok(Self(Arc::new(u)))
     }
 
@@ -410,6 +424,16 @@ impl UpstreamUrl {
     pub fn path_prefix(&self) -> &str {
         self.0.path().trim_end_matches('/')
     }
+}
+
+/// The name Pingora's TLS connector would send as SNI and check the certificate against,
+/// when it is not `host` itself: with `_` in the first label of a name of three labels or more
+/// it puts `-` in its place (`tenant_a.inst.internal` → `tenant-a.inst.internal`), so a
+/// certificate for that other host, maybe another tenant's instance, would be taken.
+fn name_tls_would_check(host: &str) -> Option<String> {
+    let (first, rest) = host.split_once('.')?;
+    (first.contains('_') && rest.contains('.'))
+        .then(|| format!("{}.{rest}", first.replace('_', "-")))
 }
 
 impl fmt::Display for UpstreamUrl {
@@ -816,6 +840,30 @@ mod limits {
             Ok(_) => Vec::new(),
             Err(errs) => errs.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn an_https_host_whose_certificate_pingora_would_check_for_another_name_is_refused() {
+        for (url, ok) in [
+            ("https://tenant_a.inst.internal", false),
+            ("https://TENANT_A.inst.internal:8443/base", false),
+            ("https://a_.b.c.", false),
+            // Names Pingora checks as they are.
+            ("https://tenant-a.inst.internal", true),
+            ("https://tenant_a.internal", true),
+            ("https://inst.tenant_a.internal", true),
+            ("https://127.0.0.1", true),
+            // Plain HTTP checks no certificate.
+            ("http://tenant_a.inst.internal", true),
+        ] {
+            let parsed = UpstreamUrl::parse("instance_url", url);
+            assert_eq!(parsed.is_ok(), ok, "{url}: {parsed:?}");
+        }
+        let err = UpstreamUrl::parse("api_url", "https://tenant_a.inst.internal")
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("api_url"), "{err}");
+        assert!(err.contains("tenant-a.inst.internal"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`edge`]: starts the real binary on a generated config and stops it on drop.
 //! - [`http`]: a raw HTTP/1.1 client, so tests can send what a browser would not (two Host
 //!   headers, absolute-form targets, spoofed identity headers).
+//! - [`in_process`]: nexus-edge's service run inside the test, with names resolved as the
+//!   test says.
 //! - [`keys`]: signing keys and their JWKS for tests.
 //! - [`loopback`]: the thread-and-runtime TCP server every in-test server runs on.
 //! - [`probe`]: which instance a tenant reaches, and steady traffic that counts failures.
@@ -25,6 +27,7 @@ pub mod backend;
 pub mod clock;
 pub mod edge;
 pub mod http;
+pub mod in_process;
 pub mod keys;
 pub mod loopback;
 pub mod probe;

@@ -17,6 +17,10 @@ pub struct TestPki {
     pub other_name_cert: PathBuf,
     /// Its key.
     pub other_name_key: PathBuf,
+    /// A server certificate from the same CA for `tenant-a.instances.test` only, and its key.
+    pub dashed_name_cert: PathBuf,
+    /// Its key.
+    pub dashed_name_key: PathBuf,
     /// Client certificate and key (for mutual TLS).
     pub client_cert: PathBuf,
     /// Client key.
@@ -49,6 +53,10 @@ impl TestPki {
         );
         let (other_name_cert, other_name_key) =
             issue(&["elsewhere.test"], ExtendedKeyUsagePurpose::ServerAuth);
+        let (dashed_name_cert, dashed_name_key) = issue(
+            &["tenant-a.instances.test"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
         let (client_cert, client_key) = issue(&["nexus-edge"], ExtendedKeyUsagePurpose::ClientAuth);
 
         let write = |name: &str, pem: &str| {
@@ -62,6 +70,8 @@ impl TestPki {
             server_key: write("server-key.pem", &server_key),
             other_name_cert: write("other-name.pem", &other_name_cert),
             other_name_key: write("other-name-key.pem", &other_name_key),
+            dashed_name_cert: write("dashed-name.pem", &dashed_name_cert),
+            dashed_name_key: write("dashed-name-key.pem", &dashed_name_key),
             client_cert: write("client.pem", &client_cert),
             client_key: write("client-key.pem", &client_key),
         }

@@ -8,20 +8,15 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use nexus_e2e::backend::Backend;
-use nexus_e2e::edge::{binding, bindings_file, write_atomically, BASE, UNBOUND_IP};
+use nexus_e2e::edge::{BASE, UNBOUND_IP};
 use nexus_e2e::http::{get, send_raw};
-use nexus_e2e::keys::TestKeys;
-use nexus_e2e::loopback::LoopbackServer;
-use nexus_edge::resolve::{InstanceResolver, NameLookup, ResolverPolicy};
-use nexus_edge::service::EdgeService;
-use pingora::apps::ServerApp;
-use pingora::server::configuration::ServerConf;
-use tokio::sync::watch;
+use nexus_e2e::in_process::InProcessEdge;
+use nexus_edge::resolve::NameLookup;
 
 /// `instance.test` has a dead address first (nothing listens on [`UNBOUND_IP`], which no
 /// harness server binds) and the live one second, so the first request's first pick is the
@@ -45,84 +40,17 @@ impl NameLookup for DeadThenLive {
     }
 }
 
-/// nexus-edge's service behind Pingora's HTTP proxy on a loopback port; stopped on drop.
-struct InProcessEdge {
-    addr: SocketAddr,
-    state: Arc<nexus_edge::state::EdgeState>,
-    _server: LoopbackServer,
-    _shutdown: watch::Sender<bool>,
-    _dir: tempfile::TempDir,
-}
-
-impl InProcessEdge {
-    fn start(instance_port: u16, lookup: Arc<dyn NameLookup>) -> InProcessEdge {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let keys = TestKeys::new();
-        std::fs::write(dir.path().join("jwks.json"), keys.jwks().to_string()).expect("jwks");
-        let url = format!("http://instance.test:{instance_port}");
-        let records = vec![binding("acme", &url, "active", None)];
-        write_atomically(
-            &dir.path().join("bindings.json"),
-            &bindings_file(records).to_string(),
-        );
-        let config = format!(
-            r#"[tenancy]
-base_domains = ["{BASE}"]
-public_paths = ["/login"]
-
-[auth]
-jwks_file = "jwks.json"
-issuers = ["https://id.edge.test"]
-audiences = ["nexus"]
-
-[upstream]
-connect_timeout = "1s"
-
-[store]
-kind = "file"
-path = "bindings.json"
-"#
-        );
-        let settings =
-            nexus_config::parse_str(&config, &dir.path().join("nexus-edge.toml")).expect("config");
-        let policy = ResolverPolicy {
-            ttl: settings.upstream.dns_ttl,
-            serve_stale: settings.upstream.dns_serve_stale,
-            timeout: settings.upstream.connect_timeout,
-        };
-        let store = nexus_edge::store::Store::open(&settings.store).expect("store");
-        let mut state = nexus_edge::server::prepare(settings, &store.source()).expect("state");
-        Arc::get_mut(&mut state).expect("sole owner").resolver =
-            InstanceResolver::with_lookup(policy, lookup);
-        let proxy = Arc::new(pingora::proxy::http_proxy(
-            &Arc::new(ServerConf::default()),
-            EdgeService::new(Arc::clone(&state)),
-        ));
-
-        // Never sent: Pingora's connection loops only read it.
-        let (shutdown_tx, shutdown) = watch::channel(false);
-        let server = LoopbackServer::start(move |tcp| {
-            let (proxy, shutdown) = (Arc::clone(&proxy), shutdown.clone());
-            async move {
-                let stream = pingora::protocols::l4::stream::Stream::from(tcp);
-                proxy.process_new(Box::new(stream), &shutdown).await;
-            }
-        });
-        InProcessEdge {
-            addr: server.addr,
-            state,
-            _server: server,
-            _shutdown: shutdown_tx,
-            _dir: dir,
-        }
-    }
+/// The router in process, serving `acme` at `http://instance.test:<instance_port>`.
+fn start_edge(instance_port: u16, lookup: Arc<dyn NameLookup>) -> InProcessEdge {
+    let url = format!("http://instance.test:{instance_port}");
+    InProcessEdge::start(&url, None, lookup)
 }
 
 #[test]
 fn a_dead_address_of_an_instance_name_fails_no_request() {
     let instance = Backend::start("instance-a");
     let lookup = Arc::new(DeadThenLive::default());
-    let edge = InProcessEdge::start(instance.addr.port(), Arc::clone(&lookup) as _);
+    let edge = start_edge(instance.addr.port(), Arc::clone(&lookup) as _);
     let host = format!("acme.{BASE}");
     for i in 0..6 {
         let r = get(edge.addr, &host, "/login", &[]);
@@ -139,7 +67,7 @@ fn a_dead_address_of_an_instance_name_fails_no_request() {
 #[test]
 fn a_request_body_arrives_whole_after_a_failover() {
     let instance = Backend::start("instance-a");
-    let edge = InProcessEdge::start(instance.addr.port(), Arc::new(DeadThenLive::default()));
+    let edge = start_edge(instance.addr.port(), Arc::new(DeadThenLive::default()));
     // The first request's first pick is the dead address.
     let body = "user=alice&password=correct-horse";
     let raw = format!(
@@ -173,7 +101,7 @@ fn a_dual_stack_instance_name_listening_on_ipv4_only_is_reached() {
     // The IPv6 connect fails; the request goes again to the name's IPv4 address, and later
     // requests pass the IPv6 address over while it is marked down.
     let instance = Backend::start("instance-a");
-    let edge = InProcessEdge::start(instance.addr.port(), Arc::new(DualStack));
+    let edge = start_edge(instance.addr.port(), Arc::new(DualStack));
     let host = format!("acme.{BASE}");
     for i in 0..3 {
         let r = get(edge.addr, &host, "/login", &[]);

@@ -5,12 +5,17 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
 use nexus_e2e::backend::{echoed_header, Backend};
-use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions};
-use nexus_e2e::http::get_with_token;
+use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions, BASE};
+use nexus_e2e::http::{get, get_with_token};
+use nexus_e2e::in_process::InProcessEdge;
 use nexus_e2e::keys::TestKeys;
 use nexus_e2e::probe::host;
 use nexus_e2e::tls::TestPki;
+use nexus_edge::resolve::NameLookup;
 
 /// A router whose `acme` is `https://localhost:<port>` (a name: SNI and a DNS name check) and
 /// `globex` is `https://127.0.0.1:<port>` (an address: an IP address check), both `instance`.
@@ -80,5 +85,83 @@ fn an_instance_certificate_the_router_cannot_verify_gets_no_request() {
         elsewhere.hits(),
         0,
         "a request reached a certificate for another name"
+    );
+}
+
+/// Every name is the loopback address: the system resolver here knows no
+/// `*.instances.test`.
+#[derive(Debug)]
+struct AllLoopback;
+
+#[async_trait::async_trait]
+impl NameLookup for AllLoopback {
+    async fn lookup(&self, _host: &str, _port: u16) -> std::io::Result<Vec<IpAddr>> {
+        Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)])
+    }
+}
+
+#[test]
+fn an_https_host_with_an_underscore_is_refused_not_checked_as_another_name() {
+    // Pingora's connector would check `tenant_a.instances.test`'s certificate as
+    // `tenant-a.instances.test` (and send that as SNI): this instance, with a certificate for
+    // that other host only, must not be taken for it.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path());
+    let other = Backend::start_tls("other-host", &pki.dashed_name_cert, &pki.dashed_name_key);
+    let port = other.addr.port();
+    let acme = format!("acme.{BASE}");
+
+    // The certificate's own name reaches it: the setup is sound.
+    let url = format!("https://tenant-a.instances.test:{port}");
+    let edge = InProcessEdge::start(&url, Some(&pki.ca), Arc::new(AllLoopback));
+    assert_eq!(get(edge.addr, &acme, "/login", &[]).status, 200);
+    assert_eq!(other.hits(), 1);
+
+    // The name with `_`: its record is refused at load, so `acme` has no binding.
+    let url = format!("https://tenant_a.instances.test:{port}");
+    let edge = InProcessEdge::start(&url, Some(&pki.ca), Arc::new(AllLoopback));
+    let r = get(edge.addr, &acme, "/login", &[]);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(
+        other.hits(),
+        1,
+        "a request reached a certificate for another name"
+    );
+    assert_eq!(
+        other.server_names(),
+        [Some("tenant-a.instances.test".to_owned())]
+    );
+}
+
+#[test]
+fn a_binding_whose_https_host_would_be_checked_as_another_name_is_refused_and_named() {
+    // The real binary: that one record is refused, with the reason in the log, and the other
+    // tenants load.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path());
+    let instance = Backend::start_tls("secure", &pki.server_cert, &pki.server_key);
+    let keys = TestKeys::new();
+    let bindings = bindings_file(vec![
+        binding("acme", "https://tenant_a.instances.test", "active", None),
+        binding("globex", &instance.url(), "active", None),
+    ]);
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
+    opts.upstream_extra = format!("ca_file = {:?}", pki.ca.display().to_string());
+    let edge = Edge::start(&opts);
+    let r = get_with_token(
+        edge.addr,
+        &host("globex"),
+        "/app",
+        &keys.token("globex", None),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get_with_token(edge.addr, &host("acme"), "/app", &keys.token("acme", None));
+    assert_eq!(r.status, 404, "{}", r.text());
+    let log = edge.log();
+    assert!(
+        log.lines().any(|l| l.contains("binding record refused")
+            && l.contains("tenant \"acme\"")
+            && l.contains("tenant-a.instances.test, another name")),
+        "{log}"
     );
 }
