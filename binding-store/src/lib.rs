@@ -14,8 +14,8 @@ pub mod table;
 
 pub use error::{ApplyError, FieldError, StoreError};
 pub use model::{
-    Binding, BindingRecord, DomainName, InstanceId, Interner, Mode, OrgId, Plan, Region, Revision,
-    SubscriptionId, TenantId, TenantStatus, UpstreamUrl,
+    is_instance_address, Binding, BindingRecord, DomainName, InstanceId, Interner, Mode, OrgId,
+    Plan, Region, Revision, SubscriptionId, TenantId, TenantStatus, UpstreamUrl,
 };
 pub use table::{BindingHandle, BindingTable, Change};
 pub mod source;

@@ -367,6 +367,21 @@ impl UpstreamUrl {
                 format!("{q}: query and fragment are not allowed", q = quoted(s)),
             ));
         }
+        if u.port() == Some(0) {
+            return Err(FieldError::new(
+                field,
+                format!("{q}: port 0 is no instance's port", q = quoted(s)),
+            ));
+        }
+        if let Some(ip) = literal_ip(&u).filter(|ip| !is_instance_address(*ip)) {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "{q}: {ip} is not one host's address (unspecified, multicast or broadcast)",
+                    q = quoted(s)
+                ),
+            ));
+        }
         if let Some(checked) = u
             .domain()
             .filter(|_| u.scheme() == "https")
@@ -408,11 +423,7 @@ impl UpstreamUrl {
 
     /// The host's address when it is an IP literal (parsed once, with the URL).
     pub fn ip(&self) -> Option<std::net::IpAddr> {
-        match self.0.host()? {
-            url::Host::Ipv4(ip) => Some(ip.into()),
-            url::Host::Ipv6(ip) => Some(ip.into()),
-            url::Host::Domain(_) => None,
-        }
+        literal_ip(&self.0)
     }
 
     /// Port, defaulting by scheme.
@@ -424,6 +435,25 @@ impl UpstreamUrl {
     pub fn path_prefix(&self) -> &str {
         self.0.path().trim_end_matches('/')
     }
+}
+
+/// The host of `u` when it is an IP literal.
+fn literal_ip(u: &url::Url) -> Option<std::net::IpAddr> {
+    match u.host()? {
+        url::Host::Ipv4(ip) => Some(ip.into()),
+        url::Host::Ipv6(ip) => Some(ip.into()),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// Whether an instance may be reached at `ip`: not the unspecified address (`0.0.0.0`, `::`,
+/// `::ffff:0.0.0.0`), to which a connect reaches whatever listens on the router's own host (a
+/// listen address copied from an instance's config; DNS block lists answer `0.0.0.0` too),
+/// nor a multicast or broadcast address, which no connection can be made to.
+pub fn is_instance_address(ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    !(ip.is_unspecified() || ip.is_multicast() || broadcast)
 }
 
 /// The name Pingora's TLS connector would send as SNI and check the certificate against,
@@ -839,6 +869,30 @@ mod limits {
         match Binding::from_record(r) {
             Ok(_) => Vec::new(),
             Err(errs) => errs.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn an_address_or_port_no_instance_has_is_refused() {
+        for (url, ok) in [
+            ("http://0.0.0.0:8080", false),
+            ("http://0:8080", false),
+            ("http://[::]:8080", false),
+            ("http://[::ffff:0.0.0.0]:8080", false),
+            ("https://224.0.0.1", false),
+            ("http://[ff02::1]", false),
+            ("http://255.255.255.255", false),
+            ("http://10.0.0.1:0", false),
+            ("http://instance.internal:0/base", false),
+            ("http://10.0.0.1", true),
+            ("http://127.0.0.1:8080", true),
+            ("http://[::1]:8080", true),
+            ("http://[::ffff:10.0.0.1]", true),
+            ("http://10.255.255.255", true),
+            ("http://instance.internal:8080", true),
+        ] {
+            let parsed = UpstreamUrl::parse("instance_url", url);
+            assert_eq!(parsed.is_ok(), ok, "{url}: {parsed:?}");
         }
     }
 

@@ -30,6 +30,9 @@
 //!   A connection that breaks after it was made is not retried (the request may have reached
 //!   the instance).
 //! - IP literals never reach the cache (and have nothing to fail over to).
+//! - An answer's unspecified, multicast and broadcast addresses are left out (see
+//!   [`is_instance_address`]): `0.0.0.0`, a block list's answer, would reach the router's own
+//!   host.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,7 +40,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nexus_binding_store::UpstreamUrl;
+use nexus_binding_store::{is_instance_address, UpstreamUrl};
 use tokio::sync::watch;
 
 /// How long a failed lookup is remembered before the name is asked again.
@@ -263,10 +266,17 @@ impl InstanceResolver {
             }
         };
         let answer = match tokio::time::timeout(self.policy.timeout, lookup()).await {
-            Ok(Ok(ips)) if !ips.is_empty() => Ok(by_family(ips)),
-            Ok(Ok(_)) => Err(ResolveError::NoAddress {
-                host: host.to_owned(),
-            }),
+            Ok(Ok(mut ips)) => {
+                // `0.0.0.0` (a block list's answer) would reach the router's own host.
+                ips.retain(|ip| is_instance_address(*ip));
+                if ips.is_empty() {
+                    Err(ResolveError::NoAddress {
+                        host: host.to_owned(),
+                    })
+                } else {
+                    Ok(by_family(ips))
+                }
+            }
             Ok(Err(source)) => Err(ResolveError::Lookup {
                 host: host.to_owned(),
                 source,
@@ -731,6 +741,26 @@ mod tests {
             );
         }
         assert!(r.lock().is_empty(), "literals never reach the cache");
+    }
+
+    #[tokio::test]
+    async fn a_name_answered_with_the_unspecified_address_is_not_reached_there() {
+        let r = resolver(10, 30);
+        let n = Cell::new(0);
+        let t0 = Instant::now();
+        let zero = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        // The other addresses of the answer are used...
+        for _ in 0..4 {
+            let addr = ask(&r, t0, Ok(vec![zero, A]), &n).await.expect("resolved");
+            assert_eq!(addr.ip(), A);
+        }
+        // ...and an answer of nothing else is no address.
+        let r = resolver(10, 30);
+        let multicast: IpAddr = "ff02::1".parse().expect("ip");
+        assert!(matches!(
+            ask(&r, t0, Ok(vec![zero, multicast]), &n).await,
+            Err(ResolveError::NoAddress { .. })
+        ));
     }
 
     #[test]
