@@ -13,7 +13,7 @@ use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions, BASE};
 use nexus_e2e::http::{get, get_with_token};
 use nexus_e2e::in_process::InProcessEdge;
 use nexus_e2e::keys::TestKeys;
-use nexus_e2e::probe::host;
+use nexus_e2e::probe::{host, wait_instance};
 use nexus_e2e::tls::TestPki;
 use nexus_edge::resolve::NameLookup;
 
@@ -164,4 +164,50 @@ fn a_binding_whose_https_host_would_be_checked_as_another_name_is_refused_and_na
             && l.contains("tenant-a.instances.test, another name")),
         "{log}"
     );
+}
+
+#[test]
+fn instances_sharing_an_address_never_share_a_connection_and_a_rebind_leaves_the_old_ones() {
+    // `acme` (`https://localhost:<port>`) and `globex` (`https://127.0.0.1:<port>`) are one
+    // address under two names: each name gets its own connections, verified for it, reused
+    // for its own requests only.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path());
+    let instance = Backend::start_tls("secure", &pki.server_cert, &pki.server_key);
+    let keys = TestKeys::new();
+    let edge = edge_for(&instance, &keys, Some(&pki.ca));
+    let ask = |tenant: &str| {
+        let r = get_with_token(edge.addr, &host(tenant), "/app", &keys.token(tenant, None));
+        assert_eq!(r.status, 200, "{tenant}: {}", r.text());
+        r.json()["instance"].as_str().unwrap().to_owned()
+    };
+    for _ in 0..3 {
+        ask("acme");
+        ask("globex");
+    }
+    assert_eq!(instance.hits(), 6);
+    assert_eq!(
+        instance.server_names(),
+        [Some("localhost".to_owned()), None],
+        "one connection per name, each reused"
+    );
+
+    // `acme` moves to another instance while its connections to the first stay pooled: once
+    // the router serves the change, no request of `acme` reaches the first again.
+    let moved = Backend::start("moved");
+    edge.write_bindings(&bindings_file(vec![
+        binding("acme", &moved.url(), "active", None),
+        binding("globex", &instance.url(), "active", None),
+    ]));
+    wait_instance(&edge, &keys, "acme", "moved");
+    let (before, moved_before) = (instance.hits(), moved.hits());
+    for _ in 0..3 {
+        assert_eq!(ask("acme"), "moved");
+    }
+    assert_eq!(
+        instance.hits(),
+        before,
+        "a request of acme reached its old instance"
+    );
+    assert_eq!(moved.hits(), moved_before + 3);
 }
