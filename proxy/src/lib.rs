@@ -17,6 +17,7 @@
 //! | [`route`] | which upstream and which headers |
 //! | [`pooling`] | which requests may share an instance connection (one tenant's) |
 //! | [`response`] | which of the instance's response header fields reach the client |
+//! | [`tunnel`] | whether an open WebSocket's tenant is still routed where it goes |
 //! | [`errors`] | status code, body and metric label of every rejection |
 //! | [`service`] | the Pingora `ProxyHttp` glue |
 //!
@@ -57,3 +58,4 @@ pub mod state;
 pub mod store;
 #[cfg(test)]
 mod test_support;
+pub mod tunnel;

@@ -28,6 +28,7 @@ use crate::route::{
     forwarded_host, rewrite_upstream_request, sane_request_id, Forwarding, RequestIds,
 };
 use crate::state::EdgeState;
+use crate::tunnel::{still_routed, TunnelEnd};
 
 /// Per-request state carried between Pingora phases.
 #[derive(Debug)]
@@ -45,6 +46,8 @@ pub struct RequestCtx {
     /// When the instance switched protocols (its `101`): the request's duration ends there,
     /// as the tunnel after it may live for hours and is no measure of the instance's latency.
     switched_at: Option<Instant>,
+    /// Why the router closed this request's tunnel, when it did (see [`crate::tunnel`]).
+    tunnel_end: Option<TunnelEnd>,
 }
 
 impl RequestCtx {
@@ -108,6 +111,28 @@ impl EdgeService {
             .await
             .map_err(Error::into_down)?;
         Ok(())
+    }
+
+    /// Fails a tunnel's piece (either way) once the tenant's binding would no longer route the
+    /// tunnel where it was opened: a rebind, a suspension or a removal closes a WebSocket at
+    /// its next message instead of leaving it to the old instance (see [`crate::tunnel`]).
+    /// Anything but a tunnel passes unchecked.
+    fn check_tunnel(&self, session: &Session, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(decision) = ctx
+            .decision
+            .as_ref()
+            .filter(|_| switched_protocols(session))
+        else {
+            return Ok(());
+        };
+        let table = self.state.bindings.load();
+        still_routed(decision, &table, &self.state.settings.tenancy).map_err(|end| {
+            ctx.tunnel_end = Some(end);
+            Error::explain(
+                ErrorType::Custom("tunnel no longer routed"),
+                end.to_string(),
+            )
+        })
     }
 
     /// Shutting down: the response closes its connection, so the client's next request goes
@@ -385,6 +410,7 @@ impl ProxyHttp for EdgeService {
             failed: None,
             tried: Vec::new(),
             switched_at: None,
+            tunnel_end: None,
         }
     }
 
@@ -564,6 +590,26 @@ impl ProxyHttp for EdgeService {
         rewrite_upstream_request(upstream_request, decision, fwd)
     }
 
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.check_tunnel(session, ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        self.check_tunnel(session, ctx).map(|()| None)
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -634,6 +680,18 @@ impl ProxyHttp for EdgeService {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(end) = ctx.tunnel_end {
+            // Closed by the router: the tenant is no longer routed where the tunnel goes.
+            tracing::info!(
+                request_id = %ctx.id(),
+                reason = %end,
+                "tunnel closed: its tenant's binding changed"
+            );
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         if tunnel_idled_out(session, e) {
             // The tunnel ended as configured (`tunnel_idle_timeout`), not by a failure.
             tracing::debug!(request_id = %ctx.id(), "tunnel closed after tunnel_idle_timeout");

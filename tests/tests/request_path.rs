@@ -1193,6 +1193,55 @@ fn websocket_upgrade_passes_through() {
 }
 
 #[test]
+fn an_open_websocket_is_closed_once_its_tenant_is_rebound_or_suspended() {
+    // A tunnel is one long request, decided when it was opened: without a check of its own it
+    // went on reaching the old instance after a rebind, and a suspended tenant's users kept
+    // theirs, for as long as they kept talking.
+    let w = world();
+    let serve = |revision: u64, url: &str, status: &str, region: &str| {
+        let mut acme = binding("acme", url, status, Some("org-acme"));
+        acme["domains"] = serde_json::json!(["app.acme-corp.test"]);
+        acme["revision"] = serde_json::json!(revision);
+        acme["region"] = serde_json::json!(region);
+        let globex = binding("globex", &w.b.url(), "active", None);
+        w.edge.write_bindings(&bindings_file(vec![acme, globex]));
+        w.edge
+            .wait_for("the change served", || w.edge.revision() == revision);
+    };
+
+    // A change that leaves the route as it was keeps the tunnel.
+    let (mut s, _) = open_websocket(&w);
+    serve(2, &w.a.url(), "active", "elsewhere");
+    assert_eq!(echo(&mut s, b"same route").expect("echo"), b"same route");
+
+    // Rebound to instance-b: the tunnel to instance-a is closed at its next frame.
+    serve(3, &w.b.url(), "active", "elsewhere");
+    assert!(
+        echo(&mut s, b"after the rebind").is_err(),
+        "the tunnel still reaches the old instance"
+    );
+
+    // Back on instance-a, then suspended: the tunnel is closed too (its path is no recovery
+    // path).
+    serve(4, &w.a.url(), "active", "elsewhere");
+    let (mut s, _) = open_websocket(&w);
+    serve(5, &w.a.url(), "suspended", "elsewhere");
+    assert!(
+        echo(&mut s, b"while suspended").is_err(),
+        "a suspended tenant's tunnel goes on"
+    );
+    let log = w.edge.log();
+    assert!(
+        log.contains("tunnel closed: its tenant's binding changed"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("ERROR"),
+        "a closed tunnel is no router fault: {log}"
+    );
+}
+
+#[test]
 fn an_idle_websocket_outlives_the_read_timeout() {
     // A notification channel: the instance says nothing for longer than read_timeout (its
     // echo comes 2.5 s after the frame, read_timeout is 1 s). The tunnel is bounded by
