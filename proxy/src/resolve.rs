@@ -27,8 +27,10 @@
 //!   other addresses to that one for [`DOWN_FOR`]: one dead pod behind a service name must not
 //!   fail its share of the requests. A mark is a preference, not a ban: when only marked
 //!   addresses are left they are tried, since the alternative is failing the request unasked.
-//!   A connection that breaks after it was made is not retried (the request may have reached
-//!   the instance).
+//!   A connection that breaks after it was made is not tried at another address. (Pingora
+//!   itself sends a GET, HEAD, PUT, DELETE or OPTIONS once more, on a new connection, when a
+//!   pooled one breaks before the answer's header: the instance may have received it, which
+//!   those methods allow, RFC 9110 §9.2.2. A POST or PATCH is never sent twice.)
 //! - IP literals never reach the cache (and have nothing to fail over to).
 //! - An answer's unspecified, multicast and broadcast addresses are left out (see
 //!   [`is_instance_address`]): `0.0.0.0`, a block list's answer, would reach the router's own

@@ -11,6 +11,7 @@
 //! - `/no-content`: a `204` that (wrongly) carries `content-length: 5` and no body;
 //! - `/cut/<n>`: announces `<n>` bytes more than it sends, then closes (an instance that
 //!   dies mid-response); `/cut-chunked`: one chunk of a chunked body, then closes;
+//! - `…/close-before-answer`: reads the request and closes without answering;
 //! - a request with `Upgrade: websocket`: answers `101` and then echoes bytes back; under
 //!   a path ending `/late/<ms>`, each after `<ms>` of silence.
 
@@ -248,6 +249,11 @@ where
             stream
                 .write_all(b"HTTP/1.1 200 OK\r\nset-cookie: sid=instance-secret-cookie\r\nno colon here\r\n\r\n")
                 .await?;
+            return Ok(());
+        }
+        if path.ends_with("/close-before-answer") {
+            // Reads the request, then closes without a byte of answer (an instance that
+            // crashed on it, or closed an idle keep-alive connection as the request came).
             return Ok(());
         }
         if path == "/no-length" {

@@ -1539,6 +1539,34 @@ fn an_instance_that_dies_mid_response_leaves_the_response_cut_not_completed() {
 }
 
 #[test]
+fn a_reused_instance_connection_that_breaks_is_tried_again_for_idempotent_methods_only() {
+    // Pingora's policy, as the README describes it: when a pooled connection to the instance
+    // breaks before the answer's header (the instance closed it as the request came, or
+    // crashed on it), a GET, HEAD, PUT, DELETE or OPTIONS goes once more on a new connection,
+    // although the instance may have received it; a POST or PATCH never does.
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let send = |method: &str| {
+        // A pooled connection to the instance first.
+        let r = get_with_token(w.edge.addr, &host("acme"), "/warm", &token);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let before = w.a.hits();
+        let raw = format!(
+            "{method} /x/close-before-answer HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+            host("acme")
+        );
+        let r = send_raw(w.edge.addr, raw.as_bytes()).expect("an answer");
+        assert_eq!(r.status, 502, "{method}: {}", r.text());
+        w.a.hits() - before
+    };
+    assert_eq!(send("DELETE"), 2, "DELETE is tried again once");
+    assert_eq!(send("PUT"), 2, "PUT is tried again once");
+    assert_eq!(send("POST"), 1, "a POST is never sent twice");
+    assert_eq!(send("PATCH"), 1, "a PATCH is never sent twice");
+}
+
+#[test]
 fn the_instances_hop_by_hop_fields_stay_behind() {
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));
