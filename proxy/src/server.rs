@@ -86,6 +86,27 @@ fn fit_open_files(max_connections: usize, idle_connections: usize) {
     }
 }
 
+/// Pingora's configuration for `s`.
+fn server_conf(s: &Settings) -> ServerConf {
+    let mut conf = ServerConf {
+        threads: s.server.threads,
+        grace_period_seconds: Some(s.server.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        // Pingora's pool is one for the whole router, but it takes its size per worker thread
+        // and multiplies it by the threads: `idle_connections` is the router's bound.
+        upstream_keepalive_pool_size: s
+            .upstream
+            .idle_connections
+            .div_ceil(s.server.threads.max(1)),
+        // `daemon` stays off: the signals thread (see `signals`) would not survive its fork.
+        ..ServerConf::default()
+    };
+    if let Some(ca) = &s.upstream.ca_file {
+        conf.ca_file = Some(ca.display().to_string());
+    }
+    conf
+}
+
 /// Loads keys and bindings, then builds the shared state. Split from [`run`] so the demo and
 /// tests can inspect the state.
 pub fn prepare(
@@ -177,18 +198,12 @@ pub fn run(
     // As bound: with port 0 in the config, the port the system chose.
     let listen = listeners.local_addr(s.server.listen);
     let admin = s.server.admin_listen.and_then(|a| listeners.local_addr(a));
-    let mut conf = ServerConf {
-        threads: s.server.threads,
-        grace_period_seconds: Some(s.server.shutdown_grace.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(1),
-        upstream_keepalive_pool_size: s.upstream.idle_connections,
-        // `daemon` stays off: the signals thread (see `signals`) would not survive its fork.
-        ..ServerConf::default()
-    };
-    if let Some(ca) = &s.upstream.ca_file {
-        conf.ca_file = Some(ca.display().to_string());
-    }
-    fit_open_files(s.server.max_connections, s.upstream.idle_connections);
+    let conf = server_conf(s);
+    fit_open_files(
+        s.server.max_connections,
+        conf.upstream_keepalive_pool_size
+            .saturating_mul(conf.threads.max(1)),
+    );
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -227,4 +242,25 @@ pub fn run(
         shutdown_signal: Box::new(signals),
     });
     tracing::info!("nexus-edge stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use pingora::connectors::ConnectorOptions;
+
+    use super::*;
+
+    /// `[upstream] idle_connections` bounds the idle instance connections of the whole
+    /// router, as the README and the open-file limit count them; Pingora's pool takes its
+    /// setting per worker thread and multiplies it by the threads.
+    #[test]
+    fn the_idle_instance_connections_kept_are_idle_connections_whatever_the_threads() {
+        for (threads, idle, want) in [(1, 4096, 4096), (4, 4096, 4096), (3, 100, 102)] {
+            let mut s = nexus_config::embedded_default();
+            s.server.threads = threads;
+            s.upstream.idle_connections = idle;
+            let pool = ConnectorOptions::from_server_conf(&server_conf(&s)).keepalive_pool_size;
+            assert_eq!(pool, want, "threads {threads}, idle_connections {idle}");
+        }
+    }
 }
