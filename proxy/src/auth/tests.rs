@@ -650,34 +650,49 @@ fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
     assert!(auth.verify(&f.rs.sign(&claims()).expect("s"), NOW).is_ok());
 }
 
-/// The key file is polled every few seconds: a refused content is parsed and reported once,
-/// not once a poll (an error line, and a warning per skipped key, every 5 s until fixed).
+/// The key file is polled every few seconds: a refused content (JSON that does not parse, or
+/// keys all unusable) is parsed and reported once, not once a poll (an error line, and a
+/// warning per skipped key, every 5 s until fixed), and `refusing` says so meanwhile.
 #[test]
-fn a_refused_key_file_is_reported_once_until_it_changes() {
+fn a_refused_key_file_is_parsed_and_reported_once_until_it_changes() {
     let f = fixture("refused-once");
     let auth = Authenticator::new(&settings(&f)).expect("auth");
     let path = f.dir.path().join("jwks.json");
     let good = std::fs::read_to_string(&path).expect("jwks");
+    let loads = auth.key_set_loads();
     assert!(!auth.refusing());
     std::fs::write(&path, "{ nope").expect("w");
     assert!(auth.reload_keys().is_err());
     assert!(auth.refusing());
     // The same content again: nothing new (no parse, no log line); still refused.
-    assert!(!auth.reload_keys().expect("refused before"));
+    for _ in 0..3 {
+        assert!(!auth.reload_keys().expect("refused before"));
+    }
     assert!(auth.refusing());
-    // Another bad content is reported again.
-    std::fs::write(&path, "{ still nope").expect("w");
-    assert!(auth.reload_keys().is_err());
+    assert_eq!(auth.key_set_loads(), loads + 1);
+    // Another refused content, keys all unusable, is parsed and reported again, once.
+    let unusable = json!({ "keys": [json!({"kty":"oct","k":"AA"})] }).to_string();
+    std::fs::write(&path, &unusable).expect("w");
+    assert!(matches!(
+        auth.reload_keys(),
+        Err(AuthSetupError::NoKeys { .. })
+    ));
+    assert!(!auth.reload_keys().expect("refused before"));
+    assert_eq!(auth.key_set_loads(), loads + 2);
     // Back to the keys in use: nothing to load, nothing refused.
     std::fs::write(&path, &good).expect("w");
     assert!(!auth.reload_keys().expect("unchanged"));
     assert!(!auth.refusing());
-    // Refused, then a new good set: loaded.
-    std::fs::write(&path, "{ nope").expect("w");
+    // The same refused content written again: a new attempt, reported again.
+    std::fs::write(&path, &unusable).expect("w");
     assert!(auth.reload_keys().is_err());
+    assert!(auth.refusing());
+    assert_eq!(auth.key_set_loads(), loads + 3);
+    // A new good set: loaded.
     std::fs::write(&path, json!({ "keys": [f.rs.public_jwk()] }).to_string()).expect("w");
     assert!(auth.reload_keys().expect("reloaded"));
     assert!(!auth.refusing());
+    assert_eq!(auth.key_set_loads(), loads + 4);
 }
 
 #[test]
@@ -986,37 +1001,6 @@ fn a_token_refused_on_its_claims_costs_no_signature_check() {
         );
     }
     assert_eq!(auth.signature_checks(), 2);
-}
-
-#[test]
-fn a_refused_key_file_is_parsed_and_told_once_until_its_content_changes() {
-    // The file is polled every few seconds: a refused one that stays as it is must not be
-    // parsed (each key of it) and reported again on every poll.
-    let f = fixture("refused-once");
-    let path = f.dir.path().join("jwks.json");
-    let good = std::fs::read_to_string(&path).expect("read");
-    let auth = Authenticator::new(&settings(&f)).expect("auth");
-    let loads = auth.key_set_loads();
-    let unusable = json!({ "keys": [json!({"kty":"oct","k":"AA"})] }).to_string();
-    std::fs::write(&path, &unusable).expect("w");
-    assert!(matches!(
-        auth.reload_keys(),
-        Err(AuthSetupError::NoKeys { .. })
-    ));
-    for _ in 0..3 {
-        assert!(!auth.reload_keys().expect("nothing new"));
-    }
-    assert_eq!(auth.key_set_loads(), loads + 1);
-    // Put back, then written again: a new attempt, told again.
-    std::fs::write(&path, &good).expect("w");
-    assert!(!auth.reload_keys().expect("the current keys"));
-    std::fs::write(&path, &unusable).expect("w");
-    assert!(auth.reload_keys().is_err());
-    assert_eq!(auth.key_set_loads(), loads + 2);
-    // A file that parses now is installed.
-    std::fs::write(&path, json!({ "keys": [f.rs.public_jwk()] }).to_string()).expect("w");
-    assert!(auth.reload_keys().expect("reloaded"));
-    assert_eq!(auth.key_set_loads(), loads + 3);
 }
 
 #[test]
