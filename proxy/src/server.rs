@@ -79,7 +79,7 @@ fn fit_open_files(max_connections: usize, idle_connections: usize) {
         Ok(files) if files.now > files.before => tracing::info!(
             from = files.before,
             to = files.now,
-            "open-file limit raised for max_connections"
+            "open-file limit raised for max_connections and idle instance connections"
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),

@@ -82,9 +82,10 @@ pub struct OpenFiles {
     pub needed: u64,
 }
 
-/// Raises the process's soft open-file limit as far as `max_connections` needs and the hard
-/// limit allows. Shells and service managers commonly start processes at 1,024, which a
-/// proxy runs out of long before any other resource; the hard limit is the operator's word.
+/// Raises the process's soft open-file limit as far as `max_connections` and the idle instance
+/// connections kept (`idle_connections`) need and the hard limit allows. Shells and service
+/// managers commonly start processes at 1,024, which a proxy runs out of long before any
+/// other resource; the hard limit is the operator's word.
 pub fn raise_open_file_limit(
     max_connections: usize,
     idle_connections: usize,
