@@ -897,6 +897,42 @@ mod limits {
     }
 
     #[test]
+    fn every_spelling_of_those_addresses_is_refused_and_no_host_that_names_one_instance() {
+        for (url, ok) in [
+            // Other spellings of 0.0.0.0, ::, broadcast and multicast.
+            ("http://0:8080", false),
+            ("http://0x0:8080", false),
+            ("http://0.0:8080", false),
+            ("http://00.0.0.0:8080", false),
+            ("http://[::ffff:0:0]:8080", false),
+            ("http://[0::0]:8080", false),
+            ("http://[0:0:0:0:0:0:0:0]:8080", false),
+            ("http://[::0.0.0.0]:8080", false),
+            ("http://4294967295", false),
+            ("http://0xffffffff", false),
+            ("http://[::ffff:255.255.255.255]", false),
+            ("http://[::ffff:224.0.0.251]", false),
+            ("https://239.255.255.250:8443", false),
+            ("http://[ff05::1:3]", false),
+            // Names and addresses of one host each.
+            ("https://inst.tenant_a.internal", true),
+            ("https://a.b_c.d.internal", true),
+            ("http://a_b.c.d", true),
+            ("https://[2001:db8::1]:8443/base", true),
+            ("https://[::1]", true),
+            ("https://[::ffff:7f00:1]", true),
+            ("http://0.0.0.1", true),
+            ("http://10.0.0.0", true),
+            ("http://192.168.1.255", true),
+            ("http://[fe80::1]", true),
+            ("http://instance.internal:65535", true),
+        ] {
+            let parsed = UpstreamUrl::parse("instance_url", url);
+            assert_eq!(parsed.is_ok(), ok, "{url}: {parsed:?}");
+        }
+    }
+
+    #[test]
     fn an_https_host_whose_certificate_pingora_would_check_for_another_name_is_refused() {
         for (url, ok) in [
             ("https://tenant_a.inst.internal", false),

@@ -234,7 +234,7 @@ impl std::fmt::Display for LoggedError<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_filter, ClientReadFailures, LoggedError};
+    use super::{check_filter, ClientReadFailures, LoggedError, MessageDumps};
 
     #[test]
     fn a_filter_must_set_a_level_for_every_target() {
@@ -330,6 +330,78 @@ mod tests {
         let text = String::from_utf8(out.0.lock().map(|v| v.clone()).unwrap_or_default())
             .unwrap_or_default();
         assert_eq!(text.matches("(kept)").count(), 3, "{text}");
+        assert!(!text.contains("(dropped)"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn pingoras_message_dumps_are_dropped_below_info_and_its_other_lines_kept() {
+        let out = Capture::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone()),
+            )
+            .with(MessageDumps);
+        use log::Level::{Debug, Error, Info, Trace, Warn};
+        let records = [
+            // The modules that print messages whole: debug and trace dropped...
+            (
+                "pingora_proxy",
+                Debug,
+                "Sending header to upstream Authorization: Bearer secret (dropped)",
+            ),
+            (
+                "pingora_proxy::proxy_h1",
+                Trace,
+                "cookie: sid=secret (dropped)",
+            ),
+            (
+                "pingora_core::protocols::http::v1::server",
+                Trace,
+                "set-cookie: secret (dropped)",
+            ),
+            (
+                "pingora_core::protocols::http::v1::client",
+                Debug,
+                "req header secret (dropped)",
+            ),
+            ("pingora_core::apps::http_app", Debug, "secret (dropped)"),
+            // ...info, warn and error kept.
+            ("pingora_proxy", Info, "info (kept)"),
+            ("pingora_proxy", Warn, "warn (kept)"),
+            ("pingora_proxy", Error, "error (kept)"),
+            (
+                "pingora_core::protocols::http::v1::client",
+                Warn,
+                "warn (kept)",
+            ),
+            ("pingora_core::apps::http_app", Error, "error (kept)"),
+            // Other modules' debug and trace lines kept.
+            (
+                "pingora_core::connectors::l4",
+                Debug,
+                "connected to new server (kept)",
+            ),
+            ("pingora_pool::connection", Trace, "pool (kept)"),
+            ("nexus_edge::service", Debug, "ours (kept)"),
+        ];
+        tracing::subscriber::with_default(subscriber, || {
+            for (target, level, message) in records {
+                let _ = tracing_log::format_trace(
+                    &log::Record::builder()
+                        .args(format_args!("{message}"))
+                        .target(target)
+                        .level(level)
+                        .build(),
+                );
+            }
+        });
+        let text = String::from_utf8(out.0.lock().map(|v| v.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(text.matches("(kept)").count(), 8, "{text}");
         assert!(!text.contains("(dropped)"), "{text}");
         assert!(!text.contains("secret"), "{text}");
     }
