@@ -88,6 +88,10 @@ pub struct Decision {
     pub identity: Option<Arc<VerifiedToken>>,
     /// Billing notice for the app (`past_due`).
     pub notice: Option<BillingNotice>,
+    /// The domain the tenant was found by when it was not its own subdomain (a custom domain,
+    /// or a name under its subdomain): a tunnel opened on it may go on only while the domain
+    /// still names the tenant ([`crate::tunnel`]).
+    pub domain: Option<Box<str>>,
 }
 
 impl Decision {
@@ -115,6 +119,12 @@ pub fn decide(
     let (raw_path, query) = split_target(facts.target);
     let path = normalize_path(raw_path).map_err(RejectReason::of_path)?;
 
+    let domain = match &target {
+        HostTarget::CustomDomain(domain) | HostTarget::UnderTenant { domain, .. } => {
+            Some(Box::from(domain.as_ref()))
+        }
+        HostTarget::Subdomain(_) | HostTarget::Reserved => None,
+    };
     let binding = match &target {
         HostTarget::Subdomain(tenant) => table.get(tenant.as_str()),
         HostTarget::CustomDomain(domain) => table
@@ -174,6 +184,7 @@ pub fn decide(
         query: query.map(str::to_owned),
         identity,
         notice,
+        domain,
     })
 }
 

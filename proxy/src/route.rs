@@ -820,6 +820,7 @@ mod tests {
             query: query.map(str::to_owned),
             identity: None,
             notice: None,
+            domain: None,
         })
     }
 

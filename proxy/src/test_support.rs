@@ -4,8 +4,18 @@ use nexus_binding_store::{Binding, BindingRecord};
 
 /// An active binding of tenant `acme` at `instance_url`, with `org` as its identity org.
 pub(crate) fn binding(instance_url: &str, org: Option<&str>) -> Binding {
+    tenant_binding("acme", instance_url, org, &[])
+}
+
+/// An active binding of `tenant` at `instance_url`, with `org` and custom `domains`.
+pub(crate) fn tenant_binding(
+    tenant: &str,
+    instance_url: &str,
+    org: Option<&str>,
+    domains: &[&str],
+) -> Binding {
     let record = BindingRecord {
-        tenant_id: "acme".into(),
+        tenant_id: tenant.into(),
         subscription_id: "s".into(),
         instance_id: "i".into(),
         instance_url: instance_url.into(),
@@ -14,7 +24,7 @@ pub(crate) fn binding(instance_url: &str, org: Option<&str>) -> Binding {
         status: "active".into(),
         plan: "team".into(),
         region: "r".into(),
-        domains: vec![],
+        domains: domains.iter().map(|d| (*d).to_owned()).collect(),
         revision: 1,
         updated_at: None,
         mode: None,

@@ -4,7 +4,8 @@
 //! keep reaching the instance it was opened to after the tenant was rebound elsewhere,
 //! suspended, canceled or unbound, for as long as either side keeps talking. So each piece of a
 //! tunnel, either way, is checked against the binding the router serves now; the tunnel is
-//! closed at the first piece its tenant's current binding would not route there.
+//! closed at the first piece its tenant's current binding would not route there, or, when it
+//! was opened on a custom domain, once that domain names another tenant or none.
 
 use std::sync::Arc;
 
@@ -31,6 +32,9 @@ pub enum TunnelEnd {
     /// The tunnel's verified token no longer matches the binding (its org changed).
     #[error("the token no longer matches the tenant's binding")]
     ClaimsNoLonger,
+    /// The domain the tunnel was opened on names another tenant now, or none.
+    #[error("the tunnel's domain no longer names its tenant")]
+    DomainMoved,
 }
 
 /// Checks `decision` (the tunnel's) against the binding `table` holds for its tenant now.
@@ -39,9 +43,15 @@ pub fn still_routed(
     table: &BindingTable,
     tenancy: &TenancySettings,
 ) -> Result<(), TunnelEnd> {
-    let now = table
-        .get(decision.binding.tenant_id.as_str())
-        .ok_or(TunnelEnd::Unbound)?;
+    let tenant = decision.binding.tenant_id.as_str();
+    let now = table.get(tenant).ok_or(TunnelEnd::Unbound)?;
+    // Checked before the binding itself: a request on the domain now would be another
+    // tenant's (or refused), and so is the tunnel opened on it.
+    if let Some(domain) = &decision.domain {
+        if table.tenant_for_domain(domain).map(|t| t.as_str()) != Some(tenant) {
+            return Err(TunnelEnd::DomainMoved);
+        }
+    }
     if Arc::ptr_eq(now, &decision.binding) {
         // The usual case: the binding the tunnel was opened with.
         return Ok(());
@@ -80,6 +90,7 @@ mod tests {
             query: None,
             identity: Some(crate::test_support::identity("acme", Some("org-1"), None)),
             notice: None,
+            domain: None,
         }
     }
 
@@ -146,5 +157,37 @@ mod tests {
         };
         let d = decision(&opened, "/billing/live");
         assert_eq!(still_routed(&d, &table(Some(suspended)), &tenancy), Ok(()));
+    }
+
+    #[test]
+    fn a_tunnel_opened_on_a_domain_ends_once_the_domain_names_another_tenant_or_none() {
+        use crate::test_support::tenant_binding;
+        let tenancy = nexus_config::embedded_default().tenancy;
+        let url = "http://10.0.0.1";
+        let acme = |domains: &[&str]| Arc::new(tenant_binding("acme", url, Some("org-1"), domains));
+        let globex = |domains: &[&str]| Arc::new(tenant_binding("globex", url, None, domains));
+        let opened = acme(&["app.acme.example", "www.acme.example"]);
+        let d = Decision {
+            domain: Some("app.acme.example".into()),
+            ..decision(&opened, "/ws")
+        };
+        let check = |bindings: Vec<Arc<Binding>>| {
+            let (table, errors) = BindingTable::from_bindings(bindings);
+            assert!(errors.is_empty(), "{errors:?}");
+            still_routed(&d, &table, &tenancy)
+        };
+        assert_eq!(check(vec![Arc::clone(&opened)]), Ok(()));
+        // Another of its domains goes: the tunnel's stays.
+        assert_eq!(check(vec![acme(&["app.acme.example"])]), Ok(()));
+        // The domain moves to globex, or leaves every tenant.
+        assert_eq!(
+            check(vec![acme(&[]), globex(&["app.acme.example"])]),
+            Err(TunnelEnd::DomainMoved)
+        );
+        assert_eq!(check(vec![acme(&[])]), Err(TunnelEnd::DomainMoved));
+        // A tunnel opened on the tenant's own subdomain has no domain to lose.
+        let by_subdomain = decision(&opened, "/ws");
+        let (table, _) = BindingTable::from_bindings([acme(&[])]);
+        assert_eq!(still_routed(&by_subdomain, &table, &tenancy), Ok(()));
     }
 }

@@ -1139,6 +1139,16 @@ fn open_websocket_at(w: &World, path: &str) -> (std::net::TcpStream, Vec<u8>) {
 
 /// As [`open_websocket_at`], with `connection` (whole header lines) for the `Connection`.
 fn open_websocket_with(w: &World, path: &str, connection: &str) -> (std::net::TcpStream, Vec<u8>) {
+    open_websocket_on(w, &host("acme"), path, connection)
+}
+
+/// As [`open_websocket_with`], addressed to `host_name`.
+fn open_websocket_on(
+    w: &World,
+    host_name: &str,
+    path: &str,
+    connection: &str,
+) -> (std::net::TcpStream, Vec<u8>) {
     use std::io::Write;
     let token = w.keys.token("acme", Some("org-acme"));
     let probe = b"ping over the tunnel";
@@ -1150,7 +1160,7 @@ fn open_websocket_with(w: &World, path: &str, connection: &str) -> (std::net::Tc
             s,
             "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{connection}Upgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            host("acme")
+            host_name
         )
         .expect("write");
         let resp = nexus_e2e::http::read_response(&mut s).expect("101");
@@ -1238,6 +1248,53 @@ fn an_open_websocket_is_closed_once_its_tenant_is_rebound_or_suspended() {
     assert!(
         !log.contains("ERROR"),
         "a closed tunnel is no router fault: {log}"
+    );
+}
+
+#[test]
+fn a_websocket_opened_on_a_custom_domain_is_closed_once_the_domain_leaves_its_tenant() {
+    // The tenant was found by the custom domain: once the domain names another tenant (or
+    // none), a new request on that host no longer reaches acme's instance, and neither may the
+    // tunnel opened on it.
+    let w = world();
+    let serve = |revision: u64, acme_domains: &[&str], globex_domains: &[&str]| {
+        let mut acme = binding("acme", &w.a.url(), "active", Some("org-acme"));
+        acme["domains"] = serde_json::json!(acme_domains);
+        acme["revision"] = serde_json::json!(revision);
+        let mut globex = binding("globex", &w.b.url(), "active", None);
+        globex["domains"] = serde_json::json!(globex_domains);
+        globex["revision"] = serde_json::json!(revision);
+        w.edge.write_bindings(&bindings_file(vec![acme, globex]));
+        w.edge
+            .wait_for("the change served", || w.edge.revision() == revision);
+    };
+    serve(2, &["app.acme-corp.test", "www.acme-corp.test"], &[]);
+    let (mut s, _) = open_websocket_on(&w, "app.acme-corp.test", "/ws", "Connection: Upgrade\r\n");
+    // Another domain of acme's changes: the tunnel goes on.
+    serve(3, &["app.acme-corp.test"], &[]);
+    assert_eq!(echo(&mut s, b"same route").expect("echo"), b"same route");
+    // The domain moves to globex: a request on that host now reaches globex's instance...
+    serve(4, &[], &["app.acme-corp.test"]);
+    let r = get_with_token(
+        w.edge.addr,
+        "app.acme-corp.test",
+        "/",
+        &w.keys.token("globex", None),
+    );
+    assert_eq!(r.json()["instance"], "instance-b", "{}", r.text());
+    // ...and the tunnel on it no longer reaches acme's.
+    assert!(
+        echo(&mut s, b"after the move").is_err(),
+        "the tunnel on a domain acme no longer has still reaches acme's instance"
+    );
+
+    // The domain removed from every tenant: the same.
+    serve(5, &["app.acme-corp.test"], &[]);
+    let (mut s, _) = open_websocket_on(&w, "app.acme-corp.test", "/ws", "Connection: Upgrade\r\n");
+    serve(6, &[], &[]);
+    assert!(
+        echo(&mut s, b"after the removal").is_err(),
+        "the tunnel on a domain no tenant has still reaches acme's instance"
     );
 }
 
