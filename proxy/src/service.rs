@@ -616,6 +616,16 @@ impl ProxyHttp for EdgeService {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream_response.status.as_u16() > 599 {
+            // RFC 9110 §15: every valid status is within 100–599. Pingora's parser takes any
+            // three digits; passed on, a client could not tell what the response means.
+            return Err(Error::create(
+                ErrorType::InvalidHTTPHeader,
+                ErrorSource::Upstream,
+                Some("a status outside 100-599".into()),
+                None,
+            ));
+        }
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
             && !asks_for_upgrade(session)
         {

@@ -191,6 +191,25 @@ fn a_101_the_client_did_not_ask_for_is_a_502() {
 }
 
 #[test]
+fn a_status_outside_100_to_599_is_a_502() {
+    // RFC 9110 §15: no valid status is above 599; the client gets the router's 502, not a
+    // response it cannot interpret.
+    let w = world(|path| match path {
+        "/600" => Answer::keep("HTTP/1.1 600 Odd\r\ncontent-length: 7\r\n\r\nstrange"),
+        "/999" => Answer::keep("HTTP/1.1 999 Odd\r\ncontent-length: 7\r\n\r\nstrange"),
+        _ => Answer::keep(OK),
+    });
+    for path in ["/600", "/999"] {
+        let mut s = w.connect();
+        let r = w.get(&mut s, path);
+        assert_eq!(r.status, 502, "{path}: {}", r.text());
+        assert!(!r.text().contains("strange"), "{path}: {}", r.text());
+    }
+    let mut s = w.connect();
+    assert_eq!(w.get(&mut s, "/").status, 200);
+}
+
+#[test]
 fn an_instances_stray_bytes_never_reach_another_tenants_request() {
     // Two tenants on one shared instance that sends a body on HEAD, late: after the router
     // has taken the response as complete and pooled the connection. Those bytes (here, a
