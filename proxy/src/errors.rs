@@ -109,6 +109,18 @@ impl RejectReason {
         matches!(self.status(), 400 | 408 | 431 | 501)
     }
 
+    /// Whether the request was decided and forwarded, and failed on the way (the instance
+    /// unreachable or too slow, or the router itself), rather than refused by the router's
+    /// rules: its duration belongs with the failed requests, not the quick refusals.
+    pub fn is_forwarding_failure(&self) -> bool {
+        matches!(
+            self,
+            RejectReason::UpstreamUnreachable
+                | RejectReason::UpstreamTimeout
+                | RejectReason::Internal
+        )
+    }
+
     /// Closed metric/log label.
     pub fn label(&self) -> &'static str {
         match self {

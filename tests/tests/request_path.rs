@@ -1501,6 +1501,23 @@ fn unreachable_instance_is_502_and_slow_instance_is_504() {
         &w.keys.token("acme", Some("org-acme")),
     );
     assert_eq!(r.status, 504, "{}", r.text());
+
+    // Both were forwarded and failed: timed with the failed requests, not with the router's
+    // quick refusals (a slow instance's 504s would otherwise hide among the 401s).
+    let text = nexus_e2e::wait::until(Duration::from_secs(10), "both counted", || {
+        let text = w.edge.ops_get("/metrics").text();
+        (text.contains("nexus_edge_requests_total{outcome=\"upstream_unreachable\"} 1")
+            && text.contains("nexus_edge_requests_total{outcome=\"upstream_timeout\"} 1"))
+        .then_some(text)
+    });
+    assert!(
+        text.contains("nexus_edge_request_duration_seconds_count{class=\"failed\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nexus_edge_request_duration_seconds_count{class=\"rejected\"} 0"),
+        "{text}"
+    );
 }
 
 /// A client that stops sending its request body leaves the instance waiting for it: the
