@@ -62,6 +62,9 @@ pub enum RejectReason {
     Unavailable,
     /// The instance could not be reached.
     UpstreamUnreachable,
+    /// The instance answered with something that is not a valid response (unparsable, a
+    /// status above 599, a switch of protocols the client did not ask for).
+    UpstreamInvalid,
     /// The instance did not answer in time.
     UpstreamTimeout,
     /// Something inside the router failed.
@@ -97,7 +100,7 @@ impl RejectReason {
             RejectReason::WrongTenant(_) | RejectReason::Suspended => 403,
             RejectReason::Canceled => 410,
             RejectReason::NotReady { .. } | RejectReason::Unavailable => 503,
-            RejectReason::UpstreamUnreachable => 502,
+            RejectReason::UpstreamUnreachable | RejectReason::UpstreamInvalid => 502,
             RejectReason::UpstreamTimeout => 504,
             RejectReason::Internal => 500,
         }
@@ -116,6 +119,7 @@ impl RejectReason {
         matches!(
             self,
             RejectReason::UpstreamUnreachable
+                | RejectReason::UpstreamInvalid
                 | RejectReason::UpstreamTimeout
                 | RejectReason::Internal
         )
@@ -142,6 +146,7 @@ impl RejectReason {
             RejectReason::NotReady { .. } => "not_ready",
             RejectReason::Unavailable => "unavailable",
             RejectReason::UpstreamUnreachable => "upstream_unreachable",
+            RejectReason::UpstreamInvalid => "upstream_invalid",
             RejectReason::UpstreamTimeout => "upstream_timeout",
             RejectReason::Internal => "internal",
         }
@@ -193,6 +198,7 @@ impl RejectReason {
             RejectReason::NotReady { .. } => "not ready yet: this workspace is still being set up; try again shortly\n",
             RejectReason::Unavailable => "unavailable: this workspace is temporarily unavailable\n",
             RejectReason::UpstreamUnreachable => "bad gateway: the workspace could not be reached\n",
+            RejectReason::UpstreamInvalid => "bad gateway: the workspace sent an invalid response\n",
             RejectReason::UpstreamTimeout => "gateway timeout: the workspace did not answer in time\n",
             RejectReason::Internal => "internal error\n",
         }

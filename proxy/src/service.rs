@@ -382,6 +382,10 @@ fn upstream_failure(e: &Error) -> RejectReason {
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
             RejectReason::UpstreamTimeout
         }
+        // Pingora's parser, and this router's checks of a response, refuse what is not one.
+        ErrorType::InvalidHTTPHeader if e.esource() == &ErrorSource::Upstream => {
+            RejectReason::UpstreamInvalid
+        }
         _ => match e.esource() {
             ErrorSource::Upstream => RejectReason::UpstreamUnreachable,
             ErrorSource::Internal | ErrorSource::Unset | ErrorSource::Downstream => {

@@ -207,6 +207,12 @@ fn a_status_outside_100_to_599_is_a_502() {
     }
     let mut s = w.connect();
     assert_eq!(w.get(&mut s, "/").status, 200);
+    // Counted as the instance's invalid answer, not as an instance out of reach.
+    nexus_e2e::wait::until(Duration::from_secs(10), "both counted", || {
+        let text = w.edge.ops_get("/metrics").text();
+        text.contains("nexus_edge_requests_total{outcome=\"upstream_invalid\"} 2")
+            .then_some(())
+    });
 }
 
 #[test]
