@@ -2782,3 +2782,87 @@ fn raw_control_bytes_in_the_target_reach_the_instance_percent_encoded() {
     assert_eq!(nul.status, 400, "{}", nul.text());
     assert_eq!(w.b.hits(), 3);
 }
+
+/// One request of `tenant` with `token`, as raw HTTP/1.1 (keep-alive), with `body` if any.
+fn raw_request(tenant: &str, path: &str, token: &str, body: Option<&str>) -> String {
+    let body_fields = body.map_or(String::new(), |b| {
+        format!("Content-Length: {}\r\n", b.len())
+    });
+    format!(
+        "{} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{body_fields}\r\n{}",
+        if body.is_some() { "POST" } else { "GET" },
+        host(tenant),
+        body.unwrap_or_default()
+    )
+}
+
+#[test]
+fn pipelined_requests_are_each_decided_on_their_own() {
+    // RFC 9112 §9.3.2: requests sent back to back on one connection, before any response.
+    // Each is decided as if it came alone: its own Host, its own token, its own instance.
+    let w = world();
+    let acme = w.keys.token("acme", Some("org-acme"));
+    let globex = w.keys.token("globex", None);
+    let mut s = std::net::TcpStream::connect(w.edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let pipelined = [
+        raw_request("acme", "/upload", &acme, Some("acme's body")),
+        raw_request("globex", "/one", &globex, None),
+        // acme's token for globex: refused, and the connection goes on.
+        raw_request("globex", "/two", &acme, None),
+        raw_request("acme", "/three", &acme, None),
+    ]
+    .concat();
+    std::io::Write::write_all(&mut s, pipelined.as_bytes()).unwrap();
+    let mut next = || nexus_e2e::http::read_response(&mut s).unwrap();
+    let r = next();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["instance"], "instance-a");
+    assert_eq!(r.json()["path"], "/upload");
+    assert_eq!(r.json()["body"], "acme's body");
+    let r = next();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["instance"], "instance-b");
+    assert_eq!(r.json()["path"], "/one");
+    let r = next();
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = next();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["instance"], "instance-a");
+    assert_eq!(r.json()["path"], "/three");
+    assert_eq!(w.b.hits(), 1, "globex's instance got only globex's request");
+}
+
+#[test]
+fn a_refused_requests_body_is_never_read_as_the_next_pipelined_request() {
+    // Refused before its body was forwarded, a request's body is still the client's bytes
+    // up to its length: whatever it holds, the next request starts after it.
+    let w = world();
+    let acme = w.keys.token("acme", Some("org-acme"));
+    let inner = raw_request("acme", "/smuggled", &acme, None);
+    let mut s = std::net::TcpStream::connect(w.edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let pipelined = [
+        raw_request("acme", "/refused", "not-a-token", Some(&inner)),
+        raw_request("acme", "/after", &acme, None),
+    ]
+    .concat();
+    std::io::Write::write_all(&mut s, pipelined.as_bytes()).unwrap();
+    let r = nexus_e2e::http::read_response(&mut s).unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+    // The next request is answered, or the connection closed; never the body's request.
+    let answered = match nexus_e2e::http::read_response(&mut s) {
+        Ok(r) => {
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.json()["path"], "/after");
+            1
+        }
+        // What the router does today: a refusal with its body unread closes the connection.
+        Err(_) => 0,
+    };
+    assert_eq!(
+        w.a.hits(),
+        answered,
+        "the instance got only what was answered"
+    );
+}

@@ -337,3 +337,20 @@ fn read_interim(s: &mut TcpStream) -> String {
     }
     String::from_utf8(head).unwrap()
 }
+
+#[test]
+fn pipelined_requests_are_each_answered_in_order() {
+    // RFC 9112 §9.3.2: a client may send its next request before the response to the last.
+    let w = world(|path| match path {
+        "/one" => Answer::keep("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none"),
+        "/two" => Answer::keep("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo"),
+        _ => Answer::keep(OK),
+    });
+    let mut s = w.connect();
+    let both = format!("{}{}", w.request("/one"), w.request("/two"));
+    s.write_all(both.as_bytes()).unwrap();
+    let first = read_response(&mut s).unwrap();
+    assert_eq!((first.status, first.text().as_str()), (200, "one"));
+    let second = read_response(&mut s).unwrap();
+    assert_eq!((second.status, second.text().as_str()), (200, "two"));
+}

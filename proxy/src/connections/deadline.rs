@@ -10,9 +10,9 @@
 //! The bytes read since the last request ended are counted, line ends while idle included
 //! (Pingora keeps them in its header buffer). Until a header ends they are all header, so a
 //! parser that asks for more once `[server] max_request_header_bytes` have come is refused (431,
-//! and the stream is `EXPIRED`). A header that ends within a read that took the count past the
-//! bound is measured exactly by [`header_read`], from the parsed header: the count then also
-//! holds body bytes read with it.
+//! and the stream is `EXPIRED`). Once parsed, every header is measured exactly by
+//! [`header_read`]: the count may also hold body bytes read with the header's end, and it
+//! misses the part of a pipelined header that came with the request before.
 //!
 //! Line ends while idle are ignored, as a server ignores an empty line before a request line
 //! (RFC 9112 §2.2; some clients send one after a body), up to [`STRAY_LINE_ENDS`] bytes. More
@@ -356,18 +356,18 @@ pub fn header_read(session: &Session) -> Result<(), HeaderTooLarge> {
     };
     set_phase(d, SERVING);
     let max = d.shared.limits.max_request_header_bytes;
-    // Counted bytes within the bound: so is the header (the common case, one compare). Past
-    // it, the count may include body bytes: the header is measured, from its request line.
-    if d.header_bytes.load(Ordering::Relaxed) > max
-        && session.as_downstream().as_http1().is_some_and(|h1| {
-            let raw = h1.get_headers_raw_bytes();
-            let line_ends = raw
-                .iter()
-                .take_while(|b| matches!(b, b'\r' | b'\n'))
-                .count();
-            raw.len() - line_ends > max
-        })
-    {
+    // Measured from the parsed header, from its request line, every time: the count can hold
+    // body bytes read with the header's end, and it misses whatever of a pipelined header
+    // came in a read of the request before (RFC 9112 §9.3.2), which Pingora parses without
+    // reading again.
+    if session.as_downstream().as_http1().is_some_and(|h1| {
+        let raw = h1.get_headers_raw_bytes();
+        let line_ends = raw
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        raw.len() - line_ends > max
+    }) {
         d.shared.metrics.headers_too_large.inc();
         return Err(HeaderTooLarge);
     }
