@@ -293,17 +293,37 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pingoras_lines_for_a_failing_client_are_dropped_and_no_others() {
+    /// What the log shows of `records` (Pingora's `log` lines: target, level, message) with
+    /// `filter` in the subscriber. Its verdicts are `event_enabled`'s, which hold for the whole
+    /// subscriber wherever the layer sits.
+    fn logged(
+        filter: impl tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+        records: &[(&str, log::Level, &str)],
+    ) -> String {
         let out = Capture::default();
         let writer = out.clone();
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(move || writer.clone()),
-            )
-            .with(ClientReadFailures);
+        let subscriber = tracing_subscriber::registry().with(filter).with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || writer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            for &(target, level, message) in records {
+                let _ = tracing_log::format_trace(
+                    &log::Record::builder()
+                        .args(format_args!("{message}"))
+                        .target(target)
+                        .level(level)
+                        .build(),
+                );
+            }
+        });
+        let text = out.0.lock().map(|v| v.clone()).unwrap_or_default();
+        String::from_utf8(text).unwrap_or_default()
+    }
+
+    #[test]
+    fn pingoras_lines_for_a_failing_client_are_dropped_and_no_others() {
         let records = [
             ("pingora_proxy", log::Level::Error, "Fail to proxy: Downstream ReadError (dropped)"),
             ("pingora_proxy", log::Level::Error, "failed to send error response to downstream: reset (dropped)"),
@@ -316,19 +336,7 @@ mod tests {
             ("pingora_core::server", log::Level::Info, "Server starting (kept)"),
             ("other", log::Level::Error, "Fail to proxy: Downstream, another target (kept)"),
         ];
-        tracing::subscriber::with_default(subscriber, || {
-            for (target, level, message) in records {
-                let _ = tracing_log::format_trace(
-                    &log::Record::builder()
-                        .args(format_args!("{message}"))
-                        .target(target)
-                        .level(level)
-                        .build(),
-                );
-            }
-        });
-        let text = String::from_utf8(out.0.lock().map(|v| v.clone()).unwrap_or_default())
-            .unwrap_or_default();
+        let text = logged(ClientReadFailures, &records);
         assert_eq!(text.matches("(kept)").count(), 3, "{text}");
         assert!(!text.contains("(dropped)"), "{text}");
         assert!(!text.contains("secret"), "{text}");
@@ -336,15 +344,6 @@ mod tests {
 
     #[test]
     fn pingoras_message_dumps_are_dropped_below_info_and_its_other_lines_kept() {
-        let out = Capture::default();
-        let writer = out.clone();
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(move || writer.clone()),
-            )
-            .with(MessageDumps);
         use log::Level::{Debug, Error, Info, Trace, Warn};
         let records = [
             // The modules that print messages whole: debug and trace dropped...
@@ -388,19 +387,7 @@ mod tests {
             ("pingora_pool::connection", Trace, "pool (kept)"),
             ("nexus_edge::service", Debug, "ours (kept)"),
         ];
-        tracing::subscriber::with_default(subscriber, || {
-            for (target, level, message) in records {
-                let _ = tracing_log::format_trace(
-                    &log::Record::builder()
-                        .args(format_args!("{message}"))
-                        .target(target)
-                        .level(level)
-                        .build(),
-                );
-            }
-        });
-        let text = String::from_utf8(out.0.lock().map(|v| v.clone()).unwrap_or_default())
-            .unwrap_or_default();
+        let text = logged(MessageDumps, &records);
         assert_eq!(text.matches("(kept)").count(), 8, "{text}");
         assert!(!text.contains("(dropped)"), "{text}");
         assert!(!text.contains("secret"), "{text}");
