@@ -116,33 +116,47 @@ fn wait_http(addr: SocketAddr, host: &str) {
 static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A minimal keep-alive HTTP backend (fixed 200), so the proxy, not the backend, is measured.
+/// One thread serves every connection from an event loop, as an instance's server would: a
+/// thread per connection made a proxy that keeps many connections (one tenant's each) pay to
+/// wake a different cold thread for every request, which no production instance asks of it.
 fn start_backend() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            ACCEPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            std::thread::spawn(move || serve(stream));
-        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                if let Ok((stream, _)) = listener.accept().await {
+                    ACCEPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::spawn(serve(stream));
+                }
+            }
+        });
     });
     addr
 }
 
-fn serve(mut s: TcpStream) {
+async fn serve(mut s: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = s.set_nodelay(true);
     let mut buf = vec![0u8; 16384];
     let mut filled = 0;
     const RESP: &[u8] =
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok";
     loop {
-        match s.read(&mut buf[filled..]) {
+        match s.read(&mut buf[filled..]).await {
             Ok(0) | Err(_) => return,
             Ok(n) => filled += n,
         }
         // Answer every complete request head in the buffer (GETs, no bodies).
         let mut start = 0;
         while let Some(end) = buf[start..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-            if s.write_all(RESP).is_err() {
+            if s.write_all(RESP).await.is_err() {
                 return;
             }
             start += end + 4;
