@@ -480,3 +480,66 @@ fn requests_pingora_answers_itself_are_counted() {
     });
     assert_eq!(w.edge.metric("nexus_edge_client_headers_in_progress"), 0);
 }
+
+#[test]
+fn a_pipelined_header_that_stops_is_cut_at_the_deadline() {
+    // Part of the second header comes in the first request's read and Pingora keeps it; the
+    // rest never comes. The header has begun: it gets request_header_timeout and a 408, not
+    // the keep-alive bound (60 s) and a quiet close.
+    let w = world("request_header_timeout = \"500ms\"");
+    let mut s = connect(&w.edge);
+    let both = format!(
+        "{}GET /login HTTP/1.1\r\nHost: acme.{BASE}\r\nX-Slow: ",
+        login_request()
+    );
+    s.write_all(both.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    let answer = closed_with(&mut s, Duration::from_secs(10)).expect("closed");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text:?}");
+    assert_eq!(w.backend.hits(), 1);
+    assert_eq!(w.edge.metric("nexus_edge_request_header_timeouts_total"), 1);
+    assert_eq!(w.edge.metric("nexus_edge_client_headers_in_progress"), 0);
+}
+
+#[test]
+fn a_pipelined_request_pingora_answers_itself_is_counted() {
+    // Kept whole from the first request's read, a CONNECT is answered 405 by Pingora
+    // without another read: counted as any other.
+    let w = world("");
+    let mut s = connect(&w.edge);
+    let both = format!(
+        "{}CONNECT acme.{BASE}:443 HTTP/1.1\r\nHost: acme.{BASE}:443\r\n\r\n",
+        login_request()
+    );
+    s.write_all(both.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    let answer = closed_with(&mut s, Duration::from_secs(10)).expect("closed");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 405 "), "{text:?}");
+    assert_eq!(
+        w.edge
+            .metric("nexus_edge_requests_total{outcome=\"connect_refused\"}"),
+        1
+    );
+}
+
+#[test]
+fn a_line_end_sent_with_a_body_is_not_taken_for_a_pipelined_header() {
+    // RFC 9112 §2.2: some clients send an empty line after a body. Read with the body and
+    // kept by Pingora, it is not a header begun: the connection idles under the keep-alive
+    // bound (60 s), not the header deadline.
+    let w = world("request_header_timeout = \"1s\"");
+    let mut s = connect(&w.edge);
+    s.write_all(
+        format!("POST /login HTTP/1.1\r\nHost: acme.{BASE}\r\nContent-Length: 2\r\n\r\nhi\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    assert_eq!(closed_with(&mut s, Duration::from_millis(1500)), None);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(login_request().as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    assert_eq!(w.edge.metric("nexus_edge_request_header_timeouts_total"), 0);
+}

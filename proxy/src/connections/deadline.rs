@@ -14,6 +14,16 @@
 //! [`header_read`]: the count may also hold body bytes read with the header's end, and it
 //! misses the part of a pipelined header that came with the request before.
 //!
+//! A pipelined request (RFC 9112 §9.3.2) can begin in a read of the request before it: Pingora
+//! keeps those bytes and parses them as the next request without reading them again. When a
+//! request ends the stream works out how many it keeps ([`request_done`]: every byte read less
+//! the header Pingora parsed and the body it read). Idle with such bytes kept, the next header
+//! has begun: Pingora's first read for more of it makes the stream `HEADER` (its bytes counted,
+//! its deadline starting at that read's wait), and an answer Pingora writes to it by itself is
+//! counted as for any other header. Kept bytes that may be stray line ends are not a header.
+//! After a chunked body the count is not known (its framing is Pingora's): the stream stays
+//! `IDLE` as before.
+//!
 //! Line ends while idle are ignored, as a server ignores an empty line before a request line
 //! (RFC 9112 §2.2; some clients send one after a body), up to [`STRAY_LINE_ENDS`] bytes. More
 //! than that begin a header, timed and bounded as any other: a client trickling line ends
@@ -121,6 +131,14 @@ pub struct HeaderDeadline {
     /// that ended the header). Reset by [`request_done`] through a shared reference, as
     /// `phase` is.
     header_bytes: AtomicUsize,
+    /// Bytes read since the last request ended, in every phase (for [`request_done`]).
+    delivered: AtomicUsize,
+    /// Bytes of the next request Pingora kept when the last request ended (a pipelined
+    /// request's beginning), as far as [`request_done`] could tell; 0 when none or not known.
+    kept: AtomicUsize,
+    /// Line-end bytes at the very end of what was read (up to [`STRAY_LINE_ENDS`] + 1): kept
+    /// bytes no more than these may be stray line ends rather than a header.
+    trailing_line_ends: usize,
     /// When the current idle spell began (its first wait); `None` outside one.
     idle_since: Option<Instant>,
     /// The keep-alive timer with the deadline it was armed for, made at the connection's
@@ -147,6 +165,9 @@ impl HeaderDeadline {
             timer: None,
             waiting: AtomicBool::new(false),
             header_bytes: AtomicUsize::new(0),
+            delivered: AtomicUsize::new(0),
+            kept: AtomicUsize::new(0),
+            trailing_line_ends: 0,
             idle_since: None,
             idle_timer: None,
             write_timer: None,
@@ -167,7 +188,8 @@ impl HeaderDeadline {
         // response (written after the request was done) went out before any was read.
         let before_header = match *self.phase.get_mut() {
             FRESH | HEADER => true,
-            IDLE => *self.header_bytes.get_mut() > 0,
+            // Or a pipelined request Pingora kept whole and answered without a read.
+            IDLE => *self.header_bytes.get_mut() > 0 || *self.kept.get_mut() > 0,
             _ => false,
         };
         if !before_header || buf.is_empty() {
@@ -204,6 +226,19 @@ impl HeaderDeadline {
     /// (see the module docs). (A new connection's header was timed from the accept: its
     /// timer is kept.)
     fn bytes_arrived(&mut self, bytes: &[u8]) {
+        let delivered = self.delivered.get_mut();
+        *delivered = delivered.saturating_add(bytes.len());
+        let ends = bytes
+            .iter()
+            .rev()
+            .take(STRAY_LINE_ENDS + 1)
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        self.trailing_line_ends = if ends == bytes.len() {
+            (self.trailing_line_ends + ends).min(STRAY_LINE_ENDS + 1)
+        } else {
+            ends
+        };
         let phase = self.phase.get_mut();
         if !matches!(*phase, FRESH | HEADER | IDLE) {
             return;
@@ -221,6 +256,26 @@ impl HeaderDeadline {
             }
             _ => {}
         }
+    }
+
+    /// Idle, Pingora reads although it kept bytes of the next request: they are not a whole
+    /// header, which has begun. Its bytes so far count against the bound, and its deadline
+    /// starts at this read's wait. Kept bytes that may all be stray line ends stay idle (and
+    /// counted as such).
+    fn pipelined_header_goes_on(&mut self) {
+        let kept = *self.kept.get_mut();
+        // Only before the first byte read since the request ended (`kept` itself stays, for
+        // the next request's count).
+        if kept == 0 || *self.phase.get_mut() != IDLE || *self.delivered.get_mut() > 0 {
+            return;
+        }
+        *self.header_bytes.get_mut() = kept;
+        if kept <= STRAY_LINE_ENDS && kept <= self.trailing_line_ends {
+            return;
+        }
+        *self.phase.get_mut() = HEADER;
+        self.timer = None;
+        self.idle_since = None;
     }
 
     /// The parser wants more of a header that already has more bytes than allowed: answer 431
@@ -375,11 +430,42 @@ pub fn header_read(session: &Session) -> Result<(), HeaderTooLarge> {
 }
 
 /// Tells the stream under `session` that its request is done: the next bytes begin a header.
-pub fn request_done(session: &Session) {
-    if let Some(d) = deadline_of(session) {
-        d.header_bytes.store(0, Ordering::Relaxed);
-        set_phase(d, IDLE);
+/// Works out how many bytes of the next request Pingora kept (see the module docs).
+pub fn request_done(session: &mut Session) {
+    let Some(delivered) = deadline_of(session).map(|d| d.delivered.load(Ordering::Relaxed)) else {
+        return;
+    };
+    let consumed = consumed_by(session);
+    let Some(d) = deadline_of(session) else {
+        return;
+    };
+    let kept = consumed.map_or(0, |consumed| {
+        d.kept
+            .load(Ordering::Relaxed)
+            .saturating_add(delivered)
+            .saturating_sub(consumed)
+    });
+    d.kept.store(kept, Ordering::Relaxed);
+    d.delivered.store(0, Ordering::Relaxed);
+    d.header_bytes.store(0, Ordering::Relaxed);
+    set_phase(d, IDLE);
+}
+
+/// The bytes Pingora took for the request just done: its header as received (with any line
+/// ends before it) and its body. `None` when that is not known: a chunked body (its framing
+/// is Pingora's) or a body not read to its end (Pingora drains it later, or closes).
+fn consumed_by(session: &mut Session) -> Option<usize> {
+    let chunked = session
+        .req_header()
+        .headers
+        .contains_key(http::header::TRANSFER_ENCODING);
+    let downstream = session.as_downstream_mut();
+    if chunked || !downstream.is_body_done() {
+        return None;
     }
+    let body = downstream.body_bytes_read();
+    let header = downstream.as_http1()?.get_headers_raw_bytes().len();
+    Some(header + body)
 }
 
 /// The session's client stream, when it is one (HTTP/2 streams are not wrapped).
@@ -420,6 +506,7 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.pipelined_header_goes_on();
         match this.phase.load(Ordering::Relaxed) {
             EXPIRED => return Poll::Ready(Err(this.expired_error())),
             HEADER
