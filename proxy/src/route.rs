@@ -190,8 +190,9 @@ impl RequestIds {
 /// A secret-keyed permutation of `u64`: a four-round Feistel network over the two 32-bit
 /// halves, each round's function the standard library's randomly keyed SipHash of the round
 /// number and the half. Four rounds of a pseudo-random function make a pseudo-random
-/// permutation (Luby–Rackoff), so distinct counters give distinct ids that cannot be told
-/// from random ones without the key. About 60 ns per id.
+/// permutation (Luby–Rackoff), so distinct counters give distinct ids that look random
+/// without the key. With 32-bit halves that bound holds for about 2^16 ids seen: enough that
+/// no client reads a count off its ids, not a cipher to hide secrets with. About 60 ns per id.
 #[derive(Debug)]
 struct CounterPermutation {
     key: std::collections::hash_map::RandomState,
