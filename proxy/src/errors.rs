@@ -113,8 +113,9 @@ impl RejectReason {
     }
 
     /// Whether the request was decided and forwarded, and failed on the way (the instance
-    /// unreachable or too slow, or the router itself), rather than refused by the router's
-    /// rules: its duration belongs with the failed requests, not the quick refusals.
+    /// unreachable, too slow or its answer invalid, or the router itself), rather than refused
+    /// by the router's rules: its duration belongs with the failed requests, not the quick
+    /// refusals.
     pub fn is_forwarding_failure(&self) -> bool {
         matches!(
             self,

@@ -821,7 +821,7 @@ impl ProxyHttp for EdgeService {
         let elapsed = end.saturating_duration_since(ctx.start).as_secs_f64();
         let m = &self.state.metrics;
         match (&ctx.rejected, ctx.failed) {
-            // A 502 or 504: forwarded and failed, answered by the router.
+            // A 502, 504 or 500: forwarded and failed, answered by the router.
             (Some(r), _) if r.is_forwarding_failure() => {
                 m.requests.with_label_values(&[r.label()]).inc();
                 m.failed_duration.observe(elapsed);

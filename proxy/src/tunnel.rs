@@ -5,7 +5,8 @@
 //! suspended, canceled or unbound, for as long as either side keeps talking. So each piece of a
 //! tunnel, either way, is checked against the binding the router serves now; the tunnel is
 //! closed at the first piece its tenant's current binding would not route there, or, when it
-//! was opened on a custom domain, once that domain names another tenant or none.
+//! was opened on a custom domain or a name under its tenant's subdomain, once that name names
+//! another tenant or none.
 
 use std::sync::Arc;
 

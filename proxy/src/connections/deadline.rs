@@ -16,13 +16,14 @@
 //!
 //! A pipelined request (RFC 9112 §9.3.2) can begin in a read of the request before it: Pingora
 //! keeps those bytes and parses them as the next request without reading them again. When a
-//! request ends the stream works out how many it keeps ([`request_done`]: every byte read less
-//! the header Pingora parsed and the body it read). Idle with such bytes kept, the next header
-//! has begun: Pingora's first read for more of it makes the stream `HEADER` (its bytes counted,
-//! its deadline starting at that read's wait), and an answer Pingora writes to it by itself is
-//! counted as for any other header. Kept bytes that may be stray line ends are not a header.
-//! After a chunked body the count is not known (its framing is Pingora's): the stream stays
-//! `IDLE` as before.
+//! request ends the stream works out how many it keeps ([`request_done`]: the bytes read since
+//! the request before ended, with those kept then, less the header Pingora parsed and the body
+//! it read). Idle with such bytes kept, the next header has begun: Pingora's first read for
+//! more of it makes the stream `HEADER` (its bytes counted, its deadline starting at that
+//! read's wait), and an answer Pingora writes to it by itself is counted as for any other
+//! header. Kept bytes that may be stray line ends are not a header. After a chunked body (its
+//! framing is Pingora's), or a body not read to its end, the count is not known: the stream
+//! stays `IDLE` as before.
 //!
 //! Line ends while idle are ignored, as a server ignores an empty line before a request line
 //! (RFC 9112 §2.2; some clients send one after a body), up to [`STRAY_LINE_ENDS`] bytes. More
