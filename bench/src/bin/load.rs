@@ -4,8 +4,9 @@
 //! `jwt_verify` plus a map lookup — side by side in one run, with the ratios printed.
 //!
 //! Workload: HTTP/1.1 keep-alive, 10,000 tenants, RS256 tokens. Each proxy runs one worker
-//! thread pinned to core 0; wrk and the backend share core 1, so the proxy's core is the
-//! bottleneck. Run with `scripts/bench-load.sh` (builds release binaries first).
+//! thread pinned to core 0 and wrk is pinned to core 1, so the proxy's core is the
+//! bottleneck. The backend runs in this process, unpinned (the scheduler places it alike for
+//! every target). Run with `scripts/bench-load.sh` (builds release binaries first).
 //!
 //! All targets are started first; then 7 rounds each give every target a 3-second wrk burst,
 //! back to back, starting at a different target each round. A shared VM's speed drifts over a
@@ -600,7 +601,7 @@ fn report(targets: &[Target], tenants: usize, rounds: usize, secs: u64) {
         return;
     };
     println!("\nload harness: {tenants} tenants, RS256, HTTP/1.1 keep-alive, 32 connections, {rounds} rounds of {secs}s per target");
-    println!("proxy: 1 worker pinned to core 0; wrk + backend on core 1; every target runs in each round, back to back");
+    println!("proxy: 1 worker pinned to core 0; wrk on core 1, the backend unpinned; every target runs in each round, back to back");
     println!("requests/s: the median of the rounds; CPU µs/req: over all rounds");
     println!("vs bare = requests/s against bare Pingora's in the same round; capacity = bare's CPU per request / this target's,");
     println!("in the same round (steal-proof; 100% = as cheap as bare); both the median of the rounds (min–max)\n");
