@@ -64,15 +64,31 @@ pub fn get_with_token(addr: SocketAddr, host: &str, path: &str, token: &str) -> 
     )
 }
 
-/// Reads one response (content-length, chunked, or until close).
+/// Reads one response (content-length, chunked, or until close). It reads in 8 KiB pieces, so
+/// bytes past the response's end are lost: for responses to pipelined requests, which can
+/// arrive together, use [`read_next_response`].
 pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
+    read_one(s, false)
+}
+
+/// Reads one response without reading past its end, so the next response on the connection
+/// (to a pipelined request) stays to be read: the head and a chunked body are read a byte at
+/// a time, a `Content-Length` body to its length.
+pub fn read_next_response(s: &mut TcpStream) -> std::io::Result<Response> {
+    read_one(s, true)
+}
+
+fn read_one(s: &mut TcpStream, exact: bool) -> std::io::Result<Response> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
+    // How many bytes the next read may take when `want` more are known to belong to this
+    // response.
+    let piece = |want: usize| if exact { want.clamp(1, 8192) } else { 8192 };
     let head_end = loop {
         if let Some(i) = find(&buf, b"\r\n\r\n") {
             break i;
         }
-        let n = s.read(&mut chunk)?;
+        let n = s.read(&mut chunk[..piece(1)])?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -109,7 +125,7 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
     }
     if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
         while body.len() < len {
-            let n = s.read(&mut chunk)?;
+            let n = s.read(&mut chunk[..piece(len - body.len())])?;
             if n == 0 {
                 break;
             }
@@ -122,7 +138,7 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
                 body = done;
                 break;
             }
-            let n = s.read(&mut chunk)?;
+            let n = s.read(&mut chunk[..piece(1)])?;
             if n == 0 {
                 break;
             }

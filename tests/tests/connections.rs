@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nexus_e2e::backend::Backend;
 use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions, BASE};
-use nexus_e2e::http::read_response;
+use nexus_e2e::http::{read_next_response, read_response};
 use nexus_e2e::keys::TestKeys;
 
 /// One tenant, `acme`, on one instance; `/login` is a public path, so no token is needed.
@@ -209,7 +209,7 @@ fn a_pipelined_header_is_bounded_like_any_other() {
     let mut both = login_request().into_bytes();
     both.extend_from_slice(&login_request_of(9001));
     s.write_all(&both).unwrap();
-    let r = read_response(&mut s).unwrap();
+    let r = read_next_response(&mut s).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let answer = closed_with(&mut s, Duration::from_secs(20)).expect("closed");
     let text = String::from_utf8_lossy(&answer);
@@ -496,7 +496,7 @@ fn a_pipelined_header_that_stops_is_cut_at_the_deadline() {
         login_request()
     );
     s.write_all(both.as_bytes()).unwrap();
-    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    assert_eq!(read_next_response(&mut s).unwrap().status, 200);
     let answer = closed_with(&mut s, Duration::from_secs(10)).expect("closed");
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 408 "), "{text:?}");
@@ -516,7 +516,7 @@ fn a_pipelined_request_pingora_answers_itself_is_counted() {
         login_request()
     );
     s.write_all(both.as_bytes()).unwrap();
-    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    assert_eq!(read_next_response(&mut s).unwrap().status, 200);
     let answer = closed_with(&mut s, Duration::from_secs(10)).expect("closed");
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 405 "), "{text:?}");
@@ -539,10 +539,10 @@ fn a_line_end_sent_with_a_body_is_not_taken_for_a_pipelined_header() {
             .as_bytes(),
     )
     .unwrap();
-    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    assert_eq!(read_next_response(&mut s).unwrap().status, 200);
     assert_eq!(closed_with(&mut s, Duration::from_millis(1500)), None);
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(login_request().as_bytes()).unwrap();
-    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    assert_eq!(read_next_response(&mut s).unwrap().status, 200);
     assert_eq!(w.edge.metric("nexus_edge_request_header_timeouts_total"), 0);
 }

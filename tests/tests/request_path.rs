@@ -2814,7 +2814,7 @@ fn pipelined_requests_are_each_decided_on_their_own() {
     ]
     .concat();
     std::io::Write::write_all(&mut s, pipelined.as_bytes()).unwrap();
-    let mut next = || nexus_e2e::http::read_response(&mut s).unwrap();
+    let mut next = || nexus_e2e::http::read_next_response(&mut s).unwrap();
     let r = next();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["instance"], "instance-a");
@@ -2848,10 +2848,10 @@ fn a_refused_requests_body_is_never_read_as_the_next_pipelined_request() {
     ]
     .concat();
     std::io::Write::write_all(&mut s, pipelined.as_bytes()).unwrap();
-    let r = nexus_e2e::http::read_response(&mut s).unwrap();
+    let r = nexus_e2e::http::read_next_response(&mut s).unwrap();
     assert_eq!(r.status, 401, "{}", r.text());
     // The next request is answered, or the connection closed; never the body's request.
-    let answered = match nexus_e2e::http::read_response(&mut s) {
+    let answered = match nexus_e2e::http::read_next_response(&mut s) {
         Ok(r) => {
             assert_eq!(r.status, 200, "{}", r.text());
             assert_eq!(r.json()["path"], "/after");

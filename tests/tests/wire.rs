@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions, BASE};
-use nexus_e2e::http::{read_response, Response};
+use nexus_e2e::http::{read_next_response, read_response, Response};
 use nexus_e2e::keys::TestKeys;
 use nexus_e2e::raw_instance::{Answer, RawInstance};
 
@@ -349,8 +349,8 @@ fn pipelined_requests_are_each_answered_in_order() {
     let mut s = w.connect();
     let both = format!("{}{}", w.request("/one"), w.request("/two"));
     s.write_all(both.as_bytes()).unwrap();
-    let first = read_response(&mut s).unwrap();
+    let first = read_next_response(&mut s).unwrap();
     assert_eq!((first.status, first.text().as_str()), (200, "one"));
-    let second = read_response(&mut s).unwrap();
+    let second = read_next_response(&mut s).unwrap();
     assert_eq!((second.status, second.text().as_str()), (200, "two"));
 }
