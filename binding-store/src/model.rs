@@ -872,9 +872,17 @@ mod limits {
         }
     }
 
+    /// Each URL loads as an `instance_url`, or is refused, as its flag says.
+    fn loads_as_instance_url(cases: &[(&str, bool)]) {
+        for &(url, ok) in cases {
+            let parsed = UpstreamUrl::parse("instance_url", url);
+            assert_eq!(parsed.is_ok(), ok, "{url}: {parsed:?}");
+        }
+    }
+
     #[test]
     fn an_address_or_port_no_instance_has_is_refused() {
-        for (url, ok) in [
+        loads_as_instance_url(&[
             ("http://0.0.0.0:8080", false),
             ("http://0:8080", false),
             ("http://[::]:8080", false),
@@ -890,15 +898,12 @@ mod limits {
             ("http://[::ffff:10.0.0.1]", true),
             ("http://10.255.255.255", true),
             ("http://instance.internal:8080", true),
-        ] {
-            let parsed = UpstreamUrl::parse("instance_url", url);
-            assert_eq!(parsed.is_ok(), ok, "{url}: {parsed:?}");
-        }
+        ]);
     }
 
     #[test]
     fn every_spelling_of_those_addresses_is_refused_and_no_host_that_names_one_instance() {
-        for (url, ok) in [
+        loads_as_instance_url(&[
             // Other spellings of 0.0.0.0, ::, broadcast and multicast.
             ("http://0:8080", false),
             ("http://0x0:8080", false),
@@ -926,15 +931,12 @@ mod limits {
             ("http://192.168.1.255", true),
             ("http://[fe80::1]", true),
             ("http://instance.internal:65535", true),
-        ] {
-            let parsed = UpstreamUrl::parse("instance_url", url);
-            assert_eq!(parsed.is_ok(), ok, "{url}: {parsed:?}");
-        }
+        ]);
     }
 
     #[test]
     fn an_https_host_whose_certificate_pingora_would_check_for_another_name_is_refused() {
-        for (url, ok) in [
+        loads_as_instance_url(&[
             ("https://tenant_a.inst.internal", false),
             ("https://TENANT_A.inst.internal:8443/base", false),
             ("https://a_.b.c.", false),
@@ -945,10 +947,7 @@ mod limits {
             ("https://127.0.0.1", true),
             // Plain HTTP checks no certificate.
             ("http://tenant_a.inst.internal", true),
-        ] {
-            let parsed = UpstreamUrl::parse("instance_url", url);
-            assert_eq!(parsed.is_ok(), ok, "{url}: {parsed:?}");
-        }
+        ]);
         let err = UpstreamUrl::parse("api_url", "https://tenant_a.inst.internal")
             .expect_err("refused")
             .to_string();

@@ -38,14 +38,11 @@ fn report(info: &PanicHookInfo<'_>) {
         .unwrap_or_default();
     let thread = std::thread::current();
     let thread = thread.name().unwrap_or("unnamed");
-    let backtrace = Backtrace::capture();
-    if backtrace.status() == BacktraceStatus::Captured {
-        tracing::error!(%message, %location, thread, %backtrace,
-            "panic: the task it happened in was stopped; others go on");
-    } else {
-        tracing::error!(%message, %location, thread,
-            "panic: the task it happened in was stopped; others go on");
-    }
+    // Recorded only when `RUST_BACKTRACE` asked for one (a `None` field is left out).
+    let backtrace = Some(Backtrace::capture()).filter(|b| b.status() == BacktraceStatus::Captured);
+    tracing::error!(%message, %location, thread,
+        backtrace = backtrace.as_ref().map(tracing::field::display),
+        "panic: the task it happened in was stopped; others go on");
 }
 
 #[cfg(test)]

@@ -117,12 +117,9 @@ impl EdgeService {
     /// tunnel where it was opened: a rebind, a suspension or a removal closes a WebSocket at
     /// its next message instead of leaving it to the old instance (see [`crate::tunnel`]).
     /// Anything but a tunnel passes unchecked.
-    fn check_tunnel(&self, session: &Session, ctx: &mut RequestCtx) -> Result<()> {
-        let Some(decision) = ctx
-            .decision
-            .as_ref()
-            .filter(|_| switched_protocols(session))
-        else {
+    fn check_tunnel(&self, ctx: &mut RequestCtx) -> Result<()> {
+        // `switched_at` is set by `response_filter` for the `101` it passes on.
+        let Some(decision) = ctx.decision.as_ref().filter(|_| ctx.switched_at.is_some()) else {
             return Ok(());
         };
         let table = self.state.bindings.load();
@@ -376,6 +373,17 @@ fn tunnel_idled_out(session: &Session, e: &Error) -> bool {
     ) && switched_protocols(session)
 }
 
+/// An instance's answer the router will not pass on, as the error Pingora's parser gives for
+/// one it cannot read: the client gets a 502, counted as `upstream_invalid`.
+fn invalid_response(why: &'static str) -> Box<Error> {
+    Error::create(
+        ErrorType::InvalidHTTPHeader,
+        ErrorSource::Upstream,
+        Some(why.into()),
+        None,
+    )
+}
+
 /// Maps a proxying error to the rejection the client sees.
 fn upstream_failure(e: &Error) -> RejectReason {
     match e.etype() {
@@ -600,22 +608,22 @@ impl ProxyHttp for EdgeService {
 
     async fn request_body_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        self.check_tunnel(session, ctx)
+        self.check_tunnel(ctx)
     }
 
     fn response_body_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        self.check_tunnel(session, ctx).map(|()| None)
+        self.check_tunnel(ctx).map(|()| None)
     }
 
     async fn response_filter(
@@ -627,12 +635,7 @@ impl ProxyHttp for EdgeService {
         if upstream_response.status.as_u16() > 599 {
             // RFC 9110 §15: every valid status is within 100–599. Pingora's parser takes any
             // three digits; passed on, a client could not tell what the response means.
-            return Err(Error::create(
-                ErrorType::InvalidHTTPHeader,
-                ErrorSource::Upstream,
-                Some("a status outside 100-599".into()),
-                None,
-            ));
+            return Err(invalid_response("a status outside 100-599"));
         }
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
             && !asks_for_upgrade(session)
@@ -640,11 +643,8 @@ impl ProxyHttp for EdgeService {
             // RFC 9110 §7.8: a switch the client did not ask for (or, on HTTP/1.0, cannot
             // make). Passed on, the client would get the 101 and then the instance's bytes
             // as whatever it takes them for.
-            return Err(Error::create(
-                ErrorType::InvalidHTTPHeader,
-                ErrorSource::Upstream,
-                Some("a 101 to a request that asked for no upgrade".into()),
-                None,
+            return Err(invalid_response(
+                "a 101 to a request that asked for no upgrade",
             ));
         }
         remove_hop_by_hop(upstream_response);

@@ -188,7 +188,8 @@ impl Authenticator {
     pub fn refusing(&self) -> bool {
         self.refused
             .lock()
-            .map_or_else(|e| e.into_inner().is_some(), |g| g.is_some())
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     /// Usable keys in the current set.
