@@ -35,7 +35,7 @@ use crate::error::StoreError;
 use crate::model::{Binding, Revision, TenantId};
 use crate::records::{
     contested_domains, not_taken, parse_record, parse_records, settle_contested, sorted_by_tenant,
-    ParsedRecords, BINDINGS_FORMAT, DOCUMENT_KEYS,
+    ParsedRecords, Verdicts, BINDINGS_FORMAT, DOCUMENT_KEYS,
 };
 use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
@@ -212,7 +212,16 @@ impl FileStore {
         let contested = contested_domains(&bindings);
         if !contested.is_empty() {
             // A file has no domain index: its put-back bindings keep their domains.
-            bindings = settle_contested(bindings, &contested, current, put_back, None, "file").0;
+            bindings = settle_contested(
+                bindings,
+                &contested,
+                current,
+                put_back,
+                None,
+                "file",
+                Verdicts::Logged,
+            )
+            .0;
         }
         let (table, refused) = BindingTable::from_bindings(bindings);
         for e in &refused {

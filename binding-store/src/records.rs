@@ -201,6 +201,16 @@ pub fn contested_domains(bindings: &[Arc<Binding>]) -> Vec<(String, Vec<TenantId
 /// outranks a served binding put back for a refused record, which may be an old snapshot's.
 pub(crate) type DomainIndex = HashMap<String, Option<String>>;
 
+/// Whether settling logs what it decides. A store that settles again once it has asked its
+/// index about more domains settles its earlier passes quietly: their verdicts may be undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdicts {
+    /// Each refused claim and each trimmed binding is logged.
+    Logged,
+    /// Nothing is logged.
+    Quiet,
+}
+
 /// `b`, a served binding put back for a refused record, without the custom domains `index`
 /// gives another tenant or none; `b` itself when it keeps all, or when the store has no
 /// index. A domain not looked up (a later round's, or a lookup that failed) is kept, as before
@@ -210,6 +220,7 @@ pub(crate) fn confirmed_by_index(
     b: Arc<Binding>,
     index: Option<&DomainIndex>,
     origin: &str,
+    verdicts: Verdicts,
 ) -> Arc<Binding> {
     let Some(index) = index else { return b };
     let given = |d: &str| {
@@ -228,8 +239,10 @@ pub(crate) fn confirmed_by_index(
         .map(|d| d.as_str())
         .filter(|d| !given(d))
         .collect();
-    tracing::warn!(store = origin, tenant = %b.tenant_id, domains = ?dropped,
-        "the tenant's last good binding is kept without custom domains the domain index no longer gives it");
+    if verdicts == Verdicts::Logged {
+        tracing::warn!(store = origin, tenant = %b.tenant_id, domains = ?dropped,
+            "the tenant's last good binding is kept without custom domains the domain index no longer gives it");
+    }
     Arc::new(trimmed)
 }
 
@@ -274,6 +287,7 @@ pub(crate) fn settle_contested(
     mut put_back: HashSet<TenantId>,
     index: Option<&DomainIndex>,
     origin: &str,
+    verdicts: Verdicts,
 ) -> (Vec<Arc<Binding>>, HashSet<TenantId>) {
     // `put_back` grows with every tenant put back here: those lose domains rather than come
     // back whole. It is returned, so a caller can ask its index about their domains and
@@ -282,6 +296,7 @@ pub(crate) fn settle_contested(
         served,
         index,
         origin,
+        verdicts,
     };
     let mut kept = round.settle(bindings, contested, &mut put_back);
     // The bound only guards the argument above; a table built from what is left refuses any
@@ -305,6 +320,7 @@ struct Round<'a> {
     served: Option<&'a BindingTable>,
     index: Option<&'a DomainIndex>,
     origin: &'a str,
+    verdicts: Verdicts,
 }
 
 impl Round<'_> {
@@ -319,7 +335,9 @@ impl Round<'_> {
             served,
             index,
             origin,
+            verdicts,
         } = *self;
+        let logged = verdicts == Verdicts::Logged;
         // Who keeps each domain, and the put-back holder to fall back on.
         let mut decided: Vec<Contest<'_>> = Vec::new();
         for (domain, claimants) in contested {
@@ -360,13 +378,15 @@ impl Round<'_> {
                 w => w,
             };
             for c in claimants.iter().filter(|c| Some(c.as_str()) != winner) {
-                tracing::warn!(
-                    store = origin,
-                    domain = %domain,
-                    tenant = %c,
-                    kept_by = winner.unwrap_or("nobody"),
-                    "binding record refused: its custom domain is claimed by another record too; the tenant keeps its last good binding"
-                );
+                if logged {
+                    tracing::warn!(
+                        store = origin,
+                        domain = %domain,
+                        tenant = %c,
+                        kept_by = winner.unwrap_or("nobody"),
+                        "binding record refused: its custom domain is claimed by another record too; the tenant keeps its last good binding"
+                    );
+                }
                 losers.entry(c).or_default().push(domain);
             }
         }
@@ -381,12 +401,14 @@ impl Round<'_> {
                 // Already the tenant's served binding: kept, without the domains it lost.
                 let mut trimmed = b.as_ref().clone();
                 trimmed.domains.retain(|d| !lost.contains(&d.as_str()));
-                tracing::warn!(store = origin, tenant = %b.tenant_id, domains = ?lost,
-                "the tenant's last good binding is kept without custom domains another record holds now");
+                if logged {
+                    tracing::warn!(store = origin, tenant = %b.tenant_id, domains = ?lost,
+                        "the tenant's last good binding is kept without custom domains another record holds now");
+                }
                 back.push(Arc::new(trimmed));
             } else if let Some(old) = served.and_then(|t| t.get(b.tenant_id.as_str())) {
                 put_back.insert(b.tenant_id.clone());
-                back.push(confirmed_by_index(Arc::clone(old), index, origin));
+                back.push(confirmed_by_index(Arc::clone(old), index, origin, verdicts));
             }
         }
         kept.extend(back);
@@ -431,6 +453,7 @@ mod tests {
             put_back,
             Some(&index),
             "test",
+            Verdicts::Logged,
         );
         let (table, refused) = BindingTable::from_bindings(kept);
         assert!(refused.is_empty(), "{refused:?}");
@@ -456,6 +479,7 @@ mod tests {
             HashSet::from([TenantId::parse("x").unwrap()]),
             Some(&index),
             "test",
+            Verdicts::Logged,
         );
         let (table, refused) = BindingTable::from_bindings(kept);
         assert!(refused.is_empty(), "{refused:?}");
@@ -610,18 +634,18 @@ mod tests {
         .into_iter()
         .map(|(d, o)| (d.to_owned(), o.map(str::to_owned)))
         .collect();
-        let kept = confirmed_by_index(Arc::clone(&x), Some(&index), "test");
+        let kept = confirmed_by_index(Arc::clone(&x), Some(&index), "test", Verdicts::Logged);
         let kept: Vec<&str> = kept.domains.iter().map(|d| d.as_str()).collect();
         assert_eq!(kept, ["d1.example.test"]);
         // A domain not looked up is kept.
         let mut partial = index.clone();
         partial.remove("d2.example.test");
-        let kept = confirmed_by_index(Arc::clone(&x), Some(&partial), "test");
+        let kept = confirmed_by_index(Arc::clone(&x), Some(&partial), "test", Verdicts::Logged);
         let kept: Vec<&str> = kept.domains.iter().map(|d| d.as_str()).collect();
         assert_eq!(kept, ["d1.example.test", "d2.example.test"]);
         // Without an index (a file), the binding stays as it was.
         assert!(Arc::ptr_eq(
-            &confirmed_by_index(Arc::clone(&x), None, "test"),
+            &confirmed_by_index(Arc::clone(&x), None, "test", Verdicts::Logged),
             &x
         ));
         // Kept whole, it is the same binding.
@@ -631,7 +655,7 @@ mod tests {
             .map(|d| (d.as_str().to_owned(), Some("x".to_owned())))
             .collect();
         assert!(Arc::ptr_eq(
-            &confirmed_by_index(Arc::clone(&x), Some(&all), "test"),
+            &confirmed_by_index(Arc::clone(&x), Some(&all), "test", Verdicts::Logged),
             &x
         ));
     }
@@ -665,6 +689,7 @@ mod tests {
             HashSet::new(),
             Some(&index),
             "test",
+            Verdicts::Logged,
         );
         // The tenants put back are returned: a store asks its index about their domains.
         assert!(back.contains(&TenantId::parse("c").unwrap()));

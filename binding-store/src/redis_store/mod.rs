@@ -37,7 +37,9 @@ use crate::admin::{
 use crate::error::StoreError;
 use crate::file_store::{mutate, op_name};
 use crate::model::{Binding, Interner, Revision, TenantId};
-use crate::records::{confirmed_by_index, contested_domains, settle_contested, DomainIndex};
+use crate::records::{
+    confirmed_by_index, contested_domains, settle_contested, DomainIndex, Verdicts,
+};
 use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
 
@@ -610,7 +612,12 @@ impl RedisStore {
                     .await?;
                 for b in old {
                     put_back.insert(b.tenant_id.clone());
-                    bindings.push(confirmed_by_index(Arc::clone(b), Some(&index), "Redis"));
+                    bindings.push(confirmed_by_index(
+                        Arc::clone(b),
+                        Some(&index),
+                        "Redis",
+                        Verdicts::Logged,
+                    ));
                 }
             }
         }
@@ -633,7 +640,7 @@ impl RedisStore {
                 )
                 .collect();
             // The passes before the last are settled quietly: their verdicts may be undone.
-            let settle = |index: &DomainIndex| {
+            let settle = |index: &DomainIndex, verdicts| {
                 settle_contested(
                     bindings.clone(),
                     &contested,
@@ -641,6 +648,7 @@ impl RedisStore {
                     put_back.clone(),
                     Some(index),
                     "Redis",
+                    verdicts,
                 )
             };
             for pass in 0..MAX_SETTLING_PASSES {
@@ -652,10 +660,7 @@ impl RedisStore {
                 if pass > 0 && index.len() == known {
                     break;
                 }
-                let (kept, back) = tracing::subscriber::with_default(
-                    tracing::subscriber::NoSubscriber::default(),
-                    || settle(&index),
-                );
+                let (kept, back) = settle(&index, Verdicts::Quiet);
                 ask = kept
                     .iter()
                     .filter(|b| back.contains(&b.tenant_id))
@@ -667,7 +672,7 @@ impl RedisStore {
                     break;
                 }
             }
-            bindings = settle(&index).0;
+            bindings = settle(&index, Verdicts::Logged).0;
         }
         let (table, refused) = BindingTable::from_bindings(bindings);
         for e in &refused {
