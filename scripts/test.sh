@@ -33,6 +33,7 @@ echo "== bench smoke (the benches and harnesses must keep working; figures are n
 NEXUS_BENCH_SMOKE=1 cargo bench -q -p nexus-bench --bench decision --bench table -- --test
 cargo build -q --release -p nexus-edge --bin nexus-edge -p nexus-bench --bin load --bin bare-proxy --bin redis-bench
 "$target_dir/release/load" --smoke
+"$target_dir/release/load" --smoke --addresses
 "$target_dir/release/redis-bench" --smoke
 echo "== tests"
 # The end-to-end tests run the real binary: build it first.

@@ -13,19 +13,24 @@
 //! minute by more than the differences measured, so ratios are taken between bursts of the
 //! same round and printed as the median of the rounds with their range.
 //!
-//! `load [--smoke] [--callgrind] [--distinct N]`: `--smoke` runs one 1 s round on 1,000 tenants
-//! (CI keeps it from rotting). `--callgrind` runs every proxy under `valgrind --tool=callgrind`
+//! `load [--smoke] [--callgrind] [--distinct N] [--addresses]`: `--smoke` runs one 1 s round
+//! on 1,000 tenants (CI keeps it from rotting). `--callgrind` runs every proxy under `valgrind --tool=callgrind`
 //! and prints the instructions each executes per request, counted only while its own bursts
 //! run (after start-up and warm-up): a figure that does not change with whatever else the
 //! machine is doing. Its profiles stay in the printed directory for `callgrind_annotate`.
 //! `--distinct N` makes the 1,000-request rotation cycle through only N distinct tenants and
 //! tokens (1..=1000): with a few, everything a request touches stays in the core's caches, so
 //! comparing it with the default shows what cache misses cost.
+//! `--addresses` gives each tenant in the rotation an instance of its own address (`127.1.x.y`,
+//! as in production, where every tenant runs on its own instance); by default all tenants
+//! share one (the worst case for nexus-edge, which keeps each tenant's instance connections
+//! apart). Bare Pingora keeps its one fixed upstream; HAProxy's map then names a backend per
+//! instance, so it too keeps connections per instance.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -116,30 +121,63 @@ fn wait_http(addr: SocketAddr, host: &str) {
 /// Upstream connections the backend accepted (a proxy that reuses connections opens few).
 static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// A minimal keep-alive HTTP backend (fixed 200), so the proxy, not the backend, is measured.
-/// One thread serves every connection from an event loop, as an instance's server would: a
-/// thread per connection made a proxy that keeps many connections (one tenant's each) pay to
-/// wake a different cold thread for every request, which no production instance asks of it.
-fn start_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
+/// The backend addresses that accepted a connection since last cleared: shows that a target
+/// reached each tenant's own instance under `--addresses`.
+static REACHED: std::sync::Mutex<Vec<SocketAddr>> = std::sync::Mutex::new(Vec::new());
+
+/// A minimal keep-alive HTTP backend (fixed 200) listening on each of `ips` (port chosen by
+/// the system), so the proxy, not the backend, is measured. One thread serves every
+/// connection of every address from an event loop, as an instance's server would: a thread
+/// per connection made a proxy that keeps many connections (one tenant's each) pay to wake a
+/// different cold thread for every request, which no production instance asks of it.
+fn start_backends(ips: &[IpAddr]) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = ips
+        .iter()
+        .map(|ip| {
+            let l = TcpListener::bind((*ip, 0)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .collect();
+    let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                if let Ok((stream, _)) = listener.accept().await {
-                    ACCEPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tokio::spawn(serve(stream));
-                }
+            let mut accepting = Vec::new();
+            for listener in listeners {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                accepting.push(tokio::spawn(async move {
+                    loop {
+                        if let Ok((stream, _)) = listener.accept().await {
+                            ACCEPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if let Ok(local) = stream.local_addr() {
+                                REACHED.lock().unwrap().push(local);
+                            }
+                            tokio::spawn(serve(stream));
+                        }
+                    }
+                }));
+            }
+            for a in accepting {
+                let _ = a.await;
             }
         });
     });
-    addr
+    addrs
+}
+
+/// The loopback address of the instance of rotation slot `j` under `--addresses`
+/// (`127.1.0.1` up to `127.1.3.250`: all of `127.0.0.0/8` reaches this host on Linux).
+fn slot_ip(j: usize) -> IpAddr {
+    IpAddr::V4(std::net::Ipv4Addr::new(
+        127,
+        1,
+        (j / 250) as u8,
+        (j % 250 + 1) as u8,
+    ))
 }
 
 async fn serve(mut s: tokio::net::TcpStream) {
@@ -414,6 +452,7 @@ fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let callgrind = std::env::args().any(|a| a == "--callgrind");
     let distinct = distinct_tokens();
+    let per_address = std::env::args().any(|a| a == "--addresses");
     // Rounds of short bursts, every target once per round: the VM's speed drifts over a
     // minute, and a ratio is only fair between bursts run back to back. Under callgrind the
     // counts do not drift, so one long burst each.
@@ -439,11 +478,25 @@ fn main() {
         eprintln!("callgrind profiles: {}", out.display());
         let _ = CALLGRIND.set(out);
     }
-    let backend = start_backend();
-    let backend_url = format!("http://{backend}");
+    // The shared backend (bare Pingora's fixed upstream, and every tenant's instance unless
+    // `--addresses`), and under `--addresses` one address per rotation slot: one event loop.
+    let mut ips = vec![IpAddr::from([127, 0, 0, 1])];
+    if per_address {
+        ips.extend((0..1000).map(slot_ip));
+    }
+    let mut slots = start_backends(&ips);
+    let backend = slots.remove(0);
+    // Rotation slot `j` addresses tenant `j * step`: 1,000 tenants spread over all of them.
+    // Under `--addresses` each has an instance of its own; the other tenants share one.
+    let step = (tenants / 1000).max(1);
+    let own_slot =
+        |t: usize| (t.is_multiple_of(step) && t / step < slots.len()).then_some(t / step);
+    let instance = |t: usize| own_slot(t).map_or(backend, |j| slots[j]);
 
     // Bindings, keys and 1,000 RS256 tokens in rotation (one per tenant slot).
-    let bindings: Vec<_> = (0..tenants).map(|i| record(i, &backend_url)).collect();
+    let bindings: Vec<_> = (0..tenants)
+        .map(|i| record(i, &format!("http://{}", instance(i))))
+        .collect();
     std::fs::write(
         dir.path().join("bindings.json"),
         serde_json::json!({ "format": "nexus-edge.bindings/v1", "bindings": bindings }).to_string(),
@@ -453,7 +506,7 @@ fn main() {
     let _ = auth_settings(&dir.path().join("jwks.json"), &[&key], 0);
     let mut reqs = String::new();
     for j in (0..1000).map(|j| j % distinct) {
-        let t = j * (tenants / 1000).max(1) % tenants;
+        let t = j * step % tenants;
         reqs.push_str(&format!(
             "{}.{BASE} {}\n",
             tenant(t),
@@ -520,8 +573,18 @@ fn main() {
             .arg(&pubkey)
             .status()
             .is_ok_and(|s| s.success());
+        // The map names the backend: `be`, the shared instance, or under `--addresses` one
+        // backend per instance (HAProxy reuses connections per server).
         let map: String = (0..tenants)
-            .map(|i| format!("{}.{BASE} {backend}\n", tenant(i)))
+            .map(|i| match own_slot(i) {
+                Some(j) => format!("{}.{BASE} i{j}\n", tenant(i)),
+                None => format!("{}.{BASE} be\n", tenant(i)),
+            })
+            .collect();
+        let instances: String = slots
+            .iter()
+            .enumerate()
+            .map(|(j, a)| format!("backend i{j}\n  server s {a}\n"))
             .collect();
         std::fs::write(dir.path().join("hosts.map"), map).unwrap();
         let cfg = format!(
@@ -534,8 +597,8 @@ fn main() {
              \x20 http-request deny unless {{ var(txn.bearer),jwt_verify(txn.alg,\"{pk}\") -m int 1 }}\n\
              \x20 http-request set-var(txn.instance) req.hdr(host),lower,map({map})\n\
              \x20 http-request deny unless {{ var(txn.instance) -m found }}\n\
-             \x20 default_backend be\n\
-             backend be\n  server s1 {backend}\n",
+             \x20 use_backend %[var(txn.instance)]\n\
+             backend be\n  server s1 {backend}\n{instances}",
             pk = pubkey.display(),
             map = dir.path().join("hosts.map").display(),
         );
@@ -564,7 +627,16 @@ fn main() {
 
     // Every target runs from here on, idle but for its own burst; all share core 0.
     for t in &targets {
+        REACHED.lock().unwrap().clear();
         warm_up(dir.path(), t.addr);
+        let mut reached = std::mem::take(&mut *REACHED.lock().unwrap());
+        reached.sort_unstable();
+        reached.dedup();
+        eprintln!(
+            "{}: warm-up opened connections to {} instance address(es)",
+            t.label,
+            reached.len()
+        );
     }
     for round in 0..rounds {
         eprintln!("round {} of {rounds}", round + 1);
@@ -576,6 +648,9 @@ fn main() {
         }
     }
     report(&targets, tenants, rounds, secs);
+    if per_address {
+        println!("\n(--addresses: each of the 1,000 tenants in rotation has an instance of its own address; bare Pingora keeps its one upstream)");
+    }
     if distinct < 1000 {
         println!("\n(--distinct {distinct}: the 1,000-request rotation cycles through {distinct} tenants and tokens)");
     }
