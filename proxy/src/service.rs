@@ -17,6 +17,7 @@ use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use smallvec::SmallVec;
 
+use crate::auth::extract_token;
 use crate::connections::HeaderTooLarge;
 use crate::decision::{decide, Decision, RequestFacts};
 use crate::errors::RejectReason;
@@ -28,7 +29,7 @@ use crate::route::{
     forwarded_host, rewrite_upstream_request, sane_request_id, Forwarding, RequestIds,
 };
 use crate::state::EdgeState;
-use crate::tunnel::{still_routed, TunnelEnd};
+use crate::tunnel::{still_routed, token_still_accepted, TunnelEnd};
 
 /// Per-request state carried between Pingora phases.
 #[derive(Debug)]
@@ -48,6 +49,10 @@ pub struct RequestCtx {
     switched_at: Option<Instant>,
     /// Why the router closed this request's tunnel, when it did (see [`crate::tunnel`]).
     tunnel_end: Option<TunnelEnd>,
+    /// For a request asking for an upgrade: the key-set generation its token was last
+    /// verified under (read before the decision), so that a tunnel re-verifies it after the
+    /// keys change. 0, which no key set has, for every other request.
+    tunnel_keys: u64,
 }
 
 impl RequestCtx {
@@ -114,16 +119,32 @@ impl EdgeService {
     }
 
     /// Fails a tunnel's piece (either way) once the tenant's binding would no longer route the
-    /// tunnel where it was opened: a rebind, a suspension or a removal closes a WebSocket at
-    /// its next message instead of leaving it to the old instance (see [`crate::tunnel`]).
-    /// Anything but a tunnel passes unchecked.
-    fn check_tunnel(&self, ctx: &mut RequestCtx) -> Result<()> {
+    /// tunnel where it was opened, or its token would no longer be accepted: a rebind, a
+    /// suspension, a removal, the token's expiry or its key's removal closes a WebSocket at its
+    /// next message instead of leaving it open (see [`crate::tunnel`]). Anything but a tunnel
+    /// passes unchecked.
+    fn check_tunnel(&self, session: &Session, ctx: &mut RequestCtx) -> Result<()> {
         // `switched_at` is set by `response_filter` for the `101` it passes on.
         let Some(decision) = ctx.decision.as_ref().filter(|_| ctx.switched_at.is_some()) else {
             return Ok(());
         };
         let table = self.state.bindings.load();
-        still_routed(decision, &table, &self.state.settings.tenancy).map_err(|end| {
+        let mut checked = still_routed(decision, &table, &self.state.settings.tenancy);
+        if let (Ok(()), Some(identity)) = (checked, &decision.identity) {
+            let auth = &self.state.auth;
+            checked =
+                token_still_accepted(identity, auth, &mut ctx.tunnel_keys, now_unix(), || {
+                    let req = session.req_header();
+                    extract_token(
+                        &header_values(req, &http::header::AUTHORIZATION),
+                        &header_values(req, &http::header::COOKIE),
+                        auth.session_cookie(),
+                    )
+                    .ok()
+                    .flatten()
+                });
+        }
+        checked.map_err(|end| {
             ctx.tunnel_end = Some(end);
             Error::explain(
                 ErrorType::Custom("tunnel no longer routed"),
@@ -423,6 +444,7 @@ impl ProxyHttp for EdgeService {
             tried: Vec::new(),
             switched_at: None,
             tunnel_end: None,
+            tunnel_keys: 0,
         }
     }
 
@@ -453,6 +475,9 @@ impl ProxyHttp for EdgeService {
             .cloned()
             .unwrap_or_else(|| self.ids.next_id());
 
+        if asks_for_upgrade(session) {
+            ctx.tunnel_keys = self.state.auth.key_generation();
+        }
         let outcome = match header_size {
             Ok(()) => self.decide_request(session, ctx.start),
             Err(HeaderTooLarge) => Err(RejectReason::HeaderTooLarge),
@@ -608,22 +633,22 @@ impl ProxyHttp for EdgeService {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        self.check_tunnel(ctx)
+        self.check_tunnel(session, ctx)
     }
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        self.check_tunnel(ctx).map(|()| None)
+        self.check_tunnel(session, ctx).map(|()| None)
     }
 
     async fn response_filter(
@@ -699,11 +724,12 @@ impl ProxyHttp for EdgeService {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         if let Some(end) = ctx.tunnel_end {
-            // Closed by the router: the tenant is no longer routed where the tunnel goes.
+            // Closed by the router: the tenant is no longer routed where the tunnel goes, or
+            // its token is no longer accepted.
             tracing::info!(
                 request_id = %ctx.id(),
                 reason = %end,
-                "tunnel closed: its tenant's binding changed"
+                "tunnel closed: it would no longer be routed as opened"
             );
             return FailToProxy {
                 error_code: 0,

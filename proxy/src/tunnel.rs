@@ -7,12 +7,18 @@
 //! closed at the first piece its tenant's current binding would not route there, or, when it
 //! was opened on a custom domain or a name under its tenant's subdomain, once that name names
 //! another tenant or none.
+//!
+//! The token it was opened with is held to what a request's is: the tunnel is closed at its
+//! first piece after the token expires (`exp` and the leeway), and after a key-set change the
+//! token is verified again under the new keys, so a key taken out of the set ends the tunnels
+//! its tokens opened as it ends their requests.
 
 use std::sync::Arc;
 
 use nexus_binding_store::BindingTable;
 use nexus_config::TenancySettings;
 
+use crate::auth::{Authenticator, TokenError, VerifiedToken};
 use crate::authz::check_claims;
 use crate::decision::{Decision, UpstreamKind};
 use crate::path::has_prefix;
@@ -36,6 +42,37 @@ pub enum TunnelEnd {
     /// The domain the tunnel was opened on names another tenant now, or none.
     #[error("the tunnel's domain no longer names its tenant")]
     DomainMoved,
+    /// The token the tunnel was opened with would be refused now: it expired, or the current
+    /// key set no longer verifies it.
+    #[error("the tunnel's token is no longer accepted ({0})")]
+    TokenRefused(TokenError),
+}
+
+/// Checks the token a tunnel was opened with at `now_unix`: within its time claims, and, when
+/// the key set in use is no longer the one it was last verified under (`verified_under`),
+/// verified again under the current keys (then `verified_under` moves on). `token` gives the
+/// token again, read from the request that opened the tunnel; it is asked for only then.
+pub fn token_still_accepted<'a>(
+    identity: &VerifiedToken,
+    auth: &Authenticator,
+    verified_under: &mut u64,
+    now_unix: u64,
+    token: impl FnOnce() -> Option<&'a str>,
+) -> Result<(), TunnelEnd> {
+    auth.check_time(identity, now_unix)
+        .map_err(TunnelEnd::TokenRefused)?;
+    // Read before verifying: keys that change meanwhile are caught at the next piece.
+    let generation = auth.key_generation();
+    if generation != *verified_under {
+        // The request that opened the tunnel carried the token: it cannot be missing now.
+        let token = token().ok_or(TunnelEnd::TokenRefused(TokenError::Malformed(
+            "the tunnel's token is gone from its request",
+        )))?;
+        auth.verify(token, now_unix)
+            .map_err(TunnelEnd::TokenRefused)?;
+        *verified_under = generation;
+    }
+    Ok(())
 }
 
 /// Checks `decision` (the tunnel's) against the binding `table` holds for its tenant now.
@@ -190,5 +227,67 @@ mod tests {
         let by_subdomain = decision(&opened, "/ws");
         let (table, _) = BindingTable::from_bindings([acme(&[])]);
         assert_eq!(still_routed(&by_subdomain, &table, &tenancy), Ok(()));
+    }
+
+    #[test]
+    fn a_tunnel_token_is_refused_once_expired_or_once_the_keys_no_longer_verify_it() {
+        use crate::auth::mint::SigningKey;
+        use serde_json::json;
+        let key = SigningKey::generate_es256("k1").expect("key");
+        let other = SigningKey::generate_es256("k2").expect("key");
+        let dir = tempfile::tempdir().expect("dir");
+        let jwks = dir.path().join("jwks.json");
+        let keep = |keys: &[&SigningKey]| {
+            let keys: Vec<_> = keys.iter().map(|k| k.public_jwk()).collect();
+            std::fs::write(&jwks, json!({ "keys": keys }).to_string()).expect("write");
+        };
+        keep(&[&key, &other]);
+        let auth = Authenticator::new(&nexus_config::AuthSettings {
+            jwks: nexus_config::JwksSource::File(jwks.clone()),
+            issuers: vec!["https://id.test".into()],
+            audiences: vec!["nexus".into()],
+            leeway: std::time::Duration::from_secs(30),
+            ..nexus_config::embedded_default().auth
+        })
+        .expect("auth");
+        let now = 1_800_000_000;
+        let token = key
+            .sign(
+                &json!({ "iss": "https://id.test", "aud": "nexus", "sub": "u1",
+                "exp": now + 60, "tenant_id": "acme" }),
+            )
+            .expect("sign");
+        let identity = auth.verify(&token, now).expect("valid");
+        let mut under = auth.key_generation();
+        let asked = std::cell::Cell::new(0);
+        let mut check = |at: u64| {
+            token_still_accepted(&identity, &auth, &mut under, at, || {
+                asked.set(asked.get() + 1);
+                Some(token.as_str())
+            })
+        };
+
+        // Within its time, under the keys it was verified with: the token is not read again.
+        assert_eq!(check(now + 89), Ok(()));
+        assert_eq!(asked.get(), 0);
+        // Past `exp` and the leeway.
+        assert_eq!(
+            check(now + 90),
+            Err(TunnelEnd::TokenRefused(TokenError::Expired))
+        );
+        // Another key taken out: verified again once, and still accepted.
+        keep(&[&key]);
+        assert!(auth.reload_keys().expect("reloaded"));
+        assert_eq!(check(now + 1), Ok(()));
+        assert_eq!(check(now + 2), Ok(()));
+        assert_eq!(asked.get(), 1);
+        // Its own key taken out: refused, as a request with it is.
+        keep(&[&other]);
+        assert!(auth.reload_keys().expect("reloaded"));
+        assert_eq!(
+            check(now + 3),
+            Err(TunnelEnd::TokenRefused(TokenError::UnknownKey))
+        );
+        assert_eq!(asked.get(), 2);
     }
 }

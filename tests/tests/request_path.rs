@@ -1149,8 +1149,19 @@ fn open_websocket_on(
     path: &str,
     connection: &str,
 ) -> (std::net::TcpStream, Vec<u8>) {
-    use std::io::Write;
     let token = w.keys.token("acme", Some("org-acme"));
+    open_websocket_as(w, host_name, path, connection, &token)
+}
+
+/// As [`open_websocket_on`], with `token`.
+fn open_websocket_as(
+    w: &World,
+    host_name: &str,
+    path: &str,
+    connection: &str,
+    token: &str,
+) -> (std::net::TcpStream, Vec<u8>) {
+    use std::io::Write;
     let probe = b"ping over the tunnel";
     for _ in 0..5 {
         let mut s = std::net::TcpStream::connect(w.edge.addr).expect("connect");
@@ -1242,12 +1253,73 @@ fn an_open_websocket_is_closed_once_its_tenant_is_rebound_or_suspended() {
     );
     let log = w.edge.log();
     assert!(
-        log.contains("tunnel closed: its tenant's binding changed"),
+        log.contains("tunnel closed: it would no longer be routed as opened"),
         "{log}"
     );
     assert!(
         !log.contains("ERROR"),
         "a closed tunnel is no router fault: {log}"
+    );
+}
+
+#[test]
+fn an_open_websocket_is_closed_once_its_token_expires_or_its_key_is_removed() {
+    // A tunnel outlives the request that opened it: without a check of its own, its token
+    // went on being trusted after it expired, and after its key left the key set.
+    let w = world();
+    let acme = host("acme");
+    let frames_pass = |s: &mut TcpStream| echo(s, b"tick").is_ok();
+
+    // Expiring in 1 s; with the test config's 5 s leeway refused from 6 s on.
+    let mut short = claims("acme", Some("org-acme"));
+    short["exp"] = serde_json::json!(keys::now() + 1);
+    let short = w.keys.es.sign(&short).expect("sign");
+    let (mut s, _) = open_websocket_as(&w, &acme, "/ws", "Connection: Upgrade\r\n", &short);
+    nexus_e2e::wait::until(
+        Duration::from_secs(30),
+        "the tunnel closed once its token expired",
+        || (!frames_pass(&mut s)).then_some(()),
+    );
+    assert_eq!(get_with_token(w.edge.addr, &acme, "/", &short).status, 401);
+
+    // Opened with the RS256 key, which then leaves the key set (the ES256 key stays).
+    let rs = w
+        .keys
+        .rs
+        .sign(&claims("acme", Some("org-acme")))
+        .expect("sign");
+    let (mut s, _) = open_websocket_as(&w, &acme, "/ws", "Connection: Upgrade\r\n", &rs);
+    // A tunnel whose token is still accepted goes on after a key change.
+    let es = w.keys.token("acme", Some("org-acme"));
+    let (mut kept, _) = open_websocket_as(&w, &acme, "/ws", "Connection: Upgrade\r\n", &es);
+    let jwks = serde_json::json!({ "keys": [w.keys.es.public_jwk()] });
+    nexus_e2e::edge::write_atomically(&w.edge.jwks_path, &jwks.to_string());
+    nexus_e2e::wait::until(
+        Duration::from_secs(15),
+        "the RS256 key to be removed",
+        || (get_with_token(w.edge.addr, &acme, "/", &rs).status == 401).then_some(()),
+    );
+    assert!(
+        !frames_pass(&mut s),
+        "the tunnel still runs on a token no key verifies"
+    );
+    assert!(
+        frames_pass(&mut kept),
+        "a tunnel with a good token was closed"
+    );
+
+    let log = w.edge.log();
+    assert!(
+        log.contains("the tunnel's token is no longer accepted (token expired)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the tunnel's token is no longer accepted (unknown signing key)"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&short) && !log.contains(&rs),
+        "a token was logged: {log}"
     );
 }
 

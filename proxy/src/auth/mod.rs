@@ -192,6 +192,19 @@ impl Authenticator {
             .is_some()
     }
 
+    /// The generation of the key set in use. A token verified under another generation is
+    /// verified again before it is trusted further: the cache does so for each request, a
+    /// tunnel, which outlives the request that opened it, at its next piece.
+    pub fn key_generation(&self) -> u64 {
+        self.keys.load().generation
+    }
+
+    /// `verified`'s time claims at `now_unix`, with the configured leeway: for a token that
+    /// keeps being relied on after its request was decided (a tunnel's).
+    pub fn check_time(&self, verified: &VerifiedToken, now_unix: u64) -> Result<(), TokenError> {
+        verified.check_time(now_unix, self.rules.leeway)
+    }
+
     /// Usable keys in the current set.
     pub fn key_count(&self) -> usize {
         self.keys.load().len()
