@@ -31,7 +31,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 const SET_BY_ROUTER: usize = 7;
 
 /// Longest reserved name outside the families matched by prefix.
-const MAX_RESERVED_LEN: usize = 19;
+const MAX_RESERVED_LEN: usize = 20;
 
 /// Whether a client's request header is one the instance must only ever get from the router,
 /// in any spelling an upstream may fold together (`_` for `-`: CGI-style servers map both to
@@ -42,8 +42,11 @@ const MAX_RESERVED_LEN: usize = 19;
 ///   `True-Client-IP`, `CF-Connecting-IP`, `X-Scheme`, ...): the router's `X-Forwarded-For`
 ///   and `-Proto` are the only account of the client;
 /// - path and host overrides some frameworks honour (`X-Original-URL`, `X-Original-URI`,
-///   `X-Rewrite-URL`, `X-Original-Host`, `X-Host`), which would replace the path the policy
-///   decided on or the host the tenant was read from;
+///   `X-Original-Path`, `X-Rewrite-URL`, `X-Original-Host`, `X-Host`), which would replace the
+///   path the policy decided on or the host the tenant was read from, and the mount-point
+///   headers (`Script-Name`, which gunicorn reads as `SCRIPT_NAME`, and `X-Script-Name`): an
+///   app takes that prefix off the path before routing, so `/billing/api/x` with
+///   `Script-Name: /billing` is `/api/x` to it, past a suspended tenant's recovery paths;
 /// - the user headers of auth-proxy setups, by family (`Remote-*` as Authelia sends them,
 ///   `X-Remote-*`, `X-Auth-Request-*` as oauth2-proxy does, `X-WebAuth-*` as Grafana reads
 ///   them), and those of the platforms' own: `X-Amzn-Oidc-*` (AWS ALB), `X-Goog-Iap-*` and
@@ -51,11 +54,13 @@ const MAX_RESERVED_LEN: usize = 19;
 ///   `X-MS-Client-Principal*` (Azure App Service), `X-Pomerium-*`, and every `X-Envoy-*`
 ///   (Envoy's client address and path overrides among them): an app configured to trust one
 ///   behind an authenticating proxy must only ever get it from one, and one moved here from
-///   behind such a platform may still trust it;
+///   behind such a platform may still trust it; and those of API gateways (Kong's
+///   `X-Consumer-*`, `X-Credential-*`, `X-Authenticated-*`, `X-Anonymous-Consumer`,
+///   `X-Userinfo`) and the generic `X-Auth-User`;
 /// - other client-address headers (`X-Original-Forwarded-For`, `X-Originating-IP`).
 pub fn is_reserved(name: &HeaderName) -> bool {
     let b = name.as_str().as_bytes();
-    if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c' | b'r')) {
+    if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c' | b'r' | b's')) {
         return false;
     }
     if [
@@ -71,6 +76,9 @@ pub fn is_reserved(name: &HeaderName) -> bool {
         b"x-ms-client-principal",
         b"x-pomerium-",
         b"x-envoy-",
+        b"x-consumer-",
+        b"x-credential-",
+        b"x-authenticated-",
         b"x-original-forwarded-for",
     ]
     .iter()
@@ -106,6 +114,12 @@ pub fn is_reserved(name: &HeaderName) -> bool {
             | b"front-end-https"
             | b"x-original-url"
             | b"x-original-uri"
+            | b"x-original-path"
+            | b"script-name"
+            | b"x-script-name"
+            | b"x-anonymous-consumer"
+            | b"x-userinfo"
+            | b"x-auth-user"
             | b"x-rewrite-url"
             | b"x-original-host"
             | b"x-host"
@@ -607,6 +621,18 @@ mod tests {
     #[test]
     fn reserved_header_table() {
         let reserved = [
+            "script-name",
+            "script_name",
+            "x-script-name",
+            "x-original-path",
+            "x-consumer-username",
+            "x-consumer-id",
+            "x-credential-identifier",
+            "x-authenticated-userid",
+            "x-authenticated-scope",
+            "x-anonymous-consumer",
+            "x-userinfo",
+            "x-auth-user",
             "x-tenant-id",
             "x_tenant_id",
             "x-org-id",
@@ -694,6 +720,11 @@ mod tests {
             "x-amzn-trace-id",
             "cf-ipcountry",
             "x-goog-api-key",
+            "script",
+            "scripts-name",
+            "x-consumer",
+            "x-auth-users",
+            "sec-fetch-mode",
         ];
         for name in reserved {
             let n = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));

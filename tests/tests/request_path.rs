@@ -883,6 +883,9 @@ fn spoofed_identity_headers_are_replaced() {
             ("X-Real-IP", "6.6.6.6"),
             ("X-Original-URL", "/admin"),
             ("X-Rewrite-URL", "/admin"),
+            // Mount points an app takes off the path before routing it.
+            ("Script-Name", "/billing"),
+            ("X-Script-Name", "/billing"),
             // Host overrides and the user headers of auth-proxy setups.
             ("X-Original-Host", "globex.edge.test"),
             ("Remote-User", "admin"),
@@ -892,6 +895,9 @@ fn spoofed_identity_headers_are_replaced() {
             ("Cf-Access-Authenticated-User-Email", "admin@acme.test"),
             ("X-Envoy-External-Address", "6.6.6.6"),
             ("X-Originating-IP", "6.6.6.6"),
+            // An API gateway's (Kong's) consumer headers.
+            ("X-Consumer-Username", "admin"),
+            ("X-Authenticated-Userid", "admin"),
         ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -912,6 +918,10 @@ fn spoofed_identity_headers_are_replaced() {
         "cf-access-authenticated-user-email",
         "x-envoy-external-address",
         "x-originating-ip",
+        "script-name",
+        "x-script-name",
+        "x-consumer-username",
+        "x-authenticated-userid",
     ] {
         assert!(echoed_header(&echo, gone).is_empty(), "{gone}: {echo}");
     }
