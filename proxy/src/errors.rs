@@ -19,6 +19,9 @@ pub enum RejectReason {
     /// the router adds and the client's cookies included, into a response a script can read
     /// (cross-site tracing). See [`crate::method`].
     TraceRefused,
+    /// `CONNECT` spelled otherwise than Pingora refuses it (`connect`): a tunnel request to a
+    /// server that reads methods without case. See [`crate::method`].
+    ConnectRefused,
     /// The request's body framing is one the router does not forward (a transfer coding
     /// besides `chunked`, or `chunked` twice).
     BadFraming(FramingError),
@@ -85,7 +88,8 @@ impl RejectReason {
     pub fn status(&self) -> u16 {
         match self {
             RejectReason::BadFraming(FramingError::UnsupportedCoding)
-            | RejectReason::TraceRefused => 501,
+            | RejectReason::TraceRefused
+            | RejectReason::ConnectRefused => 501,
             RejectReason::HeaderTooLarge => 431,
             RejectReason::BodyTimeout => 408,
             RejectReason::BadFraming(FramingError::ChunkedTwice | FramingError::BadChunk)
@@ -130,6 +134,7 @@ impl RejectReason {
     pub fn label(&self) -> &'static str {
         match self {
             RejectReason::TraceRefused => "trace_refused",
+            RejectReason::ConnectRefused => "connect_refused",
             RejectReason::BadFraming(_) => "bad_framing",
             RejectReason::HeaderTooLarge => "header_too_large",
             RejectReason::BodyTimeout => "request_body_timeout",
@@ -170,6 +175,7 @@ impl RejectReason {
     pub fn body(&self) -> &'static str {
         match self {
             RejectReason::TraceRefused => "not implemented: TRACE and TRACK are not served\n",
+            RejectReason::ConnectRefused => "not implemented: CONNECT is not served\n",
             RejectReason::BadFraming(FramingError::UnsupportedCoding) => {
                 "not implemented: the request body's transfer coding is not supported\n"
             }

@@ -100,7 +100,7 @@ pub struct ConnectionMetrics {
     /// its parser refusing the header, before the router saw them.
     pub unparsable: prometheus::IntCounter,
     /// `requests_total{outcome="connect_refused"}`: `CONNECT` requests Pingora answered 405
-    /// itself.
+    /// itself (the router's own 501s for other spellings count under the same label).
     pub connect_refused: prometheus::IntCounter,
     /// `requests_total{outcome="shutting_down"}`: requests whose header was still arriving
     /// when a shutdown's wait for headers ended, answered 503 and never forwarded.

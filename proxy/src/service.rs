@@ -166,8 +166,13 @@ impl EdgeService {
     /// `decide` alone, and the gathering is part of deciding).
     fn decide_request(&self, session: &Session, start: Instant) -> Result<Decision, RejectReason> {
         let req = session.req_header();
-        if crate::method::is_echo(&req.method) {
+        if crate::method::is_echo(&req.method)
+            || crate::method::overrides_to_echo(&req.method, &req.headers)
+        {
             return Err(RejectReason::TraceRefused);
+        }
+        if crate::method::is_connect(&req.method) {
+            return Err(RejectReason::ConnectRefused);
         }
         // Before the tenant: a body the instance would read otherwise than the router is
         // refused whoever it is addressed to.

@@ -786,8 +786,24 @@ fn trace_is_refused_before_any_instance_is_asked() {
     }
     // Whoever it is addressed to: the method is read before the tenant.
     assert_eq!(send_to("TRACE", &host("nobody")).status, 501);
-    // CONNECT is refused by Pingora before the router sees it.
+    // A POST that frameworks would handle as TRACE, through a method-override header.
+    let overridden = send_raw(
+        w.edge.addr,
+        format!(
+            "POST /x HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {token}\r\n\
+             X-HTTP-Method-Override: trace\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .expect("an answer");
+    assert_eq!(overridden.status, 501, "{}", overridden.text());
+    // CONNECT is refused by Pingora before the router sees it; spelled otherwise, by the
+    // router (a server reading methods without case would take it for a tunnel request).
     assert_eq!(send("CONNECT").status, 405);
+    for method in ["connect", "Connect"] {
+        let r = send(method);
+        assert_eq!(r.status, 501, "{method}: {}", r.text());
+    }
     assert_eq!(w.a.hits(), 0);
     // Other methods, extension ones included, are the instance's to answer.
     for method in ["OPTIONS", "PROPFIND"] {
@@ -798,7 +814,13 @@ fn trace_is_refused_before_any_instance_is_asked() {
     assert_eq!(
         w.edge
             .metric("nexus_edge_requests_total{outcome=\"trace_refused\"}"),
-        4
+        5
+    );
+    assert_eq!(
+        w.edge
+            .metric("nexus_edge_requests_total{outcome=\"connect_refused\"}"),
+        3,
+        "Pingora's 405 and the router's two 501s"
     );
 }
 
