@@ -18,12 +18,14 @@
 //! - a dot-segment carrying parameters (`..;x`, `.;`, `%2e%2e%3b`) is refused: servlet
 //!   containers (Tomcat, Jetty, Spring) drop `;` parameters and then resolve the `..`, so
 //!   `/billing/..;/api` is `/api` to them while it is under `/billing` to any RFC reading;
-//! - a segment of dots and encoded blanks only, starting with a dot (`..%20`, `.%09`,
-//!   `..%20.`, before parameters too: `..%20;x`), or one or two dots spelled with Unicode
+//! - a segment of dots and encoded blanks only (`..%20`, `.%09`, `..%20.`, `%20..`, before
+//!   parameters too: `..%20;x`; a blank is any ASCII control or space, one in overlong UTF-8,
+//!   or a Unicode space such as `%C2%A0`), or one or two dots spelled with Unicode
 //!   (`%EF%BC%8E%EF%BC%8E`, fullwidth; the one-dot leader, small full stop, two-dot leader
 //!   and its vertical form too), in overlong UTF-8 (`%C0%AE`) or encoded twice
 //!   (`%252e%252e`), is refused: Windows path
-//!   handling drops trailing blanks and dots, Unicode normalisation (NFKC) makes those dots
+//!   handling drops trailing blanks and dots, `trim()` in Java, .NET and Python drops blanks
+//!   at both ends, Unicode normalisation (NFKC) makes those dots
 //!   `.`, and a second decoding makes `%252e` one, so an instance doing any of these reads a
 //!   `..` that the rules above never saw: `/login/..%20/admin` would leave a public prefix;
 //! - so is a dot-segment that a twice-encoded separator or `;` hides (`..%252F`, `x%252F..`,
@@ -300,12 +302,13 @@ const UNICODE_DOTS: [([u8; 3], u8); 5] = [
     ([0xEF, 0xB8, 0xB0], 2),
 ];
 
-/// True if the segment at the start of `s` (up to `/`, or to `;` parameters) starts with a
-/// dot and holds nothing but dots and percent-encoded blanks (space, tab, vertical tab, form
-/// feed), with at least one blank, or percent-encoded Unicode dots making one or two: a
-/// dot-segment to a server that normalises Unicode or trims trailing blanks and dots
-/// (Windows reads `..%20.` as `..` too). Plain dots (raw or `%2e`) are not: `.` and `..` are
-/// resolved here, `..;x` is refused apart, and `...` names a file.
+/// True if the segment at the start of `s` (up to `/`, or to `;` parameters) holds nothing
+/// but dots and percent-encoded blanks ([`encoded_blank`]), with at least one of each, or
+/// percent-encoded Unicode dots making one or two: a dot-segment to a server that normalises
+/// Unicode (NFKC), or trims blanks from a segment's ends (Windows trailing blanks and dots,
+/// so `..%20.` too; `trim()` and `strip()` in Java, .NET and Python both ends, control
+/// characters and Unicode spaces included). Plain dots (raw or `%2e`) are not: `.` and `..`
+/// are resolved here, `..;x` is refused apart, and `...` names a file.
 fn is_dot_segment_lookalike(s: &[u8]) -> bool {
     let end = s.iter().position(|&c| c == b'/').unwrap_or(s.len());
     let mut rest = &s[..end];
@@ -324,8 +327,8 @@ fn is_dot_segment_lookalike(s: &[u8]) -> bool {
             rest = r;
             dots += u32::from(n);
             unicode = true;
-        } else if let (true, Some(b'\t' | b' ' | 0x0B | 0x0C)) = (dots > 0, escaped_byte(rest)) {
-            rest = &rest[3..];
+        } else if let Some(len) = encoded_blank(rest) {
+            rest = &rest[len..];
             blanks += 1;
         } else {
             break;
@@ -337,6 +340,53 @@ fn is_dot_segment_lookalike(s: &[u8]) -> bool {
         || escaped_byte(rest) == Some(b';')
         || twice_escaped_byte(rest) == Some(b';');
     dots > 0 && ends && (blanks > 0 || (unicode && dots <= 2))
+}
+
+/// Whether `c` is an ASCII character some `trim()` takes off a string's ends: a control
+/// character or a space (Java's `trim()` takes every one up to the space; NUL is refused
+/// apart).
+fn is_trimmed_ascii(c: u8) -> bool {
+    (0x01..=0x20).contains(&c)
+}
+
+/// UTF-8 of the Unicode blanks that .NET's `Trim()`, Java's `strip()` or Python's `strip()`
+/// take off a string's ends, or that NFKC turns into a space: next line (U+0085), no-break
+/// space (U+00A0), Ogham space mark (U+1680), Mongolian vowel separator (U+180E), the spaces
+/// U+2000 to U+200A, line and paragraph separators (U+2028, U+2029), narrow no-break space
+/// (U+202F), medium mathematical space (U+205F) and ideographic space (U+3000).
+fn is_unicode_blank(utf8: &[u8]) -> bool {
+    matches!(
+        utf8,
+        [0xC2, 0x85 | 0xA0]
+            | [0xE1, 0x9A, 0x80]
+            | [0xE1, 0xA0, 0x8E]
+            | [0xE2, 0x80, 0x80..=0x8A | 0xA8 | 0xA9 | 0xAF]
+            | [0xE2, 0x81, 0x9F]
+            | [0xE3, 0x80, 0x80]
+    )
+}
+
+/// The length of the percent-encoded blank at the start of `s`, if it starts with one: an
+/// ASCII control character or space ([`is_trimmed_ascii`]; `%0D`, `%20`), one in overlong
+/// UTF-8 (`%C0%A0`), or a Unicode blank ([`is_unicode_blank`]; `%C2%A0`).
+fn encoded_blank(s: &[u8]) -> Option<usize> {
+    let first = escaped_byte(s)?;
+    if is_trimmed_ascii(first) {
+        return Some(3);
+    }
+    if let Some((len, c)) = overlong_ascii(s) {
+        return is_trimmed_ascii(c).then_some(len);
+    }
+    let len = match first {
+        0xC2 => 2,
+        0xE1..=0xE3 => 3,
+        _ => return None,
+    };
+    let mut utf8 = [first, 0, 0];
+    for (k, b) in utf8.iter_mut().enumerate().take(len).skip(1) {
+        *b = escaped_byte(s.get(3 * k..)?)?;
+    }
+    is_unicode_blank(&utf8[..len]).then_some(3 * len)
 }
 
 /// Refuses a normalised path that hides a dot-segment from every rule above behind a second
@@ -359,7 +409,7 @@ fn check_second_decoding(path: &[u8]) -> Result<(), PathError> {
             }
             // A blank read once: still encoded, as the lookalike rule reads it (`..%2520`
             // is `..%20`, then `..` where trailing blanks are trimmed).
-            Some(b'\t' | b' ' | 0x0B | 0x0C) => {
+            Some(c) if is_trimmed_ascii(c) => {
                 view.extend_from_slice(&[b'%', path[i + 3], path[i + 4]]);
                 i += 5;
             }
@@ -524,7 +574,6 @@ mod tests {
             ("/billing;x/../api", "/api"),
             // Blanks or Unicode dots elsewhere are ordinary.
             ("/a/..%20x", "/a/..%20x"),
-            ("/a/%20..", "/a/%20.."),
             ("/a/...x%20", "/a/...x%20"),
             ("/a/%EF%BC%8Ex", "/a/%EF%BC%8Ex"),
             // A twice-encoded dot elsewhere is ordinary.
@@ -537,6 +586,13 @@ mod tests {
             ),
             ("/a/.%E2%80%A5", "/a/.%E2%80%A5"),
             ("/a/%20", "/a/%20"),
+            // Blanks and dots beside other characters name files, and a Unicode character
+            // that is no blank is not one (U+200B zero width space, U+00A9).
+            ("/a/..%C2%A0x", "/a/..%C2%A0x"),
+            ("/a/%C2%A0", "/a/%C2%A0"),
+            ("/a/..%E2%80%8B", "/a/..%E2%80%8B"),
+            ("/a/.%C2%A9", "/a/.%C2%A9"),
+            ("/a/x%0D..", "/a/x%0D.."),
         ];
         for (raw, want) in ok {
             assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
@@ -580,6 +636,22 @@ mod tests {
             ("/%62illing/..;/x", PathError::DotSegmentParameters),
             ("/..;", PathError::DotSegmentParameters),
             ("/login/..%20/admin", PathError::DotSegmentLookalike),
+            // Blanks some `trim()` takes off either end: controls, Unicode spaces, overlong.
+            ("/a/%20..", PathError::DotSegmentLookalike),
+            ("/login/..%0D/admin", PathError::DotSegmentLookalike),
+            ("/login/..%0a/admin", PathError::DotSegmentLookalike),
+            ("/login/..%01/admin", PathError::DotSegmentLookalike),
+            ("/login/..%1F/admin", PathError::DotSegmentLookalike),
+            ("/login/..%C2%A0/admin", PathError::DotSegmentLookalike),
+            ("/login/..%c2%85/admin", PathError::DotSegmentLookalike),
+            ("/login/..%E2%80%80/admin", PathError::DotSegmentLookalike),
+            ("/login/..%E2%80%8A/admin", PathError::DotSegmentLookalike),
+            ("/login/..%E2%80%A8/admin", PathError::DotSegmentLookalike),
+            ("/login/..%E3%80%80/admin", PathError::DotSegmentLookalike),
+            ("/login/%E1%9A%80../admin", PathError::DotSegmentLookalike),
+            ("/login/..%C0%A0/admin", PathError::DotSegmentLookalike),
+            ("/login/..%E0%80%A0/admin", PathError::DotSegmentLookalike),
+            ("/billing/..%2501/api", PathError::DotSegmentLookalike),
             ("/login/.%20/x", PathError::DotSegmentLookalike),
             ("/billing/%2e%2e%20%09/api", PathError::DotSegmentLookalike),
             ("/billing/..%0c", PathError::DotSegmentLookalike),

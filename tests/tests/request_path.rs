@@ -199,12 +199,18 @@ fn custom_domain_and_public_paths() {
         assert_eq!(r.status, 401, "{path}");
     }
     // `..;` is `..` to servlet containers, which would see `/admin`: refused outright. So are
-    // `..` with trailing blanks (Windows trims them) and Unicode dots (NFKC makes them `.`).
+    // `..` with blanks around it (Windows trims trailing ones, `trim()` both) and Unicode dots
+    // (NFKC makes them `.`).
     for path in [
         "/login/..;/admin",
         "/assets/.;/../api",
         "/login/%2e%2e%3b/admin",
         "/login/..%20/admin",
+        // Blanks a `trim()` takes off either end: controls and Unicode spaces too.
+        "/login/..%0D/admin",
+        "/login/%20../admin",
+        "/login/..%C2%A0/admin",
+        "/login/..%E3%80%80/admin",
         "/login/%EF%BC%8E%EF%BC%8E/admin",
     ] {
         let r = get(w.edge.addr, &host("globex"), path, &[]);
@@ -1109,6 +1115,8 @@ fn status_policy_for_every_state() {
         "/billing/%2e%2e;/api",
         "/billing/..%3B/api",
         "/billing/..%20/api",
+        "/billing/..%1F/api",
+        "/billing/..%C2%85/api",
         "/billing/%EF%BC%8E%EF%BC%8E/api",
     ] {
         let r = get_with_token(addr, &host("susp"), blocked, &t("susp"));
