@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::error::{AuthSetupError, TokenError};
 use super::jwk::{parse_jwk, Algorithm, VerifyKey};
+use super::strict_json::{parse_object, StrictError};
 
 /// An immutable set of verification keys; swapped whole on reload.
 #[derive(Debug, Default)]
@@ -48,6 +49,15 @@ impl KeySet {
             path: origin.to_owned(),
             reason,
         };
+        // A key written with a member twice (`"alg"` twice, with different values) would be
+        // read by its last value here and maybe its first by whoever checks the file: refused
+        // whole, as a token is.
+        if parse_object(text.as_bytes()) == Err(StrictError::Duplicate) {
+            return Err(format(
+                "an object repeats a member name, so which of its values is meant is unclear"
+                    .to_owned(),
+            ));
+        }
         let doc: Value = serde_json::from_str(text).map_err(|e| format(e.to_string()))?;
         let keys = doc
             .get("keys")

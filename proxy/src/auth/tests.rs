@@ -901,6 +901,21 @@ fn jwks_loading_skips_bad_keys() {
         Authenticator::new(&s),
         Err(AuthSetupError::Format { .. })
     ));
+    // A member written twice, at any depth: the whole set is refused, naming why.
+    let es = f.es.public_jwk().to_string();
+    let twice = es.replacen('{', "{\"alg\":\"ES256\",", 1);
+    for text in [
+        format!("{{\"keys\":[{twice}]}}"),
+        format!("{{\"keys\":[{es}],\"keys\":[]}}"),
+    ] {
+        std::fs::write(f.dir.path().join("jwks.json"), &text).expect("w");
+        match Authenticator::new(&s) {
+            Err(e @ AuthSetupError::Format { .. }) => {
+                assert!(e.to_string().contains("repeats a member name"), "{e}");
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
 }
 
 #[test]
