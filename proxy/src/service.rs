@@ -344,10 +344,30 @@ fn bound_tunnel_io(
     session.set_read_timeout(Some(up.tunnel_idle_timeout));
 }
 
+/// Takes off an `Upgrade` that the request's `Connection` does not name. RFC 9110 §7.8: a
+/// sender of `Upgrade` names it in `Connection`, so that intermediaries do not pass it on;
+/// one that is not named is no request of this client's to switch protocols. Pingora would
+/// make the switch anyway (sending its own `Connection: Upgrade`), and a front proxy that
+/// passed a stray `Upgrade` on would then have its connection turned into a tunnel to one
+/// tenant's instance, with the requests it sends next on it (other clients' perhaps)
+/// carried there unchecked. Without it the request is an ordinary one.
+fn drop_unnamed_upgrade(session: &mut Session) {
+    let named = header_bytes(&session.req_header().headers, &http::header::CONNECTION).any(|v| {
+        v.split(|&b| b == b',')
+            .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    if !named {
+        session
+            .req_header_mut()
+            .remove_header(&http::header::UPGRADE);
+    }
+}
+
 /// Whether the instance is asked to switch protocols: exactly when Pingora forwards the
 /// upgrade (its default `WebSocketOnly` policy): an HTTP/1.1 request whose `Upgrade` is
-/// `websocket`, in any case. Pingora sends `Connection: Upgrade` itself, whether or not the
-/// client's `Connection` named it, and strips any other upgrade.
+/// `websocket`, in any case. Pingora sends `Connection: Upgrade` itself, and strips any
+/// other upgrade; an `Upgrade` the client's `Connection` did not name is already gone
+/// ([`drop_unnamed_upgrade`]).
 fn asks_for_upgrade(session: &Session) -> bool {
     let req = session.req_header();
     req.version == http::Version::HTTP_11
@@ -480,8 +500,15 @@ impl ProxyHttp for EdgeService {
             .cloned()
             .unwrap_or_else(|| self.ids.next_id());
 
-        if asks_for_upgrade(session) {
-            ctx.tunnel_keys = self.state.auth.key_generation();
+        if session
+            .req_header()
+            .headers
+            .contains_key(http::header::UPGRADE)
+        {
+            drop_unnamed_upgrade(session);
+            if asks_for_upgrade(session) {
+                ctx.tunnel_keys = self.state.auth.key_generation();
+            }
         }
         let outcome = match header_size {
             Ok(()) => self.decide_request(session, ctx.start),
