@@ -161,6 +161,60 @@ fn assert_one_record_rejected(edge: &Edge) {
 }
 
 #[test]
+fn a_change_to_a_record_written_ahead_of_the_counter_reaches_the_replicas() {
+    // A record put in Redis by hand with a revision past the store's counter: the next write
+    // through the CLI took its revision from the counter, older than the record's, so every
+    // replica refused the change as going backwards, and --wait confirmed it all the same
+    // (a delete was dropped without a word).
+    let w = World::start(&["acme"]);
+    w.admin.put(&binding("globex", &w.a.url(), "active", None));
+    let key = "nexus:binding:globex";
+    let stored: serde_json::Value =
+        serde_json::from_str(&w.redis.cmd(&["GET", key])).expect("json");
+    let mut ahead = stored.clone();
+    ahead["revision"] = serde_json::json!(1_000_000_000_000_000u64);
+    w.redis.cmd(&["SET", key, &ahead.to_string()]);
+    let edge = replica(&w.keys, &w.redis.url(), "replica-1", None).expect("replica");
+    wait_instance(&edge, &w.keys, "globex", "instance-a");
+    wait_live(&w.admin, &["replica-1"]);
+
+    let out = w.admin.ok(&[
+        "rebind",
+        "globex",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &w.b.url(),
+        "--wait",
+        "--timeout",
+        "10s",
+    ]);
+    assert!(
+        out.contains("1/1 replicas on revision 1000000000000001"),
+        "{out}"
+    );
+    assert_eq!(
+        instance_of(&edge, &w.keys, "globex").as_deref(),
+        Some("instance-b")
+    );
+    w.admin.ok(&["delete", "globex"]);
+    wait::until(Duration::from_secs(10), "globex unbound", || {
+        instance_of(&edge, &w.keys, "globex")
+            .is_none()
+            .then_some(())
+    });
+    assert_eq!(
+        instance_of(&edge, &w.keys, "acme").as_deref(),
+        Some("instance-a")
+    );
+    assert!(
+        !edge.log().contains("binding change refused"),
+        "{}",
+        edge.log()
+    );
+}
+
+#[test]
 fn rebind_reaches_every_replica_and_wait_confirms() {
     let World {
         redis,

@@ -140,6 +140,13 @@ for i = 8, #ARGV do
   end
 end
 
+-- A record written outside this script may carry a revision ahead of the counter. The next
+-- revision taken from the counter would then be older than the record it replaces, and every
+-- replica, serving that record, would refuse the change as going backwards: the counter is
+-- moved up to the record's revision first, so the change is newer than what it replaces.
+if actual > tonumber(redis.call('GET', KEYS[2]) or '0') then
+  redis.call('SET', KEYS[2], string.format('%.0f', actual))
+end
 local rev = redis.call('INCR', KEYS[2])
 local placeholder = '"revision":0'
 -- Written out whole: Lua's own number format turns 10^14 and above into "1e+14", which no
