@@ -108,6 +108,10 @@ pub struct WaitOutcome {
     /// Replicas that refused the tenant's record (each with the revision it still serves):
     /// they will not apply it until the record is put right, so the wait ends at once.
     pub refused: Vec<String>,
+    /// Replicas heard from within the last hour but silent for longer than the live window
+    /// since before the wait began (each with how long): not counted, and named so that
+    /// one cut off from Redis while still serving its last table is not passed over unseen.
+    pub silent: Vec<String>,
 }
 
 /// A replica silent for longer than this is no longer counted: 10 heartbeats and at least
@@ -307,12 +311,18 @@ impl RedisStore {
                     behind.push(format!("{id} (stopped heartbeating)"));
                 }
             }
+            let silent = replicas
+                .iter()
+                .filter(|r| !r.live && !seen_live.contains(&r.id))
+                .map(|r| format!("{} (silent for {} s)", r.id, r.last_seen_ms / 1000))
+                .collect();
             let outcome = WaitOutcome {
                 applied,
                 live: live.len(),
                 revision,
                 behind,
                 refused,
+                silent,
             };
             if outcome.behind.is_empty() && outcome.live > 0 {
                 return if outcome.refused.is_empty() {

@@ -590,6 +590,13 @@ async fn wait_fleet(
         Ok(o) => (true, o),
         Err(o) => (false, o),
     };
+    if written.is_none() && !o.silent.is_empty() {
+        eprintln!(
+            "nexus-edge: not counted, silent since before the wait: {} (a replica cut off from \
+             Redis keeps serving its last table; see `nexus-edge replicas`)",
+            o.silent.join(", ")
+        );
+    }
     if let Some(written) = written {
         outln!("{}", serde_json::json!({ "written": written, "wait": o }));
     } else if ok {
