@@ -350,6 +350,17 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     let list = nexus_e2e::edge::cli(&["replicas", "--config", admin.config.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(text.contains("on another history"), "{text}");
+    // A replica starting now without a snapshot (a scale-out, a crash restart) would serve
+    // Redis's empty table, every tenant 404, and call itself ready: it refuses to start,
+    // saying why, so traffic stays with the replicas that still serve.
+    let err = Edge::try_start(&replica_opts(&keys, store(&url, "replica-new", "")))
+        .err()
+        .expect("a replica started on the wiped store");
+    assert!(
+        err.contains("lost its data") && err.contains("up to revision 2"),
+        "{err}"
+    );
+    assert_eq!(redis.cmd(&["DBSIZE"]), "1", "still only the heartbeats");
     admin.put_with(NEW_HISTORY, &acme_b);
     wait_instance(&edge, &keys, "acme", "instance-b");
     wait::until(Duration::from_secs(10), "globex to be gone", || {

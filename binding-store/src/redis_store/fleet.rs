@@ -121,6 +121,26 @@ fn live_window_ms(interval_ms: u64) -> u64 {
     (10 * interval_ms).max(5_000)
 }
 
+/// The highest revision a replica's heartbeat says it applied (0: none, or none readable).
+/// With no revision counter, any such revision means Redis lost its data under a fleet that
+/// still serves it, as `write.lua` reads them too. A key of another type says nothing.
+pub(super) async fn highest_applied(
+    store: &RedisStore,
+    con: &mut MultiplexedConnection,
+) -> redis::RedisResult<u64> {
+    let beats: Vec<String> = match con.hvals(store.keys().replicas()).await {
+        Ok(beats) => beats,
+        Err(e) if e.is_io_error() || e.is_connection_dropped() => return Err(e),
+        Err(_) => return Ok(0),
+    };
+    Ok(beats
+        .iter()
+        .filter_map(|b| serde_json::from_str::<Heartbeat>(b).ok())
+        .map(|hb| hb.applied_revision)
+        .max()
+        .unwrap_or(0))
+}
+
 pub(super) async fn heartbeat(
     store: &RedisStore,
     con: &mut MultiplexedConnection,

@@ -583,6 +583,13 @@ impl RedisStore {
             if restoring {
                 return Err(LoadError::RestoreUnderWay);
             }
+            // Nothing served here, but replicas serve a history Redis no longer holds: an
+            // empty table taken now would answer 404 for every tenant (and a replica starting
+            // on it would call itself ready). Refused like a write is (`write.lua`).
+            let served = fleet::highest_applied(self, con).await?;
+            if served > 0 {
+                return Err(LoadError::Wiped { served });
+            }
         }
         let (mut bindings, bad) = self.load_all(con).await?;
         // The records as loaded: those that do not end up in the table were refused.
@@ -982,6 +989,18 @@ pub(crate) enum LoadError {
     NoHistory {
         /// Bindings in the table kept.
         serving: usize,
+    },
+    /// Nothing is served here, no revision counter, and replicas heartbeat revision `served`:
+    /// Redis lost its data under them. Not loaded: the table would be empty.
+    #[error(
+        "Redis holds no revision counter while replicas serve up to revision {served}: it lost \
+         its data, and its empty table would unbind every tenant. Restore it (`nexus-edge tenant \
+         import` of a replica's snapshot, or a backup), or start a new history with a write \
+         made with `--start-new-history`"
+    )]
+    Wiped {
+        /// The highest revision a replica's heartbeat says it applied.
+        served: u64,
     },
     /// Nothing is served, and a restore import is writing (or finished during the scan): the
     /// records read are only part of it. Worth asking again soon.
