@@ -73,6 +73,9 @@ pub struct FileStore {
     loaded_revision: AtomicU64,
     /// What an admin write does when the file is gone while its audit log holds changes.
     wiped_store: WipedStore,
+    /// The read failure last logged: the same failure again (the file still missing, at
+    /// every poll) is not logged again until a read succeeds or it fails otherwise.
+    read_failure: Mutex<Option<String>>,
 }
 
 /// A version of the file that was read, and its verdict. The verdict is kept with it because
@@ -92,6 +95,18 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
+}
+
+/// Reads the bindings file, which must be a regular file (a symbolic link to one counts):
+/// reading a FIFO or a device could block the poller, and with it every later reload, for good.
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    std::fs::read(path)
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {
@@ -126,6 +141,7 @@ impl FileStore {
             seen: Mutex::new(None),
             loaded_revision: AtomicU64::new(0),
             wiped_store: WipedStore::Refuse,
+            read_failure: Mutex::new(None),
         }
     }
 
@@ -145,7 +161,7 @@ impl FileStore {
     fn read(&self) -> Result<Vec<u8>, StoreError> {
         match &self.path {
             None => Ok(DEMO_BINDINGS.as_bytes().to_vec()),
-            Some(p) => std::fs::read(p).map_err(|source| StoreError::Io {
+            Some(p) => read_regular(p).map_err(|source| StoreError::Io {
                 path: p.clone(),
                 source,
             }),
@@ -258,9 +274,14 @@ impl FileStore {
             }
         }
         let bytes = match self.read() {
-            Ok(b) => b,
+            Ok(b) => {
+                self.note_read_failure(None);
+                b
+            }
             Err(e) => {
-                tracing::error!(error = %e, "bindings file unreadable; keeping the current table");
+                if self.note_read_failure(Some(e.to_string())) {
+                    tracing::error!(error = %e, "bindings file unreadable; keeping the current table");
+                }
                 // Down until a version is read; `seen` stays, so that the version last read,
                 // back as it was, gets its verdict again without being loaded twice.
                 self.health.mark_down();
@@ -290,6 +311,17 @@ impl FileStore {
                 false
             }
         }
+    }
+
+    /// Records the outcome of a read (`None`: it succeeded); true when `failure` is new, so
+    /// worth logging.
+    fn note_read_failure(&self, failure: Option<String>) -> bool {
+        let Ok(mut last) = self.read_failure.lock() else {
+            return true;
+        };
+        let new = failure.is_some() && *last != failure;
+        *last = failure;
+        new
     }
 
     /// Remembers the version read (`stamp` taken before reading it) and whether it was
@@ -375,7 +407,7 @@ struct RawDoc {
 
 impl RawDoc {
     fn read(path: &Path) -> Result<RawDoc, AdminError> {
-        let bytes = match std::fs::read(path) {
+        let bytes = match read_regular(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(RawDoc {
@@ -1135,5 +1167,32 @@ mod tests {
         let after = stamp(&path).expect("stamp");
         assert_ne!(after.file, s.file);
         assert_ne!(after, s);
+    }
+
+    #[test]
+    fn only_a_regular_file_is_read() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("bindings.json");
+        std::fs::write(&file, "{}").expect("write");
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        assert_eq!(read_regular(&file).expect("file"), b"{}");
+        assert_eq!(read_regular(&link).expect("link to a file"), b"{}");
+        // A FIFO: reading it would wait for a writer that never comes.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        for path in [&fifo, &dir.path().to_path_buf()] {
+            let e = read_regular(path).expect_err("not a regular file");
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput,
+                "{}",
+                path.display()
+            );
+        }
     }
 }

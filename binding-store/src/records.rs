@@ -370,14 +370,30 @@ impl Round<'_> {
                     .filter(move |c| Some(*c) != *winner)
             })
             .collect();
-        // Each losing tenant, with the domains it lost.
+        // Each losing tenant, with the domains it lost; and those that lost one to a winner.
         let mut losers: BTreeMap<&TenantId, Vec<&str>> = BTreeMap::new();
+        let mut outclaimed: HashSet<&TenantId> = HashSet::new();
         for (domain, claimants, winner, fallback) in decided {
             let winner = match winner {
                 Some(w) if replaced.contains(w) => fallback,
                 w => w,
             };
+            if winner.is_none() && served.is_none() && logged {
+                tracing::warn!(
+                    store = origin,
+                    domain = %domain,
+                    tenants = ?claimants.iter().map(TenantId::as_str).collect::<Vec<_>>(),
+                    "custom domain claimed by more than one record, and no table is served yet to tell which holds it: each tenant is served without it, and it reaches nobody until one record lets it go"
+                );
+            }
             for c in claimants.iter().filter(|c| Some(c.as_str()) != winner) {
+                if winner.is_some() {
+                    outclaimed.insert(c);
+                }
+                if winner.is_none() && served.is_none() {
+                    losers.entry(c).or_default().push(domain);
+                    continue;
+                }
                 if logged {
                     tracing::warn!(
                         store = origin,
@@ -409,6 +425,14 @@ impl Round<'_> {
             } else if let Some(old) = served.and_then(|t| t.get(b.tenant_id.as_str())) {
                 put_back.insert(b.tenant_id.clone());
                 back.push(confirmed_by_index(Arc::clone(old), index, origin, verdicts));
+            } else if served.is_none() && !outclaimed.contains(&b.tenant_id) {
+                // The first load, and no claimant of these domains can be told from the
+                // others: with no binding to keep, refusing them all would leave every
+                // claimant unbound, so a restart would turn one bad edit into an outage for
+                // the tenant that rightly holds the domain. Each is served without them.
+                let mut trimmed = b.as_ref().clone();
+                trimmed.domains.retain(|d| !lost.contains(&d.as_str()));
+                back.push(Arc::new(trimmed));
             }
         }
         kept.extend(back);
@@ -419,6 +443,46 @@ impl Round<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_the_first_load_a_domain_no_one_can_be_told_to_hold_goes_to_none_and_its_claimants_stay() {
+        use crate::model::test_binding;
+        // Nothing served yet (a restart): x and y both claim d1, and no index says whose it
+        // is. Refusing both left both unbound; each is served without d1 instead. w, which
+        // loses d2 to the owner the index names, is refused as before.
+        let bindings = vec![
+            test_binding("x", 1, &["d1.example.test", "x.example.test"]),
+            test_binding("y", 2, &["d1.example.test"]),
+            test_binding("v", 3, &["d2.example.test"]),
+            test_binding("w", 4, &["d2.example.test"]),
+        ];
+        let contested = contested_domains(&bindings);
+        let index = DomainIndex::from([("d2.example.test".to_owned(), Some("v".to_owned()))]);
+        for index in [None, Some(&index)] {
+            let (kept, _) = settle_contested(
+                bindings.clone(),
+                &contested,
+                None,
+                HashSet::new(),
+                index,
+                "test",
+                Verdicts::Logged,
+            );
+            let (table, refused) = BindingTable::from_bindings(kept);
+            assert!(refused.is_empty(), "{refused:?}");
+            let owner = |d: &str| table.tenant_for_domain(d).map(TenantId::as_str);
+            assert_eq!(owner("d1.example.test"), None);
+            assert_eq!(owner("x.example.test"), Some("x"));
+            assert!(table.get("x").is_some() && table.get("y").is_some());
+            if index.is_some() {
+                assert_eq!(owner("d2.example.test"), Some("v"));
+                assert!(table.get("w").is_none(), "outclaimed: refused");
+            } else {
+                assert_eq!(owner("d2.example.test"), None);
+                assert!(table.get("v").is_some() && table.get("w").is_some());
+            }
+        }
+    }
 
     #[test]
     fn a_domain_stays_with_its_put_back_holder_when_the_index_owner_is_refused_too() {

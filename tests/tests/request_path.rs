@@ -1890,6 +1890,111 @@ fn binding_file_changes_are_picked_up_live() {
 }
 
 #[test]
+fn a_router_starting_on_a_file_where_two_records_claim_one_domain_serves_both_without_it() {
+    // Running, a router keeps a doubly claimed domain with the tenant that holds it. Starting,
+    // it holds nothing to tell them apart: it refused both records, so a restart turned one
+    // bad edit into an outage for both tenants, the one that rightly holds the domain too.
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    let mut acme = binding("acme", &a.url(), "active", Some("org-acme"));
+    acme["domains"] = serde_json::json!(["app.acme-corp.test", "www.acme-corp.test"]);
+    let mut globex = binding("globex", &b.url(), "active", None);
+    globex["domains"] = serde_json::json!(["app.acme-corp.test"]);
+    let edge = Edge::start(&EdgeOptions::new(
+        keys.jwks(),
+        bindings_file(vec![acme, globex]),
+    ));
+    let acme_token = keys.token("acme", Some("org-acme"));
+    let on = |name: &str, token: &str| get_with_token(edge.addr, name, "/", token);
+    assert_eq!(
+        on(&host("acme"), &acme_token).json()["instance"],
+        "instance-a"
+    );
+    assert_eq!(
+        on(&host("globex"), &keys.token("globex", None)).json()["instance"],
+        "instance-b"
+    );
+    assert_eq!(
+        on("www.acme-corp.test", &acme_token).json()["instance"],
+        "instance-a"
+    );
+    // The contested name reaches neither.
+    assert_eq!(on("app.acme-corp.test", &acme_token).status, 404);
+    assert!(
+        edge.log().contains("no table is served yet"),
+        "{}",
+        edge.log()
+    );
+}
+
+#[test]
+fn a_bindings_file_that_cannot_be_read_is_logged_once_not_at_every_poll() {
+    // The file is polled every 50 ms here: missing for a while, it logged an error at every
+    // poll. Nor may a FIFO put in its place block the poller (and every reload after it).
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let unreadable = || w.edge.log().matches("bindings file unreadable").count();
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64
+    };
+    // Down for 20 polls at least, by the router's own account of its last sync.
+    let down_for_a_while = || {
+        let ready = w.edge.ops_get("/readyz").json();
+        let last = ready["last_sync_unix_ms"].as_u64().unwrap_or(u64::MAX);
+        (ready["store_up"] == false && now_ms().saturating_sub(last) >= 1_000).then_some(())
+    };
+    let good = std::fs::read_to_string(&w.edge.bindings_path).expect("bindings");
+
+    std::fs::remove_file(&w.edge.bindings_path).expect("remove");
+    nexus_e2e::wait::until(
+        Duration::from_secs(10),
+        "the store down a while",
+        down_for_a_while,
+    );
+    assert_eq!(unreadable(), 1, "{}", w.edge.log());
+    // The table is kept meanwhile.
+    let r = get_with_token(w.edge.addr, &host("acme"), "/", &token);
+    assert_eq!(r.json()["instance"], "instance-a", "{}", r.text());
+
+    // A FIFO where the file was: refused (logged once more, as another failure), not read.
+    let made = std::process::Command::new("mkfifo")
+        .arg(&w.edge.bindings_path)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    nexus_e2e::wait::until(Duration::from_secs(10), "the FIFO refused", || {
+        (unreadable() == 2).then_some(())
+    });
+    assert!(
+        w.edge.log().contains("not a regular file"),
+        "{}",
+        w.edge.log()
+    );
+    std::fs::remove_file(&w.edge.bindings_path).expect("remove the FIFO");
+
+    // The file back: loaded, and a later failure is logged again.
+    let mut acme = binding("acme", &w.b.url(), "active", Some("org-acme"));
+    acme["domains"] = serde_json::json!(["app.acme-corp.test"]);
+    let mut back: serde_json::Value = serde_json::from_str(&good).expect("json");
+    back["bindings"][0] = acme;
+    w.edge.write_bindings(&back);
+    w.edge.wait_for("acme rebound to instance b", || {
+        let r = get_with_token(w.edge.addr, &host("acme"), "/", &token);
+        r.status == 200 && r.json()["instance"] == "instance-b"
+    });
+    std::fs::remove_file(&w.edge.bindings_path).expect("remove");
+    nexus_e2e::wait::until(
+        Duration::from_secs(10),
+        "the store down a while",
+        down_for_a_while,
+    );
+    assert_eq!(unreadable(), 3, "{}", w.edge.log());
+}
+
+#[test]
 fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
     let w = world();
     let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();

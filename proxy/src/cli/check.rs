@@ -193,6 +193,16 @@ fn check_bindings_file(
     for p in &parsed.problems {
         eprintln!("{}: warning: binding record refused: {p}", file.display());
     }
+    for (domain, tenants) in nexus_binding_store::records::contested_domains(&parsed.bindings) {
+        let tenants: Vec<&str> = tenants.iter().map(|t| t.as_str()).collect();
+        eprintln!(
+            "{}: warning: domain {domain} is claimed by more than one record ({}): a router \
+             already serving one of them keeps it there and refuses the others' records; one \
+             starting serves it to none of them",
+            file.display(),
+            tenants.join(", ")
+        );
+    }
     // A base domain added over a custom domain makes that name a tenant's subdomain: routed
     // by name, to another tenant if one has that id. `tenant put` refuses such a claim; a
     // new base domain can make one of a claim made before.
