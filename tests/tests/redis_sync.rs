@@ -924,6 +924,46 @@ fn a_schema_key_of_another_type_refuses_the_write_whole() {
     assert_ne!(state(), before);
 }
 
+/// The revision counter overwritten with something that is no number: a following replica
+/// logged a conversion error that named no key. It names the key and what it holds, keeps
+/// serving its table, and the admin's `replicas` says the same.
+#[test]
+fn a_replica_names_a_revision_counter_that_is_no_number() {
+    let (w, edge) = World::followed(&["acme"]);
+    let counter = w.redis.cmd(&["GET", "nexus:revision"]);
+    w.redis.cmd(&["SET", "nexus:revision", "seven"]);
+    let says = "nexus:revision holds \"seven\", written outside nexus-edge";
+    wait::until(
+        Duration::from_secs(20),
+        "the log naming the counter",
+        || edge.log().contains(says).then_some(()),
+    );
+    assert_eq!(
+        instance_of(&edge, &w.keys, "acme").as_deref(),
+        Some("instance-a")
+    );
+    let out = cli(&[
+        "replicas",
+        "--config",
+        w.admin.config.to_str().expect("utf8"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(says),
+        "{out:?}"
+    );
+    w.redis.cmd(&["SET", "nexus:revision", &counter]);
+    w.admin.ok(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &w.b.url(),
+    ]);
+    wait_instance(&edge, &w.keys, "acme", "instance-b");
+}
+
 /// The change feed's key replaced by another program with another type, under a following
 /// replica: it keeps serving its table, logs which key holds what (Redis is up, so retrying
 /// alone changes nothing), and follows again once the key is put back.

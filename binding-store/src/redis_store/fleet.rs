@@ -229,13 +229,17 @@ impl RedisStore {
     pub async fn replicas(&self) -> Result<Vec<ReplicaStatus>, AdminError> {
         let mut con = self.admin_connection().await?;
         // In this order (see `other_history` below), with Redis's clock, which stamped them.
-        type Read = (Vec<(String, String)>, Option<u64>, (u64, u64));
+        type Read = (Vec<(String, String)>, Option<Vec<u8>>, (u64, u64));
         let (all, counter, (secs, micros)): Read = redis::pipe()
             .hgetall(self.keys().replicas())
             .get(self.keys().revision())
             .cmd("TIME")
             .query_async(&mut con)
             .await
+            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        let counter = self
+            .keys()
+            .counter(counter)
             .map_err(|e| AdminError::Unavailable(e.to_string()))?;
         let now = secs * 1000 + micros / 1000;
         let mut out = Vec::new();

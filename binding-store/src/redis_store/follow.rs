@@ -193,10 +193,10 @@ async fn history_check(
 ) -> redis::RedisResult<(Option<u64>, bool)> {
     let id = position.map_or("0-0", |p| p.stream_id.as_str());
     if id == "0-0" {
-        let counter: Option<u64> = con.get(store.keys().revision()).await?;
-        return Ok((counter, true));
+        let counter: Option<Vec<u8>> = con.get(store.keys().revision()).await?;
+        return Ok((store.keys().counter(counter)?, true));
     }
-    let (counter, entry): (Option<u64>, Entries) = redis::pipe()
+    let (counter, entry): (Option<Vec<u8>>, Entries) = redis::pipe()
         .cmd("GET")
         .arg(store.keys().revision())
         .cmd("XRANGE")
@@ -205,7 +205,7 @@ async fn history_check(
         .arg(id)
         .query_async(con)
         .await?;
-    Ok((counter, !entry.is_empty()))
+    Ok((store.keys().counter(counter)?, !entry.is_empty()))
 }
 
 /// Whether the feed in Redis still continues from `p` without a gap.

@@ -133,6 +133,29 @@ impl Keys {
     pub(crate) fn revision(&self) -> String {
         format!("{}:revision", self.prefix)
     }
+
+    /// The revision counter's value as read (`GET`): a whole number, or none. Anything else
+    /// was written outside the schema, and the error names the key and what it holds, where
+    /// a plain conversion would say only that a value was not a number.
+    pub(crate) fn counter(&self, raw: Option<Vec<u8>>) -> redis::RedisResult<Option<u64>> {
+        let Some(raw) = raw else { return Ok(None) };
+        std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                let shown: String = String::from_utf8_lossy(&raw).chars().take(40).collect();
+                redis::RedisError::from((
+                    redis::ErrorKind::TypeError,
+                    "revision counter is no whole number",
+                    format!(
+                        "{} holds {shown:?}, written outside nexus-edge: set it to the highest \
+                         revision written, or restore the store",
+                        self.revision()
+                    ),
+                ))
+            })
+    }
     pub(crate) fn changes(&self) -> String {
         format!("{}:changes", self.prefix)
     }
@@ -445,7 +468,7 @@ impl RedisStore {
         &self,
         con: &mut MultiplexedConnection,
     ) -> redis::RedisResult<(FeedPosition, Option<u64>, bool)> {
-        let (entries, counter, restoring): (Entries, Option<u64>, bool) = redis::pipe()
+        let (entries, counter, restoring): (Entries, Option<Vec<u8>>, bool) = redis::pipe()
             .atomic()
             .cmd("XREVRANGE")
             .arg(self.keys.changes())
@@ -468,7 +491,7 @@ impl RedisStore {
                 stream_id: id,
             },
         );
-        Ok((head, counter, restoring))
+        Ok((head, self.keys.counter(counter)?, restoring))
     }
 
     /// Whether a restore import is writing to a Redis that had no revision counter, or has
@@ -1345,9 +1368,13 @@ impl BindingAdmin for RedisStore {
             return Ok(0);
         }
         let mut con = self.admin_connection().await.map_err(whole)?;
-        let counter: Option<u64> = con
+        let counter: Option<Vec<u8>> = con
             .get(self.keys.revision())
             .await
+            .map_err(|e| whole(unavailable(e)))?;
+        let counter = self
+            .keys
+            .counter(counter)
             .map_err(|e| whole(unavailable(e)))?;
         if counter.is_none() {
             // Cloning the Arcs keeps them for the usual way if a history started meanwhile.
