@@ -379,6 +379,61 @@ fn wait_with_no_live_replica_says_so_at_once() {
 }
 
 #[test]
+fn two_replicas_given_one_id_are_told_apart_and_named() {
+    // Two replicas with one `replica_id` (a config copied between hosts): both wrote one
+    // heartbeat entry, the fleet counted them as one, and `--wait` could confirm a change by
+    // whichever wrote last while the other had not applied it. Nothing said so.
+    let w = World::start(&["acme"]);
+    let r1 = replica(&w.keys, &w.redis.url(), "edge-eu-1", None).expect("replica 1");
+    let r2 = replica(&w.keys, &w.redis.url(), "edge-eu-1", None).expect("replica 2");
+    let config = w.admin.config.to_str().expect("utf8").to_owned();
+    wait::until(Duration::from_secs(10), "the shared id seen", || {
+        let out = cli(&["replicas", "--config", &config, "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        list.as_array()?
+            .iter()
+            .any(|r| r["id"] == "edge-eu-1" && r["id_shared"] == true)
+            .then_some(())
+    });
+    let says = "another process heartbeats under this replica's id";
+    assert!(
+        r1.log().contains(says) || r2.log().contains(says),
+        "{}\n{}",
+        r1.log(),
+        r2.log()
+    );
+    let out = cli(&["replicas", "--config", &config]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("another process heartbeats under this id"),
+        "{text}"
+    );
+    let (code, _, err) = w
+        .admin
+        .tenant(&["set-status", "acme", "past_due", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("another process heartbeats under the id of edge-eu-1"),
+        "{err}"
+    );
+    // One replica per id again: no longer shared.
+    drop(r2);
+    wait::until(Duration::from_secs(10), "the id no longer shared", || {
+        let out = cli(&["replicas", "--config", &config, "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        list.as_array()?
+            .iter()
+            .any(|r| {
+                r["id"] == "edge-eu-1"
+                    && r["live"] == true
+                    && r.get("id_shared") == Some(&serde_json::json!(false))
+            })
+            .then_some(())
+    });
+    assert!(!r1.log().contains("ERROR"), "{}", r1.log());
+}
+
+#[test]
 fn wait_names_replicas_stopped_or_on_another_history() {
     let World {
         redis,

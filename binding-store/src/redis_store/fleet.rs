@@ -42,6 +42,57 @@ struct Heartbeat {
     /// It refused more tenants' records than `refused` lists.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     refused_more: bool,
+    /// A random token of the process that wrote it: another token under the same id, just
+    /// before, is another process heartbeating as this replica. Missing from older replicas'.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    process: String,
+    /// The replica found another process heartbeating under its id (see [`IdWatch`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    id_shared: bool,
+}
+
+/// Watches for another process heartbeating under this replica's id (two replicas given one
+/// `replica_id`, as a config copied between hosts would): the fleet would count them as one,
+/// and `--wait` could confirm a change by the one that applied it while the other, cut off,
+/// still serves the old binding.
+#[derive(Debug)]
+pub(crate) struct IdWatch {
+    /// This process's token, written in each heartbeat.
+    process: String,
+    /// Heartbeats in a row that replaced another process's recent one.
+    foreign: std::sync::atomic::AtomicU32,
+}
+
+impl IdWatch {
+    pub(crate) fn new() -> Self {
+        let mut token = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token);
+        Self {
+            process: token.iter().map(|b| format!("{b:02x}")).collect(),
+            foreign: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Notes the heartbeat this one replaced, stored at `previous_at_ms` by `previous_process`
+    /// (Redis's clock, as `now_ms`). Two in a row from another process within the live window
+    /// are a shared id: one alone is this replica's predecessor (a restart under a fixed id).
+    /// Returns whether the id is shared, and whether that is news.
+    fn observe(&self, previous: Option<(&str, u64)>, now_ms: u64, window_ms: u64) -> (bool, bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let foreign = previous.is_some_and(|(process, at)| {
+            !process.is_empty() && process != self.process && now_ms.saturating_sub(at) <= window_ms
+        });
+        if !foreign {
+            let was = self.foreign.swap(0, Relaxed);
+            return (false, was >= 2);
+        }
+        let n = self.foreign.fetch_add(1, Relaxed).saturating_add(1);
+        (n >= 2, n == 2)
+    }
+
+    fn shared(&self) -> bool {
+        self.foreign.load(std::sync::atomic::Ordering::Relaxed) >= 2
+    }
 }
 
 /// Most refusals a heartbeat tells (it is rewritten every interval; a fleet with more
@@ -75,6 +126,9 @@ pub struct ReplicaStatus {
     /// It refused more records than `refused` lists: for a tenant not listed, nobody can
     /// tell from here whether it serves the tenant's latest record.
     pub refused_more: bool,
+    /// Another process heartbeats under the same id: what this entry says is one of theirs
+    /// at a time, so nobody can tell from here what the other serves.
+    pub id_shared: bool,
 }
 
 impl ReplicaStatus {
@@ -112,6 +166,9 @@ pub struct WaitOutcome {
     /// since before the wait began (each with how long): not counted, and named so that
     /// one cut off from Redis while still serving its last table is not passed over unseen.
     pub silent: Vec<String>,
+    /// Live replicas whose id another process heartbeats under too: counted once, though
+    /// two processes may serve different tables under it.
+    pub shared: Vec<String>,
 }
 
 /// A replica silent for longer than this is no longer counted: 10 heartbeats and at least
@@ -119,26 +176,6 @@ pub struct WaitOutcome {
 /// `--wait` and is named in its timeout instead of being silently skipped.
 fn live_window_ms(interval_ms: u64) -> u64 {
     (10 * interval_ms).max(5_000)
-}
-
-/// The highest revision a replica's heartbeat says it applied (0: none, or none readable).
-/// With no revision counter, any such revision means Redis lost its data under a fleet that
-/// still serves it, as `write.lua` reads them too. A key of another type says nothing.
-pub(super) async fn highest_applied(
-    store: &RedisStore,
-    con: &mut MultiplexedConnection,
-) -> redis::RedisResult<u64> {
-    let beats: Vec<String> = match con.hvals(store.keys().replicas()).await {
-        Ok(beats) => beats,
-        Err(e) if e.is_io_error() || e.is_connection_dropped() => return Err(e),
-        Err(_) => return Ok(0),
-    };
-    Ok(beats
-        .iter()
-        .filter_map(|b| serde_json::from_str::<Heartbeat>(b).ok())
-        .map(|hb| hb.applied_revision)
-        .max()
-        .unwrap_or(0))
 }
 
 pub(super) async fn heartbeat(
@@ -156,6 +193,8 @@ pub(super) async fn heartbeat(
         following,
         refused,
         refused_more,
+        process: store.id_watch().process.clone(),
+        id_shared: store.id_watch().shared(),
     };
     // Without `at_ms`, which the script puts first.
     let json = serde_json::to_string(&hb).unwrap_or_default();
@@ -163,9 +202,25 @@ pub(super) async fn heartbeat(
         .key(store.keys().replicas())
         .arg(&store.opts().replica_id)
         .arg(&json)
-        .invoke_async::<()>(con)
+        .invoke_async::<(u64, Option<String>)>(con)
         .await;
     match stamped {
+        Ok((now_ms, previous)) => {
+            let previous = previous.and_then(|p| serde_json::from_str::<Heartbeat>(&p).ok());
+            let (shared, news) = store.id_watch().observe(
+                previous.as_ref().map(|p| (p.process.as_str(), p.at_ms)),
+                now_ms,
+                live_window_ms(hb.interval_ms),
+            );
+            if news && shared {
+                tracing::warn!(replica_id = %store.opts().replica_id,
+                    "another process heartbeats under this replica's id: the fleet counts both as one, and --wait may confirm a change one of them has not applied; give each replica its own replica_id (the default, hostname-pid, is)");
+            } else if news {
+                tracing::info!(replica_id = %store.opts().replica_id,
+                    "no other process heartbeats under this replica's id any more");
+            }
+            Ok(())
+        }
         // The connection is gone: the session ends, as for any command.
         Err(e) if e.is_io_error() || e.is_connection_dropped() => Err(e),
         // The script refused (an ACL user that may not run scripts, or may not read TIME in
@@ -191,7 +246,6 @@ pub(super) async fn heartbeat(
             con.hset(store.keys().replicas(), &store.opts().replica_id, json)
                 .await
         }
-        ok => ok,
     }
 }
 
@@ -210,12 +264,18 @@ async fn redis_now_ms(con: &mut MultiplexedConnection) -> redis::RedisResult<u64
 }
 
 /// The highest revision any replica's heartbeat reports serving (0 with none): what a
-/// Redis that lost its data is still served as.
+/// Redis that lost its data is still served as. With no revision counter, any such revision
+/// means Redis lost its data under a fleet that still serves it (`write.lua` reads them the
+/// same way). A key of another type tells nothing: 0 (a write refuses that key by name).
 pub(super) async fn served_revision(
     store: &RedisStore,
     con: &mut MultiplexedConnection,
 ) -> redis::RedisResult<u64> {
-    let beats: Vec<Vec<u8>> = con.hvals(store.keys().replicas()).await?;
+    let beats: Vec<Vec<u8>> = match con.hvals(store.keys().replicas()).await {
+        Ok(beats) => beats,
+        Err(e) if e.is_io_error() || e.is_connection_dropped() => return Err(e),
+        Err(_) => return Ok(0),
+    };
     Ok(beats
         .iter()
         .filter_map(|b| serde_json::from_slice::<Heartbeat>(b).ok())
@@ -263,6 +323,7 @@ impl RedisStore {
                 other_history: !hb.following || counter.is_some_and(|c| hb.applied_revision > c),
                 refused: hb.refused,
                 refused_more: hb.refused_more,
+                id_shared: hb.id_shared,
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -340,6 +401,11 @@ impl RedisStore {
                 .filter(|r| !r.live && !seen_live.contains(&r.id))
                 .map(|r| format!("{} (silent for {} s)", r.id, r.last_seen_ms / 1000))
                 .collect();
+            let shared = live
+                .iter()
+                .filter(|r| r.id_shared)
+                .map(|r| r.id.clone())
+                .collect();
             let outcome = WaitOutcome {
                 applied,
                 live: live.len(),
@@ -347,6 +413,7 @@ impl RedisStore {
                 behind,
                 refused,
                 silent,
+                shared,
             };
             if outcome.behind.is_empty() && outcome.live > 0 {
                 return if outcome.refused.is_empty() {
@@ -377,7 +444,53 @@ mod tests {
             other_history: false,
             refused: refused.iter().map(|(t, r)| ((*t).to_owned(), *r)).collect(),
             refused_more,
+            id_shared: false,
         }
+    }
+
+    #[test]
+    fn a_shared_id_is_two_foreign_heartbeats_in_a_row_within_the_live_window() {
+        let w = IdWatch::new();
+        let own = w.process.clone();
+        let window = 5_000;
+        // A predecessor's heartbeat (a restart under a fixed id): once, then our own.
+        assert_eq!(
+            w.observe(Some(("0123", 9_000)), 10_000, window),
+            (false, false)
+        );
+        assert_eq!(
+            w.observe(Some((&own, 10_000)), 10_100, window),
+            (false, false)
+        );
+        // Another process in between each of ours: shared from the second, said once.
+        assert_eq!(
+            w.observe(Some(("0123", 10_150)), 10_200, window),
+            (false, false)
+        );
+        assert_eq!(
+            w.observe(Some(("0123", 10_250)), 10_300, window),
+            (true, true)
+        );
+        assert!(w.shared());
+        assert_eq!(
+            w.observe(Some(("0123", 10_350)), 10_400, window),
+            (true, false)
+        );
+        // It stops (or is old, or wrote no token): no longer shared, said once.
+        assert_eq!(
+            w.observe(Some((&own, 10_400)), 10_500, window),
+            (false, true)
+        );
+        assert_eq!(
+            w.observe(Some(("0123", 1_000)), 10_600, window),
+            (false, false)
+        );
+        assert_eq!(
+            w.observe(Some(("", 10_600)), 10_700, window),
+            (false, false)
+        );
+        assert_eq!(w.observe(None, 10_800, window), (false, false));
+        assert!(!w.shared());
     }
 
     #[test]

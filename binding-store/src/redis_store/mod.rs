@@ -193,6 +193,8 @@ pub struct RedisStore {
     /// binding it still serves for them (0: none). Told in heartbeats, so `--wait` does not
     /// count a replica that refused the very change it waits for.
     refusals: Mutex<BTreeMap<String, u64>>,
+    /// Another process heartbeating under this replica's id, if any.
+    id_watch: fleet::IdWatch,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -275,6 +277,7 @@ impl RedisStore {
             health: Arc::new(SyncHealth::default()),
             position: Mutex::new(None),
             refusals: Mutex::new(BTreeMap::new()),
+            id_watch: fleet::IdWatch::new(),
             opts,
         })
     }
@@ -609,7 +612,7 @@ impl RedisStore {
             // Nothing served here, but replicas serve a history Redis no longer holds: an
             // empty table taken now would answer 404 for every tenant (and a replica starting
             // on it would call itself ready). Refused like a write is (`write.lua`).
-            let served = fleet::highest_applied(self, con).await?;
+            let served = fleet::served_revision(self, con).await?;
             if served > 0 {
                 return Err(LoadError::Wiped { served });
             }
@@ -778,6 +781,10 @@ impl RedisStore {
 
     /// The refusals to tell in a heartbeat (at most [`fleet::MAX_TOLD_REFUSALS`]), and
     /// whether there are more.
+    pub(crate) fn id_watch(&self) -> &fleet::IdWatch {
+        &self.id_watch
+    }
+
     pub(crate) fn refusals(&self) -> (BTreeMap<String, u64>, bool) {
         self.refusals
             .lock()

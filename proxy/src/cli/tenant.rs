@@ -597,6 +597,13 @@ async fn wait_fleet(
             o.silent.join(", ")
         );
     }
+    if written.is_none() && !o.shared.is_empty() {
+        eprintln!(
+            "nexus-edge: another process heartbeats under the id of {}: counted as one, so \
+             what it serves is not confirmed; give each replica its own replica_id",
+            o.shared.join(", ")
+        );
+    }
     if let Some(written) = written {
         outln!("{}", serde_json::json!({ "written": written, "wait": o }));
     } else if ok {
@@ -692,6 +699,13 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
                     if !r.refused.is_empty() {
                         let tenants: Vec<&str> = r.refused.keys().map(String::as_str).collect();
                         outln!("{:<40} refused the records of: {}", "", tenants.join(", "));
+                    }
+                    if r.id_shared {
+                        outln!(
+                            "{:<40} another process heartbeats under this id: give each \
+                             replica its own replica_id",
+                            ""
+                        );
                     }
                 }
             }
