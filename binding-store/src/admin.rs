@@ -4,6 +4,7 @@
 //! step) and may carry an expected revision for optimistic concurrency: a write that expected
 //! revision N fails with [`AdminError::Conflict`] if someone else changed the tenant first.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -287,13 +288,31 @@ pub enum ImportSource {
     },
 }
 
-/// An import as one [`BindingAdmin::apply`] per binding, in order, stopping at the first
-/// failure.
+/// An import as one [`BindingAdmin::apply`] per binding, stopping at the first failure, in
+/// the order of [`release_first`]: a record that takes a custom domain from another tenant
+/// of the import goes after that tenant's record, which lets the domain go. In the file's own
+/// order, a move listed taker first failed half way (the domain still bound to its old
+/// tenant), whatever was written before it.
 pub async fn import_each<A: BindingAdmin + ?Sized>(
     admin: &A,
     bindings: Vec<Arc<Binding>>,
     actor: &Actor,
 ) -> Result<u64, ImportError> {
+    let bindings = if bindings.iter().any(|b| !b.domains.is_empty()) {
+        let mut current = HashMap::new();
+        for b in &bindings {
+            let now = admin
+                .get(&b.tenant_id)
+                .await
+                .map_err(ImportError::nothing)?;
+            if let Some(now) = now {
+                current.insert(b.tenant_id.clone(), now);
+            }
+        }
+        release_first(bindings, &current)
+    } else {
+        bindings
+    };
     let mut written = 0;
     for b in bindings {
         let tenant = b.tenant_id.clone();
@@ -308,4 +327,115 @@ pub async fn import_each<A: BindingAdmin + ?Sized>(
         written += 1;
     }
     Ok(written)
+}
+
+/// `bindings` reordered so that a record claiming a custom domain that another tenant of the
+/// import holds now (`current`) and lets go comes after that tenant's record; otherwise in
+/// their order. Records in a cycle (two tenants swapping domains) stay in their order: no
+/// order of single writes can do a swap, and the first write that meets the other's domain
+/// fails as before.
+pub(crate) fn release_first(
+    bindings: Vec<Arc<Binding>>,
+    current: &HashMap<TenantId, Binding>,
+) -> Vec<Arc<Binding>> {
+    let at: HashMap<&TenantId, usize> = bindings
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (&b.tenant_id, i))
+        .collect();
+    let mut holder: HashMap<&str, usize> = HashMap::new();
+    for (tenant, now) in current {
+        if let Some(&i) = at.get(tenant) {
+            for d in &now.domains {
+                holder.insert(d.as_str(), i);
+            }
+        }
+    }
+    // after[i]: the records that must wait for record i; waiting[j]: how many j waits for.
+    let n = bindings.len();
+    let mut after: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut waiting = vec![0usize; n];
+    for (j, b) in bindings.iter().enumerate() {
+        for d in &b.domains {
+            let Some(&i) = holder.get(d.as_str()) else {
+                continue;
+            };
+            if i != j && !bindings[i].domains.contains(d) && !after[i].contains(&j) {
+                after[i].push(j);
+                waiting[j] += 1;
+            }
+        }
+    }
+    let mut order = Vec::with_capacity(n);
+    let mut done = vec![false; n];
+    // Each pass takes, in the import's order, every record no longer waiting; a pass that
+    // takes none leaves a cycle, taken in order.
+    while order.len() < n {
+        let ready: Vec<usize> = (0..n).filter(|&j| !done[j] && waiting[j] == 0).collect();
+        let take = if ready.is_empty() {
+            (0..n).filter(|&j| !done[j]).collect()
+        } else {
+            ready
+        };
+        for j in take {
+            done[j] = true;
+            order.push(j);
+            for &k in &after[j] {
+                waiting[k] = waiting[k].saturating_sub(1);
+            }
+        }
+    }
+    let mut slots: Vec<Option<Arc<Binding>>> = bindings.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|j| slots[j].take()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_binding;
+
+    fn order(import: &[Arc<Binding>], now: &[Arc<Binding>]) -> Vec<String> {
+        let current = now
+            .iter()
+            .map(|b| (b.tenant_id.clone(), b.as_ref().clone()))
+            .collect();
+        release_first(import.to_vec(), &current)
+            .iter()
+            .map(|b| b.tenant_id.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_record_that_takes_a_domain_goes_after_the_record_that_lets_it_go() {
+        let now = [
+            test_binding("x", 1, &["d1.example.test"]),
+            test_binding("v", 1, &["d2.example.test"]),
+        ];
+        // w takes d1 from x, and x lets it go: x first, the rest in the file's order.
+        let import = [
+            test_binding("a", 1, &[]),
+            test_binding("w", 1, &["d1.example.test"]),
+            test_binding("b", 1, &[]),
+            test_binding("x", 1, &[]),
+        ];
+        assert_eq!(order(&import, &now), ["a", "b", "x", "w"]);
+        // x keeps d1: no order helps, the file's order stands (w then fails on it).
+        let keeps = [
+            test_binding("w", 1, &["d1.example.test"]),
+            test_binding("x", 1, &["d1.example.test"]),
+        ];
+        assert_eq!(order(&keeps, &now), ["w", "x"]);
+        // A swap (x and v trade domains) is a cycle: the file's order.
+        let swap = [
+            test_binding("x", 1, &["d2.example.test"]),
+            test_binding("v", 1, &["d1.example.test"]),
+        ];
+        assert_eq!(order(&swap, &now), ["x", "v"]);
+        // A domain held by a tenant outside the import: nothing to wait for.
+        let outside = [
+            test_binding("w", 1, &["d2.example.test"]),
+            test_binding("x", 1, &[]),
+        ];
+        assert_eq!(order(&outside, &[now[1].clone()]), ["w", "x"]);
+    }
 }

@@ -1425,6 +1425,37 @@ fn swapped(w: &World, edge: &Edge) -> bool {
 }
 
 #[test]
+fn an_import_that_moves_a_domain_is_written_whole_whatever_its_order() {
+    // One record per write: the file listing the domain's new tenant (gamma) before its old
+    // one (alpha), the import failed at gamma, "domain already bound", with the records
+    // before it written: half imported.
+    let (w, edge) = swap_world();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("import.json");
+    let record = |tenant: &str, url: &str, domains: &[&str]| {
+        let mut r = binding(tenant, url, "active", None);
+        r["domains"] = serde_json::json!(domains);
+        r
+    };
+    let doc = nexus_e2e::edge::bindings_file(vec![
+        record("gamma", &w.b.url(), &["one.example.test"]),
+        record("alpha", &w.a.url(), &[]),
+        record("beta", &w.b.url(), &["two.example.test"]),
+    ]);
+    std::fs::write(&file, doc.to_string()).expect("write");
+    let out = w.admin.ok(&["import", file.to_str().expect("utf8")]);
+    assert!(out.contains('3'), "{out}");
+    wait::until(Duration::from_secs(20), "the moved domain routed", || {
+        (routed(&edge, &w.keys, "one.example.test", "gamma").as_deref() == Some("instance-b"))
+            .then_some(())
+    });
+    assert_eq!(
+        routed(&edge, &w.keys, &host("alpha"), "alpha").as_deref(),
+        Some("instance-a")
+    );
+}
+
+#[test]
 fn a_domain_swap_read_in_one_batch_reaches_the_replica() {
     // The swap is made while a replica is frozen. Thawed, it reads the three entries together
     // and applies each as the tenant's newest record: alpha's claims two, still beta's here,
