@@ -2450,6 +2450,47 @@ fn sigterm_drains_in_flight_requests_and_stops_once_they_are_done() {
 }
 
 #[test]
+fn a_request_pipelined_behind_one_in_flight_at_sigterm_is_answered_or_announced_unanswered() {
+    // RFC 9112 §9.3.2: a client that pipelines retries what a closed connection left
+    // unanswered, but only a response that says `Connection: close` tells it, before the
+    // close, that the next one will not come. The second request, read before the shutdown
+    // began, gets its answer, or the first's response says the connection ends.
+    use std::io::Write;
+    let mut w = world_with_long_grace();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let h = host("acme");
+    let mut s = TcpStream::connect(w.edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET /slow/1500 HTTP/1.1\r\nHost: {h}\r\nAuthorization: Bearer {token}\r\n\r\n\
+         GET /after HTTP/1.1\r\nHost: {h}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    nexus_e2e::wait::until(
+        Duration::from_secs(5),
+        "the slow request at the instance",
+        || (w.a.hits() == 1).then_some(()),
+    );
+    w.edge.terminate();
+    let first = nexus_e2e::http::read_next_response(&mut s).expect("the first response");
+    assert_eq!(first.status, 200, "{}", first.text());
+    let announced = first
+        .header("connection")
+        .is_some_and(|c| c.eq_ignore_ascii_case("close"));
+    match nexus_e2e::http::read_next_response(&mut s) {
+        Ok(second) => assert_eq!(second.status, 200, "{}", second.text()),
+        Err(e) => assert!(
+            announced,
+            "the second request went unanswered ({e}) after a response that did not say the \
+             connection would close"
+        ),
+    }
+    let status = w.edge.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
 fn sighup_is_ignored_with_a_warning_and_the_router_serves_on() {
     let w = world();
     let _ = std::process::Command::new("kill")
