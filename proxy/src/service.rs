@@ -719,11 +719,16 @@ impl ProxyHttp for EdgeService {
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.switched_at = Some(Instant::now());
         }
-        if ends_with_connection(&upstream_response.headers) {
+        let bodiless = session.req_header().method == http::Method::HEAD
+            || upstream_response.status.is_informational()
+            || upstream_response.status == http::StatusCode::NO_CONTENT
+            || upstream_response.status == http::StatusCode::NOT_MODIFIED;
+        if !bodiless && ends_with_connection(&upstream_response.headers) {
             // The body has no length (RFC 9112 §6.3): Pingora reads it to the instance's
             // close and writes it on unframed, so only the client's close can end it too.
             // Kept alive, the client could wait for that close, or take the next response
-            // for more of this body.
+            // for more of this body. (A response to HEAD, a 1xx, 204 or 304 has no body
+            // whatever its header says: its connection stays.)
             session.set_keepalive(None);
         }
         if session.req_header().version < http::Version::HTTP_11

@@ -130,6 +130,9 @@ fn a_body_that_ends_with_the_instances_connection_ends_with_the_clients() {
         "/identity" => Answer::close(
             "HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\ncontent-length: 2\r\n\r\nok",
         ),
+        "/not-modified" => {
+            Answer::keep("HTTP/1.1 304 Not Modified\r\ntransfer-encoding: gzip\r\n\r\n")
+        }
         _ => Answer::keep(OK),
     });
     for (path, body) in [
@@ -157,6 +160,15 @@ fn a_body_that_ends_with_the_instances_connection_ends_with_the_clients() {
     // An ordinary response keeps the connection.
     let mut s = w.connect();
     assert_eq!(w.get(&mut s, "/").status, 200);
+    assert_eq!(w.get(&mut s, "/").status, 200);
+    // So does a 304 whatever its header says: it has no body (RFC 9110 §15.4.5).
+    let r = w.get(&mut s, "/not-modified");
+    assert_eq!(r.status, 304);
+    assert!(
+        !values(&r, "connection").contains(&"close"),
+        "{:?}",
+        r.headers
+    );
     assert_eq!(w.get(&mut s, "/").status, 200);
 }
 
