@@ -8,6 +8,7 @@
 
 mod defaults;
 mod error;
+pub mod files;
 mod ipnet;
 mod load;
 mod reader;

@@ -331,10 +331,13 @@ pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
 /// Reads a config file's text: for a caller that needs the text as well as the settings
 /// ([`parse_str`] it, then find lines in the same text with [`key_line`]).
 pub fn read_text(path: &Path) -> Result<String, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes =
+        crate::files::read_regular(path, crate::files::MAX_CONFIG_BYTES).map_err(|source| {
+            ConfigError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     let text = String::from_utf8(bytes).map_err(|e| {
         // Say where: a stray byte in a long file is otherwise hard to find.
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
@@ -553,6 +556,16 @@ fn server(
     })
 }
 
+/// Why environment variable `name` gives no value.
+fn env_problem(name: &str, e: &std::env::VarError) -> String {
+    match e {
+        std::env::VarError::NotPresent => format!("environment variable {name} is not set"),
+        std::env::VarError::NotUnicode(_) => {
+            format!("environment variable {name} is set, but not to UTF-8 text")
+        }
+    }
+}
+
 /// A canonical domain: lowercase labels of `a-z0-9-`, no leading/trailing dot.
 fn check_domain(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
@@ -565,9 +578,21 @@ fn check_domain(s: &str) -> Result<String, String> {
                 && l.bytes()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         });
+    // The router refuses a host whose last label is a number, decimal or `0x` hex: URL
+    // parsers read such a name as an IPv4 address in one of its spellings (`127.1`,
+    // `acme.0x7f`). A base domain ending so would route nothing.
+    let last = s.rsplit('.').next().unwrap_or_default().as_bytes();
+    let hex = last.len() >= 2 && last[0] == b'0' && last[1] == b'x';
+    let numeric =
+        last.iter().all(u8::is_ascii_digit) || (hex && last[2..].iter().all(u8::is_ascii_hexdigit));
     if ok && s.parse::<std::net::Ipv4Addr>().is_ok() {
         // The router refuses IP hosts (400): such a base domain would route nothing.
         Err(format!("{s:?} is an IP address, not a domain name"))
+    } else if ok && numeric {
+        Err(format!(
+            "{s:?} ends in a number, so every name under it reads as an IP address, which the \
+             router refuses"
+        ))
     } else if ok {
         Ok(s.to_owned())
     } else {
@@ -605,12 +630,36 @@ fn check_prefix(s: &str) -> Result<String, String> {
 /// The Redis key prefix: free of what Redis's `SCAN MATCH` reads as a pattern (`*`, `?`,
 /// `[`, `]`, `\`), since the bindings are found by `{prefix}:binding:*`.
 fn check_key_prefix(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("is empty: every key would start with ':'".to_owned());
+    }
+    if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{s:?} holds {c:?}: no blanks or control characters"
+        ));
+    }
     match s
         .chars()
         .find(|c| matches!(c, '*' | '?' | '[' | ']' | '\\'))
     {
         Some(c) => Err(format!(
             "{s:?} holds {c:?}, which Redis key patterns read as a wildcard"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A replica's id, as `nexus-edge replicas` lists it and `--wait` names it: printable, no
+/// blanks, at most 128 bytes. (Left out, it is `hostname-pid`.)
+fn check_replica_id(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 128 {
+        return Err(format!(
+            "{s:?} must be 1 to 128 bytes (leave the key out for hostname-pid)"
+        ));
+    }
+    match s.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        Some(c) => Err(format!(
+            "{s:?} holds {c:?}: no blanks or control characters"
         )),
         None => Ok(()),
     }
@@ -726,11 +775,20 @@ fn auth(
         }
     };
     let hmac_keys = hmac_keys(&mut s, base, p);
+    // An empty or blank entry would accept a token whose claim is empty or blank: a value an
+    // issuer never means, and one a forged token's author picks first.
+    let named = |v: &str| {
+        if v.trim().is_empty() || v.trim() != v {
+            Err(format!("{v:?} is empty or has blanks at its ends"))
+        } else {
+            Ok(v.to_owned())
+        }
+    };
     let issuers = s
-        .strings("issuers", p, |v| Ok(v.to_owned()))
+        .strings("issuers", p, named)
         .unwrap_or_else(|| d.issuers.clone());
     let audiences = s
-        .strings("audiences", p, |v| Ok(v.to_owned()))
+        .strings("audiences", p, named)
         .unwrap_or_else(|| d.audiences.clone());
     let leeway = s
         .whole_seconds(
@@ -905,16 +963,16 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
         let secret = match (field("secret_env"), field("secret_file")) {
             (Some(env), None) => match std::env::var(&env) {
                 Ok(v) => v.into_bytes(),
-                Err(_) => {
+                Err(e) => {
                     p.push(
                         format!("{key}.secret_env"),
                         field_at("secret_env"),
-                        format!("environment variable {env} is not set"),
+                        env_problem(&env, &e),
                     );
                     continue;
                 }
             },
-            (None, Some(file)) => match std::fs::read(base.join(&file)) {
+            (None, Some(file)) => match crate::files::read_regular(&base.join(&file), 64 * 1024) {
                 Ok(mut b) => {
                     while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
                         b.pop();
@@ -1090,10 +1148,16 @@ fn store(
                     p,
                 )
                 .unwrap_or(Duration::from_secs(2));
-            let replica_id = s
-                .string("replica_id", p)
-                .map(|(v, _)| v)
-                .filter(|v| !v.is_empty());
+            let replica_id = match s.string("replica_id", p) {
+                None => None,
+                Some((v, at)) => match check_replica_id(&v) {
+                    Ok(()) => Some(v),
+                    Err(e) => {
+                        p.push("store.replica_id", Some(at), e);
+                        None
+                    }
+                },
+            };
             endpoint.zip(key_prefix).map(|(endpoint, key_prefix)| {
                 StoreSettings::Redis(RedisStoreSettings {
                     endpoint,
@@ -1138,6 +1202,29 @@ fn fragment_problem(u: &str) -> Option<&'static str> {
     )
 }
 
+/// A TCP Redis URL's port and database, as redis-rs reads them: port 0 connects nowhere, and a
+/// database past 1023 (the bound `[store.sentinel] db` has; Redis's own default is 16) or not
+/// a number fails only at start-up otherwise. Unix-socket URLs name theirs in the query.
+fn endpoint_problem(u: &str) -> Option<String> {
+    if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+        return None;
+    }
+    let parsed = url::Url::parse(u).ok()?;
+    if parsed.port() == Some(0) {
+        return Some("has port 0, which connects nowhere".to_owned());
+    }
+    let db = parsed.path().trim_start_matches('/');
+    if db.is_empty() {
+        return None;
+    }
+    match db.parse::<u32>() {
+        Ok(n) if n <= 1023 => None,
+        _ => Some(format!(
+            "names database {db:?}; a database is a number from 0 to 1023"
+        )),
+    }
+}
+
 fn is_redis_url(u: &str) -> bool {
     ["redis://", "rediss://", "redis+unix://", "unix://"]
         .iter()
@@ -1174,6 +1261,9 @@ fn redis_endpoint(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<Redis
                 );
                 None
             } else if let Some(m) = fragment_problem(&u) {
+                p.push("store.url", Some(at), m);
+                None
+            } else if let Some(m) = endpoint_problem(&u) {
                 p.push("store.url", Some(at), m);
                 None
             } else {
@@ -1242,11 +1332,11 @@ fn sentinel_settings(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<Se
         None => None,
         Some((env, at)) => match std::env::var(&env) {
             Ok(v) => Some(v),
-            Err(_) => {
+            Err(e) => {
                 p.push(
                     "store.sentinel.password_env",
                     Some(at),
-                    format!("environment variable {env} is not set"),
+                    env_problem(&env, &e),
                 );
                 None
             }
@@ -1316,7 +1406,7 @@ const NOT_A_NOTICE: &[&str] = &[
 fn ca_bundle(key: &str, path: Option<PathBuf>, p: &mut Problems<'_>) -> Option<PathBuf> {
     const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
     let path = path?;
-    match std::fs::read(&path) {
+    match crate::files::read_regular(&path, crate::files::MAX_CONFIG_BYTES) {
         Ok(bytes) if bytes.windows(BEGIN.len()).any(|w| w == BEGIN) => Some(path),
         Ok(_) => {
             p.push(

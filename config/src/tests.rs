@@ -859,3 +859,91 @@ fn each_of_many_problems_names_its_own_line() {
     assert_eq!(line_of("log.unknown_0"), Some(9));
     assert_eq!(line_of("log.unknown_19999"), Some(20_008));
 }
+
+#[test]
+fn values_the_router_or_the_fleet_could_not_use_are_refused_before_start() {
+    // A base domain ending in a number: every name under it is an IP address to the router.
+    for bad in ["nexus.123", "127.1", "1.2.3", "edge.0x7f"] {
+        let ps = problems(&format!(
+            "{MINIMAL}\n[tenancy]\nbase_domains = [\"{bad}\"]\n"
+        ));
+        assert!(
+            ps.iter().any(|p| p.key.starts_with("tenancy.base_domains")
+                && (p.message.contains("ends in a number") || p.message.contains("IP address"))),
+            "{bad}: {ps:#?}"
+        );
+    }
+    let ok = parse_str(
+        &format!("{MINIMAL}\n[tenancy]\nbase_domains = [\"edge.0xg\", \"a1.b2\"]\n"),
+        Path::new("/etc/nexus/edge.toml"),
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+    // An empty or blank issuer or audience would accept a token whose claim is empty.
+    let ps = problems(
+        "[auth]\njwks_file = \"k.json\"\nissuers = [\"\"]\naudiences = [\"nexus\", \" nexus\"]\n[store]\nkind = \"file\"\npath = \"b.json\"\n",
+    );
+    assert!(
+        ps.iter().any(|p| p.key.starts_with("auth.issuers")),
+        "{ps:#?}"
+    );
+    assert!(
+        ps.iter().any(|p| p.key.starts_with("auth.audiences")),
+        "{ps:#?}"
+    );
+    // The fleet's names: no empty or blank replica id, no empty key prefix.
+    for (key, value, says) in [
+        ("replica_id", "", "1 to 128 bytes"),
+        ("replica_id", "edge 1", "no blanks"),
+        ("replica_id", "edge\\n1", "no blanks"),
+        ("key_prefix", "", "is empty"),
+        ("key_prefix", "a b", "no blanks"),
+    ] {
+        let ps = problems(&format!(
+            "{AUTH}[store]\nkind = \"redis\"\nurl = \"redis://x\"\n{key} = \"{value}\"\n"
+        ));
+        has(&ps, &format!("store.{key}"), 6, says);
+    }
+    // A Redis URL's port 0, or a database that is no number from 0 to 1023.
+    for (url, says) in [
+        ("redis://x:0", "port 0"),
+        ("redis://x/99999", "database"),
+        ("rediss://x:6379/-1", "database"),
+        ("redis://x/db", "database"),
+    ] {
+        let ps = problems(&format!(
+            "{AUTH}[store]\nkind = \"redis\"\nurl = \"{url}\"\n"
+        ));
+        has(&ps, "store.url", 5, says);
+    }
+    for url in [
+        "redis://x:6379/0",
+        "redis://x/1023",
+        "redis://x",
+        "redis://x/",
+    ] {
+        let ok = parse_str(
+            &format!("{AUTH}[store]\nkind = \"redis\"\nurl = \"{url}\"\n"),
+            Path::new("/etc/nexus/edge.toml"),
+        );
+        assert!(ok.is_ok(), "{url}: {ok:?}");
+    }
+}
+
+#[test]
+fn a_config_path_that_is_no_regular_file_is_refused_not_read() {
+    let dir = tempfile::tempdir().expect("dir");
+    let fifo = dir.path().join("edge.toml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    for path in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
+        let e = load_file(path).expect_err("refused");
+        assert!(
+            e.to_string().contains("not a regular file"),
+            "{}: {e}",
+            path.display()
+        );
+    }
+}

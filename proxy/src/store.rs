@@ -72,7 +72,8 @@ pub fn redis_options(r: &RedisStoreSettings) -> Result<RedisOptions, String> {
         }),
     };
     let read = |key: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
+        nexus_config::files::read_regular(path, nexus_config::files::MAX_CONFIG_BYTES)
+            .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
     };
     let mut o = RedisOptions::with_endpoint(endpoint);
     o.tls = RedisTls {

@@ -79,6 +79,16 @@ fn read_source(source: &JwksSource) -> Result<(Vec<u8>, String), AuthSetupError>
     match source {
         JwksSource::File(p) => {
             let path = p.display().to_string();
+            // A FIFO or a device there would block the read, and every key reload after it.
+            if std::fs::metadata(p).is_ok_and(|m| !m.is_file()) {
+                return Err(AuthSetupError::Read {
+                    path,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not a regular file",
+                    ),
+                });
+            }
             let mut bytes = Vec::new();
             std::fs::File::open(p)
                 .and_then(|f| f.take(MAX_JWKS_BYTES as u64 + 1).read_to_end(&mut bytes))

@@ -187,7 +187,8 @@ fn check_bindings_file(
         return Ok(());
     };
     let Some(file) = &f.path else { return Ok(()) };
-    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let bytes = nexus_config::files::read_regular(file, u64::MAX)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     let parsed = nexus_binding_store::records::parse_records(&bytes)
         .map_err(|e| format!("{}: {e}", file.display()))?;
     for p in &parsed.problems {

@@ -460,7 +460,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             expect_revision,
         } => write(tenant, Mutation::Delete, expect_revision, None).await,
         TenantOp::Import { file } => {
-            let bytes = match std::fs::read(&file) {
+            let bytes = match nexus_config::files::read_regular(&file, u64::MAX) {
                 Ok(b) => b,
                 Err(e) => return fail(format!("{}: {e}", file.display())),
             };
