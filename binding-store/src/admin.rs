@@ -257,8 +257,9 @@ pub trait BindingAdmin: Send + Sync {
     async fn history(&self, tenant: &TenantId) -> Result<History, AdminError>;
 
     /// Creates or replaces every binding (their revisions are assigned by the store); returns
-    /// how many were written. By default one [`BindingAdmin::apply`] each, in order, stopping
-    /// at the first failure; a store that can write them all in one step does (the file
+    /// how many were written. By default one [`BindingAdmin::apply`] each, stopping at the
+    /// first failure, in the order of [`release_first`] (so the count written is not always
+    /// the file's first records); a store that can write them all in one step does (the file
     /// store: one rewrite of the file, all or nothing, instead of one per tenant). `source`
     /// says where they come from: a store that can lose its data under serving replicas
     /// (Redis) restores it only from a table as recent as the one they serve.
@@ -301,12 +302,16 @@ pub async fn import_each<A: BindingAdmin + ?Sized>(
     let bindings = if bindings.iter().any(|b| !b.domains.is_empty()) {
         let mut current = HashMap::new();
         for b in &bindings {
-            let now = admin
-                .get(&b.tenant_id)
-                .await
-                .map_err(ImportError::nothing)?;
-            if let Some(now) = now {
-                current.insert(b.tenant_id.clone(), now);
+            match admin.get(&b.tenant_id).await {
+                Ok(Some(now)) => {
+                    current.insert(b.tenant_id.clone(), now);
+                }
+                Ok(None) => {}
+                // Down: so would every write be.
+                Err(e @ AdminError::Unavailable(_)) => return Err(ImportError::nothing(e)),
+                // A damaged record (which the import may be putting right) says nothing of
+                // the domains it holds: it holds none for the order.
+                Err(_) => {}
             }
         }
         release_first(bindings, &current)

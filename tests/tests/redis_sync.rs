@@ -379,6 +379,25 @@ fn wait_with_no_live_replica_says_so_at_once() {
 }
 
 #[test]
+fn a_replica_that_shuts_down_leaves_the_fleet() {
+    // Its heartbeat stayed for an hour: `replicas` listed it and every --wait named it
+    // silent after each restart or rolling deploy.
+    let (w, mut edge) = World::followed(&["acme"]);
+    wait_live(&w.admin, &["replica-1"]);
+    edge.terminate();
+    let status = edge.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    let out = cli(&[
+        "replicas",
+        "--config",
+        w.admin.config.to_str().expect("utf8"),
+        "--json",
+    ]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list, serde_json::json!([]), "{list}");
+}
+
+#[test]
 fn two_replicas_given_one_id_are_told_apart_and_named() {
     // Two replicas with one `replica_id` (a config copied between hosts): both wrote one
     // heartbeat entry, the fleet counted them as one, and `--wait` could confirm a change by
@@ -408,12 +427,13 @@ fn two_replicas_given_one_id_are_told_apart_and_named() {
         text.contains("another process heartbeats under this id"),
         "{text}"
     );
+    // --wait cannot tell what each serves: it does not confirm the change.
     let (code, _, err) = w
         .admin
         .tenant(&["set-status", "acme", "past_due", "--wait"]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 4, "{err}");
     assert!(
-        err.contains("another process heartbeats under the id of edge-eu-1"),
+        err.contains("not confirmed by edge-eu-1 (another process heartbeats under this id"),
         "{err}"
     );
     // One replica per id again: no longer shared.
@@ -1430,6 +1450,9 @@ fn an_import_that_moves_a_domain_is_written_whole_whatever_its_order() {
     // one (alpha), the import failed at gamma, "domain already bound", with the records
     // before it written: half imported.
     let (w, edge) = swap_world();
+    // beta's record damaged behind the admin's back: the import puts it right, and the
+    // order is worked out around it.
+    damage_record(&w.redis, "beta");
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("import.json");
     let record = |tenant: &str, url: &str, domains: &[&str]| {
@@ -1452,6 +1475,10 @@ fn an_import_that_moves_a_domain_is_written_whole_whatever_its_order() {
     assert_eq!(
         routed(&edge, &w.keys, &host("alpha"), "alpha").as_deref(),
         Some("instance-a")
+    );
+    assert_eq!(
+        routed(&edge, &w.keys, "two.example.test", "beta").as_deref(),
+        Some("instance-b")
     );
 }
 
@@ -1886,7 +1913,7 @@ fn wait_names_a_replica_that_refused_the_change() {
     assert_ne!(code, 0, "{err}");
     assert!(
         err.contains(
-            "refused by replica-1 (refused globex's record; still serves no binding for it)"
+            "not confirmed by replica-1 (refused globex's record; still serves no binding for it)"
         ),
         "{err}"
     );

@@ -59,8 +59,11 @@ struct Heartbeat {
 pub(crate) struct IdWatch {
     /// This process's token, written in each heartbeat.
     process: String,
-    /// Heartbeats in a row that replaced another process's recent one.
-    foreign: std::sync::atomic::AtomicU32,
+    /// Sightings of another process's heartbeat under this id: how many, each within the
+    /// live window of the one before, and when the last was (Redis's clock).
+    sightings: std::sync::Mutex<(u32, u64)>,
+    /// Whether the id is shared, as last judged (told in the next heartbeat).
+    shared: std::sync::atomic::AtomicBool,
 }
 
 impl IdWatch {
@@ -69,29 +72,40 @@ impl IdWatch {
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token);
         Self {
             process: token.iter().map(|b| format!("{b:02x}")).collect(),
-            foreign: std::sync::atomic::AtomicU32::new(0),
+            sightings: std::sync::Mutex::new((0, 0)),
+            shared: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Notes the heartbeat this one replaced, stored at `previous_at_ms` by `previous_process`
-    /// (Redis's clock, as `now_ms`). Two in a row from another process within the live window
-    /// are a shared id: one alone is this replica's predecessor (a restart under a fixed id).
-    /// Returns whether the id is shared, and whether that is news.
+    /// (Redis's clock, as `now_ms`). The id is shared while another process's heartbeats
+    /// keep turning up, the second of them and each next one within `window_ms` of the one
+    /// before (two processes writing in turns replace each other's often, though not at
+    /// every beat); a single one is this replica's predecessor after a restart under a fixed
+    /// id. Returns whether the id is shared, and whether that changed.
     fn observe(&self, previous: Option<(&str, u64)>, now_ms: u64, window_ms: u64) -> (bool, bool) {
         use std::sync::atomic::Ordering::Relaxed;
         let foreign = previous.is_some_and(|(process, at)| {
             !process.is_empty() && process != self.process && now_ms.saturating_sub(at) <= window_ms
         });
-        if !foreign {
-            let was = self.foreign.swap(0, Relaxed);
-            return (false, was >= 2);
+        let Ok(mut seen) = self.sightings.lock() else {
+            return (self.shared.load(Relaxed), false);
+        };
+        let (count, last) = &mut *seen;
+        let recent = *count > 0 && now_ms.saturating_sub(*last) <= window_ms;
+        if foreign {
+            *count = if recent { count.saturating_add(1) } else { 1 };
+            *last = now_ms;
+        } else if !recent {
+            *count = 0;
         }
-        let n = self.foreign.fetch_add(1, Relaxed).saturating_add(1);
-        (n >= 2, n == 2)
+        let shared = *count >= 2;
+        let was = self.shared.swap(shared, Relaxed);
+        (shared, shared != was)
     }
 
     fn shared(&self) -> bool {
-        self.foreign.load(std::sync::atomic::Ordering::Relaxed) >= 2
+        self.shared.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -166,9 +180,6 @@ pub struct WaitOutcome {
     /// since before the wait began (each with how long): not counted, and named so that
     /// one cut off from Redis while still serving its last table is not passed over unseen.
     pub silent: Vec<String>,
-    /// Live replicas whose id another process heartbeats under too: counted once, though
-    /// two processes may serve different tables under it.
-    pub shared: Vec<String>,
 }
 
 /// A replica silent for longer than this is no longer counted: 10 heartbeats and at least
@@ -247,6 +258,24 @@ pub(super) async fn heartbeat(
                 .await
         }
     }
+}
+
+/// Takes this replica's heartbeat out of the fleet as it shuts down, so that `--wait` does
+/// not name it silent for the next hour, nor `replicas` list it. Only its own: under an id
+/// another process shares, that one's heartbeat stays. Best effort, within the store's
+/// command timeout: a replica that dies unannounced ages out as before.
+pub(super) async fn leave(store: &RedisStore, con: &mut MultiplexedConnection) {
+    let key = store.keys().replicas();
+    let id = &store.opts().replica_id;
+    let leave = async {
+        let beat: Option<String> = con.hget(&key, id).await.ok()?;
+        let hb = serde_json::from_str::<Heartbeat>(&beat?).ok()?;
+        if hb.process == store.id_watch().process {
+            let _: redis::RedisResult<()> = con.hdel(&key, id).await;
+        }
+        Some(())
+    };
+    let _ = tokio::time::timeout(store.opts().timeout, leave).await;
 }
 
 /// Logs `message` the first time only: a refusal that holds would repeat every heartbeat.
@@ -355,14 +384,26 @@ impl RedisStore {
                 }
             }
             let live: Vec<&ReplicaStatus> = replicas.iter().filter(|r| r.live).collect();
+            // A replica whose id another process shares is one of two, and which one wrote
+            // its heartbeat is anyone's guess: it confirms nothing, and ends the wait as a
+            // refusal does.
             let serves = |r: &ReplicaStatus| {
-                r.has_applied(revision) && r.refused_before(tenant, revision).is_none()
+                r.has_applied(revision)
+                    && r.refused_before(tenant, revision).is_none()
+                    && !r.id_shared
             };
             let applied = live.iter().filter(|r| serves(r)).count();
             let refused: Vec<String> = live
                 .iter()
                 .filter(|r| r.has_applied(revision))
                 .filter_map(|r| {
+                    if r.id_shared {
+                        return Some(format!(
+                            "{} (another process heartbeats under this id: what each serves \
+                             cannot be told apart; give each replica its own replica_id)",
+                            r.id
+                        ));
+                    }
                     Some(match r.refused_before(tenant, revision)? {
                         Some(0) => format!(
                             "{} (refused {tenant}'s record; still serves no binding for it)",
@@ -401,11 +442,6 @@ impl RedisStore {
                 .filter(|r| !r.live && !seen_live.contains(&r.id))
                 .map(|r| format!("{} (silent for {} s)", r.id, r.last_seen_ms / 1000))
                 .collect();
-            let shared = live
-                .iter()
-                .filter(|r| r.id_shared)
-                .map(|r| r.id.clone())
-                .collect();
             let outcome = WaitOutcome {
                 applied,
                 live: live.len(),
@@ -413,7 +449,6 @@ impl RedisStore {
                 behind,
                 refused,
                 silent,
-                shared,
             };
             if outcome.behind.is_empty() && outcome.live > 0 {
                 return if outcome.refused.is_empty() {
@@ -449,11 +484,11 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_id_is_two_foreign_heartbeats_in_a_row_within_the_live_window() {
+    fn a_shared_id_is_another_process_s_heartbeats_turning_up_within_the_live_window() {
         let w = IdWatch::new();
         let own = w.process.clone();
         let window = 5_000;
-        // A predecessor's heartbeat (a restart under a fixed id): once, then our own.
+        // A predecessor's heartbeat (a restart under a fixed id): once, then only our own.
         assert_eq!(
             w.observe(Some(("0123", 9_000)), 10_000, window),
             (false, false)
@@ -462,34 +497,52 @@ mod tests {
             w.observe(Some((&own, 10_000)), 10_100, window),
             (false, false)
         );
-        // Another process in between each of ours: shared from the second, said once.
         assert_eq!(
-            w.observe(Some(("0123", 10_150)), 10_200, window),
+            w.observe(Some((&own, 10_100)), 16_000, window),
+            (false, false)
+        );
+        // Another process, turning up again within the window (our own in between do not
+        // clear it): shared from the second sighting, said once.
+        assert_eq!(
+            w.observe(Some(("0123", 16_050)), 16_100, window),
             (false, false)
         );
         assert_eq!(
-            w.observe(Some(("0123", 10_250)), 10_300, window),
+            w.observe(Some((&own, 16_100)), 16_200, window),
+            (false, false)
+        );
+        assert_eq!(
+            w.observe(Some(("0123", 16_250)), 16_300, window),
             (true, true)
         );
         assert!(w.shared());
         assert_eq!(
-            w.observe(Some(("0123", 10_350)), 10_400, window),
+            w.observe(Some((&own, 16_300)), 16_400, window),
             (true, false)
         );
-        // It stops (or is old, or wrote no token): no longer shared, said once.
         assert_eq!(
-            w.observe(Some((&own, 10_400)), 10_500, window),
+            w.observe(Some(("0123", 16_450)), 16_500, window),
+            (true, false)
+        );
+        // A whole window without it: no longer shared, said once.
+        assert_eq!(
+            w.observe(Some((&own, 21_000)), 21_100, window),
+            (true, false)
+        );
+        assert_eq!(
+            w.observe(Some((&own, 21_500)), 21_600, window),
             (false, true)
         );
+        // An old heartbeat, or one without a token, is no sighting.
         assert_eq!(
-            w.observe(Some(("0123", 1_000)), 10_600, window),
+            w.observe(Some(("0123", 1_000)), 21_700, window),
             (false, false)
         );
         assert_eq!(
-            w.observe(Some(("", 10_600)), 10_700, window),
+            w.observe(Some(("", 21_700)), 21_800, window),
             (false, false)
         );
-        assert_eq!(w.observe(None, 10_800, window), (false, false));
+        assert_eq!(w.observe(None, 21_900, window), (false, false));
         assert!(!w.shared());
     }
 

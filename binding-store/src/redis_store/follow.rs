@@ -338,7 +338,10 @@ async fn session(
         let read = xread.query_async::<Option<Vec<(String, Entries)>>>(&mut blocking);
         let result = tokio::select! {
             r = tokio::time::timeout(Duration::from_millis(block_ms) + opts.timeout, read) => r,
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => {
+                super::fleet::leave(store, &mut con).await;
+                return Ok(());
+            }
         };
         let streams = match result {
             Ok(r) => r?,

@@ -139,8 +139,10 @@ impl Keys {
     /// a plain conversion would say only that a value was not a number.
     pub(crate) fn counter(&self, raw: Option<Vec<u8>>) -> redis::RedisResult<Option<u64>> {
         let Some(raw) = raw else { return Ok(None) };
+        // Digits only, as `write.lua` reads it (Rust's parse would take a `+` too).
         std::str::from_utf8(&raw)
             .ok()
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|t| t.parse::<u64>().ok())
             .map(Some)
             .ok_or_else(|| {
@@ -779,12 +781,13 @@ impl RedisStore {
         }
     }
 
-    /// The refusals to tell in a heartbeat (at most [`fleet::MAX_TOLD_REFUSALS`]), and
-    /// whether there are more.
+    /// Whether another process heartbeats under this replica's id.
     pub(crate) fn id_watch(&self) -> &fleet::IdWatch {
         &self.id_watch
     }
 
+    /// The refusals to tell in a heartbeat (at most [`fleet::MAX_TOLD_REFUSALS`]), and
+    /// whether there are more.
     pub(crate) fn refusals(&self) -> (BTreeMap<String, u64>, bool) {
         self.refusals
             .lock()

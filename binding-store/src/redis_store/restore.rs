@@ -140,10 +140,14 @@ async fn restore_locked(
     token: &str,
 ) -> Result<Option<u64>, ImportError> {
     // Every other writer is out now; one may have started a history just before.
-    let counter: Option<u64> = redis::cmd("GET")
+    let counter: Option<Vec<u8>> = redis::cmd("GET")
         .arg(store.keys.revision())
         .query_async(con)
         .await
+        .map_err(|e| ImportError::nothing(unavailable(e)))?;
+    let counter = store
+        .keys
+        .counter(counter)
         .map_err(|e| ImportError::nothing(unavailable(e)))?;
     if counter.is_some() {
         return Ok(None);

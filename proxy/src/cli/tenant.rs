@@ -597,13 +597,6 @@ async fn wait_fleet(
             o.silent.join(", ")
         );
     }
-    if written.is_none() && !o.shared.is_empty() {
-        eprintln!(
-            "nexus-edge: another process heartbeats under the id of {}: counted as one, so \
-             what it serves is not confirmed; give each replica its own replica_id",
-            o.shared.join(", ")
-        );
-    }
     if let Some(written) = written {
         outln!("{}", serde_json::json!({ "written": written, "wait": o }));
     } else if ok {
@@ -615,8 +608,9 @@ async fn wait_fleet(
         );
     } else if !o.refused.is_empty() && o.behind.is_empty() {
         eprintln!(
-            "nexus-edge: {}/{} live replicas serve revision {}; refused by {} (see their logs: \
-             they keep serving the binding named until the record is put right)",
+            "nexus-edge: {}/{} live replicas serve revision {}; not confirmed by {} (see their \
+             logs: a replica that refused the record keeps serving the binding named until the \
+             record is put right)",
             o.applied,
             o.live,
             o.revision,
