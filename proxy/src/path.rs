@@ -409,7 +409,9 @@ fn check_second_decoding(path: &[u8]) -> Result<(), PathError> {
             }
             // A blank read once: still encoded, as the lookalike rule reads it (`..%2520`
             // is `..%20`, then `..` where trailing blanks are trimmed).
-            Some(c) if is_trimmed_ascii(c) => {
+            // And so is a byte of a UTF-8 (or overlong) sequence: `..%25C2%25A0` is `..%C2%A0`,
+            // a no-break space after the dots, once decoded again.
+            Some(c) if is_trimmed_ascii(c) || c >= 0x80 => {
                 view.extend_from_slice(&[b'%', path[i + 3], path[i + 4]]);
                 i += 5;
             }
@@ -652,6 +654,8 @@ mod tests {
             ("/login/..%C0%A0/admin", PathError::DotSegmentLookalike),
             ("/login/..%E0%80%A0/admin", PathError::DotSegmentLookalike),
             ("/billing/..%2501/api", PathError::DotSegmentLookalike),
+            ("/login/..%25C2%25A0/admin", PathError::DotSegmentLookalike),
+            ("/login/..%25c0%25a0/admin", PathError::DotSegmentLookalike),
             ("/login/.%20/x", PathError::DotSegmentLookalike),
             ("/billing/%2e%2e%20%09/api", PathError::DotSegmentLookalike),
             ("/billing/..%0c", PathError::DotSegmentLookalike),

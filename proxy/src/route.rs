@@ -60,7 +60,12 @@ const MAX_RESERVED_LEN: usize = 20;
 /// - other client-address headers (`X-Original-Forwarded-For`, `X-Originating-IP`).
 pub fn is_reserved(name: &HeaderName) -> bool {
     let b = name.as_str().as_bytes();
-    if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c' | b'r' | b's')) {
+    // The one reserved name starting with `s`, apart: every browser request holds several
+    // `sec-*` headers, which the families below need not be compared with.
+    if b.first() == Some(&b's') {
+        return b.len() == b"script-name".len() && starts_as(b, b"script-name");
+    }
+    if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c' | b'r')) {
         return false;
     }
     if [
@@ -115,7 +120,6 @@ pub fn is_reserved(name: &HeaderName) -> bool {
             | b"x-original-url"
             | b"x-original-uri"
             | b"x-original-path"
-            | b"script-name"
             | b"x-script-name"
             | b"x-anonymous-consumer"
             | b"x-userinfo"

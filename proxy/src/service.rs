@@ -167,7 +167,7 @@ impl EdgeService {
     fn decide_request(&self, session: &Session, start: Instant) -> Result<Decision, RejectReason> {
         let req = session.req_header();
         if crate::method::is_echo(&req.method)
-            || crate::method::overrides_to_echo(&req.method, &req.headers)
+            || crate::method::overrides_to_echo(&req.method, &req.headers, req.uri.query())
         {
             return Err(RejectReason::TraceRefused);
         }

@@ -1973,9 +1973,9 @@ fn a_bindings_file_that_cannot_be_read_is_logged_once_not_at_every_poll() {
         "{}",
         w.edge.log()
     );
-    std::fs::remove_file(&w.edge.bindings_path).expect("remove the FIFO");
 
-    // The file back: loaded, and a later failure is logged again.
+    // The file back, renamed over the FIFO (never missing in between): loaded, and a later
+    // failure is logged again.
     let mut acme = binding("acme", &w.b.url(), "active", Some("org-acme"));
     acme["domains"] = serde_json::json!(["app.acme-corp.test"]);
     let mut back: serde_json::Value = serde_json::from_str(&good).expect("json");

@@ -187,6 +187,24 @@ pub fn check_query_token(query: Option<&str>, token: &str) -> Result<(), Credent
     Ok(())
 }
 
+/// The values, form-decoded, of every parameter of `query` whose name some framework reads as
+/// `name` (see `same_name`).
+pub(crate) fn query_values<'a>(
+    query: &'a str,
+    name: &'a [u8],
+) -> impl Iterator<Item = Vec<u8>> + 'a {
+    query
+        .as_bytes()
+        .split(|&c| c == b'&' || c == b';')
+        .filter_map(move |pair| {
+            let (n, value) = match pair.iter().position(|&c| c == b'=') {
+                Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+                None => (pair, &b""[..]),
+            };
+            same_name(n, name).then(|| form_decoded(value).collect())
+        })
+}
+
 /// Form-decodes `raw` (`%XX`, `+` for space) byte by byte.
 fn form_decoded(raw: &[u8]) -> impl Iterator<Item = u8> + '_ {
     let mut rest = raw;
