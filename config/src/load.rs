@@ -53,6 +53,10 @@ pub struct NamedFiles {
     pub jwks_file: Option<std::path::PathBuf>,
     /// `store.path` of a file store.
     pub bindings_file: Option<std::path::PathBuf>,
+    /// `upstream.ca_file`.
+    pub upstream_ca_file: Option<std::path::PathBuf>,
+    /// `log.filter`, as written.
+    pub log_filter: Option<String>,
 }
 
 impl Sections {
@@ -304,9 +308,9 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     let mut named = NamedFiles::default();
     let mut token_bound = None;
     let auth = auth(root, &d.auth, base, &mut named, &mut token_bound, &mut p);
-    let upstream = upstream(root, &d.upstream, base, &mut p);
+    let upstream = upstream(root, &d.upstream, base, &mut named, &mut p);
     let store = store(root, base, &mut named, &mut p);
-    let log = log(root, &d.log, &mut p);
+    let log = log(root, &d.log, &mut named, &mut p);
     // Whenever both bounds parsed, whatever else is wrong in their sections.
     if let (Some(header), Some(token)) = (header_bound, token_bound) {
         token_fits_in_header(root, header, token, &mut p);
@@ -932,44 +936,48 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
         if mistyped {
             continue;
         }
-        let Some(kid) = field("kid").filter(|k| !k.is_empty()) else {
-            p.push(format!("{key}.kid"), at, "is required");
-            continue;
-        };
-        if !kids.insert(kid.clone()) {
+        // Each field is judged on its own, so that one run lists every problem of the table.
+        let kid = match field("kid").filter(|k| !k.is_empty()) {
+            None => {
+                p.push(format!("{key}.kid"), at, "is required");
+                None
+            }
             // A token's kid selects one key: a second one under the same kid would never
             // be used.
-            p.push(
-                format!("{key}.kid"),
-                field_at("kid"),
-                format!("{kid:?} is listed twice"),
-            );
-            continue;
-        }
+            Some(kid) if !kids.insert(kid.clone()) => {
+                p.push(
+                    format!("{key}.kid"),
+                    field_at("kid"),
+                    format!("{kid:?} is listed twice"),
+                );
+                None
+            }
+            Some(kid) => Some(kid),
+        };
         let alg = match field("alg") {
-            None => HmacAlgorithm::HS256,
-            Some(name) => match HmacAlgorithm::from_name(&name) {
-                Some(a) => a,
-                None => {
+            None => Some(HmacAlgorithm::HS256),
+            Some(name) => {
+                let alg = HmacAlgorithm::from_name(&name);
+                if alg.is_none() {
                     p.push(
                         format!("{key}.alg"),
                         field_at("alg"),
                         format!("{name:?} is not one of \"HS256\", \"HS384\", \"HS512\""),
                     );
-                    continue;
                 }
-            },
+                alg
+            }
         };
         let secret = match (field("secret_env"), field("secret_file")) {
             (Some(env), None) => match std::env::var(&env) {
-                Ok(v) => v.into_bytes(),
+                Ok(v) => Some(v.into_bytes()),
                 Err(e) => {
                     p.push(
                         format!("{key}.secret_env"),
                         field_at("secret_env"),
                         env_problem(&env, &e),
                     );
-                    continue;
+                    None
                 }
             },
             (None, Some(file)) => match crate::files::read_regular(&base.join(&file), 64 * 1024) {
@@ -977,7 +985,7 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
                     while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
                         b.pop();
                     }
-                    b
+                    Some(b)
                 }
                 Err(e) => {
                     p.push(
@@ -985,13 +993,20 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
                         field_at("secret_file"),
                         format!("cannot read {file}: {e}"),
                     );
-                    continue;
+                    None
                 }
             },
             _ => {
-                p.push(key, at, "needs exactly one of secret_env or secret_file");
-                continue;
+                p.push(
+                    key.clone(),
+                    at,
+                    "needs exactly one of secret_env or secret_file",
+                );
+                None
             }
+        };
+        let (Some(kid), Some(alg), Some(secret)) = (kid, alg, secret) else {
+            continue;
         };
         // RFC 7518 §3.2: an HMAC key at least as long as the hash's output.
         if secret.len() < alg.min_secret_len() {
@@ -1020,6 +1035,7 @@ fn upstream(
     root: &DeTable<'_>,
     d: &UpstreamSettings,
     base: &Path,
+    named: &mut NamedFiles,
     p: &mut Problems<'_>,
 ) -> Option<UpstreamSettings> {
     let before = p.list.len();
@@ -1043,6 +1059,8 @@ fn upstream(
         )
         .unwrap_or(d.tunnel_idle_timeout);
     let ca_file = ca_bundle("upstream.ca_file", s.path("ca_file", base, p), p);
+    // For the deeper check of its certificates (`nexus-edge check`), whatever else is wrong.
+    named.upstream_ca_file.clone_from(&ca_file);
     let dns_ttl = s
         .duration("dns_ttl", Duration::ZERO, MAX_TIMEOUT, p)
         .unwrap_or(d.dns_ttl);
@@ -1482,12 +1500,18 @@ fn redis_tls(
     }
 }
 
-fn log(root: &DeTable<'_>, d: &LogSettings, p: &mut Problems<'_>) -> Option<LogSettings> {
+fn log(
+    root: &DeTable<'_>,
+    d: &LogSettings,
+    named: &mut NamedFiles,
+    p: &mut Problems<'_>,
+) -> Option<LogSettings> {
     let before = p.list.len();
     let mut s = Section::open(root, "log", p);
     let filter = s
         .string("filter", p)
         .map_or_else(|| d.filter.clone(), |(v, _)| v);
+    named.log_filter = Some(filter.clone());
     let format = match s.string("format", p) {
         None => d.format,
         Some((v, at)) => match v.as_str() {

@@ -771,6 +771,8 @@ fn an_hmac_key_problem_is_said_at_the_line_of_its_field() {
     has(&ps, "auth.hmac_keys[1].secret_env", 15, "is not set");
     has(&ps, "auth.hmac_keys[2].kid", 17, "listed twice");
     has(&ps, "auth.hmac_keys[3].secret_file", 21, "cannot read");
+    // Every problem of one table, not the first only: table 0's alg and its unset variable.
+    has(&ps, "auth.hmac_keys[0].secret_env", 12, "is not set");
 }
 
 #[test]

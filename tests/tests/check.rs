@@ -312,6 +312,39 @@ fn a_bad_key_does_not_hide_what_the_files_beside_it_hold() {
 }
 
 #[test]
+fn a_bad_value_beside_them_does_not_hide_the_ca_bundle_or_the_log_filter() {
+    // `idle_connections = 0` made [upstream] unusable, and with it the check of its CA
+    // bundle; a bad log format hid the filter's problem. Fixed one at a time, each took a run.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = TestKeys::new();
+    std::fs::write(dir.path().join("jwks.json"), keys.jwks().to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("bindings.json"),
+        r#"{"format": "nexus-edge.bindings/v1", "bindings": []}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let (code, out) = check(
+        dir.path(),
+        "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"file\"\npath = \"bindings.json\"\n\
+         [upstream]\nidle_connections = 0\nca_file = \"ca.pem\"\n[log]\nformat = \"xml\"\nfilter = \"info,,=x[bad\"\n",
+    );
+    assert_eq!(code, 1, "{out}");
+    for said in [
+        "upstream.idle_connections",
+        "upstream.ca_file",
+        "log.format",
+        "log.filter",
+    ] {
+        assert!(out.contains(said), "{said}: {out}");
+    }
+}
+
+#[test]
 fn a_snapshot_path_that_is_a_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -330,6 +363,20 @@ fn a_snapshot_path_that_is_a_directory_is_refused() {
         out.contains("store.snapshot_path") && out.contains("is a directory"),
         "{out}"
     );
+    // Under a file: no write could ever make its directory. Under missing ones: they are
+    // made at the first write.
+    std::fs::write(dir.path().join("file"), "x").unwrap();
+    let config = |snap: &str| {
+        format!(
+            "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"redis\"\n\
+             url = \"redis://127.0.0.1:6379\"\nsnapshot_path = \"{snap}\"\n"
+        )
+    };
+    let (code, out) = check(dir.path(), &config("file/deeper/snap"));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is not a directory"), "{out}");
+    let (code, out) = check(dir.path(), &config("new/dirs/snap"));
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]

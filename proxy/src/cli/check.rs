@@ -79,18 +79,20 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             eprintln!("{}: warning: tenancy.public_paths: {w}", path.display());
         }
     }
+    // Both even when their sections are wrong elsewhere, as for the key set.
     if let Some(Err(e)) = sections
-        .upstream
-        .as_ref()
-        .and_then(|u| u.ca_file.as_deref())
+        .named
+        .upstream_ca_file
+        .as_deref()
         .map(crate::server::check_ca_bundle)
     {
         problem("upstream.ca_file", e);
     }
     if let Some(Err(e)) = sections
-        .log
-        .as_ref()
-        .map(|l| crate::logging::check_filter(&l.filter))
+        .named
+        .log_filter
+        .as_deref()
+        .map(crate::logging::check_filter)
     {
         problem("log.filter", e);
     }
@@ -173,6 +175,21 @@ fn auth_warnings(path: &Path, auth: &nexus_config::AuthSettings) {
 fn check_snapshot_path(path: &Path) -> Result<(), String> {
     if path.is_dir() {
         return Err(format!("{}: is a directory, not a file", path.display()));
+    }
+    // Missing directories are made at the first write; one that is a file never can be.
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+        match std::fs::metadata(d) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(format!(
+                    "{}: {} is not a directory, so the snapshot could never be written",
+                    path.display(),
+                    d.display()
+                ))
+            }
+            Err(_) => dir = d.parent(),
+        }
     }
     Ok(())
 }
