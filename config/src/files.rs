@@ -39,6 +39,16 @@ pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Makes a FIFO at `path` (tests: what a read must not wait on).
+#[cfg(test)]
+pub(crate) fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,11 +67,7 @@ mod tests {
         let e = read_regular(Path::new("/dev/zero"), 10).expect_err("a device");
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
         let fifo = dir.path().join("fifo");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .expect("mkfifo");
-        assert!(made.success());
+        mkfifo(&fifo);
         let e = read_regular(&fifo, 10).expect_err("a FIFO");
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
     }

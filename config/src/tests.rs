@@ -935,11 +935,7 @@ fn values_the_router_or_the_fleet_could_not_use_are_refused_before_start() {
 fn a_config_path_that_is_no_regular_file_is_refused_not_read() {
     let dir = tempfile::tempdir().expect("dir");
     let fifo = dir.path().join("edge.toml");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo");
-    assert!(made.success());
+    crate::files::mkfifo(&fifo);
     for path in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
         let e = load_file(path).expect_err("refused");
         assert!(

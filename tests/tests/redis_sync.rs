@@ -1028,6 +1028,11 @@ fn a_replica_names_a_revision_counter_that_is_no_number() {
         "{out:?}"
     );
     w.redis.cmd(&["SET", "nexus:revision", &counter]);
+    follows_a_rebind(&w, &edge);
+}
+
+/// Rebinds acme to instance-b and waits until `edge` routes it there: it follows the feed.
+fn follows_a_rebind(w: &World, edge: &Edge) {
     w.admin.ok(&[
         "rebind",
         "acme",
@@ -1036,7 +1041,7 @@ fn a_replica_names_a_revision_counter_that_is_no_number() {
         "--instance-url",
         &w.b.url(),
     ]);
-    wait_instance(&edge, &w.keys, "acme", "instance-b");
+    wait_instance(edge, &w.keys, "acme", "instance-b");
 }
 
 /// The change feed's key replaced by another program with another type, under a following
@@ -1058,15 +1063,7 @@ fn a_replica_names_a_feed_key_of_another_type_and_follows_once_it_is_back() {
     );
     w.redis.cmd(&["DEL", "nexus:changes"]);
     w.redis.cmd(&["RENAME", "kept-aside", "nexus:changes"]);
-    w.admin.ok(&[
-        "rebind",
-        "acme",
-        "--instance-id",
-        "inst-b",
-        "--instance-url",
-        &w.b.url(),
-    ]);
-    wait_instance(&edge, &w.keys, "acme", "instance-b");
+    follows_a_rebind(&w, &edge);
 }
 
 #[test]
