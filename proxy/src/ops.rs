@@ -4,13 +4,69 @@
 //! reached through a tenant's host.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
+use pingora::apps::ServerApp;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
 
 use crate::state::EdgeState;
+
+/// Ops connections open at once. Scrapers and probes need a handful; without a cap, idle
+/// connections to the ops address could take every file descriptor the process has, and
+/// the public listener's accepts would fail with them.
+pub const MAX_OPS_CONNECTIONS: usize = 64;
+
+/// The longest an ops connection lives, whatever it does: a scrape or a probe takes
+/// milliseconds, and a client that trickles its header or sits idle is let go by then.
+pub const OPS_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// The ops application behind [`MAX_OPS_CONNECTIONS`] and [`OPS_CONNECTION_LIFETIME`].
+pub struct Capped<A> {
+    app: Arc<A>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl<A> Capped<A> {
+    /// Wraps `app`.
+    pub fn new(app: A) -> Self {
+        Self {
+            app: Arc::new(app),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_OPS_CONNECTIONS)),
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for Capped<A>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // Full: the connection is closed at once (dropping the stream closes it).
+        let _slot = Arc::clone(&self.slots).try_acquire_owned().ok()?;
+        let serve = async {
+            let mut next = Some(stream);
+            while let Some(stream) = next {
+                next = self.app.process_new(stream, shutdown).await;
+            }
+        };
+        let _ = tokio::time::timeout(OPS_CONNECTION_LIFETIME, serve).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await;
+    }
+}
 
 /// Serves the operations endpoints.
 #[derive(Debug)]

@@ -219,7 +219,9 @@ pub fn run(
     if let Some(addr) = s.server.admin_listen {
         let ops = Service::new(
             "nexus-edge ops".to_owned(),
-            pingora::apps::http_app::HttpServer::new_app(OpsApp::new(Arc::clone(&state))),
+            crate::ops::Capped::new(pingora::apps::http_app::HttpServer::new_app(OpsApp::new(
+                Arc::clone(&state),
+            ))),
         );
         server.add_service(Prebound::new(ops, &mut listeners, addr));
     }

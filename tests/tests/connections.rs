@@ -546,3 +546,41 @@ fn a_line_end_sent_with_a_body_is_not_taken_for_a_pipelined_header() {
     assert_eq!(read_next_response(&mut s).unwrap().status, 200);
     assert_eq!(w.edge.metric("nexus_edge_request_header_timeouts_total"), 0);
 }
+
+#[test]
+fn the_ops_listener_caps_its_connections_and_the_public_listener_keeps_serving() {
+    // Idle connections to the ops address once took every file descriptor the process had:
+    // then the public listener's accepts failed too. The ops listener holds 64 at most.
+    const OPS_CAP: usize = 64;
+    let w = world("");
+    let probe = "GET /healthz HTTP/1.1\r\nHost: ops\r\n\r\n";
+    let open = |ops: std::net::SocketAddr| {
+        let mut s = TcpStream::connect(ops).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(probe.as_bytes()).unwrap();
+        s
+    };
+    // Each answered and kept alive: each holds its place.
+    let mut held: Vec<TcpStream> = (0..OPS_CAP)
+        .map(|_| {
+            let mut s = open(w.edge.ops_addr);
+            assert_eq!(read_next_response(&mut s).unwrap().status, 200);
+            s
+        })
+        .collect();
+    // One more is closed unanswered.
+    let mut over = open(w.edge.ops_addr);
+    let answer = read_next_response(&mut over);
+    assert!(answer.is_err(), "{:?}", answer.map(|r| r.status));
+    // The public listener serves on.
+    let mut s = connect(&w.edge);
+    s.write_all(login_request().as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    // A place given back is taken again.
+    held.pop();
+    nexus_e2e::wait::until(Duration::from_secs(10), "an ops place free again", || {
+        let mut s = open(w.edge.ops_addr);
+        read_next_response(&mut s).ok().map(|r| r.status)
+    });
+    assert!(w.backend.hits() >= 1);
+}
