@@ -578,6 +578,19 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Where the bindings file at `path` keeps its lock and audit log: beside the file a symlink
+/// at `path` names, not beside the link. Two configs may name one file, one through a link:
+/// a lock and a log each would let their writers lose each other's updates, and split the
+/// history in two.
+fn home(path: &Path) -> PathBuf {
+    resolve_links(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The audit log of the bindings file at `path` (see [`home`]).
+fn audit_path(path: &Path) -> PathBuf {
+    audit_log::path_for(&home(path))
+}
+
 /// `path` with every symlink at it followed, to the file it names (which may not exist yet).
 /// Links in its directories need no following: the rename happens in the same directory.
 fn resolve_links(path: &Path) -> std::io::Result<PathBuf> {
@@ -760,7 +773,7 @@ impl BindingAdmin for FileStore {
     }
 
     async fn history(&self, tenant: &TenantId) -> Result<History, AdminError> {
-        let path = audit_log::path_for(self.writable_path()?);
+        let path = audit_path(self.writable_path()?);
         // Bytes: a line that is not UTF-8 is one unreadable entry, not a failed read.
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -900,7 +913,7 @@ fn import_locked(
         }
     }
     doc.revision = Some(revision);
-    let audit = audit_log::path_for(path);
+    let audit = audit_path(path);
     let unavailable =
         |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
     // As for one change: the audit lines first, then the file; a failed file write takes the
@@ -937,7 +950,7 @@ struct Locked {
 /// `nexus-edge tenant` commands) never lose an update, then reads the file and its audit log.
 /// Logged changes the file does not hold get their `not-made` entries here.
 fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> {
-    let mut lock_path = path.as_os_str().to_owned();
+    let mut lock_path = home(path).into_os_string();
     lock_path.push(".lock");
     let lock = File::options()
         .create(true)
@@ -949,7 +962,7 @@ fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> 
         .map_err(|e| AdminError::Unavailable(format!("lock: {e}")))?;
 
     let doc = RawDoc::read(path)?;
-    let audit = audit_log::path_for(path);
+    let audit = audit_path(path);
     let unavailable =
         |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
     let mut log = AuditLog::open(audit.clone()).map_err(unavailable)?;
@@ -1033,7 +1046,7 @@ fn apply_locked(
         mut log,
         high,
     } = lock_for_write(path, wiped)?;
-    let audit = audit_log::path_for(path);
+    let audit = audit_path(path);
     let unavailable =
         |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
     let pos = doc.position(path, tenant)?;

@@ -1995,6 +1995,58 @@ fn a_bindings_file_that_cannot_be_read_is_logged_once_not_at_every_poll() {
 }
 
 #[test]
+fn writers_through_a_symlink_and_to_the_file_itself_take_one_lock() {
+    // Two admin configs naming one bindings file, one through a symlink: the lock and the
+    // audit log were named after the path as written, so each config had its own, writers
+    // did not exclude each other, and changes were lost (10 of 20 parallel puts stood).
+    let w = world();
+    let dir = w.edge.dir.path();
+    std::fs::create_dir(dir.join("links")).unwrap();
+    let link = dir.join("links").join("bindings.json");
+    std::os::unix::fs::symlink(&w.edge.bindings_path, &link).unwrap();
+    let admin = |path: &std::path::Path| {
+        nexus_e2e::admin::Admin::new(&format!(
+            "[store]\nkind = \"file\"\npath = \"{}\"",
+            path.display()
+        ))
+    };
+    let admins = [admin(&w.edge.bindings_path), admin(&link)];
+    std::thread::scope(|scope| {
+        for i in 0..20 {
+            let admin = &admins[i % 2];
+            let url = w.a.url();
+            scope.spawn(move || {
+                let record = binding(&format!("t{i:02}"), &url, "active", None);
+                admin.put(&record);
+            });
+        }
+    });
+    let text = std::fs::read_to_string(&w.edge.bindings_path).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tenants: Vec<&str> = doc["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["tenant_id"].as_str())
+        .collect();
+    for i in 0..20 {
+        assert!(
+            tenants.contains(&format!("t{i:02}").as_str()),
+            "t{i:02} lost: {tenants:?}"
+        );
+    }
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // One lock and one history, beside the file.
+    assert!(!dir.join("links").join("bindings.json.lock").exists());
+    let (code, out, err) = admins[1].tenant(&["history", "t01"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("t01"), "{out}");
+}
+
+#[test]
 fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
     let w = world();
     let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();
