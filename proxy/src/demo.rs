@@ -1,7 +1,8 @@
 //! `nexus-edge demo`: a newcomer's first five minutes.
 //!
-//! Starts two tiny demo instances on loopback, writes a fresh signing key, its JWKS and a
-//! bindings file into a state directory, starts the real router on them and prints `curl`
+//! Starts two tiny demo instances on loopback, makes a fresh signing key (kept in memory:
+//! rerun the demo for new tokens), writes its JWKS and a bindings file into a state
+//! directory, starts the real router on them and prints `curl`
 //! commands with freshly minted tokens. Editing the printed bindings file rebinds a tenant
 //! live, which shows the hot reload too.
 
@@ -111,6 +112,21 @@ fn demo_bindings(acme: SocketAddr, globex: SocketAddr) -> serde_json::Value {
     })
 }
 
+/// Writes `content` to a new file at `path`, in place of whatever was there: a file or a
+/// symlink there is removed first, never written through.
+fn write_new(path: &std::path::Path, content: String) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)?
+        .write_all(content.as_bytes())
+}
+
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("nexus-edge demo: {msg}");
     ExitCode::FAILURE
@@ -118,13 +134,28 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 /// Runs the demo until Ctrl-C.
 pub fn run(args: &DemoArgs) -> ExitCode {
+    // The default directory is made afresh, with a name no one can take first (a fixed name
+    // in a shared /tmp could be another user's, holding links the demo would write through),
+    // and removed when the demo ends.
+    let fresh;
     let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("nexus-edge-demo-{}", std::process::id())),
+        Some(d) => {
+            if let Err(e) = std::fs::create_dir_all(d) {
+                return fail(format!("{}: {e}", d.display()));
+            }
+            d.clone()
+        }
+        None => match tempfile::Builder::new()
+            .prefix("nexus-edge-demo-")
+            .tempdir()
+        {
+            Ok(t) => {
+                fresh = t;
+                fresh.path().to_path_buf()
+            }
+            Err(e) => return fail(format!("{}: {e}", std::env::temp_dir().display())),
+        },
     };
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        return fail(format!("{}: {e}", dir.display()));
-    }
 
     // The demo instances live on their own runtime thread for the life of the process.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -163,8 +194,8 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     let jwks = serde_json::json!({ "keys": [key.public_jwk()] });
     let jwks_path = dir.join("jwks.json");
     let bindings_path = dir.join("bindings.json");
-    let key_write = std::fs::write(&jwks_path, format!("{jwks:#}\n")).and_then(|()| {
-        std::fs::write(
+    let key_write = write_new(&jwks_path, format!("{jwks:#}\n")).and_then(|()| {
+        write_new(
             &bindings_path,
             format!("{:#}\n", demo_bindings(acme, globex)),
         )
@@ -176,17 +207,21 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     // The ports are tried before the curl lines are printed: lines for a port another
     // process holds would reach that process. A port 0 becomes the one the system gave, so
     // the lines name it.
+    // Both held at once, so that one address given for both is found here too.
     let try_port = |addr: std::net::SocketAddr, which: &str| {
         std::net::TcpListener::bind(addr)
-            .and_then(|l| l.local_addr())
+            .and_then(|l| Ok((l.local_addr()?, l)))
             .map_err(|e| format!("cannot listen on {addr} ({which}): {e}"))
     };
-    let (listen, admin_listen) = match (
-        try_port(args.listen, "public"),
-        try_port(args.admin_listen, "ops"),
-    ) {
-        (Ok(l), Ok(a)) => (l, a),
-        (Err(e), _) | (_, Err(e)) => return fail(e),
+    let (listen, admin_listen) = match try_port(args.listen, "public") {
+        Err(e) => return fail(e),
+        Ok((listen, held)) => match try_port(args.admin_listen, "ops") {
+            Err(e) => return fail(e),
+            Ok((admin, _)) => {
+                drop(held);
+                (listen, admin)
+            }
+        },
     };
     let mut settings = nexus_config::embedded_default();
     settings.server.listen = listen;

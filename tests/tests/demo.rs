@@ -272,3 +272,53 @@ fn a_demo_whose_port_is_taken_prints_no_commands_for_it() {
     assert!(stderr.contains("cannot listen on"), "{stderr}");
     assert!(!stdout.contains("curl"), "{stdout}");
 }
+
+#[test]
+fn a_demo_given_one_address_for_both_listeners_prints_no_commands() {
+    // Each port was tried alone, so one address given twice passed, the commands were
+    // printed, and only then did the router refuse it.
+    let dir = tempfile::tempdir().expect("dir");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let out = process::output_within(
+        Command::new(binary())
+            .args(["demo", "--listen", &addr, "--admin-listen", &addr])
+            .arg("--dir")
+            .arg(dir.path()),
+        START,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("curl"), "{stdout}");
+}
+
+#[test]
+fn the_demo_replaces_links_in_its_directory_instead_of_writing_through_them() {
+    // `--dir` holding links named like the demo's files: it wrote its key set and bindings
+    // into the files they named.
+    let dir = tempfile::tempdir().expect("dir");
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "keep me").unwrap();
+    for name in ["jwks.json", "bindings.json"] {
+        std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    // A taken port stops it right after its files are written: enough to see where they went.
+    let _ = process::output_within(
+        Command::new(binary())
+            .args(["demo", "--listen", &taken.local_addr().unwrap().to_string()])
+            .args(["--admin-listen", &OPS_LISTEN.to_string()])
+            .arg("--dir")
+            .arg(dir.path()),
+        START,
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    let jwks = std::fs::symlink_metadata(dir.path().join("jwks.json")).unwrap();
+    assert!(jwks.file_type().is_file(), "{jwks:?}");
+}
