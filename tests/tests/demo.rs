@@ -179,6 +179,11 @@ fn serve_without_a_config_runs_the_embedded_default() {
         &["--sub", " admin"],
         &["--sub", ""],
         &["--org", "org\tx\n"],
+        &["--org", "org\u{85}x"],
+        // A token valid for less than a second, or for more than a year.
+        &["--ttl", "0s"],
+        &["--ttl", "500ms"],
+        &["--ttl", "400d"],
     ] {
         let mut args = vec!["token", "--tenant", "acme", "--key", key];
         args.extend_from_slice(bad);
@@ -186,6 +191,25 @@ fn serve_without_a_config_runs_the_embedded_default() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
         assert!(out.stdout.is_empty(), "{bad:?}");
     }
+    // A key that is no regular file is refused, not waited on.
+    let dir = tempfile::tempdir().expect("dir");
+    let fifo = dir.path().join("key.pem");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo")
+        .success());
+    let out = process::output_within(
+        Command::new(binary())
+            .args(["token", "--tenant", "acme", "--key"])
+            .arg(&fifo),
+        START,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a regular file"),
+        "{out:?}"
+    );
     let token = String::from_utf8(minted.stdout).expect("utf8");
     let bearer = format!("Bearer {}", token.trim());
     let auth = [("Authorization", bearer.as_str())];

@@ -2079,6 +2079,40 @@ fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
     );
     std::fs::write(&w.edge.bindings_path, &before).expect("put back");
 
+    // A record repeating a member name (the last one won: `dup` replaced acme), and an actor
+    // or reason with a control character (printed as is by `history`): refused, nothing
+    // written.
+    std::fs::write(
+        &file,
+        binding("dup", &w.b.url(), "active", None)
+            .to_string()
+            .replacen('{', "{\"tenant_id\":\"acme\",", 1),
+    )
+    .expect("w");
+    let (code, _, err) = admin.tenant(&["put", file_arg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("repeats a member name"), "{err}");
+    std::fs::write(
+        &file,
+        binding("acme", &w.b.url(), "active", None).to_string(),
+    )
+    .expect("w");
+    for (flag, value) in [("--actor", "ops\nfake entry"), ("--reason", "x\u{1b}[2J")] {
+        let out = nexus_e2e::edge::cli(&[
+            "tenant",
+            "--config",
+            admin.config.to_str().expect("utf8"),
+            flag,
+            value,
+            "put",
+            file_arg,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {err}");
+        assert!(err.contains("control character"), "{flag}: {err}");
+    }
+    assert_eq!(std::fs::read(&w.edge.bindings_path).expect("read"), before);
+
     // A wait longer than a day is refused with the arguments, before anything is written
     // (it overflowed the deadline and panicked after the write).
     let (code, _, err) = admin.tenant(&[

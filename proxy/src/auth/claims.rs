@@ -154,13 +154,16 @@ fn check_time(exp: u64, nbf: Option<u64>, now: u64, leeway: u64) -> Result<(), T
 
 /// Whether `claim` reaches the instance unchanged as a header value: not empty (an empty
 /// field reads as no identity, or as none sent, depending on the app), no control character
-/// (tab aside) and no blank at either end, which HTTP strips from a field value.
+/// (tab aside; C1 controls such as U+0085 next line and U+009B included, which the UTF-8
+/// bytes of a header value carry on to an app that may take them for a line break or an
+/// escape), no line or paragraph separator (U+2028, U+2029), and no blank at either end,
+/// which HTTP strips from a field value.
 pub(crate) fn forwardable(claim: &str) -> bool {
     let blank = |c: char| c == ' ' || c == '\t';
     !claim.is_empty()
         && claim
-            .bytes()
-            .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+            .chars()
+            .all(|c| c == '\t' || !(c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')))
         && !claim.starts_with(blank)
         && !claim.ends_with(blank)
 }

@@ -55,7 +55,13 @@ fn b64(data: &[u8]) -> String {
 impl SigningKey {
     /// Loads a PKCS#8 PEM private key. `kid` defaults to the key's RFC 7638 thumbprint.
     pub fn from_pem_file(path: &Path, kid: Option<String>) -> Result<Self, MintError> {
-        Self::from_pem(&std::fs::read_to_string(path)?, kid)
+        // A regular file of a private key's size: a FIFO would block, a huge file be read
+        // whole.
+        let bytes = nexus_config::files::read_regular(path, 64 * 1024)?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            MintError::from(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })?;
+        Self::from_pem(&text, kid)
     }
 
     /// Parses a PKCS#8 PEM private key.

@@ -17,7 +17,7 @@ pub mod jwk;
 pub mod jws;
 mod keyset;
 pub mod mint;
-mod strict_json;
+pub(crate) mod strict_json;
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -475,6 +475,9 @@ fn refusals() {
         (json!({"org_id": "o\r\n"}), "org"),
         (json!({"org_id": " org-other "}), "org"),
         (json!({"org_id": "org\u{1}x"}), "org"),
+        (json!({"org_id": "org\u{85}x"}), "org"),
+        (json!({"sub": "u\u{9b}1"}), "sub"),
+        (json!({"sub": "u\u{2028}1"}), "sub"),
     ] {
         let token = f.es.sign(&with(patch.clone())).expect("s");
         assert_eq!(

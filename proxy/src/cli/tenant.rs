@@ -53,6 +53,31 @@ pub struct WaitArgs {
     pub timeout: Duration,
 }
 
+/// Refuses a JSON document that repeats a member name in one of its objects: the store would
+/// read the last value (`{"tenant_id": "dup", "tenant_id": "acme"}` replaced acme), while
+/// whoever wrote or checked the file may read the first. As tokens and key sets are.
+fn refuse_repeated_members(json: &[u8]) -> Result<(), String> {
+    use crate::auth::strict_json::{parse_object, StrictError};
+    match parse_object(json) {
+        Err(StrictError::Duplicate) => Err(
+            "an object in it repeats a member name, so which of its values is meant is unclear"
+                .to_owned(),
+        ),
+        // Anything else is said by the reading that follows.
+        _ => Ok(()),
+    }
+}
+
+/// Refuses an `--actor` or `--reason` with a control character: the audit history prints
+/// them as they are, so a line break would forge an entry and an escape sequence drive the
+/// reader's terminal.
+fn printable(name: &str, value: Option<&str>) -> Result<(), String> {
+    match value.and_then(|v| v.chars().find(|c| c.is_control())) {
+        Some(c) => Err(format!("{name} holds the control character {c:?}")),
+        None => Ok(()),
+    }
+}
+
 /// The longest `--wait` there is: refused at parsing, before anything is written.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
@@ -294,6 +319,11 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
     if writes && args.actor.as_deref().is_some_and(|a| a.trim().is_empty()) {
         return fail("--actor is empty: name who makes the change (or leave it out for $USER)");
     }
+    if let Err(e) = printable("--actor", args.actor.as_deref())
+        .and_then(|()| printable("--reason", args.reason.as_deref()))
+    {
+        return fail(e);
+    }
     let actor = Actor {
         name: args
             .actor
@@ -359,11 +389,16 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                     Err(e) => return fail(e),
                 }
             } else {
-                match std::fs::read_to_string(&file) {
+                match nexus_config::files::read_regular(&file, 16 * 1024 * 1024)
+                    .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other))
+                {
                     Ok(s) => s,
                     Err(e) => return fail(format!("{}: {e}", file.display())),
                 }
             };
+            if let Err(e) = refuse_repeated_members(text.as_bytes()) {
+                return fail(e);
+            }
             let value: serde_json::Value = match serde_json::from_str(&text) {
                 Ok(v) => v,
                 Err(e) => return fail(format!("not JSON: {e}")),
@@ -464,6 +499,11 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Ok(b) => b,
                 Err(e) => return fail(format!("{}: {e}", file.display())),
             };
+            if !snapshot::is_snapshot(&bytes) {
+                if let Err(e) = refuse_repeated_members(&bytes) {
+                    return fail(format!("{}: {e}", file.display()));
+                }
+            }
             // A replica's snapshot is the fleet's table when Redis lost it: restorable as is.
             let (parsed, source) = if snapshot::is_snapshot(&bytes) {
                 match snapshot::parse_snapshot(&file, &bytes) {

@@ -20,8 +20,8 @@ pub struct TokenArgs {
     /// Subject (user id).
     #[arg(long, default_value = "demo-user")]
     pub sub: String,
-    /// Lifetime, e.g. `15m`, `1h`.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    /// Lifetime, e.g. `15m`, `1h`: from 1 s to 366 days.
+    #[arg(long, default_value = "1h", value_parser = token_ttl)]
     pub ttl: Duration,
     /// PKCS#8 PEM private key (RSA, EC P-256/P-384 or Ed25519).
     #[arg(long)]
@@ -116,4 +116,14 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A token's lifetime: whole seconds from 1 s (an `exp` at `iat` would be refused once the
+/// leeway passed) to 366 days (a longer one is a credential that never expires in practice).
+fn token_ttl(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(366 * 86_400) {
+        return Err(format!("{text:?} is not from 1s to 366d"));
+    }
+    Ok(d)
 }
