@@ -130,6 +130,34 @@ impl RejectReason {
         )
     }
 
+    /// Every [`Self::label`], so that each `requests_total` series exists (at 0) from start-up:
+    /// a rate or an alert over an outcome that has not happened yet then reads 0, not
+    /// nothing. A test holds it to `label`.
+    pub const LABELS: [&'static str; 22] = [
+        "trace_refused",
+        "connect_refused",
+        "bad_framing",
+        "header_too_large",
+        "request_body_timeout",
+        "malformed_header",
+        "bad_host",
+        "bad_path",
+        "target_too_long",
+        "unknown_tenant",
+        "missing_token",
+        "bad_credential",
+        "invalid_token",
+        "wrong_tenant",
+        "suspended",
+        "canceled",
+        "not_ready",
+        "unavailable",
+        "upstream_unreachable",
+        "upstream_invalid",
+        "upstream_timeout",
+        "internal",
+    ];
+
     /// Closed metric/log label.
     pub fn label(&self) -> &'static str {
         match self {
@@ -225,5 +253,44 @@ impl RejectReason {
             RejectReason::Unavailable => vec![("retry-after", "60".to_owned())],
             _ => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_lists_every_label_once() {
+        // One of each variant: the match in `label` is exhaustive, so a new variant is added
+        // there, and here (or the count below is wrong) and to `LABELS`.
+        let each = [
+            RejectReason::TraceRefused,
+            RejectReason::ConnectRefused,
+            RejectReason::BadFraming(FramingError::UnsupportedCoding),
+            RejectReason::HeaderTooLarge,
+            RejectReason::BodyTimeout,
+            RejectReason::MalformedHeader,
+            RejectReason::BadHost(HostError::Malformed),
+            RejectReason::BadPath(PathError::ControlChar),
+            RejectReason::TargetTooLong,
+            RejectReason::UnknownTenant,
+            RejectReason::MissingToken,
+            RejectReason::BadCredential(CredentialError::Conflict),
+            RejectReason::InvalidToken(TokenError::Expired),
+            RejectReason::WrongTenant(ClaimMismatch::TenantMismatch),
+            RejectReason::Suspended,
+            RejectReason::Canceled,
+            RejectReason::NotReady {
+                retry_after: Duration::from_secs(1),
+            },
+            RejectReason::Unavailable,
+            RejectReason::UpstreamUnreachable,
+            RejectReason::UpstreamInvalid,
+            RejectReason::UpstreamTimeout,
+            RejectReason::Internal,
+        ];
+        let labels: Vec<&str> = each.iter().map(RejectReason::label).collect();
+        assert_eq!(labels, RejectReason::LABELS);
     }
 }

@@ -247,6 +247,13 @@ impl Metrics {
         {
             registry.register(c)?;
         }
+        // Every outcome's series from the start, at 0 (see `RejectReason::LABELS`).
+        for label in crate::errors::RejectReason::LABELS
+            .iter()
+            .chain(&["forwarded", "client_closed"])
+        {
+            requests.with_label_values(&[label]);
+        }
         let forwarded = requests.with_label_values(&["forwarded"]);
         let forwarded_duration = request_duration.with_label_values(&["forwarded"]);
         let rejected_duration = request_duration.with_label_values(&["rejected"]);

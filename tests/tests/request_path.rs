@@ -1711,7 +1711,7 @@ fn a_request_body_the_client_stops_sending_is_the_clients_timeout_not_the_instan
             .then_some(text)
     });
     assert!(
-        !text.contains("outcome=\"upstream_timeout\""),
+        text.contains("nexus_edge_requests_total{outcome=\"upstream_timeout\"} 0"),
         "no instance timed out: {text}"
     );
     let log = w.edge.log();
