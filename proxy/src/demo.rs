@@ -134,10 +134,10 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 /// Runs the demo until Ctrl-C.
 pub fn run(args: &DemoArgs) -> ExitCode {
-    // The default directory is made afresh, with a name no one can take first (a fixed name
-    // in a shared /tmp could be another user's, holding links the demo would write through),
-    // and removed when the demo ends.
-    let fresh;
+    // The default directory is made afresh, private to this user, with a name no one can
+    // take first (a fixed name in a shared /tmp could be another user's, holding links the
+    // demo would write through). It is kept after Ctrl-C, as the README says: the printed
+    // bindings file is the user's to look at.
     let dir = match &args.dir {
         Some(d) => {
             if let Err(e) = std::fs::create_dir_all(d) {
@@ -145,16 +145,17 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             }
             d.clone()
         }
-        None => match tempfile::Builder::new()
-            .prefix("nexus-edge-demo-")
-            .tempdir()
-        {
-            Ok(t) => {
-                fresh = t;
-                fresh.path().to_path_buf()
+        None => {
+            use std::os::unix::fs::PermissionsExt;
+            match tempfile::Builder::new()
+                .prefix("nexus-edge-demo-")
+                .permissions(std::fs::Permissions::from_mode(0o700))
+                .tempdir()
+            {
+                Ok(t) => t.keep(),
+                Err(e) => return fail(format!("{}: {e}", std::env::temp_dir().display())),
             }
-            Err(e) => return fail(format!("{}: {e}", std::env::temp_dir().display())),
-        },
+        }
     };
 
     // The demo instances live on their own runtime thread for the life of the process.

@@ -262,8 +262,34 @@ mod tests {
 
     #[test]
     fn labels_lists_every_label_once() {
-        // One of each variant: the match in `label` is exhaustive, so a new variant is added
-        // there, and here (or the count below is wrong) and to `LABELS`.
+        // One of each variant. `variant_listed` below has no catch-all arm: a new variant
+        // stops this test compiling until it is listed there, and so here and in `LABELS`.
+        fn variant_listed(r: &RejectReason) {
+            match r {
+                RejectReason::TraceRefused
+                | RejectReason::ConnectRefused
+                | RejectReason::BadFraming(_)
+                | RejectReason::HeaderTooLarge
+                | RejectReason::BodyTimeout
+                | RejectReason::MalformedHeader
+                | RejectReason::BadHost(_)
+                | RejectReason::BadPath(_)
+                | RejectReason::TargetTooLong
+                | RejectReason::UnknownTenant
+                | RejectReason::MissingToken
+                | RejectReason::BadCredential(_)
+                | RejectReason::InvalidToken(_)
+                | RejectReason::WrongTenant(_)
+                | RejectReason::Suspended
+                | RejectReason::Canceled
+                | RejectReason::NotReady { .. }
+                | RejectReason::Unavailable
+                | RejectReason::UpstreamUnreachable
+                | RejectReason::UpstreamInvalid
+                | RejectReason::UpstreamTimeout
+                | RejectReason::Internal => {}
+            }
+        }
         let each = [
             RejectReason::TraceRefused,
             RejectReason::ConnectRefused,
@@ -290,6 +316,7 @@ mod tests {
             RejectReason::UpstreamTimeout,
             RejectReason::Internal,
         ];
+        each.iter().for_each(variant_listed);
         let labels: Vec<&str> = each.iter().map(RejectReason::label).collect();
         assert_eq!(labels, RejectReason::LABELS);
     }

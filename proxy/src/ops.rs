@@ -18,12 +18,16 @@ use crate::state::EdgeState;
 
 /// Ops connections open at once. Scrapers and probes need a handful; without a cap, idle
 /// connections to the ops address could take every file descriptor the process has, and
-/// the public listener's accepts would fail with them.
-pub const MAX_OPS_CONNECTIONS: usize = 64;
+/// the public listener's accepts would fail with them. (The ops address is meant to be
+/// reachable from the cluster only: whoever can fill it can fail the probes.)
+pub const MAX_OPS_CONNECTIONS: usize = 256;
 
 /// The longest an ops connection lives, whatever it does: a scrape or a probe takes
 /// milliseconds, and a client that trickles its header or sits idle is let go by then.
-pub const OPS_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+pub const OPS_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
+
+/// How long an ops connection may wait for its next request after a response.
+const OPS_KEEPALIVE_SECS: u64 = 5;
 
 /// The ops application behind [`MAX_OPS_CONNECTIONS`] and [`OPS_CONNECTION_LIFETIME`].
 pub struct Capped<A> {
@@ -113,7 +117,11 @@ fn asks_keepalive(req: &pingora::http::RequestHeader) -> bool {
 #[async_trait]
 impl ServeHttp for OpsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        if !asks_keepalive(session.req_header()) {
+        if asks_keepalive(session.req_header()) {
+            // Pingora's app wrapper would keep it 60 s: a scraper's next request comes
+            // within seconds or on a new connection, and an idle one holds a place.
+            session.set_keepalive(Some(OPS_KEEPALIVE_SECS));
+        } else {
             // Pingora's app wrapper keeps every connection open for 60 s, HTTP/1.0 ones
             // too: a probe reading to the end of the stream would hang.
             session.set_keepalive(None);

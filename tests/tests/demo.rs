@@ -312,13 +312,13 @@ fn a_demo_given_one_address_for_both_listeners_prints_no_commands() {
             .arg(dir.path()),
         START,
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
     );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Refused for the ops listener, the second on the address: the public one had it.
+    assert!(stderr.contains("(ops)"), "{stderr}");
     assert!(!stdout.contains("curl"), "{stdout}");
 }
 

@@ -72,7 +72,8 @@ fn refuse_repeated_members(json: &[u8]) -> Result<(), String> {
 /// them as they are, so a line break would forge an entry and an escape sequence drive the
 /// reader's terminal.
 fn printable(name: &str, value: Option<&str>) -> Result<(), String> {
-    match value.and_then(|v| v.chars().find(|c| c.is_control())) {
+    let bad = |c: &char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    match value.and_then(|v| v.chars().find(bad)) {
         Some(c) => Err(format!("{name} holds the control character {c:?}")),
         None => Ok(()),
     }
@@ -319,11 +320,6 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
     if writes && args.actor.as_deref().is_some_and(|a| a.trim().is_empty()) {
         return fail("--actor is empty: name who makes the change (or leave it out for $USER)");
     }
-    if let Err(e) = printable("--actor", args.actor.as_deref())
-        .and_then(|()| printable("--reason", args.reason.as_deref()))
-    {
-        return fail(e);
-    }
     let actor = Actor {
         name: args
             .actor
@@ -332,6 +328,11 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             .unwrap_or_else(|| "unknown".to_owned()),
         reason: args.reason.clone(),
     };
+    if let Err(e) = printable("--actor (or $USER)", Some(&actor.name))
+        .and_then(|()| printable("--reason", actor.reason.as_deref()))
+    {
+        return fail(e);
+    }
     let admin = store.admin();
     let json = args.json;
     let write = |tenant: String, m: Mutation, expect: Option<u64>, wait: Option<WaitArgs>| {
@@ -382,16 +383,29 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             expect_revision,
             wait,
         } => {
+            // A record is small: read at most 16 MiB of it, from a file, a pipe (`-` for
+            // standard input, `<(jq ...)`) or whatever the admin names.
+            const MAX_RECORD_BYTES: u64 = 16 * 1024 * 1024;
+            let read = |from: &mut dyn std::io::Read| -> std::io::Result<String> {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(from, MAX_RECORD_BYTES + 1),
+                    &mut bytes,
+                )?;
+                if bytes.len() as u64 > MAX_RECORD_BYTES {
+                    return Err(std::io::Error::other(format!(
+                        "larger than {MAX_RECORD_BYTES} bytes"
+                    )));
+                }
+                String::from_utf8(bytes).map_err(std::io::Error::other)
+            };
             let text = if file.as_os_str() == "-" {
-                let mut s = String::new();
-                match std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
-                    Ok(_) => s,
-                    Err(e) => return fail(e),
+                match read(&mut std::io::stdin()) {
+                    Ok(s) => s,
+                    Err(e) => return fail(format!("standard input: {e}")),
                 }
             } else {
-                match nexus_config::files::read_regular(&file, 16 * 1024 * 1024)
-                    .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other))
-                {
+                match std::fs::File::open(&file).and_then(|mut f| read(&mut f)) {
                     Ok(s) => s,
                     Err(e) => return fail(format!("{}: {e}", file.display())),
                 }
