@@ -280,21 +280,28 @@ fn a_demo_whose_port_is_taken_prints_no_commands_for_it() {
     // The printed lines would reach whatever holds the port.
     let dir = tempfile::tempdir().expect("dir");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let public = taken.local_addr().unwrap().to_string();
+    let stderr = demo_refused(&public, &OPS_LISTEN.to_string(), dir.path());
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+}
+
+/// Runs the demo on `listen` and `admin_listen` in `dir`, expecting it to stop (exit 1)
+/// before it prints any command; returns what it said on stderr.
+fn demo_refused(listen: &str, admin_listen: &str, dir: &std::path::Path) -> String {
     let out = process::output_within(
         Command::new(binary())
-            .args(["demo", "--listen", &taken.local_addr().unwrap().to_string()])
-            .args(["--admin-listen", &OPS_LISTEN.to_string()])
+            .args(["demo", "--listen", listen, "--admin-listen", admin_listen])
             .arg("--dir")
-            .arg(dir.path()),
+            .arg(dir),
         START,
     );
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     );
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cannot listen on"), "{stderr}");
     assert!(!stdout.contains("curl"), "{stdout}");
+    stderr
 }
 
 #[test]
@@ -305,21 +312,9 @@ fn a_demo_given_one_address_for_both_listeners_prints_no_commands() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = free.local_addr().unwrap().to_string();
     drop(free);
-    let out = process::output_within(
-        Command::new(binary())
-            .args(["demo", "--listen", &addr, "--admin-listen", &addr])
-            .arg("--dir")
-            .arg(dir.path()),
-        START,
-    );
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = demo_refused(&addr, &addr, dir.path());
     // Refused for the ops listener, the second on the address: the public one had it.
     assert!(stderr.contains("(ops)"), "{stderr}");
-    assert!(!stdout.contains("curl"), "{stdout}");
 }
 
 #[test]
@@ -334,14 +329,8 @@ fn the_demo_replaces_links_in_its_directory_instead_of_writing_through_them() {
     }
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     // A taken port stops it right after its files are written: enough to see where they went.
-    let _ = process::output_within(
-        Command::new(binary())
-            .args(["demo", "--listen", &taken.local_addr().unwrap().to_string()])
-            .args(["--admin-listen", &OPS_LISTEN.to_string()])
-            .arg("--dir")
-            .arg(dir.path()),
-        START,
-    );
+    let public = taken.local_addr().unwrap().to_string();
+    demo_refused(&public, &OPS_LISTEN.to_string(), dir.path());
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
     let jwks = std::fs::symlink_metadata(dir.path().join("jwks.json")).unwrap();
     assert!(jwks.file_type().is_file(), "{jwks:?}");
