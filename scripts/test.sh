@@ -31,6 +31,12 @@ echo "== fuzz targets compile (fuzzing itself: fuzz/README.md)"
 # Its own workspace, so its own lock file: --locked fails (instead of rewriting a tracked file)
 # when a dependency change in the main workspace was not carried into fuzz/Cargo.lock.
 cargo clippy -q --locked --manifest-path fuzz/Cargo.toml --target-dir "$target_dir" --bins -- -D warnings
+# On a cold target dir this step has left cargo's cache of compiler probes
+# (.rustc_info.json) holding a failed probe of the main workspace's host target, whose input
+# was other processes' output: every later cargo command in the target dir then failed with
+# "failed to run rustc to learn about target-specific information". Cause not found; the
+# file is only a cache, and cargo probes again without it.
+rm -f "$target_dir/.rustc_info.json"
 echo "== example config"
 cargo run -q -p nexus-edge -- check --config deploy/nexus-edge.example.toml
 echo "== bench smoke (the benches and harnesses must keep working; figures are not judged here)"
