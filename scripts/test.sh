@@ -4,10 +4,6 @@
 # nexus-edge binary, real HTTP backends, real redis-server). Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Nothing here reads standard input. Left attached (a CI runner's pipe, a background job's
-# terminal), cargo's probe of the compiler read whatever arrived on it as source, failed,
-# and cached the failure in the target dir for every later step.
-exec </dev/null
 bash scripts/deps.sh --test
 
 # A clean build of every profile this script uses (check, debug, release) takes about 5 GB of
