@@ -10,8 +10,6 @@ bash scripts/deps.sh --test
 # target dir. Say so before starting rather than dying halfway with "No space left on device".
 target_dir=${CARGO_TARGET_DIR:-target}
 mkdir -p "$target_dir"
-# A probe cache a poisoned earlier run may have left (see the fuzz step at the end).
-rm -f "$target_dir/.rustc_info.json"
 free_kb=$(df -Pk "$target_dir" | awk 'NR==2 {print $4}')
 if [[ -n "$free_kb" ]] && ((free_kb < 6 * 1024 * 1024)); then
   echo "warning: only $((free_kb / 1024)) MB free for $target_dir; a clean run needs about 6 GB" >&2
@@ -25,6 +23,10 @@ echo "== fmt"
 cargo fmt --all --check
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== fuzz targets compile (fuzzing itself: fuzz/README.md)"
+# Its own workspace, so its own lock file: --locked fails (instead of rewriting a tracked file)
+# when a dependency change in the main workspace was not carried into fuzz/Cargo.lock.
+cargo clippy -q --locked --manifest-path fuzz/Cargo.toml --target-dir "$target_dir" --bins -- -D warnings
 echo "== example config"
 cargo run -q -p nexus-edge -- check --config deploy/nexus-edge.example.toml
 echo "== bench smoke (the benches and harnesses must keep working; figures are not judged here)"
@@ -41,13 +43,3 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
-echo "== fuzz targets compile (fuzzing itself: fuzz/README.md)"
-# Last, and with the compiler-probe cache dropped after it: after this step on a cold target
-# dir, the next cargo command's probe of the host target (cached in .rustc_info.json) has
-# failed on input that was other processes' output, and every later command in the target
-# dir reused the failure ("failed to run rustc to learn about target-specific
-# information"). Cause not found; the file is only a cache, and cargo probes again without it.
-# Its own workspace, so its own lock file: --locked fails (instead of rewriting a tracked file)
-# when a dependency change in the main workspace was not carried into fuzz/Cargo.lock.
-cargo clippy -q --locked --manifest-path fuzz/Cargo.toml --target-dir "$target_dir" --bins -- -D warnings
-rm -f "$target_dir/.rustc_info.json"

@@ -112,6 +112,24 @@ fn demo_bindings(acme: SocketAddr, globex: SocketAddr) -> serde_json::Value {
     })
 }
 
+/// Makes a new directory under `base`, `nexus-edge-demo-` and a random suffix, readable by
+/// this user only. `create`, not `create_dir_all`: a name that exists is someone else's,
+/// and another is tried.
+fn fresh_dir(base: &std::path::Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut last = None;
+    for _ in 0..16 {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let dir = base.join(format!("nexus-edge-demo-{}", &suffix[..12]));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no fresh name")))
+}
+
 /// Writes `content` to a new file at `path`, in place of whatever was there: a file or a
 /// symlink there is removed first, never written through.
 fn write_new(path: &std::path::Path, content: String) -> std::io::Result<()> {
@@ -145,17 +163,10 @@ pub fn run(args: &DemoArgs) -> ExitCode {
             }
             d.clone()
         }
-        None => {
-            use std::os::unix::fs::PermissionsExt;
-            match tempfile::Builder::new()
-                .prefix("nexus-edge-demo-")
-                .permissions(std::fs::Permissions::from_mode(0o700))
-                .tempdir()
-            {
-                Ok(t) => t.keep(),
-                Err(e) => return fail(format!("{}: {e}", std::env::temp_dir().display())),
-            }
-        }
+        None => match fresh_dir(&std::env::temp_dir()) {
+            Ok(d) => d,
+            Err(e) => return fail(format!("{}: {e}", std::env::temp_dir().display())),
+        },
     };
 
     // The demo instances live on their own runtime thread for the life of the process.
