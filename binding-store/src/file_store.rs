@@ -542,6 +542,14 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let old = match std::fs::metadata(path) {
+        // A device, a FIFO or a directory at the path is no bindings file to replace: a
+        // config naming /dev/null would otherwise turn the machine's /dev/null into a file.
+        Ok(m) if !m.is_file() => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file: not replaced",
+            ))
+        }
         Ok(m) => Some(m),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
@@ -1207,5 +1215,36 @@ mod tests {
                 path.display()
             );
         }
+    }
+
+    #[test]
+    fn only_a_regular_file_or_none_is_replaced() {
+        let dir = tempfile::tempdir().expect("dir");
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&fifo, &link).expect("symlink");
+        for path in [&fifo, &link, &dir.path().to_path_buf()] {
+            let e = write_atomically(path, b"{}").expect_err("refused");
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput,
+                "{}",
+                path.display()
+            );
+        }
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&fifo)
+            .expect("still there")
+            .file_type()
+            .is_fifo());
+        let file = dir.path().join("bindings.json");
+        write_atomically(&file, b"{}").expect("a new file");
+        write_atomically(&file, b"{ }").expect("a file replaced");
+        assert_eq!(std::fs::read(&file).expect("read"), b"{ }");
     }
 }
