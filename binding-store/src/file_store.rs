@@ -1201,11 +1201,7 @@ mod tests {
         assert_eq!(read_regular(&link).expect("link to a file"), b"{}");
         // A FIFO: reading it would wait for a writer that never comes.
         let fifo = dir.path().join("fifo");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .expect("mkfifo");
-        assert!(made.success());
+        mkfifo(&fifo);
         for path in [&fifo, &dir.path().to_path_buf()] {
             let e = read_regular(path).expect_err("not a regular file");
             assert_eq!(
@@ -1217,15 +1213,20 @@ mod tests {
         }
     }
 
+    /// Makes a FIFO at `path`: what a read must not wait on, nor a write replace.
+    fn mkfifo(path: &Path) {
+        let made = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success(), "mkfifo {}", path.display());
+    }
+
     #[test]
     fn only_a_regular_file_or_none_is_replaced() {
         let dir = tempfile::tempdir().expect("dir");
         let fifo = dir.path().join("fifo");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .expect("mkfifo");
-        assert!(made.success());
+        mkfifo(&fifo);
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&fifo, &link).expect("symlink");
         for path in [&fifo, &link, &dir.path().to_path_buf()] {
