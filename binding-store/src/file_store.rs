@@ -462,19 +462,13 @@ impl RawDoc {
         at
     }
 
-    /// Where `tenant`'s record is. A tenant listed more than once is refused (see
-    /// [`listed_twice`]).
-    fn position(&self, path: &Path, tenant: &TenantId) -> Result<Option<usize>, AdminError> {
-        let places: Vec<usize> = (0..self.bindings.len())
+    /// Where `tenant`'s records are (more than one only in a file edited by hand).
+    fn positions(&self, tenant: &TenantId) -> Vec<usize> {
+        (0..self.bindings.len())
             .filter(|&i| {
                 self.bindings[i].get("tenant_id").and_then(Value::as_str) == Some(tenant.as_str())
             })
-            .collect();
-        match places[..] {
-            [] => Ok(None),
-            [i] => Ok(Some(i)),
-            _ => Err(listed_twice(path, tenant, &places)),
-        }
+            .collect()
     }
 
     /// The highest revision issued: the file's counter, or a record's if one is higher
@@ -504,15 +498,17 @@ impl RawDoc {
     }
 }
 
-/// A write to a tenant listed more than once in the file is refused: routers refuse every
-/// one of its records (the tenant keeps the binding it had before), so a change to one of
-/// them would be audited and reported done, yet never take effect. Which record is meant is
-/// the operator's call, so the write does not pick one; nothing is written.
+/// A change of one field (or one expecting a revision) to a tenant listed more than once in
+/// the file is refused: routers refuse every one of its records (the tenant keeps the
+/// binding it had before), so a change to one of them would be audited and reported done,
+/// yet never take effect. Which record is meant is the operator's call, so the write does
+/// not pick one; nothing is written. A put or a delete without a revision replaces them all.
 fn listed_twice(path: &Path, tenant: &TenantId, places: &[usize]) -> AdminError {
     AdminError::Corrupt(format!(
         "{}: tenant {tenant} is listed more than once (records {places:?}); routers refuse \
-         every one of its records, so a change to it would never take effect. Remove the extra \
-         records from the file by hand, keeping the one meant, then retry",
+         every one of its records, so a change to one would never take effect. `tenant put` \
+         the record meant (or `tenant delete` the tenant), without --expect-revision: that \
+         replaces them all; then retry",
         path.display()
     ))
 }
@@ -841,15 +837,24 @@ fn import_locked(
     let written = bindings.len() as u64;
     let imported: std::collections::HashSet<TenantId> =
         bindings.iter().map(|b| b.tenant_id.clone()).collect();
+    // The places of extra records of a tenant listed more than once: an imported record
+    // replaces them all, as a put does. Removed at the end, so `at` stays right meanwhile.
+    let mut extra = Vec::new();
     for b in bindings {
         let tenant = b.tenant_id.clone();
-        let pos = match at.get(tenant.as_str()).map(Vec::as_slice) {
-            None | Some([]) => None,
-            Some([i]) => Some(*i),
-            Some(places) => return Err(failed(&tenant, listed_twice(path, &tenant, places))),
+        let (pos, several) = match at.get_mut(tenant.as_str()) {
+            None => (None, false),
+            Some(places) => {
+                let several = places.len() > 1;
+                extra.extend(places.drain(1..));
+                (places.first().copied(), several)
+            }
         };
-        // An invalid stored record is replaced, as `tenant put` would.
-        let current = pos.and_then(|i| parse_record(&doc.bindings[i]).ok());
+        // An invalid stored record is replaced, as `tenant put` would; of several, none was
+        // the tenant's record.
+        let current = pos
+            .filter(|_| !several)
+            .and_then(|i| parse_record(&doc.bindings[i]).ok());
         let actual = current.as_ref().map_or(0, |c| c.revision.get());
         revision = revision.max(actual).checked_add(1).ok_or_else(|| {
             failed(
@@ -891,6 +896,10 @@ fn import_locked(
             old: current.as_ref().map(Binding::to_record),
             new: Some(record),
         });
+    }
+    extra.sort_unstable();
+    for &i in extra.iter().rev() {
+        doc.bindings.remove(i);
     }
     let mut owners: std::collections::HashMap<String, TenantId> = std::collections::HashMap::new();
     for b in doc.valid() {
@@ -1057,7 +1066,16 @@ fn apply_locked(
     let audit = audit_path(path);
     let unavailable =
         |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
-    let pos = doc.position(path, tenant)?;
+    let places = doc.positions(tenant);
+    // A tenant listed more than once has no one current record: a whole new record (a put)
+    // or none (a delete) settles it, and is what the operator asked for; a change of one
+    // field, or one that expects a revision, would have to pick a record.
+    let pos = match places[..] {
+        [] => None,
+        [i] => Some(i),
+        _ if expect.is_none() && matches!(mutation, Mutation::Put(_) | Mutation::Delete) => None,
+        _ => return Err(listed_twice(path, tenant, &places)),
+    };
     let current = match pos {
         None => None,
         Some(i) => Some(parse_record(&doc.bindings[i]).map_err(|(_, m)| {
@@ -1105,8 +1123,8 @@ fn apply_locked(
     doc.revision = Some(revision.get());
     let (at, at_text) = now_rfc3339();
     let op = op_name(&mutation);
-    // Only an invalid record is in the file (`pos`) without a current binding.
-    let next = if matches!(mutation, Mutation::Delete) && pos.is_some() && current.is_none() {
+    // Only invalid records, or several, are in the file (`places`) without a current binding.
+    let next = if matches!(mutation, Mutation::Delete) && !places.is_empty() && current.is_none() {
         None
     } else {
         mutate(tenant, current.as_ref(), mutation, revision, at)?
@@ -1129,12 +1147,14 @@ fn apply_locked(
             tenant: tenant.clone(),
             reason: e.to_string(),
         })?;
-    match (pos, new_value) {
-        (Some(i), Some(v)) => doc.bindings[i] = v,
+    // The new record takes the first place the tenant had; every other is removed.
+    for &i in places.iter().skip(usize::from(new_value.is_some())).rev() {
+        doc.bindings.remove(i);
+    }
+    match (places.first(), new_value) {
+        (Some(&i), Some(v)) => doc.bindings[i] = v,
         (None, Some(v)) => doc.bindings.push(v),
-        (Some(i), None) => {
-            doc.bindings.remove(i);
-        }
+        (Some(_), None) => {}
         (None, None) => return Err(AdminError::NotFound(tenant.clone())),
     }
     let entry = AuditEntry {

@@ -3,6 +3,7 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1148,22 +1149,29 @@ fn a_lost_file_whose_audit_log_holds_no_readable_entry_is_not_written_over() {
     );
 }
 
-#[test]
-fn no_write_touches_a_tenant_listed_twice() {
-    // The router refuses every record of a tenant listed twice: a write to one of them would
-    // be audited and reported done, yet never take effect.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bindings.json");
-    let audit = dir.path().join("bindings.json.audit.jsonl");
+/// A store holding acme, globex and acme again (records 0 and 2: a hand edit).
+fn acme_listed_twice(dir: &Path) -> (FileStore, PathBuf) {
+    let path = dir.join("bindings.json");
     let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
     put(&store, "acme");
     put(&store, "globex");
     let mut doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let first = doc["bindings"][0].clone();
-    assert_eq!(first["tenant_id"], "acme");
-    doc["bindings"].as_array_mut().unwrap().push(first);
+    let mut again = doc["bindings"][0].clone();
+    assert_eq!(again["tenant_id"], "acme");
+    again["instance_url"] = "http://10.0.0.7/".into();
+    doc["bindings"].as_array_mut().unwrap().push(again);
     write_atomically(&path, doc.to_string().as_bytes()).unwrap();
+    (store, path)
+}
+
+#[test]
+fn no_change_of_one_field_touches_a_tenant_listed_twice() {
+    // The router refuses every record of a tenant listed twice: a change to one of them
+    // would be audited and reported done, yet never take effect.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, path) = acme_listed_twice(dir.path());
+    let audit = dir.path().join("bindings.json.audit.jsonl");
     let before = (
         std::fs::read(&path).unwrap(),
         std::fs::read(&audit).unwrap(),
@@ -1175,35 +1183,24 @@ fn no_write_touches_a_tenant_listed_twice() {
         api_url: None,
     };
     let b = parse_record(&record("acme", "http://10.0.0.3")).unwrap();
-    for m in [
-        Mutation::SetStatus(TenantStatus::Suspended),
-        rebind,
-        Mutation::Put(Box::new(b.clone())),
-        Mutation::Delete,
+    // A put or a delete expecting a revision would have to pick the record it means.
+    for (m, expect) in [
+        (Mutation::SetStatus(TenantStatus::Suspended), None),
+        (rebind, None),
+        (Mutation::Put(Box::new(b.clone())), Some(Revision(1))),
+        (Mutation::Delete, Some(Revision(1))),
     ] {
         let what = format!("{m:?}");
         let e = rt()
-            .block_on(store.apply(&acme, m, None, &actor()))
+            .block_on(store.apply(&acme, m, expect, &actor()))
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("tenant acme is listed more than once (records [0, 2])"),
             "{what}: {e}"
         );
-        assert!(e.contains("by hand"), "{what}: {e}");
+        assert!(e.contains("`tenant put` the record meant"), "{what}: {e}");
     }
-    let e = rt()
-        .block_on(store.import(
-            bindings(&[
-                record("globex", "http://10.0.0.4"),
-                record("acme", "http://10.0.0.4"),
-            ]),
-            &actor(),
-            ImportSource::Records,
-        ))
-        .unwrap_err();
-    assert_eq!(e.tenant, Some(acme.clone()), "{e}");
-    assert!(e.to_string().contains("listed more than once"), "{e}");
     let after = (
         std::fs::read(&path).unwrap(),
         std::fs::read(&audit).unwrap(),
@@ -1213,8 +1210,75 @@ fn no_write_touches_a_tenant_listed_twice() {
     let rev = rt().block_on(set_status(&store, &tid("globex"), TenantStatus::Suspended));
     assert_eq!(rev, Revision(3));
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!(doc["bindings"][0], doc["bindings"][2]);
+    assert_eq!(doc["bindings"][0]["tenant_id"], "acme");
+    assert_eq!(doc["bindings"][2]["tenant_id"], "acme");
 }
+
+/// The file's records as (tenant, instance URL), in order.
+fn listed(path: &Path) -> Vec<(String, String)> {
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    doc["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let field = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (field("tenant_id"), field("instance_url"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_put_an_import_or_a_delete_settles_a_tenant_listed_twice() {
+    // The tenant was refused everywhere and no CLI command could mend it: the operator had
+    // to edit the file by hand. A whole new record, or none, is unambiguous.
+    let acme = tid("acme");
+    let b = parse_record(&record("acme", "http://10.0.0.3")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, path) = acme_listed_twice(dir.path());
+    let (rev, after) = rt()
+        .block_on(store.apply(&acme, Mutation::Put(Box::new(b)), None, &actor()))
+        .unwrap();
+    assert_eq!(rev, Revision(3));
+    assert_eq!(after.unwrap().instance_url.url().as_str(), "http://10.0.0.3/");
+    let one = |u: &str| {
+        vec![
+            ("acme".to_owned(), u.to_owned()),
+            ("globex".to_owned(), "http://10.0.0.1/".to_owned()),
+        ]
+    };
+    assert_eq!(listed(&path), one("http://10.0.0.3/"));
+    // The router loads it, and the history says no one record was in force before.
+    let table = rt().block_on(store.initial_load()).unwrap();
+    assert_eq!(table.get("acme").unwrap().revision, Revision(3));
+    let history = rt().block_on(store.history(&acme)).unwrap();
+    let last = history.entries.last().unwrap();
+    assert_eq!((last.op.as_str(), last.old.is_none()), ("put", true));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, path) = acme_listed_twice(dir.path());
+    let written = rt()
+        .block_on(store.import(
+            bindings(&[record("acme", "http://10.0.0.4")]),
+            &actor(),
+            ImportSource::Records,
+        ))
+        .unwrap();
+    assert_eq!(written, 1);
+    assert_eq!(listed(&path), one("http://10.0.0.4/"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, path) = acme_listed_twice(dir.path());
+    let (_, after) = rt()
+        .block_on(store.apply(&acme, Mutation::Delete, None, &actor()))
+        .unwrap();
+    assert!(after.is_none());
+    assert_eq!(
+        listed(&path),
+        vec![("globex".to_owned(), "http://10.0.0.1/".to_owned())]
+    );
+}
+
 #[test]
 fn a_write_keeps_the_files_mode_and_owner_and_writes_through_a_symlink() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
