@@ -1240,7 +1240,10 @@ fn a_put_an_import_or_a_delete_settles_a_tenant_listed_twice() {
         .block_on(store.apply(&acme, Mutation::Put(Box::new(b)), None, &actor()))
         .unwrap();
     assert_eq!(rev, Revision(3));
-    assert_eq!(after.unwrap().instance_url.url().as_str(), "http://10.0.0.3/");
+    assert_eq!(
+        after.unwrap().instance_url.url().as_str(),
+        "http://10.0.0.3/"
+    );
     let one = |u: &str| {
         vec![
             ("acme".to_owned(), u.to_owned()),

@@ -1058,7 +1058,12 @@ fn upstream(
             p,
         )
         .unwrap_or(d.tunnel_idle_timeout);
-    let ca_file = ca_bundle("upstream.ca_file", s.path("ca_file", base, p), p);
+    let ca_file = pem_file(
+        "upstream.ca_file",
+        s.path("ca_file", base, p),
+        Pem::Certificate,
+        p,
+    );
     // For the deeper check of its certificates (`nexus-edge check`), whatever else is wrong.
     named.upstream_ca_file.clone_from(&ca_file);
     let dns_ttl = s
@@ -1220,16 +1225,33 @@ fn fragment_problem(u: &str) -> Option<&'static str> {
     )
 }
 
-/// A TCP Redis URL's port and database, as redis-rs reads them: port 0 connects nowhere, and a
-/// database past 1023 (the bound `[store.sentinel] db` has; Redis's own default is 16) or not
-/// a number fails only at start-up otherwise. Unix-socket URLs name theirs in the query.
-fn endpoint_problem(u: &str) -> Option<String> {
+/// A TCP Redis URL as redis-rs reads it: one that does not parse, names no host or has port 0
+/// fails only at start-up otherwise (with the URL's text left out of the message, as it may
+/// hold a password). Unix-socket URLs are not judged here.
+fn tcp_url_problem(u: &str) -> Option<String> {
     if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
         return None;
     }
+    let parsed = match url::Url::parse(u) {
+        Ok(parsed) => parsed,
+        Err(e) => return Some(format!("is not a valid URL ({e})")),
+    };
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Some("names no host".to_owned());
+    }
+    (parsed.port() == Some(0)).then(|| "has port 0, which connects nowhere".to_owned())
+}
+
+/// A primary's Redis URL: [`tcp_url_problem`], and its database, which past 1023 (the bound
+/// `[store.sentinel] db` has; Redis's own default is 16) or not a number fails only at
+/// start-up otherwise. Unix-socket URLs name theirs in the query.
+fn endpoint_problem(u: &str) -> Option<String> {
+    if let Some(m) = tcp_url_problem(u) {
+        return Some(m);
+    }
     let parsed = url::Url::parse(u).ok()?;
-    if parsed.port() == Some(0) {
-        return Some("has port 0, which connects nowhere".to_owned());
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+        return None;
     }
     let db = parsed.path().trim_start_matches('/');
     if db.is_empty() {
@@ -1313,7 +1335,7 @@ fn sentinel_settings(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<Se
         if let Some(m) = fragment_problem(v) {
             Err(m.to_owned())
         } else if v.starts_with("redis://") || v.starts_with("rediss://") {
-            Ok(v.to_owned())
+            tcp_url_problem(v).map_or_else(|| Ok(v.to_owned()), Err)
         } else {
             Err("is not a redis:// or rediss:// URL (Sentinels are reached over TCP)".to_owned())
         }
@@ -1418,22 +1440,55 @@ const NOT_A_NOTICE: &[&str] = &[
     "x-user-id",
 ];
 
-/// A CA bundle: a readable file holding at least one PEM certificate. Checked with the rest
-/// of the config: Pingora's upstream connector panics at start on an unreadable one, and an
-/// empty one would fail every TLS connection later.
-fn ca_bundle(key: &str, path: Option<PathBuf>, p: &mut Problems<'_>) -> Option<PathBuf> {
-    const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+/// What a PEM file named in the config must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    /// At least one certificate: a CA bundle (Pingora's upstream connector panics at start on
+    /// an unreadable one, and an empty one would fail every TLS connection later), or a client
+    /// certificate chain.
+    Certificate,
+    /// An unencrypted private key (PKCS#8, PKCS#1 or SEC1), which is what redis-rs reads.
+    PrivateKey,
+}
+
+impl Pem {
+    fn holds(self, label: &str) -> bool {
+        match self {
+            Pem::Certificate => label == "CERTIFICATE",
+            Pem::PrivateKey => {
+                matches!(label, "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY")
+            }
+        }
+    }
+
+    fn wanted(self) -> &'static str {
+        match self {
+            Pem::Certificate => "no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            Pem::PrivateKey => "no unencrypted PEM private key (-----BEGIN PRIVATE KEY-----)",
+        }
+    }
+}
+
+/// A readable regular file holding `what`, checked with the rest of the config so that the
+/// problem is named by its key and file, not found at start-up under another name.
+fn pem_file(key: &str, path: Option<PathBuf>, what: Pem, p: &mut Problems<'_>) -> Option<PathBuf> {
     let path = path?;
     match crate::files::read_regular(&path, crate::files::MAX_CONFIG_BYTES) {
-        Ok(bytes) if bytes.windows(BEGIN.len()).any(|w| w == BEGIN) => Some(path),
-        Ok(_) => {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let found = text.lines().any(|l| {
+                l.trim()
+                    .strip_prefix("-----BEGIN ")
+                    .and_then(|l| l.strip_suffix("-----"))
+                    .is_some_and(|label| what.holds(label))
+            });
+            if found {
+                return Some(path);
+            }
             p.push(
                 key,
                 None,
-                format!(
-                    "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-                    path.display()
-                ),
+                format!("{} holds {}", path.display(), what.wanted()),
             );
             None
         }
@@ -1452,33 +1507,24 @@ fn redis_tls(
     p: &mut Problems<'_>,
 ) -> RedisTlsSettings {
     let mut s = store.nested("tls", "store.tls", p);
-    let readable = |key: &str, path: Option<PathBuf>, p: &mut Problems<'_>| {
-        let path = path?;
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => Some(path),
-            _ => {
-                p.push(key, None, format!("cannot read {}", path.display()));
-                None
-            }
-        }
-    };
-    let ca_file = ca_bundle("store.tls.ca_file", s.path("ca_file", base, p), p);
+    let ca_file = pem_file(
+        "store.tls.ca_file",
+        s.path("ca_file", base, p),
+        Pem::Certificate,
+        p,
+    );
     let cert = s.path("client_cert_file", base, p);
-    let cert = readable("store.tls.client_cert_file", cert, p);
     let key = s.path("client_key_file", base, p);
-    let key = readable("store.tls.client_key_file", key, p);
-    let client_cert = match (cert, key) {
-        (Some(c), Some(k)) => Some((c, k)),
-        (None, None) => None,
-        _ => {
-            p.push(
-                "store.tls",
-                None,
-                "client_cert_file and client_key_file go together",
-            );
-            None
-        }
-    };
+    if cert.is_some() != key.is_some() {
+        p.push(
+            "store.tls",
+            None,
+            "client_cert_file and client_key_file go together",
+        );
+    }
+    let cert = pem_file("store.tls.client_cert_file", cert, Pem::Certificate, p);
+    let key = pem_file("store.tls.client_key_file", key, Pem::PrivateKey, p);
+    let client_cert = cert.zip(key);
     let uses_tls = match endpoint {
         Some(RedisEndpointSettings::Url(u)) => u.starts_with("rediss://"),
         Some(RedisEndpointSettings::Sentinel(st)) => {

@@ -27,6 +27,15 @@ fn has(ps: &[Problem], key: &str, line: usize, needle: &str) {
     );
 }
 
+/// Like [`has`], for problems whatever their line (or none: a named file's content).
+fn names(ps: &[Problem], key: &str, needle: &str) {
+    assert!(
+        ps.iter()
+            .any(|p| p.key == key && p.message.contains(needle)),
+        "no problem {key} containing {needle:?} in {ps:#?}"
+    );
+}
+
 #[test]
 fn example_file_parses() {
     let text = include_str!("../../deploy/nexus-edge.example.toml");
@@ -481,9 +490,14 @@ fn example_redis_block_uses_real_keys() {
         .map(|l| format!("{l}\n"))
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    for f in ["redis-ca.pem", "edge-client.pem", "edge-client-key.pem"] {
+    for f in ["redis-ca.pem", "edge-client.pem"] {
         std::fs::write(dir.path().join(f), "-----BEGIN CERTIFICATE-----\n").unwrap();
     }
+    std::fs::write(
+        dir.path().join("edge-client-key.pem"),
+        "-----BEGIN PRIVATE KEY-----\n",
+    )
+    .unwrap();
     std::env::set_var("NEXUS_EDGE_REDIS_PASSWORD", "example");
     // The example keeps TLS off; [store.tls] only applies with it on.
     let text = format!("{AUTH}{}", block.replace("tls = false", "tls = true"));
@@ -524,6 +538,88 @@ fn an_upstream_ca_bundle_must_hold_a_certificate() {
     }
     let s = parse_str(&config(&good), Path::new("/etc/nexus/edge.toml")).expect("valid");
     assert_eq!(s.upstream.ca_file, Some(good));
+}
+
+#[test]
+fn redis_tls_files_are_named_by_their_own_key() {
+    // A client key that was no key was reported at `store.url`, as redis-rs's "Unable to
+    // extract private key from PEM file", and a client certificate that was none not at all.
+    let dir = tempfile::tempdir().expect("dir");
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let cert = file(
+        "cert.pem",
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    );
+    let key = file(
+        "key.pem",
+        "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n",
+    );
+    let garbage = file("garbage.pem", "not PEM\n");
+    let encrypted = file(
+        "enc.pem",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIF\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    );
+    let config = |c: &str, k: &str| {
+        format!(
+            "{AUTH}[store]\nkind = \"redis\"\nurl = \"rediss://r:6379\"\n[store.tls]\n\
+             client_cert_file = \"{c}\"\nclient_key_file = \"{k}\"\n"
+        )
+    };
+    let ps = problems(&config(&garbage, &garbage));
+    names(
+        &ps,
+        "store.tls.client_cert_file",
+        "holds no PEM certificate",
+    );
+    names(
+        &ps,
+        "store.tls.client_key_file",
+        "holds no unencrypted PEM private key",
+    );
+    assert!(!ps.iter().any(|p| p.key == "store.url"), "{ps:#?}");
+    // A certificate is no key, and a key that needs a passphrase cannot be read.
+    let ps = problems(&config(&cert, &cert));
+    names(&ps, "store.tls.client_key_file", "private key");
+    let ps = problems(&config(&cert, &encrypted));
+    names(&ps, "store.tls.client_key_file", "unencrypted");
+    let s = parse_str(&config(&cert, &key), &dir.path().join("edge.toml")).expect("valid");
+    let StoreSettings::Redis(r) = s.store else {
+        panic!("not redis")
+    };
+    assert!(r.tls.client_cert.is_some());
+}
+
+#[test]
+fn redis_urls_that_do_not_parse_are_named_with_their_place() {
+    // A Sentinel that was no URL was found only at `check`'s client build, as
+    // "<unparsable redis url>" under `store.sentinel`, after every other problem was mended.
+    let ps = problems(&format!(
+        "{AUTH}[store]\nkind = \"redis\"\n[store.sentinel]\nmaster_name = \"m\"\n\
+         nodes = [\"redis://10.0.0.1:26379\", \"redis://[zz:26379\", \"redis://:pw@/\", \"http://x\"]\n"
+    ));
+    names(&ps, "store.sentinel.nodes[1]", "is not a valid URL");
+    names(&ps, "store.sentinel.nodes[2]", "host");
+    names(
+        &ps,
+        "store.sentinel.nodes[3]",
+        "is not a redis:// or rediss:// URL",
+    );
+    assert!(!ps.iter().any(|p| p.message.contains("pw")), "{ps:#?}");
+    for (url, says) in [
+        ("redis://u:secret@[::1", "is not a valid URL"),
+        ("redis://u:secret@:6379/0", "host"),
+        ("redis:///0", "names no host"),
+    ] {
+        let ps = problems(&format!(
+            "{AUTH}[store]\nkind = \"redis\"\nurl = \"{url}\"\n"
+        ));
+        names(&ps, "store.url", says);
+        assert!(!ps.iter().any(|p| p.message.contains("secret")), "{ps:#?}");
+    }
 }
 
 #[test]
