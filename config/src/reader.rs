@@ -261,9 +261,15 @@ impl<'a, 'i> Section<'a, 'i> {
                     self.key(k),
                     Some(at),
                     format!(
-                        "{s:?} is out of range ({} to {})",
+                        "{s:?} is out of range ({} to {}){}",
                         humantime::format_duration(min),
-                        humantime::format_duration(max)
+                        humantime::format_duration(max),
+                        // humantime reads `M` as months: `1M` meant as a minute is 30 days.
+                        if s.contains('M') {
+                            "; M is months, m minutes"
+                        } else {
+                            ""
+                        }
                     ),
                 );
                 None

@@ -623,6 +623,15 @@ fn redis_urls_that_do_not_parse_are_named_with_their_place() {
 }
 
 #[test]
+fn a_month_meant_as_a_minute_is_pointed_out() {
+    let ps = problems(&format!("{MINIMAL}poll_interval = \"1M\"\n"));
+    names(&ps, "store.poll_interval", "M is months, m minutes");
+    let ps = problems(&format!("{MINIMAL}poll_interval = \"2h\"\n"));
+    names(&ps, "store.poll_interval", "out of range (10ms to 1h)");
+    assert!(!ps.iter().any(|p| p.message.contains("months")), "{ps:#?}");
+}
+
+#[test]
 fn the_past_due_notice_cannot_be_a_framing_or_router_header() {
     for name in [
         "content-length",
