@@ -167,7 +167,8 @@ fn check_says_what_serve_would_refuse_or_drop() {
     let (code, out) = check(dir.path(), bad_port);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("store.url"), "{out}");
-    // replicas says why it cannot open the store, not that the store is not Redis.
+    // replicas says why it cannot open the store (the config's key), not that the store is
+    // not Redis.
     let replicas = cli(&[
         "replicas",
         "--config",
@@ -175,7 +176,10 @@ fn check_says_what_serve_would_refuse_or_drop() {
     ]);
     let err = String::from_utf8_lossy(&replicas.stderr);
     assert_ne!(replicas.status.code(), Some(0));
-    assert!(err.contains("Redis URL did not parse"), "{err}");
+    assert!(
+        err.contains("store.url: is not a valid URL (invalid port number)"),
+        "{err}"
+    );
 
     // A bindings file serve cannot start from is an error.
     let (code, out) = check(dir.path(), &config("missing.json"));
