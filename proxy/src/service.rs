@@ -859,22 +859,12 @@ impl ProxyHttp for EdgeService {
         true
     }
 
-    /// What Pingora's own log lines (a retried connect) say of the request. Pingora's default
-    /// has the whole target: its query can hold a token or an app's secret (a reset code, a
-    /// signed URL), which logs must never carry.
+    /// What Pingora's own log lines (a request sent again after a pooled instance connection
+    /// broke, at WARN) say of the request: its method and id. Pingora's default has the whole
+    /// target, and a path can hold a secret as well as a query can (a magic-link token, a
+    /// reset code, a signed URL), which logs must never carry; the router logs no paths.
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
-        let req = session.req_header();
-        format!(
-            "{} {}{}, request_id: {}",
-            req.method,
-            req.uri.path(),
-            if req.uri.query().is_some() {
-                "?…"
-            } else {
-                ""
-            },
-            ctx.id()
-        )
+        format!("{}, request_id: {}", session.req_header().method, ctx.id())
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
