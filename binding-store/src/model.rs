@@ -355,16 +355,32 @@ impl UpstreamUrl {
                 format!("{q}: a host is required", q = quoted(s)),
             ));
         }
+        // User info and a query are where a URL carries secrets (a password, a token): the
+        // refusal, which is logged, shows the URL without them.
+        let without_secrets = || {
+            let mut shown = u.clone();
+            let _ = shown.set_username("");
+            let _ = shown.set_password(None);
+            shown.set_query(None);
+            shown.set_fragment(None);
+            quoted(shown.as_str())
+        };
         if !u.username().is_empty() || u.password().is_some() {
             return Err(FieldError::new(
                 field,
-                format!("{q}: user info is not allowed", q = quoted(s)),
+                format!(
+                    "{q}: user info is not allowed (not shown here)",
+                    q = without_secrets()
+                ),
             ));
         }
         if u.query().is_some() || u.fragment().is_some() {
             return Err(FieldError::new(
                 field,
-                format!("{q}: query and fragment are not allowed", q = quoted(s)),
+                format!(
+                    "{q}: query and fragment are not allowed (not shown here)",
+                    q = without_secrets()
+                ),
             ));
         }
         if u.port() == Some(0) {
@@ -877,6 +893,24 @@ mod limits {
         for &(url, ok) in cases {
             let parsed = UpstreamUrl::parse("instance_url", url);
             assert_eq!(parsed.is_ok(), ok, "{url}: {parsed:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_url_is_shown_without_its_user_info_or_query() {
+        // The refusal is logged and printed by `check`: a password or token in the URL was.
+        for (url, says) in [
+            (
+                "http://admin:PassSECRET@10.0.0.1:8080/app",
+                "\"http://10.0.0.1:8080/app\": user info is not allowed (not shown here)",
+            ),
+            (
+                "https://inst.internal/app?token=SECRET#SECRET",
+                "\"https://inst.internal/app\": query and fragment are not allowed (not shown here)",
+            ),
+        ] {
+            let e = UpstreamUrl::parse("instance_url", url).unwrap_err().to_string();
+            assert!(e.contains(says) && !e.contains("SECRET"), "{e}");
         }
     }
 

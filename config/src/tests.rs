@@ -609,16 +609,56 @@ fn redis_urls_that_do_not_parse_are_named_with_their_place() {
         "is not a redis:// or rediss:// URL",
     );
     assert!(!ps.iter().any(|p| p.message.contains("pw")), "{ps:#?}");
+    // A password with an unencoded `/`, `?` or `@` leaves pieces of itself in the path, the
+    // host or the query: refused, and never quoted (they were, here or once Redis was used).
     for (url, says) in [
         ("redis://u:secret@[::1", "is not a valid URL"),
         ("redis://u:secret@:6379/0", "host"),
         ("redis:///0", "names no host"),
+        (
+            "redis://edge:9/Zk3+secret=@10.0.0.1:6379/0",
+            "names a database that is no number",
+        ),
+        (
+            "redis://edge:1234?secret@10.0.0.1:6379/0",
+            "has a query parameter that is not read",
+        ),
+        (
+            "redis://edge:a@Host?secret@10.0.0.1/0",
+            "has a query parameter that is not read",
+        ),
+        (
+            "redis+unix:///run/redis.sock?pass=a&secret",
+            "has a query parameter",
+        ),
     ] {
         let ps = problems(&format!(
             "{AUTH}[store]\nkind = \"redis\"\nurl = \"{url}\"\n"
         ));
         names(&ps, "store.url", says);
-        assert!(!ps.iter().any(|p| p.message.contains("secret")), "{ps:#?}");
+        names(&ps, "store.url", "must be percent-encoded");
+        assert!(
+            !ps.iter().any(|p| p.message.contains("secret")),
+            "{url}: {ps:#?}"
+        );
+    }
+    let ps = problems(&format!(
+        "{AUTH}[store]\nkind = \"redis\"\n[store.sentinel]\nmaster_name = \"m\"\n\
+         nodes = [\"redis://edge:26379/secret@10.0.0.1:26379\", \"redis://e:1?secret@10.0.0.2\"]\n"
+    ));
+    names(&ps, "store.sentinel.nodes[0]", "has a path");
+    names(&ps, "store.sentinel.nodes[1]", "query parameter");
+    assert!(!ps.iter().any(|p| p.message.contains("secret")), "{ps:#?}");
+    // What redis-rs reads stays allowed.
+    for url in [
+        "redis://u:p%2Fq%3F@10.0.0.1:6379/2?protocol=resp3",
+        "redis+unix:///run/redis.sock?db=2&user=u&pass=p",
+    ] {
+        let ok = parse_str(
+            &format!("{AUTH}[store]\nkind = \"redis\"\nurl = \"{url}\"\n"),
+            Path::new("/etc/nexus/edge.toml"),
+        );
+        assert!(ok.is_ok(), "{url}: {ok:?}");
     }
 }
 

@@ -106,28 +106,50 @@ impl RedisEndpoint {
     }
 }
 
-/// The URL with any password replaced.
+/// The URL for logs and messages: any password replaced, and of the rest only what redis-rs
+/// reads (a TCP URL's database number, the query parameters it knows). What else a URL holds
+/// is most likely the tail of a password with an unencoded `/` or `?`, which the config
+/// refuses; this is the second line of defence.
 pub(crate) fn redact(url: &str) -> String {
+    const KNOWN: [&str; 3] = ["db", "user", "protocol"];
     match url::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("<redacted>"));
             }
+            u.set_fragment(None);
+            let mut notes = String::new();
+            let tcp = matches!(u.scheme(), "redis" | "rediss");
+            if tcp
+                && !u
+                    .path()
+                    .trim_matches('/')
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            {
+                u.set_path("/");
+                notes.push_str(" (a path that is no database number, not shown)");
+            }
+            let mut left_out = false;
             let pairs: Vec<(String, String)> = u
                 .query_pairs()
-                .map(|(k, v)| {
-                    let v = if k == "pass" || k == "password" {
-                        "<redacted>".to_owned()
-                    } else {
-                        v.into_owned()
-                    };
-                    (k.into_owned(), v)
+                .filter_map(|(k, v)| match k.as_ref() {
+                    "pass" | "password" => Some((k.into_owned(), "<redacted>".to_owned())),
+                    known if KNOWN.contains(&known) => Some((k.into_owned(), v.into_owned())),
+                    _ => {
+                        left_out = true;
+                        None
+                    }
                 })
                 .collect();
+            u.set_query(None);
             if !pairs.is_empty() {
-                u.query_pairs_mut().clear().extend_pairs(pairs);
+                u.query_pairs_mut().extend_pairs(pairs);
             }
-            u.to_string()
+            if left_out {
+                notes.push_str(" (query parameters redis-rs does not read, not shown)");
+            }
+            format!("{u}{notes}")
         }
         Err(_) => "<unparsable redis url>".to_owned(),
     }
@@ -277,6 +299,33 @@ mod tests {
         );
         let d = RedisEndpoint::Sentinel(s).describe();
         assert!(!d.contains("sentinel-pw"), "{d}");
+        // Pieces of a password with an unencoded `/` or `?` end up in the path or the query
+        // (the config refuses such URLs; this is for any that get past it).
+        for (url, shown) in [
+            (
+                "redis://edge:1234?QmarkSECRET@127.0.0.1:56193/0",
+                "redis://edge:1234 (query parameters redis-rs does not read, not shown)",
+            ),
+            (
+                "redis://edge:9/Zk3+SlashSECRET=@127.0.0.1:56193/0",
+                "redis://edge:9/ (a path that is no database number, not shown)",
+            ),
+            (
+                "redis://edge:26379/SentSECRET@127.0.0.1:53285",
+                "redis://edge:26379/ (a path that is no database number, not shown)",
+            ),
+            (
+                "redis+unix:///run/r.sock?db=2&pass=SECRET&x=SECRET#SECRET",
+                "redis+unix:///run/r.sock?db=2&pass=%3Credacted%3E \
+                 (query parameters redis-rs does not read, not shown)",
+            ),
+            (
+                "rediss://u:SECRET@h:6380/3?protocol=resp3",
+                "rediss://u:%3Credacted%3E@h:6380/3?protocol=resp3",
+            ),
+        ] {
+            assert_eq!(redact(url), shown);
+        }
     }
 
     #[test]
