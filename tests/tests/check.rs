@@ -177,7 +177,7 @@ fn check_says_what_serve_would_refuse_or_drop() {
     let err = String::from_utf8_lossy(&replicas.stderr);
     assert_ne!(replicas.status.code(), Some(0));
     assert!(
-        err.contains("store.url: is not a valid URL (invalid port number)"),
+        err.contains("store.url: is not a valid URL (invalid port number;"),
         "{err}"
     );
 
