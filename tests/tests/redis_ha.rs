@@ -279,6 +279,50 @@ fn a_redis_whose_history_restarts_is_followed_not_ignored() {
 }
 
 #[test]
+fn a_write_right_after_a_wipe_waits_for_the_replicas_to_say_what_they_serve() {
+    // A wipe takes the replicas' heartbeats with it. A write that came before they were back
+    // (a replica's next heartbeat, here one a second, or its reconnect after a restart) found
+    // no replica serving, started a new history of one tenant, and every replica unbound all
+    // the others.
+    let mut redis = RedisServer::start();
+    let url = format!("url = \"{}\"", redis.url());
+    let slow = |id: &str| {
+        store(&url, id, "").replace(
+            "heartbeat_interval = \"100ms\"",
+            "heartbeat_interval = \"1s\"",
+        )
+    };
+    let admin = Admin::new(&slow("admin"));
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    admin.put(&binding("globex", &a.url(), "active", None));
+    let edge = replica(&keys, slow("replica-s"));
+    wait_instance(&edge, &keys, "globex", "instance-a");
+    heartbeats(&redis, "replica-s", 1);
+    let acme_b = binding("acme", &b.url(), "active", None);
+
+    // Flushed under a following replica, written at once.
+    redis.cmd(&["FLUSHALL"]);
+    let (code, _, err) = admin.try_put(&[], &acme_b);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("looks wiped"), "{err}");
+
+    // Restarted without its data while the replica was connected, written at once.
+    redis.stop();
+    std::fs::remove_dir_all(redis.dir().join("appendonlydir")).ok();
+    redis.restart();
+    let (code, _, err) = admin.try_put(&[], &acme_b);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("looks wiped"), "{err}");
+    assert_eq!(
+        instance_of(&edge, &keys, "globex").as_deref(),
+        Some("instance-a")
+    );
+    assert_eq!(redis.cmd(&["EXISTS", "nexus:revision"]), "0");
+}
+
+#[test]
 fn a_wiped_redis_does_not_unbind_every_tenant() {
     // Redis comes back empty (a FLUSHALL, a restart without persistence): no bindings and no
     // revision counter. Taking that as the truth would unbind every tenant at once; replicas

@@ -547,6 +547,100 @@ fn wait_names_replicas_stopped_or_on_another_history() {
     );
 }
 
+#[test]
+fn wait_counts_only_heartbeats_written_since_the_change() {
+    // Revisions are compared by number, and numbers can go back (a counter set back, a
+    // failover that lost writes). A replica stopped after heartbeating a number past the
+    // change's confirmed a change it never saw.
+    let World {
+        redis,
+        admin,
+        keys,
+        a: _a,
+        b,
+    } = World::start(&["acme", "globex"]);
+    admin.ok(&["set-status", "globex", "active"]);
+    let r1 = replica(&keys, &redis.url(), "replica-up", None).expect("r1");
+    let r2 = replica(&keys, &redis.url(), "replica-down", None).expect("r2");
+    wait_instance(&r1, &keys, "acme", "instance-a");
+    wait_instance(&r2, &keys, "acme", "instance-a");
+    wait_live(&admin, &["replica-up", "replica-down"]);
+    signal(&r2, "-STOP");
+    // The counter at 3, set back to 2: acme's next change (its record is at 1) is revision 3
+    // again, which replica-down heartbeated before it stopped.
+    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "3");
+    redis.cmd(&["SET", "nexus:revision", "2"]);
+    let (code, _, err) = admin.tenant(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &b.url(),
+        "--wait",
+        "--timeout",
+        "1s",
+    ]);
+    signal(&r2, "-CONT");
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("replica-down (not heard from since the change)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_replica_that_may_not_write_its_heartbeat_follows_the_feed_without_reconnecting() {
+    // Its heartbeat refused, the replica ended its session and reconnected several times a
+    // second, for ever, catching up each time; no one was told why.
+    let World {
+        redis,
+        admin,
+        keys,
+        a: _a,
+        b,
+    } = World::start(&["acme"]);
+    acl_user(&redis, "no-hset", "secret", &["-hset", "-@scripting"]);
+    let edge = replica(
+        &keys,
+        &redis.url_as("no-hset", "secret"),
+        "replica-mute",
+        None,
+    )
+    .expect("replica");
+    wait_instance(&edge, &keys, "acme", "instance-a");
+    admin.ok(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &b.url(),
+    ]);
+    wait_instance(&edge, &keys, "acme", "instance-b");
+    let log = edge.log();
+    assert_eq!(
+        log.matches("heartbeats cannot be written").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("binding sync lost Redis"), "{log}");
+}
+
+#[test]
+fn a_replica_says_when_redis_may_evict_bindings() {
+    let w = World::start(&["acme"]);
+    w.redis
+        .cmd(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let edge = replica(&w.keys, &w.redis.url(), "replica-e", None).expect("replica");
+    wait_instance(&edge, &w.keys, "acme", "instance-a");
+    wait::until(Duration::from_secs(10), "the eviction warning", || {
+        edge.log()
+            .contains("set maxmemory-policy to noeviction")
+            .then_some(())
+    });
+}
+
 /// A replica whose wall clock is `offset` (`-2h`, `+2h`) off the host's.
 fn replica_with_clock(keys: &TestKeys, redis_url: &str, id: &str, offset: &str) -> Edge {
     let mut opts = EdgeOptions::new(keys.jwks(), serde_json::json!({}));

@@ -143,6 +143,10 @@ pub struct ReplicaStatus {
     /// Another process heartbeats under the same id: what this entry says is one of theirs
     /// at a time, so nobody can tell from here what the other serves.
     pub id_shared: bool,
+    /// When its last heartbeat was written, in Unix ms by Redis's clock (by its host's when
+    /// Redis refused it the clock): a heartbeat from before a change says nothing of it.
+    #[serde(skip)]
+    pub heard_at_ms: u64,
 }
 
 impl ReplicaStatus {
@@ -254,8 +258,27 @@ pub(super) async fn heartbeat(
                 }
             };
             let json = format!("{{\"at_ms\":{now},{}", json.get(1..).unwrap_or_default());
-            con.hset(store.keys().replicas(), &store.opts().replica_id, json)
-                .await
+            let written: redis::RedisResult<()> = con
+                .hset(store.keys().replicas(), &store.opts().replica_id, json)
+                .await;
+            match written {
+                Err(w) if w.is_io_error() || w.is_connection_dropped() => Err(w),
+                // Refused too (an ACL user that may not HSET, the key of another type): the
+                // replica goes on following the feed, unseen by `--wait` and `replicas`.
+                // Ending the session for it reconnected several times a second, for ever.
+                Err(w) => {
+                    static TOLD: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::error!(key = %store.keys().replicas(), error = %w,
+                            "heartbeats cannot be written: --wait and `nexus-edge replicas` do \
+                             not see this replica, which goes on following the change feed; \
+                             allow HSET (and EVALSHA, TIME) on the key to the replica's user");
+                    }
+                    Ok(())
+                }
+                Ok(()) => Ok(()),
+            }
         }
     }
 }
@@ -353,10 +376,20 @@ impl RedisStore {
                 refused: hb.refused,
                 refused_more: hb.refused_more,
                 id_shared: hb.id_shared,
+                heard_at_ms: hb.at_ms,
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    /// Redis's clock now, in Unix ms: taken before a write whose application `--wait` will
+    /// confirm (see [`Self::wait_for_revision`]).
+    pub async fn clock_ms(&self) -> Result<u64, AdminError> {
+        let mut con = self.admin_connection().await?;
+        redis_now_ms(&mut con)
+            .await
+            .map_err(|e| AdminError::Unavailable(e.to_string()))
     }
 
     /// Waits until every live replica has applied `revision`, a change of `tenant`'s, or
@@ -364,11 +397,17 @@ impl RedisStore {
     /// reported in `behind`. One that refused the tenant's record serves an older binding
     /// whatever revision it reports: it is reported in `refused`, and the wait ends as soon
     /// as no other replica is behind.
+    ///
+    /// `written_after_ms` ([`Self::clock_ms`] before the write): only a heartbeat written
+    /// since counts. Revisions are compared by number, and numbers can go back (a counter set
+    /// back, a failover that lost writes, an entry written by hand): a replica stopped since
+    /// it heartbeated a higher number from before the change would confirm it otherwise.
     pub async fn wait_for_revision(
         &self,
         revision: u64,
         tenant: &str,
         timeout: Duration,
+        written_after_ms: Option<u64>,
     ) -> Result<WaitOutcome, WaitOutcome> {
         // A deadline past what an Instant holds is no deadline at all.
         let now = Instant::now();
@@ -387,15 +426,16 @@ impl RedisStore {
             // A replica whose id another process shares is one of two, and which one wrote
             // its heartbeat is anyone's guess: it confirms nothing, and ends the wait as a
             // refusal does.
+            let has_applied = |r: &ReplicaStatus| {
+                r.has_applied(revision) && written_after_ms.is_none_or(|t| r.heard_at_ms >= t)
+            };
             let serves = |r: &ReplicaStatus| {
-                r.has_applied(revision)
-                    && r.refused_before(tenant, revision).is_none()
-                    && !r.id_shared
+                has_applied(r) && r.refused_before(tenant, revision).is_none() && !r.id_shared
             };
             let applied = live.iter().filter(|r| serves(r)).count();
             let refused: Vec<String> = live
                 .iter()
-                .filter(|r| r.has_applied(revision))
+                .filter(|r| has_applied(r))
                 .filter_map(|r| {
                     if r.id_shared {
                         return Some(format!(
@@ -422,10 +462,13 @@ impl RedisStore {
                 .collect();
             let mut behind: Vec<String> = live
                 .iter()
-                .filter(|r| !r.has_applied(revision))
+                .filter(|r| !has_applied(r))
                 .map(|r| {
                     if r.other_history {
                         format!("{} (still on another history)", r.id)
+                    } else if r.has_applied(revision) {
+                        // Its revision is past the change's, but was heard before it.
+                        format!("{} (not heard from since the change)", r.id)
                     } else {
                         r.id.clone()
                     }
@@ -477,6 +520,7 @@ mod tests {
             live: true,
             lag: 0,
             other_history: false,
+            heard_at_ms: 0,
             refused: refused.iter().map(|(t, r)| ((*t).to_owned(), *r)).collect(),
             refused_more,
             id_shared: false,

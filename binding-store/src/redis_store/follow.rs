@@ -15,7 +15,15 @@ use super::{
 use crate::model::{Revision, TenantId};
 use crate::table::{BindingHandle, Change};
 
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest pause between reconnects (plus up to half of it as jitter). Short: a replica
+/// that is away from a Redis that restarted empty is also away from the fleet's heartbeats,
+/// which guard against a write starting a new history under it (see
+/// [`RedisStore::wait_for_wiped_fleet`](super::RedisStore)).
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The first pause before reconnecting, and the pause after a session that ran
+/// [`STEADY_SESSION`] or longer.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const STEADY_SESSION: Duration = Duration::from_secs(10);
 /// Snapshots are written at most this often.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
 
@@ -25,12 +33,13 @@ pub(super) async fn run(
     handle: BindingHandle,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match session(&store, &handle, &mut shutdown, &mut backoff).await {
+        let started = Instant::now();
+        match session(&store, &handle, &mut shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 store.health_ref().mark_down();
@@ -42,6 +51,12 @@ pub(super) async fn run(
                         "binding sync lost Redis; serving the last table"),
                 }
             }
+        }
+        // A session that lasted was a working one: the next reconnect comes soon. One that
+        // fails again right after catching up (a command the replica's user may not run)
+        // keeps backing off instead of reconnecting several times a second.
+        if started.elapsed() >= STEADY_SESSION {
+            backoff = FIRST_BACKOFF;
         }
         let jitter = Duration::from_millis(u64::from(rand_u8()) * backoff.as_millis() as u64 / 512);
         tokio::select! {
@@ -246,14 +261,40 @@ async fn feed_continues(
         .is_some_and(|(_, f)| field_u64(f, "rev") <= p.revision + 1))
 }
 
+/// Says so, once, when Redis may evict any key under memory pressure (`allkeys-*`): an
+/// evicted binding leaves no change entry and no audit line, so replicas go on serving it
+/// until their next full reload unbinds the tenant, one replica at a time. Bindings need
+/// `noeviction` (or a `volatile-*` policy: no key of theirs expires). Not told when the
+/// replica's user may not run `CONFIG GET`.
+async fn warn_if_evicting(con: &mut MultiplexedConnection) {
+    static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TOLD.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let policy: redis::RedisResult<(String, String)> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(con)
+        .await;
+    if let Ok((_, policy)) = policy {
+        if policy.starts_with("allkeys-") && !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::error!(maxmemory_policy = %policy,
+                "Redis may evict binding keys when it runs out of memory: an evicted tenant is \
+                 unbound at the next full reload, with no change entry or audit line; set \
+                 maxmemory-policy to noeviction");
+        }
+    }
+}
+
 async fn session(
     store: &RedisStore,
     handle: &BindingHandle,
     shutdown: &mut watch::Receiver<bool>,
-    backoff: &mut Duration,
 ) -> Result<(), LoadError> {
     let (mut con, mut blocking) = store.connect_follower().await?;
     let opts = store.opts().clone();
+    warn_if_evicting(&mut con).await;
 
     // Catch up: resume from the last position if the feed still continues it; otherwise
     // (never loaded from Redis, no place in the feed, trimmed meanwhile, or a new history)
@@ -277,7 +318,6 @@ async fn session(
             return Err(e);
         }
     }
-    *backoff = Duration::from_millis(100);
     store
         .health_ref()
         .mark_synced(Revision(store.position().map_or(0, |p| p.revision)));

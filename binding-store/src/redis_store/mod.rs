@@ -266,6 +266,42 @@ impl RedisStore {
         Ok((served > 0).then_some(Revision(served)))
     }
 
+    /// Before a write that would start this keyspace's history (no revision counter) while no
+    /// replica is heard serving one: waits until replicas had the time to say so (the write
+    /// is then refused as wiped).
+    ///
+    /// Redis that restarts without persistence (or is flushed) loses the replicas' heartbeats
+    /// with everything else; they are back only once each replica has reconnected (within
+    /// [`follow::MAX_BACKOFF`] and its jitter) or heartbeated again (within its interval).
+    /// A write in between found no one serving and started a new history of one tenant, and
+    /// every replica then unbound all the others. The wait costs only the first write into
+    /// an empty keyspace.
+    async fn wait_for_wiped_fleet(
+        &self,
+        con: &mut MultiplexedConnection,
+    ) -> Result<(), AdminError> {
+        let window = follow::MAX_BACKOFF * 3 / 2 + self.opts.heartbeat_interval * 2;
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            let counter: bool = con
+                .exists(self.keys.revision())
+                .await
+                .map_err(unavailable)?;
+            if counter {
+                return Ok(());
+            }
+            // Once one is heard, the write is refused as usual (`write.lua`, which says a
+            // restore under way first).
+            let served = fleet::served_revision(self, con)
+                .await
+                .map_err(unavailable)?;
+            if served > 0 || tokio::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A store for `opts`. Fails only on malformed endpoint or TLS settings; connecting
     /// happens on use.
     pub fn new(opts: RedisOptions) -> Result<Self, String> {
@@ -1185,6 +1221,9 @@ impl BindingAdmin for RedisStore {
         actor: &Actor,
     ) -> Result<(Revision, Option<Binding>), AdminError> {
         let mut con = self.admin_connection().await?;
+        if self.opts.wiped_store == WipedStore::Refuse {
+            self.wait_for_wiped_fleet(&mut con).await?;
+        }
         // The record text the script last refused, with the revision it read there: should
         // the two readings of one text ever differ, the next attempt goes by the script's.
         let mut script_read: Option<(Vec<u8>, u64)> = None;

@@ -347,6 +347,11 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             if wait.as_ref().is_some_and(|w| w.wait) && !matches!(store, Store::Redis(_)) {
                 return fail("--wait needs the Redis store (a file store has no fleet to confirm)");
             }
+            // Redis's clock before the write: --wait counts only heartbeats written since.
+            let before = match (&store, wait.as_ref().is_some_and(|w| w.wait)) {
+                (Store::Redis(r), true) => r.clock_ms().await.ok(),
+                _ => None,
+            };
             match admin.apply(&t, m, expect.map(Revision), &actor).await {
                 Ok((rev, after)) => {
                     let waiting = wait.as_ref().filter(|w| w.wait);
@@ -364,7 +369,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                     match waiting {
                         Some(w) => {
                             let written = json.then_some(written);
-                            wait_fleet(store, &t, rev, w.timeout, written).await
+                            wait_fleet(store, &t, rev, w.timeout, before, written).await
                         }
                         None => ExitCode::SUCCESS,
                     }
@@ -618,6 +623,7 @@ async fn wait_fleet(
     tenant: &TenantId,
     rev: Revision,
     timeout: Duration,
+    written_after_ms: Option<u64>,
     written: Option<serde_json::Value>,
 ) -> ExitCode {
     let Store::Redis(redis) = store else {
@@ -638,7 +644,7 @@ async fn wait_fleet(
         );
     }
     let result = redis
-        .wait_for_revision(rev.get(), tenant.as_str(), timeout)
+        .wait_for_revision(rev.get(), tenant.as_str(), timeout, written_after_ms)
         .await;
     let (ok, o) = match result {
         Ok(o) => (true, o),
