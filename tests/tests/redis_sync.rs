@@ -1498,6 +1498,16 @@ fn a_custom_domain_claimed_twice_stays_with_its_owner() {
     assert_eq!(instance_of(&fresh, &keys, "evil"), None);
     let log = fresh.log();
     assert!(log.contains("claimed by another record too"), "{log}");
+    // A listing and a backup leave it out as the replicas do, and say so (they printed it,
+    // another tenant's domain included, and exited 0).
+    admin.assert_one_left_out(
+        "inst-acme",
+        "evil",
+        &[
+            "nexus:binding:evil: claims a custom domain another record claims too",
+            "app.acme-corp.test (held by acme)",
+        ],
+    );
 }
 
 /// Puts `tenant` on `url` with `domains`.

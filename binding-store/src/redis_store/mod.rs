@@ -1203,13 +1203,54 @@ impl BindingAdmin for RedisStore {
 
     async fn list(&self) -> Result<Listing, AdminError> {
         let mut con = self.admin_connection().await?;
-        let (bindings, bad) = self.load_all(&mut con).await.map_err(unavailable)?;
+        let (mut bindings, bad) = self.load_all(&mut con).await.map_err(unavailable)?;
+        let mut left_out: Vec<String> = bad
+            .iter()
+            .map(|(t, problem)| format!("{}: {problem}", self.keys.binding(t)))
+            .collect();
+        // A record claiming a domain another record claims too is refused by every replica
+        // but the one the domain index names: settled as a replica with no table settles it,
+        // and named, so that a listing or backup does not look whole.
+        let contested = contested_domains(&bindings);
+        if !contested.is_empty() {
+            let mut index = DomainIndex::new();
+            let domains = contested.iter().map(|(d, _)| d.as_str()).collect();
+            self.look_up_domains(&mut con, domains, &mut index)
+                .await
+                .map_err(unavailable)?;
+            let (kept, _) = settle_contested(
+                bindings.clone(),
+                &contested,
+                None,
+                HashSet::new(),
+                Some(&index),
+                "Redis",
+                Verdicts::Quiet,
+            );
+            for b in bindings
+                .iter()
+                .filter(|b| !kept.iter().any(|k| Arc::ptr_eq(k, b)))
+            {
+                let claimed: Vec<String> = contested
+                    .iter()
+                    .filter(|(_, claimants)| claimants.contains(&b.tenant_id))
+                    .map(|(d, _)| match index.get(d).cloned().flatten() {
+                        Some(owner) => format!("{d} (held by {owner})"),
+                        None => format!("{d} (held by none)"),
+                    })
+                    .collect();
+                left_out.push(format!(
+                    "{}: claims a custom domain another record claims too: {}; replicas \
+                     refuse the record",
+                    self.keys.binding(b.tenant_id.as_str()),
+                    claimed.join(", ")
+                ));
+            }
+            bindings = kept;
+        }
         Ok(Listing {
             bindings: crate::records::sorted_by_tenant(&bindings),
-            left_out: bad
-                .iter()
-                .map(|(t, problem)| format!("{}: {problem}", self.keys.binding(t)))
-                .collect(),
+            left_out,
         })
     }
 
