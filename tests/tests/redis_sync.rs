@@ -460,6 +460,31 @@ fn two_replicas_given_one_id_are_told_apart_and_named() {
     assert!(!r1.log().contains("ERROR"), "{}", r1.log());
 }
 
+/// Replicas `replica-up` and `replica-down`, both serving acme and heard from.
+fn up_and_down(redis: &RedisServer, admin: &Admin, keys: &TestKeys) -> (Edge, Edge) {
+    let r1 = replica(keys, &redis.url(), "replica-up", None).expect("r1");
+    let r2 = replica(keys, &redis.url(), "replica-down", None).expect("r2");
+    wait_instance(&r1, keys, "acme", "instance-a");
+    wait_instance(&r2, keys, "acme", "instance-a");
+    wait_live(admin, &["replica-up", "replica-down"]);
+    (r1, r2)
+}
+
+/// Rebinds acme to `to` with `--wait --timeout 1s`.
+fn rebind_waiting(admin: &Admin, to: &Backend) -> (i32, String, String) {
+    admin.tenant(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &to.url(),
+        "--wait",
+        "--timeout",
+        "1s",
+    ])
+}
+
 #[test]
 fn wait_names_replicas_stopped_or_on_another_history() {
     let World {
@@ -469,24 +494,10 @@ fn wait_names_replicas_stopped_or_on_another_history() {
         a: _a,
         b,
     } = World::start(&["acme"]);
-    let r1 = replica(&keys, &redis.url(), "replica-up", None).expect("r1");
-    let r2 = replica(&keys, &redis.url(), "replica-down", None).expect("r2");
-    wait_instance(&r1, &keys, "acme", "instance-a");
-    wait_instance(&r2, &keys, "acme", "instance-a");
-    wait_live(&admin, &["replica-up", "replica-down"]);
+    let (_r1, r2) = up_and_down(&redis, &admin, &keys);
     // Freeze replica-down: it stops heartbeating and applying changes.
     signal(&r2, "-STOP");
-    let (code, _, err) = admin.tenant(&[
-        "rebind",
-        "acme",
-        "--instance-id",
-        "inst-b",
-        "--instance-url",
-        &b.url(),
-        "--wait",
-        "--timeout",
-        "1s",
-    ]);
+    let (code, _, err) = rebind_waiting(&admin, &b);
     signal(&r2, "-CONT");
     assert_eq!(code, 4, "{err}");
     assert!(
@@ -552,35 +563,15 @@ fn wait_counts_only_heartbeats_written_since_the_change() {
     // Revisions are compared by number, and numbers can go back (a counter set back, a
     // failover that lost writes). A replica stopped after heartbeating a number past the
     // change's confirmed a change it never saw.
-    let World {
-        redis,
-        admin,
-        keys,
-        a: _a,
-        b,
-    } = World::start(&["acme", "globex"]);
-    admin.ok(&["set-status", "globex", "active"]);
-    let r1 = replica(&keys, &redis.url(), "replica-up", None).expect("r1");
-    let r2 = replica(&keys, &redis.url(), "replica-down", None).expect("r2");
-    wait_instance(&r1, &keys, "acme", "instance-a");
-    wait_instance(&r2, &keys, "acme", "instance-a");
-    wait_live(&admin, &["replica-up", "replica-down"]);
+    let w = World::start(&["acme", "globex"]);
+    w.admin.ok(&["set-status", "globex", "active"]);
+    let (_r1, r2) = up_and_down(&w.redis, &w.admin, &w.keys);
     signal(&r2, "-STOP");
     // The counter at 3, set back to 2: acme's next change (its record is at 1) is revision 3
     // again, which replica-down heartbeated before it stopped.
-    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "3");
-    redis.cmd(&["SET", "nexus:revision", "2"]);
-    let (code, _, err) = admin.tenant(&[
-        "rebind",
-        "acme",
-        "--instance-id",
-        "inst-b",
-        "--instance-url",
-        &b.url(),
-        "--wait",
-        "--timeout",
-        "1s",
-    ]);
+    assert_eq!(w.redis.cmd(&["GET", "nexus:revision"]), "3");
+    w.redis.cmd(&["SET", "nexus:revision", "2"]);
+    let (code, _, err) = rebind_waiting(&w.admin, &w.b);
     signal(&r2, "-CONT");
     assert_eq!(code, 4, "{err}");
     assert!(
@@ -589,35 +580,22 @@ fn wait_counts_only_heartbeats_written_since_the_change() {
     );
 }
 
+/// A replica on the world's Redis as an ACL user denied `denied`, serving acme.
+fn replica_as_user_denied(w: &World, denied: &[&str], id: &str) -> Edge {
+    acl_user(&w.redis, "limited", "secret", denied);
+    let url = w.redis.url_as("limited", "secret");
+    let edge = replica(&w.keys, &url, id, None).expect("replica");
+    wait_instance(&edge, &w.keys, "acme", "instance-a");
+    edge
+}
+
 #[test]
 fn a_replica_that_may_not_write_its_heartbeat_follows_the_feed_without_reconnecting() {
     // Its heartbeat refused, the replica ended its session and reconnected several times a
     // second, for ever, catching up each time; no one was told why.
-    let World {
-        redis,
-        admin,
-        keys,
-        a: _a,
-        b,
-    } = World::start(&["acme"]);
-    acl_user(&redis, "no-hset", "secret", &["-hset", "-@scripting"]);
-    let edge = replica(
-        &keys,
-        &redis.url_as("no-hset", "secret"),
-        "replica-mute",
-        None,
-    )
-    .expect("replica");
-    wait_instance(&edge, &keys, "acme", "instance-a");
-    admin.ok(&[
-        "rebind",
-        "acme",
-        "--instance-id",
-        "inst-b",
-        "--instance-url",
-        &b.url(),
-    ]);
-    wait_instance(&edge, &keys, "acme", "instance-b");
+    let w = World::start(&["acme"]);
+    let edge = replica_as_user_denied(&w, &["-hset", "-@scripting"], "replica-mute");
+    follows_a_rebind(&w, &edge);
     let log = edge.log();
     assert_eq!(
         log.matches("heartbeats cannot be written").count(),
@@ -679,32 +657,10 @@ fn live_as_seen_with_clock(admin: &Admin, offset: &str) -> Vec<(String, bool)> {
 fn a_replica_whose_user_may_not_run_scripts_nor_read_time_still_follows_and_heartbeats() {
     // A heartbeat the script cannot stamp is stamped with this host's clock and written
     // plainly, as before heartbeats went by Redis's clock: never a reason to stop following.
-    let World {
-        redis,
-        admin,
-        keys,
-        a: _a,
-        b,
-    } = World::start(&["acme"]);
-    acl_user(&redis, "least", "secret", &["-@scripting", "-time"]);
-    let edge = replica(
-        &keys,
-        &redis.url_as("least", "secret"),
-        "replica-least",
-        None,
-    )
-    .expect("replica");
-    wait_instance(&edge, &keys, "acme", "instance-a");
-    wait_live(&admin, &["replica-least"]);
-    admin.ok(&[
-        "rebind",
-        "acme",
-        "--instance-id",
-        "inst-b",
-        "--instance-url",
-        &b.url(),
-    ]);
-    wait_instance(&edge, &keys, "acme", "instance-b");
+    let w = World::start(&["acme"]);
+    let edge = replica_as_user_denied(&w, &["-@scripting", "-time"], "replica-least");
+    wait_live(&w.admin, &["replica-least"]);
+    follows_a_rebind(&w, &edge);
     assert!(
         edge.log().contains("stamped with this host's clock"),
         "{}",
