@@ -335,6 +335,9 @@ pub struct UpstreamUrl(Arc<url::Url>);
 impl UpstreamUrl {
     /// Parses and checks an upstream URL; `field` names the record field in the error.
     pub fn parse(field: &'static str, s: &str) -> Result<Self, FieldError> {
+        // Every refusal shows the text without its user info (a password), even one that
+        // does not parse as a URL.
+        let quoted = |s: &str| quoted(&without_user_info(s));
         if s.len() > MAX_URL_LEN {
             return Err(FieldError::new(
                 field,
@@ -663,6 +666,20 @@ pub struct Binding {
 
 /// `s` quoted for an error message, cut to its first 80 characters: a record's bad value can
 /// be megabytes, and it ends up in a log line.
+/// `s` with whatever sits between `scheme://` and the last `@` of the authority taken out:
+/// the user info of a URL, parsed or not.
+fn without_user_info(s: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = s.find("://") else {
+        return s.into();
+    };
+    let rest = &s[scheme_end + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{}://{}", &s[..scheme_end], &rest[at + 1..]).into(),
+        None => s.into(),
+    }
+}
+
 pub(crate) fn quoted(s: &str) -> String {
     const SHOWN: usize = 80;
     match s.char_indices().nth(SHOWN) {
@@ -908,6 +925,12 @@ mod limits {
                 "https://inst.internal/app?token=SECRET#SECRET",
                 "\"https://inst.internal/app\": query and fragment are not allowed (not shown here)",
             ),
+            // Refused before it parses, or for its scheme: quoted without its user info.
+            (
+                "http://admin:SECRET@h:99999/x",
+                "\"http://h:99999/x\" is not a URL",
+            ),
+            ("ftp://u:SECRET@h/x", "\"ftp://h/x\": scheme must be http or https"),
         ] {
             let e = UpstreamUrl::parse("instance_url", url).unwrap_err().to_string();
             assert!(e.contains(says) && !e.contains("SECRET"), "{e}");

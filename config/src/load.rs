@@ -1229,55 +1229,36 @@ fn fragment_problem(u: &str) -> Option<&'static str> {
 /// the URL's text (and so the password's pieces) is never in the message.
 const ENCODE_PASSWORD: &str = "a password holding /, ?, # or @ must be percent-encoded";
 
-/// A Redis URL as redis-rs reads it, judged here: one that does not parse, names no host or
-/// has port 0, fails only at start-up otherwise, with the URL's text in the message. So does a
-/// query parameter redis-rs does not read (a TCP URL's only one is `protocol`; a socket's
-/// `db`, `user`, `pass`), or a path on a Sentinel's URL (which names no database): those are
-/// what is left of a password with an unencoded `?` or `/`, and would be logged.
-fn redis_url_problem(u: &str, sentinel: bool) -> Option<String> {
-    let tcp = u.starts_with("redis://") || u.starts_with("rediss://");
+/// A TCP Redis URL as redis-rs reads it, judged here: one that does not parse, names no host
+/// or has port 0 fails only at start-up otherwise, with the URL's text in the message. So
+/// does an `@` past the host, in the path or the query: the rest of a password with an
+/// unencoded `/` or `?` (the user info ends at the last `@` before the host), which would be
+/// logged as the database or a query parameter. Socket URLs are judged by redis-rs (their
+/// password is a query parameter, where an `@` is a password's own).
+fn redis_url_problem(u: &str) -> Option<String> {
+    if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+        return None;
+    }
     let parsed = match url::Url::parse(u) {
         Ok(parsed) => parsed,
-        // A socket URL is judged by redis-rs (its message does not quote it).
-        Err(_) if !tcp => return None,
         Err(e) => return Some(format!("is not a valid URL ({e}; {ENCODE_PASSWORD})")),
     };
-    let read: &[&str] = if tcp {
-        &["protocol"]
-    } else {
-        &["db", "user", "pass", "protocol"]
-    };
-    if parsed
-        .query_pairs()
-        .any(|(k, _)| !read.contains(&k.as_ref()))
-    {
+    if parsed.path().contains('@') || parsed.query().is_some_and(|q| q.contains('@')) {
         return Some(format!(
-            "has a query parameter that is not read (only {}; {ENCODE_PASSWORD})",
-            read.join(", ")
+            "holds an @ past its host, the rest of a password ({ENCODE_PASSWORD})"
         ));
-    }
-    if !tcp {
-        return None;
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Some(format!("names no host ({ENCODE_PASSWORD})"));
     }
-    if parsed.port() == Some(0) {
-        return Some("has port 0, which connects nowhere".to_owned());
-    }
-    if sentinel && !matches!(parsed.path(), "" | "/") {
-        return Some(format!(
-            "has a path; a Sentinel's URL is host and port ({ENCODE_PASSWORD})"
-        ));
-    }
-    None
+    (parsed.port() == Some(0)).then(|| "has port 0, which connects nowhere".to_owned())
 }
 
 /// A primary's Redis URL: [`redis_url_problem`], and its database, which past 1023 (the bound
 /// `[store.sentinel] db` has; Redis's own default is 16) or not a number fails only at
 /// start-up otherwise. Unix-socket URLs name theirs in the query.
 fn endpoint_problem(u: &str) -> Option<String> {
-    if let Some(m) = redis_url_problem(u, false) {
+    if let Some(m) = redis_url_problem(u) {
         return Some(m);
     }
     let parsed = url::Url::parse(u).ok()?;
@@ -1366,7 +1347,7 @@ fn sentinel_settings(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<Se
         if let Some(m) = fragment_problem(v) {
             Err(m.to_owned())
         } else if v.starts_with("redis://") || v.starts_with("rediss://") {
-            redis_url_problem(v, true).map_or_else(|| Ok(v.to_owned()), Err)
+            redis_url_problem(v).map_or_else(|| Ok(v.to_owned()), Err)
         } else {
             Err("is not a redis:// or rediss:// URL (Sentinels are reached over TCP)".to_owned())
         }

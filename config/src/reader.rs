@@ -372,11 +372,13 @@ impl<'a, 'i> Section<'a, 'i> {
             match item.get_ref() {
                 DeValue::String(s) => match check(s) {
                     Ok(c) if !seen.insert(c.clone()) => {
-                        p.push(
-                            key,
-                            Some(item.span().start),
-                            format!("{s:?} is listed twice"),
-                        );
+                        // Not quoted when it may hold a password (a Sentinel's URL).
+                        let message = if s.contains('@') {
+                            "is listed twice".to_owned()
+                        } else {
+                            format!("{s:?} is listed twice")
+                        };
+                        p.push(key, Some(item.span().start), message);
                         ok = false;
                     }
                     Ok(c) => out.push(c),

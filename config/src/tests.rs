@@ -617,19 +617,15 @@ fn redis_urls_that_do_not_parse_are_named_with_their_place() {
         ("redis:///0", "names no host"),
         (
             "redis://edge:9/Zk3+secret=@10.0.0.1:6379/0",
-            "names a database that is no number",
+            "holds an @ past its host",
         ),
         (
             "redis://edge:1234?secret@10.0.0.1:6379/0",
-            "has a query parameter that is not read",
+            "holds an @ past its host",
         ),
         (
             "redis://edge:a@Host?secret@10.0.0.1/0",
-            "has a query parameter that is not read",
-        ),
-        (
-            "redis+unix:///run/redis.sock?pass=a&secret",
-            "has a query parameter",
+            "holds an @ past its host",
         ),
     ] {
         let ps = problems(&format!(
@@ -646,9 +642,24 @@ fn redis_urls_that_do_not_parse_are_named_with_their_place() {
         "{AUTH}[store]\nkind = \"redis\"\n[store.sentinel]\nmaster_name = \"m\"\n\
          nodes = [\"redis://edge:26379/secret@10.0.0.1:26379\", \"redis://e:1?secret@10.0.0.2\"]\n"
     ));
-    names(&ps, "store.sentinel.nodes[0]", "has a path");
-    names(&ps, "store.sentinel.nodes[1]", "query parameter");
+    names(&ps, "store.sentinel.nodes[0]", "holds an @ past its host");
+    names(&ps, "store.sentinel.nodes[1]", "holds an @ past its host");
     assert!(!ps.iter().any(|p| p.message.contains("secret")), "{ps:#?}");
+    let ps = problems(&format!(
+        "{AUTH}[store]\nkind = \"redis\"\n[store.sentinel]\nmaster_name = \"m\"\n\
+         nodes = [\"redis://:secret@s1:26379\", \"redis://:secret@s1:26379\"]\n"
+    ));
+    names(&ps, "store.sentinel.nodes[1]", "is listed twice");
+    assert!(!ps.iter().any(|p| p.message.contains("secret")), "{ps:#?}");
+    // A database on a Sentinel's URL means nothing, but was always taken.
+    let ok = parse_str(
+        &format!(
+            "{AUTH}[store]\nkind = \"redis\"\n[store.sentinel]\nmaster_name = \"m\"\n\
+             nodes = [\"redis://s1:26379/0\"]\n"
+        ),
+        Path::new("/etc/nexus/edge.toml"),
+    );
+    assert!(ok.is_ok(), "{ok:?}");
 }
 
 #[test]
@@ -1056,9 +1067,11 @@ fn values_the_router_or_the_fleet_could_not_use_are_refused_before_start() {
         "redis://x/1023",
         "redis://x",
         "redis://x/",
-        // A password's `/` and `?` encoded, and the query parameters redis-rs reads.
+        // A password's `/` and `?` encoded; query parameters, which redis-rs reads or passes
+        // over (other programs' URLs carry some); a socket's password with an `@`.
         "redis://u:p%2Fq%3F@10.0.0.1:6379/2?protocol=resp3",
-        "redis+unix:///run/redis.sock?db=2&user=u&pass=p",
+        "rediss://:pw@10.0.0.1:6380?ssl_cert_reqs=required&timeout=5",
+        "redis+unix:///run/redis.sock?db=2&user=u&pass=p@ss",
     ] {
         let ok = parse_str(
             &format!("{AUTH}[store]\nkind = \"redis\"\nurl = \"{url}\"\n"),

@@ -470,7 +470,8 @@ fn up_and_down(redis: &RedisServer, admin: &Admin, keys: &TestKeys) -> (Edge, Ed
     (r1, r2)
 }
 
-/// Rebinds acme to `to` with `--wait --timeout 1s`.
+/// Rebinds acme to `to` with `--wait --timeout 2s`: time enough for a live replica to apply
+/// it under load, short of a stopped replica's leaving the live window (5 s).
 fn rebind_waiting(admin: &Admin, to: &Backend) -> (i32, String, String) {
     admin.tenant(&[
         "rebind",
@@ -481,7 +482,7 @@ fn rebind_waiting(admin: &Admin, to: &Backend) -> (i32, String, String) {
         &to.url(),
         "--wait",
         "--timeout",
-        "1s",
+        "2s",
     ])
 }
 
@@ -1467,6 +1468,23 @@ fn a_custom_domain_claimed_twice_stays_with_its_owner() {
 }
 
 /// Puts `tenant` on `url` with `domains`.
+#[test]
+fn a_domain_two_records_claim_and_none_holds_leaves_both_listed() {
+    // No claimant wins a domain the index gives no one: replicas keep both tenants without
+    // it. The listing had named both as left out and still printed them.
+    let w = World::start(&["acme"]);
+    for t in ["x1", "x2"] {
+        let mut r = binding(t, &w.a.url(), "active", None);
+        r["domains"] = serde_json::json!(["shared.example.test"]);
+        r["revision"] = serde_json::json!(1);
+        w.redis
+            .cmd(&["SET", &format!("nexus:binding:{t}"), &r.to_string()]);
+    }
+    let (code, out, err) = w.admin.tenant(&["list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("x1 ") && out.contains("x2 "), "{out}");
+}
+
 fn put_domains(admin: &Admin, tenant: &str, url: &str, domains: &[&str]) {
     let mut record = binding(tenant, url, "active", None);
     record["domains"] = serde_json::json!(domains);

@@ -262,22 +262,24 @@ pub(super) async fn heartbeat(
                 .hset(store.keys().replicas(), &store.opts().replica_id, json)
                 .await;
             match written {
-                Err(w) if w.is_io_error() || w.is_connection_dropped() => Err(w),
-                // Refused too (an ACL user that may not HSET, the key of another type): the
-                // replica goes on following the feed, unseen by `--wait` and `replicas`.
-                // Ending the session for it reconnected several times a second, for ever.
-                Err(w) => {
+                // Refused by the user's rights or the key's type: the replica goes on
+                // following the feed, unseen by `--wait` and `replicas`. Ending the session
+                // for it reconnected several times a second, for ever. Any other refusal
+                // (READONLY from a demoted primary, OOM) ends the session as before: the
+                // heartbeat is how a session learns its node no longer takes writes.
+                Err(w) if w.kind() == redis::ErrorKind::TypeError || w.code() == Some("NOPERM") => {
                     static TOLD: std::sync::atomic::AtomicBool =
                         std::sync::atomic::AtomicBool::new(false);
                     if !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
                         tracing::error!(key = %store.keys().replicas(), error = %w,
-                            "heartbeats cannot be written: --wait and `nexus-edge replicas` do \
-                             not see this replica, which goes on following the change feed; \
-                             allow HSET (and EVALSHA, TIME) on the key to the replica's user");
+                            "heartbeats cannot be written (the replica's user may not, or the \
+                             key holds another type): --wait and `nexus-edge replicas` do not \
+                             see this replica, which goes on following the change feed; allow \
+                             HSET (and EVALSHA, TIME) on the key to the replica's user");
                     }
                     Ok(())
                 }
-                Ok(()) => Ok(()),
+                other => other,
             }
         }
     }

@@ -1227,10 +1227,10 @@ impl BindingAdmin for RedisStore {
                 "Redis",
                 Verdicts::Quiet,
             );
-            for b in bindings
-                .iter()
-                .filter(|b| !kept.iter().any(|k| Arc::ptr_eq(k, b)))
-            {
+            // Refused: the tenants not kept. One kept without the domain (no claimant won
+            // it) is listed as stored.
+            let kept: HashSet<TenantId> = kept.iter().map(|b| b.tenant_id.clone()).collect();
+            for b in bindings.iter().filter(|b| !kept.contains(&b.tenant_id)) {
                 let claimed: Vec<String> = contested
                     .iter()
                     .filter(|(_, claimants)| claimants.contains(&b.tenant_id))
@@ -1246,7 +1246,7 @@ impl BindingAdmin for RedisStore {
                     claimed.join(", ")
                 ));
             }
-            bindings = kept;
+            bindings.retain(|b| kept.contains(&b.tenant_id));
         }
         Ok(Listing {
             bindings: crate::records::sorted_by_tenant(&bindings),
