@@ -155,6 +155,11 @@ async fn restore_locked(
     // Replicas that serve a table over this Redis reload whatever the restore holds: only
     // a table as recent as theirs may replace it, unless the admin says otherwise.
     if store.opts.wiped_store != WipedStore::StartNewHistory {
+        // Right after a wipe the heartbeats are gone too: wait for them, as a write does.
+        store
+            .wait_for_wiped_fleet(con)
+            .await
+            .map_err(ImportError::nothing)?;
         let served = super::fleet::served_revision(store, con)
             .await
             .map_err(|e| ImportError::nothing(unavailable(e)))?;
