@@ -448,7 +448,33 @@ fn burst(dir: &Path, addr: SocketAddr, pid: u32, secs: u64) -> Burst {
     b
 }
 
+const USAGE: &str = "usage: load [--smoke] [--callgrind] [--distinct N] [--addresses] \
+                     (see the head of bench/src/bin/load.rs, or docs/benchmarks.md)";
+
+/// Stops at `--help` (and at an argument it does not know) before anything starts: the
+/// harness otherwise ran its whole benchmark, minutes of load, for `load --help`.
+fn check_args() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--smoke" | "--callgrind" | "--addresses" => {}
+            "--distinct" => i += 1,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("load: unknown argument {other:?}\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+        i += 1;
+    }
+}
+
 fn main() {
+    check_args();
     let smoke = std::env::args().any(|a| a == "--smoke");
     let callgrind = std::env::args().any(|a| a == "--callgrind");
     let distinct = distinct_tokens();
