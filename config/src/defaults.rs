@@ -58,6 +58,7 @@ pub fn embedded_default() -> Settings {
             dns_ttl: Duration::from_secs(10),
             dns_serve_stale: Duration::from_secs(30),
             idle_connections: 4096,
+            idle_connection_timeout: Duration::from_secs(60),
         },
         store: StoreSettings::File(FileStoreSettings {
             path: None,

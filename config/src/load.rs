@@ -1075,6 +1075,14 @@ fn upstream(
     let idle_connections = s
         .integer("idle_connections", 1, 1_000_000, p)
         .map_or(d.idle_connections, |n| n as usize);
+    let idle_connection_timeout = s
+        .duration(
+            "idle_connection_timeout",
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+            p,
+        )
+        .unwrap_or(d.idle_connection_timeout);
     s.finish(p);
     (p.list.len() == before).then_some(UpstreamSettings {
         connect_timeout,
@@ -1085,6 +1093,7 @@ fn upstream(
         dns_ttl,
         dns_serve_stale,
         idle_connections,
+        idle_connection_timeout,
     })
 }
 

@@ -199,6 +199,11 @@ pub struct UpstreamSettings {
     /// pooled per tenant (one tenant's requests never ride another's), so a router needs
     /// about one per tenant that is served often to keep reusing them.
     pub idle_connections: usize,
+    /// How long an idle instance connection is kept for reuse before it is closed: pooled
+    /// connections otherwise stayed open until evicted, to instances no longer bound too.
+    /// Below the instances' own keep-alive timeout, the router closes first, so a request is
+    /// not sent on a connection the instance is closing.
+    pub idle_connection_timeout: Duration,
 }
 
 /// `[store]`: where bindings come from.

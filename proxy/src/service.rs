@@ -326,6 +326,7 @@ pub fn bound_instance_io(
     options.total_connection_timeout = Some(up.connect_timeout);
     options.read_timeout = Some(up.read_timeout);
     options.write_timeout = Some(up.write_timeout);
+    options.idle_timeout = Some(up.idle_connection_timeout);
 }
 
 /// Bounds a request that asks to switch protocols (a WebSocket) by `[upstream]

@@ -35,6 +35,7 @@ pub struct Backend {
     scheme: &'static str,
     hits: Arc<AtomicU64>,
     connections: Arc<AtomicU64>,
+    closed: Arc<AtomicU64>,
     server_names: Arc<std::sync::Mutex<Vec<Option<String>>>>,
     _server: LoopbackServer,
 }
@@ -68,6 +69,7 @@ impl Backend {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let hits = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicU64::new(0));
+        let closed = Arc::new(AtomicU64::new(0));
         let server_names: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
         let (owned, counter, accepted, names) = (
             name.to_owned(),
@@ -75,24 +77,30 @@ impl Backend {
             Arc::clone(&connections),
             Arc::clone(&server_names),
         );
+        let ended = Arc::clone(&closed);
         let server = LoopbackServer::start(move |stream| {
             accepted.fetch_add(1, Ordering::SeqCst);
-            let (name, hits, names, tls) = (
+            let (name, hits, names, tls, ended) = (
                 owned.clone(),
                 Arc::clone(&counter),
                 Arc::clone(&names),
                 tls.clone(),
+                Arc::clone(&ended),
             );
             async move {
-                let Some(acceptor) = tls else {
-                    let _ = serve_conn(stream, &name, &hits).await;
-                    return;
-                };
-                if let Ok(tls) = acceptor.accept(stream).await {
-                    let sni = tls.get_ref().1.server_name().map(str::to_owned);
-                    names.lock().unwrap().push(sni);
-                    let _ = serve_conn(tls, &name, &hits).await;
+                match tls {
+                    None => {
+                        let _ = serve_conn(stream, &name, &hits).await;
+                    }
+                    Some(acceptor) => {
+                        if let Ok(tls) = acceptor.accept(stream).await {
+                            let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                            names.lock().unwrap().push(sni);
+                            let _ = serve_conn(tls, &name, &hits).await;
+                        }
+                    }
                 }
+                ended.fetch_add(1, Ordering::SeqCst);
             }
         });
         Backend {
@@ -101,6 +109,7 @@ impl Backend {
             scheme,
             hits,
             connections,
+            closed,
             server_names,
             _server: server,
         }
@@ -119,6 +128,11 @@ impl Backend {
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections ended so far (closed by the router, or by the instance after answering).
+    pub fn closed(&self) -> u64 {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// The server name (SNI) of every TLS connection accepted so far, in order; `None` for a

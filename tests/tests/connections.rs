@@ -593,3 +593,25 @@ fn the_ops_listener_caps_its_connections_and_the_public_listener_keeps_serving()
     });
     assert!(w.backend.hits() >= 1);
 }
+
+#[test]
+fn an_idle_instance_connection_is_closed_after_idle_connection_timeout() {
+    // Pooled instance connections stayed open until evicted, to instances no longer bound
+    // too, and past the instance's own keep-alive timeout (a request then raced its close).
+    let w = world_with(|opts| {
+        opts.upstream_extra = "idle_connection_timeout = \"300ms\"".to_owned();
+    });
+    let host = format!("acme.{BASE}");
+    let r = nexus_e2e::http::get(w.edge.addr, &host, "/login", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(w.backend.connections(), 1);
+    nexus_e2e::wait::until(
+        Duration::from_secs(10),
+        "the idle instance connection to be closed",
+        || (w.backend.closed() == 1).then_some(()),
+    );
+    // The next request opens a new one.
+    let r = nexus_e2e::http::get(w.edge.addr, &host, "/login", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(w.backend.connections(), 2);
+}
