@@ -335,9 +335,9 @@ pub struct UpstreamUrl(Arc<url::Url>);
 impl UpstreamUrl {
     /// Parses and checks an upstream URL; `field` names the record field in the error.
     pub fn parse(field: &'static str, s: &str) -> Result<Self, FieldError> {
-        // Every refusal shows the text without its user info (a password), even one that
-        // does not parse as a URL.
-        let quoted = |s: &str| quoted(&without_user_info(s));
+        // Every refusal, which is logged, shows the text without its user info, query and
+        // fragment (where a URL carries a password or a token), even one that does not parse.
+        let quoted = |s: &str| quoted(&without_secrets(s));
         if s.len() > MAX_URL_LEN {
             return Err(FieldError::new(
                 field,
@@ -358,22 +358,12 @@ impl UpstreamUrl {
                 format!("{q}: a host is required", q = quoted(s)),
             ));
         }
-        // User info and a query are where a URL carries secrets (a password, a token): the
-        // refusal, which is logged, shows the URL without them.
-        let without_secrets = || {
-            let mut shown = u.clone();
-            let _ = shown.set_username("");
-            let _ = shown.set_password(None);
-            shown.set_query(None);
-            shown.set_fragment(None);
-            quoted(shown.as_str())
-        };
         if !u.username().is_empty() || u.password().is_some() {
             return Err(FieldError::new(
                 field,
                 format!(
                     "{q}: user info is not allowed (not shown here)",
-                    q = without_secrets()
+                    q = quoted(s)
                 ),
             ));
         }
@@ -382,7 +372,7 @@ impl UpstreamUrl {
                 field,
                 format!(
                     "{q}: query and fragment are not allowed (not shown here)",
-                    q = without_secrets()
+                    q = quoted(s)
                 ),
             ));
         }
@@ -666,18 +656,17 @@ pub struct Binding {
 
 /// `s` quoted for an error message, cut to its first 80 characters: a record's bad value can
 /// be megabytes, and it ends up in a log line.
-/// `s` with whatever sits between `scheme://` and the last `@` of the authority taken out:
-/// the user info of a URL, parsed or not.
-fn without_user_info(s: &str) -> std::borrow::Cow<'_, str> {
-    let Some(scheme_end) = s.find("://") else {
-        return s.into();
+/// `s` without what may carry a secret, parsed as a URL or not: everything up to the last
+/// `@` after `scheme://` (user info, even one holding `/`, `?` or `#`; more where a path or
+/// query holds an `@`), then the query and fragment.
+fn without_secrets(s: &str) -> String {
+    let (scheme, rest) = match s.find("://") {
+        Some(end) => (&s[..end + 3], &s[end + 3..]),
+        None => ("", s),
     };
-    let rest = &s[scheme_end + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{}://{}", &s[..scheme_end], &rest[at + 1..]).into(),
-        None => s.into(),
-    }
+    let rest = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+    let rest = &rest[..rest.find(['?', '#']).unwrap_or(rest.len())];
+    format!("{scheme}{rest}")
 }
 
 pub(crate) fn quoted(s: &str) -> String {
@@ -931,6 +920,10 @@ mod limits {
                 "\"http://h:99999/x\" is not a URL",
             ),
             ("ftp://u:SECRET@h/x", "\"ftp://h/x\": scheme must be http or https"),
+            (
+                "http://u:SE?CRET@h:99999/x",
+                "\"http://h:99999/x\" is not a URL",
+            ),
         ] {
             let e = UpstreamUrl::parse("instance_url", url).unwrap_err().to_string();
             assert!(e.contains(says) && !e.contains("SECRET"), "{e}");
