@@ -1238,42 +1238,41 @@ fn fragment_problem(u: &str) -> Option<&'static str> {
 /// the URL's text (and so the password's pieces) is never in the message.
 const ENCODE_PASSWORD: &str = "a password holding /, ?, # or @ must be percent-encoded";
 
-/// A TCP Redis URL as redis-rs reads it, judged here: one that does not parse, names no host
-/// or has port 0 fails only at start-up otherwise, with the URL's text in the message. So
-/// does an `@` past the host, in the path or the query: the rest of a password with an
-/// unencoded `/` or `?` (the user info ends at the last `@` before the host), which would be
-/// logged as the database or a query parameter. Socket URLs are judged by redis-rs (their
-/// password is a query parameter, where an `@` is a password's own).
-fn redis_url_problem(u: &str) -> Option<String> {
+/// A TCP Redis URL as redis-rs reads it, judged here (`Ok(None)`: not a TCP URL): one that
+/// does not parse, names no host or has port 0 fails only at start-up otherwise, with the
+/// URL's text in the message. So does an `@` past the host, in the path or the query: the
+/// rest of a password with an unencoded `/` or `?` (the user info ends at the last `@` before
+/// the host), which would be logged as the database or a query parameter. Socket URLs are
+/// judged by redis-rs (their password is a query parameter, where an `@` is a password's own).
+fn tcp_redis_url(u: &str) -> Result<Option<url::Url>, String> {
     if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-        return None;
+        return Ok(None);
     }
-    let parsed = match url::Url::parse(u) {
-        Ok(parsed) => parsed,
-        Err(e) => return Some(format!("is not a valid URL ({e}; {ENCODE_PASSWORD})")),
-    };
+    let parsed =
+        url::Url::parse(u).map_err(|e| format!("is not a valid URL ({e}; {ENCODE_PASSWORD})"))?;
     if parsed.path().contains('@') || parsed.query().is_some_and(|q| q.contains('@')) {
-        return Some(format!(
+        return Err(format!(
             "holds an @ past its host, the rest of a password ({ENCODE_PASSWORD})"
         ));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Some(format!("names no host ({ENCODE_PASSWORD})"));
+        return Err(format!("names no host ({ENCODE_PASSWORD})"));
     }
-    (parsed.port() == Some(0)).then(|| "has port 0, which connects nowhere".to_owned())
+    if parsed.port() == Some(0) {
+        return Err("has port 0, which connects nowhere".to_owned());
+    }
+    Ok(Some(parsed))
 }
 
-/// A primary's Redis URL: [`redis_url_problem`], and its database, which past 1023 (the bound
+/// A primary's Redis URL: [`tcp_redis_url`], and its database, which past 1023 (the bound
 /// `[store.sentinel] db` has; Redis's own default is 16) or not a number fails only at
 /// start-up otherwise. Unix-socket URLs name theirs in the query.
 fn endpoint_problem(u: &str) -> Option<String> {
-    if let Some(m) = redis_url_problem(u) {
-        return Some(m);
-    }
-    let parsed = url::Url::parse(u).ok()?;
-    if !matches!(parsed.scheme(), "redis" | "rediss") {
-        return None;
-    }
+    let parsed = match tcp_redis_url(u) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return None,
+        Err(m) => return Some(m),
+    };
     let db = parsed.path().trim_start_matches('/');
     if db.is_empty() {
         return None;
@@ -1356,7 +1355,7 @@ fn sentinel_settings(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<Se
         if let Some(m) = fragment_problem(v) {
             Err(m.to_owned())
         } else if v.starts_with("redis://") || v.starts_with("rediss://") {
-            redis_url_problem(v).map_or_else(|| Ok(v.to_owned()), Err)
+            tcp_redis_url(v).map(|_| v.to_owned())
         } else {
             Err("is not a redis:// or rediss:// URL (Sentinels are reached over TCP)".to_owned())
         }

@@ -470,20 +470,25 @@ fn up_and_down(redis: &RedisServer, admin: &Admin, keys: &TestKeys) -> (Edge, Ed
     (r1, r2)
 }
 
-/// Rebinds acme to `to` with `--wait --timeout 2s`: time enough for a live replica to apply
-/// it under load, short of a stopped replica's leaving the live window (5 s).
-fn rebind_waiting(admin: &Admin, to: &Backend) -> (i32, String, String) {
-    admin.tenant(&[
+/// Rebinds acme to `to` (as `inst-b`), with `flags` after.
+fn rebind_acme(admin: &Admin, to: &Backend, flags: &[&str]) -> (i32, String, String) {
+    let url = to.url();
+    let mut args = vec![
         "rebind",
         "acme",
         "--instance-id",
         "inst-b",
         "--instance-url",
-        &to.url(),
-        "--wait",
-        "--timeout",
-        "2s",
-    ])
+        &url,
+    ];
+    args.extend_from_slice(flags);
+    admin.tenant(&args)
+}
+
+/// Rebinds acme to `to` with `--wait --timeout 2s`: time enough for a live replica to apply
+/// it under load, short of a stopped replica's leaving the live window (5 s).
+fn rebind_waiting(admin: &Admin, to: &Backend) -> (i32, String, String) {
+    rebind_acme(admin, to, &["--wait", "--timeout", "2s"])
 }
 
 #[test]
@@ -971,16 +976,7 @@ fn a_schema_key_of_another_type_refuses_the_write_whole() {
     let World {
         redis, admin, b, ..
     } = World::start(&["acme"]);
-    let rebind = || {
-        admin.tenant(&[
-            "rebind",
-            "acme",
-            "--instance-id",
-            "inst-b",
-            "--instance-url",
-            &b.url(),
-        ])
-    };
+    let rebind = || rebind_acme(&admin, &b, &[]);
     let state = || {
         (
             redis.cmd(&["GET", "nexus:revision"]),
@@ -1091,14 +1087,8 @@ fn a_replica_names_a_revision_counter_that_is_no_number() {
 
 /// Rebinds acme to instance-b and waits until `edge` routes it there: it follows the feed.
 fn follows_a_rebind(w: &World, edge: &Edge) {
-    w.admin.ok(&[
-        "rebind",
-        "acme",
-        "--instance-id",
-        "inst-b",
-        "--instance-url",
-        &w.b.url(),
-    ]);
+    let (code, _, err) = rebind_acme(&w.admin, &w.b, &[]);
+    assert_eq!(code, 0, "{err}");
     wait_instance(edge, &w.keys, "acme", "instance-b");
 }
 

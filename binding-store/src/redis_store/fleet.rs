@@ -270,7 +270,7 @@ pub(super) async fn heartbeat(
                 Err(w) if w.kind() == redis::ErrorKind::TypeError || w.code() == Some("NOPERM") => {
                     static TOLD: std::sync::atomic::AtomicBool =
                         std::sync::atomic::AtomicBool::new(false);
-                    if !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    if first_time(&TOLD) {
                         tracing::error!(key = %store.keys().replicas(), error = %w,
                             "heartbeats cannot be written (the replica's user may not, or the \
                              key holds another type): --wait and `nexus-edge replicas` do not \
@@ -303,10 +303,17 @@ pub(super) async fn leave(store: &RedisStore, con: &mut MultiplexedConnection) {
     let _ = tokio::time::timeout(store.opts().timeout, leave).await;
 }
 
+/// Whether this is the first time `told` is asked (then it is set): a condition that holds
+/// (a refusal by Redis, its configuration) is logged once, not at every heartbeat or
+/// reconnect.
+pub(super) fn first_time(told: &std::sync::atomic::AtomicBool) -> bool {
+    !told.swap(true, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Logs `message` the first time only: a refusal that holds would repeat every heartbeat.
 fn warn_once(message: &str) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+    if first_time(&WARNED) {
         tracing::warn!("{message}");
     }
 }

@@ -277,8 +277,7 @@ async fn warn_if_evicting(con: &mut MultiplexedConnection) {
         .query_async(con)
         .await;
     if let Ok((_, policy)) = policy {
-        if policy.starts_with("allkeys-") && !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
+        if policy.starts_with("allkeys-") && super::fleet::first_time(&TOLD) {
             tracing::error!(maxmemory_policy = %policy,
                 "Redis may evict binding keys when it runs out of memory: an evicted tenant is \
                  unbound at the next full reload, with no change entry or audit line; set \

@@ -246,13 +246,12 @@ fn unavailable(e: impl std::fmt::Display) -> AdminError {
 }
 
 impl RedisStore {
-    /// Whether this Redis looks wiped: no revision counter while replicas report serving a
-    /// revision (the one returned). `write.lua` refuses writes then; the admin's own early
-    /// answers (not found, a conflict) say the same instead of misleading.
-    async fn looks_wiped(
+    /// With no revision counter (no history), the highest revision a replica reports
+    /// serving (0 with none); `None` while the counter exists.
+    async fn served_without_history(
         &self,
         con: &mut MultiplexedConnection,
-    ) -> Result<Option<Revision>, AdminError> {
+    ) -> Result<Option<u64>, AdminError> {
         let counter: bool = con
             .exists(self.keys.revision())
             .await
@@ -260,10 +259,21 @@ impl RedisStore {
         if counter {
             return Ok(None);
         }
-        let served = fleet::served_revision(self, con)
+        fleet::served_revision(self, con)
             .await
-            .map_err(unavailable)?;
-        Ok((served > 0).then_some(Revision(served)))
+            .map(Some)
+            .map_err(unavailable)
+    }
+
+    /// Whether this Redis looks wiped: no revision counter while replicas report serving a
+    /// revision (the one returned). `write.lua` refuses writes then; the admin's own early
+    /// answers (not found, a conflict) say the same instead of misleading.
+    async fn looks_wiped(
+        &self,
+        con: &mut MultiplexedConnection,
+    ) -> Result<Option<Revision>, AdminError> {
+        let served = self.served_without_history(con).await?;
+        Ok(served.filter(|&s| s > 0).map(Revision))
     }
 
     /// Before a write that would start this keyspace's history (no revision counter) while no
@@ -282,24 +292,14 @@ impl RedisStore {
     ) -> Result<(), AdminError> {
         let window = follow::MAX_BACKOFF * 3 / 2 + self.opts.heartbeat_interval * 2;
         let deadline = tokio::time::Instant::now() + window;
-        loop {
-            let counter: bool = con
-                .exists(self.keys.revision())
-                .await
-                .map_err(unavailable)?;
-            if counter {
-                return Ok(());
-            }
-            // Once one is heard, the write is refused as usual (`write.lua`, which says a
-            // restore under way first).
-            let served = fleet::served_revision(self, con)
-                .await
-                .map_err(unavailable)?;
-            if served > 0 || tokio::time::Instant::now() >= deadline {
-                return Ok(());
-            }
+        // Once one is heard, the write is refused as usual (`write.lua`, which says a restore
+        // under way first).
+        while self.served_without_history(con).await? == Some(0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        Ok(())
     }
 
     /// A store for `opts`. Fails only on malformed endpoint or TLS settings; connecting
