@@ -67,6 +67,7 @@ pub fn embedded_default() -> Settings {
         log: LogSettings {
             filter: "info".to_owned(),
             format: LogFormat::Text,
+            request_lines_per_second: 100,
         },
     }
 }

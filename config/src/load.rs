@@ -1593,6 +1593,13 @@ fn log(
             }
         },
     };
+    let request_lines_per_second = s
+        .integer("request_lines_per_second", 1, 1_000_000, p)
+        .map_or(d.request_lines_per_second, |n| n as u32);
     s.finish(p);
-    (p.list.len() == before).then_some(LogSettings { filter, format })
+    (p.list.len() == before).then_some(LogSettings {
+        filter,
+        format,
+        request_lines_per_second,
+    })
 }

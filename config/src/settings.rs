@@ -310,6 +310,10 @@ pub struct LogSettings {
     pub filter: String,
     /// Output format.
     pub format: LogFormat,
+    /// Lines a second, for each reason, about single requests the router refuses or fails
+    /// to forward; the rest are counted (`log_lines_not_logged_total`), not written, so that
+    /// a flood of bad requests cannot flood the log as well.
+    pub request_lines_per_second: u32,
 }
 
 /// Log line format.

@@ -50,6 +50,26 @@ fn example_file_parses() {
 }
 
 #[test]
+fn request_lines_per_second_is_read_and_bounded() {
+    let base = "[auth]\njwks_file = \"k.json\"\n[store]\nkind = \"file\"\npath = \"b.json\"\n";
+    let s = parse_str(
+        &format!("{base}[log]\nrequest_lines_per_second = 5\n"),
+        Path::new("/etc/nexus/edge.toml"),
+    )
+    .expect("valid");
+    assert_eq!(s.log.request_lines_per_second, 5);
+    assert_eq!(embedded_default().log.request_lines_per_second, 100);
+    for (bad, says) in [
+        ("0", "out of range (1..=1000000)"),
+        ("1_000_001", "out of range (1..=1000000)"),
+        ("\"100\"", "must be an integer"),
+    ] {
+        let ps = problems(&format!("{base}[log]\nrequest_lines_per_second = {bad}\n"));
+        has(&ps, "log.request_lines_per_second", 7, says);
+    }
+}
+
+#[test]
 fn minimal_file_takes_defaults_and_resolves_paths() {
     let s = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
     let d = embedded_default();

@@ -39,6 +39,7 @@ pub mod errors;
 pub mod framing;
 pub mod host;
 pub mod listening;
+pub mod log_budget;
 pub mod logging;
 pub mod method;
 pub mod metrics;

@@ -68,6 +68,9 @@ pub struct Metrics {
     /// Connects retried at another address of an instance's name: a dead or dying instance
     /// address shows here before any request fails.
     pub upstream_connect_retries: prometheus::IntCounter,
+    /// `log_lines_not_logged_total`: lines about single requests left out of the log, past
+    /// `[log] request_lines_per_second` (see [`crate::log_budget`]).
+    pub log_lines_not_logged: prometheus::IntCounter,
     /// Client connections: how many are open, the cap, and what the cap and the header
     /// deadline turned away.
     pub connections: ConnectionMetrics,
@@ -227,6 +230,10 @@ impl Metrics {
             "upstream_connect_retries_total",
             "Connects retried at another address of an instance's name",
         )?;
+        let log_lines_not_logged = prometheus::IntCounter::new(
+            "log_lines_not_logged_total",
+            "Lines about single refused or failed requests left out of the log past log.request_lines_per_second (every request is still counted in requests_total)",
+        )?;
         let connections = ConnectionMetrics::new(&requests)?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -241,6 +248,7 @@ impl Metrics {
             Box::new(rejected_records.clone()),
             Box::new(full_reloads.clone()),
             Box::new(upstream_connect_retries.clone()),
+            Box::new(log_lines_not_logged.clone()),
         ]
         .into_iter()
         .chain(connections.collectors())
@@ -277,6 +285,7 @@ impl Metrics {
             full_reloads,
             mirror: Arc::default(),
             upstream_connect_retries,
+            log_lines_not_logged,
             connections,
         })
     }

@@ -132,6 +132,10 @@ pub fn prepare(
         sync_health: source.health(),
         bindings: BindingHandle::new(table),
         auth,
+        log_budgets: crate::log_budget::LogBudgets::new(
+            settings.log.request_lines_per_second,
+            metrics.log_lines_not_logged.clone(),
+        ),
         metrics,
         resolver: crate::resolve::InstanceResolver::new(crate::resolve::ResolverPolicy {
             ttl: settings.upstream.dns_ttl,

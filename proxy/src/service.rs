@@ -22,6 +22,7 @@ use crate::connections::HeaderTooLarge;
 use crate::decision::{decide, Decision, RequestFacts};
 use crate::errors::RejectReason;
 use crate::framing::{check_transfer_coding, ends_with_connection, is_bad_chunk, FramingError};
+use crate::log_budget::{LogBudgets, RequestLine};
 use crate::logging::LoggedError;
 use crate::policy::BillingNotice;
 use crate::response::{canonicalise_content_length, remove_hop_by_hop};
@@ -298,13 +299,18 @@ fn late_client_fault(session: &mut Session, e: &Error) -> Option<RejectReason> {
 /// connection) before the response was complete.
 const CLIENT_CLOSED: &str = "client_closed";
 
-/// One line per request the router refuses itself: id, status and closed labels only.
-fn log_rejection(ctx: &RequestCtx, reason: &RejectReason) {
+/// One line per request the router refuses itself, within its reason's allowance (see
+/// [`crate::log_budget`]): id, status and closed labels only.
+fn log_rejection(budgets: &LogBudgets, ctx: &RequestCtx, reason: &RejectReason) {
+    let Some(skipped) = budgets.admit(RequestLine::Reason(reason.label()), ctx.start) else {
+        return;
+    };
     tracing::info!(
         request_id = %ctx.id(),
         status = reason.status(),
         reason = reason.label(),
         detail = reason.detail(),
+        not_logged = (skipped > 0).then_some(skipped),
         "request rejected"
     );
 }
@@ -528,7 +534,7 @@ impl ProxyHttp for EdgeService {
                 Ok(false)
             }
             Err(reason) => {
-                log_rejection(ctx, &reason);
+                log_rejection(&self.state.log_budgets, ctx, &reason);
                 self.reject(session, ctx, reason, false).await?;
                 Ok(true)
             }
@@ -611,12 +617,19 @@ impl ProxyHttp for EdgeService {
             Instant::now(),
         );
         if again {
-            tracing::info!(
-                request_id = %ctx.id(),
-                address = %addr,
-                error = %e,
-                "instance address failed to connect; trying another"
-            );
+            if let Some(skipped) = self
+                .state
+                .log_budgets
+                .admit(RequestLine::ConnectRetry, ctx.start)
+            {
+                tracing::info!(
+                    request_id = %ctx.id(),
+                    address = %addr,
+                    error = %e,
+                    not_logged = (skipped > 0).then_some(skipped),
+                    "instance address failed to connect; trying another"
+                );
+            }
             self.state.metrics.upstream_connect_retries.inc();
             e.set_retry(true);
         }
@@ -786,7 +799,7 @@ impl ProxyHttp for EdgeService {
             late_client_fault(session, e).filter(|_| !final_response_written(session))
         {
             // The client's request is at fault, and the client is there to be told so.
-            log_rejection(ctx, &reason);
+            log_rejection(&self.state.log_budgets, ctx, &reason);
             let code = reason.status();
             if let Err(err) = self.reject(session, ctx, reason, true).await {
                 tracing::debug!(error = %err, "could not send the error response");
@@ -817,22 +830,31 @@ impl ProxyHttp for EdgeService {
             .as_ref()
             .map(|d| d.binding.tenant_id.to_string())
             .unwrap_or_default();
-        if reason == RejectReason::Internal {
-            // A fault of the router itself: an error, unlike an instance's failure.
-            tracing::error!(
-                request_id = %ctx.id(),
-                tenant = %tenant,
-                error = %LoggedError(e),
-                "request failed inside the router"
-            );
-        } else {
-            tracing::warn!(
-                request_id = %ctx.id(),
-                tenant = %tenant,
-                reason = reason.label(),
-                error = %LoggedError(e),
-                "upstream failed"
-            );
+        let logged = self
+            .state
+            .log_budgets
+            .admit(RequestLine::Reason(reason.label()), ctx.start);
+        if let Some(skipped) = logged {
+            let not_logged = (skipped > 0).then_some(skipped);
+            if reason == RejectReason::Internal {
+                // A fault of the router itself: an error, unlike an instance's failure.
+                tracing::error!(
+                    request_id = %ctx.id(),
+                    tenant = %tenant,
+                    error = %LoggedError(e),
+                    not_logged,
+                    "request failed inside the router"
+                );
+            } else {
+                tracing::warn!(
+                    request_id = %ctx.id(),
+                    tenant = %tenant,
+                    reason = reason.label(),
+                    error = %LoggedError(e),
+                    not_logged,
+                    "upstream failed"
+                );
+            }
         }
         let code = reason.status();
         if final_response_written(session) {

@@ -7,6 +7,7 @@ use nexus_binding_store::{BindingHandle, SyncHealth};
 use nexus_config::Settings;
 
 use crate::auth::Authenticator;
+use crate::log_budget::LogBudgets;
 use crate::metrics::Metrics;
 use crate::resolve::InstanceResolver;
 
@@ -23,6 +24,8 @@ pub struct EdgeState {
     pub auth: Authenticator,
     /// Metrics registry.
     pub metrics: Metrics,
+    /// How many lines a second single requests may write (`[log] request_lines_per_second`).
+    pub log_budgets: LogBudgets,
     /// Addresses of named instances, kept for `[upstream] dns_ttl`.
     pub resolver: InstanceResolver,
     /// Set when a shutdown signal arrives, before the listeners close: `/readyz` answers 503

@@ -2887,6 +2887,72 @@ fn a_malformed_request_to_the_ops_listener_logs_none_of_its_bytes() {
 }
 
 #[test]
+fn floods_of_refused_and_failed_requests_write_a_bounded_number_of_lines() {
+    // Every refused request wrote a line, so anyone could write the log full at wire speed.
+    // Now each reason has an allowance a second; the rest are counted and reported.
+    let dead = nexus_e2e::edge::dead_addr();
+    let w = world_configured(
+        |records, _, _| records.push(binding("down", &format!("http://{dead}"), "active", None)),
+        |opts| opts.extra = "request_lines_per_second = 3".to_owned(),
+    );
+    let down_token = w.keys.token("down", None);
+    let started = std::time::Instant::now();
+    const SENT: usize = 120;
+    for _ in 0..SENT {
+        assert_eq!(get(w.edge.addr, &host("nobody"), "/", &[]).status, 404);
+        assert_eq!(
+            get_with_token(w.edge.addr, &host("down"), "/", &down_token).status,
+            502
+        );
+    }
+    // Another reason has its own allowance: the flood does not hide it.
+    assert_eq!(get(w.edge.addr, &host("acme"), "/private", &[]).status, 401);
+    let log = nexus_e2e::wait::until(Duration::from_secs(10), "the 401 logged", || {
+        let log = w.edge.log();
+        log.contains("reason=\"missing_token\"").then_some(log)
+    });
+    // Three lines per reason for each second the floods could have touched.
+    let allowed = 3 * (started.elapsed().as_secs() as usize + 2);
+    let rejected = log.matches("reason=\"unknown_tenant\"").count();
+    let failed = log.matches("reason=\"upstream_unreachable\"").count();
+    assert!(
+        rejected >= 1 && rejected <= allowed,
+        "{rejected} > {allowed}: {log}"
+    );
+    assert!(
+        failed >= 1 && failed <= allowed,
+        "{failed} > {allowed}: {log}"
+    );
+    // Every request is still counted, and every line left out too (once the logging phase
+    // of the last request has run: poll).
+    w.edge.wait_for("every request counted", || {
+        w.edge
+            .metric("nexus_edge_requests_total{outcome=\"unknown_tenant\"}")
+            == SENT as u64
+    });
+    assert_eq!(
+        w.edge.metric("nexus_edge_log_lines_not_logged_total") as usize,
+        2 * SENT - rejected - failed
+    );
+    // The next line of a reason says how many of its kind were left out before it.
+    let noted = nexus_e2e::wait::until(Duration::from_secs(10), "a line with not_logged", || {
+        assert_eq!(get(w.edge.addr, &host("nobody"), "/", &[]).status, 404);
+        let log = w.edge.log();
+        log.lines()
+            .find(|l| l.contains("reason=\"unknown_tenant\"") && l.contains("not_logged="))
+            .map(str::to_owned)
+    });
+    let n: usize = noted
+        .split("not_logged=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{noted}"));
+    let not_logged = w.edge.metric("nexus_edge_log_lines_not_logged_total") as usize;
+    assert!(n >= 1 && n <= not_logged, "{noted}");
+}
+
+#[test]
 fn a_response_the_instance_cuts_off_is_counted_as_failed_not_forwarded() {
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));

@@ -250,7 +250,7 @@ fn print_history(entries: &[AuditEntry], json: bool) {
 fn admin_logging(settings: &nexus_config::Settings) {
     crate::logging::init(&nexus_config::LogSettings {
         filter: "warn".to_owned(),
-        format: settings.log.format,
+        ..settings.log.clone()
     });
 }
 

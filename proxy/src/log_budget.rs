@@ -1,0 +1,180 @@
+//! How many lines a second the router writes about single requests it refuses or fails.
+//!
+//! Every refused request used to write an `info` line: anyone sending bad requests at wire
+//! speed wrote megabytes of log a second (disk, a collector's bill, the lines that matter
+//! buried). Each reason now has its own allowance of `[log] request_lines_per_second`, so a
+//! flood of one kind (unknown hosts, say) does not hide another (a tenant's instance
+//! failing). Lines past it are counted, not written: `requests_total` still counts every
+//! request, `log_lines_not_logged_total` counts what was left out, and the next line of that
+//! reason says how many of its kind were skipped before it (`not_logged`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use pingora_prometheus::prometheus;
+
+use crate::errors::RejectReason;
+
+/// One kind of line's allowance: a one-second window and the lines written in it, plus the
+/// lines skipped since the last one written.
+#[derive(Debug, Default)]
+struct LineBudget {
+    /// The window's second (since [`LogBudgets::epoch`]) in the high 32 bits, lines written
+    /// in it in the low 32: one word, so one compare-and-swap moves both.
+    window: AtomicU64,
+    /// Lines skipped since the last one written.
+    skipped: AtomicU64,
+}
+
+impl LineBudget {
+    /// Whether a line may be written in second `now` with `per_second` allowed: `Some` with
+    /// the lines skipped since the last one written, or `None` (counted as skipped).
+    fn admit(&self, now: u32, per_second: u32) -> Option<u64> {
+        let mut current = self.window.load(Ordering::Relaxed);
+        loop {
+            let (second, used) = ((current >> 32) as u32, current as u32);
+            // A request that began a moment before another may log after it: its older
+            // second counts in the newer window instead of starting an old one again.
+            let next = if now > second {
+                (u64::from(now) << 32) | 1
+            } else if used < per_second {
+                current + 1
+            } else {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
+            match self.window.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(self.skipped.swap(0, Ordering::Relaxed)),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+}
+
+/// A line about one request, by what it is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestLine {
+    /// The request was refused, or failed to be forwarded, for this reason.
+    Reason(&'static str),
+    /// A connect to one of an instance's addresses failed and another is tried.
+    ConnectRetry,
+}
+
+/// The allowances of every kind of request line.
+#[derive(Debug)]
+pub struct LogBudgets {
+    per_second: u32,
+    epoch: Instant,
+    /// One per [`RejectReason::LABELS`], then one for [`RequestLine::ConnectRetry`].
+    lines: Box<[LineBudget]>,
+    skipped_total: prometheus::IntCounter,
+}
+
+impl LogBudgets {
+    /// Allowances of `per_second` lines per kind; `skipped_total` counts lines left out.
+    pub fn new(per_second: u32, skipped_total: prometheus::IntCounter) -> Self {
+        Self {
+            per_second,
+            epoch: Instant::now(),
+            lines: (0..=RejectReason::LABELS.len())
+                .map(|_| LineBudget::default())
+                .collect(),
+            skipped_total,
+        }
+    }
+
+    /// Whether a line about `line` may be written at `now`: `Some(n)` with the `n` lines of
+    /// its kind skipped since the last one written (to log with it), or `None`.
+    pub fn admit(&self, line: RequestLine, now: Instant) -> Option<u64> {
+        let index = match line {
+            RequestLine::Reason(label) => RejectReason::LABELS
+                .iter()
+                .position(|l| *l == label)
+                .unwrap_or(RejectReason::LABELS.len()),
+            RequestLine::ConnectRetry => RejectReason::LABELS.len(),
+        };
+        let second =
+            u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
+        let admitted = self.lines[index].admit(second, self.per_second);
+        if admitted.is_none() {
+            self.skipped_total.inc();
+        }
+        admitted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_window_admits_its_allowance_then_counts_the_rest() {
+        // (second, lines asked for, admitted, what the first admitted line reports skipped)
+        let steps: [(u32, u32, u32, u64); 5] = [
+            (0, 5, 3, 0),
+            (0, 2, 0, 0),
+            // A new second: its first line carries the 4 skipped in second 0.
+            (1, 4, 3, 4),
+            // An older second (a request that began earlier) counts in the newer window.
+            (0, 1, 0, 0),
+            (7, 1, 1, 2),
+        ];
+        let budget = LineBudget::default();
+        for (second, asked, admitted, reported) in steps {
+            let got: Vec<u64> = (0..asked).filter_map(|_| budget.admit(second, 3)).collect();
+            assert_eq!(got.len() as u32, admitted, "second {second}");
+            if let Some(first) = got.first() {
+                assert_eq!(*first, reported, "second {second}");
+                assert!(got[1..].iter().all(|n| *n == 0), "{got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_reason_has_its_own_allowance_and_skips_are_counted() {
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        let budgets = LogBudgets::new(2, counter.clone());
+        let now = budgets.epoch;
+        let unknown = RequestLine::Reason(RejectReason::UnknownTenant.label());
+        let invalid = RequestLine::Reason(RejectReason::MissingToken.label());
+        let admitted = |line| {
+            (0..5)
+                .filter(|_| budgets.admit(line, now).is_some())
+                .count()
+        };
+        assert_eq!(admitted(unknown), 2);
+        // A flood of one reason leaves another's lines alone.
+        assert_eq!(admitted(invalid), 2);
+        assert_eq!(admitted(RequestLine::ConnectRetry), 2);
+        assert_eq!(counter.get(), 9);
+        let later = now + Duration::from_secs(1);
+        assert_eq!(budgets.admit(unknown, later), Some(3));
+    }
+
+    #[test]
+    fn concurrent_writers_never_exceed_the_allowance() {
+        let budget = std::sync::Arc::new(LineBudget::default());
+        let admitted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let budget = &budget;
+                    s.spawn(move || {
+                        (0..10_000)
+                            .filter(|_| budget.admit(9, 100).is_some())
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(admitted, 100);
+        // Every skipped line is reported by the next one written.
+        assert_eq!(budget.admit(10, 100), Some(39_900));
+    }
+}
