@@ -525,11 +525,15 @@ impl ProxyHttp for EdgeService {
             Ok(decision) => {
                 ctx.decision = Some(decision);
                 if take_expectation(session) {
+                    // Pingora closes the connection after a response begun before the
+                    // request's body was read, as the rest of the body would read as the next
+                    // request. A `100 Continue` asks for that body, which forwarding reads
+                    // whole, so it alone is let through; an early final answer still closes.
+                    session.set_close_on_response_before_downstream_finish(false);
+                    let sent = session.write_continue_response().await;
+                    session.set_close_on_response_before_downstream_finish(true);
                     // A write that fails is the client going away (see `reject`).
-                    session
-                        .write_continue_response()
-                        .await
-                        .map_err(Error::into_down)?;
+                    sent.map_err(Error::into_down)?;
                 }
                 Ok(false)
             }

@@ -3221,6 +3221,39 @@ fn an_expect_100_continue_body_always_reaches_the_instance_as_a_body() {
 }
 
 #[test]
+fn an_accepted_expect_100_continue_keeps_the_connection_for_the_next_request() {
+    // Pingora closed every connection whose request was answered `100 Continue`, so a client
+    // that announces its uploads (curl does for large bodies) reconnected after each one.
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let mut s = TcpStream::connect(w.edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = "x".repeat(2000);
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+             Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            host("acme"),
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let go_on = read_interim(&mut s);
+    assert!(go_on.starts_with("HTTP/1.1 100 "), "{go_on}");
+    s.write_all(body.as_bytes()).unwrap();
+    let first = nexus_e2e::http::read_next_response(&mut s).unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.json()["body"], body.as_str());
+    assert_ne!(first.header("connection"), Some("close"));
+    s.write_all(raw_request("acme", "/after", &token, None).as_bytes())
+        .unwrap();
+    let second = nexus_e2e::http::read_next_response(&mut s).unwrap();
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(second.json()["path"], "/after");
+}
+
+#[test]
 fn raw_control_bytes_in_the_target_reach_the_instance_percent_encoded() {
     // Pingora percent-encodes raw control characters in the request line before the router
     // reads it; the router, and the instance, see the encoded path. A NUL becomes `%00`, which
