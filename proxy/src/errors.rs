@@ -217,7 +217,23 @@ impl RejectReason {
                 "request timeout: the request body did not arrive in time\n"
             }
             RejectReason::MalformedHeader => "bad request: a request header is malformed\n",
-            RejectReason::BadHost(_) => "bad request: the Host header is missing, repeated or malformed\n",
+            RejectReason::BadHost(HostError::Missing) => {
+                "bad request: the request has no Host header\n"
+            }
+            RejectReason::BadHost(HostError::Duplicate) => {
+                "bad request: the request names its Host more than once\n"
+            }
+            RejectReason::BadHost(HostError::Malformed) => {
+                "bad request: the Host header is not a valid host name\n"
+            }
+            // The first request most people try (`curl http://127.0.0.1:8080/`) lands here.
+            RejectReason::BadHost(HostError::IpLiteral) => {
+                "bad request: the Host header is an IP address; address a workspace by its name, \
+                 <tenant>.<base domain> or its custom domain\n"
+            }
+            RejectReason::BadHost(HostError::AuthorityMismatch) => {
+                "bad request: the request target names another host than the Host header\n"
+            }
             RejectReason::BadPath(_) => "bad request: the request path is not acceptable\n",
             RejectReason::TargetTooLong => "URI too long: the request target is longer than allowed\n",
             RejectReason::UnknownTenant => "not found: no tenant is served at this address\n",

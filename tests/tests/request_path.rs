@@ -601,12 +601,15 @@ fn malformed_and_unknown_hosts() {
         get_with_token(addr, &format!("a.acme.{BASE}"), "/", &token).status,
         404
     );
-    assert_eq!(get_with_token(addr, "127.0.0.1", "/", &token).status, 400);
-    assert_eq!(get_with_token(addr, "[::1]:80", "/", &token).status, 400);
-    assert_eq!(
-        get_with_token(addr, "acme..edge.test", "/", &token).status,
-        400
-    );
+    // An address is the first Host most people try; the answer says what is wrong with it.
+    for ip in ["127.0.0.1", "[::1]:80"] {
+        let r = get_with_token(addr, ip, "/", &token);
+        assert_eq!(r.status, 400);
+        assert!(r.text().contains("is an IP address"), "{}", r.text());
+    }
+    let r = get_with_token(addr, "acme..edge.test", "/", &token);
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("not a valid host name"), "{}", r.text());
     assert_eq!(
         get_with_token(addr, "user@acme.edge.test", "/", &token).status,
         400
