@@ -1,10 +1,10 @@
 //! `nexus-edge demo`: a newcomer's first five minutes.
 //!
-//! Starts two tiny demo instances on loopback, makes a fresh signing key (kept in memory:
-//! rerun the demo for new tokens), writes its JWKS and a bindings file into a state
-//! directory, starts the real router on them and prints `curl`
-//! commands with freshly minted tokens. Editing the printed bindings file rebinds a tenant
-//! live, which shows the hot reload too.
+//! Starts two tiny demo instances on loopback, makes a fresh signing key, writes it (readable
+//! by this user only), its JWKS and a bindings file into a state directory, starts the real
+//! router on them and prints `curl` commands with freshly minted tokens, and the `nexus-edge
+//! token` command that mints more with the saved key (for a tenant the reader activates, say).
+//! Editing the printed bindings file rebinds a tenant live, which shows the hot reload too.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +17,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::auth::mint::SigningKey;
+
+/// The `kid` of the demo's signing key.
+const DEMO_KID: &str = "demo-es256";
 
 /// Arguments of `nexus-edge demo`.
 #[derive(Debug, Args)]
@@ -104,7 +107,7 @@ fn demo_bindings(acme: SocketAddr, globex: SocketAddr) -> serde_json::Value {
                 "status": "past_due", "plan": "solo", "region": "local"
             },
             {
-                "tenant_id": "initech", "subscription_id": "sub-initech", "instance_id": "demo-instance-c",
+                "tenant_id": "initech", "subscription_id": "sub-initech", "instance_id": "demo-instance-b",
                 "instance_url": format!("http://{globex}"),
                 "status": "provisioning", "plan": "team", "region": "local"
             }
@@ -133,7 +136,14 @@ fn fresh_dir(base: &std::path::Path) -> std::io::Result<PathBuf> {
 /// Writes `content` to a new file at `path`, in place of whatever was there: a file or a
 /// symlink there is removed first, never written through.
 fn write_new(path: &std::path::Path, content: String) -> std::io::Result<()> {
+    write_new_with_mode(path, content, 0o644)
+}
+
+/// [`write_new`] with the file's permission bits (`0o600` for the private key), set as it is
+/// made: never readable by others, even for a moment.
+fn write_new_with_mode(path: &std::path::Path, content: String, mode: u32) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
@@ -141,6 +151,7 @@ fn write_new(path: &std::path::Path, content: String) -> std::io::Result<()> {
     std::fs::File::options()
         .write(true)
         .create_new(true)
+        .mode(mode)
         .open(path)?
         .write_all(content.as_bytes())
 }
@@ -199,19 +210,22 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         Err(e) => return fail(format!("cannot start demo instances: {e}")),
     };
 
-    let key = match SigningKey::generate_es256("demo-es256") {
+    let (key, key_pem) = match SigningKey::generate_es256_pem(DEMO_KID) {
         Ok(k) => k,
         Err(e) => return fail(e),
     };
     let jwks = serde_json::json!({ "keys": [key.public_jwk()] });
     let jwks_path = dir.join("jwks.json");
     let bindings_path = dir.join("bindings.json");
-    let key_write = write_new(&jwks_path, format!("{jwks:#}\n")).and_then(|()| {
-        write_new(
-            &bindings_path,
-            format!("{:#}\n", demo_bindings(acme, globex)),
-        )
-    });
+    let key_path = dir.join("signing-key.pem");
+    let key_write = write_new(&jwks_path, format!("{jwks:#}\n"))
+        .and_then(|()| write_new_with_mode(&key_path, key_pem, 0o600))
+        .and_then(|()| {
+            write_new(
+                &bindings_path,
+                format!("{:#}\n", demo_bindings(acme, globex)),
+            )
+        });
     if let Err(e) = key_write {
         return fail(format!("{}: {e}", dir.display()));
     }
@@ -272,10 +286,14 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         .cloned()
         .unwrap_or_default();
     let l = listen;
+    // The command that runs this binary, so the `token` line can be pasted as it is.
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "nexus-edge".to_owned());
     println!(
         "\nNexus Edge demo\n===============\n\
          router  http://{l}   ops http://{admin}/metrics\n\
-         demo instances: acme -> {acme}, globex -> {globex}\n\
+         demo instances: demo-instance-a (acme) -> {acme}, demo-instance-b (globex, initech) -> {globex}\n\
          bindings file (edit it to rebind a tenant live): {b}\n\n\
          # 1. routed: alice of acme reaches acme's instance\n\
          curl -s -H 'Host: acme.{base}' -H 'Authorization: Bearer {acme_token}' http://{l}/dashboard\n\n\
@@ -289,9 +307,13 @@ pub fn run(args: &DemoArgs) -> ExitCode {
          curl -si -H 'Host: initech.{base}' http://{l}/\n\n\
          # 6. acme's custom domain, public login page (no token needed)\n\
          curl -s -H 'Host: acme.example.test' http://{l}/login\n\n\
+         # 7. more tokens, for any tenant (initech's, once you set its status to active in\n\
+         #    the bindings file), signed with the demo's key, saved beside the bindings\n\
+         {me} token --tenant initech --key {k} --kid {DEMO_KID} --iss {iss} --aud {aud}\n\n\
          Ctrl-C stops the demo.\n",
         admin = admin_listen,
         b = bindings_path.display(),
+        k = key_path.display(),
     );
 
     crate::server::serve(settings)

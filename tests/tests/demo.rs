@@ -19,7 +19,9 @@ const START: Duration = Duration::from_secs(20);
 /// The demo process (killed on drop, before its directory goes).
 struct Demo {
     _run: Running,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// The printed `nexus-edge token` command, split into its words.
+    mint: Vec<String>,
 }
 
 /// One printed command: its comment and the request it makes.
@@ -85,11 +87,14 @@ fn start_demo() -> (Demo, Vec<Example>, SocketAddr) {
     });
     let mut examples = Vec::new();
     let mut comment = String::new();
+    let mut mint = Vec::new();
     for line in printed.lines() {
         if let Some(c) = line.strip_prefix("# ") {
             comment = c.to_owned();
         } else if line.starts_with("curl ") {
             examples.push(Example::parse(&comment, line));
+        } else if line.contains(" token --tenant ") {
+            mint = line.split_whitespace().map(str::to_owned).collect();
         } else if line.starts_with("Ctrl-C") {
             break;
         }
@@ -104,7 +109,8 @@ fn start_demo() -> (Demo, Vec<Example>, SocketAddr) {
     (
         Demo {
             _run: run,
-            _dir: dir,
+            dir,
+            mint,
         },
         examples,
         listen,
@@ -143,6 +149,43 @@ fn every_printed_demo_command_does_what_its_comment_says() {
     assert!(r[4].header("retry-after").is_some(), "{}", context(4));
     assert_eq!(r[5].status, 200, "{}", context(5));
     assert_eq!(r[5].json()["instance"], "demo-instance-a", "{}", context(5));
+}
+
+#[test]
+fn the_printed_token_command_mints_for_a_tenant_the_reader_activates() {
+    // The demo's key lived in memory only: a tenant the reader set active (as the demo
+    // invites) could never be reached with a token. It is saved now, for this user only.
+    let (demo, _, listen) = start_demo();
+    let key = demo.dir.path().join("signing-key.pem");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    // The command is pasted as printed: this binary, then its arguments.
+    assert_eq!(
+        demo.mint[0],
+        binary().display().to_string(),
+        "{:?}",
+        demo.mint
+    );
+    let minted = process::output(Command::new(&demo.mint[0]).args(&demo.mint[1..]));
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let bindings = demo.dir.path().join("bindings.json");
+    let text = std::fs::read_to_string(&bindings).unwrap();
+    assert!(text.contains("\"provisioning\""), "{text}");
+    nexus_e2e::edge::write_atomically(&bindings, &text.replace("\"provisioning\"", "\"active\""));
+    let auth = format!("Bearer {token}");
+    let r = nexus_e2e::wait::until(START, "initech served with the minted token", || {
+        let r = get(
+            listen,
+            "initech.nexus.localhost",
+            "/dashboard",
+            &[("Authorization", &auth)],
+        );
+        (r.status == 200).then_some(r)
+    });
+    assert_eq!(r.json()["instance"], "demo-instance-b", "{}", r.text());
+    assert_eq!(r.json()["x-tenant-id"], "initech", "{}", r.text());
 }
 
 /// `nexus-edge serve` with no config file: the embedded default (demo keys, demo bindings)
@@ -190,6 +233,11 @@ fn serve_without_a_config_runs_the_embedded_default() {
         let out = nexus_e2e::edge::cli(&args);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
         assert!(out.stdout.is_empty(), "{bad:?}");
+        // The reason names the claim the flag sets.
+        if bad[0] == "--org" {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("org claim"), "{bad:?}: {stderr}");
+        }
     }
     // A key that is no regular file is refused, not waited on.
     let dir = tempfile::tempdir().expect("dir");
@@ -324,7 +372,7 @@ fn the_demo_replaces_links_in_its_directory_instead_of_writing_through_them() {
     let dir = tempfile::tempdir().expect("dir");
     let victim = dir.path().join("victim.txt");
     std::fs::write(&victim, "keep me").unwrap();
-    for name in ["jwks.json", "bindings.json"] {
+    for name in ["jwks.json", "bindings.json", "signing-key.pem"] {
         std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
     }
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -332,6 +380,8 @@ fn the_demo_replaces_links_in_its_directory_instead_of_writing_through_them() {
     let public = taken.local_addr().unwrap().to_string();
     demo_refused(&public, &OPS_LISTEN.to_string(), dir.path());
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
-    let jwks = std::fs::symlink_metadata(dir.path().join("jwks.json")).unwrap();
-    assert!(jwks.file_type().is_file(), "{jwks:?}");
+    for name in ["jwks.json", "signing-key.pem"] {
+        let made = std::fs::symlink_metadata(dir.path().join(name)).unwrap();
+        assert!(made.file_type().is_file(), "{name}: {made:?}");
+    }
 }

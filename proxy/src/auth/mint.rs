@@ -66,7 +66,9 @@ impl SigningKey {
 
     /// Parses a PKCS#8 PEM private key.
     pub fn from_pem(pem_text: &str, kid: Option<String>) -> Result<Self, MintError> {
-        let block = pem::parse(pem_text).map_err(|e| MintError::Format(e.to_string()))?;
+        // The parser's own words (`malformedframing`) say little to someone who passed a JWKS.
+        let block =
+            pem::parse(pem_text).map_err(|_| MintError::Format("no PEM block in it".to_owned()))?;
         if block.tag() != "PRIVATE KEY" {
             return Err(MintError::Format(format!(
                 "PEM block is {:?}, expected \"PRIVATE KEY\"",
@@ -103,10 +105,20 @@ impl SigningKey {
 
     /// A fresh EC P-256 key.
     pub fn generate_es256(kid: &str) -> Result<Self, MintError> {
+        Ok(Self::generate_es256_pem(kid)?.0)
+    }
+
+    /// A fresh EC P-256 key and its PKCS#8 PEM, which [`SigningKey::from_pem`] reads back
+    /// (the demo saves it so that `nexus-edge token` can mint with it).
+    pub fn generate_es256_pem(kid: &str) -> Result<(Self, String), MintError> {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
             .map_err(|_| MintError::Sign)?;
-        Self::from_pkcs8(pkcs8.as_ref(), Some(kid.to_owned()))
+        let text = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()));
+        Ok((
+            Self::from_pkcs8(pkcs8.as_ref(), Some(kid.to_owned()))?,
+            text,
+        ))
     }
 
     /// A fresh Ed25519 key.

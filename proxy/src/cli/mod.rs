@@ -72,7 +72,9 @@ pub enum Command {
     /// Mint a signed login token for testing.
     Token(token::TokenArgs),
     /// Start the router with three demo tenants (one still provisioning) on two tiny demo
-    /// instances, and print curl commands that show routing, a cross-tenant 403 and a 401.
+    /// instances, and print curl commands that show routing, a cross-tenant 403, a 401, a
+    /// past_due notice, a tenant still provisioning and a custom domain, and the command
+    /// that mints more tokens.
     Demo(crate::demo::DemoArgs),
     /// Read and change tenant bindings in the configured store (atomic, audited).
     Tenant(tenant::TenantArgs),

@@ -72,11 +72,15 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
     }
     for (flag, value) in [("--sub", Some(&a.sub)), ("--org", a.org.as_ref())] {
         if let Some(v) = value.filter(|v| !crate::auth::claims::forwardable(v)) {
-            let why = if v.is_empty() && flag == "--org" {
-                "the router reads an empty org claim as none: leave --org out"
-            } else {
-                "the router refuses an empty sub, and a claim with blanks at its ends or \
-                 control characters"
+            let why = match (flag, v.is_empty()) {
+                ("--org", true) => "the router reads an empty org claim as none: leave --org out",
+                ("--org", false) => {
+                    "the router refuses an org claim with blanks at its ends or control characters"
+                }
+                _ => {
+                    "the router refuses an empty sub, and one with blanks at its ends or \
+                     control characters"
+                }
             };
             eprintln!("nexus-edge token: {flag} {v:?}: {why}");
             return ExitCode::from(2);
