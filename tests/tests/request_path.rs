@@ -2221,6 +2221,55 @@ fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
 }
 
 #[test]
+fn tenant_history_shows_what_a_rebind_changed_and_reads_the_embedded_store() {
+    let w = world();
+    let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();
+    let admin =
+        nexus_e2e::admin::Admin::new(&format!("[store]\nkind = \"file\"\npath = \"{bindings}\""));
+    let url = w.a.url();
+    let api = format!("{url}/v1");
+    let rebind = |extra: &str| {
+        admin.ok(&[
+            "rebind",
+            "acme",
+            "--instance-id",
+            "instance-a",
+            "--instance-url",
+            &url,
+            extra,
+        ]);
+    };
+    // A rebind of the API URL alone, then its removal: the text history printed both entries
+    // with the same old and new lines, as if nothing had changed.
+    rebind(&format!("--api-url={api}"));
+    rebind("--clear-api-url");
+    let history = admin.ok(&["history", "acme"]);
+    let line = |entry: usize, which: &str| {
+        history
+            .split("rev ")
+            .nth(entry + 1)
+            .and_then(|e| e.lines().find(|l| l.trim_start().starts_with(which)))
+            .unwrap_or_else(|| panic!("entry {entry} {which} in {history}"))
+            .to_owned()
+    };
+    let with_api = format!("  api {api}");
+    assert!(line(0, "new:").contains(&with_api), "{history}");
+    assert!(line(1, "old:").contains(&with_api), "{history}");
+    assert!(!line(1, "new:").contains("  api "), "{history}");
+    // Reads work on the embedded demo store; it was never written, so it has no history
+    // (it answered that it is read-only, as to a write).
+    let out = std::process::Command::new(nexus_e2e::edge::binary())
+        .args(["tenant", "history", "acme"])
+        .env_remove("NEXUS_EDGE_CONFIG")
+        .current_dir(w.edge.dir.path())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("no audit entries for tenant acme"), "{err}");
+}
+
+#[test]
 fn tenant_import_into_the_file_store_is_served_at_once_or_not_at_all() {
     let w = world();
     let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();

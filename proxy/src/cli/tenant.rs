@@ -199,20 +199,27 @@ fn print_binding(b: &Binding, json: bool) {
         outln!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
         return;
     }
-    outln!(
-        "{}  rev {}  {}  {} -> {}{}{}",
-        r.tenant_id,
-        r.revision,
+    outln!("{}  rev {}  {}", r.tenant_id, r.revision, routing(&r));
+}
+
+/// A record's status and where it routes, in one line: what `get`, `list` and `history`
+/// show of it (a rebind of the API URL alone, or of the domains, shows too).
+fn routing(r: &BindingRecord) -> String {
+    format!(
+        "{}  {} -> {}{}{}",
         r.status,
         r.instance_id,
         r.instance_url,
-        r.api_url.map(|a| format!("  api {a}")).unwrap_or_default(),
+        r.api_url
+            .as_ref()
+            .map(|a| format!("  api {a}"))
+            .unwrap_or_default(),
         if r.domains.is_empty() {
             String::new()
         } else {
             format!("  domains {}", r.domains.join(","))
         },
-    );
+    )
 }
 
 fn print_history(entries: &[AuditEntry], json: bool) {
@@ -223,11 +230,7 @@ fn print_history(entries: &[AuditEntry], json: bool) {
         );
         return;
     }
-    let show = |r: &Option<BindingRecord>| {
-        r.as_ref().map_or("-".to_owned(), |r| {
-            format!("{} {} {}", r.status, r.instance_id, r.instance_url)
-        })
-    };
+    let show = |r: &Option<BindingRecord>| r.as_ref().map_or("-".to_owned(), routing);
     for e in entries {
         outln!(
             "rev {}  {}  {}  {}{}\n    old: {}\n    new: {}",
