@@ -103,11 +103,31 @@ pub fn parse_record_with(
         .get("tenant_id")
         .and_then(Value::as_str)
         .map(str::to_owned);
+    // Every missing member at once: the reader would otherwise learn them one refusal at a
+    // time.
+    let missing: Vec<&str> = REQUIRED_MEMBERS
+        .into_iter()
+        .filter(|m| value.get(m).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Err((tenant, format!("missing member(s) {}", missing.join(", "))));
+    }
     let record: BindingRecord =
         serde_json::from_value(value.clone()).map_err(|e| (tenant.clone(), e.to_string()))?;
     Binding::from_record_with(&record, interner)
         .map_err(|errs| (tenant, FieldErrors(&errs).to_string()))
 }
+
+/// The members every binding record must have (the others may be left out).
+const REQUIRED_MEMBERS: [&str; 7] = [
+    "tenant_id",
+    "subscription_id",
+    "instance_id",
+    "instance_url",
+    "status",
+    "plan",
+    "region",
+];
 
 /// Parses a bindings document. `Err` means the document as a whole is unusable.
 pub fn parse_records(json: &[u8]) -> Result<ParsedRecords, String> {
@@ -443,6 +463,17 @@ impl Round<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_missing_members_names_them_all_at_once() {
+        let value = serde_json::json!({
+            "tenant_id": "acme", "instance_id": "i", "instance_url": "http://10.0.0.1/",
+            "status": "active",
+        });
+        let (tenant, message) = parse_record(&value).unwrap_err();
+        assert_eq!(tenant.as_deref(), Some("acme"));
+        assert_eq!(message, "missing member(s) subscription_id, plan, region");
+    }
 
     #[test]
     fn at_the_first_load_a_domain_no_one_can_be_told_to_hold_goes_to_none_and_its_claimants_stay() {

@@ -2106,6 +2106,24 @@ fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
     let (code, _, err) = admin.tenant(&["put", file_arg]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("repeats a member name"), "{err}");
+    assert!(err.contains(file_arg), "the refusal names the file: {err}");
+    // A bindings file given to `put` points at `import`; a record missing members names
+    // them all at once (it took one refusal each).
+    std::fs::write(
+        &file,
+        bindings_file(vec![binding("acme", &w.b.url(), "active", None)]).to_string(),
+    )
+    .expect("w");
+    let (code, _, err) = admin.tenant(&["put", file_arg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("`tenant import`"), "{err}");
+    std::fs::write(&file, r#"{"tenant_id": "acme", "instance_id": "i"}"#).expect("w");
+    let (code, _, err) = admin.tenant(&["put", file_arg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("missing member(s) subscription_id, instance_url, status, plan, region"),
+        "{err}"
+    );
     std::fs::write(
         &file,
         binding("acme", &w.b.url(), "active", None).to_string(),

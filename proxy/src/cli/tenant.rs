@@ -407,30 +407,40 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 }
                 String::from_utf8(bytes).map_err(std::io::Error::other)
             };
-            let text = if file.as_os_str() == "-" {
-                match read(&mut std::io::stdin()) {
-                    Ok(s) => s,
-                    Err(e) => return fail(format!("standard input: {e}")),
-                }
+            // Every refusal names where the record came from.
+            let source = if file.as_os_str() == "-" {
+                "standard input".to_owned()
             } else {
-                match std::fs::File::open(&file).and_then(|mut f| read(&mut f)) {
-                    Ok(s) => s,
-                    Err(e) => return fail(format!("{}: {e}", file.display())),
-                }
+                file.display().to_string()
+            };
+            let text = if file.as_os_str() == "-" {
+                read(&mut std::io::stdin())
+            } else {
+                std::fs::File::open(&file).and_then(|mut f| read(&mut f))
+            };
+            let text = match text {
+                Ok(s) => s,
+                Err(e) => return fail(format!("{source}: {e}")),
             };
             if let Err(e) = refuse_repeated_members(text.as_bytes()) {
-                return fail(e);
+                return fail(format!("{source}: {e}"));
             }
             let value: serde_json::Value = match serde_json::from_str(&text) {
                 Ok(v) => v,
-                Err(e) => return fail(format!("not JSON: {e}")),
+                Err(e) => return fail(format!("{source}: not JSON: {e}")),
             };
+            if value.get("bindings").is_some() && value.get("tenant_id").is_none() {
+                return fail(format!(
+                    "{source}: a bindings file, not one record: `tenant import` puts every \
+                     record of one"
+                ));
+            }
             let binding = match nexus_binding_store::records::parse_record(&value) {
                 Ok(b) => b,
-                Err((_, m)) => return fail(format!("invalid record: {m}")),
+                Err((_, m)) => return fail(format!("{source}: invalid record: {m}")),
             };
             if let Err(e) = check_domains(&binding, base_domains) {
-                return fail(format!("invalid record: {e}"));
+                return fail(format!("{source}: invalid record: {e}"));
             }
             let tenant = binding.tenant_id.to_string();
             write(
