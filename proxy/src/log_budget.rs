@@ -63,6 +63,8 @@ pub enum RequestLine {
     Reason(&'static str),
     /// A connect to one of an instance's addresses failed and another is tried.
     ConnectRetry,
+    /// A request is sent again after its instance connection failed (a pooled one broke).
+    UpstreamRetry,
 }
 
 /// The allowances of every kind of request line.
@@ -70,7 +72,8 @@ pub enum RequestLine {
 pub struct LogBudgets {
     per_second: u32,
     epoch: Instant,
-    /// One per [`RejectReason::LABELS`], then one for [`RequestLine::ConnectRetry`].
+    /// One per [`RejectReason::LABELS`], then [`RequestLine::ConnectRetry`] and
+    /// [`RequestLine::UpstreamRetry`].
     lines: Box<[LineBudget]>,
     skipped_total: prometheus::IntCounter,
 }
@@ -81,7 +84,7 @@ impl LogBudgets {
         Self {
             per_second,
             epoch: Instant::now(),
-            lines: (0..=RejectReason::LABELS.len())
+            lines: (0..RejectReason::LABELS.len() + 2)
                 .map(|_| LineBudget::default())
                 .collect(),
             skipped_total,
@@ -97,6 +100,7 @@ impl LogBudgets {
                 .position(|l| *l == label)
                 .unwrap_or(RejectReason::LABELS.len()),
             RequestLine::ConnectRetry => RejectReason::LABELS.len(),
+            RequestLine::UpstreamRetry => RejectReason::LABELS.len() + 1,
         };
         let second =
             u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
@@ -152,7 +156,8 @@ mod tests {
         // A flood of one reason leaves another's lines alone.
         assert_eq!(admitted(invalid), 2);
         assert_eq!(admitted(RequestLine::ConnectRetry), 2);
-        assert_eq!(counter.get(), 9);
+        assert_eq!(admitted(RequestLine::UpstreamRetry), 2);
+        assert_eq!(counter.get(), 12);
         let later = now + Duration::from_secs(1);
         assert_eq!(budgets.admit(unknown, later), Some(3));
     }

@@ -3,6 +3,7 @@
 //! rejection's shape in [`crate::errors`].
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +13,7 @@ use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use smallvec::SmallVec;
@@ -54,6 +55,11 @@ pub struct RequestCtx {
     /// verified under (read before the decision), so that a tunnel re-verifies it after the
     /// keys change. 0, which no key set has, for every other request.
     tunnel_keys: u64,
+    /// Set when a failed connect is to be tried at another address, which the router has
+    /// said itself: Pingora's own line for that retry, which follows, is then not written
+    /// (see [`EdgeService::suppress_proxy_warn_log`]). Atomic because Pingora asks with the
+    /// context borrowed shared.
+    connect_retry_said: AtomicBool,
 }
 
 impl RequestCtx {
@@ -477,6 +483,7 @@ impl ProxyHttp for EdgeService {
             switched_at: None,
             tunnel_end: None,
             tunnel_keys: 0,
+            connect_retry_said: AtomicBool::new(false),
         }
     }
 
@@ -621,6 +628,7 @@ impl ProxyHttp for EdgeService {
             Instant::now(),
         );
         if again {
+            ctx.connect_retry_said.store(true, Ordering::Relaxed);
             if let Some(skipped) = self
                 .state
                 .log_budgets
@@ -880,14 +888,44 @@ impl ProxyHttp for EdgeService {
         }
     }
 
+    /// Pingora's WARN line for each attempt it sends again: one per request and attempt, so
+    /// it would let anyone who can make an instance fail (a public path needs no token) write
+    /// the log at the rate of their requests. A connect tried at another address has been
+    /// said by [`Self::fail_to_connect`]; any other retry (a pooled instance connection that
+    /// broke) is said here, both within their reasons' allowance ([`crate::log_budget`]).
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        if ctx.connect_retry_said.swap(false, Ordering::Relaxed) {
+            return true;
+        }
+        if let Some(skipped) = self
+            .state
+            .log_budgets
+            .admit(RequestLine::UpstreamRetry, ctx.start)
+        {
+            tracing::warn!(
+                request_id = %ctx.id(),
+                error = %LoggedError(error),
+                not_logged = (skipped > 0).then_some(skipped),
+                "instance connection failed; the request is sent again"
+            );
+        }
+        true
+    }
+
     /// Every failure Pingora would log at its end has been logged by [`Self::fail_to_proxy`],
     /// which Pingora calls first, without the raw instance bytes Pingora's line can carry.
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _e: &Error) -> bool {
         true
     }
 
-    /// What Pingora's own log lines (a request sent again after a pooled instance connection
-    /// broke, at WARN) say of the request: its method and id. Pingora's default has the whole
+    /// What Pingora's own log lines say of the request, should one be written (its retry and
+    /// failure lines are the router's own now): its method and id. Pingora's default has the whole
     /// target, and a path can hold a secret as well as a query can (a magic-link token, a
     /// reset code, a signed URL), which logs must never carry; the router logs no paths.
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
