@@ -11,7 +11,7 @@
 //! - Revisions: each admin write stamps one more than the highest the store has issued (kept
 //!   in the file's top-level `revision`, so deleting the newest tenant does not hand its
 //!   number out again); hand-written records may leave `revision` out (0). The table's
-//!   revision is the highest record revision.
+//!   revision is the highest of its records' and the file's, so a delete moves it forward.
 //! - A writer that stopped between its audit line and the file is noticed by the next one,
 //!   which records that the change was not made (`audit_log`).
 
@@ -240,6 +240,8 @@ impl FileStore {
             .0;
         }
         let (table, refused) = BindingTable::from_bindings(bindings);
+        // The file's own revision counts deletes after its newest record (the admin CLI's).
+        let table = table.at_least(Revision(parsed.revision.unwrap_or(0)));
         for e in &refused {
             tracing::warn!(file = %self.origin(), error = %e, "binding refused");
         }

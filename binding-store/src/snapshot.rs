@@ -337,7 +337,8 @@ pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotErr
         return Err(corrupt(0, e.to_string()));
     }
     Ok(Snapshot {
-        table,
+        // Its replica had applied the header's revision, deletes after the newest record too.
+        table: table.at_least(Revision(header.revision)),
         revision: Revision(header.revision),
         key_prefix: header.key_prefix,
         written_at_unix_ms: header.written_at_ms,

@@ -118,6 +118,14 @@ impl BindingTable {
         self.revision
     }
 
+    /// The table, seen to reflect the store at `revision` at least: a full load's store may
+    /// be past its newest record (deletes since), and the table's revision must not read
+    /// lower than the one a delete's feed entry would have left it at.
+    pub fn at_least(mut self, revision: Revision) -> Self {
+        self.revision = self.revision.max(revision);
+        self
+    }
+
     /// Revision the table holds for a tenant (its binding's, or its tombstone's).
     pub fn tenant_revision(&self, tenant: &str) -> Option<Revision> {
         self.by_tenant

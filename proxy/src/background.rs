@@ -93,6 +93,9 @@ impl BackgroundService for KeyReload {
                     }
                     let refused = self.state.auth.refusing();
                     self.state.metrics.key_set_refused.set(i64::from(refused));
+                    self.state.metrics.verification_keys.set(
+                        i64::try_from(self.state.auth.key_count()).unwrap_or(i64::MAX),
+                    );
                 }
                 _ = shutdown.changed() => break,
             }

@@ -46,6 +46,9 @@ pub struct Metrics {
     /// `key_set_refused`: 1 while the JWKS file holds a key set that was refused, so the
     /// keys in use are older than the file (a rotation has stalled); logged once per content.
     pub key_set_refused: IntGauge,
+    /// `verification_keys`: keys tokens are verified with now. 0 refuses every token (a key
+    /// set emptied on purpose revokes them all: worth an alert either way).
+    pub verification_keys: IntGauge,
     /// `panics_total`: panics since start (each also an `error` line; see [`crate::panics`]).
     pub panics: prometheus::IntCounter,
     /// `binding_records_rejected_total`: binding records refused so far.
@@ -214,13 +217,17 @@ impl Metrics {
             "key_set_refused",
             "1 while the JWKS file holds a key set that was refused (the keys in use are older than the file)",
         )?;
+        let verification_keys = IntGauge::new(
+            "verification_keys",
+            "Keys tokens are verified with now (0: every token is refused)",
+        )?;
         let panics = prometheus::IntCounter::new(
             "panics_total",
             "Panics since start: each stopped the task it happened in (a connection or a background job) and was logged",
         )?;
         let rejected_records = prometheus::IntCounter::new(
             "binding_records_rejected_total",
-            "Binding records refused by validation so far",
+            "Binding records refused by validation so far (a record is counted again at each load that meets it)",
         )?;
         let full_reloads = prometheus::IntCounter::new(
             "binding_full_reloads_total",
@@ -244,6 +251,7 @@ impl Metrics {
             Box::new(store_up.clone()),
             Box::new(sync_age_seconds.clone()),
             Box::new(key_set_refused.clone()),
+            Box::new(verification_keys.clone()),
             Box::new(panics.clone()),
             Box::new(rejected_records.clone()),
             Box::new(full_reloads.clone()),
@@ -280,6 +288,7 @@ impl Metrics {
             store_up,
             sync_age_seconds,
             key_set_refused,
+            verification_keys,
             panics,
             rejected_records,
             full_reloads,

@@ -128,6 +128,9 @@ pub fn prepare(
         "binding table loaded"
     );
     let metrics = Metrics::new().map_err(|e| StartError::Metrics(e.to_string()))?;
+    metrics
+        .verification_keys
+        .set(i64::try_from(auth.key_count()).unwrap_or(i64::MAX));
     Ok(Arc::new(EdgeState {
         sync_health: source.health(),
         bindings: BindingHandle::new(table),

@@ -2289,6 +2289,41 @@ fn tenant_history_shows_what_a_rebind_changed_and_reads_the_embedded_store() {
 }
 
 #[test]
+fn the_served_revision_counts_a_delete_of_the_newest_tenant() {
+    // The table's revision was its newest record's: deleting that record took the revision
+    // served (and `binding_revision`) back, below the delete's own.
+    let w = world();
+    let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();
+    let admin =
+        nexus_e2e::admin::Admin::new(&format!("[store]\nkind = \"file\"\npath = \"{bindings}\""));
+    admin.ok(&["set-status", "globex", "past_due"]);
+    let got: serde_json::Value =
+        serde_json::from_str(&admin.ok(&["get", "globex", "--json"])).expect("json");
+    let newest = got["revision"].as_u64().expect("revision");
+    w.edge
+        .wait_for("the change served", || w.edge.revision() == newest);
+    let out = admin.ok(&["delete", "globex"]);
+    let deleted: u64 = out
+        .split(|c: char| !c.is_ascii_digit())
+        .rfind(|n| !n.is_empty())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(deleted > newest, "{out}");
+    w.edge.wait_for("the delete served", || {
+        get_with_token(
+            w.edge.addr,
+            &host("globex"),
+            "/",
+            &w.keys.token("globex", None),
+        )
+        .status
+            == 404
+    });
+    assert_eq!(w.edge.revision(), deleted);
+    assert_eq!(w.edge.metric("nexus_edge_binding_revision"), deleted);
+}
+
+#[test]
 fn tenant_import_into_the_file_store_is_served_at_once_or_not_at_all() {
     let w = world();
     let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();
@@ -2578,6 +2613,25 @@ fn a_refused_key_file_shows_in_the_metrics_until_it_is_fixed() {
         1,
         "{log}"
     );
+}
+
+#[test]
+fn an_emptied_key_set_shows_on_the_metrics_as_no_verification_keys() {
+    // `{"keys": []}` revokes every key, as documented: every token is refused. Nothing on
+    // `/metrics` said so (`key_set_refused` stays 0: the set is not refused).
+    let w = world();
+    let keys = || w.edge.metric("nexus_edge_verification_keys");
+    let at_start = keys();
+    assert!(at_start >= 1);
+    let token = w.keys.token("acme", Some("org-acme"));
+    nexus_e2e::edge::write_atomically(&w.edge.jwks_path, r#"{"keys": []}"#);
+    w.edge.wait_for("the keys revoked", || keys() == 0);
+    assert_eq!(
+        get_with_token(w.edge.addr, &host("acme"), "/", &token).status,
+        401
+    );
+    nexus_e2e::edge::write_atomically(&w.edge.jwks_path, &w.keys.jwks().to_string());
+    w.edge.wait_for("the keys back", || keys() == at_start);
 }
 
 /// A router whose drain may last a minute: the tests below see it end well before that.

@@ -777,7 +777,9 @@ impl RedisStore {
             None => head.revision,
         };
         Ok((
-            table,
+            // Deletes after the newest record count: the table reflects the store at
+            // `revision`, as a follower that applied them would.
+            table.at_least(Revision(revision)),
             FeedPosition {
                 stream_id: head.stream_id,
                 revision,
