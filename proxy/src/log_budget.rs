@@ -91,9 +91,18 @@ impl LogBudgets {
         }
     }
 
+    /// Runs `write` if `line`'s allowance admits a line at `now`, with the lines of its kind
+    /// left out since the last one written (`None` when there were none): the `not_logged`
+    /// field of the line it writes.
+    pub fn write(&self, line: RequestLine, now: Instant, write: impl FnOnce(Option<u64>)) {
+        if let Some(skipped) = self.admit(line, now) {
+            write((skipped > 0).then_some(skipped));
+        }
+    }
+
     /// Whether a line about `line` may be written at `now`: `Some(n)` with the `n` lines of
     /// its kind skipped since the last one written (to log with it), or `None`.
-    pub fn admit(&self, line: RequestLine, now: Instant) -> Option<u64> {
+    fn admit(&self, line: RequestLine, now: Instant) -> Option<u64> {
         let index = match line {
             RequestLine::Reason(label) => RejectReason::LABELS
                 .iter()

@@ -308,16 +308,19 @@ const CLIENT_CLOSED: &str = "client_closed";
 /// One line per request the router refuses itself, within its reason's allowance (see
 /// [`crate::log_budget`]): id, status and closed labels only.
 fn log_rejection(budgets: &LogBudgets, ctx: &RequestCtx, reason: &RejectReason) {
-    let Some(skipped) = budgets.admit(RequestLine::Reason(reason.label()), ctx.start) else {
-        return;
-    };
-    tracing::info!(
-        request_id = %ctx.id(),
-        status = reason.status(),
-        reason = reason.label(),
-        detail = reason.detail(),
-        not_logged = (skipped > 0).then_some(skipped),
-        "request rejected"
+    budgets.write(
+        RequestLine::Reason(reason.label()),
+        ctx.start,
+        |not_logged| {
+            tracing::info!(
+                request_id = %ctx.id(),
+                status = reason.status(),
+                reason = reason.label(),
+                detail = reason.detail(),
+                not_logged,
+                "request rejected"
+            );
+        },
     );
 }
 
@@ -629,19 +632,16 @@ impl ProxyHttp for EdgeService {
         );
         if again {
             ctx.connect_retry_said.store(true, Ordering::Relaxed);
-            if let Some(skipped) = self
-                .state
-                .log_budgets
-                .admit(RequestLine::ConnectRetry, ctx.start)
-            {
+            let budgets = &self.state.log_budgets;
+            budgets.write(RequestLine::ConnectRetry, ctx.start, |not_logged| {
                 tracing::info!(
                     request_id = %ctx.id(),
                     address = %addr,
                     error = %e,
-                    not_logged = (skipped > 0).then_some(skipped),
+                    not_logged,
                     "instance address failed to connect; trying another"
                 );
-            }
+            });
             self.state.metrics.upstream_connect_retries.inc();
             e.set_retry(true);
         }
@@ -837,37 +837,37 @@ impl ProxyHttp for EdgeService {
             }
             _ => upstream_failure(e),
         };
-        let tenant = ctx
-            .decision
-            .as_ref()
-            .map(|d| d.binding.tenant_id.to_string())
-            .unwrap_or_default();
-        let logged = self
-            .state
-            .log_budgets
-            .admit(RequestLine::Reason(reason.label()), ctx.start);
-        if let Some(skipped) = logged {
-            let not_logged = (skipped > 0).then_some(skipped);
-            if reason == RejectReason::Internal {
-                // A fault of the router itself: an error, unlike an instance's failure.
-                tracing::error!(
-                    request_id = %ctx.id(),
-                    tenant = %tenant,
-                    error = %LoggedError(e),
-                    not_logged,
-                    "request failed inside the router"
-                );
-            } else {
-                tracing::warn!(
-                    request_id = %ctx.id(),
-                    tenant = %tenant,
-                    reason = reason.label(),
-                    error = %LoggedError(e),
-                    not_logged,
-                    "upstream failed"
-                );
-            }
-        }
+        let budgets = &self.state.log_budgets;
+        budgets.write(
+            RequestLine::Reason(reason.label()),
+            ctx.start,
+            |not_logged| {
+                let tenant = ctx
+                    .decision
+                    .as_ref()
+                    .map(|d| d.binding.tenant_id.as_str())
+                    .unwrap_or_default();
+                if reason == RejectReason::Internal {
+                    // A fault of the router itself: an error, unlike an instance's failure.
+                    tracing::error!(
+                        request_id = %ctx.id(),
+                        tenant = %tenant,
+                        error = %LoggedError(e),
+                        not_logged,
+                        "request failed inside the router"
+                    );
+                } else {
+                    tracing::warn!(
+                        request_id = %ctx.id(),
+                        tenant = %tenant,
+                        reason = reason.label(),
+                        error = %LoggedError(e),
+                        not_logged,
+                        "upstream failed"
+                    );
+                }
+            },
+        );
         let code = reason.status();
         if final_response_written(session) {
             // The instance's status and headers are out: an error page now would become the
@@ -903,18 +903,15 @@ impl ProxyHttp for EdgeService {
         if ctx.connect_retry_said.swap(false, Ordering::Relaxed) {
             return true;
         }
-        if let Some(skipped) = self
-            .state
-            .log_budgets
-            .admit(RequestLine::UpstreamRetry, ctx.start)
-        {
+        let budgets = &self.state.log_budgets;
+        budgets.write(RequestLine::UpstreamRetry, ctx.start, |not_logged| {
             tracing::warn!(
                 request_id = %ctx.id(),
                 error = %LoggedError(error),
-                not_logged = (skipped > 0).then_some(skipped),
+                not_logged,
                 "instance connection failed; the request is sent again"
             );
-        }
+        });
         true
     }
 

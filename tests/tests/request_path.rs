@@ -59,6 +59,12 @@ fn world_configured(
     World { keys, a, b, edge }
 }
 
+/// The admin CLI on the world's bindings file.
+fn file_admin(w: &World) -> nexus_e2e::admin::Admin {
+    let bindings = w.edge.bindings_path.to_str().expect("utf8");
+    nexus_e2e::admin::Admin::new(&format!("[store]\nkind = \"file\"\npath = \"{bindings}\""))
+}
+
 fn world() -> World {
     world_with(|_, _, _| {}, "5s")
 }
@@ -2064,9 +2070,7 @@ fn writers_through_a_symlink_and_to_the_file_itself_take_one_lock() {
 #[test]
 fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
     let w = world();
-    let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();
-    let admin =
-        nexus_e2e::admin::Admin::new(&format!("[store]\nkind = \"file\"\npath = \"{bindings}\""));
+    let admin = file_admin(&w);
     let file = w.edge.dir.path().join("record.json");
     let file_arg = file.to_str().expect("utf8");
     let before = std::fs::read(&w.edge.bindings_path).expect("read");
@@ -2242,9 +2246,7 @@ fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
 #[test]
 fn tenant_history_shows_what_a_rebind_changed_and_reads_the_embedded_store() {
     let w = world();
-    let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();
-    let admin =
-        nexus_e2e::admin::Admin::new(&format!("[store]\nkind = \"file\"\npath = \"{bindings}\""));
+    let admin = file_admin(&w);
     let url = w.a.url();
     let api = format!("{url}/v1");
     let rebind = |extra: &str| {
@@ -2293,9 +2295,7 @@ fn the_served_revision_counts_a_delete_of_the_newest_tenant() {
     // The table's revision was its newest record's: deleting that record took the revision
     // served (and `binding_revision`) back, below the delete's own.
     let w = world();
-    let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();
-    let admin =
-        nexus_e2e::admin::Admin::new(&format!("[store]\nkind = \"file\"\npath = \"{bindings}\""));
+    let admin = file_admin(&w);
     admin.ok(&["set-status", "globex", "past_due"]);
     let got: serde_json::Value =
         serde_json::from_str(&admin.ok(&["get", "globex", "--json"])).expect("json");
@@ -2326,9 +2326,7 @@ fn the_served_revision_counts_a_delete_of_the_newest_tenant() {
 #[test]
 fn tenant_import_into_the_file_store_is_served_at_once_or_not_at_all() {
     let w = world();
-    let bindings = w.edge.bindings_path.to_str().expect("utf8").to_owned();
-    let admin =
-        nexus_e2e::admin::Admin::new(&format!("[store]\nkind = \"file\"\npath = \"{bindings}\""));
+    let admin = file_admin(&w);
     let file = w.edge.dir.path().join("import.json");
     let write_import = |records: Vec<serde_json::Value>| {
         std::fs::write(&file, bindings_file(records).to_string()).expect("write import");
