@@ -139,6 +139,19 @@ pub enum AdminError {
         /// The highest revision a replica reports serving.
         served: Revision,
     },
+    /// A read of a Redis that looks wiped: what it holds is not what the fleet serves, so a
+    /// listing or an export of it (a backup!) would pass for the fleet's table.
+    #[error(
+        "Redis holds no revision counter, yet replicas serve bindings up to revision {served}: \
+         it looks wiped (FLUSHALL, a restart without persistence, a new server), and what it \
+         holds is not what the replicas serve, so it is not read as their table. Replicas keep \
+         serving theirs; their snapshot files (`snapshot_path`) hold it. Restore first: \
+         `nexus-edge tenant import SNAPSHOT`, or Redis's own backup"
+    )]
+    WipedRead {
+        /// The highest revision a replica reports serving.
+        served: Revision,
+    },
     /// The bindings file is missing while its audit log records changes: a write would create
     /// a file holding that one tenant, and every proxy would unbind all the others.
     #[error(

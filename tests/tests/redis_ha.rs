@@ -402,6 +402,17 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
         assert!(err.contains("looks wiped"), "{args:?}: {err}");
     }
     assert_eq!(redis.cmd(&["DBSIZE"]), "1", "only the heartbeats");
+    // Nor do the reads pass an empty Redis off as the fleet's table: `export > backup`
+    // exited 0 with no bindings in it, `get` said the tenant did not exist.
+    for args in [&["list"][..], &["export"], &["get", "acme"]] {
+        let (code, out, err) = admin.tenant(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("looks wiped") && err.contains("not read as their table"),
+            "{args:?}: {err}"
+        );
+        assert!(out.is_empty(), "{args:?}: {out}");
+    }
     // Its revisions are no longer the store's: `replicas` says so, and `--wait` would not
     // count it until it reloads.
     let list = nexus_e2e::edge::cli(&["replicas", "--config", admin.config.to_str().unwrap()]);

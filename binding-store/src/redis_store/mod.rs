@@ -1195,6 +1195,13 @@ impl BindingAdmin for RedisStore {
             Ok(raw) => raw,
             Err(e) => return Err(read_failure(&mut con, &key, e, "string").await),
         };
+        if raw.is_none() {
+            // "Not found" from a wiped Redis would send the admin to recreate a tenant every
+            // replica still serves.
+            if let Some(served) = self.looks_wiped(&mut con).await? {
+                return Err(AdminError::WipedRead { served });
+            }
+        }
         raw.map(|r| {
             record_text(&r)
                 .and_then(parse_json_record)
@@ -1205,6 +1212,11 @@ impl BindingAdmin for RedisStore {
 
     async fn list(&self) -> Result<Listing, AdminError> {
         let mut con = self.admin_connection().await?;
+        // An empty (or partial) listing of a wiped Redis, exported as a backup, would pass
+        // for the fleet's table.
+        if let Some(served) = self.looks_wiped(&mut con).await? {
+            return Err(AdminError::WipedRead { served });
+        }
         let (mut bindings, bad) = self.load_all(&mut con).await.map_err(unavailable)?;
         let mut left_out: Vec<String> = bad
             .iter()
