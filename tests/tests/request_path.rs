@@ -2324,6 +2324,38 @@ fn the_served_revision_counts_a_delete_of_the_newest_tenant() {
 }
 
 #[test]
+fn an_import_older_than_the_store_is_refused_unless_allowed() {
+    // An export taken before a rebind and a delete, imported again: it put the old instance
+    // back and brought the deleted tenant back, and said "imported".
+    let w = world();
+    let admin = file_admin(&w);
+    admin.ok(&["set-status", "acme", "past_due"]);
+    admin.ok(&["set-status", "globex", "past_due"]);
+    let export = w.edge.dir.path().join("export.json");
+    std::fs::write(&export, admin.ok(&["export"])).expect("write export");
+    let export_arg = export.to_str().expect("utf8");
+    admin.ok(&["set-status", "acme", "active"]);
+    admin.ok(&["delete", "globex"]);
+    let before = std::fs::read(&w.edge.bindings_path).expect("read");
+    let (code, _, err) = admin.tenant(&["import", export_arg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("tenant acme: the file holds revision")
+            && err.contains("tenant globex: not in the store")
+            && err.contains("--allow-older"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&w.edge.bindings_path).expect("read"), before);
+    // The same export, re-imported before anything changed, is no older: a round trip.
+    admin.ok(&["import", "--allow-older", export_arg]);
+    let got: serde_json::Value =
+        serde_json::from_str(&admin.ok(&["get", "globex", "--json"])).expect("json");
+    assert_eq!(got["status"], "past_due");
+    std::fs::write(&export, admin.ok(&["export"])).expect("write export");
+    admin.ok(&["import", export_arg]);
+}
+
+#[test]
 fn tenant_import_into_the_file_store_is_served_at_once_or_not_at_all() {
     let w = world();
     let admin = file_admin(&w);

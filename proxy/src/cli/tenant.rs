@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -158,6 +159,11 @@ pub enum TenantOp {
     Import {
         /// Bindings file.
         file: PathBuf,
+        /// Write records older than the store's own (an export taken before later changes),
+        /// and tenants the store no longer holds though it holds newer changes (deleted
+        /// since, or from another store): refused without it, as they would undo changes.
+        #[arg(long)]
+        allow_older: bool,
     },
     /// Print every binding as a bindings file.
     Export,
@@ -526,7 +532,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             tenant,
             expect_revision,
         } => write(tenant, Mutation::Delete, expect_revision, None).await,
-        TenantOp::Import { file } => {
+        TenantOp::Import { file, allow_older } => {
             let bytes = match nexus_config::files::read_regular(&file, u64::MAX) {
                 Ok(b) => b,
                 Err(e) => return fail(format!("{}: {e}", file.display())),
@@ -580,6 +586,23 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                     eprintln!("nexus-edge: {}: {p}", file.display());
                 }
                 return fail("nothing imported: fix the records above first");
+            }
+            if !allow_older {
+                // Read only to compare: a store that cannot be listed (one that looks wiped,
+                // where a restore is checked on its own terms) is left to the import.
+                if let Ok(stored) = admin.list().await {
+                    let older = older_than_store(&parsed.bindings, &stored.bindings);
+                    if !older.is_empty() {
+                        for o in &older {
+                            eprintln!("nexus-edge: {}: {o}", file.display());
+                        }
+                        return fail(
+                            "nothing imported: the file is older than the store (above), and \
+                             writing it would undo the changes made since; pass --allow-older \
+                             to write it anyway",
+                        );
+                    }
+                }
             }
             match admin.import(parsed.bindings, &actor, source).await {
                 Ok(n) => {
@@ -779,5 +802,70 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    }
+}
+
+/// The records of an import that would undo changes the store has since: a record older
+/// than the store's record of its tenant, and a record of a tenant the store does not hold
+/// while it holds changes newer than that record (the tenant was deleted since, or the file
+/// is another store's). A record without a revision (written by hand) is never older.
+fn older_than_store(file: &[Arc<Binding>], stored: &[Binding]) -> Vec<String> {
+    let newest = stored.iter().map(|b| b.revision).max().unwrap_or_default();
+    let by_tenant: std::collections::HashMap<&str, &Binding> =
+        stored.iter().map(|b| (b.tenant_id.as_str(), b)).collect();
+    file.iter()
+        .filter(|b| b.revision > Revision::ZERO)
+        .filter_map(|b| match by_tenant.get(b.tenant_id.as_str()) {
+            Some(now) if now.revision > b.revision => Some(format!(
+                "tenant {}: the file holds revision {}, the store revision {}: older",
+                b.tenant_id, b.revision, now.revision
+            )),
+            None if newest > b.revision => Some(format!(
+                "tenant {}: not in the store, which holds changes up to revision {} while the \
+                 file's record is of revision {}: deleted since, or another store's",
+                b.tenant_id, newest, b.revision
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_binding(tenant: &str, revision: u64) -> Binding {
+        nexus_binding_store::records::parse_record(&serde_json::json!({
+            "tenant_id": tenant, "subscription_id": "s", "instance_id": "i",
+            "instance_url": "http://10.0.0.1/", "status": "active", "plan": "team",
+            "region": "r", "revision": revision,
+        }))
+        .expect("a valid record")
+    }
+
+    #[test]
+    fn an_import_older_than_the_store_is_named_tenant_by_tenant() {
+        let stored: Vec<Binding> = [("acme", 32), ("globex", 5)]
+            .iter()
+            .map(|(t, r)| test_binding(t, *r))
+            .collect();
+        // (tenant, revision in the file, named as older)
+        let cases = [
+            ("acme", 29, true),
+            ("acme", 32, false),
+            ("acme", 40, false),
+            // Written by hand: no revision, never older.
+            ("acme", 0, false),
+            // Not in the store, which holds newer changes: deleted since.
+            ("initech", 21, true),
+            // Not in the store, and newer than anything in it.
+            ("hooli", 33, false),
+            ("globex", 4, true),
+        ];
+        for (tenant, rev, older) in cases {
+            let file = vec![Arc::new(test_binding(tenant, rev))];
+            let named = older_than_store(&file, &stored);
+            assert_eq!(!named.is_empty(), older, "{tenant} at {rev}: {named:?}");
+        }
     }
 }
