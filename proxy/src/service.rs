@@ -348,8 +348,9 @@ pub fn bound_instance_io(
 /// tunnel_idle_timeout` instead: after a `101` Pingora keeps applying the instance
 /// connection's read and write timeouts, and the client session's read timeout (60 s by
 /// default), to the tunnel's bytes, so a channel that is quiet for longer than a response may
-/// take would be cut. Pingora's bounds are per read and per write, so each side may be silent
-/// that long whatever the other does; the wait for the `101` itself gets the same bound.
+/// take would be cut. Pingora's bounds are per read and per write, and its tunnel loop waits
+/// for each side anew whenever a piece passes either way: the tunnel closes once both sides
+/// have been silent that long. The wait for the `101` itself gets the same bound.
 fn bound_tunnel_io(
     session: &mut Session,
     options: &mut pingora::upstreams::peer::PeerOptions,
