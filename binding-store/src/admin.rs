@@ -98,7 +98,7 @@ pub enum AdminError {
     #[error("tenant {0} not found")]
     NotFound(TenantId),
     /// `--expect-revision` did not match.
-    #[error("conflict: tenant {tenant} is at revision {actual}, not the expected {expected}; re-read it and retry")]
+    #[error("{}", conflict_text(tenant, *expected, *actual))]
     Conflict {
         /// Tenant.
         tenant: TenantId,
@@ -405,6 +405,27 @@ pub(crate) fn release_first(
     }
     let mut slots: Vec<Option<Arc<Binding>>> = bindings.into_iter().map(Some).collect();
     order.into_iter().filter_map(|j| slots[j].take()).collect()
+}
+
+/// What a [`AdminError::Conflict`] says: `--expect-revision 0` asks that the tenant not
+/// exist, which "at revision 41, not the expected 0" says only in a roundabout way.
+fn conflict_text(tenant: &TenantId, expected: Revision, actual: Revision) -> String {
+    if expected == Revision::ZERO {
+        format!(
+            "conflict: tenant {tenant} already exists (at revision {actual}), and \
+             --expect-revision 0 asks that it does not; re-read it and retry"
+        )
+    } else if actual == Revision::ZERO {
+        format!(
+            "conflict: tenant {tenant} does not exist, not at the expected revision \
+             {expected}; re-read it and retry"
+        )
+    } else {
+        format!(
+            "conflict: tenant {tenant} is at revision {actual}, not the expected {expected}; \
+             re-read it and retry"
+        )
+    }
 }
 
 #[cfg(test)]

@@ -267,7 +267,7 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
         admin.tenant(&["set-status", "acme", "suspended", "--expect-revision", "0"]);
     assert_eq!(code, 3, "{err}");
     assert!(
-        err.contains("is at revision 2") && !err.contains("written by hand"),
+        err.contains("already exists (at revision 2)") && !err.contains("written by hand"),
         "{err}"
     );
     admin.ok(&[
@@ -358,7 +358,7 @@ fn wait_with_no_live_replica_says_so_at_once() {
     let World {
         redis: _redis,
         admin,
-        a: _a,
+        a,
         ..
     } = World::start(&["acme"]);
     let (code, _, err) = admin.tenant(&[
@@ -374,6 +374,28 @@ fn wait_with_no_live_replica_says_so_at_once() {
         err.contains("no replica is live (none is heartbeating); waiting up to 1s")
             && err.contains("0/0 live replicas")
             && err.contains("behind: no live replica"),
+        "{err}"
+    );
+    // Without --wait too, a write into a key prefix no router has ever followed (a typo in
+    // key_prefix) says so: it passed in silence.
+    let (code, _, err) = admin.tenant(&["set-status", "acme", "active"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("no replica has ever heartbeated under this key prefix"),
+        "{err}"
+    );
+    // A domain another tenant holds is named with its holder and what to do.
+    let mut acme = binding("acme", &a.url(), "active", None);
+    acme["domains"] = serde_json::json!(["shop.example.com"]);
+    admin.put(&acme);
+    let mut globex = binding("globex", &a.url(), "active", None);
+    globex["domains"] = serde_json::json!(["shop.example.com"]);
+    let (code, _, err) = admin.try_put(&[], &globex);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "domain shop.example.com already belongs to tenant acme; release it there first"
+        ),
         "{err}"
     );
 }
@@ -1813,7 +1835,10 @@ fn a_domain_of_a_deleted_damaged_record_can_be_taken() {
     initech["domains"] = serde_json::json!(["shop.example.test"]);
     let (code, _, err) = admin.try_put(&[], &initech);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("shop.example.test acme"), "{err}");
+    assert!(
+        err.contains("shop.example.test already belongs to tenant acme"),
+        "{err}"
+    );
     // Nor does a record that cannot say (no JSON object: an array, even an empty one, or
     // another key type; or domains that are no list of names) give it up.
     for damage in [
@@ -1833,7 +1858,10 @@ fn a_domain_of_a_deleted_damaged_record_can_be_taken() {
         }
         let (code, _, err) = admin.try_put(&[], &initech);
         assert_eq!(code, 1, "{damage:?}: {err}");
-        assert!(err.contains("shop.example.test acme"), "{damage:?}: {err}");
+        assert!(
+            err.contains("shop.example.test already belongs to tenant acme"),
+            "{damage:?}: {err}"
+        );
     }
 }
 

@@ -2093,7 +2093,7 @@ fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
     let (code, _, err) = admin.tenant(&["put", file_arg, "--expect-revision", "0"]);
     assert_eq!(code, 3, "{err}");
     assert!(
-        err.contains("is at revision") && !err.contains("written by hand"),
+        err.contains("already exists (at revision") && !err.contains("written by hand"),
         "{err}"
     );
     std::fs::write(&w.edge.bindings_path, &before).expect("put back");
@@ -2288,6 +2288,69 @@ fn tenant_history_shows_what_a_rebind_changed_and_reads_the_embedded_store() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("no audit entries for tenant acme"), "{err}");
+    assert!(err.contains("this is the embedded demo store"), "{err}");
+}
+
+#[test]
+fn the_admin_cli_says_what_a_change_leaves_or_hides() {
+    let w = world();
+    let admin = file_admin(&w);
+    let url = w.a.url();
+    let api = format!("{url}/v1");
+    let rebind = |extra: &[&str]| {
+        let mut args = vec![
+            "rebind",
+            "acme",
+            "--instance-id",
+            "instance-a",
+            "--instance-url",
+            &url,
+        ];
+        args.extend_from_slice(extra);
+        admin.tenant(&args)
+    };
+    // A rebind naming no API URL leaves the tenant's: said, as API traffic stays behind.
+    let (code, _, err) = rebind(&["--api-url", &api]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("still goes to"), "{err}");
+    let (code, _, err) = rebind(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("API traffic of acme still goes to"), "{err}");
+    // The text history names what a change moved beyond the routing line (the org decides
+    // whose tokens are accepted; it showed as no change).
+    let mut moved = binding("acme", &url, "active", Some("org-evil"));
+    moved["instance_id"] = serde_json::json!("instance-a");
+    moved["api_url"] = serde_json::json!(api);
+    moved["domains"] = serde_json::json!(["app.acme-corp.test"]);
+    admin.put(&moved);
+    let history = admin.ok(&["history", "acme"]);
+    let last = history.rsplit("rev ").next().expect("an entry");
+    assert!(
+        last.contains("changed: identity_org_id org-acme -> org-evil"),
+        "{history}"
+    );
+    // `--expect-revision 0` on a tenant that exists says so plainly.
+    let record = w.edge.dir.path().join("moved.json");
+    std::fs::write(&record, moved.to_string()).expect("write");
+    let (code, _, err) = admin.tenant(&[
+        "put",
+        record.to_str().expect("utf8"),
+        "--expect-revision",
+        "0",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("tenant acme already exists"), "{err}");
+    // A change audited as `unknown` is said to be so.
+    let out = std::process::Command::new(nexus_e2e::edge::binary())
+        .args(["tenant", "--config", admin.config.to_str().expect("utf8")])
+        .args(["set-status", "acme", "past_due"])
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("the audit entry says `unknown`"), "{err}");
 }
 
 #[test]

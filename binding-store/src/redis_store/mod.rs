@@ -1436,10 +1436,18 @@ impl BindingAdmin for RedisStore {
                         }
                         "NOTFOUND" => return Err(AdminError::NotFound(tenant.clone())),
                         "DOMAIN" => {
+                            // `<domain> <owner>`, as the script says it.
+                            let reason = match detail.trim().split_once(' ') {
+                                Some((domain, owner)) => format!(
+                                    "domain {domain} already belongs to tenant {owner}; release \
+                                     it there first"
+                                ),
+                                None => format!("domain already bound: {}", detail.trim()),
+                            };
                             return Err(AdminError::Invalid {
                                 tenant: tenant.clone(),
-                                reason: format!("domain already bound: {}", detail.trim()),
-                            })
+                                reason,
+                            });
                         }
                         _ => {}
                     }

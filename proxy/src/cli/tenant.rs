@@ -208,6 +208,31 @@ fn print_binding(b: &Binding, json: bool) {
     outln!("{}  rev {}  {}", r.tenant_id, r.revision, routing(&r));
 }
 
+/// What a change did to a record, member by member (`plan team -> enterprise`), beside the
+/// revision and time every change moves: the one-line summaries leave out the org, plan,
+/// region and subscription, and an org change decides whose tokens are accepted.
+fn changed_members(old: &BindingRecord, new: &BindingRecord) -> Vec<String> {
+    let as_map = |r: &BindingRecord| match serde_json::to_value(r) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (old, new) = (as_map(old), as_map(new));
+    let text = |v: Option<&serde_json::Value>| match v {
+        None => "-".to_owned(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    };
+    let mut names: Vec<&String> = old.keys().chain(new.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter(|k| !matches!(k.as_str(), "revision" | "updated_at"))
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(|k| format!("{k} {} -> {}", text(old.get(k)), text(new.get(k))))
+        .collect()
+}
+
 /// A record's status and where it routes, in one line: what `get`, `list` and `history`
 /// show of it (a rebind of the API URL alone, or of the domains, shows too).
 fn routing(r: &BindingRecord) -> String {
@@ -251,6 +276,12 @@ fn print_history(entries: &[AuditEntry], json: bool) {
             show(&e.old),
             show(&e.new),
         );
+        if let (Some(old), Some(new)) = (&e.old, &e.new) {
+            let changed = changed_members(old, new);
+            if !changed.is_empty() {
+                outln!("    changed: {}", changed.join(", "));
+            }
+        }
     }
 }
 
@@ -270,6 +301,13 @@ pub(super) fn run(args: TenantArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     admin_logging(&settings);
+    if args.config.is_none() {
+        // Demo tenants listed as if they were the store's would mislead.
+        eprintln!(
+            "nexus-edge: note: no --config (nor NEXUS_EDGE_CONFIG): this is the embedded demo \
+             store"
+        );
+    }
     let wiped = if args.start_new_history {
         WipedStore::StartNewHistory
     } else {
@@ -329,12 +367,23 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
     if writes && args.actor.as_deref().is_some_and(|a| a.trim().is_empty()) {
         return fail("--actor is empty: name who makes the change (or leave it out for $USER)");
     }
+    let login = || {
+        ["USER", "LOGNAME"]
+            .into_iter()
+            .find_map(|v| std::env::var(v).ok().filter(|u| !u.trim().is_empty()))
+    };
+    let name = args.actor.clone().or_else(login).unwrap_or_else(|| {
+        if writes {
+            // Audited as nobody in particular: said, so that it is not found out later.
+            eprintln!(
+                "nexus-edge: neither --actor nor $USER nor $LOGNAME names who makes this \
+                 change: the audit entry says `unknown`"
+            );
+        }
+        "unknown".to_owned()
+    });
     let actor = Actor {
-        name: args
-            .actor
-            .clone()
-            .or_else(|| std::env::var("USER").ok().filter(|u| !u.trim().is_empty()))
-            .unwrap_or_else(|| "unknown".to_owned()),
+        name,
         reason: args.reason.clone(),
     };
     if let Err(e) = printable("--actor (or $USER)", Some(&actor.name))
@@ -361,8 +410,30 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 (Store::Redis(r), true) => r.clock_ms().await.ok(),
                 _ => None,
             };
+            // A rebind that names no API URL leaves the tenant's: said after the write.
+            let api_kept = matches!(m, Mutation::Rebind { api_url: None, .. });
             match admin.apply(&t, m, expect.map(Revision), &actor).await {
                 Ok((rev, after)) => {
+                    if let Some(api) = after
+                        .as_ref()
+                        .and_then(|b| b.api_url.as_ref())
+                        .filter(|_| api_kept)
+                    {
+                        eprintln!(
+                            "nexus-edge: note: API traffic of {t} still goes to {api}; pass \
+                             --api-url to move it too, or --clear-api-url to send it to the \
+                             instance URL"
+                        );
+                    }
+                    if let Store::Redis(r) = store {
+                        if r.replicas().await.is_ok_and(|all| all.is_empty()) {
+                            eprintln!(
+                                "nexus-edge: note: no replica has ever heartbeated under this \
+                                 key prefix: no router follows it yet (is [store] key_prefix \
+                                 the routers' own?); the change is written"
+                            );
+                        }
+                    }
                     let waiting = wait.as_ref().filter(|w| w.wait);
                     let written = match &after {
                         Some(b) => serde_json::to_value(b.to_record()).unwrap_or_default(),
@@ -702,6 +773,25 @@ async fn wait_fleet(
             o.live,
             o.revision
         );
+        // The fleet applied this change, and serves whatever came after it: a change made by
+        // someone else meanwhile is what is served now.
+        let now = store
+            .admin()
+            .get(tenant)
+            .await
+            .ok()
+            .map(|b| b.map(|b| b.revision));
+        match now {
+            Some(Some(r)) if r > rev => eprintln!(
+                "nexus-edge: note: tenant {tenant} has changed again since (now at revision {r}): \
+                 that is what is served; see `tenant history {tenant}`"
+            ),
+            Some(None) => eprintln!(
+                "nexus-edge: note: tenant {tenant} has been deleted since; see `tenant history \
+                 {tenant}`"
+            ),
+            _ => {}
+        }
     } else if !o.refused.is_empty() && o.behind.is_empty() {
         eprintln!(
             "nexus-edge: {}/{} live replicas serve revision {}; not confirmed by {} (see their \
@@ -841,6 +931,25 @@ mod tests {
             "region": "r", "revision": revision,
         }))
         .expect("a valid record")
+    }
+
+    #[test]
+    fn history_names_every_member_a_change_moved() {
+        let old = test_binding("acme", 3).to_record();
+        let mut new = old.clone();
+        new.revision = 4;
+        new.identity_org_id = Some("org-evil".to_owned());
+        new.plan = "enterprise".to_owned();
+        new.domains = vec!["app.acme.test".to_owned()];
+        assert_eq!(
+            changed_members(&old, &new),
+            [
+                "domains - -> [\"app.acme.test\"]",
+                "identity_org_id - -> org-evil",
+                "plan team -> enterprise",
+            ]
+        );
+        assert!(changed_members(&old, &old).is_empty());
     }
 
     #[test]
