@@ -351,6 +351,24 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
     assert_eq!(doc["written"]["tenant_id"], "acme", "{doc}");
     assert_eq!(doc["wait"]["applied"], 2, "{doc}");
     assert_eq!(doc["wait"]["revision"], doc["written"]["revision"], "{doc}");
+    // A delete is confirmed like any other change (`--wait` was refused as an argument);
+    // neither replica serves the tenant after.
+    admin.put(&binding("initech", &a.url(), "active", None));
+    let (code, out, err) = admin.tenant(&["delete", "initech", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2/2 replicas on revision"), "{out}");
+    assert!(
+        !err.contains("since"),
+        "a delete is not 'deleted since': {err}"
+    );
+    for r in [&r1, &r2] {
+        assert_eq!(instance_of(r, &keys, "initech"), None);
+    }
+    // An audit reason of 100 KB would be kept in every entry: refused, nothing written.
+    let long = "x".repeat(2000);
+    let (code, _, err) = admin.tenant(&["--reason", &long, "set-status", "acme", "past_due"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("at most 1024"), "{err}");
 }
 
 #[test]
@@ -525,7 +543,7 @@ fn wait_names_replicas_stopped_or_on_another_history() {
     let (_r1, r2) = up_and_down(&redis, &admin, &keys);
     // Freeze replica-down: it stops heartbeating and applying changes.
     signal(&r2, "-STOP");
-    let (code, _, err) = rebind_waiting(&admin, &b);
+    let (code, out, err) = rebind_waiting(&admin, &b);
     signal(&r2, "-CONT");
     assert_eq!(code, 4, "{err}");
     assert!(
@@ -533,7 +551,20 @@ fn wait_names_replicas_stopped_or_on_another_history() {
         "{err}"
     );
     assert!(err.contains("1/2"), "{err}");
-    // Once it runs again it catches up.
+    // Once it runs again it catches up, and the admin can wait for that without writing the
+    // change again (the only way there was).
+    let rev = out
+        .split_whitespace()
+        .skip_while(|w| *w != "rev")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let (code, out, err) = admin.tenant(&["wait", "acme", &rev, "--timeout", "20s"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("2/2 replicas on revision {rev}")),
+        "{out}"
+    );
     wait_instance(&r2, &keys, "acme", "instance-b");
 
     // A replica still serving another history (Redis lost its data under it) reports

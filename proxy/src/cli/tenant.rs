@@ -71,14 +71,26 @@ fn refuse_repeated_members(json: &[u8]) -> Result<(), String> {
 
 /// Refuses an `--actor` or `--reason` with a control character: the audit history prints
 /// them as they are, so a line break would forge an entry and an escape sequence drive the
-/// reader's terminal.
+/// reader's terminal. And one longer than [`MAX_AUDIT_TEXT`]: it is kept in every entry
+/// (up to 1,000 per tenant), and shown by every `history`.
 fn printable(name: &str, value: Option<&str>) -> Result<(), String> {
     let bad = |c: &char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
-    match value.and_then(|v| v.chars().find(bad)) {
-        Some(c) => Err(format!("{name} holds the control character {c:?}")),
+    match value {
+        Some(v) if v.len() > MAX_AUDIT_TEXT => Err(format!(
+            "{name} is {} bytes long; at most {MAX_AUDIT_TEXT} are kept in the audit log (name \
+             a ticket or a document instead)",
+            v.len()
+        )),
+        Some(v) => match v.chars().find(bad) {
+            Some(c) => Err(format!("{name} holds the control character {c:?}")),
+            None => Ok(()),
+        },
         None => Ok(()),
     }
 }
+
+/// The longest `--actor` or `--reason`, in bytes.
+const MAX_AUDIT_TEXT: usize = 1024;
 
 /// The longest `--wait` there is: refused at parsing, before anything is written.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
@@ -153,6 +165,19 @@ pub enum TenantOp {
         /// Fail unless the tenant is at this revision.
         #[arg(long)]
         expect_revision: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Wait again for every live replica to apply a tenant's change (its revision), e.g.
+    /// after `--wait` timed out: nothing is written (Redis store).
+    Wait {
+        /// Tenant id.
+        tenant: String,
+        /// The revision the change was written at (the write printed it).
+        revision: u64,
+        /// How long to wait (at most 24h).
+        #[arg(long, default_value = "30s", value_parser = wait_timeout)]
+        timeout: Duration,
     },
     /// Put every record of a bindings file (`{"format": ..., "bindings": [...]}`) or of a
     /// replica's snapshot file (checked whole first).
@@ -362,7 +387,11 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
     // Reading commands write no entry, so a shared wrapper passing one to them is harmless.
     let writes = !matches!(
         args.op,
-        TenantOp::Get { .. } | TenantOp::List | TenantOp::Export | TenantOp::History { .. }
+        TenantOp::Get { .. }
+            | TenantOp::List
+            | TenantOp::Export
+            | TenantOp::History { .. }
+            | TenantOp::Wait { .. }
     );
     if writes && args.actor.as_deref().is_some_and(|a| a.trim().is_empty()) {
         return fail("--actor is empty: name who makes the change (or leave it out for $USER)");
@@ -449,7 +478,8 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                     match waiting {
                         Some(w) => {
                             let written = json.then_some(written);
-                            wait_fleet(store, &t, rev, w.timeout, before, written).await
+                            let present = Some(after.is_some());
+                            wait_fleet(store, &t, rev, w.timeout, before, written, present).await
                         }
                         None => ExitCode::SUCCESS,
                     }
@@ -602,7 +632,27 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
         TenantOp::Delete {
             tenant,
             expect_revision,
-        } => write(tenant, Mutation::Delete, expect_revision, None).await,
+            wait,
+        } => write(tenant, Mutation::Delete, expect_revision, Some(wait)).await,
+        TenantOp::Wait {
+            tenant,
+            revision,
+            timeout,
+        } => {
+            let t = match tenant_id(&tenant) {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+            let Store::Redis(r) = store else {
+                return fail("wait needs the Redis store (a file store has no fleet to confirm)");
+            };
+            // Only heartbeats written from now on count, as for a wait right after a write:
+            // every live replica says again what it has applied.
+            let now = r.clock_ms().await.ok();
+            let written =
+                json.then(|| serde_json::json!({"tenant": t.as_str(), "revision": revision}));
+            wait_fleet(store, &t, Revision(revision), timeout, now, written, None).await
+        }
         TenantOp::Import { file, allow_older } => {
             let bytes = match nexus_config::files::read_regular(&file, u64::MAX) {
                 Ok(b) => b,
@@ -725,6 +775,8 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
 
 /// Waits for the fleet to apply `rev` and says how it went. `written`: with `--json`, the
 /// write's own result, printed with the wait's as one document (`{"written", "wait"}`).
+/// `present`: whether the change left the tenant bound (`None`: not known), so that a tenant
+/// gone since is told from one the change deleted.
 async fn wait_fleet(
     store: &Store,
     tenant: &TenantId,
@@ -732,6 +784,7 @@ async fn wait_fleet(
     timeout: Duration,
     written_after_ms: Option<u64>,
     written: Option<serde_json::Value>,
+    present: Option<bool>,
 ) -> ExitCode {
     let Store::Redis(redis) = store else {
         return fail("--wait needs the Redis store (a file store has no fleet to confirm)");
@@ -786,7 +839,7 @@ async fn wait_fleet(
                 "nexus-edge: note: tenant {tenant} has changed again since (now at revision {r}): \
                  that is what is served; see `tenant history {tenant}`"
             ),
-            Some(None) => eprintln!(
+            Some(None) if present == Some(true) => eprintln!(
                 "nexus-edge: note: tenant {tenant} has been deleted since; see `tenant history \
                  {tenant}`"
             ),
