@@ -728,6 +728,41 @@ fn a_replica_whose_user_may_not_run_scripts_nor_read_time_still_follows_and_hear
 }
 
 #[test]
+fn audit_entries_are_stamped_by_redis_s_clock_not_the_admin_s() {
+    // An admin host whose clock ran six years behind wrote its entry (and the record's
+    // updated_at) in 2020, after entries of today: the audit trail read out of order.
+    let World { redis, admin, .. } = World::start(&["acme"]);
+    let mut cmd = std::process::Command::new(nexus_e2e::edge::binary());
+    cmd.envs(nexus_e2e::clock::skewed("-2200d")).args([
+        "tenant",
+        "--config",
+        admin.config.to_str().expect("utf8"),
+        "--actor",
+        "skewed-admin",
+        "set-status",
+        "acme",
+        "past_due",
+    ]);
+    let out = nexus_e2e::process::output(&mut cmd);
+    assert!(out.status.success(), "{out:?}");
+    let history: serde_json::Value =
+        serde_json::from_str(&admin.ok(&["history", "acme", "--json"])).expect("json");
+    let last = history.as_array().and_then(|a| a.last()).expect("an entry");
+    let at = time::OffsetDateTime::parse(
+        last["at"].as_str().expect("at"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339");
+    let redis_ms = redis_now_ms(&redis) as i128;
+    let at_ms = at.unix_timestamp_nanos() / 1_000_000;
+    assert!(
+        (redis_ms - at_ms).abs() < 60_000,
+        "stamped {at}, Redis's clock says {redis_ms} ms: {last}"
+    );
+    assert_eq!(last["new"]["updated_at"], last["at"], "{last}");
+}
+
+#[test]
 fn liveness_goes_by_redis_s_clock_not_each_host_s() {
     // Heartbeats are stamped, and judged, by Redis's clock: a replica whose clock runs two
     // hours behind is live (not skipped by `--wait`, not pruned as an hour dead), one whose

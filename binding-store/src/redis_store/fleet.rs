@@ -319,7 +319,7 @@ fn warn_once(message: &str) {
 }
 
 /// Redis's clock (`TIME`), in Unix ms: the clock heartbeats are stamped and judged by.
-async fn redis_now_ms(con: &mut MultiplexedConnection) -> redis::RedisResult<u64> {
+pub(super) async fn redis_now_ms(con: &mut MultiplexedConnection) -> redis::RedisResult<u64> {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(con).await?;
     Ok(secs * 1000 + micros / 1000)
 }
@@ -515,6 +515,16 @@ impl RedisStore {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The time to stamp an audit entry and a record's `updated_at` with: Redis's clock, one for
+/// every admin host, so that entries written from hosts whose clocks disagree still read in
+/// the order they were made; this host's when Redis refuses `TIME` (an ACL).
+pub(super) async fn audit_now(con: &mut MultiplexedConnection) -> time::OffsetDateTime {
+    let from_redis = redis_now_ms(con).await.ok().and_then(|ms| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+    });
+    from_redis.unwrap_or_else(time::OffsetDateTime::now_utc)
 }
 
 #[cfg(test)]

@@ -1344,7 +1344,7 @@ impl BindingAdmin for RedisStore {
                 }
             }
             let op = op_name(&mutation);
-            let now = time::OffsetDateTime::now_utc();
+            let now = fleet::audit_now(&mut con).await;
             let next = match (&mutation, &raw, &current) {
                 (Mutation::Delete, None, _) => return Err(AdminError::NotFound(tenant.clone())),
                 // A damaged record: deleting it is how it is cleared.

@@ -189,7 +189,7 @@ async fn restore_locked(
         .load_async(con)
         .await
         .map_err(|e| ImportError::nothing(unavailable(e)))?;
-    let now = time::OffsetDateTime::now_utc();
+    let now = super::fleet::audit_now(con).await;
     let at = now
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
