@@ -551,6 +551,7 @@ fn wait_names_replicas_stopped_or_on_another_history() {
         "{err}"
     );
     assert!(err.contains("1/2"), "{err}");
+    assert!(err.contains("the change is written (revision"), "{err}");
     // Once it runs again it catches up, and the admin can wait for that without writing the
     // change again (the only way there was).
     let rev = out

@@ -817,6 +817,7 @@ async fn wait_fleet(
             o.silent.join(", ")
         );
     }
+    let text = written.is_none();
     if let Some(written) = written {
         outln!("{}", serde_json::json!({ "written": written, "wait": o }));
     } else if ok {
@@ -877,6 +878,14 @@ async fn wait_fleet(
     if ok {
         ExitCode::SUCCESS
     } else {
+        if text {
+            // What the exit code alone does not say: nothing is undone.
+            eprintln!(
+                "nexus-edge: the change is written (revision {rev}) and served by the replicas \
+                 that applied it; `nexus-edge tenant wait {tenant} {rev}` waits again without \
+                 writing"
+            );
+        }
         ExitCode::from(4)
     }
 }
