@@ -246,6 +246,9 @@ impl ImportError {
 pub struct Listing {
     /// Every readable binding, sorted by tenant id.
     pub bindings: Vec<Binding>,
+    /// The store's own revision, read with the listing: its last change's, which may be a
+    /// delete (the file's top-level `revision`, Redis's counter; 0 when it has none).
+    pub revision: Revision,
     /// The records refused, each named with why (a tenant, or a place in the file).
     pub left_out: Vec<String>,
 }
@@ -416,9 +419,10 @@ fn conflict_text(tenant: &TenantId, expected: Revision, actual: Revision) -> Str
              --expect-revision 0 asks that it does not; re-read it and retry"
         )
     } else if actual == Revision::ZERO {
+        // No record, or one without a revision (written by hand): both read as 0.
         format!(
-            "conflict: tenant {tenant} does not exist, not at the expected revision \
-             {expected}; re-read it and retry"
+            "conflict: tenant {tenant} is not at the expected revision {expected}: it has no \
+             record, or one without a revision (written by hand); re-read it and retry"
         )
     } else {
         format!(

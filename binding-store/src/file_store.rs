@@ -733,6 +733,7 @@ impl BindingAdmin for FileStore {
     async fn list(&self) -> Result<Listing, AdminError> {
         let parsed = self.parsed()?;
         Ok(Listing {
+            revision: Revision(parsed.revision.unwrap_or(0)),
             bindings: sorted_by_tenant(&parsed.bindings),
             left_out: parsed
                 .problems

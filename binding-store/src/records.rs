@@ -110,7 +110,23 @@ pub fn parse_record_with(
         .filter(|m| value.get(m).is_none())
         .collect();
     if !missing.is_empty() {
-        return Err((tenant, format!("missing member(s) {}", missing.join(", "))));
+        // A misspelt member is often why one is missing: both are named.
+        let unknown: Vec<&str> = value
+            .as_object()
+            .into_iter()
+            .flat_map(|o| o.keys())
+            .map(String::as_str)
+            .filter(|k| !REQUIRED_MEMBERS.contains(k) && !OPTIONAL_MEMBERS.contains(k))
+            .collect();
+        let unknown = if unknown.is_empty() {
+            String::new()
+        } else {
+            format!("; unknown member(s) {}", unknown.join(", "))
+        };
+        return Err((
+            tenant,
+            format!("missing member(s) {}{unknown}", missing.join(", ")),
+        ));
     }
     let record: BindingRecord =
         serde_json::from_value(value.clone()).map_err(|e| (tenant.clone(), e.to_string()))?;
@@ -127,6 +143,16 @@ const REQUIRED_MEMBERS: [&str; 7] = [
     "status",
     "plan",
     "region",
+];
+
+/// The members a binding record may leave out.
+const OPTIONAL_MEMBERS: [&str; 6] = [
+    "api_url",
+    "identity_org_id",
+    "domains",
+    "revision",
+    "updated_at",
+    "mode",
 ];
 
 /// Parses a bindings document. `Err` means the document as a whole is unusable.
@@ -473,6 +499,39 @@ mod tests {
         let (tenant, message) = parse_record(&value).unwrap_err();
         assert_eq!(tenant.as_deref(), Some("acme"));
         assert_eq!(message, "missing member(s) subscription_id, plan, region");
+        // A misspelt member is named beside the one it leaves missing.
+        let mut typo = value.clone();
+        typo["regoin"] = serde_json::json!("eu");
+        let (_, message) = parse_record(&typo).unwrap_err();
+        assert_eq!(
+            message,
+            "missing member(s) subscription_id, plan, region; unknown member(s) regoin"
+        );
+    }
+
+    #[test]
+    fn the_member_lists_are_the_record_s_own() {
+        // Every member a record can hold, each set: the lists must name exactly those.
+        let mut record = crate::model::test_binding("acme", 3, &["a.example.test"]).to_record();
+        record.api_url = Some("http://10.0.0.2/".to_owned());
+        record.identity_org_id = Some("org".to_owned());
+        record.updated_at = Some("2026-01-01T00:00:00Z".to_owned());
+        record.mode = Some("cooperative".to_owned());
+        let value = serde_json::to_value(&record).unwrap();
+        let mut members: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        members.sort_unstable();
+        let mut listed: Vec<&str> = REQUIRED_MEMBERS
+            .iter()
+            .chain(OPTIONAL_MEMBERS.iter())
+            .copied()
+            .collect();
+        listed.sort_unstable();
+        assert_eq!(members, listed);
     }
 
     #[test]

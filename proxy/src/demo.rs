@@ -161,6 +161,17 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// `word` as one shell word: as it is when it holds nothing a shell reads specially, else in
+/// single quotes (a `TMPDIR` or `--dir` with a space would split a pasted command).
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 /// Runs the demo until Ctrl-C.
 pub fn run(args: &DemoArgs) -> ExitCode {
     // The default directory is made afresh, private to this user, with a name no one can
@@ -288,7 +299,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     let l = listen;
     // The command that runs this binary, so the `token` line can be pasted as it is.
     let me = std::env::current_exe()
-        .map(|p| p.display().to_string())
+        .map(|p| shell_word(&p.display().to_string()))
         .unwrap_or_else(|_| "nexus-edge".to_owned());
     println!(
         "\nNexus Edge demo\n===============\n\
@@ -313,8 +324,28 @@ pub fn run(args: &DemoArgs) -> ExitCode {
          Ctrl-C stops the demo.\n",
         admin = admin_listen,
         b = bindings_path.display(),
-        k = key_path.display(),
+        k = shell_word(&key_path.display().to_string()),
     );
 
     crate::server::serve(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn a_path_is_one_shell_word() {
+        for (path, word) in [
+            (
+                "/tmp/nexus-edge-demo-x1/signing-key.pem",
+                "/tmp/nexus-edge-demo-x1/signing-key.pem",
+            ),
+            ("/tmp/my demo/key.pem", "'/tmp/my demo/key.pem'"),
+            ("/tmp/it's/key.pem", r"'/tmp/it'\''s/key.pem'"),
+            ("", "''"),
+        ] {
+            assert_eq!(shell_word(path), word);
+        }
+    }
 }

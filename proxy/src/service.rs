@@ -896,11 +896,16 @@ impl ProxyHttp for EdgeService {
     /// broke) is said here, both within their reasons' allowance ([`crate::log_budget`]).
     fn suppress_proxy_warn_log(
         &self,
-        _session: &Session,
+        session: &Session,
         ctx: &RequestCtx,
         error: &Error,
-        _context: ProxyWarnLogContext,
+        context: ProxyWarnLogContext,
     ) -> bool {
+        // Only retries are the router's to say; anything else (a cache's, which the router
+        // has none of) stays Pingora's.
+        if !matches!(context, ProxyWarnLogContext::UpstreamRetry) {
+            return false;
+        }
         if ctx.connect_retry_said.swap(false, Ordering::Relaxed) {
             return true;
         }
@@ -908,6 +913,7 @@ impl ProxyHttp for EdgeService {
         budgets.write(RequestLine::UpstreamRetry, ctx.start, |not_logged| {
             tracing::warn!(
                 request_id = %ctx.id(),
+                method = %session.req_header().method,
                 error = %LoggedError(error),
                 not_logged,
                 "instance connection failed; the request is sent again"

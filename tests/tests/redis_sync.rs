@@ -399,7 +399,7 @@ fn wait_with_no_live_replica_says_so_at_once() {
     let (code, _, err) = admin.tenant(&["set-status", "acme", "active"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("no replica has ever heartbeated under this key prefix"),
+        err.contains("no replica heartbeat is kept under this key prefix"),
         "{err}"
     );
     // A domain another tenant holds is named with its holder and what to do.
@@ -566,6 +566,12 @@ fn wait_names_replicas_stopped_or_on_another_history() {
         out.contains(&format!("2/2 replicas on revision {rev}")),
         "{out}"
     );
+    // A revision never written is no change to wait for: said at once.
+    for never in ["0", "99999"] {
+        let (code, _, err) = admin.tenant(&["wait", "acme", never]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("is not one the store has written"), "{err}");
+    }
     wait_instance(&r2, &keys, "acme", "instance-b");
 
     // A replica still serving another history (Redis lost its data under it) reports

@@ -346,6 +346,30 @@ pub(super) async fn served_revision(
 }
 
 impl RedisStore {
+    /// The store's revision counter (`None`: there is none, a new or wiped keyspace).
+    pub async fn counter(&self) -> Result<Option<u64>, AdminError> {
+        let mut con = self.admin_connection().await?;
+        let raw: Option<Vec<u8>> = con
+            .get(self.keys().revision())
+            .await
+            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        self.keys()
+            .counter(raw)
+            .map_err(|e| AdminError::Unavailable(e.to_string()))
+    }
+
+    /// Whether any replica's heartbeat is kept under this key prefix (read only: nothing
+    /// pruned). None at all: no router follows this prefix, or none has within the hour
+    /// after which dead heartbeats are pruned.
+    pub async fn any_heartbeat(&self) -> Result<bool, AdminError> {
+        let mut con = self.admin_connection().await?;
+        let kept: u64 = con
+            .hlen(self.keys().replicas())
+            .await
+            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        Ok(kept > 0)
+    }
+
     /// Every replica that ever heartbeated (dead ones older than an hour are pruned).
     pub async fn replicas(&self) -> Result<Vec<ReplicaStatus>, AdminError> {
         let mut con = self.admin_connection().await?;

@@ -1217,6 +1217,13 @@ impl BindingAdmin for RedisStore {
         if let Some(served) = self.looks_wiped(&mut con).await? {
             return Err(AdminError::WipedRead { served });
         }
+        let counter: Option<Vec<u8>> = con.get(self.keys.revision()).await.map_err(unavailable)?;
+        let revision = Revision(
+            self.keys
+                .counter(counter)
+                .map_err(unavailable)?
+                .unwrap_or(0),
+        );
         let (mut bindings, bad) = self.load_all(&mut con).await.map_err(unavailable)?;
         let mut left_out: Vec<String> = bad
             .iter()
@@ -1263,6 +1270,7 @@ impl BindingAdmin for RedisStore {
             bindings.retain(|b| kept.contains(&b.tenant_id));
         }
         Ok(Listing {
+            revision,
             bindings: crate::records::sorted_by_tenant(&bindings),
             left_out,
         })

@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 use nexus_binding_store::records::{parse_records, to_document, ParsedRecords};
 use nexus_binding_store::snapshot;
 use nexus_binding_store::{
-    Actor, AdminError, AuditEntry, Binding, BindingRecord, ImportSource, InstanceId, Mutation,
-    Revision, TenantId, TenantStatus, UpstreamUrl,
+    Actor, AdminError, AuditEntry, Binding, BindingRecord, ImportSource, InstanceId, Listing,
+    Mutation, Revision, TenantId, TenantStatus, UpstreamUrl,
 };
 
 use crate::store::Store;
@@ -455,11 +455,11 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                         );
                     }
                     if let Store::Redis(r) = store {
-                        if r.replicas().await.is_ok_and(|all| all.is_empty()) {
+                        if r.any_heartbeat().await.is_ok_and(|any| !any) {
                             eprintln!(
-                                "nexus-edge: note: no replica has ever heartbeated under this \
-                                 key prefix: no router follows it yet (is [store] key_prefix \
-                                 the routers' own?); the change is written"
+                                "nexus-edge: note: no replica heartbeat is kept under this key \
+                                 prefix: no router follows it (is [store] key_prefix the \
+                                 routers' own?), or none has for an hour; the change is written"
                             );
                         }
                     }
@@ -477,9 +477,9 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                     }
                     match waiting {
                         Some(w) => {
-                            let written = json.then_some(written);
+                            let doc = json.then_some(("written", written));
                             let present = Some(after.is_some());
-                            wait_fleet(store, &t, rev, w.timeout, before, written, present).await
+                            wait_fleet(store, &t, rev, w.timeout, before, doc, present).await
                         }
                         None => ExitCode::SUCCESS,
                     }
@@ -646,12 +646,29 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             let Store::Redis(r) = store else {
                 return fail("wait needs the Redis store (a file store has no fleet to confirm)");
             };
+            // A revision the store has not reached was never written: waiting for it would
+            // take the whole timeout and then blame the replicas.
+            match r.counter().await {
+                Ok(Some(c)) if (1..=c).contains(&revision) => {}
+                Ok(c) => {
+                    return fail(format!(
+                        "revision {revision} is not one the store has written (it is at \
+                         revision {}): give the revision the write printed",
+                        c.unwrap_or(0)
+                    ))
+                }
+                Err(e) => return fail(e),
+            }
             // Only heartbeats written from now on count, as for a wait right after a write:
             // every live replica says again what it has applied.
             let now = r.clock_ms().await.ok();
-            let written =
-                json.then(|| serde_json::json!({"tenant": t.as_str(), "revision": revision}));
-            wait_fleet(store, &t, Revision(revision), timeout, now, written, None).await
+            let doc = json.then(|| {
+                (
+                    "waited_for",
+                    serde_json::json!({"tenant": t.as_str(), "revision": revision}),
+                )
+            });
+            wait_fleet(store, &t, Revision(revision), timeout, now, doc, None).await
         }
         TenantOp::Import { file, allow_older } => {
             let bytes = match nexus_config::files::read_regular(&file, u64::MAX) {
@@ -709,10 +726,15 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 return fail("nothing imported: fix the records above first");
             }
             if !allow_older {
-                // Read only to compare: a store that cannot be listed (one that looks wiped,
-                // where a restore is checked on its own terms) is left to the import.
-                if let Ok(stored) = admin.list().await {
-                    let older = older_than_store(&parsed.bindings, &stored.bindings);
+                // Read only to compare. A store that looks wiped cannot be listed: a restore
+                // into it is checked on its own terms, by the import.
+                let stored = match admin.list().await {
+                    Ok(stored) => Some(stored),
+                    Err(AdminError::WipedRead { .. }) => None,
+                    Err(e) => return fail(format!("nothing imported: {e}")),
+                };
+                if let Some(stored) = stored {
+                    let older = older_than_store(&parsed.bindings, &stored);
                     if !older.is_empty() {
                         for o in &older {
                             eprintln!("nexus-edge: {}: {o}", file.display());
@@ -773,8 +795,9 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
     }
 }
 
-/// Waits for the fleet to apply `rev` and says how it went. `written`: with `--json`, the
-/// write's own result, printed with the wait's as one document (`{"written", "wait"}`).
+/// Waits for the fleet to apply `rev` and says how it went. `doc`: with `--json`, what was
+/// waited for (the write's own result, under `written`), printed with the wait's as one
+/// document (`{"written", "wait"}`).
 /// `present`: whether the change left the tenant bound (`None`: not known), so that a tenant
 /// gone since is told from one the change deleted.
 async fn wait_fleet(
@@ -783,7 +806,7 @@ async fn wait_fleet(
     rev: Revision,
     timeout: Duration,
     written_after_ms: Option<u64>,
-    written: Option<serde_json::Value>,
+    doc: Option<(&'static str, serde_json::Value)>,
     present: Option<bool>,
 ) -> ExitCode {
     let Store::Redis(redis) = store else {
@@ -810,16 +833,16 @@ async fn wait_fleet(
         Ok(o) => (true, o),
         Err(o) => (false, o),
     };
-    if written.is_none() && !o.silent.is_empty() {
+    if doc.is_none() && !o.silent.is_empty() {
         eprintln!(
             "nexus-edge: not counted, silent since before the wait: {} (a replica cut off from \
              Redis keeps serving its last table; see `nexus-edge replicas`)",
             o.silent.join(", ")
         );
     }
-    let text = written.is_none();
-    if let Some(written) = written {
-        outln!("{}", serde_json::json!({ "written": written, "wait": o }));
+    let text = doc.is_none();
+    if let Some((key, value)) = doc {
+        outln!("{}", serde_json::json!({ key: value, "wait": o }));
     } else if ok {
         outln!(
             "{}/{} replicas on revision {}",
@@ -959,12 +982,22 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
 
 /// The records of an import that would undo changes the store has since: a record older
 /// than the store's record of its tenant, and a record of a tenant the store does not hold
-/// while it holds changes newer than that record (the tenant was deleted since, or the file
-/// is another store's). A record without a revision (written by hand) is never older.
-fn older_than_store(file: &[Arc<Binding>], stored: &[Binding]) -> Vec<String> {
-    let newest = stored.iter().map(|b| b.revision).max().unwrap_or_default();
-    let by_tenant: std::collections::HashMap<&str, &Binding> =
-        stored.iter().map(|b| (b.tenant_id.as_str(), b)).collect();
+/// while it has changes newer than that record, deletes included (the tenant was deleted
+/// since, or the file is another store's). A record without a revision (written by hand) is
+/// never older.
+fn older_than_store(file: &[Arc<Binding>], stored: &Listing) -> Vec<String> {
+    let newest = stored
+        .bindings
+        .iter()
+        .map(|b| b.revision)
+        .max()
+        .unwrap_or_default()
+        .max(stored.revision);
+    let by_tenant: std::collections::HashMap<&str, &Binding> = stored
+        .bindings
+        .iter()
+        .map(|b| (b.tenant_id.as_str(), b))
+        .collect();
     file.iter()
         .filter(|b| b.revision > Revision::ZERO)
         .filter_map(|b| match by_tenant.get(b.tenant_id.as_str()) {
@@ -1016,10 +1049,14 @@ mod tests {
 
     #[test]
     fn an_import_older_than_the_store_is_named_tenant_by_tenant() {
-        let stored: Vec<Binding> = [("acme", 32), ("globex", 5)]
-            .iter()
-            .map(|(t, r)| test_binding(t, *r))
-            .collect();
+        let mut stored = Listing {
+            bindings: [("acme", 32), ("globex", 5)]
+                .iter()
+                .map(|(t, r)| test_binding(t, *r))
+                .collect(),
+            revision: Revision(32),
+            left_out: Vec::new(),
+        };
         // (tenant, revision in the file, named as older)
         let cases = [
             ("acme", 29, true),
@@ -1038,5 +1075,10 @@ mod tests {
             let named = older_than_store(&file, &stored);
             assert_eq!(!named.is_empty(), older, "{tenant} at {rev}: {named:?}");
         }
+        // A delete is the store's newest change: a tenant deleted after the file was taken
+        // is named, though every record left is older than the file's.
+        stored.revision = Revision(40);
+        let file = vec![Arc::new(test_binding("initech", 36))];
+        assert_eq!(older_than_store(&file, &stored).len(), 1);
     }
 }
