@@ -31,6 +31,9 @@
 //! - so is a dot-segment that a twice-encoded separator or `;` hides (`..%252F`, `x%252F..`,
 //!   `..%253b`): one more decoding makes it a real one. A twice-encoded `/` alone (an encoded
 //!   URL inside a path) is passed on;
+//! - the Unicode separators NFKC turns into `/` or `\` (`%EF%BC%8F`, fullwidth) are refused
+//!   as `%2F` is, and the Unicode semicolons after dots count as `;`: to an instance that
+//!   normalises, `/assets/..%EF%BC%8Fadmin` is `/admin`;
 //! - dot-segments are removed (RFC 3986 §5.2.4) after decoding, so `%2e%2e` counts as `..`;
 //!   `..` at the root stays at the root (RFC 3986 behaviour, not an error: `/../x` can only
 //!   ever mean `/x`, so refusing it would add a failure mode without closing a hole);
@@ -177,6 +180,10 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                     (b'/' | b'\\', _) | (_, Some((_, b'/' | b'\\'))) => {
                         return Err(PathError::EncodedSeparator)
                     }
+                    // Each separator look-alike starts with this byte.
+                    (0xEF, _) if unicode_separator(&b[i..]) => {
+                        return Err(PathError::EncodedSeparator)
+                    }
                     (0, _) | (_, Some((_, 0))) => return Err(PathError::EncodedNul),
                     (b'%', _) => twice = true,
                     _ => {}
@@ -288,7 +295,44 @@ fn is_dot_segment_with_parameters(s: &[u8]) -> bool {
         };
         dots += 1;
     }
-    matches!(dots, 1 | 2) && (rest.first() == Some(&b';') || escaped_byte(rest) == Some(b';'))
+    matches!(dots, 1 | 2)
+        && (rest.first() == Some(&b';')
+            || escaped_byte(rest) == Some(b';')
+            || unicode_semicolon(rest))
+}
+
+/// UTF-8 of the characters NFKC turns into a path separator: fullwidth solidus (U+FF0F),
+/// fullwidth reverse solidus (U+FF3C), small reverse solidus (U+FE68). Encoded, they are
+/// refused as `%2F` and `%5C` are: to an instance that normalises the path they split a
+/// segment the rules here saw whole (`/assets/..%EF%BC%8Fadmin` is `/admin` to it).
+const UNICODE_SEPARATORS: [[u8; 3]; 3] =
+    [[0xEF, 0xBC, 0x8F], [0xEF, 0xBC, 0xBC], [0xEF, 0xB9, 0xA8]];
+
+/// UTF-8 of the characters NFKC turns into `;`: Greek question mark (U+037E, even NFC
+/// does), fullwidth semicolon (U+FF1B), its vertical presentation form (U+FE14), small
+/// semicolon (U+FE54). After dots they start parameters as `;` does.
+const UNICODE_SEMICOLONS: [&[u8]; 4] = [
+    &[0xCD, 0xBE],
+    &[0xEF, 0xBC, 0x9B],
+    &[0xEF, 0xB8, 0x94],
+    &[0xEF, 0xB9, 0x94],
+];
+
+/// Whether `s` starts with `utf8`, each byte percent-encoded (any hex case).
+fn starts_escaped(s: &[u8], utf8: &[u8]) -> bool {
+    utf8.iter()
+        .enumerate()
+        .all(|(k, &u)| s.get(3 * k..).and_then(escaped_byte) == Some(u))
+}
+
+/// Whether `s` starts with an encoded [`UNICODE_SEPARATORS`] character.
+fn unicode_separator(s: &[u8]) -> bool {
+    UNICODE_SEPARATORS.iter().any(|u| starts_escaped(s, u))
+}
+
+/// Whether `s` starts with an encoded [`UNICODE_SEMICOLONS`] character.
+fn unicode_semicolon(s: &[u8]) -> bool {
+    UNICODE_SEMICOLONS.iter().any(|u| starts_escaped(s, u))
 }
 
 /// UTF-8 of the characters NFKC turns into dots, with how many: fullwidth full stop (U+FF0E),
@@ -338,7 +382,8 @@ fn is_dot_segment_lookalike(s: &[u8]) -> bool {
     let ends = rest.is_empty()
         || rest.first() == Some(&b';')
         || escaped_byte(rest) == Some(b';')
-        || twice_escaped_byte(rest) == Some(b';');
+        || twice_escaped_byte(rest) == Some(b';')
+        || unicode_semicolon(rest);
     dots > 0 && ends && (blanks > 0 || (unicode && dots <= 2))
 }
 
@@ -421,7 +466,19 @@ fn check_second_decoding(path: &[u8]) -> Result<(), PathError> {
             }
         }
     }
-    for seg in view.split(|&c| c == b'/') {
+    // A separator look-alike, once decoded again, splits a segment as `/` does.
+    let mut split = Vec::with_capacity(view.len());
+    let mut i = 0;
+    while i < view.len() {
+        if view[i] == b'%' && unicode_separator(&view[i..]) {
+            split.push(b'/');
+            i += 9;
+        } else {
+            split.push(view[i]);
+            i += 1;
+        }
+    }
+    for seg in split.split(|&c| c == b'/') {
         if is_dot_segment_with_parameters(seg) {
             return Err(PathError::DotSegmentParameters);
         }
@@ -706,6 +763,30 @@ mod tests {
                 PathError::DotSegmentLookalike,
             ),
             ("/billing/..%C0%AF../api", PathError::EncodedSeparator),
+            // Separators spelled with Unicode that NFKC makes `/` or `\`.
+            (
+                "/assets/..%EF%BC%8Fadmin/users",
+                PathError::EncodedSeparator,
+            ),
+            (
+                "/login/%ef%bc%8e%ef%bc%8e%ef%bc%8fadmin",
+                PathError::EncodedSeparator,
+            ),
+            ("/assets/..%EF%BC%BCadmin", PathError::EncodedSeparator),
+            ("/assets/..%EF%B9%A8admin", PathError::EncodedSeparator),
+            ("/a%EF%BC%8Fb", PathError::EncodedSeparator),
+            // Encoded twice, one hides a dot-segment as `%252F` does.
+            (
+                "/assets/..%25EF%25BC%258Fadmin",
+                PathError::DotSegmentLookalike,
+            ),
+            // Semicolons spelled with Unicode start parameters after dots.
+            ("/billing/..%CD%BEx/api", PathError::DotSegmentParameters),
+            ("/billing/..%EF%BC%9B/api", PathError::DotSegmentParameters),
+            (
+                "/billing/%EF%BC%8E%EF%BC%8E%EF%B9%94x/api",
+                PathError::DotSegmentLookalike,
+            ),
             ("/billing/%e0%80%af", PathError::EncodedSeparator),
             ("/billing/..%C1%9C..%C1%9Capi", PathError::EncodedSeparator),
             ("/a%C0%80", PathError::EncodedNul),

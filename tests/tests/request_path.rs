@@ -218,6 +218,11 @@ fn custom_domain_and_public_paths() {
         "/login/..%C2%A0/admin",
         "/login/..%E3%80%80/admin",
         "/login/%EF%BC%8E%EF%BC%8E/admin",
+        // Separators NFKC makes `/` or `\`: the segment they split was never seen as `..`.
+        "/assets/..%EF%BC%8Fadmin/users",
+        "/assets/..%EF%BC%BCadmin",
+        "/assets/..%EF%B9%A8admin",
+        "/assets/..%25EF%25BC%258Fadmin",
     ] {
         let r = get(w.edge.addr, &host("globex"), path, &[]);
         assert_eq!(r.status, 400, "{path}");
@@ -1127,6 +1132,7 @@ fn status_policy_for_every_state() {
         "/billing/..%1F/api",
         "/billing/..%C2%85/api",
         "/billing/%EF%BC%8E%EF%BC%8E/api",
+        "/billing/..%EF%BC%8Fapi/export",
     ] {
         let r = get_with_token(addr, &host("susp"), blocked, &t("susp"));
         assert!(
