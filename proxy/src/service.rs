@@ -60,6 +60,9 @@ pub struct RequestCtx {
     /// (see [`EdgeService::suppress_proxy_warn_log`]). Atomic because Pingora asks with the
     /// context borrowed shared.
     connect_retry_said: AtomicBool,
+    /// The instance's final response is complete, headers and body, while the client may
+    /// still be sending the request's body (see [`EdgeService::request_body_filter`]).
+    response_complete: bool,
 }
 
 impl RequestCtx {
@@ -301,6 +304,10 @@ fn late_client_fault(session: &mut Session, e: &Error) -> Option<RejectReason> {
     }
 }
 
+/// The error that stops a request's body once the instance has answered the request whole
+/// (see [`EdgeService::request_body_filter`]).
+const EARLY_ANSWER: &str = "instance answered before the request body";
+
 /// The `requests_total` outcome of a forwarded request whose client went away (or broke the
 /// connection) before the response was complete.
 const CLIENT_CLOSED: &str = "client_closed";
@@ -488,6 +495,7 @@ impl ProxyHttp for EdgeService {
             tunnel_end: None,
             tunnel_keys: 0,
             connect_retry_said: AtomicBool::new(false),
+            response_complete: false,
         }
     }
 
@@ -690,6 +698,13 @@ impl ProxyHttp for EdgeService {
         rewrite_upstream_request(upstream_request, decision, fwd)
     }
 
+    /// Sends no more of the request's body once the instance has answered it whole: an
+    /// instance that answers without reading the body (a 401, a 413, a handler that ignores
+    /// it) and keeps its connection reads what comes next as its next request, and those are
+    /// bytes the client wrote, identity headers included, which the router never checked. The
+    /// client has its whole answer; the exchange ends there (see [`EARLY_ANSWER`]). An
+    /// instance that streams its answer while it reads the body is not cut: its answer is
+    /// not complete yet.
     async fn request_body_filter(
         &self,
         session: &mut Session,
@@ -697,6 +712,12 @@ impl ProxyHttp for EdgeService {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.response_complete {
+            return Err(Error::explain(
+                ErrorType::Custom(EARLY_ANSWER),
+                "the instance answered before the request's body was sent: the rest is not",
+            ));
+        }
         self.check_tunnel(session, ctx)
     }
 
@@ -704,9 +725,12 @@ impl ProxyHttp for EdgeService {
         &self,
         session: &mut Session,
         _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream && ctx.switched_at.is_none() {
+            ctx.response_complete = true;
+        }
         self.check_tunnel(session, ctx).map(|()| None)
     }
 
@@ -750,6 +774,17 @@ impl ProxyHttp for EdgeService {
             || upstream_response.status.is_informational()
             || upstream_response.status == http::StatusCode::NO_CONTENT
             || upstream_response.status == http::StatusCode::NOT_MODIFIED;
+        // A final answer without a body is complete with its header: no body filter follows.
+        let empty = upstream_response
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
+        if !upstream_response.status.is_informational()
+            && upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS
+            && (bodiless || empty)
+        {
+            ctx.response_complete = true;
+        }
         if !bodiless && ends_with_connection(&upstream_response.headers) {
             // The body has no length (RFC 9112 §6.3): Pingora reads it to the instance's
             // close and writes it on unframed, so only the client's close can end it too.
@@ -787,6 +822,16 @@ impl ProxyHttp for EdgeService {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if matches!(e.etype(), ErrorType::Custom(EARLY_ANSWER)) {
+            // Not a failure: the instance answered in full, and the client has that answer.
+            // Its connection closes (its body was not read to the end), as does the
+            // instance's (it was not sent the whole request).
+            tracing::debug!(request_id = %ctx.id(), "instance answered before the request body was sent");
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         if let Some(end) = ctx.tunnel_end {
             // Closed by the router: the tenant is no longer routed where the tunnel goes, or
             // its token is no longer accepted.

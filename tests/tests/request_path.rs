@@ -3287,8 +3287,10 @@ fn metrics_and_probes_on_the_ops_listener() {
 
 /// An instance that answers a request carrying `Expect: 100-continue` at once with a final
 /// `417` (keep-alive, no `100 Continue`, body not read: it takes the client to have withheld
-/// the body, as a client waiting for `100` does), and any other request after reading its
-/// `Content-Length` body, echoing the head and body it parsed. Every head it parses is kept.
+/// the body, as a client waiting for `100` does), a request for `/answer-early` at once with
+/// `200` (keep-alive, body not read: a handler that ignores the body), and any other request
+/// after reading its `Content-Length` body, echoing the head and body it parsed. Every head it
+/// parses is kept.
 struct EarlyAnsweringInstance {
     heads: Arc<Mutex<Vec<String>>>,
     server: LoopbackServer,
@@ -3319,6 +3321,13 @@ impl EarlyAnsweringInstance {
                     let lower = head.to_ascii_lowercase();
                     if lower.contains("\r\nexpect: 100-continue") {
                         let resp = b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n";
+                        if stream.write_all(resp).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    if lower.contains(" /answer-early ") {
+                        let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                         if stream.write_all(resp).await.is_err() {
                             return;
                         }
@@ -3496,6 +3505,55 @@ fn an_accepted_expect_100_continue_keeps_the_connection_for_the_next_request() {
     let second = nexus_e2e::http::read_next_response(&mut s).unwrap();
     assert_eq!(second.status, 200, "{}", second.text());
     assert_eq!(second.json()["path"], "/after");
+}
+
+#[test]
+fn no_more_of_a_body_reaches_an_instance_that_answered_without_reading_it() {
+    // The instance answers at once, without reading the body, and keeps its connection: the
+    // rest of the body, sent after the answer, reached it and ran as a request the router
+    // never checked (another tenant's identity headers, written by the client), on an
+    // instance two tenants share.
+    let keys = TestKeys::new();
+    let inst = EarlyAnsweringInstance::start();
+    let records = vec![
+        binding("acme", &inst.url(), "active", Some("org-acme")),
+        binding("globex", &inst.url(), "active", None),
+    ];
+    let edge = Edge::start(&EdgeOptions::new(keys.jwks(), bindings_file(records)));
+    let acme = format!("acme.{BASE}");
+    let globex = format!("globex.{BASE}");
+    let smuggled = format!(
+        "GET /smuggled HTTP/1.1\r\nHost: {globex}\r\nX-Tenant-Id: globex\r\nX-User-Id: admin\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let head = format!(
+        "POST /answer-early HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: {}\r\n\r\n",
+        keys.token("acme", Some("org-acme")),
+        smuggled.len()
+    );
+    let mut s = TcpStream::connect(edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let answer = nexus_e2e::http::read_next_response(&mut s).unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.text(), "ok");
+    // The body, once the answer is out: the router sends none of it on.
+    let _ = s.write_all(smuggled.as_bytes());
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    // A request of globex's own afterwards is answered as globex's.
+    let r = get_with_token(edge.addr, &globex, "/inbox", &keys.token("globex", None));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let heads = inst.heads();
+    assert!(
+        heads.iter().all(|h| !h.contains("/smuggled")),
+        "the instance parsed the body as a request: {heads:#?}"
+    );
+    // Counted as what it was: a request forwarded and answered.
+    edge.wait_for("the request counted", || {
+        edge.metric("nexus_edge_requests_total{outcome=\"forwarded\"}") == 2
+    });
 }
 
 #[test]
