@@ -184,6 +184,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                     (0xEF, _) if unicode_separator(&b[i..]) => {
                         return Err(PathError::EncodedSeparator)
                     }
+                    // A `%` spelled with Unicode (`%EF%BC%852F` is `%2F` after NFKC, `/` once
+                    // decoded again): an escape in disguise, refused.
+                    (0xEF, _) if unicode_percent(&b[i..]) => return Err(PathError::InvalidPercent),
                     (0, _) | (_, Some((_, 0))) => return Err(PathError::EncodedNul),
                     (b'%', _) => twice = true,
                     _ => {}
@@ -323,6 +326,15 @@ fn starts_escaped(s: &[u8], utf8: &[u8]) -> bool {
     utf8.iter()
         .enumerate()
         .all(|(k, &u)| s.get(3 * k..).and_then(escaped_byte) == Some(u))
+}
+
+/// UTF-8 of the characters NFKC turns into `%`: fullwidth (U+FF05) and small (U+FE6A)
+/// percent signs.
+const UNICODE_PERCENTS: [[u8; 3]; 2] = [[0xEF, 0xBC, 0x85], [0xEF, 0xB9, 0xAA]];
+
+/// Whether `s` starts with an encoded [`UNICODE_PERCENTS`] character.
+fn unicode_percent(s: &[u8]) -> bool {
+    UNICODE_PERCENTS.iter().any(|u| starts_escaped(s, u))
 }
 
 /// Whether `s` starts with an encoded [`UNICODE_SEPARATORS`] character.
@@ -775,6 +787,9 @@ mod tests {
             ("/assets/..%EF%BC%BCadmin", PathError::EncodedSeparator),
             ("/assets/..%EF%B9%A8admin", PathError::EncodedSeparator),
             ("/a%EF%BC%8Fb", PathError::EncodedSeparator),
+            // A `%` spelled with Unicode: an escape once normalised, `/` decoded again.
+            ("/login/..%EF%BC%852Fadmin", PathError::InvalidPercent),
+            ("/login/..%ef%b9%aa2fadmin", PathError::InvalidPercent),
             // Encoded twice, one hides a dot-segment as `%252F` does.
             (
                 "/assets/..%25EF%25BC%258Fadmin",

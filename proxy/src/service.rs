@@ -308,6 +308,10 @@ fn late_client_fault(session: &mut Session, e: &Error) -> Option<RejectReason> {
 /// (see [`EdgeService::request_body_filter`]).
 const EARLY_ANSWER: &str = "instance answered before the request body";
 
+/// How long the rest of such a body is read and dropped before the client's connection
+/// closes (nginx's `lingering_timeout` is 5 s too).
+const EARLY_ANSWER_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The `requests_total` outcome of a forwarded request whose client went away (or broke the
 /// connection) before the response was complete.
 const CLIENT_CLOSED: &str = "client_closed";
@@ -822,11 +826,24 @@ impl ProxyHttp for EdgeService {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if matches!(e.etype(), ErrorType::Custom(EARLY_ANSWER)) {
-            // Not a failure: the instance answered in full, and the client has that answer.
-            // Its connection closes (its body was not read to the end), as does the
-            // instance's (it was not sent the whole request).
+        let early = matches!(e.etype(), ErrorType::Custom(EARLY_ANSWER));
+        if early
+            || (ctx.response_complete
+                && ctx.switched_at.is_none()
+                && matches!(e.esource(), ErrorSource::Downstream))
+        {
+            // Not a failure: the instance answered in full, and the client has that answer
+            // (one that stops sending and goes away then has it too). Its connection closes
+            // (its body was not read to the end), as does the instance's (it was not sent
+            // the whole request).
             tracing::debug!(request_id = %ctx.id(), "instance answered before the request body was sent");
+            if early {
+                // What the client still sends is read and dropped for a while first: closed
+                // with unread bytes, the connection is reset, and a reset can take the answer
+                // with it before the client reads it (RFC 9112 §9.6).
+                let _ =
+                    tokio::time::timeout(EARLY_ANSWER_LINGER, session.drain_request_body()).await;
+            }
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
