@@ -2427,6 +2427,16 @@ fn an_import_older_than_the_store_is_refused_unless_allowed() {
     assert_eq!(got["status"], "past_due");
     std::fs::write(&export, admin.ok(&["export"])).expect("write export");
     admin.ok(&["import", export_arg]);
+    // Into a store with no bindings file yet (a new single-node setup), there is nothing to
+    // be older than: the import makes the file.
+    let fresh = tempfile::tempdir().expect("dir");
+    let path = fresh.path().join("bindings.json");
+    let new_store = nexus_e2e::admin::Admin::new(&format!(
+        "[store]\nkind = \"file\"\npath = \"{}\"",
+        path.display()
+    ));
+    new_store.ok(&["import", export_arg]);
+    assert!(path.exists());
 }
 
 #[test]

@@ -731,6 +731,10 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 let stored = match admin.list().await {
                     Ok(stored) => Some(stored),
                     Err(AdminError::WipedRead { .. }) => None,
+                    // A bindings file that cannot be read (none yet: a new store) holds
+                    // nothing to compare with; the import says what it does with a missing
+                    // one (makes it, or refuses one whose audit log says it was lost).
+                    Err(_) if !matches!(store, Store::Redis(_)) => None,
                     Err(e) => return fail(format!("nothing imported: {e}")),
                 };
                 if let Some(stored) = stored {
