@@ -2357,6 +2357,11 @@ fn the_admin_cli_says_what_a_change_leaves_or_hides() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("the audit entry says `unknown`"), "{err}");
+    // A status that names none is refused with the arguments (exit 2, as clap's own), before
+    // the store is opened.
+    let (code, _, err) = admin.tenant(&["set-status", "acme", "Active"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown status \"Active\""), "{err}");
 }
 
 #[test]

@@ -92,6 +92,12 @@ fn printable(name: &str, value: Option<&str>) -> Result<(), String> {
 /// The longest `--actor` or `--reason`, in bytes.
 const MAX_AUDIT_TEXT: usize = 1024;
 
+/// A status argument, refused with the other arguments (exit code 2) when it names none.
+fn status_arg(text: &str) -> Result<TenantStatus, String> {
+    text.parse()
+        .map_err(|e: nexus_binding_store::FieldError| e.to_string())
+}
+
 /// The longest `--wait` there is: refused at parsing, before anything is written.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
@@ -151,7 +157,8 @@ pub enum TenantOp {
         /// Tenant id.
         tenant: String,
         /// New status (active, past_due, suspended, canceled, provisioning, ...).
-        status: String,
+        #[arg(value_parser = status_arg)]
+        status: TenantStatus,
         /// Fail unless the tenant is at this revision.
         #[arg(long)]
         expect_revision: Option<u64>,
@@ -625,10 +632,15 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             status,
             expect_revision,
             wait,
-        } => match status.parse::<TenantStatus>() {
-            Ok(s) => write(tenant, Mutation::SetStatus(s), expect_revision, Some(wait)).await,
-            Err(e) => fail(e),
-        },
+        } => {
+            write(
+                tenant,
+                Mutation::SetStatus(status),
+                expect_revision,
+                Some(wait),
+            )
+            .await
+        }
         TenantOp::Delete {
             tenant,
             expect_revision,
