@@ -721,7 +721,10 @@ impl BindingAdmin for FileStore {
             .iter()
             .find(|p| p.tenant_id().as_ref() == Some(tenant))
         {
-            return Err(AdminError::Corrupt(format!("{}: {p}", self.origin())));
+            return Err(AdminError::Corrupt(format!(
+                "{}: {p}; replace it with `tenant put` or remove it with `tenant delete`",
+                self.origin()
+            )));
         }
         Ok(parsed
             .bindings

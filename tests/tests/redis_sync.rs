@@ -2005,6 +2005,7 @@ fn the_cli_replaces_or_deletes_a_damaged_record() {
     let (code, _, err) = admin.tenant(&["get", "globex"]);
     assert_ne!(code, 0);
     assert!(err.contains("not UTF-8 text"), "{err}");
+    assert!(err.contains("replace it with `tenant put`"), "{err}");
     // A listing or a backup prints what it can read and fails, naming what it left out.
     admin.assert_one_left_out(
         "acme",

@@ -2499,6 +2499,7 @@ fn tenant_import_into_the_file_store_is_served_at_once_or_not_at_all() {
     let (code, _, err) = admin.tenant(&["get", "t001"]);
     assert_ne!(code, 0);
     assert!(err.contains("unknown status \"zombie\""), "{err}");
+    assert!(err.contains("replace it with `tenant put`"), "{err}");
     admin.assert_one_left_out("t002", "t001", &["refused; left out", "t001"]);
 }
 

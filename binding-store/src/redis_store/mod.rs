@@ -241,6 +241,9 @@ fn cured_by_failover(e: &redis::RedisError) -> bool {
             })
 }
 
+/// What an admin does about a record the store refuses.
+const FIX_A_RECORD: &str = "replace it with `tenant put` or remove it with `tenant delete`";
+
 fn unavailable(e: impl std::fmt::Display) -> AdminError {
     AdminError::Unavailable(e.to_string())
 }
@@ -1205,7 +1208,7 @@ impl BindingAdmin for RedisStore {
         raw.map(|r| {
             record_text(&r)
                 .and_then(parse_json_record)
-                .map_err(|m| AdminError::Corrupt(format!("tenant {tenant}: {m}")))
+                .map_err(|m| AdminError::Corrupt(format!("tenant {tenant}: {m}; {FIX_A_RECORD}")))
         })
         .transpose()
     }
@@ -1309,10 +1312,7 @@ impl BindingAdmin for RedisStore {
             };
             let parsed = raw.as_deref().map(|r| {
                 record_text(r).and_then(parse_json_record).map_err(|msg| {
-                    AdminError::Corrupt(format!(
-                        "tenant {tenant}: {msg}; replace it with `tenant put` or remove it with \
-                         `tenant delete`"
-                    ))
+                    AdminError::Corrupt(format!("tenant {tenant}: {msg}; {FIX_A_RECORD}"))
                 })
             });
             let current = match (parsed, &mutation) {
