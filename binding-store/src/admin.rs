@@ -410,6 +410,11 @@ pub(crate) fn release_first(
     order.into_iter().filter_map(|j| slots[j].take()).collect()
 }
 
+/// What an admin does about a stored record the store refuses: said with every refusal of
+/// one (`tenant get`, and a write that must read it first).
+pub(crate) const FIX_A_RECORD: &str =
+    "replace it with `tenant put` or remove it with `tenant delete`";
+
 /// What a [`AdminError::Conflict`] says: `--expect-revision 0` asks that the tenant not
 /// exist, which "at revision 41, not the expected 0" says only in a roundabout way.
 fn conflict_text(tenant: &TenantId, expected: Revision, actual: Revision) -> String {

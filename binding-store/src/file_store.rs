@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::admin::{
     Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource, Listing,
-    Mutation, WipedStore,
+    Mutation, WipedStore, FIX_A_RECORD,
 };
 use crate::audit_log::{self, AuditLog, Tail};
 use crate::error::StoreError;
@@ -722,7 +722,7 @@ impl BindingAdmin for FileStore {
             .find(|p| p.tenant_id().as_ref() == Some(tenant))
         {
             return Err(AdminError::Corrupt(format!(
-                "{}: {p}; replace it with `tenant put` or remove it with `tenant delete`",
+                "{}: {p}; {FIX_A_RECORD}",
                 self.origin()
             )));
         }
@@ -1091,8 +1091,7 @@ fn apply_locked(
         None => None,
         Some(i) => Some(parse_record(&doc.bindings[i]).map_err(|(_, m)| {
             AdminError::Corrupt(format!(
-                "the stored record of {tenant} is invalid ({m}); replace it with `tenant put` \
-                 or remove it with `tenant delete`"
+                "the stored record of {tenant} is invalid ({m}); {FIX_A_RECORD}"
             ))
         })),
     };

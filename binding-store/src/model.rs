@@ -654,8 +654,6 @@ pub struct Binding {
     pub mode: Mode,
 }
 
-/// `s` quoted for an error message, cut to its first 80 characters: a record's bad value can
-/// be megabytes, and it ends up in a log line.
 /// `s` without what may carry a secret, parsed as a URL or not: everything up to the last
 /// `@` after `scheme://` (user info, even one holding `/`, `?` or `#`; more where a path or
 /// query holds an `@`), then the query and fragment.
@@ -669,6 +667,8 @@ fn without_secrets(s: &str) -> String {
     format!("{scheme}{rest}")
 }
 
+/// `s` quoted for an error message, cut to its first 80 characters: a record's bad value can
+/// be megabytes, and it ends up in a log line.
 pub(crate) fn quoted(s: &str) -> String {
     const SHOWN: usize = 80;
     match s.char_indices().nth(SHOWN) {

@@ -181,12 +181,14 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                         return Err(PathError::EncodedSeparator)
                     }
                     // Each separator look-alike starts with this byte.
-                    (0xEF, _) if unicode_separator(&b[i..]) => {
+                    (0xEF, _) if escapes_one_of(&b[i..], &UNICODE_SEPARATORS) => {
                         return Err(PathError::EncodedSeparator)
                     }
                     // A `%` spelled with Unicode (`%EF%BC%852F` is `%2F` after NFKC, `/` once
                     // decoded again): an escape in disguise, refused.
-                    (0xEF, _) if unicode_percent(&b[i..]) => return Err(PathError::InvalidPercent),
+                    (0xEF, _) if escapes_one_of(&b[i..], &UNICODE_PERCENTS) => {
+                        return Err(PathError::InvalidPercent)
+                    }
                     (0, _) | (_, Some((_, 0))) => return Err(PathError::EncodedNul),
                     (b'%', _) => twice = true,
                     _ => {}
@@ -301,15 +303,18 @@ fn is_dot_segment_with_parameters(s: &[u8]) -> bool {
     matches!(dots, 1 | 2)
         && (rest.first() == Some(&b';')
             || escaped_byte(rest) == Some(b';')
-            || unicode_semicolon(rest))
+            || escapes_one_of(rest, &UNICODE_SEMICOLONS))
 }
 
 /// UTF-8 of the characters NFKC turns into a path separator: fullwidth solidus (U+FF0F),
 /// fullwidth reverse solidus (U+FF3C), small reverse solidus (U+FE68). Encoded, they are
 /// refused as `%2F` and `%5C` are: to an instance that normalises the path they split a
 /// segment the rules here saw whole (`/assets/..%EF%BC%8Fadmin` is `/admin` to it).
-const UNICODE_SEPARATORS: [[u8; 3]; 3] =
-    [[0xEF, 0xBC, 0x8F], [0xEF, 0xBC, 0xBC], [0xEF, 0xB9, 0xA8]];
+const UNICODE_SEPARATORS: [&[u8]; 3] = [
+    &[0xEF, 0xBC, 0x8F],
+    &[0xEF, 0xBC, 0xBC],
+    &[0xEF, 0xB9, 0xA8],
+];
 
 /// UTF-8 of the characters NFKC turns into `;`: Greek question mark (U+037E, even NFC
 /// does), fullwidth semicolon (U+FF1B), its vertical presentation form (U+FE14), small
@@ -321,31 +326,18 @@ const UNICODE_SEMICOLONS: [&[u8]; 4] = [
     &[0xEF, 0xB9, 0x94],
 ];
 
-/// Whether `s` starts with `utf8`, each byte percent-encoded (any hex case).
-fn starts_escaped(s: &[u8], utf8: &[u8]) -> bool {
-    utf8.iter()
-        .enumerate()
-        .all(|(k, &u)| s.get(3 * k..).and_then(escaped_byte) == Some(u))
+/// Whether `s` starts with one of `chars` (UTF-8), each byte percent-encoded (any hex case).
+fn escapes_one_of(s: &[u8], chars: &[&[u8]]) -> bool {
+    chars.iter().any(|utf8| {
+        utf8.iter()
+            .enumerate()
+            .all(|(k, &u)| s.get(3 * k..).and_then(escaped_byte) == Some(u))
+    })
 }
 
 /// UTF-8 of the characters NFKC turns into `%`: fullwidth (U+FF05) and small (U+FE6A)
 /// percent signs.
-const UNICODE_PERCENTS: [[u8; 3]; 2] = [[0xEF, 0xBC, 0x85], [0xEF, 0xB9, 0xAA]];
-
-/// Whether `s` starts with an encoded [`UNICODE_PERCENTS`] character.
-fn unicode_percent(s: &[u8]) -> bool {
-    UNICODE_PERCENTS.iter().any(|u| starts_escaped(s, u))
-}
-
-/// Whether `s` starts with an encoded [`UNICODE_SEPARATORS`] character.
-fn unicode_separator(s: &[u8]) -> bool {
-    UNICODE_SEPARATORS.iter().any(|u| starts_escaped(s, u))
-}
-
-/// Whether `s` starts with an encoded [`UNICODE_SEMICOLONS`] character.
-fn unicode_semicolon(s: &[u8]) -> bool {
-    UNICODE_SEMICOLONS.iter().any(|u| starts_escaped(s, u))
-}
+const UNICODE_PERCENTS: [&[u8]; 2] = [&[0xEF, 0xBC, 0x85], &[0xEF, 0xB9, 0xAA]];
 
 /// UTF-8 of the characters NFKC turns into dots, with how many: fullwidth full stop (U+FF0E),
 /// one dot leader (U+2024), small full stop (U+FE52); two dot leader (U+2025) and its
@@ -395,7 +387,7 @@ fn is_dot_segment_lookalike(s: &[u8]) -> bool {
         || rest.first() == Some(&b';')
         || escaped_byte(rest) == Some(b';')
         || twice_escaped_byte(rest) == Some(b';')
-        || unicode_semicolon(rest);
+        || escapes_one_of(rest, &UNICODE_SEMICOLONS);
     dots > 0 && ends && (blanks > 0 || (unicode && dots <= 2))
 }
 
@@ -482,7 +474,7 @@ fn check_second_decoding(path: &[u8]) -> Result<(), PathError> {
     let mut split = Vec::with_capacity(view.len());
     let mut i = 0;
     while i < view.len() {
-        if view[i] == b'%' && unicode_separator(&view[i..]) {
+        if view[i] == b'%' && escapes_one_of(&view[i..], &UNICODE_SEPARATORS) {
             split.push(b'/');
             i += 9;
         } else {

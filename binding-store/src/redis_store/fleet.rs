@@ -349,13 +349,7 @@ impl RedisStore {
     /// The store's revision counter (`None`: there is none, a new or wiped keyspace).
     pub async fn counter(&self) -> Result<Option<u64>, AdminError> {
         let mut con = self.admin_connection().await?;
-        let raw: Option<Vec<u8>> = con
-            .get(self.keys().revision())
-            .await
-            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-        self.keys()
-            .counter(raw)
-            .map_err(|e| AdminError::Unavailable(e.to_string()))
+        self.read_counter(&mut con).await
     }
 
     /// Whether any replica's heartbeat is kept under this key prefix (read only: nothing

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 use crate::admin::{
     import_each, Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource,
-    Listing, Mutation,
+    Listing, Mutation, FIX_A_RECORD,
 };
 use crate::error::StoreError;
 use crate::file_store::{mutate, op_name};
@@ -241,9 +241,6 @@ fn cured_by_failover(e: &redis::RedisError) -> bool {
             })
 }
 
-/// What an admin does about a record the store refuses.
-const FIX_A_RECORD: &str = "replace it with `tenant put` or remove it with `tenant delete`";
-
 fn unavailable(e: impl std::fmt::Display) -> AdminError {
     AdminError::Unavailable(e.to_string())
 }
@@ -266,6 +263,15 @@ impl RedisStore {
             .await
             .map(Some)
             .map_err(unavailable)
+    }
+
+    /// The revision counter (`None`: there is none, a new or wiped keyspace).
+    pub(crate) async fn read_counter(
+        &self,
+        con: &mut MultiplexedConnection,
+    ) -> Result<Option<u64>, AdminError> {
+        let raw: Option<Vec<u8>> = con.get(self.keys.revision()).await.map_err(unavailable)?;
+        self.keys.counter(raw).map_err(unavailable)
     }
 
     /// Whether this Redis looks wiped: no revision counter while replicas report serving a
@@ -1220,13 +1226,7 @@ impl BindingAdmin for RedisStore {
         if let Some(served) = self.looks_wiped(&mut con).await? {
             return Err(AdminError::WipedRead { served });
         }
-        let counter: Option<Vec<u8>> = con.get(self.keys.revision()).await.map_err(unavailable)?;
-        let revision = Revision(
-            self.keys
-                .counter(counter)
-                .map_err(unavailable)?
-                .unwrap_or(0),
-        );
+        let revision = Revision(self.read_counter(&mut con).await?.unwrap_or(0));
         let (mut bindings, bad) = self.load_all(&mut con).await.map_err(unavailable)?;
         let mut left_out: Vec<String> = bad
             .iter()

@@ -10,12 +10,12 @@ use clap::{Args, Subcommand};
 use nexus_binding_store::records::{parse_records, to_document, ParsedRecords};
 use nexus_binding_store::snapshot;
 use nexus_binding_store::{
-    Actor, AdminError, AuditEntry, Binding, BindingRecord, ImportSource, InstanceId, Listing,
-    Mutation, Revision, TenantId, TenantStatus, UpstreamUrl,
+    Actor, AdminError, AuditEntry, Binding, BindingAdmin, BindingRecord, ImportSource, InstanceId,
+    Listing, Mutation, Revision, TenantId, TenantStatus, UpstreamUrl,
 };
 
 use crate::store::Store;
-use nexus_binding_store::redis_store::WipedStore;
+use nexus_binding_store::redis_store::{RedisStore, WipedStore};
 
 /// Options shared by every tenant command.
 #[derive(Debug, Args)]
@@ -97,6 +97,9 @@ fn status_arg(text: &str) -> Result<TenantStatus, String> {
     text.parse()
         .map_err(|e: nexus_binding_store::FieldError| e.to_string())
 }
+
+/// Why a wait is refused on a file store.
+const NEEDS_REDIS: &str = "needs the Redis store (a file store has no fleet to confirm)";
 
 /// The longest `--wait` there is: refused at parsing, before anything is written.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
@@ -436,15 +439,18 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Ok(t) => t,
                 Err(e) => return fail(e),
             };
-            // Before the write: refused after it, the exit code would say the change failed
-            // when it was made, and a script would make it again.
-            if wait.as_ref().is_some_and(|w| w.wait) && !matches!(store, Store::Redis(_)) {
-                return fail("--wait needs the Redis store (a file store has no fleet to confirm)");
-            }
+            // The fleet to wait for. Refused before the write: after it, the exit code would
+            // say the change failed when it was made, and a script would make it again.
+            let waiting = wait.filter(|w| w.wait);
+            let fleet = match (store, &waiting) {
+                (Store::Redis(r), Some(_)) => Some(r),
+                (_, Some(_)) => return fail(format!("--wait {NEEDS_REDIS}")),
+                (_, None) => None,
+            };
             // Redis's clock before the write: --wait counts only heartbeats written since.
-            let before = match (&store, wait.as_ref().is_some_and(|w| w.wait)) {
-                (Store::Redis(r), true) => r.clock_ms().await.ok(),
-                _ => None,
+            let before = match fleet {
+                Some(r) => r.clock_ms().await.ok(),
+                None => None,
             };
             // A rebind that names no API URL leaves the tenant's: said after the write.
             let api_kept = matches!(m, Mutation::Rebind { api_url: None, .. });
@@ -461,7 +467,8 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                              instance URL"
                         );
                     }
-                    if let Store::Redis(r) = store {
+                    // (A wait says so itself: it names the live replicas.)
+                    if let (Store::Redis(r), None) = (store, &waiting) {
                         if r.any_heartbeat().await.is_ok_and(|any| !any) {
                             eprintln!(
                                 "nexus-edge: note: no replica heartbeat is kept under this key \
@@ -470,7 +477,6 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                             );
                         }
                     }
-                    let waiting = wait.as_ref().filter(|w| w.wait);
                     let written = match &after {
                         Some(b) => serde_json::to_value(b.to_record()).unwrap_or_default(),
                         None => serde_json::json!({"deleted": t.as_str(), "revision": rev.get()}),
@@ -482,13 +488,13 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                         (None, true) => outln!("{written}"),
                         (None, false) => outln!("{t} deleted at revision {rev}"),
                     }
-                    match waiting {
-                        Some(w) => {
+                    match (fleet, waiting) {
+                        (Some(r), Some(w)) => {
                             let doc = json.then_some(("written", written));
                             let present = Some(after.is_some());
-                            wait_fleet(store, &t, rev, w.timeout, before, doc, present).await
+                            wait_fleet(r, &t, rev, w.timeout, before, doc, present).await
                         }
-                        None => ExitCode::SUCCESS,
+                        _ => ExitCode::SUCCESS,
                     }
                 }
                 Err(e @ (AdminError::Conflict { .. } | AdminError::Exists { .. })) => {
@@ -656,7 +662,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Err(e) => return fail(e),
             };
             let Store::Redis(r) = store else {
-                return fail("wait needs the Redis store (a file store has no fleet to confirm)");
+                return fail(format!("wait {NEEDS_REDIS}"));
             };
             // A revision the store has not reached was never written: waiting for it would
             // take the whole timeout and then blame the replicas.
@@ -680,7 +686,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                     serde_json::json!({"tenant": t.as_str(), "revision": revision}),
                 )
             });
-            wait_fleet(store, &t, Revision(revision), timeout, now, doc, None).await
+            wait_fleet(r, &t, Revision(revision), timeout, now, doc, None).await
         }
         TenantOp::Import { file, allow_older } => {
             let bytes = match nexus_config::files::read_regular(&file, u64::MAX) {
@@ -817,7 +823,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
 /// `present`: whether the change left the tenant bound (`None`: not known), so that a tenant
 /// gone since is told from one the change deleted.
 async fn wait_fleet(
-    store: &Store,
+    redis: &RedisStore,
     tenant: &TenantId,
     rev: Revision,
     timeout: Duration,
@@ -825,9 +831,6 @@ async fn wait_fleet(
     doc: Option<(&'static str, serde_json::Value)>,
     present: Option<bool>,
 ) -> ExitCode {
-    let Store::Redis(redis) = store else {
-        return fail("--wait needs the Redis store (a file store has no fleet to confirm)");
-    };
     // Said at once: otherwise the whole timeout passes in silence. A replica that starts
     // within it still counts (a fleet being restarted).
     if redis
@@ -868,12 +871,7 @@ async fn wait_fleet(
         );
         // The fleet applied this change, and serves whatever came after it: a change made by
         // someone else meanwhile is what is served now.
-        let now = store
-            .admin()
-            .get(tenant)
-            .await
-            .ok()
-            .map(|b| b.map(|b| b.revision));
+        let now = redis.get(tenant).await.ok().map(|b| b.map(|b| b.revision));
         match now {
             Some(Some(r)) if r > rev => eprintln!(
                 "nexus-edge: note: tenant {tenant} has changed again since (now at revision {r}): \
