@@ -66,7 +66,8 @@ pub enum RejectReason {
     /// The instance could not be reached.
     UpstreamUnreachable,
     /// The instance answered with something that is not a valid response (unparsable, a
-    /// status above 599, a switch of protocols the client did not ask for).
+    /// status above 599, a switch of protocols the client did not ask for, framing the client
+    /// would read otherwise, a body badly chunked or cut short).
     UpstreamInvalid,
     /// The instance did not answer in time.
     UpstreamTimeout,

@@ -70,12 +70,7 @@ pub fn check_transfer_coding(headers: &HeaderMap) -> Result<(), FramingError> {
             }
             // A coding's name ends at its first parameter; `chunked` takes none (Pingora
             // refuses `chunked;x=1` last), any other name is refused whatever follows it.
-            let name = element
-                .split(|&b| b == b';')
-                .next()
-                .unwrap_or_default()
-                .trim_ascii();
-            if !name.eq_ignore_ascii_case(b"chunked") {
+            if !coding_name(element).eq_ignore_ascii_case(b"chunked") {
                 return Err(FramingError::UnsupportedCoding);
             }
             chunked += 1;
@@ -85,6 +80,26 @@ pub fn check_transfer_coding(headers: &HeaderMap) -> Result<(), FramingError> {
         return Err(FramingError::ChunkedTwice);
     }
     Ok(())
+}
+
+/// How many times `Transfer-Encoding`, over all its lines, names `chunked` (parameters and
+/// case aside).
+pub fn chunked_count(headers: &HeaderMap) -> usize {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
+        .filter(|element| coding_name(element).eq_ignore_ascii_case(b"chunked"))
+        .count()
+}
+
+/// A transfer coding's name: a list element up to its first parameter, trimmed.
+fn coding_name(element: &[u8]) -> &[u8] {
+    element
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
 }
 
 /// Whether a response's body ends only when the instance closes its connection because its

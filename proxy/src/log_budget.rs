@@ -65,6 +65,8 @@ pub enum RequestLine {
     ConnectRetry,
     /// A request is sent again after its instance connection failed (a pooled one broke).
     UpstreamRetry,
+    /// An instance's `Set-Cookie` of the session cookie for a whole domain was not passed on.
+    SharedSessionCookie,
 }
 
 /// The allowances of every kind of request line.
@@ -73,7 +75,8 @@ pub struct LogBudgets {
     per_second: u32,
     epoch: Instant,
     /// One per [`RejectReason::LABELS`], then [`RequestLine::ConnectRetry`],
-    /// [`RequestLine::UpstreamRetry`] and a label not in `LABELS`.
+    /// [`RequestLine::UpstreamRetry`], [`RequestLine::SharedSessionCookie`] and a label not
+    /// in `LABELS`.
     lines: Box<[LineBudget]>,
     skipped_total: prometheus::IntCounter,
 }
@@ -84,7 +87,7 @@ impl LogBudgets {
         Self {
             per_second,
             epoch: Instant::now(),
-            lines: (0..RejectReason::LABELS.len() + 3)
+            lines: (0..RejectReason::LABELS.len() + 4)
                 .map(|_| LineBudget::default())
                 .collect(),
             skipped_total,
@@ -109,9 +112,10 @@ impl LogBudgets {
                 .position(|l| *l == label)
                 // Every label is in LABELS (a test of `errors` says so); one that were not
                 // would get the last slot, shared with no other kind.
-                .unwrap_or(RejectReason::LABELS.len() + 2),
+                .unwrap_or(RejectReason::LABELS.len() + 3),
             RequestLine::ConnectRetry => RejectReason::LABELS.len(),
             RequestLine::UpstreamRetry => RejectReason::LABELS.len() + 1,
+            RequestLine::SharedSessionCookie => RejectReason::LABELS.len() + 2,
         };
         let second =
             u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
@@ -168,7 +172,8 @@ mod tests {
         assert_eq!(admitted(invalid), 2);
         assert_eq!(admitted(RequestLine::ConnectRetry), 2);
         assert_eq!(admitted(RequestLine::UpstreamRetry), 2);
-        assert_eq!(counter.get(), 12);
+        assert_eq!(admitted(RequestLine::SharedSessionCookie), 2);
+        assert_eq!(counter.get(), 15);
         let later = now + Duration::from_secs(1);
         assert_eq!(budgets.admit(unknown, later), Some(3));
     }

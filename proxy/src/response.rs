@@ -7,16 +7,19 @@
 //! connection the router keeps for a minute, and a field the instance named in `Connection`
 //! (an internal debugging header, say) is one it meant for the next hop only.
 
-use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, SET_COOKIE, TE, TRANSFER_ENCODING, UPGRADE,
+};
 use pingora::http::ResponseHeader;
 use smallvec::SmallVec;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Removes the instance's hop-by-hop fields: `Keep-Alive`, `Proxy-Connection`, its
-/// `Connection` and every field that names (an `Upgrade` on a response other than a 101, with
-/// it: sent on without `Connection: upgrade` it would break RFC 9110 §7.8). A
+/// Removes the instance's hop-by-hop fields: `Keep-Alive`, `Proxy-Connection`, `TE`, its
+/// `Connection` and every field that names, and an `Upgrade` on a response other than a 101
+/// whether or not `Connection` names it (it offers a switch of the instance's connection to
+/// the router; sent on without `Connection: upgrade` it would also break RFC 9110 §7.8). A
 /// `101 Switching Protocols` keeps its `Connection: upgrade` and `Upgrade`, the switch itself,
 /// and loses the rest alike: its `Connection` then names `upgrade` alone.
 ///
@@ -28,7 +31,7 @@ pub fn remove_hop_by_hop(resp: &mut ResponseHeader) {
     // The usual response has none of them: one pass over its few names, no hashing (four
     // lookups cost about 600 instructions a request, 0.5% of the router's whole).
     let any = resp.headers.keys().any(|k| {
-        k == CONNECTION || {
+        k == CONNECTION || k == TE || (k == UPGRADE && !switch) || {
             let n = k.as_str();
             n == KEEP_ALIVE.as_str() || n == PROXY_CONNECTION.as_str()
         }
@@ -45,7 +48,12 @@ pub fn remove_hop_by_hop(resp: &mut ResponseHeader) {
         .filter(|name| ![CONTENT_LENGTH, TRANSFER_ENCODING].contains(name))
         .filter(|name| !(switch && *name == UPGRADE))
         .collect();
-    for name in named.iter().chain([&KEEP_ALIVE, &PROXY_CONNECTION]) {
+    let upgrade = (!switch).then_some(&UPGRADE);
+    for name in named
+        .iter()
+        .chain([&KEEP_ALIVE, &PROXY_CONNECTION, &TE])
+        .chain(upgrade)
+    {
         if resp.headers.contains_key(name) {
             resp.remove_header(name);
         }
@@ -59,6 +67,89 @@ pub fn remove_hop_by_hop(resp: &mut ResponseHeader) {
         // Pingora writes its own; the instance's is about another connection.
         resp.remove_header(&CONNECTION);
     }
+}
+
+/// Why an instance's response is refused for its framing (a 502), beyond what Pingora's parser
+/// refuses: a body the client would read otherwise than the router did, or one the router can
+/// only read by guessing. Asked after a 1xx's or a 204's framing fields are gone.
+/// `resp.version` is the instance's (Pingora relabels only an HTTP/1.0 response without a
+/// length, to which it adds its own chunked coding). A `Content-Length` beside a
+/// `Transfer-Encoding` cannot be seen here: Pingora's parser removes it (RFC 9112 §6.3).
+pub fn framing_fault(resp: &ResponseHeader) -> Option<&'static str> {
+    if !resp.headers.contains_key(TRANSFER_ENCODING) {
+        return None;
+    }
+    if resp.version < http::Version::HTTP_11 {
+        // RFC 9112 §6.1: HTTP/1.0 has no transfer codings; such framing is faulty.
+        return Some("a Transfer-Encoding on an HTTP/1.0 response");
+    }
+    if crate::framing::chunked_count(&resp.headers) > 1 {
+        // Pingora removes one chunked coding and passes the header on: the client would
+        // remove two.
+        return Some("chunked applied more than once");
+    }
+    None
+}
+
+/// Why a `101 Switching Protocols` to a WebSocket request is refused (a 502): RFC 9110 §7.8
+/// has it name the protocol switched to in `Upgrade`, and only one the client named; the
+/// router forwards only `Upgrade: websocket` (see `asks_for_upgrade` in `service`).
+pub fn switch_fault(resp: &ResponseHeader) -> Option<&'static str> {
+    let mut protocols = resp
+        .headers
+        .get_all(UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty());
+    match (protocols.next(), protocols.next()) {
+        (None, _) => Some("a 101 that names no protocol"),
+        (Some(p), None) if p.eq_ignore_ascii_case(b"websocket") => None,
+        _ => Some("a 101 to a protocol the client did not ask for"),
+    }
+}
+
+/// Removes every `Set-Cookie` that sets the router's session cookie (`name`, in any spelling
+/// the router reads as it) with a `Domain` attribute, and returns how many it removed.
+///
+/// A cookie with `Domain=<base domain>` is sent to every tenant's host under it. Set by one
+/// tenant's instance, a browser then sends it beside another tenant's own session cookie,
+/// and the router refuses those requests (two credentials that disagree): one instance could
+/// lock every cookie-using tenant's users out. The session cookie is the router's credential,
+/// so it may only be set host-only (no `Domain`), for the host that answered.
+pub fn drop_shared_session_cookies(resp: &mut ResponseHeader, name: &str) -> usize {
+    let shared = |v: &HeaderValue| sets_shared_cookie(v.as_bytes(), name);
+    if !resp.headers.get_all(SET_COOKIE).iter().any(shared) {
+        return 0;
+    }
+    let all: Vec<HeaderValue> = resp.headers.get_all(SET_COOKIE).iter().cloned().collect();
+    resp.remove_header(&SET_COOKIE);
+    let mut dropped = 0;
+    for v in all {
+        if shared(&v) {
+            dropped += 1;
+        } else {
+            // Appending a value taken from this map cannot fail.
+            let _ = resp.append_header(SET_COOKIE, v);
+        }
+    }
+    dropped
+}
+
+/// Whether a `Set-Cookie` value sets cookie `name` with a `Domain` attribute (RFC 6265
+/// §5.2: the name ends at the first `=` of the part before the first `;`; attribute names
+/// are compared without case).
+fn sets_shared_cookie(value: &[u8], name: &str) -> bool {
+    let mut parts = value.split(|&b| b == b';');
+    let pair = parts.next().unwrap_or_default();
+    let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+        return false;
+    };
+    crate::auth::credential::is_session_cookie_name(&pair[..eq], name)
+        && parts.any(|attribute| {
+            let key = attribute.split(|&b| b == b'=').next().unwrap_or_default();
+            key.trim_ascii().eq_ignore_ascii_case(b"domain")
+        })
 }
 
 /// Gives the client the instance's `Content-Length` as one plain number when the instance
@@ -140,11 +231,17 @@ mod tests {
                 ],
                 &["content-length"],
             ),
-            // An upgrade offered on another status goes with the Connection that names it.
+            // An upgrade offered on another status goes with the Connection that names it,
+            // or alone; so does a `TE`, a request's field.
             (
                 426,
                 &[("Connection", "upgrade"), ("Upgrade", "websocket")],
                 &[],
+            ),
+            (
+                200,
+                &[("Upgrade", "h2c"), ("TE", "trailers"), ("x-app", "1")],
+                &["x-app"],
             ),
             // A 101 is the switch itself; what else its Connection names is still dropped.
             (
@@ -163,15 +260,145 @@ mod tests {
                 ],
                 &["connection", "sec-websocket-accept", "upgrade"],
             ),
+            // A 101's own Upgrade stays without a Connection naming it (whether it is a valid
+            // switch is `switch_fault`'s to say); its TE does not.
+            (
+                101,
+                &[("Upgrade", "websocket"), ("te", "trailers")],
+                &["upgrade"],
+            ),
         ];
         for (status, fields, left) in cases {
             let mut r = response(*status, fields);
             remove_hop_by_hop(&mut r);
             assert_eq!(names(&r), *left, "{status} {fields:?}");
-            if *status == 101 {
+            if *status == 101 && r.headers.contains_key(CONNECTION) {
                 let connection = r.headers.get(CONNECTION).map(|v| v.as_bytes());
                 assert_eq!(connection, Some(&b"upgrade"[..]), "{fields:?}");
             }
+        }
+    }
+
+    #[test]
+    fn framing_faults_table() {
+        let http10 = |fields: &[(&str, &str)]| {
+            let mut r = response(200, fields);
+            r.set_version(http::Version::HTTP_10);
+            r
+        };
+        let cases: &[(ResponseHeader, Option<&str>)] = &[
+            (response(200, &[("content-length", "3")]), None),
+            (response(200, &[("transfer-encoding", "chunked")]), None),
+            (
+                response(200, &[("transfer-encoding", "gzip, Chunked")]),
+                None,
+            ),
+            // No length: read to the close, whatever Content-Length says.
+            (
+                response(
+                    200,
+                    &[("transfer-encoding", "gzip"), ("content-length", "3")],
+                ),
+                None,
+            ),
+            (
+                response(200, &[("transfer-encoding", "chunked, chunked")]),
+                Some("chunked applied more than once"),
+            ),
+            (
+                response(
+                    200,
+                    &[
+                        ("transfer-encoding", "chunked"),
+                        ("transfer-encoding", "CHUNKED"),
+                    ],
+                ),
+                Some("chunked applied more than once"),
+            ),
+            (http10(&[("content-length", "3")]), None),
+            (
+                http10(&[("transfer-encoding", "chunked")]),
+                Some("a Transfer-Encoding on an HTTP/1.0 response"),
+            ),
+        ];
+        for (r, fault) in cases {
+            assert_eq!(framing_fault(r), *fault, "{:?}", r.headers);
+        }
+    }
+
+    #[test]
+    fn switch_faults_table() {
+        /// The 101's fields, and the fault found.
+        type SwitchCase = (
+            &'static [(&'static str, &'static str)],
+            Option<&'static str>,
+        );
+        let cases: &[SwitchCase] = &[
+            (&[("upgrade", "websocket")], None),
+            (&[("upgrade", " WebSocket ")], None),
+            (&[], Some("a 101 that names no protocol")),
+            (&[("upgrade", " , ")], Some("a 101 that names no protocol")),
+            (
+                &[("upgrade", "h2c")],
+                Some("a 101 to a protocol the client did not ask for"),
+            ),
+            (
+                &[("upgrade", "websocket, h2c")],
+                Some("a 101 to a protocol the client did not ask for"),
+            ),
+            (
+                &[("upgrade", "websocket"), ("upgrade", "websocket")],
+                Some("a 101 to a protocol the client did not ask for"),
+            ),
+        ];
+        for (fields, fault) in cases {
+            assert_eq!(switch_fault(&response(101, fields)), *fault, "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn a_session_cookie_for_a_whole_domain_is_dropped() {
+        // (the instance's Set-Cookie values, those the client gets)
+        let cases: &[(&[&str], &[&str])] = &[
+            // Host-only: how an instance signs its users in.
+            (
+                &["sess=tok; Path=/; HttpOnly"],
+                &["sess=tok; Path=/; HttpOnly"],
+            ),
+            (&["sess=tok; Domain=edge.test; Path=/"], &[]),
+            (&["sess=tok;domain=.edge.test"], &[]),
+            (&["sess=tok; Secure; DOMAIN = edge.test"], &[]),
+            // Spellings the router reads as the session cookie.
+            (&[" SESS =tok; Domain=edge.test"], &[]),
+            (&["se%73s=tok; Domain=edge.test"], &[]),
+            // Other cookies are the instance's business, with or without a Domain.
+            (
+                &["theme=dark; Domain=edge.test"],
+                &["theme=dark; Domain=edge.test"],
+            ),
+            (
+                &["sessx=1; Domain=edge.test"],
+                &["sessx=1; Domain=edge.test"],
+            ),
+            // A value that mentions a domain is not an attribute.
+            (&["sess=Domain=x"], &["sess=Domain=x"]),
+            (
+                &["a=1", "sess=tok; Domain=edge.test", "b=2; Domain=edge.test"],
+                &["a=1", "b=2; Domain=edge.test"],
+            ),
+        ];
+        for (given, kept) in cases {
+            let fields: Vec<(&str, &str)> = given.iter().map(|v| ("set-cookie", *v)).collect();
+            let mut r = response(200, &fields);
+            let dropped = drop_shared_session_cookies(&mut r, "sess");
+            let got: Vec<&str> = r
+                .headers
+                .get_all(SET_COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(got, *kept, "{given:?}");
+            assert_eq!(dropped, given.len() - kept.len(), "{given:?}");
         }
     }
 }

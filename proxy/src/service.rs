@@ -26,7 +26,10 @@ use crate::framing::{check_transfer_coding, ends_with_connection, is_bad_chunk, 
 use crate::log_budget::{LogBudgets, RequestLine};
 use crate::logging::LoggedError;
 use crate::policy::BillingNotice;
-use crate::response::{canonicalise_content_length, remove_hop_by_hop};
+use crate::response::{
+    canonicalise_content_length, drop_shared_session_cookies, framing_fault, remove_hop_by_hop,
+    switch_fault,
+};
 use crate::route::{
     forwarded_host, rewrite_upstream_request, sane_request_id, Forwarding, RequestIds,
 };
@@ -458,14 +461,23 @@ fn invalid_response(why: &'static str) -> Box<Error> {
     )
 }
 
-/// Maps a proxying error to the rejection the client sees.
-fn upstream_failure(e: &Error) -> RejectReason {
+/// Maps a proxying error to the rejection the client sees (`answered`: the instance's
+/// response header has reached the client).
+fn upstream_failure(e: &Error, answered: bool) -> RejectReason {
     match e.etype() {
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
             RejectReason::UpstreamTimeout
         }
         // Pingora's parser, and this router's checks of a response, refuse what is not one.
         ErrorType::InvalidHTTPHeader if e.esource() == &ErrorSource::Upstream => {
+            RejectReason::UpstreamInvalid
+        }
+        // A response body whose chunks do not parse, or that ends before its length or last
+        // chunk: the instance answered, with something that is not a whole response.
+        _ if e.esource() == &ErrorSource::Upstream
+            && (is_bad_chunk(e)
+                || (answered && matches!(e.etype(), ErrorType::ConnectionClosed))) =>
+        {
             RejectReason::UpstreamInvalid
         }
         _ => match e.esource() {
@@ -759,6 +771,11 @@ impl ProxyHttp for EdgeService {
                 "a 101 to a request that asked for no upgrade",
             ));
         }
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(why) = switch_fault(upstream_response) {
+                return Err(invalid_response(why));
+            }
+        }
         remove_hop_by_hop(upstream_response);
         if upstream_response.status == http::StatusCode::NO_CONTENT
             || upstream_response.status.is_informational()
@@ -770,7 +787,33 @@ impl ProxyHttp for EdgeService {
             upstream_response.remove_header(&http::header::CONTENT_LENGTH);
             upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
         }
+        if let Some(why) = framing_fault(upstream_response) {
+            return Err(invalid_response(why));
+        }
+        // RFC 9110 §6.2: the router answers in its own version, not the instance's (an
+        // HTTP/1.0 instance's `HTTP/1.0 200` would have the client send its next requests
+        // as HTTP/1.0 and lose keep-alive). An HTTP/1.0 client is answered by its rules
+        // below, whatever the status line says.
+        upstream_response.set_version(http::Version::HTTP_11);
         canonicalise_content_length(upstream_response)?;
+        if let Some(name) = self.state.auth.session_cookie() {
+            let dropped = drop_shared_session_cookies(upstream_response, name);
+            if dropped > 0 {
+                self.state.log_budgets.write(
+                    RequestLine::SharedSessionCookie,
+                    ctx.start,
+                    |not_logged| {
+                        tracing::warn!(
+                            request_id = %ctx.id(),
+                            tenant = %ctx.decision.as_ref().map(|d| d.binding.tenant_id.as_str()).unwrap_or_default(),
+                            dropped,
+                            not_logged,
+                            "the instance set the session cookie with a Domain (it would reach other tenants' hosts): not passed on"
+                        );
+                    },
+                );
+            }
+        }
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.switched_at = Some(Instant::now());
         }
@@ -811,11 +854,13 @@ impl ProxyHttp for EdgeService {
         // Again here: the signal may have come while the instance answered.
         self.close_if_draining(session);
         upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
+        // The notice is the router's to give: the instance's own copy would tell an active
+        // tenant's app it is past due.
+        let notice = &self.state.settings.tenancy.past_due_header;
         if let Some(BillingNotice::PastDue) = ctx.decision.as_ref().and_then(|d| d.notice) {
-            upstream_response.insert_header(
-                self.state.settings.tenancy.past_due_header.clone(),
-                "past_due",
-            )?;
+            upstream_response.insert_header(notice.clone(), "past_due")?;
+        } else if upstream_response.headers.contains_key(notice.as_str()) {
+            upstream_response.remove_header(notice.as_str());
         }
         Ok(())
     }
@@ -898,7 +943,10 @@ impl ProxyHttp for EdgeService {
                     can_reuse_downstream: false,
                 };
             }
-            _ => upstream_failure(e),
+            _ => upstream_failure(
+                e,
+                final_response_written(session) && ctx.switched_at.is_none(),
+            ),
         };
         let budgets = &self.state.log_budgets;
         budgets.write(

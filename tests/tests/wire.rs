@@ -203,6 +203,139 @@ fn a_101_the_client_did_not_ask_for_is_a_502() {
 }
 
 #[test]
+fn a_101_must_name_the_websocket_the_client_asked_for() {
+    // RFC 9110 §7.8: a 101 names the protocol it switches to, one the client's `Upgrade`
+    // named (the router forwards only `websocket`).
+    let w = world(|path| match path {
+        "/h2c" => Answer::keep(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n",
+        ),
+        "/nameless" => Answer::keep("HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+        _ => Answer::keep(OK),
+    });
+    for path in ["/h2c", "/nameless"] {
+        let mut s = w.connect();
+        s.write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {}\r\n\
+                 Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+                w.keys.token("acme", Some("org-acme"))
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let text = read_to_close(&mut s);
+        assert!(text.starts_with("HTTP/1.1 502"), "{path}: {text}");
+    }
+}
+
+#[test]
+fn an_instances_version_and_fields_about_its_connection_are_not_passed_on() {
+    let w = world(|path| match path {
+        // An HTTP/1.0 instance: its version is about its own connection to the router.
+        "/http10" => Answer::close("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+        "/fields" => Answer::keep(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nte: trailers\r\nupgrade: h2c\r\n\
+             x-nexus-billing-notice: past_due\r\n\
+             set-cookie: nexus_session=forged; Domain=nexus.test; Path=/\r\n\
+             set-cookie: nexus_session=signed-in; Path=/; HttpOnly\r\n\
+             set-cookie: theme=dark; Domain=nexus.test\r\n\r\nok",
+        ),
+        _ => Answer::keep(OK),
+    });
+    let mut s = w.connect();
+    s.write_all(w.request("/http10").as_bytes()).unwrap();
+    // Passed on, `HTTP/1.0` would have the client send its next requests as HTTP/1.0.
+    let head = read_interim(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = [0u8; 2];
+    s.read_exact(&mut body).unwrap();
+    assert_eq!(&body, b"ok");
+    // The client's connection is kept.
+    let r = w.get(&mut s, "/fields");
+    assert_eq!(r.status, 200);
+    // `TE` and an `Upgrade` outside a 101 are hop-by-hop (RFC 9110 §7.6.1, §7.8); the billing
+    // notice is the router's to give, and this tenant is active.
+    for name in ["te", "upgrade", "x-nexus-billing-notice"] {
+        assert_eq!(
+            values(&r, name),
+            Vec::<&str>::new(),
+            "{name}: {:?}",
+            r.headers
+        );
+    }
+    // The session cookie for the whole base domain would reach every other tenant's users
+    // beside their own, and the router refuses two credentials that disagree; set host-only
+    // it is how the instance signs its own users in. Other cookies are the instance's.
+    assert_eq!(
+        values(&r, "set-cookie"),
+        [
+            "nexus_session=signed-in; Path=/; HttpOnly",
+            "theme=dark; Domain=nexus.test"
+        ]
+    );
+    w.edge.wait_for("the dropped cookie logged", || {
+        w.edge
+            .log()
+            .contains("the instance set the session cookie with a Domain")
+    });
+    assert_eq!(w.get(&mut s, "/").status, 200);
+}
+
+#[test]
+fn framing_the_client_would_read_otherwise_is_a_502() {
+    let w = world(|path| match path {
+        // RFC 9112 §6.1: HTTP/1.0 has no transfer codings.
+        "/http10-chunked" => Answer::close(
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ),
+        // The client would remove the coding twice from a body chunked once.
+        "/chunked-twice" => Answer::keep(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ),
+        _ => Answer::keep(OK),
+    });
+    for path in ["/http10-chunked", "/chunked-twice"] {
+        let mut s = w.connect();
+        let r = w.get(&mut s, path);
+        assert_eq!(r.status, 502, "{path}: {}", r.text());
+    }
+    let mut s = w.connect();
+    assert_eq!(w.get(&mut s, "/").status, 200);
+    nexus_e2e::wait::until(Duration::from_secs(10), "each counted", || {
+        let text = w.edge.ops_get("/metrics").text();
+        text.contains("nexus_edge_requests_total{outcome=\"upstream_invalid\"} 2")
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_body_badly_chunked_or_cut_short_counts_as_an_invalid_answer() {
+    let w = world(|path| match path {
+        "/bad-chunk" => {
+            Answer::keep("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n")
+        }
+        "/cut-short" => Answer::close("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok"),
+        _ => Answer::keep(OK),
+    });
+    for path in ["/bad-chunk", "/cut-short"] {
+        let mut s = w.connect();
+        s.write_all(w.request(path).as_bytes()).unwrap();
+        // The header was sent: the client's connection is cut after what came of the body.
+        let text = read_to_close(&mut s);
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+    }
+    // The instance answered: not an instance out of reach.
+    nexus_e2e::wait::until(Duration::from_secs(10), "both counted", || {
+        let text = w.edge.ops_get("/metrics").text();
+        (text.contains("nexus_edge_requests_total{outcome=\"upstream_invalid\"} 2")
+            && text.contains("nexus_edge_requests_total{outcome=\"upstream_unreachable\"} 0"))
+        .then_some(())
+    });
+}
+
+#[test]
 fn a_status_outside_100_to_599_is_a_502() {
     // RFC 9110 §15: no valid status is above 599; the client gets the router's 502, not a
     // response it cannot interpret.

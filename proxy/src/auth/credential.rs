@@ -157,6 +157,12 @@ pub fn without_session_cookie(value: &[u8], name: &str) -> Option<Vec<u8>> {
     (!kept.is_empty()).then_some(kept)
 }
 
+/// Whether a cookie name (as a `Set-Cookie` writes it) is one the router reads as the
+/// session cookie `name` (see [`extract_token`]'s spellings).
+pub fn is_session_cookie_name(raw: &[u8], name: &str) -> bool {
+    same_name(raw, name.as_bytes())
+}
+
 /// Whether an `Authorization` value is a `Bearer` credential, well-formed or not (what
 /// [`extract_token`] reads or refuses, as opposed to another scheme it passes over).
 pub fn is_bearer(value: &[u8]) -> bool {
