@@ -2108,3 +2108,68 @@ fn wait_names_a_replica_that_refused_the_change() {
     ]);
     assert!(out.contains("1/1 replicas on revision 4"), "{out}");
 }
+
+/// The revision a replica's snapshot file says it holds (0 when it cannot be read yet).
+fn snapshot_revision(path: &std::path::Path) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let header = text.lines().next().unwrap_or_default();
+    let Some(at) = header.find("\"revision\":") else {
+        return 0;
+    };
+    header[at + "\"revision\":".len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The snapshot is what a restart during an outage serves and what a restore after a wipe
+/// takes, so it must hold every change the replica served: also when its connection to
+/// Redis breaks, or it stops, before the next periodic write (at most one every 2 s).
+#[test]
+fn the_snapshot_catches_up_when_redis_goes_away_or_the_replica_stops() {
+    let w = World::start(&["acme"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let snap = dir.path().join("bindings.snapshot");
+    let mut edge = replica(
+        &w.keys,
+        &w.redis.url(),
+        "replica-1",
+        Some(snap.to_str().expect("utf8")),
+    )
+    .expect("replica");
+    wait_instance(&edge, &w.keys, "acme", "instance-a");
+    wait_live(&w.admin, &["replica-1"]);
+    let rebind = |to: &Backend, id: &str| {
+        w.admin.ok(&[
+            "rebind",
+            "acme",
+            "--instance-id",
+            id,
+            "--instance-url",
+            &to.url(),
+            "--wait",
+            "--timeout",
+            "10s",
+        ]);
+    };
+    // Two changes in a row: the second comes within 2 s of the snapshot of the first.
+    rebind(&w.b, "inst-b");
+    rebind(&w.a, "inst-a");
+    let served = edge.revision();
+    w.redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
+    wait::until(
+        Duration::from_secs(10),
+        "the snapshot of the served table",
+        || (snapshot_revision(&snap) == served).then_some(()),
+    );
+    // A change, then a stop right after it.
+    wait_live(&w.admin, &["replica-1"]);
+    rebind(&w.b, "inst-b");
+    let served = edge.revision();
+    assert!(served > snapshot_revision(&snap));
+    edge.terminate();
+    assert!(edge.wait_exit(Duration::from_secs(30)).success());
+    assert_eq!(snapshot_revision(&snap), served, "{}", edge.log());
+}

@@ -43,6 +43,11 @@ pub(super) async fn run(
             Ok(()) => return,
             Err(e) => {
                 store.health_ref().mark_down();
+                // Redis is away: the snapshot is all a restart (or a restore, should Redis
+                // come back empty) has of the table this replica serves.
+                store
+                    .snapshot_if_behind(handle.load(), Duration::ZERO)
+                    .await;
                 match misplaced_key(&store, &e).await {
                     Some(named) => tracing::error!(problem = %named,
                         retry_in_ms = backoff.as_millis() as u64,
@@ -325,8 +330,6 @@ async fn session(
     let mut last_reconcile = Instant::now();
     let mut last_heartbeat: Option<Instant> = None;
     let mut counter_watch = CounterWatch::default();
-    let mut last_snapshot = Instant::now();
-    let mut snapshot_dirty = false;
     let block_ms = (opts.heartbeat_interval.as_millis() as u64 / 2).clamp(10, 1000);
     loop {
         if last_heartbeat.is_none_or(|t| t.elapsed() >= opts.heartbeat_interval) {
@@ -357,11 +360,9 @@ async fn session(
             reconcile(store, handle, &mut con, shutdown).await?;
             last_reconcile = Instant::now();
         }
-        if snapshot_dirty && last_snapshot.elapsed() >= SNAPSHOT_EVERY {
-            store.snapshot(handle.load()).await;
-            last_snapshot = Instant::now();
-            snapshot_dirty = false;
-        }
+        store
+            .snapshot_if_behind(handle.load(), SNAPSHOT_EVERY)
+            .await;
         let from = store
             .position()
             .map_or_else(|| "0-0".to_owned(), |p| p.stream_id);
@@ -379,6 +380,7 @@ async fn session(
             r = tokio::time::timeout(Duration::from_millis(block_ms) + opts.timeout, read) => r,
             _ = shutdown.changed() => {
                 super::fleet::leave(store, &mut con).await;
+                store.snapshot_if_behind(handle.load(), Duration::ZERO).await;
                 return Ok(());
             }
         };
@@ -399,7 +401,7 @@ async fn session(
         if apply_entries(store, handle, &mut con, entries).await? {
             reconcile(store, handle, &mut con, shutdown).await?;
         }
-        snapshot_dirty = true;
+        store.snapshot_behind();
         let applied = store.position().map_or(0, |p| p.revision);
         store.health_ref().mark_synced(Revision(applied));
         // Tell the fleet at once: `rebind --wait` is waiting for exactly this.

@@ -23,7 +23,7 @@ mod restore;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
@@ -197,6 +197,22 @@ pub struct RedisStore {
     refusals: Mutex<BTreeMap<String, u64>>,
     /// Another process heartbeating under this replica's id, if any.
     id_watch: fleet::IdWatch,
+    /// Whether changes were applied since the snapshot was last written, and when that was.
+    /// The store's, not one follower session's: a session that ends (Redis went away, the
+    /// replica shuts down) before its next snapshot must not take the need for it along.
+    snapshot_due: Mutex<SnapshotDue>,
+}
+
+/// A lock that a panic elsewhere does not make unusable: the value is two plain fields.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// See [`RedisStore::snapshot_due`].
+#[derive(Debug)]
+struct SnapshotDue {
+    stale: bool,
+    written: Instant,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -325,6 +341,10 @@ impl RedisStore {
             position: Mutex::new(None),
             refusals: Mutex::new(BTreeMap::new()),
             id_watch: fleet::IdWatch::new(),
+            snapshot_due: Mutex::new(SnapshotDue {
+                stale: false,
+                written: Instant::now(),
+            }),
             opts,
         })
     }
@@ -868,6 +888,13 @@ impl RedisStore {
         let Some(path) = self.opts.snapshot_path.clone() else {
             return;
         };
+        // Cleared whether or not the write succeeds: a path that cannot be written is logged
+        // once per change, not at every chance to write it.
+        {
+            let mut due = lock(&self.snapshot_due);
+            due.stale = false;
+            due.written = Instant::now();
+        }
         let prefix = self.opts.key_prefix.clone();
         let applied = Revision(self.position().map_or(0, |p| p.revision));
         let r = tokio::task::spawn_blocking(move || {
@@ -878,6 +905,26 @@ impl RedisStore {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "snapshot not written"),
             Err(e) => tracing::error!(error = %e, "snapshot task failed"),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Changes were applied to the table served: the snapshot is behind it.
+    pub(crate) fn snapshot_behind(&self) {
+        lock(&self.snapshot_due).stale = true;
+    }
+
+    /// Writes the snapshot when it is behind the table served and was last written `every`
+    /// ago or longer (`Duration::ZERO`: now, as when Redis went away or the replica stops:
+    /// the snapshot is then what a restart or a restore has of the fleet's table).
+    pub(crate) async fn snapshot_if_behind(&self, table: Arc<BindingTable>, every: Duration) {
+        let due = {
+            let due = lock(&self.snapshot_due);
+            due.stale && due.written.elapsed() >= every
+        };
+        if due {
+            self.snapshot(table).await;
         }
     }
 }
