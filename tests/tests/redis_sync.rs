@@ -2173,3 +2173,35 @@ fn the_snapshot_catches_up_when_redis_goes_away_or_the_replica_stops() {
     assert!(edge.wait_exit(Duration::from_secs(30)).success());
     assert_eq!(snapshot_revision(&snap), served, "{}", edge.log());
 }
+
+/// A replica that starts with nothing to serve into a Redis wiped a moment ago, before the
+/// fleet's heartbeats are back, must not take the empty table: it would be ready and answer
+/// 404 for every tenant the others serve. It waits for the heartbeats, as a write does, and
+/// refuses to start once one says a replica serves bindings.
+#[test]
+fn a_replica_started_right_after_a_wipe_waits_for_the_fleet_and_refuses() {
+    let (w, serving) = World::followed(&["acme"]);
+    wait_live(&w.admin, &["replica-1"]);
+    // The serving replica is frozen across the wipe, so its heartbeat comes back only when
+    // the new replica is already starting.
+    signal(&serving, "-STOP");
+    w.redis.cmd(&["FLUSHALL"]);
+    let mut opts = EdgeOptions::new(w.keys.jwks(), serde_json::json!({}));
+    opts.store = Some(store_section(&w.redis.url(), "replica-2", None));
+    let mut starting = Edge::spawn(&opts).expect("spawned");
+    let waiting = wait::poll(Duration::from_secs(20), || {
+        starting
+            .log()
+            .contains("waiting for the replicas' heartbeats")
+            .then_some(())
+    });
+    signal(&serving, "-CONT");
+    assert!(waiting.is_some(), "{}", starting.log());
+    let status = starting.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "{}", starting.log());
+    assert!(
+        starting.log().contains("lost its data"),
+        "{}",
+        starting.log()
+    );
+}

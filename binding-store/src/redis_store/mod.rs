@@ -1174,6 +1174,19 @@ impl BindingSource for RedisStore {
                     .map(|s| &s.table)
                     .filter(|t| !t.is_empty())
             };
+            // Nothing to stand in and no history in Redis: a fresh keyspace, or one wiped a
+            // moment ago, which took the fleet's heartbeats with it. They are back within a
+            // reconnect or a heartbeat; an empty table taken before would have this replica
+            // ready and answer 404 for every tenant the others serve. Waited as a write waits
+            // (`wait_for_wiped_fleet`); a replica then heard serving makes the load refused.
+            // (An error here is met again by the load below.)
+            if matches!(self.read_counter(&mut con).await, Ok(None)) && standing_in().is_none() {
+                tracing::info!(
+                    "Redis holds no revision counter: waiting for the replicas' heartbeats \
+                     before taking its empty table (a wipe takes them too)"
+                );
+                let _ = self.wait_for_wiped_fleet(&mut con).await;
+            }
             let tell = || {
                 tracing::warn!(
                     "a restore import is writing to Redis: waiting for it to finish before serving"
