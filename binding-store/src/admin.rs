@@ -189,8 +189,8 @@ pub enum AdminError {
     /// A key of the schema holds another type of value (another program wrote it).
     #[error(
         "{key} is a Redis {found}, not the {expected} nexus-edge keeps there (another program \
-         wrote it), {consequence}. Look at it (redis-cli TYPE / DUMP {key}), then rename or \
-         delete it"
+         wrote it), {consequence}. Look at it (redis-cli TYPE / DUMP {key}), then {fix}",
+        fix = wrong_type_fix(.found)
     )]
     WrongType {
         /// The key.
@@ -288,6 +288,20 @@ pub trait BindingAdmin: Send + Sync {
         import_each(self, bindings, actor).await
     }
 }
+
+/// How to put right a key of the schema that holds another type. The revision counter is
+/// not to be deleted: without it Redis looks wiped, and every write is refused.
+fn wrong_type_fix(found: &str) -> &'static str {
+    if found == COUNTER_NOT_A_NUMBER {
+        "set it to the highest revision written (the change feed's last `rev`), or restore \
+         the store"
+    } else {
+        "rename or delete it"
+    }
+}
+
+/// What [`AdminError::WrongType`] says the revision counter holds when it is no number.
+pub const COUNTER_NOT_A_NUMBER: &str = "string that is no number";
 
 /// Where an import's bindings come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2205,3 +2205,27 @@ fn a_replica_started_right_after_a_wipe_waits_for_the_fleet_and_refuses() {
         starting.log()
     );
 }
+
+/// A write whose answer never came may have been made (the script is atomic and may have run
+/// before the connection failed): the admin is told so, not that the store was unavailable
+/// as if nothing were written.
+#[test]
+fn a_write_left_unanswered_says_it_may_have_been_made() {
+    let w = World::start(&["acme"]);
+    // Redis holds writes (the script among them) for longer than the CLI waits for an
+    // answer (2 s).
+    w.redis.cmd(&["CLIENT", "PAUSE", "4000", "WRITE"]);
+    let (code, _, err) = w.admin.tenant(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &w.b.url(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("may have been made"), "{err}");
+    assert!(err.contains("tenant history acme"), "{err}");
+    // (Here it was not: Redis drops a paused command whose client has gone. A script that
+    // ran just before its connection broke would have been made, whole.)
+}

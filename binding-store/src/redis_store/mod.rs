@@ -985,7 +985,7 @@ pub(crate) fn wrong_type(e: &redis::RedisError, consequence: &'static str) -> Op
     Some(AdminError::WrongType {
         key: key.to_owned(),
         found: match found {
-            "text" => "string that is no number".to_owned(),
+            "text" => crate::admin::COUNTER_NOT_A_NUMBER.to_owned(),
             other => other.to_owned(),
         },
         expected: expected.to_owned(),
@@ -1059,8 +1059,11 @@ pub(crate) fn check_key(binding: Binding, key_tenant: &str) -> Result<Binding, S
 /// compares this): the `revision` member of a JSON object when it is a whole number from 0 to
 /// 2^53, else 0, so a damaged record reads as 0 on both sides. (Where the script's JSON
 /// reader takes a number this one does not, the write goes by the script's.)
+/// The highest revision `write.lua` reads and makes (2^53: Lua numbers are doubles).
+const MAX_REVISION: u64 = 1 << 53;
+
 fn record_revision(raw: &[u8]) -> u64 {
-    const MAX: u64 = 1 << 53;
+    const MAX: u64 = MAX_REVISION;
     let text = String::from_utf8_lossy(raw);
     let Ok(serde_json::Value::Object(record)) = serde_json::from_str(&text) else {
         return 0;
@@ -1089,6 +1092,16 @@ pub(crate) fn parse_json_record_with(
 ) -> Result<Binding, String> {
     let record: crate::model::BindingRecord =
         serde_json::from_str(text).map_err(|e| e.to_string())?;
+    // `write.lua` reads a revision past 2^53 as 0 (Lua numbers are doubles), so no write
+    // through the schema makes one: believed, it would make every later change of the tenant
+    // look older and be refused. Written by hand, it is refused like any other bad member.
+    if record.revision > MAX_REVISION {
+        return Err(format!(
+            "revision {} is past 2^53, which no write through the schema makes (written by \
+             hand): replace the record with `nexus-edge tenant put`",
+            record.revision
+        ));
+    }
     Binding::from_record_with(&record, interner)
         .map_err(|errs| crate::error::FieldErrors(&errs).to_string())
 }
@@ -1519,6 +1532,15 @@ impl BindingAdmin for RedisStore {
                         }
                         _ => {}
                     }
+                    if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
+                        // No answer: the script may have run, whole (it is atomic), before
+                        // the connection failed. Said, so the write is not taken as not made.
+                        return Err(AdminError::Unavailable(format!(
+                            "{e}: the write was sent and Redis did not answer, so it may have \
+                             been made; `nexus-edge tenant history {tenant}` says whether it \
+                             was before you write again"
+                        )));
+                    }
                     return Err(wrong_type(
                         &e,
                         "so the write was refused before any of it was made",
@@ -1594,7 +1616,10 @@ impl BindingAdmin for RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use super::{cured_by_failover, record_revision, script_error, wrong_type};
+    use super::{
+        cured_by_failover, parse_json_record, record_revision, script_error, wrong_type,
+        MAX_REVISION,
+    };
     use crate::admin::AdminError;
     use redis::{ErrorKind, RedisError};
 
@@ -1625,6 +1650,47 @@ mod tests {
                 String::from_utf8_lossy(raw)
             );
         }
+    }
+
+    #[test]
+    fn a_record_past_2_53_is_refused_and_2_53_loads() {
+        let text = |revision: u64| {
+            let mut r = crate::model::test_binding("acme", 1, &[]).to_record();
+            r.revision = revision;
+            serde_json::to_string(&r).unwrap()
+        };
+        assert_eq!(
+            parse_json_record(&text(MAX_REVISION)).map(|b| b.revision.get()),
+            Ok(MAX_REVISION)
+        );
+        for past in [MAX_REVISION + 1, 1 << 60, u64::MAX] {
+            let e = parse_json_record(&text(past)).unwrap_err();
+            assert!(e.contains("past 2^53"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_counter_of_another_type_is_set_right_not_deleted() {
+        let counter = redis::make_extension_error(
+            "KEYTYPE".to_owned(),
+            Some("nexus:revision text string".to_owned()),
+        );
+        let said = wrong_type(&counter, "so nothing was written")
+            .unwrap()
+            .to_string();
+        assert!(
+            said.contains("set it to the highest revision written"),
+            "{said}"
+        );
+        assert!(!said.contains("delete it"), "{said}");
+        let feed = redis::make_extension_error(
+            "KEYTYPE".to_owned(),
+            Some("nexus:changes string stream".to_owned()),
+        );
+        let said = wrong_type(&feed, "so nothing was written")
+            .unwrap()
+            .to_string();
+        assert!(said.contains("rename or delete it"), "{said}");
     }
 
     #[test]
