@@ -362,6 +362,13 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
             .contains("keeping the table served now until a new history starts")
             .then_some(())
     });
+    // Reached, but not usable: monitoring says so (it said up, and in sync, throughout).
+    wait::until(Duration::from_secs(10), "the store reported down", || {
+        edge.ops_get("/metrics")
+            .text()
+            .contains("nexus_edge_binding_store_up 0")
+            .then_some(())
+    });
     redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
     wait::until(Duration::from_secs(10), "the refusal to be logged", || {
         edge.log().contains("restores it in one step").then_some(())

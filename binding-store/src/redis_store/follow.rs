@@ -353,7 +353,13 @@ async fn session(
             let applied = store.position().map_or(0, |p| p.revision);
             let following = !counter_watch.told_no_history;
             super::fleet::heartbeat(store, &mut con, applied, following).await?;
-            store.health_ref().mark_synced(Revision(applied));
+            if following {
+                store.health_ref().mark_synced(Revision(applied));
+            } else {
+                // Reached but not usable (no history): what a replica that reconnects now
+                // reports too, and the sync age grows until a history is back.
+                store.health_ref().mark_down();
+            }
             last_heartbeat = Some(Instant::now());
         }
         if last_reconcile.elapsed() >= opts.reconcile_interval {
