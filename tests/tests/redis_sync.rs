@@ -2229,3 +2229,40 @@ fn a_write_left_unanswered_says_it_may_have_been_made() {
     // (Here it was not: Redis drops a paused command whose client has gone. A script that
     // ran just before its connection broke would have been made, whole.)
 }
+
+/// The heartbeats' key taken over by another program (a string where the schema keeps a
+/// hash) hides the replica from `--wait` and `replicas`, but never stops it following the
+/// change feed.
+#[test]
+fn a_heartbeat_key_of_another_type_does_not_stop_the_feed() {
+    let (w, edge) = World::followed(&["acme"]);
+    w.redis.cmd(&["DEL", "nexus:replicas"]);
+    w.redis.cmd(&["SET", "nexus:replicas", "not a hash"]);
+    edge.wait_for("the heartbeat key named", || {
+        edge.log().contains("heartbeats cannot be written")
+    });
+    // The write script refuses to write over such a key; a change made as it makes them
+    // (the counter, the record, the feed entry) is still followed.
+    let revision = w.redis.cmd(&["INCR", "nexus:revision"]);
+    let mut record = binding("acme", &w.b.url(), "active", None);
+    record["revision"] = serde_json::json!(revision.parse::<u64>().unwrap());
+    w.redis
+        .cmd(&["SET", "nexus:binding:acme", &record.to_string()]);
+    w.redis.cmd(&[
+        "XADD",
+        "nexus:changes",
+        "*",
+        "rev",
+        &revision,
+        "tenant",
+        "acme",
+        "op",
+        "upsert",
+    ]);
+    wait_instance(&edge, &w.keys, "acme", "instance-b");
+    assert!(
+        !edge.log().contains("binding sync cannot follow Redis"),
+        "{}",
+        edge.log()
+    );
+}

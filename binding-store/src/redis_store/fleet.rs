@@ -267,7 +267,12 @@ pub(super) async fn heartbeat(
                 // for it reconnected several times a second, for ever. Any other refusal
                 // (READONLY from a demoted primary, OOM) ends the session as before: the
                 // heartbeat is how a session learns its node no longer takes writes.
-                Err(w) if w.kind() == redis::ErrorKind::TypeError || w.code() == Some("NOPERM") => {
+                // (Redis's WRONGTYPE reaches redis-rs as an error of that code, not as a
+                // `TypeError`, which is its own for replies it cannot convert.)
+                Err(w)
+                    if w.kind() == redis::ErrorKind::TypeError
+                        || matches!(w.code(), Some("NOPERM" | "WRONGTYPE")) =>
+                {
                     static TOLD: std::sync::atomic::AtomicBool =
                         std::sync::atomic::AtomicBool::new(false);
                     if first_time(&TOLD) {
