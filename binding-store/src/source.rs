@@ -40,6 +40,7 @@ pub struct SyncHealth {
     applied_revision: AtomicU64,
     rejected_records: AtomicU64,
     full_reloads: AtomicU64,
+    sync_failures: AtomicU64,
     /// When this health began (its store was made, at start-up): a store never in sync is at
     /// least that stale.
     created_unix_ms: u64,
@@ -53,6 +54,7 @@ impl Default for SyncHealth {
             applied_revision: AtomicU64::new(0),
             rejected_records: AtomicU64::new(0),
             full_reloads: AtomicU64::new(0),
+            sync_failures: AtomicU64::new(0),
             created_unix_ms: now_unix_ms(),
         }
     }
@@ -94,6 +96,17 @@ impl SyncHealth {
     /// Counts full loads / reconciles.
     pub fn add_full_reload(&self) {
         self.full_reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a sync that failed (Redis lost, or refusing what the sync needs): the replica
+    /// serves its last table and tries again.
+    pub fn add_sync_failure(&self) {
+        self.sync_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Syncs that failed so far.
+    pub fn sync_failures(&self) -> u64 {
+        self.sync_failures.load(Ordering::Relaxed)
     }
 
     /// Whether the last contact with the store succeeded.

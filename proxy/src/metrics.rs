@@ -56,6 +56,9 @@ pub struct Metrics {
     /// `binding_full_reloads_total`: whole-table loads from Redis (start-up and reconciles);
     /// one that keeps rising is a replica that keeps losing the change feed.
     pub full_reloads: prometheus::IntCounter,
+    /// `binding_sync_failures_total`: syncs with Redis that failed (see the sync's log lines,
+    /// one a minute while it keeps failing).
+    pub sync_failures: prometheus::IntCounter,
     /// Held while the counters above catch up with the store's totals, so that two scrapes
     /// at once do not both add the same difference.
     mirror: Arc<std::sync::Mutex<()>>,
@@ -233,6 +236,10 @@ impl Metrics {
             "binding_full_reloads_total",
             "Whole binding-table loads from Redis so far (start-up and reconciles; 0 with the file store)",
         )?;
+        let sync_failures = prometheus::IntCounter::new(
+            "binding_sync_failures_total",
+            "Binding syncs with Redis that failed so far (each retried at once or within a second, the last table served meanwhile; 0 with the file store)",
+        )?;
         let upstream_connect_retries = prometheus::IntCounter::new(
             "upstream_connect_retries_total",
             "Connects retried at another address of an instance's name",
@@ -255,6 +262,7 @@ impl Metrics {
             Box::new(panics.clone()),
             Box::new(rejected_records.clone()),
             Box::new(full_reloads.clone()),
+            Box::new(sync_failures.clone()),
             Box::new(upstream_connect_retries.clone()),
             Box::new(log_lines_not_logged.clone()),
         ]
@@ -292,6 +300,7 @@ impl Metrics {
             panics,
             rejected_records,
             full_reloads,
+            sync_failures,
             mirror: Arc::default(),
             upstream_connect_retries,
             log_lines_not_logged,
@@ -318,6 +327,7 @@ impl Metrics {
             };
             catch_up(&self.rejected_records, health.rejected_records());
             catch_up(&self.full_reloads, health.full_reloads());
+            catch_up(&self.sync_failures, health.sync_failures());
             catch_up(&self.panics, crate::panics::count());
         }
         let mut out = Vec::with_capacity(4096);

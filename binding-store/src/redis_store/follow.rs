@@ -24,6 +24,8 @@ pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// [`STEADY_SESSION`] or longer.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const STEADY_SESSION: Duration = Duration::from_secs(10);
+/// While the sync keeps failing, one line about it this often (the first failure at once).
+const RETRY_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Snapshots are written at most this often.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
 
@@ -34,34 +36,57 @@ pub(super) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = FIRST_BACKOFF;
+    // While Redis stays away the replica retries every second or so: a failure is logged,
+    // then the same failure again once a minute, saying how many were not (another failure
+    // is logged at once).
+    let mut told: Option<(Instant, u64, String)> = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
         let started = Instant::now();
-        match session(&store, &handle, &mut shutdown).await {
-            Ok(()) => return,
-            Err(e) => {
-                store.health_ref().mark_down();
-                // Redis is away: the snapshot is all a restart (or a restore, should Redis
-                // come back empty) has of the table this replica serves.
-                store
-                    .snapshot_if_behind(handle.load(), Duration::ZERO)
-                    .await;
-                match misplaced_key(&store, &e).await {
-                    Some(named) => tracing::error!(problem = %named,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "binding sync cannot follow Redis; serving the last table"),
-                    None => tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
-                        "binding sync lost Redis; serving the last table"),
-                }
-            }
-        }
+        let result = session(&store, &handle, &mut shutdown).await;
         // A session that lasted was a working one: the next reconnect comes soon. One that
         // fails again right after catching up (a command the replica's user may not run)
         // keeps backing off instead of reconnecting several times a second.
         if started.elapsed() >= STEADY_SESSION {
             backoff = FIRST_BACKOFF;
+            told = None;
+        }
+        let Err(e) = result else {
+            return;
+        };
+        store.health_ref().mark_down();
+        store.health_ref().add_sync_failure();
+        // Redis is away: the snapshot is all a restart (or a restore, should Redis come back
+        // empty) has of the table this replica serves.
+        store
+            .snapshot_if_behind(handle.load(), Duration::ZERO)
+            .await;
+        let said = e.to_string();
+        let not_logged = match &mut told {
+            Some((at, skipped, last)) if at.elapsed() < RETRY_LOG_EVERY && *last == said => {
+                *skipped += 1;
+                None
+            }
+            Some((at, skipped, last)) => {
+                *at = Instant::now();
+                *last = said;
+                Some(std::mem::take(skipped))
+            }
+            None => {
+                told = Some((Instant::now(), 0, said));
+                Some(0)
+            }
+        };
+        if let Some(not_logged) = not_logged {
+            let retry_in_ms = backoff.as_millis() as u64;
+            match misplaced_key(&store, &e).await {
+                Some(named) => tracing::error!(problem = %named, retry_in_ms, not_logged,
+                    "binding sync cannot follow Redis; serving the last table"),
+                None => tracing::warn!(error = %e, retry_in_ms, not_logged,
+                    "binding sync lost Redis; serving the last table"),
+            }
         }
         let jitter = Duration::from_millis(u64::from(rand_u8()) * backoff.as_millis() as u64 / 512);
         tokio::select! {
