@@ -1,25 +1,116 @@
 //! Background tasks run inside the Pingora server: binding sync and key reload.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use nexus_binding_store::{BindingHandle, BindingSource};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use tokio::sync::watch;
 
 use crate::state::EdgeState;
 
-/// Runs the binding source's follow loop until shutdown.
+/// When the background jobs stop: not when the drain begins (Pingora tells its services
+/// then), but as the process ends. Tunnels and requests still in flight are checked against
+/// the bindings and keys served at each piece; a job stopped at the drain's start left them
+/// on a table and a key set that no longer changed, so a tenant unbound or a key revoked
+/// during the drain kept its tunnels until `shutdown_grace` ran out.
+///
+/// The drain's end ([`crate::signals`]) calls [`JobsStop::finish`] just before the process
+/// exits; should `shutdown_grace` run out first, the jobs stop [`FINISH_MARGIN`] before it
+/// does, while their runtime still runs their last steps (a Redis replica's goodbye
+/// heartbeat and snapshot).
+#[derive(Clone, Debug)]
+pub struct JobsStop {
+    inner: Arc<JobsStopInner>,
+}
+
+#[derive(Debug)]
+struct JobsStopInner {
+    exit: watch::Sender<bool>,
+    /// Whether the binding sync has finished its last steps.
+    sync_done: Mutex<bool>,
+    finished: Condvar,
+    grace: Duration,
+}
+
+/// How long before `shutdown_grace` runs out the jobs stop when the drain has not ended.
+pub const FINISH_MARGIN: Duration = Duration::from_secs(2);
+
+impl JobsStop {
+    /// Jobs of a router whose drain lasts `grace` at most.
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            inner: Arc::new(JobsStopInner {
+                exit: watch::channel(false).0,
+                sync_done: Mutex::new(false),
+                finished: Condvar::new(),
+                grace,
+            }),
+        }
+    }
+
+    /// Tells the jobs the process is about to exit and waits, `wait` at most, for the binding
+    /// sync's last steps. Blocking: called from the drain's own thread.
+    pub fn finish(&self, wait: Duration) {
+        self.inner.exit.send_replace(true);
+        let done = self
+            .inner
+            .sync_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = self
+            .inner
+            .finished
+            .wait_timeout_while(done, wait, |done| !*done);
+    }
+
+    /// A watch that turns true when the job is to stop: at [`JobsStop::finish`], or
+    /// [`FINISH_MARGIN`] before `shutdown_grace` runs out once Pingora's `shutdown` came.
+    fn signal(&self, mut shutdown: ShutdownWatch) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        let mut exit = self.inner.exit.subscribe();
+        let last_moment = self.inner.grace.saturating_sub(FINISH_MARGIN);
+        tokio::spawn(async move {
+            let grace_ending = async {
+                let _ = shutdown.wait_for(|s| *s).await;
+                tokio::time::sleep(last_moment).await;
+            };
+            tokio::select! {
+                _ = exit.wait_for(|e| *e) => {}
+                () = grace_ending => {}
+            }
+            let _ = tx.send(true);
+        });
+        rx
+    }
+
+    fn sync_finished(&self) {
+        *self
+            .inner
+            .sync_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        self.inner.finished.notify_all();
+    }
+}
+
+/// Runs the binding source's follow loop until the process ends ([`JobsStop`]).
 pub struct BindingSync {
     source: Arc<dyn BindingSource>,
     handle: BindingHandle,
+    stop: JobsStop,
 }
 
 impl BindingSync {
-    /// A sync task for `source` feeding `handle`.
-    pub fn new(source: Arc<dyn BindingSource>, handle: BindingHandle) -> Self {
-        Self { source, handle }
+    /// A sync task for `source` feeding `handle`, stopped by `stop`.
+    pub fn new(source: Arc<dyn BindingSource>, handle: BindingHandle, stop: JobsStop) -> Self {
+        Self {
+            source,
+            handle,
+            stop,
+        }
     }
 }
 
@@ -34,27 +125,29 @@ impl BackgroundService for BindingSync {
     /// would otherwise end the sync for good, leaving the replica on a table that never
     /// changes again: it is logged and counted by the panic hook, and the sync starts over
     /// (a source's `run` begins by catching up from wherever it is).
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let mut stop = self.stop.signal(shutdown);
         loop {
-            let run = Arc::clone(&self.source).run(self.handle.clone(), shutdown.clone());
+            let run = Arc::clone(&self.source).run(self.handle.clone(), stop.clone());
             match tokio::spawn(run).await {
-                Ok(()) => return,
+                Ok(()) => break,
                 Err(e) if e.is_panic() => {
                     tracing::error!(
                         source = self.source.kind(),
                         "binding sync stopped by a panic; starting it again"
                     );
                 }
-                Err(_) => return,
+                Err(_) => break,
             }
             tokio::select! {
                 _ = tokio::time::sleep(RESTART_AFTER_PANIC) => {}
-                _ = shutdown.changed() => return,
+                _ = stop.changed() => break,
             }
-            if *shutdown.borrow() {
-                return;
+            if *stop.borrow() {
+                break;
             }
         }
+        self.stop.sync_finished();
     }
 }
 
@@ -63,18 +156,20 @@ impl BackgroundService for BindingSync {
 pub struct KeyReload {
     state: Arc<EdgeState>,
     every: Duration,
+    stop: JobsStop,
 }
 
 impl KeyReload {
-    /// Checks the key file every `every`.
-    pub fn new(state: Arc<EdgeState>, every: Duration) -> Self {
-        Self { state, every }
+    /// Checks the key file every `every` until the process ends ([`JobsStop`]).
+    pub fn new(state: Arc<EdgeState>, every: Duration, stop: JobsStop) -> Self {
+        Self { state, every, stop }
     }
 }
 
 #[async_trait]
 impl BackgroundService for KeyReload {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let mut shutdown = self.stop.signal(shutdown);
         let mut tick = tokio::time::interval(self.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -108,7 +203,6 @@ mod tests {
     use super::*;
     use nexus_binding_store::{BindingTable, StoreError, SyncHealth};
     use std::sync::atomic::{AtomicU32, Ordering};
-    use tokio::sync::watch;
 
     /// A source whose first follow meets a bug: the only way to make a sync panic on cue.
     struct PanicsOnce {
@@ -146,9 +240,11 @@ mod tests {
             runs: AtomicU32::new(0),
             health: Arc::new(SyncHealth::default()),
         });
+        let jobs = JobsStop::new(Duration::ZERO);
         let sync = BindingSync::new(
             Arc::clone(&source) as Arc<dyn BindingSource>,
             BindingHandle::new(BindingTable::new()),
+            jobs.clone(),
         );
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(async move { sync.start(shutdown).await });

@@ -11,7 +11,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::auth::{AuthSetupError, Authenticator};
-use crate::background::{BindingSync, KeyReload};
+use crate::background::{BindingSync, JobsStop, KeyReload};
 use crate::connections::{Guarded, Limits};
 use crate::listening::{self, BindError, BoundListeners, Prebound};
 use crate::metrics::Metrics;
@@ -219,7 +219,9 @@ pub fn run(
         Limits::from_settings(&s.server),
         state.metrics.connections.clone(),
     );
-    signals.end_drain_with(guarded.drain());
+    // The background jobs go on through the drain (see `JobsStop`).
+    let jobs = JobsStop::new(s.server.shutdown_grace);
+    signals.end_drain_with(guarded.drain(), jobs.clone());
     let proxy = Service::new("nexus-edge".to_owned(), guarded);
     server.add_service(Prebound::new(proxy, &mut listeners, s.server.listen));
 
@@ -235,11 +237,11 @@ pub fn run(
 
     server.add_service(background_service(
         "binding sync",
-        BindingSync::new(source, state.bindings.clone()),
+        BindingSync::new(source, state.bindings.clone(), jobs.clone()),
     ));
     server.add_service(background_service(
         "key reload",
-        KeyReload::new(Arc::clone(&state), KEY_RELOAD_EVERY),
+        KeyReload::new(Arc::clone(&state), KEY_RELOAD_EVERY, jobs),
     ));
 
     tracing::info!(

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::mpsc;
 
+use crate::background::JobsStop;
 use crate::connections::Drain;
 use crate::state::EdgeState;
 
@@ -122,8 +123,9 @@ pub struct Signals {
     state: Arc<EdgeState>,
     /// Taken by the one call of `recv`, then by the watch for a signal during the drain.
     caught: Mutex<Option<StopSignals>>,
-    /// The public listener's connections, whose end ends the drain (set once it is built).
-    drain: OnceLock<Drain>,
+    /// The public listener's connections, whose end ends the drain (set once it is built),
+    /// and the background jobs to stop then.
+    drain: OnceLock<(Drain, JobsStop)>,
 }
 
 impl Signals {
@@ -136,10 +138,10 @@ impl Signals {
         })
     }
 
-    /// Ends the drain as soon as `drain` says it is over. Without it, the drain lasts the
-    /// whole `shutdown_grace`.
-    pub fn end_drain_with(&self, drain: Drain) {
-        let _ = self.drain.set(drain);
+    /// Ends the drain as soon as `drain` says it is over, `jobs` finished first. Without it,
+    /// the drain lasts the whole `shutdown_grace`.
+    pub fn end_drain_with(&self, drain: Drain, jobs: JobsStop) {
+        let _ = self.drain.set((drain, jobs));
     }
 }
 
@@ -176,10 +178,15 @@ impl ShutdownSignalWatch for Signals {
             tracing::info!("draining");
         }
         signals.discard_queued();
-        finish_drain(signals, self.drain.get().cloned());
+        let (drain, jobs) = self.drain.get().cloned().unzip();
+        finish_drain(signals, drain, jobs);
         ShutdownSignal::GracefulTerminate
     }
 }
+
+/// How long the background jobs' last steps may take once the drain is over: a Redis
+/// command's timeout (2 s) and a snapshot's write.
+const JOBS_FINISH_WAIT: Duration = Duration::from_secs(3);
 
 /// How often the drain's end is looked for, and how long it must hold: a connection accepted
 /// just before the listener closed is counted once its task first runs, a moment later.
@@ -189,7 +196,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 /// on one more SIGTERM or SIGINT (exit code 1); failing both, Pingora ends it after
 /// `shutdown_grace`. The queue is already catching, so a signal that comes while this starts
 /// is not lost.
-fn finish_drain(mut signals: StopSignals, drain: Option<Drain>) {
+fn finish_drain(mut signals: StopSignals, drain: Option<Drain>, jobs: Option<JobsStop>) {
     let spawned = std::thread::Builder::new()
         .name("drain".to_owned())
         .spawn(move || {
@@ -219,6 +226,11 @@ fn finish_drain(mut signals: StopSignals, drain: Option<Drain>) {
                         std::process::exit(1);
                     }
                     () = drained => {
+                        // The background jobs' last steps (a Redis replica's goodbye
+                        // heartbeat and snapshot) before the process ends.
+                        if let Some(jobs) = jobs {
+                            jobs.finish(JOBS_FINISH_WAIT);
+                        }
                         tracing::info!("drained: no client connection is left; nexus-edge stopped");
                         std::process::exit(0);
                     }

@@ -2760,6 +2760,37 @@ fn world_with_long_grace() -> World {
 }
 
 #[test]
+fn a_tunnel_left_open_in_the_drain_still_closes_when_its_tenant_is_rebound() {
+    // The binding sync and key reload used to stop when the drain began: a tunnel kept
+    // reaching an instance its tenant had left, or with a revoked key, until shutdown_grace
+    // ran out (up to 10 minutes).
+    let mut w = world_with_long_grace();
+    let (mut s, _) = open_websocket(&w);
+    w.edge.terminate();
+    w.edge
+        .wait_for("the drain", || w.edge.log().contains("SIGTERM"));
+    let mut acme = binding("acme", &w.b.url(), "active", Some("org-acme"));
+    acme["revision"] = serde_json::json!(2);
+    let globex = binding("globex", &w.b.url(), "active", None);
+    w.edge.write_bindings(&bindings_file(vec![acme, globex]));
+    // Its next frame after the change is read finds it rebound, and it closes (the ops
+    // listener is closed: no revision to poll, the tunnel says).
+    nexus_e2e::wait::until(Duration::from_secs(20), "the tunnel closed", || {
+        echo(&mut s, b"still there?").is_err().then_some(())
+    });
+    // That was the last connection: the drain is over, long before its 60 s.
+    let status = w.edge.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        w.edge
+            .log()
+            .contains("tunnel closed: it would no longer be routed as opened"),
+        "{}",
+        w.edge.log()
+    );
+}
+
+#[test]
 fn sigterm_drains_in_flight_requests_and_stops_once_they_are_done() {
     let mut w = world_with_long_grace();
     let token = w.keys.token("acme", Some("org-acme"));
@@ -3233,10 +3264,11 @@ fn a_response_the_instance_cuts_off_is_counted_as_failed_not_forwarded() {
         "{}",
         String::from_utf8_lossy(&out)
     );
-    // Counted in Pingora's logging phase, after the connection is cut: poll.
+    // Counted in Pingora's logging phase, after the connection is cut: poll. The instance
+    // answered, with less than a whole response: invalid, not out of reach.
     let text = nexus_e2e::wait::until(Duration::from_secs(10), "the request counted", || {
         let text = w.edge.ops_get("/metrics").text();
-        text.contains("nexus_edge_requests_total{outcome=\"upstream_unreachable\"} 1")
+        text.contains("nexus_edge_requests_total{outcome=\"upstream_invalid\"} 1")
             .then_some(text)
     });
     assert!(
