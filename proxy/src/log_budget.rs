@@ -94,11 +94,13 @@ impl LogBudgets {
         }
     }
 
-    /// Runs `write` if `line`'s allowance admits a line at `now`, with the lines of its kind
-    /// left out since the last one written (`None` when there were none): the `not_logged`
-    /// field of the line it writes.
-    pub fn write(&self, line: RequestLine, now: Instant, write: impl FnOnce(Option<u64>)) {
-        if let Some(skipped) = self.admit(line, now) {
+    /// Runs `write` if `line`'s allowance admits a line now, with the lines of its kind left
+    /// out since the last one written (`None` when there were none): the `not_logged` field
+    /// of the line it writes. Counted by when the line is written, not when its request
+    /// began: requests begun over many seconds that fail at one moment (an instance that
+    /// stalls every upload it holds) would each open their own second's window.
+    pub fn write(&self, line: RequestLine, write: impl FnOnce(Option<u64>)) {
+        if let Some(skipped) = self.admit(line, Instant::now()) {
             write((skipped > 0).then_some(skipped));
         }
     }

@@ -75,7 +75,8 @@ pub fn init(settings: &LogSettings) {
     }
 }
 
-/// Drops the error lines Pingora writes when a client's connection fails: it closed
+/// Drops the error lines Pingora writes when a client's connection fails (and its warning
+/// for a request body an instance stopped reading, see [`CLIENT_FAILURE_LINES`]): it closed
 /// mid-header, its header missed `request_header_timeout` or went on past
 /// `max_request_header_bytes`, or it went away before an answer could be written. Those are
 /// the client's doing, not the router's; one line per connection would let anyone fill the
@@ -83,22 +84,33 @@ pub fn init(settings: &LogSettings) {
 /// `request_header_timeouts_total` and `request_headers_too_large_total` count the stream's.
 struct ClientReadFailures;
 
-/// Pingora's lines for a client's failure: (target, start of the message). The ops
+/// Pingora's lines for a client's failure: (level, target, start of the message). The ops
 /// listener's read failure (a request header that does not parse) carries the raw request in
-/// its context: credentials, cookies, the query.
-const CLIENT_FAILURE_LINES: [(&str, &str); 4] = [
-    ("pingora_proxy", "Fail to proxy: Downstream"),
+/// its context: credentials, cookies, the query. One more is about an instance: the body it
+/// stopped reading (a write timeout), a line per request outside the log allowance (an
+/// instance that stalls uploads wrote hundreds a second); the request's failure, or its
+/// early answer, is the router's to say (`fail_to_proxy`), within the allowance.
+const CLIENT_FAILURE_LINES: [(Level, &str, &str); 5] = [
+    (Level::ERROR, "pingora_proxy", "Fail to proxy: Downstream"),
     (
+        Level::ERROR,
         "pingora_proxy",
         "failed to send error response to downstream",
     ),
     (
+        Level::ERROR,
         "pingora_core::apps::http_app",
         "HTTP server fails to read from downstream",
     ),
     (
+        Level::ERROR,
         "pingora_core::apps::http_app",
         "HTTP server fails to write to downstream",
+    ),
+    (
+        Level::WARN,
+        "pingora_proxy::proxy_h1",
+        "send error, draining read buf",
     ),
 ];
 
@@ -109,11 +121,10 @@ impl<S: Subscriber> Layer<S> for ClientReadFailures {
         let Some(meta) = event.normalized_metadata() else {
             return true;
         };
-        if *meta.level() != Level::ERROR
-            || !CLIENT_FAILURE_LINES
-                .iter()
-                .any(|(target, _)| meta.target() == *target)
-        {
+        let ours = |(level, target, _): &(Level, &str, &str)| {
+            meta.level() == level && meta.target() == *target
+        };
+        if !CLIENT_FAILURE_LINES.iter().any(ours) {
             return true;
         }
         let mut message = Message(None);
@@ -121,7 +132,7 @@ impl<S: Subscriber> Layer<S> for ClientReadFailures {
         !message.0.is_some_and(|m| {
             CLIENT_FAILURE_LINES
                 .iter()
-                .any(|(target, start)| meta.target() == *target && m.starts_with(start))
+                .any(|line| ours(line) && m.starts_with(line.2))
         })
     }
 }
@@ -333,11 +344,17 @@ mod tests {
                 "HTTP server fails to write to downstream: reset, GET /metrics?token=secret (dropped)",
             ),
             ("pingora_proxy", log::Level::Error, "Fail to proxy: Upstream ConnectRefused (kept)"),
+            (
+                "pingora_proxy::proxy_h1",
+                log::Level::Warn,
+                "send error, draining read buf: Upstream WriteTimedout (dropped)",
+            ),
+            ("pingora_proxy::proxy_h1", log::Level::Warn, "another warning (kept)"),
             ("pingora_core::server", log::Level::Info, "Server starting (kept)"),
             ("other", log::Level::Error, "Fail to proxy: Downstream, another target (kept)"),
         ];
         let text = logged(ClientReadFailures, &records);
-        assert_eq!(text.matches("(kept)").count(), 3, "{text}");
+        assert_eq!(text.matches("(kept)").count(), 4, "{text}");
         assert!(!text.contains("(dropped)"), "{text}");
         assert!(!text.contains("secret"), "{text}");
     }

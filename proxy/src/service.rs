@@ -322,20 +322,16 @@ const CLIENT_CLOSED: &str = "client_closed";
 /// One line per request the router refuses itself, within its reason's allowance (see
 /// [`crate::log_budget`]): id, status and closed labels only.
 fn log_rejection(budgets: &LogBudgets, ctx: &RequestCtx, reason: &RejectReason) {
-    budgets.write(
-        RequestLine::Reason(reason.label()),
-        ctx.start,
-        |not_logged| {
-            tracing::info!(
-                request_id = %ctx.id(),
-                status = reason.status(),
-                reason = reason.label(),
-                detail = reason.detail(),
-                not_logged,
-                "request rejected"
-            );
-        },
-    );
+    budgets.write(RequestLine::Reason(reason.label()), |not_logged| {
+        tracing::info!(
+            request_id = %ctx.id(),
+            status = reason.status(),
+            reason = reason.label(),
+            detail = reason.detail(),
+            not_logged,
+            "request rejected"
+        );
+    });
 }
 
 fn now_unix() -> u64 {
@@ -658,7 +654,7 @@ impl ProxyHttp for EdgeService {
         if again {
             ctx.connect_retry_said.store(true, Ordering::Relaxed);
             let budgets = &self.state.log_budgets;
-            budgets.write(RequestLine::ConnectRetry, ctx.start, |not_logged| {
+            budgets.write(RequestLine::ConnectRetry, |not_logged| {
                 tracing::info!(
                     request_id = %ctx.id(),
                     address = %addr,
@@ -801,7 +797,6 @@ impl ProxyHttp for EdgeService {
             if dropped > 0 {
                 self.state.log_budgets.write(
                     RequestLine::SharedSessionCookie,
-                    ctx.start,
                     |not_logged| {
                         tracing::warn!(
                             request_id = %ctx.id(),
@@ -949,36 +944,32 @@ impl ProxyHttp for EdgeService {
             ),
         };
         let budgets = &self.state.log_budgets;
-        budgets.write(
-            RequestLine::Reason(reason.label()),
-            ctx.start,
-            |not_logged| {
-                let tenant = ctx
-                    .decision
-                    .as_ref()
-                    .map(|d| d.binding.tenant_id.as_str())
-                    .unwrap_or_default();
-                if reason == RejectReason::Internal {
-                    // A fault of the router itself: an error, unlike an instance's failure.
-                    tracing::error!(
-                        request_id = %ctx.id(),
-                        tenant = %tenant,
-                        error = %LoggedError(e),
-                        not_logged,
-                        "request failed inside the router"
-                    );
-                } else {
-                    tracing::warn!(
-                        request_id = %ctx.id(),
-                        tenant = %tenant,
-                        reason = reason.label(),
-                        error = %LoggedError(e),
-                        not_logged,
-                        "upstream failed"
-                    );
-                }
-            },
-        );
+        budgets.write(RequestLine::Reason(reason.label()), |not_logged| {
+            let tenant = ctx
+                .decision
+                .as_ref()
+                .map(|d| d.binding.tenant_id.as_str())
+                .unwrap_or_default();
+            if reason == RejectReason::Internal {
+                // A fault of the router itself: an error, unlike an instance's failure.
+                tracing::error!(
+                    request_id = %ctx.id(),
+                    tenant = %tenant,
+                    error = %LoggedError(e),
+                    not_logged,
+                    "request failed inside the router"
+                );
+            } else {
+                tracing::warn!(
+                    request_id = %ctx.id(),
+                    tenant = %tenant,
+                    reason = reason.label(),
+                    error = %LoggedError(e),
+                    not_logged,
+                    "upstream failed"
+                );
+            }
+        });
         let code = reason.status();
         if final_response_written(session) {
             // The instance's status and headers are out: an error page now would become the
@@ -1020,7 +1011,7 @@ impl ProxyHttp for EdgeService {
             return true;
         }
         let budgets = &self.state.log_budgets;
-        budgets.write(RequestLine::UpstreamRetry, ctx.start, |not_logged| {
+        budgets.write(RequestLine::UpstreamRetry, |not_logged| {
             tracing::warn!(
                 request_id = %ctx.id(),
                 method = %session.req_header().method,
