@@ -2733,6 +2733,14 @@ fn a_refused_key_file_shows_in_the_metrics_until_it_is_fixed() {
         1,
         "{log}"
     );
+    // A file that cannot be read stalls the rotation as much: shown too (it was not, and
+    // logged at every poll), until it can be read again.
+    std::fs::remove_file(&w.edge.jwks_path).expect("remove");
+    nexus_e2e::wait::until(Duration::from_secs(15), "the missing file shown", || {
+        refused(1)
+    });
+    nexus_e2e::edge::write_atomically(&w.edge.jwks_path, &jwks.to_string());
+    nexus_e2e::wait::until(Duration::from_secs(15), "the file back", || refused(0));
 }
 
 #[test]

@@ -52,9 +52,9 @@ pub struct Authenticator {
     signature_checks: AtomicU64,
     /// Key files parsed (start and reloads), for tests.
     key_set_loads: AtomicU64,
-    /// SHA-256 of the last key file refused, while the file still holds it: the file is
-    /// polled every few seconds, and one that stays bad is parsed and reported once.
-    refused: Mutex<Option<[u8; 32]>>,
+    /// The last key file refused (its SHA-256), or why it could not be read, while that
+    /// holds: the file is polled every few seconds, and one that stays bad is reported once.
+    refused: Mutex<Option<Refused>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -75,6 +75,15 @@ pub const MAX_JWKS_BYTES: usize = 1 << 20;
 
 /// The key file's bytes, at most one past [`MAX_JWKS_BYTES`] (enough to tell it is too
 /// large), and where they came from.
+/// Why the key file's content is not in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refused {
+    /// The key set with this digest was refused.
+    Set([u8; 32]),
+    /// The file could not be read, for this reason.
+    Unreadable(String),
+}
+
 fn read_source(source: &JwksSource) -> Result<(Vec<u8>, String), AuthSetupError> {
     match source {
         JwksSource::File(p) => {
@@ -168,14 +177,28 @@ impl Authenticator {
     /// new key set was installed. A refused content is refused once: until the file holds
     /// something else, it is `Ok(false)`, as the current keys stay.
     pub fn reload_keys(&self) -> Result<bool, AuthSetupError> {
-        let (bytes, origin) = read_source(&self.source)?;
-        let digest = keyset::digest(&bytes);
+        let read = read_source(&self.source);
         let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        let (bytes, origin) = match read {
+            Ok(read) => read,
+            // Said once (`Err`), then quiet while it stays so: the check comes every few
+            // seconds, and a file that cannot be read is as much a refused key set as one that
+            // does not parse (`key_set_refused`: rotation has stopped).
+            Err(e) => {
+                let said = e.to_string();
+                if refused.as_ref() == Some(&Refused::Unreadable(said.clone())) {
+                    return Ok(false);
+                }
+                *refused = Some(Refused::Unreadable(said));
+                return Err(e);
+            }
+        };
+        let digest = keyset::digest(&bytes);
         if digest == self.keys.load().digest {
             *refused = None;
             return Ok(false);
         }
-        if *refused == Some(digest) {
+        if *refused == Some(Refused::Set(digest)) {
             return Ok(false);
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -187,14 +210,14 @@ impl Authenticator {
                 Ok(true)
             }
             Err(e) => {
-                *refused = Some(digest);
+                *refused = Some(Refused::Set(digest));
                 Err(e)
             }
         }
     }
 
-    /// Whether the key file holds a key set that was refused: the keys in use are older than
-    /// the file (`key_set_refused` on `/metrics`).
+    /// Whether the key file holds a key set that was refused, or cannot be read: the keys in
+    /// use may be older than the file (`key_set_refused` on `/metrics`).
     pub fn refusing(&self) -> bool {
         self.refused
             .lock()

@@ -696,6 +696,19 @@ fn a_refused_key_file_is_parsed_and_reported_once_until_it_changes() {
     assert!(auth.reload_keys().expect("reloaded"));
     assert!(!auth.refusing());
     assert_eq!(auth.key_set_loads(), loads + 4);
+    // A file gone (or unreadable) is refused alike: reported once, shown until it is back.
+    std::fs::remove_file(&path).expect("rm");
+    assert!(matches!(
+        auth.reload_keys(),
+        Err(AuthSetupError::Read { .. })
+    ));
+    for _ in 0..3 {
+        assert!(!auth.reload_keys().expect("refused before"));
+    }
+    assert!(auth.refusing());
+    std::fs::write(&path, json!({ "keys": [f.rs.public_jwk()] }).to_string()).expect("w");
+    assert!(!auth.reload_keys().expect("unchanged"));
+    assert!(!auth.refusing());
 }
 
 #[test]
