@@ -109,7 +109,7 @@ pub enum AdminError {
     },
     /// `--expect-revision 0` (must not exist) for a tenant that has a record: one without a
     /// revision (written by hand), which reads as revision 0.
-    #[error("conflict: tenant {tenant} exists (its record carries no revision: written by hand), not absent as --expect-revision 0 says; re-read it and retry")]
+    #[error("conflict: tenant {tenant} exists (its record carries no revision: written by hand), not absent as --expect-revision 0 says; it reads as revision 0 until a write without --expect-revision gives it one (e.g. `tenant put` of the record as it should be)")]
     Exists {
         /// Tenant.
         tenant: TenantId,

@@ -974,26 +974,58 @@ struct Locked {
     high: u64,
 }
 
+/// Gives a file the admin CLI just created beside the bindings file (its lock, its audit log)
+/// the bindings file's read and write permissions: the admins who may write the one may
+/// write the others. Created with the umask's mode (0644), the first writer (root, say) left
+/// every other admin of a shared group unable to write at all. Best effort: a file store
+/// with no bindings file yet keeps the umask's.
+fn share_mode(created: &Path, bindings: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(bindings) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o666;
+    let _ = std::fs::set_permissions(created, std::fs::Permissions::from_mode(mode));
+}
+
 /// Takes the exclusive advisory lock on `<file>.lock`, so concurrent writers (several
 /// `nexus-edge tenant` commands) never lose an update, then reads the file and its audit log.
 /// Logged changes the file does not hold get their `not-made` entries here.
 fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> {
     let mut lock_path = home(path).into_os_string();
     lock_path.push(".lock");
-    let lock = File::options()
+    let lock_path = PathBuf::from(lock_path);
+    let lock_failed =
+        |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", lock_path.display()));
+    let new_lock = !lock_path.exists();
+    let lock = match File::options()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(PathBuf::from(lock_path))
-        .map_err(|e| AdminError::Unavailable(format!("lock: {e}")))?;
-    lock.lock()
-        .map_err(|e| AdminError::Unavailable(format!("lock: {e}")))?;
+        .open(&lock_path)
+    {
+        Ok(lock) => lock,
+        // An advisory lock needs no write access: one another admin created, readable to
+        // this one, serves as well.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            File::open(&lock_path).map_err(|_| lock_failed(e))?
+        }
+        Err(e) => return Err(lock_failed(e)),
+    };
+    if new_lock {
+        share_mode(&lock_path, path);
+    }
+    lock.lock().map_err(lock_failed)?;
 
     let doc = RawDoc::read(path)?;
     let audit = audit_path(path);
     let unavailable =
         |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
+    let new_log = !audit.exists();
     let mut log = AuditLog::open(audit.clone()).map_err(unavailable)?;
+    if new_log {
+        share_mode(&audit, path);
+    }
     let mut high = doc.high_revision();
     let last = match log.last_entry().map_err(unavailable)? {
         Tail::Entry(last) => Some(*last),

@@ -1328,3 +1328,35 @@ fn a_write_keeps_the_files_mode_and_owner_and_writes_through_a_symlink() {
         "no temp file left"
     );
 }
+
+/// The lock and the audit log the first write creates get the bindings file's permissions:
+/// created with the umask's 0644, the first admin to write (root, say) left every other admin
+/// of a shared group unable to write at all.
+#[test]
+fn the_lock_and_audit_log_get_the_bindings_files_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    write_atomically(
+        &path,
+        br#"{"format": "nexus-edge.bindings/v1", "bindings": []}"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let acme = TenantId::parse("acme").unwrap();
+    rt().block_on(async {
+        let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
+        store
+            .apply(&acme, Mutation::Put(Box::new(b)), None, &actor())
+            .await
+            .unwrap();
+    });
+    for made in ["bindings.json.lock", "bindings.json.audit.jsonl"] {
+        let mode = std::fs::metadata(dir.path().join(made))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o660, "{made}");
+    }
+}
