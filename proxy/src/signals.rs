@@ -43,7 +43,8 @@ struct StopSignals {
 }
 
 impl StopSignals {
-    /// Catches SIGTERM and SIGINT from now on (and SIGHUP, only to say it does nothing).
+    /// Catches SIGTERM, SIGINT and SIGQUIT from now on (and SIGHUP, SIGUSR1 and SIGUSR2, only
+    /// to say they do nothing).
     /// Returns once they are caught.
     fn install() -> std::io::Result<Self> {
         let (tx, queue) = mpsc::unbounded_channel();
@@ -63,30 +64,57 @@ impl StopSignals {
                 };
                 rt.block_on(async move {
                     use tokio::signal::unix::{signal, SignalKind};
-                    let (mut term, mut int, mut hup) = match (
-                        signal(SignalKind::terminate()),
-                        signal(SignalKind::interrupt()),
-                        signal(SignalKind::hangup()),
-                    ) {
-                        (Ok(term), Ok(int), Ok(hup)) => (term, int, hup),
-                        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                            let _ = caught.send(Err(e));
-                            return;
-                        }
-                    };
+                    let caught_all = (|| {
+                        Ok::<_, std::io::Error>((
+                            signal(SignalKind::terminate())?,
+                            signal(SignalKind::interrupt())?,
+                            signal(SignalKind::quit())?,
+                            signal(SignalKind::hangup())?,
+                            signal(SignalKind::user_defined1())?,
+                            signal(SignalKind::user_defined2())?,
+                        ))
+                    })();
+                    let (mut term, mut int, mut quit, mut hup, mut usr1, mut usr2) =
+                        match caught_all {
+                            Ok(all) => all,
+                            Err(e) => {
+                                let _ = caught.send(Err(e));
+                                return;
+                            }
+                        };
                     let _ = caught.send(Ok(()));
+                    // By default SIGHUP, SIGUSR1 and SIGUSR2 would end the process at once,
+                    // cutting what is in flight, with nothing logged; an operator sending one
+                    // expects a reload or a log reopen.
+                    let ignored = |name: &str| {
+                        tracing::warn!(
+                            "{name} ignored: bindings and keys reload by themselves when their \
+                             store or file changes, logs go to stderr (nothing to reopen); a \
+                             config change needs a restart (SIGTERM drains)"
+                        );
+                    };
                     loop {
                         let stop = tokio::select! {
                             _ = term.recv() => Stop::Term,
                             _ = int.recv() => Stop::Int,
-                            // By default SIGHUP would end the process at once, cutting what is
-                            // in flight; an operator sending it expects a reload.
+                            // nginx's graceful stop, and Pingora's graceful upgrade (handing
+                            // the listeners to a new process, which the router does not do):
+                            // its default action dumps core. Drained as SIGTERM is; the new
+                            // process binds once the listeners close.
+                            _ = quit.recv() => {
+                                tracing::info!("SIGQUIT: taken as SIGTERM");
+                                Stop::Term
+                            }
                             _ = hup.recv() => {
-                                tracing::warn!(
-                                    "SIGHUP ignored: bindings and keys reload by themselves when \
-                                     their store or file changes; a config change needs a restart \
-                                     (SIGTERM drains)"
-                                );
+                                ignored("SIGHUP");
+                                continue;
+                            }
+                            _ = usr1.recv() => {
+                                ignored("SIGUSR1");
+                                continue;
+                            }
+                            _ = usr2.recv() => {
+                                ignored("SIGUSR2");
                                 continue;
                             }
                         };

@@ -2872,16 +2872,32 @@ fn a_request_pipelined_behind_one_in_flight_at_sigterm_is_answered_or_announced_
 }
 
 #[test]
-fn sighup_is_ignored_with_a_warning_and_the_router_serves_on() {
-    let w = world();
-    let _ = std::process::Command::new("kill")
-        .args(["-HUP", &w.edge.pid().to_string()])
-        .status();
-    nexus_e2e::wait::until(Duration::from_secs(10), "the SIGHUP warning", || {
-        w.edge.log().contains("SIGHUP ignored").then_some(())
-    });
-    let r = get(w.edge.addr, &host("acme"), "/login", &[]);
-    assert_eq!(r.status, 200, "{}", r.text());
+fn sighup_and_sigusr_are_ignored_with_a_warning_and_sigquit_drains() {
+    // Their default actions end the process at once, nothing logged, cutting what is in
+    // flight (SIGQUIT dumping core).
+    let mut w = world();
+    let kill = |sig: &str| {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &w.edge.pid().to_string()])
+            .status();
+    };
+    for sig in ["HUP", "USR1", "USR2"] {
+        kill(&format!("-{sig}"));
+        let said = format!("SIG{sig} ignored");
+        nexus_e2e::wait::until(Duration::from_secs(10), "the warning", || {
+            w.edge.log().contains(&said).then_some(())
+        });
+        let r = get(w.edge.addr, &host("acme"), "/login", &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    kill("-QUIT");
+    let status = w.edge.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+    let log = w.edge.log();
+    assert!(
+        log.contains("SIGQUIT: taken as SIGTERM") && log.contains("drained"),
+        "{log}"
+    );
 }
 
 #[test]
