@@ -277,7 +277,11 @@ impl FileStore {
         }
         let bytes = match self.read() {
             Ok(b) => {
-                self.note_read_failure(None);
+                if self.note_read_failure(None) {
+                    // The failure was logged as an error; its end is worth a line too (with the
+                    // same content back, no reload line would say it).
+                    tracing::info!(file = %self.origin(), "bindings file readable again");
+                }
                 b
             }
             Err(e) => {
@@ -315,13 +319,13 @@ impl FileStore {
         }
     }
 
-    /// Records the outcome of a read (`None`: it succeeded); true when `failure` is new, so
-    /// worth logging.
+    /// Records the outcome of a read (`None`: it succeeded); true when that is news worth a
+    /// line: a failure other than the last, or a success after a failure.
     fn note_read_failure(&self, failure: Option<String>) -> bool {
         let Ok(mut last) = self.read_failure.lock() else {
-            return true;
+            return failure.is_some();
         };
-        let new = failure.is_some() && *last != failure;
+        let new = *last != failure;
         *last = failure;
         new
     }

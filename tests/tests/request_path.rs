@@ -2019,6 +2019,12 @@ fn a_bindings_file_that_cannot_be_read_is_logged_once_not_at_every_poll() {
         down_for_a_while,
     );
     assert_eq!(unreadable(), 3, "{}", w.edge.log());
+    // Put back as it was (nothing to reload, so no reload line): its return is said.
+    let readable_again = || w.edge.log().matches("bindings file readable again").count();
+    assert_eq!(readable_again(), 1, "{}", w.edge.log());
+    w.edge.write_bindings(&back);
+    w.edge
+        .wait_for("the file said readable", || readable_again() == 2);
 }
 
 #[test]
