@@ -52,6 +52,11 @@ impl AuditLog {
         Ok(AuditLog { file, path })
     }
 
+    /// The open log file.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// The last entry that can be read, after cutting off a torn final line.
     ///
     /// Lines after it that are not entries (edited by hand, damaged) are passed over, as

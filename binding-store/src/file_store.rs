@@ -979,17 +979,18 @@ struct Locked {
 }
 
 /// Gives a file the admin CLI just created beside the bindings file (its lock, its audit log)
-/// the bindings file's read and write permissions: the admins who may write the one may
-/// write the others. Created with the umask's mode (0644), the first writer (root, say) left
-/// every other admin of a shared group unable to write at all. Best effort: a file store
-/// with no bindings file yet keeps the umask's.
-fn share_mode(created: &Path, bindings: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = std::fs::metadata(bindings) else {
-        return;
-    };
-    let mode = meta.permissions().mode() & 0o666;
-    let _ = std::fs::set_permissions(created, std::fs::Permissions::from_mode(mode));
+/// the bindings file's owner, group and permissions (see [`keep_owner_and_mode`]): the admins
+/// who may write the one may write the others. Created with the creator's group and the
+/// umask's mode (0644), the first writer (root, say) left every other admin of a shared
+/// group unable to write at all. Best effort: a file store with no bindings file yet keeps
+/// what the creation gave.
+fn share_ownership(created: &File, created_path: &Path, bindings: &Path) {
+    if let Ok(meta) = std::fs::metadata(bindings) {
+        if let Err(e) = keep_owner_and_mode(created, &meta, created_path) {
+            tracing::warn!(file = %created_path.display(), error = %e,
+                "the bindings file's permissions could not be given to this file");
+        }
+    }
 }
 
 /// Takes the exclusive advisory lock on `<file>.lock`, so concurrent writers (several
@@ -1017,7 +1018,7 @@ fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> 
         Err(e) => return Err(lock_failed(e)),
     };
     if new_lock {
-        share_mode(&lock_path, path);
+        share_ownership(&lock, &lock_path, path);
     }
     lock.lock().map_err(lock_failed)?;
 
@@ -1028,7 +1029,7 @@ fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> 
     let new_log = !audit.exists();
     let mut log = AuditLog::open(audit.clone()).map_err(unavailable)?;
     if new_log {
-        share_mode(&audit, path);
+        share_ownership(log.file(), &audit, path);
     }
     let mut high = doc.high_revision();
     let last = match log.last_entry().map_err(unavailable)? {

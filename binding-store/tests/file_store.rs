@@ -1329,7 +1329,8 @@ fn a_write_keeps_the_files_mode_and_owner_and_writes_through_a_symlink() {
     );
 }
 
-/// The lock and the audit log the first write creates get the bindings file's permissions:
+/// The lock and the audit log the first write creates get the bindings file's owner, group
+/// and permissions:
 /// created with the umask's 0644, the first admin to write (root, say) left every other admin
 /// of a shared group unable to write at all.
 #[test]
@@ -1343,6 +1344,9 @@ fn the_lock_and_audit_log_get_the_bindings_files_permissions() {
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+    // Owned by another user and group, where this test may give it away (as root): the
+    // group is what lets the other admins of a shared setup write.
+    let given = std::os::unix::fs::chown(&path, Some(65534), Some(65534)).is_ok();
     let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
     let acme = TenantId::parse("acme").unwrap();
     rt().block_on(async {
@@ -1358,5 +1362,10 @@ fn the_lock_and_audit_log_get_the_bindings_files_permissions() {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o660, "{made}");
+        if given {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(dir.path().join(made)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{made}");
+        }
     }
 }

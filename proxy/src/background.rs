@@ -203,6 +203,7 @@ mod tests {
     use super::*;
     use nexus_binding_store::{BindingTable, StoreError, SyncHealth};
     use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::sync::watch;
 
     /// A source whose first follow meets a bug: the only way to make a sync panic on cue.
     struct PanicsOnce {
@@ -232,6 +233,42 @@ mod tests {
         fn health(&self) -> Arc<SyncHealth> {
             Arc::clone(&self.health)
         }
+    }
+
+    /// The jobs run through the drain (Pingora's shutdown), and stop at its end, or
+    /// `FINISH_MARGIN` before `shutdown_grace` runs out.
+    #[tokio::test(start_paused = true)]
+    async fn jobs_stop_as_the_drain_ends_not_as_it_begins() {
+        let jobs = JobsStop::new(Duration::from_secs(60));
+        let (pingora, shutdown) = watch::channel(false);
+        let mut stop = jobs.signal(shutdown);
+        pingora.send(true).expect("listened to");
+        let last_moment = Duration::from_secs(60) - FINISH_MARGIN;
+        // (The clock is paused: it moves only as the tasks wait, all at once.)
+        assert!(
+            tokio::time::timeout(last_moment - Duration::from_secs(1), stop.wait_for(|s| *s))
+                .await
+                .is_err(),
+            "stopped as the drain began"
+        );
+        stop.wait_for(|s| *s)
+            .await
+            .expect("stopped before the grace ran out");
+
+        // Ended by the drain: told at once, and the drain waits for the sync to finish.
+        let jobs = JobsStop::new(Duration::from_secs(60));
+        let (_pingora, shutdown) = watch::channel(false);
+        let mut stop = jobs.signal(shutdown);
+        let finishing = {
+            let jobs = jobs.clone();
+            std::thread::spawn(move || jobs.finish(Duration::from_secs(3600)))
+        };
+        stop.wait_for(|s| *s).await.expect("told");
+        assert!(!finishing.is_finished(), "did not wait for the sync");
+        jobs.sync_finished();
+        finishing
+            .join()
+            .expect("finish returns once the sync is done");
     }
 
     #[tokio::test]

@@ -95,6 +95,11 @@ pub fn framing_fault(resp: &ResponseHeader) -> Option<&'static str> {
 /// has it name the protocol switched to in `Upgrade`, and only one the client named; the
 /// router forwards only `Upgrade: websocket` (see `asks_for_upgrade` in `service`).
 pub fn switch_fault(resp: &ResponseHeader) -> Option<&'static str> {
+    if resp.version != http::Version::HTTP_11 {
+        // HTTP/1.0 has no upgrade: Pingora's instance side would not switch, its client side
+        // would, and the tunnel would break at its first byte.
+        return Some("a 101 in another version than HTTP/1.1");
+    }
     let mut protocols = resp
         .headers
         .get_all(UPGRADE)
@@ -354,6 +359,12 @@ mod tests {
         for (fields, fault) in cases {
             assert_eq!(switch_fault(&response(101, fields)), *fault, "{fields:?}");
         }
+        let mut http10 = response(101, &[("upgrade", "websocket")]);
+        http10.set_version(http::Version::HTTP_10);
+        assert_eq!(
+            switch_fault(&http10),
+            Some("a 101 in another version than HTTP/1.1")
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! SIGTERM and SIGINT: when the router stops, and how fast. (SIGHUP is caught and ignored.)
+//! SIGTERM, SIGINT and SIGQUIT (as SIGTERM): when the router stops, and how fast. (SIGHUP,
+//! SIGUSR1 and SIGUSR2 are caught and ignored.)
 //!
 //! Both are caught by a thread of their own, and queued, from before the listeners are bound
 //! (while the router only loads its keys and bindings, their default action ends it, as it
@@ -212,9 +213,10 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// How long the background jobs' last steps may take once the drain is over: a Redis
-/// command's timeout (2 s) and a snapshot's write.
-const JOBS_FINISH_WAIT: Duration = Duration::from_secs(3);
+/// How long the background jobs' last steps may take once the drain is over: a snapshot's
+/// write (seconds at a million bindings) and a Redis command (2 s at most). Waited only as
+/// long as they take.
+const JOBS_FINISH_WAIT: Duration = Duration::from_secs(10);
 
 /// How often the drain's end is looked for, and how long it must hold: a connection accepted
 /// just before the listener closed is counted once its task first runs, a moment later.

@@ -897,14 +897,20 @@ fn redis_outage_is_fail_static_and_changes_are_applied_after() {
     // 2. Redis itself dies under traffic, and comes back. The replica retries every second
     // or so, counted; its log says so once, not at every retry.
     let failures = edge.metric("nexus_edge_binding_sync_failures_total");
-    let lines = || edge.log().matches("binding sync lost Redis").count();
-    let told = lines();
     redis.stop();
     served(50);
-    wait::until(Duration::from_secs(20), "three failed syncs", || {
-        (edge.metric("nexus_edge_binding_sync_failures_total") >= failures + 3).then_some(())
+    // The same failure again and again (Redis refuses connections): logged once, then once a
+    // minute. (Failures before it, as Redis went down, are each news.)
+    let refused_lines = || {
+        edge.log()
+            .lines()
+            .filter(|l| l.contains("binding sync lost Redis") && l.contains("Connection refused"))
+            .count()
+    };
+    wait::until(Duration::from_secs(20), "five failed syncs", || {
+        (edge.metric("nexus_edge_binding_sync_failures_total") >= failures + 5).then_some(())
     });
-    assert!(lines() <= told + 1, "{}", edge.log());
+    assert_eq!(refused_lines(), 1, "{}", edge.log());
     redis.restart();
     // ACL users live in memory only: recreate the replica's user on the restarted server.
     acl_user(&redis, "edge", "edge-secret", &[]);
@@ -2180,7 +2186,6 @@ fn the_snapshot_catches_up_when_redis_goes_away_or_the_replica_stops() {
     wait_live(&w.admin, &["replica-1"]);
     rebind(&w.b, "inst-b");
     let served = edge.revision();
-    assert!(served > snapshot_revision(&snap));
     edge.terminate();
     assert!(edge.wait_exit(Duration::from_secs(30)).success());
     assert_eq!(snapshot_revision(&snap), served, "{}", edge.log());

@@ -57,6 +57,16 @@ impl World {
         )
     }
 
+    /// An authenticated WebSocket upgrade request for `path` over HTTP/1.`minor`.
+    fn upgrade(&self, path: &str, minor: u8) -> String {
+        format!(
+            "GET {path} HTTP/1.{minor}\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {}\r\n\
+             Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            self.keys.token("acme", Some("org-acme"))
+        )
+    }
+
     /// Sends `GET path` on `s` and reads its response.
     fn get(&self, s: &mut TcpStream, path: &str) -> Response {
         s.write_all(self.request(path).as_bytes()).unwrap();
@@ -189,15 +199,7 @@ fn a_101_the_client_did_not_ask_for_is_a_502() {
     assert!(!text.contains("forged"), "{text}");
     // So is one to an HTTP/1.0 client, which cannot switch at all, whatever it asked.
     let mut s = w.connect();
-    s.write_all(
-        format!(
-            "GET /switch HTTP/1.0\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {}\r\n\
-             Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-            w.keys.token("acme", Some("org-acme"))
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    s.write_all(w.upgrade("/switch", 0).as_bytes()).unwrap();
     let text = read_to_close(&mut s);
     assert!(text.starts_with("HTTP/1.1 502"), "{text}");
 }
@@ -215,16 +217,7 @@ fn a_101_must_name_the_websocket_the_client_asked_for() {
     });
     for path in ["/h2c", "/nameless"] {
         let mut s = w.connect();
-        s.write_all(
-            format!(
-                "GET {path} HTTP/1.1\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {}\r\n\
-                 Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-                w.keys.token("acme", Some("org-acme"))
-            )
-            .as_bytes(),
-        )
-        .unwrap();
+        s.write_all(w.upgrade(path, 1).as_bytes()).unwrap();
         let text = read_to_close(&mut s);
         assert!(text.starts_with("HTTP/1.1 502"), "{path}: {text}");
     }

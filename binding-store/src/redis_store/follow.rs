@@ -56,6 +56,11 @@ pub(super) async fn run(
         let Err(e) = result else {
             return;
         };
+        // A session that got as far as following (it marked the store up) ended: this
+        // failure is news, however soon it came.
+        if store.health_ref().store_up() {
+            told = None;
+        }
         store.health_ref().mark_down();
         store.health_ref().add_sync_failure();
         // Redis is away: the snapshot is all a restart (or a restore, should Redis come back
@@ -410,8 +415,10 @@ async fn session(
         let result = tokio::select! {
             r = tokio::time::timeout(Duration::from_millis(block_ms) + opts.timeout, read) => r,
             _ = shutdown.changed() => {
-                super::fleet::leave(store, &mut con).await;
+                // The snapshot first: the process may end soon after (`JobsStop`), and
+                // leaving waits on Redis.
                 store.snapshot_if_behind(handle.load(), Duration::ZERO).await;
+                super::fleet::leave(store, &mut con).await;
                 return Ok(());
             }
         };
@@ -540,6 +547,9 @@ async fn apply_entries(
                         Ok(_) => {
                             contested.retain(|t| t != &tenant);
                             store.accepted(tenant.as_str());
+                            // At once, not after the batch: a later entry whose read fails
+                            // ends the session with this one served, and the snapshot owed.
+                            store.snapshot_behind();
                         }
                         Err(crate::error::ApplyError::DomainTaken { .. }) => {
                             if !contested.contains(&tenant) {

@@ -1055,13 +1055,13 @@ pub(crate) fn check_key(binding: Binding, key_tenant: &str) -> Result<Binding, S
     }
 }
 
+/// The highest revision `write.lua` reads and makes (2^53: Lua numbers are doubles).
+const MAX_REVISION: u64 = 1 << 53;
+
 /// A stored record's revision, read by the rule `write.lua` follows (its optimistic check
 /// compares this): the `revision` member of a JSON object when it is a whole number from 0 to
 /// 2^53, else 0, so a damaged record reads as 0 on both sides. (Where the script's JSON
 /// reader takes a number this one does not, the write goes by the script's.)
-/// The highest revision `write.lua` reads and makes (2^53: Lua numbers are doubles).
-const MAX_REVISION: u64 = 1 << 53;
-
 fn record_revision(raw: &[u8]) -> u64 {
     const MAX: u64 = MAX_REVISION;
     let text = String::from_utf8_lossy(raw);
@@ -1671,26 +1671,20 @@ mod tests {
 
     #[test]
     fn a_counter_of_another_type_is_set_right_not_deleted() {
-        let counter = redis::make_extension_error(
-            "KEYTYPE".to_owned(),
-            Some("nexus:revision text string".to_owned()),
-        );
-        let said = wrong_type(&counter, "so nothing was written")
-            .unwrap()
-            .to_string();
+        let said = |detail: &str| {
+            let e = redis::make_extension_error("KEYTYPE".to_owned(), Some(detail.to_owned()));
+            wrong_type(&e, "so nothing was written")
+                .unwrap()
+                .to_string()
+        };
+        let counter = said("nexus:revision text string");
         assert!(
-            said.contains("set it to the highest revision written"),
-            "{said}"
+            counter.contains("set it to the highest revision written"),
+            "{counter}"
         );
-        assert!(!said.contains("delete it"), "{said}");
-        let feed = redis::make_extension_error(
-            "KEYTYPE".to_owned(),
-            Some("nexus:changes string stream".to_owned()),
-        );
-        let said = wrong_type(&feed, "so nothing was written")
-            .unwrap()
-            .to_string();
-        assert!(said.contains("rename or delete it"), "{said}");
+        assert!(!counter.contains("delete it"), "{counter}");
+        let feed = said("nexus:changes string stream");
+        assert!(feed.contains("rename or delete it"), "{feed}");
     }
 
     #[test]
