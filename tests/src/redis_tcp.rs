@@ -118,10 +118,15 @@ impl RedisNode {
 
     /// A Sentinel watching `primary` under `name`, quorum 1, failing over after 500 ms down.
     pub fn sentinel(name: &str, primary: &RedisNode) -> RedisNode {
+        Self::sentinel_after(name, primary, 500)
+    }
+
+    /// A Sentinel as [`RedisNode::sentinel`], failing over after `down_after_ms` down.
+    pub fn sentinel_after(name: &str, primary: &RedisNode, down_after_ms: u64) -> RedisNode {
         let conf = format!(
             "port {{port}}\n\
              sentinel monitor {name} 127.0.0.1 {p} 1\n\
-             sentinel down-after-milliseconds {name} 500\n\
+             sentinel down-after-milliseconds {name} {down_after_ms}\n\
              sentinel failover-timeout {name} 5000\n\
              sentinel parallel-syncs {name} 1\n",
             p = primary.port
@@ -166,6 +171,16 @@ impl RedisNode {
         String::from_utf8_lossy(&self.cli(args).stdout)
             .trim()
             .to_owned()
+    }
+
+    /// Sends `sig` (`-STOP`, `-CONT`) to the node's process: a stopped node keeps its
+    /// connections open and answers nothing, as a frozen host does.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
     }
 
     /// Kills the node (as a crash would).

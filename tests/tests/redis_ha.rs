@@ -211,6 +211,150 @@ fn sentinel_failover_moves_the_fleet_to_the_new_primary() {
     );
 }
 
+/// A Sentinel that stops answering (a frozen process keeps its connections open) costs one
+/// timeout, and the next is asked: redis-rs's own lookup waited on it for as long as it
+/// stayed so, and a replica starting behind it never started (nor logged a line).
+#[test]
+fn a_frozen_sentinel_is_passed_over() {
+    let primary = RedisNode::primary();
+    let (frozen, live) = (
+        RedisNode::sentinel("nexus", &primary),
+        RedisNode::sentinel("nexus", &primary),
+    );
+    let endpoint = format!(
+        "[store.sentinel]\nmaster_name = \"nexus\"\nnodes = [\"{}\", \"{}\"]\n",
+        frozen.url(),
+        live.url()
+    );
+    let keys = TestKeys::new();
+    let a = Backend::start("instance-a");
+    let admin = Admin::new(&store(&endpoint, "admin", ""));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    frozen.signal("-STOP");
+    let edge = Edge::try_start(&replica_opts(&keys, store(&endpoint, "replica-f", "")));
+    frozen.signal("-CONT");
+    let edge = edge.expect("a replica starts behind a frozen Sentinel");
+    wait_instance(&edge, &keys, "acme", "instance-a");
+}
+
+/// A primary that stops answering (frozen: its connections stay open) while the Sentinels
+/// fail over: every step of the replica's reconnect is bounded, so it reaches the new primary
+/// once the Sentinels name it. With redis-rs's lookup, its check of the old node waited for
+/// as long as that stayed frozen, and the replica served its old table all that time.
+#[test]
+fn a_frozen_primary_is_left_for_the_one_the_sentinels_promote() {
+    let primary = RedisNode::primary();
+    let standby = RedisNode::replica_of(&primary);
+    wait::until(Duration::from_secs(15), "the replica to sync", || {
+        standby
+            .cmd(&["INFO", "replication"])
+            .contains("master_link_status:up")
+            .then_some(())
+    });
+    // Slow to call the primary down: the replica's reconnect comes while it still names the
+    // frozen node.
+    let sentinel = RedisNode::sentinel_after("nexus", &primary, 6000);
+    wait::until(
+        Duration::from_secs(15),
+        "Sentinel to know the standby",
+        || {
+            sentinel
+                .cmd(&["SENTINEL", "REPLICAS", "nexus"])
+                .contains(&standby.port.to_string())
+                .then_some(())
+        },
+    );
+    let endpoint = format!(
+        "[store.sentinel]\nmaster_name = \"nexus\"\nnodes = [\"{}\"]\n",
+        sentinel.url()
+    );
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    let admin = Admin::new(&store(&endpoint, "admin", ""));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    let edge = replica(&keys, store(&endpoint, "replica-z", ""));
+    wait_instance(&edge, &keys, "acme", "instance-a");
+    wait::until(Duration::from_secs(10), "the standby to catch up", || {
+        (standby.cmd(&["GET", "nexus:revision"]) == "1").then_some(())
+    });
+    primary.signal("-STOP");
+    edge.wait_for("the replica's reconnect", || {
+        edge.log().contains("binding sync lost Redis")
+    });
+    wait::until(Duration::from_secs(30), "the standby promoted", || {
+        sentinel
+            .cmd(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "nexus"])
+            .contains(&standby.port.to_string())
+            .then_some(())
+    });
+    // Written on the new primary (the admin's lookup is bounded too), and followed there.
+    wait::until(
+        Duration::from_secs(30),
+        "a rebind on the new primary",
+        || (rebind(&admin, "acme", &b).0 == 0).then_some(()),
+    );
+    wait_instance(&edge, &keys, "acme", "instance-b");
+    primary.signal("-CONT");
+}
+
+/// A planned failover (`SENTINEL FAILOVER`) leaves the old primary answering as one until the
+/// Sentinels reconfigure it, seconds later: replicas that kept reading it served (and
+/// confirmed to `--wait`) a history the new primary does not hold. Each heartbeat asks the
+/// Sentinels which node is the primary, and a replica on another one reconnects.
+#[test]
+fn a_replica_leaves_a_primary_the_sentinels_no_longer_name() {
+    let primary = RedisNode::primary();
+    let standby = RedisNode::replica_of(&primary);
+    wait::until(Duration::from_secs(15), "the replica to sync", || {
+        standby
+            .cmd(&["INFO", "replication"])
+            .contains("master_link_status:up")
+            .then_some(())
+    });
+    let sentinel = RedisNode::sentinel("nexus", &primary);
+    wait::until(
+        Duration::from_secs(15),
+        "Sentinel to know the standby",
+        || {
+            sentinel
+                .cmd(&["SENTINEL", "REPLICAS", "nexus"])
+                .contains(&standby.port.to_string())
+                .then_some(())
+        },
+    );
+    let endpoint = format!(
+        "[store.sentinel]\nmaster_name = \"nexus\"\nnodes = [\"{}\"]\n",
+        sentinel.url()
+    );
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    let admin = Admin::new(&store(&endpoint, "admin", ""));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    let edge = replica(&keys, store(&endpoint, "replica-p", ""));
+    wait_instance(&edge, &keys, "acme", "instance-a");
+    wait::until(Duration::from_secs(10), "the standby to catch up", || {
+        (standby.cmd(&["GET", "nexus:revision"]) == "1").then_some(())
+    });
+    sentinel.cmd(&["SENTINEL", "FAILOVER", "nexus"]);
+    wait::until(Duration::from_secs(30), "the standby named primary", || {
+        sentinel
+            .cmd(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "nexus"])
+            .contains(&standby.port.to_string())
+            .then_some(())
+    });
+    edge.wait_for("the replica to leave the old primary", || {
+        edge.log()
+            .contains("the Sentinels name another primary than the node this replica reads")
+    });
+    // And follows the new primary's changes.
+    wait::until(
+        Duration::from_secs(30),
+        "a rebind on the new primary",
+        || (rebind(&admin, "acme", &b).0 == 0).then_some(()),
+    );
+    wait_instance(&edge, &keys, "acme", "instance-b");
+}
+
 /// Redis with acme, globex and initech on instance-a, followed by one replica.
 struct ThreeTenants {
     redis: RedisServer,

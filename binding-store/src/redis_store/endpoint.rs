@@ -2,12 +2,16 @@
 //! primary. TLS settings apply to every connection either way.
 //!
 //! With Sentinel the primary's address is asked for on every (re)connect, and the node is
-//! checked to still be a primary (`ROLE`), so after a failover the sync loop's ordinary
-//! reconnect lands on the new primary without further machinery.
+//! checked to still be a primary (`ROLE`), each step bounded (see [`SentinelLookup`]), so
+//! after a failover the sync loop's ordinary reconnect lands on the new primary; a replica
+//! also asks at each heartbeat, and leaves a node the Sentinels no longer name.
 
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates, TlsMode};
-use tokio::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use redis::{
+    ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, TlsCertificates,
+};
 
 /// How to find the primary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +162,7 @@ pub(crate) fn redact(url: &str) -> String {
 /// Hands out clients for the current primary.
 pub(crate) enum Connector {
     Direct(redis::Client),
-    Sentinel(Mutex<SentinelClient>),
+    Sentinel(SentinelLookup),
 }
 
 impl Connector {
@@ -177,34 +181,230 @@ impl Connector {
                         redact(url)
                     ));
                 }
-                let client = if is_tls {
-                    redis::Client::build_with_tls(info, tls.certificates())
-                } else {
-                    redis::Client::open(info)
-                }
-                .map_err(|e| format!("redis url {}: {e}", redact(url)))?;
+                let client =
+                    client_for(info, tls).map_err(|e| format!("redis url {}: {e}", redact(url)))?;
                 Ok(Connector::Direct(client))
             }
-            RedisEndpoint::Sentinel(s) => {
-                Ok(Connector::Sentinel(Mutex::new(sentinel_client(s, tls)?)))
+            RedisEndpoint::Sentinel(s) => Ok(Connector::Sentinel(SentinelLookup::new(s, tls)?)),
+        }
+    }
+
+    /// A client for the current primary, with its address when the Sentinels named it (with
+    /// Sentinel: asked for now, and checked by `ROLE`, each step bounded by `timeout`).
+    pub(crate) async fn client(
+        &self,
+        timeout: Duration,
+    ) -> redis::RedisResult<(redis::Client, Option<(String, u16)>)> {
+        match self {
+            Connector::Direct(c) => Ok((c.clone(), None)),
+            Connector::Sentinel(s) => {
+                let (client, addr) = s.primary(timeout).await?;
+                Ok((client, Some(addr)))
             }
         }
     }
 
-    /// A client for the current primary (with Sentinel: asked for now, checked by `ROLE`).
-    pub(crate) async fn client(&self) -> redis::RedisResult<redis::Client> {
+    /// The address one Sentinel names as primary now (`None` with a fixed URL): the one that
+    /// answered last; should it fail, the next is asked next time. One Sentinel, not each in
+    /// turn: the sync loop asks at every heartbeat, and Sentinels that are all down must not
+    /// hold it up by a timeout each.
+    pub(crate) async fn named_primary(
+        &self,
+        timeout: Duration,
+    ) -> Option<redis::RedisResult<(String, u16)>> {
         match self {
-            Connector::Direct(c) => Ok(c.clone()),
-            Connector::Sentinel(s) => s.lock().await.async_get_client().await,
+            Connector::Direct(_) => None,
+            Connector::Sentinel(s) => Some(s.named_by_one(timeout).await),
         }
     }
 }
 
-fn sentinel_client(s: &SentinelOptions, tls: &RedisTls) -> Result<SentinelClient, String> {
+/// A client for `info`, with the configured certificates when it is a TLS address.
+fn client_for(info: ConnectionInfo, tls: &RedisTls) -> redis::RedisResult<redis::Client> {
+    if matches!(info.addr, ConnectionAddr::TcpTls { .. }) {
+        redis::Client::build_with_tls(info, tls.certificates())
+    } else {
+        redis::Client::open(info)
+    }
+}
+
+/// The Sentinels, asked in turn for the primary's address, then that node asked whether it is
+/// the primary (`ROLE`). Every step is bounded by the store's command timeout: redis-rs's own
+/// Sentinel client waited on a Sentinel or a node that had stopped answering (a frozen
+/// process, a host that drops packets) for as long as it stayed so, and every replica's sync,
+/// every admin command and every start-up behind it waited too. A Sentinel that does not
+/// answer costs one timeout and the next is asked; the one that answered is asked first the
+/// next time.
+pub(crate) struct SentinelLookup {
+    master_name: String,
+    /// Each Sentinel, described without its password, and a client for it.
+    nodes: Vec<(String, redis::Client)>,
+    /// The Sentinel that answered last.
+    first: AtomicUsize,
+    /// How to reach the primary: TLS or not, and its credentials and database.
+    master_tls: bool,
+    master_redis: RedisConnectionInfo,
+    tls: RedisTls,
+}
+
+impl SentinelLookup {
+    fn new(s: &SentinelOptions, tls: &RedisTls) -> Result<Self, String> {
+        check_sentinel_nodes(s)?;
+        let nodes = s
+            .nodes
+            .iter()
+            .map(|node| {
+                let info = node
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|e| format!("sentinel node {}: {e}", redact(node)))?;
+                let client = client_for(info, tls)
+                    .map_err(|e| format!("sentinel node {}: {e}", redact(node)))?;
+                Ok((redact(node), client))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            master_name: s.master_name.clone(),
+            nodes,
+            first: AtomicUsize::new(0),
+            master_tls: s.master_tls,
+            master_redis: RedisConnectionInfo {
+                db: s.db,
+                username: s.username.clone(),
+                password: s.password.clone(),
+                ..RedisConnectionInfo::default()
+            },
+            tls: tls.clone(),
+        })
+    }
+
+    /// The address the Sentinels name as primary now: the first that answers, each asked
+    /// for `timeout` at most.
+    pub(crate) async fn named(&self, timeout: Duration) -> redis::RedisResult<(String, u16)> {
+        let mut last = None;
+        for _ in 0..self.nodes.len() {
+            match self.named_by_one(timeout).await {
+                Ok(addr) => return Ok(addr),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::ClientError, "no Sentinel configured"))
+        }))
+    }
+
+    /// The address the Sentinel that answered last names as primary, asked for `timeout` at
+    /// most; when it fails, the next Sentinel is the one asked next.
+    async fn named_by_one(&self, timeout: Duration) -> redis::RedisResult<(String, u16)> {
+        let i = self.first.load(Ordering::Relaxed) % self.nodes.len().max(1);
+        let Some((described, client)) = self.nodes.get(i) else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::ClientError,
+                "no Sentinel configured",
+            )));
+        };
+        let asked = async {
+            let mut con = client
+                .get_multiplexed_async_connection_with_config(&bounded(timeout))
+                .await?;
+            redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(&self.master_name)
+                .query_async::<Option<(String, u16)>>(&mut con)
+                .await
+        };
+        let failed = match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok(Some(addr))) => return Ok(addr),
+            Ok(Ok(None)) => redis::RedisError::from((
+                redis::ErrorKind::MasterNameNotFoundBySentinel,
+                "the Sentinel monitors no primary of that name",
+                format!("{described}: {:?}", self.master_name),
+            )),
+            Ok(Err(e)) => e,
+            Err(_) => redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "the Sentinel did not answer in time",
+                described.clone(),
+            )),
+        };
+        // Another may know; this one is asked again after the others.
+        let _ = self.first.compare_exchange(
+            i,
+            (i + 1) % self.nodes.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        Err(failed)
+    }
+
+    /// A client for the node the Sentinels name as primary, once it answers `ROLE` as one
+    /// (mid-failover it may not yet, or no longer), and its address.
+    async fn primary(
+        &self,
+        timeout: Duration,
+    ) -> redis::RedisResult<(redis::Client, (String, u16))> {
+        let (host, port) = self.named(timeout).await?;
+        let addr = if self.master_tls {
+            ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.clone(), port)
+        };
+        let client = client_for(
+            ConnectionInfo {
+                addr,
+                redis: self.master_redis.clone(),
+            },
+            &self.tls,
+        )?;
+        let role = async {
+            let mut con = client
+                .get_multiplexed_async_connection_with_config(&bounded(timeout))
+                .await?;
+            redis::cmd("ROLE")
+                .query_async::<redis::Value>(&mut con)
+                .await
+        };
+        let role = match tokio::time::timeout(timeout, role).await {
+            Ok(role) => role?,
+            Err(_) => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "the node the Sentinels name as primary did not answer in time",
+                    format!("{host}:{port}"),
+                )))
+            }
+        };
+        let is_primary = matches!(&role, redis::Value::Array(items)
+            if matches!(items.first(), Some(redis::Value::BulkString(r)) if r == b"master"));
+        if !is_primary {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::MasterNameNotFoundBySentinel,
+                "the node the Sentinels name as primary does not answer as one (yet)",
+                format!("{host}:{port}"),
+            )));
+        }
+        Ok((client, (host, port)))
+    }
+}
+
+/// A connection whose connect and every command are bounded by `timeout`.
+fn bounded(timeout: Duration) -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout)
+}
+
+/// Refuses Sentinel settings no lookup could use: no node, a node on a unix socket, or nodes
+/// that mix TLS and plain TCP or credentials (one deployment's Sentinels share both).
+fn check_sentinel_nodes(s: &SentinelOptions) -> Result<(), String> {
     if s.nodes.is_empty() {
         return Err("sentinel: at least one node is required".to_owned());
     }
-    let mut addrs = Vec::with_capacity(s.nodes.len());
     let mut sentinel_auth: Option<ConnectionInfo> = None;
     let mut sentinel_tls = None;
     for node in &s.nodes {
@@ -222,7 +422,6 @@ fn sentinel_client(s: &SentinelOptions, tls: &RedisTls) -> Result<SentinelClient
                 ))
             }
         };
-        // The builder takes one set of credentials and one TLS mode for all Sentinels.
         if sentinel_tls
             .replace(node_tls)
             .is_some_and(|t| t != node_tls)
@@ -236,40 +435,9 @@ fn sentinel_client(s: &SentinelOptions, tls: &RedisTls) -> Result<SentinelClient
                 return Err("sentinel nodes: every node must use the same credentials".to_owned());
             }
         }
-        addrs.push(info.addr.clone());
         sentinel_auth.get_or_insert(info);
     }
-    let mut b =
-        SentinelClientBuilder::new(addrs, s.master_name.clone(), SentinelServerType::Master)
-            .map_err(|e| format!("sentinel: {e}"))?
-            .set_client_to_redis_db(s.db);
-    if let Some(u) = &s.username {
-        b = b.set_client_to_redis_username(u.clone());
-    }
-    if let Some(p) = &s.password {
-        b = b.set_client_to_redis_password(p.clone());
-    }
-    if s.master_tls {
-        b = b.set_client_to_redis_tls_mode(TlsMode::Secure);
-        if !tls.is_default() {
-            b = b.set_client_to_redis_certificates(tls.certificates());
-        }
-    }
-    if let Some(info) = sentinel_auth {
-        if let Some(u) = info.redis.username {
-            b = b.set_client_to_sentinel_username(u);
-        }
-        if let Some(p) = info.redis.password {
-            b = b.set_client_to_sentinel_password(p);
-        }
-    }
-    if sentinel_tls == Some(true) {
-        b = b.set_client_to_sentinel_tls_mode(TlsMode::Secure);
-        if !tls.is_default() {
-            b = b.set_client_to_sentinel_certificates(tls.certificates());
-        }
-    }
-    b.build().map_err(|e| format!("sentinel: {e}"))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -366,6 +366,16 @@ async fn session(
             let position = store.position();
             let (counter, own_entry) = history_check(store, &mut con, position.as_ref()).await?;
             let applied = position.map_or(0, |p| p.revision);
+            if let Some(named) = store.primary_moved().await {
+                tracing::warn!(primary = %named,
+                    "the Sentinels name another primary than the node this replica reads; reconnecting");
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "the Sentinels name another primary",
+                    named,
+                ))
+                .into());
+            }
             match counter_watch.observe(counter, applied, own_entry) {
                 Verdict::InStep => {}
                 Verdict::NoHistory => tracing::warn!(

@@ -197,6 +197,8 @@ pub struct RedisStore {
     refusals: Mutex<BTreeMap<String, u64>>,
     /// Another process heartbeating under this replica's id, if any.
     id_watch: fleet::IdWatch,
+    /// The address of the node the follower's connections reach, when the Sentinels named it.
+    follower_primary: Mutex<Option<(String, u16)>>,
     /// Whether changes were applied since the snapshot was last written, and when that was.
     /// The store's, not one follower session's: a session that ends (Redis went away, the
     /// replica shuts down) before its next snapshot must not take the need for it along.
@@ -341,6 +343,7 @@ impl RedisStore {
             position: Mutex::new(None),
             refusals: Mutex::new(BTreeMap::new()),
             id_watch: fleet::IdWatch::new(),
+            follower_primary: Mutex::new(None),
             snapshot_due: Mutex::new(SnapshotDue {
                 stale: false,
                 written: Instant::now(),
@@ -357,8 +360,9 @@ impl RedisStore {
 
     pub(crate) async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
         self.connector
-            .client()
+            .client(self.opts.timeout)
             .await?
+            .0
             .get_multiplexed_async_connection_with_config(&self.command_config())
             .await
     }
@@ -427,7 +431,8 @@ impl RedisStore {
     pub(crate) async fn connect_follower(
         &self,
     ) -> redis::RedisResult<(MultiplexedConnection, MultiplexedConnection)> {
-        let client = self.connector.client().await?;
+        let (client, primary) = self.connector.client(self.opts.timeout).await?;
+        *lock(&self.follower_primary) = primary;
         let commands = client
             .get_multiplexed_async_connection_with_config(&self.command_config())
             .await?;
@@ -910,6 +915,21 @@ impl RedisStore {
 }
 
 impl RedisStore {
+    /// With Sentinel, the node the Sentinels name as primary now when it is not the one the
+    /// follower reads (`None`: the same, no Sentinel, or no Sentinel answered: a replica keeps
+    /// following what it has rather than drop it for want of an answer).
+    ///
+    /// After a failover the old primary may go on answering as one for a while (until the
+    /// Sentinels reconfigure it, if it is reachable at all): a replica that kept reading it
+    /// served and confirmed a history the new primary does not hold.
+    pub(crate) async fn primary_moved(&self) -> Option<String> {
+        let following = lock(&self.follower_primary).clone()?;
+        match self.connector.named_primary(self.opts.timeout).await? {
+            Ok(named) if named != following => Some(format!("{}:{}", named.0, named.1)),
+            _ => None,
+        }
+    }
+
     /// Changes were applied to the table served: the snapshot is behind it.
     pub(crate) fn snapshot_behind(&self) {
         lock(&self.snapshot_due).stale = true;
