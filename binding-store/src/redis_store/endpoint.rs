@@ -320,7 +320,7 @@ impl SentinelLookup {
                 "the Sentinel monitors no primary of that name",
                 format!("{described}: {:?}", self.master_name),
             )),
-            Ok(Err(e)) => e,
+            Ok(Err(e)) => whose(e, "Sentinel", described),
             Err(_) => redis::RedisError::from((
                 redis::ErrorKind::IoError,
                 "the Sentinel did not answer in time",
@@ -370,7 +370,7 @@ impl SentinelLookup {
                 .await
         };
         let role = match tokio::time::timeout(timeout, role).await {
-            Ok(role) => role?,
+            Ok(role) => role.map_err(|e| whose(e, "primary", &format!("{host}:{port}")))?,
             Err(_) => {
                 return Err(redis::RedisError::from((
                     redis::ErrorKind::IoError,
@@ -389,6 +389,22 @@ impl SentinelLookup {
             )));
         }
         Ok((client, (host, port)))
+    }
+}
+
+/// `e`, naming the node it came from when it is a refused password: a Sentinel's and the
+/// primary's are configured apart, and "authentication failed" alone does not say which is
+/// wrong. Other errors are kept as they are (their kind and cause decide whether a failover
+/// explains them).
+fn whose(e: redis::RedisError, role: &str, node: &str) -> redis::RedisError {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        redis::RedisError::from((
+            redis::ErrorKind::AuthenticationFailed,
+            "authentication failed",
+            format!("{role} {node}: {e}"),
+        ))
+    } else {
+        e
     }
 }
 
@@ -494,6 +510,20 @@ mod tests {
         ] {
             assert_eq!(redact(url), shown);
         }
+    }
+
+    #[test]
+    fn a_refused_password_names_whose_it_is() {
+        let refused = redis::RedisError::from((
+            redis::ErrorKind::AuthenticationFailed,
+            "Password authentication failed",
+        ));
+        let said = whose(refused, "Sentinel", "redis://127.0.0.1:26379").to_string();
+        assert!(said.contains("Sentinel redis://127.0.0.1:26379"), "{said}");
+        // Others are left as they are: their kind decides whether a failover explains them.
+        let refused =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(whose(refused, "primary", "x:1").is_connection_refusal());
     }
 
     #[test]
