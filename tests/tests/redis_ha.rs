@@ -221,8 +221,9 @@ fn a_frozen_sentinel_is_passed_over() {
         RedisNode::sentinel("nexus", &primary),
         RedisNode::sentinel("nexus", &primary),
     );
+    // (A database number on a Sentinel's URL is for data nodes: a Sentinel refuses SELECT.)
     let endpoint = format!(
-        "[store.sentinel]\nmaster_name = \"nexus\"\nnodes = [\"{}\", \"{}\"]\n",
+        "[store.sentinel]\nmaster_name = \"nexus\"\nnodes = [\"{}\", \"{}/2\"]\n",
         frozen.url(),
         live.url()
     );
@@ -235,6 +236,16 @@ fn a_frozen_sentinel_is_passed_over() {
     frozen.signal("-CONT");
     let edge = edge.expect("a replica starts behind a frozen Sentinel");
     wait_instance(&edge, &keys, "acme", "instance-a");
+    // A name no Sentinel monitors is a configuration error, said at once (it waited 30 s
+    // for a failover that could not come).
+    let misspelt = Admin::new(&store(
+        &endpoint.replace("\"nexus\"", "\"nexsu\""),
+        "admin",
+        "",
+    ));
+    let (code, _, err) = misspelt.tenant(&["get", "acme"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("check master_name"), "{err}");
 }
 
 /// A primary that stops answering (frozen: its connections stay open) while the Sentinels

@@ -214,7 +214,13 @@ impl Connector {
     ) -> Option<redis::RedisResult<(String, u16)>> {
         match self {
             Connector::Direct(_) => None,
-            Connector::Sentinel(s) => Some(s.named_by_one(timeout).await),
+            Connector::Sentinel(s) => Some(s.named_by_one(timeout).await.and_then(|n| match n {
+                Named::At(host, port) => Ok((host, port)),
+                Named::Unknown => Err(redis::RedisError::from((
+                    redis::ErrorKind::MasterNameNotFoundBySentinel,
+                    "the Sentinel monitors no primary of that name",
+                ))),
+            })),
         }
     }
 }
@@ -233,18 +239,33 @@ fn client_for(info: ConnectionInfo, tls: &RedisTls) -> redis::RedisResult<redis:
 /// Sentinel client waited on a Sentinel or a node that had stopped answering (a frozen
 /// process, a host that drops packets) for as long as it stayed so, and every replica's sync,
 /// every admin command and every start-up behind it waited too. A Sentinel that does not
-/// answer costs one timeout and the next is asked; the one that answered is asked first the
-/// next time.
+/// answer, or names a node that is not the primary, costs one step and the next is asked;
+/// the one that answered is asked first the next time.
 pub(crate) struct SentinelLookup {
     master_name: String,
-    /// Each Sentinel, described without its password, and a client for it.
-    nodes: Vec<(String, redis::Client)>,
+    /// Each Sentinel, described without its password, a client for it, and the connection
+    /// kept to it (replicas ask at every heartbeat: one connection each, not one a time).
+    nodes: Vec<SentinelNode>,
     /// The Sentinel that answered last.
     first: AtomicUsize,
     /// How to reach the primary: TLS or not, and its credentials and database.
     master_tls: bool,
     master_redis: RedisConnectionInfo,
     tls: RedisTls,
+}
+
+struct SentinelNode {
+    described: String,
+    client: redis::Client,
+    kept: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+}
+
+/// What one Sentinel said of the primary.
+enum Named {
+    At(String, u16),
+    /// It monitors no primary of that name: a misspelt `master_name` (a monitored name is
+    /// never unnamed, failover or not).
+    Unknown,
 }
 
 impl SentinelLookup {
@@ -254,19 +275,28 @@ impl SentinelLookup {
             .nodes
             .iter()
             .map(|node| {
-                let info = node
+                let mut info = node
                     .as_str()
                     .into_connection_info()
                     .map_err(|e| format!("sentinel node {}: {e}", redact(node)))?;
+                // A Sentinel has no databases (it refuses SELECT) and speaks RESP2 to us:
+                // what a URL says of either is for data nodes.
+                info.redis.db = 0;
+                info.redis.protocol = redis::ProtocolVersion::default();
                 let client = client_for(info, tls)
                     .map_err(|e| format!("sentinel node {}: {e}", redact(node)))?;
-                Ok((redact(node), client))
+                Ok(SentinelNode {
+                    described: redact(node),
+                    client,
+                    kept: std::sync::Mutex::new(None),
+                })
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Self {
             master_name: s.master_name.clone(),
+            // Processes start at different Sentinels, so a fleet's questions are spread.
+            first: AtomicUsize::new(std::process::id() as usize % nodes.len().max(1)),
             nodes,
-            first: AtomicUsize::new(0),
             master_tls: s.master_tls,
             master_redis: RedisConnectionInfo {
                 db: s.db,
@@ -282,10 +312,117 @@ impl SentinelLookup {
     /// for `timeout` at most.
     pub(crate) async fn named(&self, timeout: Duration) -> redis::RedisResult<(String, u16)> {
         let mut last = None;
+        let mut unknown = 0;
         for _ in 0..self.nodes.len() {
             match self.named_by_one(timeout).await {
-                Ok(addr) => return Ok(addr),
+                Ok(Named::At(host, port)) => return Ok((host, port)),
+                Ok(Named::Unknown) => unknown += 1,
                 Err(e) => last = Some(e),
+            }
+        }
+        if unknown == self.nodes.len() {
+            // Configuration, not a failover: said at once.
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::ClientError,
+                "no Sentinel monitors a primary of that name (check master_name)",
+                format!("{:?}", self.master_name),
+            )));
+        }
+        Err(last.unwrap_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::MasterNameNotFoundBySentinel,
+                "the Sentinels monitor no primary of that name",
+                format!("{:?}", self.master_name),
+            ))
+        }))
+    }
+
+    /// What the Sentinel that answered last names as primary, asked for `timeout` at most;
+    /// when it fails, the next Sentinel is the one asked next.
+    async fn named_by_one(&self, timeout: Duration) -> redis::RedisResult<Named> {
+        let i = self.first.load(Ordering::Relaxed) % self.nodes.len().max(1);
+        let Some(node) = self.nodes.get(i) else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::ClientError,
+                "no Sentinel configured",
+            )));
+        };
+        let kept = node
+            .kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let asked = async {
+            let mut con = match kept {
+                Some(con) => con,
+                None => {
+                    node.client
+                        .get_multiplexed_async_connection_with_config(&bounded(timeout))
+                        .await?
+                }
+            };
+            let named = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(&self.master_name)
+                .query_async::<Option<(String, u16)>>(&mut con)
+                .await?;
+            Ok::<_, redis::RedisError>((con, named))
+        };
+        let answer = tokio::time::timeout(timeout, asked)
+            .await
+            .unwrap_or_else(|_| Err(timed_out("the Sentinel", &node.described)));
+        let mut keep = node
+            .kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match answer {
+            Ok((con, named)) => {
+                *keep = Some(con);
+                Ok(match named {
+                    Some((host, port)) => Named::At(host, port),
+                    None => {
+                        self.pass_over(i);
+                        Named::Unknown
+                    }
+                })
+            }
+            Err(e) => {
+                // A connection that failed once is not asked again.
+                *keep = None;
+                self.pass_over(i);
+                Err(whose(e, "Sentinel", &node.described))
+            }
+        }
+    }
+
+    /// The next Sentinel is asked first from now on, unless another caller moved on already.
+    fn pass_over(&self, i: usize) {
+        let _ = self.first.compare_exchange(
+            i,
+            (i + 1) % self.nodes.len().max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A client for the node the Sentinels name as primary, once it answers `ROLE` as one,
+    /// and its address. A node that does not (mid-failover it may not yet, or no longer; a
+    /// Sentinel cut off from the others may name an old one) sends the question to the next
+    /// Sentinel.
+    async fn primary(
+        &self,
+        timeout: Duration,
+    ) -> redis::RedisResult<(redis::Client, (String, u16))> {
+        let mut last = None;
+        for _ in 0..self.nodes.len() {
+            let (host, port) = self.named(timeout).await?;
+            match self.checked_primary(&host, port, timeout).await {
+                Ok(client) => return Ok((client, (host, port))),
+                Err(e) => {
+                    // The Sentinel that named it (the one `named` left first) is passed over.
+                    self.pass_over(self.first.load(Ordering::Relaxed) % self.nodes.len().max(1));
+                    last = Some(e);
+                }
             }
         }
         Err(last.unwrap_or_else(|| {
@@ -293,66 +430,23 @@ impl SentinelLookup {
         }))
     }
 
-    /// The address the Sentinel that answered last names as primary, asked for `timeout` at
-    /// most; when it fails, the next Sentinel is the one asked next.
-    async fn named_by_one(&self, timeout: Duration) -> redis::RedisResult<(String, u16)> {
-        let i = self.first.load(Ordering::Relaxed) % self.nodes.len().max(1);
-        let Some((described, client)) = self.nodes.get(i) else {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::ClientError,
-                "no Sentinel configured",
-            )));
-        };
-        let asked = async {
-            let mut con = client
-                .get_multiplexed_async_connection_with_config(&bounded(timeout))
-                .await?;
-            redis::cmd("SENTINEL")
-                .arg("GET-MASTER-ADDR-BY-NAME")
-                .arg(&self.master_name)
-                .query_async::<Option<(String, u16)>>(&mut con)
-                .await
-        };
-        let failed = match tokio::time::timeout(timeout, asked).await {
-            Ok(Ok(Some(addr))) => return Ok(addr),
-            Ok(Ok(None)) => redis::RedisError::from((
-                redis::ErrorKind::MasterNameNotFoundBySentinel,
-                "the Sentinel monitors no primary of that name",
-                format!("{described}: {:?}", self.master_name),
-            )),
-            Ok(Err(e)) => whose(e, "Sentinel", described),
-            Err(_) => redis::RedisError::from((
-                redis::ErrorKind::IoError,
-                "the Sentinel did not answer in time",
-                described.clone(),
-            )),
-        };
-        // Another may know; this one is asked again after the others.
-        let _ = self.first.compare_exchange(
-            i,
-            (i + 1) % self.nodes.len(),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        Err(failed)
-    }
-
-    /// A client for the node the Sentinels name as primary, once it answers `ROLE` as one
-    /// (mid-failover it may not yet, or no longer), and its address.
-    async fn primary(
+    /// A client for `host:port` once it answers `ROLE` as the primary.
+    async fn checked_primary(
         &self,
+        host: &str,
+        port: u16,
         timeout: Duration,
-    ) -> redis::RedisResult<(redis::Client, (String, u16))> {
-        let (host, port) = self.named(timeout).await?;
+    ) -> redis::RedisResult<redis::Client> {
+        let node = format!("{host}:{port}");
         let addr = if self.master_tls {
             ConnectionAddr::TcpTls {
-                host: host.clone(),
+                host: host.to_owned(),
                 port,
                 insecure: false,
                 tls_params: None,
             }
         } else {
-            ConnectionAddr::Tcp(host.clone(), port)
+            ConnectionAddr::Tcp(host.to_owned(), port)
         };
         let client = client_for(
             ConnectionInfo {
@@ -369,27 +463,35 @@ impl SentinelLookup {
                 .query_async::<redis::Value>(&mut con)
                 .await
         };
-        let role = match tokio::time::timeout(timeout, role).await {
-            Ok(role) => role.map_err(|e| whose(e, "primary", &format!("{host}:{port}")))?,
-            Err(_) => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::IoError,
-                    "the node the Sentinels name as primary did not answer in time",
-                    format!("{host}:{port}"),
-                )))
-            }
-        };
+        let role = tokio::time::timeout(timeout, role)
+            .await
+            .unwrap_or_else(|_| Err(timed_out("the node the Sentinels name as primary", &node)))
+            .map_err(|e| whose(e, "primary", &node))?;
         let is_primary = matches!(&role, redis::Value::Array(items)
             if matches!(items.first(), Some(redis::Value::BulkString(r)) if r == b"master"));
         if !is_primary {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::MasterNameNotFoundBySentinel,
                 "the node the Sentinels name as primary does not answer as one (yet)",
-                format!("{host}:{port}"),
+                node,
             )));
         }
-        Ok((client, (host, port)))
+        Ok(client)
     }
+}
+
+#[cfg(test)]
+pub(crate) fn timed_out_for_tests(what: &str, node: &str) -> redis::RedisError {
+    timed_out(what, node)
+}
+
+/// A step that did not answer in time, as an I/O timeout (so it counts as one, e.g. for
+/// whether a failover explains it), naming what did not answer.
+fn timed_out(what: &str, node: &str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} ({node}) did not answer in time"),
+    ))
 }
 
 /// `e`, naming the node it came from when it is a refused password: a Sentinel's and the

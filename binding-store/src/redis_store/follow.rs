@@ -361,11 +361,14 @@ async fn session(
     let mut last_heartbeat: Option<Instant> = None;
     let mut counter_watch = CounterWatch::default();
     let block_ms = (opts.heartbeat_interval.as_millis() as u64 / 2).clamp(10, 1000);
+    // Asked of the Sentinels on a timer of its own: the heartbeat's is reset by every change
+    // applied, and a stream of changes from a writer still on the old primary must not keep
+    // the question from being asked. At most once a second, whatever the heartbeat interval.
+    let check_every = opts.heartbeat_interval.max(Duration::from_secs(1));
+    let mut last_primary_check = Instant::now();
     loop {
-        if last_heartbeat.is_none_or(|t| t.elapsed() >= opts.heartbeat_interval) {
-            let position = store.position();
-            let (counter, own_entry) = history_check(store, &mut con, position.as_ref()).await?;
-            let applied = position.map_or(0, |p| p.revision);
+        if last_primary_check.elapsed() >= check_every {
+            last_primary_check = Instant::now();
             if let Some(named) = store.primary_moved().await {
                 tracing::warn!(primary = %named,
                     "the Sentinels name another primary than the node this replica reads; reconnecting");
@@ -376,6 +379,11 @@ async fn session(
                 ))
                 .into());
             }
+        }
+        if last_heartbeat.is_none_or(|t| t.elapsed() >= opts.heartbeat_interval) {
+            let position = store.position();
+            let (counter, own_entry) = history_check(store, &mut con, position.as_ref()).await?;
+            let applied = position.map_or(0, |p| p.revision);
             match counter_watch.observe(counter, applied, own_entry) {
                 Verdict::InStep => {}
                 Verdict::NoHistory => tracing::warn!(

@@ -397,8 +397,8 @@ impl RedisStore {
         const FIRST_PAUSE: Duration = Duration::from_millis(50);
         let mut pause = FIRST_PAUSE;
         loop {
-            // The Sentinel lookup and the primary's `ROLE` check have no timeout of their own:
-            // the deadline bounds each attempt too.
+            // Each step of the Sentinel lookup is bounded (`SentinelLookup`); the deadline
+            // bounds the attempt as a whole too.
             let attempt = match tokio::time::timeout_at(deadline, self.connect()).await {
                 Ok(attempt) => attempt,
                 Err(_) => return Err(fail(&"no answer", true)),
@@ -1748,6 +1748,11 @@ mod tests {
                 true,
             ),
             (refused, true),
+            // A Sentinel or node that did not answer in time (`SentinelLookup`).
+            (
+                super::endpoint::timed_out_for_tests("the Sentinel", "redis://127.0.0.1:1"),
+                true,
+            ),
             (
                 RedisError::from(std::io::Error::from(std::io::ErrorKind::HostUnreachable)),
                 true,
