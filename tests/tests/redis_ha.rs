@@ -118,9 +118,17 @@ fn rediss_with_a_private_ca_and_client_certificates() {
     );
 }
 
-#[test]
-fn sentinel_failover_moves_the_fleet_to_the_new_primary() {
-    let mut primary = RedisNode::primary();
+/// A primary, a standby in sync with it, and a Sentinel (calling the primary down after
+/// `down_after_ms`) that knows both; with the `[store.sentinel]` table that finds them.
+struct Watched {
+    primary: RedisNode,
+    standby: RedisNode,
+    sentinel: RedisNode,
+    endpoint: String,
+}
+
+fn watched_pair(down_after_ms: u64) -> Watched {
+    let primary = RedisNode::primary();
     let standby = RedisNode::replica_of(&primary);
     wait::until(Duration::from_secs(15), "the replica to sync", || {
         standby
@@ -128,7 +136,7 @@ fn sentinel_failover_moves_the_fleet_to_the_new_primary() {
             .contains("master_link_status:up")
             .then_some(())
     });
-    let sentinel = RedisNode::sentinel("nexus", &primary);
+    let sentinel = RedisNode::sentinel_after("nexus", &primary, down_after_ms);
     wait::until(
         Duration::from_secs(15),
         "Sentinel to discover the replica",
@@ -143,6 +151,22 @@ fn sentinel_failover_moves_the_fleet_to_the_new_primary() {
         "[store.sentinel]\nmaster_name = \"nexus\"\nnodes = [\"{}\"]\n",
         sentinel.url()
     );
+    Watched {
+        primary,
+        standby,
+        sentinel,
+        endpoint,
+    }
+}
+
+#[test]
+fn sentinel_failover_moves_the_fleet_to_the_new_primary() {
+    let Watched {
+        mut primary,
+        standby,
+        sentinel,
+        endpoint,
+    } = watched_pair(500);
     let keys = TestKeys::new();
     let (a, b, c) = (
         Backend::start("instance-a"),
@@ -254,31 +278,14 @@ fn a_frozen_sentinel_is_passed_over() {
 /// as long as that stayed frozen, and the replica served its old table all that time.
 #[test]
 fn a_frozen_primary_is_left_for_the_one_the_sentinels_promote() {
-    let primary = RedisNode::primary();
-    let standby = RedisNode::replica_of(&primary);
-    wait::until(Duration::from_secs(15), "the replica to sync", || {
-        standby
-            .cmd(&["INFO", "replication"])
-            .contains("master_link_status:up")
-            .then_some(())
-    });
     // Slow to call the primary down: the replica's reconnect comes while it still names the
     // frozen node.
-    let sentinel = RedisNode::sentinel_after("nexus", &primary, 6000);
-    wait::until(
-        Duration::from_secs(15),
-        "Sentinel to know the standby",
-        || {
-            sentinel
-                .cmd(&["SENTINEL", "REPLICAS", "nexus"])
-                .contains(&standby.port.to_string())
-                .then_some(())
-        },
-    );
-    let endpoint = format!(
-        "[store.sentinel]\nmaster_name = \"nexus\"\nnodes = [\"{}\"]\n",
-        sentinel.url()
-    );
+    let Watched {
+        primary,
+        standby,
+        sentinel,
+        endpoint,
+    } = watched_pair(6000);
     let keys = TestKeys::new();
     let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
     let admin = Admin::new(&store(&endpoint, "admin", ""));
@@ -310,33 +317,18 @@ fn a_frozen_primary_is_left_for_the_one_the_sentinels_promote() {
 
 /// A planned failover (`SENTINEL FAILOVER`) leaves the old primary answering as one until the
 /// Sentinels reconfigure it, seconds later: replicas that kept reading it served (and
-/// confirmed to `--wait`) a history the new primary does not hold. Each heartbeat asks the
-/// Sentinels which node is the primary, and a replica on another one reconnects.
+/// confirmed to `--wait`) a history the new primary does not hold. A replica asks the
+/// Sentinels which node is the primary (every heartbeat interval, at most once a second), and
+/// reconnects when it reads another.
 #[test]
 fn a_replica_leaves_a_primary_the_sentinels_no_longer_name() {
-    let primary = RedisNode::primary();
-    let standby = RedisNode::replica_of(&primary);
-    wait::until(Duration::from_secs(15), "the replica to sync", || {
-        standby
-            .cmd(&["INFO", "replication"])
-            .contains("master_link_status:up")
-            .then_some(())
-    });
-    let sentinel = RedisNode::sentinel("nexus", &primary);
-    wait::until(
-        Duration::from_secs(15),
-        "Sentinel to know the standby",
-        || {
-            sentinel
-                .cmd(&["SENTINEL", "REPLICAS", "nexus"])
-                .contains(&standby.port.to_string())
-                .then_some(())
-        },
-    );
-    let endpoint = format!(
-        "[store.sentinel]\nmaster_name = \"nexus\"\nnodes = [\"{}\"]\n",
-        sentinel.url()
-    );
+    let Watched {
+        // Kept alive: the old primary goes on answering after the failover.
+        primary: _old,
+        standby,
+        sentinel,
+        endpoint,
+    } = watched_pair(500);
     let keys = TestKeys::new();
     let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
     let admin = Admin::new(&store(&endpoint, "admin", ""));
