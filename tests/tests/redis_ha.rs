@@ -315,6 +315,37 @@ fn a_frozen_primary_is_left_for_the_one_the_sentinels_promote() {
     primary.signal("-CONT");
 }
 
+/// Replication to the standby is asynchronous: a write no standby has acknowledged is lost by
+/// a failover, though the CLI wrote it (and `--wait` confirmed it). Behind Sentinel the CLI
+/// waits a second for a standby's acknowledgement and warns without one.
+#[test]
+fn a_write_no_standby_acknowledged_is_said_to_be_at_risk() {
+    let Watched {
+        primary,
+        standby,
+        sentinel: _sentinel,
+        endpoint,
+    } = watched_pair(60_000);
+    let a = Backend::start("instance-a");
+    let b = Backend::start("instance-b");
+    let admin = Admin::new(&store(&endpoint, "admin", ""));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    let at_risk = "no standby acknowledged it";
+    // A standby that takes nothing (frozen).
+    standby.signal("-STOP");
+    let (code, _, err) = rebind(&admin, "acme", &b);
+    standby.signal("-CONT");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(at_risk), "{err}");
+    wait::until(Duration::from_secs(15), "the standby to catch up", || {
+        (standby.cmd(&["GET", "nexus:revision"]) == primary.cmd(&["GET", "nexus:revision"]))
+            .then_some(())
+    });
+    let (code, _, err) = rebind(&admin, "acme", &a);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains(at_risk), "{err}");
+}
+
 /// A planned failover (`SENTINEL FAILOVER`) leaves the old primary answering as one until the
 /// Sentinels reconfigure it, seconds later: replicas that kept reading it served (and
 /// confirmed to `--wait`) a history the new primary does not hold. A replica asks the

@@ -914,7 +914,39 @@ impl RedisStore {
     }
 }
 
+/// How long a write behind Sentinel waits for a standby to acknowledge it.
+const STANDBY_ACK_WAIT: Duration = Duration::from_secs(1);
+
 impl RedisStore {
+    /// Behind Sentinel, says so (a warning the admin CLI prints) when no standby acknowledged
+    /// the write at `revision` within [`STANDBY_ACK_WAIT`] (`WAIT 1`): replication is
+    /// asynchronous, and a failover now would lose it, though the write, and a `--wait`
+    /// after it, succeed. Redis that answers nothing to `WAIT` (a user without the right)
+    /// says nothing here.
+    async fn warn_unless_replicated(
+        &self,
+        con: &mut MultiplexedConnection,
+        tenant: &TenantId,
+        revision: u64,
+    ) {
+        if !matches!(self.opts.endpoint, RedisEndpoint::Sentinel(_)) {
+            return;
+        }
+        let acked: redis::RedisResult<u64> = redis::cmd("WAIT")
+            .arg(1)
+            .arg(STANDBY_ACK_WAIT.as_millis() as u64)
+            .query_async(con)
+            .await;
+        if acked == Ok(0) {
+            tracing::warn!(
+                "tenant {tenant} at revision {revision} is written on the primary, but no \
+                 standby acknowledged it within {}s: a failover now would lose it (after one, \
+                 `nexus-edge tenant history {tenant}` says whether it is there)",
+                STANDBY_ACK_WAIT.as_secs()
+            );
+        }
+    }
+
     /// With Sentinel, the node the Sentinels name as primary now when it is not the one the
     /// follower reads (`None`: the same, no Sentinel, or no Sentinel answered: a replica keeps
     /// following what it has rather than drop it for want of an answer).
@@ -1501,6 +1533,7 @@ impl BindingAdmin for RedisStore {
             }
             match inv.invoke_async::<u64>(&mut con).await {
                 Ok(rev) => {
+                    self.warn_unless_replicated(&mut con, tenant, rev).await;
                     let next = next.map(|mut b| {
                         b.revision = Revision(rev);
                         b
