@@ -73,6 +73,14 @@ impl RequestCtx {
     fn id(&self) -> &str {
         self.request_id.to_str().unwrap_or_default()
     }
+
+    /// The tenant the request was decided for, for log lines (empty before a decision).
+    fn tenant(&self) -> &str {
+        self.decision
+            .as_ref()
+            .map(|d| d.binding.tenant_id.as_str())
+            .unwrap_or_default()
+    }
 }
 
 /// The Nexus Edge HTTP service.
@@ -800,7 +808,7 @@ impl ProxyHttp for EdgeService {
                     |not_logged| {
                         tracing::warn!(
                             request_id = %ctx.id(),
-                            tenant = %ctx.decision.as_ref().map(|d| d.binding.tenant_id.as_str()).unwrap_or_default(),
+                            tenant = %ctx.tenant(),
                             dropped,
                             not_logged,
                             "the instance set the session cookie with a Domain (it would reach other tenants' hosts): not passed on"
@@ -945,11 +953,7 @@ impl ProxyHttp for EdgeService {
         };
         let budgets = &self.state.log_budgets;
         budgets.write(RequestLine::Reason(reason.label()), |not_logged| {
-            let tenant = ctx
-                .decision
-                .as_ref()
-                .map(|d| d.binding.tenant_id.as_str())
-                .unwrap_or_default();
+            let tenant = ctx.tenant();
             if reason == RejectReason::Internal {
                 // A fault of the router itself: an error, unlike an instance's failure.
                 tracing::error!(

@@ -347,11 +347,7 @@ impl SentinelLookup {
                 "no Sentinel configured",
             )));
         };
-        let kept = node
-            .kept
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let kept = super::lock(&node.kept).clone();
         let asked = async {
             let mut con = match kept {
                 Some(con) => con,
@@ -371,10 +367,7 @@ impl SentinelLookup {
         let answer = tokio::time::timeout(timeout, asked)
             .await
             .unwrap_or_else(|_| Err(timed_out("the Sentinel", &node.described)));
-        let mut keep = node
-            .kept
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut keep = super::lock(&node.kept);
         match answer {
             Ok((con, named)) => {
                 *keep = Some(con);

@@ -36,10 +36,7 @@ pub(super) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = FIRST_BACKOFF;
-    // While Redis stays away the replica retries every second or so: a failure is logged,
-    // then the same failure again once a minute, saying how many were not (another failure
-    // is logged at once).
-    let mut told: Option<(Instant, u64, String)> = None;
+    let mut told = FailureLines::default();
     loop {
         if *shutdown.borrow() {
             return;
@@ -49,17 +46,16 @@ pub(super) async fn run(
         // A session that lasted was a working one: the next reconnect comes soon. One that
         // fails again right after catching up (a command the replica's user may not run)
         // keeps backing off instead of reconnecting several times a second.
-        if started.elapsed() >= STEADY_SESSION {
-            backoff = FIRST_BACKOFF;
-            told = None;
-        }
         let Err(e) = result else {
             return;
         };
-        // A session that got as far as following (it marked the store up) ended: this
-        // failure is news, however soon it came.
-        if store.health_ref().store_up() {
-            told = None;
+        // A session that lasted, or got as far as following (it marked the store up), was a
+        // working one: this failure is news, however soon it came.
+        if started.elapsed() >= STEADY_SESSION {
+            backoff = FIRST_BACKOFF;
+            told = FailureLines::default();
+        } else if store.health_ref().store_up() {
+            told = FailureLines::default();
         }
         store.health_ref().mark_down();
         store.health_ref().add_sync_failure();
@@ -68,23 +64,7 @@ pub(super) async fn run(
         store
             .snapshot_if_behind(handle.load(), Duration::ZERO)
             .await;
-        let said = e.to_string();
-        let not_logged = match &mut told {
-            Some((at, skipped, last)) if at.elapsed() < RETRY_LOG_EVERY && *last == said => {
-                *skipped += 1;
-                None
-            }
-            Some((at, skipped, last)) => {
-                *at = Instant::now();
-                *last = said;
-                Some(std::mem::take(skipped))
-            }
-            None => {
-                told = Some((Instant::now(), 0, said));
-                Some(0)
-            }
-        };
-        if let Some(not_logged) = not_logged {
+        if let Some(not_logged) = told.admit(e.to_string()) {
             let retry_in_ms = backoff.as_millis() as u64;
             match misplaced_key(&store, &e).await {
                 Some(named) => tracing::error!(problem = %named, retry_in_ms, not_logged,
@@ -99,6 +79,36 @@ pub(super) async fn run(
             _ = shutdown.changed() => return,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// While Redis stays away the replica retries every second or so: a failure is logged, then
+/// the same failure again once every [`RETRY_LOG_EVERY`], saying how many were not; another
+/// failure is logged at once.
+#[derive(Debug, Default)]
+struct FailureLines {
+    /// The last failure logged, when, and the failures not logged since.
+    last: Option<(String, Instant, u64)>,
+}
+
+impl FailureLines {
+    /// Whether to log failure `said`: `Some` with the failures not logged since the last line.
+    fn admit(&mut self, said: String) -> Option<u64> {
+        match &mut self.last {
+            Some((last, at, skipped)) if *last == said && at.elapsed() < RETRY_LOG_EVERY => {
+                *skipped += 1;
+                None
+            }
+            Some((last, at, skipped)) => {
+                *last = said;
+                *at = Instant::now();
+                Some(std::mem::take(skipped))
+            }
+            None => {
+                self.last = Some((said, Instant::now(), 0));
+                Some(0)
+            }
+        }
     }
 }
 
