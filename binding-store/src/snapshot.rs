@@ -1,8 +1,9 @@
 //! The last-known-good snapshot: the table on local disk, so a replica that restarts while
 //! Redis is down can still serve.
 //!
-//! Layout: one header line of JSON `{"format":"nexus-edge.snapshot","version":3,
-//! "key_prefix":"..","revision":..,"count":..,"written_at_ms":..,"sha256":".."}`, then one
+//! Layout: one header line of JSON `{"format":"nexus-edge.snapshot","version":4,
+//! "key_prefix":"..","history":"..","revision":..,"count":..,"written_at_ms":..,"sha256":".."}`
+//! (`history` absent when unknown), then one
 //! binding record per line. The checksum covers the header's other fields and every byte
 //! after the header line. Written temp → fsync → rename → fsync dir; a snapshot that fails any
 //! check is refused whole, never partially loaded.
@@ -17,6 +18,11 @@
 //! blue/green switch) must not serve, or stand in with, the old keyspace's bindings. Version
 //! 1 (before the prefix was recorded) is still read, as the configured prefix's table: its
 //! prefix is the one it wrote under unless the configuration changed in the same step.
+//!
+//! From version 4 the header also names the history (`{prefix}:history` in Redis) the table
+//! was loaded from: a replica restarting over a Redis that lost its data while the whole fleet
+//! was down, and that a write then began a new history in, tells that history from its own.
+//! Versions 1 to 3 are read as of an unknown history.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -29,14 +35,16 @@ use crate::model::{Binding, Revision};
 use crate::records::parse_record_with;
 use crate::table::BindingTable;
 
-/// Snapshot format version this build writes (3: the checksum covers the header too). It
-/// also reads versions 1 and 2.
-pub const SNAPSHOT_VERSION: u32 = 3;
+/// Snapshot format version this build writes (4: the header names the history too). It also
+/// reads versions 1 to 3.
+pub const SNAPSHOT_VERSION: u32 = 4;
 
 /// The version before the key prefix was recorded.
 const SNAPSHOT_VERSION_NO_PREFIX: u32 = 1;
 /// The last version whose checksum covers the records only.
 const SNAPSHOT_VERSION_BODY_SUM: u32 = 2;
+/// The last version that does not name the history.
+const SNAPSHOT_VERSION_NO_HISTORY: u32 = 3;
 const FORMAT: &str = "nexus-edge.snapshot";
 
 #[derive(Serialize, Deserialize)]
@@ -46,6 +54,9 @@ struct Header {
     /// Absent from version 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key_prefix: Option<String>,
+    /// Absent before version 4, and when the history was unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    history: Option<String>,
     revision: u64,
     count: usize,
     written_at_ms: u64,
@@ -110,8 +121,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The checksum a header of its version must carry for `body`: from version 3 over the
-/// header's fields (one per line, the key prefix as a JSON string, so no value can pass for
-/// another's line) and then the records; before, over the records only.
+/// header's fields (one per line, the key prefix and history as JSON, so no value can pass
+/// for another's line) and then the records; before, over the records only.
 fn checksum(header: &Header, body: &[u8]) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     if header.version > SNAPSHOT_VERSION_BODY_SUM {
@@ -124,12 +135,16 @@ fn checksum(header: &Header, body: &[u8]) -> String {
             .as_bytes(),
         );
     }
+    if header.version > SNAPSHOT_VERSION_NO_HISTORY {
+        let history = serde_json::to_string(&header.history).unwrap_or_default();
+        ctx.update(format!("history={history}\n").as_bytes());
+    }
     ctx.update(body);
     hex(ctx.finish().as_ref())
 }
 
 /// Writes `table`, followed under Redis key prefix `key_prefix` up to feed revision
-/// `applied`, atomically to `path`.
+/// `applied` of history `history` (`None`: unknown), atomically to `path`.
 ///
 /// The header says `applied`, never the newest record's revision: a follower applies each
 /// feed entry as its tenant's newest record, and a full load scans records written after its
@@ -145,6 +160,7 @@ pub fn write_snapshot(
     table: &BindingTable,
     applied: Revision,
     key_prefix: &str,
+    history: Option<&str>,
 ) -> Result<(), SnapshotError> {
     let io = |source| SnapshotError::Io {
         path: path.to_path_buf(),
@@ -162,6 +178,7 @@ pub fn write_snapshot(
         format: FORMAT.to_owned(),
         version: SNAPSHOT_VERSION,
         key_prefix: Some(key_prefix.to_owned()),
+        history: history.map(str::to_owned),
         revision: applied.get(),
         count: bindings.len(),
         written_at_ms: crate::source::now_unix_ms(),
@@ -259,6 +276,9 @@ pub struct Snapshot {
     /// The Redis key prefix whose table it is (`None`: a version-1 snapshot, which does not
     /// say).
     pub key_prefix: Option<String>,
+    /// The id of the Redis history the table was loaded from (`None`: unknown, or a snapshot
+    /// older than version 4).
+    pub history: Option<String>,
     /// When it was written (Unix ms): its replica was in sync with Redis then, so a table
     /// served from it is at least this old.
     pub written_at_unix_ms: u64,
@@ -341,6 +361,10 @@ pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotErr
         table: table.at_least(Revision(header.revision)),
         revision: Revision(header.revision),
         key_prefix: header.key_prefix,
+        // Only a version that covers it by the checksum says it.
+        history: header
+            .history
+            .filter(|_| header.version > SNAPSHOT_VERSION_NO_HISTORY),
         written_at_unix_ms: header.written_at_ms,
     })
 }
@@ -393,12 +417,12 @@ mod tests {
         ])
         .0;
         assert_eq!(table.revision().get(), 7);
-        write_snapshot(&path, &table, Revision(5), "nexus").expect("write");
+        write_snapshot(&path, &table, Revision(5), "nexus", None).expect("write");
         let back = read_snapshot(&path, "nexus").expect("read");
         assert_eq!(back.revision.get(), 5);
         assert_eq!(back.table.len(), 2);
         // Past the newest record (deletes after it): that revision.
-        write_snapshot(&path, &table, Revision(9), "nexus").expect("write");
+        write_snapshot(&path, &table, Revision(9), "nexus", None).expect("write");
         assert_eq!(
             read_snapshot(&path, "nexus").expect("read").revision.get(),
             9
@@ -431,7 +455,7 @@ mod tests {
                     let (t, path, barrier) = (Arc::clone(t), path.clone(), Arc::clone(&barrier));
                     std::thread::spawn(move || {
                         barrier.wait();
-                        write_snapshot(&path, &t, t.revision(), "nexus")
+                        write_snapshot(&path, &t, t.revision(), "nexus", None)
                     })
                 })
                 .collect();
@@ -459,9 +483,11 @@ mod tests {
             Err(SnapshotError::Missing(_))
         ));
         let before = crate::source::now_unix_ms();
-        write_snapshot(&path, &table(10_000), Revision(10_000), "nexus").expect("write");
+        write_snapshot(&path, &table(10_000), Revision(10_000), "nexus", Some("h1"))
+            .expect("write");
         let back = read_snapshot(&path, "nexus").expect("read");
         assert_eq!(back.table.len(), 10_000);
+        assert_eq!(back.history.as_deref(), Some("h1"));
         assert_eq!(back.table.revision().get(), 10_000);
         let written = back.written_at_unix_ms;
         assert!(
@@ -505,8 +531,14 @@ mod tests {
         let parsed = parse_snapshot(&path, &v2).expect("parse v2");
         assert_eq!(parsed.key_prefix.as_deref(), Some("nexus"));
         assert_eq!(parsed.revision.get(), 10_000);
+        // Version 3 names no history; one found in its header (not covered by its checksum)
+        // is not believed.
+        let v3 = rewritten(&good, |h| h.version = 3);
+        let parsed = parse_snapshot(&path, &v3).expect("parse v3");
+        assert_eq!(parsed.revision.get(), 10_000);
+        assert_eq!(parsed.history, None);
 
-        // Version 3: a damaged header field is refused like a damaged record. Each of these
+        // Version 4: a damaged header field is refused like a damaged record. Each of these
         // keeps the line valid JSON, so only the checksum can tell.
         let head = good_head(&good).to_owned();
         for (from, to) in [
@@ -514,6 +546,8 @@ mod tests {
             ("\"revision\":10000", "\"revision\":1000"),
             ("\"key_prefix\":\"nexus\"", "\"key_prefix\":\"nexua\""),
             ("\"count\":10000", "\"count\":10001"),
+            ("\"history\":\"h1\"", "\"history\":\"h2\""),
+            ("\"history\":\"h1\",", ""),
             (
                 &format!("\"written_at_ms\":{written}"),
                 &format!("\"written_at_ms\":{}", written + 1),
@@ -553,7 +587,7 @@ mod tests {
             Err(SnapshotError::ChecksumMismatch(_))
         ));
         let text = String::from_utf8(good.clone()).expect("utf8").replacen(
-            "\"version\":3",
+            "\"version\":4",
             "\"version\":9",
             1,
         );

@@ -673,8 +673,14 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     assert_ne!(code, 0);
     assert!(err.contains("checksum mismatch"), "{err}");
     let ours = nexus_binding_store::snapshot::parse_snapshot(&snapshot, text.as_bytes()).unwrap();
-    nexus_binding_store::snapshot::write_snapshot(&other, &ours.table, ours.revision, "nexus-blue")
-        .unwrap();
+    nexus_binding_store::snapshot::write_snapshot(
+        &other,
+        &ours.table,
+        ours.revision,
+        "nexus-blue",
+        None,
+    )
+    .unwrap();
     let (code, _, err) = admin.tenant(&["import", other.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("key prefix \"nexus-blue\"'s table"), "{err}");
@@ -712,6 +718,93 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
         Some("instance-b"),
         "acme came back with the snapshot"
     );
+}
+
+#[test]
+fn a_history_begun_while_every_replica_was_down_waits_for_an_admin_to_confirm_it() {
+    // Redis lost its data while no replica ran, so no heartbeat could tell the admin CLI that
+    // bindings are served: the next write begins a new history holding one tenant. A replica
+    // restarting on its snapshot would take it and unbind every other tenant. It keeps the
+    // snapshot's table, says why, and takes Redis's history only once an admin confirms it
+    // (after putting back what should stay, here by importing the snapshot).
+    let redis = RedisServer::start();
+    let url = format!("url = \"{}\"", redis.url());
+    let admin = Admin::new(&store(&url, "admin", ""));
+    let keys = TestKeys::new();
+    let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    admin.put(&binding("globex", &a.url(), "active", None));
+    let snaps = tempfile::tempdir().unwrap();
+    let snapshot = snaps.path().join("bindings.snapshot.json");
+    let tail = format!("snapshot_path = \"{}\"\n", snapshot.display());
+    let edge = replica(&keys, store(&url, "replica-h", &tail));
+    wait_instance(&edge, &keys, "globex", "instance-a");
+    wait::until(Duration::from_secs(10), "the snapshot", || {
+        std::fs::read_to_string(&snapshot)
+            .ok()
+            .filter(|t| t.contains("globex") && t.contains("\"history\":"))
+    });
+    drop(edge);
+
+    redis.cmd(&["FLUSHALL"]);
+    admin.put(&binding("newco", &b.url(), "active", None));
+    let edge = replica(&keys, store(&url, "replica-h", &tail));
+    wait::until(Duration::from_secs(10), "the refusal to be logged", || {
+        edge.log()
+            .contains("begun by a write while no replica was heard")
+            .then_some(())
+    });
+    for tenant in ["acme", "globex"] {
+        assert_eq!(
+            instance_of(&edge, &keys, tenant).as_deref(),
+            Some("instance-a"),
+            "{tenant}: {}",
+            edge.log()
+        );
+    }
+    assert_eq!(instance_of(&edge, &keys, "newco"), None);
+    assert!(
+        edge.ops_get("/metrics")
+            .text()
+            .contains("nexus_edge_binding_store_up 0"),
+        "not following Redis"
+    );
+    // The snapshot keeps the table served: a restart now would serve it again.
+    let kept = std::fs::read_to_string(&snapshot).unwrap();
+    assert!(kept.contains("globex") && !kept.contains("newco"), "{kept}");
+    // What the replica serves is put back into Redis's history, then the history confirmed:
+    // the replica loads it whole.
+    let copy = snaps.path().join("kept.snapshot");
+    std::fs::write(&copy, &kept).unwrap();
+    let out = admin.ok(&["import", copy.to_str().unwrap()]);
+    assert!(out.contains("imported 2"), "{out}");
+    assert_eq!(
+        instance_of(&edge, &keys, "newco"),
+        None,
+        "not before the confirmation"
+    );
+    let out = admin.ok(&["confirm-history"]);
+    assert!(out.contains("confirmed"), "{out}");
+    wait_instance(&edge, &keys, "newco", "instance-b");
+    for tenant in ["acme", "globex"] {
+        wait_instance(&edge, &keys, tenant, "instance-a");
+    }
+    wait::until(Duration::from_secs(10), "the store reported up", || {
+        edge.ops_get("/metrics")
+            .text()
+            .contains("nexus_edge_binding_store_up 1")
+            .then_some(())
+    });
+    let out = admin.ok(&["confirm-history"]);
+    assert!(out.contains("nothing to confirm"), "{out}");
+    drop(edge);
+
+    // A new history the admin meant (`--start-new-history`) needs no confirmation.
+    redis.cmd(&["FLUSHALL"]);
+    admin.put_with(NEW_HISTORY, &binding("initech", &b.url(), "active", None));
+    let edge = replica(&keys, store(&url, "replica-h", &tail));
+    wait_instance(&edge, &keys, "initech", "instance-b");
+    assert_eq!(instance_of(&edge, &keys, "acme"), None, "{}", edge.log());
 }
 
 #[test]
@@ -957,13 +1050,15 @@ fn finish_restore(redis: &RedisServer, revision: u64) {
     let started = redis.cmd(&[
         "EVAL",
         &script,
-        "3",
+        "4",
         "nexus:revision",
         "nexus:changes",
         "nexus:restoring",
+        "nexus:history",
         &revision,
         "100000",
         "restore-token",
+        "test-restore",
     ]);
     assert_eq!(started, revision);
 }

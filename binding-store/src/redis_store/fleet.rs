@@ -350,11 +350,66 @@ pub(super) async fn served_revision(
         .unwrap_or(0))
 }
 
+/// What `tenant confirm-history` found ([`RedisStore::confirm_history`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The history `id` was unconfirmed and is confirmed now; Redis is at `revision`.
+    Confirmed {
+        /// The history's id.
+        id: String,
+        /// Redis's revision counter.
+        revision: u64,
+    },
+    /// The history `id` needed no confirmation: `began` says how it began (`new-history`,
+    /// `restore`, `before-ids`, or `write` confirmed earlier).
+    NotNeeded {
+        /// The history's id.
+        id: String,
+        /// How it began.
+        began: String,
+    },
+    /// Redis names no history: no revision counter, or none written since ids were kept.
+    NoHistory,
+}
+
 impl RedisStore {
     /// The store's revision counter (`None`: there is none, a new or wiped keyspace).
     pub async fn counter(&self) -> Result<Option<u64>, AdminError> {
         let mut con = self.admin_connection().await?;
         self.read_counter(&mut con).await
+    }
+
+    /// Confirms the history Redis holds when a write began it while no replica was heard
+    /// serving (`write.lua` marks it `unconfirmed`): replicas serving another history's
+    /// bindings then load Redis's table, and unbind every tenant it does not hold.
+    pub async fn confirm_history(&self) -> Result<Confirmation, AdminError> {
+        let mut con = self.admin_connection().await?;
+        type Read = (Option<String>, Option<String>, u64, Option<Vec<u8>>);
+        let key = self.keys().history();
+        let read: redis::RedisResult<Read> = redis::pipe()
+            .atomic()
+            .hget(&key, "id")
+            .hget(&key, "began")
+            .hdel(&key, "unconfirmed")
+            .get(self.keys().revision())
+            .query_async(&mut con)
+            .await;
+        let (id, began, removed, counter) = match read {
+            Ok(read) => read,
+            Err(e) => return Err(super::read_failure(&mut con, &key, e, "hash").await),
+        };
+        let revision = self.keys().counter(counter).map_err(super::unavailable)?;
+        Ok(match (id, removed) {
+            (Some(id), 1..) => Confirmation::Confirmed {
+                id,
+                revision: revision.unwrap_or(0),
+            },
+            (Some(id), 0) => Confirmation::NotNeeded {
+                id,
+                began: began.unwrap_or_default(),
+            },
+            (None, _) => Confirmation::NoHistory,
+        })
     }
 
     /// Whether any replica's heartbeat is kept under this key prefix (read only: nothing

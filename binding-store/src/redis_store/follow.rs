@@ -129,6 +129,7 @@ async fn misplaced_key(store: &RedisStore, e: &LoadError) -> Option<String> {
         (keys.revision(), "string"),
         (keys.domains(), "hash"),
         (keys.replicas(), "hash"),
+        (keys.history(), "hash"),
     ];
     let named = super::misplaced(&mut con, &wanted, "so the binding table cannot be followed")
         .await
@@ -157,13 +158,20 @@ async fn reconcile(
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), LoadError> {
     let current = handle.load();
+    let history = store.position().and_then(|p| p.history);
+    let served = || {
+        Some(super::Served {
+            table: &current,
+            history: history.as_deref(),
+        })
+    };
     let tell = || {
         tracing::info!(
             "a restore import is writing to Redis: loading the whole table when it finishes"
         );
     };
     let loaded = store
-        .full_table_whole(con, || Some(&*current), tell, || *shutdown.borrow())
+        .full_table_whole(con, served, tell, || *shutdown.borrow())
         .await?;
     let Some((table, pos)) = loaded else {
         return Ok(());
@@ -350,10 +358,13 @@ async fn session(
     };
     if needs_reconcile {
         if let Err(e) = reconcile(store, handle, &mut con, shutdown).await {
-            if matches!(e, LoadError::NoHistory { .. }) {
+            if matches!(
+                e,
+                LoadError::NoHistory { .. } | LoadError::UnconfirmedHistory { .. }
+            ) {
                 // Redis is up but lost its data: say what this replica serves, so the admin
                 // CLI can refuse a write that would start a new history over it (write.lua),
-                // or a restore older than it. That is the revision applied (the snapshot's,
+                // or a restore older than it, and `replicas` shows it not following. That is the revision applied (the snapshot's,
                 // when it serves one), deletes after the newest record included; the newest
                 // record's revision would leave them out.
                 let serving = store.position().map_or(0, |p| p.revision);
@@ -489,6 +500,7 @@ async fn apply_entries(
     let mut pos = store.position().unwrap_or(FeedPosition {
         stream_id: "0-0".to_owned(),
         revision: 0,
+        history: None,
     });
     // Tenants whose newest record claims a custom domain another tenant still holds here.
     // Each entry is applied as the tenant's *newest* record, which may be writes ahead of it:
@@ -605,6 +617,7 @@ async fn apply_entries(
         pos = FeedPosition {
             stream_id: id,
             revision: pos.revision.max(rev),
+            history: pos.history,
         };
         if contested.is_empty() {
             before_contested = None;

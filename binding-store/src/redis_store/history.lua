@@ -1,10 +1,11 @@
 -- Nexus Edge: start a new history after a restore import (restore.lua wrote the records).
--- One atomic step: the revision counter, one `reset` entry in the change feed (which tells
--- every replica to reload the whole table), and the restore lock released.
+-- One atomic step: the history's id, the revision counter, one `reset` entry in the change
+-- feed (which tells every replica to reload the whole table), and the restore lock released.
 --
 -- KEYS[1] revision counter   KEYS[2] change stream   KEYS[3] restore lock
+-- KEYS[4] the history's id ({prefix}:history, a hash; see write.lua)
 -- ARGV[1] the new history's revision (the highest record revision)
--- ARGV[2] approximate stream length cap   ARGV[3] lock token
+-- ARGV[2] approximate stream length cap   ARGV[3] lock token   ARGV[4] the new history's id
 -- Errors: "HISTORY" (a counter exists), "LOCK" (the lock is not ours any more).
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -19,6 +20,9 @@ local found = redis.call('TYPE', KEYS[2]).ok
 if found ~= 'none' and found ~= 'stream' then
   return redis.error_reply('KEYTYPE ' .. KEYS[2] .. ' ' .. found .. ' stream')
 end
+-- A restore is an admin's explicit choice: every replica takes it (no `unconfirmed`).
+redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[4], 'id', ARGV[4], 'began', 'restore')
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'rev', ARGV[1], 'op', 'reset')
 redis.call('DEL', KEYS[3])

@@ -44,7 +44,7 @@ use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
 
 pub use endpoint::{RedisEndpoint, RedisTls, SentinelOptions};
-pub use fleet::{ReplicaStatus, WaitOutcome};
+pub use fleet::{Confirmation, ReplicaStatus, WaitOutcome};
 
 use endpoint::Connector;
 
@@ -174,6 +174,34 @@ impl Keys {
     pub(crate) fn restoring(&self) -> String {
         format!("{}:restoring", self.prefix)
     }
+    /// The id of the history the counter counts, and how it began (see [`StoreHistory`]).
+    pub(crate) fn history(&self) -> String {
+        format!("{}:history", self.prefix)
+    }
+}
+
+/// A new random id for a history that a write or restore may begin (`write.lua` uses it only
+/// when it begins one): 128 bits, so no two histories, of any Redis, share one.
+pub(crate) fn new_history_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Which history Redis holds (`{prefix}:history`), as a replica reads it with the counter.
+///
+/// A replica remembers the id of the history its table was loaded from, and its snapshot
+/// keeps it. A Redis that lost its data while every replica was down shows none of their
+/// heartbeats, so nothing stops an admin's write from beginning a new history there, holding
+/// that one tenant; replicas taking it would unbind every other tenant. Such a history is
+/// `unconfirmed`, and a replica serving another one's bindings keeps them until an admin
+/// confirms it ([`LoadError::UnconfirmedHistory`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoreHistory {
+    /// Random id, new for each history.
+    pub(crate) id: Arc<str>,
+    /// Begun by a write while no replica was heard serving, and not confirmed since.
+    pub(crate) unconfirmed: bool,
 }
 
 /// Position in the change feed: last stream id read and the revision it carried.
@@ -181,6 +209,16 @@ impl Keys {
 pub(crate) struct FeedPosition {
     pub(crate) stream_id: String,
     pub(crate) revision: u64,
+    /// The id of the history the table was loaded from (`None`: unknown, a Redis or snapshot
+    /// from before ids were kept). See [`StoreHistory`].
+    pub(crate) history: Option<Arc<str>>,
+}
+
+/// The table a full load would replace, and the history it was loaded from.
+#[derive(Clone, Copy)]
+pub(crate) struct Served<'c> {
+    pub(crate) table: &'c BindingTable,
+    pub(crate) history: Option<&'c str>,
 }
 
 /// The Redis binding store: admin writes, and the sync loop of one replica.
@@ -542,31 +580,42 @@ impl RedisStore {
     pub(crate) async fn feed_head(
         &self,
         con: &mut MultiplexedConnection,
-    ) -> redis::RedisResult<(FeedPosition, Option<u64>, bool)> {
-        let (entries, counter, restoring): (Entries, Option<Vec<u8>>, bool) = redis::pipe()
-            .atomic()
-            .cmd("XREVRANGE")
-            .arg(self.keys.changes())
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("GET")
-            .arg(self.keys.revision())
-            .exists(self.keys.restoring())
-            .query_async(con)
-            .await?;
+    ) -> redis::RedisResult<(FeedPosition, Option<u64>, bool, Option<StoreHistory>)> {
+        type Fields = BTreeMap<String, String>;
+        let (entries, counter, restoring, history): (Entries, Option<Vec<u8>>, bool, Fields) =
+            redis::pipe()
+                .atomic()
+                .cmd("XREVRANGE")
+                .arg(self.keys.changes())
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .cmd("GET")
+                .arg(self.keys.revision())
+                .exists(self.keys.restoring())
+                .hgetall(self.keys.history())
+                .query_async(con)
+                .await?;
+        // Written only by the scripts; a hash without an id (written by hand) says nothing.
+        let history = history.get("id").map(|id| StoreHistory {
+            id: Arc::from(id.as_str()),
+            unconfirmed: history.contains_key("unconfirmed"),
+        });
+        let id = history.as_ref().map(|h| Arc::clone(&h.id));
         let head = entries.into_iter().next().map_or(
             FeedPosition {
                 stream_id: "0-0".to_owned(),
                 revision: 0,
+                history: id.clone(),
             },
-            |(id, fields)| FeedPosition {
+            |(id_, fields)| FeedPosition {
                 revision: field_u64(&fields, "rev"),
-                stream_id: id,
+                stream_id: id_,
+                history: id,
             },
         );
-        Ok((head, self.keys.counter(counter)?, restoring))
+        Ok((head, self.keys.counter(counter)?, restoring, history))
     }
 
     /// Whether a restore import is writing to a Redis that had no revision counter, or has
@@ -590,7 +639,7 @@ impl RedisStore {
     pub(crate) async fn full_table_whole<'c>(
         &self,
         con: &mut MultiplexedConnection,
-        current: impl FnOnce() -> Option<&'c BindingTable> + Send + Copy,
+        current: impl FnOnce() -> Option<Served<'c>> + Send + Copy,
         tell: impl FnOnce() + Send,
         stop: impl Fn() -> bool + Send,
     ) -> Result<Option<(BindingTable, FeedPosition)>, LoadError> {
@@ -661,18 +710,18 @@ impl RedisStore {
     pub(crate) async fn full_table<'c>(
         &self,
         con: &mut MultiplexedConnection,
-        current: impl FnOnce() -> Option<&'c BindingTable> + Send,
+        current: impl FnOnce() -> Option<Served<'c>> + Send,
     ) -> Result<(BindingTable, FeedPosition), LoadError> {
-        let (head, counter, restoring) = self.feed_head(con).await?;
-        // Called at most once, and only when needed.
+        let (head, counter, restoring, history) = self.feed_head(con).await?;
+        // The table served, read once and only when needed: when there is no counter, a
+        // history to confirm, a refused record or a contested domain.
         let mut current = Some(current);
+        let mut served: Option<Option<Served<'c>>> = None;
+        let mut served = || *served.get_or_insert_with(|| current.take().and_then(|f| f()));
         // Refused before the scan: replicas retry this while a restore writes its records.
         // Past this check with no counter, the table served is empty: no binding to keep below.
         if counter.is_none() {
-            let serving = current
-                .take()
-                .and_then(|f| f())
-                .map_or(0, BindingTable::len);
+            let serving = served().map_or(0, |s| s.table.len());
             if serving > 0 {
                 return Err(LoadError::NoHistory { serving });
             }
@@ -689,6 +738,21 @@ impl RedisStore {
                 return Err(LoadError::Wiped { served });
             }
         }
+        // A history begun by a write while no replica was heard, over the table this replica
+        // serves from another history: Redis most likely lost its data while the whole fleet
+        // was down, and taking it would unbind every tenant that write did not name.
+        if let Some(h) = history.as_ref().filter(|h| h.unconfirmed) {
+            if let Some(s) = served() {
+                let other = s.history.is_some_and(|ours| ours != &*h.id);
+                if other && !s.table.is_empty() {
+                    return Err(LoadError::UnconfirmedHistory {
+                        serving: s.table.len(),
+                        revision: s.table.revision().get(),
+                        store_revision: counter.unwrap_or(0),
+                    });
+                }
+            }
+        }
         let (mut bindings, bad) = self.load_all(con).await?;
         // The records as loaded: those that do not end up in the table were refused.
         let loaded: Vec<Arc<Binding>> = bindings.clone();
@@ -696,16 +760,12 @@ impl RedisStore {
         if counter.is_none() && self.restore_started(con).await? {
             return Err(LoadError::RestoreUnderWay);
         }
-        // The table served, read once and only when a refused record or a contested domain
-        // needs it.
-        let mut served: Option<Option<&BindingTable>> = None;
-        let mut served = || *served.get_or_insert_with(|| current.take().and_then(|f| f()));
         // A refused record's tenant keeps its served binding, which may be an old snapshot's:
         // only with the custom domains the index still gives it.
         let mut put_back = HashSet::new();
         let mut index = DomainIndex::new();
         if !bad.is_empty() {
-            if let Some(cur) = served() {
+            if let Some(cur) = served().map(|s| s.table) {
                 let old: Vec<&Arc<Binding>> = bad
                     .iter()
                     .filter_map(|(tenant, _)| cur.get(tenant))
@@ -732,7 +792,7 @@ impl RedisStore {
             // bindings a loser gets back; settling may put back more, whose domains it was
             // not asked about: it is asked, and the settling made again from the start. The
             // index only grows, so this ends; the bound guards a lookup Redis refuses.
-            let cur = served();
+            let cur = served().map(|s| s.table);
             let mut ask: Vec<String> = contested
                 .iter()
                 .map(|(d, _)| d.clone())
@@ -817,6 +877,7 @@ impl RedisStore {
             FeedPosition {
                 stream_id: head.stream_id,
                 revision,
+                history: head.history,
             },
         ))
     }
@@ -901,9 +962,11 @@ impl RedisStore {
             due.written = Instant::now();
         }
         let prefix = self.opts.key_prefix.clone();
-        let applied = Revision(self.position().map_or(0, |p| p.revision));
+        let position = self.position();
+        let applied = Revision(position.as_ref().map_or(0, |p| p.revision));
+        let history = position.and_then(|p| p.history);
         let r = tokio::task::spawn_blocking(move || {
-            crate::snapshot::write_snapshot(&path, &table, applied, &prefix)
+            crate::snapshot::write_snapshot(&path, &table, applied, &prefix, history.as_deref())
         })
         .await;
         match r {
@@ -1071,7 +1134,7 @@ pub(crate) async fn misplaced(
 
 /// A read of `key` that failed: a key holding another type than the schema's `expected` is
 /// named as such, anything else is the store being unavailable.
-async fn read_failure(
+pub(crate) async fn read_failure(
     con: &mut MultiplexedConnection,
     key: &str,
     e: redis::RedisError,
@@ -1194,6 +1257,26 @@ pub(crate) enum LoadError {
         /// The highest revision a replica's heartbeat says it applied.
         served: u64,
     },
+    /// Redis holds a history begun by a write while no replica was heard serving, not the one
+    /// the `serving` bindings served here (up to `revision`) were loaded from: it lost its data
+    /// while every replica was down, most likely. Not loaded until an admin confirms it.
+    #[error(
+        "Redis holds a history begun by a write while no replica was heard (now at revision \
+         {store_revision}), not the one this replica's {serving} bindings (revision {revision}) \
+         were loaded from: Redis lost its data while every replica was down, most likely, and \
+         taking its table would unbind every tenant that write did not name. Keeping the table \
+         served now. To keep these bindings, import a replica's snapshot (`nexus-edge tenant \
+         import SNAPSHOT`) and then confirm; to serve what Redis holds, confirm: `nexus-edge \
+         tenant confirm-history`"
+    )]
+    UnconfirmedHistory {
+        /// Bindings in the table kept.
+        serving: usize,
+        /// The revision of the table kept.
+        revision: u64,
+        /// Redis's revision counter.
+        store_revision: u64,
+    },
     /// Nothing is served, and a restore import is writing (or finished during the scan): the
     /// records read are only part of it. Worth asking again soon.
     #[error(
@@ -1236,8 +1319,11 @@ impl BindingSource for RedisStore {
             let standing_in = || {
                 read()
                     .and_then(|(_, r)| r.as_ref().ok())
-                    .map(|s| &s.table)
-                    .filter(|t| !t.is_empty())
+                    .filter(|s| !s.table.is_empty())
+                    .map(|s| Served {
+                        table: &s.table,
+                        history: s.history.as_deref(),
+                    })
             };
             // Nothing to stand in and no history in Redis: a fresh keyspace, or one wiped a
             // moment ago, which took the fleet's heartbeats with it. They are back within a
@@ -1297,6 +1383,7 @@ impl BindingSource for RedisStore {
                         self.set_position(FeedPosition {
                             stream_id: "0-0".to_owned(),
                             revision: snap.revision.get(),
+                            history: snap.history.as_deref().map(Arc::from),
                         });
                         Ok(snap.table.clone())
                     }
@@ -1516,6 +1603,7 @@ impl BindingAdmin for RedisStore {
                 .key(self.keys.domains())
                 .key(self.keys.restoring())
                 .key(self.keys.replicas())
+                .key(self.keys.history())
                 .arg(tenant.as_str())
                 .arg(read_rev.to_string())
                 .arg(new_json)
@@ -1525,7 +1613,8 @@ impl BindingAdmin for RedisStore {
                 .arg(match self.opts.wiped_store {
                     WipedStore::Refuse => "",
                     WipedStore::StartNewHistory => "new-history",
-                });
+                })
+                .arg(new_history_id());
             if let Some(b) = &next {
                 for d in &b.domains {
                     inv.arg(d.as_str());

@@ -267,9 +267,11 @@ async fn restore_locked(
         .key(store.keys.revision())
         .key(store.keys.changes())
         .key(store.keys.restoring())
+        .key(store.keys.history())
         .arg(revision)
         .arg(store.opts.stream_maxlen)
         .arg(token)
+        .arg(super::new_history_id())
         .invoke_async::<u64>(con)
         .await
         .map_err(|e| stopped(written, &e))?;

@@ -5,14 +5,15 @@
 -- KEYS[1] binding key ({prefix}:binding:{tenant})   KEYS[2] revision counter ({prefix}:revision)
 -- KEYS[3] change stream ({prefix}:changes)          KEYS[4] audit list ({prefix}:audit:{tenant})
 -- KEYS[5] domain index hash ({prefix}:domains)  KEYS[6] restore lock ({prefix}:restoring)
--- KEYS[7] replicas' heartbeats ({prefix}:replicas)
+-- KEYS[7] replicas' heartbeats ({prefix}:replicas)   KEYS[8] the history's id ({prefix}:history)
 -- ARGV[1] tenant id
 -- ARGV[2] expected current revision ("" = no check; "0" = must not exist)
 -- ARGV[3] new record JSON with "revision":0 as placeholder ("" = delete)
 -- ARGV[4] audit entry JSON with "revision":0 placeholders for the new revision
 -- ARGV[5] approximate stream length cap   ARGV[6] audit entries kept per tenant
 -- ARGV[7] "new-history" to write even where the store looks wiped ("" = refuse)
--- ARGV[8..] custom domains of the new record
+-- ARGV[8] an id for the history, used only when this write begins one (random, new each write)
+-- ARGV[9..] custom domains of the new record
 -- Returns the new revision; errors: "CONFLICT <actual>", "NOTFOUND", "DOMAIN <domain> <owner>",
 -- "RESTORING" (a restore import holds the store; see restore.lua), "WIPED <revision>" (no
 -- counter while a replica serves that revision), "KEYTYPE <key> <found> <expected>" (a key of
@@ -34,7 +35,7 @@ local function check_type(key, want)
 end
 local bad = check_type(KEYS[1], 'string') or check_type(KEYS[2], 'string')
   or check_type(KEYS[3], 'stream') or check_type(KEYS[4], 'list') or check_type(KEYS[5], 'hash')
-  or check_type(KEYS[7], 'hash')
+  or check_type(KEYS[7], 'hash') or check_type(KEYS[8], 'hash')
 if bad then
   return bad
 end
@@ -133,11 +134,31 @@ local function still_claims(owner, domain)
   end
   return false
 end
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   local owner = redis.call('HGET', KEYS[5], ARGV[i])
   if owner and owner ~= ARGV[1] and still_claims(owner, ARGV[i]) then
     return redis.error_reply('DOMAIN ' .. ARGV[i] .. ' ' .. owner)
   end
+end
+
+-- Which history this is (KEYS[8]): replicas compare its id with the one their table (or
+-- snapshot) was loaded from. A write into a store with no counter begins a new one. Begun with
+-- no replica heard serving (a first deployment, or a wipe while the whole fleet was down, which
+-- no heartbeat can show), it is `unconfirmed`: a replica serving another history's bindings
+-- does not take it until an admin confirms it (`tenant confirm-history`, or a write with
+-- --start-new-history), since it would unbind every tenant the write did not name.
+if not counter then
+  redis.call('DEL', KEYS[8])
+  if ARGV[7] == 'new-history' then
+    redis.call('HSET', KEYS[8], 'id', ARGV[8], 'began', 'new-history')
+  else
+    redis.call('HSET', KEYS[8], 'id', ARGV[8], 'began', 'write', 'unconfirmed', '1')
+  end
+elseif redis.call('EXISTS', KEYS[8]) == 0 then
+  -- A history begun before ids were kept: it gets one now.
+  redis.call('HSET', KEYS[8], 'id', ARGV[8], 'began', 'before-ids')
+elseif ARGV[7] == 'new-history' then
+  redis.call('HDEL', KEYS[8], 'unconfirmed')
 end
 
 -- A record written outside this script may carry a revision ahead of the counter. The next
@@ -186,7 +207,7 @@ if ARGV[3] == '' then
 else
   local record = string.gsub(ARGV[3], placeholder, stamped, 1)
   redis.call('SET', KEYS[1], record)
-  for i = 8, #ARGV do
+  for i = 9, #ARGV do
     redis.call('HSET', KEYS[5], ARGV[i], ARGV[1])
   end
   op = 'upsert'

@@ -15,7 +15,7 @@ use nexus_binding_store::{
 };
 
 use crate::store::Store;
-use nexus_binding_store::redis_store::{RedisStore, WipedStore};
+use nexus_binding_store::redis_store::{Confirmation, RedisStore, WipedStore};
 
 /// Options shared by every tenant command.
 #[derive(Debug, Args)]
@@ -207,6 +207,11 @@ pub enum TenantOp {
         /// Tenant id.
         tenant: String,
     },
+    /// Let replicas serving other bindings take the history Redis holds, when a write began
+    /// it while no replica was heard (after Redis lost its data with the whole fleet down,
+    /// replicas keep their tables until this): they then unbind every tenant Redis does not
+    /// hold (Redis store).
+    ConfirmHistory,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -286,6 +291,42 @@ fn routing(r: &BindingRecord) -> String {
             format!("  domains {}", r.domains.join(","))
         },
     )
+}
+
+fn print_confirmation(c: &Confirmation, json: bool) {
+    if json {
+        let doc = match c {
+            Confirmation::Confirmed { id, revision } => {
+                serde_json::json!({"confirmed": true, "history": id, "revision": revision})
+            }
+            Confirmation::NotNeeded { id, began } => {
+                serde_json::json!({"confirmed": false, "history": id, "began": began})
+            }
+            Confirmation::NoHistory => serde_json::json!({"confirmed": false, "history": null}),
+        };
+        outln!("{doc}");
+        return;
+    }
+    match c {
+        Confirmation::Confirmed { id, revision } => outln!(
+            "history {id} (at revision {revision}) confirmed: replicas that kept other bindings \
+             load Redis's table now, and unbind every tenant it does not hold"
+        ),
+        Confirmation::NotNeeded { id, began } => {
+            let how = match began.as_str() {
+                "write" => "a write, and confirmed since",
+                "new-history" => "a write with --start-new-history",
+                "restore" => "a restore import",
+                "before-ids" => "writes made before history ids were kept",
+                _ => "a writer outside nexus-edge",
+            };
+            outln!("nothing to confirm: replicas follow Redis's history {id} as it is (begun by {how})");
+        }
+        Confirmation::NoHistory => outln!(
+            "nothing to confirm: Redis names no history (no revision counter, or no write since \
+             history ids were kept)"
+        ),
+    }
 }
 
 fn print_history(entries: &[AuditEntry], json: bool) {
@@ -776,6 +817,21 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                     } else {
                         outln!("imported {n} bindings");
                     }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        TenantOp::ConfirmHistory => {
+            let Store::Redis(r) = store else {
+                return fail(
+                    "confirm-history needs the Redis store (a bindings file has no history to \
+                     confirm)",
+                );
+            };
+            match r.confirm_history().await {
+                Ok(c) => {
+                    print_confirmation(&c, json);
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
