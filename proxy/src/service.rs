@@ -715,7 +715,16 @@ impl ProxyHttp for EdgeService {
             request_id: &ctx.request_id,
             session_cookie: self.state.auth.session_cookie(),
         };
-        rewrite_upstream_request(upstream_request, decision, fwd)
+        rewrite_upstream_request(upstream_request, decision, fwd)?;
+        // Pingora has taken the client's `Connection` off (a WebSocket handshake's is its
+        // own, and such a request carries no body).
+        if !session.is_body_empty()
+            && crate::framing::closes_after(&upstream_request.method)
+            && !upstream_request.headers.contains_key(http::header::UPGRADE)
+        {
+            upstream_request.insert_header(http::header::CONNECTION, "close")?;
+        }
+        Ok(())
     }
 
     /// Sends no more of the request's body once the instance has answered it whole: an

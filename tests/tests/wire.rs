@@ -436,6 +436,102 @@ async fn instance_with_late_head_bodies(mut s: tokio::net::TcpStream) {
 }
 
 #[test]
+fn a_body_on_a_get_closes_the_instance_connection_it_was_sent_on() {
+    // An instance that answers a GET without reading its body (a static handler) and keeps
+    // the connection reads the body as its next request: one the router never checked. Pooled
+    // again, that connection would carry the tenant's next request, and its answer would be
+    // the smuggled request's. The router asks the instance to close after such a request.
+    let keys = TestKeys::new();
+    let heads: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&heads);
+    let instance = nexus_e2e::loopback::LoopbackServer::start(move |s| {
+        instance_that_ignores_get_bodies(s, Arc::clone(&seen))
+    });
+    let url = format!("http://{}", instance.addr);
+    let bindings = bindings_file(vec![binding("acme", &url, "active", Some("org-acme"))]);
+    let edge = Edge::start(&EdgeOptions::new(keys.jwks(), bindings));
+    let token = keys.token("acme", Some("org-acme"));
+    let send = |request: String| {
+        let mut s = TcpStream::connect(edge.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        read_to_close(&mut s)
+    };
+    let smuggled =
+        format!("GET /smuggled HTTP/1.1\r\nHost: acme.{BASE}\r\nX-User-Id: admin\r\n\r\n");
+    let first = send(format!(
+        "GET /first HTTP/1.1\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{smuggled}",
+        smuggled.len()
+    ));
+    assert!(first.ends_with("\r\n\r\n/first"), "{first}");
+    let next = send(format!(
+        "GET /next HTTP/1.1\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    ));
+    assert!(
+        next.ends_with("\r\n\r\n/next"),
+        "the next request got: {next}"
+    );
+    let heads = heads.lock().unwrap().clone();
+    assert!(
+        heads[0].starts_with("GET /first")
+            && heads[0]
+                .to_ascii_lowercase()
+                .contains("\r\nconnection: close"),
+        "{heads:?}"
+    );
+    assert!(
+        !heads.iter().any(|h| h.starts_with("GET /smuggled")),
+        "{heads:?}"
+    );
+}
+
+/// An instance that reads request heads only, whatever their `Content-Length` (so a GET's
+/// body is read as the next request), and answers each with its path. A `/smuggled` request's
+/// answer is held until the next request arrives on the connection, and written just before
+/// that one's; `Connection: close` is honoured.
+async fn instance_that_ignores_get_bodies(
+    mut s: tokio::net::TcpStream,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = |path: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+            path.len()
+        )
+    };
+    let (mut pending, mut piece, mut held) = (Vec::new(), [0u8; 8192], None::<String>);
+    loop {
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            pending.drain(..end + 4);
+            heads.lock().unwrap().push(head.clone());
+            let path = head
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
+            if path == "/smuggled" {
+                held = Some(answer(&path));
+                continue;
+            }
+            let out = held.take().unwrap_or_default() + &answer(&path);
+            if s.write_all(out.as_bytes()).await.is_err()
+                || head.to_ascii_lowercase().contains("\r\nconnection: close")
+            {
+                return;
+            }
+        }
+        match s.read(&mut piece).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => pending.extend_from_slice(&piece[..n]),
+        }
+    }
+}
+
+#[test]
 fn an_interim_response_reaches_the_client_without_framing_fields() {
     // RFC 9110 §8.6, RFC 9112 §6.1: a 1xx has no body, and carries no Content-Length nor
     // Transfer-Encoding; a parser that took either for a body would eat the final response.
