@@ -153,6 +153,9 @@ pub fn prepare(
 /// Opens the configured store, loads everything, and serves until shutdown. A start-up
 /// failure is logged and printed, and becomes the process's failure exit code.
 pub fn serve(settings: Settings) -> std::process::ExitCode {
+    if let Err(e) = crate::signals::ignore_reload_signals() {
+        tracing::warn!(error = %e, "SIGHUP, SIGUSR1 and SIGUSR2 are not caught: each ends the process");
+    }
     let started = crate::store::Store::open(&settings.store).and_then(|store| {
         let source = store.source();
         // Bound only once the state is loaded: a socket that accepts must soon be served. The

@@ -1,5 +1,5 @@
 //! SIGTERM, SIGINT and SIGQUIT (as SIGTERM): when the router stops, and how fast. (SIGHUP,
-//! SIGUSR1 and SIGUSR2 are caught and ignored.)
+//! SIGUSR1 and SIGUSR2 are caught and ignored from the start: [`ignore_reload_signals`].)
 //!
 //! Both are caught by a thread of their own, and queued, from before the listeners are bound
 //! (while the router only loads its keys and bindings, their default action ends it, as it
@@ -44,9 +44,7 @@ struct StopSignals {
 }
 
 impl StopSignals {
-    /// Catches SIGTERM, SIGINT and SIGQUIT from now on (and SIGHUP, SIGUSR1 and SIGUSR2, only
-    /// to say they do nothing).
-    /// Returns once they are caught.
+    /// Catches SIGTERM, SIGINT and SIGQUIT from now on. Returns once they are caught.
     fn install() -> std::io::Result<Self> {
         let (tx, queue) = mpsc::unbounded_channel();
         let (caught, installed) = std::sync::mpsc::channel();
@@ -70,30 +68,16 @@ impl StopSignals {
                             signal(SignalKind::terminate())?,
                             signal(SignalKind::interrupt())?,
                             signal(SignalKind::quit())?,
-                            signal(SignalKind::hangup())?,
-                            signal(SignalKind::user_defined1())?,
-                            signal(SignalKind::user_defined2())?,
                         ))
                     })();
-                    let (mut term, mut int, mut quit, mut hup, mut usr1, mut usr2) =
-                        match caught_all {
-                            Ok(all) => all,
-                            Err(e) => {
-                                let _ = caught.send(Err(e));
-                                return;
-                            }
-                        };
-                    let _ = caught.send(Ok(()));
-                    // By default SIGHUP, SIGUSR1 and SIGUSR2 would end the process at once,
-                    // cutting what is in flight, with nothing logged; an operator sending one
-                    // expects a reload or a log reopen.
-                    let ignored = |name: &str| {
-                        tracing::warn!(
-                            "{name} ignored: bindings and keys reload by themselves when their \
-                             store or file changes, logs go to stderr (nothing to reopen); a \
-                             config change needs a restart (SIGTERM drains)"
-                        );
+                    let (mut term, mut int, mut quit) = match caught_all {
+                        Ok(all) => all,
+                        Err(e) => {
+                            let _ = caught.send(Err(e));
+                            return;
+                        }
                     };
+                    let _ = caught.send(Ok(()));
                     loop {
                         let stop = tokio::select! {
                             _ = term.recv() => Stop::Term,
@@ -105,18 +89,6 @@ impl StopSignals {
                             _ = quit.recv() => {
                                 tracing::info!("SIGQUIT: taken as SIGTERM");
                                 Stop::Term
-                            }
-                            _ = hup.recv() => {
-                                ignored("SIGHUP");
-                                continue;
-                            }
-                            _ = usr1.recv() => {
-                                ignored("SIGUSR1");
-                                continue;
-                            }
-                            _ = usr2.recv() => {
-                                ignored("SIGUSR2");
-                                continue;
                             }
                         };
                         if tx.send(stop).is_err() {
@@ -143,6 +115,63 @@ impl StopSignals {
             Some(stop) => stop,
             None => std::future::pending().await,
         }
+    }
+}
+
+/// Catches SIGHUP, SIGUSR1 and SIGUSR2 for the rest of the process, and says each does
+/// nothing. Called first thing: their default action ends the process at once, cutting what
+/// is in flight, with nothing logged, and a start-up can take a while (a large bindings file,
+/// a wait for Redis), during which a log rotation's or a config tool's SIGHUP ended it. An
+/// operator sending one expects a reload or a log reopen, neither of which applies here.
+pub fn ignore_reload_signals() -> std::io::Result<()> {
+    let (caught, installed) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("ignored-signals".to_owned())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = caught.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let all = (|| {
+                    Ok::<_, std::io::Error>((
+                        signal(SignalKind::hangup())?,
+                        signal(SignalKind::user_defined1())?,
+                        signal(SignalKind::user_defined2())?,
+                    ))
+                })();
+                let (mut hup, mut usr1, mut usr2) = match all {
+                    Ok(all) => all,
+                    Err(e) => {
+                        let _ = caught.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = caught.send(Ok(()));
+                loop {
+                    let name = tokio::select! {
+                        _ = hup.recv() => "SIGHUP",
+                        _ = usr1.recv() => "SIGUSR1",
+                        _ = usr2.recv() => "SIGUSR2",
+                    };
+                    tracing::warn!(
+                        "{name} ignored: bindings and keys reload by themselves when their store \
+                         or file changes, logs go to stderr (nothing to reopen); a config change \
+                         needs a restart (SIGTERM drains)"
+                    );
+                }
+            });
+        })?;
+    match installed.recv() {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::other("the signal thread ended")),
     }
 }
 

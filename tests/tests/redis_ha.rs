@@ -1092,6 +1092,18 @@ fn a_replica_started_during_a_restore_serves_all_of_it_or_nothing() {
                 .then_some(())
         },
     );
+    // A log rotation's SIGHUP (or a SIGUSR1) during the start-up ended it, at once.
+    for sig in ["-HUP", "-USR1"] {
+        let sent = std::process::Command::new("kill")
+            .args([sig, &edge.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+    wait::until(Duration::from_secs(10), "the signals to be ignored", || {
+        let log = edge.log();
+        (log.contains("SIGHUP ignored") && log.contains("SIGUSR1 ignored")).then_some(())
+    });
 
     redis.cmd(&[
         "SET",
