@@ -562,7 +562,20 @@ fn server(
 
 /// Why environment variable `name` gives no value.
 fn env_problem(name: &str, e: &std::env::VarError) -> String {
+    // What is no variable's name may be the secret itself, pasted in the wrong place: not
+    // repeated into the error (and so the log).
+    let is_name = name
+        .bytes()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
     match e {
+        std::env::VarError::NotPresent if !is_name => format!(
+            "is not the name of an environment variable (letters, digits and `_`; its {} \
+             characters are not shown, in case they are the secret itself: put that in the \
+             environment and name the variable here)",
+            name.chars().count()
+        ),
         std::env::VarError::NotPresent => format!("environment variable {name} is not set"),
         std::env::VarError::NotUnicode(_) => {
             format!("environment variable {name} is set, but not to UTF-8 text")

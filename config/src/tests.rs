@@ -941,6 +941,23 @@ fn an_hmac_key_problem_is_said_at_the_line_of_its_field() {
 }
 
 #[test]
+fn a_secret_pasted_where_a_variable_name_goes_is_not_repeated() {
+    // `secret_env` (and a Sentinel's `password_env`) name a variable; a secret pasted there by
+    // mistake would otherwise be printed by `check` and logged by `serve`.
+    let secret = "hunter2-s3cret/with+base64==";
+    let text = format!("{MINIMAL}[[auth.hmac_keys]]\nkid = \"a\"\nsecret_env = \"{secret}\"\n");
+    let ps = problems(&text);
+    has(
+        &ps,
+        "auth.hmac_keys[0].secret_env",
+        10,
+        "not the name of an environment variable",
+    );
+    assert!(ps.iter().all(|p| !p.message.contains(secret)), "{ps:#?}");
+    assert!(!format!("{ps:?}").contains("hunter2"), "{ps:#?}");
+}
+
+#[test]
 fn the_tenant_and_org_claims_are_not_date_claims() {
     // The router reads exp, nbf and iat as NumericDates (numbers), and the tenant and org
     // claims must be strings: with one of these names every token would be refused.
