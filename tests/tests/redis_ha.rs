@@ -732,26 +732,39 @@ fn a_history_begun_while_every_replica_was_down_waits_for_an_admin_to_confirm_it
     let admin = Admin::new(&store(&url, "admin", ""));
     let keys = TestKeys::new();
     let (a, b) = (Backend::start("instance-a"), Backend::start("instance-b"));
-    admin.put(&binding("acme", &a.url(), "active", None));
-    admin.put(&binding("globex", &a.url(), "active", None));
     let snaps = tempfile::tempdir().unwrap();
     let snapshot = snaps.path().join("bindings.snapshot.json");
     let tail = format!("snapshot_path = \"{}\"\n", snapshot.display());
+    // Started before the first write, the replica follows the history that write begins
+    // without a full load: it learns the history's id at a heartbeat, and its snapshot names
+    // it (it would wait for the next reconcile, an hour here).
     let edge = replica(&keys, store(&url, "replica-h", &tail));
+    admin.put(&binding("acme", &a.url(), "active", None));
+    admin.put(&binding("globex", &a.url(), "active", None));
     wait_instance(&edge, &keys, "globex", "instance-a");
-    wait::until(Duration::from_secs(10), "the snapshot", || {
-        std::fs::read_to_string(&snapshot)
-            .ok()
-            .filter(|t| t.contains("globex") && t.contains("\"history\":"))
-    });
+    let id = redis.cmd(&["HGET", "nexus:history", "id"]);
+    assert_eq!(id.len(), 32, "{id}");
+    wait::until(
+        Duration::from_secs(10),
+        "the snapshot to name the history",
+        || {
+            std::fs::read_to_string(&snapshot)
+                .ok()
+                .filter(|t| t.contains("globex") && t.contains(&format!("\"history\":\"{id}\"")))
+        },
+    );
     drop(edge);
 
     redis.cmd(&["FLUSHALL"]);
     admin.put(&binding("newco", &b.url(), "active", None));
+    admin.put(&binding("newer", &b.url(), "active", None));
+    let fresh = redis.cmd(&["HGET", "nexus:history", "id"]);
     let edge = replica(&keys, store(&url, "replica-h", &tail));
     wait::until(Duration::from_secs(10), "the refusal to be logged", || {
         edge.log()
-            .contains("begun by a write while no replica was heard")
+            .contains(&format!(
+                "Redis holds history {fresh}, begun by a write while no replica was heard"
+            ))
             .then_some(())
     });
     for tenant in ["acme", "globex"] {
@@ -769,21 +782,40 @@ fn a_history_begun_while_every_replica_was_down_waits_for_an_admin_to_confirm_it
             .contains("nexus_edge_binding_store_up 0"),
         "not following Redis"
     );
+    // `replicas` says why the replica is on another history.
+    heartbeats(&redis, "replica-h", 1);
+    let list = nexus_e2e::edge::cli(&["replicas", "--config", admin.config.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&list.stderr);
+    assert!(
+        err.contains(&format!("Redis holds history {fresh}")),
+        "{err}"
+    );
     // The snapshot keeps the table served: a restart now would serve it again.
     let kept = std::fs::read_to_string(&snapshot).unwrap();
     assert!(kept.contains("globex") && !kept.contains("newco"), "{kept}");
-    // What the replica serves is put back into Redis's history, then the history confirmed:
-    // the replica loads it whole.
+    // What the replica serves is put back into Redis's history (older by its revisions than
+    // the writes made since: said, and allowed), then the history confirmed: the replica
+    // loads it whole.
     let copy = snaps.path().join("kept.snapshot");
     std::fs::write(&copy, &kept).unwrap();
-    let out = admin.ok(&["import", copy.to_str().unwrap()]);
+    let (code, _, err) = admin.tenant(&["import", copy.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--allow-older"), "{err}");
+    let out = admin.ok(&["import", "--allow-older", copy.to_str().unwrap()]);
     assert!(out.contains("imported 2"), "{out}");
     assert_eq!(
         instance_of(&edge, &keys, "newco"),
         None,
         "not before the confirmation"
     );
-    let out = admin.ok(&["confirm-history"]);
+    // Another history than the one the replica named is not confirmed.
+    let (code, _, err) = admin.tenant(&["confirm-history", "--history", &id]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("Redis holds history {fresh}")),
+        "{err}"
+    );
+    let out = admin.ok(&["confirm-history", "--history", &fresh]);
     assert!(out.contains("confirmed"), "{out}");
     wait_instance(&edge, &keys, "newco", "instance-b");
     for tenant in ["acme", "globex"] {

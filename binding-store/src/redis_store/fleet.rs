@@ -357,8 +357,8 @@ pub enum Confirmation {
     Confirmed {
         /// The history's id.
         id: String,
-        /// Redis's revision counter.
-        revision: u64,
+        /// Redis's revision counter (`None`: none, or not a number).
+        revision: Option<u64>,
     },
     /// The history `id` needed no confirmation: `began` says how it began (`new-history`,
     /// `restore`, `before-ids`, or `write` confirmed earlier).
@@ -381,35 +381,63 @@ impl RedisStore {
 
     /// Confirms the history Redis holds when a write began it while no replica was heard
     /// serving (`write.lua` marks it `unconfirmed`): replicas serving another history's
-    /// bindings then load Redis's table, and unbind every tenant it does not hold.
-    pub async fn confirm_history(&self) -> Result<Confirmation, AdminError> {
+    /// bindings then load Redis's table, and unbind every tenant it does not hold. With
+    /// `expected`, only that history (the id a refusing replica logs): one begun since, by
+    /// another wipe and write, is left unconfirmed and the error says which Redis holds.
+    pub async fn confirm_history(
+        &self,
+        expected: Option<&str>,
+    ) -> Result<Confirmation, AdminError> {
         let mut con = self.admin_connection().await?;
-        type Read = (Option<String>, Option<String>, u64, Option<Vec<u8>>);
+        let script = redis::Script::new(include_str!("confirm.lua"));
+        let answer: redis::RedisResult<(String, String, u64, String)> = script
+            .key(self.keys().history())
+            .key(self.keys().revision())
+            .arg(expected.unwrap_or(""))
+            .invoke_async(&mut con)
+            .await;
+        let (id, began, removed, counter) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                if let Some(("OTHER", id)) = super::script_error(&e) {
+                    return Err(AdminError::Unavailable(format!(
+                        "Redis holds history {}, not {}: nothing confirmed (Redis lost its data \
+                         and was written again since?); look at what it holds, and at the \
+                         replicas' logs, before confirming it",
+                        id.trim(),
+                        expected.unwrap_or_default()
+                    )));
+                }
+                return Err(super::wrong_type(&e, "so nothing was confirmed")
+                    .unwrap_or_else(|| super::unavailable(e)));
+            }
+        };
+        let revision = self
+            .keys()
+            .counter((!counter.is_empty()).then(|| counter.into_bytes()))
+            .ok()
+            .flatten();
+        Ok(match (id.is_empty(), removed) {
+            (true, _) => Confirmation::NoHistory,
+            (false, 1..) => Confirmation::Confirmed { id, revision },
+            (false, 0) => Confirmation::NotNeeded { id, began },
+        })
+    }
+
+    /// The history Redis holds, when a write began it while no replica was heard serving and
+    /// no admin has confirmed it since (`None` otherwise): what `replicas` warns of.
+    pub async fn unconfirmed_history(&self) -> Result<Option<String>, AdminError> {
+        let mut con = self.admin_connection().await?;
         let key = self.keys().history();
-        let read: redis::RedisResult<Read> = redis::pipe()
-            .atomic()
+        let read: redis::RedisResult<(Option<String>, bool)> = redis::pipe()
             .hget(&key, "id")
-            .hget(&key, "began")
-            .hdel(&key, "unconfirmed")
-            .get(self.keys().revision())
+            .hexists(&key, "unconfirmed")
             .query_async(&mut con)
             .await;
-        let (id, began, removed, counter) = match read {
-            Ok(read) => read,
-            Err(e) => return Err(super::read_failure(&mut con, &key, e, "hash").await),
-        };
-        let revision = self.keys().counter(counter).map_err(super::unavailable)?;
-        Ok(match (id, removed) {
-            (Some(id), 1..) => Confirmation::Confirmed {
-                id,
-                revision: revision.unwrap_or(0),
-            },
-            (Some(id), 0) => Confirmation::NotNeeded {
-                id,
-                began: began.unwrap_or_default(),
-            },
-            (None, _) => Confirmation::NoHistory,
-        })
+        match read {
+            Ok((id, unconfirmed)) => Ok(id.filter(|_| unconfirmed)),
+            Err(e) => Err(super::read_failure(&mut con, &key, e, "hash").await),
+        }
     }
 
     /// Whether any replica's heartbeat is kept under this key prefix (read only: nothing

@@ -253,27 +253,63 @@ impl CounterWatch {
     }
 }
 
-/// The store's revision counter, and whether the stream entry at `position` is still there.
+/// What one heartbeat reads of the store's history.
+struct HistoryRead {
+    /// The revision counter.
+    counter: Option<u64>,
+    /// Whether the stream entry at the replica's position is still there (true without one).
+    own_entry: bool,
+    /// The history's id (`{prefix}:history`).
+    id: Option<String>,
+}
+
+/// The store's revision counter and history id, and whether the stream entry at `position`
+/// is still there.
 async fn history_check(
     store: &RedisStore,
     con: &mut MultiplexedConnection,
     position: Option<&FeedPosition>,
-) -> redis::RedisResult<(Option<u64>, bool)> {
-    let id = position.map_or("0-0", |p| p.stream_id.as_str());
-    if id == "0-0" {
-        let counter: Option<Vec<u8>> = con.get(store.keys().revision()).await?;
-        return Ok((store.keys().counter(counter)?, true));
-    }
-    let (counter, entry): (Option<Vec<u8>>, Entries) = redis::pipe()
-        .cmd("GET")
+) -> redis::RedisResult<HistoryRead> {
+    let at = position.map_or("0-0", |p| p.stream_id.as_str());
+    let mut pipe = redis::pipe();
+    pipe.cmd("GET")
         .arg(store.keys().revision())
+        .cmd("HGET")
+        .arg(store.keys().history())
+        .arg("id");
+    if at == "0-0" {
+        let (counter, id): (Option<Vec<u8>>, Option<String>) = pipe.query_async(con).await?;
+        return Ok(HistoryRead {
+            counter: store.keys().counter(counter)?,
+            own_entry: true,
+            id,
+        });
+    }
+    let (counter, id, entry): (Option<Vec<u8>>, Option<String>, Entries) = pipe
         .cmd("XRANGE")
         .arg(store.keys().changes())
-        .arg(id)
-        .arg(id)
+        .arg(at)
+        .arg(at)
         .query_async(con)
         .await?;
-    Ok((store.keys().counter(counter)?, !entry.is_empty()))
+    Ok(HistoryRead {
+        counter: store.keys().counter(counter)?,
+        own_entry: !entry.is_empty(),
+        id,
+    })
+}
+
+/// What the history id read at a heartbeat says, the counter being in step: a replica that
+/// knows none yet (it loaded a store before its first write, which began the history, and
+/// has followed the feed since) learns it, so its snapshot names it; one that knows another
+/// reloads, the rules of a full load deciding whether it takes the new one.
+fn id_verdict(ours: Option<&str>, theirs: Option<&str>) -> Option<Verdict> {
+    match (ours, theirs) {
+        (Some(ours), Some(theirs)) if ours != theirs => Some(Verdict::Diverged(
+            "Redis names another history than the one this replica's table was loaded from",
+        )),
+        _ => None,
+    }
 }
 
 /// Whether the feed in Redis still continues from `p` without a gap.
@@ -287,7 +323,9 @@ async fn feed_continues(
     con: &mut MultiplexedConnection,
     p: &FeedPosition,
 ) -> redis::RedisResult<bool> {
-    let (counter, own_entry) = history_check(store, con, Some(p)).await?;
+    let HistoryRead {
+        counter, own_entry, ..
+    } = history_check(store, con, Some(p)).await?;
     let counter = counter.unwrap_or(0);
     if counter < p.revision || !own_entry {
         tracing::warn!(
@@ -403,9 +441,21 @@ async fn session(
         }
         if last_heartbeat.is_none_or(|t| t.elapsed() >= opts.heartbeat_interval) {
             let position = store.position();
-            let (counter, own_entry) = history_check(store, &mut con, position.as_ref()).await?;
+            let read = history_check(store, &mut con, position.as_ref()).await?;
+            let ours = position.as_ref().and_then(|p| p.history.clone());
             let applied = position.map_or(0, |p| p.revision);
-            match counter_watch.observe(counter, applied, own_entry) {
+            let mut verdict = counter_watch.observe(read.counter, applied, read.own_entry);
+            if verdict == Verdict::InStep {
+                if let Some(other) = id_verdict(ours.as_deref(), read.id.as_deref()) {
+                    verdict = other;
+                } else if let (None, Some(id)) = (&ours, &read.id) {
+                    store.learn_history(id);
+                    // The snapshot names it from its next write, made soon.
+                    store.snapshot_behind();
+                }
+            }
+            let counter = read.counter;
+            match verdict {
                 Verdict::InStep => {}
                 Verdict::NoHistory => tracing::warn!(
                     applied_revision = applied,

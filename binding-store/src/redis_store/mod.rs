@@ -746,6 +746,7 @@ impl RedisStore {
                 let other = s.history.is_some_and(|ours| ours != &*h.id);
                 if other && !s.table.is_empty() {
                     return Err(LoadError::UnconfirmedHistory {
+                        history: Arc::clone(&h.id),
                         serving: s.table.len(),
                         revision: s.table.revision().get(),
                         store_revision: counter.unwrap_or(0),
@@ -885,6 +886,16 @@ impl RedisStore {
     fn set_position(&self, p: FeedPosition) {
         if let Ok(mut g) = self.position.lock() {
             *g = Some(p);
+        }
+    }
+
+    /// Takes `id` for the history of the table served, when no id was known for it: see
+    /// `follow::id_verdict`.
+    pub(crate) fn learn_history(&self, id: &str) {
+        if let Ok(mut g) = self.position.lock() {
+            if let Some(p) = g.as_mut().filter(|p| p.history.is_none()) {
+                p.history = Some(Arc::from(id));
+            }
         }
     }
 
@@ -1261,15 +1272,17 @@ pub(crate) enum LoadError {
     /// the `serving` bindings served here (up to `revision`) were loaded from: it lost its data
     /// while every replica was down, most likely. Not loaded until an admin confirms it.
     #[error(
-        "Redis holds a history begun by a write while no replica was heard (now at revision \
-         {store_revision}), not the one this replica's {serving} bindings (revision {revision}) \
-         were loaded from: Redis lost its data while every replica was down, most likely, and \
-         taking its table would unbind every tenant that write did not name. Keeping the table \
-         served now. To keep these bindings, import a replica's snapshot (`nexus-edge tenant \
-         import SNAPSHOT`) and then confirm; to serve what Redis holds, confirm: `nexus-edge \
-         tenant confirm-history`"
+        "Redis holds history {history}, begun by a write while no replica was heard (now at \
+         revision {store_revision}), not the one this replica's {serving} bindings (revision \
+         {revision}) were loaded from: Redis lost its data while every replica was down, most \
+         likely, and taking its table would unbind every tenant that write did not name. \
+         Keeping the table served now. To keep these bindings, import a replica's snapshot \
+         (`nexus-edge tenant import --allow-older SNAPSHOT`) and then confirm; to serve what \
+         Redis holds, confirm: `nexus-edge tenant confirm-history --history {history}`"
     )]
     UnconfirmedHistory {
+        /// Redis's history id.
+        history: Arc<str>,
         /// Bindings in the table kept.
         serving: usize,
         /// The revision of the table kept.

@@ -143,22 +143,26 @@ end
 
 -- Which history this is (KEYS[8]): replicas compare its id with the one their table (or
 -- snapshot) was loaded from. A write into a store with no counter begins a new one. Begun with
--- no replica heard serving (a first deployment, or a wipe while the whole fleet was down, which
--- no heartbeat can show), it is `unconfirmed`: a replica serving another history's bindings
--- does not take it until an admin confirms it (`tenant confirm-history`, or a write with
--- --start-new-history), since it would unbind every tenant the write did not name.
+-- no replica heard at all (a wipe while the whole fleet was down, which no heartbeat can show,
+-- or a first write made before any replica ran), it is `unconfirmed`: a replica serving another history's bindings
+-- does not take it until an admin confirms it (`tenant confirm-history`: confirm.lua), since
+-- it would unbind every tenant the write did not name. Only that command confirms: a later
+-- write with --start-new-history (one of an import, say) would let replicas load a table
+-- still being written.
+-- Replicas heard with empty tables (a first deployment) have nothing to keep: only a write
+-- that no replica hears at all needs the mark.
 if not counter then
   redis.call('DEL', KEYS[8])
   if ARGV[7] == 'new-history' then
     redis.call('HSET', KEYS[8], 'id', ARGV[8], 'began', 'new-history')
+  elseif redis.call('HLEN', KEYS[7]) > 0 then
+    redis.call('HSET', KEYS[8], 'id', ARGV[8], 'began', 'write')
   else
     redis.call('HSET', KEYS[8], 'id', ARGV[8], 'began', 'write', 'unconfirmed', '1')
   end
 elseif redis.call('EXISTS', KEYS[8]) == 0 then
   -- A history begun before ids were kept: it gets one now.
   redis.call('HSET', KEYS[8], 'id', ARGV[8], 'began', 'before-ids')
-elseif ARGV[7] == 'new-history' then
-  redis.call('HDEL', KEYS[8], 'unconfirmed')
 end
 
 -- A record written outside this script may carry a revision ahead of the counter. The next

@@ -211,7 +211,12 @@ pub enum TenantOp {
     /// it while no replica was heard (after Redis lost its data with the whole fleet down,
     /// replicas keep their tables until this): they then unbind every tenant Redis does not
     /// hold (Redis store).
-    ConfirmHistory,
+    ConfirmHistory {
+        /// Confirm only this history (the id the replicas' refusal names): one Redis began
+        /// since is left as it is.
+        #[arg(long)]
+        history: Option<String>,
+    },
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -309,8 +314,11 @@ fn print_confirmation(c: &Confirmation, json: bool) {
     }
     match c {
         Confirmation::Confirmed { id, revision } => outln!(
-            "history {id} (at revision {revision}) confirmed: replicas that kept other bindings \
-             load Redis's table now, and unbind every tenant it does not hold"
+            "history {id}{} confirmed: replicas that kept the bindings of another history \
+             rather than load it load Redis's table now, and unbind every tenant it does not hold",
+            revision
+                .map(|r| format!(" (at revision {r})"))
+                .unwrap_or_default()
         ),
         Confirmation::NotNeeded { id, began } => {
             let how = match began.as_str() {
@@ -443,6 +451,8 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             | TenantOp::Export
             | TenantOp::History { .. }
             | TenantOp::Wait { .. }
+            // Changes no tenant: no audit entry names an actor.
+            | TenantOp::ConfirmHistory { .. }
     );
     if writes && args.actor.as_deref().is_some_and(|a| a.trim().is_empty()) {
         return fail("--actor is empty: name who makes the change (or leave it out for $USER)");
@@ -822,14 +832,14 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Err(e) => fail(e),
             }
         }
-        TenantOp::ConfirmHistory => {
+        TenantOp::ConfirmHistory { history } => {
             let Store::Redis(r) = store else {
                 return fail(
                     "confirm-history needs the Redis store (a bindings file has no history to \
                      confirm)",
                 );
             };
-            match r.confirm_history().await {
+            match r.confirm_history(history.as_deref()).await {
                 Ok(c) => {
                     print_confirmation(&c, json);
                     ExitCode::SUCCESS
@@ -1004,6 +1014,7 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
     };
     match rt.block_on(redis.replicas()) {
         Ok(list) => {
+            let refusing = list.iter().any(|r| r.live && r.other_history);
             if json {
                 outln!(
                     "{}",
@@ -1043,6 +1054,16 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
                         );
                     }
                 }
+            }
+            // Only when it may be why a replica is on another history; on stderr, so that
+            // `--json` stays one document.
+            if let (true, Ok(Some(id))) = (refusing, rt.block_on(redis.unconfirmed_history())) {
+                eprintln!(
+                    "nexus-edge: note: Redis holds history {id}, begun by a write while no \
+                     replica was heard serving, and not confirmed: a replica serving another \
+                     history's bindings keeps them (on another history, above) until \
+                     `nexus-edge tenant confirm-history --history {id}`"
+                );
             }
             ExitCode::SUCCESS
         }

@@ -1,0 +1,28 @@
+-- Nexus Edge: confirm the history Redis holds (`nexus-edge tenant confirm-history`), one that a
+-- write began while no replica was heard serving (write.lua marks it `unconfirmed`). Replicas
+-- serving another history's bindings keep them until then.
+--
+-- KEYS[1] the history's id ({prefix}:history)   KEYS[2] revision counter
+-- ARGV[1] the id the admin means ("" = whichever Redis holds)
+-- Returns {id, began, confirmed now (1) or not (0), counter or ""}; {"", "", 0, counter} when
+-- no history is named. Errors: "OTHER <id>" (Redis holds another history than ARGV[1]),
+-- "KEYTYPE <key> <found> hash" (nothing changed).
+
+local found = redis.call('TYPE', KEYS[1]).ok
+if found ~= 'none' and found ~= 'hash' then
+  return redis.error_reply('KEYTYPE ' .. KEYS[1] .. ' ' .. found .. ' hash')
+end
+local counter = redis.pcall('GET', KEYS[2])
+if type(counter) ~= 'string' then
+  counter = ''
+end
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id then
+  return {'', '', 0, counter}
+end
+if ARGV[1] ~= '' and ARGV[1] ~= id then
+  return redis.error_reply('OTHER ' .. id)
+end
+local began = redis.call('HGET', KEYS[1], 'began') or ''
+local removed = redis.call('HDEL', KEYS[1], 'unconfirmed')
+return {id, began, removed, counter}
