@@ -782,7 +782,8 @@ fn a_history_begun_while_every_replica_was_down_waits_for_an_admin_to_confirm_it
             .contains("nexus_edge_binding_store_up 0"),
         "not following Redis"
     );
-    // `replicas` says why the replica is on another history.
+    // `replicas` says why the replica is on another history, and an export (a backup) of
+    // what Redis holds is refused: it is not what the fleet serves.
     heartbeats(&redis, "replica-h", 1);
     let list = nexus_e2e::edge::cli(&["replicas", "--config", admin.config.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&list.stderr);
@@ -790,6 +791,15 @@ fn a_history_begun_while_every_replica_was_down_waits_for_an_admin_to_confirm_it
         err.contains(&format!("Redis holds history {fresh}")),
         "{err}"
     );
+    let (code, out, err) = admin.tenant(&["export"]);
+    assert_ne!(code, 0);
+    assert!(out.is_empty() && err.contains("nothing exported"), "{err}");
+    // A replica with nothing of its own to keep does not take the history either while
+    // others keep theirs: the fleet would route each tenant by the replica a request reaches.
+    let err = Edge::try_start(&replica_opts(&keys, store(&url, "replica-new", "")))
+        .err()
+        .expect("a replica started without a snapshot");
+    assert!(err.contains("other replicas keep their bindings"), "{err}");
     // The snapshot keeps the table served: a restart now would serve it again.
     let kept = std::fs::read_to_string(&snapshot).unwrap();
     assert!(kept.contains("globex") && !kept.contains("newco"), "{kept}");
@@ -837,6 +847,40 @@ fn a_history_begun_while_every_replica_was_down_waits_for_an_admin_to_confirm_it
     let edge = replica(&keys, store(&url, "replica-h", &tail));
     wait_instance(&edge, &keys, "initech", "instance-b");
     assert_eq!(instance_of(&edge, &keys, "acme"), None, "{}", edge.log());
+
+    // A restore made while no replica is heard cannot be checked against what they serve
+    // (here an export older than the fleet's table): it waits for a confirmation too.
+    let export = snaps.path().join("export.json");
+    std::fs::write(&export, admin.ok(&["export"])).unwrap();
+    admin.put(&binding("later", &b.url(), "active", None));
+    wait_instance(&edge, &keys, "later", "instance-b");
+    wait::until(
+        Duration::from_secs(10),
+        "the snapshot of the later tenant",
+        || {
+            std::fs::read_to_string(&snapshot)
+                .ok()
+                .filter(|t| t.contains("\"later\""))
+        },
+    );
+    drop(edge);
+    redis.cmd(&["FLUSHALL"]);
+    let out = admin.ok(&["import", export.to_str().unwrap()]);
+    assert!(out.contains("imported 1"), "{out}");
+    let edge = replica(&keys, store(&url, "replica-h", &tail));
+    wait::until(Duration::from_secs(10), "the refusal to be logged", || {
+        edge.log()
+            .contains("begun by a restore import while no replica")
+            .then_some(())
+    });
+    assert_eq!(
+        instance_of(&edge, &keys, "later").as_deref(),
+        Some("instance-b")
+    );
+    admin.ok(&["confirm-history"]);
+    wait::until(Duration::from_secs(10), "the restore to be taken", || {
+        instance_of(&edge, &keys, "later").is_none().then_some(())
+    });
 }
 
 #[test]
@@ -1082,11 +1126,12 @@ fn finish_restore(redis: &RedisServer, revision: u64) {
     let started = redis.cmd(&[
         "EVAL",
         &script,
-        "4",
+        "5",
         "nexus:revision",
         "nexus:changes",
         "nexus:restoring",
         "nexus:history",
+        "nexus:replicas",
         &revision,
         "100000",
         "restore-token",

@@ -4,8 +4,9 @@
 --
 -- KEYS[1] the history's id ({prefix}:history)   KEYS[2] revision counter
 -- ARGV[1] the id the admin means ("" = whichever Redis holds)
--- Returns {id, began, confirmed now (1) or not (0), counter or ""}; {"", "", 0, counter} when
--- no history is named. Errors: "OTHER <id>" (Redis holds another history than ARGV[1]),
+-- Returns {id, began, confirmed now (1) or not (0), counter or ""}; the id is "" when the
+-- history names none (a hash whose id was deleted by hand: its mark is taken off too, when
+-- no id is expected). Errors: "OTHER <id>" (Redis holds another history than ARGV[1]),
 -- "KEYTYPE <key> <found> hash" (nothing changed).
 
 local found = redis.call('TYPE', KEYS[1]).ok
@@ -16,10 +17,7 @@ local counter = redis.pcall('GET', KEYS[2])
 if type(counter) ~= 'string' then
   counter = ''
 end
-local id = redis.call('HGET', KEYS[1], 'id')
-if not id then
-  return {'', '', 0, counter}
-end
+local id = redis.call('HGET', KEYS[1], 'id') or ''
 if ARGV[1] ~= '' and ARGV[1] ~= id then
   return redis.error_reply('OTHER ' .. id)
 end

@@ -329,6 +329,40 @@ pub(super) async fn redis_now_ms(con: &mut MultiplexedConnection) -> redis::Redi
     Ok(secs * 1000 + micros / 1000)
 }
 
+/// The highest revision a live replica other than this one reports serving while not
+/// following the store (0 with none): over an unconfirmed history, the bindings other
+/// replicas keep rather than take it. A replica with nothing of its own to keep must not
+/// join that history meanwhile: the fleet would route each tenant by which replica a
+/// request reaches. Heartbeats that cannot be read tell nothing (0).
+pub(super) async fn kept_by_others(
+    store: &RedisStore,
+    con: &mut MultiplexedConnection,
+) -> redis::RedisResult<u64> {
+    type Read = (Vec<(String, Vec<u8>)>, (u64, u64));
+    let read: redis::RedisResult<Read> = redis::pipe()
+        .hgetall(store.keys().replicas())
+        .cmd("TIME")
+        .query_async(con)
+        .await;
+    let (beats, (secs, micros)) = match read {
+        Ok(read) => read,
+        Err(e) if e.is_io_error() || e.is_connection_dropped() => return Err(e),
+        // Another type, or TIME refused: nothing to go by.
+        Err(_) => return Ok(0),
+    };
+    let now = secs * 1000 + micros / 1000;
+    Ok(beats
+        .iter()
+        .filter(|(id, _)| *id != store.opts().replica_id)
+        .filter_map(|(_, b)| serde_json::from_slice::<Heartbeat>(b).ok())
+        .filter(|hb| {
+            !hb.following && now.saturating_sub(hb.at_ms) <= live_window_ms(hb.interval_ms)
+        })
+        .map(|hb| hb.applied_revision)
+        .max()
+        .unwrap_or(0))
+}
+
 /// The highest revision any replica's heartbeat reports serving (0 with none): what a
 /// Redis that lost its data is still served as. With no revision counter, any such revision
 /// means Redis lost its data under a fleet that still serves it (`write.lua` reads them the
@@ -418,8 +452,15 @@ impl RedisStore {
             .ok()
             .flatten();
         Ok(match (id.is_empty(), removed) {
-            (true, _) => Confirmation::NoHistory,
-            (false, 1..) => Confirmation::Confirmed { id, revision },
+            (_, 1..) => Confirmation::Confirmed {
+                id: if id.is_empty() {
+                    "(one whose id was deleted)".to_owned()
+                } else {
+                    id
+                },
+                revision,
+            },
+            (true, 0) => Confirmation::NoHistory,
             (false, 0) => Confirmation::NotNeeded { id, began },
         })
     }

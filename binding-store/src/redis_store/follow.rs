@@ -170,9 +170,21 @@ async fn reconcile(
             "a restore import is writing to Redis: loading the whole table when it finishes"
         );
     };
-    let loaded = store
+    let loaded = match store
         .full_table_whole(con, served, tell, || *shutdown.borrow())
-        .await?;
+        .await
+    {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            if e.keeps_table() {
+                // No place in this store's feed is this replica's: the next session reloads
+                // at once, instead of first finding (and logging, at every reconnect) that
+                // the feed no longer continues from the old one.
+                store.forget_feed_place();
+            }
+            return Err(e);
+        }
+    };
     let Some((table, pos)) = loaded else {
         return Ok(());
     };
@@ -396,15 +408,13 @@ async fn session(
     };
     if needs_reconcile {
         if let Err(e) = reconcile(store, handle, &mut con, shutdown).await {
-            if matches!(
-                e,
-                LoadError::NoHistory { .. } | LoadError::UnconfirmedHistory { .. }
-            ) {
-                // Redis is up but lost its data: say what this replica serves, so the admin
-                // CLI can refuse a write that would start a new history over it (write.lua),
-                // or a restore older than it, and `replicas` shows it not following. That is the revision applied (the snapshot's,
-                // when it serves one), deletes after the newest record included; the newest
-                // record's revision would leave them out.
+            if e.keeps_table() {
+                // Redis is up but holds no history this replica takes: say what it serves, so
+                // the admin CLI can refuse a write that would start a new history over it
+                // (write.lua), or a restore older than it, and `replicas` shows it not
+                // following. That is the revision applied (the snapshot's, when it serves
+                // one), deletes after the newest record included; the newest record's
+                // revision would leave them out.
                 let serving = store.position().map_or(0, |p| p.revision);
                 super::fleet::heartbeat(store, &mut con, serving, false).await?;
             }

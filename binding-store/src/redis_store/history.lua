@@ -4,6 +4,7 @@
 --
 -- KEYS[1] revision counter   KEYS[2] change stream   KEYS[3] restore lock
 -- KEYS[4] the history's id ({prefix}:history, a hash; see write.lua)
+-- KEYS[5] replicas' heartbeats ({prefix}:replicas)
 -- ARGV[1] the new history's revision (the highest record revision)
 -- ARGV[2] approximate stream length cap   ARGV[3] lock token   ARGV[4] the new history's id
 -- Errors: "HISTORY" (a counter exists), "LOCK" (the lock is not ours any more).
@@ -20,9 +21,16 @@ local found = redis.call('TYPE', KEYS[2]).ok
 if found ~= 'none' and found ~= 'stream' then
   return redis.error_reply('KEYTYPE ' .. KEYS[2] .. ' ' .. found .. ' stream')
 end
--- A restore is an admin's explicit choice: every replica takes it (no `unconfirmed`).
+-- A restore over heard replicas was checked against what they serve (restore.rs), and they
+-- take it. One made while no replica heartbeat is kept could not be (an old export, while
+-- the fleet was down, would unbind every tenant written since): replicas serving another
+-- history's bindings wait for an admin's confirmation, as after a write (write.lua).
 redis.call('DEL', KEYS[4])
-redis.call('HSET', KEYS[4], 'id', ARGV[4], 'began', 'restore')
+if redis.call('HLEN', KEYS[5]) > 0 then
+  redis.call('HSET', KEYS[4], 'id', ARGV[4], 'began', 'restore')
+else
+  redis.call('HSET', KEYS[4], 'id', ARGV[4], 'began', 'restore', 'unconfirmed', '1')
+end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'rev', ARGV[1], 'op', 'reset')
 redis.call('DEL', KEYS[3])

@@ -202,6 +202,19 @@ pub(crate) struct StoreHistory {
     pub(crate) id: Arc<str>,
     /// Begun by a write while no replica was heard serving, and not confirmed since.
     pub(crate) unconfirmed: bool,
+    /// What began it, as said in a log line: "a write", "a restore import", ...
+    pub(crate) began: &'static str,
+}
+
+/// What began a history (`began` in `{prefix}:history`), as a log line says it.
+fn began_by(field: Option<&String>) -> &'static str {
+    match field.map(String::as_str) {
+        Some("write") => "a write",
+        Some("restore") => "a restore import",
+        Some("new-history") => "a write with --start-new-history",
+        Some("before-ids") => "writes made before history ids were kept",
+        _ => "a writer outside nexus-edge",
+    }
 }
 
 /// Position in the change feed: last stream id read and the revision it carried.
@@ -597,12 +610,28 @@ impl RedisStore {
                 .hgetall(self.keys.history())
                 .query_async(con)
                 .await?;
-        // Written only by the scripts; a hash without an id (written by hand) says nothing.
-        let history = history.get("id").map(|id| StoreHistory {
-            id: Arc::from(id.as_str()),
-            unconfirmed: history.contains_key("unconfirmed"),
-        });
-        let id = history.as_ref().map(|h| Arc::clone(&h.id));
+        // Written only by the scripts. A hash whose id was deleted by hand names no history,
+        // but one that keeps the mark still waits for a confirmation (as a history of an id
+        // no replica knows).
+        let unconfirmed = history.contains_key("unconfirmed");
+        let began = began_by(history.get("began"));
+        let history = match history.get("id") {
+            Some(id) => Some(StoreHistory {
+                id: Arc::from(id.as_str()),
+                unconfirmed,
+                began,
+            }),
+            None if unconfirmed => Some(StoreHistory {
+                id: Arc::from(""),
+                unconfirmed,
+                began,
+            }),
+            None => None,
+        };
+        let id = history
+            .as_ref()
+            .map(|h| Arc::clone(&h.id))
+            .filter(|id| !id.is_empty());
         let head = entries.into_iter().next().map_or(
             FeedPosition {
                 stream_id: "0-0".to_owned(),
@@ -742,14 +771,27 @@ impl RedisStore {
         // serves from another history: Redis most likely lost its data while the whole fleet
         // was down, and taking it would unbind every tenant that write did not name.
         if let Some(h) = history.as_ref().filter(|h| h.unconfirmed) {
-            if let Some(s) = served() {
-                let other = s.history.is_some_and(|ours| ours != &*h.id);
-                if other && !s.table.is_empty() {
+            let served = served();
+            let ours = served.and_then(|s| s.history);
+            if let Some(s) = served.filter(|s| !s.table.is_empty()) {
+                if ours.is_some_and(|ours| ours != &*h.id) {
                     return Err(LoadError::UnconfirmedHistory {
                         history: Arc::clone(&h.id),
+                        began: h.began,
                         serving: s.table.len(),
                         revision: s.table.revision().get(),
                         store_revision: counter.unwrap_or(0),
+                    });
+                }
+            }
+            // Nothing of its own to keep (or a table of no known history), but other replicas
+            // keep theirs rather than take this history: joining it would split the fleet.
+            if ours != Some(&*h.id) {
+                let kept = fleet::kept_by_others(self, con).await?;
+                if kept > 0 {
+                    return Err(LoadError::UnconfirmedElsewhere {
+                        history: Arc::clone(&h.id),
+                        kept,
                     });
                 }
             }
@@ -895,6 +937,16 @@ impl RedisStore {
         if let Ok(mut g) = self.position.lock() {
             if let Some(p) = g.as_mut().filter(|p| p.history.is_none()) {
                 p.history = Some(Arc::from(id));
+            }
+        }
+    }
+
+    /// Keeps the revision and history of the table served, but no place in the feed: the
+    /// next session reconciles (as a replica serving its snapshot does).
+    pub(crate) fn forget_feed_place(&self) {
+        if let Ok(mut g) = self.position.lock() {
+            if let Some(p) = g.as_mut() {
+                "0-0".clone_into(&mut p.stream_id);
             }
         }
     }
@@ -1237,6 +1289,19 @@ pub(crate) fn parse_json_record_with(
 /// bytes that are no UTF-8 is skipped as invalid instead of failing every read of the feed.
 pub(crate) type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
+impl LoadError {
+    /// Redis is up, but holds no history this replica takes now: it keeps its table, says
+    /// so in its heartbeat, and asks again.
+    pub(crate) fn keeps_table(&self) -> bool {
+        matches!(
+            self,
+            Self::NoHistory { .. }
+                | Self::UnconfirmedHistory { .. }
+                | Self::UnconfirmedElsewhere { .. }
+        )
+    }
+}
+
 /// Why a full load from Redis gave no table ([`RedisStore::full_table`]); the caller keeps
 /// what it serves and asks again.
 #[derive(Debug, thiserror::Error)]
@@ -1272,10 +1337,10 @@ pub(crate) enum LoadError {
     /// the `serving` bindings served here (up to `revision`) were loaded from: it lost its data
     /// while every replica was down, most likely. Not loaded until an admin confirms it.
     #[error(
-        "Redis holds history {history}, begun by a write while no replica was heard (now at \
+        "Redis holds history {history}, begun by {began} while no replica was heard (now at \
          revision {store_revision}), not the one this replica's {serving} bindings (revision \
          {revision}) were loaded from: Redis lost its data while every replica was down, most \
-         likely, and taking its table would unbind every tenant that write did not name. \
+         likely, and taking its table would unbind every tenant it does not hold. \
          Keeping the table served now. To keep these bindings, import a replica's snapshot \
          (`nexus-edge tenant import --allow-older SNAPSHOT`) and then confirm; to serve what \
          Redis holds, confirm: `nexus-edge tenant confirm-history --history {history}`"
@@ -1283,12 +1348,28 @@ pub(crate) enum LoadError {
     UnconfirmedHistory {
         /// Redis's history id.
         history: Arc<str>,
+        /// What began it.
+        began: &'static str,
         /// Bindings in the table kept.
         serving: usize,
         /// The revision of the table kept.
         revision: u64,
         /// Redis's revision counter.
         store_revision: u64,
+    },
+    /// Redis holds an unconfirmed history that other live replicas do not take (they keep
+    /// bindings up to revision `kept`); this one, with nothing of its own to keep, waits too.
+    #[error(
+        "Redis holds history {history}, begun while no replica was heard and not confirmed, and \
+         other replicas keep their bindings (up to revision {kept}) rather than take it: this \
+         replica does not take it either, so that every replica routes alike. An admin decides \
+         (`nexus-edge replicas`, then `nexus-edge tenant confirm-history --history {history}`)"
+    )]
+    UnconfirmedElsewhere {
+        /// Redis's history id.
+        history: Arc<str>,
+        /// The highest revision a replica keeping its bindings reports.
+        kept: u64,
     },
     /// Nothing is served, and a restore import is writing (or finished during the scan): the
     /// records read are only part of it. Worth asking again soon.

@@ -268,6 +268,7 @@ async fn restore_locked(
         .key(store.keys.changes())
         .key(store.keys.restoring())
         .key(store.keys.history())
+        .key(store.keys.replicas())
         .arg(revision)
         .arg(store.opts.stream_maxlen)
         .arg(token)

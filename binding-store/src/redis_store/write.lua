@@ -160,8 +160,9 @@ if not counter then
   else
     redis.call('HSET', KEYS[8], 'id', ARGV[8], 'began', 'write', 'unconfirmed', '1')
   end
-elseif redis.call('EXISTS', KEYS[8]) == 0 then
-  -- A history begun before ids were kept: it gets one now.
+elseif redis.call('HEXISTS', KEYS[8], 'id') == 0 then
+  -- A history begun before ids were kept gets one now (so does a hash whose id was deleted
+  -- by hand; a mark it keeps stays, so its replicas still wait for a confirmation).
   redis.call('HSET', KEYS[8], 'id', ARGV[8], 'began', 'before-ids')
 end
 

@@ -298,6 +298,46 @@ fn routing(r: &BindingRecord) -> String {
     )
 }
 
+/// Says, on stderr, when Redis's history waits for an admin's confirmation (`tenant
+/// confirm-history`). Returns true when live replicas keep another history's bindings
+/// meanwhile: what Redis holds is then not what they serve.
+async fn note_unconfirmed(store: &Store) -> bool {
+    let Store::Redis(r) = store else {
+        return false;
+    };
+    let Ok(Some(id)) = r.unconfirmed_history().await else {
+        return false;
+    };
+    let refusing: Vec<String> = r
+        .replicas()
+        .await
+        .map(|list| {
+            list.into_iter()
+                .filter(|x| x.live && x.other_history)
+                .map(|x| x.id)
+                .collect()
+        })
+        .unwrap_or_default();
+    if refusing.is_empty() {
+        eprintln!(
+            "nexus-edge: note: Redis's history {id} began while no replica was heard, and is \
+             not confirmed: a replica that starts with another history's bindings (its \
+             snapshot) keeps them rather than take it. Once Redis's table is whole (a new \
+             store, or one put back), run `nexus-edge tenant confirm-history --history {id}`"
+        );
+        return false;
+    }
+    eprintln!(
+        "nexus-edge: warning: Redis holds history {id}, begun while no replica was heard and \
+         not confirmed, and replicas {} keep the bindings of another history rather than take \
+         it: what Redis holds is not what they serve. Put back what should stay (`nexus-edge \
+         tenant import --allow-older SNAPSHOT`), then run `nexus-edge tenant confirm-history \
+         --history {id}`",
+        refusing.join(", ")
+    );
+    true
+}
+
 fn print_confirmation(c: &Confirmation, json: bool) {
     if json {
         let doc = match c {
@@ -518,6 +558,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                              instance URL"
                         );
                     }
+                    note_unconfirmed(store).await;
                     // (A wait says so itself: it names the live replicas.)
                     if let (Store::Redis(r), None) = (store, &waiting) {
                         if r.any_heartbeat().await.is_ok_and(|any| !any) {
@@ -627,6 +668,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Ok(t) => t,
                 Err(e) => return fail(e),
             };
+            note_unconfirmed(store).await;
             match admin.get(&t).await {
                 Ok(Some(b)) => {
                     print_binding(&b, json);
@@ -636,22 +678,26 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Err(e) => fail(e),
             }
         }
-        TenantOp::List => match admin.list().await {
-            Ok(listing) => {
-                let all = &listing.bindings;
-                if json {
-                    let records: Vec<BindingRecord> = all.iter().map(Binding::to_record).collect();
-                    outln!(
-                        "{}",
-                        serde_json::to_string_pretty(&records).unwrap_or_default()
-                    );
-                } else {
-                    all.iter().for_each(|b| print_binding(b, false));
+        TenantOp::List => {
+            note_unconfirmed(store).await;
+            match admin.list().await {
+                Ok(listing) => {
+                    let all = &listing.bindings;
+                    if json {
+                        let records: Vec<BindingRecord> =
+                            all.iter().map(Binding::to_record).collect();
+                        outln!(
+                            "{}",
+                            serde_json::to_string_pretty(&records).unwrap_or_default()
+                        );
+                    } else {
+                        all.iter().for_each(|b| print_binding(b, false));
+                    }
+                    incomplete(&listing.left_out)
                 }
-                incomplete(&listing.left_out)
+                Err(e) => fail(e),
             }
-            Err(e) => fail(e),
-        },
+        }
         TenantOp::Rebind {
             tenant,
             instance_id,
@@ -737,6 +783,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                     serde_json::json!({"tenant": t.as_str(), "revision": revision}),
                 )
             });
+            note_unconfirmed(store).await;
             wait_fleet(r, &t, Revision(revision), timeout, now, doc, None).await
         }
         TenantOp::Import { file, allow_older } => {
@@ -822,6 +869,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             }
             match admin.import(parsed.bindings, &actor, source).await {
                 Ok(n) => {
+                    note_unconfirmed(store).await;
                     if json {
                         outln!("{}", serde_json::json!({ "imported": n }));
                     } else {
@@ -846,6 +894,11 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 }
                 Err(e) => fail(e),
             }
+        }
+        // An export taken as a backup must not pass for the fleet's table (as over a Redis
+        // that lost its data: `AdminError::WipedRead`).
+        TenantOp::Export if note_unconfirmed(store).await => {
+            fail("nothing exported: what Redis holds is not what the replicas serve (above)")
         }
         TenantOp::Export => match admin.list().await {
             Ok(listing) => {
