@@ -759,7 +759,7 @@ fn a_history_begun_while_every_replica_was_down_waits_for_an_admin_to_confirm_it
     admin.put(&binding("newco", &b.url(), "active", None));
     admin.put(&binding("newer", &b.url(), "active", None));
     let fresh = redis.cmd(&["HGET", "nexus:history", "id"]);
-    let edge = replica(&keys, store(&url, "replica-h", &tail));
+    let mut edge = replica(&keys, store(&url, "replica-h", &tail));
     wait::until(Duration::from_secs(10), "the refusal to be logged", || {
         edge.log()
             .contains(&format!(
@@ -800,6 +800,21 @@ fn a_history_begun_while_every_replica_was_down_waits_for_an_admin_to_confirm_it
         .err()
         .expect("a replica started without a snapshot");
     assert!(err.contains("other replicas keep their bindings"), "{err}");
+    // Stopped, the keeper takes back what its heartbeat said (a successor would go by it);
+    // started again beside a replica with nothing to keep, it says so before that one has
+    // decided (which waits for the fleet as a first write does: 5.5 s at a 2 s heartbeat).
+    edge.terminate();
+    edge.wait_exit(Duration::from_secs(30));
+    assert_eq!(redis.cmd(&["HEXISTS", "nexus:replicas", "replica-h"]), "0");
+    let mut edge = Edge::spawn(&replica_opts(&keys, store(&url, "replica-h", &tail))).unwrap();
+    let slow_beat = format!(
+        "[store]\nkind = \"redis\"\n{url}\nheartbeat_interval = \"2s\"\nreplica_id = \"replica-new2\"\n"
+    );
+    let err = Edge::try_start(&replica_opts(&keys, slow_beat))
+        .err()
+        .expect("a replica started beside a keeper");
+    assert!(err.contains("other replicas keep their bindings"), "{err}");
+    edge.wait_ready(Duration::from_secs(30)).unwrap();
     // The snapshot keeps the table served: a restart now would serve it again.
     let kept = std::fs::read_to_string(&snapshot).unwrap();
     assert!(kept.contains("globex") && !kept.contains("newco"), "{kept}");
@@ -1136,6 +1151,7 @@ fn finish_restore(redis: &RedisServer, revision: u64) {
         "100000",
         "restore-token",
         "test-restore",
+        "",
     ]);
     assert_eq!(started, revision);
 }

@@ -49,6 +49,10 @@ struct Heartbeat {
     /// The replica found another process heartbeating under its id (see [`IdWatch`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     id_shared: bool,
+    /// The replica keeps bindings of a history it knows rather than take an unconfirmed one
+    /// (`LoadError::UnconfirmedHistory`): others with nothing to keep do not take it either.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    keeps: bool,
 }
 
 /// Watches for another process heartbeating under this replica's id (two replicas given one
@@ -210,6 +214,7 @@ pub(super) async fn heartbeat(
         refused_more,
         process: store.id_watch().process.clone(),
         id_shared: store.id_watch().shared(),
+        keeps: !following && store.keeps_table(),
     };
     // Without `at_ms`, which the script puts first.
     let json = serde_json::to_string(&hb).unwrap_or_default();
@@ -329,11 +334,12 @@ pub(super) async fn redis_now_ms(con: &mut MultiplexedConnection) -> redis::Redi
     Ok(secs * 1000 + micros / 1000)
 }
 
-/// The highest revision a live replica other than this one reports serving while not
-/// following the store (0 with none): over an unconfirmed history, the bindings other
-/// replicas keep rather than take it. A replica with nothing of its own to keep must not
-/// join that history meanwhile: the fleet would route each tenant by which replica a
-/// request reaches. Heartbeats that cannot be read tell nothing (0).
+/// The highest revision a live replica other than this one reports keeping rather than take
+/// an unconfirmed history (`keeps`; 0 with none). A replica with nothing of its own to keep
+/// must not join that history meanwhile: the fleet would route each tenant by which replica
+/// a request reaches. Replicas that wait only because others keep (they keep nothing) do not
+/// count, or they would keep each other out once the keepers are gone. Heartbeats that
+/// cannot be read tell nothing (0).
 pub(super) async fn kept_by_others(
     store: &RedisStore,
     con: &mut MultiplexedConnection,
@@ -355,9 +361,7 @@ pub(super) async fn kept_by_others(
         .iter()
         .filter(|(id, _)| *id != store.opts().replica_id)
         .filter_map(|(_, b)| serde_json::from_slice::<Heartbeat>(b).ok())
-        .filter(|hb| {
-            !hb.following && now.saturating_sub(hb.at_ms) <= live_window_ms(hb.interval_ms)
-        })
+        .filter(|hb| hb.keeps && now.saturating_sub(hb.at_ms) <= live_window_ms(hb.interval_ms))
         .map(|hb| hb.applied_revision)
         .max()
         .unwrap_or(0))
@@ -434,11 +438,14 @@ impl RedisStore {
             Ok(answer) => answer,
             Err(e) => {
                 if let Some(("OTHER", id)) = super::script_error(&e) {
+                    let holds = match id.trim() {
+                        "" => "names no history".to_owned(),
+                        id => format!("holds history {id}"),
+                    };
                     return Err(AdminError::Unavailable(format!(
-                        "Redis holds history {}, not {}: nothing confirmed (Redis lost its data \
-                         and was written again since?); look at what it holds, and at the \
-                         replicas' logs, before confirming it",
-                        id.trim(),
+                        "Redis {holds}, not {}: nothing confirmed (Redis lost its data and was \
+                         written again since?); look at what it holds, and at the replicas' \
+                         logs, before confirming it",
                         expected.unwrap_or_default()
                     )));
                 }
@@ -476,7 +483,8 @@ impl RedisStore {
             .query_async(&mut con)
             .await;
         match read {
-            Ok((id, unconfirmed)) => Ok(id.filter(|_| unconfirmed)),
+            // A mark whose id was deleted by hand still waits: said without an id.
+            Ok((id, unconfirmed)) => Ok(unconfirmed.then(|| id.unwrap_or_default())),
             Err(e) => Err(super::read_failure(&mut con, &key, e, "hash").await),
         }
     }

@@ -69,6 +69,8 @@ pub(super) async fn run(
             match misplaced_key(&store, &e).await {
                 Some(named) => tracing::error!(problem = %named, retry_in_ms, not_logged,
                     "binding sync cannot follow Redis; serving the last table"),
+                None if e.keeps_table() => tracing::warn!(error = %e, retry_in_ms, not_logged,
+                    "binding sync reaches Redis but does not take what it holds; serving the last table"),
                 None => tracing::warn!(error = %e, retry_in_ms, not_logged,
                     "binding sync lost Redis; serving the last table"),
             }
@@ -76,7 +78,18 @@ pub(super) async fn run(
         let jitter = Duration::from_millis(u64::from(rand_u8()) * backoff.as_millis() as u64 / 512);
         tokio::select! {
             _ = tokio::time::sleep(backoff + jitter) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                // Redis is up and heard this replica say it keeps its table: take that back,
+                // or a successor would go by it for the live window (`kept_by_others`).
+                if e.keeps_table() {
+                    if let Ok(Ok(mut con)) =
+                        tokio::time::timeout(store.opts().timeout, store.connect()).await
+                    {
+                        super::fleet::leave(&store, &mut con).await;
+                    }
+                }
+                return;
+            }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }

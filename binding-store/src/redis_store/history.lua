@@ -7,6 +7,7 @@
 -- KEYS[5] replicas' heartbeats ({prefix}:replicas)
 -- ARGV[1] the new history's revision (the highest record revision)
 -- ARGV[2] approximate stream length cap   ARGV[3] lock token   ARGV[4] the new history's id
+-- ARGV[5] "new-history" when the admin said so (the history is then never marked)
 -- Errors: "HISTORY" (a counter exists), "LOCK" (the lock is not ours any more).
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -15,18 +16,25 @@ end
 if redis.call('GET', KEYS[3]) ~= ARGV[3] then
   return redis.error_reply('LOCK')
 end
--- A changes key of another type would fail the XADD after the counter is set: replicas would
--- then follow a history whose reset they never saw.
-local found = redis.call('TYPE', KEYS[2]).ok
-if found ~= 'none' and found ~= 'stream' then
-  return redis.error_reply('KEYTYPE ' .. KEYS[2] .. ' ' .. found .. ' stream')
+-- A key of another type would fail a command after the counter is set (replicas would then
+-- follow a history whose reset they never saw), or after the history's id is deleted.
+local function check_type(key, want)
+  local found = redis.call('TYPE', key).ok
+  if found ~= 'none' and found ~= want then
+    return redis.error_reply('KEYTYPE ' .. key .. ' ' .. found .. ' ' .. want)
+  end
+end
+local bad = check_type(KEYS[2], 'stream') or check_type(KEYS[4], 'hash')
+  or check_type(KEYS[5], 'hash')
+if bad then
+  return bad
 end
 -- A restore over heard replicas was checked against what they serve (restore.rs), and they
 -- take it. One made while no replica heartbeat is kept could not be (an old export, while
 -- the fleet was down, would unbind every tenant written since): replicas serving another
 -- history's bindings wait for an admin's confirmation, as after a write (write.lua).
 redis.call('DEL', KEYS[4])
-if redis.call('HLEN', KEYS[5]) > 0 then
+if ARGV[5] == 'new-history' or redis.call('HLEN', KEYS[5]) > 0 then
   redis.call('HSET', KEYS[4], 'id', ARGV[4], 'began', 'restore')
 else
   redis.call('HSET', KEYS[4], 'id', ARGV[4], 'began', 'restore', 'unconfirmed', '1')

@@ -206,6 +206,16 @@ pub(crate) struct StoreHistory {
     pub(crate) began: &'static str,
 }
 
+/// The command that confirms history `id` (`""`: one whose id was deleted by hand, confirmed
+/// without naming it).
+pub fn confirm_command(id: &str) -> String {
+    if id.is_empty() {
+        "nexus-edge tenant confirm-history".to_owned()
+    } else {
+        format!("nexus-edge tenant confirm-history --history {id}")
+    }
+}
+
 /// What began a history (`began` in `{prefix}:history`), as a log line says it.
 fn began_by(field: Option<&String>) -> &'static str {
     match field.map(String::as_str) {
@@ -246,6 +256,9 @@ pub struct RedisStore {
     /// binding it still serves for them (0: none). Told in heartbeats, so `--wait` does not
     /// count a replica that refused the very change it waits for.
     refusals: Mutex<BTreeMap<String, u64>>,
+    /// The last full load refused an unconfirmed history to keep this replica's bindings
+    /// (told in heartbeats as `keeps`).
+    keeping: std::sync::atomic::AtomicBool,
     /// Another process heartbeating under this replica's id, if any.
     id_watch: fleet::IdWatch,
     /// The address of the node the follower's connections reach, when the Sentinels named it.
@@ -393,6 +406,7 @@ impl RedisStore {
             health: Arc::new(SyncHealth::default()),
             position: Mutex::new(None),
             refusals: Mutex::new(BTreeMap::new()),
+            keeping: std::sync::atomic::AtomicBool::new(false),
             id_watch: fleet::IdWatch::new(),
             follower_primary: Mutex::new(None),
             snapshot_due: Mutex::new(SnapshotDue {
@@ -775,6 +789,8 @@ impl RedisStore {
             let ours = served.and_then(|s| s.history);
             if let Some(s) = served.filter(|s| !s.table.is_empty()) {
                 if ours.is_some_and(|ours| ours != &*h.id) {
+                    self.keeping
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     return Err(LoadError::UnconfirmedHistory {
                         history: Arc::clone(&h.id),
                         began: h.began,
@@ -786,13 +802,23 @@ impl RedisStore {
             }
             // Nothing of its own to keep (or a table of no known history), but other replicas
             // keep theirs rather than take this history: joining it would split the fleet.
+            // Replicas that start with this one say so once their own load has refused it:
+            // they are waited for as a first write waits for the fleet.
             if ours != Some(&*h.id) {
-                let kept = fleet::kept_by_others(self, con).await?;
-                if kept > 0 {
-                    return Err(LoadError::UnconfirmedElsewhere {
-                        history: Arc::clone(&h.id),
-                        kept,
-                    });
+                let window = follow::MAX_BACKOFF * 3 / 2 + self.opts.heartbeat_interval * 2;
+                let deadline = tokio::time::Instant::now() + window;
+                loop {
+                    let kept = fleet::kept_by_others(self, con).await?;
+                    if kept > 0 {
+                        return Err(LoadError::UnconfirmedElsewhere {
+                            history: Arc::clone(&h.id),
+                            kept,
+                        });
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
@@ -913,6 +939,8 @@ impl RedisStore {
             Some(c) => c.max(head.revision),
             None => head.revision,
         };
+        self.keeping
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         Ok((
             // Deletes after the newest record count: the table reflects the store at
             // `revision`, as a follower that applied them would.
@@ -980,6 +1008,12 @@ impl RedisStore {
     /// Whether another process heartbeats under this replica's id.
     pub(crate) fn id_watch(&self) -> &fleet::IdWatch {
         &self.id_watch
+    }
+
+    /// Whether the last full load kept this replica's bindings rather than take an
+    /// unconfirmed history.
+    pub(crate) fn keeps_table(&self) -> bool {
+        self.keeping.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The refusals to tell in a heartbeat (at most [`fleet::MAX_TOLD_REFUSALS`]), and
@@ -1343,7 +1377,8 @@ pub(crate) enum LoadError {
          likely, and taking its table would unbind every tenant it does not hold. \
          Keeping the table served now. To keep these bindings, import a replica's snapshot \
          (`nexus-edge tenant import --allow-older SNAPSHOT`) and then confirm; to serve what \
-         Redis holds, confirm: `nexus-edge tenant confirm-history --history {history}`"
+         Redis holds, confirm: `{confirm}`",
+        confirm = confirm_command(history)
     )]
     UnconfirmedHistory {
         /// Redis's history id.
@@ -1363,7 +1398,8 @@ pub(crate) enum LoadError {
         "Redis holds history {history}, begun while no replica was heard and not confirmed, and \
          other replicas keep their bindings (up to revision {kept}) rather than take it: this \
          replica does not take it either, so that every replica routes alike. An admin decides \
-         (`nexus-edge replicas`, then `nexus-edge tenant confirm-history --history {history}`)"
+         (`nexus-edge replicas`, then `{confirm}`)",
+        confirm = confirm_command(history)
     )]
     UnconfirmedElsewhere {
         /// Redis's history id.
@@ -1438,9 +1474,20 @@ impl BindingSource for RedisStore {
                 );
             };
             // Start-up is never stopped: it waits until the restore ends.
-            self.full_table_whole(&mut con, standing_in, tell, || false)
-                .await?
-                .ok_or(LoadError::RestoreUnderWay)
+            let loaded = self
+                .full_table_whole(&mut con, standing_in, tell, || false)
+                .await;
+            if let Err(e) = &loaded {
+                if e.keeps_table() {
+                    // Said at once, before the listeners open: replicas starting with nothing
+                    // of their own to keep go by it (`LoadError::UnconfirmedElsewhere`).
+                    let serving = read()
+                        .and_then(|(_, r)| r.as_ref().ok())
+                        .map_or(0, |s| s.revision.get());
+                    let _ = fleet::heartbeat(self, &mut con, serving, false).await;
+                }
+            }
+            loaded?.ok_or(LoadError::RestoreUnderWay)
         }
         .await;
         match loaded {

@@ -273,6 +273,10 @@ async fn restore_locked(
         .arg(store.opts.stream_maxlen)
         .arg(token)
         .arg(super::new_history_id())
+        .arg(match store.opts.wiped_store {
+            WipedStore::Refuse => "",
+            WipedStore::StartNewHistory => "new-history",
+        })
         .invoke_async::<u64>(con)
         .await
         .map_err(|e| stopped(written, &e))?;
@@ -290,6 +294,8 @@ async fn check_types(
     let mut wanted: Vec<(String, &'static str)> = vec![
         (store.keys.domains(), "hash"),
         (store.keys.changes(), "stream"),
+        (store.keys.history(), "hash"),
+        (store.keys.replicas(), "hash"),
     ];
     for b in bindings {
         wanted.push((store.keys.binding(b.tenant_id.as_str()), "string"));

@@ -318,12 +318,13 @@ async fn note_unconfirmed(store: &Store) -> bool {
                 .collect()
         })
         .unwrap_or_default();
+    let confirm = nexus_binding_store::redis_store::confirm_command(&id);
     if refusing.is_empty() {
         eprintln!(
             "nexus-edge: note: Redis's history {id} began while no replica was heard, and is \
              not confirmed: a replica that starts with another history's bindings (its \
              snapshot) keeps them rather than take it. Once Redis's table is whole (a new \
-             store, or one put back), run `nexus-edge tenant confirm-history --history {id}`"
+             store, or one put back), run `{confirm}`"
         );
         return false;
     }
@@ -331,8 +332,7 @@ async fn note_unconfirmed(store: &Store) -> bool {
         "nexus-edge: warning: Redis holds history {id}, begun while no replica was heard and \
          not confirmed, and replicas {} keep the bindings of another history rather than take \
          it: what Redis holds is not what they serve. Put back what should stay (`nexus-edge \
-         tenant import --allow-older SNAPSHOT`), then run `nexus-edge tenant confirm-history \
-         --history {id}`",
+         tenant import --allow-older SNAPSHOT`), then run `{confirm}`",
         refusing.join(", ")
     );
     true
@@ -668,7 +668,6 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Ok(t) => t,
                 Err(e) => return fail(e),
             };
-            note_unconfirmed(store).await;
             match admin.get(&t).await {
                 Ok(Some(b)) => {
                     print_binding(&b, json);
@@ -679,9 +678,10 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             }
         }
         TenantOp::List => {
-            note_unconfirmed(store).await;
             match admin.list().await {
                 Ok(listing) => {
+                    // Asked once Redis has answered: an unreachable one is not waited for twice.
+                    note_unconfirmed(store).await;
                     let all = &listing.bindings;
                     if json {
                         let records: Vec<BindingRecord> =
@@ -895,12 +895,12 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Err(e) => fail(e),
             }
         }
-        // An export taken as a backup must not pass for the fleet's table (as over a Redis
-        // that lost its data: `AdminError::WipedRead`).
-        TenantOp::Export if note_unconfirmed(store).await => {
-            fail("nothing exported: what Redis holds is not what the replicas serve (above)")
-        }
         TenantOp::Export => match admin.list().await {
+            // An export taken as a backup must not pass for the fleet's table (as over a Redis
+            // that lost its data: `AdminError::WipedRead`).
+            Ok(_) if note_unconfirmed(store).await => {
+                fail("nothing exported: what Redis holds is not what the replicas serve (above)")
+            }
             Ok(listing) => {
                 out!("{}", to_document(listing.bindings.iter()));
                 incomplete(&listing.left_out)
@@ -1112,10 +1112,10 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
             // `--json` stays one document.
             if let (true, Ok(Some(id))) = (refusing, rt.block_on(redis.unconfirmed_history())) {
                 eprintln!(
-                    "nexus-edge: note: Redis holds history {id}, begun by a write while no \
-                     replica was heard serving, and not confirmed: a replica serving another \
-                     history's bindings keeps them (on another history, above) until \
-                     `nexus-edge tenant confirm-history --history {id}`"
+                    "nexus-edge: note: Redis holds history {id}, begun while no replica was \
+                     heard serving, and not confirmed: a replica serving another history's \
+                     bindings keeps them (on another history, above) until `{}`",
+                    nexus_binding_store::redis_store::confirm_command(&id)
                 );
             }
             ExitCode::SUCCESS
