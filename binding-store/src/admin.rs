@@ -316,6 +316,9 @@ pub enum ImportSource {
         /// The Redis key prefix it followed: its revision only counts in that keyspace
         /// (`None`: a version-1 snapshot, taken as the importing keyspace's own).
         key_prefix: Option<String>,
+        /// The history its table was loaded from: its revision only counts in that history
+        /// (`None`: a snapshot older than version 4, or of a replica that knew none).
+        history: Option<String>,
     },
 }
 

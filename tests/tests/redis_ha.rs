@@ -740,6 +740,14 @@ fn a_history_begun_while_every_replica_was_down_waits_for_an_admin_to_confirm_it
     // it (it would wait for the next reconcile, an hour here).
     let edge = replica(&keys, store(&url, "replica-h", &tail));
     admin.put(&binding("acme", &a.url(), "active", None));
+    wait::until(Duration::from_secs(10), "a snapshot of acme", || {
+        std::fs::read_to_string(&snapshot)
+            .ok()
+            .filter(|t| t.contains("\"acme\"") && t.contains("\"history\":"))
+    });
+    // An older snapshot than the fleet's, kept for later.
+    let older = snaps.path().join("older.snapshot");
+    std::fs::copy(&snapshot, &older).unwrap();
     admin.put(&binding("globex", &a.url(), "active", None));
     wait_instance(&edge, &keys, "globex", "instance-a");
     let id = redis.cmd(&["HGET", "nexus:history", "id"]);
@@ -826,6 +834,11 @@ fn a_history_begun_while_every_replica_was_down_waits_for_an_admin_to_confirm_it
     let (code, _, err) = admin.tenant(&["import", copy.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("--allow-older"), "{err}");
+    // A snapshot older than the table a replica keeps would undo what only that replica
+    // still holds.
+    let (code, _, err) = admin.tenant(&["import", "--allow-older", older.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("replica replica-h keeps revision 2"), "{err}");
     let out = admin.ok(&["import", "--allow-older", copy.to_str().unwrap()]);
     assert!(out.contains("imported 2"), "{out}");
     assert_eq!(
@@ -896,6 +909,17 @@ fn a_history_begun_while_every_replica_was_down_waits_for_an_admin_to_confirm_it
     wait::until(Duration::from_secs(10), "the restore to be taken", || {
         instance_of(&edge, &keys, "later").is_none().then_some(())
     });
+
+    // Over replicas serving one history, a restore from a snapshot of another is refused,
+    // whatever its revision: a restore starts the count again.
+    redis.cmd(&["FLUSHALL"]);
+    heartbeats(&redis, "replica-h", 1);
+    let (code, _, err) = admin.tenant(&["import", copy.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("snapshot is of history {id}")),
+        "{err}"
+    );
 }
 
 #[test]

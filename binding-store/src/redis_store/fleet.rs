@@ -53,6 +53,10 @@ struct Heartbeat {
     /// (`LoadError::UnconfirmedHistory`): others with nothing to keep do not take it either.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     keeps: bool,
+    /// The id of the history its table was loaded from, when it knows one: a restore is
+    /// measured against it (revisions of two histories do not compare).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    history: Option<String>,
 }
 
 /// Watches for another process heartbeating under this replica's id (two replicas given one
@@ -147,6 +151,10 @@ pub struct ReplicaStatus {
     /// Another process heartbeats under the same id: what this entry says is one of theirs
     /// at a time, so nobody can tell from here what the other serves.
     pub id_shared: bool,
+    /// It keeps bindings of another history rather than take Redis's unconfirmed one.
+    pub keeps: bool,
+    /// The id of the history its table was loaded from (`None`: it does not know one).
+    pub history: Option<String>,
     /// When its last heartbeat was written, in Unix ms by Redis's clock (by its host's when
     /// Redis refused it the clock): a heartbeat from before a change says nothing of it.
     #[serde(skip)]
@@ -215,6 +223,10 @@ pub(super) async fn heartbeat(
         process: store.id_watch().process.clone(),
         id_shared: store.id_watch().shared(),
         keeps: !following && store.keeps_table(),
+        history: store
+            .position()
+            .and_then(|p| p.history)
+            .map(|h| h.to_string()),
     };
     // Without `at_ms`, which the script puts first.
     let json = serde_json::to_string(&hb).unwrap_or_default();
@@ -365,6 +377,26 @@ pub(super) async fn kept_by_others(
         .map(|hb| hb.applied_revision)
         .max()
         .unwrap_or(0))
+}
+
+/// The ids of the histories replicas report serving bindings of (heartbeats at a revision
+/// above 0 that name one): a restore from a snapshot of another history cannot be measured
+/// against them by its revision. Heartbeats that cannot be read tell nothing.
+pub(super) async fn served_histories(
+    store: &RedisStore,
+    con: &mut MultiplexedConnection,
+) -> redis::RedisResult<std::collections::BTreeSet<String>> {
+    let beats: Vec<Vec<u8>> = match con.hvals(store.keys().replicas()).await {
+        Ok(beats) => beats,
+        Err(e) if e.is_io_error() || e.is_connection_dropped() => return Err(e),
+        Err(_) => return Ok(std::collections::BTreeSet::new()),
+    };
+    Ok(beats
+        .iter()
+        .filter_map(|b| serde_json::from_slice::<Heartbeat>(b).ok())
+        .filter(|hb| hb.applied_revision > 0)
+        .filter_map(|hb| hb.history)
+        .collect())
 }
 
 /// The highest revision any replica's heartbeat reports serving (0 with none): what a
@@ -540,6 +572,8 @@ impl RedisStore {
                 refused: hb.refused,
                 refused_more: hb.refused_more,
                 id_shared: hb.id_shared,
+                keeps: hb.keeps,
+                history: hb.history,
                 heard_at_ms: hb.at_ms,
             });
         }
@@ -698,6 +732,8 @@ mod tests {
             refused: refused.iter().map(|(t, r)| ((*t).to_owned(), *r)).collect(),
             refused_more,
             id_shared: false,
+            keeps: false,
+            history: None,
         }
     }
 

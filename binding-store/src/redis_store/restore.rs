@@ -163,7 +163,10 @@ async fn restore_locked(
         let served = super::fleet::served_revision(store, con)
             .await
             .map_err(|e| ImportError::nothing(unavailable(e)))?;
-        if let Some(offered) = stale_offer(&source, served, &store.opts.key_prefix) {
+        let histories = super::fleet::served_histories(store, con)
+            .await
+            .map_err(|e| ImportError::nothing(unavailable(e)))?;
+        if let Some(offered) = stale_offer(&source, served, &histories, &store.opts.key_prefix) {
             return Err(ImportError::nothing(AdminError::StaleRestore {
                 served: Revision(served),
                 offered,
@@ -320,7 +323,12 @@ async fn check_types(
 /// `key_prefix` serve, or `None` when it may: only that keyspace's snapshot at `served` or
 /// later tells it is as recent. Another keyspace's snapshot counts like a bindings file: its
 /// revision belongs to another history.
-fn stale_offer(source: &ImportSource, served: u64, key_prefix: &str) -> Option<String> {
+fn stale_offer(
+    source: &ImportSource,
+    served: u64,
+    histories: &std::collections::BTreeSet<String>,
+    key_prefix: &str,
+) -> Option<String> {
     if served == 0 {
         return None;
     }
@@ -328,9 +336,21 @@ fn stale_offer(source: &ImportSource, served: u64, key_prefix: &str) -> Option<S
         ImportSource::Snapshot {
             revision,
             key_prefix: Some(theirs),
+            ..
         } if theirs != key_prefix => Some(format!(
             "this snapshot holds key prefix {theirs:?}'s table, not {key_prefix:?}'s: its \
              revision ({revision}) says nothing of this keyspace"
+        )),
+        // A restore starts the count again: revision 4 of an earlier history may hold less
+        // than revision 4 of the one replicas serve.
+        ImportSource::Snapshot {
+            revision,
+            history: Some(theirs),
+            ..
+        } if !histories.is_empty() && !histories.contains(theirs) => Some(format!(
+            "this snapshot is of history {theirs}, not the one replicas serve ({}): its \
+             revision ({revision}) says nothing of theirs",
+            histories.iter().cloned().collect::<Vec<_>>().join(", ")
         )),
         ImportSource::Snapshot { revision, .. } if revision.get() >= served => None,
         ImportSource::Snapshot { revision, .. } => {
@@ -352,6 +372,7 @@ mod tests {
         ImportSource::Snapshot {
             revision: Revision(revision),
             key_prefix: Some(key_prefix.to_owned()),
+            history: None,
         }
     }
 
@@ -372,6 +393,27 @@ mod tests {
                 ImportSource::Snapshot {
                     revision: Revision(7),
                     key_prefix: None,
+                    history: None,
+                },
+                7,
+                None,
+            ),
+            // Of another history than the one replicas serve: its revision does not compare.
+            (
+                ImportSource::Snapshot {
+                    revision: Revision(9),
+                    key_prefix: Some("nexus".to_owned()),
+                    history: Some("h0".to_owned()),
+                },
+                7,
+                Some("history h0"),
+            ),
+            // Of theirs, or of one they do not say: by its revision.
+            (
+                ImportSource::Snapshot {
+                    revision: Revision(9),
+                    key_prefix: Some("nexus".to_owned()),
+                    history: Some("h1".to_owned()),
                 },
                 7,
                 None,
@@ -381,7 +423,8 @@ mod tests {
             (ImportSource::Records, 0, None),
         ];
         for (source, served, want) in cases {
-            let got = stale_offer(&source, served, "nexus");
+            let histories = std::collections::BTreeSet::from(["h1".to_owned()]);
+            let got = stale_offer(&source, served, &histories, "nexus");
             match (got.as_deref(), want) {
                 (None, None) => {}
                 (Some(text), Some(part)) if text.contains(part) => {}

@@ -298,6 +298,41 @@ fn routing(r: &BindingRecord) -> String {
     )
 }
 
+/// Refuses to put back a replica's snapshot into a Redis whose history waits for a
+/// confirmation when a live replica keeps a more recent table of that snapshot's history:
+/// confirmed after it, the import would undo the changes only that replica still holds.
+async fn newest_kept(store: &Store, source: &ImportSource) -> Result<(), String> {
+    let (
+        Store::Redis(r),
+        ImportSource::Snapshot {
+            revision, history, ..
+        },
+    ) = (store, source)
+    else {
+        return Ok(());
+    };
+    if !matches!(r.unconfirmed_history().await, Ok(Some(_))) {
+        return Ok(());
+    }
+    let Ok(list) = r.replicas().await else {
+        return Ok(());
+    };
+    let newer = list
+        .iter()
+        .filter(|x| x.live && x.keeps && x.applied_revision > revision.get())
+        .filter(|x| history.is_none() || x.history.is_none() || x.history == *history)
+        .max_by_key(|x| x.applied_revision);
+    match newer {
+        Some(x) => Err(format!(
+            "replica {} keeps revision {} of this snapshot's history, newer than the snapshot \
+             (revision {revision}): put back its snapshot (the replica with the highest revision \
+             in `nexus-edge replicas`), or pass --start-new-history to import this one anyway",
+            x.id, x.applied_revision
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Says, on stderr, when Redis's history waits for an admin's confirmation (`tenant
 /// confirm-history`). Returns true when live replicas keep another history's bindings
 /// meanwhile: what Redis holds is then not what they serve.
@@ -523,6 +558,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
     }
     let admin = store.admin();
     let json = args.json;
+    let start_new_history = args.start_new_history;
     let write = |tenant: String, m: Mutation, expect: Option<u64>, wait: Option<WaitArgs>| {
         let actor = actor.clone();
         async move {
@@ -807,6 +843,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                         ImportSource::Snapshot {
                             revision: snap.revision,
                             key_prefix: snap.key_prefix,
+                            history: snap.history,
                         },
                     ),
                     Err(e) => return fail(e),
@@ -865,6 +902,11 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                              to write it anyway",
                         );
                     }
+                }
+            }
+            if !start_new_history {
+                if let Err(e) = newest_kept(store, &source).await {
+                    return fail(format!("nothing imported: {e}"));
                 }
             }
             match admin.import(parsed.bindings, &actor, source).await {
@@ -1089,7 +1131,9 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
                         r.lag,
                         r.last_seen_ms,
                         if r.live { "yes" } else { "no" },
-                        if r.other_history {
+                        if r.keeps {
+                            "  (keeps another history's bindings rather than take Redis's: below)"
+                        } else if r.other_history {
                             "  (on another history: not yet reloaded)"
                         } else {
                             ""
@@ -1112,9 +1156,11 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
             // `--json` stays one document.
             if let (true, Ok(Some(id))) = (refusing, rt.block_on(redis.unconfirmed_history())) {
                 eprintln!(
-                    "nexus-edge: note: Redis holds history {id}, begun while no replica was \
+                    "nexus-edge: warning: Redis holds history {id}, begun while no replica was \
                      heard serving, and not confirmed: a replica serving another history's \
-                     bindings keeps them (on another history, above) until `{}`",
+                     bindings keeps them (above) until `{}`; put back what should stay first \
+                     (`nexus-edge tenant import --allow-older SNAPSHOT`, the snapshot of the \
+                     replica with the highest revision)",
                     nexus_binding_store::redis_store::confirm_command(&id)
                 );
             }
