@@ -379,24 +379,31 @@ pub(super) async fn kept_by_others(
         .unwrap_or(0))
 }
 
-/// The ids of the histories replicas report serving bindings of (heartbeats at a revision
-/// above 0 that name one): a restore from a snapshot of another history cannot be measured
-/// against them by its revision. Heartbeats that cannot be read tell nothing.
-pub(super) async fn served_histories(
+/// The histories replicas report serving bindings of (heartbeats at a revision above 0 that
+/// name one), each with the highest revision reported of it: a restore from a snapshot is
+/// measured against its own history's replicas (revisions of two histories do not compare).
+/// Heartbeats that cannot be read tell nothing.
+pub(super) async fn served_by_history(
     store: &RedisStore,
     con: &mut MultiplexedConnection,
-) -> redis::RedisResult<std::collections::BTreeSet<String>> {
+) -> redis::RedisResult<BTreeMap<String, u64>> {
     let beats: Vec<Vec<u8>> = match con.hvals(store.keys().replicas()).await {
         Ok(beats) => beats,
         Err(e) if e.is_io_error() || e.is_connection_dropped() => return Err(e),
-        Err(_) => return Ok(std::collections::BTreeSet::new()),
+        Err(_) => return Ok(BTreeMap::new()),
     };
-    Ok(beats
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for hb in beats
         .iter()
         .filter_map(|b| serde_json::from_slice::<Heartbeat>(b).ok())
         .filter(|hb| hb.applied_revision > 0)
-        .filter_map(|hb| hb.history)
-        .collect())
+    {
+        if let Some(h) = hb.history {
+            let max = out.entry(h).or_default();
+            *max = (*max).max(hb.applied_revision);
+        }
+    }
+    Ok(out)
 }
 
 /// The highest revision any replica's heartbeat reports serving (0 with none): what a

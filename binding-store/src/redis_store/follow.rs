@@ -78,18 +78,12 @@ pub(super) async fn run(
         let jitter = Duration::from_millis(u64::from(rand_u8()) * backoff.as_millis() as u64 / 512);
         tokio::select! {
             _ = tokio::time::sleep(backoff + jitter) => {}
-            _ = shutdown.changed() => {
-                // Redis is up and heard this replica say it keeps its table: take that back,
-                // or a successor would go by it for the live window (`kept_by_others`).
-                if e.keeps_table() {
-                    if let Ok(Ok(mut con)) =
-                        tokio::time::timeout(store.opts().timeout, store.connect()).await
-                    {
-                        super::fleet::leave(&store, &mut con).await;
-                    }
-                }
-                return;
-            }
+            // A replica that keeps its table rather than take Redis's history leaves its
+            // heartbeat behind: over a wiped Redis it is what refuses writes and restores that
+            // would unbind the fleet's tenants, and over an unconfirmed history what keeps
+            // replicas with nothing to keep out of it while this one restarts. A successor
+            // under another id without a snapshot waits for it to age out (the live window).
+            _ = shutdown.changed() => return,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }

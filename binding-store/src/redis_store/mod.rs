@@ -805,7 +805,13 @@ impl RedisStore {
             // Replicas that start with this one say so once their own load has refused it:
             // they are waited for as a first write waits for the fleet.
             if ours != Some(&*h.id) {
-                let window = follow::MAX_BACKOFF * 3 / 2 + self.opts.heartbeat_interval * 2;
+                // Only a replica that has loaded nothing yet waits (one already following
+                // saw the fleet's heartbeats for a while).
+                let window = if self.position().is_none() {
+                    follow::MAX_BACKOFF * 3 / 2 + self.opts.heartbeat_interval * 2
+                } else {
+                    Duration::ZERO
+                };
                 let deadline = tokio::time::Instant::now() + window;
                 loop {
                     let kept = fleet::kept_by_others(self, con).await?;
@@ -1477,14 +1483,21 @@ impl BindingSource for RedisStore {
             let loaded = self
                 .full_table_whole(&mut con, standing_in, tell, || false)
                 .await;
-            if let Err(e) = &loaded {
-                if e.keeps_table() {
-                    // Said at once, before the listeners open: replicas starting with nothing
-                    // of their own to keep go by it (`LoadError::UnconfirmedElsewhere`).
-                    let serving = read()
-                        .and_then(|(_, r)| r.as_ref().ok())
-                        .map_or(0, |s| s.revision.get());
-                    let _ = fleet::heartbeat(self, &mut con, serving, false).await;
+            // A replica that keeps its snapshot rather than take Redis's history says so at
+            // once, before its listeners open: replicas starting beside it with nothing of
+            // their own to keep go by it (`LoadError::UnconfirmedElsewhere`). Only one that
+            // does start (it has bindings to serve), with the snapshot's revision and history.
+            if matches!(&loaded, Err(e) if e.keeps_table()) {
+                if let Some(snap) = read()
+                    .and_then(|(_, r)| r.as_ref().ok())
+                    .filter(|s| !s.table.is_empty())
+                {
+                    self.set_position(FeedPosition {
+                        stream_id: "0-0".to_owned(),
+                        revision: snap.revision.get(),
+                        history: snap.history.as_deref().map(Arc::from),
+                    });
+                    let _ = fleet::heartbeat(self, &mut con, snap.revision.get(), false).await;
                 }
             }
             loaded?.ok_or(LoadError::RestoreUnderWay)
@@ -1510,6 +1523,23 @@ impl BindingSource for RedisStore {
                         path: PathBuf::from(self.opts.endpoint.describe()),
                         reason: format!("Redis not usable ({e}) and no snapshot configured"),
                     }),
+                    // Nothing to stand in while the fleet serves a table this replica must not
+                    // take (Redis lost it, or has a history the fleet keeps out of): an empty
+                    // table would answer 404 for every tenant, as a ready replica.
+                    Some((path, Ok(snap)))
+                        if snap.table.is_empty()
+                            && matches!(
+                                e,
+                                LoadError::Wiped { .. } | LoadError::UnconfirmedElsewhere { .. }
+                            ) =>
+                    {
+                        Err(StoreError::Format {
+                            path: path.to_path_buf(),
+                            reason: format!(
+                                "Redis not usable ({e}) and the snapshot holds no bindings"
+                            ),
+                        })
+                    }
                     Some((path, Ok(snap))) => {
                         tracing::warn!(error = %e, snapshot = %path.display(), bindings = snap.table.len(),
                             "Redis not usable at start: serving the last known good snapshot");

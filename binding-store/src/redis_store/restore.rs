@@ -163,7 +163,7 @@ async fn restore_locked(
         let served = super::fleet::served_revision(store, con)
             .await
             .map_err(|e| ImportError::nothing(unavailable(e)))?;
-        let histories = super::fleet::served_histories(store, con)
+        let histories = super::fleet::served_by_history(store, con)
             .await
             .map_err(|e| ImportError::nothing(unavailable(e)))?;
         if let Some(offered) = stale_offer(&source, served, &histories, &store.opts.key_prefix) {
@@ -326,12 +326,20 @@ async fn check_types(
 fn stale_offer(
     source: &ImportSource,
     served: u64,
-    histories: &std::collections::BTreeSet<String>,
+    histories: &std::collections::BTreeMap<String, u64>,
     key_prefix: &str,
 ) -> Option<String> {
     if served == 0 {
         return None;
     }
+    // A snapshot of a history replicas name is measured against theirs only.
+    let served = match source {
+        ImportSource::Snapshot {
+            history: Some(theirs),
+            ..
+        } => histories.get(theirs).copied().unwrap_or(served),
+        ImportSource::Snapshot { .. } | ImportSource::Records => served,
+    };
     match source {
         ImportSource::Snapshot {
             revision,
@@ -347,10 +355,10 @@ fn stale_offer(
             revision,
             history: Some(theirs),
             ..
-        } if !histories.is_empty() && !histories.contains(theirs) => Some(format!(
+        } if !histories.is_empty() && !histories.contains_key(theirs) => Some(format!(
             "this snapshot is of history {theirs}, not the one replicas serve ({}): its \
              revision ({revision}) says nothing of theirs",
-            histories.iter().cloned().collect::<Vec<_>>().join(", ")
+            histories.keys().cloned().collect::<Vec<_>>().join(", ")
         )),
         ImportSource::Snapshot { revision, .. } if revision.get() >= served => None,
         ImportSource::Snapshot { revision, .. } => {
@@ -408,22 +416,31 @@ mod tests {
                 7,
                 Some("history h0"),
             ),
-            // Of theirs, or of one they do not say: by its revision.
+            // Of theirs: by its revision against their own (7 here), whatever the others'.
             (
                 ImportSource::Snapshot {
-                    revision: Revision(9),
+                    revision: Revision(8),
                     key_prefix: Some("nexus".to_owned()),
                     history: Some("h1".to_owned()),
                 },
-                7,
+                9,
                 None,
+            ),
+            (
+                ImportSource::Snapshot {
+                    revision: Revision(6),
+                    key_prefix: Some("nexus".to_owned()),
+                    history: Some("h1".to_owned()),
+                },
+                9,
+                Some("older"),
             ),
             // Nobody serves a table: anything may start the history.
             (snapshot(1, "nexus-blue"), 0, None),
             (ImportSource::Records, 0, None),
         ];
         for (source, served, want) in cases {
-            let histories = std::collections::BTreeSet::from(["h1".to_owned()]);
+            let histories = std::collections::BTreeMap::from([("h1".to_owned(), 7)]);
             let got = stale_offer(&source, served, &histories, "nexus");
             match (got.as_deref(), want) {
                 (None, None) => {}

@@ -326,7 +326,9 @@ async fn newest_kept(store: &Store, source: &ImportSource) -> Result<(), String>
         Some(x) => Err(format!(
             "replica {} keeps revision {} of this snapshot's history, newer than the snapshot \
              (revision {revision}): put back its snapshot (the replica with the highest revision \
-             in `nexus-edge replicas`), or pass --start-new-history to import this one anyway",
+             in `nexus-edge replicas`), or pass --start-new-history to import this one anyway \
+             (into a Redis that lost its data meanwhile, that flag also lets the import start a \
+             new history unchecked)",
             x.id, x.applied_revision
         )),
         None => Ok(()),
