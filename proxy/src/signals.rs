@@ -46,62 +46,37 @@ struct StopSignals {
 impl StopSignals {
     /// Catches SIGTERM, SIGINT and SIGQUIT from now on. Returns once they are caught.
     fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::SignalKind;
         let (tx, queue) = mpsc::unbounded_channel();
-        let (caught, installed) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("signals".to_owned())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = caught.send(Err(e));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    use tokio::signal::unix::{signal, SignalKind};
-                    let caught_all = (|| {
-                        Ok::<_, std::io::Error>((
-                            signal(SignalKind::terminate())?,
-                            signal(SignalKind::interrupt())?,
-                            signal(SignalKind::quit())?,
-                        ))
-                    })();
-                    let (mut term, mut int, mut quit) = match caught_all {
-                        Ok(all) => all,
-                        Err(e) => {
-                            let _ = caught.send(Err(e));
-                            return;
+        let kinds = [
+            SignalKind::terminate(),
+            SignalKind::interrupt(),
+            SignalKind::quit(),
+        ];
+        on_signal_thread(
+            "signals",
+            kinds,
+            move |[mut term, mut int, mut quit]| async move {
+                loop {
+                    let stop = tokio::select! {
+                        _ = term.recv() => Stop::Term,
+                        _ = int.recv() => Stop::Int,
+                        // nginx's graceful stop, and Pingora's graceful upgrade (handing the
+                        // listeners to a new process, which the router does not do): its default
+                        // action dumps core. Drained as SIGTERM is; the new process binds once the
+                        // listeners close.
+                        _ = quit.recv() => {
+                            tracing::info!("SIGQUIT: taken as SIGTERM");
+                            Stop::Term
                         }
                     };
-                    let _ = caught.send(Ok(()));
-                    loop {
-                        let stop = tokio::select! {
-                            _ = term.recv() => Stop::Term,
-                            _ = int.recv() => Stop::Int,
-                            // nginx's graceful stop, and Pingora's graceful upgrade (handing
-                            // the listeners to a new process, which the router does not do):
-                            // its default action dumps core. Drained as SIGTERM is; the new
-                            // process binds once the listeners close.
-                            _ = quit.recv() => {
-                                tracing::info!("SIGQUIT: taken as SIGTERM");
-                                Stop::Term
-                            }
-                        };
-                        if tx.send(stop).is_err() {
-                            return;
-                        }
+                    if tx.send(stop).is_err() {
+                        return;
                     }
-                });
-            })?;
-        match installed.recv() {
-            Ok(Ok(())) => Ok(Self { queue }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(std::io::Error::other("the signal thread ended")),
-        }
+                }
+            },
+        )?;
+        Ok(Self { queue })
     }
 
     /// Forgets the signals queued so far.
@@ -124,9 +99,45 @@ impl StopSignals {
 /// a wait for Redis), during which a log rotation's or a config tool's SIGHUP ended it. An
 /// operator sending one expects a reload or a log reopen, neither of which applies here.
 pub fn ignore_reload_signals() -> std::io::Result<()> {
+    use tokio::signal::unix::SignalKind;
+    let kinds = [
+        SignalKind::hangup(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+    ];
+    on_signal_thread(
+        "ignored-signals",
+        kinds,
+        |[mut hup, mut usr1, mut usr2]| async move {
+            loop {
+                let name = tokio::select! {
+                    _ = hup.recv() => "SIGHUP",
+                    _ = usr1.recv() => "SIGUSR1",
+                    _ = usr2.recv() => "SIGUSR2",
+                };
+                tracing::warn!(
+                    "{name} ignored: bindings and keys reload by themselves when their store or \
+                 file changes, logs go to stderr (nothing to reopen); a config change needs a \
+                 restart (SIGTERM drains)"
+                );
+            }
+        },
+    )
+}
+
+/// Runs `watch` on a thread of its own (a current-thread runtime) with the signals of
+/// `kinds` caught; returns once they are, or with what kept one from being caught.
+fn on_signal_thread<const N: usize, F>(
+    name: &str,
+    kinds: [tokio::signal::unix::SignalKind; N],
+    watch: impl FnOnce([tokio::signal::unix::Signal; N]) -> F + Send + 'static,
+) -> std::io::Result<()>
+where
+    F: std::future::Future<Output = ()>,
+{
     let (caught, installed) = std::sync::mpsc::channel();
     std::thread::Builder::new()
-        .name("ignored-signals".to_owned())
+        .name(name.to_owned())
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -139,33 +150,20 @@ pub fn ignore_reload_signals() -> std::io::Result<()> {
                 }
             };
             rt.block_on(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let all = (|| {
-                    Ok::<_, std::io::Error>((
-                        signal(SignalKind::hangup())?,
-                        signal(SignalKind::user_defined1())?,
-                        signal(SignalKind::user_defined2())?,
-                    ))
-                })();
-                let (mut hup, mut usr1, mut usr2) = match all {
-                    Ok(all) => all,
+                let signals: std::io::Result<Vec<_>> =
+                    kinds.into_iter().map(tokio::signal::unix::signal).collect();
+                let signals = signals.and_then(|all| {
+                    <[_; N]>::try_from(all)
+                        .map_err(|_| std::io::Error::other("a signal was not caught"))
+                });
+                match signals {
+                    Ok(signals) => {
+                        let _ = caught.send(Ok(()));
+                        watch(signals).await;
+                    }
                     Err(e) => {
                         let _ = caught.send(Err(e));
-                        return;
                     }
-                };
-                let _ = caught.send(Ok(()));
-                loop {
-                    let name = tokio::select! {
-                        _ = hup.recv() => "SIGHUP",
-                        _ = usr1.recv() => "SIGUSR1",
-                        _ = usr2.recv() => "SIGUSR2",
-                    };
-                    tracing::warn!(
-                        "{name} ignored: bindings and keys reload by themselves when their store \
-                         or file changes, logs go to stderr (nothing to reopen); a config change \
-                         needs a restart (SIGTERM drains)"
-                    );
                 }
             });
         })?;
