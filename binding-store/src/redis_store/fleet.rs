@@ -222,7 +222,7 @@ pub(super) async fn heartbeat(
         refused_more,
         process: store.id_watch().process.clone(),
         id_shared: store.id_watch().shared(),
-        keeps: !following && store.keeps_table(),
+        keeps: !following && store.keeps_other_history(),
         history: store
             .position()
             .and_then(|p| p.history)

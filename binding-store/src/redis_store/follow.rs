@@ -319,9 +319,9 @@ async fn history_check(
 }
 
 /// What the history id read at a heartbeat says, the counter being in step: a replica that
-/// knows none yet (it loaded a store before its first write, which began the history, and
-/// has followed the feed since) learns it, so its snapshot names it; one that knows another
-/// reloads, the rules of a full load deciding whether it takes the new one.
+/// knows another id reloads, the rules of a full load deciding whether it takes the new
+/// history. (One that knows none yet, having loaded a store before its first write began the
+/// history and followed the feed since, learns it instead: see the heartbeat in `session`.)
 fn id_verdict(ours: Option<&str>, theirs: Option<&str>) -> Option<Verdict> {
     match (ours, theirs) {
         (Some(ours), Some(theirs)) if ours != theirs => Some(Verdict::Diverged(

@@ -200,7 +200,8 @@ pub(crate) fn new_history_id() -> String {
 pub(crate) struct StoreHistory {
     /// Random id, new for each history.
     pub(crate) id: Arc<str>,
-    /// Begun by a write while no replica was heard serving, and not confirmed since.
+    /// Begun by a write or a restore while no replica heartbeat was kept, and not confirmed
+    /// since.
     pub(crate) unconfirmed: bool,
     /// What began it, as said in a log line: "a write", "a restore import", ...
     pub(crate) began: &'static str,
@@ -756,6 +757,9 @@ impl RedisStore {
         current: impl FnOnce() -> Option<Served<'c>> + Send,
     ) -> Result<(BindingTable, FeedPosition), LoadError> {
         let (head, counter, restoring, history) = self.feed_head(con).await?;
+        // Said again by this load (`keeps_other_history`).
+        self.keeping
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         // The table served, read once and only when needed: when there is no counter, a
         // history to confirm, a refused record or a contested domain.
         let mut current = Some(current);
@@ -1018,7 +1022,7 @@ impl RedisStore {
 
     /// Whether the last full load kept this replica's bindings rather than take an
     /// unconfirmed history.
-    pub(crate) fn keeps_table(&self) -> bool {
+    pub(crate) fn keeps_other_history(&self) -> bool {
         self.keeping.load(std::sync::atomic::Ordering::Relaxed)
     }
 

@@ -350,7 +350,7 @@ async fn note_unconfirmed(store: &Store) -> bool {
         .await
         .map(|list| {
             list.into_iter()
-                .filter(|x| x.live && x.other_history)
+                .filter(|x| x.live && x.keeps)
                 .map(|x| x.id)
                 .collect()
         })
@@ -1111,7 +1111,7 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
     };
     match rt.block_on(redis.replicas()) {
         Ok(list) => {
-            let refusing = list.iter().any(|r| r.live && r.other_history);
+            let refusing = list.iter().any(|r| r.live && r.keeps);
             if json {
                 outln!(
                     "{}",
