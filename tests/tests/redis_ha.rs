@@ -839,6 +839,33 @@ fn a_history_begun_while_every_replica_was_down_waits_for_an_admin_to_confirm_it
     let (code, _, err) = admin.tenant(&["import", "--allow-older", older.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("replica replica-h keeps revision 2"), "{err}");
+    // So would a snapshot of another history (its revision says nothing of theirs), or a
+    // bindings file (which says nothing of how recent it is).
+    let kept_snap = nexus_binding_store::snapshot::parse_snapshot(&copy, kept.as_bytes()).unwrap();
+    let foreign = snaps.path().join("foreign.snapshot");
+    nexus_binding_store::snapshot::write_snapshot(
+        &foreign,
+        &kept_snap.table,
+        kept_snap.revision,
+        "nexus",
+        Some("another-history"),
+    )
+    .unwrap();
+    let (code, _, err) = admin.tenant(&["import", "--allow-older", foreign.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("this snapshot is of history another-history"),
+        "{err}"
+    );
+    let file = snaps.path().join("bindings.json");
+    std::fs::write(
+        &file,
+        nexus_e2e::edge::bindings_file(vec![binding("acme", &b.url(), "active", None)]).to_string(),
+    )
+    .unwrap();
+    let (code, _, err) = admin.tenant(&["import", "--allow-older", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("a bindings file says nothing"), "{err}");
     let out = admin.ok(&["import", "--allow-older", copy.to_str().unwrap()]);
     assert!(out.contains("imported 2"), "{out}");
     assert_eq!(

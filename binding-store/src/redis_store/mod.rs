@@ -816,6 +816,12 @@ impl RedisStore {
                 } else {
                     Duration::ZERO
                 };
+                if !window.is_zero() {
+                    tracing::info!(history = %h.id, wait = ?window,
+                        "Redis's history began while no replica was heard and is not confirmed: \
+                         waiting for the replicas' heartbeats before taking it (one keeping \
+                         another history's bindings keeps it out)");
+                }
                 let deadline = tokio::time::Instant::now() + window;
                 loop {
                     let kept = fleet::kept_by_others(self, con).await?;
@@ -1561,6 +1567,12 @@ impl BindingSource for RedisStore {
                             history: snap.history.as_deref().map(Arc::from),
                         });
                         Ok(snap.table.clone())
+                    }
+                    Some((path, Err(crate::snapshot::SnapshotError::Missing(_)))) => {
+                        Err(StoreError::Format {
+                            path: path.to_path_buf(),
+                            reason: format!("Redis not usable ({e}) and no snapshot there yet"),
+                        })
                     }
                     Some((path, Err(snap))) => Err(StoreError::Format {
                         path: path.to_path_buf(),

@@ -298,17 +298,13 @@ fn routing(r: &BindingRecord) -> String {
     )
 }
 
-/// Refuses to put back a replica's snapshot into a Redis whose history waits for a
-/// confirmation when a live replica keeps a more recent table of that snapshot's history:
-/// confirmed after it, the import would undo the changes only that replica still holds.
+/// Refuses to put back into a Redis whose history waits for a confirmation anything but the
+/// newest table live replicas keep: confirmed after it, the import would undo the changes
+/// only a replica still holds. A snapshot of their history must be at least as recent as
+/// what each keeps of it; a snapshot of another history, or a bindings file, says nothing of
+/// theirs. (`--start-new-history` lets it through.)
 async fn newest_kept(store: &Store, source: &ImportSource) -> Result<(), String> {
-    let (
-        Store::Redis(r),
-        ImportSource::Snapshot {
-            revision, history, ..
-        },
-    ) = (store, source)
-    else {
+    let Store::Redis(r) = store else {
         return Ok(());
     };
     if !matches!(r.unconfirmed_history().await, Ok(Some(_))) {
@@ -317,18 +313,48 @@ async fn newest_kept(store: &Store, source: &ImportSource) -> Result<(), String>
     let Ok(list) = r.replicas().await else {
         return Ok(());
     };
-    let newer = list
+    let keepers: Vec<_> = list.iter().filter(|x| x.live && x.keeps).collect();
+    if keepers.is_empty() {
+        return Ok(());
+    }
+    let anyway = "or pass --start-new-history to import it anyway (into a Redis that lost its \
+                  data meanwhile, that flag also lets the import start a new history unchecked)";
+    let (revision, history) = match source {
+        ImportSource::Records => {
+            return Err(format!(
+                "replicas keep their bindings rather than take Redis's history, and a bindings \
+                 file says nothing of how recent it is: put back the snapshot of the replica \
+                 with the highest revision in `nexus-edge replicas`, {anyway}"
+            ))
+        }
+        ImportSource::Snapshot {
+            revision, history, ..
+        } => (revision, history),
+    };
+    let known: Vec<&str> = keepers
         .iter()
-        .filter(|x| x.live && x.keeps && x.applied_revision > revision.get())
+        .filter_map(|x| x.history.as_deref())
+        .collect();
+    if let Some(theirs) = history.as_deref() {
+        if !known.is_empty() && !known.contains(&theirs) {
+            return Err(format!(
+                "this snapshot is of history {theirs}, not one the replicas keep ({}): put back \
+                 the snapshot of the replica with the highest revision in `nexus-edge \
+                 replicas`, {anyway}",
+                known.join(", ")
+            ));
+        }
+    }
+    let newer = keepers
+        .iter()
+        .filter(|x| x.applied_revision > revision.get())
         .filter(|x| history.is_none() || x.history.is_none() || x.history == *history)
         .max_by_key(|x| x.applied_revision);
     match newer {
         Some(x) => Err(format!(
             "replica {} keeps revision {} of this snapshot's history, newer than the snapshot \
              (revision {revision}): put back its snapshot (the replica with the highest revision \
-             in `nexus-edge replicas`), or pass --start-new-history to import this one anyway \
-             (into a Redis that lost its data meanwhile, that flag also lets the import start a \
-             new history unchecked)",
+             in `nexus-edge replicas`), {anyway}",
             x.id, x.applied_revision
         )),
         None => Ok(()),
