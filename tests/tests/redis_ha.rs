@@ -603,6 +603,8 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     let list = nexus_e2e::edge::cli(&["replicas", "--config", admin.config.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(text.contains("on another history"), "{text}");
+    let err = String::from_utf8_lossy(&list.stderr);
+    assert!(err.contains("it lost its data"), "{err}");
     // A replica starting now without a snapshot (a scale-out, a crash restart) would serve
     // Redis's empty table, every tenant 404, and call itself ready: it refuses to start,
     // saying why, so traffic stays with the replicas that still serve.

@@ -1138,6 +1138,7 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
     match rt.block_on(redis.replicas()) {
         Ok(list) => {
             let refusing = list.iter().any(|r| r.live && r.keeps);
+            let serving = list.iter().any(|r| r.live && r.applied_revision > 0);
             if json {
                 outln!(
                     "{}",
@@ -1190,6 +1191,16 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
                      (`nexus-edge tenant import --allow-older SNAPSHOT`, the snapshot of the \
                      replica with the highest revision)",
                     nexus_binding_store::redis_store::confirm_command(&id)
+                );
+            }
+            // Every replica "on another history" because Redis has none at all: say so.
+            if serving && matches!(rt.block_on(redis.counter()), Ok(None)) {
+                eprintln!(
+                    "nexus-edge: warning: Redis holds no revision counter while replicas serve \
+                     bindings: it lost its data (a restart without persistence, a FLUSHALL). \
+                     They keep serving their tables; restore it with `nexus-edge tenant import \
+                     SNAPSHOT` (a replica's snapshot, the highest revision above), or from \
+                     Redis's own backup"
                 );
             }
             ExitCode::SUCCESS
