@@ -531,6 +531,8 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     let tail = format!("snapshot_path = \"{}\"\n", snapshot.display());
     let edge = replica(&keys, store(&url, "replica-w", &tail));
     wait_instance(&edge, &keys, "globex", "instance-a");
+    // Following the feed (serving starts a moment before the follower's first session).
+    heartbeats(&redis, "replica-w", 1);
 
     // 1. Wiped under a following replica: its next heartbeat notices, says so once, and it
     // keeps its table; so does a reload after a reconnect.
