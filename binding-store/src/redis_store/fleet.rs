@@ -79,7 +79,7 @@ impl IdWatch {
         let mut token = [0u8; 8];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token);
         Self {
-            process: token.iter().map(|b| format!("{b:02x}")).collect(),
+            process: crate::snapshot::hex(&token),
             sightings: std::sync::Mutex::new((0, 0)),
             shared: std::sync::atomic::AtomicBool::new(false),
         }
@@ -379,52 +379,50 @@ pub(super) async fn kept_by_others(
         .unwrap_or(0))
 }
 
-/// The histories replicas report serving bindings of (heartbeats at a revision above 0 that
-/// name one), each with the highest revision reported of it: a restore from a snapshot is
-/// measured against its own history's replicas (revisions of two histories do not compare).
-/// Heartbeats that cannot be read tell nothing.
-pub(super) async fn served_by_history(
+/// What the replicas' heartbeats say they serve: the highest revision any reports (0 with
+/// none), and each history they name with the highest revision reported of it.
+#[derive(Debug, Default)]
+pub(super) struct FleetServes {
+    /// What a Redis that lost its data is still served as. With no revision counter, any
+    /// such revision means Redis lost its data under a fleet that still serves it
+    /// (`write.lua` reads them the same way).
+    pub(super) revision: u64,
+    /// A restore from a snapshot is measured against its own history's replicas: revisions
+    /// of two histories do not compare.
+    pub(super) by_history: BTreeMap<String, u64>,
+}
+
+/// Reads what the replicas' heartbeats say they serve, in one read. A key of another type
+/// tells nothing (a write refuses that key by name).
+pub(super) async fn fleet_serves(
     store: &RedisStore,
     con: &mut MultiplexedConnection,
-) -> redis::RedisResult<BTreeMap<String, u64>> {
+) -> redis::RedisResult<FleetServes> {
     let beats: Vec<Vec<u8>> = match con.hvals(store.keys().replicas()).await {
         Ok(beats) => beats,
         Err(e) if e.is_io_error() || e.is_connection_dropped() => return Err(e),
-        Err(_) => return Ok(BTreeMap::new()),
+        Err(_) => return Ok(FleetServes::default()),
     };
-    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    let mut out = FleetServes::default();
     for hb in beats
         .iter()
         .filter_map(|b| serde_json::from_slice::<Heartbeat>(b).ok())
-        .filter(|hb| hb.applied_revision > 0)
     {
-        if let Some(h) = hb.history {
-            let max = out.entry(h).or_default();
+        out.revision = out.revision.max(hb.applied_revision);
+        if let (Some(h), 1..) = (hb.history, hb.applied_revision) {
+            let max = out.by_history.entry(h).or_default();
             *max = (*max).max(hb.applied_revision);
         }
     }
     Ok(out)
 }
 
-/// The highest revision any replica's heartbeat reports serving (0 with none): what a
-/// Redis that lost its data is still served as. With no revision counter, any such revision
-/// means Redis lost its data under a fleet that still serves it (`write.lua` reads them the
-/// same way). A key of another type tells nothing: 0 (a write refuses that key by name).
+/// The highest revision any replica's heartbeat reports serving (see [`FleetServes`]).
 pub(super) async fn served_revision(
     store: &RedisStore,
     con: &mut MultiplexedConnection,
 ) -> redis::RedisResult<u64> {
-    let beats: Vec<Vec<u8>> = match con.hvals(store.keys().replicas()).await {
-        Ok(beats) => beats,
-        Err(e) if e.is_io_error() || e.is_connection_dropped() => return Err(e),
-        Err(_) => return Ok(0),
-    };
-    Ok(beats
-        .iter()
-        .filter_map(|b| serde_json::from_slice::<Heartbeat>(b).ok())
-        .map(|hb| hb.applied_revision)
-        .max()
-        .unwrap_or(0))
+    Ok(fleet_serves(store, con).await?.revision)
 }
 
 /// What `tenant confirm-history` found ([`RedisStore::confirm_history`]).

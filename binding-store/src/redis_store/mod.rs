@@ -183,9 +183,14 @@ impl Keys {
 /// A new random id for a history that a write or restore may begin (`write.lua` uses it only
 /// when it begins one): 128 bits, so no two histories, of any Redis, share one.
 pub(crate) fn new_history_id() -> String {
+    random_hex()
+}
+
+/// 128 random bits as hex: lock tokens and history ids.
+pub(crate) fn random_hex() -> String {
     let mut b = [0u8; 16];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::snapshot::hex(&b)
 }
 
 /// Which history Redis holds (`{prefix}:history`), as a replica reads it with the counter.
@@ -378,12 +383,17 @@ impl RedisStore {
     /// A write in between found no one serving and started a new history of one tenant, and
     /// every replica then unbound all the others. The wait costs only the first write into
     /// an empty keyspace.
+    /// How long replicas' heartbeats may take to show after a wipe: a reconnect (within
+    /// [`follow::MAX_BACKOFF`] and its jitter) or two heartbeat intervals.
+    fn fleet_window(&self) -> Duration {
+        follow::MAX_BACKOFF * 3 / 2 + self.opts.heartbeat_interval * 2
+    }
+
     async fn wait_for_wiped_fleet(
         &self,
         con: &mut MultiplexedConnection,
     ) -> Result<(), AdminError> {
-        let window = follow::MAX_BACKOFF * 3 / 2 + self.opts.heartbeat_interval * 2;
-        let deadline = tokio::time::Instant::now() + window;
+        let deadline = tokio::time::Instant::now() + self.fleet_window();
         // Once one is heard, the write is refused as usual (`write.lua`, which says a restore
         // under way first).
         while self.served_without_history(con).await? == Some(0)
@@ -812,7 +822,7 @@ impl RedisStore {
                 // Only a replica that has loaded nothing yet waits (one already following
                 // saw the fleet's heartbeats for a while).
                 let window = if self.position().is_none() {
-                    follow::MAX_BACKOFF * 3 / 2 + self.opts.heartbeat_interval * 2
+                    self.fleet_window()
                 } else {
                     Duration::ZERO
                 };

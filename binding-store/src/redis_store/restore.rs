@@ -93,9 +93,7 @@ async fn release(store: &RedisStore, con: &mut MultiplexedConnection, token: &st
 
 /// A random lock token, so only its holder renews or releases the lock.
 fn token() -> String {
-    let mut b = [0u8; 16];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    super::random_hex()
 }
 
 /// Restores `bindings` into a Redis without history. `Ok(None)` when a history started
@@ -160,13 +158,13 @@ async fn restore_locked(
             .wait_for_wiped_fleet(con)
             .await
             .map_err(ImportError::nothing)?;
-        let served = super::fleet::served_revision(store, con)
+        let super::fleet::FleetServes {
+            revision: served,
+            by_history,
+        } = super::fleet::fleet_serves(store, con)
             .await
             .map_err(|e| ImportError::nothing(unavailable(e)))?;
-        let histories = super::fleet::served_by_history(store, con)
-            .await
-            .map_err(|e| ImportError::nothing(unavailable(e)))?;
-        if let Some(offered) = stale_offer(&source, served, &histories, &store.opts.key_prefix) {
+        if let Some(offered) = stale_offer(&source, served, &by_history, &store.opts.key_prefix) {
             return Err(ImportError::nothing(AdminError::StaleRestore {
                 served: Revision(served),
                 offered,
