@@ -1,0 +1,405 @@
+//! Admin commands against Redis: reads, writes through `write.lua`, imports and history.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+
+use super::{
+    fleet, last_number, new_history_id, parse_json_record, read_failure, record_revision,
+    record_text, restore, script_error, unavailable, wrong_type, RedisEndpoint, RedisStore,
+    WipedStore,
+};
+use crate::admin::{
+    import_each, Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource,
+    Listing, Mutation, FIX_A_RECORD,
+};
+use crate::file_store::{mutate, op_name};
+use crate::model::{Binding, Revision, TenantId};
+use crate::records::{contested_domains, settle_contested, DomainIndex, Verdicts};
+
+/// How long a write behind Sentinel waits for a standby to acknowledge it.
+const STANDBY_ACK_WAIT: Duration = Duration::from_secs(1);
+
+impl RedisStore {
+    /// Behind Sentinel, says so (a warning the admin CLI prints) when no standby acknowledged
+    /// the write at `revision` within [`STANDBY_ACK_WAIT`] (`WAIT 1`): replication is
+    /// asynchronous, and a failover now would lose it, though the write, and a `--wait`
+    /// after it, succeed. Redis that answers nothing to `WAIT` (a user without the right)
+    /// says nothing here.
+    async fn warn_unless_replicated(
+        &self,
+        con: &mut MultiplexedConnection,
+        tenant: &TenantId,
+        revision: u64,
+    ) {
+        if !matches!(self.opts.endpoint, RedisEndpoint::Sentinel(_)) {
+            return;
+        }
+        let acked: redis::RedisResult<u64> = redis::cmd("WAIT")
+            .arg(1)
+            .arg(STANDBY_ACK_WAIT.as_millis() as u64)
+            .query_async(con)
+            .await;
+        if acked == Ok(0) {
+            tracing::warn!(
+                "tenant {tenant} at revision {revision} is written on the primary, but no \
+                 standby acknowledged it within {}s: a failover now would lose it (after one, \
+                 `nexus-edge tenant history {tenant}` says whether it is there)",
+                STANDBY_ACK_WAIT.as_secs()
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl BindingAdmin for RedisStore {
+    async fn get(&self, tenant: &TenantId) -> Result<Option<Binding>, AdminError> {
+        let mut con = self.admin_connection().await?;
+        let key = self.keys.binding(tenant.as_str());
+        let raw: Option<Vec<u8>> = match con.get(&key).await {
+            Ok(raw) => raw,
+            Err(e) => return Err(read_failure(&mut con, &key, e, "string").await),
+        };
+        if raw.is_none() {
+            // "Not found" from a wiped Redis would send the admin to recreate a tenant every
+            // replica still serves.
+            if let Some(served) = self.looks_wiped(&mut con).await? {
+                return Err(AdminError::WipedRead { served });
+            }
+        }
+        raw.map(|r| {
+            record_text(&r)
+                .and_then(parse_json_record)
+                .map_err(|m| AdminError::Corrupt(format!("tenant {tenant}: {m}; {FIX_A_RECORD}")))
+        })
+        .transpose()
+    }
+
+    async fn list(&self) -> Result<Listing, AdminError> {
+        let mut con = self.admin_connection().await?;
+        // An empty (or partial) listing of a wiped Redis, exported as a backup, would pass
+        // for the fleet's table.
+        if let Some(served) = self.looks_wiped(&mut con).await? {
+            return Err(AdminError::WipedRead { served });
+        }
+        let revision = Revision(self.read_counter(&mut con).await?.unwrap_or(0));
+        let (mut bindings, bad) = self.load_all(&mut con).await.map_err(unavailable)?;
+        let mut left_out: Vec<String> = bad
+            .iter()
+            .map(|(t, problem)| format!("{}: {problem}", self.keys.binding(t)))
+            .collect();
+        // A record claiming a domain another record claims too is refused by every replica
+        // but the one the domain index names: settled as a replica with no table settles it,
+        // and named, so that a listing or backup does not look whole.
+        let contested = contested_domains(&bindings);
+        if !contested.is_empty() {
+            let mut index = DomainIndex::new();
+            let domains = contested.iter().map(|(d, _)| d.as_str()).collect();
+            self.look_up_domains(&mut con, domains, &mut index)
+                .await
+                .map_err(unavailable)?;
+            let (kept, _) = settle_contested(
+                bindings.clone(),
+                &contested,
+                None,
+                HashSet::new(),
+                Some(&index),
+                "Redis",
+                Verdicts::Quiet,
+            );
+            // Refused: the tenants not kept. One kept without the domain (no claimant won
+            // it) is listed as stored.
+            let kept: HashSet<TenantId> = kept.iter().map(|b| b.tenant_id.clone()).collect();
+            for b in bindings.iter().filter(|b| !kept.contains(&b.tenant_id)) {
+                let claimed: Vec<String> = contested
+                    .iter()
+                    .filter(|(_, claimants)| claimants.contains(&b.tenant_id))
+                    .map(|(d, _)| match index.get(d).cloned().flatten() {
+                        Some(owner) => format!("{d} (held by {owner})"),
+                        None => format!("{d} (held by none)"),
+                    })
+                    .collect();
+                left_out.push(format!(
+                    "{}: claims a custom domain another record claims too: {}; replicas \
+                     refuse the record",
+                    self.keys.binding(b.tenant_id.as_str()),
+                    claimed.join(", ")
+                ));
+            }
+            bindings.retain(|b| kept.contains(&b.tenant_id));
+        }
+        Ok(Listing {
+            revision,
+            bindings: crate::records::sorted_by_tenant(&bindings),
+            left_out,
+        })
+    }
+
+    async fn apply(
+        &self,
+        tenant: &TenantId,
+        mutation: Mutation,
+        expect: Option<Revision>,
+        actor: &Actor,
+    ) -> Result<(Revision, Option<Binding>), AdminError> {
+        let mut con = self.admin_connection().await?;
+        if self.opts.wiped_store == WipedStore::Refuse {
+            self.wait_for_wiped_fleet(&mut con).await?;
+        }
+        // The record text the script last refused, with the revision it read there: should
+        // the two readings of one text ever differ, the next attempt goes by the script's.
+        let mut script_read: Option<(Vec<u8>, u64)> = None;
+        // Read-modify-write with an optimistic check: without --expect-revision the script is
+        // still told what we read, and a concurrent change makes us re-read and retry.
+        for attempt in 0u64..200 {
+            if attempt > 0 {
+                // Back off a little, randomly, so concurrent writers to one tenant do not keep
+                // invalidating each other's reads.
+                let mut b = [0u8; 1];
+                let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+                let micros = (u64::from(b[0]) * 8 * attempt.min(10)).max(100);
+                tokio::time::sleep(Duration::from_micros(micros)).await;
+            }
+            let key = self.keys.binding(tenant.as_str());
+            // As bytes: a record that is no UTF-8 text is a damaged one, to replace or delete.
+            let raw: Option<Vec<u8>> = match con.get(&key).await {
+                Ok(raw) => raw,
+                Err(e) => return Err(read_failure(&mut con, &key, e, "string").await),
+            };
+            let parsed = raw.as_deref().map(|r| {
+                record_text(r).and_then(parse_json_record).map_err(|msg| {
+                    AdminError::Corrupt(format!("tenant {tenant}: {msg}; {FIX_A_RECORD}"))
+                })
+            });
+            let current = match (parsed, &mutation) {
+                (None, _) => None,
+                (Some(Ok(b)), _) => Some(b),
+                (Some(Err(_)), Mutation::Put(_) | Mutation::Delete) => None,
+                (Some(Err(e)), _) => return Err(e),
+            };
+            let read_rev = match (&script_read, &raw) {
+                (Some((text, rev)), Some(now)) if text == now => *rev,
+                _ => raw.as_deref().map_or(0, record_revision),
+            };
+            // With no record, the store may be a wiped one: say that, as the script would,
+            // rather than "not found" or a conflict that send the admin to recreate tenants.
+            let missing = raw.is_none()
+                && (!matches!(mutation, Mutation::Put(_))
+                    || expect.is_some_and(|e| e != Revision::ZERO));
+            if missing && self.opts.wiped_store == WipedStore::Refuse {
+                if let Some(served) = self.looks_wiped(&mut con).await? {
+                    return Err(AdminError::Wiped { served });
+                }
+            }
+            if let Some(e) = expect {
+                // 0 says "must not exist", which a record without a revision does not satisfy
+                // (one with a revision gets the usual conflict below, naming it).
+                if e == Revision::ZERO && read_rev == 0 && raw.is_some() {
+                    return Err(AdminError::Exists {
+                        tenant: tenant.clone(),
+                    });
+                }
+                if e.get() != read_rev {
+                    return Err(AdminError::Conflict {
+                        tenant: tenant.clone(),
+                        expected: e,
+                        actual: Revision(read_rev),
+                    });
+                }
+            }
+            let op = op_name(&mutation);
+            let now = fleet::audit_now(&mut con).await;
+            let next = match (&mutation, &raw, &current) {
+                (Mutation::Delete, None, _) => return Err(AdminError::NotFound(tenant.clone())),
+                // A damaged record: deleting it is how it is cleared.
+                (Mutation::Delete, Some(_), None) => None,
+                _ => mutate(
+                    tenant,
+                    current.as_ref(),
+                    mutation.clone(),
+                    Revision::ZERO,
+                    now,
+                )?,
+            };
+            let at = now
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            let new_json = match &next {
+                Some(b) => serde_json::to_string(&b.to_record()).map_err(unavailable)?,
+                None => String::new(),
+            };
+            let entry = AuditEntry {
+                tenant: tenant.to_string(),
+                revision: 0,
+                at,
+                actor: actor.name.clone(),
+                reason: actor.reason.clone(),
+                op: op.to_owned(),
+                old: current.as_ref().map(Binding::to_record),
+                new: next.as_ref().map(Binding::to_record),
+            };
+            let audit_json = serde_json::to_string(&entry).map_err(unavailable)?;
+            let mut inv = self.script.prepare_invoke();
+            inv.key(self.keys.binding(tenant.as_str()))
+                .key(self.keys.revision())
+                .key(self.keys.changes())
+                .key(self.keys.audit(tenant.as_str()))
+                .key(self.keys.domains())
+                .key(self.keys.restoring())
+                .key(self.keys.replicas())
+                .key(self.keys.history())
+                .arg(tenant.as_str())
+                .arg(read_rev.to_string())
+                .arg(new_json)
+                .arg(audit_json)
+                .arg(self.opts.stream_maxlen)
+                .arg(self.opts.audit_cap)
+                .arg(match self.opts.wiped_store {
+                    WipedStore::Refuse => "",
+                    WipedStore::StartNewHistory => "new-history",
+                })
+                .arg(new_history_id());
+            if let Some(b) = &next {
+                for d in &b.domains {
+                    inv.arg(d.as_str());
+                }
+            }
+            match inv.invoke_async::<u64>(&mut con).await {
+                Ok(rev) => {
+                    self.warn_unless_replicated(&mut con, tenant, rev).await;
+                    let next = next.map(|mut b| {
+                        b.revision = Revision(rev);
+                        b
+                    });
+                    return Ok((Revision(rev), next));
+                }
+                // By the error's code (its first word), never by searching the text: the
+                // detail carries key names, and a key prefix is any text.
+                Err(e) => {
+                    let (code, detail) = script_error(&e).unwrap_or_default();
+                    match code {
+                        "CONFLICT" if expect.is_some() => {
+                            return Err(AdminError::Conflict {
+                                tenant: tenant.clone(),
+                                expected: expect.unwrap_or_default(),
+                                actual: Revision(last_number(detail)),
+                            });
+                        }
+                        "CONFLICT" => {
+                            script_read = raw.map(|r| (r, last_number(detail)));
+                            continue;
+                        }
+                        "RESTORING" => {
+                            return Err(AdminError::Unavailable(
+                                "a restore import is writing to this Redis; try again when it \
+                                 has finished"
+                                    .to_owned(),
+                            ))
+                        }
+                        "WIPED" => {
+                            return Err(AdminError::Wiped {
+                                served: Revision(last_number(detail)),
+                            })
+                        }
+                        "NOTFOUND" => return Err(AdminError::NotFound(tenant.clone())),
+                        "DOMAIN" => {
+                            // `<domain> <owner>`, as the script says it.
+                            let reason = match detail.trim().split_once(' ') {
+                                Some((domain, owner)) => format!(
+                                    "domain {domain} already belongs to tenant {owner}; release \
+                                     it there first"
+                                ),
+                                None => format!("domain already bound: {}", detail.trim()),
+                            };
+                            return Err(AdminError::Invalid {
+                                tenant: tenant.clone(),
+                                reason,
+                            });
+                        }
+                        _ => {}
+                    }
+                    if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
+                        // No answer: the script may have run, whole (it is atomic), before
+                        // the connection failed. Said, so the write is not taken as not made.
+                        return Err(AdminError::Unavailable(format!(
+                            "{e}: the write was sent and Redis did not answer, so it may have \
+                             been made; `nexus-edge tenant history {tenant}` says whether it \
+                             was before you write again"
+                        )));
+                    }
+                    return Err(wrong_type(
+                        &e,
+                        "so the write was refused before any of it was made",
+                    )
+                    .unwrap_or_else(|| unavailable(e)));
+                }
+            }
+        }
+        Err(AdminError::Unavailable(format!(
+            "tenant {tenant} kept changing under this write; try again"
+        )))
+    }
+
+    /// Into a Redis with a revision counter, one atomic write per tenant, each followed at
+    /// once. Into one without (wiped, or never written), a restore: every record first, then
+    /// the history in one step, so a replica serving a table keeps it until the whole import
+    /// is in; over serving replicas it takes only a snapshot as recent as their table, unless
+    /// told to start a new history (`restore`).
+    async fn import(
+        &self,
+        bindings: Vec<Arc<Binding>>,
+        actor: &Actor,
+        source: ImportSource,
+    ) -> Result<u64, ImportError> {
+        let whole = ImportError::nothing;
+        if bindings.is_empty() {
+            return Ok(0);
+        }
+        let mut con = self.admin_connection().await.map_err(whole)?;
+        let counter: Option<Vec<u8>> = con
+            .get(self.keys.revision())
+            .await
+            .map_err(|e| whole(unavailable(e)))?;
+        let counter = self
+            .keys
+            .counter(counter)
+            .map_err(|e| whole(unavailable(e)))?;
+        if counter.is_none() {
+            // Cloning the Arcs keeps them for the usual way if a history started meanwhile.
+            if let Some(n) =
+                restore::restore(self, &mut con, bindings.clone(), actor, source).await?
+            {
+                return Ok(n);
+            }
+        }
+        import_each(self, bindings, actor).await
+    }
+
+    async fn history(&self, tenant: &TenantId) -> Result<History, AdminError> {
+        let mut con = self.admin_connection().await?;
+        let key = self.keys.audit(tenant.as_str());
+        // Bytes: an entry that is not UTF-8 is one unreadable entry, not a failed read.
+        let lines: Vec<Vec<u8>> = match con.lrange(&key, 0, -1).await {
+            Ok(lines) => lines,
+            Err(e) => return Err(read_failure(&mut con, &key, e, "list").await),
+        };
+        let mut out = History::default();
+        // Newest first in Redis (LPUSH); index i is `LINDEX key i`.
+        for (i, l) in lines.iter().enumerate().rev() {
+            match serde_json::from_slice::<AuditEntry>(l) {
+                Ok(entry) if entry.tenant == tenant.as_str() => out.entries.push(entry),
+                // Not this tenant's: written there by hand, so not part of its history.
+                Ok(entry) => out.unreadable.push(format!(
+                    "{key} index {i}: an entry of tenant {}",
+                    crate::model::quoted(&entry.tenant)
+                )),
+                Err(e) => out.unreadable.push(format!("{key} index {i}: {e}")),
+            }
+        }
+        Ok(out)
+    }
+}
