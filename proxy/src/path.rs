@@ -11,26 +11,29 @@
 //! - an encoded `/` or `\` (`%2F`, `%5C`), an encoded NUL and a raw `\` are refused: upstreams
 //!   disagree on what they mean, so no prefix rule could be sound with them. So are their
 //!   overlong UTF-8 spellings (`%C0%AF`, `%E0%80%AF`, `%C1%9C`), which lenient decoders (old
-//!   IIS, some Java stacks) read as the character;
+//!   IIS, some Java stacks) read as the character, and an overlong `%` (`%C0%A5`), which
+//!   starts an escape to such a decoder;
 //! - raw control characters, spaces, non-ASCII bytes and every other byte that RFC 3986 does
 //!   not allow raw in a path (`"` `<` `>` `#` `[` `]` `{` `}` `|` `^` `` ` ``) are refused: a
 //!   client must encode them, and passing them on would let upstreams each guess a meaning;
-//! - a dot-segment carrying parameters (`..;x`, `.;`, `%2e%2e%3b`) is refused: servlet
-//!   containers (Tomcat, Jetty, Spring) drop `;` parameters and then resolve the `..`, so
-//!   `/billing/..;/api` is `/api` to them while it is under `/billing` to any RFC reading;
+//! - a dot-segment carrying parameters (`..;x`, `.;`, `%2e%2e%3b`, overlong `..%C0%BB`) is
+//!   refused: servlet containers (Tomcat, Jetty, Spring) drop `;` parameters and then resolve
+//!   the `..`, so `/billing/..;/api` is `/api` to them while it is under `/billing` to any
+//!   RFC reading;
 //! - a segment of dots and encoded blanks only (`..%20`, `.%09`, `..%20.`, `%20..`, before
 //!   parameters too: `..%20;x`; a blank is any ASCII control or space, one in overlong UTF-8,
-//!   or a Unicode space such as `%C2%A0`), or one or two dots spelled with Unicode
-//!   (`%EF%BC%8E%EF%BC%8E`, fullwidth; the one-dot leader, small full stop, two-dot leader
-//!   and its vertical form too), in overlong UTF-8 (`%C0%AE`) or encoded twice
-//!   (`%252e%252e`), is refused: Windows path
-//!   handling drops trailing blanks and dots, `trim()` in Java, .NET and Python drops blanks
-//!   at both ends, Unicode normalisation (NFKC) makes those dots
-//!   `.`, and a second decoding makes `%252e` one, so an instance doing any of these reads a
-//!   `..` that the rules above never saw: `/login/..%20/admin` would leave a public prefix;
+//!   or a Unicode space such as `%C2%A0`; a raw `+` too, a space to form-style decoders), or
+//!   one or two dots spelled with Unicode (`%EF%BC%8E%EF%BC%8E`, fullwidth; the one-dot
+//!   leader, small full stop, two-dot leader and its vertical form too), in overlong UTF-8
+//!   (`%C0%AE`) or encoded twice (`%252e%252e`), is refused: Windows path handling drops
+//!   trailing blanks and dots, `trim()` in Java, .NET and Python drops blanks at both ends,
+//!   Unicode normalisation (NFKC) makes those dots `.`, and a second decoding makes `%252e`
+//!   one, so an instance doing any of these reads a `..` that the rules above never saw:
+//!   `/login/..%20/admin` would leave a public prefix;
 //! - so is a dot-segment that a twice-encoded separator or `;` hides (`..%252F`, `x%252F..`,
-//!   `..%253b`): one more decoding makes it a real one. A twice-encoded `/` alone (an encoded
-//!   URL inside a path) is passed on;
+//!   `..%253b`, overlong `..%25C0%25AF`): one more decoding makes it a real one, and so is a
+//!   twice-encoded NUL (`%2500`). A twice-encoded `/` alone (an encoded URL inside a path) is
+//!   passed on;
 //! - the Unicode separators NFKC turns into `/` or `\` (`%EF%BC%8F`, fullwidth) are refused
 //!   as `%2F` is, and the Unicode semicolons after dots count as `;`: to an instance that
 //!   normalises, `/assets/..%EF%BC%8Fadmin` is `/admin`;
@@ -190,6 +193,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                         return Err(PathError::InvalidPercent)
                     }
                     (0, _) | (_, Some((_, 0))) => return Err(PathError::EncodedNul),
+                    // An overlong `%` (`%C0%A5`): to a lenient decoder, the start of an
+                    // escape it decodes next (`%C0%A52F` is `%2F`, then `/`).
+                    (_, Some((_, b'%'))) => return Err(PathError::InvalidPercent),
                     (b'%', _) => twice = true,
                     _ => {}
                 }
@@ -204,7 +210,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
             }
             b'\\' => return Err(PathError::Backslash),
             _ if !is_path_char(c) => return Err(PathError::ControlChar),
-            b'/' if matches!(b.get(i + 1), Some(b'.' | b'%')) => {
+            b'/' if matches!(b.get(i + 1), Some(b'.' | b'%' | b'+')) => {
                 if is_dot_segment_with_parameters(&b[i + 1..]) {
                     return Err(PathError::DotSegmentParameters);
                 }
@@ -288,7 +294,7 @@ fn is_dot_segment(s: &[u8]) -> bool {
 }
 
 /// True if the segment at the start of `s` is one or two dots (raw or `%2e`) followed by a
-/// `;` (raw or `%3b`).
+/// `;` in any spelling ([`starts_parameters`]).
 fn is_dot_segment_with_parameters(s: &[u8]) -> bool {
     let mut rest = s;
     let mut dots = 0;
@@ -300,10 +306,17 @@ fn is_dot_segment_with_parameters(s: &[u8]) -> bool {
         };
         dots += 1;
     }
-    matches!(dots, 1 | 2)
-        && (rest.first() == Some(&b';')
-            || escaped_byte(rest) == Some(b';')
-            || escapes_one_of(rest, &UNICODE_SEMICOLONS))
+    matches!(dots, 1 | 2) && starts_parameters(rest)
+}
+
+/// Whether `s` starts with a `;` as some instance reads it: raw, `%3B`, encoded twice
+/// (`%253B`), in overlong UTF-8 (`%C0%BB`) or as a Unicode semicolon NFKC maps to `;`.
+fn starts_parameters(s: &[u8]) -> bool {
+    s.first() == Some(&b';')
+        || escaped_byte(s) == Some(b';')
+        || twice_escaped_byte(s) == Some(b';')
+        || matches!(overlong_ascii(s), Some((_, b';')))
+        || escapes_one_of(s, &UNICODE_SEMICOLONS)
 }
 
 /// UTF-8 of the characters NFKC turns into a path separator: fullwidth solidus (U+FF0F),
@@ -378,16 +391,16 @@ fn is_dot_segment_lookalike(s: &[u8]) -> bool {
         } else if let Some(len) = encoded_blank(rest) {
             rest = &rest[len..];
             blanks += 1;
+        } else if let Some(r) = rest.strip_prefix(b"+") {
+            // A space to an instance that decodes its path the way forms are (`+`).
+            rest = r;
+            blanks += 1;
         } else {
             break;
         }
     }
-    // Parameters end the segment too, however encoded (`;`, `%3b`, twice: `%253b`).
-    let ends = rest.is_empty()
-        || rest.first() == Some(&b';')
-        || escaped_byte(rest) == Some(b';')
-        || twice_escaped_byte(rest) == Some(b';')
-        || escapes_one_of(rest, &UNICODE_SEMICOLONS);
+    // Parameters end the segment too, however spelled.
+    let ends = rest.is_empty() || starts_parameters(rest);
     dots > 0 && ends && (blanks > 0 || (unicode && dots <= 2))
 }
 
@@ -456,6 +469,7 @@ fn check_second_decoding(path: &[u8]) -> Result<(), PathError> {
                 view.push(b'/');
                 i += 5;
             }
+            Some(0) => return Err(PathError::EncodedNul),
             // A blank read once: still encoded, as the lookalike rule reads it (`..%2520`
             // is `..%20`, then `..` where trailing blanks are trimmed).
             // And so is a byte of a UTF-8 (or overlong) sequence: `..%25C2%25A0` is `..%C2%A0`,
@@ -470,16 +484,30 @@ fn check_second_decoding(path: &[u8]) -> Result<(), PathError> {
             }
         }
     }
-    // A separator look-alike, once decoded again, splits a segment as `/` does.
+    // A separator look-alike or an overlong separator, once decoded again, splits a segment
+    // as `/` does; an overlong NUL or `%` is refused as its single encoding is.
     let mut split = Vec::with_capacity(view.len());
     let mut i = 0;
     while i < view.len() {
-        if view[i] == b'%' && escapes_one_of(&view[i..], &UNICODE_SEPARATORS) {
+        if view[i] != b'%' {
+            split.push(view[i]);
+            i += 1;
+        } else if escapes_one_of(&view[i..], &UNICODE_SEPARATORS) {
             split.push(b'/');
             i += 9;
         } else {
-            split.push(view[i]);
-            i += 1;
+            match overlong_ascii(&view[i..]) {
+                Some((len, b'/' | b'\\')) => {
+                    split.push(b'/');
+                    i += len;
+                }
+                Some((_, 0)) => return Err(PathError::EncodedNul),
+                Some((_, b'%')) => return Err(PathError::InvalidPercent),
+                _ => {
+                    split.push(b'%');
+                    i += 1;
+                }
+            }
         }
     }
     for seg in split.split(|&c| c == b'/') {
@@ -767,6 +795,35 @@ mod tests {
                 PathError::DotSegmentLookalike,
             ),
             ("/billing/..%C0%AF../api", PathError::EncodedSeparator),
+            // Twice encoded: NUL, overlong separators and NUL, and an overlong `%` (once or
+            // twice) that starts an escape to a lenient decoder.
+            ("/login/..%2500/admin", PathError::EncodedNul),
+            ("/a%2500b", PathError::EncodedNul),
+            ("/login/..%25C0%2580/admin", PathError::EncodedNul),
+            ("/login/..%25C0%25AFadmin", PathError::DotSegmentLookalike),
+            ("/login/..%25c1%259c/admin", PathError::DotSegmentLookalike),
+            (
+                "/login/..%25E0%2580%25AFadmin",
+                PathError::DotSegmentLookalike,
+            ),
+            ("/login/%25C0%25AF../admin", PathError::DotSegmentLookalike),
+            ("/login/..%C0%A52Fadmin", PathError::InvalidPercent),
+            ("/a%C0%A5", PathError::InvalidPercent),
+            ("/a%25C0%25A5", PathError::InvalidPercent),
+            // `;` in overlong UTF-8 (once or twice encoded), after dots of any spelling.
+            ("/billing/..%C0%BB/api", PathError::DotSegmentParameters),
+            ("/billing/..%E0%80%BB/api", PathError::DotSegmentParameters),
+            ("/billing/.%c0%bbx/api", PathError::DotSegmentParameters),
+            (
+                "/billing/%C0%AE%C0%AE%C0%BB/api",
+                PathError::DotSegmentLookalike,
+            ),
+            ("/billing/..%25C0%25BB/api", PathError::DotSegmentParameters),
+            ("/billing/..%253B/api", PathError::DotSegmentParameters),
+            // `+`, a space to a form-style decoder.
+            ("/login/..+/admin", PathError::DotSegmentLookalike),
+            ("/login/+../admin", PathError::DotSegmentLookalike),
+            ("/login/.+./admin", PathError::DotSegmentLookalike),
             // Separators spelled with Unicode that NFKC makes `/` or `\`.
             (
                 "/assets/..%EF%BC%8Fadmin/users",
