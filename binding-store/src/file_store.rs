@@ -32,10 +32,11 @@ use crate::admin::{
 };
 use crate::audit_log::{self, AuditLog, Tail};
 use crate::error::StoreError;
+use crate::json::{shown_name, without_bom, Checked};
 use crate::model::{Binding, Revision, TenantId};
 use crate::records::{
     contested_domains, not_taken, parse_record, parse_records, settle_contested, sorted_by_tenant,
-    ParsedRecords, Verdicts, BINDINGS_FORMAT, DOCUMENT_KEYS,
+    ParsedRecords, Verdicts, BINDINGS_FORMAT, DOCUMENT_KEYS, MAX_BINDINGS_FILE_BYTES,
 };
 use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
@@ -97,16 +98,12 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Reads the bindings file, which must be a regular file (a symbolic link to one counts):
-/// reading a FIFO or a device could block the poller, and with it every later reload, for good.
+/// Reads the bindings file, which must be a regular file (a symbolic link to one counts) of
+/// at most [`MAX_BINDINGS_FILE_BYTES`]: reading a FIFO or a device could block the poller,
+/// and with it every later reload, for good, and a file of gigabytes would be read whole
+/// before it could be refused.
 fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
-    if !std::fs::metadata(path)?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    std::fs::read(path)
+    nexus_config::files::read_regular(path, MAX_BINDINGS_FILE_BYTES)
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {
@@ -215,13 +212,20 @@ impl FileStore {
         let from_file = bindings.clone();
         let mut put_back = std::collections::HashSet::new();
         for p in &parsed.problems {
-            tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; the tenant keeps its last good binding");
-            if let (Some(tenant), Some(table)) = (p.tenant_id(), current) {
-                if let Some(old) = table.get(tenant.as_str()) {
+            let old = p
+                .tenant_id()
+                .zip(current)
+                .and_then(|(tenant, table)| table.get(tenant.as_str()));
+            match old {
+                Some(old) => {
+                    tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; the tenant keeps its last good binding");
                     if !bindings.iter().any(|b| b.tenant_id == old.tenant_id) {
                         put_back.insert(old.tenant_id.clone());
                         bindings.push(Arc::clone(old));
                     }
+                }
+                None => {
+                    tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; no binding was served for it, so it stays unbound until the record is fixed");
                 }
             }
         }
@@ -424,7 +428,7 @@ impl RawDoc {
             }
             Err(e) => return Err(AdminError::Unavailable(format!("{}: {e}", path.display()))),
         };
-        let v: Value = serde_json::from_slice(&bytes)
+        let Checked { value: v, repeated } = serde_json::from_slice(without_bom(&bytes))
             .map_err(|e| AdminError::Corrupt(format!("{}: not JSON: {e}", path.display())))?;
         if v.get("format").and_then(Value::as_str) != Some(BINDINGS_FORMAT) {
             return Err(AdminError::Corrupt(format!(
@@ -448,7 +452,27 @@ impl RawDoc {
             .and_then(Value::as_array)
             .cloned()
             .ok_or_else(|| AdminError::Corrupt(format!("{}: no bindings array", path.display())))?;
-        let revision = v.get("revision").and_then(Value::as_u64);
+        // Routers refuse a file whose counter is no whole number; a write would write one.
+        let revision = match v.get("revision") {
+            None | Some(Value::Null) => None,
+            Some(r) => Some(r.as_u64().ok_or_else(|| {
+                AdminError::Corrupt(format!(
+                    "{}: the top-level revision is {r}, not a whole number; routers refuse the \
+                     file until it is fixed by hand",
+                    path.display()
+                ))
+            })?),
+        };
+        // Routers refuse a record that repeats a member name; written back, it would keep
+        // one of the values and lose the evidence of the other.
+        if let Some(name) = repeated {
+            return Err(AdminError::Corrupt(format!(
+                "{}: an object in it repeats the member name {}, so which of its values is \
+                 meant is unclear; fix the file by hand",
+                path.display(),
+                shown_name(&name)
+            )));
+        }
         Ok(RawDoc {
             bindings,
             revision,

@@ -23,6 +23,7 @@ pub use source::{BindingSource, SyncHealth};
 pub mod admin;
 mod audit_log;
 pub mod file_store;
+mod json;
 pub mod records;
 pub mod redis_store;
 pub mod snapshot;

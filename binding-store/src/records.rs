@@ -12,11 +12,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::FieldErrors;
+use crate::json::{shown_name, without_bom, Checked};
 use crate::model::{Binding, BindingRecord, Interner, TenantId};
 use crate::table::BindingTable;
 
 /// Format tag of a bindings file.
 pub const BINDINGS_FORMAT: &str = "nexus-edge.bindings/v1";
+
+/// The largest bindings document read whole (a file store's file, one given to `check` or
+/// `tenant import`, a replica's snapshot): far past a million bindings, and a bound on what
+/// one file can make a process allocate. Past it the file is refused unread.
+pub const MAX_BINDINGS_FILE_BYTES: u64 = 1 << 30;
 
 /// One refused record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +78,7 @@ struct Document {
     format: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     revision: Option<u64>,
-    bindings: Vec<Value>,
+    bindings: Vec<Checked>,
 }
 
 /// Validates one JSON value as a binding record.
@@ -157,7 +163,7 @@ const OPTIONAL_MEMBERS: [&str; 6] = [
 
 /// Parses a bindings document. `Err` means the document as a whole is unusable.
 pub fn parse_records(json: &[u8]) -> Result<ParsedRecords, String> {
-    let doc: Document = serde_json::from_slice(json).map_err(|e| {
+    let doc: Document = serde_json::from_slice(without_bom(json)).map_err(|e| {
         format!("not a bindings document ({{\"format\": \"{BINDINGS_FORMAT}\", \"bindings\": [...]}}): {e}")
     })?;
     if doc.format != BINDINGS_FORMAT {
@@ -172,8 +178,24 @@ pub fn parse_records(json: &[u8]) -> Result<ParsedRecords, String> {
     };
     let mut interner = Interner::default();
     let mut good = Vec::with_capacity(doc.bindings.len());
-    for (index, value) in doc.bindings.iter().enumerate() {
-        match parse_record_with(value, &mut interner) {
+    for (index, record) in doc.bindings.iter().enumerate() {
+        if let Some(name) = &record.repeated {
+            // Which tenant a repeated `tenant_id` names is the very doubt: none.
+            let tenant = (name != "tenant_id")
+                .then(|| record.value.get("tenant_id").and_then(Value::as_str))
+                .flatten();
+            out.problems.push(RecordProblem {
+                index,
+                tenant: tenant.map(str::to_owned),
+                message: format!(
+                    "member name {} appears twice in one object, so which of its values is \
+                     meant is unclear",
+                    shown_name(name)
+                ),
+            });
+            continue;
+        }
+        match parse_record_with(&record.value, &mut interner) {
             Ok(b) => good.push((index, Arc::new(b))),
             Err((tenant, message)) => out.problems.push(RecordProblem {
                 index,

@@ -237,18 +237,20 @@ fn create_temp(dir: &Path, path: &Path) -> std::io::Result<(PathBuf, std::fs::Fi
 
 /// Reads and fully checks a snapshot, which must hold the table of key prefix `key_prefix`.
 pub fn read_snapshot(path: &Path, key_prefix: &str) -> Result<Snapshot, SnapshotError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(SnapshotError::Missing(path.to_path_buf()))
-        }
-        Err(source) => {
-            return Err(SnapshotError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
+    // Bounded, and a regular file only: a FIFO put there would block the start-up for good.
+    let bytes =
+        match nexus_config::files::read_regular(path, crate::records::MAX_BINDINGS_FILE_BYTES) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SnapshotError::Missing(path.to_path_buf()))
+            }
+            Err(source) => {
+                return Err(SnapshotError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
     let snapshot = parse_snapshot(path, &bytes)?;
     match snapshot.key_prefix {
         Some(found) if found != key_prefix => Err(SnapshotError::OtherKeyspace {

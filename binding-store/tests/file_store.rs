@@ -192,6 +192,143 @@ fn reload_keeps_last_good_binding_of_an_invalid_record() {
     assert!(!store.health().store_up());
 }
 
+/// A record naming one member twice is refused and named: the reader would take the last
+/// value while whoever reads the file may see the first (`"tenant_id": "initech", ...,
+/// "tenant_id": "globex"` routed globex to initech's instance). A repeated `tenant_id` leaves
+/// the record naming no tenant, so with a table served the whole file is refused.
+#[test]
+fn a_record_that_repeats_a_member_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let good = r#"{"format": "nexus-edge.bindings/v1", "bindings": [
+        {"tenant_id": "acme", "subscription_id": "s", "instance_id": "i",
+         "instance_url": "http://10.0.0.1", "status": "active", "plan": "team", "region": "eu"},
+        {"tenant_id": "globex", "subscription_id": "s", "instance_id": "i",
+         "instance_url": "http://10.0.0.1", "status": "active", "plan": "team", "region": "eu"}]}"#;
+    // The byte order mark some editors write is read past.
+    write_atomically(&path, format!("\u{feff}{good}").as_bytes()).unwrap();
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let table = rt().block_on(store.initial_load()).unwrap();
+    assert_eq!(table.len(), 2);
+    let handle = BindingHandle::new(table);
+
+    // globex's instance named twice: globex keeps its binding, acme's change is taken.
+    let url_twice = good
+        .replacen("http://10.0.0.1", "http://10.0.0.2", 1)
+        .replace(
+            r#""tenant_id": "globex", "subscription_id": "s", "instance_id": "i",
+         "instance_url": "http://10.0.0.1","#,
+            r#""tenant_id": "globex", "subscription_id": "s", "instance_id": "i",
+         "instance_url": "http://10.0.0.1", "instance_url": "http://10.6.6.6","#,
+        );
+    assert!(url_twice.contains("10.6.6.6"));
+    write_atomically(&path, url_twice.as_bytes()).unwrap();
+    assert!(store.check_for_change(&handle));
+    let t = handle.load();
+    assert_eq!(t.get("acme").unwrap().instance_url.host(), "10.0.0.2");
+    assert_eq!(t.get("globex").unwrap().instance_url.host(), "10.0.0.1");
+    assert_eq!(store.health().rejected_records(), 1);
+
+    // A second tenant_id in acme's record: which tenant it is about is unknown.
+    let id_twice = good.replacen(
+        r#""tenant_id": "acme","#,
+        r#""tenant_id": "acme", "tenant_id": "globex","#,
+        1,
+    );
+    write_atomically(&path, id_twice.as_bytes()).unwrap();
+    assert!(!store.check_for_change(&handle));
+    let t = handle.load();
+    assert_eq!(t.get("acme").unwrap().instance_url.host(), "10.0.0.2");
+    assert_eq!(t.get("globex").unwrap().instance_url.host(), "10.0.0.1");
+
+    let parsed = nexus_binding_store::records::parse_records(id_twice.as_bytes()).unwrap();
+    assert_eq!(parsed.problems.len(), 1);
+    assert_eq!(parsed.problems[0].tenant, None);
+    assert!(
+        parsed.problems[0]
+            .message
+            .contains("\"tenant_id\" appears twice"),
+        "{}",
+        parsed.problems[0]
+    );
+}
+
+/// An admin write reads the file as routers do: what they refuse, it refuses too, instead of
+/// writing back a mended file that would go live with the rest of a refused hand edit.
+#[test]
+fn an_admin_write_refuses_a_file_the_routers_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let acme = TenantId::parse("acme").unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
+        store
+            .apply(&acme, Mutation::Put(Box::new(b)), None, &actor())
+            .await
+            .unwrap();
+    });
+    let written = std::fs::read_to_string(&path).unwrap();
+    let with_counter = |counter: serde_json::Value| {
+        let mut doc: serde_json::Value = serde_json::from_str(&written).unwrap();
+        doc["revision"] = counter;
+        doc.to_string()
+    };
+    let damaged = [
+        (with_counter(serde_json::json!("7")), "not a whole number"),
+        (with_counter(serde_json::json!(-5)), "not a whole number"),
+        (
+            written.replace(
+                r#""region": "eu""#,
+                r#""region": "eu", "instance_url": "http://10.6.6.6""#,
+            ),
+            "repeats the member name \"instance_url\"",
+        ),
+    ];
+    for (text, said) in damaged {
+        assert_ne!(text, written, "the damage was made");
+        write_atomically(&path, text.as_bytes()).unwrap();
+        let r = rt.block_on(store.apply(
+            &acme,
+            Mutation::SetStatus(TenantStatus::Suspended),
+            None,
+            &actor(),
+        ));
+        match r {
+            Err(AdminError::Corrupt(m)) => assert!(m.contains(said), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "nothing written"
+        );
+    }
+}
+
+/// A bindings file past the bound is refused unread (a sparse file: no disk is used).
+#[test]
+fn a_file_past_the_size_bound_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let doc = serde_json::json!({"format": "nexus-edge.bindings/v1",
+        "bindings": [record("acme", "http://10.0.0.1")]});
+    write_atomically(&path, doc.to_string().as_bytes()).unwrap();
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let handle = BindingHandle::new(rt().block_on(store.initial_load()).unwrap());
+    let huge = dir.path().join("huge");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(nexus_binding_store::records::MAX_BINDINGS_FILE_BYTES + 1)
+        .unwrap();
+    std::fs::rename(&huge, &path).unwrap();
+    assert!(!store.check_for_change(&handle));
+    assert_eq!(handle.load().len(), 1, "the table served is kept");
+    let e = rt().block_on(store.initial_load()).unwrap_err().to_string();
+    assert!(e.contains("larger than"), "{e}");
+}
+
 #[test]
 fn a_same_length_rewrite_within_one_clock_tick_is_not_missed() {
     // File times move in ticks of a few milliseconds: two writes of the same length in one

@@ -204,8 +204,11 @@ fn check_bindings_file(
         return Ok(());
     };
     let Some(file) = &f.path else { return Ok(()) };
-    let bytes = nexus_config::files::read_regular(file, u64::MAX)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let bytes = nexus_config::files::read_regular(
+        file,
+        nexus_binding_store::records::MAX_BINDINGS_FILE_BYTES,
+    )
+    .map_err(|e| format!("{}: {e}", file.display()))?;
     let parsed = nexus_binding_store::records::parse_records(&bytes)
         .map_err(|e| format!("{}: {e}", file.display()))?;
     for p in &parsed.problems {

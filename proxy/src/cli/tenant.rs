@@ -851,7 +851,10 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             wait_fleet(r, &t, Revision(revision), timeout, now, doc, None).await
         }
         TenantOp::Import { file, allow_older } => {
-            let bytes = match nexus_config::files::read_regular(&file, u64::MAX) {
+            let bytes = match nexus_config::files::read_regular(
+                &file,
+                nexus_binding_store::records::MAX_BINDINGS_FILE_BYTES,
+            ) {
                 Ok(b) => b,
                 Err(e) => return fail(format!("{}: {e}", file.display())),
             };
