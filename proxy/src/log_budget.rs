@@ -56,6 +56,83 @@ impl LineBudget {
     }
 }
 
+/// `log_lines_not_logged_total`, one counter for the process: the request lines' allowances
+/// and Pingora's ([`PingoraLines`], installed with the log subscriber before any metrics
+/// exist) count into it. (`None` only if its fixed, valid name were ever refused.)
+pub fn not_logged_total() -> Option<prometheus::IntCounter> {
+    static COUNTER: std::sync::OnceLock<Option<prometheus::IntCounter>> =
+        std::sync::OnceLock::new();
+    COUNTER
+        .get_or_init(|| {
+            prometheus::IntCounter::new(
+                "log_lines_not_logged_total",
+                "Lines about single refused or failed requests left out of the log past \
+                 log.request_lines_per_second, the router's and Pingora's (every request is \
+                 still counted in requests_total)",
+            )
+            .ok()
+        })
+        .clone()
+}
+
+/// The Pingora modules whose warnings and errors are about single requests: a client's or an
+/// instance's misstep (`Peer sent more data than expected`, data on an idle pooled
+/// connection, a failed connect) writes one per request, at whatever rate a client sends or
+/// an instance misbehaves. Each module has an allowance of `request_lines_per_second`, like
+/// each reason of the router's own lines; Pingora's start-up and shutdown lines have none.
+const PINGORA_REQUEST_TARGETS: [&str; 5] = [
+    "pingora_proxy",
+    "pingora_core::protocols",
+    "pingora_core::connectors",
+    "pingora_core::apps",
+    "pingora_pool",
+];
+
+/// The allowances of Pingora's own lines about single requests (see
+/// [`PINGORA_REQUEST_TARGETS`]). Lines past one are counted in [`not_logged_total`]; Pingora
+/// writes them, so they cannot carry a `not_logged` field.
+#[derive(Debug)]
+pub struct PingoraLines {
+    per_second: u32,
+    epoch: Instant,
+    lines: [LineBudget; PINGORA_REQUEST_TARGETS.len()],
+    skipped_total: Option<prometheus::IntCounter>,
+}
+
+impl PingoraLines {
+    /// Allowances of `per_second` lines per module; `skipped_total` counts lines left out.
+    pub fn new(per_second: u32, skipped_total: Option<prometheus::IntCounter>) -> Self {
+        Self {
+            per_second,
+            epoch: Instant::now(),
+            lines: Default::default(),
+            skipped_total,
+        }
+    }
+
+    /// Whether a warning or error line of Pingora's from `target` may be written now (lines
+    /// of targets without an allowance always may).
+    pub fn admit(&self, target: &str) -> bool {
+        self.admit_at(target, Instant::now())
+    }
+
+    fn admit_at(&self, target: &str, now: Instant) -> bool {
+        let Some(index) = PINGORA_REQUEST_TARGETS
+            .iter()
+            .position(|t| target.starts_with(t))
+        else {
+            return true;
+        };
+        let second =
+            u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
+        let admitted = self.lines[index].admit(second, self.per_second).is_some();
+        if let (false, Some(skipped)) = (admitted, &self.skipped_total) {
+            skipped.inc();
+        }
+        admitted
+    }
+}
+
 /// A line about one request, by what it is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestLine {

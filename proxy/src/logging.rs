@@ -59,6 +59,10 @@ pub fn init(settings: &LogSettings) {
     let _ = tracing_subscriber::registry()
         .with(fmt)
         .with(filter)
+        .with(PingoraRequestLines(crate::log_budget::PingoraLines::new(
+            settings.request_lines_per_second,
+            crate::log_budget::not_logged_total(),
+        )))
         .with(ClientReadFailures)
         .with(MessageDumps)
         .try_init();
@@ -134,6 +138,24 @@ impl<S: Subscriber> Layer<S> for ClientReadFailures {
                 .iter()
                 .any(|line| ours(line) && m.starts_with(line.2))
         })
+    }
+}
+
+/// Holds Pingora's warnings and errors about single requests to an allowance a second per
+/// module (see [`crate::log_budget::PingoraLines`]): an instance that sends bytes past each
+/// response's end made Pingora write a warning per request, at the clients' rate. It sits
+/// inside the layers that drop lines outright, so those use none of the allowance.
+struct PingoraRequestLines(crate::log_budget::PingoraLines);
+
+impl<S: Subscriber> Layer<S> for PingoraRequestLines {
+    fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
+        use tracing_log::NormalizeEvent;
+        let Some(meta) = event.normalized_metadata() else {
+            return true;
+        };
+        // Bridged records only (the router's own lines have their allowances), warnings and
+        // errors only (Pingora's debug lines are for a live investigation).
+        !event.is_log() || *meta.level() > Level::WARN || self.0.admit(meta.target())
     }
 }
 
@@ -245,7 +267,8 @@ impl std::fmt::Display for LoggedError<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_filter, ClientReadFailures, LoggedError, MessageDumps};
+    use super::{check_filter, ClientReadFailures, LoggedError, MessageDumps, PingoraRequestLines};
+    use pingora_prometheus::prometheus;
 
     #[test]
     fn a_filter_must_set_a_level_for_every_target() {
@@ -357,6 +380,28 @@ mod tests {
         assert_eq!(text.matches("(kept)").count(), 4, "{text}");
         assert!(!text.contains("(dropped)"), "{text}");
         assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn pingoras_warnings_about_single_requests_are_held_to_an_allowance_per_module() {
+        use log::Level::{Error, Info, Warn};
+        let body = "pingora_core::protocols::http::v1::body";
+        let extra = "Peer sent more data than expected: extra 5 bytes (body)";
+        let mut records = vec![(body, Warn, extra); 5];
+        records.extend([("pingora_proxy::proxy_h1", Error, "Fail to proxy (proxy)"); 3]);
+        records.extend([
+            // No allowance: another level, Pingora's start-up, another crate.
+            (body, Info, "info (free)"),
+            ("pingora_core::server", Warn, "server (free)"),
+            ("other", Warn, "other (free)"),
+        ]);
+        let counter = prometheus::IntCounter::new("t", "t").expect("counter");
+        let lines = crate::log_budget::PingoraLines::new(2, Some(counter.clone()));
+        let text = logged(PingoraRequestLines(lines), &records);
+        assert_eq!(text.matches("(body)").count(), 2, "{text}");
+        assert_eq!(text.matches("(proxy)").count(), 2, "{text}");
+        assert_eq!(text.matches("(free)").count(), 3, "{text}");
+        assert_eq!(counter.get(), 4);
     }
 
     #[test]

@@ -244,10 +244,11 @@ impl Metrics {
             "upstream_connect_retries_total",
             "Connects retried at another address of an instance's name",
         )?;
-        let log_lines_not_logged = prometheus::IntCounter::new(
-            "log_lines_not_logged_total",
-            "Lines about single refused or failed requests left out of the log past log.request_lines_per_second (every request is still counted in requests_total)",
-        )?;
+        // One counter for the process, shared with the log subscriber's allowance of
+        // Pingora's own lines.
+        let log_lines_not_logged = crate::log_budget::not_logged_total().ok_or_else(|| {
+            prometheus::Error::Msg("log_lines_not_logged_total could not be made".to_owned())
+        })?;
         let connections = ConnectionMetrics::new(&requests)?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,

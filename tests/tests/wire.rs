@@ -588,3 +588,50 @@ fn pipelined_requests_are_each_answered_in_order() {
     let second = read_next_response(&mut s).unwrap();
     assert_eq!((second.status, second.text().as_str()), (200, "two"));
 }
+
+/// An instance that sends bytes past each response's end made Pingora write a warning per
+/// request, outside the router's log allowance: any client could fill the log at its own rate.
+/// Pingora's lines about single requests now get the allowance too, per module.
+#[test]
+fn pingoras_warning_per_request_is_held_to_the_log_allowance() {
+    let keys = TestKeys::new();
+    let instance =
+        RawInstance::start(|_| Answer::keep("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"));
+    let bindings = bindings_file(vec![binding(
+        "acme",
+        &instance.url(),
+        "active",
+        Some("org-acme"),
+    )]);
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
+    opts.extra = "request_lines_per_second = 3".to_owned();
+    let edge = Edge::start(&opts);
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {}\r\n\r\n",
+        keys.token("acme", Some("org-acme"))
+    );
+    let started = std::time::Instant::now();
+    const SENT: usize = 60;
+    for _ in 0..SENT {
+        let mut s = TcpStream::connect(edge.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let r = read_response(&mut s).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"ok");
+    }
+    let allowed = 3 * (started.elapsed().as_secs() as usize + 2);
+    // Pingora writes its line as it reads the response; the metric is read after polling
+    // for the last of them to be counted one way or the other.
+    let said = |log: &str| log.matches("Peer sent more data than expected").count();
+    edge.wait_for("every warning written or counted", || {
+        said(&edge.log()) + edge.metric("nexus_edge_log_lines_not_logged_total") as usize >= SENT
+    });
+    let written = said(&edge.log());
+    assert!(
+        written >= 1 && written <= allowed,
+        "{written} > {allowed}: {}",
+        edge.log()
+    );
+    assert!(edge.metric("nexus_edge_log_lines_not_logged_total") as usize >= SENT - allowed);
+}
