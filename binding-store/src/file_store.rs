@@ -169,7 +169,8 @@ impl FileStore {
     /// from `current`; so do tenants whose record claims a custom domain another record
     /// claims too, unless they hold it now.
     ///
-    /// With a table served (`current`), two files are refused whole, as no tenant's binding
+    /// Without a table served (start-up), a file whose records are all refused is refused
+    /// whole. With a table served (`current`), two files are refused whole, as no tenant's binding
     /// can be kept for sure: one holding a record that names no tenant (no `tenant_id`, or
     /// one not canonical), which could be any tenant's; and one holding no records at all
     /// whose top-level `revision` is not past the table's and the last loaded file's (not the
@@ -185,6 +186,17 @@ impl FileStore {
             reason,
         };
         let parsed = parse_records(bytes).map_err(refuse)?;
+        // At start-up, records that are all refused would make a ready router that routes
+        // no tenant (every request 404); an empty list is a store with no tenants yet.
+        if current.is_none() && parsed.bindings.is_empty() {
+            if let Some(first) = parsed.problems.first() {
+                return Err(refuse(format!(
+                    "none of its {} records is valid, so no tenant could be routed (the first: \
+                     {first}); `nexus-edge check` names each",
+                    parsed.problems.len()
+                )));
+            }
+        }
         if let Some(table) = current.filter(|t| !t.is_empty()) {
             if let Some(p) = parsed.problems.iter().find(|p| p.tenant_id().is_none()) {
                 return Err(refuse(format!(

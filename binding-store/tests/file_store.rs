@@ -307,6 +307,27 @@ fn an_admin_write_refuses_a_file_the_routers_refuse() {
     }
 }
 
+/// At start-up, a file whose records are all refused would make a ready router that routes
+/// no tenant; it is refused, naming the first record. An empty list starts (no tenants yet).
+#[test]
+fn a_start_on_records_that_are_all_refused_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bindings.json");
+    let mut bad = record("acme", "http://10.0.0.1");
+    bad["status"] = serde_json::json!("bogus");
+    let doc = serde_json::json!({"format": "nexus-edge.bindings/v1", "bindings": [bad]});
+    write_atomically(&path, doc.to_string().as_bytes()).unwrap();
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    let e = rt().block_on(store.initial_load()).unwrap_err().to_string();
+    assert!(e.contains("none of its 1 records is valid"), "{e}");
+    assert!(e.contains("tenant \"acme\""), "{e}");
+
+    let empty = serde_json::json!({"format": "nexus-edge.bindings/v1", "bindings": []});
+    write_atomically(&path, empty.to_string().as_bytes()).unwrap();
+    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
+    assert!(rt().block_on(store.initial_load()).unwrap().is_empty());
+}
+
 /// A bindings file past the bound is refused unread (a sparse file: no disk is used).
 #[test]
 fn a_file_past_the_size_bound_is_refused_unread() {

@@ -41,7 +41,12 @@ impl InProcessEdge {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys = TestKeys::new();
         std::fs::write(dir.path().join("jwks.json"), keys.jwks().to_string()).expect("jwks");
-        let records = vec![binding("acme", instance_url, "active", None)];
+        // A second tenant that is always valid: a start on records that are all refused is
+        // refused, and tests give `acme` instance URLs the router refuses.
+        let records = vec![
+            binding("acme", instance_url, "active", None),
+            binding("spare", "http://127.0.0.1:9", "active", None),
+        ];
         write_atomically(
             &dir.path().join("bindings.json"),
             &bindings_file(records).to_string(),
