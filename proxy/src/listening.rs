@@ -17,7 +17,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::IntoRawFd;
 
 use async_trait::async_trait;
-use pingora::server::{ListenFds, RuntimeOpts, ShutdownWatch};
+use pingora::server::{ExecutionPhase, ListenFds, RuntimeOpts, ShutdownWatch};
 use pingora::services::listening::Service as ListeningService;
 use pingora::services::{Service, ServiceReadyNotifier, ServiceWithDependents};
 
@@ -73,6 +73,26 @@ fn key(addr: SocketAddr) -> String {
     addr.to_string()
 }
 
+/// A shutdown watch that fires when Pingora stops its runtimes (the drain is over, or its
+/// grace ran out), not when the drain begins.
+fn shutdown_at_runtime_stop(
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+) -> ShutdownWatch {
+    let (stop, watch) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match phases.recv().await {
+                Ok(ExecutionPhase::ShutdownRuntimes | ExecutionPhase::Terminated)
+                | Err(RecvError::Closed) => break,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+            }
+        }
+        let _ = stop.send(true);
+    });
+    watch
+}
+
 /// A listening service whose socket was bound by [`bind`].
 pub struct Prebound<S> {
     /// Taken when the service starts: it runs in its own task so that a panic can be seen.
@@ -81,6 +101,9 @@ pub struct Prebound<S> {
     name: String,
     threads: Option<usize>,
     addresses: Option<Vec<String>>,
+    /// Pingora's phases, when the listener goes on accepting through the drain (see
+    /// [`Prebound::serving_through_the_drain`]).
+    through_drain: Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>,
 }
 
 impl<A> Prebound<ListeningService<A>>
@@ -102,7 +125,23 @@ where
             addresses: Service::listen_addresses(&inner),
             inner: Some(inner),
             socket: listeners.sockets.remove(&key).map(|s| (key, s)),
+            through_drain: None,
         }
+    }
+}
+
+impl<S> Prebound<S> {
+    /// Keeps the listener accepting through the drain, until Pingora stops its runtimes
+    /// (`phases`: [`pingora::server::Server::watch_execution_phase`]), instead of closing it
+    /// when the drain begins: the ops listener, so that `/readyz` says `draining` and
+    /// `/metrics` show the drain (requests finishing, connections left) while it lasts. Its
+    /// connections are not the drain's to wait for, and it holds no client's request.
+    pub fn serving_through_the_drain(
+        mut self,
+        phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    ) -> Self {
+        self.through_drain = Some(phases);
+        self
     }
 }
 
@@ -127,6 +166,10 @@ impl<S: Service + 'static> ServiceWithDependents for Prebound<S> {
         }
         // The socket already accepts: dependents may start.
         ready.notify_ready();
+        let shutdown = match self.through_drain.take() {
+            Some(phases) => shutdown_at_runtime_stop(phases),
+            None => shutdown,
+        };
         let run = tokio::spawn(async move {
             inner.start_service(fds, shutdown, listeners_per_fd).await;
         });

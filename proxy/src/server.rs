@@ -235,7 +235,10 @@ pub fn run(
                 Arc::clone(&state),
             ))),
         );
-        server.add_service(Prebound::new(ops, &mut listeners, addr));
+        let phases = server.watch_execution_phase();
+        server.add_service(
+            Prebound::new(ops, &mut listeners, addr).serving_through_the_drain(phases),
+        );
     }
 
     server.add_service(background_service(

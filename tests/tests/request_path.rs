@@ -2787,8 +2787,7 @@ fn a_tunnel_left_open_in_the_drain_still_closes_when_its_tenant_is_rebound() {
     acme["revision"] = serde_json::json!(2);
     let globex = binding("globex", &w.b.url(), "active", None);
     w.edge.write_bindings(&bindings_file(vec![acme, globex]));
-    // Its next frame after the change is read finds it rebound, and it closes (the ops
-    // listener is closed: no revision to poll, the tunnel says).
+    // Its next frame after the change is read finds it rebound, and it closes.
     nexus_e2e::wait::until(Duration::from_secs(20), "the tunnel closed", || {
         echo(&mut s, b"still there?").is_err().then_some(())
     });
@@ -2821,6 +2820,17 @@ fn sigterm_drains_in_flight_requests_and_stops_once_they_are_done() {
     nexus_e2e::wait::until(Duration::from_secs(10), "the SIGTERM logged", || {
         w.edge.log().contains("SIGTERM").then_some(())
     });
+    // The public listener closes; the ops listener serves through the drain: not ready,
+    // and the drain's metrics readable while it lasts.
+    nexus_e2e::wait::until(
+        Duration::from_secs(10),
+        "the public listener closed",
+        || TcpStream::connect(addr).is_err().then_some(()),
+    );
+    let ready = w.edge.ops_get("/readyz");
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(ready.json()["draining"], true, "{}", ready.text());
+    assert!(w.edge.metric("nexus_edge_client_connections") >= 1);
     assert!(
         !slow.is_finished(),
         "the slow request ended before the SIGTERM was seen: the drain was not exercised"
