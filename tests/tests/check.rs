@@ -420,4 +420,17 @@ fn check_warns_of_a_custom_domain_a_base_domain_now_covers() {
         "{out}"
     );
     assert!(!out.contains("acme.example.test"), "{out}");
+    // A base domain that is a tenant's subdomain takes it from the tenant.
+    let (code, out) = check(
+        dir.path(),
+        &config(r#"["nexus.localhost", "globex.nexus.localhost"]"#),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "binding globex: globex.nexus.localhost is a base domain, so it never reaches this tenant"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("binding acme: acme."), "{out}");
 }

@@ -229,6 +229,14 @@ fn check_bindings_file(
     // new base domain can make one of a claim made before.
     if let Some(bases) = base_domains {
         for b in &parsed.bindings {
+            for name in lost_subdomains(b, bases) {
+                eprintln!(
+                    "{}: warning: binding {}: {name} is a base domain, so it never reaches this \
+                     tenant (its subdomains are taken as other tenants' under that base)",
+                    file.display(),
+                    b.tenant_id.as_str()
+                );
+            }
             for (domain, why) in unrouted_domains(b, bases) {
                 eprintln!(
                     "{}: warning: binding {}: domain {domain}: {why}, so it never reaches \
@@ -240,6 +248,18 @@ fn check_bindings_file(
         }
     }
     Ok(())
+}
+
+/// The subdomains of `binding`'s tenant that are base domains themselves (`b.example.com`
+/// for tenant `b` when `example.com` and `b.example.com` are both base domains): no tenant's,
+/// as a base domain is.
+fn lost_subdomains(binding: &nexus_binding_store::Binding, base_domains: &[String]) -> Vec<String> {
+    use crate::host::{resolve_host, HostTarget};
+    base_domains
+        .iter()
+        .map(|base| format!("{}.{base}", binding.tenant_id.as_str()))
+        .filter(|name| matches!(resolve_host(name, base_domains), Ok(HostTarget::Reserved)))
+        .collect()
 }
 
 /// The custom domains of `binding` that a base domain covers and that the router sends
