@@ -142,8 +142,8 @@ pub enum RequestLine {
     ConnectRetry,
     /// A request is sent again after its instance connection failed (a pooled one broke).
     UpstreamRetry,
-    /// An instance's `Set-Cookie` of the session cookie for a whole domain was not passed on.
-    SharedSessionCookie,
+    /// An instance's `Set-Cookie` that would reach other tenants' hosts was not passed on.
+    SharedCookie,
 }
 
 /// The allowances of every kind of request line.
@@ -152,7 +152,7 @@ pub struct LogBudgets {
     per_second: u32,
     epoch: Instant,
     /// One per [`RejectReason::LABELS`], then [`RequestLine::ConnectRetry`],
-    /// [`RequestLine::UpstreamRetry`], [`RequestLine::SharedSessionCookie`] and a label not
+    /// [`RequestLine::UpstreamRetry`], [`RequestLine::SharedCookie`] and a label not
     /// in `LABELS`.
     lines: Box<[LineBudget]>,
     skipped_total: prometheus::IntCounter,
@@ -194,7 +194,7 @@ impl LogBudgets {
                 .unwrap_or(RejectReason::LABELS.len() + 3),
             RequestLine::ConnectRetry => RejectReason::LABELS.len(),
             RequestLine::UpstreamRetry => RejectReason::LABELS.len() + 1,
-            RequestLine::SharedSessionCookie => RejectReason::LABELS.len() + 2,
+            RequestLine::SharedCookie => RejectReason::LABELS.len() + 2,
         };
         let second =
             u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
@@ -251,7 +251,7 @@ mod tests {
         assert_eq!(admitted(invalid), 2);
         assert_eq!(admitted(RequestLine::ConnectRetry), 2);
         assert_eq!(admitted(RequestLine::UpstreamRetry), 2);
-        assert_eq!(admitted(RequestLine::SharedSessionCookie), 2);
+        assert_eq!(admitted(RequestLine::SharedCookie), 2);
         assert_eq!(counter.get(), 15);
         let later = now + Duration::from_secs(1);
         assert_eq!(budgets.admit(unknown, later), Some(3));

@@ -114,16 +114,23 @@ pub fn switch_fault(resp: &ResponseHeader) -> Option<&'static str> {
     }
 }
 
-/// Removes every `Set-Cookie` that sets the router's session cookie (`name`, in any spelling
-/// the router reads as it) with a `Domain` attribute, and returns how many it removed.
-///
-/// A cookie with `Domain=<base domain>` is sent to every tenant's host under it. Set by one
-/// tenant's instance, a browser then sends it beside another tenant's own session cookie,
-/// and the router refuses those requests (two credentials that disagree): one instance could
-/// lock every cookie-using tenant's users out. The session cookie is the router's credential,
-/// so it may only be set host-only (no `Domain`), for the host that answered.
-pub fn drop_shared_session_cookies(resp: &mut ResponseHeader, name: &str) -> usize {
-    let shared = |v: &HeaderValue| sets_shared_cookie(v.as_bytes(), name);
+/// Removes every `Set-Cookie` that would reach other tenants' hosts or spoil their
+/// credential, and returns how many it removed:
+/// - one with a `Domain` that is a base domain or a parent of one (`Domain=<base domain>`):
+///   the browser sends it to every tenant's host under it, so one tenant's instance could
+///   fix a session, plant a CSRF token or fill the header (431) of any other tenant's app;
+/// - one that carries the router's session cookie (`session_cookie`, in any spelling the
+///   router reads as it: its name, a pair hidden behind a comma or blank, or a nameless
+///   cookie whose value the browser sends as `name=value`) with any `Domain`: sent beside
+///   another tenant's own session cookie, the two credentials disagree and the router refuses
+///   the request, so one instance could lock every cookie-using tenant's users out. The
+///   session cookie is the router's credential: an instance sets it host-only (no `Domain`).
+pub fn drop_shared_cookies(
+    resp: &mut ResponseHeader,
+    session_cookie: Option<&str>,
+    base_domains: &[String],
+) -> usize {
+    let shared = |v: &HeaderValue| is_shared_cookie(v.as_bytes(), session_cookie, base_domains);
     if !resp.headers.get_all(SET_COOKIE).iter().any(shared) {
         return 0;
     }
@@ -141,20 +148,43 @@ pub fn drop_shared_session_cookies(resp: &mut ResponseHeader, name: &str) -> usi
     dropped
 }
 
-/// Whether a `Set-Cookie` value sets cookie `name` with a `Domain` attribute (RFC 6265
-/// §5.2: the name ends at the first `=` of the part before the first `;`; attribute names
-/// are compared without case).
-fn sets_shared_cookie(value: &[u8], name: &str) -> bool {
+/// Whether a `Set-Cookie` value is one [`drop_shared_cookies`] removes. Its attributes follow
+/// the cookie pair, after the first `;` (RFC 6265 §5.2); attribute names are compared without
+/// case, and a `Domain` value without its leading dot and case.
+fn is_shared_cookie(value: &[u8], session_cookie: Option<&str>, base_domains: &[String]) -> bool {
     let mut parts = value.split(|&b| b == b';');
     let pair = parts.next().unwrap_or_default();
-    let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-        return false;
-    };
-    crate::auth::credential::is_session_cookie_name(&pair[..eq], name)
-        && parts.any(|attribute| {
-            let key = attribute.split(|&b| b == b'=').next().unwrap_or_default();
-            key.trim_ascii().eq_ignore_ascii_case(b"domain")
+    let domains: Vec<&[u8]> = parts
+        .filter_map(|attribute| {
+            let (key, domain) = attribute.split_at(attribute.iter().position(|&b| b == b'=')?);
+            key.trim_ascii()
+                .eq_ignore_ascii_case(b"domain")
+                .then(|| domain[1..].trim_ascii())
         })
+        .map(|d| d.strip_prefix(b".").unwrap_or(d))
+        // An empty `Domain` is ignored by browsers: the cookie stays host-only.
+        .filter(|d| !d.is_empty())
+        .collect();
+    if domains.is_empty() {
+        return false;
+    }
+    let covers_a_base = |d: &[u8]| {
+        base_domains.iter().any(|base| {
+            let base = base.as_bytes();
+            base.eq_ignore_ascii_case(d)
+                || (base.len() > d.len()
+                    && base[base.len() - d.len() - 1] == b'.'
+                    && base[base.len() - d.len()..].eq_ignore_ascii_case(d))
+        })
+    };
+    // A nameless cookie (`=v`) is sent as its value alone: `=sess=x` arrives as `sess=x`.
+    let sent = match pair.trim_ascii_start().strip_prefix(b"=") {
+        Some(value) => value,
+        None => pair,
+    };
+    domains.into_iter().any(covers_a_base)
+        || session_cookie
+            .is_some_and(|name| crate::auth::credential::has_session_cookie(sent, name))
 }
 
 /// Gives the client the instance's `Content-Length` as one plain number when the instance
@@ -368,7 +398,8 @@ mod tests {
     }
 
     #[test]
-    fn a_session_cookie_for_a_whole_domain_is_dropped() {
+    fn cookies_for_other_tenants_hosts_and_the_session_cookie_with_a_domain_are_dropped() {
+        let bases = ["nexus.test".to_owned(), "b.nexus.test".to_owned()];
         // (the instance's Set-Cookie values, those the client gets)
         let cases: &[(&[&str], &[&str])] = &[
             // Host-only: how an instance signs its users in.
@@ -376,32 +407,53 @@ mod tests {
                 &["sess=tok; Path=/; HttpOnly"],
                 &["sess=tok; Path=/; HttpOnly"],
             ),
-            (&["sess=tok; Domain=edge.test; Path=/"], &[]),
-            (&["sess=tok;domain=.edge.test"], &[]),
-            (&["sess=tok; Secure; DOMAIN = edge.test"], &[]),
+            (&["sess=tok; Domain=shop.example; Path=/"], &[]),
+            (&["sess=tok;domain=.shop.example"], &[]),
+            (&["sess=tok; Secure; DOMAIN = shop.example"], &[]),
             // Spellings the router reads as the session cookie.
-            (&[" SESS =tok; Domain=edge.test"], &[]),
-            (&["se%73s=tok; Domain=edge.test"], &[]),
-            // Other cookies are the instance's business, with or without a Domain.
+            (&[" SESS =tok; Domain=shop.example"], &[]),
+            (&["se%73s=tok; Domain=shop.example"], &[]),
+            // Hidden behind a blank or a comma, or nameless (sent as `sess=x`).
+            (&["theme=dark sess=x; Domain=shop.example"], &[]),
+            (&["x=a,sess=x; Domain=shop.example"], &[]),
+            (&["$Version=1, sess=x; Domain=shop.example"], &[]),
+            (&["=sess=x; Domain=shop.example"], &[]),
+            (&["theme=dark sess=x"], &["theme=dark sess=x"]),
+            // An empty Domain leaves the cookie host-only.
+            (&["sess=tok; Domain="], &["sess=tok; Domain="]),
+            // Other cookies: their own host, or a domain that is no base, are the instance's.
             (
-                &["theme=dark; Domain=edge.test"],
-                &["theme=dark; Domain=edge.test"],
+                &["theme=dark; Domain=acme.nexus.test"],
+                &["theme=dark; Domain=acme.nexus.test"],
             ),
             (
-                &["sessx=1; Domain=edge.test"],
-                &["sessx=1; Domain=edge.test"],
+                &["theme=dark; Domain=customer.example"],
+                &["theme=dark; Domain=customer.example"],
             ),
+            (
+                &["sessx=1; Domain=xnexus.test", "a=1; Domain=exus.test"],
+                &["sessx=1; Domain=xnexus.test", "a=1; Domain=exus.test"],
+            ),
+            // A base domain, or a parent of one: every tenant's host gets it.
+            (&["theme=dark; Domain=nexus.test"], &[]),
+            (&["csrf=1; Path=/; Domain=.NEXUS.test"], &[]),
+            (&["csrf=1; Domain=b.nexus.test"], &[]),
+            (&["big=1; Domain=test"], &[]),
             // A value that mentions a domain is not an attribute.
             (&["sess=Domain=x"], &["sess=Domain=x"]),
             (
-                &["a=1", "sess=tok; Domain=edge.test", "b=2; Domain=edge.test"],
-                &["a=1", "b=2; Domain=edge.test"],
+                &[
+                    "a=1",
+                    "sess=tok; Domain=shop.example",
+                    "b=2; Domain=x.example",
+                ],
+                &["a=1", "b=2; Domain=x.example"],
             ),
         ];
         for (given, kept) in cases {
             let fields: Vec<(&str, &str)> = given.iter().map(|v| ("set-cookie", *v)).collect();
             let mut r = response(200, &fields);
-            let dropped = drop_shared_session_cookies(&mut r, "sess");
+            let dropped = drop_shared_cookies(&mut r, Some("sess"), &bases);
             let got: Vec<&str> = r
                 .headers
                 .get_all(SET_COOKIE)

@@ -27,7 +27,7 @@ use crate::log_budget::{LogBudgets, RequestLine};
 use crate::logging::LoggedError;
 use crate::policy::BillingNotice;
 use crate::response::{
-    canonicalise_content_length, drop_shared_session_cookies, framing_fault, remove_hop_by_hop,
+    canonicalise_content_length, drop_shared_cookies, framing_fault, remove_hop_by_hop,
     switch_fault,
 };
 use crate::route::{
@@ -809,22 +809,23 @@ impl ProxyHttp for EdgeService {
         // below, whatever the status line says.
         upstream_response.set_version(http::Version::HTTP_11);
         canonicalise_content_length(upstream_response)?;
-        if let Some(name) = self.state.auth.session_cookie() {
-            let dropped = drop_shared_session_cookies(upstream_response, name);
-            if dropped > 0 {
-                self.state.log_budgets.write(
-                    RequestLine::SharedSessionCookie,
-                    |not_logged| {
-                        tracing::warn!(
-                            request_id = %ctx.id(),
-                            tenant = %ctx.tenant(),
-                            dropped,
-                            not_logged,
-                            "the instance set the session cookie with a Domain (it would reach other tenants' hosts): not passed on"
-                        );
-                    },
-                );
-            }
+        let dropped = drop_shared_cookies(
+            upstream_response,
+            self.state.auth.session_cookie(),
+            &self.state.settings.tenancy.base_domains,
+        );
+        if dropped > 0 {
+            self.state
+                .log_budgets
+                .write(RequestLine::SharedCookie, |not_logged| {
+                    tracing::warn!(
+                        request_id = %ctx.id(),
+                        tenant = %ctx.tenant(),
+                        dropped,
+                        not_logged,
+                        "the instance set a cookie for a base domain, or the session cookie with a Domain (it would reach other tenants' hosts): not passed on"
+                    );
+                });
         }
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.switched_at = Some(Instant::now());

@@ -233,7 +233,10 @@ fn an_instances_version_and_fields_about_its_connection_are_not_passed_on() {
              x-nexus-billing-notice: past_due\r\n\
              set-cookie: nexus_session=forged; Domain=nexus.test; Path=/\r\n\
              set-cookie: nexus_session=signed-in; Path=/; HttpOnly\r\n\
-             set-cookie: theme=dark; Domain=nexus.test\r\n\r\nok",
+             set-cookie: theme=dark; Domain=nexus.test\r\n\
+             set-cookie: csrf=planted; Domain=.EDGE.test; Path=/\r\n\
+             set-cookie: theme=dark nexus_session=forged; Domain=acme.edge.test\r\n\
+             set-cookie: pref=1; Domain=acme.edge.test\r\n\r\nok",
         ),
         _ => Answer::keep(OK),
     });
@@ -258,20 +261,25 @@ fn an_instances_version_and_fields_about_its_connection_are_not_passed_on() {
             r.headers
         );
     }
-    // The session cookie for the whole base domain would reach every other tenant's users
-    // beside their own, and the router refuses two credentials that disagree; set host-only
-    // it is how the instance signs its own users in. Other cookies are the instance's.
+    // The session cookie with a Domain (even hidden behind a blank in another cookie, as
+    // lenient parsers read it) would reach other tenants' users beside their own, and the
+    // router refuses two credentials that disagree; set host-only it is how the instance
+    // signs its own users in. A cookie for the base domain reaches every tenant's host: one
+    // tenant could plant another's CSRF token or session. Cookies for the tenant's own host,
+    // or a domain no tenant is under, are the instance's.
     assert_eq!(
         values(&r, "set-cookie"),
         [
             "nexus_session=signed-in; Path=/; HttpOnly",
-            "theme=dark; Domain=nexus.test"
+            "theme=dark; Domain=nexus.test",
+            "pref=1; Domain=acme.edge.test"
         ]
     );
-    w.edge.wait_for("the dropped cookie logged", || {
-        w.edge
-            .log()
-            .contains("the instance set the session cookie with a Domain")
+    w.edge.wait_for("the dropped cookies logged", || {
+        w.edge.log().contains("dropped=3")
+            && w.edge.log().contains(
+                "the instance set a cookie for a base domain, or the session cookie with a Domain",
+            )
     });
     assert_eq!(w.get(&mut s, "/").status, 200);
 }
