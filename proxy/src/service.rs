@@ -465,6 +465,29 @@ fn invalid_response(why: &'static str) -> Box<Error> {
     )
 }
 
+/// Whether a proxying error is a TLS connection that ended without its `close_notify` (the
+/// peer closed, or crashed, as a plain connection closes). rustls reports it as an unexpected
+/// end of file, which Pingora, unlike a plain connection's end, never marks for a retry.
+fn closed_without_close_notify(e: &Error) -> bool {
+    if e.etype() != &ErrorType::ReadError {
+        return false;
+    }
+    // Pingora wraps its read error in another (with the peer); the system's is innermost.
+    let mut cause = e.cause.as_deref();
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::UnexpectedEof;
+        }
+        cause = match c.downcast_ref::<Box<Error>>() {
+            Some(inner) => inner.cause.as_deref(),
+            None => c
+                .downcast_ref::<Error>()
+                .and_then(|inner| inner.cause.as_deref()),
+        };
+    }
+    false
+}
+
 /// Maps a proxying error to the rejection the client sees (`answered`: the instance's
 /// response header has reached the client).
 fn upstream_failure(e: &Error, answered: bool) -> RejectReason {
@@ -477,10 +500,15 @@ fn upstream_failure(e: &Error, answered: bool) -> RejectReason {
             RejectReason::UpstreamInvalid
         }
         // A response body whose chunks do not parse, or that ends before its length or last
-        // chunk: the instance answered, with something that is not a whole response.
+        // chunk (closed, reset, or a TLS connection ended without its close_notify): the
+        // instance answered, with something that is not a whole response.
         _ if e.esource() == &ErrorSource::Upstream
             && (is_bad_chunk(e)
-                || (answered && matches!(e.etype(), ErrorType::ConnectionClosed))) =>
+                || (answered
+                    && matches!(
+                        e.etype(),
+                        ErrorType::ConnectionClosed | ErrorType::ReadError
+                    ))) =>
         {
             RejectReason::UpstreamInvalid
         }
@@ -674,6 +702,34 @@ impl ProxyHttp for EdgeService {
             self.state.metrics.upstream_connect_retries.inc();
             e.set_retry(true);
         }
+        e
+    }
+
+    /// Pingora's rule (an idempotent request whose body is still whole goes again after a
+    /// pooled connection failed before any answer), with one more case: a pooled `https`
+    /// connection that ends without TLS `close_notify` before the response header, as an
+    /// instance that closes idle connections (or crashes) ends it. Pingora retries that only
+    /// on a plain connection, so a request racing an instance's idle close failed with 502 on
+    /// `https` where it went again on `http`.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+            return e;
+        }
+        if client_reused && session.response_written().is_none() && closed_without_close_notify(&e)
+        {
+            e.retry = pingora::RetryType::ReusedOnly;
+        }
+        e.retry.decide_reuse(client_reused);
         e
     }
 

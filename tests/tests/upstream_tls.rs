@@ -211,3 +211,73 @@ fn instances_sharing_an_address_never_share_a_connection_and_a_rebind_leaves_the
     );
     assert_eq!(moved.hits(), moved_before + 3);
 }
+
+#[test]
+fn a_pooled_https_connection_closed_without_close_notify_is_retried_as_a_plain_one_is() {
+    // An instance that closes a kept connection as a request arrives (its idle timeout, a
+    // crash) ends TLS without `close_notify`. Pingora sends a request again after such a
+    // close on plain connections only: on `https` the request failed with 502.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path());
+    let instance = Backend::start_tls("secure", &pki.server_cert, &pki.server_key);
+    let keys = TestKeys::new();
+    let edge = edge_for(&instance, &keys, Some(&pki.ca));
+    let token = keys.token("acme", None);
+    // The pooled connection is closed unanswered; the request goes again on a new one, which
+    // this instance closes too (a new connection's failure is not retried). Rounds, as a
+    // request can come before the last one's connection is back in the pool.
+    let mut rounds = 0;
+    while rounds < 20 && !edge.log().contains("the request is sent again") {
+        rounds += 1;
+        let warm = get_with_token(edge.addr, &host("acme"), "/warm", &token);
+        assert_eq!(warm.status, 200, "{}", warm.text());
+        let broken = get_with_token(edge.addr, &host("acme"), "/close-before-answer", &token);
+        assert_eq!(broken.status, 502, "{}", broken.text());
+    }
+    assert!(
+        instance.hits() > 2 * rounds,
+        "never sent again after its pooled connection broke: {}",
+        edge.log()
+    );
+    // A request the instance answers goes through after it.
+    let after = get_with_token(edge.addr, &host("acme"), "/after", &token);
+    assert_eq!(after.status, 200, "{}", after.text());
+}
+
+#[test]
+fn an_https_response_cut_short_is_counted_invalid_as_a_plain_one_is() {
+    // The instance sends its header and part of the body, then closes without TLS
+    // `close_notify`: it answered, with less than a whole response (`upstream_invalid`), as
+    // over `http`; not an instance out of reach.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path());
+    let instance = Backend::start_tls("secure", &pki.server_cert, &pki.server_key);
+    let keys = TestKeys::new();
+    let edge = edge_for(&instance, &keys, Some(&pki.ca));
+    let raw = format!(
+        "GET /cut/100 HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Connection: close\r\n\r\n",
+        host("acme"),
+        keys.token("acme", None)
+    );
+    let mut s = std::net::TcpStream::connect(edge.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(&mut s, raw.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut out);
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    edge.wait_for("the request counted invalid", || {
+        edge.ops_get("/metrics")
+            .text()
+            .contains("nexus_edge_requests_total{outcome=\"upstream_invalid\"} 1")
+    });
+    assert!(edge
+        .ops_get("/metrics")
+        .text()
+        .contains("nexus_edge_requests_total{outcome=\"upstream_unreachable\"} 0"));
+}
