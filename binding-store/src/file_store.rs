@@ -363,7 +363,7 @@ impl FileStore {
         let bytes = self
             .read()
             .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-        parse_records(&bytes).map_err(AdminError::Corrupt)
+        parse_records(&bytes).map_err(|e| AdminError::Corrupt(format!("{}: {e}", self.origin())))
     }
 
     fn writable_path(&self) -> Result<&Path, AdminError> {

@@ -37,11 +37,31 @@ pub struct RecordProblem {
 
 impl fmt::Display for RecordProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let message = brief(&self.message);
         match &self.tenant {
-            Some(t) => write!(f, "record {} (tenant {t:?}): {}", self.index, self.message),
-            None => write!(f, "record {}: {}", self.index, self.message),
+            Some(t) => write!(
+                f,
+                "record {} (tenant {:?}): {message}",
+                self.index,
+                brief(t)
+            ),
+            None => write!(f, "record {}: {message}", self.index),
         }
     }
+}
+
+/// A refusal's text for a log line, cut short: a field error quotes the value, and a record
+/// (in a file, or in Redis) can hold megabytes.
+pub(crate) fn brief(problem: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 300;
+    if problem.len() <= MAX {
+        return problem.into();
+    }
+    let mut end = MAX;
+    while !problem.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &problem[..end], problem.len()).into()
 }
 
 /// The outcome of reading a document: the valid bindings and the refused records.
@@ -756,6 +776,18 @@ mod tests {
             "{}",
             parsed.problems[0]
         );
+    }
+
+    #[test]
+    fn a_refusal_quoting_a_huge_value_is_cut_short() {
+        let name = "x".repeat(200_000);
+        let doc = format!(
+            r#"{{"format":"nexus-edge.bindings/v1","bindings":[{{"tenant_id":"{name}","{name}":1}}]}}"#
+        );
+        let parsed = parse_records(doc.as_bytes()).unwrap_or_default();
+        let said = parsed.problems[0].to_string();
+        assert!(said.len() < 1_000, "{} bytes", said.len());
+        assert!(said.contains("bytes in all"), "{said}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use redis::aio::MultiplexedConnection;
 use super::unavailable;
 use crate::admin::AdminError;
 use crate::model::{Binding, Interner};
+pub(crate) use crate::records::brief;
 
 pub(crate) fn field_u64(fields: &[(Vec<u8>, Vec<u8>)], name: &str) -> u64 {
     field_str(fields, name)
@@ -18,20 +19,6 @@ pub(crate) fn field_str<'a>(fields: &'a [(Vec<u8>, Vec<u8>)], name: &str) -> Opt
         .iter()
         .find(|(k, _)| k == name.as_bytes())
         .and_then(|(_, v)| std::str::from_utf8(v).ok())
-}
-
-/// A refusal's text for a log line, cut short: a field error quotes the value, and a record
-/// in Redis can hold megabytes.
-pub(crate) fn brief(problem: &str) -> std::borrow::Cow<'_, str> {
-    const MAX: usize = 300;
-    if problem.len() <= MAX {
-        return problem.into();
-    }
-    let mut end = MAX;
-    while !problem.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes in all)", &problem[..end], problem.len()).into()
 }
 
 /// A stored record's text, or why it is none: Redis values are bytes, and one that is no
