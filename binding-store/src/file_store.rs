@@ -477,12 +477,12 @@ impl RawDoc {
         };
         // Routers refuse a record that repeats a member name; written back, it would keep
         // one of the values and lose the evidence of the other.
-        if let Some(name) = repeated {
+        if let Some(name) = repeated.first() {
             return Err(AdminError::Corrupt(format!(
                 "{}: an object in it repeats the member name {}, so which of its values is \
                  meant is unclear; fix the file by hand",
                 path.display(),
-                shown_name(&name)
+                shown_name(name)
             )));
         }
         Ok(RawDoc {

@@ -13,18 +13,20 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 
-/// A JSON value, and the first member name that one of its objects (at any depth) repeats.
+/// A JSON value, and the member names its objects (at any depth) repeat, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Checked {
     pub(crate) value: Value,
-    pub(crate) repeated: Option<String>,
+    /// Every repeat noted (a record may repeat `plan` and then `tenant_id`: the tenant it
+    /// names is then in doubt too, whatever came first).
+    pub(crate) repeated: Vec<String>,
 }
 
 impl Checked {
     fn plain(value: Value) -> Self {
         Self {
             value,
-            repeated: None,
+            repeated: Vec::new(),
         }
     }
 }
@@ -81,9 +83,9 @@ impl<'de> Visitor<'de> for CheckedVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
         let mut items = Vec::new();
-        let mut repeated = None;
+        let mut repeated = Vec::new();
         while let Some(item) = seq.next_element::<Checked>()? {
-            repeated = repeated.or(item.repeated);
+            repeated.extend(item.repeated);
             items.push(item.value);
         }
         Ok(Checked {
@@ -93,12 +95,12 @@ impl<'de> Visitor<'de> for CheckedVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
         let mut members = Map::new();
-        let mut repeated = None;
+        let mut repeated = Vec::new();
         while let Some(name) = map.next_key::<String>()? {
             let item = map.next_value::<Checked>()?;
-            repeated = repeated.or(item.repeated);
+            repeated.extend(item.repeated);
             if members.contains_key(&name) {
-                repeated = repeated.or(Some(name));
+                repeated.push(name);
             } else {
                 members.insert(name, item.value);
             }
@@ -136,19 +138,21 @@ mod tests {
     #[test]
     fn the_first_repeated_name_is_noted_at_any_depth() {
         let flat = read(r#"{"tenant_id":"initech","x":1,"tenant_id":"globex"}"#);
-        assert_eq!(flat.repeated.as_deref(), Some("tenant_id"));
+        assert_eq!(flat.repeated, ["tenant_id"]);
         // The first value is kept; the record is refused anyway.
         assert_eq!(flat.value["tenant_id"], "initech");
+        let two = read(r#"{"tenant_id":"initech","plan":"a","plan":"a","tenant_id":"globex"}"#);
+        assert_eq!(two.repeated, ["plan", "tenant_id"]);
         let deep = read(r#"[{"a":{"b":[{"c":1,"c":2}]}},{"d":1,"d":1}]"#);
-        assert_eq!(deep.repeated.as_deref(), Some("c"));
+        assert_eq!(deep.repeated, ["c", "d"]);
         let clean = read(r#"{"a":[1,-2,3.5,"s",null,true,{"a":1}],"b":{"a":2}}"#);
-        assert_eq!(clean.repeated, None);
+        assert!(clean.repeated.is_empty());
         assert_eq!(
             clean.value,
             serde_json::json!({"a":[1,-2,3.5,"s",null,true,{"a":1}],"b":{"a":2}})
         );
         // Names compare after unescaping: `\u0061` is `a`.
-        assert_eq!(read(r#"{"a":1,"\u0061":2}"#).repeated.as_deref(), Some("a"));
+        assert_eq!(read(r#"{"a":1,"\u0061":2}"#).repeated, ["a"]);
     }
 
     #[test]

@@ -199,9 +199,9 @@ pub fn parse_records(json: &[u8]) -> Result<ParsedRecords, String> {
     let mut interner = Interner::default();
     let mut good = Vec::with_capacity(doc.bindings.len());
     for (index, record) in doc.bindings.iter().enumerate() {
-        if let Some(name) = &record.repeated {
+        if let Some(name) = record.repeated.first() {
             // Which tenant a repeated `tenant_id` names is the very doubt: none.
-            let tenant = (name != "tenant_id")
+            let tenant = (!record.repeated.iter().any(|n| n == "tenant_id"))
                 .then(|| record.value.get("tenant_id").and_then(Value::as_str))
                 .flatten();
             out.problems.push(RecordProblem {
@@ -776,6 +776,16 @@ mod tests {
             "{}",
             parsed.problems[0]
         );
+    }
+
+    #[test]
+    fn a_record_repeating_tenant_id_after_another_name_names_no_tenant() {
+        let doc = br#"{"format":"nexus-edge.bindings/v1","bindings":[{"tenant_id":"initech",
+            "plan":"pro","plan":"pro","tenant_id":"globex"}]}"#;
+        let parsed = parse_records(doc).unwrap_or_default();
+        assert_eq!(parsed.problems.len(), 1);
+        assert_eq!(parsed.problems[0].tenant, None, "{}", parsed.problems[0]);
+        assert!(parsed.problems[0].message.contains("\"plan\""));
     }
 
     #[test]

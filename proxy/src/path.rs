@@ -22,7 +22,8 @@
 //!   RFC reading;
 //! - a segment of dots and encoded blanks only (`..%20`, `.%09`, `..%20.`, `%20..`, before
 //!   parameters too: `..%20;x`; a blank is any ASCII control or space, one in overlong UTF-8,
-//!   or a Unicode space such as `%C2%A0`; a raw `+` too, a space to form-style decoders), or
+//!   or a Unicode space such as `%C2%A0`; a `+` too, raw or encoded, a space to form-style
+//!   decoders), or
 //!   one or two dots spelled with Unicode (`%EF%BC%8E%EF%BC%8E`, fullwidth; the one-dot
 //!   leader, small full stop, two-dot leader and its vertical form too), in overlong UTF-8
 //!   (`%C0%AE`) or encoded twice (`%252e%252e`), is refused: Windows path handling drops
@@ -430,14 +431,15 @@ fn is_unicode_blank(utf8: &[u8]) -> bool {
 
 /// The length of the percent-encoded blank at the start of `s`, if it starts with one: an
 /// ASCII control character or space ([`is_trimmed_ascii`]; `%0D`, `%20`), one in overlong
-/// UTF-8 (`%C0%A0`), or a Unicode blank ([`is_unicode_blank`]; `%C2%A0`).
+/// UTF-8 (`%C0%A0`), or a Unicode blank ([`is_unicode_blank`]; `%C2%A0`). A `+` encoded
+/// (`%2B`, overlong `%C0%AB`) counts too: decoded once more by a form-style decoder, a space.
 fn encoded_blank(s: &[u8]) -> Option<usize> {
     let first = escaped_byte(s)?;
-    if is_trimmed_ascii(first) {
+    if is_trimmed_ascii(first) || first == b'+' {
         return Some(3);
     }
     if let Some((len, c)) = overlong_ascii(s) {
-        return is_trimmed_ascii(c).then_some(len);
+        return (is_trimmed_ascii(c) || c == b'+').then_some(len);
     }
     let len = match first {
         0xC2 => 2,
@@ -470,6 +472,11 @@ fn check_second_decoding(path: &[u8]) -> Result<(), PathError> {
                 i += 5;
             }
             Some(0) => return Err(PathError::EncodedNul),
+            // A `+` once decoded, a space to a form-style decoder after that.
+            Some(b'+') => {
+                view.push(b'+');
+                i += 5;
+            }
             // A blank read once: still encoded, as the lookalike rule reads it (`..%2520`
             // is `..%20`, then `..` where trailing blanks are trimmed).
             // And so is a byte of a UTF-8 (or overlong) sequence: `..%25C2%25A0` is `..%C2%A0`,
@@ -820,8 +827,12 @@ mod tests {
             ),
             ("/billing/..%25C0%25BB/api", PathError::DotSegmentParameters),
             ("/billing/..%253B/api", PathError::DotSegmentParameters),
-            // `+`, a space to a form-style decoder.
+            // `+`, a space to a form-style decoder (encoded: once decoded more).
             ("/login/..+/admin", PathError::DotSegmentLookalike),
+            ("/login/..%2B/admin", PathError::DotSegmentLookalike),
+            ("/login/%2E%2E%2b/admin", PathError::DotSegmentLookalike),
+            ("/login/..%C0%AB/admin", PathError::DotSegmentLookalike),
+            ("/login/..%252B/admin", PathError::DotSegmentLookalike),
             ("/login/+../admin", PathError::DotSegmentLookalike),
             ("/login/.+./admin", PathError::DotSegmentLookalike),
             // Separators spelled with Unicode that NFKC makes `/` or `\`.

@@ -161,7 +161,9 @@ fn is_shared_cookie(value: &[u8], session_cookie: Option<&str>, base_domains: &[
                 .eq_ignore_ascii_case(b"domain")
                 .then(|| domain[1..].trim_ascii())
         })
+        // A leading dot is ignored (RFC 6265 §5.2.3), and a trailing one names the same host.
         .map(|d| d.strip_prefix(b".").unwrap_or(d))
+        .map(|d| d.strip_suffix(b".").unwrap_or(d))
         // An empty `Domain` is ignored by browsers: the cookie stays host-only.
         .filter(|d| !d.is_empty())
         .collect();
@@ -438,6 +440,7 @@ mod tests {
             (&["theme=dark; Domain=nexus.test"], &[]),
             (&["csrf=1; Path=/; Domain=.NEXUS.test"], &[]),
             (&["csrf=1; Domain=b.nexus.test"], &[]),
+            (&["csrf=1; Domain=nexus.test."], &[]),
             (&["big=1; Domain=test"], &[]),
             // A value that mentions a domain is not an attribute.
             (&["sess=Domain=x"], &["sess=Domain=x"]),

@@ -469,7 +469,7 @@ fn invalid_response(why: &'static str) -> Box<Error> {
 /// peer closed, or crashed, as a plain connection closes). rustls reports it as an unexpected
 /// end of file, which Pingora, unlike a plain connection's end, never marks for a retry.
 fn closed_without_close_notify(e: &Error) -> bool {
-    if e.etype() != &ErrorType::ReadError {
+    if e.etype() != &ErrorType::ReadError || e.esource() != &ErrorSource::Upstream {
         return false;
     }
     // Pingora wraps its read error in another (with the peer); the system's is innermost.

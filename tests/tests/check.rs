@@ -58,6 +58,18 @@ fn check_says_what_serve_would_refuse_or_drop() {
         1,
         "said once: {out}"
     );
+    // Every record refused: serve would not start on it, and check says so.
+    let mut none_valid = bindings.clone();
+    for record in none_valid["bindings"].as_array_mut().unwrap() {
+        record["status"] = serde_json::json!("zombie");
+    }
+    std::fs::write(dir.path().join("none.json"), none_valid.to_string()).unwrap();
+    let (code, out) = check(dir.path(), &config("none.json"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("records is valid, so `serve` would not start on it"),
+        "{out}"
+    );
     assert!(
         out.contains("note: auth.jwks_file: kid")
             && out.contains("has no alg, so it verifies RS256 only"),

@@ -214,6 +214,14 @@ fn check_bindings_file(
     for p in &parsed.problems {
         eprintln!("{}: warning: binding record refused: {p}", file.display());
     }
+    // As `serve` refuses to start on it: a ready router that routes no tenant.
+    if parsed.bindings.is_empty() && !parsed.problems.is_empty() {
+        return Err(format!(
+            "{}: none of its {} records is valid, so `serve` would not start on it",
+            file.display(),
+            parsed.problems.len()
+        ));
+    }
     for (domain, tenants) in nexus_binding_store::records::contested_domains(&parsed.bindings) {
         let tenants: Vec<&str> = tenants.iter().map(|t| t.as_str()).collect();
         eprintln!(
