@@ -2160,6 +2160,26 @@ fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
         assert_eq!(out.status.code(), Some(1), "{flag}: {err}");
         assert!(err.contains("control character"), "{flag}: {err}");
     }
+    // Invisible characters (one that reads as another actor, one that turns the text after
+    // it around) and an empty reason are refused too.
+    for (flag, value, said) in [
+        ("--actor", "bob\u{200b}", "invisible character"),
+        ("--reason", "\u{202e}evil", "invisible character"),
+        ("--reason", " ", "is empty"),
+    ] {
+        let out = nexus_e2e::edge::cli(&[
+            "tenant",
+            "--config",
+            admin.config.to_str().expect("utf8"),
+            flag,
+            value,
+            "put",
+            file_arg,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {err}");
+        assert!(err.contains(said), "{flag}: {err}");
+    }
     assert_eq!(std::fs::read(&w.edge.bindings_path).expect("read"), before);
 
     // A wait longer than a day is refused with the arguments, before anything is written

@@ -81,12 +81,34 @@ fn printable(name: &str, value: Option<&str>) -> Result<(), String> {
              a ticket or a document instead)",
             v.len()
         )),
-        Some(v) => match v.chars().find(bad) {
-            Some(c) => Err(format!("{name} holds the control character {c:?}")),
-            None => Ok(()),
+        Some(v) if v.trim().is_empty() => {
+            Err(format!("{name} is empty: say it, or leave the option out"))
+        }
+        Some(v) => match (v.chars().find(bad), v.chars().find(|c| is_invisible(*c))) {
+            (Some(c), _) => Err(format!("{name} holds the control character {c:?}")),
+            // Shown by `history` as nothing, or turning the text after it around: an entry
+            // that reads as another actor's, or says something else than it holds.
+            (None, Some(c)) => Err(format!("{name} holds the invisible character {c:?}")),
+            (None, None) => Ok(()),
         },
         None => Ok(()),
     }
+}
+
+/// Unicode format characters a terminal shows as nothing, or that reorder the text around
+/// them: soft hyphen, zero-width spaces and joiners, direction marks, embeddings, overrides
+/// and isolates, word joiner and invisible operators, the byte order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FEFF}'
+    )
 }
 
 /// The longest `--actor` or `--reason`, in bytes.
@@ -575,14 +597,18 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
         }
         "unknown".to_owned()
     });
+    // Kept as said, without the blanks at its ends (` bob ` is bob).
     let actor = Actor {
-        name,
-        reason: args.reason.clone(),
+        name: name.trim().to_owned(),
+        reason: args.reason.as_deref().map(|r| r.trim().to_owned()),
     };
-    if let Err(e) = printable("--actor (or $USER)", Some(&actor.name))
-        .and_then(|()| printable("--reason", actor.reason.as_deref()))
-    {
-        return fail(e);
+    // Checked for writes only: a reading command has nothing to audit.
+    if writes {
+        if let Err(e) = printable("--actor (or $USER)", Some(&actor.name))
+            .and_then(|()| printable("--reason", actor.reason.as_deref()))
+        {
+            return fail(e);
+        }
     }
     let admin = store.admin();
     let json = args.json;
@@ -837,6 +863,22 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                     ))
                 }
                 Err(e) => return fail(e),
+            }
+            // A revision of another tenant's change (a mistyped tenant) would be confirmed
+            // without a word about this tenant's record. Changes older than the audit kept
+            // cannot be told apart, and an unreadable audit leaves the wait to say what it can.
+            if let Ok(h) = store.admin().history(&t).await {
+                let kept: Vec<u64> = h.entries.iter().map(|e| e.revision).collect();
+                let older = kept.first().is_some_and(|&o| revision < o);
+                if !kept.contains(&revision) && !older && h.unreadable.is_empty() {
+                    return fail(match kept.last() {
+                        None => format!("no change of tenant {t} is recorded"),
+                        Some(last) => format!(
+                            "revision {revision} is not a change of tenant {t} (its latest is \
+                             revision {last}; `nexus-edge tenant history {t}` lists them)"
+                        ),
+                    });
+                }
             }
             // Only heartbeats written from now on count, as for a wait right after a write:
             // every live replica says again what it has applied.
