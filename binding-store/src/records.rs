@@ -74,6 +74,10 @@ pub struct ParsedRecords {
     /// The document's top-level `revision`: the highest a file store's writer has issued.
     /// Only a file written by `nexus-edge tenant ...` has one.
     pub revision: Option<u64>,
+    /// The document's top-level `history`: the id of the Redis store history an export was
+    /// taken from. Revisions of two histories cannot be compared (a restore counts again from
+    /// its snapshot), so an import checks it against the store's.
+    pub history: Option<String>,
 }
 
 impl RecordProblem {
@@ -87,17 +91,20 @@ impl RecordProblem {
 /// A bindings document's top-level keys: [`Document`]'s fields. Any other key is refused,
 /// as in the config (a misspelt `"revison"` must not pass unseen), by this module's reader
 /// and by the file store's writer alike.
-pub const DOCUMENT_KEYS: [&str; 3] = ["format", "revision", "bindings"];
+pub const DOCUMENT_KEYS: [&str; 4] = ["format", "revision", "history", "bindings"];
 
 /// The file layout: `{"format": "nexus-edge.bindings/v1", "bindings": [...]}`. A file store's
-/// own file also carries `"revision"`, the highest it has issued (not needed to read it).
-/// Its fields are [`DOCUMENT_KEYS`].
+/// own file also carries `"revision"`, the highest it has issued (not needed to read it); an
+/// export of a Redis store carries `"history"`, the id of the store's history its revisions
+/// count in (see [`ParsedRecords::history`]). Its fields are [`DOCUMENT_KEYS`].
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Document {
     format: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     revision: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    history: Option<String>,
     bindings: Vec<Checked>,
 }
 
@@ -194,6 +201,7 @@ pub fn parse_records(json: &[u8]) -> Result<ParsedRecords, String> {
     }
     let mut out = ParsedRecords {
         revision: doc.revision,
+        history: doc.history,
         ..ParsedRecords::default()
     };
     let mut interner = Interner::default();
@@ -256,11 +264,18 @@ pub fn sorted_by_tenant(bindings: &[Arc<Binding>]) -> Vec<Binding> {
     out
 }
 
-/// Serialises bindings as a bindings document (sorted by tenant, pretty-printed).
-pub fn to_document<'a>(bindings: impl IntoIterator<Item = &'a Binding>) -> String {
+/// Serialises bindings as a bindings document (sorted by tenant, pretty-printed), naming the
+/// store `history` they were read from when there is one (a Redis store's export).
+pub fn to_document<'a>(
+    bindings: impl IntoIterator<Item = &'a Binding>,
+    history: Option<&str>,
+) -> String {
     let mut records: Vec<BindingRecord> = bindings.into_iter().map(Binding::to_record).collect();
     records.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
-    let doc = serde_json::json!({ "format": BINDINGS_FORMAT, "bindings": records });
+    let mut doc = serde_json::json!({ "format": BINDINGS_FORMAT, "bindings": records });
+    if let Some(history) = history {
+        doc["history"] = serde_json::json!(history);
+    }
     format!("{doc:#}\n")
 }
 
@@ -814,6 +829,7 @@ mod tests {
         let doc = serde_json::to_value(Document {
             format: BINDINGS_FORMAT.to_owned(),
             revision: Some(1),
+            history: Some("h".to_owned()),
             bindings: Vec::new(),
         })
         .unwrap_or_default();
@@ -830,7 +846,7 @@ mod tests {
         let doc =
             serde_json::json!({ "format": BINDINGS_FORMAT, "bindings": [rec("b"), rec("a")] });
         let parsed = parse_records(doc.to_string().as_bytes()).expect("doc");
-        let text = to_document(parsed.bindings.iter().map(|b| b.as_ref()));
+        let text = to_document(parsed.bindings.iter().map(|b| b.as_ref()), None);
         let again = parse_records(text.as_bytes()).expect("doc");
         assert_eq!(again.bindings.len(), 2);
         assert_eq!(again.bindings[0].tenant_id.as_str(), "a");

@@ -632,6 +632,16 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
         },
     );
     drop(edge);
+    // A backup taken now names this history: its revisions count in it only.
+    let backup = snaps.path().join("backup.json");
+    std::fs::write(&backup, admin.ok(&["export"])).unwrap();
+    let history = redis.cmd(&["HGET", "nexus:history", "id"]);
+    assert!(
+        std::fs::read_to_string(&backup)
+            .unwrap()
+            .contains(&format!("\"history\": \"{history}\"")),
+        "{history}"
+    );
 
     // 2. Wiped while no replica runs: a new replica serves the snapshot, not nothing, and
     // the snapshot restores Redis (checked whole, then written as one restore).
@@ -722,6 +732,19 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
         Some("instance-b"),
         "acme came back with the snapshot"
     );
+    // The backup of the history before the wipe: the restore counts revisions again, so by
+    // its numbers the backup would pass for newer and undo the suspension made since.
+    admin.ok(&["set-status", "acme", "suspended"]);
+    let (code, _, err) = admin.tenant(&["import", backup.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("exported from history {history}")) && err.contains("--allow-older"),
+        "{err}"
+    );
+    let got = admin.ok(&["get", "acme"]);
+    assert!(got.contains("suspended"), "nothing imported: {got}");
+    let out = admin.ok(&["import", "--allow-older", backup.to_str().unwrap()]);
+    assert!(out.contains("imported"), "{out}");
 }
 
 #[test]

@@ -576,7 +576,10 @@ fn wait_names_replicas_stopped_or_on_another_history() {
     // name): the wait would confirm a revision without a word about this tenant's record.
     let (code, _, err) = admin.tenant(&["wait", "globex", &rev]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("no change of tenant globex is recorded"), "{err}");
+    assert!(
+        err.contains("no change of tenant globex is recorded"),
+        "{err}"
+    );
     wait_instance(&r2, &keys, "acme", "instance-b");
 
     // A replica still serving another history (Redis lost its data under it) reports

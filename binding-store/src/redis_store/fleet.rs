@@ -509,6 +509,22 @@ impl RedisStore {
         })
     }
 
+    /// The id of the history Redis holds (`None`: it names none, a new or wiped keyspace, or
+    /// one written before ids were kept): what an export names, and an import compares.
+    pub async fn history_id(&self) -> Result<Option<String>, AdminError> {
+        let mut con = self.admin_connection().await?;
+        let key = self.keys().history();
+        match redis::cmd("HGET")
+            .arg(&key)
+            .arg("id")
+            .query_async(&mut con)
+            .await
+        {
+            Ok(id) => Ok(id),
+            Err(e) => Err(super::read_failure(&mut con, &key, e, "hash").await),
+        }
+    }
+
     /// The history Redis holds, when a write began it while no replica was heard serving and
     /// no admin has confirmed it since (`None` otherwise): what `replicas` warns of.
     pub async fn unconfirmed_history(&self) -> Result<Option<String>, AdminError> {

@@ -952,6 +952,24 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 return fail("nothing imported: fix the records above first");
             }
             if !allow_older {
+                // An export of another history of the store: its revisions and the store's
+                // count from different starts (a restore began the store's again), so no
+                // comparison below could tell that it undoes the changes made since.
+                if let (Some(from), Store::Redis(r)) = (&parsed.history, store) {
+                    match r.history_id().await {
+                        Ok(Some(now)) if now != *from => {
+                            return fail(format!(
+                                "nothing imported: the file was exported from history {from} of \
+                                 the store, which holds history {now} now (Redis lost its data \
+                                 and was restored or written again since): its revisions cannot \
+                                 be compared with the store's, and writing it may undo changes \
+                                 made since; pass --allow-older to write it anyway"
+                            ))
+                        }
+                        Ok(_) => {}
+                        Err(e) => return fail(format!("nothing imported: {e}")),
+                    }
+                }
                 // Read only to compare. A store that looks wiped cannot be listed: a restore
                 // into it is checked on its own terms, by the import.
                 let stored = match admin.list().await {
@@ -1017,7 +1035,19 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 fail("nothing exported: what Redis holds is not what the replicas serve (above)")
             }
             Ok(listing) => {
-                out!("{}", to_document(listing.bindings.iter()));
+                // Named in the export, so that an import can tell it from a later history's
+                // revisions (a restore counts again).
+                let history = match store {
+                    Store::Redis(r) => match r.history_id().await {
+                        Ok(h) => h,
+                        Err(e) => return fail(format!("nothing exported: {e}")),
+                    },
+                    _ => None,
+                };
+                out!(
+                    "{}",
+                    to_document(listing.bindings.iter(), history.as_deref())
+                );
                 incomplete(&listing.left_out)
             }
             Err(e) => fail(e),
