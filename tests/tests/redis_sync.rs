@@ -374,7 +374,7 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
 #[test]
 fn wait_with_no_live_replica_says_so_at_once() {
     let World {
-        redis: _redis,
+        redis,
         admin,
         a,
         ..
@@ -402,6 +402,20 @@ fn wait_with_no_live_replica_says_so_at_once() {
         err.contains("no replica heartbeat is kept under this key prefix"),
         "{err}"
     );
+    // An admin whose key_prefix names no store at all (a typo) finds every tenant missing,
+    // and every list empty: said why it may be.
+    let typo = Admin::new(&store_section_under("nexsu", &redis.url(), "admin", None));
+    for args in [
+        &["get", "acme"][..],
+        &["set-status", "acme", "active"],
+        &["list"],
+    ] {
+        let (_, _, err) = typo.tenant(args);
+        assert!(
+            err.contains("Redis holds nothing under key prefix \"nexsu\""),
+            "{args:?}: {err}"
+        );
+    }
     // A domain another tenant holds is named with its holder and what to do.
     let mut acme = binding("acme", &a.url(), "active", None);
     acme["domains"] = serde_json::json!(["shop.example.com"]);

@@ -495,6 +495,11 @@ impl RedisStore {
         &self.opts
     }
 
+    /// The key prefix this store reads and writes under (`[store] key_prefix`).
+    pub fn key_prefix(&self) -> &str {
+        &self.opts.key_prefix
+    }
+
     pub(crate) fn keys(&self) -> &Keys {
         &self.keys
     }

@@ -423,6 +423,25 @@ async fn note_unconfirmed(store: &Store) -> bool {
     true
 }
 
+/// Says so when Redis holds nothing at all under the key prefix (no revision counter, no
+/// replica heartbeat): a new store, or a `key_prefix` that names another store than the
+/// routers' (a typo reads as an empty store, every tenant "not found").
+async fn note_empty_prefix(store: &Store) {
+    let Store::Redis(r) = store else { return };
+    if matches!(r.counter().await, Ok(None)) && r.replicas().await.is_ok_and(|l| l.is_empty()) {
+        eprintln!("{}", empty_prefix_note(r));
+    }
+}
+
+fn empty_prefix_note(r: &RedisStore) -> String {
+    format!(
+        "nexus-edge: note: Redis holds nothing under key prefix {:?} (no revision counter, no \
+         replica heartbeat): a new store, or `[store] key_prefix` names another one than the \
+         routers'",
+        r.key_prefix()
+    )
+}
+
 fn print_confirmation(c: &Confirmation, json: bool) {
     if json {
         let doc = match c {
@@ -683,6 +702,10 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                     eprintln!("nexus-edge: {e}");
                     ExitCode::from(3)
                 }
+                Err(e @ AdminError::NotFound(_)) => {
+                    note_empty_prefix(store).await;
+                    fail(e)
+                }
                 Err(e) => fail(e),
             }
         }
@@ -763,7 +786,10 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                     print_binding(&b, json);
                     ExitCode::SUCCESS
                 }
-                Ok(None) => fail(AdminError::NotFound(t)),
+                Ok(None) => {
+                    note_empty_prefix(store).await;
+                    fail(AdminError::NotFound(t))
+                }
                 Err(e) => fail(e),
             }
         }
@@ -772,6 +798,9 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Ok(listing) => {
                     // Asked once Redis has answered: an unreachable one is not waited for twice.
                     note_unconfirmed(store).await;
+                    if listing.bindings.is_empty() {
+                        note_empty_prefix(store).await;
+                    }
                     let all = &listing.bindings;
                     if json {
                         let records: Vec<BindingRecord> =
@@ -1212,6 +1241,9 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
     };
     match rt.block_on(redis.replicas()) {
         Ok(list) => {
+            if list.is_empty() && matches!(rt.block_on(redis.counter()), Ok(None)) {
+                eprintln!("{}", empty_prefix_note(&redis));
+            }
             let refusing = list.iter().any(|r| r.live && r.keeps);
             let serving = list.iter().any(|r| r.live && r.applied_revision > 0);
             if json {
