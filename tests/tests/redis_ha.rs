@@ -907,8 +907,27 @@ fn a_history_begun_while_every_replica_was_down_waits_for_an_admin_to_confirm_it
         err.contains(&format!("Redis holds history {fresh}")),
         "{err}"
     );
-    let out = admin.ok(&["confirm-history", "--history", &fresh]);
+    let out = admin.ok(&[
+        "--reason",
+        "put back from replica-h's snapshot",
+        "confirm-history",
+        "--history",
+        &fresh,
+    ]);
     assert!(out.contains("confirmed"), "{out}");
+    // Who confirmed it, and why, are kept with the history: it unbound what replicas kept.
+    assert_eq!(
+        redis.cmd(&["HGET", "nexus:history", "confirmed_by"]),
+        "test-admin"
+    );
+    assert_eq!(
+        redis.cmd(&["HGET", "nexus:history", "confirmed_reason"]),
+        "put back from replica-h's snapshot"
+    );
+    assert!(redis
+        .cmd(&["HGET", "nexus:history", "confirmed_at"])
+        .parse::<u64>()
+        .is_ok_and(|ms| ms > 1_700_000_000_000));
     wait_instance(&edge, &keys, "newco", "instance-b");
     for tenant in ["acme", "globex"] {
         wait_instance(&edge, &keys, tenant, "instance-a");

@@ -374,10 +374,7 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
 #[test]
 fn wait_with_no_live_replica_says_so_at_once() {
     let World {
-        redis,
-        admin,
-        a,
-        ..
+        redis, admin, a, ..
     } = World::start(&["acme"]);
     let (code, _, err) = admin.tenant(&[
         "set-status",

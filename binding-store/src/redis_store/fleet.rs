@@ -459,9 +459,13 @@ impl RedisStore {
     /// bindings then load Redis's table, and unbind every tenant it does not hold. With
     /// `expected`, only that history (the id a refusing replica logs): one begun since, by
     /// another wipe and write, is left unconfirmed and the error says which Redis holds.
+    ///
+    /// Who confirmed it, when and why, are kept with the history (`confirmed_by`,
+    /// `confirmed_at`, `confirmed_reason`): confirming unbinds what the replicas kept.
     pub async fn confirm_history(
         &self,
         expected: Option<&str>,
+        actor: &crate::admin::Actor,
     ) -> Result<Confirmation, AdminError> {
         let mut con = self.admin_connection().await?;
         let script = redis::Script::new(include_str!("confirm.lua"));
@@ -469,6 +473,8 @@ impl RedisStore {
             .key(self.keys().history())
             .key(self.keys().revision())
             .arg(expected.unwrap_or(""))
+            .arg(&actor.name)
+            .arg(actor.reason.as_deref().unwrap_or(""))
             .invoke_async(&mut con)
             .await;
         let (id, began, removed, counter) = match answer {

@@ -595,8 +595,6 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             | TenantOp::Export
             | TenantOp::History { .. }
             | TenantOp::Wait { .. }
-            // Changes no tenant: no audit entry names an actor.
-            | TenantOp::ConfirmHistory { .. }
     );
     if writes && args.actor.as_deref().is_some_and(|a| a.trim().is_empty()) {
         return fail("--actor is empty: name who makes the change (or leave it out for $USER)");
@@ -1049,7 +1047,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                      confirm)",
                 );
             };
-            match r.confirm_history(history.as_deref()).await {
+            match r.confirm_history(history.as_deref(), &actor).await {
                 Ok(c) => {
                     print_confirmation(&c, json);
                     ExitCode::SUCCESS
