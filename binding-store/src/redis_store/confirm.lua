@@ -11,6 +11,10 @@
 -- no id is expected). Errors: "OTHER <id>" (Redis holds another history than ARGV[1]),
 -- "KEYTYPE <key> <found> hash" (nothing changed).
 
+-- Before Redis 5, a script that writes after reading the clock must replicate its effects.
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
 local found = redis.call('TYPE', KEYS[1]).ok
 if found ~= 'none' and found ~= 'hash' then
   return redis.error_reply('KEYTYPE ' .. KEYS[1] .. ' ' .. found .. ' hash')

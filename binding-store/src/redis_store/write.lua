@@ -17,7 +17,8 @@
 -- Returns the new revision; errors: "CONFLICT <actual>", "NOTFOUND", "DOMAIN <domain> <owner>",
 -- "RESTORING" (a restore import holds the store; see restore.lua), "WIPED <revision>" (no
 -- counter while a replica serves that revision), "KEYTYPE <key> <found> <expected>" (a key of
--- the schema holds another type, or a counter that is no number: nothing written).
+-- the schema holds another type, or a counter that is no number: nothing written),
+-- "PLACEHOLDER ..." (the record lacks the exact `"revision":0` the script fills in).
 
 if redis.call('EXISTS', KEYS[6]) == 1 then
   return redis.error_reply('RESTORING')

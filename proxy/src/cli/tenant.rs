@@ -26,7 +26,7 @@ pub struct TenantArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Who is making the change (audit log); defaults to $USER.
+    /// Who is making the change (audit log); defaults to $USER, then $LOGNAME, then `unknown`.
     #[arg(long, global = true)]
     pub actor: Option<String>,
     /// Why (audit log), e.g. a ticket or migration id.
