@@ -2146,23 +2146,11 @@ fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
         binding("acme", &w.b.url(), "active", None).to_string(),
     )
     .expect("w");
-    for (flag, value) in [("--actor", "ops\nfake entry"), ("--reason", "x\u{1b}[2J")] {
-        let out = nexus_e2e::edge::cli(&[
-            "tenant",
-            "--config",
-            admin.config.to_str().expect("utf8"),
-            flag,
-            value,
-            "put",
-            file_arg,
-        ]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{flag}: {err}");
-        assert!(err.contains("control character"), "{flag}: {err}");
-    }
-    // Invisible characters (one that reads as another actor, one that turns the text after
-    // it around) and an empty reason are refused too.
+    // A control character (printed as is by `history`), an invisible one (one that reads as
+    // another actor, one that turns the text after it around), or an empty reason.
     for (flag, value, said) in [
+        ("--actor", "ops\nfake entry", "control character"),
+        ("--reason", "x\u{1b}[2J", "control character"),
         ("--actor", "bob\u{200b}", "invisible character"),
         ("--reason", "\u{202e}evil", "invisible character"),
         ("--reason", " ", "is empty"),
