@@ -144,6 +144,8 @@ pub enum RequestLine {
     UpstreamRetry,
     /// An instance's `Set-Cookie` that would reach other tenants' hosts was not passed on.
     SharedCookie,
+    /// The router closed a tunnel whose tenant is no longer routed as it was opened.
+    TunnelClosed,
 }
 
 /// The allowances of every kind of request line.
@@ -152,8 +154,8 @@ pub struct LogBudgets {
     per_second: u32,
     epoch: Instant,
     /// One per [`RejectReason::LABELS`], then [`RequestLine::ConnectRetry`],
-    /// [`RequestLine::UpstreamRetry`], [`RequestLine::SharedCookie`] and a label not
-    /// in `LABELS`.
+    /// [`RequestLine::UpstreamRetry`], [`RequestLine::SharedCookie`],
+    /// [`RequestLine::TunnelClosed`] and a label not in `LABELS`.
     lines: Box<[LineBudget]>,
     skipped_total: prometheus::IntCounter,
 }
@@ -164,7 +166,7 @@ impl LogBudgets {
         Self {
             per_second,
             epoch: Instant::now(),
-            lines: (0..RejectReason::LABELS.len() + 4)
+            lines: (0..RejectReason::LABELS.len() + 5)
                 .map(|_| LineBudget::default())
                 .collect(),
             skipped_total,
@@ -191,10 +193,11 @@ impl LogBudgets {
                 .position(|l| *l == label)
                 // Every label is in LABELS (a test of `errors` says so); one that were not
                 // would get the last slot, shared with no other kind.
-                .unwrap_or(RejectReason::LABELS.len() + 3),
+                .unwrap_or(RejectReason::LABELS.len() + 4),
             RequestLine::ConnectRetry => RejectReason::LABELS.len(),
             RequestLine::UpstreamRetry => RejectReason::LABELS.len() + 1,
             RequestLine::SharedCookie => RejectReason::LABELS.len() + 2,
+            RequestLine::TunnelClosed => RejectReason::LABELS.len() + 3,
         };
         let second =
             u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
@@ -252,7 +255,8 @@ mod tests {
         assert_eq!(admitted(RequestLine::ConnectRetry), 2);
         assert_eq!(admitted(RequestLine::UpstreamRetry), 2);
         assert_eq!(admitted(RequestLine::SharedCookie), 2);
-        assert_eq!(counter.get(), 15);
+        assert_eq!(admitted(RequestLine::TunnelClosed), 2);
+        assert_eq!(counter.get(), 18);
         let later = now + Duration::from_secs(1);
         assert_eq!(budgets.admit(unknown, later), Some(3));
     }

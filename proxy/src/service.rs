@@ -379,19 +379,29 @@ fn bound_tunnel_io(
     session.set_read_timeout(Some(up.tunnel_idle_timeout));
 }
 
-/// Takes off an `Upgrade` that the request's `Connection` does not name. RFC 9110 §7.8: a
-/// sender of `Upgrade` names it in `Connection`, so that intermediaries do not pass it on;
-/// one that is not named is no request of this client's to switch protocols. Pingora would
-/// make the switch anyway (sending its own `Connection: Upgrade`), and a front proxy that
-/// passed a stray `Upgrade` on would then have its connection turned into a tunnel to one
-/// tenant's instance, with the requests it sends next on it (other clients' perhaps)
-/// carried there unchecked. Without it the request is an ordinary one.
-fn drop_unnamed_upgrade(session: &mut Session) {
-    let named = header_bytes(&session.req_header().headers, &http::header::CONNECTION).any(|v| {
+/// Takes off an `Upgrade` that cannot start a tunnel, so that the request goes on as an
+/// ordinary one:
+/// - one the request's `Connection` does not name. RFC 9110 §7.8: a sender of `Upgrade`
+///   names it in `Connection`, so that intermediaries do not pass it on; one that is not
+///   named is no request of this client's to switch protocols. Pingora would make the switch
+///   anyway (sending its own `Connection: Upgrade`), and a front proxy that passed a stray
+///   `Upgrade` on would then have its connection turned into a tunnel to one tenant's
+///   instance, with the requests it sends next on it (other clients' perhaps) carried there
+///   unchecked;
+/// - one on another method than `GET`, or with a body: a WebSocket handshake is a `GET`
+///   without one (RFC 6455 §4.1). Pingora would switch a `HEAD` and give the tunnel a body
+///   writer of length 0 (a `101` and a dead connection), and it would wait for an upgrade
+///   request's body under the tunnel's idle bound (an hour) instead of `read_timeout`.
+fn drop_unusable_upgrade(session: &mut Session) {
+    let req = session.req_header();
+    let named = header_bytes(&req.headers, &http::header::CONNECTION).any(|v| {
         v.split(|&b| b == b',')
             .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
     });
-    if !named {
+    let has_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || header_bytes(&req.headers, &http::header::CONTENT_LENGTH)
+            .any(|v| v.iter().any(|&b| b != b'0'));
+    if !named || req.method != http::Method::GET || has_body {
         session
             .req_header_mut()
             .remove_header(&http::header::UPGRADE);
@@ -401,8 +411,8 @@ fn drop_unnamed_upgrade(session: &mut Session) {
 /// Whether the instance is asked to switch protocols: exactly when Pingora forwards the
 /// upgrade (its default `WebSocketOnly` policy): an HTTP/1.1 request whose `Upgrade` is
 /// `websocket`, in any case. Pingora sends `Connection: Upgrade` itself, and strips any
-/// other upgrade; an `Upgrade` the client's `Connection` did not name is already gone
-/// ([`drop_unnamed_upgrade`]).
+/// other upgrade; an `Upgrade` that could start no tunnel is already gone
+/// ([`drop_unusable_upgrade`]).
 fn asks_for_upgrade(session: &Session) -> bool {
     let req = session.req_header();
     req.version == http::Version::HTTP_11
@@ -579,7 +589,7 @@ impl ProxyHttp for EdgeService {
             .headers
             .contains_key(http::header::UPGRADE)
         {
-            drop_unnamed_upgrade(session);
+            drop_unusable_upgrade(session);
             if asks_for_upgrade(session) {
                 ctx.tunnel_keys = self.state.auth.key_generation();
             }
@@ -965,12 +975,19 @@ impl ProxyHttp for EdgeService {
         }
         if let Some(end) = ctx.tunnel_end {
             // Closed by the router: the tenant is no longer routed where the tunnel goes, or
-            // its token is no longer accepted.
-            tracing::info!(
-                request_id = %ctx.id(),
-                reason = %end,
-                "tunnel closed: it would no longer be routed as opened"
-            );
+            // its token is no longer accepted. A rebind closes every tunnel of the tenant at
+            // once: within the allowance.
+            self.state
+                .log_budgets
+                .write(RequestLine::TunnelClosed, |not_logged| {
+                    tracing::info!(
+                        request_id = %ctx.id(),
+                        tenant = %ctx.tenant(),
+                        reason = %end,
+                        not_logged,
+                        "tunnel closed: it would no longer be routed as opened"
+                    );
+                });
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,

@@ -1467,7 +1467,7 @@ fn a_websockets_duration_is_the_time_to_its_101_not_the_tunnels_life() {
 }
 
 #[test]
-fn an_upgrade_the_connection_does_not_name_is_an_ordinary_request() {
+fn an_upgrade_that_can_start_no_tunnel_is_an_ordinary_request() {
     // RFC 9110 §7.8: a sender of `Upgrade` names it in `Connection`. Pingora made the switch
     // whatever the client's `Connection` said, so a stray `Upgrade` a front proxy passed on
     // turned its connection into one tenant's tunnel, and the requests it sent next on that
@@ -1509,6 +1509,63 @@ fn an_upgrade_the_connection_does_not_name_is_an_ordinary_request() {
         assert_eq!(r.status, 200, "{connection:?}: {}", r.text());
         assert_eq!(r.json()["instance"], "instance-b", "{connection:?}");
     }
+    // A handshake is a GET without a body (RFC 6455 §4.1). Pingora switched a HEAD (a 101,
+    // then a dead connection), and waited for an upgrade's body under the tunnel's idle bound
+    // (an hour), not `read_timeout`: such requests go on as ordinary ones.
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let mut s = TcpStream::connect(w.edge.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "HEAD /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{upgrade}\r\n",
+        host("acme")
+    )
+    .expect("write");
+    // A HEAD's answer has no body: its head alone is read.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        std::io::Read::read_exact(&mut s, &mut b).expect("the HEAD's answer");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "HEAD: {head}");
+    let mut s = TcpStream::connect(w.edge.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{upgrade}\
+         Content-Length: 4\r\n\r\nbody",
+        host("acme")
+    )
+    .expect("write");
+    let r = nexus_e2e::http::read_next_response(&mut s).expect("an answer");
+    assert_eq!(r.status, 200, "a body: {}", r.text());
+    assert!(
+        echoed_header(&r.json(), "upgrade").is_empty(),
+        "{}",
+        r.text()
+    );
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(w.edge.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{upgrade}\
+         Content-Length: 100\r\n\r\nb",
+        host("acme")
+    )
+    .expect("write");
+    let r = nexus_e2e::http::read_next_response(&mut s).expect("an answer");
+    assert_eq!(r.status, 408, "a body that stops: {}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "bound by read_timeout"
+    );
     // Named in `Connection` (in any case, in a list), the upgrade is made.
     for connection in [
         "Connection: keep-alive, Upgrade\r\n",
