@@ -170,8 +170,9 @@ pub(crate) fn parse_json_record_with(
         .map_err(|errs| crate::error::FieldErrors(&errs).to_string())
 }
 
-/// Stream entries as redis-rs returns them: ids, and fields as bytes, so that one entry an outside writer filled with
-/// bytes that are no UTF-8 is skipped as invalid instead of failing every read of the feed.
+/// Stream entries as redis-rs returns them: ids, and fields as bytes, so that one entry an
+/// outside writer filled with bytes that are no UTF-8 is skipped as invalid instead of failing
+/// every read of the feed.
 pub(crate) type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
 #[cfg(test)]
