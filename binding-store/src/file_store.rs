@@ -469,9 +469,10 @@ impl RawDoc {
             None | Some(Value::Null) => None,
             Some(r) => Some(r.as_u64().ok_or_else(|| {
                 AdminError::Corrupt(format!(
-                    "{}: the top-level revision is {r}, not a whole number; routers refuse the \
+                    "{}: the top-level revision is {}, not a whole number; routers refuse the \
                      file until it is fixed by hand",
-                    path.display()
+                    path.display(),
+                    crate::records::brief(&r.to_string())
                 ))
             })?),
         };
