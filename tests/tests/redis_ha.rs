@@ -636,6 +636,8 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     let backup = snaps.path().join("backup.json");
     std::fs::write(&backup, admin.ok(&["export"])).unwrap();
     let history = redis.cmd(&["HGET", "nexus:history", "id"]);
+    let old_snapshot = snaps.path().join("old.snapshot");
+    std::fs::copy(&snapshot, &old_snapshot).unwrap();
     assert!(
         std::fs::read_to_string(&backup)
             .unwrap()
@@ -735,12 +737,15 @@ fn a_wiped_redis_does_not_unbind_every_tenant() {
     // The backup of the history before the wipe: the restore counts revisions again, so by
     // its numbers the backup would pass for newer and undo the suspension made since.
     admin.ok(&["set-status", "acme", "suspended"]);
-    let (code, _, err) = admin.tenant(&["import", backup.to_str().unwrap()]);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains(&format!("exported from history {history}")) && err.contains("--allow-older"),
-        "{err}"
-    );
+    for file in [&backup, &old_snapshot] {
+        let (code, _, err) = admin.tenant(&["import", file.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!("the file is of history {history}"))
+                && err.contains("--allow-older"),
+            "{file:?}: {err}"
+        );
+    }
     let got = admin.ok(&["get", "acme"]);
     assert!(got.contains("suspended"), "nothing imported: {got}");
     let out = admin.ok(&["import", "--allow-older", backup.to_str().unwrap()]);

@@ -2209,6 +2209,7 @@ fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
         ("--actor", "ops\nfake entry", "control character"),
         ("--reason", "x\u{1b}[2J", "control character"),
         ("--actor", "bob\u{200b}", "invisible character"),
+        ("--actor", "bob\u{e0020}", "invisible character"),
         ("--reason", "\u{202e}evil", "invisible character"),
         ("--reason", " ", "is empty"),
     ] {

@@ -95,19 +95,32 @@ fn printable(name: &str, value: Option<&str>) -> Result<(), String> {
     }
 }
 
-/// Unicode format characters a terminal shows as nothing, or that reorder the text around
-/// them: soft hyphen, zero-width spaces and joiners, direction marks, embeddings, overrides
-/// and isolates, word joiner and invisible operators, the byte order mark.
+/// Characters a terminal shows as nothing, or that reorder the text around them: soft
+/// hyphen, zero-width spaces and joiners, direction marks, embeddings, overrides and
+/// isolates, invisible operators, variation selectors, tags, fillers, the byte order mark.
 fn is_invisible(c: char) -> bool {
+    // Unicode's default-ignorable code points (those a renderer shows as nothing unless it
+    // knows them) and the format characters among the rest: bidirectional controls and the
+    // interlinear annotation characters.
     matches!(
         c,
         '\u{00AD}'
+            | '\u{034F}'
             | '\u{061C}'
-            | '\u{180E}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
             | '\u{200B}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}'
             | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
             | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
     )
 }
 
@@ -979,18 +992,23 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 return fail("nothing imported: fix the records above first");
             }
             if !allow_older {
-                // An export of another history of the store: its revisions and the store's
+                // An export or snapshot of another history: its revisions and the store's
                 // count from different starts (a restore began the store's again), so no
                 // comparison below could tell that it undoes the changes made since.
-                if let (Some(from), Store::Redis(r)) = (&parsed.history, store) {
+                let from = match &source {
+                    ImportSource::Snapshot { history, .. } => history.as_ref(),
+                    ImportSource::Records => parsed.history.as_ref(),
+                };
+                if let (Some(from), Store::Redis(r)) = (from, store) {
                     match r.history_id().await {
                         Ok(Some(now)) if now != *from => {
                             return fail(format!(
-                                "nothing imported: the file was exported from history {from} of \
-                                 the store, which holds history {now} now (Redis lost its data \
-                                 and was restored or written again since): its revisions cannot \
-                                 be compared with the store's, and writing it may undo changes \
-                                 made since; pass --allow-older to write it anyway"
+                                "nothing imported: the file is of history {from}, and the store \
+                                 holds history {now} (Redis lost its data and was restored or \
+                                 written again since, or the file is another store's): its \
+                                 revisions cannot be compared with the store's, and writing it \
+                                 may undo changes made since; pass --allow-older to write it \
+                                 anyway"
                             ))
                         }
                         Ok(_) => {}
@@ -1055,30 +1073,46 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                 Err(e) => fail(e),
             }
         }
-        TenantOp::Export => match admin.list().await {
-            // An export taken as a backup must not pass for the fleet's table (as over a Redis
-            // that lost its data: `AdminError::WipedRead`).
-            Ok(_) if note_unconfirmed(store).await => {
-                fail("nothing exported: what Redis holds is not what the replicas serve (above)")
+        TenantOp::Export => {
+            let history_before = match store {
+                Store::Redis(r) => match r.history_id().await {
+                    Ok(h) => Some(h),
+                    Err(e) => return fail(format!("nothing exported: {e}")),
+                },
+                Store::File(_) => None,
+            };
+            match admin.list().await {
+                // An export taken as a backup must not pass for the fleet's table (as over a Redis
+                // that lost its data: `AdminError::WipedRead`).
+                Ok(_) if note_unconfirmed(store).await => fail(
+                    "nothing exported: what Redis holds is not what the replicas serve (above)",
+                ),
+                Ok(listing) => {
+                    // Named in the export, so that an import can tell it from a later history's
+                    // revisions (a restore counts again). Read after the listing and compared with
+                    // the history the listing began under: a restore between the two would label
+                    // one history's records with another's id.
+                    let history =
+                        match (store, &history_before) {
+                            (Store::Redis(r), Some(before)) => match r.history_id().await {
+                                Ok(h) if h == *before => h,
+                                Ok(_) => return fail(
+                                    "nothing exported: the store began another history while it \
+                                 was read (a restore); export again",
+                                ),
+                                Err(e) => return fail(format!("nothing exported: {e}")),
+                            },
+                            _ => None,
+                        };
+                    out!(
+                        "{}",
+                        to_document(listing.bindings.iter(), history.as_deref())
+                    );
+                    incomplete(&listing.left_out)
+                }
+                Err(e) => fail(e),
             }
-            Ok(listing) => {
-                // Named in the export, so that an import can tell it from a later history's
-                // revisions (a restore counts again).
-                let history = match store {
-                    Store::Redis(r) => match r.history_id().await {
-                        Ok(h) => h,
-                        Err(e) => return fail(format!("nothing exported: {e}")),
-                    },
-                    _ => None,
-                };
-                out!(
-                    "{}",
-                    to_document(listing.bindings.iter(), history.as_deref())
-                );
-                incomplete(&listing.left_out)
-            }
-            Err(e) => fail(e),
-        },
+        }
         TenantOp::History { tenant } => {
             let t = match tenant_id(&tenant) {
                 Ok(t) => t,
