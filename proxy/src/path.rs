@@ -38,6 +38,12 @@
 //! - the Unicode separators NFKC turns into `/` or `\` (`%EF%BC%8F`, fullwidth) are refused
 //!   as `%2F` is, and the Unicode semicolons after dots count as `;`: to an instance that
 //!   normalises, `/assets/..%EF%BC%8Fadmin` is `/admin`;
+//! - an encoded `?` or `#` after dots counts as `;` too, in any spelling (`..%3F`, `..%2523`,
+//!   fullwidth): a hop that decodes the path and parses it again ends it there;
+//! - `%uXXXX` encoded once more (`%25u002e`) is read as its character by the second-decoding
+//!   check (IIS and .NET decode `%u`);
+//! - a dot-segment that a Windows best-fit separator cuts out of a segment (`..%C2%A5admin`:
+//!   the yen sign is `\` on code page 932) is refused; such a character elsewhere is not;
 //! - dot-segments are removed (RFC 3986 §5.2.4) after decoding, so `%2e%2e` counts as `..`;
 //!   `..` at the root stays at the root (RFC 3986 behaviour, not an error: `/../x` can only
 //!   ever mean `/x`, so refusing it would add a failure mode without closing a hole);
@@ -165,6 +171,8 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     let mut needs_work = false;
     // A `%25`: something is encoded twice, for an instance that decodes again to read.
     let mut twice = false;
+    // An escape that may start a best-fit separator (`%C2%A5`, `%E2%88%95`, ...).
+    let mut best_fit = false;
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -194,6 +202,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                         return Err(PathError::InvalidPercent)
                     }
                     (0, _) | (_, Some((_, 0))) => return Err(PathError::EncodedNul),
+                    (0xC2 | 0xE2, _) => best_fit = true,
                     // An overlong `%` (`%C0%A5`): to a lenient decoder, the start of an
                     // escape it decodes next (`%C0%A52F` is `%2F`, then `/`).
                     (_, Some((_, b'%'))) => return Err(PathError::InvalidPercent),
@@ -228,6 +237,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !needs_work {
         if twice {
             check_second_decoding(b)?;
+        }
+        if best_fit {
+            check_best_fit(b)?;
         }
         return Ok(Cow::Borrowed(raw));
     }
@@ -284,6 +296,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if twice {
         check_second_decoding(path.as_bytes())?;
     }
+    if best_fit {
+        check_best_fit(path.as_bytes())?;
+    }
     Ok(Cow::Owned(path))
 }
 
@@ -310,14 +325,88 @@ fn is_dot_segment_with_parameters(s: &[u8]) -> bool {
     matches!(dots, 1 | 2) && starts_parameters(rest)
 }
 
-/// Whether `s` starts with a `;` as some instance reads it: raw, `%3B`, encoded twice
-/// (`%253B`), in overlong UTF-8 (`%C0%BB`) or as a Unicode semicolon NFKC maps to `;`.
+/// Whether `s` starts with what ends a segment's name to some instance: a `;` (parameters,
+/// to servlet containers), or an encoded `?` or `#` (to a hop that decodes the path and
+/// parses it again, the path ends there: `..%3F` is `..`). Raw, `%3B`, encoded twice
+/// (`%253B`), in overlong UTF-8 (`%C0%BB`), or as a Unicode character NFKC maps to one.
 fn starts_parameters(s: &[u8]) -> bool {
-    s.first() == Some(&b';')
-        || escaped_byte(s) == Some(b';')
-        || twice_escaped_byte(s) == Some(b';')
-        || matches!(overlong_ascii(s), Some((_, b';')))
+    let cuts = |c: u8| matches!(c, b';' | b'?' | b'#');
+    // A raw `?` or `#` is in no path the router takes; the second-decoding check's view of a
+    // path holds them where they were encoded twice.
+    s.first().is_some_and(|&c| cuts(c))
+        || escaped_byte(s).is_some_and(cuts)
+        || twice_escaped_byte(s).is_some_and(cuts)
+        || overlong_ascii(s).is_some_and(|(_, c)| cuts(c))
         || escapes_one_of(s, &UNICODE_SEMICOLONS)
+        || escapes_one_of(s, &UNICODE_QUERY_MARKS)
+}
+
+/// UTF-8 of the characters NFKC turns into `?` or `#` (or a pair starting with one):
+/// fullwidth question mark (U+FF1F) and number sign (U+FF03), small question mark (U+FE56)
+/// and number sign (U+FE5F), double question mark (U+2047), question exclamation mark
+/// (U+2048).
+const UNICODE_QUERY_MARKS: [&[u8]; 6] = [
+    &[0xEF, 0xBC, 0x9F],
+    &[0xEF, 0xBC, 0x83],
+    &[0xEF, 0xB9, 0x96],
+    &[0xEF, 0xB9, 0x9F],
+    &[0xE2, 0x81, 0x87],
+    &[0xE2, 0x81, 0x88],
+];
+
+/// UTF-8 of characters that Windows' best-fit mapping (ANSI file APIs, and servers that
+/// call them) turns into `\` or `/`: yen sign (U+00A5, code page 932) and won sign (U+20A9,
+/// code page 949), division slash (U+2215), set minus (U+2216), fraction slash (U+2044),
+/// reverse solidus operator (U+29F5). They are ordinary characters in a path (a price), so
+/// they are not refused; a dot-segment they would cut out of a segment is
+/// ([`check_best_fit`]).
+const BEST_FIT_SEPARATORS: [&[u8]; 6] = [
+    &[0xC2, 0xA5],
+    &[0xE2, 0x82, 0xA9],
+    &[0xE2, 0x88, 0x95],
+    &[0xE2, 0x88, 0x96],
+    &[0xE2, 0x81, 0x84],
+    &[0xE2, 0xA7, 0xB5],
+];
+
+/// The length of the percent-encoded best-fit separator at the start of `s`, if any.
+fn best_fit_separator(s: &[u8]) -> Option<usize> {
+    BEST_FIT_SEPARATORS
+        .iter()
+        .find(|utf8| escapes_one_of(s, &[utf8]))
+        .map(|utf8| 3 * utf8.len())
+}
+
+/// Refuses a normalised path where a best-fit separator ([`BEST_FIT_SEPARATORS`]) cuts a
+/// dot-segment out of a segment: to a Windows server reading the path through an ANSI API,
+/// `/login/..%C2%A5admin` is `/login/..\admin`, so `/admin`.
+fn check_best_fit(path: &[u8]) -> Result<(), PathError> {
+    for seg in path.split(|&c| c == b'/') {
+        let mut pieces = Vec::new();
+        let (mut start, mut i) = (0, 0);
+        while i < seg.len() {
+            match (seg[i], best_fit_separator(&seg[i..])) {
+                (b'%', Some(len)) => {
+                    pieces.push(&seg[start..i]);
+                    i += len;
+                    start = i;
+                }
+                _ => i += 1,
+            }
+        }
+        if pieces.is_empty() {
+            continue;
+        }
+        pieces.push(&seg[start..]);
+        if pieces.iter().any(|p| {
+            matches!(*p, b"." | b"..")
+                || is_dot_segment_lookalike(p)
+                || is_dot_segment_with_parameters(p)
+        }) {
+            return Err(PathError::DotSegmentLookalike);
+        }
+    }
+    Ok(())
 }
 
 /// UTF-8 of the characters NFKC turns into a path separator: fullwidth solidus (U+FF0F),
@@ -416,16 +505,19 @@ fn is_trimmed_ascii(c: u8) -> bool {
 /// take off a string's ends, or that NFKC turns into a space: next line (U+0085), no-break
 /// space (U+00A0), Ogham space mark (U+1680), Mongolian vowel separator (U+180E), the spaces
 /// U+2000 to U+200A, line and paragraph separators (U+2028, U+2029), narrow no-break space
-/// (U+202F), medium mathematical space (U+205F) and ideographic space (U+3000).
+/// (U+202F), medium mathematical space (U+205F) and ideographic space (U+3000); and the
+/// zero-width space (U+200B) and byte order mark (U+FEFF), which .NET Framework's `Trim()`
+/// took too (before 4.0).
 fn is_unicode_blank(utf8: &[u8]) -> bool {
     matches!(
         utf8,
         [0xC2, 0x85 | 0xA0]
             | [0xE1, 0x9A, 0x80]
             | [0xE1, 0xA0, 0x8E]
-            | [0xE2, 0x80, 0x80..=0x8A | 0xA8 | 0xA9 | 0xAF]
+            | [0xE2, 0x80, 0x80..=0x8B | 0xA8 | 0xA9 | 0xAF]
             | [0xE2, 0x81, 0x9F]
             | [0xE3, 0x80, 0x80]
+            | [0xEF, 0xBB, 0xBF]
     )
 }
 
@@ -443,7 +535,7 @@ fn encoded_blank(s: &[u8]) -> Option<usize> {
     }
     let len = match first {
         0xC2 => 2,
-        0xE1..=0xE3 => 3,
+        0xE1..=0xE3 | 0xEF => 3,
         _ => return None,
     };
     let mut utf8 = [first, 0, 0];
@@ -462,28 +554,32 @@ fn check_second_decoding(path: &[u8]) -> Result<(), PathError> {
     let mut view = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < path.len() {
-        match twice_escaped_byte(&path[i..]) {
-            Some(c @ (b'/' | b'.' | b';')) => {
+        // `%252E`, or `%25u002E` (IIS and .NET decode `%uXXXX` too): `.` once decoded more.
+        let twice = twice_escaped_byte(&path[i..])
+            .map(|c| (c, 5))
+            .or_else(|| twice_escaped_u(&path[i..]).map(|c| (c, 8)));
+        match twice {
+            Some((c @ (b'/' | b'.' | b';' | b'?' | b'#'), len)) => {
                 view.push(c);
-                i += 5;
+                i += len;
             }
-            Some(b'\\') => {
+            Some((b'\\', len)) => {
                 view.push(b'/');
-                i += 5;
+                i += len;
             }
-            Some(0) => return Err(PathError::EncodedNul),
+            Some((0, _)) => return Err(PathError::EncodedNul),
             // A `+` once decoded, a space to a form-style decoder after that.
-            Some(b'+') => {
+            Some((b'+', len)) => {
                 view.push(b'+');
-                i += 5;
+                i += len;
             }
             // A blank read once: still encoded, as the lookalike rule reads it (`..%2520`
             // is `..%20`, then `..` where trailing blanks are trimmed).
             // And so is a byte of a UTF-8 (or overlong) sequence: `..%25C2%25A0` is `..%C2%A0`,
             // a no-break space after the dots, once decoded again.
-            Some(c) if is_trimmed_ascii(c) || c >= 0x80 => {
-                view.extend_from_slice(&[b'%', path[i + 3], path[i + 4]]);
-                i += 5;
+            Some((c, len)) if is_trimmed_ascii(c) || c >= 0x80 => {
+                view.extend_from_slice(format!("%{c:02X}").as_bytes());
+                i += len;
             }
             _ => {
                 view.push(path[i]);
@@ -502,6 +598,9 @@ fn check_second_decoding(path: &[u8]) -> Result<(), PathError> {
         } else if escapes_one_of(&view[i..], &UNICODE_SEPARATORS) {
             split.push(b'/');
             i += 9;
+        } else if let Some(len) = best_fit_separator(&view[i..]) {
+            split.push(b'/');
+            i += len;
         } else {
             match overlong_ascii(&view[i..]) {
                 Some((len, b'/' | b'\\')) => {
@@ -526,6 +625,20 @@ fn check_second_decoding(path: &[u8]) -> Result<(), PathError> {
         }
     }
     Ok(())
+}
+
+/// The ASCII character a `%uXXXX` escape encoded once more (`%25u002e`) at the start of `s`
+/// spells: IIS and .NET's `UrlDecode` read `%uXXXX`, so after one more decoding it is `.`.
+fn twice_escaped_u(s: &[u8]) -> Option<u8> {
+    let rest = s.strip_prefix(b"%25")?;
+    let digits = rest
+        .strip_prefix(b"u")
+        .or_else(|| rest.strip_prefix(b"U"))?;
+    let mut code: u32 = 0;
+    for &d in digits.get(..4)? {
+        code = code * 16 + u32::from(hex_val(d)?);
+    }
+    u8::try_from(code).ok().filter(u8::is_ascii)
 }
 
 /// The byte a twice-encoded escape at the start of `s` spells (`%252e` is `.`, any hex case):
@@ -642,6 +755,10 @@ mod tests {
             ("/%C0%AE%C0%AE%C0%AE", "/%C0%AE%C0%AE%C0%AE"),
             // A twice-encoded separator alone (an encoded URL in a path) is passed on.
             ("/a%252Fb", "/a%252Fb"),
+            // A currency sign, or a `?` inside a name, is an ordinary character.
+            ("/price/%C2%A5100", "/price/%C2%A5100"),
+            ("/shop/%E2%82%A9/x..y", "/shop/%E2%82%A9/x..y"),
+            ("/faq/why%3F", "/faq/why%3F"),
             (
                 "/proxy/https%253A%252F%252Fexample.com%252Fx",
                 "/proxy/https%253A%252F%252Fexample.com%252Fx",
@@ -685,10 +802,9 @@ mod tests {
             ("/a/.%E2%80%A5", "/a/.%E2%80%A5"),
             ("/a/%20", "/a/%20"),
             // Blanks and dots beside other characters name files, and a Unicode character
-            // that is no blank is not one (U+200B zero width space, U+00A9).
+            // that is no blank is not one (U+00A9).
             ("/a/..%C2%A0x", "/a/..%C2%A0x"),
             ("/a/%C2%A0", "/a/%C2%A0"),
-            ("/a/..%E2%80%8B", "/a/..%E2%80%8B"),
             ("/a/.%C2%A9", "/a/.%C2%A9"),
             ("/a/x%0D..", "/a/x%0D.."),
         ];
@@ -827,6 +943,47 @@ mod tests {
             ),
             ("/billing/..%25C0%25BB/api", PathError::DotSegmentParameters),
             ("/billing/..%253B/api", PathError::DotSegmentParameters),
+            // An encoded `?` or `#` after dots ends the path to a hop that decodes and parses
+            // it again (`..%3F` is `..`), in any spelling.
+            ("/login/..%3F/admin", PathError::DotSegmentParameters),
+            ("/login/..%23/admin", PathError::DotSegmentParameters),
+            ("/login/..%253F/admin", PathError::DotSegmentParameters),
+            ("/login/.%2e%2523", PathError::DotSegmentParameters),
+            ("/login/..%EF%BC%9F/admin", PathError::DotSegmentParameters),
+            ("/login/..%E2%81%87/admin", PathError::DotSegmentParameters),
+            ("/login/..%20%23", PathError::DotSegmentLookalike),
+            ("/login/%250A..%253F", PathError::DotSegmentLookalike),
+            (
+                "/login/%25C0%25AE%25C0%25AE%253F",
+                PathError::DotSegmentLookalike,
+            ),
+            ("/login/%25u002E.%2523", PathError::DotSegmentParameters),
+            (
+                "/login/%255c%252e%252e%2523/admin",
+                PathError::DotSegmentParameters,
+            ),
+            // `%uXXXX` encoded once more: IIS and .NET decode it.
+            (
+                "/login/%25u002e%25u002e/admin",
+                PathError::DotSegmentLookalike,
+            ),
+            ("/login/..%25u002fadmin", PathError::DotSegmentLookalike),
+            ("/login/..%25U005Cadmin", PathError::DotSegmentLookalike),
+            (
+                "/login/%25%75002e%25%75002e/admin",
+                PathError::DotSegmentLookalike,
+            ),
+            // Best-fit separators cutting a dot-segment out of a segment (Windows ANSI APIs).
+            ("/login/..%C2%A5admin", PathError::DotSegmentLookalike),
+            (
+                "/login/x%E2%82%A9..%E2%82%A9..%E2%82%A9admin",
+                PathError::DotSegmentLookalike,
+            ),
+            ("/login/..%e2%88%95admin", PathError::DotSegmentLookalike),
+            ("/login/..%25C2%25A5admin", PathError::DotSegmentLookalike),
+            // The zero-width space and byte order mark, which old .NET `Trim()` took.
+            ("/login/..%E2%80%8B/admin", PathError::DotSegmentLookalike),
+            ("/login/%EF%BB%BF../admin", PathError::DotSegmentLookalike),
             // `+`, a space to a form-style decoder (encoded: once decoded more).
             ("/login/..+/admin", PathError::DotSegmentLookalike),
             ("/login/..%2B/admin", PathError::DotSegmentLookalike),
