@@ -292,7 +292,7 @@ pub trait BindingAdmin: Send + Sync {
 /// How to put right a key of the schema that holds another type. The revision counter is
 /// not to be deleted: without it Redis looks wiped, and every write is refused.
 fn wrong_type_fix(found: &str) -> &'static str {
-    if found == COUNTER_NOT_A_NUMBER {
+    if found == COUNTER_NOT_A_NUMBER || found == COUNTER_TOO_HIGH {
         "set it to the highest revision written (the change feed's last `rev`), or restore \
          the store"
     } else {
@@ -302,6 +302,10 @@ fn wrong_type_fix(found: &str) -> &'static str {
 
 /// What [`AdminError::WrongType`] says the revision counter holds when it is no number.
 pub const COUNTER_NOT_A_NUMBER: &str = "string that is no number";
+
+/// What [`AdminError::WrongType`] says the revision counter holds when it is set (by hand)
+/// so high that the next revision would pass 2^53, which the scripts' numbers cannot hold.
+pub const COUNTER_TOO_HIGH: &str = "number past 2^53, which revisions cannot reach";
 
 /// Where an import's bindings come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2085,6 +2085,30 @@ fn the_cli_replaces_or_deletes_a_damaged_record() {
     // Every change went through the script: revision, feed entry and audit entry each.
     let out = admin.ok(&["history", "initech"]);
     assert!(out.contains("delete"), "{out}");
+    // A revision written by hand at the edge of what the scripts' numbers hold (2^53): read
+    // as damaged (past 2^52), it does not move the counter up, so the other tenants' writes
+    // keep exact revisions (they were stamped past 2^53, inexact, and every replica refused
+    // them). The record itself is replaced as any damaged one is.
+    let mut edge = binding("acme", &a.url(), "active", None);
+    edge["revision"] = serde_json::json!(1_u64 << 53);
+    damaged("acme", &edge.to_string());
+    admin.put(&binding("acme", &a.url(), "past_due", None));
+    admin.put(&binding("globex", &a.url(), "past_due", None));
+    let counter: u64 = redis.cmd(&["GET", "nexus:revision"]).parse().unwrap();
+    assert!(
+        counter < 1 << 20,
+        "the counter stays where it was: {counter}"
+    );
+    // A counter set by hand so high that the next revision would pass 2^53: writes are
+    // refused, naming the key, and nothing is written.
+    redis.cmd(&["SET", "nexus:revision", "9007199254740991"]);
+    let (code, _, err) = admin.try_put(&[], &binding("acme", &a.url(), "active", None));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("nexus:revision") && err.contains("number past 2^53"),
+        "{err}"
+    );
+    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "9007199254740991");
 }
 
 #[test]

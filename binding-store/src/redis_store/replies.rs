@@ -50,6 +50,7 @@ pub(crate) fn wrong_type(e: &redis::RedisError, consequence: &'static str) -> Op
         key: key.to_owned(),
         found: match found {
             "text" => crate::admin::COUNTER_NOT_A_NUMBER.to_owned(),
+            "huge" => crate::admin::COUNTER_TOO_HIGH.to_owned(),
             other => other.to_owned(),
         },
         expected: expected.to_owned(),
@@ -119,12 +120,16 @@ pub(crate) fn check_key(binding: Binding, key_tenant: &str) -> Result<Binding, S
     }
 }
 
-/// The highest revision `write.lua` reads and makes (2^53: Lua numbers are doubles).
-pub(crate) const MAX_REVISION: u64 = 1 << 53;
+/// The highest revision a stored record may carry, as `write.lua` reads it: 2^52, half of
+/// what Lua's doubles hold exactly (2^53). `write.lua` moves the counter up to a record's
+/// revision ahead of it (one written by hand), so a record at the very edge would leave the
+/// counter no room: every later write, of any tenant, would stamp a revision past 2^53 that
+/// the doubles cannot hold and replicas refuse.
+pub(crate) const MAX_REVISION: u64 = 1 << 52;
 
 /// A stored record's revision, read by the rule `write.lua` follows (its optimistic check
 /// compares this): the `revision` member of a JSON object when it is a whole number from 0 to
-/// 2^53, else 0, so a damaged record reads as 0 on both sides. (Where the script's JSON
+/// 2^52 ([`MAX_REVISION`]), else 0, so a damaged record reads as 0 on both sides. (Where the script's JSON
 /// reader takes a number this one does not, the write goes by the script's.)
 pub(crate) fn record_revision(raw: &[u8]) -> u64 {
     const MAX: u64 = MAX_REVISION;
@@ -156,12 +161,12 @@ pub(crate) fn parse_json_record_with(
 ) -> Result<Binding, String> {
     let record: crate::model::BindingRecord =
         serde_json::from_str(text).map_err(|e| e.to_string())?;
-    // `write.lua` reads a revision past 2^53 as 0 (Lua numbers are doubles), so no write
-    // through the schema makes one: believed, it would make every later change of the tenant
-    // look older and be refused. Written by hand, it is refused like any other bad member.
+    // `write.lua` reads a revision past 2^52 as 0 (see `MAX_REVISION`), so no write through
+    // the schema makes one: believed, it would make every later change of the tenant look
+    // older and be refused. Written by hand, it is refused like any other bad member.
     if record.revision > MAX_REVISION {
         return Err(format!(
-            "revision {} is past 2^53, which no write through the schema makes (written by \
+            "revision {} is past 2^52, which no write through the schema makes (written by \
              hand): replace the record with `nexus-edge tenant put`",
             record.revision
         ));
@@ -187,11 +192,12 @@ mod tests {
     /// test `the_cli_replaces_or_deletes_a_damaged_record` puts one through real Redis).
     #[test]
     fn a_record_s_revision_reading() {
-        let cases: [(&[u8], u64); 11] = [
+        let cases: [(&[u8], u64); 12] = [
             (br#"{"revision":7}"#, 7),
             (br#"{ "revision" : 7 }"#, 7),
             (br#"{"revision":7.0}"#, 7),
-            (br#"{"revision":9007199254740992}"#, 1 << 53),
+            (br#"{"revision":4503599627370496}"#, 1 << 52),
+            (br#"{"revision":9007199254740992}"#, 0),
             (br#"{"revision":1e300}"#, 0),
             (br#"{"revision":"5"}"#, 0),
             (br#"{"revision":-1}"#, 0),
@@ -211,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_past_2_53_is_refused_and_2_53_loads() {
+    fn a_record_past_2_52_is_refused_and_2_52_loads() {
         let text = |revision: u64| {
             let mut r = crate::model::test_binding("acme", 1, &[]).to_record();
             r.revision = revision;
@@ -223,7 +229,7 @@ mod tests {
         );
         for past in [MAX_REVISION + 1, 1 << 60, u64::MAX] {
             let e = parse_json_record(&text(past)).unwrap_err();
-            assert!(e.contains("past 2^53"), "{e}");
+            assert!(e.contains("past 2^52"), "{e}");
         }
     }
 

@@ -17,7 +17,8 @@
 -- Returns the new revision; errors: "CONFLICT <actual>", "NOTFOUND", "DOMAIN <domain> <owner>",
 -- "RESTORING" (a restore import holds the store; see restore.lua), "WIPED <revision>" (no
 -- counter while a replica serves that revision), "KEYTYPE <key> <found> <expected>" (a key of
--- the schema holds another type, or a counter that is no number: nothing written),
+-- the schema holds another type, or a counter that is no number or near 2^53: nothing
+-- written),
 -- "PLACEHOLDER ..." (the record lacks the exact `"revision":0` the script fills in).
 
 if redis.call('EXISTS', KEYS[6]) == 1 then
@@ -44,6 +45,11 @@ local counter = redis.call('GET', KEYS[2])
 if counter and not string.match(counter, '^%d+$') then
   return redis.error_reply('KEYTYPE ' .. KEYS[2] .. ' text integer')
 end
+-- A counter set by hand near 2^53 would stamp revisions the doubles cannot hold (one moved up
+-- to a record's revision stays at 2^52 or below).
+if counter and tonumber(counter) >= 9007199254740991 then
+  return redis.error_reply('KEYTYPE ' .. KEYS[2] .. ' huge integer')
+end
 -- No counter, yet replicas heartbeat a revision they serve: Redis lost its data under them.
 -- The first write would start a new history holding this one tenant, and every replica
 -- would unbind all the others.
@@ -62,13 +68,14 @@ end
 local cur = redis.call('GET', KEYS[1])
 -- The current record's revision: its "revision" member when the record is a JSON object (a
 -- record written by hand may space its members) and the member a whole number from 0 to
--- 2^53. Any other record, damaged or written by hand, reads as revision 0, as the admin CLI
--- reads it, so the CLI can replace or delete it.
+-- 2^52 (half of what Lua's doubles hold exactly: the counter is moved up to such a record's
+-- revision below, and must keep room). Any other record, damaged or written by hand, reads
+-- as revision 0, as the admin CLI reads it, so the CLI can replace or delete it.
 local actual = 0
 if cur then
   local ok, old = pcall(cjson.decode, cur)
   if ok and type(old) == 'table' and type(old.revision) == 'number'
-    and old.revision >= 0 and old.revision <= 9007199254740992
+    and old.revision >= 0 and old.revision <= 4503599627370496
     and old.revision == math.floor(old.revision) then
     actual = old.revision
   end
