@@ -2326,3 +2326,45 @@ fn a_heartbeat_key_of_another_type_does_not_stop_the_feed() {
         edge.log()
     );
 }
+
+#[test]
+fn text_fields_of_bytes_that_are_no_utf8_stop_no_replica_and_blind_no_admin() {
+    // A history id, or a heartbeat's name, written by hand with bytes that are no UTF-8:
+    // every replica's every read of the feed failed ("Cannot convert from UTF-8", the key
+    // unnamed) and `replicas` and `--wait` saw no replica at all.
+    let (w, edge) = World::followed(&["acme"]);
+    let World {
+        redis,
+        admin,
+        keys,
+        b,
+        ..
+    } = &w;
+    for (key, field, value) in [
+        ("nexus:replicas", "'bad' .. string.char(255)", "'{}'"),
+        ("nexus:history", "'odd' .. string.char(255)", "'x'"),
+    ] {
+        redis.cmd(&[
+            "EVAL",
+            &format!("return redis.call('HSET', KEYS[1], {field}, {value})"),
+            "1",
+            key,
+        ]);
+    }
+    // The history's own id too, once the replica has learnt it: another id than its own, so
+    // it reloads, and takes the same table.
+    redis.cmd(&[
+        "EVAL",
+        "return redis.call('HSET', KEYS[1], 'id', redis.call('HGET', KEYS[1], 'id') .. string.char(255))",
+        "1",
+        "nexus:history",
+    ]);
+    let (code, out, err) = rebind_waiting(admin, b);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1/1 replicas"), "{out}");
+    wait_instance(&edge, keys, "acme", "instance-b");
+    let list = nexus_e2e::edge::cli(&["replicas", "--config", admin.config.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{text}");
+    assert!(text.contains("replica-1"), "{text}");
+}

@@ -234,11 +234,11 @@ pub(super) async fn heartbeat(
         .key(store.keys().replicas())
         .arg(&store.opts().replica_id)
         .arg(&json)
-        .invoke_async::<(u64, Option<String>)>(con)
+        .invoke_async::<(u64, Option<Vec<u8>>)>(con)
         .await;
     match stamped {
         Ok((now_ms, previous)) => {
-            let previous = previous.and_then(|p| serde_json::from_str::<Heartbeat>(&p).ok());
+            let previous = previous.and_then(|p| serde_json::from_slice::<Heartbeat>(&p).ok());
             let (shared, news) = store.id_watch().observe(
                 previous.as_ref().map(|p| (p.process.as_str(), p.at_ms)),
                 now_ms,
@@ -356,7 +356,9 @@ pub(super) async fn kept_by_others(
     store: &RedisStore,
     con: &mut MultiplexedConnection,
 ) -> redis::RedisResult<u64> {
-    type Read = (Vec<(String, Vec<u8>)>, (u64, u64));
+    // Names as bytes: one an outside writer made of bytes that are no UTF-8 is no replica's,
+    // and must not make every heartbeat unreadable.
+    type Read = (Vec<(Vec<u8>, Vec<u8>)>, (u64, u64));
     let read: redis::RedisResult<Read> = redis::pipe()
         .hgetall(store.keys().replicas())
         .cmd("TIME")
@@ -371,7 +373,7 @@ pub(super) async fn kept_by_others(
     let now = secs * 1000 + micros / 1000;
     Ok(beats
         .iter()
-        .filter(|(id, _)| *id != store.opts().replica_id)
+        .filter(|(id, _)| *id != store.opts().replica_id.as_bytes())
         .filter_map(|(_, b)| serde_json::from_slice::<Heartbeat>(b).ok())
         .filter(|hb| hb.keeps && now.saturating_sub(hb.at_ms) <= live_window_ms(hb.interval_ms))
         .map(|hb| hb.applied_revision)
@@ -523,10 +525,10 @@ impl RedisStore {
         match redis::cmd("HGET")
             .arg(&key)
             .arg("id")
-            .query_async(&mut con)
+            .query_async::<Option<Vec<u8>>>(&mut con)
             .await
         {
-            Ok(id) => Ok(id),
+            Ok(id) => Ok(id.map(super::lossy)),
             Err(e) => Err(super::read_failure(&mut con, &key, e, "hash").await),
         }
     }
@@ -536,14 +538,16 @@ impl RedisStore {
     pub async fn unconfirmed_history(&self) -> Result<Option<String>, AdminError> {
         let mut con = self.admin_connection().await?;
         let key = self.keys().history();
-        let read: redis::RedisResult<(Option<String>, bool)> = redis::pipe()
+        let read: redis::RedisResult<(Option<Vec<u8>>, bool)> = redis::pipe()
             .hget(&key, "id")
             .hexists(&key, "unconfirmed")
             .query_async(&mut con)
             .await;
         match read {
             // A mark whose id was deleted by hand still waits: said without an id.
-            Ok((id, unconfirmed)) => Ok(unconfirmed.then(|| id.unwrap_or_default())),
+            Ok((id, unconfirmed)) => {
+                Ok(unconfirmed.then(|| id.map(super::lossy).unwrap_or_default()))
+            }
             Err(e) => Err(super::read_failure(&mut con, &key, e, "hash").await),
         }
     }
@@ -564,7 +568,9 @@ impl RedisStore {
     pub async fn replicas(&self) -> Result<Vec<ReplicaStatus>, AdminError> {
         let mut con = self.admin_connection().await?;
         // In this order (see `other_history` below), with Redis's clock, which stamped them.
-        type Read = (Vec<(String, String)>, Option<Vec<u8>>, (u64, u64));
+        // Names and heartbeats as bytes: a field an outside writer made of bytes that are no
+        // UTF-8 is skipped, not an error that hides every replica (`--wait` saw none).
+        type Read = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>, (u64, u64));
         let (all, counter, (secs, micros)): Read = redis::pipe()
             .hgetall(self.keys().replicas())
             .get(self.keys().revision())
@@ -578,15 +584,18 @@ impl RedisStore {
             .map_err(|e| AdminError::Unavailable(e.to_string()))?;
         let now = secs * 1000 + micros / 1000;
         let mut out = Vec::new();
-        for (id, json) in all {
-            let Ok(hb) = serde_json::from_str::<Heartbeat>(&json) else {
+        for (raw_id, json) in all {
+            let Ok(hb) = serde_json::from_slice::<Heartbeat>(&json) else {
                 continue;
             };
             let age = now.saturating_sub(hb.at_ms);
             if age > 3_600_000 {
-                let _: Result<(), _> = con.hdel(self.keys().replicas(), &id).await;
+                let _: Result<(), _> = con.hdel(self.keys().replicas(), &raw_id).await;
                 continue;
             }
+            let Ok(id) = String::from_utf8(raw_id) else {
+                continue;
+            };
             out.push(ReplicaStatus {
                 id,
                 applied_revision: hb.applied_revision,

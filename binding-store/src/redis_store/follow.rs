@@ -297,14 +297,14 @@ async fn history_check(
         .arg(store.keys().history())
         .arg("id");
     if at == "0-0" {
-        let (counter, id): (Option<Vec<u8>>, Option<String>) = pipe.query_async(con).await?;
+        let (counter, id): (Option<Vec<u8>>, Option<Vec<u8>>) = pipe.query_async(con).await?;
         return Ok(HistoryRead {
             counter: store.keys().counter(counter)?,
             own_entry: true,
-            id,
+            id: id.map(super::lossy),
         });
     }
-    let (counter, id, entry): (Option<Vec<u8>>, Option<String>, Entries) = pipe
+    let (counter, id, entry): (Option<Vec<u8>>, Option<Vec<u8>>, Entries) = pipe
         .cmd("XRANGE")
         .arg(store.keys().changes())
         .arg(at)
@@ -314,7 +314,7 @@ async fn history_check(
     Ok(HistoryRead {
         counter: store.keys().counter(counter)?,
         own_entry: !entry.is_empty(),
-        id,
+        id: id.map(super::lossy),
     })
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 
 use super::{
-    began_by, brief, check_key, confirm_command, field_u64, fleet, parse_json_record_with,
+    began_by, brief, check_key, confirm_command, field_u64, fleet, lossy, parse_json_record_with,
     record_text, Entries, FeedPosition, RedisStore, Served, StoreHistory, MAX_SETTLING_PASSES,
     RESTORE_POLL,
 };
@@ -119,7 +119,9 @@ impl RedisStore {
         &self,
         con: &mut MultiplexedConnection,
     ) -> redis::RedisResult<(FeedPosition, Option<u64>, bool, Option<StoreHistory>)> {
-        type Fields = BTreeMap<String, String>;
+        // As bytes: a field an outside writer filled with bytes that are no UTF-8 must not
+        // fail every replica's every read of the feed (it stopped the fleet's syncing).
+        type Fields = Vec<(Vec<u8>, Vec<u8>)>;
         let (entries, counter, restoring, history): (Entries, Option<Vec<u8>>, bool, Fields) =
             redis::pipe()
                 .atomic()
@@ -135,6 +137,10 @@ impl RedisStore {
                 .hgetall(self.keys.history())
                 .query_async(con)
                 .await?;
+        let history: BTreeMap<String, String> = history
+            .into_iter()
+            .map(|(k, v)| (lossy(k), lossy(v)))
+            .collect();
         // Written only by the scripts. A hash whose id was deleted by hand names no history,
         // but one that keeps the mark still waits for a confirmation (as a history of an id
         // no replica knows).

@@ -53,7 +53,7 @@ pub use keys::confirm_command;
 pub(crate) use keys::{began_by, new_history_id, random_hex, Keys, StoreHistory};
 pub(crate) use load::LoadError;
 pub(crate) use replies::{
-    brief, check_key, field_str, field_u64, last_number, misplaced, parse_json_record,
+    brief, check_key, field_str, field_u64, last_number, lossy, misplaced, parse_json_record,
     parse_json_record_with, read_failure, record_revision, record_text, script_error, wrong_type,
     Entries,
 };

@@ -21,6 +21,13 @@ pub(crate) fn field_str<'a>(fields: &'a [(Vec<u8>, Vec<u8>)], name: &str) -> Opt
         .and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
 
+/// Text Redis holds where the schema keeps text (a history id, a replica id), with bytes
+/// that are no UTF-8 (written by hand) replaced: read as text no replica wrote, never as an
+/// error that stops the read of everything beside it.
+pub(crate) fn lossy(raw: Vec<u8>) -> String {
+    String::from_utf8(raw).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// A stored record's text, or why it is none: Redis values are bytes, and one that is no
 /// UTF-8 must be refused as a record, not fail the whole read.
 pub(crate) fn record_text(value: &[u8]) -> Result<&str, String> {
