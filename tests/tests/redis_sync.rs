@@ -2109,6 +2109,14 @@ fn the_cli_replaces_or_deletes_a_damaged_record() {
         "{err}"
     );
     assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "9007199254740991");
+    // A leading zero, which Redis's INCR does not take: named, not a script's raw error.
+    redis.cmd(&["SET", "nexus:revision", "012"]);
+    let (code, _, err) = admin.try_put(&[], &binding("acme", &a.url(), "active", None));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("nexus:revision") && !err.contains("user_script"),
+        "{err}"
+    );
 }
 
 #[test]

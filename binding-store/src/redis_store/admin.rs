@@ -294,11 +294,12 @@ impl BindingAdmin for RedisStore {
                             continue;
                         }
                         "RESTORING" => {
-                            return Err(AdminError::Unavailable(
-                                "a restore import is writing to this Redis; try again when it \
-                                 has finished"
-                                    .to_owned(),
-                            ))
+                            return Err(AdminError::Unavailable(format!(
+                                "a restore import is writing to this Redis ({} is set); try \
+                                 again when it has finished (the lock lasts 60 s; one that \
+                                 stays was set by hand: delete it once no restore runs)",
+                                self.keys.restoring()
+                            )))
                         }
                         "WIPED" => {
                             return Err(AdminError::Wiped {

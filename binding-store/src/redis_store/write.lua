@@ -42,7 +42,8 @@ if bad then
   return bad
 end
 local counter = redis.call('GET', KEYS[2])
-if counter and not string.match(counter, '^%d+$') then
+-- Digits only, without a leading zero: Redis's INCR takes no other number.
+if counter and not (string.match(counter, '^[1-9]%d*$') or counter == '0') then
   return redis.error_reply('KEYTYPE ' .. KEYS[2] .. ' text integer')
 end
 -- A counter set by hand near 2^53 would stamp revisions the doubles cannot hold (one moved up
