@@ -1,7 +1,9 @@
 //! The operations listener: `/metrics`, `/healthz`, `/readyz`, `/bindings/revision`.
 //!
 //! It runs on its own address (never the public one), so probes and scrapes cannot be
-//! reached through a tenant's host.
+//! reached through a tenant's host, and it serves through the drain, until Pingora stops its
+//! runtimes ([`crate::listening::Prebound::serving_through_the_drain`]): `/readyz` says
+//! `draining` and `/metrics` show the drain while it lasts.
 
 use std::sync::Arc;
 use std::time::Duration;
