@@ -89,7 +89,7 @@ const PINGORA_REQUEST_TARGETS: [&str; 5] = [
 ];
 
 /// The allowances of Pingora's own lines about single requests (see
-/// [`PINGORA_REQUEST_TARGETS`]). Lines past one are counted in [`not_logged_total`]; Pingora
+/// `PINGORA_REQUEST_TARGETS`). Lines past one are counted in [`not_logged_total`]; Pingora
 /// writes them, so they cannot carry a `not_logged` field.
 #[derive(Debug)]
 pub struct PingoraLines {
