@@ -92,22 +92,16 @@ const PINGORA_REQUEST_TARGETS: [&str; 5] = [
 /// `PINGORA_REQUEST_TARGETS`). Lines past one are counted in [`not_logged_total`]; Pingora
 /// writes them, so they cannot carry a `not_logged` field.
 #[derive(Debug)]
-pub struct PingoraLines {
-    per_second: u32,
-    epoch: Instant,
-    lines: [LineBudget; PINGORA_REQUEST_TARGETS.len()],
-    skipped_total: Option<prometheus::IntCounter>,
-}
+pub struct PingoraLines(Allowances);
 
 impl PingoraLines {
     /// Allowances of `per_second` lines per module; `skipped_total` counts lines left out.
     pub fn new(per_second: u32, skipped_total: Option<prometheus::IntCounter>) -> Self {
-        Self {
+        Self(Allowances::new(
             per_second,
-            epoch: Instant::now(),
-            lines: Default::default(),
+            PINGORA_REQUEST_TARGETS.len(),
             skipped_total,
-        }
+        ))
     }
 
     /// Whether a warning or error line of Pingora's from `target` may be written now (lines
@@ -123,10 +117,37 @@ impl PingoraLines {
         else {
             return true;
         };
+        self.0.admit(index, now).is_some()
+    }
+}
+
+/// `per_second` lines a second for each of a number of kinds of line, and the counter of
+/// lines they leave out: the allowances of the router's request lines and of Pingora's.
+#[derive(Debug)]
+struct Allowances {
+    per_second: u32,
+    epoch: Instant,
+    lines: Box<[LineBudget]>,
+    skipped_total: Option<prometheus::IntCounter>,
+}
+
+impl Allowances {
+    fn new(per_second: u32, kinds: usize, skipped_total: Option<prometheus::IntCounter>) -> Self {
+        Self {
+            per_second,
+            epoch: Instant::now(),
+            lines: (0..kinds).map(|_| LineBudget::default()).collect(),
+            skipped_total,
+        }
+    }
+
+    /// Whether a line of kind `kind` may be written at `now`: `Some(n)` with the `n` lines of
+    /// its kind skipped since the last one written, or `None` (counted as skipped).
+    fn admit(&self, kind: usize, now: Instant) -> Option<u64> {
         let second =
             u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
-        let admitted = self.lines[index].admit(second, self.per_second).is_some();
-        if let (false, Some(skipped)) = (admitted, &self.skipped_total) {
+        let admitted = self.lines[kind].admit(second, self.per_second);
+        if let (None, Some(skipped)) = (admitted, &self.skipped_total) {
             skipped.inc();
         }
         admitted
@@ -151,25 +172,21 @@ pub enum RequestLine {
 /// The allowances of every kind of request line.
 #[derive(Debug)]
 pub struct LogBudgets {
-    per_second: u32,
-    epoch: Instant,
     /// One per [`RejectReason::LABELS`], then [`RequestLine::ConnectRetry`],
     /// [`RequestLine::UpstreamRetry`], [`RequestLine::SharedCookie`],
     /// [`RequestLine::TunnelClosed`] and a label not in `LABELS`.
-    lines: Box<[LineBudget]>,
-    skipped_total: prometheus::IntCounter,
+    allowances: Allowances,
 }
 
 impl LogBudgets {
     /// Allowances of `per_second` lines per kind; `skipped_total` counts lines left out.
     pub fn new(per_second: u32, skipped_total: prometheus::IntCounter) -> Self {
         Self {
-            per_second,
-            epoch: Instant::now(),
-            lines: (0..RejectReason::LABELS.len() + 5)
-                .map(|_| LineBudget::default())
-                .collect(),
-            skipped_total,
+            allowances: Allowances::new(
+                per_second,
+                RejectReason::LABELS.len() + 5,
+                Some(skipped_total),
+            ),
         }
     }
 
@@ -199,13 +216,7 @@ impl LogBudgets {
             RequestLine::SharedCookie => RejectReason::LABELS.len() + 2,
             RequestLine::TunnelClosed => RejectReason::LABELS.len() + 3,
         };
-        let second =
-            u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
-        let admitted = self.lines[index].admit(second, self.per_second);
-        if admitted.is_none() {
-            self.skipped_total.inc();
-        }
-        admitted
+        self.allowances.admit(index, now)
     }
 }
 
@@ -241,7 +252,7 @@ mod tests {
     fn each_reason_has_its_own_allowance_and_skips_are_counted() {
         let counter = prometheus::IntCounter::new("t", "t").unwrap();
         let budgets = LogBudgets::new(2, counter.clone());
-        let now = budgets.epoch;
+        let now = budgets.allowances.epoch;
         let unknown = RequestLine::Reason(RejectReason::UnknownTenant.label());
         let invalid = RequestLine::Reason(RejectReason::MissingToken.label());
         let admitted = |line| {

@@ -23,10 +23,10 @@
 //! - a segment of dots and encoded blanks only (`..%20`, `.%09`, `..%20.`, `%20..`, before
 //!   parameters too: `..%20;x`; a blank is any ASCII control or space, one in overlong UTF-8,
 //!   or a Unicode space such as `%C2%A0`; a `+` too, raw or encoded, a space to form-style
-//!   decoders), or
-//!   one or two dots spelled with Unicode (`%EF%BC%8E%EF%BC%8E`, fullwidth; the one-dot
-//!   leader, small full stop, two-dot leader and its vertical form too), in overlong UTF-8
-//!   (`%C0%AE`) or encoded twice (`%252e%252e`), is refused: Windows path handling drops
+//!   decoders), or one or two dots spelled with Unicode (`%EF%BC%8E%EF%BC%8E`, fullwidth;
+//!   the one-dot leader, small full stop, two-dot leader and its vertical form too), in
+//!   overlong UTF-8 (`%C0%AE`) or encoded twice (`%252e%252e`), is refused: Windows path
+//!   handling drops
 //!   trailing blanks and dots, `trim()` in Java, .NET and Python drops blanks at both ends,
 //!   Unicode normalisation (NFKC) makes those dots `.`, and a second decoding makes `%252e`
 //!   one, so an instance doing any of these reads a `..` that the rules above never saw:
@@ -310,7 +310,7 @@ fn is_dot_segment(s: &[u8]) -> bool {
 }
 
 /// True if the segment at the start of `s` is one or two dots (raw or `%2e`) followed by a
-/// `;` in any spelling ([`starts_parameters`]).
+/// `;` in any spelling ([`cuts_segment`]).
 fn is_dot_segment_with_parameters(s: &[u8]) -> bool {
     let mut rest = s;
     let mut dots = 0;
@@ -322,14 +322,14 @@ fn is_dot_segment_with_parameters(s: &[u8]) -> bool {
         };
         dots += 1;
     }
-    matches!(dots, 1 | 2) && starts_parameters(rest)
+    matches!(dots, 1 | 2) && cuts_segment(rest)
 }
 
 /// Whether `s` starts with what ends a segment's name to some instance: a `;` (parameters,
 /// to servlet containers), or an encoded `?` or `#` (to a hop that decodes the path and
 /// parses it again, the path ends there: `..%3F` is `..`). Raw, `%3B`, encoded twice
 /// (`%253B`), in overlong UTF-8 (`%C0%BB`), or as a Unicode character NFKC maps to one.
-fn starts_parameters(s: &[u8]) -> bool {
+fn cuts_segment(s: &[u8]) -> bool {
     let cuts = |c: u8| matches!(c, b';' | b'?' | b'#');
     // A raw `?` or `#` is in no path the router takes; the second-decoding check's view of a
     // path holds them where they were encoded twice.
@@ -381,32 +381,21 @@ fn best_fit_separator(s: &[u8]) -> Option<usize> {
 /// dot-segment out of a segment: to a Windows server reading the path through an ANSI API,
 /// `/login/..%C2%A5admin` is `/login/..\admin`, so `/admin`.
 fn check_best_fit(path: &[u8]) -> Result<(), PathError> {
-    for seg in path.split(|&c| c == b'/') {
-        let mut pieces = Vec::new();
-        let (mut start, mut i) = (0, 0);
-        while i < seg.len() {
-            match (seg[i], best_fit_separator(&seg[i..])) {
-                (b'%', Some(len)) => {
-                    pieces.push(&seg[start..i]);
-                    i += len;
-                    start = i;
-                }
-                _ => i += 1,
+    let mut split = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        match (path[i], best_fit_separator(&path[i..])) {
+            (b'%', Some(len)) => {
+                split.push(b'/');
+                i += len;
+            }
+            (c, _) => {
+                split.push(c);
+                i += 1;
             }
         }
-        if pieces.is_empty() {
-            continue;
-        }
-        pieces.push(&seg[start..]);
-        if pieces.iter().any(|p| {
-            matches!(*p, b"." | b"..")
-                || is_dot_segment_lookalike(p)
-                || is_dot_segment_with_parameters(p)
-        }) {
-            return Err(PathError::DotSegmentLookalike);
-        }
     }
-    Ok(())
+    check_pieces(&split)
 }
 
 /// UTF-8 of the characters NFKC turns into a path separator: fullwidth solidus (U+FF0F),
@@ -490,7 +479,7 @@ fn is_dot_segment_lookalike(s: &[u8]) -> bool {
         }
     }
     // Parameters end the segment too, however spelled.
-    let ends = rest.is_empty() || starts_parameters(rest);
+    let ends = rest.is_empty() || cuts_segment(rest);
     dots > 0 && ends && (blanks > 0 || (unicode && dots <= 2))
 }
 
@@ -616,7 +605,13 @@ fn check_second_decoding(path: &[u8]) -> Result<(), PathError> {
             }
         }
     }
-    for seg in split.split(|&c| c == b'/') {
+    check_pieces(&split)
+}
+
+/// Refuses a view of a path (a second decoding's, or one split at best-fit separators) that
+/// holds a dot-segment, plain, with parameters, or a look-alike.
+fn check_pieces(view: &[u8]) -> Result<(), PathError> {
+    for seg in view.split(|&c| c == b'/') {
         if is_dot_segment_with_parameters(seg) {
             return Err(PathError::DotSegmentParameters);
         }

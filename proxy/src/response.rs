@@ -154,7 +154,7 @@ pub fn drop_shared_cookies(
 fn is_shared_cookie(value: &[u8], session_cookie: Option<&str>, base_domains: &[String]) -> bool {
     let mut parts = value.split(|&b| b == b';');
     let pair = parts.next().unwrap_or_default();
-    let domains: Vec<&[u8]> = parts
+    let domains = parts
         .filter_map(|attribute| {
             let (key, domain) = attribute.split_at(attribute.iter().position(|&b| b == b'=')?);
             key.trim_ascii()
@@ -165,28 +165,34 @@ fn is_shared_cookie(value: &[u8], session_cookie: Option<&str>, base_domains: &[
         .map(|d| d.strip_prefix(b".").unwrap_or(d))
         .map(|d| d.strip_suffix(b".").unwrap_or(d))
         // An empty `Domain` is ignored by browsers: the cookie stays host-only.
-        .filter(|d| !d.is_empty())
-        .collect();
-    if domains.is_empty() {
-        return false;
+        .filter(|d| !d.is_empty());
+    // Read as they come, without collecting them: this runs for every `Set-Cookie` passed.
+    let mut has_domain = false;
+    for d in domains {
+        if covers_a_base(d, base_domains) {
+            return true;
+        }
+        has_domain = true;
     }
-    let covers_a_base = |d: &[u8]| {
-        base_domains.iter().any(|base| {
-            let base = base.as_bytes();
-            base.eq_ignore_ascii_case(d)
-                || (base.len() > d.len()
-                    && base[base.len() - d.len() - 1] == b'.'
-                    && base[base.len() - d.len()..].eq_ignore_ascii_case(d))
-        })
-    };
     // A nameless cookie (`=v`) is sent as its value alone: `=sess=x` arrives as `sess=x`.
     let sent = match pair.trim_ascii_start().strip_prefix(b"=") {
         Some(value) => value,
         None => pair,
     };
-    domains.into_iter().any(covers_a_base)
-        || session_cookie
+    has_domain
+        && session_cookie
             .is_some_and(|name| crate::auth::credential::has_session_cookie(sent, name))
+}
+
+/// Whether a cookie for `domain` reaches every host under one of `base_domains`: it is one
+/// of them, or a parent of one.
+fn covers_a_base(domain: &[u8], base_domains: &[String]) -> bool {
+    base_domains.iter().any(|base| {
+        let base = base.as_bytes();
+        base.len() >= domain.len()
+            && base[base.len() - domain.len()..].eq_ignore_ascii_case(domain)
+            && (base.len() == domain.len() || base[base.len() - domain.len() - 1] == b'.')
+    })
 }
 
 /// Gives the client the instance's `Content-Length` as one plain number when the instance

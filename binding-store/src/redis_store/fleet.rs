@@ -520,22 +520,19 @@ impl RedisStore {
     /// The id of the history Redis holds (`None`: it names none, a new or wiped keyspace, or
     /// one written before ids were kept): what an export names, and an import compares.
     pub async fn history_id(&self) -> Result<Option<String>, AdminError> {
-        let mut con = self.admin_connection().await?;
-        let key = self.keys().history();
-        match redis::cmd("HGET")
-            .arg(&key)
-            .arg("id")
-            .query_async::<Option<Vec<u8>>>(&mut con)
-            .await
-        {
-            Ok(id) => Ok(id.map(super::lossy)),
-            Err(e) => Err(super::read_failure(&mut con, &key, e, "hash").await),
-        }
+        Ok(self.stored_history().await?.0)
     }
 
     /// The history Redis holds, when a write began it while no replica was heard serving and
     /// no admin has confirmed it since (`None` otherwise): what `replicas` warns of.
     pub async fn unconfirmed_history(&self) -> Result<Option<String>, AdminError> {
+        // A mark whose id was deleted by hand still waits: said without an id.
+        let (id, unconfirmed) = self.stored_history().await?;
+        Ok(unconfirmed.then(|| id.unwrap_or_default()))
+    }
+
+    /// The history's id and whether it is marked unconfirmed, in one read.
+    async fn stored_history(&self) -> Result<(Option<String>, bool), AdminError> {
         let mut con = self.admin_connection().await?;
         let key = self.keys().history();
         let read: redis::RedisResult<(Option<Vec<u8>>, bool)> = redis::pipe()
@@ -544,10 +541,7 @@ impl RedisStore {
             .query_async(&mut con)
             .await;
         match read {
-            // A mark whose id was deleted by hand still waits: said without an id.
-            Ok((id, unconfirmed)) => {
-                Ok(unconfirmed.then(|| id.map(super::lossy).unwrap_or_default()))
-            }
+            Ok((id, unconfirmed)) => Ok((id.map(super::lossy), unconfirmed)),
             Err(e) => Err(super::read_failure(&mut con, &key, e, "hash").await),
         }
     }

@@ -436,6 +436,15 @@ async fn note_unconfirmed(store: &Store) -> bool {
     true
 }
 
+/// The history a Redis store holds (`None` for a file store, which has none, or for a Redis
+/// that names none).
+async fn store_history(store: &Store) -> Result<Option<String>, AdminError> {
+    match store {
+        Store::Redis(r) => r.history_id().await,
+        Store::File(_) => Ok(None),
+    }
+}
+
 /// Says so when Redis holds nothing at all under the key prefix (no revision counter, no
 /// replica heartbeat): a new store, or a `key_prefix` that names another store than the
 /// routers' (a typo reads as an empty store, every tenant "not found").
@@ -999,8 +1008,8 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
                     ImportSource::Snapshot { history, .. } => history.as_ref(),
                     ImportSource::Records => parsed.history.as_ref(),
                 };
-                if let (Some(from), Store::Redis(r)) = (from, store) {
-                    match r.history_id().await {
+                if let Some(from) = from {
+                    match store_history(store).await {
                         Ok(Some(now)) if now != *from => {
                             return fail(format!(
                                 "nothing imported: the file is of history {from}, and the store \
@@ -1074,42 +1083,34 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             }
         }
         TenantOp::Export => {
-            let history_before = match store {
-                Store::Redis(r) => match r.history_id().await {
-                    Ok(h) => Some(h),
-                    Err(e) => return fail(format!("nothing exported: {e}")),
-                },
-                Store::File(_) => None,
+            // The history is named in the export, so that an import can tell its revisions
+            // from a later history's (a restore counts again). Read on both sides of the
+            // listing: a restore between them would label one history's records with
+            // another's id.
+            let history = match store_history(store).await {
+                Ok(h) => h,
+                Err(e) => return fail(format!("nothing exported: {e}")),
             };
             match admin.list().await {
-                // An export taken as a backup must not pass for the fleet's table (as over a Redis
-                // that lost its data: `AdminError::WipedRead`).
+                // An export taken as a backup must not pass for the fleet's table (as over a
+                // Redis that lost its data: `AdminError::WipedRead`).
                 Ok(_) if note_unconfirmed(store).await => fail(
                     "nothing exported: what Redis holds is not what the replicas serve (above)",
                 ),
-                Ok(listing) => {
-                    // Named in the export, so that an import can tell it from a later history's
-                    // revisions (a restore counts again). Read after the listing and compared with
-                    // the history the listing began under: a restore between the two would label
-                    // one history's records with another's id.
-                    let history =
-                        match (store, &history_before) {
-                            (Store::Redis(r), Some(before)) => match r.history_id().await {
-                                Ok(h) if h == *before => h,
-                                Ok(_) => return fail(
-                                    "nothing exported: the store began another history while it \
-                                 was read (a restore); export again",
-                                ),
-                                Err(e) => return fail(format!("nothing exported: {e}")),
-                            },
-                            _ => None,
-                        };
-                    out!(
-                        "{}",
-                        to_document(listing.bindings.iter(), history.as_deref())
-                    );
-                    incomplete(&listing.left_out)
-                }
+                Ok(listing) => match store_history(store).await {
+                    Ok(after) if after == history => {
+                        out!(
+                            "{}",
+                            to_document(listing.bindings.iter(), history.as_deref())
+                        );
+                        incomplete(&listing.left_out)
+                    }
+                    Ok(_) => fail(
+                        "nothing exported: the store began another history while it was read \
+                         (a restore); export again",
+                    ),
+                    Err(e) => fail(format!("nothing exported: {e}")),
+                },
                 Err(e) => fail(e),
             }
         }
@@ -1273,11 +1274,14 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
     };
     match rt.block_on(redis.replicas()) {
         Ok(list) => {
-            if list.is_empty() && matches!(rt.block_on(redis.counter()), Ok(None)) {
-                eprintln!("{}", empty_prefix_note(&redis));
-            }
             let refusing = list.iter().any(|r| r.live && r.keeps);
             let serving = list.iter().any(|r| r.live && r.applied_revision > 0);
+            // Read once, for the two notes that go by it.
+            let no_counter =
+                (list.is_empty() || serving) && matches!(rt.block_on(redis.counter()), Ok(None));
+            if list.is_empty() && no_counter {
+                eprintln!("{}", empty_prefix_note(&redis));
+            }
             if json {
                 outln!(
                     "{}",
@@ -1333,7 +1337,7 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
                 );
             }
             // Every replica "on another history" because Redis has none at all: say so.
-            if serving && matches!(rt.block_on(redis.counter()), Ok(None)) {
+            if serving && no_counter {
                 eprintln!(
                     "nexus-edge: warning: Redis holds no revision counter while replicas serve \
                      bindings: it lost its data (a restart without persistence, a FLUSHALL). \
