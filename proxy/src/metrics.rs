@@ -80,6 +80,64 @@ pub struct Metrics {
     /// Client connections: how many are open, the cap, and what the cap and the header
     /// deadline turned away.
     pub connections: ConnectionMetrics,
+    /// Tunnels (WebSockets after their `101`): open now, and how they ended.
+    pub tunnels: TunnelMetrics,
+}
+
+/// Tunnels: a WebSocket is one request that lasts, counted in `requests_total` and the
+/// latency histogram (up to its `101`) once it closes; these say how many are open meanwhile
+/// (each holds a client and an instance connection, and a shutdown's grace period) and why
+/// they closed (a rebind or a suspension closes a tenant's tunnels at once).
+#[derive(Clone)]
+pub struct TunnelMetrics {
+    /// `tunnels_open`: tunnels open now.
+    pub open: IntGauge,
+    /// `tunnels_closed_total{end}`: tunnels closed, by [`crate::tunnel::TunnelClose`].
+    closed: IntCounterVec,
+}
+
+impl TunnelMetrics {
+    fn new() -> prometheus::Result<Self> {
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "tunnels_closed_total",
+                "Tunnels (WebSockets after their 101) closed, by how they ended",
+            ),
+            &["end"],
+        )?;
+        for label in crate::tunnel::TunnelClose::LABELS {
+            closed.with_label_values(&[label]);
+        }
+        Ok(Self {
+            open: IntGauge::new(
+                "tunnels_open",
+                "Tunnels (WebSockets after their 101) open now",
+            )?,
+            closed,
+        })
+    }
+
+    /// Counts a tunnel in `tunnels_open` until the returned guard is dropped (with its
+    /// request, however that ends).
+    pub fn opened(&self) -> OpenTunnel {
+        self.open.inc();
+        OpenTunnel(self.open.clone())
+    }
+
+    /// Counts a tunnel's end.
+    pub fn closed(&self, end: crate::tunnel::TunnelClose) {
+        self.closed.with_label_values(&[end.label()]).inc();
+    }
+}
+
+/// One tunnel counted in `tunnels_open`, counted out when dropped.
+#[derive(Debug)]
+pub struct OpenTunnel(IntGauge);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Saturation of the public listener (see [`crate::connections`]).
@@ -250,6 +308,7 @@ impl Metrics {
             prometheus::Error::Msg("log_lines_not_logged_total could not be made".to_owned())
         })?;
         let connections = ConnectionMetrics::new(&requests)?;
+        let tunnels = TunnelMetrics::new()?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -266,6 +325,8 @@ impl Metrics {
             Box::new(sync_failures.clone()),
             Box::new(upstream_connect_retries.clone()),
             Box::new(log_lines_not_logged.clone()),
+            Box::new(tunnels.open.clone()),
+            Box::new(tunnels.closed.clone()),
         ]
         .into_iter()
         .chain(connections.collectors())
@@ -306,6 +367,7 @@ impl Metrics {
             upstream_connect_retries,
             log_lines_not_logged,
             connections,
+            tunnels,
         })
     }
 

@@ -25,6 +25,7 @@ use crate::errors::RejectReason;
 use crate::framing::{check_transfer_coding, ends_with_connection, is_bad_chunk, FramingError};
 use crate::log_budget::{LogBudgets, RequestLine};
 use crate::logging::LoggedError;
+use crate::metrics::OpenTunnel;
 use crate::policy::BillingNotice;
 use crate::response::{
     canonicalise_content_length, drop_shared_cookies, framing_fault, remove_hop_by_hop,
@@ -34,7 +35,7 @@ use crate::route::{
     forwarded_host, rewrite_upstream_request, sane_request_id, Forwarding, RequestIds,
 };
 use crate::state::EdgeState;
-use crate::tunnel::{still_routed, token_still_accepted, TunnelEnd};
+use crate::tunnel::{still_routed, token_still_accepted, TunnelClose, TunnelEnd};
 
 /// Per-request state carried between Pingora phases.
 #[derive(Debug)]
@@ -54,6 +55,8 @@ pub struct RequestCtx {
     switched_at: Option<Instant>,
     /// Why the router closed this request's tunnel, when it did (see [`crate::tunnel`]).
     tunnel_end: Option<TunnelEnd>,
+    /// This request's tunnel in `tunnels_open`, from its `101` until the context goes.
+    tunnel_open: Option<OpenTunnel>,
     /// For a request asking for an upgrade: the key-set generation its token was last
     /// verified under (read before the decision), so that a tunnel re-verifies it after the
     /// keys change. 0, which no key set has, for every other request.
@@ -464,6 +467,24 @@ fn tunnel_idled_out(session: &Session, e: &Error) -> bool {
     ) && switched_protocols(session)
 }
 
+/// How a tunnel ended, for `tunnels_closed_total`: `e` is the error that ended it, if one
+/// did, and `closed_by_router` why the router closed it, if it did.
+fn tunnel_close(
+    session: &Session,
+    e: Option<&Error>,
+    closed_by_router: Option<TunnelEnd>,
+) -> TunnelClose {
+    match (closed_by_router, e) {
+        (Some(end), _) => TunnelClose::Router(end),
+        (None, None) => TunnelClose::Ended,
+        (None, Some(e)) if tunnel_idled_out(session, e) => TunnelClose::IdleTimeout,
+        (None, Some(e)) if matches!(e.esource(), ErrorSource::Downstream) => {
+            TunnelClose::ClientError
+        }
+        (None, Some(_)) => TunnelClose::InstanceError,
+    }
+}
+
 /// An instance's answer the router will not pass on, as the error Pingora's parser gives for
 /// one it cannot read: the client gets a 502, counted as `upstream_invalid`.
 fn invalid_response(why: &'static str) -> Box<Error> {
@@ -550,6 +571,7 @@ impl ProxyHttp for EdgeService {
             failed: None,
             tried: Vec::new(),
             switched_at: None,
+            tunnel_open: None,
             tunnel_end: None,
             tunnel_keys: 0,
             connect_retry_said: AtomicBool::new(false),
@@ -895,6 +917,7 @@ impl ProxyHttp for EdgeService {
         }
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.switched_at = Some(Instant::now());
+            ctx.tunnel_open = Some(self.state.metrics.tunnels.opened());
         }
         let bodiless = session.req_header().method == http::Method::HEAD
             || upstream_response.status.is_informational()
@@ -1124,12 +1147,15 @@ impl ProxyHttp for EdgeService {
         format!("{}, request_id: {}", session.req_header().method, ctx.id())
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         crate::connections::request_done(session);
         // A tunnel's request ended with its `101`.
         let end = ctx.switched_at.unwrap_or_else(Instant::now);
         let elapsed = end.saturating_duration_since(ctx.start).as_secs_f64();
         let m = &self.state.metrics;
+        if ctx.tunnel_open.take().is_some() {
+            m.tunnels.closed(tunnel_close(session, e, ctx.tunnel_end));
+        }
         match (&ctx.rejected, ctx.failed) {
             // A 502, 504 or 500: forwarded and failed, answered by the router.
             (Some(r), _) if r.is_forwarding_failure() => {

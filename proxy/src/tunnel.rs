@@ -48,6 +48,63 @@ pub enum TunnelEnd {
     TokenRefused(TokenError),
 }
 
+impl TunnelEnd {
+    /// The `tunnels_closed_total` label of a tunnel the router closed for this reason.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Unbound => "unbound",
+            Self::Rebound => "rebound",
+            Self::NotServed => "not_served",
+            Self::ClaimsNoLonger => "claims_changed",
+            Self::DomainMoved => "domain_moved",
+            Self::TokenRefused(_) => "token_refused",
+        }
+    }
+}
+
+/// How a tunnel ended, as `tunnels_closed_total` counts it: closed by the router for a
+/// [`TunnelEnd`], or otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelClose {
+    /// The router closed it: it would no longer be routed as opened.
+    Router(TunnelEnd),
+    /// A side closed it (an end of stream, either way).
+    Ended,
+    /// Silent for `[upstream] tunnel_idle_timeout`.
+    IdleTimeout,
+    /// The client's connection failed (a reset, an error).
+    ClientError,
+    /// The instance's connection failed.
+    InstanceError,
+}
+
+impl TunnelClose {
+    /// Every label, so that each series exists from the start at 0.
+    pub const LABELS: [&'static str; 10] = [
+        "ended",
+        "idle_timeout",
+        "client_error",
+        "instance_error",
+        "unbound",
+        "rebound",
+        "not_served",
+        "claims_changed",
+        "domain_moved",
+        "token_refused",
+    ];
+
+    /// The `tunnels_closed_total` label (one of [`Self::LABELS`]).
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Router(end) => end.label(),
+            Self::Ended => "ended",
+            Self::IdleTimeout => "idle_timeout",
+            Self::ClientError => "client_error",
+            Self::InstanceError => "instance_error",
+        }
+    }
+}
+
 /// Checks the token a tunnel was opened with at `now_unix`: within its time claims, and, when
 /// the key set in use is no longer the one it was last verified under (`verified_under`),
 /// verified again under the current keys (then `verified_under` moves on). `token` gives the
@@ -136,6 +193,24 @@ mod tests {
         let (table, errors) = BindingTable::from_bindings(binding.map(Arc::new));
         assert!(errors.is_empty(), "{errors:?}");
         table
+    }
+
+    #[test]
+    fn every_way_a_tunnel_ends_has_a_listed_label() {
+        let ends = [
+            TunnelClose::Ended,
+            TunnelClose::IdleTimeout,
+            TunnelClose::ClientError,
+            TunnelClose::InstanceError,
+            TunnelClose::Router(TunnelEnd::Unbound),
+            TunnelClose::Router(TunnelEnd::Rebound),
+            TunnelClose::Router(TunnelEnd::NotServed),
+            TunnelClose::Router(TunnelEnd::ClaimsNoLonger),
+            TunnelClose::Router(TunnelEnd::DomainMoved),
+            TunnelClose::Router(TunnelEnd::TokenRefused(TokenError::Expired)),
+        ];
+        let labels: Vec<_> = ends.iter().map(|e| e.label()).collect();
+        assert_eq!(labels, TunnelClose::LABELS);
     }
 
     #[test]

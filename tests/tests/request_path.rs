@@ -1257,6 +1257,23 @@ fn websocket_upgrade_passes_through() {
     assert_eq!(&got, b"ping over the tunnel");
     let got = echo(&mut s, b"and another frame").expect("echo");
     assert_eq!(&got, b"and another frame");
+    // Counted open while it is, and out once the client closes it.
+    // (A tunnel Pingora tore down at its first frame, see `open_websocket`, may still be
+    // counting out.)
+    w.edge.wait_for("the tunnel counted open", || {
+        w.edge.metric("nexus_edge_tunnels_open") == 1
+    });
+    drop(s);
+    w.edge.wait_for("the tunnel counted out", || {
+        w.edge.metric("nexus_edge_tunnels_open") == 0
+    });
+    assert!(
+        w.edge
+            .metric("nexus_edge_tunnels_closed_total{end=\"ended\"}")
+            + w.edge
+                .metric("nexus_edge_tunnels_closed_total{end=\"client_error\"}")
+            >= 1
+    );
 
     // Without a token the upgrade is refused like any other request.
     let r = get(
@@ -1314,6 +1331,20 @@ fn an_open_websocket_is_closed_once_its_tenant_is_rebound_or_suspended() {
     assert!(
         !log.contains("ERROR"),
         "a closed tunnel is no router fault: {log}"
+    );
+    // The metrics say why each closed, and that none is left open.
+    w.edge.wait_for("both tunnels counted out", || {
+        w.edge.metric("nexus_edge_tunnels_open") == 0
+    });
+    assert_eq!(
+        w.edge
+            .metric("nexus_edge_tunnels_closed_total{end=\"rebound\"}"),
+        1
+    );
+    assert_eq!(
+        w.edge
+            .metric("nexus_edge_tunnels_closed_total{end=\"not_served\"}"),
+        1
     );
 }
 
@@ -1653,6 +1684,11 @@ fn a_silent_websocket_is_closed_after_the_tunnel_idle_timeout() {
             .iter()
             .all(|l| l.starts_with("nexus_edge_requests_total{outcome=\"forwarded\"}")),
         "{lines:?}"
+    );
+    assert_eq!(
+        w.edge
+            .metric("nexus_edge_tunnels_closed_total{end=\"idle_timeout\"}"),
+        1
     );
     assert!(
         !w.edge.log().contains("upstream failed"),
