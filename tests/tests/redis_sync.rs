@@ -641,6 +641,53 @@ fn wait_names_replicas_stopped_or_on_another_history() {
         err.contains("not counted, silent since before the wait: replica-cut-off (silent for 6"),
         "{err}"
     );
+
+    // A heartbeat stamped far ahead of Redis's clock (by hand, by a host clock, before a
+    // failover to a node whose clock runs behind) has no age: read as just written, it was
+    // live for ever and held up every --wait, behind at its old revision.
+    redis.cmd(&["HDEL", "nexus:replicas", "replica-cut-off"]);
+    let beat = serde_json::json!({
+        "applied_revision": 1, "at_ms": redis_now_ms(&redis) + 1_800_000, "interval_ms": 100,
+        "version": "0"
+    });
+    redis.cmd(&["HSET", "nexus:replicas", "replica-ahead", &beat.to_string()]);
+    let (code, out, err) = admin.tenant(&[
+        "set-status",
+        "acme",
+        "past_due",
+        "--wait",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2/2 replicas"), "{out}");
+    assert!(
+        err.contains("replica-ahead (heartbeat stamped 1799 s ahead of Redis's clock")
+            || err.contains("replica-ahead (heartbeat stamped 1800 s ahead of Redis's clock"),
+        "{err}"
+    );
+    let list = cli(&["replicas", "--config", admin.config.to_str().expect("utf8")]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("s ahead of Redis's clock") && text.contains("not counted as live"),
+        "{text}"
+    );
+    // Stamped more than an hour ahead: taken out, as one silent for an hour is.
+    let beat = serde_json::json!({
+        "applied_revision": 1, "at_ms": u64::MAX, "interval_ms": u64::MAX, "version": "0"
+    });
+    redis.cmd(&["HSET", "nexus:replicas", "replica-ahead", &beat.to_string()]);
+    let list = cli(&["replicas", "--config", admin.config.to_str().expect("utf8")]);
+    assert!(list.status.success());
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains("replica-ahead"),
+        "{}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+    assert_eq!(
+        redis.cmd(&["HEXISTS", "nexus:replicas", "replica-ahead"]),
+        "0"
+    );
 }
 
 #[test]

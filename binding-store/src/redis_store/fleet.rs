@@ -134,8 +134,14 @@ pub struct ReplicaStatus {
     pub applied_revision: u64,
     /// Milliseconds since its last heartbeat, by Redis's clock.
     pub last_seen_ms: u64,
-    /// Heard from within the live window (10 heartbeats, at least 5 s).
+    /// Heard from within the live window (10 heartbeats, at least 5 s), and not stamped
+    /// further ahead of Redis's clock than that.
     pub live: bool,
+    /// How far ahead of Redis's clock its heartbeat is stamped, when further than the live
+    /// window (0 otherwise): its age cannot be told, so it is not live (see
+    /// [`heard_age_ms`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub stamped_ahead_ms: u64,
     /// Store revision minus applied revision.
     pub lag: u64,
     /// It applied a revision above the store's counter: it still serves another history
@@ -200,9 +206,39 @@ pub struct WaitOutcome {
 
 /// A replica silent for longer than this is no longer counted: 10 heartbeats and at least
 /// 5 s, so a replica that is briefly stalled (or stopped mid-migration) still holds up
-/// `--wait` and is named in its timeout instead of being silently skipped.
+/// `--wait` and is named in its timeout instead of being silently skipped. An interval past
+/// the longest a replica may be configured with (60 s) was not written by one: it counts as
+/// that longest, so a heartbeat written by hand cannot stay live for ever.
 fn live_window_ms(interval_ms: u64) -> u64 {
-    (10 * interval_ms).max(5_000)
+    (10 * interval_ms.min(60_000)).max(5_000)
+}
+
+/// How long ago, by Redis's clock `now_ms`, a heartbeat of `interval_ms` stamped `at_ms` was
+/// written: `Err` with how far ahead it is stamped when that is further than the live window.
+/// Redis stamps heartbeats with its own clock, so one from the future was written by hand, by
+/// a replica stamping its host's clock (Redis refused it `TIME`), or before a failover to a
+/// node whose clock runs behind; its age cannot be told, and read as 0 it stayed live (and
+/// held up `--wait`) until the clock caught up, for ever when stamped far enough ahead.
+/// Ahead within the window it is as good as new: the replicas' own rewrite it each interval.
+fn heard_age_ms(now_ms: u64, at_ms: u64, interval_ms: u64) -> Result<u64, u64> {
+    let ahead = at_ms.saturating_sub(now_ms);
+    if ahead > live_window_ms(interval_ms) {
+        Err(ahead)
+    } else {
+        Ok(now_ms.saturating_sub(at_ms))
+    }
+}
+
+/// Whether a heartbeat stamped `at_ms` is live at `now_ms` (see [`heard_age_ms`]).
+fn is_live(now_ms: u64, at_ms: u64, interval_ms: u64) -> bool {
+    heard_age_ms(now_ms, at_ms, interval_ms).is_ok_and(|age| age <= live_window_ms(interval_ms))
+}
+
+/// Heartbeats stamped this long before, or after, Redis's clock are taken out of the fleet.
+const PRUNED_AFTER_MS: u64 = 3_600_000;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub(super) async fn heartbeat(
@@ -375,7 +411,7 @@ pub(super) async fn kept_by_others(
         .iter()
         .filter(|(id, _)| *id != store.opts().replica_id.as_bytes())
         .filter_map(|(_, b)| serde_json::from_slice::<Heartbeat>(b).ok())
-        .filter(|hb| hb.keeps && now.saturating_sub(hb.at_ms) <= live_window_ms(hb.interval_ms))
+        .filter(|hb| hb.keeps && is_live(now, hb.at_ms, hb.interval_ms))
         .map(|hb| hb.applied_revision)
         .max()
         .unwrap_or(0))
@@ -582,19 +618,20 @@ impl RedisStore {
             let Ok(hb) = serde_json::from_slice::<Heartbeat>(&json) else {
                 continue;
             };
-            let age = now.saturating_sub(hb.at_ms);
-            if age > 3_600_000 {
+            if hb.at_ms.abs_diff(now) > PRUNED_AFTER_MS {
                 let _: Result<(), _> = con.hdel(self.keys().replicas(), &raw_id).await;
                 continue;
             }
             let Ok(id) = String::from_utf8(raw_id) else {
                 continue;
             };
+            let heard = heard_age_ms(now, hb.at_ms, hb.interval_ms);
             out.push(ReplicaStatus {
                 id,
                 applied_revision: hb.applied_revision,
-                last_seen_ms: age,
-                live: age <= live_window_ms(hb.interval_ms),
+                last_seen_ms: heard.unwrap_or(0),
+                live: is_live(now, hb.at_ms, hb.interval_ms),
+                stamped_ahead_ms: heard.err().unwrap_or(0),
                 lag: counter.unwrap_or(0).saturating_sub(hb.applied_revision),
                 // Said by the replica; or seen: the heartbeats were read before the counter,
                 // which only grows, so within one history no replica is ahead of it.
@@ -711,7 +748,14 @@ impl RedisStore {
             let silent = replicas
                 .iter()
                 .filter(|r| !r.live && !seen_live.contains(&r.id))
-                .map(|r| format!("{} (silent for {} s)", r.id, r.last_seen_ms / 1000))
+                .map(|r| match r.stamped_ahead_ms {
+                    0 => format!("{} (silent for {} s)", r.id, r.last_seen_ms / 1000),
+                    ahead => format!(
+                        "{} (heartbeat stamped {} s ahead of Redis's clock: its age cannot be told)",
+                        r.id,
+                        ahead / 1000
+                    ),
+                })
                 .collect();
             let outcome = WaitOutcome {
                 applied,
@@ -756,6 +800,7 @@ mod tests {
             applied_revision: 10,
             last_seen_ms: 0,
             live: true,
+            stamped_ahead_ms: 0,
             lag: 0,
             other_history: false,
             heard_at_ms: 0,
@@ -765,6 +810,27 @@ mod tests {
             keeps: false,
             history: None,
         }
+    }
+
+    #[test]
+    fn a_heartbeat_stamped_ahead_of_redis_s_clock_further_than_the_live_window_is_not_live() {
+        let now = 1_800_000_000_000;
+        // Behind: its age, live within the window (10 intervals, at least 5 s).
+        assert_eq!(heard_age_ms(now, now - 4_000, 100), Ok(4_000));
+        assert!(is_live(now, now - 4_000, 100));
+        assert!(!is_live(now, now - 5_001, 100));
+        assert!(is_live(now, now - 19_000, 2_000));
+        // Ahead within the window (clocks a little apart, a failover): as good as new.
+        assert_eq!(heard_age_ms(now, now + 3_000, 100), Ok(0));
+        assert!(is_live(now, now + 3_000, 100));
+        // Further ahead: no age, not live, however far (it was live for ever).
+        assert_eq!(heard_age_ms(now, now + 5_001, 100), Err(5_001));
+        assert!(!is_live(now, now + 5_001, 100));
+        assert!(!is_live(now, u64::MAX, 100));
+        assert!(!is_live(0, u64::MAX, u64::MAX));
+        // An interval no replica can be configured with counts as the longest one can.
+        assert_eq!(live_window_ms(u64::MAX), 600_000);
+        assert!(!is_live(now, now - 600_001, u64::MAX));
     }
 
     #[test]

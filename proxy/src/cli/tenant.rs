@@ -1322,6 +1322,15 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
                             ""
                         );
                     }
+                    if r.stamped_ahead_ms > 0 {
+                        outln!(
+                            "{:<40} its heartbeat is stamped {} s ahead of Redis's clock \
+                             (written by hand, with a host's clock, or before a failover to \
+                             a node whose clock runs behind): not counted as live",
+                            "",
+                            r.stamped_ahead_ms / 1000
+                        );
+                    }
                 }
             }
             // Only when it may be why a replica is on another history; on stderr, so that
