@@ -11,8 +11,18 @@ pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Reads `path`, which must be a regular file (a symbolic link to one counts) of at most
 /// `limit` bytes.
+///
+/// The file is opened first and what was opened is looked at: looked at by path first, the
+/// path could be swapped for a FIFO before the open (an atomic rename races every reload),
+/// and the open then waited for a writer for good. Opened without blocking, a FIFO opens at
+/// once and is refused.
 pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let meta = std::fs::metadata(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -29,9 +39,8 @@ pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
         return Err(too_large());
     }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    std::fs::File::open(path)?
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)?;
+    // (O_NONBLOCK means nothing to a regular file's reads.)
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
     // Grown since it was looked at: still bounded.
     if bytes.len() as u64 > limit {
         return Err(too_large());
@@ -70,5 +79,67 @@ mod tests {
         mkfifo(&fifo);
         let e = read_regular(&fifo, 10).expect_err("a FIFO");
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    }
+
+    /// A FIFO renamed over the file between a look at the path and its open made the open
+    /// wait for a writer for good (the key reload then stopped, unseen). Here a file and a
+    /// FIFO are renamed over the path in turn while it is read, for a second.
+    #[test]
+    fn a_fifo_renamed_over_the_file_never_holds_a_read() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().expect("dir");
+        let (file, fifo, path) = (
+            dir.path().join("file"),
+            dir.path().join("fifo"),
+            dir.path().join("keys"),
+        );
+        std::fs::write(&file, "{}").expect("write");
+        mkfifo(&fifo);
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (dir, stop) = (dir.path().to_owned(), Arc::clone(&stop));
+            let (file, fifo, path) = (file.clone(), fifo.clone(), path.clone());
+            std::thread::spawn(move || {
+                let staged = dir.join("staged");
+                while !stop.load(Ordering::Relaxed) {
+                    for from in [&file, &fifo] {
+                        let _ = std::fs::hard_link(from, &staged);
+                        let _ = std::fs::rename(&staged, &path);
+                    }
+                }
+            })
+        };
+        let (done, reads) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(1);
+            let mut read = 0u32;
+            while Instant::now() < until {
+                match read_regular(&path, 10) {
+                    Ok(bytes) => {
+                        assert_eq!(bytes, b"{}");
+                        read += 1;
+                    }
+                    Err(e) => assert!(
+                        matches!(
+                            e.kind(),
+                            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::NotFound
+                        ),
+                        "{e}"
+                    ),
+                }
+            }
+            let _ = done.send(read);
+        });
+        let outcome = reads.recv_timeout(Duration::from_secs(30));
+        stop.store(true, Ordering::Relaxed);
+        if outcome.is_err() {
+            // Let the held read go (a writer opens the FIFO), then fail.
+            let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+        }
+        swapper.join().expect("swapper");
+        let read = outcome.expect("a read waited on a FIFO renamed over the file");
+        assert!(read > 0, "the file was never read");
     }
 }

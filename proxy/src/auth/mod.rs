@@ -19,7 +19,6 @@ mod keyset;
 pub mod mint;
 pub(crate) mod strict_json;
 
-use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -73,8 +72,6 @@ impl std::fmt::Debug for Authenticator {
 /// re-read and hashed on every poll and, when changed, parsed key by key.
 pub const MAX_JWKS_BYTES: usize = 1 << 20;
 
-/// The key file's bytes, at most one past [`MAX_JWKS_BYTES`] (enough to tell it is too
-/// large), and where they came from.
 /// Why the key file's content is not in use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Refused {
@@ -84,25 +81,24 @@ enum Refused {
     Unreadable(String),
 }
 
+/// The key file's bytes, at most [`MAX_JWKS_BYTES`], and where they came from.
 fn read_source(source: &JwksSource) -> Result<(Vec<u8>, String), AuthSetupError> {
     match source {
         JwksSource::File(p) => {
             let path = p.display().to_string();
-            // A FIFO or a device there would block the read, and every key reload after it.
-            if std::fs::metadata(p).is_ok_and(|m| !m.is_file()) {
-                return Err(AuthSetupError::Read {
-                    path,
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        "not a regular file",
-                    ),
-                });
+            // Opened and then looked at (a FIFO or a device there would block the read, and
+            // every key reload after it; one renamed over the file between a look and an
+            // open did, and revocation stopped unseen).
+            match nexus_config::files::read_regular(p, MAX_JWKS_BYTES as u64) {
+                Ok(bytes) => Ok((bytes, path)),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    Err(AuthSetupError::TooLarge {
+                        path,
+                        limit: MAX_JWKS_BYTES,
+                    })
+                }
+                Err(source) => Err(AuthSetupError::Read { path, source }),
             }
-            let mut bytes = Vec::new();
-            std::fs::File::open(p)
-                .and_then(|f| f.take(MAX_JWKS_BYTES as u64 + 1).read_to_end(&mut bytes))
-                .map(|_| (bytes, path.clone()))
-                .map_err(|e| AuthSetupError::Read { path, source: e })
         }
         JwksSource::EmbeddedDemo => Ok((
             DEMO_JWKS.as_bytes().to_vec(),
