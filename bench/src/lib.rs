@@ -107,5 +107,6 @@ pub fn auth_settings(
         session_cookie: Some("nexus_session".to_owned()),
         token_cache_capacity: cache,
         max_token_bytes: 8192,
+        jwks_poll_interval: Duration::from_secs(1),
     }
 }

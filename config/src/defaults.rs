@@ -48,6 +48,7 @@ pub fn embedded_default() -> Settings {
             session_cookie: Some("nexus_session".to_owned()),
             token_cache_capacity: 100_000,
             max_token_bytes: 8192,
+            jwks_poll_interval: Duration::from_secs(1),
         },
         upstream: UpstreamSettings {
             connect_timeout: Duration::from_secs(2),

@@ -868,6 +868,14 @@ fn auth(
         .map(|n| n as usize);
     *token_bound = s.parsed_or_default("max_token_bytes", read, d.max_token_bytes);
     let max_token_bytes = read.unwrap_or(d.max_token_bytes);
+    let jwks_poll_interval = s
+        .duration(
+            "jwks_poll_interval",
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+            p,
+        )
+        .unwrap_or(d.jwks_poll_interval);
     s.finish(p);
     let jwks = jwks?;
     (p.list.len() == before).then_some(AuthSettings {
@@ -881,6 +889,7 @@ fn auth(
         session_cookie,
         token_cache_capacity,
         max_token_bytes,
+        jwks_poll_interval,
     })
 }
 

@@ -106,6 +106,9 @@ pub struct AuthSettings {
     pub token_cache_capacity: usize,
     /// Longest token accepted, in bytes.
     pub max_token_bytes: usize,
+    /// How often the JWKS file is checked for changes: the longest a key taken out of it
+    /// still verifies tokens.
+    pub jwks_poll_interval: Duration,
 }
 
 /// Where verification keys come from.

@@ -692,6 +692,26 @@ fn a_month_meant_as_a_minute_is_pointed_out() {
 }
 
 #[test]
+fn the_key_file_is_polled_as_often_as_configured() {
+    let with = |v: &str| {
+        MINIMAL.replace(
+            "jwks_file = \"keys/jwks.json\"\n",
+            &format!("jwks_file = \"keys/jwks.json\"\njwks_poll_interval = {v}\n"),
+        )
+    };
+    let s = parse_str(&with("\"250ms\""), Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(s.auth.jwks_poll_interval, Duration::from_millis(250));
+    let s = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(s.auth.jwks_poll_interval, Duration::from_secs(1));
+    names(
+        &problems(&with("\"2h\"")),
+        "auth.jwks_poll_interval",
+        "out of range (10ms to 1h)",
+    );
+    names(&problems(&with("5")), "auth.jwks_poll_interval", "");
+}
+
+#[test]
 fn the_past_due_notice_cannot_be_a_framing_or_router_header() {
     for name in [
         "content-length",

@@ -1,7 +1,6 @@
 //! Assembles and runs the Pingora server: proxy listener, ops listener, background tasks.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use nexus_binding_store::{BindingHandle, BindingSource};
 use nexus_config::Settings;
@@ -19,9 +18,6 @@ use crate::ops::OpsApp;
 use crate::service::EdgeService;
 use crate::signals::Signals;
 use crate::state::EdgeState;
-
-/// How often the JWKS file is checked for changes.
-const KEY_RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +243,7 @@ pub fn run(
     ));
     server.add_service(background_service(
         "key reload",
-        KeyReload::new(Arc::clone(&state), KEY_RELOAD_EVERY, jobs),
+        KeyReload::new(Arc::clone(&state), s.auth.jwks_poll_interval, jobs),
     ));
 
     tracing::info!(

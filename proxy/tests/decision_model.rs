@@ -129,6 +129,7 @@ impl World {
             session_cookie: Some("nexus_session".into()),
             token_cache_capacity: 1000,
             max_token_bytes: 8192,
+            jwks_poll_interval: Duration::from_secs(1),
         })
         .expect("auth");
         let bindings: Vec<Arc<Binding>> = STATUSES
