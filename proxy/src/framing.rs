@@ -137,6 +137,21 @@ pub fn ends_with_connection(headers: &HeaderMap) -> bool {
     !coding.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
+/// Whether the last transfer coding `Transfer-Encoding` names, read as RFC 9110 §5.6.1 lists
+/// are (over all its lines, empty elements skipped, a coding's name without its parameters),
+/// is `chunked`: how a client reads it. Pingora reads only the last element of the last line,
+/// literally, so `chunked,`, `chunked;x=1` or a last line that is empty end in `chunked` for
+/// a client and not for Pingora (see [`ends_with_connection`]).
+pub fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
+        .map(coding_name)
+        .rfind(|name| !name.is_empty())
+        .is_some_and(|name| name.eq_ignore_ascii_case(b"chunked"))
+}
+
 /// The `Content-Length` the next hop gets in place of the one received (the instance in place
 /// of the client's, the client in place of the instance's), when that is not already one
 /// plain number: `None` for none, for a single canonical value (the usual case: nothing is

@@ -88,6 +88,15 @@ pub fn framing_fault(resp: &ResponseHeader) -> Option<&'static str> {
         // remove two.
         return Some("chunked applied more than once");
     }
+    if crate::framing::last_coding_is_chunked(&resp.headers)
+        && crate::framing::ends_with_connection(&resp.headers)
+    {
+        // `chunked,`, `chunked;x=1`, a last line that is empty: Pingora reads the body to the
+        // instance's close and passes it on as it came, under this header, which the client
+        // reads as chunked. The client would stop at the instance's last chunk and take
+        // whatever the instance sent after it for something else.
+        return Some("a Transfer-Encoding the client would read as chunked and the router not");
+    }
     None
 }
 
@@ -359,6 +368,34 @@ mod tests {
                 Some("chunked applied more than once"),
             ),
             (http10(&[("content-length", "3")]), None),
+            // Chunked last for a client, not for Pingora: read otherwise.
+            (
+                response(200, &[("transfer-encoding", "chunked,")]),
+                Some("a Transfer-Encoding the client would read as chunked and the router not"),
+            ),
+            (
+                response(200, &[("transfer-encoding", "gzip, chunked;x=1")]),
+                Some("a Transfer-Encoding the client would read as chunked and the router not"),
+            ),
+            (
+                response(
+                    200,
+                    &[("transfer-encoding", "chunked"), ("transfer-encoding", "")],
+                ),
+                Some("a Transfer-Encoding the client would read as chunked and the router not"),
+            ),
+            // Chunked last for both, empty elements before it aside.
+            (response(200, &[("transfer-encoding", ", chunked")]), None),
+            (
+                response(
+                    200,
+                    &[
+                        ("transfer-encoding", "gzip,"),
+                        ("transfer-encoding", "chunked"),
+                    ],
+                ),
+                None,
+            ),
             (
                 http10(&[("transfer-encoding", "chunked")]),
                 Some("a Transfer-Encoding on an HTTP/1.0 response"),
