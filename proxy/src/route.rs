@@ -57,7 +57,9 @@ const MAX_RESERVED_LEN: usize = 20;
 ///   behind such a platform may still trust it; and those of API gateways (Kong's
 ///   `X-Consumer-*`, `X-Credential-*`, `X-Authenticated-*`, `X-Anonymous-Consumer`,
 ///   `X-Userinfo`) and the generic `X-Auth-User`;
-/// - other client-address headers (`X-Original-Forwarded-For`, `X-Originating-IP`).
+/// - other client-address headers (`X-Original-Forwarded-For`, `X-Originating-IP`);
+/// - `Transfer_Encoding` and `Content_Length` (the framing fields' underscore spellings; the
+///   fields themselves are the body's framing, read by the router and sent afresh).
 pub fn is_reserved(name: &HeaderName) -> bool {
     let b = name.as_str().as_bytes();
     // The one reserved name starting with `s`, apart: every browser request holds several
@@ -98,8 +100,17 @@ pub fn is_reserved(name: &HeaderName) -> bool {
     for (d, &c) in folded.iter_mut().zip(b) {
         *d = if c == b'_' { b'-' } else { c };
     }
+    let folded = &folded[..b.len()];
+    // The body's framing fields spelt with `_` (`Transfer_Encoding`): no HTTP parser reads
+    // them as framing, so the router framed the body without them, but a server that folds
+    // `_` into `-`, or maps both to one CGI-style variable (`HTTP_TRANSFER_ENCODING`: Puma
+    // before 5.0.3), would frame it by them: a body the router framed by its length read as
+    // chunked, the instance reading the rest as a request the router never checked.
+    if b.contains(&b'_') && matches!(folded, b"transfer-encoding" | b"content-length") {
+        return true;
+    }
     matches!(
-        &folded[..b.len()],
+        folded,
         b"x-tenant-id"
             | b"x-org-id"
             | b"x-user-id"
@@ -700,6 +711,9 @@ mod tests {
             "x-envoy-original-path",
             "x-original-forwarded-for",
             "x-originating-ip",
+            "transfer_encoding",
+            "content_length",
+            "Content_Length",
         ];
         let kept = [
             "x-user-ids",
@@ -729,6 +743,9 @@ mod tests {
             "x-consumer",
             "x-auth-users",
             "sec-fetch-mode",
+            "transfer-encoding",
+            "content-length",
+            "content_type",
         ];
         for name in reserved {
             let n = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));

@@ -940,6 +940,10 @@ fn spoofed_identity_headers_are_replaced() {
             // An API gateway's (Kong's) consumer headers.
             ("X-Consumer-Username", "admin"),
             ("X-Authenticated-Userid", "admin"),
+            // The framing fields' underscore spellings: a server folding `_` into `-` would
+            // frame the body by them, not as the router did.
+            ("Transfer_Encoding", "chunked"),
+            ("Content_Length", "5"),
         ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -964,6 +968,8 @@ fn spoofed_identity_headers_are_replaced() {
         "x-script-name",
         "x-consumer-username",
         "x-authenticated-userid",
+        "transfer_encoding",
+        "content_length",
     ] {
         assert!(echoed_header(&echo, gone).is_empty(), "{gone}: {echo}");
     }
