@@ -57,6 +57,8 @@ pub struct RequestCtx {
     tunnel_end: Option<TunnelEnd>,
     /// This request's tunnel in `tunnels_open`, from its `101` until the context goes.
     tunnel_open: Option<OpenTunnel>,
+    /// Interim (1xx) responses the instance sent so far, up to [`MAX_INTERIM_RESPONSES`].
+    interim_responses: u16,
     /// For a request asking for an upgrade: the key-set generation its token was last
     /// verified under (read before the decision), so that a tunnel re-verifies it after the
     /// keys change. 0, which no key set has, for every other request.
@@ -467,6 +469,11 @@ fn tunnel_idled_out(session: &Session, e: &Error) -> bool {
     ) && switched_protocols(session)
 }
 
+/// Most interim (1xx) responses passed on for one request: a `100 Continue`, a few `103
+/// Early Hints`, a `102 Processing` every few seconds of a long WebDAV operation fit well
+/// within it; past it the instance's answer counts as invalid (a 502).
+const MAX_INTERIM_RESPONSES: u16 = 100;
+
 /// How a tunnel ended, for `tunnels_closed_total`: `e` is the error that ended it, if one
 /// did, and `closed_by_router` why the router closed it, if it did.
 fn tunnel_close(
@@ -572,6 +579,7 @@ impl ProxyHttp for EdgeService {
             tried: Vec::new(),
             switched_at: None,
             tunnel_open: None,
+            interim_responses: 0,
             tunnel_end: None,
             tunnel_keys: 0,
             connect_retry_said: AtomicBool::new(false),
@@ -861,6 +869,19 @@ impl ProxyHttp for EdgeService {
             // RFC 9110 §15: every valid status is within 100–599. Pingora's parser takes any
             // three digits; passed on, a client could not tell what the response means.
             return Err(invalid_response("a status outside 100-599"));
+        }
+        if upstream_response.status.is_informational()
+            && upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            // Each interim response is a read from the instance, so none of them lets
+            // read_timeout fire: without a bound an instance sending `102`s for ever held the
+            // request, and its client connection, for ever (streaming them to the client).
+            ctx.interim_responses = ctx.interim_responses.saturating_add(1);
+            if ctx.interim_responses > MAX_INTERIM_RESPONSES {
+                return Err(invalid_response(
+                    "more interim (1xx) responses than the router passes on",
+                ));
+            }
         }
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
             && !asks_for_upgrade(session)

@@ -584,6 +584,37 @@ fn an_interim_response_reaches_the_client_without_framing_fields() {
     assert_eq!((last.status, last.body.as_slice()), (200, &b"ok"[..]));
 }
 
+#[test]
+fn interim_responses_past_the_bound_are_a_502() {
+    // Each 1xx is a read from the instance, so read_timeout never fired: an instance sending
+    // 102s for ever held the request and its client for ever, streaming them on.
+    let w = world(|path| {
+        let interim = match path {
+            "/hundred" => 100,
+            "/flood" => 101,
+            _ => return Answer::keep(OK),
+        };
+        Answer::close(&format!(
+            "{}HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            "HTTP/1.1 102 Processing\r\n\r\n".repeat(interim)
+        ))
+    });
+    for (path, status) in [("/hundred", 200), ("/flood", 502)] {
+        let mut s = w.connect();
+        s.write_all(w.request(path).as_bytes()).unwrap();
+        for _ in 0..100 {
+            let r = read_interim(&mut s);
+            assert!(r.starts_with("HTTP/1.1 102"), "{path}: {r}");
+        }
+        assert_eq!(read_response(&mut s).unwrap().status, status, "{path}");
+    }
+    nexus_e2e::wait::until(Duration::from_secs(10), "the flood counted", || {
+        let text = w.edge.ops_get("/metrics").text();
+        text.contains("nexus_edge_requests_total{outcome=\"upstream_invalid\"} 1")
+            .then_some(())
+    });
+}
+
 /// Reads one response head (up to its blank line), byte by byte so nothing after it is taken.
 fn read_interim(s: &mut TcpStream) -> String {
     let mut head = Vec::new();
