@@ -608,9 +608,14 @@ fn interim_responses_past_the_bound_are_a_502() {
         }
         assert_eq!(read_response(&mut s).unwrap().status, status, "{path}");
     }
+    // An HTTP/1.0 client is sent no 1xx: it waited in silence, for ever.
+    let mut s = w.connect();
+    let request = w.request("/flood").replacen("HTTP/1.1", "HTTP/1.0", 1);
+    s.write_all(request.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 502);
     nexus_e2e::wait::until(Duration::from_secs(10), "the flood counted", || {
         let text = w.edge.ops_get("/metrics").text();
-        text.contains("nexus_edge_requests_total{outcome=\"upstream_invalid\"} 1")
+        text.contains("nexus_edge_requests_total{outcome=\"upstream_invalid\"} 2")
             .then_some(())
     });
 }
