@@ -690,6 +690,104 @@ fn wait_names_replicas_stopped_or_on_another_history() {
     );
 }
 
+/// Writes acme's record as a write of `revision` to `to` would, and the counter with it, but
+/// no feed entry: a write whose record a replica reads for an earlier entry (records are read
+/// as they are now), and which a failover then loses. Returns the record as it was.
+fn write_ahead_of_the_feed(redis: &RedisServer, revision: u64, to: &Backend) -> String {
+    let was = redis.cmd(&["GET", "nexus:binding:acme"]);
+    let mut record: serde_json::Value = serde_json::from_str(&was).expect("record");
+    record["instance_url"] = serde_json::json!(to.url());
+    record["revision"] = serde_json::json!(revision);
+    redis.cmd(&["SET", "nexus:binding:acme", &record.to_string()]);
+    redis.cmd(&["SET", "nexus:revision", &revision.to_string()]);
+    was
+}
+
+#[test]
+fn a_write_a_failover_lost_is_not_served_on() {
+    // A replica applies each feed entry as its tenant's record is now, maybe writes past the
+    // entry. A failover (replication is asynchronous) to a node that has the entry but not
+    // the write left the replica serving the lost write: its last entry was there and the
+    // counter matched its position, so nothing looked wrong until the next reconcile (5
+    // minutes by default), and a new write reusing the lost one's revision was taken for one
+    // already applied.
+    let (w, edge) = World::followed(&["acme"]);
+    let c = Backend::start("instance-c");
+    wait_live(&w.admin, &["replica-1"]);
+
+    // The replica reads entry 2 (acme to instance-b) with the record of write 3 (to
+    // instance-c) in place.
+    signal(&edge, "-STOP");
+    let (code, _, err) = rebind_acme(&w.admin, &w.b, &[]);
+    assert_eq!(code, 0, "{err}");
+    let second = write_ahead_of_the_feed(&w.redis, 3, &c);
+    signal(&edge, "-CONT");
+    wait_instance(&edge, &w.keys, "acme", "instance-c");
+    // The failover: the new primary has entry 2 and its record, and a counter at 2.
+    w.redis.cmd(&["SET", "nexus:binding:acme", &second]);
+    w.redis.cmd(&["SET", "nexus:revision", "2"]);
+    wait_instance(&edge, &w.keys, "acme", "instance-b");
+
+    // Again, and this time the new primary's next write (to instance-a) takes the lost
+    // write's revision before the replica heard of the failover.
+    signal(&edge, "-STOP");
+    w.admin.ok(&["set-status", "acme", "past_due"]);
+    let third = write_ahead_of_the_feed(&w.redis, 4, &c);
+    signal(&edge, "-CONT");
+    wait_instance(&edge, &w.keys, "acme", "instance-c");
+    signal(&edge, "-STOP");
+    w.redis.cmd(&["SET", "nexus:binding:acme", &third]);
+    w.redis.cmd(&["SET", "nexus:revision", "3"]);
+    let url = w.a.url();
+    let out = w.admin.ok(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-a",
+        "--instance-url",
+        &url,
+    ]);
+    assert!(out.contains("rev 4"), "{out}");
+    signal(&edge, "-CONT");
+    wait_instance(&edge, &w.keys, "acme", "instance-a");
+    let log = edge.log();
+    assert!(log.contains("reconciling"), "{log}");
+}
+
+#[test]
+fn a_replica_of_a_node_that_takes_no_writes_is_not_said_in_sync() {
+    // A node demoted to a read-only replica refuses the heartbeat (READONLY), which ends the
+    // session; the replica reconnected, caught up and was marked in sync every second, so its
+    // sync age stayed fresh while it followed nothing.
+    let (w, edge) = World::followed(&["acme"]);
+    wait_live(&w.admin, &["replica-1"]);
+    // A replica of a master it cannot reach keeps its data and takes no writes.
+    w.redis.cmd(&["REPLICAOF", "127.0.0.1", "1"]);
+    wait::until(Duration::from_secs(30), "the sync age growing", || {
+        (edge.metric("nexus_edge_binding_sync_age_seconds") >= 3).then_some(())
+    });
+    assert_eq!(edge.metric("nexus_edge_binding_store_up"), 0);
+    w.redis.cmd(&["REPLICAOF", "NO", "ONE"]);
+    wait::until(Duration::from_secs(30), "in sync again", || {
+        (edge.metric("nexus_edge_binding_store_up") == 1
+            && edge.metric("nexus_edge_binding_sync_age_seconds") <= 1)
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_replica_is_heard_by_the_fleet_before_it_serves() {
+    // A replica takes its heartbeat out as it stops; restarted, it served what it loaded
+    // before its first heartbeat, and `--wait` could confirm a change meanwhile without it.
+    let w = World::start(&["acme"]);
+    let edge = replica(&w.keys, &w.redis.url(), "replica-1", None).expect("replica");
+    // Ready (listening) now: its heartbeat must be there already, with what it loaded.
+    let beat = w.redis.cmd(&["HGET", "nexus:replicas", "replica-1"]);
+    let beat: serde_json::Value = serde_json::from_str(&beat).expect("a heartbeat");
+    assert_eq!(beat["applied_revision"], 1, "{beat}");
+    drop(edge);
+}
+
 #[test]
 fn wait_counts_only_heartbeats_written_since_the_change() {
     // Revisions are compared by number, and numbers can go back (a counter set back, a

@@ -236,14 +236,21 @@ enum Verdict {
 }
 
 impl CounterWatch {
-    /// `counter` is the store's revision counter, `applied` this replica's revision, and
+    /// `counter` is the store's revision counter, `applied` this replica's revision, `reached`
+    /// the highest revision it knows the store reached (see `FeedPosition::reached`), and
     /// `own_entry` whether its position's stream entry is still in the feed (true when it has
     /// no position in the feed).
     ///
     /// A counter ahead is normal for a moment (entries are read right after they are
     /// written), so only a replica still behind the previous heartbeat's counter with its
     /// position unmoved, a whole heartbeat during which the feed was read, has lost the feed.
-    fn observe(&mut self, counter: Option<u64>, applied: u64, own_entry: bool) -> Verdict {
+    fn observe(
+        &mut self,
+        counter: Option<u64>,
+        applied: u64,
+        reached: u64,
+        own_entry: bool,
+    ) -> Verdict {
         // Only the case that waits for the next heartbeat puts it back.
         let behind = self.behind.take();
         let Some(counter) = counter.or((applied == 0).then_some(0)) else {
@@ -258,6 +265,12 @@ impl CounterWatch {
         }
         if counter < applied {
             return Verdict::Diverged("the store's revision counter is behind this replica");
+        }
+        if counter < reached {
+            return Verdict::Diverged(
+                "the store's revision counter is behind a revision this replica read from it \
+                 (writes it serves were lost: a failover)",
+            );
         }
         if counter == applied {
             return Verdict::InStep;
@@ -346,15 +359,19 @@ async fn feed_continues(
         counter, own_entry, ..
     } = history_check(store, con, Some(p)).await?;
     let counter = counter.unwrap_or(0);
-    if counter < p.revision || !own_entry {
+    // Behind what this replica read of it, the store lost writes its table may hold, even
+    // with the replica's last entry there (see `FeedPosition::reached`).
+    if counter < p.revision.max(p.reached) || !own_entry {
         tracing::warn!(
             store_revision = counter,
             applied_revision = p.revision,
+            reached_revision = p.reached,
             "the change feed no longer continues from this replica's position \
              (trimmed, failover, or reset); reconciling"
         );
         return Ok(false);
     }
+    store.saw_counter(counter);
     if counter == p.revision {
         return Ok(true);
     }
@@ -428,10 +445,11 @@ async fn session(
             return Err(e);
         }
     }
-    store
-        .health_ref()
-        .mark_synced(Revision(store.position().map_or(0, |p| p.revision)));
-    tracing::info!("binding sync following the Redis change feed");
+    // In sync, and said so, once the first heartbeat is written (at once, below): a node that
+    // takes no writes (a primary demoted to a read-only replica) refuses it and ends the
+    // session, and one that did so every second looked in sync (the sync age stayed fresh)
+    // while its replica followed nothing.
+    let mut announced = false;
 
     let mut last_reconcile = Instant::now();
     let mut last_heartbeat: Option<Instant> = None;
@@ -460,8 +478,9 @@ async fn session(
             let position = store.position();
             let read = history_check(store, &mut con, position.as_ref()).await?;
             let ours = position.as_ref().and_then(|p| p.history.clone());
-            let applied = position.map_or(0, |p| p.revision);
-            let mut verdict = counter_watch.observe(read.counter, applied, read.own_entry);
+            let applied = position.as_ref().map_or(0, |p| p.revision);
+            let reached = position.as_ref().map_or(0, |p| p.reached);
+            let mut verdict = counter_watch.observe(read.counter, applied, reached, read.own_entry);
             if verdict == Verdict::InStep {
                 if let Some(other) = id_verdict(ours.as_deref(), read.id.as_deref()) {
                     verdict = other;
@@ -473,7 +492,11 @@ async fn session(
             }
             let counter = read.counter;
             match verdict {
-                Verdict::InStep => {}
+                Verdict::InStep => {
+                    if let Some(c) = counter {
+                        store.saw_counter(c);
+                    }
+                }
                 Verdict::NoHistory => tracing::warn!(
                     applied_revision = applied,
                     "Redis holds no revision counter (wiped, or a restore import is under way); \
@@ -491,6 +514,9 @@ async fn session(
             super::fleet::heartbeat(store, &mut con, applied, following).await?;
             if following {
                 store.health_ref().mark_synced(Revision(applied));
+                if !std::mem::replace(&mut announced, true) {
+                    tracing::info!("binding sync following the Redis change feed");
+                }
             } else {
                 // Reached but not usable (no history): what a replica that reconnects now
                 // reports too, and the sync age grows until a history is back.
@@ -554,6 +580,27 @@ async fn session(
     }
 }
 
+/// Whether `change`, read from the store for a feed entry, meets a binding of its tenant
+/// served under the same revision that it is not: within one history a revision is one write,
+/// so the table holds a write the store no longer has (a failover lost it after this replica
+/// read it) and the store has reused its revision for another. Applied entry by entry, the
+/// change would be taken for one already applied, and the lost write served on.
+fn lost_write_served(table: &crate::table::BindingTable, change: &Change) -> bool {
+    let served = table.get(change.tenant().as_str());
+    match change {
+        // Revision 0: written by hand, not by a write; it names no write to compare.
+        Change::Upsert(b) => {
+            b.revision.get() > 0 && served.is_some_and(|s| s.revision == b.revision && **s != **b)
+        }
+        // A delete under the revision of a binding served: that binding was another write
+        // of the same revision. (Also met when the tenant was written again and deleted
+        // since this entry: a reconcile settles that too.)
+        Change::Delete { revision, .. } => {
+            revision.get() > 0 && served.is_some_and(|s| s.revision == *revision)
+        }
+    }
+}
+
 /// Applies feed entries in order. Returns true when the feed no longer continues this
 /// replica's history — a gap (entries trimmed away) or a restart at an older revision — or
 /// when it cannot be applied entry by entry (see `contested` below), and the caller must
@@ -568,6 +615,7 @@ async fn apply_entries(
         stream_id: "0-0".to_owned(),
         revision: 0,
         history: None,
+        reached: 0,
     });
     // Tenants whose newest record claims a custom domain another tenant still holds here.
     // Each entry is applied as the tenant's *newest* record, which may be writes ahead of it:
@@ -646,6 +694,19 @@ async fn apply_entries(
                     .get(tenant.as_str())
                     .map_or(0, |b| b.revision.get())
             };
+            if let Some(Change::Upsert(b)) = &change {
+                // Read as it is now: maybe writes past this entry.
+                pos.reached = pos.reached.max(b.revision.get());
+            }
+            if change
+                .as_ref()
+                .is_some_and(|c| lost_write_served(&handle.load(), c))
+            {
+                tracing::warn!(tenant = %tenant, revision = rev,
+                    "the table serves another change of this tenant under the same revision: \
+                     a write the store lost (a failover); reconciling");
+                return Ok(true);
+            }
             match change {
                 None => store.refused(tenant.as_str(), serving(handle)),
                 Some(change) => {
@@ -684,6 +745,7 @@ async fn apply_entries(
         pos = FeedPosition {
             stream_id: id,
             revision: pos.revision.max(rev),
+            reached: pos.reached.max(rev),
             history: pos.history,
         };
         if contested.is_empty() {
@@ -692,7 +754,10 @@ async fn apply_entries(
         // While a contested entry waits, the replica's position stays before it: a later
         // entry that cannot be read ends this session before the reconcile, and the next
         // one must read the contested entries again.
-        store.set_position(before_contested.clone().unwrap_or_else(|| pos.clone()));
+        // (What the store reached is known whatever the place kept.)
+        let mut at = before_contested.clone().unwrap_or_else(|| pos.clone());
+        at.reached = pos.reached;
+        store.set_position(at);
     }
     if !contested.is_empty() {
         // The position is still before the first contested entry (see above).
@@ -713,9 +778,24 @@ mod tests {
     fn run(beats: &[(Option<u64>, u64, bool, Verdict)]) {
         let mut w = CounterWatch::default();
         for (i, (counter, applied, own, expect)) in beats.iter().enumerate() {
-            let got = w.observe(*counter, *applied, *own);
+            let got = w.observe(*counter, *applied, *applied, *own);
             assert_eq!(&got, expect, "beat {i}: {counter:?}/{applied}/{own}");
         }
+    }
+
+    #[test]
+    fn a_counter_behind_a_revision_read_from_the_store_is_a_lost_write() {
+        // Position at 36, a record of 37 applied from its entry (read as it is now): a store
+        // at 36 lost the write the table serves, though the replica's entry is there.
+        let mut w = CounterWatch::default();
+        assert_eq!(
+            w.observe(Some(36), 36, 37, true),
+            Verdict::Diverged(
+                "the store's revision counter is behind a revision this replica read from it \
+                 (writes it serves were lost: a failover)"
+            )
+        );
+        assert_eq!(w.observe(Some(37), 36, 37, true), Verdict::InStep);
     }
 
     #[test]

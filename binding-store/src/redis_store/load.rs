@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
 
 use super::{
     began_by, brief, check_key, confirm_command, field_u64, fleet, lossy, parse_json_record_with,
@@ -168,9 +169,11 @@ impl RedisStore {
                 stream_id: "0-0".to_owned(),
                 revision: 0,
                 history: id.clone(),
+                reached: 0,
             },
             |(id_, fields)| FeedPosition {
                 revision: field_u64(&fields, "rev"),
+                reached: field_u64(&fields, "rev"),
                 stream_id: id_,
                 history: id,
             },
@@ -361,6 +364,11 @@ impl RedisStore {
         if counter.is_none() && self.restore_started(con).await? {
             return Err(LoadError::RestoreUnderWay);
         }
+        // What the store had reached once the scan ended: a record written during it carries
+        // at most this (a write changes its record and the counter in one script). A store
+        // found behind it later lost writes this table may hold (see `FeedPosition::reached`).
+        let after: Option<Vec<u8>> = con.get(self.keys.revision()).await?;
+        let after = self.keys.counter(after)?.unwrap_or(0);
         // A refused record's tenant keeps its served binding, which may be an old snapshot's:
         // only with the custom domains the index still gives it.
         let mut put_back = HashSet::new();
@@ -481,6 +489,7 @@ impl RedisStore {
                 stream_id: head.stream_id,
                 revision,
                 history: head.history,
+                reached: revision.max(after),
             },
         ))
     }

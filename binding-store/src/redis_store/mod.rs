@@ -135,6 +135,14 @@ pub(crate) struct FeedPosition {
     /// The id of the history the table was loaded from (`None`: unknown, a Redis or snapshot
     /// from before ids were kept). See [`StoreHistory`].
     pub(crate) history: Option<Arc<str>>,
+    /// The highest revision this replica knows the store reached in this history: its counter
+    /// as last read, or a record's revision applied from an entry before it (a record is read
+    /// as it is now, maybe writes past its entry; a full load's scan takes records written
+    /// during it). At least `revision`. A store whose counter is behind it lost writes the
+    /// table may hold: after a failover (replication is asynchronous) the new primary can
+    /// hold this replica's last entry and a counter up to its position, and so look in step,
+    /// while the table serves a record it never got.
+    pub(crate) reached: u64,
 }
 
 /// The table a full load would replace, and the history it was loaded from.
@@ -438,6 +446,15 @@ impl RedisStore {
         }
     }
 
+    /// Notes that the store's counter was read at `counter` (see [`FeedPosition::reached`]).
+    pub(crate) fn saw_counter(&self, counter: u64) {
+        if let Ok(mut g) = self.position.lock() {
+            if let Some(p) = g.as_mut() {
+                p.reached = p.reached.max(counter);
+            }
+        }
+    }
+
     pub(crate) fn position(&self) -> Option<FeedPosition> {
         self.position.lock().ok().and_then(|g| g.clone())
     }
@@ -645,11 +662,21 @@ impl BindingSource for RedisStore {
                         stream_id: "0-0".to_owned(),
                         revision: snap.revision.get(),
                         history: snap.history.as_deref().map(Arc::from),
+                        reached: snap.revision.get(),
                     });
                     let _ = fleet::heartbeat(self, &mut con, snap.revision.get(), false).await;
                 }
             }
-            loaded?.ok_or(LoadError::RestoreUnderWay)
+            let (table, pos) = loaded?.ok_or(LoadError::RestoreUnderWay)?;
+            // Heard by the fleet before the listeners open. A replica takes its heartbeat out
+            // as it stops; restarted, it served what it loaded before its sync task's first
+            // heartbeat, unseen by `--wait`, which could confirm a change meanwhile that this
+            // replica loaded too early to have. Best effort: the sync task heartbeats soon.
+            self.set_position(pos.clone());
+            if let Err(e) = fleet::heartbeat(self, &mut con, pos.revision, true).await {
+                tracing::debug!(error = %e, "first heartbeat not written; the sync's follows");
+            }
+            Ok((table, pos))
         }
         .await;
         match loaded {
@@ -704,6 +731,7 @@ impl BindingSource for RedisStore {
                             stream_id: "0-0".to_owned(),
                             revision: snap.revision.get(),
                             history: snap.history.as_deref().map(Arc::from),
+                            reached: snap.revision.get(),
                         });
                         Ok(snap.table.clone())
                     }
