@@ -39,6 +39,8 @@ pub(crate) fn path_for(bindings: &Path) -> PathBuf {
 pub(crate) struct AuditLog {
     file: File,
     path: PathBuf,
+    /// The log's length after this writer's last append, for [`AuditLog::cut`].
+    appended_to: Option<u64>,
 }
 
 impl AuditLog {
@@ -49,7 +51,11 @@ impl AuditLog {
             .read(true)
             .append(true)
             .open(&path)?;
-        Ok(AuditLog { file, path })
+        Ok(AuditLog {
+            file,
+            path,
+            appended_to: None,
+        })
     }
 
     /// The open log file.
@@ -139,11 +145,6 @@ impl AuditLog {
         }
     }
 
-    /// Appends one entry and syncs it. Returns the length before, for [`AuditLog::cut`].
-    pub(crate) fn append(&mut self, entry: &AuditEntry) -> std::io::Result<u64> {
-        self.append_all(std::slice::from_ref(entry))
-    }
-
     /// Appends entries in one write and one sync. Returns the length before, for
     /// [`AuditLog::cut`].
     pub(crate) fn append_all(&mut self, entries: &[AuditEntry]) -> std::io::Result<u64> {
@@ -161,6 +162,7 @@ impl AuditLog {
             let _ = self.file.set_len(before);
             return Err(e);
         }
+        self.appended_to = Some(before + lines.len() as u64);
         Ok(before)
     }
 
@@ -193,8 +195,18 @@ impl AuditLog {
     }
 
     /// Removes what was appended after `before` (the change it announced failed).
+    ///
+    /// Only while nothing follows this writer's lines: lines another writer appended after
+    /// them (one whose lock file was removed from under this one's) are not cut with them;
+    /// this writer's then stay, and the next write marks them not made.
     pub(crate) fn cut(&mut self, before: u64) -> std::io::Result<()> {
+        if self.appended_to != Some(self.file.metadata()?.len()) {
+            return Err(std::io::Error::other(
+                "another writer's lines follow them in the log",
+            ));
+        }
         self.file.set_len(before)?;
+        self.appended_to = None;
         self.file.sync_all()
     }
 

@@ -425,10 +425,16 @@ struct RawDoc {
     revision: Option<u64>,
     /// The file does not exist (read as empty).
     missing: bool,
+    /// The file as read: its stamp, taken before it was read, and its content's digest; a
+    /// write checks the file is still that one before replacing it (see
+    /// [`RawDoc::unchanged`]).
+    read_as: Option<(Option<Stamp>, [u8; 32])>,
 }
 
 impl RawDoc {
     fn read(path: &Path) -> Result<RawDoc, AdminError> {
+        // Before the read: a change after it then shows as another stamp.
+        let before = stamp(path);
         let bytes = match read_regular(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -436,6 +442,7 @@ impl RawDoc {
                     bindings: Vec::new(),
                     revision: None,
                     missing: true,
+                    read_as: None,
                 })
             }
             Err(e) => return Err(AdminError::Unavailable(format!("{}: {e}", path.display()))),
@@ -486,11 +493,86 @@ impl RawDoc {
                 shown_name(name)
             )));
         }
+        // Routers refuse the whole file while a record in it names no tenant (it could be any
+        // tenant's, so none missing from the file could be unbound): a change written into
+        // it would be audited and reported made, and never served.
+        if let Some((i, v)) = bindings
+            .iter()
+            .enumerate()
+            .find(|(_, v)| record_tenant(v).is_none())
+        {
+            let named = v.get("tenant_id").map_or_else(
+                || "no tenant_id".to_owned(),
+                |t| format!("tenant_id {}", crate::records::brief(&t.to_string())),
+            );
+            return Err(AdminError::Corrupt(format!(
+                "{}: record {i} names no valid tenant ({named}); routers refuse the whole file \
+                 while it is there, so no change written into it would be served; fix or \
+                 remove that record by hand",
+                path.display()
+            )));
+        }
         Ok(RawDoc {
             bindings,
             revision,
             missing: false,
+            read_as: Some((before, digest(&bytes))),
         })
+    }
+
+    /// Tenants other than `except` whose record routers refuse (invalid, or listed more than
+    /// once). Each keeps the last good binding a router served for it, with custom domains
+    /// this file does not show: a domain claimed now cannot be checked against those.
+    fn refused_tenants(&self, except: &dyn Fn(&TenantId) -> bool) -> Vec<String> {
+        let places = self.places();
+        let mut refused: Vec<String> = self
+            .bindings
+            .iter()
+            .filter_map(|v| Some((record_tenant(v)?, v)))
+            .filter(|(t, v)| {
+                !except(t)
+                    && (parse_record(v).is_err()
+                        || places.get(t.as_str()).is_some_and(|p| p.len() > 1))
+            })
+            .map(|(t, _)| t.to_string())
+            .collect();
+        refused.sort_unstable();
+        refused.dedup();
+        refused
+    }
+
+    /// Whether the file at `path` is still the one read (or still missing): the lock keeps
+    /// other admin writes out, not a hand edit, nor a writer whose lock file was removed from
+    /// under the one this writer holds. Replacing a file changed since it was read would undo
+    /// that change unseen. By stamp, and by content when the stamp may not have moved (a
+    /// change of the same length within one tick of the file clock, see [`RACY_WINDOW`]).
+    fn unchanged(&self, path: &Path) -> Result<(), AdminError> {
+        let changed = || {
+            AdminError::Unavailable(format!(
+                "{}: the file changed while this write was being made (edited by hand, or \
+                 written by another writer); nothing written, run the command again",
+                path.display()
+            ))
+        };
+        let Some((was, digest_read)) = &self.read_as else {
+            // Read as missing: still missing.
+            return match std::fs::metadata(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(changed()),
+            };
+        };
+        let now = stamp(path);
+        if now.is_none() || now != *was {
+            return Err(changed());
+        }
+        if settled(now, SystemTime::now()).is_none() {
+            let bytes = read_regular(path)
+                .map_err(|e| AdminError::Unavailable(format!("{}: {e}", path.display())))?;
+            if digest(&bytes) != *digest_read {
+                return Err(changed());
+            }
+        }
+        Ok(())
     }
 
     /// Where each tenant's records are, by the `tenant_id` they name.
@@ -538,6 +620,31 @@ impl RawDoc {
         });
         write_atomically(path, format!("{doc:#}\n").as_bytes())
             .map_err(|e| AdminError::Unavailable(format!("{}: {e}", path.display())))
+    }
+}
+
+/// The tenant a stored record names, when its `tenant_id` is a canonical id.
+fn record_tenant(v: &Value) -> Option<TenantId> {
+    v.get("tenant_id")
+        .and_then(Value::as_str)
+        .and_then(|t| TenantId::parse(t).ok())
+}
+
+/// A write that claims `domains` (custom domains its tenant's record did not hold) is refused
+/// while `refused` tenants' records are refused by routers: a router keeps such a tenant's
+/// last good binding, domains and all, and refuses the claiming record while it runs, yet one
+/// started afresh has no such binding and gives the domain to the claimant; the fleet would
+/// route the domain two ways.
+fn claim_unchecked(tenant: &TenantId, domains: &[&str], refused: &[String]) -> AdminError {
+    AdminError::Invalid {
+        tenant: tenant.clone(),
+        reason: format!(
+            "it claims custom domain(s) {} while routers refuse the record(s) of {}: each of \
+             those tenants keeps its last good binding, whose custom domains the file does not \
+             show, so the claim cannot be checked against them; fix those records first",
+            domains.join(", "),
+            refused.join(", ")
+        ),
     }
 }
 
@@ -668,7 +775,9 @@ fn resolve_links(path: &Path) -> std::io::Result<PathBuf> {
 /// at `path`). Only root may give a file to another user; other writers keep the group if
 /// they are in it. What cannot be kept is logged, not fatal: the write is the operator's,
 /// and the file the same file to them; but a router reading it under another user may no
-/// longer be able to.
+/// longer be able to. Unless the old file's owner surely could not read the new one (by the
+/// mode and the groups the system names): a router running as that owner would refuse every
+/// later version, so the write is refused instead.
 fn keep_owner_and_mode(f: &File, old: &std::fs::Metadata, path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{fchown, MetadataExt, PermissionsExt};
     let owner = |m: &std::fs::Metadata| (m.uid(), m.gid());
@@ -676,6 +785,22 @@ fn keep_owner_and_mode(f: &File, old: &std::fs::Metadata, path: &Path) -> std::i
         let _ = fchown(f, None, Some(old.gid()));
         let now = owner(&f.metadata()?);
         if now != owner(old) {
+            if owner_could_read(old.uid(), now, old.mode(), &in_group) == Some(false) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "it belongs to UID {}, and written by this user it would belong to \
+                         {}:{} with mode {:o}, which its owner (a router running as it) could \
+                         not read; nothing written: write as UID {} or root, or give the file a \
+                         group its owner is in and this user too (readable to the group)",
+                        old.uid(),
+                        now.0,
+                        now.1,
+                        old.mode() & 0o7777,
+                        old.uid()
+                    ),
+                ));
+            }
             tracing::warn!(file = %path.display(),
                 was = %format!("{}:{}", old.uid(), old.gid()),
                 now = %format!("{}:{}", now.0, now.1),
@@ -685,6 +810,36 @@ fn keep_owner_and_mode(f: &File, old: &std::fs::Metadata, path: &Path) -> std::i
     }
     // After the owner: changing it may clear set-id bits.
     f.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))
+}
+
+/// Whether user `uid` could read a file owned by `file_owner` (`(uid, gid)`) with `mode`:
+/// `None` when that cannot be told (a user or group the system does not name). `member` says
+/// whether a user is in a group.
+fn owner_could_read(
+    uid: u32,
+    file_owner: (u32, u32),
+    mode: u32,
+    member: &dyn Fn(u32, u32) -> Option<bool>,
+) -> Option<bool> {
+    if uid == 0 || mode & 0o004 != 0 || (uid == file_owner.0 && mode & 0o400 != 0) {
+        return Some(true);
+    }
+    if mode & 0o040 == 0 {
+        return Some(false);
+    }
+    member(uid, file_owner.1)
+}
+
+/// Whether user `uid` is in group `gid` (its primary group or a listed member), by the
+/// system's user and group databases; `None` when either does not name them.
+fn in_group(uid: u32, gid: u32) -> Option<bool> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let user = User::from_uid(Uid::from_raw(uid)).ok()??;
+    if user.gid == Gid::from_raw(gid) {
+        return Some(true);
+    }
+    let group = Group::from_gid(Gid::from_raw(gid)).ok()??;
+    Some(group.mem.iter().any(|m| *m == user.name))
 }
 
 fn now_rfc3339() -> (time::OffsetDateTime, String) {
@@ -877,7 +1032,7 @@ fn import_locked(
         return Ok(0);
     }
     let Locked {
-        _lock,
+        lock,
         mut doc,
         mut log,
         high,
@@ -892,6 +1047,8 @@ fn import_locked(
     // The places of extra records of a tenant listed more than once: an imported record
     // replaces them all, as a put does. Removed at the end, so `at` stays right meanwhile.
     let mut extra = Vec::new();
+    // Custom domains each imported tenant claims (that its stored record did not hold).
+    let mut claims: Vec<(TenantId, Vec<String>)> = Vec::new();
     for b in bindings {
         let tenant = b.tenant_id.clone();
         let (pos, several) = match at.get_mut(tenant.as_str()) {
@@ -917,6 +1074,15 @@ fn import_locked(
                 )),
             )
         })?;
+        let claimed: Vec<String> = b
+            .domains
+            .iter()
+            .filter(|d| !current.as_ref().is_some_and(|c| c.domains.contains(d)))
+            .map(|d| d.as_str().to_owned())
+            .collect();
+        if !claimed.is_empty() {
+            claims.push((tenant.clone(), claimed));
+        }
         let put = Mutation::Put(Box::new(Arc::unwrap_or_clone(b)));
         let next = mutate(&tenant, current.as_ref(), put, Revision(revision), now)
             .map_err(|e| failed(&tenant, e))?
@@ -953,6 +1119,13 @@ fn import_locked(
     for &i in extra.iter().rev() {
         doc.bindings.remove(i);
     }
+    if let Some((tenant, claimed)) = claims.first() {
+        let refused = doc.refused_tenants(&|t| imported.contains(t));
+        if !refused.is_empty() {
+            let claimed: Vec<&str> = claimed.iter().map(String::as_str).collect();
+            return Err(failed(tenant, claim_unchecked(tenant, &claimed, &refused)));
+        }
+    }
     let mut owners: std::collections::HashMap<String, TenantId> = std::collections::HashMap::new();
     for b in doc.valid() {
         for d in &b.domains {
@@ -982,21 +1155,7 @@ fn import_locked(
         }
     }
     doc.revision = Some(revision);
-    let audit = audit_path(path);
-    let unavailable =
-        |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
-    // As for one change: the audit lines first, then the file; a failed file write takes the
-    // lines back.
-    let before = log
-        .append_all(&entries)
-        .map_err(|e| whole(unavailable(e)))?;
-    if let Err(e) = doc.write(path) {
-        if let Err(cut) = log.cut(before) {
-            tracing::error!(file = %log.path().display(), error = %cut,
-                "a failed import's audit lines could not be removed");
-        }
-        return Err(whole(e));
-    }
+    commit(path, &lock, &doc, &mut log, &entries).map_err(whole)?;
     Ok(written)
 }
 
@@ -1009,7 +1168,7 @@ const NOT_MADE: &str = "not-made";
 /// The store held for one write: its lock (released on drop), the document, the audit log,
 /// and the highest revision ever handed out.
 struct Locked {
-    _lock: File,
+    lock: HeldLock,
     doc: RawDoc,
     log: AuditLog,
     high: u64,
@@ -1039,25 +1198,41 @@ fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> 
     let lock_path = PathBuf::from(lock_path);
     let lock_failed =
         |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", lock_path.display()));
-    let new_lock = !lock_path.exists();
-    let lock = match File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-    {
-        Ok(lock) => lock,
-        // An advisory lock needs no write access: one another admin created, readable to
-        // this one, serves as well.
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            File::open(&lock_path).map_err(|_| lock_failed(e))?
+    let mut tries = 0;
+    let lock = loop {
+        let new_lock = !lock_path.exists();
+        let lock = match File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+        {
+            Ok(lock) => lock,
+            // An advisory lock needs no write access: one another admin created, readable to
+            // this one, serves as well.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                File::open(&lock_path).map_err(|_| lock_failed(e))?
+            }
+            Err(e) => return Err(lock_failed(e)),
+        };
+        if new_lock {
+            share_ownership(&lock, &lock_path, path);
+            // Said in it: an empty file looks like a stale one to remove.
+            let _ = (&lock).write_all(LOCK_NOTE.as_bytes());
         }
-        Err(e) => return Err(lock_failed(e)),
+        lock.lock().map_err(lock_failed)?;
+        let held = HeldLock {
+            file: lock,
+            path: lock_path.clone(),
+        };
+        // Removed (or replaced) while this writer waited for it: another writer may hold the
+        // file now at that name, and would not be kept out by this one. Taken again.
+        match held.still_ours() {
+            Ok(()) => break held,
+            Err(e) if tries >= 10 => return Err(e),
+            Err(_) => tries += 1,
+        }
     };
-    if new_lock {
-        share_ownership(&lock, &lock_path, path);
-    }
-    lock.lock().map_err(lock_failed)?;
 
     let doc = RawDoc::read(path)?;
     let audit = audit_path(path);
@@ -1126,11 +1301,76 @@ fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> 
         high = high.max(last.revision);
     }
     Ok(Locked {
-        _lock: lock,
+        lock,
         doc,
         log,
         high,
     })
+}
+
+/// What a new lock file says, so that no one takes it for a stale file to remove.
+const LOCK_NOTE: &str = "The lock of this bindings file's writers (nexus-edge tenant \
+commands). Do not remove it: a writer holding it would no longer keep others out.\n";
+
+/// The lock file a writer holds, and where it is.
+struct HeldLock {
+    /// Locked (the lock is released when it is closed).
+    file: File,
+    path: PathBuf,
+}
+
+impl HeldLock {
+    /// Whether the file at the lock's path is still the one this writer holds locked. One
+    /// removed meanwhile (a cleanup, an operator taking it for stale) let the next writer
+    /// create another and lock that: two writers at once, and the later rename undid the
+    /// other's reported change.
+    fn still_ours(&self) -> Result<(), AdminError> {
+        use std::os::unix::fs::MetadataExt;
+        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+        let ours = self.file.metadata().map(id);
+        let there = std::fs::metadata(&self.path).map(id);
+        match (ours, there) {
+            (Ok(a), Ok(b)) if a == b => Ok(()),
+            _ => Err(AdminError::Unavailable(format!(
+                "{}: the lock file was removed or replaced while this writer held it: another \
+                 writer may be writing; nothing written, run the command again (and leave the \
+                 lock file in place)",
+                self.path.display()
+            ))),
+        }
+    }
+}
+
+/// Makes a change held under `lock`: its audit `entries` first, then `doc` as the file, so no
+/// change is ever made without its lines; if the file cannot be written, the lines are cut off
+/// again. First, and again before the file is replaced, the lock must still be this writer's
+/// and the file the one read (see [`HeldLock::still_ours`], [`RawDoc::unchanged`]).
+fn commit(
+    path: &Path,
+    lock: &HeldLock,
+    doc: &RawDoc,
+    log: &mut AuditLog,
+    entries: &[AuditEntry],
+) -> Result<(), AdminError> {
+    let audit = audit_path(path);
+    let unavailable =
+        |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
+    lock.still_ours()?;
+    doc.unchanged(path)?;
+    let before = log.append_all(entries).map_err(unavailable)?;
+    let made = lock
+        .still_ours()
+        .and_then(|()| doc.unchanged(path))
+        .and_then(|()| doc.write(path));
+    if let Err(e) = made {
+        if let Err(cut) = log.cut(before) {
+            tracing::error!(file = %log.path().display(), error = %cut,
+                "a failed change's audit lines could not be removed (the next write marks \
+                 them not made)");
+        }
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// One change, read-modify-write, under the store's lock.
@@ -1143,14 +1383,11 @@ fn apply_locked(
     wiped: WipedStore,
 ) -> Result<(Revision, Option<Binding>), AdminError> {
     let Locked {
-        _lock,
+        lock,
         mut doc,
         mut log,
         high,
     } = lock_for_write(path, wiped)?;
-    let audit = audit_path(path);
-    let unavailable =
-        |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
     let places = doc.positions(tenant);
     // A tenant listed more than once has no one current record: a whole new record (a put)
     // or none (a delete) settles it, and is what the operator asked for; a change of one
@@ -1214,6 +1451,18 @@ fn apply_locked(
         mutate(tenant, current.as_ref(), mutation, revision, at)?
     };
     if let Some(n) = &next {
+        let claimed: Vec<&str> = n
+            .domains
+            .iter()
+            .filter(|d| !current.as_ref().is_some_and(|c| c.domains.contains(d)))
+            .map(|d| d.as_str())
+            .collect();
+        if !claimed.is_empty() {
+            let refused = doc.refused_tenants(&|t| t == tenant);
+            if !refused.is_empty() {
+                return Err(claim_unchecked(tenant, &claimed, &refused));
+            }
+        }
         for other in doc.valid().iter().filter(|b| b.tenant_id != *tenant) {
             if let Some(d) = n.domains.iter().find(|d| other.domains.contains(d)) {
                 return Err(AdminError::Invalid {
@@ -1251,17 +1500,7 @@ fn apply_locked(
         old: current.as_ref().map(Binding::to_record),
         new: next.as_ref().map(Binding::to_record),
     };
-    // The audit line goes first and the change second, so no change is ever made without its
-    // line; if the change then fails, the line is cut off again (the lock keeps other writers
-    // out meanwhile).
-    let before = log.append(&entry).map_err(unavailable)?;
-    if let Err(e) = doc.write(path) {
-        if let Err(cut) = log.cut(before) {
-            tracing::error!(file = %log.path().display(), error = %cut,
-                "a failed change's audit line could not be removed");
-        }
-        return Err(e);
-    }
+    commit(path, &lock, &doc, &mut log, &[entry])?;
     Ok((revision, next))
 }
 
@@ -1351,5 +1590,227 @@ mod tests {
         write_atomically(&file, b"{}").expect("a new file");
         write_atomically(&file, b"{ }").expect("a file replaced");
         assert_eq!(std::fs::read(&file).expect("read"), b"{ }");
+    }
+
+    fn record(tenant: &str, url: &str) -> Binding {
+        parse_record(&serde_json::json!({
+            "tenant_id": tenant, "subscription_id": "s", "instance_id": "i", "instance_url": url,
+            "status": "active", "plan": "team", "region": "eu"
+        }))
+        .expect("record")
+    }
+
+    fn put(
+        path: &Path,
+        tenant: &str,
+        url: &str,
+    ) -> Result<(Revision, Option<Binding>), AdminError> {
+        let actor = Actor {
+            name: "tester".into(),
+            reason: None,
+        };
+        apply_locked(
+            path,
+            &TenantId::parse(tenant).expect("tenant"),
+            Mutation::Put(Box::new(record(tenant, url))),
+            None,
+            &actor,
+            WipedStore::Refuse,
+        )
+    }
+
+    fn audited(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(audit_path(path))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_writer_whose_lock_file_was_removed_writes_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("bindings.json");
+        put(&path, "acme", "http://10.0.0.1").expect("first write");
+        // A writer holds the lock; the lock file is removed from under it (taken for a stale
+        // empty file), and a second writer creates another and makes its change.
+        let held = lock_for_write(&path, WipedStore::Refuse).expect("locked");
+        let lock_text = std::fs::read_to_string(&held.lock.path).expect("lock file");
+        assert!(lock_text.contains("Do not remove it"), "{lock_text}");
+        std::fs::remove_file(&held.lock.path).expect("removed");
+        put(&path, "acme", "http://10.0.0.2").expect("the second writer");
+        let lines = audited(&path).len();
+        // The first writer's change is refused, not made over the second's.
+        let Locked {
+            lock, doc, mut log, ..
+        } = held;
+        let e = commit(&path, &lock, &doc, &mut log, &[]).expect_err("refused");
+        assert!(e.to_string().contains("lock file was removed"), "{e}");
+        let text = std::fs::read_to_string(&path).expect("file");
+        assert!(text.contains("http://10.0.0.2"), "{text}");
+        assert_eq!(audited(&path).len(), lines);
+    }
+
+    #[test]
+    fn a_file_changed_since_it_was_read_is_not_replaced() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("bindings.json");
+        put(&path, "acme", "http://10.0.0.1").expect("first write");
+        let Locked {
+            lock, doc, mut log, ..
+        } = lock_for_write(&path, WipedStore::Refuse).expect("locked");
+        // A hand edit while the write is made: in place (same length), then by rename.
+        let text = std::fs::read_to_string(&path).expect("file");
+        let edited = text.replace("10.0.0.1", "10.0.0.9");
+        std::fs::write(&path, &edited).expect("edit in place");
+        let e = commit(&path, &lock, &doc, &mut log, &[]).expect_err("refused");
+        assert!(e.to_string().contains("the file changed"), "{e}");
+        write_atomically(&path, edited.replace("10.0.0.9", "10.0.0.8").as_bytes())
+            .expect("edit by rename");
+        let e = commit(&path, &lock, &doc, &mut log, &[]).expect_err("refused");
+        assert!(e.to_string().contains("the file changed"), "{e}");
+        assert!(std::fs::read_to_string(&path)
+            .expect("file")
+            .contains("10.0.0.8"));
+        drop(lock);
+        // Read again under the lock, the change is made over the edit.
+        put(&path, "globex", "http://10.0.0.3").expect("a later write");
+        let text = std::fs::read_to_string(&path).expect("file");
+        assert!(
+            text.contains("10.0.0.8") && text.contains("10.0.0.3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn audit_lines_another_writer_appended_after_are_not_cut() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.log");
+        let entry = |revision| AuditEntry {
+            tenant: "acme".into(),
+            revision,
+            at: "2026-12-05T00:00:00Z".into(),
+            actor: "tester".into(),
+            reason: None,
+            op: "put".into(),
+            old: None,
+            new: None,
+        };
+        let mut a = AuditLog::open(path.clone()).expect("log");
+        let mut b = AuditLog::open(path.clone()).expect("log");
+        let before = a.append_all(&[entry(1)]).expect("a");
+        b.append_all(&[entry(2)]).expect("b");
+        assert!(a.cut(before).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("log").lines().count(),
+            2
+        );
+        // With nothing after its lines, they are cut.
+        let before = a.append_all(&[entry(3)]).expect("a");
+        a.cut(before).expect("cut");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("log").lines().count(),
+            2
+        );
+    }
+
+    /// Adds `record` to the file by hand (as an operator's editor would).
+    fn add_by_hand(path: &Path, record: serde_json::Value) {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("file")).expect("json");
+        doc["bindings"]
+            .as_array_mut()
+            .expect("bindings")
+            .push(record);
+        std::fs::write(path, doc.to_string()).expect("write");
+    }
+
+    #[test]
+    fn no_change_is_written_into_a_file_routers_refuse_whole() {
+        // A record that names no valid tenant: routers refuse the whole file while it is there,
+        // so a change written into it was audited and reported made, and never served.
+        for bad in [
+            serde_json::json!({ "tenant_id": "Acme", "status": "active" }),
+            serde_json::json!({ "status": "active" }),
+        ] {
+            let dir = tempfile::tempdir().expect("dir");
+            let path = dir.path().join("bindings.json");
+            put(&path, "acme", "http://10.0.0.1").expect("first write");
+            add_by_hand(&path, bad.clone());
+            let before = std::fs::read(&path).expect("file");
+            let e = put(&path, "globex", "http://10.0.0.2").expect_err("refused");
+            assert!(
+                e.to_string().contains("names no valid tenant"),
+                "{bad}: {e}"
+            );
+            assert_eq!(std::fs::read(&path).expect("file"), before);
+            assert_eq!(audited(&path).len(), 1, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_custom_domain_is_not_claimed_past_a_record_routers_refuse() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("bindings.json");
+        put(&path, "acme", "http://10.0.0.1").expect("first write");
+        // globex's record broken by hand: routers keep its last good binding, and whatever
+        // custom domains it had, which the file no longer shows.
+        let mut broken =
+            serde_json::to_value(record("globex", "http://10.0.0.2").to_record()).expect("json");
+        broken["domains"] = serde_json::json!(["shop.globex.test"]);
+        broken["status"] = serde_json::json!("actve");
+        add_by_hand(&path, broken);
+        let actor = Actor {
+            name: "tester".into(),
+            reason: None,
+        };
+        let mut claiming = record("acme", "http://10.0.0.1");
+        claiming.domains =
+            vec![crate::model::DomainName::parse("shop.globex.test").expect("domain")];
+        let acme = TenantId::parse("acme").expect("tenant");
+        let e = apply_locked(
+            &path,
+            &acme,
+            Mutation::Put(Box::new(claiming.clone())),
+            None,
+            &actor,
+            WipedStore::Refuse,
+        )
+        .expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("while routers refuse the record(s) of globex"),
+            "{e}"
+        );
+        let e = import_locked(&path, vec![Arc::new(claiming)], &actor, WipedStore::Refuse)
+            .expect_err("refused");
+        assert!(format!("{e:?}").contains("globex"), "{e:?}");
+        // Writes that claim no new domain go on.
+        put(&path, "acme", "http://10.0.0.3").expect("no domain claimed");
+    }
+
+    #[test]
+    fn a_file_its_owner_could_no_longer_read_is_told_by_mode_and_groups() {
+        // (uid 1000 is in group 50 only)
+        let member = |uid: u32, gid: u32| -> Option<bool> {
+            match (uid, gid) {
+                (1000, 50) => Some(true),
+                (1000, _) => Some(false),
+                _ => None,
+            }
+        };
+        let could = |uid, owner, mode| owner_could_read(uid, owner, mode, &member);
+        // Root reads anything; a file readable to others, anyone.
+        assert_eq!(could(0, (2000, 2000), 0o600), Some(true));
+        assert_eq!(could(1000, (2000, 2000), 0o644), Some(true));
+        // Through the group: in it, or not (the probe's case: nobody's file, 0640, rewritten
+        // by an admin of another group), or unknown.
+        assert_eq!(could(1000, (2000, 50), 0o640), Some(true));
+        assert_eq!(could(1000, (2000, 2000), 0o640), Some(false));
+        assert_eq!(could(3000, (2000, 2000), 0o640), None);
+        // No group read: not readable.
+        assert_eq!(could(1000, (2000, 50), 0o600), Some(false));
+        // Root is in group 0 by the system's own databases.
+        assert_eq!(in_group(0, 0), Some(true));
     }
 }
