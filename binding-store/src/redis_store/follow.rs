@@ -585,7 +585,9 @@ async fn session(
 /// so the table holds a write the store no longer has (a failover lost it after this replica
 /// read it) and the store has reused its revision for another. Applied entry by entry, the
 /// change would be taken for one already applied, and the lost write served on.
-fn lost_write_served(table: &crate::table::BindingTable, change: &Change) -> bool {
+/// `deletes`: the entry is a delete's (an upsert's entry whose record is gone meanwhile reads
+/// as a delete too, under the entry's revision, not the delete's: that says nothing).
+fn lost_write_served(table: &crate::table::BindingTable, change: &Change, deletes: bool) -> bool {
     let served = table.get(change.tenant().as_str());
     match change {
         // Revision 0: written by hand, not by a write; it names no write to compare.
@@ -593,10 +595,9 @@ fn lost_write_served(table: &crate::table::BindingTable, change: &Change) -> boo
             b.revision.get() > 0 && served.is_some_and(|s| s.revision == b.revision && **s != **b)
         }
         // A delete under the revision of a binding served: that binding was another write
-        // of the same revision. (Also met when the tenant was written again and deleted
-        // since this entry: a reconcile settles that too.)
+        // of the same revision.
         Change::Delete { revision, .. } => {
-            revision.get() > 0 && served.is_some_and(|s| s.revision == *revision)
+            deletes && revision.get() > 0 && served.is_some_and(|s| s.revision == *revision)
         }
     }
 }
@@ -698,10 +699,13 @@ async fn apply_entries(
                 // Read as it is now: maybe writes past this entry.
                 pos.reached = pos.reached.max(b.revision.get());
             }
-            if change
-                .as_ref()
-                .is_some_and(|c| lost_write_served(&handle.load(), c))
-            {
+            if change.as_ref().is_some_and(|c| {
+                lost_write_served(
+                    &handle.load(),
+                    c,
+                    field_str(&fields, "op") == Some("delete"),
+                )
+            }) {
                 tracing::warn!(tenant = %tenant, revision = rev,
                     "the table serves another change of this tenant under the same revision: \
                      a write the store lost (a failover); reconciling");
@@ -772,7 +776,57 @@ async fn apply_entries(
 
 #[cfg(test)]
 mod tests {
-    use super::{CounterWatch, Verdict};
+    use super::{lost_write_served, CounterWatch, Verdict};
+    use crate::model::{Revision, TenantId};
+    use crate::table::{BindingTable, Change};
+    use std::sync::Arc;
+
+    fn binding(url: &str, revision: u64) -> Arc<crate::model::Binding> {
+        let mut b = crate::records::parse_record(&serde_json::json!({
+            "tenant_id": "acme", "subscription_id": "s", "instance_id": "i",
+            "instance_url": url, "status": "active", "plan": "team", "region": "eu",
+            "revision": revision
+        }))
+        .expect("record");
+        b.revision = Revision(revision);
+        Arc::new(b)
+    }
+
+    #[test]
+    fn a_change_under_a_served_revision_that_differs_is_a_lost_write() {
+        let (table, _) = BindingTable::from_bindings([binding("http://10.0.0.5", 37)]);
+        let upsert = |url, rev| Change::Upsert(binding(url, rev));
+        let delete = |rev| Change::Delete {
+            tenant: TenantId::parse("acme").expect("tenant"),
+            revision: Revision(rev),
+        };
+        // The same write read again, or a newer or older one: nothing lost.
+        assert!(!lost_write_served(
+            &table,
+            &upsert("http://10.0.0.5", 37),
+            false
+        ));
+        assert!(!lost_write_served(
+            &table,
+            &upsert("http://10.0.0.6", 38),
+            false
+        ));
+        assert!(!lost_write_served(
+            &table,
+            &upsert("http://10.0.0.6", 36),
+            false
+        ));
+        // Another write under the served revision: the served one was lost.
+        assert!(lost_write_served(
+            &table,
+            &upsert("http://10.0.0.6", 37),
+            false
+        ));
+        // A delete's entry under it too; an upsert's whose record is gone since says nothing.
+        assert!(lost_write_served(&table, &delete(37), true));
+        assert!(!lost_write_served(&table, &delete(37), false));
+        assert!(!lost_write_served(&table, &delete(38), true));
+    }
 
     /// Per heartbeat, in order: (counter, applied, own entry present, verdict).
     fn run(beats: &[(Option<u64>, u64, bool, Verdict)]) {
