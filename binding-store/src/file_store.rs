@@ -839,7 +839,7 @@ fn in_group(uid: u32, gid: u32) -> Option<bool> {
         return Some(true);
     }
     let group = Group::from_gid(Gid::from_raw(gid)).ok()??;
-    Some(group.mem.iter().any(|m| *m == user.name))
+    Some(group.mem.contains(&user.name))
 }
 
 fn now_rfc3339() -> (time::OffsetDateTime, String) {
