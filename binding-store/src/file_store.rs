@@ -315,13 +315,22 @@ impl FileStore {
             self.remember(now, d, seen.loaded);
             return unchanged(&seen);
         }
+        let served = handle.load().revision();
         match self.build(&bytes, Some(&handle.load())) {
             Ok(table) => {
                 let (n, rev) = (table.len(), table.revision());
                 handle.store(table);
                 self.remember(now, d, true);
                 self.health.mark_synced(rev);
-                tracing::info!(file = %self.origin(), bindings = n, revision = rev.get(), "bindings reloaded");
+                if rev < served {
+                    // Taken (the file is the truth), but worth a warning: an older copy put
+                    // back (a backup, a deploy of a stale file) undoes every change since.
+                    tracing::warn!(file = %self.origin(), bindings = n, revision = rev.get(),
+                        was = served.get(),
+                        "bindings reloaded at an older revision than served (a restored or stale copy?): changes since are undone");
+                } else {
+                    tracing::info!(file = %self.origin(), bindings = n, revision = rev.get(), "bindings reloaded");
+                }
                 true
             }
             Err(e) => {
@@ -1220,7 +1229,16 @@ fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> 
             // Said in it: an empty file looks like a stale one to remove.
             let _ = (&lock).write_all(LOCK_NOTE.as_bytes());
         }
-        lock.lock().map_err(lock_failed)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                // Said, not waited on in silence: a writer that hangs holds every other.
+                tracing::warn!(lock = %lock_path.display(),
+                    "another writer holds the bindings file's lock; waiting for it");
+                lock.lock().map_err(lock_failed)?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(lock_failed(e)),
+        }
         let held = HeldLock {
             file: lock,
             path: lock_path.clone(),
@@ -1812,5 +1830,66 @@ mod tests {
         assert_eq!(could(1000, (2000, 50), 0o600), Some(false));
         // Root is in group 0 by the system's own databases.
         assert_eq!(in_group(0, 0), Some(true));
+    }
+
+    /// Log lines written on the thread that holds the returned guard, kept in the buffer.
+    fn captured() -> (
+        Arc<std::sync::Mutex<Vec<u8>>>,
+        impl FnOnce() -> tracing::subscriber::DefaultGuard,
+    ) {
+        #[derive(Clone)]
+        struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("buffer").extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = Buffer(Arc::clone(&buffer));
+        let install = move || {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_default(subscriber)
+        };
+        (buffer, install)
+    }
+
+    #[test]
+    fn a_writer_waiting_for_the_lock_says_so() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("bindings.json");
+        put(&path, "acme", "http://10.0.0.1").expect("first write");
+        let held = lock_for_write(&path, WipedStore::Refuse).expect("locked");
+        let (said, install) = captured();
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let _logging = install();
+                put(&path, "acme", "http://10.0.0.2")
+            })
+        };
+        // Polled: the waiting writer says so before it blocks.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !String::from_utf8_lossy(&said.lock().expect("buffer"))
+            .contains("another writer holds the bindings file's lock; waiting for it")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing said while waiting"
+            );
+            std::thread::yield_now();
+        }
+        drop(held);
+        let (revision, _) = writer
+            .join()
+            .expect("writer")
+            .expect("written once the lock is free");
+        assert_eq!(revision, Revision(2));
     }
 }

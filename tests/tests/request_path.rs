@@ -1946,6 +1946,28 @@ fn a_204_reaches_the_client_without_a_content_length() {
 }
 
 #[test]
+fn a_bindings_file_put_back_at_an_older_revision_is_taken_with_a_warning() {
+    // The file is the truth, so an older copy (a backup restored, a stale deploy) is served;
+    // it undoes every change since, which was logged as an ordinary reload.
+    let w = world();
+    let at = |url: &str, revision: u64| {
+        let mut acme = binding("acme", url, "active", Some("org-acme"));
+        acme["revision"] = serde_json::json!(revision);
+        bindings_file(vec![acme])
+    };
+    w.edge.write_bindings(&at(&w.b.url(), 5));
+    w.edge.wait_for("revision 5", || w.edge.revision() == 5);
+    assert!(!w.edge.log().contains("older revision than served"));
+    w.edge.write_bindings(&at(&w.a.url(), 2));
+    w.edge.wait_for("revision 2", || w.edge.revision() == 2);
+    let log = w.edge.log();
+    assert!(
+        log.contains("bindings reloaded at an older revision than served") && log.contains("WARN"),
+        "{log}"
+    );
+}
+
+#[test]
 fn binding_file_changes_are_picked_up_live() {
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));
