@@ -529,11 +529,28 @@ impl RawDoc {
         })
     }
 
-    /// Tenants other than `except` whose record routers refuse (invalid, or listed more than
-    /// once). Each keeps the last good binding a router served for it, with custom domains
-    /// this file does not show: a domain claimed now cannot be checked against those.
+    /// Tenants other than `except` whose record routers refuse, or may: invalid, listed more
+    /// than once, or claiming a custom domain another record claims too (routers refuse the
+    /// claimant that does not hold it now, which the file does not say). Each keeps the last
+    /// good binding a router served for it, with custom domains this file does not show: a
+    /// domain claimed now cannot be checked against those.
     fn refused_tenants(&self, except: &dyn Fn(&TenantId) -> bool) -> Vec<String> {
         let places = self.places();
+        let mut claimants: std::collections::HashMap<String, Vec<TenantId>> =
+            std::collections::HashMap::new();
+        for b in self.valid() {
+            for d in &b.domains {
+                claimants
+                    .entry(d.as_str().to_owned())
+                    .or_default()
+                    .push(b.tenant_id.clone());
+            }
+        }
+        let contested: std::collections::HashSet<TenantId> = claimants
+            .into_values()
+            .filter(|c| c.len() > 1)
+            .flatten()
+            .collect();
         let mut refused: Vec<String> = self
             .bindings
             .iter()
@@ -541,7 +558,8 @@ impl RawDoc {
             .filter(|(t, v)| {
                 !except(t)
                     && (parse_record(v).is_err()
-                        || places.get(t.as_str()).is_some_and(|p| p.len() > 1))
+                        || places.get(t.as_str()).is_some_and(|p| p.len() > 1)
+                        || contested.contains(t))
             })
             .map(|(t, _)| t.to_string())
             .collect();
@@ -621,14 +639,30 @@ impl RawDoc {
             .collect()
     }
 
-    fn write(&self, path: &Path) -> Result<(), AdminError> {
+    /// Writes the document as the file at `path`; `last_check` runs once the new file is
+    /// written and synced, right before it replaces the old one (see [`write_checked`]).
+    fn write(
+        &self,
+        path: &Path,
+        last_check: impl FnOnce() -> Result<(), AdminError>,
+    ) -> Result<(), AdminError> {
         let doc = serde_json::json!({
             "format": BINDINGS_FORMAT,
             "revision": self.revision.unwrap_or_else(|| self.high_revision()),
             "bindings": self.bindings,
         });
-        write_atomically(path, format!("{doc:#}\n").as_bytes())
-            .map_err(|e| AdminError::Unavailable(format!("{}: {e}", path.display())))
+        let mut refused = None;
+        let checked = || {
+            last_check().map_err(|e| {
+                refused = Some(e);
+                std::io::Error::other("refused before the rename")
+            })
+        };
+        write_checked(path, format!("{doc:#}\n").as_bytes(), checked).map_err(|e| {
+            refused
+                .take()
+                .unwrap_or_else(|| AdminError::Unavailable(format!("{}: {e}", path.display())))
+        })
     }
 }
 
@@ -648,7 +682,8 @@ fn claim_unchecked(tenant: &TenantId, domains: &[&str], refused: &[String]) -> A
     AdminError::Invalid {
         tenant: tenant.clone(),
         reason: format!(
-            "it claims custom domain(s) {} while routers refuse the record(s) of {}: each of \
+            "it claims custom domain(s) {} while routers refuse the record(s) of {} (invalid, \
+             listed twice, or claiming a custom domain another record claims too): each of \
              those tenants keeps its last good binding, whose custom domains the file does not \
              show, so the claim cannot be checked against them; fix those records first",
             domains.join(", "),
@@ -685,6 +720,18 @@ fn listed_twice(path: &Path, tenant: &TenantId, places: &[usize]) -> AdminError 
 /// everyone reads, so a failure to sync the directory after it is logged, not returned (a
 /// caller would otherwise undo the audit line of a change that did happen).
 pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    write_checked(path, content, || Ok(()))
+}
+
+/// [`write_atomically`], with `last_check` run once the new file is written and synced,
+/// right before the rename: an error from it leaves the old file in place. What must still
+/// hold when the file is replaced is checked there, not before the write and the sync, which
+/// may take long on a slow disk.
+fn write_checked(
+    path: &Path,
+    content: &[u8],
+    last_check: impl FnOnce() -> std::io::Result<()>,
+) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = &resolve_links(path)?;
     let dir = path
@@ -728,6 +775,7 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
         }
         f.write_all(content)?;
         f.sync_all()?;
+        last_check()?;
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
@@ -1376,10 +1424,10 @@ fn commit(
     lock.still_ours()?;
     doc.unchanged(path)?;
     let before = log.append_all(entries).map_err(unavailable)?;
-    let made = lock
-        .still_ours()
-        .and_then(|()| doc.unchanged(path))
-        .and_then(|()| doc.write(path));
+    let made = doc.write(path, || {
+        lock.still_ours()?;
+        doc.unchanged(path)
+    });
     if let Err(e) = made {
         if let Err(cut) = log.cut(before) {
             tracing::error!(file = %log.path().display(), error = %cut,
@@ -1805,6 +1853,38 @@ mod tests {
         assert!(format!("{e:?}").contains("globex"), "{e:?}");
         // Writes that claim no new domain go on.
         put(&path, "acme", "http://10.0.0.3").expect("no domain claimed");
+
+        // A record refused because it claims a custom domain another record holds counts
+        // too: which of the two routers refuse, the file does not say.
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("bindings.json");
+        let mut initech = record("initech", "http://10.0.0.4");
+        initech.domains = vec![crate::model::DomainName::parse("app.initech.test").expect("d")];
+        apply_locked(
+            &path,
+            &initech.tenant_id.clone(),
+            Mutation::Put(Box::new(initech)),
+            None,
+            &actor,
+            WipedStore::Refuse,
+        )
+        .expect("initech");
+        let mut hooli =
+            serde_json::to_value(record("hooli", "http://10.0.0.5").to_record()).expect("json");
+        hooli["domains"] = serde_json::json!(["app.initech.test"]);
+        add_by_hand(&path, hooli);
+        let mut claiming = record("acme", "http://10.0.0.1");
+        claiming.domains = vec![crate::model::DomainName::parse("shop.acme.test").expect("d")];
+        let e = apply_locked(
+            &path,
+            &acme,
+            Mutation::Put(Box::new(claiming)),
+            None,
+            &actor,
+            WipedStore::Refuse,
+        )
+        .expect_err("refused");
+        assert!(e.to_string().contains("hooli, initech"), "{e}");
     }
 
     #[test]
@@ -1891,5 +1971,31 @@ mod tests {
             .expect("writer")
             .expect("written once the lock is free");
         assert_eq!(revision, Revision(2));
+    }
+
+    #[test]
+    fn the_last_check_runs_with_the_new_file_written_and_before_the_rename() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("bindings.json");
+        std::fs::write(&path, "old").expect("write");
+        let temp_files = || {
+            std::fs::read_dir(dir.path())
+                .expect("dir")
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+                .map(|e| std::fs::read_to_string(e.path()).expect("temp file"))
+                .collect::<Vec<_>>()
+        };
+        // Refused at the last moment: the new content was written, the old file stays.
+        let e = write_checked(&path, b"new", || {
+            assert_eq!(temp_files(), ["new"]);
+            Err(std::io::Error::other("no longer ours"))
+        })
+        .expect_err("refused");
+        assert_eq!(e.to_string(), "no longer ours");
+        assert_eq!(std::fs::read_to_string(&path).expect("file"), "old");
+        assert!(temp_files().is_empty());
+        write_checked(&path, b"new", || Ok(())).expect("written");
+        assert_eq!(std::fs::read_to_string(&path).expect("file"), "new");
     }
 }
