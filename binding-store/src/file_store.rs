@@ -1255,6 +1255,19 @@ fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> 
     let lock_path = PathBuf::from(lock_path);
     let lock_failed =
         |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", lock_path.display()));
+    // The directory first: a lock file can be removed (taken for a stale empty file) while a
+    // writer holds it, and the next writer then locks a new one and runs beside it; the
+    // directory cannot be removed from under its files. The lock file stays, so writers of
+    // versions that lock only it are kept out as before (and it is always taken second, so
+    // the two orders never meet).
+    let home = home(path);
+    let dir = home
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir_failed = |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", dir.display()));
+    let dir_lock = File::open(dir).map_err(dir_failed)?;
+    wait_for_lock(&dir_lock, dir).map_err(dir_failed)?;
     let mut tries = 0;
     let lock = loop {
         let new_lock = !lock_path.exists();
@@ -1277,19 +1290,11 @@ fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> 
             // Said in it: an empty file looks like a stale one to remove.
             let _ = (&lock).write_all(LOCK_NOTE.as_bytes());
         }
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                // Said, not waited on in silence: a writer that hangs holds every other.
-                tracing::warn!(lock = %lock_path.display(),
-                    "another writer holds the bindings file's lock; waiting for it");
-                lock.lock().map_err(lock_failed)?;
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(lock_failed(e)),
-        }
+        wait_for_lock(&lock, &lock_path).map_err(lock_failed)?;
         let held = HeldLock {
             file: lock,
             path: lock_path.clone(),
+            _dir: dir_lock.try_clone().map_err(dir_failed)?,
         };
         // Removed (or replaced) while this writer waited for it: another writer may hold the
         // file now at that name, and would not be kept out by this one. Taken again.
@@ -1378,11 +1383,28 @@ fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> 
 const LOCK_NOTE: &str = "The lock of this bindings file's writers (nexus-edge tenant \
 commands). Do not remove it: a writer holding it would no longer keep others out.\n";
 
-/// The lock file a writer holds, and where it is.
+/// Takes the exclusive advisory lock on `file` (at `at`), saying so when it must wait: a
+/// writer that hangs holds every other, which waited in silence.
+fn wait_for_lock(file: &File, at: &Path) -> std::io::Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::warn!(lock = %at.display(),
+                "another writer holds the bindings file's lock; waiting for it");
+            file.lock()
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// The locks a writer holds (the bindings file's directory, and its lock file), and where
+/// the lock file is.
 struct HeldLock {
     /// Locked (the lock is released when it is closed).
     file: File,
     path: PathBuf,
+    /// The directory, locked (see [`lock_for_write`]).
+    _dir: File,
 }
 
 impl HeldLock {
@@ -1694,27 +1716,47 @@ mod tests {
     }
 
     #[test]
-    fn a_writer_whose_lock_file_was_removed_writes_nothing() {
+    fn a_writer_whose_lock_file_was_removed_writes_nothing_and_keeps_the_next_out() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("bindings.json");
         put(&path, "acme", "http://10.0.0.1").expect("first write");
         // A writer holds the lock; the lock file is removed from under it (taken for a stale
-        // empty file), and a second writer creates another and makes its change.
+        // file). The next writer made a new one, locked it, and ran beside the first.
         let held = lock_for_write(&path, WipedStore::Refuse).expect("locked");
         let lock_text = std::fs::read_to_string(&held.lock.path).expect("lock file");
         assert!(lock_text.contains("Do not remove it"), "{lock_text}");
         std::fs::remove_file(&held.lock.path).expect("removed");
-        put(&path, "acme", "http://10.0.0.2").expect("the second writer");
-        let lines = audited(&path).len();
-        // The first writer's change is refused, not made over the second's.
+        let (said, install) = captured();
+        let second = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let _logging = install();
+                put(&path, "acme", "http://10.0.0.2")
+            })
+        };
+        // It waits for the first (the directory's lock is still held), and says so.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !String::from_utf8_lossy(&said.lock().expect("buffer")).contains("waiting for it") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second writer did not wait"
+            );
+            std::thread::yield_now();
+        }
+        // The first writer's change is refused: the lock file it holds is gone.
         let Locked {
             lock, doc, mut log, ..
         } = held;
         let e = commit(&path, &lock, &doc, &mut log, &[]).expect_err("refused");
         assert!(e.to_string().contains("lock file was removed"), "{e}");
+        drop((lock, log));
+        second
+            .join()
+            .expect("second")
+            .expect("the second writer, after the first");
         let text = std::fs::read_to_string(&path).expect("file");
         assert!(text.contains("http://10.0.0.2"), "{text}");
-        assert_eq!(audited(&path).len(), lines);
+        assert_eq!(audited(&path).len(), 2);
     }
 
     #[test]
