@@ -1305,6 +1305,7 @@ fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> 
         }
     };
 
+    remove_left_temp_files(&home);
     let doc = RawDoc::read(path)?;
     let audit = audit_path(path);
     let unavailable =
@@ -1382,6 +1383,30 @@ fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> 
 /// What a new lock file says, so that no one takes it for a stale file to remove.
 const LOCK_NOTE: &str = "The lock of this bindings file's writers (nexus-edge tenant \
 commands). Do not remove it: a writer holding it would no longer keep others out.\n";
+
+/// Removes the temp files writers killed mid-write left beside the bindings file at `home`
+/// (`.<name>.tmp.<pid>`): with both locks held no writer of any version is writing one.
+fn remove_left_temp_files(home: &Path) {
+    let (Some(dir), Some(name)) = (home.parent(), home.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.tmp.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let left = entry.file_name().to_string_lossy().starts_with(&prefix)
+            && entry.file_type().is_ok_and(|t| t.is_file());
+        if left {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
 
 /// Takes the exclusive advisory lock on `file` (at `at`), saying so when it must wait: a
 /// writer that hangs holds every other, which waited in silence.
@@ -2039,5 +2064,19 @@ mod tests {
         assert!(temp_files().is_empty());
         write_checked(&path, b"new", || Ok(())).expect("written");
         assert_eq!(std::fs::read_to_string(&path).expect("file"), "new");
+    }
+
+    #[test]
+    fn temp_files_writers_left_are_removed_by_the_next_write() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("bindings.json");
+        put(&path, "acme", "http://10.0.0.1").expect("first write");
+        let left = dir.path().join(".bindings.json.tmp.99999");
+        std::fs::write(&left, "half").expect("left by a killed writer");
+        let other = dir.path().join(".other.json.tmp.99999");
+        std::fs::write(&other, "another file's").expect("write");
+        put(&path, "acme", "http://10.0.0.2").expect("next write");
+        assert!(!left.exists());
+        assert!(other.exists());
     }
 }
