@@ -755,6 +755,43 @@ fn a_write_a_failover_lost_is_not_served_on() {
 }
 
 #[test]
+fn a_lost_write_s_revision_given_to_another_tenant_is_not_served_on() {
+    // As above, but the new primary's next write is another tenant's: the counter is where
+    // the replica saw it and its entry is there, and the lost write was served until the
+    // next reconcile (5 minutes by default), the replica reporting itself in sync.
+    let (w, edge) = World::followed(&["acme", "globex"]);
+    let c = Backend::start("instance-c");
+    wait_live(&w.admin, &["replica-1"]);
+    signal(&edge, "-STOP");
+    let (code, _, err) = rebind_acme(&w.admin, &w.b, &[]);
+    assert_eq!(code, 0, "{err}");
+    let third = write_ahead_of_the_feed(&w.redis, 4, &c);
+    signal(&edge, "-CONT");
+    wait_instance(&edge, &w.keys, "acme", "instance-c");
+    signal(&edge, "-STOP");
+    w.redis.cmd(&["SET", "nexus:binding:acme", &third]);
+    w.redis.cmd(&["SET", "nexus:revision", "3"]);
+    let url = w.b.url();
+    let out = w.admin.ok(&[
+        "rebind",
+        "globex",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &url,
+    ]);
+    assert!(out.contains("rev 4"), "{out}");
+    signal(&edge, "-CONT");
+    wait_instance(&edge, &w.keys, "globex", "instance-b");
+    wait_instance(&edge, &w.keys, "acme", "instance-b");
+    assert!(
+        edge.log().contains("another tenant's change the revision of a record"),
+        "{}",
+        edge.log()
+    );
+}
+
+#[test]
 fn a_replica_of_a_node_that_takes_no_writes_is_not_said_in_sync() {
     // A node demoted to a read-only replica refuses the heartbeat (READONLY), which ends the
     // session; the replica reconnected, caught up and was marked in sync every second, so its

@@ -617,6 +617,7 @@ async fn apply_entries(
         revision: 0,
         history: None,
         reached: 0,
+        ahead: Arc::default(),
     });
     // Tenants whose newest record claims a custom domain another tenant still holds here.
     // Each entry is applied as the tenant's *newest* record, which may be writes ahead of it:
@@ -660,6 +661,18 @@ async fn apply_entries(
             return Ok(true);
         }
         let tenant = field_str(&fields, "tenant").and_then(|t| TenantId::parse(t).ok());
+        // A record applied ahead of the feed at this revision must be this entry's tenant's.
+        if pos.ahead.keys().next().is_some_and(|r| *r <= rev) {
+            let map = Arc::make_mut(&mut pos.ahead);
+            let applied_here = map.remove(&rev);
+            map.retain(|r, _| *r > rev);
+            if let Some(other) = applied_here.filter(|t| Some(t) != tenant.as_ref()) {
+                tracing::warn!(revision = rev, served = %other, entry = ?tenant.as_ref().map(TenantId::as_str),
+                    "the feed gives another tenant's change the revision of a record this \
+                     replica serves: a write the store lost (a failover); reconciling");
+                return Ok(true);
+            }
+        }
         if let Some(tenant) = tenant {
             let got: redis::RedisResult<Option<Vec<u8>>> =
                 con.get(store.keys().binding(tenant.as_str())).await;
@@ -698,6 +711,9 @@ async fn apply_entries(
             if let Some(Change::Upsert(b)) = &change {
                 // Read as it is now: maybe writes past this entry.
                 pos.reached = pos.reached.max(b.revision.get());
+                if b.revision.get() > rev {
+                    Arc::make_mut(&mut pos.ahead).insert(b.revision.get(), tenant.clone());
+                }
             }
             if change.as_ref().is_some_and(|c| {
                 lost_write_served(
@@ -751,6 +767,7 @@ async fn apply_entries(
             revision: pos.revision.max(rev),
             reached: pos.reached.max(rev),
             history: pos.history,
+            ahead: pos.ahead,
         };
         if contested.is_empty() {
             before_contested = None;
@@ -761,6 +778,7 @@ async fn apply_entries(
         // (What the store reached is known whatever the place kept.)
         let mut at = before_contested.clone().unwrap_or_else(|| pos.clone());
         at.reached = pos.reached;
+        at.ahead = Arc::clone(&pos.ahead);
         store.set_position(at);
     }
     if !contested.is_empty() {

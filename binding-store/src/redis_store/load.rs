@@ -170,10 +170,12 @@ impl RedisStore {
                 revision: 0,
                 history: id.clone(),
                 reached: 0,
+                ahead: Arc::default(),
             },
             |(id_, fields)| FeedPosition {
                 revision: field_u64(&fields, "rev"),
                 reached: field_u64(&fields, "rev"),
+                ahead: Arc::default(),
                 stream_id: id_,
                 history: id,
             },
@@ -481,6 +483,13 @@ impl RedisStore {
         };
         self.keeping
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        // Records the scan took that were written during it: the feed has their entries
+        // after `head`, each of which must be its tenant's (see `FeedPosition::ahead`).
+        let ahead: BTreeMap<u64, TenantId> = table
+            .iter()
+            .filter(|b| b.revision.get() > revision)
+            .map(|b| (b.revision.get(), b.tenant_id.clone()))
+            .collect();
         Ok((
             // Deletes after the newest record count: the table reflects the store at
             // `revision`, as a follower that applied them would.
@@ -490,6 +499,7 @@ impl RedisStore {
                 revision,
                 history: head.history,
                 reached: revision.max(after),
+                ahead: Arc::new(ahead),
             },
         ))
     }

@@ -143,6 +143,13 @@ pub(crate) struct FeedPosition {
     /// hold this replica's last entry and a counter up to its position, and so look in step,
     /// while the table serves a record it never got.
     pub(crate) reached: u64,
+    /// Records applied ahead of the feed (a record read as it is now, or by a full load's
+    /// scan, carrying a revision past this position), by revision: when the feed reaches
+    /// that revision its entry must be that tenant's. Another tenant's there is a store that
+    /// lost the write this replica serves and gave its revision to another write (a failover
+    /// before the replica reconnected), which nothing else shows: the counter is where the
+    /// replica saw it, its entry is there. Usually empty.
+    pub(crate) ahead: Arc<std::collections::BTreeMap<u64, crate::model::TenantId>>,
 }
 
 /// The table a full load would replace, and the history it was loaded from.
@@ -663,6 +670,7 @@ impl BindingSource for RedisStore {
                         revision: snap.revision.get(),
                         history: snap.history.as_deref().map(Arc::from),
                         reached: snap.revision.get(),
+                        ahead: Arc::default(),
                     });
                     let _ = fleet::heartbeat(self, &mut con, snap.revision.get(), false).await;
                 }
@@ -732,6 +740,7 @@ impl BindingSource for RedisStore {
                             revision: snap.revision.get(),
                             history: snap.history.as_deref().map(Arc::from),
                             reached: snap.revision.get(),
+                            ahead: Arc::default(),
                         });
                         Ok(snap.table.clone())
                     }
