@@ -785,7 +785,8 @@ fn a_lost_write_s_revision_given_to_another_tenant_is_not_served_on() {
     wait_instance(&edge, &w.keys, "globex", "instance-b");
     wait_instance(&edge, &w.keys, "acme", "instance-b");
     assert!(
-        edge.log().contains("another tenant's change the revision of a record"),
+        edge.log()
+            .contains("another tenant's change the revision of a record"),
         "{}",
         edge.log()
     );

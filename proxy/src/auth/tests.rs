@@ -654,9 +654,9 @@ fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
     assert!(auth.verify(&f.rs.sign(&claims()).expect("s"), NOW).is_ok());
 }
 
-/// The key file is polled every `jwks_poll_interval`: a refused content (JSON that does not parse, or
-/// keys all unusable) is parsed and reported once, not once a poll (an error line, and a
-/// warning per skipped key, every poll until fixed), and `refusing` says so meanwhile.
+/// The key file is polled every `jwks_poll_interval`: a refused content (JSON that does not
+/// parse, or keys all unusable) is parsed and reported once, not once a poll (an error line,
+/// and a warning per skipped key, every poll until fixed), and `refusing` says so meanwhile.
 #[test]
 fn a_refused_key_file_is_parsed_and_reported_once_until_it_changes() {
     let f = fixture("refused-once");
