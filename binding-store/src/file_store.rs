@@ -1751,23 +1751,8 @@ mod tests {
         let lock_text = std::fs::read_to_string(&held.lock.path).expect("lock file");
         assert!(lock_text.contains("Do not remove it"), "{lock_text}");
         std::fs::remove_file(&held.lock.path).expect("removed");
-        let (said, install) = captured();
-        let second = {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                let _logging = install();
-                put(&path, "acme", "http://10.0.0.2")
-            })
-        };
         // It waits for the first (the directory's lock is still held), and says so.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !String::from_utf8_lossy(&said.lock().expect("buffer")).contains("waiting for it") {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the second writer did not wait"
-            );
-            std::thread::yield_now();
-        }
+        let second = put_once_waiting(&path, "http://10.0.0.2");
         // The first writer's change is refused: the lock file it holds is gone.
         let Locked {
             lock, doc, mut log, ..
@@ -2007,31 +1992,40 @@ mod tests {
         (buffer, install)
     }
 
-    #[test]
-    fn a_writer_waiting_for_the_lock_says_so() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("bindings.json");
-        put(&path, "acme", "http://10.0.0.1").expect("first write");
-        let held = lock_for_write(&path, WipedStore::Refuse).expect("locked");
+    /// Starts a writer of acme's record to `url` that must wait for the lock, and returns
+    /// once it has said it waits (polled, with a deadline).
+    fn put_once_waiting(
+        path: &Path,
+        url: &'static str,
+    ) -> std::thread::JoinHandle<Result<(Revision, Option<Binding>), AdminError>> {
         let (said, install) = captured();
         let writer = {
-            let path = path.clone();
+            let path = path.to_owned();
             std::thread::spawn(move || {
                 let _logging = install();
-                put(&path, "acme", "http://10.0.0.2")
+                put(&path, "acme", url)
             })
         };
-        // Polled: the waiting writer says so before it blocks.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !String::from_utf8_lossy(&said.lock().expect("buffer"))
             .contains("another writer holds the bindings file's lock; waiting for it")
         {
             assert!(
                 std::time::Instant::now() < deadline,
-                "nothing said while waiting"
+                "the writer did not wait"
             );
             std::thread::yield_now();
         }
+        writer
+    }
+
+    #[test]
+    fn a_writer_waiting_for_the_lock_says_so() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("bindings.json");
+        put(&path, "acme", "http://10.0.0.1").expect("first write");
+        let held = lock_for_write(&path, WipedStore::Refuse).expect("locked");
+        let writer = put_once_waiting(&path, "http://10.0.0.2");
         drop(held);
         let (revision, _) = writer
             .join()

@@ -692,7 +692,7 @@ fn wait_names_replicas_stopped_or_on_another_history() {
 
 /// Writes acme's record as a write of `revision` to `to` would, and the counter with it, but
 /// no feed entry: a write whose record a replica reads for an earlier entry (records are read
-/// as they are now), and which a failover then loses. Returns the record as it was.
+/// as they are now). Returns the record as it was.
 fn write_ahead_of_the_feed(redis: &RedisServer, revision: u64, to: &Backend) -> String {
     let was = redis.cmd(&["GET", "nexus:binding:acme"]);
     let mut record: serde_json::Value = serde_json::from_str(&was).expect("record");
@@ -701,6 +701,34 @@ fn write_ahead_of_the_feed(redis: &RedisServer, revision: u64, to: &Backend) -> 
     redis.cmd(&["SET", "nexus:binding:acme", &record.to_string()]);
     redis.cmd(&["SET", "nexus:revision", &revision.to_string()]);
     was
+}
+
+/// The replica applies a change of acme (`change`, the admin's arguments, made while it is
+/// stopped) reading acme's record as a later write `ahead` (to `to`) left it; then, stopped
+/// again, the store loses that write (acme's record and the counter put back), as a failover
+/// to a node that never got it does. The replica is left stopped.
+fn lose_a_write_read_ahead(w: &World, edge: &Edge, change: &[&str], ahead: u64, to: &Backend) {
+    signal(edge, "-STOP");
+    w.admin.ok(change);
+    let was = write_ahead_of_the_feed(&w.redis, ahead, to);
+    signal(edge, "-CONT");
+    wait_instance(edge, &w.keys, "acme", &to.name);
+    signal(edge, "-STOP");
+    w.redis.cmd(&["SET", "nexus:binding:acme", &was]);
+    w.redis
+        .cmd(&["SET", "nexus:revision", &(ahead - 1).to_string()]);
+}
+
+/// `rebind TENANT` to `to` (instance id `inst`).
+fn rebind_args<'a>(tenant: &'a str, inst: &'a str, url: &'a str) -> [&'a str; 6] {
+    [
+        "rebind",
+        tenant,
+        "--instance-id",
+        inst,
+        "--instance-url",
+        url,
+    ]
 }
 
 #[test]
@@ -714,39 +742,17 @@ fn a_write_a_failover_lost_is_not_served_on() {
     let (w, edge) = World::followed(&["acme"]);
     let c = Backend::start("instance-c");
     wait_live(&w.admin, &["replica-1"]);
+    let (a, b) = (w.a.url(), w.b.url());
 
-    // The replica reads entry 2 (acme to instance-b) with the record of write 3 (to
-    // instance-c) in place.
-    signal(&edge, "-STOP");
-    let (code, _, err) = rebind_acme(&w.admin, &w.b, &[]);
-    assert_eq!(code, 0, "{err}");
-    let second = write_ahead_of_the_feed(&w.redis, 3, &c);
+    // Entry 2 (acme to instance-b) read with write 3's record (to instance-c), write 3 lost.
+    lose_a_write_read_ahead(&w, &edge, &rebind_args("acme", "inst-b", &b), 3, &c);
     signal(&edge, "-CONT");
-    wait_instance(&edge, &w.keys, "acme", "instance-c");
-    // The failover: the new primary has entry 2 and its record, and a counter at 2.
-    w.redis.cmd(&["SET", "nexus:binding:acme", &second]);
-    w.redis.cmd(&["SET", "nexus:revision", "2"]);
     wait_instance(&edge, &w.keys, "acme", "instance-b");
 
     // Again, and this time the new primary's next write (to instance-a) takes the lost
     // write's revision before the replica heard of the failover.
-    signal(&edge, "-STOP");
-    w.admin.ok(&["set-status", "acme", "past_due"]);
-    let third = write_ahead_of_the_feed(&w.redis, 4, &c);
-    signal(&edge, "-CONT");
-    wait_instance(&edge, &w.keys, "acme", "instance-c");
-    signal(&edge, "-STOP");
-    w.redis.cmd(&["SET", "nexus:binding:acme", &third]);
-    w.redis.cmd(&["SET", "nexus:revision", "3"]);
-    let url = w.a.url();
-    let out = w.admin.ok(&[
-        "rebind",
-        "acme",
-        "--instance-id",
-        "inst-a",
-        "--instance-url",
-        &url,
-    ]);
+    lose_a_write_read_ahead(&w, &edge, &["set-status", "acme", "past_due"], 4, &c);
+    let out = w.admin.ok(&rebind_args("acme", "inst-a", &a));
     assert!(out.contains("rev 4"), "{out}");
     signal(&edge, "-CONT");
     wait_instance(&edge, &w.keys, "acme", "instance-a");
@@ -762,33 +768,17 @@ fn a_lost_write_s_revision_given_to_another_tenant_is_not_served_on() {
     let (w, edge) = World::followed(&["acme", "globex"]);
     let c = Backend::start("instance-c");
     wait_live(&w.admin, &["replica-1"]);
-    signal(&edge, "-STOP");
-    let (code, _, err) = rebind_acme(&w.admin, &w.b, &[]);
-    assert_eq!(code, 0, "{err}");
-    let third = write_ahead_of_the_feed(&w.redis, 4, &c);
-    signal(&edge, "-CONT");
-    wait_instance(&edge, &w.keys, "acme", "instance-c");
-    signal(&edge, "-STOP");
-    w.redis.cmd(&["SET", "nexus:binding:acme", &third]);
-    w.redis.cmd(&["SET", "nexus:revision", "3"]);
-    let url = w.b.url();
-    let out = w.admin.ok(&[
-        "rebind",
-        "globex",
-        "--instance-id",
-        "inst-b",
-        "--instance-url",
-        &url,
-    ]);
+    let b = w.b.url();
+    lose_a_write_read_ahead(&w, &edge, &rebind_args("acme", "inst-b", &b), 4, &c);
+    let out = w.admin.ok(&rebind_args("globex", "inst-b", &b));
     assert!(out.contains("rev 4"), "{out}");
     signal(&edge, "-CONT");
     wait_instance(&edge, &w.keys, "globex", "instance-b");
     wait_instance(&edge, &w.keys, "acme", "instance-b");
+    let log = edge.log();
     assert!(
-        edge.log()
-            .contains("another tenant's change the revision of a record"),
-        "{}",
-        edge.log()
+        log.contains("another tenant's change the revision of a record"),
+        "{log}"
     );
 }
 
