@@ -536,36 +536,38 @@ impl RawDoc {
     /// domain claimed now cannot be checked against those.
     fn refused_tenants(&self, except: &dyn Fn(&TenantId) -> bool) -> Vec<String> {
         let places = self.places();
+        let mut refused = std::collections::BTreeSet::new();
         let mut claimants: std::collections::HashMap<String, Vec<TenantId>> =
             std::collections::HashMap::new();
-        for b in self.valid() {
-            for d in &b.domains {
-                claimants
-                    .entry(d.as_str().to_owned())
-                    .or_default()
-                    .push(b.tenant_id.clone());
+        // One parse of each record: the invalid ones and the twice-listed are refused; the
+        // valid ones' domains are gathered for the contested.
+        for v in &self.bindings {
+            let Some(tenant) = record_tenant(v) else {
+                continue;
+            };
+            if places.get(tenant.as_str()).is_some_and(|p| p.len() > 1) {
+                refused.insert(tenant.clone());
+            }
+            match parse_record(v) {
+                Ok(b) => {
+                    for d in &b.domains {
+                        claimants
+                            .entry(d.as_str().to_owned())
+                            .or_default()
+                            .push(tenant.clone());
+                    }
+                }
+                Err(_) => {
+                    refused.insert(tenant);
+                }
             }
         }
-        let contested: std::collections::HashSet<TenantId> = claimants
-            .into_values()
-            .filter(|c| c.len() > 1)
-            .flatten()
-            .collect();
-        let mut refused: Vec<String> = self
-            .bindings
-            .iter()
-            .filter_map(|v| Some((record_tenant(v)?, v)))
-            .filter(|(t, v)| {
-                !except(t)
-                    && (parse_record(v).is_err()
-                        || places.get(t.as_str()).is_some_and(|p| p.len() > 1)
-                        || contested.contains(t))
-            })
-            .map(|(t, _)| t.to_string())
-            .collect();
-        refused.sort_unstable();
-        refused.dedup();
+        refused.extend(claimants.into_values().filter(|c| c.len() > 1).flatten());
         refused
+            .into_iter()
+            .filter(|t| !except(t))
+            .map(|t| t.to_string())
+            .collect()
     }
 
     /// Whether the file at `path` is still the one read (or still missing): the lock keeps
@@ -1291,19 +1293,19 @@ fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> 
             let _ = (&lock).write_all(LOCK_NOTE.as_bytes());
         }
         wait_for_lock(&lock, &lock_path).map_err(lock_failed)?;
-        let held = HeldLock {
-            file: lock,
-            path: lock_path.clone(),
-            _dir: dir_lock.try_clone().map_err(dir_failed)?,
-        };
         // Removed (or replaced) while this writer waited for it: another writer may hold the
         // file now at that name, and would not be kept out by this one. Taken again.
-        match held.still_ours() {
-            Ok(()) => break held,
-            Err(e) if tries >= 10 => return Err(e),
-            Err(_) => tries += 1,
+        if is_at(&lock, &lock_path) || tries >= 10 {
+            break lock;
         }
+        tries += 1;
     };
+    let lock = HeldLock {
+        file: lock,
+        path: lock_path,
+        _dir: dir_lock,
+    };
+    lock.still_ours()?;
 
     remove_left_temp_files(&home);
     let doc = RawDoc::read(path)?;
@@ -1438,26 +1440,33 @@ impl HeldLock {
     /// create another and lock that: two writers at once, and the later rename undid the
     /// other's reported change.
     fn still_ours(&self) -> Result<(), AdminError> {
-        use std::os::unix::fs::MetadataExt;
-        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
-        let ours = self.file.metadata().map(id);
-        let there = std::fs::metadata(&self.path).map(id);
-        match (ours, there) {
-            (Ok(a), Ok(b)) if a == b => Ok(()),
-            _ => Err(AdminError::Unavailable(format!(
-                "{}: the lock file was removed or replaced while this writer held it: another \
-                 writer may be writing; nothing written, run the command again (and leave the \
-                 lock file in place)",
-                self.path.display()
-            ))),
+        if is_at(&self.file, &self.path) {
+            return Ok(());
         }
+        Err(AdminError::Unavailable(format!(
+            "{}: the lock file was removed or replaced while this writer held it: another \
+             writer may be writing; nothing written, run the command again (and leave the \
+             lock file in place)",
+            self.path.display()
+        )))
     }
+}
+
+/// Whether the open `file` is the file at `path` (the same inode).
+fn is_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    matches!(
+        (file.metadata().map(id), std::fs::metadata(path).map(id)),
+        (Ok(a), Ok(b)) if a == b
+    )
 }
 
 /// Makes a change held under `lock`: its audit `entries` first, then `doc` as the file, so no
 /// change is ever made without its lines; if the file cannot be written, the lines are cut off
-/// again. First, and again before the file is replaced, the lock must still be this writer's
-/// and the file the one read (see [`HeldLock::still_ours`], [`RawDoc::unchanged`]).
+/// again. The lock must still be this writer's before the lines and again right before the
+/// file is replaced, and the file the one read then (see [`HeldLock::still_ours`],
+/// [`RawDoc::unchanged`]).
 fn commit(
     path: &Path,
     lock: &HeldLock,
@@ -1468,8 +1477,9 @@ fn commit(
     let audit = audit_path(path);
     let unavailable =
         |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", audit.display()));
+    // The lock before the audit line; the file once, right before the rename (reading it
+    // again here too, when recently written, would be a second read of the same bytes).
     lock.still_ours()?;
-    doc.unchanged(path)?;
     let before = log.append_all(entries).map_err(unavailable)?;
     let made = doc.write(path, || {
         lock.still_ours()?;

@@ -1551,15 +1551,21 @@ fn an_upgrade_that_can_start_no_tunnel_is_an_ordinary_request() {
     // (an hour), not `read_timeout`: such requests go on as ordinary ones.
     let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-    let mut s = TcpStream::connect(w.edge.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        "HEAD /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{upgrade}\r\n",
-        host("acme")
-    )
-    .expect("write");
+    // An upgrade request for /ws by `method`, its header ending with `tail` (a body's framing
+    // and the body), on a connection of its own read with `timeout`.
+    let send = |method: &str, tail: &str, timeout: u64| {
+        let mut s = TcpStream::connect(w.edge.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(timeout)))
+            .expect("timeout");
+        write!(
+            s,
+            "{method} /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{upgrade}{tail}",
+            host("acme")
+        )
+        .expect("write");
+        s
+    };
+    let mut s = send("HEAD", "\r\n", 10);
     // A HEAD's answer has no body: its head alone is read.
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -1569,16 +1575,7 @@ fn an_upgrade_that_can_start_no_tunnel_is_an_ordinary_request() {
     }
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 200"), "HEAD: {head}");
-    let mut s = TcpStream::connect(w.edge.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{upgrade}\
-         Content-Length: 4\r\n\r\nbody",
-        host("acme")
-    )
-    .expect("write");
+    let mut s = send("GET", "Content-Length: 4\r\n\r\nbody", 10);
     let r = nexus_e2e::http::read_next_response(&mut s).expect("an answer");
     assert_eq!(r.status, 200, "a body: {}", r.text());
     assert!(
@@ -1587,16 +1584,7 @@ fn an_upgrade_that_can_start_no_tunnel_is_an_ordinary_request() {
         r.text()
     );
     let started = std::time::Instant::now();
-    let mut s = TcpStream::connect(w.edge.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{upgrade}\
-         Content-Length: 100\r\n\r\nb",
-        host("acme")
-    )
-    .expect("write");
+    let mut s = send("GET", "Content-Length: 100\r\n\r\nb", 30);
     let r = nexus_e2e::http::read_next_response(&mut s).expect("an answer");
     assert_eq!(r.status, 408, "a body that stops: {}", r.text());
     assert!(

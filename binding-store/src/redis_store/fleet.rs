@@ -630,7 +630,7 @@ impl RedisStore {
                 id,
                 applied_revision: hb.applied_revision,
                 last_seen_ms: heard.unwrap_or(0),
-                live: is_live(now, hb.at_ms, hb.interval_ms),
+                live: heard.is_ok_and(|age| age <= live_window_ms(hb.interval_ms)),
                 stamped_ahead_ms: heard.err().unwrap_or(0),
                 lag: counter.unwrap_or(0).saturating_sub(hb.applied_revision),
                 // Said by the replica; or seen: the heartbeats were read before the counter,

@@ -680,23 +680,24 @@ impl BindingSource for RedisStore {
             // as it stops; restarted, it served what it loaded before its sync task's first
             // heartbeat, unseen by `--wait`, which could confirm a change meanwhile that this
             // replica loaded too early to have. Best effort: the sync task heartbeats soon.
-            self.set_position(pos.clone());
-            if let Err(e) = fleet::heartbeat(self, &mut con, pos.revision, true).await {
+            // (The heartbeat tells the position's history: it is set first.)
+            let revision = pos.revision;
+            self.set_position(pos);
+            if let Err(e) = fleet::heartbeat(self, &mut con, revision, true).await {
                 tracing::debug!(error = %e, "first heartbeat not written; the sync's follows");
             }
-            Ok((table, pos))
+            Ok((table, revision))
         }
         .await;
         match loaded {
-            Ok((table, pos)) => {
+            Ok((table, revision)) => {
                 tracing::info!(
                     bindings = table.len(),
-                    revision = pos.revision,
+                    revision,
                     "bindings loaded from Redis"
                 );
                 self.health.mark_synced(table.revision());
                 self.health.add_full_reload();
-                self.set_position(pos);
                 self.snapshot(Arc::new(table.clone())).await;
                 Ok(table)
             }

@@ -107,7 +107,7 @@ fn read_source(source: &JwksSource) -> Result<(Vec<u8>, String), AuthSetupError>
     }
 }
 
-/// Builds a key set from what [`read_source`] read.
+/// Builds a key set from what [`read_source`] read (bounded there).
 fn load_set(
     bytes: &[u8],
     origin: &str,
@@ -115,12 +115,6 @@ fn load_set(
     generation: u64,
     emptied: bool,
 ) -> Result<KeySet, AuthSetupError> {
-    if bytes.len() > MAX_JWKS_BYTES {
-        return Err(AuthSetupError::TooLarge {
-            path: origin.to_owned(),
-            limit: MAX_JWKS_BYTES,
-        });
-    }
     let text = std::str::from_utf8(bytes).map_err(|_| AuthSetupError::Format {
         path: origin.to_owned(),
         reason: "not UTF-8".to_owned(),
