@@ -167,6 +167,58 @@ pub enum RequestLine {
     SharedCookie,
     /// The router closed a tunnel whose tenant is no longer routed as it was opened.
     TunnelClosed,
+    /// A request header that never became a request the router saw.
+    Header(HeaderRefusal),
+}
+
+/// A request header refused before the router saw a request: by the client stream
+/// ([`crate::connections`]) or by Pingora itself. Each has its own allowance: a slowloris
+/// flood of 408s does not hide a scanner's 400s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderRefusal {
+    /// Not complete within `[server] request_header_timeout` (408).
+    Timeout,
+    /// Going on past `[server] max_request_header_bytes` (431).
+    TooLarge,
+    /// Refused by Pingora's parser (400).
+    Unparsable,
+    /// A `CONNECT`, which Pingora refuses (405).
+    Connect,
+    /// Still arriving when a shutdown's wait for headers in progress ended (503).
+    ShuttingDown,
+}
+
+impl HeaderRefusal {
+    /// Every refusal, in the order of the variants.
+    const ALL: [HeaderRefusal; 5] = [
+        HeaderRefusal::Timeout,
+        HeaderRefusal::TooLarge,
+        HeaderRefusal::Unparsable,
+        HeaderRefusal::Connect,
+        HeaderRefusal::ShuttingDown,
+    ];
+
+    /// Closed log label: the `requests_total` outcome or metric that counts it too.
+    pub fn label(self) -> &'static str {
+        match self {
+            HeaderRefusal::Timeout => "header_timeout",
+            HeaderRefusal::TooLarge => "header_too_large",
+            HeaderRefusal::Unparsable => "unparsable_request",
+            HeaderRefusal::Connect => "connect_refused",
+            HeaderRefusal::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The status the client was answered with.
+    pub fn status(self) -> u16 {
+        match self {
+            HeaderRefusal::Timeout => 408,
+            HeaderRefusal::TooLarge => 431,
+            HeaderRefusal::Unparsable => 400,
+            HeaderRefusal::Connect => 405,
+            HeaderRefusal::ShuttingDown => 503,
+        }
+    }
 }
 
 /// The allowances of every kind of request line.
@@ -174,7 +226,7 @@ pub enum RequestLine {
 pub struct LogBudgets {
     /// One per [`RejectReason::LABELS`], then [`RequestLine::ConnectRetry`],
     /// [`RequestLine::UpstreamRetry`], [`RequestLine::SharedCookie`],
-    /// [`RequestLine::TunnelClosed`] and a label not in `LABELS`.
+    /// [`RequestLine::TunnelClosed`], one per [`HeaderRefusal`], and a label not in `LABELS`.
     allowances: Allowances,
 }
 
@@ -182,11 +234,7 @@ impl LogBudgets {
     /// Allowances of `per_second` lines per kind; `skipped_total` counts lines left out.
     pub fn new(per_second: u32, skipped_total: prometheus::IntCounter) -> Self {
         Self {
-            allowances: Allowances::new(
-                per_second,
-                RejectReason::LABELS.len() + 5,
-                Some(skipped_total),
-            ),
+            allowances: Allowances::new(per_second, Self::FALLBACK + 1, Some(skipped_total)),
         }
     }
 
@@ -201,6 +249,9 @@ impl LogBudgets {
         }
     }
 
+    /// The allowance of a reason label not in `LABELS` (none is: a test of `errors` says so).
+    const FALLBACK: usize = RejectReason::LABELS.len() + 4 + HeaderRefusal::ALL.len();
+
     /// Whether a line about `line` may be written at `now`: `Some(n)` with the `n` lines of
     /// its kind skipped since the last one written (to log with it), or `None`.
     fn admit(&self, line: RequestLine, now: Instant) -> Option<u64> {
@@ -210,11 +261,13 @@ impl LogBudgets {
                 .position(|l| *l == label)
                 // Every label is in LABELS (a test of `errors` says so); one that were not
                 // would get the last slot, shared with no other kind.
-                .unwrap_or(RejectReason::LABELS.len() + 4),
+                .unwrap_or(Self::FALLBACK),
             RequestLine::ConnectRetry => RejectReason::LABELS.len(),
             RequestLine::UpstreamRetry => RejectReason::LABELS.len() + 1,
             RequestLine::SharedCookie => RejectReason::LABELS.len() + 2,
             RequestLine::TunnelClosed => RejectReason::LABELS.len() + 3,
+            // `ALL` lists the variants in their order.
+            RequestLine::Header(refusal) => RejectReason::LABELS.len() + 4 + refusal as usize,
         };
         self.allowances.admit(index, now)
     }
@@ -267,7 +320,10 @@ mod tests {
         assert_eq!(admitted(RequestLine::UpstreamRetry), 2);
         assert_eq!(admitted(RequestLine::SharedCookie), 2);
         assert_eq!(admitted(RequestLine::TunnelClosed), 2);
-        assert_eq!(counter.get(), 18);
+        for refusal in HeaderRefusal::ALL {
+            assert_eq!(admitted(RequestLine::Header(refusal)), 2, "{refusal:?}");
+        }
+        assert_eq!(counter.get(), 33);
         let later = now + Duration::from_secs(1);
         assert_eq!(budgets.admit(unknown, later), Some(3));
     }

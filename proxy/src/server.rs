@@ -131,10 +131,10 @@ pub fn prepare(
         sync_health: source.health(),
         bindings: BindingHandle::new(table),
         auth,
-        log_budgets: crate::log_budget::LogBudgets::new(
+        log_budgets: Arc::new(crate::log_budget::LogBudgets::new(
             settings.log.request_lines_per_second,
             metrics.log_lines_not_logged.clone(),
-        ),
+        )),
         metrics,
         resolver: crate::resolve::InstanceResolver::new(crate::resolve::ResolverPolicy {
             ttl: settings.upstream.dns_ttl,
@@ -217,6 +217,7 @@ pub fn run(
         pingora::proxy::http_proxy(&server.configuration, EdgeService::new(Arc::clone(&state))),
         Limits::from_settings(&s.server),
         state.metrics.connections.clone(),
+        Arc::clone(&state.log_budgets),
     );
     // The background jobs go on through the drain (see `JobsStop`).
     let jobs = JobsStop::new(s.server.shutdown_grace);

@@ -25,7 +25,7 @@ pub struct EdgeState {
     /// Metrics registry.
     pub metrics: Metrics,
     /// How many lines a second single requests may write (`[log] request_lines_per_second`).
-    pub log_budgets: LogBudgets,
+    pub log_budgets: Arc<LogBudgets>,
     /// Addresses of named instances, kept for `[upstream] dns_ttl`.
     pub resolver: InstanceResolver,
     /// Set when a shutdown signal arrives, before the listeners close: `/readyz` answers 503

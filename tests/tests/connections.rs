@@ -49,6 +49,25 @@ fn login_request() -> String {
     format!("GET /login HTTP/1.1\r\nHost: acme.{BASE}\r\n\r\n")
 }
 
+/// The log lines about headers refused before a request, for `reason` (polled: the line
+/// may follow the close a test saw), once there are `count`.
+fn refused_lines(edge: &Edge, reason: &str, count: usize) -> Vec<String> {
+    let wanted = format!("reason=\"{reason}\"");
+    nexus_e2e::wait::until(
+        Duration::from_secs(10),
+        "the refused headers' lines",
+        || {
+            let lines: Vec<String> = edge
+                .log()
+                .lines()
+                .filter(|l| l.contains("request header refused") && l.contains(&wanted))
+                .map(str::to_owned)
+                .collect();
+            (lines.len() >= count).then_some(lines)
+        },
+    )
+}
+
 /// Whether the router has closed `s`: reads what is left (with `wait` as the read timeout)
 /// and returns it, or `None` while the connection stays open.
 fn closed_with(s: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
@@ -98,10 +117,17 @@ fn a_header_sent_a_byte_at_a_time_is_cut_at_the_deadline() {
     assert_eq!(w.edge.metric("nexus_edge_request_header_timeouts_total"), 1);
     // No longer a header in progress.
     assert_eq!(w.edge.metric("nexus_edge_client_headers_in_progress"), 0);
-    // Counted, not logged as an error: that would be one line per slow client. (The line
-    // Pingora writes comes before it closes the connection, and the close is seen above.)
+    // Counted, and logged within the allowance with the client's address, not Pingora's
+    // error line (which would be one per slow client, at any rate). (Pingora writes its line
+    // before it closes the connection, and the close is seen above.)
     let log = w.edge.log();
     assert!(!log.contains("Fail to proxy"), "{log}");
+    let client = s.local_addr().unwrap().to_string();
+    let lines = refused_lines(&w.edge, "header_timeout", 1);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("status=408"), "{lines:?}");
+    assert!(lines[0].contains(&format!("client={client}")), "{lines:?}");
+    assert!(!lines[0].contains("X-Slow"), "{lines:?}");
 }
 
 #[test]
@@ -283,6 +309,17 @@ fn a_header_longer_than_max_request_header_bytes_gets_431() {
     );
     let log = w.edge.log();
     assert!(!log.contains("Fail to proxy"), "{log}");
+    // The two refused before they ended are logged as refused headers; the one refused once
+    // parsed as a refused request.
+    let lines = refused_lines(&w.edge, "header_too_large", 2);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("status=431") && l.contains("header_bytes=900"))
+            .count(),
+        2,
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -477,6 +514,18 @@ fn requests_pingora_answers_itself_are_counted() {
     };
     assert_eq!(count("unparsable_request"), 2);
     assert_eq!(count("connect_refused"), 1);
+    // Each logged too (its bytes never: a header may hold a credential).
+    let unparsable = refused_lines(&w.edge, "unparsable_request", 2);
+    assert!(
+        unparsable.iter().all(|l| l.contains("status=400")),
+        "{unparsable:?}"
+    );
+    assert!(
+        !unparsable.iter().any(|l| l.contains("Bad Header")),
+        "{unparsable:?}"
+    );
+    let connect = refused_lines(&w.edge, "connect_refused", 1);
+    assert!(connect[0].contains("status=405"), "{connect:?}");
     // A forwarded request is counted once its response is out, after the client may read it.
     nexus_e2e::wait::until(Duration::from_secs(10), "both requests counted", || {
         (count("forwarded") == 2).then_some(())

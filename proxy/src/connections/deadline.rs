@@ -65,6 +65,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::Shared;
+use crate::log_budget::{HeaderRefusal, RequestLine};
 
 /// The keep-alive timer: Pingora's, which its timer thread fires (in 10 ms steps, never
 /// early), so the connections' idle timers add no work to the runtime's own timer wheel on
@@ -199,10 +200,38 @@ impl HeaderDeadline {
         *self.phase.get_mut() = EXPIRED;
         self.header_over();
         let m = &self.shared.metrics;
-        match buf.get(9..12) {
-            Some(b"405") => m.connect_refused.inc(),
-            _ => m.unparsable.inc(),
-        }
+        let refusal = match buf.get(9..12) {
+            Some(b"405") => {
+                m.connect_refused.inc();
+                HeaderRefusal::Connect
+            }
+            _ => {
+                m.unparsable.inc();
+                HeaderRefusal::Unparsable
+            }
+        };
+        self.log_refused(refusal);
+    }
+
+    /// One line about a header refused before the proxy saw a request, within its kind's
+    /// allowance ([`crate::log_budget`]): Pingora's own line about it is not passed on (one
+    /// per request any client can send), so without this only the metrics would show it.
+    /// The client's address, not its bytes: they may hold a credential.
+    fn log_refused(&self, refusal: HeaderRefusal) {
+        self.shared
+            .log_budgets
+            .write(RequestLine::Header(refusal), |not_logged| {
+                let digest = self.inner.get_socket_digest();
+                let client = digest.as_ref().and_then(|d| d.peer_addr());
+                tracing::info!(
+                    client = client.map(tracing::field::display),
+                    status = refusal.status(),
+                    reason = refusal.label(),
+                    header_bytes = self.header_bytes.load(Ordering::Relaxed),
+                    not_logged,
+                    "request header refused"
+                );
+            });
     }
 
     /// The header this stream waited in is over (read, refused, timed out, or the connection
@@ -285,6 +314,7 @@ impl HeaderDeadline {
         self.phase.store(EXPIRED, Ordering::Relaxed);
         self.header_over();
         self.shared.metrics.headers_too_large.inc();
+        self.log_refused(HeaderRefusal::TooLarge);
         // Best effort, as for the 408.
         let _ = Pin::new(&mut self.inner).poll_write(cx, TOO_LARGE_RESPONSE);
         io::Error::new(
@@ -302,6 +332,7 @@ impl HeaderDeadline {
         self.phase.store(EXPIRED, Ordering::Relaxed);
         self.header_over();
         self.shared.metrics.shutting_down.inc();
+        self.log_refused(HeaderRefusal::ShuttingDown);
         // Best effort, as for the 408.
         let _ = Pin::new(&mut self.inner).poll_write(cx, SHUTTING_DOWN_RESPONSE);
         io::Error::new(
@@ -374,6 +405,7 @@ impl HeaderDeadline {
         self.header_over();
         if phase == HEADER {
             self.shared.metrics.header_timeouts.inc();
+            self.log_refused(HeaderRefusal::Timeout);
             // Best effort: the connection closes next whatever this write does.
             let _ = Pin::new(&mut self.inner).poll_write(cx, TIMEOUT_RESPONSE);
         } else {

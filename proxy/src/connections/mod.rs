@@ -28,6 +28,7 @@ use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
+use crate::log_budget::LogBudgets;
 use crate::metrics::ConnectionMetrics;
 
 pub use deadline::{bound_idle_client, header_read, request_done, HeaderDeadline, HeaderTooLarge};
@@ -114,6 +115,8 @@ struct Shared {
     limits: Limits,
     open: AtomicUsize,
     metrics: ConnectionMetrics,
+    /// The allowances of the lines about headers refused before the proxy saw a request.
+    log_budgets: Arc<LogBudgets>,
     /// Unix second of the last "connections full" warning: one per [`FULL_WARNING_EVERY`],
     /// however many connections a flood brings.
     last_full_warning: AtomicU64,
@@ -179,8 +182,14 @@ pub struct Guarded<A> {
 }
 
 impl<A> Guarded<A> {
-    /// Wraps `app`; `metrics` count what the limits turn away.
-    pub fn new(app: A, limits: Limits, metrics: ConnectionMetrics) -> Self {
+    /// Wraps `app`; `metrics` count what the limits turn away, and a header they refuse is
+    /// logged within `log_budgets`.
+    pub fn new(
+        app: A,
+        limits: Limits,
+        metrics: ConnectionMetrics,
+        log_budgets: Arc<LogBudgets>,
+    ) -> Self {
         metrics
             .limit
             .set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
@@ -190,6 +199,7 @@ impl<A> Guarded<A> {
                 limits,
                 open: AtomicUsize::new(0),
                 metrics,
+                log_budgets,
                 last_full_warning: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 cutting: AtomicBool::new(false),
@@ -289,10 +299,17 @@ mod tests {
         }
     }
 
+    /// [`Guarded`] around nothing, with `limits`.
+    fn guarded(limits: Limits, metrics: ConnectionMetrics) -> Guarded<()> {
+        let skipped =
+            pingora_prometheus::prometheus::IntCounter::new("skipped", "skipped").unwrap();
+        Guarded::new((), limits, metrics, Arc::new(LogBudgets::new(100, skipped)))
+    }
+
     #[test]
     fn slots_are_capped_and_given_back() {
         let metrics = crate::metrics::Metrics::new().unwrap().connections;
-        let guarded = Guarded::new((), limits(Duration::from_secs(30)), metrics.clone());
+        let guarded = guarded(limits(Duration::from_secs(30)), metrics.clone());
         let shared = &guarded.shared;
         let a = shared.take_slot().unwrap();
         let b = shared.take_slot().unwrap();
@@ -310,7 +327,7 @@ mod tests {
     async fn a_write_the_client_takes_nothing_of_fails_after_the_bound() {
         use tokio::io::AsyncWriteExt;
         let metrics = crate::metrics::Metrics::new().unwrap().connections;
-        let guarded = Guarded::new((), limits(Duration::from_millis(200)), metrics);
+        let guarded = guarded(limits(Duration::from_millis(200)), metrics);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         // The client: connected, and never reads.
         let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
