@@ -102,6 +102,7 @@ pub fn auth_settings(
         issuers: vec!["https://id.nexus.bench".to_owned()],
         audiences: vec!["nexus".to_owned()],
         leeway: Duration::from_secs(30),
+        max_token_lifetime: None,
         tenant_claim: "tenant_id".to_owned(),
         org_claim: "org_id".to_owned(),
         session_cookie: Some("nexus_session".to_owned()),

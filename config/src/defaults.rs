@@ -43,6 +43,7 @@ pub fn embedded_default() -> Settings {
             issuers: vec!["https://id.nexus.localhost".to_owned()],
             audiences: vec!["nexus".to_owned()],
             leeway: Duration::from_secs(30),
+            max_token_lifetime: None,
             tenant_claim: "tenant_id".to_owned(),
             org_claim: "org_id".to_owned(),
             session_cookie: Some("nexus_session".to_owned()),

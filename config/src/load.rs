@@ -816,6 +816,18 @@ fn auth(
             p,
         )
         .unwrap_or(d.leeway);
+    let max_token_lifetime = match s.raw("max_token_lifetime") {
+        None => d.max_token_lifetime,
+        Some(_) => s
+            .whole_seconds(
+                "max_token_lifetime",
+                Duration::ZERO,
+                Duration::from_secs(10 * 366 * 86_400),
+                "token times are whole seconds",
+                p,
+            )
+            .filter(|d| !d.is_zero()),
+    };
     let claim = |v: &str| {
         if v.is_empty() {
             Err("must not be empty".to_owned())
@@ -884,6 +896,7 @@ fn auth(
         issuers,
         audiences,
         leeway,
+        max_token_lifetime,
         tenant_claim,
         org_claim,
         session_cookie,

@@ -95,6 +95,9 @@ pub struct AuthSettings {
     pub audiences: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway: Duration,
+    /// Longest a token may live, by its `exp` (beyond the leeway) from now and from its `iat`
+    /// when it has one; `None`: any `exp` is taken.
+    pub max_token_lifetime: Option<Duration>,
     /// Claim holding the tenant id.
     pub tenant_claim: String,
     /// Claim holding the identity org id.

@@ -151,6 +151,46 @@ fn dns_ttl_may_be_zero_but_not_beyond_an_hour() {
 }
 
 #[test]
+fn max_token_lifetime_is_off_unless_set_in_whole_seconds_up_to_ten_years() {
+    let path = Path::new("/etc/nexus/edge.toml");
+    let with = |value: &str| {
+        MINIMAL.replace(
+            "jwks_file = \"keys/jwks.json\"\n",
+            &format!("jwks_file = \"keys/jwks.json\"\nmax_token_lifetime = \"{value}\"\n"),
+        )
+    };
+    let default = parse_str(MINIMAL, path).expect("valid");
+    assert_eq!(default.auth.max_token_lifetime, None);
+    assert_eq!(embedded_default().auth.max_token_lifetime, None);
+    for (value, want) in [
+        ("12h", Some(Duration::from_secs(43_200))),
+        ("0s", None),
+        ("3660days", Some(Duration::from_secs(3660 * 86_400))),
+    ] {
+        let s = parse_str(&with(value), path).expect("valid");
+        assert_eq!(s.auth.max_token_lifetime, want, "{value}");
+    }
+    has(
+        &problems(&with("1500ms")),
+        "auth.max_token_lifetime",
+        4,
+        "not whole seconds",
+    );
+    has(
+        &problems(&with("3661days")),
+        "auth.max_token_lifetime",
+        4,
+        "out of range",
+    );
+    has(
+        &problems(&with("a while")),
+        "auth.max_token_lifetime",
+        4,
+        "not a duration",
+    );
+}
+
+#[test]
 fn the_tunnel_idle_timeout_is_an_hour_unless_set_between_a_second_and_a_day() {
     let default = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
     assert_eq!(

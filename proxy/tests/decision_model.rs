@@ -124,6 +124,7 @@ impl World {
             issuers: vec!["https://id.test".into()],
             audiences: vec!["nexus".into()],
             leeway: Duration::from_secs(30),
+            max_token_lifetime: None,
             tenant_claim: "tenant_id".into(),
             org_claim: "org_id".into(),
             session_cookie: Some("nexus_session".into()),

@@ -104,6 +104,8 @@ pub struct EdgeOptions {
     pub server_extra: String,
     /// Extra `[upstream]` keys (e.g. `ca_file = "..."`).
     pub upstream_extra: String,
+    /// Extra `[auth]` keys (e.g. `max_token_lifetime = "1h"`).
+    pub auth_extra: String,
     /// Start the router with this soft open-file limit (`ulimit -S -n`).
     pub open_files: Option<u64>,
     /// More environment variables for the router (e.g. [`crate::clock::skewed`]).
@@ -122,6 +124,7 @@ impl EdgeOptions {
             store: None,
             server_extra: String::new(),
             upstream_extra: String::new(),
+            auth_extra: String::new(),
             open_files: None,
             env: Vec::new(),
         }
@@ -193,6 +196,7 @@ issuers = ["https://id.edge.test"]
 audiences = ["nexus"]
 leeway = "5s"
 session_cookie = "nexus_session"
+{auth_extra}
 
 [upstream]
 connect_timeout = "1s"
@@ -209,6 +213,7 @@ filter = "info"
             shutdown_grace = opts.shutdown_grace,
             server_extra = opts.server_extra,
             upstream_extra = opts.upstream_extra,
+            auth_extra = opts.auth_extra,
             extra = opts.extra,
             store = opts.store.clone().unwrap_or_else(|| {
                 "[store]\nkind = \"file\"\npath = \"bindings.json\"\npoll_interval = \"50ms\""

@@ -429,6 +429,37 @@ fn an_identity_claim_the_instance_would_not_get_byte_for_byte_is_a_401() {
 }
 
 #[test]
+fn a_token_living_longer_than_max_token_lifetime_is_a_401() {
+    let w = world_configured(
+        |_, _, _| {},
+        |opts| opts.auth_extra = "max_token_lifetime = \"1h\"".to_owned(),
+    );
+    let h = host("acme");
+    let org = Some("org-acme");
+    // An hour-long token, as the issuer mints them: served.
+    let r = get_with_token(w.edge.addr, &h, "/", &w.keys.token("acme", org));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Valid signature and claims, but good for ten years; or issued two hours ago.
+    let mut forever = claims("acme", org);
+    forever["exp"] = serde_json::json!(keys::now() + 10 * 365 * 86_400);
+    let mut old = claims("acme", org);
+    old["iat"] = serde_json::json!(keys::now() - 7200);
+    for token in [&forever, &old].map(|c| w.keys.es.sign(c).expect("sign")) {
+        let r = get_with_token(w.edge.addr, &h, "/", &token);
+        assert_eq!(r.status, 401, "{}", r.text());
+        let challenge = r.header("www-authenticate").expect("challenge");
+        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        assert!(challenge.contains("lives longer"), "{challenge}");
+    }
+    assert_eq!(w.a.hits(), 1);
+    let log = w.edge.log();
+    assert!(
+        log.contains("lifetime_too_long") || log.contains("max_token_lifetime"),
+        "{log}"
+    );
+}
+
+#[test]
 fn invalid_tokens_get_401_with_rfc6750_header() {
     let w = world();
     let addr = w.edge.addr;

@@ -100,6 +100,8 @@ pub(crate) struct ClaimRules {
     pub(crate) issuers: Vec<String>,
     pub(crate) audiences: Vec<String>,
     pub(crate) leeway: u64,
+    /// `[auth] max_token_lifetime` in seconds (see [`check_lifetime`]).
+    pub(crate) max_lifetime: Option<u64>,
     pub(crate) tenant_claim: String,
     pub(crate) org_claim: String,
 }
@@ -152,6 +154,29 @@ fn check_time(exp: u64, nbf: Option<u64>, now: u64, leeway: u64) -> Result<(), T
     Ok(())
 }
 
+/// A token whose `exp` lies further ahead than `[auth] max_token_lifetime` (beyond the leeway),
+/// from now or from its `iat`, is refused: RFC 7519 bounds no lifetime, but an issuer that
+/// mints hour-long tokens never means one valid for years, and such a token, leaked, would
+/// never stop working. Checked once, at verification: what is left of a token's life only
+/// shrinks while it is cached.
+fn check_lifetime(
+    exp: u64,
+    iat: Option<u64>,
+    now: u64,
+    rules: &ClaimRules,
+) -> Result<(), TokenError> {
+    let Some(max) = rules.max_lifetime else {
+        return Ok(());
+    };
+    let bound = max.saturating_add(rules.leeway);
+    let from_now = exp.saturating_sub(now);
+    let declared = iat.map_or(0, |iat| exp.saturating_sub(iat));
+    if from_now > bound || declared > bound {
+        return Err(TokenError::LifetimeTooLong);
+    }
+    Ok(())
+}
+
 /// Whether `claim` reaches the instance unchanged as a header value: not empty (an empty
 /// field reads as no identity, or as none sent, depending on the app), no control character
 /// (tab aside; C1 controls such as U+0085 next line and U+009B included, which the UTF-8
@@ -188,10 +213,11 @@ pub(crate) fn check(
         .get("nbf")
         .map(|v| numeric_date(v, Round::Later))
         .transpose()?;
-    // `iat` is not used for a decision, but a token whose `iat` is not a date is malformed.
-    if let Some(iat) = claims.get("iat") {
-        numeric_date(iat, Round::Earlier)?;
-    }
+    // A token whose `iat` is not a date is malformed.
+    let iat = claims
+        .get("iat")
+        .map(|v| numeric_date(v, Round::Earlier))
+        .transpose()?;
     // StringOrURI claims (RFC 7519 §4.1.1, §4.1.2): any other value makes the token invalid,
     // checked or not.
     for (claim, why) in [
@@ -228,6 +254,7 @@ pub(crate) fn check(
     }
     // Before anything is copied out of an expired token.
     check_time(exp, nbf, now, rules.leeway)?;
+    check_lifetime(exp, iat, now, rules)?;
     let sub = string_claim(claims, "sub");
     // An empty org claim is how many issuers say "no org": read as none (no `X-Org-Id`; a
     // tenant whose binding names an org refuses it). An empty `sub` names nobody: refused.

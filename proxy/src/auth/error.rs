@@ -34,6 +34,9 @@ pub enum TokenError {
     /// No `exp` claim: tokens must expire.
     #[error("token has no exp claim")]
     MissingExp,
+    /// `exp` lies further ahead than `[auth] max_token_lifetime` allows.
+    #[error("token lifetime longer than max_token_lifetime")]
+    LifetimeTooLong,
     /// `iss` is not an accepted issuer.
     #[error("issuer not accepted")]
     WrongIssuer,
@@ -71,6 +74,7 @@ impl TokenError {
             TokenError::Expired => "expired",
             TokenError::NotYetValid => "not_yet_valid",
             TokenError::MissingExp => "missing_exp",
+            TokenError::LifetimeTooLong => "lifetime_too_long",
             TokenError::WrongIssuer => "wrong_issuer",
             TokenError::WrongAudience => "wrong_audience",
             TokenError::CriticalHeader => "critical_header",
@@ -86,6 +90,7 @@ impl TokenError {
         let description = match self {
             TokenError::Expired => "the token expired",
             TokenError::NotYetValid => "the token is not valid yet",
+            TokenError::LifetimeTooLong => "the token lives longer than this service accepts",
             TokenError::WrongIssuer | TokenError::WrongAudience => {
                 "the token was not issued for this service"
             }

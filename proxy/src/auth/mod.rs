@@ -150,6 +150,7 @@ impl Authenticator {
                 issuers: settings.issuers.clone(),
                 audiences: settings.audiences.clone(),
                 leeway: settings.leeway.as_secs(),
+                max_lifetime: settings.max_token_lifetime.map(|d| d.as_secs()),
                 tenant_claim: settings.tenant_claim.clone(),
                 org_claim: settings.org_claim.clone(),
             },

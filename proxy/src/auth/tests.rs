@@ -54,6 +54,7 @@ fn settings(f: &Fixture) -> AuthSettings {
         issuers: vec!["https://id.test".into()],
         audiences: vec!["nexus".into()],
         leeway: Duration::from_secs(30),
+        max_token_lifetime: None,
         tenant_claim: "tenant_id".into(),
         org_claim: "org_id".into(),
         session_cookie: Some("sess".into()),
@@ -1033,6 +1034,46 @@ fn a_token_refused_on_its_claims_costs_no_signature_check() {
         );
     }
     assert_eq!(auth.signature_checks(), 2);
+}
+
+#[test]
+fn max_token_lifetime_bounds_exp_from_now_and_from_iat() {
+    let f = fixture("lifetime");
+    let unbounded = Authenticator::new(&settings(&f)).expect("auth");
+    let mut s = settings(&f);
+    s.max_token_lifetime = Some(Duration::from_secs(3600));
+    let bounded = Authenticator::new(&s).expect("auth");
+    let ten_years = NOW + 10 * 365 * 86_400;
+    // (claims patch, accepted under a 1 h bound with 30 s of leeway)
+    for (patch, accepted) in [
+        (json!({}), true),
+        (json!({"exp": NOW + 3630, "iat": null}), true),
+        (json!({"exp": NOW + 3631, "iat": null}), false),
+        (json!({"exp": ten_years, "iat": null}), false),
+        (json!({"exp": 1e30, "iat": null}), false),
+        // Issued long ago, so declared to live longer than the bound, though little is left.
+        (json!({"exp": NOW + 60, "iat": NOW - 3600}), false),
+        (json!({"exp": NOW + 60, "iat": NOW - 3570}), true),
+        // A fraction is rounded toward refusal.
+        (json!({"exp": NOW + 60, "iat": NOW as f64 - 3570.5}), false),
+    ] {
+        let token = f.rs.sign(&claims_with(patch.clone())).expect("s");
+        let got = bounded.verify(&token, NOW).map(|_| ());
+        if accepted {
+            assert_eq!(got, Ok(()), "{patch}");
+        } else {
+            assert_eq!(got, Err(TokenError::LifetimeTooLong), "{patch}");
+        }
+        // Without the bound any exp is taken.
+        assert_eq!(unbounded.verify(&token, NOW).map(|_| ()), Ok(()), "{patch}");
+    }
+    // Refused on the claims, before a signature check.
+    let checks = bounded.signature_checks();
+    let token =
+        f.rs.sign(&claims_with(json!({"exp": ten_years})))
+            .expect("s");
+    assert!(bounded.verify(&token, NOW).is_err());
+    assert_eq!(bounded.signature_checks(), checks);
 }
 
 #[test]
