@@ -100,6 +100,7 @@ pub fn auth_settings(
         jwks: JwksSource::File(jwks_path.to_path_buf()),
         hmac_keys: Vec::new(),
         issuers: vec!["https://id.nexus.bench".to_owned()],
+        issuer_keys: None,
         audiences: vec!["nexus".to_owned()],
         leeway: Duration::from_secs(30),
         max_token_lifetime: None,

@@ -41,6 +41,7 @@ pub fn embedded_default() -> Settings {
             jwks: JwksSource::EmbeddedDemo,
             hmac_keys: Vec::new(),
             issuers: vec!["https://id.nexus.localhost".to_owned()],
+            issuer_keys: None,
             audiences: vec!["nexus".to_owned()],
             leeway: Duration::from_secs(30),
             max_token_lifetime: None,

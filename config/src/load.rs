@@ -804,6 +804,7 @@ fn auth(
     let issuers = s
         .strings("issuers", p, named)
         .unwrap_or_else(|| d.issuers.clone());
+    let issuer_keys = issuer_keys(&mut s, &issuers, p);
     let audiences = s
         .strings("audiences", p, named)
         .unwrap_or_else(|| d.audiences.clone());
@@ -894,6 +895,7 @@ fn auth(
         jwks,
         hmac_keys,
         issuers,
+        issuer_keys,
         audiences,
         leeway,
         max_token_lifetime,
@@ -904,6 +906,89 @@ fn auth(
         max_token_bytes,
         jwks_poll_interval,
     })
+}
+
+/// `[auth.issuer_keys]`: each issuer of `issuers` (quoted, as a key) with the `kid`s of the
+/// keys it signs with. Required when `issuers` lists more than one: with one key set for
+/// all, any issuer's key would sign another's tokens (RFC 8725 §3.8). Every issuer listed,
+/// and only those; a `kid` may be listed under two issuers (one key, two names).
+fn issuer_keys(
+    s: &mut Section<'_, '_>,
+    issuers: &[String],
+    p: &mut Problems<'_>,
+) -> Option<std::collections::BTreeMap<String, Vec<String>>> {
+    const KEY: &str = "auth.issuer_keys";
+    let Some(v) = s.raw("issuer_keys") else {
+        if issuers.len() > 1 {
+            p.push(
+                KEY,
+                None,
+                "is required when auth.issuers lists more than one issuer: name the key ids \
+                 (kid) each one signs with (e.g. \"https://id.example\" = [\"2025-rsa\"]), so \
+                 that one issuer's key cannot sign another's tokens (RFC 8725 §3.8)",
+            );
+        }
+        return None;
+    };
+    let DeValue::Table(t) = v.get_ref() else {
+        p.push(
+            KEY,
+            Some(v.span().start),
+            format!(
+                "must be a table of issuer = [key ids], found {}",
+                v.get_ref().type_str()
+            ),
+        );
+        return None;
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in t.iter() {
+        let issuer = k.get_ref().as_ref();
+        let key = format!("{KEY}.{issuer:?}");
+        let at = Some(k.span().start);
+        if !issuers.iter().any(|i| i == issuer) {
+            p.push(
+                key.as_str(),
+                at,
+                "names an issuer that is not in auth.issuers",
+            );
+        }
+        let kids: Option<Vec<String>> = match v.get_ref() {
+            DeValue::Array(items) => items
+                .iter()
+                .map(|i| {
+                    i.get_ref()
+                        .as_str()
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                })
+                .collect(),
+            _ => None,
+        };
+        match kids {
+            None => p.push(key, at, "must be a list of key ids (kid), none empty"),
+            Some(kids) if kids.is_empty() => p.push(
+                key,
+                at,
+                "lists no key: every token of this issuer would be refused (take the issuer \
+                 out of auth.issuers instead)",
+            ),
+            Some(kids) => {
+                out.insert(issuer.to_owned(), kids);
+            }
+        }
+    }
+    for issuer in issuers
+        .iter()
+        .filter(|i| !t.iter().any(|(k, _)| k.get_ref().as_ref() == i.as_str()))
+    {
+        p.push(
+            KEY,
+            Some(v.span().start),
+            format!("has no entry for issuer {issuer:?}: every token it issues would be refused"),
+        );
+    }
+    Some(out)
 }
 
 /// The fields of one `[[auth.hmac_keys]]` table.

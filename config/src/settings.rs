@@ -90,6 +90,10 @@ pub struct AuthSettings {
     pub hmac_keys: Vec<HmacKey>,
     /// Accepted `iss` values; empty = `iss` not checked.
     pub issuers: Vec<String>,
+    /// For each issuer, the `kid`s of the keys it signs with (RFC 8725 §3.8: a token signed by
+    /// a key that is not its issuer's is refused). Required when `issuers` lists more than
+    /// one; `None` with one issuer: every key is that issuer's.
+    pub issuer_keys: Option<std::collections::BTreeMap<String, Vec<String>>>,
     /// Accepted `aud` values (token `aud` may be a string or an array); empty: a token must
     /// carry no `aud` (one that does is meant for another service, RFC 7519 §4.1.3).
     pub audiences: Vec<String>,

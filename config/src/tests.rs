@@ -151,6 +151,67 @@ fn dns_ttl_may_be_zero_but_not_beyond_an_hour() {
 }
 
 #[test]
+fn issuer_keys_name_every_issuer_and_only_those_when_there_are_several() {
+    let path = Path::new("/etc/nexus/edge.toml");
+    let auth = |issuers: &str, table: &str| {
+        format!(
+            "[auth]\njwks_file = \"k.json\"\nissuers = {issuers}\n{table}\n[store]\nkind = \"file\"\npath = \"b.json\"\n"
+        )
+    };
+    let two = r#"["https://a.test", "https://b.test"]"#;
+    // One issuer: every key is its own, no table needed.
+    let s = parse_str(&auth(r#"["https://a.test"]"#, ""), path).expect("valid");
+    assert_eq!(s.auth.issuer_keys, None);
+    // Several: the table is required.
+    names(&problems(&auth(two, "")), "auth.issuer_keys", "RFC 8725");
+    let s = parse_str(
+        &auth(
+            two,
+            "[auth.issuer_keys]\n\"https://a.test\" = [\"k1\", \"k2\"]\n\"https://b.test\" = [\"k2\"]",
+        ),
+        path,
+    )
+    .expect("valid");
+    let keys = s.auth.issuer_keys.expect("issuer keys");
+    assert_eq!(keys["https://a.test"], ["k1", "k2"]);
+    assert_eq!(keys["https://b.test"], ["k2"]);
+    // Every mistake named at once, at its line.
+    let ps = problems(&auth(
+        two,
+        "[auth.issuer_keys]\n\"https://a.test\" = []\n\"https://c.test\" = [\"k3\"]\n\"https://b.test\" = [\"k1\", 2]",
+    ));
+    has(
+        &ps,
+        "auth.issuer_keys.\"https://a.test\"",
+        5,
+        "lists no key",
+    );
+    has(
+        &ps,
+        "auth.issuer_keys.\"https://c.test\"",
+        6,
+        "not in auth.issuers",
+    );
+    has(
+        &ps,
+        "auth.issuer_keys.\"https://b.test\"",
+        7,
+        "list of key ids",
+    );
+    let ps = problems(&auth(
+        two,
+        "[auth.issuer_keys]\n\"https://a.test\" = [\"k1\"]",
+    ));
+    names(
+        &ps,
+        "auth.issuer_keys",
+        "no entry for issuer \"https://b.test\"",
+    );
+    let ps = problems(&auth(two, "issuer_keys = [\"k1\"]"));
+    names(&ps, "auth.issuer_keys", "must be a table");
+}
+
+#[test]
 fn max_token_lifetime_is_off_unless_set_in_whole_seconds_up_to_ten_years() {
     let path = Path::new("/etc/nexus/edge.toml");
     let with = |value: &str| {

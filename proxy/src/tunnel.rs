@@ -320,6 +320,7 @@ mod tests {
         let auth = Authenticator::new(&nexus_config::AuthSettings {
             jwks: nexus_config::JwksSource::File(jwks.clone()),
             issuers: vec!["https://id.test".into()],
+            issuer_keys: None,
             audiences: vec!["nexus".into()],
             leeway: std::time::Duration::from_secs(30),
             ..nexus_config::embedded_default().auth

@@ -122,6 +122,7 @@ impl World {
             jwks: JwksSource::File(path),
             hmac_keys: Vec::new(),
             issuers: vec!["https://id.test".into()],
+            issuer_keys: None,
             audiences: vec!["nexus".into()],
             leeway: Duration::from_secs(30),
             max_token_lifetime: None,

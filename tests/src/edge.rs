@@ -106,6 +106,8 @@ pub struct EdgeOptions {
     pub upstream_extra: String,
     /// Extra `[auth]` keys (e.g. `max_token_lifetime = "1h"`).
     pub auth_extra: String,
+    /// `[auth] issuers` (the test tokens' issuer alone by default).
+    pub issuers: Vec<String>,
     /// Start the router with this soft open-file limit (`ulimit -S -n`).
     pub open_files: Option<u64>,
     /// More environment variables for the router (e.g. [`crate::clock::skewed`]).
@@ -125,6 +127,7 @@ impl EdgeOptions {
             server_extra: String::new(),
             upstream_extra: String::new(),
             auth_extra: String::new(),
+            issuers: vec!["https://id.edge.test".to_owned()],
             open_files: None,
             env: Vec::new(),
         }
@@ -192,7 +195,7 @@ past_due_header = "x-nexus-billing-notice"
 
 [auth]
 jwks_file = "jwks.json"
-issuers = ["https://id.edge.test"]
+issuers = {issuers:?}
 audiences = ["nexus"]
 leeway = "5s"
 session_cookie = "nexus_session"
@@ -214,6 +217,7 @@ filter = "info"
             server_extra = opts.server_extra,
             upstream_extra = opts.upstream_extra,
             auth_extra = opts.auth_extra,
+            issuers = opts.issuers,
             extra = opts.extra,
             store = opts.store.clone().unwrap_or_else(|| {
                 "[store]\nkind = \"file\"\npath = \"bindings.json\"\npoll_interval = \"50ms\""

@@ -460,6 +460,43 @@ fn a_token_living_longer_than_max_token_lifetime_is_a_401() {
 }
 
 #[test]
+fn with_two_issuers_a_key_signs_only_its_own_issuers_tokens() {
+    // One key set, two issuers: the ES256 key is the test issuer's, the RS256 key the
+    // other's (RFC 8725 §3.8). Each key's tokens in the other's name are refused.
+    const OTHER: &str = "https://other-idp.edge.test";
+    let w = world_configured(
+        |_, _, _| {},
+        |opts| {
+            opts.issuers.push(OTHER.to_owned());
+            opts.auth_extra = format!(
+                "[auth.issuer_keys]\n\"https://id.edge.test\" = [\"test-es256\"]\n\"{OTHER}\" = [\"test-rs256\"]"
+            );
+        },
+    );
+    let h = host("acme");
+    let as_issuer = |iss: &str| {
+        let mut c = claims("acme", Some("org-acme"));
+        c["iss"] = serde_json::json!(iss);
+        c
+    };
+    for (token, status) in [
+        (w.keys.es.sign(&as_issuer("https://id.edge.test")), 200),
+        (w.keys.rs.sign(&as_issuer(OTHER)), 200),
+        (w.keys.es.sign(&as_issuer(OTHER)), 401),
+        (w.keys.rs.sign(&as_issuer("https://id.edge.test")), 401),
+    ] {
+        let r = get_with_token(w.edge.addr, &h, "/", &token.expect("sign"));
+        assert_eq!(r.status, status, "{}", r.text());
+    }
+    assert_eq!(w.a.hits(), 2);
+    assert!(
+        w.edge.log().contains("key_not_of_issuer"),
+        "{}",
+        w.edge.log()
+    );
+}
+
+#[test]
 fn invalid_tokens_get_401_with_rfc6750_header() {
     let w = world();
     let addr = w.edge.addr;

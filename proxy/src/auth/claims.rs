@@ -1,5 +1,6 @@
 //! Registered claims (RFC 7519 §4.1) and the identity the router forwards.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -102,6 +103,8 @@ pub(crate) struct ClaimRules {
     pub(crate) leeway: u64,
     /// `[auth] max_token_lifetime` in seconds (see [`check_lifetime`]).
     pub(crate) max_lifetime: Option<u64>,
+    /// `[auth.issuer_keys]`: each issuer's key ids (see [`check_key_issuer`]).
+    pub(crate) issuer_keys: Option<HashMap<String, HashSet<String>>>,
     pub(crate) tenant_claim: String,
     pub(crate) org_claim: String,
 }
@@ -175,6 +178,30 @@ fn check_lifetime(
         return Err(TokenError::LifetimeTooLong);
     }
     Ok(())
+}
+
+/// RFC 8725 §3.8: the key that signed a token must be its issuer's. With one issuer every key
+/// of the set is; with `[auth.issuer_keys]` the key's `kid` must be listed under the token's
+/// `iss` (a key without a `kid` is no issuer's). `claims` passed [`check`], so with issuers
+/// configured, as they are whenever `issuer_keys` is, `iss` is one of them.
+pub(crate) fn check_key_issuer(
+    claims: &Map<String, Value>,
+    key_kid: Option<&str>,
+    rules: &ClaimRules,
+) -> Result<(), TokenError> {
+    let Some(issuer_keys) = &rules.issuer_keys else {
+        return Ok(());
+    };
+    let iss = claims.get("iss").and_then(Value::as_str);
+    let owned = iss
+        .and_then(|i| issuer_keys.get(i))
+        .zip(key_kid)
+        .is_some_and(|(kids, kid)| kids.contains(kid));
+    if owned {
+        Ok(())
+    } else {
+        Err(TokenError::KeyNotOfIssuer)
+    }
 }
 
 /// Whether `claim` reaches the instance unchanged as a header value: not empty (an empty

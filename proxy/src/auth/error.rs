@@ -34,6 +34,10 @@ pub enum TokenError {
     /// No `exp` claim: tokens must expire.
     #[error("token has no exp claim")]
     MissingExp,
+    /// The key that signs the token is not one its issuer signs with (`[auth.issuer_keys]`,
+    /// RFC 8725 §3.8).
+    #[error("signing key is not one of the token's issuer")]
+    KeyNotOfIssuer,
     /// `exp` lies further ahead than `[auth] max_token_lifetime` allows.
     #[error("token lifetime longer than max_token_lifetime")]
     LifetimeTooLong,
@@ -75,6 +79,7 @@ impl TokenError {
             TokenError::NotYetValid => "not_yet_valid",
             TokenError::MissingExp => "missing_exp",
             TokenError::LifetimeTooLong => "lifetime_too_long",
+            TokenError::KeyNotOfIssuer => "key_not_of_issuer",
             TokenError::WrongIssuer => "wrong_issuer",
             TokenError::WrongAudience => "wrong_audience",
             TokenError::CriticalHeader => "critical_header",
@@ -94,9 +99,10 @@ impl TokenError {
             TokenError::WrongIssuer | TokenError::WrongAudience => {
                 "the token was not issued for this service"
             }
-            TokenError::BadSignature | TokenError::UnknownKey | TokenError::AlgorithmMismatch => {
-                "the token signature is not valid"
-            }
+            TokenError::BadSignature
+            | TokenError::UnknownKey
+            | TokenError::AlgorithmMismatch
+            | TokenError::KeyNotOfIssuer => "the token signature is not valid",
             _ => "the token is malformed or not accepted",
         };
         format!(

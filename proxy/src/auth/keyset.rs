@@ -149,6 +149,19 @@ impl KeySet {
         }
     }
 
+    /// Key ids of the set that `owned` does not accept, and whether a key without a `kid`
+    /// is in it: keys no issuer signs with, under `[auth.issuer_keys]`.
+    pub(crate) fn unowned(&self, owned: impl Fn(&str) -> bool) -> (Vec<&str>, bool) {
+        let mut kids: Vec<&str> = self
+            .by_kid
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !owned(k))
+            .collect();
+        kids.sort_unstable();
+        (kids, !self.anonymous.is_empty())
+    }
+
     /// Number of usable keys.
     pub(crate) fn len(&self) -> usize {
         self.by_kid.values().map(Vec::len).sum::<usize>() + self.anonymous.len()

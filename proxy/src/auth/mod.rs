@@ -122,6 +122,20 @@ fn load_set(
     KeySet::load(text, origin, hmac, generation, emptied)
 }
 
+/// Says which keys of a new key set no issuer signs with under `[auth.issuer_keys]`: every
+/// token they sign is refused, which a key pushed before its listing (or a typo) would
+/// otherwise show only per request.
+fn warn_unowned(keys: &KeySet, rules: &ClaimRules, origin: &str) {
+    let Some(issuer_keys) = &rules.issuer_keys else {
+        return;
+    };
+    let (kids, anonymous) = keys.unowned(|kid| issuer_keys.values().any(|k| k.contains(kid)));
+    if !kids.is_empty() || anonymous {
+        tracing::warn!(source = origin, keys = ?kids, without_kid = anonymous,
+            "verification keys listed under no issuer in [auth.issuer_keys]: tokens they sign are refused");
+    }
+}
+
 impl Authenticator {
     /// Loads the key set named by the settings.
     pub fn new(settings: &AuthSettings) -> Result<Self, AuthSetupError> {
@@ -141,19 +155,26 @@ impl Authenticator {
                  names some other service, RFC 7519 §4.1.3); list this service's audience"
             );
         }
+        let rules = ClaimRules {
+            issuers: settings.issuers.clone(),
+            audiences: settings.audiences.clone(),
+            leeway: settings.leeway.as_secs(),
+            max_lifetime: settings.max_token_lifetime.map(|d| d.as_secs()),
+            issuer_keys: settings.issuer_keys.as_ref().map(|m| {
+                m.iter()
+                    .map(|(iss, kids)| (iss.clone(), kids.iter().cloned().collect()))
+                    .collect()
+            }),
+            tenant_claim: settings.tenant_claim.clone(),
+            org_claim: settings.org_claim.clone(),
+        };
+        warn_unowned(&keys, &rules, &origin);
         Ok(Self {
             source: settings.jwks.clone(),
             hmac: settings.hmac_keys.clone(),
             keys: ArcSwap::from_pointee(keys),
             cache: TokenCache::new(settings.token_cache_capacity),
-            rules: ClaimRules {
-                issuers: settings.issuers.clone(),
-                audiences: settings.audiences.clone(),
-                leeway: settings.leeway.as_secs(),
-                max_lifetime: settings.max_token_lifetime.map(|d| d.as_secs()),
-                tenant_claim: settings.tenant_claim.clone(),
-                org_claim: settings.org_claim.clone(),
-            },
+            rules,
             max_token_bytes: settings.max_token_bytes,
             session_cookie: settings.session_cookie.clone(),
             generation: AtomicU64::new(1),
@@ -197,6 +218,7 @@ impl Authenticator {
         match load_set(&bytes, &origin, &self.hmac, generation, true) {
             Ok(keys) => {
                 *refused = None;
+                warn_unowned(&keys, &self.rules, &origin);
                 self.keys.store(Arc::new(keys));
                 Ok(true)
             }
@@ -288,13 +310,9 @@ impl Authenticator {
         // Claims before the signature: a token they refuse (expired, another issuer or
         // audience) is refused without the costly check, however often it comes. Nothing
         // from them is trusted or kept until the signature verifies below.
-        let verified = claims::check(
-            &parsed.claims()?,
-            &self.rules,
-            now_unix,
-            parsed.kid,
-            parsed.alg,
-        )?;
+        let claims = parsed.claims()?;
+        let verified = claims::check(&claims, &self.rules, now_unix, parsed.kid, parsed.alg)?;
+        claims::check_key_issuer(&claims, verify_key.kid.as_deref(), &self.rules)?;
         self.signature_checks.fetch_add(1, Ordering::Relaxed);
         verify_key.verify(
             parsed.alg,

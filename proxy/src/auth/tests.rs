@@ -52,6 +52,7 @@ fn settings(f: &Fixture) -> AuthSettings {
             },
         ],
         issuers: vec!["https://id.test".into()],
+        issuer_keys: None,
         audiences: vec!["nexus".into()],
         leeway: Duration::from_secs(30),
         max_token_lifetime: None,
@@ -1074,6 +1075,67 @@ fn max_token_lifetime_bounds_exp_from_now_and_from_iat() {
             .expect("s");
     assert!(bounded.verify(&token, NOW).is_err());
     assert_eq!(bounded.signature_checks(), checks);
+}
+
+#[test]
+fn with_issuer_keys_a_key_signs_only_its_issuers_tokens() {
+    // RFC 8725 §3.8: two issuers, one key set; each key is one issuer's. Without the listing
+    // either issuer's key would sign the other's tokens.
+    let f = fixture("issuer-keys");
+    const OTHER: &str = "https://other.test";
+    let mut s = settings(&f);
+    s.issuers.push(OTHER.into());
+    let open = Authenticator::new(&s).expect("auth");
+    s.issuer_keys = Some(
+        [
+            (
+                "https://id.test".to_owned(),
+                vec!["rs".to_owned(), "hs".to_owned()],
+            ),
+            (OTHER.to_owned(), vec!["es".to_owned(), "rs".to_owned()]),
+        ]
+        .into(),
+    );
+    let bound = Authenticator::new(&s).expect("auth");
+    let of = |iss: &str| claims_with(json!({ "iss": iss }));
+    // (token, accepted when keys are bound to issuers)
+    let cases = [
+        (f.rs.sign(&of("https://id.test")).expect("s"), true),
+        // One key may be two issuers' (listed under both).
+        (f.rs.sign(&of(OTHER)).expect("s"), true),
+        (f.es.sign(&of(OTHER)).expect("s"), true),
+        (f.es.sign(&of("https://id.test")).expect("s"), false),
+        (hs("HS256", "hs", HMAC_SECRET, &of("https://id.test")), true),
+        (hs("HS256", "hs", HMAC_SECRET, &of(OTHER)), false),
+        // Listed under no issuer.
+        (f.ed.sign(&of("https://id.test")).expect("s"), false),
+    ];
+    for (i, (token, accepted)) in cases.iter().enumerate() {
+        assert!(open.verify(token, NOW).is_ok(), "case {i}");
+        let got = bound.verify(token, NOW).map(|_| ());
+        let want = if *accepted {
+            Ok(())
+        } else {
+            Err(TokenError::KeyNotOfIssuer)
+        };
+        assert_eq!(got, want, "case {i}");
+    }
+    // A token without a kid, verified by the only key: a key without a kid is no issuer's.
+    let dir = tempfile::tempdir().expect("dir");
+    let mut lone = f.es.public_jwk();
+    lone.as_object_mut().expect("obj").remove("kid");
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, json!({ "keys": [lone] }).to_string()).expect("write");
+    s.jwks = JwksSource::File(path);
+    s.hmac_keys.clear();
+    let anonymous = Authenticator::new(&s).expect("auth");
+    let kidless =
+        f.es.sign_raw(r#"{"alg":"ES256","typ":"JWT"}"#, &of(OTHER).to_string())
+            .expect("s");
+    assert_eq!(
+        anonymous.verify(&kidless, NOW).map(|_| ()),
+        Err(TokenError::KeyNotOfIssuer)
+    );
 }
 
 #[test]
