@@ -200,6 +200,15 @@ impl RejectReason {
         }
     }
 
+    /// More of why, for the log, where the reason's detail has it (a token's malformation):
+    /// a fixed text, never request content.
+    pub fn why(&self) -> Option<&'static str> {
+        match self {
+            RejectReason::InvalidToken(e) => e.why(),
+            _ => None,
+        }
+    }
+
     /// Short plain-text body.
     pub fn body(&self) -> &'static str {
         match self {
@@ -264,6 +273,12 @@ impl RejectReason {
             }
             RejectReason::BadCredential(e) => vec![("www-authenticate", e.www_authenticate())],
             RejectReason::InvalidToken(e) => vec![("www-authenticate", e.www_authenticate())],
+            RejectReason::WrongTenant(_) => {
+                vec![(
+                    "www-authenticate",
+                    crate::auth::www_authenticate_forbidden(),
+                )]
+            }
             RejectReason::NotReady { retry_after } => {
                 vec![("retry-after", retry_after.as_secs().max(1).to_string())]
             }

@@ -341,6 +341,7 @@ fn log_rejection(budgets: &LogBudgets, ctx: &RequestCtx, reason: &RejectReason) 
             status = reason.status(),
             reason = reason.label(),
             detail = reason.detail(),
+            why = reason.why(),
             not_logged,
             "request rejected"
         );

@@ -604,6 +604,12 @@ fn invalid_tokens_get_401_with_rfc6750_header() {
     // colour codes when the log goes to a file).
     assert!(log.contains("reason=\"invalid_token\""), "{log}");
     assert!(!log.contains('\x1b'), "{log}");
+    // A malformation is logged with its fixed text, not only as "malformed".
+    assert!(
+        log.contains("why=\"not three dot-separated parts\""),
+        "{log}"
+    );
+    assert!(log.contains("why=\"invalid base64url\""), "{log}");
 }
 
 #[test]
@@ -655,6 +661,12 @@ fn cross_tenant_and_org_mismatch_get_403() {
     for (name, h, token) in cases {
         let r = get_with_token(addr, &h, "/", &token);
         assert_eq!(r.status, 403, "{name}: {}", r.text());
+        // RFC 6750 §3.1: a valid token whose privileges do not reach the resource.
+        let challenge = r.header("www-authenticate").unwrap_or_default();
+        assert!(
+            challenge.starts_with("Bearer ") && challenge.contains("error=\"insufficient_scope\""),
+            "{name}: {challenge}"
+        );
     }
     assert_eq!(w.a.hits() + w.b.hits(), 0);
 }

@@ -89,6 +89,17 @@ impl TokenError {
         }
     }
 
+    /// The fixed text that says more than [`TokenError::label`] (which malformation, which
+    /// header or claim), for the log; never token content.
+    pub fn why(&self) -> Option<&'static str> {
+        match self {
+            TokenError::Malformed(why)
+            | TokenError::ForbiddenHeader(why)
+            | TokenError::UnforwardableClaim(why) => Some(why),
+            _ => None,
+        }
+    }
+
     /// RFC 6750 §3 challenge. The description is a fixed text (only characters RFC 6750
     /// allows), so nothing from the request is reflected.
     pub fn www_authenticate(&self) -> String {
@@ -109,6 +120,14 @@ impl TokenError {
             "Bearer realm=\"nexus\", error=\"invalid_token\", error_description=\"{description}\""
         )
     }
+}
+
+/// The challenge sent with a 403 for a valid token that is not this tenant's (or org's): its
+/// privileges do not reach the resource (RFC 6750 §3.1, `insufficient_scope`).
+pub fn www_authenticate_forbidden() -> String {
+    "Bearer realm=\"nexus\", error=\"insufficient_scope\", error_description=\"the token is not \
+     valid for this tenant\""
+        .to_owned()
 }
 
 /// The challenge sent when no token was presented: no error code (RFC 6750 §3.1).

@@ -196,6 +196,37 @@ fn str_field<'a>(jwk: &'a Value, name: &str) -> Result<Option<&'a str>, String> 
     }
 }
 
+/// `key_ops` (RFC 7517 §4.3): an array of distinct strings that includes `verify`; beside
+/// `use` (which is `sig` here) it must say the same, so it names no operation of another
+/// use. A key whose members contradict each other is not one its publisher meant.
+fn check_key_ops(ops: &Value, with_use: bool) -> Result<(), String> {
+    let Some(list) = ops.as_array() else {
+        return Err("key_ops is not an array".to_owned());
+    };
+    let mut names: Vec<&str> = Vec::with_capacity(list.len());
+    for op in list {
+        let Some(name) = op.as_str() else {
+            return Err("key_ops holds a value that is not a string".to_owned());
+        };
+        if names.contains(&name) {
+            return Err(format!("key_ops lists {name:?} twice"));
+        }
+        names.push(name);
+    }
+    if !names.contains(&"verify") {
+        return Err("key_ops does not include \"verify\"".to_owned());
+    }
+    if let Some(other) = names
+        .iter()
+        .find(|n| with_use && !matches!(**n, "sign" | "verify"))
+    {
+        return Err(format!(
+            "key_ops names {other:?}, which use \"sig\" contradicts"
+        ));
+    }
+    Ok(())
+}
+
 /// Parses one JWK. `Err` explains why the key is skipped (never key material).
 pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
     if !jwk.is_object() {
@@ -219,12 +250,7 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
         }
     }
     if let Some(ops) = jwk.get("key_ops") {
-        let verify = ops
-            .as_array()
-            .is_some_and(|a| a.iter().any(|o| o.as_str() == Some("verify")));
-        if !verify {
-            return Err("key_ops does not include \"verify\"".to_owned());
-        }
+        check_key_ops(ops, jwk.get("use").is_some())?;
     }
     let alg = match str_field(jwk, "alg")? {
         None => None,
@@ -299,10 +325,13 @@ pub fn parse_jwk(jwk: &Value) -> Result<VerifyKey, String> {
             (Algorithm::EdDSA, parse_public(&x, Algorithm::EdDSA)?)
         }
         "oct" => {
+            // Its `k` is the secret itself, published with the set.
             return Err(
-                "symmetric keys are never taken from a JWKS; configure [[auth.hmac_keys]]"
+                "a symmetric key (oct) in a key set has leaked with it: anyone who read the set \
+                 can sign with it; rotate it, and configure HMAC secrets under \
+                 [[auth.hmac_keys]], never in a JWKS"
                     .to_owned(),
-            )
+            );
         }
         other => return Err(format!("kty {other:?} is not supported")),
     };
@@ -378,6 +407,44 @@ mod tests {
         for e in [&[3][..], &[1, 0, 1], &[1, 1, 1, 1]] {
             assert!(parse_jwk(&key(e)).is_ok(), "{e:?}");
         }
+    }
+
+    #[test]
+    fn key_ops_must_be_distinct_strings_with_verify_and_agree_with_use() {
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let mut n = vec![0xc3; 256];
+        n[255] |= 1;
+        let key = |extra: Value| {
+            let mut k = serde_json::json!({ "kty": "RSA", "n": b64(&n), "e": "AQAB" });
+            for (name, v) in extra.as_object().expect("obj") {
+                k[name] = v.clone();
+            }
+            parse_jwk(&k).map(|_| ())
+        };
+        use serde_json::json;
+        for ok in [
+            json!({}),
+            json!({ "key_ops": ["verify"] }),
+            json!({ "key_ops": ["sign", "verify"], "use": "sig" }),
+            json!({ "key_ops": ["verify", "encrypt"] }),
+        ] {
+            assert_eq!(key(ok.clone()), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            (json!({ "key_ops": "verify" }), "not an array"),
+            (json!({ "key_ops": ["verify", "verify"] }), "twice"),
+            (json!({ "key_ops": ["verify", 1] }), "not a string"),
+            (json!({ "key_ops": ["sign"] }), "does not include"),
+            (
+                json!({ "key_ops": ["verify", "encrypt"], "use": "sig" }),
+                "contradicts",
+            ),
+        ] {
+            let err = key(bad.clone()).expect_err("skipped");
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let secret = parse_jwk(&json!({ "kty": "oct", "k": "c2VjcmV0" })).map(|_| ());
+        assert!(secret.expect_err("skipped").contains("leaked"));
     }
 
     #[test]

@@ -69,12 +69,17 @@ impl KeySet {
             ..KeySet::default()
         };
         let mut skipped = Vec::new();
+        let mut anonymous = Vec::new();
         for (i, jwk) in keys.iter().enumerate() {
             let name = jwk
                 .get("kid")
                 .and_then(Value::as_str)
                 .map_or_else(|| format!("keys[{i}]"), |k| format!("kid {k:?}"));
-            match parse_jwk(jwk) {
+            let parsed = parse_jwk(jwk);
+            if parsed.as_ref().is_ok_and(|k| k.kid.is_none()) {
+                anonymous.push(name.clone());
+            }
+            match parsed {
                 Ok(key) if jwk.get("alg").is_none() && key.alg == Algorithm::RS256 => {
                     set.rs256_by_default.push(name.clone());
                     set.insert(key, &name, &mut skipped);
@@ -82,6 +87,19 @@ impl KeySet {
                 Ok(key) => set.insert(key, &name, &mut skipped),
                 Err(reason) => skipped.push(format!("{name}: {reason}")),
             }
+        }
+        // A token names its key by `kid`; one without a `kid` reaches only the set's one key.
+        // Beside other keys (HMAC secrets included) a key without one verifies nothing:
+        // skipped and said, not counted as a key in use.
+        if !set.anonymous.is_empty() && set.len() + hmac.len() > 1 {
+            set.anonymous.clear();
+            skipped.extend(anonymous.iter().map(|name| {
+                format!(
+                    "{name}: no kid, beside other keys: a token selects its key by kid, so this \
+                     one would verify nothing (give it a kid)"
+                )
+            }));
+            set.rs256_by_default.retain(|n| !anonymous.contains(n));
         }
         if !set.rs256_by_default.is_empty() {
             tracing::info!(source = origin, keys = %set.rs256_by_default.join(", "),

@@ -27,7 +27,10 @@ use nexus_config::{AuthSettings, HmacKey, JwksSource};
 
 pub use claims::VerifiedToken;
 pub use credential::extract_token;
-pub use error::{www_authenticate_missing, AuthSetupError, CredentialError, TokenError};
+pub use error::{
+    www_authenticate_forbidden, www_authenticate_missing, AuthSetupError, CredentialError,
+    TokenError,
+};
 pub use jwk::Algorithm;
 
 use cache::TokenCache;

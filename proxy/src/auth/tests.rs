@@ -1139,6 +1139,54 @@ fn with_issuer_keys_a_key_signs_only_its_issuers_tokens() {
 }
 
 #[test]
+fn a_key_without_kid_beside_other_keys_is_skipped_as_unusable() {
+    let f = fixture("kidless");
+    let mut lone = f.es.public_jwk();
+    lone.as_object_mut().expect("obj").remove("kid");
+    let kidless =
+        f.es.sign_raw(r#"{"alg":"ES256","typ":"JWT"}"#, &claims().to_string())
+            .expect("s");
+    let write = |keys: Vec<Value>| {
+        std::fs::write(
+            f.dir.path().join("jwks.json"),
+            json!({ "keys": keys }).to_string(),
+        )
+        .expect("write")
+    };
+    let mut s = settings(&f);
+    s.hmac_keys.clear();
+    // Alone: it verifies tokens without a kid.
+    write(vec![lone.clone()]);
+    let alone = Authenticator::new(&s).expect("auth");
+    assert_eq!(alone.key_count(), 1);
+    assert!(alone.verify(&kidless, NOW).is_ok());
+    // Beside a key with a kid it could verify nothing: skipped and said, not counted.
+    write(vec![lone.clone(), f.rs.public_jwk()]);
+    let beside = Authenticator::new(&s).expect("auth");
+    assert_eq!(beside.key_count(), 1);
+    assert!(
+        beside
+            .skipped_keys()
+            .iter()
+            .any(|k| k.starts_with("keys[0]: no kid")),
+        "{:?}",
+        beside.skipped_keys()
+    );
+    // (The set's one usable key is then the RSA key, which verifies no ES256 token.)
+    assert_eq!(
+        beside.verify(&kidless, NOW).map(|_| ()),
+        Err(TokenError::AlgorithmMismatch)
+    );
+    // Beside an HMAC secret alike; and then no key of the JWKS is usable: refused whole.
+    write(vec![lone]);
+    let with_hmac = Authenticator::new(&settings(&f)).map(|_| ());
+    assert!(
+        matches!(with_hmac, Err(AuthSetupError::NoKeys { .. })),
+        "{with_hmac:?}"
+    );
+}
+
+#[test]
 fn a_key_file_past_the_bound_is_refused_at_start_and_on_reload() {
     let f = fixture("too-large");
     let path = f.dir.path().join("jwks.json");
