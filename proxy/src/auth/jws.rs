@@ -88,6 +88,11 @@ pub(crate) fn parse(token: &str) -> Result<Parsed<'_>, TokenError> {
     if header.contains_key("cty") {
         return Err(TokenError::WrongType);
     }
+    // RFC 7516 §9: `enc` is what marks a JWE's header; a JWS's has none. A token that says it
+    // is encrypted and signed at once is no token any issuer made.
+    if header.contains_key("enc") {
+        return Err(TokenError::Malformed("enc header: a JWE's, not a JWS's"));
+    }
     // RFC 7797: `b64: false` says the payload was signed unencoded. Such a token must list
     // `b64` in `crit` (refused above); without it, a verifier reading the payload as
     // base64url would take claims the signer never meant. Only the default, `true`, passes.
@@ -172,6 +177,10 @@ mod tests {
             (
                 tok(r#"{"typ":"JWT"}"#, p),
                 Err(TokenError::Malformed("no alg")),
+            ),
+            (
+                tok(r#"{"alg":"ES256","enc":"A256GCM"}"#, p),
+                Err(TokenError::Malformed("enc header: a JWE's, not a JWS's")),
             ),
             (
                 tok(r#"{"alg":7}"#, p),
