@@ -681,8 +681,14 @@ impl ProxyHttp for EdgeService {
         // never share a connection even at one address; for TLS it is also the SNI and the
         // name the certificate must carry (Pingora skips verification without one).
         let mut peer = HttpPeer::new(addr, url.is_tls(), url.host().to_owned());
-        // Connections are pooled per tenant: see `crate::pooling`.
-        peer.group_key = crate::pooling::tenant_group_key(decision.binding.tenant_id.as_str());
+        // Connections are pooled per tenant, and its anonymous callers' apart: see
+        // `crate::pooling`.
+        let caller = match decision.identity {
+            Some(_) => crate::pooling::Caller::Member,
+            None => crate::pooling::Caller::Anonymous,
+        };
+        peer.group_key =
+            crate::pooling::tenant_group_key(decision.binding.tenant_id.as_str(), caller);
         let up = &self.state.settings.upstream;
         bound_instance_io(&mut peer.options, up);
         if asks_for_upgrade(session) {

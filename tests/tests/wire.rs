@@ -418,6 +418,27 @@ fn an_instances_stray_bytes_never_reach_another_tenants_request() {
     let again = send("globex", None, "GET");
     assert!(again.ends_with("\r\n\r\nglobex"), "{again}");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // Nor a caller's who proved nothing, on the tenant's public path: a member's answer sent
+    // late goes to a member's request, never to anyone's. (globex's connection is clean: its
+    // requests so far were GETs.)
+    let head = send("globex", None, "HEAD");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut s = TcpStream::connect(edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!("GET /login HTTP/1.1\r\nHost: globex.{BASE}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let anonymous = read_to_close(&mut s);
+    assert!(anonymous.starts_with("HTTP/1.1 200"), "{anonymous}");
+    assert!(
+        !anonymous.contains("acme-secret"),
+        "an anonymous caller got a member's bytes: {anonymous}"
+    );
+    // Its own connection, apart from the members'.
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
 
 /// An instance that answers each request with the tenant it was for, and a HEAD with a
