@@ -302,6 +302,11 @@ fn take_expectation(session: &mut Session) -> bool {
 /// client (on a public path, without a token) could make a tenant's instance look failing.
 /// A WebSocket request is left out: its wait for the `101` is the instance's.
 fn late_client_fault(session: &mut Session, e: &Error) -> Option<RejectReason> {
+    // The client stream refused a line of the chunked body (see `crate::connections`): its
+    // read failed, and it is not the client going away.
+    if crate::connections::chunk_refused(session) {
+        return Some(RejectReason::BadFraming(FramingError::BadChunk));
+    }
     if matches!(e.etype(), ErrorType::ReadTimedout)
         && !asks_for_upgrade(session)
         && !session.is_body_done()
@@ -625,9 +630,23 @@ impl ProxyHttp for EdgeService {
                 ctx.tunnel_keys = self.state.auth.key_generation();
             }
         }
-        let outcome = match header_size {
-            Ok(()) => self.decide_request(session, ctx.start),
-            Err(HeaderTooLarge) => Err(RejectReason::HeaderTooLarge),
+        // A chunked body's framing lines are scanned as they arrive (see
+        // `crate::connections`); those that came with the header already. (Not a request
+        // for a tunnel: after a `101` its bytes are no body.)
+        let chunks = if session
+            .req_header()
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
+            && !asks_for_upgrade(session)
+        {
+            crate::connections::chunked_body_begins(session)
+        } else {
+            Ok(())
+        };
+        let outcome = match (header_size, chunks) {
+            (Err(HeaderTooLarge), _) => Err(RejectReason::HeaderTooLarge),
+            (Ok(()), Err(_)) => Err(RejectReason::BadFraming(FramingError::BadChunk)),
+            (Ok(()), Ok(())) => self.decide_request(session, ctx.start),
         };
         match outcome {
             Ok(decision) => {

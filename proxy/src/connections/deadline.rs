@@ -49,7 +49,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,7 @@ use pingora::proxy::Session;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use super::chunks::{BadChunkLine, ChunkScan};
 use super::Shared;
 use crate::log_budget::{HeaderRefusal, RequestLine};
 
@@ -79,6 +80,9 @@ type IdleTimer = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 /// which Pingora's own timers risk as well. The bound is at least 1 s: this only delays a
 /// re-arm that comes within 20 ms of its deadline.
 const MIN_IDLE_ARM: Duration = Duration::from_millis(20);
+
+/// The largest copy of a header read kept allocated between requests (see `head_read`).
+const HEAD_READ_KEPT: usize = 16 * 1024;
 
 /// A new connection, no byte read yet.
 const FRESH: u8 = 0;
@@ -151,6 +155,15 @@ pub struct HeaderDeadline {
     /// (a header, a body, the last chunk alike; Pingora bounds body writes only), and Pingora
     /// drops the connection.
     write_timer: Option<Pin<Box<Sleep>>>,
+    /// A copy of the last read made while a header was awaited: the bytes of a chunked body
+    /// that came in the read that ended its header are scanned from it (Pingora keeps them
+    /// and never reads them again).
+    head_read: Vec<u8>,
+    /// The scan of the chunked body being read ([`super::chunks`]). Set through a shared
+    /// reference by [`chunked_body_begins`], on the connection's one task, as `phase` is.
+    chunks: Mutex<Option<ChunkScan>>,
+    /// The scan refused the body: [`chunk_refused`] tells the proxy why its read failed.
+    chunk_refused: AtomicBool,
     shared: Arc<Shared>,
 }
 
@@ -173,6 +186,9 @@ impl HeaderDeadline {
             idle_since: None,
             idle_timer: None,
             write_timer: None,
+            head_read: Vec::new(),
+            chunks: Mutex::new(None),
+            chunk_refused: AtomicBool::new(false),
             shared: Arc::clone(shared),
         })
     }
@@ -462,6 +478,47 @@ pub fn header_read(session: &Session) -> Result<(), HeaderTooLarge> {
     Ok(())
 }
 
+/// Tells the stream under `session` that its request's body is chunked: its framing lines are
+/// scanned from here on ([`super::chunks`]), those that came with the header's end at once.
+/// `Err` when those already refuse it (nothing was forwarded yet). The bytes of a request
+/// Pingora kept whole from the read of the request before (pipelined) were never seen as this
+/// request's: its body is left to Pingora's parser, as before.
+pub fn chunked_body_begins(session: &Session) -> Result<(), BadChunkLine> {
+    let Some(d) = deadline_of(session) else {
+        return Ok(());
+    };
+    d.chunk_refused.store(false, Ordering::Relaxed);
+    let mut slot = d.chunks.lock().unwrap_or_else(PoisonError::into_inner);
+    *slot = None;
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return Ok(());
+    };
+    let delivered = d.delivered.load(Ordering::Relaxed);
+    // Everything read for this request, less its header: the body bytes that came with it,
+    // the tail of the read that ended the header.
+    let prefix = (d.kept.load(Ordering::Relaxed) + delivered)
+        .checked_sub(h1.get_headers_raw_bytes().len())
+        .filter(|p| delivered > 0 && *p <= d.head_read.len());
+    let Some(prefix) = prefix else {
+        return Ok(());
+    };
+    let mut scan = ChunkScan::default();
+    if let Err(e) = scan.scan(&d.head_read[d.head_read.len() - prefix..]) {
+        d.chunk_refused.store(true, Ordering::Relaxed);
+        return Err(e);
+    }
+    if !scan.done() {
+        *slot = Some(scan);
+    }
+    Ok(())
+}
+
+/// Whether the stream under `session` refused the chunked body being read (so that the
+/// failed read is told as the client's malformed body, not as the client gone).
+pub fn chunk_refused(session: &Session) -> bool {
+    deadline_of(session).is_some_and(|d| d.chunk_refused.load(Ordering::Relaxed))
+}
+
 /// Tells the stream under `session` that its request is done: the next bytes begin a header.
 /// Works out how many bytes of the next request Pingora kept (see the module docs).
 pub fn request_done(session: &mut Session) {
@@ -479,6 +536,7 @@ pub fn request_done(session: &mut Session) {
             .saturating_sub(consumed)
     });
     d.kept.store(kept, Ordering::Relaxed);
+    *d.chunks.lock().unwrap_or_else(PoisonError::into_inner) = None;
     d.delivered.store(0, Ordering::Relaxed);
     d.header_bytes.store(0, Ordering::Relaxed);
     set_phase(d, IDLE);
@@ -549,10 +607,20 @@ impl AsyncRead for HeaderDeadline {
             }
             _ => {}
         }
+        let phase = this.phase.load(Ordering::Relaxed);
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if let Some(bytes) = buf.filled().get(before..).filter(|b| !b.is_empty()) {
+                    match phase {
+                        FRESH | HEADER | IDLE => this.keep_head_read(bytes),
+                        SERVING => {
+                            if let Err(e) = this.scan_body(bytes) {
+                                return Poll::Ready(Err(e));
+                            }
+                        }
+                        _ => {}
+                    }
                     this.bytes_arrived(bytes);
                 }
                 Poll::Ready(Ok(()))
@@ -564,6 +632,43 @@ impl AsyncRead for HeaderDeadline {
 }
 
 impl HeaderDeadline {
+    /// Keeps a copy of a read made while a header was awaited (see `head_read`). A large one
+    /// (a long header) is not kept allocated for the connection's life.
+    fn keep_head_read(&mut self, bytes: &[u8]) {
+        if self.head_read.capacity() > HEAD_READ_KEPT {
+            self.head_read = Vec::new();
+        }
+        self.head_read.clear();
+        self.head_read.extend_from_slice(bytes);
+    }
+
+    /// Scans bytes of a chunked body being read; an error fails the read.
+    fn scan_body(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let slot = self
+            .chunks
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(scan) = slot else {
+            return Ok(());
+        };
+        match scan.scan(bytes) {
+            Ok(()) => {
+                if scan.done() {
+                    *slot = None;
+                }
+                Ok(())
+            }
+            Err(BadChunkLine(why)) => {
+                *slot = None;
+                self.chunk_refused.store(true, Ordering::Relaxed);
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("chunked request body refused: {why}"),
+                ))
+            }
+        }
+    }
+
     /// A write's outcome under the write bound: progress disarms it; a wait arms it (once per
     /// stall) and fails the write when it fires.
     fn bound_write<T>(

@@ -15,8 +15,11 @@
 //! between requests: see [`bound_idle_client`]).
 //!
 //! Where a header ends only the HTTP parser knows, so the proxy tells the stream: [`header_read`]
-//! from its first hook after Pingora parsed a header, [`request_done`] from its last one.
+//! from its first hook after Pingora parsed a header, [`request_done`] from its last one. For
+//! a chunked body it also says [`chunked_body_begins`]: the stream then scans the body's
+//! framing lines as they arrive ([`chunks`]), which Pingora's parser takes too leniently.
 
+mod chunks;
 mod deadline;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -31,7 +34,11 @@ use pingora::server::ShutdownWatch;
 use crate::log_budget::LogBudgets;
 use crate::metrics::ConnectionMetrics;
 
-pub use deadline::{bound_idle_client, header_read, request_done, HeaderDeadline, HeaderTooLarge};
+pub use chunks::BadChunkLine;
+pub use deadline::{
+    bound_idle_client, chunk_refused, chunked_body_begins, header_read, request_done,
+    HeaderDeadline, HeaderTooLarge,
+};
 
 /// The bounds [`Guarded`] enforces (from `[server]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
