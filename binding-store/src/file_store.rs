@@ -169,8 +169,8 @@ impl FileStore {
     /// from `current`; so do tenants whose record claims a custom domain another record
     /// claims too, unless they hold it now.
     ///
-    /// Without a table served (start-up), a file whose records are all refused is refused
-    /// whole. With a table served (`current`), two files are refused whole, as no tenant's binding
+    /// A file whose records are all refused is refused whole (at start-up and later). With a
+    /// table served (`current`), two more files are refused whole, as no tenant's binding
     /// can be kept for sure: one holding a record that names no tenant (no `tenant_id`, or
     /// one not canonical), which could be any tenant's; and one holding no records at all
     /// whose top-level `revision` is not past the table's and the last loaded file's (not the
@@ -187,12 +187,20 @@ impl FileStore {
         };
         let parsed = parse_records(bytes).map_err(refuse)?;
         // At start-up, records that are all refused would make a ready router that routes
-        // no tenant (every request 404); an empty list is a store with no tenants yet.
-        if current.is_none() && parsed.bindings.is_empty() {
+        // no tenant (every request 404); an empty list is a store with no tenants yet. Later,
+        // they would unbind every tenant the file does not name (a botched bulk edit, a file
+        // half replaced), with nothing in the file to say it was meant: the table served stays.
+        if parsed.bindings.is_empty() {
             if let Some(first) = parsed.problems.first() {
+                let served = current.map_or(0, BindingTable::len);
+                let outcome = if served == 0 {
+                    "so no tenant could be routed".to_owned()
+                } else {
+                    format!("so the {served} bindings served stay")
+                };
                 return Err(refuse(format!(
-                    "none of its {} records is valid, so no tenant could be routed (the first: \
-                     {first}); `nexus-edge check` names each",
+                    "none of its {} records is valid, {outcome} (the first: {first}); \
+                     `nexus-edge check` names each",
                     parsed.problems.len()
                 )));
             }
@@ -222,6 +230,10 @@ impl FileStore {
         let mut bindings = parsed.bindings;
         // The file's valid records: those that do not end up in the table were refused.
         let from_file = bindings.clone();
+        // Looked up once per refused record: a scan of the list each time made a file with
+        // many refused records (a bulk edit gone wrong) take minutes to hours to load.
+        let mut in_file: std::collections::HashSet<TenantId> =
+            bindings.iter().map(|b| b.tenant_id.clone()).collect();
         let mut put_back = std::collections::HashSet::new();
         for p in &parsed.problems {
             let old = p
@@ -231,7 +243,7 @@ impl FileStore {
             match old {
                 Some(old) => {
                     tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; the tenant keeps its last good binding");
-                    if !bindings.iter().any(|b| b.tenant_id == old.tenant_id) {
+                    if in_file.insert(old.tenant_id.clone()) {
                         put_back.insert(old.tenant_id.clone());
                         bindings.push(Arc::clone(old));
                     }

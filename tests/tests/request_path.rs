@@ -2170,6 +2170,26 @@ fn binding_file_changes_are_picked_up_live() {
     let r = get_with_token(w.edge.addr, &host("acme"), "/", &token);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["instance"], "instance-b");
+
+    // Nor does a file whose every record is refused (a bulk edit gone wrong): taken, it would
+    // unbind every tenant it does not name, here newco and globex.
+    let mut broken_acme = binding("acme", "ftp://nowhere", "active", Some("org-acme"));
+    broken_acme["revision"] = serde_json::json!(9);
+    w.edge.write_bindings(&bindings_file(vec![broken_acme]));
+    w.edge.wait_for("the file of refused records refused", || {
+        w.edge
+            .log()
+            .contains("none of its 1 records is valid, so the 3 bindings served stay")
+    });
+    for (tenant, org, instance) in [
+        ("acme", Some("org-acme"), "instance-b"),
+        ("newco", None, "instance-a"),
+        ("globex", None, "instance-b"),
+    ] {
+        let r = get_with_token(w.edge.addr, &host(tenant), "/", &w.keys.token(tenant, org));
+        assert_eq!(r.status, 200, "{tenant}: {}", r.text());
+        assert_eq!(r.json()["instance"], instance, "{tenant}");
+    }
 }
 
 #[test]
