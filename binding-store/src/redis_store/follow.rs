@@ -204,7 +204,8 @@ async fn reconcile(
     store.health_ref().add_full_reload();
     store.health_ref().mark_synced(Revision(pos.revision));
     store.set_position(pos);
-    store.snapshot(handle.load()).await;
+    store.snapshot_behind();
+    store.snapshot_in_background(handle.load(), Duration::ZERO);
     Ok(())
 }
 
@@ -528,9 +529,9 @@ async fn session(
             reconcile(store, handle, &mut con, shutdown).await?;
             last_reconcile = Instant::now();
         }
-        store
-            .snapshot_if_behind(handle.load(), SNAPSHOT_EVERY)
-            .await;
+        // Not waited for: at a million bindings a write takes seconds, which every change
+        // behind it would wait too.
+        store.snapshot_in_background(handle.load(), SNAPSHOT_EVERY);
         let from = store
             .position()
             .map_or_else(|| "0-0".to_owned(), |p| p.stream_id);

@@ -182,6 +182,10 @@ pub struct RedisStore {
     /// The store's, not one follower session's: a session that ends (Redis went away, the
     /// replica shuts down) before its next snapshot must not take the need for it along.
     snapshot_due: Mutex<SnapshotDue>,
+    /// A snapshot write the follower started and did not wait for: at a million bindings a
+    /// write takes seconds, and a follower waiting on it delayed every change behind it.
+    /// One write at a time.
+    snapshot_writing: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A lock that a panic elsewhere does not make unusable: the value is two plain fields.
@@ -331,6 +335,7 @@ impl RedisStore {
                 stale: false,
                 written: Instant::now(),
             }),
+            snapshot_writing: Mutex::new(None),
             opts,
         })
     }
@@ -536,9 +541,20 @@ impl RedisStore {
     /// revision applied so far (never the table's newest record's, which may be ahead of
     /// changes not applied yet): the one a restore from it is measured against.
     pub(crate) async fn snapshot(&self, table: Arc<BindingTable>) {
-        let Some(path) = self.opts.snapshot_path.clone() else {
-            return;
-        };
+        // The write in flight first: one at a time, and this one is the newer.
+        let writing = lock(&self.snapshot_writing).take();
+        if let Some(writing) = writing {
+            Self::finished(writing.await);
+        }
+        if let Some(write) = self.start_snapshot(table) {
+            Self::finished(write.await);
+        }
+    }
+
+    /// Starts writing the snapshot of `table` on a blocking thread (`None` without a snapshot
+    /// path). What it writes is logged there.
+    fn start_snapshot(&self, table: Arc<BindingTable>) -> Option<tokio::task::JoinHandle<()>> {
+        let path = self.opts.snapshot_path.clone()?;
         // Cleared whether or not the write succeeds: a path that cannot be written is logged
         // once per change, not at every chance to write it.
         {
@@ -550,14 +566,40 @@ impl RedisStore {
         let position = self.position();
         let applied = Revision(position.as_ref().map_or(0, |p| p.revision));
         let history = position.and_then(|p| p.history);
-        let r = tokio::task::spawn_blocking(move || {
-            crate::snapshot::write_snapshot(&path, &table, applied, &prefix, history.as_deref())
-        })
-        .await;
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "snapshot not written"),
-            Err(e) => tracing::error!(error = %e, "snapshot task failed"),
+        Some(tokio::task::spawn_blocking(move || {
+            let written = crate::snapshot::write_snapshot(
+                &path,
+                &table,
+                applied,
+                &prefix,
+                history.as_deref(),
+            );
+            if let Err(e) = written {
+                tracing::error!(error = %e, "snapshot not written");
+            }
+        }))
+    }
+
+    fn finished(r: Result<(), tokio::task::JoinError>) {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "snapshot task failed");
+        }
+    }
+
+    /// The follower's snapshot: when one is due and none is being written, starts writing it
+    /// and returns at once (changes go on being applied meanwhile; the next write is due once
+    /// this one has ended).
+    pub(crate) fn snapshot_in_background(&self, table: Arc<BindingTable>, every: Duration) {
+        let mut writing = lock(&self.snapshot_writing);
+        if writing.as_ref().is_some_and(|w| !w.is_finished()) {
+            return;
+        }
+        let due = {
+            let due = lock(&self.snapshot_due);
+            due.stale && due.written.elapsed() >= every
+        };
+        if due {
+            *writing = self.start_snapshot(table);
         }
     }
 
