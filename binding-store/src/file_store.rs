@@ -242,14 +242,18 @@ impl FileStore {
                 .and_then(|(tenant, table)| table.get(tenant.as_str()));
             match old {
                 Some(old) => {
-                    tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; the tenant keeps its last good binding");
+                    if crate::record_lines::admit() {
+                        tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; the tenant keeps its last good binding");
+                    }
                     if in_file.insert(old.tenant_id.clone()) {
                         put_back.insert(old.tenant_id.clone());
                         bindings.push(Arc::clone(old));
                     }
                 }
                 None => {
-                    tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; no binding was served for it, so it stays unbound until the record is fixed");
+                    if crate::record_lines::admit() {
+                        tracing::warn!(file = %self.origin(), problem = %p, "binding record refused; no binding was served for it, so it stays unbound until the record is fixed");
+                    }
                 }
             }
         }
@@ -270,9 +274,10 @@ impl FileStore {
         let (table, refused) = BindingTable::from_bindings(bindings);
         // The file's own revision counts deletes after its newest record (the admin CLI's).
         let table = table.at_least(Revision(parsed.revision.unwrap_or(0)));
-        for e in &refused {
+        for e in refused.iter().filter(|_| crate::record_lines::admit()) {
             tracing::warn!(file = %self.origin(), error = %e, "binding refused");
         }
+        crate::record_lines::summarize(&self.origin());
         let not_taken = not_taken(&from_file, &table).count();
         self.health
             .add_rejected((parsed.problems.len() + not_taken) as u64);

@@ -24,6 +24,7 @@ pub mod admin;
 mod audit_log;
 pub mod file_store;
 mod json;
+mod record_lines;
 pub mod records;
 pub mod redis_store;
 pub mod snapshot;

@@ -497,7 +497,7 @@ impl Round<'_> {
                     losers.entry(c).or_default().push(domain);
                     continue;
                 }
-                if logged {
+                if logged && crate::record_lines::admit() {
                     tracing::warn!(
                         store = origin,
                         domain = %domain,

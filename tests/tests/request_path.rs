@@ -2103,6 +2103,57 @@ fn a_bindings_file_put_back_at_an_older_revision_is_taken_with_a_warning() {
 }
 
 #[test]
+fn a_file_of_many_refused_records_writes_a_bounded_number_of_lines() {
+    // A bulk edit gone wrong refuses thousands of records at once: each is named only up to
+    // the allowance, and one line says how many more there were.
+    let w = world_with(
+        |records, a, _| {
+            records.extend((0..300).map(|i| binding(&format!("t{i}"), &a.url(), "active", None)));
+        },
+        "5s",
+    );
+    let mut records = vec![binding("acme", &w.b.url(), "active", Some("org-acme"))];
+    records.extend((0..300).map(|i| {
+        let mut r = binding(&format!("t{i}"), &w.a.url(), "active", None);
+        r["status"] = serde_json::json!("no-such-status");
+        r["revision"] = serde_json::json!(5);
+        r
+    }));
+    w.edge.write_bindings(&bindings_file(records));
+    let summary = nexus_e2e::wait::until(Duration::from_secs(20), "the summary line", || {
+        w.edge
+            .log()
+            .lines()
+            .find(|l| l.contains("more binding records were refused"))
+            .map(str::to_owned)
+    });
+    let named = w
+        .edge
+        .log()
+        .lines()
+        .filter(|l| l.contains("binding record refused"))
+        .count();
+    let not_logged: usize = summary
+        .split("not_logged=")
+        .nth(1)
+        .and_then(|n| n.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("not_logged");
+    assert!(named <= 40, "{named} lines");
+    assert_eq!(named + not_logged, 300, "{summary}");
+    // Each refused tenant kept its last good binding; acme took its new one.
+    let r = get_with_token(w.edge.addr, &host("t7"), "/", &w.keys.token("t7", None));
+    assert_eq!(r.json()["instance"], "instance-a", "{}", r.text());
+    let r = get_with_token(
+        w.edge.addr,
+        &host("acme"),
+        "/",
+        &w.keys.token("acme", Some("org-acme")),
+    );
+    assert_eq!(r.json()["instance"], "instance-b", "{}", r.text());
+}
+
+#[test]
 fn binding_file_changes_are_picked_up_live() {
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));

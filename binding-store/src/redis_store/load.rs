@@ -79,7 +79,9 @@ impl RedisStore {
                     match parsed {
                         Ok(b) => good.push(Arc::new(b)),
                         Err(msg) => {
-                            tracing::warn!(key = %key, problem = %brief(&msg), "binding record in Redis refused; the tenant keeps its last good binding");
+                            if crate::record_lines::admit() {
+                                tracing::warn!(key = %key, problem = %brief(&msg), "binding record in Redis refused; the tenant keeps its last good binding");
+                            }
                             bad.push((tenant.to_owned(), brief(&msg).to_string()));
                         }
                     }
@@ -451,9 +453,10 @@ impl RedisStore {
             bindings = settle(&index, Verdicts::Logged).0;
         }
         let (table, refused) = BindingTable::from_bindings(bindings);
-        for e in &refused {
+        for e in refused.iter().filter(|_| crate::record_lines::admit()) {
             tracing::warn!(error = %e, "binding refused on load");
         }
+        crate::record_lines::summarize("redis");
         let serving = |t: &str| table.get(t).map_or(0, |b| b.revision.get());
         let refusals: BTreeMap<String, u64> = crate::records::not_taken(&loaded, &table)
             .map(|b| b.tenant_id.to_string())
