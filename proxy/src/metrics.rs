@@ -49,6 +49,11 @@ pub struct Metrics {
     /// `verification_keys`: keys tokens are verified with now. 0 refuses every token (a key
     /// set emptied on purpose revokes them all: worth an alert either way).
     pub verification_keys: IntGauge,
+    /// `token_cache_entries`: verified tokens cached now (see `[auth] token_cache_capacity`).
+    pub token_cache_entries: IntGauge,
+    /// `token_signature_checks_total`: signatures verified (tokens not served from the
+    /// cache, whose claims passed); against the requests with a token, the cache's miss rate.
+    pub token_signature_checks: prometheus::IntCounter,
     /// `panics_total`: panics since start (each also an `error` line; see [`crate::panics`]).
     pub panics: prometheus::IntCounter,
     /// `binding_records_rejected_total`: binding records refused so far.
@@ -282,6 +287,14 @@ impl Metrics {
             "verification_keys",
             "Keys tokens are verified with now (0: every token is refused)",
         )?;
+        let token_cache_entries = IntGauge::new(
+            "token_cache_entries",
+            "Verified tokens cached now (auth.token_cache_capacity bounds them)",
+        )?;
+        let token_signature_checks = prometheus::IntCounter::new(
+            "token_signature_checks_total",
+            "Token signatures verified: tokens not served from the cache whose claims passed (the cache's misses)",
+        )?;
         let panics = prometheus::IntCounter::new(
             "panics_total",
             "Panics since start: each stopped the task it happened in (a connection or a background job) and was logged",
@@ -319,6 +332,8 @@ impl Metrics {
             Box::new(sync_age_seconds.clone()),
             Box::new(key_set_refused.clone()),
             Box::new(verification_keys.clone()),
+            Box::new(token_cache_entries.clone()),
+            Box::new(token_signature_checks.clone()),
             Box::new(panics.clone()),
             Box::new(rejected_records.clone()),
             Box::new(full_reloads.clone()),
@@ -359,6 +374,8 @@ impl Metrics {
             sync_age_seconds,
             key_set_refused,
             verification_keys,
+            token_cache_entries,
+            token_signature_checks,
             panics,
             rejected_records,
             full_reloads,
@@ -369,6 +386,15 @@ impl Metrics {
             connections,
             tunnels,
         })
+    }
+
+    /// Mirrors the token cache's size and the signature checks made so far (before a render).
+    pub fn mirror_auth(&self, auth: &crate::auth::Authenticator) {
+        self.token_cache_entries
+            .set(i64::try_from(auth.cached_tokens()).unwrap_or(i64::MAX));
+        let _held = self.mirror.lock();
+        let c = &self.token_signature_checks;
+        c.inc_by(auth.signature_checks().saturating_sub(c.get()));
     }
 
     /// Refreshes the gauges that mirror state, then renders the text exposition format.

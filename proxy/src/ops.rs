@@ -146,11 +146,14 @@ impl ServeHttp for OpsApp {
         let path = session.req_header().uri.path().to_owned();
         let s = &self.state;
         match path.as_str() {
-            "/metrics" => text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                s.metrics.render(&s.bindings, &s.sync_health),
-            ),
+            "/metrics" => {
+                s.metrics.mirror_auth(&s.auth);
+                text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    s.metrics.render(&s.bindings, &s.sync_health),
+                )
+            }
             "/healthz" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
                 // Ready once a table is being served, until a shutdown begins. A store outage

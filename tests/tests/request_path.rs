@@ -3086,6 +3086,26 @@ fn a_refused_key_file_shows_in_the_metrics_until_it_is_fixed() {
 }
 
 #[test]
+fn the_token_cache_shows_on_the_metrics() {
+    let w = world();
+    let metric = |name: &str| w.edge.metric(&format!("nexus_edge_{name}"));
+    assert_eq!(metric("token_cache_entries"), 0);
+    let first = w.keys.token("acme", Some("org-acme"));
+    for _ in 0..3 {
+        let r = get_with_token(w.edge.addr, &host("acme"), "/", &first);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Verified once, then served from the cache.
+    assert_eq!(metric("token_signature_checks_total"), 1);
+    assert_eq!(metric("token_cache_entries"), 1);
+    let second = w.keys.token("globex", None);
+    let r = get_with_token(w.edge.addr, &host("globex"), "/", &second);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(metric("token_signature_checks_total"), 2);
+    assert_eq!(metric("token_cache_entries"), 2);
+}
+
+#[test]
 fn an_emptied_key_set_shows_on_the_metrics_as_no_verification_keys() {
     // `{"keys": []}` revokes every key, as documented: every token is refused. Nothing on
     // `/metrics` said so (`key_set_refused` stays 0: the set is not refused).
