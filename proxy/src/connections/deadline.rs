@@ -480,9 +480,10 @@ pub fn header_read(session: &Session) -> Result<(), HeaderTooLarge> {
 
 /// Tells the stream under `session` that its request's body is chunked: its framing lines are
 /// scanned from here on ([`super::chunks`]), those that came with the header's end at once.
-/// `Err` when those already refuse it (nothing was forwarded yet). The bytes of a request
-/// Pingora kept whole from the read of the request before (pipelined) were never seen as this
-/// request's: its body is left to Pingora's parser, as before.
+/// `Err` when those already refuse it (nothing was forwarded yet). A body whose start the
+/// stream cannot place for sure is left to Pingora's parser, as before: a request that came
+/// in a read of the request before it (pipelined), whole or in part, and one whose request
+/// line Pingora rewrote (a target with a blank, which it percent-escapes).
 pub fn chunked_body_begins(session: &Session) -> Result<(), BadChunkLine> {
     let Some(d) = deadline_of(session) else {
         return Ok(());
@@ -494,16 +495,27 @@ pub fn chunked_body_begins(session: &Session) -> Result<(), BadChunkLine> {
         return Ok(());
     };
     let delivered = d.delivered.load(Ordering::Relaxed);
+    let raw = h1.get_headers_raw_bytes();
+    let read = &d.head_read;
     // Everything read for this request, less its header: the body bytes that came with it,
-    // the tail of the read that ended the header.
-    let prefix = (d.kept.load(Ordering::Relaxed) + delivered)
-        .checked_sub(h1.get_headers_raw_bytes().len())
-        .filter(|p| delivered > 0 && *p <= d.head_read.len());
-    let Some(prefix) = prefix else {
+    // the tail of the read that ended the header. The counts can miss bytes Pingora kept
+    // (after a chunked body the stream cannot tell how many), and Pingora rewrites a request
+    // line it percent-escapes: the body is taken to start there only when the header's end,
+    // as Pingora parsed it, is what the stream read right before. Otherwise the body is left
+    // to Pingora's parser, as before, rather than a valid one refused for a miscount.
+    let start = (d.kept.load(Ordering::Relaxed) + delivered)
+        .checked_sub(raw.len())
+        .filter(|p| delivered > 0 && *p <= read.len())
+        .map(|prefix| read.len() - prefix)
+        .filter(|&start| {
+            let seen = start.min(raw.len());
+            seen >= 4 && read[start - seen..start] == raw[raw.len() - seen..]
+        });
+    let Some(start) = start else {
         return Ok(());
     };
     let mut scan = ChunkScan::default();
-    if let Err(e) = scan.scan(&d.head_read[d.head_read.len() - prefix..]) {
+    if let Err(e) = scan.scan(&read[start..]) {
         d.chunk_refused.store(true, Ordering::Relaxed);
         return Err(e);
     }
