@@ -627,6 +627,13 @@ impl RedisStore {
     /// ago or longer (`Duration::ZERO`: now, as when Redis went away or the replica stops:
     /// the snapshot is then what a restart or a restore has of the fleet's table).
     pub(crate) async fn snapshot_if_behind(&self, table: Arc<BindingTable>, every: Duration) {
+        // A write the follower started is waited for first: a shutdown must not cut it (the
+        // file would stay behind the table served, a temp file left beside it), and it may
+        // be older than `table`.
+        let writing = lock(&self.snapshot_writing).take();
+        if let Some(writing) = writing {
+            Self::finished(writing.await);
+        }
         let due = {
             let due = lock(&self.snapshot_due);
             due.stale && due.written.elapsed() >= every
