@@ -1595,17 +1595,17 @@ fn in_flight_request_finishes_on_the_old_instance_across_a_rebind() {
 /// Announces a change of `tenant` in the feed as an outside writer would: the next revision,
 /// then its entry.
 fn announce(redis: &RedisServer, tenant: &str) {
-    let rev = redis.cmd(&["INCR", "nexus:revision"]);
+    // In one step, as every writer through the schema does: a full load between the two
+    // would see the counter past the feed, and take the entry for a feed restarted older.
     redis.cmd(&[
-        "XADD",
+        "EVAL",
+        "local r = redis.call('INCR', KEYS[1]) \
+         redis.call('XADD', KEYS[2], '*', 'rev', r, 'tenant', ARGV[1], 'op', 'upsert') \
+         return r",
+        "2",
+        "nexus:revision",
         "nexus:changes",
-        "*",
-        "rev",
-        &rev,
-        "tenant",
         tenant,
-        "op",
-        "upsert",
     ]);
 }
 
@@ -1638,13 +1638,12 @@ fn records_written_by_hand_cannot_take_a_tenant_over_or_stop_the_feed() {
     redis.cmd(&["HSET", "nexus:binding:globex", "a", "b"]);
     announce(redis, "globex");
     // A feed entry whose tenant is no UTF-8.
-    let rev = redis.cmd(&["INCR", "nexus:revision"]);
     redis.cmd(&[
         "EVAL",
-        "return redis.call('XADD', KEYS[1], '*', 'rev', ARGV[1], 'tenant', 'x' .. string.char(255), 'op', 'upsert')",
-        "1",
+        "return redis.call('XADD', KEYS[2], '*', 'rev', redis.call('INCR', KEYS[1]), 'tenant', 'x' .. string.char(255), 'op', 'upsert')",
+        "2",
+        "nexus:revision",
         "nexus:changes",
-        &rev,
     ]);
 
     // The feed goes on: a change written after all of it arrives.
