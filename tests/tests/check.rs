@@ -446,3 +446,36 @@ fn check_warns_of_a_custom_domain_a_base_domain_now_covers() {
     );
     assert!(!out.contains("binding acme: acme."), "{out}");
 }
+
+#[test]
+fn check_says_which_keys_no_issuer_signs_with() {
+    // Two issuers, one key set: a key listed under neither signs nothing, and a kid listed
+    // that the set does not hold is a key to come or a typo. Said before a router runs.
+    let dir = tempfile::tempdir().unwrap();
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
+    std::fs::copy(format!("{demo}/jwks.json"), dir.path().join("jwks.json")).unwrap();
+    std::fs::copy(
+        format!("{demo}/bindings.json"),
+        dir.path().join("bindings.json"),
+    )
+    .unwrap();
+    let (code, out) = check(
+        dir.path(),
+        "[auth]\njwks_file = \"jwks.json\"\nissuers = [\"https://a.test\", \"https://b.test\"]\n\
+         [auth.issuer_keys]\n\"https://a.test\" = [\"demo-es256\"]\n\"https://b.test\" = [\"demo-es256\", \"nope\"]\n\
+         [store]\nkind = \"file\"\npath = \"bindings.json\"\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(r#"auth.issuer_keys: key "demo-rs256" is listed under no issuer"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#""https://b.test" lists key "nope", which the key set does not hold"#),
+        "{out}"
+    );
+    assert!(
+        !out.contains(r#"key "demo-es256" is listed under no issuer"#),
+        "{out}"
+    );
+}

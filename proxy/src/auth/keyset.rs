@@ -180,6 +180,11 @@ impl KeySet {
         (kids, !self.anonymous.is_empty())
     }
 
+    /// Whether a key of the set has this `kid`.
+    pub(crate) fn has_kid(&self, kid: &str) -> bool {
+        self.by_kid.contains_key(kid)
+    }
+
     /// Number of usable keys.
     pub(crate) fn len(&self) -> usize {
         self.by_kid.values().map(Vec::len).sum::<usize>() + self.anonymous.len()

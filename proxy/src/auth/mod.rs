@@ -139,6 +139,17 @@ fn warn_unowned(keys: &KeySet, rules: &ClaimRules, origin: &str) {
     }
 }
 
+/// What [`Authenticator::issuer_key_gaps`] finds.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct IssuerKeyGaps {
+    /// Key ids of the set listed under no issuer.
+    pub unowned: Vec<String>,
+    /// Whether the set holds a key without a `kid`.
+    pub without_kid: bool,
+    /// (issuer, kid) listed that the set does not hold.
+    pub missing: Vec<(String, String)>,
+}
+
 impl Authenticator {
     /// Loads the key set named by the settings.
     pub fn new(settings: &AuthSettings) -> Result<Self, AuthSetupError> {
@@ -252,6 +263,31 @@ impl Authenticator {
     /// keeps being relied on after its request was decided (a tunnel's).
     pub fn check_time(&self, verified: &VerifiedToken, now_unix: u64) -> Result<(), TokenError> {
         verified.check_time(now_unix, self.rules.leeway)
+    }
+
+    /// Under `[auth.issuer_keys]`: the key ids of the set listed under no issuer (tokens they
+    /// sign are refused), whether a key without a `kid` is in it (it is no issuer's either),
+    /// and each issuer's listed `kid`s the set does not hold (a key yet to come, or a typo).
+    /// For `check`, which says them before a router runs.
+    pub fn issuer_key_gaps(&self) -> IssuerKeyGaps {
+        let Some(issuer_keys) = &self.rules.issuer_keys else {
+            return IssuerKeyGaps::default();
+        };
+        let keys = self.keys.load();
+        let (unowned, without_kid) =
+            keys.unowned(|kid| issuer_keys.values().any(|k| k.contains(kid)));
+        let mut missing: Vec<(String, String)> = issuer_keys
+            .iter()
+            .flat_map(|(iss, kids)| kids.iter().map(move |k| (iss, k)))
+            .filter(|(_, kid)| !keys.has_kid(kid))
+            .map(|(iss, kid)| (iss.clone(), kid.clone()))
+            .collect();
+        missing.sort();
+        IssuerKeyGaps {
+            unowned: unowned.into_iter().map(str::to_owned).collect(),
+            without_kid,
+            missing,
+        }
     }
 
     /// Usable keys in the current set.

@@ -60,6 +60,28 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
                     path.display()
                 );
             }
+            let gaps = auth.issuer_key_gaps();
+            for kid in &gaps.unowned {
+                eprintln!(
+                    "{}: warning: auth.issuer_keys: key {kid:?} is listed under no issuer: \
+                     every token it signs is refused",
+                    path.display()
+                );
+            }
+            if gaps.without_kid {
+                eprintln!(
+                    "{}: warning: auth.issuer_keys: the key set holds a key without a kid, \
+                     which is no issuer's: every token it signs is refused",
+                    path.display()
+                );
+            }
+            for (issuer, kid) in &gaps.missing {
+                eprintln!(
+                    "{}: warning: auth.issuer_keys: {issuer:?} lists key {kid:?}, which the \
+                     key set does not hold (a key yet to be published, or a typo)",
+                    path.display()
+                );
+            }
             Some(auth.key_count())
         }
         Some(Err(e)) => {
