@@ -93,7 +93,7 @@ impl RejectReason {
             | RejectReason::ConnectRefused => 501,
             RejectReason::HeaderTooLarge => 431,
             RejectReason::BodyTimeout => 408,
-            RejectReason::BadFraming(FramingError::ChunkedTwice | FramingError::BadChunk)
+            RejectReason::BadFraming(FramingError::ChunkedTwice | FramingError::BadChunk(_))
             | RejectReason::MalformedHeader
             | RejectReason::BadHost(_)
             | RejectReason::BadPath(_) => 400,
@@ -205,6 +205,7 @@ impl RejectReason {
     pub fn why(&self) -> Option<&'static str> {
         match self {
             RejectReason::InvalidToken(e) => e.why(),
+            RejectReason::BadFraming(FramingError::BadChunk(why)) => *why,
             _ => None,
         }
     }
@@ -217,7 +218,7 @@ impl RejectReason {
             RejectReason::BadFraming(FramingError::UnsupportedCoding) => {
                 "not implemented: the request body's transfer coding is not supported\n"
             }
-            RejectReason::BadFraming(FramingError::ChunkedTwice | FramingError::BadChunk) => {
+            RejectReason::BadFraming(FramingError::ChunkedTwice | FramingError::BadChunk(_)) => {
                 "bad request: the request body's framing is malformed\n"
             }
             RejectReason::HeaderTooLarge => {

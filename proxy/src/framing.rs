@@ -57,9 +57,10 @@ pub enum FramingError {
     #[error("chunked applied more than once")]
     ChunkedTwice,
     /// The chunked body does not parse (a bad chunk size, a missing line end): found while
-    /// forwarding it, so the instance has had its start.
+    /// forwarding it, so the instance has had its start (unless it came with the header).
+    /// With the client stream's fixed reason when it was the one to refuse it.
     #[error("malformed chunk")]
-    BadChunk,
+    BadChunk(Option<&'static str>),
 }
 
 impl FramingError {
@@ -68,7 +69,7 @@ impl FramingError {
         match self {
             FramingError::UnsupportedCoding => "unsupported_transfer_coding",
             FramingError::ChunkedTwice => "chunked_twice",
-            FramingError::BadChunk => "bad_chunk",
+            FramingError::BadChunk(_) => "bad_chunk",
         }
     }
 }

@@ -304,8 +304,8 @@ fn take_expectation(session: &mut Session) -> bool {
 fn late_client_fault(session: &mut Session, e: &Error) -> Option<RejectReason> {
     // The client stream refused a line of the chunked body (see `crate::connections`): its
     // read failed, and it is not the client going away.
-    if crate::connections::chunk_refused(session) {
-        return Some(RejectReason::BadFraming(FramingError::BadChunk));
+    if let Some(why) = crate::connections::chunk_refused(session) {
+        return Some(RejectReason::BadFraming(FramingError::BadChunk(Some(why))));
     }
     if matches!(e.etype(), ErrorType::ReadTimedout)
         && !asks_for_upgrade(session)
@@ -317,7 +317,7 @@ fn late_client_fault(session: &mut Session, e: &Error) -> Option<RejectReason> {
         return None;
     }
     if is_bad_chunk(e) {
-        Some(RejectReason::BadFraming(FramingError::BadChunk))
+        Some(RejectReason::BadFraming(FramingError::BadChunk(None)))
     } else if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
         Some(RejectReason::MalformedHeader)
     } else {
@@ -645,7 +645,9 @@ impl ProxyHttp for EdgeService {
         };
         let outcome = match (header_size, chunks) {
             (Err(HeaderTooLarge), _) => Err(RejectReason::HeaderTooLarge),
-            (Ok(()), Err(_)) => Err(RejectReason::BadFraming(FramingError::BadChunk)),
+            (Ok(()), Err(crate::connections::BadChunkLine(why))) => {
+                Err(RejectReason::BadFraming(FramingError::BadChunk(Some(why))))
+            }
             (Ok(()), Ok(())) => self.decide_request(session, ctx.start),
         };
         match outcome {

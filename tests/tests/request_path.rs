@@ -883,6 +883,16 @@ fn chunk_lines_a_front_proxy_could_split_elsewhere_are_refused() {
         assert!(r.text().contains("framing is malformed"), "{}", r.text());
     }
     assert_eq!(w.a.hits(), 0);
+    // Logged with what was wrong.
+    let log = w.edge.log();
+    assert!(
+        log.contains("why=\"a bare LF in a chunk-size line\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("why=\"a trailer line that is no field\""),
+        "{log}"
+    );
     // After it, once the instance has had the request's start: found as the body arrives,
     // and the client told all the same (the instance never gets the rest).
     for (n, tail) in [

@@ -162,8 +162,8 @@ pub struct HeaderDeadline {
     /// The scan of the chunked body being read ([`super::chunks`]). Set through a shared
     /// reference by [`chunked_body_begins`], on the connection's one task, as `phase` is.
     chunks: Mutex<Option<ChunkScan>>,
-    /// The scan refused the body: [`chunk_refused`] tells the proxy why its read failed.
-    chunk_refused: AtomicBool,
+    /// Why the scan refused the body: [`chunk_refused`] tells the proxy why its read failed.
+    chunk_refused: Mutex<Option<&'static str>>,
     shared: Arc<Shared>,
 }
 
@@ -188,7 +188,7 @@ impl HeaderDeadline {
             write_timer: None,
             head_read: Vec::new(),
             chunks: Mutex::new(None),
-            chunk_refused: AtomicBool::new(false),
+            chunk_refused: Mutex::new(None),
             shared: Arc::clone(shared),
         })
     }
@@ -488,7 +488,9 @@ pub fn chunked_body_begins(session: &Session) -> Result<(), BadChunkLine> {
     let Some(d) = deadline_of(session) else {
         return Ok(());
     };
-    d.chunk_refused.store(false, Ordering::Relaxed);
+    *d.chunk_refused
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = None;
     let mut slot = d.chunks.lock().unwrap_or_else(PoisonError::into_inner);
     *slot = None;
     let Some(h1) = session.as_downstream().as_http1() else {
@@ -516,7 +518,9 @@ pub fn chunked_body_begins(session: &Session) -> Result<(), BadChunkLine> {
     };
     let mut scan = ChunkScan::default();
     if let Err(e) = scan.scan(&read[start..]) {
-        d.chunk_refused.store(true, Ordering::Relaxed);
+        *d.chunk_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(e.0);
         return Err(e);
     }
     if !scan.done() {
@@ -525,10 +529,14 @@ pub fn chunked_body_begins(session: &Session) -> Result<(), BadChunkLine> {
     Ok(())
 }
 
-/// Whether the stream under `session` refused the chunked body being read (so that the
-/// failed read is told as the client's malformed body, not as the client gone).
-pub fn chunk_refused(session: &Session) -> bool {
-    deadline_of(session).is_some_and(|d| d.chunk_refused.load(Ordering::Relaxed))
+/// Why the stream under `session` refused the chunked body being read, if it did (so that
+/// the failed read is told as the client's malformed body, not as the client gone).
+pub fn chunk_refused(session: &Session) -> Option<&'static str> {
+    deadline_of(session).and_then(|d| {
+        *d.chunk_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    })
 }
 
 /// Tells the stream under `session` that its request is done: the next bytes begin a header.
@@ -672,7 +680,10 @@ impl HeaderDeadline {
             }
             Err(BadChunkLine(why)) => {
                 *slot = None;
-                self.chunk_refused.store(true, Ordering::Relaxed);
+                *self
+                    .chunk_refused
+                    .get_mut()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(why);
                 Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("chunked request body refused: {why}"),
