@@ -205,7 +205,39 @@ pub fn write_snapshot(
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+    if result.is_ok() {
+        remove_stale_temp_files(dir, path);
+    }
     result.map_err(io)
+}
+
+/// A temp file this old was left by a writer that died (killed mid-write, a crash): a write
+/// of a million bindings takes seconds, and a live writer keeps its file's time moving.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes temp files beside `path` that writers left (`.{name}.tmp.*`, untouched for
+/// [`STALE_TEMP`]): each is as large as the snapshot, and a replica killed mid-write at
+/// every deploy would fill the disk with them. Younger ones may be another replica's write
+/// in progress (replicas may share the path), so they stay. Best effort.
+fn remove_stale_temp_files(dir: &Path, path: &Path) {
+    let Some(name) = path.file_name() else { return };
+    let prefix = format!(".{}.tmp.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(&prefix)
+            && entry
+                .metadata()
+                .ok()
+                .filter(std::fs::Metadata::is_file)
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= STALE_TEMP);
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A new temp file beside `path` in `dir`, `.{name}.tmp.{random}`, created exclusively
@@ -430,6 +462,30 @@ mod tests {
             read_snapshot(&path, "nexus").expect("read").revision.get(),
             9
         );
+    }
+
+    #[test]
+    fn temp_files_writers_left_long_ago_are_removed_and_young_ones_kept() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("snap");
+        let left = |name: &str, age: u64| {
+            let p = dir.path().join(name);
+            let f = std::fs::File::create(&p).expect("create");
+            let then = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+            f.set_modified(then).expect("mtime");
+            p
+        };
+        let old = left(".snap.tmp.0123abcd", 3600);
+        let young = left(".snap.tmp.4567ef01", 5);
+        let other = left(".other.tmp.89ab", 3600);
+        write_snapshot(&path, &table(3), Revision(3), "nexus", None).expect("write");
+        assert!(!old.exists(), "a temp file left an hour ago is removed");
+        assert!(young.exists(), "a write in progress elsewhere is kept");
+        assert!(
+            other.exists(),
+            "another file's temp file is not this one's to remove"
+        );
+        assert_eq!(read_snapshot(&path, "nexus").expect("read").table.len(), 3);
     }
 
     /// Like [`table`], other tenants.
