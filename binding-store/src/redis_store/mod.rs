@@ -594,10 +594,7 @@ impl RedisStore {
         if writing.as_ref().is_some_and(|w| !w.is_finished()) {
             return;
         }
-        let due = {
-            let due = lock(&self.snapshot_due);
-            due.stale && due.written.elapsed() >= every
-        };
+        let due = self.snapshot_is_due(every);
         if due {
             *writing = self.start_snapshot(table);
         }
@@ -618,6 +615,13 @@ impl RedisStore {
         }
     }
 
+    /// Whether the snapshot is behind the table served and was last written `every` ago or
+    /// longer.
+    fn snapshot_is_due(&self, every: Duration) -> bool {
+        let due = lock(&self.snapshot_due);
+        due.stale && due.written.elapsed() >= every
+    }
+
     /// Changes were applied to the table served: the snapshot is behind it.
     pub(crate) fn snapshot_behind(&self) {
         lock(&self.snapshot_due).stale = true;
@@ -634,10 +638,7 @@ impl RedisStore {
         if let Some(writing) = writing {
             Self::finished(writing.await);
         }
-        let due = {
-            let due = lock(&self.snapshot_due);
-            due.stale && due.written.elapsed() >= every
-        };
+        let due = self.snapshot_is_due(every);
         if due {
             self.snapshot(table).await;
         }

@@ -129,12 +129,9 @@ fn load_set(
 /// token they sign is refused, which a key pushed before its listing (or a typo) would
 /// otherwise show only per request.
 fn warn_unowned(keys: &KeySet, rules: &ClaimRules, origin: &str) {
-    let Some(issuer_keys) = &rules.issuer_keys else {
-        return;
-    };
-    let (kids, anonymous) = keys.unowned(|kid| issuer_keys.values().any(|k| k.contains(kid)));
-    if !kids.is_empty() || anonymous {
-        tracing::warn!(source = origin, keys = ?kids, without_kid = anonymous,
+    let gaps = IssuerKeyGaps::of(keys, rules);
+    if !gaps.unowned.is_empty() || gaps.without_kid {
+        tracing::warn!(source = origin, keys = ?gaps.unowned, without_kid = gaps.without_kid,
             "verification keys listed under no issuer in [auth.issuer_keys]: tokens they sign are refused");
     }
 }
@@ -148,6 +145,29 @@ pub struct IssuerKeyGaps {
     pub without_kid: bool,
     /// (issuer, kid) listed that the set does not hold.
     pub missing: Vec<(String, String)>,
+}
+
+impl IssuerKeyGaps {
+    /// The gaps between `keys` and `rules`' `[auth.issuer_keys]` (none without one).
+    fn of(keys: &KeySet, rules: &ClaimRules) -> Self {
+        let Some(issuer_keys) = &rules.issuer_keys else {
+            return Self::default();
+        };
+        let (unowned, without_kid) =
+            keys.unowned(|kid| issuer_keys.values().any(|k| k.contains(kid)));
+        let mut missing: Vec<(String, String)> = issuer_keys
+            .iter()
+            .flat_map(|(iss, kids)| kids.iter().map(move |k| (iss, k)))
+            .filter(|(_, kid)| !keys.has_kid(kid))
+            .map(|(iss, kid)| (iss.clone(), kid.clone()))
+            .collect();
+        missing.sort();
+        Self {
+            unowned: unowned.into_iter().map(str::to_owned).collect(),
+            without_kid,
+            missing,
+        }
+    }
 }
 
 impl Authenticator {
@@ -270,24 +290,7 @@ impl Authenticator {
     /// and each issuer's listed `kid`s the set does not hold (a key yet to come, or a typo).
     /// For `check`, which says them before a router runs.
     pub fn issuer_key_gaps(&self) -> IssuerKeyGaps {
-        let Some(issuer_keys) = &self.rules.issuer_keys else {
-            return IssuerKeyGaps::default();
-        };
-        let keys = self.keys.load();
-        let (unowned, without_kid) =
-            keys.unowned(|kid| issuer_keys.values().any(|k| k.contains(kid)));
-        let mut missing: Vec<(String, String)> = issuer_keys
-            .iter()
-            .flat_map(|(iss, kids)| kids.iter().map(move |k| (iss, k)))
-            .filter(|(_, kid)| !keys.has_kid(kid))
-            .map(|(iss, kid)| (iss.clone(), kid.clone()))
-            .collect();
-        missing.sort();
-        IssuerKeyGaps {
-            unowned: unowned.into_iter().map(str::to_owned).collect(),
-            without_kid,
-            missing,
-        }
+        IssuerKeyGaps::of(&self.keys.load(), &self.rules)
     }
 
     /// Usable keys in the current set.
