@@ -458,6 +458,63 @@ fn conflict_text(tenant: &TenantId, expected: Revision, actual: Revision) -> Str
     }
 }
 
+/// Applies a mutation to the current binding, producing the new one (`None` = deleted).
+pub(crate) fn mutate(
+    tenant: &TenantId,
+    current: Option<&Binding>,
+    mutation: Mutation,
+    revision: Revision,
+    at: time::OffsetDateTime,
+) -> Result<Option<Binding>, AdminError> {
+    let mut next = match (mutation, current) {
+        (Mutation::Put(b), _) => {
+            if b.tenant_id != *tenant {
+                return Err(AdminError::Invalid {
+                    tenant: tenant.clone(),
+                    reason: format!("record is for tenant {}", b.tenant_id),
+                });
+            }
+            *b
+        }
+        (Mutation::Delete, Some(_)) => return Ok(None),
+        (_, None) => return Err(AdminError::NotFound(tenant.clone())),
+        (
+            Mutation::Rebind {
+                instance_id,
+                instance_url,
+                api_url,
+            },
+            Some(cur),
+        ) => {
+            let mut b = cur.clone();
+            b.instance_id = instance_id;
+            b.instance_url = instance_url;
+            if let Some(api) = api_url {
+                b.api_url = api;
+            }
+            b
+        }
+        (Mutation::SetStatus(status), Some(cur)) => {
+            let mut b = cur.clone();
+            b.status = status;
+            b
+        }
+    };
+    next.revision = revision;
+    next.updated_at = Some(at);
+    Ok(Some(next))
+}
+
+/// The audit log's name for a mutation.
+pub(crate) fn op_name(m: &Mutation) -> &'static str {
+    match m {
+        Mutation::Put(_) => "put",
+        Mutation::Rebind { .. } => "rebind",
+        Mutation::SetStatus(_) => "set-status",
+        Mutation::Delete => "delete",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

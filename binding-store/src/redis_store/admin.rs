@@ -17,7 +17,7 @@ use crate::admin::{
     import_each, Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource,
     Listing, Mutation, FIX_A_RECORD,
 };
-use crate::file_store::{mutate, op_name};
+use crate::admin::{mutate, op_name};
 use crate::model::{Binding, Revision, TenantId};
 use crate::records::{contested_domains, settle_contested, DomainIndex, Verdicts};
 

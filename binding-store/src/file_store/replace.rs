@@ -1,0 +1,204 @@
+//! Replacing the bindings file atomically, keeping its links, owner and mode, and where its
+//! lock and audit log live.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::audit_log::{self};
+
+/// Temp file in the same directory, fsync, rename, fsync the directory: readers see the old
+/// file or the new one, never half of one, even across a crash.
+///
+/// The new file is what the old one was to everyone else: a symlink at `path` is followed
+/// (the file it names is replaced, in its own directory, and the link kept: routers may read
+/// the file by either name), and the new file gets the old one's permissions, and its owner
+/// and group as far as this process may set them (see [`keep_owner_and_mode`]). A new file
+/// gets the default mode (umask).
+///
+/// An error means the file was not replaced. Once the rename is done the new content is what
+/// everyone reads, so a failure to sync the directory after it is logged, not returned (a
+/// caller would otherwise undo the audit line of a change that did happen).
+pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    write_checked(path, content, || Ok(()))
+}
+
+/// [`write_atomically`], with `last_check` run once the new file is written and synced,
+/// right before the rename: an error from it leaves the old file in place. What must still
+/// hold when the file is replaced is checked there, not before the write and the sync, which
+/// may take long on a slow disk.
+pub(super) fn write_checked(
+    path: &Path,
+    content: &[u8],
+    last_check: impl FnOnce() -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = &resolve_links(path)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let old = match std::fs::metadata(path) {
+        // A device, a FIFO or a directory at the path is no bindings file to replace: a
+        // config naming /dev/null would otherwise turn the machine's /dev/null into a file.
+        Ok(m) if !m.is_file() => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file: not replaced",
+            ))
+        }
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let result = (|| {
+        // A temp file left by a process that had this id before, or anything else put at its
+        // name (a link would be followed): never written into, but replaced.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut options = File::options();
+        options.write(true).create_new(true);
+        if old.is_some() {
+            // Readable by no one else until it has the old file's owner and mode.
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp)?;
+        if let Some(old) = &old {
+            keep_owner_and_mode(&f, old, path)?;
+        }
+        f.write_all(content)?;
+        f.sync_all()?;
+        last_check()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(file = %path.display(), error = %e,
+            "file replaced, but its directory could not be synced: a crash now may undo it");
+    }
+    Ok(())
+}
+
+/// Where the bindings file at `path` keeps its lock and audit log: beside the file a symlink
+/// at `path` names, not beside the link. Two configs may name one file, one through a link:
+/// a lock and a log each would let their writers lose each other's updates, and split the
+/// history in two.
+pub(super) fn home(path: &Path) -> PathBuf {
+    resolve_links(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The audit log of the bindings file at `path` (see [`home`]).
+pub(super) fn audit_path(path: &Path) -> PathBuf {
+    audit_log::path_for(&home(path))
+}
+
+/// `path` with every symlink at it followed, to the file it names (which may not exist yet).
+/// Links in its directories need no following: the rename happens in the same directory.
+fn resolve_links(path: &Path) -> std::io::Result<PathBuf> {
+    // As the kernel's limit (ELOOP).
+    const MAX_LINKS: usize = 40;
+    let mut p = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&p)?;
+                // A relative target is relative to the link's directory (an absolute one
+                // replaces it in `join`).
+                p = match p.parent() {
+                    Some(d) => d.join(target),
+                    None => target,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "{}: more than {MAX_LINKS} symbolic links to follow",
+        path.display()
+    )))
+}
+
+/// Gives the new file `f` the owner, group and permissions of the file it replaces (`old`,
+/// at `path`). Only root may give a file to another user; other writers keep the group if
+/// they are in it. What cannot be kept is logged, not fatal: the write is the operator's,
+/// and the file the same file to them; but a router reading it under another user may no
+/// longer be able to. Unless the old file's owner surely could not read the new one (by the
+/// mode and the groups the system names): a router running as that owner would refuse every
+/// later version, so the write is refused instead.
+pub(super) fn keep_owner_and_mode(
+    f: &File,
+    old: &std::fs::Metadata,
+    path: &Path,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{fchown, MetadataExt, PermissionsExt};
+    let owner = |m: &std::fs::Metadata| (m.uid(), m.gid());
+    if owner(&f.metadata()?) != owner(old) && fchown(f, Some(old.uid()), Some(old.gid())).is_err() {
+        let _ = fchown(f, None, Some(old.gid()));
+        let now = owner(&f.metadata()?);
+        if now != owner(old) {
+            if owner_could_read(old.uid(), now, old.mode(), &in_group) == Some(false) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "it belongs to UID {}, and written by this user it would belong to \
+                         {}:{} with mode {:o}, which its owner (a router running as it) could \
+                         not read; nothing written: write as UID {} or root, or give the file a \
+                         group its owner is in and this user too (readable to the group)",
+                        old.uid(),
+                        now.0,
+                        now.1,
+                        old.mode() & 0o7777,
+                        old.uid()
+                    ),
+                ));
+            }
+            tracing::warn!(file = %path.display(),
+                was = %format!("{}:{}", old.uid(), old.gid()),
+                now = %format!("{}:{}", now.0, now.1),
+                "the file's owner or group could not be kept (only root may give a file \
+                 away); check that the routers reading it still may");
+        }
+    }
+    // After the owner: changing it may clear set-id bits.
+    f.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))
+}
+
+/// Whether user `uid` could read a file owned by `file_owner` (`(uid, gid)`) with `mode`:
+/// `None` when that cannot be told (a user or group the system does not name). `member` says
+/// whether a user is in a group.
+pub(super) fn owner_could_read(
+    uid: u32,
+    file_owner: (u32, u32),
+    mode: u32,
+    member: &dyn Fn(u32, u32) -> Option<bool>,
+) -> Option<bool> {
+    if uid == 0 || mode & 0o004 != 0 || (uid == file_owner.0 && mode & 0o400 != 0) {
+        return Some(true);
+    }
+    if mode & 0o040 == 0 {
+        return Some(false);
+    }
+    member(uid, file_owner.1)
+}
+
+/// Whether user `uid` is in group `gid` (its primary group or a listed member), by the
+/// system's user and group databases; `None` when either does not name them.
+pub(super) fn in_group(uid: u32, gid: u32) -> Option<bool> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let user = User::from_uid(Uid::from_raw(uid)).ok()??;
+    if user.gid == Gid::from_raw(gid) {
+        return Some(true);
+    }
+    let group = Group::from_gid(Gid::from_raw(gid)).ok()??;
+    Some(group.mem.contains(&user.name))
+}
