@@ -1,0 +1,77 @@
+//! `[upstream]`: the instance connections' timeouts and idle pool, DNS, the instance CA bundle.
+
+use std::path::Path;
+use std::time::Duration;
+
+use toml::de::DeTable;
+
+use crate::reader::{Problems, Section};
+use crate::settings::*;
+
+use super::{pem_file, NamedFiles, Pem, MAX_TIMEOUT, MS};
+
+pub(super) fn parse(
+    root: &DeTable<'_>,
+    d: &UpstreamSettings,
+    base: &Path,
+    named: &mut NamedFiles,
+    p: &mut Problems<'_>,
+) -> Option<UpstreamSettings> {
+    let before = p.list.len();
+    let mut s = Section::open(root, "upstream", p);
+    let connect_timeout = s
+        .duration("connect_timeout", MS, MAX_TIMEOUT, p)
+        .unwrap_or(d.connect_timeout);
+    let read_timeout = s
+        .duration("read_timeout", MS, MAX_TIMEOUT, p)
+        .unwrap_or(d.read_timeout);
+    let write_timeout = s
+        .duration("write_timeout", MS, MAX_TIMEOUT, p)
+        .unwrap_or(d.write_timeout);
+    // A notification channel may stay silent for hours; a day is the most asked for.
+    let tunnel_idle_timeout = s
+        .duration(
+            "tunnel_idle_timeout",
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 3600),
+            p,
+        )
+        .unwrap_or(d.tunnel_idle_timeout);
+    let ca_file = pem_file(
+        "upstream.ca_file",
+        s.path("ca_file", base, p),
+        Pem::Certificate,
+        p,
+    );
+    // For the deeper check of its certificates (`nexus-edge check`), whatever else is wrong.
+    named.upstream_ca_file.clone_from(&ca_file);
+    let dns_ttl = s
+        .duration("dns_ttl", Duration::ZERO, MAX_TIMEOUT, p)
+        .unwrap_or(d.dns_ttl);
+    let dns_serve_stale = s
+        .duration("dns_serve_stale", Duration::ZERO, MAX_TIMEOUT, p)
+        .unwrap_or(d.dns_serve_stale);
+    let idle_connections = s
+        .integer("idle_connections", 1, 1_000_000, p)
+        .map_or(d.idle_connections, |n| n as usize);
+    let idle_connection_timeout = s
+        .duration(
+            "idle_connection_timeout",
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+            p,
+        )
+        .unwrap_or(d.idle_connection_timeout);
+    s.finish(p);
+    (p.list.len() == before).then_some(UpstreamSettings {
+        connect_timeout,
+        read_timeout,
+        write_timeout,
+        tunnel_idle_timeout,
+        ca_file,
+        dns_ttl,
+        dns_serve_stale,
+        idle_connections,
+        idle_connection_timeout,
+    })
+}
