@@ -1,6 +1,6 @@
 //! The validated settings the rest of Nexus Edge works with.
 //!
-//! These are domain types, separate from the TOML file format (read and checked in `load.rs`,
+//! These are domain types, separate from the TOML file format (read and checked in `load/`,
 //! with the walker in `reader.rs`): every value here has already been checked, so code that
 //! receives a [`Settings`] never re-validates.
 
