@@ -19,7 +19,7 @@ use crate::errors::RejectReason;
 /// lines skipped since the last one written.
 #[derive(Debug, Default)]
 struct LineBudget {
-    /// The window's second (since [`LogBudgets::epoch`]) in the high 32 bits, lines written
+    /// The window's second (since [`Allowances::epoch`]) in the high 32 bits, lines written
     /// in it in the low 32: one word, so one compare-and-swap moves both.
     window: AtomicU64,
     /// Lines skipped since the last one written.

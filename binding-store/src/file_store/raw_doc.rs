@@ -162,7 +162,7 @@ impl RawDoc {
     /// other admin writes out, not a hand edit, nor a writer whose lock file was removed from
     /// under the one this writer holds. Replacing a file changed since it was read would undo
     /// that change unseen. By stamp, and by content when the stamp may not have moved (a
-    /// change of the same length within one tick of the file clock, see [`RACY_WINDOW`]).
+    /// change of the same length within one tick of the file clock, see [`RACY_WINDOW`](super::RACY_WINDOW)).
     pub(super) fn unchanged(&self, path: &Path) -> Result<(), AdminError> {
         let changed = || {
             AdminError::Unavailable(format!(

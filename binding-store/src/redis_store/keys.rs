@@ -88,7 +88,7 @@ pub(crate) fn random_hex() -> String {
 /// heartbeats, so nothing stops an admin's write from beginning a new history there, holding
 /// that one tenant; replicas taking it would unbind every other tenant. Such a history is
 /// `unconfirmed`, and a replica serving another one's bindings keeps them until an admin
-/// confirms it ([`LoadError::UnconfirmedHistory`]).
+/// confirms it ([`LoadError::UnconfirmedHistory`](super::load::LoadError::UnconfirmedHistory)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoreHistory {
     /// Random id, new for each history.

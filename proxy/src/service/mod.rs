@@ -2,7 +2,6 @@
 //! [`crate::decision::decide`], every header rule lives in [`crate::route`], every
 //! rejection's shape in [`crate::errors`].
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -16,16 +15,14 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use smallvec::SmallVec;
 
 use crate::auth::extract_token;
 use crate::connections::HeaderTooLarge;
 use crate::decision::{decide, Decision, RequestFacts};
 use crate::errors::RejectReason;
-use crate::framing::{check_transfer_coding, ends_with_connection, is_bad_chunk, FramingError};
+use crate::framing::{check_transfer_coding, ends_with_connection, FramingError};
 use crate::log_budget::{LogBudgets, RequestLine};
 use crate::logging::LoggedError;
-use crate::metrics::OpenTunnel;
 use crate::policy::BillingNotice;
 use crate::response::{
     canonicalise_content_length, drop_shared_cookies, framing_fault, remove_hop_by_hop,
@@ -35,58 +32,22 @@ use crate::route::{
     forwarded_host, rewrite_upstream_request, sane_request_id, Forwarding, RequestIds,
 };
 use crate::state::EdgeState;
-use crate::tunnel::{still_routed, token_still_accepted, TunnelClose, TunnelEnd};
+use crate::tunnel::{still_routed, token_still_accepted};
 
-/// Per-request state carried between Pingora phases.
-#[derive(Debug)]
-pub struct RequestCtx {
-    start: Instant,
-    /// The request's id, as sent upstream and in every response (cloning it is a refcount).
-    request_id: HeaderValue,
-    decision: Option<Decision>,
-    rejected: Option<RejectReason>,
-    /// How a forwarded request failed once its answer could no longer be an error response
-    /// (the instance's status was out) or the client was gone: the `requests_total` outcome.
-    failed: Option<&'static str>,
-    /// Instance addresses this request failed to connect to (empty unless one did).
-    tried: Vec<SocketAddr>,
-    /// When the instance switched protocols (its `101`): the request's duration ends there,
-    /// as the tunnel after it may live for hours and is no measure of the instance's latency.
-    switched_at: Option<Instant>,
-    /// Why the router closed this request's tunnel, when it did (see [`crate::tunnel`]).
-    tunnel_end: Option<TunnelEnd>,
-    /// This request's tunnel in `tunnels_open`, from its `101` until the context goes.
-    tunnel_open: Option<OpenTunnel>,
-    /// Interim (1xx) responses the instance sent so far, up to [`MAX_INTERIM_RESPONSES`].
-    interim_responses: u16,
-    /// For a request asking for an upgrade: the key-set generation its token was last
-    /// verified under (read before the decision), so that a tunnel re-verifies it after the
-    /// keys change. 0, which no key set has, for every other request.
-    tunnel_keys: u64,
-    /// Set when a failed connect is to be tried at another address, which the router has
-    /// said itself: Pingora's own line for that retry, which follows, is then not written
-    /// (see [`EdgeService::suppress_proxy_warn_log`]). Atomic because Pingora asks with the
-    /// context borrowed shared.
-    connect_retry_said: AtomicBool,
-    /// The instance's final response is complete, headers and body, while the client may
-    /// still be sending the request's body (see [`EdgeService::request_body_filter`]).
-    response_complete: bool,
-}
+mod ctx;
+mod failures;
+mod request;
+mod upgrade;
 
-impl RequestCtx {
-    /// The request id, for log lines (always ASCII: generated, or a client's checked one).
-    fn id(&self) -> &str {
-        self.request_id.to_str().unwrap_or_default()
-    }
-
-    /// The tenant the request was decided for, for log lines (empty before a decision).
-    fn tenant(&self) -> &str {
-        self.decision
-            .as_ref()
-            .map(|d| d.binding.tenant_id.as_str())
-            .unwrap_or_default()
-    }
-}
+pub use ctx::RequestCtx;
+use failures::{
+    closed_without_close_notify, invalid_response, late_client_fault, upstream_failure,
+};
+use request::{header_bytes, header_values, request_target, take_expectation};
+use upgrade::{
+    asks_for_upgrade, bound_tunnel_io, drop_unusable_upgrade, final_response_written, tunnel_close,
+    tunnel_idled_out, MAX_INTERIM_RESPONSES,
+};
 
 /// The Nexus Edge HTTP service.
 #[derive(Debug, Clone)]
@@ -242,89 +203,6 @@ impl EdgeService {
     }
 }
 
-/// The request-target the decision reads: an origin-form target raw (exactly as sent); the
-/// path of an absolute-form target of the HTTP family (`http(s)`, `ws(s)`) from the parsed URI
-/// (Pingora has checked its authority against Host byte for byte). Any other form
-/// (authority-form, `*`, a bare word, another scheme) is refused: Pingora anchors those URIs
-/// to `/`, so read from the URI they would reach the instance as a request for its root that
-/// the client never made. `Ok(None)`: an origin-form target that is not UTF-8.
-fn request_target(
-    req: &pingora::http::RequestHeader,
-) -> std::result::Result<Option<&str>, crate::path::PathError> {
-    use pingora::protocols::http::authority::{
-        is_http_family_scheme, raw_target_authority, RawTargetAuthority,
-    };
-    let raw = req.raw_path();
-    if raw.first() == Some(&b'/') {
-        return Ok(std::str::from_utf8(raw).ok());
-    }
-    match raw_target_authority(raw) {
-        RawTargetAuthority::Absolute { scheme, .. } if is_http_family_scheme(scheme) => {
-            Ok(req.uri.path_and_query().map(|p| p.as_str()))
-        }
-        _ => Err(crate::path::PathError::NotOriginForm),
-    }
-}
-
-/// Takes the request's `Expect` off; true when it asked for `100-continue` and a body is to
-/// come, so that the router answers `100 Continue` itself (called once it has accepted the
-/// request). Passed on, the expectation would let the instance give its final answer before
-/// the body; Pingora forwards the body anyway (sent with the header, or after the answer) and
-/// pools the connection, so an instance that then read those bytes as its next request would
-/// run a request the router never checked, identity headers written by the client, and answer
-/// it to whoever's request came next on that connection. Without it the instance reads the
-/// body as the body. Other expectations are ignored (RFC 9110 §10.1.1 allows it), and so is
-/// an HTTP/1.0 client's: it gets no 1xx (RFC 9110 §15.2).
-fn take_expectation(session: &mut Session) -> bool {
-    let req = session.req_header();
-    if !req.headers.contains_key(http::header::EXPECT) {
-        return false;
-    }
-    let wants_continue = req.version >= http::Version::HTTP_11
-        && header_bytes(&req.headers, &http::header::EXPECT)
-            .any(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
-    session
-        .req_header_mut()
-        .remove_header(&http::header::EXPECT);
-    wants_continue && !session.is_body_empty()
-}
-
-/// A fault in the client's request that Pingora finds only while forwarding it: a chunk of
-/// the body that does not parse, a request header it refuses once it prepares the request
-/// for the instance (see [`RejectReason::MalformedHeader`]), or a body the client stopped
-/// sending. Any other failure of the client's side is the client going away.
-///
-/// A read that timed out while the client still owes body bytes is the client's, whichever
-/// side's timer fired: Pingora restarts the instance's read timer whenever a piece of the body
-/// is passed on (an instance that stops taking the body shows as a write timeout instead), so
-/// the instance's timer fires first when the client has sent nothing for `read_timeout`, and
-/// the instance was waiting for the rest of the request. Told as an instance timeout, any
-/// client (on a public path, without a token) could make a tenant's instance look failing.
-/// A WebSocket request is left out: its wait for the `101` is the instance's.
-fn late_client_fault(session: &mut Session, e: &Error) -> Option<RejectReason> {
-    // The client stream refused a line of the chunked body (see `crate::connections`): its
-    // read failed, and it is not the client going away.
-    if let Some(why) = crate::connections::chunk_refused(session) {
-        return Some(RejectReason::BadFraming(FramingError::BadChunk(Some(why))));
-    }
-    if matches!(e.etype(), ErrorType::ReadTimedout)
-        && !asks_for_upgrade(session)
-        && !session.is_body_done()
-    {
-        return Some(RejectReason::BodyTimeout);
-    }
-    if !matches!(e.esource(), ErrorSource::Downstream) {
-        return None;
-    }
-    if is_bad_chunk(e) {
-        Some(RejectReason::BadFraming(FramingError::BadChunk(None)))
-    } else if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-        Some(RejectReason::MalformedHeader)
-    } else {
-        None
-    }
-}
-
 /// The error that stops a request's body once the instance has answered the request whole
 /// (see [`EdgeService::request_body_filter`]).
 const EARLY_ANSWER: &str = "instance answered before the request body";
@@ -371,198 +249,6 @@ pub fn bound_instance_io(
     options.read_timeout = Some(up.read_timeout);
     options.write_timeout = Some(up.write_timeout);
     options.idle_timeout = Some(up.idle_connection_timeout);
-}
-
-/// Bounds a request that asks to switch protocols (a WebSocket) by `[upstream]
-/// tunnel_idle_timeout` instead: after a `101` Pingora keeps applying the instance
-/// connection's read and write timeouts, and the client session's read timeout (60 s by
-/// default), to the tunnel's bytes, so a channel that is quiet for longer than a response may
-/// take would be cut. Pingora's bounds are per read and per write, and its tunnel loop waits
-/// for each side anew whenever a piece passes either way: the tunnel closes once both sides
-/// have been silent that long. The wait for the `101` itself gets the same bound.
-fn bound_tunnel_io(
-    session: &mut Session,
-    options: &mut pingora::upstreams::peer::PeerOptions,
-    up: &nexus_config::UpstreamSettings,
-) {
-    options.read_timeout = Some(up.tunnel_idle_timeout);
-    options.write_timeout = Some(up.tunnel_idle_timeout);
-    session.set_read_timeout(Some(up.tunnel_idle_timeout));
-}
-
-/// Takes off an `Upgrade` that cannot start a tunnel, so that the request goes on as an
-/// ordinary one:
-/// - one the request's `Connection` does not name. RFC 9110 §7.8: a sender of `Upgrade`
-///   names it in `Connection`, so that intermediaries do not pass it on; one that is not
-///   named is no request of this client's to switch protocols. Pingora would make the switch
-///   anyway (sending its own `Connection: Upgrade`), and a front proxy that passed a stray
-///   `Upgrade` on would then have its connection turned into a tunnel to one tenant's
-///   instance, with the requests it sends next on it (other clients' perhaps) carried there
-///   unchecked;
-/// - one on another method than `GET`, or with a body: a WebSocket handshake is a `GET`
-///   without one (RFC 6455 §4.1). Pingora would switch a `HEAD` and give the tunnel a body
-///   writer of length 0 (a `101` and a dead connection), and it would wait for an upgrade
-///   request's body under the tunnel's idle bound (an hour) instead of `read_timeout`.
-fn drop_unusable_upgrade(session: &mut Session) {
-    let req = session.req_header();
-    let named = header_bytes(&req.headers, &http::header::CONNECTION).any(|v| {
-        v.split(|&b| b == b',')
-            .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-    });
-    let has_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || header_bytes(&req.headers, &http::header::CONTENT_LENGTH)
-            .any(|v| v.iter().any(|&b| b != b'0'));
-    if !named || req.method != http::Method::GET || has_body {
-        session
-            .req_header_mut()
-            .remove_header(&http::header::UPGRADE);
-    }
-}
-
-/// Whether the instance is asked to switch protocols: exactly when Pingora forwards the
-/// upgrade (its default `WebSocketOnly` policy): an HTTP/1.1 request whose `Upgrade` is
-/// `websocket`, in any case. Pingora sends `Connection: Upgrade` itself, and strips any
-/// other upgrade; an `Upgrade` that could start no tunnel is already gone
-/// ([`drop_unusable_upgrade`]).
-fn asks_for_upgrade(session: &Session) -> bool {
-    let req = session.req_header();
-    req.version == http::Version::HTTP_11
-        && req
-            .headers
-            .get(http::header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-}
-
-/// A request's values of one header: almost always one or none, so they stay on the stack.
-fn header_values<'a>(
-    req: &'a pingora::http::RequestHeader,
-    name: &http::header::HeaderName,
-) -> SmallVec<[&'a [u8]; 2]> {
-    header_bytes(&req.headers, name).collect()
-}
-
-/// The values of every `name` field, as bytes.
-fn header_bytes<'a>(
-    headers: &'a http::HeaderMap,
-    name: &http::HeaderName,
-) -> impl DoubleEndedIterator<Item = &'a [u8]> {
-    headers.get_all(name).iter().map(|v| v.as_bytes())
-}
-
-/// Whether the client has had a final response (or a `101`): after a `100 Continue` or a
-/// `103 Early Hints` a final answer, an error page included, may still be written.
-fn final_response_written(session: &Session) -> bool {
-    session
-        .response_written()
-        .is_some_and(|r| !r.status.is_informational())
-        || switched_protocols(session)
-}
-
-/// Whether the client has had a `101`: the connection is a tunnel now.
-fn switched_protocols(session: &Session) -> bool {
-    session
-        .response_written()
-        .is_some_and(|r| r.status == http::StatusCode::SWITCHING_PROTOCOLS)
-}
-
-/// Whether `e` is an upgraded connection (a WebSocket, after its `101`) that one side left
-/// silent for longer than `[upstream] tunnel_idle_timeout`: Pingora ends such a tunnel with a
-/// read or write timeout, of the instance's side or the client's.
-fn tunnel_idled_out(session: &Session, e: &Error) -> bool {
-    matches!(
-        e.etype(),
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout
-    ) && switched_protocols(session)
-}
-
-/// Most interim (1xx) responses passed on for one request: a `100 Continue`, a few `103
-/// Early Hints`, a `102 Processing` every few seconds of a long WebDAV operation fit well
-/// within it; past it the instance's answer counts as invalid (a 502).
-const MAX_INTERIM_RESPONSES: u16 = 100;
-
-/// How a tunnel ended, for `tunnels_closed_total`: `e` is the error that ended it, if one
-/// did, and `closed_by_router` why the router closed it, if it did.
-fn tunnel_close(
-    session: &Session,
-    e: Option<&Error>,
-    closed_by_router: Option<TunnelEnd>,
-) -> TunnelClose {
-    match (closed_by_router, e) {
-        (Some(end), _) => TunnelClose::Router(end),
-        (None, None) => TunnelClose::Ended,
-        (None, Some(e)) if tunnel_idled_out(session, e) => TunnelClose::IdleTimeout,
-        (None, Some(e)) if matches!(e.esource(), ErrorSource::Downstream) => {
-            TunnelClose::ClientError
-        }
-        (None, Some(_)) => TunnelClose::InstanceError,
-    }
-}
-
-/// An instance's answer the router will not pass on, as the error Pingora's parser gives for
-/// one it cannot read: the client gets a 502, counted as `upstream_invalid`.
-fn invalid_response(why: &'static str) -> Box<Error> {
-    Error::create(
-        ErrorType::InvalidHTTPHeader,
-        ErrorSource::Upstream,
-        Some(why.into()),
-        None,
-    )
-}
-
-/// Whether a proxying error is a TLS connection that ended without its `close_notify` (the
-/// peer closed, or crashed, as a plain connection closes). rustls reports it as an unexpected
-/// end of file, which Pingora, unlike a plain connection's end, never marks for a retry.
-fn closed_without_close_notify(e: &Error) -> bool {
-    if e.etype() != &ErrorType::ReadError || e.esource() != &ErrorSource::Upstream {
-        return false;
-    }
-    // Pingora wraps its read error in another (with the peer); the system's is innermost.
-    let mut cause = e.cause.as_deref();
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::UnexpectedEof;
-        }
-        cause = match c.downcast_ref::<Box<Error>>() {
-            Some(inner) => inner.cause.as_deref(),
-            None => c
-                .downcast_ref::<Error>()
-                .and_then(|inner| inner.cause.as_deref()),
-        };
-    }
-    false
-}
-
-/// Maps a proxying error to the rejection the client sees (`answered`: the instance's
-/// response header has reached the client).
-fn upstream_failure(e: &Error, answered: bool) -> RejectReason {
-    match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            RejectReason::UpstreamTimeout
-        }
-        // Pingora's parser, and this router's checks of a response, refuse what is not one.
-        ErrorType::InvalidHTTPHeader if e.esource() == &ErrorSource::Upstream => {
-            RejectReason::UpstreamInvalid
-        }
-        // A response body whose chunks do not parse, or that ends before its length or last
-        // chunk (closed, reset, or a TLS connection ended without its close_notify): the
-        // instance answered, with something that is not a whole response.
-        _ if e.esource() == &ErrorSource::Upstream
-            && (is_bad_chunk(e)
-                || (answered
-                    && matches!(
-                        e.etype(),
-                        ErrorType::ConnectionClosed | ErrorType::ReadError
-                    ))) =>
-        {
-            RejectReason::UpstreamInvalid
-        }
-        _ => match e.esource() {
-            ErrorSource::Upstream => RejectReason::UpstreamUnreachable,
-            ErrorSource::Internal | ErrorSource::Unset | ErrorSource::Downstream => {
-                RejectReason::Internal
-            }
-        },
-    }
 }
 
 #[async_trait]

@@ -1,0 +1,64 @@
+//! The state one request carries from one Pingora phase to the next.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use http::HeaderValue;
+
+use crate::decision::Decision;
+use crate::errors::RejectReason;
+use crate::metrics::OpenTunnel;
+use crate::tunnel::TunnelEnd;
+
+/// Per-request state carried between Pingora phases.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub(super) start: Instant,
+    /// The request's id, as sent upstream and in every response (cloning it is a refcount).
+    pub(super) request_id: HeaderValue,
+    pub(super) decision: Option<Decision>,
+    pub(super) rejected: Option<RejectReason>,
+    /// How a forwarded request failed once its answer could no longer be an error response
+    /// (the instance's status was out) or the client was gone: the `requests_total` outcome.
+    pub(super) failed: Option<&'static str>,
+    /// Instance addresses this request failed to connect to (empty unless one did).
+    pub(super) tried: Vec<SocketAddr>,
+    /// When the instance switched protocols (its `101`): the request's duration ends there,
+    /// as the tunnel after it may live for hours and is no measure of the instance's latency.
+    pub(super) switched_at: Option<Instant>,
+    /// Why the router closed this request's tunnel, when it did (see [`crate::tunnel`]).
+    pub(super) tunnel_end: Option<TunnelEnd>,
+    /// This request's tunnel in `tunnels_open`, from its `101` until the context goes.
+    pub(super) tunnel_open: Option<OpenTunnel>,
+    /// Interim (1xx) responses the instance sent so far, up to
+    /// [`MAX_INTERIM_RESPONSES`](super::upgrade::MAX_INTERIM_RESPONSES).
+    pub(super) interim_responses: u16,
+    /// For a request asking for an upgrade: the key-set generation its token was last
+    /// verified under (read before the decision), so that a tunnel re-verifies it after the
+    /// keys change. 0, which no key set has, for every other request.
+    pub(super) tunnel_keys: u64,
+    /// Set when a failed connect is to be tried at another address, which the router has
+    /// said itself: Pingora's own line for that retry, which follows, is then not written
+    /// (see [`suppress_proxy_warn_log`](super::EdgeService)). Atomic because Pingora asks with the
+    /// context borrowed shared.
+    pub(super) connect_retry_said: AtomicBool,
+    /// The instance's final response is complete, headers and body, while the client may
+    /// still be sending the request's body (see [`request_body_filter`](super::EdgeService)).
+    pub(super) response_complete: bool,
+}
+
+impl RequestCtx {
+    /// The request id, for log lines (always ASCII: generated, or a client's checked one).
+    pub(super) fn id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
+
+    /// The tenant the request was decided for, for log lines (empty before a decision).
+    pub(super) fn tenant(&self) -> &str {
+        self.decision
+            .as_ref()
+            .map(|d| d.binding.tenant_id.as_str())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,112 @@
+//! What a failure while forwarding was: the client's fault, the instance's, or the router's.
+
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::errors::RejectReason;
+use crate::framing::{is_bad_chunk, FramingError};
+
+use super::upgrade::asks_for_upgrade;
+
+/// A fault in the client's request that Pingora finds only while forwarding it: a chunk of
+/// the body that does not parse, a request header it refuses once it prepares the request
+/// for the instance (see [`RejectReason::MalformedHeader`]), or a body the client stopped
+/// sending. Any other failure of the client's side is the client going away.
+///
+/// A read that timed out while the client still owes body bytes is the client's, whichever
+/// side's timer fired: Pingora restarts the instance's read timer whenever a piece of the body
+/// is passed on (an instance that stops taking the body shows as a write timeout instead), so
+/// the instance's timer fires first when the client has sent nothing for `read_timeout`, and
+/// the instance was waiting for the rest of the request. Told as an instance timeout, any
+/// client (on a public path, without a token) could make a tenant's instance look failing.
+/// A WebSocket request is left out: its wait for the `101` is the instance's.
+pub(super) fn late_client_fault(session: &mut Session, e: &Error) -> Option<RejectReason> {
+    // The client stream refused a line of the chunked body (see `crate::connections`): its
+    // read failed, and it is not the client going away.
+    if let Some(why) = crate::connections::chunk_refused(session) {
+        return Some(RejectReason::BadFraming(FramingError::BadChunk(Some(why))));
+    }
+    if matches!(e.etype(), ErrorType::ReadTimedout)
+        && !asks_for_upgrade(session)
+        && !session.is_body_done()
+    {
+        return Some(RejectReason::BodyTimeout);
+    }
+    if !matches!(e.esource(), ErrorSource::Downstream) {
+        return None;
+    }
+    if is_bad_chunk(e) {
+        Some(RejectReason::BadFraming(FramingError::BadChunk(None)))
+    } else if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+        Some(RejectReason::MalformedHeader)
+    } else {
+        None
+    }
+}
+
+/// An instance's answer the router will not pass on, as the error Pingora's parser gives for
+/// one it cannot read: the client gets a 502, counted as `upstream_invalid`.
+pub(super) fn invalid_response(why: &'static str) -> Box<Error> {
+    Error::create(
+        ErrorType::InvalidHTTPHeader,
+        ErrorSource::Upstream,
+        Some(why.into()),
+        None,
+    )
+}
+
+/// Whether a proxying error is a TLS connection that ended without its `close_notify` (the
+/// peer closed, or crashed, as a plain connection closes). rustls reports it as an unexpected
+/// end of file, which Pingora, unlike a plain connection's end, never marks for a retry.
+pub(super) fn closed_without_close_notify(e: &Error) -> bool {
+    if e.etype() != &ErrorType::ReadError || e.esource() != &ErrorSource::Upstream {
+        return false;
+    }
+    // Pingora wraps its read error in another (with the peer); the system's is innermost.
+    let mut cause = e.cause.as_deref();
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::UnexpectedEof;
+        }
+        cause = match c.downcast_ref::<Box<Error>>() {
+            Some(inner) => inner.cause.as_deref(),
+            None => c
+                .downcast_ref::<Error>()
+                .and_then(|inner| inner.cause.as_deref()),
+        };
+    }
+    false
+}
+
+/// Maps a proxying error to the rejection the client sees (`answered`: the instance's
+/// response header has reached the client).
+pub(super) fn upstream_failure(e: &Error, answered: bool) -> RejectReason {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            RejectReason::UpstreamTimeout
+        }
+        // Pingora's parser, and this router's checks of a response, refuse what is not one.
+        ErrorType::InvalidHTTPHeader if e.esource() == &ErrorSource::Upstream => {
+            RejectReason::UpstreamInvalid
+        }
+        // A response body whose chunks do not parse, or that ends before its length or last
+        // chunk (closed, reset, or a TLS connection ended without its close_notify): the
+        // instance answered, with something that is not a whole response.
+        _ if e.esource() == &ErrorSource::Upstream
+            && (is_bad_chunk(e)
+                || (answered
+                    && matches!(
+                        e.etype(),
+                        ErrorType::ConnectionClosed | ErrorType::ReadError
+                    ))) =>
+        {
+            RejectReason::UpstreamInvalid
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => RejectReason::UpstreamUnreachable,
+            ErrorSource::Internal | ErrorSource::Unset | ErrorSource::Downstream => {
+                RejectReason::Internal
+            }
+        },
+    }
+}
