@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod defaults;
+mod duration;
 mod error;
 pub mod files;
 mod ipnet;
@@ -15,6 +16,7 @@ mod reader;
 pub mod settings;
 
 pub use defaults::embedded_default;
+pub use duration::parse_duration;
 pub use error::{ConfigError, Problem};
 pub use ipnet::IpNet;
 pub use load::{key_line, load_file, parse_sections, parse_str, read_text, NamedFiles, Sections};

@@ -254,7 +254,7 @@ impl<'a, 'i> Section<'a, 'i> {
         p: &mut Problems<'_>,
     ) -> Option<Duration> {
         let (s, at) = self.string(k, p)?;
-        match humantime::parse_duration(&s) {
+        match crate::parse_duration(&s) {
             Ok(d) if d >= min && d <= max => Some(d),
             Ok(_) => {
                 p.push(

@@ -6,6 +6,24 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+/// The most verbose `log` record (Pingora's, rustls's, redis's) the bridge takes, for a filter
+/// whose most verbose level is `hint`. It is the filter's level, so that every `debug!` inside
+/// Pingora is not built and handed to the filter on the hot path only to be dropped; but never
+/// `trace`. A `log` macro builds its message before any filter sees it, and one of Pingora's
+/// trace lines unwraps an instance's response header as UTF-8: with `trace` on for any
+/// target, an instance's Latin-1 header would panic the request's task.
+fn bridged_level(hint: Option<tracing::level_filters::LevelFilter>) -> log::LevelFilter {
+    use tracing::level_filters::LevelFilter;
+    match hint {
+        Some(l) if l == LevelFilter::OFF => log::LevelFilter::Off,
+        Some(l) if l >= LevelFilter::DEBUG => log::LevelFilter::Debug,
+        Some(l) if l >= LevelFilter::INFO => log::LevelFilter::Info,
+        Some(l) if l >= LevelFilter::WARN => log::LevelFilter::Warn,
+        Some(_) => log::LevelFilter::Error,
+        None => log::LevelFilter::Debug,
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set and not empty, overrides the
 /// configured filter. A filter [`check_filter`] refuses is passed over for the next (the
 /// configured one, then `info`), and a warning says so: a bare word that is not a level names
@@ -34,19 +52,10 @@ pub fn init(settings: &LogSettings) {
         }
     }
     let filter = EnvFilter::new(chosen);
-    // Pingora logs through `log`; without the bridge its messages would vanish. The bridge's
-    // level is capped at the filter's most verbose level: otherwise every `debug!` inside
-    // Pingora would be built and handed to the filter on the hot path only to be dropped.
-    let max = match filter.max_level_hint() {
-        Some(l) if l == tracing::level_filters::LevelFilter::OFF => log::LevelFilter::Off,
-        Some(l) if l >= tracing::level_filters::LevelFilter::TRACE => log::LevelFilter::Trace,
-        Some(l) if l >= tracing::level_filters::LevelFilter::DEBUG => log::LevelFilter::Debug,
-        Some(l) if l >= tracing::level_filters::LevelFilter::INFO => log::LevelFilter::Info,
-        Some(l) if l >= tracing::level_filters::LevelFilter::WARN => log::LevelFilter::Warn,
-        Some(_) => log::LevelFilter::Error,
-        None => log::LevelFilter::Trace,
-    };
-    let _ = tracing_log::LogTracer::builder().with_max_level(max).init();
+    // Pingora logs through `log`; without the bridge its messages would vanish.
+    let _ = tracing_log::LogTracer::builder()
+        .with_max_level(bridged_level(filter.max_level_hint()))
+        .init();
     // Colour only for a person at a terminal: escape codes in a log file or a collector's
     // stream break every search for `field=value`.
     let fmt = tracing_subscriber::fmt::layer()
@@ -267,7 +276,10 @@ impl std::fmt::Display for LoggedError<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_filter, ClientReadFailures, LoggedError, MessageDumps, PingoraRequestLines};
+    use super::{
+        bridged_level, check_filter, ClientReadFailures, LoggedError, MessageDumps,
+        PingoraRequestLines,
+    };
     use pingora_prometheus::prometheus;
 
     #[test]
@@ -402,6 +414,22 @@ mod tests {
         assert_eq!(text.matches("(proxy)").count(), 2, "{text}");
         assert_eq!(text.matches("(free)").count(), 3, "{text}");
         assert_eq!(counter.get(), 4);
+    }
+
+    #[test]
+    fn the_bridge_takes_the_filters_level_but_never_trace() {
+        use tracing::level_filters::LevelFilter;
+        for (hint, bridged) in [
+            (Some(LevelFilter::TRACE), log::LevelFilter::Debug),
+            (None, log::LevelFilter::Debug),
+            (Some(LevelFilter::DEBUG), log::LevelFilter::Debug),
+            (Some(LevelFilter::INFO), log::LevelFilter::Info),
+            (Some(LevelFilter::WARN), log::LevelFilter::Warn),
+            (Some(LevelFilter::ERROR), log::LevelFilter::Error),
+            (Some(LevelFilter::OFF), log::LevelFilter::Off),
+        ] {
+            assert_eq!(bridged_level(hint), bridged, "{hint:?}");
+        }
     }
 
     #[test]

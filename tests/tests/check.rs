@@ -479,3 +479,30 @@ fn check_says_which_keys_no_issuer_signs_with() {
         "{out}"
     );
 }
+
+#[test]
+fn a_duration_past_any_clock_is_a_problem_not_a_crash() {
+    // humantime panics on this total (u64::MAX seconds and a carried second); the config and
+    // the CLI read durations through a guard that refuses it instead.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = check(
+        dir.path(),
+        "[server]\nshutdown_delay = \"18446744073709551615s 500ms 500ms\"\n",
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("server.shutdown_delay") && out.contains("is not a duration"),
+        "{out}"
+    );
+    assert!(!out.contains("panicked"), "{out}");
+    let out = cli(&[
+        "token",
+        "--tenant",
+        "acme",
+        "--ttl",
+        "18446744073709551615s 500ms 500ms",
+    ]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("number is too large"), "{text}");
+}

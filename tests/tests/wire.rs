@@ -715,3 +715,41 @@ fn pingoras_warning_per_request_is_held_to_the_log_allowance() {
     );
     assert!(edge.metric("nexus_edge_log_lines_not_logged_total") as usize >= SENT - allowed);
 }
+
+/// One of Pingora's `trace` lines unwraps an instance's response header as UTF-8, and a `log`
+/// macro builds its message before any filter drops it: with `trace` on for the router, a
+/// Latin-1 header (a `Content-Disposition` file name, say) panicked the request's task and the
+/// client got nothing. The `log` bridge stops at `debug`.
+#[test]
+fn a_trace_filter_does_not_let_a_latin1_header_panic_the_request() {
+    let keys = TestKeys::new();
+    let instance = RawInstance::start(|_| Answer {
+        bytes: b"HTTP/1.1 200 OK\r\nContent-Disposition: attachment; filename=\"caf\xe9.txt\"\r\n\
+                 Content-Length: 2\r\n\r\nok"
+            .to_vec(),
+        then_close: false,
+    });
+    let bindings = bindings_file(vec![binding(
+        "acme",
+        &instance.url(),
+        "active",
+        Some("org-acme"),
+    )]);
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
+    opts.env = vec![("RUST_LOG".to_owned(), "info,nexus_edge=trace".to_owned())];
+    let edge = Edge::start(&opts);
+    let mut s = TcpStream::connect(edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!(
+            "GET / HTTP/1.1\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {}\r\n\r\n",
+            keys.token("acme", Some("org-acme"))
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 200, "{}", edge.log());
+    assert_eq!(r.body, b"ok");
+    assert!(!edge.log().contains("panic"), "{}", edge.log());
+}

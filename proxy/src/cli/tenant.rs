@@ -141,7 +141,7 @@ const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// A `--timeout` value: a duration of at most [`MAX_WAIT`].
 fn wait_timeout(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    let d = nexus_config::parse_duration(text)?;
     if d > MAX_WAIT {
         return Err("longer than 24h".to_owned());
     }

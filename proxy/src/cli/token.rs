@@ -125,7 +125,7 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
 /// A token's lifetime: whole seconds, from 1 s (an `exp` at `iat` would be refused once the
 /// leeway passed) to 366 days (a longer one is a credential that never expires in practice).
 fn token_ttl(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text.trim()).map_err(|e| e.to_string())?;
+    let d = nexus_config::parse_duration(text.trim())?;
     if d.subsec_nanos() != 0 {
         // `exp` is whole seconds: 1500ms would be cut to 1 s.
         return Err(format!("{text:?} is not whole seconds"));
