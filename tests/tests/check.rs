@@ -506,3 +506,16 @@ fn a_duration_past_any_clock_is_a_problem_not_a_crash() {
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("number is too large"), "{text}");
 }
+
+#[test]
+fn replicas_without_a_config_says_it_needs_one() {
+    // Without --config the admin commands read the embedded demo store, a file store: the
+    // refusal says what to give, not that the store (which the user never named) is wrong.
+    let out = cli(&["replicas"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("needs --config naming a Redis store"),
+        "{text}"
+    );
+}

@@ -80,7 +80,8 @@ pub enum Command {
     Tenant(tenant::TenantArgs),
     /// List the router replicas following the Redis store, their applied revision and lag.
     Replicas {
-        /// Config file naming the store.
+        /// Config file naming a Redis store (required: the default, the embedded demo store,
+        /// is a file store, which has no replicas to list).
         #[arg(long, short, env = "NEXUS_EDGE_CONFIG")]
         config: Option<PathBuf>,
         /// Print JSON.

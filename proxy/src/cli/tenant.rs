@@ -26,13 +26,14 @@ pub struct TenantArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Who is making the change (audit log); defaults to $USER, then $LOGNAME, then `unknown`.
+    /// Who is making the change (audit log; writes only); defaults to $USER, then $LOGNAME,
+    /// then `unknown`.
     #[arg(long, global = true)]
     pub actor: Option<String>,
-    /// Why (audit log), e.g. a ticket or migration id.
+    /// Why (audit log; writes only), e.g. a ticket or migration id.
     #[arg(long, global = true)]
     pub reason: Option<String>,
-    /// Write even into a Redis that looks wiped (no revision counter while replicas serve
+    /// Writes only: write even into a Redis that looks wiped (no revision counter while replicas serve
     /// bindings), or a bindings file that looks lost (missing while its audit log records
     /// changes): the write starts a new history, and proxies unbind every tenant not in it.
     #[arg(long, global = true)]
@@ -1260,11 +1261,16 @@ pub(super) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode
         Err(e) => return fail(e),
     };
     admin_logging(&settings);
-    let redis = match Store::open(&settings.store) {
-        Ok(Store::Redis(redis)) => redis,
-        Ok(Store::File(_)) => return fail("replicas needs the Redis store"),
-        Err(e) => return fail(e),
-    };
+    let redis =
+        match Store::open(&settings.store) {
+            Ok(Store::Redis(redis)) => redis,
+            Ok(Store::File(_)) if config.is_none() => return fail(
+                "replicas needs --config naming a Redis store (without one it reads the embedded \
+                 demo store, a file store)",
+            ),
+            Ok(Store::File(_)) => return fail("replicas needs the Redis store"),
+            Err(e) => return fail(e),
+        };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
