@@ -1,0 +1,250 @@
+//! The command line of `nexus-edge tenant`: its operations, and the checks of their values
+//! clap runs before anything is read or written.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use nexus_binding_store::{TenantId, TenantStatus};
+
+/// Options shared by every tenant command.
+#[derive(Debug, Args)]
+pub struct TenantArgs {
+    /// Config file naming the store (default: the embedded demo store, read-only).
+    #[arg(long, short, env = "NEXUS_EDGE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Who is making the change (audit log; writes only); defaults to $USER, then $LOGNAME,
+    /// then `unknown`.
+    #[arg(long, global = true)]
+    pub actor: Option<String>,
+    /// Why (audit log; writes only), e.g. a ticket or migration id.
+    #[arg(long, global = true)]
+    pub reason: Option<String>,
+    /// Writes only: write even into a Redis that looks wiped (no revision counter while replicas serve
+    /// bindings), or a bindings file that looks lost (missing while its audit log records
+    /// changes): the write starts a new history, and proxies unbind every tenant not in it.
+    #[arg(long, global = true)]
+    pub start_new_history: bool,
+    /// The operation.
+    #[command(subcommand)]
+    pub op: TenantOp,
+}
+
+/// Waiting for the fleet after a write.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Return only when every live replica has applied the change (Redis store).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits (at most 24h). Only with `--wait`: alone it would bound
+    /// nothing, and a script relying on it would not learn so.
+    #[arg(long, default_value = "30s", value_parser = wait_timeout, requires = "wait")]
+    pub timeout: Duration,
+}
+
+/// Refuses a JSON document that repeats a member name in one of its objects: the store would
+/// read the last value (`{"tenant_id": "dup", "tenant_id": "acme"}` replaced acme), while
+/// whoever wrote or checked the file may read the first. As tokens and key sets are.
+pub(super) fn refuse_repeated_members(json: &[u8]) -> Result<(), String> {
+    use crate::auth::strict_json::{parse_object, StrictError};
+    match parse_object(json) {
+        Err(StrictError::Duplicate) => Err(
+            "an object in it repeats a member name, so which of its values is meant is unclear"
+                .to_owned(),
+        ),
+        // Anything else is said by the reading that follows.
+        _ => Ok(()),
+    }
+}
+
+/// Refuses an `--actor` or `--reason` with a control character: the audit history prints
+/// them as they are, so a line break would forge an entry and an escape sequence drive the
+/// reader's terminal. And one longer than [`MAX_AUDIT_TEXT`]: it is kept in every entry
+/// (up to 1,000 per tenant), and shown by every `history`.
+pub(super) fn printable(name: &str, value: Option<&str>) -> Result<(), String> {
+    let bad = |c: &char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    match value {
+        Some(v) if v.len() > MAX_AUDIT_TEXT => Err(format!(
+            "{name} is {} bytes long; at most {MAX_AUDIT_TEXT} are kept in the audit log (name \
+             a ticket or a document instead)",
+            v.len()
+        )),
+        Some(v) if v.trim().is_empty() => {
+            Err(format!("{name} is empty: say it, or leave the option out"))
+        }
+        Some(v) => match (v.chars().find(bad), v.chars().find(|c| is_invisible(*c))) {
+            (Some(c), _) => Err(format!("{name} holds the control character {c:?}")),
+            // Shown by `history` as nothing, or turning the text after it around: an entry
+            // that reads as another actor's, or says something else than it holds.
+            (None, Some(c)) => Err(format!("{name} holds the invisible character {c:?}")),
+            (None, None) => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
+/// Characters a terminal shows as nothing, or that reorder the text around them: soft
+/// hyphen, zero-width spaces and joiners, direction marks, embeddings, overrides and
+/// isolates, invisible operators, variation selectors, tags, fillers, the byte order mark.
+pub(super) fn is_invisible(c: char) -> bool {
+    // Unicode's default-ignorable code points (those a renderer shows as nothing unless it
+    // knows them) and the format characters among the rest: bidirectional controls and the
+    // interlinear annotation characters.
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
+/// The longest `--actor` or `--reason`, in bytes.
+pub(super) const MAX_AUDIT_TEXT: usize = 1024;
+
+/// A status argument, refused with the other arguments (exit code 2) when it names none.
+pub(super) fn status_arg(text: &str) -> Result<TenantStatus, String> {
+    text.parse()
+        .map_err(|e: nexus_binding_store::FieldError| e.to_string())
+}
+
+/// Why a wait is refused on a file store.
+pub(super) const NEEDS_REDIS: &str = "needs the Redis store (a file store has no fleet to confirm)";
+
+/// The longest `--wait` there is: refused at parsing, before anything is written.
+pub(super) const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// A `--timeout` value: a duration of at most [`MAX_WAIT`].
+pub(super) fn wait_timeout(text: &str) -> Result<Duration, String> {
+    let d = nexus_config::parse_duration(text)?;
+    if d > MAX_WAIT {
+        return Err("longer than 24h".to_owned());
+    }
+    Ok(d)
+}
+
+/// Tenant operations.
+#[derive(Debug, Subcommand)]
+pub enum TenantOp {
+    /// Create or replace a binding from a JSON record (file, or - for stdin).
+    Put {
+        /// JSON binding record.
+        file: PathBuf,
+        /// Fail unless the tenant is at this revision (0: must not exist).
+        #[arg(long)]
+        expect_revision: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Show one binding.
+    Get {
+        /// Tenant id.
+        tenant: String,
+    },
+    /// List every binding.
+    List,
+    /// Move a tenant to another instance.
+    Rebind {
+        /// Tenant id.
+        tenant: String,
+        /// New instance id.
+        #[arg(long)]
+        instance_id: String,
+        /// New instance URL.
+        #[arg(long)]
+        instance_url: String,
+        /// New API URL.
+        #[arg(long, conflicts_with = "clear_api_url")]
+        api_url: Option<String>,
+        /// Remove the API URL (API traffic goes to the instance URL).
+        #[arg(long)]
+        clear_api_url: bool,
+        /// Fail unless the tenant is at this revision.
+        #[arg(long)]
+        expect_revision: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Change a tenant's status.
+    SetStatus {
+        /// Tenant id.
+        tenant: String,
+        /// New status (active, past_due, suspended, canceled, provisioning, ...).
+        #[arg(value_parser = status_arg)]
+        status: TenantStatus,
+        /// Fail unless the tenant is at this revision.
+        #[arg(long)]
+        expect_revision: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Remove a binding.
+    Delete {
+        /// Tenant id.
+        tenant: String,
+        /// Fail unless the tenant is at this revision.
+        #[arg(long)]
+        expect_revision: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Wait again for every live replica to apply a tenant's change (its revision), e.g.
+    /// after `--wait` timed out: nothing is written (Redis store).
+    Wait {
+        /// Tenant id.
+        tenant: String,
+        /// The revision the change was written at (the write printed it).
+        revision: u64,
+        /// How long to wait (at most 24h).
+        #[arg(long, default_value = "30s", value_parser = wait_timeout)]
+        timeout: Duration,
+    },
+    /// Put every record of a bindings file (`{"format": ..., "bindings": [...]}`) or of a
+    /// replica's snapshot file (checked whole first).
+    Import {
+        /// Bindings file.
+        file: PathBuf,
+        /// Write records older than the store's own (an export taken before later changes),
+        /// and tenants the store no longer holds though it holds newer changes (deleted
+        /// since, or from another store): refused without it, as they would undo changes.
+        #[arg(long)]
+        allow_older: bool,
+    },
+    /// Print every binding as a bindings file.
+    Export,
+    /// Show a tenant's audit history, oldest first.
+    History {
+        /// Tenant id.
+        tenant: String,
+    },
+    /// Let replicas serving other bindings take the history Redis holds, when a write began
+    /// it while no replica was heard (after Redis lost its data with the whole fleet down,
+    /// replicas keep their tables until this): they then unbind every tenant Redis does not
+    /// hold (Redis store).
+    ConfirmHistory {
+        /// Confirm only this history (the id the replicas' refusal names): one Redis began
+        /// since is left as it is.
+        #[arg(long)]
+        history: Option<String>,
+    },
+}
+
+pub(super) fn tenant_id(s: &str) -> Result<TenantId, String> {
+    TenantId::parse(s).map_err(|e| e.to_string())
+}

@@ -1,0 +1,235 @@
+//! The fleet of replicas following a Redis store: `--wait` for a change to reach every live
+//! one, and `nexus-edge replicas`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use nexus_binding_store::{BindingAdmin, Revision, TenantId};
+
+use crate::store::Store;
+use nexus_binding_store::redis_store::RedisStore;
+
+use super::{admin_logging, empty_prefix_note, fail};
+
+/// Waits for the fleet to apply `rev` and says how it went. `doc`: with `--json`, what was
+/// waited for (the write's own result, under `written`), printed with the wait's as one
+/// document (`{"written", "wait"}`).
+/// `present`: whether the change left the tenant bound (`None`: not known), so that a tenant
+/// gone since is told from one the change deleted.
+pub(super) async fn wait_fleet(
+    redis: &RedisStore,
+    tenant: &TenantId,
+    rev: Revision,
+    timeout: Duration,
+    written_after_ms: Option<u64>,
+    doc: Option<(&'static str, serde_json::Value)>,
+    present: Option<bool>,
+) -> ExitCode {
+    // Said at once: otherwise the whole timeout passes in silence. A replica that starts
+    // within it still counts (a fleet being restarted).
+    if redis
+        .replicas()
+        .await
+        .is_ok_and(|all| !all.iter().any(|r| r.live))
+    {
+        eprintln!(
+            "nexus-edge: no replica is live (none is heartbeating); waiting up to {} for one \
+             to apply revision {}",
+            humantime::format_duration(timeout),
+            rev.get()
+        );
+    }
+    let result = redis
+        .wait_for_revision(rev.get(), tenant.as_str(), timeout, written_after_ms)
+        .await;
+    let (ok, o) = match result {
+        Ok(o) => (true, o),
+        Err(o) => (false, o),
+    };
+    if doc.is_none() && !o.silent.is_empty() {
+        eprintln!(
+            "nexus-edge: not counted, silent since before the wait: {} (a replica cut off from \
+             Redis keeps serving its last table; see `nexus-edge replicas`)",
+            o.silent.join(", ")
+        );
+    }
+    let text = doc.is_none();
+    if let Some((key, value)) = doc {
+        outln!("{}", serde_json::json!({ key: value, "wait": o }));
+    } else if ok {
+        outln!(
+            "{}/{} replicas on revision {}",
+            o.applied,
+            o.live,
+            o.revision
+        );
+        // The fleet applied this change, and serves whatever came after it: a change made by
+        // someone else meanwhile is what is served now.
+        let now = redis.get(tenant).await.ok().map(|b| b.map(|b| b.revision));
+        match now {
+            Some(Some(r)) if r > rev => eprintln!(
+                "nexus-edge: note: tenant {tenant} has changed again since (now at revision {r}): \
+                 that is what is served; see `tenant history {tenant}`"
+            ),
+            Some(None) if present == Some(true) => eprintln!(
+                "nexus-edge: note: tenant {tenant} has been deleted since; see `tenant history \
+                 {tenant}`"
+            ),
+            _ => {}
+        }
+    } else if !o.refused.is_empty() && o.behind.is_empty() {
+        eprintln!(
+            "nexus-edge: {}/{} live replicas serve revision {}; not confirmed by {} (see their \
+             logs: a replica that refused the record keeps serving the binding named until the \
+             record is put right)",
+            o.applied,
+            o.live,
+            o.revision,
+            o.refused.join(", ")
+        );
+    } else {
+        eprintln!(
+            "nexus-edge: timed out after {}: {}/{} live replicas on revision {}; behind: {}",
+            humantime::format_duration(timeout),
+            o.applied,
+            o.live,
+            o.revision,
+            if o.behind.is_empty() {
+                "no live replica".to_owned()
+            } else {
+                o.behind
+                    .iter()
+                    .chain(&o.refused)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        if text {
+            // What the exit code alone does not say: nothing is undone.
+            eprintln!(
+                "nexus-edge: the change is written (revision {rev}) and served by the replicas \
+                 that applied it; `nexus-edge tenant wait {tenant} {rev}` waits again without \
+                 writing"
+            );
+        }
+        ExitCode::from(4)
+    }
+}
+
+/// `nexus-edge replicas`.
+pub(in crate::cli) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode {
+    let settings = match crate::cli::load_settings(config) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    admin_logging(&settings);
+    let redis =
+        match Store::open(&settings.store) {
+            Ok(Store::Redis(redis)) => redis,
+            Ok(Store::File(_)) if config.is_none() => return fail(
+                "replicas needs --config naming a Redis store (without one it reads the embedded \
+                 demo store, a file store)",
+            ),
+            Ok(Store::File(_)) => return fail("replicas needs the Redis store"),
+            Err(e) => return fail(e),
+        };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    match rt.block_on(redis.replicas()) {
+        Ok(list) => {
+            let refusing = list.iter().any(|r| r.live && r.keeps);
+            let serving = list.iter().any(|r| r.live && r.applied_revision > 0);
+            // Read once, for the two notes that go by it.
+            let no_counter =
+                (list.is_empty() || serving) && matches!(rt.block_on(redis.counter()), Ok(None));
+            if list.is_empty() && no_counter {
+                eprintln!("{}", empty_prefix_note(&redis));
+            }
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                outln!(
+                    "{:<40} {:>10} {:>8} {:>10}  live",
+                    "replica",
+                    "revision",
+                    "lag",
+                    "seen(ms)"
+                );
+                for r in list {
+                    outln!(
+                        "{:<40} {:>10} {:>8} {:>10}  {}{}",
+                        r.id,
+                        r.applied_revision,
+                        r.lag,
+                        r.last_seen_ms,
+                        if r.live { "yes" } else { "no" },
+                        if r.keeps {
+                            "  (keeps another history's bindings rather than take Redis's: below)"
+                        } else if r.other_history {
+                            "  (on another history: not yet reloaded)"
+                        } else {
+                            ""
+                        }
+                    );
+                    if !r.refused.is_empty() {
+                        let tenants: Vec<&str> = r.refused.keys().map(String::as_str).collect();
+                        outln!("{:<40} refused the records of: {}", "", tenants.join(", "));
+                    }
+                    if r.id_shared {
+                        outln!(
+                            "{:<40} another process heartbeats under this id: give each \
+                             replica its own replica_id",
+                            ""
+                        );
+                    }
+                    if r.stamped_ahead_ms > 0 {
+                        outln!(
+                            "{:<40} its heartbeat is stamped {} s ahead of Redis's clock \
+                             (written by hand, with a host's clock, or before a failover to \
+                             a node whose clock runs behind): not counted as live",
+                            "",
+                            r.stamped_ahead_ms / 1000
+                        );
+                    }
+                }
+            }
+            // Only when it may be why a replica is on another history; on stderr, so that
+            // `--json` stays one document.
+            if let (true, Ok(Some(id))) = (refusing, rt.block_on(redis.unconfirmed_history())) {
+                eprintln!(
+                    "nexus-edge: warning: Redis holds history {id}, begun while no replica was \
+                     heard serving, and not confirmed: a replica serving another history's \
+                     bindings keeps them (above) until `{}`; put back what should stay first \
+                     (`nexus-edge tenant import --allow-older SNAPSHOT`, the snapshot of the \
+                     replica with the highest revision)",
+                    nexus_binding_store::redis_store::confirm_command(&id)
+                );
+            }
+            // Every replica "on another history" because Redis has none at all: say so.
+            if serving && no_counter {
+                eprintln!(
+                    "nexus-edge: warning: Redis holds no revision counter while replicas serve \
+                     bindings: it lost its data (a restart without persistence, a FLUSHALL). \
+                     They keep serving their tables; restore it with `nexus-edge tenant import \
+                     SNAPSHOT` (a replica's snapshot, the highest revision above), or from \
+                     Redis's own backup"
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
