@@ -262,8 +262,8 @@ impl<'a, 'i> Section<'a, 'i> {
                     Some(at),
                     format!(
                         "{s:?} is out of range ({} to {}){}",
-                        humantime::format_duration(min),
-                        humantime::format_duration(max),
+                        shown(min),
+                        shown(max),
                         // humantime reads `M` as months: `1M` meant as a minute is 30 days.
                         if s.contains('M') {
                             "; M is months, m minutes"
@@ -457,4 +457,19 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// A bound of a duration range as the docs write it: whole days in days (`3660days`, where
+/// humantime writes `10years 7days 12h`, counting a year as 365.25 days), others as humantime
+/// writes them (`1h`, `500ms`).
+fn shown(d: Duration) -> String {
+    const DAY: u64 = 86_400;
+    if d.subsec_nanos() == 0 && d.as_secs() >= DAY && d.as_secs().is_multiple_of(DAY) {
+        match d.as_secs() / DAY {
+            1 => "1day".to_owned(),
+            days => format!("{days}days"),
+        }
+    } else {
+        humantime::format_duration(d).to_string()
+    }
 }

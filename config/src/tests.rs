@@ -241,7 +241,7 @@ fn max_token_lifetime_is_off_unless_set_in_whole_seconds_up_to_ten_years() {
         &problems(&with("3661days")),
         "auth.max_token_lifetime",
         4,
-        "out of range",
+        "out of range (0s to 3660days)",
     );
     has(
         &problems(&with("a while")),
