@@ -3,8 +3,10 @@
 //! 2. propagation delay (admin write in Redis → applied in the replica's table), p50/p99,
 //!    across two replicas following the same Redis.
 //!
-//! `cargo run --release -p nexus-bench --bin redis-bench [-- --smoke]` (`--smoke`: 10,000
-//! bindings, 50 changes).
+//! `cargo run --release -p nexus-bench --bin redis-bench [-- --smoke] [--snapshot]`
+//! (`--smoke`: 10,000 bindings, 50 changes; `--snapshot`: each replica keeps a snapshot file,
+//! as production replicas do, rewritten in the background every 2 s while changes come, and
+//! the changes are spread over 10 s so that the measure spans several such writes).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,7 +17,8 @@ use std::time::{Duration, Instant};
 use nexus_bench::*;
 use nexus_binding_store::redis_store::{RedisOptions, RedisStore};
 use nexus_binding_store::{
-    Actor, BindingAdmin, BindingHandle, BindingSource, InstanceId, Mutation, TenantId, UpstreamUrl,
+    Actor, BindingAdmin, BindingHandle, BindingSource, InstanceId, Mutation, TenantId,
+    TenantStatus, UpstreamUrl,
 };
 
 /// Resident set size of this process, bytes.
@@ -36,6 +39,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    let with_snapshot = std::env::args().any(|a| a == "--snapshot");
     let (n, changes) = if smoke {
         (10_000, 50)
     } else {
@@ -91,6 +95,9 @@ fn main() {
             let mut o = RedisOptions::new(url.clone());
             o.replica_id = id.to_owned();
             o.heartbeat_interval = Duration::from_millis(200);
+            if with_snapshot {
+                o.snapshot_path = Some(dir.path().join(format!("{id}.snapshot")));
+            }
             Arc::new(RedisStore::new(o).unwrap())
         };
         let r1 = replica("bench-1");
@@ -115,9 +122,19 @@ fn main() {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let f1 = tokio::spawn(Arc::clone(&r1).run(h1.clone(), rx.clone()));
         let f2 = tokio::spawn(Arc::clone(&r2).run(h2.clone(), rx));
-        tokio::time::sleep(Duration::from_millis(300)).await; // let both followers start blocking
         let admin = replica("bench-admin");
         let actor = Actor { name: "bench".into(), reason: None };
+        // The keys were seeded without a change feed, so each follower starts with a full
+        // reconcile (seconds at a million bindings). Timing starts once both have applied a
+        // first change, that is once both follow the feed.
+        let warm = TenantId::parse(&tenant(1)).unwrap();
+        let started = Instant::now();
+        let (rev, _) = admin.apply(&warm, Mutation::SetStatus(TenantStatus::Active), None, &actor).await.unwrap();
+        while ![&h1, &h2].iter().all(|h| h.load().get(warm.as_str()).is_some_and(|b| b.revision >= rev)) {
+            assert!(started.elapsed() < Duration::from_secs(300), "the followers did not catch up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        println!("both followers following the change feed after {:.2?} (a full reconcile each)", started.elapsed());
         let mut delays = Vec::with_capacity(changes * 2);
         for c in 0..changes {
             let t = TenantId::parse(&tenant(c * 7 % n)).unwrap();
@@ -126,6 +143,11 @@ fn main() {
                 instance_url: UpstreamUrl::parse("instance_url", &format!("http://10.9.{}.{}:8080", c / 250, c % 250)).unwrap(),
                 api_url: None,
             };
+            if with_snapshot {
+                // Paced (this is a benchmark, not a test): 500 changes over 10 s span several
+                // of the 2-second snapshot rewrites.
+                tokio::time::sleep(Duration::from_secs(10) / changes as u32).await;
+            }
             let sent = Instant::now();
             let (rev, _) = admin.apply(&t, m, None, &actor).await.unwrap();
             let mut pending = vec![&h1, &h2];
@@ -147,11 +169,19 @@ fn main() {
         let _ = f2.await;
         delays.sort();
         println!(
-            "propagation (write in Redis -> applied in the table), {changes} changes x 2 replicas: p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+            "propagation (write in Redis -> applied in the table), {changes} changes x 2 replicas{}: p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+            if with_snapshot { ", snapshots on" } else { "" },
             percentile(&delays, 0.5),
             percentile(&delays, 0.99),
             delays.last().copied().unwrap_or_default(),
         );
+        if with_snapshot {
+            for id in ["bench-1", "bench-2"] {
+                let path = dir.path().join(format!("{id}.snapshot"));
+                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                println!("  {id}'s snapshot: {:.1} MB", size as f64 / 1e6);
+            }
+        }
     });
     let _ = server.kill();
     let _ = server.wait();
