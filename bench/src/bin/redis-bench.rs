@@ -136,6 +136,7 @@ fn main() {
         }
         println!("both followers following the change feed after {:.2?} (a full reconcile each)", started.elapsed());
         let mut delays = Vec::with_capacity(changes * 2);
+        let mut slowest = (0, Duration::ZERO);
         for c in 0..changes {
             let t = TenantId::parse(&tenant(c * 7 % n)).unwrap();
             let m = Mutation::Rebind {
@@ -155,6 +156,9 @@ fn main() {
                 pending.retain(|h| {
                     if h.load().get(t.as_str()).is_some_and(|b| b.revision >= rev) {
                         delays.push(sent.elapsed());
+                        if sent.elapsed() > slowest.1 {
+                            slowest = (c, sent.elapsed());
+                        }
                         false
                     } else {
                         true
@@ -175,6 +179,7 @@ fn main() {
             percentile(&delays, 0.99),
             delays.last().copied().unwrap_or_default(),
         );
+        println!("  the slowest: change {} of {changes}", slowest.0 + 1);
         if with_snapshot {
             for id in ["bench-1", "bench-2"] {
                 let path = dir.path().join(format!("{id}.snapshot"));
