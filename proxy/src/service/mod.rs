@@ -1,6 +1,10 @@
 //! The Pingora `ProxyHttp` glue. It only orchestrates: every decision is made by
 //! [`crate::decision::decide`], every header rule lives in [`crate::route`], every
 //! rejection's shape in [`crate::errors`].
+//!
+//! Beside it: `ctx` (what a request carries between phases), `request` (reading the client's
+//! request), `upgrade` (WebSocket requests and their tunnels) and `failures` (what a failure
+//! while forwarding was).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
