@@ -24,6 +24,11 @@ struct World {
 
 /// The instance answers each request by its path with `answer(path)`.
 fn world(answer: fn(&str) -> Answer) -> World {
+    world_with(answer, |_| {})
+}
+
+/// [`world`], with the router's options changed by `edit` first.
+fn world_with(answer: fn(&str) -> Answer, edit: impl FnOnce(&mut EdgeOptions)) -> World {
     let keys = TestKeys::new();
     let instance =
         RawInstance::start(move |head| answer(head.split_whitespace().nth(1).unwrap_or_default()));
@@ -33,7 +38,9 @@ fn world(answer: fn(&str) -> Answer) -> World {
         "active",
         Some("org-acme"),
     )]);
-    let edge = Edge::start(&EdgeOptions::new(keys.jwks(), bindings));
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
+    edit(&mut opts);
+    let edge = Edge::start(&opts);
     World {
         keys,
         instance,
@@ -674,27 +681,16 @@ fn pipelined_requests_are_each_answered_in_order() {
 /// Pingora's lines about single requests now get the allowance too, per module.
 #[test]
 fn pingoras_warning_per_request_is_held_to_the_log_allowance() {
-    let keys = TestKeys::new();
-    let instance =
-        RawInstance::start(|_| Answer::keep("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"));
-    let bindings = bindings_file(vec![binding(
-        "acme",
-        &instance.url(),
-        "active",
-        Some("org-acme"),
-    )]);
-    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
-    opts.extra = "request_lines_per_second = 3".to_owned();
-    let edge = Edge::start(&opts);
-    let request = format!(
-        "GET / HTTP/1.1\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {}\r\n\r\n",
-        keys.token("acme", Some("org-acme"))
+    let w = world_with(
+        |_| Answer::keep("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"),
+        |o| o.extra = "request_lines_per_second = 3".to_owned(),
     );
+    let edge = &w.edge;
+    let request = w.request("/");
     let started = std::time::Instant::now();
     const SENT: usize = 60;
     for _ in 0..SENT {
-        let mut s = TcpStream::connect(edge.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = w.connect();
         s.write_all(request.as_bytes()).unwrap();
         let r = read_response(&mut s).unwrap();
         assert_eq!(r.status, 200);
@@ -722,34 +718,18 @@ fn pingoras_warning_per_request_is_held_to_the_log_allowance() {
 /// client got nothing. The `log` bridge stops at `debug`.
 #[test]
 fn a_trace_filter_does_not_let_a_latin1_header_panic_the_request() {
-    let keys = TestKeys::new();
-    let instance = RawInstance::start(|_| Answer {
-        bytes: b"HTTP/1.1 200 OK\r\nContent-Disposition: attachment; filename=\"caf\xe9.txt\"\r\n\
-                 Content-Length: 2\r\n\r\nok"
-            .to_vec(),
-        then_close: false,
-    });
-    let bindings = bindings_file(vec![binding(
-        "acme",
-        &instance.url(),
-        "active",
-        Some("org-acme"),
-    )]);
-    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
-    opts.env = vec![("RUST_LOG".to_owned(), "info,nexus_edge=trace".to_owned())];
-    let edge = Edge::start(&opts);
-    let mut s = TcpStream::connect(edge.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(
-        format!(
-            "GET / HTTP/1.1\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {}\r\n\r\n",
-            keys.token("acme", Some("org-acme"))
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let r = read_response(&mut s).unwrap();
-    assert_eq!(r.status, 200, "{}", edge.log());
+    let w = world_with(
+        |_| Answer {
+            bytes:
+                b"HTTP/1.1 200 OK\r\nContent-Disposition: attachment; filename=\"caf\xe9.txt\"\r\n\
+                     Content-Length: 2\r\n\r\nok"
+                    .to_vec(),
+            then_close: false,
+        },
+        |o| o.env = vec![("RUST_LOG".to_owned(), "info,nexus_edge=trace".to_owned())],
+    );
+    let r = w.get(&mut w.connect(), "/");
+    assert_eq!(r.status, 200, "{}", w.edge.log());
     assert_eq!(r.body, b"ok");
-    assert!(!edge.log().contains("panic"), "{}", edge.log());
+    assert!(!w.edge.log().contains("panic"), "{}", w.edge.log());
 }

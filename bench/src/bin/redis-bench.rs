@@ -155,9 +155,10 @@ fn main() {
             while !pending.is_empty() {
                 pending.retain(|h| {
                     if h.load().get(t.as_str()).is_some_and(|b| b.revision >= rev) {
-                        delays.push(sent.elapsed());
-                        if sent.elapsed() > slowest.1 {
-                            slowest = (c, sent.elapsed());
+                        let delay = sent.elapsed();
+                        delays.push(delay);
+                        if delay > slowest.1 {
+                            slowest = (c, delay);
                         }
                         false
                     } else {

@@ -9,7 +9,7 @@ use nexus_binding_store::{BindingAdmin, Revision, TenantId};
 use crate::store::Store;
 use nexus_binding_store::redis_store::RedisStore;
 
-use super::{admin_logging, empty_prefix_note, fail};
+use super::{admin_logging, empty_prefix_note, fail, runtime};
 
 /// Waits for the fleet to apply `rev` and says how it went. `doc`: with `--json`, what was
 /// waited for (the write's own result, under `written`), printed with the wait's as one
@@ -121,6 +121,10 @@ pub(super) async fn wait_fleet(
     }
 }
 
+/// `replicas` without `--config`: the embedded demo store it then reads is a file store.
+const NO_CONFIG: &str = "replicas needs --config naming a Redis store (without one it reads \
+                         the embedded demo store, a file store)";
+
 /// `nexus-edge replicas`.
 pub(in crate::cli) fn replicas(config: Option<&std::path::Path>, json: bool) -> ExitCode {
     let settings = match crate::cli::load_settings(config) {
@@ -128,20 +132,13 @@ pub(in crate::cli) fn replicas(config: Option<&std::path::Path>, json: bool) -> 
         Err(e) => return fail(e),
     };
     admin_logging(&settings);
-    let redis =
-        match Store::open(&settings.store) {
-            Ok(Store::Redis(redis)) => redis,
-            Ok(Store::File(_)) if config.is_none() => return fail(
-                "replicas needs --config naming a Redis store (without one it reads the embedded \
-                 demo store, a file store)",
-            ),
-            Ok(Store::File(_)) => return fail("replicas needs the Redis store"),
-            Err(e) => return fail(e),
-        };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let redis = match Store::open(&settings.store) {
+        Ok(Store::Redis(redis)) => redis,
+        Ok(Store::File(_)) if config.is_none() => return fail(NO_CONFIG),
+        Ok(Store::File(_)) => return fail("replicas needs the Redis store"),
+        Err(e) => return fail(e),
+    };
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(e),
     };

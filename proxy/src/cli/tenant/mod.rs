@@ -28,6 +28,13 @@ pub(super) use fleet::replicas;
 use fleet::wait_fleet;
 use print::{print_binding, print_confirmation, print_history};
 
+/// The runtime an admin command runs its store calls on: one thread, as one command runs.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("nexus-edge: {msg}");
     ExitCode::FAILURE
@@ -212,10 +219,7 @@ pub(super) fn run(args: TenantArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(e),
     };
