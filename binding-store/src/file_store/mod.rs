@@ -127,10 +127,15 @@ fn stamp(path: &Path) -> Option<Stamp> {
 fn settled(stamp: Option<Stamp>, now: SystemTime) -> Option<Stamp> {
     let stamp = stamp?;
     let (secs, nanos) = stamp.changed;
-    let changed = u64::try_from(secs)
+    // Checked: a change time near the end of `i64` (a tampered or corrupt filesystem) is
+    // past any clock, so never settled, instead of an overflow that panics.
+    let settles_at = u64::try_from(secs)
         .ok()
-        .map(|s| SystemTime::UNIX_EPOCH + Duration::new(s, u32::try_from(nanos).unwrap_or(0)))?;
-    (changed + RACY_WINDOW <= now).then_some(stamp)
+        .and_then(|s| {
+            SystemTime::UNIX_EPOCH.checked_add(Duration::new(s, u32::try_from(nanos).unwrap_or(0)))
+        })
+        .and_then(|changed| changed.checked_add(RACY_WINDOW))?;
+    (settles_at <= now).then_some(stamp)
 }
 
 impl FileStore {

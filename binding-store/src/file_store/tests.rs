@@ -32,6 +32,27 @@ fn a_stamp_is_trusted_only_once_its_change_time_has_settled() {
 }
 
 #[test]
+fn a_change_time_past_any_clock_never_settles_and_does_not_panic() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("f");
+    std::fs::write(&path, "one").expect("write");
+    let real = stamp(&path).expect("stamp");
+    let far = SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40);
+    for changed in [
+        (i64::MAX, 999_999_999),
+        (i64::MAX - 1, 0),
+        (i64::MIN, 0),
+        (-1, 0),
+    ] {
+        let s = Stamp {
+            changed,
+            ..real.clone()
+        };
+        assert_eq!(settled(Some(s), far), None, "{changed:?}");
+    }
+}
+
+#[test]
 fn only_a_regular_file_is_read() {
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("bindings.json");

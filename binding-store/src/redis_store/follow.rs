@@ -386,7 +386,7 @@ async fn feed_continues(
         .await?;
     Ok(next
         .first()
-        .is_some_and(|(_, f)| field_u64(f, "rev") <= p.revision + 1))
+        .is_some_and(|(_, f)| field_u64(f, "rev") <= p.revision.saturating_add(1)))
 }
 
 /// Says so, once, when Redis may evict any key under memory pressure (`allkeys-*`): an
