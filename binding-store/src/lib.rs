@@ -27,6 +27,7 @@ mod json;
 mod record_lines;
 pub mod records;
 pub mod redis_store;
+mod retire;
 pub mod snapshot;
 pub use admin::{
     Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource, Listing,

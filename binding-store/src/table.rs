@@ -6,7 +6,7 @@
 //! `ArcSwap` in a [`BindingHandle`]; a request loads it once and keeps that snapshot, so the
 //! tenant index and the domain index it sees always agree.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use imbl::shared_ptr::DefaultSharedPtr;
@@ -14,6 +14,7 @@ use imbl::GenericHashMap;
 
 use crate::error::ApplyError;
 use crate::model::{Binding, DomainName, Revision, TenantId};
+use crate::retire::Retirer;
 
 /// The table's maps hash with foldhash (seeded per process), not SipHash: a lookup is on
 /// every request, and the keys are tenant ids and domains from binding records, which only
@@ -220,6 +221,12 @@ impl BindingTable {
     }
 }
 
+/// The one thread that frees replaced tables, started with the first replacement.
+fn retired_tables() -> &'static Retirer<BindingTable> {
+    static RETIRER: OnceLock<Retirer<BindingTable>> = OnceLock::new();
+    RETIRER.get_or_init(|| Retirer::start("nexus-table-free"))
+}
+
 /// The live table: one `ArcSwap`, lock-free to read, replaced whole by the one sync task.
 #[derive(Clone, Debug, Default)]
 pub struct BindingHandle {
@@ -239,9 +246,10 @@ impl BindingHandle {
         self.inner.load_full()
     }
 
-    /// Replaces the table.
+    /// Replaces the table. The replaced one is freed on a thread of its own once no request
+    /// holds it (see [`crate::retire`]): after a full reload that is every node of it.
     pub fn store(&self, table: BindingTable) {
-        self.inner.store(Arc::new(table));
+        retired_tables().retire(self.inner.swap(Arc::new(table)));
     }
 
     /// Applies one change; on refusal the live table is untouched.
@@ -306,6 +314,24 @@ mod tests {
             t.tenant_for_domain("new.acme.test").map(TenantId::as_str),
             Some("acme")
         );
+    }
+
+    #[test]
+    fn a_replaced_table_is_freed_by_the_retirer_not_by_its_last_reader() {
+        let handle = BindingHandle::new(BindingTable::new());
+        let reader = handle.load();
+        let before = retired_tables().freed();
+        handle.store(BindingTable::new());
+        // The reader's drop is not the last: the retirer still holds the table.
+        drop(reader);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while retired_tables().freed() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the replaced table never reached the retirer"
+            );
+            std::thread::yield_now();
+        }
     }
 
     #[test]
