@@ -2553,3 +2553,72 @@ fn text_fields_of_bytes_that_are_no_utf8_stop_no_replica_and_blind_no_admin() {
     assert!(list.status.success(), "{text}");
     assert!(text.contains("replica-1"), "{text}");
 }
+
+/// A periodic reconcile builds a new table from everything Redis holds. A record unchanged
+/// since the table served is given the served binding itself, so the two tables share it (at
+/// a million bindings, the reconcile's new table costs the index alone, and freeing the old
+/// one frees no binding); a record changed outside the change feed is read anew.
+#[test]
+fn a_reconcile_shares_unchanged_bindings_with_the_table_it_replaces() {
+    use nexus_binding_store::redis_store::{RedisOptions, RedisStore};
+    use nexus_binding_store::{Actor, BindingAdmin, BindingHandle, BindingSource, Mutation};
+
+    let redis = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    let store = |id: &str| {
+        let mut o = RedisOptions::new(redis.url());
+        o.replica_id = id.to_owned();
+        o.heartbeat_interval = Duration::from_millis(100);
+        o.reconcile_interval = Duration::from_millis(200);
+        Arc::new(RedisStore::new(o).expect("store"))
+    };
+    let admin = store("admin");
+    let actor = Actor {
+        name: "test".to_owned(),
+        reason: None,
+    };
+    rt.block_on(async {
+        for tenant in ["acme", "globex"] {
+            let record = binding(tenant, "http://127.0.0.1:9", "active", None);
+            let b = nexus_binding_store::records::parse_record(&record).expect("record");
+            admin
+                .apply(
+                    &b.tenant_id.clone(),
+                    Mutation::Put(Box::new(b)),
+                    None,
+                    &actor,
+                )
+                .await
+                .expect("put");
+        }
+    });
+    let follower = store("replica-1");
+    let handle = BindingHandle::new(rt.block_on(follower.initial_load()).expect("load"));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let task = rt.spawn(Arc::clone(&follower).run(handle.clone(), shutdown));
+    let health = follower.health();
+    let reloads = health.full_reloads();
+    let before = handle.load();
+
+    // globex's record, edited in Redis outside the schema: only a reconcile sees it.
+    let mut edited = binding("globex", "http://127.0.0.1:10", "active", None);
+    edited["revision"] = serde_json::json!(2);
+    redis.cmd(&["SET", "nexus:binding:globex", &edited.to_string()]);
+    let after = wait::until(Duration::from_secs(20), "a reconcile", || {
+        let t = handle.load();
+        let url = t.get("globex").map(|b| b.instance_url.to_string());
+        (health.full_reloads() > reloads && url.as_deref() == Some("http://127.0.0.1:10/"))
+            .then_some(t)
+    });
+    assert!(!Arc::ptr_eq(&before, &after), "the table was not rebuilt");
+    let same = |t: &str| Arc::ptr_eq(before.get(t).expect(t), after.get(t).expect(t));
+    assert!(same("acme"), "acme's unchanged binding was copied");
+    assert!(!same("globex"), "globex's changed record was not read anew");
+
+    stop.send(true).expect("follower listening");
+    rt.block_on(task).expect("follower stops");
+}

@@ -87,7 +87,7 @@ impl BindingAdmin for RedisStore {
             return Err(AdminError::WipedRead { served });
         }
         let revision = Revision(self.read_counter(&mut con).await?.unwrap_or(0));
-        let (mut bindings, bad) = self.load_all(&mut con).await.map_err(unavailable)?;
+        let (mut bindings, bad) = self.load_all(&mut con, None).await.map_err(unavailable)?;
         let mut left_out: Vec<String> = bad
             .iter()
             .map(|(t, problem)| format!("{}: {problem}", self.keys.binding(t)))

@@ -178,7 +178,7 @@ async fn reconcile(
         );
     };
     let loaded = match store
-        .full_table_whole(con, served, tell, || *shutdown.borrow())
+        .full_table_whole(con, served, Some(&current), tell, || *shutdown.borrow())
         .await
     {
         Ok(loaded) => loaded,

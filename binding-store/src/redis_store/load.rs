@@ -24,9 +24,14 @@ impl RedisStore {
     /// Loads every binding (SCAN + MGET in batches). Invalid records are logged, counted and
     /// returned by tenant, each with its problem, so a reconcile can keep those tenants' last
     /// good bindings and a listing can say what it left out.
+    ///
+    /// A record equal to `reuse`'s binding of its tenant is given that binding, not a copy:
+    /// a reconcile's table then shares every unchanged binding with the table it replaces, so
+    /// it costs the index's memory alone, and freeing the replaced table frees no binding.
     pub(crate) async fn load_all(
         &self,
         con: &mut MultiplexedConnection,
+        reuse: Option<&BindingTable>,
     ) -> redis::RedisResult<(Vec<Arc<Binding>>, Vec<(String, String)>)> {
         let mut cursor: u64 = 0;
         let mut good = Vec::new();
@@ -77,7 +82,13 @@ impl RedisStore {
                         })
                         .and_then(|b| check_key(b, tenant));
                     match parsed {
-                        Ok(b) => good.push(Arc::new(b)),
+                        Ok(b) => good.push(
+                            // Compared as parsed, so the copy is freed while still in cache.
+                            reuse
+                                .and_then(|t| t.get(b.tenant_id.as_str()))
+                                .filter(|kept| ***kept == b)
+                                .map_or_else(|| Arc::new(b), Arc::clone),
+                        ),
                         Err(msg) => {
                             if crate::record_lines::admit() {
                                 tracing::warn!(key = %key, problem = %brief(&msg), "binding record in Redis refused; the tenant keeps its last good binding");
@@ -207,12 +218,13 @@ impl RedisStore {
         &self,
         con: &mut MultiplexedConnection,
         current: impl FnOnce() -> Option<Served<'c>> + Send + Copy,
+        reuse: Option<&BindingTable>,
         tell: impl FnOnce() + Send,
         stop: impl Fn() -> bool + Send,
     ) -> Result<Option<(BindingTable, FeedPosition)>, LoadError> {
         let mut tell = Some(tell);
         loop {
-            match self.full_table(con, current).await {
+            match self.full_table(con, current, reuse).await {
                 Err(LoadError::RestoreUnderWay) => {
                     if let Some(tell) = tell.take() {
                         tell();
@@ -267,6 +279,9 @@ impl RedisStore {
     /// binding), or to tell an empty Redis from a wiped one. So a start-up against a healthy
     /// Redis never reads the snapshot file.
     ///
+    /// `reuse`: a table whose bindings the new one takes where Redis holds the same record
+    /// (see [`Self::load_all`]): the one a reconcile replaces.
+    ///
     /// Refused (an error, so the caller keeps its table and retries) when Redis holds no
     /// revision counter while `current` has bindings: that Redis was wiped (`FLUSHALL`, a
     /// restart without persistence), or never written through the schema, or a restore import
@@ -278,6 +293,7 @@ impl RedisStore {
         &self,
         con: &mut MultiplexedConnection,
         current: impl FnOnce() -> Option<Served<'c>> + Send,
+        reuse: Option<&BindingTable>,
     ) -> Result<(BindingTable, FeedPosition), LoadError> {
         let (head, counter, restoring, history) = self.feed_head(con).await?;
         // Said again by this load (`keeps_other_history`).
@@ -361,7 +377,7 @@ impl RedisStore {
                 }
             }
         }
-        let (mut bindings, bad) = self.load_all(con).await?;
+        let (mut bindings, bad) = self.load_all(con, reuse).await?;
         // The records as loaded: those that do not end up in the table were refused.
         let loaded: Vec<Arc<Binding>> = bindings.clone();
         // Asked again after the scan, for a restore that began during it.

@@ -704,7 +704,7 @@ impl BindingSource for RedisStore {
             };
             // Start-up is never stopped: it waits until the restore ends.
             let loaded = self
-                .full_table_whole(&mut con, standing_in, tell, || false)
+                .full_table_whole(&mut con, standing_in, None, tell, || false)
                 .await;
             // A replica that keeps its snapshot rather than take Redis's history says so at
             // once, before its listeners open: replicas starting beside it with nothing of

@@ -177,7 +177,7 @@ async fn restore_locked(
     // schema) keep their revisions: number after the highest, so none is ever reissued. The
     // same read gives the audit entries their old records.
     let (present, _) = store
-        .load_all(con)
+        .load_all(con, None)
         .await
         .map_err(|e| ImportError::nothing(unavailable(e)))?;
     let mut revision = present.iter().map(|b| b.revision.get()).max().unwrap_or(0);
