@@ -1,7 +1,8 @@
 //! Binding sync figures against a real `redis-server`:
 //! 1. full load of 1,000,000 bindings: time and resident memory per binding;
 //! 2. propagation delay (admin write in Redis → applied in the replica's table), p50/p99,
-//!    across two replicas following the same Redis.
+//!    across two replicas following the same Redis, after each has made a full reconcile
+//!    (its time and the peak memory it took are printed too).
 //!
 //! `cargo run --release -p nexus-bench --bin redis-bench [-- --smoke] [--snapshot]`
 //! (`--smoke`: 10,000 bindings, 50 changes; `--snapshot`: each replica keeps a snapshot file,
@@ -30,6 +31,23 @@ fn rss() -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     pages * 4096
+}
+
+/// Peak resident set size of this process since the last [`reset_peak`], bytes.
+fn peak() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Starts the peak resident set size again from the current one (Linux 4.0 and later);
+/// false if it could not.
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -128,13 +146,21 @@ fn main() {
         // reconcile (seconds at a million bindings). Timing starts once both have applied a
         // first change, that is once both follow the feed.
         let warm = TenantId::parse(&tenant(1)).unwrap();
+        let resident = rss();
+        let peak_reset = reset_peak();
         let started = Instant::now();
         let (rev, _) = admin.apply(&warm, Mutation::SetStatus(TenantStatus::Active), None, &actor).await.unwrap();
         while ![&h1, &h2].iter().all(|h| h.load().get(warm.as_str()).is_some_and(|b| b.revision >= rev)) {
             assert!(started.elapsed() < Duration::from_secs(300), "the followers did not catch up");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        println!("both followers following the change feed after {:.2?} (a full reconcile each)", started.elapsed());
+        println!(
+            "both followers following the change feed after {:.2?} (a full reconcile each); peak resident memory {} +{:.1} MB over the {:.1} MB before",
+            started.elapsed(),
+            if peak_reset { "meanwhile" } else { "since start (the peak could not be reset)" },
+            peak().saturating_sub(resident) as f64 / 1e6,
+            resident as f64 / 1e6,
+        );
         let mut delays = Vec::with_capacity(changes * 2);
         let mut slowest = (0, Duration::ZERO);
         for c in 0..changes {
