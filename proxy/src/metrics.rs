@@ -79,6 +79,13 @@ pub struct Metrics {
     /// Connects retried at another address of an instance's name: a dead or dying instance
     /// address shows here before any request fails.
     pub upstream_connect_retries: prometheus::IntCounter,
+    /// `instance_connections_total{how="new"}`: requests that had to open an instance
+    /// connection. Against `how="reused"`, whether `[upstream] idle_connections` keeps enough:
+    /// connections are pooled per tenant, so a pool smaller than the tenants busy within
+    /// `idle_connection_timeout` shows as a share of new ones that stays high.
+    pub instance_connections_new: prometheus::IntCounter,
+    /// `instance_connections_total{how="reused"}`: requests sent on an idle pooled connection.
+    pub instance_connections_reused: prometheus::IntCounter,
     /// `log_lines_not_logged_total`: lines about single requests left out of the log, past
     /// `[log] request_lines_per_second` (see [`crate::log_budget`]).
     pub log_lines_not_logged: prometheus::IntCounter,
@@ -315,6 +322,13 @@ impl Metrics {
             "upstream_connect_retries_total",
             "Connects retried at another address of an instance's name",
         )?;
+        let instance_connections = IntCounterVec::new(
+            Opts::new(
+                "instance_connections_total",
+                "Instance connections requests were sent on: how=\"new\" opened for the request, how=\"reused\" taken from the idle pool",
+            ),
+            &["how"],
+        )?;
         // One counter for the process, shared with the log subscriber's allowance of
         // Pingora's own lines.
         let log_lines_not_logged = crate::log_budget::not_logged_total().ok_or_else(|| {
@@ -339,6 +353,7 @@ impl Metrics {
             Box::new(full_reloads.clone()),
             Box::new(sync_failures.clone()),
             Box::new(upstream_connect_retries.clone()),
+            Box::new(instance_connections.clone()),
             Box::new(log_lines_not_logged.clone()),
             Box::new(tunnels.open.clone()),
             Box::new(tunnels.closed.clone()),
@@ -359,6 +374,8 @@ impl Metrics {
         let forwarded_duration = request_duration.with_label_values(&["forwarded"]);
         let rejected_duration = request_duration.with_label_values(&["rejected"]);
         let failed_duration = request_duration.with_label_values(&["failed"]);
+        let instance_connections_new = instance_connections.with_label_values(&["new"]);
+        let instance_connections_reused = instance_connections.with_label_values(&["reused"]);
         Ok(Self {
             registry,
             forwarded,
@@ -382,6 +399,8 @@ impl Metrics {
             sync_failures,
             mirror: Arc::default(),
             upstream_connect_retries,
+            instance_connections_new,
+            instance_connections_reused,
             log_lines_not_logged,
             connections,
             tunnels,

@@ -191,6 +191,14 @@ fn instances_sharing_an_address_never_share_a_connection_and_a_rebind_leaves_the
         [Some("localhost".to_owned()), None],
         "one connection per name, each reused"
     );
+    // The metric that sizes the pool says the same: two opened, four reused.
+    let metrics = edge.ops_get("/metrics").text();
+    for line in [
+        "nexus_edge_instance_connections_total{how=\"new\"} 2",
+        "nexus_edge_instance_connections_total{how=\"reused\"} 4",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
 
     // `acme` moves to another instance while its connections to the first stay pooled: once
     // the router serves the change, no request of `acme` reaches the first again.

@@ -463,6 +463,25 @@ impl ProxyHttp for EdgeService {
         e
     }
 
+    /// Counts whether the request found an idle connection of its pool or opened one: the
+    /// share of new ones is what sizes `[upstream] idle_connections` (see [`crate::metrics`]).
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let metrics = &self.state.metrics;
+        match reused {
+            true => metrics.instance_connections_reused.inc(),
+            false => metrics.instance_connections_new.inc(),
+        }
+        Ok(())
+    }
+
     /// Pingora's rule (an idempotent request whose body is still whole goes again after a
     /// pooled connection failed before any answer), with one more case: a pooled `https`
     /// connection that ends without TLS `close_notify` before the response header, as an
