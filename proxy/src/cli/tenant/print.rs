@@ -129,3 +129,36 @@ pub(super) fn print_history(entries: &[AuditEntry], json: bool) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_binding(tenant: &str, revision: u64) -> Binding {
+        nexus_binding_store::records::parse_record(&serde_json::json!({
+            "tenant_id": tenant, "subscription_id": "s", "instance_id": "i",
+            "instance_url": "http://10.0.0.1/", "status": "active", "plan": "team",
+            "region": "r", "revision": revision,
+        }))
+        .expect("a valid record")
+    }
+
+    #[test]
+    fn history_names_every_member_a_change_moved() {
+        let old = test_binding("acme", 3).to_record();
+        let mut new = old.clone();
+        new.revision = 4;
+        new.identity_org_id = Some("org-evil".to_owned());
+        new.plan = "enterprise".to_owned();
+        new.domains = vec!["app.acme.test".to_owned()];
+        assert_eq!(
+            changed_members(&old, &new),
+            [
+                "domains - -> [\"app.acme.test\"]",
+                "identity_org_id - -> org-evil",
+                "plan team -> enterprise",
+            ]
+        );
+        assert!(changed_members(&old, &old).is_empty());
+    }
+}
