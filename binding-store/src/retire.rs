@@ -82,14 +82,11 @@ fn run<T>(rx: &mpsc::Receiver<Arc<T>>, freed: &AtomicU64) {
             Err(RecvTimeoutError::Disconnected) => return,
         }
         // A retired value is out of the handle: no one can take a new reference to it but
-        // from one already held, so a count of one means this is the last.
-        held.retain(|value| {
-            let last = Arc::strong_count(value) == 1;
-            if last {
-                freed.fetch_add(1, Ordering::Relaxed);
-            }
-            !last
-        });
+        // from one already held, so a count of one means this is the last. Counted once
+        // dropped.
+        let was = held.len();
+        held.retain(|value| Arc::strong_count(value) > 1);
+        freed.fetch_add((was - held.len()) as u64, Ordering::Relaxed);
     }
 }
 
