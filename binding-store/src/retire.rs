@@ -39,7 +39,7 @@ impl<T: Send + Sync + 'static> Retirer<T> {
             Ok(_) => Some(tx),
             Err(e) => {
                 tracing::warn!(error = %e, thread = name,
-                    "cannot start the thread that frees replaced binding tables; the sync frees them itself");
+                    "cannot start the thread that frees replaced binding tables; whoever lets go of one last frees it");
                 None
             }
         };

@@ -234,8 +234,10 @@ pub struct BindingHandle {
 }
 
 impl BindingHandle {
-    /// A handle serving `table`.
+    /// A handle serving `table`. Starts the thread that frees replaced tables now, at
+    /// start-up, rather than at the first replacement.
     pub fn new(table: BindingTable) -> Self {
+        retired_tables();
         Self {
             inner: Arc::new(ArcSwap::from_pointee(table)),
         }
