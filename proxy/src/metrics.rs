@@ -79,12 +79,14 @@ pub struct Metrics {
     /// Connects retried at another address of an instance's name: a dead or dying instance
     /// address shows here before any request fails.
     pub upstream_connect_retries: prometheus::IntCounter,
-    /// `instance_connections_total{how="new"}`: requests that had to open an instance
-    /// connection. Against `how="reused"`, whether `[upstream] idle_connections` keeps enough:
-    /// connections are pooled per tenant, so a pool smaller than the tenants busy within
+    /// `instance_connections_total{how="new"}`: requests sent to an instance whose last
+    /// attempt opened a connection (counted when the request ends). Against `how="reused"`,
+    /// whether `[upstream] idle_connections` keeps enough: connections are pooled per tenant
+    /// (and per caller class within it), so a pool smaller than the tenants busy within
     /// `idle_connection_timeout` shows as a share of new ones that stays high.
     pub instance_connections_new: prometheus::IntCounter,
-    /// `instance_connections_total{how="reused"}`: requests sent on an idle pooled connection.
+    /// `instance_connections_total{how="reused"}`: requests whose last attempt was sent on an
+    /// idle pooled connection.
     pub instance_connections_reused: prometheus::IntCounter,
     /// `log_lines_not_logged_total`: lines about single requests left out of the log, past
     /// `[log] request_lines_per_second` (see [`crate::log_budget`]).
@@ -325,7 +327,7 @@ impl Metrics {
         let instance_connections = IntCounterVec::new(
             Opts::new(
                 "instance_connections_total",
-                "Instance connections requests were sent on: how=\"new\" opened for the request, how=\"reused\" taken from the idle pool",
+                "Requests sent to an instance, by the connection their last attempt used: how=\"new\" opened for it, how=\"reused\" taken from the idle pool",
             ),
             &["how"],
         )?;

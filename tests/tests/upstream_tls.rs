@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nexus_e2e::backend::{echoed_header, Backend};
 use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions, BASE};
@@ -15,6 +16,7 @@ use nexus_e2e::in_process::InProcessEdge;
 use nexus_e2e::keys::TestKeys;
 use nexus_e2e::probe::{host, wait_instance};
 use nexus_e2e::tls::TestPki;
+use nexus_e2e::wait;
 use nexus_edge::resolve::NameLookup;
 
 /// A router whose `acme` is `https://localhost:<port>` (a name: SNI and a DNS name check) and
@@ -191,14 +193,20 @@ fn instances_sharing_an_address_never_share_a_connection_and_a_rebind_leaves_the
         [Some("localhost".to_owned()), None],
         "one connection per name, each reused"
     );
-    // The metric that sizes the pool says the same: two opened, four reused.
-    let metrics = edge.ops_get("/metrics").text();
-    for line in [
+    // The metric that sizes the pool says the same: two opened, four reused (counted as each
+    // request ends, after its response is sent: polled).
+    let lines = [
         "nexus_edge_instance_connections_total{how=\"new\"} 2",
         "nexus_edge_instance_connections_total{how=\"reused\"} 4",
-    ] {
-        assert!(metrics.contains(line), "{line}: {metrics}");
-    }
+    ];
+    wait::until(
+        Duration::from_secs(10),
+        "the requests to be counted",
+        || {
+            let metrics = edge.ops_get("/metrics").text();
+            lines.iter().all(|l| metrics.contains(l)).then_some(())
+        },
+    );
 
     // `acme` moves to another instance while its connections to the first stay pooled: once
     // the router serves the change, no request of `acme` reaches the first again.

@@ -46,6 +46,10 @@ pub struct RequestCtx {
     /// The instance's final response is complete, headers and body, while the client may
     /// still be sending the request's body (see [`request_body_filter`](super::EdgeService)).
     pub(super) response_complete: bool,
+    /// Whether the last attempt to send the request to its instance took an idle pooled
+    /// connection (`Some(true)`) or opened one; `None` until an attempt got a connection.
+    /// Counted once, when the request ends, in `instance_connections_total`.
+    pub(super) instance_connection_reused: Option<bool>,
 }
 
 impl RequestCtx {

@@ -280,6 +280,7 @@ impl ProxyHttp for EdgeService {
             tunnel_keys: 0,
             connect_retry_said: AtomicBool::new(false),
             response_complete: false,
+            instance_connection_reused: None,
         }
     }
 
@@ -463,8 +464,8 @@ impl ProxyHttp for EdgeService {
         e
     }
 
-    /// Counts whether the request found an idle connection of its pool or opened one: the
-    /// share of new ones is what sizes `[upstream] idle_connections` (see [`crate::metrics`]).
+    /// Notes whether this attempt found an idle connection of its pool or opened one; the
+    /// request is counted once it ends, by its last attempt (see [`crate::metrics`]).
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
@@ -472,13 +473,9 @@ impl ProxyHttp for EdgeService {
         _peer: &HttpPeer,
         _fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora::protocols::Digest>,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let metrics = &self.state.metrics;
-        match reused {
-            true => metrics.instance_connections_reused.inc(),
-            false => metrics.instance_connections_new.inc(),
-        }
+        ctx.instance_connection_reused = Some(reused);
         Ok(())
     }
 
@@ -913,6 +910,11 @@ impl ProxyHttp for EdgeService {
         let m = &self.state.metrics;
         if ctx.tunnel_open.take().is_some() {
             m.tunnels.closed(tunnel_close(session, e, ctx.tunnel_end));
+        }
+        match ctx.instance_connection_reused {
+            Some(true) => m.instance_connections_reused.inc(),
+            Some(false) => m.instance_connections_new.inc(),
+            None => {}
         }
         match (&ctx.rejected, ctx.failed) {
             // A 502, 504 or 500: forwarded and failed, answered by the router.
