@@ -4187,3 +4187,65 @@ fn a_refused_requests_body_is_never_read_as_the_next_pipelined_request() {
         "the instance got only what was answered"
     );
 }
+
+/// `nexus-edge token --alg` signs with an RSA key as its JWK's `alg` says (the router
+/// verifies with that algorithm only): a PS256-pinned key's token minted `--alg PS256` is
+/// taken, the same key's default RS256 token refused; an algorithm the key cannot sign, or
+/// HMAC, is a usage error with nothing minted.
+#[test]
+fn token_mints_the_algorithm_an_rsa_key_is_pinned_to() {
+    let pem = keys::repo_root().join("deploy/demo/demo-rs256-key.pem");
+    let pem_path = pem.to_str().expect("utf8");
+    let text = std::fs::read_to_string(&pem).expect("demo key");
+    let pss = nexus_edge::auth::mint::SigningKey::from_pem(&text, Some("test-ps256".to_owned()))
+        .and_then(|k| k.with_alg(nexus_edge::auth::jwk::Algorithm::PS256))
+        .expect("ps256 key");
+    let w = world_configured(
+        |_, _, _| {},
+        |opts| {
+            let keys = opts.jwks["keys"].as_array_mut().expect("keys");
+            keys.push(pss.public_jwk());
+        },
+    );
+    let mint = |extra: &[&str]| {
+        let mut args = vec![
+            "token",
+            "--tenant",
+            "globex",
+            "--key",
+            pem_path,
+            "--kid",
+            "test-ps256",
+            "--iss",
+            keys::ISS,
+            "--aud",
+            keys::AUD,
+        ];
+        args.extend_from_slice(extra);
+        nexus_e2e::edge::cli(&args)
+    };
+    let token = |out: std::process::Output| {
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned()
+    };
+    let pinned = token(mint(&["--alg", "PS256"]));
+    let r = get_with_token(w.edge.addr, &host("globex"), "/app", &pinned);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let default = token(mint(&[]));
+    let r = get_with_token(w.edge.addr, &host("globex"), "/app", &default);
+    assert_eq!(r.status, 401, "{}", r.text());
+    for (alg, said) in [
+        ("ES256", "an RSA key signs RS256"),
+        ("HS256", "shared secret"),
+        ("ps256", "no signature algorithm"),
+    ] {
+        let out = mint(&["--alg", alg]);
+        assert_eq!(out.status.code(), Some(2), "{alg}: {out:?}");
+        assert!(out.stdout.is_empty(), "{alg}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(said), "{alg}: {stderr}");
+    }
+}

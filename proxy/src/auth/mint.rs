@@ -25,10 +25,21 @@ pub enum MintError {
     /// Signing failed.
     #[error("signing failed")]
     Sign,
+    /// The key cannot sign with the algorithm asked for.
+    #[error("{key} key signs {signs} only, not {asked}")]
+    Algorithm {
+        /// The key's type.
+        key: &'static str,
+        /// What it can sign.
+        signs: &'static str,
+        /// What was asked.
+        asked: &'static str,
+    },
 }
 
 enum Kind {
-    Rsa(RsaKeyPair),
+    /// An RSA key, with the algorithm it signs (RS* or PS*; RS256 unless asked otherwise).
+    Rsa(RsaKeyPair, Algorithm),
     Ec(EcdsaKeyPair, Algorithm),
     Ed(Ed25519KeyPair),
 }
@@ -81,7 +92,7 @@ impl SigningKey {
     fn from_pkcs8(der: &[u8], kid: Option<String>) -> Result<Self, MintError> {
         let rng = SystemRandom::new();
         let kind = if let Ok(k) = RsaKeyPair::from_pkcs8(der) {
-            Kind::Rsa(k)
+            Kind::Rsa(k, Algorithm::RS256)
         } else if let Ok(k) =
             EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
         {
@@ -128,10 +139,50 @@ impl SigningKey {
         Self::from_pkcs8(pkcs8.as_ref(), Some(kid.to_owned()))
     }
 
+    /// The key, signing with `alg`: an RSA key signs any of RS256/384/512 and PS256/384/512
+    /// (its JWK says which, and the router verifies with that one only); an EC or Ed25519
+    /// key signs its own algorithm alone.
+    pub fn with_alg(mut self, alg: Algorithm) -> Result<Self, MintError> {
+        use Algorithm::*;
+        let own = self.alg();
+        match &mut self.kind {
+            Kind::Rsa(_, a) if matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => {
+                *a = alg;
+            }
+            Kind::Rsa(..) => {
+                return Err(MintError::Algorithm {
+                    key: "an RSA",
+                    signs: "RS256, RS384, RS512, PS256, PS384 or PS512",
+                    asked: alg.name(),
+                })
+            }
+            _ if alg == own => {}
+            Kind::Ec(_, own) => {
+                return Err(MintError::Algorithm {
+                    key: if *own == ES256 {
+                        "an EC P-256"
+                    } else {
+                        "an EC P-384"
+                    },
+                    signs: own.name(),
+                    asked: alg.name(),
+                })
+            }
+            Kind::Ed(_) => {
+                return Err(MintError::Algorithm {
+                    key: "an Ed25519",
+                    signs: "EdDSA",
+                    asked: alg.name(),
+                })
+            }
+        }
+        Ok(self)
+    }
+
     /// The algorithm this key signs with.
     pub fn alg(&self) -> Algorithm {
         match &self.kind {
-            Kind::Rsa(_) => Algorithm::RS256,
+            Kind::Rsa(_, alg) => *alg,
             Kind::Ec(_, alg) => *alg,
             Kind::Ed(_) => Algorithm::EdDSA,
         }
@@ -145,7 +196,7 @@ impl SigningKey {
     /// Required public members in RFC 7638 order, without `alg`/`kid`/`use`.
     fn public_members(&self) -> serde_json::Value {
         match &self.kind {
-            Kind::Rsa(k) => {
+            Kind::Rsa(k, _) => {
                 let c = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(k.public());
                 serde_json::json!({ "e": b64(&c.e), "kty": "RSA", "n": b64(&c.n) })
             }
@@ -195,15 +246,18 @@ impl SigningKey {
         );
         let rng = SystemRandom::new();
         let sig = match &self.kind {
-            Kind::Rsa(k) => {
+            Kind::Rsa(k, alg) => {
+                let padding: &'static dyn signature::RsaEncoding = match alg {
+                    Algorithm::RS384 => &signature::RSA_PKCS1_SHA384,
+                    Algorithm::RS512 => &signature::RSA_PKCS1_SHA512,
+                    Algorithm::PS256 => &signature::RSA_PSS_SHA256,
+                    Algorithm::PS384 => &signature::RSA_PSS_SHA384,
+                    Algorithm::PS512 => &signature::RSA_PSS_SHA512,
+                    _ => &signature::RSA_PKCS1_SHA256,
+                };
                 let mut sig = vec![0u8; k.public().modulus_len()];
-                k.sign(
-                    &signature::RSA_PKCS1_SHA256,
-                    &rng,
-                    input.as_bytes(),
-                    &mut sig,
-                )
-                .map_err(|_| MintError::Sign)?;
+                k.sign(padding, &rng, input.as_bytes(), &mut sig)
+                    .map_err(|_| MintError::Sign)?;
                 sig
             }
             Kind::Ec(k, _) => k

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 
+use crate::auth::jwk::Algorithm;
 use crate::auth::mint::SigningKey;
 
 /// Arguments of `nexus-edge token`.
@@ -26,6 +27,11 @@ pub struct TokenArgs {
     /// PKCS#8 PEM private key (RSA, EC P-256/P-384 or Ed25519).
     #[arg(long)]
     pub key: PathBuf,
+    /// Algorithm: RS256 (the default), RS384, RS512, PS256, PS384 or PS512 for an RSA key,
+    /// as its JWK's `alg` says (the router verifies with that one only); an EC or Ed25519
+    /// key signs only its own (ES256, ES384, EdDSA).
+    #[arg(long, value_parser = signing_alg)]
+    pub alg: Option<Algorithm>,
     /// Key id for the header (defaults from the key).
     #[arg(long)]
     pub kid: Option<String>,
@@ -93,6 +99,17 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let key = match a.alg {
+        Some(alg) => key.with_alg(alg),
+        None => Ok(key),
+    };
+    let key = match key {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("nexus-edge token: --alg: {}: {e}", a.key.display());
+            return ExitCode::from(2);
+        }
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -134,4 +151,19 @@ fn token_ttl(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} is not from 1s to 366d"));
     }
     Ok(d)
+}
+
+/// `--alg`: a signature algorithm's name, as in a JWT header (case-sensitive). HMAC is not
+/// minted: its secret is no key file.
+fn signing_alg(text: &str) -> Result<Algorithm, String> {
+    match Algorithm::from_name(text) {
+        Some(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => Err(format!(
+            "{text}: HMAC tokens are signed with the shared secret, not a key file"
+        )),
+        Some(alg) => Ok(alg),
+        None => Err(format!(
+            "{text:?} is no signature algorithm: RS256, RS384, RS512, PS256, PS384, PS512, \
+             ES256, ES384 or EdDSA"
+        )),
+    }
 }
