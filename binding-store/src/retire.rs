@@ -1,9 +1,10 @@
 //! Replaced tables are freed on a thread of their own.
 //!
-//! A full reconcile (or a file reload) builds every node of the table anew, so the table it
-//! replaces shares nothing with it, and freeing that one at a million bindings takes from a
-//! tenth of a second to a second. Whoever lets go of its last reference pays: the sync task,
-//! whose next change then waits, or a request that loaded the table just before the swap.
+//! A full reconcile (or a file reload) builds the table's index anew: freeing the table it
+//! replaces walks a million entries at a million bindings, 0.15–0.2 s when the new table shares
+//! the unchanged bindings (it does since 2026-12-06) and 1.2–1.8 s when it did not. Whoever
+//! lets go of the last reference pays: the sync task, whose next change then waits, or a
+//! request that loaded the table just before the swap.
 //! [`BindingHandle::store`](crate::BindingHandle::store) hands the replaced table to a
 //! [`Retirer`] instead: its thread waits until nobody else holds the table, then frees it.
 
