@@ -267,15 +267,7 @@ fn older_than_store(file: &[Arc<Binding>], stored: &Listing) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn test_binding(tenant: &str, revision: u64) -> Binding {
-        nexus_binding_store::records::parse_record(&serde_json::json!({
-            "tenant_id": tenant, "subscription_id": "s", "instance_id": "i",
-            "instance_url": "http://10.0.0.1/", "status": "active", "plan": "team",
-            "region": "r", "revision": revision,
-        }))
-        .expect("a valid record")
-    }
+    use crate::cli::tenant::test_binding;
 
     #[test]
     fn an_import_older_than_the_store_is_named_tenant_by_tenant() {

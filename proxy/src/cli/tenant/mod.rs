@@ -313,3 +313,14 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
         TenantOp::History { tenant } => cmd.history(tenant).await,
     }
 }
+
+/// A valid binding of `tenant` at `revision`, for the operations' tests.
+#[cfg(test)]
+fn test_binding(tenant: &str, revision: u64) -> Binding {
+    nexus_binding_store::records::parse_record(&serde_json::json!({
+        "tenant_id": tenant, "subscription_id": "s", "instance_id": "i",
+        "instance_url": "http://10.0.0.1/", "status": "active", "plan": "team",
+        "region": "r", "revision": revision,
+    }))
+    .expect("a valid record")
+}

@@ -133,15 +133,7 @@ pub(super) fn print_history(entries: &[AuditEntry], json: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn test_binding(tenant: &str, revision: u64) -> Binding {
-        nexus_binding_store::records::parse_record(&serde_json::json!({
-            "tenant_id": tenant, "subscription_id": "s", "instance_id": "i",
-            "instance_url": "http://10.0.0.1/", "status": "active", "plan": "team",
-            "region": "r", "revision": revision,
-        }))
-        .expect("a valid record")
-    }
+    use crate::cli::tenant::test_binding;
 
     #[test]
     fn history_names_every_member_a_change_moved() {
