@@ -322,15 +322,17 @@ mod tests {
     fn a_replaced_table_is_freed_by_the_retirer_not_by_its_last_reader() {
         let handle = BindingHandle::new(BindingTable::new());
         let reader = handle.load();
-        let before = retired_tables().freed();
         handle.store(BindingTable::new());
-        // The reader's drop is not the last: the retirer still holds the table.
+        // The handle let go of it, and the retirer holds it until the reader lets go too:
+        // the reader's drop is not the last (the retirer frees it once it is alone with it).
+        assert_eq!(Arc::strong_count(&reader), 2);
+        let before = retired_tables().freed();
         drop(reader);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while retired_tables().freed() == before {
             assert!(
                 std::time::Instant::now() < deadline,
-                "the replaced table never reached the retirer"
+                "the replaced table was never freed"
             );
             std::thread::yield_now();
         }
