@@ -192,40 +192,6 @@ fn reload_keeps_last_good_binding_of_an_invalid_record() {
     assert!(!store.health().store_up());
 }
 
-/// A reload gives a record that did not change its served binding itself: the new table
-/// shares it with the one it replaces (a one-record edit of a big file no longer copies
-/// every binding), and a changed record is read anew.
-#[test]
-fn a_reload_shares_the_bindings_whose_records_did_not_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bindings.json");
-    let doc = |records: Vec<serde_json::Value>| {
-        serde_json::json!({"format": "nexus-edge.bindings/v1", "bindings": records}).to_string()
-    };
-    let acme = record("acme", "http://10.0.0.1");
-    write_atomically(
-        &path,
-        doc(vec![acme.clone(), record("globex", "http://10.0.0.1")]).as_bytes(),
-    )
-    .unwrap();
-    let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
-    let handle = BindingHandle::new(rt().block_on(store.initial_load()).unwrap());
-    let before = handle.load();
-
-    write_atomically(
-        &path,
-        doc(vec![acme, record("globex", "http://10.0.0.2")]).as_bytes(),
-    )
-    .unwrap();
-    assert!(store.check_for_change(&handle));
-    let after = handle.load();
-    assert_eq!(after.get("globex").unwrap().instance_url.host(), "10.0.0.2");
-    let same = |t: &str| Arc::ptr_eq(before.get(t).unwrap(), after.get(t).unwrap());
-    assert!(same("acme"), "acme's unchanged binding was copied");
-    assert!(!same("globex"));
-    assert_eq!(store.health().rejected_records(), 0);
-}
-
 /// A record naming one member twice is refused and named: the reader would take the last
 /// value while whoever reads the file may see the first (`"tenant_id": "initech", ...,
 /// "tenant_id": "globex"` routed globex to initech's instance). A repeated `tenant_id` leaves

@@ -238,16 +238,6 @@ impl FileStore {
             }
         }
         let mut bindings = parsed.bindings;
-        // A record equal to its tenant's served binding becomes that binding: the new table
-        // shares every unchanged binding with the one it replaces, whose free then frees
-        // none (see `crate::retire`), and the copies read from the file are freed here.
-        if let Some(table) = current {
-            for b in &mut bindings {
-                if let Some(kept) = table.get(b.tenant_id.as_str()).filter(|k| ***k == **b) {
-                    *b = Arc::clone(kept);
-                }
-            }
-        }
         // The file's valid records: those that do not end up in the table were refused.
         let from_file = bindings.clone();
         // Looked up once per refused record: a scan of the list each time made a file with
