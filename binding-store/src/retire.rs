@@ -1,10 +1,10 @@
 //! Replaced tables are freed on a thread of their own.
 //!
-//! A full reconcile (or a file reload) builds the table's index anew: freeing the table it
-//! replaces walks a million entries at a million bindings, 0.15–0.2 s when the new table shares
-//! the unchanged bindings (it does since 2026-12-06) and 1.2–1.8 s when it did not. Whoever
-//! lets go of the last reference pays: the sync task, whose next change then waits, or a
-//! request that loaded the table just before the swap.
+//! A full reconcile from Redis or a file reload builds the table's index anew: freeing the
+//! table it replaces walks every entry, 0.15–0.2 s at a million bindings when the new table
+//! shares the unchanged bindings (a reconcile's does since 2026-12-06) and 1.2–1.8 s when it
+//! does not (a file reload's). Whoever lets go of the last reference pays: the sync task,
+//! whose next change then waits, or a request that loaded the table just before the swap.
 //! [`BindingHandle::store`](crate::BindingHandle::store) hands the replaced table to a
 //! [`Retirer`] instead: its thread waits until nobody else holds the table, then frees it.
 
