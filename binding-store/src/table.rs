@@ -249,7 +249,7 @@ impl BindingHandle {
     }
 
     /// Replaces the table. The replaced one is freed on a thread of its own once no request
-    /// holds it (see [`crate::retire`]): after a full reload that is every node of it.
+    /// holds it (the `retire` module): after a full reload that is its whole index.
     pub fn store(&self, table: BindingTable) {
         retired_tables().retire(self.inner.swap(Arc::new(table)));
     }
