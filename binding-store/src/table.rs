@@ -221,7 +221,7 @@ impl BindingTable {
     }
 }
 
-/// The one thread that frees replaced tables, started with the first replacement.
+/// The one thread that frees replaced tables, started with the first handle.
 fn retired_tables() -> &'static Retirer<BindingTable> {
     static RETIRER: OnceLock<Retirer<BindingTable>> = OnceLock::new();
     RETIRER.get_or_init(|| Retirer::start("nexus-table-free"))

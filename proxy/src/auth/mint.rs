@@ -144,39 +144,25 @@ impl SigningKey {
     /// key signs its own algorithm alone.
     pub fn with_alg(mut self, alg: Algorithm) -> Result<Self, MintError> {
         use Algorithm::*;
-        let own = self.alg();
+        let (key, signs) = match &self.kind {
+            Kind::Rsa(..) => ("an RSA", "RS256, RS384, RS512, PS256, PS384 or PS512"),
+            Kind::Ec(_, ES256) => ("an EC P-256", "ES256"),
+            Kind::Ec(..) => ("an EC P-384", "ES384"),
+            Kind::Ed(_) => ("an Ed25519", "EdDSA"),
+        };
         match &mut self.kind {
-            Kind::Rsa(_, a) if matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => {
-                *a = alg;
+            Kind::Rsa(_, own) if matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => {
+                *own = alg;
+                Ok(self)
             }
-            Kind::Rsa(..) => {
-                return Err(MintError::Algorithm {
-                    key: "an RSA",
-                    signs: "RS256, RS384, RS512, PS256, PS384 or PS512",
-                    asked: alg.name(),
-                })
-            }
-            _ if alg == own => {}
-            Kind::Ec(_, own) => {
-                return Err(MintError::Algorithm {
-                    key: if *own == ES256 {
-                        "an EC P-256"
-                    } else {
-                        "an EC P-384"
-                    },
-                    signs: own.name(),
-                    asked: alg.name(),
-                })
-            }
-            Kind::Ed(_) => {
-                return Err(MintError::Algorithm {
-                    key: "an Ed25519",
-                    signs: "EdDSA",
-                    asked: alg.name(),
-                })
-            }
+            Kind::Ec(_, own) if *own == alg => Ok(self),
+            Kind::Ed(_) if alg == EdDSA => Ok(self),
+            _ => Err(MintError::Algorithm {
+                key,
+                signs,
+                asked: alg.name(),
+            }),
         }
-        Ok(self)
     }
 
     /// The algorithm this key signs with.

@@ -30,7 +30,7 @@ impl Command<'_> {
         };
         // The fleet to wait for. Refused before the write: after it, the exit code would
         // say the change failed when it was made, and a script would make it again.
-        let waiting = Some(wait).filter(|w| w.wait);
+        let waiting = wait.wait.then_some(wait);
         let fleet = match (store, &waiting) {
             (Store::Redis(r), Some(_)) => Some(r),
             (_, Some(_)) => return fail(format!("--wait {NEEDS_REDIS}")),
