@@ -41,6 +41,71 @@ pub enum Mutation {
     Delete,
 }
 
+/// What a write does when it would leave the tenant's binding as it is: every field as asked
+/// already, so that only its revision and `updated_at` would change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IfUnchanged {
+    /// Write nothing: no revision, no change event, no audit entry. A script that re-applies
+    /// the desired state every minute then leaves the tenant's history (capped by
+    /// `audit_cap`) to its real changes.
+    #[default]
+    Skip,
+    /// Write a new revision anyway: what pushes a record edited in the store by hand, which
+    /// no change event announced, to every replica now instead of at its next reconcile.
+    Write,
+}
+
+/// What [`BindingAdmin::apply`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The change was written as a new revision; the binding after it (`None` after a
+    /// delete).
+    Written {
+        /// The revision the change took.
+        revision: Revision,
+        /// The binding it left.
+        binding: Option<Binding>,
+    },
+    /// Nothing was written ([`IfUnchanged::Skip`]): the binding already was as asked. This is
+    /// the binding as stored, at its own revision.
+    Unchanged(Binding),
+}
+
+impl Applied {
+    /// The tenant's revision after the call: the one written, or the stored one.
+    pub fn revision(&self) -> Revision {
+        match self {
+            Applied::Written { revision, .. } => *revision,
+            Applied::Unchanged(b) => b.revision,
+        }
+    }
+
+    /// The tenant's binding after the call (`None` after a delete).
+    pub fn binding(&self) -> Option<&Binding> {
+        match self {
+            Applied::Written { binding, .. } => binding.as_ref(),
+            Applied::Unchanged(b) => Some(b),
+        }
+    }
+}
+
+/// Whether a write may skip itself: `current`, the stored binding, carries a revision (one
+/// without, written by hand, gets one by the write) and already is what the write would leave.
+pub(crate) fn unchanged(
+    if_unchanged: IfUnchanged,
+    current: Option<&Binding>,
+    next: Option<&Binding>,
+) -> Option<Binding> {
+    match (if_unchanged, current, next) {
+        (IfUnchanged::Skip, Some(cur), Some(next))
+            if cur.revision > Revision::ZERO && cur.same_but_revision(next) =>
+        {
+            Some(cur.clone())
+        }
+        _ => None,
+    }
+}
+
 /// One audit log entry: who, when, what, old and new value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -261,14 +326,17 @@ pub trait BindingAdmin: Send + Sync {
     /// Every binding (sorted by tenant id), with the records the store refused and so left
     /// out: a listing or a backup must say it is incomplete, not look whole.
     async fn list(&self) -> Result<Listing, AdminError>;
-    /// Applies one mutation atomically; returns the binding after it (`None` after a delete).
+    /// Applies one mutation atomically, if the tenant's revision is still `expect` (when
+    /// given); with [`IfUnchanged::Skip`], one that would leave the binding as it is writes
+    /// nothing.
     async fn apply(
         &self,
         tenant: &TenantId,
         mutation: Mutation,
         expect: Option<Revision>,
+        if_unchanged: IfUnchanged,
         actor: &Actor,
-    ) -> Result<(Revision, Option<Binding>), AdminError>;
+    ) -> Result<Applied, AdminError>;
     /// The tenant's audit history, oldest first, with the entries that could not be read.
     async fn history(&self, tenant: &TenantId) -> Result<History, AdminError>;
 
@@ -359,7 +427,9 @@ pub async fn import_each<A: BindingAdmin + ?Sized>(
     for b in bindings {
         let tenant = b.tenant_id.clone();
         let put = Mutation::Put(Box::new(Arc::unwrap_or_clone(b)));
-        if let Err(error) = admin.apply(&tenant, put, None, actor).await {
+        // Every record of an import is written: its count and its audit say what it brought.
+        let write = IfUnchanged::Write;
+        if let Err(error) = admin.apply(&tenant, put, None, write, actor).await {
             return Err(ImportError {
                 written,
                 tenant: Some(tenant),

@@ -30,6 +30,6 @@ pub mod redis_store;
 mod retire;
 pub mod snapshot;
 pub use admin::{
-    Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource, Listing,
-    Mutation, WipedStore,
+    Actor, AdminError, Applied, AuditEntry, BindingAdmin, History, IfUnchanged, ImportError,
+    ImportSource, Listing, Mutation, WipedStore,
 };

@@ -10,8 +10,8 @@ use std::time::Duration;
 use nexus_binding_store::file_store::{write_atomically, FileStore};
 use nexus_binding_store::records::parse_record;
 use nexus_binding_store::{
-    Actor, AdminError, BindingAdmin, BindingHandle, BindingSource, ImportSource, Mutation,
-    Revision, TenantId, TenantStatus, UpstreamUrl, WipedStore,
+    Actor, AdminError, Applied, BindingAdmin, BindingHandle, BindingSource, IfUnchanged,
+    ImportSource, Mutation, Revision, TenantId, TenantStatus, UpstreamUrl, WipedStore,
 };
 
 fn record(tenant: &str, url: &str) -> serde_json::Value {
@@ -44,32 +44,41 @@ fn admin_writes_are_revisioned_audited_and_checked() {
     let acme = TenantId::parse("acme").unwrap();
     rt().block_on(async {
         let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
-        let (rev, _) = store
+        let rev = store
             .apply(
                 &acme,
                 Mutation::Put(Box::new(b)),
                 Some(Revision(0)),
+                IfUnchanged::Write,
                 &actor(),
             )
             .await
-            .unwrap();
+            .unwrap()
+            .revision();
         assert_eq!(rev, Revision(1));
         let rebind = Mutation::Rebind {
             instance_id: nexus_binding_store::InstanceId::parse("i2").unwrap(),
             instance_url: UpstreamUrl::parse("instance_url", "http://10.0.0.2").unwrap(),
             api_url: None,
         };
-        let (rev, after) = store
-            .apply(&acme, rebind, Some(Revision(1)), &actor())
+        let after = store
+            .apply(
+                &acme,
+                rebind,
+                Some(Revision(1)),
+                IfUnchanged::Write,
+                &actor(),
+            )
             .await
             .unwrap();
-        assert_eq!(rev, Revision(2));
-        assert_eq!(after.unwrap().instance_url.host(), "10.0.0.2");
+        assert_eq!(after.revision(), Revision(2));
+        assert_eq!(after.binding().unwrap().instance_url.host(), "10.0.0.2");
         let conflict = store
             .apply(
                 &acme,
                 Mutation::SetStatus(TenantStatus::Suspended),
                 Some(Revision(1)),
+                IfUnchanged::Write,
                 &actor(),
             )
             .await;
@@ -88,6 +97,7 @@ fn admin_writes_are_revisioned_audited_and_checked() {
                 &TenantId::parse("nobody").unwrap(),
                 Mutation::Delete,
                 None,
+                IfUnchanged::Write,
                 &actor(),
             )
             .await;
@@ -120,7 +130,13 @@ fn concurrent_writers_lose_no_update() {
     rt.block_on(async {
         let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
         store
-            .apply(&acme, Mutation::Put(Box::new(b)), None, &actor())
+            .apply(
+                &acme,
+                Mutation::Put(Box::new(b)),
+                None,
+                IfUnchanged::Write,
+                &actor(),
+            )
             .await
             .unwrap();
         let mut tasks = Vec::new();
@@ -134,7 +150,13 @@ fn concurrent_writers_lose_no_update() {
                         TenantStatus::PastDue
                     };
                     store
-                        .apply(&acme, Mutation::SetStatus(s), None, &actor())
+                        .apply(
+                            &acme,
+                            Mutation::SetStatus(s),
+                            None,
+                            IfUnchanged::Write,
+                            &actor(),
+                        )
                         .await
                         .unwrap();
                 }
@@ -265,7 +287,13 @@ fn an_admin_write_refuses_a_file_the_routers_refuse() {
     rt.block_on(async {
         let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
         store
-            .apply(&acme, Mutation::Put(Box::new(b)), None, &actor())
+            .apply(
+                &acme,
+                Mutation::Put(Box::new(b)),
+                None,
+                IfUnchanged::Write,
+                &actor(),
+            )
             .await
             .unwrap();
     });
@@ -293,6 +321,7 @@ fn an_admin_write_refuses_a_file_the_routers_refuse() {
             &acme,
             Mutation::SetStatus(TenantStatus::Suspended),
             None,
+            IfUnchanged::Write,
             &actor(),
         ));
         match r {
@@ -399,20 +428,35 @@ fn an_invalid_record_can_be_deleted_as_well_as_replaced() {
                 &globex,
                 Mutation::SetStatus(TenantStatus::Active),
                 None,
+                IfUnchanged::Write,
                 &actor(),
             )
             .await
             .unwrap_err();
         assert!(e.to_string().contains("`tenant delete`"), "{e}");
-        let (_, after) = store
-            .apply(&globex, Mutation::Delete, None, &actor())
+        let after = store
+            .apply(
+                &globex,
+                Mutation::Delete,
+                None,
+                IfUnchanged::Write,
+                &actor(),
+            )
             .await
             .unwrap();
-        assert_eq!(after, None);
+        assert_eq!(after.binding(), None);
         let history = store.history(&globex).await.unwrap();
         assert_eq!(history.entries.len(), 1);
         assert!(matches!(
-            store.apply(&globex, Mutation::Delete, None, &actor()).await,
+            store
+                .apply(
+                    &globex,
+                    Mutation::Delete,
+                    None,
+                    IfUnchanged::Write,
+                    &actor()
+                )
+                .await,
             Err(AdminError::NotFound(_))
         ));
     });
@@ -431,6 +475,7 @@ fn embedded_demo_store_loads_and_is_read_only() {
         &TenantId::parse("x").unwrap(),
         Mutation::Put(Box::new(b)),
         None,
+        IfUnchanged::Write,
         &actor(),
     ));
     assert!(matches!(r, Err(AdminError::Unavailable(_))));
@@ -445,7 +490,13 @@ fn no_change_is_made_without_its_audit_line() {
     rt().block_on(async {
         let put = |url: &str| Mutation::Put(Box::new(parse_record(&record("acme", url)).unwrap()));
         store
-            .apply(&acme, put("http://10.0.0.1"), None, &actor())
+            .apply(
+                &acme,
+                put("http://10.0.0.1"),
+                None,
+                IfUnchanged::Write,
+                &actor(),
+            )
             .await
             .unwrap();
         let before = std::fs::read_to_string(&path).unwrap();
@@ -455,7 +506,13 @@ fn no_change_is_made_without_its_audit_line() {
         std::fs::remove_file(&audit).unwrap();
         std::fs::create_dir(&audit).unwrap();
         let refused = store
-            .apply(&acme, put("http://10.0.0.2"), None, &actor())
+            .apply(
+                &acme,
+                put("http://10.0.0.2"),
+                None,
+                IfUnchanged::Write,
+                &actor(),
+            )
             .await;
         assert!(
             matches!(&refused, Err(AdminError::Unavailable(m)) if m.contains("audit")),
@@ -470,7 +527,13 @@ fn no_change_is_made_without_its_audit_line() {
         std::fs::remove_dir(&audit).unwrap();
         std::fs::write(&audit, &lines_before).unwrap();
         store
-            .apply(&acme, put("http://10.0.0.3"), None, &actor())
+            .apply(
+                &acme,
+                put("http://10.0.0.3"),
+                None,
+                IfUnchanged::Write,
+                &actor(),
+            )
             .await
             .unwrap();
         let lines = std::fs::read_to_string(&audit).unwrap();
@@ -502,7 +565,11 @@ fn revisions_are_never_handed_out_twice() {
             ("globex", Mutation::Delete),
             ("initech", put("initech")),
         ] {
-            let (rev, _) = store.apply(&id(tenant), m, None, &actor()).await.unwrap();
+            let rev = store
+                .apply(&id(tenant), m, None, IfUnchanged::Write, &actor())
+                .await
+                .unwrap()
+                .revision();
             revisions.push(rev.get());
         }
         assert_eq!(revisions, [1, 2, 3, 4]);
@@ -512,10 +579,16 @@ fn revisions_are_never_handed_out_twice() {
 /// Sets `tenant`'s status (a write whose outcome is not the point); its revision.
 async fn set_status(store: &FileStore, tenant: &TenantId, status: TenantStatus) -> Revision {
     store
-        .apply(tenant, Mutation::SetStatus(status), None, &actor())
+        .apply(
+            tenant,
+            Mutation::SetStatus(status),
+            None,
+            IfUnchanged::Write,
+            &actor(),
+        )
         .await
         .unwrap()
-        .0
+        .revision()
 }
 
 /// `tenant`'s audit history as (revision, op).
@@ -532,9 +605,70 @@ fn store_with_acme(
     let store = FileStore::new(Some(dir.join("bindings.json")), Duration::from_millis(10));
     let acme = TenantId::parse("acme").unwrap();
     let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
-    rt.block_on(store.apply(&acme, Mutation::Put(Box::new(b)), None, &actor()))
-        .unwrap();
+    rt.block_on(store.apply(
+        &acme,
+        Mutation::Put(Box::new(b)),
+        None,
+        IfUnchanged::Write,
+        &actor(),
+    ))
+    .unwrap();
     (store, dir.join("bindings.json.audit.jsonl"), acme)
+}
+
+#[test]
+fn a_write_that_would_change_nothing_writes_nothing_unless_asked_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let (store, audit, acme) = store_with_acme(dir.path(), &rt);
+    let path = dir.path().join("bindings.json");
+    let file = || std::fs::read(&path).unwrap();
+    let apply = |m: Mutation, if_unchanged| {
+        rt.block_on(store.apply(&acme, m, None, if_unchanged, &actor()))
+            .unwrap()
+    };
+    let (before, logged) = (file(), std::fs::read(&audit).unwrap());
+    let same = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
+    let rebind = Mutation::Rebind {
+        instance_id: same.instance_id.clone(),
+        instance_url: same.instance_url.clone(),
+        api_url: Some(None),
+    };
+    for m in [
+        Mutation::SetStatus(TenantStatus::Active),
+        Mutation::Put(Box::new(same.clone())),
+        rebind,
+    ] {
+        match apply(m.clone(), IfUnchanged::Skip) {
+            Applied::Unchanged(b) => assert_eq!(b.revision, Revision(1), "{m:?}"),
+            other => panic!("{m:?}: {other:?}"),
+        }
+    }
+    assert_eq!(file(), before, "the file is not rewritten");
+    assert_eq!(std::fs::read(&audit).unwrap(), logged, "nothing is audited");
+
+    // A change is written, and --always-write writes one that is not.
+    let m = Mutation::SetStatus(TenantStatus::PastDue);
+    assert_eq!(apply(m, IfUnchanged::Skip).revision(), Revision(2));
+    let m = Mutation::SetStatus(TenantStatus::PastDue);
+    assert!(matches!(
+        apply(m, IfUnchanged::Write),
+        Applied::Written {
+            revision: Revision(3),
+            ..
+        }
+    ));
+    let ops = rt.block_on(ops(&store, &acme));
+    assert_eq!(ops.iter().map(|(r, _)| *r).collect::<Vec<_>>(), [1, 2, 3]);
+
+    // A record without a revision (written by hand) gets one.
+    let mut by_hand = record("acme", "http://10.0.0.1");
+    by_hand["status"] = serde_json::json!("past_due");
+    let doc = serde_json::json!({"format": "nexus-edge.bindings/v1", "revision": 3,
+        "bindings": [by_hand]});
+    write_atomically(&path, doc.to_string().as_bytes()).unwrap();
+    let m = Mutation::SetStatus(TenantStatus::PastDue);
+    assert_eq!(apply(m, IfUnchanged::Skip).revision(), Revision(4));
 }
 
 #[test]
@@ -661,7 +795,13 @@ fn an_import_with_a_clashing_domain_changes_nothing() {
         let owner = TenantId::parse("owner").unwrap();
         let b = parse_record(&with_domain("owner", "app.owner.test")).unwrap();
         store
-            .apply(&owner, Mutation::Put(Box::new(b)), None, &actor())
+            .apply(
+                &owner,
+                Mutation::Put(Box::new(b)),
+                None,
+                IfUnchanged::Write,
+                &actor(),
+            )
             .await
             .unwrap();
         let (file_before, audit_before) = (
@@ -980,7 +1120,13 @@ fn a_write_refuses_a_file_the_router_would_refuse() {
     let acme = TenantId::parse("acme").unwrap();
     let b = parse_record(&record("acme", "http://10.0.0.2")).unwrap();
     let err = rt()
-        .block_on(store.apply(&acme, Mutation::Put(Box::new(b)), None, &actor()))
+        .block_on(store.apply(
+            &acme,
+            Mutation::Put(Box::new(b)),
+            None,
+            IfUnchanged::Write,
+            &actor(),
+        ))
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -1077,8 +1223,14 @@ fn tid(t: &str) -> TenantId {
 
 fn put(store: &FileStore, t: &str) {
     let b = parse_record(&record(t, "http://10.0.0.1")).unwrap();
-    rt().block_on(store.apply(&tid(t), Mutation::Put(Box::new(b)), None, &actor()))
-        .unwrap();
+    rt().block_on(store.apply(
+        &tid(t),
+        Mutation::Put(Box::new(b)),
+        None,
+        IfUnchanged::Write,
+        &actor(),
+    ))
+    .unwrap();
 }
 
 /// Polls `done` until it holds, for up to 5 s; a timeout names `what` was awaited.
@@ -1104,8 +1256,14 @@ fn a_hand_emptied_file_after_a_cli_delete_is_refused() {
     for t in ["acme", "globex", "initech"] {
         put(&store, t);
     }
-    rt().block_on(store.apply(&tid("initech"), Mutation::Delete, None, &actor()))
-        .unwrap();
+    rt().block_on(store.apply(
+        &tid("initech"),
+        Mutation::Delete,
+        None,
+        IfUnchanged::Write,
+        &actor(),
+    ))
+    .unwrap();
     let handle = BindingHandle::new(rt().block_on(store.initial_load()).unwrap());
     assert_eq!(handle.load().len(), 2);
     let written = std::fs::read(&path).unwrap();
@@ -1118,8 +1276,14 @@ fn a_hand_emptied_file_after_a_cli_delete_is_refused() {
     // The file put back, the CLI's own deletes of the rest are taken, down to none.
     write_atomically(&path, &written).unwrap();
     for t in ["acme", "globex"] {
-        rt().block_on(store.apply(&tid(t), Mutation::Delete, None, &actor()))
-            .unwrap();
+        rt().block_on(store.apply(
+            &tid(t),
+            Mutation::Delete,
+            None,
+            IfUnchanged::Write,
+            &actor(),
+        ))
+        .unwrap();
     }
     wait_until(
         "the CLI's deletes of the last tenants to empty the table",
@@ -1142,6 +1306,7 @@ fn assert_lost_file_refused(
             &b.tenant_id,
             Mutation::Put(Box::new(b.clone())),
             None,
+            IfUnchanged::Write,
             &actor(),
         ))
         .unwrap_err();
@@ -1166,9 +1331,16 @@ fn a_write_into_a_lost_bindings_file_is_refused() {
     assert_lost_file_refused(&store, &path, &b);
     // Said outright, the write starts a new file.
     let store = store.with_wiped_store(WipedStore::StartNewHistory);
-    let (rev, _) = rt()
-        .block_on(store.apply(&tid("initech"), Mutation::Put(Box::new(b)), None, &actor()))
-        .unwrap();
+    let rev = rt()
+        .block_on(store.apply(
+            &tid("initech"),
+            Mutation::Put(Box::new(b)),
+            None,
+            IfUnchanged::Write,
+            &actor(),
+        ))
+        .unwrap()
+        .revision();
     assert_eq!(rev.get(), 3);
 }
 
@@ -1197,9 +1369,16 @@ fn after_a_backup_is_restored_the_cli_delete_of_its_last_tenant_is_taken() {
         store.check_for_change(&handle);
         handle.load().len() == 1
     });
-    let (rev, _) = rt()
-        .block_on(store.apply(&tid("acme"), Mutation::Delete, None, &actor()))
-        .unwrap();
+    let rev = rt()
+        .block_on(store.apply(
+            &tid("acme"),
+            Mutation::Delete,
+            None,
+            IfUnchanged::Write,
+            &actor(),
+        ))
+        .unwrap()
+        .revision();
     assert_eq!(rev.get(), 2);
     wait_until(
         "the CLI delete of the last tenant to empty the table",
@@ -1237,9 +1416,16 @@ fn a_damaged_last_audit_line_hides_neither_a_lost_file_nor_a_revision() {
     // Said outright, the new history goes on from the numbers handed out.
     let new = FileStore::new(Some(path.clone()), Duration::from_millis(10))
         .with_wiped_store(WipedStore::StartNewHistory);
-    let (rev, _) = rt()
-        .block_on(new.apply(&tid("initech"), Mutation::Put(Box::new(b)), None, &actor()))
-        .unwrap();
+    let rev = rt()
+        .block_on(new.apply(
+            &tid("initech"),
+            Mutation::Put(Box::new(b)),
+            None,
+            IfUnchanged::Write,
+            &actor(),
+        ))
+        .unwrap()
+        .revision();
     assert_eq!(rev.get(), 3);
 
     // A logged change the file never received (revision 4), then a damaged line: 4 was
@@ -1285,6 +1471,7 @@ fn a_lost_file_whose_audit_log_holds_no_readable_entry_is_not_written_over() {
             &tid("acme"),
             Mutation::Put(Box::new(b.clone())),
             None,
+            IfUnchanged::Write,
             &actor(),
         ))
         .unwrap_err();
@@ -1293,9 +1480,16 @@ fn a_lost_file_whose_audit_log_holds_no_readable_entry_is_not_written_over() {
     assert!(!path.exists(), "nothing written");
     assert_eq!(std::fs::read(&audit).unwrap(), b"not json\n");
     let store = store.with_wiped_store(WipedStore::StartNewHistory);
-    let (rev, _) = rt()
-        .block_on(store.apply(&tid("acme"), Mutation::Put(Box::new(b)), None, &actor()))
-        .unwrap();
+    let rev = rt()
+        .block_on(store.apply(
+            &tid("acme"),
+            Mutation::Put(Box::new(b)),
+            None,
+            IfUnchanged::Write,
+            &actor(),
+        ))
+        .unwrap()
+        .revision();
     assert_eq!(rev.get(), 1);
     // An empty log is a new store's.
     let dir = tempfile::tempdir().unwrap();
@@ -1350,7 +1544,7 @@ fn no_change_of_one_field_touches_a_tenant_listed_twice() {
     ] {
         let what = format!("{m:?}");
         let e = rt()
-            .block_on(store.apply(&acme, m, expect, &actor()))
+            .block_on(store.apply(&acme, m, expect, IfUnchanged::Write, &actor()))
             .unwrap_err()
             .to_string();
         assert!(
@@ -1394,12 +1588,18 @@ fn a_put_an_import_or_a_delete_settles_a_tenant_listed_twice() {
     let b = parse_record(&record("acme", "http://10.0.0.3")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (store, path) = acme_listed_twice(dir.path());
-    let (rev, after) = rt()
-        .block_on(store.apply(&acme, Mutation::Put(Box::new(b)), None, &actor()))
+    let after = rt()
+        .block_on(store.apply(
+            &acme,
+            Mutation::Put(Box::new(b)),
+            None,
+            IfUnchanged::Write,
+            &actor(),
+        ))
         .unwrap();
-    assert_eq!(rev, Revision(3));
+    assert_eq!(after.revision(), Revision(3));
     assert_eq!(
-        after.unwrap().instance_url.url().as_str(),
+        after.binding().unwrap().instance_url.url().as_str(),
         "http://10.0.0.3/"
     );
     let one = |u: &str| {
@@ -1430,10 +1630,10 @@ fn a_put_an_import_or_a_delete_settles_a_tenant_listed_twice() {
 
     let dir = tempfile::tempdir().unwrap();
     let (store, path) = acme_listed_twice(dir.path());
-    let (_, after) = rt()
-        .block_on(store.apply(&acme, Mutation::Delete, None, &actor()))
+    let after = rt()
+        .block_on(store.apply(&acme, Mutation::Delete, None, IfUnchanged::Write, &actor()))
         .unwrap();
-    assert!(after.is_none());
+    assert!(after.binding().is_none());
     assert_eq!(
         listed(&path),
         vec![("globex".to_owned(), "http://10.0.0.1/".to_owned())]
@@ -1510,7 +1710,13 @@ fn the_lock_and_audit_log_get_the_bindings_files_permissions() {
     rt().block_on(async {
         let b = parse_record(&record("acme", "http://10.0.0.1")).unwrap();
         store
-            .apply(&acme, Mutation::Put(Box::new(b)), None, &actor())
+            .apply(
+                &acme,
+                Mutation::Put(Box::new(b)),
+                None,
+                IfUnchanged::Write,
+                &actor(),
+            )
             .await
             .unwrap();
     });

@@ -372,6 +372,81 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
 }
 
 #[test]
+fn a_write_that_would_change_nothing_writes_nothing_unless_asked_to() {
+    // A script re-applying the desired state every minute took a revision, a feed entry and
+    // an audit entry each time, and pushed the tenant's real changes out of its capped audit.
+    let (w, _edge) = World::followed(&["acme"]);
+    wait_live(&w.admin, &["replica-1"]);
+    let mut acme = binding("acme", &w.a.url(), "active", None);
+    acme["domains"] = serde_json::json!(["shop.acme-corp.test"]);
+    w.admin.put(&acme);
+    let written = |w: &World| {
+        [
+            "GET nexus:revision",
+            "XLEN nexus:changes",
+            "LLEN nexus:audit:acme",
+        ]
+        .map(|c| w.redis.cmd(&c.split(' ').collect::<Vec<_>>()))
+    };
+    let before = written(&w);
+    assert_eq!(before[0], "2");
+    let url = w.a.url();
+    let same_instance = [
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-acme",
+        "--instance-url",
+        &url,
+    ];
+    for args in [&["set-status", "acme", "active"][..], &same_instance] {
+        let (code, out, err) = w.admin.tenant(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains("acme  rev 2"), "{args:?}: {out}");
+        assert!(
+            err.contains("acme already is as asked (revision 2): nothing written"),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, _, err) = w.admin.try_put(&[], &acme);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("nothing written"), "{err}");
+    // With --wait and --json: one document that says so, the replica confirmed on it.
+    let out = w
+        .admin
+        .ok(&["--json", "set-status", "acme", "active", "--wait"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["unchanged"]["revision"], 2, "{doc}");
+    assert_eq!(doc["wait"]["applied"], 1, "{doc}");
+    assert_eq!(written(&w), before, "nothing was written");
+
+    // Any change is written; --always-write writes one that is not.
+    let out = w.admin.ok(&["set-status", "acme", "past_due"]);
+    assert!(out.contains("acme  rev 3"), "{out}");
+    let (code, out, err) = w
+        .admin
+        .tenant(&["set-status", "acme", "past_due", "--always-write"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("acme  rev 4"), "{out}{err}");
+    assert!(!err.contains("nothing written"), "{err}");
+    assert_eq!(w.redis.cmd(&["LLEN", "nexus:audit:acme"]), "4");
+
+    // A domain index that does not back the record (edited by hand): replicas may refuse
+    // the record, so the same record is written, and the index put right.
+    w.redis
+        .cmd(&["HDEL", "nexus:domains", "shop.acme-corp.test"]);
+    acme["status"] = serde_json::json!("past_due");
+    let (code, out, err) = w.admin.try_put(&[], &acme);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("acme  rev 5"), "{out}{err}");
+    assert_eq!(
+        w.redis
+            .cmd(&["HGET", "nexus:domains", "shop.acme-corp.test"]),
+        "acme"
+    );
+}
+
+#[test]
 fn wait_with_no_live_replica_says_so_at_once() {
     let World {
         redis, admin, a, ..
@@ -822,7 +897,9 @@ fn wait_counts_only_heartbeats_written_since_the_change() {
     // failover that lost writes). A replica stopped after heartbeating a number past the
     // change's confirmed a change it never saw.
     let w = World::start(&["acme", "globex"]);
-    w.admin.ok(&["set-status", "globex", "active"]);
+    // globex is active already: the write is made only to move the counter.
+    w.admin
+        .ok(&["set-status", "globex", "active", "--always-write"]);
     let (_r1, r2) = up_and_down(&w.redis, &w.admin, &w.keys);
     signal(&r2, "-STOP");
     // The counter at 3, set back to 2: acme's next change (its record is at 1) is revision 3
@@ -1510,7 +1587,9 @@ fn concurrent_writes_end_with_every_replica_on_the_highest_revision() {
         for w in 0..20 {
             let store = Arc::clone(&store);
             tasks.push(tokio::spawn(async move {
-                use nexus_binding_store::{Actor, BindingAdmin, Mutation, TenantId, TenantStatus};
+                use nexus_binding_store::{
+                    Actor, BindingAdmin, IfUnchanged, Mutation, TenantId, TenantStatus,
+                };
                 let t = TenantId::parse("acme").expect("id");
                 let actor = Actor {
                     name: format!("writer-{w}"),
@@ -1523,7 +1602,7 @@ fn concurrent_writes_end_with_every_replica_on_the_highest_revision() {
                         TenantStatus::PastDue
                     };
                     store
-                        .apply(&t, Mutation::SetStatus(s), None, &actor)
+                        .apply(&t, Mutation::SetStatus(s), None, IfUnchanged::Write, &actor)
                         .await
                         .expect("write");
                 }
@@ -2561,7 +2640,9 @@ fn text_fields_of_bytes_that_are_no_utf8_stop_no_replica_and_blind_no_admin() {
 #[test]
 fn a_reconcile_shares_unchanged_bindings_with_the_table_it_replaces() {
     use nexus_binding_store::redis_store::{RedisOptions, RedisStore};
-    use nexus_binding_store::{Actor, BindingAdmin, BindingHandle, BindingSource, Mutation};
+    use nexus_binding_store::{
+        Actor, BindingAdmin, BindingHandle, BindingSource, IfUnchanged, Mutation,
+    };
 
     let redis = RedisServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -2590,6 +2671,7 @@ fn a_reconcile_shares_unchanged_bindings_with_the_table_it_replaces() {
                     &b.tenant_id.clone(),
                     Mutation::Put(Box::new(b)),
                     None,
+                    IfUnchanged::Write,
                     &actor,
                 )
                 .await

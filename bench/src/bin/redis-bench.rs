@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nexus_bench::*;
 use nexus_binding_store::redis_store::{RedisOptions, RedisStore};
 use nexus_binding_store::{
-    Actor, BindingAdmin, BindingHandle, BindingSource, InstanceId, Mutation, TenantId,
+    Actor, BindingAdmin, BindingHandle, BindingSource, IfUnchanged, InstanceId, Mutation, TenantId,
     TenantStatus, UpstreamUrl,
 };
 
@@ -149,7 +149,7 @@ fn main() {
         let resident = rss();
         let peak_reset = reset_peak();
         let started = Instant::now();
-        let (rev, _) = admin.apply(&warm, Mutation::SetStatus(TenantStatus::Active), None, &actor).await.unwrap();
+        let rev = admin.apply(&warm, Mutation::SetStatus(TenantStatus::Active), None, IfUnchanged::Write, &actor).await.unwrap().revision();
         while ![&h1, &h2].iter().all(|h| h.load().get(warm.as_str()).is_some_and(|b| b.revision >= rev)) {
             assert!(started.elapsed() < Duration::from_secs(300), "the followers did not catch up");
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -176,7 +176,7 @@ fn main() {
                 tokio::time::sleep(Duration::from_secs(10) / changes as u32).await;
             }
             let sent = Instant::now();
-            let (rev, _) = admin.apply(&t, m, None, &actor).await.unwrap();
+            let rev = admin.apply(&t, m, None, IfUnchanged::Write, &actor).await.unwrap().revision();
             let mut pending = vec![&h1, &h2];
             while !pending.is_empty() {
                 pending.retain(|h| {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::admin::{
-    Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource, Listing,
-    Mutation, WipedStore, FIX_A_RECORD,
+    unchanged, Actor, AdminError, Applied, AuditEntry, BindingAdmin, History, IfUnchanged,
+    ImportError, ImportSource, Listing, Mutation, WipedStore, FIX_A_RECORD,
 };
 use crate::audit_log::AuditLog;
 use crate::model::{Binding, Revision, TenantId};
@@ -68,13 +68,24 @@ impl BindingAdmin for FileStore {
         tenant: &TenantId,
         mutation: Mutation,
         expect: Option<Revision>,
+        if_unchanged: IfUnchanged,
         actor: &Actor,
-    ) -> Result<(Revision, Option<Binding>), AdminError> {
+    ) -> Result<Applied, AdminError> {
         let path = self.writable_path()?.to_path_buf();
         let tenant = tenant.clone();
         let actor = actor.clone();
         let wiped = self.wiped_store;
-        let task = move || apply_locked(&path, &tenant, mutation, expect, &actor, wiped);
+        let task = move || {
+            apply_locked(
+                &path,
+                &tenant,
+                mutation,
+                expect,
+                if_unchanged,
+                &actor,
+                wiped,
+            )
+        };
         tokio::task::spawn_blocking(task)
             .await
             .map_err(|e| AdminError::Unavailable(format!("write task failed: {e}")))?
@@ -326,9 +337,10 @@ pub(super) fn apply_locked(
     tenant: &TenantId,
     mutation: Mutation,
     expect: Option<Revision>,
+    if_unchanged: IfUnchanged,
     actor: &Actor,
     wiped: WipedStore,
-) -> Result<(Revision, Option<Binding>), AdminError> {
+) -> Result<Applied, AdminError> {
     let Locked {
         lock,
         mut doc,
@@ -419,6 +431,13 @@ pub(super) fn apply_locked(
             }
         }
     }
+    // Checked after the domains: a record another one contests is refused by the router, and
+    // its put must say so, not that it is as asked. A tenant listed twice is settled by it.
+    if places.len() == 1 {
+        if let Some(stored) = unchanged(if_unchanged, current.as_ref(), next.as_ref()) {
+            return Ok(Applied::Unchanged(stored));
+        }
+    }
     let new_value = next
         .as_ref()
         .map(|b| serde_json::to_value(b.to_record()))
@@ -448,5 +467,8 @@ pub(super) fn apply_locked(
         new: next.as_ref().map(Binding::to_record),
     };
     commit(path, &lock, &doc, &mut log, &[entry])?;
-    Ok((revision, next))
+    Ok(Applied::Written {
+        revision,
+        binding: next,
+    })
 }

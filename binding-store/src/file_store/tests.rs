@@ -2,7 +2,7 @@ use super::admin::{apply_locked, commit, import_locked};
 use super::lock::{lock_for_write, Locked};
 use super::replace::{audit_path, in_group, owner_could_read, write_checked};
 use super::*;
-use crate::admin::{Actor, AuditEntry, Mutation};
+use crate::admin::{Actor, Applied, AuditEntry, IfUnchanged, Mutation};
 use crate::audit_log::AuditLog;
 use crate::model::Binding;
 use crate::records::parse_record;
@@ -119,7 +119,7 @@ fn record(tenant: &str, url: &str) -> Binding {
     .expect("record")
 }
 
-fn put(path: &Path, tenant: &str, url: &str) -> Result<(Revision, Option<Binding>), AdminError> {
+fn put(path: &Path, tenant: &str, url: &str) -> Result<Applied, AdminError> {
     let actor = Actor {
         name: "tester".into(),
         reason: None,
@@ -129,6 +129,7 @@ fn put(path: &Path, tenant: &str, url: &str) -> Result<(Revision, Option<Binding
         &TenantId::parse(tenant).expect("tenant"),
         Mutation::Put(Box::new(record(tenant, url))),
         None,
+        IfUnchanged::Write,
         &actor,
         WipedStore::Refuse,
     )
@@ -292,6 +293,7 @@ fn a_custom_domain_is_not_claimed_past_a_record_routers_refuse() {
         &acme,
         Mutation::Put(Box::new(claiming.clone())),
         None,
+        IfUnchanged::Write,
         &actor,
         WipedStore::Refuse,
     )
@@ -318,6 +320,7 @@ fn a_custom_domain_is_not_claimed_past_a_record_routers_refuse() {
         &initech.tenant_id.clone(),
         Mutation::Put(Box::new(initech)),
         None,
+        IfUnchanged::Write,
         &actor,
         WipedStore::Refuse,
     )
@@ -333,6 +336,7 @@ fn a_custom_domain_is_not_claimed_past_a_record_routers_refuse() {
         &acme,
         Mutation::Put(Box::new(claiming)),
         None,
+        IfUnchanged::Write,
         &actor,
         WipedStore::Refuse,
     )
@@ -398,7 +402,7 @@ fn captured() -> (
 fn put_once_waiting(
     path: &Path,
     url: &'static str,
-) -> std::thread::JoinHandle<Result<(Revision, Option<Binding>), AdminError>> {
+) -> std::thread::JoinHandle<Result<Applied, AdminError>> {
     let (said, install) = captured();
     let writer = {
         let path = path.to_owned();
@@ -428,11 +432,11 @@ fn a_writer_waiting_for_the_lock_says_so() {
     let held = lock_for_write(&path, WipedStore::Refuse).expect("locked");
     let writer = put_once_waiting(&path, "http://10.0.0.2");
     drop(held);
-    let (revision, _) = writer
+    let written = writer
         .join()
         .expect("writer")
         .expect("written once the lock is free");
-    assert_eq!(revision, Revision(2));
+    assert_eq!(written.revision(), Revision(2));
 }
 
 #[test]

@@ -14,17 +14,69 @@ use super::{
     WipedStore,
 };
 use crate::admin::{
-    import_each, Actor, AdminError, AuditEntry, BindingAdmin, History, ImportError, ImportSource,
-    Listing, Mutation, FIX_A_RECORD,
+    import_each, Actor, AdminError, Applied, AuditEntry, BindingAdmin, History, IfUnchanged,
+    ImportError, ImportSource, Listing, Mutation, FIX_A_RECORD,
 };
-use crate::admin::{mutate, op_name};
+use crate::admin::{mutate, op_name, unchanged};
 use crate::model::{Binding, Revision, TenantId};
 use crate::records::{contested_domains, settle_contested, DomainIndex, Verdicts};
 
 /// How long a write behind Sentinel waits for a standby to acknowledge it.
 const STANDBY_ACK_WAIT: Duration = Duration::from_secs(1);
 
+/// What [`RedisStore::still_as_read`] found.
+enum StillAsRead {
+    /// The record is the text read, and the domain index gives each of its domains to it.
+    Yes,
+    /// The record is no longer the text read.
+    RecordChanged,
+    /// The domain index gives one of its domains to another tenant, or to none.
+    IndexElsewhere,
+}
+
 impl RedisStore {
+    /// Whether a write that would change nothing may be skipped: read in one `MULTI`, the
+    /// tenant's record is still `raw`, the text the write was computed from, and the domain
+    /// index names the tenant for each of `stored`'s domains (replicas settle a contested
+    /// domain by it, so a record it does not back may be refused: the write puts it right).
+    async fn still_as_read(
+        &self,
+        con: &mut MultiplexedConnection,
+        tenant: &TenantId,
+        raw: &[u8],
+        stored: &Binding,
+    ) -> Result<StillAsRead, AdminError> {
+        let key = self.keys.binding(tenant.as_str());
+        let domains: Vec<&str> = stored.domains.iter().map(|d| d.as_str()).collect();
+        let mut pipe = redis::pipe();
+        pipe.atomic().get(&key);
+        if !domains.is_empty() {
+            pipe.cmd("HMGET").arg(self.keys.domains()).arg(&domains);
+        }
+        let mut read: Vec<redis::Value> = match pipe.query_async(con).await {
+            Ok(read) => read,
+            Err(e) => return Err(read_failure(con, &key, e, "string").await),
+        };
+        let owners: Vec<Option<String>> = match read.len() {
+            2 => redis::from_redis_value(&read.pop().unwrap_or(redis::Value::Nil))
+                .map_err(unavailable)?,
+            _ => Vec::new(),
+        };
+        let now: Option<Vec<u8>> =
+            redis::from_redis_value(&read.pop().unwrap_or(redis::Value::Nil))
+                .map_err(unavailable)?;
+        if now.as_deref() != Some(raw) {
+            return Ok(StillAsRead::RecordChanged);
+        }
+        let held = owners.len() == domains.len()
+            && owners.iter().all(|o| o.as_deref() == Some(tenant.as_str()));
+        Ok(if held {
+            StillAsRead::Yes
+        } else {
+            StillAsRead::IndexElsewhere
+        })
+    }
+
     /// Behind Sentinel, says so (a warning the admin CLI prints) when no standby acknowledged
     /// the write at `revision` within [`STANDBY_ACK_WAIT`] (`WAIT 1`): replication is
     /// asynchronous, and a failover now would lose it, though the write, and a `--wait`
@@ -144,8 +196,9 @@ impl BindingAdmin for RedisStore {
         tenant: &TenantId,
         mutation: Mutation,
         expect: Option<Revision>,
+        if_unchanged: IfUnchanged,
         actor: &Actor,
-    ) -> Result<(Revision, Option<Binding>), AdminError> {
+    ) -> Result<Applied, AdminError> {
         let mut con = self.admin_connection().await?;
         if self.opts.wiped_store == WipedStore::Refuse {
             self.wait_for_wiped_fleet(&mut con).await?;
@@ -225,6 +278,18 @@ impl BindingAdmin for RedisStore {
                     now,
                 )?,
             };
+            if let (Some(stored), Some(raw)) = (
+                unchanged(if_unchanged, current.as_ref(), next.as_ref()),
+                &raw,
+            ) {
+                match self.still_as_read(&mut con, tenant, raw, &stored).await? {
+                    StillAsRead::Yes => return Ok(Applied::Unchanged(stored)),
+                    // Changed since it was read: read again.
+                    StillAsRead::RecordChanged => continue,
+                    // The write repairs the index (or says who holds the domain).
+                    StillAsRead::IndexElsewhere => {}
+                }
+            }
             let at = now
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default();
@@ -271,11 +336,14 @@ impl BindingAdmin for RedisStore {
             match inv.invoke_async::<u64>(&mut con).await {
                 Ok(rev) => {
                     self.warn_unless_replicated(&mut con, tenant, rev).await;
-                    let next = next.map(|mut b| {
+                    let binding = next.map(|mut b| {
                         b.revision = Revision(rev);
                         b
                     });
-                    return Ok((Revision(rev), next));
+                    return Ok(Applied::Written {
+                        revision: Revision(rev),
+                        binding,
+                    });
                 }
                 // By the error's code (its first word), never by searching the text: the
                 // detail carries key names, and a key prefix is any text.

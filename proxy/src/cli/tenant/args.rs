@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use nexus_binding_store::{TenantId, TenantStatus};
+use nexus_binding_store::{IfUnchanged, TenantId, TenantStatus};
 
 /// Options shared by every tenant command.
 #[derive(Debug, Args)]
@@ -43,6 +43,27 @@ pub struct WaitArgs {
     /// nothing, and a script relying on it would not learn so.
     #[arg(long, default_value = "30s", value_parser = wait_timeout, requires = "wait")]
     pub timeout: Duration,
+}
+
+/// What a write that would leave the binding as it is does.
+#[derive(Debug, Args)]
+pub struct UnchangedArgs {
+    /// Write a new revision even when the binding already is as asked (by default nothing
+    /// is written then: no revision, no change event, no audit entry). It pushes a record
+    /// edited in the store by hand to every replica now, not at its next reconcile.
+    #[arg(long)]
+    pub always_write: bool,
+}
+
+impl UnchangedArgs {
+    /// The store's name for the choice.
+    pub fn if_unchanged(&self) -> IfUnchanged {
+        if self.always_write {
+            IfUnchanged::Write
+        } else {
+            IfUnchanged::Skip
+        }
+    }
 }
 
 /// Refuses a JSON document that repeats a member name in one of its objects: the store would
@@ -150,6 +171,8 @@ pub enum TenantOp {
         #[arg(long)]
         expect_revision: Option<u64>,
         #[command(flatten)]
+        unchanged: UnchangedArgs,
+        #[command(flatten)]
         wait: WaitArgs,
     },
     /// Show one binding.
@@ -179,6 +202,8 @@ pub enum TenantOp {
         #[arg(long)]
         expect_revision: Option<u64>,
         #[command(flatten)]
+        unchanged: UnchangedArgs,
+        #[command(flatten)]
         wait: WaitArgs,
     },
     /// Change a tenant's status.
@@ -191,6 +216,8 @@ pub enum TenantOp {
         /// Fail unless the tenant is at this revision.
         #[arg(long)]
         expect_revision: Option<u64>,
+        #[command(flatten)]
+        unchanged: UnchangedArgs,
         #[command(flatten)]
         wait: WaitArgs,
     },

@@ -10,7 +10,7 @@
 use std::process::ExitCode;
 
 use nexus_binding_store::redis_store::{RedisStore, WipedStore};
-use nexus_binding_store::{Actor, AdminError, Binding, Mutation};
+use nexus_binding_store::{Actor, AdminError, Binding, IfUnchanged, Mutation};
 
 use crate::store::Store;
 
@@ -264,8 +264,12 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
         TenantOp::Put {
             file,
             expect_revision,
+            unchanged,
             wait,
-        } => cmd.put(file, expect_revision, wait).await,
+        } => {
+            cmd.put(file, expect_revision, unchanged.if_unchanged(), wait)
+                .await
+        }
         TenantOp::Get { tenant } => cmd.get(tenant).await,
         TenantOp::List => cmd.list().await,
         TenantOp::Rebind {
@@ -275,6 +279,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             api_url,
             clear_api_url,
             expect_revision,
+            unchanged,
             wait,
         } => match write::rebind(
             &instance_id,
@@ -282,16 +287,22 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             api_url.as_deref(),
             clear_api_url,
         ) {
-            Ok(m) => cmd.write(tenant, m, expect_revision, wait).await,
+            Ok(m) => {
+                let if_unchanged = unchanged.if_unchanged();
+                cmd.write(tenant, m, expect_revision, if_unchanged, wait)
+                    .await
+            }
             Err(e) => fail(e),
         },
         TenantOp::SetStatus {
             tenant,
             status,
             expect_revision,
+            unchanged,
             wait,
         } => {
-            cmd.write(tenant, Mutation::SetStatus(status), expect_revision, wait)
+            let (m, if_unchanged) = (Mutation::SetStatus(status), unchanged.if_unchanged());
+            cmd.write(tenant, m, expect_revision, if_unchanged, wait)
                 .await
         }
         TenantOp::Delete {
@@ -299,8 +310,16 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             expect_revision,
             wait,
         } => {
-            cmd.write(tenant, Mutation::Delete, expect_revision, wait)
-                .await
+            // A delete always changes the store, or finds nothing to delete.
+            let if_unchanged = IfUnchanged::Write;
+            cmd.write(
+                tenant,
+                Mutation::Delete,
+                expect_revision,
+                if_unchanged,
+                wait,
+            )
+            .await
         }
         TenantOp::Wait {
             tenant,

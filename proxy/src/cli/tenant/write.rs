@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use nexus_binding_store::{AdminError, InstanceId, Mutation, Revision, UpstreamUrl};
+use nexus_binding_store::{
+    AdminError, Applied, IfUnchanged, InstanceId, Mutation, Revision, UpstreamUrl,
+};
 
 use super::args::{refuse_repeated_members, tenant_id, NEEDS_REDIS};
 use super::fleet::wait_fleet;
@@ -14,12 +16,14 @@ use crate::store::Store;
 
 impl Command<'_> {
     /// Applies `m` to `tenant`'s binding (if its revision is still `expect`), prints the
-    /// binding written, and waits for the fleet when `wait` asks.
+    /// binding written (or left as it was: `if_unchanged`), and waits for the fleet when
+    /// `wait` asks.
     pub(super) async fn write(
         &self,
         tenant: String,
         m: Mutation,
         expect: Option<u64>,
+        if_unchanged: IfUnchanged,
         wait: WaitArgs,
     ) -> ExitCode {
         let (store, json, actor) = (self.store, self.json, &self.actor);
@@ -43,8 +47,18 @@ impl Command<'_> {
         };
         // A rebind that names no API URL leaves the tenant's: said after the write.
         let api_kept = matches!(m, Mutation::Rebind { api_url: None, .. });
-        match admin.apply(&t, m, expect.map(Revision), actor).await {
-            Ok((rev, after)) => {
+        match admin
+            .apply(&t, m, expect.map(Revision), if_unchanged, actor)
+            .await
+        {
+            Ok(applied) => {
+                let (rev, after) = (applied.revision(), applied.binding().cloned());
+                if let Applied::Unchanged(_) = applied {
+                    eprintln!(
+                        "nexus-edge: note: {t} already is as asked (revision {rev}): nothing \
+                         written; --always-write writes a new revision anyway"
+                    );
+                }
                 if let Some(api) = after
                     .as_ref()
                     .and_then(|b| b.api_url.as_ref())
@@ -80,7 +94,11 @@ impl Command<'_> {
                 }
                 match (fleet, waiting) {
                     (Some(r), Some(w)) => {
-                        let doc = json.then_some(("written", written));
+                        let key = match applied {
+                            Applied::Written { .. } => "written",
+                            Applied::Unchanged(_) => "unchanged",
+                        };
+                        let doc = json.then_some((key, written));
                         let present = Some(after.is_some());
                         wait_fleet(r, &t, rev, w.timeout, before, doc, present).await
                     }
@@ -104,6 +122,7 @@ impl Command<'_> {
         &self,
         file: PathBuf,
         expect_revision: Option<u64>,
+        if_unchanged: IfUnchanged,
         wait: WaitArgs,
     ) -> ExitCode {
         let base_domains = self.base_domains;
@@ -159,13 +178,9 @@ impl Command<'_> {
             return fail(format!("{source}: invalid record: {e}"));
         }
         let tenant = binding.tenant_id.to_string();
-        self.write(
-            tenant,
-            Mutation::Put(Box::new(binding)),
-            expect_revision,
-            wait,
-        )
-        .await
+        let m = Mutation::Put(Box::new(binding));
+        self.write(tenant, m, expect_revision, if_unchanged, wait)
+            .await
     }
 }
 
