@@ -24,6 +24,56 @@ fn bridged_level(hint: Option<tracing::level_filters::LevelFilter>) -> log::Leve
     }
 }
 
+/// Pingora's `log` lines given another level than Pingora's: (level, target, message, the
+/// level they get). One: `failed to acquire reusable stream` is logged as an error when a
+/// pooled instance connection is still held by Pingora's idle watch as a request takes it
+/// (`Arc::try_unwrap` fails in `pingora_core::connectors`); Pingora then opens a new
+/// connection and the request goes on. An error line with no failure behind it wakes whoever
+/// alerts on errors; at `debug` it is there for an investigation, and
+/// `instance_connections_total{how="new"}` counts the connection.
+const RELEVELLED: [(log::Level, &str, &str, log::Level); 1] = [(
+    log::Level::Error,
+    "pingora_core::connectors",
+    "failed to acquire reusable stream",
+    log::Level::Debug,
+)];
+
+/// The `log` bridge: passes every record to `L` (the `LogTracer`), those of [`RELEVELLED`] at
+/// their new level. Matched by their format string, which has no arguments: a line Pingora
+/// rewords keeps its own level.
+struct Relevelled<L>(L);
+
+impl<L: log::Log> log::Log for Relevelled<L> {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let relevel = RELEVELLED.iter().find(|(from, target, message, _)| {
+            record.level() == *from
+                && record.target() == *target
+                && record.args().as_str() == Some(*message)
+        });
+        match relevel {
+            Some(&(_, _, _, to)) => self.0.log(
+                &log::Record::builder()
+                    .level(to)
+                    .target(record.target())
+                    .args(*record.args())
+                    .module_path(record.module_path())
+                    .file(record.file())
+                    .line(record.line())
+                    .build(),
+            ),
+            None => self.0.log(record),
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set and not empty, overrides the
 /// configured filter. A filter [`check_filter`] refuses is passed over for the next (the
 /// configured one, then `info`), and a warning says so: a bare word that is not a level names
@@ -53,9 +103,10 @@ pub fn init(settings: &LogSettings) {
     }
     let filter = EnvFilter::new(chosen);
     // Pingora logs through `log`; without the bridge its messages would vanish.
-    let _ = tracing_log::LogTracer::builder()
-        .with_max_level(bridged_level(filter.max_level_hint()))
-        .init();
+    let bridge = Relevelled(tracing_log::LogTracer::new());
+    if log::set_boxed_logger(Box::new(bridge)).is_ok() {
+        log::set_max_level(bridged_level(filter.max_level_hint()));
+    }
     // Colour only for a person at a terminal: escape codes in a log file or a collector's
     // stream break every search for `field=value`.
     let fmt = tracing_subscriber::fmt::layer()
@@ -278,7 +329,7 @@ impl std::fmt::Display for LoggedError<'_> {
 mod tests {
     use super::{
         bridged_level, check_filter, ClientReadFailures, LoggedError, MessageDumps,
-        PingoraRequestLines,
+        PingoraRequestLines, Relevelled,
     };
     use pingora_prometheus::prometheus;
 
@@ -366,6 +417,81 @@ mod tests {
         });
         let text = out.0.lock().map(|v| v.clone()).unwrap_or_default();
         String::from_utf8(text).unwrap_or_default()
+    }
+
+    /// The records a `log` logger was given: (level, target, message).
+    #[derive(Default)]
+    struct Records(Mutex<Vec<(log::Level, String, String)>>);
+
+    impl log::Log for Records {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+
+        fn log(&self, r: &log::Record<'_>) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push((r.level(), r.target().to_owned(), r.args().to_string()));
+            }
+        }
+
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn pingoras_benign_pool_race_is_a_debug_line_and_nothing_else_moves() {
+        use log::Level::{Debug, Error, Warn};
+        use log::Log;
+        let bridge = Relevelled(Records::default());
+        let race = "failed to acquire reusable stream";
+        let conn = "pingora_core::connectors";
+        let peer = "peer 10.0.0.1:80";
+        for (level, target, args) in [
+            (
+                Error,
+                conn,
+                format_args!("failed to acquire reusable stream"),
+            ),
+            (
+                Error,
+                conn,
+                format_args!("failed to acquire reusable stream: {peer}"),
+            ),
+            (
+                Warn,
+                conn,
+                format_args!("failed to acquire reusable stream"),
+            ),
+            (
+                Error,
+                "pingora_proxy",
+                format_args!("failed to acquire reusable stream"),
+            ),
+            (Error, conn, format_args!("connect refused")),
+        ] {
+            bridge.log(
+                &log::Record::builder()
+                    .level(level)
+                    .target(target)
+                    .args(args)
+                    .build(),
+            );
+        }
+        let seen = bridge.0 .0.lock().expect("records").clone();
+        let seen: Vec<(log::Level, &str, &str)> = seen
+            .iter()
+            .map(|(l, t, m)| (*l, t.as_str(), m.as_str()))
+            .collect();
+        let reworded = format!("{race}: {peer}");
+        assert_eq!(
+            seen,
+            [
+                (Debug, conn, race),
+                (Error, conn, reworded.as_str()),
+                (Warn, conn, race),
+                (Error, "pingora_proxy", race),
+                (Error, conn, "connect refused"),
+            ]
+        );
     }
 
     #[test]
