@@ -47,7 +47,8 @@ pub enum Mutation {
 pub enum IfUnchanged {
     /// Write nothing: no revision, no change event, no audit entry. A script that re-applies
     /// the desired state every minute then leaves the tenant's history (capped by
-    /// `audit_cap`) to its real changes.
+    /// `audit_cap`) to its real changes. Only where the store can vouch that its replicas
+    /// were told of the stored binding: Redis writes a record edited by hand all the same.
     #[default]
     Skip,
     /// Write a new revision anyway: what pushes a record edited in the store by hand, which

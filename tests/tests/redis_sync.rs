@@ -375,7 +375,7 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
 fn a_write_that_would_change_nothing_writes_nothing_unless_asked_to() {
     // A script re-applying the desired state every minute took a revision, a feed entry and
     // an audit entry each time, and pushed the tenant's real changes out of its capped audit.
-    let (w, _edge) = World::followed(&["acme"]);
+    let (w, edge) = World::followed(&["acme"]);
     wait_live(&w.admin, &["replica-1"]);
     let mut acme = binding("acme", &w.a.url(), "active", None);
     acme["domains"] = serde_json::json!(["shop.acme-corp.test"]);
@@ -444,6 +444,28 @@ fn a_write_that_would_change_nothing_writes_nothing_unless_asked_to() {
             .cmd(&["HGET", "nexus:domains", "shop.acme-corp.test"]),
         "acme"
     );
+
+    // A record edited by hand, its revision kept: no change event announced it, so the
+    // replica still serves instance-a. Putting the record as it should be writes it, and the
+    // replica hears of it.
+    let stored = w.redis.cmd(&["GET", "nexus:binding:acme"]);
+    let mut edited: serde_json::Value = serde_json::from_str(&stored).expect("record");
+    edited["instance_url"] = serde_json::json!(format!("{}/", w.b.url()));
+    w.redis
+        .cmd(&["SET", "nexus:binding:acme", &edited.to_string()]);
+    acme["instance_url"] = serde_json::json!(w.b.url());
+    let (code, out, err) = w.admin.try_put(&[], &acme);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("acme  rev 6"), "{out}{err}");
+    wait_instance(&edge, &w.keys, "acme", "instance-b");
+
+    // While a restore holds the store, a write that would change nothing is refused as any
+    // other is, not answered "as asked".
+    w.redis.cmd(&["SET", "nexus:restoring", "x"]);
+    let (code, _, err) = w.admin.tenant(&["set-status", "acme", "past_due"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("a restore import is writing"), "{err}");
+    w.redis.cmd(&["DEL", "nexus:restoring"]);
 }
 
 #[test]

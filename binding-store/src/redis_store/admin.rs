@@ -24,57 +24,92 @@ use crate::records::{contested_domains, settle_contested, DomainIndex, Verdicts}
 /// How long a write behind Sentinel waits for a standby to acknowledge it.
 const STANDBY_ACK_WAIT: Duration = Duration::from_secs(1);
 
-/// What [`RedisStore::still_as_read`] found.
-enum StillAsRead {
-    /// The record is the text read, and the domain index gives each of its domains to it.
+/// What [`RedisStore::skippable`] found.
+enum Skip {
+    /// Nothing to write: the record is the one the write was computed from, made by the
+    /// write script (so every replica heard of it), and its domains are the tenant's.
     Yes,
-    /// The record is no longer the text read.
-    RecordChanged,
-    /// The domain index gives one of its domains to another tenant, or to none.
-    IndexElsewhere,
+    /// The record is no longer the text read: read again.
+    ReadAgain,
+    /// Write it, through the script: it puts right, or refuses with its reason, what the
+    /// check could not vouch for.
+    No,
 }
 
 impl RedisStore {
-    /// Whether a write that would change nothing may be skipped: read in one `MULTI`, the
-    /// tenant's record is still `raw`, the text the write was computed from, and the domain
-    /// index names the tenant for each of `stored`'s domains (replicas settle a contested
-    /// domain by it, so a record it does not back may be refused: the write puts it right).
-    async fn still_as_read(
+    /// Whether a write that would change nothing may be skipped. Read in one `MULTI`: the
+    /// tenant's record must still be `raw`, the text the write was computed from; the
+    /// tenant's last audit entry must have made that very record (one edited by hand, which
+    /// no change event announced, is written again so that replicas hear of it); the
+    /// revision counter must be there and not behind the record, with no restore under way
+    /// (the script refuses a write into a wiped store, begins a new history when asked, and
+    /// moves a counter that is behind); and the domain index must name the tenant for each
+    /// of its domains (replicas settle a contested domain by it). A failed read says write:
+    /// the script then names what is wrong.
+    async fn skippable(
         &self,
         con: &mut MultiplexedConnection,
         tenant: &TenantId,
         raw: &[u8],
         stored: &Binding,
-    ) -> Result<StillAsRead, AdminError> {
+    ) -> Skip {
         let key = self.keys.binding(tenant.as_str());
         let domains: Vec<&str> = stored.domains.iter().map(|d| d.as_str()).collect();
         let mut pipe = redis::pipe();
-        pipe.atomic().get(&key);
+        pipe.atomic()
+            .get(&key)
+            .get(self.keys.revision())
+            .exists(self.keys.restoring())
+            .lindex(self.keys.audit(tenant.as_str()), 0);
         if !domains.is_empty() {
             pipe.cmd("HMGET").arg(self.keys.domains()).arg(&domains);
         }
-        let mut read: Vec<redis::Value> = match pipe.query_async(con).await {
-            Ok(read) => read,
-            Err(e) => return Err(read_failure(con, &key, e, "string").await),
+        let read: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(con).await;
+        let Ok(mut read) = read else {
+            return Skip::No;
         };
-        let owners: Vec<Option<String>> = match read.len() {
-            2 => redis::from_redis_value(&read.pop().unwrap_or(redis::Value::Nil))
-                .map_err(unavailable)?,
-            _ => Vec::new(),
+        let owners: Vec<Option<String>> = match (read.len(), domains.is_empty()) {
+            (4, true) => Vec::new(),
+            (5, false) => match read.pop().map(|v| redis::from_redis_value(&v)) {
+                Some(Ok(owners)) => owners,
+                _ => return Skip::No,
+            },
+            _ => return Skip::No,
         };
-        let now: Option<Vec<u8>> =
-            redis::from_redis_value(&read.pop().unwrap_or(redis::Value::Nil))
-                .map_err(unavailable)?;
+        let bytes = |v: Option<redis::Value>| -> Option<Vec<u8>> {
+            v.and_then(|v| {
+                redis::from_redis_value::<Option<Vec<u8>>>(&v)
+                    .ok()
+                    .flatten()
+            })
+        };
+        let (audit, restoring, counter, now) = (
+            bytes(read.pop()),
+            read.pop(),
+            bytes(read.pop()),
+            bytes(read.pop()),
+        );
         if now.as_deref() != Some(raw) {
-            return Ok(StillAsRead::RecordChanged);
+            return Skip::ReadAgain;
         }
+        let restoring = restoring.is_none_or(|v| redis::from_redis_value::<bool>(&v) != Ok(false));
+        let counted = self
+            .keys
+            .counter(counter)
+            .is_ok_and(|c| c.is_some_and(|c| c >= stored.revision.get()));
+        let made_by_script = audit
+            .and_then(|a| serde_json::from_slice::<AuditEntry>(&a).ok())
+            .zip(serde_json::from_slice::<crate::model::BindingRecord>(raw).ok())
+            .is_some_and(|(entry, record)| {
+                entry.revision == stored.revision.get() && entry.new.as_ref() == Some(&record)
+            });
         let held = owners.len() == domains.len()
             && owners.iter().all(|o| o.as_deref() == Some(tenant.as_str()));
-        Ok(if held {
-            StillAsRead::Yes
+        if !restoring && counted && made_by_script && held {
+            Skip::Yes
         } else {
-            StillAsRead::IndexElsewhere
-        })
+            Skip::No
+        }
     }
 
     /// Behind Sentinel, says so (a warning the admin CLI prints) when no standby acknowledged
@@ -282,12 +317,10 @@ impl BindingAdmin for RedisStore {
                 unchanged(if_unchanged, current.as_ref(), next.as_ref()),
                 &raw,
             ) {
-                match self.still_as_read(&mut con, tenant, raw, &stored).await? {
-                    StillAsRead::Yes => return Ok(Applied::Unchanged(stored)),
-                    // Changed since it was read: read again.
-                    StillAsRead::RecordChanged => continue,
-                    // The write repairs the index (or says who holds the domain).
-                    StillAsRead::IndexElsewhere => {}
+                match self.skippable(&mut con, tenant, raw, &stored).await {
+                    Skip::Yes => return Ok(Applied::Unchanged(stored)),
+                    Skip::ReadAgain => continue,
+                    Skip::No => {}
                 }
             }
             let at = now

@@ -11,11 +11,24 @@ use nexus_binding_store::redis_store::RedisStore;
 
 use super::{admin_logging, empty_prefix_note, fail, runtime};
 
+/// What a wait is for.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Awaited {
+    /// The change this command wrote, which left the tenant bound or not.
+    Written {
+        /// Whether the tenant is bound after it.
+        bound: bool,
+    },
+    /// The tenant's stored revision, after a write that found it as asked and wrote nothing.
+    Unchanged,
+    /// A revision the admin named (`tenant wait`).
+    Named,
+}
+
 /// Waits for the fleet to apply `rev` and says how it went. `doc`: with `--json`, what was
 /// waited for (the write's own result, under `written`), printed with the wait's as one
-/// document (`{"written", "wait"}`).
-/// `present`: whether the change left the tenant bound (`None`: not known), so that a tenant
-/// gone since is told from one the change deleted.
+/// document (`{"written", "wait"}`). `awaited` tells a tenant deleted since from one the
+/// change deleted, and words a timeout.
 pub(super) async fn wait_fleet(
     redis: &RedisStore,
     tenant: &TenantId,
@@ -23,8 +36,13 @@ pub(super) async fn wait_fleet(
     timeout: Duration,
     written_after_ms: Option<u64>,
     doc: Option<(&'static str, serde_json::Value)>,
-    present: Option<bool>,
+    awaited: Awaited,
 ) -> ExitCode {
+    let present = match awaited {
+        Awaited::Written { bound } => Some(bound),
+        Awaited::Unchanged => Some(true),
+        Awaited::Named => None,
+    };
     // Said at once: otherwise the whole timeout passes in silence. A replica that starts
     // within it still counts (a fleet being restarted).
     if redis
@@ -111,11 +129,18 @@ pub(super) async fn wait_fleet(
     } else {
         if text {
             // What the exit code alone does not say: nothing is undone.
-            eprintln!(
-                "nexus-edge: the change is written (revision {rev}) and served by the replicas \
-                 that applied it; `nexus-edge tenant wait {tenant} {rev}` waits again without \
-                 writing"
-            );
+            match awaited {
+                Awaited::Unchanged => eprintln!(
+                    "nexus-edge: nothing was written; the tenant's stored revision {rev} is \
+                     served by the replicas that applied it; `nexus-edge tenant wait {tenant} \
+                     {rev}` waits again"
+                ),
+                Awaited::Written { .. } | Awaited::Named => eprintln!(
+                    "nexus-edge: the change is written (revision {rev}) and served by the \
+                     replicas that applied it; `nexus-edge tenant wait {tenant} {rev}` waits \
+                     again without writing"
+                ),
+            }
         }
         ExitCode::from(4)
     }

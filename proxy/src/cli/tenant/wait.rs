@@ -7,7 +7,7 @@ use std::time::Duration;
 use nexus_binding_store::Revision;
 
 use super::args::{tenant_id, NEEDS_REDIS};
-use super::fleet::wait_fleet;
+use super::fleet::{wait_fleet, Awaited};
 use super::{fail, note_unconfirmed, Command};
 use crate::store::Store;
 
@@ -62,6 +62,6 @@ impl Command<'_> {
             )
         });
         note_unconfirmed(store).await;
-        wait_fleet(r, &t, Revision(revision), timeout, now, doc, None).await
+        wait_fleet(r, &t, Revision(revision), timeout, now, doc, Awaited::Named).await
     }
 }

@@ -9,7 +9,7 @@ use nexus_binding_store::{
 };
 
 use super::args::{refuse_repeated_members, tenant_id, NEEDS_REDIS};
-use super::fleet::wait_fleet;
+use super::fleet::{wait_fleet, Awaited};
 use super::print::print_binding;
 use super::{check_domains, fail, note_empty_prefix, note_unconfirmed, Command, WaitArgs};
 use crate::store::Store;
@@ -77,7 +77,11 @@ impl Command<'_> {
                         eprintln!(
                             "nexus-edge: note: no replica heartbeat is kept under this key \
                              prefix: no router follows it (is [store] key_prefix the \
-                             routers' own?), or none has for an hour; the change is written"
+                             routers' own?), or none has for an hour; {}",
+                            match applied {
+                                Applied::Written { .. } => "the change is written",
+                                Applied::Unchanged(_) => "the binding is stored as asked",
+                            }
                         );
                     }
                 }
@@ -94,13 +98,17 @@ impl Command<'_> {
                 }
                 match (fleet, waiting) {
                     (Some(r), Some(w)) => {
-                        let key = match applied {
-                            Applied::Written { .. } => "written",
-                            Applied::Unchanged(_) => "unchanged",
+                        let (key, awaited) = match applied {
+                            Applied::Written { .. } => (
+                                "written",
+                                Awaited::Written {
+                                    bound: after.is_some(),
+                                },
+                            ),
+                            Applied::Unchanged(_) => ("unchanged", Awaited::Unchanged),
                         };
                         let doc = json.then_some((key, written));
-                        let present = Some(after.is_some());
-                        wait_fleet(r, &t, rev, w.timeout, before, doc, present).await
+                        wait_fleet(r, &t, rev, w.timeout, before, doc, awaited).await
                     }
                     _ => ExitCode::SUCCESS,
                 }
