@@ -112,6 +112,17 @@ impl<'de> Visitor<'de> for CheckedVisitor {
     }
 }
 
+/// Whether JSON text is an object: its first byte past blanks is `{`. serde's derived readers
+/// take a JSON array for a struct too, its elements as the fields in order: `["nexus-edge.
+/// bindings/v1", null, null, [...]]` loaded as a bindings document, and a record stored as an
+/// array was served by replicas that `write.lua` and the admin CLI read as no record at all.
+pub(crate) fn is_object_text(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|&b| b == b'{')
+}
+
 /// `bytes` without a leading UTF-8 byte order mark, which some editors write and which
 /// RFC 8259 §8.1 lets a reader ignore.
 pub(crate) fn without_bom(bytes: &[u8]) -> &[u8] {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::FieldErrors;
-use crate::json::{shown_name, without_bom, Checked};
+use crate::json::{is_object_text, shown_name, without_bom, Checked};
 use crate::model::{Binding, BindingRecord, Interner, TenantId};
 use crate::table::BindingTable;
 
@@ -51,9 +51,10 @@ impl fmt::Display for RecordProblem {
 }
 
 /// A refusal's text for a log line, cut short: a field error quotes the value, and a record
-/// (in a file, or in Redis) can hold megabytes.
+/// (in a file, or in Redis) can hold megabytes. Long enough for every field error of a
+/// record with a few (each quotes at most 80 characters of its value).
 pub(crate) fn brief(problem: &str) -> std::borrow::Cow<'_, str> {
-    const MAX: usize = 300;
+    const MAX: usize = 1000;
     if problem.len() <= MAX {
         return problem.into();
     }
@@ -161,10 +162,62 @@ pub fn parse_record_with(
             format!("missing member(s) {}{unknown}", missing.join(", ")),
         ));
     }
+    // Every member of the wrong type, and every unknown one, at once and by name: serde's
+    // reader stops at the first, and names no member ("invalid type: integer `5`, expected a
+    // string").
+    let wrong: Vec<String> = value
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, v)| member_problem(name, v))
+        .collect();
+    if !wrong.is_empty() {
+        return Err((tenant, wrong.join("; ")));
+    }
     let record: BindingRecord =
         serde_json::from_value(value.clone()).map_err(|e| (tenant.clone(), e.to_string()))?;
     Binding::from_record_with(&record, interner)
         .map_err(|errs| (tenant, FieldErrors(&errs).to_string()))
+}
+
+/// What is wrong with a record's member `name` as JSON, before its value is read: unknown,
+/// or of a type its field cannot hold. `None` when its type is right.
+fn member_problem(name: &str, value: &Value) -> Option<String> {
+    let (ok, wanted) = match name {
+        _ if REQUIRED_MEMBERS.contains(&name) => (value.is_string(), "a string"),
+        "api_url" | "identity_org_id" | "updated_at" | "mode" => {
+            (value.is_string() || value.is_null(), "a string")
+        }
+        "domains" => (
+            value
+                .as_array()
+                .is_some_and(|all| all.iter().all(Value::is_string)),
+            "a list of domain names",
+        ),
+        "revision" => (value.as_u64().is_some(), "a whole number from 0"),
+        _ => return Some(format!("unknown member {}", shown_name(name))),
+    };
+    let found = match value {
+        Value::Array(all) => match all.iter().find(|v| !v.is_string()) {
+            Some(v) => format!("a list holding {}", json_kind(v)),
+            None => "a list".to_owned(),
+        },
+        v => json_kind(v),
+    };
+    (!ok).then(|| format!("{name}: must be {wanted}, not {found}"))
+}
+
+/// A JSON value as a refusal names it: a number or boolean as it is, anything else by its
+/// kind (a string or a list can be megabytes).
+fn json_kind(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(_) => "a string".to_owned(),
+        Value::Array(_) => "a list".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+    }
 }
 
 /// The members every binding record must have (the others may be left out).
@@ -190,9 +243,14 @@ const OPTIONAL_MEMBERS: [&str; 6] = [
 
 /// Parses a bindings document. `Err` means the document as a whole is unusable.
 pub fn parse_records(json: &[u8]) -> Result<ParsedRecords, String> {
-    let doc: Document = serde_json::from_slice(without_bom(json)).map_err(|e| {
-        format!("not a bindings document ({{\"format\": \"{BINDINGS_FORMAT}\", \"bindings\": [...]}}): {e}")
-    })?;
+    let not_one = |why: &dyn fmt::Display| {
+        format!("not a bindings document ({{\"format\": \"{BINDINGS_FORMAT}\", \"bindings\": [...]}}): {why}")
+    };
+    let json = without_bom(json);
+    if !is_object_text(json) {
+        return Err(not_one(&"the document is no JSON object"));
+    }
+    let doc: Document = serde_json::from_slice(json).map_err(|e| not_one(&e))?;
     if doc.format != BINDINGS_FORMAT {
         return Err(format!(
             "format is {:?}, expected {BINDINGS_FORMAT:?}",
@@ -804,6 +862,60 @@ mod tests {
     }
 
     #[test]
+    fn a_json_array_is_neither_a_bindings_document_nor_a_record() {
+        // serde's derived readers take an array for a struct, its elements as the fields in
+        // order: this document loaded, its record with it.
+        let record = r#"{"tenant_id":"acme","subscription_id":"s","instance_id":"i",
+            "instance_url":"http://10.0.0.1","status":"active","plan":"team","region":"eu"}"#;
+        for doc in [
+            format!(r#"["nexus-edge.bindings/v1", null, null, [{record}]]"#),
+            format!("\u{feff} \n[\"nexus-edge.bindings/v1\", null, null, [{record}]]"),
+        ] {
+            let e = parse_records(doc.as_bytes()).expect_err("an array");
+            assert!(e.contains("the document is no JSON object"), "{e}");
+        }
+        let doc = format!(r#" {{"format":"nexus-edge.bindings/v1","bindings":[{record}]}}"#);
+        assert_eq!(parse_records(doc.as_bytes()).expect("object").bindings.len(), 1);
+    }
+
+    #[test]
+    fn every_member_of_the_wrong_type_or_unknown_is_named_at_once() {
+        let value = serde_json::json!({
+            "tenant_id": "acme", "subscription_id": "s", "instance_id": "i",
+            "instance_url": "http://10.0.0.1", "status": 5, "plan": "team", "region": "eu",
+            "domains": "shop.example.test", "revision": -1, "mode": null, "extra": true,
+        });
+        let (tenant, message) = parse_record(&value).unwrap_err();
+        assert_eq!(tenant.as_deref(), Some("acme"));
+        assert_eq!(
+            message,
+            "domains: must be a list of domain names, not a string; unknown member \"extra\"; \
+             revision: must be a whole number from 0, not -1; status: must be a string, not 5"
+        );
+        let mut listed = value.clone();
+        listed["status"] = serde_json::json!("active");
+        listed["domains"] = serde_json::json!(["shop.example.test", 7]);
+        listed["revision"] = serde_json::json!(3);
+        listed.as_object_mut().expect("object").remove("extra");
+        let (_, message) = parse_record(&listed).unwrap_err();
+        assert_eq!(
+            message,
+            "domains: must be a list of domain names, not a list holding 7"
+        );
+        // Values of the right type are checked together as before, every problem said.
+        listed["domains"] = serde_json::json!([]);
+        listed["status"] = serde_json::json!("frozen");
+        listed["plan"] = serde_json::json!("gold");
+        let doc = serde_json::json!({"format": BINDINGS_FORMAT, "bindings": [listed]});
+        let parsed = parse_records(doc.to_string().as_bytes()).expect("document");
+        let said = parsed.problems[0].to_string();
+        assert!(
+            said.contains("unknown status \"frozen\"") && said.contains("plan: "),
+            "{said}"
+        );
+    }
+
+    #[test]
     fn a_refusal_quoting_a_huge_value_is_cut_short() {
         let name = "x".repeat(200_000);
         let doc = format!(
@@ -811,7 +923,7 @@ mod tests {
         );
         let parsed = parse_records(doc.as_bytes()).unwrap_or_default();
         let said = parsed.problems[0].to_string();
-        assert!(said.len() < 1_000, "{} bytes", said.len());
+        assert!(said.len() < 2_500, "{} bytes", said.len());
         assert!(said.contains("bytes in all"), "{said}");
     }
 

@@ -339,6 +339,9 @@ pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotErr
         .iter()
         .position(|&c| c == b'\n')
         .ok_or_else(|| corrupt(1, "no header line".to_owned()))?;
+    if !crate::json::is_object_text(&bytes[..nl]) {
+        return Err(corrupt(1, "bad header: no JSON object".to_owned()));
+    }
     let header: Header =
         serde_json::from_slice(&bytes[..nl]).map_err(|e| corrupt(1, format!("bad header: {e}")))?;
     if header.format != FORMAT {

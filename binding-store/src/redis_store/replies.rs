@@ -166,6 +166,11 @@ pub(crate) fn parse_json_record_with(
     text: &str,
     interner: &mut Interner,
 ) -> Result<Binding, String> {
+    if !crate::json::is_object_text(text.as_bytes()) {
+        // Said as for a record in a file: "a binding record is a JSON object, not an array".
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        return crate::records::parse_record_with(&value, interner).map_err(|(_, m)| m);
+    }
     let record: crate::model::BindingRecord =
         serde_json::from_str(text).map_err(|e| e.to_string())?;
     // `write.lua` reads a revision past 2^52 as 0 (see `MAX_REVISION`), so no write through
@@ -197,6 +202,16 @@ mod tests {
     /// numbers serde_json refuses (`05`, `0x10`) and rounds integers past 2^53 to doubles;
     /// for those the two readings differ and the write retries with the script's (the e2e
     /// test `the_cli_replaces_or_deletes_a_damaged_record` puts one through real Redis).
+    #[test]
+    fn a_record_stored_as_a_json_array_is_refused() {
+        // Read by field order it was a record (revision 9 with it), which `write.lua` and the
+        // admin CLI read as no record at all.
+        let array = r#"["acme","s","i","http://10.0.0.1",null,null,"active","team","eu",[],9]"#;
+        let e = parse_json_record(array).expect_err("an array");
+        assert_eq!(e, "a binding record is a JSON object, not an array");
+        assert_eq!(record_revision(array.as_bytes()), 0);
+    }
+
     #[test]
     fn a_record_s_revision_reading() {
         let cases: [(&[u8], u64); 12] = [
