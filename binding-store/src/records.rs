@@ -875,7 +875,13 @@ mod tests {
             assert!(e.contains("the document is no JSON object"), "{e}");
         }
         let doc = format!(r#" {{"format":"nexus-edge.bindings/v1","bindings":[{record}]}}"#);
-        assert_eq!(parse_records(doc.as_bytes()).expect("object").bindings.len(), 1);
+        assert_eq!(
+            parse_records(doc.as_bytes())
+                .expect("object")
+                .bindings
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -49,6 +49,21 @@ impl ConfigError {
     }
 }
 
+/// A key path as a problem line shows it: as written, unless it holds a character a terminal
+/// would act on or hide (a quoted TOML key may hold any): then quoted with escapes, so that a
+/// key cannot end its line and forge another problem, or send the terminal an escape.
+fn shown_key(key: &str) -> std::borrow::Cow<'_, str> {
+    let plain = key.chars().all(|c| {
+        let escaped = c.escape_debug();
+        escaped.len() == 1 && !matches!(c, '\u{2028}' | '\u{2029}')
+    });
+    if plain {
+        key.into()
+    } else {
+        format!("{key:?}").into()
+    }
+}
+
 /// Display helper: one line per problem, `file:line: key: message`.
 struct Invalid<'a> {
     path: &'a PathBuf,
@@ -65,14 +80,51 @@ impl fmt::Display for Invalid<'_> {
             if n == 1 { "" } else { "s" }
         )?;
         for (i, p) in self.problems.iter().enumerate() {
+            let key = shown_key(&p.key);
             match p.line {
-                Some(l) => write!(f, "  {}:{l}: {}: {}", self.path.display(), p.key, p.message)?,
-                None => write!(f, "  {}: {}: {}", self.path.display(), p.key, p.message)?,
+                Some(l) => write!(f, "  {}:{l}: {key}: {}", self.path.display(), p.message)?,
+                None => write!(f, "  {}: {key}: {}", self.path.display(), p.message)?,
             }
             if i + 1 < n {
                 writeln!(f)?;
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_that_could_forge_a_line_or_drive_a_terminal_is_shown_escaped() {
+        for plain in [
+            "server.threads",
+            "tenancy.base_domains[1]",
+            "auth.hmac_keys[0].kid",
+        ] {
+            assert_eq!(shown_key(plain), plain);
+        }
+        for (key, shown) in [
+            (
+                "server.x\nc.toml:1: server.threads: ok",
+                r#""server.x\nc.toml:1: server.threads: ok""#,
+            ),
+            ("server.x\u{1b}[2J", r#""server.x\u{1b}[2J""#),
+            ("server.a\u{202e}b", r#""server.a\u{202e}b""#),
+            ("server.a\u{2028}b", r#""server.a\u{2028}b""#),
+        ] {
+            assert_eq!(shown_key(key), shown, "{key:?}");
+        }
+        let e = ConfigError::invalid(
+            std::path::Path::new("c.toml"),
+            vec![Problem {
+                key: "server.x\nforged".to_owned(),
+                line: Some(3),
+                message: "unknown key".to_owned(),
+            }],
+        );
+        assert_eq!(e.to_string().lines().count(), 2, "{e}");
     }
 }

@@ -19,7 +19,9 @@ pub use defaults::embedded_default;
 pub use duration::parse_duration;
 pub use error::{ConfigError, Problem};
 pub use ipnet::IpNet;
-pub use load::{key_line, load_file, parse_sections, parse_str, read_text, NamedFiles, Sections};
+pub use load::{
+    key_line, listener_clash, load_file, parse_sections, parse_str, read_text, NamedFiles, Sections,
+};
 pub use settings::*;
 
 #[cfg(test)]

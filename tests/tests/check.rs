@@ -519,3 +519,37 @@ fn replicas_without_a_config_says_it_needs_one() {
         "{text}"
     );
 }
+
+#[test]
+fn serve_refuses_listen_options_that_clash_and_blames_no_other_process() {
+    // `--admin-listen` on `--listen`'s port: binding the second failed with "Address already
+    // in use", as if another process held it. Refused before anything is bound.
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.toml");
+    let config = format!(
+        "[auth]\njwks_file = \"{demo}/jwks.json\"\n[store]\nkind = \"file\"\npath = \"{demo}/bindings.json\"\n"
+    );
+    std::fs::write(&path, config).unwrap();
+    for (listen, admin) in [
+        ("0.0.0.0:45679", "127.0.0.1:45679"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ] {
+        let served = cli(&[
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            listen,
+            "--admin-listen",
+            admin,
+        ]);
+        let err = String::from_utf8_lossy(&served.stderr);
+        assert_eq!(served.status.code(), Some(1), "{listen} {admin}: {err}");
+        assert!(
+            err.contains(&format!("the ops listener at {admin}"))
+                && !err.contains("already in use"),
+            "{err}"
+        );
+    }
+}

@@ -251,6 +251,27 @@ fn token_fits_in_header(
 /// same port (not 0, which the system picks) on the same address, an IPv4-mapped IPv6
 /// address (`::ffff:127.0.0.1`) being its IPv4 address; or where `0.0.0.0` (every IPv4
 /// address) meets an IPv4 address, or `::` (every address, IPv4 too) meets any.
+/// Why the ops listener cannot listen at `admin_listen` beside the router at `listen`, if it
+/// cannot: one address with port 0 (the router tells its listeners apart by their configured
+/// addresses), or a port one of them takes on the other's addresses too. Also checked by
+/// `serve` for `--listen` and `--admin-listen`, which the file's checks do not see.
+pub fn listener_clash(
+    listen: std::net::SocketAddr,
+    admin_listen: std::net::SocketAddr,
+) -> Option<String> {
+    if admin_listen == listen && listen.port() == 0 {
+        Some(format!(
+            "{listen} is server.listen's address too: give one of them a port, or another address"
+        ))
+    } else if same_port(admin_listen, listen) {
+        Some(format!(
+            "{listen} (server.listen) already takes this port on these addresses"
+        ))
+    } else {
+        None
+    }
+}
+
 fn same_port(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
     let (a_ip, b_ip) = (a.ip().to_canonical(), b.ip().to_canonical());
     let takes = |wide: std::net::IpAddr, other: std::net::IpAddr| {

@@ -9,7 +9,7 @@ use crate::reader::{Problems, Section};
 use crate::settings::*;
 use crate::IpNet;
 
-use super::{same_port, MAX_TIMEOUT};
+use super::{listener_clash, MAX_TIMEOUT};
 
 /// `[server]`; `header_bound` gets `max_request_header_bytes` whenever that key parsed (or
 /// is left to its default), whatever else is wrong.
@@ -40,20 +40,8 @@ pub(super) fn parse(
     // A clash is the line of admin_listen, or of listen when the file leaves admin_listen to
     // its default.
     let admin_at = admin_at.or_else(|| s.raw("listen").map(|v| v.span().start));
-    if admin_listen == Some(listen) && listen.port() == 0 {
-        // Port 0 asks the system for a free port, but the router sets its listeners apart by
-        // their configured addresses, and these two are one.
-        p.push(
-            "server.admin_listen",
-            admin_at,
-            format!("{listen} is server.listen's address too: give one of them a port, or another address"),
-        );
-    } else if admin_listen.is_some_and(|a| same_port(a, listen)) {
-        p.push(
-            "server.admin_listen",
-            admin_at,
-            format!("{listen} (server.listen) already takes this port on these addresses"),
-        );
+    if let Some(clash) = admin_listen.and_then(|a| listener_clash(listen, a)) {
+        p.push("server.admin_listen", admin_at, clash);
     }
     let threads = s
         .integer("threads", 1, 1024, p)

@@ -122,6 +122,9 @@ fn load_set(
         path: origin.to_owned(),
         reason: "not UTF-8".to_owned(),
     })?;
+    // A byte order mark, which some editors write and RFC 8259 §8.1 lets a reader ignore, as
+    // the config and the bindings file are read.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     KeySet::load(text, origin, hmac, generation, emptied)
 }
 

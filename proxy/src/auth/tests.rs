@@ -920,6 +920,15 @@ fn jwks_loading_skips_bad_keys() {
         Authenticator::new(&s),
         Err(AuthSetupError::Format { .. })
     ));
+    // A byte order mark before the set is passed over, as in the config and bindings file.
+    let with_bom = format!("\u{feff}{}", json!({ "keys": [f.es.public_jwk()] }));
+    std::fs::write(f.dir.path().join("jwks.json"), with_bom).expect("w");
+    assert_eq!(
+        Authenticator::new(&s)
+            .expect("a set after a BOM")
+            .key_count(),
+        1
+    );
     // A member written twice, at any depth: the whole set is refused, naming why.
     let es = f.es.public_jwk().to_string();
     let twice = es.replacen('{', "{\"alg\":\"ES256\",", 1);

@@ -22,6 +22,19 @@ pub(super) fn run(
     if let Some(a) = admin_listen {
         settings.server.admin_listen = Some(a);
     }
+    // The file's check saw the file's addresses; an option may have changed either.
+    if let (Some(admin), true) = (
+        settings.server.admin_listen,
+        listen.is_some() || admin_listen.is_some(),
+    ) {
+        if let Some(clash) = nexus_config::listener_clash(settings.server.listen, admin) {
+            eprintln!(
+                "nexus-edge: cannot serve: the ops listener at {admin} (--admin-listen, or the \
+                 config's server.admin_listen) cannot sit beside the router: {clash}"
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     crate::logging::init(&settings.log);
     if config.is_none() {
         tracing::warn!(
