@@ -80,6 +80,9 @@ pub struct TenancySettings {
     pub past_due_header: String,
 }
 
+/// The largest `[auth] max_token_bytes` may be: no router takes a longer token.
+pub const MAX_TOKEN_BYTES_CEILING: usize = 65_536;
+
 /// `[auth]`
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuthSettings {

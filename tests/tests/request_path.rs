@@ -4249,3 +4249,36 @@ fn token_mints_the_algorithm_an_rsa_key_is_pinned_to() {
         assert!(stderr.contains(said), "{alg}: {stderr}");
     }
 }
+
+#[test]
+fn token_mints_no_token_longer_than_any_router_takes() {
+    // `[auth] max_token_bytes` is at most 64 KiB: a 100 KB org claim made a 133 KB token
+    // every router refuses, minted with exit code 0.
+    let pem = keys::repo_root().join("deploy/demo/demo-rs256-key.pem");
+    let mint = |org: &str| {
+        nexus_e2e::edge::cli(&[
+            "token",
+            "--tenant",
+            "acme",
+            "--org",
+            org,
+            "--key",
+            pem.to_str().expect("utf8"),
+        ])
+    };
+    let out = mint(&"a".repeat(100_000));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a router refuses one past 65536"),
+        "{stderr}"
+    );
+    // Past the default bound only: minted, with a note.
+    let out = mint(&"a".repeat(10_000));
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("(8192 unless set)"), "{stderr}");
+    let out = mint("org-acme");
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+}

@@ -126,7 +126,7 @@ pub(super) fn parse(
         .integer("token_cache_capacity", 0, 10_000_000, p)
         .map_or(d.token_cache_capacity, |n| n as usize);
     let read = s
-        .integer("max_token_bytes", 256, 65_536, p)
+        .integer("max_token_bytes", 256, MAX_TOKEN_BYTES_CEILING as i64, p)
         .map(|n| n as usize);
     *token_bound = s.parsed_or_default("max_token_bytes", read, d.max_token_bytes);
     let max_token_bytes = read.unwrap_or(d.max_token_bytes);

@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::auth::jwk::Algorithm;
 use crate::auth::mint::SigningKey;
+use nexus_config::MAX_TOKEN_BYTES_CEILING;
 
 /// Arguments of `nexus-edge token`.
 #[derive(Debug, Args)]
@@ -64,7 +65,11 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
         ("--tenant-claim", &a.tenant_claim),
         ("--org-claim", &a.org_claim),
     ] {
-        if RESERVED.contains(&name.as_str()) || name.is_empty() {
+        if name.is_empty() {
+            eprintln!("nexus-edge token: {flag}: the claim's name is empty");
+            return ExitCode::from(2);
+        }
+        if RESERVED.contains(&name.as_str()) {
             eprintln!(
                 "nexus-edge token: {flag} {name:?}: the claim must have a name of its own, not \
                  one of {RESERVED:?}"
@@ -128,7 +133,26 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
         claims[&a.org_claim] = serde_json::Value::String(org.clone());
     }
     match key.sign(&claims) {
+        // `[auth] max_token_bytes` is at most 64 KiB: every router refuses a longer token.
+        Ok(t) if t.len() > MAX_TOKEN_BYTES_CEILING => {
+            eprintln!(
+                "nexus-edge token: the token would be {} bytes long, and a router refuses one \
+                 past {MAX_TOKEN_BYTES_CEILING} ([auth] max_token_bytes is at most that): give \
+                 shorter \
+                 claims",
+                t.len()
+            );
+            ExitCode::from(2)
+        }
         Ok(t) => {
+            let default = nexus_config::embedded_default().auth.max_token_bytes;
+            if t.len() > default {
+                eprintln!(
+                    "nexus-edge token: note: the token is {} bytes long; a router refuses one \
+                     past [auth] max_token_bytes ({default} unless set)",
+                    t.len()
+                );
+            }
             outln!("{t}");
             ExitCode::SUCCESS
         }
