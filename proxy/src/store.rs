@@ -58,6 +58,11 @@ impl Store {
     }
 }
 
+/// The keys of `[store.tls]` files, which name their problems (and `check` places by them).
+pub const TLS_CA_FILE: &str = "store.tls.ca_file";
+/// See [`TLS_CA_FILE`].
+pub const TLS_CLIENT_CERT_FILE: &str = "store.tls.client_cert_file";
+
 /// Maps config to the store's options, reading the TLS files it names.
 pub fn redis_options(r: &RedisStoreSettings) -> Result<RedisOptions, String> {
     let endpoint = match &r.endpoint {
@@ -75,17 +80,40 @@ pub fn redis_options(r: &RedisStoreSettings) -> Result<RedisOptions, String> {
         nexus_config::files::read_regular(path, nexus_config::files::MAX_CONFIG_BYTES)
             .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
     };
+    // Read as the TLS client will: a damaged file is named by its key here, where redis-rs
+    // would say "Unable to parse TLS trust anchors" of the store's URL.
+    if let Some(ca) = r.tls.ca_file.as_deref() {
+        crate::server::check_ca_bundle(ca).map_err(|e| format!("{TLS_CA_FILE}: {e}"))?;
+    }
+    if let Some((cert, key)) = &r.tls.client_cert {
+        let (c, k) = (cert.display().to_string(), key.display().to_string());
+        match pingora::tls::load_certs_and_key_files(&c, &k) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(format!(
+                    "{TLS_CLIENT_CERT_FILE}: {c} and {k} hold no certificate and private key \
+                     (PEM: CERTIFICATE, then PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{TLS_CLIENT_CERT_FILE}: {c} or {k} is no PEM file: {}",
+                    crate::logging::LoggedError(&e)
+                ))
+            }
+        }
+    }
     let mut o = RedisOptions::with_endpoint(endpoint);
     o.tls = RedisTls {
         ca_pem: r
             .tls
             .ca_file
             .as_deref()
-            .map(|p| read("store.tls.ca_file", p))
+            .map(|p| read(TLS_CA_FILE, p))
             .transpose()?,
         client_cert_pem: match &r.tls.client_cert {
             Some((cert, key)) => Some((
-                read("store.tls.client_cert_file", cert)?,
+                read(TLS_CLIENT_CERT_FILE, cert)?,
                 read("store.tls.client_key_file", key)?,
             )),
             None => None,

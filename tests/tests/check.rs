@@ -553,3 +553,50 @@ fn serve_refuses_listen_options_that_clash_and_blames_no_other_process() {
         );
     }
 }
+
+#[test]
+fn damaged_redis_tls_files_are_named_by_their_keys_not_the_url() {
+    // A CA file holding a CERTIFICATE block of garbage was "store.url: ... Unable to parse TLS
+    // trust anchors", and a cut client certificate "store.url: ... missing section end
+    // marker: [67, 69, ...]".
+    let dir = tempfile::tempdir().unwrap();
+    let keys = TestKeys::new();
+    std::fs::write(dir.path().join("jwks.json"), keys.jwks().to_string()).unwrap();
+    let pki = nexus_e2e::tls::TestPki::generate(dir.path());
+    std::fs::write(
+        dir.path().join("garbage-ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let cert = std::fs::read_to_string(&pki.client_cert).unwrap();
+    std::fs::write(dir.path().join("cut.pem"), &cert[..cert.len() - 30]).unwrap();
+    let store = |tls: &str| {
+        format!(
+            "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"redis\"\n\
+             url = \"rediss://127.0.0.1:1/0\"\n[store.tls]\n{tls}"
+        )
+    };
+    let (ca, key) = (pki.ca.display(), pki.client_key.display());
+    for (tls, said) in [
+        (
+            "ca_file = \"garbage-ca.pem\"\n".to_owned(),
+            "store.tls.ca_file",
+        ),
+        (
+            format!(
+                "ca_file = \"{ca}\"\nclient_cert_file = \"cut.pem\"\nclient_key_file = \"{key}\"\n"
+            ),
+            "store.tls.client_cert_file",
+        ),
+    ] {
+        let (code, out) = check(dir.path(), &store(&tls));
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains(said) && !out.contains("store.url"), "{out}");
+    }
+    let good = format!(
+        "ca_file = \"{ca}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{key}\"\n",
+        pki.client_cert.display()
+    );
+    let (code, out) = check(dir.path(), &store(&good));
+    assert_eq!(code, 0, "{out}");
+}
