@@ -55,11 +55,15 @@ fn seconds_bound(text: &str) -> u128 {
     total
 }
 
+/// The error of a duration past what a `Duration` holds: humantime's own words for it, which
+/// the check above uses too, so a reader can tell "too large" from "not a duration".
+pub(crate) const TOO_LARGE: &str = "number is too large";
+
 /// Reads a duration as humantime does (`30s`, `1h 30m`, `1.5h`, `500ms`; `M` is months, `m`
 /// minutes), refusing one past `u64::MAX` seconds with an error instead of a panic.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if seconds_bound(text) >= u128::from(u64::MAX) {
-        return Err("number is too large".to_owned());
+        return Err(TOO_LARGE.to_owned());
     }
     humantime::parse_duration(text).map_err(|e| e.to_string())
 }

@@ -256,6 +256,12 @@ impl<'a, 'i> Section<'a, 'i> {
         let (s, at) = self.string(k, p)?;
         match crate::parse_duration(&s) {
             Ok(d) if d >= min && d <= max => Some(d),
+            // Past any clock is past `max` too.
+            Err(e) if e == crate::duration::TOO_LARGE => {
+                let range = format!("{} to {}", shown(min), shown(max));
+                p.push(self.key(k), Some(at), format!("{s:?} is out of range ({range})"));
+                None
+            }
             Ok(_) => {
                 p.push(
                     self.key(k),
