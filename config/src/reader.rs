@@ -259,7 +259,11 @@ impl<'a, 'i> Section<'a, 'i> {
             // Past any clock is past `max` too.
             Err(e) if e == crate::duration::TOO_LARGE => {
                 let range = format!("{} to {}", shown(min), shown(max));
-                p.push(self.key(k), Some(at), format!("{s:?} is out of range ({range})"));
+                p.push(
+                    self.key(k),
+                    Some(at),
+                    format!("{s:?} is out of range ({range})"),
+                );
                 None
             }
             Ok(_) => {

@@ -11,6 +11,22 @@ use clap::Parser;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = nexus_edge::cli::Cli::parse();
+    let cli = match nexus_edge::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // clap reads an empty NEXUS_EDGE_CONFIG as `--config` given no value, and says so of
+        // `--config`, which the user never typed.
+        Err(e)
+            if e.kind() == clap::error::ErrorKind::InvalidValue
+                && e.to_string().contains("'--config <CONFIG>'")
+                && std::env::var_os("NEXUS_EDGE_CONFIG").is_some_and(|v| v.is_empty()) =>
+        {
+            eprintln!(
+                "nexus-edge: NEXUS_EDGE_CONFIG is set but empty: name a config file in it, or \
+                 unset it (`--config FILE` takes its place)"
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     nexus_edge::cli::run(cli)
 }

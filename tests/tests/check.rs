@@ -601,3 +601,22 @@ fn damaged_redis_tls_files_are_named_by_their_keys_not_the_url() {
     let (code, out) = check(dir.path(), &store(&good));
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn an_empty_config_variable_is_named_not_a_missing_flag_value() {
+    // clap read NEXUS_EDGE_CONFIG="" as `--config` without a value, and said so of a flag the
+    // user never typed.
+    for args in [&["check"][..], &["serve"], &["tenant", "list"]] {
+        let out = std::process::Command::new(nexus_e2e::edge::binary())
+            .args(args)
+            .env("NEXUS_EDGE_CONFIG", "")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("NEXUS_EDGE_CONFIG is set but empty") && !err.contains("'--config"),
+            "{args:?}: {err}"
+        );
+    }
+}
