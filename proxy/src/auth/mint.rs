@@ -22,6 +22,9 @@ pub enum MintError {
     /// Not a PKCS#8 PEM private key of a supported type.
     #[error("not a PKCS#8 PEM private key (RSA, EC P-256/P-384 or Ed25519): {0}")]
     Format(String),
+    /// A private key of a supported type the router would refuse to verify with.
+    #[error("{0}")]
+    Unusable(&'static str),
     /// Signing failed.
     #[error("signing failed")]
     Sign,
@@ -78,8 +81,13 @@ impl SigningKey {
     /// Parses a PKCS#8 PEM private key.
     pub fn from_pem(pem_text: &str, kid: Option<String>) -> Result<Self, MintError> {
         // The parser's own words (`malformedframing`) say little to someone who passed a JWKS.
-        let block =
-            pem::parse(pem_text).map_err(|_| MintError::Format("no PEM block in it".to_owned()))?;
+        let block = pem::parse(pem_text).map_err(|e| {
+            MintError::Format(if pem_text.contains("-----BEGIN ") {
+                format!("its PEM block does not decode ({e})")
+            } else {
+                "no PEM block in it".to_owned()
+            })
+        })?;
         if block.tag() != "PRIVATE KEY" {
             return Err(MintError::Format(format!(
                 "PEM block is {:?}, expected \"PRIVATE KEY\"",
@@ -91,8 +99,14 @@ impl SigningKey {
 
     fn from_pkcs8(der: &[u8], kid: Option<String>) -> Result<Self, MintError> {
         let rng = SystemRandom::new();
-        let kind = if let Ok(k) = RsaKeyPair::from_pkcs8(der) {
+        let rsa = RsaKeyPair::from_pkcs8(der);
+        let kind = if let Ok(k) = rsa {
             Kind::Rsa(k, Algorithm::RS256)
+        } else if rsa.as_ref().is_err_and(|e| e.to_string() == "TooSmall") {
+            // The router skips such keys in a key set too (RFC 7518 §3.3: 2048 bits or more).
+            return Err(MintError::Unusable(
+                "an RSA key of fewer than 2048 bits, which the router refuses",
+            ));
         } else if let Ok(k) =
             EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
         {

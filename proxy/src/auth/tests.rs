@@ -1308,3 +1308,23 @@ fn a_flood_of_forged_tokens_is_not_cached_and_evicts_nothing() {
     auth.verify(&good, NOW).expect("still cached");
     assert_eq!(auth.signature_checks(), 1 + flood as u64);
 }
+
+#[test]
+fn a_key_the_router_would_refuse_or_a_damaged_pem_is_said_so() {
+    // A 1,024-bit RSA key (generated for this test, used nowhere): it is PKCS#8, and what is
+    // wrong with it is its size, which "not a PKCS#8 PEM private key" hid.
+    const RSA_1024: &str = "-----BEGIN PRIVATE KEY-----\nMIICdgIBADANBgkqhkiG9w0BAQEFAASCAmAwggJcAgEAAoGBAMcjUyl81RVVl7Yz\nUkbZ9SJNqiD5jOVkvFBCCclzaf4TBR36GSlVouyPdRG85eOEXXDQHUPjuKCH3tYK\nwtWPlKONpa/Z2M6M3xHEdFIr7OYzzcCgO9p1VLn1O2nIdVF6rzE14ktDkIYIUadh\nWk7rqNbsM45j1HcoQlqcAoXfxpW1AgMBAAECgYAtYw68QPhr8WMvosjY3ypw1BS3\niUkkq24EONj0MjrxLrKW337Gnf8RPa0oCs62qV+Gq9hPteJJrE4MqM05UY1Fxn8y\ntiEqWNsurdYFjDmzn6fwbSnK7r42BxIK7iCDOHJH5sEuTPdQkolOxLvFkyfKzAVu\njsCVw7RF6JkXyTwMYQJBAPJs+ZKiBnb7W3Qr/3C33tAGSsg9hVzlKe96QLSIEeyU\n8/oBMgNiCY2CMf7JKTZRWaftxqprw8mTyvDTzxqr7g0CQQDSSdjbvViZJTT3yJ3U\nH1nfOBx7JlCy4weTrbDhr49wZIMbiYlM+T6PcocN5I5KJn2hOotgO/Fa+rKd2Tym\nxYRJAkEAvR9EyB78uh+3pfaZDZ90BIeUGYjdHK5uu7N8/RnWGeHOP/BkyvzVhP7X\n7/OQ4h4uunIl9Vei4wQYYy5qOF1+lQJAY4O68lIqqV6oMFJqDkY/25jMMaMyMVWq\n8kISINtaABAw00lFBn41EuFZ9EMi6whID5KK/qGfWDSnbnetciaqsQJAVufYXYZ/\nF0duZ+imFk1elkwMtPI1Nqy9ybCws8ArTNUsqJ1YXALaaD28RGzfwJKWAsd4j8VV\nKFDEj3JlxDmJiw==\n-----END PRIVATE KEY-----\n";
+    let e = SigningKey::from_pem(RSA_1024, None).expect_err("too small");
+    assert_eq!(
+        e.to_string(),
+        "an RSA key of fewer than 2048 bits, which the router refuses"
+    );
+    let garbled = "-----BEGIN PRIVATE KEY-----\n!!!\n-----END PRIVATE KEY-----\n";
+    let e = SigningKey::from_pem(garbled, None).expect_err("garbled");
+    assert!(
+        e.to_string().contains("its PEM block does not decode"),
+        "{e}"
+    );
+    let e = SigningKey::from_pem("{\"keys\": []}", None).expect_err("no PEM");
+    assert!(e.to_string().ends_with("no PEM block in it"), "{e}");
+}
