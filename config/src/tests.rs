@@ -429,7 +429,7 @@ fn hmac_keys_come_from_env_or_file_and_must_be_long() {
     std::fs::write(dir.join("secret"), "0123456789abcdef0123456789abcdef\n").expect("write");
     std::fs::write(dir.join("short"), "short").expect("write");
     let text = format!(
-        "{MINIMAL}\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"b\"\nsecret_file = \"short\"\n\n[[auth.hmac_keys]]\nkid = \"c\"\nsecret_env = \"NEXUS_TEST_SURELY_UNSET_VAR\"\n\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"d\"\nalg = \"HS512\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"e\"\nalg = \"RS256\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"f\"\nalg = 512\nsecret_file = \"secret\"\n"
+        "{MINIMAL}\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"b\"\nsecret_file = \"short\"\n\n[[auth.hmac_keys]]\nkid = \"c\"\nsecret_env = \"NEXUS_TEST_SURELY_UNSET_VAR\"\n\n[[auth.hmac_keys]]\nkid = \"a\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"d\"\nalg = \"HS512\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"e\"\nalg = \"RS256\"\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nkid = \"f\"\nalg = 512\nsecret_file = \"secret\"\n\n[[auth.hmac_keys]]\nalg = 5\n"
     );
     let ps = match parse_str(&text, &dir.join("edge.toml")) {
         Err(ConfigError::Invalid { problems, .. }) => problems,
@@ -465,6 +465,25 @@ fn hmac_keys_come_from_env_or_file_and_must_be_long() {
     assert!(
         ps.iter()
             .any(|p| p.key == "auth.hmac_keys[6].alg" && p.message == "must be a string"),
+        "{ps:?}"
+    );
+    // A mistyped field hides none of the table's other problems (the kid and the secret
+    // missing), and is not said "required" or given a default.
+    let of_7: Vec<(&str, &str)> = ps
+        .iter()
+        .filter(|p| p.key.starts_with("auth.hmac_keys[7]"))
+        .map(|p| (p.key.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(
+        of_7,
+        [
+            ("auth.hmac_keys[7].kid", "is required"),
+            (
+                "auth.hmac_keys[7]",
+                "needs exactly one of secret_env or secret_file"
+            ),
+            ("auth.hmac_keys[7].alg", "must be a string"),
+        ],
         "{ps:?}"
     );
     assert!(

@@ -283,7 +283,10 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
                 .map(|(_, v)| v.span().start)
                 .or(at)
         };
-        let mut mistyped = false;
+        // Fields that are there but no string: said once here, and judged no further (a
+        // mistyped `kid` is not "required", a mistyped `alg = 512` must not become the
+        // default), while the table's other fields are still checked.
+        let mut mistyped: Vec<&str> = Vec::new();
         for (k, v) in t.iter() {
             let n = k.get_ref().as_ref();
             if !HMAC_KEY_FIELDS.contains(&n) {
@@ -299,14 +302,13 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
                     Some(k.span().start),
                     "must be a string",
                 );
-                mistyped = true;
+                mistyped.push(n);
             }
         }
-        if mistyped {
-            continue;
-        }
+        let typed = |n: &str| !mistyped.contains(&n);
         // Each field is judged on its own, so that one run lists every problem of the table.
         let kid = match field("kid").filter(|k| !k.is_empty()) {
+            None if !typed("kid") => None,
             None => {
                 p.push(format!("{key}.kid"), at, "is required");
                 None
@@ -324,6 +326,7 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
             Some(kid) => Some(kid),
         };
         let alg = match field("alg") {
+            None if !typed("alg") => None,
             None => Some(HmacAlgorithm::HS256),
             Some(name) => {
                 let alg = HmacAlgorithm::from_name(&name);
@@ -338,6 +341,7 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
             }
         };
         let secret = match (field("secret_env"), field("secret_file")) {
+            _ if !typed("secret_env") || !typed("secret_file") => None,
             (Some(env), None) => match std::env::var(&env) {
                 Ok(v) => Some(v.into_bytes()),
                 Err(e) => {
