@@ -1064,6 +1064,20 @@ fn a_duplicate_key_or_table_is_named() {
 }
 
 #[test]
+fn a_duplicate_key_hides_no_other_problem_and_a_syntax_error_is_all_said() {
+    // The rest of the file was checked only once the duplicate was mended: a second run.
+    let ps = problems(&format!(
+        "{MINIMAL}\n[server]\nthreads = 2\nthreads = 3\nkeepalive_timeout = \"x\"\n"
+    ));
+    has(&ps, "server.threads", 11, "duplicate key");
+    has(&ps, "server.keepalive_timeout", 12, "is not a duration");
+    // Past a syntax error the reading is a guess: only the syntax is said, every error of it.
+    let ps = problems("[server]\nthreads = \nkeepalive_timeout = \"x\"\n[auth\n");
+    assert!(ps.iter().all(|p| p.key == "(syntax)"), "{ps:#?}");
+    assert_eq!(ps.len(), 2, "{ps:#?}");
+}
+
+#[test]
 fn an_hmac_key_problem_is_said_at_the_line_of_its_field() {
     let text = format!(
         "{MINIMAL}[[auth.hmac_keys]]\nkid = \"a\"\n\nalg = \"HS999\"\nsecret_env = \"NEXUS_TEST_SURELY_UNSET_VAR\"\n\

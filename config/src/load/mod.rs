@@ -92,21 +92,28 @@ impl Sections {
 /// the sections that hold no problem, beside every problem found (in no particular order).
 pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     let mut p = Problems::new(text);
-    let root = match DeTable::parse(text) {
-        Ok(t) => t,
-        Err(e) => {
-            let at = e.span().map(|s| s.start);
-            let message = e.message().trim();
-            match e.span().filter(|_| message == "duplicate key") {
-                Some(span) => {
-                    let (key, message) = duplicate_named(text, &span);
-                    p.push(key, Some(span.start), message);
-                }
-                None => p.push("(syntax)", at, message.to_owned()),
+    // Read on past a key given twice, so that the rest of the file is checked in the same
+    // run; past a syntax error the reading is a guess, and only what the reader found is
+    // said.
+    let (root, errors) = DeTable::parse_recoverable(text);
+    let mut syntax = false;
+    for e in &errors {
+        let at = e.span().map(|s| s.start);
+        let message = e.message().trim();
+        match e.span().filter(|_| message == "duplicate key") {
+            Some(span) => {
+                let (key, message) = duplicate_named(text, &span);
+                p.push(key, Some(span.start), message);
             }
-            return (Sections::default(), p.list);
+            None => {
+                syntax = true;
+                p.push("(syntax)", at, message.to_owned());
+            }
         }
-    };
+    }
+    if syntax {
+        return (Sections::default(), p.list);
+    }
     let root = root.get_ref();
     for (k, _) in root.iter() {
         let name = k.get_ref().as_ref();
