@@ -327,7 +327,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         k = shell_word(&key_path.display().to_string()),
     );
 
-    crate::server::serve(settings)
+    crate::server::serve(settings, None)
 }
 
 #[cfg(test)]

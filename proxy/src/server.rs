@@ -148,7 +148,8 @@ pub fn prepare(
 
 /// Opens the configured store, loads everything, and serves until shutdown. A start-up
 /// failure is logged and printed, and becomes the process's failure exit code.
-pub fn serve(settings: Settings) -> std::process::ExitCode {
+/// `config`: the file the settings came from, which a failed start names the check of.
+pub fn serve(settings: Settings, config: Option<&std::path::Path>) -> std::process::ExitCode {
     if let Err(e) = crate::signals::ignore_reload_signals() {
         tracing::warn!(error = %e, "SIGHUP, SIGUSR1 and SIGUSR2 are not caught: each ends the process");
     }
@@ -174,6 +175,15 @@ pub fn serve(settings: Settings) -> std::process::ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "nexus-edge stopped");
             eprintln!("nexus-edge: {e}");
+            // The start names the file it could not use; the check names the config key and
+            // line that gave it, and every other problem beside it.
+            if let Some(config) = config {
+                eprintln!(
+                    "nexus-edge: `nexus-edge check --config {}` lists every problem of the \
+                     config with its key and line",
+                    config.display()
+                );
+            }
             std::process::ExitCode::FAILURE
         }
     }

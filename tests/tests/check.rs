@@ -173,6 +173,8 @@ fn check_says_what_serve_would_refuse_or_drop() {
         err.contains("upstream.ca_file") && !err.contains("panicked"),
         "{err}"
     );
+    // A start that fails names the check, which places every problem at its key and line.
+    assert!(err.contains("`nexus-edge check --config "), "{err}");
 
     // A Redis store whose client serve could not build: a URL redis-rs does not read.
     let bad_port = "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:99999/0\"\n";

@@ -42,5 +42,5 @@ pub(super) fn run(
              never use it in production"
         );
     }
-    crate::server::serve(settings)
+    crate::server::serve(settings, config)
 }
