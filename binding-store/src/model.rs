@@ -697,34 +697,12 @@ impl Binding {
     /// Whether `other` is this binding at another revision: every field but `revision` and
     /// `updated_at` equal, so a router serves the two alike.
     pub fn same_but_revision(&self, other: &Binding) -> bool {
-        // Spelled out field by field: a field added later fails to compile here instead of
-        // being left out of the comparison.
-        let Binding {
-            tenant_id,
-            subscription_id,
-            instance_id,
-            instance_url,
-            api_url,
-            identity_org_id,
-            status,
-            plan,
-            region,
-            domains,
-            revision: _,
-            updated_at: _,
-            mode,
-        } = self;
-        *tenant_id == other.tenant_id
-            && *subscription_id == other.subscription_id
-            && *instance_id == other.instance_id
-            && *instance_url == other.instance_url
-            && *api_url == other.api_url
-            && *identity_org_id == other.identity_org_id
-            && *status == other.status
-            && *plan == other.plan
-            && *region == other.region
-            && *domains == other.domains
-            && *mode == other.mode
+        // Compared whole (the derived `PartialEq`), so that a field added later is compared
+        // too; once per admin write, the clone costs nothing that matters.
+        let mut other = other.clone();
+        other.revision = self.revision;
+        other.updated_at = self.updated_at;
+        *self == other
     }
 
     /// Validates a wire record. Returns every field problem at once.

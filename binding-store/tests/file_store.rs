@@ -28,6 +28,11 @@ fn actor() -> Actor {
     }
 }
 
+/// `m` applied to `tenant` in `store`, always written: the writes of these tests.
+fn apply_now(store: &FileStore, tenant: &TenantId, m: Mutation) -> Result<Applied, AdminError> {
+    rt().block_on(store.apply(tenant, m, None, IfUnchanged::Write, &actor()))
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1119,14 +1124,7 @@ fn a_write_refuses_a_file_the_router_would_refuse() {
     let store = FileStore::new(Some(path.clone()), Duration::from_millis(10));
     let acme = TenantId::parse("acme").unwrap();
     let b = parse_record(&record("acme", "http://10.0.0.2")).unwrap();
-    let err = rt()
-        .block_on(store.apply(
-            &acme,
-            Mutation::Put(Box::new(b)),
-            None,
-            IfUnchanged::Write,
-            &actor(),
-        ))
+    let err = apply_now(&store, &acme, Mutation::Put(Box::new(b)))
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -1223,14 +1221,7 @@ fn tid(t: &str) -> TenantId {
 
 fn put(store: &FileStore, t: &str) {
     let b = parse_record(&record(t, "http://10.0.0.1")).unwrap();
-    rt().block_on(store.apply(
-        &tid(t),
-        Mutation::Put(Box::new(b)),
-        None,
-        IfUnchanged::Write,
-        &actor(),
-    ))
-    .unwrap();
+    apply_now(store, &tid(t), Mutation::Put(Box::new(b))).unwrap();
 }
 
 /// Polls `done` until it holds, for up to 5 s; a timeout names `what` was awaited.
@@ -1256,14 +1247,7 @@ fn a_hand_emptied_file_after_a_cli_delete_is_refused() {
     for t in ["acme", "globex", "initech"] {
         put(&store, t);
     }
-    rt().block_on(store.apply(
-        &tid("initech"),
-        Mutation::Delete,
-        None,
-        IfUnchanged::Write,
-        &actor(),
-    ))
-    .unwrap();
+    apply_now(&store, &tid("initech"), Mutation::Delete).unwrap();
     let handle = BindingHandle::new(rt().block_on(store.initial_load()).unwrap());
     assert_eq!(handle.load().len(), 2);
     let written = std::fs::read(&path).unwrap();
@@ -1276,14 +1260,7 @@ fn a_hand_emptied_file_after_a_cli_delete_is_refused() {
     // The file put back, the CLI's own deletes of the rest are taken, down to none.
     write_atomically(&path, &written).unwrap();
     for t in ["acme", "globex"] {
-        rt().block_on(store.apply(
-            &tid(t),
-            Mutation::Delete,
-            None,
-            IfUnchanged::Write,
-            &actor(),
-        ))
-        .unwrap();
+        apply_now(&store, &tid(t), Mutation::Delete).unwrap();
     }
     wait_until(
         "the CLI's deletes of the last tenants to empty the table",
@@ -1331,14 +1308,7 @@ fn a_write_into_a_lost_bindings_file_is_refused() {
     assert_lost_file_refused(&store, &path, &b);
     // Said outright, the write starts a new file.
     let store = store.with_wiped_store(WipedStore::StartNewHistory);
-    let rev = rt()
-        .block_on(store.apply(
-            &tid("initech"),
-            Mutation::Put(Box::new(b)),
-            None,
-            IfUnchanged::Write,
-            &actor(),
-        ))
+    let rev = apply_now(&store, &tid("initech"), Mutation::Put(Box::new(b)))
         .unwrap()
         .revision();
     assert_eq!(rev.get(), 3);
@@ -1369,14 +1339,7 @@ fn after_a_backup_is_restored_the_cli_delete_of_its_last_tenant_is_taken() {
         store.check_for_change(&handle);
         handle.load().len() == 1
     });
-    let rev = rt()
-        .block_on(store.apply(
-            &tid("acme"),
-            Mutation::Delete,
-            None,
-            IfUnchanged::Write,
-            &actor(),
-        ))
+    let rev = apply_now(&store, &tid("acme"), Mutation::Delete)
         .unwrap()
         .revision();
     assert_eq!(rev.get(), 2);
@@ -1416,14 +1379,7 @@ fn a_damaged_last_audit_line_hides_neither_a_lost_file_nor_a_revision() {
     // Said outright, the new history goes on from the numbers handed out.
     let new = FileStore::new(Some(path.clone()), Duration::from_millis(10))
         .with_wiped_store(WipedStore::StartNewHistory);
-    let rev = rt()
-        .block_on(new.apply(
-            &tid("initech"),
-            Mutation::Put(Box::new(b)),
-            None,
-            IfUnchanged::Write,
-            &actor(),
-        ))
+    let rev = apply_now(&new, &tid("initech"), Mutation::Put(Box::new(b)))
         .unwrap()
         .revision();
     assert_eq!(rev.get(), 3);
@@ -1480,14 +1436,7 @@ fn a_lost_file_whose_audit_log_holds_no_readable_entry_is_not_written_over() {
     assert!(!path.exists(), "nothing written");
     assert_eq!(std::fs::read(&audit).unwrap(), b"not json\n");
     let store = store.with_wiped_store(WipedStore::StartNewHistory);
-    let rev = rt()
-        .block_on(store.apply(
-            &tid("acme"),
-            Mutation::Put(Box::new(b)),
-            None,
-            IfUnchanged::Write,
-            &actor(),
-        ))
+    let rev = apply_now(&store, &tid("acme"), Mutation::Put(Box::new(b)))
         .unwrap()
         .revision();
     assert_eq!(rev.get(), 1);
@@ -1588,15 +1537,7 @@ fn a_put_an_import_or_a_delete_settles_a_tenant_listed_twice() {
     let b = parse_record(&record("acme", "http://10.0.0.3")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (store, path) = acme_listed_twice(dir.path());
-    let after = rt()
-        .block_on(store.apply(
-            &acme,
-            Mutation::Put(Box::new(b)),
-            None,
-            IfUnchanged::Write,
-            &actor(),
-        ))
-        .unwrap();
+    let after = apply_now(&store, &acme, Mutation::Put(Box::new(b))).unwrap();
     assert_eq!(after.revision(), Revision(3));
     assert_eq!(
         after.binding().unwrap().instance_url.url().as_str(),
@@ -1630,9 +1571,7 @@ fn a_put_an_import_or_a_delete_settles_a_tenant_listed_twice() {
 
     let dir = tempfile::tempdir().unwrap();
     let (store, path) = acme_listed_twice(dir.path());
-    let after = rt()
-        .block_on(store.apply(&acme, Mutation::Delete, None, IfUnchanged::Write, &actor()))
-        .unwrap();
+    let after = apply_now(&store, &acme, Mutation::Delete).unwrap();
     assert!(after.binding().is_none());
     assert_eq!(
         listed(&path),
