@@ -163,7 +163,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 /// `word` as one shell word: as it is when it holds nothing a shell reads specially, else in
 /// single quotes (a `TMPDIR` or `--dir` with a space would split a pasted command).
-fn shell_word(word: &str) -> String {
+pub(crate) fn shell_word(word: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
     if !word.is_empty() && word.chars().all(plain) {
         word.to_owned()

@@ -153,35 +153,49 @@ pub fn serve(settings: Settings, config: Option<&std::path::Path>) -> std::proce
     if let Err(e) = crate::signals::ignore_reload_signals() {
         tracing::warn!(error = %e, "SIGHUP, SIGUSR1 and SIGUSR2 are not caught: each ends the process");
     }
-    let started = crate::store::Store::open(&settings.store).and_then(|store| {
-        let source = store.source();
-        // Bound only once the state is loaded: a socket that accepts must soon be served. The
-        // stop signals are caught from before that on (until then their default action ends
-        // the process, as it should while it only loads), so a client that reaches a listener
-        // can rely on a SIGTERM being drained, not ended on.
-        prepare(settings, &source)
-            .and_then(|state| {
-                let signals = Signals::catch(Arc::clone(&state)).map_err(StartError::Signals)?;
-                let listeners = bind_listeners(&state.settings)?;
-                Ok((state, source, listeners, signals))
-            })
-            .map_err(|e| format!("cannot start: {e}"))
-    });
+    // Whether a failure is one `check` finds in the config file: a store client it cannot
+    // build, a key set, a CA bundle, a bindings file. Not a port another process holds, nor
+    // a Redis that does not answer.
+    let file_store = matches!(settings.store, nexus_config::StoreSettings::File(_));
+    let started = crate::store::Store::open(&settings.store)
+        .map_err(|e| (e, true))
+        .and_then(|store| {
+            let source = store.source();
+            // Bound only once the state is loaded: a socket that accepts must soon be served. The
+            // stop signals are caught from before that on (until then their default action ends
+            // the process, as it should while it only loads), so a client that reaches a listener
+            // can rely on a SIGTERM being drained, not ended on.
+            prepare(settings, &source)
+                .and_then(|state| {
+                    let signals =
+                        Signals::catch(Arc::clone(&state)).map_err(StartError::Signals)?;
+                    let listeners = bind_listeners(&state.settings)?;
+                    Ok((state, source, listeners, signals))
+                })
+                .map_err(|e| {
+                    let in_config = match e {
+                        StartError::Keys(_) | StartError::CaBundle(_) => true,
+                        StartError::Bindings(_) => file_store,
+                        _ => false,
+                    };
+                    (format!("cannot start: {e}"), in_config)
+                })
+        });
     match started {
         Ok((state, source, listeners, signals)) => {
             run(state, source, listeners, signals);
             std::process::ExitCode::SUCCESS
         }
-        Err(e) => {
+        Err((e, in_config)) => {
             tracing::error!(error = %e, "nexus-edge stopped");
             eprintln!("nexus-edge: {e}");
             // The start names the file it could not use; the check names the config key and
             // line that gave it, and every other problem beside it.
-            if let Some(config) = config {
+            if let (Some(config), true) = (config, in_config) {
                 eprintln!(
                     "nexus-edge: `nexus-edge check --config {}` lists every problem of the \
                      config with its key and line",
-                    config.display()
+                    crate::demo::shell_word(&config.display().to_string())
                 );
             }
             std::process::ExitCode::FAILURE

@@ -62,6 +62,42 @@ impl Store {
 pub const TLS_CA_FILE: &str = "store.tls.ca_file";
 /// See [`TLS_CA_FILE`].
 pub const TLS_CLIENT_CERT_FILE: &str = "store.tls.client_cert_file";
+/// See [`TLS_CA_FILE`].
+pub const TLS_CLIENT_KEY_FILE: &str = "store.tls.client_key_file";
+
+/// Reads a client certificate and its key as the TLS client will, each named by its own key
+/// when it cannot be used: a certificate chain that does not parse, no private key, or one
+/// the TLS library cannot sign with.
+fn check_client_pair(cert: &std::path::Path, key: &std::path::Path) -> Result<(), String> {
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    // The PEM reader's own words ("section end \"PRIVATE KEY\" missing"): Pingora's context
+    // around them speaks of a certificate whichever file it read.
+    let said = |e: &pingora::Error| e.root_cause().to_string();
+    match pingora::tls::load_pem_file_ca(&c) {
+        Ok(der) if !der.is_empty() => {}
+        Ok(_) => return Err(format!("{TLS_CLIENT_CERT_FILE}: {c} holds no certificate")),
+        Err(e) => return Err(format!("{TLS_CLIENT_CERT_FILE}: {c}: {}", said(&e))),
+    }
+    // The certificate reads: what fails from here is the key's.
+    let key_der = match pingora::tls::load_certs_and_key_files(&c, &k) {
+        Ok(Some((_, key_der))) => key_der,
+        Ok(None) => {
+            return Err(format!(
+                "{TLS_CLIENT_KEY_FILE}: {k} holds no private key (PEM: PRIVATE KEY, RSA PRIVATE \
+                 KEY or EC PRIVATE KEY)"
+            ))
+        }
+        Err(e) => return Err(format!("{TLS_CLIENT_KEY_FILE}: {k}: {}", said(&e))),
+    };
+    pingora::tls::install_default_crypto_provider();
+    let provider = pingora::tls::CryptoProvider::get_default()
+        .ok_or_else(|| "no TLS crypto provider is installed".to_owned())?;
+    provider
+        .key_provider
+        .load_private_key(key_der)
+        .map(|_| ())
+        .map_err(|e| format!("{TLS_CLIENT_KEY_FILE}: {k}: not a usable private key: {e}"))
+}
 
 /// Maps config to the store's options, reading the TLS files it names.
 pub fn redis_options(r: &RedisStoreSettings) -> Result<RedisOptions, String> {
@@ -86,22 +122,7 @@ pub fn redis_options(r: &RedisStoreSettings) -> Result<RedisOptions, String> {
         crate::server::check_ca_bundle(ca).map_err(|e| format!("{TLS_CA_FILE}: {e}"))?;
     }
     if let Some((cert, key)) = &r.tls.client_cert {
-        let (c, k) = (cert.display().to_string(), key.display().to_string());
-        match pingora::tls::load_certs_and_key_files(&c, &k) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(format!(
-                    "{TLS_CLIENT_CERT_FILE}: {c} and {k} hold no certificate and private key \
-                     (PEM: CERTIFICATE, then PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
-                ))
-            }
-            Err(e) => {
-                return Err(format!(
-                    "{TLS_CLIENT_CERT_FILE}: {c} or {k} is no PEM file: {}",
-                    crate::logging::LoggedError(&e)
-                ))
-            }
-        }
+        check_client_pair(cert, key)?;
     }
     let mut o = RedisOptions::with_endpoint(endpoint);
     o.tls = RedisTls {
@@ -114,7 +135,7 @@ pub fn redis_options(r: &RedisStoreSettings) -> Result<RedisOptions, String> {
         client_cert_pem: match &r.tls.client_cert {
             Some((cert, key)) => Some((
                 read(TLS_CLIENT_CERT_FILE, cert)?,
-                read("store.tls.client_key_file", key)?,
+                read(TLS_CLIENT_KEY_FILE, key)?,
             )),
             None => None,
         },

@@ -573,34 +573,43 @@ fn damaged_redis_tls_files_are_named_by_their_keys_not_the_url() {
     .unwrap();
     let cert = std::fs::read_to_string(&pki.client_cert).unwrap();
     std::fs::write(dir.path().join("cut.pem"), &cert[..cert.len() - 30]).unwrap();
+    let key = std::fs::read_to_string(&pki.client_key).unwrap();
+    std::fs::write(dir.path().join("cut.key"), &key[..key.len() - 30]).unwrap();
+    // Framed as a key, and no key: `check` passed it, and `serve` failed on it.
+    std::fs::write(
+        dir.path().join("garbage.key"),
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let store = |tls: &str| {
         format!(
             "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"redis\"\n\
              url = \"rediss://127.0.0.1:1/0\"\n[store.tls]\n{tls}"
         )
     };
-    let (ca, key) = (pki.ca.display(), pki.client_key.display());
+    let (ca, key, cert) = (
+        pki.ca.display().to_string(),
+        pki.client_key.display().to_string(),
+        pki.client_cert.display().to_string(),
+    );
+    let pair = |c: &str, k: &str| {
+        format!("ca_file = \"{ca}\"\nclient_cert_file = \"{c}\"\nclient_key_file = \"{k}\"\n")
+    };
     for (tls, said) in [
         (
             "ca_file = \"garbage-ca.pem\"\n".to_owned(),
             "store.tls.ca_file",
         ),
-        (
-            format!(
-                "ca_file = \"{ca}\"\nclient_cert_file = \"cut.pem\"\nclient_key_file = \"{key}\"\n"
-            ),
-            "store.tls.client_cert_file",
-        ),
+        (pair("cut.pem", &key), "store.tls.client_cert_file"),
+        (pair(&cert, "cut.key"), "store.tls.client_key_file"),
+        (pair(&cert, "garbage.key"), "store.tls.client_key_file"),
     ] {
         let (code, out) = check(dir.path(), &store(&tls));
         assert_eq!(code, 1, "{out}");
         assert!(out.contains(said) && !out.contains("store.url"), "{out}");
+        assert!(!out.contains("cannot read"), "{out}");
     }
-    let good = format!(
-        "ca_file = \"{ca}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{key}\"\n",
-        pki.client_cert.display()
-    );
-    let (code, out) = check(dir.path(), &store(&good));
+    let (code, out) = check(dir.path(), &store(&pair(&cert, &key)));
     assert_eq!(code, 0, "{out}");
 }
 
@@ -621,4 +630,32 @@ fn an_empty_config_variable_is_named_not_a_missing_flag_value() {
             "{args:?}: {err}"
         );
     }
+}
+
+#[test]
+fn a_start_that_fails_outside_the_config_does_not_send_the_user_to_check() {
+    // A port another process holds is no problem `check` could find in the file.
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.toml");
+    let config = format!(
+        "[auth]\njwks_file = \"{demo}/jwks.json\"\n[store]\nkind = \"file\"\npath = \"{demo}/bindings.json\"\n"
+    );
+    std::fs::write(&path, config).unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let served = cli(&[
+        "serve",
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        &held.local_addr().unwrap().to_string(),
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let err = String::from_utf8_lossy(&served.stderr);
+    assert_eq!(served.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot listen") && !err.contains("nexus-edge check"),
+        "{err}"
+    );
 }

@@ -158,7 +158,7 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             let tls_key = [
                 crate::store::TLS_CA_FILE,
                 crate::store::TLS_CLIENT_CERT_FILE,
-                "store.tls.client_key_file",
+                crate::store::TLS_CLIENT_KEY_FILE,
             ]
             .into_iter()
             .find(|k| e.starts_with(&format!("{k}: ")));
