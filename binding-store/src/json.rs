@@ -117,10 +117,21 @@ impl<'de> Visitor<'de> for CheckedVisitor {
 /// bindings/v1", null, null, [...]]` loaded as a bindings document, and a record stored as an
 /// array was served by replicas that `write.lua` and the admin CLI read as no record at all.
 pub(crate) fn is_object_text(bytes: &[u8]) -> bool {
+    first_byte(bytes) == Some(b'{')
+}
+
+/// Whether JSON text is an array: what serde's derived readers would take for a struct (see
+/// [`is_object_text`]). Any other text that is no object they refuse themselves, saying where.
+pub(crate) fn is_array_text(bytes: &[u8]) -> bool {
+    first_byte(bytes) == Some(b'[')
+}
+
+/// The first byte of JSON text past its blanks.
+fn first_byte(bytes: &[u8]) -> Option<u8> {
     bytes
         .iter()
+        .copied()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        .is_some_and(|&b| b == b'{')
 }
 
 /// `bytes` without a leading UTF-8 byte order mark, which some editors write and which

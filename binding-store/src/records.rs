@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::FieldErrors;
-use crate::json::{is_object_text, shown_name, without_bom, Checked};
+use crate::json::{is_array_text, shown_name, without_bom, Checked};
 use crate::model::{Binding, BindingRecord, Interner, TenantId};
 use crate::table::BindingTable;
 
@@ -185,9 +185,6 @@ pub fn parse_record_with(
 fn member_problem(name: &str, value: &Value) -> Option<String> {
     let (ok, wanted) = match name {
         _ if REQUIRED_MEMBERS.contains(&name) => (value.is_string(), "a string"),
-        "api_url" | "identity_org_id" | "updated_at" | "mode" => {
-            (value.is_string() || value.is_null(), "a string")
-        }
         "domains" => (
             value
                 .as_array()
@@ -195,6 +192,9 @@ fn member_problem(name: &str, value: &Value) -> Option<String> {
             "a list of domain names",
         ),
         "revision" => (value.as_u64().is_some(), "a whole number from 0"),
+        // The other optional members are text, left out or `null` (the member lists' test
+        // parses a record with every member set).
+        _ if OPTIONAL_MEMBERS.contains(&name) => (value.is_string() || value.is_null(), "a string"),
         _ => return Some(format!("unknown member {}", shown_name(name))),
     };
     let found = match value {
@@ -247,8 +247,8 @@ pub fn parse_records(json: &[u8]) -> Result<ParsedRecords, String> {
         format!("not a bindings document ({{\"format\": \"{BINDINGS_FORMAT}\", \"bindings\": [...]}}): {why}")
     };
     let json = without_bom(json);
-    if !is_object_text(json) {
-        return Err(not_one(&"the document is no JSON object"));
+    if is_array_text(json) {
+        return Err(not_one(&"the document is a JSON array, not an object"));
     }
     let doc: Document = serde_json::from_slice(json).map_err(|e| not_one(&e))?;
     if doc.format != BINDINGS_FORMAT {
@@ -633,6 +633,8 @@ mod tests {
         record.updated_at = Some("2026-01-01T00:00:00Z".to_owned());
         record.mode = Some("cooperative".to_owned());
         let value = serde_json::to_value(&record).unwrap();
+        // And every member of its type passes the check of types.
+        assert!(parse_record(&value).is_ok(), "{value}");
         let mut members: Vec<&str> = value
             .as_object()
             .unwrap()
@@ -872,7 +874,10 @@ mod tests {
             format!("\u{feff} \n[\"nexus-edge.bindings/v1\", null, null, [{record}]]"),
         ] {
             let e = parse_records(doc.as_bytes()).expect_err("an array");
-            assert!(e.contains("the document is no JSON object"), "{e}");
+            assert!(
+                e.contains("the document is a JSON array, not an object"),
+                "{e}"
+            );
         }
         let doc = format!(r#" {{"format":"nexus-edge.bindings/v1","bindings":[{record}]}}"#);
         assert_eq!(

@@ -904,6 +904,9 @@ fn key_line_finds_a_key_or_its_section() {
     assert_eq!(key_line(&text, "upstream.ca_file"), Some(8));
     assert_eq!(key_line(&text, "log.filter"), None);
     assert_eq!(key_line("not = [toml", "auth.jwks_file"), None);
+    // A key given twice elsewhere takes no line from the others (the check reads on past it).
+    let twice = "[server]\nthreads = 1\nthreads = 2\n[auth]\njwks_file = \"x\"\n";
+    assert_eq!(key_line(twice, "auth.jwks_file"), Some(5));
 }
 
 #[test]

@@ -416,7 +416,8 @@ fn a_write_that_would_change_nothing_writes_nothing_unless_asked_to() {
         .admin
         .ok(&["--json", "set-status", "acme", "active", "--wait"]);
     let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
-    assert_eq!(doc["unchanged"]["revision"], 2, "{doc}");
+    assert_eq!(doc["written"]["revision"], 2, "{doc}");
+    assert_eq!(doc["unchanged"], true, "{doc}");
     assert_eq!(doc["wait"]["applied"], 1, "{doc}");
     assert_eq!(written(&w), before, "nothing was written");
 

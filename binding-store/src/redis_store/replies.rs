@@ -166,13 +166,26 @@ pub(crate) fn parse_json_record_with(
     text: &str,
     interner: &mut Interner,
 ) -> Result<Binding, String> {
-    if !crate::json::is_object_text(text.as_bytes()) {
-        // Said as for a record in a file: "a binding record is a JSON object, not an array".
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        return crate::records::parse_record_with(&value, interner).map_err(|(_, m)| m);
-    }
-    let record: crate::model::BindingRecord =
-        serde_json::from_str(text).map_err(|e| e.to_string())?;
+    // Read straight into the record (a load reads a million). One that is no object (serde
+    // would take an array for the record's fields in order) or that serde refuses is read
+    // again as a record in a file is, for the same message: every member of the wrong type,
+    // or unknown, named. Only for the message: what serde refused stays refused (a member
+    // given twice, which a JSON value keeps once).
+    let direct = if crate::json::is_object_text(text.as_bytes()) {
+        serde_json::from_str::<crate::model::BindingRecord>(text).map_err(|e| e.to_string())
+    } else {
+        Err("a binding record is a JSON object".to_owned())
+    };
+    let record = match direct {
+        Ok(record) => record,
+        Err(direct) => {
+            let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            return Err(match crate::records::parse_record_with(&value, interner) {
+                Err((_, message)) => message,
+                Ok(_) => direct,
+            });
+        }
+    };
     // `write.lua` reads a revision past 2^52 as 0 (see `MAX_REVISION`), so no write through
     // the schema makes one: believed, it would make every later change of the tenant look
     // older and be refused. Written by hand, it is refused like any other bad member.
@@ -198,10 +211,6 @@ mod tests {
     use crate::admin::AdminError;
     use redis::{ErrorKind, RedisError};
 
-    /// The rule `write.lua` follows too. Its JSON reader (Redis's cjson) also takes a few
-    /// numbers serde_json refuses (`05`, `0x10`) and rounds integers past 2^53 to doubles;
-    /// for those the two readings differ and the write retries with the script's (the e2e
-    /// test `the_cli_replaces_or_deletes_a_damaged_record` puts one through real Redis).
     #[test]
     fn a_record_stored_as_a_json_array_is_refused() {
         // Read by field order it was a record (revision 9 with it), which `write.lua` and the
@@ -212,6 +221,26 @@ mod tests {
         assert_eq!(record_revision(array.as_bytes()), 0);
     }
 
+    #[test]
+    fn a_stored_record_s_wrong_members_are_named_as_a_file_s_are() {
+        let record = r#"{"tenant_id":"acme","subscription_id":"s","instance_id":5,
+            "instance_url":"http://10.0.0.1","status":true,"plan":"team","region":"eu"}"#;
+        assert_eq!(
+            parse_json_record(record).expect_err("mistyped"),
+            "instance_id: must be a string, not 5; status: must be a string, not true"
+        );
+        // A member given twice stays refused: read as a JSON value it would be kept once.
+        let twice = r#"{"tenant_id":"acme","tenant_id":"globex","subscription_id":"s",
+            "instance_id":"i","instance_url":"http://10.0.0.1","status":"active",
+            "plan":"team","region":"eu"}"#;
+        let e = parse_json_record(twice).expect_err("repeated");
+        assert!(e.contains("duplicate field `tenant_id`"), "{e}");
+    }
+
+    /// The rule `write.lua` follows too. Its JSON reader (Redis's cjson) also takes a few
+    /// numbers serde_json refuses (`05`, `0x10`) and rounds integers past 2^53 to doubles;
+    /// for those the two readings differ and the write retries with the script's (the e2e
+    /// test `the_cli_replaces_or_deletes_a_damaged_record` puts one through real Redis).
     #[test]
     fn a_record_s_revision_reading() {
         let cases: [(&[u8], u64); 12] = [

@@ -189,7 +189,9 @@ pub fn read_text(path: &Path) -> Result<String, ConfigError> {
 /// their keys only: an element (`tenancy.base_domains[0]`) or a key inside an array of
 /// tables (`[[auth.hmac_keys]]`) is not looked into, and gives its enclosing section's line.
 pub fn key_line(text: &str, key: &str) -> Option<usize> {
-    let root = DeTable::parse(text).ok()?;
+    // Read on past a key given twice, as the check is (after a syntax error nothing is
+    // checked further, so nothing asks).
+    let (root, _) = DeTable::parse_recoverable(text);
     let mut table = root.get_ref();
     let mut at = None;
     for part in key.split('.') {
@@ -253,32 +255,35 @@ fn token_fits_in_header(
     );
 }
 
-/// Whether two listeners would take one port, as Linux binds them (std sets SO_REUSEADDR,
-/// which lets no second socket bind beside a listening one, and leaves IPV6_V6ONLY off): the
-/// same port (not 0, which the system picks) on the same address, an IPv4-mapped IPv6
-/// address (`::ffff:127.0.0.1`) being its IPv4 address; or where `0.0.0.0` (every IPv4
-/// address) meets an IPv4 address, or `::` (every address, IPv4 too) meets any.
-/// Why the ops listener cannot listen at `admin_listen` beside the router at `listen`, if it
-/// cannot: one address with port 0 (the router tells its listeners apart by their configured
-/// addresses), or a port one of them takes on the other's addresses too. Also checked by
-/// `serve` for `--listen` and `--admin-listen`, which the file's checks do not see.
+/// Why the ops listener cannot listen at `admin_listen` beside the router at `listen` (named
+/// `listen_named` in the message), if it cannot: one address with port 0 (the router tells
+/// its listeners apart by their configured addresses), or a port one of them takes on the
+/// other's addresses too. Also checked by `serve` for `--listen` and `--admin-listen`, which
+/// the file's checks do not see.
 pub fn listener_clash(
     listen: std::net::SocketAddr,
     admin_listen: std::net::SocketAddr,
+    listen_named: &str,
 ) -> Option<String> {
     if admin_listen == listen && listen.port() == 0 {
         Some(format!(
-            "{listen} is server.listen's address too: give one of them a port, or another address"
+            "{listen} is {listen_named}'s address too: give one of them a port, or another \
+             address"
         ))
     } else if same_port(admin_listen, listen) {
         Some(format!(
-            "{listen} (server.listen) already takes this port on these addresses"
+            "{listen} ({listen_named}) already takes this port on these addresses"
         ))
     } else {
         None
     }
 }
 
+/// Whether two listeners would take one port, as Linux binds them (std sets SO_REUSEADDR,
+/// which lets no second socket bind beside a listening one, and leaves IPV6_V6ONLY off): the
+/// same port (not 0, which the system picks) on the same address, an IPv4-mapped IPv6
+/// address (`::ffff:127.0.0.1`) being its IPv4 address; or where `0.0.0.0` (every IPv4
+/// address) meets an IPv4 address, or `::` (every address, IPv4 too) meets any.
 fn same_port(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
     let (a_ip, b_ip) = (a.ip().to_canonical(), b.ip().to_canonical());
     let takes = |wide: std::net::IpAddr, other: std::net::IpAddr| {

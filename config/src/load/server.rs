@@ -40,7 +40,7 @@ pub(super) fn parse(
     // A clash is the line of admin_listen, or of listen when the file leaves admin_listen to
     // its default.
     let admin_at = admin_at.or_else(|| s.raw("listen").map(|v| v.span().start));
-    if let Some(clash) = admin_listen.and_then(|a| listener_clash(listen, a)) {
+    if let Some(clash) = admin_listen.and_then(|a| listener_clash(listen, a, "server.listen")) {
         p.push("server.admin_listen", admin_at, clash);
     }
     let threads = s

@@ -27,10 +27,20 @@ pub(super) fn run(
         settings.server.admin_listen,
         listen.is_some() || admin_listen.is_some(),
     ) {
-        if let Some(clash) = nexus_config::listener_clash(settings.server.listen, admin) {
+        let named = if listen.is_some() {
+            "--listen"
+        } else {
+            "server.listen"
+        };
+        if let Some(clash) = nexus_config::listener_clash(settings.server.listen, admin, named) {
+            let from = if admin_listen.is_some() {
+                "--admin-listen"
+            } else {
+                "server.admin_listen, or its default"
+            };
             eprintln!(
-                "nexus-edge: cannot serve: the ops listener at {admin} (--admin-listen, or the \
-                 config's server.admin_listen) cannot sit beside the router: {clash}"
+                "nexus-edge: cannot serve: the ops listener at {admin} ({from}) cannot sit \
+                 beside the router: {clash}"
             );
             return ExitCode::FAILURE;
         }

@@ -73,7 +73,13 @@ pub(super) async fn wait_fleet(
     }
     let text = doc.is_none();
     if let Some((key, value)) = doc {
-        outln!("{}", serde_json::json!({ key: value, "wait": o }));
+        let mut doc = serde_json::json!({ key: value, "wait": o });
+        // Under the key a write's always has, so a script reading `.written.revision` reads
+        // the stored revision; beside it, that nothing was written.
+        if matches!(awaited, Awaited::Unchanged) {
+            doc["unchanged"] = serde_json::Value::Bool(true);
+        }
+        outln!("{doc}");
     } else if ok {
         outln!(
             "{}/{} replicas on revision {}",

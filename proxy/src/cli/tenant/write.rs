@@ -98,16 +98,13 @@ impl Command<'_> {
                 }
                 match (fleet, waiting) {
                     (Some(r), Some(w)) => {
-                        let (key, awaited) = match applied {
-                            Applied::Written { .. } => (
-                                "written",
-                                Awaited::Written {
-                                    bound: after.is_some(),
-                                },
-                            ),
-                            Applied::Unchanged(_) => ("unchanged", Awaited::Unchanged),
+                        let awaited = match applied {
+                            Applied::Written { .. } => Awaited::Written {
+                                bound: after.is_some(),
+                            },
+                            Applied::Unchanged(_) => Awaited::Unchanged,
                         };
-                        let doc = json.then_some((key, written));
+                        let doc = json.then_some(("written", written));
                         wait_fleet(r, &t, rev, w.timeout, before, doc, awaited).await
                     }
                     _ => ExitCode::SUCCESS,
