@@ -438,6 +438,50 @@ mod tests {
     }
 
     #[test]
+    fn through_the_bridge_the_pool_race_shows_at_debug_only() {
+        use log::Log;
+        let seen = |filter: &str| {
+            let out = Capture::default();
+            let writer = out.clone();
+            let subscriber = tracing_subscriber::registry()
+                .with(tracing_subscriber::EnvFilter::new(filter))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(move || writer.clone()),
+                );
+            tracing::subscriber::with_default(subscriber, || {
+                let bridge = Relevelled(tracing_log::LogTracer::new());
+                for message in [
+                    format_args!("failed to acquire reusable stream"),
+                    format_args!("connect refused"),
+                ] {
+                    bridge.log(
+                        &log::Record::builder()
+                            .level(log::Level::Error)
+                            .target("pingora_core::connectors")
+                            .args(message)
+                            .build(),
+                    );
+                }
+            });
+            let text = out.0.lock().map(|v| v.clone()).unwrap_or_default();
+            String::from_utf8(text).unwrap_or_default()
+        };
+        let info = seen("info");
+        assert!(!info.contains("reusable stream"), "{info}");
+        assert!(
+            info.contains("ERROR") && info.contains("connect refused"),
+            "{info}"
+        );
+        let debug = seen("debug");
+        assert!(
+            debug.contains("DEBUG") && debug.contains("failed to acquire reusable stream"),
+            "{debug}"
+        );
+    }
+
+    #[test]
     fn pingoras_benign_pool_race_is_a_debug_line_and_nothing_else_moves() {
         use log::Level::{Debug, Error, Warn};
         use log::Log;

@@ -18,7 +18,8 @@ fn main() -> ExitCode {
         Err(e)
             if e.kind() == clap::error::ErrorKind::InvalidValue
                 && e.to_string().contains("'--config <CONFIG>'")
-                && std::env::var_os("NEXUS_EDGE_CONFIG").is_some_and(|v| v.is_empty()) =>
+                && std::env::var_os("NEXUS_EDGE_CONFIG").is_some_and(|v| v.is_empty())
+                && !std::env::args().any(|a| a == "-c" || a.starts_with("--config")) =>
         {
             eprintln!(
                 "nexus-edge: NEXUS_EDGE_CONFIG is set but empty: name a config file in it, or \

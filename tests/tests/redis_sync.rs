@@ -460,6 +460,17 @@ fn a_write_that_would_change_nothing_writes_nothing_unless_asked_to() {
     assert!(out.contains("acme  rev 6"), "{out}{err}");
     wait_instance(&edge, &w.keys, "acme", "instance-b");
 
+    // No audit entry to vouch for the record (the list deleted by hand), or a counter behind
+    // it (set back by hand): written, so the replicas hear of it, and the counter moved on.
+    w.redis.cmd(&["DEL", "nexus:audit:acme"]);
+    let out = w.admin.ok(&["set-status", "acme", "past_due"]);
+    assert!(out.contains("acme  rev 7"), "{out}");
+    w.redis.cmd(&["SET", "nexus:revision", "3"]);
+    let out = w.admin.ok(&["set-status", "acme", "past_due"]);
+    assert!(out.contains("acme  rev 8"), "{out}");
+    let out = w.admin.ok(&["set-status", "acme", "past_due"]);
+    assert!(out.contains("acme  rev 8"), "vouched for again: {out}");
+
     // While a restore holds the store, a write that would change nothing is refused as any
     // other is, not answered "as asked".
     w.redis.cmd(&["SET", "nexus:restoring", "x"]);
