@@ -177,6 +177,9 @@ pub struct ConnectionMetrics {
     /// `client_headers_in_progress`: connections with a request header begun and not
     /// complete, waiting for the rest (slow clients; a shutdown waits for them).
     pub headers_in_progress: IntGauge,
+    /// `ops_connections_refused_total`: connections to the ops listener closed at once
+    /// because [`crate::ops::MAX_OPS_CONNECTIONS`] were open (probes failing then say why).
+    pub ops_refused: prometheus::IntCounter,
     /// `requests_total{outcome="unparsable_request"}`: requests Pingora answered 400 itself,
     /// its parser refusing the header, before the router saw them.
     pub unparsable: prometheus::IntCounter,
@@ -227,13 +230,17 @@ impl ConnectionMetrics {
                 "client_headers_in_progress",
                 "Client connections with a request header begun and not complete, waiting for the rest",
             )?,
+            ops_refused: prometheus::IntCounter::new(
+                "ops_connections_refused_total",
+                "Connections to the ops listener closed at once because 256 were open",
+            )?,
             unparsable: requests.with_label_values(&["unparsable_request"]),
             connect_refused: requests.with_label_values(&["connect_refused"]),
             shutting_down: requests.with_label_values(&["shutting_down"]),
         })
     }
 
-    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 7] {
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 8] {
         [
             Box::new(self.open.clone()),
             Box::new(self.limit.clone()),
@@ -242,6 +249,7 @@ impl ConnectionMetrics {
             Box::new(self.unused.clone()),
             Box::new(self.headers_too_large.clone()),
             Box::new(self.headers_in_progress.clone()),
+            Box::new(self.ops_refused.clone()),
         ]
     }
 }

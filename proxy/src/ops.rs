@@ -5,7 +5,10 @@
 //! runtimes ([`crate::listening::Prebound::serving_through_the_drain`]): `/readyz` says
 //! `draining` and `/metrics` show the drain while it lasts.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,6 +18,7 @@ use pingora::apps::ServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::state::EdgeState;
 
@@ -28,21 +32,104 @@ pub const MAX_OPS_CONNECTIONS: usize = 256;
 /// milliseconds, and a client that trickles its header or sits idle is let go by then.
 pub const OPS_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 
-/// How long an ops connection may wait for its next request after a response.
-const OPS_KEEPALIVE_SECS: u64 = 5;
+/// The most an ops connection may send. A probe or a scrape sends a few hundred bytes; Pingora
+/// reads a request header of up to 1 MiB, and 255 connections each holding one unfinished
+/// took 265 MB that stayed with the process after they closed. Past it the connection reads
+/// as closed, and Pingora lets it go unanswered.
+pub const OPS_REQUEST_BYTES: usize = 64 * 1024;
+
+/// An ops client's stream, read up to [`OPS_REQUEST_BYTES`] in all.
+#[derive(Debug)]
+struct ReadBudget {
+    inner: Stream,
+    left: usize,
+}
+
+impl AsyncRead for ReadBudget {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // Read through a buffer of our own, no larger than what is left: the caller's cannot
+        // be cut short without unsafe code. Ops traffic is a few requests a second.
+        let mut chunk = [0u8; 4096];
+        let room = buf.remaining().min(this.left).min(chunk.len());
+        if room == 0 {
+            // Spent: read as the end of the stream (or nothing asked).
+            return Poll::Ready(Ok(()));
+        }
+        let mut limited = ReadBuf::new(&mut chunk[..room]);
+        let read = Pin::new(&mut this.inner).poll_read(cx, &mut limited);
+        if let Poll::Ready(Ok(())) = read {
+            buf.put_slice(limited.filled());
+            this.left -= limited.filled().len();
+        }
+        read
+    }
+}
+
+impl AsyncWrite for ReadBudget {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+crate::connections::forward_stream_traits!(ReadBudget);
 
 /// The ops application behind [`MAX_OPS_CONNECTIONS`] and [`OPS_CONNECTION_LIFETIME`].
 pub struct Capped<A> {
     app: Arc<A>,
     slots: Arc<tokio::sync::Semaphore>,
+    refused: pingora_prometheus::prometheus::IntCounter,
+    /// When a refusal was last logged (Unix seconds): once a minute at most.
+    last_warning: std::sync::atomic::AtomicU64,
 }
 
 impl<A> Capped<A> {
-    /// Wraps `app`.
-    pub fn new(app: A) -> Self {
+    /// Wraps `app`; `refused` counts the connections turned away.
+    pub fn new(app: A, refused: pingora_prometheus::prometheus::IntCounter) -> Self {
         Self {
             app: Arc::new(app),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_OPS_CONNECTIONS)),
+            refused,
+            last_warning: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a connection turned away, and says so in the log once a minute at most: a
+    /// probe that fails for it has no other trace.
+    fn refuse(&self) {
+        use std::sync::atomic::Ordering;
+        self.refused.inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_warning.load(Ordering::Relaxed);
+        if now >= last + 60
+            && self
+                .last_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max = MAX_OPS_CONNECTIONS,
+                "ops connection closed unanswered: the ops listener's connections are all open \
+                 (counted by ops_connections_refused_total); probes and scrapes fail meanwhile"
+            );
         }
     }
 }
@@ -58,7 +145,14 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // Full: the connection is closed at once (dropping the stream closes it).
-        let _slot = Arc::clone(&self.slots).try_acquire_owned().ok()?;
+        let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            self.refuse();
+            return None;
+        };
+        let stream: Stream = Box::new(ReadBudget {
+            inner: stream,
+            left: OPS_REQUEST_BYTES,
+        });
         let serve = async {
             let mut next = Some(stream);
             while let Some(stream) = next {
@@ -99,35 +193,15 @@ fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u
     resp
 }
 
-/// Whether the client keeps its connection open after this request (RFC 9112 §9.3): HTTP/1.1
-/// unless it says `close`; HTTP/1.0 only when it says `keep-alive`.
-fn asks_keepalive(req: &pingora::http::RequestHeader) -> bool {
-    let mut said = None;
-    for v in req.headers.get_all(http::header::CONNECTION) {
-        for token in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            if token.eq_ignore_ascii_case(b"close") {
-                return false;
-            }
-            if token.eq_ignore_ascii_case(b"keep-alive") {
-                said = Some(true);
-            }
-        }
-    }
-    said.unwrap_or(req.version >= http::Version::HTTP_11)
-}
-
 #[async_trait]
 impl ServeHttp for OpsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        if asks_keepalive(session.req_header()) {
-            // Pingora's app wrapper would keep it 60 s: a scraper's next request comes
-            // within seconds or on a new connection, and an idle one holds a place.
-            session.set_keepalive(Some(OPS_KEEPALIVE_SECS));
-        } else {
-            // Pingora's app wrapper keeps every connection open for 60 s, HTTP/1.0 ones
-            // too: a probe reading to the end of the stream would hang.
-            session.set_keepalive(None);
-        }
+        // One request a connection, answered `Connection: close`. Kept alive, a connection
+        // lost a request pipelined behind the first (Pingora's app reads no further than
+        // one), and the connection's 10 s end raced a scraper's next request. A probe or a
+        // scrape every few seconds costs a connect each, and an idle connection holds no
+        // place (Pingora's app wrapper would keep it 60 s, HTTP/1.0 ones too).
+        session.set_keepalive(None);
         let method = &session.req_header().method;
         if method != http::Method::GET && method != http::Method::HEAD {
             let mut resp = text(
@@ -139,9 +213,17 @@ impl ServeHttp for OpsApp {
                 http::header::ALLOW,
                 http::HeaderValue::from_static("GET, HEAD"),
             );
-            // Whatever body the request carried was not read: the connection cannot be reused.
-            session.set_keepalive(None);
             return resp;
+        }
+        // RFC 9112 §3.2: an HTTP/1.1 request without a Host, or any with two, is answered 400.
+        let req = session.req_header();
+        let hosts = req.headers.get_all(http::header::HOST).iter().count();
+        if hosts > 1 || (hosts == 0 && req.version >= http::Version::HTTP_11) {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                b"bad request: one Host header is required\n".to_vec(),
+            );
         }
         let path = session.req_header().uri.path().to_owned();
         let s = &self.state;

@@ -252,9 +252,10 @@ pub fn run(
     if let Some(addr) = s.server.admin_listen {
         let ops = Service::new(
             "nexus-edge ops".to_owned(),
-            crate::ops::Capped::new(pingora::apps::http_app::HttpServer::new_app(OpsApp::new(
-                Arc::clone(&state),
-            ))),
+            crate::ops::Capped::new(
+                pingora::apps::http_app::HttpServer::new_app(OpsApp::new(Arc::clone(&state))),
+                state.metrics.connections.ops_refused.clone(),
+            ),
         );
         let phases = server.watch_execution_phase();
         server.add_service(

@@ -21,6 +21,7 @@
 
 mod chunks;
 mod deadline;
+mod forward;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub use deadline::{
     bound_idle_client, chunk_refused, chunked_body_begins, header_read, request_done,
     HeaderDeadline, HeaderTooLarge,
 };
+pub(crate) use forward::forward_stream_traits;
 
 /// The bounds [`Guarded`] enforces (from `[server]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
