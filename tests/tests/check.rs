@@ -523,17 +523,23 @@ fn replicas_without_a_config_says_it_needs_one() {
     );
 }
 
-#[test]
-fn serve_refuses_listen_options_that_clash_and_blames_no_other_process() {
-    // `--admin-listen` on `--listen`'s port: binding the second failed with "Address already
-    // in use", as if another process held it. Refused before anything is bound.
+/// A config in `dir` serving the demo keys and bindings file; its path.
+fn demo_config(dir: &std::path::Path) -> std::path::PathBuf {
     let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("edge.toml");
+    let path = dir.join("edge.toml");
     let config = format!(
         "[auth]\njwks_file = \"{demo}/jwks.json\"\n[store]\nkind = \"file\"\npath = \"{demo}/bindings.json\"\n"
     );
     std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[test]
+fn serve_refuses_listen_options_that_clash_and_blames_no_other_process() {
+    // `--admin-listen` on `--listen`'s port: binding the second failed with "Address already
+    // in use", as if another process held it. Refused before anything is bound.
+    let dir = tempfile::tempdir().unwrap();
+    let path = demo_config(dir.path());
     for (listen, admin) in [
         ("0.0.0.0:45679", "127.0.0.1:45679"),
         ("127.0.0.1:0", "127.0.0.1:0"),
@@ -635,13 +641,8 @@ fn an_empty_config_variable_is_named_not_a_missing_flag_value() {
 #[test]
 fn a_start_that_fails_outside_the_config_does_not_send_the_user_to_check() {
     // A port another process holds is no problem `check` could find in the file.
-    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("edge.toml");
-    let config = format!(
-        "[auth]\njwks_file = \"{demo}/jwks.json\"\n[store]\nkind = \"file\"\npath = \"{demo}/bindings.json\"\n"
-    );
-    std::fs::write(&path, config).unwrap();
+    let path = demo_config(dir.path());
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let served = cli(&[
         "serve",
