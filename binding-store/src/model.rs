@@ -600,8 +600,13 @@ pub struct BindingRecord {
     /// Where the tenant's API runs, if not on `instance_url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
-    /// The identity org the tenant's tokens must carry, if the tenant has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The identity org the tenant's tokens must carry, if the tenant has one. Left out for
+    /// none; `null` is refused (see [`present_string`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_string"
+    )]
     pub identity_org_id: Option<String>,
     /// Subscription / provisioning status (wire name).
     pub status: String,
@@ -621,6 +626,13 @@ pub struct BindingRecord {
     /// Deployment mode; defaults from the plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+}
+
+/// A member that, when present, must be a string. For `identity_org_id`, `null` read as
+/// "none" would drop the tenant's org check: a template that renders a missing variable as
+/// `null` would open the tenant to every token with its tenant claim.
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 /// A validated binding: everything the router needs to send a tenant's traffic to its instance.

@@ -194,6 +194,11 @@ fn member_problem(name: &str, value: &Value) -> Option<String> {
         "revision" => (value.as_u64().is_some(), "a whole number from 0"),
         // The other optional members are text, left out or `null` (the member lists' test
         // parses a record with every member set).
+        // `null` here would drop the org check: left out for none.
+        "identity_org_id" => (
+            value.is_string(),
+            "a string (left out when the tenant has no org)",
+        ),
         _ if OPTIONAL_MEMBERS.contains(&name) => (value.is_string() || value.is_null(), "a string"),
         _ => return Some(format!("unknown member {}", shown_name(name))),
     };
@@ -912,6 +917,17 @@ mod tests {
         assert_eq!(
             message,
             "domains: must be a list of domain names, not a list holding 7"
+        );
+        // A null org is no "none": it would drop the tenant's org check (a template's missing
+        // variable). Other optional members may be null.
+        let mut null_org = listed.clone();
+        null_org["domains"] = serde_json::json!([]);
+        null_org["identity_org_id"] = Value::Null;
+        null_org["api_url"] = Value::Null;
+        let (_, message) = parse_record(&null_org).unwrap_err();
+        assert_eq!(
+            message,
+            "identity_org_id: must be a string (left out when the tenant has no org), not null"
         );
         // Values of the right type are checked together as before, every problem said.
         listed["domains"] = serde_json::json!([]);

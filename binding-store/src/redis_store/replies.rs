@@ -229,6 +229,12 @@ mod tests {
             parse_json_record(record).expect_err("mistyped"),
             "instance_id: must be a string, not 5; status: must be a string, not true"
         );
+        // A null org is refused there too (serde read it as none).
+        let null_org = r#"{"tenant_id":"acme","subscription_id":"s","instance_id":"i",
+            "instance_url":"http://10.0.0.1","status":"active","plan":"team","region":"eu",
+            "identity_org_id":null}"#;
+        let e = parse_json_record(null_org).expect_err("null org");
+        assert!(e.starts_with("identity_org_id: must be a string"), "{e}");
         // A member given twice stays refused: read as a JSON value it would be kept once.
         let twice = r#"{"tenant_id":"acme","tenant_id":"globex","subscription_id":"s",
             "instance_id":"i","instance_url":"http://10.0.0.1","status":"active",
