@@ -824,7 +824,8 @@ fn an_import_with_a_clashing_domain_changes_nothing() {
         assert_eq!(err.written, 0);
         assert!(
             matches!(&err.error, AdminError::Invalid { tenant, reason }
-                if tenant.as_str() == "thief" && reason.contains("app.owner.test")),
+                if tenant.as_str() == "thief"
+                    && reason == "domain app.owner.test also belongs to tenant owner"),
             "{err}"
         );
         assert!(err.to_string().starts_with("nothing imported"), "{err}");

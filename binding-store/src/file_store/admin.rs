@@ -251,13 +251,6 @@ pub(super) fn import_locked(
     for &i in extra.iter().rev() {
         doc.bindings.remove(i);
     }
-    if let Some((tenant, claimed)) = claims.first() {
-        let refused = doc.refused_tenants(&|t| imported.contains(t));
-        if !refused.is_empty() {
-            let claimed: Vec<&str> = claimed.iter().map(String::as_str).collect();
-            return Err(failed(tenant, claim_unchecked(tenant, &claimed, &refused)));
-        }
-    }
     let mut owners: std::collections::HashMap<String, TenantId> = std::collections::HashMap::new();
     for b in doc.valid() {
         for d in &b.domains {
@@ -284,6 +277,16 @@ pub(super) fn import_locked(
                 }
                 _ => {}
             }
+        }
+    }
+    // After the clash check: a domain a served record holds is said as that ("also belongs
+    // to tenant acme"), where this check, seeing two claimants, would call acme's record one
+    // the routers refuse.
+    if let Some((tenant, claimed)) = claims.first() {
+        let refused = doc.refused_tenants(&|t| imported.contains(t));
+        if !refused.is_empty() {
+            let claimed: Vec<&str> = claimed.iter().map(String::as_str).collect();
+            return Err(failed(tenant, claim_unchecked(tenant, &claimed, &refused)));
         }
     }
     doc.revision = Some(revision);
