@@ -372,6 +372,38 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
 }
 
 #[test]
+fn history_prints_a_forged_entry_s_control_characters_as_escapes() {
+    // The CLI refuses control and invisible characters in --actor and --reason, since
+    // `history` prints them; an entry pushed into Redis by hand carried them to the terminal
+    // all the same (an escape sequence clears a line and forges another).
+    let w = World::start(&["acme"]);
+    let history: serde_json::Value =
+        serde_json::from_str(&w.admin.ok(&["history", "acme", "--json"])).expect("json");
+    let mut forged = history[0].clone();
+    forged["actor"] = serde_json::json!("mallory\u{1b}[2K\r\u{1b}[32mrev 99 alice");
+    forged["reason"] = serde_json::json!("ok\u{202e}evil");
+    w.redis
+        .cmd(&["LPUSH", "nexus:audit:acme", &forged.to_string()]);
+    for args in [&["history", "acme"][..], &["history", "acme", "--json"]] {
+        let out = w.admin.ok(args);
+        assert!(
+            !out.contains(['\u{1b}', '\r', '\u{202e}']),
+            "{args:?}: {out:?}"
+        );
+        // (JSON escapes the C0 controls itself, `\r` as `\\r`.)
+        assert!(
+            (out.contains("mallory\\u001b[2K\\u000d") || out.contains("mallory\\u001b[2K\\r"))
+                && out.contains("ok\\u202eevil"),
+            "{args:?}: {out}"
+        );
+    }
+    // And the JSON is still JSON, its strings what the store holds.
+    let read: serde_json::Value =
+        serde_json::from_str(&w.admin.ok(&["history", "acme", "--json"])).expect("json");
+    assert_eq!(read[1]["reason"], "ok\u{202e}evil");
+}
+
+#[test]
 fn a_write_that_would_change_nothing_writes_nothing_unless_asked_to() {
     // A script re-applying the desired state every minute took a revision, a feed entry and
     // an audit entry each time, and pushed the tenant's real changes out of its capped audit.
@@ -409,6 +441,13 @@ fn a_write_that_would_change_nothing_writes_nothing_unless_asked_to() {
         );
     }
     let (code, _, err) = w.admin.try_put(&[], &acme);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("nothing written"), "{err}");
+    // From a file an editor began with a byte order mark, too.
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("acme.json");
+    std::fs::write(&file, format!("\u{feff}{acme}")).expect("write");
+    let (code, _, err) = w.admin.tenant(&["put", file.to_str().expect("utf8")]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("nothing written"), "{err}");
     // With --wait and --json: one document that says so, the replica confirmed on it.

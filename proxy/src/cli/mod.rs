@@ -19,18 +19,32 @@ macro_rules! outln {
     };
 }
 
+/// `eprintln!` for messages that quote what the store holds (heartbeat keys, audit entries):
+/// printed with [`shown::escaped`].
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        eprintln!("{}", $crate::cli::shown::escaped(&format!($($arg)*)))
+    };
+}
+
 mod check;
 mod serve;
+pub(crate) mod shown;
 mod tenant;
 mod token;
 
 /// Writes a command's output. A reader that has gone away (`tenant list | head -1`) ends the
 /// command quietly, with success, as the default SIGPIPE action would: Rust ignores SIGPIPE,
 /// and `println!` panics on a closed pipe.
+/// Text the store holds is printed with [`shown::escaped`].
 pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
+    let text = args.to_string();
     let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+    let written = out
+        .write_all(shown::escaped(&text).as_bytes())
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }

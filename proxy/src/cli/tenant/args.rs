@@ -96,7 +96,10 @@ pub(super) fn printable(name: &str, value: Option<&str>) -> Result<(), String> {
         Some(v) if v.trim().is_empty() => {
             Err(format!("{name} is empty: say it, or leave the option out"))
         }
-        Some(v) => match (v.chars().find(bad), v.chars().find(|c| is_invisible(*c))) {
+        Some(v) => match (
+            v.chars().find(bad),
+            v.chars().find(|c| crate::cli::shown::is_invisible(*c)),
+        ) {
             (Some(c), _) => Err(format!("{name} holds the control character {c:?}")),
             // Shown by `history` as nothing, or turning the text after it around: an entry
             // that reads as another actor's, or says something else than it holds.
@@ -105,35 +108,6 @@ pub(super) fn printable(name: &str, value: Option<&str>) -> Result<(), String> {
         },
         None => Ok(()),
     }
-}
-
-/// Characters a terminal shows as nothing, or that reorder the text around them: soft
-/// hyphen, zero-width spaces and joiners, direction marks, embeddings, overrides and
-/// isolates, invisible operators, variation selectors, tags, fillers, the byte order mark.
-pub(super) fn is_invisible(c: char) -> bool {
-    // Unicode's default-ignorable code points (those a renderer shows as nothing unless it
-    // knows them) and the format characters among the rest: bidirectional controls and the
-    // interlinear annotation characters.
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{034F}'
-            | '\u{061C}'
-            | '\u{115F}'..='\u{1160}'
-            | '\u{17B4}'..='\u{17B5}'
-            | '\u{180B}'..='\u{180F}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}'
-            | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FEFF}'
-            | '\u{FFA0}'
-            | '\u{FFF0}'..='\u{FFFB}'
-            | '\u{1BCA0}'..='\u{1BCA3}'
-            | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0000}'..='\u{E0FFF}'
-    )
 }
 
 /// The longest `--actor` or `--reason`, in bytes.

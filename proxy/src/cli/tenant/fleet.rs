@@ -50,7 +50,7 @@ pub(super) async fn wait_fleet(
         .await
         .is_ok_and(|all| !all.iter().any(|r| r.live))
     {
-        eprintln!(
+        errln!(
             "nexus-edge: no replica is live (none is heartbeating); waiting up to {} for one \
              to apply revision {}",
             humantime::format_duration(timeout),
@@ -65,7 +65,7 @@ pub(super) async fn wait_fleet(
         Err(o) => (false, o),
     };
     if doc.is_none() && !o.silent.is_empty() {
-        eprintln!(
+        errln!(
             "nexus-edge: not counted, silent since before the wait: {} (a replica cut off from \
              Redis keeps serving its last table; see `nexus-edge replicas`)",
             o.silent.join(", ")
@@ -91,18 +91,18 @@ pub(super) async fn wait_fleet(
         // someone else meanwhile is what is served now.
         let now = redis.get(tenant).await.ok().map(|b| b.map(|b| b.revision));
         match now {
-            Some(Some(r)) if r > rev => eprintln!(
+            Some(Some(r)) if r > rev => errln!(
                 "nexus-edge: note: tenant {tenant} has changed again since (now at revision {r}): \
                  that is what is served; see `tenant history {tenant}`"
             ),
-            Some(None) if present == Some(true) => eprintln!(
+            Some(None) if present == Some(true) => errln!(
                 "nexus-edge: note: tenant {tenant} has been deleted since; see `tenant history \
                  {tenant}`"
             ),
             _ => {}
         }
     } else if !o.refused.is_empty() && o.behind.is_empty() {
-        eprintln!(
+        errln!(
             "nexus-edge: {}/{} live replicas serve revision {}; not confirmed by {} (see their \
              logs: a replica that refused the record keeps serving the binding named until the \
              record is put right)",
@@ -112,7 +112,7 @@ pub(super) async fn wait_fleet(
             o.refused.join(", ")
         );
     } else {
-        eprintln!(
+        errln!(
             "nexus-edge: timed out after {}: {}/{} live replicas on revision {}; behind: {}",
             humantime::format_duration(timeout),
             o.applied,
@@ -136,12 +136,12 @@ pub(super) async fn wait_fleet(
         if text {
             // What the exit code alone does not say: nothing is undone.
             match awaited {
-                Awaited::Unchanged => eprintln!(
+                Awaited::Unchanged => errln!(
                     "nexus-edge: nothing was written; the tenant's stored revision {rev} is \
                      served by the replicas that applied it; `nexus-edge tenant wait {tenant} \
                      {rev}` waits again"
                 ),
-                Awaited::Written { .. } | Awaited::Named => eprintln!(
+                Awaited::Written { .. } | Awaited::Named => errln!(
                     "nexus-edge: the change is written (revision {rev}) and served by the \
                      replicas that applied it; `nexus-edge tenant wait {tenant} {rev}` waits \
                      again without writing"
@@ -181,7 +181,7 @@ pub(in crate::cli) fn replicas(config: Option<&std::path::Path>, json: bool) -> 
             let no_counter =
                 (list.is_empty() || serving) && matches!(rt.block_on(redis.counter()), Ok(None));
             if list.is_empty() && no_counter {
-                eprintln!("{}", empty_prefix_note(&redis));
+                errln!("{}", empty_prefix_note(&redis));
             }
             if json {
                 outln!(
@@ -237,7 +237,7 @@ pub(in crate::cli) fn replicas(config: Option<&std::path::Path>, json: bool) -> 
             // Only when it may be why a replica is on another history; on stderr, so that
             // `--json` stays one document.
             if let (true, Ok(Some(id))) = (refusing, rt.block_on(redis.unconfirmed_history())) {
-                eprintln!(
+                errln!(
                     "nexus-edge: warning: Redis holds history {id}, begun while no replica was \
                      heard serving, and not confirmed: a replica serving another history's \
                      bindings keeps them (above) until `{}`; put back what should stay first \
@@ -248,7 +248,7 @@ pub(in crate::cli) fn replicas(config: Option<&std::path::Path>, json: bool) -> 
             }
             // Every replica "on another history" because Redis has none at all: say so.
             if serving && no_counter {
-                eprintln!(
+                errln!(
                     "nexus-edge: warning: Redis holds no revision counter while replicas serve \
                      bindings: it lost its data (a restart without persistence, a FLUSHALL). \
                      They keep serving their tables; restore it with `nexus-edge tenant import \

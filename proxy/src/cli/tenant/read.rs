@@ -105,11 +105,11 @@ impl Command<'_> {
         match admin.history(&t).await {
             Ok(h) => {
                 if h.entries.is_empty() && h.unreadable.is_empty() && !json {
-                    eprintln!("nexus-edge: no audit entries for tenant {t}");
+                    errln!("nexus-edge: no audit entries for tenant {t}");
                 }
                 print_history(&h.entries, json);
                 for u in &h.unreadable {
-                    eprintln!("nexus-edge: unreadable audit entry: {u}");
+                    errln!("nexus-edge: unreadable audit entry: {u}");
                 }
                 if h.unreadable.is_empty() {
                     ExitCode::SUCCESS

@@ -162,10 +162,12 @@ impl Command<'_> {
             Ok(s) => s,
             Err(e) => return fail(format!("{source}: {e}")),
         };
+        // A byte order mark, as `import` and the routers read past it in a bindings file.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         if let Err(e) = refuse_repeated_members(text.as_bytes()) {
             return fail(format!("{source}: {e}"));
         }
-        let value: serde_json::Value = match serde_json::from_str(&text) {
+        let value: serde_json::Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => return fail(format!("{source}: not JSON: {e}")),
         };

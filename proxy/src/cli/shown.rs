@@ -1,0 +1,85 @@
+//! What the CLI prints of text it did not write: a hand-forged audit entry, a heartbeat
+//! key, a record in the store. A control character there would drive the reader's terminal
+//! (clear the screen, move the cursor, forge a line), an invisible one make an entry read as
+//! another: each is printed as an escape instead.
+
+use std::borrow::Cow;
+
+/// Characters a terminal shows as nothing, or that reorder the text around them: soft
+/// hyphen, zero-width spaces and joiners, direction marks, embeddings, overrides and
+/// isolates, invisible operators, variation selectors, tags, fillers, the blank Braille
+/// pattern, the byte order mark.
+pub(crate) fn is_invisible(c: char) -> bool {
+    // Unicode's default-ignorable code points (those a renderer shows as nothing unless it
+    // knows them) and the format characters among the rest: bidirectional controls and the
+    // interlinear annotation characters. U+2800 is no such code point, but every font draws
+    // it as a blank.
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
+/// `text` with every control character (line feeds and tabs aside) and every invisible one
+/// written as `\uXXXX` (a UTF-16 escape, so that text inside a JSON string stays JSON).
+pub(crate) fn escaped(text: &str) -> Cow<'_, str> {
+    let hidden = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{2028}' | '\u{2029}')
+            || is_invisible(c)
+    };
+    if !text.chars().any(hidden) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if hidden(c) {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_and_invisibles_are_escaped_and_nothing_else() {
+        assert_eq!(escaped("acme  rev 3\n\tx"), "acme  rev 3\n\tx");
+        assert_eq!(escaped("caf\u{e9} \u{4e2d}"), "caf\u{e9} \u{4e2d}");
+        assert_eq!(
+            escaped("mallory\u{1b}[2K\r\u{1b}[32mrev 99"),
+            "mallory\\u001b[2K\\u000d\\u001b[32mrev 99"
+        );
+        assert_eq!(escaped("ok\u{202e}evil"), "ok\\u202eevil");
+        assert_eq!(escaped("\u{2800}"), "\\u2800");
+        // Outside the BMP: a surrogate pair, as JSON writes it.
+        assert_eq!(escaped("\u{e0041}"), "\\udb40\\udc41");
+        let json = serde_json::json!({"actor": "a\u{202e}b"}).to_string();
+        let read: serde_json::Value = serde_json::from_str(&escaped(&json)).expect("still JSON");
+        assert_eq!(read["actor"], "a\u{202e}b");
+    }
+}
