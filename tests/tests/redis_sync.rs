@@ -739,6 +739,12 @@ fn wait_names_replicas_stopped_or_on_another_history() {
         err.contains("no change of tenant globex is recorded"),
         "{err}"
     );
+    // Nor one from before the tenant's record was made: none of its changes (globex, made
+    // after acme's first revision, "confirmed" acme's at once).
+    admin.put(&binding("globex", &b.url(), "active", None));
+    let (code, _, err) = admin.tenant(&["wait", "globex", "1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("older than tenant globex's record"), "{err}");
     wait_instance(&r2, &keys, "acme", "instance-b");
 
     // A replica still serving another history (Redis lost its data under it) reports

@@ -41,6 +41,18 @@ impl Command<'_> {
         // cannot be told apart, and an unreadable audit leaves the wait to say what it can.
         if let Ok(h) = store.admin().history(&t).await {
             let kept: Vec<u64> = h.entries.iter().map(|e| e.revision).collect();
+            // Older than every kept change: maybe one trimmed off, unless the oldest kept
+            // made the record (nothing before it is this record's).
+            let first = h.entries.first();
+            let created = first.filter(|e| e.old.is_none()).map(|e| e.revision);
+            if let Some(created) = created.filter(|&c| revision < c) {
+                if h.unreadable.is_empty() {
+                    return fail(format!(
+                        "revision {revision} is older than tenant {t}'s record, made at \
+                         revision {created} (`nexus-edge tenant history {t}` lists its changes)"
+                    ));
+                }
+            }
             let older = kept.first().is_some_and(|&o| revision < o);
             if !kept.contains(&revision) && !older && h.unreadable.is_empty() {
                 return fail(match kept.last() {
