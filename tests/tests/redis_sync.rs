@@ -372,6 +372,59 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
 }
 
 #[test]
+fn an_import_that_would_stop_half_way_writes_nothing() {
+    // Written one tenant at a time, an import stopped at a domain another tenant (not in the
+    // file) holds, or at a key of another type, with the records before it written.
+    let w = World::start(&["acme"]);
+    let record = |tenant: &str, domains: &[&str]| {
+        let mut r = binding(tenant, &w.a.url(), "active", None);
+        r["domains"] = serde_json::json!(domains);
+        r
+    };
+    w.admin.put(&record("hooli", &["shop.hooli.test"]));
+    let before = w.redis.cmd(&["GET", "nexus:revision"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("import.json");
+    let import = |records: Vec<serde_json::Value>| {
+        let doc = nexus_e2e::edge::bindings_file(records);
+        std::fs::write(&file, doc.to_string()).expect("write");
+        w.admin.tenant(&["import", file.to_str().expect("utf8")])
+    };
+    let (code, _, err) = import(vec![
+        record("newc", &[]),
+        record("newd", &["shop.hooli.test"]),
+        record("newe", &[]),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("nothing imported at tenant newd")
+            && err.contains("domain shop.hooli.test already belongs to tenant hooli"),
+        "{err}"
+    );
+    w.redis.cmd(&["HSET", "nexus:binding:newe", "f", "v"]);
+    let (code, _, err) = import(vec![record("newc", &[]), record("newe", &[])]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("nothing imported") && err.contains("nexus:binding:newe is a Redis hash"),
+        "{err}"
+    );
+    assert_eq!(
+        w.redis.cmd(&["GET", "nexus:revision"]),
+        before,
+        "nothing written"
+    );
+    assert_eq!(w.redis.cmd(&["EXISTS", "nexus:binding:newc"]), "0");
+    // A domain whose indexed holder no longer claims it (edited by hand) may be taken, as a
+    // put may take it.
+    w.redis.cmd(&["DEL", "nexus:binding:newe"]);
+    w.admin.put(&record("hooli", &[]));
+    w.redis
+        .cmd(&["HSET", "nexus:domains", "shop.hooli.test", "hooli"]);
+    let (code, out, err) = import(vec![record("newd", &["shop.hooli.test"])]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
 fn history_prints_a_forged_entry_s_control_characters_as_escapes() {
     // The CLI refuses control and invisible characters in --actor and --reason, since
     // `history` prints them; an entry pushed into Redis by hand carried them to the terminal

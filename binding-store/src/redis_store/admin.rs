@@ -9,9 +9,9 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 
 use super::{
-    fleet, last_number, new_history_id, parse_json_record, read_failure, record_revision,
-    record_text, restore, script_error, unavailable, wrong_type, RedisEndpoint, RedisStore,
-    WipedStore,
+    fleet, last_number, misplaced, new_history_id, parse_json_record, read_failure,
+    record_revision, record_text, restore, script_error, unavailable, wrong_type, RedisEndpoint,
+    RedisStore, WipedStore,
 };
 use crate::admin::{
     import_each, Actor, AdminError, Applied, AuditEntry, BindingAdmin, History, IfUnchanged,
@@ -23,6 +23,101 @@ use crate::records::{contested_domains, settle_contested, DomainIndex, Verdicts}
 
 /// How long a write behind Sentinel waits for a standby to acknowledge it.
 const STANDBY_ACK_WAIT: Duration = Duration::from_secs(1);
+
+impl RedisStore {
+    /// What would stop an import one write at a time half way, checked before the first
+    /// write: a key of the schema holding another type, or a custom domain the domain index
+    /// gives a tenant outside the import whose record still claims it. (`write.lua` checks
+    /// again at each write: a change made meanwhile can still stop the import there.)
+    async fn import_preflight(
+        &self,
+        con: &mut MultiplexedConnection,
+        bindings: &[Arc<Binding>],
+    ) -> Result<(), ImportError> {
+        let whole = ImportError::nothing;
+        let mut wanted: Vec<(String, &'static str)> = vec![
+            (self.keys.revision(), "string"),
+            (self.keys.changes(), "stream"),
+            (self.keys.domains(), "hash"),
+        ];
+        for b in bindings {
+            wanted.push((self.keys.binding(b.tenant_id.as_str()), "string"));
+            wanted.push((self.keys.audit(b.tenant_id.as_str()), "list"));
+        }
+        let consequence = "so the import was refused before any of it was written";
+        if let Some(named) = misplaced(con, &wanted, consequence)
+            .await
+            .map_err(|e| whole(unavailable(e)))?
+        {
+            return Err(whole(named));
+        }
+        let claims: Vec<(&TenantId, &str)> = bindings
+            .iter()
+            .flat_map(|b| b.domains.iter().map(move |d| (&b.tenant_id, d.as_str())))
+            .collect();
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let domains: Vec<&str> = claims.iter().map(|(_, d)| *d).collect();
+        let owners: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.keys.domains())
+            .arg(&domains)
+            .query_async(con)
+            .await
+            .map_err(|e| whole(unavailable(e)))?;
+        let importing: HashSet<&str> = bindings.iter().map(|b| b.tenant_id.as_str()).collect();
+        for ((tenant, domain), owner) in claims.into_iter().zip(owners) {
+            let Some(owner) = owner.filter(|o| o != tenant.as_str()) else {
+                continue;
+            };
+            // The import may let it go (written first: `release_first`).
+            if importing.contains(owner.as_str()) {
+                continue;
+            }
+            // An index entry can outlive the claim (a record deleted or edited by hand):
+            // the script lets a write take such a domain. Read as the script reads it.
+            let raw: redis::RedisResult<Option<Vec<u8>>> = con.get(self.keys.binding(&owner)).await;
+            let claimed = match raw {
+                Ok(None) => false,
+                Ok(Some(raw)) => still_claims(&raw, domain),
+                // A key of another type cannot say either.
+                Err(_) => true,
+            };
+            if claimed {
+                let reason = format!(
+                    "domain {domain} already belongs to tenant {owner}; release it there first"
+                );
+                return Err(ImportError::at(
+                    tenant,
+                    AdminError::Invalid {
+                        tenant: tenant.clone(),
+                        reason,
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a stored record (`raw`) claims `domain`, as `write.lua`'s `claims_of` reads it: a
+/// record that cannot say (no JSON object, a `domains` that is no list of names) keeps its
+/// claims; one without `domains` claims none.
+fn still_claims(raw: &[u8], domain: &str) -> bool {
+    if crate::json::is_array_text(raw) {
+        return true;
+    }
+    let Ok(serde_json::Value::Object(record)) = serde_json::from_slice(raw) else {
+        return true;
+    };
+    match record.get("domains") {
+        None => false,
+        Some(serde_json::Value::Array(names)) if names.iter().all(|n| n.is_string()) => {
+            names.iter().any(|n| n.as_str() == Some(domain))
+        }
+        Some(_) => true,
+    }
+}
 
 /// What [`RedisStore::skippable`] found.
 enum Skip {
@@ -478,6 +573,7 @@ impl BindingAdmin for RedisStore {
                 return Ok(n);
             }
         }
+        self.import_preflight(&mut con, &bindings).await?;
         import_each(self, bindings, actor).await
     }
 
