@@ -2542,6 +2542,20 @@ fn the_admin_cli_refuses_what_it_cannot_do_whole_and_never_panics() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("longer than 24h"), "{err}");
+    // And one shorter than a heartbeat interval could confirm nothing: `tenant wait acme 38
+    // --timeout 400ms` timed out on a replica that had applied 38 long before.
+    for short in ["400ms", "0s"] {
+        let (code, _, err) = admin.tenant(&[
+            "set-status",
+            "acme",
+            "past_due",
+            "--wait",
+            "--timeout",
+            short,
+        ]);
+        assert_eq!(code, 2, "{short}: {err}");
+        assert!(err.contains("shorter than 1s"), "{err}");
+    }
     // A `--timeout` without `--wait` would bound nothing: refused with the arguments.
     let (code, _, err) = admin.tenant(&["set-status", "acme", "past_due", "--timeout", "5s"]);
     assert_eq!(code, 2, "{err}");

@@ -131,8 +131,21 @@ pub(super) fn wait_timeout(text: &str) -> Result<Duration, String> {
     if d > MAX_WAIT {
         return Err("longer than 24h".to_owned());
     }
+    // Only heartbeats written during the wait count: one shorter than a heartbeat interval
+    // timed out on replicas that had long applied the change.
+    if d < MIN_WAIT {
+        return Err(
+            "shorter than 1s: a wait counts only heartbeats written during it, and a replica \
+             heartbeats every heartbeat_interval (2s unless set)"
+                .to_owned(),
+        );
+    }
     Ok(d)
 }
+
+/// The shortest `--timeout`: shorter, a wait would time out on replicas that had applied the
+/// change long before, between two of their heartbeats.
+pub(super) const MIN_WAIT: Duration = Duration::from_secs(1);
 
 /// Tenant operations.
 #[derive(Debug, Subcommand)]
