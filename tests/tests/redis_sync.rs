@@ -372,6 +372,28 @@ fn rebind_reaches_every_replica_and_wait_confirms() {
 }
 
 #[test]
+fn a_wait_shorter_than_the_replicas_heartbeat_interval_is_lengthened_and_said() {
+    // Only heartbeats written during a wait count: `--timeout 1s` against replicas that
+    // heartbeat every 2 s timed out half the time on a replica that had applied the change.
+    let w = World::start(&["acme"]);
+    let mut opts = EdgeOptions::new(w.keys.jwks(), serde_json::json!({}));
+    opts.store = Some(
+        store_section(&w.redis.url(), "replica-slow", None)
+            .replace(&format!("\"{HEARTBEAT}\""), "\"2s\""),
+    );
+    let _slow = Edge::try_start(&opts).expect("replica");
+    wait_live(&w.admin, &["replica-slow"]);
+    for _ in 0..3 {
+        let (code, out, err) = w.admin.tenant(&["wait", "acme", "1", "--timeout", "1s"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            err.contains("waiting up to 3s, not 1s: replicas heartbeat every 2s"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn an_import_that_would_stop_half_way_writes_nothing() {
     // Written one tenant at a time, an import stopped at a domain another tenant (not in the
     // file) holds, or at a key of another type, with the records before it written.

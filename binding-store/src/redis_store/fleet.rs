@@ -144,6 +144,8 @@ pub struct ReplicaStatus {
     pub stamped_ahead_ms: u64,
     /// Store revision minus applied revision.
     pub lag: u64,
+    /// How often it heartbeats, in milliseconds (its `heartbeat_interval`).
+    pub interval_ms: u64,
     /// It applied a revision above the store's counter: it still serves another history
     /// (Redis lost its data, or a failover lost the last writes) and has not loaded this one.
     /// Its revisions say nothing about this history's, so it has applied none of them yet.
@@ -633,6 +635,7 @@ impl RedisStore {
                 live: heard.is_ok_and(|age| age <= live_window_ms(hb.interval_ms)),
                 stamped_ahead_ms: heard.err().unwrap_or(0),
                 lag: counter.unwrap_or(0).saturating_sub(hb.applied_revision),
+                interval_ms: hb.interval_ms,
                 // Said by the replica; or seen: the heartbeats were read before the counter,
                 // which only grows, so within one history no replica is ahead of it.
                 other_history: !hb.following || counter.is_some_and(|c| hb.applied_revision > c),
@@ -802,6 +805,7 @@ mod tests {
             live: true,
             stamped_ahead_ms: 0,
             lag: 0,
+            interval_ms: 1000,
             other_history: false,
             heard_at_ms: 0,
             refused: refused.iter().map(|(t, r)| ((*t).to_owned(), *r)).collect(),

@@ -43,13 +43,32 @@ pub(super) async fn wait_fleet(
         Awaited::Unchanged => Some(true),
         Awaited::Named => None,
     };
+    let replicas = redis.replicas().await;
+    // Only heartbeats written during the wait count: one shorter than the slowest live
+    // replica's heartbeat interval (and a second for its write) times out on replicas that
+    // had applied the change long before.
+    let slowest = replicas
+        .iter()
+        .flatten()
+        .filter(|r| r.live)
+        .map(|r| Duration::from_millis(r.interval_ms.min(60_000)))
+        .max();
+    let timeout = match slowest.map(|i| i + Duration::from_secs(1)) {
+        Some(floor) if floor > timeout => {
+            errln!(
+                "nexus-edge: note: waiting up to {}, not {}: replicas heartbeat every {}, and \
+                 only heartbeats written during the wait count",
+                humantime::format_duration(floor),
+                humantime::format_duration(timeout),
+                humantime::format_duration(floor - Duration::from_secs(1))
+            );
+            floor
+        }
+        _ => timeout,
+    };
     // Said at once: otherwise the whole timeout passes in silence. A replica that starts
     // within it still counts (a fleet being restarted).
-    if redis
-        .replicas()
-        .await
-        .is_ok_and(|all| !all.iter().any(|r| r.live))
-    {
+    if replicas.is_ok_and(|all| !all.iter().any(|r| r.live)) {
         errln!(
             "nexus-edge: no replica is live (none is heartbeating); waiting up to {} for one \
              to apply revision {}",
