@@ -232,7 +232,10 @@ impl ConnectionMetrics {
             )?,
             ops_refused: prometheus::IntCounter::new(
                 "ops_connections_refused_total",
-                "Connections to the ops listener closed at once because 256 were open",
+                format!(
+                    "Connections to the ops listener closed at once because {} were open",
+                    crate::ops::MAX_OPS_CONNECTIONS
+                ),
             )?,
             unparsable: requests.with_label_values(&["unparsable_request"]),
             connect_refused: requests.with_label_values(&["connect_refused"]),

@@ -34,7 +34,7 @@ pub const OPS_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 
 /// The most an ops connection may send. A probe or a scrape sends a few hundred bytes; Pingora
 /// reads a request header of up to 1 MiB, and 255 connections each holding one unfinished
-/// took 265 MB that stayed with the process after they closed. Past it the connection reads
+/// took 265 MB, which the process kept after they closed. Past it the connection reads
 /// as closed, and Pingora lets it go unanswered.
 pub const OPS_REQUEST_BYTES: usize = 64 * 1024;
 
@@ -79,6 +79,18 @@ impl AsyncWrite for ReadBudget {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
@@ -95,7 +107,11 @@ pub struct Capped<A> {
     app: Arc<A>,
     slots: Arc<tokio::sync::Semaphore>,
     refused: pingora_prometheus::prometheus::IntCounter,
-    /// When a refusal was last logged (Unix seconds): once a minute at most.
+    /// When the cap was made: refusals are logged by the seconds since (a monotonic clock:
+    /// the wall clock stepping back would silence them).
+    made: std::time::Instant,
+    /// When a refusal was last logged, in seconds since `made` plus one (0: never): once a
+    /// minute at most.
     last_warning: std::sync::atomic::AtomicU64,
 }
 
@@ -106,6 +122,7 @@ impl<A> Capped<A> {
             app: Arc::new(app),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_OPS_CONNECTIONS)),
             refused,
+            made: std::time::Instant::now(),
             last_warning: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -115,15 +132,14 @@ impl<A> Capped<A> {
     fn refuse(&self) {
         use std::sync::atomic::Ordering;
         self.refused.inc();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = self.made.elapsed().as_secs() + 1;
         let last = self.last_warning.load(Ordering::Relaxed);
-        if now >= last + 60
-            && self
-                .last_warning
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        if last == 0
+            || now >= last + 60
+                && self
+                    .last_warning
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
         {
             tracing::warn!(
                 max = MAX_OPS_CONNECTIONS,
@@ -215,14 +231,15 @@ impl ServeHttp for OpsApp {
             );
             return resp;
         }
-        // RFC 9112 §3.2: an HTTP/1.1 request without a Host, or any with two, is answered 400.
+        // RFC 9112 §3.2: an HTTP/1.1 request without a Host is answered 400. (One with two
+        // never comes here: Pingora closes its connection unanswered.)
         let req = session.req_header();
-        let hosts = req.headers.get_all(http::header::HOST).iter().count();
-        if hosts > 1 || (hosts == 0 && req.version >= http::Version::HTTP_11) {
+        let no_host = req.headers.get(http::header::HOST).is_none();
+        if no_host && req.version >= http::Version::HTTP_11 {
             return text(
                 StatusCode::BAD_REQUEST,
                 "text/plain",
-                b"bad request: one Host header is required\n".to_vec(),
+                b"bad request: a Host header is required\n".to_vec(),
             );
         }
         let path = session.req_header().uri.path().to_owned();

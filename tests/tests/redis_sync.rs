@@ -455,7 +455,8 @@ fn history_prints_a_forged_entry_s_control_characters_as_escapes() {
     let history: serde_json::Value =
         serde_json::from_str(&w.admin.ok(&["history", "acme", "--json"])).expect("json");
     let mut forged = history[0].clone();
-    forged["actor"] = serde_json::json!("mallory\u{1b}[2K\r\u{1b}[32mrev 99 alice");
+    forged["actor"] =
+        serde_json::json!("mallory\u{1b}[2K\r\u{1b}[32mrev 99 alice\nrev 100  bob  delete");
     forged["reason"] = serde_json::json!("ok\u{202e}evil");
     w.redis
         .cmd(&["LPUSH", "nexus:audit:acme", &forged.to_string()]);
@@ -472,6 +473,9 @@ fn history_prints_a_forged_entry_s_control_characters_as_escapes() {
             "{args:?}: {out}"
         );
     }
+    // Nor does a line feed in it forge an entry of its own.
+    let text = w.admin.ok(&["history", "acme"]);
+    assert!(!text.lines().any(|l| l.starts_with("rev 100")), "{text}");
     // And the JSON is still JSON, its strings what the store holds.
     let read: serde_json::Value =
         serde_json::from_str(&w.admin.ok(&["history", "acme", "--json"])).expect("json");

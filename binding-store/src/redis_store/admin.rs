@@ -81,7 +81,8 @@ impl RedisStore {
                 Ok(None) => false,
                 Ok(Some(raw)) => still_claims(&raw, domain),
                 // A key of another type cannot say either.
-                Err(_) => true,
+                Err(e) if e.code() == Some("WRONGTYPE") => true,
+                Err(e) => return Err(whole(unavailable(e))),
             };
             if claimed {
                 let reason = format!(
@@ -107,7 +108,9 @@ fn still_claims(raw: &[u8], domain: &str) -> bool {
     if crate::json::is_array_text(raw) {
         return true;
     }
-    let Ok(serde_json::Value::Object(record)) = serde_json::from_slice(raw) else {
+    // cjson reads bytes that are no UTF-8 as they are; they are in no domain name.
+    let text = String::from_utf8_lossy(raw);
+    let Ok(serde_json::Value::Object(record)) = serde_json::from_str(&text) else {
         return true;
     };
     match record.get("domains") {
@@ -115,6 +118,8 @@ fn still_claims(raw: &[u8], domain: &str) -> bool {
         Some(serde_json::Value::Array(names)) if names.iter().all(|n| n.is_string()) => {
             names.iter().any(|n| n.as_str() == Some(domain))
         }
+        // cjson reads `{}` as an empty table, which the script takes for an empty list.
+        Some(serde_json::Value::Object(members)) if members.is_empty() => false,
         Some(_) => true,
     }
 }
@@ -599,5 +604,37 @@ impl BindingAdmin for RedisStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::still_claims;
+
+    /// As `write.lua`'s `claims_of` reads a holder's record: the import's check must refuse
+    /// no more than the script does, and no less.
+    #[test]
+    fn a_holder_s_claim_is_read_as_the_write_script_reads_it() {
+        let d = "shop.example.test";
+        for (raw, claims) in [
+            (br#"{"domains":["shop.example.test"]}"#.to_vec(), true),
+            (br#"{"domains":["other.example.test"]}"#.to_vec(), false),
+            (br#"{"tenant_id":"hooli"}"#.to_vec(), false),
+            (br#"{"domains":{}}"#.to_vec(), false),
+            (b"{\"x\":\"\xff\",\"domains\":[]}".to_vec(), false),
+            // Records that cannot say keep their claims.
+            (br#"["shop.example.test"]"#.to_vec(), true),
+            (b"not json".to_vec(), true),
+            (br#"{"domains":"shop.example.test"}"#.to_vec(), true),
+            (br#"{"domains":[5]}"#.to_vec(), true),
+            (br#"{"domains":null}"#.to_vec(), true),
+        ] {
+            assert_eq!(
+                still_claims(&raw, d),
+                claims,
+                "{}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
     }
 }

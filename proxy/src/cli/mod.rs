@@ -19,11 +19,11 @@ macro_rules! outln {
     };
 }
 
-/// `eprintln!` for messages that quote what the store holds (heartbeat keys, audit entries):
-/// printed with [`shown::escaped`].
+/// `eprintln!` for one-line messages that quote what the store holds (heartbeat keys, audit
+/// entries): printed with [`shown::one_line`].
 macro_rules! errln {
     ($($arg:tt)*) => {
-        eprintln!("{}", $crate::cli::shown::escaped(&format!($($arg)*)))
+        eprintln!("{}", $crate::cli::shown::one_line(&format!($($arg)*)))
     };
 }
 

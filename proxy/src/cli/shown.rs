@@ -37,13 +37,25 @@ pub(crate) fn is_invisible(c: char) -> bool {
     )
 }
 
-/// `text` with every control character (line feeds and tabs aside) and every invisible one
-/// written as `\uXXXX` (a UTF-16 escape, so that text inside a JSON string stays JSON).
+/// `text` with every control character (line feeds and tabs aside: the output's own layout)
+/// and every invisible one written as `\uXXXX` (a UTF-16 escape, so that text inside a JSON
+/// string stays JSON).
 pub(crate) fn escaped(text: &str) -> Cow<'_, str> {
+    escaped_if(text, |c| c == '\n' || c == '\t')
+}
+
+/// One value the store holds, for a line of text: as [`escaped`], line feeds and tabs too, so
+/// that a value cannot end its line and forge the next (an audit entry's actor, a replica's
+/// id).
+pub(crate) fn one_line(text: &str) -> Cow<'_, str> {
+    escaped_if(text, |_| false)
+}
+
+/// `text` with the characters a terminal acts on or hides escaped, but for the controls
+/// `kept` lets through.
+fn escaped_if(text: &str, kept: impl Fn(char) -> bool) -> Cow<'_, str> {
     let hidden = |c: char| {
-        (c.is_control() && c != '\n' && c != '\t')
-            || matches!(c, '\u{2028}' | '\u{2029}')
-            || is_invisible(c)
+        (c.is_control() && !kept(c)) || matches!(c, '\u{2028}' | '\u{2029}') || is_invisible(c)
     };
     if !text.chars().any(hidden) {
         return text.into();
@@ -76,6 +88,10 @@ mod tests {
         );
         assert_eq!(escaped("ok\u{202e}evil"), "ok\\u202eevil");
         assert_eq!(escaped("\u{2800}"), "\\u2800");
+        assert_eq!(
+            one_line("alice\nrev 16  bob\t"),
+            "alice\\u000arev 16  bob\\u0009"
+        );
         // Outside the BMP: a surrogate pair, as JSON writes it.
         assert_eq!(escaped("\u{e0041}"), "\\udb40\\udc41");
         let json = serde_json::json!({"actor": "a\u{202e}b"}).to_string();

@@ -218,7 +218,7 @@ pub(in crate::cli) fn replicas(config: Option<&std::path::Path>, json: bool) -> 
                 for r in list {
                     outln!(
                         "{:<40} {:>10} {:>8} {:>10}  {}{}",
-                        r.id,
+                        crate::cli::shown::one_line(&r.id),
                         r.applied_revision,
                         r.lag,
                         r.last_seen_ms,

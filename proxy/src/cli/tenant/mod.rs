@@ -34,7 +34,11 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("nexus-edge: {msg}");
+    // Store errors quote what it holds; a config's problems take a line each.
+    eprintln!(
+        "nexus-edge: {}",
+        crate::cli::shown::escaped(&msg.to_string())
+    );
     ExitCode::FAILURE
 }
 
@@ -46,7 +50,7 @@ fn incomplete(left_out: &[String]) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     for record in left_out {
-        eprintln!("nexus-edge: record refused; left out: {record}");
+        errln!("nexus-edge: record refused; left out: {record}");
     }
     fail(format!(
         "{} record(s) left out: the output is incomplete",
@@ -76,7 +80,7 @@ async fn note_unconfirmed(store: &Store) -> bool {
         .unwrap_or_default();
     let confirm = nexus_binding_store::redis_store::confirm_command(&id);
     if refusing.is_empty() {
-        eprintln!(
+        errln!(
             "nexus-edge: note: Redis's history {id} began while no replica was heard, and is \
              not confirmed: a replica that starts with another history's bindings (its \
              snapshot) keeps them rather than take it. Once Redis's table is whole (a new \
@@ -84,7 +88,7 @@ async fn note_unconfirmed(store: &Store) -> bool {
         );
         return false;
     }
-    eprintln!(
+    errln!(
         "nexus-edge: warning: Redis holds history {id}, begun while no replica was heard and \
          not confirmed, and replicas {} keep the bindings of another history rather than take \
          it: what Redis holds is not what they serve. Put back what should stay (`nexus-edge \

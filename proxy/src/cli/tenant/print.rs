@@ -107,24 +107,27 @@ pub(super) fn print_history(entries: &[AuditEntry], json: bool) {
         return;
     }
     let show = |r: &Option<BindingRecord>| r.as_ref().map_or("-".to_owned(), routing);
+    // Each value on its line: one written into Redis by hand could otherwise end the line and
+    // forge an entry below it.
+    use crate::cli::shown::one_line;
     for e in entries {
         outln!(
             "rev {}  {}  {}  {}{}\n    old: {}\n    new: {}",
             e.revision,
-            e.at,
-            e.actor,
-            e.op,
+            one_line(&e.at),
+            one_line(&e.actor),
+            one_line(&e.op),
             e.reason
                 .as_ref()
-                .map(|r| format!("  ({r})"))
+                .map(|r| format!("  ({})", one_line(r)))
                 .unwrap_or_default(),
-            show(&e.old),
-            show(&e.new),
+            one_line(&show(&e.old)),
+            one_line(&show(&e.new)),
         );
         if let (Some(old), Some(new)) = (&e.old, &e.new) {
             let changed = changed_members(old, new);
             if !changed.is_empty() {
-                outln!("    changed: {}", changed.join(", "));
+                outln!("    changed: {}", one_line(&changed.join(", ")));
             }
         }
     }
