@@ -158,7 +158,7 @@ pub fn serve(settings: Settings, config: Option<&std::path::Path>) -> std::proce
     // a Redis that does not answer.
     let file_store = matches!(settings.store, nexus_config::StoreSettings::File(_));
     let started = crate::store::Store::open(&settings.store)
-        .map_err(|e| (e, true))
+        .map_err(|e| (e.to_string(), true))
         .and_then(|store| {
             let source = store.source();
             // Bound only once the state is loaded: a socket that accepts must soon be served. The

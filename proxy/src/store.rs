@@ -22,13 +22,13 @@ pub enum Store {
 
 impl Store {
     /// The store for `settings` (admin writes into a Redis that looks wiped are refused).
-    pub fn open(settings: &StoreSettings) -> Result<Store, String> {
+    pub fn open(settings: &StoreSettings) -> Result<Store, OpenError> {
         Self::open_admin(settings, WipedStore::Refuse)
     }
 
     /// The store for an admin command: as [`Store::open`], with what a write into a Redis
     /// that looks wiped does.
-    pub fn open_admin(settings: &StoreSettings, wiped: WipedStore) -> Result<Store, String> {
+    pub fn open_admin(settings: &StoreSettings, wiped: WipedStore) -> Result<Store, OpenError> {
         Ok(match settings {
             StoreSettings::File(f) => Store::File(Arc::new(
                 FileStore::new(f.path.clone(), f.poll_interval).with_wiped_store(wiped),
@@ -36,7 +36,9 @@ impl Store {
             StoreSettings::Redis(r) => {
                 let mut opts = redis_options(r)?;
                 opts.wiped_store = wiped;
-                Store::Redis(Arc::new(RedisStore::new(opts)?))
+                let redis =
+                    RedisStore::new(opts).map_err(|message| OpenError { key: None, message })?;
+                Store::Redis(Arc::new(redis))
             }
         })
     }
@@ -58,7 +60,35 @@ impl Store {
     }
 }
 
-/// The keys of `[store.tls]` files, which name their problems (and `check` places by them).
+/// Why the configured store could not be opened.
+#[derive(Debug)]
+pub struct OpenError {
+    /// The config key whose value it is (a `[store.tls]` file), when one is to blame; `check`
+    /// places the problem at it, and at the store's address otherwise.
+    pub key: Option<&'static str>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.key {
+            Some(key) => write!(f, "{key}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl OpenError {
+    fn at(key: &'static str, message: String) -> Self {
+        Self {
+            key: Some(key),
+            message,
+        }
+    }
+}
+
+/// The keys of `[store.tls]` files, which name their problems.
 pub const TLS_CA_FILE: &str = "store.tls.ca_file";
 /// See [`TLS_CA_FILE`].
 pub const TLS_CLIENT_CERT_FILE: &str = "store.tls.client_cert_file";
@@ -68,39 +98,64 @@ pub const TLS_CLIENT_KEY_FILE: &str = "store.tls.client_key_file";
 /// Reads a client certificate and its key as the TLS client will, each named by its own key
 /// when it cannot be used: a certificate chain that does not parse, no private key, or one
 /// the TLS library cannot sign with.
-fn check_client_pair(cert: &std::path::Path, key: &std::path::Path) -> Result<(), String> {
+fn check_client_pair(cert: &std::path::Path, key: &std::path::Path) -> Result<(), OpenError> {
     let (c, k) = (cert.display().to_string(), key.display().to_string());
     // The PEM reader's own words ("section end \"PRIVATE KEY\" missing"): Pingora's context
     // around them speaks of a certificate whichever file it read.
     let said = |e: &pingora::Error| e.root_cause().to_string();
     match pingora::tls::load_pem_file_ca(&c) {
         Ok(der) if !der.is_empty() => {}
-        Ok(_) => return Err(format!("{TLS_CLIENT_CERT_FILE}: {c} holds no certificate")),
-        Err(e) => return Err(format!("{TLS_CLIENT_CERT_FILE}: {c}: {}", said(&e))),
+        Ok(_) => {
+            return Err(OpenError::at(
+                TLS_CLIENT_CERT_FILE,
+                format!("{c} holds no certificate"),
+            ))
+        }
+        Err(e) => {
+            return Err(OpenError::at(
+                TLS_CLIENT_CERT_FILE,
+                format!("{c}: {}", said(&e)),
+            ))
+        }
     }
     // The certificate reads: what fails from here is the key's.
     let key_der = match pingora::tls::load_certs_and_key_files(&c, &k) {
         Ok(Some((_, key_der))) => key_der,
         Ok(None) => {
-            return Err(format!(
-                "{TLS_CLIENT_KEY_FILE}: {k} holds no private key (PEM: PRIVATE KEY, RSA PRIVATE \
-                 KEY or EC PRIVATE KEY)"
+            return Err(OpenError::at(
+                TLS_CLIENT_KEY_FILE,
+                format!(
+                    "{k} holds no private key (PEM: PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE \
+                     KEY)"
+                ),
             ))
         }
-        Err(e) => return Err(format!("{TLS_CLIENT_KEY_FILE}: {k}: {}", said(&e))),
+        Err(e) => {
+            return Err(OpenError::at(
+                TLS_CLIENT_KEY_FILE,
+                format!("{k}: {}", said(&e)),
+            ))
+        }
     };
     pingora::tls::install_default_crypto_provider();
-    let provider = pingora::tls::CryptoProvider::get_default()
-        .ok_or_else(|| "no TLS crypto provider is installed".to_owned())?;
+    let provider = pingora::tls::CryptoProvider::get_default().ok_or_else(|| OpenError {
+        key: None,
+        message: "no TLS crypto provider is installed".to_owned(),
+    })?;
     provider
         .key_provider
         .load_private_key(key_der)
         .map(|_| ())
-        .map_err(|e| format!("{TLS_CLIENT_KEY_FILE}: {k}: not a usable private key: {e}"))
+        .map_err(|e| {
+            OpenError::at(
+                TLS_CLIENT_KEY_FILE,
+                format!("{k}: not a usable private key: {e}"),
+            )
+        })
 }
 
 /// Maps config to the store's options, reading the TLS files it names.
-pub fn redis_options(r: &RedisStoreSettings) -> Result<RedisOptions, String> {
+pub fn redis_options(r: &RedisStoreSettings) -> Result<RedisOptions, OpenError> {
     let endpoint = match &r.endpoint {
         RedisEndpointSettings::Url(u) => RedisEndpoint::Url(u.clone()),
         RedisEndpointSettings::Sentinel(s) => RedisEndpoint::Sentinel(SentinelOptions {
@@ -112,14 +167,14 @@ pub fn redis_options(r: &RedisStoreSettings) -> Result<RedisOptions, String> {
             db: s.db,
         }),
     };
-    let read = |key: &str, path: &std::path::Path| {
+    let read = |key: &'static str, path: &std::path::Path| {
         nexus_config::files::read_regular(path, nexus_config::files::MAX_CONFIG_BYTES)
-            .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
+            .map_err(|e| OpenError::at(key, format!("cannot read {}: {e}", path.display())))
     };
     // Read as the TLS client will: a damaged file is named by its key here, where redis-rs
     // would say "Unable to parse TLS trust anchors" of the store's URL.
     if let Some(ca) = r.tls.ca_file.as_deref() {
-        crate::server::check_ca_bundle(ca).map_err(|e| format!("{TLS_CA_FILE}: {e}"))?;
+        crate::server::check_ca_bundle(ca).map_err(|e| OpenError::at(TLS_CA_FILE, e))?;
     }
     if let Some((cert, key)) = &r.tls.client_cert {
         check_client_pair(cert, key)?;

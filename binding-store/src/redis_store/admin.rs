@@ -24,6 +24,51 @@ use crate::records::{contested_domains, settle_contested, DomainIndex, Verdicts}
 /// How long a write behind Sentinel waits for a standby to acknowledge it.
 const STANDBY_ACK_WAIT: Duration = Duration::from_secs(1);
 
+/// Whether a stored record (`raw`) claims `domain`, as `write.lua`'s `claims_of` reads it: a
+/// record that cannot say (no JSON object, a `domains` that is no list of names) keeps its
+/// claims; one without `domains` claims none.
+fn still_claims(raw: &[u8], domain: &str) -> bool {
+    if crate::json::is_array_text(raw) {
+        return true;
+    }
+    // cjson reads bytes that are no UTF-8 as they are; they are in no domain name.
+    let text = String::from_utf8_lossy(raw);
+    let Ok(serde_json::Value::Object(record)) = serde_json::from_str(&text) else {
+        return true;
+    };
+    match record.get("domains") {
+        None => false,
+        Some(serde_json::Value::Array(names)) if names.iter().all(|n| n.is_string()) => {
+            names.iter().any(|n| n.as_str() == Some(domain))
+        }
+        // cjson reads `{}` as an empty table, which the script takes for an empty list.
+        Some(serde_json::Value::Object(members)) if members.is_empty() => false,
+        Some(_) => true,
+    }
+}
+
+/// A write of `tenant` refused for `domain`, which `owner`'s record holds.
+fn domain_held(tenant: &TenantId, domain: &str, owner: &str) -> AdminError {
+    AdminError::Invalid {
+        tenant: tenant.clone(),
+        reason: format!(
+            "domain {domain} already belongs to tenant {owner}; release it there first"
+        ),
+    }
+}
+
+/// What [`RedisStore::skippable`] found.
+enum Skip {
+    /// Nothing to write: the record is the one the write was computed from, made by the
+    /// write script (so every replica heard of it), and its domains are the tenant's.
+    Yes,
+    /// The record is no longer the text read: read again.
+    ReadAgain,
+    /// Write it, through the script: it puts right, or refuses with its reason, what the
+    /// check could not vouch for.
+    No,
+}
+
 impl RedisStore {
     /// What would stop an import one write at a time half way, checked before the first
     /// write: a key of the schema holding another type, or a custom domain the domain index
@@ -85,58 +130,12 @@ impl RedisStore {
                 Err(e) => return Err(whole(unavailable(e))),
             };
             if claimed {
-                let reason = format!(
-                    "domain {domain} already belongs to tenant {owner}; release it there first"
-                );
-                return Err(ImportError::at(
-                    tenant,
-                    AdminError::Invalid {
-                        tenant: tenant.clone(),
-                        reason,
-                    },
-                ));
+                return Err(ImportError::at(tenant, domain_held(tenant, domain, &owner)));
             }
         }
         Ok(())
     }
-}
 
-/// Whether a stored record (`raw`) claims `domain`, as `write.lua`'s `claims_of` reads it: a
-/// record that cannot say (no JSON object, a `domains` that is no list of names) keeps its
-/// claims; one without `domains` claims none.
-fn still_claims(raw: &[u8], domain: &str) -> bool {
-    if crate::json::is_array_text(raw) {
-        return true;
-    }
-    // cjson reads bytes that are no UTF-8 as they are; they are in no domain name.
-    let text = String::from_utf8_lossy(raw);
-    let Ok(serde_json::Value::Object(record)) = serde_json::from_str(&text) else {
-        return true;
-    };
-    match record.get("domains") {
-        None => false,
-        Some(serde_json::Value::Array(names)) if names.iter().all(|n| n.is_string()) => {
-            names.iter().any(|n| n.as_str() == Some(domain))
-        }
-        // cjson reads `{}` as an empty table, which the script takes for an empty list.
-        Some(serde_json::Value::Object(members)) if members.is_empty() => false,
-        Some(_) => true,
-    }
-}
-
-/// What [`RedisStore::skippable`] found.
-enum Skip {
-    /// Nothing to write: the record is the one the write was computed from, made by the
-    /// write script (so every replica heard of it), and its domains are the tenant's.
-    Yes,
-    /// The record is no longer the text read: read again.
-    ReadAgain,
-    /// Write it, through the script: it puts right, or refuses with its reason, what the
-    /// check could not vouch for.
-    No,
-}
-
-impl RedisStore {
     /// Whether a write that would change nothing may be skipped. Read in one `MULTI`: the
     /// tenant's record must still be `raw`, the text the write was computed from; the
     /// tenant's last audit entry must have made that very record (one edited by hand, which
@@ -510,16 +509,12 @@ impl BindingAdmin for RedisStore {
                         "NOTFOUND" => return Err(AdminError::NotFound(tenant.clone())),
                         "DOMAIN" => {
                             // `<domain> <owner>`, as the script says it.
-                            let reason = match detail.trim().split_once(' ') {
-                                Some((domain, owner)) => format!(
-                                    "domain {domain} already belongs to tenant {owner}; release \
-                                     it there first"
-                                ),
-                                None => format!("domain already bound: {}", detail.trim()),
-                            };
-                            return Err(AdminError::Invalid {
-                                tenant: tenant.clone(),
-                                reason,
+                            return Err(match detail.trim().split_once(' ') {
+                                Some((domain, owner)) => domain_held(tenant, domain, owner),
+                                None => AdminError::Invalid {
+                                    tenant: tenant.clone(),
+                                    reason: format!("domain already bound: {}", detail.trim()),
+                                },
                             });
                         }
                         _ => {}

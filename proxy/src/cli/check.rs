@@ -155,22 +155,11 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
         if let (nexus_config::StoreSettings::Redis(r), Err(e)) =
             (store, crate::store::Store::open(store))
         {
-            let tls_key = [
-                crate::store::TLS_CA_FILE,
-                crate::store::TLS_CLIENT_CERT_FILE,
-                crate::store::TLS_CLIENT_KEY_FILE,
-            ]
-            .into_iter()
-            .find(|k| e.starts_with(&format!("{k}: ")));
-            let key = match (tls_key, &r.endpoint) {
-                (Some(k), _) => k,
-                (None, nexus_config::RedisEndpointSettings::Url(_)) => "store.url",
-                (None, nexus_config::RedisEndpointSettings::Sentinel(_)) => "store.sentinel",
-            };
-            let message = e
-                .strip_prefix(&format!("{key}: "))
-                .map_or(e.clone(), str::to_owned);
-            problem(key, message);
+            let key = e.key.unwrap_or(match r.endpoint {
+                nexus_config::RedisEndpointSettings::Url(_) => "store.url",
+                nexus_config::RedisEndpointSettings::Sentinel(_) => "store.sentinel",
+            });
+            problem(key, e.message);
         }
     }
     match keys {
