@@ -93,7 +93,9 @@ impl RejectReason {
             | RejectReason::ConnectRefused => 501,
             RejectReason::HeaderTooLarge => 431,
             RejectReason::BodyTimeout => 408,
-            RejectReason::BadFraming(FramingError::ChunkedTwice | FramingError::BadChunk(_))
+            RejectReason::BadFraming(
+                FramingError::ChunkedTwice | FramingError::BadChunk(_) | FramingError::BareLineFeed,
+            )
             | RejectReason::MalformedHeader
             | RejectReason::BadHost(_)
             | RejectReason::BadPath(_) => 400,
@@ -220,6 +222,9 @@ impl RejectReason {
             }
             RejectReason::BadFraming(FramingError::ChunkedTwice | FramingError::BadChunk(_)) => {
                 "bad request: the request body's framing is malformed\n"
+            }
+            RejectReason::BadFraming(FramingError::BareLineFeed) => {
+                "bad request: a request header line does not end in CRLF\n"
             }
             RejectReason::HeaderTooLarge => {
                 "request header fields too large: the request header is longer than allowed\n"

@@ -61,6 +61,9 @@ pub enum FramingError {
     /// With the client stream's fixed reason when it was the one to refuse it.
     #[error("malformed chunk")]
     BadChunk(Option<&'static str>),
+    /// A line of the request header ends in a bare LF ([`check_line_ends`]).
+    #[error("header line ending in a bare LF")]
+    BareLineFeed,
 }
 
 impl FramingError {
@@ -70,6 +73,7 @@ impl FramingError {
             FramingError::UnsupportedCoding => "unsupported_transfer_coding",
             FramingError::ChunkedTwice => "chunked_twice",
             FramingError::BadChunk(_) => "bad_chunk",
+            FramingError::BareLineFeed => "bare_line_feed",
         }
     }
 }
@@ -97,6 +101,27 @@ pub fn check_transfer_coding(headers: &HeaderMap) -> Result<(), FramingError> {
     }
     if chunked > 1 {
         return Err(FramingError::ChunkedTwice);
+    }
+    Ok(())
+}
+
+/// Accepts a request header (as received) whose every line ends in CRLF, empty lines before
+/// its request line aside (the parser skips them).
+///
+/// RFC 9112 §2.2 lets a recipient take a bare LF for a line end, and Pingora's parser does. A
+/// proxy in front that ends lines at CRLF only reads `X-A: a<LF>Content-Length: 200` as one
+/// field and the request as bodiless, while the router would read a 200-byte body: the next
+/// request that proxy sends on the connection, another client's perhaps, for another tenant,
+/// token included, would reach this tenant's instance as that body. A chunked body's lines
+/// are held to the same rule as they arrive (`connections::chunks`).
+pub fn check_line_ends(head: &[u8]) -> Result<(), FramingError> {
+    let start = head
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(head.len());
+    let head = &head[start..];
+    if memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r') {
+        return Err(FramingError::BareLineFeed);
     }
     Ok(())
 }
@@ -202,6 +227,33 @@ mod tests {
             h.append(name.clone(), HeaderValue::from_str(l).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn line_ends_table() {
+        let bare = Err(FramingError::BareLineFeed);
+        let cases: &[(&[u8], Result<(), FramingError>)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Ok(())),
+            // Empty lines before the request line are skipped, as the parser skips them.
+            (b"\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", Ok(())),
+            (b"", Ok(())),
+            (b"GET / HTTP/1.1\nHost: a\r\n\r\n", bare),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\nContent-Length: 5\r\n\r\n",
+                bare,
+            ),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\n", bare),
+            (b"GET / HTTP/1.1\r\nHost: a\n\n", bare),
+            (b"GET / HTTP/1.1\r\nX: \r\r\n\r\n", Ok(())),
+        ];
+        for (head, want) in cases {
+            assert_eq!(
+                check_line_ends(head),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
     }
 
     #[test]

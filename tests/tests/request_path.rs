@@ -956,6 +956,56 @@ fn chunk_lines_a_front_proxy_could_split_elsewhere_are_refused() {
 }
 
 #[test]
+fn header_lines_a_front_proxy_could_split_elsewhere_are_refused() {
+    // Pingora's parser ends a header line at a bare LF too. A proxy in front that ends lines
+    // at CRLF only reads `X-A: a<LF>Content-Length: 40` as one field and no body, and sends
+    // its next client's request on the same connection: the router would forward that
+    // request, token included, to this tenant's instance as the body.
+    let w = world();
+    let acme_token = w.keys.token("acme", Some("org-acme"));
+    let globex_token = w.keys.token("globex", None);
+    let (acme, globex) = (host("acme"), host("globex"));
+    let next = format!(
+        "GET /mine HTTP/1.1\r\nHost: {globex}\r\nAuthorization: Bearer {globex_token}\r\n\r\n"
+    );
+    let smuggling = [
+        format!(
+            "POST /collect HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {acme_token}\r\n\
+             X-A: a\nContent-Length: {}\r\n\r\n{next}",
+            next.len()
+        ),
+        format!(
+            "POST /collect HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {acme_token}\r\n\
+             X-A: a\nTransfer-Encoding: chunked\r\n\r\n{next}"
+        ),
+        // The request line, and the header's end.
+        format!("GET /x HTTP/1.1\nHost: {acme}\r\nAuthorization: Bearer {acme_token}\r\n\r\n"),
+        format!("GET /x HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {acme_token}\r\n\n"),
+        format!("GET /x HTTP/1.1\nHost: {acme}\nAuthorization: Bearer {acme_token}\n\n"),
+    ];
+    for request in &smuggling {
+        let r = send_raw(w.edge.addr, request.as_bytes()).expect("answer");
+        assert_eq!(r.status, 400, "{request:?}: {}", r.text());
+        assert!(r.text().contains("does not end in CRLF"), "{}", r.text());
+        assert_eq!(r.header("connection"), Some("close"), "{request:?}");
+    }
+    assert_eq!((w.a.hits(), w.b.hits()), (0, 0));
+    let log = w.edge.log();
+    assert!(log.contains("bare_line_feed"), "{log}");
+    // Empty lines before a request line, which the parser skips, are not refused.
+    let r = send_raw(
+        w.edge.addr,
+        format!(
+            "\r\nGET /x HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {acme_token}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .expect("answer");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
 fn trace_is_refused_before_any_instance_is_asked() {
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));

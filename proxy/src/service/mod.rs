@@ -306,6 +306,9 @@ impl ProxyHttp for EdgeService {
         }
         self.close_if_draining(session);
         let header_size = crate::connections::header_read(session);
+        let line_ends = session.as_downstream().as_http1().map_or(Ok(()), |h1| {
+            crate::framing::check_line_ends(&h1.get_headers_raw_bytes())
+        });
         let req = session.req_header();
         ctx.request_id = sane_request_id(req.headers.get_all(&crate::route::X_REQUEST_ID).iter())
             .cloned()
@@ -334,12 +337,13 @@ impl ProxyHttp for EdgeService {
         } else {
             Ok(())
         };
-        let outcome = match (header_size, chunks) {
-            (Err(HeaderTooLarge), _) => Err(RejectReason::HeaderTooLarge),
-            (Ok(()), Err(crate::connections::BadChunkLine(why))) => {
+        let outcome = match (header_size, line_ends, chunks) {
+            (Err(HeaderTooLarge), _, _) => Err(RejectReason::HeaderTooLarge),
+            (Ok(()), Err(e), _) => Err(RejectReason::BadFraming(e)),
+            (Ok(()), Ok(()), Err(crate::connections::BadChunkLine(why))) => {
                 Err(RejectReason::BadFraming(FramingError::BadChunk(Some(why))))
             }
-            (Ok(()), Ok(())) => self.decide_request(session, ctx.start),
+            (Ok(()), Ok(()), Ok(())) => self.decide_request(session, ctx.start),
         };
         match outcome {
             Ok(decision) => {
