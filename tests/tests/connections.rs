@@ -435,6 +435,40 @@ fn a_client_that_stops_reading_is_disconnected() {
 }
 
 #[test]
+fn a_client_that_reads_slowly_but_steadily_gets_the_whole_response() {
+    // The kernel wakes a writer only once much of its send buffer has drained, which at this
+    // pace takes longer than the bound: the router's writes wait for seconds while the client
+    // takes bytes all along. It must not be cut as a client that takes nothing.
+    const SIZE: usize = 4_000_000;
+    let w = world("client_write_timeout = \"1s\"");
+    let mut s = connect(&w.edge);
+    s.write_all(
+        format!("GET /login/big/{SIZE} HTTP/1.1\r\nHost: acme.{BASE}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 50_000];
+    loop {
+        // About 500 KB/s: a read of what has arrived, then a tenth of a second (the client's
+        // pace, not a wait for a condition).
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("after {got} bytes: {e}\n{}", w.edge.log()),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(got > SIZE, "{got} bytes: cut short\n{}", w.edge.log());
+    nexus_e2e::wait::until(Duration::from_secs(20), "the request counted", || {
+        (w.edge
+            .metric("nexus_edge_requests_total{outcome=\"forwarded\"}")
+            == 1)
+            .then_some(())
+    });
+}
+
+#[test]
 fn an_instance_that_stalls_after_100_continue_still_gets_the_client_a_504() {
     let w = world_with(|opts| opts.read_timeout = "1s");
     let mut s = connect(&w.edge);

@@ -37,8 +37,8 @@ use crate::metrics::ConnectionMetrics;
 
 pub use chunks::BadChunkLine;
 pub use deadline::{
-    bound_idle_client, chunk_refused, chunked_body_begins, header_read, request_done,
-    HeaderDeadline, HeaderTooLarge,
+    bound_client_writes, bound_idle_client, chunk_refused, chunked_body_begins, header_read,
+    request_done, HeaderDeadline, HeaderTooLarge,
 };
 pub(crate) use forward::forward_stream_traits;
 

@@ -293,7 +293,10 @@ impl ProxyHttp for EdgeService {
         );
         // Pingora waits on a client that stops reading for as long as it likes (its writes
         // have no timeout by default), holding the instance connection that feeds it too.
-        session.set_write_timeout(Some(self.state.settings.server.client_write_timeout));
+        crate::connections::bound_client_writes(
+            session,
+            self.state.settings.server.client_write_timeout,
+        );
         // RFC 9112 §9.3.2: a client may send its next request before this one's response.
         // Pingora's default drops it and closes the connection after this response; enabled,
         // the bytes already read become the next request on this connection, decided anew.
