@@ -373,8 +373,9 @@ fn wrong_type_fix(found: &str) -> &'static str {
 pub const COUNTER_NOT_A_NUMBER: &str = "string that is no number";
 
 /// What [`AdminError::WrongType`] says the revision counter holds when it is set (by hand)
-/// so high that the next revision would pass 2^53, which the scripts' numbers cannot hold.
-pub const COUNTER_TOO_HIGH: &str = "number past 2^53, which revisions cannot reach";
+/// so high that the next revision would pass 2^52, the highest replicas take.
+pub const COUNTER_TOO_HIGH: &str =
+    "number at 2^52 or past it, which leaves no revision replicas take";
 
 /// Where an import's bindings come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2508,16 +2508,63 @@ fn the_cli_replaces_or_deletes_a_damaged_record() {
         counter < 1 << 20,
         "the counter stays where it was: {counter}"
     );
-    // A counter set by hand so high that the next revision would pass 2^53: writes are
-    // refused, naming the key, and nothing is written.
-    redis.cmd(&["SET", "nexus:revision", "9007199254740991"]);
-    let (code, _, err) = admin.try_put(&[], &binding("acme", &a.url(), "active", None));
+    // A counter set by hand so high that the next revision would pass 2^52, the highest
+    // replicas take: writes are refused, naming the key, and nothing is written. (Stamped,
+    // every replica refused them, and every write after them.)
+    for high in ["9007199254740991", "4503599627370496"] {
+        redis.cmd(&["SET", "nexus:revision", high]);
+        let (code, _, err) = admin.try_put(&[], &binding("acme", &a.url(), "active", None));
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("nexus:revision") && err.contains("number at 2^52 or past it"),
+            "{err}"
+        );
+        assert_eq!(redis.cmd(&["GET", "nexus:revision"]), high);
+    }
+    redis.cmd(&["SET", "nexus:revision", &counter.to_string()]);
+    // So is a write after a record written by hand at revision 2^52, which no write can follow.
+    let before = redis.cmd(&["XLEN", "nexus:changes"]);
+    let mut edge = binding("acme", &a.url(), "active", None);
+    edge["revision"] = serde_json::json!(1_u64 << 52);
+    damaged("acme", &edge.to_string());
+    let (code, _, err) = admin.try_put(&[], &binding("acme", &a.url(), "past_due", None));
     assert_ne!(code, 0);
     assert!(
-        err.contains("nexus:revision") && err.contains("number past 2^53"),
+        err.contains("nexus:binding:acme carries revision 2^52")
+            && err.contains("nothing was written"),
         "{err}"
     );
-    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), "9007199254740991");
+    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), counter.to_string());
+    assert_eq!(redis.cmd(&["XLEN", "nexus:changes"]), before);
+    damaged(
+        "acme",
+        &binding("acme", &a.url(), "active", None).to_string(),
+    );
+    // A change feed whose last id was set by hand to the highest there is takes no entry:
+    // the write is refused whole, not made without its entry and audit.
+    redis.cmd(&[
+        "XADD",
+        "nexus:changes",
+        "18446744073709551615-18446744073709551615",
+        "rev",
+        "1",
+        "tenant",
+        "acme",
+        "op",
+        "upsert",
+    ]);
+    let record = redis.cmd(&["GET", "nexus:binding:acme"]);
+    let audit = redis.cmd(&["LLEN", "nexus:audit:globex"]);
+    let (code, _, err) = admin.try_put(&[], &binding("globex", &a.url(), "suspended", None));
+    assert_ne!(code, 0);
+    assert!(err.contains("nothing was written"), "{err}");
+    assert_eq!(redis.cmd(&["GET", "nexus:revision"]), counter.to_string());
+    assert_eq!(redis.cmd(&["GET", "nexus:binding:acme"]), record);
+    assert_eq!(redis.cmd(&["LLEN", "nexus:audit:globex"]), audit);
+    assert!(!redis
+        .cmd(&["GET", "nexus:binding:globex"])
+        .contains("suspended"));
+
     // A leading zero, which Redis's INCR does not take: named, not a script's raw error.
     redis.cmd(&["SET", "nexus:revision", "012"]);
     let (code, _, err) = admin.try_put(&[], &binding("acme", &a.url(), "active", None));
@@ -2525,6 +2572,68 @@ fn the_cli_replaces_or_deletes_a_damaged_record() {
     assert!(
         err.contains("nexus:revision") && !err.contains("user_script"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_write_after_a_binding_kept_ahead_of_the_counter_is_served_at_once() {
+    // A record written by hand with a revision far ahead of the counter, then damaged by
+    // hand: the script reads a damaged record as revision 0 and stamps the counter's next,
+    // older than the binding the replica kept. The replica took the write for a stale one
+    // and refused it, until its next periodic reconcile (an hour here), while `--wait`
+    // counted it as applied; now it reconciles at once and serves the write.
+    let (w, edge) = World::followed(&["acme"]);
+    let World {
+        redis,
+        admin,
+        keys,
+        a,
+        b,
+        ..
+    } = &w;
+    let mut ahead = binding("acme", &b.url(), "active", None);
+    ahead["revision"] = serde_json::json!(60_000);
+    redis.cmd(&["SET", "nexus:binding:acme", &ahead.to_string()]);
+    announce(redis, "acme");
+    wait_instance(&edge, keys, "acme", "instance-b");
+    redis.cmd(&[
+        "SET",
+        "nexus:binding:acme",
+        r#"{"tenant_id":"acme", broken"#,
+    ]);
+    announce(redis, "acme");
+    wait::until(
+        Duration::from_secs(10),
+        "the damaged record refused",
+        || edge.log().contains("binding record refused").then_some(()),
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("acme.json");
+    std::fs::write(
+        &file,
+        binding("acme", &a.url(), "suspended", None).to_string(),
+    )
+    .expect("write");
+    let out = admin.ok(&[
+        "put",
+        file.to_str().expect("utf8"),
+        "--wait",
+        "--timeout",
+        "30s",
+    ]);
+    assert!(out.contains("1/1 replicas on revision"), "{out}");
+    // Served as soon as --wait said so: suspended, on instance a.
+    let r = get_with_token(
+        edge.addr,
+        &host("acme"),
+        "/api/x",
+        &keys.token("acme", None),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        edge.log().contains("ahead of the feed's write"),
+        "{}",
+        edge.log()
     );
 }
 

@@ -507,6 +507,17 @@ impl BindingAdmin for RedisStore {
                             })
                         }
                         "NOTFOUND" => return Err(AdminError::NotFound(tenant.clone())),
+                        "EXHAUSTED" => {
+                            return Err(AdminError::Corrupt(format!(
+                                "{} carries revision 2^52, the highest replicas take, which no \
+                                 write through the schema makes (written by hand): a write \
+                                 after it would take a revision every replica refuses, so \
+                                 nothing was written. Set its revision by hand to the revision \
+                                 counter's ({}), then write {tenant} again",
+                                detail.trim(),
+                                self.keys.revision()
+                            )))
+                        }
                         "DOMAIN" => {
                             // `<domain> <owner>`, as the script says it.
                             return Err(match detail.trim().split_once(' ') {
@@ -526,6 +537,19 @@ impl BindingAdmin for RedisStore {
                             "{e}: the write was sent and Redis did not answer, so it may have \
                              been made; `nexus-edge tenant history {tenant}` says whether it \
                              was before you write again"
+                        )));
+                    }
+                    // Redis's own words (code ERR): the one error the script's feed entry,
+                    // written before anything else, can meet on a stream.
+                    if e.detail()
+                        .is_some_and(|d| d.contains("exhausted the last possible ID"))
+                    {
+                        return Err(AdminError::Corrupt(format!(
+                            "the change feed {} takes no more entries (its last id is the \
+                             highest a stream can have, set by hand), so nothing was written. \
+                             Delete or rename it (replicas then read the whole table again), \
+                             and write again",
+                            self.keys.changes()
                         )));
                     }
                     return Err(wrong_type(

@@ -175,12 +175,15 @@ impl ReplicaStatus {
         self.applied_revision >= revision && !self.other_history
     }
 
-    /// When it refused `tenant`'s record and so serves something older than `revision`:
-    /// `Some(Some(r))` with the binding revision it still serves (0: none), `Some(None)` when
-    /// its heartbeat could not list every refusal and does not list this tenant.
-    pub fn refused_before(&self, tenant: &str, revision: u64) -> Option<Option<u64>> {
+    /// When it refused `tenant`'s latest record and so serves another binding than the one
+    /// written at `revision`: `Some(Some(r))` with the binding revision it still serves (0:
+    /// none), `Some(None)` when its heartbeat could not list every refusal and does not list
+    /// this tenant. The binding it serves may be *newer* than `revision`: one written by hand
+    /// ahead of the counter, or kept when the counter was set back, makes the write look
+    /// older to the replicas, which refuse it; that change is not applied either.
+    pub fn refused_instead(&self, tenant: &str, revision: u64) -> Option<Option<u64>> {
         match self.refused.get(tenant) {
-            Some(r) => (*r < revision).then_some(Some(*r)),
+            Some(r) => (*r != revision).then_some(Some(*r)),
             None => self.refused_more.then_some(None),
         }
     }
@@ -698,7 +701,7 @@ impl RedisStore {
                 r.has_applied(revision) && written_after_ms.is_none_or(|t| r.heard_at_ms >= t)
             };
             let serves = |r: &ReplicaStatus| {
-                has_applied(r) && r.refused_before(tenant, revision).is_none() && !r.id_shared
+                has_applied(r) && r.refused_instead(tenant, revision).is_none() && !r.id_shared
             };
             let applied = live.iter().filter(|r| serves(r)).count();
             let refused: Vec<String> = live
@@ -712,7 +715,7 @@ impl RedisStore {
                             r.id
                         ));
                     }
-                    Some(match r.refused_before(tenant, revision)? {
+                    Some(match r.refused_instead(tenant, revision)? {
                         Some(0) => format!(
                             "{} (refused {tenant}'s record; still serves no binding for it)",
                             r.id
@@ -901,15 +904,18 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_counts_only_against_a_newer_change_of_that_tenant() {
+    fn a_refusal_counts_against_any_change_of_that_tenant_but_the_one_served() {
         let r = replica(&[("acme", 4), ("globex", 0)], false);
-        assert_eq!(r.refused_before("acme", 7), Some(Some(4)));
-        assert_eq!(r.refused_before("acme", 4), None, "it serves revision 4");
-        assert_eq!(r.refused_before("globex", 7), Some(Some(0)));
-        assert_eq!(r.refused_before("initech", 7), None);
+        assert_eq!(r.refused_instead("acme", 7), Some(Some(4)));
+        assert_eq!(r.refused_instead("acme", 4), None, "it serves revision 4");
+        // It keeps a binding whose revision is ahead of the write's (a record written by hand
+        // ahead of the counter): the write is refused as not newer, and not applied.
+        assert_eq!(r.refused_instead("acme", 3), Some(Some(4)));
+        assert_eq!(r.refused_instead("globex", 7), Some(Some(0)));
+        assert_eq!(r.refused_instead("initech", 7), None);
         // A heartbeat that could not list every refusal vouches for no tenant it leaves out.
         let r = replica(&[("acme", 4)], true);
-        assert_eq!(r.refused_before("initech", 7), Some(None));
-        assert_eq!(r.refused_before("acme", 7), Some(Some(4)));
+        assert_eq!(r.refused_instead("initech", 7), Some(None));
+        assert_eq!(r.refused_instead("acme", 7), Some(Some(4)));
     }
 }

@@ -752,6 +752,21 @@ async fn apply_entries(
                         // written by hand.
                         Err(crate::error::ApplyError::Stale { have, got, .. })
                             if !upsert || got >= have => {}
+                        // The record is this entry's own write, yet the table serves a newer
+                        // revision of the tenant, which came from outside the feed's order: a
+                        // record written by hand ahead of the counter, or one kept (its record
+                        // refused) while the counter was set back. The write is the store's
+                        // latest word on the tenant, and a reconcile takes it: refused, the
+                        // change waited for the next periodic reconcile.
+                        Err(crate::error::ApplyError::Stale { have, got, .. })
+                            if got.get() == rev =>
+                        {
+                            tracing::warn!(tenant = %tenant, served = have.get(), revision = rev,
+                                "the table serves a revision of this tenant ahead of the feed's \
+                                 write (a record written by hand ahead of the revision counter, \
+                                 or a counter set back); reconciling");
+                            return Ok(true);
+                        }
                         Err(e) => {
                             store.health_ref().add_rejected(1);
                             store.refused(tenant.as_str(), serving(handle));

@@ -29,6 +29,10 @@ local bad = check_type(KEYS[2], 'stream') or check_type(KEYS[4], 'hash')
 if bad then
   return bad
 end
+-- The feed entry first: the one command here that can fail on a key of the right type (a
+-- stream whose last id was set to the highest there is, by hand), and Redis keeps what a
+-- script wrote before an error.
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'rev', ARGV[1], 'op', 'reset')
 -- A restore over heard replicas was checked against what they serve (restore.rs), and they
 -- take it. One made while no replica heartbeat is kept could not be (an old export, while
 -- the fleet was down, would unbind every tenant written since): replicas serving another
@@ -40,6 +44,5 @@ else
   redis.call('HSET', KEYS[4], 'id', ARGV[4], 'began', 'restore', 'unconfirmed', '1')
 end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'rev', ARGV[1], 'op', 'reset')
 redis.call('DEL', KEYS[3])
 return tonumber(ARGV[1])

@@ -127,11 +127,10 @@ pub(crate) fn check_key(binding: Binding, key_tenant: &str) -> Result<Binding, S
     }
 }
 
-/// The highest revision a stored record may carry, as `write.lua` reads it: 2^52, half of
-/// what Lua's doubles hold exactly (2^53). `write.lua` moves the counter up to a record's
-/// revision ahead of it (one written by hand), so a record at the very edge would leave the
-/// counter no room: every later write, of any tenant, would stamp a revision past 2^53 that
-/// the doubles cannot hold and replicas refuse.
+/// The highest revision a stored record may carry, as `write.lua` reads it and replicas take
+/// it: 2^52, half of what Lua's doubles hold exactly (2^53). `write.lua` moves the counter up
+/// to a record's revision ahead of it (one written by hand), and refuses a write whose
+/// revision would pass this: replicas would refuse it, and every write after it.
 pub(crate) const MAX_REVISION: u64 = 1 << 52;
 
 /// A stored record's revision, read by the rule `write.lua` follows (its optimistic check

@@ -17,8 +17,9 @@
 -- Returns the new revision; errors: "CONFLICT <actual>", "NOTFOUND", "DOMAIN <domain> <owner>",
 -- "RESTORING" (a restore import holds the store; see restore.lua), "WIPED <revision>" (no
 -- counter while a replica serves that revision), "KEYTYPE <key> <found> <expected>" (a key of
--- the schema holds another type, or a counter that is no number or near 2^53: nothing
--- written),
+-- the schema holds another type, or a counter that is no number or at 2^52, the highest
+-- revision replicas take: nothing written), "EXHAUSTED <binding key>" (the record carries
+-- revision 2^52, set by hand: no revision is left after it; nothing written),
 -- "PLACEHOLDER ..." (the record lacks the exact `"revision":0` the script fills in).
 
 if redis.call('EXISTS', KEYS[6]) == 1 then
@@ -45,11 +46,6 @@ local counter = redis.call('GET', KEYS[2])
 -- Digits only, without a leading zero: Redis's INCR takes no other number.
 if counter and not (string.match(counter, '^[1-9]%d*$') or counter == '0') then
   return redis.error_reply('KEYTYPE ' .. KEYS[2] .. ' text integer')
-end
--- A counter set by hand near 2^53 would stamp revisions the doubles cannot hold (one moved up
--- to a record's revision stays at 2^52 or below).
-if counter and tonumber(counter) >= 9007199254740991 then
-  return redis.error_reply('KEYTYPE ' .. KEYS[2] .. ' huge integer')
 end
 -- No counter, yet replicas heartbeat a revision they serve: Redis lost its data under them.
 -- The first write would start a new history holding this one tenant, and every replica
@@ -80,6 +76,19 @@ if cur then
     and old.revision == math.floor(old.revision) then
     actual = old.revision
   end
+end
+-- The revision this write takes: the counter's next, or past a record written by hand ahead of
+-- the counter (below). It must stay at 2^52 or below, the highest replicas take (and well
+-- within what Lua's doubles hold exactly): a counter, or a record's revision, set by hand at
+-- that edge leaves no room, and every write after it would be refused by every replica.
+-- Refused here, before anything is written, naming which.
+local counted = tonumber(counter or '0')
+local rev = math.max(counted, actual) + 1
+if rev > 4503599627370496 then
+  if actual > counted then
+    return redis.error_reply('EXHAUSTED ' .. KEYS[1])
+  end
+  return redis.error_reply('KEYTYPE ' .. KEYS[2] .. ' huge integer')
 end
 if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= actual then
   return redis.error_reply('CONFLICT ' .. string.format('%.0f', actual))
@@ -150,6 +159,19 @@ for i = 9, #ARGV do
   end
 end
 
+local op = 'upsert'
+if ARGV[3] == '' then
+  op = 'delete'
+end
+-- Written out whole: Lua's own number format turns 10^14 and above into "1e+14", which no
+-- reader takes for a revision.
+local rev_text = string.format('%.0f', rev)
+-- The feed entry first: the one command here that can fail on a key of the right type (a
+-- stream whose last id was set to the highest there is, by hand), and Redis keeps what a
+-- script wrote before an error: the record, counter and index would change with no entry
+-- and no audit.
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'rev', rev_text, 'tenant', ARGV[1], 'op', op)
+
 -- Which history this is (KEYS[8]): replicas compare its id with the one their table (or
 -- snapshot) was loaded from. A write into a store with no counter begins a new one. Begun with
 -- no replica heard at all (a wipe while the whole fleet was down, which no heartbeat can show,
@@ -177,16 +199,11 @@ end
 
 -- A record written outside this script may carry a revision ahead of the counter. The next
 -- revision taken from the counter would then be older than the record it replaces, and every
--- replica, serving that record, would refuse the change as going backwards: the counter is
--- moved up to the record's revision first, so the change is newer than what it replaces.
-if actual > tonumber(redis.call('GET', KEYS[2]) or '0') then
-  redis.call('SET', KEYS[2], string.format('%.0f', actual))
-end
-local rev = redis.call('INCR', KEYS[2])
+-- replica, serving that record, would refuse the change as going backwards: `rev` is past the
+-- record's revision, and the counter moves up to it.
+redis.call('SET', KEYS[2], rev_text)
 local placeholder = '"revision":0'
--- Written out whole: Lua's own number format turns 10^14 and above into "1e+14", which no
--- reader takes for a revision.
-local stamped = '"revision":' .. string.format('%.0f', rev)
+local stamped = '"revision":' .. rev_text
 
 -- Drop the tenant's old domains from the index, then add the new ones.
 if cur then
@@ -214,20 +231,16 @@ if cur then
   end
 end
 
-local op
-if ARGV[3] == '' then
+if op == 'delete' then
   redis.call('DEL', KEYS[1])
-  op = 'delete'
 else
   local record = string.gsub(ARGV[3], placeholder, stamped, 1)
   redis.call('SET', KEYS[1], record)
   for i = 9, #ARGV do
     redis.call('HSET', KEYS[5], ARGV[i], ARGV[1])
   end
-  op = 'upsert'
 end
 
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'rev', rev, 'tenant', ARGV[1], 'op', op)
 local audit = string.gsub(ARGV[4], placeholder, stamped)
 redis.call('LPUSH', KEYS[4], audit)
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
