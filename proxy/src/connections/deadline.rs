@@ -299,9 +299,13 @@ impl HeaderDeadline {
         let counted = self.header_bytes.get_mut();
         *counted = counted.saturating_add(bytes.len());
         match *phase {
+            // Empty lines before a request line are no header yet (RFC 9112 §2.2): a new
+            // connection that sent only those is closed unanswered as one that sent nothing,
+            // and holds up no shutdown.
+            FRESH | IDLE
+                if *counted <= STRAY_LINE_ENDS
+                    && bytes.iter().all(|b| matches!(b, b'\r' | b'\n')) => {}
             FRESH => *phase = HEADER,
-            IDLE if *counted <= STRAY_LINE_ENDS
-                && bytes.iter().all(|b| matches!(b, b'\r' | b'\n')) => {}
             IDLE => {
                 *phase = HEADER;
                 self.timer = None;
