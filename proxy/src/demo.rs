@@ -61,14 +61,13 @@ pub async fn spawn_demo_instance(name: &'static str) -> std::io::Result<SocketAd
                         Ok(_) => headers.push(line.trim_end().to_owned()),
                     }
                 }
+                // A header the router did not send shows as null, not "": a public path's
+                // request carries no identity headers at all.
                 let get = |name: &str| {
-                    headers
-                        .iter()
-                        .find_map(|h| {
-                            let (k, v) = h.split_once(':')?;
-                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-                        })
-                        .unwrap_or_default()
+                    headers.iter().find_map(|h| {
+                        let (k, v) = h.split_once(':')?;
+                        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                    })
                 };
                 let body = serde_json::json!({
                     "instance": name,

@@ -127,7 +127,8 @@ pub fn switch_fault(resp: &ResponseHeader) -> Option<&'static str> {
 /// credential, and returns how many it removed:
 /// - one with a `Domain` that is a base domain or a parent of one (`Domain=<base domain>`):
 ///   the browser sends it to every tenant's host under it, so one tenant's instance could
-///   fix a session, plant a CSRF token or fill the header (431) of any other tenant's app;
+///   fix a session, plant a CSRF token or fill the header (431) of any other tenant's app.
+///   So is one whose `Domain` a browser may read otherwise than written (non-ASCII, `%`);
 /// - one that carries the router's session cookie (`session_cookie`, in any spelling the
 ///   router reads as it: its name, a pair hidden behind a comma or blank, or a nameless
 ///   cookie whose value the browser sends as `name=value`) with any `Domain`: sent beside
@@ -178,7 +179,7 @@ fn is_shared_cookie(value: &[u8], session_cookie: Option<&str>, base_domains: &[
     // Read as they come, without collecting them: this runs for every `Set-Cookie` passed.
     let mut has_domain = false;
     for d in domains {
-        if covers_a_base(d, base_domains) {
+        if !read_as_written(d) || covers_a_base(d, base_domains) {
             return true;
         }
         has_domain = true;
@@ -191,6 +192,17 @@ fn is_shared_cookie(value: &[u8], session_cookie: Option<&str>, base_domains: &[
     has_domain
         && session_cookie
             .is_some_and(|name| crate::auth::credential::has_session_cookie(sent, name))
+}
+
+/// Whether a browser reads a `Domain` value as the bytes written: a plain ASCII host name
+/// (letters, digits, `-`, `_`, `.`). Any other byte it may map first, and the map is the
+/// browser's: IDNA turns full-width letters and the ideographic full stop into ASCII
+/// (`ｎｅｘｕｓ.test`, `nexus。test` are `nexus.test`), some read `%`-escapes. Such a value
+/// cannot be compared with the base domains, so its cookie is dropped.
+fn read_as_written(domain: &[u8]) -> bool {
+    domain
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Whether a cookie for `domain` reaches every host under one of `base_domains`: it is one
@@ -496,6 +508,28 @@ mod tests {
                 &["a=1", "b=2; Domain=x.example"],
             ),
         ];
+        // A Domain a browser may read otherwise than written: IDNA maps full-width letters
+        // and the ideographic full stop to ASCII (`nexus.test`), some read %-escapes.
+        for domain in [
+            "ｎｅｘｕｓ.test",
+            "nexus。test",
+            "nexus%2Etest",
+            "acme.nexus.test:80",
+        ] {
+            let mut r = ResponseHeader::build(200, None).unwrap();
+            let value = format!("theme=dark; Domain={domain}");
+            r.append_header(
+                SET_COOKIE,
+                HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                drop_shared_cookies(&mut r, Some("sess"), &bases),
+                1,
+                "{domain}"
+            );
+            assert!(r.headers.get(SET_COOKIE).is_none(), "{domain}");
+        }
         for (given, kept) in cases {
             let fields: Vec<(&str, &str)> = given.iter().map(|v| ("set-cookie", *v)).collect();
             let mut r = response(200, &fields);

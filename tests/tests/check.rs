@@ -360,6 +360,23 @@ fn a_bad_value_beside_them_does_not_hide_the_ca_bundle_or_the_log_filter() {
     ] {
         assert!(out.contains(said), "{said}: {out}");
     }
+    // `serve` lists them all too: it said the file's own problems only, and the CA bundle's
+    // and the filter's one restart at a time.
+    let served = cli(&[
+        "serve",
+        "--config",
+        dir.path().join("edge.toml").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&served.stderr);
+    assert_eq!(served.status.code(), Some(1), "{err}");
+    for said in [
+        "upstream.idle_connections",
+        "upstream.ca_file",
+        "log.format",
+        "log.filter",
+    ] {
+        assert!(err.contains(said), "serve: {said}: {err}");
+    }
 }
 
 #[test]

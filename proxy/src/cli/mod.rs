@@ -73,9 +73,10 @@ pub enum Command {
         /// Listen here instead of `[server] listen` (e.g. several routers on one host).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
-        /// Serve metrics and probes here instead of `[server] admin_listen`.
-        #[arg(long)]
-        admin_listen: Option<std::net::SocketAddr>,
+        /// Serve metrics and probes here instead of `[server] admin_listen` ("" turns the
+        /// ops listener off, as `admin_listen = ""` does).
+        #[arg(long, value_parser = ops_address)]
+        admin_listen: Option<OpsAddress>,
     },
     /// Validate a config file; exits non-zero and lists every problem if it is invalid.
     Check {
@@ -104,6 +105,19 @@ pub enum Command {
     },
 }
 
+/// An `--admin-listen` value: an address, or none (the ops listener off).
+#[derive(Debug, Clone, Copy)]
+pub struct OpsAddress(pub Option<std::net::SocketAddr>);
+
+fn ops_address(text: &str) -> Result<OpsAddress, String> {
+    if text.is_empty() {
+        return Ok(OpsAddress(None));
+    }
+    text.parse()
+        .map(|a| OpsAddress(Some(a)))
+        .map_err(|e| format!("{e} (or \"\" to turn the ops listener off)"))
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
@@ -127,5 +141,20 @@ pub(crate) fn load_settings(
     match path {
         Some(p) => nexus_config::load_file(p),
         None => Ok(nexus_config::embedded_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ops_address;
+
+    #[test]
+    fn an_empty_admin_listen_turns_the_ops_listener_off() {
+        assert_eq!(ops_address("").map(|a| a.0), Ok(None));
+        assert_eq!(
+            ops_address("127.0.0.1:9090").map(|a| a.0),
+            Ok(Some("127.0.0.1:9090".parse().unwrap()))
+        );
+        assert!(ops_address("nowhere").is_err_and(|e| e.contains("\"\" to turn")));
     }
 }

@@ -7,11 +7,19 @@ use std::process::ExitCode;
 pub(super) fn run(
     config: Option<&Path>,
     listen: Option<SocketAddr>,
-    admin_listen: Option<SocketAddr>,
+    admin_listen: Option<super::OpsAddress>,
 ) -> ExitCode {
     let mut settings = match super::load_settings(config) {
         Ok(s) => s,
         Err(e) => {
+            // Every problem at once, those of the files the config names (a key set, a CA
+            // bundle, the bindings file) too, as `check` lists them: an operator restarting
+            // a service would otherwise meet them one start at a time.
+            if let (Some(path), nexus_config::ConfigError::Invalid { .. }) = (config, &e) {
+                if super::check::run(Some(path)) != ExitCode::SUCCESS {
+                    return ExitCode::FAILURE;
+                }
+            }
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
@@ -19,13 +27,13 @@ pub(super) fn run(
     if let Some(l) = listen {
         settings.server.listen = l;
     }
-    if let Some(a) = admin_listen {
-        settings.server.admin_listen = Some(a);
+    if let Some(super::OpsAddress(a)) = admin_listen {
+        settings.server.admin_listen = a;
     }
     // The file's check saw the file's addresses; an option may have changed either.
     if let (Some(admin), true) = (
         settings.server.admin_listen,
-        listen.is_some() || admin_listen.is_some(),
+        listen.is_some() || admin_listen.is_some_and(|a| a.0.is_some()),
     ) {
         let named = if listen.is_some() {
             "--listen"
@@ -33,7 +41,7 @@ pub(super) fn run(
             "server.listen"
         };
         if let Some(clash) = nexus_config::listener_clash(settings.server.listen, admin, named) {
-            let from = if admin_listen.is_some() {
+            let from = if admin_listen.is_some_and(|a| a.0.is_some()) {
                 "--admin-listen"
             } else {
                 "server.admin_listen, or its default"
