@@ -175,18 +175,25 @@ impl BackgroundService for KeyReload {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    let was_refusing = self.state.auth.refusing();
                     // A panic while reading a key file (logged and counted by the panic hook)
                     // must not end key rotation for the life of the process.
                     let reload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         self.state.auth.reload_keys()
                     }));
+                    let refused = self.state.auth.refusing();
                     match reload {
                         Ok(Ok(true)) => tracing::info!(keys = self.state.auth.key_count(), "verification keys reloaded"),
+                        // Back to the keys in use (put back, or readable again): said, as its
+                        // refusal was, or the error line is the last word in the log.
+                        Ok(Ok(false)) if was_refusing && !refused => tracing::info!(
+                            keys = self.state.auth.key_count(),
+                            "verification key file usable again: it holds the keys in use"
+                        ),
                         Ok(Ok(false)) => {}
                         Ok(Err(e)) => tracing::error!(error = %e, "verification keys not reloaded; keeping the current keys"),
                         Err(_) => tracing::error!("verification keys not reloaded: the reload panicked; keeping the current keys"),
                     }
-                    let refused = self.state.auth.refusing();
                     self.state.metrics.key_set_refused.set(i64::from(refused));
                     self.state.metrics.verification_keys.set(
                         i64::try_from(self.state.auth.key_count()).unwrap_or(i64::MAX),

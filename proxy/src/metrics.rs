@@ -61,8 +61,8 @@ pub struct Metrics {
     /// `binding_full_reloads_total`: whole-table loads from Redis (start-up and reconciles);
     /// one that keeps rising is a replica that keeps losing the change feed.
     pub full_reloads: prometheus::IntCounter,
-    /// `binding_sync_failures_total`: syncs with Redis that failed (see the sync's log lines,
-    /// one a minute while it keeps failing).
+    /// `binding_sync_failures_total`: syncs that failed (with Redis; a bindings file
+    /// unreadable at a poll, or a version of it refused; see the sync's log lines).
     pub sync_failures: prometheus::IntCounter,
     /// Held while the counters above catch up with the store's totals, so that two scrapes
     /// at once do not both add the same difference.
@@ -329,7 +329,7 @@ impl Metrics {
         )?;
         let sync_failures = prometheus::IntCounter::new(
             "binding_sync_failures_total",
-            "Binding syncs with Redis that failed so far (each retried at once or within a second, the last table served meanwhile; 0 with the file store)",
+            "Binding syncs that failed so far, the last table served meanwhile (Redis: each retried at once or within a second; file store: each poll that could not read the bindings file, and each version of it refused)",
         )?;
         let upstream_connect_retries = prometheus::IntCounter::new(
             "upstream_connect_retries_total",

@@ -2277,10 +2277,13 @@ fn binding_file_changes_are_picked_up_live() {
     // it (the store reported down), the table and its routes are the ones before.
     let ready = w.edge.ops_get("/readyz").json();
     assert_eq!(ready["store_up"], true, "{ready}");
+    assert_eq!(w.edge.metric("nexus_edge_binding_sync_failures_total"), 0);
     nexus_e2e::edge::write_atomically(&w.edge.bindings_path, "{ this is not json");
     w.edge.wait_for("the file that is not JSON refused", || {
         w.edge.ops_get("/readyz").json()["store_up"] == false
     });
+    // Counted as a failed sync, as Redis's are: an alert on the counter sees it.
+    assert_eq!(w.edge.metric("nexus_edge_binding_sync_failures_total"), 1);
     assert!(
         w.edge.log().contains("bindings file refused"),
         "{}",
@@ -3179,6 +3182,10 @@ fn a_refused_key_file_shows_in_the_metrics_until_it_is_fixed() {
     });
     nexus_e2e::edge::write_atomically(&w.edge.jwks_path, &jwks.to_string());
     nexus_e2e::wait::until(Duration::from_secs(15), "the file back", || refused(0));
+    // Back with the keys in use: said, as the refusal was.
+    w.edge.wait_for("the recovery logged", || {
+        w.edge.log().contains("verification key file usable again")
+    });
 }
 
 #[test]

@@ -334,6 +334,7 @@ impl FileStore {
                 // Down until a version is read; `seen` stays, so that the version last read,
                 // back as it was, gets its verdict again without being loaded twice.
                 self.health.mark_down();
+                self.health.add_sync_failure();
                 return false;
             }
         };
@@ -365,6 +366,7 @@ impl FileStore {
                 // changes the stamp and is tried again.
                 self.remember(now, d, false);
                 self.health.mark_down();
+                self.health.add_sync_failure();
                 tracing::error!(error = %e, "bindings file refused; keeping the current table");
                 false
             }
