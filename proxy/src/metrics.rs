@@ -34,7 +34,7 @@ pub struct Metrics {
     pub decision_duration: Histogram,
     /// Bindings in the live table.
     pub bindings: IntGauge,
-    /// Highest binding revision applied.
+    /// Revision of the binding table served: lower again when an older table is loaded.
     pub binding_revision: IntGauge,
     /// 1 when the binding store answered at the last attempt.
     pub store_up: IntGauge,
@@ -290,7 +290,10 @@ impl Metrics {
         )?;
         let bindings = IntGauge::new("bindings", "Bindings in the live table")?;
         let binding_revision =
-            IntGauge::new("binding_revision", "Highest binding revision applied")?;
+            IntGauge::new(
+                "binding_revision",
+                "Revision of the binding table served (lower again when an older bindings file, or another history, is loaded)",
+            )?;
         let store_up = IntGauge::new(
             "binding_store_up",
             "1 if the binding store answered at the last attempt",
