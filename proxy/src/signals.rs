@@ -235,7 +235,7 @@ impl ShutdownSignalWatch for Signals {
         }
         signals.discard_queued();
         let (drain, jobs) = self.drain.get().cloned().unzip();
-        finish_drain(signals, drain, jobs);
+        finish_drain(signals, drain, jobs, Arc::clone(&self.state));
         ShutdownSignal::GracefulTerminate
     }
 }
@@ -245,6 +245,9 @@ impl ShutdownSignalWatch for Signals {
 /// long as they take.
 const JOBS_FINISH_WAIT: Duration = Duration::from_secs(10);
 
+/// How long before the end of `shutdown_grace` what it leaves open is logged.
+const GRACE_END_NOTICE: Duration = Duration::from_millis(100);
+
 /// How often the drain's end is looked for, and how long it must hold: a connection accepted
 /// just before the listener closed is counted once its task first runs, a moment later.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -253,7 +256,14 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 /// on one more SIGTERM or SIGINT (exit code 1); failing both, Pingora ends it after
 /// `shutdown_grace`. The queue is already catching, so a signal that comes while this starts
 /// is not lost.
-fn finish_drain(mut signals: StopSignals, drain: Option<Drain>, jobs: Option<JobsStop>) {
+fn finish_drain(
+    mut signals: StopSignals,
+    drain: Option<Drain>,
+    jobs: Option<JobsStop>,
+    state: Arc<EdgeState>,
+) {
+    // Whole seconds, as Pingora takes it (`grace_period_seconds`).
+    let grace = Duration::from_secs(state.settings.server.shutdown_grace.as_secs());
     let spawned = std::thread::Builder::new()
         .name("drain".to_owned())
         .spawn(move || {
@@ -281,6 +291,18 @@ fn finish_drain(mut signals: StopSignals, drain: Option<Drain>, jobs: Option<Job
                             "another signal during the drain: exiting now, cutting requests in flight"
                         );
                         std::process::exit(1);
+                    }
+                    // Said just before Pingora cuts what is left, which it does without a
+                    // word: the exit code is 0 either way.
+                    () = tokio::time::sleep(grace.saturating_sub(GRACE_END_NOTICE)) => {
+                        tracing::warn!(
+                            client_connections = state.metrics.connections.open.get(),
+                            tunnels = state.metrics.tunnels.open.get(),
+                            shutdown_grace = ?grace,
+                            "shutdown_grace is ending with client connections still open: \
+                             their requests and tunnels are cut"
+                        );
+                        std::future::pending::<()>().await;
                     }
                     () = drained => {
                         // The background jobs' last steps (a Redis replica's goodbye

@@ -3263,6 +3263,24 @@ fn a_tunnel_left_open_in_the_drain_still_closes_when_its_tenant_is_rebound() {
 }
 
 #[test]
+fn what_the_end_of_shutdown_grace_cuts_is_logged() {
+    // Pingora cuts what is left at the end of the grace period without a word, and the exit
+    // code is 0 either way: the log says what was cut.
+    let mut w = world_configured(|_, _, _| {}, |opts| opts.shutdown_grace = "1s");
+    let (_s, _) = open_websocket(&w);
+    w.edge.terminate();
+    let status = w.edge.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+    let log = w.edge.log();
+    assert!(
+        log.contains("shutdown_grace is ending with client connections still open")
+            && log.contains("client_connections=1")
+            && log.contains("tunnels=1"),
+        "{log}"
+    );
+}
+
+#[test]
 fn sigterm_drains_in_flight_requests_and_stops_once_they_are_done() {
     let mut w = world_with_long_grace();
     let token = w.keys.token("acme", Some("org-acme"));
