@@ -56,9 +56,24 @@ pub fn bind(
     }
     let socket = TcpListener::bind(addr).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
+    // Inherited by every connection accepted on it. A kernel without it (before Linux 3.12)
+    // keeps its default: slow readers are then judged by the send buffer's wake-ups.
+    if let Err(e) = socket2::SockRef::from(&socket).set_tcp_notsent_lowat(CLIENT_NOTSENT_LOWAT) {
+        tracing::warn!(%addr, error = %e, "TCP_NOTSENT_LOWAT not set: a client reading slowly but steadily may be cut by client_write_timeout");
+    }
     listeners.sockets.insert(key(addr), socket);
     Ok(())
 }
+
+/// The most response bytes the kernel holds unsent for a client connection
+/// (`TCP_NOTSENT_LOWAT`, set on the listening socket). Without it the kernel wakes a waiting
+/// writer only once half of what its send buffer holds (megabytes, grown for the connection)
+/// has drained: a client reading slowly but steadily left each write waiting for longer than
+/// `client_write_timeout`, and was cut as one that takes nothing. With it the writer is woken
+/// once about half of this has gone, so such a client shows as writes making progress; and a
+/// slow reader holds this much kernel memory, not megabytes. Bytes sent and awaiting
+/// acknowledgement are not limited by it, so a fast client's transfer keeps its pace.
+pub const CLIENT_NOTSENT_LOWAT: u32 = 128 * 1024;
 
 impl BoundListeners {
     /// The address the listener configured as `addr` is bound to: with port 0 the system

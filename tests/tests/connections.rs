@@ -442,9 +442,10 @@ fn a_client_that_stops_reading_is_disconnected() {
 
 #[test]
 fn a_client_that_reads_slowly_but_steadily_gets_the_whole_response() {
-    // The kernel wakes a writer only once much of its send buffer has drained, which at this
-    // pace takes longer than the bound: the router's writes wait for seconds while the client
-    // takes bytes all along. It must not be cut as a client that takes nothing.
+    // Left to its default, the kernel wakes a writer only once half of a send buffer of
+    // megabytes has drained, which at this pace takes longer than the bound: the router's
+    // writes waited for seconds while the client took bytes all along, and it was cut as a
+    // client that takes nothing. The listening socket's TCP_NOTSENT_LOWAT wakes them sooner.
     const SIZE: usize = 4_000_000;
     let w = world("client_write_timeout = \"1s\"");
     let mut s = connect(&w.edge);

@@ -144,10 +144,12 @@ pub struct HeaderDeadline {
     /// The keep-alive timer with the deadline it was armed for, made at the connection's
     /// first idle wait and kept for later ones (see the module docs).
     idle_timer: Option<(Instant, IdleTimer)>,
-    /// Made when a write to the client waits, dropped when a write makes progress: once a
+    /// Armed when a write to the client waits, dropped when a write makes progress: once a
     /// client has taken no bytes for `[server] client_write_timeout`, the waiting write fails
-    /// (a header, a body, the last chunk alike), and Pingora drops the connection.
-    write_stall: Option<WriteStall>,
+    /// (a header, a body, the last chunk alike), and Pingora drops the connection. (The
+    /// kernel wakes a waiting write often enough for a slow but steady reader to show
+    /// progress: [`crate::listening::CLIENT_NOTSENT_LOWAT`].)
+    write_timer: Option<Pin<Box<Sleep>>>,
     /// A copy of the last read made while a header was awaited: the bytes of a chunked body
     /// that came in the read that ended its header are scanned from it (Pingora keeps them
     /// and never reads them again).
@@ -158,20 +160,6 @@ pub struct HeaderDeadline {
     /// Why the scan refused the body: [`chunk_refused`] tells the proxy why its read failed.
     chunk_refused: Mutex<Option<&'static str>>,
     shared: Arc<Shared>,
-}
-
-/// A write to the client that waits: its timer, and how many bytes the client's TCP had
-/// acknowledged when the timer was last armed (`None` where the socket cannot say).
-struct WriteStall {
-    timer: Pin<Box<Sleep>>,
-    acked: Option<u64>,
-}
-
-/// The bytes the client's TCP has acknowledged on `stream`: `None` where the socket cannot
-/// say (not TCP).
-fn acked_bytes(stream: &Stream) -> Option<u64> {
-    let info = stream.get_socket_digest()?.tcp_info()?;
-    Some(info.tcpi_bytes_acked)
 }
 
 impl HeaderDeadline {
@@ -192,7 +180,7 @@ impl HeaderDeadline {
             trailing_line_ends: 0,
             idle_since: None,
             idle_timer: None,
-            write_stall: None,
+            write_timer: None,
             head_read: Vec::new(),
             chunks: Mutex::new(None),
             chunk_refused: Mutex::new(None),
@@ -463,10 +451,9 @@ pub fn bound_idle_client(session: &mut Session, keepalive_timeout: Duration) {
 }
 
 /// Bounds `session`'s writes to its client by `[server] client_write_timeout`. The client
-/// stream keeps that bound itself, counting what the client's TCP acknowledged; Pingora's
-/// bound on each body write is set only where there is no such stream (HTTP/2). It would cut
-/// off a client reading slowly but steadily: a write waits for the kernel's wake-up, which may
-/// come only after the client has read a megabyte.
+/// stream keeps that bound itself, from one write's progress to the next; Pingora's bound is
+/// set only where there is no such stream (HTTP/2). It bounds each body write whole (up to
+/// four 64 KB pieces), so it would cut off a client reading slowly but steadily.
 pub fn bound_client_writes(session: &mut Session, timeout: Duration) {
     if deadline_of(session).is_none() {
         session.set_write_timeout(Some(timeout));
@@ -715,52 +702,30 @@ impl HeaderDeadline {
     }
 
     /// A write's outcome under the write bound: progress disarms it; a wait arms it (once per
-    /// stall) and fails the write when it fires, unless the client took bytes meanwhile.
-    ///
-    /// The kernel sends on what it holds without waking a writer until much of its send buffer
-    /// is free again (half of what it holds): with a buffer of megabytes, a client reading
-    /// slowly but steadily can take bytes for longer than the bound between two wake-ups. So
-    /// when the timer fires, the bytes the client's TCP acknowledged since it was armed decide:
-    /// any, and the timer is armed again.
+    /// stall) and fails the write when it fires.
     fn bound_write<T>(
         &mut self,
         cx: &mut Context<'_>,
         r: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if r.is_ready() {
-            self.write_stall = None;
+            self.write_timer = None;
             return r;
         }
         let bound = self.shared.limits.client_write_timeout;
-        let stall = self.write_stall.get_or_insert_with(|| WriteStall {
-            timer: Box::pin(tokio::time::sleep(bound)),
-            acked: acked_bytes(&self.inner),
-        });
-        while stall.timer.as_mut().poll(cx).is_ready() {
-            let now = acked_bytes(&self.inner);
-            match (stall.acked, now) {
-                (Some(before), Some(now)) if now > before => {
-                    stall.acked = Some(now);
-                    stall
-                        .timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + bound);
-                }
-                _ => return Poll::Ready(Err(Self::write_timed_out(bound))),
-            }
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(bound)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
         }
-        Poll::Pending
-    }
-
-    /// The error a write fails with when the client took no bytes for `bound`.
-    fn write_timed_out(bound: Duration) -> io::Error {
-        io::Error::new(
+        Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
                 "the client took no response bytes for {} (client_write_timeout)",
                 humantime::format_duration(bound)
             ),
-        )
+        )))
     }
 }
 
