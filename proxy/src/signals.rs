@@ -284,6 +284,22 @@ fn finish_drain(
                     held = if drain.is_over() { held + 1 } else { 0 };
                 }
             };
+            // Said just before Pingora cuts what is left, which it does without a word (the
+            // exit code is 0 either way). Beside the watch below, which it does not hold up.
+            rt.spawn(async move {
+                tokio::time::sleep(grace.saturating_sub(GRACE_END_NOTICE)).await;
+                let open = state.metrics.connections.open.get();
+                let tunnels = state.metrics.tunnels.open.get();
+                if open > 0 || tunnels > 0 {
+                    tracing::warn!(
+                        client_connections = open,
+                        tunnels,
+                        shutdown_grace = ?grace,
+                        "shutdown_grace is ending with client connections still open: their \
+                         requests and tunnels are cut"
+                    );
+                }
+            });
             rt.block_on(async {
                 tokio::select! {
                     _ = signals.next() => {
@@ -291,18 +307,6 @@ fn finish_drain(
                             "another signal during the drain: exiting now, cutting requests in flight"
                         );
                         std::process::exit(1);
-                    }
-                    // Said just before Pingora cuts what is left, which it does without a
-                    // word: the exit code is 0 either way.
-                    () = tokio::time::sleep(grace.saturating_sub(GRACE_END_NOTICE)) => {
-                        tracing::warn!(
-                            client_connections = state.metrics.connections.open.get(),
-                            tunnels = state.metrics.tunnels.open.get(),
-                            shutdown_grace = ?grace,
-                            "shutdown_grace is ending with client connections still open: \
-                             their requests and tunnels are cut"
-                        );
-                        std::future::pending::<()>().await;
                     }
                     () = drained => {
                         // The background jobs' last steps (a Redis replica's goodbye

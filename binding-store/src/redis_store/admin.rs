@@ -512,8 +512,8 @@ impl BindingAdmin for RedisStore {
                                 "{} carries revision 2^52, the highest replicas take, which no \
                                  write through the schema makes (written by hand): a write \
                                  after it would take a revision every replica refuses, so \
-                                 nothing was written. Set its revision by hand to the revision \
-                                 counter's ({}), then write {tenant} again",
+                                 nothing was written. Set its revision by hand to the value \
+                                 of {}, then write {tenant} again",
                                 detail.trim(),
                                 self.keys.revision()
                             )))

@@ -10,6 +10,11 @@
 -- ARGV[5] "new-history" when the admin said so (the history is then never marked)
 -- Errors: "HISTORY" (a counter exists), "LOCK" (the lock is not ours any more).
 
+-- Before Redis 5, a script that writes after `XADD *` (an id from the clock) must replicate
+-- its effects, or the writes after it are refused.
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.error_reply('HISTORY')
 end

@@ -1,6 +1,6 @@
 -- Nexus Edge binding write: the ONLY way a binding may change in Redis.
--- One atomic step: check the expected revision, take the next store revision, write or delete
--- the record, keep the domain index, append the change event and the audit entry.
+-- One atomic step: check the expected revision, take the next store revision, append the
+-- change event, write or delete the record, keep the domain index, push the audit entry.
 --
 -- KEYS[1] binding key ({prefix}:binding:{tenant})   KEYS[2] revision counter ({prefix}:revision)
 -- KEYS[3] change stream ({prefix}:changes)          KEYS[4] audit list ({prefix}:audit:{tenant})
@@ -22,6 +22,11 @@
 -- revision 2^52, set by hand: no revision is left after it; nothing written),
 -- "PLACEHOLDER ..." (the record lacks the exact `"revision":0` the script fills in).
 
+-- Before Redis 5, a script that writes after `XADD *` (an id from the clock) must replicate
+-- its effects, or the writes after it are refused.
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
 if redis.call('EXISTS', KEYS[6]) == 1 then
   return redis.error_reply('RESTORING')
 end
