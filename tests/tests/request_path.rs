@@ -953,6 +953,22 @@ fn chunk_lines_a_front_proxy_could_split_elsewhere_are_refused() {
     let r = send_raw(w.edge.addr, format!("{escaped}{good}").as_bytes()).expect("answer");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["body"], "abc");
+
+    // The header's last line end sent on its own, the bad line with it: placed all the same.
+    // (With fewer than 4 of the header's bytes in the last read, the body was left unchecked.)
+    for tail in [1, 2, 3] {
+        let mut s = TcpStream::connect(w.edge.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (first, last) = head.split_at(head.len() - tail);
+        s.write_all(first.as_bytes()).unwrap();
+        w.edge.wait_for("the header's start read", || {
+            w.edge.metric("nexus_edge_client_headers_in_progress") == 1
+        });
+        s.write_all(format!("{last}5;a\nb\r\nhello\r\n0\r\n\r\n").as_bytes())
+            .unwrap();
+        let r = nexus_e2e::http::read_response(&mut s).expect("answer");
+        assert_eq!(r.status, 400, "{tail}: {}", r.text());
+    }
 }
 
 #[test]
