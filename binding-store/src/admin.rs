@@ -347,14 +347,52 @@ pub trait BindingAdmin: Send + Sync {
     /// the file's first records); a store that can write them all in one step does (the file
     /// store: one rewrite of the file, all or nothing, instead of one per tenant). `source`
     /// says where they come from: a store that can lose its data under serving replicas
-    /// (Redis) restores it only from a table as recent as the one they serve.
+    /// (Redis) restores it only from a table as recent as the one they serve. `seen` is what
+    /// the import's check read of the store: a record is written only over the one it saw.
     async fn import(
         &self,
         bindings: Vec<Arc<Binding>>,
         actor: &Actor,
         _source: ImportSource,
+        seen: &ImportSeen,
     ) -> Result<u64, ImportError> {
-        import_each(self, bindings, actor).await
+        import_each(self, bindings, actor, seen).await
+    }
+}
+
+/// What an import's check read of the store, tenant by tenant. The check refuses a file that
+/// would undo changes the store holds; each record is then written only over the record the
+/// check saw, so that a change made between the check and the record's turn (a rebind
+/// during the import) is not undone either: the import stops there instead.
+#[derive(Debug, Clone, Default)]
+pub struct ImportSeen {
+    /// `None`: no check was made (`--allow-older`, a store that looks wiped).
+    revisions: Option<HashMap<TenantId, Revision>>,
+}
+
+impl ImportSeen {
+    /// No check was made: every record is written whatever the store holds.
+    pub fn unchecked() -> Self {
+        Self::default()
+    }
+
+    /// The check read these tenants at these revisions, and no other tenant.
+    pub fn read(revisions: impl IntoIterator<Item = (TenantId, Revision)>) -> Self {
+        Self {
+            revisions: Some(revisions.into_iter().collect()),
+        }
+    }
+
+    /// The revision `tenant`'s record must still be at for the import to write it: the one
+    /// the check read, 0 for a tenant it did not read (no record, or one it could not read,
+    /// which the store reads as revision 0 too). `None`: any, when no check was made or the
+    /// record it read carries no revision (written by hand).
+    pub fn expected(&self, tenant: &TenantId) -> Option<Revision> {
+        match self.revisions.as_ref()?.get(tenant) {
+            Some(r) if *r == Revision::ZERO => None,
+            Some(r) => Some(*r),
+            None => Some(Revision::ZERO),
+        }
     }
 }
 
@@ -405,6 +443,7 @@ pub async fn import_each<A: BindingAdmin + ?Sized>(
     admin: &A,
     bindings: Vec<Arc<Binding>>,
     actor: &Actor,
+    seen: &ImportSeen,
 ) -> Result<u64, ImportError> {
     let bindings = if bindings.iter().any(|b| !b.domains.is_empty()) {
         let mut current = HashMap::new();
@@ -431,7 +470,8 @@ pub async fn import_each<A: BindingAdmin + ?Sized>(
         let put = Mutation::Put(Box::new(Arc::unwrap_or_clone(b)));
         // Every record of an import is written: its count and its audit say what it brought.
         let write = IfUnchanged::Write;
-        if let Err(error) = admin.apply(&tenant, put, None, write, actor).await {
+        let expect = seen.expected(&tenant);
+        if let Err(error) = admin.apply(&tenant, put, expect, write, actor).await {
             return Err(ImportError {
                 written,
                 tenant: Some(tenant),

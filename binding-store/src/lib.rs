@@ -31,5 +31,5 @@ mod retire;
 pub mod snapshot;
 pub use admin::{
     Actor, AdminError, Applied, AuditEntry, BindingAdmin, History, IfUnchanged, ImportError,
-    ImportSource, Listing, Mutation, WipedStore,
+    ImportSeen, ImportSource, Listing, Mutation, WipedStore,
 };

@@ -11,7 +11,7 @@ use nexus_binding_store::file_store::{write_atomically, FileStore};
 use nexus_binding_store::records::parse_record;
 use nexus_binding_store::{
     Actor, AdminError, Applied, BindingAdmin, BindingHandle, BindingSource, IfUnchanged,
-    ImportSource, Mutation, Revision, TenantId, TenantStatus, UpstreamUrl, WipedStore,
+    ImportSeen, ImportSource, Mutation, Revision, TenantId, TenantStatus, UpstreamUrl, WipedStore,
 };
 
 fn record(tenant: &str, url: &str) -> serde_json::Value {
@@ -760,7 +760,12 @@ fn an_import_is_one_step_audited_per_tenant() {
             .chain([record("acme", "http://10.0.0.3")])
             .collect();
         let n = store
-            .import(bindings(&many), &actor(), ImportSource::Records)
+            .import(
+                bindings(&many),
+                &actor(),
+                ImportSource::Records,
+                &ImportSeen::unchecked(),
+            )
             .await
             .unwrap();
         assert_eq!(n, 501);
@@ -787,6 +792,64 @@ fn an_import_is_one_step_audited_per_tenant() {
         // The next single write continues the numbering.
         let rev = set_status(&store, &acme, TenantStatus::Suspended).await;
         assert_eq!(rev, Revision(503));
+    });
+}
+
+#[test]
+fn an_import_does_not_undo_a_change_made_after_its_check() {
+    // The import's check read acme at revision 1; a rebind landed before the import took the
+    // lock. Written over, the rebind would be undone unseen: the import changes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let (store, _, acme) = store_with_acme(dir.path(), &rt);
+    rt.block_on(async {
+        let seen = ImportSeen::read(
+            store
+                .list()
+                .await
+                .unwrap()
+                .bindings
+                .iter()
+                .map(|b| (b.tenant_id.clone(), b.revision)),
+        );
+        let rev = set_status(&store, &acme, TenantStatus::Suspended).await;
+        let file = [
+            record("acme", "http://10.0.0.9"),
+            record("newco", "http://10.0.0.9"),
+        ];
+        let e = store
+            .import(bindings(&file), &actor(), ImportSource::Records, &seen)
+            .await
+            .unwrap_err();
+        assert_eq!(e.written, 0, "{e}");
+        assert!(
+            matches!(e.error, AdminError::Conflict { expected, actual, .. }
+                if expected == Revision(1) && actual == rev),
+            "{e}"
+        );
+        let now = store.get(&acme).await.unwrap().unwrap();
+        assert_eq!(now.status, TenantStatus::Suspended);
+        assert_eq!(now.instance_url.to_string(), "http://10.0.0.1/");
+        assert!(store
+            .get(&TenantId::parse("newco").unwrap())
+            .await
+            .unwrap()
+            .is_none());
+        // Read again, the check sees the change: the import goes ahead.
+        let seen = ImportSeen::read(
+            store
+                .list()
+                .await
+                .unwrap()
+                .bindings
+                .iter()
+                .map(|b| (b.tenant_id.clone(), b.revision)),
+        );
+        let n = store
+            .import(bindings(&file), &actor(), ImportSource::Records, &seen)
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
     });
 }
 
@@ -818,7 +881,12 @@ fn an_import_with_a_clashing_domain_changes_nothing() {
             with_domain("thief", "app.owner.test"),
         ];
         let err = store
-            .import(bindings(&clash), &actor(), ImportSource::Records)
+            .import(
+                bindings(&clash),
+                &actor(),
+                ImportSource::Records,
+                &ImportSeen::unchecked(),
+            )
             .await
             .unwrap_err();
         assert_eq!(err.written, 0);
@@ -839,7 +907,12 @@ fn an_import_with_a_clashing_domain_changes_nothing() {
         ];
         assert_eq!(
             store
-                .import(bindings(&moved), &actor(), ImportSource::Records)
+                .import(
+                    bindings(&moved),
+                    &actor(),
+                    ImportSource::Records,
+                    &ImportSeen::unchecked()
+                )
                 .await
                 .unwrap(),
             2
@@ -852,7 +925,12 @@ fn an_import_with_a_clashing_domain_changes_nothing() {
         ];
         assert_eq!(
             store
-                .import(bindings(&back), &actor(), ImportSource::Records)
+                .import(
+                    bindings(&back),
+                    &actor(),
+                    ImportSource::Records,
+                    &ImportSeen::unchecked()
+                )
                 .await
                 .unwrap(),
             2
@@ -1292,7 +1370,12 @@ fn assert_lost_file_refused(
     assert!(e.to_string().contains("up to revision 2"), "{e}");
     assert!(!path.exists(), "nothing written");
     let e = rt()
-        .block_on(store.import(vec![Arc::new(b.clone())], &actor(), ImportSource::Records))
+        .block_on(store.import(
+            vec![Arc::new(b.clone())],
+            &actor(),
+            ImportSource::Records,
+            &ImportSeen::unchecked(),
+        ))
         .unwrap_err();
     assert!(e.to_string().contains("looks lost"), "{e}");
 }
@@ -1565,6 +1648,7 @@ fn a_put_an_import_or_a_delete_settles_a_tenant_listed_twice() {
             bindings(&[record("acme", "http://10.0.0.4")]),
             &actor(),
             ImportSource::Records,
+            &ImportSeen::unchecked(),
         ))
         .unwrap();
     assert_eq!(written, 1);

@@ -2900,6 +2900,85 @@ fn text_fields_of_bytes_that_are_no_utf8_stop_no_replica_and_blind_no_admin() {
     assert!(text.contains("replica-1"), "{text}");
 }
 
+/// An import writes record by record: a change made after its check read the store, before
+/// the tenant's turn (a rebind during a long import), is not undone. It once was, unseen: the
+/// import exited 0 and the replicas served the file's older record.
+#[test]
+fn an_import_does_not_undo_a_change_made_after_its_check() {
+    use nexus_binding_store::redis_store::{RedisOptions, RedisStore};
+    use nexus_binding_store::{
+        Actor, AdminError, BindingAdmin, IfUnchanged, ImportSeen, ImportSource, Mutation, Revision,
+        TenantStatus,
+    };
+
+    let redis = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    let admin = RedisStore::new(RedisOptions::new(redis.url())).expect("store");
+    let actor = Actor {
+        name: "test".to_owned(),
+        reason: None,
+    };
+    let parsed = |tenant: &str, url: &str| {
+        Arc::new(
+            nexus_binding_store::records::parse_record(&binding(tenant, url, "active", None))
+                .expect("record"),
+        )
+    };
+    rt.block_on(async {
+        for tenant in ["acme", "globex"] {
+            let b = parsed(tenant, "http://127.0.0.1:9");
+            let put = Mutation::Put(Box::new(Arc::unwrap_or_clone(b)));
+            let tenant = nexus_binding_store::TenantId::parse(tenant).expect("tenant");
+            admin
+                .apply(&tenant, put, None, IfUnchanged::Write, &actor)
+                .await
+                .expect("put");
+        }
+        let seen = ImportSeen::read(
+            admin
+                .list()
+                .await
+                .expect("list")
+                .bindings
+                .iter()
+                .map(|b| (b.tenant_id.clone(), b.revision)),
+        );
+        // globex suspended after the check.
+        let globex = nexus_binding_store::TenantId::parse("globex").expect("tenant");
+        admin
+            .apply(
+                &globex,
+                Mutation::SetStatus(TenantStatus::Suspended),
+                None,
+                IfUnchanged::Write,
+                &actor,
+            )
+            .await
+            .expect("suspend");
+        let file = vec![
+            parsed("acme", "http://127.0.0.1:10"),
+            parsed("globex", "http://127.0.0.1:10"),
+        ];
+        let e = admin
+            .import(file, &actor, ImportSource::Records, &seen)
+            .await
+            .expect_err("globex changed since the check");
+        assert_eq!(e.tenant.as_ref().map(|t| t.as_str()), Some("globex"), "{e}");
+        assert!(
+            matches!(e.error, AdminError::Conflict { expected, actual, .. }
+                if expected == Revision(2) && actual == Revision(3)),
+            "{e}"
+        );
+        let now = admin.get(&globex).await.expect("get").expect("globex");
+        assert_eq!(now.status, TenantStatus::Suspended);
+        assert_eq!(now.instance_url.to_string(), "http://127.0.0.1:9/");
+    });
+}
+
 /// A periodic reconcile builds a new table from everything Redis holds. A record unchanged
 /// since the table served is given the served binding itself, so the two tables share it (at
 /// a million bindings, the reconcile's new table costs the index alone, and freeing the old

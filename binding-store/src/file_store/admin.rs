@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::admin::{
     unchanged, Actor, AdminError, Applied, AuditEntry, BindingAdmin, History, IfUnchanged,
-    ImportError, ImportSource, Listing, Mutation, WipedStore, FIX_A_RECORD,
+    ImportError, ImportSeen, ImportSource, Listing, Mutation, WipedStore, FIX_A_RECORD,
 };
 use crate::audit_log::AuditLog;
 use crate::model::{Binding, Revision, TenantId};
@@ -96,6 +96,7 @@ impl BindingAdmin for FileStore {
         bindings: Vec<Arc<Binding>>,
         actor: &Actor,
         _source: ImportSource,
+        seen: &ImportSeen,
     ) -> Result<u64, ImportError> {
         let path = self
             .writable_path()
@@ -103,7 +104,8 @@ impl BindingAdmin for FileStore {
             .to_path_buf();
         let actor = actor.clone();
         let wiped = self.wiped_store;
-        tokio::task::spawn_blocking(move || import_locked(&path, bindings, &actor, wiped))
+        let seen = seen.clone();
+        tokio::task::spawn_blocking(move || import_locked(&path, bindings, &actor, wiped, &seen))
             .await
             .map_err(|e| {
                 ImportError::nothing(AdminError::Unavailable(format!("import task failed: {e}")))
@@ -158,6 +160,7 @@ pub(super) fn import_locked(
     bindings: Vec<Arc<Binding>>,
     actor: &Actor,
     wiped: WipedStore,
+    seen: &ImportSeen,
 ) -> Result<u64, ImportError> {
     let (failed, whole) = (ImportError::at, ImportError::nothing);
     if bindings.is_empty() {
@@ -197,6 +200,18 @@ pub(super) fn import_locked(
             .filter(|_| !several)
             .and_then(|i| parse_record(&doc.bindings[i]).ok());
         let actual = current.as_ref().map_or(0, |c| c.revision.get());
+        // Changed since the import's check read it: written over, that change would be
+        // undone unseen. Nothing is written (the rewrite is whole).
+        if let Some(expected) = seen.expected(&tenant).filter(|e| e.get() != actual) {
+            return Err(failed(
+                &tenant,
+                AdminError::Conflict {
+                    tenant: tenant.clone(),
+                    expected,
+                    actual: Revision(actual),
+                },
+            ));
+        }
         revision = revision.max(actual).checked_add(1).ok_or_else(|| {
             failed(
                 &tenant,

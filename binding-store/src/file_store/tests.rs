@@ -2,7 +2,7 @@ use super::admin::{apply_locked, commit, import_locked};
 use super::lock::{lock_for_write, Locked};
 use super::replace::{audit_path, in_group, owner_could_read, write_checked};
 use super::*;
-use crate::admin::{Actor, Applied, AuditEntry, IfUnchanged, Mutation};
+use crate::admin::{Actor, Applied, AuditEntry, IfUnchanged, ImportSeen, Mutation};
 use crate::audit_log::AuditLog;
 use crate::model::Binding;
 use crate::records::parse_record;
@@ -303,8 +303,14 @@ fn a_custom_domain_is_not_claimed_past_a_record_routers_refuse() {
             .contains("while routers refuse the record(s) of globex"),
         "{e}"
     );
-    let e = import_locked(&path, vec![Arc::new(claiming)], &actor, WipedStore::Refuse)
-        .expect_err("refused");
+    let e = import_locked(
+        &path,
+        vec![Arc::new(claiming)],
+        &actor,
+        WipedStore::Refuse,
+        &ImportSeen::unchecked(),
+    )
+    .expect_err("refused");
     assert!(format!("{e:?}").contains("globex"), "{e:?}");
     // Writes that claim no new domain go on.
     put(&path, "acme", "http://10.0.0.3").expect("no domain claimed");

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::admin::{
     import_each, Actor, AdminError, Applied, AuditEntry, BindingAdmin, History, IfUnchanged,
-    ImportError, ImportSource, Listing, Mutation, FIX_A_RECORD,
+    ImportError, ImportSeen, ImportSource, Listing, Mutation, FIX_A_RECORD,
 };
 use crate::admin::{mutate, op_name, unchanged};
 use crate::model::{Binding, Revision, TenantId};
@@ -575,6 +575,7 @@ impl BindingAdmin for RedisStore {
         bindings: Vec<Arc<Binding>>,
         actor: &Actor,
         source: ImportSource,
+        seen: &ImportSeen,
     ) -> Result<u64, ImportError> {
         let whole = ImportError::nothing;
         if bindings.is_empty() {
@@ -598,7 +599,7 @@ impl BindingAdmin for RedisStore {
             }
         }
         self.import_preflight(&mut con, &bindings).await?;
-        import_each(self, bindings, actor).await
+        import_each(self, bindings, actor, seen).await
     }
 
     async fn history(&self, tenant: &TenantId) -> Result<History, AdminError> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use nexus_binding_store::records::{parse_records, ParsedRecords};
 use nexus_binding_store::snapshot;
-use nexus_binding_store::{AdminError, Binding, ImportSource, Listing, Revision};
+use nexus_binding_store::{AdminError, Binding, ImportSeen, ImportSource, Listing, Revision};
 
 use super::args::refuse_repeated_members;
 use super::print::print_confirmation;
@@ -79,6 +79,9 @@ impl Command<'_> {
             }
             return fail("nothing imported: fix the records above first");
         }
+        // What the check below read of the store: each record is then written only over
+        // the one it saw (a change made during the import is not undone either).
+        let mut seen = ImportSeen::unchecked();
         if !allow_older {
             // An export or snapshot of another history: its revisions and the store's
             // count from different starts (a restore began the store's again), so no
@@ -126,6 +129,12 @@ impl Command<'_> {
                          to write it anyway",
                     );
                 }
+                seen = ImportSeen::read(
+                    stored
+                        .bindings
+                        .iter()
+                        .map(|b| (b.tenant_id.clone(), b.revision)),
+                );
             }
         }
         if !start_new_history {
@@ -133,7 +142,7 @@ impl Command<'_> {
                 return fail(format!("nothing imported: {e}"));
             }
         }
-        match admin.import(parsed.bindings, actor, source).await {
+        match admin.import(parsed.bindings, actor, source, &seen).await {
             Ok(n) => {
                 note_unconfirmed(store).await;
                 if json {
