@@ -3,11 +3,12 @@
 use std::process::ExitCode;
 
 use nexus_binding_store::records::to_document;
-use nexus_binding_store::{AdminError, Binding, BindingRecord};
+use nexus_binding_store::{AdminError, Binding, BindingRecord, Listing};
 
 use super::args::tenant_id;
 use super::print::{print_binding, print_history};
 use super::{fail, incomplete, note_empty_prefix, note_unconfirmed, store_history, Command};
+use crate::store::Store;
 
 impl Command<'_> {
     /// `tenant get TENANT`.
@@ -61,7 +62,6 @@ impl Command<'_> {
     /// `tenant export`: a bindings document naming the store's history.
     pub(super) async fn export(&self) -> ExitCode {
         let store = self.store;
-        let admin = store.admin();
         // The history is named in the export, so that an import can tell its revisions
         // from a later history's (a restore counts again). Read on both sides of the
         // listing: a restore between them would label one history's records with
@@ -70,11 +70,20 @@ impl Command<'_> {
             Ok(h) => h,
             Err(e) => return fail(format!("nothing exported: {e}")),
         };
-        match admin.list().await {
+        match consistent_listing(store).await {
             // An export taken as a backup must not pass for the fleet's table (as over a
             // Redis that lost its data: `AdminError::WipedRead`).
             Ok(_) if note_unconfirmed(store).await => {
                 fail("nothing exported: what Redis holds is not what the replicas serve (above)")
+            }
+            Ok(listing) if moved_during_read(store, &listing).is_some() => {
+                let (domain, a, b) = moved_during_read(store, &listing).unwrap_or_default();
+                fail(format!(
+                    "nothing exported: domain {domain} is claimed by both {a} and {b} in \
+                     what was read, {READS} reads over (it moved between them while the store \
+                     was read, or a record was written by hand), and such a file would not \
+                     import; export again when the writes pause"
+                ))
             }
             Ok(listing) => match store_history(store).await {
                 Ok(after) if after == history => {
@@ -123,4 +132,44 @@ impl Command<'_> {
             Err(e) => fail(e),
         }
     }
+}
+
+/// How many times an export reads a Redis store that changed under the read.
+const READS: usize = 3;
+
+/// The store's bindings for an export. Redis is read in batches, not at one instant: a custom
+/// domain that moves between two tenants during the read can show in both records, and such a
+/// file would not import (nor serve the domain to either tenant). Read again then, up to
+/// [`READS`] times; a bindings file is read whole, and exported as it is.
+async fn consistent_listing(store: &Store) -> Result<Listing, AdminError> {
+    let admin = store.admin();
+    let mut listing = admin.list().await?;
+    for _ in 1..READS {
+        if moved_during_read(store, &listing).is_none() {
+            break;
+        }
+        listing = admin.list().await?;
+    }
+    Ok(listing)
+}
+
+/// A custom domain two records of a Redis `listing` claim (with the two tenants): the write
+/// script never lets two records hold one, so it moved while the store was read (or a record
+/// was written by hand).
+fn moved_during_read<'a>(
+    store: &Store,
+    listing: &'a Listing,
+) -> Option<(&'a str, &'a str, &'a str)> {
+    if !matches!(store, Store::Redis(_)) {
+        return None;
+    }
+    let mut holders = std::collections::HashMap::new();
+    for b in &listing.bindings {
+        for d in &b.domains {
+            if let Some(first) = holders.insert(d.as_str(), b.tenant_id.as_str()) {
+                return Some((d.as_str(), first, b.tenant_id.as_str()));
+            }
+        }
+    }
+    None
 }
