@@ -384,15 +384,15 @@ impl ImportSeen {
     }
 
     /// The revision `tenant`'s record must still be at for the import to write it: the one
-    /// the check read, 0 for a tenant it did not read (no record, or one it could not read,
-    /// which the store reads as revision 0 too). `None`: any, when no check was made or the
-    /// record it read carries no revision (written by hand).
+    /// the check read. `None`: any, when no check was made, when the record it read carries no
+    /// revision (written by hand), or when it read no record of the tenant: none, or a
+    /// damaged one, which the import may be putting right.
     pub fn expected(&self, tenant: &TenantId) -> Option<Revision> {
-        match self.revisions.as_ref()?.get(tenant) {
-            Some(r) if *r == Revision::ZERO => None,
-            Some(r) => Some(*r),
-            None => Some(Revision::ZERO),
-        }
+        self.revisions
+            .as_ref()?
+            .get(tenant)
+            .copied()
+            .filter(|r| *r != Revision::ZERO)
     }
 }
 

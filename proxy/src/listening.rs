@@ -56,8 +56,10 @@ pub fn bind(
     }
     let socket = TcpListener::bind(addr).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
-    // Inherited by every connection accepted on it. A kernel without it (before Linux 3.12)
-    // keeps its default: slow readers are then judged by the send buffer's wake-ups.
+    // Inherited by every connection accepted on it. A kernel without it (before Linux 3.12,
+    // or not Linux) keeps its default: slow readers are then judged by the send buffer's
+    // wake-ups.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(e) = socket2::SockRef::from(&socket).set_tcp_notsent_lowat(CLIENT_NOTSENT_LOWAT) {
         tracing::warn!(%addr, error = %e, "TCP_NOTSENT_LOWAT not set: a client reading slowly but steadily may be cut by client_write_timeout");
     }

@@ -10,8 +10,9 @@
 -- ARGV[5] "new-history" when the admin said so (the history is then never marked)
 -- Errors: "HISTORY" (a counter exists), "LOCK" (the lock is not ours any more).
 
--- Before Redis 5, a script that writes after `XADD *` (an id from the clock) must replicate
--- its effects, or the writes after it are refused.
+-- A script that writes after `XADD *` (an id from the clock) must replicate its effects, or
+-- a Redis 5 or 6 set to `lua-replicate-commands no` refuses the writes after it (Redis 7
+-- always replicates effects).
 if redis.replicate_commands then
   redis.replicate_commands()
 end

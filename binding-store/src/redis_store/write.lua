@@ -22,8 +22,9 @@
 -- revision 2^52, set by hand: no revision is left after it; nothing written),
 -- "PLACEHOLDER ..." (the record lacks the exact `"revision":0` the script fills in).
 
--- Before Redis 5, a script that writes after `XADD *` (an id from the clock) must replicate
--- its effects, or the writes after it are refused.
+-- A script that writes after `XADD *` (an id from the clock) must replicate its effects, or
+-- a Redis 5 or 6 set to `lua-replicate-commands no` refuses the writes after it (Redis 7
+-- always replicates effects).
 if redis.replicate_commands then
   redis.replicate_commands()
 end

@@ -168,7 +168,7 @@ pub struct HeaderDeadline {
     shared: Arc<Shared>,
 }
 
-/// The last [`ReadTail::MAX`] bytes of a read (fewer when it was shorter).
+/// The last [`ReadTail::MAX`] bytes read (fewer when fewer were).
 #[derive(Debug, Default, Clone, Copy)]
 struct ReadTail {
     bytes: [u8; ReadTail::MAX],
@@ -179,10 +179,17 @@ impl ReadTail {
     /// Enough to find a header's end (`\r\n\r\n`) split across two reads.
     const MAX: usize = 3;
 
-    fn of(read: &[u8]) -> Self {
-        let len = read.len().min(Self::MAX);
+    /// The last bytes of what this tail ended, followed by `read`: over reads of a byte or two,
+    /// the tail of the stream, not of the last read alone.
+    fn then(self, read: &[u8]) -> Self {
+        let mut joined = [0; 2 * Self::MAX];
+        let kept = Self::MAX.saturating_sub(read.len()).min(self.len);
+        joined[..kept].copy_from_slice(&self.get()[self.len - kept..]);
+        let took = read.len().min(Self::MAX);
+        joined[kept..kept + took].copy_from_slice(&read[read.len() - took..]);
+        let len = kept + took;
         let mut bytes = [0; Self::MAX];
-        bytes[Self::MAX - len..].copy_from_slice(&read[read.len() - len..]);
+        bytes[Self::MAX - len..].copy_from_slice(&joined[..len]);
         Self { bytes, len }
     }
 
@@ -191,17 +198,17 @@ impl ReadTail {
     }
 }
 
-/// Whether the bytes read right before a body end as the parsed header `raw` does, over its
-/// last 4 bytes: those of the last read before the body (`read`), and of the read before it
-/// (`before`) for what the last one did not carry. A header's end sent in pieces (its final
-/// line end alone, say) is placed as surely as one that came whole.
+/// Whether the bytes read right before a body end as the parsed header `raw` does: every
+/// header byte the last read carried (`read`), and, when that is fewer than the header's last
+/// 4, the bytes read before it (`before`) for the rest. A header's end sent in pieces (its
+/// final line end alone, say) is placed as surely as one that came whole; a miscount (a
+/// request line Pingora rewrote longer) is found over the whole read.
 fn ends_as_parsed(before: &[u8], read: &[u8], raw: &[u8]) -> bool {
-    let want = raw.len().min(4);
-    let here = read.len().min(want);
-    let need = want - here;
+    let here = read.len().min(raw.len());
+    let need = raw.len().min(4).saturating_sub(here);
     read[read.len() - here..] == raw[raw.len() - here..]
         && before.len() >= need
-        && before[before.len() - need..] == raw[raw.len() - want..raw.len() - here]
+        && before[before.len() - need..] == raw[raw.len() - here - need..raw.len() - here]
 }
 
 impl HeaderDeadline {
@@ -707,7 +714,7 @@ impl HeaderDeadline {
     /// (a long header) is not kept allocated for the connection's life.
     fn keep_head_read(&mut self, bytes: &[u8]) {
         self.head_read_before = if self.last_read_kept {
-            ReadTail::of(&self.head_read)
+            self.head_read_before.then(&self.head_read)
         } else {
             ReadTail::default()
         };
@@ -839,6 +846,9 @@ mod tests {
             (b"xyz", b"\n", false),
             (b"a\r\n", b"\r\r", false),
             (b"", b"abcd", false),
+            // Its last 4 bytes as parsed, those before them not: a miscount.
+            (b"", b"Host: b\r\n\r\n", false),
+            (b"a\r\r", b"\r\n", false),
         ];
         for (before, read, placed) in cases {
             assert_eq!(
@@ -849,9 +859,16 @@ mod tests {
                 String::from_utf8_lossy(read)
             );
         }
-        assert_eq!(ReadTail::of(b"abcdef").get(), b"def");
-        assert_eq!(ReadTail::of(b"ab").get(), b"ab");
+        assert_eq!(ReadTail::default().then(b"abcdef").get(), b"def");
+        assert_eq!(ReadTail::default().then(b"ab").get(), b"ab");
         assert_eq!(ReadTail::default().get(), b"");
+        // Over reads of a byte or two: the stream's tail.
+        assert_eq!(
+            ReadTail::default().then(b"xa\r").then(b"\n").get(),
+            b"a\r\n"
+        );
+        assert_eq!(ReadTail::default().then(b"a").then(b"\r").get(), b"a\r");
+        assert_eq!(ReadTail::default().then(b"abc").then(b"defg").get(), b"efg");
     }
 
     /// Head and body of a canned response, its `content-length` checked against the body.

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use nexus_binding_store::records::{parse_records, ParsedRecords};
 use nexus_binding_store::snapshot;
-use nexus_binding_store::{AdminError, Binding, ImportSeen, ImportSource, Listing, Revision};
+use nexus_binding_store::{
+    AdminError, Binding, ImportError, ImportSeen, ImportSource, Listing, Revision,
+};
 
 use super::args::refuse_repeated_members;
 use super::print::print_confirmation;
@@ -143,6 +145,24 @@ impl Command<'_> {
             }
         }
         match admin.import(parsed.bindings, actor, source, &seen).await {
+            Err(ImportError {
+                written,
+                tenant: Some(tenant),
+                error:
+                    AdminError::Conflict {
+                        expected, actual, ..
+                    },
+            }) => fail(format!(
+                "{}: tenant {tenant} changed after the import's check read it (revision \
+                 {expected} then, {actual} now), so its record was not written over; {written} \
+                 records were written before it. Look at it (`tenant history {tenant}`), then \
+                 export again, or import with --allow-older to write the file's record anyway",
+                if written == 0 {
+                    "nothing imported"
+                } else {
+                    "import stopped"
+                }
+            )),
             Ok(n) => {
                 note_unconfirmed(store).await;
                 if json {
