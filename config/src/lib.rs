@@ -20,7 +20,8 @@ pub use duration::parse_duration;
 pub use error::{ConfigError, Problem};
 pub use ipnet::IpNet;
 pub use load::{
-    key_line, listener_clash, load_file, parse_sections, parse_str, read_text, NamedFiles, Sections,
+    key_line, listener_clash, load_file, parse_sections, parse_str, read_text, NamedFiles,
+    Sections, MIN_REPLICA_GRACE,
 };
 pub use settings::*;
 

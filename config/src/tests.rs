@@ -925,6 +925,26 @@ fn a_file_that_is_not_utf8_is_named_with_its_line() {
 }
 
 #[test]
+fn a_redis_replica_s_grace_leaves_time_for_its_last_steps() {
+    // Its goodbye heartbeat and last snapshot are written in the grace's last 2 s: a `0s`
+    // grace cut them, and a restart from that snapshot served an older table.
+    let redis = |grace: &str| {
+        format!(
+            "[server]\nshutdown_grace = \"{grace}\"\n{AUTH}[store]\nkind = \"redis\"\n\
+             url = \"redis://127.0.0.1:6379\"\n"
+        )
+    };
+    for grace in ["0s", "1s"] {
+        let ps = problems(&redis(grace));
+        has(&ps, "server.shutdown_grace", 2, "too short with the Redis store");
+    }
+    assert!(parse_str(&redis("2s"), Path::new("/etc/nexus/edge.toml")).is_ok());
+    // A bindings file has no last steps.
+    let file = "[server]\nshutdown_grace = \"0s\"\n[auth]\njwks_file = \"k.json\"\n[store]\nkind = \"file\"\npath = \"b.json\"\n";
+    assert!(parse_str(file, Path::new("/etc/nexus/edge.toml")).is_ok());
+}
+
+#[test]
 fn values_the_router_could_only_misread_are_refused() {
     // Whole seconds where the consumer counts seconds: "999ms" of grace would be 0 s.
     let ps = problems(

@@ -35,8 +35,9 @@ struct JobsStopInner {
     grace: Duration,
 }
 
-/// How long before `shutdown_grace` runs out the jobs stop when the drain has not ended.
-pub const FINISH_MARGIN: Duration = Duration::from_secs(2);
+/// How long before `shutdown_grace` runs out the jobs stop when the drain has not ended: the
+/// least grace a Redis replica's config may give (a shorter one is refused).
+pub const FINISH_MARGIN: Duration = nexus_config::MIN_REPLICA_GRACE;
 
 impl JobsStop {
     /// Jobs of a router whose drain lasts `grace` at most.
