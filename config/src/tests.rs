@@ -936,7 +936,12 @@ fn a_redis_replica_s_grace_leaves_time_for_its_last_steps() {
     };
     for grace in ["0s", "1s"] {
         let ps = problems(&redis(grace));
-        has(&ps, "server.shutdown_grace", 2, "too short with the Redis store");
+        has(
+            &ps,
+            "server.shutdown_grace",
+            2,
+            "too short with the Redis store",
+        );
     }
     assert!(parse_str(&redis("2s"), Path::new("/etc/nexus/edge.toml")).is_ok());
     // A bindings file has no last steps.

@@ -2900,6 +2900,34 @@ fn text_fields_of_bytes_that_are_no_utf8_stop_no_replica_and_blind_no_admin() {
     assert!(text.contains("replica-1"), "{text}");
 }
 
+/// A replica whose snapshot is there but damaged served a table before: over a Redis that
+/// lost its data, with no other replica heard, it once took Redis's empty table for a first
+/// deployment's (ready, every tenant 404) and overwrote the damaged file, the only copy left.
+#[test]
+fn a_damaged_snapshot_over_a_wiped_redis_is_kept_and_the_replica_does_not_start() {
+    let w = World::start(&["acme"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let snapshot = dir.path().join("replica.snapshot");
+    let snap = snapshot.to_str().expect("utf8");
+    let edge = replica(&w.keys, &w.redis.url(), "replica-1", Some(snap)).expect("replica");
+    wait::until(Duration::from_secs(10), "the snapshot written", || {
+        std::fs::read_to_string(&snapshot)
+            .ok()
+            .filter(|t| t.contains("\"acme\""))
+    });
+    drop(edge);
+    let text = std::fs::read(&snapshot).expect("snapshot");
+    let damaged = &text[..text.len() - 1];
+    std::fs::write(&snapshot, damaged).expect("damage");
+    w.redis.cmd(&["FLUSHALL"]);
+    let err = match replica(&w.keys, &w.redis.url(), "replica-1", Some(snap)) {
+        Ok(edge) => panic!("started on an empty table:\n{}", edge.log()),
+        Err(e) => e,
+    };
+    assert!(err.contains("snapshot cannot be used"), "{err}");
+    assert_eq!(std::fs::read(&snapshot).expect("kept"), damaged);
+}
+
 /// An export reads Redis in batches: a domain moving between two tenants meanwhile showed in
 /// both records, in a file exported with exit 0 that would not import. Read again, and
 /// refused when it stays so (here a record written by hand claims another tenant's domain,

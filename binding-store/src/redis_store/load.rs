@@ -608,6 +608,16 @@ pub(crate) enum LoadError {
         /// The highest revision a replica keeping its bindings reports.
         kept: u64,
     },
+    /// No revision counter, and this replica's snapshot is there but cannot be used (damaged,
+    /// or of a format this build does not read): a replica that wrote one served a table, so
+    /// Redis's empty one is not taken for a first deployment's, and the file is kept.
+    #[error(
+        "Redis holds no revision counter and this replica's snapshot cannot be used ({reason}):          it served a table before, so it does not start on Redis's empty one (every tenant          404). Restore Redis (`nexus-edge tenant import` of another replica's snapshot, or a          backup), or put a good snapshot there; on a first deployment, remove the file"
+    )]
+    UnusableSnapshot {
+        /// Why the snapshot was refused.
+        reason: String,
+    },
     /// Nothing is served, and a restore import is writing (or finished during the scan): the
     /// records read are only part of it. Worth asking again soon.
     #[error(

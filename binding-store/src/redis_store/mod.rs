@@ -690,7 +690,21 @@ impl BindingSource for RedisStore {
             // ready and answer 404 for every tenant the others serve. Waited as a write waits
             // (`wait_for_wiped_fleet`); a replica then heard serving makes the load refused.
             // (An error here is met again by the load below.)
-            if matches!(self.read_counter(&mut con).await, Ok(None)) && standing_in().is_none() {
+            let no_counter = matches!(self.read_counter(&mut con).await, Ok(None));
+            // A snapshot there that cannot be read is a table this replica served: not a
+            // first deployment, whatever Redis holds.
+            if let (true, Some((_, Err(e)))) = (no_counter, read()) {
+                if !matches!(
+                    e,
+                    crate::snapshot::SnapshotError::Missing(_)
+                        | crate::snapshot::SnapshotError::OtherKeyspace { .. }
+                ) {
+                    return Err(LoadError::UnusableSnapshot {
+                        reason: e.to_string(),
+                    });
+                }
+            }
+            if no_counter && standing_in().is_none() {
                 tracing::info!(
                     "Redis holds no revision counter: waiting for the replicas' heartbeats \
                      before taking its empty table (a wipe takes them too)"
@@ -799,6 +813,12 @@ impl BindingSource for RedisStore {
                         Err(StoreError::Format {
                             path: path.to_path_buf(),
                             reason: format!("Redis not usable ({e}) and no snapshot there yet"),
+                        })
+                    }
+                    Some((path, Err(_))) if matches!(e, LoadError::UnusableSnapshot { .. }) => {
+                        Err(StoreError::Format {
+                            path: path.to_path_buf(),
+                            reason: e.to_string(),
                         })
                     }
                     Some((path, Err(snap))) => Err(StoreError::Format {
