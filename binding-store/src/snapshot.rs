@@ -373,9 +373,17 @@ pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotErr
         .enumerate()
         .filter(|(_, l)| !l.is_empty())
     {
-        let value: serde_json::Value =
+        let record: crate::json::Checked =
             serde_json::from_slice(line).map_err(|e| corrupt(i + 2, e.to_string()))?;
-        let b = parse_record_with(&value, &mut interner).map_err(|(_, m)| corrupt(i + 2, m))?;
+        // As in a bindings file: JSON readers disagree on which of two values counts.
+        if let Some(name) = record.repeated.first() {
+            return Err(corrupt(
+                i + 2,
+                format!("member name {name:?} appears twice in one object"),
+            ));
+        }
+        let b =
+            parse_record_with(&record.value, &mut interner).map_err(|(_, m)| corrupt(i + 2, m))?;
         if !tenants.insert(b.tenant_id.clone()) {
             return Err(corrupt(
                 i + 2,
@@ -671,6 +679,22 @@ mod tests {
         match read_snapshot(&path, "nexus") {
             Err(SnapshotError::Corrupt { reason, .. }) => {
                 assert!(reason.contains("listed twice"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A record repeating a member (checksum made to match): refused, not read with the
+        // last value as serde_json reads it.
+        let text = String::from_utf8(good.clone()).expect("utf8");
+        let (head, body) = text.split_once('\n').expect("header line");
+        let repeated = body.replacen("\"plan\":", "\"plan\":\"solo\",\"plan\":", 1);
+        assert_ne!(repeated, body);
+        let mut header: Header = serde_json::from_str(head).expect("header");
+        header.sha256 = checksum(&header, repeated.as_bytes());
+        let head = serde_json::to_string(&header).expect("header");
+        std::fs::write(&path, format!("{head}\n{repeated}")).expect("w");
+        match read_snapshot(&path, "nexus") {
+            Err(SnapshotError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("\"plan\" appears twice"), "{reason}");
             }
             other => panic!("{other:?}"),
         }
