@@ -795,6 +795,17 @@ fn an_import_is_one_step_audited_per_tenant() {
     });
 }
 
+/// What an import's check reads of `store` now.
+async fn seen_now(store: &FileStore) -> ImportSeen {
+    let listing = store.list().await.unwrap();
+    ImportSeen::read(
+        listing
+            .bindings
+            .iter()
+            .map(|b| (b.tenant_id.clone(), b.revision)),
+    )
+}
+
 #[test]
 fn an_import_does_not_undo_a_change_made_after_its_check() {
     // The import's check read acme at revision 1; a rebind landed before the import took the
@@ -803,15 +814,7 @@ fn an_import_does_not_undo_a_change_made_after_its_check() {
     let rt = rt();
     let (store, _, acme) = store_with_acme(dir.path(), &rt);
     rt.block_on(async {
-        let seen = ImportSeen::read(
-            store
-                .list()
-                .await
-                .unwrap()
-                .bindings
-                .iter()
-                .map(|b| (b.tenant_id.clone(), b.revision)),
-        );
+        let seen = seen_now(&store).await;
         let rev = set_status(&store, &acme, TenantStatus::Suspended).await;
         let file = [
             record("acme", "http://10.0.0.9"),
@@ -836,15 +839,7 @@ fn an_import_does_not_undo_a_change_made_after_its_check() {
             .unwrap()
             .is_none());
         // Read again, the check sees the change: the import goes ahead.
-        let seen = ImportSeen::read(
-            store
-                .list()
-                .await
-                .unwrap()
-                .bindings
-                .iter()
-                .map(|b| (b.tenant_id.clone(), b.revision)),
-        );
+        let seen = seen_now(&store).await;
         let n = store
             .import(bindings(&file), &actor(), ImportSource::Records, &seen)
             .await
