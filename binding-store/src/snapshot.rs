@@ -379,7 +379,10 @@ pub fn parse_snapshot(path: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotErr
         if let Some(name) = record.repeated.first() {
             return Err(corrupt(
                 i + 2,
-                format!("member name {name:?} appears twice in one object"),
+                format!(
+                    "member name {} appears twice in one object",
+                    crate::json::shown_name(name)
+                ),
             ));
         }
         let b =

@@ -20,8 +20,7 @@ pub use duration::parse_duration;
 pub use error::{ConfigError, Problem};
 pub use ipnet::IpNet;
 pub use load::{
-    key_line, listener_clash, load_file, parse_sections, parse_str, read_text, NamedFiles,
-    Sections, MIN_REPLICA_GRACE,
+    key_line, listener_clash, load_file, parse_sections, parse_str, read_text, NamedFiles, Sections,
 };
 pub use settings::*;
 

@@ -337,3 +337,35 @@ pub enum LogFormat {
     /// One JSON object per line.
     Json,
 }
+
+/// The least `server.shutdown_grace` a router serving from the Redis store may stop with: its
+/// goodbye heartbeat and last snapshot are written in the last this-much of the grace (or when
+/// the drain ends sooner), on the runtime Pingora stops when the grace runs out.
+pub const MIN_REPLICA_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a router could not serve with these settings, beyond what parsing checks (its key and
+/// why): a Redis replica's grace too short for its last steps (a stop cut them, so its
+/// snapshot missed the changes of its last seconds and its heartbeat stayed; a restart from
+/// that snapshot over a Redis that lost its data served, and a restore of it wrote back, a
+/// table older than the one served before). Not a parsing rule: the admin commands read the
+/// same file and stop nothing. `serve` and `check` ask.
+pub fn serving_problem(
+    server: &ServerSettings,
+    store: &StoreSettings,
+) -> Option<(&'static str, String)> {
+    let grace = server.shutdown_grace;
+    if !matches!(store, StoreSettings::Redis(_)) || grace >= MIN_REPLICA_GRACE {
+        return None;
+    }
+    Some((
+        "server.shutdown_grace",
+        format!(
+            "{} is too short to serve from the Redis store: a replica writes its goodbye \
+                 heartbeat and its last snapshot in the last {}s of the grace, and a stop with \
+                 less cuts them; set it to {}s at least",
+            humantime::format_duration(grace),
+            MIN_REPLICA_GRACE.as_secs(),
+            MIN_REPLICA_GRACE.as_secs()
+        ),
+    ))
+}

@@ -612,7 +612,11 @@ pub(crate) enum LoadError {
     /// or of a format this build does not read): a replica that wrote one served a table, so
     /// Redis's empty one is not taken for a first deployment's, and the file is kept.
     #[error(
-        "Redis holds no revision counter and this replica's snapshot cannot be used ({reason}):          it served a table before, so it does not start on Redis's empty one (every tenant          404). Restore Redis (`nexus-edge tenant import` of another replica's snapshot, or a          backup), or put a good snapshot there; on a first deployment, remove the file"
+        "Redis holds no revision counter and this replica's snapshot cannot be used \
+         ({reason}): it served a table before, so it does not start on Redis's empty one \
+         (every tenant 404). Restore Redis (`nexus-edge tenant import` of another replica's \
+         snapshot, or a backup), or put a good snapshot there; on a first deployment, remove \
+         the file"
     )]
     UnusableSnapshot {
         /// Why the snapshot was refused.

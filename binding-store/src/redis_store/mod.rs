@@ -693,15 +693,19 @@ impl BindingSource for RedisStore {
             let no_counter = matches!(self.read_counter(&mut con).await, Ok(None));
             // A snapshot there that cannot be read is a table this replica served: not a
             // first deployment, whatever Redis holds.
-            if let (true, Some((_, Err(e)))) = (no_counter, read()) {
-                if !matches!(
-                    e,
-                    crate::snapshot::SnapshotError::Missing(_)
-                        | crate::snapshot::SnapshotError::OtherKeyspace { .. }
-                ) {
-                    return Err(LoadError::UnusableSnapshot {
-                        reason: e.to_string(),
-                    });
+            // (Read only then: a healthy start never pays for reading it.)
+            if no_counter {
+                if let Some((_, Err(e))) = read() {
+                    if matches!(
+                        e,
+                        crate::snapshot::SnapshotError::Corrupt { .. }
+                            | crate::snapshot::SnapshotError::ChecksumMismatch(_)
+                            | crate::snapshot::SnapshotError::UnsupportedVersion { .. }
+                    ) {
+                        return Err(LoadError::UnusableSnapshot {
+                            reason: e.to_string(),
+                        });
+                    }
                 }
             }
             if no_counter && standing_in().is_none() {

@@ -136,9 +136,6 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     if let (Some(header), Some(token)) = (header_bound, token_bound) {
         token_fits_in_header(root, header, token, &mut p);
     }
-    if let (Some(server), Some(StoreSettings::Redis(_))) = (&server, &store) {
-        grace_for_a_replica(root, server.shutdown_grace, &mut p);
-    }
     let sections = Sections {
         server,
         tenancy,
@@ -227,37 +224,6 @@ const TOKEN_HEADER_OVERHEAD: usize = 128;
 /// `server.max_request_header_bytes` allows, beside the request line and the header's
 /// framing, or the longest tokens are refused by the header bound with a 431 no one would
 /// trace back to the token.
-/// The least `server.shutdown_grace` of a Redis replica: its goodbye heartbeat and last
-/// snapshot are written in the last this-much of the grace (or when the drain ends sooner),
-/// on the runtime Pingora stops when the grace runs out.
-pub const MIN_REPLICA_GRACE: Duration = Duration::from_secs(2);
-
-/// A Redis replica's grace must leave it [`MIN_REPLICA_GRACE`] for its last steps: with less
-/// (`0s`), a stop cut them, so its snapshot missed the changes of its last seconds and its
-/// heartbeat stayed, and a restart from that snapshot over a Redis that lost its data served
-/// (and a restore of it wrote back) a table older than the one served before.
-fn grace_for_a_replica(root: &DeTable<'_>, grace: Duration, p: &mut Problems<'_>) {
-    if grace >= MIN_REPLICA_GRACE {
-        return;
-    }
-    let at = match root.get("server").map(|v| v.get_ref()) {
-        Some(DeValue::Table(t)) => t.get("shutdown_grace").map(|v| v.span().start),
-        _ => None,
-    };
-    p.push(
-        "server.shutdown_grace",
-        at,
-        format!(
-            "{} is too short with the Redis store: a replica writes its goodbye heartbeat \
-             and its last snapshot in the last {}s of the grace, and a stop with less cuts \
-             them; set it to {}s at least",
-            humantime::format_duration(grace),
-            MIN_REPLICA_GRACE.as_secs(),
-            MIN_REPLICA_GRACE.as_secs()
-        ),
-    );
-}
-
 fn token_fits_in_header(
     root: &DeTable<'_>,
     max_request_header_bytes: usize,

@@ -162,6 +162,11 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             problem(key, e.message);
         }
     }
+    if let (Some(server), Some(store)) = (&sections.server, &sections.store) {
+        if let Some((key, message)) = nexus_config::serving_problem(server, store) {
+            problem(key, message);
+        }
+    }
     match keys {
         Some(n) if problems.is_empty() => {
             outln!("{}: ok ({n} verification keys)", path.display());

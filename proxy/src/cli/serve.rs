@@ -24,6 +24,14 @@ pub(super) fn run(
             return ExitCode::FAILURE;
         }
     };
+    // What the file cannot serve with (the admin commands read it too, and take it): listed
+    // with every other problem, as `check` lists them.
+    if nexus_config::serving_problem(&settings.server, &settings.store).is_some() {
+        if let Some(path) = config {
+            let _ = super::check::run(Some(path));
+        }
+        return ExitCode::FAILURE;
+    }
     if let Some(l) = listen {
         settings.server.listen = l;
     }
