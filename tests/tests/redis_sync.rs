@@ -2926,6 +2926,16 @@ fn a_damaged_snapshot_over_a_wiped_redis_is_kept_and_the_replica_does_not_start(
     };
     assert!(err.contains("snapshot cannot be used"), "{err}");
     assert_eq!(std::fs::read(&snapshot).expect("kept"), damaged);
+    // Over a Redis with its counter, the damaged file is not even read (a healthy start never
+    // pays for reading a snapshot), and the replica starts; its own snapshot replaces it.
+    w.admin.put(&binding("acme", &w.a.url(), "active", None));
+    w.admin.ok(&["confirm-history"]);
+    let edge = replica(&w.keys, &w.redis.url(), "replica-1", Some(snap)).expect("replica");
+    assert!(
+        !edge.log().contains("the snapshot is not used"),
+        "{}",
+        edge.log()
+    );
 }
 
 /// An export reads Redis in batches: a domain moving between two tenants meanwhile showed in
