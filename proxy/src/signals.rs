@@ -262,8 +262,8 @@ fn finish_drain(
     jobs: Option<JobsStop>,
     state: Arc<EdgeState>,
 ) {
-    // Whole seconds, as Pingora takes it (`grace_period_seconds`).
-    let grace = Duration::from_secs(state.settings.server.shutdown_grace.as_secs());
+    // Whole seconds, as Pingora takes it: the config refuses any other.
+    let grace = state.settings.server.shutdown_grace;
     let spawned = std::thread::Builder::new()
         .name("drain".to_owned())
         .spawn(move || {
