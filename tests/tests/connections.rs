@@ -668,13 +668,27 @@ fn the_ops_listener_caps_its_connections_and_the_public_listener_keeps_serving()
             Ok(_) => None,
         }
     };
-    // (The last held connections may still be on their way through the accept, and one
-    // answered meanwhile gives its place back: asked again until the cap is full, within the
-    // held connections' 10 s.)
+    // Places are taken in the order the connections' tasks run, not the order of the accepts:
+    // a probe may take one before the last held connections do, and one of those is refused
+    // in its stead (then every later probe would find the place it left). Held connections
+    // found closed are opened again before each probe, until a probe finds the cap full,
+    // within the held connections' 10 s.
+    let still_open = |s: &TcpStream| {
+        s.set_nonblocking(true).unwrap();
+        let open = matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == ErrorKind::WouldBlock);
+        s.set_nonblocking(false).unwrap();
+        open
+    };
     nexus_e2e::wait::until(
         Duration::from_secs(8),
         "a connection over the cap refused",
-        closed_unanswered,
+        || {
+            held.retain(still_open);
+            while held.len() < OPS_CAP {
+                held.push(TcpStream::connect(w.edge.ops_addr).unwrap());
+            }
+            closed_unanswered()
+        },
     );
     // The public listener serves on.
     let mut s = connect(&w.edge);
