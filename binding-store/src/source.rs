@@ -41,6 +41,7 @@ pub struct SyncHealth {
     rejected_records: AtomicU64,
     full_reloads: AtomicU64,
     sync_failures: AtomicU64,
+    snapshot_write_failures: AtomicU64,
     /// When this health began (its store was made, at start-up): a store never in sync is at
     /// least that stale.
     created_unix_ms: u64,
@@ -55,6 +56,7 @@ impl Default for SyncHealth {
             rejected_records: AtomicU64::new(0),
             full_reloads: AtomicU64::new(0),
             sync_failures: AtomicU64::new(0),
+            snapshot_write_failures: AtomicU64::new(0),
             created_unix_ms: now_unix_ms(),
         }
     }
@@ -107,6 +109,17 @@ impl SyncHealth {
     /// Syncs that failed so far.
     pub fn sync_failures(&self) -> u64 {
         self.sync_failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts a local snapshot that could not be written: the replica serves on, but a restart
+    /// during a store outage would start from an older snapshot, or from none.
+    pub fn add_snapshot_write_failure(&self) {
+        self.snapshot_write_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Snapshot writes that failed so far.
+    pub fn snapshot_write_failures(&self) -> u64 {
+        self.snapshot_write_failures.load(Ordering::Relaxed)
     }
 
     /// Whether the last contact with the store succeeded.

@@ -64,6 +64,8 @@ pub struct Metrics {
     /// `binding_sync_failures_total`: syncs that failed (with Redis; a bindings file
     /// unreadable at a poll, or a version of it refused; see the sync's log lines).
     pub sync_failures: prometheus::IntCounter,
+    /// `binding_snapshot_write_failures_total`: local snapshots not written (Redis store).
+    pub snapshot_write_failures: prometheus::IntCounter,
     /// Held while the counters above catch up with the store's totals, so that two scrapes
     /// at once do not both add the same difference.
     mirror: Arc<std::sync::Mutex<()>>,
@@ -334,6 +336,10 @@ impl Metrics {
             "binding_sync_failures_total",
             "Binding syncs that failed so far, the last table served meanwhile (Redis: each retried at once or within a second; file store: each poll that could not read the bindings file, and each version of it refused)",
         )?;
+        let snapshot_write_failures = prometheus::IntCounter::new(
+            "binding_snapshot_write_failures_total",
+            "Local binding snapshots that could not be written so far (Redis store; each also an error line): a restart during a Redis outage starts from the last one written",
+        )?;
         let upstream_connect_retries = prometheus::IntCounter::new(
             "upstream_connect_retries_total",
             "Connects retried at another address of an instance's name",
@@ -368,6 +374,7 @@ impl Metrics {
             Box::new(rejected_records.clone()),
             Box::new(full_reloads.clone()),
             Box::new(sync_failures.clone()),
+            Box::new(snapshot_write_failures.clone()),
             Box::new(upstream_connect_retries.clone()),
             Box::new(instance_connections.clone()),
             Box::new(log_lines_not_logged.clone()),
@@ -413,6 +420,7 @@ impl Metrics {
             rejected_records,
             full_reloads,
             sync_failures,
+            snapshot_write_failures,
             mirror: Arc::default(),
             upstream_connect_retries,
             instance_connections_new,
@@ -452,6 +460,10 @@ impl Metrics {
             catch_up(&self.rejected_records, health.rejected_records());
             catch_up(&self.full_reloads, health.full_reloads());
             catch_up(&self.sync_failures, health.sync_failures());
+            catch_up(
+                &self.snapshot_write_failures,
+                health.snapshot_write_failures(),
+            );
             catch_up(&self.panics, crate::panics::count());
         }
         let mut out = Vec::with_capacity(4096);

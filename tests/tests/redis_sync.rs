@@ -2711,6 +2711,59 @@ fn snapshot_revision(path: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// A snapshot that cannot be written was only an error line: an SRE had no metric to alert on
+/// before the restart that needed it.
+#[test]
+fn snapshot_writes_that_fail_are_counted_and_the_next_change_is_written_once_it_can_be() {
+    let w = World::start(&["acme"]);
+    let dir = tempfile::tempdir().expect("dir");
+    // Its folder's name is a file's: every write fails (the start's included).
+    let folder = dir.path().join("later");
+    std::fs::write(&folder, b"").expect("file");
+    let snap = folder.join("bindings.snapshot");
+    let edge = replica(
+        &w.keys,
+        &w.redis.url(),
+        "replica-1",
+        Some(snap.to_str().expect("utf8")),
+    )
+    .expect("replica");
+    wait_instance(&edge, &w.keys, "acme", "instance-a");
+    let failures = || edge.metric("nexus_edge_binding_snapshot_write_failures_total");
+    let failed = wait::until(Duration::from_secs(10), "a failed write counted", || {
+        let n = failures();
+        (n >= 1).then_some(n)
+    });
+    assert!(
+        edge.log().contains("snapshot not written"),
+        "{}",
+        edge.log()
+    );
+    // The replica serves on, and writes the next change once the folder is there.
+    std::fs::remove_file(&folder).expect("file");
+    std::fs::create_dir(&folder).expect("folder");
+    w.admin.ok(&[
+        "rebind",
+        "acme",
+        "--instance-id",
+        "inst-b",
+        "--instance-url",
+        &w.b.url(),
+        "--wait",
+        "--timeout",
+        "10s",
+    ]);
+    let served = edge.revision();
+    wait::until(Duration::from_secs(10), "the change's snapshot", || {
+        (snapshot_revision(&snap) == served).then_some(())
+    });
+    assert_eq!(failures(), failed);
+    assert_eq!(
+        instance_of(&edge, &w.keys, "acme"),
+        Some("instance-b".to_owned())
+    );
+}
+
 /// The snapshot is what a restart during an outage serves and what a restore after a wipe
 /// takes, so it must hold every change the replica served: also when its connection to
 /// Redis breaks, or it stops, before the next periodic write (at most one every 2 s).

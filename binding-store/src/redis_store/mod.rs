@@ -544,10 +544,10 @@ impl RedisStore {
         // The write in flight first: one at a time, and this one is the newer.
         let writing = lock(&self.snapshot_writing).take();
         if let Some(writing) = writing {
-            Self::finished(writing.await);
+            self.finished(writing.await);
         }
         if let Some(write) = self.start_snapshot(table) {
-            Self::finished(write.await);
+            self.finished(write.await);
         }
     }
 
@@ -566,6 +566,7 @@ impl RedisStore {
         let position = self.position();
         let applied = Revision(position.as_ref().map_or(0, |p| p.revision));
         let history = position.and_then(|p| p.history);
+        let health = Arc::clone(&self.health);
         Some(tokio::task::spawn_blocking(move || {
             let written = crate::snapshot::write_snapshot(
                 &path,
@@ -575,13 +576,15 @@ impl RedisStore {
                 history.as_deref(),
             );
             if let Err(e) = written {
+                health.add_snapshot_write_failure();
                 tracing::error!(error = %e, "snapshot not written");
             }
         }))
     }
 
-    fn finished(r: Result<(), tokio::task::JoinError>) {
+    fn finished(&self, r: Result<(), tokio::task::JoinError>) {
         if let Err(e) = r {
+            self.health.add_snapshot_write_failure();
             tracing::error!(error = %e, "snapshot task failed");
         }
     }
@@ -636,7 +639,7 @@ impl RedisStore {
         // be older than `table`.
         let writing = lock(&self.snapshot_writing).take();
         if let Some(writing) = writing {
-            Self::finished(writing.await);
+            self.finished(writing.await);
         }
         let due = self.snapshot_is_due(every);
         if due {
