@@ -167,6 +167,13 @@ pub struct ConnectionMetrics {
     /// `client_connections_refused_total`: connections closed at once because the cap was
     /// reached.
     pub refused: prometheus::IntCounter,
+    /// `client_connections_reclaimed_total`: idle keep-alive connections closed at the cap to
+    /// make room for a new one.
+    pub reclaimed: prometheus::IntCounter,
+    /// `client_connections_idle`: open connections waiting for a request with none begun
+    /// (kept alive between requests, or new and silent so far): the ones closed first, the
+    /// longest waiting first, to make room at the cap.
+    pub idle: IntGauge,
     /// `request_header_timeouts_total`: connections closed (with a 408) because a request
     /// header begun did not end within `[server] request_header_timeout`.
     pub header_timeouts: prometheus::IntCounter,
@@ -216,6 +223,14 @@ impl ConnectionMetrics {
                 "client_connections_refused_total",
                 "Client connections closed at once because max_connections were open",
             )?,
+            idle: IntGauge::new(
+                "client_connections_idle",
+                "Open client connections waiting for a request with none begun (between keep-alive requests, or new and silent so far); at max_connections the longest waiting is closed to let a new one in",
+            )?,
+            reclaimed: prometheus::IntCounter::new(
+                "client_connections_reclaimed_total",
+                "Idle keep-alive client connections closed to make room for a new one at max_connections",
+            )?,
             header_timeouts: prometheus::IntCounter::new(
                 "request_header_timeouts_total",
                 "Client connections closed (408) because a request header begun was not complete within request_header_timeout",
@@ -245,11 +260,13 @@ impl ConnectionMetrics {
         })
     }
 
-    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 8] {
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 10] {
         [
             Box::new(self.open.clone()),
             Box::new(self.limit.clone()),
             Box::new(self.refused.clone()),
+            Box::new(self.reclaimed.clone()),
+            Box::new(self.idle.clone()),
             Box::new(self.header_timeouts.clone()),
             Box::new(self.unused.clone()),
             Box::new(self.headers_too_large.clone()),

@@ -330,18 +330,22 @@ fn a_header_longer_than_max_request_header_bytes_gets_431() {
 
 #[test]
 fn connections_over_max_connections_are_closed_unanswered_until_one_ends() {
-    let w = world("max_connections = 2");
-    // Two keep-alive connections, each with a request answered: both admitted.
+    let w = world("max_connections = 2\nrequest_header_timeout = \"30s\"");
+    // Two connections, each with a request header begun: both admitted, and neither idle.
+    let begun = format!("GET /login HTTP/1.1\r\nHost: acme.{BASE}\r\n");
     let mut held: Vec<TcpStream> = (0..2)
         .map(|_| {
             let mut s = connect(&w.edge);
-            s.write_all(login_request().as_bytes()).unwrap();
-            assert_eq!(read_response(&mut s).unwrap().status, 200);
+            s.write_all(begun.as_bytes()).unwrap();
             s
         })
         .collect();
+    nexus_e2e::wait::until(Duration::from_secs(10), "two headers in progress", || {
+        (w.edge.metric("nexus_edge_client_headers_in_progress") == 2).then_some(())
+    });
     assert_eq!(w.edge.metric("nexus_edge_client_connections"), 2);
     assert_eq!(w.edge.metric("nexus_edge_client_connections_limit"), 2);
+    assert_eq!(w.edge.metric("nexus_edge_client_connections_idle"), 0);
 
     // A third is closed without a byte, and never reaches the instance.
     let hits = w.backend.hits();
@@ -357,7 +361,8 @@ fn connections_over_max_connections_are_closed_unanswered_until_one_ends() {
     assert!(w.edge.log().contains("max_connections are open"));
 
     // The held connections still work.
-    request_ok(&mut held[0]);
+    held[0].write_all(b"\r\n").unwrap();
+    assert_eq!(read_response(&mut held[0]).unwrap().status, 200);
 
     // One ends: a new connection is admitted (once the router has seen the close).
     drop(held.pop());
@@ -367,6 +372,67 @@ fn connections_over_max_connections_are_closed_unanswered_until_one_ends() {
         read_response(&mut s).ok()
     });
     assert_eq!(r.status, 200);
+}
+
+#[test]
+fn at_max_connections_the_longest_idle_connection_makes_room_for_a_new_one() {
+    // Idle keep-alive connections (and new ones that send nothing) held the cap until their
+    // timeout: every new client was turned away meanwhile.
+    let w = world("max_connections = 2");
+    let mut older = connect(&w.edge);
+    request_ok(&mut older);
+    let idle = |n: u64| {
+        nexus_e2e::wait::until(Duration::from_secs(10), "the idle connections", || {
+            (w.edge.metric("nexus_edge_client_connections_idle") == n).then_some(())
+        });
+    };
+    idle(1);
+    let mut younger = connect(&w.edge);
+    request_ok(&mut younger);
+    idle(2);
+
+    // A third is served; the connection idle the longest is closed for it, unanswered.
+    let mut third = connect(&w.edge);
+    request_ok(&mut third);
+    let answer = closed_with(&mut older, Duration::from_secs(20)).expect("closed");
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    assert_eq!(
+        w.edge
+            .metric("nexus_edge_client_connections_reclaimed_total"),
+        1
+    );
+    assert_eq!(
+        w.edge.metric("nexus_edge_client_connections_refused_total"),
+        0
+    );
+    // The younger one was left alone.
+    request_ok(&mut younger);
+
+    // A new connection that sends nothing yet is idle too, and is closed first when it has
+    // waited the longest.
+    drop((younger, third));
+    nexus_e2e::wait::until(Duration::from_secs(10), "the connections closed", || {
+        (w.edge.metric("nexus_edge_client_connections") == 0).then_some(())
+    });
+    let mut silent = connect(&w.edge);
+    idle(1);
+    let mut other = connect(&w.edge);
+    request_ok(&mut other);
+    idle(2);
+    let mut fourth = connect(&w.edge);
+    request_ok(&mut fourth);
+    let answer = closed_with(&mut silent, Duration::from_secs(20)).expect("closed");
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    assert_eq!(
+        w.edge
+            .metric("nexus_edge_client_connections_reclaimed_total"),
+        2
+    );
+    request_ok(&mut other);
+    assert_eq!(
+        w.edge.metric("nexus_edge_client_connections_unused_total"),
+        0
+    );
 }
 
 fn request_ok(s: &mut TcpStream) {

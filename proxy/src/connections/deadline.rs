@@ -59,6 +59,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::chunks::{BadChunkLine, ChunkScan};
+use super::reclaim::Queued;
 use super::Shared;
 use crate::log_budget::{HeaderRefusal, RequestLine};
 
@@ -144,6 +145,9 @@ pub struct HeaderDeadline {
     /// The keep-alive timer with the deadline it was armed for, made at the connection's
     /// first idle wait and kept for later ones (see the module docs).
     idle_timer: Option<(Instant, IdleTimer)>,
+    /// Its place in the queue of connections that may be closed to make room at the cap
+    /// ([`super::reclaim`]), while it waits for a request with none begun.
+    queued: Option<Queued>,
     /// Armed when a write to the client waits, dropped when a write makes progress: once a
     /// client has taken no bytes for `[server] client_write_timeout`, the waiting write fails
     /// (a header, a body, the last chunk alike), and Pingora drops the connection. (The
@@ -229,6 +233,7 @@ impl HeaderDeadline {
             trailing_line_ends: 0,
             idle_since: None,
             idle_timer: None,
+            queued: None,
             write_timer: None,
             head_read: Vec::new(),
             head_read_before: ReadTail::default(),
@@ -372,6 +377,7 @@ impl HeaderDeadline {
         *self.phase.get_mut() = HEADER;
         self.timer = None;
         self.idle_since = None;
+        self.queued = None;
     }
 
     /// The parser wants more of a header that already has more bytes than allowed: answer 431
@@ -413,10 +419,28 @@ impl HeaderDeadline {
             HEADER if self.shared.cutting.load(Ordering::Acquire) => {
                 Poll::Ready(Err(self.refuse_shutting_down(cx)))
             }
+            FRESH | IDLE if self.poll_asked_to_close(cx).is_ready() => {
+                self.phase.store(EXPIRED, Ordering::Relaxed);
+                self.shared.metrics.reclaimed.inc();
+                // No answer: nothing was asked (Pingora closes quietly).
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "idle connection closed to make room at max_connections",
+                )))
+            }
             phase @ (FRESH | HEADER) => self.poll_header_deadline(cx, phase),
             IDLE => self.poll_idle_bound(cx),
             _ => Poll::Pending,
         }
+    }
+
+    /// Waiting for a request with none begun: in the queue of connections that may be closed
+    /// to make room, and ready once asked to.
+    fn poll_asked_to_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let shared = &self.shared;
+        self.queued
+            .get_or_insert_with(|| Queued::join(&shared.reclaim))
+            .poll_asked(cx)
     }
 
     /// Idle: the connection closes once `[server] keepalive_timeout` has passed since the
@@ -689,6 +713,9 @@ impl AsyncRead for HeaderDeadline {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if let Some(bytes) = buf.filled().get(before..).filter(|b| !b.is_empty()) {
+                    // Bytes came: no longer a connection that may be closed to make room
+                    // (stray line ends keep it idle: it joins again at the back).
+                    this.queued = None;
                     match phase {
                         FRESH | HEADER | IDLE => this.keep_head_read(bytes),
                         SERVING => {

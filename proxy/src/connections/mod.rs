@@ -7,7 +7,8 @@
 //! other client needs.
 //!
 //! [`Guarded`] wraps the proxy application: it admits at most `[server] max_connections` at
-//! once (the next is closed unanswered, as nginx does when its connections run out) and hands
+//! once (the next is closed unanswered, as nginx does when its connections run out, unless a
+//! connection waiting for a request with none begun is closed to make room: [`reclaim`]) and hands
 //! the proxy each admitted connection inside a [`HeaderDeadline`] stream, which ends a request
 //! header that is not complete within `[server] request_header_timeout`, or within
 //! `[server] max_request_header_bytes`. The same stream closes a keep-alive connection left
@@ -22,6 +23,7 @@
 mod chunks;
 mod deadline;
 mod forward;
+mod reclaim;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -123,6 +125,8 @@ pub fn raise_open_file_limit(
 struct Shared {
     limits: Limits,
     open: AtomicUsize,
+    /// The idle connections that may be closed to make room at the cap.
+    reclaim: Arc<reclaim::Reclaim>,
     metrics: ConnectionMetrics,
     /// The allowances of the lines about headers refused before the proxy saw a request.
     log_budgets: Arc<LogBudgets>,
@@ -181,6 +185,7 @@ impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.open.dec();
+        self.0.reclaim.place_freed();
     }
 }
 
@@ -207,6 +212,7 @@ impl<A> Guarded<A> {
             shared: Arc::new(Shared {
                 limits,
                 open: AtomicUsize::new(0),
+                reclaim: Arc::new(reclaim::Reclaim::new(metrics.idle.clone())),
                 metrics,
                 log_budgets,
                 last_full_warning: AtomicU64::new(0),
@@ -255,7 +261,14 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let Some(_slot) = self.shared.take_slot() else {
+        let slot = match self.shared.take_slot() {
+            Some(slot) => Some(slot),
+            None => {
+                let shared = &self.shared;
+                shared.reclaim.make_room(|| shared.take_slot()).await
+            }
+        };
+        let Some(_slot) = slot else {
             self.shared.refuse();
             // Dropping the stream closes the connection.
             return None;
