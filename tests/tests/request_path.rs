@@ -319,6 +319,13 @@ fn a_public_path_forwards_only_a_credential_of_its_tenant() {
             vec![],
         ),
         ("Authorization", format!("Bearer {expired}"), vec![]),
+        // Another scheme's value with a bearer token further on: an app that looks for
+        // `Bearer` anywhere in it would have found another tenant's token.
+        (
+            "Authorization",
+            format!("Basic eA==, Bearer {other}"),
+            vec![],
+        ),
         (
             "Cookie",
             format!("theme=dark nexus_session={own}; lang=en; nexus_session={other}"),
@@ -391,7 +398,16 @@ fn an_identity_claim_the_instance_would_not_get_byte_for_byte_is_a_401() {
     // control character cannot be sent at all (it was a 500 after the instance connection).
     let w = world();
     let mut cases = Vec::new();
-    for sub in [" admin", "admin ", "\tadmin", "admin\t", "ad\u{1}min"] {
+    for sub in [
+        " admin",
+        "admin ",
+        "\tadmin",
+        "admin\t",
+        "ad\u{1}min",
+        "admin\u{a0}",
+        "adm\u{200b}in",
+        "adm\u{202e}in",
+    ] {
         let mut c = claims("globex", None);
         c["sub"] = serde_json::json!(sub);
         cases.push((format!("sub {sub:?}"), c));

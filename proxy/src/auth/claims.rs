@@ -121,7 +121,10 @@ enum Round {
 
 /// A NumericDate (RFC 7519 §2): a JSON number of seconds since the epoch, which may be
 /// negative or fractional. Dates before the epoch read as 0 and dates past `u64` seconds as
-/// `u64::MAX`; both are far outside any leeway, so neither changes a decision.
+/// `u64::MAX`; both are far outside any leeway, so neither changes a decision. A fraction is
+/// read as the nearest double, which may be the next whole second (`X.99999999999` is read
+/// as `X + 1`): it is taken one step further toward refusal first, so an `exp` never lasts
+/// longer than written (an exact `X.0` may end a second early).
 fn numeric_date(v: &Value, round: Round) -> Result<u64, TokenError> {
     if let Some(n) = v.as_u64() {
         return Ok(n);
@@ -132,8 +135,8 @@ fn numeric_date(v: &Value, round: Round) -> Result<u64, TokenError> {
     match v.as_f64() {
         Some(f) if f.is_finite() => {
             let whole = match round {
-                Round::Earlier => f.floor(),
-                Round::Later => f.ceil(),
+                Round::Earlier => f.next_down().floor(),
+                Round::Later => f.next_up().ceil(),
             };
             // `as` saturates: below 0 gives 0, beyond the range `u64::MAX`.
             Ok(whole as u64)
@@ -204,20 +207,51 @@ pub(crate) fn check_key_issuer(
     }
 }
 
-/// Whether `claim` reaches the instance unchanged as a header value: not empty (an empty
-/// field reads as no identity, or as none sent, depending on the app), no control character
-/// (tab aside; C1 controls such as U+0085 next line and U+009B included, which the UTF-8
-/// bytes of a header value carry on to an app that may take them for a line break or an
-/// escape), no line or paragraph separator (U+2028, U+2029), and no blank at either end,
-/// which HTTP strips from a field value.
+/// Whether `claim` reaches the instance unchanged as a header value, and reads there as the
+/// issuer wrote it: not empty (an empty field reads as no identity, or as none sent, depending
+/// on the app), no control character (tab aside; C1 controls such as U+0085 next line and
+/// U+009B included, which the UTF-8 bytes of a header value carry on to an app that may take
+/// them for a line break or an escape), no line or paragraph separator (U+2028, U+2029), no
+/// invisible format character ([`is_format_char`]: a zero-width space or a bidi override
+/// shows `admin` in a log or an admin page for another user), and no white space at either
+/// end: HTTP strips blanks from a field value, and apps trim the rest (Python's `strip()`,
+/// .NET's `Trim()` take U+00A0 too), so `"admin\u{a0}"` would be `admin`.
 pub(crate) fn forwardable(claim: &str) -> bool {
-    let blank = |c: char| c == ' ' || c == '\t';
     !claim.is_empty()
-        && claim
-            .chars()
-            .all(|c| c == '\t' || !(c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')))
-        && !claim.starts_with(blank)
-        && !claim.ends_with(blank)
+        && claim.chars().all(|c| {
+            c == '\t'
+                || !(c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_format_char(c))
+        })
+        && !claim.starts_with(char::is_whitespace)
+        && !claim.ends_with(char::is_whitespace)
+}
+
+/// Unicode's format characters (general category Cf, Unicode 15.1): invisible, they change
+/// how the text around them shows (bidi controls, zero-width joiners and spaces, the BOM,
+/// tag characters) without being seen.
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{ad}'
+        | '\u{600}'..='\u{605}'
+        | '\u{61c}'
+        | '\u{6dd}'
+        | '\u{70f}'
+        | '\u{890}'..='\u{891}'
+        | '\u{8e2}'
+        | '\u{180e}'
+        | '\u{200b}'..='\u{200f}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206f}'
+        | '\u{feff}'
+        | '\u{fff9}'..='\u{fffb}'
+        | '\u{110bd}'
+        | '\u{110cd}'
+        | '\u{13430}'..='\u{1343f}'
+        | '\u{1bca0}'..='\u{1bca3}'
+        | '\u{1d173}'..='\u{1d17a}'
+        | '\u{e0001}'
+        | '\u{e0020}'..='\u{e007f}')
 }
 
 fn string_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
@@ -283,9 +317,15 @@ pub(crate) fn check(
     check_time(exp, nbf, now, rules.leeway)?;
     check_lifetime(exp, iat, now, rules)?;
     let sub = string_claim(claims, "sub");
-    // An empty org claim is how many issuers say "no org": read as none (no `X-Org-Id`; a
-    // tenant whose binding names an org refuses it). An empty `sub` names nobody: refused.
-    let org = string_claim(claims, &rules.org_claim).filter(|o| !o.is_empty());
+    // An empty or null org claim is how many issuers say "no org": read as none (no
+    // `X-Org-Id`; a tenant whose binding names an org refuses it). Any other value that is
+    // not a string is not what the issuer meant by an org: the token is refused, not read
+    // as one without an org. An empty `sub` names nobody: refused.
+    let org = match claims.get(&rules.org_claim) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(o)) => Some(o.clone()).filter(|o| !o.is_empty()),
+        Some(_) => return Err(TokenError::Malformed("org claim is not a string")),
+    };
     // The instance must be told the identity the issuer meant, byte for byte, or nothing:
     // sent without its blanks, `" admin"` would be another user (the tenant claim is
     // compared with a canonical id before it is sent, so it needs no check here).

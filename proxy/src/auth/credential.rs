@@ -56,6 +56,11 @@ pub fn extract_token<'a>(
             for pair in header.split(|&c| c == b';') {
                 for value in session_values(pair, name.as_bytes()) {
                     let value = unquote(value);
+                    // An empty value is no token: what an app sets to log a browser out
+                    // (`sess=; Path=/`), which the browser then sends with every request.
+                    if value.is_empty() {
+                        continue;
+                    }
                     if !is_b64token(value) {
                         return Err(CredentialError::Malformed);
                     }
@@ -263,7 +268,9 @@ fn same_name(raw: &[u8], name: &[u8]) -> bool {
 /// Anything that starts like `Bearer` must be exactly `Bearer 1*SP b64token`: a near-miss
 /// (`Bearer<TAB>x`, `Bearer,x`, `Bearer=x`, `Bearerx`) is refused, not passed over. Passed
 /// over, it would reach the instance beside the cookie the router did check, and an app
-/// parsing it loosely would take it for the caller's token.
+/// parsing it loosely would take it for the caller's token. So is another scheme's value with
+/// `Bearer` further on after a comma or a blank (`Basic eA==, Bearer x`): one credential per
+/// field (RFC 9110 §11.6.2), but an app that looks for `Bearer` anywhere in it would find one.
 fn bearer(value: &[u8]) -> Result<Option<&str>, CredentialError> {
     const SCHEME: &[u8] = b"bearer";
     let value = value.trim_ascii();
@@ -271,7 +278,14 @@ fn bearer(value: &[u8]) -> Result<Option<&str>, CredentialError> {
         return Ok(None);
     };
     if !scheme.eq_ignore_ascii_case(SCHEME) {
-        return Ok(None);
+        let hides_bearer = value
+            .windows(SCHEME.len() + 1)
+            .any(|w| matches!(w[0], b',' | b' ' | b'\t') && w[1..].eq_ignore_ascii_case(SCHEME));
+        return if hides_bearer {
+            Err(CredentialError::Malformed)
+        } else {
+            Ok(None)
+        };
     }
     // `1*SP`: RFC 7235 separates scheme and credentials with spaces only.
     let rest = &value[SCHEME.len()..];
@@ -336,8 +350,28 @@ mod tests {
         ] {
             assert!(is_bearer(v), "{v:?}");
         }
-        for v in [&b"Basic dXNlcg=="[..], b"Bear x", b"JWT x", b""] {
+        for v in [
+            &b"Basic dXNlcg=="[..],
+            b"Bear x",
+            b"JWT x",
+            b"",
+            b"Basic xbearer",
+        ] {
             assert!(!is_bearer(v), "{v:?}");
+        }
+        // Another scheme's value with a Bearer credential further on: refused as one.
+        for v in [
+            &b"Basic eA==, Bearer x"[..],
+            b"Basic eA== Bearer x",
+            b"Basic eA==,bearer x",
+            b"Digest a=b,\tBEARER x",
+        ] {
+            assert!(is_bearer(v), "{v:?}");
+            assert_eq!(
+                extract_token(&[v], &[], None),
+                Err(CredentialError::Malformed),
+                "{v:?}"
+            );
         }
     }
 
@@ -453,11 +487,16 @@ mod tests {
                 vec![b"sess%5B%5D=forged"],
                 Err(Conflict),
             ),
+            // An empty value is no token (a logged-out browser's), hidden or not.
             (
                 vec![b"Bearer tok"],
                 vec![b"theme=dark sess="],
-                Err(Malformed),
+                Ok(Some("tok")),
             ),
+            (vec![b"Bearer tok"], vec![b"sess=; a=1"], Ok(Some("tok"))),
+            (vec![], vec![b"sess="], Ok(None)),
+            (vec![], vec![b"sess=\"\""], Ok(None)),
+            (vec![], vec![b"sess=; sess=tok"], Ok(Some("tok"))),
             (
                 vec![b"Bearer tok"],
                 vec![b"theme=dark sess=tok"],

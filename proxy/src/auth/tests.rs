@@ -481,6 +481,14 @@ fn refusals() {
         (json!({"org_id": "org\u{85}x"}), "org"),
         (json!({"sub": "u\u{9b}1"}), "sub"),
         (json!({"sub": "u\u{2028}1"}), "sub"),
+        // White space an app trims, and invisible format characters (zero-width, bidi).
+        (json!({"sub": "admin\u{a0}"}), "sub"),
+        (json!({"sub": "\u{3000}admin"}), "sub"),
+        (json!({"sub": "adm\u{200b}in"}), "sub"),
+        (json!({"sub": "adm\u{202e}in"}), "sub"),
+        (json!({"sub": "\u{feff}admin"}), "sub"),
+        (json!({"org_id": "org\u{2066}x"}), "org"),
+        (json!({"org_id": "org\u{e0041}"}), "org"),
     ] {
         let token = f.es.sign(&with(patch.clone())).expect("s");
         assert_eq!(
@@ -489,11 +497,22 @@ fn refusals() {
             "{patch}"
         );
     }
-    // An empty org claim is no org: none is sent.
-    let v = auth
-        .verify(&f.es.sign(&with(json!({"org_id": ""}))).expect("s"), NOW)
-        .expect("ok");
-    assert_eq!(v.headers.org, None);
+    // An empty or null org claim is no org: none is sent.
+    for none in [json!(""), Value::Null] {
+        let mut c = claims();
+        c["org_id"] = none;
+        let v = auth.verify(&f.es.sign(&c).expect("s"), NOW).expect("ok");
+        assert_eq!((v.org.as_deref(), v.headers.org.as_ref()), (None, None));
+    }
+    // Any other value that is not a string is refused, not read as no org.
+    for org in [json!(1), json!({"a": 1}), json!(["org-1"]), json!(true)] {
+        let token = f.es.sign(&with(json!({"org_id": org.clone()}))).expect("s");
+        assert_eq!(
+            auth.verify(&token, NOW).map(|_| ()),
+            Err(TokenError::Malformed("org claim is not a string")),
+            "{org}"
+        );
+    }
     // Inner blanks and tabs, and text past ASCII, are sent as they are.
     let v = auth
         .verify(
@@ -547,6 +566,24 @@ fn time_claims_round_toward_refusal_and_may_precede_the_epoch() {
     // Far-future dates of either JSON kind read alike.
     assert_eq!(verify(json!({"exp": 1e300})), Ok(()));
     assert_eq!(verify(json!({"exp": u64::MAX})), Ok(()));
+    // A fraction the nearest double makes the next whole second (`X.99999999999` reads as
+    // `X + 1.0`) does not lengthen the token: a fractional date is taken a step toward
+    // refusal first. Here `exp` is NOW - 29.00000000001, past with the leeway.
+    let raw = claims_with(json!({"exp": 0}))
+        .to_string()
+        .replace("\"exp\":0", &format!("\"exp\":{}.99999999999", NOW - 30));
+    let header = json!({"alg": "ES256", "kid": "es"}).to_string();
+    assert_eq!(
+        auth.verify(&f.es.sign_raw(&header, &raw).expect("s"), NOW)
+            .map(|_| ()),
+        Err(TokenError::Expired)
+    );
+    // An exact `X.0` may end a second early; the whole number `X` does not.
+    assert_eq!(
+        verify(json!({"exp": (NOW - 29) as f64})),
+        Err(TokenError::Expired)
+    );
+    assert_eq!(verify(json!({"exp": NOW - 29})), Ok(()));
 }
 
 #[test]
