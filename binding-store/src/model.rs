@@ -344,8 +344,19 @@ impl UpstreamUrl {
                 format!("{} is longer than {MAX_URL_LEN} bytes", quoted(s)),
             ));
         }
+        if let Err(why) = written_plainly(s) {
+            return Err(FieldError::new(field, format!("{q}: {why}", q = quoted(s))));
+        }
         let u = url::Url::parse(s)
             .map_err(|e| FieldError::new(field, format!("{q} is not a URL: {e}", q = quoted(s))))?;
+        if u.domain()
+            .is_some_and(|d| d.trim_end_matches('.').split('.').any(str::is_empty))
+        {
+            return Err(FieldError::new(
+                field,
+                format!("{q}: the host has an empty label", q = quoted(s)),
+            ));
+        }
         if u.scheme() != "http" && u.scheme() != "https" {
             return Err(FieldError::new(
                 field,
@@ -444,6 +455,39 @@ impl UpstreamUrl {
     pub fn path_prefix(&self) -> &str {
         self.0.path().trim_end_matches('/')
     }
+}
+
+/// Checks that `s` is an upstream URL as written, not one URL parsing would mend into another:
+/// the WHATWG parser drops blanks and tabs, reads `\` as `/`, takes `http:host` and
+/// `http:///host` for `http://host`, and an empty port for the default one. A template whose
+/// host or port came out empty would then name another instance instead of being refused.
+fn written_plainly(s: &str) -> Result<(), &'static str> {
+    if s.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'\\') {
+        return Err("blanks, control characters and `\\` are not allowed");
+    }
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Err("must begin with http:// or https://");
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err("scheme must be http or https");
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err("a host is required");
+    }
+    // After the user info, if any (refused later with its own message).
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let port = match host_port.rsplit_once(']') {
+        Some((_, after)) => after.strip_prefix(':'),
+        None => host_port.split_once(':').map(|(_, p)| p),
+    };
+    if port.is_some_and(str::is_empty) {
+        return Err("the port is empty");
+    }
+    if host_port.starts_with(':') || host_port.is_empty() {
+        return Err("a host is required");
+    }
+    Ok(())
 }
 
 /// The host of `u` when it is an IP literal.
@@ -951,6 +995,33 @@ mod limits {
             let e = UpstreamUrl::parse("instance_url", url).unwrap_err().to_string();
             assert!(e.contains(says) && !e.contains("SECRET"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_url_that_parsing_would_mend_into_another_is_refused() {
+        // The WHATWG parser reads each of these as another URL: a template whose host or port
+        // came out empty named some other instance.
+        loads_as_instance_url(&[
+            ("http:///path", false),
+            ("http:////x", false),
+            ("http://127.0.0.1:", false),
+            ("http://[::1]:", false),
+            ("http://:8080", false),
+            ("http:/127.0.0.1:47390", false),
+            ("http:127.0.0.1:47390", false),
+            ("http://a..b/", false),
+            ("http://.a.b/", false),
+            (" http://10.0.0.1", false),
+            ("http://10.0.0.1 ", false),
+            ("http://10.0.0.1:80\t80", false),
+            ("http://10.0.0.1/a\nb", false),
+            ("http:\\\\10.0.0.1\\x", false),
+            ("http://10.0.0.1\\x", false),
+            // As written.
+            ("HTTP://10.0.0.1:8080/base/", true),
+            ("http://inst.internal.", true),
+            ("https://[::1]:8443/", true),
+        ]);
     }
 
     #[test]

@@ -467,6 +467,31 @@ fn check_warns_of_a_custom_domain_a_base_domain_now_covers() {
 }
 
 #[test]
+fn check_warns_of_a_bindings_file_whose_revisions_are_exhausted() {
+    // The router serves such a file, but every admin command refuses to write to it.
+    let dir = tempfile::tempdir().unwrap();
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
+    std::fs::copy(format!("{demo}/jwks.json"), dir.path().join("jwks.json")).unwrap();
+    let mut bindings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{demo}/bindings.json")).unwrap())
+            .unwrap();
+    let config =
+        "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"file\"\npath = \"bindings.json\"\n";
+    std::fs::write(dir.path().join("bindings.json"), bindings.to_string()).unwrap();
+    let (code, out) = check(dir.path(), config);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("u64::MAX"), "{out}");
+    bindings["bindings"][1]["revision"] = serde_json::json!(u64::MAX);
+    std::fs::write(dir.path().join("bindings.json"), bindings.to_string()).unwrap();
+    let (code, out) = check(dir.path(), config);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("a revision is 18446744073709551615 (u64::MAX)"),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_says_which_keys_no_issuer_signs_with() {
     // Two issuers, one key set: a key listed under neither signs nothing, and a kid listed
     // that the set does not hold is a key to come or a typo. Said before a router runs.

@@ -10,7 +10,7 @@ use crate::model::Revision;
 
 use super::admin::{now_rfc3339, NOT_MADE};
 use super::raw_doc::RawDoc;
-use super::replace::{audit_path, home, keep_owner_and_mode};
+use super::replace::{audit_path, home, keep_owner_with_mode};
 
 /// The store held for one write: its lock (released on drop), the document, the audit log,
 /// and the highest revision ever handed out.
@@ -26,10 +26,14 @@ pub(super) struct Locked {
 /// who may write the one may write the others. Created with the creator's group and the
 /// umask's mode (0644), the first writer (root, say) left every other admin of a shared
 /// group unable to write at all. Best effort: a file store with no bindings file yet keeps
-/// what the creation gave.
+/// what the creation gave. Its owner may always write it, and no one may run it: a bindings
+/// file made read-only (0444) gave a read-only audit log, and every later write failed on it
+/// once the bindings file was writable again.
 fn share_ownership(created: &File, created_path: &Path, bindings: &Path) {
+    use std::os::unix::fs::MetadataExt;
     if let Ok(meta) = std::fs::metadata(bindings) {
-        if let Err(e) = keep_owner_and_mode(created, &meta, created_path) {
+        let mode = (meta.mode() & 0o666) | 0o200;
+        if let Err(e) = keep_owner_with_mode(created, &meta, mode, created_path) {
             tracing::warn!(file = %created_path.display(), error = %e,
                 "the bindings file's permissions could not be given to this file");
         }

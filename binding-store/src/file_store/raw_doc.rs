@@ -164,13 +164,8 @@ impl RawDoc {
     /// that change unseen. By stamp, and by content when the stamp may not have moved (a
     /// change of the same length within one tick of the file clock, see [`RACY_WINDOW`](super::RACY_WINDOW)).
     pub(super) fn unchanged(&self, path: &Path) -> Result<(), AdminError> {
-        let changed = || {
-            AdminError::Unavailable(format!(
-                "{}: the file changed while this write was being made (edited by hand, or \
-                 written by another writer); nothing written, run the command again",
-                path.display()
-            ))
-        };
+        let changed =
+            || AdminError::Unavailable(format!("{}: {CHANGED_MEANWHILE}", path.display()));
         let Some((was, digest_read)) = &self.read_as else {
             // Read as missing: still missing.
             return match std::fs::metadata(path) {
@@ -190,6 +185,22 @@ impl RawDoc {
             }
         }
         Ok(())
+    }
+
+    /// Whether `file` (the file a write took out of the path) is the one read: the same file,
+    /// length and modification time. (Not its change time: moving a file sets that.)
+    fn is_the_file_read(&self, file: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match &self.read_as {
+            Some((Some(was), _)) => {
+                was.file == (file.dev(), file.ino())
+                    && was.len == file.len()
+                    && was.modified == file.modified().ok()
+            }
+            // Read as missing (a file there now was made since), or read without a stamp.
+            Some((None, _)) => true,
+            None => false,
+        }
     }
 
     /// Where each tenant's records are, by the `tenant_id` they name.
@@ -248,13 +259,31 @@ impl RawDoc {
                 std::io::Error::other("refused before the rename")
             })
         };
-        write_checked(path, format!("{doc:#}\n").as_bytes(), checked).map_err(|e| {
+        let replaced = |out: &std::fs::Metadata| {
+            if self.is_the_file_read(out) {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(CHANGED_MEANWHILE))
+            }
+        };
+        write_checked(
+            path,
+            format!("{doc:#}\n").as_bytes(),
+            checked,
+            Some(&replaced),
+        )
+        .map_err(|e| {
             refused
                 .take()
                 .unwrap_or_else(|| AdminError::Unavailable(format!("{}: {e}", path.display())))
         })
     }
 }
+
+/// Why a write was refused whose file changed after it was read.
+const CHANGED_MEANWHILE: &str = "the file changed while this write was being made (edited by \
+                                 hand, or written by another writer); nothing written, run the \
+                                 command again";
 
 /// The tenant a stored record names, when its `tenant_id` is a canonical id.
 fn record_tenant(v: &Value) -> Option<TenantId> {

@@ -20,17 +20,27 @@ use crate::audit_log::{self};
 /// everyone reads, so a failure to sync the directory after it is logged, not returned (a
 /// caller would otherwise undo the audit line of a change that did happen).
 pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    write_checked(path, content, || Ok(()))
+    write_checked(path, content, || Ok(()), None)
 }
+
+/// Checks the file a replace took the place of: an error puts it back.
+pub(super) type ReplacedCheck<'a> = &'a dyn Fn(&std::fs::Metadata) -> std::io::Result<()>;
 
 /// [`write_atomically`], with `last_check` run once the new file is written and synced,
 /// right before the rename: an error from it leaves the old file in place. What must still
 /// hold when the file is replaced is checked there, not before the write and the sync, which
 /// may take long on a slow disk.
+///
+/// With `replaced`, the swap itself is checked too: the new file and the old one trade places
+/// in one step (Linux `renameat2` with `RENAME_EXCHANGE`; a file that was missing must still
+/// be, `RENAME_NOREPLACE`), and `replaced` is asked about the file taken out. A hand edit that
+/// landed between `last_check` and the swap is refused there and put back, not undone unseen.
+/// Where the kernel or the filesystem cannot swap, it is a plain rename, as before.
 pub(super) fn write_checked(
     path: &Path,
     content: &[u8],
     last_check: impl FnOnce() -> std::io::Result<()>,
+    replaced: Option<ReplacedCheck<'_>>,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = &resolve_links(path)?;
@@ -76,7 +86,10 @@ pub(super) fn write_checked(
         f.write_all(content)?;
         f.sync_all()?;
         last_check()?;
-        std::fs::rename(&tmp, path)
+        match replaced {
+            Some(replaced) => swap_in(&tmp, path, old.is_some(), replaced),
+            None => std::fs::rename(&tmp, path),
+        }
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -87,6 +100,87 @@ pub(super) fn write_checked(
             "file replaced, but its directory could not be synced: a crash now may undo it");
     }
     Ok(())
+}
+
+/// Puts `tmp` at `path` in one step with the file there (`existed`) taken out to `tmp`, asks
+/// `replaced` about that one, and trades them back when it refuses. Without an existing file,
+/// `path` must still be free.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn swap_in(
+    tmp: &Path,
+    path: &Path,
+    existed: bool,
+    replaced: ReplacedCheck<'_>,
+) -> std::io::Result<()> {
+    use nix::errno::Errno;
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    let flags = if existed {
+        RenameFlags::RENAME_EXCHANGE
+    } else {
+        RenameFlags::RENAME_NOREPLACE
+    };
+    match renameat2(AT_FDCWD, tmp, AT_FDCWD, path, flags) {
+        Ok(()) => {}
+        // A filesystem that cannot swap (some network and overlay filesystems).
+        Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+            return std::fs::rename(tmp, path)
+        }
+        // Made since the last check (none was there), or gone since (one was).
+        Err(Errno::EEXIST | Errno::ENOENT) => {
+            return Err(std::io::Error::other(
+                "the file was made or removed while this write was being made; nothing \
+                 written, run the command again",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if !existed {
+        return Ok(());
+    }
+    let refused = match std::fs::symlink_metadata(tmp) {
+        Ok(out) => match replaced(&out) {
+            Ok(()) => {
+                // The old file, taken out (a rename would have unlinked it). One left behind
+                // is removed by the next write.
+                let _ = std::fs::remove_file(tmp);
+                return Ok(());
+            }
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    match renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RenameFlags::RENAME_EXCHANGE) {
+        // Put back: the new file, at `tmp` again, is removed by the caller.
+        Ok(()) => Err(refused),
+        Err(back) => {
+            // The write stands (its audit lines stay); the edit it replaced is kept under a
+            // name no writer removes, for the operator to merge.
+            let mut kept = path.as_os_str().to_owned();
+            kept.push(format!(".edit-{}", std::process::id()));
+            let kept = PathBuf::from(kept);
+            let at = if std::fs::rename(tmp, &kept).is_ok() {
+                &kept
+            } else {
+                tmp
+            };
+            tracing::error!(file = %path.display(), kept = %at.display(), error = %back,
+                why = %refused,
+                "this write replaced a file changed since it was read, and could not put it \
+                 back: the write stands, the file it replaced is kept under the name shown");
+            Ok(())
+        }
+    }
+}
+
+/// Without `renameat2` (other targets): a plain rename, the last check's word standing.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn swap_in(
+    tmp: &Path,
+    path: &Path,
+    _existed: bool,
+    _replaced: ReplacedCheck<'_>,
+) -> std::io::Result<()> {
+    std::fs::rename(tmp, path)
 }
 
 /// Where the bindings file at `path` keeps its lock and audit log: beside the file a symlink
@@ -140,6 +234,17 @@ pub(super) fn keep_owner_and_mode(
     old: &std::fs::Metadata,
     path: &Path,
 ) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    keep_owner_with_mode(f, old, old.mode() & 0o7777, path)
+}
+
+/// [`keep_owner_and_mode`], with `mode` for the new file's permissions.
+pub(super) fn keep_owner_with_mode(
+    f: &File,
+    old: &std::fs::Metadata,
+    mode: u32,
+    path: &Path,
+) -> std::io::Result<()> {
     use std::os::unix::fs::{fchown, MetadataExt, PermissionsExt};
     let owner = |m: &std::fs::Metadata| (m.uid(), m.gid());
     if owner(&f.metadata()?) != owner(old) && fchown(f, Some(old.uid()), Some(old.gid())).is_err() {
@@ -170,7 +275,7 @@ pub(super) fn keep_owner_and_mode(
         }
     }
     // After the owner: changing it may clear set-id bits.
-    f.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
 /// Whether user `uid` could read a file owned by `file_owner` (`(uid, gid)`) with `mode`:

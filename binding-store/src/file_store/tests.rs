@@ -459,15 +459,68 @@ fn the_last_check_runs_with_the_new_file_written_and_before_the_rename() {
             .collect::<Vec<_>>()
     };
     // Refused at the last moment: the new content was written, the old file stays.
-    let e = write_checked(&path, b"new", || {
-        assert_eq!(temp_files(), ["new"]);
-        Err(std::io::Error::other("no longer ours"))
-    })
+    let e = write_checked(
+        &path,
+        b"new",
+        || {
+            assert_eq!(temp_files(), ["new"]);
+            Err(std::io::Error::other("no longer ours"))
+        },
+        None,
+    )
     .expect_err("refused");
     assert_eq!(e.to_string(), "no longer ours");
     assert_eq!(std::fs::read_to_string(&path).expect("file"), "old");
     assert!(temp_files().is_empty());
-    write_checked(&path, b"new", || Ok(())).expect("written");
+    write_checked(&path, b"new", || Ok(()), None).expect("written");
+    assert_eq!(std::fs::read_to_string(&path).expect("file"), "new");
+}
+
+#[test]
+fn an_edit_that_lands_after_the_last_check_is_put_back_not_undone() {
+    // The last check ran before a plain rename: a hand edit landing in between was replaced
+    // by a write that reported success.
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("bindings.json");
+    std::fs::write(&path, "read").expect("write");
+    let read = std::fs::metadata(&path).expect("read");
+    let same = |m: &std::fs::Metadata| {
+        if (m.dev(), m.ino()) == (read.dev(), read.ino()) {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("changed"))
+        }
+    };
+    let edit_by_rename = || {
+        let edited = dir.path().join("edited");
+        std::fs::write(&edited, "hand edit").expect("edit");
+        std::fs::rename(&edited, &path).expect("edit in place");
+        Ok(())
+    };
+    let e = write_checked(&path, b"new", edit_by_rename, Some(&same)).expect_err("refused");
+    assert_eq!(e.to_string(), "changed");
+    assert_eq!(std::fs::read_to_string(&path).expect("file"), "hand edit");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["bindings.json"], "no temp file left");
+    // A file made where none was read is not replaced either.
+    let missing = dir.path().join("new.json");
+    let made = || std::fs::write(&missing, "made meanwhile");
+    write_checked(&missing, b"new", made, Some(&same)).expect_err("refused");
+    assert_eq!(
+        std::fs::read_to_string(&missing).expect("file"),
+        "made meanwhile"
+    );
+    // Unchanged, the write goes through.
+    let read = std::fs::metadata(&path).expect("read");
+    let same = |m: &std::fs::Metadata| {
+        assert_eq!((m.dev(), m.ino()), (read.dev(), read.ino()));
+        Ok(())
+    };
+    write_checked(&path, b"new", || Ok(()), Some(&same)).expect("written");
     assert_eq!(std::fs::read_to_string(&path).expect("file"), "new");
 }
 
@@ -483,4 +536,26 @@ fn temp_files_writers_left_are_removed_by_the_next_write() {
     put(&path, "acme", "http://10.0.0.2").expect("next write");
     assert!(!left.exists());
     assert!(other.exists());
+}
+
+#[test]
+fn files_made_beside_a_read_only_bindings_file_stay_writable_to_their_owner() {
+    // They took the bindings file's mode: made beside a 0444 file, the audit log was
+    // read-only, and every write failed on it once the file was writable again.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("bindings.json");
+    put(&path, "acme", "http://10.0.0.1").expect("first write");
+    let mut lock = path.clone().into_os_string();
+    lock.push(".lock");
+    for side in [audit_path(&path), lock.into()] {
+        std::fs::remove_file(&side).expect("removed");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).expect("0444");
+        put(&path, "acme", "http://10.0.0.2").expect("a write");
+        let mode = std::fs::metadata(&side)
+            .expect("made again")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "{}", side.display());
+    }
 }

@@ -249,6 +249,21 @@ fn check_bindings_file(
             parsed.problems.len()
         ));
     }
+    // The admin commands write each change at the next revision: at the top one, none.
+    let highest = parsed
+        .bindings
+        .iter()
+        .map(|b| b.revision.get())
+        .chain(parsed.revision)
+        .max();
+    if highest == Some(u64::MAX) {
+        eprintln!(
+            "{}: warning: a revision is {} (u64::MAX): `nexus-edge tenant` refuses every write \
+             to this file until the revisions are brought down by hand",
+            file.display(),
+            u64::MAX
+        );
+    }
     for (domain, tenants) in nexus_binding_store::records::contested_domains(&parsed.bindings) {
         let tenants: Vec<&str> = tenants.iter().map(|t| t.as_str()).collect();
         eprintln!(
