@@ -53,9 +53,11 @@ impl ConfigError {
 /// would act on or hide (a quoted TOML key may hold any): then quoted with escapes, so that a
 /// key cannot end its line and forge another problem, or send the terminal an escape.
 fn shown_key(key: &str) -> std::borrow::Cow<'_, str> {
+    // Quotes are escaped by `escape_debug` but do a terminal no harm: a quoted key part
+    // (`auth.issuer_keys."b"`) is shown as written.
     let plain = key.chars().all(|c| {
         let escaped = c.escape_debug();
-        escaped.len() == 1 && !matches!(c, '\u{2028}' | '\u{2029}')
+        matches!(c, '"' | '\'') || escaped.len() == 1 && !matches!(c, '\u{2028}' | '\u{2029}')
     });
     if plain {
         key.into()

@@ -595,6 +595,14 @@ fn redis_store_problems_name_the_key() {
     );
     has(&ps, "store.sentinel.master", 10, "master_name");
 
+    // A name no Sentinel knows, and a password variable set from a missing secret.
+    std::env::set_var("NEXUS_TEST_EMPTY_SENTINEL_PW", "");
+    let ps = problems(&format!(
+        "{AUTH}[store]\nkind = \"redis\"\n[store.sentinel]\nmaster_name = \" m\\n\"\nnodes = [\"redis://a:1\"]\npassword_env = \"NEXUS_TEST_EMPTY_SENTINEL_PW\"\n"
+    ));
+    has(&ps, "store.sentinel.master_name", 6, "blanks at an end");
+    has(&ps, "store.sentinel.password_env", 8, "is empty");
+
     let ps = problems(&format!(
         "{AUTH}[store]\nkind = \"redis\"\nurl = \"redis://x\"\n[store.tls]\nca_file = \"/nonexistent/ca.pem\"\nclient_cert_file = \"/etc/hostname\"\n"
     ));
@@ -1093,6 +1101,74 @@ fn a_duplicate_key_or_table_is_named() {
     has(&ps, "a[1].b[1].c", 7, "duplicate key");
     let ps = problems("[\"log\"]\nformat = \"text\"\n[ log ]\n");
     has(&ps, "log", 3, "[log] twice");
+    // A header naming a key set to a value is no table declared twice.
+    let ps = problems(&format!(
+        "{MINIMAL}[server]\nthreads = 1\n[server.threads]\n"
+    ));
+    has(&ps, "server.threads", 10, "names a key already set above");
+    assert!(!ps.iter().any(|p| p.message.contains("twice")), "{ps:#?}");
+}
+
+#[test]
+fn every_duplicate_of_many_is_named_at_its_line() {
+    // Each was found by a pass of its own over the whole file: 20,000 repeated keys took
+    // minutes to report.
+    let mut text = format!("{MINIMAL}[server]\n");
+    for _ in 0..2_000 {
+        text.push_str("threads = 1\n");
+    }
+    let ps = problems(&text);
+    let duplicates: Vec<usize> = ps
+        .iter()
+        .filter(|p| p.key == "server.threads" && p.message.contains("duplicate key"))
+        .filter_map(|p| p.line)
+        .collect();
+    assert_eq!(duplicates, (10..2_009).collect::<Vec<_>>());
+}
+
+#[test]
+fn names_the_file_and_settings_way_would_never_work_are_refused() {
+    let ps = problems(&format!(
+        "{}[auth]\njwks_file = \"keys/jwks.json\"\ntenant_claim = \" tenant\"\n\
+         org_claim = \"o\\u0000rg\"\nissuers = [\"a\"]\n[auth.issuer_keys]\na = [\"k\", \"k\"]\n\
+         [[auth.hmac_keys]]\nkid = \"h\"\nsecret_file = \"\"\n\
+         [[auth.hmac_keys]]\nkid = \"i\"\nsecret_file = \"secrets/missing\"\n\
+         [upstream]\nidle_connections = 18446744073709551615\n",
+        "[store]\nkind = \"file\"\npath = \"bindings.json\"\n"
+    ));
+    has(&ps, "auth.tenant_claim", 6, "has blanks at an end");
+    has(&ps, "auth.org_claim", 7, "control characters");
+    has(&ps, "auth.issuer_keys.\"a\"", 10, "lists key \"k\" twice");
+    has(
+        &ps,
+        "auth.hmac_keys[0].secret_file",
+        13,
+        "must not be empty",
+    );
+    // Resolved against the config's folder, as it is read.
+    has(
+        &ps,
+        "auth.hmac_keys[1].secret_file",
+        16,
+        "cannot read /etc/nexus/secrets/missing",
+    );
+    has(
+        &ps,
+        "upstream.idle_connections",
+        18,
+        "18446744073709551615 is out of range",
+    );
+    // A clash of the two claims names the one the file sets.
+    let ps = problems(
+        "[store]\nkind = \"file\"\npath = \"b.json\"\n[auth]\njwks_file = \"j\"\n\
+         tenant_claim = \"org_id\"\n",
+    );
+    has(
+        &ps,
+        "auth.tenant_claim",
+        6,
+        "must differ from auth.org_claim",
+    );
 }
 
 #[test]

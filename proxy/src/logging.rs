@@ -263,10 +263,10 @@ impl tracing::field::Visit for Message {
 /// one, every line of every other target is dropped, errors included: `warning` (a target
 /// named `warning`) or `nexus_edge=debug` alone would silence Pingora's errors.
 pub fn check_filter(filter: &str) -> Result<(), String> {
-    EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
     let directives = filter.split(',').filter(|d| !d.is_empty());
     // `tracing` reads a directive with blanks around it wrongly: " info" is a target, and
-    // " nexus_edge=debug" names the target " nexus_edg".
+    // " nexus_edge=debug" names the target " nexus_edg". Told before `tracing`'s own parse,
+    // whose refusal of `info, nexus_edge=debug` never mentions the blank.
     if let Some(d) = directives.clone().find(|d| d.trim() != *d) {
         return Err(format!(
             "{filter:?} has blanks around the directive {d:?}, which the log filter would read \
@@ -274,6 +274,7 @@ pub fn check_filter(filter: &str) -> Result<(), String> {
              \"warn,nexus_edge=debug\")"
         ));
     }
+    EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
     // The parse `tracing` itself applies to a directive without `=`: a name or a number.
     let mut directives = directives;
     if directives.any(|d| d.parse::<tracing::level_filters::LevelFilter>().is_ok()) {
@@ -362,7 +363,13 @@ mod tests {
             );
         }
         // Blanks make a level a target name, and misread a target's name.
-        for blank in ["pingora=warn, info", " info", "info ", "info, nexus_edge"] {
+        for blank in [
+            "pingora=warn, info",
+            " info",
+            "info ",
+            "info, nexus_edge",
+            "info, nexus_edge=debug",
+        ] {
             let e = check_filter(blank).expect_err(blank);
             assert!(e.contains("has blanks around"), "{blank}: {e}");
         }

@@ -51,8 +51,16 @@ pub enum StartError {
 /// and `check` says so, instead of panicking in Pingora when the service starts.
 pub fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
     let mut store = pingora::tls::RootCertStore::empty();
-    pingora::tls::load_ca_file_into_store(path, &mut store)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    pingora::tls::load_ca_file_into_store(path, &mut store).map_err(|e| {
+        // Pingora's own wording speaks of a peer certificate and of its internals.
+        let why = e.root_cause().to_string();
+        format!(
+            "{}: holds a certificate that cannot be used as a CA certificate (the TLS library \
+             says: {})",
+            path.display(),
+            why.trim()
+        )
+    })?;
     if store.is_empty() {
         return Err(format!("{}: holds no certificate", path.display()));
     }

@@ -81,6 +81,10 @@ pub(super) fn parse(
     let claim = |v: &str| {
         if v.is_empty() {
             Err("must not be empty".to_owned())
+        } else if v.trim() != v || v.chars().any(char::is_control) {
+            Err(format!(
+                "{v:?} has blanks at an end or control characters: no issuer names a claim so"
+            ))
         } else if DATE_CLAIMS.contains(&v) {
             Err(format!(
                 "{v:?} is a date claim: the router reads it as a number (NumericDate), and \
@@ -106,7 +110,12 @@ pub(super) fn parse(
         }),
     };
     if tenant_claim == org_claim {
-        p.push("auth.org_claim", None, "must differ from auth.tenant_claim");
+        // Named by the one the file sets (the other is its default), at its line.
+        let (key, other) = match (s.raw("tenant_claim"), s.raw("org_claim")) {
+            (Some(_), None) => ("auth.tenant_claim", "auth.org_claim"),
+            _ => ("auth.org_claim", "auth.tenant_claim"),
+        };
+        p.push(key, None, format!("must differ from {other}"));
     }
     let session_cookie = match s.string("session_cookie", p) {
         None => d.session_cookie.clone(),
@@ -223,6 +232,10 @@ fn issuer_keys(
                  out of auth.issuers instead)",
             ),
             Some(kids) => {
+                let mut seen = std::collections::HashSet::new();
+                if let Some(kid) = kids.iter().find(|k| !seen.insert(k.as_str())) {
+                    p.push(key, at, format!("lists key {kid:?} twice"));
+                }
                 out.insert(issuer.to_owned(), kids);
             }
         }
@@ -353,6 +366,14 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
                     None
                 }
             },
+            (None, Some(file)) if file.is_empty() => {
+                p.push(
+                    format!("{key}.secret_file"),
+                    field_at("secret_file"),
+                    "must not be empty",
+                );
+                None
+            }
             (None, Some(file)) => match crate::files::read_regular(&base.join(&file), 64 * 1024) {
                 Ok(mut b) => {
                     while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
@@ -364,7 +385,7 @@ fn hmac_keys(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Vec<
                     p.push(
                         format!("{key}.secret_file"),
                         field_at("secret_file"),
-                        format!("cannot read {file}: {e}"),
+                        format!("cannot read {}: {e}", base.join(&file).display()),
                     );
                     None
                 }

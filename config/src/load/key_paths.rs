@@ -1,37 +1,62 @@
 //! Key paths for TOML's own errors: which dotted key a "duplicate key" at a byte span is.
 
-/// The key path and message for TOML's "duplicate key" at `span`: a key set twice in its
-/// table (`server.threads`), or a table declared twice (`[auth]`). The path is the one the
-/// TOML parser reads there (see [`KeyPaths`]), whatever strings, inline tables or dotted keys
-/// lie between the key and its table's header.
-pub(super) fn duplicate_named(text: &str, span: &std::ops::Range<usize>) -> (String, String) {
-    let mut paths = KeyPaths::new(text, span.start);
+/// The key path and message for each of TOML's "duplicate key" errors, at `spans`: a key set
+/// twice in its table (`server.threads`), a table declared twice (`[auth]`), or a table
+/// header naming a key already set (`threads = 1`, then `[server.threads]`). The path is the
+/// one the TOML parser reads there (see [`KeyPaths`]), whatever strings, inline tables or
+/// dotted keys lie between the key and its table's header. One pass over the document for
+/// them all: a pass each made a file of a few thousand repeated keys take minutes.
+pub(super) fn duplicates_named(
+    text: &str,
+    spans: &[std::ops::Range<usize>],
+) -> Vec<(String, String)> {
+    let mut paths = KeyPaths::new(text, spans.iter().map(|s| s.start).collect());
     let tokens = toml_parser::Source::new(text).lex().into_vec();
     let mut guard = toml_parser::parser::RecursionGuard::new(&mut paths, 128);
     toml_parser::parser::parse_document(&tokens, &mut guard, &mut ());
-    match paths.found {
-        Some((table, true)) => {
-            let message = format!("duplicate table: [{table}] twice; merge the two");
-            (table, message)
-        }
-        Some((key, false)) => (key, "duplicate key: set twice; keep one".to_owned()),
-        None => (
-            text.get(span.clone())
-                .unwrap_or("")
-                .trim_matches(['"', '\''])
-                .to_owned(),
-            "duplicate key: set twice; keep one".to_owned(),
-        ),
-    }
+    spans
+        .iter()
+        .map(|span| match paths.found.get(&span.start) {
+            Some(Found::Table { path, again: true }) => {
+                let message = format!("duplicate table: [{path}] twice; merge the two");
+                (path.clone(), message)
+            }
+            Some(Found::Table { path, again: false }) => {
+                let message = format!(
+                    "[{path}] names a key already set above (to a value, or by dotted keys); \
+                     set it in one place"
+                );
+                (path.clone(), message)
+            }
+            Some(Found::Key(key)) => (key.clone(), "duplicate key: set twice; keep one".to_owned()),
+            None => (
+                text.get(span.clone())
+                    .unwrap_or("")
+                    .trim_matches(['"', '\''])
+                    .to_owned(),
+                "duplicate key: set twice; keep one".to_owned(),
+            ),
+        })
+        .collect()
 }
 
-/// Follows the TOML parser's events to the key that starts at byte `target`, and names it by
-/// its dotted path (`auth.hmac_keys[1].kid`).
+/// A key TOML found set twice, by its path.
+enum Found {
+    /// In a `[table]` header: `again` when a header named that table before.
+    Table { path: String, again: bool },
+    /// A key set to a value.
+    Key(String),
+}
+
+/// Follows the TOML parser's events to the keys that start at the bytes `targets`, and names
+/// each by its dotted path (`auth.hmac_keys[1].kid`).
 struct KeyPaths<'t> {
     text: &'t str,
-    target: usize,
-    /// The target's path, and whether it is in a `[table]` header.
-    found: Option<(String, bool)>,
+    targets: std::collections::HashSet<usize>,
+    /// The targets' paths, by where they start.
+    found: std::collections::HashMap<usize, Found>,
+    /// The paths `[table]` headers named so far.
+    headers_seen: std::collections::HashSet<String>,
     /// The keys of the `[header]` being read.
     header: Option<Vec<String>>,
     /// How many `[[path]]` tables each path has had: the index of the next.
@@ -62,11 +87,12 @@ fn join(path: &str, keys: &[String]) -> String {
 }
 
 impl<'t> KeyPaths<'t> {
-    fn new(text: &'t str, target: usize) -> Self {
+    fn new(text: &'t str, targets: std::collections::HashSet<usize>) -> Self {
         Self {
             text,
-            target,
-            found: None,
+            targets,
+            found: std::collections::HashMap::new(),
+            headers_seen: std::collections::HashSet::new(),
             header: None,
             array_tables: std::collections::HashMap::new(),
             open: vec![Open::Table {
@@ -94,6 +120,9 @@ impl<'t> KeyPaths<'t> {
     /// is at the last table it has (`[[a]]`, `[[a.b]]`: `a[0].b[0]`).
     fn header_close(&mut self, array: bool) {
         let keys = self.header.take().unwrap_or_default();
+        if !array {
+            self.headers_seen.insert(join("", &keys));
+        }
         let mut path = String::new();
         for (i, k) in keys.iter().enumerate() {
             path = join(&path, std::slice::from_ref(k));
@@ -173,16 +202,20 @@ impl toml_parser::parser::EventReceiver for KeyPaths<'_> {
         let raw = self.text.get(span.start()..span.end()).unwrap_or("");
         let mut name = String::new();
         toml_parser::Raw::new_unchecked(raw, encoding, span).decode_key(&mut name, &mut ());
-        let is_target = span.start() == self.target;
+        let is_target = self.targets.contains(&span.start());
         if let Some(header) = &mut self.header {
             header.push(name);
             if is_target {
-                self.found = Some((join("", header), true));
+                let path = join("", header);
+                let again = self.headers_seen.contains(&path);
+                self.found
+                    .insert(span.start(), Found::Table { path, again });
             }
         } else if let Some(Open::Table { path, keys, .. }) = self.open.last_mut() {
             keys.push(name);
             if is_target {
-                self.found = Some((join(path, keys), false));
+                self.found
+                    .insert(span.start(), Found::Key(join(path, keys)));
             }
         }
     }

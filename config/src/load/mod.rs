@@ -15,7 +15,7 @@ use crate::error::{ConfigError, Problem};
 use crate::reader::{unknown_message, Problems};
 use crate::settings::*;
 
-use key_paths::duplicate_named;
+use key_paths::duplicates_named;
 
 mod auth;
 mod key_paths;
@@ -97,18 +97,21 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     // said.
     let (root, errors) = DeTable::parse_recoverable(text);
     let mut syntax = false;
+    let mut duplicates = Vec::new();
     for e in &errors {
         let at = e.span().map(|s| s.start);
         let message = e.message().trim();
         match e.span().filter(|_| message == "duplicate key") {
-            Some(span) => {
-                let (key, message) = duplicate_named(text, &span);
-                p.push(key, Some(span.start), message);
-            }
+            Some(span) => duplicates.push(span),
             None => {
                 syntax = true;
                 p.push("(syntax)", at, message.to_owned());
             }
+        }
+    }
+    if !duplicates.is_empty() {
+        for (span, (key, message)) in duplicates.iter().zip(duplicates_named(text, &duplicates)) {
+            p.push(key, Some(span.start), message);
         }
     }
     if syntax {

@@ -135,6 +135,17 @@ fn sentinel_settings(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<Se
             p.push("store.sentinel.master_name", Some(at), "must not be empty");
             None
         }
+        Some((v, at)) if v.trim() != v || v.chars().any(char::is_control) => {
+            p.push(
+                "store.sentinel.master_name",
+                Some(at),
+                format!(
+                    "{v:?} has blanks at an end or control characters: no Sentinel would know \
+                     the master by that name"
+                ),
+            );
+            None
+        }
         other => other.map(|(v, _)| v),
     };
     let nodes = match s.strings("nodes", p, |v| {
@@ -177,6 +188,14 @@ fn sentinel_settings(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<Se
     let password = match s.string("password_env", p) {
         None => None,
         Some((env, at)) => match std::env::var(&env) {
+            Ok(v) if v.is_empty() => {
+                p.push(
+                    "store.sentinel.password_env",
+                    Some(at),
+                    format!("${env} is empty (a variable set from a missing secret?)"),
+                );
+                None
+            }
             Ok(v) => Some(v),
             Err(e) => {
                 p.push(

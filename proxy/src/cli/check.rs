@@ -100,6 +100,13 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
         for w in public_path_warnings(tenancy) {
             eprintln!("{}: warning: tenancy.public_paths: {w}", path.display());
         }
+        if tenancy.api_prefix == "/" {
+            eprintln!(
+                "{}: warning: tenancy.api_prefix: \"/\" sends every request of a tenant with \
+                 an api_url there: its instance_url gets none",
+                path.display()
+            );
+        }
     }
     // Both even when their sections are wrong elsewhere, as for the key set.
     if let Some(Err(e)) = sections
@@ -169,7 +176,11 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     }
     match keys {
         Some(n) if problems.is_empty() => {
-            outln!("{}: ok ({n} verification keys)", path.display());
+            outln!(
+                "{}: ok ({n} verification key{})",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
             ExitCode::SUCCESS
         }
         _ => {
