@@ -289,8 +289,9 @@ fn check_bindings_file(
     // by name, to another tenant if one has that id. `tenant put` refuses such a claim; a
     // new base domain can make one of a claim made before.
     if let Some(bases) = base_domains {
+        let base_set: std::collections::HashSet<&str> = bases.iter().map(String::as_str).collect();
         for b in &parsed.bindings {
-            for name in lost_subdomains(b, bases) {
+            for name in lost_subdomains(b, &base_set) {
                 eprintln!(
                     "{}: warning: binding {}: {name} is a base domain, so it never reaches this \
                      tenant (its subdomains are taken as other tenants' under that base)",
@@ -314,13 +315,20 @@ fn check_bindings_file(
 /// The subdomains of `binding`'s tenant that are base domains themselves (`b.example.com`
 /// for tenant `b` when `example.com` and `b.example.com` are both base domains): no tenant's,
 /// as a base domain is.
-fn lost_subdomains(binding: &nexus_binding_store::Binding, base_domains: &[String]) -> Vec<String> {
-    use crate::host::{resolve_host, HostTarget};
-    base_domains
+fn lost_subdomains(
+    binding: &nexus_binding_store::Binding,
+    base_domains: &std::collections::HashSet<&str>,
+) -> Vec<String> {
+    // With a valid tenant id in front, a base's subdomain is reserved when it is a base
+    // itself (`crate::host::resolve_host`): looked up, not resolved against every base, which
+    // made `check` quadratic in the base domains.
+    let mut lost: Vec<String> = base_domains
         .iter()
         .map(|base| format!("{}.{base}", binding.tenant_id.as_str()))
-        .filter(|name| matches!(resolve_host(name, base_domains), Ok(HostTarget::Reserved)))
-        .collect()
+        .filter(|name| base_domains.contains(name.as_str()))
+        .collect();
+    lost.sort();
+    lost
 }
 
 /// The custom domains of `binding` that a base domain covers and that the router sends
