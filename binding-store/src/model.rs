@@ -349,9 +349,20 @@ impl UpstreamUrl {
         }
         let u = url::Url::parse(s)
             .map_err(|e| FieldError::new(field, format!("{q} is not a URL: {e}", q = quoted(s))))?;
-        if u.domain()
-            .is_some_and(|d| d.trim_end_matches('.').split('.').any(str::is_empty))
-        {
+        if let Some(read_as) = host_read_otherwise(s, &u) {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "{q}: the host is read as {read_as} (an address in another spelling, or an \
+                     encoded name); write it so",
+                    q = quoted(s)
+                ),
+            ));
+        }
+        if u.domain().is_some_and(|d| {
+            let d = d.strip_suffix('.').unwrap_or(d);
+            d.split('.').any(str::is_empty)
+        }) {
             return Err(FieldError::new(
                 field,
                 format!("{q}: the host has an empty label", q = quoted(s)),
@@ -488,6 +499,25 @@ fn written_plainly(s: &str) -> Result<(), &'static str> {
         return Err("a host is required");
     }
     Ok(())
+}
+
+/// The host `u` was read with, when the text `s` wrote another: URL parsing reads `010.0.0.1`
+/// (octal) as `8.0.0.1`, `10.1` and `167772161` as `10.0.0.1`, and decodes `%31` and
+/// full-width digits. Letter case aside, the host must be written as it is read; an IPv6
+/// address may be written in any of its spellings.
+fn host_read_otherwise(s: &str, u: &url::Url) -> Option<String> {
+    let read = u.host_str()?;
+    let authority = s.split_once("://")?.1.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let written = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => host_port.split(':').next()?,
+    };
+    let same = match u.host()? {
+        url::Host::Ipv6(ip) => written.parse::<std::net::Ipv6Addr>().ok() == Some(ip),
+        _ => written.eq_ignore_ascii_case(read),
+    };
+    (!same).then(|| read.to_owned())
 }
 
 /// The host of `u` when it is an IP literal.
@@ -1011,6 +1041,17 @@ mod limits {
             ("http:127.0.0.1:47390", false),
             ("http://a..b/", false),
             ("http://.a.b/", false),
+            ("http://a../", false),
+            // Addresses and names in another spelling than the one they are read as.
+            ("http://010.0.0.1/", false),
+            ("http://10.1/", false),
+            ("http://167772161/", false),
+            ("http://0x0a.0.0.1/", false),
+            ("http://%31%30.0.0.1/", false),
+            ("http://\u{ff11}\u{ff10}.0.0.1/", false),
+            ("http://b\u{fc}cher.example/", false),
+            ("http://[0:0:0:0:0:0:0:1]:8080/", true),
+            ("http://Inst.Internal:8080/", true),
             (" http://10.0.0.1", false),
             ("http://10.0.0.1 ", false),
             ("http://10.0.0.1:80\t80", false),

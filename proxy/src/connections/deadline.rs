@@ -148,6 +148,12 @@ pub struct HeaderDeadline {
     /// Its place in the queue of connections that may be closed to make room at the cap
     /// ([`super::reclaim`]), while it waits for a request with none begun.
     queued: Option<Queued>,
+    /// Whether an idle wait may be one with no request begun. Not after a request whose end
+    /// Pingora's reads cannot be told from ([`request_done`]: a chunked body, or a body not
+    /// read to its end): Pingora may be draining that body, or reading the rest of a
+    /// pipelined header it kept, so closing it would lose a request or a response. Set
+    /// through a shared reference, as `phase` is.
+    reclaimable: AtomicBool,
     /// Armed when a write to the client waits, dropped when a write makes progress: once a
     /// client has taken no bytes for `[server] client_write_timeout`, the waiting write fails
     /// (a header, a body, the last chunk alike), and Pingora drops the connection. (The
@@ -234,6 +240,7 @@ impl HeaderDeadline {
             idle_since: None,
             idle_timer: None,
             queued: None,
+            reclaimable: AtomicBool::new(true),
             write_timer: None,
             head_read: Vec::new(),
             head_read_before: ReadTail::default(),
@@ -419,7 +426,9 @@ impl HeaderDeadline {
             HEADER if self.shared.cutting.load(Ordering::Acquire) => {
                 Poll::Ready(Err(self.refuse_shutting_down(cx)))
             }
-            FRESH | IDLE if self.poll_asked_to_close(cx).is_ready() => {
+            FRESH | IDLE
+                if *self.reclaimable.get_mut() && self.poll_asked_to_close(cx).is_ready() =>
+            {
                 self.phase.store(EXPIRED, Ordering::Relaxed);
                 self.shared.metrics.reclaimed.inc();
                 // No answer: nothing was asked (Pingora closes quietly).
@@ -637,6 +646,7 @@ pub fn request_done(session: &mut Session) {
             .saturating_sub(consumed)
     });
     d.kept.store(kept, Ordering::Relaxed);
+    d.reclaimable.store(consumed.is_some(), Ordering::Relaxed);
     *d.chunks.lock().unwrap_or_else(PoisonError::into_inner) = None;
     d.delivered.store(0, Ordering::Relaxed);
     d.header_bytes.store(0, Ordering::Relaxed);

@@ -7,10 +7,14 @@
 //! time and opens another (RFC 9112 §9.3.1); nginx does the same when its connections run out.
 //!
 //! Each waiting connection queues on one [`Notify`] for the whole listener; the acceptor at
-//! the cap wakes the one that has waited longest (`notify_one` wakes in queue order), which
-//! closes, and the acceptor takes the place it gives back. A connection whose request begins
-//! leaves the queue; one woken just as its request began passes the wake on to the next in
-//! line (tokio's `Notified` does so when dropped unconsumed).
+//! the cap counts an ask and wakes the one that has waited longest (`notify_one` wakes in
+//! queue order), which closes if it can take an ask, and the acceptor takes the place it
+//! gives back. A connection whose request begins leaves the queue; one woken just as its
+//! request began passes the wake on to the next in line (tokio's `Notified` does so when
+//! dropped unconsumed). A wake alone closes nothing: `Notify` keeps one for later when nobody
+//! is in line, and a wake passed on may reach a connection that went idle long after the
+//! acceptor gave up; without an ask to take, such a connection goes back in line. Asks never
+//! outnumber the acceptors still waiting, so none is left over once they are gone.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +40,8 @@ pub(super) struct Reclaim {
     /// Connections in the queue, `client_connections_idle` (a wake is sent only when one is
     /// there: with none, `Notify` would keep it for the next connection to go idle).
     queued: IntGauge,
+    /// Closes asked for and not yet made; never more than [`Self::waiting`].
+    asks: AtomicUsize,
     /// Woken whenever a place is given back while [`Self::waiting`] is non-zero.
     freed: Notify,
     /// New connections waiting for a place.
@@ -67,9 +73,20 @@ impl Queued {
         }
     }
 
-    /// Ready once this connection is asked to close.
+    /// Ready once this connection is woken and takes an ask: it must close. Woken with no ask
+    /// to take (a wake kept or passed on after the asks were met), it joins again, at the back.
     pub(super) fn poll_asked(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.woken.as_mut().poll(cx)
+        loop {
+            if self.woken.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.reclaim.take_ask() {
+                return Poll::Ready(());
+            }
+            // `Notify` keeps at most one wake: the next poll of a fresh one waits.
+            self.woken
+                .set(Arc::clone(&self.reclaim.close_one).notified_owned());
+        }
     }
 }
 
@@ -85,6 +102,7 @@ impl Reclaim {
         Self {
             close_one: Arc::default(),
             queued: idle,
+            asks: AtomicUsize::new(0),
             freed: Notify::new(),
             waiting: AtomicUsize::new(0),
         }
@@ -97,16 +115,42 @@ impl Reclaim {
         }
     }
 
+    /// Takes one ask, if one is out.
+    fn take_ask(&self) -> bool {
+        self.asks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Asks for one more close, when more connections are queued than asks are out and asks
+    /// stay within the acceptors waiting, and wakes the longest-idle connection for it.
+    fn ask(&self) -> bool {
+        let queued = usize::try_from(self.queued.get()).unwrap_or(0);
+        let waiting = self.waiting.load(Ordering::Acquire);
+        let asked = self
+            .asks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < queued.min(waiting)).then_some(n + 1)
+            })
+            .is_ok();
+        if asked {
+            self.close_one.notify_one();
+        }
+        asked
+    }
+
     /// Asks the longest-idle connection to close, and waits (a short while) until `take`
-    /// gets a place. `None` when no connection is idle or no place came free in time.
+    /// gets a place. `None` when no connection is idle (none queued beyond those already
+    /// asked) or no place came free in time. A place given back that another new connection
+    /// took first is asked for again, while connections are idle.
     pub(super) async fn make_room<T>(&self, mut take: impl FnMut() -> Option<T>) -> Option<T> {
-        if self.queued.get() <= 0 {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(self);
+        if !self.ask() {
             return None;
         }
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        let _waiting = Waiting(&self.waiting);
-        self.close_one.notify_one();
         let until = Instant::now() + PLACE_WAIT;
+        let mut freed_for_another = false;
         loop {
             // Registered before the try, so a place given back in between is not missed.
             let freed = self.freed.notified();
@@ -115,20 +159,32 @@ impl Reclaim {
             if let Some(place) = take() {
                 return Some(place);
             }
+            if freed_for_another {
+                self.ask();
+            }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, freed).await.is_err() {
                 return take();
             }
+            freed_for_another = true;
         }
     }
 }
 
-/// One new connection waiting for a place, counted while it waits.
-struct Waiting<'a>(&'a AtomicUsize);
+/// One new connection waiting for a place, counted while it waits. When it stops waiting
+/// (a place taken, or given up), the asks out are cut to the acceptors still waiting: its own
+/// is not left for a connection to take later, when no one needs the place.
+struct Waiting<'a>(&'a Reclaim);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let still = self.0.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
+        let _ = self
+            .0
+            .asks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n > still).then_some(still)
+            });
     }
 }
 
@@ -155,12 +211,14 @@ mod tests {
         };
         let give_back = async {
             // The first in the queue is asked; the second is not.
-            loop {
-                if poll_once(&mut first).is_ready() {
-                    break;
+            let asked_first = async {
+                while poll_once(&mut first).is_pending() {
+                    tokio::task::yield_now().await;
                 }
-                tokio::task::yield_now().await;
-            }
+            };
+            tokio::time::timeout(Duration::from_secs(10), asked_first)
+                .await
+                .expect("the first asked");
             assert!(poll_once(&mut second).is_pending());
             free.store(true, Ordering::Relaxed);
             reclaim.place_freed();
@@ -195,5 +253,48 @@ mod tests {
             .is_pending());
         drop(first);
         assert!(poll_once(&mut second).is_ready());
+    }
+
+    /// Polls `make_room` (which never gets a place) once: its ask is out, its wake sent.
+    fn ask_once<'r>(reclaim: &'r Reclaim) -> Pin<Box<impl Future<Output = Option<()>> + use<'r>>> {
+        let mut asked = Box::pin(reclaim.make_room(|| None::<()>));
+        let polled = asked
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()));
+        assert!(polled.is_pending());
+        asked
+    }
+
+    #[tokio::test]
+    async fn two_acceptors_with_one_idle_connection_ask_it_once() {
+        let reclaim = Arc::new(Reclaim::new(IntGauge::new("idle", "idle").unwrap()));
+        let mut idle = Queued::join(&reclaim);
+        let first = ask_once(&reclaim);
+        // No one else to ask: refused at once, and no wake sent.
+        assert_eq!(reclaim.make_room(|| None::<()>).await, None);
+        assert!(poll_once(&mut idle).is_ready());
+        drop((idle, first));
+        // Nothing left over for a connection that goes idle later.
+        let mut later = Queued::join(&reclaim);
+        assert!(poll_once(&mut later).is_pending());
+        assert_eq!(reclaim.asks.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wake_left_when_the_acceptor_gave_up_closes_no_later_connection() {
+        // The only idle connection's request began just as it was woken: its wake went to
+        // no one, and `Notify` kept it. The acceptor then gave up.
+        let reclaim = Arc::new(Reclaim::new(IntGauge::new("idle", "idle").unwrap()));
+        let began = Queued::join(&reclaim);
+        let gave_up = ask_once(&reclaim);
+        drop(began);
+        drop(gave_up);
+        // A connection that goes idle later takes the kept wake, finds no ask, and waits on.
+        let mut later = Queued::join(&reclaim);
+        assert!(poll_once(&mut later).is_pending());
+        assert!(poll_once(&mut later).is_pending());
+        // A new ask still reaches it.
+        let _asked = ask_once(&reclaim);
+        assert!(poll_once(&mut later).is_ready());
     }
 }
