@@ -187,15 +187,19 @@ impl RawDoc {
         Ok(())
     }
 
-    /// Whether `file` (the file a write took out of the path) is the one read: the same file,
-    /// length and modification time. (Not its change time: moving a file sets that.)
-    fn is_the_file_read(&self, file: &std::fs::Metadata) -> bool {
+    /// Whether `file` (the file a write took out of the path, now at `at`) is the one read:
+    /// the same file, length and modification time (not its change time: moving a file sets
+    /// that), and the same content when the file read had changed too recently for its times
+    /// to tell a later edit of the same length (see [`Self::unchanged`]).
+    fn is_the_file_read(&self, at: &Path, file: &std::fs::Metadata) -> bool {
         use std::os::unix::fs::MetadataExt;
         match &self.read_as {
-            Some((Some(was), _)) => {
-                was.file == (file.dev(), file.ino())
+            Some((Some(was), digest_read)) => {
+                let same = was.file == (file.dev(), file.ino())
                     && was.len == file.len()
-                    && was.modified == file.modified().ok()
+                    && was.modified == file.modified().ok();
+                same && (settled(Some(was.clone()), SystemTime::now()).is_some()
+                    || read_regular(at).is_ok_and(|bytes| digest(&bytes) == *digest_read))
             }
             // Read as missing (a file there now was made since), or read without a stamp.
             Some((None, _)) => true,
@@ -259,8 +263,8 @@ impl RawDoc {
                 std::io::Error::other("refused before the rename")
             })
         };
-        let replaced = |out: &std::fs::Metadata| {
-            if self.is_the_file_read(out) {
+        let replaced = |at: &Path, out: &std::fs::Metadata| {
+            if self.is_the_file_read(at, out) {
                 Ok(())
             } else {
                 Err(std::io::Error::other(CHANGED_MEANWHILE))

@@ -24,7 +24,7 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
 }
 
 /// Checks the file a replace took the place of: an error puts it back.
-pub(super) type ReplacedCheck<'a> = &'a dyn Fn(&std::fs::Metadata) -> std::io::Result<()>;
+pub(super) type ReplacedCheck<'a> = &'a dyn Fn(&Path, &std::fs::Metadata) -> std::io::Result<()>;
 
 /// [`write_atomically`], with `last_check` run once the new file is written and synced,
 /// right before the rename: an error from it leaves the old file in place. What must still
@@ -35,7 +35,9 @@ pub(super) type ReplacedCheck<'a> = &'a dyn Fn(&std::fs::Metadata) -> std::io::R
 /// in one step (Linux `renameat2` with `RENAME_EXCHANGE`; a file that was missing must still
 /// be, `RENAME_NOREPLACE`), and `replaced` is asked about the file taken out. A hand edit that
 /// landed between `last_check` and the swap is refused there and put back, not undone unseen.
-/// Where the kernel or the filesystem cannot swap, it is a plain rename, as before.
+/// Where the kernel or the filesystem cannot swap, it is a plain rename, as before (so is a
+/// build on another C library than glibc: `renameat2` comes through it). Between the swap and
+/// the swap back, a few microseconds, the refused file is the one at `path`.
 pub(super) fn write_checked(
     path: &Path,
     content: &[u8],
@@ -87,7 +89,11 @@ pub(super) fn write_checked(
         f.sync_all()?;
         last_check()?;
         match replaced {
-            Some(replaced) => swap_in(&tmp, path, old.is_some(), replaced),
+            Some(replaced) => {
+                use std::os::unix::fs::MetadataExt;
+                let ours = f.metadata().map(|m| (m.dev(), m.ino()))?;
+                swap_in(&tmp, path, old.is_some(), ours, replaced)
+            }
             None => std::fs::rename(&tmp, path),
         }
     })();
@@ -110,6 +116,7 @@ fn swap_in(
     tmp: &Path,
     path: &Path,
     existed: bool,
+    ours: (u64, u64),
     replaced: ReplacedCheck<'_>,
 ) -> std::io::Result<()> {
     use nix::errno::Errno;
@@ -138,7 +145,7 @@ fn swap_in(
         return Ok(());
     }
     let refused = match std::fs::symlink_metadata(tmp) {
-        Ok(out) => match replaced(&out) {
+        Ok(out) => match replaced(tmp, &out) {
             Ok(()) => {
                 // The old file, taken out (a rename would have unlinked it). One left behind
                 // is removed by the next write.
@@ -149,20 +156,35 @@ fn swap_in(
         },
         Err(e) => e,
     };
+    // Kept under a name no writer removes, for the operator to merge.
+    let keep = || {
+        let mut kept = path.as_os_str().to_owned();
+        kept.push(format!(".edit-{}", std::process::id()));
+        let kept = PathBuf::from(kept);
+        if std::fs::rename(tmp, &kept).is_ok() {
+            kept
+        } else {
+            tmp.to_path_buf()
+        }
+    };
     match renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RenameFlags::RENAME_EXCHANGE) {
-        // Put back: the new file, at `tmp` again, is removed by the caller.
-        Ok(()) => Err(refused),
+        // Put back: the new file, at `tmp` again, is removed by the caller. Unless a second
+        // edit replaced it meanwhile, in the microseconds it was at the path: that one is
+        // kept.
+        Ok(()) => {
+            use std::os::unix::fs::MetadataExt;
+            let back = std::fs::symlink_metadata(tmp).map(|m| (m.dev(), m.ino()));
+            if back.is_ok_and(|b| b != ours) {
+                let at = keep();
+                tracing::error!(file = %path.display(), kept = %at.display(),
+                    "two edits came while this write was being made; it wrote nothing, and \
+                     the first edit is the file now: the second is kept under the name shown");
+            }
+            Err(refused)
+        }
         Err(back) => {
-            // The write stands (its audit lines stay); the edit it replaced is kept under a
-            // name no writer removes, for the operator to merge.
-            let mut kept = path.as_os_str().to_owned();
-            kept.push(format!(".edit-{}", std::process::id()));
-            let kept = PathBuf::from(kept);
-            let at = if std::fs::rename(tmp, &kept).is_ok() {
-                &kept
-            } else {
-                tmp
-            };
+            // The write stands (its audit lines stay).
+            let at = keep();
             tracing::error!(file = %path.display(), kept = %at.display(), error = %back,
                 why = %refused,
                 "this write replaced a file changed since it was read, and could not put it \
@@ -178,6 +200,7 @@ fn swap_in(
     tmp: &Path,
     path: &Path,
     _existed: bool,
+    _ours: (u64, u64),
     _replaced: ReplacedCheck<'_>,
 ) -> std::io::Result<()> {
     std::fs::rename(tmp, path)

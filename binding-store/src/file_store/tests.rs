@@ -485,7 +485,7 @@ fn an_edit_that_lands_after_the_last_check_is_put_back_not_undone() {
     let path = dir.path().join("bindings.json");
     std::fs::write(&path, "read").expect("write");
     let read = std::fs::metadata(&path).expect("read");
-    let same = |m: &std::fs::Metadata| {
+    let same = |_: &Path, m: &std::fs::Metadata| {
         if (m.dev(), m.ino()) == (read.dev(), read.ino()) {
             Ok(())
         } else {
@@ -516,7 +516,7 @@ fn an_edit_that_lands_after_the_last_check_is_put_back_not_undone() {
     );
     // Unchanged, the write goes through.
     let read = std::fs::metadata(&path).expect("read");
-    let same = |m: &std::fs::Metadata| {
+    let same = |_: &Path, m: &std::fs::Metadata| {
         assert_eq!((m.dev(), m.ino()), (read.dev(), read.ino()));
         Ok(())
     };
@@ -558,4 +558,36 @@ fn files_made_beside_a_read_only_bindings_file_stay_writable_to_their_owner() {
             .mode();
         assert_eq!(mode & 0o777, 0o644, "{}", side.display());
     }
+}
+
+#[test]
+fn an_edit_in_place_of_the_same_length_and_time_is_told_by_content_after_the_swap() {
+    // The file taken out has the same inode, length and modification time as the one read:
+    // only its content tells the edit, while the file read is too recent for its times to.
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("bindings.json");
+    put(&path, "acme", "http://10.0.0.1").expect("first write");
+    let doc = super::raw_doc::RawDoc::read(&path).expect("read");
+    let before = std::fs::read(&path).expect("bytes");
+    let modified = std::fs::metadata(&path)
+        .expect("meta")
+        .modified()
+        .expect("mtime");
+    let edited = String::from_utf8(before.clone())
+        .expect("utf8")
+        .replace("10.0.0.1", "10.0.0.9")
+        .into_bytes();
+    assert_eq!(edited.len(), before.len());
+    let edit_in_place = || {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        std::io::Write::write_all(&mut &f, &edited).expect("edit");
+        f.set_modified(modified).expect("same time");
+        Ok(())
+    };
+    let e = doc.write(&path, edit_in_place).expect_err("refused");
+    assert!(e.to_string().contains("the file changed"), "{e}");
+    assert_eq!(std::fs::read(&path).expect("bytes"), edited);
 }
