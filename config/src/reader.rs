@@ -237,13 +237,19 @@ impl<'a, 'i> Section<'a, 'i> {
             }
             None => {
                 let message = match v.get_ref() {
-                    // Past `i64`: shown as written (a terminal-safe integer literal).
+                    // Past `i64`: shown as written (a terminal-safe integer literal, with its radix).
                     DeValue::Integer(i)
                         if i.as_str()
                             .chars()
                             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-')) =>
                     {
-                        format!("{} is out of range ({min}..={max})", i.as_str())
+                        let prefix = match i.radix() {
+                            16 => "0x",
+                            8 => "0o",
+                            2 => "0b",
+                            _ => "",
+                        };
+                        format!("{prefix}{} is out of range ({min}..={max})", i.as_str())
                     }
                     DeValue::Integer(_) => format!("is out of range ({min}..={max})"),
                     other => format!("must be an integer, found {}", other.type_str()),

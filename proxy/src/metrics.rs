@@ -221,7 +221,7 @@ impl ConnectionMetrics {
             )?,
             refused: prometheus::IntCounter::new(
                 "client_connections_refused_total",
-                "Client connections closed at once because max_connections were open",
+                "Client connections closed unanswered because max_connections were open and none idle could make room (within 200 ms)",
             )?,
             idle: IntGauge::new(
                 "client_connections_idle",
@@ -229,7 +229,7 @@ impl ConnectionMetrics {
             )?,
             reclaimed: prometheus::IntCounter::new(
                 "client_connections_reclaimed_total",
-                "Idle keep-alive client connections closed to make room for a new one at max_connections",
+                "Client connections waiting for a request with none begun (kept alive, or new and silent) closed to make room for a new one at max_connections",
             )?,
             header_timeouts: prometheus::IntCounter::new(
                 "request_header_timeouts_total",

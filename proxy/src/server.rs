@@ -54,12 +54,23 @@ pub fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
     pingora::tls::load_ca_file_into_store(path, &mut store).map_err(|e| {
         // Pingora's own wording speaks of a peer certificate and of its internals.
         let why = e.root_cause().to_string();
-        format!(
-            "{}: holds a certificate that cannot be used as a CA certificate (the TLS library \
-             says: {})",
-            path.display(),
-            why.trim()
-        )
+        let why = why.trim();
+        match (&e.etype, &e.cause) {
+            (pingora::ErrorType::FileReadError, _) => {
+                format!("cannot read {}: {why}", path.display())
+            }
+            // Its only refusal without a cause: a PEM item of another kind (a key, a CSR).
+            (_, None) => format!(
+                "{}: holds a PEM item that is not a certificate (a CA bundle holds \
+                 certificates only)",
+                path.display()
+            ),
+            _ => format!(
+                "{}: holds a certificate that cannot be used as a CA certificate (the TLS \
+                 library says: {why})",
+                path.display()
+            ),
+        }
     })?;
     if store.is_empty() {
         return Err(format!("{}: holds no certificate", path.display()));
