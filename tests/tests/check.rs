@@ -414,16 +414,22 @@ fn a_snapshot_path_that_is_a_directory_is_refused() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// A folder holding the demo key set, and the demo bindings document to change and write.
+fn demo_key_set_and_bindings() -> (tempfile::TempDir, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
+    std::fs::copy(format!("{demo}/jwks.json"), dir.path().join("jwks.json")).unwrap();
+    let bindings =
+        serde_json::from_str(&std::fs::read_to_string(format!("{demo}/bindings.json")).unwrap())
+            .unwrap();
+    (dir, bindings)
+}
+
 #[test]
 fn check_warns_of_a_custom_domain_a_base_domain_now_covers() {
     // A base domain added over a custom domain makes the name a tenant's subdomain, routed
     // by name: the binding's claim then never reaches it.
-    let dir = tempfile::tempdir().unwrap();
-    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
-    std::fs::copy(format!("{demo}/jwks.json"), dir.path().join("jwks.json")).unwrap();
-    let mut bindings: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{demo}/bindings.json")).unwrap())
-            .unwrap();
+    let (dir, mut bindings) = demo_key_set_and_bindings();
     let records = bindings["bindings"].as_array_mut().unwrap();
     let globex = records
         .iter_mut()
@@ -469,12 +475,7 @@ fn check_warns_of_a_custom_domain_a_base_domain_now_covers() {
 #[test]
 fn check_warns_of_a_bindings_file_whose_revisions_are_exhausted() {
     // The router serves such a file, but every admin command refuses to write to it.
-    let dir = tempfile::tempdir().unwrap();
-    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
-    std::fs::copy(format!("{demo}/jwks.json"), dir.path().join("jwks.json")).unwrap();
-    let mut bindings: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{demo}/bindings.json")).unwrap())
-            .unwrap();
+    let (dir, mut bindings) = demo_key_set_and_bindings();
     let config =
         "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"file\"\npath = \"bindings.json\"\n";
     std::fs::write(dir.path().join("bindings.json"), bindings.to_string()).unwrap();
