@@ -146,7 +146,8 @@ pub struct HeaderDeadline {
     /// first idle wait and kept for later ones (see the module docs).
     idle_timer: Option<(Instant, IdleTimer)>,
     /// Its place in the queue of connections that may be closed to make room at the cap
-    /// ([`super::reclaim`]), while it waits for a request with none begun.
+    /// ([`super::reclaim`]), joined while it waits for a request with none begun (made at
+    /// the first such wait).
     queued: Option<Queued>,
     /// Whether an idle wait may be one with no request begun. Not after a request whose end
     /// Pingora's reads cannot be told from ([`request_done`]: a chunked body, or a body not
@@ -384,7 +385,7 @@ impl HeaderDeadline {
         *self.phase.get_mut() = HEADER;
         self.timer = None;
         self.idle_since = None;
-        self.queued = None;
+        self.leave_queue();
     }
 
     /// The parser wants more of a header that already has more bytes than allowed: answer 431
@@ -448,8 +449,15 @@ impl HeaderDeadline {
     fn poll_asked_to_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let shared = &self.shared;
         self.queued
-            .get_or_insert_with(|| Queued::join(&shared.reclaim))
+            .get_or_insert_with(|| Queued::new(&shared.reclaim))
             .poll_asked(cx)
+    }
+
+    /// A request has begun: no longer one that may be closed to make room.
+    fn leave_queue(&mut self) {
+        if let Some(q) = &mut self.queued {
+            q.leave();
+        }
     }
 
     /// Idle: the connection closes once `[server] keepalive_timeout` has passed since the
@@ -725,7 +733,7 @@ impl AsyncRead for HeaderDeadline {
                 if let Some(bytes) = buf.filled().get(before..).filter(|b| !b.is_empty()) {
                     // Bytes came: no longer a connection that may be closed to make room
                     // (stray line ends keep it idle: it joins again at the back).
-                    this.queued = None;
+                    this.leave_queue();
                     match phase {
                         FRESH | HEADER | IDLE => this.keep_head_read(bytes),
                         SERVING => {

@@ -48,34 +48,64 @@ pub(super) struct Reclaim {
     waiting: AtomicUsize,
 }
 
-/// An idle connection's place in the queue; leaving it (dropping this) is leaving the queue.
+/// A connection's place in the queue, while it has one: made once per connection, then
+/// joined and left at each idle wait (a busy keep-alive connection does both for every
+/// request, so neither allocates). Dropping it leaves the queue.
 pub(super) struct Queued {
     woken: Pin<Box<OwnedNotified>>,
     reclaim: Arc<Reclaim>,
+    joined: bool,
 }
 
 impl std::fmt::Debug for Queued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queued").finish_non_exhaustive()
+        f.debug_struct("Queued")
+            .field("joined", &self.joined)
+            .finish_non_exhaustive()
     }
 }
 
 impl Queued {
-    /// Joins the queue.
-    pub(super) fn join(reclaim: &Arc<Reclaim>) -> Self {
-        let mut woken = Box::pin(Arc::clone(&reclaim.close_one).notified_owned());
-        // In the queue from now, not from the first poll: the count and the queue agree.
-        woken.as_mut().enable();
-        reclaim.queued.inc();
+    /// A place for a connection of `reclaim`'s listener, not in the queue yet.
+    pub(super) fn new(reclaim: &Arc<Reclaim>) -> Self {
         Self {
-            woken,
+            woken: Box::pin(Arc::clone(&reclaim.close_one).notified_owned()),
             reclaim: Arc::clone(reclaim),
+            joined: false,
         }
     }
 
-    /// Ready once this connection is woken and takes an ask: it must close. Woken with no ask
-    /// to take (a wake kept or passed on after the asks were met), it joins again, at the back.
+    /// Joins the queue, at its back (nothing when in it already).
+    pub(super) fn join(&mut self) {
+        if !self.joined {
+            // In the queue from now, not from the first poll: the count and the queue agree.
+            self.woken.as_mut().enable();
+            self.reclaim.queued.inc();
+            self.joined = true;
+        }
+    }
+
+    /// Leaves the queue (nothing when not in it).
+    pub(super) fn leave(&mut self) {
+        if self.joined {
+            self.fresh_wait();
+            self.reclaim.queued.dec();
+            self.joined = false;
+        }
+    }
+
+    /// A wait not in the queue yet, for the next join (the one it replaces leaves the queue,
+    /// passing on a wake it had and did not take).
+    fn fresh_wait(&mut self) {
+        self.woken
+            .set(Arc::clone(&self.reclaim.close_one).notified_owned());
+    }
+
+    /// In the queue (joining it if need be), ready once this connection is woken and takes an
+    /// ask: it must close. Woken with no ask to take (a wake kept or passed on after the asks
+    /// were met), it joins again, at the back.
     pub(super) fn poll_asked(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.join();
         loop {
             if self.woken.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
@@ -84,15 +114,16 @@ impl Queued {
                 return Poll::Ready(());
             }
             // `Notify` keeps at most one wake: the next poll of a fresh one waits.
-            self.woken
-                .set(Arc::clone(&self.reclaim.close_one).notified_owned());
+            self.fresh_wait();
         }
     }
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        self.reclaim.queued.dec();
+        if self.joined {
+            self.reclaim.queued.dec();
+        }
     }
 }
 
@@ -193,6 +224,13 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
 
+    /// A connection's place, in the queue.
+    fn joined(reclaim: &Arc<Reclaim>) -> Queued {
+        let mut q = Queued::new(reclaim);
+        q.join();
+        q
+    }
+
     fn poll_once(q: &mut Queued) -> Poll<()> {
         q.poll_asked(&mut Context::from_waker(std::task::Waker::noop()))
     }
@@ -200,8 +238,8 @@ mod tests {
     #[tokio::test]
     async fn the_longest_idle_is_asked_first_and_a_place_given_back_is_taken() {
         let reclaim = Arc::new(Reclaim::new(IntGauge::new("idle", "idle").unwrap()));
-        let mut first = Queued::join(&reclaim);
-        let mut second = Queued::join(&reclaim);
+        let mut first = joined(&reclaim);
+        let mut second = joined(&reclaim);
         assert_eq!(reclaim.queued.get(), 2);
         let free = AtomicBool::new(false);
         let asked = async {
@@ -235,15 +273,15 @@ mod tests {
         let reclaim = Arc::new(Reclaim::new(IntGauge::new("idle", "idle").unwrap()));
         assert_eq!(reclaim.make_room(|| Some(())).await, None);
         // A connection going idle later is not asked to close by an old wake.
-        let mut later = Queued::join(&reclaim);
+        let mut later = joined(&reclaim);
         assert!(poll_once(&mut later).is_pending());
     }
 
     #[tokio::test]
     async fn a_wake_to_a_connection_whose_request_began_passes_to_the_next() {
         let reclaim = Arc::new(Reclaim::new(IntGauge::new("idle", "idle").unwrap()));
-        let first = Queued::join(&reclaim);
-        let mut second = Queued::join(&reclaim);
+        let first = joined(&reclaim);
+        let mut second = joined(&reclaim);
         let asked = reclaim.make_room(|| None::<()>);
         tokio::pin!(asked);
         // The wake is sent at the first poll; the place never comes (asked gives up).
@@ -268,14 +306,14 @@ mod tests {
     #[tokio::test]
     async fn two_acceptors_with_one_idle_connection_ask_it_once() {
         let reclaim = Arc::new(Reclaim::new(IntGauge::new("idle", "idle").unwrap()));
-        let mut idle = Queued::join(&reclaim);
+        let mut idle = joined(&reclaim);
         let first = ask_once(&reclaim);
         // No one else to ask: refused at once, and no wake sent.
         assert_eq!(reclaim.make_room(|| None::<()>).await, None);
         assert!(poll_once(&mut idle).is_ready());
         drop((idle, first));
         // Nothing left over for a connection that goes idle later.
-        let mut later = Queued::join(&reclaim);
+        let mut later = joined(&reclaim);
         assert!(poll_once(&mut later).is_pending());
         assert_eq!(reclaim.asks.load(Ordering::Relaxed), 0);
     }
@@ -285,12 +323,12 @@ mod tests {
         // The only idle connection's request began just as it was woken: its wake went to
         // no one, and `Notify` kept it. The acceptor then gave up.
         let reclaim = Arc::new(Reclaim::new(IntGauge::new("idle", "idle").unwrap()));
-        let began = Queued::join(&reclaim);
+        let began = joined(&reclaim);
         let gave_up = ask_once(&reclaim);
         drop(began);
         drop(gave_up);
         // A connection that goes idle later takes the kept wake, finds no ask, and waits on.
-        let mut later = Queued::join(&reclaim);
+        let mut later = joined(&reclaim);
         assert!(poll_once(&mut later).is_pending());
         assert!(poll_once(&mut later).is_pending());
         // A new ask still reaches it.
