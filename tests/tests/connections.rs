@@ -463,6 +463,31 @@ fn at_max_connections_the_longest_idle_connection_makes_room_for_a_new_one() {
     // The pipelined request, begun before, is answered.
     chunked.write_all(b"\r\n\r\n").unwrap();
     assert_eq!(read_next_response(&mut chunked).unwrap().status, 200);
+
+    // A chunked body with nothing read after it is idle as any other.
+    drop((chunked, fifth));
+    nexus_e2e::wait::until(Duration::from_secs(10), "the connections closed", || {
+        (w.edge.metric("nexus_edge_client_connections") == 0).then_some(())
+    });
+    let mut clean = connect(&w.edge);
+    clean
+        .write_all(
+            format!(
+                "POST /login HTTP/1.1\r\nHost: acme.{BASE}\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 2\r\nhi\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(read_next_response(&mut clean).unwrap().status, 200);
+    idle(1);
+    let mut sixth = connect(&w.edge);
+    request_ok(&mut sixth);
+    idle(2);
+    let mut seventh = connect(&w.edge);
+    request_ok(&mut seventh);
+    let answer = closed_with(&mut clean, Duration::from_secs(20)).expect("closed");
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
 }
 
 fn request_ok(s: &mut TcpStream) {

@@ -150,10 +150,10 @@ pub struct HeaderDeadline {
     /// the first such wait).
     queued: Option<Queued>,
     /// Whether an idle wait may be one with no request begun. Not after a request whose end
-    /// Pingora's reads cannot be told from ([`request_done`]: a chunked body, or a body not
-    /// read to its end): Pingora may be draining that body, or reading the rest of a
-    /// pipelined header it kept, so closing it would lose a request or a response. Set
-    /// through a shared reference, as `phase` is.
+    /// Pingora's reads cannot be told from ([`request_done`]: a body not read to its end, or
+    /// a chunked body with bytes read after its end): Pingora may be draining that body, or
+    /// reading the rest of a pipelined header it kept, so closing it would lose a request or
+    /// a response. Set through a shared reference, as `phase` is.
     reclaimable: AtomicBool,
     /// Armed when a write to the client waits, dropped when a write makes progress: once a
     /// client has taken no bytes for `[server] client_write_timeout`, the waiting write fails
@@ -644,6 +644,7 @@ pub fn request_done(session: &mut Session) {
         return;
     };
     let consumed = consumed_by(session);
+    let chunked_done = consumed.is_none() && chunked_body_done(session);
     let Some(d) = deadline_of(session) else {
         return;
     };
@@ -654,7 +655,12 @@ pub fn request_done(session: &mut Session) {
             .saturating_sub(consumed)
     });
     d.kept.store(kept, Ordering::Relaxed);
-    d.reclaimable.store(consumed.is_some(), Ordering::Relaxed);
+    // A chunked body read to its end ends in an empty line (after the last chunk, or its
+    // trailers): when the last bytes read are that line's end, none of a next request came
+    // after it. Pingora keeps nothing then, and the connection may be closed for room.
+    let ends_clean = chunked_done && d.trailing_line_ends >= 4;
+    d.reclaimable
+        .store(consumed.is_some() || ends_clean, Ordering::Relaxed);
     *d.chunks.lock().unwrap_or_else(PoisonError::into_inner) = None;
     d.delivered.store(0, Ordering::Relaxed);
     d.header_bytes.store(0, Ordering::Relaxed);
@@ -676,6 +682,15 @@ fn consumed_by(session: &mut Session) -> Option<usize> {
     let body = downstream.body_bytes_read();
     let header = downstream.as_http1()?.get_headers_raw_bytes().len();
     Some(header + body)
+}
+
+/// Whether the request just done had a chunked body, read to its end.
+fn chunked_body_done(session: &mut Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .contains_key(http::header::TRANSFER_ENCODING)
+        && session.as_downstream_mut().is_body_done()
 }
 
 /// The session's client stream, when it is one (HTTP/2 streams are not wrapped).
