@@ -78,26 +78,41 @@ pub fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Raises the open-file limit for `max_connections` and the idle instance connections, and
-/// says when it stays too low.
-fn fit_open_files(max_connections: usize, idle_connections: usize) {
+/// Raises the open-file limit for `max_connections` and the idle instance connections
+/// (`idle_connections`), and returns the two as they fit in it: cut down, and said so, when
+/// the limit stays too low (see [`crate::connections::fit_to_open_files`]).
+fn fit_open_files(max_connections: usize, idle_connections: usize) -> (usize, usize) {
     match crate::connections::raise_open_file_limit(max_connections, idle_connections) {
-        Ok(files) if files.now < files.needed => tracing::warn!(
-            limit = files.now,
-            needed = files.needed,
-            max_connections,
-            "the open-file limit is below what max_connections may need (a client and an \
-             instance connection each, and upstream.idle_connections): connections beyond it \
-             fail at accept. Raise the hard limit (ulimit -Hn, LimitNOFILE= for systemd) or \
-             lower server.max_connections"
-        ),
-        Ok(files) if files.now > files.before => tracing::info!(
-            from = files.before,
-            to = files.now,
-            "open-file limit raised for max_connections and idle instance connections"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+        Ok(files) if files.now < files.needed => {
+            let (clients, idle) =
+                crate::connections::fit_to_open_files(max_connections, idle_connections, files.now);
+            tracing::warn!(
+                limit = files.now,
+                needed = files.needed,
+                max_connections = clients,
+                idle_connections = idle,
+                "the open-file limit is below what server.max_connections and \
+                 upstream.idle_connections need (a client and an instance connection each, \
+                 the idle ones, and a reserve): both are cut down to what fits, so that the cap \
+                 works and the ops listener and file reloads keep descriptors. Raise the hard \
+                 limit (ulimit -Hn, LimitNOFILE= for systemd) or lower the two"
+            );
+            (clients, idle)
+        }
+        Ok(files) => {
+            if files.now > files.before {
+                tracing::info!(
+                    from = files.before,
+                    to = files.now,
+                    "open-file limit raised for max_connections and idle instance connections"
+                );
+            }
+            (max_connections, idle_connections)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            (max_connections, idle_connections)
+        }
     }
 }
 
@@ -247,18 +262,22 @@ pub fn run(
     // As bound: with port 0 in the config, the port the system chose.
     let listen = listeners.local_addr(s.server.listen);
     let admin = s.server.admin_listen.and_then(|a| listeners.local_addr(a));
-    let conf = server_conf(s);
-    fit_open_files(
+    let mut conf = server_conf(s);
+    let threads = conf.threads.max(1);
+    let (max_connections, idle) = fit_open_files(
         s.server.max_connections,
-        conf.upstream_keepalive_pool_size
-            .saturating_mul(conf.threads.max(1)),
+        conf.upstream_keepalive_pool_size.saturating_mul(threads),
     );
+    conf.upstream_keepalive_pool_size = (idle / threads).max(1);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
     let guarded = Guarded::new(
         pingora::proxy::http_proxy(&server.configuration, EdgeService::new(Arc::clone(&state))),
-        Limits::from_settings(&s.server),
+        Limits {
+            max_connections,
+            ..Limits::from_settings(&s.server)
+        },
         state.metrics.connections.clone(),
         Arc::clone(&state.log_budgets),
     );

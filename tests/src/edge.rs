@@ -110,6 +110,8 @@ pub struct EdgeOptions {
     pub issuers: Vec<String>,
     /// Start the router with this soft open-file limit (`ulimit -S -n`).
     pub open_files: Option<u64>,
+    /// With [`Self::open_files`]: make it the hard limit too, which the router cannot raise.
+    pub open_files_hard: bool,
     /// More environment variables for the router (e.g. [`crate::clock::skewed`]).
     pub env: Vec<(String, String)>,
 }
@@ -129,6 +131,7 @@ impl EdgeOptions {
             auth_extra: String::new(),
             issuers: vec!["https://id.edge.test".to_owned()],
             open_files: None,
+            open_files_hard: false,
             env: Vec::new(),
         }
     }
@@ -233,8 +236,13 @@ filter = "info"
             Some(n) => {
                 // The shell sets the limit and becomes the router (same process id).
                 let mut c = Command::new("sh");
+                let hard = if opts.open_files_hard {
+                    format!(" && ulimit -H -n {n}")
+                } else {
+                    String::new()
+                };
                 c.arg("-c")
-                    .arg(format!("ulimit -S -n {n} && exec \"$0\" \"$@\""))
+                    .arg(format!("ulimit -S -n {n}{hard} && exec \"$0\" \"$@\""))
                     .arg(binary());
                 c
             }

@@ -496,6 +496,41 @@ fn request_ok(s: &mut TcpStream) {
 }
 
 #[test]
+fn a_cap_the_open_file_limit_cannot_hold_is_cut_down_to_what_fits() {
+    // With 128 descriptors and max_connections = 10,000, clients took every descriptor before
+    // the cap was reached: new ones waited unaccepted, nothing was made room for, and the ops
+    // listener stopped answering.
+    let keys = TestKeys::new();
+    let backend = Backend::start("instance-a");
+    let records = vec![binding("acme", &backend.url(), "active", None)];
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings_file(records));
+    opts.server_extra = "max_connections = 10000".to_owned();
+    opts.open_files = Some(128);
+    opts.open_files_hard = true;
+    let edge = Edge::start(&opts);
+    assert!(edge.log().contains("both are cut down"), "{}", edge.log());
+    // 64 kept in reserve, a third of the rest for idle instance connections, two a client.
+    let cap = edge.metric("nexus_edge_client_connections_limit");
+    assert_eq!(cap, 21);
+    let host = format!("acme.{BASE}");
+    let mut held: Vec<TcpStream> = (0..cap)
+        .map(|_| {
+            let mut s = connect(&edge);
+            s.write_all(format!("GET /login HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+                .unwrap();
+            assert_eq!(read_next_response(&mut s).unwrap().status, 200);
+            s
+        })
+        .collect();
+    // At the cap: the ops listener answers, and a new client is let in for an idle one.
+    assert_eq!(edge.ops_get("/healthz").status, 200);
+    let r = nexus_e2e::http::get(edge.addr, &host, "/login", &[]);
+    assert_eq!(r.status, 200);
+    assert!(edge.metric("nexus_edge_client_connections_reclaimed_total") >= 1);
+    held.clear();
+}
+
+#[test]
 fn the_open_file_limit_is_raised_for_max_connections() {
     // Started at 256, as a shell or service manager may start it; max_connections = 1,000
     // needs a descriptor for each client and its instance connection, plus the idle instance

@@ -81,6 +81,33 @@ impl Limits {
 /// files being read, the log.
 const RESERVED_DESCRIPTORS: u64 = 64;
 
+/// The client connections and idle instance connections that fit in `limit` descriptors, from
+/// the `max_connections` and `idle_connections` wanted. Past the limit, a connection is not
+/// refused or made room for: its accept fails, and it waits in the kernel's queue, while the
+/// clients already in keep every descriptor, the ops listener's and the key and bindings
+/// files' reads included. So the wanted numbers are cut down to what fits, the reserve kept:
+/// a third of what is left at most for idle instance connections, the rest two descriptors a
+/// client (its own, and its instance connection's).
+pub fn fit_to_open_files(
+    max_connections: usize,
+    idle_connections: usize,
+    limit: u64,
+) -> (usize, usize) {
+    let wanted = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let needed = wanted(max_connections)
+        .saturating_mul(2)
+        .saturating_add(wanted(idle_connections))
+        .saturating_add(RESERVED_DESCRIPTORS);
+    if limit >= needed {
+        return (max_connections, idle_connections);
+    }
+    let budget = limit.saturating_sub(RESERVED_DESCRIPTORS);
+    let idle = wanted(idle_connections).min(budget / 3);
+    let clients = ((budget - idle) / 2).clamp(1, wanted(max_connections));
+    let narrow = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    (narrow(clients), narrow(idle))
+}
+
 /// The open-file limit at start, against what `max_connections` may need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenFiles {
@@ -374,6 +401,20 @@ mod tests {
             outcome.to_string().contains("client_write_timeout"),
             "{outcome}"
         );
+    }
+
+    #[test]
+    fn what_does_not_fit_in_the_open_file_limit_is_cut_down() {
+        // Fits: as wanted.
+        assert_eq!(fit_to_open_files(1_000, 500, 2_564), (1_000, 500));
+        assert_eq!(fit_to_open_files(1_000, 500, 100_000), (1_000, 500));
+        // 128 descriptors: 64 kept in reserve, a third of the rest for idle instance
+        // connections, two a client.
+        assert_eq!(fit_to_open_files(10_000, 4_096, 128), (21, 21));
+        assert_eq!(fit_to_open_files(10_000, 0, 128), (32, 0));
+        // Never less than one client, never more than wanted.
+        assert_eq!(fit_to_open_files(10_000, 4_096, 10), (1, 0));
+        assert_eq!(fit_to_open_files(5, 4_096, 200), (5, 45));
     }
 
     #[test]

@@ -59,14 +59,18 @@ pub(super) fn invalid_response(why: &'static str) -> Box<Error> {
 /// peer closed, or crashed, as a plain connection closes). rustls reports it as an unexpected
 /// end of file, which Pingora, unlike a plain connection's end, never marks for a retry.
 pub(super) fn closed_without_close_notify(e: &Error) -> bool {
-    if e.etype() != &ErrorType::ReadError || e.esource() != &ErrorSource::Upstream {
-        return false;
-    }
-    // Pingora wraps its read error in another (with the peer); the system's is innermost.
+    e.etype() == &ErrorType::ReadError
+        && e.esource() == &ErrorSource::Upstream
+        && system_error(e).is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+}
+
+/// The system's error under a Pingora error: Pingora wraps it in another (with the peer), so
+/// it is innermost.
+fn system_error(e: &Error) -> Option<&std::io::Error> {
     let mut cause = e.cause.as_deref();
     while let Some(c) = cause {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::UnexpectedEof;
+            return Some(io);
         }
         cause = match c.downcast_ref::<Box<Error>>() {
             Some(inner) => inner.cause.as_deref(),
@@ -75,12 +79,31 @@ pub(super) fn closed_without_close_notify(e: &Error) -> bool {
                 .and_then(|inner| inner.cause.as_deref()),
         };
     }
-    false
+    None
+}
+
+/// Whether the router itself ran out of what a connection needs (file descriptors, socket
+/// buffers): no fault of the instance, whatever side the error names.
+fn out_of_resources(e: &Error) -> bool {
+    use nix::errno::Errno;
+    system_error(e)
+        .and_then(std::io::Error::raw_os_error)
+        .is_some_and(|n| {
+            matches!(
+                Errno::from_raw(n),
+                Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM
+            )
+        })
 }
 
 /// Maps a proxying error to the rejection the client sees (`answered`: the instance's
 /// response header has reached the client).
 pub(super) fn upstream_failure(e: &Error, answered: bool) -> RejectReason {
+    // Out of descriptors, the connect fails as if the instance could not be reached: the
+    // alert must point at the router.
+    if out_of_resources(e) {
+        return RejectReason::Internal;
+    }
     match e.etype() {
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
             RejectReason::UpstreamTimeout
@@ -108,5 +131,37 @@ pub(super) fn upstream_failure(e: &Error, answered: bool) -> RejectReason {
                 RejectReason::Internal
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connect error as Pingora makes one: its own error around the system's.
+    fn connect_failed(os: i32) -> Box<Error> {
+        let mut e = Error::because(
+            ErrorType::SocketError,
+            "failed to create socket",
+            std::io::Error::from_raw_os_error(os),
+        );
+        e.esource = ErrorSource::Upstream;
+        e
+    }
+
+    #[test]
+    fn a_router_out_of_descriptors_is_its_own_failure_not_the_instances() {
+        use nix::errno::Errno;
+        for os in [Errno::EMFILE as i32, Errno::ENFILE as i32] {
+            assert_eq!(
+                upstream_failure(&connect_failed(os), false),
+                RejectReason::Internal
+            );
+        }
+        let refused = Errno::ECONNREFUSED as i32;
+        assert_eq!(
+            upstream_failure(&connect_failed(refused), false),
+            RejectReason::UpstreamUnreachable
+        );
     }
 }
