@@ -488,6 +488,37 @@ fn at_max_connections_the_longest_idle_connection_makes_room_for_a_new_one() {
     request_ok(&mut seventh);
     let answer = closed_with(&mut clean, Duration::from_secs(20)).expect("closed");
     assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+
+    // Nor is one idle whose count is still unknown a request later: the read that ended the
+    // second request brought the start of a third.
+    drop((sixth, seventh));
+    nexus_e2e::wait::until(Duration::from_secs(10), "the connections closed", || {
+        (w.edge.metric("nexus_edge_client_connections") == 0).then_some(())
+    });
+    let mut chain = connect(&w.edge);
+    chain
+        .write_all(
+            format!(
+                "POST /login HTTP/1.1\r\nHost: acme.{BASE}\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 2\r\nhi\r\n0\r\n\r\nGET /login HTTP/1.1\r\nHost: acme.{BASE}\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(read_next_response(&mut chain).unwrap().status, 200);
+    chain.write_all(b"\r\nGET /login HTTP/1.1\r\nHo").unwrap();
+    assert_eq!(read_next_response(&mut chain).unwrap().status, 200);
+    let mut plain = connect(&w.edge);
+    request_ok(&mut plain);
+    idle(1);
+    let mut eighth = connect(&w.edge);
+    request_ok(&mut eighth);
+    let answer = closed_with(&mut plain, Duration::from_secs(20)).expect("closed");
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    chain
+        .write_all(format!("st: acme.{BASE}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(read_next_response(&mut chain).unwrap().status, 200);
 }
 
 fn request_ok(s: &mut TcpStream) {

@@ -149,11 +149,13 @@ pub struct HeaderDeadline {
     /// ([`super::reclaim`]), joined while it waits for a request with none begun (made at
     /// the first such wait).
     queued: Option<Queued>,
-    /// Whether an idle wait may be one with no request begun. Not after a request whose end
-    /// Pingora's reads cannot be told from ([`request_done`]: a body not read to its end, or
-    /// a chunked body with bytes read after its end): Pingora may be draining that body, or
-    /// reading the rest of a pipelined header it kept, so closing it would lose a request or
-    /// a response. Set through a shared reference, as `phase` is.
+    /// Whether the bytes Pingora kept of a next request are known (`kept`), so that an idle
+    /// wait may be one with no request begun. Not after a request whose end Pingora's reads
+    /// cannot be told from ([`request_done`]: a body not read to its end, or a chunked body),
+    /// nor after later ones, until one ends the bytes read with an empty line: Pingora may be
+    /// draining that body, or reading the rest of a pipelined header it kept, so closing the
+    /// connection would lose a request or a response. Set through a shared reference, as
+    /// `phase` is.
     reclaimable: AtomicBool,
     /// Armed when a write to the client waits, dropped when a write makes progress: once a
     /// client has taken no bytes for `[server] client_write_timeout`, the waiting write fails
@@ -643,24 +645,28 @@ pub fn request_done(session: &mut Session) {
     let Some(delivered) = deadline_of(session).map(|d| d.delivered.load(Ordering::Relaxed)) else {
         return;
     };
+    let body_done = session.as_downstream_mut().is_body_done();
     let consumed = consumed_by(session);
-    let chunked_done = consumed.is_none() && chunked_body_done(session);
     let Some(d) = deadline_of(session) else {
         return;
     };
-    let kept = consumed.map_or(0, |consumed| {
-        d.kept
+    // Known only when it was known after the request before too: counted from an unknown
+    // one, the bytes of this request that came in that one's reads are missed.
+    let known = d.reclaimable.load(Ordering::Relaxed) && consumed.is_some();
+    let kept = match consumed {
+        Some(consumed) if known => d
+            .kept
             .load(Ordering::Relaxed)
             .saturating_add(delivered)
-            .saturating_sub(consumed)
-    });
+            .saturating_sub(consumed),
+        _ => 0,
+    };
     d.kept.store(kept, Ordering::Relaxed);
-    // A chunked body read to its end ends in an empty line (after the last chunk, or its
-    // trailers): when the last bytes read are that line's end, none of a next request came
-    // after it. Pingora keeps nothing then, and the connection may be closed for room.
-    let ends_clean = chunked_done && d.trailing_line_ends >= 4;
-    d.reclaimable
-        .store(consumed.is_some() || ends_clean, Ordering::Relaxed);
+    // A request read to its end whose last bytes read are an empty line's end (a bodyless
+    // request's header, or a chunked body's last line) left nothing of a next request behind
+    // it: Pingora keeps nothing then, and the count is known again.
+    let ends_clean = body_done && d.trailing_line_ends >= 4;
+    d.reclaimable.store(known || ends_clean, Ordering::Relaxed);
     *d.chunks.lock().unwrap_or_else(PoisonError::into_inner) = None;
     d.delivered.store(0, Ordering::Relaxed);
     d.header_bytes.store(0, Ordering::Relaxed);
@@ -682,15 +688,6 @@ fn consumed_by(session: &mut Session) -> Option<usize> {
     let body = downstream.body_bytes_read();
     let header = downstream.as_http1()?.get_headers_raw_bytes().len();
     Some(header + body)
-}
-
-/// Whether the request just done had a chunked body, read to its end.
-fn chunked_body_done(session: &mut Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .contains_key(http::header::TRANSFER_ENCODING)
-        && session.as_downstream_mut().is_body_done()
 }
 
 /// The session's client stream, when it is one (HTTP/2 streams are not wrapped).

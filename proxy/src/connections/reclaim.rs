@@ -18,7 +18,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -40,12 +40,32 @@ pub(super) struct Reclaim {
     /// Connections in the queue, `client_connections_idle` (a wake is sent only when one is
     /// there: with none, `Notify` would keep it for the next connection to go idle).
     queued: IntGauge,
-    /// Closes asked for and not yet made; never more than [`Self::waiting`].
-    asks: AtomicUsize,
-    /// Woken whenever a place is given back while [`Self::waiting`] is non-zero.
+    /// The new connections waiting for a place, and the closes asked for and not yet made
+    /// (never more than those waiting), in one word ([`Demand`]) so that an acceptor that
+    /// stops waiting cuts the asks in the same step, not over another's ask just made.
+    demand: AtomicU64,
+    /// Woken whenever a place is given back while connections wait for one.
     freed: Notify,
-    /// New connections waiting for a place.
-    waiting: AtomicUsize,
+}
+
+/// [`Reclaim::demand`], unpacked: acceptors waiting in the high half, asks in the low one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Demand {
+    waiting: u64,
+    asks: u64,
+}
+
+impl Demand {
+    fn of(word: u64) -> Self {
+        Self {
+            waiting: word >> 32,
+            asks: word & 0xffff_ffff,
+        }
+    }
+
+    fn word(self) -> u64 {
+        (self.waiting << 32) | self.asks
+    }
 }
 
 /// A connection's place in the queue, while it has one: made once per connection, then
@@ -111,6 +131,10 @@ impl Queued {
                 return Poll::Pending;
             }
             if self.reclaim.take_ask() {
+                // Closing now: no longer one an acceptor may ask (it would ask for a second
+                // close while this one's place is on its way).
+                self.reclaim.queued.dec();
+                self.joined = false;
                 return Poll::Ready(());
             }
             // `Notify` keeps at most one wake: the next poll of a fresh one waits.
@@ -133,37 +157,51 @@ impl Reclaim {
         Self {
             close_one: Arc::default(),
             queued: idle,
-            asks: AtomicUsize::new(0),
+            demand: AtomicU64::new(0),
             freed: Notify::new(),
-            waiting: AtomicUsize::new(0),
         }
+    }
+
+    /// Changes the demand as `change` says, in one step; whether it did.
+    fn update(&self, change: impl Fn(Demand) -> Option<Demand>) -> bool {
+        self.demand
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                change(Demand::of(w)).map(Demand::word)
+            })
+            .is_ok()
+    }
+
+    fn demand(&self) -> Demand {
+        Demand::of(self.demand.load(Ordering::Acquire))
     }
 
     /// A place was given back: a new connection waiting for one may take it.
     pub(super) fn place_freed(&self) {
-        if self.waiting.load(Ordering::Acquire) > 0 {
+        if self.demand().waiting > 0 {
             self.freed.notify_waiters();
         }
     }
 
     /// Takes one ask, if one is out.
     fn take_ask(&self) -> bool {
-        self.asks
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok()
+        self.update(|d| {
+            Some(Demand {
+                asks: d.asks.checked_sub(1)?,
+                ..d
+            })
+        })
     }
 
     /// Asks for one more close, when more connections are queued than asks are out and asks
     /// stay within the acceptors waiting, and wakes the longest-idle connection for it.
     fn ask(&self) -> bool {
-        let queued = usize::try_from(self.queued.get()).unwrap_or(0);
-        let waiting = self.waiting.load(Ordering::Acquire);
-        let asked = self
-            .asks
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < queued.min(waiting)).then_some(n + 1)
+        let queued = u64::try_from(self.queued.get()).unwrap_or(0);
+        let asked = self.update(|d| {
+            (d.asks < queued.min(d.waiting)).then_some(Demand {
+                asks: d.asks + 1,
+                ..d
             })
-            .is_ok();
+        });
         if asked {
             self.close_one.notify_one();
         }
@@ -175,7 +213,12 @@ impl Reclaim {
     /// asked) or no place came free in time. A place given back that another new connection
     /// took first is asked for again, while connections are idle.
     pub(super) async fn make_room<T>(&self, mut take: impl FnMut() -> Option<T>) -> Option<T> {
-        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.update(|d| {
+            Some(Demand {
+                waiting: d.waiting + 1,
+                ..d
+            })
+        });
         let _waiting = Waiting(self);
         if !self.ask() {
             return None;
@@ -209,13 +252,13 @@ struct Waiting<'a>(&'a Reclaim);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let still = self.0.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
-        let _ = self
-            .0
-            .asks
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n > still).then_some(still)
-            });
+        self.0.update(|d| {
+            let waiting = d.waiting.saturating_sub(1);
+            Some(Demand {
+                waiting,
+                asks: d.asks.min(waiting),
+            })
+        });
     }
 }
 
@@ -265,7 +308,7 @@ mod tests {
         assert_eq!(got, Some(()));
         drop(first);
         assert_eq!(reclaim.queued.get(), 1);
-        assert_eq!(reclaim.waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(reclaim.demand().waiting, 0);
     }
 
     #[tokio::test]
@@ -315,7 +358,28 @@ mod tests {
         // Nothing left over for a connection that goes idle later.
         let mut later = joined(&reclaim);
         assert!(poll_once(&mut later).is_pending());
-        assert_eq!(reclaim.asks.load(Ordering::Relaxed), 0);
+        assert_eq!(reclaim.demand().asks, 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_takes_an_ask_is_no_longer_counted_idle() {
+        // Counted while its close was on its way, it made a second acceptor's ask close a
+        // second connection for one place.
+        let reclaim = Arc::new(Reclaim::new(IntGauge::new("idle", "idle").unwrap()));
+        let mut asked = joined(&reclaim);
+        let _other = joined(&reclaim);
+        let _acceptor = ask_once(&reclaim);
+        assert!(poll_once(&mut asked).is_ready());
+        assert_eq!(reclaim.queued.get(), 1);
+        drop(asked);
+        assert_eq!(reclaim.queued.get(), 1);
+        assert_eq!(
+            reclaim.demand(),
+            Demand {
+                waiting: 1,
+                asks: 0
+            }
+        );
     }
 
     #[tokio::test]
