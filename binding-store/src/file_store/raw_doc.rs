@@ -189,20 +189,23 @@ impl RawDoc {
 
     /// Whether `file` (the file a write took out of the path, now at `at`) is the one read:
     /// the same file, length and modification time (not its change time: moving a file sets
-    /// that), and the same content when the file read had changed too recently for its times
-    /// to tell a later edit of the same length (see [`Self::unchanged`]).
+    /// that), and the same content. File times move in ticks, so an edit of the same length
+    /// made in the tick of the one read leaves them as they were: the content is compared
+    /// every time (once per write, of a file the write has just read whole).
     fn is_the_file_read(&self, at: &Path, file: &std::fs::Metadata) -> bool {
         use std::os::unix::fs::MetadataExt;
+        let same_content =
+            |digest_read: &[u8; 32]| read_regular(at).is_ok_and(|b| digest(&b) == *digest_read);
         match &self.read_as {
             Some((Some(was), digest_read)) => {
-                let same = was.file == (file.dev(), file.ino())
+                was.file == (file.dev(), file.ino())
                     && was.len == file.len()
-                    && was.modified == file.modified().ok();
-                same && (settled(Some(was.clone()), SystemTime::now()).is_some()
-                    || read_regular(at).is_ok_and(|bytes| digest(&bytes) == *digest_read))
+                    && was.modified == file.modified().ok()
+                    && same_content(digest_read)
             }
-            // Read as missing (a file there now was made since), or read without a stamp.
-            Some((None, _)) => true,
+            // Read without a stamp: by content alone.
+            Some((None, digest_read)) => same_content(digest_read),
+            // Read as missing: a file there now was made since.
             None => false,
         }
     }

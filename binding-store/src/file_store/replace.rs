@@ -156,12 +156,24 @@ fn swap_in(
         },
         Err(e) => e,
     };
-    // Kept under a name no writer removes, for the operator to merge.
+    // Kept under a name no writer removes, for the operator to merge; never over a file kept
+    // before (a process id comes again).
     let keep = || {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let mut kept = path.as_os_str().to_owned();
-        kept.push(format!(".edit-{}", std::process::id()));
+        kept.push(format!(".edit-{}-{since}", std::process::id()));
         let kept = PathBuf::from(kept);
-        if std::fs::rename(tmp, &kept).is_ok() {
+        if renameat2(
+            AT_FDCWD,
+            tmp,
+            AT_FDCWD,
+            &kept,
+            RenameFlags::RENAME_NOREPLACE,
+        )
+        .is_ok()
+        {
             kept
         } else {
             tmp.to_path_buf()

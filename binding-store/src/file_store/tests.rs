@@ -563,7 +563,7 @@ fn files_made_beside_a_read_only_bindings_file_stay_writable_to_their_owner() {
 #[test]
 fn an_edit_in_place_of_the_same_length_and_time_is_told_by_content_after_the_swap() {
     // The file taken out has the same inode, length and modification time as the one read:
-    // only its content tells the edit, while the file read is too recent for its times to.
+    // only its content tells the edit.
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("bindings.json");
     put(&path, "acme", "http://10.0.0.1").expect("first write");

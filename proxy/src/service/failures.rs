@@ -65,18 +65,20 @@ pub(super) fn closed_without_close_notify(e: &Error) -> bool {
 }
 
 /// The system's error under a Pingora error: Pingora wraps it in another (with the peer), so
-/// it is innermost.
+/// it is innermost. A cause of another type (Pingora's connect details around a `connect()`
+/// error) is followed by its `source()`.
 fn system_error(e: &Error) -> Option<&std::io::Error> {
-    let mut cause = e.cause.as_deref();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.cause.as_deref().map(|c| c as _);
     while let Some(c) = cause {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
             return Some(io);
         }
         cause = match c.downcast_ref::<Box<Error>>() {
-            Some(inner) => inner.cause.as_deref(),
-            None => c
-                .downcast_ref::<Error>()
-                .and_then(|inner| inner.cause.as_deref()),
+            Some(inner) => inner.cause.as_deref().map(|c| c as _),
+            None => match c.downcast_ref::<Error>() {
+                Some(inner) => inner.cause.as_deref().map(|c| c as _),
+                None => c.source(),
+            },
         };
     }
     None
@@ -84,7 +86,7 @@ fn system_error(e: &Error) -> Option<&std::io::Error> {
 
 /// Whether the router itself ran out of what a connection needs (file descriptors, socket
 /// buffers): no fault of the instance, whatever side the error names.
-fn out_of_resources(e: &Error) -> bool {
+pub(super) fn out_of_resources(e: &Error) -> bool {
     use nix::errno::Errno;
     system_error(e)
         .and_then(std::io::Error::raw_os_error)
@@ -138,12 +140,42 @@ pub(super) fn upstream_failure(e: &Error, answered: bool) -> RejectReason {
 mod tests {
     use super::*;
 
-    /// A connect error as Pingora makes one: its own error around the system's.
-    fn connect_failed(os: i32) -> Box<Error> {
-        let mut e = Error::because(
+    /// `socket()` failing, as Pingora reports it: its internal error around a socket error
+    /// around the system's.
+    fn socket_failed(os: i32) -> Box<Error> {
+        let socket = Error::because(
             ErrorType::SocketError,
             "failed to create socket",
             std::io::Error::from_raw_os_error(os),
+        );
+        let mut e = Error::because(ErrorType::InternalError, "connect", socket);
+        e.esource = ErrorSource::Upstream;
+        e
+    }
+
+    /// Pingora's own wrapper of a `connect()` error (crate-private there): the system's error
+    /// as its `source()`.
+    #[derive(Debug)]
+    struct Details(std::io::Error);
+
+    impl std::fmt::Display for Details {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{} (local address ...)", self.0)
+        }
+    }
+
+    impl std::error::Error for Details {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// `connect()` failing, as Pingora reports it.
+    fn connect_failed(os: i32) -> Box<Error> {
+        let mut e = Error::because(
+            ErrorType::ConnectError,
+            "connect",
+            Details(std::io::Error::from_raw_os_error(os)),
         );
         e.esource = ErrorSource::Upstream;
         e
@@ -152,15 +184,16 @@ mod tests {
     #[test]
     fn a_router_out_of_descriptors_is_its_own_failure_not_the_instances() {
         use nix::errno::Errno;
-        for os in [Errno::EMFILE as i32, Errno::ENFILE as i32] {
-            assert_eq!(
-                upstream_failure(&connect_failed(os), false),
-                RejectReason::Internal
-            );
+        for os in [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS] {
+            for e in [socket_failed(os as i32), connect_failed(os as i32)] {
+                assert!(out_of_resources(&e), "{e}");
+                assert_eq!(upstream_failure(&e, false), RejectReason::Internal, "{e}");
+            }
         }
-        let refused = Errno::ECONNREFUSED as i32;
+        let refused = connect_failed(Errno::ECONNREFUSED as i32);
+        assert!(!out_of_resources(&refused));
         assert_eq!(
-            upstream_failure(&connect_failed(refused), false),
+            upstream_failure(&refused, false),
             RejectReason::UpstreamUnreachable
         );
     }

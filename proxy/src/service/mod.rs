@@ -45,7 +45,8 @@ mod upgrade;
 
 pub use ctx::RequestCtx;
 use failures::{
-    closed_without_close_notify, invalid_response, late_client_fault, upstream_failure,
+    closed_without_close_notify, invalid_response, late_client_fault, out_of_resources,
+    upstream_failure,
 };
 use request::{header_bytes, header_values, request_target, take_expectation};
 use upgrade::{
@@ -431,6 +432,8 @@ impl ProxyHttp for EdgeService {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        // A router out of descriptors or buffers fails every address alike: no address is
+        // to blame, nor to pass over for the next 10 s.
         let address_failed = matches!(
             e.etype(),
             ErrorType::ConnectRefused
@@ -439,7 +442,7 @@ impl ProxyHttp for EdgeService {
                 | ErrorType::ConnectError
                 | ErrorType::TLSHandshakeFailure
                 | ErrorType::TLSHandshakeTimedout
-        );
+        ) && !out_of_resources(&e);
         let (true, Some(decision), Some(addr)) = (
             address_failed,
             ctx.decision.as_ref(),
