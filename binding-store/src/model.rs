@@ -344,12 +344,11 @@ impl UpstreamUrl {
                 format!("{} is longer than {MAX_URL_LEN} bytes", quoted(s)),
             ));
         }
-        if let Err(why) = written_plainly(s) {
-            return Err(FieldError::new(field, format!("{q}: {why}", q = quoted(s))));
-        }
+        let written_host = written_plainly(s)
+            .map_err(|why| FieldError::new(field, format!("{q}: {why}", q = quoted(s))))?;
         let u = url::Url::parse(s)
             .map_err(|e| FieldError::new(field, format!("{q} is not a URL: {e}", q = quoted(s))))?;
-        if let Some(read_as) = host_read_otherwise(s, &u) {
+        if let Some(read_as) = host_read_otherwise(written_host, &u) {
             return Err(FieldError::new(
                 field,
                 format!(
@@ -472,7 +471,8 @@ impl UpstreamUrl {
 /// the WHATWG parser drops blanks and tabs, reads `\` as `/`, takes `http:host` and
 /// `http:///host` for `http://host`, and an empty port for the default one. A template whose
 /// host or port came out empty would then name another instance instead of being refused.
-fn written_plainly(s: &str) -> Result<(), &'static str> {
+/// Returns the host as written (an IPv6 address without its brackets).
+fn written_plainly(s: &str) -> Result<&str, &'static str> {
     if s.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'\\') {
         return Err("blanks, control characters and `\\` are not allowed");
     }
@@ -483,36 +483,33 @@ fn written_plainly(s: &str) -> Result<(), &'static str> {
         return Err("scheme must be http or https");
     }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.is_empty() {
-        return Err("a host is required");
-    }
     // After the user info, if any (refused later with its own message).
     let host_port = authority.rsplit('@').next().unwrap_or_default();
-    let port = match host_port.rsplit_once(']') {
-        Some((_, after)) => after.strip_prefix(':'),
-        None => host_port.split_once(':').map(|(_, p)| p),
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, after)) => (host, after.strip_prefix(':')),
+            None => (v6, None),
+        },
+        None => match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
     };
+    if host.is_empty() {
+        return Err("a host is required");
+    }
     if port.is_some_and(str::is_empty) {
         return Err("the port is empty");
     }
-    if host_port.starts_with(':') || host_port.is_empty() {
-        return Err("a host is required");
-    }
-    Ok(())
+    Ok(host)
 }
 
-/// The host `u` was read with, when the text `s` wrote another: URL parsing reads `010.0.0.1`
-/// (octal) as `8.0.0.1`, `10.1` and `167772161` as `10.0.0.1`, and decodes `%31` and
-/// full-width digits. Letter case aside, the host must be written as it is read; an IPv6
-/// address may be written in any of its spellings.
-fn host_read_otherwise(s: &str, u: &url::Url) -> Option<String> {
+/// The host `u` was read with, when `written` (the host as written) is another: URL parsing
+/// reads `010.0.0.1` (octal) as `8.0.0.1`, `10.1` and `167772161` as `10.0.0.1`, and decodes
+/// `%31` and full-width digits. Letter case aside, the host must be written as it is read; an
+/// IPv6 address may be written in any of its spellings.
+fn host_read_otherwise(written: &str, u: &url::Url) -> Option<String> {
     let read = u.host_str()?;
-    let authority = s.split_once("://")?.1.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit('@').next()?;
-    let written = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => host_port.split(':').next()?,
-    };
     let same = match u.host()? {
         url::Host::Ipv6(ip) => written.parse::<std::net::Ipv6Addr>().ok() == Some(ip),
         _ => written.eq_ignore_ascii_case(read),

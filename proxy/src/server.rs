@@ -82,38 +82,36 @@ pub fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
 /// (`idle_connections`), and returns the two as they fit in it: cut down, and said so, when
 /// the limit stays too low (see [`crate::connections::fit_to_open_files`]).
 fn fit_open_files(max_connections: usize, idle_connections: usize) -> (usize, usize) {
-    match crate::connections::raise_open_file_limit(max_connections, idle_connections) {
-        Ok(files) if files.now < files.needed => {
-            let (clients, idle) =
-                crate::connections::fit_to_open_files(max_connections, idle_connections, files.now);
-            tracing::warn!(
-                limit = files.now,
-                needed = files.needed,
-                max_connections = clients,
-                idle_connections = idle,
-                "the open-file limit is below what server.max_connections and \
-                 upstream.idle_connections need (a client and an instance connection each, \
-                 the idle ones, and a reserve): both are cut down to what fits, so that the cap \
-                 works and the ops listener and file reloads keep descriptors. Raise the hard \
-                 limit (ulimit -Hn, LimitNOFILE= for systemd) or lower the two"
-            );
-            (clients, idle)
-        }
-        Ok(files) => {
-            if files.now > files.before {
-                tracing::info!(
-                    from = files.before,
-                    to = files.now,
-                    "open-file limit raised for max_connections and idle instance connections"
-                );
-            }
-            (max_connections, idle_connections)
-        }
+    let files = match crate::connections::raise_open_file_limit(max_connections, idle_connections) {
+        Ok(files) => files,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read or raise the open-file limit");
-            (max_connections, idle_connections)
+            return (max_connections, idle_connections);
         }
+    };
+    if files.now > files.before {
+        tracing::info!(
+            from = files.before,
+            to = files.now,
+            "open-file limit raised for max_connections and idle instance connections"
+        );
     }
+    let fitted =
+        crate::connections::fit_to_open_files(max_connections, idle_connections, files.now);
+    if fitted != (max_connections, idle_connections) {
+        tracing::warn!(
+            limit = files.now,
+            needed = files.needed,
+            max_connections = fitted.0,
+            idle_connections = fitted.1,
+            "the open-file limit is below what server.max_connections and \
+             upstream.idle_connections need (a client and an instance connection each, \
+             the idle ones, and a reserve): both are cut down to what fits, so that the cap \
+             works and the ops listener and file reloads keep descriptors. Raise the hard \
+             limit (ulimit -Hn, LimitNOFILE= for systemd) or lower the two"
+        );
+    }
+    fitted
 }
 
 /// Pingora's configuration for `s`.

@@ -212,7 +212,7 @@ pub(crate) fn check_key_issuer(
 /// on the app), no control character (tab aside; C1 controls such as U+0085 next line and
 /// U+009B included, which the UTF-8 bytes of a header value carry on to an app that may take
 /// them for a line break or an escape), no line or paragraph separator (U+2028, U+2029), no
-/// invisible format character ([`is_format_char`]: a zero-width space or a bidi override
+/// invisible character ([`crate::invisible::is_invisible`]: a zero-width space or a bidi override
 /// shows `admin` in a log or an admin page for another user), and no white space at either
 /// end: HTTP strips blanks from a field value, and apps trim the rest (Python's `strip()`,
 /// .NET's `Trim()` take U+00A0 too), so `"admin\u{a0}"` would be `admin`.
@@ -220,38 +220,12 @@ pub(crate) fn forwardable(claim: &str) -> bool {
     !claim.is_empty()
         && claim.chars().all(|c| {
             c == '\t'
-                || !(c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_format_char(c))
+                || !(c.is_control()
+                    || matches!(c, '\u{2028}' | '\u{2029}')
+                    || crate::invisible::is_invisible(c))
         })
         && !claim.starts_with(char::is_whitespace)
         && !claim.ends_with(char::is_whitespace)
-}
-
-/// Unicode's format characters (general category Cf, Unicode 15.1): invisible, they change
-/// how the text around them shows (bidi controls, zero-width joiners and spaces, the BOM,
-/// tag characters) without being seen.
-fn is_format_char(c: char) -> bool {
-    matches!(c,
-        '\u{ad}'
-        | '\u{600}'..='\u{605}'
-        | '\u{61c}'
-        | '\u{6dd}'
-        | '\u{70f}'
-        | '\u{890}'..='\u{891}'
-        | '\u{8e2}'
-        | '\u{180e}'
-        | '\u{200b}'..='\u{200f}'
-        | '\u{202a}'..='\u{202e}'
-        | '\u{2060}'..='\u{2064}'
-        | '\u{2066}'..='\u{206f}'
-        | '\u{feff}'
-        | '\u{fff9}'..='\u{fffb}'
-        | '\u{110bd}'
-        | '\u{110cd}'
-        | '\u{13430}'..='\u{1343f}'
-        | '\u{1bca0}'..='\u{1bca3}'
-        | '\u{1d173}'..='\u{1d17a}'
-        | '\u{e0001}'
-        | '\u{e0020}'..='\u{e007f}')
 }
 
 fn string_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {

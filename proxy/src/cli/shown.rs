@@ -5,37 +5,7 @@
 
 use std::borrow::Cow;
 
-/// Characters a terminal shows as nothing, or that reorder the text around them: soft
-/// hyphen, zero-width spaces and joiners, direction marks, embeddings, overrides and
-/// isolates, invisible operators, variation selectors, tags, fillers, the blank Braille
-/// pattern, the byte order mark.
-pub(crate) fn is_invisible(c: char) -> bool {
-    // Unicode's default-ignorable code points (those a renderer shows as nothing unless it
-    // knows them) and the format characters among the rest: bidirectional controls and the
-    // interlinear annotation characters. U+2800 is no such code point, but every font draws
-    // it as a blank.
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{034F}'
-            | '\u{061C}'
-            | '\u{115F}'..='\u{1160}'
-            | '\u{17B4}'..='\u{17B5}'
-            | '\u{180B}'..='\u{180F}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}'
-            | '\u{2800}'
-            | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FEFF}'
-            | '\u{FFA0}'
-            | '\u{FFF0}'..='\u{FFFB}'
-            | '\u{1BCA0}'..='\u{1BCA3}'
-            | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0000}'..='\u{E0FFF}'
-    )
-}
+use crate::invisible::is_invisible;
 
 /// `text` with every control character (line feeds and tabs aside: the output's own layout)
 /// and every invisible one written as `\uXXXX` (a UTF-16 escape, so that text inside a JSON

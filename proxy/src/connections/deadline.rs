@@ -156,7 +156,7 @@ pub struct HeaderDeadline {
     /// draining that body, or reading the rest of a pipelined header it kept, so closing the
     /// connection would lose a request or a response. Set through a shared reference, as
     /// `phase` is.
-    reclaimable: AtomicBool,
+    kept_known: AtomicBool,
     /// Armed when a write to the client waits, dropped when a write makes progress: once a
     /// client has taken no bytes for `[server] client_write_timeout`, the waiting write fails
     /// (a header, a body, the last chunk alike), and Pingora drops the connection. (The
@@ -243,7 +243,7 @@ impl HeaderDeadline {
             idle_since: None,
             idle_timer: None,
             queued: None,
-            reclaimable: AtomicBool::new(true),
+            kept_known: AtomicBool::new(true),
             write_timer: None,
             head_read: Vec::new(),
             head_read_before: ReadTail::default(),
@@ -430,7 +430,7 @@ impl HeaderDeadline {
                 Poll::Ready(Err(self.refuse_shutting_down(cx)))
             }
             FRESH | IDLE
-                if *self.reclaimable.get_mut() && self.poll_asked_to_close(cx).is_ready() =>
+                if *self.kept_known.get_mut() && self.poll_asked_to_close(cx).is_ready() =>
             {
                 self.phase.store(EXPIRED, Ordering::Relaxed);
                 self.shared.metrics.reclaimed.inc();
@@ -646,13 +646,13 @@ pub fn request_done(session: &mut Session) {
         return;
     };
     let body_done = session.as_downstream_mut().is_body_done();
-    let consumed = consumed_by(session);
+    let consumed = consumed_by(session, body_done);
     let Some(d) = deadline_of(session) else {
         return;
     };
     // Known only when it was known after the request before too: counted from an unknown
     // one, the bytes of this request that came in that one's reads are missed.
-    let known = d.reclaimable.load(Ordering::Relaxed) && consumed.is_some();
+    let known = d.kept_known.load(Ordering::Relaxed) && consumed.is_some();
     let kept = match consumed {
         Some(consumed) if known => d
             .kept
@@ -666,7 +666,7 @@ pub fn request_done(session: &mut Session) {
     // request's header, or a chunked body's last line) left nothing of a next request behind
     // it: Pingora keeps nothing then, and the count is known again.
     let ends_clean = body_done && d.trailing_line_ends >= 4;
-    d.reclaimable.store(known || ends_clean, Ordering::Relaxed);
+    d.kept_known.store(known || ends_clean, Ordering::Relaxed);
     *d.chunks.lock().unwrap_or_else(PoisonError::into_inner) = None;
     d.delivered.store(0, Ordering::Relaxed);
     d.header_bytes.store(0, Ordering::Relaxed);
@@ -675,16 +675,17 @@ pub fn request_done(session: &mut Session) {
 
 /// The bytes Pingora took for the request just done: its header as received (with any line
 /// ends before it) and its body. `None` when that is not known: a chunked body (its framing
-/// is Pingora's) or a body not read to its end (Pingora drains it later, or closes).
-fn consumed_by(session: &mut Session) -> Option<usize> {
+/// is Pingora's) or a body not read to its end (`body_done` false: Pingora drains it later,
+/// or closes).
+fn consumed_by(session: &mut Session, body_done: bool) -> Option<usize> {
     let chunked = session
         .req_header()
         .headers
         .contains_key(http::header::TRANSFER_ENCODING);
-    let downstream = session.as_downstream_mut();
-    if chunked || !downstream.is_body_done() {
+    if chunked || !body_done {
         return None;
     }
+    let downstream = session.as_downstream_mut();
     let body = downstream.body_bytes_read();
     let header = downstream.as_http1()?.get_headers_raw_bytes().len();
     Some(header + body)
@@ -743,11 +744,14 @@ impl AsyncRead for HeaderDeadline {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if let Some(bytes) = buf.filled().get(before..).filter(|b| !b.is_empty()) {
-                    // Bytes came: no longer a connection that may be closed to make room
-                    // (stray line ends keep it idle: it joins again at the back).
-                    this.leave_queue();
                     match phase {
-                        FRESH | HEADER | IDLE => this.keep_head_read(bytes),
+                        FRESH | HEADER | IDLE => {
+                            // Bytes came: no longer a connection that may be closed to make
+                            // room (stray line ends keep it idle: it joins again at the back).
+                            // Only an idle wait joins, so no other phase leaves.
+                            this.leave_queue();
+                            this.keep_head_read(bytes);
+                        }
                         SERVING => {
                             this.last_read_kept = false;
                             if let Err(e) = this.scan_body(bytes) {

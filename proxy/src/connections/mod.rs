@@ -81,6 +81,17 @@ impl Limits {
 /// files being read, the log.
 const RESERVED_DESCRIPTORS: u64 = 64;
 
+/// What a router with `max_connections` clients open may hold: a descriptor for each client
+/// and one for the instance connection serving it, the idle instance connections kept, and
+/// the reserve.
+fn descriptors_needed(max_connections: usize, idle_connections: usize) -> u64 {
+    let wanted = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    wanted(max_connections)
+        .saturating_mul(2)
+        .saturating_add(wanted(idle_connections))
+        .saturating_add(RESERVED_DESCRIPTORS)
+}
+
 /// The client connections and idle instance connections that fit in `limit` descriptors, from
 /// the `max_connections` and `idle_connections` wanted. Past the limit, a connection is not
 /// refused or made room for: its accept fails, and it waits in the kernel's queue, while the
@@ -93,14 +104,10 @@ pub fn fit_to_open_files(
     idle_connections: usize,
     limit: u64,
 ) -> (usize, usize) {
-    let wanted = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    let needed = wanted(max_connections)
-        .saturating_mul(2)
-        .saturating_add(wanted(idle_connections))
-        .saturating_add(RESERVED_DESCRIPTORS);
-    if limit >= needed {
+    if limit >= descriptors_needed(max_connections, idle_connections) {
         return (max_connections, idle_connections);
     }
+    let wanted = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     let budget = limit.saturating_sub(RESERVED_DESCRIPTORS);
     let idle = wanted(idle_connections).min(budget / 3);
     let clients = ((budget - idle) / 2).clamp(1, wanted(max_connections));
@@ -130,11 +137,7 @@ pub fn raise_open_file_limit(
     idle_connections: usize,
 ) -> nix::Result<OpenFiles> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let needed = u64::try_from(max_connections)
-        .unwrap_or(u64::MAX)
-        .saturating_mul(2)
-        .saturating_add(u64::try_from(idle_connections).unwrap_or(u64::MAX))
-        .saturating_add(RESERVED_DESCRIPTORS);
+    let needed = descriptors_needed(max_connections, idle_connections);
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     let target = soft.max(needed.min(hard));
     if target > soft {

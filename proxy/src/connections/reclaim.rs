@@ -109,9 +109,14 @@ impl Queued {
     pub(super) fn leave(&mut self) {
         if self.joined {
             self.fresh_wait();
-            self.reclaim.queued.dec();
-            self.joined = false;
+            self.uncount();
         }
+    }
+
+    /// No longer counted idle.
+    fn uncount(&mut self) {
+        self.reclaim.queued.dec();
+        self.joined = false;
     }
 
     /// A wait not in the queue yet, for the next join (the one it replaces leaves the queue,
@@ -133,8 +138,7 @@ impl Queued {
             if self.reclaim.take_ask() {
                 // Closing now: no longer one an acceptor may ask (it would ask for a second
                 // close while this one's place is on its way).
-                self.reclaim.queued.dec();
-                self.joined = false;
+                self.uncount();
                 return Poll::Ready(());
             }
             // `Notify` keeps at most one wake: the next poll of a fresh one waits.
@@ -146,7 +150,7 @@ impl Queued {
 impl Drop for Queued {
     fn drop(&mut self) {
         if self.joined {
-            self.reclaim.queued.dec();
+            self.uncount();
         }
     }
 }
@@ -213,13 +217,7 @@ impl Reclaim {
     /// asked) or no place came free in time. A place given back that another new connection
     /// took first is asked for again, while connections are idle.
     pub(super) async fn make_room<T>(&self, mut take: impl FnMut() -> Option<T>) -> Option<T> {
-        self.update(|d| {
-            Some(Demand {
-                waiting: d.waiting + 1,
-                ..d
-            })
-        });
-        let _waiting = Waiting(self);
+        let _waiting = Waiting::enter(self);
         if !self.ask() {
             return None;
         }
@@ -249,6 +247,18 @@ impl Reclaim {
 /// (a place taken, or given up), the asks out are cut to the acceptors still waiting: its own
 /// is not left for a connection to take later, when no one needs the place.
 struct Waiting<'a>(&'a Reclaim);
+
+impl<'a> Waiting<'a> {
+    fn enter(reclaim: &'a Reclaim) -> Self {
+        reclaim.update(|d| {
+            Some(Demand {
+                waiting: d.waiting + 1,
+                ..d
+            })
+        });
+        Self(reclaim)
+    }
+}
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {

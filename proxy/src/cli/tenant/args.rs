@@ -98,7 +98,7 @@ pub(super) fn printable(name: &str, value: Option<&str>) -> Result<(), String> {
         }
         Some(v) => match (
             v.chars().find(bad),
-            v.chars().find(|c| crate::cli::shown::is_invisible(*c)),
+            v.chars().find(|c| crate::invisible::is_invisible(*c)),
         ) {
             (Some(c), _) => Err(format!("{name} holds the control character {c:?}")),
             // Shown by `history` as nothing, or turning the text after it around: an entry

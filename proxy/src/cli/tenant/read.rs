@@ -76,15 +76,13 @@ impl Command<'_> {
             Ok(_) if note_unconfirmed(store).await => {
                 fail("nothing exported: what Redis holds is not what the replicas serve (above)")
             }
-            Ok(ref listing) if let Some((domain, a, b)) = moved_during_read(store, listing) => {
-                fail(format!(
-                    "nothing exported: domain {domain} is claimed by both {a} and {b} in \
+            Ok((_, Some((domain, a, b)))) => fail(format!(
+                "nothing exported: domain {domain} is claimed by both {a} and {b} in \
                      what was read, {READS} reads over (it moved between them while the store \
                      was read, or a record was written by hand), and such a file would not \
                      import; export again when the writes pause"
-                ))
-            }
-            Ok(listing) => match store_history(store).await {
+            )),
+            Ok((listing, None)) => match store_history(store).await {
                 Ok(after) if after == history => {
                     out!(
                         "{}",
@@ -136,41 +134,39 @@ impl Command<'_> {
 /// How many times an export reads a Redis store that changed under the read.
 const READS: usize = 3;
 
-/// The store's bindings for an export. Redis is read in batches, not at one instant: a custom
-/// domain that moves between two tenants during the read can show in both records (such a
-/// file would not import, nor serve the domain to either tenant), or in one that the domain
-/// index, read after them, then gives the other, which leaves that record out. Read again
-/// then, up to [`READS`] times (a record left out for damage stays left out, at the cost of
-/// two more reads); a bindings file is read whole, and exported as it is.
-async fn consistent_listing(store: &Store) -> Result<Listing, AdminError> {
+/// The store's bindings for an export, with a custom domain two of them claim, if they still
+/// do at the last read. Redis is read in batches, not at one instant: a custom domain that
+/// moves between two tenants during the read can show in both records (such a file would not
+/// import, nor serve the domain to either tenant), or in one that the domain index, read after
+/// them, then gives the other, which leaves that record out. Read again then, up to [`READS`]
+/// times (a record left out for damage stays left out, at the cost of two more reads); a
+/// bindings file is read whole, and exported as it is.
+async fn consistent_listing(store: &Store) -> Result<(Listing, Option<Claimed>), AdminError> {
     let admin = store.admin();
+    let redis = matches!(store, Store::Redis(_));
     let mut listing = admin.list().await?;
-    for _ in 1..READS {
-        let again = matches!(store, Store::Redis(_))
-            && (!listing.left_out.is_empty() || moved_during_read(store, &listing).is_some());
-        if !again {
-            break;
+    let mut reads = 1;
+    loop {
+        let twice = redis.then(|| claimed_twice(&listing)).flatten();
+        if reads == READS || !redis || (listing.left_out.is_empty() && twice.is_none()) {
+            return Ok((listing, twice));
         }
         listing = admin.list().await?;
+        reads += 1;
     }
-    Ok(listing)
 }
 
-/// A custom domain two records of a Redis `listing` claim (with the two tenants): the write
-/// script never lets two records hold one, so it moved while the store was read (or a record
-/// was written by hand).
-fn moved_during_read<'a>(
-    store: &Store,
-    listing: &'a Listing,
-) -> Option<(&'a str, &'a str, &'a str)> {
-    if !matches!(store, Store::Redis(_)) {
-        return None;
-    }
+/// A custom domain two records claim, with the two tenants.
+type Claimed = (String, String, String);
+
+/// A custom domain two records of a Redis `listing` claim: the write script never lets two
+/// records hold one, so it moved while the store was read (or a record was written by hand).
+fn claimed_twice(listing: &Listing) -> Option<Claimed> {
     let mut holders = std::collections::HashMap::new();
     for b in &listing.bindings {
         for d in &b.domains {
             if let Some(first) = holders.insert(d.as_str(), b.tenant_id.as_str()) {
-                return Some((d.as_str(), first, b.tenant_id.as_str()));
+                return Some((d.to_string(), first.to_owned(), b.tenant_id.to_string()));
             }
         }
     }
