@@ -81,7 +81,11 @@ pub fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
 /// Raises the open-file limit for `max_connections` and the idle instance connections
 /// (`idle_connections`), and returns the two as they fit in it: cut down, and said so, when
 /// the limit stays too low (see [`crate::connections::fit_to_open_files`]).
-fn fit_open_files(max_connections: usize, idle_connections: usize) -> (usize, usize) {
+fn fit_open_files(
+    max_connections: usize,
+    idle_connections: usize,
+    threads: usize,
+) -> (usize, usize) {
     let files = match crate::connections::raise_open_file_limit(max_connections, idle_connections) {
         Ok(files) => files,
         Err(e) => {
@@ -96,8 +100,12 @@ fn fit_open_files(max_connections: usize, idle_connections: usize) -> (usize, us
             "open-file limit raised for max_connections and idle instance connections"
         );
     }
-    let fitted =
-        crate::connections::fit_to_open_files(max_connections, idle_connections, files.now);
+    let fitted = crate::connections::fit_to_open_files(
+        max_connections,
+        idle_connections,
+        threads,
+        files.now,
+    );
     if fitted != (max_connections, idle_connections) {
         tracing::warn!(
             limit = files.now,
@@ -265,6 +273,7 @@ pub fn run(
     let (max_connections, idle) = fit_open_files(
         s.server.max_connections,
         conf.upstream_keepalive_pool_size.saturating_mul(threads),
+        threads,
     );
     conf.upstream_keepalive_pool_size = (idle / threads).max(1);
     let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -99,18 +99,28 @@ fn descriptors_needed(max_connections: usize, idle_connections: usize) -> u64 {
 /// files' reads included. So the wanted numbers are cut down to what fits, the reserve kept:
 /// a third of what is left at most for idle instance connections, the rest two descriptors a
 /// client (its own, and its instance connection's).
+///
+/// Pingora's pool takes its size per worker thread, at least one each: the idle connections
+/// are cut to a multiple of `threads`, and never below one a thread, since the pool would keep
+/// that many whatever it was told. (The threads share one event loop, so they need no reserve
+/// of their own: a router holds the same 37 descriptors at rest with 1 thread or 8.)
 pub fn fit_to_open_files(
     max_connections: usize,
     idle_connections: usize,
+    threads: usize,
     limit: u64,
 ) -> (usize, usize) {
     if limit >= descriptors_needed(max_connections, idle_connections) {
         return (max_connections, idle_connections);
     }
     let wanted = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let threads = wanted(threads.max(1));
     let budget = limit.saturating_sub(RESERVED_DESCRIPTORS);
-    let idle = wanted(idle_connections).min(budget / 3);
-    let clients = ((budget - idle) / 2).clamp(1, wanted(max_connections));
+    let idle = match wanted(idle_connections).min(budget / 3) {
+        0 if idle_connections == 0 => 0,
+        idle => (idle - idle % threads).max(threads),
+    };
+    let clients = (budget.saturating_sub(idle) / 2).clamp(1, wanted(max_connections));
     let narrow = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     (narrow(clients), narrow(idle))
 }
@@ -409,15 +419,28 @@ mod tests {
     #[test]
     fn what_does_not_fit_in_the_open_file_limit_is_cut_down() {
         // Fits: as wanted.
-        assert_eq!(fit_to_open_files(1_000, 500, 2_564), (1_000, 500));
-        assert_eq!(fit_to_open_files(1_000, 500, 100_000), (1_000, 500));
+        assert_eq!(fit_to_open_files(1_000, 500, 1, 2_564), (1_000, 500));
+        assert_eq!(fit_to_open_files(1_000, 500, 4, 100_000), (1_000, 500));
         // 128 descriptors: 64 kept in reserve, a third of the rest for idle instance
         // connections, two a client.
-        assert_eq!(fit_to_open_files(10_000, 4_096, 128), (21, 21));
-        assert_eq!(fit_to_open_files(10_000, 0, 128), (32, 0));
+        assert_eq!(fit_to_open_files(10_000, 4_096, 1, 128), (21, 21));
+        assert_eq!(fit_to_open_files(10_000, 0, 1, 128), (32, 0));
         // Never less than one client, never more than wanted.
-        assert_eq!(fit_to_open_files(10_000, 4_096, 10), (1, 0));
-        assert_eq!(fit_to_open_files(5, 4_096, 200), (5, 45));
+        assert_eq!(fit_to_open_files(10_000, 4_096, 1, 10), (1, 1));
+        assert_eq!(fit_to_open_files(5, 4_096, 1, 200), (5, 45));
+    }
+
+    /// The pool keeps its size per thread, at least one each: the idle connections cut are
+    /// what it will really hold, and the clients are counted after them.
+    #[test]
+    fn the_idle_connections_cut_are_what_the_pool_of_each_thread_holds() {
+        // A third of 64 is 21: 20 for 4 threads, 5 each.
+        assert_eq!(fit_to_open_files(10_000, 4_096, 4, 128), (22, 20));
+        // Fewer than one a thread would fit: the pool keeps one a thread anyway.
+        assert_eq!(fit_to_open_files(10_000, 4_096, 16, 100), (10, 16));
+        assert_eq!(fit_to_open_files(10_000, 4_096, 64, 100), (1, 64));
+        // None wanted, none kept.
+        assert_eq!(fit_to_open_files(10_000, 0, 8, 128), (32, 0));
     }
 
     #[test]
