@@ -190,6 +190,16 @@ impl KeySet {
         self.by_kid.values().map(Vec::len).sum::<usize>() + self.anonymous.len()
     }
 
+    /// Number of usable keys whose `kid` `owned` accepts: under `[auth.issuer_keys]`, the
+    /// keys some issuer signs with (a key without a `kid` is no issuer's).
+    pub(crate) fn len_owned(&self, owned: impl Fn(&str) -> bool) -> usize {
+        self.by_kid
+            .iter()
+            .filter(|(kid, _)| owned(kid))
+            .map(|(_, keys)| keys.len())
+            .sum()
+    }
+
     /// The key that verifies a token with this `kid` and `alg`. Without a `kid`, only a lone
     /// key is used. A `kid` that names no key of the token's algorithm is an algorithm
     /// mismatch: the token asks a known key to verify what it was not published for.

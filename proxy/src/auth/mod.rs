@@ -296,9 +296,17 @@ impl Authenticator {
         IssuerKeyGaps::of(&self.keys.load(), &self.rules)
     }
 
-    /// Usable keys in the current set.
+    /// Keys of the current set a token can be verified with: under `[auth.issuer_keys]`, only
+    /// those some issuer lists (the others verify nothing), so `/readyz` and
+    /// `verification_keys` read 0 when every listed kid is missing from the set.
     pub fn key_count(&self) -> usize {
-        self.keys.load().len()
+        let keys = self.keys.load();
+        match &self.rules.issuer_keys {
+            None => keys.len(),
+            Some(issuer_keys) => {
+                keys.len_owned(|kid| issuer_keys.values().any(|k| k.contains(kid)))
+            }
+        }
     }
 
     /// Keys the current set left out, each with why.

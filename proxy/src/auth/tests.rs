@@ -1143,6 +1143,9 @@ fn with_issuer_keys_a_key_signs_only_its_issuers_tokens() {
         .into(),
     );
     let bound = Authenticator::new(&s).expect("auth");
+    // Keys listed under no issuer ("ed", "hs512") verify nothing, and are not counted as
+    // keys in use.
+    assert_eq!((open.key_count(), bound.key_count()), (5, 3));
     let of = |iss: &str| claims_with(json!({ "iss": iss }));
     // (token, accepted when keys are bound to issuers)
     let cases = [
@@ -1175,6 +1178,7 @@ fn with_issuer_keys_a_key_signs_only_its_issuers_tokens() {
     s.jwks = JwksSource::File(path);
     s.hmac_keys.clear();
     let anonymous = Authenticator::new(&s).expect("auth");
+    assert_eq!(anonymous.key_count(), 0, "no key verifies a token");
     let kidless =
         f.es.sign_raw(r#"{"alg":"ES256","typ":"JWT"}"#, &of(OTHER).to_string())
             .expect("s");
