@@ -19,7 +19,9 @@ use tokio::net::TcpListener;
 use crate::auth::mint::SigningKey;
 
 /// The `kid` of the demo's signing key.
-const DEMO_KID: &str = "demo-es256";
+/// Not the repository's demo key ids (`deploy/demo`): a token minted with those keys is then
+/// refused as signed by an unknown key, not as a bad signature under a key of the same name.
+const DEMO_KID: &str = "demo-session-es256";
 
 /// Arguments of `nexus-edge demo`.
 #[derive(Debug, Args)]
@@ -173,6 +175,30 @@ pub(crate) fn shell_word(word: &str) -> String {
 
 /// Runs the demo until Ctrl-C.
 pub fn run(args: &DemoArgs) -> ExitCode {
+    // The ports are tried first: before the curl lines are printed (lines for a port another
+    // process holds would reach that process), and before anything is written (a start that
+    // fails leaves no key behind). A port 0 becomes the one the system gave, so the lines
+    // name it. Both held at once, so that one address given for both is found here too.
+    let try_port = |addr: std::net::SocketAddr, which: &str, flag: &str| {
+        std::net::TcpListener::bind(addr)
+            .and_then(|l| Ok((l.local_addr()?, l)))
+            .map_err(|e| {
+                format!(
+                    "cannot listen on {addr} ({which}): {e}; {flag} ADDR picks another \
+                     (127.0.0.1:0: any free port)"
+                )
+            })
+    };
+    let (listen, admin_listen) = match try_port(args.listen, "public", "--listen") {
+        Err(e) => return fail(e),
+        Ok((listen, held)) => match try_port(args.admin_listen, "ops", "--admin-listen") {
+            Err(e) => return fail(e),
+            Ok((admin, _)) => {
+                drop(held);
+                (listen, admin)
+            }
+        },
+    };
     // The default directory is made afresh, private to this user, with a name no one can
     // take first (a fixed name in a shared /tmp could be another user's, holding links the
     // demo would write through). It is kept after Ctrl-C, as the README says: the printed
@@ -240,29 +266,14 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         return fail(format!("{}: {e}", dir.display()));
     }
 
-    // The ports are tried before the curl lines are printed: lines for a port another
-    // process holds would reach that process. A port 0 becomes the one the system gave, so
-    // the lines name it.
-    // Both held at once, so that one address given for both is found here too.
-    let try_port = |addr: std::net::SocketAddr, which: &str| {
-        std::net::TcpListener::bind(addr)
-            .and_then(|l| Ok((l.local_addr()?, l)))
-            .map_err(|e| format!("cannot listen on {addr} ({which}): {e}"))
-    };
-    let (listen, admin_listen) = match try_port(args.listen, "public") {
-        Err(e) => return fail(e),
-        Ok((listen, held)) => match try_port(args.admin_listen, "ops") {
-            Err(e) => return fail(e),
-            Ok((admin, _)) => {
-                drop(held);
-                (listen, admin)
-            }
-        },
-    };
     let mut settings = nexus_config::embedded_default();
     settings.server.listen = listen;
     settings.server.admin_listen = Some(admin_listen);
     settings.server.shutdown_grace = Duration::from_secs(1);
+    // A demo on a laptop needs no 10,000 clients: limits any open-file limit holds, so its
+    // first screen has no warning that the limit is too low for them.
+    settings.server.max_connections = 256;
+    settings.upstream.idle_connections = 64;
     settings.auth.jwks = JwksSource::File(jwks_path);
     settings.store = StoreSettings::File(FileStoreSettings {
         path: Some(bindings_path.clone()),
@@ -306,7 +317,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
          demo instances: demo-instance-a (acme) -> {acme}, demo-instance-b (globex, initech) -> {globex}\n\
          bindings file (edit it to rebind a tenant live): {b}\n\n\
          # 1. routed: alice of acme reaches acme's instance\n\
-         curl -s -H 'Host: acme.{base}' -H 'Authorization: Bearer {acme_token}' http://{l}/dashboard\n\n\
+         curl -si -H 'Host: acme.{base}' -H 'Authorization: Bearer {acme_token}' http://{l}/dashboard\n\n\
          # 2. cross-tenant: alice's acme token on globex's host -> 403\n\
          curl -si -H 'Host: globex.{base}' -H 'Authorization: Bearer {acme_token}' http://{l}/dashboard\n\n\
          # 3. no token -> 401 with WWW-Authenticate\n\
@@ -316,7 +327,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
          # 5. initech is still being provisioned -> 503 with Retry-After\n\
          curl -si -H 'Host: initech.{base}' http://{l}/\n\n\
          # 6. acme's custom domain, public login page (no token needed)\n\
-         curl -s -H 'Host: acme.example.test' http://{l}/login\n\n\
+         curl -si -H 'Host: acme.example.test' http://{l}/login\n\n\
          # 7. more tokens, for any tenant (initech's, once you set its status to active in\n\
          #    the bindings file), signed with the demo's key, saved beside the bindings\n\
          {me} token --tenant initech --key {k} --kid {DEMO_KID} --iss {iss} --aud {aud}\n\n\

@@ -74,7 +74,11 @@ impl Example {
 /// Starts the demo on ports the system picks and returns it with its printed examples and
 /// the public address its router bound.
 fn start_demo() -> (Demo, Vec<Example>, SocketAddr) {
-    let dir = tempfile::tempdir().expect("dir");
+    start_demo_in(tempfile::tempdir().expect("dir"))
+}
+
+/// [`start_demo`] with `--dir` the directory given.
+fn start_demo_in(dir: tempfile::TempDir) -> (Demo, Vec<Example>, SocketAddr) {
     let mut run = Running::spawn(
         Command::new(binary())
             .args(["demo", "--listen", &PUBLIC_LISTEN.to_string()])
@@ -331,6 +335,10 @@ fn a_demo_whose_port_is_taken_prints_no_commands_for_it() {
     let public = taken.local_addr().unwrap().to_string();
     let stderr = demo_refused(&public, &OPS_LISTEN.to_string(), dir.path());
     assert!(stderr.contains("cannot listen on"), "{stderr}");
+    // It says how to pick another, and it wrote nothing: no key left behind a failed start.
+    assert!(stderr.contains("--listen ADDR picks another"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// Runs the demo on `listen` and `admin_listen` in `dir`, expecting it to stop (exit 1)
@@ -375,13 +383,10 @@ fn the_demo_replaces_links_in_its_directory_instead_of_writing_through_them() {
     for name in ["jwks.json", "bindings.json", "signing-key.pem"] {
         std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
     }
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    // A taken port stops it right after its files are written: enough to see where they went.
-    let public = taken.local_addr().unwrap().to_string();
-    demo_refused(&public, &OPS_LISTEN.to_string(), dir.path());
+    let (demo, _, _) = start_demo_in(dir);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
-    for name in ["jwks.json", "signing-key.pem"] {
-        let made = std::fs::symlink_metadata(dir.path().join(name)).unwrap();
+    for name in ["jwks.json", "bindings.json", "signing-key.pem"] {
+        let made = std::fs::symlink_metadata(demo.dir.path().join(name)).unwrap();
         assert!(made.file_type().is_file(), "{name}: {made:?}");
     }
 }

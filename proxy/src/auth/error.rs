@@ -110,8 +110,10 @@ impl TokenError {
             TokenError::WrongIssuer | TokenError::WrongAudience => {
                 "the token was not issued for this service"
             }
+            // Key ids are public (the JWKS), so naming this one tells a caller nothing new,
+            // and it is the usual mistake: a token minted with another key set's key.
+            TokenError::UnknownKey => "the token is signed with a key this service does not know",
             TokenError::BadSignature
-            | TokenError::UnknownKey
             | TokenError::AlgorithmMismatch
             | TokenError::KeyNotOfIssuer => "the token signature is not valid",
             _ => "the token is malformed or not accepted",

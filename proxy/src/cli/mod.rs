@@ -80,7 +80,7 @@ pub enum Command {
     },
     /// Validate a config file; exits non-zero and lists every problem if it is invalid.
     Check {
-        /// Config file (TOML).
+        /// Config file (TOML): required, given here or in NEXUS_EDGE_CONFIG.
         #[arg(long, short, env = "NEXUS_EDGE_CONFIG")]
         config: Option<PathBuf>,
     },

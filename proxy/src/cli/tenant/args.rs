@@ -259,6 +259,20 @@ pub enum TenantOp {
     },
 }
 
+impl TenantOp {
+    /// Whether the operation changes the store (and writes an audit entry).
+    pub fn writes(&self) -> bool {
+        !matches!(
+            self,
+            TenantOp::Get { .. }
+                | TenantOp::List
+                | TenantOp::Export
+                | TenantOp::History { .. }
+                | TenantOp::Wait { .. }
+        )
+    }
+}
+
 pub(super) fn tenant_id(s: &str) -> Result<TenantId, String> {
     TenantId::parse(s).map_err(|e| e.to_string())
 }

@@ -262,7 +262,8 @@ async fn newest_kept(store: &Store, source: &ImportSource) -> Result<(), String>
 /// than the store's record of its tenant, and a record of a tenant the store does not hold
 /// while it has changes newer than that record, deletes included (the tenant was deleted
 /// since, or the file is another store's). A record without a revision (written by hand) is
-/// never older.
+/// never older, nor one that equals the store's but for its revision: it undoes nothing (the
+/// same export imported twice, each import having written every record anew).
 fn older_than_store(file: &[Arc<Binding>], stored: &Listing) -> Vec<String> {
     let newest = stored
         .bindings
@@ -279,7 +280,7 @@ fn older_than_store(file: &[Arc<Binding>], stored: &Listing) -> Vec<String> {
     file.iter()
         .filter(|b| b.revision > Revision::ZERO)
         .filter_map(|b| match by_tenant.get(b.tenant_id.as_str()) {
-            Some(now) if now.revision > b.revision => Some(format!(
+            Some(now) if now.revision > b.revision && !now.same_but_revision(b) => Some(format!(
                 "tenant {}: the file holds revision {}, the store revision {}: older",
                 b.tenant_id, b.revision, now.revision
             )),
@@ -321,8 +322,14 @@ mod tests {
             ("hooli", 33, false),
             ("globex", 4, true),
         ];
+        // The file's records differ from the store's (another plan): what it would write back.
+        let changed = |tenant: &str, rev: u64| {
+            let mut b = test_binding(tenant, rev);
+            b.plan = nexus_binding_store::model::Plan::Solo;
+            Arc::new(b)
+        };
         for (tenant, rev, older) in cases {
-            let file = vec![Arc::new(test_binding(tenant, rev))];
+            let file = vec![changed(tenant, rev)];
             let named = older_than_store(&file, &stored);
             assert_eq!(!named.is_empty(), older, "{tenant} at {rev}: {named:?}");
         }
@@ -331,5 +338,8 @@ mod tests {
         stored.revision = Revision(40);
         let file = vec![Arc::new(test_binding("initech", 36))];
         assert_eq!(older_than_store(&file, &stored).len(), 1);
+        // Older, but what the store holds: the same export imported again undoes nothing.
+        let file = vec![Arc::new(test_binding("acme", 29))];
+        assert!(older_than_store(&file, &stored).is_empty());
     }
 }

@@ -142,6 +142,14 @@ pub(super) fn run(args: TenantArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     admin_logging(&settings);
+    if args.config.is_none() && args.op.writes() {
+        // Said before anything else (who the audit entry would name, say): no write can be
+        // made to bindings compiled into the binary.
+        return fail(
+            "no --config (nor NEXUS_EDGE_CONFIG): the embedded demo store is read-only; a \
+             change needs the config whose [store] the routers read",
+        );
+    }
     if args.config.is_none() {
         // Demo tenants listed as if they were the store's would mislead.
         eprintln!(
@@ -245,14 +253,7 @@ fn audited_actor(given: Option<&str>, reason: Option<&str>, writes: bool) -> Res
 async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitCode {
     // An audit entry must name someone: an empty `--actor` is a script's unset variable.
     // Reading commands write no entry, so a shared wrapper passing one to them is harmless.
-    let writes = !matches!(
-        args.op,
-        TenantOp::Get { .. }
-            | TenantOp::List
-            | TenantOp::Export
-            | TenantOp::History { .. }
-            | TenantOp::Wait { .. }
-    );
+    let writes = args.op.writes();
     let actor = match audited_actor(args.actor.as_deref(), args.reason.as_deref(), writes) {
         Ok(a) => a,
         Err(e) => return fail(e),
