@@ -134,12 +134,13 @@ impl<A> Capped<A> {
         self.refused.inc();
         let now = self.made.elapsed().as_secs() + 1;
         let last = self.last_warning.load(Ordering::Relaxed);
-        if last == 0
-            || now >= last + 60
-                && self
-                    .last_warning
-                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
+        // The first refusal is said at once; the swap makes it one line however many
+        // connections race to say it, and marks when it was said.
+        if (last == 0 || now >= last + 60)
+            && self
+                .last_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
             tracing::warn!(
                 max = MAX_OPS_CONNECTIONS,

@@ -853,6 +853,17 @@ fn the_ops_listener_caps_its_connections_and_the_public_listener_keeps_serving()
             closed_unanswered()
         },
     );
+    // More refusals are counted, and said in the log once (it was one line each: whoever
+    // reached the ops address could fill the log at connection rate).
+    for _ in 0..20 {
+        let _ = closed_unanswered();
+    }
+    let said = w
+        .edge
+        .log()
+        .matches("ops connection closed unanswered")
+        .count();
+    assert_eq!(said, 1, "{}", w.edge.log());
     // The public listener serves on.
     let mut s = connect(&w.edge);
     s.write_all(login_request().as_bytes()).unwrap();
