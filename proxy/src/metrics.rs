@@ -250,7 +250,8 @@ impl ConnectionMetrics {
             ops_refused: prometheus::IntCounter::new(
                 "ops_connections_refused_total",
                 format!(
-                    "Connections to the ops listener closed at once because {} were open",
+                    "Connections to the ops listener closed at once because its cap ({}, less \
+                     when the open-file limit is too low for it) were open",
                     crate::ops::MAX_OPS_CONNECTIONS
                 ),
             )?,

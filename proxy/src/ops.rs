@@ -105,6 +105,8 @@ crate::connections::forward_stream_traits!(ReadBudget);
 /// The ops application behind [`MAX_OPS_CONNECTIONS`] and [`OPS_CONNECTION_LIFETIME`].
 pub struct Capped<A> {
     app: Arc<A>,
+    /// Connections open at once, at most.
+    max: usize,
     slots: Arc<tokio::sync::Semaphore>,
     refused: pingora_prometheus::prometheus::IntCounter,
     /// When the cap was made: refusals are logged by the seconds since (a monotonic clock:
@@ -116,11 +118,13 @@ pub struct Capped<A> {
 }
 
 impl<A> Capped<A> {
-    /// Wraps `app`; `refused` counts the connections turned away.
-    pub fn new(app: A, refused: pingora_prometheus::prometheus::IntCounter) -> Self {
+    /// Wraps `app`, with `max` connections open at once ([`MAX_OPS_CONNECTIONS`], or fewer
+    /// when the open-file limit holds no more); `refused` counts the connections turned away.
+    pub fn new(app: A, max: usize, refused: pingora_prometheus::prometheus::IntCounter) -> Self {
         Self {
             app: Arc::new(app),
-            slots: Arc::new(tokio::sync::Semaphore::new(MAX_OPS_CONNECTIONS)),
+            max,
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
             refused,
             made: std::time::Instant::now(),
             last_warning: std::sync::atomic::AtomicU64::new(0),
@@ -143,7 +147,7 @@ impl<A> Capped<A> {
                 .is_ok()
         {
             tracing::warn!(
-                max = MAX_OPS_CONNECTIONS,
+                max = self.max,
                 "ops connection closed unanswered: the ops listener's connections are all open \
                  (counted by ops_connections_refused_total); probes and scrapes fail meanwhile"
             );

@@ -11,7 +11,7 @@ use pingora::services::listening::Service;
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::background::{BindingSync, JobsStop, KeyReload};
-use crate::connections::{Guarded, Limits};
+use crate::connections::{Connections, Guarded, Limits};
 use crate::listening::{self, BindError, BoundListeners, Prebound};
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
@@ -78,19 +78,15 @@ pub fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Raises the open-file limit for `max_connections` and the idle instance connections
-/// (`idle_connections`), and returns the two as they fit in it: cut down, and said so, when
-/// the limit stays too low (see [`crate::connections::fit_to_open_files`]).
-fn fit_open_files(
-    max_connections: usize,
-    idle_connections: usize,
-    threads: usize,
-) -> (usize, usize) {
-    let files = match crate::connections::raise_open_file_limit(max_connections, idle_connections) {
+/// Raises the open-file limit for the connections `wanted`, and returns them as they fit in
+/// it: cut down, and said so, when the limit stays too low (see
+/// [`crate::connections::Connections::fit`]).
+fn fit_open_files(wanted: Connections, threads: usize) -> Connections {
+    let files = match crate::connections::raise_open_file_limit(wanted) {
         Ok(files) => files,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read or raise the open-file limit");
-            return (max_connections, idle_connections);
+            return wanted;
         }
     };
     if files.now > files.before {
@@ -100,22 +96,18 @@ fn fit_open_files(
             "open-file limit raised for max_connections and idle instance connections"
         );
     }
-    let fitted = crate::connections::fit_to_open_files(
-        max_connections,
-        idle_connections,
-        threads,
-        files.now,
-    );
-    if fitted != (max_connections, idle_connections) {
+    let fitted = wanted.fit(threads, files.now);
+    if fitted != wanted {
         tracing::warn!(
             limit = files.now,
             needed = files.needed,
-            max_connections = fitted.0,
-            idle_connections = fitted.1,
+            max_connections = fitted.clients,
+            idle_connections = fitted.idle,
+            ops_connections = fitted.ops,
             "the open-file limit is below what server.max_connections and \
              upstream.idle_connections need (a client and an instance connection each, \
-             the idle ones, and a reserve): both are cut down to what fits, so that the cap \
-             works and the ops listener and file reloads keep descriptors. Raise the hard \
+             the idle ones, the ops listener's, and a reserve): all are cut down to what \
+             fits, so that the caps work and file reloads keep descriptors. Raise the hard \
              limit (ulimit -Hn, LimitNOFILE= for systemd) or lower the two"
         );
     }
@@ -270,19 +262,26 @@ pub fn run(
     let admin = s.server.admin_listen.and_then(|a| listeners.local_addr(a));
     let mut conf = server_conf(s);
     let threads = conf.threads.max(1);
-    let (max_connections, idle) = fit_open_files(
-        s.server.max_connections,
-        conf.upstream_keepalive_pool_size.saturating_mul(threads),
+    let fitted = fit_open_files(
+        Connections {
+            clients: s.server.max_connections,
+            idle: conf.upstream_keepalive_pool_size.saturating_mul(threads),
+            ops: if s.server.admin_listen.is_some() {
+                crate::ops::MAX_OPS_CONNECTIONS
+            } else {
+                0
+            },
+        },
         threads,
     );
-    conf.upstream_keepalive_pool_size = (idle / threads).max(1);
+    conf.upstream_keepalive_pool_size = (fitted.idle / threads).max(1);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
     let guarded = Guarded::new(
         pingora::proxy::http_proxy(&server.configuration, EdgeService::new(Arc::clone(&state))),
         Limits {
-            max_connections,
+            max_connections: fitted.clients,
             ..Limits::from_settings(&s.server)
         },
         state.metrics.connections.clone(),
@@ -299,6 +298,7 @@ pub fn run(
             "nexus-edge ops".to_owned(),
             crate::ops::Capped::new(
                 pingora::apps::http_app::HttpServer::new_app(OpsApp::new(Arc::clone(&state))),
+                fitted.ops,
                 state.metrics.connections.ops_refused.clone(),
             ),
         );

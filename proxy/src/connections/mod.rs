@@ -81,48 +81,67 @@ impl Limits {
 /// files being read, the log.
 const RESERVED_DESCRIPTORS: u64 = 64;
 
-/// What a router with `max_connections` clients open may hold: a descriptor for each client
-/// and one for the instance connection serving it, the idle instance connections kept, and
-/// the reserve.
-fn descriptors_needed(max_connections: usize, idle_connections: usize) -> u64 {
-    let wanted = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    wanted(max_connections)
-        .saturating_mul(2)
-        .saturating_add(wanted(idle_connections))
-        .saturating_add(RESERVED_DESCRIPTORS)
+/// The connections a router holds open at most, each a descriptor (two for a client: its own
+/// and its instance connection's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connections {
+    /// Client connections (`[server] max_connections`).
+    pub clients: usize,
+    /// Idle instance connections kept for reuse (`[upstream] idle_connections`).
+    pub idle: usize,
+    /// Ops listener connections ([`crate::ops::MAX_OPS_CONNECTIONS`], 0 without one).
+    pub ops: usize,
 }
 
-/// The client connections and idle instance connections that fit in `limit` descriptors, from
-/// the `max_connections` and `idle_connections` wanted. Past the limit, a connection is not
-/// refused or made room for: its accept fails, and it waits in the kernel's queue, while the
-/// clients already in keep every descriptor, the ops listener's and the key and bindings
-/// files' reads included. So the wanted numbers are cut down to what fits, the reserve kept:
-/// a third of what is left at most for idle instance connections, the rest two descriptors a
-/// client (its own, and its instance connection's).
-///
-/// Pingora's pool takes its size per worker thread, at least one each: the idle connections
-/// are cut to a multiple of `threads`, and never below one a thread, since the pool would keep
-/// that many whatever it was told. (The threads share one event loop, so they need no reserve
-/// of their own: a router holds the same 37 descriptors at rest with 1 thread or 8.)
-pub fn fit_to_open_files(
-    max_connections: usize,
-    idle_connections: usize,
-    threads: usize,
-    limit: u64,
-) -> (usize, usize) {
-    if limit >= descriptors_needed(max_connections, idle_connections) {
-        return (max_connections, idle_connections);
+impl Connections {
+    /// What a router holding these may need: a descriptor for each client and one for the
+    /// instance connection serving it, the idle instance connections, the ops connections,
+    /// and the reserve.
+    fn descriptors(&self) -> u64 {
+        let wanted = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        wanted(self.clients)
+            .saturating_mul(2)
+            .saturating_add(wanted(self.idle))
+            .saturating_add(wanted(self.ops))
+            .saturating_add(RESERVED_DESCRIPTORS)
     }
-    let wanted = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    let threads = wanted(threads.max(1));
-    let budget = limit.saturating_sub(RESERVED_DESCRIPTORS);
-    let idle = match wanted(idle_connections).min(budget / 3) {
-        0 if idle_connections == 0 => 0,
-        idle => (idle - idle % threads).max(threads),
-    };
-    let clients = (budget.saturating_sub(idle) / 2).clamp(1, wanted(max_connections));
-    let narrow = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    (narrow(clients), narrow(idle))
+
+    /// The connections of `self` that fit in `limit` descriptors. Past the limit, a
+    /// connection is not refused or made room for: its accept fails, and it waits in the
+    /// kernel's queue, while the connections already in keep every descriptor, the key and
+    /// bindings files' reads included. So each is cut down to what fits, the reserve kept:
+    /// an eighth of what is left at most for the ops listener (at least 8, so probes still
+    /// get in), a third of what is left after that for idle instance connections, the rest
+    /// two descriptors a client (its own, and its instance connection's). Ops connections
+    /// were once left out of the count: 27 idle ones took the last descriptors of a router
+    /// whose clients were at their cap.
+    ///
+    /// Pingora's pool takes its size per worker thread, at least one each: the idle
+    /// connections are cut to a multiple of `threads`, and never below one a thread, since
+    /// the pool would keep that many whatever it was told. (The threads share one event
+    /// loop, so they need no reserve of their own: a router holds the same 37 descriptors
+    /// at rest with 1 thread or 8.)
+    pub fn fit(self, threads: usize, limit: u64) -> Self {
+        if limit >= self.descriptors() {
+            return self;
+        }
+        let wanted = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let narrow = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let threads = wanted(threads.max(1));
+        let budget = limit.saturating_sub(RESERVED_DESCRIPTORS);
+        let ops = wanted(self.ops).min((budget / 8).max(8));
+        let budget = budget.saturating_sub(ops);
+        let idle = match wanted(self.idle).min(budget / 3) {
+            0 if self.idle == 0 => 0,
+            idle => (idle - idle % threads).max(threads),
+        };
+        let clients = (budget.saturating_sub(idle) / 2).clamp(1, wanted(self.clients));
+        Self {
+            clients: narrow(clients),
+            idle: narrow(idle),
+            ops: narrow(ops),
+        }
+    }
 }
 
 /// The open-file limit at start, against what `max_connections` may need.
@@ -132,22 +151,16 @@ pub struct OpenFiles {
     pub before: u64,
     /// The soft limit now.
     pub now: u64,
-    /// What a router with `max_connections` clients open may hold: a descriptor for each
-    /// client and one for the instance connection serving it, the idle instance connections
-    /// kept for reuse, plus a small reserve.
+    /// What the connections wanted may need (see [`Connections::fit`]).
     pub needed: u64,
 }
 
-/// Raises the process's soft open-file limit as far as `max_connections` and the idle instance
-/// connections kept (`idle_connections`) need and the hard limit allows. Shells and service
-/// managers commonly start processes at 1,024, which a proxy runs out of long before any
-/// other resource; the hard limit is the operator's word.
-pub fn raise_open_file_limit(
-    max_connections: usize,
-    idle_connections: usize,
-) -> nix::Result<OpenFiles> {
+/// Raises the process's soft open-file limit as far as `wanted` connections need and the hard
+/// limit allows. Shells and service managers commonly start processes at 1,024, which a
+/// proxy runs out of long before any other resource; the hard limit is the operator's word.
+pub fn raise_open_file_limit(wanted: Connections) -> nix::Result<OpenFiles> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let needed = descriptors_needed(max_connections, idle_connections);
+    let needed = wanted.descriptors();
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     let target = soft.max(needed.min(hard));
     if target > soft {
@@ -416,18 +429,26 @@ mod tests {
         );
     }
 
+    /// `(clients, idle, ops)` as [`Connections`].
+    fn conns(clients: usize, idle: usize, ops: usize) -> Connections {
+        Connections { clients, idle, ops }
+    }
+
     #[test]
     fn what_does_not_fit_in_the_open_file_limit_is_cut_down() {
         // Fits: as wanted.
-        assert_eq!(fit_to_open_files(1_000, 500, 1, 2_564), (1_000, 500));
-        assert_eq!(fit_to_open_files(1_000, 500, 4, 100_000), (1_000, 500));
+        assert_eq!(conns(1_000, 500, 0).fit(1, 2_564), conns(1_000, 500, 0));
+        assert_eq!(
+            conns(1_000, 500, 256).fit(4, 100_000),
+            conns(1_000, 500, 256)
+        );
         // 128 descriptors: 64 kept in reserve, a third of the rest for idle instance
         // connections, two a client.
-        assert_eq!(fit_to_open_files(10_000, 4_096, 1, 128), (21, 21));
-        assert_eq!(fit_to_open_files(10_000, 0, 1, 128), (32, 0));
+        assert_eq!(conns(10_000, 4_096, 0).fit(1, 128), conns(21, 21, 0));
+        assert_eq!(conns(10_000, 0, 0).fit(1, 128), conns(32, 0, 0));
         // Never less than one client, never more than wanted.
-        assert_eq!(fit_to_open_files(10_000, 4_096, 1, 10), (1, 1));
-        assert_eq!(fit_to_open_files(5, 4_096, 1, 200), (5, 45));
+        assert_eq!(conns(10_000, 4_096, 0).fit(1, 10), conns(1, 1, 0));
+        assert_eq!(conns(5, 4_096, 0).fit(1, 200), conns(5, 45, 0));
     }
 
     /// The pool keeps its size per thread, at least one each: the idle connections cut are
@@ -435,19 +456,35 @@ mod tests {
     #[test]
     fn the_idle_connections_cut_are_what_the_pool_of_each_thread_holds() {
         // A third of 64 is 21: 20 for 4 threads, 5 each.
-        assert_eq!(fit_to_open_files(10_000, 4_096, 4, 128), (22, 20));
+        assert_eq!(conns(10_000, 4_096, 0).fit(4, 128), conns(22, 20, 0));
         // Fewer than one a thread would fit: the pool keeps one a thread anyway.
-        assert_eq!(fit_to_open_files(10_000, 4_096, 16, 100), (10, 16));
-        assert_eq!(fit_to_open_files(10_000, 4_096, 64, 100), (1, 64));
+        assert_eq!(conns(10_000, 4_096, 0).fit(16, 100), conns(10, 16, 0));
+        assert_eq!(conns(10_000, 4_096, 0).fit(64, 100), conns(1, 64, 0));
         // None wanted, none kept.
-        assert_eq!(fit_to_open_files(10_000, 0, 8, 128), (32, 0));
+        assert_eq!(conns(10_000, 0, 0).fit(8, 128), conns(32, 0, 0));
+    }
+
+    /// The ops listener's connections are counted, and cut to an eighth of what the reserve
+    /// leaves (8 at least): uncounted, idle ones took the descriptors the clients' cap
+    /// counted on.
+    #[test]
+    fn the_ops_connections_are_counted_and_cut_with_the_rest() {
+        assert_eq!(conns(10_000, 4_096, 256).fit(2, 128), conns(19, 18, 8));
+        // 256: everything adds up to the limit.
+        assert_eq!(conns(10_000, 4_096, 256).fit(2, 256), conns(56, 56, 24));
+        // The defaults under a hard limit of 20,000: only the clients are cut.
+        assert_eq!(
+            conns(10_000, 4_096, 256).fit(2, 20_000),
+            conns(7_792, 4_096, 256)
+        );
+        assert_eq!(conns(1_000, 500, 256).descriptors(), 2_820);
     }
 
     #[test]
     fn the_open_file_limit_is_raised_as_far_as_needed_and_allowed() {
         use nix::sys::resource::{getrlimit, Resource};
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        let files = raise_open_file_limit(1_000, 500).unwrap();
+        let files = raise_open_file_limit(conns(1_000, 500, 0)).unwrap();
         assert_eq!(files.needed, 2_564);
         let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
         assert_eq!(soft, files.now);
@@ -456,7 +493,7 @@ mod tests {
             "{files:?}"
         );
         // Never lowered.
-        let again = raise_open_file_limit(1, 0).unwrap();
+        let again = raise_open_file_limit(conns(1, 0, 0)).unwrap();
         assert_eq!(again.now, soft);
     }
 }
