@@ -12,7 +12,8 @@
 //!   fixed amount of memory: in entries, and in bytes, as an entry counts once per KiB
 //!   started of the identity claims it keeps (see [`ClaimKib`]);
 //! - an entry remembers the key-set generation it was verified under; after a key rotation it
-//!   is ignored and the token re-verified, so a removed key stops working at once;
+//!   is ignored and the token re-verified, so a removed key stops working at once (the
+//!   rotation also empties the cache, so what it counts is what can be served);
 //! - what is cached are claims, not decisions: time claims, tenant and org are checked on
 //!   every request, and an expired entry is dropped when seen.
 
@@ -99,6 +100,13 @@ impl TokenCache {
     pub(crate) fn remove(&self, key: &TokenHash) {
         if let Some(c) = &self.inner {
             c.remove(key);
+        }
+    }
+
+    /// Drops every entry (a new key set: see [`super::Authenticator::reload_keys`]).
+    pub(crate) fn clear(&self) {
+        if let Some(c) = &self.inner {
+            c.clear();
         }
     }
 

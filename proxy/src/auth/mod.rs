@@ -257,6 +257,10 @@ impl Authenticator {
                 *refused = None;
                 warn_unowned(&keys, &self.rules, &origin);
                 self.keys.store(Arc::new(keys));
+                // Entries of the old set are never served again (their generation is past);
+                // kept, they would hold places and read as cached tokens. One verified in
+                // flight under the old set may still be put back, ignored the same way.
+                self.cache.clear();
                 Ok(true)
             }
             Err(e) => {

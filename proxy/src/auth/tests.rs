@@ -680,7 +680,10 @@ fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
         json!({ "keys": [f.rs.public_jwk()] }).to_string(),
     )
     .expect("w");
+    assert_eq!(auth.cached_tokens(), 1);
     assert!(auth.reload_keys().expect("reloaded"));
+    // Entries of the old key set are dropped, not counted on as cached (`token_cache_entries`).
+    assert_eq!(auth.cached_tokens(), 0);
     assert_eq!(
         auth.verify(&t, NOW).map(|_| ()),
         Err(TokenError::UnknownKey)
