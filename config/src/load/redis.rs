@@ -82,12 +82,16 @@ pub(super) fn redis_endpoint(
     let url = s.string("url", p);
     let mut sentinel = s.nested("sentinel", "store.sentinel", p);
     let endpoint = match (url, sentinel.present()) {
-        (Some(_), true) => {
+        (Some((u, at)), true) => {
             p.push(
                 "store.url",
                 None,
                 "give either url or [store.sentinel], not both",
             );
+            // Each is checked all the same: every problem is said at once, not the next one
+            // only after this is fixed.
+            url_endpoint(u, at, p);
+            sentinel_settings(&mut sentinel, p);
             None
         }
         (None, false) => {
@@ -98,24 +102,7 @@ pub(super) fn redis_endpoint(
             );
             None
         }
-        (Some((u, at)), false) => {
-            if !is_redis_url(&u) {
-                p.push(
-                    "store.url",
-                    Some(at),
-                    "is not a redis://, rediss://, redis+unix:// or unix:// URL",
-                );
-                None
-            } else if let Some(m) = fragment_problem(&u) {
-                p.push("store.url", Some(at), m);
-                None
-            } else if let Some(m) = endpoint_problem(&u) {
-                p.push("store.url", Some(at), m);
-                None
-            } else {
-                Some(RedisEndpointSettings::Url(u))
-            }
-        }
+        (Some((u, at)), false) => url_endpoint(u, at, p),
         (None, true) => sentinel_settings(&mut sentinel, p).map(RedisEndpointSettings::Sentinel),
     };
     // Read only when it is the endpoint: beside a url its keys are not called unknown (the
@@ -126,6 +113,22 @@ pub(super) fn redis_endpoint(
         sentinel.finish(p);
     }
     endpoint
+}
+
+/// `store.url` (`u`, at line `at`) as the endpoint, or its problem.
+fn url_endpoint(u: String, at: usize, p: &mut Problems<'_>) -> Option<RedisEndpointSettings> {
+    let problem = if !is_redis_url(&u) {
+        "is not a redis://, rediss://, redis+unix:// or unix:// URL".to_owned()
+    } else if let Some(m) = fragment_problem(&u)
+        .map(str::to_owned)
+        .or_else(|| endpoint_problem(&u))
+    {
+        m
+    } else {
+        return Some(RedisEndpointSettings::Url(u));
+    };
+    p.push("store.url", Some(at), problem);
+    None
 }
 
 fn sentinel_settings(s: &mut Section<'_, '_>, p: &mut Problems<'_>) -> Option<SentinelSettings> {
