@@ -267,6 +267,27 @@ impl<'a, 'i> Section<'a, 'i> {
         max: Duration,
         p: &mut Problems<'_>,
     ) -> Option<Duration> {
+        // A bare number has no unit: said with the spelling that works (`10` meant as
+        // seconds is `"10s"`), not only that a string was expected.
+        if let Some(v) = self.raw(k) {
+            if let DeValue::Integer(n) = v.get_ref() {
+                let n = n.to_string();
+                let example = if n.bytes().all(|b| b.is_ascii_digit()) {
+                    n + "s"
+                } else {
+                    "30s".to_owned()
+                };
+                p.push(
+                    self.key(k),
+                    Some(v.span().start),
+                    format!(
+                        "must be a duration string with its unit, e.g. \"{example}\", found \
+                         integer"
+                    ),
+                );
+                return None;
+            }
+        }
         let (s, at) = self.string(k, p)?;
         match crate::parse_duration(&s) {
             Ok(d) if d >= min && d <= max => Some(d),
@@ -483,14 +504,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// A bound of a duration range as the docs write it: whole days in days (`3660days`, where
-/// humantime writes `10years 7days 12h`, counting a year as 365.25 days), others as humantime
-/// writes them (`1h`, `500ms`).
+/// A bound of a duration range as the docs write it: one day as `24h`, more whole days in
+/// days (`3660days`, where humantime writes `10years 7days 12h`, counting a year as 365.25
+/// days), others as humantime writes them (`1h`, `500ms`).
 fn shown(d: Duration) -> String {
     const DAY: u64 = 86_400;
     if d.subsec_nanos() == 0 && d.as_secs() >= DAY && d.as_secs().is_multiple_of(DAY) {
         match d.as_secs() / DAY {
-            1 => "1day".to_owned(),
+            // As the example config writes it.
+            1 => "24h".to_owned(),
             days => format!("{days}days"),
         }
     } else {

@@ -243,6 +243,17 @@ fn max_token_lifetime_is_off_unless_set_in_whole_seconds_up_to_ten_years() {
         4,
         "out of range (0s to 3660days)",
     );
+    // A bare number: the spelling that works is shown.
+    let bare = MINIMAL.replace(
+        "jwks_file = \"keys/jwks.json\"\n",
+        "jwks_file = \"keys/jwks.json\"\nmax_token_lifetime = 3600\n",
+    );
+    has(
+        &problems(&bare),
+        "auth.max_token_lifetime",
+        4,
+        "must be a duration string with its unit, e.g. \"3600s\", found integer",
+    );
     has(
         &problems(&with("a while")),
         "auth.max_token_lifetime",
@@ -271,7 +282,7 @@ fn the_tunnel_idle_timeout_is_an_hour_unless_set_between_a_second_and_a_day() {
             &problems(&text),
             "upstream.tunnel_idle_timeout",
             10,
-            "out of range (1s to 1day)",
+            "out of range (1s to 24h)",
         );
     }
     let text = format!("{MINIMAL}\n[upstream]\ntunnel_idle_timeout = \"forever\"\n");
