@@ -254,7 +254,11 @@ impl RejectReason {
             RejectReason::TargetTooLong => "URI too long: the request target is longer than allowed\n",
             RejectReason::UnknownTenant => "not found: no tenant is served at this address\n",
             RejectReason::MissingToken => "unauthorized: sign in first\n",
-            RejectReason::BadCredential(_) | RejectReason::InvalidToken(_) => {
+            RejectReason::BadCredential(_) => {
+                "unauthorized: the request's credentials are malformed or disagree (one login \
+                 token, as a Bearer header or the session cookie); sign in again\n"
+            }
+            RejectReason::InvalidToken(_) => {
                 "unauthorized: the login token is not valid; sign in again\n"
             }
             RejectReason::WrongTenant(_) => "forbidden: your login does not belong to this workspace\n",

@@ -142,6 +142,17 @@ fn rs256_tokens_and_the_session_cookie_are_accepted() {
         ],
     );
     assert_eq!(r.status, 401);
+    // Said as what it is, as the challenge says (invalid_request), not as a bad token.
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|c| c.contains("error=\"invalid_request\"")),
+        "{r:?}"
+    );
+    assert!(
+        r.text().contains("credentials are malformed or disagree"),
+        "{}",
+        r.text()
+    );
 
     // Near-misses a loose parser in the app would still read as a second credential: a
     // Bearer header the router cannot parse, a session cookie with a padded name.
