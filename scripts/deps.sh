@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages Nexus Edge needs, or says exactly what is missing.
 #   cmake, make, cc:     Pingora's compression dependency (zlib-ng), ring and aws-lc build C code.
+#   c++:                 libFuzzer, built for the fuzz targets' compile check (--test).
 #   redis-server, wrk:   the tests start real Redis servers; CI runs the load harness smoke (--test).
 #   faketime:            tests run a replica or admin whose clock is off from the host's (--test).
 #   wrk, haproxy:        the side-by-side load harness (--load).
@@ -10,8 +11,8 @@ need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v make >/dev/null 2>&1 || need+=(make) # cmake generates Makefiles for zlib-ng
 command -v cc >/dev/null 2>&1 || need+=(gcc)
-command -v c++ >/dev/null 2>&1 || need+=(g++) # libFuzzer, built for the fuzz targets' compile check
 if [[ "${1:-}" == "--test" ]]; then
+  command -v c++ >/dev/null 2>&1 || need+=(g++) # libFuzzer, built for the fuzz targets' compile check
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
   command -v faketime >/dev/null 2>&1 || need+=(faketime)
