@@ -1037,6 +1037,32 @@ fn a_replica_of_a_node_that_takes_no_writes_is_not_said_in_sync() {
 }
 
 #[test]
+fn a_replica_follows_the_feed_and_starts_while_redis_refuses_writes_for_memory() {
+    // At `maxmemory` under `noeviction`, Redis refuses the heartbeat's write (OOM) and still
+    // answers reads. That ended every session before it read the feed: the replica served a
+    // binding Redis had changed for as long as memory stayed full, and one without a
+    // snapshot could not start.
+    let (w, edge) = World::followed(&["acme"]);
+    wait_live(&w.admin, &["replica-1"]);
+    // The change is written, then memory fills before the replica reads it.
+    signal(&edge, "-STOP");
+    let b = w.b.url();
+    w.admin.ok(&rebind_args("acme", "inst-b", &b));
+    w.redis.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
+    signal(&edge, "-CONT");
+    wait_instance(&edge, &w.keys, "acme", "instance-b");
+    let late = replica(&w.keys, &w.redis.url(), "replica-2", None).expect("a replica starts");
+    wait_instance(&late, &w.keys, "acme", "instance-b");
+    assert!(
+        edge.log().contains("Redis refuses writes"),
+        "{}",
+        edge.log()
+    );
+    w.redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+    wait_live(&w.admin, &["replica-1", "replica-2"]);
+}
+
+#[test]
 fn a_replica_is_heard_by_the_fleet_before_it_serves() {
     // A replica takes its heartbeat out as it stops; restarted, it served what it loaded
     // before its first heartbeat, and `--wait` could confirm a change meanwhile without it.

@@ -279,6 +279,9 @@ pub(super) async fn heartbeat(
         .await;
     match stamped {
         Ok((now_ms, previous)) => {
+            if WRITES_REFUSED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!("Redis takes the heartbeat's write again");
+            }
             let previous = previous.and_then(|p| serde_json::from_slice::<Heartbeat>(&p).ok());
             let (shared, news) = store.id_watch().observe(
                 previous.as_ref().map(|p| (p.process.as_str(), p.at_ms)),
@@ -322,9 +325,9 @@ pub(super) async fn heartbeat(
             match written {
                 // Refused by the user's rights or the key's type: the replica goes on
                 // following the feed, unseen by `--wait` and `replicas`. Ending the session
-                // for it reconnected several times a second, for ever. Any other refusal
-                // (READONLY from a demoted primary, OOM) ends the session as before: the
-                // heartbeat is how a session learns its node no longer takes writes.
+                // for it reconnected several times a second, for ever. READONLY (a demoted
+                // primary) ends the session as before: the heartbeat is how a session learns
+                // its node no longer takes writes, and another node does.
                 // (Redis's WRONGTYPE reaches redis-rs as an error of that code, not as a
                 // `TypeError`, which is its own for replies it cannot convert.)
                 Err(w)
@@ -342,11 +345,31 @@ pub(super) async fn heartbeat(
                     }
                     Ok(())
                 }
+                // The primary takes no writes for now (OOM: full at `maxmemory` under
+                // `noeviction`; MISCONF: it cannot persist) but still answers reads, and no
+                // other node would do better: the replica goes on following the feed,
+                // unseen by `--wait` until a heartbeat is written again. Ending the session
+                // for it stopped every replica applying changes it could read, and one
+                // without a snapshot could not start.
+                Err(w) if matches!(w.code(), Some("OOM" | "MISCONF")) => {
+                    if first_time(&WRITES_REFUSED) {
+                        tracing::error!(error = %w,
+                            "Redis refuses writes (the heartbeat's): this replica goes on \
+                             following the change feed, but --wait and `nexus-edge replicas` \
+                             do not see it, and admin writes fail, until Redis takes writes \
+                             again (free memory or raise maxmemory; fix persistence)");
+                    }
+                    Ok(())
+                }
                 other => other,
             }
         }
     }
 }
+
+/// Set while Redis refuses the heartbeat's write for want of memory or persistence: said
+/// once when that starts, and again after a heartbeat has been written since.
+static WRITES_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Takes this replica's heartbeat out of the fleet as it shuts down, so that `--wait` does
 /// not name it silent for the next hour, nor `replicas` list it. Only its own: under an id

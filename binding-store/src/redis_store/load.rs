@@ -136,21 +136,19 @@ impl RedisStore {
         // As bytes: a field an outside writer filled with bytes that are no UTF-8 must not
         // fail every replica's every read of the feed (it stopped the fleet's syncing).
         type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+        let mut head = redis::pipe();
+        head.cmd("XREVRANGE")
+            .arg(self.keys.changes())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("GET")
+            .arg(self.keys.revision())
+            .exists(self.keys.restoring())
+            .hgetall(self.keys.history());
         let (entries, counter, restoring, history): (Entries, Option<Vec<u8>>, bool, Fields) =
-            redis::pipe()
-                .atomic()
-                .cmd("XREVRANGE")
-                .arg(self.keys.changes())
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .cmd("GET")
-                .arg(self.keys.revision())
-                .exists(self.keys.restoring())
-                .hgetall(self.keys.history())
-                .query_async(con)
-                .await?;
+            read_together(con, &mut head).await?;
         let history: BTreeMap<String, String> = history
             .into_iter()
             .map(|(k, v)| (lossy(k), lossy(v)))
@@ -201,12 +199,10 @@ impl RedisStore {
     /// only part of it. The lock and the counter are read in one transaction, because a
     /// restore sets one and deletes the other in one step.
     async fn restore_started(&self, con: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
-        let (lock, counter): (bool, bool) = redis::pipe()
-            .atomic()
-            .exists(self.keys.restoring())
-            .exists(self.keys.revision())
-            .query_async(con)
-            .await?;
+        let mut both = redis::pipe();
+        both.exists(self.keys.restoring())
+            .exists(self.keys.revision());
+        let (lock, counter): (bool, bool) = read_together(con, &mut both).await?;
         Ok(lock || counter)
     }
 
@@ -629,4 +625,31 @@ pub(crate) enum LoadError {
          finishes"
     )]
     RestoreUnderWay,
+}
+
+/// The replies of `reads` as of one moment: in a transaction (`MULTI`/`EXEC`), or, when Redis
+/// refuses one for want of memory (at `maxmemory` under `noeviction` it refuses to queue any
+/// command, reads included, while it still answers reads), without one, read twice and
+/// taken when both agree. Every write of the schema moves the revision counter or the
+/// restore lock, which these reads include, and while memory is full no write is taken at
+/// all; before, a replica could neither start nor reconnect until memory was freed.
+async fn read_together<T>(
+    con: &mut MultiplexedConnection,
+    reads: &mut redis::Pipeline,
+) -> redis::RedisResult<T>
+where
+    T: redis::FromRedisValue + PartialEq,
+{
+    let refused = match reads.clone().atomic().query_async::<T>(con).await {
+        Err(e) if e.code() == Some("OOM") => e,
+        done => return done,
+    };
+    for _ in 0..3 {
+        let first: T = reads.query_async(con).await?;
+        let second: T = reads.query_async(con).await?;
+        if first == second {
+            return Ok(first);
+        }
+    }
+    Err(refused)
 }
