@@ -254,6 +254,18 @@ impl BindingHandle {
         retired_tables().retire(self.inner.swap(Arc::new(table)));
     }
 
+    /// Marks the table as reflecting the store at `revision` at least, when it reads lower:
+    /// a follower past a change it did not apply (its record refused, or already applied
+    /// from a newer read) is where a full load of the same store would be. Cheap: the maps
+    /// are shared, not copied.
+    pub fn advance_to(&self, revision: Revision) {
+        let current = self.inner.load();
+        if current.revision() < revision {
+            let next = BindingTable::clone(&current).at_least(revision);
+            self.store(next);
+        }
+    }
+
     /// Applies one change; on refusal the live table is untouched.
     pub fn apply(&self, change: Change) -> Result<Revision, ApplyError> {
         let next = self.inner.load().apply(change)?;

@@ -1873,6 +1873,38 @@ fn announce(redis: &RedisServer, tenant: &str) {
 }
 
 #[test]
+fn replicas_serving_one_table_say_one_revision_past_a_refused_record() {
+    // A follower passed over the refused record's entry and stayed at the revision before
+    // it, while a replica loading the same store took the counter's: an alert comparing
+    // replicas' revisions fired for replicas that agreed.
+    let (w, edge) = World::followed(&["acme"]);
+    let thief = binding("globex", &w.b.url(), "active", None);
+    w.redis
+        .cmd(&["SET", "nexus:binding:acme", &thief.to_string()]);
+    announce(&w.redis, "acme");
+    let counter: u64 = w
+        .redis
+        .cmd(&["GET", "nexus:revision"])
+        .parse()
+        .expect("counter");
+    wait::until(
+        Duration::from_secs(10),
+        "the follower past the refused record",
+        || {
+            (edge.metric("nexus_edge_binding_records_rejected_total") == 1
+                && edge.metric("nexus_edge_binding_revision") == counter)
+                .then_some(())
+        },
+    );
+    let fresh = replica(&w.keys, &w.redis.url(), "replica-2", None).expect("replica");
+    assert_eq!(fresh.metric("nexus_edge_binding_revision"), counter);
+    assert_eq!(
+        edge.ops_get("/bindings/revision").text().trim(),
+        counter.to_string()
+    );
+}
+
+#[test]
 fn records_written_by_hand_cannot_take_a_tenant_over_or_stop_the_feed() {
     let (w, edge) = World::followed(&["acme", "globex"]);
     let World {

@@ -795,6 +795,10 @@ async fn apply_entries(
         let mut at = before_contested.clone().unwrap_or_else(|| pos.clone());
         at.reached = pos.reached;
         at.ahead = Arc::clone(&pos.ahead);
+        // An entry passed over (its record refused, or applied early) leaves the table at the
+        // store's revision all the same, as a full load of that store would: replicas serving
+        // one table said two revisions (`/bindings/revision`, `binding_revision`).
+        handle.advance_to(Revision(at.revision));
         store.set_position(at);
     }
     if !contested.is_empty() {
