@@ -771,7 +771,12 @@ impl RedisStore {
             // Replicas that were live when we started and went silent are behind too.
             for id in &seen_live {
                 if !live.iter().any(|r| &r.id == id) && !behind.contains(id) {
-                    behind.push(format!("{id} (stopped heartbeating)"));
+                    // Not counted live any more, and not passed over: it may be down, or cut
+                    // off from Redis and still serving the binding the change replaced.
+                    behind.push(format!(
+                        "{id} (stopped heartbeating during the wait: down, or cut off from \
+                         Redis and serving its last table)"
+                    ));
                 }
             }
             let silent = replicas
