@@ -189,6 +189,7 @@ pub fn serve(settings: Settings, config: Option<&std::path::Path>) -> std::proce
     // build, a key set, a CA bundle, a bindings file. Not a port another process holds, nor
     // a Redis that does not answer.
     let file_store = matches!(settings.store, nexus_config::StoreSettings::File(_));
+    let json_log = settings.log.format == nexus_config::LogFormat::Json;
     let started = crate::store::Store::open(&settings.store)
         .map_err(|e| (e.to_string(), true))
         .and_then(|store| {
@@ -219,7 +220,11 @@ pub fn serve(settings: Settings, config: Option<&std::path::Path>) -> std::proce
             std::process::ExitCode::SUCCESS
         }
         Err((e, in_config)) => {
-            tracing::error!(error = %e, "nexus-edge stopped");
+            // Text logs go to the terminal the plain line goes to: said once there. A JSON
+            // log is read by a collector, which gets its own line.
+            if json_log {
+                tracing::error!(error = %e, "nexus-edge stopped");
+            }
             eprintln!("nexus-edge: {e}");
             // The start names the file it could not use; the check names the config key and
             // line that gave it, and every other problem beside it.
