@@ -579,8 +579,9 @@ fn redis_store_problems_name_the_key() {
     assert!(ps.iter().any(|p| p.message.contains("not both")), "{ps:#?}");
     // Both given, each is still checked: every problem at once, not one per fix.
     let ps = problems(&format!(
-        "{AUTH}[store]\nkind = \"redis\"\nurl = \"http://x\"\n[store.sentinel]\nmaster_name = \"\"\nnodes = [\"redis://a:1\"]\npassword_env = \"NEXUS_TEST_UNSET_VAR\"\n"
+        "{AUTH}[store]\nkind = \"redis\"\nurl = \"http://x\"\n[store.sentinel]\nmaster_name = \"\"\nnodes = [\"redis://a:1\"]\npassword_env = \"NEXUS_TEST_UNSET_VAR\"\nmaster_nmae = \"m\"\n"
     ));
+    has(&ps, "store.sentinel.master_nmae", 10, "unknown key");
     has(&ps, "store.url", 5, "not both");
     has(&ps, "store.url", 5, "rediss://");
     has(&ps, "store.sentinel.master_name", 7, "empty");

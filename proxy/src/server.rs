@@ -93,7 +93,8 @@ fn fit_open_files(wanted: Connections, threads: usize) -> Connections {
         tracing::info!(
             from = files.before,
             to = files.now,
-            "open-file limit raised for max_connections and idle instance connections"
+            "open-file limit raised for max_connections, idle instance connections and the ops \
+             listener"
         );
     }
     let fitted = wanted.fit(threads, files.now);
@@ -108,7 +109,8 @@ fn fit_open_files(wanted: Connections, threads: usize) -> Connections {
              upstream.idle_connections need (a client and an instance connection each, \
              the idle ones, the ops listener's, and a reserve): all are cut down to what \
              fits, so that the caps work and file reloads keep descriptors. Raise the hard \
-             limit (ulimit -Hn, LimitNOFILE= for systemd) or lower the two"
+             limit (ulimit -Hn, LimitNOFILE= for systemd) or lower max_connections and \
+             idle_connections"
         );
     }
     fitted
@@ -279,7 +281,8 @@ pub fn run(
         },
         threads,
     );
-    conf.upstream_keepalive_pool_size = (fitted.idle / threads).max(1);
+    // 0 when the open-file limit holds no idle connection for each thread: nothing pooled.
+    conf.upstream_keepalive_pool_size = fitted.idle / threads;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

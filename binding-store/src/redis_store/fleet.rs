@@ -279,9 +279,7 @@ pub(super) async fn heartbeat(
         .await;
     match stamped {
         Ok((now_ms, previous)) => {
-            if WRITES_REFUSED.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                tracing::info!("Redis takes the heartbeat's write again");
-            }
+            writes_taken();
             let previous = previous.and_then(|p| serde_json::from_slice::<Heartbeat>(&p).ok());
             let (shared, news) = store.id_watch().observe(
                 previous.as_ref().map(|p| (p.process.as_str(), p.at_ms)),
@@ -299,6 +297,11 @@ pub(super) async fn heartbeat(
         }
         // The connection is gone: the session ends, as for any command.
         Err(e) if e.is_io_error() || e.is_connection_dropped() => Err(e),
+        // A demoted primary: the session ends, so that the replica finds the node that takes
+        // writes (see below).
+        Err(e) if e.code() == Some("READONLY") => Err(e),
+        // Redis takes no write for now: the plain write below would be refused as well.
+        Err(e) if writes_refused(&e) => Ok(()),
         // The script refused (an ACL user that may not run scripts, or may not read TIME in
         // one; scripting renamed away): Redis's clock read apart, else this host's, then a
         // plain write, which is all a heartbeat needed before. Never a reason to stop
@@ -323,11 +326,16 @@ pub(super) async fn heartbeat(
                 .hset(store.keys().replicas(), &store.opts().replica_id, json)
                 .await;
             match written {
+                Ok(()) => {
+                    writes_taken();
+                    Ok(())
+                }
                 // Refused by the user's rights or the key's type: the replica goes on
                 // following the feed, unseen by `--wait` and `replicas`. Ending the session
                 // for it reconnected several times a second, for ever. READONLY (a demoted
                 // primary) ends the session as before: the heartbeat is how a session learns
-                // its node no longer takes writes, and another node does.
+                // its node no longer takes writes, and another node does. OOM and MISCONF
+                // do not (see `writes_refused`).
                 // (Redis's WRONGTYPE reaches redis-rs as an error of that code, not as a
                 // `TypeError`, which is its own for replies it cannot convert.)
                 Err(w)
@@ -351,16 +359,7 @@ pub(super) async fn heartbeat(
                 // unseen by `--wait` until a heartbeat is written again. Ending the session
                 // for it stopped every replica applying changes it could read, and one
                 // without a snapshot could not start.
-                Err(w) if matches!(w.code(), Some("OOM" | "MISCONF")) => {
-                    if first_time(&WRITES_REFUSED) {
-                        tracing::error!(error = %w,
-                            "Redis refuses writes (the heartbeat's): this replica goes on \
-                             following the change feed, but --wait and `nexus-edge replicas` \
-                             do not see it, and admin writes fail, until Redis takes writes \
-                             again (free memory or raise maxmemory; fix persistence)");
-                    }
-                    Ok(())
-                }
+                Err(w) if writes_refused(&w) => Ok(()),
                 other => other,
             }
         }
@@ -370,6 +369,31 @@ pub(super) async fn heartbeat(
 /// Set while Redis refuses the heartbeat's write for want of memory or persistence: said
 /// once when that starts, and again after a heartbeat has been written since.
 static WRITES_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `e` is Redis refusing writes for now (OOM: full at `maxmemory` under
+/// `noeviction`; MISCONF: it cannot persist), said when that starts. It still answers reads,
+/// and no other node would do better: the replica goes on following the feed, unseen by
+/// `--wait` until a heartbeat is written again. Ending the session for it stopped every
+/// replica applying changes it could read, and one without a snapshot could not start.
+fn writes_refused(e: &redis::RedisError) -> bool {
+    if !matches!(e.code(), Some("OOM" | "MISCONF")) {
+        return false;
+    }
+    if first_time(&WRITES_REFUSED) {
+        tracing::error!(error = %e,
+            "Redis refuses writes (the heartbeat's): this replica goes on following the change \
+             feed, but --wait and `nexus-edge replicas` do not see it, and admin writes fail, \
+             until Redis takes writes again (free memory or raise maxmemory; fix persistence)");
+    }
+    true
+}
+
+/// A heartbeat was written: a later refusal of writes is said again.
+fn writes_taken() {
+    if WRITES_REFUSED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!("Redis takes the heartbeat's write again");
+    }
+}
 
 /// Takes this replica's heartbeat out of the fleet as it shuts down, so that `--wait` does
 /// not name it silent for the next hour, nor `replicas` list it. Only its own: under an id

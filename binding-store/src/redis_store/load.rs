@@ -125,8 +125,9 @@ impl RedisStore {
     }
 
     /// The stream's newest entry (id, revision), or the start of the stream, the revision
-    /// counter, and whether a restore import holds its lock, read in one transaction: read
-    /// apart, a write landing between them would put the counter past the entry, and the
+    /// counter, and whether a restore import holds its lock, read together
+    /// ([`read_together`]): read apart, a write landing between them would put the counter
+    /// past the entry, and the
     /// follower would take that write's entry for a restart of the history and reconcile
     /// again.
     pub(crate) async fn feed_head(
@@ -196,8 +197,8 @@ impl RedisStore {
 
     /// Whether a restore import is writing to a Redis that had no revision counter, or has
     /// since finished (the counter is there now): either way a scan made meanwhile may hold
-    /// only part of it. The lock and the counter are read in one transaction, because a
-    /// restore sets one and deletes the other in one step.
+    /// only part of it. The lock and the counter are read together ([`read_together`]),
+    /// because a restore sets one and deletes the other in one step.
     async fn restore_started(&self, con: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
         let mut both = redis::pipe();
         both.exists(self.keys.restoring())
@@ -630,9 +631,11 @@ pub(crate) enum LoadError {
 /// The replies of `reads` as of one moment: in a transaction (`MULTI`/`EXEC`), or, when Redis
 /// refuses one for want of memory (at `maxmemory` under `noeviction` it refuses to queue any
 /// command, reads included, while it still answers reads), without one, read twice and
-/// taken when both agree. Every write of the schema moves the revision counter or the
-/// restore lock, which these reads include, and while memory is full no write is taken at
-/// all; before, a replica could neither start nor reconnect until memory was freed.
+/// taken when both agree. The keys these reads take change only in ways a second read
+/// shows: a write that moves the counter appends a feed entry under a new id, and the
+/// history hash and the restore lock are compared as read (a lock taken and let go between
+/// the reads would need a write Redis refuses while full). Before, a replica could neither
+/// start nor reconnect until memory was freed.
 async fn read_together<T>(
     con: &mut MultiplexedConnection,
     reads: &mut redis::Pipeline,

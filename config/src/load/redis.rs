@@ -105,13 +105,9 @@ pub(super) fn redis_endpoint(
         (Some((u, at)), false) => url_endpoint(u, at, p),
         (None, true) => sentinel_settings(&mut sentinel, p).map(RedisEndpointSettings::Sentinel),
     };
-    // Read only when it is the endpoint: beside a url its keys are not called unknown (the
-    // problem is that it is there at all).
-    if endpoint.is_none() && s.raw("url").is_some() {
-        sentinel.finish_unjudged();
-    } else {
-        sentinel.finish(p);
-    }
+    // Its keys are read whether or not it is the endpoint (beside a url too: every problem
+    // at once), so an unknown one is named either way.
+    sentinel.finish(p);
     endpoint
 }
 

@@ -116,11 +116,11 @@ impl Connections {
     /// were once left out of the count: 27 idle ones took the last descriptors of a router
     /// whose clients were at their cap.
     ///
-    /// Pingora's pool takes its size per worker thread, at least one each: the idle
-    /// connections are cut to a multiple of `threads`, and never below one a thread, since
-    /// the pool would keep that many whatever it was told. (The threads share one event
-    /// loop, so they need no reserve of their own: a router holds the same 37 descriptors
-    /// at rest with 1 thread or 8.)
+    /// Pingora's pool takes its size per worker thread (one pool for the router, of that
+    /// size times the threads): the idle connections are cut to a multiple of `threads`,
+    /// none when fewer than one a thread fit. (The threads share one event loop, so they
+    /// need no reserve of their own: a router holds the same 37 descriptors at rest with 1
+    /// thread or 8.)
     pub fn fit(self, threads: usize, limit: u64) -> Self {
         if limit >= self.descriptors() {
             return self;
@@ -131,10 +131,8 @@ impl Connections {
         let budget = limit.saturating_sub(RESERVED_DESCRIPTORS);
         let ops = wanted(self.ops).min((budget / 8).max(8));
         let budget = budget.saturating_sub(ops);
-        let idle = match wanted(self.idle).min(budget / 3) {
-            0 if self.idle == 0 => 0,
-            idle => (idle - idle % threads).max(threads),
-        };
+        let idle = wanted(self.idle).min(budget / 3);
+        let idle = idle - idle % threads;
         let clients = (budget.saturating_sub(idle) / 2).clamp(1, wanted(self.clients));
         Self {
             clients: narrow(clients),
@@ -447,19 +445,23 @@ mod tests {
         assert_eq!(conns(10_000, 4_096, 0).fit(1, 128), conns(21, 21, 0));
         assert_eq!(conns(10_000, 0, 0).fit(1, 128), conns(32, 0, 0));
         // Never less than one client, never more than wanted.
-        assert_eq!(conns(10_000, 4_096, 0).fit(1, 10), conns(1, 1, 0));
+        assert_eq!(conns(10_000, 4_096, 0).fit(1, 10), conns(1, 0, 0));
         assert_eq!(conns(5, 4_096, 0).fit(1, 200), conns(5, 45, 0));
     }
 
-    /// The pool keeps its size per thread, at least one each: the idle connections cut are
-    /// what it will really hold, and the clients are counted after them.
+    /// The pool's size is set per thread: the idle connections cut are what it will really
+    /// hold, and the clients are counted after them.
     #[test]
-    fn the_idle_connections_cut_are_what_the_pool_of_each_thread_holds() {
+    fn the_idle_connections_cut_are_a_multiple_of_the_threads() {
         // A third of 64 is 21: 20 for 4 threads, 5 each.
         assert_eq!(conns(10_000, 4_096, 0).fit(4, 128), conns(22, 20, 0));
-        // Fewer than one a thread would fit: the pool keeps one a thread anyway.
-        assert_eq!(conns(10_000, 4_096, 0).fit(16, 100), conns(10, 16, 0));
-        assert_eq!(conns(10_000, 4_096, 0).fit(64, 100), conns(1, 64, 0));
+        // Fewer than one a thread would fit: none are kept, and never more than the limit.
+        assert_eq!(conns(10_000, 4_096, 0).fit(16, 100), conns(18, 0, 0));
+        assert_eq!(conns(10_000, 4_096, 0).fit(64, 100), conns(18, 0, 0));
+        assert_eq!(
+            conns(10_000, 4_096, 256).fit(1_024, 1_024),
+            conns(420, 0, 120)
+        );
         // None wanted, none kept.
         assert_eq!(conns(10_000, 0, 0).fit(8, 128), conns(32, 0, 0));
     }
