@@ -21,6 +21,8 @@ pub struct Answer {
     pub bytes: Vec<u8>,
     /// Close the connection once they are written.
     pub then_close: bool,
+    /// Reset the connection (RST, not FIN) once they are written: an instance that crashed.
+    pub then_reset: bool,
 }
 
 impl Answer {
@@ -29,6 +31,7 @@ impl Answer {
         Answer {
             bytes: bytes.as_bytes().to_vec(),
             then_close: false,
+            then_reset: false,
         }
     }
 
@@ -36,6 +39,14 @@ impl Answer {
     pub fn close(bytes: &str) -> Answer {
         Answer {
             then_close: true,
+            ..Answer::keep(bytes)
+        }
+    }
+
+    /// `bytes`, then the connection reset.
+    pub fn reset(bytes: &str) -> Answer {
+        Answer {
+            then_reset: true,
             ..Answer::keep(bytes)
         }
     }
@@ -71,6 +82,11 @@ impl RawInstance {
                         pending.drain(..used);
                         let answer = reply(&head);
                         if stream.write_all(&answer.bytes).await.is_err() || answer.then_close {
+                            return;
+                        }
+                        if answer.then_reset {
+                            // Closed with a zero linger: the peer gets a reset.
+                            let _ = stream.set_zero_linger();
                             return;
                         }
                     }

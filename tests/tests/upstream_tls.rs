@@ -261,6 +261,51 @@ fn a_pooled_https_connection_closed_without_close_notify_is_retried_as_a_plain_o
 }
 
 #[test]
+fn a_put_that_asked_to_continue_is_sent_again_after_its_pooled_https_connection_broke() {
+    // The router answers `Expect: 100-continue` itself, and that `100` counted as a response
+    // begun: such a request was never sent again after its pooled connection broke, and got
+    // 502 where the same request without `Expect` went through.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path());
+    let instance = Backend::start_tls("secure", &pki.server_cert, &pki.server_key);
+    let keys = TestKeys::new();
+    let edge = edge_for(&instance, &keys, Some(&pki.ca));
+    let token = keys.token("acme", None);
+    let put_expecting_continue = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(edge.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "PUT /close-before-answer HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: 1\r\nExpect: 100-continue\r\n\r\n",
+            host("acme")
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let mut interim = Vec::new();
+        let mut byte = [0u8; 1];
+        while !interim.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap(), 1, "closed before the 100");
+            interim.push(byte[0]);
+        }
+        assert!(interim.starts_with(b"HTTP/1.1 100"), "{interim:?}");
+        s.write_all(b"x").unwrap();
+        nexus_e2e::http::read_response(&mut s).unwrap().status
+    };
+    // As above: the pooled connection is closed unanswered, and so is the new one.
+    let mut rounds = 0;
+    let mut sent_again = false;
+    while rounds < 20 && !sent_again {
+        rounds += 1;
+        let warm = get_with_token(edge.addr, &host("acme"), "/warm", &token);
+        assert_eq!(warm.status, 200, "{}", warm.text());
+        let before = instance.hits();
+        assert_eq!(put_expecting_continue(), 502);
+        sent_again = instance.hits() >= before + 2;
+    }
+    assert!(sent_again, "never sent again: {}", edge.log());
+}
+
+#[test]
 fn an_https_response_cut_short_is_counted_invalid_as_a_plain_one_is() {
     // The instance sends its header and part of the body, then closes without TLS
     // `close_notify`: it answered, with less than a whole response (`upstream_invalid`), as

@@ -231,6 +231,45 @@ fn a_101_must_name_the_websocket_the_client_asked_for() {
 }
 
 #[test]
+fn a_tunnel_the_instance_resets_is_a_request_served_not_an_instance_out_of_reach() {
+    // The instance answered 101 and served the tunnel; its abrupt end (a reset, or TLS closed
+    // without close_notify, as many servers do after a WebSocket close) was counted
+    // `upstream_unreachable` and logged as an upstream failure: false alerts of an instance
+    // down. It is the tunnel's `instance_error` end.
+    let w = world(|_| {
+        Answer::reset(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+        )
+    });
+    let mut s = w.connect();
+    s.write_all(w.upgrade("/ws", 1).as_bytes()).unwrap();
+    let text = read_to_close(&mut s);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    w.edge.wait_for("the tunnel's end counted", || {
+        w.edge
+            .ops_get("/metrics")
+            .text()
+            .contains("nexus_edge_tunnels_closed_total{end=\"instance_error\"} 1")
+    });
+    let metrics = w.edge.ops_get("/metrics").text();
+    assert!(
+        metrics.contains("nexus_edge_requests_total{outcome=\"upstream_unreachable\"} 0"),
+        "{metrics}"
+    );
+    w.edge.wait_for("the request counted served", || {
+        w.edge
+            .ops_get("/metrics")
+            .text()
+            .contains("nexus_edge_requests_total{outcome=\"forwarded\"} 1")
+    });
+    assert!(
+        !w.edge.log().contains("upstream failed"),
+        "{}",
+        w.edge.log()
+    );
+}
+
+#[test]
 fn an_instances_version_and_fields_about_its_connection_are_not_passed_on() {
     let w = world(|path| match path {
         // An HTTP/1.0 instance: its version is about its own connection to the router.
@@ -725,6 +764,7 @@ fn a_trace_filter_does_not_let_a_latin1_header_panic_the_request() {
                      Content-Length: 2\r\n\r\nok"
                     .to_vec(),
             then_close: false,
+            then_reset: false,
         },
         |o| o.env = vec![("RUST_LOG".to_owned(), "info,nexus_edge=trace".to_owned())],
     );

@@ -500,7 +500,7 @@ impl ProxyHttp for EdgeService {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -509,8 +509,13 @@ impl ProxyHttp for EdgeService {
             e.set_retry(false);
             return e;
         }
-        if client_reused && session.response_written().is_none() && closed_without_close_notify(&e)
-        {
+        // Nothing of the instance's answer has reached the client: no response, or only the
+        // `100 Continue` the router wrote itself (see `take_expectation`), which Pingora
+        // counts as a response written.
+        let unanswered = session
+            .response_written()
+            .is_none_or(|r| r.status == http::StatusCode::CONTINUE && ctx.interim_responses == 0);
+        if client_reused && unanswered && closed_without_close_notify(&e) {
             e.retry = pingora::RetryType::ReusedOnly;
         }
         e.retry.decide_reuse(client_reused);
@@ -789,6 +794,18 @@ impl ProxyHttp for EdgeService {
                 can_reuse_downstream: false,
             };
         }
+        if ctx.switched_at.is_some() && matches!(e.esource(), ErrorSource::Upstream) {
+            // The instance answered 101 and served the tunnel, then ended it abruptly: a
+            // reset, or TLS closed without close_notify, as many servers close after a
+            // WebSocket's own close. Counted as the tunnel's `instance_error` end; the request
+            // was served. As an upstream failure it read as an instance out of reach.
+            tracing::debug!(request_id = %ctx.id(), error = %LoggedError(e),
+                "tunnel ended by the instance with an error");
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         if let Some(reason) =
             late_client_fault(session, e).filter(|_| !final_response_written(session))
         {
@@ -817,10 +834,7 @@ impl ProxyHttp for EdgeService {
                     can_reuse_downstream: false,
                 };
             }
-            _ => upstream_failure(
-                e,
-                final_response_written(session) && ctx.switched_at.is_none(),
-            ),
+            _ => upstream_failure(e, final_response_written(session)),
         };
         let budgets = &self.state.log_budgets;
         budgets.write(RequestLine::Reason(reason.label()), |not_logged| {
