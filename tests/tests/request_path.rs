@@ -2769,28 +2769,30 @@ fn tenant_history_shows_what_a_rebind_changed_and_reads_the_embedded_store() {
     assert!(!line(1, "new:").contains("  api "), "{history}");
     // Reads work on the embedded demo store; it was never written, so it has no history
     // (it answered that it is read-only, as to a write).
-    let out = std::process::Command::new(nexus_e2e::edge::binary())
-        .args(["tenant", "history", "acme"])
-        .env_remove("NEXUS_EDGE_CONFIG")
-        .current_dir(w.edge.dir.path())
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    // (No login name either: a write must not get as far as saying whom it audits.)
+    let embedded = |args: &[&str]| {
+        let out = std::process::Command::new(nexus_e2e::edge::binary())
+            .arg("tenant")
+            .args(args)
+            .env_remove("NEXUS_EDGE_CONFIG")
+            .env_remove("USER")
+            .env_remove("LOGNAME")
+            .current_dir(w.edge.dir.path())
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = embedded(&["history", "acme"]);
+    assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("no audit entries for tenant acme"), "{err}");
     assert!(err.contains("this is the embedded demo store"), "{err}");
     // A write is refused first, for what it is: not a store that could not be reached, nor
     // after a warning about whom the audit entry would name.
-    let out = std::process::Command::new(nexus_e2e::edge::binary())
-        .args(["tenant", "set-status", "acme", "suspended"])
-        .env_remove("NEXUS_EDGE_CONFIG")
-        .env_remove("USER")
-        .env_remove("LOGNAME")
-        .current_dir(w.edge.dir.path())
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = embedded(&["set-status", "acme", "suspended"]);
+    assert_eq!(code, Some(1), "{err}");
     assert_eq!(
         err.trim_end(),
         "nexus-edge: no --config (nor NEXUS_EDGE_CONFIG): the embedded demo store is \

@@ -228,35 +228,61 @@ fn instances_sharing_an_address_never_share_a_connection_and_a_rebind_leaves_the
     assert_eq!(moved.hits(), moved_before + 3);
 }
 
-#[test]
-fn a_pooled_https_connection_closed_without_close_notify_is_retried_as_a_plain_one_is() {
-    // An instance that closes a kept connection as a request arrives (its idle timeout, a
-    // crash) ends TLS without `close_notify`. Pingora sends a request again after such a
-    // close on plain connections only: on `https` the request failed with 502.
+/// An `https` instance signed by a test CA the router trusts, serving acme, and acme's token.
+struct SecureWorld {
+    _dir: tempfile::TempDir,
+    instance: Backend,
+    edge: Edge,
+    token: String,
+}
+
+fn secure_world() -> SecureWorld {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::generate(dir.path());
     let instance = Backend::start_tls("secure", &pki.server_cert, &pki.server_key);
     let keys = TestKeys::new();
     let edge = edge_for(&instance, &keys, Some(&pki.ca));
     let token = keys.token("acme", None);
-    // The pooled connection is closed unanswered; the request goes again on a new one, which
-    // this instance closes too (a new connection's failure is not retried). Rounds, as a
-    // request can come before the last one's connection is back in the pool.
-    let mut rounds = 0;
-    while rounds < 20 && !edge.log().contains("the request is sent again") {
-        rounds += 1;
-        let warm = get_with_token(edge.addr, &host("acme"), "/warm", &token);
-        assert_eq!(warm.status, 200, "{}", warm.text());
-        let broken = get_with_token(edge.addr, &host("acme"), "/close-before-answer", &token);
-        assert_eq!(broken.status, 502, "{}", broken.text());
+    SecureWorld {
+        _dir: dir,
+        instance,
+        edge,
+        token,
     }
+}
+
+impl SecureWorld {
+    /// Whether `send` (a request to `/close-before-answer`, answered 502) was sent to the
+    /// instance again after its pooled connection broke, within 20 rounds: each round pools
+    /// a connection (a request answered), then sends; the instance closes the pooled
+    /// connection unanswered, and the new one too (a new connection's failure is not sent
+    /// again). Rounds, as a request can come before the last one's connection is back in the
+    /// pool.
+    fn sent_again(&self, send: impl Fn() -> u16) -> bool {
+        (0..20).any(|_| {
+            let warm = get_with_token(self.edge.addr, &host("acme"), "/warm", &self.token);
+            assert_eq!(warm.status, 200, "{}", warm.text());
+            let before = self.instance.hits();
+            assert_eq!(send(), 502);
+            self.instance.hits() >= before + 2
+        })
+    }
+}
+
+#[test]
+fn a_pooled_https_connection_closed_without_close_notify_is_retried_as_a_plain_one_is() {
+    // An instance that closes a kept connection as a request arrives (its idle timeout, a
+    // crash) ends TLS without `close_notify`. Pingora sends a request again after such a
+    // close on plain connections only: on `https` the request failed with 502.
+    let w = secure_world();
+    let get = || get_with_token(w.edge.addr, &host("acme"), "/close-before-answer", &w.token);
     assert!(
-        instance.hits() > 2 * rounds,
-        "never sent again after its pooled connection broke: {}",
-        edge.log()
+        w.sent_again(|| get().status),
+        "never sent again: {}",
+        w.edge.log()
     );
     // A request the instance answers goes through after it.
-    let after = get_with_token(edge.addr, &host("acme"), "/after", &token);
+    let after = get_with_token(w.edge.addr, &host("acme"), "/after", &w.token);
     assert_eq!(after.status, 200, "{}", after.text());
 }
 
@@ -265,20 +291,16 @@ fn a_put_that_asked_to_continue_is_sent_again_after_its_pooled_https_connection_
     // The router answers `Expect: 100-continue` itself, and that `100` counted as a response
     // begun: such a request was never sent again after its pooled connection broke, and got
     // 502 where the same request without `Expect` went through.
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::generate(dir.path());
-    let instance = Backend::start_tls("secure", &pki.server_cert, &pki.server_key);
-    let keys = TestKeys::new();
-    let edge = edge_for(&instance, &keys, Some(&pki.ca));
-    let token = keys.token("acme", None);
+    let w = secure_world();
     let put_expecting_continue = || {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(edge.addr).unwrap();
+        let mut s = std::net::TcpStream::connect(w.edge.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let head = format!(
-            "PUT /close-before-answer HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+            "PUT /close-before-answer HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
              Content-Length: 1\r\nExpect: 100-continue\r\n\r\n",
-            host("acme")
+            host("acme"),
+            w.token
         );
         s.write_all(head.as_bytes()).unwrap();
         let mut interim = Vec::new();
@@ -291,18 +313,11 @@ fn a_put_that_asked_to_continue_is_sent_again_after_its_pooled_https_connection_
         s.write_all(b"x").unwrap();
         nexus_e2e::http::read_response(&mut s).unwrap().status
     };
-    // As above: the pooled connection is closed unanswered, and so is the new one.
-    let mut rounds = 0;
-    let mut sent_again = false;
-    while rounds < 20 && !sent_again {
-        rounds += 1;
-        let warm = get_with_token(edge.addr, &host("acme"), "/warm", &token);
-        assert_eq!(warm.status, 200, "{}", warm.text());
-        let before = instance.hits();
-        assert_eq!(put_expecting_continue(), 502);
-        sent_again = instance.hits() >= before + 2;
-    }
-    assert!(sent_again, "never sent again: {}", edge.log());
+    assert!(
+        w.sent_again(put_expecting_continue),
+        "never sent again: {}",
+        w.edge.log()
+    );
 }
 
 #[test]
