@@ -20,6 +20,13 @@ pub trait BindingSource: Send + Sync + 'static {
     /// Short name for logs and metrics (`file`, `redis`).
     fn kind(&self) -> &'static str;
 
+    /// How long before the process is stopped [`BindingSource::run`] must be told to stop,
+    /// for the last steps it takes then (a Redis replica's goodbye heartbeat and snapshot).
+    /// None by default: the source follows changes to the end.
+    fn last_steps(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Loads the table the proxy starts serving with. Fails only when there is nothing safe
     /// to serve (no store reachable and no usable snapshot).
     async fn initial_load(&self) -> Result<BindingTable, StoreError>;

@@ -18,9 +18,10 @@ use crate::state::EdgeState;
 /// during the drain kept its tunnels until `shutdown_grace` ran out.
 ///
 /// The drain's end ([`crate::signals`]) calls [`JobsStop::finish`] just before the process
-/// exits; should `shutdown_grace` run out first, the jobs stop [`FINISH_MARGIN`] before it
-/// does, while their runtime still runs their last steps (a Redis replica's goodbye
-/// heartbeat and snapshot).
+/// exits; should `shutdown_grace` run out first, a job with last steps (a Redis replica's
+/// goodbye heartbeat and snapshot: [`BindingSource::last_steps`]) is told that long before
+/// it does, while its runtime still runs them. The others follow to the end: told 2 s early
+/// whatever their store, a router with a short grace stopped following at the drain's start.
 #[derive(Clone, Debug)]
 pub struct JobsStop {
     inner: Arc<JobsStopInner>,
@@ -34,10 +35,6 @@ struct JobsStopInner {
     finished: Condvar,
     grace: Duration,
 }
-
-/// How long before `shutdown_grace` runs out the jobs stop when the drain has not ended: the
-/// least grace a Redis replica's config may give (a shorter one is refused).
-pub const FINISH_MARGIN: Duration = nexus_config::MIN_REPLICA_GRACE;
 
 impl JobsStop {
     /// Jobs of a router whose drain lasts `grace` at most.
@@ -68,11 +65,12 @@ impl JobsStop {
     }
 
     /// A watch that turns true when the job is to stop: at [`JobsStop::finish`], or
-    /// [`FINISH_MARGIN`] before `shutdown_grace` runs out once Pingora's `shutdown` came.
-    fn signal(&self, mut shutdown: ShutdownWatch) -> watch::Receiver<bool> {
+    /// `margin` before `shutdown_grace` runs out once Pingora's `shutdown` came: the time
+    /// the job's last steps need (none for a job that has none: it follows to the end).
+    fn signal(&self, mut shutdown: ShutdownWatch, margin: Duration) -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(false);
         let mut exit = self.inner.exit.subscribe();
-        let last_moment = self.inner.grace.saturating_sub(FINISH_MARGIN);
+        let last_moment = self.inner.grace.saturating_sub(margin);
         tokio::spawn(async move {
             let grace_ending = async {
                 let _ = shutdown.wait_for(|s| *s).await;
@@ -127,7 +125,9 @@ impl BackgroundService for BindingSync {
     /// changes again: it is logged and counted by the panic hook, and the sync starts over
     /// (a source's `run` begins by catching up from wherever it is).
     async fn start(&self, shutdown: ShutdownWatch) {
-        let mut stop = self.stop.signal(shutdown);
+        // Told to stop early only for its last steps: bindings go on being followed through
+        // the drain (a rebind closes tunnels), to its end for a store with no last steps.
+        let mut stop = self.stop.signal(shutdown, self.source.last_steps());
         loop {
             let run = Arc::clone(&self.source).run(self.handle.clone(), stop.clone());
             match tokio::spawn(run).await {
@@ -170,7 +170,9 @@ impl KeyReload {
 #[async_trait]
 impl BackgroundService for KeyReload {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let mut shutdown = self.stop.signal(shutdown);
+        // No last steps: keys are followed to the end of the drain (a revoked key closes
+        // tunnels).
+        let mut shutdown = self.stop.signal(shutdown, Duration::ZERO);
         let mut tick = tokio::time::interval(self.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -243,30 +245,35 @@ mod tests {
         }
     }
 
-    /// The jobs run through the drain (Pingora's shutdown), and stop at its end, or
-    /// `FINISH_MARGIN` before `shutdown_grace` runs out.
+    /// The jobs run through the drain (Pingora's shutdown), and stop at its end, or their
+    /// last steps' time before `shutdown_grace` runs out.
     #[tokio::test(start_paused = true)]
     async fn jobs_stop_as_the_drain_ends_not_as_it_begins() {
-        let jobs = JobsStop::new(Duration::from_secs(60));
-        let (pingora, shutdown) = watch::channel(false);
-        let mut stop = jobs.signal(shutdown);
-        pingora.send(true).expect("listened to");
-        let last_moment = Duration::from_secs(60) - FINISH_MARGIN;
-        // (The clock is paused: it moves only as the tasks wait, all at once.)
-        assert!(
-            tokio::time::timeout(last_moment - Duration::from_secs(1), stop.wait_for(|s| *s))
+        for margin in [Duration::from_secs(2), Duration::ZERO] {
+            let grace = Duration::from_secs(60);
+            let jobs = JobsStop::new(grace);
+            let (pingora, shutdown) = watch::channel(false);
+            let mut stop = jobs.signal(shutdown, margin);
+            pingora.send(true).expect("listened to");
+            let last_moment = grace - margin;
+            // (The clock is paused: it moves only as the tasks wait, all at once.)
+            let before = tokio::time::Instant::now();
+            assert!(
+                tokio::time::timeout(last_moment - Duration::from_secs(1), stop.wait_for(|s| *s))
+                    .await
+                    .is_err(),
+                "stopped as the drain began"
+            );
+            stop.wait_for(|s| *s)
                 .await
-                .is_err(),
-            "stopped as the drain began"
-        );
-        stop.wait_for(|s| *s)
-            .await
-            .expect("stopped before the grace ran out");
+                .expect("stopped before the grace ran out");
+            assert_eq!(before.elapsed(), last_moment, "margin {margin:?}");
+        }
 
         // Ended by the drain: told at once, and the drain waits for the sync to finish.
         let jobs = JobsStop::new(Duration::from_secs(60));
         let (_pingora, shutdown) = watch::channel(false);
-        let mut stop = jobs.signal(shutdown);
+        let mut stop = jobs.signal(shutdown, Duration::from_secs(2));
         let finishing = {
             let jobs = jobs.clone();
             std::thread::spawn(move || jobs.finish(Duration::from_secs(3600)))

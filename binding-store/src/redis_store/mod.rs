@@ -654,6 +654,10 @@ impl BindingSource for RedisStore {
         "redis"
     }
 
+    fn last_steps(&self) -> Duration {
+        nexus_config::MIN_REPLICA_GRACE
+    }
+
     async fn initial_load(&self) -> Result<BindingTable, StoreError> {
         // The snapshot stands in for the table a running replica would be serving (so an
         // empty or wiped Redis neither replaces nor overwrites it), and it is what is served
