@@ -2354,12 +2354,23 @@ fn binding_file_changes_are_picked_up_live() {
     // unbind every tenant it does not name, here newco and globex.
     let mut broken_acme = binding("acme", "ftp://nowhere", "active", Some("org-acme"));
     broken_acme["revision"] = serde_json::json!(9);
+    let rejected = w.edge.metric("nexus_edge_binding_records_rejected_total");
     w.edge.write_bindings(&bindings_file(vec![broken_acme]));
     w.edge.wait_for("the file of refused records refused", || {
         w.edge
             .log()
             .contains("none of its 1 records is valid, so the 3 bindings served stay")
     });
+    // Each refused record is counted and named, as in a load that takes the file.
+    assert_eq!(
+        w.edge.metric("nexus_edge_binding_records_rejected_total"),
+        rejected + 1
+    );
+    assert!(
+        w.edge.log().contains("binding record refused") && w.edge.log().contains("ftp"),
+        "{}",
+        w.edge.log()
+    );
     for (tenant, org, instance) in [
         ("acme", Some("org-acme"), "instance-b"),
         ("newco", None, "instance-a"),

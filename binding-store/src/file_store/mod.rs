@@ -202,6 +202,16 @@ impl FileStore {
         // half replaced), with nothing in the file to say it was meant: the table served stays.
         if parsed.bindings.is_empty() {
             if let Some(first) = parsed.problems.first() {
+                // Each named and counted, as in a load that takes the file.
+                for p in parsed
+                    .problems
+                    .iter()
+                    .filter(|_| crate::record_lines::admit())
+                {
+                    tracing::warn!(file = %self.origin(), problem = %p, "binding record refused");
+                }
+                crate::record_lines::summarize(&self.origin());
+                self.health.add_rejected(parsed.problems.len() as u64);
                 let served = current.map_or(0, BindingTable::len);
                 let outcome = if served == 0 {
                     "so no tenant could be routed".to_owned()
