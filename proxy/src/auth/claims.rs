@@ -109,6 +109,15 @@ pub(crate) struct ClaimRules {
     pub(crate) org_claim: String,
 }
 
+/// Whether some issuer of `[auth.issuer_keys]` lists `kid`: a key no issuer lists signs
+/// nothing.
+pub(crate) fn listed_by_an_issuer(
+    issuer_keys: &HashMap<String, HashSet<String>>,
+    kid: &str,
+) -> bool {
+    issuer_keys.values().any(|kids| kids.contains(kid))
+}
+
 /// Which way a fractional NumericDate is rounded to whole seconds: the way that never lets
 /// a token be accepted outside the time its claim allows.
 #[derive(Clone, Copy)]

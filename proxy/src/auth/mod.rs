@@ -157,7 +157,7 @@ impl IssuerKeyGaps {
             return Self::default();
         };
         let (unowned, without_kid) =
-            keys.unowned(|kid| issuer_keys.values().any(|k| k.contains(kid)));
+            keys.unowned(|kid| claims::listed_by_an_issuer(issuer_keys, kid));
         let mut missing: Vec<(String, String)> = issuer_keys
             .iter()
             .flat_map(|(iss, kids)| kids.iter().map(move |k| (iss, k)))
@@ -308,7 +308,7 @@ impl Authenticator {
         match &self.rules.issuer_keys {
             None => keys.len(),
             Some(issuer_keys) => {
-                keys.len_owned(|kid| issuer_keys.values().any(|k| k.contains(kid)))
+                keys.len_owned(|kid| claims::listed_by_an_issuer(issuer_keys, kid))
             }
         }
     }
