@@ -142,17 +142,66 @@ pub trait NameLookup: Send + Sync + std::fmt::Debug {
     async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>>;
 }
 
-/// `getaddrinfo`, on tokio's blocking pool.
-#[derive(Debug)]
-struct SystemLookup;
+/// System resolver calls running at most at once, abandoned ones included.
+///
+/// `getaddrinfo` cannot be cancelled: a request that stops waiting (after the lookup's
+/// timeout) leaves its call running on tokio's blocking pool until the resolver gives up,
+/// seconds later. Unbounded, names that do not resolve (a bindings file full of typos, a DNS
+/// outage) grew the pool to hundreds of threads (13 → ~340 in a probe, +90 MB). Answers are
+/// cached for `dns_ttl`, so a healthy resolver needs few at once; beyond this, requests wait
+/// for a free place within their lookup timeout.
+pub const MAX_LOOKUPS_AT_ONCE: usize = 64;
+
+/// A blocking resolver run on tokio's blocking pool, at most [`MAX_LOOKUPS_AT_ONCE`] (or
+/// `slots`) calls at once. Each call holds its place until it returns, even after the
+/// request that started it stopped waiting.
+struct BlockingLookup<F> {
+    resolve: Arc<F>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl<F> BlockingLookup<F> {
+    fn new(resolve: F, slots: usize) -> Self {
+        Self {
+            resolve: Arc::new(resolve),
+            slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for BlockingLookup<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingLookup")
+            .field("free", &self.slots.available_permits())
+            .finish()
+    }
+}
 
 #[async_trait::async_trait]
-impl NameLookup for SystemLookup {
+impl<F> NameLookup for BlockingLookup<F>
+where
+    F: Fn(&str, u16) -> std::io::Result<Vec<IpAddr>> + Send + Sync + 'static,
+{
     async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>> {
-        tokio::net::lookup_host((host, port))
+        let place = Arc::clone(&self.slots)
+            .acquire_owned()
             .await
-            .map(|addrs| addrs.map(|a| a.ip()).collect())
+            .map_err(std::io::Error::other)?;
+        let resolve = Arc::clone(&self.resolve);
+        let host = host.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let _place = place;
+            resolve(&host, port)
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
+}
+
+/// `getaddrinfo`, as `tokio::net::lookup_host` calls it.
+fn system_resolve(host: &str, port: u16) -> std::io::Result<Vec<IpAddr>> {
+    use std::net::ToSocketAddrs;
+    Ok((host, port).to_socket_addrs()?.map(|a| a.ip()).collect())
 }
 
 /// The cache of instance addresses, shared by every request.
@@ -190,7 +239,10 @@ enum Cached {
 impl InstanceResolver {
     /// A resolver with `policy`, asking the system resolver.
     pub fn new(policy: ResolverPolicy) -> Self {
-        Self::with_lookup(policy, Arc::new(SystemLookup))
+        Self::with_lookup(
+            policy,
+            Arc::new(BlockingLookup::new(system_resolve, MAX_LOOKUPS_AT_ONCE)),
+        )
     }
 
     /// A resolver with `policy` that asks `lookup` for names.
@@ -556,6 +608,70 @@ mod tests {
 
     fn down() -> std::io::Result<Vec<IpAddr>> {
         Err(std::io::Error::other("resolver down"))
+    }
+
+    /// A blocking resolver that holds every call until it is opened, counting calls.
+    #[derive(Default)]
+    struct Gate {
+        open: Mutex<bool>,
+        opened: std::sync::Condvar,
+        running: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Gate {
+        fn call(&self) -> std::io::Result<Vec<IpAddr>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.running.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            let mut open = self.open.lock().expect("gate");
+            while !*open {
+                open = self.opened.wait(open).expect("gate");
+            }
+            self.running.fetch_sub(1, SeqCst);
+            Ok(vec![A])
+        }
+
+        fn open(&self) {
+            *self.open.lock().expect("gate") = true;
+            self.opened.notify_all();
+        }
+    }
+
+    /// Opens the gate when the test ends, failed or not: the runtime waits for blocked calls.
+    struct OpenAtEnd(Arc<Gate>);
+
+    impl Drop for OpenAtEnd {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_lookups_keep_their_place_so_blocking_calls_stay_bounded() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let gate = Arc::new(Gate::default());
+        let _open = OpenAtEnd(Arc::clone(&gate));
+        let held = Arc::clone(&gate);
+        let lookup = BlockingLookup::new(move |_: &str, _| held.call(), 4);
+        // Forty requests for names that hang: each stops waiting, its call runs on.
+        for i in 0..40 {
+            let name = format!("hangs-{i}.internal");
+            let asked = tokio::time::timeout(Duration::from_millis(5), lookup.lookup(&name, 80));
+            assert!(asked.await.is_err(), "the gate is shut");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gate.running.load(SeqCst) < 4 && Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(gate.running.load(SeqCst), 4);
+        assert_eq!(gate.most.load(SeqCst), 4, "never more calls than places");
+
+        // Once the calls return, their places are free again.
+        gate.open();
+        let answer = tokio::time::timeout(Duration::from_secs(10), lookup.lookup("next", 80));
+        assert_eq!(answer.await.expect("a place").expect("an answer"), vec![A]);
+        assert!(gate.most.load(SeqCst) <= 4);
     }
 
     #[tokio::test]
