@@ -38,6 +38,7 @@ pub mod demo;
 pub mod errors;
 pub mod framing;
 pub mod host;
+pub mod huge_pages;
 pub mod invisible;
 pub mod listening;
 pub mod log_budget;

@@ -11,6 +11,8 @@ use clap::Parser;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before the first request's memory: what is mapped early stays as it was faulted in.
+    nexus_edge::huge_pages::keep_off();
     let cli = match nexus_edge::cli::Cli::try_parse() {
         Ok(cli) => cli,
         // clap reads an empty NEXUS_EDGE_CONFIG as `--config` given no value, and says so of

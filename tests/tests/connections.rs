@@ -595,6 +595,43 @@ fn the_open_file_limit_is_raised_for_max_connections() {
     );
 }
 
+/// The `THP_enabled` line of a process's status (Linux 5.0 on), `None` on kernels without it.
+fn huge_pages_enabled(pid: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))?;
+    Some(line.trim() != "0")
+}
+
+#[test]
+fn transparent_huge_pages_are_off_unless_mimalloc_allow_thp_is_set() {
+    // Left on, khugepaged merges what the allocator gave back into huge pages again, and an
+    // idle router's memory climbs (README, "Memory per connection").
+    let Some(ours) = huge_pages_enabled(std::process::id()) else {
+        eprintln!("this kernel shows no THP_enabled line: nothing to check");
+        return;
+    };
+    let keys = TestKeys::new();
+    let backend = Backend::start("instance-a");
+    let records = vec![binding("acme", &backend.url(), "active", None)];
+    let opts = EdgeOptions::new(keys.jwks(), bindings_file(records.clone()));
+    let edge = Edge::start(&opts);
+    assert_eq!(huge_pages_enabled(edge.pid()), Some(false));
+    drop(edge);
+
+    // The operator's choice stands: mimalloc applies it.
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings_file(records));
+    opts.env
+        .push(("MIMALLOC_ALLOW_THP".to_owned(), "1".to_owned()));
+    let edge = Edge::start(&opts);
+    assert_eq!(huge_pages_enabled(edge.pid()), Some(ours));
+    assert_eq!(
+        nexus_e2e::http::get(edge.addr, &format!("acme.{BASE}"), "/login", &[]).status,
+        200
+    );
+}
+
 #[test]
 fn a_client_that_stops_reading_is_disconnected() {
     // 50 MB the client never reads: the router's writes stall once the socket buffers are

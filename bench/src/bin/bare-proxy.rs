@@ -54,6 +54,8 @@ impl ProxyHttp for Bare {
 }
 
 fn main() {
+    // As `nexus-edge` starts: transparent huge pages off unless MIMALLOC_ALLOW_THP says.
+    nexus_edge::huge_pages::keep_off();
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(upstream), Some(threads)) = (args.get(1), args.get(2), args.get(3))
     else {
