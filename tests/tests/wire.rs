@@ -398,6 +398,33 @@ fn a_body_badly_chunked_or_cut_short_counts_as_an_invalid_answer() {
 }
 
 #[test]
+fn a_response_header_cut_short_counts_as_an_invalid_answer() {
+    // Part of a header, then the connection closed or reset: the instance answered, with
+    // something that is not a response. Counted as `upstream_unreachable` ("could not be
+    // reached"), it would page someone about an instance that is up.
+    let w = world(|path| match path {
+        "/closed" => Answer::close("HTTP/1.1 200 OK\r\ncontent-"),
+        "/reset" => Answer::reset("HTTP/1.1 2"),
+        "/silent" => Answer::close(""),
+        _ => Answer::keep(OK),
+    });
+    for path in ["/closed", "/reset", "/silent"] {
+        let mut s = w.connect();
+        let r = w.get(&mut s, path);
+        assert_eq!(r.status, 502, "{path}: {}", r.text());
+    }
+    let mut s = w.connect();
+    assert_eq!(w.get(&mut s, "/").status, 200);
+    // A connection closed before any byte of an answer is still one that went nowhere.
+    nexus_e2e::wait::until(Duration::from_secs(10), "each counted", || {
+        let text = w.edge.ops_get("/metrics").text();
+        (text.contains("nexus_edge_requests_total{outcome=\"upstream_invalid\"} 2")
+            && text.contains("nexus_edge_requests_total{outcome=\"upstream_unreachable\"} 1"))
+        .then_some(())
+    });
+}
+
+#[test]
 fn a_status_outside_100_to_599_is_a_502() {
     // RFC 9110 §15: no valid status is above 599; the client gets the router's 502, not a
     // response it cannot interpret.

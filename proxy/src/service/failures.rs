@@ -98,6 +98,36 @@ pub(super) fn out_of_resources(e: &Error) -> bool {
         })
 }
 
+/// Whether the instance's connection ended (closed, reset, TLS without `close_notify`) after
+/// part of its response header: it answered, with something that is not a response. Pingora
+/// gives the bytes it had read only in its error's context ("while reading response
+/// headers, bytes already read: N"); a context worded otherwise reads as nothing read, the
+/// instance out of reach, as before. The error read is Pingora's own, under the one it
+/// wraps around it with the peer.
+fn header_cut_short(e: &Error) -> bool {
+    let read = |e: &Error| {
+        e.context
+            .as_ref()
+            .and_then(|c| {
+                c.as_str()
+                    .strip_prefix("while reading response headers, bytes already read: ")
+            })
+            .and_then(|n| n.parse::<usize>().ok())
+    };
+    let mut error = Some(e);
+    while let Some(e) = error {
+        if let Some(n) = read(e) {
+            return n > 0;
+        }
+        error = e.cause.as_deref().and_then(|c| {
+            c.downcast_ref::<Box<Error>>()
+                .map(|b| &**b)
+                .or_else(|| c.downcast_ref::<Error>())
+        });
+    }
+    false
+}
+
 /// Maps a proxying error to the rejection the client sees (`answered`: the instance's
 /// response header has reached the client).
 pub(super) fn upstream_failure(e: &Error, answered: bool) -> RejectReason {
@@ -119,7 +149,7 @@ pub(super) fn upstream_failure(e: &Error, answered: bool) -> RejectReason {
         // instance answered, with something that is not a whole response.
         _ if e.esource() == &ErrorSource::Upstream
             && (is_bad_chunk(e)
-                || (answered
+                || ((answered || header_cut_short(e))
                     && matches!(
                         e.etype(),
                         ErrorType::ConnectionClosed | ErrorType::ReadError
@@ -179,6 +209,38 @@ mod tests {
         );
         e.esource = ErrorSource::Upstream;
         e
+    }
+
+    /// A response header read in part when the instance's connection ended, as Pingora
+    /// reports it: its error wrapped in one naming the peer.
+    fn header_read_ended(etype: ErrorType, read: usize) -> Box<Error> {
+        let mut inner = Error::explain(
+            etype,
+            format!("while reading response headers, bytes already read: {read}"),
+        );
+        inner.esource = ErrorSource::Upstream;
+        let mut e = Error::because(inner.etype().clone(), "Peer: addr: 127.0.0.1:9101", inner);
+        e.esource = ErrorSource::Upstream;
+        e
+    }
+
+    #[test]
+    fn a_header_cut_short_is_an_invalid_answer_and_none_at_all_is_unreachable() {
+        for etype in [ErrorType::ConnectionClosed, ErrorType::ReadError] {
+            let cut = header_read_ended(etype.clone(), 25);
+            assert_eq!(upstream_failure(&cut, false), RejectReason::UpstreamInvalid);
+            let none = header_read_ended(etype, 0);
+            assert_eq!(
+                upstream_failure(&none, false),
+                RejectReason::UpstreamUnreachable
+            );
+        }
+        let mut other = Error::explain(ErrorType::ConnectionClosed, "while writing the body");
+        other.esource = ErrorSource::Upstream;
+        assert_eq!(
+            upstream_failure(&other, false),
+            RejectReason::UpstreamUnreachable
+        );
     }
 
     #[test]
