@@ -11,8 +11,11 @@
 //!   not (a name quiet for longer, or `dns_serve_stale = "0s"`) wait for that lookup's
 //!   answer: a refresh under way is not a failure. Only a brand-new name's first concurrent
 //!   requests each ask.
-//! - A failed lookup is remembered for a second: requests in that second fail fast instead of
-//!   asking again (so an unresolvable instance does not cost a lookup per request).
+//! - A failed lookup is remembered for a second from its failure (a lookup that timed out,
+//!   from its timeout): requests in that second fail fast instead of asking again (so an
+//!   unresolvable instance does not cost a lookup per request).
+//! - The system resolver runs one call at a time per name, and at most
+//!   [`MAX_LOOKUPS_AT_ONCE`] in all (see there).
 //! - When a refresh fails, the last answer keeps serving for `dns_serve_stale` past its expiry
 //!   (a resolver outage should not take instances offline). A name that was deleted keeps
 //!   getting traffic that long too, which is why the window is short by default and can be
@@ -148,16 +151,23 @@ pub trait NameLookup: Send + Sync + std::fmt::Debug {
 /// timeout) leaves its call running on tokio's blocking pool until the resolver gives up,
 /// seconds later. Unbounded, names that do not resolve (a bindings file full of typos, a DNS
 /// outage) grew the pool to hundreds of threads (13 → ~340 in a probe, +90 MB). Answers are
-/// cached for `dns_ttl`, so a healthy resolver needs few at once; beyond this, requests wait
-/// for a free place within their lookup timeout.
+/// cached for `dns_ttl` and a name has one call at a time, so a healthy resolver needs few
+/// at once; beyond this, lookups wait for a free place (their requests within their lookup
+/// timeout).
 pub const MAX_LOOKUPS_AT_ONCE: usize = 64;
 
-/// A blocking resolver run on tokio's blocking pool, at most [`MAX_LOOKUPS_AT_ONCE`] (or
-/// `slots`) calls at once. Each call holds its place until it returns, even after the
-/// request that started it stopped waiting.
+/// A call's outcome, shared by the lookups that joined it (`io::Error` is not `Clone`).
+type Outcome = Result<Arc<[IpAddr]>, Arc<std::io::Error>>;
+
+/// A blocking resolver run on tokio's blocking pool: one call at a time per name (a lookup
+/// of a name whose call still runs, abandoned or not, joins it), and at most `slots` calls
+/// at once. Without the first, a name whose lookups hang started a new call at each
+/// timeout, and a few such names held every place.
 struct BlockingLookup<F> {
     resolve: Arc<F>,
     slots: Arc<tokio::sync::Semaphore>,
+    /// The calls waiting for a place or running, by name; each removes itself as it ends.
+    calls: Arc<Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>>,
 }
 
 impl<F> BlockingLookup<F> {
@@ -165,6 +175,7 @@ impl<F> BlockingLookup<F> {
         Self {
             resolve: Arc::new(resolve),
             slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            calls: Arc::default(),
         }
     }
 }
@@ -177,24 +188,77 @@ impl<F> std::fmt::Debug for BlockingLookup<F> {
     }
 }
 
+/// The map of calls: every update is one insert or remove, so a poisoned one is valid.
+fn calls_of(
+    calls: &Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Option<Outcome>>>> {
+    calls.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<F> BlockingLookup<F>
+where
+    F: Fn(&str, u16) -> std::io::Result<Vec<IpAddr>> + Send + Sync + 'static,
+{
+    /// Starts the call for `host`: a task of its own, which outlives the requests waiting
+    /// for it, takes a place, runs the resolver and hands its outcome to whoever waits.
+    fn start(&self, host: &str, port: u16) -> watch::Receiver<Option<Outcome>> {
+        let (tx, rx) = watch::channel(None);
+        let (slots, resolve, calls) = (
+            Arc::clone(&self.slots),
+            Arc::clone(&self.resolve),
+            Arc::clone(&self.calls),
+        );
+        let host = host.to_owned();
+        tokio::spawn(async move {
+            let outcome = match slots.acquire_owned().await {
+                Ok(place) => {
+                    let name = host.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _place = place;
+                        resolve(&name, port)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                }
+                Err(closed) => Err(std::io::Error::other(closed)),
+            };
+            // Gone from the map first: a lookup arriving now starts a new call rather than
+            // joining one that has ended.
+            calls_of(&calls).remove(&host);
+            let _ = tx.send(Some(outcome.map(Arc::from).map_err(Arc::new)));
+        });
+        rx
+    }
+}
+
 #[async_trait::async_trait]
 impl<F> NameLookup for BlockingLookup<F>
 where
     F: Fn(&str, u16) -> std::io::Result<Vec<IpAddr>> + Send + Sync + 'static,
 {
     async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>> {
-        let place = Arc::clone(&self.slots)
-            .acquire_owned()
+        let mut call = {
+            let mut calls = calls_of(&self.calls);
+            // A call whose task is gone without a word (the runtime stopping) is no call.
+            match calls.get(host).filter(|c| c.has_changed().is_ok()) {
+                Some(call) => call.clone(),
+                None => {
+                    let call = self.start(host, port);
+                    calls.insert(host.to_owned(), call.clone());
+                    call
+                }
+            }
+        };
+        let outcome = call
+            .wait_for(Option::is_some)
             .await
-            .map_err(std::io::Error::other)?;
-        let resolve = Arc::clone(&self.resolve);
-        let host = host.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let _place = place;
-            resolve(&host, port)
-        })
-        .await
-        .map_err(std::io::Error::other)?
+            .map_err(|_| std::io::Error::other("the lookup ended without an answer"))?
+            .clone();
+        match outcome {
+            Some(Ok(ips)) => Ok(ips.to_vec()),
+            Some(Err(e)) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            None => Err(std::io::Error::other("the lookup ended without an answer")),
+        }
     }
 }
 
@@ -355,7 +419,12 @@ impl InstanceResolver {
                 Self::pick(&ips, port, tried, &down, now, turn).ok_or_else(all_tried)
             }
             Err(err) => {
-                self.failed(host, now);
+                // Ended at its timeout when it timed out; any other failure is prompt.
+                let ended = match err {
+                    ResolveError::Timeout { timeout, .. } => now + timeout,
+                    _ => now,
+                };
+                self.failed(host, now, ended);
                 match stale {
                     Some((ips, down)) => {
                         tracing::warn!(error = %err, "instance name not refreshed; using its last addresses");
@@ -454,21 +523,25 @@ impl InstanceResolver {
         }
     }
 
-    /// Remembers a failed lookup (started at `now`) for [`RETRY_EVERY`]. A name already in
-    /// the map needs nothing: [`Self::consult`] held it at least that long when it claimed
-    /// the lookup. A new name gets an entry without addresses.
-    fn failed(&self, host: &str, now: Instant) {
+    /// Remembers a lookup started at `now` that failed at `ended` for [`RETRY_EVERY`] from
+    /// its end: one that timed out is not asked again at once (its call may still run, and
+    /// the resolver is slow or down). A new name gets an entry without addresses.
+    fn failed(&self, host: &str, now: Instant, ended: Instant) {
         let mut names = self.lock();
-        if !names.contains_key(host) {
-            let entry = Entry {
-                ips: Arc::from(Vec::new()),
-                fetched: now,
-                next_try: now + RETRY_EVERY,
-                down: Vec::new(),
-                turn: 0,
-                refreshing: None,
-            };
-            Self::insert_new(&mut names, host, entry, now, self.policy);
+        let next_try = ended + RETRY_EVERY;
+        match names.get_mut(host) {
+            Some(e) => e.next_try = e.next_try.max(next_try),
+            None => {
+                let entry = Entry {
+                    ips: Arc::from(Vec::new()),
+                    fetched: now,
+                    next_try,
+                    down: Vec::new(),
+                    turn: 0,
+                    refreshing: None,
+                };
+                Self::insert_new(&mut names, host, entry, now, self.policy);
+            }
         }
     }
 
@@ -617,11 +690,13 @@ mod tests {
         opened: std::sync::Condvar,
         running: std::sync::atomic::AtomicUsize,
         most: std::sync::atomic::AtomicUsize,
+        calls: std::sync::atomic::AtomicUsize,
     }
 
     impl Gate {
         fn call(&self) -> std::io::Result<Vec<IpAddr>> {
             use std::sync::atomic::Ordering::SeqCst;
+            self.calls.fetch_add(1, SeqCst);
             let now = self.running.fetch_add(1, SeqCst) + 1;
             self.most.fetch_max(now, SeqCst);
             let mut open = self.open.lock().expect("gate");
@@ -672,6 +747,79 @@ mod tests {
         let answer = tokio::time::timeout(Duration::from_secs(10), lookup.lookup("next", 80));
         assert_eq!(answer.await.expect("a place").expect("an answer"), vec![A]);
         assert!(gate.most.load(SeqCst) <= 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_name_has_one_call_at_a_time_which_later_lookups_join() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let gate = Arc::new(Gate::default());
+        let _open = OpenAtEnd(Arc::clone(&gate));
+        let held = Arc::clone(&gate);
+        let lookup = Arc::new(BlockingLookup::new(move |_: &str, _| held.call(), 4));
+        // Each request for a name that hangs stops waiting; the next one joins the call
+        // still running instead of taking a second place.
+        for _ in 0..10 {
+            let asked = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("hangs", 80));
+            assert!(asked.await.is_err(), "the gate is shut");
+        }
+        let other = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("other", 80));
+        assert!(other.await.is_err(), "the gate is shut");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gate.running.load(SeqCst) < 2 && Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(gate.calls.load(SeqCst), 2, "one call a name");
+        // A request that waits gets the answer of the call it joined.
+        let waiting = tokio::spawn({
+            let lookup = Arc::clone(&lookup);
+            async move { lookup.lookup("hangs", 443).await }
+        });
+        gate.open();
+        let answer = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+        let answer = answer
+            .expect("answered")
+            .expect("joined")
+            .expect("an answer");
+        assert_eq!(answer, vec![A]);
+        assert_eq!(gate.calls.load(SeqCst), 2);
+        // The call ended: the next lookup asks anew.
+        assert_eq!(
+            lookup.lookup("hangs", 80).await.expect("an answer"),
+            vec![A]
+        );
+        assert_eq!(gate.calls.load(SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_lookup_that_timed_out_is_not_asked_again_for_a_second_from_its_timeout() {
+        let r = resolver(10, 0);
+        let t0 = Instant::now();
+        let asked = Cell::new(0);
+        let hang = || {
+            asked.set(asked.get() + 1);
+            std::future::pending::<std::io::Result<Vec<IpAddr>>>()
+        };
+        let first = r
+            .resolve_name("instance.internal", 8080, &[], t0, hang)
+            .await;
+        assert!(
+            matches!(first, Err(ResolveError::Timeout { .. })),
+            "{first:?}"
+        );
+        // 200 ms of timeout, then a second: at 1.1 s it still fails fast, unasked.
+        let soon = t0 + Duration::from_millis(1_100);
+        let again = r
+            .resolve_name("instance.internal", 8080, &[], soon, hang)
+            .await;
+        assert!(
+            matches!(again, Err(ResolveError::RecentlyFailed { .. })),
+            "{again:?}"
+        );
+        assert_eq!(asked.get(), 1);
+        let later = t0 + Duration::from_secs(60);
+        let n = Cell::new(0);
+        let answered = ask(&r, later, Ok(vec![A]), &n).await;
+        assert_eq!(answered.expect("asked again").ip(), A);
     }
 
     #[tokio::test]
