@@ -267,13 +267,14 @@ impl<'a, 'i> Section<'a, 'i> {
         max: Duration,
         p: &mut Problems<'_>,
     ) -> Option<Duration> {
-        // A bare number has no unit: said with the spelling that works (`10` meant as
-        // seconds is `"10s"`), not only that a string was expected.
+        // A bare number has no unit: said with the spellings that work (`10` meant as
+        // seconds is `"10s"`; `500` may be meant as milliseconds), not only that a string
+        // was expected.
         if let Some(v) = self.raw(k) {
             if let DeValue::Integer(n) = v.get_ref() {
                 let n = n.to_string();
                 let example = if n.bytes().all(|b| b.is_ascii_digit()) {
-                    n + "s"
+                    format!("{n}s\" or \"{n}ms")
                 } else {
                     "30s".to_owned()
                 };

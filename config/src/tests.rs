@@ -252,7 +252,7 @@ fn max_token_lifetime_is_off_unless_set_in_whole_seconds_up_to_ten_years() {
         &problems(&bare),
         "auth.max_token_lifetime",
         4,
-        "must be a duration string with its unit, e.g. \"3600s\", found integer",
+        "must be a duration string with its unit, e.g. \"3600s\" or \"3600ms\", found integer",
     );
     has(
         &problems(&with("a while")),

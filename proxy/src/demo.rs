@@ -270,8 +270,9 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     settings.server.listen = listen;
     settings.server.admin_listen = Some(admin_listen);
     settings.server.shutdown_grace = Duration::from_secs(1);
-    // A demo on a laptop needs no 10,000 clients: limits any open-file limit holds, so its
-    // first screen has no warning that the limit is too low for them.
+    // A demo on a laptop needs no 10,000 clients: limits the usual soft open-file limit
+    // (1,024) holds with the ops listener's, so its first screen has no warning that the
+    // limit is too low for them.
     settings.server.max_connections = 256;
     settings.upstream.idle_connections = 64;
     settings.auth.jwks = JwksSource::File(jwks_path);
