@@ -161,6 +161,9 @@ fn rs256_tokens_and_the_session_cookie_are_accepted() {
     let padded = format!("nexus_session ={other}; nexus_session={valid}");
     let php = format!("nexus.session={other}; nexus_session={valid}");
     let cased = format!("NEXUS_SESSION={other}; nexus_session={valid}");
+    // Django's `strip()` drops a no-break space, as it drops ASCII blanks.
+    let unicode_padded = format!("nexus_session\u{a0}={other}");
+    let bearer = format!("Bearer {valid}");
     for headers in [
         vec![
             ("Cookie", cookie.as_str()),
@@ -169,6 +172,10 @@ fn rs256_tokens_and_the_session_cookie_are_accepted() {
         vec![("Cookie", padded.as_str())],
         vec![("Cookie", php.as_str())],
         vec![("Cookie", cased.as_str())],
+        vec![
+            ("Cookie", unicode_padded.as_str()),
+            ("Authorization", bearer.as_str()),
+        ],
     ] {
         let r = get(w.edge.addr, &host("acme"), "/", &headers);
         assert_eq!(r.status, 401, "{headers:?}");

@@ -8,9 +8,10 @@
 //!
 //! The instance's framework, not this router, has the last word on what a `Cookie` header or
 //! a query string holds, so both are read the way the most lenient parsers read them: a
-//! cookie pair may also hide behind a comma or a space inside another pair (Rack, Python's
-//! `SimpleCookie`, RFC 2965 parsers), and a name matches when some framework would fold it
-//! into the session cookie's or `access_token` (see `same_name`).
+//! cookie pair may also hide behind a comma or a blank inside another pair (Rack, Python's
+//! `SimpleCookie`, RFC 2965 parsers), a blank being any Unicode calls one (see
+//! `UNICODE_BLANKS`), and a name matches when some framework would fold it into the session
+//! cookie's or `access_token` (see `same_name`).
 
 use super::error::CredentialError;
 use crate::path::escaped_byte;
@@ -35,6 +36,93 @@ fn is_b64token(s: &[u8]) -> bool {
         && s[..body_end]
             .iter()
             .fold(true, |ok, &c| ok & is_b64token_byte(c))
+}
+
+/// Unicode's blanks beyond ASCII, in UTF-8: what frameworks trim around a cookie name
+/// (Python's `str.strip()`, JavaScript's `trim()`, .NET's `Trim()`) and split a cookie or an
+/// `Authorization` value at (Python's `SimpleCookie` and `str.split()`). Read as the router
+/// reads ASCII blanks, a name written `nexus_session<U+00A0>` cannot pass as another cookie
+/// to the router and as the session cookie to the app.
+const UNICODE_BLANKS: [&[u8]; 21] = [
+    "\u{85}".as_bytes(),
+    "\u{a0}".as_bytes(),
+    "\u{1680}".as_bytes(),
+    "\u{180e}".as_bytes(),
+    "\u{2000}".as_bytes(),
+    "\u{2001}".as_bytes(),
+    "\u{2002}".as_bytes(),
+    "\u{2003}".as_bytes(),
+    "\u{2004}".as_bytes(),
+    "\u{2005}".as_bytes(),
+    "\u{2006}".as_bytes(),
+    "\u{2007}".as_bytes(),
+    "\u{2008}".as_bytes(),
+    "\u{2009}".as_bytes(),
+    "\u{200a}".as_bytes(),
+    "\u{2028}".as_bytes(),
+    "\u{2029}".as_bytes(),
+    "\u{202f}".as_bytes(),
+    "\u{205f}".as_bytes(),
+    "\u{3000}".as_bytes(),
+    "\u{feff}".as_bytes(),
+];
+
+/// An ASCII blank as Python's `str.isspace()` reads one (the file and group separators too).
+fn is_ascii_blank(c: u8) -> bool {
+    c.is_ascii_whitespace() || matches!(c, 0x0b | 0x1c..=0x1f)
+}
+
+/// The length of the blank `b` starts with (0: none). Beside UTF-8's, the single bytes
+/// 0x85 and 0xA0: NEL and no-break space to a framework that reads headers as Latin-1
+/// (Node.js), whose `trim()` drops the latter.
+fn blank_at_start(b: &[u8]) -> usize {
+    match b.first() {
+        None => 0,
+        Some(&c) if is_ascii_blank(c) => 1,
+        Some(&c) if c < 0x80 => 0,
+        Some(&c) => UNICODE_BLANKS
+            .iter()
+            .find(|u| b.starts_with(u))
+            .map_or(usize::from(matches!(c, 0x85 | 0xa0)), |u| u.len()),
+    }
+}
+
+/// The length of the blank `b` ends with (0: none); see [`blank_at_start`].
+fn blank_at_end(b: &[u8]) -> usize {
+    match b.last() {
+        None => 0,
+        Some(&c) if is_ascii_blank(c) => 1,
+        Some(&c) if c < 0x80 => 0,
+        Some(&c) => UNICODE_BLANKS
+            .iter()
+            .find(|u| b.ends_with(u))
+            .map_or(usize::from(matches!(c, 0x85 | 0xa0)), |u| u.len()),
+    }
+}
+
+/// `b` without the blanks at its start, ASCII or not.
+fn trim_blanks_start(mut b: &[u8]) -> &[u8] {
+    loop {
+        match blank_at_start(b) {
+            0 => return b,
+            n => b = &b[n..],
+        }
+    }
+}
+
+/// `b` without the blanks at its end, ASCII or not.
+fn trim_blanks_end(mut b: &[u8]) -> &[u8] {
+    loop {
+        match blank_at_end(b) {
+            0 => return b,
+            n => b = &b[..b.len() - n],
+        }
+    }
+}
+
+/// `b` without the blanks at either end, ASCII or not.
+fn trim_blanks(b: &[u8]) -> &[u8] {
+    trim_blanks_end(trim_blanks_start(b))
 }
 
 /// The token from `Authorization: Bearer` headers and/or the named cookie; `None` if neither
@@ -90,11 +178,11 @@ fn session_values<'a, 'n>(
     pair: &'a [u8],
     name: &'n [u8],
 ) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
-    let pair = pair.trim_ascii();
+    let pair = trim_blanks(pair);
     let first_eq = pair.iter().position(|&c| c == b'=');
     let own = first_eq
         .filter(|&eq| same_name(&pair[..eq], name))
-        .map(|eq| pair[eq + 1..].trim_ascii());
+        .map(|eq| trim_blanks(&pair[eq + 1..]));
     let hidden = pair
         .iter()
         .enumerate()
@@ -103,29 +191,32 @@ fn session_values<'a, 'n>(
     own.into_iter().chain(hidden)
 }
 
-/// Where lenient parsers split a cookie piece.
-fn is_cookie_split(c: u8) -> bool {
-    c == b',' || c.is_ascii_whitespace()
+/// Where lenient parsers split a cookie piece: the length of the split `b` starts with.
+fn split_at_start(b: &[u8]) -> usize {
+    match b.first() {
+        Some(b',') => 1,
+        _ => blank_at_start(b),
+    }
 }
 
 /// The value of the pair whose `=` is at `eq` inside a cookie piece, when that pair starts
 /// after a comma or blank (not inside another pair's value) and is called `name`; blanks may
 /// stand around the `=`, as Python's `SimpleCookie` allows.
 fn hidden_value<'a>(pair: &'a [u8], eq: usize, name: &[u8]) -> Option<&'a [u8]> {
-    let end = pair[..eq].trim_ascii_end().len();
-    let start = pair[..end]
-        .iter()
-        .rposition(|&c| is_cookie_split(c) || c == b'=')
-        .map_or(0, |i| i + 1);
+    let end = trim_blanks_end(&pair[..eq]).len();
+    // Just after the last split (or `=`) before the name.
+    let start = (1..=end)
+        .rev()
+        .find(|&i| matches!(pair[i - 1], b',' | b'=') || blank_at_end(&pair[..i]) > 0)
+        .unwrap_or(0);
     // A name must follow a split; one that follows `=` or opens the piece is no hidden pair.
     if start == 0 || start == end || pair[start - 1] == b'=' || !same_name(&pair[start..end], name)
     {
         return None;
     }
-    let value = pair[eq + 1..].trim_ascii_start();
-    let len = value
-        .iter()
-        .position(|&c| is_cookie_split(c))
+    let value = trim_blanks_start(&pair[eq + 1..]);
+    let len = (0..value.len())
+        .find(|&i| split_at_start(&value[i..]) > 0)
         .unwrap_or(value.len());
     Some(&value[..len])
 }
@@ -244,7 +335,7 @@ fn decodes_to(raw: &[u8], want: &[u8]) -> bool {
 /// name (PHP makes `name[x]` an array under `name` and stops a name at a NUL; Rack reads
 /// `name]` as `name`).
 fn same_name(raw: &[u8], name: &[u8]) -> bool {
-    let raw = raw.trim_ascii();
+    let raw = trim_blanks(raw);
     if raw == name {
         return true;
     }
@@ -278,9 +369,17 @@ fn bearer(value: &[u8]) -> Result<Option<&str>, CredentialError> {
         return Ok(None);
     };
     if !scheme.eq_ignore_ascii_case(SCHEME) {
-        let hides_bearer = value
-            .windows(SCHEME.len() + 1)
-            .any(|w| matches!(w[0], b',' | b' ' | b'\t') && w[1..].eq_ignore_ascii_case(SCHEME));
+        // `Bearer` after a comma or a blank of any kind, or at the start behind blanks
+        // beyond ASCII (which `str.split()` and `Trim()` drop).
+        let starts_bearer = |b: &[u8]| {
+            b.get(..SCHEME.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(SCHEME))
+        };
+        let hides_bearer = starts_bearer(trim_blanks_start(value))
+            || (1..value.len()).any(|i| {
+                (value[i - 1] == b',' || blank_at_end(&value[..i]) > 0)
+                    && starts_bearer(&value[i..])
+            });
         return if hides_bearer {
             Err(CredentialError::Malformed)
         } else {
@@ -313,7 +412,7 @@ mod tests {
 
     #[test]
     fn session_cookie_taken_off() {
-        let cases: [(&[u8], Option<&[u8]>); 10] = [
+        let cases: [(&[u8], Option<&[u8]>); 13] = [
             (b"sess=tok", None),
             (b"a=1; sess=tok; b=2", Some(b"a=1; b=2")),
             (b"a=1;sess=tok;", Some(b"a=1")),
@@ -324,6 +423,9 @@ mod tests {
             (b"sessx=1; a=sess", Some(b"sessx=1; a=sess")),
             (b"theme=dark sess =x; a=1", Some(b"a=1")),
             (b"a=sess=x; b=1", Some(b"a=sess=x; b=1")),
+            ("sess\u{a0}=x; a=1".as_bytes(), Some(b"a=1")),
+            ("a=1; \u{a0}sess=x".as_bytes(), Some(b"a=1")),
+            (b"a=1; sess\xa0=x", Some(b"a=1")),
         ];
         for (value, want) in cases {
             assert_eq!(
@@ -365,6 +467,11 @@ mod tests {
             b"Basic eA== Bearer x",
             b"Basic eA==,bearer x",
             b"Digest a=b,\tBEARER x",
+            // Behind blanks beyond ASCII, which `str.split()` and `Trim()` drop.
+            "\u{a0}Bearer x".as_bytes(),
+            b"\xa0Bearer x",
+            "Basic eA==\u{3000}Bearer x".as_bytes(),
+            "Basic eA==\u{2028}bearer x".as_bytes(),
         ] {
             assert!(is_bearer(v), "{v:?}");
             assert_eq!(
@@ -456,6 +563,42 @@ mod tests {
             (vec![], vec![b"sess =forged; sess=tok"], Err(Conflict)),
             (vec![], vec![b"sess= forged; sess=tok"], Err(Conflict)),
             (vec![], vec![b"sess = tok"], Ok(Some("tok"))),
+            // So is one padded with blanks beyond ASCII, which Python's `strip()` (Django),
+            // JavaScript's `trim()` and .NET's `Trim()` drop, in UTF-8 or Latin-1.
+            (
+                vec![],
+                vec!["sess\u{a0}=forged; sess=tok".as_bytes()],
+                Err(Conflict),
+            ),
+            (
+                vec![],
+                vec!["\u{2003}sess=forged; sess=tok".as_bytes()],
+                Err(Conflict),
+            ),
+            (
+                vec![],
+                vec!["sess=tok; sess\u{3000}\u{85}=forged".as_bytes()],
+                Err(Conflict),
+            ),
+            (vec![], vec![b"sess\xa0=forged; sess=tok"], Err(Conflict)),
+            (
+                vec![b"Bearer tok"],
+                vec!["sess\u{feff}=forged".as_bytes()],
+                Err(Conflict),
+            ),
+            (vec![], vec!["sess\u{2028}=tok".as_bytes()], Ok(Some("tok"))),
+            // And a pair hidden behind one (Python's `SimpleCookie` splits there).
+            (
+                vec![],
+                vec!["a=1\u{a0}sess=forged; sess=tok".as_bytes()],
+                Err(Conflict),
+            ),
+            // Other non-ASCII bytes are part of the name: another cookie.
+            (
+                vec![],
+                vec!["sess\u{e9}=x; sess=tok".as_bytes()],
+                Ok(Some("tok")),
+            ),
             // Names other frameworks fold into the session cookie's (case, escapes, PHP's
             // `.` and space for `_`) count as it.
             (vec![], vec![b"SESS=forged; sess=tok"], Err(Conflict)),
