@@ -405,15 +405,31 @@ fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
-/// The `X-Forwarded-Host` for a request's `Host` value: that value in lowercase (shared, not
-/// copied, when it already is), empty without a usable one.
+/// The `Host` and `X-Forwarded-Host` the instance gets for a request's `Host` value: the
+/// host as the router read it to find the tenant, lowercase and without its trailing dot,
+/// the port kept (shared, not copied, when the value already is so); empty without a usable
+/// one. As sent, `ACME.example.com.` would reach an app that reads its tenant or builds its
+/// links from `Host` as another name than the one routed.
 pub fn forwarded_host(host: Option<&http::HeaderValue>) -> http::HeaderValue {
-    match host.map(|h| (h, h.to_str())) {
-        Some((h, Ok(text))) if !text.bytes().any(|c| c.is_ascii_uppercase()) => h.clone(),
-        Some((_, Ok(text))) => http::HeaderValue::from_str(&text.to_ascii_lowercase())
-            .unwrap_or_else(|_| http::HeaderValue::from_static("")),
-        _ => http::HeaderValue::from_static(""),
+    let Some((h, Ok(text))) = host.map(|h| (h, h.to_str())) else {
+        return http::HeaderValue::from_static("");
+    };
+    // A bracketed address has no trailing dot (and is refused before routing anyway).
+    let (name, port) = match text.rfind(':') {
+        Some(i) if !text.starts_with('[') => text.split_at(i),
+        _ => (text, ""),
+    };
+    let dotted = name.len() > 1 && name.ends_with('.');
+    if !dotted && !text.bytes().any(|c| c.is_ascii_uppercase()) {
+        return h.clone();
     }
+    let name = if dotted {
+        &name[..name.len() - 1]
+    } else {
+        name
+    };
+    let canonical = format!("{}{port}", name.to_ascii_lowercase());
+    http::HeaderValue::from_str(&canonical).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 /// Facts about the downstream connection needed for the forwarding headers, and the session
@@ -424,7 +440,8 @@ pub struct Forwarding<'a> {
     pub forwarded_for: Option<String>,
     /// `https` when the client connected over TLS.
     pub proto: &'static str,
-    /// The host the client addressed, lowercase (`X-Forwarded-Host`).
+    /// The host the client addressed, as [`forwarded_host`] writes it (`Host`,
+    /// `X-Forwarded-Host`).
     pub host: http::HeaderValue,
     /// The request id to send.
     pub request_id: &'a http::HeaderValue,
@@ -548,6 +565,9 @@ pub fn rewrite_upstream_request(
         X_FORWARDED_PROTO.clone(),
         http::HeaderValue::from_static(fwd.proto),
     );
+    if !fwd.host.is_empty() {
+        headers.insert(http::header::HOST, fwd.host.clone());
+    }
     headers.insert(X_FORWARDED_HOST.clone(), fwd.host);
 
     let mut rebuilt = RequestHeader::from(parts);
@@ -633,6 +653,22 @@ fn sends_target_as_is(uri: &http::Uri, decision: &Decision) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_forwarded_host_is_the_routed_spelling() {
+        let cases = [
+            ("acme.nexus.test", "acme.nexus.test"),
+            ("ACME.Nexus.Test", "acme.nexus.test"),
+            ("acme.nexus.test.", "acme.nexus.test"),
+            ("Acme.Nexus.Test.:8443", "acme.nexus.test:8443"),
+            ("acme.nexus.test:80", "acme.nexus.test:80"),
+            ("[::1]:80", "[::1]:80"),
+        ];
+        for (sent, want) in cases {
+            let sent = http::HeaderValue::from_static(sent);
+            assert_eq!(forwarded_host(Some(&sent)), want, "{sent:?}");
+        }
+        assert_eq!(forwarded_host(None), "");
+    }
     #[test]
     fn reserved_header_table() {
         let reserved = [

@@ -1286,8 +1286,10 @@ fn spoofed_identity_headers_are_replaced() {
         "the client sees the id the instance got"
     );
 
-    // The forwarded host is the addressed host in lowercase, port and all.
-    let shouting = format!("{}:80", host("acme").to_ascii_uppercase());
+    // The instance gets the host as routed, lowercase and without a trailing dot, port and
+    // all, in `Host` and `X-Forwarded-Host` alike: an app reading its tenant from `Host`
+    // must not see another spelling of it.
+    let shouting = format!("{}.:80", host("acme").to_ascii_uppercase());
     let r = get(
         w.edge.addr,
         &shouting,
@@ -1295,10 +1297,12 @@ fn spoofed_identity_headers_are_replaced() {
         &[("Authorization", &format!("Bearer {token}"))],
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    let routed = format!("{}:80", host("acme"));
     assert_eq!(
         echoed_header(&r.json(), "x-forwarded-host"),
-        [format!("{}:80", host("acme"))]
+        [routed.clone()]
     );
+    assert_eq!(echoed_header(&r.json(), "host"), [routed]);
 }
 
 #[test]
