@@ -183,10 +183,12 @@ fn session_values<'a, 'n>(
     let own = first_eq
         .filter(|&eq| same_name(&pair[..eq], name))
         .map(|eq| trim_blanks(&pair[eq + 1..]));
+    // The first `=` too: `junk nexus_session=x` is no pair called `junk nexus_session` to
+    // aiohttp or `SimpleCookie`, which read `junk` as a flag and then `nexus_session`.
     let hidden = pair
         .iter()
         .enumerate()
-        .filter(move |&(i, &c)| c == b'=' && Some(i) != first_eq)
+        .filter(|&(_, &c)| c == b'=')
         .filter_map(move |(eq, _)| hidden_value(pair, eq, name));
     own.into_iter().chain(hidden)
 }
@@ -277,16 +279,26 @@ pub fn check_query_token(query: Option<&str>, token: &str) -> Result<(), Credent
     let Some(query) = query.filter(|q| q.len() >= QUERY_TOKEN.len()) else {
         return Ok(());
     };
-    for pair in query.as_bytes().split(|&c| c == b'&' || c == b';') {
-        let (name, value) = match pair.iter().position(|&c| c == b'=') {
-            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
-            None => (pair, &b""[..]),
-        };
+    for (name, value) in parameters(query) {
         if same_name(name, QUERY_TOKEN) && !decodes_to(value, token.as_bytes()) {
             return Err(CredentialError::Conflict);
         }
     }
     Ok(())
+}
+
+/// A query's parameters, raw: split at `&` and `;`, each at its first `=`. Leading `?`s are
+/// no part of the first name: `URLSearchParams` (Koa 3's `ctx.query`) drops one, so `??x=1`
+/// is `x` there.
+fn parameters(query: &str) -> impl Iterator<Item = (&[u8], &[u8])> {
+    query
+        .trim_start_matches('?')
+        .as_bytes()
+        .split(|&c| c == b'&' || c == b';')
+        .map(|pair| match pair.iter().position(|&c| c == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &b""[..]),
+        })
 }
 
 /// The values, form-decoded, of every parameter of `query` whose name some framework reads as
@@ -295,16 +307,9 @@ pub(crate) fn query_values<'a>(
     query: &'a str,
     name: &'a [u8],
 ) -> impl Iterator<Item = Vec<u8>> + 'a {
-    query
-        .as_bytes()
-        .split(|&c| c == b'&' || c == b';')
-        .filter_map(move |pair| {
-            let (n, value) = match pair.iter().position(|&c| c == b'=') {
-                Some(eq) => (&pair[..eq], &pair[eq + 1..]),
-                None => (pair, &b""[..]),
-            };
-            same_name(n, name).then(|| form_decoded(value).collect())
-        })
+    parameters(query)
+        .filter(move |(n, _)| same_name(n, name))
+        .map(|(_, value)| form_decoded(value).collect())
 }
 
 /// Form-decodes `raw` (`%XX`, `+` for space) byte by byte.
@@ -412,7 +417,7 @@ mod tests {
 
     #[test]
     fn session_cookie_taken_off() {
-        let cases: [(&[u8], Option<&[u8]>); 13] = [
+        let cases: [(&[u8], Option<&[u8]>); 15] = [
             (b"sess=tok", None),
             (b"a=1; sess=tok; b=2", Some(b"a=1; b=2")),
             (b"a=1;sess=tok;", Some(b"a=1")),
@@ -426,6 +431,8 @@ mod tests {
             ("sess\u{a0}=x; a=1".as_bytes(), Some(b"a=1")),
             ("a=1; \u{a0}sess=x".as_bytes(), Some(b"a=1")),
             (b"a=1; sess\xa0=x", Some(b"a=1")),
+            (b"$Version sess=x; a=1", Some(b"a=1")),
+            (b"a=1; secure sess=x", Some(b"a=1")),
         ];
         for (value, want) in cases {
             assert_eq!(
@@ -485,7 +492,7 @@ mod tests {
     #[test]
     fn query_token_table() {
         use CredentialError::Conflict;
-        let cases: [(Option<&str>, Result<(), CredentialError>); 29] = [
+        let cases: [(Option<&str>, Result<(), CredentialError>); 32] = [
             (None, Ok(())),
             (Some(""), Ok(())),
             (Some("page=2&sort=name"), Ok(())),
@@ -500,6 +507,10 @@ mod tests {
             (Some("access_token"), Err(Conflict)),
             (Some("access_token=tok&access_token=forged"), Err(Conflict)),
             (Some("access_tokens=x&xaccess_token=y"), Ok(())),
+            // `URLSearchParams` (Koa 3) drops a leading `?`: `/x??access_token=...`.
+            (Some("?access_token=forged"), Err(Conflict)),
+            (Some("??access%5Ftoken=forged"), Err(Conflict)),
+            (Some("?access_token=tok"), Ok(())),
             // Names PHP folds into `access_token`: `+` and `%20` decode to a space, then
             // `.` and space read as `_`; `[...]` makes an array under the name; a NUL ends it.
             (Some("access+token=x"), Err(Conflict)),
@@ -593,6 +604,30 @@ mod tests {
                 vec!["a=1\u{a0}sess=forged; sess=tok".as_bytes()],
                 Err(Conflict),
             ),
+            // A pair behind a bare word and a blank or comma (aiohttp, `SimpleCookie`: the
+            // word is a flag, then comes the pair), its own `=` the piece's first.
+            (
+                vec![b"Bearer tok"],
+                vec![b"theme secure sess=forged"],
+                Err(Conflict),
+            ),
+            (
+                vec![],
+                vec![b"sess=tok; a=1; secure sess=forged"],
+                Err(Conflict),
+            ),
+            (
+                vec![],
+                vec![b"$Version, sess=forged; sess=tok"],
+                Err(Conflict),
+            ),
+            (
+                vec![],
+                vec![b"a=\"x;y\" sess=forged; sess=tok"],
+                Err(Conflict),
+            ),
+            (vec![], vec![b"junk\tsess=tok"], Ok(Some("tok"))),
+            (vec![], vec![b"junk sessx=1; sess=tok"], Ok(Some("tok"))),
             // Other non-ASCII bytes are part of the name: another cookie.
             (
                 vec![],
