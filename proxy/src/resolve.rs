@@ -799,18 +799,14 @@ mod tests {
             asked.set(asked.get() + 1);
             std::future::pending::<std::io::Result<Vec<IpAddr>>>()
         };
-        let first = r
-            .resolve_name("instance.internal", 8080, &[], t0, hang)
-            .await;
+        let at = |t| r.resolve_name("instance.internal", 8080, &[], t, hang);
+        let first = at(t0).await;
         assert!(
             matches!(first, Err(ResolveError::Timeout { .. })),
             "{first:?}"
         );
         // 200 ms of timeout, then a second: at 1.1 s it still fails fast, unasked.
-        let soon = t0 + Duration::from_millis(1_100);
-        let again = r
-            .resolve_name("instance.internal", 8080, &[], soon, hang)
-            .await;
+        let again = at(t0 + Duration::from_millis(1_100)).await;
         assert!(
             matches!(again, Err(ResolveError::RecentlyFailed { .. })),
             "{again:?}"

@@ -330,6 +330,18 @@ fn an_instances_version_and_fields_about_its_connection_are_not_passed_on() {
     assert_eq!(w.get(&mut s, "/").status, 200);
 }
 
+/// Each path, asked on a connection of its own, gets the router's 502; then a good request
+/// is served, as before.
+fn each_a_502_then_a_200(w: &World, paths: &[&str]) {
+    for path in paths {
+        let mut s = w.connect();
+        let r = w.get(&mut s, path);
+        assert_eq!(r.status, 502, "{path}: {}", r.text());
+    }
+    let mut s = w.connect();
+    assert_eq!(w.get(&mut s, "/").status, 200);
+}
+
 #[test]
 fn framing_the_client_would_read_otherwise_is_a_502() {
     let w = world(|path| match path {
@@ -353,18 +365,15 @@ fn framing_the_client_would_read_otherwise_is_a_502() {
         ),
         _ => Answer::keep(OK),
     });
-    for path in [
-        "/http10-chunked",
-        "/chunked-twice",
-        "/chunked-comma",
-        "/chunked-param",
-    ] {
-        let mut s = w.connect();
-        let r = w.get(&mut s, path);
-        assert_eq!(r.status, 502, "{path}: {}", r.text());
-    }
-    let mut s = w.connect();
-    assert_eq!(w.get(&mut s, "/").status, 200);
+    each_a_502_then_a_200(
+        &w,
+        &[
+            "/http10-chunked",
+            "/chunked-twice",
+            "/chunked-comma",
+            "/chunked-param",
+        ],
+    );
     nexus_e2e::wait::until(Duration::from_secs(10), "each counted", || {
         let text = w.edge.ops_get("/metrics").text();
         text.contains("nexus_edge_requests_total{outcome=\"upstream_invalid\"} 4")
@@ -408,13 +417,7 @@ fn a_response_header_cut_short_counts_as_an_invalid_answer() {
         "/silent" => Answer::close(""),
         _ => Answer::keep(OK),
     });
-    for path in ["/closed", "/reset", "/silent"] {
-        let mut s = w.connect();
-        let r = w.get(&mut s, path);
-        assert_eq!(r.status, 502, "{path}: {}", r.text());
-    }
-    let mut s = w.connect();
-    assert_eq!(w.get(&mut s, "/").status, 200);
+    each_a_502_then_a_200(&w, &["/closed", "/reset", "/silent"]);
     // A connection closed before any byte of an answer is still one that went nowhere.
     nexus_e2e::wait::until(Duration::from_secs(10), "each counted", || {
         let text = w.edge.ops_get("/metrics").text();

@@ -72,32 +72,36 @@ fn is_ascii_blank(c: u8) -> bool {
     c.is_ascii_whitespace() || matches!(c, 0x0b | 0x1c..=0x1f)
 }
 
-/// The length of the blank `b` starts with (0: none). Beside UTF-8's, the single bytes
-/// 0x85 and 0xA0: NEL and no-break space to a framework that reads headers as Latin-1
-/// (Node.js), whose `trim()` drops the latter.
-fn blank_at_start(b: &[u8]) -> usize {
-    match b.first() {
+/// The length of the blank `b` starts with, or with `at_end` ends with (0: none). Beside
+/// UTF-8's, the single bytes 0x85 and 0xA0: NEL and no-break space to a framework that
+/// reads headers as Latin-1 (Node.js), whose `trim()` drops the latter.
+fn blank_len(b: &[u8], at_end: bool) -> usize {
+    let edge = if at_end { b.last() } else { b.first() };
+    match edge {
         None => 0,
         Some(&c) if is_ascii_blank(c) => 1,
         Some(&c) if c < 0x80 => 0,
         Some(&c) => UNICODE_BLANKS
             .iter()
-            .find(|u| b.starts_with(u))
+            .find(|u| {
+                if at_end {
+                    b.ends_with(u)
+                } else {
+                    b.starts_with(u)
+                }
+            })
             .map_or(usize::from(matches!(c, 0x85 | 0xa0)), |u| u.len()),
     }
 }
 
-/// The length of the blank `b` ends with (0: none); see [`blank_at_start`].
+/// The length of the blank `b` starts with (0: none).
+fn blank_at_start(b: &[u8]) -> usize {
+    blank_len(b, false)
+}
+
+/// The length of the blank `b` ends with (0: none).
 fn blank_at_end(b: &[u8]) -> usize {
-    match b.last() {
-        None => 0,
-        Some(&c) if is_ascii_blank(c) => 1,
-        Some(&c) if c < 0x80 => 0,
-        Some(&c) => UNICODE_BLANKS
-            .iter()
-            .find(|u| b.ends_with(u))
-            .map_or(usize::from(matches!(c, 0x85 | 0xa0)), |u| u.len()),
-    }
+    blank_len(b, true)
 }
 
 /// `b` without the blanks at its start, ASCII or not.
