@@ -92,6 +92,18 @@ pub enum ResolveError {
         /// How long it was given.
         timeout: Duration,
     },
+    /// The lookup waited all its time for a place among the resolver's calls, which other
+    /// names' calls held (names whose lookups hang): the resolver was not asked yet.
+    #[error(
+        "resolving {host}: no free place among the resolver's {MAX_LOOKUPS_AT_ONCE} calls within \
+         {timeout:?} (names that do not answer hold them)"
+    )]
+    Busy {
+        /// The instance host.
+        host: String,
+        /// How long it waited.
+        timeout: Duration,
+    },
     /// This request already tried every address of the name (it can happen when a refresh
     /// between two attempts shrank the answer).
     #[error("{host}: no address left that this request has not tried")]
@@ -143,38 +155,103 @@ pub struct ResolverPolicy {
 pub trait NameLookup: Send + Sync + std::fmt::Debug {
     /// The addresses `host` has, in the resolver's order of preference.
     async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>>;
+
+    /// Whether a lookup of `host` is waiting for a place among the resolver's calls (other
+    /// names' calls hold them all), not for the resolver: said when a request stops waiting.
+    fn waits_for_a_place(&self, _host: &str) -> bool {
+        false
+    }
 }
 
-/// System resolver calls running at most at once, abandoned ones included.
+/// System resolver calls running at most at once, abandoned ones included: the blocking
+/// threads lookups may take, [`QUICK_PLACES`] and [`SLOW_PLACES`] together.
 ///
 /// `getaddrinfo` cannot be cancelled: a request that stops waiting (after the lookup's
 /// timeout) leaves its call running on tokio's blocking pool until the resolver gives up,
 /// seconds later. Unbounded, names that do not resolve (a bindings file full of typos, a DNS
-/// outage) grew the pool to hundreds of threads (13 → ~340 in a probe, +90 MB). Answers are
-/// cached for `dns_ttl` and a name has one call at a time, so a healthy resolver needs few
-/// at once; beyond this, lookups wait for a free place (their requests within their lookup
-/// timeout).
-pub const MAX_LOOKUPS_AT_ONCE: usize = 64;
+/// server that does not answer for a zone) grew the pool to hundreds of threads (13 → 525 in
+/// a probe). A name has one call at a time, abandoned or not, and answers are cached for
+/// `dns_ttl`, so a healthy resolver needs few at once.
+pub const MAX_LOOKUPS_AT_ONCE: usize = QUICK_PLACES + SLOW_PLACES;
+
+/// Places for calls in their first [`SLOW_AFTER`], of names not known to be slow: every
+/// healthy lookup takes one of these, and each is free again within a second, so names
+/// that hang (which move to [`SLOW_PLACES`]) cannot keep a new, healthy name waiting for
+/// long. With one pool for all, 64 names that hang held every place for ten seconds at a
+/// time, and healthy names new to the router got 502 (a probe).
+pub const QUICK_PLACES: usize = 64;
+
+/// Places for calls past [`SLOW_AFTER`] and for names whose last call was that slow. When
+/// they are all taken, a slow call keeps its quick place.
+pub const SLOW_PLACES: usize = 192;
+
+/// A call still running after this is a slow one (a healthy resolver answers in
+/// milliseconds), and its name is known to be slow for [`SLOW_FOR`].
+const SLOW_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a name whose call was slow takes its calls' places among the slow ones.
+const SLOW_FOR: Duration = Duration::from_secs(60);
+
+/// Names remembered as slow at most; beyond it, those no longer slow go, then all.
+const MAX_SLOW_NAMES: usize = 10_000;
 
 /// A call's outcome, shared by the lookups that joined it (`io::Error` is not `Clone`).
 type Outcome = Result<Arc<[IpAddr]>, Arc<std::io::Error>>;
 
+/// A call waiting for a place or running.
+struct Call {
+    /// Its outcome, once it has one.
+    done: watch::Receiver<Option<Outcome>>,
+    /// Whether it has a place and asked the resolver: a request that timed out before
+    /// then was kept waiting by other names' calls, not by its resolver.
+    started: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The state the calls share.
+#[derive(Default)]
+struct Calls {
+    /// By name; each removes itself as it ends.
+    running: HashMap<String, Call>,
+    /// Names whose last call was slow, and when that was seen.
+    slow: HashMap<String, Instant>,
+}
+
+impl Calls {
+    fn is_slow(&self, host: &str, now: Instant) -> bool {
+        self.slow
+            .get(host)
+            .is_some_and(|seen| now.saturating_duration_since(*seen) < SLOW_FOR)
+    }
+
+    fn mark_slow(&mut self, host: &str, now: Instant) {
+        if self.slow.len() >= MAX_SLOW_NAMES && !self.slow.contains_key(host) {
+            self.slow
+                .retain(|_, seen| now.saturating_duration_since(*seen) < SLOW_FOR);
+            if self.slow.len() >= MAX_SLOW_NAMES {
+                self.slow.clear();
+            }
+        }
+        self.slow.insert(host.to_owned(), now);
+    }
+}
+
 /// A blocking resolver run on tokio's blocking pool: one call at a time per name (a lookup
-/// of a name whose call still runs, abandoned or not, joins it), and at most `slots` calls
-/// at once. Without the first, a name whose lookups hang started a new call at each
-/// timeout, and a few such names held every place.
+/// of a name whose call still runs, abandoned or not, joins it), at most `quick` calls in
+/// their first [`SLOW_AFTER`] and `slow` past it (see [`QUICK_PLACES`]). A call that gets
+/// its place after every request for it has stopped waiting is not made.
 struct BlockingLookup<F> {
     resolve: Arc<F>,
-    slots: Arc<tokio::sync::Semaphore>,
-    /// The calls waiting for a place or running, by name; each removes itself as it ends.
-    calls: Arc<Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>>,
+    quick: Arc<tokio::sync::Semaphore>,
+    slow: Arc<tokio::sync::Semaphore>,
+    calls: Arc<Mutex<Calls>>,
 }
 
 impl<F> BlockingLookup<F> {
-    fn new(resolve: F, slots: usize) -> Self {
+    fn new(resolve: F, quick: usize, slow: usize) -> Self {
         Self {
             resolve: Arc::new(resolve),
-            slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            quick: Arc::new(tokio::sync::Semaphore::new(quick)),
+            slow: Arc::new(tokio::sync::Semaphore::new(slow)),
             calls: Arc::default(),
         }
     }
@@ -183,15 +260,14 @@ impl<F> BlockingLookup<F> {
 impl<F> std::fmt::Debug for BlockingLookup<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockingLookup")
-            .field("free", &self.slots.available_permits())
+            .field("quick_free", &self.quick.available_permits())
+            .field("slow_free", &self.slow.available_permits())
             .finish()
     }
 }
 
-/// The map of calls: every update is one insert or remove, so a poisoned one is valid.
-fn calls_of(
-    calls: &Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
-) -> std::sync::MutexGuard<'_, HashMap<String, watch::Receiver<Option<Outcome>>>> {
+/// The calls' state: every update is one insert or remove, so a poisoned one is valid.
+fn calls_of(calls: &Mutex<Calls>) -> std::sync::MutexGuard<'_, Calls> {
     calls.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -201,33 +277,64 @@ where
 {
     /// Starts the call for `host`: a task of its own, which outlives the requests waiting
     /// for it, takes a place, runs the resolver and hands its outcome to whoever waits.
-    fn start(&self, host: &str, port: u16) -> watch::Receiver<Option<Outcome>> {
+    /// `calls` is the state, locked by the caller, which registers the call in it.
+    fn start(&self, host: &str, port: u16, calls: &Calls) -> Call {
         let (tx, rx) = watch::channel(None);
-        let (slots, resolve, calls) = (
-            Arc::clone(&self.slots),
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let known_slow = calls.is_slow(host, Instant::now());
+        let (quick, slow, resolve, state, flag) = (
+            Arc::clone(&self.quick),
+            Arc::clone(&self.slow),
             Arc::clone(&self.resolve),
             Arc::clone(&self.calls),
+            Arc::clone(&started),
         );
         let host = host.to_owned();
         tokio::spawn(async move {
-            let outcome = match slots.acquire_owned().await {
-                Ok(place) => {
-                    let name = host.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let _place = place;
-                        resolve(&name, port)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            let pool = if known_slow { &slow } else { &quick };
+            let place = match Arc::clone(pool).acquire_owned().await {
+                Ok(place) => place,
+                Err(closed) => {
+                    calls_of(&state).running.remove(&host);
+                    let _ = tx.send(Some(Err(Arc::new(std::io::Error::other(closed)))));
+                    return;
                 }
-                Err(closed) => Err(std::io::Error::other(closed)),
             };
-            // Gone from the map first: a lookup arriving now starts a new call rather than
-            // joining one that has ended.
-            calls_of(&calls).remove(&host);
+            {
+                // The registry holds one receiver; waiting requests hold the others.
+                let mut calls = calls_of(&state);
+                if tx.receiver_count() <= 1 {
+                    calls.running.remove(&host);
+                    return;
+                }
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            }
+            let name = host.clone();
+            let mut call = tokio::task::spawn_blocking(move || resolve(&name, port));
+            let mut held = place;
+            let joined = if known_slow {
+                call.await
+            } else {
+                match tokio::time::timeout(SLOW_AFTER, &mut call).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        calls_of(&state).mark_slow(&host, Instant::now());
+                        // Its quick place goes to the next name, if a slow one is free.
+                        if let Ok(slow_place) = Arc::clone(&slow).try_acquire_owned() {
+                            held = slow_place;
+                        }
+                        call.await
+                    }
+                }
+            };
+            drop(held);
+            let outcome = joined.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            // Gone from the registry first: a lookup arriving now starts a new call rather
+            // than joining one that has ended.
+            calls_of(&state).running.remove(&host);
             let _ = tx.send(Some(outcome.map(Arc::from).map_err(Arc::new)));
         });
-        rx
+        Call { done: rx, started }
     }
 }
 
@@ -237,19 +344,24 @@ where
     F: Fn(&str, u16) -> std::io::Result<Vec<IpAddr>> + Send + Sync + 'static,
 {
     async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>> {
-        let mut call = {
+        let mut done = {
             let mut calls = calls_of(&self.calls);
             // A call whose task is gone without a word (the runtime stopping) is no call.
-            match calls.get(host).filter(|c| c.has_changed().is_ok()) {
-                Some(call) => call.clone(),
+            match calls
+                .running
+                .get(host)
+                .filter(|c| c.done.has_changed().is_ok())
+            {
+                Some(call) => call.done.clone(),
                 None => {
-                    let call = self.start(host, port);
-                    calls.insert(host.to_owned(), call.clone());
-                    call
+                    let call = self.start(host, port, &calls);
+                    let done = call.done.clone();
+                    calls.running.insert(host.to_owned(), call);
+                    done
                 }
             }
         };
-        let outcome = call
+        let outcome = done
             .wait_for(Option::is_some)
             .await
             .map_err(|_| std::io::Error::other("the lookup ended without an answer"))?
@@ -259,6 +371,13 @@ where
             Some(Err(e)) => Err(std::io::Error::new(e.kind(), e.to_string())),
             None => Err(std::io::Error::other("the lookup ended without an answer")),
         }
+    }
+
+    fn waits_for_a_place(&self, host: &str) -> bool {
+        calls_of(&self.calls)
+            .running
+            .get(host)
+            .is_some_and(|c| !c.started.load(std::sync::atomic::Ordering::Acquire))
     }
 }
 
@@ -305,7 +424,11 @@ impl InstanceResolver {
     pub fn new(policy: ResolverPolicy) -> Self {
         Self::with_lookup(
             policy,
-            Arc::new(BlockingLookup::new(system_resolve, MAX_LOOKUPS_AT_ONCE)),
+            Arc::new(BlockingLookup::new(
+                system_resolve,
+                QUICK_PLACES,
+                SLOW_PLACES,
+            )),
         )
     }
 
@@ -399,6 +522,10 @@ impl InstanceResolver {
                 host: host.to_owned(),
                 source,
             }),
+            Err(_) if self.lookup.waits_for_a_place(host) => Err(ResolveError::Busy {
+                host: host.to_owned(),
+                timeout: self.policy.timeout,
+            }),
             Err(_) => Err(ResolveError::Timeout {
                 host: host.to_owned(),
                 timeout: self.policy.timeout,
@@ -421,7 +548,9 @@ impl InstanceResolver {
             Err(err) => {
                 // Ended at its timeout when it timed out; any other failure is prompt.
                 let ended = match err {
-                    ResolveError::Timeout { timeout, .. } => now + timeout,
+                    ResolveError::Timeout { timeout, .. } | ResolveError::Busy { timeout, .. } => {
+                        now + timeout
+                    }
                     _ => now,
                 };
                 self.failed(host, now, ended);
@@ -728,7 +857,7 @@ mod tests {
         let gate = Arc::new(Gate::default());
         let _open = OpenAtEnd(Arc::clone(&gate));
         let held = Arc::clone(&gate);
-        let lookup = BlockingLookup::new(move |_: &str, _| held.call(), 4);
+        let lookup = BlockingLookup::new(move |_: &str, _| held.call(), 4, 0);
         // Forty requests for names that hang: each stops waiting, its call runs on.
         for i in 0..40 {
             let name = format!("hangs-{i}.internal");
@@ -755,7 +884,7 @@ mod tests {
         let gate = Arc::new(Gate::default());
         let _open = OpenAtEnd(Arc::clone(&gate));
         let held = Arc::clone(&gate);
-        let lookup = Arc::new(BlockingLookup::new(move |_: &str, _| held.call(), 4));
+        let lookup = Arc::new(BlockingLookup::new(move |_: &str, _| held.call(), 4, 0));
         // Each request for a name that hangs stops waiting; the next one joins the call
         // still running instead of taking a second place.
         for _ in 0..10 {
@@ -816,6 +945,66 @@ mod tests {
         let n = Cell::new(0);
         let answered = ask(&r, later, Ok(vec![A]), &n).await;
         assert_eq!(answered.expect("asked again").ip(), A);
+    }
+
+    /// A resolver whose `hang-*` names wait at `gate`; the others answer [`B`] at once.
+    fn hang_or_answer(gate: &Arc<Gate>) -> impl Fn(&str, u16) -> std::io::Result<Vec<IpAddr>> {
+        let held = Arc::clone(gate);
+        move |host: &str, _| {
+            if host.starts_with("hang") {
+                held.call()
+            } else {
+                Ok(vec![B])
+            }
+        }
+    }
+
+    /// Polls `done` until it holds (or ten seconds pass).
+    async fn until(done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        done()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_call_gives_its_quick_place_to_the_next_name() {
+        let gate = Arc::new(Gate::default());
+        let _open = OpenAtEnd(Arc::clone(&gate));
+        // One quick place: a name that hangs would hold it for as long as it hangs.
+        let lookup = BlockingLookup::new(hang_or_answer(&gate), 1, 2);
+        let asked = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("hang-1", 80));
+        assert!(asked.await.is_err(), "the gate is shut");
+        // Past SLOW_AFTER it takes a slow place, and the quick one is free again.
+        assert!(until(|| lookup.quick.available_permits() == 1).await);
+        assert_eq!(lookup.slow.available_permits(), 1);
+        let good = tokio::time::timeout(Duration::from_secs(10), lookup.lookup("good", 80));
+        assert_eq!(
+            good.await.expect("not kept waiting").expect("an answer"),
+            vec![B]
+        );
+        // The name is known to be slow: its next call goes straight to a slow place.
+        assert!(calls_of(&lookup.calls).is_slow("hang-1", Instant::now()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_nobody_waits_for_any_more_is_not_made_and_its_wait_is_told_apart() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let gate = Arc::new(Gate::default());
+        let _open = OpenAtEnd(Arc::clone(&gate));
+        let lookup = BlockingLookup::new(hang_or_answer(&gate), 1, 0);
+        let hung = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("hang-1", 80));
+        assert!(hung.await.is_err(), "the gate is shut");
+        assert!(until(|| gate.running.load(SeqCst) == 1).await);
+        // Queued behind it: the request stops waiting before its call has a place.
+        let queued = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("hang-2", 80));
+        assert!(queued.await.is_err(), "no place");
+        assert!(lookup.waits_for_a_place("hang-2"));
+        assert!(!lookup.waits_for_a_place("hang-1"), "asked, and hanging");
+        gate.open();
+        assert!(until(|| calls_of(&lookup.calls).running.is_empty()).await);
+        assert_eq!(gate.calls.load(SeqCst), 1, "hang-2 was never asked");
     }
 
     #[tokio::test]
