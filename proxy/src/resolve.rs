@@ -163,8 +163,9 @@ pub trait NameLookup: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// System resolver calls running at most at once, abandoned ones included: the blocking
-/// threads lookups may take, [`QUICK_PLACES`] and [`SLOW_PLACES`] together.
+/// System resolver calls running at once, abandoned ones included, beyond the first calls
+/// of names new to the router that hang (see [`SLOW_PLACES`]): [`QUICK_PLACES`] and
+/// [`SLOW_PLACES`] together.
 ///
 /// `getaddrinfo` cannot be cancelled: a request that stops waiting (after the lookup's
 /// timeout) leaves its call running on tokio's blocking pool until the resolver gives up,
@@ -182,7 +183,10 @@ pub const MAX_LOOKUPS_AT_ONCE: usize = QUICK_PLACES + SLOW_PLACES;
 pub const QUICK_PLACES: usize = 64;
 
 /// Places for calls past [`SLOW_AFTER`] and for names whose last call was that slow. When
-/// they are all taken, a slow call keeps its quick place.
+/// they are all taken, a call past [`SLOW_AFTER`] still gives its quick place up and runs
+/// without one: only the first call of a name can, so their number is that of the names
+/// new to the router that hang at once (tokio's blocking pool, 512 threads, bounds them).
+/// Kept on, quick places were all held by such calls, for as long as they hung.
 pub const SLOW_PLACES: usize = 192;
 
 /// A call still running after this is a slow one (a healthy resolver answers in
@@ -311,7 +315,7 @@ where
             }
             let name = host.clone();
             let mut call = tokio::task::spawn_blocking(move || resolve(&name, port));
-            let mut held = place;
+            let held = place;
             let joined = if known_slow {
                 call.await
             } else {
@@ -319,11 +323,17 @@ where
                     Ok(joined) => joined,
                     Err(_) => {
                         calls_of(&state).mark_slow(&host, Instant::now());
-                        // Its quick place goes to the next name, if a slow one is free.
-                        if let Ok(slow_place) = Arc::clone(&slow).try_acquire_owned() {
-                            held = slow_place;
-                        }
-                        call.await
+                        // Its quick place goes to the next name in any case: with the slow
+                        // ones all taken, it runs on without one (tokio's blocking pool
+                        // bounds those), as healthy names must not wait behind it. Its
+                        // name's next calls wait for a slow place.
+                        drop(held);
+                        let _slow_place = Arc::clone(&slow).try_acquire_owned();
+                        let joined = call.await;
+                        calls_of(&state).running.remove(&host);
+                        let outcome = joined.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                        let _ = tx.send(Some(outcome.map(Arc::from).map_err(Arc::new)));
+                        return;
                     }
                 }
             };
@@ -546,14 +556,17 @@ impl InstanceResolver {
                 Self::pick(&ips, port, tried, &down, now, turn).ok_or_else(all_tried)
             }
             Err(err) => {
-                // Ended at its timeout when it timed out; any other failure is prompt.
+                // Ended at its timeout when it timed out; any other failure is prompt. One
+                // kept waiting by other names' calls is none of the name's: its call stays
+                // queued for the next request to join.
                 let ended = match err {
-                    ResolveError::Timeout { timeout, .. } | ResolveError::Busy { timeout, .. } => {
-                        now + timeout
-                    }
-                    _ => now,
+                    ResolveError::Timeout { timeout, .. } => Some(now + timeout),
+                    ResolveError::Busy { .. } => None,
+                    _ => Some(now),
                 };
-                self.failed(host, now, ended);
+                if let Some(ended) = ended {
+                    self.failed(host, now, ended);
+                }
                 match stale {
                     Some((ips, down)) => {
                         tracing::warn!(error = %err, "instance name not refreshed; using its last addresses");
