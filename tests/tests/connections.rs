@@ -629,6 +629,14 @@ fn transparent_huge_pages_are_off_unless_mimalloc_allow_thp_is_set() {
     assert_eq!(huge_pages_enabled(edge.pid()), Some(false));
     drop(edge);
 
+    // Set but empty counts as unset: off.
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings_file(records.clone()));
+    opts.env
+        .push(("MIMALLOC_ALLOW_THP".to_owned(), String::new()));
+    let edge = Edge::start(&opts);
+    assert_eq!(huge_pages_enabled(edge.pid()), Some(false));
+    drop(edge);
+
     // The operator's choice stands: mimalloc applies it.
     let mut opts = EdgeOptions::new(keys.jwks(), bindings_file(records));
     opts.env
