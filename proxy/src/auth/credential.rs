@@ -9,7 +9,7 @@
 //! The instance's framework, not this router, has the last word on what a `Cookie` header or
 //! a query string holds, so both are read the way the most lenient parsers read them: a
 //! cookie pair may also hide behind a comma or a blank inside another pair (Rack, Python's
-//! `SimpleCookie`, RFC 2965 parsers), a blank being any Unicode calls one (see
+//! `SimpleCookie`, RFC 2965 parsers), a blank being any character Unicode calls one (see
 //! `UNICODE_BLANKS`), and a name matches when some framework would fold it into the session
 //! cookie's or `access_token` (see `same_name`).
 
@@ -175,8 +175,8 @@ pub fn extract_token<'a>(
 
 /// The values a `;`-separated piece of a `Cookie` header gives the session cookie `name`: its
 /// own value when its name is that cookie's, then the value of every pair hidden behind a
-/// comma or blank inside it (`$Version=1, sess=x`, `theme=dark sess = x`), which parsers that
-/// split there would read. Cookie values have no commas or blanks (RFC 6265 `cookie-octet`),
+/// comma or blank inside it (`$Version=1, sess=x`, `theme=dark sess = x`, `secure sess=x`),
+/// which parsers that split there would read. Cookie values have no commas or blanks (RFC 6265 `cookie-octet`),
 /// so a well-formed piece hides nothing.
 fn session_values<'a, 'n>(
     pair: &'a [u8],
