@@ -163,30 +163,32 @@ pub trait NameLookup: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// System resolver calls running at once, abandoned ones included, beyond the first calls
-/// of names new to the router that hang (see [`SLOW_PLACES`]): [`QUICK_PLACES`] and
-/// [`SLOW_PLACES`] together.
+/// System resolver calls running at most at once, abandoned ones included: the blocking
+/// threads lookups may take, [`QUICK_PLACES`], [`MOVED_PLACES`] and [`SLOW_PLACES`]
+/// together, below tokio's 512 blocking threads (a lookup queued there would start after its
+/// request gave up).
 ///
 /// `getaddrinfo` cannot be cancelled: a request that stops waiting (after the lookup's
 /// timeout) leaves its call running on tokio's blocking pool until the resolver gives up,
 /// seconds later. Unbounded, names that do not resolve (a bindings file full of typos, a DNS
-/// server that does not answer for a zone) grew the pool to hundreds of threads (13 → 525 in
-/// a probe). A name has one call at a time, abandoned or not, and answers are cached for
+/// server that does not answer for a zone) grew the pool to 512 threads (13 → 525 in a
+/// probe). A name has one call at a time, abandoned or not, and answers are cached for
 /// `dns_ttl`, so a healthy resolver needs few at once.
-pub const MAX_LOOKUPS_AT_ONCE: usize = QUICK_PLACES + SLOW_PLACES;
+pub const MAX_LOOKUPS_AT_ONCE: usize = QUICK_PLACES + MOVED_PLACES + SLOW_PLACES;
 
 /// Places for calls in their first [`SLOW_AFTER`], of names not known to be slow: every
-/// healthy lookup takes one of these, and each is free again within a second, so names
-/// that hang (which move to [`SLOW_PLACES`]) cannot keep a new, healthy name waiting for
-/// long. With one pool for all, 64 names that hang held every place for ten seconds at a
+/// healthy lookup takes one of these, and each is free again within a second while the
+/// calls that hang move on to [`MOVED_PLACES`], so they do not keep a new, healthy name
+/// waiting. With one pool for all, 64 names that hang held every place for ten seconds at a
 /// time, and healthy names new to the router got 502 (a probe).
 pub const QUICK_PLACES: usize = 64;
 
-/// Places for calls past [`SLOW_AFTER`] and for names whose last call was that slow. When
-/// they are all taken, a call past [`SLOW_AFTER`] still gives its quick place up and runs
-/// without one: only the first call of a name can, so their number is that of the names
-/// new to the router that hang at once (tokio's blocking pool, 512 threads, bounds them).
-/// Kept on, quick places were all held by such calls, for as long as they hung.
+/// Places a call still running after [`SLOW_AFTER`] moves to, giving its quick place up;
+/// with these all taken it keeps its quick place. Taken only when free, never waited for,
+/// so repeated calls of names known to be slow ([`SLOW_PLACES`]) cannot take them.
+pub const MOVED_PLACES: usize = 192;
+
+/// Places for the calls of names whose last call was slow (for [`SLOW_FOR`]).
 pub const SLOW_PLACES: usize = 192;
 
 /// A call still running after this is a slow one (a healthy resolver answers in
@@ -239,23 +241,34 @@ impl Calls {
     }
 }
 
+/// Place counts: [`QUICK_PLACES`], [`MOVED_PLACES`], [`SLOW_PLACES`] in production.
+#[derive(Debug, Clone, Copy)]
+struct Places {
+    quick: usize,
+    moved: usize,
+    slow: usize,
+}
+
 /// A blocking resolver run on tokio's blocking pool: one call at a time per name (a lookup
-/// of a name whose call still runs, abandoned or not, joins it), at most `quick` calls in
-/// their first [`SLOW_AFTER`] and `slow` past it (see [`QUICK_PLACES`]). A call that gets
-/// its place after every request for it has stopped waiting is not made.
+/// of a name whose call still runs, abandoned or not, joins it), in the places of
+/// [`Places`] (see [`QUICK_PLACES`]). A call that gets its place after every request for
+/// it has stopped waiting is not made.
 struct BlockingLookup<F> {
     resolve: Arc<F>,
     quick: Arc<tokio::sync::Semaphore>,
+    moved: Arc<tokio::sync::Semaphore>,
     slow: Arc<tokio::sync::Semaphore>,
     calls: Arc<Mutex<Calls>>,
 }
 
 impl<F> BlockingLookup<F> {
-    fn new(resolve: F, quick: usize, slow: usize) -> Self {
+    fn new(resolve: F, places: Places) -> Self {
+        let pool = |n| Arc::new(tokio::sync::Semaphore::new(n));
         Self {
             resolve: Arc::new(resolve),
-            quick: Arc::new(tokio::sync::Semaphore::new(quick)),
-            slow: Arc::new(tokio::sync::Semaphore::new(slow)),
+            quick: pool(places.quick),
+            moved: pool(places.moved),
+            slow: pool(places.slow),
             calls: Arc::default(),
         }
     }
@@ -286,8 +299,9 @@ where
         let (tx, rx) = watch::channel(None);
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let known_slow = calls.is_slow(host, Instant::now());
-        let (quick, slow, resolve, state, flag) = (
+        let (quick, moved, slow, resolve, state, flag) = (
             Arc::clone(&self.quick),
+            Arc::clone(&self.moved),
             Arc::clone(&self.slow),
             Arc::clone(&self.resolve),
             Arc::clone(&self.calls),
@@ -315,25 +329,20 @@ where
             }
             let name = host.clone();
             let mut call = tokio::task::spawn_blocking(move || resolve(&name, port));
-            let held = place;
+            let mut held = place;
             let joined = if known_slow {
                 call.await
             } else {
                 match tokio::time::timeout(SLOW_AFTER, &mut call).await {
                     Ok(joined) => joined,
                     Err(_) => {
+                        // Its name's next calls wait for a slow place; this one gives its
+                        // quick place to the next name when a moved one is free.
                         calls_of(&state).mark_slow(&host, Instant::now());
-                        // Its quick place goes to the next name in any case: with the slow
-                        // ones all taken, it runs on without one (tokio's blocking pool
-                        // bounds those), as healthy names must not wait behind it. Its
-                        // name's next calls wait for a slow place.
-                        drop(held);
-                        let _slow_place = Arc::clone(&slow).try_acquire_owned();
-                        let joined = call.await;
-                        calls_of(&state).running.remove(&host);
-                        let outcome = joined.unwrap_or_else(|e| Err(std::io::Error::other(e)));
-                        let _ = tx.send(Some(outcome.map(Arc::from).map_err(Arc::new)));
-                        return;
+                        if let Ok(moved_place) = Arc::clone(&moved).try_acquire_owned() {
+                            held = moved_place;
+                        }
+                        call.await
                     }
                 }
             };
@@ -436,8 +445,11 @@ impl InstanceResolver {
             policy,
             Arc::new(BlockingLookup::new(
                 system_resolve,
-                QUICK_PLACES,
-                SLOW_PLACES,
+                Places {
+                    quick: QUICK_PLACES,
+                    moved: MOVED_PLACES,
+                    slow: SLOW_PLACES,
+                },
             )),
         )
     }
@@ -870,7 +882,7 @@ mod tests {
         let gate = Arc::new(Gate::default());
         let _open = OpenAtEnd(Arc::clone(&gate));
         let held = Arc::clone(&gate);
-        let lookup = BlockingLookup::new(move |_: &str, _| held.call(), 4, 0);
+        let lookup = BlockingLookup::new(move |_: &str, _| held.call(), places(4, 0, 0));
         // Forty requests for names that hang: each stops waiting, its call runs on.
         for i in 0..40 {
             let name = format!("hangs-{i}.internal");
@@ -897,7 +909,10 @@ mod tests {
         let gate = Arc::new(Gate::default());
         let _open = OpenAtEnd(Arc::clone(&gate));
         let held = Arc::clone(&gate);
-        let lookup = Arc::new(BlockingLookup::new(move |_: &str, _| held.call(), 4, 0));
+        let lookup = Arc::new(BlockingLookup::new(
+            move |_: &str, _| held.call(),
+            places(4, 0, 0),
+        ));
         // Each request for a name that hangs stops waiting; the next one joins the call
         // still running instead of taking a second place.
         for _ in 0..10 {
@@ -960,6 +975,10 @@ mod tests {
         assert_eq!(answered.expect("asked again").ip(), A);
     }
 
+    fn places(quick: usize, moved: usize, slow: usize) -> Places {
+        Places { quick, moved, slow }
+    }
+
     /// A resolver whose `hang-*` names wait at `gate`; the others answer [`B`] at once.
     fn hang_or_answer(gate: &Arc<Gate>) -> impl Fn(&str, u16) -> std::io::Result<Vec<IpAddr>> {
         let held = Arc::clone(gate);
@@ -986,11 +1005,12 @@ mod tests {
         let gate = Arc::new(Gate::default());
         let _open = OpenAtEnd(Arc::clone(&gate));
         // One quick place: a name that hangs would hold it for as long as it hangs.
-        let lookup = BlockingLookup::new(hang_or_answer(&gate), 1, 2);
+        let lookup = BlockingLookup::new(hang_or_answer(&gate), places(1, 1, 1));
         let asked = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("hang-1", 80));
         assert!(asked.await.is_err(), "the gate is shut");
-        // Past SLOW_AFTER it takes a slow place, and the quick one is free again.
+        // Past SLOW_AFTER it takes a moved place, and the quick one is free again.
         assert!(until(|| lookup.quick.available_permits() == 1).await);
+        assert_eq!(lookup.moved.available_permits(), 0);
         assert_eq!(lookup.slow.available_permits(), 1);
         let good = tokio::time::timeout(Duration::from_secs(10), lookup.lookup("good", 80));
         assert_eq!(
@@ -1002,11 +1022,28 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_no_moved_place_free_a_slow_call_keeps_its_quick_one() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let gate = Arc::new(Gate::default());
+        let _open = OpenAtEnd(Arc::clone(&gate));
+        // The bound holds: no more calls than places, whatever hangs.
+        let lookup = BlockingLookup::new(hang_or_answer(&gate), places(1, 0, 1));
+        let asked = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("hang-1", 80));
+        assert!(asked.await.is_err(), "the gate is shut");
+        assert!(until(|| calls_of(&lookup.calls).is_slow("hang-1", Instant::now())).await);
+        assert_eq!(lookup.quick.available_permits(), 0);
+        let good = tokio::time::timeout(Duration::from_millis(50), lookup.lookup("good", 80));
+        assert!(good.await.is_err(), "no place");
+        assert!(lookup.waits_for_a_place("good"));
+        assert_eq!(gate.running.load(SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_call_nobody_waits_for_any_more_is_not_made_and_its_wait_is_told_apart() {
         use std::sync::atomic::Ordering::SeqCst;
         let gate = Arc::new(Gate::default());
         let _open = OpenAtEnd(Arc::clone(&gate));
-        let lookup = BlockingLookup::new(hang_or_answer(&gate), 1, 0);
+        let lookup = BlockingLookup::new(hang_or_answer(&gate), places(1, 0, 0));
         let hung = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("hang-1", 80));
         assert!(hung.await.is_err(), "the gate is shut");
         assert!(until(|| gate.running.load(SeqCst) == 1).await);
