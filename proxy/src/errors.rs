@@ -94,7 +94,10 @@ impl RejectReason {
             RejectReason::HeaderTooLarge => 431,
             RejectReason::BodyTimeout => 408,
             RejectReason::BadFraming(
-                FramingError::ChunkedTwice | FramingError::BadChunk(_) | FramingError::BareLineFeed,
+                FramingError::ChunkedTwice
+                | FramingError::BadChunk(_)
+                | FramingError::BareLineFeed
+                | FramingError::MiscasedMethod,
             )
             | RejectReason::MalformedHeader
             | RejectReason::BadHost(_)
@@ -225,6 +228,9 @@ impl RejectReason {
             }
             RejectReason::BadFraming(FramingError::BareLineFeed) => {
                 "bad request: a request header line does not end in CRLF\n"
+            }
+            RejectReason::BadFraming(FramingError::MiscasedMethod) => {
+                "bad request: methods are case-sensitive; send a standard method in capitals\n"
             }
             RejectReason::HeaderTooLarge => {
                 "request header fields too large: the request header is longer than allowed\n"

@@ -47,6 +47,20 @@ pub fn closes_after(method: &Method) -> bool {
     )
 }
 
+/// Whether `method` is a method RFC 9110 defines (or `PATCH`) spelt in another case: `get`,
+/// `Head`. Methods are case-sensitive, so the router and Pingora read `head` as an unknown
+/// method (one whose answer has a body, sent on a connection kept for the tenant), while
+/// servers that read methods without case (the JDK's, Tornado, Werkzeug) answer it as `HEAD`,
+/// with no body: the router would read the tenant's next answer as this one's. No client
+/// sends these; refused.
+pub fn is_miscased_method(method: &Method) -> bool {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    let m = method.as_str();
+    m.len() <= 7 && !STANDARD.contains(&m) && STANDARD.iter().any(|s| s.eq_ignore_ascii_case(m))
+}
+
 /// Why a request's framing is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FramingError {
@@ -64,6 +78,9 @@ pub enum FramingError {
     /// A line of the request header ends in a bare LF ([`check_line_ends`]).
     #[error("header line ending in a bare LF")]
     BareLineFeed,
+    /// A standard method spelt in another case ([`is_miscased_method`]).
+    #[error("a standard method in another case")]
+    MiscasedMethod,
 }
 
 impl FramingError {
@@ -74,6 +91,7 @@ impl FramingError {
             FramingError::ChunkedTwice => "chunked_twice",
             FramingError::BadChunk(_) => "bad_chunk",
             FramingError::BareLineFeed => "bare_line_feed",
+            FramingError::MiscasedMethod => "miscased_method",
         }
     }
 }
@@ -229,6 +247,21 @@ mod tests {
         h
     }
 
+    #[test]
+    fn standard_methods_in_another_case_are_told_apart() {
+        for m in [
+            "get", "Get", "hEAD", "post", "Put", "delete", "options", "patch",
+        ] {
+            let m = Method::from_bytes(m.as_bytes()).expect("a token");
+            assert!(is_miscased_method(&m), "{m}");
+        }
+        for m in [
+            "GET", "HEAD", "PATCH", "OPTIONS", "PROPFIND", "propfind", "GETS", "M-SEARCH",
+        ] {
+            let m = Method::from_bytes(m.as_bytes()).expect("a token");
+            assert!(!is_miscased_method(&m), "{m}");
+        }
+    }
     #[test]
     fn line_ends_table() {
         let bare = Err(FramingError::BareLineFeed);

@@ -166,6 +166,9 @@ impl EdgeService {
         if crate::method::is_connect(&req.method) {
             return Err(RejectReason::ConnectRefused);
         }
+        if crate::framing::is_miscased_method(&req.method) {
+            return Err(RejectReason::BadFraming(FramingError::MiscasedMethod));
+        }
         // Before the tenant: a body the instance would read otherwise than the router is
         // refused whoever it is addressed to.
         check_transfer_coding(&req.headers).map_err(RejectReason::BadFraming)?;
