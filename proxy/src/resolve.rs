@@ -95,8 +95,8 @@ pub enum ResolveError {
     /// The lookup waited all its time for a place among the resolver's calls, which other
     /// names' calls held (names whose lookups hang): the resolver was not asked yet.
     #[error(
-        "resolving {host}: no free place among the resolver's {MAX_LOOKUPS_AT_ONCE} calls within \
-         {timeout:?} (names that do not answer hold them)"
+        "resolving {host}: no free place for a lookup within {timeout:?} (lookups of names \
+         that do not answer hold them)"
     )]
     Busy {
         /// The instance host.
@@ -184,12 +184,16 @@ pub const MAX_LOOKUPS_AT_ONCE: usize = QUICK_PLACES + MOVED_PLACES + SLOW_PLACES
 pub const QUICK_PLACES: usize = 64;
 
 /// Places a call still running after [`SLOW_AFTER`] moves to, giving its quick place up;
-/// with these all taken it keeps its quick place. Taken only when free, never waited for,
-/// so repeated calls of names known to be slow ([`SLOW_PLACES`]) cannot take them.
-pub const MOVED_PLACES: usize = 192;
+/// with these all taken it keeps its quick place, and healthy names new to the router wait.
+/// Taken only when free, never waited for, so repeated calls of names known to be slow
+/// ([`SLOW_PLACES`]) cannot take them. Sized for the first calls of a few hundred names that
+/// hang at once (a probe: 300 such names starved healthy ones with 192 of these, not when
+/// their calls could all move).
+pub const MOVED_PLACES: usize = 320;
 
-/// Places for the calls of names whose last call was slow (for [`SLOW_FOR`]).
-pub const SLOW_PLACES: usize = 192;
+/// Places for the calls of names whose last call was slow (for [`SLOW_FOR`]): they fail
+/// anyway, so a few suffice.
+pub const SLOW_PLACES: usize = 96;
 
 /// A call still running after this is a slow one (a healthy resolver answers in
 /// milliseconds), and its name is known to be slow for [`SLOW_FOR`].
