@@ -187,8 +187,9 @@ pub const QUICK_PLACES: usize = 64;
 /// with these all taken it keeps its quick place, and healthy names new to the router wait.
 /// Taken only when free, never waited for, so repeated calls of names known to be slow
 /// ([`SLOW_PLACES`]) cannot take them. Sized for the first calls of a few hundred names that
-/// hang at once (a probe: 300 such names starved healthy ones with 192 of these, not when
-/// their calls could all move).
+/// hang at once (a probe: 300 such names starved healthy ones with 192 of these, not with
+/// 320; 1,200 new ones at 100 a second starve them for seconds whatever the places, as they
+/// did with none).
 pub const MOVED_PLACES: usize = 320;
 
 /// Places for the calls of names whose last call was slow (for [`SLOW_FOR`]): they fail
