@@ -1005,14 +1005,31 @@ mod tests {
         done()
     }
 
+    type TestResolve = Box<dyn Fn(&str, u16) -> std::io::Result<Vec<IpAddr>> + Send + Sync>;
+
+    /// A lookup with `places` over [`hang_or_answer`], its gate, and the guard that opens
+    /// the gate when the test ends.
+    fn gated(places: Places) -> (Arc<Gate>, OpenAtEnd, BlockingLookup<TestResolve>) {
+        let gate = Arc::new(Gate::default());
+        let resolve: TestResolve = Box::new(hang_or_answer(&gate));
+        let lookup = BlockingLookup::new(resolve, places);
+        (Arc::clone(&gate), OpenAtEnd(gate), lookup)
+    }
+
+    /// Asks for `host` and stops waiting at once, as a request whose lookup timed out.
+    async fn ask_and_leave<F>(lookup: &BlockingLookup<F>, host: &str)
+    where
+        F: Fn(&str, u16) -> std::io::Result<Vec<IpAddr>> + Send + Sync + 'static,
+    {
+        let asked = tokio::time::timeout(Duration::from_millis(5), lookup.lookup(host, 80));
+        assert!(asked.await.is_err(), "{host}: answered");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_call_gives_its_quick_place_to_the_next_name() {
-        let gate = Arc::new(Gate::default());
-        let _open = OpenAtEnd(Arc::clone(&gate));
         // One quick place: a name that hangs would hold it for as long as it hangs.
-        let lookup = BlockingLookup::new(hang_or_answer(&gate), places(1, 1, 1));
-        let asked = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("hang-1", 80));
-        assert!(asked.await.is_err(), "the gate is shut");
+        let (_gate, _open, lookup) = gated(places(1, 1, 1));
+        ask_and_leave(&lookup, "hang-1").await;
         // Past SLOW_AFTER it takes a moved place, and the quick one is free again.
         assert!(until(|| lookup.quick.available_permits() == 1).await);
         assert_eq!(lookup.moved.available_permits(), 0);
@@ -1029,12 +1046,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_no_moved_place_free_a_slow_call_keeps_its_quick_one() {
         use std::sync::atomic::Ordering::SeqCst;
-        let gate = Arc::new(Gate::default());
-        let _open = OpenAtEnd(Arc::clone(&gate));
         // The bound holds: no more calls than places, whatever hangs.
-        let lookup = BlockingLookup::new(hang_or_answer(&gate), places(1, 0, 1));
-        let asked = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("hang-1", 80));
-        assert!(asked.await.is_err(), "the gate is shut");
+        let (gate, _open, lookup) = gated(places(1, 0, 1));
+        ask_and_leave(&lookup, "hang-1").await;
         assert!(until(|| calls_of(&lookup.calls).is_slow("hang-1", Instant::now())).await);
         assert_eq!(lookup.quick.available_permits(), 0);
         let good = tokio::time::timeout(Duration::from_millis(50), lookup.lookup("good", 80));
@@ -1046,15 +1060,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_call_nobody_waits_for_any_more_is_not_made_and_its_wait_is_told_apart() {
         use std::sync::atomic::Ordering::SeqCst;
-        let gate = Arc::new(Gate::default());
-        let _open = OpenAtEnd(Arc::clone(&gate));
-        let lookup = BlockingLookup::new(hang_or_answer(&gate), places(1, 0, 0));
-        let hung = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("hang-1", 80));
-        assert!(hung.await.is_err(), "the gate is shut");
+        let (gate, _open, lookup) = gated(places(1, 0, 0));
+        ask_and_leave(&lookup, "hang-1").await;
         assert!(until(|| gate.running.load(SeqCst) == 1).await);
         // Queued behind it: the request stops waiting before its call has a place.
-        let queued = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("hang-2", 80));
-        assert!(queued.await.is_err(), "no place");
+        ask_and_leave(&lookup, "hang-2").await;
         assert!(lookup.waits_for_a_place("hang-2"));
         assert!(!lookup.waits_for_a_place("hang-1"), "asked, and hanging");
         gate.open();
