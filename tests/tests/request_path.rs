@@ -350,6 +350,9 @@ fn a_public_path_forwards_only_a_credential_of_its_tenant() {
             format!("Basic eA==, Bearer {other}"),
             vec![],
         ),
+        // A token under another scheme, which passport-jwt or Simple JWT configured for
+        // `JWT` would read.
+        ("Authorization", format!("JWT {other}"), vec![]),
         (
             "Cookie",
             format!("theme=dark nexus_session={own}; lang=en; nexus_session={other}"),
@@ -395,6 +398,22 @@ fn a_public_path_forwards_only_a_credential_of_its_tenant() {
         echoed_header(&r.json(), "authorization"),
         ["Basic dXNlcjpwYXNz"]
     );
+
+    // On a member path it is the token, checked as a Bearer one is.
+    let r = get(
+        addr,
+        &acme,
+        "/x",
+        &[("Authorization", &format!("JWT {other}"))],
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = get(
+        addr,
+        &acme,
+        "/x",
+        &[("Authorization", &format!("JWT {own}"))],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
 
     // A query token cannot be taken off: without an accepted credential it is refused.
     let before = w.a.hits();

@@ -392,7 +392,7 @@ fn bearer(value: &[u8]) -> Result<Option<&str>, CredentialError> {
         return if hides_bearer {
             Err(CredentialError::Malformed)
         } else {
-            Ok(None)
+            jws_under_another_scheme(value)
         };
     }
     // `1*SP`: RFC 7235 separates scheme and credentials with spaces only.
@@ -403,6 +403,42 @@ fn bearer(value: &[u8]) -> Result<Option<&str>, CredentialError> {
         return Err(CredentialError::Malformed);
     }
     std::str::from_utf8(token)
+        .map(Some)
+        .map_err(|_| CredentialError::Malformed)
+}
+
+/// Whether `b` has the shape of a JWS in compact form: `eyJ` (base64url of `{"`), three
+/// base64url segments.
+fn is_jws_shaped(b: &[u8]) -> bool {
+    b.starts_with(b"eyJ")
+        && b.iter().filter(|&&c| c == b'.').count() == 2
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A token in another scheme's `Authorization` (not `Bearer`): a JWS as the whole of its
+/// credentials (`JWT eyJ…`, `Token eyJ…`) or as the whole field is read as a `Bearer` token
+/// (checked, and taken off where another credential would be); one among other words
+/// (`Basic eA==, JWT eyJ…`) is refused. Apps configured for such a scheme (passport-jwt's
+/// `fromAuthHeaderWithScheme("JWT")`, Simple JWT's `AUTH_HEADER_TYPES`) or that read the
+/// field whole take it for the caller's token: passed over, another tenant's token would
+/// reach them unchecked. Another scheme without one (`Basic`, an opaque `Token`) is the app's.
+fn jws_under_another_scheme(value: &[u8]) -> Result<Option<&str>, CredentialError> {
+    let mut words = value
+        .split(|&c| matches!(c, b' ' | b'\t' | b','))
+        .filter(|w| !w.is_empty());
+    if !words.clone().any(is_jws_shaped) {
+        return Ok(None);
+    }
+    let credential = match (words.next(), words.next(), words.next()) {
+        (Some(jws), None, None) => jws,
+        (Some(scheme), Some(jws), None) if !value.contains(&b',') && !is_jws_shaped(scheme) => jws,
+        _ => return Err(CredentialError::Malformed),
+    };
+    if !is_jws_shaped(credential) {
+        return Err(CredentialError::Malformed);
+    }
+    std::str::from_utf8(credential)
         .map(Some)
         .map_err(|_| CredentialError::Malformed)
 }
@@ -469,9 +505,42 @@ mod tests {
             b"JWT x",
             b"",
             b"Basic xbearer",
+            b"Token 9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b",
+            b"Basic eyJhbGciOiJub25lIn0=",
         ] {
             assert!(!is_bearer(v), "{v:?}");
         }
+        // A JWS under another scheme, or alone, is the token as a Bearer one would be.
+        for (v, token) in [
+            (&b"JWT eyJh.eyJz.c2ln"[..], "eyJh.eyJz.c2ln"),
+            (b"Token  eyJh.eyJz.c2ln", "eyJh.eyJz.c2ln"),
+            (b"eyJh.eyJz.c2ln", "eyJh.eyJz.c2ln"),
+            (b"jwt\teyJh.eyJz.c2ln", "eyJh.eyJz.c2ln"),
+        ] {
+            assert!(is_bearer(v), "{v:?}");
+            assert_eq!(extract_token(&[v], &[], None), Ok(Some(token)), "{v:?}");
+        }
+        // One among other words: which one would the app read? Refused.
+        for v in [
+            &b"Basic eA==, JWT eyJh.eyJz.c2ln"[..],
+            b"JWT eyJh.eyJz.c2ln eyJh.eyJz.c2lu",
+            b"JWT eyJh.eyJz.c2ln,x",
+        ] {
+            assert_eq!(
+                extract_token(&[v], &[], None),
+                Err(CredentialError::Malformed),
+                "{v:?}"
+            );
+        }
+        // Beside the cookie, it must be the same token.
+        assert_eq!(
+            extract_token(
+                &[b"JWT eyJh.eyJz.c2ln"],
+                &[b"sess=eyJh.eyJz.b3RoZXI"],
+                Some("sess")
+            ),
+            Err(CredentialError::Conflict)
+        );
         // Another scheme's value with a Bearer credential further on: refused as one.
         for v in [
             &b"Basic eA==, Bearer x"[..],
