@@ -353,6 +353,10 @@ fn a_public_path_forwards_only_a_credential_of_its_tenant() {
         // A token under another scheme, which passport-jwt or Simple JWT configured for
         // `JWT` would read.
         ("Authorization", format!("JWT {other}"), vec![]),
+        // Behind a blank beyond ASCII, or padded: what Node.js's `\s`, Python's `split()`
+        // and PyJWT still read.
+        ("Authorization", format!("JWT\u{a0}{other}"), vec![]),
+        ("Authorization", format!("JWT {other}=="), vec![]),
         (
             "Cookie",
             format!("theme=dark nexus_session={own}; lang=en; nexus_session={other}"),

@@ -408,12 +408,42 @@ fn bearer(value: &[u8]) -> Result<Option<&str>, CredentialError> {
 }
 
 /// Whether `b` has the shape of a JWS in compact form: `eyJ` (base64url of `{"`), three
-/// base64url segments.
+/// base64url segments, each perhaps padded with `=` (PyJWT takes a padded signature, and a
+/// signature is no part of what is signed, so `…sig==` verifies there).
 fn is_jws_shaped(b: &[u8]) -> bool {
     b.starts_with(b"eyJ")
-        && b.iter().filter(|&&c| c == b'.').count() == 2
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.split(|&c| c == b'.').count() == 3
+        && b.split(|&c| c == b'.').all(|segment| {
+            let body = segment
+                .iter()
+                .rposition(|&c| c != b'=')
+                .map_or(0, |i| i + 1);
+            segment[..body]
+                .iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+        })
+}
+
+/// The words of a field: split at commas and at blanks of any kind (Node.js reads header
+/// bytes as Latin-1, where 0xA0 is a blank to `\s`; Python's `split()` splits at U+0085).
+fn words(value: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while !rest.is_empty() {
+        match (0..rest.len()).find(|&i| split_at_start(&rest[i..]) > 0) {
+            Some(i) => {
+                if i > 0 {
+                    out.push(&rest[..i]);
+                }
+                rest = &rest[i + split_at_start(&rest[i..])..];
+            }
+            None => {
+                out.push(rest);
+                rest = &[];
+            }
+        }
+    }
+    out
 }
 
 /// A token in another scheme's `Authorization` (not `Bearer`): a JWS as the whole of its
@@ -424,15 +454,22 @@ fn is_jws_shaped(b: &[u8]) -> bool {
 /// field whole take it for the caller's token: passed over, another tenant's token would
 /// reach them unchecked. Another scheme without one (`Basic`, an opaque `Token`) is the app's.
 fn jws_under_another_scheme(value: &[u8]) -> Result<Option<&str>, CredentialError> {
-    let mut words = value
-        .split(|&c| matches!(c, b' ' | b'\t' | b','))
-        .filter(|w| !w.is_empty());
-    if !words.clone().any(is_jws_shaped) {
+    // Only a value holding `eyJ` can hold one: the common case (Basic) pays no more.
+    if !value.windows(3).any(|w| w == b"eyJ") {
         return Ok(None);
     }
-    let credential = match (words.next(), words.next(), words.next()) {
-        (Some(jws), None, None) => jws,
-        (Some(scheme), Some(jws), None) if !value.contains(&b',') && !is_jws_shaped(scheme) => jws,
+    let words = words(value);
+    if !words.iter().any(|w| is_jws_shaped(w)) {
+        return Ok(None);
+    }
+    // As RFC 7235 writes one, `scheme 1*SP token`, or the token alone, with no other blank
+    // (a blank beyond ASCII splits the field for some apps and not for others).
+    let plain = value
+        .iter()
+        .all(|&c| c.is_ascii_graphic() || c == b' ' || c == b'\t');
+    let credential = match words[..] {
+        [jws] if plain => jws,
+        [scheme, jws] if plain && !value.contains(&b',') && !is_jws_shaped(scheme) => jws,
         _ => return Err(CredentialError::Malformed),
     };
     if !is_jws_shaped(credential) {
@@ -516,15 +553,24 @@ mod tests {
             (b"Token  eyJh.eyJz.c2ln", "eyJh.eyJz.c2ln"),
             (b"eyJh.eyJz.c2ln", "eyJh.eyJz.c2ln"),
             (b"jwt\teyJh.eyJz.c2ln", "eyJh.eyJz.c2ln"),
+            // Padded, as PyJWT takes it.
+            (b"JWT eyJh.eyJz.c2ln==", "eyJh.eyJz.c2ln=="),
         ] {
             assert!(is_bearer(v), "{v:?}");
             assert_eq!(extract_token(&[v], &[], None), Ok(Some(token)), "{v:?}");
         }
-        // One among other words: which one would the app read? Refused.
+        // One among other words, or beside blanks beyond ASCII (which Node.js's `\s` and
+        // Python's `split()` take for blanks): refused.
         for v in [
             &b"Basic eA==, JWT eyJh.eyJz.c2ln"[..],
             b"JWT eyJh.eyJz.c2ln eyJh.eyJz.c2lu",
             b"JWT eyJh.eyJz.c2ln,x",
+            b"JWT\xa0eyJh.eyJz.c2ln",
+            b"JWT eyJh.eyJz.c2ln\xa0",
+            b"JWT eyJh.eyJz.c2ln\xa0x",
+            b"\xa0eyJh.eyJz.c2ln",
+            b"JWT\xc2\x85eyJh.eyJz.c2ln",
+            b"Basic eA==, JWT eyJh.eyJz.c2ln==",
         ] {
             assert_eq!(
                 extract_token(&[v], &[], None),
