@@ -884,71 +884,52 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn abandoned_lookups_keep_their_place_so_blocking_calls_stay_bounded() {
         use std::sync::atomic::Ordering::SeqCst;
-        let gate = Arc::new(Gate::default());
-        let _open = OpenAtEnd(Arc::clone(&gate));
-        let held = Arc::clone(&gate);
-        let lookup = BlockingLookup::new(move |_: &str, _| held.call(), places(4, 0, 0));
-        // Forty requests for names that hang: each stops waiting, its call runs on.
-        for i in 0..40 {
-            let name = format!("hangs-{i}.internal");
-            let asked = tokio::time::timeout(Duration::from_millis(5), lookup.lookup(&name, 80));
-            assert!(asked.await.is_err(), "the gate is shut");
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while gate.running.load(SeqCst) < 4 && Instant::now() < deadline {
-            tokio::task::yield_now().await;
-        }
+        let (gate, _open, lookup) = gated(places(4, 0, 0));
+        // Four requests whose calls run, then leave: their calls run on, in their places.
+        let first: Vec<_> = (0..4)
+            .map(|i| hold(&lookup, &format!("hang-{i}")))
+            .collect();
+        assert!(until(|| gate.running.load(SeqCst) == 4).await);
+        first.iter().for_each(|r| r.abort());
+        // Thirty-six more names that hang, each with a request waiting: none has a place.
+        let more: Vec<_> = (4..40)
+            .map(|i| hold(&lookup, &format!("hang-{i}")))
+            .collect();
+        assert!(until(|| lookup.waits_for_a_place("hang-39")).await);
         assert_eq!(gate.running.load(SeqCst), 4);
         assert_eq!(gate.most.load(SeqCst), 4, "never more calls than places");
-
-        // Once the calls return, their places are free again.
+        // Once the calls return, their places are free again, four at a time.
         gate.open();
-        let answer = tokio::time::timeout(Duration::from_secs(10), lookup.lookup("next", 80));
-        assert_eq!(answer.await.expect("a place").expect("an answer"), vec![A]);
-        assert!(gate.most.load(SeqCst) <= 4);
+        for r in more {
+            let answer = tokio::time::timeout(Duration::from_secs(10), r).await;
+            assert!(answer.expect("in time").expect("joined").is_ok());
+        }
+        assert_eq!(gate.most.load(SeqCst), 4);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_name_has_one_call_at_a_time_which_later_lookups_join() {
         use std::sync::atomic::Ordering::SeqCst;
-        let gate = Arc::new(Gate::default());
-        let _open = OpenAtEnd(Arc::clone(&gate));
-        let held = Arc::clone(&gate);
-        let lookup = Arc::new(BlockingLookup::new(
-            move |_: &str, _| held.call(),
-            places(4, 0, 0),
-        ));
-        // Each request for a name that hangs stops waiting; the next one joins the call
-        // still running instead of taking a second place.
+        let (gate, _open, lookup) = gated(places(4, 0, 0));
+        let waiting = hold(&lookup, "hang");
+        let other = hold(&lookup, "hang-other");
+        assert!(until(|| gate.running.load(SeqCst) == 2).await);
+        // Requests for the name that hangs, each leaving at once, join the call running
+        // instead of taking a second place.
         for _ in 0..10 {
-            let asked = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("hangs", 80));
-            assert!(asked.await.is_err(), "the gate is shut");
-        }
-        let other = tokio::time::timeout(Duration::from_millis(5), lookup.lookup("other", 80));
-        assert!(other.await.is_err(), "the gate is shut");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while gate.running.load(SeqCst) < 2 && Instant::now() < deadline {
-            tokio::task::yield_now().await;
+            ask_and_leave(&lookup, "hang").await;
         }
         assert_eq!(gate.calls.load(SeqCst), 2, "one call a name");
         // A request that waits gets the answer of the call it joined.
-        let waiting = tokio::spawn({
-            let lookup = Arc::clone(&lookup);
-            async move { lookup.lookup("hangs", 443).await }
-        });
         gate.open();
-        let answer = tokio::time::timeout(Duration::from_secs(10), waiting).await;
-        let answer = answer
-            .expect("answered")
-            .expect("joined")
-            .expect("an answer");
-        assert_eq!(answer, vec![A]);
+        for r in [waiting, other] {
+            let answer = tokio::time::timeout(Duration::from_secs(10), r).await;
+            let answer = answer.expect("in time").expect("joined");
+            assert_eq!(answer.expect("an answer"), vec![A]);
+        }
         assert_eq!(gate.calls.load(SeqCst), 2);
         // The call ended: the next lookup asks anew.
-        assert_eq!(
-            lookup.lookup("hangs", 80).await.expect("an answer"),
-            vec![A]
-        );
+        assert_eq!(lookup.lookup("hang", 80).await.expect("an answer"), vec![A]);
         assert_eq!(gate.calls.load(SeqCst), 3);
     }
 
@@ -1009,11 +990,21 @@ mod tests {
 
     /// A lookup with `places` over [`hang_or_answer`], its gate, and the guard that opens
     /// the gate when the test ends.
-    fn gated(places: Places) -> (Arc<Gate>, OpenAtEnd, BlockingLookup<TestResolve>) {
+    fn gated(places: Places) -> (Arc<Gate>, OpenAtEnd, Arc<BlockingLookup<TestResolve>>) {
         let gate = Arc::new(Gate::default());
         let resolve: TestResolve = Box::new(hang_or_answer(&gate));
-        let lookup = BlockingLookup::new(resolve, places);
+        let lookup = Arc::new(BlockingLookup::new(resolve, places));
         (Arc::clone(&gate), OpenAtEnd(gate), lookup)
+    }
+
+    /// A request for `host` that waits until it is answered (or aborted): while it waits,
+    /// its call is one somebody waits for.
+    fn hold(
+        lookup: &Arc<BlockingLookup<TestResolve>>,
+        host: &str,
+    ) -> tokio::task::JoinHandle<std::io::Result<Vec<IpAddr>>> {
+        let (lookup, host) = (Arc::clone(lookup), host.to_owned());
+        tokio::spawn(async move { lookup.lookup(&host, 80).await })
     }
 
     /// Asks for `host` and stops waiting at once, as a request whose lookup timed out.
@@ -1028,8 +1019,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_call_gives_its_quick_place_to_the_next_name() {
         // One quick place: a name that hangs would hold it for as long as it hangs.
-        let (_gate, _open, lookup) = gated(places(1, 1, 1));
-        ask_and_leave(&lookup, "hang-1").await;
+        let (gate, _open, lookup) = gated(places(1, 1, 1));
+        let _waiting = hold(&lookup, "hang-1");
+        assert!(until(|| gate.running.load(std::sync::atomic::Ordering::SeqCst) == 1).await);
         // Past SLOW_AFTER it takes a moved place, and the quick one is free again.
         assert!(until(|| lookup.quick.available_permits() == 1).await);
         assert_eq!(lookup.moved.available_permits(), 0);
@@ -1048,7 +1040,7 @@ mod tests {
         use std::sync::atomic::Ordering::SeqCst;
         // The bound holds: no more calls than places, whatever hangs.
         let (gate, _open, lookup) = gated(places(1, 0, 1));
-        ask_and_leave(&lookup, "hang-1").await;
+        let _waiting = hold(&lookup, "hang-1");
         assert!(until(|| calls_of(&lookup.calls).is_slow("hang-1", Instant::now())).await);
         assert_eq!(lookup.quick.available_permits(), 0);
         let good = tokio::time::timeout(Duration::from_millis(50), lookup.lookup("good", 80));
@@ -1061,8 +1053,9 @@ mod tests {
     async fn a_call_nobody_waits_for_any_more_is_not_made_and_its_wait_is_told_apart() {
         use std::sync::atomic::Ordering::SeqCst;
         let (gate, _open, lookup) = gated(places(1, 0, 0));
-        ask_and_leave(&lookup, "hang-1").await;
+        let waiting = hold(&lookup, "hang-1");
         assert!(until(|| gate.running.load(SeqCst) == 1).await);
+        waiting.abort();
         // Queued behind it: the request stops waiting before its call has a place.
         ask_and_leave(&lookup, "hang-2").await;
         assert!(lookup.waits_for_a_place("hang-2"));
