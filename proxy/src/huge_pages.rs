@@ -5,8 +5,9 @@
 //! later merges those ranges into 2 MiB pages again, so an idle router's resident memory
 //! climbed above its peak under load (a soak: 214 MB peak, 240 MB idle minutes later; 190 MB
 //! and flat with huge pages off). Off, a later probe measured less memory at every stage
-//! (22 MB against 37 at start, 140 against 188 at peak) and no throughput change above noise. `MIMALLOC_ALLOW_THP=0` does the same, but mimalloc reads it
-//! when the process loads: the binary cannot set it for itself, so it asks the kernel directly.
+//! (22 MB against 37 at start, 140 against 188 at peak) and no throughput change above
+//! noise. `MIMALLOC_ALLOW_THP=0` does the same, but mimalloc reads it when the process
+//! loads: the binary cannot set it for itself, so it asks the kernel directly.
 
 /// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`), unless the
 /// operator set `MIMALLOC_ALLOW_THP` to a value, which then decides (mimalloc applies it
