@@ -134,17 +134,32 @@ pub fn request_authority<'a>(
 /// The host of an authority for comparison only: a `:digits` port and one trailing dot dropped,
 /// brackets kept. Lenient on purpose: the chosen value is validated by [`resolve_host`].
 fn name_part(authority: &str) -> &str {
-    let name = match authority.rfind(':') {
+    split_name(authority).0
+}
+
+/// An authority as [`name_part`] reads it, and its `:port` (empty without one).
+fn split_name(authority: &str) -> (&str, &str) {
+    let (name, port) = match authority.rfind(':') {
         Some(i)
             if authority[i + 1..].bytes().all(|c| c.is_ascii_digit())
                 && !authority[i..].contains(']')
                 && (authority.starts_with('[') || !authority[..i].contains(':')) =>
         {
-            &authority[..i]
+            authority.split_at(i)
         }
-        _ => authority,
+        _ => (authority, ""),
     };
-    name.strip_suffix('.').unwrap_or(name)
+    (name.strip_suffix('.').unwrap_or(name), port)
+}
+
+/// An authority spelt as it was routed: its host in lowercase without the trailing dot
+/// ([`resolve_host`]'s reading), its port kept. Borrowed when it already is so.
+pub fn routed_authority(authority: &str) -> Cow<'_, str> {
+    let (name, port) = split_name(authority);
+    if name.len() + port.len() == authority.len() && !name.bytes().any(|c| c.is_ascii_uppercase()) {
+        return Cow::Borrowed(authority);
+    }
+    Cow::Owned(format!("{}{port}", name.to_ascii_lowercase()))
 }
 
 /// Splits `host[:port]` and checks the port (1–65535, digits only); refuses user info and

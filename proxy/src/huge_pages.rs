@@ -15,35 +15,12 @@
 /// one, and mimalloc would read it as `1`.
 ///
 /// The flag covers memory mapped before the call as well as after (the kernel checks it at
-/// every fault and merge), and children inherit it. A kernel without it leaves things as
-/// they were: nothing else depends on the flag.
-pub fn keep_off() -> Outcome {
+/// every fault and merge), and children inherit it; `THP_enabled` in `/proc/PID/status`
+/// shows it. A kernel without it leaves things as they were: nothing else depends on it.
+pub fn keep_off() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some_and(|v| !v.is_empty()) {
-        return Outcome::LeftToEnvironment;
+        return;
     }
-    disable()
-}
-
-/// What [`keep_off`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Huge pages are off for the process.
-    Off,
-    /// `MIMALLOC_ALLOW_THP` has a value: mimalloc applied it.
-    LeftToEnvironment,
-    /// The kernel (or the platform) has no such switch; nothing changed.
-    Unsupported,
-}
-
-#[cfg(target_os = "linux")]
-fn disable() -> Outcome {
-    match nix::sys::prctl::set_thp_disable(true) {
-        Ok(()) => Outcome::Off,
-        Err(_) => Outcome::Unsupported,
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn disable() -> Outcome {
-    Outcome::Unsupported
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_thp_disable(true);
 }

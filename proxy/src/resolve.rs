@@ -283,6 +283,7 @@ impl<F> std::fmt::Debug for BlockingLookup<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockingLookup")
             .field("quick_free", &self.quick.available_permits())
+            .field("moved_free", &self.moved.available_permits())
             .field("slow_free", &self.slow.available_permits())
             .finish()
     }
@@ -315,13 +316,10 @@ where
         let host = host.to_owned();
         tokio::spawn(async move {
             let pool = if known_slow { &slow } else { &quick };
-            let place = match Arc::clone(pool).acquire_owned().await {
-                Ok(place) => place,
-                Err(closed) => {
-                    calls_of(&state).running.remove(&host);
-                    let _ = tx.send(Some(Err(Arc::new(std::io::Error::other(closed)))));
-                    return;
-                }
+            // The pools are never closed: a place always comes.
+            let Ok(place) = Arc::clone(pool).acquire_owned().await else {
+                calls_of(&state).running.remove(&host);
+                return;
             };
             {
                 // The registry holds one receiver; waiting requests hold the others.
@@ -388,8 +386,8 @@ where
         let outcome = done
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| std::io::Error::other("the lookup ended without an answer"))?
-            .clone();
+            .ok()
+            .and_then(|answered| answered.clone());
         match outcome {
             Some(Ok(ips)) => Ok(ips.to_vec()),
             Some(Err(e)) => Err(std::io::Error::new(e.kind(), e.to_string())),

@@ -414,22 +414,11 @@ pub fn forwarded_host(host: Option<&http::HeaderValue>) -> http::HeaderValue {
     let Some((h, Ok(text))) = host.map(|h| (h, h.to_str())) else {
         return http::HeaderValue::from_static("");
     };
-    // A bracketed address has no trailing dot (and is refused before routing anyway).
-    let (name, port) = match text.rfind(':') {
-        Some(i) if !text.starts_with('[') => text.split_at(i),
-        _ => (text, ""),
-    };
-    let dotted = name.len() > 1 && name.ends_with('.');
-    if !dotted && !text.bytes().any(|c| c.is_ascii_uppercase()) {
-        return h.clone();
+    match crate::host::routed_authority(text) {
+        std::borrow::Cow::Borrowed(_) => h.clone(),
+        std::borrow::Cow::Owned(routed) => http::HeaderValue::from_str(&routed)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("")),
     }
-    let name = if dotted {
-        &name[..name.len() - 1]
-    } else {
-        name
-    };
-    let canonical = format!("{}{port}", name.to_ascii_lowercase());
-    http::HeaderValue::from_str(&canonical).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 /// Facts about the downstream connection needed for the forwarding headers, and the session

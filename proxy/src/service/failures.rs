@@ -64,22 +64,30 @@ pub(super) fn closed_without_close_notify(e: &Error) -> bool {
         && system_error(e).is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
 }
 
-/// The system's error under a Pingora error: Pingora wraps it in another (with the peer), so
-/// it is innermost. A cause of another type (Pingora's connect details around a `connect()`
-/// error) is followed by its `source()`.
+/// `e` and the Pingora errors under it: Pingora wraps an error in another (with the peer),
+/// boxed or not.
+fn pingora_chain(e: &Error) -> impl Iterator<Item = &Error> {
+    std::iter::successors(Some(e), |e| {
+        let cause = e.cause.as_deref()?;
+        cause
+            .downcast_ref::<Box<Error>>()
+            .map(|b| &**b)
+            .or_else(|| cause.downcast_ref::<Error>())
+    })
+}
+
+/// The system's error under a Pingora error: innermost, under the Pingora errors wrapping
+/// it. A cause of another type (Pingora's connect details around a `connect()` error) is
+/// followed by its `source()`.
 fn system_error(e: &Error) -> Option<&std::io::Error> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.cause.as_deref().map(|c| c as _);
+    let innermost = pingora_chain(e).last()?;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> =
+        innermost.cause.as_deref().map(|c| c as _);
     while let Some(c) = cause {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
             return Some(io);
         }
-        cause = match c.downcast_ref::<Box<Error>>() {
-            Some(inner) => inner.cause.as_deref().map(|c| c as _),
-            None => match c.downcast_ref::<Error>() {
-                Some(inner) => inner.cause.as_deref().map(|c| c as _),
-                None => c.source(),
-            },
-        };
+        cause = c.source();
     }
     None
 }
@@ -105,27 +113,16 @@ pub(super) fn out_of_resources(e: &Error) -> bool {
 /// instance out of reach, as before. The error read is Pingora's own, under the one it
 /// wraps around it with the peer.
 fn header_cut_short(e: &Error) -> bool {
-    let read = |e: &Error| {
-        e.context
-            .as_ref()
-            .and_then(|c| {
-                c.as_str()
-                    .strip_prefix("while reading response headers, bytes already read: ")
-            })
-            .and_then(|n| n.parse::<usize>().ok())
-    };
-    let mut error = Some(e);
-    while let Some(e) = error {
-        if let Some(n) = read(e) {
-            return n > 0;
-        }
-        error = e.cause.as_deref().and_then(|c| {
-            c.downcast_ref::<Box<Error>>()
-                .map(|b| &**b)
-                .or_else(|| c.downcast_ref::<Error>())
-        });
-    }
-    false
+    pingora_chain(e)
+        .find_map(|e| {
+            e.context
+                .as_ref()?
+                .as_str()
+                .strip_prefix("while reading response headers, bytes already read: ")?
+                .parse::<usize>()
+                .ok()
+        })
+        .is_some_and(|n| n > 0)
 }
 
 /// Maps a proxying error to the rejection the client sees (`answered`: the instance's
