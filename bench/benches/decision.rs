@@ -157,6 +157,7 @@ fn full_decision(c: &mut Criterion) {
                 target: "/api/v1/items?page=2",
                 authorization: &[authz.as_bytes()],
                 cookies: &[],
+                token_headers: &[],
                 now_unix: now,
             };
             black_box(decide(&facts, &tenancy, &table, &auth).expect("routed"))
@@ -181,6 +182,7 @@ fn full_decision(c: &mut Criterion) {
                     target: "/api/v1/items",
                     authorization: &[authz.as_bytes()],
                     cookies: &[],
+                    token_headers: &[],
                     now_unix: now,
                 };
                 black_box(decide(&facts, &tenancy, &table, &auth).expect("routed"));

@@ -111,6 +111,17 @@ pub struct AuthSettings {
     pub org_claim: String,
     /// Cookie that may carry the token besides `Authorization: Bearer`.
     pub session_cookie: Option<String>,
+    /// Headers an instance's app reads a token from besides `Authorization`, lowercase with
+    /// `_` written `-` (the spellings frameworks fold together): read as the router reads
+    /// `Authorization: Bearer`, and every one present must carry the request's token.
+    pub token_headers: Vec<String>,
+    /// Cookies an instance's app reads a token from besides the session cookie: read as the
+    /// session cookie is.
+    pub token_cookies: Vec<String>,
+    /// Query parameters an instance's app reads a token from besides `access_token`: never
+    /// a credential to the router (tokens in URLs leak), but each must repeat the request's
+    /// token, as `access_token` must.
+    pub token_query_parameters: Vec<String>,
     /// Capacity of the verified-token cache, in tokens of up to 1 KiB of identity claims (a
     /// larger one counts once per KiB started); 0 disables it.
     pub token_cache_capacity: usize,

@@ -1414,3 +1414,64 @@ fn a_config_path_that_is_no_regular_file_is_refused_not_read() {
         );
     }
 }
+
+#[test]
+fn token_places_are_names_read_as_apps_read_them_and_none_the_router_reads_or_sets() {
+    let auth = |lines: &str| {
+        format!("[auth]\njwks_file = \"k.json\"\n{lines}\n[store]\nkind = \"file\"\npath = \"b.json\"\n")
+    };
+    let s = parse_str(
+        &auth(
+            "token_headers = [\"X-Access-Token\", \"X_Api_Jwt\"]\n\
+             token_cookies = [\"JWT\", \"access.token_cookie\"]\n\
+             token_query_parameters = [\"Token\", \"jwt\"]",
+        ),
+        Path::new("/etc/nexus/edge.toml"),
+    )
+    .expect("valid");
+    assert_eq!(s.auth.token_headers, ["x-access-token", "x-api-jwt"]);
+    assert_eq!(s.auth.token_cookies, ["jwt", "access_token_cookie"]);
+    assert_eq!(s.auth.token_query_parameters, ["token", "jwt"]);
+    let defaults = parse_str(&auth(""), Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert!(defaults.auth.token_headers.is_empty());
+    assert!(defaults.auth.token_cookies.is_empty());
+    assert!(defaults.auth.token_query_parameters.is_empty());
+
+    let ps = problems(&auth(
+        "token_headers = [\"Authorization\", \"cookie\", \"X-Forwarded-User\", \"Host\", \
+         \"X Token\", \"x-token\", \"X_TOKEN\", \"Sec-Fetch-Site\"]\n\
+         token_cookies = [\"Nexus.Session\", \"a;b\", \"jwt\", \"JWT\"]\n\
+         token_query_parameters = [\"access.token\", \"a&b\", \"\"]\n\
+         session_cookie = \"nexus_session\"",
+    ));
+    has(&ps, "auth.token_headers[0]", 3, "read already");
+    has(&ps, "auth.token_headers[1]", 3, "auth.token_cookies");
+    has(&ps, "auth.token_headers[2]", 3, "router's own");
+    has(&ps, "auth.token_headers[3]", 3, "frames the request");
+    has(&ps, "auth.token_headers[4]", 3, "not a header name");
+    has(&ps, "auth.token_headers[6]", 3, "listed twice");
+    has(&ps, "auth.token_headers[7]", 3, "the browser's");
+    has(&ps, "auth.token_cookies[0]", 4, "is auth.session_cookie");
+    has(&ps, "auth.token_cookies[1]", 4, "not a valid cookie name");
+    has(&ps, "auth.token_cookies[3]", 4, "listed twice");
+    has(&ps, "auth.token_query_parameters[0]", 5, "always held");
+    has(
+        &ps,
+        "auth.token_query_parameters[1]",
+        5,
+        "not a query parameter",
+    );
+    has(
+        &ps,
+        "auth.token_query_parameters[2]",
+        5,
+        "not a query parameter",
+    );
+    let wrong_type = problems(&auth("token_headers = \"X-Token\""));
+    has(
+        &wrong_type,
+        "auth.token_headers",
+        3,
+        "must be a list of strings",
+    );
+}

@@ -164,6 +164,7 @@ fuzz_target!(|input: Input<'_>| {
         target: input.target,
         authorization: &authorization,
         cookies: &cookies,
+        token_headers: &[],
         now_unix: w.now,
     };
     let Ok(d) = decide(&facts, &w.tenancy, &w.table, &w.auth) else {

@@ -23,7 +23,9 @@ fuzz_target!(|data: &[u8]| {
             "accepted a token nobody signed: {verified:?}"
         );
     }
-    // The credential extractor sees the same bytes as a header value.
+    // The credential extractor sees the same bytes as a header value, a token header's and
+    // a cookie header's.
     let header = [b"Bearer ".as_slice(), data].concat();
-    let _ = nexus_edge::auth::extract_token(&[&header], &[], None);
+    let places = nexus_edge::auth::TokenPlaces::with_session_cookie(Some("sess"));
+    let _ = nexus_edge::auth::extract_token(&[&header], &[data], &[data], &places);
 });

@@ -48,6 +48,9 @@ pub struct RequestFacts<'a> {
     pub authorization: &'a [&'a [u8]],
     /// Every `Cookie` header value, raw.
     pub cookies: &'a [&'a [u8]],
+    /// Every value of the headers besides `Authorization` that carry a token
+    /// ([`crate::auth::TokenPlaces::is_token_header`]), raw.
+    pub token_headers: &'a [&'a [u8]],
     /// Current Unix time in seconds.
     pub now_unix: u64,
 }
@@ -155,9 +158,10 @@ pub fn decide(
     let identity = if tenancy.public_paths.iter().any(|p| has_prefix(&path, p)) {
         let identity = tenant_identity(facts, query, binding, auth).ok();
         if identity.is_none() {
-            // Headers can be taken off, a query parameter cannot: an `access_token` the
-            // router did not accept would reach the instance.
-            check_query_token(query, "").map_err(RejectReason::BadCredential)?;
+            // Headers can be taken off, a query parameter cannot: an `access_token` (or
+            // another token parameter) the router did not accept would reach the instance.
+            check_query_token(query, "", auth.token_places())
+                .map_err(RejectReason::BadCredential)?;
         }
         identity
     } else {
@@ -195,10 +199,16 @@ fn tenant_identity(
     binding: &Binding,
     auth: &Authenticator,
 ) -> Result<Arc<VerifiedToken>, RejectReason> {
-    let token = extract_token(facts.authorization, facts.cookies, auth.session_cookie())
-        .map_err(RejectReason::BadCredential)?
-        .ok_or(RejectReason::MissingToken)?;
-    check_query_token(query, token).map_err(RejectReason::BadCredential)?;
+    let places = auth.token_places();
+    let token = extract_token(
+        facts.authorization,
+        facts.cookies,
+        facts.token_headers,
+        places,
+    )
+    .map_err(RejectReason::BadCredential)?
+    .ok_or(RejectReason::MissingToken)?;
+    check_query_token(query, token, places).map_err(RejectReason::BadCredential)?;
     let verified = auth
         .verify(token, facts.now_unix)
         .map_err(RejectReason::InvalidToken)?;

@@ -7,6 +7,7 @@
 //! connection the router keeps for a minute, and a field the instance named in `Connection`
 //! (an internal debugging header, say) is one it meant for the next hop only.
 
+use crate::auth::TokenPlaces;
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, SET_COOKIE, TE, TRANSFER_ENCODING, UPGRADE,
 };
@@ -129,18 +130,19 @@ pub fn switch_fault(resp: &ResponseHeader) -> Option<&'static str> {
 ///   the browser sends it to every tenant's host under it, so one tenant's instance could
 ///   fix a session, plant a CSRF token or fill the header (431) of any other tenant's app.
 ///   So is one whose `Domain` a browser may read otherwise than written (non-ASCII, `%`);
-/// - one that carries the router's session cookie (`session_cookie`, in any spelling the
-///   router reads as it: its name, a pair hidden behind a comma or blank, or a nameless
-///   cookie whose value the browser sends as `name=value`) with any `Domain`: sent beside
-///   another tenant's own session cookie, the two credentials disagree and the router refuses
-///   the request, so one instance could lock every cookie-using tenant's users out. The
-///   session cookie is the router's credential: an instance sets it host-only (no `Domain`).
+/// - one that carries a token cookie (`session_cookie` or one of `token_cookies`, in any
+///   spelling the router reads as it: its name, a pair hidden behind a comma or blank, or a
+///   nameless cookie whose value the browser sends as `name=value`) with any `Domain`: sent
+///   beside another tenant's own token cookie, the two credentials disagree and the router
+///   refuses the request, so one instance could lock every cookie-using tenant's users out.
+///   A token cookie is a credential the router reads: an instance sets it host-only (no
+///   `Domain`).
 pub fn drop_shared_cookies(
     resp: &mut ResponseHeader,
-    session_cookie: Option<&str>,
+    places: &TokenPlaces,
     base_domains: &[String],
 ) -> usize {
-    let shared = |v: &HeaderValue| is_shared_cookie(v.as_bytes(), session_cookie, base_domains);
+    let shared = |v: &HeaderValue| is_shared_cookie(v.as_bytes(), places, base_domains);
     if !resp.headers.get_all(SET_COOKIE).iter().any(shared) {
         return 0;
     }
@@ -161,7 +163,7 @@ pub fn drop_shared_cookies(
 /// Whether a `Set-Cookie` value is one [`drop_shared_cookies`] removes. Its attributes follow
 /// the cookie pair, after the first `;` (RFC 6265 §5.2); attribute names are compared without
 /// case, and a `Domain` value without its leading dot and case.
-fn is_shared_cookie(value: &[u8], session_cookie: Option<&str>, base_domains: &[String]) -> bool {
+fn is_shared_cookie(value: &[u8], places: &TokenPlaces, base_domains: &[String]) -> bool {
     let mut parts = value.split(|&b| b == b';');
     let pair = parts.next().unwrap_or_default();
     let domains = parts
@@ -189,9 +191,7 @@ fn is_shared_cookie(value: &[u8], session_cookie: Option<&str>, base_domains: &[
         Some(value) => value,
         None => pair,
     };
-    has_domain
-        && session_cookie
-            .is_some_and(|name| crate::auth::credential::has_session_cookie(sent, name))
+    has_domain && crate::auth::credential::has_token_cookie(sent, places)
 }
 
 /// Whether a browser reads a `Domain` value as the bytes written: a plain ASCII host name
@@ -457,6 +457,11 @@ mod tests {
     #[test]
     fn cookies_for_other_tenants_hosts_and_the_session_cookie_with_a_domain_are_dropped() {
         let bases = ["nexus.test".to_owned(), "b.nexus.test".to_owned()];
+        let places = TokenPlaces::new(&nexus_config::AuthSettings {
+            session_cookie: Some("sess".to_owned()),
+            token_cookies: vec!["jwt".to_owned()],
+            ..nexus_config::embedded_default().auth
+        });
         // (the instance's Set-Cookie values, those the client gets)
         let cases: &[(&[&str], &[&str])] = &[
             // Host-only: how an instance signs its users in.
@@ -475,6 +480,9 @@ mod tests {
             (&["x=a,sess=x; Domain=shop.example"], &[]),
             (&["$Version=1, sess=x; Domain=shop.example"], &[]),
             (&["=sess=x; Domain=shop.example"], &[]),
+            // Another token cookie, as the session cookie.
+            (&["JWT=x; Domain=shop.example"], &[]),
+            (&["jwt=x; Path=/"], &["jwt=x; Path=/"]),
             (&["theme=dark sess=x"], &["theme=dark sess=x"]),
             // An empty Domain leaves the cookie host-only.
             (&["sess=tok; Domain="], &["sess=tok; Domain="]),
@@ -523,17 +531,13 @@ mod tests {
                 HeaderValue::from_bytes(value.as_bytes()).unwrap(),
             )
             .unwrap();
-            assert_eq!(
-                drop_shared_cookies(&mut r, Some("sess"), &bases),
-                1,
-                "{domain}"
-            );
+            assert_eq!(drop_shared_cookies(&mut r, &places, &bases), 1, "{domain}");
             assert!(r.headers.get(SET_COOKIE).is_none(), "{domain}");
         }
         for (given, kept) in cases {
             let fields: Vec<(&str, &str)> = given.iter().map(|v| ("set-cookie", *v)).collect();
             let mut r = response(200, &fields);
-            let dropped = drop_shared_cookies(&mut r, Some("sess"), &bases);
+            let dropped = drop_shared_cookies(&mut r, &places, &bases);
             let got: Vec<&str> = r
                 .headers
                 .get_all(SET_COOKIE)

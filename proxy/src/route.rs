@@ -9,7 +9,8 @@ use std::net::IpAddr;
 
 use pingora::http::RequestHeader;
 
-use crate::auth::credential::{has_session_cookie, is_bearer, without_session_cookie};
+use crate::auth::credential::{has_token_cookie, is_bearer, without_token_cookies};
+use crate::auth::TokenPlaces;
 use crate::authz::check_claims;
 use crate::decision::Decision;
 use crate::framing::canonical_content_length;
@@ -143,6 +144,22 @@ pub fn is_reserved(name: &HeaderName) -> bool {
 }
 
 /// `a` begins with `prefix`, with `-` and `_` the same (names are already lowercase).
+/// Refuses an `[auth] token_headers` entry the router takes off every request (see
+/// [`is_reserved`]): the app never gets it, so no token can reach it there.
+pub fn check_token_headers(names: &[String]) -> Result<(), String> {
+    for n in names {
+        let name = HeaderName::from_bytes(n.as_bytes())
+            .map_err(|_| format!("{n:?} is not a header name"))?;
+        if is_reserved(&name) {
+            return Err(format!(
+                "{n:?} is taken off every request (an identity, a client address or a framing \
+                 field only the router or a front proxy asserts): the app never gets it"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn starts_as(a: &[u8], prefix: &[u8]) -> bool {
     a.len() >= prefix.len()
         && a.iter()
@@ -421,8 +438,8 @@ pub fn forwarded_host(host: Option<&http::HeaderValue>) -> http::HeaderValue {
     }
 }
 
-/// Facts about the downstream connection needed for the forwarding headers, and the session
-/// cookie's name.
+/// Facts about the downstream connection needed for the forwarding headers, and where tokens
+/// may be (taken off a request forwarded without an identity).
 #[derive(Debug, Clone)]
 pub struct Forwarding<'a> {
     /// The `X-Forwarded-For` to send (see [`forwarded_for`]); `None` without a TCP peer.
@@ -434,8 +451,8 @@ pub struct Forwarding<'a> {
     pub host: http::HeaderValue,
     /// The request id to send.
     pub request_id: &'a http::HeaderValue,
-    /// The session cookie that may carry tokens (`[auth] session_cookie`).
-    pub session_cookie: Option<&'a str>,
+    /// The cookies and headers that may carry tokens (`[auth]`).
+    pub token_places: &'a TokenPlaces,
 }
 
 fn value(text: &str) -> pingora::Result<http::HeaderValue> {
@@ -534,7 +551,7 @@ pub fn rewrite_upstream_request(
         }
     }
     if decision.identity.is_none() {
-        take_off_credentials(headers, fwd.session_cookie);
+        take_off_credentials(headers, fwd.token_places);
     }
     if let Some(length) = canonical_content_length(headers) {
         headers.insert(http::header::CONTENT_LENGTH, length);
@@ -567,10 +584,10 @@ pub fn rewrite_upstream_request(
     Ok(())
 }
 
-/// Takes the bearer credential (every `Authorization: Bearer`, well-formed or not) and the
-/// session cookie (in every spelling the router reads) off a request forwarded without an
-/// identity. Other schemes and other cookies are the app's and stay.
-fn take_off_credentials(headers: &mut http::HeaderMap, session_cookie: Option<&str>) {
+/// Takes the bearer credential (every `Authorization: Bearer`, well-formed or not), the token
+/// cookies (in every spelling the router reads) and every token header off a request
+/// forwarded without an identity. Other schemes and other cookies are the app's and stay.
+fn take_off_credentials(headers: &mut http::HeaderMap, places: &TokenPlaces) {
     edit_values(headers, http::header::AUTHORIZATION, |v| {
         if is_bearer(v.as_bytes()) {
             Edit::Drop
@@ -578,16 +595,24 @@ fn take_off_credentials(headers: &mut http::HeaderMap, session_cookie: Option<&s
             Edit::Keep
         }
     });
-    if let Some(name) = session_cookie {
-        edit_values(headers, http::header::COOKIE, |v| {
-            if !has_session_cookie(v.as_bytes(), name) {
-                return Edit::Keep;
-            }
-            // What is left of a valid value is one: the pieces are its own bytes.
-            without_session_cookie(v.as_bytes(), name)
-                .and_then(|rest| http::HeaderValue::from_bytes(&rest).ok())
-                .map_or(Edit::Drop, Edit::Replace)
-        });
+    edit_values(headers, http::header::COOKIE, |v| {
+        if !has_token_cookie(v.as_bytes(), places) {
+            return Edit::Keep;
+        }
+        // What is left of a valid value is one: the pieces are its own bytes.
+        without_token_cookies(v.as_bytes(), places)
+            .and_then(|rest| http::HeaderValue::from_bytes(&rest).ok())
+            .map_or(Edit::Drop, Edit::Replace)
+    });
+    if places.has_headers() && headers.keys().any(|n| places.is_token_header(n)) {
+        let carrying: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| places.is_token_header(n))
+            .cloned()
+            .collect();
+        for name in &carrying {
+            headers.remove(name);
+        }
     }
 }
 
@@ -1009,6 +1034,16 @@ mod tests {
         })
     }
 
+    /// The session cookie `sess`, the cookie `jwt` and the header `X-Access-Token`.
+    fn places() -> TokenPlaces {
+        TokenPlaces::new(&nexus_config::AuthSettings {
+            session_cookie: Some("sess".to_owned()),
+            token_cookies: vec!["jwt".to_owned()],
+            token_headers: vec!["x-access-token".to_owned()],
+            ..nexus_config::embedded_default().auth
+        })
+    }
+
     /// Rewrites `req` for a plain-HTTP client of `acme.nexus.test` with no TCP peer.
     fn rewrite(req: &mut RequestHeader, decision: &Decision) -> pingora::Result<()> {
         let id = http::HeaderValue::from_static("id");
@@ -1017,7 +1052,7 @@ mod tests {
             proto: "http",
             host: http::HeaderValue::from_static("acme.nexus.test"),
             request_id: &id,
-            session_cookie: Some("sess"),
+            token_places: &places(),
         };
         rewrite_upstream_request(req, decision, fwd)
     }
@@ -1041,6 +1076,14 @@ mod tests {
             .expect("header");
         req.append_header("cookie", "SESS=x").expect("header");
         req.append_header("cookie", "lang=en").expect("header");
+        req.append_header("cookie", "JWT=other; lang=fr")
+            .expect("header");
+        req.append_header("x-access-token", "other")
+            .expect("header");
+        req.append_header("X_Access_Token", "Bearer other")
+            .expect("header");
+        req.append_header("x-access-tokens", "kept")
+            .expect("header");
         let original = req.clone();
         rewrite(&mut req, &decision).expect("rewrite");
         assert_eq!(
@@ -1049,7 +1092,13 @@ mod tests {
         );
         assert_eq!(
             all(&req, http::header::COOKIE),
-            ["theme=dark; csrf=1", "lang=en"]
+            ["theme=dark; csrf=1", "lang=en", "lang=fr"]
+        );
+        assert!(all(&req, HeaderName::from_static("x-access-token")).is_empty());
+        assert!(all(&req, HeaderName::from_static("x_access_token")).is_empty());
+        assert_eq!(
+            all(&req, HeaderName::from_static("x-access-tokens")),
+            ["kept"]
         );
 
         // A verified identity keeps its credential as sent.
@@ -1057,7 +1106,11 @@ mod tests {
         let mut req = original;
         rewrite(&mut req, &decision).expect("rewrite");
         assert_eq!(all(&req, http::header::AUTHORIZATION).len(), 2);
-        assert_eq!(all(&req, http::header::COOKIE).len(), 3);
+        assert_eq!(all(&req, http::header::COOKIE).len(), 4);
+        assert_eq!(
+            all(&req, HeaderName::from_static("x-access-token")).len(),
+            1
+        );
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub enum StartError {
     /// The upstream CA bundle cannot be used (Pingora's connector would panic on it).
     #[error("upstream.ca_file: {0}")]
     CaBundle(String),
+    /// A token header is one the router takes off every request.
+    #[error("auth.token_headers: {0}")]
+    TokenHeader(String),
 }
 
 /// Loads the CA bundle for https instances the way Pingora's connector will (every PEM item a
@@ -146,6 +149,8 @@ pub fn prepare(
     if let Some(ca) = &settings.upstream.ca_file {
         check_ca_bundle(ca).map_err(StartError::CaBundle)?;
     }
+    crate::route::check_token_headers(&settings.auth.token_headers)
+        .map_err(StartError::TokenHeader)?;
     let auth = Authenticator::new(&settings.auth)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

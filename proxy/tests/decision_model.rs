@@ -129,6 +129,9 @@ impl World {
             tenant_claim: "tenant_id".into(),
             org_claim: "org_id".into(),
             session_cookie: Some("nexus_session".into()),
+            token_headers: Vec::new(),
+            token_cookies: Vec::new(),
+            token_query_parameters: Vec::new(),
             token_cache_capacity: 1000,
             max_token_bytes: 8192,
             jwks_poll_interval: Duration::from_secs(1),
@@ -475,6 +478,7 @@ fn real(w: &World, req: &Req) -> Outcome {
         target: &target,
         authorization: &auth,
         cookies: &cookies,
+        token_headers: &[],
         now_unix: w.now,
     };
     match decide(&facts, &w.tenancy, &w.table, &w.auth) {

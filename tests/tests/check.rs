@@ -703,3 +703,34 @@ fn a_start_that_fails_outside_the_config_does_not_send_the_user_to_check() {
         "{err}"
     );
 }
+
+#[test]
+fn a_token_header_the_router_takes_off_every_request_is_refused_by_check_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/demo");
+    let config = |header: &str| {
+        format!(
+            "[auth]\njwks_file = \"{demo}/jwks.json\"\ntoken_headers = [\"{header}\"]\n\
+             [store]\nkind = \"file\"\npath = \"{demo}/bindings.json\"\n"
+        )
+    };
+    // A front proxy's assertion, which the router takes off: the app never gets it.
+    let (code, out) = check(dir.path(), &config("Cf-Access-Jwt-Assertion"));
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("auth.token_headers") && out.contains("taken off every request"),
+        "{out}"
+    );
+    let path = dir.path().join("edge.toml");
+    let out = std::process::Command::new(nexus_e2e::edge::binary())
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("auth.token_headers"), "{text}");
+
+    let (code, out) = check(dir.path(), &config("X-Access-Token"));
+    assert_eq!(code, 0, "{out}");
+}

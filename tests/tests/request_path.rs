@@ -4489,3 +4489,106 @@ fn token_mints_no_token_longer_than_any_router_takes() {
     let out = mint("org-acme");
     assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
 }
+
+#[test]
+fn token_places_an_app_reads_carry_the_callers_token_or_are_refused_or_taken_off() {
+    // An app that reads its token from `X-Access-Token`, a `jwt` cookie or `?token=` (as
+    // passport-jwt, Simple JWT or FastAPI can be configured to) would take another tenant's
+    // token from there beside the caller's verified one, unless the router is told of them.
+    let w = world_configured(
+        |_, _, _| {},
+        |opts| {
+            opts.auth_extra = "token_headers = [\"X-Access-Token\"]\n\
+                               token_cookies = [\"jwt\"]\n\
+                               token_query_parameters = [\"token\"]"
+                .to_owned()
+        },
+    );
+    let addr = w.edge.addr;
+    let acme = host("acme");
+    let own = w.keys.token("acme", Some("org-acme"));
+    let other = w.keys.token("globex", None);
+    let bearer = format!("Bearer {own}");
+
+    // Each place alone is a credential, checked as a Bearer token is.
+    let own_cookie = format!("jwt={own}");
+    let other_cookie = format!("jwt={other}");
+    for (name, value, status) in [
+        ("X-Access-Token", own.clone(), 200),
+        ("X-Access-Token", format!("Bearer {own}"), 200),
+        ("X_Access_Token", own.clone(), 200),
+        ("X-Access-Token", other.clone(), 403),
+        ("Cookie", own_cookie.clone(), 200),
+        ("Cookie", other_cookie.clone(), 403),
+    ] {
+        let r = get(addr, &acme, "/x", &[(name, &value)]);
+        assert_eq!(r.status, status, "{name}: {}", r.text());
+        if status == 200 {
+            let echo = r.json();
+            assert_eq!(echoed_header(&echo, "x-user-id"), ["user-1"], "{name}");
+        }
+    }
+
+    // Beside the verified token, another one in any of them is refused, as is one an app
+    // could read otherwise than the router.
+    let spelt_otherwise = format!("Bearer {own}, {other}");
+    for (name, value) in [
+        ("X-Access-Token", other.as_str()),
+        ("x_access_token", other.as_str()),
+        ("X-Access-Token", spelt_otherwise.as_str()),
+        ("Cookie", other_cookie.as_str()),
+    ] {
+        let r = get(
+            addr,
+            &acme,
+            "/x",
+            &[("Authorization", &bearer), (name, value)],
+        );
+        assert_eq!(r.status, 401, "{name}: {value}: {}", r.text());
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|c| c.contains("error=\"invalid_request\"")),
+            "{r:?}"
+        );
+    }
+    for path in [format!("/x?token={other}"), format!("/x?a=1&TOKEN={other}")] {
+        let r = get(addr, &acme, &path, &[("Authorization", &bearer)]);
+        assert_eq!(r.status, 401, "{path}: {}", r.text());
+    }
+    // The same token in all of them reaches the app as sent.
+    let r = get(
+        addr,
+        &acme,
+        &format!("/x?token={own}"),
+        &[
+            ("Authorization", &bearer),
+            ("X-Access-Token", &own),
+            ("Cookie", &own_cookie),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert_eq!(echoed_header(&echo, "x-access-token"), [own.as_str()]);
+    assert_eq!(echoed_header(&echo, "cookie"), [own_cookie.as_str()]);
+
+    // On a public path without an accepted credential, the headers and cookies go, and a
+    // query parameter, which cannot be taken off, is refused.
+    let before = w.a.hits();
+    let r = get(
+        addr,
+        &acme,
+        "/login",
+        &[
+            ("X-Access-Token", &other),
+            ("Cookie", &format!("theme=dark; jwt={other}")),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert!(echoed_header(&echo, "x-access-token").is_empty(), "{echo}");
+    assert_eq!(echoed_header(&echo, "cookie"), ["theme=dark"]);
+    assert!(echoed_header(&echo, "x-user-id").is_empty());
+    let r = get(addr, &acme, &format!("/login?token={other}"), &[]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(w.a.hits(), before + 1);
+}

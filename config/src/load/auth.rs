@@ -131,6 +131,16 @@ pub(super) fn parse(
             Some(v)
         }
     };
+    let token_headers = s
+        .strings("token_headers", p, token_header)
+        .unwrap_or_else(|| d.token_headers.clone());
+    let session = session_cookie.as_deref().map(cookie_fold);
+    let token_cookies = s
+        .strings("token_cookies", p, |v| token_cookie(v, session.as_deref()))
+        .unwrap_or_else(|| d.token_cookies.clone());
+    let token_query_parameters = s
+        .strings("token_query_parameters", p, token_query_parameter)
+        .unwrap_or_else(|| d.token_query_parameters.clone());
     let token_cache_capacity = s
         .integer("token_cache_capacity", 0, 10_000_000, p)
         .map_or(d.token_cache_capacity, |n| n as usize);
@@ -160,10 +170,112 @@ pub(super) fn parse(
         tenant_claim,
         org_claim,
         session_cookie,
+        token_headers,
+        token_cookies,
+        token_query_parameters,
         token_cache_capacity,
         max_token_bytes,
         jwks_poll_interval,
     })
+}
+
+/// Request headers no app reads its token from: the ones the router reads itself, frames the
+/// request with or sets (the proxy refuses, beside these, every header it takes off requests).
+const NOT_A_TOKEN_HEADER: &[&str] = &[
+    "connection",
+    "content-length",
+    "expect",
+    "forwarded",
+    "host",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-request-id",
+];
+
+/// An `auth.token_headers` entry, as the router compares it: lowercase, `_` written `-`
+/// (Django, Rack and PHP give an app `X_Token` and `X-Token` under one name).
+fn token_header(v: &str) -> Result<String, String> {
+    if !is_token(v) {
+        return Err(format!(
+            "{v:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~)"
+        ));
+    }
+    let folded: String = v
+        .bytes()
+        .map(|c| match c {
+            b'_' => '-',
+            c => char::from(c.to_ascii_lowercase()),
+        })
+        .collect();
+    match folded.as_str() {
+        "authorization" => Err(format!(
+            "{v:?} is read already (Bearer, or a token under another scheme): list other \
+             headers only"
+        )),
+        "cookie" => Err(format!(
+            "{v:?}: cookies that carry a token are named in auth.token_cookies"
+        )),
+        f if NOT_A_TOKEN_HEADER.contains(&f)
+            || f.starts_with("x-forwarded-")
+            || f.starts_with("proxy-")
+            || f.starts_with("sec-") =>
+        {
+            Err(format!(
+                "{v:?} frames the request, is the browser's or is the router's own: it \
+                 carries no token"
+            ))
+        }
+        _ => Ok(folded),
+    }
+}
+
+/// A cookie or query parameter name as the router compares it (lowercase, `.` written `_`,
+/// as PHP and ASP.NET Core read it).
+fn cookie_fold(v: &str) -> String {
+    v.bytes()
+        .map(|c| match c {
+            b'.' => '_',
+            c => char::from(c.to_ascii_lowercase()),
+        })
+        .collect()
+}
+
+/// An `auth.token_cookies` entry: a cookie name, not the session cookie's in any spelling.
+fn token_cookie(v: &str, session: Option<&str>) -> Result<String, String> {
+    if !is_token(v) {
+        return Err(format!("{v:?} is not a valid cookie name"));
+    }
+    let folded = cookie_fold(v);
+    if session == Some(folded.as_str()) {
+        return Err(format!(
+            "{v:?} is auth.session_cookie (names are compared without case, `.` as `_`)"
+        ));
+    }
+    Ok(folded)
+}
+
+/// An `auth.token_query_parameters` entry: letters, digits and `-._~` (no byte with a meaning
+/// in a query), not `access_token`, which is always held to the token.
+fn token_query_parameter(v: &str) -> Result<String, String> {
+    if v.is_empty()
+        || !v
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-._~".contains(&c))
+    {
+        return Err(format!(
+            "{v:?} is not a query parameter name of letters, digits and -._~"
+        ));
+    }
+    let folded = cookie_fold(v);
+    if folded == "access_token" {
+        return Err(format!(
+            "{v:?} is always held to the token (RFC 6750 §2.3): list other names only"
+        ));
+    }
+    Ok(folded)
 }
 
 /// `[auth.issuer_keys]`: each issuer of `issuers` (quoted, as a key) with the `kid`s of the

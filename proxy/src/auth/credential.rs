@@ -1,10 +1,12 @@
-//! Taking the token from the request: `Authorization: Bearer` or the session cookie.
+//! Taking the token from the request: `Authorization: Bearer`, the session cookie, or a place
+//! the instances' apps read one from that the config names ([`TokenPlaces`]).
 //!
 //! Tokens in the query string are never read (they end up in logs and referrers). If the
 //! header and the cookie both carry a token they must be the same token: otherwise it is not
 //! clear who the caller is, and the request is refused. The same holds for an
 //! `access_token` query parameter (RFC 6750 §2.3), which some frameworks read (ASP.NET for
-//! SignalR, Spring when allowed): it may only repeat the verified token.
+//! SignalR, Spring when allowed), and for the query parameters the config names: each may
+//! only repeat the verified token.
 //!
 //! The instance's framework, not this router, has the last word on what a `Cookie` header or
 //! a query string holds, so both are read the way the most lenient parsers read them: a
@@ -129,21 +131,93 @@ fn trim_blanks(b: &[u8]) -> &[u8] {
     trim_blanks_end(trim_blanks_start(b))
 }
 
-/// The token from `Authorization: Bearer` headers and/or the named cookie; `None` if neither
-/// carries one. A non-Bearer `Authorization` (e.g. Basic, meant for the app) is not ours and
-/// counts as no token.
+/// The places a request's token may be in besides `Authorization`, and the query parameters
+/// that must repeat it: `[auth] session_cookie`, `token_cookies`, `token_headers` and
+/// `token_query_parameters`, fixed at start. An app that reads its token from a place the
+/// router does not check would take another tenant's token from there, unchecked, beside the
+/// caller's own verified one; so every place an app reads is either read by the router or
+/// taken off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenPlaces {
+    /// Cookies that carry a token: the session cookie, then the others.
+    cookies: Vec<String>,
+    /// Headers besides `Authorization` that carry one, lowercase, `_` written `-`.
+    headers: Vec<String>,
+    /// Query parameters that may only repeat it: `access_token`, then the others.
+    query: Vec<String>,
+}
+
+impl TokenPlaces {
+    /// The places `[auth]` names.
+    pub fn new(settings: &nexus_config::AuthSettings) -> Self {
+        let cookies = settings.session_cookie.iter();
+        TokenPlaces {
+            cookies: cookies.chain(&settings.token_cookies).cloned().collect(),
+            headers: settings.token_headers.clone(),
+            query: std::iter::once(QUERY_TOKEN.to_owned())
+                .chain(settings.token_query_parameters.iter().cloned())
+                .collect(),
+        }
+    }
+
+    /// `Authorization` and `access_token` only, besides the session cookie `name`, if any.
+    pub fn with_session_cookie(name: Option<&str>) -> Self {
+        TokenPlaces {
+            cookies: name.map(str::to_owned).into_iter().collect(),
+            headers: Vec::new(),
+            query: vec![QUERY_TOKEN.to_owned()],
+        }
+    }
+
+    /// Whether a cookie of this name carries a token: the router reads it, and takes it off
+    /// a request it forwards without an identity.
+    pub fn is_token_cookie(&self, raw: &[u8]) -> bool {
+        self.cookies.iter().any(|n| same_name(raw, n.as_bytes()))
+    }
+
+    /// Whether any header besides `Authorization` carries a token (so that a request's
+    /// headers need to be looked through for them).
+    pub fn has_headers(&self) -> bool {
+        !self.headers.is_empty()
+    }
+
+    /// Whether a request header of this name carries a token. Compared as frameworks that
+    /// give an app `X_Token` as `X-Token` (Django, Rack, PHP) read it: without case, `_` for
+    /// `-`.
+    pub fn is_token_header(&self, name: &http::HeaderName) -> bool {
+        let name = name.as_str().as_bytes();
+        self.headers.iter().any(|h| {
+            h.len() == name.len()
+                && h.bytes()
+                    .zip(name)
+                    .all(|(want, &c)| want == if c == b'_' { b'-' } else { c })
+        })
+    }
+}
+
+/// The request's token, from `Authorization: Bearer`, its token cookies and its token headers
+/// (the values of the headers [`TokenPlaces::is_token_header`] names); `None` if none carries
+/// one. A non-Bearer `Authorization` (e.g. Basic, meant for the app) is not ours and counts
+/// as no token. Every place that carries one must carry the same.
 pub fn extract_token<'a>(
     authorization: &[&'a [u8]],
     cookie_headers: &[&'a [u8]],
-    cookie_name: Option<&str>,
+    token_headers: &[&'a [u8]],
+    places: &TokenPlaces,
 ) -> Result<Option<&'a str>, CredentialError> {
-    let header_token = match authorization {
+    let mut found: Option<&'a str> = match authorization {
         [] => None,
         [one] => bearer(one)?,
         _ => return Err(CredentialError::Duplicate),
     };
-    let mut cookie_token: Option<&'a str> = None;
-    if let Some(name) = cookie_name {
+    let mut agree = |token: &'a str| match found {
+        Some(prev) if prev != token => Err(CredentialError::Conflict),
+        _ => {
+            found = Some(token);
+            Ok(())
+        }
+    };
+    for name in &places.cookies {
         for header in cookie_headers {
             for pair in header.split(|&c| c == b';') {
                 for value in session_values(pair, name.as_bytes()) {
@@ -156,21 +230,38 @@ pub fn extract_token<'a>(
                     if !is_b64token(value) {
                         return Err(CredentialError::Malformed);
                     }
-                    let value =
-                        std::str::from_utf8(value).map_err(|_| CredentialError::Malformed)?;
-                    match cookie_token {
-                        Some(prev) if prev != value => return Err(CredentialError::Conflict),
-                        _ => cookie_token = Some(value),
-                    }
+                    agree(std::str::from_utf8(value).map_err(|_| CredentialError::Malformed)?)?;
                 }
             }
         }
     }
-    match (header_token, cookie_token) {
-        (Some(h), Some(c)) if h != c => Err(CredentialError::Conflict),
-        (Some(h), _) => Ok(Some(h)),
-        (None, c) => Ok(c),
+    for value in token_headers {
+        if let Some(token) = header_token(value)? {
+            agree(token)?;
+        }
     }
+    Ok(found)
+}
+
+/// The token a token header carries: the token alone, or behind one scheme word (`Bearer x`,
+/// `JWT x`), as apps configured for such a header read it one way or the other; an empty
+/// value carries none. Anything else is refused: which part an app would take cannot be told.
+fn header_token(value: &[u8]) -> Result<Option<&str>, CredentialError> {
+    let value = value.trim_ascii();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let token = match value.iter().position(|&c| c == b' ') {
+        None => value,
+        Some(i) if value[..i].iter().all(u8::is_ascii_alphabetic) => value[i..].trim_ascii_start(),
+        Some(_) => return Err(CredentialError::Malformed),
+    };
+    if !is_b64token(token) {
+        return Err(CredentialError::Malformed);
+    }
+    std::str::from_utf8(token)
+        .map(Some)
+        .map_err(|_| CredentialError::Malformed)
 }
 
 /// The values a `;`-separated piece of a `Cookie` header gives the session cookie `name`: its
@@ -235,20 +326,29 @@ fn unquote(value: &[u8]) -> &[u8] {
     }
 }
 
-/// Whether a `Cookie` header value carries the session cookie `name` in any spelling
-/// [`extract_token`] would read: for taking it off a request whose credential was not used.
-pub fn has_session_cookie(value: &[u8], name: &str) -> bool {
-    value
-        .split(|&c| c == b';')
-        .any(|pair| session_values(pair, name.as_bytes()).next().is_some())
+/// Whether a `;`-separated piece of a `Cookie` header carries a token cookie in any spelling
+/// [`extract_token`] would read.
+fn carries_token_cookie(pair: &[u8], places: &TokenPlaces) -> bool {
+    places
+        .cookies
+        .iter()
+        .any(|name| session_values(pair, name.as_bytes()).next().is_some())
 }
 
-/// A `Cookie` header value without the pieces that carry the session cookie `name` (as
-/// [`has_session_cookie`] finds them); `None` when nothing is left.
-pub fn without_session_cookie(value: &[u8], name: &str) -> Option<Vec<u8>> {
+/// Whether a `Cookie` header value carries a token cookie in any spelling [`extract_token`]
+/// would read: for taking it off a request whose credential was not used.
+pub fn has_token_cookie(value: &[u8], places: &TokenPlaces) -> bool {
+    value
+        .split(|&c| c == b';')
+        .any(|pair| carries_token_cookie(pair, places))
+}
+
+/// A `Cookie` header value without the pieces that carry a token cookie (as
+/// [`has_token_cookie`] finds them); `None` when nothing is left.
+pub fn without_token_cookies(value: &[u8], places: &TokenPlaces) -> Option<Vec<u8>> {
     let mut kept = Vec::with_capacity(value.len());
     for pair in value.split(|&c| c == b';') {
-        if pair.trim_ascii().is_empty() || session_values(pair, name.as_bytes()).next().is_some() {
+        if pair.trim_ascii().is_empty() || carries_token_cookie(pair, places) {
             continue;
         }
         if !kept.is_empty() {
@@ -259,12 +359,6 @@ pub fn without_session_cookie(value: &[u8], name: &str) -> Option<Vec<u8>> {
     (!kept.is_empty()).then_some(kept)
 }
 
-/// Whether a cookie name (as a `Set-Cookie` writes it) is one the router reads as the
-/// session cookie `name` (see [`extract_token`]'s spellings).
-pub fn is_session_cookie_name(raw: &[u8], name: &str) -> bool {
-    same_name(raw, name.as_bytes())
-}
-
 /// Whether an `Authorization` value is a `Bearer` credential, well-formed or not (what
 /// [`extract_token`] reads or refuses, as opposed to another scheme it passes over).
 pub fn is_bearer(value: &[u8]) -> bool {
@@ -272,19 +366,28 @@ pub fn is_bearer(value: &[u8]) -> bool {
 }
 
 /// The query parameter RFC 6750 §2.3 defines for bearer tokens.
-const QUERY_TOKEN: &[u8] = b"access_token";
+const QUERY_TOKEN: &str = "access_token";
 
-/// Checks that every `access_token` parameter of `query` (`&` or `;` separated; its name in
-/// any spelling some framework reads as `access_token`, see `same_name`; its value `%XX`
-/// and `+` decoded) carries exactly `token`: the router never authenticates from the query,
-/// so any other value is a second, unchecked credential that would reach the instance beside
-/// the verified one. With `token` empty, any parameter that carries something is refused.
-pub fn check_query_token(query: Option<&str>, token: &str) -> Result<(), CredentialError> {
-    let Some(query) = query.filter(|q| q.len() >= QUERY_TOKEN.len()) else {
+/// Checks that every token parameter of `query` (`access_token` and the others `places`
+/// names; `&` or `;` separated; its name in any spelling some framework reads as the one
+/// named, see `same_name`; its value `%XX` and `+` decoded) carries exactly `token`: the
+/// router never authenticates from the query, so any other value is a second, unchecked
+/// credential that would reach the instance beside the verified one. With `token` empty, any
+/// parameter that carries something is refused.
+pub fn check_query_token(
+    query: Option<&str>,
+    token: &str,
+    places: &TokenPlaces,
+) -> Result<(), CredentialError> {
+    // A decoded byte takes at least one raw byte: a query shorter than every name holds none.
+    let shortest = places.query.iter().map(String::len).min().unwrap_or(0);
+    let Some(query) = query.filter(|q| q.len() >= shortest) else {
         return Ok(());
     };
     for (name, value) in parameters(query) {
-        if same_name(name, QUERY_TOKEN) && !decodes_to(value, token.as_bytes()) {
+        if places.query.iter().any(|n| same_name(name, n.as_bytes()))
+            && !decodes_to(value, token.as_bytes())
+        {
             return Err(CredentialError::Conflict);
         }
     }
@@ -513,12 +616,13 @@ mod tests {
         ];
         for (value, want) in cases {
             assert_eq!(
-                without_session_cookie(value, "sess").as_deref(),
+                without_token_cookies(value, &TokenPlaces::with_session_cookie(Some("sess")))
+                    .as_deref(),
                 want,
                 "{value:?}"
             );
             assert_eq!(
-                has_session_cookie(value, "sess"),
+                has_token_cookie(value, &TokenPlaces::with_session_cookie(Some("sess"))),
                 want != Some(value),
                 "{value:?}"
             );
@@ -580,17 +684,202 @@ mod tests {
             ("Basic eA==\u{2028}bearer x".as_bytes(), malformed),
         ] {
             assert!(is_bearer(v), "{v:?}");
-            assert_eq!(extract_token(&[v], &[], None), want, "{v:?}");
+            assert_eq!(
+                extract_token(&[v], &[], &[], &TokenPlaces::with_session_cookie(None)),
+                want,
+                "{v:?}"
+            );
         }
         // Beside the cookie, it must be the same token.
         assert_eq!(
             extract_token(
                 &[b"JWT eyJh.eyJz.c2ln"],
                 &[b"sess=eyJh.eyJz.b3RoZXI"],
-                Some("sess")
+                &[],
+                &TokenPlaces::with_session_cookie(Some("sess"))
             ),
             Err(CredentialError::Conflict)
         );
+    }
+
+    /// The session cookie `sess`, the cookie `jwt`, the header `X-Access-Token` and the query
+    /// parameter `token`.
+    fn more_places() -> TokenPlaces {
+        TokenPlaces::new(&nexus_config::AuthSettings {
+            session_cookie: Some("sess".to_owned()),
+            token_cookies: vec!["jwt".to_owned()],
+            token_headers: vec!["x-access-token".to_owned()],
+            token_query_parameters: vec!["token".to_owned()],
+            ..nexus_config::embedded_default().auth
+        })
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)] // a table-driven test row is a tuple by design
+    fn token_headers_and_cookies_carry_the_token_or_agree_with_it() {
+        use CredentialError::*;
+        let places = more_places();
+        let cases: Vec<(
+            Vec<&[u8]>,
+            Vec<&[u8]>,
+            Vec<&[u8]>,
+            Result<Option<&str>, CredentialError>,
+        )> = vec![
+            (vec![], vec![], vec![], Ok(None)),
+            // A token header or cookie alone is the credential.
+            (vec![], vec![], vec![b"tok"], Ok(Some("tok"))),
+            (vec![], vec![], vec![b"Bearer tok"], Ok(Some("tok"))),
+            (vec![], vec![], vec![b" JWT  tok "], Ok(Some("tok"))),
+            (vec![], vec![b"jwt=tok"], vec![], Ok(Some("tok"))),
+            (vec![], vec![b"a=1; JWT=tok"], vec![], Ok(Some("tok"))),
+            // Beside another place, the same token or refused.
+            (vec![b"Bearer tok"], vec![], vec![b"tok"], Ok(Some("tok"))),
+            (vec![b"Bearer tok"], vec![], vec![b"other"], Err(Conflict)),
+            (
+                vec![b"Bearer tok"],
+                vec![b"jwt=other"],
+                vec![],
+                Err(Conflict),
+            ),
+            (vec![], vec![b"sess=tok; jwt=other"], vec![], Err(Conflict)),
+            (vec![], vec![b"sess=tok"], vec![b"other"], Err(Conflict)),
+            (vec![], vec![], vec![b"tok", b"Bearer other"], Err(Conflict)),
+            (vec![], vec![], vec![b"tok", b"tok"], Ok(Some("tok"))),
+            (
+                vec![b"Bearer tok"],
+                vec![b"theme=dark jwt=other"],
+                vec![],
+                Err(Conflict),
+            ),
+            // An empty one carries none.
+            (
+                vec![b"Bearer tok"],
+                vec![b"jwt="],
+                vec![b""],
+                Ok(Some("tok")),
+            ),
+            // What an app could read otherwise is refused.
+            (
+                vec![b"Bearer tok"],
+                vec![],
+                vec![b"tok, other"],
+                Err(Malformed),
+            ),
+            (
+                vec![b"Bearer tok"],
+                vec![],
+                vec![b"Bearer tok other"],
+                Err(Malformed),
+            ),
+            (
+                vec![b"Bearer tok"],
+                vec![],
+                vec![b"Bearer\ttok"],
+                Err(Malformed),
+            ),
+            (
+                vec![b"Bearer tok"],
+                vec![],
+                vec!["Bearer\u{a0}tok".as_bytes()],
+                Err(Malformed),
+            ),
+            (
+                vec![b"Bearer tok"],
+                vec![],
+                vec![b"Bearer: tok"],
+                Err(Malformed),
+            ),
+            (vec![b"Bearer tok"], vec![], vec![b"t\"k"], Err(Malformed)),
+            (vec![], vec![b"jwt=bad value"], vec![], Err(Malformed)),
+            // Another cookie is the app's.
+            (
+                vec![b"Bearer tok"],
+                vec![b"jwtx=other; xjwt=1"],
+                vec![],
+                Ok(Some("tok")),
+            ),
+        ];
+        for (auth, cookies, headers, want) in cases {
+            assert_eq!(
+                extract_token(&auth, &cookies, &headers, &places),
+                want,
+                "{auth:?} {cookies:?} {headers:?}"
+            );
+        }
+        // Without it configured, the cookie is not read.
+        assert_eq!(
+            extract_token(
+                &[],
+                &[b"jwt=tok"],
+                &[],
+                &TokenPlaces::with_session_cookie(Some("sess"))
+            ),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn token_header_names_are_read_as_frameworks_fold_them() {
+        let places = more_places();
+        for (name, want) in [
+            ("x-access-token", true),
+            ("x_access_token", true),
+            ("x-access_token", true),
+            ("x-access-tokens", false),
+            ("x-access-toke", false),
+            ("authorization", false),
+        ] {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).expect("name");
+            assert_eq!(places.is_token_header(&name), want, "{name}");
+        }
+        assert!(places.has_headers());
+        assert!(!TokenPlaces::with_session_cookie(None).has_headers());
+    }
+
+    #[test]
+    fn token_query_parameters_must_repeat_the_token() {
+        use CredentialError::Conflict;
+        let places = more_places();
+        for (query, want) in [
+            ("token=tok", Ok(())),
+            ("a=1&token=tok&access_token=tok", Ok(())),
+            ("token=other", Err(Conflict)),
+            ("TOKEN=other", Err(Conflict)),
+            ("tok%65n=other", Err(Conflict)),
+            ("token[]=other", Err(Conflict)),
+            ("access_token=tok&token=other", Err(Conflict)),
+            ("tokens=other&xtoken=other", Ok(())),
+            ("t=1", Ok(())),
+        ] {
+            assert_eq!(
+                check_query_token(Some(query), "tok", &places),
+                want,
+                "{query:?}"
+            );
+        }
+        // Without a verified token, one that carries anything is refused.
+        assert_eq!(
+            check_query_token(Some("token=x"), "", &places),
+            Err(Conflict)
+        );
+        assert_eq!(check_query_token(Some("token="), "", &places), Ok(()));
+        // Not configured, `token` is the app's.
+        let plain = TokenPlaces::with_session_cookie(None);
+        assert_eq!(
+            check_query_token(Some("token=other"), "tok", &plain),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn every_token_cookie_is_taken_off() {
+        let places = more_places();
+        assert_eq!(
+            without_token_cookies(b"sess=a; theme=dark; JWT=b; jwtx=c", &places).as_deref(),
+            Some(&b"theme=dark; jwtx=c"[..])
+        );
+        assert!(has_token_cookie(b"a=1 jwt=x", &places));
+        assert!(!has_token_cookie(b"jwtx=1", &places));
     }
 
     #[test]
@@ -635,7 +924,11 @@ mod tests {
             (Some("refresh_token=x"), Ok(())),
         ];
         for (query, want) in cases {
-            assert_eq!(check_query_token(query, "tok"), want, "{query:?}");
+            assert_eq!(
+                check_query_token(query, "tok", &TokenPlaces::with_session_cookie(None)),
+                want,
+                "{query:?}"
+            );
         }
     }
 
@@ -811,12 +1104,20 @@ mod tests {
         ];
         for (auth, cookies, want) in cases {
             assert_eq!(
-                extract_token(&auth, &cookies, c),
+                extract_token(&auth, &cookies, &[], &TokenPlaces::with_session_cookie(c)),
                 want,
                 "{auth:?} {cookies:?}"
             );
         }
-        assert_eq!(extract_token(&[], &[b"sess=tok"], None), Ok(None));
+        assert_eq!(
+            extract_token(
+                &[],
+                &[b"sess=tok"],
+                &[],
+                &TokenPlaces::with_session_cookie(None)
+            ),
+            Ok(None)
+        );
         let php = Some("nexus_session");
         for forged in [
             &b"nexus.session=forged; nexus_session=tok"[..],
@@ -827,7 +1128,7 @@ mod tests {
             b"NEXUS_SESSION=forged; nexus_session=tok",
         ] {
             assert_eq!(
-                extract_token(&[], &[forged], php),
+                extract_token(&[], &[forged], &[], &TokenPlaces::with_session_cookie(php)),
                 Err(Conflict),
                 "{forged:?}"
             );
@@ -836,7 +1137,8 @@ mod tests {
             extract_token(
                 &[],
                 &[b"nexus_sessions=x; nexus-session=y; nexus_session=tok"],
-                php
+                &[],
+                &TokenPlaces::with_session_cookie(php)
             ),
             Ok(Some("tok"))
         );

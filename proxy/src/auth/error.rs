@@ -140,11 +140,13 @@ pub fn www_authenticate_missing() -> String {
 /// Why the credential could not be taken from the request (401).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialError {
-    /// Header and cookie (or two cookies) carry different tokens: which one is the caller?
+    /// Two places (header, cookies, token headers, a token query parameter) carry different
+    /// tokens: which one is the caller?
     #[error("conflicting credentials")]
     Conflict,
-    /// `Authorization: Bearer` without a valid token (RFC 6750 §2.1 syntax).
-    #[error("malformed Authorization header")]
+    /// `Authorization: Bearer`, a token cookie or a token header without a valid token (RFC
+    /// 6750 §2.1 syntax), or spelt so that an app could read it otherwise.
+    #[error("malformed credential (Authorization, a token cookie or a token header)")]
     Malformed,
     /// More than one `Authorization` header.
     #[error("more than one Authorization header")]

@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use nexus_config::{AuthSettings, HmacKey, JwksSource};
 
 pub use claims::VerifiedToken;
-pub use credential::extract_token;
+pub use credential::{extract_token, TokenPlaces};
 pub use error::{
     www_authenticate_forbidden, www_authenticate_missing, AuthSetupError, CredentialError,
     TokenError,
@@ -48,7 +48,7 @@ pub struct Authenticator {
     cache: TokenCache,
     rules: ClaimRules,
     max_token_bytes: usize,
-    session_cookie: Option<String>,
+    places: TokenPlaces,
     generation: AtomicU64,
     /// Full signature checks done (cache misses), for tests and metrics.
     signature_checks: AtomicU64,
@@ -213,7 +213,7 @@ impl Authenticator {
             cache: TokenCache::new(settings.token_cache_capacity),
             rules,
             max_token_bytes: settings.max_token_bytes,
-            session_cookie: settings.session_cookie.clone(),
+            places: TokenPlaces::new(settings),
             generation: AtomicU64::new(1),
             signature_checks: AtomicU64::new(0),
             key_set_loads: AtomicU64::new(1),
@@ -323,9 +323,9 @@ impl Authenticator {
         self.keys.load().rs256_by_default.clone()
     }
 
-    /// The session cookie that may carry tokens.
-    pub fn session_cookie(&self) -> Option<&str> {
-        self.session_cookie.as_deref()
+    /// Where a request's token may be, and what must repeat it.
+    pub fn token_places(&self) -> &TokenPlaces {
+        &self.places
     }
 
     /// Full signature verifications so far (cache misses).

@@ -59,6 +59,9 @@ fn settings(f: &Fixture) -> AuthSettings {
         tenant_claim: "tenant_id".into(),
         org_claim: "org_id".into(),
         session_cookie: Some("sess".into()),
+        token_headers: Vec::new(),
+        token_cookies: Vec::new(),
+        token_query_parameters: Vec::new(),
         token_cache_capacity: 1000,
         max_token_bytes: 8192,
         jwks_poll_interval: Duration::from_secs(1),
@@ -1030,10 +1033,21 @@ mod props {
         }
 
         #[test]
-        fn extract_never_panics(a in any::<Vec<Vec<u8>>>(), c in any::<Vec<Vec<u8>>>()) {
+        fn extract_never_panics(
+            a in any::<Vec<Vec<u8>>>(),
+            c in any::<Vec<Vec<u8>>>(),
+            h in any::<Vec<Vec<u8>>>(),
+        ) {
             let a: Vec<&[u8]> = a.iter().map(Vec::as_slice).collect();
             let c: Vec<&[u8]> = c.iter().map(Vec::as_slice).collect();
-            let _ = extract_token(&a, &c, Some("sess"));
+            let h: Vec<&[u8]> = h.iter().map(Vec::as_slice).collect();
+            let places = TokenPlaces::new(&nexus_config::AuthSettings {
+                session_cookie: Some("sess".to_owned()),
+                token_cookies: vec!["jwt".to_owned()],
+                token_headers: vec!["x-token".to_owned()],
+                ..nexus_config::embedded_default().auth
+            });
+            let _ = extract_token(&a, &c, &h, &places);
         }
     }
 }

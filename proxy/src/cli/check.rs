@@ -95,6 +95,9 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     };
     if let Some(auth) = &sections.auth {
         auth_warnings(path, auth);
+        if let Err(e) = crate::route::check_token_headers(&auth.token_headers) {
+            problem("auth.token_headers", e);
+        }
     }
     if let Some(tenancy) = &sections.tenancy {
         for w in public_path_warnings(tenancy) {

@@ -48,7 +48,7 @@ use failures::{
     closed_without_close_notify, invalid_response, late_client_fault, out_of_resources,
     upstream_failure,
 };
-use request::{header_bytes, header_values, request_target, take_expectation};
+use request::{header_bytes, header_values, request_target, take_expectation, token_header_values};
 use upgrade::{
     asks_for_upgrade, bound_tunnel_io, drop_unusable_upgrade, final_response_written, tunnel_close,
     tunnel_idled_out, MAX_INTERIM_RESPONSES,
@@ -130,7 +130,8 @@ impl EdgeService {
                     extract_token(
                         &header_values(req, &http::header::AUTHORIZATION),
                         &header_values(req, &http::header::COOKIE),
-                        auth.session_cookie(),
+                        &token_header_values(req, auth.token_places()),
+                        auth.token_places(),
                     )
                     .ok()
                     .flatten()
@@ -178,6 +179,7 @@ impl EdgeService {
         let host_headers = header_values(req, &http::header::HOST);
         let authorization = header_values(req, &http::header::AUTHORIZATION);
         let cookies = header_values(req, &http::header::COOKIE);
+        let token_headers = token_header_values(req, self.state.auth.token_places());
         let target = match request_target(req) {
             Ok(target) => target,
             Err(e) => return Err(RejectReason::of_path(e)),
@@ -192,6 +194,7 @@ impl EdgeService {
                     target: path,
                     authorization: &authorization,
                     cookies: &cookies,
+                    token_headers: &token_headers,
                     now_unix: now_unix(),
                 };
                 let table = self.state.bindings.load();
@@ -561,7 +564,7 @@ impl ProxyHttp for EdgeService {
             proto,
             host,
             request_id: &ctx.request_id,
-            session_cookie: self.state.auth.session_cookie(),
+            token_places: self.state.auth.token_places(),
         };
         rewrite_upstream_request(upstream_request, decision, fwd)?;
         // Pingora has taken the client's `Connection` off (a WebSocket handshake's is its
@@ -672,7 +675,7 @@ impl ProxyHttp for EdgeService {
         canonicalise_content_length(upstream_response)?;
         let dropped = drop_shared_cookies(
             upstream_response,
-            self.state.auth.session_cookie(),
+            self.state.auth.token_places(),
             &self.state.settings.tenancy.base_domains,
         );
         if dropped > 0 {

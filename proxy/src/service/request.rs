@@ -1,5 +1,6 @@
 //! Reading the client's request: its target, its expectation, its header values.
 
+use crate::auth::TokenPlaces;
 use pingora::proxy::Session;
 use smallvec::SmallVec;
 
@@ -56,6 +57,23 @@ pub(super) fn header_values<'a>(
     name: &http::header::HeaderName,
 ) -> SmallVec<[&'a [u8]; 2]> {
     header_bytes(&req.headers, name).collect()
+}
+
+/// The values of every header that carries a token besides `Authorization` (see
+/// [`TokenPlaces::is_token_header`]), as bytes; none looked for when no such header is
+/// configured.
+pub(super) fn token_header_values<'a>(
+    req: &'a pingora::http::RequestHeader,
+    places: &TokenPlaces,
+) -> SmallVec<[&'a [u8]; 2]> {
+    if !places.has_headers() {
+        return SmallVec::new();
+    }
+    req.headers
+        .iter()
+        .filter(|(name, _)| places.is_token_header(name))
+        .map(|(_, v)| v.as_bytes())
+        .collect()
 }
 
 /// The values of every `name` field, as bytes.
