@@ -129,9 +129,9 @@ impl World {
             tenant_claim: "tenant_id".into(),
             org_claim: "org_id".into(),
             session_cookie: Some("nexus_session".into()),
-            token_headers: Vec::new(),
+            token_headers: vec!["x-access-token".into()],
             token_cookies: Vec::new(),
-            token_query_parameters: Vec::new(),
+            token_query_parameters: vec!["token".into()],
             token_cache_capacity: 1000,
             max_token_bytes: 8192,
             jwks_poll_interval: Duration::from_secs(1),
@@ -194,7 +194,27 @@ enum Carry {
     QuerySame,
     /// `Authorization: Bearer`, and `?access_token=` something else.
     QueryOther,
+    /// The configured token header (`X-Access-Token`) alone.
+    Header,
+    /// `Authorization: Bearer` the token, the token header another genuine token.
+    HeaderDiffer,
+    /// `Authorization: Bearer`, and a configured token query parameter (`?token=`) something
+    /// else.
+    TokenQueryOther,
 }
+
+/// Every way of carrying a token.
+const CARRIES: [Carry; 9] = [
+    Carry::Bearer,
+    Carry::Cookie,
+    Carry::BothSame,
+    Carry::BothDiffer,
+    Carry::QuerySame,
+    Carry::QueryOther,
+    Carry::Header,
+    Carry::HeaderDiffer,
+    Carry::TokenQueryOther,
+];
 
 #[derive(Clone, Debug)]
 struct Req {
@@ -362,8 +382,9 @@ fn model_tenant(host: &str) -> Option<String> {
 }
 
 fn model(pre: &Prefixes, req: &Req) -> Outcome {
-    if req.carry == Carry::BothDiffer && req.token == Tok::None {
-        // Only the cookie is there: another tenant's genuine token, nothing to conflict with.
+    if matches!(req.carry, Carry::BothDiffer | Carry::HeaderDiffer) && req.token == Tok::None {
+        // Only the cookie or the token header is there: another tenant's genuine token,
+        // nothing to conflict with.
         let zed = Tok::Valid("zed".into(), "org-zed".into());
         return model(
             pre,
@@ -409,8 +430,10 @@ fn model(pre: &Prefixes, req: &Req) -> Outcome {
     // "both present and different → 401"; an `access_token` query parameter "must repeat the
     // verified token" (public path: refused when it carries a value and no token proves the
     // caller belongs, as it cannot be taken off).
-    let conflict = matches!(req.carry, Carry::BothDiffer | Carry::QueryOther)
-        || (req.carry == Carry::QuerySame && req.token == Tok::None);
+    let conflict = matches!(
+        req.carry,
+        Carry::BothDiffer | Carry::QueryOther | Carry::HeaderDiffer | Carry::TokenQueryOther
+    ) || (req.carry == Carry::QuerySame && req.token == Tok::None);
     let token_ok = !conflict && matches!(req.token, Tok::Valid(..));
     let belongs = token_ok
         && match &req.token {
@@ -418,7 +441,10 @@ fn model(pre: &Prefixes, req: &Req) -> Outcome {
             _ => false,
         };
     let public = pre.public.iter().any(|p| under(&path, p));
-    let query_token = matches!(req.carry, Carry::QuerySame | Carry::QueryOther);
+    let query_token = matches!(
+        req.carry,
+        Carry::QuerySame | Carry::QueryOther | Carry::TokenQueryOther
+    );
     if public && query_token && !belongs {
         return reject(401);
     }
@@ -454,23 +480,31 @@ fn real(w: &World, req: &Req) -> Outcome {
         Tok::Garbage => Some("not.a.token".to_owned()),
     };
     let other = w.token("zed", "org-zed");
-    let (bearer, cookie, query) = match req.carry {
-        Carry::Bearer => (token.clone(), None, None),
-        Carry::Cookie => (None, token.clone(), None),
-        Carry::BothSame => (token.clone(), token.clone(), None),
-        Carry::BothDiffer => (token.clone(), Some(other.clone()), None),
-        Carry::QuerySame => (token.clone(), None, Some(token.clone().unwrap_or(other))),
-        Carry::QueryOther => (token.clone(), None, Some("x".to_owned())),
-    };
+    let (mut bearer, mut cookie, mut header, mut query) = (None, None, None, None);
+    match req.carry {
+        Carry::Bearer => bearer = token.clone(),
+        Carry::Cookie => cookie = token.clone(),
+        Carry::BothSame => (bearer, cookie) = (token.clone(), token.clone()),
+        Carry::BothDiffer => (bearer, cookie) = (token.clone(), Some(other.clone())),
+        Carry::QuerySame => {
+            bearer = token.clone();
+            query = Some(("access_token", token.clone().unwrap_or(other)));
+        }
+        Carry::QueryOther => (bearer, query) = (token.clone(), Some(("access_token", "x".into()))),
+        Carry::Header => header = token.clone(),
+        Carry::HeaderDiffer => (bearer, header) = (token.clone(), Some(other.clone())),
+        Carry::TokenQueryOther => (bearer, query) = (token.clone(), Some(("token", "x".into()))),
+    }
     let bearer = bearer.map(|t| format!("Bearer {t}"));
     let cookie = cookie.map(|t| format!("theme=dark; nexus_session={t}"));
     let target = match query {
-        Some(q) if req.target.contains('?') => format!("{}&access_token={q}", req.target),
-        Some(q) => format!("{}?access_token={q}", req.target),
+        Some((name, q)) if req.target.contains('?') => format!("{}&{name}={q}", req.target),
+        Some((name, q)) => format!("{}?{name}={q}", req.target),
         None => req.target.clone(),
     };
     let auth: Vec<&[u8]> = bearer.iter().map(|b| b.as_bytes()).collect();
     let cookies: Vec<&[u8]> = cookie.iter().map(|c| c.as_bytes()).collect();
+    let headers: Vec<&[u8]> = header.iter().map(|h| h.as_bytes()).collect();
     let facts = RequestFacts {
         host_headers: &host,
         uri_authority: req.authority.as_deref(),
@@ -478,7 +512,7 @@ fn real(w: &World, req: &Req) -> Outcome {
         target: &target,
         authorization: &auth,
         cookies: &cookies,
-        token_headers: &[],
+        token_headers: &headers,
         now_unix: w.now,
     };
     match decide(&facts, &w.tenancy, &w.table, &w.auth) {
@@ -576,19 +610,11 @@ fn every_status_with_every_kind_of_path() {
 
 #[test]
 fn credentials_in_every_place_on_public_and_private_paths() {
-    let carries = [
-        Carry::Bearer,
-        Carry::Cookie,
-        Carry::BothSame,
-        Carry::BothDiffer,
-        Carry::QuerySame,
-        Carry::QueryOther,
-    ];
     let mut cases = Vec::new();
     for tenant in ["acme", "susp", "late", "grace"] {
         for path in ["/app", "/login", "/billing", "/api/v1", "/assets/x?y=1"] {
             for token in [Tok::None, valid(tenant), valid("other"), Tok::Garbage] {
-                for carry in carries {
+                for carry in CARRIES {
                     cases.push(Req {
                         carry,
                         ..req(&format!("{tenant}.{BASE}"), path, token.clone())
@@ -929,10 +955,7 @@ proptest! {
         host in host_strategy(),
         target in path_strategy(),
         token in token_strategy(),
-        carry in prop::sample::select(vec![
-            Carry::Bearer, Carry::Cookie, Carry::BothSame, Carry::BothDiffer, Carry::QuerySame,
-            Carry::QueryOther,
-        ]),
+        carry in prop::sample::select(CARRIES.to_vec()),
     ) {
         thread_local!(static WORLDS: [World; 2] = [World::new(DEFAULT), World::new(SLASHED)]);
         let r = Req { carry, ..req(&host, &target, token) };
