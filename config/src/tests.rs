@@ -1422,7 +1422,7 @@ fn token_places_are_names_read_as_apps_read_them_and_none_the_router_reads_or_se
     };
     let s = parse_str(
         &auth(
-            "token_headers = [\"X-Access-Token\", \"X_Api_Jwt\"]\n\
+            "token_headers = [\"X-Access-Token\", \"X_Api.Jwt\"]\n\
              token_cookies = [\"JWT\", \"access.token_cookie\"]\n\
              token_query_parameters = [\"Token\", \"jwt\"]",
         ),
@@ -1450,7 +1450,7 @@ fn token_places_are_names_read_as_apps_read_them_and_none_the_router_reads_or_se
     has(&ps, "auth.token_headers[3]", 3, "frames the request");
     has(&ps, "auth.token_headers[4]", 3, "not a header name");
     has(&ps, "auth.token_headers[6]", 3, "listed twice");
-    has(&ps, "auth.token_headers[7]", 3, "the browser's");
+    has(&ps, "auth.token_headers[7]", 3, "set by the browser");
     has(&ps, "auth.token_cookies[0]", 4, "is auth.session_cookie");
     has(&ps, "auth.token_cookies[1]", 4, "not a valid cookie name");
     has(&ps, "auth.token_cookies[3]", 4, "listed twice");

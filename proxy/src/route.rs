@@ -35,8 +35,10 @@ const SET_BY_ROUTER: usize = 7;
 const MAX_RESERVED_LEN: usize = 20;
 
 /// Whether a client's request header is one the instance must only ever get from the router,
-/// in any spelling an upstream may fold together (`_` for `-`: CGI-style servers map both to
-/// `HTTP_X_USER_ID`). These are removed before the router sets its own:
+/// in any spelling an upstream may fold together (`_` or `.` for `-`: CGI-style servers map
+/// `X_User_Id` and `X-User-Id` to `HTTP_X_USER_ID`, and PHP turns the `.` of the
+/// `HTTP_X.USER.ID` that Caddy's FastCGI and FrankenPHP pass into `_`). These are removed
+/// before the router sets its own:
 /// - the identity headers it sets (`X-Tenant-Id`, `X-Org-Id`, `X-User-Id`, `X-Request-Id`);
 /// - every `X-Forwarded*` and `Forwarded`, and the client-address and scheme headers that
 ///   frameworks and client-IP helpers read in their place (`X-Real-IP`, `X-Client-IP`,
@@ -59,8 +61,9 @@ const MAX_RESERVED_LEN: usize = 20;
 ///   `X-Consumer-*`, `X-Credential-*`, `X-Authenticated-*`, `X-Anonymous-Consumer`,
 ///   `X-Userinfo`) and the generic `X-Auth-User`;
 /// - other client-address headers (`X-Original-Forwarded-For`, `X-Originating-IP`);
-/// - `Transfer_Encoding` and `Content_Length` (the framing fields' underscore spellings; the
-///   fields themselves are the body's framing, read by the router and sent afresh).
+/// - `Transfer_Encoding` and `Content_Length` (the framing fields' underscore and dot
+///   spellings; the fields themselves are the body's framing, read by the router and sent
+///   afresh).
 pub fn is_reserved(name: &HeaderName) -> bool {
     let b = name.as_str().as_bytes();
     // The one reserved name starting with `s`, apart: every browser request holds several
@@ -99,7 +102,7 @@ pub fn is_reserved(name: &HeaderName) -> bool {
     }
     let mut folded = [0u8; MAX_RESERVED_LEN];
     for (d, &c) in folded.iter_mut().zip(b) {
-        *d = if c == b'_' { b'-' } else { c };
+        *d = if is_dash_alike(c) { b'-' } else { c };
     }
     let folded = &folded[..b.len()];
     // The body's framing fields spelt with `_` (`Transfer_Encoding`): no HTTP parser reads
@@ -107,7 +110,7 @@ pub fn is_reserved(name: &HeaderName) -> bool {
     // `_` into `-`, or maps both to one CGI-style variable (`HTTP_TRANSFER_ENCODING`: Puma
     // before 5.0.3), would frame it by them: a body the router framed by its length read as
     // chunked, the instance reading the rest as a request the router never checked.
-    if b.contains(&b'_') && matches!(folded, b"transfer-encoding" | b"content-length") {
+    if folded != b && matches!(folded, b"transfer-encoding" | b"content-length") {
         return true;
     }
     matches!(
@@ -143,28 +146,40 @@ pub fn is_reserved(name: &HeaderName) -> bool {
     )
 }
 
-/// `a` begins with `prefix`, with `-` and `_` the same (names are already lowercase).
-/// Refuses an `[auth] token_headers` entry the router takes off every request (see
-/// [`is_reserved`]): the app never gets it, so no token can reach it there.
-pub fn check_token_headers(names: &[String]) -> Result<(), String> {
-    for n in names {
-        let name = HeaderName::from_bytes(n.as_bytes())
-            .map_err(|_| format!("{n:?} is not a header name"))?;
-        if is_reserved(&name) {
-            return Err(format!(
-                "{n:?} is taken off every request (an identity, a client address or a framing \
-                 field only the router or a front proxy asserts): the app never gets it"
-            ));
-        }
-    }
-    Ok(())
+/// Refuses each `[auth] token_headers` entry the router takes off every request (see
+/// [`is_reserved`]): the app never gets it, so no token can reach it there. Each refusal
+/// comes with the entry's index. (The config refuses the standard and framing names itself;
+/// these families are the router's knowledge.)
+pub fn check_token_headers(names: &[String]) -> Vec<(usize, String)> {
+    names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            let why = match HeaderName::from_bytes(n.as_bytes()) {
+                Err(_) => format!("{n:?} is not a header name"),
+                Ok(name) if is_reserved(&name) => format!(
+                    "{n:?} is taken off every request (an identity, a client address or a \
+                     framing field only the router or a front proxy asserts): the app never \
+                     gets it"
+                ),
+                Ok(_) => return None,
+            };
+            Some((i, why))
+        })
+        .collect()
 }
 
+/// Whether a header name byte is one some upstream reads as `-` (see [`is_reserved`]).
+fn is_dash_alike(c: u8) -> bool {
+    matches!(c, b'-' | b'_' | b'.')
+}
+
+/// `a` begins with `prefix`, with `-`, `_` and `.` the same (names are already lowercase).
 fn starts_as(a: &[u8], prefix: &[u8]) -> bool {
     a.len() >= prefix.len()
         && a.iter()
             .zip(prefix)
-            .all(|(&x, &y)| x == y || (matches!(x, b'-' | b'_') && matches!(y, b'-' | b'_')))
+            .all(|(&x, &y)| x == y || (is_dash_alike(x) && is_dash_alike(y)))
 }
 
 /// Longest request id kept from a client.
@@ -764,6 +779,14 @@ mod tests {
             "transfer_encoding",
             "content_length",
             "Content_Length",
+            // PHP reads `.` as `_` in `$_SERVER` names (Caddy's FastCGI, FrankenPHP).
+            "x.user.id",
+            "x.tenant-id",
+            "x.forwarded.for",
+            "remote.user",
+            "cf.access.jwt-assertion",
+            "script.name",
+            "transfer.encoding",
         ];
         let kept = [
             "x-user-ids",
@@ -796,6 +819,8 @@ mod tests {
             "transfer-encoding",
             "content-length",
             "content_type",
+            "x.user",
+            "content.type",
         ];
         for name in reserved {
             let n = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));

@@ -44,9 +44,9 @@ pub enum StartError {
     /// The upstream CA bundle cannot be used (Pingora's connector would panic on it).
     #[error("upstream.ca_file: {0}")]
     CaBundle(String),
-    /// A token header is one the router takes off every request.
-    #[error("auth.token_headers: {0}")]
-    TokenHeader(String),
+    /// A token header (its index, why) is one the router takes off every request.
+    #[error("auth.token_headers[{0}]: {1}")]
+    TokenHeader(usize, String),
 }
 
 /// Loads the CA bundle for https instances the way Pingora's connector will (every PEM item a
@@ -149,8 +149,12 @@ pub fn prepare(
     if let Some(ca) = &settings.upstream.ca_file {
         check_ca_bundle(ca).map_err(StartError::CaBundle)?;
     }
-    crate::route::check_token_headers(&settings.auth.token_headers)
-        .map_err(StartError::TokenHeader)?;
+    if let Some((i, why)) = crate::route::check_token_headers(&settings.auth.token_headers)
+        .into_iter()
+        .next()
+    {
+        return Err(StartError::TokenHeader(i, why));
+    }
     let auth = Authenticator::new(&settings.auth)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

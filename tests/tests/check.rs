@@ -718,9 +718,26 @@ fn a_token_header_the_router_takes_off_every_request_is_refused_by_check_and_ser
     let (code, out) = check(dir.path(), &config("Cf-Access-Jwt-Assertion"));
     assert_ne!(code, 0, "{out}");
     assert!(
-        out.contains("auth.token_headers") && out.contains("taken off every request"),
+        out.contains("auth.token_headers[0]") && out.contains("taken off every request"),
         "{out}"
     );
+    // Each one named, at the list's line.
+    let (code, out) = check(
+        dir.path(),
+        &config("X-Access-Token\", \"X-Remote-User\", \"X.User.Id"),
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("edge.toml:3: auth.token_headers[1]")
+            && out.contains("edge.toml:3: auth.token_headers[2]")
+            && !out.contains("auth.token_headers[0]"),
+        "{out}"
+    );
+    std::fs::write(
+        dir.path().join("edge.toml"),
+        config("Cf-Access-Jwt-Assertion"),
+    )
+    .unwrap();
     let path = dir.path().join("edge.toml");
     let out = std::process::Command::new(nexus_e2e::edge::binary())
         .args(["serve", "--config", path.to_str().unwrap()])

@@ -1228,6 +1228,10 @@ fn spoofed_identity_headers_are_replaced() {
             ("X_User_Id", "admin"),
             ("X_Tenant_Id", "globex"),
             ("x_forwarded_for", "6.6.6.6"),
+            // PHP reads `.` as `_` in `$_SERVER` names: Caddy's FastCGI and FrankenPHP pass
+            // `HTTP_X.USER.ID`, which PHP makes `HTTP_X_USER_ID`.
+            ("X.User.Id", "admin"),
+            ("X.Forwarded.For", "6.6.6.6"),
             ("X-Forwarded-Prefix", "/evil"),
             ("X-Forwarded-Port", "443"),
             ("X-Real-IP", "6.6.6.6"),
@@ -1260,6 +1264,8 @@ fn spoofed_identity_headers_are_replaced() {
         "x_user_id",
         "x_tenant_id",
         "x_forwarded_for",
+        "x.user.id",
+        "x.forwarded.for",
         "x-forwarded-prefix",
         "x-forwarded-port",
         "x-real-ip",
@@ -4535,6 +4541,8 @@ fn token_places_an_app_reads_carry_the_callers_token_or_are_refused_or_taken_off
     for (name, value) in [
         ("X-Access-Token", other.as_str()),
         ("x_access_token", other.as_str()),
+        // PHP reads `.` as `_` in `$_SERVER` names (Caddy's FastCGI, FrankenPHP).
+        ("X.Access.Token", other.as_str()),
         ("X-Access-Token", spelt_otherwise.as_str()),
         ("Cookie", other_cookie.as_str()),
     ] {
@@ -4580,12 +4588,14 @@ fn token_places_an_app_reads_carry_the_callers_token_or_are_refused_or_taken_off
         "/login",
         &[
             ("X-Access-Token", &other),
+            ("X.Access.Token", &other),
             ("Cookie", &format!("theme=dark; jwt={other}")),
         ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let echo = r.json();
     assert!(echoed_header(&echo, "x-access-token").is_empty(), "{echo}");
+    assert!(echoed_header(&echo, "x.access.token").is_empty(), "{echo}");
     assert_eq!(echoed_header(&echo, "cookie"), ["theme=dark"]);
     assert!(echoed_header(&echo, "x-user-id").is_empty());
     let r = get(addr, &acme, &format!("/login?token={other}"), &[]);

@@ -180,7 +180,8 @@ pub(super) fn parse(
 }
 
 /// Request headers no app reads its token from: the ones the router reads itself, frames the
-/// request with or sets (the proxy refuses, beside these, every header it takes off requests).
+/// request with or sets. The proxy refuses, beside these, every header it takes off requests
+/// (its `route::is_reserved`, which knows the families of identity and address headers).
 const NOT_A_TOKEN_HEADER: &[&str] = &[
     "connection",
     "content-length",
@@ -195,8 +196,9 @@ const NOT_A_TOKEN_HEADER: &[&str] = &[
     "x-request-id",
 ];
 
-/// An `auth.token_headers` entry, as the router compares it: lowercase, `_` written `-`
-/// (Django, Rack and PHP give an app `X_Token` and `X-Token` under one name).
+/// An `auth.token_headers` entry, as the router compares it: lowercase, `_` and `.` written
+/// `-` (servers that pass headers as CGI variables give an app `X_Token` and `X-Token` under
+/// one name, and PHP `X.Token` too).
 fn token_header(v: &str) -> Result<String, String> {
     if !is_token(v) {
         return Err(format!(
@@ -206,7 +208,7 @@ fn token_header(v: &str) -> Result<String, String> {
     let folded: String = v
         .bytes()
         .map(|c| match c {
-            b'_' => '-',
+            b'_' | b'.' => '-',
             c => char::from(c.to_ascii_lowercase()),
         })
         .collect();
@@ -218,14 +220,16 @@ fn token_header(v: &str) -> Result<String, String> {
         "cookie" => Err(format!(
             "{v:?}: cookies that carry a token are named in auth.token_cookies"
         )),
+        f if f.starts_with("sec-") => Err(format!(
+            "{v:?} is set by the browser, not by the app's code: the router does not read a \
+             token in it (a WebSocket subprotocol's included: see the README)"
+        )),
         f if NOT_A_TOKEN_HEADER.contains(&f)
             || f.starts_with("x-forwarded-")
-            || f.starts_with("proxy-")
-            || f.starts_with("sec-") =>
+            || f.starts_with("proxy-") =>
         {
             Err(format!(
-                "{v:?} frames the request, is the browser's or is the router's own: it \
-                 carries no token"
+                "{v:?} frames the request or is the router's own: it carries no token"
             ))
         }
         _ => Ok(folded),

@@ -141,7 +141,7 @@ fn trim_blanks(b: &[u8]) -> &[u8] {
 pub struct TokenPlaces {
     /// Cookies that carry a token: the session cookie, then the others.
     cookies: Vec<String>,
-    /// Headers besides `Authorization` that carry one, lowercase, `_` written `-`.
+    /// Headers besides `Authorization` that carry one, lowercase, `_` and `.` written `-`.
     headers: Vec<String>,
     /// Query parameters that may only repeat it: `access_token`, then the others.
     query: Vec<String>,
@@ -181,16 +181,17 @@ impl TokenPlaces {
         !self.headers.is_empty()
     }
 
-    /// Whether a request header of this name carries a token. Compared as frameworks that
-    /// give an app `X_Token` as `X-Token` (Django, Rack, PHP) read it: without case, `_` for
-    /// `-`.
+    /// Whether a request header of this name carries a token. Compared as servers that pass
+    /// headers to an app as CGI-style variables read it (`HTTP_X_TOKEN` for `X_Token` as for
+    /// `X-Token`: Puma, uWSGI, Django under ASGI; PHP for `X.Token` too, as Caddy's FastCGI
+    /// and FrankenPHP pass it): without case, `_` and `.` for `-`.
     pub fn is_token_header(&self, name: &http::HeaderName) -> bool {
         let name = name.as_str().as_bytes();
         self.headers.iter().any(|h| {
             h.len() == name.len()
                 && h.bytes()
                     .zip(name)
-                    .all(|(want, &c)| want == if c == b'_' { b'-' } else { c })
+                    .all(|(want, &c)| want == if matches!(c, b'_' | b'.') { b'-' } else { c })
         })
     }
 }
@@ -246,10 +247,14 @@ pub fn extract_token<'a>(
 /// The token a token header carries: the token alone, or behind one scheme word (`Bearer x`,
 /// `JWT x`), as apps configured for such a header read it one way or the other; an empty
 /// value carries none. Anything else is refused: which part an app would take cannot be told.
+/// So is `Bearer` alone: a scheme without its token, no token called `Bearer`.
 fn header_token(value: &[u8]) -> Result<Option<&str>, CredentialError> {
     let value = value.trim_ascii();
     if value.is_empty() {
         return Ok(None);
+    }
+    if value.eq_ignore_ascii_case(b"bearer") {
+        return Err(CredentialError::Malformed);
     }
     let token = match value.iter().position(|&c| c == b' ') {
         None => value,
@@ -370,10 +375,11 @@ const QUERY_TOKEN: &str = "access_token";
 
 /// Checks that every token parameter of `query` (`access_token` and the others `places`
 /// names; `&` or `;` separated; its name in any spelling some framework reads as the one
-/// named, see `same_name`; its value `%XX` and `+` decoded) carries exactly `token`: the
-/// router never authenticates from the query, so any other value is a second, unchecked
-/// credential that would reach the instance beside the verified one. With `token` empty, any
-/// parameter that carries something is refused.
+/// named, see `same_name`; its value `%XX` and `+` decoded) that carries something carries
+/// exactly `token`: the router never authenticates from the query, so any other value is a
+/// second, unchecked credential that would reach the instance beside the verified one. An
+/// empty one (`?token=`, `?token`) carries nothing, as an empty cookie does. With `token`
+/// empty, any parameter that carries something is refused.
 pub fn check_query_token(
     query: Option<&str>,
     token: &str,
@@ -385,7 +391,8 @@ pub fn check_query_token(
         return Ok(());
     };
     for (name, value) in parameters(query) {
-        if places.query.iter().any(|n| same_name(name, n.as_bytes()))
+        if !value.is_empty()
+            && places.query.iter().any(|n| same_name(name, n.as_bytes()))
             && !decodes_to(value, token.as_bytes())
         {
             return Err(CredentialError::Conflict);
@@ -790,6 +797,8 @@ mod tests {
                 Err(Malformed),
             ),
             (vec![b"Bearer tok"], vec![], vec![b"t\"k"], Err(Malformed)),
+            (vec![b"Bearer tok"], vec![], vec![b"Bearer"], Err(Malformed)),
+            (vec![], vec![], vec![b"bearer "], Err(Malformed)),
             (vec![], vec![b"jwt=bad value"], vec![], Err(Malformed)),
             // Another cookie is the app's.
             (
@@ -825,6 +834,8 @@ mod tests {
             ("x-access-token", true),
             ("x_access_token", true),
             ("x-access_token", true),
+            ("x.access.token", true),
+            ("x.access-token", true),
             ("x-access-tokens", false),
             ("x-access-toke", false),
             ("authorization", false),
@@ -863,6 +874,10 @@ mod tests {
             Err(Conflict)
         );
         assert_eq!(check_query_token(Some("token="), "", &places), Ok(()));
+        assert_eq!(
+            check_query_token(Some("token=&a=1"), "tok", &places),
+            Ok(())
+        );
         // Not configured, `token` is the app's.
         let plain = TokenPlaces::with_session_cookie(None);
         assert_eq!(
@@ -885,7 +900,7 @@ mod tests {
     #[test]
     fn query_token_table() {
         use CredentialError::Conflict;
-        let cases: [(Option<&str>, Result<(), CredentialError>); 32] = [
+        let cases: [(Option<&str>, Result<(), CredentialError>); 34] = [
             (None, Ok(())),
             (Some(""), Ok(())),
             (Some("page=2&sort=name"), Ok(())),
@@ -897,7 +912,10 @@ mod tests {
             (Some("a=1;access_token=forged"), Err(Conflict)),
             (Some("Access_Token=forged"), Err(Conflict)),
             (Some("access%5Ftoken=forged"), Err(Conflict)),
-            (Some("access_token"), Err(Conflict)),
+            // Empty, it carries nothing.
+            (Some("access_token"), Ok(())),
+            (Some("access_token=&a=1"), Ok(())),
+            (Some("access_token=+"), Err(Conflict)),
             (Some("access_token=tok&access_token=forged"), Err(Conflict)),
             (Some("access_tokens=x&xaccess_token=y"), Ok(())),
             // `URLSearchParams` (Koa 3) drops a leading `?`: `/x??access_token=...`.

@@ -21,11 +21,12 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     let (sections, mut problems) = nexus_config::parse_sections(&text, path);
     // What the keys name (a key set, a CA bundle, a bindings file) is part of a valid config:
     // a key set that cannot be loaded would start a router that rejects every login. Every
-    // such problem is listed, each at its key's line, as the file's own problems are.
+    // such problem is listed, each at its key's line, as the file's own problems are (a list
+    // entry's, `key[i]`, at the list's).
     let mut problem = |key: &str, message: String| {
         problems.push(nexus_config::Problem {
             key: key.to_owned(),
-            line: nexus_config::key_line(&text, key),
+            line: nexus_config::key_line(&text, key.split('[').next().unwrap_or(key)),
             message,
         })
     };
@@ -95,8 +96,8 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     };
     if let Some(auth) = &sections.auth {
         auth_warnings(path, auth);
-        if let Err(e) = crate::route::check_token_headers(&auth.token_headers) {
-            problem("auth.token_headers", e);
+        for (i, why) in crate::route::check_token_headers(&auth.token_headers) {
+            problem(&format!("auth.token_headers[{i}]"), why);
         }
     }
     if let Some(tenancy) = &sections.tenancy {
