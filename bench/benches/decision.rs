@@ -158,6 +158,7 @@ fn full_decision(c: &mut Criterion) {
                 authorization: &[authz.as_bytes()],
                 cookies: &[],
                 token_headers: &[],
+                subprotocols: &[],
                 now_unix: now,
             };
             black_box(decide(&facts, &tenancy, &table, &auth).expect("routed"))
@@ -183,6 +184,7 @@ fn full_decision(c: &mut Criterion) {
                     authorization: &[authz.as_bytes()],
                     cookies: &[],
                     token_headers: &[],
+                    subprotocols: &[],
                     now_unix: now,
                 };
                 black_box(decide(&facts, &tenancy, &table, &auth).expect("routed"));

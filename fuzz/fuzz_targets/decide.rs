@@ -165,6 +165,7 @@ fuzz_target!(|input: Input<'_>| {
         authorization: &authorization,
         cookies: &cookies,
         token_headers: &[],
+        subprotocols: &[],
         now_unix: w.now,
     };
     let Ok(d) = decide(&facts, &w.tenancy, &w.table, &w.auth) else {

@@ -27,5 +27,5 @@ fuzz_target!(|data: &[u8]| {
     // a cookie header's.
     let header = [b"Bearer ".as_slice(), data].concat();
     let places = nexus_edge::auth::TokenPlaces::with_session_cookie(Some("sess"));
-    let _ = nexus_edge::auth::extract_token(&[&header], &[data], &[data], &places);
+    let _ = nexus_edge::auth::extract_token(&[&header], &[data], &[data], &[data], &places);
 });

@@ -51,6 +51,8 @@ pub struct RequestFacts<'a> {
     /// Every value of the headers besides `Authorization` that carry a token
     /// ([`crate::auth::TokenPlaces::is_token_header`]), raw.
     pub token_headers: &'a [&'a [u8]],
+    /// Every `Sec-WebSocket-Protocol` value, raw.
+    pub subprotocols: &'a [&'a [u8]],
     /// Current Unix time in seconds.
     pub now_unix: u64,
 }
@@ -204,6 +206,7 @@ fn tenant_identity(
         facts.authorization,
         facts.cookies,
         facts.token_headers,
+        facts.subprotocols,
         places,
     )
     .map_err(RejectReason::BadCredential)?

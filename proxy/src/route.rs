@@ -9,7 +9,10 @@ use std::net::IpAddr;
 
 use pingora::http::RequestHeader;
 
-use crate::auth::credential::{has_token_cookie, is_bearer, without_token_cookies};
+use crate::auth::credential::{
+    has_token_cookie, is_bearer, subprotocol_tokens, without_subprotocol_tokens,
+    without_token_cookies,
+};
 use crate::auth::TokenPlaces;
 use crate::authz::check_claims;
 use crate::decision::Decision;
@@ -600,8 +603,9 @@ pub fn rewrite_upstream_request(
 }
 
 /// Takes the bearer credential (every `Authorization: Bearer`, well-formed or not), the token
-/// cookies (in every spelling the router reads) and every token header off a request
-/// forwarded without an identity. Other schemes and other cookies are the app's and stay.
+/// cookies (in every spelling the router reads), every token header and every subprotocol
+/// that carries a token off a request forwarded without an identity. Other schemes, cookies
+/// and subprotocols are the app's and stay.
 fn take_off_credentials(headers: &mut http::HeaderMap, places: &TokenPlaces) {
     edit_values(headers, http::header::AUTHORIZATION, |v| {
         if is_bearer(v.as_bytes()) {
@@ -616,6 +620,15 @@ fn take_off_credentials(headers: &mut http::HeaderMap, places: &TokenPlaces) {
         }
         // What is left of a valid value is one: the pieces are its own bytes.
         without_token_cookies(v.as_bytes(), places)
+            .and_then(|rest| http::HeaderValue::from_bytes(&rest).ok())
+            .map_or(Edit::Drop, Edit::Replace)
+    });
+    edit_values(headers, http::header::SEC_WEBSOCKET_PROTOCOL, |v| {
+        if subprotocol_tokens(v.as_bytes()).next().is_none() {
+            return Edit::Keep;
+        }
+        // What is left of a valid value is one: the pieces are its own bytes.
+        without_subprotocol_tokens(v.as_bytes())
             .and_then(|rest| http::HeaderValue::from_bytes(&rest).ok())
             .map_or(Edit::Drop, Edit::Replace)
     });
@@ -1109,6 +1122,11 @@ mod tests {
             .expect("header");
         req.append_header("x-access-tokens", "kept")
             .expect("header");
+        req.append_header(
+            "sec-websocket-protocol",
+            "chat, eyJh.eyJz.b3RoZXI, bearer.eyJh.eyJz.b3RoZXI",
+        )
+        .expect("header");
         let original = req.clone();
         rewrite(&mut req, &decision).expect("rewrite");
         assert_eq!(
@@ -1125,6 +1143,7 @@ mod tests {
             all(&req, HeaderName::from_static("x-access-tokens")),
             ["kept"]
         );
+        assert_eq!(all(&req, http::header::SEC_WEBSOCKET_PROTOCOL), ["chat"]);
 
         // A verified identity keeps its credential as sent.
         decision.identity = Some(crate::test_support::identity("acme", None, None));
@@ -1135,6 +1154,10 @@ mod tests {
         assert_eq!(
             all(&req, HeaderName::from_static("x-access-token")).len(),
             1
+        );
+        assert_eq!(
+            all(&req, http::header::SEC_WEBSOCKET_PROTOCOL),
+            ["chat, eyJh.eyJz.b3RoZXI, bearer.eyJh.eyJz.b3RoZXI"]
         );
     }
 

@@ -513,6 +513,7 @@ fn real(w: &World, req: &Req) -> Outcome {
         authorization: &auth,
         cookies: &cookies,
         token_headers: &headers,
+        subprotocols: &[],
         now_unix: w.now,
     };
     match decide(&facts, &w.tenancy, &w.table, &w.auth) {

@@ -4602,3 +4602,68 @@ fn token_places_an_app_reads_carry_the_callers_token_or_are_refused_or_taken_off
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(w.a.hits(), before + 1);
 }
+
+#[test]
+fn a_token_in_a_websocket_subprotocol_is_the_callers_or_refused_or_taken_off() {
+    // A browser cannot set `Authorization` on a WebSocket: apps take the token from a
+    // subprotocol (`new WebSocket(url, ["access_token", token])`).
+    let w = world();
+    let addr = w.edge.addr;
+    let acme = host("acme");
+    let own = w.keys.token("acme", Some("org-acme"));
+    let other = w.keys.token("globex", None);
+    let bearer = format!("Bearer {own}");
+    let protocols = |t: &str| format!("access_token, {t}");
+
+    // Alone it is the credential, checked as a Bearer token is.
+    let r = get(
+        addr,
+        &acme,
+        "/x",
+        &[("Sec-WebSocket-Protocol", &protocols(&own))],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(echoed_header(&r.json(), "x-user-id"), ["user-1"]);
+    let r = get(
+        addr,
+        &acme,
+        "/x",
+        &[("Sec-WebSocket-Protocol", &protocols(&other))],
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Beside the verified token, another one is refused; the same one reaches the app.
+    let r = get(
+        addr,
+        &acme,
+        "/x",
+        &[
+            ("Authorization", &bearer),
+            ("Sec-WebSocket-Protocol", &protocols(&other)),
+        ],
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = get(
+        addr,
+        &acme,
+        "/x",
+        &[
+            ("Authorization", &bearer),
+            ("Sec-WebSocket-Protocol", &protocols(&own)),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        echoed_header(&r.json(), "sec-websocket-protocol"),
+        [protocols(&own)]
+    );
+    // On a public path without an accepted credential, the token's subprotocol goes.
+    let r = get(
+        addr,
+        &acme,
+        "/login",
+        &[("Sec-WebSocket-Protocol", &format!("chat, {other}"))],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(echoed_header(&r.json(), "sec-websocket-protocol"), ["chat"]);
+    assert!(echoed_header(&r.json(), "x-user-id").is_empty());
+}

@@ -221,8 +221,8 @@ fn token_header(v: &str) -> Result<String, String> {
             "{v:?}: cookies that carry a token are named in auth.token_cookies"
         )),
         f if f.starts_with("sec-") => Err(format!(
-            "{v:?} is set by the browser, not by the app's code: the router does not read a \
-             token in it (a WebSocket subprotocol's included: see the README)"
+            "{v:?} is set by the browser, not by the app's code (a JWS in a WebSocket \
+             subprotocol is read as a token already: see the README)"
         )),
         f if NOT_A_TOKEN_HEADER.contains(&f)
             || f.starts_with("x-forwarded-")

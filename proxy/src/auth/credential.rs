@@ -1,5 +1,6 @@
-//! Taking the token from the request: `Authorization: Bearer`, the session cookie, or a place
-//! the instances' apps read one from that the config names ([`TokenPlaces`]).
+//! Taking the token from the request: `Authorization: Bearer`, the session cookie, a WebSocket
+//! subprotocol that is a JWS, or a place the instances' apps read one from that the config
+//! names ([`TokenPlaces`]).
 //!
 //! Tokens in the query string are never read (they end up in logs and referrers). If the
 //! header and the cookie both carry a token they must be the same token: otherwise it is not
@@ -196,14 +197,16 @@ impl TokenPlaces {
     }
 }
 
-/// The request's token, from `Authorization: Bearer`, its token cookies and its token headers
-/// (the values of the headers [`TokenPlaces::is_token_header`] names); `None` if none carries
-/// one. A non-Bearer `Authorization` (e.g. Basic, meant for the app) is not ours and counts
-/// as no token. Every place that carries one must carry the same.
+/// The request's token, from `Authorization: Bearer`, its token cookies, its token headers
+/// (the values of the headers [`TokenPlaces::is_token_header`] names) and its WebSocket
+/// subprotocols (`Sec-WebSocket-Protocol` values, see [`subprotocol_tokens`]); `None` if none
+/// carries one. A non-Bearer `Authorization` (e.g. Basic, meant for the app) is not ours and
+/// counts as no token. Every place that carries one must carry the same.
 pub fn extract_token<'a>(
     authorization: &[&'a [u8]],
     cookie_headers: &[&'a [u8]],
     token_headers: &[&'a [u8]],
+    subprotocols: &[&'a [u8]],
     places: &TokenPlaces,
 ) -> Result<Option<&'a str>, CredentialError> {
     let mut found: Option<&'a str> = match authorization {
@@ -241,7 +244,65 @@ pub fn extract_token<'a>(
             agree(token)?;
         }
     }
+    for value in subprotocols {
+        for token in subprotocol_tokens(value) {
+            agree(token)?;
+        }
+    }
     Ok(found)
+}
+
+/// The tokens a `Sec-WebSocket-Protocol` value carries: each subprotocol (comma-separated,
+/// blanks of any kind trimmed, as Node.js's `ws` and Python's `websockets` read them) that is
+/// a JWS, or ends in one after a `.`-separated prefix (`bearer.eyJ…`). A browser cannot set
+/// `Authorization` on a WebSocket, so apps take the token from there (`new WebSocket(url,
+/// ["access_token", token])`): passed over, another tenant's token would reach them
+/// unchecked. A token encoded otherwise (Kubernetes' base64url of it) is not recognised.
+pub fn subprotocol_tokens(value: &[u8]) -> impl Iterator<Item = &str> {
+    value
+        .split(|&c| c == b',')
+        .filter_map(|element| subprotocol_token(trim_blanks(element)))
+}
+
+/// The JWS a subprotocol is or ends in (see [`subprotocol_tokens`]).
+fn subprotocol_token(element: &[u8]) -> Option<&str> {
+    if !element.windows(3).any(|w| w == b"eyJ") {
+        return None;
+    }
+    // The last three `.`-separated segments, and whatever comes before them.
+    let dots: Vec<usize> = element
+        .iter()
+        .enumerate()
+        .filter(|&(_, &c)| c == b'.')
+        .map(|(i, _)| i)
+        .collect();
+    let jws = match dots.len() {
+        0 | 1 => return None,
+        2 => element,
+        n => &element[dots[n - 3] + 1..],
+    };
+    if !is_jws_shaped(jws) {
+        return None;
+    }
+    std::str::from_utf8(jws).ok()
+}
+
+/// A `Sec-WebSocket-Protocol` value without the subprotocols that carry a token (see
+/// [`subprotocol_tokens`]); `None` when nothing is left. For a request forwarded without an
+/// identity.
+pub fn without_subprotocol_tokens(value: &[u8]) -> Option<Vec<u8>> {
+    let mut kept = Vec::with_capacity(value.len());
+    for element in value.split(|&c| c == b',') {
+        let element = trim_blanks(element);
+        if element.is_empty() || subprotocol_token(element).is_some() {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b", ");
+        }
+        kept.extend_from_slice(element);
+    }
+    (!kept.is_empty()).then_some(kept)
 }
 
 /// The token a token header carries: the token alone, or behind one scheme word (`Bearer x`,
@@ -692,7 +753,7 @@ mod tests {
         ] {
             assert!(is_bearer(v), "{v:?}");
             assert_eq!(
-                extract_token(&[v], &[], &[], &TokenPlaces::with_session_cookie(None)),
+                extract_token(&[v], &[], &[], &[], &TokenPlaces::with_session_cookie(None)),
                 want,
                 "{v:?}"
             );
@@ -702,6 +763,7 @@ mod tests {
             extract_token(
                 &[b"JWT eyJh.eyJz.c2ln"],
                 &[b"sess=eyJh.eyJz.b3RoZXI"],
+                &[],
                 &[],
                 &TokenPlaces::with_session_cookie(Some("sess"))
             ),
@@ -810,7 +872,7 @@ mod tests {
         ];
         for (auth, cookies, headers, want) in cases {
             assert_eq!(
-                extract_token(&auth, &cookies, &headers, &places),
+                extract_token(&auth, &cookies, &headers, &[], &places),
                 want,
                 "{auth:?} {cookies:?} {headers:?}"
             );
@@ -821,10 +883,48 @@ mod tests {
                 &[],
                 &[b"jwt=tok"],
                 &[],
+                &[],
                 &TokenPlaces::with_session_cookie(Some("sess"))
             ),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn a_jws_subprotocol_is_a_token_the_others_the_apps() {
+        use CredentialError::Conflict;
+        let jws = "eyJh.eyJz.c2ln";
+        let other = "eyJh.eyJz.b3RoZXI";
+        let none = TokenPlaces::with_session_cookie(Some("sess"));
+        let read = |protocols: &[&[u8]], bearer: Option<&str>| {
+            let auth = bearer.map(|t| format!("Bearer {t}"));
+            let auth: Vec<&[u8]> = auth.iter().map(|a| a.as_bytes()).collect();
+            extract_token(&auth, &[], &[], protocols, &none).map(|t| t.map(str::to_owned))
+        };
+        let own = Ok(Some(jws.to_owned()));
+        for (protocols, bearer, want) in [
+            // Alone it is the credential, as `new WebSocket(url, ["access_token", t])` sends.
+            (format!("access_token, {jws}"), None, own.clone()),
+            (format!("bearer.{jws}"), None, own.clone()),
+            (format!("chat,{jws}"), Some(jws), own.clone()),
+            // Beside another, the same or refused; blanks beyond ASCII are trimmed as
+            // JavaScript's `trim()` trims them.
+            (format!("access_token, {other}"), Some(jws), Err(Conflict)),
+            (format!("chat, \u{a0}{other}"), Some(jws), Err(Conflict)),
+            (format!("x.y.{other}"), Some(jws), Err(Conflict)),
+            (format!("{jws}, {other}"), None, Err(Conflict)),
+            // Subprotocols that are no JWS are the app's.
+            ("chat, superchat".to_owned(), Some(jws), own.clone()),
+            ("eyJ.only".to_owned(), None, Ok(None)),
+            ("v1.eyJh".to_owned(), None, Ok(None)),
+        ] {
+            assert_eq!(read(&[protocols.as_bytes()], bearer), want, "{protocols}");
+        }
+        assert_eq!(
+            without_subprotocol_tokens(format!("chat, {jws} ,x.{other},v2").as_bytes()),
+            Some(b"chat, v2".to_vec())
+        );
+        assert_eq!(without_subprotocol_tokens(jws.as_bytes()), None);
     }
 
     #[test]
@@ -1122,7 +1222,13 @@ mod tests {
         ];
         for (auth, cookies, want) in cases {
             assert_eq!(
-                extract_token(&auth, &cookies, &[], &TokenPlaces::with_session_cookie(c)),
+                extract_token(
+                    &auth,
+                    &cookies,
+                    &[],
+                    &[],
+                    &TokenPlaces::with_session_cookie(c)
+                ),
                 want,
                 "{auth:?} {cookies:?}"
             );
@@ -1131,6 +1237,7 @@ mod tests {
             extract_token(
                 &[],
                 &[b"sess=tok"],
+                &[],
                 &[],
                 &TokenPlaces::with_session_cookie(None)
             ),
@@ -1146,7 +1253,13 @@ mod tests {
             b"NEXUS_SESSION=forged; nexus_session=tok",
         ] {
             assert_eq!(
-                extract_token(&[], &[forged], &[], &TokenPlaces::with_session_cookie(php)),
+                extract_token(
+                    &[],
+                    &[forged],
+                    &[],
+                    &[],
+                    &TokenPlaces::with_session_cookie(php)
+                ),
                 Err(Conflict),
                 "{forged:?}"
             );
@@ -1155,6 +1268,7 @@ mod tests {
             extract_token(
                 &[],
                 &[b"nexus_sessions=x; nexus-session=y; nexus_session=tok"],
+                &[],
                 &[],
                 &TokenPlaces::with_session_cookie(php)
             ),

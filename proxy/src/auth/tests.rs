@@ -1047,7 +1047,7 @@ mod props {
                 token_headers: vec!["x-token".to_owned()],
                 ..nexus_config::embedded_default().auth
             });
-            let _ = extract_token(&a, &c, &h, &places);
+            let _ = extract_token(&a, &c, &h, &h, &places);
         }
     }
 }

@@ -131,6 +131,7 @@ impl EdgeService {
                         &header_values(req, &http::header::AUTHORIZATION),
                         &header_values(req, &http::header::COOKIE),
                         &token_header_values(req, auth.token_places()),
+                        &header_values(req, &http::header::SEC_WEBSOCKET_PROTOCOL),
                         auth.token_places(),
                     )
                     .ok()
@@ -180,6 +181,7 @@ impl EdgeService {
         let authorization = header_values(req, &http::header::AUTHORIZATION);
         let cookies = header_values(req, &http::header::COOKIE);
         let token_headers = token_header_values(req, self.state.auth.token_places());
+        let subprotocols = header_values(req, &http::header::SEC_WEBSOCKET_PROTOCOL);
         let target = match request_target(req) {
             Ok(target) => target,
             Err(e) => return Err(RejectReason::of_path(e)),
@@ -195,6 +197,7 @@ impl EdgeService {
                     authorization: &authorization,
                     cookies: &cookies,
                     token_headers: &token_headers,
+                    subprotocols: &subprotocols,
                     now_unix: now_unix(),
                 };
                 let table = self.state.bindings.load();
