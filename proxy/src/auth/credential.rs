@@ -170,12 +170,6 @@ impl TokenPlaces {
         }
     }
 
-    /// Whether a cookie of this name carries a token: the router reads it, and takes it off
-    /// a request it forwards without an identity.
-    pub fn is_token_cookie(&self, raw: &[u8]) -> bool {
-        self.cookies.iter().any(|n| same_name(raw, n.as_bytes()))
-    }
-
     /// Whether any header besides `Authorization` carries a token (so that a request's
     /// headers need to be looked through for them).
     pub fn has_headers(&self) -> bool {
@@ -269,18 +263,13 @@ fn subprotocol_token(element: &[u8]) -> Option<&str> {
     if !element.windows(3).any(|w| w == b"eyJ") {
         return None;
     }
-    // The last three `.`-separated segments, and whatever comes before them.
-    let dots: Vec<usize> = element
+    // The last three `.`-separated segments (a prefix ends at the third dot from the end).
+    let prefix_end = element
         .iter()
-        .enumerate()
-        .filter(|&(_, &c)| c == b'.')
-        .map(|(i, _)| i)
-        .collect();
-    let jws = match dots.len() {
-        0 | 1 => return None,
-        2 => element,
-        n => &element[dots[n - 3] + 1..],
-    };
+        .rposition(|&c| c == b'.')
+        .and_then(|last| element[..last].iter().rposition(|&c| c == b'.'))
+        .and_then(|second| element[..second].iter().rposition(|&c| c == b'.'));
+    let jws = prefix_end.map_or(element, |dot| &element[dot + 1..]);
     if !is_jws_shaped(jws) {
         return None;
     }
