@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use pingora::http::RequestHeader;
 
 use crate::auth::credential::{
-    has_token_cookie, is_bearer, subprotocol_tokens, without_subprotocol_tokens,
+    has_token_cookie, holds_subprotocol_token, is_bearer, without_subprotocol_tokens,
     without_token_cookies,
 };
 use crate::auth::TokenPlaces;
@@ -624,7 +624,7 @@ fn take_off_credentials(headers: &mut http::HeaderMap, places: &TokenPlaces) {
             .map_or(Edit::Drop, Edit::Replace)
     });
     edit_values(headers, http::header::SEC_WEBSOCKET_PROTOCOL, |v| {
-        if subprotocol_tokens(v.as_bytes()).next().is_none() {
+        if !holds_subprotocol_token(v.as_bytes()) {
             return Edit::Keep;
         }
         // What is left of a valid value is one: the pieces are its own bytes.

@@ -193,7 +193,7 @@ impl TokenPlaces {
 
 /// The request's token, from `Authorization: Bearer`, its token cookies, its token headers
 /// (the values of the headers [`TokenPlaces::is_token_header`] names) and its WebSocket
-/// subprotocols (`Sec-WebSocket-Protocol` values, see [`subprotocol_tokens`]); `None` if none
+/// subprotocols (`Sec-WebSocket-Protocol` values, see [`subprotocol_holds`]); `None` if none
 /// carries one. A non-Bearer `Authorization` (e.g. Basic, meant for the app) is not ours and
 /// counts as no token. Every place that carries one must carry the same.
 pub fn extract_token<'a>(
@@ -238,52 +238,105 @@ pub fn extract_token<'a>(
             agree(token)?;
         }
     }
-    for value in subprotocols {
-        for token in subprotocol_tokens(value) {
-            agree(token)?;
+    // Kubernetes' form holds the token encoded: it can only repeat one read elsewhere.
+    let mut encoded: Vec<Vec<u8>> = Vec::new();
+    for element in subprotocols.iter().flat_map(|v| subprotocol_elements(v)) {
+        match subprotocol_holds(element) {
+            Held::Nothing => {}
+            Held::Token(token) => agree(token)?,
+            Held::Encoded(token) => encoded.push(token),
+            Held::Unreadable => return Err(CredentialError::Malformed),
         }
+    }
+    if encoded
+        .iter()
+        .any(|token| found.is_none_or(|f| f.as_bytes() != token.as_slice()))
+    {
+        return Err(CredentialError::Malformed);
     }
     Ok(found)
 }
 
-/// The tokens a `Sec-WebSocket-Protocol` value carries: each subprotocol (comma-separated,
-/// blanks of any kind trimmed, as Node.js's `ws` and Python's `websockets` read them) that is
-/// a JWS, or ends in one after a `.`-separated prefix (`bearer.eyJ…`). A browser cannot set
-/// `Authorization` on a WebSocket, so apps take the token from there (`new WebSocket(url,
-/// ["access_token", token])`): passed over, another tenant's token would reach them
-/// unchecked. A token encoded otherwise (Kubernetes' base64url of it) is not recognised.
-pub fn subprotocol_tokens(value: &[u8]) -> impl Iterator<Item = &str> {
+/// The subprotocols of a `Sec-WebSocket-Protocol` value: comma-separated, blanks of any
+/// kind trimmed (as JavaScript's `trim()` and Python's `strip()` trim them), empty ones left
+/// out.
+fn subprotocol_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&c| c == b',')
-        .filter_map(|element| subprotocol_token(trim_blanks(element)))
+        .map(trim_blanks)
+        .filter(|e| !e.is_empty())
 }
 
-/// The JWS a subprotocol is or ends in (see [`subprotocol_tokens`]).
-fn subprotocol_token(element: &[u8]) -> Option<&str> {
-    if !element.windows(3).any(|w| w == b"eyJ") {
-        return None;
+/// What a subprotocol holds of a token (see [`subprotocol_holds`]).
+#[derive(Debug, PartialEq)]
+enum Held<'a> {
+    /// No token: the app's own subprotocol (`chat`, `graphql-ws`).
+    Nothing,
+    /// A JWS, alone or after a `.`-separated prefix (`eyJ…`, `bearer.eyJ…`).
+    Token(&'a str),
+    /// A JWS in Kubernetes' form (`base64url.bearer.authorization.k8s.io.<base64url>`).
+    Encoded(Vec<u8>),
+    /// Something a lenient app could still read a token from: refused.
+    Unreadable,
+}
+
+/// Kubernetes' subprotocol for a bearer token, base64url-encoded after it.
+const KUBERNETES_BEARER: &[u8] = b"base64url.bearer.authorization.k8s.io.";
+
+/// What a subprotocol holds. A browser cannot set `Authorization` on a WebSocket, so apps
+/// take the token from a subprotocol (`new WebSocket(url, ["access_token", token])`):
+/// passed over, another tenant's token there would reach them unchecked. A subprotocol
+/// holding `eyJ` (base64url of `{"`, how every JWS starts) must be a JWS, or one after a
+/// `.`-separated prefix that holds none (`bearer.eyJ…`); anything else holding one is
+/// refused, since some app may still find it: one that strips quotes (`"eyJ…"`), splits at
+/// blanks (`access_token eyJ…`), takes another separator (`Bearer_eyJ…`) or searches
+/// (`eyJ….eyJ…`). So is one holding it `%`-escaped: Daphne (Django Channels) decodes the
+/// whole field before splitting it.
+fn subprotocol_holds(element: &[u8]) -> Held<'_> {
+    const JWS_START: &[u8] = b"eyJ";
+    let holds = |b: &[u8]| b.windows(JWS_START.len()).any(|w| w == JWS_START);
+    if let Some(encoded) = element.strip_prefix(KUBERNETES_BEARER) {
+        use base64::Engine;
+        return match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) {
+            Ok(token) if is_jws_shaped(&token) => Held::Encoded(token),
+            Ok(other) if holds(&other) => Held::Unreadable,
+            _ => Held::Nothing,
+        };
     }
-    // The last three `.`-separated segments (a prefix ends at the third dot from the end).
+    if element.contains(&b'%') && holds(&form_decoded(element).collect::<Vec<u8>>()) {
+        return Held::Unreadable;
+    }
+    if !holds(element) {
+        return Held::Nothing;
+    }
+    // The last three `.`-separated segments; a prefix ends at the third dot from the end.
     let prefix_end = element
         .iter()
         .rposition(|&c| c == b'.')
         .and_then(|last| element[..last].iter().rposition(|&c| c == b'.'))
         .and_then(|second| element[..second].iter().rposition(|&c| c == b'.'));
-    let jws = prefix_end.map_or(element, |dot| &element[dot + 1..]);
-    if !is_jws_shaped(jws) {
-        return None;
+    let (prefix, jws) = match prefix_end {
+        Some(dot) => (&element[..dot], &element[dot + 1..]),
+        None => (&element[..0], element),
+    };
+    match std::str::from_utf8(jws) {
+        Ok(token) if is_jws_shaped(jws) && !holds(prefix) => Held::Token(token),
+        _ => Held::Unreadable,
     }
-    std::str::from_utf8(jws).ok()
 }
 
-/// A `Sec-WebSocket-Protocol` value without the subprotocols that carry a token (see
-/// [`subprotocol_tokens`]); `None` when nothing is left. For a request forwarded without an
-/// identity.
+/// Whether a `Sec-WebSocket-Protocol` value holds a subprotocol with a token, or one that
+/// might be read as one (see [`subprotocol_holds`]).
+pub fn holds_subprotocol_token(value: &[u8]) -> bool {
+    subprotocol_elements(value).any(|e| subprotocol_holds(e) != Held::Nothing)
+}
+
+/// A `Sec-WebSocket-Protocol` value without the subprotocols [`holds_subprotocol_token`]
+/// finds; `None` when nothing is left. For a request forwarded without an identity.
 pub fn without_subprotocol_tokens(value: &[u8]) -> Option<Vec<u8>> {
     let mut kept = Vec::with_capacity(value.len());
-    for element in value.split(|&c| c == b',') {
-        let element = trim_blanks(element);
-        if element.is_empty() || subprotocol_token(element).is_some() {
+    for element in subprotocol_elements(value) {
+        if subprotocol_holds(element) != Held::Nothing {
             continue;
         }
         if !kept.is_empty() {
@@ -881,7 +934,8 @@ mod tests {
 
     #[test]
     fn a_jws_subprotocol_is_a_token_the_others_the_apps() {
-        use CredentialError::Conflict;
+        use base64::Engine;
+        use CredentialError::{Conflict, Malformed};
         let jws = "eyJh.eyJz.c2ln";
         let other = "eyJh.eyJz.b3RoZXI";
         let none = TokenPlaces::with_session_cookie(Some("sess"));
@@ -891,6 +945,11 @@ mod tests {
             extract_token(&auth, &[], &[], protocols, &none).map(|t| t.map(str::to_owned))
         };
         let own = Ok(Some(jws.to_owned()));
+        let k8s = |t: &str| {
+            let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
+            format!("base64.binary.k8s.io, base64url.bearer.authorization.k8s.io.{encoded}")
+        };
+        let escaped = |t: &str| t.replacen('e', "%65", 1);
         for (protocols, bearer, want) in [
             // Alone it is the credential, as `new WebSocket(url, ["access_token", t])` sends.
             (format!("access_token, {jws}"), None, own.clone()),
@@ -902,16 +961,49 @@ mod tests {
             (format!("chat, \u{a0}{other}"), Some(jws), Err(Conflict)),
             (format!("x.y.{other}"), Some(jws), Err(Conflict)),
             (format!("{jws}, {other}"), None, Err(Conflict)),
-            // Subprotocols that are no JWS are the app's.
+            // Kubernetes' form can only repeat a token read elsewhere.
+            (k8s(jws), Some(jws), own.clone()),
+            (k8s(other), Some(jws), Err(Malformed)),
+            (k8s(jws), None, Err(Malformed)),
+            // One an app could still find a token in, otherwise spelt, is refused: quoted,
+            // behind a blank or another separator, after another JWS, `%`-escaped (Daphne
+            // decodes the field), or no JWS at all.
+            (format!("chat, \"{other}\""), Some(jws), Err(Malformed)),
+            (format!("access_token {other}"), Some(jws), Err(Malformed)),
+            (format!("Bearer_{other}"), Some(jws), Err(Malformed)),
+            (format!("Bearer:{other}"), None, Err(Malformed)),
+            (format!("{other}.{jws}"), Some(jws), Err(Malformed)),
+            (
+                format!("chat, {}", escaped(other)),
+                Some(jws),
+                Err(Malformed),
+            ),
+            (
+                format!("chat, access_token%2C{other}"),
+                Some(jws),
+                Err(Malformed),
+            ),
+            ("eyJ.only".to_owned(), None, Err(Malformed)),
+            // Subprotocols that hold none are the app's.
             ("chat, superchat".to_owned(), Some(jws), own.clone()),
-            ("eyJ.only".to_owned(), None, Ok(None)),
-            ("v1.eyJh".to_owned(), None, Ok(None)),
+            (
+                "chat, v1%2Cx, , base64.binary.k8s.io".to_owned(),
+                None,
+                Ok(None),
+            ),
         ] {
             assert_eq!(read(&[protocols.as_bytes()], bearer), want, "{protocols}");
         }
         assert_eq!(
-            without_subprotocol_tokens(format!("chat, {jws} ,x.{other},v2").as_bytes()),
-            Some(b"chat, v2".to_vec())
+            without_subprotocol_tokens(
+                format!(
+                    "chat, {jws} ,x.{other},\"{other}\", {}, {},v2",
+                    escaped(other),
+                    k8s(other)
+                )
+                .as_bytes()
+            ),
+            Some(b"chat, base64.binary.k8s.io, v2".to_vec())
         );
         assert_eq!(without_subprotocol_tokens(jws.as_bytes()), None);
     }
