@@ -201,10 +201,14 @@ enum Carry {
     /// `Authorization: Bearer`, and a configured token query parameter (`?token=`) something
     /// else.
     TokenQueryOther,
+    /// A WebSocket subprotocol alone (`Sec-WebSocket-Protocol: access_token, <token>`).
+    Subprotocol,
+    /// `Authorization: Bearer` the token, a subprotocol another genuine token.
+    SubprotocolDiffer,
 }
 
 /// Every way of carrying a token.
-const CARRIES: [Carry; 9] = [
+const CARRIES: [Carry; 11] = [
     Carry::Bearer,
     Carry::Cookie,
     Carry::BothSame,
@@ -214,6 +218,8 @@ const CARRIES: [Carry; 9] = [
     Carry::Header,
     Carry::HeaderDiffer,
     Carry::TokenQueryOther,
+    Carry::Subprotocol,
+    Carry::SubprotocolDiffer,
 ];
 
 #[derive(Clone, Debug)]
@@ -382,7 +388,11 @@ fn model_tenant(host: &str) -> Option<String> {
 }
 
 fn model(pre: &Prefixes, req: &Req) -> Outcome {
-    if matches!(req.carry, Carry::BothDiffer | Carry::HeaderDiffer) && req.token == Tok::None {
+    if matches!(
+        req.carry,
+        Carry::BothDiffer | Carry::HeaderDiffer | Carry::SubprotocolDiffer
+    ) && req.token == Tok::None
+    {
         // Only the cookie or the token header is there: another tenant's genuine token,
         // nothing to conflict with.
         let zed = Tok::Valid("zed".into(), "org-zed".into());
@@ -432,7 +442,11 @@ fn model(pre: &Prefixes, req: &Req) -> Outcome {
     // caller belongs, as it cannot be taken off).
     let conflict = matches!(
         req.carry,
-        Carry::BothDiffer | Carry::QueryOther | Carry::HeaderDiffer | Carry::TokenQueryOther
+        Carry::BothDiffer
+            | Carry::QueryOther
+            | Carry::HeaderDiffer
+            | Carry::TokenQueryOther
+            | Carry::SubprotocolDiffer
     ) || (req.carry == Carry::QuerySame && req.token == Tok::None);
     let token_ok = !conflict && matches!(req.token, Tok::Valid(..));
     let belongs = token_ok
@@ -480,7 +494,8 @@ fn real(w: &World, req: &Req) -> Outcome {
         Tok::Garbage => Some("not.a.token".to_owned()),
     };
     let other = w.token("zed", "org-zed");
-    let (mut bearer, mut cookie, mut header, mut query) = (None, None, None, None);
+    let (mut bearer, mut cookie, mut header, mut query, mut protocol) =
+        (None, None, None, None, None);
     match req.carry {
         Carry::Bearer => bearer = token.clone(),
         Carry::Cookie => cookie = token.clone(),
@@ -494,6 +509,8 @@ fn real(w: &World, req: &Req) -> Outcome {
         Carry::Header => header = token.clone(),
         Carry::HeaderDiffer => (bearer, header) = (token.clone(), Some(other.clone())),
         Carry::TokenQueryOther => (bearer, query) = (token.clone(), Some(("token", "x".into()))),
+        Carry::Subprotocol => protocol = token.clone(),
+        Carry::SubprotocolDiffer => (bearer, protocol) = (token.clone(), Some(other.clone())),
     }
     let bearer = bearer.map(|t| format!("Bearer {t}"));
     let cookie = cookie.map(|t| format!("theme=dark; nexus_session={t}"));
@@ -505,6 +522,8 @@ fn real(w: &World, req: &Req) -> Outcome {
     let auth: Vec<&[u8]> = bearer.iter().map(|b| b.as_bytes()).collect();
     let cookies: Vec<&[u8]> = cookie.iter().map(|c| c.as_bytes()).collect();
     let headers: Vec<&[u8]> = header.iter().map(|h| h.as_bytes()).collect();
+    let protocol = protocol.map(|t| format!("access_token, {t}"));
+    let protocols: Vec<&[u8]> = protocol.iter().map(|p| p.as_bytes()).collect();
     let facts = RequestFacts {
         host_headers: &host,
         uri_authority: req.authority.as_deref(),
@@ -513,7 +532,7 @@ fn real(w: &World, req: &Req) -> Outcome {
         authorization: &auth,
         cookies: &cookies,
         token_headers: &headers,
-        subprotocols: &[],
+        subprotocols: &protocols,
         now_unix: w.now,
     };
     match decide(&facts, &w.tenancy, &w.table, &w.auth) {
