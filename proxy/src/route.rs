@@ -66,13 +66,16 @@ const MAX_RESERVED_LEN: usize = 20;
 /// - other client-address headers (`X-Original-Forwarded-For`, `X-Originating-IP`);
 /// - `Transfer_Encoding` and `Content_Length` (the framing fields' underscore and dot
 ///   spellings; the fields themselves are the body's framing, read by the router and sent
-///   afresh).
+///   afresh), and `Sec_WebSocket_Protocol` (the subprotocols' such spellings, where an app
+///   folding names would find a token the router reads only under the field's own name).
 pub fn is_reserved(name: &HeaderName) -> bool {
     let b = name.as_str().as_bytes();
-    // The one reserved name starting with `s`, apart: every browser request holds several
+    // The reserved names starting with `s`, apart: every browser request holds several
     // `sec-*` headers, which the families below need not be compared with.
     if b.first() == Some(&b's') {
-        return b.len() == b"script-name".len() && starts_as(b, b"script-name");
+        const SUBPROTOCOLS: &[u8] = b"sec-websocket-protocol";
+        return (b.len() == b"script-name".len() && starts_as(b, b"script-name"))
+            || (b.len() == SUBPROTOCOLS.len() && b != SUBPROTOCOLS && starts_as(b, SUBPROTOCOLS));
     }
     if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c' | b'r')) {
         return false;
@@ -800,6 +803,9 @@ mod tests {
             "cf.access.jwt-assertion",
             "script.name",
             "transfer.encoding",
+            "sec_websocket_protocol",
+            "sec.websocket.protocol",
+            "sec-websocket_protocol",
         ];
         let kept = [
             "x-user-ids",
@@ -834,6 +840,8 @@ mod tests {
             "content_type",
             "x.user",
             "content.type",
+            "sec-websocket-protocol",
+            "sec-websocket-protocols",
         ];
         for name in reserved {
             let n = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));

@@ -4692,4 +4692,26 @@ fn a_token_in_a_websocket_subprotocol_is_the_callers_or_refused_or_taken_off() {
         ["chat, v2"]
     );
     assert!(echoed_header(&r.json(), "x-user-id").is_empty());
+    // The field spelt as an app folding names would read it, which the router does not read
+    // as subprotocols, is taken off every request.
+    let r = get(
+        addr,
+        &acme,
+        "/x",
+        &[
+            ("Authorization", &bearer),
+            ("Sec_WebSocket_Protocol", &protocols(&other)),
+            ("Sec.WebSocket.Protocol", &protocols(&other)),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert!(
+        echoed_header(&echo, "sec_websocket_protocol").is_empty(),
+        "{echo}"
+    );
+    assert!(
+        echoed_header(&echo, "sec.websocket.protocol").is_empty(),
+        "{echo}"
+    );
 }
