@@ -1114,27 +1114,23 @@ mod tests {
         };
         let mut decision = decision_for("/login", "http://127.0.0.1:1").expect("decision");
         let mut req = RequestHeader::build("GET", b"/login", None).expect("request");
-        req.append_header("authorization", "Bearer other.tenant.token")
-            .expect("header");
-        req.append_header("authorization", "Basic dXNlcjpwYXNz")
-            .expect("header");
-        req.append_header("cookie", "theme=dark; sess=other; csrf=1")
-            .expect("header");
-        req.append_header("cookie", "SESS=x").expect("header");
-        req.append_header("cookie", "lang=en").expect("header");
-        req.append_header("cookie", "JWT=other; lang=fr")
-            .expect("header");
-        req.append_header("x-access-token", "other")
-            .expect("header");
-        req.append_header("X_Access_Token", "Bearer other")
-            .expect("header");
-        req.append_header("x-access-tokens", "kept")
-            .expect("header");
-        req.append_header(
-            "sec-websocket-protocol",
-            "chat, eyJh.eyJz.b3RoZXI, bearer.eyJh.eyJz.b3RoZXI",
-        )
-        .expect("header");
+        for (name, value) in [
+            ("authorization", "Bearer other.tenant.token"),
+            ("authorization", "Basic dXNlcjpwYXNz"),
+            ("cookie", "theme=dark; sess=other; csrf=1"),
+            ("cookie", "SESS=x"),
+            ("cookie", "lang=en"),
+            ("cookie", "JWT=other; lang=fr"),
+            ("x-access-token", "other"),
+            ("X_Access_Token", "Bearer other"),
+            ("x-access-tokens", "kept"),
+            (
+                "sec-websocket-protocol",
+                "chat, eyJh.eyJz.b3RoZXI, bearer.eyJh.eyJz.b3RoZXI",
+            ),
+        ] {
+            req.append_header(name, value).expect("header");
+        }
         let original = req.clone();
         rewrite(&mut req, &decision).expect("rewrite");
         assert_eq!(
