@@ -30,7 +30,7 @@ use crate::auth::{extract_token, Authenticator, VerifiedToken};
 use crate::authz::check_claims;
 use crate::errors::RejectReason;
 use crate::host::{request_authority, resolve_host, HostTarget};
-use crate::path::{has_prefix, normalize_path, split_target};
+use crate::path::{has_prefix, normalize_path, split_target, under_prefix_as_routed};
 use crate::policy::{status_decision, BillingNotice, StatusDecision};
 
 /// What the router knows about a request before deciding.
@@ -157,7 +157,7 @@ pub fn decide(
         StatusDecision::Unavailable => return Err(RejectReason::Unavailable),
     };
 
-    let identity = if tenancy.public_paths.iter().any(|p| has_prefix(&path, p)) {
+    let identity = if under_prefix_as_routed(&path, &tenancy.public_paths) {
         let identity = tenant_identity(facts, query, binding, auth).ok();
         if identity.is_none() {
             // Headers can be taken off, a query parameter cannot: an `access_token` (or

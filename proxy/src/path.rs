@@ -714,9 +714,55 @@ pub fn has_prefix(path: &str, prefix: &str) -> bool {
     }
 }
 
+/// Whether `path` is under one of `prefixes` (see [`has_prefix`]) as the app will route it:
+/// for the public and recovery paths, which let a request through without a token or past a
+/// suspension. A path that runs through a PHP script to more path
+/// (`/billing/public/index.php/admin`) is under none: a PHP framework (Symfony, Laravel)
+/// whose front controller is not at the root takes everything up to the script's name as its
+/// base and routes on the rest (`/admin`), wherever the name stands in the path.
+pub fn under_prefix_as_routed(path: &str, prefixes: &[String]) -> bool {
+    prefixes.iter().any(|p| has_prefix(path, p)) && !runs_through_script(path)
+}
+
+/// Whether a segment before the last names a PHP script (`….php`, in any case).
+fn runs_through_script(path: &str) -> bool {
+    const SCRIPT: &[u8] = b".php";
+    let mut segments = path.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let s = segment.as_bytes();
+        if segments.peek().is_some()
+            && s.len() > SCRIPT.len()
+            && s[s.len() - SCRIPT.len()..].eq_ignore_ascii_case(SCRIPT)
+        {
+            return true;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_through_a_php_script_is_under_no_prefix() {
+        let prefixes = ["/billing".to_owned(), "/assets/".to_owned()];
+        for (path, want) in [
+            ("/billing", true),
+            ("/billing/invoices", true),
+            ("/billing/pay.php", true),
+            ("/assets/x.PHP", true),
+            ("/billing/public/index.php/admin/users", false),
+            ("/billing/public/index.php/", false),
+            ("/billing/INDEX.PHP/x", false),
+            ("/assets/app.php/x", false),
+            ("/billing/.php/x", true),
+            ("/billing/php/x", true),
+            ("/api", false),
+        ] {
+            assert_eq!(under_prefix_as_routed(path, &prefixes), want, "{path}");
+        }
+    }
 
     #[test]
     fn normalisation_table() {

@@ -5,7 +5,7 @@
 
 use nexus_binding_store::TenantStatus;
 
-use crate::path::has_prefix;
+use crate::path::under_prefix_as_routed;
 
 /// A notice the app should show its users (sent as a response header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub fn status_decision(
             notice: Some(BillingNotice::PastDue),
         },
         TenantStatus::Suspended => {
-            if recovery_paths.iter().any(|p| has_prefix(path, p)) {
+            if under_prefix_as_routed(path, recovery_paths) {
                 StatusDecision::Serve { notice: None }
             } else {
                 StatusDecision::RecoveryOnly

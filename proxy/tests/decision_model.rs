@@ -362,6 +362,16 @@ fn under(path: &str, prefix: &str) -> bool {
     path == base || path.starts_with(&format!("{base}/"))
 }
 
+/// The README's public and recovery rows: under a prefix, and not through a PHP script to
+/// more path (`/billing/public/index.php/admin`).
+fn under_as_routed(path: &str, prefixes: &[&str]) -> bool {
+    let lower = path.to_ascii_lowercase();
+    let through_script = lower
+        .match_indices(".php/")
+        .any(|(i, _)| i > 0 && !lower[..i].ends_with('/'));
+    prefixes.iter().any(|p| under(path, p)) && !through_script
+}
+
 /// The tenant a (normalised) host names, by the README's tenant row.
 fn model_tenant(host: &str) -> Option<String> {
     let bases = [EU, BASE];
@@ -433,7 +443,7 @@ fn model(pre: &Prefixes, req: &Req) -> Outcome {
         | "provisioning"
         | "validation"
         | "awaiting_customer_action" => return Outcome::Reject(503, Some("30".into())),
-        "suspended" if !pre.recovery.iter().any(|p| under(&path, p)) => return reject(403),
+        "suspended" if !under_as_routed(&path, pre.recovery) => return reject(403),
         _ => {}
     }
     let org = record(&tenant, status).identity_org_id;
@@ -454,7 +464,7 @@ fn model(pre: &Prefixes, req: &Req) -> Outcome {
             Tok::Valid(t, o) => *t == tenant && org.as_ref().is_none_or(|want| want == o),
             _ => false,
         };
-    let public = pre.public.iter().any(|p| under(&path, p));
+    let public = under_as_routed(&path, pre.public);
     let query_token = matches!(
         req.carry,
         Carry::QuerySame | Carry::QueryOther | Carry::TokenQueryOther
@@ -632,7 +642,16 @@ fn every_status_with_every_kind_of_path() {
 fn credentials_in_every_place_on_public_and_private_paths() {
     let mut cases = Vec::new();
     for tenant in ["acme", "susp", "late", "grace"] {
-        for path in ["/app", "/login", "/billing", "/api/v1", "/assets/x?y=1"] {
+        for path in [
+            "/app",
+            "/login",
+            "/billing",
+            "/api/v1",
+            "/assets/x?y=1",
+            "/billing/pay.php",
+            "/billing/public/index.php/app",
+            "/login/index.PHP/",
+        ] {
             for token in [Tok::None, valid(tenant), valid("other"), Tok::Garbage] {
                 for carry in CARRIES {
                     cases.push(Req {

@@ -166,10 +166,27 @@ fn rs256_tokens_and_the_session_cookie_are_accepted() {
     // aiohttp reads `theme` as a flag, then the pair.
     let behind_a_word = format!("theme secure nexus_session={other}");
     let bearer = format!("Bearer {valid}");
+    // Another tenant's token inside Basic credentials (PHP hands every app the decoded user
+    // name) or with its signature spelt otherwise (firebase/php-jwt skips bytes outside the
+    // base64 alphabet there).
+    let in_basic = {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{other}:"));
+        format!("Basic {encoded}")
+    };
+    let respelt = format!("JWT {other}!");
     for headers in [
         vec![
             ("Cookie", cookie.as_str()),
             ("Authorization", forged.as_str()),
+        ],
+        vec![
+            ("Cookie", cookie.as_str()),
+            ("Authorization", in_basic.as_str()),
+        ],
+        vec![
+            ("Cookie", cookie.as_str()),
+            ("Authorization", respelt.as_str()),
         ],
         vec![("Cookie", padded.as_str())],
         vec![("Cookie", php.as_str())],
@@ -223,8 +240,15 @@ fn custom_domain_and_public_paths() {
         assert_eq!(r.status, 200, "{path}: {}", r.text());
         assert_eq!(r.json()["instance"], "instance-b");
     }
-    // Prefixes are segment-aware, and traversal out of a public prefix is normalised first.
-    for path in ["/loginx", "/assets/../api/secret", "/login/%2e%2e/admin"] {
+    // Prefixes are segment-aware, and traversal out of a public prefix is normalised first. A
+    // path through a PHP script to more path is no public path: a PHP framework whose front
+    // controller is not at the root routes `/login/public/index.php/admin` as `/admin`.
+    for path in [
+        "/loginx",
+        "/assets/../api/secret",
+        "/login/%2e%2e/admin",
+        "/login/public/index.php/admin",
+    ] {
         let r = get(w.edge.addr, &host("globex"), path, &[]);
         assert_eq!(r.status, 401, "{path}");
     }
@@ -319,6 +343,13 @@ fn names_under_the_base_domain_belong_to_the_tenant_they_are_under() {
 #[test]
 fn a_public_path_forwards_only_a_credential_of_its_tenant() {
     let w = world();
+    let basic = |s: &str| {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
+    };
     let addr = w.edge.addr;
     let acme = host("acme");
     let own = w.keys.token("acme", Some("org-acme"));
@@ -357,6 +388,10 @@ fn a_public_path_forwards_only_a_credential_of_its_tenant() {
         // and PyJWT still read.
         ("Authorization", format!("JWT\u{a0}{other}"), vec![]),
         ("Authorization", format!("JWT {other}=="), vec![]),
+        // Inside Basic credentials, which PHP decodes for every app (`PHP_AUTH_USER`), or
+        // inside an auth-param.
+        ("Authorization", basic(&format!("{other}:")), vec![]),
+        ("Authorization", format!("Token token=\"{other}\""), vec![]),
         (
             "Cookie",
             format!("theme=dark nexus_session={own}; lang=en; nexus_session={other}"),
@@ -1430,6 +1465,8 @@ fn status_policy_for_every_state() {
         "/admin/recovery/reset",
         "/billing/./x",
         "/billing//x",
+        // A script of its own is a recovery page like any other.
+        "/billing/pay.php",
     ] {
         let r = get_with_token(addr, &host("susp"), ok, &t("susp"));
         assert_eq!(r.status, 200, "suspended {ok}: {}", r.text());
@@ -1455,6 +1492,10 @@ fn status_policy_for_every_state() {
         "/billing/..%C2%85/api",
         "/billing/%EF%BC%8E%EF%BC%8E/api",
         "/billing/..%EF%BC%8Fapi/export",
+        // Through a PHP script to more path: Symfony and Laravel with their front controller
+        // at `/public/index.php` route this as `/admin/users`.
+        "/billing/public/index.php/admin/users",
+        "/billing/public/index.php/",
     ] {
         let r = get_with_token(addr, &host("susp"), blocked, &t("susp"));
         assert!(

@@ -286,27 +286,25 @@ const KUBERNETES_BEARER: &[u8] = b"base64url.bearer.authorization.k8s.io.";
 /// What a subprotocol holds. A browser cannot set `Authorization` on a WebSocket, so apps
 /// take the token from a subprotocol (`new WebSocket(url, ["access_token", token])`):
 /// passed over, another tenant's token there would reach them unchecked. A subprotocol
-/// holding `eyJ` (base64url of `{"`, how every JWS starts) must be a JWS, or one after a
-/// `.`-separated prefix that holds none (`bearer.eyJ…`); anything else holding one is
-/// refused, since some app may still find it: one that strips quotes (`"eyJ…"`), splits at
-/// blanks (`access_token eyJ…`), takes another separator (`Bearer_eyJ…`) or searches
-/// (`eyJ….eyJ…`). So is one holding it `%`-escaped: Daphne (Django Channels) decodes the
-/// whole field before splitting it.
+/// holding a JWS (see [`holds_jws`]) must be one, or one after a `.`-separated prefix that
+/// holds none (`bearer.eyJ…`); anything else holding one is refused, since some app may
+/// still find it: one that strips quotes (`"eyJ…"`), splits at blanks (`access_token
+/// eyJ…`), takes another separator (`Bearer_eyJ…`) or searches (`eyJ….eyJ…`). So is one
+/// holding it `%`-escaped: Daphne (Django Channels) decodes the whole field before
+/// splitting it.
 fn subprotocol_holds(element: &[u8]) -> Held<'_> {
-    const JWS_START: &[u8] = b"eyJ";
-    let holds = |b: &[u8]| b.windows(JWS_START.len()).any(|w| w == JWS_START);
     if let Some(encoded) = element.strip_prefix(KUBERNETES_BEARER) {
         use base64::Engine;
         return match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) {
             Ok(token) if is_jws_shaped(&token) => Held::Encoded(token),
-            Ok(other) if holds(&other) => Held::Unreadable,
+            Ok(other) if holds_jws(&other) => Held::Unreadable,
             _ => Held::Nothing,
         };
     }
-    if element.contains(&b'%') && holds(&form_decoded(element).collect::<Vec<u8>>()) {
+    if element.contains(&b'%') && holds_jws(&form_decoded(element).collect::<Vec<u8>>()) {
         return Held::Unreadable;
     }
-    if !holds(element) {
+    if !holds_jws(element) {
         return Held::Nothing;
     }
     // The last three `.`-separated segments; a prefix ends at the third dot from the end.
@@ -320,7 +318,7 @@ fn subprotocol_holds(element: &[u8]) -> Held<'_> {
         None => (&element[..0], element),
     };
     match std::str::from_utf8(jws) {
-        Ok(token) if is_jws_shaped(jws) && !holds(prefix) => Held::Token(token),
+        Ok(token) if is_jws_shaped(jws) && !holds_jws(prefix) => Held::Token(token),
         _ => Held::Unreadable,
     }
 }
@@ -659,22 +657,79 @@ fn words(value: &[u8]) -> Vec<&[u8]> {
     out
 }
 
+/// Whether `b` holds the signed part of a JWS: `eyJ` (base64url of `{"`), base64url, a `.`,
+/// base64url, a `.`. A verifier checks the signature over those bytes as sent, so no token
+/// that verifies anywhere spells them otherwise; its signature segment it may (PHP's
+/// `base64_decode`, under firebase/php-jwt, skips bytes outside the alphabet).
+fn holds_jws(b: &[u8]) -> bool {
+    let run = |b: &[u8]| {
+        b.iter()
+            .take_while(|&&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            .count()
+    };
+    (0..b.len().saturating_sub(2))
+        .filter(|&i| b[i..].starts_with(b"eyJ"))
+        .any(|i| {
+            let rest = &b[i + 3..];
+            let Some(rest) = rest[run(rest)..].strip_prefix(b".") else {
+                return false;
+            };
+            let payload = run(rest);
+            payload > 0 && rest.get(payload) == Some(&b'.')
+        })
+}
+
+/// Whether an `Authorization` value holds a JWS some app could read that [`holds_jws`] does
+/// not see as sent: `%`-escaped, or inside `Basic` credentials, which PHP decodes for every
+/// app (`PHP_AUTH_USER`, `PHP_AUTH_PW`: an API key as the user name is common).
+fn hides_jws(value: &[u8]) -> bool {
+    if value.contains(&b'%') && holds_jws(&form_decoded(value).collect::<Vec<u8>>()) {
+        return true;
+    }
+    let basic = value
+        .get(..6)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"basic "));
+    if !basic {
+        return false;
+    }
+    // Decoded as leniently as PHP does: bytes outside the alphabet skipped.
+    let alphabet: Vec<u8> = value[6..]
+        .iter()
+        .copied()
+        .filter(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+        .collect();
+    let usable = alphabet.len() - alphabet.len() % 4;
+    use base64::Engine;
+    let lenient = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let decoded = lenient.decode(&alphabet[..usable]).unwrap_or_default();
+    holds_jws(&decoded)
+}
+
 /// A token in another scheme's `Authorization` (not `Bearer`): a JWS as the whole of its
 /// credentials (`JWT eyJ…`, `Token eyJ…`) or as the whole field is read as a `Bearer` token
-/// (checked, and taken off where another credential would be); one among other words
-/// (`Basic eA==, JWT eyJ…`) is refused. Apps configured for such a scheme (passport-jwt's
-/// `fromAuthHeaderWithScheme("JWT")`, Simple JWT's `AUTH_HEADER_TYPES`) or that read the
-/// field whole take it for the caller's token: passed over, another tenant's token would
-/// reach them unchecked. Another scheme without one (`Basic`, an opaque `Token`) is the app's.
+/// (checked, and taken off where another credential would be). Apps configured for such a
+/// scheme (passport-jwt's `fromAuthHeaderWithScheme("JWT")`, Simple JWT's
+/// `AUTH_HEADER_TYPES`) or that read the field whole take it for the caller's token: passed
+/// over, another tenant's token would reach them unchecked. Any other value holding one (see
+/// [`holds_jws`]) is refused (and taken off): among other words (`Basic eA==, JWT eyJ…`),
+/// inside a word (`Token token="eyJ…"`, `xBearer eyJ…`), with its signature spelt otherwise
+/// (`JWT eyJ….eyJ….ab+/`, which firebase/php-jwt verifies), `%`-escaped, or base64-encoded
+/// in `Basic` credentials. Another scheme without one (`Basic`, an opaque `Token`) is the
+/// app's.
 fn jws_under_another_scheme(value: &[u8]) -> Result<Option<&str>, CredentialError> {
-    // Only a value holding `eyJ` can hold one: the common case (Basic) pays no more.
-    if !value.windows(3).any(|w| w == b"eyJ") {
-        return Ok(None);
+    if !holds_jws(value) {
+        return if hides_jws(value) {
+            Err(CredentialError::Malformed)
+        } else {
+            Ok(None)
+        };
     }
     let words = words(value);
-    if !words.iter().any(|w| is_jws_shaped(w)) {
-        return Ok(None);
-    }
     // As RFC 7235 writes one, `scheme 1*SP token`, or the token alone, with no other blank
     // (a blank beyond ASCII splits the field for some apps and not for others).
     let plain = value
@@ -758,8 +813,38 @@ mod tests {
             b"Basic xbearer",
             b"Token 9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b",
             b"Basic eyJhbGciOiJub25lIn0=",
+            // `eyJ` alone, or a JWS's start without its second `.`, is no JWS.
+            b"Token eyJ9944b09199c62bcf9418ad846dd0e4bb.x",
+            b"Basic dXNlcjpleUpoLmV5Snp4",
         ] {
             assert!(!is_bearer(v), "{v:?}");
+        }
+        // A JWS otherwise than as the whole credentials: refused (and so taken off) wherever
+        // it hides, as some app would still read it.
+        use base64::Engine;
+        let basic = |s: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            )
+        };
+        for v in [
+            // PHP decodes Basic for every app: the JWS as `PHP_AUTH_USER` or `PHP_AUTH_PW`.
+            basic("eyJh.eyJz.c2ln:"),
+            basic("api:eyJh.eyJz.c2ln"),
+            format!("{}!", basic("api:eyJh.eyJz.c2ln")),
+            // Inside a word: an auth-param, behind a prefix (Laravel's `bearerToken()` finds
+            // `Bearer ` anywhere), quoted.
+            "Token token=\"eyJh.eyJz.c2ln\"".to_owned(),
+            "xBearer eyJh.eyJz.c2ln\"".to_owned(),
+            // Its signature spelt otherwise (firebase/php-jwt skips bytes outside the
+            // alphabet), or `%`-escaped.
+            "JWT eyJh.eyJz.c2+/".to_owned(),
+            "JWT eyJh.eyJz.c2*ln".to_owned(),
+            "JWT %65yJh.eyJz.c2ln".to_owned(),
+        ] {
+            assert!(is_bearer(v.as_bytes()), "{v}");
+            assert_eq!(bearer(v.as_bytes()), Err(CredentialError::Malformed), "{v}");
         }
         // Read as a credential, a Bearer one's near-misses refused. A JWS under another
         // scheme, or alone, is the token as a Bearer one would be; one among other words,
@@ -983,8 +1068,8 @@ mod tests {
                 Some(jws),
                 Err(Malformed),
             ),
-            ("eyJ.only".to_owned(), None, Err(Malformed)),
-            // Subprotocols that hold none are the app's.
+            // Subprotocols that hold none are the app's (`eyJ` alone is no JWS).
+            ("eyJ.only, v1.eyJh".to_owned(), None, Ok(None)),
             ("chat, superchat".to_owned(), Some(jws), own.clone()),
             (
                 "chat, v1%2Cx, , base64.binary.k8s.io".to_owned(),
