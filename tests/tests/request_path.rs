@@ -175,6 +175,9 @@ fn rs256_tokens_and_the_session_cookie_are_accepted() {
         format!("Basic {encoded}")
     };
     let respelt = format!("JWT {other}!");
+    // Where a lenient Basic parser finds it (`/Basic\s+(.*)$/i`): behind a tab, another word.
+    let basic_tab = in_basic.replacen(' ', "\t", 1);
+    let basic_behind_a_word = format!("Token {in_basic}");
     for headers in [
         vec![
             ("Cookie", cookie.as_str()),
@@ -187,6 +190,14 @@ fn rs256_tokens_and_the_session_cookie_are_accepted() {
         vec![
             ("Cookie", cookie.as_str()),
             ("Authorization", respelt.as_str()),
+        ],
+        vec![
+            ("Cookie", cookie.as_str()),
+            ("Authorization", basic_tab.as_str()),
+        ],
+        vec![
+            ("Cookie", cookie.as_str()),
+            ("Authorization", basic_behind_a_word.as_str()),
         ],
         vec![("Cookie", padded.as_str())],
         vec![("Cookie", php.as_str())],

@@ -679,26 +679,44 @@ fn holds_jws(b: &[u8]) -> bool {
         })
 }
 
+/// Most words `basic` an `Authorization` value may hold: beyond it, it is refused (no
+/// credentials name the scheme more often, and each is decoded behind).
+const MAX_BASIC_WORDS: usize = 4;
+
 /// Whether an `Authorization` value holds a JWS some app could read that [`holds_jws`] does
 /// not see as sent: `%`-escaped, or inside `Basic` credentials, which PHP decodes for every
-/// app (`PHP_AUTH_USER`, `PHP_AUTH_PW`: an API key as the user name is common).
+/// app (`PHP_AUTH_USER`, `PHP_AUTH_PW`: an API key as the user name is common). Those are
+/// looked for where lenient parsers find them: behind the word `basic` in any case wherever
+/// it stands, its separator skipped or not (tuupola/slim-basic-auth matches
+/// `/Basic\s+(.*)$/i`; others decode what follows the scheme's first six bytes, whatever the
+/// sixth is).
 fn hides_jws(value: &[u8]) -> bool {
     if value.contains(&b'%') && holds_jws(&form_decoded(value).collect::<Vec<u8>>()) {
         return true;
     }
-    let basic = value
-        .get(..6)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"basic "));
-    if !basic {
-        return false;
-    }
-    // Decoded as leniently as PHP does: bytes outside the alphabet skipped.
-    let alphabet: Vec<u8> = value[6..]
-        .iter()
-        .copied()
-        .filter(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+    const BASIC: &[u8] = b"basic";
+    let ends: Vec<usize> = (0..=value.len().saturating_sub(BASIC.len()))
+        .filter(|&i| value[i..].len() >= BASIC.len())
+        .filter(|&i| value[i..i + BASIC.len()].eq_ignore_ascii_case(BASIC))
+        .map(|i| i + BASIC.len())
         .collect();
-    let usable = alphabet.len() - alphabet.len() % 4;
+    if ends.len() > MAX_BASIC_WORDS {
+        return true;
+    }
+    ends.iter().any(|&end| {
+        let blanks = value[end..]
+            .iter()
+            .take_while(|c| c.is_ascii_whitespace())
+            .count();
+        [end, end + 1, end + blanks]
+            .iter()
+            .any(|&from| value.get(from..).is_some_and(decodes_to_jws))
+    })
+}
+
+/// Whether `b`, base64-decoded as leniently as PHP's `base64_decode` (bytes outside the
+/// alphabet skipped; the standard alphabet, then the URL-safe one), holds a JWS.
+fn decodes_to_jws(b: &[u8]) -> bool {
     use base64::Engine;
     let lenient = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
@@ -706,8 +724,19 @@ fn hides_jws(value: &[u8]) -> bool {
             .with_decode_allow_trailing_bits(true)
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    let decoded = lenient.decode(&alphabet[..usable]).unwrap_or_default();
-    holds_jws(&decoded)
+    [(b'+', b'/'), (b'-', b'_')].iter().any(|&(plus, slash)| {
+        let alphabet: Vec<u8> = b
+            .iter()
+            .filter_map(|&c| match c {
+                c if c.is_ascii_alphanumeric() => Some(c),
+                c if c == plus => Some(b'+'),
+                c if c == slash => Some(b'/'),
+                _ => None,
+            })
+            .collect();
+        let usable = alphabet.len() - alphabet.len() % 4;
+        holds_jws(&lenient.decode(&alphabet[..usable]).unwrap_or_default())
+    })
 }
 
 /// A token in another scheme's `Authorization` (not `Bearer`): a JWS as the whole of its
@@ -842,6 +871,15 @@ mod tests {
             "JWT eyJh.eyJz.c2+/".to_owned(),
             "JWT eyJh.eyJz.c2*ln".to_owned(),
             "JWT %65yJh.eyJz.c2ln".to_owned(),
+            // Basic credentials wherever a lenient parser finds them: behind a tab, a colon,
+            // any sixth byte, another word, in any case, in the URL-safe alphabet.
+            basic("eyJh.eyJz.c2ln:x").replacen(' ', "\t", 1),
+            basic("eyJh.eyJz.c2ln:x").replacen(' ', ":", 1),
+            basic("eyJh.eyJz.c2ln:x").replacen(' ', "X", 1),
+            format!("Token {}", basic("x:eyJh.eyJz.c2ln")),
+            basic("x:eyJh.eyJz.c2ln").replacen("Basic", "Foo realm=basic", 1),
+            "basic eDpleUpoLmV5SnouYzJsbj8-".to_owned(),
+            "Basic a, Basic b, Basic c, Basic d, Basic e".to_owned(),
         ] {
             assert!(is_bearer(v.as_bytes()), "{v}");
             assert_eq!(bearer(v.as_bytes()), Err(CredentialError::Malformed), "{v}");
