@@ -662,21 +662,31 @@ fn words(value: &[u8]) -> Vec<&[u8]> {
 /// that verifies anywhere spells them otherwise; its signature segment it may (PHP's
 /// `base64_decode`, under firebase/php-jwt, skips bytes outside the alphabet).
 fn holds_jws(b: &[u8]) -> bool {
-    let run = |b: &[u8]| {
-        b.iter()
+    // Where the base64url run from `from` ends.
+    let run_end = |from: usize| {
+        from + b[from..]
+            .iter()
             .take_while(|&&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
             .count()
     };
-    (0..b.len().saturating_sub(2))
-        .filter(|&i| b[i..].starts_with(b"eyJ"))
-        .any(|i| {
-            let rest = &b[i + 3..];
-            let Some(rest) = rest[run(rest)..].strip_prefix(b".") else {
-                return false;
-            };
-            let payload = run(rest);
-            payload > 0 && rest.get(payload) == Some(&b'.')
-        })
+    let mut i = 0;
+    while i + 3 <= b.len() {
+        if &b[i..i + 3] != b"eyJ" {
+            i += 1;
+            continue;
+        }
+        let header_end = run_end(i + 3);
+        if b.get(header_end) == Some(&b'.') {
+            let payload_end = run_end(header_end + 1);
+            if payload_end > header_end + 1 && b.get(payload_end) == Some(&b'.') {
+                return true;
+            }
+        }
+        // Every later `eyJ` of this run ends where this one does: on past it, so that each
+        // byte is read a bounded number of times (`eyJeyJeyJ…` costs no more than its length).
+        i = header_end;
+    }
+    false
 }
 
 /// Most words `basic` an `Authorization` value may hold: beyond it, it is refused (no
@@ -1053,6 +1063,30 @@ mod tests {
             ),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn what_holds_a_jws() {
+        for (b, want) in [
+            (&b"eyJh.eyJz.c2ln"[..], true),
+            (b"eyJ.x.", true),
+            (b"Token token=\"eyJh.eyJz.c2+/\"", true),
+            (b"eyJh.eyJz", false),
+            (b"eyJh..c2ln", false),
+            (b"eyJ", false),
+            (b"ey", false),
+            (b"", false),
+            (b"xeyJeyJh.eyJz!eyJa.b.", true),
+            (b"eyJh.e yJz.", false),
+        ] {
+            assert_eq!(holds_jws(b), want, "{}", String::from_utf8_lossy(b));
+        }
+        // A long run of `eyJ`s (one pass, whatever its length).
+        let long = b"eyJ".repeat(20_000);
+        assert!(!holds_jws(&long));
+        let mut long_then_jws = long.clone();
+        long_then_jws.extend_from_slice(b".x.");
+        assert!(holds_jws(&long_then_jws));
     }
 
     #[test]
