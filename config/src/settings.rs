@@ -112,7 +112,7 @@ pub struct AuthSettings {
     /// Cookie that may carry the token besides `Authorization: Bearer`.
     pub session_cookie: Option<String>,
     /// Headers an instance's app reads a token from besides `Authorization`, lowercase with
-    /// `_` written `-` (the spellings frameworks fold together): read as the router reads
+    /// `_` and `.` written `-` (the spellings servers fold together): read as the router reads
     /// `Authorization: Bearer`, and every one present must carry the request's token.
     pub token_headers: Vec<String>,
     /// Cookies an instance's app reads a token from besides the session cookie: read as the

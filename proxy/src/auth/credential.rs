@@ -290,18 +290,20 @@ const KUBERNETES_BEARER: &[u8] = b"base64url.bearer.authorization.k8s.io.";
 /// holds none (`bearer.eyJ…`); anything else holding one is refused, since some app may
 /// still find it: one that strips quotes (`"eyJ…"`), splits at blanks (`access_token
 /// eyJ…`), takes another separator (`Bearer_eyJ…`) or searches (`eyJ….eyJ…`). So is one
-/// holding it `%`-escaped: Daphne (Django Channels) decodes the whole field before
-/// splitting it.
+/// holding it `%`-escaped (Daphne, under Django Channels, decodes the whole field before
+/// splitting it) or base64-encoded otherwise than as Kubernetes' form strictly writes it.
 fn subprotocol_holds(element: &[u8]) -> Held<'_> {
     if let Some(encoded) = element.strip_prefix(KUBERNETES_BEARER) {
         use base64::Engine;
-        return match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) {
-            Ok(token) if is_jws_shaped(&token) => Held::Encoded(token),
-            Ok(other) if holds_jws(&other) => Held::Unreadable,
-            _ => Held::Nothing,
-        };
+        if let Ok(token) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) {
+            if is_jws_shaped(&token) {
+                return Held::Encoded(token);
+            }
+        }
     }
-    if element.contains(&b'%') && holds_jws(&form_decoded(element).collect::<Vec<u8>>()) {
+    // Base64 of one (Kubernetes' form padded, or any app's own encoding) too: decoders are
+    // lenient about padding and alphabet.
+    if escapes_jws(element) || decodes_to_jws(element) {
         return Held::Unreadable;
     }
     if !holds_jws(element) {
@@ -697,10 +699,13 @@ fn holds_jws(b: &[u8]) -> bool {
 /// the scheme's first six bytes, whatever the sixth is): so the whole value is decoded, at
 /// each of base64's four alignments, which covers a decoding from any byte of it.
 fn hides_jws(value: &[u8]) -> bool {
-    if value.contains(&b'%') && holds_jws(&form_decoded(value).collect::<Vec<u8>>()) {
-        return true;
-    }
-    decodes_to_jws(value)
+    escapes_jws(value) || decodes_to_jws(value)
+}
+
+/// Whether `b` holds a JWS once its `%`-escapes are decoded (and none as sent: see
+/// [`holds_jws`]).
+fn escapes_jws(b: &[u8]) -> bool {
+    b.contains(&b'%') && holds_jws(&form_decoded(b).collect::<Vec<u8>>())
 }
 
 /// Whether `b`, base64-decoded from any byte as leniently as PHP's `base64_decode` (bytes
@@ -1109,6 +1114,22 @@ mod tests {
             (k8s(jws), Some(jws), own.clone()),
             (k8s(other), Some(jws), Err(Malformed)),
             (k8s(jws), None, Err(Malformed)),
+            // Padded (Node's `Buffer.from(x, "base64url")` takes it), or the token as it is
+            // behind Kubernetes' prefix, or base64 of it in any subprotocol.
+            (format!("{}==", k8s(other)), Some(jws), Err(Malformed)),
+            (
+                format!("base64url.bearer.authorization.k8s.io.{other}"),
+                Some(jws),
+                Err(Conflict),
+            ),
+            (
+                format!(
+                    "access_token, {}",
+                    base64::engine::general_purpose::STANDARD.encode(other)
+                ),
+                Some(jws),
+                Err(Malformed),
+            ),
             // One an app could still find a token in, otherwise spelt, is refused: quoted,
             // behind a blank or another separator, after another JWS, `%`-escaped (Daphne
             // decodes the field), or no JWS at all.
@@ -1170,6 +1191,18 @@ mod tests {
         }
         assert!(places.has_headers());
         assert!(!TokenPlaces::with_session_cookie(None).has_headers());
+        // As the config writes a name, whatever its spelling there: the two folds agree.
+        let settings = nexus_config::parse_str(
+            "[auth]\njwks_file = \"k.json\"\ntoken_headers = [\"X_Access.Token\"]\n\
+             [store]\nkind = \"file\"\npath = \"b.json\"\n",
+            std::path::Path::new("/etc/nexus/edge.toml"),
+        )
+        .expect("config");
+        let configured = TokenPlaces::new(&settings.auth);
+        for name in ["x-access-token", "x_access_token", "x.access.token"] {
+            let name = http::HeaderName::from_static(name);
+            assert!(configured.is_token_header(&name), "{name}");
+        }
     }
 
     #[test]

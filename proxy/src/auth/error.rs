@@ -146,7 +146,10 @@ pub enum CredentialError {
     Conflict,
     /// `Authorization: Bearer`, a token cookie or a token header without a valid token (RFC
     /// 6750 §2.1 syntax), or spelt so that an app could read it otherwise.
-    #[error("malformed credential (Authorization, a token cookie or a token header)")]
+    #[error(
+        "malformed credential (Authorization, a token cookie, a token header or a WebSocket \
+         subprotocol)"
+    )]
     Malformed,
     /// More than one `Authorization` header.
     #[error("more than one Authorization header")]
