@@ -735,7 +735,9 @@ fn decodes_to_jws(b: &[u8]) -> bool {
                 return false;
             };
             let usable = from.len() - from.len() % 4;
-            holds_jws(&lenient.decode(&from[..usable]).unwrap_or_default())
+            let decoded = lenient.decode(&from[..usable]).unwrap_or_default();
+            // `%`-escaped inside too (an app that decodes `PHP_AUTH_USER` once more).
+            holds_jws(&decoded) || escapes_jws(&decoded)
         })
     })
 }
@@ -880,8 +882,9 @@ mod tests {
             format!("Token {}", basic("x:eyJh.eyJz.c2ln")),
             basic("x:eyJh.eyJz.c2ln").replacen("Basic", "Foo realm=basic", 1),
             "basic eDpleUpoLmV5SnouYzJsbj8-".to_owned(),
-            // Behind any number of other words.
+            // Behind any number of other words; `%`-escaped inside.
             format!("Digest a=b, c=d, {}", basic("x:eyJh.eyJz.c2ln")),
+            basic("%65yJh.eyJz.c2ln:x"),
         ] {
             assert!(is_bearer(v.as_bytes()), "{v}");
             assert_eq!(bearer(v.as_bytes()), Err(CredentialError::Malformed), "{v}");
