@@ -301,13 +301,14 @@ fn subprotocol_holds(element: &[u8]) -> Held<'_> {
             }
         }
     }
-    // Base64 of one (Kubernetes' form padded, or any app's own encoding) too: decoders are
-    // lenient about padding and alphabet.
-    if escapes_jws(element) || decodes_to_jws(element) {
-        return Held::Unreadable;
-    }
     if !holds_jws(element) {
-        return Held::Nothing;
+        // `%`-escaped, or base64 of one (Kubernetes' form padded, or any app's own
+        // encoding): decoders are lenient about padding and alphabet.
+        return if escapes_jws(element) || decodes_to_jws(element) {
+            Held::Unreadable
+        } else {
+            Held::Nothing
+        };
     }
     // The last three `.`-separated segments; a prefix ends at the third dot from the end.
     let prefix_end = element
@@ -320,7 +321,9 @@ fn subprotocol_holds(element: &[u8]) -> Held<'_> {
         None => (&element[..0], element),
     };
     match std::str::from_utf8(jws) {
-        Ok(token) if is_jws_shaped(jws) && !holds_jws(prefix) => Held::Token(token),
+        Ok(token) if is_jws_shaped(jws) && !holds_jws(prefix) && !escapes_jws(prefix) => {
+            Held::Token(token)
+        }
         _ => Held::Unreadable,
     }
 }
@@ -1141,6 +1144,11 @@ mod tests {
             (format!("Bearer_{other}"), Some(jws), Err(Malformed)),
             (format!("Bearer:{other}"), None, Err(Malformed)),
             (format!("{other}.{jws}"), Some(jws), Err(Malformed)),
+            (
+                format!("{}.{jws}", escaped(other)),
+                Some(jws),
+                Err(Malformed),
+            ),
             (
                 format!("chat, {}", escaped(other)),
                 Some(jws),
