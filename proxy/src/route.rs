@@ -628,22 +628,14 @@ fn take_off_credentials(headers: &mut http::HeaderMap, places: &TokenPlaces) {
         }
     });
     edit_values(headers, http::header::COOKIE, |v| {
-        if !has_token_cookie(v.as_bytes(), places) {
-            return Edit::Keep;
-        }
-        // What is left of a valid value is one: the pieces are its own bytes.
-        without_token_cookies(v.as_bytes(), places)
-            .and_then(|rest| http::HeaderValue::from_bytes(&rest).ok())
-            .map_or(Edit::Drop, Edit::Replace)
+        without_pieces(
+            v,
+            |b| has_token_cookie(b, places),
+            |b| without_token_cookies(b, places),
+        )
     });
     edit_values(headers, http::header::SEC_WEBSOCKET_PROTOCOL, |v| {
-        if !holds_subprotocol_token(v.as_bytes()) {
-            return Edit::Keep;
-        }
-        // What is left of a valid value is one: the pieces are its own bytes.
-        without_subprotocol_tokens(v.as_bytes())
-            .and_then(|rest| http::HeaderValue::from_bytes(&rest).ok())
-            .map_or(Edit::Drop, Edit::Replace)
+        without_pieces(v, holds_subprotocol_token, without_subprotocol_tokens)
     });
     if places.has_headers() {
         let carrying: Vec<HeaderName> = headers
@@ -655,6 +647,22 @@ fn take_off_credentials(headers: &mut http::HeaderMap, places: &TokenPlaces) {
             headers.remove(name);
         }
     }
+}
+
+/// The edit that takes off a list field's pieces `holds` finds (`without` gives the rest):
+/// kept as it is when it holds none, dropped when nothing is left.
+fn without_pieces(
+    v: &http::HeaderValue,
+    holds: impl Fn(&[u8]) -> bool,
+    without: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Edit {
+    if !holds(v.as_bytes()) {
+        return Edit::Keep;
+    }
+    // What is left of a valid value is one: the pieces are its own bytes.
+    without(v.as_bytes())
+        .and_then(|rest| http::HeaderValue::from_bytes(&rest).ok())
+        .map_or(Edit::Drop, Edit::Replace)
 }
 
 /// What becomes of one value of a header.

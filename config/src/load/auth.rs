@@ -134,7 +134,7 @@ pub(super) fn parse(
     let token_headers = s
         .strings("token_headers", p, token_header)
         .unwrap_or_else(|| d.token_headers.clone());
-    let session = session_cookie.as_deref().map(cookie_fold);
+    let session = session_cookie.as_deref().map(name_fold);
     let token_cookies = s
         .strings("token_cookies", p, |v| token_cookie(v, session.as_deref()))
         .unwrap_or_else(|| d.token_cookies.clone());
@@ -238,7 +238,7 @@ fn token_header(v: &str) -> Result<String, String> {
 
 /// A cookie or query parameter name as the router compares it (lowercase, `.` written `_`,
 /// as PHP and ASP.NET Core read it).
-fn cookie_fold(v: &str) -> String {
+fn name_fold(v: &str) -> String {
     v.bytes()
         .map(|c| match c {
             b'.' => '_',
@@ -252,7 +252,7 @@ fn token_cookie(v: &str, session: Option<&str>) -> Result<String, String> {
     if !is_token(v) {
         return Err(format!("{v:?} is not a valid cookie name"));
     }
-    let folded = cookie_fold(v);
+    let folded = name_fold(v);
     if session == Some(folded.as_str()) {
         return Err(format!(
             "{v:?} is auth.session_cookie (names are compared without case, `.` as `_`)"
@@ -273,7 +273,7 @@ fn token_query_parameter(v: &str) -> Result<String, String> {
             "{v:?} is not a query parameter name of letters, digits and -._~"
         ));
     }
-    let folded = cookie_fold(v);
+    let folded = name_fold(v);
     if folded == "access_token" {
         return Err(format!(
             "{v:?} is always held to the token (RFC 6750 §2.3): list other names only"

@@ -304,7 +304,7 @@ fn subprotocol_holds(element: &[u8]) -> Held<'_> {
     if !holds_jws(element) {
         // `%`-escaped, or base64 of one (Kubernetes' form padded, or any app's own
         // encoding): decoders are lenient about padding and alphabet.
-        return if escapes_jws(element) || decodes_to_jws(element) {
+        return if hides_jws(element) {
             Held::Unreadable
         } else {
             Held::Nothing
@@ -337,15 +337,24 @@ pub fn holds_subprotocol_token(value: &[u8]) -> bool {
 /// A `Sec-WebSocket-Protocol` value without the subprotocols [`holds_subprotocol_token`]
 /// finds; `None` when nothing is left. For a request forwarded without an identity.
 pub fn without_subprotocol_tokens(value: &[u8]) -> Option<Vec<u8>> {
-    let mut kept = Vec::with_capacity(value.len());
-    for element in subprotocol_elements(value) {
-        if subprotocol_holds(element) != Held::Nothing {
-            continue;
-        }
+    kept_pieces(subprotocol_elements(value), b", ", |element| {
+        subprotocol_holds(element) != Held::Nothing
+    })
+}
+
+/// `pieces` without the empty ones and those `drop` names, joined by `sep`; `None` when
+/// nothing is left. The rest of a list field once some of its pieces are taken off.
+fn kept_pieces<'p>(
+    pieces: impl Iterator<Item = &'p [u8]>,
+    sep: &[u8],
+    drop: impl Fn(&[u8]) -> bool,
+) -> Option<Vec<u8>> {
+    let mut kept = Vec::new();
+    for piece in pieces.filter(|p| !p.is_empty() && !drop(p)) {
         if !kept.is_empty() {
-            kept.extend_from_slice(b", ");
+            kept.extend_from_slice(sep);
         }
-        kept.extend_from_slice(element);
+        kept.extend_from_slice(piece);
     }
     (!kept.is_empty()).then_some(kept)
 }
@@ -457,17 +466,8 @@ pub fn has_token_cookie(value: &[u8], places: &TokenPlaces) -> bool {
 /// A `Cookie` header value without the pieces that carry a token cookie (as
 /// [`has_token_cookie`] finds them); `None` when nothing is left.
 pub fn without_token_cookies(value: &[u8], places: &TokenPlaces) -> Option<Vec<u8>> {
-    let mut kept = Vec::with_capacity(value.len());
-    for pair in value.split(|&c| c == b';') {
-        if pair.trim_ascii().is_empty() || carries_token_cookie(pair, places) {
-            continue;
-        }
-        if !kept.is_empty() {
-            kept.extend_from_slice(b"; ");
-        }
-        kept.extend_from_slice(pair.trim_ascii());
-    }
-    (!kept.is_empty()).then_some(kept)
+    let pairs = value.split(|&c| c == b';').map(<[u8]>::trim_ascii);
+    kept_pieces(pairs, b"; ", |pair| carries_token_cookie(pair, places))
 }
 
 /// Whether an `Authorization` value is a `Bearer` credential, well-formed or not (what
@@ -694,8 +694,8 @@ fn holds_jws(b: &[u8]) -> bool {
     false
 }
 
-/// Whether an `Authorization` value holds a JWS some app could read that [`holds_jws`] does
-/// not see as sent: `%`-escaped, or base64-encoded, as in `Basic` credentials, which PHP
+/// Whether a value (`Authorization`, a subprotocol) holds a JWS some app could read that
+/// [`holds_jws`] does not see as sent: `%`-escaped, or base64-encoded, as in `Basic` credentials, which PHP
 /// decodes for every app (`PHP_AUTH_USER`, `PHP_AUTH_PW`: an API key as the user name is
 /// common). Lenient parsers find those wherever the word `basic` stands, behind any
 /// separator (tuupola/slim-basic-auth matches `/Basic\s+(.*)$/i`; others decode what follows
@@ -717,7 +717,7 @@ fn escapes_jws(b: &[u8]) -> bool {
 /// first byte of the same alignment, so four decodings cover them all, in linear time.
 fn decodes_to_jws(b: &[u8]) -> bool {
     use base64::Engine;
-    let lenient = base64::engine::GeneralPurpose::new(
+    const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_allow_trailing_bits(true)
@@ -738,7 +738,7 @@ fn decodes_to_jws(b: &[u8]) -> bool {
                 return false;
             };
             let usable = from.len() - from.len() % 4;
-            let decoded = lenient.decode(&from[..usable]).unwrap_or_default();
+            let decoded = LENIENT.decode(&from[..usable]).unwrap_or_default();
             // `%`-escaped inside too (an app that decodes `PHP_AUTH_USER` once more).
             holds_jws(&decoded) || escapes_jws(&decoded)
         })
