@@ -97,7 +97,8 @@ impl RejectReason {
                 FramingError::ChunkedTwice
                 | FramingError::BadChunk(_)
                 | FramingError::BareLineFeed
-                | FramingError::MiscasedMethod,
+                | FramingError::MiscasedMethod
+                | FramingError::HeadOverride,
             )
             | RejectReason::MalformedHeader
             | RejectReason::BadHost(_)
@@ -231,6 +232,9 @@ impl RejectReason {
             }
             RejectReason::BadFraming(FramingError::MiscasedMethod) => {
                 "bad request: methods are case-sensitive; send a standard method in capitals\n"
+            }
+            RejectReason::BadFraming(FramingError::HeadOverride) => {
+                "bad request: a POST may not be overridden to HEAD; send a HEAD request\n"
             }
             RejectReason::HeaderTooLarge => {
                 "request header fields too large: the request header is longer than allowed\n"

@@ -81,6 +81,9 @@ pub enum FramingError {
     /// A standard method spelt in another case ([`is_miscased_method`]).
     #[error("a standard method in another case")]
     MiscasedMethod,
+    /// A `POST` asking to be handled as `HEAD` ([`crate::method::refused_override_of`]).
+    #[error("a POST overridden to HEAD")]
+    HeadOverride,
 }
 
 impl FramingError {
@@ -92,6 +95,7 @@ impl FramingError {
             FramingError::BadChunk(_) => "bad_chunk",
             FramingError::BareLineFeed => "bare_line_feed",
             FramingError::MiscasedMethod => "miscased_method",
+            FramingError::HeadOverride => "head_override",
         }
     }
 }

@@ -13,6 +13,13 @@
 //! would reach the instance, where a server that reads methods without case would take it for
 //! a tunnel request; it is refused too. Every other method, extension methods included, is
 //! the instance's to answer.
+//!
+//! An override can also name `CONNECT` or `HEAD`, which a `POST` must not become either:
+//! echo (Go) takes any method its `MethodOverride` reads, with no list, so an override to
+//! `CONNECT` runs the app's tunnel routes, and one to `HEAD` changes the method Go's server
+//! frames the answer by: it answers without a body and keeps the connection, while Pingora,
+//! reading the answer to a `POST`, waits for one (the hazard of a `head` method, see
+//! [`crate::framing::is_miscased_method`]).
 
 use http::{HeaderMap, HeaderName, Method};
 
@@ -33,25 +40,53 @@ static OVERRIDES: [HeaderName; 6] = [
     HeaderName::from_static("x_method_override"),
 ];
 
-/// Whether `v` names an echoing method, blanks and case aside.
-fn names_echo(v: &[u8]) -> bool {
-    let v = v.trim_ascii();
-    v.eq_ignore_ascii_case(b"TRACE") || v.eq_ignore_ascii_case(b"TRACK")
+/// A method a `POST` asks to be handled as that the router does not let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overridden {
+    /// `TRACE` or `TRACK` ([`is_echo`]).
+    Echo,
+    /// `CONNECT`: a tunnel request to the app.
+    Connect,
+    /// `HEAD`: an answer without a body where Pingora expects one.
+    Head,
 }
 
-/// Whether a `POST` asks, through a method-override header or a `_method` query parameter,
-/// to be handled as an echoing method. Other methods are not overridden by those frameworks,
-/// so only a `POST` pays for the lookups.
-pub fn overrides_to_echo(method: &Method, headers: &HeaderMap, query: Option<&str>) -> bool {
-    *method == Method::POST
-        && (OVERRIDES.iter().any(|name| {
-            headers
-                .get_all(name)
-                .iter()
-                .any(|v| names_echo(v.as_bytes()))
-        }) || query.is_some_and(|q| {
-            crate::auth::credential::query_values(q, b"_method").any(|v| names_echo(&v))
-        }))
+/// What an override value names, blanks and case aside (a server matching methods without
+/// case reads it so), if it is one the router refuses.
+fn refused_override(v: &[u8]) -> Option<Overridden> {
+    let v = v.trim_ascii();
+    if v.eq_ignore_ascii_case(b"TRACE") || v.eq_ignore_ascii_case(b"TRACK") {
+        Some(Overridden::Echo)
+    } else if v.eq_ignore_ascii_case(b"CONNECT") {
+        Some(Overridden::Connect)
+    } else if v.eq_ignore_ascii_case(b"HEAD") {
+        Some(Overridden::Head)
+    } else {
+        None
+    }
+}
+
+/// What a `POST` asks, through a method-override header or a `_method` query parameter, to
+/// be handled as, when the router refuses that (the first such value found). Other methods
+/// are not overridden by those frameworks, so only a `POST` pays for the lookups.
+pub fn refused_override_of(
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Option<Overridden> {
+    if *method != Method::POST {
+        return None;
+    }
+    OVERRIDES
+        .iter()
+        .flat_map(|name| headers.get_all(name))
+        .find_map(|v| refused_override(v.as_bytes()))
+        .or_else(|| {
+            query.and_then(|q| {
+                crate::auth::credential::query_values(q, b"_method")
+                    .find_map(|v| refused_override(&v))
+            })
+        })
 }
 
 /// Whether `method` is `CONNECT` in any spelling (Pingora answers only the exact one).
@@ -81,7 +116,7 @@ mod tests {
     }
 
     #[test]
-    fn a_post_overridden_to_an_echoing_method_and_connect_in_any_spelling() {
+    fn a_post_overridden_to_a_refused_method_and_connect_in_any_spelling() {
         let headers = |pairs: &[(&str, &str)]| {
             let mut h = HeaderMap::new();
             for (n, v) in pairs {
@@ -92,24 +127,48 @@ mod tests {
             }
             h
         };
+        use Overridden::{Connect, Echo, Head};
         for (method, pairs, want) in [
-            ("POST", &[("X-HTTP-Method-Override", "TRACE")][..], true),
-            ("POST", &[("x-http-method", " track ")][..], true),
-            ("POST", &[("X-Method-Override", "Trace")][..], true),
-            ("POST", &[("X_HTTP_Method_Override", "TRACE")][..], true),
+            (
+                "POST",
+                &[("X-HTTP-Method-Override", "TRACE")][..],
+                Some(Echo),
+            ),
+            ("POST", &[("x-http-method", " track ")][..], Some(Echo)),
+            ("POST", &[("X-Method-Override", "Trace")][..], Some(Echo)),
+            (
+                "POST",
+                &[("X_HTTP_Method_Override", "TRACE")][..],
+                Some(Echo),
+            ),
             (
                 "POST",
                 &[("X-Method-Override", "PUT"), ("X-Method-Override", "TRACE")][..],
-                true,
+                Some(Echo),
             ),
-            ("POST", &[("X-HTTP-Method-Override", "DELETE")][..], false),
-            ("POST", &[("X-HTTP-Method-Override", "TRACES")][..], false),
-            ("POST", &[][..], false),
-            ("GET", &[("X-HTTP-Method-Override", "TRACE")][..], false),
+            (
+                "POST",
+                &[("X-HTTP-Method-Override", "CONNECT")][..],
+                Some(Connect),
+            ),
+            ("POST", &[("X-HTTP-Method", "connect ")][..], Some(Connect)),
+            (
+                "POST",
+                &[("X-HTTP-Method-Override", "HEAD")][..],
+                Some(Head),
+            ),
+            ("POST", &[("x_method_override", "Head")][..], Some(Head)),
+            ("POST", &[("X-HTTP-Method-Override", "DELETE")][..], None),
+            ("POST", &[("X-HTTP-Method-Override", "GET")][..], None),
+            ("POST", &[("X-HTTP-Method-Override", "TRACES")][..], None),
+            ("POST", &[("X-HTTP-Method-Override", "HEADER")][..], None),
+            ("POST", &[][..], None),
+            ("GET", &[("X-HTTP-Method-Override", "TRACE")][..], None),
+            ("PUT", &[("X-HTTP-Method-Override", "HEAD")][..], None),
         ] {
             let m = Method::from_bytes(method.as_bytes()).expect("method");
             assert_eq!(
-                overrides_to_echo(&m, &headers(pairs), None),
+                refused_override_of(&m, &headers(pairs), None),
                 want,
                 "{method} {pairs:?}"
             );
@@ -118,23 +177,24 @@ mod tests {
         let post = Method::POST;
         let none = HeaderMap::new();
         for (query, want) in [
-            ("_method=TRACE", true),
-            ("a=1&_method=track", true),
-            ("%5Fmethod=trace", true),
-            ("_method=PUT", false),
-            ("x_method=TRACE", false),
+            ("_method=TRACE", Some(Echo)),
+            ("a=1&_method=track", Some(Echo)),
+            ("%5Fmethod=trace", Some(Echo)),
+            ("_method=CONNECT", Some(Connect)),
+            ("_method=%48EAD", Some(Head)),
+            ("_method=PUT", None),
+            ("x_method=TRACE", None),
         ] {
             assert_eq!(
-                overrides_to_echo(&post, &none, Some(query)),
+                refused_override_of(&post, &none, Some(query)),
                 want,
                 "{query}"
             );
         }
-        assert!(!overrides_to_echo(
-            &Method::GET,
-            &none,
-            Some("_method=TRACE")
-        ));
+        assert_eq!(
+            refused_override_of(&Method::GET, &none, Some("_method=TRACE")),
+            None
+        );
         for (m, connect) in [
             ("CONNECT", true),
             ("connect", true),

@@ -9,7 +9,8 @@
 
 use crate::auth::TokenPlaces;
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, SET_COOKIE, TE, TRANSFER_ENCODING, UPGRADE,
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, SET_COOKIE, TE,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use pingora::http::ResponseHeader;
 use smallvec::SmallVec;
@@ -122,6 +123,27 @@ pub fn switch_fault(resp: &ResponseHeader) -> Option<&'static str> {
         (Some(p), None) if p.eq_ignore_ascii_case(b"websocket") => None,
         _ => Some("a 101 to a protocol the client did not ask for"),
     }
+}
+
+/// Why a response that echoes the request back (`Content-Type: message/http`, RFC 9112
+/// §10.1, which is what `TRACE` handlers answer: the servlet API's `doTrace`, IIS, Apache's
+/// `TraceEnable`) is refused (a 502). The router refuses `TRACE` itself, and a `POST`
+/// overridden to one in a header or the query, but a framework may read the override from
+/// the body the router streams unread (Spring's `HiddenHttpMethodFilter` before 5.1, echo's
+/// `MethodFromForm`): Jetty's `doTrace` then echoes the client's cookies and `Authorization`,
+/// and any container the identity headers, into a response a script can read.
+pub fn echo_fault(resp: &ResponseHeader) -> Option<&'static str> {
+    let echoes = resp.headers.get_all(CONTENT_TYPE).iter().any(|v| {
+        let media_type = v
+            .as_bytes()
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default();
+        media_type
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"message/http")
+    });
+    echoes.then_some("an echo of the request (message/http): TRACE is not served")
 }
 
 /// Removes every `Set-Cookie` that would reach other tenants' hosts or spoil their
@@ -340,6 +362,38 @@ mod tests {
                 let connection = r.headers.get(CONNECTION).map(|v| v.as_bytes());
                 assert_eq!(connection, Some(&b"upgrade"[..]), "{fields:?}");
             }
+        }
+    }
+
+    #[test]
+    fn an_echo_of_the_request_in_any_spelling_is_refused() {
+        for (fields, refused) in [
+            (&[("content-type", "message/http")][..], true),
+            (
+                &[("content-type", "Message/HTTP; msgtype=request")][..],
+                true,
+            ),
+            (&[("content-type", " message/http ;x")][..], true),
+            (
+                &[
+                    ("content-type", "text/plain"),
+                    ("content-type", "message/http"),
+                ][..],
+                true,
+            ),
+            (&[("content-type", "message/https")][..], false),
+            (
+                &[("content-type", "text/html; charset=message/http")][..],
+                false,
+            ),
+            (&[("content-type", "application/http")][..], false),
+            (&[][..], false),
+        ] {
+            assert_eq!(
+                echo_fault(&response(200, fields)).is_some(),
+                refused,
+                "{fields:?}"
+            );
         }
     }
 

@@ -64,6 +64,14 @@ const MAX_RESERVED_LEN: usize = 20;
 ///   `X-Consumer-*`, `X-Credential-*`, `X-Authenticated-*`, `X-Anonymous-Consumer`,
 ///   `X-Userinfo`) and the generic `X-Auth-User`;
 /// - other client-address headers (`X-Original-Forwarded-For`, `X-Originating-IP`);
+/// - the TLS facts a TLS-terminating proxy in front asserts, which the router (serving no
+///   client certificates) never does: Jetty's forwarded-request customizer reads
+///   `X-Proxied-Https`, `Proxy-auth-cert` and `Proxy-Ssl-Id` as the request being secure and
+///   as its cipher suite and TLS session; Tomcat's `SSLValve` reads `SSL_Client_Cert`,
+///   `SSL_Cipher`, `SSL_Session_Id` and their kin (every `SSL-*`); RFC 9440's `Client-Cert`
+///   and `Client-Cert-Chain`, IIS ARR's `X-ARR-SSL` and `X-ARR-ClientCert`, and the `X-SSL-*`
+///   and `X-Client-Cert*` families nginx and HAProxy set-ups send for a client certificate:
+///   an app trusting one would take a client's word for its certificate;
 /// - `Transfer_Encoding` and `Content_Length` (the framing fields' underscore and dot
 ///   spellings; the fields themselves are the body's framing, read by the router and sent
 ///   afresh), and `Sec_WebSocket_Protocol` (the subprotocols' such spellings, where an app
@@ -75,9 +83,10 @@ pub fn is_reserved(name: &HeaderName) -> bool {
     if b.first() == Some(&b's') {
         const SUBPROTOCOLS: &[u8] = b"sec-websocket-protocol";
         return (b.len() == b"script-name".len() && starts_as(b, b"script-name"))
-            || (b.len() == SUBPROTOCOLS.len() && b != SUBPROTOCOLS && starts_as(b, SUBPROTOCOLS));
+            || (b.len() == SUBPROTOCOLS.len() && b != SUBPROTOCOLS && starts_as(b, SUBPROTOCOLS))
+            || starts_as(b, b"ssl-");
     }
-    if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c' | b'r')) {
+    if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c' | b'r' | b'p')) {
         return false;
     }
     if [
@@ -97,6 +106,12 @@ pub fn is_reserved(name: &HeaderName) -> bool {
         b"x-credential-",
         b"x-authenticated-",
         b"x-original-forwarded-for",
+        b"proxy-auth-cert",
+        b"proxy-ssl-",
+        b"client-cert",
+        b"x-ssl-",
+        b"x-client-cert",
+        b"x-arr-clientcert",
     ]
     .iter()
     .any(|family| starts_as(b, family))
@@ -149,6 +164,8 @@ pub fn is_reserved(name: &HeaderName) -> bool {
             | b"x-original-host"
             | b"x-host"
             | b"x-originating-ip"
+            | b"x-proxied-https"
+            | b"x-arr-ssl"
     )
 }
 
@@ -824,6 +841,25 @@ mod tests {
             "sec_websocket_protocol",
             "sec.websocket.protocol",
             "sec-websocket_protocol",
+            // TLS facts a front proxy asserts (Jetty, Tomcat's SSLValve, RFC 9440, IIS ARR).
+            "x-proxied-https",
+            "x_proxied_https",
+            "proxy-auth-cert",
+            "proxy-ssl-id",
+            "proxy_ssl_id",
+            "ssl_client_cert",
+            "ssl_cipher",
+            "ssl_session_id",
+            "ssl_cipher_usekeysize",
+            "ssl-client-escaped-cert",
+            "client-cert",
+            "client-cert-chain",
+            "x-arr-ssl",
+            "x-arr-clientcert",
+            "x-ssl-client-cert",
+            "x-ssl-client-verify",
+            "x-client-cert",
+            "x-client-certificate",
         ];
         let kept = [
             "x-user-ids",
@@ -860,6 +896,15 @@ mod tests {
             "content.type",
             "sec-websocket-protocol",
             "sec-websocket-protocols",
+            "proxy-authorization",
+            "prefer",
+            "priority",
+            "ssl",
+            "sslx",
+            "x-proxied",
+            "x-arr-log-id",
+            "x-client-id",
+            "client-hints",
         ];
         for name in reserved {
             let n = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));

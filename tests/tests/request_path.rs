@@ -1164,6 +1164,38 @@ fn trace_is_refused_before_any_instance_is_asked() {
     )
     .expect("an answer");
     assert_eq!(overridden.status, 501, "{}", overridden.text());
+    // Nor to CONNECT (echo, in Go, runs its tunnel routes) or HEAD (echo changes the method
+    // Go's server frames the answer by: no body, where Pingora waits for one), in a header
+    // or the query.
+    let post_overridden = |how: &str| {
+        let (query, field) = match how.strip_prefix('?') {
+            Some(q) => (format!("?{q}"), String::new()),
+            None => (String::new(), format!("{how}\r\n")),
+        };
+        send_raw(
+            w.edge.addr,
+            format!(
+                "POST /x{query} HTTP/1.1\r\nHost: {acme}\r\nAuthorization: Bearer {token}\r\n\
+                 {field}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("an answer")
+    };
+    for how in ["X-HTTP-Method-Override: CONNECT", "?_method=connect"] {
+        let r = post_overridden(how);
+        assert_eq!(r.status, 501, "{how}: {}", r.text());
+        assert!(r.text().contains("CONNECT is not served"), "{}", r.text());
+    }
+    for how in [
+        "X-HTTP-Method-Override: HEAD",
+        "X-Method-Override: head",
+        "?_method=HEAD",
+    ] {
+        let r = post_overridden(how);
+        assert_eq!(r.status, 400, "{how}: {}", r.text());
+        assert!(r.text().contains("overridden to HEAD"), "{}", r.text());
+    }
     // CONNECT is refused by Pingora before the router sees it; spelled otherwise, by the
     // router (a server reading methods without case would take it for a tunnel request).
     assert_eq!(send("CONNECT").status, 405);
@@ -1193,8 +1225,8 @@ fn trace_is_refused_before_any_instance_is_asked() {
     assert_eq!(
         w.edge
             .metric("nexus_edge_requests_total{outcome=\"connect_refused\"}"),
-        3,
-        "Pingora's 405 and the router's two 501s"
+        5,
+        "Pingora's 405 and the router's four 501s"
     );
 }
 
@@ -1302,11 +1334,25 @@ fn spoofed_identity_headers_are_replaced() {
             // frame the body by them, not as the router did.
             ("Transfer_Encoding", "chunked"),
             ("Content_Length", "5"),
+            // TLS facts a front proxy asserts: Jetty reads these as a secure request and its
+            // TLS session, Tomcat's SSLValve and RFC 9440 as the client's certificate.
+            ("X-Proxied-Https", "on"),
+            ("Proxy-Ssl-Id", "forged"),
+            ("Proxy-auth-cert", "forged"),
+            ("SSL_Client_Cert", "forged"),
+            ("Client-Cert", ":Zm9yZ2Vk:"),
+            ("X-SSL-Client-Verify", "SUCCESS"),
         ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let echo = r.json();
     for gone in [
+        "x-proxied-https",
+        "proxy-ssl-id",
+        "proxy-auth-cert",
+        "ssl_client_cert",
+        "client-cert",
+        "x-ssl-client-verify",
         "x_user_id",
         "x_tenant_id",
         "x_forwarded_for",

@@ -212,6 +212,33 @@ fn a_101_the_client_did_not_ask_for_is_a_502() {
 }
 
 #[test]
+fn an_echo_of_the_request_never_reaches_the_client() {
+    // What a servlet container's `doTrace` answers to a `POST` that a framework overrode to
+    // `TRACE` from its body (Spring's `HiddenHttpMethodFilter`), which the router streams
+    // unread: the request as the instance got it, cookies and identity headers included.
+    let w = world(|path| match path {
+        "/traced" => Answer::keep(
+            "HTTP/1.1 200 OK\r\ncontent-type: message/http\r\ncontent-length: 52\r\n\r\n\
+             TRACE /traced HTTP/1.1\r\ncookie: nexus_session=secret",
+        ),
+        "/traced-too" => Answer::keep(
+            "HTTP/1.1 200 OK\r\nContent-Type: Message/HTTP; msgtype=request\r\n\
+             content-length: 6\r\n\r\nsecret",
+        ),
+        _ => Answer::keep(OK),
+    });
+    for path in ["/traced", "/traced-too"] {
+        let mut s = w.connect();
+        let r = w.get(&mut s, path);
+        assert_eq!(r.status, 502, "{path}");
+        assert!(!r.text().contains("secret"), "{path}: {}", r.text());
+    }
+    let mut s = w.connect();
+    assert_eq!(w.get(&mut s, "/").status, 200);
+    assert!(w.edge.log().contains("message/http"), "{}", w.edge.log());
+}
+
+#[test]
 fn a_101_must_name_the_websocket_the_client_asked_for() {
     // RFC 9110 §7.8: a 101 names the protocol it switches to, one the client's `Upgrade`
     // named (the router forwards only `websocket`).

@@ -27,9 +27,10 @@ use crate::errors::RejectReason;
 use crate::framing::{check_transfer_coding, ends_with_connection, FramingError};
 use crate::log_budget::{LogBudgets, RequestLine};
 use crate::logging::LoggedError;
+use crate::method::Overridden;
 use crate::policy::BillingNotice;
 use crate::response::{
-    canonicalise_content_length, drop_shared_cookies, framing_fault, remove_hop_by_hop,
+    canonicalise_content_length, drop_shared_cookies, echo_fault, framing_fault, remove_hop_by_hop,
     switch_fault,
 };
 use crate::route::{
@@ -160,10 +161,16 @@ impl EdgeService {
     /// `decide` alone, and the gathering is part of deciding).
     fn decide_request(&self, session: &Session, start: Instant) -> Result<Decision, RejectReason> {
         let req = session.req_header();
-        if crate::method::is_echo(&req.method)
-            || crate::method::overrides_to_echo(&req.method, &req.headers, req.uri.query())
-        {
+        if crate::method::is_echo(&req.method) {
             return Err(RejectReason::TraceRefused);
+        }
+        match crate::method::refused_override_of(&req.method, &req.headers, req.uri.query()) {
+            None => {}
+            Some(Overridden::Echo) => return Err(RejectReason::TraceRefused),
+            Some(Overridden::Connect) => return Err(RejectReason::ConnectRefused),
+            Some(Overridden::Head) => {
+                return Err(RejectReason::BadFraming(FramingError::HeadOverride));
+            }
         }
         if crate::method::is_connect(&req.method) {
             return Err(RejectReason::ConnectRefused);
@@ -640,6 +647,9 @@ impl ProxyHttp for EdgeService {
                     "more interim (1xx) responses than the router passes on",
                 ));
             }
+        }
+        if let Some(why) = echo_fault(upstream_response) {
+            return Err(invalid_response(why));
         }
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
             && !asks_for_upgrade(session)
