@@ -83,6 +83,11 @@ pub struct TenancySettings {
 /// The largest `[auth] max_token_bytes` may be: no router takes a longer token.
 pub const MAX_TOKEN_BYTES_CEILING: usize = 65_536;
 
+/// The query parameters held to the request's token whatever `[auth]` says: `access_token`,
+/// which RFC 6750 §2.3 defines for bearer tokens, and `bearer_token`, which Doorkeeper (Rails'
+/// OAuth provider) reads beside it by default. `token_query_parameters` names others.
+pub const QUERY_TOKENS: [&str; 2] = ["access_token", "bearer_token"];
+
 /// `[auth]`
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuthSettings {
@@ -118,9 +123,9 @@ pub struct AuthSettings {
     /// Cookies an instance's app reads a token from besides the session cookie: read as the
     /// session cookie is.
     pub token_cookies: Vec<String>,
-    /// Query parameters an instance's app reads a token from besides `access_token`: never
+    /// Query parameters an instance's app reads a token from besides [`QUERY_TOKENS`]: never
     /// a credential to the router (tokens in URLs leak), but each must repeat the request's
-    /// token, as `access_token` must.
+    /// token, as those must.
     pub token_query_parameters: Vec<String>,
     /// Capacity of the verified-token cache, in tokens of up to 1 KiB of identity claims (a
     /// larger one counts once per KiB started); 0 disables it.

@@ -1441,7 +1441,7 @@ fn token_places_are_names_read_as_apps_read_them_and_none_the_router_reads_or_se
         "token_headers = [\"Authorization\", \"cookie\", \"X-Forwarded-User\", \"Host\", \
          \"X Token\", \"x-token\", \"X_TOKEN\", \"Sec-Fetch-Site\"]\n\
          token_cookies = [\"Nexus.Session\", \"a;b\", \"jwt\", \"JWT\"]\n\
-         token_query_parameters = [\"access.token\", \"a&b\", \"\"]\n\
+         token_query_parameters = [\"access.token\", \"a&b\", \"\", \"Bearer_Token\"]\n\
          session_cookie = \"nexus_session\"",
     ));
     has(&ps, "auth.token_headers[0]", 3, "read already");
@@ -1455,6 +1455,7 @@ fn token_places_are_names_read_as_apps_read_them_and_none_the_router_reads_or_se
     has(&ps, "auth.token_cookies[1]", 4, "not a valid cookie name");
     has(&ps, "auth.token_cookies[3]", 4, "listed twice");
     has(&ps, "auth.token_query_parameters[0]", 5, "always held");
+    has(&ps, "auth.token_query_parameters[3]", 5, "always held");
     has(
         &ps,
         "auth.token_query_parameters[1]",

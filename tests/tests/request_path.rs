@@ -463,6 +463,8 @@ fn a_public_path_forwards_only_a_credential_of_its_tenant() {
         "/login?access.token=forged".to_owned(),
         // Koa 3's `ctx.query` drops the second `?`.
         "/login??access_token=forged".to_owned(),
+        // Doorkeeper (Rails) reads `bearer_token` by default.
+        format!("/login?bearer_token={other}"),
     ] {
         let r = get(addr, &acme, &path, &[]);
         assert_eq!(r.status, 401, "{path}: {}", r.text());

@@ -239,6 +239,35 @@ fn an_echo_of_the_request_never_reaches_the_client() {
 }
 
 #[test]
+fn a_request_bodys_trailer_fields_never_reach_the_instance() {
+    // Unicorn copies a chunked body's trailer fields into the request's variables once it has
+    // read the body (`HTTP_AUTHORIZATION`, `HTTP_X_USER_ID`): passed on, they would replace
+    // the credential the router checked and the identity it asserted.
+    let w = world(|_| Answer::keep(OK));
+    let token = w.keys.token("acme", Some("org-acme"));
+    let mut s = w.connect();
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {token}\r\n\
+             Transfer-Encoding: chunked\r\nTrailer: Authorization, X-User-Id\r\n\r\n\
+             3\r\nabc\r\n0\r\nAuthorization: Bearer forged\r\nX-User-Id: evil\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let received = String::from_utf8_lossy(&w.instance.received().concat()).into_owned();
+    assert!(received.contains("abc\r\n0\r\n\r\n"), "{received}");
+    for gone in ["forged", "evil", "trailer:"] {
+        assert!(
+            !received.to_ascii_lowercase().contains(gone),
+            "{gone}: {received}"
+        );
+    }
+}
+
+#[test]
 fn a_101_must_name_the_websocket_the_client_asked_for() {
     // RFC 9110 §7.8: a 101 names the protocol it switches to, one the client's `Upgrade`
     // named (the router forwards only `websocket`).

@@ -262,7 +262,7 @@ fn token_cookie(v: &str, session: Option<&str>) -> Result<String, String> {
 }
 
 /// An `auth.token_query_parameters` entry: letters, digits and `-._~` (no byte with a meaning
-/// in a query), not `access_token`, which is always held to the token.
+/// in a query), not one of [`crate::QUERY_TOKENS`], which are always held to the token.
 fn token_query_parameter(v: &str) -> Result<String, String> {
     if v.is_empty()
         || !v
@@ -274,9 +274,10 @@ fn token_query_parameter(v: &str) -> Result<String, String> {
         ));
     }
     let folded = name_fold(v);
-    if folded == "access_token" {
+    if crate::QUERY_TOKENS.contains(&folded.as_str()) {
         return Err(format!(
-            "{v:?} is always held to the token (RFC 6750 §2.3): list other names only"
+            "{v:?} is always held to the token (`access_token`, RFC 6750 §2.3, and \
+             `bearer_token`): list other names only"
         ));
     }
     Ok(folded)

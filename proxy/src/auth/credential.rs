@@ -6,8 +6,9 @@
 //! header and the cookie both carry a token they must be the same token: otherwise it is not
 //! clear who the caller is, and the request is refused. The same holds for an
 //! `access_token` query parameter (RFC 6750 §2.3), which some frameworks read (ASP.NET for
-//! SignalR, Spring when allowed), and for the query parameters the config names: each may
-//! only repeat the verified token.
+//! SignalR, Spring when allowed), for `bearer_token` (Doorkeeper, Rails' OAuth provider,
+//! reads both by default), and for the query parameters the config names: each may only
+//! repeat the verified token.
 //!
 //! The instance's framework, not this router, has the last word on what a `Cookie` header or
 //! a query string holds, so both are read the way the most lenient parsers read them: a
@@ -18,6 +19,7 @@
 
 use super::error::CredentialError;
 use crate::path::escaped_byte;
+use nexus_config::QUERY_TOKENS;
 
 /// A `b64token` body byte. Written with non-short-circuit `|` so the check over a whole token
 /// compiles to vector compares: it runs over every byte of every token on every request.
@@ -144,7 +146,7 @@ pub struct TokenPlaces {
     cookies: Vec<String>,
     /// Headers besides `Authorization` that carry one, lowercase, `_` and `.` written `-`.
     headers: Vec<String>,
-    /// Query parameters that may only repeat it: `access_token`, then the others.
+    /// Query parameters that may only repeat it: [`QUERY_TOKENS`], then the others.
     query: Vec<String>,
 }
 
@@ -155,18 +157,20 @@ impl TokenPlaces {
         TokenPlaces {
             cookies: cookies.chain(&settings.token_cookies).cloned().collect(),
             headers: settings.token_headers.clone(),
-            query: std::iter::once(QUERY_TOKEN.to_owned())
+            query: QUERY_TOKENS
+                .iter()
+                .map(|&n| n.to_owned())
                 .chain(settings.token_query_parameters.iter().cloned())
                 .collect(),
         }
     }
 
-    /// `Authorization` and `access_token` only, besides the session cookie `name`, if any.
+    /// `Authorization` and [`QUERY_TOKENS`] only, besides the session cookie `name`, if any.
     pub fn with_session_cookie(name: Option<&str>) -> Self {
         TokenPlaces {
             cookies: name.map(str::to_owned).into_iter().collect(),
             headers: Vec::new(),
-            query: vec![QUERY_TOKEN.to_owned()],
+            query: QUERY_TOKENS.iter().map(|&n| n.to_owned()).collect(),
         }
     }
 
@@ -475,9 +479,6 @@ pub fn without_token_cookies(value: &[u8], places: &TokenPlaces) -> Option<Vec<u
 pub fn is_bearer(value: &[u8]) -> bool {
     !matches!(bearer(value), Ok(None))
 }
-
-/// The query parameter RFC 6750 §2.3 defines for bearer tokens.
-const QUERY_TOKEN: &str = "access_token";
 
 /// Checks that every token parameter of `query` (`access_token` and the others `places`
 /// names; `&` or `;` separated; its name in any spelling some framework reads as the one
@@ -1269,7 +1270,7 @@ mod tests {
     #[test]
     fn query_token_table() {
         use CredentialError::Conflict;
-        let cases: [(Option<&str>, Result<(), CredentialError>); 34] = [
+        let cases: [(Option<&str>, Result<(), CredentialError>); 38] = [
             (None, Ok(())),
             (Some(""), Ok(())),
             (Some("page=2&sort=name"), Ok(())),
@@ -1309,6 +1310,11 @@ mod tests {
             (Some("access_token]=forged"), Err(Conflict)),
             (Some("access_toke=forged"), Ok(())),
             (Some("refresh_token=x"), Ok(())),
+            // Doorkeeper reads `bearer_token` beside `access_token` by default.
+            (Some("bearer_token=forged"), Err(Conflict)),
+            (Some("a=1&Bearer.Token=forged"), Err(Conflict)),
+            (Some("bearer_token=tok"), Ok(())),
+            (Some("bearer=x&token=y"), Ok(())),
         ];
         for (query, want) in cases {
             assert_eq!(
