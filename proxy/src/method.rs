@@ -8,7 +8,8 @@
 //! method-override header (`X-HTTP-Method-Override` and its kin, in `-` or `_` spelling, as
 //! Laravel, Symfony, ASP.NET Core and Express's `method-override` read them on a `POST`) or a
 //! `_method` query parameter (Laravel and Symfony read it from the query as well as the body;
-//! a body is not read here).
+//! a body is not read here) or `x-tunneled-method` one (Plack's `MethodOverride`, in every
+//! Catalyst app's default middleware).
 //! `CONNECT` never gets this far: Pingora answers it 405. Spelled otherwise (`connect`), it
 //! would reach the instance, where a server that reads methods without case would take it for
 //! a tunnel request; it is refused too. Every other method, extension methods included, is
@@ -66,9 +67,13 @@ fn refused_override(v: &[u8]) -> Option<Overridden> {
     }
 }
 
-/// What a `POST` asks, through a method-override header or a `_method` query parameter, to
-/// be handled as, when the router refuses that (the first such value found). Other methods
-/// are not overridden by those frameworks, so only a `POST` pays for the lookups.
+/// The query parameters frameworks read a method override from (names read as
+/// `crate::auth::credential::query_values` reads them).
+const OVERRIDE_PARAMETERS: [&[u8]; 2] = [b"_method", b"x-tunneled-method"];
+
+/// What a `POST` asks, through a method-override header or query parameter, to be handled
+/// as, when the router refuses that (the first such value found). Other methods are not
+/// overridden by those frameworks, so only a `POST` pays for the lookups.
 pub fn refused_override_of(
     method: &Method,
     headers: &HeaderMap,
@@ -83,8 +88,10 @@ pub fn refused_override_of(
         .find_map(|v| refused_override(v.as_bytes()))
         .or_else(|| {
             query.and_then(|q| {
-                crate::auth::credential::query_values(q, b"_method")
-                    .find_map(|v| refused_override(&v))
+                OVERRIDE_PARAMETERS.iter().find_map(|name| {
+                    crate::auth::credential::query_values(q, name)
+                        .find_map(|v| refused_override(&v))
+                })
             })
         })
 }
@@ -181,6 +188,11 @@ mod tests {
             ("a=1&_method=track", Some(Echo)),
             ("%5Fmethod=trace", Some(Echo)),
             ("_method=CONNECT", Some(Connect)),
+            // Plack's `MethodOverride` (every Catalyst app's) reads `x-tunneled-method`.
+            ("x-tunneled-method=TRACE", Some(Echo)),
+            ("a=1;x%2dtunneled%2Dmethod=TRAC%45", Some(Echo)),
+            ("x-tunneled-method=head", Some(Head)),
+            ("x-tunneled-method=PUT", None),
             ("_method=%48EAD", Some(Head)),
             ("_method=PUT", None),
             ("x_method=TRACE", None),

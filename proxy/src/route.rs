@@ -43,7 +43,8 @@ const MAX_RESERVED_LEN: usize = 20;
 /// `HTTP_X.USER.ID` that Caddy's FastCGI and FrankenPHP pass into `_`). These are removed
 /// before the router sets its own:
 /// - the identity headers it sets (`X-Tenant-Id`, `X-Org-Id`, `X-User-Id`, `X-Request-Id`);
-/// - every `X-Forwarded*` and `Forwarded`, and the client-address and scheme headers that
+/// - every `X-Forwarded*`, `Forwarded` and `Forwarded-*` (Dancer2 reads `Forwarded-Proto`),
+///   and the client-address and scheme headers that
 ///   frameworks and client-IP helpers read in their place (`X-Real-IP`, `X-Client-IP`,
 ///   `True-Client-IP`, `CF-Connecting-IP`, `X-Scheme`, ...): the router's `X-Forwarded-For`
 ///   and `-Proto` are the only account of the client;
@@ -52,7 +53,14 @@ const MAX_RESERVED_LEN: usize = 20;
 ///   path the policy decided on or the host the tenant was read from, and the mount-point
 ///   headers (`Script-Name`, which gunicorn reads as `SCRIPT_NAME`, and `X-Script-Name`): an
 ///   app takes that prefix off the path before routing, so `/billing/api/x` with
-///   `Script-Name: /billing` is `/api/x` to it, past a suspended tenant's recovery paths;
+///   `Script-Name: /billing` is `/api/x` to it, past a suspended tenant's recovery paths; and
+///   `X-Traversal-*` (Plack's `ReverseProxyPath`, which Catalyst's `using_frontend_proxy_path`
+///   loads, and Paste's proxy cut `X-Traversal-Path` off the path's start, `/login/admin`
+///   with `X-Traversal-Path: /login` being `/admin` to the app) and `X-Ingress-Path`;
+/// - the request headers that tell a middleware how the front proxy serves files
+///   (`X-Sendfile-Type`, `X-Accel-Mapping`: Rack's and Plack's `Sendfile` then answer with
+///   an `X-Accel-Redirect` to a path of the client's choosing, which an nginx between the
+///   router and the app serves from its internal locations);
 /// - the user headers of auth-proxy setups, by family (`Remote-*` as Authelia sends them,
 ///   `X-Remote-*`, `X-Auth-Request-*` as oauth2-proxy does, `X-WebAuth-*` as Grafana reads
 ///   them), and those of the platforms' own: `X-Amzn-Oidc-*` (AWS ALB), `X-Goog-Iap-*` and
@@ -112,6 +120,8 @@ pub fn is_reserved(name: &HeaderName) -> bool {
         b"x-ssl-",
         b"x-client-cert",
         b"x-arr-clientcert",
+        b"x-traversal-",
+        b"forwarded-",
     ]
     .iter()
     .any(|family| starts_as(b, family))
@@ -141,7 +151,6 @@ pub fn is_reserved(name: &HeaderName) -> bool {
             | b"x-user-id"
             | b"x-request-id"
             | b"forwarded"
-            | b"forwarded-for"
             | b"x-real-ip"
             | b"x-client-ip"
             | b"client-ip"
@@ -166,6 +175,9 @@ pub fn is_reserved(name: &HeaderName) -> bool {
             | b"x-originating-ip"
             | b"x-proxied-https"
             | b"x-arr-ssl"
+            | b"x-ingress-path"
+            | b"x-sendfile-type"
+            | b"x-accel-mapping"
     )
 }
 
@@ -860,12 +872,21 @@ mod tests {
             "x-ssl-client-verify",
             "x-client-cert",
             "x-client-certificate",
+            // Mount points and file-serving hints a middleware takes from the request.
+            "x-traversal-path",
+            "x_traversal_path",
+            "x-traversal-query-string",
+            "x-ingress-path",
+            "x-sendfile-type",
+            "x_accel_mapping",
+            "forwarded-proto",
+            "forwarded_host",
         ];
         let kept = [
             "x-user-ids",
             "x-user",
             "x-tenant",
-            "forwarded-host-of-app",
+            "forwardedhost",
             "authorization",
             "content-type",
             "cf-ray",
@@ -905,6 +926,10 @@ mod tests {
             "x-arr-log-id",
             "x-client-id",
             "client-hints",
+            "x-traversal",
+            "x-sendfile",
+            "x-accel-buffering",
+            "forwardedx",
         ];
         for name in reserved {
             let n = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));

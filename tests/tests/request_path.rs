@@ -1184,6 +1184,12 @@ fn trace_is_refused_before_any_instance_is_asked() {
         )
         .expect("an answer")
     };
+    // Plack's `MethodOverride` (in every Catalyst app) reads `x-tunneled-method`.
+    for how in ["?x-tunneled-method=TRACE", "?a=1;x%2Dtunneled-method=trace"] {
+        let r = post_overridden(how);
+        assert_eq!(r.status, 501, "{how}: {}", r.text());
+        assert!(r.text().contains("TRACE and TRACK"), "{}", r.text());
+    }
     for how in ["X-HTTP-Method-Override: CONNECT", "?_method=connect"] {
         let r = post_overridden(how);
         assert_eq!(r.status, 501, "{how}: {}", r.text());
@@ -1222,7 +1228,7 @@ fn trace_is_refused_before_any_instance_is_asked() {
     assert_eq!(
         w.edge
             .metric("nexus_edge_requests_total{outcome=\"trace_refused\"}"),
-        5
+        7
     );
     assert_eq!(
         w.edge
@@ -1344,6 +1350,14 @@ fn spoofed_identity_headers_are_replaced() {
             ("SSL_Client_Cert", "forged"),
             ("Client-Cert", ":Zm9yZ2Vk:"),
             ("X-SSL-Client-Verify", "SUCCESS"),
+            // Mount points Plack's `ReverseProxyPath` (Catalyst) and ingresses cut off the
+            // path, file-serving hints `Sendfile` middleware obeys, `Forwarded-*`.
+            ("X-Traversal-Path", "/login"),
+            ("X_Traversal_Path", "/login"),
+            ("X-Ingress-Path", "/login"),
+            ("X-Sendfile-Type", "X-Accel-Redirect"),
+            ("X-Accel-Mapping", "/=/internal/"),
+            ("Forwarded-Proto", "https"),
         ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -1355,6 +1369,12 @@ fn spoofed_identity_headers_are_replaced() {
         "ssl_client_cert",
         "client-cert",
         "x-ssl-client-verify",
+        "x-traversal-path",
+        "x_traversal_path",
+        "x-ingress-path",
+        "x-sendfile-type",
+        "x-accel-mapping",
+        "forwarded-proto",
         "x_user_id",
         "x_tenant_id",
         "x_forwarded_for",
