@@ -65,6 +65,7 @@ pub fn embedded_default() -> Settings {
             dns_serve_stale: Duration::from_secs(30),
             idle_connections: 4096,
             idle_connection_timeout: Duration::from_secs(60),
+            chunked_request_bodies: ChunkedRequestBodies::Length,
         },
         store: StoreSettings::File(FileStoreSettings {
             path: None,

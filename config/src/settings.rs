@@ -233,6 +233,21 @@ pub struct UpstreamSettings {
     /// Below the instances' own keep-alive timeout, the router closes first, so a request is
     /// not sent on a connection the instance is closing.
     pub idle_connection_timeout: Duration,
+    /// How a request body the client sends chunked is sent to the instance.
+    pub chunked_request_bodies: ChunkedRequestBodies,
+}
+
+/// How a chunked request body (one whose length the client did not say) reaches the instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkedRequestBodies {
+    /// Read whole by the router first (up to 64 KiB; a longer one is refused, 411) and sent
+    /// with a `Content-Length`: the servers that implement no chunked request bodies (uWSGI's
+    /// `--http11-socket`, Thin) would read its chunks as the connection's next request, one
+    /// the router never checked.
+    Length,
+    /// Passed on chunked as it arrives, without a bound: only for instances whose servers all
+    /// read chunked request bodies.
+    Chunked,
 }
 
 /// `[store]`: where bindings come from.

@@ -295,6 +295,32 @@ fn the_tunnel_idle_timeout_is_an_hour_unless_set_between_a_second_and_a_day() {
 }
 
 #[test]
+fn chunked_request_bodies_are_sent_with_their_length_unless_set_to_chunked() {
+    let default = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(
+        default.upstream.chunked_request_bodies,
+        ChunkedRequestBodies::Length
+    );
+    assert_eq!(
+        embedded_default().upstream.chunked_request_bodies,
+        ChunkedRequestBodies::Length
+    );
+    let set = format!("{MINIMAL}\n[upstream]\nchunked_request_bodies = \"chunked\"\n");
+    let s = parse_str(&set, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(
+        s.upstream.chunked_request_bodies,
+        ChunkedRequestBodies::Chunked
+    );
+    let text = format!("{MINIMAL}\n[upstream]\nchunked_request_bodies = \"buffer\"\n");
+    has(
+        &problems(&text),
+        "upstream.chunked_request_bodies",
+        10,
+        "expected \"length\" or \"chunked\"",
+    );
+}
+
+#[test]
 fn idle_instance_connections_are_4096_unless_set_between_1_and_a_million() {
     let default = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
     assert_eq!(default.upstream.idle_connections, 4096);

@@ -31,6 +31,10 @@ pub enum RejectReason {
     /// timeout: the instance was waiting for it, so the timeout is the client's, not the
     /// instance's (see `service::late_client_fault`).
     BodyTimeout,
+    /// A chunked request body longer than the router reads whole before sending it with a
+    /// `Content-Length` (`[upstream] chunked_request_bodies = "length"`, see
+    /// `service::body`).
+    ChunkedBodyTooLong,
     /// A request header Pingora refuses when it prepares the request for the instance:
     /// `Connection` naming `Host` or an `X-Forwarded-*` field, ten or more names, or a name
     /// that is no token. [`crate::nominations`] finds these before any instance is asked.
@@ -93,6 +97,7 @@ impl RejectReason {
             | RejectReason::ConnectRefused => 501,
             RejectReason::HeaderTooLarge => 431,
             RejectReason::BodyTimeout => 408,
+            RejectReason::ChunkedBodyTooLong => 411,
             RejectReason::BadFraming(
                 FramingError::ChunkedTwice
                 | FramingError::BadChunk(_)
@@ -120,7 +125,7 @@ impl RejectReason {
     /// Whether the request could not be read as sent (malformed, oversized, framed in a way
     /// the router does not forward), so its connection cannot carry another one.
     pub fn closes_connection(&self) -> bool {
-        matches!(self.status(), 400 | 408 | 431 | 501)
+        matches!(self.status(), 400 | 408 | 411 | 431 | 501)
     }
 
     /// Whether the request was decided and forwarded, and failed on the way (the instance
@@ -140,12 +145,13 @@ impl RejectReason {
     /// Every [`Self::label`], so that each `requests_total` series exists (at 0) from start-up:
     /// a rate or an alert over an outcome that has not happened yet then reads 0, not
     /// nothing. A test holds it to `label`.
-    pub const LABELS: [&'static str; 22] = [
+    pub const LABELS: [&'static str; 23] = [
         "trace_refused",
         "connect_refused",
         "bad_framing",
         "header_too_large",
         "request_body_timeout",
+        "chunked_body_too_long",
         "malformed_header",
         "bad_host",
         "bad_path",
@@ -173,6 +179,7 @@ impl RejectReason {
             RejectReason::BadFraming(_) => "bad_framing",
             RejectReason::HeaderTooLarge => "header_too_large",
             RejectReason::BodyTimeout => "request_body_timeout",
+            RejectReason::ChunkedBodyTooLong => "chunked_body_too_long",
             RejectReason::MalformedHeader => "malformed_header",
             RejectReason::BadHost(_) => "bad_host",
             RejectReason::BadPath(_) => "bad_path",
@@ -241,6 +248,10 @@ impl RejectReason {
             }
             RejectReason::BodyTimeout => {
                 "request timeout: the request body did not arrive in time\n"
+            }
+            RejectReason::ChunkedBodyTooLong => {
+                "length required: a chunked request body over 64 KiB; send it with a \
+                 Content-Length\n"
             }
             RejectReason::MalformedHeader => "bad request: a request header is malformed\n",
             RejectReason::BadHost(HostError::Missing) => {
@@ -323,6 +334,7 @@ mod tests {
                 | RejectReason::BadFraming(_)
                 | RejectReason::HeaderTooLarge
                 | RejectReason::BodyTimeout
+                | RejectReason::ChunkedBodyTooLong
                 | RejectReason::MalformedHeader
                 | RejectReason::BadHost(_)
                 | RejectReason::BadPath(_)
@@ -348,6 +360,7 @@ mod tests {
             RejectReason::BadFraming(FramingError::UnsupportedCoding),
             RejectReason::HeaderTooLarge,
             RejectReason::BodyTimeout,
+            RejectReason::ChunkedBodyTooLong,
             RejectReason::MalformedHeader,
             RejectReason::BadHost(HostError::Malformed),
             RejectReason::BadPath(PathError::ControlChar),

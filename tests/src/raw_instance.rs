@@ -65,6 +65,22 @@ impl RawInstance {
     /// request's head as received (without its final blank line). A request's body is read
     /// by its `Content-Length` or up to the last chunk before it is answered.
     pub fn start(reply: impl Fn(&str) -> Answer + Send + Sync + 'static) -> RawInstance {
+        Self::start_framing(reply, true)
+    }
+
+    /// [`RawInstance::start`] for a server that implements no chunked request bodies, as
+    /// uWSGI's `--http11-socket` and Thin: a request's body is its `Content-Length`, or none,
+    /// and the bytes after its head are the next request.
+    pub fn start_without_chunked(
+        reply: impl Fn(&str) -> Answer + Send + Sync + 'static,
+    ) -> RawInstance {
+        Self::start_framing(reply, false)
+    }
+
+    fn start_framing(
+        reply: impl Fn(&str) -> Answer + Send + Sync + 'static,
+        chunked: bool,
+    ) -> RawInstance {
         let received: Received = Arc::default();
         let (log, reply) = (Arc::clone(&received), Arc::new(reply));
         let server = LoopbackServer::start(move |mut stream| {
@@ -78,7 +94,7 @@ impl RawInstance {
                 let mut pending = Vec::new();
                 let mut piece = [0u8; 8192];
                 loop {
-                    while let Some((head, used)) = next_request(&pending) {
+                    while let Some((head, used)) = next_request(&pending, chunked) {
                         pending.drain(..used);
                         let answer = reply(&head);
                         if stream.write_all(&answer.bytes).await.is_err() || answer.then_close {
@@ -118,8 +134,9 @@ impl RawInstance {
     }
 }
 
-/// The first complete request in `buf`: its head, and how many bytes it took with its body.
-fn next_request(buf: &[u8]) -> Option<(String, usize)> {
+/// The first complete request in `buf`: its head, and how many bytes it took with its body
+/// (a chunked body read as none unless `chunked`).
+fn next_request(buf: &[u8], chunked: bool) -> Option<(String, usize)> {
     let head_end = find(buf, b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let body_start = head_end + 4;
@@ -131,7 +148,7 @@ fn next_request(buf: &[u8]) -> Option<(String, usize)> {
                 .then(|| v.trim().to_owned())
         })
     };
-    let body_len = if field("transfer-encoding").is_some() {
+    let body_len = if chunked && field("transfer-encoding").is_some() {
         find(&buf[body_start..], b"0\r\n\r\n")? + 5
     } else {
         field("content-length").map_or(Some(0), |v| v.parse().ok())?

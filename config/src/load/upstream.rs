@@ -62,6 +62,23 @@ pub(super) fn parse(
             p,
         )
         .unwrap_or(d.idle_connection_timeout);
+    let chunked_request_bodies = match s.string("chunked_request_bodies", p) {
+        None => d.chunked_request_bodies,
+        Some((v, at)) => match v.as_str() {
+            "length" => ChunkedRequestBodies::Length,
+            "chunked" => ChunkedRequestBodies::Chunked,
+            _ => {
+                p.push(
+                    "upstream.chunked_request_bodies",
+                    Some(at),
+                    format!(
+                        "{v:?} is not a way to send a body; expected \"length\" or \"chunked\""
+                    ),
+                );
+                d.chunked_request_bodies
+            }
+        },
+    };
     s.finish(p);
     (p.list.len() == before).then_some(UpstreamSettings {
         connect_timeout,
@@ -73,5 +90,6 @@ pub(super) fn parse(
         dns_serve_stale,
         idle_connections,
         idle_connection_timeout,
+        chunked_request_bodies,
     })
 }

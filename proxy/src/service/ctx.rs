@@ -50,6 +50,9 @@ pub struct RequestCtx {
     /// connection (`Some(true)`) or opened one; `None` until an attempt got a connection.
     /// Counted once, when the request ends, in `instance_connections_total`.
     pub(super) instance_connection_reused: Option<bool>,
+    /// The length of a chunked request body read whole before forwarding (see
+    /// [`body`](super::body)), sent as its `Content-Length`; `None` for every other request.
+    pub(super) body_length: Option<usize>,
 }
 
 impl RequestCtx {

@@ -38,7 +38,9 @@ use crate::route::{
 };
 use crate::state::EdgeState;
 use crate::tunnel::{still_routed, token_still_accepted};
+use nexus_config::ChunkedRequestBodies;
 
+mod body;
 mod ctx;
 mod failures;
 mod request;
@@ -298,6 +300,7 @@ impl ProxyHttp for EdgeService {
             connect_retry_said: AtomicBool::new(false),
             response_complete: false,
             instance_connection_reused: None,
+            body_length: None,
         }
     }
 
@@ -365,7 +368,7 @@ impl ProxyHttp for EdgeService {
             }
             (Ok(()), Ok(()), Ok(())) => self.decide_request(session, ctx.start),
         };
-        match outcome {
+        let reason = match outcome {
             Ok(decision) => {
                 ctx.decision = Some(decision);
                 if take_expectation(session) {
@@ -379,14 +382,26 @@ impl ProxyHttp for EdgeService {
                     // A write that fails is the client going away (see `reject`).
                     sent.map_err(Error::into_down)?;
                 }
-                Ok(false)
+                let upstream = &self.state.settings.upstream;
+                if upstream.chunked_request_bodies != ChunkedRequestBodies::Length
+                    || !body::is_chunked(session)
+                {
+                    return Ok(false);
+                }
+                match body::read_whole(session, upstream.read_timeout).await {
+                    Ok(length) => {
+                        ctx.body_length = Some(length);
+                        return Ok(false);
+                    }
+                    Err(body::Unread::ClientGone(e)) => return Err(e),
+                    Err(body::Unread::Refused(reason)) => reason,
+                }
             }
-            Err(reason) => {
-                log_rejection(&self.state.log_budgets, ctx, &reason);
-                self.reject(session, ctx, reason, false).await?;
-                Ok(true)
-            }
-        }
+            Err(reason) => reason,
+        };
+        log_rejection(&self.state.log_budgets, ctx, &reason);
+        self.reject(session, ctx, reason, false).await?;
+        Ok(true)
     }
 
     async fn upstream_peer(
@@ -577,6 +592,11 @@ impl ProxyHttp for EdgeService {
             token_places: self.state.auth.token_places(),
         };
         rewrite_upstream_request(upstream_request, decision, fwd)?;
+        if let Some(length) = ctx.body_length {
+            // Read whole (see `body`): sent with its length, not chunked.
+            upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream_request.insert_header(http::header::CONTENT_LENGTH, length.to_string())?;
+        }
         // Pingora has taken the client's `Connection` off (a WebSocket handshake's is its
         // own, and such a request carries no body).
         if !session.is_body_empty()
