@@ -183,6 +183,28 @@ impl<'a, 'i> Section<'a, 'i> {
         }
     }
 
+    /// A string naming one of `choices` (`(name, value)`); `what` names the kind in the
+    /// problem an unknown name gets (`"a log format"`).
+    pub(crate) fn choice<T: Copy>(
+        &mut self,
+        k: &'static str,
+        what: &str,
+        choices: &[(&str, T)],
+        p: &mut Problems<'_>,
+    ) -> Option<T> {
+        let (v, at) = self.string(k, p)?;
+        let found = choices.iter().find(|(name, _)| *name == v).map(|&(_, t)| t);
+        if found.is_none() {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+            p.push(
+                self.key(k),
+                Some(at),
+                format!("{v:?} is not {what}; expected {}", names.join(" or ")),
+            );
+        }
+        found
+    }
+
     pub(crate) fn required_string(
         &mut self,
         k: &'static str,

@@ -19,21 +19,14 @@ pub(super) fn parse(
         .string("filter", p)
         .map_or_else(|| d.filter.clone(), |(v, _)| v);
     named.log_filter = Some(filter.clone());
-    let format = match s.string("format", p) {
-        None => d.format,
-        Some((v, at)) => match v.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => {
-                p.push(
-                    "log.format",
-                    Some(at),
-                    format!("{v:?} is not a log format; expected \"text\" or \"json\""),
-                );
-                d.format
-            }
-        },
-    };
+    let format = s
+        .choice(
+            "format",
+            "a log format",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            p,
+        )
+        .unwrap_or(d.format);
     let request_lines_per_second = s
         .integer("request_lines_per_second", 1, 1_000_000, p)
         .map_or(d.request_lines_per_second, |n| n as u32);

@@ -62,23 +62,17 @@ pub(super) fn parse(
             p,
         )
         .unwrap_or(d.idle_connection_timeout);
-    let chunked_request_bodies = match s.string("chunked_request_bodies", p) {
-        None => d.chunked_request_bodies,
-        Some((v, at)) => match v.as_str() {
-            "length" => ChunkedRequestBodies::Length,
-            "chunked" => ChunkedRequestBodies::Chunked,
-            _ => {
-                p.push(
-                    "upstream.chunked_request_bodies",
-                    Some(at),
-                    format!(
-                        "{v:?} is not a way to send a body; expected \"length\" or \"chunked\""
-                    ),
-                );
-                d.chunked_request_bodies
-            }
-        },
-    };
+    let chunked_request_bodies = s
+        .choice(
+            "chunked_request_bodies",
+            "a way to send a body",
+            &[
+                ("length", ChunkedRequestBodies::Length),
+                ("chunked", ChunkedRequestBodies::Chunked),
+            ],
+            p,
+        )
+        .unwrap_or(d.chunked_request_bodies);
     s.finish(p);
     (p.list.len() == before).then_some(UpstreamSettings {
         connect_timeout,
