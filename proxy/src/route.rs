@@ -24,15 +24,20 @@ use http::header::HeaderName;
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 static X_ORG_ID: HeaderName = HeaderName::from_static("x-org-id");
+/// The tenant's subscription status, for apps that dispatch otherwise than by path (Next.js
+/// server actions by a header, Astro's form actions by a query parameter): the router's
+/// status policy confines paths, so a suspended tenant's recovery page could still run any
+/// such action; the app can hold the line itself by this.
+static X_TENANT_STATUS: HeaderName = HeaderName::from_static("x-tenant-status");
 static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Headers [`rewrite_upstream_request`] sets: tenant, org, user, request id and the three
-/// `X-Forwarded-*`.
-const SET_BY_ROUTER: usize = 7;
+/// Headers [`rewrite_upstream_request`] sets: tenant, its status, org, user, request id and
+/// the three `X-Forwarded-*`.
+const SET_BY_ROUTER: usize = 8;
 
 /// Longest reserved name outside the families matched by prefix.
 const MAX_RESERVED_LEN: usize = 20;
@@ -42,7 +47,8 @@ const MAX_RESERVED_LEN: usize = 20;
 /// `X_User_Id` and `X-User-Id` to `HTTP_X_USER_ID`, and PHP turns the `.` of the
 /// `HTTP_X.USER.ID` that Caddy's FastCGI and FrankenPHP pass into `_`). These are removed
 /// before the router sets its own:
-/// - the identity headers it sets (`X-Tenant-Id`, `X-Org-Id`, `X-User-Id`, `X-Request-Id`);
+/// - the identity headers it sets (`X-Tenant-Id`, `X-Tenant-Status`, `X-Org-Id`, `X-User-Id`,
+///   `X-Request-Id`);
 /// - every `X-Forwarded*`, `Forwarded` and `Forwarded-*` (Dancer2 reads `Forwarded-Proto`),
 ///   and the client-address and scheme headers that
 ///   frameworks and client-IP helpers read in their place (`X-Real-IP`, `X-Client-IP`,
@@ -57,6 +63,11 @@ const MAX_RESERVED_LEN: usize = 20;
 ///   `X-Traversal-*` (Plack's `ReverseProxyPath`, which Catalyst's `using_frontend_proxy_path`
 ///   loads, and Paste's proxy cut `X-Traversal-Path` off the path's start, `/login/admin`
 ///   with `X-Traversal-Path: /login` being `/admin` to the app) and `X-Ingress-Path`;
+/// - Next.js's internal headers, which its own servers send one another and trust from any
+///   request (`X-Middleware-*`: `X-Middleware-Subrequest` made Next skip its middleware,
+///   CVE-2025-29927, and a server action forwarded to another page carries it along;
+///   `X-Invoke-*`, `X-Matched-Path`, `X-Now-Route-Matches`, `X-Action-Forwarded`), since no
+///   client sends them but to bypass something;
 /// - the request headers that tell a middleware how the front proxy serves files
 ///   (`X-Sendfile-Type`, `X-Accel-Mapping`: Rack's and Plack's `Sendfile` then answer with
 ///   an `X-Accel-Redirect` to a path of the client's choosing, which an nginx between the
@@ -122,6 +133,8 @@ pub fn is_reserved(name: &HeaderName) -> bool {
         b"x-arr-clientcert",
         b"x-traversal-",
         b"forwarded-",
+        b"x-middleware-",
+        b"x-invoke-",
     ]
     .iter()
     .any(|family| starts_as(b, family))
@@ -147,6 +160,7 @@ pub fn is_reserved(name: &HeaderName) -> bool {
     matches!(
         folded,
         b"x-tenant-id"
+            | b"x-tenant-status"
             | b"x-org-id"
             | b"x-user-id"
             | b"x-request-id"
@@ -178,6 +192,9 @@ pub fn is_reserved(name: &HeaderName) -> bool {
             | b"x-ingress-path"
             | b"x-sendfile-type"
             | b"x-accel-mapping"
+            | b"x-matched-path"
+            | b"x-now-route-matches"
+            | b"x-action-forwarded"
     )
 }
 
@@ -607,6 +624,10 @@ pub fn rewrite_upstream_request(
         headers.insert(http::header::CONTENT_LENGTH, length);
     }
     headers.insert(X_TENANT_ID.clone(), tenant);
+    headers.insert(
+        X_TENANT_STATUS.clone(),
+        http::HeaderValue::from_static(decision.binding.status.as_str()),
+    );
     if let Some(org) = org {
         headers.insert(X_ORG_ID.clone(), org);
     }
@@ -778,6 +799,8 @@ mod tests {
             "x-auth-user",
             "x-tenant-id",
             "x_tenant_id",
+            "x-tenant-status",
+            "x.tenant.status",
             "x-org-id",
             "x_org-id",
             "x-user-id",
@@ -881,6 +904,16 @@ mod tests {
             "x_accel_mapping",
             "forwarded-proto",
             "forwarded_host",
+            // Next.js's internal headers.
+            "x-middleware-subrequest",
+            "x_middleware_subrequest",
+            "x-middleware-rewrite",
+            "x-middleware-prefetch",
+            "x-invoke-path",
+            "x-invoke-query",
+            "x-matched-path",
+            "x-now-route-matches",
+            "x-action-forwarded",
         ];
         let kept = [
             "x-user-ids",
@@ -930,6 +963,11 @@ mod tests {
             "x-sendfile",
             "x-accel-buffering",
             "forwardedx",
+            "next-action",
+            "next-router-state-tree",
+            "x-nextjs-data",
+            "rsc",
+            "x-middleware",
         ];
         for name in reserved {
             let n = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
@@ -1259,12 +1297,15 @@ mod tests {
             let mut req = RequestHeader::build("GET", b"/api/x", None).expect("request");
             req.insert_header("x-tenant-id", "globex").expect("header");
             req.insert_header("X-User-Id", "admin").expect("header");
+            req.insert_header("X-Tenant-Status", "suspended")
+                .expect("header");
             rewrite(&mut req, &decision).map(|()| {
                 let one = |name: &HeaderName| {
                     let all: Vec<_> = req.headers.get_all(name).iter().collect();
                     assert!(all.len() <= 1, "{name} sent {} times", all.len());
                     all.first().map(|v| v.to_str().expect("ascii").to_owned())
                 };
+                assert_eq!(one(&X_TENANT_STATUS).as_deref(), Some("active"));
                 (one(&X_TENANT_ID), one(&X_ORG_ID), one(&X_USER_ID))
             })
         };

@@ -1308,6 +1308,7 @@ fn spoofed_identity_headers_are_replaced() {
         &[
             ("Authorization", &format!("Bearer {token}")),
             ("X-Tenant-Id", "globex"),
+            ("X-Tenant-Status", "trialing"),
             ("X-Org-Id", "org-globex"),
             ("X-User-Id", "admin"),
             ("X-Forwarded-For", "6.6.6.6"),
@@ -1364,6 +1365,13 @@ fn spoofed_identity_headers_are_replaced() {
             ("X-Sendfile-Type", "X-Accel-Redirect"),
             ("X-Accel-Mapping", "/=/internal/"),
             ("Forwarded-Proto", "https"),
+            // Next.js's internal headers: the first made its middleware skip itself.
+            (
+                "X-Middleware-Subrequest",
+                "middleware:middleware:middleware:middleware:middleware",
+            ),
+            ("X-Invoke-Path", "/admin"),
+            ("X-Matched-Path", "/admin"),
         ],
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -1381,6 +1389,9 @@ fn spoofed_identity_headers_are_replaced() {
         "x-sendfile-type",
         "x-accel-mapping",
         "forwarded-proto",
+        "x-middleware-subrequest",
+        "x-invoke-path",
+        "x-matched-path",
         "x_user_id",
         "x_tenant_id",
         "x_forwarded_for",
@@ -1408,6 +1419,7 @@ fn spoofed_identity_headers_are_replaced() {
         assert!(echoed_header(&echo, gone).is_empty(), "{gone}: {echo}");
     }
     assert_eq!(echoed_header(&echo, "x-tenant-id"), ["acme"]);
+    assert_eq!(echoed_header(&echo, "x-tenant-status"), ["active"]);
     assert_eq!(echoed_header(&echo, "x-org-id"), ["org-acme"]);
     assert_eq!(echoed_header(&echo, "x-user-id"), ["user-1"]);
     assert_eq!(echoed_header(&echo, "x-forwarded-for"), ["127.0.0.1"]);
@@ -1555,6 +1567,8 @@ fn status_policy_for_every_state() {
     ] {
         let r = get_with_token(addr, &host("susp"), ok, &t("susp"));
         assert_eq!(r.status, 200, "suspended {ok}: {}", r.text());
+        // Told to the app, for what it dispatches otherwise than by path.
+        assert_eq!(echoed_header(&r.json(), "x-tenant-status"), ["suspended"]);
     }
     for blocked in [
         "/",

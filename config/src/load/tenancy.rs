@@ -8,7 +8,7 @@ use toml::de::DeTable;
 use crate::reader::{Problems, Section};
 use crate::settings::*;
 
-use super::names::{check_domain, check_prefix, is_token};
+use super::names::{check_domain, check_path_prefix, check_prefix, is_token};
 
 pub(super) fn parse(
     root: &DeTable<'_>,
@@ -28,10 +28,10 @@ pub(super) fn parse(
         );
     }
     let public_paths = s
-        .strings("public_paths", p, check_prefix)
+        .strings("public_paths", p, check_path_prefix)
         .unwrap_or_else(|| d.public_paths.clone());
     let recovery_paths = s
-        .strings("recovery_paths", p, check_prefix)
+        .strings("recovery_paths", p, check_path_prefix)
         .unwrap_or_else(|| d.recovery_paths.clone());
     let api_prefix = match s.string("api_prefix", p) {
         None => d.api_prefix.clone(),
