@@ -53,9 +53,10 @@ pub enum Overridden {
 }
 
 /// What an override value names, blanks and case aside (a server matching methods without
-/// case reads it so), if it is one the router refuses.
+/// case reads it so; Jersey's override filter takes Java's `trim()` to it, which drops every
+/// control byte), if it is one the router refuses.
 fn refused_override(v: &[u8]) -> Option<Overridden> {
-    let v = v.trim_ascii();
+    let v = crate::auth::credential::trim_blanks(v);
     if v.eq_ignore_ascii_case(b"TRACE") || v.eq_ignore_ascii_case(b"TRACK") {
         Some(Overridden::Echo)
     } else if v.eq_ignore_ascii_case(b"CONNECT") {
@@ -90,7 +91,8 @@ pub fn refused_override_of(
             query.and_then(|q| {
                 OVERRIDE_PARAMETERS.iter().find_map(|name| {
                     crate::auth::credential::query_values(q, name)
-                        .find_map(|v| refused_override(&v))
+                        .iter()
+                        .find_map(|v| refused_override(v))
                 })
             })
         })
@@ -193,6 +195,12 @@ mod tests {
             ("a=1;x%2dtunneled%2Dmethod=TRAC%45", Some(Echo)),
             ("x-tunneled-method=head", Some(Head)),
             ("x-tunneled-method=PUT", None),
+            // Java's `trim()` (Jersey's override filter) drops every control byte.
+            ("_method=TRACE%00", Some(Echo)),
+            ("_method=%01head%1F", Some(Head)),
+            ("_method=%0BCONNECT", Some(Connect)),
+            // Decoded whole before it is split (`java.net.URI::getQuery()`).
+            ("a=%26_method%3DTRACE", Some(Echo)),
             ("_method=%48EAD", Some(Head)),
             ("_method=PUT", None),
             ("x_method=TRACE", None),

@@ -72,9 +72,10 @@ const UNICODE_BLANKS: [&[u8]; 21] = [
     "\u{feff}".as_bytes(),
 ];
 
-/// An ASCII blank as Python's `str.isspace()` reads one (the file and group separators too).
+/// An ASCII blank as Java's `String.trim()` reads one: every byte up to the space (which
+/// takes in Python's `str.isspace()`, file and group separators included).
 fn is_ascii_blank(c: u8) -> bool {
-    c.is_ascii_whitespace() || matches!(c, 0x0b | 0x1c..=0x1f)
+    c <= b' '
 }
 
 /// The length of the blank `b` starts with, or with `at_end` ends with (0: none). Beside
@@ -130,7 +131,7 @@ fn trim_blanks_end(mut b: &[u8]) -> &[u8] {
 }
 
 /// `b` without the blanks at either end, ASCII or not.
-fn trim_blanks(b: &[u8]) -> &[u8] {
+pub(crate) fn trim_blanks(b: &[u8]) -> &[u8] {
     trim_blanks_end(trim_blanks_start(b))
 }
 
@@ -497,24 +498,38 @@ pub fn check_query_token(
     let Some(query) = query.filter(|q| q.len() >= shortest) else {
         return Ok(());
     };
-    for (name, value) in parameters(query) {
-        if !value.is_empty()
-            && places.query.iter().any(|n| same_name(name, n.as_bytes()))
-            && !decodes_to(value, token.as_bytes())
-        {
-            return Err(CredentialError::Conflict);
+    for form in query_forms(query) {
+        for (name, value) in parameters(&form) {
+            if !value.is_empty()
+                && places.query.iter().any(|n| same_name(name, n.as_bytes()))
+                && !decodes_to(value, token.as_bytes())
+            {
+                return Err(CredentialError::Conflict);
+            }
         }
     }
     Ok(())
 }
 
+/// A query as frameworks split it: as it came, and, when it holds a `%`, decoded whole
+/// first. `java.net.URI::getQuery()` decodes before the code splitting it does (the JDK's
+/// server and Jersey hand apps a `URI`), so `?state=1%26access_token=…` holds an
+/// `access_token` there, hidden from a split of the raw query by its escaped `&` (or `=`,
+/// `;`).
+fn query_forms(query: &str) -> impl Iterator<Item = std::borrow::Cow<'_, [u8]>> {
+    let raw = std::iter::once(std::borrow::Cow::Borrowed(query.as_bytes()));
+    let decoded = query
+        .contains('%')
+        .then(|| std::borrow::Cow::Owned(form_decoded(query.as_bytes()).collect()));
+    raw.chain(decoded)
+}
+
 /// A query's parameters, raw: split at `&` and `;`, each at its first `=`. Leading `?`s are
 /// no part of the first name: `URLSearchParams` (Koa 3's `ctx.query`) drops one, so `??x=1`
 /// is `x` there.
-fn parameters(query: &str) -> impl Iterator<Item = (&[u8], &[u8])> {
-    query
-        .trim_start_matches('?')
-        .as_bytes()
+fn parameters(query: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let start = query.iter().take_while(|&&c| c == b'?').count();
+    query[start..]
         .split(|&c| c == b'&' || c == b';')
         .map(|pair| match pair.iter().position(|&c| c == b'=') {
             Some(eq) => (&pair[..eq], &pair[eq + 1..]),
@@ -523,14 +538,16 @@ fn parameters(query: &str) -> impl Iterator<Item = (&[u8], &[u8])> {
 }
 
 /// The values, form-decoded, of every parameter of `query` whose name some framework reads as
-/// `name` (see `same_name`).
-pub(crate) fn query_values<'a>(
-    query: &'a str,
-    name: &'a [u8],
-) -> impl Iterator<Item = Vec<u8>> + 'a {
-    parameters(query)
-        .filter(move |(n, _)| same_name(n, name))
-        .map(|(_, value)| form_decoded(value).collect())
+/// `name` (see `same_name`), in the query as it came and decoded whole (see `query_forms`).
+pub(crate) fn query_values(query: &str, name: &[u8]) -> Vec<Vec<u8>> {
+    query_forms(query)
+        .flat_map(|form| {
+            parameters(&form)
+                .filter(|(n, _)| same_name(n, name))
+                .map(|(_, value)| form_decoded(value).collect())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Form-decodes `raw` (`%XX`, `+` for space) byte by byte.
@@ -1270,7 +1287,7 @@ mod tests {
     #[test]
     fn query_token_table() {
         use CredentialError::Conflict;
-        let cases: [(Option<&str>, Result<(), CredentialError>); 38] = [
+        let cases: [(Option<&str>, Result<(), CredentialError>); 42] = [
             (None, Ok(())),
             (Some(""), Ok(())),
             (Some("page=2&sort=name"), Ok(())),
@@ -1315,6 +1332,12 @@ mod tests {
             (Some("a=1&Bearer.Token=forged"), Err(Conflict)),
             (Some("bearer_token=tok"), Ok(())),
             (Some("bearer=x&token=y"), Ok(())),
+            // Decoded whole before it is split (`java.net.URI::getQuery()`): an escaped
+            // separator hides nothing.
+            (Some("state=1%26access_token=forged"), Err(Conflict)),
+            (Some("access_token%3Dforged"), Err(Conflict)),
+            (Some("x=%3Baccess_token%3Dforged"), Err(Conflict)),
+            (Some("next=%2Fhome%26access_token%3Dtok"), Ok(())),
         ];
         for (query, want) in cases {
             assert_eq!(
