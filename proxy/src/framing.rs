@@ -50,7 +50,7 @@ pub fn closes_after(method: &Method) -> bool {
 /// Whether `method` is a method RFC 9110 defines (or `PATCH`) spelt in another case: `get`,
 /// `Head`. Methods are case-sensitive, so the router and Pingora read `head` as an unknown
 /// method (one whose answer has a body, sent on a connection kept for the tenant), while
-/// servers that read methods without case (the JDK's, Tornado, Werkzeug) answer it as `HEAD`,
+/// servers that read methods without case (Tornado, Werkzeug) answer it as `HEAD`,
 /// with no body: the router would read the tenant's next answer as this one's. No client
 /// sends these; refused.
 pub fn is_miscased_method(method: &Method) -> bool {
