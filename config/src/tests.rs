@@ -1038,12 +1038,14 @@ fn values_the_router_could_only_misread_are_refused() {
     );
     // Next.js's data routes serve any page's data: never public or a recovery path.
     let ps = problems(&format!(
-        "{MINIMAL}\n[tenancy]\npublic_paths = [\"/_next/\", \"/_next/static/\", \"/_next/data/b1\", \"/_nextx\"]\nrecovery_paths = [\"/_next\"]\n"
+        "{MINIMAL}\n[tenancy]\npublic_paths = [\"/_next/\", \"/_next/static/\", \"/_next/data/b1\", \"/_nextx\", \"/app/_next\", \"/_next/database\"]\nrecovery_paths = [\"/_next\"]\n"
     ));
     has(&ps, "tenancy.public_paths[0]", 10, "Next.js's data routes");
     has(&ps, "tenancy.public_paths[2]", 10, "Next.js's data routes");
+    // Under a `basePath`.
+    has(&ps, "tenancy.public_paths[4]", 10, "Next.js's data routes");
     has(&ps, "tenancy.recovery_paths[0]", 11, "/_next/static/");
-    assert_eq!(ps.len(), 3, "{ps:#?}");
+    assert_eq!(ps.len(), 4, "{ps:#?}");
     // A key prefix Redis would read as a pattern.
     let ps = problems(&format!(
         "{AUTH}[store]\nkind = \"redis\"\nurl = \"redis://x\"\nkey_prefix = \"edge[eu]\"\n"

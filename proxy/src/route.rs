@@ -42,6 +42,9 @@ const SET_BY_ROUTER: usize = 8;
 /// Longest reserved name outside the families matched by prefix.
 const MAX_RESERVED_LEN: usize = 20;
 
+/// Next.js's prefetch hint, the one `X-Middleware-*` header a browser sends.
+const PREFETCH: &[u8] = b"x-middleware-prefetch";
+
 /// Whether a client's request header is one the instance must only ever get from the router,
 /// in any spelling an upstream may fold together (`_` or `.` for `-`: CGI-style servers map
 /// `X_User_Id` and `X-User-Id` to `HTTP_X_USER_ID`, and PHP turns the `.` of the
@@ -67,7 +70,7 @@ const MAX_RESERVED_LEN: usize = 20;
 ///   request (`X-Middleware-*`: `X-Middleware-Subrequest` made Next skip its middleware,
 ///   CVE-2025-29927, and a server action forwarded to another page carries it along;
 ///   `X-Invoke-*`, `X-Matched-Path`, `X-Now-Route-Matches`, `X-Action-Forwarded`), since no
-///   client sends them but to bypass something;
+///   client sends them but to bypass something (the browser's `X-Middleware-Prefetch` aside);
 /// - the request headers that tell a middleware how the front proxy serves files
 ///   (`X-Sendfile-Type`, `X-Accel-Mapping`: Rack's and Plack's `Sendfile` then answer with
 ///   an `X-Accel-Redirect` to a path of the client's choosing, which an nginx between the
@@ -105,7 +108,16 @@ pub fn is_reserved(name: &HeaderName) -> bool {
             || (b.len() == SUBPROTOCOLS.len() && b != SUBPROTOCOLS && starts_as(b, SUBPROTOCOLS))
             || starts_as(b, b"ssl-");
     }
-    if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c' | b'r' | b'p')) {
+    // And those starting with `p`, past which `pragma`, `priority` and `purpose` need not go.
+    if b.first() == Some(&b'p') {
+        return starts_as(b, b"proxy-auth-cert") || starts_as(b, b"proxy-ssl-");
+    }
+    if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c' | b'r')) {
+        return false;
+    }
+    // The one Next.js header its own browser client sends (on a prefetch, answered `{}` by
+    // middleware that reads it), unlike the rest of `X-Middleware-*`.
+    if b.len() == PREFETCH.len() && starts_as(b, PREFETCH) {
         return false;
     }
     if [
@@ -125,8 +137,6 @@ pub fn is_reserved(name: &HeaderName) -> bool {
         b"x-credential-",
         b"x-authenticated-",
         b"x-original-forwarded-for",
-        b"proxy-auth-cert",
-        b"proxy-ssl-",
         b"client-cert",
         b"x-ssl-",
         b"x-client-cert",
@@ -908,7 +918,6 @@ mod tests {
             "x-middleware-subrequest",
             "x_middleware_subrequest",
             "x-middleware-rewrite",
-            "x-middleware-prefetch",
             "x-invoke-path",
             "x-invoke-query",
             "x-matched-path",
@@ -968,6 +977,9 @@ mod tests {
             "x-nextjs-data",
             "rsc",
             "x-middleware",
+            "x-middleware-prefetch",
+            "pragma",
+            "purpose",
         ];
         for name in reserved {
             let n = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}"));

@@ -64,11 +64,16 @@ pub(super) fn check_prefix(s: &str) -> Result<String, String> {
 /// A public or recovery path prefix ([`check_prefix`]) that does not take in Next.js's data
 /// routes: `/_next/data/<build>/<page>.json` answers with any page's data, or runs its
 /// handler, whatever the page's own path, so `/_next/` public would make every page public
-/// (a probe read protected pages' data and ran an API handler so, without a token).
+/// (a probe read protected pages' data and ran an API handler so, without a token); under a
+/// `basePath` too (`/app/_next/data/...`).
 pub(super) fn check_path_prefix(s: &str) -> Result<String, String> {
     let prefix = check_prefix(s)?;
-    let bare = prefix.trim_end_matches('/');
-    if bare == "/_next" || bare == "/_next/data" || bare.starts_with("/_next/data/") {
+    let segments: Vec<&str> = prefix.split('/').filter(|seg| !seg.is_empty()).collect();
+    let takes_in_data = segments
+        .iter()
+        .position(|&seg| seg == "_next")
+        .is_some_and(|i| segments.get(i + 1).is_none_or(|&next| next == "data"));
+    if takes_in_data {
         return Err(format!(
             "{s:?} takes in Next.js's data routes (/_next/data/...), which serve any page's \
              data and run its handlers: list \"/_next/static/\" for its assets instead"

@@ -498,11 +498,17 @@ pub fn check_query_token(
     let Some(query) = query.filter(|q| q.len() >= shortest) else {
         return Ok(());
     };
-    for form in query_forms(query) {
+    for (form, decoded) in query_forms(query) {
         for (name, value) in parameters(&form) {
+            // Decoded whole, a value is as the app reads it: not decoded again.
+            let repeats = if decoded {
+                value == token.as_bytes()
+            } else {
+                decodes_to(value, token.as_bytes())
+            };
             if !value.is_empty()
+                && !repeats
                 && places.query.iter().any(|n| same_name(name, n.as_bytes()))
-                && !decodes_to(value, token.as_bytes())
             {
                 return Err(CredentialError::Conflict);
             }
@@ -511,16 +517,24 @@ pub fn check_query_token(
     Ok(())
 }
 
-/// A query as frameworks split it: as it came, and, when it holds a `%`, decoded whole
-/// first. `java.net.URI::getQuery()` decodes before the code splitting it does (the JDK's
-/// server and Jersey hand apps a `URI`), so `?state=1%26access_token=…` holds an
-/// `access_token` there, hidden from a split of the raw query by its escaped `&` (or `=`,
-/// `;`).
-fn query_forms(query: &str) -> impl Iterator<Item = std::borrow::Cow<'_, [u8]>> {
-    let raw = std::iter::once(std::borrow::Cow::Borrowed(query.as_bytes()));
-    let decoded = query
-        .contains('%')
-        .then(|| std::borrow::Cow::Owned(form_decoded(query.as_bytes()).collect()));
+/// A query as frameworks split it, each form with whether it is decoded: as it came, and,
+/// when it holds an escaped separator (`%26`, `%3B`, `%3D`), decoded whole first.
+/// `java.net.URI::getQuery()` decodes before the code splitting it does (the JDK's server and
+/// Jersey hand apps a `URI`), so `?state=1%26access_token=…` holds an `access_token` there,
+/// hidden from a split of the raw query. (So does a nested URL's query in a value,
+/// `?next=%2Fx%3Ftoken%3D…`: a token parameter there must repeat the token too.)
+fn query_forms(query: &str) -> impl Iterator<Item = (std::borrow::Cow<'_, [u8]>, bool)> {
+    let raw = std::iter::once((std::borrow::Cow::Borrowed(query.as_bytes()), false));
+    let escapes_a_separator = query
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && matches!(escaped_byte(w), Some(b'&' | b';' | b'=')));
+    let decoded = escapes_a_separator.then(|| {
+        (
+            std::borrow::Cow::Owned(form_decoded(query.as_bytes()).collect()),
+            true,
+        )
+    });
     raw.chain(decoded)
 }
 
@@ -541,7 +555,7 @@ fn parameters(query: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 /// `name` (see `same_name`), in the query as it came and decoded whole (see `query_forms`).
 pub(crate) fn query_values(query: &str, name: &[u8]) -> Vec<Vec<u8>> {
     query_forms(query)
-        .flat_map(|form| {
+        .flat_map(|(form, _)| {
             parameters(&form)
                 .filter(|(n, _)| same_name(n, name))
                 .map(|(_, value)| form_decoded(value).collect())

@@ -33,14 +33,17 @@ pub(super) enum Unread {
     ClientGone(Box<Error>),
 }
 
-/// Whether the request's body comes chunked (its `Transfer-Encoding`, already held to
-/// `chunked` alone) and is a body: after a `101` the bytes are a tunnel's.
-pub(super) fn is_chunked(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .contains_key(http::header::TRANSFER_ENCODING)
-        && !asks_for_upgrade(session)
+/// Whether the request's body comes without a length, to be sent on chunked: over HTTP/1.1
+/// a `Transfer-Encoding` (already held to `chunked` alone), over HTTP/2 a body without a
+/// `Content-Length`; and is a body: after a `101` the bytes are a tunnel's.
+pub(super) fn is_chunked(session: &mut Session) -> bool {
+    if asks_for_upgrade(session) {
+        return false;
+    }
+    let headers = &session.req_header().headers;
+    let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
+    let unsaid = !headers.contains_key(http::header::CONTENT_LENGTH);
+    chunked || (unsaid && !session.is_body_empty())
 }
 
 /// Reads the request's body whole into Pingora's retry buffer and returns its length; each
@@ -60,10 +63,12 @@ pub(super) async fn read_whole(session: &mut Session, timeout: Duration) -> Resu
             }
             Ok(None) => break Ok(length),
             Err(e) => {
+                // Pingora's parser leaves the side unsaid; every failure here is the client's.
+                let e = e.into_down();
                 break Err(match late_client_fault(session, &e) {
                     Some(reason) => Unread::Refused(reason),
-                    None => Unread::ClientGone(e.into_down()),
-                })
+                    None => Unread::ClientGone(e),
+                });
             }
         }
     };
