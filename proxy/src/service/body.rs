@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use nexus_config::{ChunkedRequestBodies, UpstreamSettings};
 use pingora::proxy::Session;
 use pingora::Error;
 
@@ -23,7 +24,7 @@ use super::failures::late_client_fault;
 use super::upgrade::asks_for_upgrade;
 
 /// The longest chunked body read whole: Pingora's retry buffer keeps no more.
-pub(super) const MAX_CHUNKED_BODY: usize = 64 * 1024;
+const MAX_CHUNKED_BODY: usize = 64 * 1024;
 
 /// Why a chunked body could not be read whole.
 pub(super) enum Unread {
@@ -36,7 +37,7 @@ pub(super) enum Unread {
 /// Whether the request's body comes without a length, to be sent on chunked: over HTTP/1.1
 /// a `Transfer-Encoding` (already held to `chunked` alone), over HTTP/2 a body without a
 /// `Content-Length`; and is a body: after a `101` the bytes are a tunnel's.
-pub(super) fn is_chunked(session: &mut Session) -> bool {
+fn is_chunked(session: &mut Session) -> bool {
     if asks_for_upgrade(session) {
         return false;
     }
@@ -46,9 +47,22 @@ pub(super) fn is_chunked(session: &mut Session) -> bool {
     chunked || (unsaid && !session.is_body_empty())
 }
 
+/// For a body without a length, when `upstream` has such bodies sent with one: reads it whole
+/// and returns its length, to be sent as its `Content-Length`. `None`: the body goes on as it
+/// comes (it has a length, there is none, or `chunked_request_bodies = "chunked"`).
+pub(super) async fn read_if_chunked(
+    session: &mut Session,
+    upstream: &UpstreamSettings,
+) -> Result<Option<usize>, Unread> {
+    if upstream.chunked_request_bodies != ChunkedRequestBodies::Length || !is_chunked(session) {
+        return Ok(None);
+    }
+    read_whole(session, upstream.read_timeout).await.map(Some)
+}
+
 /// Reads the request's body whole into Pingora's retry buffer and returns its length; each
 /// read may wait `timeout` for the client, as the instance would have.
-pub(super) async fn read_whole(session: &mut Session, timeout: Duration) -> Result<usize, Unread> {
+async fn read_whole(session: &mut Session, timeout: Duration) -> Result<usize, Unread> {
     session.enable_retry_buffering();
     let before = session.get_read_timeout();
     session.set_read_timeout(Some(timeout));

@@ -38,7 +38,6 @@ use crate::route::{
 };
 use crate::state::EdgeState;
 use crate::tunnel::{still_routed, token_still_accepted};
-use nexus_config::ChunkedRequestBodies;
 
 mod body;
 mod ctx;
@@ -382,15 +381,9 @@ impl ProxyHttp for EdgeService {
                     // A write that fails is the client going away (see `reject`).
                     sent.map_err(Error::into_down)?;
                 }
-                let upstream = &self.state.settings.upstream;
-                if upstream.chunked_request_bodies != ChunkedRequestBodies::Length
-                    || !body::is_chunked(session)
-                {
-                    return Ok(false);
-                }
-                match body::read_whole(session, upstream.read_timeout).await {
+                match body::read_if_chunked(session, &self.state.settings.upstream).await {
                     Ok(length) => {
-                        ctx.body_length = Some(length);
+                        ctx.body_length = length;
                         return Ok(false);
                     }
                     Err(body::Unread::ClientGone(e)) => return Err(e),
