@@ -103,7 +103,8 @@ impl RejectReason {
                 | FramingError::BadChunk(_)
                 | FramingError::BareLineFeed
                 | FramingError::MiscasedMethod
-                | FramingError::HeadOverride,
+                | FramingError::HeadOverride
+                | FramingError::FramingNominated,
             )
             | RejectReason::MalformedHeader
             | RejectReason::BadHost(_)
@@ -242,6 +243,9 @@ impl RejectReason {
             }
             RejectReason::BadFraming(FramingError::HeadOverride) => {
                 "bad request: a POST may not be overridden to HEAD; send a HEAD request\n"
+            }
+            RejectReason::BadFraming(FramingError::FramingNominated) => {
+                "bad request: Connection may not name Content-Length or Transfer-Encoding\n"
             }
             RejectReason::HeaderTooLarge => {
                 "request header fields too large: the request header is longer than allowed\n"

@@ -84,6 +84,10 @@ pub enum FramingError {
     /// A `POST` asking to be handled as `HEAD` ([`crate::method::refused_override_of`]).
     #[error("a POST overridden to HEAD")]
     HeadOverride,
+    /// `Connection` names `Content-Length` or `Transfer-Encoding`
+    /// ([`crate::nominations::names_framing`]).
+    #[error("Connection names a field that frames the body")]
+    FramingNominated,
 }
 
 impl FramingError {
@@ -96,6 +100,7 @@ impl FramingError {
             FramingError::BareLineFeed => "bare_line_feed",
             FramingError::MiscasedMethod => "miscased_method",
             FramingError::HeadOverride => "head_override",
+            FramingError::FramingNominated => "framing_nominated",
         }
     }
 }

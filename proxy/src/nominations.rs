@@ -12,6 +12,9 @@
 //! These are the rules of Pingora's default request policy for an instance, which the router
 //! keeps (it strips nominated fields and refuses malformed nominations); a test holds it to
 //! that, since a lenient policy would accept names refused here.
+//!
+//! The router refuses one more nomination of its own: the fields that frame the body
+//! ([`names_framing`]).
 
 use http::header::CONNECTION;
 use http::HeaderMap;
@@ -31,28 +34,44 @@ const PROTECTED: [&str; 4] = [
     "x-forwarded-proto",
 ];
 
+/// The fields that frame a request's body.
+const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
+
+/// The names the request's `Connection` header gives, over all its lines, blanks trimmed,
+/// empty list elements left out.
+fn names(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(CONNECTION)
+        .into_iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|name| !name.is_empty())
+}
+
+/// Whether `name` is one of `fields`, in any case.
+fn is_one_of(name: &[u8], fields: &[&str]) -> bool {
+    fields
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
+}
+
 /// Whether Pingora would refuse the request's `Connection` header (over all its lines).
 pub fn is_refused(headers: &HeaderMap) -> bool {
-    let mut names = 0usize;
-    for value in headers.get_all(CONNECTION) {
-        for name in value.as_bytes().split(|&b| b == b',') {
-            let name = name.trim_ascii();
-            if name.is_empty() {
-                continue;
-            }
-            names += 1;
-            if names > MAX_NAMES
-                || name.len() > MAX_NAME_BYTES
-                || !name.iter().all(|&b| is_tchar(b))
-                || PROTECTED
-                    .iter()
-                    .any(|p| name.eq_ignore_ascii_case(p.as_bytes()))
-            {
-                return true;
-            }
-        }
-    }
-    false
+    names(headers).enumerate().any(|(i, name)| {
+        i >= MAX_NAMES
+            || name.len() > MAX_NAME_BYTES
+            || !name.iter().all(|&b| is_tchar(b))
+            || is_one_of(name, &PROTECTED)
+    })
+}
+
+/// Whether the request's `Connection` names `Content-Length` or `Transfer-Encoding`. Pingora
+/// would take the field off and send the body framed otherwise: a body with a length went
+/// on chunked, past `chunked_request_bodies = "length"`, and uWSGI's `--http11-socket`,
+/// which reads no chunked bodies, ran the request it held, with identity headers of the
+/// client's choosing. No client has a reason to name them.
+pub fn names_framing(headers: &HeaderMap) -> bool {
+    names(headers).any(|name| is_one_of(name, &FRAMING))
 }
 
 /// `tchar` (RFC 9110 §5.6.2): the bytes of a token. A pseudo-header's `:` is not one.
@@ -101,6 +120,32 @@ mod tests {
         let long = "x".repeat(MAX_NAME_BYTES);
         assert!(!refused(&[&long]));
         assert!(refused(&[&format!("{long}x")]));
+    }
+
+    #[test]
+    fn naming_a_framing_field_is_found() {
+        let framing = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(CONNECTION, HeaderValue::from_str(l).expect("a value"));
+            }
+            names_framing(&h)
+        };
+        for (lines, want) in [
+            (&[][..], false),
+            (&["keep-alive, close"][..], false),
+            (&["content-length"][..], true),
+            (&["Keep-Alive,CONTENT-LENGTH"][..], true),
+            (&["close", " Transfer-Encoding "][..], true),
+            (
+                &["content-lengths, x-content-length, transfer-encoding2"][..],
+                false,
+            ),
+        ] {
+            assert_eq!(framing(lines), want, "{lines:?}");
+            // Pingora itself refuses none of them.
+            assert!(!refused(lines), "{lines:?}");
+        }
     }
 
     #[test]

@@ -294,6 +294,80 @@ fn a_chunked_body_holding_a_request_is_a_body_to_a_server_without_chunked_bodies
 }
 
 #[test]
+fn connection_may_not_name_the_fields_that_frame_the_body() {
+    // Pingora takes a nominated field off the request: naming `Content-Length` sent its
+    // body on chunked whatever `chunked_request_bodies` says, and uWSGI's `--http11-socket`
+    // ran the request the body held. Naming `Transfer-Encoding` would leave a chunked body
+    // with no framing at all where it is passed on chunked.
+    let keys = TestKeys::new();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&heads);
+    let instance = RawInstance::start_without_chunked(move |head| {
+        seen.lock().unwrap().push(head.to_owned());
+        Answer::keep(OK)
+    });
+    let bindings = bindings_file(vec![binding(
+        "acme",
+        &instance.url(),
+        "active",
+        Some("org-acme"),
+    )]);
+    let edge = Edge::start(&EdgeOptions::new(keys.jwks(), bindings));
+    let smuggled =
+        format!("GET /admin/users HTTP/1.1\r\nHost: acme.{BASE}\r\nX-User-Id: admin\r\n\r\n");
+    let chunked = format!("{:x}\r\n{smuggled}\r\n0\r\n\r\n", smuggled.len());
+    for (connection, framing, body) in [
+        (
+            "content-length",
+            format!("Content-Length: {}", smuggled.len()),
+            &smuggled,
+        ),
+        (
+            "Keep-Alive, CONTENT-LENGTH",
+            format!("Content-Length: {}", smuggled.len()),
+            &smuggled,
+        ),
+        (
+            "transfer-encoding",
+            "Transfer-Encoding: chunked".to_owned(),
+            &chunked,
+        ),
+    ] {
+        let mut s = TcpStream::connect(edge.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            format!(
+                "POST /login HTTP/1.1\r\nHost: acme.{BASE}\r\n{framing}\r\n\
+                 Connection: {connection}\r\n\r\n{body}"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let r = read_response(&mut s).unwrap();
+        assert_eq!(r.status, 400, "{connection}: {}", r.text());
+        assert!(r.text().contains("Connection"), "{}", r.text());
+    }
+    // Its other names are still the client's to give.
+    let mut s = TcpStream::connect(edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!(
+            "POST /login HTTP/1.1\r\nHost: acme.{BASE}\r\nContent-Length: 3\r\n\
+             Connection: keep-alive, x-trace\r\nX-Trace: 1\r\n\r\nabc"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:#?}");
+    assert!(
+        heads[0].to_ascii_lowercase().contains("content-length: 3"),
+        "{heads:#?}"
+    );
+}
+
+#[test]
 fn a_request_bodys_trailer_fields_never_reach_the_instance() {
     // Unicorn copies a chunked body's trailer fields into the request's variables once it has
     // read the body (`HTTP_AUTHORIZATION`, `HTTP_X_USER_ID`): passed on, they would replace

@@ -182,6 +182,9 @@ impl EdgeService {
         // Before the tenant: a body the instance would read otherwise than the router is
         // refused whoever it is addressed to.
         check_transfer_coding(&req.headers).map_err(RejectReason::BadFraming)?;
+        if crate::nominations::names_framing(&req.headers) {
+            return Err(RejectReason::BadFraming(FramingError::FramingNominated));
+        }
         if crate::nominations::is_refused(&req.headers) {
             return Err(RejectReason::MalformedHeader);
         }
