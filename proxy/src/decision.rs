@@ -158,16 +158,16 @@ pub fn decide(
     };
 
     let identity = if under_prefix_as_routed(&path, &tenancy.public_paths) {
-        let identity = tenant_identity(facts, query, binding, auth).ok();
+        let identity = tenant_identity(facts, &path, query, binding, auth).ok();
         if identity.is_none() {
             // Headers can be taken off, a query parameter cannot: an `access_token` (or
             // another token parameter) the router did not accept would reach the instance.
-            check_query_token(query, "", auth.token_places())
+            check_query_token(&path, query, "", auth.token_places())
                 .map_err(RejectReason::BadCredential)?;
         }
         identity
     } else {
-        Some(tenant_identity(facts, query, binding, auth)?)
+        Some(tenant_identity(facts, &path, query, binding, auth)?)
     };
 
     let upstream = if binding.api_url.is_some() && has_prefix(&path, &tenancy.api_prefix) {
@@ -197,6 +197,7 @@ pub fn decide(
 /// The request's token, verified and proven to belong to the binding's tenant.
 fn tenant_identity(
     facts: &RequestFacts<'_>,
+    path: &str,
     query: Option<&str>,
     binding: &Binding,
     auth: &Authenticator,
@@ -211,7 +212,7 @@ fn tenant_identity(
     )
     .map_err(RejectReason::BadCredential)?
     .ok_or(RejectReason::MissingToken)?;
-    check_query_token(query, token, places).map_err(RejectReason::BadCredential)?;
+    check_query_token(path, query, token, places).map_err(RejectReason::BadCredential)?;
     let verified = auth
         .verify(token, facts.now_unix)
         .map_err(RejectReason::InvalidToken)?;

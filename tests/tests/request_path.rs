@@ -403,6 +403,13 @@ fn a_public_path_forwards_only_a_credential_of_its_tenant() {
         // inside an auth-param.
         ("Authorization", basic(&format!("{other}:")), vec![]),
         ("Authorization", format!("Token token=\"{other}\""), vec![]),
+        // Split by a blank, which hapi-auth-jwt2 takes out of the whole field.
+        ("Authorization", split_jws(&other), vec![]),
+        (
+            "Authorization",
+            format!("xBearer {}", split_jws(&other)),
+            vec![],
+        ),
         (
             "Cookie",
             format!("theme=dark nexus_session={own}; lang=en; nexus_session={other}"),
@@ -467,6 +474,9 @@ fn a_public_path_forwards_only_a_credential_of_its_tenant() {
         format!("/login?bearer_token={other}"),
         // `java.net.URI::getQuery()` decodes the escaped `&` before the app splits it.
         format!("/login/callback?state=1%26access_token={other}"),
+        // In the path: Fastify 4 reads a query from a `;` on, Elysia from the URL's start.
+        format!("/login/callback;access_token={other}"),
+        format!("/assets/app.js&access_token={other}&?v=1"),
     ] {
         let r = get(addr, &acme, &path, &[]);
         assert_eq!(r.status, 401, "{path}: {}", r.text());
@@ -479,6 +489,32 @@ fn a_public_path_forwards_only_a_credential_of_its_tenant() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(w.a.hits(), before + 1);
+    // Beside the verified token too.
+    let bearer = format!("Bearer {own}");
+    let r = get(
+        addr,
+        &acme,
+        &format!("/x;access_token={other}"),
+        &[("Authorization", &bearer)],
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    let split = split_jws(&other);
+    let r = get(
+        addr,
+        &acme,
+        "/x",
+        &[
+            ("Authorization", &split),
+            ("Cookie", &format!("nexus_session={own}")),
+        ],
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(w.a.hits(), before + 1);
+}
+
+/// `token` with a blank put into its header segment.
+fn split_jws(token: &str) -> String {
+    format!("{} {}", &token[..10], &token[10..])
 }
 
 #[test]

@@ -489,16 +489,20 @@ pub fn is_bearer(value: &[u8]) -> bool {
 /// empty one (`?token=`, `?token`) carries nothing, as an empty cookie does. With `token`
 /// empty, any parameter that carries something is refused.
 pub fn check_query_token(
+    path: &str,
     query: Option<&str>,
     token: &str,
     places: &TokenPlaces,
 ) -> Result<(), CredentialError> {
     // A decoded byte takes at least one raw byte: a query shorter than every name holds none.
     let shortest = places.query.iter().map(String::len).min().unwrap_or(0);
-    let Some(query) = query.filter(|q| q.len() >= shortest) else {
-        return Ok(());
-    };
-    for (form, decoded) in query_forms(query) {
+    let long_enough = |q: &&str| q.len() >= shortest;
+    let in_path = path_parameters(path).filter(long_enough);
+    let forms = in_path
+        .map(|p| (std::borrow::Cow::Borrowed(p.as_bytes()), false))
+        .into_iter()
+        .chain(query.filter(long_enough).into_iter().flat_map(query_forms));
+    for (form, decoded) in forms {
         for (name, value) in parameters(&form) {
             // Decoded whole, a value is as the app reads it: not decoded again.
             let repeats = if decoded {
@@ -515,6 +519,14 @@ pub fn check_query_token(
         }
     }
     Ok(())
+}
+
+/// The part of a path some frameworks read as query parameters: from its first `;` or `&`
+/// on. Fastify 4 starts the query at a `;` (find-my-way's `useSemicolonDelimiter`, on by
+/// default there; an option in Fastify 5), and Elysia's query parser reads the URL from its
+/// start, not from its `?`, so `/login/cb&token=…&?` holds a `token` there.
+fn path_parameters(path: &str) -> Option<&str> {
+    path.find([';', '&']).map(|i| &path[i + 1..])
 }
 
 /// A query as frameworks split it, each form with whether it is decoded: as it came, and,
@@ -734,7 +746,33 @@ fn holds_jws(b: &[u8]) -> bool {
 /// the scheme's first six bytes, whatever the sixth is): so the whole value is decoded, at
 /// each of base64's four alignments, which covers a decoding from any byte of it.
 fn hides_jws(value: &[u8]) -> bool {
-    escapes_jws(value) || decodes_to_jws(value)
+    escapes_jws(value) || decodes_to_jws(value) || squeezes_to_jws(value)
+}
+
+/// Whether `b` holds a JWS once its blanks, its bytes beyond ASCII and each `bearer` in it
+/// (any case, in either order) are taken out: hapi-auth-jwt2 takes the whole field, drops
+/// every `Bearer` and every space from it and verifies what is left, so
+/// `eyJhbGciOi JSUzI1NiJ9.eyJ….sig` is a token there.
+fn squeezes_to_jws(b: &[u8]) -> bool {
+    let squeezed =
+        |b: &[u8]| -> Vec<u8> { b.iter().copied().filter(u8::is_ascii_graphic).collect() };
+    let unworded = |b: &[u8]| -> Vec<u8> {
+        let mut out = Vec::with_capacity(b.len());
+        let mut rest = b;
+        while let Some(&c) = rest.first() {
+            if rest.len() >= 6 && rest[..6].eq_ignore_ascii_case(b"bearer") {
+                rest = &rest[6..];
+            } else {
+                out.push(c);
+                rest = &rest[1..];
+            }
+        }
+        out
+    };
+    let blanks_out = squeezed(b);
+    holds_jws(&blanks_out)
+        || holds_jws(&unworded(&blanks_out))
+        || holds_jws(&squeezed(&unworded(b)))
 }
 
 /// Whether `b` holds a JWS once its `%`-escapes are decoded (and none as sent: see
@@ -920,6 +958,15 @@ mod tests {
             // Behind any number of other words; `%`-escaped inside.
             format!("Digest a=b, c=d, {}", basic("x:eyJh.eyJz.c2ln")),
             basic("%65yJh.eyJz.c2ln:x"),
+            // Split by blanks or `Bearer`s, which hapi-auth-jwt2 takes out of the whole
+            // field before it verifies what is left.
+            "ey Jh.eyJz.c2ln".to_owned(),
+            "eyJh.ey Jz.c2ln".to_owned(),
+            "JWT e yJh.eyJz.c2ln".to_owned(),
+            "xBearer eyJh.eyJ z.c2ln".to_owned(),
+            "eyBearerJh.eyJz.c2ln".to_owned(),
+            "ey bear erJh.eyJz.c2ln".to_owned(),
+            "eyJh\t.eyJz\u{a0}.c2ln".to_owned(),
         ] {
             assert!(is_bearer(v.as_bytes()), "{v}");
             assert_eq!(bearer(v.as_bytes()), Err(CredentialError::Malformed), "{v}");
@@ -1264,25 +1311,25 @@ mod tests {
             ("t=1", Ok(())),
         ] {
             assert_eq!(
-                check_query_token(Some(query), "tok", &places),
+                check_query_token("/", Some(query), "tok", &places),
                 want,
                 "{query:?}"
             );
         }
         // Without a verified token, one that carries anything is refused.
         assert_eq!(
-            check_query_token(Some("token=x"), "", &places),
+            check_query_token("/", Some("token=x"), "", &places),
             Err(Conflict)
         );
-        assert_eq!(check_query_token(Some("token="), "", &places), Ok(()));
+        assert_eq!(check_query_token("/", Some("token="), "", &places), Ok(()));
         assert_eq!(
-            check_query_token(Some("token=&a=1"), "tok", &places),
+            check_query_token("/", Some("token=&a=1"), "tok", &places),
             Ok(())
         );
         // Not configured, `token` is the app's.
         let plain = TokenPlaces::with_session_cookie(None);
         assert_eq!(
-            check_query_token(Some("token=other"), "tok", &plain),
+            check_query_token("/", Some("token=other"), "tok", &plain),
             Ok(())
         );
     }
@@ -1355,11 +1402,40 @@ mod tests {
         ];
         for (query, want) in cases {
             assert_eq!(
-                check_query_token(query, "tok", &TokenPlaces::with_session_cookie(None)),
+                check_query_token("/", query, "tok", &TokenPlaces::with_session_cookie(None)),
                 want,
                 "{query:?}"
             );
         }
+    }
+
+    #[test]
+    fn token_parameters_in_the_path_are_checked_as_the_querys() {
+        use CredentialError::Conflict;
+        let places = TokenPlaces::with_session_cookie(None);
+        for (path, want) in [
+            ("/login/cb", Ok(())),
+            ("/a;jsessionid=1/b", Ok(())),
+            ("/a&b=1", Ok(())),
+            // Fastify 4 reads the query from a `;` on.
+            ("/login/x;access_token=forged", Err(Conflict)),
+            ("/login/x;a=1&Access_Token=forged", Err(Conflict)),
+            // Elysia reads parameters from the URL's start.
+            ("/login/cb&access_token=forged&", Err(Conflict)),
+            ("/x&bearer_token=forged/y", Err(Conflict)),
+            ("/x;access_token=tok", Ok(())),
+            ("/x;access_token=", Ok(())),
+        ] {
+            assert_eq!(
+                check_query_token(path, None, "tok", &places),
+                want,
+                "{path:?}"
+            );
+        }
+        assert_eq!(
+            check_query_token("/x;access_token=tok", None, "", &places),
+            Err(Conflict)
+        );
     }
 
     #[test]
