@@ -233,12 +233,85 @@ fn reserved_headers(c: &mut Criterion) {
     }
 }
 
+/// The instance's request rebuilt from a browser's behind a load balancer (12 fields, 3 of
+/// them `X-Forwarded-*`): target kept, identity and forwarding headers written.
+fn upstream_request(c: &mut Criterion) {
+    use nexus_edge::route::{rewrite_upstream_request, Forwarding};
+    use pingora::http::RequestHeader;
+    let dir = tempfile::tempdir().expect("dir");
+    let key = rs256_key();
+    let auth = Authenticator::new(&auth_settings(&dir.path().join("jwks.json"), &[&key], 16))
+        .expect("auth");
+    let table = table(1_000, "http://10.0.0.1:8080");
+    let mut tenancy = nexus_config::embedded_default().tenancy;
+    tenancy.base_domains = vec![BASE.to_owned()];
+    let now = now();
+    let host = format!("{}.{BASE}", tenant(7));
+    let authz = format!("Bearer {}", key.sign(&claims(7, 1)).expect("sign"));
+    let target = "/api/v1/items?page=2";
+    let facts = RequestFacts {
+        host_headers: &[host.as_bytes()],
+        uri_authority: None,
+        is_http2: false,
+        target,
+        authorization: &[authz.as_bytes()],
+        cookies: &[],
+        token_headers: &[],
+        subprotocols: &[],
+        now_unix: now,
+    };
+    let decision = decide(&facts, &tenancy, &table, &auth).expect("routed");
+    let mut template = RequestHeader::build("GET", target.as_bytes(), None).expect("request");
+    for (name, value) in [
+        ("host", host.as_str()),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        ),
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
+        ("accept-language", "en-GB,en;q=0.5"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        ("authorization", authz.as_str()),
+        ("cookie", "theme=dark; lang=en"),
+        ("x-forwarded-for", "198.51.100.7"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", host.as_str()),
+        ("content-type", "application/json"),
+        ("x-custom-trace", "abc123"),
+    ] {
+        template.append_header(name, value).expect("header");
+    }
+    let request_id = http::HeaderValue::from_static("0191b0c4-6a4e-7c2b-9f3e-5d2a1b0c9e8f");
+    c.bench_function("upstream_request/12_fields", |b| {
+        b.iter_batched(
+            || template.clone(),
+            |mut req| {
+                let fwd = Forwarding {
+                    forwarded_for: Some("198.51.100.7".to_owned()),
+                    proto: "http",
+                    host: http::HeaderValue::from_str(&host).expect("host"),
+                    request_id: &request_id,
+                    token_places: auth.token_places(),
+                    long: false,
+                };
+                rewrite_upstream_request(&mut req, &decision, fwd).expect("rewritten");
+                req
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
 criterion_group!(
     benches,
     host_lookup,
     token_verify,
     token_hash,
     full_decision,
-    reserved_headers
+    reserved_headers,
+    upstream_request
 );
 criterion_main!(benches);

@@ -19,6 +19,7 @@ use crate::decision::Decision;
 use crate::framing::canonical_content_length;
 
 use http::header::HeaderName;
+use http::HeaderMap;
 
 /// `X-Request-Id`, parsed once (as are the other router headers below).
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -544,6 +545,9 @@ pub struct Forwarding<'a> {
     pub request_id: &'a http::HeaderValue,
     /// The cookies and headers that may carry tokens (`[auth]`).
     pub token_places: &'a TokenPlaces,
+    /// Whether the client's header is long (see [`is_long`]): its fields then go behind the
+    /// router's.
+    pub long: bool,
 }
 
 fn value(text: &str) -> pingora::Result<http::HeaderValue> {
@@ -630,7 +634,6 @@ pub fn rewrite_upstream_request(
         parts.uri = uri;
     }
     let headers = &mut parts.headers;
-    headers.reserve(SET_BY_ROUTER);
 
     // Clients rarely send these: one pass over the (few) headers present, and removal only
     // when one is there.
@@ -646,6 +649,18 @@ pub fn rewrite_upstream_request(
     }
     if let Some(length) = canonical_content_length(headers) {
         headers.insert(http::header::CONTENT_LENGTH, length);
+    }
+    // A long header's fields go behind the router's (see `is_long`); a short one's stay
+    // where they are (rebuilding the map costs about 0.3 µs for a browser's dozen fields).
+    let behind = fwd.long.then(|| {
+        if !fwd.host.is_empty() {
+            headers.remove(http::header::HOST);
+        }
+        std::mem::take(headers)
+    });
+    headers.reserve(behind.as_ref().map_or(0, HeaderMap::len) + SET_BY_ROUTER);
+    if !fwd.host.is_empty() {
+        headers.insert(http::header::HOST, fwd.host.clone());
     }
     headers.insert(X_TENANT_ID.clone(), tenant);
     headers.insert(
@@ -666,10 +681,18 @@ pub fn rewrite_upstream_request(
         X_FORWARDED_PROTO.clone(),
         http::HeaderValue::from_static(fwd.proto),
     );
-    if !fwd.host.is_empty() {
-        headers.insert(http::header::HOST, fwd.host.clone());
-    }
     headers.insert(X_FORWARDED_HOST.clone(), fwd.host);
+    // Appended, not inserted: none of them is one of the router's (those were taken off
+    // above), and one the client repeats keeps every line.
+    let mut last = None;
+    for (name, value) in behind.into_iter().flatten() {
+        if let Some(name) = name {
+            last = Some(name);
+        }
+        if let Some(name) = &last {
+            headers.append(name, value);
+        }
+    }
 
     let mut rebuilt = RequestHeader::from(parts);
     if let Some(end) = send_end_stream {
@@ -677,6 +700,18 @@ pub fn rewrite_upstream_request(
     }
     *req = rebuilt;
     Ok(())
+}
+
+/// Whether a request header of `fields` fields and `bytes` bytes (as it came) is long: it
+/// then reaches the instance with the router's fields first and the client's behind them,
+/// so that a server reading a request's first fields only still has the router's.
+/// OpenResty's `ngx.req.get_headers()` returns the first 100 fields: a client's 100 left an
+/// app without `X-Tenant-Id`, `X-User-Id` and `X-Tenant-Status`. Netty hands its handler a
+/// header cut at 8 KiB. Below both bounds with room to spare, a header keeps its order.
+pub fn is_long(fields: usize, bytes: usize) -> bool {
+    const LONG_FIELDS: usize = 48;
+    const LONG_BYTES: usize = 4096;
+    fields > LONG_FIELDS || bytes > LONG_BYTES
 }
 
 /// Takes the bearer credential (every `Authorization: Bearer`, well-formed or not), the token
@@ -1259,6 +1294,11 @@ mod tests {
 
     /// Rewrites `req` for a plain-HTTP client of `acme.nexus.test` with no TCP peer.
     fn rewrite(req: &mut RequestHeader, decision: &Decision) -> pingora::Result<()> {
+        rewrite_as(req, decision, false)
+    }
+
+    /// [`rewrite`], the client's header long (see [`is_long`]) or not.
+    fn rewrite_as(req: &mut RequestHeader, decision: &Decision, long: bool) -> pingora::Result<()> {
         let id = http::HeaderValue::from_static("id");
         let fwd = Forwarding {
             forwarded_for: None,
@@ -1266,8 +1306,65 @@ mod tests {
             host: http::HeaderValue::from_static("acme.nexus.test"),
             request_id: &id,
             token_places: &places(),
+            long,
         };
         rewrite_upstream_request(req, decision, fwd)
+    }
+
+    #[test]
+    fn a_long_headers_fields_go_behind_the_routers() {
+        let decision = decision_for("/x", "http://127.0.0.1:1").expect("decision");
+        let names = |long: bool| -> Vec<String> {
+            let mut req = RequestHeader::build("GET", b"/x", None).expect("request");
+            for (name, value) in [
+                ("accept", "*/*"),
+                ("x-pad", "1"),
+                ("host", "ACME.nexus.test"),
+                ("x-pad", "2"),
+                ("x-user-id", "forged"),
+                ("cookie", "a=1"),
+            ] {
+                req.append_header(name, value).expect("header");
+            }
+            rewrite_as(&mut req, &decision, long).expect("rewritten");
+            req.headers
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().expect("ascii")))
+                .collect()
+        };
+        let long = names(true);
+        assert_eq!(
+            long,
+            [
+                "host: acme.nexus.test",
+                "x-tenant-id: acme",
+                "x-tenant-status: active",
+                "x-request-id: id",
+                "x-forwarded-proto: http",
+                "x-forwarded-host: acme.nexus.test",
+                "accept: */*",
+                "x-pad: 1",
+                "x-pad: 2",
+                "cookie: a=1",
+            ]
+        );
+        // A short one keeps its order, the router's fields after it (`Host` where it was).
+        let short = names(false);
+        assert_eq!(
+            short[..5],
+            [
+                "accept: */*",
+                "x-pad: 1",
+                "x-pad: 2",
+                "host: acme.nexus.test",
+                "cookie: a=1"
+            ]
+        );
+        let (mut a, mut b) = (long, short);
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        assert!(is_long(49, 100) && is_long(10, 4097) && !is_long(48, 4096));
     }
 
     #[test]

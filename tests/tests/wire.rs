@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions, BASE};
-use nexus_e2e::http::{read_next_response, read_response, Response};
+use nexus_e2e::http::{get_with_token, read_next_response, read_response, Response};
 use nexus_e2e::keys::TestKeys;
 use nexus_e2e::raw_instance::{Answer, RawInstance};
 
@@ -364,6 +364,75 @@ fn connection_may_not_name_the_fields_that_frame_the_body() {
     assert!(
         heads[0].to_ascii_lowercase().contains("content-length: 3"),
         "{heads:#?}"
+    );
+}
+
+#[test]
+fn a_long_request_header_reaches_the_instance_behind_the_routers_fields() {
+    // OpenResty's `ngx.req.get_headers()` returns a request's first 100 fields: behind a
+    // client's 100, the router's identity fields were not among them. Netty cuts a header
+    // at 8 KiB. Past 48 fields or 4 KiB, the router's go first.
+    let keys = TestKeys::new();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&heads);
+    let instance = RawInstance::start(move |head| {
+        seen.lock().unwrap().push(head.to_owned());
+        Answer::keep(OK)
+    });
+    let bindings = bindings_file(vec![binding(
+        "acme",
+        &instance.url(),
+        "active",
+        Some("org-acme"),
+    )]);
+    let edge = Edge::start(&EdgeOptions::new(keys.jwks(), bindings));
+    let token = keys.token("acme", Some("org-acme"));
+    let many: String = (0..100).map(|i| format!("X-Pad-{i}: {i}\r\n")).collect();
+    let big = format!("Cookie: a={}\r\n", "b".repeat(5000));
+    for (label, padding) in [("many", &many), ("big", &big)] {
+        let mut s = TcpStream::connect(edge.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            format!(
+                "GET /x HTTP/1.1\r\nHost: acme.{BASE}\r\n{padding}\
+                 Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let r = read_response(&mut s).unwrap();
+        assert_eq!(r.status, 200, "{label}: {}", r.text());
+        let head = heads
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("a request")
+            .to_ascii_lowercase();
+        let at = |name: &str| head.find(&format!("\r\n{name}:")).expect(name);
+        let first_client = at(if label == "many" { "x-pad-0" } else { "cookie" });
+        for ours in [
+            "host",
+            "x-tenant-id",
+            "x-tenant-status",
+            "x-org-id",
+            "x-user-id",
+        ] {
+            assert!(at(ours) < first_client, "{label}, {ours}: {head}");
+        }
+        assert_eq!(head.matches("\r\nhost:").count(), 1, "{head}");
+    }
+    // A short one keeps its order.
+    let r = get_with_token(edge.addr, &format!("acme.{BASE}"), "/x", &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let head = heads
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("a request")
+        .to_ascii_lowercase();
+    assert!(
+        head.find("authorization:").unwrap() < head.find("x-tenant-id:").unwrap(),
+        "{head}"
     );
 }
 

@@ -557,7 +557,7 @@ pub fn bound_client_writes(session: &mut Session, timeout: Duration) {
 /// Tells the stream under `session` that its request header has been read: no deadline until
 /// the request is done. A header longer than `[server] max_request_header_bytes` is refused:
 /// the caller answers it.
-pub fn header_read(session: &Session) -> Result<(), HeaderTooLarge> {
+pub fn header_read(session: &Session, raw: Option<&[u8]>) -> Result<(), HeaderTooLarge> {
     let Some(d) = deadline_of(session) else {
         return Ok(());
     };
@@ -567,8 +567,7 @@ pub fn header_read(session: &Session) -> Result<(), HeaderTooLarge> {
     // body bytes read with the header's end, and it misses whatever of a pipelined header
     // came in a read of the request before (RFC 9112 §9.3.2), which Pingora parses without
     // reading again.
-    if session.as_downstream().as_http1().is_some_and(|h1| {
-        let raw = h1.get_headers_raw_bytes();
+    if raw.is_some_and(|raw| {
         let line_ends = raw
             .iter()
             .take_while(|b| matches!(b, b'\r' | b'\n'))

@@ -303,6 +303,7 @@ impl ProxyHttp for EdgeService {
             response_complete: false,
             instance_connection_reused: None,
             body_length: None,
+            header_length: 0,
         }
     }
 
@@ -330,10 +331,12 @@ impl ProxyHttp for EdgeService {
             session.set_ignore_info_resp(true);
         }
         self.close_if_draining(session);
-        let header_size = crate::connections::header_read(session);
-        let line_ends = session.as_downstream().as_http1().map_or(Ok(()), |h1| {
-            crate::framing::check_line_ends(&h1.get_headers_raw_bytes())
-        });
+        let raw = (session.as_downstream().as_http1()).map(|h1| h1.get_headers_raw_bytes());
+        ctx.header_length = raw.as_ref().map_or(0, Bytes::len);
+        let header_size = crate::connections::header_read(session, raw.as_deref());
+        let line_ends = raw
+            .as_deref()
+            .map_or(Ok(()), crate::framing::check_line_ends);
         let req = session.req_header();
         ctx.request_id = sane_request_id(req.headers.get_all(&crate::route::X_REQUEST_ID).iter())
             .cloned()
@@ -586,6 +589,7 @@ impl ProxyHttp for EdgeService {
             host,
             request_id: &ctx.request_id,
             token_places: self.state.auth.token_places(),
+            long: crate::route::is_long(client.len(), ctx.header_length),
         };
         rewrite_upstream_request(upstream_request, decision, fwd)?;
         if let Some(length) = ctx.body_length {
