@@ -481,8 +481,9 @@ pub fn is_bearer(value: &[u8]) -> bool {
     !matches!(bearer(value), Ok(None))
 }
 
-/// Checks that every token parameter of `query` (`access_token` and the others `places`
-/// names; `&` or `;` separated; its name in any spelling some framework reads as the one
+/// Checks that every token parameter of `query`, and of `path` past its first `;` or `&`
+/// (see `path_parameters`), (`access_token` and the others `places` names; `&` or `;`
+/// separated; its name in any spelling some framework reads as the one
 /// named, see `same_name`; its value `%XX` and `+` decoded) that carries something carries
 /// exactly `token`: the router never authenticates from the query, so any other value is a
 /// second, unchecked credential that would reach the instance beside the verified one. An
