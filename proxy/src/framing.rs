@@ -32,19 +32,19 @@ use http::{HeaderMap, HeaderValue, Method};
 /// Whether the instance connection that carries a request of `method` with a body is closed
 /// once the answer is read, instead of pooled for the tenant's next request.
 ///
-/// These methods define no meaning for a body (RFC 9110 §9.3), and many servers answer them
-/// without reading it (a static file handler, a framework's `GET` route): kept open, such a
-/// server reads the body as its next request, one the router never checked (identity headers
-/// written by the client), and its answer goes to the tenant's next request on that
-/// connection. Bodies on these methods are rare, so closing costs a connection now and then.
-/// (An instance that answers a `POST` early without reading the body and keeps its connection
-/// breaks RFC 9112 §9.3 the same way; the router cannot tell that from the answer, and the
-/// README asks instances not to.)
+/// Every method but `POST`, `PUT` and `PATCH`, whose bodies servers read. `GET`, `HEAD`,
+/// `DELETE` and `OPTIONS` define no meaning for a body (RFC 9110 §9.3), and many servers
+/// answer them without reading it (a static file handler, a framework's `GET` route); a
+/// server that does not know an extension method (`PROPFIND`, `SEARCH`, `QUERY`) answers it
+/// 400, 405 or 501 without reading it. Kept open, such a server reads the body as its next
+/// request, one the router never checked (identity headers written by the client), and its
+/// answer goes to the tenant's next request on that connection. Bodies on these methods are
+/// rare but for WebDAV's, so closing costs a connection now and then. (An instance that
+/// answers a `POST` early without reading the body and keeps its connection breaks RFC 9112
+/// §9.3 the same way; the router cannot tell that from the answer, and the README asks
+/// instances not to.)
 pub fn closes_after(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
-    )
+    !matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
 /// Whether `method` is a method RFC 9110 defines (or `PATCH`) spelt in another case: `get`,

@@ -403,6 +403,13 @@ fn a_public_path_forwards_only_a_credential_of_its_tenant() {
         // inside an auth-param.
         ("Authorization", basic(&format!("{other}:")), vec![]),
         ("Authorization", format!("Token token=\"{other}\""), vec![]),
+        // libsoup's RFC 5987 name; libwebsockets' browser prefixes.
+        (
+            "Cookie",
+            format!("nexus_session*=UTF-8''{other}; lang=en"),
+            vec!["lang=en"],
+        ),
+        ("Cookie", format!("__Host-nexus_session={other}"), vec![]),
         // Split by a blank, which hapi-auth-jwt2 takes out of the whole field.
         ("Authorization", split_jws(&other), vec![]),
         (

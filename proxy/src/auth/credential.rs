@@ -601,13 +601,23 @@ fn decodes_to(raw: &[u8], want: &[u8]) -> bool {
 /// framework the instance may run, so that a second credential cannot ride past the checks to
 /// an app that reads it. Names are compared trimmed (lenient parsers), form-decoded, without
 /// case (ASP.NET Core), with `.`, space and `[` read as `_` (PHP), after any leading spaces
-/// (PHP drops them), `[` and `]` (Rack), and up to a `[`, `]` or NUL that follows the whole
-/// name (PHP makes `name[x]` an array under `name` and stops a name at a NUL; Rack reads
-/// `name]` as `name`).
+/// (PHP drops them), `[` and `]` (Rack), and up to a `[`, `]`, `*` or NUL that follows the
+/// whole name (PHP makes `name[x]` an array under `name` and stops a name at a NUL; Rack reads
+/// `name]` as `name`; libsoup reads `name*` as `name`, its value an RFC 5987 extended value,
+/// `UTF-8''%65yJ…`, which it decodes). A browser's cookie-name prefix (`__Host-`, `__Secure-`,
+/// in any case) is no part of the name: libwebsockets looks for the cookie behind either.
 fn same_name(raw: &[u8], name: &[u8]) -> bool {
     let raw = trim_blanks(raw);
     if raw == name {
         return true;
+    }
+    let unprefixed = [&b"__host-"[..], b"__secure-"].iter().find_map(|p| {
+        raw.get(..p.len())
+            .filter(|head| head.eq_ignore_ascii_case(p))
+            .map(|_| &raw[p.len()..])
+    });
+    if let Some(rest) = unprefixed {
+        return same_name(rest, name);
     }
     // A decoded byte takes at least one raw byte.
     if raw.len() < name.len() {
@@ -620,7 +630,7 @@ fn same_name(raw: &[u8], name: &[u8]) -> bool {
     let mut decoded = form_decoded(raw).skip_while(|c| matches!(c, b' ' | b'[' | b']'));
     name.iter()
         .all(|&want| decoded.next().is_some_and(|c| fold(c) == fold(want)))
-        && matches!(decoded.next(), None | Some(b'[' | b']' | 0))
+        && matches!(decoded.next(), None | Some(b'[' | b']' | b'*' | 0))
 }
 
 /// The token of a `Bearer` credential; `None` for another scheme (e.g. Basic, meant for the
@@ -868,7 +878,7 @@ mod tests {
 
     #[test]
     fn session_cookie_taken_off() {
-        let cases: [(&[u8], Option<&[u8]>); 15] = [
+        let cases: [(&[u8], Option<&[u8]>); 20] = [
             (b"sess=tok", None),
             (b"a=1; sess=tok; b=2", Some(b"a=1; b=2")),
             (b"a=1;sess=tok;", Some(b"a=1")),
@@ -884,6 +894,15 @@ mod tests {
             (b"a=1; sess\xa0=x", Some(b"a=1")),
             (b"$Version sess=x; a=1", Some(b"a=1")),
             (b"a=1; secure sess=x", Some(b"a=1")),
+            // libsoup's RFC 5987 name, libwebsockets' browser prefixes.
+            (b"sess*=UTF-8''x; a=1", Some(b"a=1")),
+            (b"a=1; SESS*=utf-8'en'%78", Some(b"a=1")),
+            (b"__Host-sess=x; a=1", Some(b"a=1")),
+            (b"a=1; __secure-sess=x", Some(b"a=1")),
+            (
+                b"__Host-sessx=1; x__Host-sess=1",
+                Some(b"__Host-sessx=1; x__Host-sess=1"),
+            ),
         ];
         for (value, want) in cases {
             assert_eq!(
