@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions, BASE};
-use nexus_e2e::http::{get_with_token, read_next_response, read_response, Response};
+use nexus_e2e::http::{get_with_token, read_next_response, read_response, send_raw, Response};
 use nexus_e2e::keys::TestKeys;
 use nexus_e2e::raw_instance::{Answer, RawInstance};
 
@@ -238,24 +238,53 @@ fn an_echo_of_the_request_never_reaches_the_client() {
     assert!(w.edge.log().contains("message/http"), "{}", w.edge.log());
 }
 
+/// A router in front of one instance for `acme` and `globex` that answers every request 200
+/// and records each request head it reads.
+struct Recorded {
+    keys: TestKeys,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+    edge: Edge,
+    _instance: RawInstance,
+}
+
+type Reply = Box<dyn Fn(&str) -> Answer + Send + Sync>;
+
+impl Recorded {
+    /// With the instance `start` makes (`RawInstance::start`, or one without chunked bodies).
+    fn start(start: fn(Reply) -> RawInstance) -> Recorded {
+        let keys = TestKeys::new();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = Arc::clone(&heads);
+        let instance = start(Box::new(move |head| {
+            seen.lock().unwrap().push(head.to_owned());
+            Answer::keep(OK)
+        }));
+        let bindings = bindings_file(vec![
+            binding("acme", &instance.url(), "active", Some("org-acme")),
+            binding("globex", &instance.url(), "active", Some("org-globex")),
+        ]);
+        let edge = Edge::start(&EdgeOptions::new(keys.jwks(), bindings));
+        Recorded {
+            keys,
+            heads,
+            edge,
+            _instance: instance,
+        }
+    }
+}
+
 #[test]
 fn a_chunked_body_holding_a_request_is_a_body_to_a_server_without_chunked_bodies() {
     // uWSGI's `--http11-socket` answers a chunked request as one without a body and reads its
     // chunks as the next request: passed on chunked, this body ran as a request for another
     // tenant's admin page with the identity headers it carries, sent to a public path without
     // a token. Sent with its length, it is the body it is.
-    let keys = TestKeys::new();
-    let heads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let seen = Arc::clone(&heads);
-    let instance = RawInstance::start_without_chunked(move |head| {
-        seen.lock().unwrap().push(head.to_owned());
-        Answer::keep(OK)
-    });
-    let bindings = bindings_file(vec![
-        binding("acme", &instance.url(), "active", Some("org-acme")),
-        binding("globex", &instance.url(), "active", Some("org-globex")),
-    ]);
-    let edge = Edge::start(&EdgeOptions::new(keys.jwks(), bindings));
+    let Recorded {
+        heads,
+        edge,
+        _instance,
+        ..
+    } = Recorded::start(RawInstance::start_without_chunked);
     let smuggled = format!(
         "GET /admin/users HTTP/1.1\r\nHost: globex.{BASE}\r\nX-Tenant-Id: globex\r\n\
          X-User-Id: admin\r\nContent-Length: 0\r\n\r\n"
@@ -299,20 +328,12 @@ fn connection_may_not_name_the_fields_that_frame_the_body() {
     // body on chunked whatever `chunked_request_bodies` says, and uWSGI's `--http11-socket`
     // ran the request the body held. Naming `Transfer-Encoding` would leave a chunked body
     // with no framing at all where it is passed on chunked.
-    let keys = TestKeys::new();
-    let heads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let seen = Arc::clone(&heads);
-    let instance = RawInstance::start_without_chunked(move |head| {
-        seen.lock().unwrap().push(head.to_owned());
-        Answer::keep(OK)
-    });
-    let bindings = bindings_file(vec![binding(
-        "acme",
-        &instance.url(),
-        "active",
-        Some("org-acme"),
-    )]);
-    let edge = Edge::start(&EdgeOptions::new(keys.jwks(), bindings));
+    let Recorded {
+        heads,
+        edge,
+        _instance,
+        ..
+    } = Recorded::start(RawInstance::start_without_chunked);
     let smuggled =
         format!("GET /admin/users HTTP/1.1\r\nHost: acme.{BASE}\r\nX-User-Id: admin\r\n\r\n");
     let chunked = format!("{:x}\r\n{smuggled}\r\n0\r\n\r\n", smuggled.len());
@@ -333,9 +354,8 @@ fn connection_may_not_name_the_fields_that_frame_the_body() {
             &chunked,
         ),
     ] {
-        let mut s = TcpStream::connect(edge.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(
+        let r = send_raw(
+            edge.addr,
             format!(
                 "POST /login HTTP/1.1\r\nHost: acme.{BASE}\r\n{framing}\r\n\
                  Connection: {connection}\r\n\r\n{body}"
@@ -343,14 +363,12 @@ fn connection_may_not_name_the_fields_that_frame_the_body() {
             .as_bytes(),
         )
         .unwrap();
-        let r = read_response(&mut s).unwrap();
         assert_eq!(r.status, 400, "{connection}: {}", r.text());
         assert!(r.text().contains("Connection"), "{}", r.text());
     }
     // Its other names are still the client's to give.
-    let mut s = TcpStream::connect(edge.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(
+    let r = send_raw(
+        edge.addr,
         format!(
             "POST /login HTTP/1.1\r\nHost: acme.{BASE}\r\nContent-Length: 3\r\n\
              Connection: keep-alive, x-trace\r\nX-Trace: 1\r\n\r\nabc"
@@ -358,7 +376,7 @@ fn connection_may_not_name_the_fields_that_frame_the_body() {
         .as_bytes(),
     )
     .unwrap();
-    assert_eq!(read_response(&mut s).unwrap().status, 200);
+    assert_eq!(r.status, 200);
     let heads = heads.lock().unwrap().clone();
     assert_eq!(heads.len(), 1, "{heads:#?}");
     assert!(
@@ -372,27 +390,18 @@ fn a_long_request_header_reaches_the_instance_behind_the_routers_fields() {
     // OpenResty's `ngx.req.get_headers()` returns a request's first 100 fields: behind a
     // client's 100, the router's identity fields were not among them. Netty cuts a header
     // at 8 KiB. Past 48 fields or 4 KiB, the router's go first.
-    let keys = TestKeys::new();
-    let heads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let seen = Arc::clone(&heads);
-    let instance = RawInstance::start(move |head| {
-        seen.lock().unwrap().push(head.to_owned());
-        Answer::keep(OK)
-    });
-    let bindings = bindings_file(vec![binding(
-        "acme",
-        &instance.url(),
-        "active",
-        Some("org-acme"),
-    )]);
-    let edge = Edge::start(&EdgeOptions::new(keys.jwks(), bindings));
+    let Recorded {
+        keys,
+        heads,
+        edge,
+        _instance,
+    } = Recorded::start(RawInstance::start);
     let token = keys.token("acme", Some("org-acme"));
     let many: String = (0..100).map(|i| format!("X-Pad-{i}: {i}\r\n")).collect();
     let big = format!("Cookie: a={}\r\n", "b".repeat(5000));
     for (label, padding) in [("many", &many), ("big", &big)] {
-        let mut s = TcpStream::connect(edge.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(
+        let r = send_raw(
+            edge.addr,
             format!(
                 "GET /x HTTP/1.1\r\nHost: acme.{BASE}\r\n{padding}\
                  Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
@@ -400,7 +409,6 @@ fn a_long_request_header_reaches_the_instance_behind_the_routers_fields() {
             .as_bytes(),
         )
         .unwrap();
-        let r = read_response(&mut s).unwrap();
         assert_eq!(r.status, 200, "{label}: {}", r.text());
         let head = heads
             .lock()
