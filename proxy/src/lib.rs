@@ -8,6 +8,7 @@
 //! | [`method`] | that the request does not ask for an echo of itself (`TRACE`) |
 //! | [`framing`] | that the request's body is framed one way, for router and instance alike |
 //! | [`nominations`] | that its `Connection` names only fields the instance can go without |
+//! | [`field_name`] | which header names an upstream reads as one (`X_User_Id`, `X-User-Id_`) |
 //! | [`host`] | which tenant a request is addressed to |
 //! | [`path`] | the one normalised path used for policy and upstream |
 //! | [`auth`] | whether the token is genuine (JWKS, JWT rules, verified-token cache) |
@@ -36,6 +37,7 @@ pub mod connections;
 pub mod decision;
 pub mod demo;
 pub mod errors;
+pub mod field_name;
 pub mod framing;
 pub mod host;
 pub mod huge_pages;

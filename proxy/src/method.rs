@@ -22,7 +22,7 @@
 //! reading the answer to a `POST`, waits for one (the hazard of a `head` method, see
 //! [`crate::framing::is_miscased_method`]).
 
-use http::{HeaderMap, HeaderName, Method};
+use http::{HeaderMap, Method};
 
 /// Whether `method` asks for the request to be echoed back.
 pub fn is_echo(method: &Method) -> bool {
@@ -30,15 +30,15 @@ pub fn is_echo(method: &Method) -> bool {
     m.eq_ignore_ascii_case("TRACE") || m.eq_ignore_ascii_case("TRACK")
 }
 
-/// The method-override headers frameworks read on a `POST`, in both spellings (CGI-style
-/// servers fold `_` and `-` into one variable).
-static OVERRIDES: [HeaderName; 6] = [
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-    HeaderName::from_static("x_http_method_override"),
-    HeaderName::from_static("x_http_method"),
-    HeaderName::from_static("x_method_override"),
+/// The method-override headers frameworks read on a `POST`, compared in every spelling an
+/// upstream reads as them (see [`crate::field_name::folds_to`]): CGI-style servers fold
+/// `_` and `-` into one variable, whatever mix a name has (`X-Http-Method_Override` is
+/// `HTTP_X_HTTP_METHOD_OVERRIDE` to Puma and WEBrick, and so `HEAD` to Rack's
+/// `MethodOverride`).
+const OVERRIDES: [&[u8]; 3] = [
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
 ];
 
 /// A method a `POST` asks to be handled as that the router does not let through.
@@ -83,10 +83,15 @@ pub fn refused_override_of(
     if *method != Method::POST {
         return None;
     }
-    OVERRIDES
+    headers
         .iter()
-        .flat_map(|name| headers.get_all(name))
-        .find_map(|v| refused_override(v.as_bytes()))
+        .filter(|(name, _)| {
+            let name = name.as_str().as_bytes();
+            OVERRIDES
+                .iter()
+                .any(|o| crate::field_name::folds_to(name, o))
+        })
+        .find_map(|(_, v)| refused_override(v.as_bytes()))
         .or_else(|| {
             query.and_then(|q| {
                 OVERRIDE_PARAMETERS.iter().find_map(|name| {
@@ -130,7 +135,7 @@ mod tests {
             let mut h = HeaderMap::new();
             for (n, v) in pairs {
                 h.append(
-                    HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                    http::HeaderName::from_bytes(n.as_bytes()).expect("name"),
                     v.parse().expect("value"),
                 );
             }
@@ -167,6 +172,21 @@ mod tests {
                 Some(Head),
             ),
             ("POST", &[("x_method_override", "Head")][..], Some(Head)),
+            // Mixed spellings, which Puma and WEBrick fold into one variable, and a trailing
+            // `_`, which Grape drops.
+            (
+                "POST",
+                &[("X-Http-Method_Override", "HEAD")][..],
+                Some(Head),
+            ),
+            (
+                "POST",
+                &[("X_Http-Method-Override", "TRACE")][..],
+                Some(Echo),
+            ),
+            ("POST", &[("X-HTTP_Method", "CONNECT")][..], Some(Connect)),
+            ("POST", &[("X.Method_Override_", "track")][..], Some(Echo)),
+            ("POST", &[("X-HTTP-Method-Overrides", "TRACE")][..], None),
             ("POST", &[("X-HTTP-Method-Override", "DELETE")][..], None),
             ("POST", &[("X-HTTP-Method-Override", "GET")][..], None),
             ("POST", &[("X-HTTP-Method-Override", "TRACES")][..], None),

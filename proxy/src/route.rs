@@ -16,6 +16,7 @@ use crate::auth::credential::{
 use crate::auth::TokenPlaces;
 use crate::authz::check_claims;
 use crate::decision::Decision;
+use crate::field_name::{fold_dash, folds_to, starts_as, trim_dashes_end};
 use crate::framing::canonical_content_length;
 
 use http::header::HeaderName;
@@ -71,17 +72,19 @@ const FAMILIES: [&[u8]; 24] = [
     b"x-invoke-",
 ];
 
-/// `c`, with `_` and `.` read as `-`.
-fn fold_dash(c: u8) -> u8 {
-    if is_dash_alike(c) {
-        b'-'
-    } else {
-        c
-    }
-}
-
 /// Next.js's prefetch hint, the one `X-Middleware-*` header a browser sends.
 const PREFETCH: &[u8] = b"x-middleware-prefetch";
+
+/// Fields the router reads or writes itself, reserved only when spelt with a trailing `-`,
+/// `_` or `.` (`Authorization_`): the credentials, the body's framing, the host.
+const TRAILED: [&[u8]; 6] = [
+    b"authorization",
+    b"cookie",
+    b"sec-websocket-protocol",
+    b"transfer-encoding",
+    b"content-length",
+    b"host",
+];
 
 /// Whether a client's request header is one the instance must only ever get from the router,
 /// in any spelling an upstream may fold together (`_` or `.` for `-`: CGI-style servers map
@@ -137,20 +140,28 @@ const PREFETCH: &[u8] = b"x-middleware-prefetch";
 ///   afresh), and `Sec_WebSocket_Protocol` (the subprotocols' such spellings, where an app
 ///   folding names would find a token the router reads only under the field's own name).
 pub fn is_reserved(name: &HeaderName) -> bool {
-    let b = name.as_str().as_bytes();
+    let full = name.as_str().as_bytes();
+    // Grape's `headers` reads `X-User-Id_` (and so `Authorization_`) as the field without
+    // its trailing `_`, and Puma puts such a name last, so its value wins over the router's.
+    let b = trim_dashes_end(full);
+    if b.len() < full.len() && TRAILED.iter().any(|n| folds_to(b, n)) {
+        return true;
+    }
+    // Families are matched on the name as it came (`X-Forwarded-` is one), exact names
+    // without its trailing separators.
     // The reserved names starting with `s`, apart: every browser request holds several
     // `sec-*` headers, which the families below need not be compared with.
-    if b.first() == Some(&b's') {
+    if full.first() == Some(&b's') {
         const SUBPROTOCOLS: &[u8] = b"sec-websocket-protocol";
         return (b.len() == b"script-name".len() && starts_as(b, b"script-name"))
             || (b.len() == SUBPROTOCOLS.len() && b != SUBPROTOCOLS && starts_as(b, SUBPROTOCOLS))
-            || starts_as(b, b"ssl-");
+            || starts_as(full, b"ssl-");
     }
     // And those starting with `p`, past which `pragma`, `priority` and `purpose` need not go.
-    if b.first() == Some(&b'p') {
-        return starts_as(b, b"proxy-auth-cert") || starts_as(b, b"proxy-ssl-");
+    if full.first() == Some(&b'p') {
+        return starts_as(full, b"proxy-auth-cert") || starts_as(full, b"proxy-ssl-");
     }
-    if !matches!(b.first(), Some(b'x' | b'f' | b't' | b'c' | b'r')) {
+    if !matches!(full.first(), Some(b'x' | b'f' | b't' | b'c' | b'r')) {
         return false;
     }
     // The one Next.js header its own browser client sends (on a prefetch, answered `{}` by
@@ -160,9 +171,9 @@ pub fn is_reserved(name: &HeaderName) -> bool {
     }
     // Most names differ from a family by their first or third byte (`x-f…`, `x-r…`): compared
     // first, a family costs one look.
-    let third = b.get(2).map(|&c| fold_dash(c));
+    let third = full.get(2).map(|&c| fold_dash(c));
     if FAMILIES.iter().any(|family| {
-        family[0] == b[0] && Some(fold_dash(family[2])) == third && starts_as(b, family)
+        family[0] == full[0] && Some(fold_dash(family[2])) == third && starts_as(full, family)
     }) {
         return true;
     }
@@ -244,19 +255,6 @@ pub fn check_token_headers(names: &[String]) -> Vec<(usize, String)> {
             Some((i, why))
         })
         .collect()
-}
-
-/// Whether a header name byte is one some upstream reads as `-` (see [`is_reserved`]).
-fn is_dash_alike(c: u8) -> bool {
-    matches!(c, b'-' | b'_' | b'.')
-}
-
-/// `a` begins with `prefix`, with `-`, `_` and `.` the same (names are already lowercase).
-fn starts_as(a: &[u8], prefix: &[u8]) -> bool {
-    a.len() >= prefix.len()
-        && a.iter()
-            .zip(prefix)
-            .all(|(&x, &y)| x == y || (is_dash_alike(x) && is_dash_alike(y)))
 }
 
 /// Longest request id kept from a client.
@@ -844,6 +842,19 @@ mod tests {
     #[test]
     fn reserved_header_table() {
         let reserved = [
+            // Grape reads a name without its trailing `_` (`X-User-Id_` as `X-User-Id`).
+            "x-user-id_",
+            "x-tenant-status_",
+            "x-org-id-",
+            "x-request-id.",
+            "x-tenant-id__",
+            "authorization_",
+            "cookie.",
+            "host_",
+            "sec-websocket-protocol-",
+            "transfer-encoding_",
+            "content-length.",
+            "x-forwarded-for_",
             "script-name",
             "script_name",
             "x-script-name",
@@ -974,6 +985,8 @@ mod tests {
             "x-action-forwarded",
         ];
         let kept = [
+            "host",
+            "cookie",
             "x-user-ids",
             "x-user",
             "x-tenant",

@@ -184,15 +184,14 @@ impl TokenPlaces {
     /// Whether a request header of this name carries a token. Compared as servers that pass
     /// headers to an app as CGI-style variables read it (`HTTP_X_TOKEN` for `X_Token` as for
     /// `X-Token`: Puma, uWSGI, Django under ASGI; PHP for `X.Token` too, as Caddy's FastCGI
-    /// and FrankenPHP pass it): without case, `_` and `.` for `-`.
+    /// and FrankenPHP pass it), and as Grape reads those back (`X-Token_` as `X-Token`):
+    /// without case, `_` and `.` for `-`, trailing ones dropped (see
+    /// [`crate::field_name::folds_to`]).
     pub fn is_token_header(&self, name: &http::HeaderName) -> bool {
         let name = name.as_str().as_bytes();
-        self.headers.iter().any(|h| {
-            h.len() == name.len()
-                && h.bytes()
-                    .zip(name)
-                    .all(|(want, &c)| want == if matches!(c, b'_' | b'.') { b'-' } else { c })
-        })
+        self.headers
+            .iter()
+            .any(|h| crate::field_name::folds_to(name, h.as_bytes()))
     }
 }
 
@@ -604,8 +603,10 @@ fn decodes_to(raw: &[u8], want: &[u8]) -> bool {
 /// (PHP drops them), `[` and `]` (Rack), and up to a `[`, `]`, `*` or NUL that follows the
 /// whole name (PHP makes `name[x]` an array under `name` and stops a name at a NUL; Rack reads
 /// `name]` as `name`; libsoup reads `name*` as `name`, its value an RFC 5987 extended value,
-/// `UTF-8''%65yJ…`, which it decodes). A browser's cookie-name prefix (`__Host-`, `__Secure-`,
-/// in any case) is no part of the name: libwebsockets looks for the cookie behind either.
+/// `UTF-8''%65yJ…`, which it decodes; and `name.0`, `name.1`, … as the chunks of one value,
+/// which next-auth, Auth.js, Supabase's and Auth0's session libraries split a long cookie
+/// into and join again). A browser's cookie-name prefix (`__Host-`, `__Secure-`,
+/// in any case) is no part of the name: libwebsockets and Sanic look for the cookie behind either.
 fn same_name(raw: &[u8], name: &[u8]) -> bool {
     let raw = trim_blanks(raw);
     if raw == name {
@@ -630,7 +631,15 @@ fn same_name(raw: &[u8], name: &[u8]) -> bool {
     let mut decoded = form_decoded(raw).skip_while(|c| matches!(c, b' ' | b'[' | b']'));
     name.iter()
         .all(|&want| decoded.next().is_some_and(|c| fold(c) == fold(want)))
-        && matches!(decoded.next(), None | Some(b'[' | b']' | b'*' | 0))
+        && match decoded.next() {
+            None | Some(b'[' | b']' | b'*' | 0) => true,
+            // One chunk of a cookie split in numbered pieces.
+            Some(b'.') => {
+                let mut digits = decoded.peekable();
+                digits.peek().is_some() && digits.all(|c| c.is_ascii_digit())
+            }
+            Some(_) => false,
+        }
 }
 
 /// The token of a `Bearer` credential; `None` for another scheme (e.g. Basic, meant for the
@@ -878,7 +887,7 @@ mod tests {
 
     #[test]
     fn session_cookie_taken_off() {
-        let cases: [(&[u8], Option<&[u8]>); 20] = [
+        let cases: [(&[u8], Option<&[u8]>); 22] = [
             (b"sess=tok", None),
             (b"a=1; sess=tok; b=2", Some(b"a=1; b=2")),
             (b"a=1;sess=tok;", Some(b"a=1")),
@@ -902,6 +911,12 @@ mod tests {
             (
                 b"__Host-sessx=1; x__Host-sess=1",
                 Some(b"__Host-sessx=1; x__Host-sess=1"),
+            ),
+            // Chunks; a signature cookie beside it (`cookies`' `name.sig`) is another.
+            (b"sess.0=x; sess.12=y; a=1", Some(b"a=1")),
+            (
+                b"sess.sig=x; sess.=y; sess.1x=z",
+                Some(b"sess.sig=x; sess.=y; sess.1x=z"),
             ),
         ];
         for (value, want) in cases {
