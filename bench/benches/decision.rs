@@ -159,6 +159,7 @@ fn full_decision(c: &mut Criterion) {
                 cookies: &[],
                 token_headers: &[],
                 subprotocols: &[],
+                origins: &[],
                 now_unix: now,
             };
             black_box(decide(&facts, &tenancy, &table, &auth).expect("routed"))
@@ -185,6 +186,7 @@ fn full_decision(c: &mut Criterion) {
                     cookies: &[],
                     token_headers: &[],
                     subprotocols: &[],
+                    origins: &[],
                     now_unix: now,
                 };
                 black_box(decide(&facts, &tenancy, &table, &auth).expect("routed"));
@@ -258,6 +260,7 @@ fn upstream_request(c: &mut Criterion) {
         cookies: &[],
         token_headers: &[],
         subprotocols: &[],
+        origins: &[],
         now_unix: now,
     };
     let decision = decide(&facts, &tenancy, &table, &auth).expect("routed");

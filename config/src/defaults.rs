@@ -36,6 +36,7 @@ pub fn embedded_default() -> Settings {
             api_prefix: "/api/".to_owned(),
             provisioning_retry_after: Duration::from_secs(30),
             past_due_header: "x-nexus-billing-notice".to_owned(),
+            trusted_origins: Vec::new(),
         },
         auth: AuthSettings {
             jwks: JwksSource::EmbeddedDemo,

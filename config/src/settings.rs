@@ -78,6 +78,10 @@ pub struct TenancySettings {
     pub provisioning_retry_after: Duration,
     /// Response header set on requests for `past_due` tenants (the app shows a notice).
     pub past_due_header: String,
+    /// Origins (`https://app.example.com`, lowercase, a port only when not the scheme's
+    /// default) of the operator's own pages that may send a tenant's session cookie to it
+    /// from another tenant's namespace: every other page of another tenant may not.
+    pub trusted_origins: Vec<String>,
 }
 
 /// The largest `[auth] max_token_bytes` may be: no router takes a longer token.

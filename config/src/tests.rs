@@ -908,6 +908,50 @@ fn the_past_due_notice_cannot_be_a_framing_or_router_header() {
 }
 
 #[test]
+fn trusted_origins_are_origins_as_browsers_send_them() {
+    for bad in [
+        "console.nexus.example",
+        "https://console.nexus.example/",
+        "https://Console.nexus.example",
+        "https://console.nexus.example:443",
+        "http://console.nexus.example:80",
+        "https://console.nexus.example:0",
+        "https://console.nexus.example:080",
+        "https://console.nexus.example:99999",
+        "https://user@console.nexus.example",
+        "wss://console.nexus.example",
+        "null",
+    ] {
+        let ps = problems(&format!(
+            "{MINIMAL}[tenancy]\ntrusted_origins = [\"{bad}\"]\n"
+        ));
+        has(
+            &ps,
+            "tenancy.trusted_origins[0]",
+            9,
+            "not an origin as browsers send it",
+        );
+    }
+    let ps = problems(&format!(
+        "{MINIMAL}[tenancy]\ntrusted_origins = [\"https://a.example\", \"https://a.example\"]\n"
+    ));
+    has(&ps, "tenancy.trusted_origins[1]", 9, "listed twice");
+    let text = format!(
+        "{MINIMAL}[tenancy]\ntrusted_origins = [\"https://console.nexus.example\", \"http://localhost.example:8080\"]\n"
+    );
+    let s = parse_str(&text, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(
+        s.tenancy.trusted_origins,
+        [
+            "https://console.nexus.example",
+            "http://localhost.example:8080"
+        ]
+    );
+    let s = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert!(s.tenancy.trusted_origins.is_empty());
+}
+
+#[test]
 fn listeners_ips_and_messages_a_reader_can_act_on() {
     let ps = problems(&format!(
         "{MINIMAL}[server]\nlisten = \"0.0.0.0:8080\"\nadmin_listen = \"127.0.0.1:8080\"\nthreads = 99999999999999999999\n\

@@ -166,6 +166,7 @@ fuzz_target!(|input: Input<'_>| {
         cookies: &cookies,
         token_headers: &[],
         subprotocols: &[],
+        origins: &[],
         now_unix: w.now,
     };
     let Ok(d) = decide(&facts, &w.tenancy, &w.table, &w.auth) else {

@@ -53,6 +53,8 @@ pub struct RequestFacts<'a> {
     pub token_headers: &'a [&'a [u8]],
     /// Every `Sec-WebSocket-Protocol` value, raw.
     pub subprotocols: &'a [&'a [u8]],
+    /// Every `Origin` value, raw (see [`crate::origin`]).
+    pub origins: &'a [&'a [u8]],
     /// Current Unix time in seconds.
     pub now_unix: u64,
 }
@@ -158,7 +160,11 @@ pub fn decide(
     };
 
     let identity = if under_prefix_as_routed(&path, &tenancy.public_paths) {
-        let identity = tenant_identity(facts, &path, query, binding, auth).ok();
+        // Another tenant's page may still use the public paths, as anyone may, but not as
+        // this tenant's user: its cookie is taken off.
+        let identity = tenant_identity(facts, &path, query, binding, auth)
+            .ok()
+            .filter(|_| !from_another_tenant(facts, binding, tenancy, table, auth));
         if identity.is_none() {
             // Headers can be taken off, a query parameter cannot: an `access_token` (or
             // another token parameter) the router did not accept would reach the instance.
@@ -167,7 +173,11 @@ pub fn decide(
         }
         identity
     } else {
-        Some(tenant_identity(facts, &path, query, binding, auth)?)
+        let identity = tenant_identity(facts, &path, query, binding, auth)?;
+        if from_another_tenant(facts, binding, tenancy, table, auth) {
+            return Err(RejectReason::CrossTenantOrigin);
+        }
+        Some(identity)
     };
 
     let upstream = if binding.api_url.is_some() && has_prefix(&path, &tenancy.api_prefix) {
@@ -219,6 +229,32 @@ fn tenant_identity(
     check_claims(verified.tenant.as_deref(), verified.org.as_deref(), binding)
         .map_err(RejectReason::WrongTenant)?;
     Ok(verified)
+}
+
+/// Whether the request's credential is a cookie alone and its `Origin` another tenant's page
+/// (see [`crate::origin`]): a browser sent this tenant's session from there.
+fn from_another_tenant(
+    facts: &RequestFacts<'_>,
+    binding: &Binding,
+    tenancy: &TenancySettings,
+    table: &BindingTable,
+    auth: &Authenticator,
+) -> bool {
+    let tenant = binding.tenant_id.as_str();
+    facts
+        .origins
+        .iter()
+        .any(|o| crate::origin::is_other_tenants(o, tenant, tenancy, table))
+        && matches!(
+            extract_token(
+                facts.authorization,
+                &[],
+                facts.token_headers,
+                facts.subprotocols,
+                auth.token_places(),
+            ),
+            Ok(None)
+        )
 }
 
 fn cow_into_string(c: Cow<'_, str>) -> String {

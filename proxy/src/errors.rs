@@ -56,6 +56,8 @@ pub enum RejectReason {
     InvalidToken(TokenError),
     /// The token is valid but belongs to another tenant or org.
     WrongTenant(ClaimMismatch),
+    /// The tenant's session cookie, sent from another tenant's page (see [`crate::origin`]).
+    CrossTenantOrigin,
     /// The tenant is suspended and the path is not a recovery path.
     Suspended,
     /// The tenant was canceled.
@@ -114,7 +116,9 @@ impl RejectReason {
             RejectReason::MissingToken
             | RejectReason::BadCredential(_)
             | RejectReason::InvalidToken(_) => 401,
-            RejectReason::WrongTenant(_) | RejectReason::Suspended => 403,
+            RejectReason::WrongTenant(_)
+            | RejectReason::CrossTenantOrigin
+            | RejectReason::Suspended => 403,
             RejectReason::Canceled => 410,
             RejectReason::NotReady { .. } | RejectReason::Unavailable => 503,
             RejectReason::UpstreamUnreachable | RejectReason::UpstreamInvalid => 502,
@@ -146,7 +150,7 @@ impl RejectReason {
     /// Every [`Self::label`], so that each `requests_total` series exists (at 0) from start-up:
     /// a rate or an alert over an outcome that has not happened yet then reads 0, not
     /// nothing. A test holds it to `label`.
-    pub const LABELS: [&'static str; 23] = [
+    pub const LABELS: [&'static str; 24] = [
         "trace_refused",
         "connect_refused",
         "bad_framing",
@@ -162,6 +166,7 @@ impl RejectReason {
         "bad_credential",
         "invalid_token",
         "wrong_tenant",
+        "cross_tenant_origin",
         "suspended",
         "canceled",
         "not_ready",
@@ -190,6 +195,7 @@ impl RejectReason {
             RejectReason::BadCredential(_) => "bad_credential",
             RejectReason::InvalidToken(_) => "invalid_token",
             RejectReason::WrongTenant(_) => "wrong_tenant",
+            RejectReason::CrossTenantOrigin => "cross_tenant_origin",
             RejectReason::Suspended => "suspended",
             RejectReason::Canceled => "canceled",
             RejectReason::NotReady { .. } => "not_ready",
@@ -287,6 +293,9 @@ impl RejectReason {
                 "unauthorized: the login token is not valid; sign in again\n"
             }
             RejectReason::WrongTenant(_) => "forbidden: your login does not belong to this workspace\n",
+            RejectReason::CrossTenantOrigin => {
+                "forbidden: another workspace's page may not use this workspace's session\n"
+            }
             RejectReason::Suspended => {
                 "forbidden: this workspace is suspended; only billing and admin recovery are available\n"
             }
@@ -348,6 +357,7 @@ mod tests {
                 | RejectReason::BadCredential(_)
                 | RejectReason::InvalidToken(_)
                 | RejectReason::WrongTenant(_)
+                | RejectReason::CrossTenantOrigin
                 | RejectReason::Suspended
                 | RejectReason::Canceled
                 | RejectReason::NotReady { .. }
@@ -374,6 +384,7 @@ mod tests {
             RejectReason::BadCredential(CredentialError::Conflict),
             RejectReason::InvalidToken(TokenError::Expired),
             RejectReason::WrongTenant(ClaimMismatch::TenantMismatch),
+            RejectReason::CrossTenantOrigin,
             RejectReason::Suspended,
             RejectReason::Canceled,
             RejectReason::NotReady {

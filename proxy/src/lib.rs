@@ -13,6 +13,7 @@
 //! | [`path`] | the one normalised path used for policy and upstream |
 //! | [`auth`] | whether the token is genuine (JWKS, JWT rules, verified-token cache) |
 //! | [`authz`] | whether the token's tenant/org claims match the addressed tenant |
+//! | [`origin`] | whether a cookie came from another tenant's page |
 //! | [`policy`] | what the tenant's status allows |
 //! | [`decision`] | all of the above, in order, for one request |
 //! | [`route`] | which upstream and which headers |
@@ -49,6 +50,7 @@ pub mod method;
 pub mod metrics;
 pub mod nominations;
 pub mod ops;
+pub mod origin;
 pub mod panics;
 pub mod path;
 pub mod policy;

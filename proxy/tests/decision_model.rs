@@ -152,6 +152,7 @@ impl World {
                 api_prefix: prefixes.api.into(),
                 provisioning_retry_after: Duration::from_secs(30),
                 past_due_header: "x-nexus-billing-notice".into(),
+                trusted_origins: Vec::new(),
             },
             table,
             auth,
@@ -543,6 +544,7 @@ fn real(w: &World, req: &Req) -> Outcome {
         cookies: &cookies,
         token_headers: &headers,
         subprotocols: &protocols,
+        origins: &[],
         now_unix: w.now,
     };
     match decide(&facts, &w.tenancy, &w.table, &w.auth) {

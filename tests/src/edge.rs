@@ -92,6 +92,8 @@ pub struct EdgeOptions {
     pub jwks: serde_json::Value,
     /// The bindings file content.
     pub bindings: serde_json::Value,
+    /// Extra lines in `[tenancy]`.
+    pub tenancy_extra: String,
     /// Extra TOML appended to `[tenancy]`/`[auth]`/`[upstream]` defaults (whole sections).
     pub extra: String,
     /// `[upstream] read_timeout`.
@@ -122,6 +124,7 @@ impl EdgeOptions {
         Self {
             jwks,
             bindings,
+            tenancy_extra: String::new(),
             extra: String::new(),
             read_timeout: "5s",
             shutdown_grace: "5s",
@@ -195,6 +198,7 @@ recovery_paths = ["/billing", "/admin/recovery"]
 api_prefix = "/api/"
 provisioning_retry_after = "30s"
 past_due_header = "x-nexus-billing-notice"
+{tenancy_extra}
 
 [auth]
 jwks_file = "jwks.json"
@@ -220,6 +224,7 @@ filter = "info"
             server_extra = opts.server_extra,
             upstream_extra = opts.upstream_extra,
             auth_extra = opts.auth_extra,
+            tenancy_extra = opts.tenancy_extra,
             issuers = opts.issuers,
             extra = opts.extra,
             store = opts.store.clone().unwrap_or_else(|| {

@@ -531,6 +531,102 @@ fn split_jws(token: &str) -> String {
 }
 
 #[test]
+fn another_tenants_page_may_not_use_this_tenants_session_cookie() {
+    // Every tenant is under one base domain, one site to a browser: `SameSite` cookies go
+    // with requests from globex's pages to acme, so a globex page could post to acme, open
+    // its WebSockets or read its API as the acme user visiting it.
+    let w = world_configured(
+        |_, _, _| {},
+        |opts| opts.tenancy_extra = format!("trusted_origins = [\"https://console.{BASE}\"]"),
+    );
+    let addr = w.edge.addr;
+    let acme = host("acme");
+    let own = w.keys.token("acme", Some("org-acme"));
+    let cookie = format!("nexus_session={own}");
+    let bearer = format!("Bearer {own}");
+    let globex = format!("https://{}", host("globex"));
+    let before = w.a.hits();
+    for (path, origin, credential, status) in [
+        ("/x", globex.clone(), ("Cookie", &cookie), 403),
+        (
+            "/ws",
+            format!("https://docs.{}", host("globex")),
+            ("Cookie", &cookie),
+            403,
+        ),
+        // Its own pages, its custom domain, the operator's base domain and trusted origins,
+        // and other sites (where `SameSite` does its work) are not another tenant's.
+        ("/x", format!("https://{acme}"), ("Cookie", &cookie), 200),
+        (
+            "/x",
+            "https://app.acme-corp.test".to_owned(),
+            ("Cookie", &cookie),
+            200,
+        ),
+        ("/x", format!("https://{BASE}"), ("Cookie", &cookie), 200),
+        (
+            "/x",
+            format!("https://console.{BASE}"),
+            ("Cookie", &cookie),
+            200,
+        ),
+        (
+            "/x",
+            "https://elsewhere.example".to_owned(),
+            ("Cookie", &cookie),
+            200,
+        ),
+        ("/x", "null".to_owned(), ("Cookie", &cookie), 200),
+        // A credential a page cannot attach by itself is its script's own.
+        ("/x", globex.clone(), ("Authorization", &bearer), 200),
+    ] {
+        let r = get(
+            addr,
+            &acme,
+            path,
+            &[(credential.0, credential.1.as_str()), ("Origin", &origin)],
+        );
+        assert_eq!(r.status, status, "{path} from {origin}: {}", r.text());
+        if status == 403 {
+            assert!(
+                r.text().contains("another workspace's page"),
+                "{}",
+                r.text()
+            );
+        }
+    }
+    assert_eq!(w.a.hits(), before + 7);
+    // A POST, as a form on a globex page would send it.
+    let r = send_raw(
+        addr,
+        format!(
+            "POST /settings HTTP/1.1\r\nHost: {acme}\r\nCookie: {cookie}\r\nOrigin: {globex}\r\n\
+             Content-Length: 3\r\nConnection: close\r\n\r\na=1"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    // A public path is still served, as to anyone, without the cookie or an identity.
+    let r = get(
+        addr,
+        &acme,
+        "/login",
+        &[("Cookie", &cookie), ("Origin", &globex)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.json();
+    assert!(echoed_header(&echo, "cookie").is_empty(), "{echo}");
+    assert!(echoed_header(&echo, "x-user-id").is_empty(), "{echo}");
+    assert_eq!(w.a.hits(), before + 8);
+    assert_eq!(
+        w.edge
+            .metric("nexus_edge_requests_total{outcome=\"cross_tenant_origin\"}"),
+        3
+    );
+}
+
+#[test]
 fn an_identity_claim_the_instance_would_not_get_byte_for_byte_is_a_401() {
     // HTTP strips blanks at a header value's ends: `sub: " admin"` would reach the instance
     // as the user `admin`, and an org claim as another org on a tenant without its own. A

@@ -1,6 +1,34 @@
 //! The shapes of names a config gives: domains, path and key prefixes, replica ids, tokens.
 
 /// A canonical domain: lowercase labels of `a-z0-9-`, no leading/trailing dot.
+/// An origin as browsers send it in `Origin` (RFC 6454): `http` or `https`, `://`, a
+/// lowercase domain name, and a port only when it is not the scheme's default; nothing after.
+pub(super) fn check_origin(s: &str) -> Result<String, String> {
+    let why = || {
+        format!(
+            "{s:?} is not an origin as browsers send it: \"https://\" or \"http://\", a \
+             lowercase domain name, and a port only when not the scheme's default (no path, no \
+             trailing slash)"
+        )
+    };
+    let (default_port, rest) = match (s.strip_prefix("https://"), s.strip_prefix("http://")) {
+        (Some(rest), _) => ("443", rest),
+        (None, Some(rest)) => ("80", rest),
+        (None, None) => return Err(why()),
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (rest, None),
+    };
+    let port_ok = port.is_none_or(|p| {
+        p != default_port && !p.starts_with('0') && p.parse::<u16>().is_ok_and(|n| n > 0)
+    });
+    if !port_ok || check_domain(host).is_err() {
+        return Err(why());
+    }
+    Ok(s.to_owned())
+}
+
 pub(super) fn check_domain(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 253

@@ -8,7 +8,7 @@ use toml::de::DeTable;
 use crate::reader::{Problems, Section};
 use crate::settings::*;
 
-use super::names::{check_domain, check_path_prefix, check_prefix, is_token};
+use super::names::{check_domain, check_origin, check_path_prefix, check_prefix, is_token};
 
 pub(super) fn parse(
     root: &DeTable<'_>,
@@ -74,6 +74,9 @@ pub(super) fn parse(
             v
         }
     };
+    let trusted_origins = s
+        .strings("trusted_origins", p, check_origin)
+        .unwrap_or_else(|| d.trusted_origins.clone());
     s.finish(p);
     (p.list.len() == before).then_some(TenancySettings {
         base_domains,
@@ -82,6 +85,7 @@ pub(super) fn parse(
         api_prefix,
         provisioning_retry_after,
         past_due_header,
+        trusted_origins,
     })
 }
 

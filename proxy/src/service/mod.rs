@@ -193,6 +193,7 @@ impl EdgeService {
         let cookies = header_values(req, &http::header::COOKIE);
         let token_headers = token_header_values(req, self.state.auth.token_places());
         let subprotocols = header_values(req, &http::header::SEC_WEBSOCKET_PROTOCOL);
+        let origins = header_values(req, &http::header::ORIGIN);
         let target = match request_target(req) {
             Ok(target) => target,
             Err(e) => return Err(RejectReason::of_path(e)),
@@ -209,6 +210,7 @@ impl EdgeService {
                     cookies: &cookies,
                     token_headers: &token_headers,
                     subprotocols: &subprotocols,
+                    origins: &origins,
                     now_unix: now_unix(),
                 };
                 let table = self.state.bindings.load();

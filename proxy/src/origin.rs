@@ -1,0 +1,117 @@
+//! Whether a request was sent from another tenant's page.
+//!
+//! Every tenant is served under the same base domain, so to a browser `globex.<base>` and
+//! `acme.<base>` are the same site: `SameSite` cookies, the usual defence against cross-site
+//! request forgery, are sent on requests from one to the other. A page of `globex` (whose
+//! instance serves whatever its owner likes) could post forms to `acme`, open a WebSocket to
+//! it (which no CORS rule covers) or read its API where the app reflects origins, all as the
+//! acme user who visits it, by that user's `acme` session cookie. The router refuses a
+//! request whose only credential is a cookie when its `Origin` (which browsers send on every
+//! request but simple reads and navigations, and on every WebSocket handshake) names another
+//! tenant's host: another tenant's subdomain or a name under it, another tenant's custom
+//! domain, or any other name under a base domain but the operator's own base domains and the
+//! origins `[tenancy] trusted_origins` lists. Credentials a page cannot attach by itself
+//! (`Authorization`, a token header or subprotocol) are its script's own to send; origins
+//! outside every base domain are cross-site, where `SameSite` cookies do their work.
+
+use nexus_binding_store::BindingTable;
+use nexus_config::TenancySettings;
+
+use crate::host::{resolve_host, HostTarget};
+
+/// Whether the `Origin` value `origin` names a page of another tenant than `tenant` (see the
+/// module docs). `null`, a malformed origin or one outside every base domain and binding is
+/// no tenant's page.
+pub fn is_other_tenants(
+    origin: &[u8],
+    tenant: &str,
+    tenancy: &TenancySettings,
+    table: &BindingTable,
+) -> bool {
+    let Ok(origin) = std::str::from_utf8(origin.trim_ascii()) else {
+        return false;
+    };
+    if tenancy
+        .trusted_origins
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(origin))
+    {
+        return false;
+    }
+    let authority =
+        scheme_stripped(origin, "https://").or_else(|| scheme_stripped(origin, "http://"));
+    let Some(authority) = authority.filter(|a| !a.contains(['/', '?', '#'])) else {
+        return false;
+    };
+    match resolve_host(authority, &tenancy.base_domains) {
+        Ok(HostTarget::Subdomain(label) | HostTarget::UnderTenant { tenant: label, .. }) => {
+            label.as_str() != tenant
+        }
+        Ok(HostTarget::CustomDomain(domain)) => table
+            .tenant_for_domain(&domain)
+            .is_some_and(|owner| owner.as_str() != tenant),
+        Ok(HostTarget::Reserved) | Err(_) => false,
+    }
+}
+
+/// `origin` after `scheme`, in any case.
+fn scheme_stripped<'a>(origin: &'a str, scheme: &str) -> Option<&'a str> {
+    origin
+        .get(..scheme.len())
+        .filter(|s| s.eq_ignore_ascii_case(scheme))
+        .map(|_| &origin[scheme.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_tenants_pages_are_found_and_no_others() {
+        let mut tenancy = nexus_config::embedded_default().tenancy;
+        tenancy.base_domains = vec!["nexus.test".to_owned()];
+        tenancy.trusted_origins = vec!["https://console.nexus.test".to_owned()];
+        use crate::test_support::tenant_binding;
+        let (table, refused) = BindingTable::from_bindings([
+            std::sync::Arc::new(tenant_binding(
+                "acme",
+                "http://127.0.0.1:1",
+                None,
+                &["acme.example"],
+            )),
+            std::sync::Arc::new(tenant_binding(
+                "globex",
+                "http://127.0.0.1:1",
+                None,
+                &["globex.example"],
+            )),
+        ]);
+        assert!(refused.is_empty());
+        let tenant = "acme";
+        for (origin, other) in [
+            ("https://globex.nexus.test", true),
+            ("http://GLOBEX.nexus.test:8443", true),
+            ("https://app.globex.nexus.test", true),
+            ("https://globex.example", true),
+            // A tenant nobody is bound to yet is still not this one.
+            ("https://unbound.nexus.test", true),
+            (&format!("https://{tenant}.nexus.test"), false),
+            (&format!("https://x.{tenant}.nexus.test"), false),
+            ("https://acme.example", false),
+            ("https://nexus.test", false),
+            ("https://console.nexus.test", false),
+            ("https://elsewhere.example", false),
+            ("null", false),
+            ("https://globex.nexus.test/", false),
+            ("ftp://globex.nexus.test", false),
+            ("https://10.0.0.1", false),
+            ("", false),
+        ] {
+            assert_eq!(
+                is_other_tenants(origin.as_bytes(), tenant, &tenancy, &table),
+                other,
+                "{origin}"
+            );
+        }
+    }
+}
