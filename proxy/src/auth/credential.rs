@@ -600,8 +600,9 @@ fn decodes_to(raw: &[u8], want: &[u8]) -> bool {
 /// framework the instance may run, so that a second credential cannot ride past the checks to
 /// an app that reads it. Names are compared trimmed (lenient parsers), form-decoded, without
 /// case (ASP.NET Core), with `.`, space and `[` read as `_` (PHP), after any leading spaces
-/// (PHP drops them), `[` and `]` (Rack), and up to a `[`, `]`, `*` or NUL that follows the
-/// whole name (PHP makes `name[x]` an array under `name` and stops a name at a NUL; Rack reads
+/// (PHP drops them), `[` and `]` (Rack), before any blanks after it (Hunchentoot trims the
+/// spaces of `token+=`), and up to a `[`, `]`, `*` or NUL that follows the whole
+/// name (PHP makes `name[x]` an array under `name` and stops a name at a NUL; Rack reads
 /// `name]` as `name`; libsoup reads `name*` as `name`, its value an RFC 5987 extended value,
 /// `UTF-8''%65yJ…`, which it decodes; and `name.0`, `name.1`, … as the chunks of one value,
 /// which next-auth, Auth.js, Supabase's and Auth0's session libraries split a long cookie
@@ -631,7 +632,7 @@ fn same_name(raw: &[u8], name: &[u8]) -> bool {
     let mut decoded = form_decoded(raw).skip_while(|c| matches!(c, b' ' | b'[' | b']'));
     name.iter()
         .all(|&want| decoded.next().is_some_and(|c| fold(c) == fold(want)))
-        && match decoded.next() {
+        && match decoded.find(|&c| c == 0 || c > b' ') {
             None | Some(b'[' | b']' | b'*' | 0) => true,
             // One chunk of a cookie split in numbered pieces.
             Some(b'.') => {
@@ -1383,7 +1384,7 @@ mod tests {
     #[test]
     fn query_token_table() {
         use CredentialError::Conflict;
-        let cases: [(Option<&str>, Result<(), CredentialError>); 42] = [
+        let cases: [(Option<&str>, Result<(), CredentialError>); 46] = [
             (None, Ok(())),
             (Some(""), Ok(())),
             (Some("page=2&sort=name"), Ok(())),
@@ -1426,6 +1427,11 @@ mod tests {
             // Doorkeeper reads `bearer_token` beside `access_token` by default.
             (Some("bearer_token=forged"), Err(Conflict)),
             (Some("a=1&Bearer.Token=forged"), Err(Conflict)),
+            // Hunchentoot trims the spaces after a name.
+            (Some("access_token+=forged"), Err(Conflict)),
+            (Some("a=1&access_token%20%20=forged"), Err(Conflict)),
+            (Some("access_token%09=forged"), Err(Conflict)),
+            (Some("access_token+x=forged"), Ok(())),
             (Some("bearer_token=tok"), Ok(())),
             (Some("bearer=x&token=y"), Ok(())),
             // Decoded whole before it is split (`java.net.URI::getQuery()`): an escaped
