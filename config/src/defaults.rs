@@ -67,6 +67,7 @@ pub fn embedded_default() -> Settings {
             idle_connections: 4096,
             idle_connection_timeout: Duration::from_secs(60),
             chunked_request_bodies: ChunkedRequestBodies::Length,
+            extension_methods_with_bodies: Vec::new(),
         },
         store: StoreSettings::File(FileStoreSettings {
             path: None,

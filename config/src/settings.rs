@@ -239,6 +239,11 @@ pub struct UpstreamSettings {
     pub idle_connection_timeout: Duration,
     /// How a request body the client sends chunked is sent to the instance.
     pub chunked_request_bodies: ChunkedRequestBodies,
+    /// Extension methods (beyond GET, HEAD, POST, PUT, DELETE, OPTIONS and PATCH) whose
+    /// request bodies are passed on: the instances read them. A body on any other is refused,
+    /// since a server that does not know the method answers it without reading the body, which
+    /// it then reads as the connection's next request.
+    pub extension_methods_with_bodies: Vec<String>,
 }
 
 /// How a chunked request body (one whose length the client did not say) reaches the instance.

@@ -908,6 +908,30 @@ fn the_past_due_notice_cannot_be_a_framing_or_router_header() {
 }
 
 #[test]
+fn extension_methods_with_bodies_are_extension_method_names() {
+    for (bad, why) in [
+        ("PROP FIND", "not a method name"),
+        ("", "not a method name"),
+        ("POST", "standard method"),
+        ("patch", "standard method"),
+        ("Trace", "standard method"),
+    ] {
+        let ps = problems(&format!(
+            "{MINIMAL}[upstream]\nextension_methods_with_bodies = [\"{bad}\"]\n"
+        ));
+        has(&ps, "upstream.extension_methods_with_bodies[0]", 9, why);
+    }
+    let text = format!(
+        "{MINIMAL}[upstream]\nextension_methods_with_bodies = [\"PROPFIND\", \"REPORT\"]\n"
+    );
+    let s = parse_str(&text, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(
+        s.upstream.extension_methods_with_bodies,
+        ["PROPFIND", "REPORT"]
+    );
+}
+
+#[test]
 fn trusted_origins_are_origins_as_browsers_send_them() {
     for bad in [
         "console.nexus.example",

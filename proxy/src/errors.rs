@@ -54,6 +54,9 @@ pub enum RejectReason {
     BadCredential(CredentialError),
     /// The token is not valid (signature, expiry, issuer, ...).
     InvalidToken(TokenError),
+    /// A body on an extension method the instances are not said to read bodies of
+    /// ([`crate::method::refuses_body_of`]).
+    ExtensionMethodBody,
     /// The token is valid but belongs to another tenant or org.
     WrongTenant(ClaimMismatch),
     /// The tenant's session cookie, sent from another tenant's page (see [`crate::origin`]).
@@ -95,6 +98,7 @@ impl RejectReason {
     pub fn status(&self) -> u16 {
         match self {
             RejectReason::BadFraming(FramingError::UnsupportedCoding)
+            | RejectReason::ExtensionMethodBody
             | RejectReason::TraceRefused
             | RejectReason::ConnectRefused => 501,
             RejectReason::HeaderTooLarge => 431,
@@ -150,13 +154,14 @@ impl RejectReason {
     /// Every [`Self::label`], so that each `requests_total` series exists (at 0) from start-up:
     /// a rate or an alert over an outcome that has not happened yet then reads 0, not
     /// nothing. A test holds it to `label`.
-    pub const LABELS: [&'static str; 24] = [
+    pub const LABELS: [&'static str; 25] = [
         "trace_refused",
         "connect_refused",
         "bad_framing",
         "header_too_large",
         "request_body_timeout",
         "chunked_body_too_long",
+        "extension_method_body",
         "malformed_header",
         "bad_host",
         "bad_path",
@@ -186,6 +191,7 @@ impl RejectReason {
             RejectReason::HeaderTooLarge => "header_too_large",
             RejectReason::BodyTimeout => "request_body_timeout",
             RejectReason::ChunkedBodyTooLong => "chunked_body_too_long",
+            RejectReason::ExtensionMethodBody => "extension_method_body",
             RejectReason::MalformedHeader => "malformed_header",
             RejectReason::BadHost(_) => "bad_host",
             RejectReason::BadPath(_) => "bad_path",
@@ -262,6 +268,9 @@ impl RejectReason {
             RejectReason::ChunkedBodyTooLong => {
                 "length required: a chunked request body over 64 KiB; send it with a \
                  Content-Length\n"
+            }
+            RejectReason::ExtensionMethodBody => {
+                "not implemented: a request body on this method is not passed on\n"
             }
             RejectReason::MalformedHeader => "bad request: a request header is malformed\n",
             RejectReason::BadHost(HostError::Missing) => {
@@ -348,6 +357,7 @@ mod tests {
                 | RejectReason::HeaderTooLarge
                 | RejectReason::BodyTimeout
                 | RejectReason::ChunkedBodyTooLong
+                | RejectReason::ExtensionMethodBody
                 | RejectReason::MalformedHeader
                 | RejectReason::BadHost(_)
                 | RejectReason::BadPath(_)
@@ -375,6 +385,7 @@ mod tests {
             RejectReason::HeaderTooLarge,
             RejectReason::BodyTimeout,
             RejectReason::ChunkedBodyTooLong,
+            RejectReason::ExtensionMethodBody,
             RejectReason::MalformedHeader,
             RejectReason::BadHost(HostError::Malformed),
             RejectReason::BadPath(PathError::ControlChar),

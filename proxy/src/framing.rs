@@ -47,6 +47,17 @@ pub fn closes_after(method: &Method) -> bool {
     !matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
+/// Whether a request with these headers has a body: a `Transfer-Encoding`, or a
+/// `Content-Length` other than zero (over HTTP/1.1, the only ways to send one).
+pub fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers.get_all(CONTENT_LENGTH).iter().any(|v| {
+            v.as_bytes()
+                .split(|&c| c == b',')
+                .any(|n| !n.trim_ascii().iter().all(|&c| c == b'0'))
+        })
+}
+
 /// Whether `method` is a method RFC 9110 defines (or `PATCH`) spelt in another case: `get`,
 /// `Head`. Methods are case-sensitive, so the router and Pingora read `head` as an unknown
 /// method (one whose answer has a body, sent on a connection kept for the tenant), while
@@ -247,6 +258,25 @@ fn parse_number(b: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_is_a_coding_or_a_length_above_zero() {
+        for (fields, body) in [
+            (&[][..], false),
+            (&[("content-length", "0")][..], false),
+            (&[("content-length", "000")][..], false),
+            (&[("content-length", "0, 0")][..], false),
+            (&[("content-length", "1")][..], true),
+            (&[("content-length", "10")][..], true),
+            (&[("transfer-encoding", "chunked")][..], true),
+        ] {
+            let mut h = HeaderMap::new();
+            for (n, v) in fields {
+                h.append(*n, HeaderValue::from_static(v));
+            }
+            assert_eq!(has_body(&h), body, "{fields:?}");
+        }
+    }
 
     fn headers(name: http::header::HeaderName, lines: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();

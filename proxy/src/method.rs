@@ -103,6 +103,26 @@ pub fn refused_override_of(
         })
 }
 
+/// Whether a body on `method` is refused: an extension method (not one RFC 9110 defines, nor
+/// `PATCH`) that `listed` (`[upstream] extension_methods_with_bodies`) does not name. A
+/// server that does not know a method answers it 400 before reading its header, so it never
+/// sees the router's `Connection: close`, and reads the body as the connection's next
+/// request, one the router never checked: Nim's `asynchttpserver`, cpp-httplib 0.11 and
+/// Pistache ran a `GET /admin/...` with a client's `X-User-Id` hidden in a `PROPFIND`'s body.
+pub fn refuses_body_of(method: &Method, listed: &[String]) -> bool {
+    let standard = matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::DELETE
+            | Method::OPTIONS
+            | Method::PATCH
+    );
+    !standard && !listed.iter().any(|m| m == method.as_str())
+}
+
 /// Whether `method` is `CONNECT` in any spelling (Pingora answers only the exact one).
 pub fn is_connect(method: &Method) -> bool {
     method.as_str().eq_ignore_ascii_case("CONNECT")
@@ -126,6 +146,27 @@ mod tests {
         ] {
             let method = Method::from_bytes(m.as_bytes()).expect("a method");
             assert_eq!(is_echo(&method), echo, "{m}");
+        }
+    }
+
+    #[test]
+    fn only_listed_extension_methods_keep_their_bodies() {
+        let listed = vec!["PROPFIND".to_owned(), "REPORT".to_owned()];
+        for (m, refused) in [
+            ("GET", false),
+            ("POST", false),
+            ("PATCH", false),
+            ("DELETE", false),
+            ("OPTIONS", false),
+            ("PROPFIND", false),
+            ("REPORT", false),
+            ("propfind", true),
+            ("SEARCH", true),
+            ("QUERY", true),
+            ("FOO", true),
+        ] {
+            let method = Method::from_bytes(m.as_bytes()).expect("a method");
+            assert_eq!(refuses_body_of(&method, &listed), refused, "{m}");
         }
     }
 

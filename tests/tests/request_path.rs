@@ -1403,6 +1403,54 @@ fn trace_is_refused_before_any_instance_is_asked() {
 }
 
 #[test]
+fn an_extension_methods_body_passes_only_when_listed() {
+    // Nim's asynchttpserver, cpp-httplib and Pistache answer a method they do not know 400
+    // before reading its header (so `Connection: close` is never seen) and read its body as
+    // the connection's next request: a `GET /admin` with a client's `X-User-Id` ran so.
+    let w = world_configured(
+        |_, _, _| {},
+        |opts| opts.upstream_extra = "extension_methods_with_bodies = [\"REPORT\"]".to_owned(),
+    );
+    let token = w.keys.token("acme", Some("org-acme"));
+    let send = |method: &str, body: &str| {
+        send_raw(
+            w.edge.addr,
+            format!(
+                "{method} /login HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                host("acme"),
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    let smuggled = "GET /admin HTTP/1.1\r\nHost: x\r\nX-User-Id: admin\r\n\r\n";
+    for method in ["PROPFIND", "SEARCH", "report", "FOO"] {
+        let r = send(method, smuggled);
+        assert_eq!(r.status, 501, "{method}: {}", r.text());
+        assert!(r.text().contains("not passed on"), "{}", r.text());
+    }
+    assert_eq!(w.a.hits(), 0);
+    // Without a body, or listed, or a standard method: the instance's to answer.
+    for (method, body) in [
+        ("PROPFIND", ""),
+        ("REPORT", "<x/>"),
+        ("POST", "a=1"),
+        ("DELETE", ""),
+    ] {
+        let r = send(method, body);
+        assert_eq!(r.status, 200, "{method}: {}", r.text());
+    }
+    assert_eq!(w.a.hits(), 4);
+    assert_eq!(
+        w.edge
+            .metric("nexus_edge_requests_total{outcome=\"extension_method_body\"}"),
+        4
+    );
+}
+
+#[test]
 fn connection_names_pingora_refuses_get_400_not_a_silent_close() {
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));

@@ -73,6 +73,9 @@ pub(super) fn parse(
             p,
         )
         .unwrap_or(d.chunked_request_bodies);
+    let extension_methods_with_bodies = s
+        .strings("extension_methods_with_bodies", p, check_extension_method)
+        .unwrap_or_else(|| d.extension_methods_with_bodies.clone());
     s.finish(p);
     (p.list.len() == before).then_some(UpstreamSettings {
         connect_timeout,
@@ -85,5 +88,28 @@ pub(super) fn parse(
         idle_connections,
         idle_connection_timeout,
         chunked_request_bodies,
+        extension_methods_with_bodies,
     })
+}
+
+/// The methods whose bodies are always passed on (`CONNECT` and `TRACE` are refused whole).
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
+
+/// An extension method as a request line carries it: a token (methods are case-sensitive),
+/// not a standard method in any case.
+fn check_extension_method(m: &str) -> Result<String, String> {
+    if !super::names::is_token(m) {
+        Err(format!(
+            "{m:?} is not a method name (a token, such as \"PROPFIND\")"
+        ))
+    } else if STANDARD_METHODS.iter().any(|s| s.eq_ignore_ascii_case(m)) {
+        Err(format!(
+            "{m:?} is a standard method: its bodies are passed on (or refused whole) whatever \
+             this says"
+        ))
+    } else {
+        Ok(m.to_owned())
+    }
 }

@@ -182,6 +182,13 @@ impl EdgeService {
         // Before the tenant: a body the instance would read otherwise than the router is
         // refused whoever it is addressed to.
         check_transfer_coding(&req.headers).map_err(RejectReason::BadFraming)?;
+        if crate::method::refuses_body_of(
+            &req.method,
+            &self.state.settings.upstream.extension_methods_with_bodies,
+        ) && crate::framing::has_body(&req.headers)
+        {
+            return Err(RejectReason::ExtensionMethodBody);
+        }
         if crate::nominations::names_framing(&req.headers) {
             return Err(RejectReason::BadFraming(FramingError::FramingNominated));
         }
