@@ -160,6 +160,7 @@ fn full_decision(c: &mut Criterion) {
                 token_headers: &[],
                 subprotocols: &[],
                 origins: &[],
+                fetch_sites: &[],
                 now_unix: now,
             };
             black_box(decide(&facts, &tenancy, &table, &auth).expect("routed"))
@@ -187,6 +188,7 @@ fn full_decision(c: &mut Criterion) {
                     token_headers: &[],
                     subprotocols: &[],
                     origins: &[],
+                    fetch_sites: &[],
                     now_unix: now,
                 };
                 black_box(decide(&facts, &tenancy, &table, &auth).expect("routed"));
@@ -261,6 +263,7 @@ fn upstream_request(c: &mut Criterion) {
         token_headers: &[],
         subprotocols: &[],
         origins: &[],
+        fetch_sites: &[],
         now_unix: now,
     };
     let decision = decide(&facts, &tenancy, &table, &auth).expect("routed");

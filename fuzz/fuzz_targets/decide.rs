@@ -68,6 +68,9 @@ struct Input<'a> {
     token: Token<'a>,
     as_cookie: bool,
     extra_authorization: Option<&'a [u8]>,
+    /// An `Origin`, and whether the request says `Sec-Fetch-Site: same-site`.
+    origin: Option<&'a [u8]>,
+    same_site: bool,
 }
 
 fn host_bytes(host: &Host<'_>) -> Vec<u8> {
@@ -157,6 +160,7 @@ fuzz_target!(|input: Input<'_>| {
     if let Some(extra) = input.extra_authorization {
         authorization.push(extra);
     }
+    let origins: Vec<&[u8]> = input.origin.into_iter().collect();
     let facts = RequestFacts {
         host_headers: &hosts,
         uri_authority: input.authority,
@@ -166,7 +170,12 @@ fuzz_target!(|input: Input<'_>| {
         cookies: &cookies,
         token_headers: &[],
         subprotocols: &[],
-        origins: &[],
+        origins: &origins,
+        fetch_sites: if input.same_site {
+            &[b"same-site"]
+        } else {
+            &[]
+        },
         now_unix: w.now,
     };
     let Ok(d) = decide(&facts, &w.tenancy, &w.table, &w.auth) else {

@@ -55,6 +55,8 @@ pub struct RequestFacts<'a> {
     pub subprotocols: &'a [&'a [u8]],
     /// Every `Origin` value, raw (see [`crate::origin`]).
     pub origins: &'a [&'a [u8]],
+    /// Every `Sec-Fetch-Site` value, raw (see [`crate::origin`]).
+    pub fetch_sites: &'a [&'a [u8]],
     /// Current Unix time in seconds.
     pub now_unix: u64,
 }
@@ -241,10 +243,14 @@ fn from_another_tenant(
     auth: &Authenticator,
 ) -> bool {
     let tenant = binding.tenant_id.as_str();
+    let same_site = facts
+        .fetch_sites
+        .iter()
+        .any(|v| v.trim_ascii().eq_ignore_ascii_case(b"same-site"));
     facts
         .origins
         .iter()
-        .any(|o| crate::origin::is_other_tenants(o, tenant, tenancy, table))
+        .any(|o| crate::origin::is_other_tenants(o, same_site, tenant, tenancy, table))
         && matches!(
             extract_token(
                 facts.authorization,

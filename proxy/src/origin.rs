@@ -10,7 +10,8 @@
 //! request but simple reads and navigations, and on every WebSocket handshake) names another
 //! tenant's host: another tenant's subdomain or a name under it, another tenant's custom
 //! domain, or any other name under a base domain but the operator's own base domains and the
-//! origins `[tenancy] trusted_origins` lists. Credentials a page cannot attach by itself
+//! origins `[tenancy] trusted_origins` lists; or is `null` from the same site (see
+//! [`is_other_tenants`]). Credentials a page cannot attach by itself
 //! (`Authorization`, a token header or subprotocol) are its script's own to send; origins
 //! outside every base domain are cross-site, where `SameSite` cookies do their work.
 
@@ -20,10 +21,14 @@ use nexus_config::TenancySettings;
 use crate::host::{resolve_host, HostTarget};
 
 /// Whether the `Origin` value `origin` names a page of another tenant than `tenant` (see the
-/// module docs). `null`, a malformed origin or one outside every base domain and binding is
-/// no tenant's page.
+/// module docs). A malformed origin or one outside every base domain and binding is no
+/// tenant's page. `null` is one when the browser says the request is `same_site`
+/// (`Sec-Fetch-Site: same-site`): it sends `null` for a request redirected across origins
+/// (a globex form posting to another name under the base that redirects to acme) and for a
+/// sandboxed frame, so only the site tells where such a request comes from.
 pub fn is_other_tenants(
     origin: &[u8],
+    same_site: bool,
     tenant: &str,
     tenancy: &TenancySettings,
     table: &BindingTable,
@@ -31,6 +36,9 @@ pub fn is_other_tenants(
     let Ok(origin) = std::str::from_utf8(origin.trim_ascii()) else {
         return false;
     };
+    if origin == "null" {
+        return same_site;
+    }
     if tenancy
         .trusted_origins
         .iter()
@@ -108,10 +116,19 @@ mod tests {
             ("", false),
         ] {
             assert_eq!(
-                is_other_tenants(origin.as_bytes(), tenant, &tenancy, &table),
+                is_other_tenants(origin.as_bytes(), false, tenant, &tenancy, &table),
                 other,
                 "{origin}"
             );
         }
+        // `null` from the same site: a request redirected across origins, a sandboxed frame.
+        assert!(is_other_tenants(b"null", true, tenant, &tenancy, &table));
+        assert!(!is_other_tenants(
+            b"https://acme.nexus.test",
+            true,
+            tenant,
+            &tenancy,
+            &table
+        ));
     }
 }

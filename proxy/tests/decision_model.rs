@@ -545,6 +545,7 @@ fn real(w: &World, req: &Req) -> Outcome {
         token_headers: &headers,
         subprotocols: &protocols,
         origins: &[],
+        fetch_sites: &[],
         now_unix: w.now,
     };
     match decide(&facts, &w.tenancy, &w.table, &w.auth) {

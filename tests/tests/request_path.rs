@@ -609,6 +609,31 @@ fn another_tenants_page_may_not_use_this_tenants_session_cookie() {
     )
     .unwrap();
     assert_eq!(r.status, 403, "{}", r.text());
+    // A WebSocket handshake from there, which no CORS rule covers.
+    let r = send_raw(
+        addr,
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {acme}\r\nCookie: {cookie}\r\nOrigin: {globex}\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    // `null`, which a browser sends for a request redirected across origins (a globex form
+    // posting to another name that redirects to acme), from the same site.
+    let r = get(
+        addr,
+        &acme,
+        "/x",
+        &[
+            ("Cookie", &cookie),
+            ("Origin", "null"),
+            ("Sec-Fetch-Site", "same-site"),
+        ],
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
     // A public path is still served, as to anyone, without the cookie or an identity.
     let r = get(
         addr,
@@ -624,7 +649,7 @@ fn another_tenants_page_may_not_use_this_tenants_session_cookie() {
     assert_eq!(
         w.edge
             .metric("nexus_edge_requests_total{outcome=\"cross_tenant_origin\"}"),
-        3
+        5
     );
 }
 

@@ -1,6 +1,5 @@
 //! The shapes of names a config gives: domains, path and key prefixes, replica ids, tokens.
 
-/// A canonical domain: lowercase labels of `a-z0-9-`, no leading/trailing dot.
 /// An origin as browsers send it in `Origin` (RFC 6454): `http` or `https`, `://`, a
 /// lowercase domain name, and a port only when it is not the scheme's default; nothing after.
 pub(super) fn check_origin(s: &str) -> Result<String, String> {
@@ -29,6 +28,7 @@ pub(super) fn check_origin(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// A canonical domain: lowercase labels of `a-z0-9-`, no leading/trailing dot.
 pub(super) fn check_domain(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 253

@@ -618,8 +618,9 @@ fn same_name(raw: &[u8], name: &[u8]) -> bool {
             .filter(|head| head.eq_ignore_ascii_case(p))
             .map(|_| &raw[p.len()..])
     });
-    if let Some(rest) = unprefixed {
-        return same_name(rest, name);
+    // A configured name may carry the prefix itself (`__Host-jwt`): compared whole below too.
+    if unprefixed.is_some_and(|rest| same_name(rest, name)) {
+        return true;
     }
     // A decoded byte takes at least one raw byte.
     if raw.len() < name.len() {
@@ -633,7 +634,9 @@ fn same_name(raw: &[u8], name: &[u8]) -> bool {
     name.iter()
         .all(|&want| decoded.next().is_some_and(|c| fold(c) == fold(want)))
         && match decoded.find(|&c| c == 0 || c > b' ') {
-            None | Some(b'[' | b']' | b'*' | 0) => true,
+            None | Some(b'[' | b']' | 0) => true,
+            // libsoup's `name*`, the whole name.
+            Some(b'*') => decoded.all(|c| c <= b' '),
             // One chunk of a cookie split in numbered pieces.
             Some(b'.') => {
                 let mut digits = decoded.peekable();
@@ -888,7 +891,7 @@ mod tests {
 
     #[test]
     fn session_cookie_taken_off() {
-        let cases: [(&[u8], Option<&[u8]>); 22] = [
+        let cases: [(&[u8], Option<&[u8]>); 23] = [
             (b"sess=tok", None),
             (b"a=1; sess=tok; b=2", Some(b"a=1; b=2")),
             (b"a=1;sess=tok;", Some(b"a=1")),
@@ -915,6 +918,7 @@ mod tests {
             ),
             // Chunks; a signature cookie beside it (`cookies`' `name.sig`) is another.
             (b"sess.0=x; sess.12=y; a=1", Some(b"a=1")),
+            (b"sess*x=1; a=1", Some(b"sess*x=1; a=1")),
             (
                 b"sess.sig=x; sess.=y; sess.1x=z",
                 Some(b"sess.sig=x; sess.=y; sess.1x=z"),
@@ -932,6 +936,15 @@ mod tests {
                 want != Some(value),
                 "{value:?}"
             );
+        }
+        // A configured name that carries a browser prefix itself, as spelt or (token cookies
+        // are kept lowercase) folded.
+        for name in ["__Host-sess", "__host-sess"] {
+            let places = TokenPlaces::with_session_cookie(Some(name));
+            for value in [&b"__Host-sess=x"[..], b"__HOST-sess=x", b"__Host-sess.0=x"] {
+                assert!(has_token_cookie(value, &places), "{name}: {value:?}");
+            }
+            assert!(!has_token_cookie(b"__Host-sessx=1", &places), "{name}");
         }
     }
 

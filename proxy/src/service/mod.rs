@@ -201,6 +201,7 @@ impl EdgeService {
         let token_headers = token_header_values(req, self.state.auth.token_places());
         let subprotocols = header_values(req, &http::header::SEC_WEBSOCKET_PROTOCOL);
         let origins = header_values(req, &http::header::ORIGIN);
+        let fetch_sites = header_values(req, &SEC_FETCH_SITE);
         let target = match request_target(req) {
             Ok(target) => target,
             Err(e) => return Err(RejectReason::of_path(e)),
@@ -218,6 +219,7 @@ impl EdgeService {
                     token_headers: &token_headers,
                     subprotocols: &subprotocols,
                     origins: &origins,
+                    fetch_sites: &fetch_sites,
                     now_unix: now_unix(),
                 };
                 let table = self.state.bindings.load();
@@ -236,6 +238,21 @@ impl EdgeService {
         }
     }
 }
+
+/// The request header's length: as it came over HTTP/1 (see `RequestCtx::header_length`);
+/// over HTTP/2, where no raw header is kept, its fields' names and values.
+fn header_length(ctx: &RequestCtx, client: &http::HeaderMap) -> usize {
+    if ctx.header_length > 0 {
+        return ctx.header_length;
+    }
+    client
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
+}
+
+/// Where a browser says a request comes from (Fetch Metadata), for [`crate::origin`].
+static SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetch-site");
 
 /// The error that stops a request's body once the instance has answered the request whole
 /// (see [`EdgeService::request_body_filter`]).
@@ -598,7 +615,7 @@ impl ProxyHttp for EdgeService {
             host,
             request_id: &ctx.request_id,
             token_places: self.state.auth.token_places(),
-            long: crate::route::is_long(client.len(), ctx.header_length),
+            long: crate::route::is_long(client.len(), header_length(ctx, client)),
         };
         rewrite_upstream_request(upstream_request, decision, fwd)?;
         if let Some(length) = ctx.body_length {
