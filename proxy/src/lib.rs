@@ -5,7 +5,7 @@
 //!
 //! | module | decides |
 //! |---|---|
-//! | [`method`] | that the request does not ask for an echo of itself (`TRACE`) |
+//! | [`method`] | that the request does not ask for an echo of itself (`TRACE`), nor carries a body on a method its instance may not read |
 //! | [`framing`] | that the request's body is framed one way, for router and instance alike |
 //! | [`nominations`] | that its `Connection` names only fields the instance can go without |
 //! | [`field_name`] | which header names an upstream reads as one (`X_User_Id`, `X-User-Id_`) |

@@ -1,4 +1,5 @@
-//! The request methods the router refuses itself: only those that echo the request.
+//! The request methods the router refuses itself: only those that echo the request (and
+//! bodies on extension methods the instances are not said to read, [`refuses_body_of`]).
 //!
 //! `TRACE` asks the instance to send the request back as it received it (RFC 9110 §9.3.8):
 //! with the identity headers the router adds and the client's cookies, in a response a script
