@@ -243,14 +243,14 @@ fn from_another_tenant(
     auth: &Authenticator,
 ) -> bool {
     let tenant = binding.tenant_id.as_str();
-    let same_site = facts
-        .fetch_sites
-        .iter()
-        .any(|v| v.trim_ascii().eq_ignore_ascii_case(b"same-site"));
+    let own_site = facts.fetch_sites.iter().any(|v| {
+        let v = v.trim_ascii();
+        v.eq_ignore_ascii_case(b"same-origin") || v.eq_ignore_ascii_case(b"none")
+    });
     facts
         .origins
         .iter()
-        .any(|o| crate::origin::is_other_tenants(o, same_site, tenant, tenancy, table))
+        .any(|o| crate::origin::is_other_tenants(o, own_site, tenant, tenancy, table))
         && matches!(
             extract_token(
                 facts.authorization,

@@ -10,8 +10,8 @@
 //! request but simple reads and navigations, and on every WebSocket handshake) names another
 //! tenant's host: another tenant's subdomain or a name under it, another tenant's custom
 //! domain, or any other name under a base domain but the operator's own base domains and the
-//! origins `[tenancy] trusted_origins` lists; or is `null` from the same site (see
-//! [`is_other_tenants`]). Credentials a page cannot attach by itself
+//! origins `[tenancy] trusted_origins` lists; or is `null` on a request the browser does not
+//! call its page's own (see [`is_other_tenants`]). Credentials a page cannot attach by itself
 //! (`Authorization`, a token header or subprotocol) are its script's own to send; origins
 //! outside every base domain are cross-site, where `SameSite` cookies do their work.
 
@@ -22,13 +22,17 @@ use crate::host::{resolve_host, HostTarget};
 
 /// Whether the `Origin` value `origin` names a page of another tenant than `tenant` (see the
 /// module docs). A malformed origin or one outside every base domain and binding is no
-/// tenant's page. `null` is one when the browser says the request is `same_site`
-/// (`Sec-Fetch-Site: same-site`): it sends `null` for a request redirected across origins
-/// (a globex form posting to another name under the base that redirects to acme) and for a
-/// sandboxed frame, so only the site tells where such a request comes from.
+/// tenant's page. `null` counts as one unless the browser says the request is its page's
+/// own (`own_site`: `Sec-Fetch-Site: same-origin` or `none`). A browser sends `null` for a
+/// request redirected across origins, and a globex form posting to a name of its own outside
+/// the base (its custom domain) that redirects to acme arrives so, `Sec-Fetch-Site:
+/// cross-site`, with acme's cookie (Chromium sends `SameSite` cookies by the page that began
+/// the chain, not by its hops); over plain `http` it sends no `Sec-Fetch-Site` at all. A
+/// page's own requests send its origin, or `null` with `same-origin` under `Referrer-Policy:
+/// no-referrer`.
 pub fn is_other_tenants(
     origin: &[u8],
-    same_site: bool,
+    own_site: bool,
     tenant: &str,
     tenancy: &TenancySettings,
     table: &BindingTable,
@@ -37,7 +41,7 @@ pub fn is_other_tenants(
         return false;
     };
     if origin == "null" {
-        return same_site;
+        return !own_site;
     }
     if tenancy
         .trusted_origins
@@ -109,22 +113,23 @@ mod tests {
             ("https://nexus.test", false),
             ("https://console.nexus.test", false),
             ("https://elsewhere.example", false),
-            ("null", false),
             ("https://globex.nexus.test/", false),
             ("ftp://globex.nexus.test", false),
             ("https://10.0.0.1", false),
             ("", false),
         ] {
             assert_eq!(
-                is_other_tenants(origin.as_bytes(), false, tenant, &tenancy, &table),
+                is_other_tenants(origin.as_bytes(), true, tenant, &tenancy, &table),
                 other,
                 "{origin}"
             );
         }
-        // `null` from the same site: a request redirected across origins, a sandboxed frame.
-        assert!(is_other_tenants(b"null", true, tenant, &tenancy, &table));
-        assert!(!is_other_tenants(
-            b"https://acme.nexus.test",
+        // `null`: a request redirected across origins, unless the browser calls it the page's
+        // own (`same-origin` under `Referrer-Policy: no-referrer`).
+        assert!(is_other_tenants(b"null", false, tenant, &tenancy, &table));
+        assert!(!is_other_tenants(b"null", true, tenant, &tenancy, &table));
+        assert!(is_other_tenants(
+            b"https://globex.nexus.test",
             true,
             tenant,
             &tenancy,
