@@ -92,6 +92,12 @@ pub const MAX_TOKEN_BYTES_CEILING: usize = 65_536;
 /// OAuth provider) reads beside it by default. `token_query_parameters` names others.
 pub const QUERY_TOKENS: [&str; 2] = ["access_token", "bearer_token"];
 
+/// The methods RFC 9110 defines, and `PATCH`: their bodies are passed on (or, for `CONNECT`
+/// and `TRACE`, the request is refused whole), whatever `extension_methods_with_bodies` says.
+pub const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
 /// `[auth]`
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuthSettings {

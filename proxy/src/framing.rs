@@ -65,9 +65,7 @@ pub fn has_body(headers: &HeaderMap) -> bool {
 /// with no body: the router would read the tenant's next answer as this one's. No client
 /// sends these; refused.
 pub fn is_miscased_method(method: &Method) -> bool {
-    const STANDARD: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
+    const STANDARD: [&str; 9] = nexus_config::STANDARD_METHODS;
     let m = method.as_str();
     m.len() <= 7 && !STANDARD.contains(&m) && STANDARD.iter().any(|s| s.eq_ignore_ascii_case(m))
 }

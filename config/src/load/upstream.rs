@@ -92,11 +92,6 @@ pub(super) fn parse(
     })
 }
 
-/// The methods whose bodies are always passed on (`CONNECT` and `TRACE` are refused whole).
-const STANDARD_METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-];
-
 /// An extension method as a request line carries it: a token (methods are case-sensitive),
 /// not a standard method in any case.
 fn check_extension_method(m: &str) -> Result<String, String> {
@@ -104,7 +99,10 @@ fn check_extension_method(m: &str) -> Result<String, String> {
         Err(format!(
             "{m:?} is not a method name (a token, such as \"PROPFIND\")"
         ))
-    } else if STANDARD_METHODS.iter().any(|s| s.eq_ignore_ascii_case(m)) {
+    } else if crate::STANDARD_METHODS
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(m))
+    {
         Err(format!(
             "{m:?} is a standard method: its bodies are passed on (or refused whole) whatever \
              this says"

@@ -591,6 +591,13 @@ fn form_decoded(raw: &[u8]) -> impl Iterator<Item = u8> + '_ {
     })
 }
 
+/// `b` without `prefix` (ASCII, in any case) at its start; `None` when it does not start so.
+fn strip_ignore_case<'a>(b: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    b.get(..prefix.len())
+        .filter(|head| head.eq_ignore_ascii_case(prefix))
+        .map(|_| &b[prefix.len()..])
+}
+
 /// Whether form-decoding `raw` gives exactly `want`.
 fn decodes_to(raw: &[u8], want: &[u8]) -> bool {
     form_decoded(raw).eq(want.iter().copied())
@@ -613,11 +620,9 @@ fn same_name(raw: &[u8], name: &[u8]) -> bool {
     if raw == name {
         return true;
     }
-    let unprefixed = [&b"__host-"[..], b"__secure-"].iter().find_map(|p| {
-        raw.get(..p.len())
-            .filter(|head| head.eq_ignore_ascii_case(p))
-            .map(|_| &raw[p.len()..])
-    });
+    let unprefixed = [&b"__host-"[..], b"__secure-"]
+        .iter()
+        .find_map(|p| strip_ignore_case(raw, p));
     // A configured name may carry the prefix itself (`__Host-jwt`): compared whole below too.
     if unprefixed.is_some_and(|rest| same_name(rest, name)) {
         return true;
@@ -664,10 +669,7 @@ fn bearer(value: &[u8]) -> Result<Option<&str>, CredentialError> {
     if !scheme.eq_ignore_ascii_case(SCHEME) {
         // `Bearer` after a comma or a blank of any kind, or at the start behind blanks
         // beyond ASCII (which `str.split()` and `Trim()` drop).
-        let starts_bearer = |b: &[u8]| {
-            b.get(..SCHEME.len())
-                .is_some_and(|s| s.eq_ignore_ascii_case(SCHEME))
-        };
+        let starts_bearer = |b: &[u8]| strip_ignore_case(b, SCHEME).is_some();
         let hides_bearer = starts_bearer(trim_blanks_start(value))
             || (1..value.len()).any(|i| {
                 (value[i - 1] == b',' || blank_at_end(&value[..i]) > 0)
@@ -784,12 +786,10 @@ fn squeezes_to_jws(b: &[u8]) -> bool {
         let mut out = Vec::with_capacity(b.len());
         let mut rest = b;
         while let Some(&c) = rest.first() {
-            if rest.len() >= 6 && rest[..6].eq_ignore_ascii_case(b"bearer") {
-                rest = &rest[6..];
-            } else {
+            rest = strip_ignore_case(rest, b"bearer").unwrap_or_else(|| {
                 out.push(c);
-                rest = &rest[1..];
-            }
+                &rest[1..]
+            });
         }
         out
     };

@@ -53,10 +53,9 @@ pub struct RequestCtx {
     /// The length of a chunked request body read whole before forwarding (see
     /// [`body`](super::body)), sent as its `Content-Length`; `None` for every other request.
     pub(super) body_length: Option<usize>,
-    /// The request header's length in bytes as it came, request line included (0 over
-    /// HTTP/2): a long one reaches the instance behind the router's fields (see
-    /// [`crate::route::is_long`]).
-    pub(super) header_length: usize,
+    /// Whether the request header is long: it reaches the instance behind the router's
+    /// fields (see [`crate::route::is_long`]).
+    pub(super) long_header: bool,
 }
 
 impl RequestCtx {

@@ -239,18 +239,6 @@ impl EdgeService {
     }
 }
 
-/// The request header's length: as it came over HTTP/1 (see `RequestCtx::header_length`);
-/// over HTTP/2, where no raw header is kept, its fields' names and values.
-fn header_length(ctx: &RequestCtx, client: &http::HeaderMap) -> usize {
-    if ctx.header_length > 0 {
-        return ctx.header_length;
-    }
-    client
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len())
-        .sum()
-}
-
 /// Where a browser says a request comes from (Fetch Metadata), for [`crate::origin`].
 static SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetch-site");
 
@@ -329,7 +317,7 @@ impl ProxyHttp for EdgeService {
             response_complete: false,
             instance_connection_reused: None,
             body_length: None,
-            header_length: 0,
+            long_header: false,
         }
     }
 
@@ -358,7 +346,13 @@ impl ProxyHttp for EdgeService {
         }
         self.close_if_draining(session);
         let raw = (session.as_downstream().as_http1()).map(|h1| h1.get_headers_raw_bytes());
-        ctx.header_length = raw.as_ref().map_or(0, Bytes::len);
+        // Its length as it came; over HTTP/2, where no raw header is kept, its fields'.
+        let fields = &session.req_header().headers;
+        let length = raw.as_ref().map_or_else(
+            || fields.iter().map(|(n, v)| n.as_str().len() + v.len()).sum(),
+            Bytes::len,
+        );
+        ctx.long_header = crate::route::is_long(fields.len(), length);
         let header_size = crate::connections::header_read(session, raw.as_deref());
         let line_ends = raw
             .as_deref()
@@ -615,7 +609,7 @@ impl ProxyHttp for EdgeService {
             host,
             request_id: &ctx.request_id,
             token_places: self.state.auth.token_places(),
-            long: crate::route::is_long(client.len(), header_length(ctx, client)),
+            long: ctx.long_header,
         };
         rewrite_upstream_request(upstream_request, decision, fwd)?;
         if let Some(length) = ctx.body_length {
