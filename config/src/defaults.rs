@@ -78,5 +78,14 @@ pub fn embedded_default() -> Settings {
             format: LogFormat::Text,
             request_lines_per_second: 100,
         },
+        cors: CorsSettings {
+            origins: None,
+            allowed_methods: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+                .map(str::to_owned)
+                .to_vec(),
+            allowed_headers: vec!["authorization".to_owned(), "content-type".to_owned()],
+            expose_headers: Vec::new(),
+            max_age: Duration::from_secs(600),
+        },
     }
 }

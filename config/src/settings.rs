@@ -23,6 +23,8 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Cross-origin requests from browsers (CORS), when the router answers for them.
+    pub cors: CorsSettings,
 }
 
 /// `[server]`
@@ -82,6 +84,45 @@ pub struct TenancySettings {
     /// default) of the operator's own pages that may send a tenant's session cookie to it
     /// from another tenant's namespace: every other page of another tenant may not.
     pub trusted_origins: Vec<String>,
+}
+
+/// `[cors]`: the router's own answer to browsers' cross-origin requests. A preflight
+/// (`OPTIONS` with `Access-Control-Request-Method`) carries no credential, so on a protected
+/// path it could only be refused; with a policy here the router answers it, and sets the
+/// `Access-Control-*` headers of every response itself (the instances' own are removed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CorsSettings {
+    /// Which pages may read responses; `None`: no policy (preflights are decided like any
+    /// request, and instances' `Access-Control-*` headers pass as they are).
+    pub origins: Option<CorsOrigins>,
+    /// Methods a preflight is told it may use (`Access-Control-Allow-Methods`).
+    pub allowed_methods: Vec<String>,
+    /// Request headers a preflight is told it may send (`Access-Control-Allow-Headers`),
+    /// lowercase.
+    pub allowed_headers: Vec<String>,
+    /// Response headers a page may read besides the CORS-safelisted ones
+    /// (`Access-Control-Expose-Headers`), lowercase.
+    pub expose_headers: Vec<String>,
+    /// How long a browser may keep a preflight's answer (`Access-Control-Max-Age`).
+    pub max_age: Duration,
+}
+
+/// The pages a [`CorsSettings`] policy lets read responses.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CorsOrigins {
+    /// Any page, without credentials (`Access-Control-Allow-Origin: *`): browsers then send
+    /// no cookie, and a token only as a script's own `Authorization`.
+    Any,
+    /// These pages, each named back to itself in `Access-Control-Allow-Origin`.
+    Listed {
+        /// Origins as browsers send them (see `[tenancy] trusted_origins`).
+        origins: Vec<String>,
+        /// Also the addressed tenant's own pages: its subdomain, names under it, its
+        /// bindings' custom domains.
+        tenant_pages: bool,
+        /// `Access-Control-Allow-Credentials: true`: the pages may send cookies.
+        credentials: bool,
+    },
 }
 
 /// The largest `[auth] max_token_bytes` may be: no router takes a longer token.

@@ -1580,3 +1580,118 @@ fn token_places_are_names_read_as_apps_read_them_and_none_the_router_reads_or_se
         "must be a list of strings",
     );
 }
+
+#[test]
+fn cors_is_off_unless_origins_are_given() {
+    let s = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(s.cors.origins, None);
+    assert_eq!(s.cors, crate::embedded_default().cors);
+    let text = format!(
+        "{MINIMAL}[cors]\nallowed_origins = [\"https://app.example\"]\ntenant_origins = true\n\
+         allow_credentials = true\nallowed_methods = [\"GET\", \"PROPFIND\"]\n\
+         allowed_headers = [\"authorization\", \"x-csrf-token\"]\nexpose_headers = [\"etag\"]\n\
+         max_age = \"1h\"\n"
+    );
+    let s = parse_str(&text, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(
+        s.cors.origins,
+        Some(CorsOrigins::Listed {
+            origins: vec!["https://app.example".to_owned()],
+            tenant_pages: true,
+            credentials: true,
+        })
+    );
+    assert_eq!(s.cors.allowed_methods, ["GET", "PROPFIND"]);
+    assert_eq!(s.cors.allowed_headers, ["authorization", "x-csrf-token"]);
+    assert_eq!(s.cors.expose_headers, ["etag"]);
+    assert_eq!(s.cors.max_age, std::time::Duration::from_secs(3600));
+    // The tenants' own pages alone are a policy; "*" is one.
+    let s = parse_str(
+        &format!("{MINIMAL}[cors]\ntenant_origins = true\n"),
+        Path::new("/etc/nexus/edge.toml"),
+    )
+    .expect("valid");
+    assert!(matches!(
+        s.cors.origins,
+        Some(CorsOrigins::Listed { ref origins, tenant_pages: true, credentials: false })
+            if origins.is_empty()
+    ));
+    let s = parse_str(
+        &format!("{MINIMAL}[cors]\nallowed_origins = [\"*\"]\n"),
+        Path::new("/etc/nexus/edge.toml"),
+    )
+    .expect("valid");
+    assert_eq!(s.cors.origins, Some(CorsOrigins::Any));
+}
+
+#[test]
+fn cors_policies_browsers_would_not_follow_are_refused() {
+    let ps = problems(&format!(
+        "{MINIMAL}[cors]\nallowed_origins = [\"*\"]\nallow_credentials = true\n"
+    ));
+    has(&ps, "cors.allow_credentials", 10, "refuse credentials");
+    let ps = problems(&format!(
+        "{MINIMAL}[cors]\nallowed_origins = [\"*\", \"https://app.example\"]\n"
+    ));
+    has(&ps, "cors.allowed_origins", 9, "nothing beside it");
+    let ps = problems(&format!(
+        "{MINIMAL}[cors]\nallowed_origins = [\"*\"]\ntenant_origins = true\n"
+    ));
+    has(&ps, "cors.tenant_origins", 10, "already allows");
+    let ps = problems(&format!("{MINIMAL}[cors]\nallow_credentials = true\n"));
+    has(&ps, "cors.allow_credentials", 9, "to no origin");
+    for bad in [
+        "app.example",
+        "https://app.example/",
+        "https://App.example",
+        "null",
+    ] {
+        let ps = problems(&format!("{MINIMAL}[cors]\nallowed_origins = [\"{bad}\"]\n"));
+        has(&ps, "cors.allowed_origins[0]", 9, "not an origin");
+    }
+    let ps = problems(&format!(
+        "{MINIMAL}[cors]\nallowed_origins = [\"https://a.example\"]\n\
+         allowed_methods = [\"GET\", \"TRACE\", \"con nect\"]\n\
+         allowed_headers = [\"*\", \"X-Token\"]\nexpose_headers = [\"a b\"]\nmax_age = \"2d\"\n\
+         allow_origins = []\n"
+    ));
+    has(&ps, "cors.allowed_methods[1]", 10, "refused by the router");
+    has(&ps, "cors.allowed_methods[2]", 10, "not a method name");
+    has(&ps, "cors.allowed_headers[0]", 11, "list the header names");
+    has(
+        &ps,
+        "cors.allowed_headers[1]",
+        11,
+        "not a lowercase header name",
+    );
+    has(
+        &ps,
+        "cors.expose_headers[0]",
+        12,
+        "not a lowercase header name",
+    );
+    has(&ps, "cors.max_age", 13, "");
+    has(
+        &ps,
+        "cors.allow_origins",
+        14,
+        "did you mean `allowed_origins`",
+    );
+}
+
+#[test]
+fn cors_origins_under_a_base_domain_must_be_the_operators() {
+    // `app.nexus.localhost` could be a tenant's page (a tenant named `app`).
+    let text = format!(
+        "{MINIMAL}[cors]\nallowed_origins = [\"https://example.com\", \"https://app.nexus.localhost\"]\n"
+    );
+    let ps = problems(&text);
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    has(&ps, "cors.allowed_origins[1]", 9, "tenancy.trusted_origins");
+    // The base domain itself is no tenant's; a listed trusted origin is the operator's.
+    let text = format!(
+        "{MINIMAL}[tenancy]\ntrusted_origins = [\"https://app.nexus.localhost\"]\n\
+         [cors]\nallowed_origins = [\"https://nexus.localhost\", \"https://app.nexus.localhost\"]\n"
+    );
+    parse_str(&text, Path::new("/etc/nexus/edge.toml")).expect("valid");
+}

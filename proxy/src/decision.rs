@@ -121,33 +121,12 @@ pub fn decide(
     table: &BindingTable,
     auth: &Authenticator,
 ) -> Result<Decision, RejectReason> {
-    let authority = request_authority(facts.host_headers, facts.uri_authority, facts.is_http2)
-        .map_err(RejectReason::BadHost)?;
-    let target = resolve_host(authority, &tenancy.base_domains).map_err(RejectReason::BadHost)?;
-
-    let (raw_path, query) = split_target(facts.target);
-    let path = normalize_path(raw_path).map_err(RejectReason::of_path)?;
-
-    let domain = match &target {
-        HostTarget::CustomDomain(domain) | HostTarget::UnderTenant { domain, .. } => {
-            Some(Box::from(domain.as_ref()))
-        }
-        HostTarget::Subdomain(_) | HostTarget::Reserved => None,
-    };
-    let binding = match &target {
-        HostTarget::Subdomain(tenant) => table.get(tenant.as_str()),
-        HostTarget::CustomDomain(domain) => table
-            .tenant_for_domain(domain)
-            .and_then(|tenant| table.get(tenant.as_str())),
-        // A record can claim any name; under a base domain only the tenant whose namespace
-        // the name is in may have it.
-        HostTarget::UnderTenant { domain, tenant } => table
-            .tenant_for_domain(domain)
-            .filter(|owner| owner.as_str() == tenant.as_str())
-            .and_then(|owner| table.get(owner.as_str())),
-        HostTarget::Reserved => None,
-    }
-    .ok_or(RejectReason::UnknownTenant)?;
+    let Addressed {
+        binding,
+        path,
+        query,
+        domain,
+    } = address(facts, tenancy, table)?;
 
     let notice = match status_decision(binding.status, &path, &tenancy.recovery_paths) {
         StatusDecision::Serve { notice } => notice,
@@ -202,6 +181,67 @@ pub fn decide(
         query: query.map(str::to_owned),
         identity,
         notice,
+        domain,
+    })
+}
+
+/// The binding a request is addressed to, after the checks [`decide`] makes first and no
+/// others: the host (400), the path (400), the tenant (404). For the router's answers that
+/// depend neither on the tenant's status nor on the caller (a CORS preflight; which pages may
+/// read a refusal: see [`crate::cors`]).
+pub fn addressed_binding(
+    facts: &RequestFacts<'_>,
+    tenancy: &TenancySettings,
+    table: &BindingTable,
+) -> Result<Arc<Binding>, RejectReason> {
+    address(facts, tenancy, table).map(|a| Arc::clone(a.binding))
+}
+
+/// Where a request is addressed: steps 1 and 2 of [`decide`].
+struct Addressed<'t, 'f> {
+    binding: &'t Arc<Binding>,
+    path: Cow<'f, str>,
+    query: Option<&'f str>,
+    /// See [`Decision::domain`].
+    domain: Option<Box<str>>,
+}
+
+fn address<'t, 'f>(
+    facts: &RequestFacts<'f>,
+    tenancy: &TenancySettings,
+    table: &'t BindingTable,
+) -> Result<Addressed<'t, 'f>, RejectReason> {
+    let authority = request_authority(facts.host_headers, facts.uri_authority, facts.is_http2)
+        .map_err(RejectReason::BadHost)?;
+    let target = resolve_host(authority, &tenancy.base_domains).map_err(RejectReason::BadHost)?;
+
+    let (raw_path, query) = split_target(facts.target);
+    let path = normalize_path(raw_path).map_err(RejectReason::of_path)?;
+
+    let domain = match &target {
+        HostTarget::CustomDomain(domain) | HostTarget::UnderTenant { domain, .. } => {
+            Some(Box::from(domain.as_ref()))
+        }
+        HostTarget::Subdomain(_) | HostTarget::Reserved => None,
+    };
+    let binding = match &target {
+        HostTarget::Subdomain(tenant) => table.get(tenant.as_str()),
+        HostTarget::CustomDomain(domain) => table
+            .tenant_for_domain(domain)
+            .and_then(|tenant| table.get(tenant.as_str())),
+        // A record can claim any name; under a base domain only the tenant whose namespace
+        // the name is in may have it.
+        HostTarget::UnderTenant { domain, tenant } => table
+            .tenant_for_domain(domain)
+            .filter(|owner| owner.as_str() == tenant.as_str())
+            .and_then(|owner| table.get(owner.as_str())),
+        HostTarget::Reserved => None,
+    }
+    .ok_or(RejectReason::UnknownTenant)?;
+    Ok(Addressed {
+        binding,
+        path,
+        query,
         domain,
     })
 }

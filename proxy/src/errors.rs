@@ -61,6 +61,8 @@ pub enum RejectReason {
     WrongTenant(ClaimMismatch),
     /// The tenant's session cookie, sent from another tenant's page (see [`crate::origin`]).
     CrossTenantOrigin,
+    /// A CORS preflight from a page the `[cors]` policy does not allow (see [`crate::cors`]).
+    CorsOriginRefused,
     /// The tenant is suspended and the path is not a recovery path.
     Suspended,
     /// The tenant was canceled.
@@ -122,6 +124,7 @@ impl RejectReason {
             | RejectReason::InvalidToken(_) => 401,
             RejectReason::WrongTenant(_)
             | RejectReason::CrossTenantOrigin
+            | RejectReason::CorsOriginRefused
             | RejectReason::Suspended => 403,
             RejectReason::Canceled => 410,
             RejectReason::NotReady { .. } | RejectReason::Unavailable => 503,
@@ -154,7 +157,7 @@ impl RejectReason {
     /// Every [`Self::label`], so that each `requests_total` series exists (at 0) from start-up:
     /// a rate or an alert over an outcome that has not happened yet then reads 0, not
     /// nothing. A test holds it to `label`.
-    pub const LABELS: [&'static str; 25] = [
+    pub const LABELS: [&'static str; 26] = [
         "trace_refused",
         "connect_refused",
         "bad_framing",
@@ -172,6 +175,7 @@ impl RejectReason {
         "invalid_token",
         "wrong_tenant",
         "cross_tenant_origin",
+        "cors_origin_refused",
         "suspended",
         "canceled",
         "not_ready",
@@ -202,6 +206,7 @@ impl RejectReason {
             RejectReason::InvalidToken(_) => "invalid_token",
             RejectReason::WrongTenant(_) => "wrong_tenant",
             RejectReason::CrossTenantOrigin => "cross_tenant_origin",
+            RejectReason::CorsOriginRefused => "cors_origin_refused",
             RejectReason::Suspended => "suspended",
             RejectReason::Canceled => "canceled",
             RejectReason::NotReady { .. } => "not_ready",
@@ -305,6 +310,9 @@ impl RejectReason {
             RejectReason::CrossTenantOrigin => {
                 "forbidden: another workspace's page may not use this workspace's session\n"
             }
+            RejectReason::CorsOriginRefused => {
+                "forbidden: this page's origin may not call this workspace across origins\n"
+            }
             RejectReason::Suspended => {
                 "forbidden: this workspace is suspended; only billing and admin recovery are available\n"
             }
@@ -368,6 +376,7 @@ mod tests {
                 | RejectReason::InvalidToken(_)
                 | RejectReason::WrongTenant(_)
                 | RejectReason::CrossTenantOrigin
+                | RejectReason::CorsOriginRefused
                 | RejectReason::Suspended
                 | RejectReason::Canceled
                 | RejectReason::NotReady { .. }
@@ -396,6 +405,7 @@ mod tests {
             RejectReason::InvalidToken(TokenError::Expired),
             RejectReason::WrongTenant(ClaimMismatch::TenantMismatch),
             RejectReason::CrossTenantOrigin,
+            RejectReason::CorsOriginRefused,
             RejectReason::Suspended,
             RejectReason::Canceled,
             RejectReason::NotReady {

@@ -14,6 +14,7 @@
 //! | [`auth`] | whether the token is genuine (JWKS, JWT rules, verified-token cache) |
 //! | [`authz`] | whether the token's tenant/org claims match the addressed tenant |
 //! | [`origin`] | whether a cookie came from another tenant's page |
+//! | [`cors`] | which pages may read a response, and the router's answer to preflights |
 //! | [`policy`] | what the tenant's status allows |
 //! | [`decision`] | all of the above, in order, for one request |
 //! | [`route`] | which upstream and which headers |
@@ -35,6 +36,7 @@ pub mod authz;
 pub mod background;
 pub mod cli;
 pub mod connections;
+pub mod cors;
 pub mod decision;
 pub mod demo;
 pub mod errors;

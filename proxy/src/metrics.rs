@@ -22,11 +22,11 @@ const LATENCY_BUCKETS: [f64; 14] = [
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Requests by outcome: `forwarded`, a rejection label, or how a forwarded request failed
+    /// Requests by outcome: `forwarded`, `preflight`, a rejection label, or how a forwarded request failed
     /// after its response began (`upstream_unreachable`, `upstream_timeout`, `internal`) or
     /// its client went away (`client_closed`).
     pub requests: IntCounterVec,
-    /// Whole-request latency by outcome class (`forwarded`, `rejected`, `failed`); a
+    /// Whole-request latency by outcome class (`forwarded`, `rejected`, `failed`, `preflight`); a
     /// WebSocket's ends at its `101`, not with the tunnel.
     pub request_duration: HistogramVec,
     /// Time from the request's header being read to its routing decision (host, path, token,
@@ -78,6 +78,11 @@ pub struct Metrics {
     pub rejected_duration: Histogram,
     /// `request_duration_seconds{class="failed"}`: forwarded requests that did not complete.
     pub failed_duration: Histogram,
+    /// `requests_total{outcome="preflight"}`: CORS preflights the router answered itself
+    /// (see [`crate::cors`]).
+    pub preflights: prometheus::IntCounter,
+    /// `request_duration_seconds{class="preflight"}`, resolved once.
+    pub preflight_duration: Histogram,
     /// Connects retried at another address of an instance's name: a dead or dying instance
     /// address shows here before any request fails.
     pub upstream_connect_retries: prometheus::IntCounter,
@@ -405,16 +410,19 @@ impl Metrics {
             registry.register(c)?;
         }
         // Every outcome's series from the start, at 0 (see `RejectReason::LABELS`).
-        for label in crate::errors::RejectReason::LABELS
-            .iter()
-            .chain(&["forwarded", "client_closed"])
-        {
+        for label in crate::errors::RejectReason::LABELS.iter().chain(&[
+            "forwarded",
+            "client_closed",
+            "preflight",
+        ]) {
             requests.with_label_values(&[label]);
         }
         let forwarded = requests.with_label_values(&["forwarded"]);
         let forwarded_duration = request_duration.with_label_values(&["forwarded"]);
         let rejected_duration = request_duration.with_label_values(&["rejected"]);
         let failed_duration = request_duration.with_label_values(&["failed"]);
+        let preflights = requests.with_label_values(&["preflight"]);
+        let preflight_duration = request_duration.with_label_values(&["preflight"]);
         let instance_connections_new = instance_connections.with_label_values(&["new"]);
         let instance_connections_reused = instance_connections.with_label_values(&["reused"]);
         Ok(Self {
@@ -423,6 +431,8 @@ impl Metrics {
             forwarded_duration,
             rejected_duration,
             failed_duration,
+            preflights,
+            preflight_duration,
             requests,
             request_duration,
             decision_duration,

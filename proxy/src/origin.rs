@@ -50,19 +50,31 @@ pub fn is_other_tenants(
     {
         return false;
     }
+    tenant_page(origin, tenant, tenancy, table) == Some(false)
+}
+
+/// Whether the origin `origin` (not `null`: an `Origin` value as sent, trimmed) names a page
+/// of `tenant` (`Some(true)`: its subdomain or a name under it, or one of its custom domains)
+/// or of another tenant (`Some(false)`: another tenant's subdomain or a name under it, also of
+/// one nobody is bound to yet, or another binding's custom domain). `None`: no tenant's page
+/// (a base domain itself, a name outside every base domain and binding, a malformed origin).
+pub fn tenant_page(
+    origin: &str,
+    tenant: &str,
+    tenancy: &TenancySettings,
+    table: &BindingTable,
+) -> Option<bool> {
     let authority =
         scheme_stripped(origin, "https://").or_else(|| scheme_stripped(origin, "http://"));
-    let Some(authority) = authority.filter(|a| !a.contains(['/', '?', '#'])) else {
-        return false;
-    };
+    let authority = authority.filter(|a| !a.contains(['/', '?', '#']))?;
     match resolve_host(authority, &tenancy.base_domains) {
         Ok(HostTarget::Subdomain(label) | HostTarget::UnderTenant { tenant: label, .. }) => {
-            label.as_str() != tenant
+            Some(label.as_str() == tenant)
         }
         Ok(HostTarget::CustomDomain(domain)) => table
             .tenant_for_domain(&domain)
-            .is_some_and(|owner| owner.as_str() != tenant),
-        Ok(HostTarget::Reserved) | Err(_) => false,
+            .map(|owner| owner.as_str() == tenant),
+        Ok(HostTarget::Reserved) | Err(_) => None,
     }
 }
 

@@ -184,6 +184,7 @@ pub fn prepare(
             serve_stale: settings.upstream.dns_serve_stale,
             timeout: settings.upstream.connect_timeout,
         }),
+        cors: crate::cors::Cors::new(&settings.cors),
         settings,
         draining: std::sync::atomic::AtomicBool::new(false),
     }))

@@ -26,6 +26,8 @@ pub struct EdgeState {
     pub metrics: Metrics,
     /// How many lines a second single requests may write (`[log] request_lines_per_second`).
     pub log_budgets: Arc<LogBudgets>,
+    /// The `[cors]` policy, when one is configured.
+    pub cors: Option<crate::cors::Cors>,
     /// Addresses of named instances, kept for `[upstream] dns_ttl`.
     pub resolver: InstanceResolver,
     /// Set when a shutdown signal arrives, before the listeners close: `/readyz` answers 503

@@ -8,6 +8,8 @@
 //! - `/no-length`: a `200` whose body ends with the connection (no length, not chunked);
 //! - `/hop-by-hop`: a `200` with `Keep-Alive`, `Proxy-Connection` and a field its
 //!   `Connection` names;
+//! - `…/own-cors`: a `200` with the instance's own `Access-Control-*` fields (any origin,
+//!   with credentials);
 //! - `/no-content`: a `204` that (wrongly) carries `content-length: 5` and no body;
 //! - `/cut/<n>`: announces `<n>` bytes more than it sends, then closes (an instance that
 //!   dies mid-response); `/cut-chunked`: one chunk of a chunked body, then closes;
@@ -281,6 +283,18 @@ where
             let resp = format!(
                 "HTTP/1.1 200 OK\r\nconnection: x-internal\r\nx-internal: secret\r\n\
                  keep-alive: timeout=5\r\nproxy-connection: keep-alive\r\nx-app: kept\r\n\
+                 x-instance: {name}\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(resp.as_bytes()).await?;
+            continue;
+        }
+        if path.ends_with("/own-cors") {
+            // An instance answering CORS itself, for every page.
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\naccess-control-allow-origin: *\r\n\
+                 access-control-allow-credentials: true\r\n\
+                 access-control-expose-headers: x-secret\r\nvary: Accept-Encoding\r\n\
                  x-instance: {name}\r\ncontent-length: {}\r\n\r\n{body}",
                 body.len()
             );

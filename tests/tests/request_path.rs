@@ -5215,3 +5215,210 @@ fn a_token_in_a_websocket_subprotocol_is_the_callers_or_refused_or_taken_off() {
         "{echo}"
     );
 }
+
+/// Values of every `name` field of a response, in order.
+fn all_values(r: &nexus_e2e::http::Response, name: &str) -> Vec<String> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// A CORS preflight for `PUT` with `Authorization`, as a browser sends it.
+fn preflight_request(host: &str, path: &str, origin: &str, close: bool) -> String {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    format!(
+        "OPTIONS {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\n\
+         Access-Control-Request-Method: PUT\r\n\
+         Access-Control-Request-Headers: authorization,content-type\r\n{connection}\r\n"
+    )
+}
+
+#[test]
+fn the_cors_policy_answers_preflights_and_owns_the_access_control_headers() {
+    // A preflight carries no credential: on a protected path it could only be a 401, and a
+    // single-page app on another origin (or on the tenant's custom domain, calling its
+    // subdomain) could never send `Authorization` to its API.
+    let w = world_configured(
+        |_, _, _| {},
+        |opts| {
+            opts.extra = "[cors]\nallowed_origins = [\"https://app.example.com\"]\n\
+                          tenant_origins = true\nallow_credentials = true\n\
+                          expose_headers = [\"x-request-id\"]\n"
+                .to_owned()
+        },
+    );
+    let addr = w.edge.addr;
+    let acme = host("acme");
+    let app = "https://app.example.com";
+    let before = w.a.hits();
+    for origin in [
+        app,
+        "https://app.acme-corp.test",
+        "https://x.acme.edge.test",
+    ] {
+        let r = send_raw(
+            addr,
+            preflight_request(&acme, "/api/items", origin, true).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 204, "{origin}: {}", r.text());
+        assert_eq!(all_values(&r, "access-control-allow-origin"), [origin]);
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+        assert_eq!(
+            r.header("access-control-allow-methods"),
+            Some("GET, HEAD, POST, PUT, PATCH, DELETE")
+        );
+        assert_eq!(
+            r.header("access-control-allow-headers"),
+            Some("authorization, content-type")
+        );
+        assert_eq!(r.header("access-control-max-age"), Some("600"));
+        assert_eq!(all_values(&r, "vary"), ["Origin"]);
+        assert!(r.header("x-request-id").is_some());
+        assert!(r.body.is_empty());
+    }
+    // Pages the policy does not name, another tenant's above all, are refused; so is a
+    // preflight to no tenant. No instance is asked.
+    for (host_name, origin, status) in [
+        (acme.as_str(), "https://globex.edge.test", 403),
+        (acme.as_str(), "https://elsewhere.example", 403),
+        (acme.as_str(), "null", 403),
+        ("nobody.edge.test", app, 404),
+    ] {
+        let r = send_raw(
+            addr,
+            preflight_request(host_name, "/api/items", origin, true).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, status, "{origin}: {}", r.text());
+        assert!(r.header("access-control-allow-origin").is_none());
+        if status == 403 {
+            assert!(
+                r.text().contains("may not call this workspace"),
+                "{}",
+                r.text()
+            );
+        }
+    }
+    assert_eq!(w.a.hits(), before);
+
+    // The request the preflight asked about, on the same connection, as a browser sends it.
+    let token = w.keys.token("acme", Some("org-acme"));
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(preflight_request(&acme, "/api/items", app, false).as_bytes())
+        .unwrap();
+    let r = nexus_e2e::http::read_response(&mut s).unwrap();
+    assert_eq!(r.status, 204);
+    write!(
+        s,
+        "PUT /api/items HTTP/1.1\r\nHost: {acme}\r\nOrigin: {app}\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    )
+    .unwrap();
+    let r = nexus_e2e::http::read_response(&mut s).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(all_values(&r, "access-control-allow-origin"), [app]);
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        Some("x-request-id")
+    );
+    assert!(all_values(&r, "vary").contains(&"Origin".to_owned()));
+    assert_eq!(echoed_header(&r.json(), "x-user-id").len(), 1);
+    assert_eq!(w.a.hits(), before + 1);
+
+    // The instance's own CORS fields (any origin, with credentials) never reach the client:
+    // an allowed page gets the policy's, any other none.
+    let bearer = format!("Bearer {token}");
+    let r = get(
+        addr,
+        &acme,
+        "/own-cors",
+        &[("Authorization", &bearer), ("Origin", app)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(all_values(&r, "access-control-allow-origin"), [app]);
+    assert_eq!(all_values(&r, "access-control-allow-credentials"), ["true"]);
+    assert_eq!(
+        all_values(&r, "access-control-expose-headers"),
+        ["x-request-id"]
+    );
+    assert_eq!(all_values(&r, "vary"), ["Accept-Encoding", "Origin"]);
+    for origin in [
+        Some("https://globex.edge.test"),
+        Some("https://elsewhere.example"),
+        None,
+    ] {
+        let mut headers = vec![("Authorization", bearer.as_str())];
+        headers.extend(origin.map(|o| ("Origin", o)));
+        let r = get(addr, &acme, "/own-cors", &headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            !r.headers
+                .iter()
+                .any(|(k, _)| k.starts_with("access-control-")),
+            "{origin:?}: {:?}",
+            r.headers
+        );
+    }
+
+    // The router's refusals are readable by the pages the policy allows: a 401 sends the
+    // app to sign in again.
+    let r = get(addr, &acme, "/api/items", &[("Origin", app)]);
+    assert_eq!(r.status, 401);
+    assert_eq!(all_values(&r, "access-control-allow-origin"), [app]);
+    assert!(r.header("www-authenticate").is_some());
+    // The cross-tenant origin check holds whatever the policy: acme's cookie from a globex
+    // page is still refused, and unreadable there.
+    let r = get(
+        addr,
+        &acme,
+        "/api/items",
+        &[
+            ("Cookie", &format!("nexus_session={token}")),
+            ("Origin", "https://globex.edge.test"),
+        ],
+    );
+    assert_eq!(r.status, 403);
+    assert!(r.header("access-control-allow-origin").is_none());
+
+    assert_eq!(
+        w.edge
+            .metric("nexus_edge_requests_total{outcome=\"preflight\"}"),
+        4
+    );
+    assert_eq!(
+        w.edge
+            .metric("nexus_edge_requests_total{outcome=\"cors_origin_refused\"}"),
+        3
+    );
+}
+
+#[test]
+fn without_a_cors_policy_preflights_are_decided_as_any_request() {
+    // The default: the router answers nothing itself, and the instance's CORS fields pass.
+    let w = world();
+    let addr = w.edge.addr;
+    let acme = host("acme");
+    let r = send_raw(
+        addr,
+        preflight_request(&acme, "/api/items", "https://app.example.com", true).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+    let token = w.keys.token("acme", Some("org-acme"));
+    let r = get(
+        addr,
+        &acme,
+        "/own-cors",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Origin", "https://app.example.com"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(all_values(&r, "access-control-allow-origin"), ["*"]);
+    assert_eq!(all_values(&r, "vary"), ["Accept-Encoding"]);
+}

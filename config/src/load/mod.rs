@@ -2,7 +2,7 @@
 //! so one run of `nexus-edge check` lists every problem in the file.
 //!
 //! Each section is read by the module of its name (`server`, `tenancy`, `auth`, `upstream`,
-//! `store` with its Redis endpoint in `redis`, `log`); `names` checks the shapes of the names
+//! `store` with its Redis endpoint in `redis`, `log`, `cors`); `names` checks the shapes of the names
 //! they hold, and `key_paths` finds the key a TOML syntax error is about.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use crate::settings::*;
 use key_paths::duplicates_named;
 
 mod auth;
+mod cors;
 mod key_paths;
 mod log;
 mod names;
@@ -27,7 +28,9 @@ mod store;
 mod tenancy;
 mod upstream;
 
-const SECTIONS: [&str; 6] = ["server", "tenancy", "auth", "upstream", "store", "log"];
+const SECTIONS: [&str; 7] = [
+    "server", "tenancy", "auth", "upstream", "store", "log", "cors",
+];
 
 /// Parses and validates config text; `origin` names the file in messages and anchors relative
 /// paths.
@@ -56,6 +59,8 @@ pub struct Sections {
     pub store: Option<StoreSettings>,
     /// `[log]`.
     pub log: Option<LogSettings>,
+    /// `[cors]`.
+    pub cors: Option<CorsSettings>,
     /// The files the config names that parsed, whether or not their section did: `check`
     /// checks them too, so that a bad key beside them does not hide their problems.
     pub named: NamedFiles,
@@ -84,6 +89,7 @@ impl Sections {
             upstream: self.upstream?,
             store: self.store?,
             log: self.log?,
+            cors: self.cors?,
         })
     }
 }
@@ -135,6 +141,10 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     let upstream = upstream::parse(root, &d.upstream, base, &mut named, &mut p);
     let store = store::parse(root, base, &mut named, &mut p);
     let log = log::parse(root, &d.log, &mut named, &mut p);
+    let cors = cors::parse(root, &d.cors, &mut p);
+    if let (Some(tenancy), Some(cors)) = (&tenancy, &cors) {
+        cors::check_against_tenancy(root, cors, tenancy, &mut p);
+    }
     // Whenever both bounds parsed, whatever else is wrong in their sections.
     if let (Some(header), Some(token)) = (header_bound, token_bound) {
         token_fits_in_header(root, header, token, &mut p);
@@ -146,6 +156,7 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
         upstream,
         store,
         log,
+        cors,
         named,
     };
     (sections, p.list)

@@ -56,6 +56,12 @@ pub struct RequestCtx {
     /// Whether the request header is long: it reaches the instance behind the router's
     /// fields (see [`crate::route::is_long`]).
     pub(super) long_header: bool,
+    /// The `Access-Control-Allow-Origin` this request's responses get under the `[cors]`
+    /// policy (see [`crate::cors`]); `None` without a policy, or for an origin it does not
+    /// allow.
+    pub(super) cors_origin: Option<HeaderValue>,
+    /// The router answered this request as a CORS preflight.
+    pub(super) preflight_answered: bool,
 }
 
 impl RequestCtx {

@@ -22,7 +22,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::auth::extract_token;
 use crate::connections::HeaderTooLarge;
-use crate::decision::{decide, Decision, RequestFacts};
+use crate::decision::{addressed_binding, decide, Decision, RequestFacts};
 use crate::errors::RejectReason;
 use crate::framing::{check_transfer_coding, ends_with_connection, FramingError};
 use crate::log_budget::{LogBudgets, RequestLine};
@@ -90,6 +90,11 @@ impl EdgeService {
         for (name, value) in reason.extra_headers() {
             resp.insert_header(name, value)?;
         }
+        if let Some(cors) = &self.state.cors {
+            // The pages the policy allows may read the refusal (a 401 that sends them to
+            // sign in again).
+            cors.set_response_headers(&mut resp, ctx.cors_origin.as_ref())?;
+        }
         let unreadable = reason.closes_connection();
         ctx.rejected = Some(reason);
         // A refused request without a body leaves the connection clean, so it stays open for
@@ -110,6 +115,28 @@ impl EdgeService {
             .await
             .map_err(Error::into_down)?;
         Ok(())
+    }
+
+    /// Answers an allowed CORS preflight (see [`crate::cors`]): `204`, no instance asked.
+    async fn answer_preflight(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let (Some(cors), Some(allow)) = (&self.state.cors, &ctx.cors_origin) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "a preflight answered without a policy",
+            ));
+        };
+        let mut resp = cors.preflight_answer(allow)?;
+        resp.insert_header("x-request-id", ctx.request_id.clone())?;
+        ctx.preflight_answered = true;
+        // A preflight has no body; one sent anyway is not read, and would read as the next
+        // request.
+        if !session.is_body_empty() {
+            session.set_keepalive(None);
+        }
+        session
+            .write_response_header(Box::new(resp), true)
+            .await
+            .map_err(Error::into_down)
     }
 
     /// Fails a tunnel's piece (either way) once the tenant's binding would no longer route the
@@ -160,7 +187,11 @@ impl EdgeService {
     /// Gathers the request's facts and decides it. `start` is when the request was read; the
     /// decision's duration is measured from it (one clock read fewer per request than timing
     /// `decide` alone, and the gathering is part of deciding).
-    fn decide_request(&self, session: &Session, start: Instant) -> Result<Decision, RejectReason> {
+    fn decide_request(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Routed, RejectReason> {
         let req = session.req_header();
         if crate::method::is_echo(&req.method) {
             return Err(RejectReason::TraceRefused);
@@ -223,20 +254,47 @@ impl EdgeService {
                     now_unix: now_unix(),
                 };
                 let table = self.state.bindings.load();
-                let d = decide(
-                    &facts,
-                    &self.state.settings.tenancy,
-                    &table,
-                    &self.state.auth,
-                );
+                let tenancy = &self.state.settings.tenancy;
+                let cors = self.state.cors.as_ref().filter(|_| !origins.is_empty());
+                if let Some(cors) = cors.filter(|_| crate::cors::is_preflight(req)) {
+                    // Answered whatever the tenant's status and the path: the request the
+                    // preflight asks about is decided when it comes, its refusal readable.
+                    let binding = addressed_binding(&facts, tenancy, &table)?;
+                    let tenant = Some(binding.tenant_id.as_str());
+                    ctx.cors_origin = cors.allowed_origin(&origins, tenant, tenancy, &table);
+                    return match ctx.cors_origin {
+                        Some(_) => Ok(Routed::Preflight),
+                        None => Err(RejectReason::CorsOriginRefused),
+                    };
+                }
+                let d = decide(&facts, tenancy, &table, &self.state.auth);
                 self.state
                     .metrics
                     .decision_duration
-                    .observe(start.elapsed().as_secs_f64());
-                d
+                    .observe(ctx.start.elapsed().as_secs_f64());
+                if let Some(cors) = cors {
+                    let refused;
+                    let tenant = match &d {
+                        Ok(d) => Some(d.binding.tenant_id.as_str()),
+                        Err(_) => {
+                            refused = addressed_binding(&facts, tenancy, &table).ok();
+                            refused.as_deref().map(|b| b.tenant_id.as_str())
+                        }
+                    };
+                    ctx.cors_origin = cors.allowed_origin(&origins, tenant, tenancy, &table);
+                }
+                d.map(Routed::Forward)
             }
         }
     }
+}
+
+/// What deciding a request came to, when it was not refused.
+enum Routed {
+    /// Forward it.
+    Forward(Decision),
+    /// A CORS preflight the router answers itself (see [`crate::cors`]).
+    Preflight,
 }
 
 /// Where a browser says a request comes from (Fetch Metadata), for [`crate::origin`].
@@ -318,6 +376,8 @@ impl ProxyHttp for EdgeService {
             instance_connection_reused: None,
             body_length: None,
             long_header: false,
+            cors_origin: None,
+            preflight_answered: false,
         }
     }
 
@@ -391,10 +451,14 @@ impl ProxyHttp for EdgeService {
             (Ok(()), Ok(()), Err(crate::connections::BadChunkLine(why))) => {
                 Err(RejectReason::BadFraming(FramingError::BadChunk(Some(why))))
             }
-            (Ok(()), Ok(()), Ok(())) => self.decide_request(session, ctx.start),
+            (Ok(()), Ok(()), Ok(())) => self.decide_request(session, ctx),
         };
         let reason = match outcome {
-            Ok(decision) => {
+            Ok(Routed::Preflight) => {
+                self.answer_preflight(session, ctx).await?;
+                return Ok(true);
+            }
+            Ok(Routed::Forward(decision)) => {
                 ctx.decision = Some(decision);
                 if take_expectation(session) {
                     // Pingora closes the connection after a response begun before the
@@ -793,6 +857,14 @@ impl ProxyHttp for EdgeService {
         } else if upstream_response.headers.contains_key(notice.as_str()) {
             upstream_response.remove_header(notice.as_str());
         }
+        if let Some(cors) = self
+            .state
+            .cors
+            .as_ref()
+            .filter(|_| !upstream_response.status.is_informational())
+        {
+            cors.set_response_headers(upstream_response, ctx.cors_origin.as_ref())?;
+        }
         Ok(())
     }
 
@@ -1000,6 +1072,10 @@ impl ProxyHttp for EdgeService {
             None => {}
         }
         match (&ctx.rejected, ctx.failed) {
+            (None, None) if ctx.preflight_answered => {
+                m.preflights.inc();
+                m.preflight_duration.observe(elapsed);
+            }
             // A 502, 504 or 500: forwarded and failed, answered by the router.
             (Some(r), _) if r.is_forwarding_failure() => {
                 m.requests.with_label_values(&[r.label()]).inc();
