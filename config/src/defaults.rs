@@ -68,6 +68,7 @@ pub fn embedded_default() -> Settings {
             idle_connection_timeout: Duration::from_secs(60),
             chunked_request_bodies: ChunkedRequestBodies::Length,
             extension_methods_with_bodies: Vec::new(),
+            extension_methods_kept_alive: Vec::new(),
         },
         store: StoreSettings::File(FileStoreSettings {
             path: None,

@@ -291,6 +291,11 @@ pub struct UpstreamSettings {
     /// since a server that does not know the method answers it without reading the body, which
     /// it then reads as the connection's next request.
     pub extension_methods_with_bodies: Vec<String>,
+    /// Of `extension_methods_with_bodies`, those every instance's server reads the body of
+    /// whatever it answers (a WebDAV server's own methods): the instance connection that
+    /// carried such a body is pooled again. After a body on any other method but `POST`,
+    /// `PUT` and `PATCH` the router has the instance close it.
+    pub extension_methods_kept_alive: Vec<String>,
 }
 
 /// How a chunked request body (one whose length the client did not say) reaches the instance.

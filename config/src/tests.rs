@@ -932,6 +932,35 @@ fn extension_methods_with_bodies_are_extension_method_names() {
 }
 
 #[test]
+fn methods_kept_alive_are_among_those_with_bodies() {
+    let ps = problems(&format!(
+        "{MINIMAL}[upstream]\nextension_methods_with_bodies = [\"PROPFIND\"]\n\
+         extension_methods_kept_alive = [\"PROPFIND\", \"REPORT\", \"GET\"]\n"
+    ));
+    assert_eq!(ps.len(), 2, "{ps:#?}");
+    has(
+        &ps,
+        "upstream.extension_methods_kept_alive[1]",
+        10,
+        "not in extension_methods_with_bodies",
+    );
+    has(
+        &ps,
+        "upstream.extension_methods_kept_alive[2]",
+        10,
+        "standard method",
+    );
+    let text = format!(
+        "{MINIMAL}[upstream]\nextension_methods_with_bodies = [\"PROPFIND\", \"REPORT\"]\n\
+         extension_methods_kept_alive = [\"PROPFIND\"]\n"
+    );
+    let s = parse_str(&text, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(s.upstream.extension_methods_kept_alive, ["PROPFIND"]);
+    let s = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert!(s.upstream.extension_methods_kept_alive.is_empty());
+}
+
+#[test]
 fn trusted_origins_are_origins_as_browsers_send_them() {
     for bad in [
         "console.nexus.example",

@@ -42,9 +42,13 @@ use http::{HeaderMap, HeaderValue, Method};
 /// rare but for WebDAV's, so closing costs a connection now and then. (An instance that
 /// answers a `POST` early without reading the body and keeps its connection breaks RFC 9112
 /// §9.3 the same way; the router cannot tell that from the answer, and the README asks
-/// instances not to.)
-pub fn closes_after(method: &Method) -> bool {
+/// instances not to.) `kept_alive` (`[upstream] extension_methods_kept_alive`) names the
+/// extension methods the operator says every instance's server reads bodies of, as a WebDAV
+/// server reads its own: a WebDAV client sends a body with every `PROPFIND`, and a new
+/// connection (and TLS handshake) for each would be the common case there.
+pub fn closes_after(method: &Method, kept_alive: &[String]) -> bool {
     !matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+        && !kept_alive.iter().any(|m| m == method.as_str())
 }
 
 /// Whether a request with these headers has a body: a `Transfer-Encoding`, or a

@@ -883,6 +883,52 @@ fn a_body_on_a_get_closes_the_instance_connection_it_was_sent_on() {
     }
 }
 
+#[test]
+fn listed_webdav_methods_keep_their_instance_connection() {
+    // A WebDAV client sends a body with every PROPFIND: with the method listed in
+    // `extension_methods_kept_alive` (its servers read those bodies), the instance connection
+    // is pooled again; a method listed only in `extension_methods_with_bodies` still closes it.
+    let keys = TestKeys::new();
+    let instance = nexus_e2e::backend::Backend::start("dav");
+    let bindings = bindings_file(vec![binding(
+        "acme",
+        &instance.url(),
+        "active",
+        Some("org-acme"),
+    )]);
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
+    opts.upstream_extra = "extension_methods_with_bodies = [\"PROPFIND\", \"SEARCH\"]\n\
+                           extension_methods_kept_alive = [\"PROPFIND\"]"
+        .to_owned();
+    let edge = Edge::start(&opts);
+    let token = keys.token("acme", Some("org-acme"));
+    let body = "<?xml version=\"1.0\"?><propfind xmlns=\"DAV:\"><allprop/></propfind>";
+    let send = |method: &str| {
+        let r = send_raw(
+            edge.addr,
+            format!(
+                "{method} /dav/ HTTP/1.1\r\nHost: acme.{BASE}\r\nAuthorization: Bearer {token}\r\n\
+                 Depth: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{method}: {}", r.text());
+        let echo = r.json();
+        assert_eq!(echo["body"], body, "{echo}");
+        nexus_e2e::backend::echoed_header(&echo, "connection")
+    };
+    for _ in 0..3 {
+        assert_eq!(send("PROPFIND"), Vec::<String>::new());
+    }
+    assert_eq!(instance.connections(), 1, "one pooled connection");
+    assert_eq!(send("SEARCH"), ["close"]);
+    let connections = instance.connections();
+    assert_eq!(send("PROPFIND"), Vec::<String>::new());
+    assert_eq!(instance.connections(), connections + 1);
+}
+
 /// An instance that reads request heads only, whatever their `Content-Length` (so a GET's
 /// body is read as the next request), and answers each with its path. A `/smuggled` request's
 /// answer is held until the next request arrives on the connection, and written just before

@@ -73,9 +73,21 @@ pub(super) fn parse(
             p,
         )
         .unwrap_or(d.chunked_request_bodies);
-    let extension_methods_with_bodies = s
-        .strings("extension_methods_with_bodies", p, check_extension_method)
-        .unwrap_or_else(|| d.extension_methods_with_bodies.clone());
+    let with_bodies = s.strings("extension_methods_with_bodies", p, check_extension_method);
+    let extension_methods_kept_alive = s
+        .strings("extension_methods_kept_alive", p, |m| {
+            let m = check_extension_method(m)?;
+            match &with_bodies {
+                Some(listed) if !listed.contains(&m) => Err(format!(
+                    "{m:?} is not in extension_methods_with_bodies: its bodies are refused, so \
+                     no connection carries one"
+                )),
+                _ => Ok(m),
+            }
+        })
+        .unwrap_or_else(|| d.extension_methods_kept_alive.clone());
+    let extension_methods_with_bodies =
+        with_bodies.unwrap_or_else(|| d.extension_methods_with_bodies.clone());
     s.finish(p);
     (p.list.len() == before).then_some(UpstreamSettings {
         connect_timeout,
@@ -89,6 +101,7 @@ pub(super) fn parse(
         idle_connection_timeout,
         chunked_request_bodies,
         extension_methods_with_bodies,
+        extension_methods_kept_alive,
     })
 }
 

@@ -684,7 +684,10 @@ impl ProxyHttp for EdgeService {
         // Pingora has taken the client's `Connection` off (a WebSocket handshake's is its
         // own, and such a request carries no body).
         if !session.is_body_empty()
-            && crate::framing::closes_after(&upstream_request.method)
+            && crate::framing::closes_after(
+                &upstream_request.method,
+                &self.state.settings.upstream.extension_methods_kept_alive,
+            )
             && !upstream_request.headers.contains_key(http::header::UPGRADE)
         {
             upstream_request.insert_header(http::header::CONNECTION, "close")?;
