@@ -110,15 +110,18 @@ pub struct CorsSettings {
 /// The pages a [`CorsSettings`] policy lets read responses.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CorsOrigins {
-    /// Any page, without credentials (`Access-Control-Allow-Origin: *`): browsers then send
-    /// no cookie, and a token only as a script's own `Authorization`.
+    /// Any page, without credentials (`Access-Control-Allow-Origin: *` on every response):
+    /// a browser lets a page read a response to a request it sent with cookies only when the
+    /// response names the page, so with this only a token a script sends itself
+    /// (`Authorization`) gets a readable answer.
     Any,
     /// These pages, each named back to itself in `Access-Control-Allow-Origin`.
     Listed {
         /// Origins as browsers send them (see `[tenancy] trusted_origins`).
         origins: Vec<String>,
         /// Also the addressed tenant's own pages: its subdomain, names under it, its
-        /// bindings' custom domains.
+        /// bindings' custom domains; over `https`, or over `http` when the client reached the
+        /// router so.
         tenant_pages: bool,
         /// `Access-Control-Allow-Credentials: true`: the pages may send cookies.
         credentials: bool,

@@ -1680,12 +1680,14 @@ fn cors_policies_browsers_would_not_follow_are_refused() {
     }
     let ps = problems(&format!(
         "{MINIMAL}[cors]\nallowed_origins = [\"https://a.example\"]\n\
-         allowed_methods = [\"GET\", \"TRACE\", \"con nect\"]\n\
+         allowed_methods = [\"GET\", \"TRACE\", \"con nect\", \"put\", \"*\"]\n\
          allowed_headers = [\"*\", \"X-Token\"]\nexpose_headers = [\"a b\"]\nmax_age = \"2d\"\n\
          allow_origins = []\n"
     ));
     has(&ps, "cors.allowed_methods[1]", 10, "refused by the router");
     has(&ps, "cors.allowed_methods[2]", 10, "not a method name");
+    has(&ps, "cors.allowed_methods[3]", 10, "case-sensitive");
+    has(&ps, "cors.allowed_methods[4]", 10, "not a method name");
     has(&ps, "cors.allowed_headers[0]", 11, "list the header names");
     has(
         &ps,
@@ -1699,7 +1701,7 @@ fn cors_policies_browsers_would_not_follow_are_refused() {
         12,
         "not a lowercase header name",
     );
-    has(&ps, "cors.max_age", 13, "");
+    has(&ps, "cors.max_age", 13, "out of range (0s to 24h)");
     has(
         &ps,
         "cors.allow_origins",

@@ -13,8 +13,10 @@
 //! tenant's instance cannot open its responses to pages the operator did not allow.
 //!
 //! What it does not change: the cross-tenant origin check ([`crate::origin`]) still refuses
-//! a tenant's cookie sent from another tenant's page, whatever the policy; a WebSocket
-//! handshake is not CORS and gets none of this.
+//! a tenant's cookie sent from another tenant's page, whatever the policy; nor does it
+//! refuse anything but preflights: a page the policy does not allow still sends its requests
+//! (a form's post, a WebSocket handshake, which is no CORS request: its `101` gets none of
+//! this), and only cannot read the answers.
 
 use http::header::{
     HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
@@ -51,17 +53,32 @@ impl Cors {
     }
 
     /// The `Access-Control-Allow-Origin` a response to a request with these `Origin` values
-    /// gets, addressed to `tenant` (`None` when the request named no known tenant): `*` under
-    /// a policy for any page; else the request's origin when the policy lists it, or when it
-    /// is a page of `tenant` and the policy allows the tenants' own pages. `None` (no CORS
-    /// headers) for a request without an origin, with more than one, or with `null`.
+    /// gets, addressed to `tenant` (`None` when the request named no known tenant). Under a
+    /// policy for any page, `*` for every request, whatever its origin (the answer is the same
+    /// for all, so nothing varies by origin for a cache). Else the request's one origin, not
+    /// `null`, when:
+    /// - the policy lists it, unless a binding has come to name it as another tenant's page
+    ///   (a tenant bound to its label: its instance serves it now);
+    /// - or the policy allows the tenants' own pages and it is a page of `tenant`, over
+    ///   `https`, or over `http` when the client reached the router so (`client_https` says
+    ///   how, asked only then): a plain-`http` page could be anyone's on the client's network,
+    ///   and must not read what the `https` site serves.
     pub fn allowed_origin(
         &self,
         origins: &[&[u8]],
         tenant: Option<&str>,
+        client_https: impl FnOnce() -> bool,
         tenancy: &TenancySettings,
         table: &BindingTable,
     ) -> Option<HeaderValue> {
+        let (listed, tenant_pages) = match &self.origins {
+            CorsOrigins::Any => return Some(HeaderValue::from_static("*")),
+            CorsOrigins::Listed {
+                origins,
+                tenant_pages,
+                ..
+            } => (origins, *tenant_pages),
+        };
         let [origin] = origins else {
             return None;
         };
@@ -69,24 +86,24 @@ impl Cors {
         if origin.is_empty() || origin == "null" {
             return None;
         }
-        let allowed = match &self.origins {
-            CorsOrigins::Any => return Some(HeaderValue::from_static("*")),
-            CorsOrigins::Listed {
-                origins,
-                tenant_pages,
-                ..
-            } => {
-                origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
-                    || (*tenant_pages
-                        && tenant.is_some_and(|t| {
-                            crate::origin::tenant_page(origin, t, tenancy, table) == Some(true)
-                        }))
-            }
+        let tenant = tenant.unwrap_or_default();
+        let allowed = if listed.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+            !crate::origin::is_bound_page_of_another(origin, tenant, tenancy, table)
+        } else {
+            tenant_pages
+                && !tenant.is_empty()
+                && crate::origin::tenant_page(origin, tenant, tenancy, table) == Some(true)
+                && (starts_with_ignore_case(origin, "https://") || !client_https())
         };
         // The browser compares the value with its own origin: it gets back what it sent.
         allowed
             .then(|| HeaderValue::from_str(origin).ok())
             .flatten()
+    }
+
+    /// Whether the answer depends on the request's origin (so responses say `Vary: Origin`).
+    fn varies(&self) -> bool {
+        matches!(self.origins, CorsOrigins::Listed { .. })
     }
 
     /// The answer to an allowed preflight: `204` with what the page may send and for how long
@@ -114,13 +131,16 @@ impl Cors {
         allow_origin: Option<&HeaderValue>,
     ) -> pingora::Result<()> {
         remove_instance_fields(resp);
-        let credentials = match &self.origins {
-            CorsOrigins::Any => false,
-            CorsOrigins::Listed { credentials, .. } => {
-                resp.append_header(VARY, HeaderValue::from_static("Origin"))?;
-                *credentials
+        if self.varies() {
+            resp.append_header(VARY, HeaderValue::from_static("Origin"))?;
+        }
+        let credentials = matches!(
+            self.origins,
+            CorsOrigins::Listed {
+                credentials: true,
+                ..
             }
-        };
+        );
         let Some(allow_origin) = allow_origin else {
             return Ok(());
         };
@@ -141,6 +161,11 @@ pub fn is_preflight(req: &RequestHeader) -> bool {
     req.method == http::Method::OPTIONS
         && req.headers.contains_key(ORIGIN)
         && req.headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
 }
 
 /// Removes every `Access-Control-*` field from an instance's response (the usual response has
@@ -210,7 +235,7 @@ mod tests {
         }))
         .expect("a policy");
         let allowed = |origins: &[&[u8]], tenant: Option<&str>| {
-            cors.allowed_origin(origins, tenant, &tenancy, &table)
+            cors.allowed_origin(origins, tenant, || true, &tenancy, &table)
                 .map(|v| v.to_str().expect("ascii").to_owned())
         };
         for (origin, tenant, expected) in [
@@ -272,15 +297,69 @@ mod tests {
         );
         assert_eq!(allowed(&[], None), None);
 
+        // A tenant's page over plain `http` only when the client came so too: otherwise
+        // anyone on the client's network could serve it.
+        let over = |client_https: bool, origin: &str| {
+            cors.allowed_origin(
+                &[origin.as_bytes()],
+                Some("acme"),
+                || client_https,
+                &tenancy,
+                &table,
+            )
+        };
+        assert_eq!(over(true, "http://acme.nexus.test"), None);
+        assert_eq!(over(true, "http://acme.example"), None);
+        assert!(over(false, "http://acme.nexus.test").is_some());
+        assert!(over(true, "https://acme.nexus.test:8443").is_some());
+
+        // Any page, whatever it sends, and the same answer without an origin.
         let any = policy(Some(CorsOrigins::Any)).expect("a policy");
-        let star = any.allowed_origin(
-            &[b"https://globex.nexus.test"],
-            Some("acme"),
-            &tenancy,
-            &table,
-        );
-        assert_eq!(star, Some(HeaderValue::from_static("*")));
-        assert_eq!(any.allowed_origin(&[b"null"], None, &tenancy, &table), None);
+        for origins in [
+            &[b"https://globex.nexus.test".as_slice()][..],
+            &[b"null"],
+            &[],
+            &[b"https://a.example", b"https://b.example"],
+        ] {
+            assert_eq!(
+                any.allowed_origin(origins, Some("acme"), || true, &tenancy, &table),
+                Some(HeaderValue::from_static("*"))
+            );
+        }
+    }
+
+    #[test]
+    fn a_listed_origin_a_tenant_has_come_to_be_bound_at_is_that_tenants() {
+        // The operator listed `https://app.nexus.test` (in trusted_origins too); then a tenant
+        // `app` was bound: its instance serves that name now.
+        let mut tenancy = nexus_config::embedded_default().tenancy;
+        tenancy.base_domains = vec!["nexus.test".to_owned()];
+        tenancy.trusted_origins = vec!["https://app.nexus.test".to_owned()];
+        let cors = policy(Some(CorsOrigins::Listed {
+            origins: vec!["https://app.nexus.test".to_owned()],
+            tenant_pages: false,
+            credentials: true,
+        }))
+        .expect("a policy");
+        let binding = |t: &str| Arc::new(tenant_binding(t, "http://127.0.0.1:1", None, &[]));
+        let (unbound, _) = BindingTable::from_bindings([binding("acme")]);
+        let (bound, _) = BindingTable::from_bindings([binding("acme"), binding("app")]);
+        let origin: &[&[u8]] = &[b"https://app.nexus.test"];
+        let allowed = |table: &BindingTable| {
+            cors.allowed_origin(origin, Some("acme"), || true, &tenancy, table)
+        };
+        assert!(allowed(&unbound).is_some());
+        assert_eq!(allowed(&bound), None);
+        // Its own requests are its own.
+        assert!(cors
+            .allowed_origin(origin, Some("app"), || true, &tenancy, &bound)
+            .is_some());
+        // And the cross-tenant check no longer takes it for the operator's page.
+        let other = |table: &BindingTable| {
+            crate::origin::is_other_tenants(origin[0], true, "acme", &tenancy, table)
+        };
+        assert!(!other(&unbound));
+        assert!(other(&bound));
     }
 
     #[test]
@@ -354,6 +433,58 @@ mod tests {
         assert_eq!(values(&resp, "access-control-allow-origin"), ["*"]);
         assert!(values(&resp, "access-control-allow-credentials").is_empty());
         assert_eq!(values(&resp, "vary"), ["Accept-Encoding"]);
+    }
+
+    /// Whether `origin` is a page of `acme` by a reading independent of the router's: an
+    /// `http(s)` origin whose host, lowercased, without a port and one trailing dot, is
+    /// `acme.nexus.test`, a name under it, or its custom domain `acme.example`.
+    fn is_acme_page(origin: &str) -> bool {
+        let lower = origin.to_ascii_lowercase();
+        let Some(rest) = lower
+            .strip_prefix("https://")
+            .or_else(|| lower.strip_prefix("http://"))
+        else {
+            return false;
+        };
+        let host = match rest.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => rest,
+        };
+        let host = host.strip_suffix('.').unwrap_or(host);
+        host == "acme.nexus.test" || host.ends_with(".acme.nexus.test") || host == "acme.example"
+    }
+
+    proptest::proptest! {
+        // The pieces combine in about 25,000 ways; enough cases to meet the telling ones.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(8192))]
+        /// The tenants' own pages are allowed for their own tenant only, whatever the
+        /// origin's spelling: another tenant's page, or a name that only looks like acme's,
+        /// never reads acme's responses.
+        #[test]
+        fn only_the_addressed_tenants_pages_are_its_own(
+            scheme in proptest::sample::select(vec!["https://", "http://", "HTTPS://", "ftp://", "", "https:/"]),
+            label in proptest::sample::select(vec!["acme", "ACME", "globex", "x.acme", "acme-corp", "%61cme", "acme\u{0}", "ac me", "xacme", "acme.globex", ""]),
+            base in proptest::sample::select(vec![".nexus.test", ".NEXUS.test", ".nexus.test.", ".example", ".nexus.test.evil", ".test", "", ".nexus.test..", "nexus.test"]),
+            port in proptest::sample::select(vec!["", ":443", ":8443", ":", ":x", ":99999"]),
+            tail in proptest::sample::select(vec!["", "/", "?", "#", " ", "\t", "@evil.example"]),
+            junk in "\\PC{0,12}",
+            use_junk in proptest::bool::weighted(0.1),
+        ) {
+            let (tenancy, table) = tenancy_and_table();
+            let cors = policy(Some(CorsOrigins::Listed {
+                origins: Vec::new(),
+                tenant_pages: true,
+                credentials: true,
+            }))
+            .expect("a policy");
+            let origin = if use_junk { junk } else { format!("{scheme}{label}{base}{port}{tail}") };
+            let allowed = cors.allowed_origin(&[origin.as_bytes()], Some("acme"), || true, &tenancy, &table);
+            if allowed.is_some() {
+                proptest::prop_assert!(is_acme_page(origin.trim_ascii()), "{origin:?}");
+            }
+            let for_globex = cors.allowed_origin(&[origin.as_bytes()], Some("globex"), || true, &tenancy, &table);
+            proptest::prop_assert!(allowed.is_none() || for_globex.is_none(), "{origin:?}");
+        }
     }
 
     #[test]

@@ -121,12 +121,25 @@ pub fn decide(
     table: &BindingTable,
     auth: &Authenticator,
 ) -> Result<Decision, RejectReason> {
+    decide_addressed(facts, address(facts, tenancy, table)?, tenancy, table, auth)
+}
+
+/// Decides a request [`address`] has found the tenant of: steps 3 to 5 (see the module
+/// docs). For a caller that needs the tenant whatever the decision (which pages may read a
+/// refusal, [`crate::cors`]); [`decide`] is both.
+pub fn decide_addressed(
+    facts: &RequestFacts<'_>,
+    addressed: Addressed<'_, '_>,
+    tenancy: &TenancySettings,
+    table: &BindingTable,
+    auth: &Authenticator,
+) -> Result<Decision, RejectReason> {
     let Addressed {
         binding,
         path,
         query,
         domain,
-    } = address(facts, tenancy, table)?;
+    } = addressed;
 
     let notice = match status_decision(binding.status, &path, &tenancy.recovery_paths) {
         StatusDecision::Serve { notice } => notice,
@@ -185,20 +198,10 @@ pub fn decide(
     })
 }
 
-/// The binding a request is addressed to, after the checks [`decide`] makes first and no
-/// others: the host (400), the path (400), the tenant (404). For the router's answers that
-/// depend neither on the tenant's status nor on the caller (a CORS preflight; which pages may
-/// read a refusal: see [`crate::cors`]).
-pub fn addressed_binding(
-    facts: &RequestFacts<'_>,
-    tenancy: &TenancySettings,
-    table: &BindingTable,
-) -> Result<Arc<Binding>, RejectReason> {
-    address(facts, tenancy, table).map(|a| Arc::clone(a.binding))
-}
-
-/// Where a request is addressed: steps 1 and 2 of [`decide`].
-struct Addressed<'t, 'f> {
+/// Where a request is addressed, after the checks [`decide`] makes first (steps 1 and 2):
+/// the host (400), the path (400), the tenant (404).
+#[derive(Debug)]
+pub struct Addressed<'t, 'f> {
     binding: &'t Arc<Binding>,
     path: Cow<'f, str>,
     query: Option<&'f str>,
@@ -206,7 +209,15 @@ struct Addressed<'t, 'f> {
     domain: Option<Box<str>>,
 }
 
-fn address<'t, 'f>(
+impl Addressed<'_, '_> {
+    /// The tenant's binding, from the table the request was addressed in.
+    pub fn binding(&self) -> &Arc<Binding> {
+        self.binding
+    }
+}
+
+/// Finds where a request is addressed (see [`Addressed`]).
+pub fn address<'t, 'f>(
     facts: &RequestFacts<'f>,
     tenancy: &TenancySettings,
     table: &'t BindingTable,

@@ -10,7 +10,8 @@
 //! request but simple reads and navigations, and on every WebSocket handshake) names another
 //! tenant's host: another tenant's subdomain or a name under it, another tenant's custom
 //! domain, or any other name under a base domain but the operator's own base domains and the
-//! origins `[tenancy] trusted_origins` lists; or is `null` on a request the browser does not
+//! origins `[tenancy] trusted_origins` lists (unless a binding has come to name one: a tenant
+//! bound at its label serves it); or is `null` on a request the browser does not
 //! call its page's own (see [`is_other_tenants`]). Credentials a page cannot attach by itself
 //! (`Authorization`, a token header or subprotocol) are its script's own to send; origins
 //! outside every base domain are cross-site, where `SameSite` cookies do their work.
@@ -43,14 +44,16 @@ pub fn is_other_tenants(
     if origin == "null" {
         return !own_site;
     }
-    if tenancy
+    let trusted = tenancy
         .trusted_origins
         .iter()
-        .any(|t| t.eq_ignore_ascii_case(origin))
-    {
-        return false;
-    }
-    tenant_page(origin, tenant, tenancy, table) == Some(false)
+        .any(|t| t.eq_ignore_ascii_case(origin));
+    // A trusted origin is the operator's page, unless a binding has come to name it: then a
+    // tenant's instance serves it.
+    with_owner(origin, tenancy, table, |owner, bound| {
+        owner != tenant && (!trusted || bound)
+    })
+    .unwrap_or(false)
 }
 
 /// Whether the origin `origin` (not `null`: an `Origin` value as sent, trimmed) names a page
@@ -64,16 +67,42 @@ pub fn tenant_page(
     tenancy: &TenancySettings,
     table: &BindingTable,
 ) -> Option<bool> {
+    with_owner(origin, tenancy, table, |owner, _| owner == tenant)
+}
+
+/// Whether `origin` names a page of a tenant other than `tenant` that a binding names now
+/// (its subdomain's tenant is bound, or a binding claims the name): whoever listed the origin
+/// as the operator's, that tenant's instance serves it.
+pub fn is_bound_page_of_another(
+    origin: &str,
+    tenant: &str,
+    tenancy: &TenancySettings,
+    table: &BindingTable,
+) -> bool {
+    with_owner(origin, tenancy, table, |owner, bound| {
+        bound && owner != tenant
+    }) == Some(true)
+}
+
+/// `f(owner, bound)` for the tenant whose page `origin` names (see [`tenant_page`]): `bound`
+/// when a binding names it now. `None` for no tenant's page.
+fn with_owner<R>(
+    origin: &str,
+    tenancy: &TenancySettings,
+    table: &BindingTable,
+    f: impl FnOnce(&str, bool) -> R,
+) -> Option<R> {
     let authority =
         scheme_stripped(origin, "https://").or_else(|| scheme_stripped(origin, "http://"));
     let authority = authority.filter(|a| !a.contains(['/', '?', '#']))?;
     match resolve_host(authority, &tenancy.base_domains) {
         Ok(HostTarget::Subdomain(label) | HostTarget::UnderTenant { tenant: label, .. }) => {
-            Some(label.as_str() == tenant)
+            let bound = table.get(label.as_str()).is_some();
+            Some(f(label.as_str(), bound))
         }
         Ok(HostTarget::CustomDomain(domain)) => table
             .tenant_for_domain(&domain)
-            .map(|owner| owner.as_str() == tenant),
+            .map(|owner| f(owner.as_str(), true)),
         Ok(HostTarget::Reserved) | Err(_) => None,
     }
 }

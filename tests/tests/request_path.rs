@@ -3,7 +3,7 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -5241,26 +5241,34 @@ fn the_cors_policy_answers_preflights_and_owns_the_access_control_headers() {
     // single-page app on another origin (or on the tenant's custom domain, calling its
     // subdomain) could never send `Authorization` to its API.
     let w = world_configured(
-        |_, _, _| {},
+        |records, a, _| records.push(binding("initech", &a.url(), "suspended", None)),
         |opts| {
             opts.extra = "[cors]\nallowed_origins = [\"https://app.example.com\"]\n\
                           tenant_origins = true\nallow_credentials = true\n\
                           expose_headers = [\"x-request-id\"]\n"
-                .to_owned()
+                .to_owned();
+            // A load balancer in front that ended TLS says so (see the `http` page below).
+            opts.server_extra = "trusted_proxies = [\"127.0.0.1\"]".to_owned();
         },
     );
     let addr = w.edge.addr;
     let acme = host("acme");
     let app = "https://app.example.com";
     let before = w.a.hits();
-    for origin in [
-        app,
-        "https://app.acme-corp.test",
-        "https://x.acme.edge.test",
+    // Also on a public path (which an instance would answer), and for a suspended tenant:
+    // the request asked about is decided when it comes.
+    for (host_name, path, origin) in [
+        (acme.as_str(), "/api/items", app),
+        (acme.as_str(), "/login", app),
+        (acme.as_str(), "/api/items", "https://app.acme-corp.test"),
+        (acme.as_str(), "/api/items", "https://x.acme.edge.test"),
+        // Over plain `http`, as this client came.
+        (acme.as_str(), "/api/items", "http://acme.edge.test"),
+        ("initech.edge.test", "/api/items", app),
     ] {
         let r = send_raw(
             addr,
-            preflight_request(&acme, "/api/items", origin, true).as_bytes(),
+            preflight_request(host_name, path, origin, true).as_bytes(),
         )
         .unwrap();
         assert_eq!(r.status, 204, "{origin}: {}", r.text());
@@ -5281,15 +5289,27 @@ fn the_cors_policy_answers_preflights_and_owns_the_access_control_headers() {
     }
     // Pages the policy does not name, another tenant's above all, are refused; so is a
     // preflight to no tenant. No instance is asked.
-    for (host_name, origin, status) in [
-        (acme.as_str(), "https://globex.edge.test", 403),
-        (acme.as_str(), "https://elsewhere.example", 403),
-        (acme.as_str(), "null", 403),
-        ("nobody.edge.test", app, 404),
+    for (host_name, path, origin, status) in [
+        (acme.as_str(), "/api/items", "https://globex.edge.test", 403),
+        (acme.as_str(), "/login", "https://globex.edge.test", 403),
+        (
+            acme.as_str(),
+            "/api/items",
+            "https://elsewhere.example",
+            403,
+        ),
+        (acme.as_str(), "/api/items", "null", 403),
+        (
+            "initech.edge.test",
+            "/api/items",
+            "https://acme.edge.test",
+            403,
+        ),
+        ("nobody.edge.test", "/api/items", app, 404),
     ] {
         let r = send_raw(
             addr,
-            preflight_request(host_name, "/api/items", origin, true).as_bytes(),
+            preflight_request(host_name, path, origin, true).as_bytes(),
         )
         .unwrap();
         assert_eq!(r.status, status, "{origin}: {}", r.text());
@@ -5302,6 +5322,36 @@ fn the_cors_policy_answers_preflights_and_owns_the_access_control_headers() {
             );
         }
     }
+    // A tenant's page over plain `http` is not its own to a client that came by `https`
+    // (here through the trusted balancer): anyone on the client's network could serve it.
+    let r = send_raw(
+        addr,
+        format!(
+            "OPTIONS /api/items HTTP/1.1\r\nHost: {acme}\r\nOrigin: http://acme.edge.test\r\n\
+             Access-Control-Request-Method: PUT\r\nX-Forwarded-Proto: https\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(w.a.hits(), before);
+    // A preflight has no body; one sent anyway is not read, and the connection closes after
+    // the answer rather than read it (or a request hidden behind it) as the next request.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hidden = format!("GET /api/items HTTP/1.1\r\nHost: {acme}\r\n\r\n");
+    write!(
+        s,
+        "OPTIONS /api/items HTTP/1.1\r\nHost: {acme}\r\nOrigin: {app}\r\n\
+         Access-Control-Request-Method: PUT\r\nContent-Length: 5\r\n\r\nhello{hidden}"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let all = String::from_utf8_lossy(&all);
+    assert!(all.starts_with("HTTP/1.1 204"), "{all}");
+    assert_eq!(all.matches("HTTP/1.1 ").count(), 1, "{all}");
     assert_eq!(w.a.hits(), before);
 
     // The request the preflight asked about, on the same connection, as a browser sends it.
@@ -5387,12 +5437,12 @@ fn the_cors_policy_answers_preflights_and_owns_the_access_control_headers() {
     assert_eq!(
         w.edge
             .metric("nexus_edge_requests_total{outcome=\"preflight\"}"),
-        4
+        8
     );
     assert_eq!(
         w.edge
             .metric("nexus_edge_requests_total{outcome=\"cors_origin_refused\"}"),
-        3
+        6
     );
 }
 
@@ -5408,6 +5458,19 @@ fn without_a_cors_policy_preflights_are_decided_as_any_request() {
     )
     .unwrap();
     assert_eq!(r.status, 401, "{}", r.text());
+    let before = w.a.hits();
+    let r = send_raw(
+        addr,
+        preflight_request(&acme, "/login", "https://app.example.com", true).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let line = r.json()["request_line"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(line.starts_with("OPTIONS /login"), "{line}");
+    assert_eq!(w.a.hits(), before + 1);
     let token = w.keys.token("acme", Some("org-acme"));
     let r = get(
         addr,
@@ -5421,4 +5484,42 @@ fn without_a_cors_policy_preflights_are_decided_as_any_request() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(all_values(&r, "access-control-allow-origin"), ["*"]);
     assert_eq!(all_values(&r, "vary"), ["Accept-Encoding"]);
+}
+
+#[test]
+fn a_cors_policy_for_any_page_answers_alike_with_or_without_an_origin() {
+    // `*` is the same answer for every page, so a cache may keep it for all: every response
+    // carries it, whether or not its request had an `Origin`.
+    let w = world_configured(
+        |_, _, _| {},
+        |opts| opts.extra = "[cors]\nallowed_origins = [\"*\"]\n".to_owned(),
+    );
+    let addr = w.edge.addr;
+    let acme = host("acme");
+    for origin in ["https://globex.edge.test", "null"] {
+        let r = send_raw(
+            addr,
+            preflight_request(&acme, "/api/items", origin, true).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 204, "{origin}: {}", r.text());
+        assert_eq!(all_values(&r, "access-control-allow-origin"), ["*"]);
+        assert!(r.header("access-control-allow-credentials").is_none());
+        assert!(r.header("vary").is_none());
+    }
+    let token = w.keys.token("acme", Some("org-acme"));
+    let bearer = format!("Bearer {token}");
+    for origin in [None, Some("https://elsewhere.example")] {
+        let mut headers = vec![("Authorization", bearer.as_str())];
+        headers.extend(origin.map(|o| ("Origin", o)));
+        let r = get(addr, &acme, "/own-cors", &headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(all_values(&r, "access-control-allow-origin"), ["*"]);
+        assert!(r.header("access-control-allow-credentials").is_none());
+        assert!(r.header("access-control-expose-headers").is_none());
+        assert_eq!(all_values(&r, "vary"), ["Accept-Encoding"]);
+        let r = get(addr, &acme, "/api/items", &[]);
+        assert_eq!(r.status, 401);
+        assert_eq!(all_values(&r, "access-control-allow-origin"), ["*"]);
+    }
 }

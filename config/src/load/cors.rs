@@ -31,6 +31,7 @@ pub(super) fn parse(
             }
         })
         .unwrap_or_default();
+    let tenant_pages_at = s.raw("tenant_origins").map(|v| v.span().start);
     let tenant_pages = s.boolean("tenant_origins", p).unwrap_or(false);
     let credentials_at = s.raw("allow_credentials").map(|v| v.span().start);
     let credentials = s.boolean("allow_credentials", p).unwrap_or(false);
@@ -46,7 +47,7 @@ pub(super) fn parse(
         if tenant_pages {
             p.push(
                 "cors.tenant_origins",
-                None,
+                tenant_pages_at,
                 "allowed_origins = [\"*\"] already allows the tenants' own pages",
             );
         }
@@ -143,18 +144,29 @@ pub(super) fn check_against_tenancy(
             format!(
                 "{origin:?} is a name under the base domain {base:?}, where a tenant's page \
                  could be served: list it in tenancy.trusted_origins too if it is the \
-                 operator's own page, or use tenant_origins for the tenants' own pages"
+                 operator's own page (while a tenant is bound at that name, its pages are the \
+                 tenant's, and neither list lets them in), or use tenant_origins for the \
+                 tenants' own pages"
             ),
         );
     }
 }
 
-/// A method as a request line carries it (methods are case-sensitive), but none the router
-/// refuses whatever a preflight says.
+/// A method as a request line carries it (methods are case-sensitive: a standard one in
+/// capitals), but none the router refuses whatever a preflight says, and not `*` (which with
+/// credentials names a method called `*`).
 fn check_method(m: &str) -> Result<String, String> {
-    if !is_token(m) {
+    if !is_token(m) || m == "*" {
         Err(format!(
             "{m:?} is not a method name (a token, such as \"PUT\")"
+        ))
+    } else if crate::STANDARD_METHODS
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(m) && *s != m)
+    {
+        Err(format!(
+            "{m:?}: methods are case-sensitive, and the router refuses a standard method in \
+             another case; write it in capitals"
         ))
     } else if ["CONNECT", "TRACE", "TRACK"]
         .iter()

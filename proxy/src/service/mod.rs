@@ -22,7 +22,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::auth::extract_token;
 use crate::connections::HeaderTooLarge;
-use crate::decision::{addressed_binding, decide, Decision, RequestFacts};
+use crate::decision::{address, decide, decide_addressed, Decision, RequestFacts};
 use crate::errors::RejectReason;
 use crate::framing::{check_transfer_coding, ends_with_connection, FramingError};
 use crate::log_budget::{LogBudgets, RequestLine};
@@ -117,16 +117,14 @@ impl EdgeService {
         Ok(())
     }
 
-    /// Answers an allowed CORS preflight (see [`crate::cors`]): `204`, no instance asked.
-    async fn answer_preflight(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        let (Some(cors), Some(allow)) = (&self.state.cors, &ctx.cors_origin) else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "a preflight answered without a policy",
-            ));
-        };
-        let mut resp = cors.preflight_answer(allow)?;
-        resp.insert_header("x-request-id", ctx.request_id.clone())?;
+    /// Answers an allowed CORS preflight with `answer` (see [`crate::cors`]): no instance asked.
+    async fn answer_preflight(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut answer: Box<ResponseHeader>,
+    ) -> Result<()> {
+        answer.insert_header("x-request-id", ctx.request_id.clone())?;
         ctx.preflight_answered = true;
         // A preflight has no body; one sent anyway is not read, and would read as the next
         // request.
@@ -134,7 +132,7 @@ impl EdgeService {
             session.set_keepalive(None);
         }
         session
-            .write_response_header(Box::new(resp), true)
+            .write_response_header(answer, true)
             .await
             .map_err(Error::into_down)
     }
@@ -255,46 +253,76 @@ impl EdgeService {
                 };
                 let table = self.state.bindings.load();
                 let tenancy = &self.state.settings.tenancy;
-                let cors = self.state.cors.as_ref().filter(|_| !origins.is_empty());
-                if let Some(cors) = cors.filter(|_| crate::cors::is_preflight(req)) {
+                let auth = &self.state.auth;
+                let observe = || {
+                    let m = &self.state.metrics;
+                    m.decision_duration
+                        .observe(ctx.start.elapsed().as_secs_f64());
+                };
+                let Some(cors) = &self.state.cors else {
+                    let d = decide(&facts, tenancy, &table, auth);
+                    observe();
+                    return d.map(Routed::Forward);
+                };
+                // Under a CORS policy the tenant decides which pages may read the answer,
+                // whatever the answer is.
+                let addressed = address(&facts, tenancy, &table);
+                let tenant = addressed
+                    .as_ref()
+                    .ok()
+                    .map(|a| a.binding().tenant_id.as_str());
+                let client_https = || self.client_scheme(session, &req.headers) == "https";
+                let allowed = cors.allowed_origin(&origins, tenant, client_https, tenancy, &table);
+                if crate::cors::is_preflight(req) {
                     // Answered whatever the tenant's status and the path: the request the
                     // preflight asks about is decided when it comes, its refusal readable.
-                    let binding = addressed_binding(&facts, tenancy, &table)?;
-                    let tenant = Some(binding.tenant_id.as_str());
-                    ctx.cors_origin = cors.allowed_origin(&origins, tenant, tenancy, &table);
-                    return match ctx.cors_origin {
-                        Some(_) => Ok(Routed::Preflight),
-                        None => Err(RejectReason::CorsOriginRefused),
-                    };
+                    addressed?;
+                    observe();
+                    let allowed = allowed.ok_or(RejectReason::CorsOriginRefused)?;
+                    // Building it fails only for a header value that is no value, which none
+                    // of these is.
+                    return (cors.preflight_answer(&allowed))
+                        .map(|answer| Routed::Preflight(Box::new(answer)))
+                        .map_err(|_| RejectReason::Internal);
                 }
-                let d = decide(&facts, tenancy, &table, &self.state.auth);
-                self.state
-                    .metrics
-                    .decision_duration
-                    .observe(ctx.start.elapsed().as_secs_f64());
-                if let Some(cors) = cors {
-                    let refused;
-                    let tenant = match &d {
-                        Ok(d) => Some(d.binding.tenant_id.as_str()),
-                        Err(_) => {
-                            refused = addressed_binding(&facts, tenancy, &table).ok();
-                            refused.as_deref().map(|b| b.tenant_id.as_str())
-                        }
-                    };
-                    ctx.cors_origin = cors.allowed_origin(&origins, tenant, tenancy, &table);
-                }
+                ctx.cors_origin = allowed;
+                let d = addressed.and_then(|a| decide_addressed(&facts, a, tenancy, &table, auth));
+                observe();
                 d.map(Routed::Forward)
             }
         }
     }
+
+    /// The scheme the client reached the router by, `https` or `http` (see
+    /// [`crate::route::forwarded_proto`]); `client` is the client's header.
+    fn client_scheme(&self, session: &Session, client: &http::HeaderMap) -> &'static str {
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some();
+        let trusted = &self.state.settings.server.trusted_proxies;
+        crate::route::forwarded_proto(
+            tls,
+            peer_ip(session).is_some_and(|p| crate::route::is_trusted_proxy(p, trusted)),
+            || header_bytes(client, &crate::route::X_FORWARDED_PROTO),
+        )
+    }
+}
+
+/// The client's address (the peer of its connection), when it is an IP one.
+fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// What deciding a request came to, when it was not refused.
 enum Routed {
     /// Forward it.
     Forward(Decision),
-    /// A CORS preflight the router answers itself (see [`crate::cors`]).
-    Preflight,
+    /// A CORS preflight the router answers itself with this (see [`crate::cors`]).
+    Preflight(Box<ResponseHeader>),
 }
 
 /// Where a browser says a request comes from (Fetch Metadata), for [`crate::origin`].
@@ -454,8 +482,8 @@ impl ProxyHttp for EdgeService {
             (Ok(()), Ok(()), Ok(())) => self.decide_request(session, ctx),
         };
         let reason = match outcome {
-            Ok(Routed::Preflight) => {
-                self.answer_preflight(session, ctx).await?;
+            Ok(Routed::Preflight(answer)) => {
+                self.answer_preflight(session, ctx, answer).await?;
                 return Ok(true);
             }
             Ok(Routed::Forward(decision)) => {
@@ -646,27 +674,14 @@ impl ProxyHttp for EdgeService {
             .decision
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no routing decision"))?;
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
         let client = &upstream_request.headers;
-        let trusted = &self.state.settings.server.trusted_proxies;
         let forwarded_for = crate::route::forwarded_for(
-            peer,
+            peer_ip(session),
             || header_bytes(client, &crate::route::X_FORWARDED_FOR),
-            trusted,
+            &self.state.settings.server.trusted_proxies,
         );
         let host = forwarded_host(client.get(http::header::HOST));
-        let tls = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .is_some();
-        let proto = crate::route::forwarded_proto(
-            tls,
-            peer.is_some_and(|p| crate::route::is_trusted_proxy(p, trusted)),
-            || header_bytes(client, &crate::route::X_FORWARDED_PROTO),
-        );
+        let proto = self.client_scheme(session, client);
         let fwd = Forwarding {
             forwarded_for,
             proto,
