@@ -1,6 +1,7 @@
 //! Hot-path micro-benchmarks: host → tenant lookup at 1,000,000 bindings, token verification
 //! per algorithm (cache hit and miss), the token-cache key's hash against the alternatives,
-//! the whole routing decision, and the reserved-header pass over a request's header names.
+//! the whole routing decision, the reserved-header pass over a request's header names, and what
+//! a CORS policy adds.
 //!
 //! `cargo bench -p nexus-bench --bench decision`. With NEXUS_BENCH_SMOKE=1 the table is small
 //! (CI runs it with `--test` so the bench never rots).
@@ -311,6 +312,86 @@ fn upstream_request(c: &mut Criterion) {
     });
 }
 
+/// What a `[cors]` policy adds to a request with an `Origin`: deciding which page may read
+/// the answer (a listed origin; the addressed tenant's own page, which reads the origin's
+/// host against the binding table), and setting the response's fields.
+fn cors(c: &mut Criterion) {
+    use nexus_config::CorsOrigins;
+    use nexus_edge::cors::Cors;
+    let n = size();
+    let table = table(n, "http://10.0.0.1:8080");
+    let mut tenancy = nexus_config::embedded_default().tenancy;
+    tenancy.base_domains = vec![BASE.to_owned()];
+    let mut settings = nexus_config::embedded_default().cors;
+    settings.origins = Some(CorsOrigins::Listed {
+        origins: vec!["https://app.example.com".to_owned()],
+        tenant_pages: true,
+        credentials: true,
+    });
+    let policy = Cors::new(&settings).expect("a policy");
+    let tenants: Vec<(String, String)> = (0..1000)
+        .map(|i| {
+            let t = tenant(i * 997 % n);
+            let page = format!("https://{t}.{BASE}");
+            (t, page)
+        })
+        .collect();
+    let mut i = 0;
+    c.bench_function(&format!("cors/listed_origin/{n}_bindings"), |b| {
+        b.iter(|| {
+            i = (i + 1) % tenants.len();
+            let origin: &[&[u8]] = &[b"https://app.example.com"];
+            black_box(policy.allowed_origin(origin, Some(&tenants[i].0), || true, &tenancy, &table))
+                .expect("allowed")
+        })
+    });
+    c.bench_function(&format!("cors/tenant_page/{n}_bindings"), |b| {
+        b.iter(|| {
+            i = (i + 1) % tenants.len();
+            let (t, page) = &tenants[i];
+            black_box(policy.allowed_origin(&[page.as_bytes()], Some(t), || true, &tenancy, &table))
+                .expect("allowed")
+        })
+    });
+    let mut template = pingora::http::ResponseHeader::build(200, None).expect("response");
+    for (name, value) in [
+        ("content-type", "application/json"),
+        ("content-length", "512"),
+        ("cache-control", "no-store"),
+        ("vary", "Accept-Encoding"),
+        ("date", "Mon, 07 Dec 2026 05:00:00 GMT"),
+    ] {
+        template.append_header(name, value).expect("header");
+    }
+    let allow = http::HeaderValue::from_static("https://app.example.com");
+    // A response's first new field grows its maps (a clone holds no spare room), whoever
+    // adds it; the router adds `X-Request-Id` to every response before these, so what a
+    // policy costs is the difference between the two figures.
+    c.bench_function("cors/reference_one_field/5_fields", |b| {
+        b.iter_batched(
+            || template.clone(),
+            |mut resp| {
+                resp.insert_header("X-Request-Id", allow.clone())
+                    .expect("set");
+                resp
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("cors/response_fields/5_fields", |b| {
+        b.iter_batched(
+            || template.clone(),
+            |mut resp| {
+                policy
+                    .set_response_headers(&mut resp, Some(&allow))
+                    .expect("set");
+                resp
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
 criterion_group!(
     benches,
     host_lookup,
@@ -318,6 +399,7 @@ criterion_group!(
     token_hash,
     full_decision,
     reserved_headers,
-    upstream_request
+    upstream_request,
+    cors
 );
 criterion_main!(benches);

@@ -18,11 +18,10 @@
 //! (a form's post, a WebSocket handshake, which is no CORS request: its `101` gets none of
 //! this), and only cannot read the answers.
 
-use http::header::{
-    HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
-    ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS,
-    ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
-};
+// Fields are named as `&'static str`, in their usual case: Pingora keeps each name's case
+// for the wire, and takes a static name as it is, where a `HeaderName` not among its dozen
+// known ones is copied into a new buffer first.
+use http::header::{HeaderName, HeaderValue, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN};
 use nexus_binding_store::BindingTable;
 use nexus_config::{CorsOrigins, CorsSettings, TenancySettings};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -112,17 +111,18 @@ impl Cors {
         let mut resp = ResponseHeader::build(http::StatusCode::NO_CONTENT, Some(8))?;
         self.set_response_headers(&mut resp, Some(allow_origin))?;
         if let Some(methods) = &self.allow_methods {
-            resp.insert_header(ACCESS_CONTROL_ALLOW_METHODS, methods.clone())?;
+            resp.insert_header("Access-Control-Allow-Methods", methods.clone())?;
         }
         if let Some(headers) = &self.allow_headers {
-            resp.insert_header(ACCESS_CONTROL_ALLOW_HEADERS, headers.clone())?;
+            resp.insert_header("Access-Control-Allow-Headers", headers.clone())?;
         }
-        resp.insert_header(ACCESS_CONTROL_MAX_AGE, self.max_age.clone())?;
+        resp.insert_header("Access-Control-Max-Age", self.max_age.clone())?;
         Ok(resp)
     }
 
     /// Makes `resp`'s CORS headers the policy's: the instance's `Access-Control-*` fields go,
-    /// and with `allow_origin` (from [`Cors::allowed_origin`]) the router's are set. A policy
+    /// and with `allow_origin` (from [`Cors::allowed_origin`]; under a policy for any page,
+    /// always `*`) the router's are set. A policy
     /// that depends on the origin says so in `Vary`, so that a cache between the router and
     /// the browser does not hand one page's answer to another.
     pub fn set_response_headers(
@@ -132,7 +132,7 @@ impl Cors {
     ) -> pingora::Result<()> {
         remove_instance_fields(resp);
         if self.varies() {
-            resp.append_header(VARY, HeaderValue::from_static("Origin"))?;
+            resp.append_header("Vary", HeaderValue::from_static("Origin"))?;
         }
         let credentials = matches!(
             self.origins,
@@ -141,15 +141,22 @@ impl Cors {
                 ..
             }
         );
+        // Any page's answer needs no decision: every response, refusals made before the
+        // request's origin was read included.
+        let star = HeaderValue::from_static("*");
+        let allow_origin = match self.origins {
+            CorsOrigins::Any => Some(&star),
+            CorsOrigins::Listed { .. } => allow_origin,
+        };
         let Some(allow_origin) = allow_origin else {
             return Ok(());
         };
-        resp.insert_header(ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin.clone())?;
+        resp.insert_header("Access-Control-Allow-Origin", allow_origin.clone())?;
         if credentials {
-            resp.insert_header(ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+            resp.insert_header("Access-Control-Allow-Credentials", "true")?;
         }
         if let Some(expose) = &self.expose_headers {
-            resp.insert_header(ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone())?;
+            resp.insert_header("Access-Control-Expose-Headers", expose.clone())?;
         }
         Ok(())
     }

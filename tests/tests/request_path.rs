@@ -5522,4 +5522,12 @@ fn a_cors_policy_for_any_page_answers_alike_with_or_without_an_origin() {
         assert_eq!(r.status, 401);
         assert_eq!(all_values(&r, "access-control-allow-origin"), ["*"]);
     }
+    // Refused before the request is read any further.
+    let r = send_raw(
+        addr,
+        format!("TRACE / HTTP/1.1\r\nHost: {acme}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 501);
+    assert_eq!(all_values(&r, "access-control-allow-origin"), ["*"]);
 }

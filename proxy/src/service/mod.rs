@@ -182,9 +182,10 @@ impl EdgeService {
         }
     }
 
-    /// Gathers the request's facts and decides it. `start` is when the request was read; the
-    /// decision's duration is measured from it (one clock read fewer per request than timing
-    /// `decide` alone, and the gathering is part of deciding).
+    /// Gathers the request's facts and decides it, and under a `[cors]` policy which pages may
+    /// read the answer (`ctx.cors_origin`), or answers a preflight. The decision's duration is
+    /// measured from `ctx.start`, when the request was read (one clock read fewer per request
+    /// than timing `decide` alone, and the gathering is part of deciding).
     fn decide_request(
         &self,
         session: &Session,
