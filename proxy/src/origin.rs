@@ -84,6 +84,19 @@ pub fn is_bound_page_of_another(
     }) == Some(true)
 }
 
+/// The tenant whose page `origin` names when a binding names it now (see
+/// [`is_bound_page_of_another`]), for `nexus-edge check`.
+pub fn bound_owner(
+    origin: &str,
+    tenancy: &TenancySettings,
+    table: &BindingTable,
+) -> Option<String> {
+    with_owner(origin, tenancy, table, |owner, bound| {
+        bound.then(|| owner.to_owned())
+    })
+    .flatten()
+}
+
 /// `f(owner, bound)` for the tenant whose page `origin` names (see [`tenant_page`]): `bound`
 /// when a binding names it now. `None` for no tenant's page.
 fn with_owner<R>(

@@ -473,6 +473,34 @@ fn check_warns_of_a_custom_domain_a_base_domain_now_covers() {
 }
 
 #[test]
+fn check_warns_of_an_operators_origin_a_binding_has_come_to_name() {
+    // `https://globex.nexus.localhost` listed as the operator's page, while tenant globex is
+    // bound: its instance serves that name, so the router takes it for globex's page.
+    let (dir, bindings) = demo_key_set_and_bindings();
+    std::fs::write(dir.path().join("bindings.json"), bindings.to_string()).unwrap();
+    let config = |trusted: &str| {
+        format!(
+            "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"file\"\npath = \"bindings.json\"\n\
+             [tenancy]\nbase_domains = [\"nexus.localhost\"]\ntrusted_origins = [\"{trusted}\"]\n\
+             [cors]\nallowed_origins = [\"{trusted}\"]\n"
+        )
+    };
+    let (code, out) = check(dir.path(), &config("https://console.nexus.localhost"));
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("is a page of tenant"), "{out}");
+    let (code, out) = check(dir.path(), &config("https://globex.nexus.localhost"));
+    assert_eq!(code, 0, "{out}");
+    for key in ["tenancy.trusted_origins", "cors.allowed_origins"] {
+        assert!(
+            out.contains(&format!(
+                "warning: {key}: https://globex.nexus.localhost is a page of tenant globex, which is bound"
+            )),
+            "{out}"
+        );
+    }
+}
+
+#[test]
 fn check_warns_of_a_bindings_file_whose_revisions_are_exhausted() {
     // The router serves such a file, but every admin command refuses to write to it.
     let (dir, mut bindings) = demo_key_set_and_bindings();

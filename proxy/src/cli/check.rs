@@ -139,19 +139,20 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     };
     // The custom domains a base domain covers are checked against the base domains given,
     // when `[tenancy]` is readable.
-    let bases = sections.tenancy.as_ref().map(|t| t.base_domains.as_slice());
+    let tenancy = sections.tenancy.as_ref();
+    let cors = sections.cors.as_ref();
     if sections.store.is_none() {
         if let Some(Err(e)) = sections
             .named
             .bindings_file
             .as_ref()
-            .map(|f| check_bindings_file(&file_store(f), bases))
+            .map(|f| check_bindings_file(&file_store(f), tenancy, cors))
         {
             problem("store.path", e);
         }
     }
     if let Some(store) = &sections.store {
-        if let Err(e) = check_bindings_file(store, bases) {
+        if let Err(e) = check_bindings_file(store, tenancy, cors) {
             problem("store.path", e);
         }
         // A snapshot that could never be written would leave a replica nothing to start
@@ -240,8 +241,10 @@ fn check_snapshot_path(path: &Path) -> Result<(), String> {
 /// to start; records it would refuse are warned about.
 fn check_bindings_file(
     store: &nexus_config::StoreSettings,
-    base_domains: Option<&[String]>,
+    tenancy: Option<&nexus_config::TenancySettings>,
+    cors: Option<&nexus_config::CorsSettings>,
 ) -> Result<(), String> {
+    let base_domains = tenancy.map(|t| t.base_domains.as_slice());
     let nexus_config::StoreSettings::File(f) = store else {
         return Ok(());
     };
@@ -288,6 +291,30 @@ fn check_bindings_file(
             file.display(),
             tenants.join(", ")
         );
+    }
+    // The operator's own pages, at a name a binding has come to name: the tenant's instance
+    // serves them, and the router takes them for that tenant's pages (see `crate::origin`).
+    if let Some(tenancy) = tenancy {
+        let (table, _) = nexus_binding_store::BindingTable::from_bindings(
+            parsed.bindings.iter().map(std::sync::Arc::clone),
+        );
+        let listed = match cors.and_then(|c| c.origins.as_ref()) {
+            Some(nexus_config::CorsOrigins::Listed { origins, .. }) => origins.as_slice(),
+            _ => &[],
+        };
+        let named = (tenancy.trusted_origins.iter())
+            .map(|o| ("tenancy.trusted_origins", o))
+            .chain(listed.iter().map(|o| ("cors.allowed_origins", o)));
+        for (key, origin) in named {
+            if let Some(owner) = crate::origin::bound_owner(origin, tenancy, &table) {
+                eprintln!(
+                    "{}: warning: {key}: {origin} is a page of tenant {owner}, which is bound: \
+                     its instance serves that name, so the router takes it for that tenant's \
+                     page, not the operator's",
+                    file.display()
+                );
+            }
+        }
     }
     // A base domain added over a custom domain makes that name a tenant's subdomain: routed
     // by name, to another tenant if one has that id. `tenant put` refuses such a claim; a
