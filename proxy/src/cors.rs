@@ -92,7 +92,7 @@ impl Cors {
             tenant_pages
                 && !tenant.is_empty()
                 && crate::origin::tenant_page(origin, tenant, tenancy, table) == Some(true)
-                && (starts_with_ignore_case(origin, "https://") || !client_https())
+                && (crate::origin::scheme_stripped(origin, "https://").is_some() || !client_https())
         };
         // The browser compares the value with its own origin: it gets back what it sent.
         allowed
@@ -122,9 +122,9 @@ impl Cors {
 
     /// Makes `resp`'s CORS headers the policy's: the instance's `Access-Control-*` fields go,
     /// and with `allow_origin` (from [`Cors::allowed_origin`]; under a policy for any page,
-    /// always `*`) the router's are set. A policy
-    /// that depends on the origin says so in `Vary`, so that a cache between the router and
-    /// the browser does not hand one page's answer to another.
+    /// always `*`) the router's are set. A policy that depends on the origin says so in
+    /// `Vary`, so that a cache between the router and the browser does not hand one page's
+    /// answer to another.
     pub fn set_response_headers(
         &self,
         resp: &mut ResponseHeader,
@@ -168,11 +168,6 @@ pub fn is_preflight(req: &RequestHeader) -> bool {
     req.method == http::Method::OPTIONS
         && req.headers.contains_key(ORIGIN)
         && req.headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
-}
-
-fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
-    s.get(..prefix.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
 }
 
 /// Removes every `Access-Control-*` field from an instance's response (the usual response has

@@ -121,7 +121,7 @@ fn with_owner<R>(
 }
 
 /// `origin` after `scheme`, in any case.
-fn scheme_stripped<'a>(origin: &'a str, scheme: &str) -> Option<&'a str> {
+pub(crate) fn scheme_stripped<'a>(origin: &'a str, scheme: &str) -> Option<&'a str> {
     origin
         .get(..scheme.len())
         .filter(|s| s.eq_ignore_ascii_case(scheme))
