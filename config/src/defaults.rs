@@ -37,6 +37,7 @@ pub fn embedded_default() -> Settings {
             provisioning_retry_after: Duration::from_secs(30),
             past_due_header: "x-nexus-billing-notice".to_owned(),
             trusted_origins: Vec::new(),
+            frame_ancestors: FrameAncestors::Any,
         },
         auth: AuthSettings {
             jwks: JwksSource::EmbeddedDemo,

@@ -84,6 +84,22 @@ pub struct TenancySettings {
     /// default) of the operator's own pages that may send a tenant's session cookie to it
     /// from another tenant's namespace: every other page of another tenant may not.
     pub trusted_origins: Vec<String>,
+    /// Which pages may frame a tenant's pages.
+    pub frame_ancestors: FrameAncestors,
+}
+
+/// Which pages may show a tenant's pages in a frame (`[tenancy] frame_ancestors`). Every
+/// tenant is one site to a browser, so a page of another tenant framing one gets the user's
+/// `SameSite` cookies with it, and can lure clicks onto the tenant's own forms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameAncestors {
+    /// The router adds nothing: what the instances' own headers allow.
+    Any,
+    /// Only the tenant's own pages (its subdomain and names under it on every base domain,
+    /// its custom domains) and `trusted_origins`: the router adds a
+    /// `Content-Security-Policy: frame-ancestors` to every response it forwards, beside the
+    /// instance's own policies, which still apply.
+    Tenant,
 }
 
 /// `[cors]`: the router's own answer to browsers' cross-origin requests. A preflight

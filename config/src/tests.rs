@@ -1726,3 +1726,22 @@ fn cors_origins_under_a_base_domain_must_be_the_operators() {
     );
     parse_str(&text, Path::new("/etc/nexus/edge.toml")).expect("valid");
 }
+
+#[test]
+fn frame_ancestors_is_any_or_tenant() {
+    let s = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(s.tenancy.frame_ancestors, FrameAncestors::Any);
+    let s = parse_str(
+        &format!("{MINIMAL}[tenancy]\nframe_ancestors = \"tenant\"\n"),
+        Path::new("/etc/nexus/edge.toml"),
+    )
+    .expect("valid");
+    assert_eq!(s.tenancy.frame_ancestors, FrameAncestors::Tenant);
+    let ps = problems(&format!("{MINIMAL}[tenancy]\nframe_ancestors = \"self\"\n"));
+    has(
+        &ps,
+        "tenancy.frame_ancestors",
+        9,
+        "\"self\" is not a framing policy; expected \"any\" or \"tenant\"",
+    );
+}

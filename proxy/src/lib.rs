@@ -15,6 +15,7 @@
 //! | [`authz`] | whether the token's tenant/org claims match the addressed tenant |
 //! | [`origin`] | whether a cookie came from another tenant's page |
 //! | [`cors`] | which pages may read a response, and the router's answer to preflights |
+//! | [`frames`] | which pages may frame a tenant's pages |
 //! | [`policy`] | what the tenant's status allows |
 //! | [`decision`] | all of the above, in order, for one request |
 //! | [`route`] | which upstream and which headers |
@@ -41,6 +42,7 @@ pub mod decision;
 pub mod demo;
 pub mod errors;
 pub mod field_name;
+pub mod frames;
 pub mod framing;
 pub mod host;
 pub mod huge_pages;

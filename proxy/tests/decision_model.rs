@@ -153,6 +153,7 @@ impl World {
                 provisioning_retry_after: Duration::from_secs(30),
                 past_due_header: "x-nexus-billing-notice".into(),
                 trusted_origins: Vec::new(),
+                frame_ancestors: nexus_config::FrameAncestors::Any,
             },
             table,
             auth,

@@ -5531,3 +5531,45 @@ fn a_cors_policy_for_any_page_answers_alike_with_or_without_an_origin() {
     assert_eq!(r.status, 501);
     assert_eq!(all_values(&r, "access-control-allow-origin"), ["*"]);
 }
+
+#[test]
+fn frame_ancestors_tenant_names_only_the_tenants_own_pages() {
+    // All tenants are one site: a globex page framing acme's gets acme's `SameSite` cookies
+    // with it. With `frame_ancestors = "tenant"` every forwarded response says which pages may
+    // frame it; by default the router adds nothing.
+    let w = world_configured(
+        |_, _, _| {},
+        |opts| {
+            opts.tenancy_extra = format!(
+                "trusted_origins = [\"https://console.{BASE}\"]\nframe_ancestors = \"tenant\""
+            )
+        },
+    );
+    let token = w.keys.token("acme", Some("org-acme"));
+    for path in ["/x", "/login", "/own-cors"] {
+        let r = get_with_token(w.edge.addr, &host("acme"), path, &token);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(
+            all_values(&r, "content-security-policy"),
+            [format!(
+                "frame-ancestors 'self' acme.{BASE} *.acme.{BASE} app.acme-corp.test \
+                 https://console.{BASE}"
+            )],
+            "{path}"
+        );
+    }
+    let token = w.keys.token("globex", None);
+    let r = get_with_token(w.edge.addr, &host("globex"), "/x", &token);
+    assert_eq!(
+        all_values(&r, "content-security-policy"),
+        [format!(
+            "frame-ancestors 'self' globex.{BASE} *.globex.{BASE} https://console.{BASE}"
+        )]
+    );
+
+    let w = world();
+    let token = w.keys.token("acme", Some("org-acme"));
+    let r = get_with_token(w.edge.addr, &host("acme"), "/x", &token);
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-security-policy").is_none());
+}

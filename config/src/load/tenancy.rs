@@ -77,6 +77,17 @@ pub(super) fn parse(
     let trusted_origins = s
         .strings("trusted_origins", p, check_origin)
         .unwrap_or_else(|| d.trusted_origins.clone());
+    let frame_ancestors = s
+        .choice(
+            "frame_ancestors",
+            "a framing policy",
+            &[
+                ("any", FrameAncestors::Any),
+                ("tenant", FrameAncestors::Tenant),
+            ],
+            p,
+        )
+        .unwrap_or(d.frame_ancestors);
     s.finish(p);
     (p.list.len() == before).then_some(TenancySettings {
         base_domains,
@@ -86,6 +97,7 @@ pub(super) fn parse(
         provisioning_retry_after,
         past_due_header,
         trusted_origins,
+        frame_ancestors,
     })
 }
 

@@ -884,6 +884,15 @@ impl ProxyHttp for EdgeService {
         {
             cors.set_response_headers(upstream_response, ctx.cors_origin.as_ref())?;
         }
+        let tenancy = &self.state.settings.tenancy;
+        if tenancy.frame_ancestors == nexus_config::FrameAncestors::Tenant
+            && !upstream_response.status.is_informational()
+        {
+            if let Some(decision) = &ctx.decision {
+                let policy = crate::frames::policy(&decision.binding, tenancy);
+                upstream_response.append_header("Content-Security-Policy", policy)?;
+            }
+        }
         Ok(())
     }
 
