@@ -10,6 +10,7 @@
 //!   `Connection` names;
 //! - `…/own-cors`: a `200` with the instance's own `Access-Control-*` fields (any origin,
 //!   with credentials);
+//! - `…/own-xfo`: a `200` with `X-Frame-Options: SAMEORIGIN`;
 //! - `/no-content`: a `204` that (wrongly) carries `content-length: 5` and no body;
 //! - `/cut/<n>`: announces `<n>` bytes more than it sends, then closes (an instance that
 //!   dies mid-response); `/cut-chunked`: one chunk of a chunked body, then closes;
@@ -284,6 +285,16 @@ where
                 "HTTP/1.1 200 OK\r\nconnection: x-internal\r\nx-internal: secret\r\n\
                  keep-alive: timeout=5\r\nproxy-connection: keep-alive\r\nx-app: kept\r\n\
                  x-instance: {name}\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(resp.as_bytes()).await?;
+            continue;
+        }
+        if path.ends_with("/own-xfo") {
+            // An instance that keeps its pages out of other origins' frames itself.
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nx-frame-options: SAMEORIGIN\r\nx-instance: {name}\r\n\
+                 content-length: {}\r\n\r\n{body}",
                 body.len()
             );
             stream.write_all(resp.as_bytes()).await?;

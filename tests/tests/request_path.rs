@@ -5552,7 +5552,7 @@ fn frame_ancestors_tenant_names_only_the_tenants_own_pages() {
         assert_eq!(
             all_values(&r, "content-security-policy"),
             [format!(
-                "frame-ancestors 'self' acme.{BASE} *.acme.{BASE} app.acme-corp.test \
+                "frame-ancestors 'self' acme.{BASE}:* *.acme.{BASE}:* app.acme-corp.test:* \
                  https://console.{BASE}"
             )],
             "{path}"
@@ -5563,9 +5563,16 @@ fn frame_ancestors_tenant_names_only_the_tenants_own_pages() {
     assert_eq!(
         all_values(&r, "content-security-policy"),
         [format!(
-            "frame-ancestors 'self' globex.{BASE} *.globex.{BASE} https://console.{BASE}"
+            "frame-ancestors 'self' globex.{BASE}:* *.globex.{BASE}:* https://console.{BASE}"
         )]
     );
+    // An instance that denies every other origin's frames (`X-Frame-Options`) keeps that:
+    // browsers ignore the header beside a `frame-ancestors`, which would widen it.
+    let token = w.keys.token("acme", Some("org-acme"));
+    let r = get_with_token(w.edge.addr, &host("acme"), "/own-xfo", &token);
+    assert_eq!(r.status, 200);
+    assert_eq!(all_values(&r, "x-frame-options"), ["SAMEORIGIN"]);
+    assert!(r.header("content-security-policy").is_none());
 
     let w = world();
     let token = w.keys.token("acme", Some("org-acme"));

@@ -887,6 +887,7 @@ impl ProxyHttp for EdgeService {
         let tenancy = &self.state.settings.tenancy;
         if tenancy.frame_ancestors == nexus_config::FrameAncestors::Tenant
             && !upstream_response.status.is_informational()
+            && !crate::frames::instance_denies(&upstream_response.headers)
         {
             if let Some(decision) = &ctx.decision {
                 let policy = crate::frames::policy(&decision.binding, tenancy);
