@@ -10,7 +10,9 @@
 //! `Content-Security-Policy: frame-ancestors`, checked against every ancestor. With
 //! `frame_ancestors = "tenant"` the router adds one to every response it forwards, naming
 //! the tenant's own pages and the operator's trusted origins; an instance's own policies
-//! still apply beside it (a browser enforces every policy it is sent).
+//! still apply beside it (a browser enforces every policy it is sent). A response whose
+//! instance keeps it to its own origin by `X-Frame-Options` alone gets none: beside a
+//! `frame-ancestors` the browser would ignore that header ([`instance_denies`]).
 
 use http::HeaderValue;
 use nexus_binding_store::Binding;
