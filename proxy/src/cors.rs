@@ -100,11 +100,6 @@ impl Cors {
             .flatten()
     }
 
-    /// Whether the answer depends on the request's origin (so responses say `Vary: Origin`).
-    fn varies(&self) -> bool {
-        matches!(self.origins, CorsOrigins::Listed { .. })
-    }
-
     /// The answer to an allowed preflight: `204` with what the page may send and for how long
     /// the browser may keep the answer.
     pub fn preflight_answer(&self, allow_origin: &HeaderValue) -> pingora::Result<ResponseHeader> {
@@ -131,22 +126,15 @@ impl Cors {
         allow_origin: Option<&HeaderValue>,
     ) -> pingora::Result<()> {
         remove_instance_fields(resp);
-        if self.varies() {
-            resp.append_header("Vary", HeaderValue::from_static("Origin"))?;
-        }
-        let credentials = matches!(
-            self.origins,
-            CorsOrigins::Listed {
-                credentials: true,
-                ..
-            }
-        );
         // Any page's answer needs no decision: every response, refusals made before the
-        // request's origin was read included.
+        // request's origin was read included. A listed page's depends on the origin.
         let star = HeaderValue::from_static("*");
-        let allow_origin = match self.origins {
-            CorsOrigins::Any => Some(&star),
-            CorsOrigins::Listed { .. } => allow_origin,
+        let (allow_origin, credentials) = match &self.origins {
+            CorsOrigins::Any => (Some(&star), false),
+            CorsOrigins::Listed { credentials, .. } => {
+                resp.append_header("Vary", HeaderValue::from_static("Origin"))?;
+                (allow_origin, *credentials)
+            }
         };
         let Some(allow_origin) = allow_origin else {
             return Ok(());

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use toml::de::{DeTable, DeValue};
+use toml::de::DeTable;
 
 use crate::reader::{Problems, Section};
 use crate::settings::*;
@@ -14,9 +14,12 @@ use super::names::{check_origin, is_token};
 /// two hours), so a longer one would promise what no browser does.
 const MAX_AGE_CEILING: Duration = Duration::from_secs(86_400);
 
+/// `tenancy`, when its section parsed, is what a listed origin is checked against (see
+/// [`under_a_base_domain`]).
 pub(super) fn parse(
     root: &DeTable<'_>,
     d: &CorsSettings,
+    tenancy: Option<&TenancySettings>,
     p: &mut Problems<'_>,
 ) -> Option<CorsSettings> {
     let before = p.list.len();
@@ -27,7 +30,8 @@ pub(super) fn parse(
             if o == "*" {
                 Ok(o.to_owned())
             } else {
-                check_origin(o).map_err(|m| format!("{m}, or \"*\" alone"))
+                let o = check_origin(o).map_err(|m| format!("{m}, or \"*\" alone"))?;
+                tenancy.map_or(Ok(o.clone()), |t| under_a_base_domain(&o, t).map(|()| o))
             }
         })
         .unwrap_or_default();
@@ -108,47 +112,24 @@ pub(super) fn parse(
 /// a problem: a tenant's page could be served at that name (a tenant bound to its first
 /// label), and would read every tenant's responses. The operator's own pages there are
 /// listed in both.
-pub(super) fn check_against_tenancy(
-    root: &DeTable<'_>,
-    cors: &CorsSettings,
-    tenancy: &TenancySettings,
-    p: &mut Problems<'_>,
-) {
-    let Some(CorsOrigins::Listed { origins, .. }) = &cors.origins else {
-        return;
-    };
-    let spans: Vec<usize> = match root.get("cors").map(|t| t.get_ref()) {
-        Some(DeValue::Table(t)) => match t.get("allowed_origins").map(|v| v.get_ref()) {
-            Some(DeValue::Array(items)) => items.iter().map(|i| i.span().start).collect(),
-            _ => Vec::new(),
-        },
-        _ => Vec::new(),
-    };
-    for (i, origin) in origins.iter().enumerate() {
-        if tenancy.trusted_origins.contains(origin) {
-            continue;
-        }
-        let host = origin
-            .split_once("://")
-            .map_or(origin.as_str(), |(_, rest)| rest);
-        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        let Some(base) = tenancy.base_domains.iter().find(|b| {
-            host.strip_suffix(b.as_str())
-                .is_some_and(|r| r.ends_with('.'))
-        }) else {
-            continue;
-        };
-        p.push(
-            format!("cors.allowed_origins[{i}]"),
-            spans.get(i).copied(),
-            format!(
-                "{origin:?} is a name under the base domain {base:?}, where a tenant's page \
-                 could be served: list it in tenancy.trusted_origins too if it is the \
-                 operator's own page (while a tenant is bound at that name, its pages are the \
-                 tenant's, and neither list lets them in), or use tenant_origins for the \
-                 tenants' own pages"
-            ),
-        );
+fn under_a_base_domain(origin: &str, tenancy: &TenancySettings) -> Result<(), String> {
+    if tenancy.trusted_origins.iter().any(|t| t == origin) {
+        return Ok(());
+    }
+    let host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    match tenancy.base_domains.iter().find(|b| {
+        host.strip_suffix(b.as_str())
+            .is_some_and(|r| r.ends_with('.'))
+    }) {
+        None => Ok(()),
+        Some(base) => Err(format!(
+            "{origin:?} is a name under the base domain {base:?}, where a tenant's page \
+             could be served: list it in tenancy.trusted_origins too if it is the \
+             operator's own page (while a tenant is bound at that name, its pages are the \
+             tenant's, and neither list lets them in), or use tenant_origins for the \
+             tenants' own pages"
+        )),
     }
 }
 

@@ -141,10 +141,7 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     let upstream = upstream::parse(root, &d.upstream, base, &mut named, &mut p);
     let store = store::parse(root, base, &mut named, &mut p);
     let log = log::parse(root, &d.log, &mut named, &mut p);
-    let cors = cors::parse(root, &d.cors, &mut p);
-    if let (Some(tenancy), Some(cors)) = (&tenancy, &cors) {
-        cors::check_against_tenancy(root, cors, tenancy, &mut p);
-    }
+    let cors = cors::parse(root, &d.cors, tenancy.as_ref(), &mut p);
     // Whenever both bounds parsed, whatever else is wrong in their sections.
     if let (Some(header), Some(token)) = (header_bound, token_bound) {
         token_fits_in_header(root, header, token, &mut p);
