@@ -163,6 +163,7 @@ fn full_decision(c: &mut Criterion) {
                 origins: &[],
                 fetch_sites: &[],
                 now_unix: now,
+                server_name: None,
             };
             black_box(decide(&facts, &tenancy, &table, &auth).expect("routed"))
         })
@@ -191,6 +192,7 @@ fn full_decision(c: &mut Criterion) {
                     origins: &[],
                     fetch_sites: &[],
                     now_unix: now,
+                    server_name: None,
                 };
                 black_box(decide(&facts, &tenancy, &table, &auth).expect("routed"));
             },
@@ -266,6 +268,7 @@ fn upstream_request(c: &mut Criterion) {
         origins: &[],
         fetch_sites: &[],
         now_unix: now,
+        server_name: None,
     };
     let decision = decide(&facts, &tenancy, &table, &auth).expect("routed");
     let mut template = RequestHeader::build("GET", target.as_bytes(), None).expect("request");

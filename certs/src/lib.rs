@@ -1,19 +1,35 @@
-//! Certificate selection by SNI for the HTTPS listener.
+//! The HTTPS listener's certificates: read from PEM files, indexed by the names they cover,
+//! chosen for each handshake by the name the client asks for (SNI), and replaced while the
+//! router runs.
 //!
-//! HTTPS is a later milestone; this crate currently only fixes the place where the
-//! certificate set, its rustls resolver and its reloader will live, so that `proxy`
-//! depends on it from the start and the TLS work slots in without moving code.
+//! - [`CertFiles`] reads the configured files and directories again at each reload and keeps,
+//!   for every file, the certificate it last read well: a file that stops parsing (half
+//!   written, a key that does not match its certificate) goes on serving its previous
+//!   certificate and is reported, so one bad upload changes nothing else.
+//! - [`CertSet`] indexes certificates by exact name and by the parent of a wildcard name.
+//! - [`SniResolver`] is what rustls asks during a handshake: it holds the current set behind
+//!   an `ArcSwap`, so a reload is one swap, and a handshake under way keeps the set it began
+//!   with.
+//!
+//! rustls is used with its `ring` provider, the one Pingora's own TLS is built with: a second
+//! provider compiled in (aws-lc-rs, rustls's default) would leave rustls unable to pick one.
 
-/// Errors from loading certificates (filled in with the HTTPS milestone).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CertError {
-    /// A certificate or key file could not be read.
-    #[error("cannot read certificate file {path}: {reason}")]
-    Read {
-        /// The file that failed.
-        path: String,
-        /// Why it failed.
-        reason: String,
-    },
-}
+mod error;
+mod files;
+mod load;
+mod names;
+mod resolver;
+mod set;
+
+pub use error::CertError;
+pub use files::{CertFiles, Reload};
+pub use load::{parse_pem, LoadedCert, MAX_FILE_BYTES};
+pub use names::sni_key;
+pub use resolver::SniResolver;
+pub use set::CertSet;
+
+/// What rustls's handshake needs of a certificate: the chain and its signing key.
+pub use rustls::sign::CertifiedKey;
+
+#[cfg(test)]
+mod tests;

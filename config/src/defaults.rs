@@ -89,5 +89,6 @@ pub fn embedded_default() -> Settings {
             expose_headers: Vec::new(),
             max_age: Duration::from_secs(600),
         },
+        tls: None,
     }
 }

@@ -25,6 +25,21 @@ pub struct Settings {
     pub log: LogSettings,
     /// Cross-origin requests from browsers (CORS), when the router answers for them.
     pub cors: CorsSettings,
+    /// The HTTPS listener; `None`: plain HTTP only.
+    pub tls: Option<TlsListenerSettings>,
+}
+
+/// `[tls]`: an HTTPS listener beside the plain one, each connection's certificate chosen by
+/// the name the client asks for (SNI).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsListenerSettings {
+    /// The HTTPS listener's address.
+    pub listen: SocketAddr,
+    /// PEM files, each a certificate chain followed by its private key, or directories whose
+    /// `*.pem` files are such (a tenant's custom-domain certificate is added by adding a file).
+    pub certificates: Vec<PathBuf>,
+    /// How often the files are read again: a changed certificate is used by new handshakes.
+    pub reload_interval: Duration,
 }
 
 /// `[server]`

@@ -1745,3 +1745,37 @@ fn frame_ancestors_is_any_or_tenant() {
         "\"self\" is not a framing policy; expected \"any\" or \"tenant\"",
     );
 }
+
+#[test]
+fn tls_is_off_unless_its_section_names_a_listener_and_certificates() {
+    let origin = Path::new("/etc/nexus/edge.toml");
+    let s = parse_str(MINIMAL, origin).expect("valid");
+    assert_eq!(s.tls, None);
+    let text = format!(
+        "{MINIMAL}[tls]\nlisten = \"0.0.0.0:443\"\ncertificates = [\"certs\", \"/srv/acme.pem\"]\n"
+    );
+    let s = parse_str(&text, origin).expect("valid");
+    assert_eq!(
+        s.tls,
+        Some(TlsListenerSettings {
+            listen: "0.0.0.0:443".parse().unwrap(),
+            certificates: vec!["/etc/nexus/certs".into(), "/srv/acme.pem".into()],
+            reload_interval: Duration::from_secs(10),
+        })
+    );
+    // Line 8 is `[tls]`, 9 its first key.
+    let ps = problems(&format!("{MINIMAL}[tls]\ncertificates = []\n"));
+    names(&ps, "tls.listen", "is required in [tls]");
+    has(&ps, "tls.certificates", 9, "lists no certificate");
+    let ps = problems(&format!(
+        "{MINIMAL}[tls]\nlisten = \"0.0.0.0:8080\"\ncertificates = [\"\"]\nreload_interval = \"1ms\"\nciphers = []\n"
+    ));
+    has(&ps, "tls.listen", 9, "server.listen");
+    has(&ps, "tls.certificates[0]", 10, "must not be empty");
+    has(&ps, "tls.reload_interval", 11, "out of range");
+    has(&ps, "tls.ciphers", 12, "unknown");
+    let ps = problems(&format!(
+        "[server]\nadmin_listen = \"127.0.0.1:9090\"\n{MINIMAL}[tls]\nlisten = \"127.0.0.1:9090\"\ncertificates = [\"c\"]\n"
+    ));
+    names(&ps, "tls.listen", "server.admin_listen");
+}

@@ -177,6 +177,7 @@ fuzz_target!(|input: Input<'_>| {
             &[]
         },
         now_unix: w.now,
+        server_name: None,
     };
     let Ok(d) = decide(&facts, &w.tenancy, &w.table, &w.auth) else {
         return;

@@ -67,7 +67,11 @@ impl JobsStop {
     /// A watch that turns true when the job is to stop: at [`JobsStop::finish`], or
     /// `margin` before `shutdown_grace` runs out once Pingora's `shutdown` came: the time
     /// the job's last steps need (none for a job that has none: it follows to the end).
-    fn signal(&self, mut shutdown: ShutdownWatch, margin: Duration) -> watch::Receiver<bool> {
+    pub(crate) fn signal(
+        &self,
+        mut shutdown: ShutdownWatch,
+        margin: Duration,
+    ) -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(false);
         let mut exit = self.inner.exit.subscribe();
         let last_moment = self.inner.grace.saturating_sub(margin);

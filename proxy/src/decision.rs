@@ -59,6 +59,9 @@ pub struct RequestFacts<'a> {
     pub fetch_sites: &'a [&'a [u8]],
     /// Current Unix time in seconds.
     pub now_unix: u64,
+    /// The name the client asked for in its TLS handshake (SNI), lowercase; `None` over
+    /// plain HTTP.
+    pub server_name: Option<&'a str>,
 }
 
 /// Which of the binding's upstreams serves the request.
@@ -225,6 +228,15 @@ pub fn address<'t, 'f>(
     let authority = request_authority(facts.host_headers, facts.uri_authority, facts.is_http2)
         .map_err(RejectReason::BadHost)?;
     let target = resolve_host(authority, &tenancy.base_domains).map_err(RejectReason::BadHost)?;
+    // The connection was set up for the name its handshake asked for, and holds that name's
+    // certificate: a request for another host on it is not this connection's to serve (RFC
+    // 9110 §15.5.20), whoever the certificate also covers.
+    if facts
+        .server_name
+        .is_some_and(|sni| !crate::host::names_server(authority, sni))
+    {
+        return Err(RejectReason::Misdirected);
+    }
 
     let (raw_path, query) = split_target(facts.target);
     let path = normalize_path(raw_path).map_err(RejectReason::of_path)?;

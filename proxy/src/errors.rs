@@ -48,6 +48,8 @@ pub enum RejectReason {
     TargetTooLong,
     /// No tenant is bound to this host.
     UnknownTenant,
+    /// The request names another host than the one its TLS connection was set up for (SNI).
+    Misdirected,
     /// A protected path was requested without a token.
     MissingToken,
     /// The token could not be read from the request (malformed header, conflicting copies).
@@ -118,6 +120,7 @@ impl RejectReason {
             | RejectReason::BadHost(_)
             | RejectReason::BadPath(_) => 400,
             RejectReason::UnknownTenant => 404,
+            RejectReason::Misdirected => 421,
             RejectReason::TargetTooLong => 414,
             RejectReason::MissingToken
             | RejectReason::BadCredential(_)
@@ -157,7 +160,7 @@ impl RejectReason {
     /// Every [`Self::label`], so that each `requests_total` series exists (at 0) from start-up:
     /// a rate or an alert over an outcome that has not happened yet then reads 0, not
     /// nothing. A test holds it to `label`.
-    pub const LABELS: [&'static str; 26] = [
+    pub const LABELS: [&'static str; 27] = [
         "trace_refused",
         "connect_refused",
         "bad_framing",
@@ -170,6 +173,7 @@ impl RejectReason {
         "bad_path",
         "target_too_long",
         "unknown_tenant",
+        "misdirected",
         "missing_token",
         "bad_credential",
         "invalid_token",
@@ -201,6 +205,7 @@ impl RejectReason {
             RejectReason::BadPath(_) => "bad_path",
             RejectReason::TargetTooLong => "target_too_long",
             RejectReason::UnknownTenant => "unknown_tenant",
+            RejectReason::Misdirected => "misdirected",
             RejectReason::MissingToken => "missing_token",
             RejectReason::BadCredential(_) => "bad_credential",
             RejectReason::InvalidToken(_) => "invalid_token",
@@ -298,6 +303,10 @@ impl RejectReason {
             RejectReason::BadPath(_) => "bad request: the request path is not acceptable\n",
             RejectReason::TargetTooLong => "URI too long: the request target is longer than allowed\n",
             RejectReason::UnknownTenant => "not found: no tenant is served at this address\n",
+            RejectReason::Misdirected => {
+                "misdirected request: this connection was opened for another host; open one to \
+                 this host (its name in the TLS handshake)\n"
+            }
             RejectReason::MissingToken => "unauthorized: sign in first\n",
             RejectReason::BadCredential(_) => {
                 "unauthorized: the request's credentials are malformed or disagree (one login \
@@ -371,6 +380,7 @@ mod tests {
                 | RejectReason::BadPath(_)
                 | RejectReason::TargetTooLong
                 | RejectReason::UnknownTenant
+                | RejectReason::Misdirected
                 | RejectReason::MissingToken
                 | RejectReason::BadCredential(_)
                 | RejectReason::InvalidToken(_)
@@ -400,6 +410,7 @@ mod tests {
             RejectReason::BadPath(PathError::ControlChar),
             RejectReason::TargetTooLong,
             RejectReason::UnknownTenant,
+            RejectReason::Misdirected,
             RejectReason::MissingToken,
             RejectReason::BadCredential(CredentialError::Conflict),
             RejectReason::InvalidToken(TokenError::Expired),

@@ -164,6 +164,17 @@ pub fn routed_authority(authority: &str) -> Cow<'_, str> {
 
 /// Splits `host[:port]` and checks the port (1–65535, digits only); refuses user info and
 /// classifies IP literals, bracketed or not.
+/// Whether the host `authority` names (port and a trailing dot aside, in any case) is
+/// `server_name`, the lowercase name a TLS client asked for. An authority that does not
+/// parse names no host.
+pub fn names_server(authority: &str, server_name: &str) -> bool {
+    split_port(authority).is_ok_and(|name| {
+        name.strip_suffix('.')
+            .unwrap_or(name)
+            .eq_ignore_ascii_case(server_name)
+    })
+}
+
 fn split_port(authority: &str) -> Result<&str, HostError> {
     if authority.contains('@') {
         return Err(HostError::Malformed);

@@ -45,6 +45,7 @@ pub mod field_name;
 pub mod frames;
 pub mod framing;
 pub mod host;
+pub mod https;
 pub mod huge_pages;
 pub mod invisible;
 pub mod listening;

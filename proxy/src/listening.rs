@@ -115,7 +115,7 @@ fn shutdown_at_runtime_stop(
 pub struct Prebound<S> {
     /// Taken when the service starts: it runs in its own task so that a panic can be seen.
     inner: Option<S>,
-    socket: Option<(String, TcpListener)>,
+    sockets: Vec<(String, TcpListener)>,
     name: String,
     threads: Option<usize>,
     addresses: Option<Vec<String>>,
@@ -142,9 +142,29 @@ where
             threads: Service::threads(&inner),
             addresses: Service::listen_addresses(&inner),
             inner: Some(inner),
-            socket: listeners.sockets.remove(&key).map(|s| (key, s)),
+            sockets: listeners
+                .sockets
+                .remove(&key)
+                .map(|s| (key, s))
+                .into_iter()
+                .collect(),
             through_drain: None,
         }
+    }
+
+    /// Makes the service listen on `addr` too (the HTTPS listener, which the same application
+    /// serves), on the socket [`bind`] bound there.
+    #[must_use]
+    pub fn also_on(mut self, listeners: &mut BoundListeners, addr: SocketAddr) -> Self {
+        let key = key(addr);
+        if let Some(inner) = self.inner.as_mut() {
+            inner.add_tcp(&key);
+            self.addresses = Service::listen_addresses(inner);
+        }
+        if let Some(socket) = listeners.sockets.remove(&key) {
+            self.sockets.push((key, socket));
+        }
+        self
     }
 }
 
@@ -179,8 +199,10 @@ impl<S: Service + 'static> ServiceWithDependents for Prebound<S> {
         // The router does not run Pingora's socket-passing upgrade, so the table holds no
         // inherited socket for this address (if it ever does, `bind` must skip those
         // addresses: the old process still listens on them).
-        if let (Some(table), Some((key, socket))) = (&fds, self.socket.take()) {
-            table.lock().add(key, socket.into_raw_fd());
+        if let Some(table) = &fds {
+            for (key, socket) in self.sockets.drain(..) {
+                table.lock().add(key, socket.into_raw_fd());
+            }
         }
         // The socket already accepts: dependents may start.
         ready.notify_ready();

@@ -103,6 +103,58 @@ pub struct Metrics {
     pub connections: ConnectionMetrics,
     /// Tunnels (WebSockets after their `101`): open now, and how they ended.
     pub tunnels: TunnelMetrics,
+    /// The HTTPS listener's certificates and handshakes (see [`crate::https`]).
+    pub tls: TlsMetrics,
+}
+
+/// The HTTPS listener: its certificates (what serves, what was refused, when the first
+/// expires) and the handshakes that failed. All at 0 without `[tls]`.
+#[derive(Clone)]
+pub struct TlsMetrics {
+    /// `tls_certificates`: certificates serving now.
+    pub certificates: IntGauge,
+    /// `tls_certificate_files_refused`: certificate files (or sources) not in use as they
+    /// are now: each keeps its last good certificate serving, if it had one.
+    pub files_refused: IntGauge,
+    /// `tls_certificate_earliest_expiry_timestamp_seconds`: the earliest `notAfter` of the
+    /// certificates serving, for an alert well before it passes.
+    pub earliest_expiry: IntGauge,
+    /// `tls_handshakes_failed_total`: handshakes that did not complete (no name the
+    /// certificates cover, no SNI, a client that gave up or took longer than
+    /// `request_header_timeout`, no protocol in common).
+    pub handshakes_failed: prometheus::IntCounter,
+}
+
+impl TlsMetrics {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            certificates: IntGauge::new(
+                "tls_certificates",
+                "Certificates the HTTPS listener serves now",
+            )?,
+            files_refused: IntGauge::new(
+                "tls_certificate_files_refused",
+                "Certificate files not in use as they are now (unreadable or refused; each keeps its last good certificate serving)",
+            )?,
+            earliest_expiry: IntGauge::new(
+                "tls_certificate_earliest_expiry_timestamp_seconds",
+                "The earliest notAfter (Unix seconds) of the certificates the HTTPS listener serves",
+            )?,
+            handshakes_failed: prometheus::IntCounter::new(
+                "tls_handshakes_failed_total",
+                "TLS handshakes that did not complete (no certificate for the name asked, no SNI, a client that gave up or was too slow)",
+            )?,
+        })
+    }
+
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 4] {
+        [
+            Box::new(self.certificates.clone()),
+            Box::new(self.files_refused.clone()),
+            Box::new(self.earliest_expiry.clone()),
+            Box::new(self.handshakes_failed.clone()),
+        ]
+    }
 }
 
 /// Tunnels: a WebSocket is one request that lasts, counted in `requests_total` and the
@@ -381,6 +433,7 @@ impl Metrics {
         })?;
         let connections = ConnectionMetrics::new(&requests)?;
         let tunnels = TunnelMetrics::new()?;
+        let tls = TlsMetrics::new()?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -406,6 +459,7 @@ impl Metrics {
         ]
         .into_iter()
         .chain(connections.collectors())
+        .chain(tls.collectors())
         {
             registry.register(c)?;
         }
@@ -456,6 +510,7 @@ impl Metrics {
             log_lines_not_logged,
             connections,
             tunnels,
+            tls,
         })
     }
 

@@ -12,6 +12,7 @@ use pingora::services::listening::Service;
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::background::{BindingSync, JobsStop, KeyReload};
 use crate::connections::{Connections, Guarded, Limits};
+use crate::https::{CertReload, Certificates, TlsEndpoint};
 use crate::listening::{self, BindError, BoundListeners, Prebound};
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
@@ -47,6 +48,9 @@ pub enum StartError {
     /// A token header (its index, why) is one the router takes off every request.
     #[error("auth.token_headers[{0}]: {1}")]
     TokenHeader(usize, String),
+    /// The HTTPS listener has no certificate to serve.
+    #[error("{0}")]
+    Https(#[from] crate::https::HttpsError),
 }
 
 /// Loads the CA bundle for https instances the way Pingora's connector will (every PEM item a
@@ -212,14 +216,17 @@ pub fn serve(settings: Settings, config: Option<&std::path::Path>) -> std::proce
             // can rely on a SIGTERM being drained, not ended on.
             prepare(settings, &source)
                 .and_then(|state| {
+                    let certificates = load_certificates(&state)?;
                     let signals =
                         Signals::catch(Arc::clone(&state)).map_err(StartError::Signals)?;
                     let listeners = bind_listeners(&state.settings)?;
-                    Ok((state, source, listeners, signals))
+                    Ok((state, source, listeners, signals, certificates))
                 })
                 .map_err(|e| {
                     let in_config = match e {
-                        StartError::Keys(_) | StartError::CaBundle(_) => true,
+                        StartError::Keys(_) | StartError::CaBundle(_) | StartError::Https(_) => {
+                            true
+                        }
                         StartError::Bindings(_) => file_store,
                         _ => false,
                     };
@@ -227,8 +234,8 @@ pub fn serve(settings: Settings, config: Option<&std::path::Path>) -> std::proce
                 })
         });
     match started {
-        Ok((state, source, listeners, signals)) => {
-            run(state, source, listeners, signals);
+        Ok((state, source, listeners, signals, certificates)) => {
+            run(state, source, listeners, signals, certificates);
             std::process::ExitCode::SUCCESS
         }
         Err((e, in_config)) => {
@@ -252,11 +259,23 @@ pub fn serve(settings: Settings, config: Option<&std::path::Path>) -> std::proce
     }
 }
 
-/// Binds the public and ops listeners, so an address that cannot be had stops start-up with
-/// an error naming it, and so both accept before any service runs.
+/// The HTTPS listener's certificates, when `[tls]` configures one.
+fn load_certificates(state: &EdgeState) -> Result<Option<Arc<Certificates>>, StartError> {
+    let Some(tls) = &state.settings.tls else {
+        return Ok(None);
+    };
+    let certificates = Certificates::load(tls.certificates.clone(), state.metrics.tls.clone())?;
+    Ok(Some(Arc::new(certificates)))
+}
+
+/// Binds the public, HTTPS and ops listeners, so an address that cannot be had stops start-up
+/// with an error naming it, and so all accept before any service runs.
 pub fn bind_listeners(settings: &Settings) -> Result<BoundListeners, StartError> {
     let mut bound = BoundListeners::default();
     listening::bind(&mut bound, settings.server.listen, "public")?;
+    if let Some(tls) = &settings.tls {
+        listening::bind(&mut bound, tls.listen, "https")?;
+    }
     if let Some(ops) = settings.server.admin_listen {
         listening::bind(&mut bound, ops, "ops")?;
     }
@@ -272,10 +291,15 @@ pub fn run(
     source: Arc<dyn BindingSource>,
     mut listeners: BoundListeners,
     signals: Signals,
+    certificates: Option<Arc<Certificates>>,
 ) {
     let s = &state.settings;
     // As bound: with port 0 in the config, the port the system chose.
     let listen = listeners.local_addr(s.server.listen);
+    let https = s
+        .tls
+        .as_ref()
+        .map(|t| (t, listeners.local_addr(t.listen).unwrap_or(t.listen)));
     let admin = s.server.admin_listen.and_then(|a| listeners.local_addr(a));
     let mut conf = server_conf(s);
     let threads = conf.threads.max(1);
@@ -305,11 +329,23 @@ pub fn run(
         state.metrics.connections.clone(),
         Arc::clone(&state.log_budgets),
     );
+    let guarded = match (&certificates, https) {
+        (Some(certificates), Some((_, addr))) => guarded.with_tls(TlsEndpoint {
+            addr,
+            acceptor: certificates.acceptor(),
+            failed: state.metrics.tls.handshakes_failed.clone(),
+        }),
+        _ => guarded,
+    };
     // The background jobs go on through the drain (see `JobsStop`).
     let jobs = JobsStop::new(s.server.shutdown_grace);
     signals.end_drain_with(guarded.drain(), jobs.clone());
     let proxy = Service::new("nexus-edge".to_owned(), guarded);
-    server.add_service(Prebound::new(proxy, &mut listeners, s.server.listen));
+    let mut proxy = Prebound::new(proxy, &mut listeners, s.server.listen);
+    if let Some((tls, _)) = https {
+        proxy = proxy.also_on(&mut listeners, tls.listen);
+    }
+    server.add_service(proxy);
 
     if let Some(addr) = s.server.admin_listen {
         let ops = Service::new(
@@ -330,6 +366,12 @@ pub fn run(
         "binding sync",
         BindingSync::new(source, state.bindings.clone(), jobs.clone()),
     ));
+    if let (Some(certificates), Some((tls, _))) = (certificates, https) {
+        server.add_service(background_service(
+            "certificate reload",
+            CertReload::new(certificates, tls.reload_interval, jobs.clone()),
+        ));
+    }
     server.add_service(background_service(
         "key reload",
         KeyReload::new(Arc::clone(&state), s.auth.jwks_poll_interval, jobs),
@@ -338,6 +380,7 @@ pub fn run(
     tracing::info!(
         listen = %listen.unwrap_or(s.server.listen),
         admin = ?admin.or(s.server.admin_listen),
+        https = ?https.map(|(_, addr)| addr),
         "nexus-edge serving"
     );
     server.run(RunArgs {

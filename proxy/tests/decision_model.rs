@@ -548,6 +548,7 @@ fn real(w: &World, req: &Req) -> Outcome {
         origins: &[],
         fetch_sites: &[],
         now_unix: w.now,
+        server_name: None,
     };
     match decide(&facts, &w.tenancy, &w.table, &w.auth) {
         Ok(d) => Outcome::Route {

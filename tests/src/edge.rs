@@ -38,6 +38,11 @@ pub const PUBLIC_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr:
 pub const OPS_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 0));
 
+/// Where a router's HTTPS listener is configured (`[tls] listen`), when a test gives it one:
+/// port 0 on a loopback address of its own, for the reason [`OPS_LISTEN`] has one.
+pub const HTTPS_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 4), 0));
+
 /// A loopback address no harness server ever binds (see [`dead_addr`]).
 pub const UNBOUND_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 
@@ -74,6 +79,17 @@ pub fn serving_addrs(log: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
         a => Some(a.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok()?),
     };
     Some((listen, admin))
+}
+
+/// The HTTPS listener's address a router says it bound (`https=Some(ADDR)` in the line
+/// [`serving_addrs`] reads), when it has one.
+pub fn serving_https(log: &str) -> Option<SocketAddr> {
+    let line = log
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .find(|l| l.contains("nexus-edge serving listen="))?;
+    let value = line.split(" https=").nth(1)?.split_whitespace().next()?;
+    value.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok()
 }
 
 /// Whether the router whose ops listener is `ops` answers `/readyz` with 200.
@@ -311,6 +327,13 @@ filter = "info"
             is_ready(self.ops_addr).then_some(Ok(()))
         });
         ready.unwrap_or_else(|| Err(format!("not ready after {timeout:?}: {}", self.log())))
+    }
+
+    /// The HTTPS listener's address, as bound (the router must have a `[tls]` section, and
+    /// be listening: see [`Edge::wait_listening`]).
+    pub fn https_addr(&self) -> SocketAddr {
+        serving_https(&self.log())
+            .unwrap_or_else(|| panic!("no HTTPS listener in the log: {}", self.log()))
     }
 
     /// The router's log so far.

@@ -71,6 +71,11 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
     read_one(s, false)
 }
 
+/// Reads one response from any stream (a TLS one), as [`read_response`] does.
+pub fn read_response_from(s: &mut impl Read) -> std::io::Result<Response> {
+    read_one(s, false)
+}
+
 /// Reads one response without reading past its end, so the next response on the connection
 /// (to a pipelined request) stays to be read: the head and a chunked body are read a byte at
 /// a time, a `Content-Length` body to its length.
@@ -78,7 +83,7 @@ pub fn read_next_response(s: &mut TcpStream) -> std::io::Result<Response> {
     read_one(s, true)
 }
 
-fn read_one(s: &mut TcpStream, exact: bool) -> std::io::Result<Response> {
+fn read_one(s: &mut impl Read, exact: bool) -> std::io::Result<Response> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     // How many bytes the next read may take when `want` more are known to belong to this

@@ -27,6 +27,7 @@ pub mod backend;
 pub mod clock;
 pub mod edge;
 pub mod http;
+pub mod https_client;
 pub mod in_process;
 pub mod keys;
 pub mod loopback;

@@ -77,3 +77,50 @@ impl TestPki {
         }
     }
 }
+
+/// A test CA that goes on issuing: server certificates for the router's HTTPS listener, as
+/// the one PEM file (chain, then key) `[tls] certificates` reads.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    /// The CA certificate, for clients to trust.
+    pub ca_pem: PathBuf,
+}
+
+impl TestCa {
+    /// A new CA, its certificate written to `dir/ca.pem`.
+    pub fn new(dir: &Path) -> TestCa {
+        let key = KeyPair::generate().expect("ca key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "nexus test HTTPS CA");
+        let cert = params.self_signed(&key).expect("ca");
+        let ca_pem = dir.join("ca.pem");
+        std::fs::write(&ca_pem, cert.pem()).expect("write ca");
+        TestCa { cert, key, ca_pem }
+    }
+
+    /// A server certificate for `names`, as PEM: the certificate, then its key. Each call
+    /// makes a new key, so two certificates for the same names differ.
+    pub fn issue(&self, names: &[&str]) -> String {
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .expect("params");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+}
+
+/// The leaf certificate (DER) of a PEM file's text as [`TestCa::issue`] makes it.
+pub fn leaf_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .expect("a certificate")
+        .expect("PEM")
+        .to_vec()
+}

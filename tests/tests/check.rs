@@ -779,3 +779,28 @@ fn a_token_header_the_router_takes_off_every_request_is_refused_by_check_and_ser
     let (code, out) = check(dir.path(), &config("X-Access-Token"));
     assert_eq!(code, 0, "{out}");
 }
+
+/// Every certificate file the HTTPS listener would pass over is a problem `check` names,
+/// with the file and why; the good ones beside it are not.
+#[test]
+fn check_names_each_certificate_file_the_https_listener_would_not_use() {
+    let (dir, bindings) = demo_key_set_and_bindings();
+    std::fs::write(dir.path().join("bindings.json"), bindings.to_string()).unwrap();
+    let ca = nexus_e2e::tls::TestCa::new(dir.path());
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("good.pem"), ca.issue(&["*.edge.test"])).unwrap();
+    let cert_only = ca.issue(&["shop.example"]);
+    let cert_only = &cert_only[..cert_only.find("-----BEGIN PRIVATE KEY").unwrap()];
+    std::fs::write(certs.join("no-key.pem"), cert_only).unwrap();
+    let config = "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"file\"\npath = \
+                  \"bindings.json\"\n[tls]\nlisten = \"127.0.0.4:0\"\ncertificates = [\"certs\"]\n";
+    let (code, out) = check(dir.path(), config);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("tls.certificates"), "{out}");
+    assert!(out.contains("no-key.pem: holds 0 private keys"), "{out}");
+    assert!(!out.contains("good.pem"), "{out}");
+    std::fs::remove_file(certs.join("no-key.pem")).unwrap();
+    let (code, out) = check(dir.path(), config);
+    assert_eq!(code, 0, "{out}");
+}

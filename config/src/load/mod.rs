@@ -2,7 +2,7 @@
 //! so one run of `nexus-edge check` lists every problem in the file.
 //!
 //! Each section is read by the module of its name (`server`, `tenancy`, `auth`, `upstream`,
-//! `store` with its Redis endpoint in `redis`, `log`, `cors`); `names` checks the shapes of the names
+//! `store` with its Redis endpoint in `redis`, `log`, `cors`, `tls`); `names` checks the shapes of the names
 //! they hold, and `key_paths` finds the key a TOML syntax error is about.
 
 use std::path::{Path, PathBuf};
@@ -26,10 +26,11 @@ mod redis;
 mod server;
 mod store;
 mod tenancy;
+mod tls;
 mod upstream;
 
-const SECTIONS: [&str; 7] = [
-    "server", "tenancy", "auth", "upstream", "store", "log", "cors",
+const SECTIONS: [&str; 8] = [
+    "server", "tenancy", "auth", "upstream", "store", "log", "cors", "tls",
 ];
 
 /// Parses and validates config text; `origin` names the file in messages and anchors relative
@@ -61,6 +62,8 @@ pub struct Sections {
     pub log: Option<LogSettings>,
     /// `[cors]`.
     pub cors: Option<CorsSettings>,
+    /// `[tls]` (`Some(None)`: the file has no such section).
+    pub tls: Option<Option<TlsListenerSettings>>,
     /// The files the config names that parsed, whether or not their section did: `check`
     /// checks them too, so that a bad key beside them does not hide their problems.
     pub named: NamedFiles,
@@ -90,6 +93,7 @@ impl Sections {
             store: self.store?,
             log: self.log?,
             cors: self.cors?,
+            tls: self.tls?,
         })
     }
 }
@@ -142,6 +146,7 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     let store = store::parse(root, base, &mut named, &mut p);
     let log = log::parse(root, &d.log, &mut named, &mut p);
     let cors = cors::parse(root, &d.cors, tenancy.as_ref(), &mut p);
+    let tls = tls::parse(root, base, server.as_ref(), &mut p);
     // Whenever both bounds parsed, whatever else is wrong in their sections.
     if let (Some(header), Some(token)) = (header_bound, token_bound) {
         token_fits_in_header(root, header, token, &mut p);
@@ -154,6 +159,7 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
         store,
         log,
         cors,
+        tls,
         named,
     };
     (sections, p.list)

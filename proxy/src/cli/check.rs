@@ -121,6 +121,20 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     {
         problem("upstream.ca_file", e);
     }
+    // Every certificate file, as the HTTPS listener would read it at start: a file it would
+    // pass over is a problem here.
+    if let Some(Some(tls)) = &sections.tls {
+        let mut files = nexus_certs::CertFiles::new(tls.certificates.clone());
+        for e in files.reload().new_problems {
+            problem("tls.certificates", e.to_string());
+        }
+        if files.set().is_empty() {
+            problem(
+                "tls.certificates",
+                "no certificate could be loaded".to_owned(),
+            );
+        }
+    }
     if let Some(Err(e)) = sections
         .named
         .log_filter

@@ -240,10 +240,12 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// A [`ServerApp`] (the proxy) behind the connection cap and the header deadline.
+/// A [`ServerApp`] (the proxy) behind the connection cap and the header deadline, and for
+/// the HTTPS listener's connections the TLS handshake.
 pub struct Guarded<A> {
     app: Arc<A>,
     shared: Arc<Shared>,
+    tls: Option<crate::https::TlsEndpoint>,
 }
 
 impl<A> Guarded<A> {
@@ -270,7 +272,16 @@ impl<A> Guarded<A> {
                 closed: AtomicBool::new(false),
                 cutting: AtomicBool::new(false),
             }),
+            tls: None,
         }
+    }
+
+    /// Serves the connections `tls`'s listener accepts over TLS: each takes its place among
+    /// the open connections first, then has `request_header_timeout` for its handshake.
+    #[must_use]
+    pub fn with_tls(mut self, tls: crate::https::TlsEndpoint) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// A view of the connections for the shutdown: see [`Drain`].
@@ -323,6 +334,13 @@ where
             self.shared.refuse();
             // Dropping the stream closes the connection.
             return None;
+        };
+        let stream = match &self.tls {
+            Some(tls) if tls.accepted(&stream) => {
+                let within = self.shared.limits.request_header_timeout;
+                tls.handshake(stream, within).await?
+            }
+            _ => stream,
         };
         // The HTTP application keeps a connection for all its requests and returns nothing;
         // a stream it did hand back is served here again, so the slot is held throughout.

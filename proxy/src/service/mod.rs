@@ -251,6 +251,7 @@ impl EdgeService {
                     origins: &origins,
                     fetch_sites: &fetch_sites,
                     now_unix: now_unix(),
+                    server_name: crate::https::server_name(session),
                 };
                 let table = self.state.bindings.load();
                 let tenancy = &self.state.settings.tenancy;

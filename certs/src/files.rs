@@ -1,0 +1,156 @@
+//! The configured certificate files and directories, read again at each reload.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::load::{parse_pem, read_file, LoadedCert};
+use crate::{CertError, CertSet};
+
+/// The certificate files the config names, directly or as the `*.pem` files of a directory,
+/// with what each last gave.
+#[derive(Debug)]
+pub struct CertFiles {
+    sources: Vec<PathBuf>,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+/// What one file last gave.
+#[derive(Debug, Default)]
+struct FileState {
+    /// The bytes last read: a file read again unchanged is not parsed again, nor reported
+    /// again.
+    bytes: Option<Vec<u8>>,
+    /// The certificate the file last held that parsed: kept while the file is unreadable or
+    /// holds one that does not.
+    good: Option<Arc<LoadedCert>>,
+    /// Why the file, as it is now, is not in use.
+    refused: Option<CertError>,
+}
+
+/// What a reload found.
+#[derive(Debug, Default)]
+pub struct Reload {
+    /// The certificates in use changed (one added, replaced or removed): build a new set.
+    pub changed: bool,
+    /// Problems not seen at the reload before: a file newly unreadable or refused, or
+    /// refused anew for another reason. (One left as it is is not reported again.)
+    pub new_problems: Vec<CertError>,
+    /// Certificates newly taken, with the file each came from.
+    pub loaded: Vec<Arc<LoadedCert>>,
+}
+
+impl CertFiles {
+    /// Files and directories as the config lists them; nothing is read until
+    /// [`CertFiles::reload`].
+    pub fn new(sources: Vec<PathBuf>) -> Self {
+        Self {
+            sources,
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Reads every source again. A file that changed and parses replaces its certificate; one
+    /// that does not parse, or cannot be read, keeps its last good one serving. A file gone
+    /// from a directory that was read takes its certificate away; a source that cannot be
+    /// read at all (a directory removed, a file listed by name that is missing) keeps every
+    /// certificate it gave, since an unmounted volume is no instruction to stop serving.
+    pub fn reload(&mut self) -> Reload {
+        let mut out = Reload::default();
+        let mut listed = Vec::new();
+        let mut unreadable_sources = Vec::new();
+        for source in &self.sources {
+            match list(source) {
+                Ok(files) => listed.extend(files),
+                Err(e) => {
+                    let state = self.files.entry(source.clone()).or_default();
+                    if state.refused.as_ref() != Some(&e) {
+                        out.new_problems.push(e.clone());
+                    }
+                    state.refused = Some(e);
+                    state.bytes = None;
+                    unreadable_sources.push(source.clone());
+                }
+            }
+        }
+        // Files no longer listed, under no source that failed to list.
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !listed.contains(p))
+            .filter(|p| !unreadable_sources.iter().any(|s| p.starts_with(s)))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some(state) = self.files.remove(&path) {
+                out.changed |= state.good.is_some();
+            }
+        }
+        for path in listed {
+            let state = self.files.entry(path.clone()).or_default();
+            let refused = match read_file(&path) {
+                Err(e) => Some(e),
+                Ok(bytes) if state.bytes.as_ref() == Some(&bytes) => continue,
+                Ok(bytes) => {
+                    let parsed = parse_pem(&bytes, &path);
+                    state.bytes = Some(bytes);
+                    match parsed {
+                        Ok(cert) => {
+                            let cert = Arc::new(cert);
+                            state.good = Some(Arc::clone(&cert));
+                            out.loaded.push(cert);
+                            out.changed = true;
+                            None
+                        }
+                        Err(e) => Some(e),
+                    }
+                }
+            };
+            if let Some(e) = &refused {
+                if state.refused.as_ref() != Some(e) {
+                    out.new_problems.push(e.clone());
+                }
+                if matches!(e, CertError::Read { .. }) {
+                    // Read again in full next time: it may come back as it was.
+                    state.bytes = None;
+                }
+            }
+            state.refused = refused;
+        }
+        out
+    }
+
+    /// The certificates in use, indexed.
+    pub fn set(&self) -> CertSet {
+        CertSet::build(self.files.values().filter_map(|s| s.good.as_deref()))
+    }
+
+    /// The files (or sources) not in use as they are now, with why.
+    pub fn refused(&self) -> impl Iterator<Item = &CertError> {
+        self.files.values().filter_map(|s| s.refused.as_ref())
+    }
+}
+
+/// The certificate files of `source`: itself, when it is a file; its `*.pem` files (not
+/// hidden ones, which editors and copies leave half written), in name order, when it is a
+/// directory.
+fn list(source: &Path) -> Result<Vec<PathBuf>, CertError> {
+    let err = |e: std::io::Error| CertError::Read {
+        path: source.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let meta = std::fs::metadata(source).map_err(err)?;
+    if !meta.is_dir() {
+        return Ok(vec![source.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(source).map_err(err)? {
+        let path = entry.map_err(err)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".pem") && !name.starts_with('.') {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,82 @@
+//! `[tls]`: the HTTPS listener and the certificates it chooses from by SNI.
+
+use std::path::Path;
+use std::time::Duration;
+
+use toml::de::DeTable;
+
+use crate::reader::{Problems, Section};
+use crate::settings::*;
+
+use super::listener_clash;
+
+/// `[tls]`: `None` inside the `Some` when the file has no such section (plain HTTP only).
+/// `server`, when its section parsed, is what the HTTPS address must not clash with.
+pub(super) fn parse(
+    root: &DeTable<'_>,
+    base: &Path,
+    server: Option<&ServerSettings>,
+    p: &mut Problems<'_>,
+) -> Option<Option<TlsListenerSettings>> {
+    let before = p.list.len();
+    let mut s = Section::open(root, "tls", p);
+    if !s.present() {
+        s.finish(p);
+        return (p.list.len() == before).then_some(None);
+    }
+    let listen_at = s.raw("listen").map(|v| v.span().start);
+    let listen = s.socket_addr("listen", p);
+    if listen_at.is_none() {
+        p.push(
+            "tls.listen",
+            None,
+            "is required in [tls]: the address of the HTTPS listener (e.g. \"0.0.0.0:443\")",
+        );
+    }
+    if let (Some(listen), Some(server)) = (listen, server) {
+        let clash = listener_clash(server.listen, listen, "server.listen").or_else(|| {
+            server
+                .admin_listen
+                .and_then(|a| listener_clash(a, listen, "server.admin_listen"))
+        });
+        if let Some(clash) = clash {
+            p.push("tls.listen", listen_at, clash);
+        }
+    }
+    let certificates_at = s.raw("certificates").map(|v| v.span().start);
+    let certificates = s.strings("certificates", p, |c| {
+        if c.is_empty() {
+            Err("must not be empty".to_owned())
+        } else {
+            Ok(base.join(c))
+        }
+    });
+    if certificates.as_ref().is_some_and(Vec::is_empty) || certificates_at.is_none() {
+        p.push(
+            "tls.certificates",
+            certificates_at,
+            "lists no certificate: name PEM files each holding a certificate chain and its \
+             key, or directories of such files (*.pem)",
+        );
+    }
+    let reload_interval = s
+        .duration(
+            "reload_interval",
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+            p,
+        )
+        .unwrap_or(DEFAULT_RELOAD_INTERVAL);
+    s.finish(p);
+    if p.list.len() != before {
+        return None;
+    }
+    Some(Some(TlsListenerSettings {
+        listen: listen?,
+        certificates: certificates?,
+        reload_interval,
+    }))
+}
+
+/// How often the certificate files are read again when `reload_interval` is not set.
+const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);

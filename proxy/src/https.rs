@@ -1,0 +1,276 @@
+//! The HTTPS listener: certificates chosen by SNI and reloaded while the router runs, the
+//! handshake done under the client connection cap and header deadline, and the name the
+//! client asked for kept for the request ([`server_name`]).
+//!
+//! Pingora's own TLS listener hands the proxy a connection only once its handshake is done,
+//! and bounds the handshake at 60 s outside the connection cap: a client that opens
+//! connections and never finishes a handshake would hold that many descriptors uncounted.
+//! So the listener is a plain one to Pingora, and [`crate::connections::Guarded`] takes a
+//! place among the open connections first and then runs the handshake
+//! ([`TlsEndpoint::handshake`]) within `[server] request_header_timeout`.
+
+use std::any::Any;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nexus_certs::{CertError, CertFiles, SniResolver};
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{TlsAccept, ALPN};
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::Stream;
+use pingora::proxy::Session;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::background::JobsStop;
+use crate::metrics::TlsMetrics;
+
+/// Why the HTTPS listener cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpsError {
+    /// No certificate file could be used: every one is named with its problem.
+    #[error("tls.certificates: no certificate could be loaded{}", listed(.0))]
+    NoCertificate(Vec<CertError>),
+}
+
+fn listed(problems: &[CertError]) -> String {
+    problems.iter().map(|p| format!("\n  {p}")).collect()
+}
+
+/// The certificates in use, and the files they come from.
+pub struct Certificates {
+    resolver: Arc<SniResolver>,
+    files: Mutex<CertFiles>,
+    metrics: TlsMetrics,
+}
+
+impl Certificates {
+    /// Reads `sources` (files and directories). Files that cannot be used are logged and
+    /// counted, and the rest serve: one bad customer certificate must not keep every tenant
+    /// off HTTPS. With none usable, start-up fails naming each file's problem.
+    pub fn load(sources: Vec<std::path::PathBuf>, metrics: TlsMetrics) -> Result<Self, HttpsError> {
+        let mut files = CertFiles::new(sources);
+        let first = files.reload();
+        let set = files.set();
+        if set.is_empty() {
+            return Err(HttpsError::NoCertificate(first.new_problems));
+        }
+        for problem in &first.new_problems {
+            tracing::error!(error = %problem, "certificate file not used");
+        }
+        tracing::info!(certificates = set.len(), "TLS certificates loaded");
+        let this = Self {
+            resolver: Arc::new(SniResolver::new(set)),
+            files: Mutex::new(files),
+            metrics,
+        };
+        this.show();
+        Ok(this)
+    }
+
+    /// Reads the files again; a change serves from the next handshake on.
+    pub fn reload(&self) {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let reload = files.reload();
+        for problem in &reload.new_problems {
+            tracing::error!(error = %problem, "certificate file not used; its last good certificate, if any, keeps serving");
+        }
+        for cert in &reload.loaded {
+            tracing::info!(file = %cert.path.display(), names = ?cert.names().collect::<Vec<_>>(), "TLS certificate loaded");
+        }
+        if reload.changed {
+            let set = files.set();
+            tracing::info!(certificates = set.len(), "TLS certificates in use changed");
+            self.resolver.replace(set);
+        }
+        drop(files);
+        self.show();
+    }
+
+    /// Sets the metrics to what is in use now.
+    fn show(&self) {
+        let set = self.resolver.current();
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics.certificates.set(gauge(set.len()));
+        self.metrics
+            .earliest_expiry
+            .set(set.earliest_not_after().unwrap_or(0));
+        let refused = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refused()
+            .count();
+        self.metrics.files_refused.set(gauge(refused));
+    }
+
+    /// The acceptor of the HTTPS listener: TLS 1.2 and 1.3, HTTP/1.1 (the router does not
+    /// serve HTTP/2), each handshake's certificate from the current set.
+    pub fn acceptor(&self) -> pingora::listeners::tls::Acceptor {
+        let mut settings = TlsSettings::with_callbacks(Box::new(KeepServerName))
+            .unwrap_or_else(|e| unreachable!("with_callbacks never fails: {e}"));
+        settings.set_cert_resolver(self.resolver.clone());
+        settings.set_alpn(ALPN::H1);
+        settings.build()
+    }
+}
+
+/// The name a TLS client asked for (SNI), lowercase, kept in the connection's digest.
+#[derive(Debug)]
+struct ServerName(String);
+
+/// Keeps each handshake's SNI for the requests of its connection.
+struct KeepServerName;
+
+#[async_trait]
+impl TlsAccept for KeepServerName {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
+        let name = nexus_certs::sni_key(tls.server_name()?).into_owned();
+        Some(Arc::new(ServerName(name)))
+    }
+}
+
+/// The name the client asked for in its TLS handshake, when the request came over HTTPS (a
+/// handshake without one does not complete: see [`SniResolver`]).
+pub fn server_name(session: &Session) -> Option<&str> {
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<ServerName>()
+        .map(|n| n.0.as_str())
+}
+
+/// The HTTPS listener's address and acceptor, as [`crate::connections::Guarded`] tells its
+/// connections from the plain listener's.
+pub struct TlsEndpoint {
+    /// The address bound (with port 0 configured, the port the system chose).
+    pub addr: SocketAddr,
+    /// The acceptor ([`Certificates::acceptor`]).
+    pub acceptor: pingora::listeners::tls::Acceptor,
+    /// Counts the handshakes that fail.
+    pub failed: pingora_prometheus::prometheus::IntCounter,
+}
+
+impl TlsEndpoint {
+    /// Whether `stream` was accepted by this listener: by its local address, which is the
+    /// listener's own or, for a listener on every address, has its port.
+    pub fn accepted(&self, stream: &Stream) -> bool {
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        local.is_some_and(|l| {
+            l.port() == self.addr.port()
+                && (self.addr.ip().is_unspecified()
+                    || l.ip().to_canonical() == self.addr.ip().to_canonical())
+        })
+    }
+
+    /// Runs the TLS handshake on `stream` within `within`; `None` (counted) when it does not
+    /// complete.
+    pub async fn handshake(&self, stream: Stream, within: Duration) -> Option<Stream> {
+        let stream = Accepted { inner: stream };
+        match tokio::time::timeout(within, self.acceptor.tls_handshake(stream)).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                self.failed.inc();
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                self.failed.inc();
+                tracing::debug!("TLS handshake not complete within request_header_timeout");
+                None
+            }
+        }
+    }
+}
+
+/// A connection of the HTTPS listener as Pingora accepted it, before its handshake: the
+/// acceptor wants a concrete stream type under the TLS one.
+#[derive(Debug)]
+struct Accepted {
+    inner: Stream,
+}
+
+impl AsyncRead for Accepted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Accepted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+crate::connections::forward_stream_traits!(Accepted);
+
+/// Reads the certificate files again every `every`, until the process ends.
+pub struct CertReload {
+    certificates: Arc<Certificates>,
+    every: Duration,
+    stop: JobsStop,
+}
+
+impl CertReload {
+    /// A job reloading `certificates` every `every`.
+    pub fn new(certificates: Arc<Certificates>, every: Duration, stop: JobsStop) -> Self {
+        Self {
+            certificates,
+            every,
+            stop,
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for CertReload {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let mut shutdown = self.stop.signal(shutdown, Duration::ZERO);
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is now: the files were just read.
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let certificates = Arc::clone(&self.certificates);
+                    // Blocking file reads; a panic there (logged and counted by the panic
+                    // hook) keeps the certificates in use and the job alive.
+                    let done = tokio::task::spawn_blocking(move || certificates.reload()).await;
+                    if done.is_err() {
+                        tracing::error!("certificates not reloaded: the reload panicked; keeping the certificates in use");
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+}

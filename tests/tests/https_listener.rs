@@ -1,0 +1,286 @@
+//! The HTTPS listener (`[tls]`): real TLS handshakes with the real binary. Each connection's
+//! certificate is chosen by the name the client asks for (SNI), exact names before
+//! wildcards; a request on it must be for that name; certificates change on disk while the
+//! router runs, a bad file keeping the certificate it replaced; a handshake never finished
+//! holds its connection no longer than `request_header_timeout`.
+
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use nexus_e2e::backend::{echoed_header, Backend};
+use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions, HTTPS_LISTEN};
+use nexus_e2e::https_client::{get, trusting};
+use nexus_e2e::keys::TestKeys;
+use nexus_e2e::tls::{leaf_der, TestCa};
+use nexus_e2e::wait;
+
+/// acme (with the custom domain `shop.acme.example`) and globex, both on `instance`; an
+/// HTTPS listener reading the certificates in `certs`, every 100 ms, and `server_extra`.
+fn edge_with_tls(instance: &Backend, keys: &TestKeys, certs: &Path, server_extra: &str) -> Edge {
+    let mut acme = binding("acme", &instance.url(), "active", None);
+    acme["domains"] = serde_json::json!(["shop.acme.example"]);
+    let bindings = bindings_file(vec![
+        acme,
+        binding("globex", &instance.url(), "active", None),
+    ]);
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
+    opts.server_extra = server_extra.to_owned();
+    opts.extra = format!(
+        "[tls]\nlisten = \"{HTTPS_LISTEN}\"\ncertificates = [{:?}]\nreload_interval = \"100ms\"\n",
+        certs.display().to_string()
+    );
+    Edge::start(&opts)
+}
+
+#[test]
+fn each_name_gets_its_certificate_and_requests_reach_the_tenant_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let wildcard = ca.issue(&["*.edge.test"]);
+    let shop = ca.issue(&["shop.acme.example"]);
+    std::fs::write(certs.join("wildcard.pem"), &wildcard).unwrap();
+    std::fs::write(certs.join("shop.pem"), &shop).unwrap();
+    let instance = Backend::start("one");
+    let keys = TestKeys::new();
+    let edge = edge_with_tls(&instance, &keys, &certs, "");
+    let https = edge.https_addr();
+    let client = trusting(&ca.ca_pem);
+    let acme = keys.token("acme", None);
+    let bearer = format!("Bearer {acme}");
+    let auth = [("Authorization", bearer.as_str())];
+
+    // A tenant's subdomain: the wildcard; the instance learns the client came by https.
+    let r = get(
+        &client,
+        https,
+        "acme.edge.test",
+        "acme.edge.test",
+        "/app",
+        &auth,
+    )
+    .unwrap();
+    assert_eq!(r.leaf, leaf_der(&wildcard));
+    assert_eq!(r.response.status, 200, "{}", r.response.text());
+    let echo = r.response.json();
+    assert_eq!(echoed_header(&echo, "x-tenant-id"), ["acme"]);
+    assert_eq!(echoed_header(&echo, "x-forwarded-proto"), ["https"]);
+
+    // Its custom domain: that domain's own certificate, the same tenant.
+    let r = get(
+        &client,
+        https,
+        "shop.acme.example",
+        "shop.acme.example",
+        "/app",
+        &auth,
+    )
+    .unwrap();
+    assert_eq!(r.leaf, leaf_der(&shop));
+    assert_eq!(r.response.status, 200, "{}", r.response.text());
+    assert_eq!(echoed_header(&r.response.json(), "x-tenant-id"), ["acme"]);
+    // Names are matched without case, and a Host may carry the port and a trailing dot.
+    let r = get(
+        &client,
+        https,
+        "SHOP.acme.example",
+        "shop.ACME.example.:443",
+        "/app",
+        &auth,
+    );
+    assert_eq!(r.unwrap().response.status, 200);
+
+    // A request for another host than the connection asked for: 421, no instance asked,
+    // though the wildcard covers both names and the token is globex's own.
+    let hits = instance.hits();
+    let globex = format!("Bearer {}", keys.token("globex", None));
+    let r = get(
+        &client,
+        https,
+        "acme.edge.test",
+        "globex.edge.test",
+        "/app",
+        &[("Authorization", &globex)],
+    )
+    .unwrap();
+    assert_eq!(r.response.status, 421, "{}", r.response.text());
+    let r = get(
+        &client,
+        https,
+        "shop.acme.example",
+        "acme.edge.test",
+        "/app",
+        &auth,
+    )
+    .unwrap();
+    assert_eq!(r.response.status, 421);
+    assert_eq!(instance.hits(), hits);
+
+    // A name no certificate covers, and no name at all (an IP address sends no SNI): no
+    // certificate, no handshake.
+    for name in ["other.example", "a.b.edge.test", "127.0.0.4"] {
+        let e = get(&client, https, name, "acme.edge.test", "/app", &auth).unwrap_err();
+        assert!(e.starts_with("handshake"), "{name}: {e}");
+    }
+    assert_eq!(instance.hits(), hits);
+    assert_eq!(edge.metric("nexus_edge_tls_certificates"), 2);
+    assert!(edge.metric("nexus_edge_tls_handshakes_failed_total") >= 3);
+    assert_eq!(
+        edge.metric("nexus_edge_requests_total{outcome=\"misdirected\"}"),
+        2
+    );
+
+    // The plain listener still serves, and a request there names no TLS name to disagree with.
+    let r = nexus_e2e::http::get_with_token(edge.addr, "acme.edge.test", "/app", &acme);
+    assert_eq!(r.status, 200);
+    assert_eq!(echoed_header(&r.json(), "x-forwarded-proto"), ["http"]);
+}
+
+#[test]
+fn certificates_changed_on_disk_serve_new_handshakes_and_a_bad_file_keeps_the_last_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("wildcard.pem"), ca.issue(&["*.edge.test"])).unwrap();
+    let shop = certs.join("shop.pem");
+    let first = ca.issue(&["shop.acme.example"]);
+    std::fs::write(&shop, &first).unwrap();
+    let instance = Backend::start("one");
+    let keys = TestKeys::new();
+    let edge = edge_with_tls(&instance, &keys, &certs, "");
+    let https = edge.https_addr();
+    let client = trusting(&ca.ca_pem);
+    let leaf_of = |name: &str| get(&client, https, name, name, "/login", &[]).map(|r| r.leaf);
+    assert_eq!(leaf_of("shop.acme.example").unwrap(), leaf_der(&first));
+
+    // Renewed in place (written whole, then renamed over): new handshakes get it.
+    let renewed = ca.issue(&["shop.acme.example"]);
+    let tmp = certs.join(".shop.pem.new");
+    std::fs::write(&tmp, &renewed).unwrap();
+    std::fs::rename(&tmp, &shop).unwrap();
+    edge.wait_for("the renewed certificate", || {
+        leaf_of("shop.acme.example").is_ok_and(|l| l == leaf_der(&renewed))
+    });
+
+    // Overwritten with a key that is not the certificate's: refused, the renewed one serves on.
+    let other_key = ca.issue(&["shop.acme.example"]);
+    let key_start = other_key.find("-----BEGIN PRIVATE KEY").unwrap();
+    let cert_end = renewed.find("-----BEGIN PRIVATE KEY").unwrap();
+    std::fs::write(
+        &shop,
+        format!("{}{}", &renewed[..cert_end], &other_key[key_start..]),
+    )
+    .unwrap();
+    edge.wait_for("the refusal", || {
+        edge.metric("nexus_edge_tls_certificate_files_refused") == 1
+    });
+    assert!(edge
+        .log()
+        .contains("the private key does not belong to the first certificate"));
+    assert_eq!(leaf_of("shop.acme.example").unwrap(), leaf_der(&renewed));
+    assert_eq!(edge.metric("nexus_edge_tls_certificates"), 2);
+
+    // A certificate for a tenant's new custom domain is a file added to the directory.
+    let mut acme = binding("acme", &instance.url(), "active", None);
+    acme["domains"] = serde_json::json!(["shop.acme.example", "acme.example"]);
+    edge.write_bindings(&bindings_file(vec![acme]));
+    assert!(leaf_of("acme.example").is_err());
+    let added = ca.issue(&["acme.example"]);
+    std::fs::write(certs.join("acme-example.pem"), &added).unwrap();
+    edge.wait_for("the added certificate", || {
+        leaf_of("acme.example").is_ok_and(|l| l == leaf_der(&added))
+    });
+    edge.wait_for("the new domain bound", || {
+        get(
+            &client,
+            https,
+            "acme.example",
+            "acme.example",
+            "/login",
+            &[],
+        )
+        .is_ok_and(|r| r.response.status == 200)
+    });
+
+    // Removed: no longer served.
+    std::fs::remove_file(certs.join("acme-example.pem")).unwrap();
+    edge.wait_for("the removed certificate gone", || {
+        leaf_of("acme.example").is_err()
+    });
+    assert_eq!(leaf_of("shop.acme.example").unwrap(), leaf_der(&renewed));
+}
+
+#[test]
+fn a_handshake_never_finished_is_closed_after_request_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("wildcard.pem"), ca.issue(&["*.edge.test"])).unwrap();
+    let instance = Backend::start("one");
+    let keys = TestKeys::new();
+    let edge = edge_with_tls(
+        &instance,
+        &keys,
+        &certs,
+        "request_header_timeout = \"300ms\"\nmax_connections = 2",
+    );
+    let https = edge.https_addr();
+    // Two connections that send nothing hold both places while their handshakes wait...
+    let mut silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(https).unwrap()).collect();
+    edge.wait_for("both counted", || {
+        edge.metric("nexus_edge_client_connections") == 2
+    });
+    // ...until the deadline closes them, and the places are free again.
+    for s in &mut silent {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(s.read(&mut byte).unwrap_or(0), 0, "closed without a byte");
+    }
+    wait::until(Duration::from_secs(10), "places freed", || {
+        (edge.metric("nexus_edge_client_connections") == 0).then_some(())
+    });
+    assert!(edge.metric("nexus_edge_tls_handshakes_failed_total") >= 2);
+    let client = trusting(&ca.ca_pem);
+    let r = get(
+        &client,
+        https,
+        "acme.edge.test",
+        "acme.edge.test",
+        "/login",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(r.response.status, 200);
+}
+
+#[test]
+fn a_router_with_no_usable_certificate_does_not_start_and_names_each_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("broken.pem"), "not a certificate").unwrap();
+    let instance = Backend::start("one");
+    let keys = TestKeys::new();
+    let mut opts = EdgeOptions::new(
+        keys.jwks(),
+        bindings_file(vec![binding("acme", &instance.url(), "active", None)]),
+    );
+    opts.extra = format!(
+        "[tls]\nlisten = \"{HTTPS_LISTEN}\"\ncertificates = [{:?}]\n",
+        certs.display().to_string()
+    );
+    let e = Edge::try_start(&opts).err().expect("refused to start");
+    assert!(
+        e.contains("tls.certificates: no certificate could be loaded"),
+        "{e}"
+    );
+    assert!(e.contains("broken.pem: holds no certificate"), "{e}");
+}
