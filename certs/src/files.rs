@@ -53,14 +53,33 @@ impl CertFiles {
     /// Reads every source again. A file that changed and parses replaces its certificate; one
     /// that does not parse, or cannot be read, keeps its last good one serving. A file gone
     /// from a directory that was read takes its certificate away; a source that cannot be
-    /// read at all (a directory removed, a file listed by name that is missing) keeps every
-    /// certificate it gave, since an unmounted volume is no instruction to stop serving.
+    /// read at all (a directory removed, a file listed by name that is missing), or a
+    /// directory that gave certificates and now holds none, keeps every certificate it gave,
+    /// since an unmounted volume is no instruction to stop serving.
     pub fn reload(&mut self) -> Reload {
         let mut out = Reload::default();
         let mut listed = Vec::new();
         let mut unreadable_sources = Vec::new();
         for source in &self.sources {
-            match list(source) {
+            let listing = list(source).and_then(|files| {
+                // Emptied all at once: a volume unmounted from under its mount point, more
+                // likely than every certificate withdrawn together.
+                let gave = self
+                    .files
+                    .iter()
+                    .any(|(p, f)| p != source && p.starts_with(source) && f.good.is_some());
+                if files.is_empty() && gave {
+                    return Err(CertError::Read {
+                        path: source.clone(),
+                        reason: "holds no *.pem file any more; keeping the certificates it \
+                                 held (remove them one at a time, or the directory from \
+                                 tls.certificates)"
+                            .to_owned(),
+                    });
+                }
+                Ok(files)
+            });
+            match listing {
                 Ok(files) => listed.extend(files),
                 Err(e) => {
                     let state = self.files.entry(source.clone()).or_default();

@@ -23,6 +23,8 @@ pub struct LoadedCert {
     pub key: Arc<CertifiedKey>,
     /// The leaf's subjectAltName DNS entries the index keeps.
     pub(crate) covered: Vec<Covered>,
+    /// The leaf's `notBefore`, Unix seconds.
+    pub not_before: i64,
     /// The leaf's `notAfter`, Unix seconds.
     pub not_after: i64,
 }
@@ -89,7 +91,7 @@ pub fn parse_pem(bytes: &[u8], path: &Path) -> Result<LoadedCert, CertError> {
             found: keys.len(),
         });
     }
-    let (covered, not_after) = leaf_facts(&chain[0], path)?;
+    let (covered, not_before, not_after) = leaf_facts(&chain[0], path)?;
     let provider = rustls::crypto::ring::default_provider();
     let key = keys.remove(0);
     let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
@@ -105,13 +107,17 @@ pub fn parse_pem(bytes: &[u8], path: &Path) -> Result<LoadedCert, CertError> {
         path: path_buf(),
         key: Arc::new(certified),
         covered,
+        not_before,
         not_after,
     })
 }
 
-/// The names the leaf covers (its subjectAltName DNS entries that a client could match) and
-/// its `notAfter`.
-fn leaf_facts(leaf: &CertificateDer<'_>, path: &Path) -> Result<(Vec<Covered>, i64), CertError> {
+/// The names the leaf covers (its subjectAltName DNS entries that a client could match), its
+/// `notBefore` and its `notAfter`.
+fn leaf_facts(
+    leaf: &CertificateDer<'_>,
+    path: &Path,
+) -> Result<(Vec<Covered>, i64, i64), CertError> {
     let bad = |reason: String| CertError::BadCertificate {
         path: path.to_path_buf(),
         reason,
@@ -135,5 +141,10 @@ fn leaf_facts(leaf: &CertificateDer<'_>, path: &Path) -> Result<(Vec<Covered>, i
             path: path.to_path_buf(),
         });
     }
-    Ok((names, cert.validity().not_after.timestamp()))
+    let validity = cert.validity();
+    Ok((
+        names,
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }

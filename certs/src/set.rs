@@ -13,43 +13,64 @@ use crate::names::{parent, sni_key, Covered};
 pub struct CertSet {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
-    certificates: usize,
+    serving: usize,
     earliest_not_after: Option<i64>,
 }
 
+/// Which of two certificates naming the same serves it: one valid now before one not valid
+/// yet (a renewal staged early), then the one expiring later (a renewal placed beside the
+/// old file takes over at once).
+type Rank = (bool, i64);
+
 impl CertSet {
-    /// Indexes `certs`. Where two cover the same name (exact, or the same wildcard), the one
-    /// whose `notAfter` is later serves it, so a renewed certificate placed beside the old
-    /// one takes over at once; on a tie, the first given.
+    /// Indexes `certs` as of now (see [`CertSet::build_at`]).
     pub fn build<'a>(certs: impl IntoIterator<Item = &'a LoadedCert>) -> Self {
-        let mut exact: HashMap<String, (i64, Arc<CertifiedKey>)> = HashMap::new();
-        let mut wildcard: HashMap<String, (i64, Arc<CertifiedKey>)> = HashMap::new();
-        let mut certificates = 0;
-        let mut earliest_not_after: Option<i64> = None;
-        for cert in certs {
-            certificates += 1;
-            earliest_not_after =
-                Some(earliest_not_after.map_or(cert.not_after, |e| e.min(cert.not_after)));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        Self::build_at(certs, now)
+    }
+
+    /// Indexes `certs` at Unix time `now`. Where two cover the same name (exact, or the same
+    /// wildcard), the one valid at `now` serves it before one not valid yet, then the one
+    /// whose `notAfter` is later; on a tie, the first given.
+    pub fn build_at<'a>(certs: impl IntoIterator<Item = &'a LoadedCert>, now: i64) -> Self {
+        type Index = HashMap<String, (Rank, usize)>;
+        let certs: Vec<&LoadedCert> = certs.into_iter().collect();
+        let mut exact: Index = HashMap::new();
+        let mut wildcard: Index = HashMap::new();
+        for (i, cert) in certs.iter().enumerate() {
+            let rank = (cert.not_before <= now, cert.not_after);
             for name in &cert.covered {
                 let (map, key) = match name {
                     Covered::Exact(n) => (&mut exact, n),
                     Covered::Wildcard(p) => (&mut wildcard, p),
                 };
-                let entry = map
-                    .entry(key.clone())
-                    .or_insert_with(|| (cert.not_after, Arc::clone(&cert.key)));
-                if cert.not_after > entry.0 {
-                    *entry = (cert.not_after, Arc::clone(&cert.key));
+                let entry = map.entry(key.clone()).or_insert((rank, i));
+                if rank > entry.0 {
+                    *entry = (rank, i);
                 }
             }
         }
-        let strip = |m: HashMap<String, (i64, Arc<CertifiedKey>)>| {
-            m.into_iter().map(|(k, (_, v))| (k, v)).collect()
+        // The certificates that serve at least one name: the only ones the count and the
+        // earliest expiry are about (one wholly replaced serves nothing).
+        let mut serving: Vec<usize> = exact
+            .values()
+            .chain(wildcard.values())
+            .map(|e| e.1)
+            .collect();
+        serving.sort_unstable();
+        serving.dedup();
+        let earliest_not_after = serving.iter().map(|&i| certs[i].not_after).min();
+        let keys = |m: Index| {
+            m.into_iter()
+                .map(|(k, (_, i))| (k, Arc::clone(&certs[i].key)))
+                .collect()
         };
         Self {
-            exact: strip(exact),
-            wildcard: strip(wildcard),
-            certificates,
+            exact: keys(exact),
+            wildcard: keys(wildcard),
+            serving: serving.len(),
             earliest_not_after,
         }
     }
@@ -63,17 +84,18 @@ impl CertSet {
             .or_else(|| self.wildcard.get(parent(&name)?))
     }
 
-    /// How many certificates the set was built from.
+    /// How many certificates serve at least one name.
     pub fn len(&self) -> usize {
-        self.certificates
+        self.serving
     }
 
-    /// Whether the set holds no certificate.
+    /// Whether no certificate serves.
     pub fn is_empty(&self) -> bool {
-        self.certificates == 0
+        self.serving == 0
     }
 
-    /// The earliest `notAfter` (Unix seconds) of the certificates, for an expiry alert.
+    /// The earliest `notAfter` (Unix seconds) of the certificates that serve, for an expiry
+    /// alert.
     pub fn earliest_not_after(&self) -> Option<i64> {
         self.earliest_not_after
     }

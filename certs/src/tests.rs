@@ -116,8 +116,37 @@ fn where_two_certificates_cover_a_name_the_later_expiring_one_serves_it() {
             .collect();
         let set = CertSet::build(&loaded);
         assert_eq!(served(&set, "acme.example.com"), Some(leaf(&renewed)));
-        assert_eq!(set.earliest_not_after(), Some(1_893_456_000));
+        // The old one serves nothing: neither counted nor its expiry shown.
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.earliest_not_after(), Some(1_924_992_000));
     }
+}
+
+#[test]
+fn a_certificate_not_valid_yet_serves_a_name_only_where_no_valid_one_does() {
+    let staged = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["acme.example.com".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2040, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2041, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    };
+    let current = pem(&["acme.example.com"], 2035);
+    let loaded: Vec<_> = [&staged, &current]
+        .iter()
+        .map(|t| parse_pem(t.as_bytes(), Path::new("x.pem")).unwrap())
+        .collect();
+    // 2030: the staged renewal is not valid yet.
+    let set = CertSet::build_at(&loaded, 1_893_456_000);
+    assert_eq!(served(&set, "acme.example.com"), Some(leaf(&current)));
+    // 2040 and after: it is, and expires later.
+    let set = CertSet::build_at(&loaded, 2_208_988_800);
+    assert_eq!(served(&set, "acme.example.com"), Some(leaf(&staged)));
+    // Alone, it serves even before its time (better than no certificate at all).
+    let set = CertSet::build_at(&loaded[..1], 1_893_456_000);
+    assert_eq!(served(&set, "acme.example.com"), Some(leaf(&staged)));
 }
 
 #[test]
@@ -174,6 +203,16 @@ fn a_reload_takes_changes_keeps_what_served_through_bad_files_and_reports_each_o
     std::fs::rename(&kept, d).unwrap();
     assert!(!files.reload().changed);
     assert_eq!(files.refused().count(), 0);
+
+    // Emptied (a volume unmounted, its mount point left): the same.
+    std::fs::rename(d.join("acme.pem"), kept.with_extension("aside")).unwrap();
+    let emptied = files.reload();
+    assert!(!emptied.changed);
+    assert!(
+        matches!(&emptied.new_problems[..], [CertError::Read { reason, .. }] if reason.contains("no *.pem")),
+        "{emptied:?}"
+    );
+    assert_eq!(served(&files.set(), "acme.example.com"), Some(leaf(&acme2)));
 }
 
 #[test]

@@ -162,8 +162,6 @@ pub fn routed_authority(authority: &str) -> Cow<'_, str> {
     Cow::Owned(format!("{}{port}", name.to_ascii_lowercase()))
 }
 
-/// Splits `host[:port]` and checks the port (1–65535, digits only); refuses user info and
-/// classifies IP literals, bracketed or not.
 /// Whether the host `authority` names (port and a trailing dot aside, in any case) is
 /// `server_name`, the lowercase name a TLS client asked for. An authority that does not
 /// parse names no host.
@@ -175,6 +173,8 @@ pub fn names_server(authority: &str, server_name: &str) -> bool {
     })
 }
 
+/// Splits `host[:port]` and checks the port (1–65535, digits only); refuses user info and
+/// classifies IP literals, bracketed or not.
 fn split_port(authority: &str) -> Result<&str, HostError> {
     if authority.contains('@') {
         return Err(HostError::Malformed);

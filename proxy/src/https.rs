@@ -138,16 +138,17 @@ impl TlsAccept for KeepServerName {
     }
 }
 
-/// The name the client asked for in its TLS handshake, when the request came over HTTPS (a
-/// handshake without one does not complete: see [`SniResolver`]).
+/// The name the client asked for in its TLS handshake, when the request came over HTTPS. A
+/// TLS connection without one kept (none completes today: see [`SniResolver`]; a default
+/// certificate would change that) gets `""`, which names no host: its requests are
+/// misdirected, not let through unchecked.
 pub fn server_name(session: &Session) -> Option<&str> {
-    session
-        .digest()?
-        .ssl_digest
-        .as_ref()?
-        .extension
-        .get::<ServerName>()
-        .map(|n| n.0.as_str())
+    let tls = session.digest()?.ssl_digest.as_ref()?;
+    Some(
+        tls.extension
+            .get::<ServerName>()
+            .map_or("", |n| n.0.as_str()),
+    )
 }
 
 /// The HTTPS listener's address and acceptor, as [`crate::connections::Guarded`] tells its
@@ -162,24 +163,25 @@ pub struct TlsEndpoint {
 }
 
 impl TlsEndpoint {
-    /// Whether `stream` was accepted by this listener: by its local address, which is the
-    /// listener's own or, for a listener on every address, has its port.
+    /// Whether `stream` was accepted by this listener, by its local address: see
+    /// [`listener_takes`]. A stream whose local address cannot be read is taken for one: it
+    /// then gets a handshake, never plain HTTP on the HTTPS port.
     pub fn accepted(&self, stream: &Stream) -> bool {
         let local = stream
             .get_socket_digest()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        local.is_some_and(|l| {
-            l.port() == self.addr.port()
-                && (self.addr.ip().is_unspecified()
-                    || l.ip().to_canonical() == self.addr.ip().to_canonical())
-        })
+        local.is_none_or(|l| listener_takes(self.addr, l))
     }
 
-    /// Runs the TLS handshake on `stream` within `within`; `None` (counted) when it does not
-    /// complete.
-    pub async fn handshake(&self, stream: Stream, within: Duration) -> Option<Stream> {
+    /// Runs the TLS handshake on `stream`, to be complete by `deadline`; `None` (counted)
+    /// when it is not.
+    pub async fn handshake(
+        &self,
+        stream: Stream,
+        deadline: tokio::time::Instant,
+    ) -> Option<Stream> {
         let stream = Accepted { inner: stream };
-        match tokio::time::timeout(within, self.acceptor.tls_handshake(stream)).await {
+        match tokio::time::timeout_at(deadline, self.acceptor.tls_handshake(stream)).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),
             Ok(Err(e)) => {
                 self.failed.inc();
@@ -193,6 +195,20 @@ impl TlsEndpoint {
             }
         }
     }
+}
+
+/// Whether a listener bound at `listener` accepts connections arriving at `local`, as Linux
+/// binds: the same port, and the same address (an IPv4-mapped IPv6 address being its IPv4
+/// one), or `0.0.0.0` for an IPv4 address, or `::` for any. Plain and HTTPS listeners never
+/// take one port on overlapping addresses (the config refuses it), so this tells them apart.
+fn listener_takes(listener: SocketAddr, local: SocketAddr) -> bool {
+    let (bound, local_ip) = (listener.ip().to_canonical(), local.ip().to_canonical());
+    local.port() == listener.port()
+        && match bound {
+            std::net::IpAddr::V6(any) if any.is_unspecified() => true,
+            std::net::IpAddr::V4(any) if any.is_unspecified() => local_ip.is_ipv4(),
+            ip => ip == local_ip,
+        }
 }
 
 /// A connection of the HTTPS listener as Pingora accepted it, before its handshake: the
@@ -271,6 +287,35 @@ impl BackgroundService for CertReload {
                 }
                 _ = shutdown.changed() => break,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_takes_what_the_kernel_would_send_it() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for (listener, local, takes) in [
+            ("127.0.0.1:443", "127.0.0.1:443", true),
+            ("127.0.0.1:443", "127.0.0.1:8080", false),
+            ("127.0.0.1:443", "127.0.0.2:443", false),
+            ("0.0.0.0:443", "10.1.2.3:443", true),
+            ("0.0.0.0:443", "[::ffff:10.1.2.3]:443", true),
+            // A plain listener on an IPv6 address beside HTTPS on every IPv4 one.
+            ("0.0.0.0:443", "[2001:db8::1]:443", false),
+            ("[::]:443", "[2001:db8::1]:443", true),
+            ("[::]:443", "10.1.2.3:443", true),
+            ("[::ffff:0.0.0.0]:443", "10.1.2.3:443", true),
+            ("[::ffff:127.0.0.1]:443", "127.0.0.1:443", true),
+        ] {
+            assert_eq!(
+                listener_takes(at(listener), at(local)),
+                takes,
+                "{listener} {local}"
+            );
         }
     }
 }

@@ -288,3 +288,44 @@ fn a_router_with_no_usable_certificate_does_not_start_and_names_each_file() {
     );
     assert!(e.contains("broken.pem: holds no certificate"), "{e}");
 }
+
+/// At `max_connections`, an HTTPS connection that has sent nothing yet (not even its TLS
+/// hello) is closed to let a new client in, as a silent plain connection is: silent
+/// connections cannot keep newcomers out.
+#[test]
+fn a_connection_silent_before_its_handshake_makes_room_at_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("wildcard.pem"), ca.issue(&["*.edge.test"])).unwrap();
+    let instance = Backend::start("one");
+    let keys = TestKeys::new();
+    // A deadline far longer than the test: only making room can free a place.
+    let edge = edge_with_tls(
+        &instance,
+        &keys,
+        &certs,
+        "request_header_timeout = \"60s\"\nmax_connections = 2",
+    );
+    let https = edge.https_addr();
+    let silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(https).unwrap()).collect();
+    edge.wait_for("both counted", || {
+        edge.metric("nexus_edge_client_connections_idle") == 2
+    });
+    let client = trusting(&ca.ca_pem);
+    for _ in 0..3 {
+        let r = get(
+            &client,
+            https,
+            "acme.edge.test",
+            "acme.edge.test",
+            "/login",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(r.response.status, 200);
+    }
+    assert!(edge.metric("nexus_edge_client_connections_reclaimed_total") >= 1);
+    drop(silent);
+}

@@ -232,6 +232,27 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Waits, until `deadline`, for a new connection's first byte (not taken: it is peeked),
+    /// false when none came or the connection was asked to make room. Until then it has begun
+    /// nothing, so it may be closed to make room at the cap like a new plain connection that
+    /// has sent nothing ([`reclaim`]): an HTTPS client that opens connections and never sends
+    /// its hello would otherwise hold places no newcomer could have.
+    async fn first_byte(&self, stream: &mut Stream, deadline: tokio::time::Instant) -> bool {
+        let mut queued = reclaim::Queued::new(&self.reclaim);
+        let asked = std::future::poll_fn(|cx| queued.poll_asked(cx));
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            peeked = stream.try_peek(&mut byte) => peeked.is_ok(),
+            () = asked => {
+                self.metrics.reclaimed.inc();
+                false
+            }
+            () = tokio::time::sleep_until(deadline) => false,
+        }
+    }
+}
+
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
@@ -337,8 +358,14 @@ where
         };
         let stream = match &self.tls {
             Some(tls) if tls.accepted(&stream) => {
-                let within = self.shared.limits.request_header_timeout;
-                tls.handshake(stream, within).await?
+                let deadline =
+                    tokio::time::Instant::now() + self.shared.limits.request_header_timeout;
+                let mut stream = stream;
+                if !self.shared.first_byte(&mut stream, deadline).await {
+                    tls.failed.inc();
+                    return None;
+                }
+                tls.handshake(stream, deadline).await?
             }
             _ => stream,
         };
