@@ -18,6 +18,9 @@ pub struct CertFiles {
 /// What one file last gave.
 #[derive(Debug, Default)]
 struct FileState {
+    /// The file's metadata when it was last read: unchanged, it is not read again (a
+    /// directory may hold thousands of certificates, polled every few seconds).
+    stamp: Option<Stamp>,
     /// The bytes last read: a file read again unchanged is not parsed again, nor reported
     /// again.
     bytes: Option<Vec<u8>>,
@@ -107,6 +110,11 @@ impl CertFiles {
         }
         for path in listed {
             let state = self.files.entry(path.clone()).or_default();
+            let stamp = Stamp::of(&path);
+            if stamp.is_some_and(|s| !s.recent()) && stamp == state.stamp && state.bytes.is_some() {
+                continue;
+            }
+            state.stamp = stamp;
             let refused = match read_file(&path) {
                 Err(e) => Some(e),
                 Ok(bytes) if state.bytes.as_ref() == Some(&bytes) => continue,
@@ -147,6 +155,44 @@ impl CertFiles {
     /// The files (or sources) not in use as they are now, with why.
     pub fn refused(&self) -> impl Iterator<Item = &CertError> {
         self.files.values().filter_map(|s| s.refused.as_ref())
+    }
+}
+
+/// What tells that a file may have changed without reading it: the file (device, inode: a
+/// rename puts another in its place), its length, and its modification and change times
+/// (nanoseconds; any write or rename sets them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    /// Whether the file changed within the last two seconds: a file system that keeps whole
+    /// seconds could hide a second write of the same length in the same second, so such a
+    /// file is read again until its times are older.
+    fn recent(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(i64::MAX, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.modified.0.max(self.changed.0) >= now.saturating_sub(2)
+    }
+
+    /// `path`'s stamp, following a symbolic link as the read does; `None` when it cannot be
+    /// had (the file is then read every time, and its read says why).
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            modified: (m.mtime(), m.mtime_nsec()),
+            changed: (m.ctime(), m.ctime_nsec()),
+        })
     }
 }
 

@@ -63,6 +63,9 @@ impl Certificates {
         for problem in &first.new_problems {
             tracing::error!(error = %problem, "certificate file not used");
         }
+        for cert in &first.loaded {
+            warn_if_out_of_date(cert);
+        }
         tracing::info!(certificates = set.len(), "TLS certificates loaded");
         let this = Self {
             resolver: Arc::new(SniResolver::new(set)),
@@ -82,6 +85,7 @@ impl Certificates {
         }
         for cert in &reload.loaded {
             tracing::info!(file = %cert.path.display(), names = ?cert.names().collect::<Vec<_>>(), "TLS certificate loaded");
+            warn_if_out_of_date(cert);
         }
         if reload.changed {
             let set = files.set();
@@ -117,6 +121,20 @@ impl Certificates {
         settings.set_cert_resolver(self.resolver.clone());
         settings.set_alpn(ALPN::H1);
         settings.build()
+    }
+}
+
+/// Says so when `cert` is expired or not valid yet: it is served all the same (where it
+/// names what no other certificate does, browsers refuse it rather than find no handshake),
+/// and the expiry gauge shows the earliest.
+fn warn_if_out_of_date(cert: &nexus_certs::LoadedCert) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if cert.not_after < now {
+        tracing::warn!(file = %cert.path.display(), not_after = cert.not_after, "TLS certificate expired: clients will refuse it");
+    } else if cert.not_before > now {
+        tracing::warn!(file = %cert.path.display(), not_before = cert.not_before, "TLS certificate not valid yet: clients will refuse it where it serves");
     }
 }
 
