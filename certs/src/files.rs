@@ -18,6 +18,9 @@ pub struct CertFiles {
 /// What one file last gave.
 #[derive(Debug, Default)]
 struct FileState {
+    /// The source (index in the config's list) that listed the file; `None` for a source's
+    /// own entry, which says why it could not be listed.
+    source: Option<usize>,
     /// The file's metadata when it was last read: unchanged, it is not read again (a
     /// directory may hold thousands of certificates, polled every few seconds).
     stamp: Option<Stamp>,
@@ -61,29 +64,34 @@ impl CertFiles {
     /// since an unmounted volume is no instruction to stop serving.
     pub fn reload(&mut self) -> Reload {
         let mut out = Reload::default();
-        let mut listed = Vec::new();
-        let mut unreadable_sources = Vec::new();
-        for source in &self.sources {
+        // Each file listed, with the source (its index) that listed it first.
+        let mut listed: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        let mut unreadable = Vec::new();
+        for (i, source) in self.sources.iter().enumerate() {
             let listing = list(source).and_then(|files| {
                 // Emptied all at once: a volume unmounted from under its mount point, more
                 // likely than every certificate withdrawn together.
                 let gave = self
                     .files
-                    .iter()
-                    .any(|(p, f)| p != source && p.starts_with(source) && f.good.is_some());
+                    .values()
+                    .any(|f| f.source == Some(i) && f.good.is_some());
                 if files.is_empty() && gave {
                     return Err(CertError::Read {
                         path: source.clone(),
                         reason: "holds no *.pem file any more; keeping the certificates it \
-                                 held (remove them one at a time, or the directory from \
-                                 tls.certificates)"
+                                 held (to stop serving a directory's last certificate, take \
+                                 the directory out of tls.certificates)"
                             .to_owned(),
                     });
                 }
                 Ok(files)
             });
             match listing {
-                Ok(files) => listed.extend(files),
+                Ok(files) => {
+                    for file in files {
+                        listed.entry(file).or_insert(i);
+                    }
+                }
                 Err(e) => {
                     let state = self.files.entry(source.clone()).or_default();
                     if state.refused.as_ref() != Some(&e) {
@@ -91,30 +99,37 @@ impl CertFiles {
                     }
                     state.refused = Some(e);
                     state.bytes = None;
-                    unreadable_sources.push(source.clone());
+                    unreadable.push(i);
                 }
             }
         }
-        // Files no longer listed, under no source that failed to list.
+        // Files no longer listed, but those of a source that could not be listed (and that
+        // source's own entry, which says why).
+        let sources = &self.sources;
         let gone: Vec<PathBuf> = self
             .files
-            .keys()
-            .filter(|p| !listed.contains(p))
-            .filter(|p| !unreadable_sources.iter().any(|s| p.starts_with(s)))
-            .cloned()
+            .iter()
+            .filter(|(p, _)| !listed.contains_key(*p))
+            .filter(|(p, f)| {
+                !f.source.is_some_and(|i| unreadable.contains(&i))
+                    && !unreadable.iter().any(|&i| sources[i] == **p)
+            })
+            .map(|(p, _)| p.clone())
             .collect();
         for path in gone {
             if let Some(state) = self.files.remove(&path) {
                 out.changed |= state.good.is_some();
             }
         }
-        for path in listed {
+        for (path, source) in listed {
             let state = self.files.entry(path.clone()).or_default();
+            state.source = Some(source);
             let stamp = Stamp::of(&path);
-            if stamp.is_some_and(|s| !s.recent()) && stamp == state.stamp && state.bytes.is_some() {
+            if stamp.is_some() && stamp == state.stamp && state.bytes.is_some() {
                 continue;
             }
-            state.stamp = stamp;
+            // Kept only once old: a write within the same second could share a recent stamp.
+            state.stamp = stamp.filter(|s| !s.recent());
             let refused = match read_file(&path) {
                 Err(e) => Some(e),
                 Ok(bytes) if state.bytes.as_ref() == Some(&bytes) => continue,
@@ -172,8 +187,8 @@ struct Stamp {
 
 impl Stamp {
     /// Whether the file changed within the last two seconds: a file system that keeps whole
-    /// seconds could hide a second write of the same length in the same second, so such a
-    /// file is read again until its times are older.
+    /// seconds could hide a second write of the same length in the same second, so a stamp
+    /// so recent is not kept, and the file is read again until its times are older.
     fn recent(&self) -> bool {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -15,6 +15,9 @@ pub struct CertSet {
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     serving: usize,
     earliest_not_after: Option<i64>,
+    /// The first `notBefore` still to come among the certificates given: the ranking changes
+    /// then, with no file changed.
+    next_change: Option<i64>,
 }
 
 /// Which of two certificates naming the same serves it: one valid now before one not valid
@@ -62,6 +65,11 @@ impl CertSet {
         serving.sort_unstable();
         serving.dedup();
         let earliest_not_after = serving.iter().map(|&i| certs[i].not_after).min();
+        let next_change = certs
+            .iter()
+            .map(|c| c.not_before)
+            .filter(|&t| t > now)
+            .min();
         let keys = |m: Index| {
             m.into_iter()
                 .map(|(k, (_, i))| (k, Arc::clone(&certs[i].key)))
@@ -72,6 +80,7 @@ impl CertSet {
             wildcard: keys(wildcard),
             serving: serving.len(),
             earliest_not_after,
+            next_change,
         }
     }
 
@@ -92,6 +101,12 @@ impl CertSet {
     /// Whether no certificate serves.
     pub fn is_empty(&self) -> bool {
         self.serving == 0
+    }
+
+    /// When (Unix seconds) a certificate given becomes valid, which may change which serves
+    /// a name: the set is to be built again then (see [`CertSet::build_at`]).
+    pub fn next_change(&self) -> Option<i64> {
+        self.next_change
     }
 
     /// The earliest `notAfter` (Unix seconds) of the certificates that serve, for an expiry

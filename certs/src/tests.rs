@@ -138,9 +138,10 @@ fn a_certificate_not_valid_yet_serves_a_name_only_where_no_valid_one_does() {
         .iter()
         .map(|t| parse_pem(t.as_bytes(), Path::new("x.pem")).unwrap())
         .collect();
-    // 2030: the staged renewal is not valid yet.
+    // 2030: the staged renewal is not valid yet; the set is to be built again when it is.
     let set = CertSet::build_at(&loaded, 1_893_456_000);
     assert_eq!(served(&set, "acme.example.com"), Some(leaf(&current)));
+    assert_eq!(set.next_change(), Some(2_208_988_800));
     // 2040 and after: it is, and expires later.
     let set = CertSet::build_at(&loaded, 2_208_988_800);
     assert_eq!(served(&set, "acme.example.com"), Some(leaf(&staged)));

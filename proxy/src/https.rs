@@ -87,7 +87,14 @@ impl Certificates {
             tracing::info!(file = %cert.path.display(), names = ?cert.names().collect::<Vec<_>>(), "TLS certificate loaded");
             warn_if_out_of_date(cert);
         }
-        if reload.changed {
+        // A certificate given that has just become valid may now serve a name another did.
+        let now = unix_now();
+        let due = self
+            .resolver
+            .current()
+            .next_change()
+            .is_some_and(|t| now >= t);
+        if reload.changed || due {
             let set = files.set();
             tracing::info!(certificates = set.len(), "TLS certificates in use changed");
             self.resolver.replace(set);
@@ -128,14 +135,18 @@ impl Certificates {
 /// names what no other certificate does, browsers refuse it rather than find no handshake),
 /// and the expiry gauge shows the earliest.
 fn warn_if_out_of_date(cert: &nexus_certs::LoadedCert) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = unix_now();
     if cert.not_after < now {
         tracing::warn!(file = %cert.path.display(), not_after = cert.not_after, "TLS certificate expired: clients will refuse it");
     } else if cert.not_before > now {
         tracing::warn!(file = %cert.path.display(), not_before = cert.not_before, "TLS certificate not valid yet: clients will refuse it where it serves");
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The name a TLS client asked for (SNI), lowercase, kept in the connection's digest.

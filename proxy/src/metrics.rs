@@ -121,7 +121,8 @@ pub struct TlsMetrics {
     pub earliest_expiry: IntGauge,
     /// `tls_handshakes_failed_total`: handshakes that did not complete (no name the
     /// certificates cover, no SNI, a client that gave up or took longer than
-    /// `request_header_timeout`, no protocol in common).
+    /// `request_header_timeout`, no protocol in common, or a connection silent so far closed
+    /// to make room at `max_connections`, also counted as reclaimed).
     pub handshakes_failed: prometheus::IntCounter,
 }
 
@@ -142,7 +143,7 @@ impl TlsMetrics {
             )?,
             handshakes_failed: prometheus::IntCounter::new(
                 "tls_handshakes_failed_total",
-                "TLS handshakes that did not complete (no certificate for the name asked, no SNI, a client that gave up or was too slow)",
+                "TLS handshakes that did not complete (no certificate for the name asked, no SNI, a client that gave up or was too slow, or one silent so far closed to make room at max_connections)",
             )?,
         })
     }

@@ -238,7 +238,15 @@ impl Shared {
     /// nothing, so it may be closed to make room at the cap like a new plain connection that
     /// has sent nothing ([`reclaim`]): an HTTPS client that opens connections and never sends
     /// its hello would otherwise hold places no newcomer could have.
-    async fn first_byte(&self, stream: &mut Stream, deadline: tokio::time::Instant) -> bool {
+    /// A shutdown's drain lets it go too, as it lets go of plain connections with no
+    /// request begun.
+    async fn first_byte(
+        &self,
+        stream: &mut Stream,
+        deadline: tokio::time::Instant,
+        shutdown: &ShutdownWatch,
+    ) -> bool {
+        let mut shutdown = shutdown.clone();
         let mut queued = reclaim::Queued::new(&self.reclaim);
         let asked = std::future::poll_fn(|cx| queued.poll_asked(cx));
         let mut byte = [0u8; 1];
@@ -249,6 +257,7 @@ impl Shared {
                 false
             }
             () = tokio::time::sleep_until(deadline) => false,
+            _ = shutdown.wait_for(|down| *down) => false,
         }
     }
 }
@@ -361,7 +370,11 @@ where
                 let deadline =
                     tokio::time::Instant::now() + self.shared.limits.request_header_timeout;
                 let mut stream = stream;
-                if !self.shared.first_byte(&mut stream, deadline).await {
+                if !self
+                    .shared
+                    .first_byte(&mut stream, deadline, shutdown)
+                    .await
+                {
                     tls.failed.inc();
                     return None;
                 }
