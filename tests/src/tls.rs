@@ -30,23 +30,8 @@ pub struct TestPki {
 impl TestPki {
     /// Generates a fresh CA and certificates into `dir`.
     pub fn generate(dir: &Path) -> TestPki {
-        let ca_key = KeyPair::generate().expect("ca key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "nexus test CA");
-        let ca = ca_params.self_signed(&ca_key).expect("ca");
-
-        let issue = |names: &[&str], usage: ExtendedKeyUsagePurpose| {
-            let key = KeyPair::generate().expect("key");
-            let mut params =
-                CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                    .expect("params");
-            params.extended_key_usages = vec![usage];
-            let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
-            (cert.pem(), key.serialize_pem())
-        };
+        let ca = TestCa::new(dir);
+        let issue = |names: &[&str], usage: ExtendedKeyUsagePurpose| ca.issue_pair(names, usage);
         let (server_cert, server_key) = issue(
             &["localhost", "127.0.0.1"],
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -65,7 +50,7 @@ impl TestPki {
             p
         };
         TestPki {
-            ca: write("ca.pem", &ca.pem()),
+            ca: ca.ca_pem.clone(),
             server_cert: write("server.pem", &server_cert),
             server_key: write("server-key.pem", &server_key),
             other_name_cert: write("other-name.pem", &other_name_cert),
@@ -78,8 +63,8 @@ impl TestPki {
     }
 }
 
-/// A test CA that goes on issuing: server certificates for the router's HTTPS listener, as
-/// the one PEM file (chain, then key) `[tls] certificates` reads.
+/// A test CA that goes on issuing: certificates for instances and clients, and for the
+/// router's HTTPS listener as the one PEM file (chain, then key) `[tls] certificates` reads.
 pub struct TestCa {
     cert: rcgen::Certificate,
     key: KeyPair,
@@ -95,7 +80,7 @@ impl TestCa {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "nexus test HTTPS CA");
+            .push(rcgen::DnType::CommonName, "nexus test CA");
         let cert = params.self_signed(&key).expect("ca");
         let ca_pem = dir.join("ca.pem");
         std::fs::write(&ca_pem, cert.pem()).expect("write ca");
@@ -105,13 +90,19 @@ impl TestCa {
     /// A server certificate for `names`, as PEM: the certificate, then its key. Each call
     /// makes a new key, so two certificates for the same names differ.
     pub fn issue(&self, names: &[&str]) -> String {
+        let (cert, key) = self.issue_pair(names, ExtendedKeyUsagePurpose::ServerAuth);
+        format!("{cert}{key}")
+    }
+
+    /// A certificate for `names` and `usage`, and its new key, as two PEM texts.
+    pub fn issue_pair(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
         let key = KeyPair::generate().expect("key");
         let mut params =
             CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
                 .expect("params");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![usage];
         let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
-        format!("{}{}", cert.pem(), key.serialize_pem())
+        (cert.pem(), key.serialize_pem())
     }
 }
 

@@ -37,19 +37,43 @@ fn edge_with_tls(instance: &Backend, keys: &TestKeys, certs: &Path, server_extra
     Edge::start(&opts)
 }
 
+/// A CA and the certificate directory the router reads, in a directory of their own.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: TestCa,
+    certs: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new(dir.path());
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).unwrap();
+        Pki {
+            _dir: dir,
+            ca,
+            certs,
+        }
+    }
+
+    /// Issues a certificate for `names` into the directory as `file`; its PEM.
+    fn write(&self, file: &str, names: &[&str]) -> String {
+        let pem = self.ca.issue(names);
+        std::fs::write(self.certs.join(file), &pem).unwrap();
+        pem
+    }
+}
+
 #[test]
 fn each_name_gets_its_certificate_and_requests_reach_the_tenant_over_https() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path());
-    let certs = dir.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    let wildcard = ca.issue(&["*.edge.test"]);
-    let shop = ca.issue(&["shop.acme.example"]);
-    std::fs::write(certs.join("wildcard.pem"), &wildcard).unwrap();
-    std::fs::write(certs.join("shop.pem"), &shop).unwrap();
+    let pki = Pki::new();
+    let wildcard = pki.write("wildcard.pem", &["*.edge.test"]);
+    let shop = pki.write("shop.pem", &["shop.acme.example"]);
+    let (ca, certs) = (&pki.ca, &pki.certs);
     let instance = Backend::start("one");
     let keys = TestKeys::new();
-    let edge = edge_with_tls(&instance, &keys, &certs, "");
+    let edge = edge_with_tls(&instance, &keys, certs, "");
     let https = edge.https_addr();
     let client = trusting(&ca.ca_pem);
     let acme = keys.token("acme", None);
@@ -144,17 +168,15 @@ fn each_name_gets_its_certificate_and_requests_reach_the_tenant_over_https() {
 
 #[test]
 fn certificates_changed_on_disk_serve_new_handshakes_and_a_bad_file_keeps_the_last_good_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path());
-    let certs = dir.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    std::fs::write(certs.join("wildcard.pem"), ca.issue(&["*.edge.test"])).unwrap();
+    let pki = Pki::new();
+    pki.write("wildcard.pem", &["*.edge.test"]);
+    let (ca, certs) = (&pki.ca, &pki.certs);
     let shop = certs.join("shop.pem");
     let first = ca.issue(&["shop.acme.example"]);
     std::fs::write(&shop, &first).unwrap();
     let instance = Backend::start("one");
     let keys = TestKeys::new();
-    let edge = edge_with_tls(&instance, &keys, &certs, "");
+    let edge = edge_with_tls(&instance, &keys, certs, "");
     let https = edge.https_addr();
     let client = trusting(&ca.ca_pem);
     let leaf_of = |name: &str| get(&client, https, name, name, "/login", &[]).map(|r| r.leaf);
@@ -219,17 +241,15 @@ fn certificates_changed_on_disk_serve_new_handshakes_and_a_bad_file_keeps_the_la
 
 #[test]
 fn a_handshake_never_finished_is_closed_after_request_header_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path());
-    let certs = dir.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    std::fs::write(certs.join("wildcard.pem"), ca.issue(&["*.edge.test"])).unwrap();
+    let pki = Pki::new();
+    pki.write("wildcard.pem", &["*.edge.test"]);
+    let (ca, certs) = (&pki.ca, &pki.certs);
     let instance = Backend::start("one");
     let keys = TestKeys::new();
     let edge = edge_with_tls(
         &instance,
         &keys,
-        &certs,
+        certs,
         "request_header_timeout = \"300ms\"\nmax_connections = 2",
     );
     let https = edge.https_addr();
@@ -294,18 +314,16 @@ fn a_router_with_no_usable_certificate_does_not_start_and_names_each_file() {
 /// connections cannot keep newcomers out.
 #[test]
 fn a_connection_silent_before_its_handshake_makes_room_at_the_cap() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path());
-    let certs = dir.path().join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    std::fs::write(certs.join("wildcard.pem"), ca.issue(&["*.edge.test"])).unwrap();
+    let pki = Pki::new();
+    pki.write("wildcard.pem", &["*.edge.test"]);
+    let (ca, certs) = (&pki.ca, &pki.certs);
     let instance = Backend::start("one");
     let keys = TestKeys::new();
     // A deadline far longer than the test: only making room can free a place.
     let edge = edge_with_tls(
         &instance,
         &keys,
-        &certs,
+        certs,
         "request_header_timeout = \"60s\"\nmax_connections = 2",
     );
     let https = edge.https_addr();
