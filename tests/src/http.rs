@@ -71,6 +71,12 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
     read_one(s, false)
 }
 
+/// Reads one response from any stream (a TLS one) without reading past its end, as
+/// [`read_next_response`] does.
+pub fn read_next_response_from(s: &mut impl Read) -> std::io::Result<Response> {
+    read_one(s, true)
+}
+
 /// Reads one response from any stream (a TLS one), as [`read_response`] does.
 pub fn read_response_from(s: &mut impl Read) -> std::io::Result<Response> {
     read_one(s, false)

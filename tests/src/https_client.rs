@@ -39,15 +39,17 @@ pub fn trusting(ca: &Path) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
+/// A TLS connection to the router, its handshake done.
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
 /// Connects to `addr` asking for `server_name` in the handshake (an IP address sends no
-/// SNI, as clients do), sends `raw`, and reads one response; the error says what failed
-/// (the handshake included).
-pub fn exchange(
+/// SNI, as clients do) and completes the handshake; the error says what failed. Also the
+/// leaf certificate the router presented (DER).
+pub fn connect(
     config: &Arc<rustls::ClientConfig>,
     addr: SocketAddr,
     server_name: &str,
-    raw: &[u8],
-) -> Result<Exchange, String> {
+) -> Result<(TlsStream, Vec<u8>), String> {
     let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
     let mut conn =
         rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
@@ -64,7 +66,17 @@ pub fn exchange(
         .and_then(|c| c.first())
         .map(|c| c.to_vec())
         .ok_or("no certificate presented")?;
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    Ok((rustls::StreamOwned::new(conn, sock), leaf))
+}
+
+/// [`connect`]s, sends `raw`, and reads one response.
+pub fn exchange(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    server_name: &str,
+    raw: &[u8],
+) -> Result<Exchange, String> {
+    let (mut tls, leaf) = connect(config, addr, server_name)?;
     tls.write_all(raw).map_err(|e| e.to_string())?;
     let response = read_response_from(&mut tls).map_err(|e| e.to_string())?;
     Ok(Exchange { leaf, response })
