@@ -803,4 +803,27 @@ fn check_names_each_certificate_file_the_https_listener_would_not_use() {
     std::fs::remove_file(certs.join("no-key.pem")).unwrap();
     let (code, out) = check(dir.path(), config);
     assert_eq!(code, 0, "{out}");
+    // The demo tenants live under nexus.localhost, which `*.edge.test` does not cover, and
+    // acme has the custom domain acme.example.test: warnings, naming them.
+    assert!(
+        out.contains(
+            "no certificate covers 3 of the tenant subdomains bound here (acme.nexus.localhost, \
+             globex.nexus.localhost, initech.nexus.localhost)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "no certificate covers 1 of the custom domains bound here (acme.example.test)"
+        ),
+        "{out}"
+    );
+    std::fs::write(
+        certs.join("tenants.pem"),
+        ca.issue(&["*.nexus.localhost", "acme.example.test"]),
+    )
+    .unwrap();
+    let (code, out) = check(dir.path(), config);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("no certificate covers"), "{out}");
 }

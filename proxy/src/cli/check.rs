@@ -123,18 +123,20 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     }
     // Every certificate file, as the HTTPS listener would read it at start: a file it would
     // pass over is a problem here.
-    if let Some(Some(tls)) = &sections.tls {
+    let certs = sections.tls.as_ref().and_then(Option::as_ref).map(|tls| {
         let mut files = nexus_certs::CertFiles::new(tls.certificates.clone());
         for e in files.reload().new_problems {
             problem("tls.certificates", e.to_string());
         }
-        if files.set().is_empty() {
+        let set = files.set();
+        if set.is_empty() {
             problem(
                 "tls.certificates",
                 "no certificate could be loaded".to_owned(),
             );
         }
-    }
+        set
+    });
     if let Some(Err(e)) = sections
         .named
         .log_filter
@@ -160,13 +162,13 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             .named
             .bindings_file
             .as_ref()
-            .map(|f| check_bindings_file(&file_store(f), tenancy, cors))
+            .map(|f| check_bindings_file(&file_store(f), tenancy, cors, certs.as_ref()))
         {
             problem("store.path", e);
         }
     }
     if let Some(store) = &sections.store {
-        if let Err(e) = check_bindings_file(store, tenancy, cors) {
+        if let Err(e) = check_bindings_file(store, tenancy, cors, certs.as_ref()) {
             problem("store.path", e);
         }
         // A snapshot that could never be written would leave a replica nothing to start
@@ -206,6 +208,47 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             eprintln!("{}", nexus_config::ConfigError::invalid(path, problems));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The tenants' names (subdomains under each base domain, custom domains) that no HTTPS
+/// certificate covers: a client asking for one gets no handshake. Said as a count and a
+/// few of the names, for a file of thousands.
+fn uncovered_warnings(
+    file: &Path,
+    certs: &nexus_certs::CertSet,
+    bases: &[String],
+    bindings: &[std::sync::Arc<nexus_binding_store::Binding>],
+) {
+    let subdomains = bindings.iter().flat_map(|b| {
+        bases
+            .iter()
+            .map(move |base| format!("{}.{base}", b.tenant_id.as_str()))
+    });
+    let domains = bindings
+        .iter()
+        .flat_map(|b| b.domains.iter().map(|d| d.as_str().to_owned()));
+    for (what, names) in [
+        ("tenant subdomains", subdomains.collect::<Vec<_>>()),
+        ("custom domains", domains.collect()),
+    ] {
+        let missing: Vec<&String> = names.iter().filter(|n| certs.find(n).is_none()).collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let shown: Vec<&str> = missing.iter().take(5).map(|n| n.as_str()).collect();
+        let more = if missing.len() > shown.len() {
+            format!(", and {} more", missing.len() - shown.len())
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "{}: warning: tls.certificates: no certificate covers {} of the {what} bound here \
+             ({}{more}): an HTTPS client asking for one gets no handshake",
+            file.display(),
+            missing.len(),
+            shown.join(", ")
+        );
     }
 }
 
@@ -257,6 +300,7 @@ fn check_bindings_file(
     store: &nexus_config::StoreSettings,
     tenancy: Option<&nexus_config::TenancySettings>,
     cors: Option<&nexus_config::CorsSettings>,
+    certs: Option<&nexus_certs::CertSet>,
 ) -> Result<(), String> {
     let base_domains = tenancy.map(|t| t.base_domains.as_slice());
     let nexus_config::StoreSettings::File(f) = store else {
@@ -295,6 +339,9 @@ fn check_bindings_file(
             file.display(),
             u64::MAX
         );
+    }
+    if let (Some(certs), Some(bases)) = (certs, base_domains) {
+        uncovered_warnings(file, certs, bases, &parsed.bindings);
     }
     for (domain, tenants) in nexus_binding_store::records::contested_domains(&parsed.bindings) {
         let tenants: Vec<&str> = tenants.iter().map(|t| t.as_str()).collect();
