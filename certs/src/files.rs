@@ -190,10 +190,7 @@ impl Stamp {
     /// seconds could hide a second write of the same length in the same second, so a stamp
     /// so recent is not kept, and the file is read again until its times are older.
     fn recent(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(i64::MAX, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        self.modified.0.max(self.changed.0) >= now.saturating_sub(2)
+        self.modified.0.max(self.changed.0) >= crate::unix_now().saturating_sub(2)
     }
 
     /// `path`'s stamp, following a symbolic link as the read does; `None` when it cannot be

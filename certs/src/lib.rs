@@ -31,5 +31,13 @@ pub use set::CertSet;
 /// What rustls's handshake needs of a certificate: the chain and its signing key.
 pub use rustls::sign::CertifiedKey;
 
+/// The time now, in Unix seconds, as certificates' validity is compared with (0 for a clock
+/// before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests;

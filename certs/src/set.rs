@@ -28,10 +28,7 @@ type Rank = (bool, i64);
 impl CertSet {
     /// Indexes `certs` as of now (see [`CertSet::build_at`]).
     pub fn build<'a>(certs: impl IntoIterator<Item = &'a LoadedCert>) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        Self::build_at(certs, now)
+        Self::build_at(certs, crate::unix_now())
     }
 
     /// Indexes `certs` at Unix time `now`. Where two cover the same name (exact, or the same

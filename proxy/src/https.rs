@@ -72,7 +72,7 @@ impl Certificates {
             files: Mutex::new(files),
             metrics,
         };
-        this.show();
+        this.show(&this.files.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(this)
     }
 
@@ -88,7 +88,7 @@ impl Certificates {
             warn_if_out_of_date(cert);
         }
         // A certificate given that has just become valid may now serve a name another did.
-        let now = unix_now();
+        let now = nexus_certs::unix_now();
         let due = self
             .resolver
             .current()
@@ -99,35 +99,34 @@ impl Certificates {
             tracing::info!(certificates = set.len(), "TLS certificates in use changed");
             self.resolver.replace(set);
         }
-        drop(files);
-        self.show();
+        self.show(&files);
     }
 
-    /// Sets the metrics to what is in use now.
-    fn show(&self) {
+    /// Sets the metrics to what is in use now (`files`: the files, as locked by the caller).
+    fn show(&self, files: &CertFiles) {
         let set = self.resolver.current();
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.metrics.certificates.set(gauge(set.len()));
         self.metrics
             .earliest_expiry
             .set(set.earliest_not_after().unwrap_or(0));
-        let refused = self
-            .files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .refused()
-            .count();
-        self.metrics.files_refused.set(gauge(refused));
+        self.metrics
+            .files_refused
+            .set(gauge(files.refused().count()));
     }
 
-    /// The acceptor of the HTTPS listener: TLS 1.2 and 1.3, HTTP/1.1 (the router does not
+    /// The HTTPS listener bound at `addr`: TLS 1.2 and 1.3, HTTP/1.1 (the router does not
     /// serve HTTP/2), each handshake's certificate from the current set.
-    pub fn acceptor(&self) -> pingora::listeners::tls::Acceptor {
+    pub fn endpoint(&self, addr: SocketAddr) -> TlsEndpoint {
         let mut settings = TlsSettings::with_callbacks(Box::new(KeepServerName))
             .unwrap_or_else(|e| unreachable!("with_callbacks never fails: {e}"));
         settings.set_cert_resolver(self.resolver.clone());
         settings.set_alpn(ALPN::H1);
-        settings.build()
+        TlsEndpoint {
+            addr,
+            acceptor: settings.build(),
+            failed: self.metrics.handshakes_failed.clone(),
+        }
     }
 }
 
@@ -135,18 +134,12 @@ impl Certificates {
 /// names what no other certificate does, browsers refuse it rather than find no handshake),
 /// and the expiry gauge shows the earliest.
 fn warn_if_out_of_date(cert: &nexus_certs::LoadedCert) {
-    let now = unix_now();
+    let now = nexus_certs::unix_now();
     if cert.not_after < now {
         tracing::warn!(file = %cert.path.display(), not_after = cert.not_after, "TLS certificate expired: clients will refuse it");
     } else if cert.not_before > now {
         tracing::warn!(file = %cert.path.display(), not_before = cert.not_before, "TLS certificate not valid yet: clients will refuse it where it serves");
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The name a TLS client asked for (SNI), lowercase, kept in the connection's digest.
@@ -185,8 +178,7 @@ pub fn server_name(session: &Session) -> Option<&str> {
 pub struct TlsEndpoint {
     /// The address bound (with port 0 configured, the port the system chose).
     pub addr: SocketAddr,
-    /// The acceptor ([`Certificates::acceptor`]).
-    pub acceptor: pingora::listeners::tls::Acceptor,
+    acceptor: pingora::listeners::tls::Acceptor,
     /// Counts the handshakes that fail.
     pub failed: pingora_prometheus::prometheus::IntCounter,
 }

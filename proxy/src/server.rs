@@ -12,7 +12,7 @@ use pingora::services::listening::Service;
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::background::{BindingSync, JobsStop, KeyReload};
 use crate::connections::{Connections, Guarded, Limits};
-use crate::https::{CertReload, Certificates, TlsEndpoint};
+use crate::https::{CertReload, Certificates};
 use crate::listening::{self, BindError, BoundListeners, Prebound};
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
@@ -330,11 +330,7 @@ pub fn run(
         Arc::clone(&state.log_budgets),
     );
     let guarded = match (&certificates, https) {
-        (Some(certificates), Some((_, addr))) => guarded.with_tls(TlsEndpoint {
-            addr,
-            acceptor: certificates.acceptor(),
-            failed: state.metrics.tls.handshakes_failed.clone(),
-        }),
+        (Some(certificates), Some((_, addr))) => guarded.with_tls(certificates.endpoint(addr)),
         _ => guarded,
     };
     // The background jobs go on through the drain (see `JobsStop`).

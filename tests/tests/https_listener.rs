@@ -9,7 +9,7 @@
 
 use std::io::Read;
 use std::net::TcpStream;
-use std::path::Path;
+
 use std::time::Duration;
 
 use nexus_e2e::backend::{echoed_header, Backend};
@@ -18,24 +18,6 @@ use nexus_e2e::https_client::{get, trusting};
 use nexus_e2e::keys::TestKeys;
 use nexus_e2e::tls::{leaf_der, TestCa};
 use nexus_e2e::wait;
-
-/// acme (with the custom domain `shop.acme.example`) and globex, both on `instance`; an
-/// HTTPS listener reading the certificates in `certs`, every 100 ms, and `server_extra`.
-fn edge_with_tls(instance: &Backend, keys: &TestKeys, certs: &Path, server_extra: &str) -> Edge {
-    let mut acme = binding("acme", &instance.url(), "active", None);
-    acme["domains"] = serde_json::json!(["shop.acme.example"]);
-    let bindings = bindings_file(vec![
-        acme,
-        binding("globex", &instance.url(), "active", None),
-    ]);
-    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
-    opts.server_extra = server_extra.to_owned();
-    opts.extra = format!(
-        "[tls]\nlisten = \"{HTTPS_LISTEN}\"\ncertificates = [{:?}]\nreload_interval = \"100ms\"\n",
-        certs.display().to_string()
-    );
-    Edge::start(&opts)
-}
 
 /// A CA and the certificate directory the router reads, in a directory of their own.
 struct Pki {
@@ -65,17 +47,59 @@ impl Pki {
     }
 }
 
+/// A router with an HTTPS listener, and what a test talks to it with.
+struct Served {
+    /// The instance acme (custom domain `shop.acme.example`) and globex are bound to.
+    instance: Backend,
+    keys: TestKeys,
+    edge: Edge,
+    /// The HTTPS listener's address.
+    https: std::net::SocketAddr,
+    /// A TLS client trusting the CA.
+    client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl Pki {
+    /// Starts a router reading this directory's certificates every 100 ms, with
+    /// `server_extra` in `[server]`.
+    fn serve(&self, server_extra: &str) -> Served {
+        let instance = Backend::start("one");
+        let keys = TestKeys::new();
+        let mut acme = binding("acme", &instance.url(), "active", None);
+        acme["domains"] = serde_json::json!(["shop.acme.example"]);
+        let bindings = bindings_file(vec![
+            acme,
+            binding("globex", &instance.url(), "active", None),
+        ]);
+        let mut opts = EdgeOptions::new(keys.jwks(), bindings);
+        opts.server_extra = server_extra.to_owned();
+        opts.extra = format!(
+            "[tls]\nlisten = \"{HTTPS_LISTEN}\"\ncertificates = [{:?}]\nreload_interval = \"100ms\"\n",
+            self.certs.display().to_string()
+        );
+        let edge = Edge::start(&opts);
+        Served {
+            https: edge.https_addr(),
+            client: trusting(&self.ca.ca_pem),
+            instance,
+            keys,
+            edge,
+        }
+    }
+}
+
 #[test]
 fn each_name_gets_its_certificate_and_requests_reach_the_tenant_over_https() {
     let pki = Pki::new();
     let wildcard = pki.write("wildcard.pem", &["*.edge.test"]);
     let shop = pki.write("shop.pem", &["shop.acme.example"]);
-    let (ca, certs) = (&pki.ca, &pki.certs);
-    let instance = Backend::start("one");
-    let keys = TestKeys::new();
-    let edge = edge_with_tls(&instance, &keys, certs, "");
-    let https = edge.https_addr();
-    let client = trusting(&ca.ca_pem);
+    let Served {
+        instance,
+        keys,
+        edge,
+        https,
+        client,
+    } = pki.serve("");
     let acme = keys.token("acme", None);
     let bearer = format!("Bearer {acme}");
     let auth = [("Authorization", bearer.as_str())];
@@ -174,11 +198,13 @@ fn certificates_changed_on_disk_serve_new_handshakes_and_a_bad_file_keeps_the_la
     let shop = certs.join("shop.pem");
     let first = ca.issue(&["shop.acme.example"]);
     std::fs::write(&shop, &first).unwrap();
-    let instance = Backend::start("one");
-    let keys = TestKeys::new();
-    let edge = edge_with_tls(&instance, &keys, certs, "");
-    let https = edge.https_addr();
-    let client = trusting(&ca.ca_pem);
+    let Served {
+        instance,
+        keys: _keys,
+        edge,
+        https,
+        client,
+    } = pki.serve("");
     let leaf_of = |name: &str| get(&client, https, name, name, "/login", &[]).map(|r| r.leaf);
     assert_eq!(leaf_of("shop.acme.example").unwrap(), leaf_der(&first));
 
@@ -243,16 +269,13 @@ fn certificates_changed_on_disk_serve_new_handshakes_and_a_bad_file_keeps_the_la
 fn a_handshake_never_finished_is_closed_after_request_header_timeout() {
     let pki = Pki::new();
     pki.write("wildcard.pem", &["*.edge.test"]);
-    let (ca, certs) = (&pki.ca, &pki.certs);
-    let instance = Backend::start("one");
-    let keys = TestKeys::new();
-    let edge = edge_with_tls(
-        &instance,
-        &keys,
-        certs,
-        "request_header_timeout = \"300ms\"\nmax_connections = 2",
-    );
-    let https = edge.https_addr();
+    let Served {
+        instance: _instance,
+        keys: _keys,
+        edge,
+        https,
+        client,
+    } = pki.serve("request_header_timeout = \"300ms\"\nmax_connections = 2");
     // Two connections that send nothing hold both places while their handshakes wait...
     let mut silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(https).unwrap()).collect();
     edge.wait_for("both counted", || {
@@ -272,7 +295,6 @@ fn a_handshake_never_finished_is_closed_after_request_header_timeout() {
         (edge.metric("nexus_edge_client_connections") == 0).then_some(())
     });
     assert!(edge.metric("nexus_edge_tls_handshakes_failed_total") >= 2);
-    let client = trusting(&ca.ca_pem);
     let r = get(
         &client,
         https,
@@ -316,22 +338,18 @@ fn a_router_with_no_usable_certificate_does_not_start_and_names_each_file() {
 fn a_connection_silent_before_its_handshake_makes_room_at_the_cap() {
     let pki = Pki::new();
     pki.write("wildcard.pem", &["*.edge.test"]);
-    let (ca, certs) = (&pki.ca, &pki.certs);
-    let instance = Backend::start("one");
-    let keys = TestKeys::new();
     // A deadline far longer than the test: only making room can free a place.
-    let edge = edge_with_tls(
-        &instance,
-        &keys,
-        certs,
-        "request_header_timeout = \"60s\"\nmax_connections = 2",
-    );
-    let https = edge.https_addr();
+    let Served {
+        instance: _instance,
+        keys: _keys,
+        edge,
+        https,
+        client,
+    } = pki.serve("request_header_timeout = \"60s\"\nmax_connections = 2");
     let silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(https).unwrap()).collect();
     edge.wait_for("both counted", || {
         edge.metric("nexus_edge_client_connections_idle") == 2
     });
-    let client = trusting(&ca.ca_pem);
     for _ in 0..3 {
         let r = get(
             &client,
@@ -355,11 +373,13 @@ fn a_websocket_over_https_passes_through() {
     use std::io::Write;
     let pki = Pki::new();
     pki.write("wildcard.pem", &["*.edge.test"]);
-    let instance = Backend::start("one");
-    let keys = TestKeys::new();
-    let edge = edge_with_tls(&instance, &keys, &pki.certs, "");
-    let https = edge.https_addr();
-    let client = trusting(&pki.ca.ca_pem);
+    let Served {
+        instance,
+        keys,
+        edge: _edge,
+        https,
+        client,
+    } = pki.serve("");
     let upgrade = |token: &str| {
         format!(
             "GET /ws HTTP/1.1\r\nHost: acme.edge.test\r\nAuthorization: Bearer {token}\r\n\
