@@ -90,5 +90,15 @@ pub fn embedded_default() -> Settings {
             max_age: Duration::from_secs(600),
         },
         tls: None,
+        metrics: MetricsSettings {
+            interval: Duration::from_secs(60),
+            latency_slo: Duration::from_millis(200),
+            slo_intervals: 3,
+            min_requests: 20,
+            queue_delay_factor: 2.0,
+            queue_delay_floor: Duration::from_millis(1),
+            baseline_window: Duration::from_secs(3600),
+            max_instances: 1000,
+        },
     }
 }

@@ -282,6 +282,40 @@ impl<'a, 'i> Section<'a, 'i> {
         }
     }
 
+    /// A number, integer or float, within `min..=max`.
+    pub(crate) fn number(
+        &mut self,
+        k: &'static str,
+        min: f64,
+        max: f64,
+        p: &mut Problems<'_>,
+    ) -> Option<f64> {
+        let v = self.raw(k)?;
+        let parsed = match v.get_ref() {
+            DeValue::Integer(i) => i.as_str().replace('_', "").parse::<f64>().ok(),
+            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+            other => {
+                p.push(
+                    self.key(k),
+                    Some(v.span().start),
+                    format!("must be a number, found {}", other.type_str()),
+                );
+                return None;
+            }
+        };
+        match parsed {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                p.push(
+                    self.key(k),
+                    Some(v.span().start),
+                    format!("is out of range ({min}..={max})"),
+                );
+                None
+            }
+        }
+    }
+
     pub(crate) fn duration(
         &mut self,
         k: &'static str,

@@ -27,6 +27,32 @@ pub struct Settings {
     pub cors: CorsSettings,
     /// The HTTPS listener; `None`: plain HTTP only.
     pub tls: Option<TlsListenerSettings>,
+    /// The per-instance latency and queue-delay signals that drive scale triggers.
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`: how the router judges each instance's latency and queue delay, once per
+/// `interval`, and how many instances get series of their own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsSettings {
+    /// How often each instance's requests are judged (the "interval" of the scale triggers).
+    pub interval: Duration,
+    /// The latency an instance's 95th percentile must stay under (the API SLO).
+    pub latency_slo: Duration,
+    /// Intervals in a row above the SLO that raise the latency trigger.
+    pub slo_intervals: u32,
+    /// Requests an interval needs for its instance to be judged: fewer say nothing.
+    pub min_requests: u64,
+    /// How many times its baseline an instance's queue delay must be to raise the trigger.
+    pub queue_delay_factor: f64,
+    /// How far above its baseline a queue delay must also be: sub-millisecond wobbles of a
+    /// fast instance are no queue, whatever their ratio.
+    pub queue_delay_floor: Duration,
+    /// How far back the baseline looks (an average weighted towards the recent).
+    pub baseline_window: Duration,
+    /// Instances that get series of their own; the rest share one, labelled
+    /// `instance="(over budget)"`.
+    pub max_instances: usize,
 }
 
 /// `[tls]`: an HTTPS listener beside the plain one, each connection's certificate chosen by

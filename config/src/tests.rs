@@ -1779,3 +1779,50 @@ fn tls_is_off_unless_its_section_names_a_listener_and_certificates() {
     ));
     names(&ps, "tls.listen", "server.admin_listen");
 }
+
+#[test]
+fn metrics_settings_default_to_the_briefs_triggers_and_are_checked() {
+    let origin = Path::new("/etc/nexus/edge.toml");
+    let s = parse_str(MINIMAL, origin).expect("valid");
+    assert_eq!(s.metrics, embedded_default().metrics);
+    assert_eq!(s.metrics.latency_slo, Duration::from_millis(200));
+    assert_eq!(s.metrics.slo_intervals, 3);
+    assert!((s.metrics.queue_delay_factor - 2.0).abs() < f64::EPSILON);
+    let text = format!(
+        "{MINIMAL}[metrics]\ninterval = \"10s\"\nlatency_slo = \"150ms\"\nslo_intervals = 5\n\
+         min_requests = 1\nqueue_delay_factor = 3\nqueue_delay_floor = \"0s\"\n\
+         baseline_window = \"20s\"\nmax_instances = 0\n"
+    );
+    let s = parse_str(&text, origin).expect("valid");
+    assert_eq!(
+        s.metrics,
+        MetricsSettings {
+            interval: Duration::from_secs(10),
+            latency_slo: Duration::from_millis(150),
+            slo_intervals: 5,
+            min_requests: 1,
+            queue_delay_factor: 3.0,
+            queue_delay_floor: Duration::ZERO,
+            baseline_window: Duration::from_secs(20),
+            max_instances: 0,
+        }
+    );
+    // Line 8 is `[metrics]`, 9 its first key.
+    let ps = problems(&format!(
+        "{MINIMAL}[metrics]\ninterval = \"0s\"\nqueue_delay_factor = 1.0\nslo_intervals = 0\n\
+         max_instances = \"all\"\nqueue_delay = 2\n"
+    ));
+    has(&ps, "metrics.interval", 9, "out of range");
+    has(&ps, "metrics.queue_delay_factor", 10, "out of range");
+    has(&ps, "metrics.slo_intervals", 11, "out of range");
+    has(&ps, "metrics.max_instances", 12, "must be an integer");
+    has(&ps, "metrics.queue_delay", 13, "unknown");
+    let ps = problems(&format!(
+        "{MINIMAL}[metrics]\ninterval = \"1m\"\nbaseline_window = \"90s\"\n"
+    ));
+    has(&ps, "metrics.baseline_window", 10, "two intervals");
+    let ps = problems(&format!(
+        "{MINIMAL}[metrics]\nqueue_delay_factor = \"2x\"\n"
+    ));
+    has(&ps, "metrics.queue_delay_factor", 9, "must be a number");
+}

@@ -28,7 +28,8 @@
 //! Around them: [`server`] assembles and runs Pingora on sockets [`listening`] bound up front,
 //! [`signals`] turns SIGTERM and SIGINT into its shutdown,
 //! [`connections`] caps client connections and bounds how long a request header may take,
-//! [`ops`] serves metrics and probes, [`background`] runs binding sync and key reload, [`cli`]
+//! [`ops`] serves metrics and probes, [`scale`] judges each instance against the scale
+//! triggers, [`background`] runs binding sync and key reload, [`cli`]
 //! is the command line, [`demo`] the newcomer's first five minutes.
 #![warn(missing_docs)]
 
@@ -63,6 +64,7 @@ pub mod pooling;
 pub mod resolve;
 pub mod response;
 pub mod route;
+pub mod scale;
 pub mod server;
 pub mod service;
 pub mod signals;

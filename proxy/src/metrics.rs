@@ -2,15 +2,15 @@
 //!
 //! Labels come only from closed enums ([`crate::errors::RejectReason::label`], the outcome
 //! class): never tenant, host, path or error text, so the series count is fixed and known.
-//! Per-instance latency and queue-delay signals for scale triggers arrive with the metrics
-//! milestone and will be bounded by a configured instance budget.
+//! The one exception, the per-instance scale-trigger signals ([`ScaleMetrics`]), is labelled
+//! by instance id and bounded by `[metrics] max_instances` (see [`crate::scale`]).
 
 use std::sync::Arc;
 
 use nexus_binding_store::{BindingHandle, SyncHealth};
 use pingora_prometheus::prometheus::{
-    self, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    self, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets (seconds) around the 200 ms API SLO.
@@ -105,6 +105,118 @@ pub struct Metrics {
     pub tunnels: TunnelMetrics,
     /// The HTTPS listener's certificates and handshakes (see [`crate::https`]).
     pub tls: TlsMetrics,
+    /// Each instance's latency and queue delay, judged per interval (see [`crate::scale`]).
+    pub scale: ScaleMetrics,
+}
+
+/// The scale-trigger signals, per instance, as of the last interval's end (see
+/// [`crate::scale`]): 7 series per instance within `[metrics] max_instances`.
+#[derive(Clone)]
+pub struct ScaleMetrics {
+    /// `instance_interval_requests`: requests the last interval counted.
+    pub interval_requests: IntGaugeVec,
+    /// `instance_latency_p95_seconds`: the last interval's 95th percentile latency; NaN when
+    /// it had fewer than `min_requests`.
+    pub latency_p95: GaugeVec,
+    /// `instance_queue_delay_seconds`: the last interval's queue-delay estimate (its 10th
+    /// percentile latency); NaN when it had fewer than `min_requests`.
+    pub queue_delay: GaugeVec,
+    /// `instance_queue_delay_baseline_seconds`: what the queue delay is held against; NaN
+    /// until the instance has one.
+    pub queue_delay_baseline: GaugeVec,
+    /// `instance_slo_breach_intervals`: judged intervals in a row with p95 above the SLO.
+    pub slo_breaches: IntGaugeVec,
+    /// `instance_scale_trigger{trigger="latency"|"queue_delay"}`: 1 while raised.
+    pub triggers: IntGaugeVec,
+    /// `instance_signals_tracked`: instances with series of their own now.
+    pub tracked: IntGauge,
+    /// `instance_signals_budget`: `[metrics] max_instances`.
+    pub budget: IntGauge,
+    /// `instance_signals_over_budget_requests_total`: requests counted in the shared set
+    /// because their instance found the budget full.
+    pub over_budget_requests: prometheus::IntCounter,
+}
+
+impl ScaleMetrics {
+    fn new() -> prometheus::Result<Self> {
+        let per_instance =
+            |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["instance"]);
+        let per_instance_int = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels)
+        };
+        Ok(Self {
+            interval_requests: per_instance_int(
+                "instance_interval_requests",
+                "Requests to the instance the last interval (metrics.interval) counted",
+                &["instance"],
+            )?,
+            latency_p95: per_instance(
+                "instance_latency_p95_seconds",
+                "The instance's 95th percentile latency over the last interval, from a request's arrival to the instance's response header (NaN: fewer requests than metrics.min_requests)",
+            )?,
+            queue_delay: per_instance(
+                "instance_queue_delay_seconds",
+                "The instance's queue delay over the last interval, estimated as its 10th percentile latency (NaN: fewer requests than metrics.min_requests)",
+            )?,
+            queue_delay_baseline: per_instance(
+                "instance_queue_delay_baseline_seconds",
+                "The instance's usual queue delay, averaged over metrics.baseline_window leaving out intervals with the trigger raised (NaN: none yet)",
+            )?,
+            slo_breaches: per_instance_int(
+                "instance_slo_breach_intervals",
+                "Intervals in a row in which the instance's p95 latency was above metrics.latency_slo",
+                &["instance"],
+            )?,
+            triggers: per_instance_int(
+                "instance_scale_trigger",
+                "1 while a scale trigger is raised for the instance: latency (p95 above the SLO for metrics.slo_intervals intervals in a row) or queue_delay (above metrics.queue_delay_factor times its baseline)",
+                &["instance", "trigger"],
+            )?,
+            tracked: IntGauge::new(
+                "instance_signals_tracked",
+                "Instances with scale-trigger series of their own",
+            )?,
+            budget: IntGauge::new(
+                "instance_signals_budget",
+                "Instances that may have scale-trigger series of their own (metrics.max_instances); the rest share instance=\"(over budget)\"",
+            )?,
+            over_budget_requests: prometheus::IntCounter::new(
+                "instance_signals_over_budget_requests_total",
+                "Requests counted in the shared instance=\"(over budget)\" series because metrics.max_instances instances had series already",
+            )?,
+        })
+    }
+
+    /// Takes an instance's series away.
+    pub fn forget(&self, instance: &str) {
+        for v in [&self.interval_requests, &self.slo_breaches] {
+            let _ = v.remove_label_values(&[instance]);
+        }
+        for v in [
+            &self.latency_p95,
+            &self.queue_delay,
+            &self.queue_delay_baseline,
+        ] {
+            let _ = v.remove_label_values(&[instance]);
+        }
+        for trigger in ["latency", "queue_delay"] {
+            let _ = self.triggers.remove_label_values(&[instance, trigger]);
+        }
+    }
+
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 9] {
+        [
+            Box::new(self.interval_requests.clone()),
+            Box::new(self.latency_p95.clone()),
+            Box::new(self.queue_delay.clone()),
+            Box::new(self.queue_delay_baseline.clone()),
+            Box::new(self.slo_breaches.clone()),
+            Box::new(self.triggers.clone()),
+            Box::new(self.tracked.clone()),
+            Box::new(self.budget.clone()),
+            Box::new(self.over_budget_requests.clone()),
+        ]
+    }
 }
 
 /// The HTTPS listener: its certificates (what serves, what was refused, when the first
@@ -435,6 +547,7 @@ impl Metrics {
         let connections = ConnectionMetrics::new(&requests)?;
         let tunnels = TunnelMetrics::new()?;
         let tls = TlsMetrics::new()?;
+        let scale = ScaleMetrics::new()?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -461,6 +574,7 @@ impl Metrics {
         .into_iter()
         .chain(connections.collectors())
         .chain(tls.collectors())
+        .chain(scale.collectors())
         {
             registry.register(c)?;
         }
@@ -512,6 +626,7 @@ impl Metrics {
             connections,
             tunnels,
             tls,
+            scale,
         })
     }
 

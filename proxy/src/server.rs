@@ -182,6 +182,7 @@ pub fn prepare(
             settings.log.request_lines_per_second,
             metrics.log_lines_not_logged.clone(),
         )),
+        scale: crate::scale::InstanceSignals::new(&settings.metrics, metrics.scale.clone()),
         metrics,
         resolver: crate::resolve::InstanceResolver::new(crate::resolve::ResolverPolicy {
             ttl: settings.upstream.dns_ttl,
@@ -368,6 +369,10 @@ pub fn run(
             CertReload::new(certificates, tls.reload_interval, jobs.clone()),
         ));
     }
+    server.add_service(background_service(
+        "instance signals",
+        crate::scale::IntervalClock::new(Arc::clone(&state), jobs.clone()),
+    ));
     server.add_service(background_service(
         "key reload",
         KeyReload::new(Arc::clone(&state), s.auth.jwks_poll_interval, jobs),

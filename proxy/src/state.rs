@@ -24,6 +24,8 @@ pub struct EdgeState {
     pub auth: Authenticator,
     /// Metrics registry.
     pub metrics: Metrics,
+    /// Each instance's latency and queue delay, judged per `[metrics] interval`.
+    pub scale: crate::scale::InstanceSignals,
     /// How many lines a second single requests may write (`[log] request_lines_per_second`).
     pub log_budgets: Arc<LogBudgets>,
     /// The `[cors]` policy, when one is configured.

@@ -2,7 +2,7 @@
 //! so one run of `nexus-edge check` lists every problem in the file.
 //!
 //! Each section is read by the module of its name (`server`, `tenancy`, `auth`, `upstream`,
-//! `store` with its Redis endpoint in `redis`, `log`, `cors`, `tls`); `names` checks the shapes of the names
+//! `store` with its Redis endpoint in `redis`, `log`, `cors`, `tls`, `metrics`); `names` checks the shapes of the names
 //! they hold, and `key_paths` finds the key a TOML syntax error is about.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ mod auth;
 mod cors;
 mod key_paths;
 mod log;
+mod metrics;
 mod names;
 mod redis;
 mod server;
@@ -29,8 +30,8 @@ mod tenancy;
 mod tls;
 mod upstream;
 
-const SECTIONS: [&str; 8] = [
-    "server", "tenancy", "auth", "upstream", "store", "log", "cors", "tls",
+const SECTIONS: [&str; 9] = [
+    "server", "tenancy", "auth", "upstream", "store", "log", "cors", "tls", "metrics",
 ];
 
 /// Parses and validates config text; `origin` names the file in messages and anchors relative
@@ -64,6 +65,8 @@ pub struct Sections {
     pub cors: Option<CorsSettings>,
     /// `[tls]` (`Some(None)`: the file has no such section).
     pub tls: Option<Option<TlsListenerSettings>>,
+    /// `[metrics]`.
+    pub metrics: Option<MetricsSettings>,
     /// The files the config names that parsed, whether or not their section did: `check`
     /// checks them too, so that a bad key beside them does not hide their problems.
     pub named: NamedFiles,
@@ -94,6 +97,7 @@ impl Sections {
             log: self.log?,
             cors: self.cors?,
             tls: self.tls?,
+            metrics: self.metrics?,
         })
     }
 }
@@ -147,6 +151,7 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     let log = log::parse(root, &d.log, &mut named, &mut p);
     let cors = cors::parse(root, &d.cors, tenancy.as_ref(), &mut p);
     let tls = tls::parse(root, base, server.as_ref(), &mut p);
+    let metrics = metrics::parse(root, &d.metrics, &mut p);
     // Whenever both bounds parsed, whatever else is wrong in their sections.
     if let (Some(header), Some(token)) = (header_bound, token_bound) {
         token_fits_in_header(root, header, token, &mut p);
@@ -160,6 +165,7 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
         log,
         cors,
         tls,
+        metrics,
         named,
     };
     (sections, p.list)

@@ -117,6 +117,26 @@ impl EdgeService {
         Ok(())
     }
 
+    /// Counts the request's latency for its instance's scale-trigger signals: up to the
+    /// instance's response header, or, for one that timed out before it, up to the timeout
+    /// (a timeout is the slowest answer there is, not no answer). A tunnel's `101`, a
+    /// request refused before it was sent, and an instance that could not be reached count
+    /// nothing.
+    fn count_for_instance(&self, ctx: &RequestCtx) {
+        let Some(decision) = &ctx.decision else {
+            return;
+        };
+        let end = match (ctx.answered_at, &ctx.rejected) {
+            (Some(at), _) => at,
+            (None, Some(RejectReason::UpstreamTimeout)) => Instant::now(),
+            (None, _) => return,
+        };
+        self.state.scale.record(
+            &decision.binding.instance_id,
+            end.saturating_duration_since(ctx.start),
+        );
+    }
+
     /// Answers an allowed CORS preflight with `answer` (see [`crate::cors`]): no instance asked.
     async fn answer_preflight(
         &self,
@@ -408,6 +428,7 @@ impl ProxyHttp for EdgeService {
             long_header: false,
             cors_origin: None,
             preflight_answered: false,
+            answered_at: None,
         }
     }
 
@@ -754,6 +775,9 @@ impl ProxyHttp for EdgeService {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if !upstream_response.status.is_informational() && ctx.answered_at.is_none() {
+            ctx.answered_at = Some(Instant::now());
+        }
         if upstream_response.status.as_u16() > 599 {
             // RFC 9110 §15: every valid status is within 100–599. Pingora's parser takes any
             // three digits; passed on, a client could not tell what the response means.
@@ -1101,6 +1125,7 @@ impl ProxyHttp for EdgeService {
             Some(false) => m.instance_connections_new.inc(),
             None => {}
         }
+        self.count_for_instance(ctx);
         match (&ctx.rejected, ctx.failed) {
             (None, None) if ctx.preflight_answered => {
                 m.preflights.inc();

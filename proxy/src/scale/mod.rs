@@ -1,0 +1,224 @@
+//! Scale-trigger signals per instance: each forwarded request's latency is counted for the
+//! instance it went to, and once per `[metrics] interval` every instance is judged against
+//! the brief's two triggers the router sees (see [`judge`]) and its figures published.
+//!
+//! The series are bounded by `[metrics] max_instances`: instances past it share one set,
+//! labelled [`OVER_BUDGET`], and one no request has reached for [`FORGET_AFTER`] intervals
+//! (moved away by a rebind, retired) is forgotten with its series. So the series count is
+//! at most 7 per instance within the budget, plus 7 for the shared set and 2.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use nexus_binding_store::InstanceId;
+use nexus_config::MetricsSettings;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::background::JobsStop;
+use crate::metrics::ScaleMetrics;
+
+pub mod judge;
+pub mod window;
+
+use judge::{Interval, Judge, Rules, Verdict};
+use window::Window;
+
+/// The `instance` label of the instances past the budget. No instance id has a space.
+pub const OVER_BUDGET: &str = "(over budget)";
+/// Intervals in a row without a request after which an instance is forgotten.
+pub const FORGET_AFTER: u32 = 10;
+
+/// One instance: the interval's latencies so far, and its judgement.
+#[derive(Debug, Default)]
+struct Tracked {
+    window: Window,
+    judge: Mutex<Judge>,
+}
+
+impl Tracked {
+    fn judge(&self, rules: &Rules) -> Verdict {
+        let interval = Interval::of(&self.window.take());
+        let mut judge = self.judge.lock().unwrap_or_else(|e| e.into_inner());
+        judge.judge(interval, rules)
+    }
+
+    fn quiet_intervals(&self) -> u32 {
+        let judge = self.judge.lock().unwrap_or_else(|e| e.into_inner());
+        judge.quiet_intervals()
+    }
+}
+
+/// The instances' signals.
+pub struct InstanceSignals {
+    rules: Rules,
+    budget: usize,
+    /// The instances with series of their own; requests read it without waiting.
+    tracked: ArcSwap<HashMap<InstanceId, Arc<Tracked>>>,
+    /// Held while `tracked` gains or loses an instance.
+    changes: Mutex<()>,
+    over_budget: Arc<Tracked>,
+    metrics: ScaleMetrics,
+}
+
+impl std::fmt::Debug for InstanceSignals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceSignals")
+            .field("budget", &self.budget)
+            .field("tracked", &self.tracked.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl InstanceSignals {
+    /// Signals under `settings`, published in `metrics`.
+    pub fn new(settings: &MetricsSettings, metrics: ScaleMetrics) -> Self {
+        let signals = Self {
+            rules: Rules::from(settings),
+            budget: settings.max_instances,
+            tracked: ArcSwap::default(),
+            changes: Mutex::new(()),
+            over_budget: Arc::default(),
+            metrics,
+        };
+        signals.metrics.budget.set(as_i64(settings.max_instances));
+        // The shared set from the start, so that it is there, at 0, before it is needed.
+        signals.publish(OVER_BUDGET, &signals.over_budget.judge(&signals.rules));
+        signals
+    }
+
+    /// Counts one request's latency (from its arrival to its instance's response header)
+    /// for `instance`.
+    pub fn record(&self, instance: &InstanceId, latency: Duration) {
+        if let Some(t) = self.tracked.load().get(instance) {
+            t.window.record(latency);
+            return;
+        }
+        self.admit(instance).window.record(latency);
+    }
+
+    /// The instance's entry, made if the budget has room; else the shared one.
+    fn admit(&self, instance: &InstanceId) -> Arc<Tracked> {
+        let _held = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.tracked.load();
+        if let Some(t) = now.get(instance) {
+            return Arc::clone(t);
+        }
+        if now.len() >= self.budget {
+            self.metrics.over_budget_requests.inc();
+            return Arc::clone(&self.over_budget);
+        }
+        let t = Arc::<Tracked>::default();
+        let mut next = HashMap::clone(&now);
+        next.insert(instance.clone(), Arc::clone(&t));
+        self.metrics.tracked.set(as_i64(next.len()));
+        self.tracked.store(Arc::new(next));
+        t
+    }
+
+    /// Ends the interval: judges every instance, publishes the verdicts, and forgets the
+    /// instances quiet for [`FORGET_AFTER`] intervals.
+    pub fn close_interval(&self) {
+        let now = self.tracked.load_full();
+        let mut forget = Vec::new();
+        for (id, t) in now.iter() {
+            self.publish(id.as_str(), &t.judge(&self.rules));
+            if t.quiet_intervals() >= FORGET_AFTER {
+                forget.push(id.clone());
+            }
+        }
+        self.publish(OVER_BUDGET, &self.over_budget.judge(&self.rules));
+        if forget.is_empty() {
+            return;
+        }
+        let _held = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::clone(&self.tracked.load());
+        for id in &forget {
+            // Gone unless a request brought it back meanwhile (its entry is then new).
+            if next
+                .get(id)
+                .is_some_and(|t| t.quiet_intervals() >= FORGET_AFTER)
+            {
+                next.remove(id);
+                self.metrics.forget(id.as_str());
+            }
+        }
+        self.metrics.tracked.set(as_i64(next.len()));
+        self.tracked.store(Arc::new(next));
+    }
+
+    fn publish(&self, instance: &str, v: &Verdict) {
+        let m = &self.metrics;
+        let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
+        m.interval_requests
+            .with_label_values(&[instance])
+            .set(i64::try_from(v.requests).unwrap_or(i64::MAX));
+        m.latency_p95
+            .with_label_values(&[instance])
+            .set(secs(v.judged.map(|i| i.p95)));
+        m.queue_delay
+            .with_label_values(&[instance])
+            .set(secs(v.judged.map(|i| i.queue_delay)));
+        m.queue_delay_baseline
+            .with_label_values(&[instance])
+            .set(secs(v.baseline));
+        m.slo_breaches
+            .with_label_values(&[instance])
+            .set(i64::from(v.breaches));
+        m.triggers
+            .with_label_values(&[instance, "latency"])
+            .set(i64::from(v.latency));
+        m.triggers
+            .with_label_values(&[instance, "queue_delay"])
+            .set(i64::from(v.queue));
+    }
+}
+
+fn as_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Ends an interval every `[metrics] interval`.
+pub struct IntervalClock {
+    state: Arc<crate::state::EdgeState>,
+    stop: JobsStop,
+}
+
+impl IntervalClock {
+    /// The clock of `state`'s signals.
+    pub fn new(state: Arc<crate::state::EdgeState>, stop: JobsStop) -> Self {
+        Self { state, stop }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for IntervalClock {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let mut shutdown = self.stop.signal(shutdown, Duration::ZERO);
+        let mut tick = tokio::time::interval(self.state.settings.metrics.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is now: the first interval begins.
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    // A panic (logged and counted by the panic hook) loses one interval's
+                    // figures, not the signals for the life of the process.
+                    let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.state.scale.close_interval();
+                    }));
+                    if closed.is_err() {
+                        tracing::error!("instance signals not judged: the interval's end panicked");
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

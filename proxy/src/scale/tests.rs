@@ -1,0 +1,182 @@
+use std::time::Duration;
+
+use nexus_binding_store::InstanceId;
+
+use super::*;
+use crate::metrics::Metrics;
+
+fn settings(max_instances: usize) -> MetricsSettings {
+    MetricsSettings {
+        interval: Duration::from_secs(60),
+        latency_slo: Duration::from_millis(200),
+        slo_intervals: 1,
+        min_requests: 2,
+        queue_delay_factor: 2.0,
+        queue_delay_floor: Duration::from_millis(1),
+        baseline_window: Duration::from_secs(600),
+        max_instances,
+    }
+}
+
+fn id(s: &str) -> InstanceId {
+    InstanceId::parse(s).expect("instance id")
+}
+
+/// The text exposition's lines for the scale-trigger series.
+fn series(metrics: &Metrics) -> Vec<String> {
+    let table = nexus_binding_store::BindingHandle::new(nexus_binding_store::BindingTable::new());
+    let health = Arc::new(nexus_binding_store::SyncHealth::default());
+    String::from_utf8(metrics.render(&table, &health))
+        .expect("utf-8")
+        .lines()
+        .filter(|l| {
+            l.starts_with("nexus_edge_instance_")
+                && !l.starts_with("nexus_edge_instance_connections_total")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+fn value(lines: &[String], name: &str) -> Option<String> {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::to_owned))
+}
+
+#[test]
+fn each_instance_is_judged_and_published_under_its_id() {
+    let metrics = Metrics::new().expect("metrics");
+    let signals = InstanceSignals::new(&settings(10), metrics.scale.clone());
+    for _ in 0..10 {
+        signals.record(&id("slow"), Duration::from_millis(300));
+        signals.record(&id("fast"), Duration::from_millis(20));
+    }
+    signals.record(&id("idle"), Duration::from_millis(900));
+    signals.close_interval();
+    let lines = series(&metrics);
+    let v = |n: &str| value(&lines, n).unwrap_or_else(|| panic!("{n} in {lines:#?}"));
+    assert_eq!(
+        v("nexus_edge_instance_interval_requests{instance=\"slow\"}"),
+        "10"
+    );
+    assert_eq!(
+        v("nexus_edge_instance_scale_trigger{instance=\"slow\",trigger=\"latency\"}"),
+        "1"
+    );
+    assert_eq!(
+        v("nexus_edge_instance_scale_trigger{instance=\"fast\",trigger=\"latency\"}"),
+        "0"
+    );
+    let p95: f64 = v("nexus_edge_instance_latency_p95_seconds{instance=\"slow\"}")
+        .parse()
+        .expect("a number");
+    assert!((p95 - 0.3).abs() < 0.01, "{p95}");
+    // One request is fewer than min_requests: no figures, no trigger.
+    assert_eq!(
+        v("nexus_edge_instance_latency_p95_seconds{instance=\"idle\"}"),
+        "NaN"
+    );
+    assert_eq!(
+        v("nexus_edge_instance_scale_trigger{instance=\"idle\",trigger=\"latency\"}"),
+        "0"
+    );
+    assert_eq!(v("nexus_edge_instance_signals_tracked"), "3");
+}
+
+/// Past `max_instances`, instances share one set of series; what has series keeps them.
+#[test]
+fn instances_past_the_budget_share_one_set_of_series() {
+    let metrics = Metrics::new().expect("metrics");
+    let signals = InstanceSignals::new(&settings(2), metrics.scale.clone());
+    for name in ["a", "b", "c", "d", "a"] {
+        for _ in 0..3 {
+            signals.record(&id(name), Duration::from_millis(5));
+        }
+    }
+    signals.close_interval();
+    let lines = series(&metrics);
+    let v = |n: &str| value(&lines, n);
+    assert_eq!(
+        v("nexus_edge_instance_interval_requests{instance=\"a\"}").as_deref(),
+        Some("6")
+    );
+    assert_eq!(
+        v("nexus_edge_instance_interval_requests{instance=\"(over budget)\"}").as_deref(),
+        Some("6")
+    );
+    assert_eq!(
+        v("nexus_edge_instance_interval_requests{instance=\"c\"}"),
+        None
+    );
+    assert_eq!(
+        v("nexus_edge_instance_signals_over_budget_requests_total").as_deref(),
+        Some("6")
+    );
+    assert_eq!(
+        v("nexus_edge_instance_signals_budget").as_deref(),
+        Some("2")
+    );
+    // 7 series for each of the two instances and the shared set, and 3 for the set.
+    assert_eq!(
+        lines.len(),
+        7 * 3 + 3,
+        "the series are bounded by the budget: {lines:#?}"
+    );
+}
+
+/// An instance no request reaches for FORGET_AFTER intervals loses its series and its
+/// place in the budget, which the next instance takes.
+#[test]
+fn quiet_instances_are_forgotten_and_make_room() {
+    let metrics = Metrics::new().expect("metrics");
+    let signals = InstanceSignals::new(&settings(1), metrics.scale.clone());
+    signals.record(&id("old"), Duration::from_millis(5));
+    signals.close_interval();
+    for _ in 0..FORGET_AFTER {
+        assert!(value(
+            &series(&metrics),
+            "nexus_edge_instance_interval_requests{instance=\"old\"}"
+        )
+        .is_some());
+        signals.close_interval();
+    }
+    let lines = series(&metrics);
+    assert!(
+        !lines.iter().any(|l| l.contains("instance=\"old\"")),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        value(&lines, "nexus_edge_instance_signals_tracked").as_deref(),
+        Some("0")
+    );
+    signals.record(&id("new"), Duration::from_millis(5));
+    signals.close_interval();
+    assert_eq!(
+        value(
+            &series(&metrics),
+            "nexus_edge_instance_interval_requests{instance=\"new\"}"
+        )
+        .as_deref(),
+        Some("1")
+    );
+}
+
+/// With a budget of 0 every request counts in the shared set: one set of series in all.
+#[test]
+fn a_budget_of_none_keeps_the_shared_set_only() {
+    let metrics = Metrics::new().expect("metrics");
+    let signals = InstanceSignals::new(&settings(0), metrics.scale.clone());
+    signals.record(&id("a"), Duration::from_millis(300));
+    signals.record(&id("b"), Duration::from_millis(300));
+    signals.close_interval();
+    let lines = series(&metrics);
+    assert_eq!(
+        value(
+            &lines,
+            "nexus_edge_instance_scale_trigger{instance=\"(over budget)\",trigger=\"latency\"}"
+        )
+        .as_deref(),
+        Some("1")
+    );
+    assert_eq!(lines.len(), 7 + 3, "{lines:#?}");
+}

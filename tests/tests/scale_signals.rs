@@ -1,0 +1,238 @@
+//! The scale-trigger signals per instance, as the real binary publishes them: an instance
+//! answering slower than the SLO raises its latency trigger after `slo_intervals`
+//! intervals; one whose quickest answers slow down to more than twice its usual raises
+//! the queue-delay trigger, and drops it when they come back; instances past the budget
+//! share one set of series.
+
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_e2e::backend::Backend;
+use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions};
+use nexus_e2e::http::get_with_token;
+use nexus_e2e::keys::TestKeys;
+use nexus_e2e::probe::host;
+use nexus_e2e::wait;
+
+/// The value of the series `name` (with its labels) in the router's metrics; `None` when
+/// it has no such series.
+fn gauge(edge: &Edge, name: &str) -> Option<f64> {
+    let text = edge.ops_get("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn trigger(edge: &Edge, instance: &str, which: &str) -> Option<f64> {
+    gauge(
+        edge,
+        &format!(
+            "nexus_edge_instance_scale_trigger{{instance=\"{instance}\",trigger=\"{which}\"}}"
+        ),
+    )
+}
+
+/// Sends requests for `tenant` one after another until dropped, each to `/slow/<ms>` with
+/// the delay `delay` holds (to `/` at 0).
+struct Load {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(edge: &Edge, keys: &TestKeys, tenant: &str, delay: Arc<AtomicU64>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (addr, name, token, stopped) = (
+            edge.addr,
+            host(tenant),
+            keys.token(tenant, None),
+            Arc::clone(&stop),
+        );
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let path = match delay.load(Ordering::Relaxed) {
+                    0 => "/".to_owned(),
+                    ms => format!("/slow/{ms}"),
+                };
+                let r = get_with_token(addr, &name, &path, &token);
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        });
+        Load {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let finished = t.join();
+            if !std::thread::panicking() {
+                finished.expect("the load's requests were answered");
+            }
+        }
+    }
+}
+
+#[test]
+fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
+    let keys = TestKeys::new();
+    let (slow, steady, extra) = (
+        Backend::start("slow"),
+        Backend::start("steady"),
+        Backend::start("extra"),
+    );
+    let mut opts = EdgeOptions::new(
+        keys.jwks(),
+        bindings_file(vec![
+            binding("slow", &slow.url(), "active", None),
+            binding("steady", &steady.url(), "active", None),
+            binding("extra", &extra.url(), "active", None),
+        ]),
+    );
+    opts.extra = "[metrics]\ninterval = \"1s\"\nlatency_slo = \"150ms\"\nslo_intervals = 2\n\
+                  min_requests = 1\nqueue_delay_floor = \"15ms\"\nbaseline_window = \"10s\"\n\
+                  max_instances = 2\n"
+        .to_owned();
+    let edge = Edge::start(&opts);
+    let long = Duration::from_secs(30);
+
+    // Two instances take the budget: one answers in 300 ms, over the 150 ms SLO; the other
+    // at once, for now. (The SLO and the queue-delay floor leave room for a busy machine.)
+    let steady_delay = Arc::new(AtomicU64::new(0));
+    let _slow_load = Load::start(&edge, &keys, "slow", Arc::new(AtomicU64::new(300)));
+    let _steady_load = Load::start(&edge, &keys, "steady", Arc::clone(&steady_delay));
+    wait::until(long, "the slow instance's latency trigger", || {
+        (trigger(&edge, "inst-slow", "latency") == Some(1.0)).then_some(())
+    });
+    let p95 = gauge(
+        &edge,
+        "nexus_edge_instance_latency_p95_seconds{instance=\"inst-slow\"}",
+    )
+    .expect("a p95");
+    // 300 ms and a little, within the 2.5% the buckets round by.
+    assert!((0.29..1.0).contains(&p95), "p95 {p95}");
+    // Breaches take two intervals; by the third the steady instance has its baseline.
+    wait::until(long, "three intervals over the SLO", || {
+        (gauge(
+            &edge,
+            "nexus_edge_instance_slo_breach_intervals{instance=\"inst-slow\"}",
+        )? >= 3.0)
+            .then_some(())
+    });
+    assert_eq!(trigger(&edge, "inst-steady", "latency"), Some(0.0));
+    assert_eq!(trigger(&edge, "inst-steady", "queue_delay"), Some(0.0));
+    let baseline = gauge(
+        &edge,
+        "nexus_edge_instance_queue_delay_baseline_seconds{instance=\"inst-steady\"}",
+    )
+    .expect("a baseline");
+    assert!(baseline < 0.015, "baseline {baseline}");
+
+    // Its quickest answers now take 60 ms: under the SLO, but many times its usual.
+    steady_delay.store(60, Ordering::Relaxed);
+    wait::until(long, "the steady instance's queue-delay trigger", || {
+        (trigger(&edge, "inst-steady", "queue_delay") == Some(1.0)).then_some(())
+    });
+    assert_eq!(trigger(&edge, "inst-steady", "latency"), Some(0.0));
+    // The slow instance answers as slowly as ever: no queue building there.
+    assert_eq!(trigger(&edge, "inst-slow", "queue_delay"), Some(0.0));
+    // Its baseline did not take the queue in.
+    let held = gauge(
+        &edge,
+        "nexus_edge_instance_queue_delay_baseline_seconds{instance=\"inst-steady\"}",
+    )
+    .expect("a baseline");
+    assert!(held < 0.015, "baseline {held}");
+    steady_delay.store(0, Ordering::Relaxed);
+    wait::until(long, "the queue-delay trigger dropped", || {
+        (trigger(&edge, "inst-steady", "queue_delay") == Some(0.0)).then_some(())
+    });
+
+    // A third instance finds the budget full: counted in the shared set, no series of its own.
+    let r = get_with_token(edge.addr, &host("extra"), "/", &keys.token("extra", None));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Counted once its exchange has ended, which may be just after the client has its answer.
+    wait::until(long, "the request counted past the budget", || {
+        (gauge(
+            &edge,
+            "nexus_edge_instance_signals_over_budget_requests_total",
+        )? == 1.0)
+            .then_some(())
+    });
+    wait::until(long, "the shared set counted it", || {
+        (gauge(
+            &edge,
+            "nexus_edge_instance_interval_requests{instance=\"(over budget)\"}",
+        )? == 1.0)
+            .then_some(())
+    });
+    let text = edge.ops_get("/metrics").text();
+    assert!(!text.contains("inst-extra"), "{text}");
+    assert_eq!(
+        gauge(&edge, "nexus_edge_instance_signals_tracked"),
+        Some(2.0)
+    );
+}
+
+/// A request that times out at the instance counts as slow as its timeout; one the router
+/// refuses itself never reached an instance and counts for none.
+#[test]
+fn timeouts_count_as_slow_and_refusals_count_for_no_instance() {
+    let keys = TestKeys::new();
+    let (hanging, other) = (Backend::start("hanging"), Backend::start("other"));
+    let mut opts = EdgeOptions::new(
+        keys.jwks(),
+        bindings_file(vec![
+            binding("hanging", &hanging.url(), "active", None),
+            binding("other", &other.url(), "active", None),
+        ]),
+    );
+    opts.read_timeout = "300ms";
+    opts.extra = "[metrics]\ninterval = \"1s\"\nlatency_slo = \"200ms\"\nslo_intervals = 1\n\
+                  min_requests = 1\n"
+        .to_owned();
+    let edge = Edge::start(&opts);
+    let token = keys.token("hanging", None);
+    wait::until(
+        Duration::from_secs(30),
+        "the latency trigger from timeouts",
+        || {
+            let r = get_with_token(edge.addr, &host("hanging"), "/slow/5000", &token);
+            assert_eq!(r.status, 504, "{}", r.text());
+            (trigger(&edge, "inst-hanging", "latency") == Some(1.0)).then_some(())
+        },
+    );
+    // No token, another tenant's: refused before any instance was asked.
+    for t in ["", &token] {
+        let r = get_with_token(edge.addr, &host("other"), "/", t);
+        assert!([401, 403].contains(&r.status), "{}", r.status);
+    }
+    // An interval ended with no request to the hanging instance: one begun after its last
+    // request, before which the refusals, sent after it and counted as they were answered,
+    // had their turn.
+    wait::until(
+        Duration::from_secs(10),
+        "an interval without requests",
+        || {
+            (gauge(
+                &edge,
+                "nexus_edge_instance_interval_requests{instance=\"inst-hanging\"}",
+            )? == 0.0)
+                .then_some(())
+        },
+    );
+    let text = edge.ops_get("/metrics").text();
+    assert!(!text.contains("inst-other"), "{text}");
+    assert_eq!(
+        gauge(&edge, "nexus_edge_instance_signals_tracked"),
+        Some(1.0)
+    );
+    assert_eq!(other.hits(), 0);
+}
