@@ -30,7 +30,7 @@ cargo clippy -q --locked --manifest-path fuzz/Cargo.toml --target-dir "$target_d
 echo "== example config"
 cargo run -q -p nexus-edge -- check --config deploy/nexus-edge.example.toml
 echo "== bench smoke (the benches and harnesses must keep working; figures are not judged here)"
-NEXUS_BENCH_SMOKE=1 cargo bench -q -p nexus-bench --bench decision --bench table --bench certs -- --test
+NEXUS_BENCH_SMOKE=1 cargo bench -q -p nexus-bench --bench decision --bench table --bench certs --bench scale -- --test
 cargo build -q --release -p nexus-edge --bin nexus-edge -p nexus-bench --bin load --bin bare-proxy --bin redis-bench
 "$target_dir/release/load" --smoke
 "$target_dir/release/load" --smoke --addresses
