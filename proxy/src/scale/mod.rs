@@ -93,10 +93,19 @@ impl InstanceSignals {
     /// Counts one request's latency (from its arrival to its instance's response header)
     /// for `instance`.
     pub fn record(&self, instance: &InstanceId, latency: Duration) {
-        if let Some(t) = self.tracked.load().get(instance) {
+        let now = self.tracked.load();
+        if let Some(t) = now.get(instance) {
             t.window.record(latency);
             return;
         }
+        // With the budget full, every request of an instance past it would otherwise take
+        // the lock to learn so.
+        if now.len() >= self.budget {
+            self.metrics.over_budget_requests.inc();
+            self.over_budget.window.record(latency);
+            return;
+        }
+        drop(now);
         self.admit(instance).window.record(latency);
     }
 

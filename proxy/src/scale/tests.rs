@@ -180,3 +180,54 @@ fn a_budget_of_none_keeps_the_shared_set_only() {
     );
     assert_eq!(lines.len(), 7 + 3, "{lines:#?}");
 }
+
+/// Threads counting for instances that come and fill the budget at the same time: every
+/// request is counted once, in its instance's set or the shared one, and the budget holds.
+#[test]
+fn requests_counted_at_once_from_many_threads_are_each_counted_once() {
+    let metrics = Metrics::new().expect("metrics");
+    let signals = InstanceSignals::new(&settings(10), metrics.scale.clone());
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let signals = &signals;
+            s.spawn(move || {
+                for n in 0..1000 {
+                    signals.record(
+                        &id(&format!("i-{}", (n + t) % 20)),
+                        Duration::from_millis(1),
+                    );
+                }
+            });
+        }
+    });
+    signals.close_interval();
+    let lines = series(&metrics);
+    let counted: u64 = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("nexus_edge_instance_interval_requests{"))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("a count")
+        })
+        .sum();
+    assert_eq!(counted, 4000, "{lines:#?}");
+    assert_eq!(
+        value(&lines, "nexus_edge_instance_signals_tracked").as_deref(),
+        Some("10")
+    );
+    let shared: u64 = value(
+        &lines,
+        "nexus_edge_instance_interval_requests{instance=\"(over budget)\"}",
+    )
+    .and_then(|v| v.parse().ok())
+    .expect("the shared set");
+    assert_eq!(
+        value(
+            &lines,
+            "nexus_edge_instance_signals_over_budget_requests_total"
+        ),
+        Some(shared.to_string())
+    );
+}
