@@ -827,3 +827,37 @@ fn check_names_each_certificate_file_the_https_listener_would_not_use() {
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("no certificate covers"), "{out}");
 }
+
+/// More instances in the bindings than `[metrics] max_instances` give series to: a warning
+/// with the count, as the ones past it would share the "(over budget)" series.
+#[test]
+fn check_warns_of_instances_past_the_metrics_budget() {
+    let (dir, bindings) = demo_key_set_and_bindings();
+    let instances: std::collections::HashSet<&str> = bindings["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["instance_id"].as_str().unwrap())
+        .collect();
+    assert!(instances.len() >= 2, "{bindings}");
+    std::fs::write(dir.path().join("bindings.json"), bindings.to_string()).unwrap();
+    let config = |budget: usize| {
+        format!(
+            "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"file\"\npath = \
+             \"bindings.json\"\n[metrics]\nmax_instances = {budget}\n"
+        )
+    };
+    let (code, out) = check(dir.path(), &config(1));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "warning: metrics.max_instances: the bindings name {} instances, {} more than the 1",
+            instances.len(),
+            instances.len() - 1
+        )),
+        "{out}"
+    );
+    let (code, out) = check(dir.path(), &config(instances.len()));
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("metrics.max_instances"), "{out}");
+}

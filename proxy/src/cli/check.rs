@@ -157,18 +157,18 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     // when `[tenancy]` is readable.
     let tenancy = sections.tenancy.as_ref();
     let cors = sections.cors.as_ref();
+    let metrics = sections.metrics.as_ref();
     if sections.store.is_none() {
-        if let Some(Err(e)) = sections
-            .named
-            .bindings_file
-            .as_ref()
-            .map(|f| check_bindings_file(&file_store(f), tenancy, cors, certs.as_ref()))
+        if let Some(Err(e)) =
+            sections.named.bindings_file.as_ref().map(|f| {
+                check_bindings_file(&file_store(f), tenancy, cors, certs.as_ref(), metrics)
+            })
         {
             problem("store.path", e);
         }
     }
     if let Some(store) = &sections.store {
-        if let Err(e) = check_bindings_file(store, tenancy, cors, certs.as_ref()) {
+        if let Err(e) = check_bindings_file(store, tenancy, cors, certs.as_ref(), metrics) {
             problem("store.path", e);
         }
         // A snapshot that could never be written would leave a replica nothing to start
@@ -252,6 +252,29 @@ fn uncovered_warnings(
     }
 }
 
+/// Instances the bindings file names past `[metrics] max_instances`: once each has had a
+/// request, those past the budget share one set of scale-trigger series, and their
+/// triggers are no longer their own.
+fn budget_warning(
+    file: &Path,
+    metrics: &nexus_config::MetricsSettings,
+    bindings: &[std::sync::Arc<nexus_binding_store::Binding>],
+) {
+    let instances: std::collections::HashSet<&str> =
+        bindings.iter().map(|b| b.instance_id.as_str()).collect();
+    if instances.len() > metrics.max_instances {
+        eprintln!(
+            "{}: warning: metrics.max_instances: the bindings name {} instances, {} more than \
+             the {} that get scale-trigger series of their own; the rest would share \
+             instance=\"(over budget)\"",
+            file.display(),
+            instances.len(),
+            instances.len() - metrics.max_instances,
+            metrics.max_instances
+        );
+    }
+}
+
 /// What is valid in `[auth]` but worth a second look.
 fn auth_warnings(path: &Path, auth: &nexus_config::AuthSettings) {
     if auth.issuers.is_empty() {
@@ -301,6 +324,7 @@ fn check_bindings_file(
     tenancy: Option<&nexus_config::TenancySettings>,
     cors: Option<&nexus_config::CorsSettings>,
     certs: Option<&nexus_certs::CertSet>,
+    metrics: Option<&nexus_config::MetricsSettings>,
 ) -> Result<(), String> {
     let base_domains = tenancy.map(|t| t.base_domains.as_slice());
     let nexus_config::StoreSettings::File(f) = store else {
@@ -342,6 +366,9 @@ fn check_bindings_file(
     }
     if let (Some(certs), Some(bases)) = (certs, base_domains) {
         uncovered_warnings(file, certs, bases, &parsed.bindings);
+    }
+    if let Some(metrics) = metrics {
+        budget_warning(file, metrics, &parsed.bindings);
     }
     for (domain, tenants) in nexus_binding_store::records::contested_domains(&parsed.bindings) {
         let tenants: Vec<&str> = tenants.iter().map(|t| t.as_str()).collect();
