@@ -94,6 +94,19 @@ impl TestCa {
         format!("{cert}{key}")
     }
 
+    /// A certificate and its key, as [`TestCa::issue`], valid only in the years
+    /// `from..until` (1 January each).
+    pub fn issue_for_years(&self, names: &[&str], from: i32, until: i32) -> String {
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .expect("params");
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+
     /// A certificate for `names` and `usage`, and its new key, as two PEM texts.
     pub fn issue_pair(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
         let key = KeyPair::generate().expect("key");

@@ -826,6 +826,25 @@ fn check_names_each_certificate_file_the_https_listener_would_not_use() {
     let (code, out) = check(dir.path(), config);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("no certificate covers"), "{out}");
+    assert!(!out.contains("clients refuse it"), "{out}");
+    // Certificates clients refuse: warnings naming the file (they would still serve).
+    std::fs::write(
+        certs.join("old.pem"),
+        ca.issue_for_years(&["old.example"], 2019, 2020),
+    )
+    .unwrap();
+    std::fs::write(
+        certs.join("future.pem"),
+        ca.issue_for_years(&["future.example"], 2090, 2091),
+    )
+    .unwrap();
+    let (code, out) = check(dir.path(), config);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("old.pem expired ") && out.contains("future.pem is not valid for "),
+        "{out}"
+    );
+    assert!(!out.contains("tenants.pem expire"), "{out}");
 }
 
 /// More instances in the bindings than `[metrics] max_instances` give series to: a warning

@@ -125,8 +125,12 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     // pass over is a problem here.
     let certs = sections.tls.as_ref().and_then(Option::as_ref).map(|tls| {
         let mut files = nexus_certs::CertFiles::new(tls.certificates.clone());
-        for e in files.reload().new_problems {
+        let read = files.reload();
+        for e in read.new_problems {
             problem("tls.certificates", e.to_string());
+        }
+        for cert in &read.loaded {
+            expiry_warning(path, cert, nexus_certs::unix_now());
         }
         let set = files.set();
         if set.is_empty() {
@@ -249,6 +253,42 @@ fn uncovered_warnings(
             missing.len(),
             shown.join(", ")
         );
+    }
+}
+
+/// How long before its `notAfter` a certificate is said to expire soon: renewals (ACME
+/// clients renew 30 days before) that have not happened by then have failed.
+const EXPIRES_SOON: i64 = 14 * 24 * 3600;
+
+/// A certificate the HTTPS listener would serve that clients refuse, or soon will: expired,
+/// not valid yet, or expiring within [`EXPIRES_SOON`]. Warnings: it still serves (an expired
+/// certificate is the tenant's HTTPS cut off either way, and renewing it is the fix).
+fn expiry_warning(config: &Path, cert: &nexus_certs::LoadedCert, now: i64) {
+    let Some(state) = out_of_date(cert.not_before, cert.not_after, now) else {
+        return;
+    };
+    eprintln!(
+        "{}: warning: tls.certificates: {} {state}: clients refuse it",
+        config.display(),
+        cert.path.display()
+    );
+}
+
+/// What is wrong with a certificate valid from `not_before` to `not_after` (Unix seconds)
+/// at `now`, if anything.
+fn out_of_date(not_before: i64, not_after: i64, now: i64) -> Option<String> {
+    let days = |secs: i64| secs / (24 * 3600);
+    if not_after < now {
+        Some(format!("expired {} days ago", days(now - not_after)))
+    } else if not_before > now {
+        Some(format!(
+            "is not valid for {} more days",
+            days(not_before - now)
+        ))
+    } else if not_after - now < EXPIRES_SOON {
+        Some(format!("expires in {} days", days(not_after - now)))
+    } else {
+        None
     }
 }
 
@@ -501,4 +541,32 @@ fn public_path_warnings(t: &nexus_config::TenancySettings) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_out_of_date_or_nearly_are_said_so() {
+        const DAY: i64 = 24 * 3600;
+        let now = 1_800_000_000;
+        for (not_before, not_after, want) in [
+            (now - 90 * DAY, now + 60 * DAY, None),
+            (now - 90 * DAY, now + 14 * DAY, None),
+            (now - 90 * DAY, now + 5 * DAY, Some("expires in 5 days")),
+            (now - 90 * DAY, now - 3 * DAY, Some("expired 3 days ago")),
+            (
+                now + 2 * DAY,
+                now + 92 * DAY,
+                Some("is not valid for 2 more days"),
+            ),
+        ] {
+            assert_eq!(
+                out_of_date(not_before, not_after, now).as_deref(),
+                want,
+                "{not_before}..{not_after}"
+            );
+        }
+    }
 }
