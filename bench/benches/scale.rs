@@ -15,7 +15,15 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use nexus_binding_store::InstanceId;
 use nexus_config::MetricsSettings;
 use nexus_edge::metrics::Metrics;
-use nexus_edge::scale::InstanceSignals;
+use nexus_edge::scale::{InstanceSignals, Sent};
+
+/// A request answered, not failed, after `latency`.
+fn ok(latency: Duration) -> Sent {
+    Sent::Answered {
+        latency,
+        failed: false,
+    }
+}
 
 fn instances() -> usize {
     if std::env::var_os("NEXUS_BENCH_SMOKE").is_some() {
@@ -36,7 +44,7 @@ fn tracked(n: usize) -> (InstanceSignals, Vec<InstanceId>) {
         .map(|i| InstanceId::parse(&format!("inst-eu-{i:04}")).unwrap())
         .collect();
     for id in &ids {
-        signals.record(id, Duration::from_millis(3));
+        signals.record(id, ok(Duration::from_millis(3)));
     }
     (signals, ids)
 }
@@ -49,7 +57,10 @@ fn record(c: &mut Criterion) {
     g.bench_function(format!("record, {n} instances tracked"), |b| {
         b.iter(|| {
             i = (i + 1) % ids.len();
-            signals.record(black_box(&ids[i]), black_box(Duration::from_micros(1800)));
+            signals.record(
+                black_box(&ids[i]),
+                black_box(ok(Duration::from_micros(1800))),
+            );
         })
     });
     // Every core counting for the same instance: the one counter they share is the worst
@@ -65,7 +76,7 @@ fn record(c: &mut Criterion) {
                     let (signals, one) = (Arc::clone(&signals), one.clone());
                     s.spawn(move || {
                         for _ in 0..iters {
-                            signals.record(black_box(&one), Duration::from_micros(1800));
+                            signals.record(black_box(&one), ok(Duration::from_micros(1800)));
                         }
                     });
                 }
@@ -80,7 +91,7 @@ fn record(c: &mut Criterion) {
         b.iter_batched(
             || {
                 for id in &ids {
-                    signals.record(id, Duration::from_millis(3));
+                    signals.record(id, ok(Duration::from_millis(3)));
                 }
             },
             |()| signals.close_interval(),

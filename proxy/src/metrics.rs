@@ -110,10 +110,18 @@ pub struct Metrics {
 }
 
 /// The scale-trigger signals, per instance, as of the last interval's end (see
-/// [`crate::scale`]): 7 series per instance within `[metrics] max_instances`.
+/// [`crate::scale`]): [`crate::scale::SERIES_PER_INSTANCE`] series per instance within
+/// `[metrics] max_instances`.
 #[derive(Clone)]
 pub struct ScaleMetrics {
-    /// `instance_interval_requests`: requests the last interval counted.
+    /// `instance_requests_total`: requests sent to the instance that ended in an answer, a
+    /// timeout or a failure to reach it (counted at each interval's end).
+    pub requests: IntCounterVec,
+    /// `instance_failed_requests_total`: of those, the ones the instance failed: a 5xx, no
+    /// answer in time, out of reach, or an answer invalid or broken off (the brief's 5xx SLO).
+    pub failed_requests: IntCounterVec,
+    /// `instance_interval_requests`: requests with a latency (answered or timed out) the
+    /// last interval judged.
     pub interval_requests: IntGaugeVec,
     /// `instance_latency_p95_seconds`: the last interval's 95th percentile latency; NaN when
     /// it had fewer than `min_requests`.
@@ -145,9 +153,23 @@ impl ScaleMetrics {
             IntGaugeVec::new(Opts::new(name, help), labels)
         };
         Ok(Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "instance_requests_total",
+                    "Requests sent to the instance that ended (answered, timed out, or out of reach), counted at each interval's end",
+                ),
+                &["instance"],
+            )?,
+            failed_requests: IntCounterVec::new(
+                Opts::new(
+                    "instance_failed_requests_total",
+                    "Requests the instance failed: answered 5xx, not in time, out of reach, or with an invalid or broken-off answer (counted at each interval's end)",
+                ),
+                &["instance"],
+            )?,
             interval_requests: per_instance_int(
                 "instance_interval_requests",
-                "Requests to the instance the last interval (metrics.interval) counted",
+                "Requests to the instance with a latency (answered, or timed out) the last interval (metrics.interval) judged",
                 &["instance"],
             )?,
             latency_p95: per_instance(
@@ -189,6 +211,9 @@ impl ScaleMetrics {
 
     /// Takes an instance's series away.
     pub fn forget(&self, instance: &str) {
+        for v in [&self.requests, &self.failed_requests] {
+            let _ = v.remove_label_values(&[instance]);
+        }
         for v in [&self.interval_requests, &self.slo_breaches] {
             let _ = v.remove_label_values(&[instance]);
         }
@@ -204,8 +229,10 @@ impl ScaleMetrics {
         }
     }
 
-    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 9] {
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 11] {
         [
+            Box::new(self.requests.clone()),
+            Box::new(self.failed_requests.clone()),
             Box::new(self.interval_requests.clone()),
             Box::new(self.latency_p95.clone()),
             Box::new(self.queue_delay.clone()),

@@ -16,6 +16,7 @@ use nexus_e2e::edge::{binding, bindings_file, Edge, EdgeOptions};
 use nexus_e2e::http::get_with_token;
 use nexus_e2e::keys::TestKeys;
 use nexus_e2e::probe::host;
+use nexus_e2e::raw_instance::{Answer, RawInstance};
 use nexus_e2e::wait;
 
 /// The value of the series `name` (with its labels) in the router's metrics; `None` when
@@ -181,17 +182,22 @@ fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
     );
 }
 
-/// A request that times out at the instance counts as slow as its timeout; one the router
-/// refuses itself never reached an instance and counts for none.
+/// A request that times out at the instance counts as slow as its timeout, and failed, as
+/// does one the instance answers 5xx; one the router refuses itself never reached an
+/// instance and counts for none.
 #[test]
-fn timeouts_count_as_slow_and_refusals_count_for_no_instance() {
+fn timeouts_count_as_slow_5xx_as_failed_and_refusals_for_no_instance() {
     let keys = TestKeys::new();
     let (hanging, other) = (Backend::start("hanging"), Backend::start("other"));
+    let failing = RawInstance::start(|_| {
+        Answer::keep("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+    });
     let mut opts = EdgeOptions::new(
         keys.jwks(),
         bindings_file(vec![
             binding("hanging", &hanging.url(), "active", None),
             binding("other", &other.url(), "active", None),
+            binding("failing", &failing.url(), "active", None),
         ]),
     );
     opts.read_timeout = "300ms";
@@ -209,6 +215,11 @@ fn timeouts_count_as_slow_and_refusals_count_for_no_instance() {
             (trigger(&edge, "inst-hanging", "latency") == Some(1.0)).then_some(())
         },
     );
+    let failing_token = keys.token("failing", None);
+    for _ in 0..3 {
+        let r = get_with_token(edge.addr, &host("failing"), "/", &failing_token);
+        assert_eq!(r.status, 503, "{}", r.text());
+    }
     // No token, another tenant's: refused before any instance was asked.
     for t in ["", &token] {
         let r = get_with_token(edge.addr, &host("other"), "/", t);
@@ -232,7 +243,27 @@ fn timeouts_count_as_slow_and_refusals_count_for_no_instance() {
     assert!(!text.contains("inst-other"), "{text}");
     assert_eq!(
         gauge(&edge, "nexus_edge_instance_signals_tracked"),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(other.hits(), 0);
+    // Every request each of the two instances got, it failed.
+    for instance in ["inst-hanging", "inst-failing"] {
+        let count = |name: &str| {
+            gauge(&edge, &format!("{name}{{instance=\"{instance}\"}}")).unwrap_or_default()
+        };
+        let sent = count("nexus_edge_instance_requests_total");
+        assert!(sent >= 1.0, "{instance}: {text}");
+        assert_eq!(
+            count("nexus_edge_instance_failed_requests_total"),
+            sent,
+            "{instance}: {text}"
+        );
+    }
+    assert_eq!(
+        gauge(
+            &edge,
+            "nexus_edge_instance_requests_total{instance=\"inst-failing\"}"
+        ),
+        Some(3.0)
+    );
 }

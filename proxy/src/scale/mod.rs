@@ -1,13 +1,16 @@
-//! Scale-trigger signals per instance: each forwarded request's latency is counted for the
-//! instance it went to, and once per `[metrics] interval` every instance is judged against
-//! the brief's two triggers the router sees (see [`judge`]) and its figures published.
+//! Scale-trigger signals per instance: each forwarded request's latency, and whether the
+//! instance failed it, is counted for the instance it went to, and once per `[metrics]
+//! interval` every instance is judged against the brief's two triggers the router sees (see
+//! [`judge`]) and its figures published.
 //!
 //! The series are bounded by `[metrics] max_instances`: instances past it share one set,
 //! labelled [`OVER_BUDGET`], and one no request has reached for [`FORGET_AFTER`] intervals
 //! (moved away by a rebind, retired) is forgotten with its series. So the series count is
-//! at most 7 per instance within the budget, plus 7 for the shared set and 2.
+//! at most [`SERIES_PER_INSTANCE`] per instance within the budget, as many for the shared
+//! set, and 3.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,15 +34,62 @@ use window::Window;
 pub const OVER_BUDGET: &str = "(over budget)";
 /// Intervals in a row without a request after which an instance is forgotten.
 pub const FORGET_AFTER: u32 = 10;
+/// The series each instance has (see [`crate::metrics::ScaleMetrics`]).
+pub const SERIES_PER_INSTANCE: usize = 9;
 
-/// One instance: the interval's latencies so far, and its judgement.
+/// How a request sent to an instance ended, as the instance's signals count it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sent {
+    /// The instance's final response header came `latency` after the request arrived;
+    /// `failed`: the response was a 5xx, or invalid, or broke off.
+    Answered {
+        /// From the request's arrival to the response header.
+        latency: Duration,
+        /// The instance failed the request.
+        failed: bool,
+    },
+    /// The instance did not answer within the timeout: failed, and as slow as it took.
+    TimedOut(Duration),
+    /// The instance could not be reached, or what it sent was no response: failed, with no
+    /// latency to count.
+    Unanswered,
+}
+
+/// One instance: the interval's latencies and counts so far, and its judgement.
 #[derive(Debug, Default)]
 struct Tracked {
     window: Window,
+    /// Requests that ended since the last interval's end.
+    sent: AtomicU64,
+    /// Of those, the ones the instance failed.
+    failed: AtomicU64,
     judge: Mutex<Judge>,
 }
 
 impl Tracked {
+    fn count(&self, sent: Sent) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let (latency, failed) = match sent {
+            Sent::Answered { latency, failed } => (Some(latency), failed),
+            Sent::TimedOut(latency) => (Some(latency), true),
+            Sent::Unanswered => (None, true),
+        };
+        if failed {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(latency) = latency {
+            self.window.record(latency);
+        }
+    }
+
+    /// The interval's counts of requests ended and failed, leaving them at 0.
+    fn take_counts(&self) -> (u64, u64) {
+        (
+            self.sent.swap(0, Ordering::Relaxed),
+            self.failed.swap(0, Ordering::Relaxed),
+        )
+    }
+
     fn judge(&self, rules: &Rules) -> Verdict {
         let interval = Interval::of(&self.window.take());
         let mut judge = self.judge.lock().unwrap_or_else(|e| e.into_inner());
@@ -86,27 +136,26 @@ impl InstanceSignals {
         };
         signals.metrics.budget.set(as_i64(settings.max_instances));
         // The shared set from the start, so that it is there, at 0, before it is needed.
-        signals.publish(OVER_BUDGET, &signals.over_budget.judge(&signals.rules));
+        signals.end_interval(OVER_BUDGET, &signals.over_budget);
         signals
     }
 
-    /// Counts one request's latency (from its arrival to its instance's response header)
-    /// for `instance`.
-    pub fn record(&self, instance: &InstanceId, latency: Duration) {
+    /// Counts how a request sent to `instance` ended.
+    pub fn record(&self, instance: &InstanceId, sent: Sent) {
         let now = self.tracked.load();
         if let Some(t) = now.get(instance) {
-            t.window.record(latency);
+            t.count(sent);
             return;
         }
         // With the budget full, every request of an instance past it would otherwise take
         // the lock to learn so.
         if now.len() >= self.budget {
             self.metrics.over_budget_requests.inc();
-            self.over_budget.window.record(latency);
+            self.over_budget.count(sent);
             return;
         }
         drop(now);
-        self.admit(instance).window.record(latency);
+        self.admit(instance).count(sent);
     }
 
     /// The instance's entry, made if the budget has room; else the shared one.
@@ -134,12 +183,12 @@ impl InstanceSignals {
         let now = self.tracked.load_full();
         let mut forget = Vec::new();
         for (id, t) in now.iter() {
-            self.publish(id.as_str(), &t.judge(&self.rules));
+            self.end_interval(id.as_str(), t);
             if t.quiet_intervals() >= FORGET_AFTER {
                 forget.push(id.clone());
             }
         }
-        self.publish(OVER_BUDGET, &self.over_budget.judge(&self.rules));
+        self.end_interval(OVER_BUDGET, &self.over_budget);
         if forget.is_empty() {
             return;
         }
@@ -157,6 +206,17 @@ impl InstanceSignals {
         }
         self.metrics.tracked.set(as_i64(next.len()));
         self.tracked.store(Arc::new(next));
+    }
+
+    /// Judges one instance's interval and publishes what it showed.
+    fn end_interval(&self, instance: &str, t: &Tracked) {
+        let (sent, failed) = t.take_counts();
+        let m = &self.metrics;
+        m.requests.with_label_values(&[instance]).inc_by(sent);
+        m.failed_requests
+            .with_label_values(&[instance])
+            .inc_by(failed);
+        self.publish(instance, &t.judge(&self.rules));
     }
 
     fn publish(&self, instance: &str, v: &Verdict) {

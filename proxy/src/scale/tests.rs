@@ -18,6 +18,14 @@ fn settings(max_instances: usize) -> MetricsSettings {
     }
 }
 
+/// A request answered, not failed, after `latency`.
+fn ok(latency: Duration) -> Sent {
+    Sent::Answered {
+        latency,
+        failed: false,
+    }
+}
+
 fn id(s: &str) -> InstanceId {
     InstanceId::parse(s).expect("instance id")
 }
@@ -48,10 +56,10 @@ fn each_instance_is_judged_and_published_under_its_id() {
     let metrics = Metrics::new().expect("metrics");
     let signals = InstanceSignals::new(&settings(10), metrics.scale.clone());
     for _ in 0..10 {
-        signals.record(&id("slow"), Duration::from_millis(300));
-        signals.record(&id("fast"), Duration::from_millis(20));
+        signals.record(&id("slow"), ok(Duration::from_millis(300)));
+        signals.record(&id("fast"), ok(Duration::from_millis(20)));
     }
-    signals.record(&id("idle"), Duration::from_millis(900));
+    signals.record(&id("idle"), ok(Duration::from_millis(900)));
     signals.close_interval();
     let lines = series(&metrics);
     let v = |n: &str| value(&lines, n).unwrap_or_else(|| panic!("{n} in {lines:#?}"));
@@ -90,7 +98,7 @@ fn instances_past_the_budget_share_one_set_of_series() {
     let signals = InstanceSignals::new(&settings(2), metrics.scale.clone());
     for name in ["a", "b", "c", "d", "a"] {
         for _ in 0..3 {
-            signals.record(&id(name), Duration::from_millis(5));
+            signals.record(&id(name), ok(Duration::from_millis(5)));
         }
     }
     signals.close_interval();
@@ -116,10 +124,10 @@ fn instances_past_the_budget_share_one_set_of_series() {
         v("nexus_edge_instance_signals_budget").as_deref(),
         Some("2")
     );
-    // 7 series for each of the two instances and the shared set, and 3 for the set.
+    // The series of each of the two instances and of the shared set, and 3 for the whole.
     assert_eq!(
         lines.len(),
-        7 * 3 + 3,
+        SERIES_PER_INSTANCE * 3 + 3,
         "the series are bounded by the budget: {lines:#?}"
     );
 }
@@ -130,7 +138,7 @@ fn instances_past_the_budget_share_one_set_of_series() {
 fn quiet_instances_are_forgotten_and_make_room() {
     let metrics = Metrics::new().expect("metrics");
     let signals = InstanceSignals::new(&settings(1), metrics.scale.clone());
-    signals.record(&id("old"), Duration::from_millis(5));
+    signals.record(&id("old"), ok(Duration::from_millis(5)));
     signals.close_interval();
     for _ in 0..FORGET_AFTER {
         assert!(value(
@@ -149,7 +157,7 @@ fn quiet_instances_are_forgotten_and_make_room() {
         value(&lines, "nexus_edge_instance_signals_tracked").as_deref(),
         Some("0")
     );
-    signals.record(&id("new"), Duration::from_millis(5));
+    signals.record(&id("new"), ok(Duration::from_millis(5)));
     signals.close_interval();
     assert_eq!(
         value(
@@ -166,8 +174,8 @@ fn quiet_instances_are_forgotten_and_make_room() {
 fn a_budget_of_none_keeps_the_shared_set_only() {
     let metrics = Metrics::new().expect("metrics");
     let signals = InstanceSignals::new(&settings(0), metrics.scale.clone());
-    signals.record(&id("a"), Duration::from_millis(300));
-    signals.record(&id("b"), Duration::from_millis(300));
+    signals.record(&id("a"), ok(Duration::from_millis(300)));
+    signals.record(&id("b"), ok(Duration::from_millis(300)));
     signals.close_interval();
     let lines = series(&metrics);
     assert_eq!(
@@ -178,7 +186,7 @@ fn a_budget_of_none_keeps_the_shared_set_only() {
         .as_deref(),
         Some("1")
     );
-    assert_eq!(lines.len(), 7 + 3, "{lines:#?}");
+    assert_eq!(lines.len(), SERIES_PER_INSTANCE + 3, "{lines:#?}");
 }
 
 /// Threads counting for instances that come and fill the budget at the same time: every
@@ -192,34 +200,50 @@ fn requests_counted_at_once_from_many_threads_are_each_counted_once() {
             let signals = &signals;
             s.spawn(move || {
                 for n in 0..1000 {
-                    signals.record(
-                        &id(&format!("i-{}", (n + t) % 20)),
-                        Duration::from_millis(1),
-                    );
+                    let sent = match n % 10 {
+                        0 => Sent::Unanswered,
+                        1 => Sent::TimedOut(Duration::from_secs(30)),
+                        2 => Sent::Answered {
+                            latency: Duration::from_millis(1),
+                            failed: true,
+                        },
+                        _ => ok(Duration::from_millis(1)),
+                    };
+                    signals.record(&id(&format!("i-{}", (n + t) % 20)), sent);
                 }
             });
         }
     });
     signals.close_interval();
     let lines = series(&metrics);
-    let counted: u64 = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("nexus_edge_instance_interval_requests{"))
-        .map(|l| {
-            l.rsplit(' ')
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .expect("a count")
-        })
-        .sum();
-    assert_eq!(counted, 4000, "{lines:#?}");
+    let sum = |name: &str| -> u64 {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+            .map(|l| {
+                l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .expect("a count")
+            })
+            .sum()
+    };
+    assert_eq!(
+        sum("nexus_edge_instance_requests_total"),
+        4000,
+        "{lines:#?}"
+    );
+    // A tenth out of reach, a tenth timed out, a tenth answered with a failure.
+    assert_eq!(sum("nexus_edge_instance_failed_requests_total"), 1200);
+    // The latencies judged: all but those out of reach.
+    assert_eq!(sum("nexus_edge_instance_interval_requests"), 3600);
     assert_eq!(
         value(&lines, "nexus_edge_instance_signals_tracked").as_deref(),
         Some("10")
     );
     let shared: u64 = value(
         &lines,
-        "nexus_edge_instance_interval_requests{instance=\"(over budget)\"}",
+        "nexus_edge_instance_requests_total{instance=\"(over budget)\"}",
     )
     .and_then(|v| v.parse().ok())
     .expect("the shared set");

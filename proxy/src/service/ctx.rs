@@ -62,9 +62,10 @@ pub struct RequestCtx {
     pub(super) cors_origin: Option<HeaderValue>,
     /// The router answered this request as a CORS preflight.
     pub(super) preflight_answered: bool,
-    /// When the instance's final response header arrived (not a `1xx`, nor a `101`): the
-    /// end of the latency counted for the instance's scale-trigger signals.
-    pub(super) answered_at: Option<Instant>,
+    /// When the instance's final response header arrived (not a `1xx`, nor a `101`), and
+    /// its status: the end of the latency counted for the instance's scale-trigger signals,
+    /// and whether the instance failed the request.
+    pub(super) answered: Option<(Instant, http::StatusCode)>,
 }
 
 impl RequestCtx {

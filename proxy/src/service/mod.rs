@@ -117,24 +117,48 @@ impl EdgeService {
         Ok(())
     }
 
-    /// Counts the request's latency for its instance's scale-trigger signals: up to the
+    /// Counts the request for its instance's scale-trigger signals: its latency up to the
     /// instance's response header, or, for one that timed out before it, up to the timeout
-    /// (a timeout is the slowest answer there is, not no answer). A tunnel's `101`, a
-    /// request refused before it was sent, and an instance that could not be reached count
-    /// nothing.
+    /// (a timeout is the slowest answer there is, not no answer); and whether the instance
+    /// failed it (a 5xx, a timeout, out of reach, an invalid or broken-off answer). A
+    /// request refused before it was sent, a tunnel's `101`, a failure of the router's own
+    /// and a client gone before any answer count nothing.
     fn count_for_instance(&self, ctx: &RequestCtx) {
         let Some(decision) = &ctx.decision else {
             return;
         };
-        let end = match (ctx.answered_at, &ctx.rejected) {
-            (Some(at), _) => at,
-            (None, Some(RejectReason::UpstreamTimeout)) => Instant::now(),
+        let instance_failed = |r: &RejectReason| {
+            matches!(
+                r,
+                RejectReason::UpstreamUnreachable
+                    | RejectReason::UpstreamInvalid
+                    | RejectReason::UpstreamTimeout
+            )
+        };
+        let broke_off = ctx.failed.is_some_and(|label| {
+            [
+                RejectReason::UpstreamUnreachable,
+                RejectReason::UpstreamInvalid,
+                RejectReason::UpstreamTimeout,
+            ]
+            .iter()
+            .any(|r| r.label() == label)
+        });
+        let sent = match (ctx.answered, &ctx.rejected) {
+            (Some((at, status)), rejected) => crate::scale::Sent::Answered {
+                latency: at.saturating_duration_since(ctx.start),
+                failed: status.is_server_error()
+                    || status.as_u16() > 599
+                    || broke_off
+                    || rejected.as_ref().is_some_and(instance_failed),
+            },
+            (None, Some(RejectReason::UpstreamTimeout)) => {
+                crate::scale::Sent::TimedOut(ctx.start.elapsed())
+            }
+            (None, Some(r)) if instance_failed(r) => crate::scale::Sent::Unanswered,
             (None, _) => return,
         };
-        self.state.scale.record(
-            &decision.binding.instance_id,
-            end.saturating_duration_since(ctx.start),
-        );
+        self.state.scale.record(&decision.binding.instance_id, sent);
     }
 
     /// Answers an allowed CORS preflight with `answer` (see [`crate::cors`]): no instance asked.
@@ -428,7 +452,7 @@ impl ProxyHttp for EdgeService {
             long_header: false,
             cors_origin: None,
             preflight_answered: false,
-            answered_at: None,
+            answered: None,
         }
     }
 
@@ -775,8 +799,8 @@ impl ProxyHttp for EdgeService {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if !upstream_response.status.is_informational() && ctx.answered_at.is_none() {
-            ctx.answered_at = Some(Instant::now());
+        if !upstream_response.status.is_informational() && ctx.answered.is_none() {
+            ctx.answered = Some((Instant::now(), upstream_response.status));
         }
         if upstream_response.status.as_u16() > 599 {
             // RFC 9110 §15: every valid status is within 100–599. Pingora's parser takes any
