@@ -292,7 +292,9 @@ impl<'a, 'i> Section<'a, 'i> {
     ) -> Option<f64> {
         let v = self.raw(k)?;
         let parsed = match v.get_ref() {
-            DeValue::Integer(i) => i.as_str().replace('_', "").parse::<f64>().ok(),
+            DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+                .ok()
+                .map(|n| n as f64),
             DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
             other => {
                 p.push(

@@ -1825,4 +1825,16 @@ fn metrics_settings_default_to_the_briefs_triggers_and_are_checked() {
         "{MINIMAL}[metrics]\nqueue_delay_factor = \"2x\"\n"
     ));
     has(&ps, "metrics.queue_delay_factor", 9, "must be a number");
+    let ps = problems(&format!(
+        "{MINIMAL}[metrics]\nmax_instances = 10001\nqueue_delay_factor = 0x10000\n"
+    ));
+    has(&ps, "metrics.max_instances", 9, "out of range (0..=10000)");
+    // Read as the integer it is (65536), whatever its radix.
+    has(&ps, "metrics.queue_delay_factor", 10, "out of range");
+    let s = parse_str(
+        &format!("{MINIMAL}[metrics]\nqueue_delay_factor = 0x10\n"),
+        origin,
+    )
+    .expect("valid");
+    assert!((s.metrics.queue_delay_factor - 16.0).abs() < f64::EPSILON);
 }

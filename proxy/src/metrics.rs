@@ -115,16 +115,18 @@ pub struct Metrics {
 #[derive(Clone)]
 pub struct ScaleMetrics {
     /// `instance_requests_total`: requests sent to the instance that ended in an answer, a
-    /// timeout or a failure to reach it (counted at each interval's end).
+    /// timeout, a failure to reach it, or their client giving up (counted at each
+    /// interval's end).
     pub requests: IntCounterVec,
     /// `instance_failed_requests_total`: of those, the ones the instance failed: a 5xx, no
     /// answer in time, out of reach, or an answer invalid or broken off (the brief's 5xx SLO).
     pub failed_requests: IntCounterVec,
-    /// `instance_interval_requests`: requests with a latency (answered or timed out) the
-    /// last interval judged.
+    /// `instance_interval_requests`: requests with a latency (answered, timed out, or given
+    /// up by their client) the last interval judged.
     pub interval_requests: IntGaugeVec,
-    /// `instance_latency_p95_seconds`: the last interval's 95th percentile latency; NaN when
-    /// it had fewer than `min_requests`.
+    /// `instance_latency_p95_seconds`: the last interval's 95th percentile latency (from the
+    /// buckets; the trigger counts requests over the SLO exactly); NaN when it had fewer than
+    /// `min_requests`.
     pub latency_p95: GaugeVec,
     /// `instance_queue_delay_seconds`: the last interval's queue-delay estimate (its 10th
     /// percentile latency); NaN when it had fewer than `min_requests`.
@@ -156,7 +158,7 @@ impl ScaleMetrics {
             requests: IntCounterVec::new(
                 Opts::new(
                     "instance_requests_total",
-                    "Requests sent to the instance that ended (answered, timed out, or out of reach), counted at each interval's end",
+                    "Requests sent to the instance that ended (answered, timed out, out of reach, or given up by their client), counted at each interval's end",
                 ),
                 &["instance"],
             )?,
@@ -169,12 +171,12 @@ impl ScaleMetrics {
             )?,
             interval_requests: per_instance_int(
                 "instance_interval_requests",
-                "Requests to the instance with a latency (answered, or timed out) the last interval (metrics.interval) judged",
+                "Requests to the instance with a latency (answered, timed out, or given up by their client) the last interval (metrics.interval) judged",
                 &["instance"],
             )?,
             latency_p95: per_instance(
                 "instance_latency_p95_seconds",
-                "The instance's 95th percentile latency over the last interval, from a request's arrival to the instance's response header (NaN: fewer requests than metrics.min_requests)",
+                "The instance's 95th percentile latency over the last interval, from a request's sending to the instance's response header (NaN: fewer requests than metrics.min_requests)",
             )?,
             queue_delay: per_instance(
                 "instance_queue_delay_seconds",
@@ -182,7 +184,7 @@ impl ScaleMetrics {
             )?,
             queue_delay_baseline: per_instance(
                 "instance_queue_delay_baseline_seconds",
-                "The instance's usual queue delay, averaged over metrics.baseline_window leaving out intervals with the trigger raised (NaN: none yet)",
+                "The instance's usual queue delay, averaged over metrics.baseline_window leaving out intervals with the queue_delay trigger raised (NaN: none yet)",
             )?,
             slo_breaches: per_instance_int(
                 "instance_slo_breach_intervals",
@@ -191,7 +193,7 @@ impl ScaleMetrics {
             )?,
             triggers: per_instance_int(
                 "instance_scale_trigger",
-                "1 while a scale trigger is raised for the instance: latency (p95 above the SLO for metrics.slo_intervals intervals in a row) or queue_delay (above metrics.queue_delay_factor times its baseline)",
+                "1 while a scale trigger is raised for the instance: latency (p95 above the SLO for metrics.slo_intervals intervals in a row) or queue_delay (above metrics.queue_delay_factor times its baseline); never for instance=\"(over budget)\"",
                 &["instance", "trigger"],
             )?,
             tracked: IntGauge::new(

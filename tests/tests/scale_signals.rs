@@ -60,6 +60,9 @@ impl Load {
                 };
                 let r = get_with_token(addr, &name, &path, &token);
                 assert_eq!(r.status, 200, "{}", r.text());
+                // Pacing, not waiting for anything: a request every few milliseconds is
+                // plenty for each interval, and leaves the machine's cores to the router.
+                std::thread::sleep(Duration::from_millis(3));
             }
         });
         Load {
@@ -170,7 +173,7 @@ fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
     wait::until(long, "the shared set counted it", || {
         (gauge(
             &edge,
-            "nexus_edge_instance_interval_requests{instance=\"(over budget)\"}",
+            "nexus_edge_instance_requests_total{instance=\"(over budget)\"}",
         )? == 1.0)
             .then_some(())
     });
@@ -183,12 +186,13 @@ fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
 }
 
 /// A request that times out at the instance counts as slow as its timeout, and failed, as
-/// does one the instance answers 5xx; one the router refuses itself never reached an
-/// instance and counts for none.
+/// does one the instance answers 5xx or that cannot reach it (without a latency); one the
+/// router refuses itself never reached an instance and counts for none.
 #[test]
 fn timeouts_count_as_slow_5xx_as_failed_and_refusals_for_no_instance() {
     let keys = TestKeys::new();
     let (hanging, other) = (Backend::start("hanging"), Backend::start("other"));
+    let gone = format!("http://{}", nexus_e2e::edge::dead_addr());
     let failing = RawInstance::start(|_| {
         Answer::keep("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
     });
@@ -198,6 +202,7 @@ fn timeouts_count_as_slow_5xx_as_failed_and_refusals_for_no_instance() {
             binding("hanging", &hanging.url(), "active", None),
             binding("other", &other.url(), "active", None),
             binding("failing", &failing.url(), "active", None),
+            binding("gone", &gone, "active", None),
         ]),
     );
     opts.read_timeout = "300ms";
@@ -215,10 +220,12 @@ fn timeouts_count_as_slow_5xx_as_failed_and_refusals_for_no_instance() {
             (trigger(&edge, "inst-hanging", "latency") == Some(1.0)).then_some(())
         },
     );
-    let failing_token = keys.token("failing", None);
-    for _ in 0..3 {
-        let r = get_with_token(edge.addr, &host("failing"), "/", &failing_token);
-        assert_eq!(r.status, 503, "{}", r.text());
+    for (tenant, status) in [("failing", 503), ("gone", 502)] {
+        let token = keys.token(tenant, None);
+        for _ in 0..3 {
+            let r = get_with_token(edge.addr, &host(tenant), "/", &token);
+            assert_eq!(r.status, status, "{tenant}: {}", r.text());
+        }
     }
     // No token, another tenant's: refused before any instance was asked.
     for t in ["", &token] {
@@ -243,11 +250,11 @@ fn timeouts_count_as_slow_5xx_as_failed_and_refusals_for_no_instance() {
     assert!(!text.contains("inst-other"), "{text}");
     assert_eq!(
         gauge(&edge, "nexus_edge_instance_signals_tracked"),
-        Some(2.0)
+        Some(3.0)
     );
     assert_eq!(other.hits(), 0);
-    // Every request each of the two instances got, it failed.
-    for instance in ["inst-hanging", "inst-failing"] {
+    // Every request each of the three instances got, it failed.
+    for instance in ["inst-hanging", "inst-failing", "inst-gone"] {
         let count = |name: &str| {
             gauge(&edge, &format!("{name}{{instance=\"{instance}\"}}")).unwrap_or_default()
         };
@@ -259,11 +266,23 @@ fn timeouts_count_as_slow_5xx_as_failed_and_refusals_for_no_instance() {
             "{instance}: {text}"
         );
     }
+    for instance in ["inst-failing", "inst-gone"] {
+        assert_eq!(
+            gauge(
+                &edge,
+                &format!("nexus_edge_instance_requests_total{{instance=\"{instance}\"}}")
+            ),
+            Some(3.0),
+            "{instance}"
+        );
+    }
+    // Out of reach, no latency: nothing to judge.
     assert_eq!(
         gauge(
             &edge,
-            "nexus_edge_instance_requests_total{instance=\"inst-failing\"}"
-        ),
-        Some(3.0)
+            "nexus_edge_instance_latency_p95_seconds{instance=\"inst-gone\"}"
+        )
+        .map(f64::is_nan),
+        Some(true)
     );
 }

@@ -57,7 +57,7 @@ pub(super) fn parse(
         )
         .unwrap_or(d.baseline_window);
     let max_instances = s
-        .integer("max_instances", 0, 100_000, p)
+        .integer("max_instances", 0, 10_000, p)
         .map_or(d.max_instances, |n| n as usize);
     s.finish(p);
     // The baseline is an average over intervals: a window shorter than two of them would

@@ -3,12 +3,18 @@
 //! above F times its baseline**. Pure: it is given each interval's figures and keeps only
 //! what the next judgement needs.
 //!
-//! Queue delay is estimated from outside the instance: the 10th percentile of its requests'
-//! latencies. The quickest tenth carry little work of their own, so what they take is
-//! mostly waiting (for a connection, in the instance's accept backlog, for a free worker);
-//! when requests queue, even those slow down. The baseline is the average of the intervals
-//! that raised no trigger, weighted towards the last `baseline_window`; an interval with the
-//! trigger up is left out of it, so that a queue that stays does not become normal.
+//! The latency trigger counts the requests slower than the SLO exactly (the 95th percentile
+//! is above the SLO when more than 5% are), so the buckets' rounding cannot make a breach.
+//!
+//! Queue delay is estimated from outside the instance, as the 10th percentile of its
+//! requests' latencies: an estimate, not a measure. The quickest tenth take the network, the
+//! router's share and the cheapest handler's own work, which the baseline holds, and, when
+//! requests queue (in the instance's accept backlog, for a free worker), the wait, which
+//! even they cannot skip. The baseline is the average of the intervals that raised no
+//! trigger, weighted towards the last `baseline_window`; an interval with the trigger up is
+//! left out of it, so that a queue building up is not taken for the norm. A level that
+//! stays up for a whole `baseline_window` is (a deploy that made every request dearer, a
+//! cheap endpoint no longer called): the baseline is then learnt again from it.
 
 use std::time::Duration;
 
@@ -28,6 +34,8 @@ pub const WARM_UP_INTERVALS: u32 = 3;
 pub struct Interval {
     /// Requests the interval counted.
     pub requests: u64,
+    /// Of those, the ones slower than the SLO.
+    pub over_slo: u64,
     /// Their 95th percentile latency.
     pub p95: Duration,
     /// Their 10th percentile latency, the queue-delay estimate.
@@ -35,10 +43,11 @@ pub struct Interval {
 }
 
 impl Interval {
-    /// The figures of an interval's counts.
-    pub fn of(counts: &Counts) -> Self {
+    /// The figures of an interval's counts, `over_slo` of them slower than the SLO.
+    pub fn of(counts: &Counts, over_slo: u64) -> Self {
         Self {
             requests: counts.total(),
+            over_slo,
             p95: counts.quantile(SLO_QUANTILE).unwrap_or_default(),
             queue_delay: counts.quantile(QUEUE_QUANTILE).unwrap_or_default(),
         }
@@ -48,13 +57,17 @@ impl Interval {
 /// The triggers' settings, in the form the judgement uses.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rules {
-    slo: Duration,
+    /// The latency SLO: requests slower count against it.
+    pub slo: Duration,
     slo_intervals: u32,
     min_requests: u64,
     factor: f64,
     floor: f64,
     /// How much of the baseline one interval replaces: `interval / baseline_window`.
     weight: f64,
+    /// Intervals in `baseline_window`: the queue-delay trigger up for as many in a row
+    /// makes the baseline learnt again.
+    window_intervals: u32,
 }
 
 impl From<&MetricsSettings> for Rules {
@@ -66,6 +79,12 @@ impl From<&MetricsSettings> for Rules {
             factor: s.queue_delay_factor,
             floor: s.queue_delay_floor.as_secs_f64(),
             weight: (s.interval.as_secs_f64() / s.baseline_window.as_secs_f64()).min(1.0),
+            window_intervals: u32::try_from(
+                s.baseline_window
+                    .as_nanos()
+                    .div_ceil(s.interval.as_nanos().max(1)),
+            )
+            .unwrap_or(u32::MAX),
         }
     }
 }
@@ -77,7 +96,8 @@ pub struct Judge {
     baseline: Option<f64>,
     /// Intervals averaged into the baseline.
     averaged: u32,
-    quiet: u32,
+    /// Judged intervals in a row with the queue-delay trigger up.
+    raised: u32,
 }
 
 /// The judgement of one interval.
@@ -96,17 +116,15 @@ pub struct Verdict {
     /// The queue-delay trigger: this interval's queue delay is above its baseline by the
     /// factor and the floor.
     pub queue: bool,
+    /// The queue delay stayed above the baseline for a whole `baseline_window`: the
+    /// baseline starts again from this interval's, and the trigger drops.
+    pub relearnt: bool,
 }
 
 impl Judge {
     /// Judges the next interval. One with fewer than `min_requests` says nothing of the
     /// instance: it raises no trigger, breaks a run of breaches, and leaves the baseline.
     pub fn judge(&mut self, interval: Interval, rules: &Rules) -> Verdict {
-        self.quiet = if interval.requests == 0 {
-            self.quiet.saturating_add(1)
-        } else {
-            0
-        };
         if interval.requests < rules.min_requests {
             self.breaches = 0;
             return Verdict {
@@ -116,20 +134,32 @@ impl Judge {
                 breaches: 0,
                 latency: false,
                 queue: false,
+                relearnt: false,
             };
         }
-        self.breaches = if interval.p95 > rules.slo {
+        // The 95th percentile (by nearest rank) is above the SLO exactly when more than one
+        // request in 20 is.
+        self.breaches = if interval.over_slo.saturating_mul(20) > interval.requests {
             self.breaches.saturating_add(1)
         } else {
             0
         };
         let delay = interval.queue_delay.as_secs_f64();
-        let queue = match self.baseline {
+        let mut queue = match self.baseline {
             Some(b) if self.averaged >= WARM_UP_INTERVALS => {
                 delay > b * rules.factor && delay - b > rules.floor
             }
             _ => false,
         };
+        self.raised = if queue {
+            self.raised.saturating_add(1)
+        } else {
+            0
+        };
+        let relearnt = self.raised >= rules.window_intervals;
+        if relearnt {
+            (self.baseline, self.averaged, self.raised, queue) = (None, 0, 0, false);
+        }
         if !queue {
             self.averaged = self.averaged.saturating_add(1);
             // A plain mean until the window's share is the smaller: the first intervals
@@ -147,12 +177,8 @@ impl Judge {
             breaches: self.breaches,
             latency: self.breaches >= rules.slo_intervals,
             queue,
+            relearnt,
         }
-    }
-
-    /// Intervals in a row without a single request: an instance no longer sent to.
-    pub fn quiet_intervals(&self) -> u32 {
-        self.quiet
     }
 
     fn baseline(&self) -> Option<Duration> {
@@ -177,9 +203,11 @@ mod tests {
         })
     }
 
+    /// An interval of `requests`, all of them over the SLO (200 ms) when `p95_ms` is.
     fn interval(requests: u64, p95_ms: u64, queue_ms: u64) -> Interval {
         Interval {
             requests,
+            over_slo: if p95_ms > 200 { requests } else { 0 },
             p95: Duration::from_millis(p95_ms),
             queue_delay: Duration::from_millis(queue_ms),
         }
@@ -241,8 +269,8 @@ mod tests {
         assert_eq!(before.as_millis(), 16);
         let v = j.judge(interval(50, 10, 33), &rules);
         assert!(v.queue, "{v:?}");
-        // Left out of the baseline while up, however long it stays.
-        for _ in 0..20 {
+        // Left out of the baseline while up (here for 5 intervals of the window's 10).
+        for _ in 0..4 {
             let v = j.judge(interval(50, 10, 40), &rules);
             assert!(v.queue && v.baseline == Some(before), "{v:?}");
         }
@@ -268,6 +296,66 @@ mod tests {
         assert!((weighted - want).abs() < 1e-9, "{weighted} != {want}");
     }
 
+    /// A level that stays up for the whole baseline window (10 intervals here) is the new
+    /// norm: the trigger drops, the baseline is learnt again from it, and a rise above the
+    /// new level raises the trigger again once 3 intervals have made it.
+    #[test]
+    fn a_queue_delay_up_for_a_whole_window_becomes_the_baseline() {
+        let mut j = Judge::default();
+        let rules = rules();
+        for _ in 0..3 {
+            j.judge(interval(50, 10, 4), &rules);
+        }
+        for n in 1..10 {
+            let v = j.judge(interval(50, 10, 30), &rules);
+            assert!(v.queue && !v.relearnt, "interval {n}: {v:?}");
+        }
+        let v = j.judge(interval(50, 10, 30), &rules);
+        assert!(!v.queue && v.relearnt, "{v:?}");
+        assert_eq!(v.baseline, Some(Duration::from_millis(30)));
+        for _ in 0..2 {
+            let v = j.judge(interval(50, 10, 70), &rules);
+            assert!(!v.queue, "warming up again: {v:?}");
+        }
+        // (30 + 70 + 70) / 3 = 56.7 ms; 120 ms is above twice that.
+        let v = j.judge(interval(50, 10, 120), &rules);
+        assert!(v.queue && !v.relearnt, "{v:?}");
+    }
+
+    /// More than one request in 20 over the SLO is a p95 above it, counted exactly: 5 of 100
+    /// is not, 6 is; 1 of 20 is not, 2 are; 1 of 19 is.
+    #[test]
+    fn the_slo_is_breached_by_more_than_one_request_in_20() {
+        let rules = rules();
+        for (requests, over, breached) in [
+            (100, 5, false),
+            (100, 6, true),
+            (20, 1, false),
+            (20, 2, true),
+            (20, 0, false),
+            (1000, 51, true),
+        ] {
+            let mut j = Judge::default();
+            let i = Interval {
+                requests,
+                over_slo: over,
+                p95: Duration::from_millis(100),
+                queue_delay: Duration::from_millis(1),
+            };
+            let v = j.judge(i, &rules);
+            assert_eq!(v.breaches == 1, breached, "{over} of {requests}: {v:?}");
+        }
+        let mut j = Judge::default();
+        let one_in_19 = Interval {
+            requests: 19,
+            over_slo: 1,
+            p95: Duration::from_millis(100),
+            queue_delay: Duration::from_millis(1),
+        };
+        // 19 is under min_requests (20): not judged at all.
+        assert_eq!(j.judge(one_in_19, &rules).judged, None);
+    }
+
     /// A fast instance whose queue delay goes from 0.2 ms to 0.6 ms has tripled it, but is no
     /// queue worth a scale-up: the floor (1 ms) holds it back.
     #[test]
@@ -276,6 +364,7 @@ mod tests {
         let rules = rules();
         let fast = |us| Interval {
             requests: 50,
+            over_slo: 0,
             p95: Duration::from_millis(2),
             queue_delay: Duration::from_micros(us),
         };
@@ -287,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn quiet_intervals_are_counted_and_leave_the_baseline() {
+    fn intervals_with_too_few_requests_leave_the_baseline() {
         let mut j = Judge::default();
         let rules = rules();
         for _ in 0..4 {
@@ -296,11 +385,9 @@ mod tests {
         let v = j.judge(interval(0, 0, 0), &rules);
         assert_eq!(v.judged, None);
         assert_eq!(v.baseline, Some(Duration::from_millis(4)));
-        j.judge(interval(3, 900, 900), &rules);
-        assert_eq!(j.quiet_intervals(), 0, "a request is not quiet");
-        j.judge(interval(0, 0, 0), &rules);
-        j.judge(interval(0, 0, 0), &rules);
-        assert_eq!(j.quiet_intervals(), 2);
+        let v = j.judge(interval(3, 900, 900), &rules);
+        assert_eq!((v.judged, v.latency, v.queue), (None, false, false));
+        assert_eq!(v.baseline, Some(Duration::from_millis(4)));
         assert!(j.judge(interval(50, 10, 9), &rules).queue);
     }
 }

@@ -7,10 +7,9 @@
 //! labelled [`OVER_BUDGET`], and one no request has reached for [`FORGET_AFTER`] intervals
 //! (moved away by a rebind, retired) is forgotten with its series. So the series count is
 //! at most [`SERIES_PER_INSTANCE`] per instance within the budget, as many for the shared
-//! set, and 3.
+//! set (whose triggers are never raised: it is no one instance), and 3.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,10 +39,10 @@ pub const SERIES_PER_INSTANCE: usize = 9;
 /// How a request sent to an instance ended, as the instance's signals count it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sent {
-    /// The instance's final response header came `latency` after the request arrived;
-    /// `failed`: the response was a 5xx, or invalid, or broke off.
+    /// The instance's final response header came `latency` after the request was sent;
+    /// `failed`: its status was a 5xx (or past 599).
     Answered {
-        /// From the request's arrival to the response header.
+        /// From the request's sending to the response header.
         latency: Duration,
         /// The instance failed the request.
         failed: bool,
@@ -53,6 +52,13 @@ pub enum Sent {
     /// The instance could not be reached, or what it sent was no response: failed, with no
     /// latency to count.
     Unanswered,
+    /// The client went away before the instance answered: as slow as it waited at least
+    /// (the slowest requests must not drop out of the figures when the instance is slow),
+    /// and not failed.
+    Abandoned(Duration),
+    /// A request already counted [`Sent::Answered`] whose answer then broke off or proved
+    /// invalid: failed, counted once more only as a failure.
+    BrokeOff,
 }
 
 /// One instance: the interval's latencies and counts so far, and its judgement.
@@ -63,42 +69,47 @@ struct Tracked {
     sent: AtomicU64,
     /// Of those, the ones the instance failed.
     failed: AtomicU64,
+    /// Of those with a latency, the ones slower than the SLO.
+    over_slo: AtomicU64,
+    /// Intervals in a row without a request (only the interval clock touches it).
+    quiet: AtomicU32,
     judge: Mutex<Judge>,
 }
 
 impl Tracked {
-    fn count(&self, sent: Sent) {
-        self.sent.fetch_add(1, Ordering::Relaxed);
+    fn count(&self, sent: Sent, slo: Duration) {
         let (latency, failed) = match sent {
             Sent::Answered { latency, failed } => (Some(latency), failed),
             Sent::TimedOut(latency) => (Some(latency), true),
             Sent::Unanswered => (None, true),
+            Sent::Abandoned(latency) => (Some(latency), false),
+            Sent::BrokeOff => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         };
+        self.sent.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(latency) = latency {
             self.window.record(latency);
+            if latency > slo {
+                self.over_slo.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
-    /// The interval's counts of requests ended and failed, leaving them at 0.
-    fn take_counts(&self) -> (u64, u64) {
-        (
-            self.sent.swap(0, Ordering::Relaxed),
-            self.failed.swap(0, Ordering::Relaxed),
-        )
-    }
-
-    fn judge(&self, rules: &Rules) -> Verdict {
-        let interval = Interval::of(&self.window.take());
-        let mut judge = self.judge.lock().unwrap_or_else(|e| e.into_inner());
-        judge.judge(interval, rules)
-    }
-
-    fn quiet_intervals(&self) -> u32 {
-        let judge = self.judge.lock().unwrap_or_else(|e| e.into_inner());
-        judge.quiet_intervals()
+    /// Adds what `other` counted (and has not been judged) to this entry's interval.
+    fn absorb(&self, other: &Tracked) {
+        self.window.add(&other.window.take());
+        for (mine, theirs) in [
+            (&self.sent, &other.sent),
+            (&self.failed, &other.failed),
+            (&self.over_slo, &other.over_slo),
+        ] {
+            mine.fetch_add(theirs.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 }
 
@@ -106,10 +117,14 @@ impl Tracked {
 pub struct InstanceSignals {
     rules: Rules,
     budget: usize,
-    /// The instances with series of their own; requests read it without waiting.
-    tracked: ArcSwap<HashMap<InstanceId, Arc<Tracked>>>,
+    /// The instances with series of their own; requests read it without waiting. A
+    /// persistent map: an instance added costs O(log n), not a copy of every entry.
+    tracked: ArcSwap<imbl::HashMap<InstanceId, Arc<Tracked>>>,
     /// Held while `tracked` gains or loses an instance.
     changes: Mutex<()>,
+    /// The entries forgotten at the last interval's end: a request that found one just
+    /// before it went counted there, and is carried over at the next.
+    retiring: Mutex<Vec<(InstanceId, Arc<Tracked>)>>,
     over_budget: Arc<Tracked>,
     metrics: ScaleMetrics,
 }
@@ -131,6 +146,7 @@ impl InstanceSignals {
             budget: settings.max_instances,
             tracked: ArcSwap::default(),
             changes: Mutex::new(()),
+            retiring: Mutex::default(),
             over_budget: Arc::default(),
             metrics,
         };
@@ -142,25 +158,29 @@ impl InstanceSignals {
 
     /// Counts how a request sent to `instance` ended.
     pub fn record(&self, instance: &InstanceId, sent: Sent) {
+        // The common case without an `Arc` clone: its count is one more cache line that
+        // every core counting for the instance would write.
+        if let Some(t) = self.tracked.load().get(instance) {
+            t.count(sent, self.rules.slo);
+            return;
+        }
+        self.entry(instance).count(sent, self.rules.slo);
+    }
+
+    /// The instance's entry: found, else made if the budget has room, else the shared one.
+    fn entry(&self, instance: &InstanceId) -> Arc<Tracked> {
         let now = self.tracked.load();
         if let Some(t) = now.get(instance) {
-            t.count(sent);
-            return;
+            return Arc::clone(t);
         }
         // With the budget full, every request of an instance past it would otherwise take
         // the lock to learn so.
         if now.len() >= self.budget {
             self.metrics.over_budget_requests.inc();
-            self.over_budget.count(sent);
-            return;
+            return Arc::clone(&self.over_budget);
         }
         drop(now);
-        self.admit(instance).count(sent);
-    }
-
-    /// The instance's entry, made if the budget has room; else the shared one.
-    fn admit(&self, instance: &InstanceId) -> Arc<Tracked> {
-        let _held = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let _held = lock(&self.changes);
         let now = self.tracked.load();
         if let Some(t) = now.get(instance) {
             return Arc::clone(t);
@@ -170,7 +190,7 @@ impl InstanceSignals {
             return Arc::clone(&self.over_budget);
         }
         let t = Arc::<Tracked>::default();
-        let mut next = HashMap::clone(&now);
+        let mut next = imbl::HashMap::clone(&now);
         next.insert(instance.clone(), Arc::clone(&t));
         self.metrics.tracked.set(as_i64(next.len()));
         self.tracked.store(Arc::new(next));
@@ -180,43 +200,65 @@ impl InstanceSignals {
     /// Ends the interval: judges every instance, publishes the verdicts, and forgets the
     /// instances quiet for [`FORGET_AFTER`] intervals.
     pub fn close_interval(&self) {
+        // Requests that found an entry just before it was forgotten (a lookup and an add
+        // apart) were counted in it: carried over to the instance's entry now, which they
+        // bring back.
+        for (id, old) in std::mem::take(&mut *lock(&self.retiring)) {
+            if old.sent.load(Ordering::Relaxed) > 0 || old.failed.load(Ordering::Relaxed) > 0 {
+                self.entry(&id).absorb(&old);
+            }
+        }
         let now = self.tracked.load_full();
         let mut forget = Vec::new();
         for (id, t) in now.iter() {
-            self.end_interval(id.as_str(), t);
-            if t.quiet_intervals() >= FORGET_AFTER {
-                forget.push(id.clone());
+            if self.end_interval(id.as_str(), t) >= FORGET_AFTER {
+                forget.push((id.clone(), Arc::clone(t)));
             }
         }
         self.end_interval(OVER_BUDGET, &self.over_budget);
         if forget.is_empty() {
             return;
         }
-        let _held = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = HashMap::clone(&self.tracked.load());
-        for id in &forget {
-            // Gone unless a request brought it back meanwhile (its entry is then new).
-            if next
-                .get(id)
-                .is_some_and(|t| t.quiet_intervals() >= FORGET_AFTER)
-            {
-                next.remove(id);
-                self.metrics.forget(id.as_str());
-            }
+        let _held = lock(&self.changes);
+        let mut next = imbl::HashMap::clone(&self.tracked.load());
+        for (id, _) in &forget {
+            next.remove(id);
+            self.metrics.forget(id.as_str());
         }
         self.metrics.tracked.set(as_i64(next.len()));
         self.tracked.store(Arc::new(next));
+        *lock(&self.retiring) = forget;
     }
 
-    /// Judges one instance's interval and publishes what it showed.
-    fn end_interval(&self, instance: &str, t: &Tracked) {
-        let (sent, failed) = t.take_counts();
+    /// Judges one instance's interval and publishes what it showed; returns the intervals
+    /// in a row it has had no request.
+    fn end_interval(&self, instance: &str, t: &Tracked) -> u32 {
+        let sent = t.sent.swap(0, Ordering::Relaxed);
+        let failed = t.failed.swap(0, Ordering::Relaxed);
+        let over_slo = t.over_slo.swap(0, Ordering::Relaxed);
+        let quiet = if sent == 0 && failed == 0 {
+            t.quiet.load(Ordering::Relaxed).saturating_add(1)
+        } else {
+            0
+        };
+        t.quiet.store(quiet, Ordering::Relaxed);
+        let interval = Interval::of(&t.window.take(), over_slo);
+        let verdict = lock(&t.judge).judge(interval, &self.rules);
+        if verdict.relearnt && instance != OVER_BUDGET {
+            tracing::info!(
+                instance,
+                queue_delay_seconds = interval.queue_delay.as_secs_f64(),
+                "instance queue delay above its baseline for a whole metrics.baseline_window: \
+                 taken as its new baseline"
+            );
+        }
         let m = &self.metrics;
         m.requests.with_label_values(&[instance]).inc_by(sent);
         m.failed_requests
             .with_label_values(&[instance])
             .inc_by(failed);
-        self.publish(instance, &t.judge(&self.rules));
+        self.publish(instance, &verdict);
+        quiet
     }
 
     fn publish(&self, instance: &str, v: &Verdict) {
@@ -237,13 +279,22 @@ impl InstanceSignals {
         m.slo_breaches
             .with_label_values(&[instance])
             .set(i64::from(v.breaches));
+        // The shared set mixes instances that come and go: its figures say how the
+        // instances past the budget fare together, but no one of them is to be scaled.
+        let shared = instance == OVER_BUDGET;
         m.triggers
             .with_label_values(&[instance, "latency"])
-            .set(i64::from(v.latency));
+            .set(i64::from(v.latency && !shared));
         m.triggers
             .with_label_values(&[instance, "queue_delay"])
-            .set(i64::from(v.queue));
+            .set(i64::from(v.queue && !shared));
     }
+}
+
+/// A lock whose holder panicked is still good: what it guards is counters and a map
+/// replaced whole.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn as_i64(n: usize) -> i64 {

@@ -169,7 +169,9 @@ fn quiet_instances_are_forgotten_and_make_room() {
     );
 }
 
-/// With a budget of 0 every request counts in the shared set: one set of series in all.
+/// With a budget of 0 every request counts in the shared set: one set of series in all. Its
+/// figures say how the instances fare together, but it raises no trigger: it is no one
+/// instance to scale.
 #[test]
 fn a_budget_of_none_keeps_the_shared_set_only() {
     let metrics = Metrics::new().expect("metrics");
@@ -178,15 +180,101 @@ fn a_budget_of_none_keeps_the_shared_set_only() {
     signals.record(&id("b"), ok(Duration::from_millis(300)));
     signals.close_interval();
     let lines = series(&metrics);
+    let shared = |name: &str| value(&lines, &format!("{name}{{instance=\"(over budget)\"}}"));
+    assert_eq!(
+        shared("nexus_edge_instance_slo_breach_intervals").as_deref(),
+        Some("1")
+    );
     assert_eq!(
         value(
             &lines,
             "nexus_edge_instance_scale_trigger{instance=\"(over budget)\",trigger=\"latency\"}"
         )
         .as_deref(),
-        Some("1")
+        Some("0")
     );
     assert_eq!(lines.len(), SERIES_PER_INSTANCE + 3, "{lines:#?}");
+}
+
+/// A request that found an instance's entry just before the interval's end forgot it is
+/// counted there: carried over at the next interval's end, bringing the instance back, not
+/// lost with the entry.
+#[test]
+fn a_request_racing_an_instances_forgetting_is_carried_over() {
+    let metrics = Metrics::new().expect("metrics");
+    let signals = InstanceSignals::new(&settings(10), metrics.scale.clone());
+    signals.record(&id("back"), ok(Duration::from_millis(5)));
+    signals.close_interval();
+    // The entry a request looked up, about to count in it.
+    let held = Arc::clone(signals.tracked.load().get(&id("back")).expect("tracked"));
+    for _ in 0..FORGET_AFTER {
+        signals.close_interval();
+    }
+    assert!(
+        signals.tracked.load().get(&id("back")).is_none(),
+        "forgotten"
+    );
+    held.count(
+        Sent::Answered {
+            latency: Duration::from_millis(500),
+            failed: true,
+        },
+        signals.rules.slo,
+    );
+    signals.close_interval();
+    let lines = series(&metrics);
+    let back = |name: &str| value(&lines, &format!("{name}{{instance=\"back\"}}"));
+    assert_eq!(
+        back("nexus_edge_instance_requests_total").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        back("nexus_edge_instance_failed_requests_total").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        back("nexus_edge_instance_interval_requests").as_deref(),
+        Some("1")
+    );
+    // Counted once: the old entry was emptied.
+    signals.close_interval();
+    assert_eq!(
+        value(
+            &series(&metrics),
+            "nexus_edge_instance_requests_total{instance=\"back\"}"
+        )
+        .as_deref(),
+        Some("1")
+    );
+}
+
+/// A request to an instance out of reach has no latency, but it is a request: the instance
+/// is not quiet, and is not forgotten while requests keep failing to reach it.
+#[test]
+fn an_instance_out_of_reach_is_not_quiet() {
+    let metrics = Metrics::new().expect("metrics");
+    let signals = InstanceSignals::new(&settings(10), metrics.scale.clone());
+    for _ in 0..FORGET_AFTER + 2 {
+        signals.record(&id("down"), Sent::Unanswered);
+        signals.close_interval();
+    }
+    let lines = series(&metrics);
+    assert_eq!(
+        value(
+            &lines,
+            "nexus_edge_instance_failed_requests_total{instance=\"down\"}"
+        )
+        .as_deref(),
+        Some(&*(FORGET_AFTER + 2).to_string())
+    );
+    assert_eq!(
+        value(
+            &lines,
+            "nexus_edge_instance_latency_p95_seconds{instance=\"down\"}"
+        )
+        .as_deref(),
+        Some("NaN")
+    );
 }
 
 /// Threads counting for instances that come and fill the budget at the same time: every

@@ -34,6 +34,15 @@ impl Window {
         self.counts[bucket(latency.as_secs_f64())].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds counts read from another window.
+    pub fn add(&self, counts: &Counts) {
+        for (bucket, &n) in self.counts.iter().zip(counts.0.iter()) {
+            if n > 0 {
+                bucket.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The interval's counts, leaving the window empty for the next. A request counted while
     /// this runs lands in one interval or the other, never in both nor in neither.
     pub fn take(&self) -> Counts {

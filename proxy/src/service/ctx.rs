@@ -62,10 +62,13 @@ pub struct RequestCtx {
     pub(super) cors_origin: Option<HeaderValue>,
     /// The router answered this request as a CORS preflight.
     pub(super) preflight_answered: bool,
-    /// When the instance's final response header arrived (not a `1xx`, nor a `101`), and
-    /// its status: the end of the latency counted for the instance's scale-trigger signals,
-    /// and whether the instance failed the request.
-    pub(super) answered: Option<(Instant, http::StatusCode)>,
+    /// When the request was first sent towards its instance (its address resolved, before
+    /// the connect): where the latency counted for the instance's scale-trigger signals
+    /// starts, past the router's own work and a chunked body read whole.
+    pub(super) sent_at: Option<Instant>,
+    /// The status of the instance's final response header (not a `1xx`, nor a `101`), once
+    /// it came and was counted for the instance.
+    pub(super) answered: Option<http::StatusCode>,
 }
 
 impl RequestCtx {

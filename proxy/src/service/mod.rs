@@ -117,17 +117,22 @@ impl EdgeService {
         Ok(())
     }
 
-    /// Counts the request for its instance's scale-trigger signals: its latency up to the
-    /// instance's response header, or, for one that timed out before it, up to the timeout
-    /// (a timeout is the slowest answer there is, not no answer); and whether the instance
-    /// failed it (a 5xx, a timeout, out of reach, an invalid or broken-off answer). A
-    /// request refused before it was sent, a tunnel's `101`, a failure of the router's own
-    /// and a client gone before any answer count nothing.
-    fn count_for_instance(&self, ctx: &RequestCtx) {
-        let Some(decision) = &ctx.decision else {
-            return;
-        };
-        let instance_failed = |r: &RejectReason| {
+    /// Counts `sent` for the instance the request was decided for (see [`crate::scale`]).
+    fn count_for_instance(&self, ctx: &RequestCtx, sent: crate::scale::Sent) {
+        if let Some(decision) = &ctx.decision {
+            self.state.scale.record(&decision.binding.instance_id, sent);
+        }
+    }
+
+    /// Counts how the request ended, as its instance's signals see it, where its response
+    /// header did not already: an answer that then broke off or proved invalid is a failure;
+    /// without an answer, a timeout is as slow as it took (the slowest answer there is, not
+    /// no answer), an instance out of reach a failure with no latency, and a client gone
+    /// first as slow as it waited. A request refused before it was sent, and a failure of
+    /// the router's own, count nothing.
+    fn count_end_for_instance(&self, ctx: &RequestCtx) {
+        use crate::scale::Sent;
+        let of_instance = |r: &RejectReason| {
             matches!(
                 r,
                 RejectReason::UpstreamUnreachable
@@ -135,30 +140,35 @@ impl EdgeService {
                     | RejectReason::UpstreamTimeout
             )
         };
-        let broke_off = ctx.failed.is_some_and(|label| {
-            [
-                RejectReason::UpstreamUnreachable,
-                RejectReason::UpstreamInvalid,
-                RejectReason::UpstreamTimeout,
-            ]
-            .iter()
-            .any(|r| r.label() == label)
-        });
+        let broke_off = ctx.rejected.as_ref().is_some_and(of_instance)
+            || ctx.failed.is_some_and(|label| {
+                [
+                    RejectReason::UpstreamUnreachable,
+                    RejectReason::UpstreamInvalid,
+                    RejectReason::UpstreamTimeout,
+                ]
+                .iter()
+                .any(|r| r.label() == label)
+            });
+        let waited = || ctx.sent_at.unwrap_or(ctx.start).elapsed();
         let sent = match (ctx.answered, &ctx.rejected) {
-            (Some((at, status)), rejected) => crate::scale::Sent::Answered {
-                latency: at.saturating_duration_since(ctx.start),
-                failed: status.is_server_error()
-                    || status.as_u16() > 599
-                    || broke_off
-                    || rejected.as_ref().is_some_and(instance_failed),
-            },
-            (None, Some(RejectReason::UpstreamTimeout)) => {
-                crate::scale::Sent::TimedOut(ctx.start.elapsed())
+            // Counted failed already, as a 5xx.
+            (Some(status), _) if status.is_server_error() || status.as_u16() > 599 => return,
+            (Some(_), _) if broke_off => Sent::BrokeOff,
+            (Some(_), _) => return,
+            (None, Some(RejectReason::UpstreamTimeout)) => Sent::TimedOut(waited()),
+            (None, Some(r)) if of_instance(r) => Sent::Unanswered,
+            // (Not a tunnel's client, gone after its `101`: the instance answered that.)
+            (None, None)
+                if ctx.failed == Some(CLIENT_CLOSED)
+                    && ctx.sent_at.is_some()
+                    && ctx.switched_at.is_none() =>
+            {
+                Sent::Abandoned(waited())
             }
-            (None, Some(r)) if instance_failed(r) => crate::scale::Sent::Unanswered,
             (None, _) => return,
         };
-        self.state.scale.record(&decision.binding.instance_id, sent);
+        self.count_for_instance(ctx, sent);
     }
 
     /// Answers an allowed CORS preflight with `answer` (see [`crate::cors`]): no instance asked.
@@ -452,6 +462,7 @@ impl ProxyHttp for EdgeService {
             long_header: false,
             cors_origin: None,
             preflight_answered: false,
+            sent_at: None,
             answered: None,
         }
     }
@@ -605,6 +616,7 @@ impl ProxyHttp for EdgeService {
         }
         peer.options.verify_cert = true;
         peer.options.verify_hostname = true;
+        ctx.sent_at.get_or_insert_with(Instant::now);
         Ok(Box::new(peer))
     }
 
@@ -800,7 +812,15 @@ impl ProxyHttp for EdgeService {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if !upstream_response.status.is_informational() && ctx.answered.is_none() {
-            ctx.answered = Some((Instant::now(), upstream_response.status));
+            let status = upstream_response.status;
+            ctx.answered = Some(status);
+            self.count_for_instance(
+                ctx,
+                crate::scale::Sent::Answered {
+                    latency: ctx.sent_at.unwrap_or(ctx.start).elapsed(),
+                    failed: status.is_server_error() || status.as_u16() > 599,
+                },
+            );
         }
         if upstream_response.status.as_u16() > 599 {
             // RFC 9110 §15: every valid status is within 100–599. Pingora's parser takes any
@@ -1149,7 +1169,7 @@ impl ProxyHttp for EdgeService {
             Some(false) => m.instance_connections_new.inc(),
             None => {}
         }
-        self.count_for_instance(ctx);
+        self.count_end_for_instance(ctx);
         match (&ctx.rejected, ctx.failed) {
             (None, None) if ctx.preflight_answered => {
                 m.preflights.inc();
