@@ -191,15 +191,11 @@ mod tests {
     use super::*;
 
     fn rules() -> Rules {
+        // The defaults (60 s intervals, 200 ms, 3 in a row, 20 requests, 2x and 1 ms), with a
+        // baseline window of 10 intervals.
         Rules::from(&MetricsSettings {
-            interval: Duration::from_secs(60),
-            latency_slo: Duration::from_millis(200),
-            slo_intervals: 3,
-            min_requests: 20,
-            queue_delay_factor: 2.0,
-            queue_delay_floor: Duration::from_millis(1),
             baseline_window: Duration::from_secs(600),
-            max_instances: 10,
+            ..nexus_config::embedded_default().metrics
         })
     }
 

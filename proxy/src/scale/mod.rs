@@ -169,25 +169,15 @@ impl InstanceSignals {
 
     /// The instance's entry: found, else made if the budget has room, else the shared one.
     fn entry(&self, instance: &InstanceId) -> Arc<Tracked> {
-        let now = self.tracked.load();
-        if let Some(t) = now.get(instance) {
-            return Arc::clone(t);
+        // Looked for without the lock first: with the budget full, every request of an
+        // instance past it would otherwise take the lock to learn so.
+        if let Some(t) = self.found(&self.tracked.load(), instance) {
+            return t;
         }
-        // With the budget full, every request of an instance past it would otherwise take
-        // the lock to learn so.
-        if now.len() >= self.budget {
-            self.metrics.over_budget_requests.inc();
-            return Arc::clone(&self.over_budget);
-        }
-        drop(now);
         let _held = lock(&self.changes);
         let now = self.tracked.load();
-        if let Some(t) = now.get(instance) {
-            return Arc::clone(t);
-        }
-        if now.len() >= self.budget {
-            self.metrics.over_budget_requests.inc();
-            return Arc::clone(&self.over_budget);
+        if let Some(t) = self.found(&now, instance) {
+            return t;
         }
         let t = Arc::<Tracked>::default();
         let mut next = imbl::HashMap::clone(&now);
@@ -195,6 +185,22 @@ impl InstanceSignals {
         self.metrics.tracked.set(as_i64(next.len()));
         self.tracked.store(Arc::new(next));
         t
+    }
+
+    /// The instance's entry in `tracked`, or the shared one when the budget is full; `None`:
+    /// neither, it may be made.
+    fn found(
+        &self,
+        tracked: &imbl::HashMap<InstanceId, Arc<Tracked>>,
+        instance: &InstanceId,
+    ) -> Option<Arc<Tracked>> {
+        if let Some(t) = tracked.get(instance) {
+            return Some(Arc::clone(t));
+        }
+        (tracked.len() >= self.budget).then(|| {
+            self.metrics.over_budget_requests.inc();
+            Arc::clone(&self.over_budget)
+        })
     }
 
     /// Ends the interval: judges every instance, publishes the verdicts, and forgets the
