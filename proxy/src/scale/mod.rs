@@ -9,6 +9,7 @@
 //! at most [`SERIES_PER_INSTANCE`] per instance within the budget, as many for the shared
 //! set (whose triggers are never raised: it is no one instance), and 3.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -117,9 +118,11 @@ impl Tracked {
 pub struct InstanceSignals {
     rules: Rules,
     budget: usize,
-    /// The instances with series of their own; requests read it without waiting. A
-    /// persistent map: an instance added costs O(log n), not a copy of every entry.
-    tracked: ArcSwap<imbl::HashMap<InstanceId, Arc<Tracked>>>,
+    /// The instances with series of their own; requests read it without waiting. An
+    /// instance added copies the map (at most `max_instances` entries, once per instance):
+    /// a persistent map would add without the copy, but made every request's lookup a
+    /// quarter slower (`bench/benches/scale.rs`).
+    tracked: ArcSwap<HashMap<InstanceId, Arc<Tracked>>>,
     /// Held while `tracked` gains or loses an instance.
     changes: Mutex<()>,
     /// The entries forgotten at the last interval's end: a request that found one just
@@ -180,7 +183,7 @@ impl InstanceSignals {
             return t;
         }
         let t = Arc::<Tracked>::default();
-        let mut next = imbl::HashMap::clone(&now);
+        let mut next = HashMap::clone(&now);
         next.insert(instance.clone(), Arc::clone(&t));
         self.metrics.tracked.set(as_i64(next.len()));
         self.tracked.store(Arc::new(next));
@@ -191,7 +194,7 @@ impl InstanceSignals {
     /// neither, it may be made.
     fn found(
         &self,
-        tracked: &imbl::HashMap<InstanceId, Arc<Tracked>>,
+        tracked: &HashMap<InstanceId, Arc<Tracked>>,
         instance: &InstanceId,
     ) -> Option<Arc<Tracked>> {
         if let Some(t) = tracked.get(instance) {
@@ -226,7 +229,7 @@ impl InstanceSignals {
             return;
         }
         let _held = lock(&self.changes);
-        let mut next = imbl::HashMap::clone(&self.tracked.load());
+        let mut next = HashMap::clone(&self.tracked.load());
         for (id, _) in &forget {
             next.remove(id);
             self.metrics.forget(id.as_str());
