@@ -158,7 +158,7 @@ impl ScaleMetrics {
             requests: IntCounterVec::new(
                 Opts::new(
                     "instance_requests_total",
-                    "Requests sent to the instance that ended (answered, timed out, out of reach, or given up by their client), counted at each interval's end",
+                    "Requests sent to the instance that ended (answered, a 101 included, timed out, out of reach, or given up by their client once sent), counted at each interval's end",
                 ),
                 &["instance"],
             )?,
@@ -193,7 +193,7 @@ impl ScaleMetrics {
             )?,
             triggers: per_instance_int(
                 "instance_scale_trigger",
-                "1 while a scale trigger is raised for the instance: latency (p95 above the SLO for metrics.slo_intervals intervals in a row) or queue_delay (above metrics.queue_delay_factor times its baseline); never for instance=\"(over budget)\"",
+                "1 while a scale trigger is raised for the instance: latency (p95 above metrics.latency_slo for metrics.slo_intervals intervals in a row) or queue_delay (above metrics.queue_delay_factor times its baseline and above it by metrics.queue_delay_floor; a level up for a whole metrics.baseline_window becomes the baseline); never for instance=\"(over budget)\"",
                 &["instance", "trigger"],
             )?,
             tracked: IntGauge::new(

@@ -101,7 +101,7 @@ fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
         ]),
     );
     opts.extra = "[metrics]\ninterval = \"1s\"\nlatency_slo = \"150ms\"\nslo_intervals = 2\n\
-                  min_requests = 1\nqueue_delay_floor = \"15ms\"\nbaseline_window = \"10s\"\n\
+                  min_requests = 1\nqueue_delay_floor = \"15ms\"\nbaseline_window = \"60s\"\n\
                   max_instances = 2\n"
         .to_owned();
     let edge = Edge::start(&opts);
@@ -112,14 +112,22 @@ fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
     let steady_delay = Arc::new(AtomicU64::new(0));
     let _slow_load = Load::start(&edge, &keys, "slow", Arc::new(AtomicU64::new(300)));
     let _steady_load = Load::start(&edge, &keys, "steady", Arc::clone(&steady_delay));
-    wait::until(long, "the slow instance's latency trigger", || {
-        (trigger(&edge, "inst-slow", "latency") == Some(1.0)).then_some(())
+    // Read in the same scrape as the trigger: an interval without a slow request's end (each
+    // takes 300 ms) has no p95.
+    let p95 = wait::until(long, "the slow instance's latency trigger", || {
+        let text = edge.ops_get("/metrics").text();
+        let value = |name: &str| -> Option<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        let raised =
+            value("nexus_edge_instance_scale_trigger{instance=\"inst-slow\",trigger=\"latency\"}")
+                == Some(1.0);
+        raised
+            .then(|| value("nexus_edge_instance_latency_p95_seconds{instance=\"inst-slow\"}"))
+            .flatten()
+            .filter(|p| !p.is_nan())
     });
-    let p95 = gauge(
-        &edge,
-        "nexus_edge_instance_latency_p95_seconds{instance=\"inst-slow\"}",
-    )
-    .expect("a p95");
     // 300 ms and a little, within the 2.5% the buckets round by.
     assert!((0.29..1.0).contains(&p95), "p95 {p95}");
     // Breaches take two intervals; by the third the steady instance has its baseline.
@@ -139,8 +147,8 @@ fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
     .expect("a baseline");
     assert!(baseline < 0.015, "baseline {baseline}");
 
-    // Its quickest answers now take 60 ms: under the SLO, but many times its usual.
-    steady_delay.store(60, Ordering::Relaxed);
+    // Its quickest answers now take 40 ms: under the SLO, but many times its usual.
+    steady_delay.store(40, Ordering::Relaxed);
     wait::until(long, "the steady instance's queue-delay trigger", || {
         (trigger(&edge, "inst-steady", "queue_delay") == Some(1.0)).then_some(())
     });
@@ -154,6 +162,8 @@ fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
     )
     .expect("a baseline");
     assert!(held < 0.015, "baseline {held}");
+    // Quick again: the trigger drops (well before the 60 intervals of the baseline window
+    // would take the slow level as the norm).
     steady_delay.store(0, Ordering::Relaxed);
     wait::until(long, "the queue-delay trigger dropped", || {
         (trigger(&edge, "inst-steady", "queue_delay") == Some(0.0)).then_some(())
@@ -186,15 +196,23 @@ fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
 }
 
 /// A request that times out at the instance counts as slow as its timeout, and failed, as
-/// does one the instance answers 5xx or that cannot reach it (without a latency); one the
-/// router refuses itself never reached an instance and counts for none.
+/// does one the instance answers 5xx, one that cannot reach it (without a latency) and one
+/// whose answer is cut short (once); one the router refuses itself never reached an
+/// instance and counts for none.
 #[test]
 fn timeouts_count_as_slow_5xx_as_failed_and_refusals_for_no_instance() {
     let keys = TestKeys::new();
-    let (hanging, other) = (Backend::start("hanging"), Backend::start("other"));
+    let (hanging, other, ws) = (
+        Backend::start("hanging"),
+        Backend::start("other"),
+        Backend::start("ws"),
+    );
     let gone = format!("http://{}", nexus_e2e::edge::dead_addr());
     let failing = RawInstance::start(|_| {
         Answer::keep("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+    });
+    let cut = RawInstance::start(|_| {
+        Answer::close("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort")
     });
     let mut opts = EdgeOptions::new(
         keys.jwks(),
@@ -203,6 +221,8 @@ fn timeouts_count_as_slow_5xx_as_failed_and_refusals_for_no_instance() {
             binding("other", &other.url(), "active", None),
             binding("failing", &failing.url(), "active", None),
             binding("gone", &gone, "active", None),
+            binding("cut", &cut.url(), "active", None),
+            binding("ws", &ws.url(), "active", None),
         ]),
     );
     opts.read_timeout = "300ms";
@@ -227,6 +247,71 @@ fn timeouts_count_as_slow_5xx_as_failed_and_refusals_for_no_instance() {
             assert_eq!(r.status, status, "{tenant}: {}", r.text());
         }
     }
+    // A 200 whose body ends short of its length: the client's read fails, whichever way.
+    let cut_token = keys.token("cut", None);
+    let _ = nexus_e2e::http::send_raw(
+        edge.addr,
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {cut_token}\r\n\
+             Connection: close\r\n\r\n",
+            host("cut")
+        )
+        .as_bytes(),
+    );
+    // A WebSocket: its `101` is the instance's answer, counted as it comes (the tunnel after
+    // it is no latency of the instance's).
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(edge.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            host("ws"),
+            keys.token("ws", None)
+        )
+        .expect("write");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).expect("read"), 1, "closed mid-head");
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{:?}",
+            String::from_utf8_lossy(&head)
+        );
+    }
+    // Counted as each exchange ends, published at the interval's end.
+    let count = |name: &str, instance: &str| {
+        gauge(&edge, &format!("{name}{{instance=\"{instance}\"}}")).unwrap_or_default()
+    };
+    wait::until(Duration::from_secs(10), "the failures counted", || {
+        [
+            ("inst-failing", 3.0, 3.0),
+            ("inst-gone", 3.0, 3.0),
+            ("inst-cut", 1.0, 1.0),
+            ("inst-ws", 1.0, 0.0),
+        ]
+        .iter()
+        .all(|&(instance, sent, failed)| {
+            count("nexus_edge_instance_requests_total", instance) == sent
+                && count("nexus_edge_instance_failed_requests_total", instance) == failed
+        })
+        .then_some(())
+    });
+    let sent = count("nexus_edge_instance_requests_total", "inst-hanging");
+    assert!(sent >= 1.0, "{sent}");
+    assert_eq!(
+        count("nexus_edge_instance_failed_requests_total", "inst-hanging"),
+        sent
+    );
+    // Out of reach, no latency: nothing to judge.
+    assert!(count("nexus_edge_instance_latency_p95_seconds", "inst-gone").is_nan());
     // No token, another tenant's: refused before any instance was asked.
     for t in ["", &token] {
         let r = get_with_token(edge.addr, &host("other"), "/", t);
@@ -250,39 +335,7 @@ fn timeouts_count_as_slow_5xx_as_failed_and_refusals_for_no_instance() {
     assert!(!text.contains("inst-other"), "{text}");
     assert_eq!(
         gauge(&edge, "nexus_edge_instance_signals_tracked"),
-        Some(3.0)
+        Some(5.0)
     );
     assert_eq!(other.hits(), 0);
-    // Every request each of the three instances got, it failed.
-    for instance in ["inst-hanging", "inst-failing", "inst-gone"] {
-        let count = |name: &str| {
-            gauge(&edge, &format!("{name}{{instance=\"{instance}\"}}")).unwrap_or_default()
-        };
-        let sent = count("nexus_edge_instance_requests_total");
-        assert!(sent >= 1.0, "{instance}: {text}");
-        assert_eq!(
-            count("nexus_edge_instance_failed_requests_total"),
-            sent,
-            "{instance}: {text}"
-        );
-    }
-    for instance in ["inst-failing", "inst-gone"] {
-        assert_eq!(
-            gauge(
-                &edge,
-                &format!("nexus_edge_instance_requests_total{{instance=\"{instance}\"}}")
-            ),
-            Some(3.0),
-            "{instance}"
-        );
-    }
-    // Out of reach, no latency: nothing to judge.
-    assert_eq!(
-        gauge(
-            &edge,
-            "nexus_edge_instance_latency_p95_seconds{instance=\"inst-gone\"}"
-        )
-        .map(f64::is_nan),
-        Some(true)
-    );
 }

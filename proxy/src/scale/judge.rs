@@ -10,9 +10,9 @@
 //! requests' latencies: an estimate, not a measure. The quickest tenth take the network, the
 //! router's share and the cheapest handler's own work, which the baseline holds, and, when
 //! requests queue (in the instance's accept backlog, for a free worker), the wait, which
-//! even they cannot skip. The baseline is the average of the intervals that raised no
-//! trigger, weighted towards the last `baseline_window`; an interval with the trigger up is
-//! left out of it, so that a queue building up is not taken for the norm. A level that
+//! even they cannot skip. The baseline is the average of the intervals that did not raise
+//! the queue-delay trigger, weighted towards the last `baseline_window`; an interval with
+//! that trigger up is left out of it, so that a queue building up is not taken for the norm. A level that
 //! stays up for a whole `baseline_window` is (a deploy that made every request dearer, a
 //! cheap endpoint no longer called): the baseline is then learnt again from it.
 
@@ -79,12 +79,14 @@ impl From<&MetricsSettings> for Rules {
             factor: s.queue_delay_factor,
             floor: s.queue_delay_floor.as_secs_f64(),
             weight: (s.interval.as_secs_f64() / s.baseline_window.as_secs_f64()).min(1.0),
+            // At least 2, as the config has it: 1 would relearn at every raised interval.
             window_intervals: u32::try_from(
                 s.baseline_window
                     .as_nanos()
                     .div_ceil(s.interval.as_nanos().max(1)),
             )
-            .unwrap_or(u32::MAX),
+            .unwrap_or(u32::MAX)
+            .max(2),
         }
     }
 }

@@ -163,23 +163,35 @@ impl InstanceSignals {
     pub fn record(&self, instance: &InstanceId, sent: Sent) {
         // The common case without an `Arc` clone: its count is one more cache line that
         // every core counting for the instance would write.
-        if let Some(t) = self.tracked.load().get(instance) {
+        let tracked = self.tracked.load();
+        if let Some(t) = tracked.get(instance) {
             t.count(sent, self.rules.slo);
             return;
         }
-        self.entry(instance).count(sent, self.rules.slo);
+        if sent == Sent::BrokeOff {
+            // Its request was counted with its answer, where that went: the shared set, when
+            // the budget is full; else an entry forgotten since (a stream that outlived it),
+            // which a failure alone must not bring back without its request.
+            if tracked.len() >= self.budget {
+                self.over_budget.count(sent, self.rules.slo);
+            }
+            return;
+        }
+        drop(tracked);
+        self.entry(instance, 1).count(sent, self.rules.slo);
     }
 
-    /// The instance's entry: found, else made if the budget has room, else the shared one.
-    fn entry(&self, instance: &InstanceId) -> Arc<Tracked> {
+    /// The instance's entry: found, else made if the budget has room, else the shared one,
+    /// for `requests` requests (counted past the budget when they go to the shared one).
+    fn entry(&self, instance: &InstanceId, requests: u64) -> Arc<Tracked> {
         // Looked for without the lock first: with the budget full, every request of an
         // instance past it would otherwise take the lock to learn so.
-        if let Some(t) = self.found(&self.tracked.load(), instance) {
+        if let Some(t) = self.found(&self.tracked.load(), instance, requests) {
             return t;
         }
         let _held = lock(&self.changes);
         let now = self.tracked.load();
-        if let Some(t) = self.found(&now, instance) {
+        if let Some(t) = self.found(&now, instance, requests) {
             return t;
         }
         let t = Arc::<Tracked>::default();
@@ -196,12 +208,13 @@ impl InstanceSignals {
         &self,
         tracked: &HashMap<InstanceId, Arc<Tracked>>,
         instance: &InstanceId,
+        requests: u64,
     ) -> Option<Arc<Tracked>> {
         if let Some(t) = tracked.get(instance) {
             return Some(Arc::clone(t));
         }
         (tracked.len() >= self.budget).then(|| {
-            self.metrics.over_budget_requests.inc();
+            self.metrics.over_budget_requests.inc_by(requests);
             Arc::clone(&self.over_budget)
         })
     }
@@ -213,18 +226,35 @@ impl InstanceSignals {
         // apart) were counted in it: carried over to the instance's entry now, which they
         // bring back.
         for (id, old) in std::mem::take(&mut *lock(&self.retiring)) {
-            if old.sent.load(Ordering::Relaxed) > 0 || old.failed.load(Ordering::Relaxed) > 0 {
-                self.entry(&id).absorb(&old);
+            let requests = old.sent.load(Ordering::Relaxed);
+            if requests > 0 {
+                self.entry(&id, requests).absorb(&old);
             }
         }
         let now = self.tracked.load_full();
         let mut forget = Vec::new();
+        let mut relearnt = Vec::new();
         for (id, t) in now.iter() {
-            if self.end_interval(id.as_str(), t) >= FORGET_AFTER {
+            let ended = self.end_interval(id.as_str(), t);
+            if ended.relearnt {
+                relearnt.push(id.as_str());
+            }
+            if ended.quiet >= FORGET_AFTER {
                 forget.push((id.clone(), Arc::clone(t)));
             }
         }
         self.end_interval(OVER_BUDGET, &self.over_budget);
+        if !relearnt.is_empty() {
+            // One line for them all: a cause on the router's side moves every instance at
+            // once.
+            relearnt.sort_unstable();
+            tracing::info!(
+                instances = relearnt.len(),
+                first = %relearnt.iter().take(5).copied().collect::<Vec<_>>().join(","),
+                "queue delay above its baseline for a whole metrics.baseline_window: taken as \
+                 the new baseline of these instances"
+            );
+        }
         if forget.is_empty() {
             return;
         }
@@ -239,9 +269,8 @@ impl InstanceSignals {
         *lock(&self.retiring) = forget;
     }
 
-    /// Judges one instance's interval and publishes what it showed; returns the intervals
-    /// in a row it has had no request.
-    fn end_interval(&self, instance: &str, t: &Tracked) -> u32 {
+    /// Judges one instance's interval and publishes what it showed.
+    fn end_interval(&self, instance: &str, t: &Tracked) -> Ended {
         let sent = t.sent.swap(0, Ordering::Relaxed);
         let failed = t.failed.swap(0, Ordering::Relaxed);
         let over_slo = t.over_slo.swap(0, Ordering::Relaxed);
@@ -253,21 +282,16 @@ impl InstanceSignals {
         t.quiet.store(quiet, Ordering::Relaxed);
         let interval = Interval::of(&t.window.take(), over_slo);
         let verdict = lock(&t.judge).judge(interval, &self.rules);
-        if verdict.relearnt && instance != OVER_BUDGET {
-            tracing::info!(
-                instance,
-                queue_delay_seconds = interval.queue_delay.as_secs_f64(),
-                "instance queue delay above its baseline for a whole metrics.baseline_window: \
-                 taken as its new baseline"
-            );
-        }
         let m = &self.metrics;
         m.requests.with_label_values(&[instance]).inc_by(sent);
         m.failed_requests
             .with_label_values(&[instance])
             .inc_by(failed);
         self.publish(instance, &verdict);
-        quiet
+        Ended {
+            quiet,
+            relearnt: verdict.relearnt,
+        }
     }
 
     fn publish(&self, instance: &str, v: &Verdict) {
@@ -298,6 +322,14 @@ impl InstanceSignals {
             .with_label_values(&[instance, "queue_delay"])
             .set(i64::from(v.queue && !shared));
     }
+}
+
+/// What an interval's end found of one instance.
+struct Ended {
+    /// Intervals in a row without a request.
+    quiet: u32,
+    /// Its queue-delay baseline was learnt again (see [`Verdict::relearnt`]).
+    relearnt: bool,
 }
 
 /// A lock whose holder panicked is still good: what it guards is counters and a map

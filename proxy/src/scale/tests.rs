@@ -343,3 +343,50 @@ fn requests_counted_at_once_from_many_threads_are_each_counted_once() {
         Some(shared.to_string())
     );
 }
+
+/// A failure found after its answer (a body cut short) adds to the instance's failures, not
+/// to its requests; for an instance with no entry (forgotten while its stream ran) it
+/// brings none back, and past the budget it is not a request more over it.
+#[test]
+fn a_broken_off_answer_is_a_failure_not_a_request() {
+    let metrics = Metrics::new().expect("metrics");
+    let signals = InstanceSignals::new(&settings(2), metrics.scale.clone());
+    signals.record(&id("a"), ok(Duration::from_millis(5)));
+    signals.record(&id("a"), Sent::BrokeOff);
+    signals.record(&id("gone"), Sent::BrokeOff);
+    signals.close_interval();
+    let lines = series(&metrics);
+    let v = |n: &str| value(&lines, n);
+    assert_eq!(
+        v("nexus_edge_instance_requests_total{instance=\"a\"}").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        v("nexus_edge_instance_failed_requests_total{instance=\"a\"}").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        v("nexus_edge_instance_requests_total{instance=\"gone\"}"),
+        None
+    );
+    assert_eq!(
+        v("nexus_edge_instance_signals_tracked").as_deref(),
+        Some("1")
+    );
+    // With the budget (2) full, an instance past it counts in the shared set, once per
+    // request however many times its end is counted.
+    signals.record(&id("c"), ok(Duration::from_millis(5)));
+    signals.record(&id("b"), ok(Duration::from_millis(5)));
+    signals.record(&id("b"), Sent::BrokeOff);
+    signals.close_interval();
+    let lines = series(&metrics);
+    let v = |n: &str| value(&lines, n);
+    assert_eq!(
+        v("nexus_edge_instance_signals_over_budget_requests_total").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        v("nexus_edge_instance_failed_requests_total{instance=\"(over budget)\"}").as_deref(),
+        Some("1")
+    );
+}

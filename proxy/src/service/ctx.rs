@@ -63,15 +63,28 @@ pub struct RequestCtx {
     /// The router answered this request as a CORS preflight.
     pub(super) preflight_answered: bool,
     /// When the request was first sent towards its instance (its address resolved, before
-    /// the connect): where the latency counted for the instance's scale-trigger signals
-    /// starts, past the router's own work and a chunked body read whole.
+    /// the connect).
     pub(super) sent_at: Option<Instant>,
-    /// The status of the instance's final response header (not a `1xx`, nor a `101`), once
-    /// it came and was counted for the instance.
+    /// When the last of the request's body went on to the instance (for a request without
+    /// one, when it was sent): the client's upload is not the instance's latency.
+    pub(super) body_sent_at: Option<Instant>,
+    /// The status of the instance's final response header (not a `1xx`; a `101` is one),
+    /// once it came and was counted for the instance.
     pub(super) answered: Option<http::StatusCode>,
 }
 
 impl RequestCtx {
+    /// Where the latency counted for the instance's scale-trigger signals starts: once the
+    /// request, body and all, was sent on (an answer that came before the whole body: once
+    /// the request was sent). Past the router's own work and the client's upload, not past
+    /// the connect to the instance.
+    pub(super) fn waiting_since(&self) -> Instant {
+        match (self.sent_at, self.body_sent_at) {
+            (Some(sent), Some(body)) => sent.max(body),
+            (sent, body) => sent.or(body).unwrap_or(self.start),
+        }
+    }
+
     /// The request id, for log lines (always ASCII: generated, or a client's checked one).
     pub(super) fn id(&self) -> &str {
         self.request_id.to_str().unwrap_or_default()

@@ -124,53 +124,6 @@ impl EdgeService {
         }
     }
 
-    /// Counts how the request ended, as its instance's signals see it, where its response
-    /// header did not already: an answer that then broke off or proved invalid is a failure;
-    /// without an answer, a timeout is as slow as it took (the slowest answer there is, not
-    /// no answer), an instance out of reach a failure with no latency, and a client gone
-    /// first as slow as it waited. A request refused before it was sent, and a failure of
-    /// the router's own, count nothing.
-    fn count_end_for_instance(&self, ctx: &RequestCtx) {
-        use crate::scale::Sent;
-        let of_instance = |r: &RejectReason| {
-            matches!(
-                r,
-                RejectReason::UpstreamUnreachable
-                    | RejectReason::UpstreamInvalid
-                    | RejectReason::UpstreamTimeout
-            )
-        };
-        let broke_off = ctx.rejected.as_ref().is_some_and(of_instance)
-            || ctx.failed.is_some_and(|label| {
-                [
-                    RejectReason::UpstreamUnreachable,
-                    RejectReason::UpstreamInvalid,
-                    RejectReason::UpstreamTimeout,
-                ]
-                .iter()
-                .any(|r| r.label() == label)
-            });
-        let waited = || ctx.sent_at.unwrap_or(ctx.start).elapsed();
-        let sent = match (ctx.answered, &ctx.rejected) {
-            // Counted failed already, as a 5xx.
-            (Some(status), _) if status.is_server_error() || status.as_u16() > 599 => return,
-            (Some(_), _) if broke_off => Sent::BrokeOff,
-            (Some(_), _) => return,
-            (None, Some(RejectReason::UpstreamTimeout)) => Sent::TimedOut(waited()),
-            (None, Some(r)) if of_instance(r) => Sent::Unanswered,
-            // (Not a tunnel's client, gone after its `101`: the instance answered that.)
-            (None, None)
-                if ctx.failed == Some(CLIENT_CLOSED)
-                    && ctx.sent_at.is_some()
-                    && ctx.switched_at.is_none() =>
-            {
-                Sent::Abandoned(waited())
-            }
-            (None, _) => return,
-        };
-        self.count_for_instance(ctx, sent);
-    }
-
     /// Answers an allowed CORS preflight with `answer` (see [`crate::cors`]): no instance asked.
     async fn answer_preflight(
         &self,
@@ -463,6 +416,7 @@ impl ProxyHttp for EdgeService {
             cors_origin: None,
             preflight_answered: false,
             sent_at: None,
+            body_sent_at: None,
             answered: None,
         }
     }
@@ -616,7 +570,11 @@ impl ProxyHttp for EdgeService {
         }
         peer.options.verify_cert = true;
         peer.options.verify_hostname = true;
-        ctx.sent_at.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        ctx.sent_at.get_or_insert(now);
+        if session.is_body_empty() {
+            ctx.body_sent_at.get_or_insert(now);
+        }
         Ok(Box::new(peer))
     }
 
@@ -780,9 +738,12 @@ impl ProxyHttp for EdgeService {
         &self,
         session: &mut Session,
         _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if end_of_stream {
+            ctx.body_sent_at.get_or_insert_with(Instant::now);
+        }
         if ctx.response_complete {
             return Err(Error::explain(
                 ErrorType::Custom(EARLY_ANSWER),
@@ -811,14 +772,16 @@ impl ProxyHttp for EdgeService {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if !upstream_response.status.is_informational() && ctx.answered.is_none() {
-            let status = upstream_response.status;
+        let status = upstream_response.status;
+        if (!status.is_informational() || status == http::StatusCode::SWITCHING_PROTOCOLS)
+            && ctx.answered.is_none()
+        {
             ctx.answered = Some(status);
             self.count_for_instance(
                 ctx,
                 crate::scale::Sent::Answered {
-                    latency: ctx.sent_at.unwrap_or(ctx.start).elapsed(),
-                    failed: status.is_server_error() || status.as_u16() > 599,
+                    latency: ctx.waiting_since().elapsed(),
+                    failed: fails(status),
                 },
             );
         }
@@ -1169,7 +1132,9 @@ impl ProxyHttp for EdgeService {
             Some(false) => m.instance_connections_new.inc(),
             None => {}
         }
-        self.count_end_for_instance(ctx);
+        if let Some(sent) = ended(ctx, e) {
+            self.count_for_instance(ctx, sent);
+        }
         match (&ctx.rejected, ctx.failed) {
             (None, None) if ctx.preflight_answered => {
                 m.preflights.inc();
@@ -1196,11 +1161,201 @@ impl ProxyHttp for EdgeService {
     }
 }
 
+/// Whether an instance's status fails its request, for the 5xx SLO.
+fn fails(status: http::StatusCode) -> bool {
+    status.is_server_error() || status.as_u16() > 599
+}
+
+/// How the request ended, as its instance's signals see it, where its response header did
+/// not already say (see [`crate::scale::Sent`]): an answer that then broke off or proved
+/// invalid is a failure; without an answer, a timeout is as slow as it took (the slowest
+/// answer there is, not no answer), an instance out of reach (a connect that timed out
+/// too) a failure with no latency, and a client gone first, once its whole request was
+/// sent, as slow as it waited. A request refused before it was sent, a failure of the
+/// router's own, and a client gone during its own upload count nothing: none is the
+/// instance's doing.
+fn ended(ctx: &RequestCtx, e: Option<&Error>) -> Option<crate::scale::Sent> {
+    use crate::scale::Sent;
+    const OF_INSTANCE: [RejectReason; 3] = [
+        RejectReason::UpstreamUnreachable,
+        RejectReason::UpstreamInvalid,
+        RejectReason::UpstreamTimeout,
+    ];
+    let of_instance = |r: &RejectReason| OF_INSTANCE.contains(r);
+    let broke_off = ctx.rejected.as_ref().is_some_and(of_instance)
+        || ctx
+            .failed
+            .is_some_and(|label| OF_INSTANCE.iter().any(|r| r.label() == label));
+    let connect_timed_out = e.is_some_and(|e| e.etype() == &ErrorType::ConnectTimedout);
+    match (ctx.answered, &ctx.rejected) {
+        // Counted failed already, with its header.
+        (Some(status), _) if fails(status) => None,
+        (Some(_), _) if broke_off => Some(Sent::BrokeOff),
+        (Some(_), _) => None,
+        (None, Some(RejectReason::UpstreamTimeout)) if !connect_timed_out => {
+            Some(Sent::TimedOut(ctx.waiting_since().elapsed()))
+        }
+        (None, Some(r)) if of_instance(r) => Some(Sent::Unanswered),
+        (None, None)
+            if ctx.failed == Some(CLIENT_CLOSED)
+                && ctx.sent_at.is_some()
+                && ctx.body_sent_at.is_some() =>
+        {
+            Some(Sent::Abandoned(ctx.waiting_since().elapsed()))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use pingora::modules::http::compression::ResponseCompression;
 
     use super::*;
+
+    /// How each way a request ends is counted for its instance (see [`ended`]): once, and
+    /// only as what the instance did.
+    #[test]
+    fn each_end_of_a_request_is_counted_for_its_instance_as_its_own() {
+        use crate::scale::Sent;
+        let settings = nexus_config::embedded_default();
+        let store = crate::store::Store::open(&settings.store).expect("embedded store");
+        let state = crate::server::prepare(settings, &store.source()).expect("state");
+        let service = EdgeService::new(state);
+        let ok = Some(http::StatusCode::OK);
+        let bad_gateway = Some(http::StatusCode::BAD_GATEWAY);
+        let read = Error::explain(ErrorType::ReadTimedout, "read");
+        let connect = Error::explain(ErrorType::ConnectTimedout, "connect");
+        let (timeout, unreachable, invalid, internal, refused) = (
+            Some(RejectReason::UpstreamTimeout),
+            Some(RejectReason::UpstreamUnreachable),
+            Some(RejectReason::UpstreamInvalid),
+            Some(RejectReason::Internal),
+            Some(RejectReason::Unavailable),
+        );
+        // (what, answered, rejected, failed, error, body sent, counted as)
+        let cases = [
+            ("ended well", ok, None, None, None, true, "nothing more"),
+            (
+                "a 5xx cut short",
+                bad_gateway,
+                None,
+                Some("upstream_invalid"),
+                None,
+                true,
+                "nothing more",
+            ),
+            (
+                "body cut short",
+                ok,
+                None,
+                Some("upstream_invalid"),
+                None,
+                true,
+                "broke off",
+            ),
+            (
+                "invalid after its header",
+                ok,
+                invalid.clone(),
+                None,
+                None,
+                true,
+                "broke off",
+            ),
+            (
+                "client gone after the header",
+                ok,
+                None,
+                Some(CLIENT_CLOSED),
+                None,
+                true,
+                "nothing more",
+            ),
+            (
+                "timed out",
+                None,
+                timeout.clone(),
+                None,
+                Some(&read),
+                true,
+                "timed out",
+            ),
+            (
+                "connect timed out",
+                None,
+                timeout,
+                None,
+                Some(&connect),
+                true,
+                "unanswered",
+            ),
+            (
+                "out of reach",
+                None,
+                unreachable,
+                None,
+                None,
+                true,
+                "unanswered",
+            ),
+            ("no response", None, invalid, None, None, true, "unanswered"),
+            (
+                "the router's own failure",
+                None,
+                internal,
+                None,
+                None,
+                true,
+                "nothing",
+            ),
+            (
+                "refused before sending",
+                None,
+                refused,
+                None,
+                None,
+                false,
+                "nothing",
+            ),
+            (
+                "client gone once its request was sent",
+                None,
+                None,
+                Some(CLIENT_CLOSED),
+                None,
+                true,
+                "abandoned",
+            ),
+            (
+                "client gone during its upload",
+                None,
+                None,
+                Some(CLIENT_CLOSED),
+                None,
+                false,
+                "nothing",
+            ),
+        ];
+        for (what, answered, rejected, failed, e, body_sent, want) in cases {
+            let mut ctx = service.new_ctx();
+            ctx.sent_at = Some(Instant::now());
+            ctx.body_sent_at = body_sent.then(Instant::now);
+            ctx.answered = answered;
+            ctx.rejected = rejected;
+            ctx.failed = failed;
+            let got = match ended(&ctx, e.map(|e| &**e)) {
+                None if answered.is_some() => "nothing more",
+                None => "nothing",
+                Some(Sent::BrokeOff) => "broke off",
+                Some(Sent::TimedOut(_)) => "timed out",
+                Some(Sent::Unanswered) => "unanswered",
+                Some(Sent::Abandoned(_)) => "abandoned",
+                Some(Sent::Answered { .. }) => "answered again",
+            };
+            assert_eq!(got, want, "{what}");
+        }
+    }
 
     #[test]
     fn no_downstream_module_is_built_per_request() {
