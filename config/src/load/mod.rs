@@ -2,8 +2,9 @@
 //! so one run of `nexus-edge check` lists every problem in the file.
 //!
 //! Each section is read by the module of its name (`server`, `tenancy`, `auth`, `upstream`,
-//! `store` with its Redis endpoint in `redis`, `log`, `cors`, `tls`, `metrics`); `names` checks the shapes of the names
-//! they hold, and `key_paths` finds the key a TOML syntax error is about.
+//! `store` with its Redis endpoint in `redis`, `log`, `cors`, `tls`, `metrics`); `names`
+//! checks the shapes of the names they hold, and `key_paths` finds the key a TOML syntax
+//! error is about.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -12,9 +12,10 @@
 //! requests queue (in the instance's accept backlog, for a free worker), the wait, which
 //! even they cannot skip. The baseline is the average of the intervals that did not raise
 //! the queue-delay trigger, weighted towards the last `baseline_window`; an interval with
-//! that trigger up is left out of it, so that a queue building up is not taken for the norm. A level that
-//! stays up for a whole `baseline_window` is (a deploy that made every request dearer, a
-//! cheap endpoint no longer called): the baseline is then learnt again from it.
+//! that trigger up is left out of it, so that a queue building up is not taken for the
+//! norm. A level that stays up for a whole `baseline_window` is the norm now (a deploy that
+//! made every request dearer, a cheap endpoint no longer called): the baseline is learnt
+//! again from it.
 
 use std::time::Duration;
 
