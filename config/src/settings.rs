@@ -51,7 +51,7 @@ pub struct MetricsSettings {
     /// How far back the baseline looks (an average weighted towards the recent).
     pub baseline_window: Duration,
     /// Instances that get series of their own (at most 10,000: 90,000 series and 24 MB of
-    /// latency buckets); the rest share one, labelled `instance="(over budget)"`.
+    /// latency buckets); the rest share one, labelled `instance_id="(over budget)"`.
     pub max_instances: usize,
 }
 

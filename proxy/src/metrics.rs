@@ -150,7 +150,7 @@ pub struct ScaleMetrics {
 impl ScaleMetrics {
     fn new() -> prometheus::Result<Self> {
         let per_instance =
-            |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["instance"]);
+            |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["instance_id"]);
         let per_instance_int = |name: &str, help: &str, labels: &[&str]| {
             IntGaugeVec::new(Opts::new(name, help), labels)
         };
@@ -160,19 +160,19 @@ impl ScaleMetrics {
                     "instance_requests_total",
                     "Requests sent to the instance that ended (answered, a 101 included, timed out, out of reach, or given up by their client once sent), counted at each interval's end",
                 ),
-                &["instance"],
+                &["instance_id"],
             )?,
             failed_requests: IntCounterVec::new(
                 Opts::new(
                     "instance_failed_requests_total",
                     "Requests the instance failed: answered 5xx, not in time, out of reach, or with an invalid or broken-off answer (counted at each interval's end)",
                 ),
-                &["instance"],
+                &["instance_id"],
             )?,
             interval_requests: per_instance_int(
                 "instance_interval_requests",
                 "Requests to the instance with a latency (answered, timed out, or given up by their client) the last interval (metrics.interval) judged",
-                &["instance"],
+                &["instance_id"],
             )?,
             latency_p95: per_instance(
                 "instance_latency_p95_seconds",
@@ -189,12 +189,12 @@ impl ScaleMetrics {
             slo_breaches: per_instance_int(
                 "instance_slo_breach_intervals",
                 "Intervals in a row in which the instance's p95 latency was above metrics.latency_slo",
-                &["instance"],
+                &["instance_id"],
             )?,
             triggers: per_instance_int(
                 "instance_scale_trigger",
-                "1 while a scale trigger is raised for the instance: latency (p95 above metrics.latency_slo for metrics.slo_intervals intervals in a row) or queue_delay (above metrics.queue_delay_factor times its baseline and above it by metrics.queue_delay_floor; a level up for a whole metrics.baseline_window becomes the baseline); never for instance=\"(over budget)\"",
-                &["instance", "trigger"],
+                "1 while a scale trigger is raised for the instance: latency (p95 above metrics.latency_slo for metrics.slo_intervals intervals in a row) or queue_delay (above metrics.queue_delay_factor times its baseline and above it by metrics.queue_delay_floor; a level up for a whole metrics.baseline_window becomes the baseline); never for instance_id=\"(over budget)\"",
+                &["instance_id", "trigger"],
             )?,
             tracked: IntGauge::new(
                 "instance_signals_tracked",
@@ -202,11 +202,11 @@ impl ScaleMetrics {
             )?,
             budget: IntGauge::new(
                 "instance_signals_budget",
-                "Instances that may have scale-trigger series of their own (metrics.max_instances); the rest share instance=\"(over budget)\"",
+                "Instances that may have scale-trigger series of their own (metrics.max_instances); the rest share instance_id=\"(over budget)\"",
             )?,
             over_budget_requests: prometheus::IntCounter::new(
                 "instance_signals_over_budget_requests_total",
-                "Requests counted in the shared instance=\"(over budget)\" series because metrics.max_instances instances had series already",
+                "Requests counted in the shared instance_id=\"(over budget)\" series because metrics.max_instances instances had series already",
             )?,
         })
     }

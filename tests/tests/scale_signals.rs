@@ -31,7 +31,7 @@ fn trigger(edge: &Edge, instance: &str, which: &str) -> Option<f64> {
     gauge(
         edge,
         &format!(
-            "nexus_edge_instance_scale_trigger{{instance=\"{instance}\",trigger=\"{which}\"}}"
+            "nexus_edge_instance_scale_trigger{{instance_id=\"{instance}\",trigger=\"{which}\"}}"
         ),
     )
 }
@@ -120,11 +120,11 @@ fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         };
-        let raised =
-            value("nexus_edge_instance_scale_trigger{instance=\"inst-slow\",trigger=\"latency\"}")
-                == Some(1.0);
+        let raised = value(
+            "nexus_edge_instance_scale_trigger{instance_id=\"inst-slow\",trigger=\"latency\"}",
+        ) == Some(1.0);
         raised
-            .then(|| value("nexus_edge_instance_latency_p95_seconds{instance=\"inst-slow\"}"))
+            .then(|| value("nexus_edge_instance_latency_p95_seconds{instance_id=\"inst-slow\"}"))
             .flatten()
             .filter(|p| !p.is_nan())
     });
@@ -134,7 +134,7 @@ fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
     wait::until(long, "three intervals over the SLO", || {
         (gauge(
             &edge,
-            "nexus_edge_instance_slo_breach_intervals{instance=\"inst-slow\"}",
+            "nexus_edge_instance_slo_breach_intervals{instance_id=\"inst-slow\"}",
         )? >= 3.0)
             .then_some(())
     });
@@ -142,7 +142,7 @@ fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
     assert_eq!(trigger(&edge, "inst-steady", "queue_delay"), Some(0.0));
     let baseline = gauge(
         &edge,
-        "nexus_edge_instance_queue_delay_baseline_seconds{instance=\"inst-steady\"}",
+        "nexus_edge_instance_queue_delay_baseline_seconds{instance_id=\"inst-steady\"}",
     )
     .expect("a baseline");
     assert!(baseline < 0.015, "baseline {baseline}");
@@ -158,7 +158,7 @@ fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
     // Its baseline did not take the queue in.
     let held = gauge(
         &edge,
-        "nexus_edge_instance_queue_delay_baseline_seconds{instance=\"inst-steady\"}",
+        "nexus_edge_instance_queue_delay_baseline_seconds{instance_id=\"inst-steady\"}",
     )
     .expect("a baseline");
     assert!(held < 0.015, "baseline {held}");
@@ -183,7 +183,7 @@ fn slow_and_queueing_instances_raise_their_triggers_and_only_theirs() {
     wait::until(long, "the shared set counted it", || {
         (gauge(
             &edge,
-            "nexus_edge_instance_requests_total{instance=\"(over budget)\"}",
+            "nexus_edge_instance_requests_total{instance_id=\"(over budget)\"}",
         )? == 1.0)
             .then_some(())
     });
@@ -288,7 +288,7 @@ fn timeouts_count_as_slow_5xx_as_failed_and_refusals_for_no_instance() {
     }
     // Counted as each exchange ends, published at the interval's end.
     let count = |name: &str, instance: &str| {
-        gauge(&edge, &format!("{name}{{instance=\"{instance}\"}}")).unwrap_or_default()
+        gauge(&edge, &format!("{name}{{instance_id=\"{instance}\"}}")).unwrap_or_default()
     };
     wait::until(Duration::from_secs(10), "the failures counted", || {
         [
@@ -326,7 +326,7 @@ fn timeouts_count_as_slow_5xx_as_failed_and_refusals_for_no_instance() {
         || {
             (gauge(
                 &edge,
-                "nexus_edge_instance_interval_requests{instance=\"inst-hanging\"}",
+                "nexus_edge_instance_interval_requests{instance_id=\"inst-hanging\"}",
             )? == 0.0)
                 .then_some(())
         },

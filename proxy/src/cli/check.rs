@@ -306,7 +306,7 @@ fn budget_warning(
         eprintln!(
             "{}: warning: metrics.max_instances: the bindings name {} instances, {} more than \
              the {} that get scale-trigger series of their own; the rest would share \
-             instance=\"(over budget)\"",
+             instance_id=\"(over budget)\"",
             file.display(),
             instances.len(),
             instances.len() - metrics.max_instances,

@@ -30,7 +30,7 @@ pub mod window;
 use judge::{Interval, Judge, Rules, Verdict};
 use window::Window;
 
-/// The `instance` label of the instances past the budget. No instance id has a space.
+/// The `instance_id` label of the instances past the budget. No instance id has a space.
 pub const OVER_BUDGET: &str = "(over budget)";
 /// Intervals in a row without a request after which an instance is forgotten.
 pub const FORGET_AFTER: u32 = 10;

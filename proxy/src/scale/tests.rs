@@ -64,28 +64,28 @@ fn each_instance_is_judged_and_published_under_its_id() {
     let lines = series(&metrics);
     let v = |n: &str| value(&lines, n).unwrap_or_else(|| panic!("{n} in {lines:#?}"));
     assert_eq!(
-        v("nexus_edge_instance_interval_requests{instance=\"slow\"}"),
+        v("nexus_edge_instance_interval_requests{instance_id=\"slow\"}"),
         "10"
     );
     assert_eq!(
-        v("nexus_edge_instance_scale_trigger{instance=\"slow\",trigger=\"latency\"}"),
+        v("nexus_edge_instance_scale_trigger{instance_id=\"slow\",trigger=\"latency\"}"),
         "1"
     );
     assert_eq!(
-        v("nexus_edge_instance_scale_trigger{instance=\"fast\",trigger=\"latency\"}"),
+        v("nexus_edge_instance_scale_trigger{instance_id=\"fast\",trigger=\"latency\"}"),
         "0"
     );
-    let p95: f64 = v("nexus_edge_instance_latency_p95_seconds{instance=\"slow\"}")
+    let p95: f64 = v("nexus_edge_instance_latency_p95_seconds{instance_id=\"slow\"}")
         .parse()
         .expect("a number");
     assert!((p95 - 0.3).abs() < 0.01, "{p95}");
     // One request is fewer than min_requests: no figures, no trigger.
     assert_eq!(
-        v("nexus_edge_instance_latency_p95_seconds{instance=\"idle\"}"),
+        v("nexus_edge_instance_latency_p95_seconds{instance_id=\"idle\"}"),
         "NaN"
     );
     assert_eq!(
-        v("nexus_edge_instance_scale_trigger{instance=\"idle\",trigger=\"latency\"}"),
+        v("nexus_edge_instance_scale_trigger{instance_id=\"idle\",trigger=\"latency\"}"),
         "0"
     );
     assert_eq!(v("nexus_edge_instance_signals_tracked"), "3");
@@ -105,15 +105,15 @@ fn instances_past_the_budget_share_one_set_of_series() {
     let lines = series(&metrics);
     let v = |n: &str| value(&lines, n);
     assert_eq!(
-        v("nexus_edge_instance_interval_requests{instance=\"a\"}").as_deref(),
+        v("nexus_edge_instance_interval_requests{instance_id=\"a\"}").as_deref(),
         Some("6")
     );
     assert_eq!(
-        v("nexus_edge_instance_interval_requests{instance=\"(over budget)\"}").as_deref(),
+        v("nexus_edge_instance_interval_requests{instance_id=\"(over budget)\"}").as_deref(),
         Some("6")
     );
     assert_eq!(
-        v("nexus_edge_instance_interval_requests{instance=\"c\"}"),
+        v("nexus_edge_instance_interval_requests{instance_id=\"c\"}"),
         None
     );
     assert_eq!(
@@ -143,14 +143,14 @@ fn quiet_instances_are_forgotten_and_make_room() {
     for _ in 0..FORGET_AFTER {
         assert!(value(
             &series(&metrics),
-            "nexus_edge_instance_interval_requests{instance=\"old\"}"
+            "nexus_edge_instance_interval_requests{instance_id=\"old\"}"
         )
         .is_some());
         signals.close_interval();
     }
     let lines = series(&metrics);
     assert!(
-        !lines.iter().any(|l| l.contains("instance=\"old\"")),
+        !lines.iter().any(|l| l.contains("instance_id=\"old\"")),
         "{lines:#?}"
     );
     assert_eq!(
@@ -162,7 +162,7 @@ fn quiet_instances_are_forgotten_and_make_room() {
     assert_eq!(
         value(
             &series(&metrics),
-            "nexus_edge_instance_interval_requests{instance=\"new\"}"
+            "nexus_edge_instance_interval_requests{instance_id=\"new\"}"
         )
         .as_deref(),
         Some("1")
@@ -180,7 +180,7 @@ fn a_budget_of_none_keeps_the_shared_set_only() {
     signals.record(&id("b"), ok(Duration::from_millis(300)));
     signals.close_interval();
     let lines = series(&metrics);
-    let shared = |name: &str| value(&lines, &format!("{name}{{instance=\"(over budget)\"}}"));
+    let shared = |name: &str| value(&lines, &format!("{name}{{instance_id=\"(over budget)\"}}"));
     assert_eq!(
         shared("nexus_edge_instance_slo_breach_intervals").as_deref(),
         Some("1")
@@ -188,7 +188,7 @@ fn a_budget_of_none_keeps_the_shared_set_only() {
     assert_eq!(
         value(
             &lines,
-            "nexus_edge_instance_scale_trigger{instance=\"(over budget)\",trigger=\"latency\"}"
+            "nexus_edge_instance_scale_trigger{instance_id=\"(over budget)\",trigger=\"latency\"}"
         )
         .as_deref(),
         Some("0")
@@ -223,7 +223,7 @@ fn a_request_racing_an_instances_forgetting_is_carried_over() {
     );
     signals.close_interval();
     let lines = series(&metrics);
-    let back = |name: &str| value(&lines, &format!("{name}{{instance=\"back\"}}"));
+    let back = |name: &str| value(&lines, &format!("{name}{{instance_id=\"back\"}}"));
     assert_eq!(
         back("nexus_edge_instance_requests_total").as_deref(),
         Some("1")
@@ -241,7 +241,7 @@ fn a_request_racing_an_instances_forgetting_is_carried_over() {
     assert_eq!(
         value(
             &series(&metrics),
-            "nexus_edge_instance_requests_total{instance=\"back\"}"
+            "nexus_edge_instance_requests_total{instance_id=\"back\"}"
         )
         .as_deref(),
         Some("1")
@@ -262,7 +262,7 @@ fn an_instance_out_of_reach_is_not_quiet() {
     assert_eq!(
         value(
             &lines,
-            "nexus_edge_instance_failed_requests_total{instance=\"down\"}"
+            "nexus_edge_instance_failed_requests_total{instance_id=\"down\"}"
         )
         .as_deref(),
         Some(&*(FORGET_AFTER + 2).to_string())
@@ -270,7 +270,7 @@ fn an_instance_out_of_reach_is_not_quiet() {
     assert_eq!(
         value(
             &lines,
-            "nexus_edge_instance_latency_p95_seconds{instance=\"down\"}"
+            "nexus_edge_instance_latency_p95_seconds{instance_id=\"down\"}"
         )
         .as_deref(),
         Some("NaN")
@@ -331,7 +331,7 @@ fn requests_counted_at_once_from_many_threads_are_each_counted_once() {
     );
     let shared: u64 = value(
         &lines,
-        "nexus_edge_instance_requests_total{instance=\"(over budget)\"}",
+        "nexus_edge_instance_requests_total{instance_id=\"(over budget)\"}",
     )
     .and_then(|v| v.parse().ok())
     .expect("the shared set");
@@ -358,15 +358,15 @@ fn a_broken_off_answer_is_a_failure_not_a_request() {
     let lines = series(&metrics);
     let v = |n: &str| value(&lines, n);
     assert_eq!(
-        v("nexus_edge_instance_requests_total{instance=\"a\"}").as_deref(),
+        v("nexus_edge_instance_requests_total{instance_id=\"a\"}").as_deref(),
         Some("1")
     );
     assert_eq!(
-        v("nexus_edge_instance_failed_requests_total{instance=\"a\"}").as_deref(),
+        v("nexus_edge_instance_failed_requests_total{instance_id=\"a\"}").as_deref(),
         Some("1")
     );
     assert_eq!(
-        v("nexus_edge_instance_requests_total{instance=\"gone\"}"),
+        v("nexus_edge_instance_requests_total{instance_id=\"gone\"}"),
         None
     );
     assert_eq!(
@@ -386,7 +386,7 @@ fn a_broken_off_answer_is_a_failure_not_a_request() {
         Some("1")
     );
     assert_eq!(
-        v("nexus_edge_instance_failed_requests_total{instance=\"(over budget)\"}").as_deref(),
+        v("nexus_edge_instance_failed_requests_total{instance_id=\"(over budget)\"}").as_deref(),
         Some("1")
     );
 }
