@@ -23,7 +23,7 @@ mod set;
 
 pub use error::CertError;
 pub use files::{CertFiles, Reload};
-pub use load::{parse_pem, LoadedCert, MAX_FILE_BYTES};
+pub use load::{parse_pem, validity, LoadedCert, Validity, MAX_FILE_BYTES};
 pub use names::sni_key;
 pub use resolver::SniResolver;
 pub use set::CertSet;

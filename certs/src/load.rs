@@ -29,7 +29,35 @@ pub struct LoadedCert {
     pub not_after: i64,
 }
 
+/// Where a certificate stands at a given time: clients refuse it outside its validity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// Before its `notBefore` (a renewal staged early).
+    NotYet,
+    /// Within its validity.
+    Valid,
+    /// Past its `notAfter`.
+    Expired,
+}
+
+/// The validity at Unix time `now` of a certificate valid from `not_before` to `not_after`
+/// (an expiry before its start reads as expired).
+pub fn validity(not_before: i64, not_after: i64, now: i64) -> Validity {
+    if not_after < now {
+        Validity::Expired
+    } else if not_before > now {
+        Validity::NotYet
+    } else {
+        Validity::Valid
+    }
+}
+
 impl LoadedCert {
+    /// The certificate's validity at Unix time `now`.
+    pub fn validity_at(&self, now: i64) -> Validity {
+        validity(self.not_before, self.not_after, now)
+    }
+
     /// The names the certificate covers, as written in it (lowercase; `*.` for wildcards).
     pub fn names(&self) -> impl Iterator<Item = String> + '_ {
         self.covered.iter().map(|c| match c {

@@ -40,7 +40,10 @@ impl CertSet {
         let mut exact: Index = HashMap::new();
         let mut wildcard: Index = HashMap::new();
         for (i, cert) in certs.iter().enumerate() {
-            let rank = (cert.not_before <= now, cert.not_after);
+            let rank = (
+                cert.validity_at(now) != crate::Validity::NotYet,
+                cert.not_after,
+            );
             for name in &cert.covered {
                 let (map, key) = match name {
                     Covered::Exact(n) => (&mut exact, n),

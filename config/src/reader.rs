@@ -6,10 +6,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeInteger, DeTable, DeValue};
 use toml::Spanned;
 
 use crate::error::Problem;
+
+/// A TOML integer's value, in whatever radix it is written; `None` past `i64`.
+fn integer_value(i: &DeInteger<'_>) -> Option<i64> {
+    i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
+}
 
 /// Collects problems and turns byte offsets into line numbers.
 pub(crate) struct Problems<'t> {
@@ -242,9 +247,7 @@ impl<'a, 'i> Section<'a, 'i> {
     ) -> Option<i64> {
         let v = self.raw(k)?;
         let parsed = match v.get_ref() {
-            DeValue::Integer(i) => {
-                i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
-            }
+            DeValue::Integer(i) => integer_value(i),
             _ => None,
         };
         match parsed {
@@ -292,9 +295,7 @@ impl<'a, 'i> Section<'a, 'i> {
     ) -> Option<f64> {
         let v = self.raw(k)?;
         let parsed = match v.get_ref() {
-            DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
-                .ok()
-                .map(|n| n as f64),
+            DeValue::Integer(i) => integer_value(i).map(|n| n as f64),
             DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
             other => {
                 p.push(

@@ -203,7 +203,7 @@ impl BackgroundService for KeyReload {
                     }
                     self.state.metrics.key_set_refused.set(i64::from(refused));
                     self.state.metrics.verification_keys.set(
-                        i64::try_from(self.state.auth.key_count()).unwrap_or(i64::MAX),
+                        crate::metrics::gauge_value(self.state.auth.key_count()),
                     );
                 }
                 _ = shutdown.changed() => break,

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nexus_certs::{CertError, CertFiles, SniResolver};
+use nexus_certs::{CertError, CertFiles, SniResolver, Validity};
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{TlsAccept, ALPN};
 use pingora::protocols::tls::TlsRef;
@@ -28,7 +28,7 @@ use pingora::services::background::BackgroundService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::background::JobsStop;
-use crate::metrics::TlsMetrics;
+use crate::metrics::{gauge_value, TlsMetrics};
 
 /// Why the HTTPS listener cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -105,14 +105,13 @@ impl Certificates {
     /// Sets the metrics to what is in use now (`files`: the files, as locked by the caller).
     fn show(&self, files: &CertFiles) {
         let set = self.resolver.current();
-        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.metrics.certificates.set(gauge(set.len()));
+        self.metrics.certificates.set(gauge_value(set.len()));
         self.metrics
             .earliest_expiry
             .set(set.earliest_not_after().unwrap_or(0));
         self.metrics
             .files_refused
-            .set(gauge(files.refused().count()));
+            .set(gauge_value(files.refused().count()));
     }
 
     /// The HTTPS listener bound at `addr`: TLS 1.2 and 1.3, HTTP/1.1 (the router does not
@@ -134,11 +133,14 @@ impl Certificates {
 /// names what no other certificate does, browsers refuse it rather than find no handshake),
 /// and the expiry gauge shows the earliest.
 fn warn_if_out_of_date(cert: &nexus_certs::LoadedCert) {
-    let now = nexus_certs::unix_now();
-    if cert.not_after < now {
-        tracing::warn!(file = %cert.path.display(), not_after = cert.not_after, "TLS certificate expired: clients will refuse it");
-    } else if cert.not_before > now {
-        tracing::warn!(file = %cert.path.display(), not_before = cert.not_before, "TLS certificate not valid yet: clients will refuse it where it serves");
+    match cert.validity_at(nexus_certs::unix_now()) {
+        Validity::Expired => {
+            tracing::warn!(file = %cert.path.display(), not_after = cert.not_after, "TLS certificate expired: clients will refuse it")
+        }
+        Validity::NotYet => {
+            tracing::warn!(file = %cert.path.display(), not_before = cert.not_before, "TLS certificate not valid yet: clients will refuse it where it serves")
+        }
+        Validity::Valid => {}
     }
 }
 

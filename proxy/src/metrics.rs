@@ -13,6 +13,11 @@ use pingora_prometheus::prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// A count as a gauge's value: one past `i64` reads as `i64::MAX`.
+pub fn gauge_value(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
 /// Latency buckets (seconds) around the 200 ms API SLO.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 10.0,
@@ -662,7 +667,7 @@ impl Metrics {
     /// Mirrors the token cache's size and the signature checks made so far (before a render).
     pub fn mirror_auth(&self, auth: &crate::auth::Authenticator) {
         self.token_cache_entries
-            .set(i64::try_from(auth.cached_tokens()).unwrap_or(i64::MAX));
+            .set(gauge_value(auth.cached_tokens()));
         let _held = self.mirror.lock();
         let c = &self.token_signature_checks;
         c.inc_by(auth.signature_checks().saturating_sub(c.get()));
@@ -671,14 +676,11 @@ impl Metrics {
     /// Refreshes the gauges that mirror state, then renders the text exposition format.
     pub fn render(&self, table: &BindingHandle, health: &Arc<SyncHealth>) -> Vec<u8> {
         let t = table.load();
-        self.bindings
-            .set(i64::try_from(t.len()).unwrap_or(i64::MAX));
-        self.binding_revision
-            .set(i64::try_from(t.revision().get()).unwrap_or(i64::MAX));
+        self.bindings.set(gauge_value(t.len()));
+        self.binding_revision.set(gauge_value(t.revision().get()));
         self.store_up.set(i64::from(health.store_up()));
         let age_ms = health.sync_age_ms(nexus_binding_store::source::now_unix_ms());
-        self.sync_age_seconds
-            .set(i64::try_from(age_ms / 1000).unwrap_or(i64::MAX));
+        self.sync_age_seconds.set(gauge_value(age_ms / 1000));
         {
             // The store keeps the totals; the counters only ever move up to them.
             let _held = self.mirror.lock();

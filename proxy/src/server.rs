@@ -173,7 +173,7 @@ pub fn prepare(
     let metrics = Metrics::new().map_err(|e| StartError::Metrics(e.to_string()))?;
     metrics
         .verification_keys
-        .set(i64::try_from(auth.key_count()).unwrap_or(i64::MAX));
+        .set(crate::metrics::gauge_value(auth.key_count()));
     Ok(Arc::new(EdgeState {
         sync_health: source.health(),
         bindings: BindingHandle::new(table),

@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use nexus_certs::Validity;
+
 pub(super) fn run(config: Option<&Path>) -> ExitCode {
     let Some(path) = config else {
         eprintln!("nexus-edge check: no config file given (--config FILE or NEXUS_EDGE_CONFIG)");
@@ -278,17 +280,16 @@ fn expiry_warning(config: &Path, cert: &nexus_certs::LoadedCert, now: i64) {
 /// at `now`, if anything.
 fn out_of_date(not_before: i64, not_after: i64, now: i64) -> Option<String> {
     let days = |secs: i64| secs / (24 * 3600);
-    if not_after < now {
-        Some(format!("expired {} days ago", days(now - not_after)))
-    } else if not_before > now {
-        Some(format!(
+    match nexus_certs::validity(not_before, not_after, now) {
+        Validity::Expired => Some(format!("expired {} days ago", days(now - not_after))),
+        Validity::NotYet => Some(format!(
             "is not valid for {} more days",
             days(not_before - now)
-        ))
-    } else if not_after - now < EXPIRES_SOON {
-        Some(format!("expires in {} days", days(not_after - now)))
-    } else {
-        None
+        )),
+        Validity::Valid if not_after - now < EXPIRES_SOON => {
+            Some(format!("expires in {} days", days(not_after - now)))
+        }
+        Validity::Valid => None,
     }
 }
 

@@ -230,9 +230,7 @@ impl Shared {
             );
         }
     }
-}
 
-impl Shared {
     /// Waits, until `deadline`, for a new connection's first byte (not taken: it is peeked),
     /// false when none came or the connection was asked to make room. Until then it has begun
     /// nothing, so it may be closed to make room at the cap like a new plain connection that
@@ -289,7 +287,7 @@ impl<A> Guarded<A> {
     ) -> Self {
         metrics
             .limit
-            .set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
+            .set(crate::metrics::gauge_value(limits.max_connections));
         Self {
             app: Arc::new(app),
             shared: Arc::new(Shared {

@@ -22,7 +22,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::background::JobsStop;
-use crate::metrics::ScaleMetrics;
+use crate::metrics::{gauge_value, ScaleMetrics};
 
 pub mod judge;
 pub mod window;
@@ -153,7 +153,10 @@ impl InstanceSignals {
             over_budget: Arc::default(),
             metrics,
         };
-        signals.metrics.budget.set(as_i64(settings.max_instances));
+        signals
+            .metrics
+            .budget
+            .set(gauge_value(settings.max_instances));
         // The shared set from the start, so that it is there, at 0, before it is needed.
         signals.end_interval(OVER_BUDGET, &signals.over_budget);
         signals
@@ -169,11 +172,11 @@ impl InstanceSignals {
             return;
         }
         if sent == Sent::BrokeOff {
-            // Its request was counted with its answer, where that went: the shared set, when
-            // the budget is full; else an entry forgotten since (a stream that outlived it),
-            // which a failure alone must not bring back without its request.
-            if tracked.len() >= self.budget {
-                self.over_budget.count(sent, self.rules.slo);
+            // Its request was counted with its answer, where that went (no request more here):
+            // the shared set, when the budget is full; else an entry forgotten since (a stream
+            // that outlived it), which a failure alone must not bring back.
+            if let Some(t) = self.found(&tracked, instance, 0) {
+                t.count(sent, self.rules.slo);
             }
             return;
         }
@@ -197,7 +200,7 @@ impl InstanceSignals {
         let t = Arc::<Tracked>::default();
         let mut next = HashMap::clone(&now);
         next.insert(instance.clone(), Arc::clone(&t));
-        self.metrics.tracked.set(as_i64(next.len()));
+        self.metrics.tracked.set(gauge_value(next.len()));
         self.tracked.store(Arc::new(next));
         t
     }
@@ -264,7 +267,7 @@ impl InstanceSignals {
             next.remove(id);
             self.metrics.forget(id.as_str());
         }
-        self.metrics.tracked.set(as_i64(next.len()));
+        self.metrics.tracked.set(gauge_value(next.len()));
         self.tracked.store(Arc::new(next));
         *lock(&self.retiring) = forget;
     }
@@ -299,7 +302,7 @@ impl InstanceSignals {
         let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
         m.interval_requests
             .with_label_values(&[instance])
-            .set(i64::try_from(v.requests).unwrap_or(i64::MAX));
+            .set(gauge_value(v.requests));
         m.latency_p95
             .with_label_values(&[instance])
             .set(secs(v.judged.map(|i| i.p95)));
@@ -336,10 +339,6 @@ struct Ended {
 /// replaced whole.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn as_i64(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Ends an interval every `[metrics] interval`.
