@@ -59,6 +59,16 @@ struct Served {
     client: std::sync::Arc<rustls::ClientConfig>,
 }
 
+/// A `GET /login` (a public path: no token needed) of `name`, over a connection that asked
+/// for `name` too.
+fn login(
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    https: std::net::SocketAddr,
+    name: &str,
+) -> Result<nexus_e2e::https_client::Exchange, String> {
+    get(client, https, name, name, "/login", &[])
+}
+
 impl Pki {
     /// Starts a router reading this directory's certificates every 100 ms, with
     /// `server_extra` in `[server]`.
@@ -205,7 +215,7 @@ fn certificates_changed_on_disk_serve_new_handshakes_and_a_bad_file_keeps_the_la
         https,
         client,
     } = pki.serve("");
-    let leaf_of = |name: &str| get(&client, https, name, name, "/login", &[]).map(|r| r.leaf);
+    let leaf_of = |name: &str| login(&client, https, name).map(|r| r.leaf);
     assert_eq!(leaf_of("shop.acme.example").unwrap(), leaf_der(&first));
 
     // Renewed in place (written whole, then renamed over): new handshakes get it.
@@ -246,15 +256,7 @@ fn certificates_changed_on_disk_serve_new_handshakes_and_a_bad_file_keeps_the_la
         leaf_of("acme.example").is_ok_and(|l| l == leaf_der(&added))
     });
     edge.wait_for("the new domain bound", || {
-        get(
-            &client,
-            https,
-            "acme.example",
-            "acme.example",
-            "/login",
-            &[],
-        )
-        .is_ok_and(|r| r.response.status == 200)
+        login(&client, https, "acme.example").is_ok_and(|r| r.response.status == 200)
     });
 
     // Removed: no longer served.
@@ -295,15 +297,7 @@ fn a_handshake_never_finished_is_closed_after_request_header_timeout() {
         (edge.metric("nexus_edge_client_connections") == 0).then_some(())
     });
     assert!(edge.metric("nexus_edge_tls_handshakes_failed_total") >= 2);
-    let r = get(
-        &client,
-        https,
-        "acme.edge.test",
-        "acme.edge.test",
-        "/login",
-        &[],
-    )
-    .unwrap();
+    let r = login(&client, https, "acme.edge.test").unwrap();
     assert_eq!(r.response.status, 200);
 }
 
@@ -351,15 +345,7 @@ fn a_connection_silent_before_its_handshake_makes_room_at_the_cap() {
         edge.metric("nexus_edge_client_connections_idle") == 2
     });
     for _ in 0..3 {
-        let r = get(
-            &client,
-            https,
-            "acme.edge.test",
-            "acme.edge.test",
-            "/login",
-            &[],
-        )
-        .unwrap();
+        let r = login(&client, https, "acme.edge.test").unwrap();
         assert_eq!(r.response.status, 200);
     }
     assert!(edge.metric("nexus_edge_client_connections_reclaimed_total") >= 1);
