@@ -3,6 +3,7 @@
 //! - [`model`]: the binding record and the types it is made of.
 //! - [`table`]: the immutable, structurally shared [`BindingTable`] and the lock-free
 //!   [`BindingHandle`] requests read it through.
+//! - [`revocations`]: the token deny list, synced from Redis or a file the same way.
 //!
 //! This crate knows nothing of Pingora or HTTP: it is shared by the proxy, the admin CLI
 //! and the benchmarks.
@@ -28,6 +29,7 @@ mod record_lines;
 pub mod records;
 pub mod redis_store;
 mod retire;
+pub mod revocations;
 pub mod snapshot;
 pub use admin::{
     Actor, AdminError, Applied, AuditEntry, BindingAdmin, History, IfUnchanged, ImportError,

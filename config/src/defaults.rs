@@ -100,5 +100,10 @@ pub fn embedded_default() -> Settings {
             baseline_window: Duration::from_secs(3600),
             max_instances: 1000,
         },
+        revocation: RevocationSettings {
+            source: RevocationSource::None,
+            max_staleness: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(1),
+        },
     }
 }

@@ -29,6 +29,32 @@ pub struct Settings {
     pub tls: Option<TlsListenerSettings>,
     /// The per-instance latency and queue-delay signals that drive scale triggers.
     pub metrics: MetricsSettings,
+    /// Where revoked tokens are listed, and how stale that list may grow unnoticed.
+    pub revocation: RevocationSettings,
+}
+
+/// `[revocation]`: the deny list of tokens refused before they expire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevocationSettings {
+    /// Where the list comes from.
+    pub source: RevocationSource,
+    /// How long the list may go without being known to equal its source before the router
+    /// says so (a warning, `revocations_stale`). Tokens are still accepted then: the router
+    /// fails open on revocations.
+    pub max_staleness: Duration,
+    /// How often a revocations file is looked at.
+    pub poll_interval: Duration,
+}
+
+/// Where the revocations come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevocationSource {
+    /// None: no token is revoked (a file store without `[revocation] file`).
+    None,
+    /// A revocations file (`[revocation] file`).
+    File(std::path::PathBuf),
+    /// The Redis store of `[store]`, under its key prefix.
+    Store,
 }
 
 /// `[metrics]`: how the router judges each instance's latency and queue delay, once per

@@ -63,6 +63,7 @@ pub mod policy;
 pub mod pooling;
 pub mod resolve;
 pub mod response;
+pub mod revocation;
 pub mod route;
 pub mod scale;
 pub mod server;

@@ -54,6 +54,18 @@ pub struct Metrics {
     /// `verification_keys`: keys tokens are verified with now. 0 refuses every token (a key
     /// set emptied on purpose revokes them all: worth an alert either way).
     pub verification_keys: IntGauge,
+    /// `revocations`: revocations held (those run out included, until their source drops
+    /// them; see [`crate::revocation`]).
+    pub revocations: IntGauge,
+    /// `revocations_sync_age_seconds`: seconds since the revocations were last known to
+    /// equal their source (since start-up when never); 0 without a source.
+    pub revocations_sync_age_seconds: IntGauge,
+    /// `revocations_stale`: 1 while that age is past `[revocation] max_staleness`: tokens
+    /// revoked since may still be accepted (the router fails open on revocations).
+    pub revocations_stale: IntGauge,
+    /// `revocation_records_refused_total`: revocation records (Redis fields, feed entries)
+    /// and revocations file versions refused so far; each also an error line.
+    pub revocation_records_refused: prometheus::IntCounter,
     /// `token_cache_entries`: verified tokens cached now (see `[auth] token_cache_capacity`).
     pub token_cache_entries: IntGauge,
     /// `token_signature_checks_total`: signatures verified (tokens not served from the
@@ -534,6 +546,22 @@ impl Metrics {
             "verification_keys",
             "Keys tokens are verified with now (0: every token is refused)",
         )?;
+        let revocations = IntGauge::new(
+            "revocations",
+            "Token revocations held (from [revocation]: the Redis store or a revocations file)",
+        )?;
+        let revocations_sync_age_seconds = IntGauge::new(
+            "revocations_sync_age_seconds",
+            "Seconds since the revocations were last known to equal their source (since start-up when never; 0 without a source)",
+        )?;
+        let revocations_stale = IntGauge::new(
+            "revocations_stale",
+            "1 while revocations_sync_age_seconds is past [revocation] max_staleness (tokens revoked since may be accepted: failing open)",
+        )?;
+        let revocation_records_refused = prometheus::IntCounter::new(
+            "revocation_records_refused_total",
+            "Revocation records (Redis fields and feed entries) and revocations file versions refused so far",
+        )?;
         let token_cache_entries = IntGauge::new(
             "token_cache_entries",
             "Verified tokens cached now (auth.token_cache_capacity bounds them)",
@@ -594,6 +622,10 @@ impl Metrics {
             Box::new(verification_keys.clone()),
             Box::new(token_cache_entries.clone()),
             Box::new(token_signature_checks.clone()),
+            Box::new(revocations.clone()),
+            Box::new(revocations_sync_age_seconds.clone()),
+            Box::new(revocations_stale.clone()),
+            Box::new(revocation_records_refused.clone()),
             Box::new(panics.clone()),
             Box::new(rejected_records.clone()),
             Box::new(full_reloads.clone()),
@@ -647,6 +679,10 @@ impl Metrics {
             verification_keys,
             token_cache_entries,
             token_signature_checks,
+            revocations,
+            revocations_sync_age_seconds,
+            revocations_stale,
+            revocation_records_refused,
             panics,
             rejected_records,
             full_reloads,
@@ -664,13 +700,27 @@ impl Metrics {
         })
     }
 
-    /// Mirrors the token cache's size and the signature checks made so far (before a render).
-    pub fn mirror_auth(&self, auth: &crate::auth::Authenticator) {
+    /// Mirrors the token cache's size, the signature checks made so far and the
+    /// revocations' state (before a render); `max_staleness`: `[revocation] max_staleness`.
+    pub fn mirror_auth(
+        &self,
+        auth: &crate::auth::Authenticator,
+        max_staleness: std::time::Duration,
+    ) {
         self.token_cache_entries
             .set(gauge_value(auth.cached_tokens()));
+        let revocations = auth.revocations();
+        let age_ms = revocations.age_ms(nexus_binding_store::revocations::list::now_ms());
+        self.revocations.set(gauge_value(revocations.load().len()));
+        self.revocations_sync_age_seconds
+            .set(gauge_value(age_ms / 1000));
+        self.revocations_stale
+            .set(i64::from(u128::from(age_ms) > max_staleness.as_millis()));
         let _held = self.mirror.lock();
         let c = &self.token_signature_checks;
         c.inc_by(auth.signature_checks().saturating_sub(c.get()));
+        let c = &self.revocation_records_refused;
+        c.inc_by(revocations.refused().saturating_sub(c.get()));
     }
 
     /// Refreshes the gauges that mirror state, then renders the text exposition format.

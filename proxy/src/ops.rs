@@ -251,7 +251,8 @@ impl ServeHttp for OpsApp {
         let s = &self.state;
         match path.as_str() {
             "/metrics" => {
-                s.metrics.mirror_auth(&s.auth);
+                s.metrics
+                    .mirror_auth(&s.auth, s.settings.revocation.max_staleness);
                 text(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",

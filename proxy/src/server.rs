@@ -51,6 +51,9 @@ pub enum StartError {
     /// The HTTPS listener has no certificate to serve.
     #[error("{0}")]
     Https(#[from] crate::https::HttpsError),
+    /// The revocations file is refused, or the Redis client for revocations cannot be built.
+    #[error("{0}")]
+    Revocations(#[from] crate::revocation::RevocationSetupError),
 }
 
 /// Loads the CA bundle for https instances the way Pingora's connector will (every PEM item a
@@ -159,11 +162,13 @@ pub fn prepare(
     {
         return Err(StartError::TokenHeader(i, why));
     }
-    let auth = Authenticator::new(&settings.auth)?;
+    let (feed, revocations) = crate::revocation::open(&settings)?;
+    let auth = Authenticator::new(&settings.auth)?.with_revocations(revocations.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let table = rt.block_on(source.initial_load())?;
+    crate::revocation::initial_load(&feed, &revocations, &rt)?;
     tracing::info!(
         bindings = table.len(),
         revision = table.revision().get(),
@@ -178,6 +183,7 @@ pub fn prepare(
         sync_health: source.health(),
         bindings: BindingHandle::new(table),
         auth,
+        revocation_feed: Arc::new(feed),
         log_budgets: Arc::new(crate::log_budget::LogBudgets::new(
             settings.log.request_lines_per_second,
             metrics.log_lines_not_logged.clone(),
@@ -372,6 +378,10 @@ pub fn run(
     server.add_service(background_service(
         "instance signals",
         crate::scale::IntervalClock::new(Arc::clone(&state), jobs.clone()),
+    ));
+    server.add_service(background_service(
+        "revocation sync",
+        crate::revocation::RevocationSync::new(Arc::clone(&state), jobs.clone()),
     ));
     server.add_service(background_service(
         "key reload",

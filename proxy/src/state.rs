@@ -20,8 +20,11 @@ pub struct EdgeState {
     pub bindings: BindingHandle,
     /// Health of the binding source.
     pub sync_health: Arc<SyncHealth>,
-    /// Token verification (keys hot-reloaded inside).
+    /// Token verification (keys hot-reloaded inside, revocations checked inside).
     pub auth: Authenticator,
+    /// Where the revocations the authenticator checks come from (followed by
+    /// [`crate::revocation::RevocationSync`]).
+    pub revocation_feed: Arc<crate::revocation::Feed>,
     /// Metrics registry.
     pub metrics: Metrics,
     /// Each instance's latency and queue delay, judged per `[metrics] interval`.

@@ -43,7 +43,12 @@ pub(crate) fn identity(
         sub.map(str::to_owned),
         Some(tenant.to_owned()),
         org.map(str::to_owned),
-        (u64::MAX, None),
+        crate::auth::claims::TokenTimes {
+            exp: u64::MAX,
+            nbf: None,
+            iat: None,
+        },
+        None,
         None,
         crate::auth::Algorithm::RS256,
     ))

@@ -118,6 +118,9 @@ pub fn token_still_accepted<'a>(
 ) -> Result<(), TunnelEnd> {
     auth.check_time(identity, now_unix)
         .map_err(TunnelEnd::TokenRefused)?;
+    // A revocation reaches tunnels at their next piece, as a key taken out of the set does.
+    auth.check_revoked(identity, now_unix)
+        .map_err(TunnelEnd::TokenRefused)?;
     // Read before verifying: keys that change meanwhile are caught at the next piece.
     let generation = auth.key_generation();
     if generation != *verified_under {

@@ -93,14 +93,14 @@ pub(super) async fn run(
 /// the same failure again once every [`RETRY_LOG_EVERY`], saying how many were not; another
 /// failure is logged at once.
 #[derive(Debug, Default)]
-struct FailureLines {
+pub(crate) struct FailureLines {
     /// The last failure logged, when, and the failures not logged since.
     last: Option<(String, Instant, u64)>,
 }
 
 impl FailureLines {
     /// Whether to log failure `said`: `Some` with the failures not logged since the last line.
-    fn admit(&mut self, said: String) -> Option<u64> {
+    pub(crate) fn admit(&mut self, said: String) -> Option<u64> {
         match &mut self.last {
             Some((last, at, skipped)) if *last == said && at.elapsed() < RETRY_LOG_EVERY => {
                 *skipped += 1;
@@ -148,7 +148,7 @@ async fn misplaced_key(store: &RedisStore, e: &LoadError) -> Option<String> {
 }
 
 /// A few random bits for jitter, without a RNG dependency.
-fn rand_u8() -> u8 {
+pub(crate) fn rand_u8() -> u8 {
     let mut b = [0u8; 1];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     b[0]

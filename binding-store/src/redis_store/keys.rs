@@ -66,6 +66,22 @@ impl Keys {
     pub(crate) fn history(&self) -> String {
         format!("{}:history", self.prefix)
     }
+    /// The revocations in force: revocation key → its JSON (`crate::revocations`).
+    pub(crate) fn revocations(&self) -> String {
+        format!("{}:revocations", self.prefix)
+    }
+    /// The revocation changes counter: one more per change, so a follower sees a gap.
+    pub(crate) fn revocation_seq(&self) -> String {
+        format!("{}:revocations:seq", self.prefix)
+    }
+    /// The revocation change feed (stream): `seq`, `key`, `op` (`put`, `delete`), `entry`.
+    pub(crate) fn revocation_changes(&self) -> String {
+        format!("{}:revocations:changes", self.prefix)
+    }
+    /// The revocation audit list, newest first.
+    pub(crate) fn revocation_audit(&self) -> String {
+        format!("{}:revocations:audit", self.prefix)
+    }
 }
 
 /// A new random id for a history that a write or restore may begin (`write.lua` uses it only

@@ -23,7 +23,7 @@
 mod admin;
 mod endpoint;
 mod fleet;
-mod follow;
+pub(crate) mod follow;
 mod keys;
 mod load;
 mod replies;

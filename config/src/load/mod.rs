@@ -25,14 +25,24 @@ mod log;
 mod metrics;
 mod names;
 mod redis;
+mod revocation;
 mod server;
 mod store;
 mod tenancy;
 mod tls;
 mod upstream;
 
-const SECTIONS: [&str; 9] = [
-    "server", "tenancy", "auth", "upstream", "store", "log", "cors", "tls", "metrics",
+const SECTIONS: [&str; 10] = [
+    "server",
+    "tenancy",
+    "auth",
+    "upstream",
+    "store",
+    "log",
+    "cors",
+    "tls",
+    "metrics",
+    "revocation",
 ];
 
 /// Parses and validates config text; `origin` names the file in messages and anchors relative
@@ -68,6 +78,8 @@ pub struct Sections {
     pub tls: Option<Option<TlsListenerSettings>>,
     /// `[metrics]`.
     pub metrics: Option<MetricsSettings>,
+    /// `[revocation]`.
+    pub revocation: Option<RevocationSettings>,
     /// The files the config names that parsed, whether or not their section did: `check`
     /// checks them too, so that a bad key beside them does not hide their problems.
     pub named: NamedFiles,
@@ -84,6 +96,8 @@ pub struct NamedFiles {
     pub upstream_ca_file: Option<std::path::PathBuf>,
     /// `log.filter`, as written.
     pub log_filter: Option<String>,
+    /// `revocation.file`.
+    pub revocations_file: Option<std::path::PathBuf>,
 }
 
 impl Sections {
@@ -99,6 +113,7 @@ impl Sections {
             cors: self.cors?,
             tls: self.tls?,
             metrics: self.metrics?,
+            revocation: self.revocation?,
         })
     }
 }
@@ -153,6 +168,14 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     let cors = cors::parse(root, &d.cors, tenancy.as_ref(), &mut p);
     let tls = tls::parse(root, base, server.as_ref(), &mut p);
     let metrics = metrics::parse(root, &d.metrics, &mut p);
+    let revocation = revocation::parse(
+        root,
+        &d.revocation,
+        store.as_ref(),
+        base,
+        &mut named,
+        &mut p,
+    );
     // Whenever both bounds parsed, whatever else is wrong in their sections.
     if let (Some(header), Some(token)) = (header_bound, token_bound) {
         token_fits_in_header(root, header, token, &mut p);
@@ -167,6 +190,7 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
         cors,
         tls,
         metrics,
+        revocation,
         named,
     };
     (sections, p.list)

@@ -24,6 +24,10 @@ pub struct VerifiedToken {
     pub exp: u64,
     /// `nbf`, Unix seconds.
     pub nbf: Option<u64>,
+    /// `iat`, Unix seconds: revocations of a user's or tenant's tokens compare it.
+    pub iat: Option<u64>,
+    /// `jti`: a revocation of the one token names it.
+    pub jti: Option<String>,
     /// `kid` of the key that verified it.
     pub kid: Option<String>,
     /// Algorithm that verified it.
@@ -71,7 +75,8 @@ impl VerifiedToken {
         sub: Option<String>,
         tenant: Option<String>,
         org: Option<String>,
-        (exp, nbf): (u64, Option<u64>),
+        times: TokenTimes,
+        jti: Option<String>,
         kid: Option<String>,
         alg: Algorithm,
     ) -> Self {
@@ -80,11 +85,23 @@ impl VerifiedToken {
             sub,
             tenant,
             org,
-            exp,
-            nbf,
+            exp: times.exp,
+            nbf: times.nbf,
+            iat: times.iat,
+            jti,
             kid,
             alg,
             headers,
+        }
+    }
+
+    /// The claims a revocation can name.
+    pub fn revocation_facts(&self) -> nexus_binding_store::revocations::TokenFacts<'_> {
+        nexus_binding_store::revocations::TokenFacts {
+            jti: self.jti.as_deref(),
+            tenant: self.tenant.as_deref(),
+            sub: self.sub.as_deref(),
+            iat: self.iat,
         }
     }
 
@@ -93,6 +110,14 @@ impl VerifiedToken {
     pub fn check_time(&self, now: u64, leeway: u64) -> Result<(), TokenError> {
         check_time(self.exp, self.nbf, now, leeway)
     }
+}
+
+/// A token's time claims, Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TokenTimes {
+    pub(crate) exp: u64,
+    pub(crate) nbf: Option<u64>,
+    pub(crate) iat: Option<u64>,
 }
 
 /// What the claims are checked against.
@@ -267,6 +292,9 @@ pub(crate) fn check(
     for (claim, why) in [
         ("iss", "iss is not a string"),
         ("sub", "sub is not a string"),
+        // RFC 7519 §4.1.7: a case-sensitive string. Read as none, a number would slip
+        // past a revocation of the token.
+        ("jti", "jti is not a string"),
     ] {
         if claims.get(claim).is_some_and(|v| !v.is_string()) {
             return Err(TokenError::Malformed(why));
@@ -322,7 +350,8 @@ pub(crate) fn check(
         sub,
         string_claim(claims, &rules.tenant_claim),
         org,
-        (exp, nbf),
+        TokenTimes { exp, nbf, iat },
+        string_claim(claims, "jti"),
         kid,
         alg,
     )))

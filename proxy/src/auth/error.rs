@@ -62,6 +62,10 @@ pub enum TokenError {
     /// nothing at all, which an app may read as no identity sent.
     #[error("the {0} claim cannot be sent to the instance as it is")]
     UnforwardableClaim(&'static str),
+    /// A revocation in force names the token (`[revocation]`): by its `jti`, or as one of
+    /// its user's or tenant's tokens issued before the revocation.
+    #[error("token revoked")]
+    Revoked,
 }
 
 impl TokenError {
@@ -86,6 +90,7 @@ impl TokenError {
             TokenError::ForbiddenHeader(_) => "forbidden_header",
             TokenError::WrongType => "wrong_type",
             TokenError::UnforwardableClaim(_) => "unforwardable_claim",
+            TokenError::Revoked => "revoked",
         }
     }
 
@@ -116,6 +121,7 @@ impl TokenError {
             TokenError::BadSignature
             | TokenError::AlgorithmMismatch
             | TokenError::KeyNotOfIssuer => "the token signature is not valid",
+            TokenError::Revoked => "the token was revoked",
             _ => "the token is malformed or not accepted",
         };
         format!(

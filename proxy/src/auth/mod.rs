@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
+use nexus_binding_store::revocations::Revocations;
 use nexus_config::{AuthSettings, HmacKey, JwksSource};
 
 pub use claims::VerifiedToken;
@@ -57,6 +58,8 @@ pub struct Authenticator {
     /// The last key file refused (its SHA-256), or why it could not be read, while that
     /// holds: the file is polled every few seconds, and one that stays bad is reported once.
     refused: Mutex<Option<Refused>>,
+    /// The revocations every token is checked against, cached or not (`[revocation]`).
+    revocations: Revocations,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -218,7 +221,31 @@ impl Authenticator {
             signature_checks: AtomicU64::new(0),
             key_set_loads: AtomicU64::new(1),
             refused: Mutex::new(None),
+            revocations: Revocations::none(),
         })
+    }
+
+    /// Checks every token against `revocations` from now on.
+    pub fn with_revocations(mut self, revocations: Revocations) -> Self {
+        self.revocations = revocations;
+        self
+    }
+
+    /// The revocations tokens are checked against.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
+    /// Whether a revocation in force refuses `verified` at `now_unix`: for a token relied on
+    /// after its request was decided (a tunnel's). [`Authenticator::verify`] checks it too.
+    pub fn check_revoked(&self, verified: &VerifiedToken, now_unix: u64) -> Result<(), TokenError> {
+        match self
+            .revocations
+            .refusing(&verified.revocation_facts(), now_unix)
+        {
+            Some(_) => Err(TokenError::Revoked),
+            None => Ok(()),
+        }
     }
 
     /// Re-reads the key file if its content changed. On error the current keys stay; a file
@@ -344,7 +371,8 @@ impl Authenticator {
     }
 
     /// Verifies a token at `now_unix`: from the cache when this exact token was verified under
-    /// the current keys, otherwise in full. Time claims are checked either way.
+    /// the current keys, otherwise in full. Time claims and revocations are checked either
+    /// way.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<Arc<VerifiedToken>, TokenError> {
         if token.len() > self.max_token_bytes {
             return Err(TokenError::TooLarge);
@@ -354,7 +382,8 @@ impl Authenticator {
         if let Some(key) = &key {
             if let Some(hit) = self.cache.get(key, keys.generation) {
                 return match hit.check_time(now_unix, self.rules.leeway) {
-                    Ok(()) => Ok(hit),
+                    // Kept in the cache: a revocation taken back serves it again.
+                    Ok(()) => self.check_revoked(&hit, now_unix).map(|()| hit),
                     Err(e) => {
                         self.cache.remove(key);
                         Err(e)
@@ -380,6 +409,7 @@ impl Authenticator {
             self.cache
                 .insert(key, Arc::clone(&verified), keys.generation);
         }
+        self.check_revoked(&verified, now_unix)?;
         Ok(verified)
     }
 }

@@ -196,6 +196,15 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             problem(key, e.message);
         }
     }
+    // A revocations file a router would refuse to start on.
+    if let Some(Err(e)) = sections
+        .named
+        .revocations_file
+        .as_deref()
+        .map(nexus_binding_store::revocations::file::read)
+    {
+        problem("revocation.file", e.to_string());
+    }
     if let (Some(server), Some(store)) = (&sections.server, &sections.store) {
         if let Some((key, message)) = nexus_config::serving_problem(server, store) {
             problem(key, message);

@@ -1,4 +1,5 @@
-//! The `nexus-edge` command line: `serve`, `check`, `token`, `demo`, `tenant`, `replicas`.
+//! The `nexus-edge` command line: `serve`, `check`, `token`, `demo`, `tenant`, `revoke`,
+//! `replicas`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +29,7 @@ macro_rules! errln {
 }
 
 mod check;
+mod revoke;
 mod serve;
 pub(crate) mod shown;
 mod tenant;
@@ -93,6 +95,9 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Read and change tenant bindings in the configured store (atomic, audited).
     Tenant(tenant::TenantArgs),
+    /// Revoke tokens before they expire (one token, a user's, a tenant's), on every router
+    /// (audited); list and remove revocations.
+    Revoke(revoke::RevokeArgs),
     /// List the router replicas following the Redis store, their applied revision and lag.
     Replicas {
         /// Config file naming a Redis store (required: the default, the embedded demo store,
@@ -130,6 +135,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Token(args) => token::run(&args),
         Command::Demo(args) => crate::demo::run(&args),
         Command::Tenant(args) => tenant::run(args),
+        Command::Revoke(args) => revoke::run(args),
         Command::Replicas { config, json } => tenant::replicas(config.as_deref(), json),
     }
 }

@@ -60,7 +60,7 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
     // Tokens the router would refuse, or read otherwise than meant, are not minted: a tenant
     // or org claim may not take the name of a claim this command sets or the router reads
     // as a date (`nbf`).
-    const RESERVED: [&str; 6] = ["iss", "sub", "iat", "exp", "aud", "nbf"];
+    const RESERVED: [&str; 7] = ["iss", "sub", "iat", "exp", "aud", "nbf", "jti"];
     for (flag, name) in [
         ("--tenant-claim", &a.tenant_claim),
         ("--org-claim", &a.org_claim),
@@ -124,6 +124,8 @@ pub(super) fn run(a: &TokenArgs) -> ExitCode {
         "sub": a.sub,
         "iat": now,
         "exp": now.saturating_add(a.ttl.as_secs()),
+        // A token of its own: `revoke token --token` can name this one alone.
+        "jti": uuid::Uuid::new_v4().to_string(),
     });
     if !a.aud.is_empty() {
         claims["aud"] = serde_json::Value::String(a.aud.clone());

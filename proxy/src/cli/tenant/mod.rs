@@ -128,7 +128,7 @@ fn empty_prefix_note(r: &RedisStore) -> String {
 
 /// Admin commands print the store's warnings (a record refused, a failover waited out) to
 /// stderr, and nothing chattier unless `RUST_LOG` asks for it.
-fn admin_logging(settings: &nexus_config::Settings) {
+pub(super) fn admin_logging(settings: &nexus_config::Settings) {
     crate::logging::init(&nexus_config::LogSettings {
         filter: "warn".to_owned(),
         ..settings.log.clone()
@@ -215,7 +215,11 @@ struct Command<'a> {
 
 /// Who a command's audit entry names: `--actor`, else `$USER` or `$LOGNAME`, else `unknown`
 /// (said on stderr), with `--reason`. Checked for a write only.
-fn audited_actor(given: Option<&str>, reason: Option<&str>, writes: bool) -> Result<Actor, String> {
+pub(super) fn audited_actor(
+    given: Option<&str>,
+    reason: Option<&str>,
+    writes: bool,
+) -> Result<Actor, String> {
     if writes && given.is_some_and(|a| a.trim().is_empty()) {
         return Err(
             "--actor is empty: name who makes the change (or leave it out for $USER)".to_owned(),

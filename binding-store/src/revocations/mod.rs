@@ -1,0 +1,30 @@
+//! Token revocations: the synced deny list that refuses tokens before they expire
+//! (a leaked token, an abusive user, a tenant's chargeback).
+//!
+//! - [`model`]: one revocation and its JSON form;
+//! - [`list`]: the immutable [`RevocationList`] and the lock-free [`Revocations`] handle
+//!   requests check every token against;
+//! - [`file`]: the revocations file (a router without Redis; a replica's snapshot);
+//! - [`redis`]: the Redis keys, the admin's script and a replica's follower.
+//!
+//! A router whose source is away keeps the list it has (it fails open on revocations, as
+//! the brief asks) and says how stale it is.
+
+pub mod file;
+pub mod list;
+pub mod model;
+pub mod redis;
+
+pub use list::{RevocationList, Revocations};
+pub use model::{Revocation, RevocationError, Revoked, TokenFacts};
+
+/// Why an admin's revocation command did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminFailure {
+    /// No revocation under this key.
+    #[error("no revocation {0}")]
+    NotFound(String),
+    /// The store could not be reached or refused the command.
+    #[error("revocations unavailable: {0}")]
+    Unavailable(String),
+}

@@ -1,0 +1,332 @@
+//! Token revocations: the real `nexus-edge revoke` CLI writing to a real `redis-server` (or a
+//! revocations file), and real routers refusing the revoked tokens, cached or not, while
+//! every other token goes on being served.
+
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use nexus_e2e::admin::Admin;
+use nexus_e2e::backend::Backend;
+use nexus_e2e::edge::{binding, cli, Edge, EdgeOptions};
+use nexus_e2e::http::{get_with_token, Response};
+use nexus_e2e::keys::{claims, now, TestKeys};
+use nexus_e2e::probe::{host, wait_instance};
+use nexus_e2e::redis_server::RedisServer;
+use nexus_e2e::wait;
+
+fn store_section(url: &str, replica: &str, snapshot: Option<&str>) -> String {
+    let snap = snapshot
+        .map(|s| format!("snapshot_path = \"{s}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[store]\nkind = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"nexus\"\n\
+         reconcile_interval = \"1h\"\nheartbeat_interval = \"100ms\"\nreplica_id = \"{replica}\"\n{snap}"
+    )
+}
+
+/// A token of `sub` in tenant acme, with its own `jti` and `iat` `age` seconds ago.
+fn token(keys: &TestKeys, sub: &str, jti: &str, age: u64) -> String {
+    let mut c = claims("acme", None);
+    c["sub"] = sub.into();
+    c["jti"] = jti.into();
+    c["iat"] = (now() - age).into();
+    keys.es.sign(&c).expect("sign")
+}
+
+fn get(edge: &Edge, token: &str) -> Response {
+    get_with_token(edge.addr, &host("acme"), "/", token)
+}
+
+/// Whether `token` is refused as revoked (401 with the RFC 6750 description).
+fn revoked(edge: &Edge, token: &str) -> bool {
+    let r = get(edge, token);
+    r.status == 401
+        && r.header("www-authenticate")
+            .is_some_and(|h| h.contains("error=\"invalid_token\"") && h.contains("revoked"))
+}
+
+fn wait_revoked(edge: &Edge, token: &str, what: &str) {
+    wait::until(Duration::from_secs(10), what, || {
+        revoked(edge, token).then_some(())
+    });
+}
+
+fn wait_served(edge: &Edge, token: &str, what: &str) {
+    wait::until(Duration::from_secs(10), what, || {
+        (get(edge, token).status == 200).then_some(())
+    });
+}
+
+/// Runs `nexus-edge revoke ARGS --config CONFIG --actor test-admin`; returns (code, stdout, stderr).
+fn revoke(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec![
+        "revoke",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--actor",
+        "test-admin",
+    ];
+    all.extend_from_slice(args);
+    let out = cli(&all);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn revoke_ok(config: &std::path::Path, args: &[&str]) -> String {
+    let (code, out, err) = revoke(config, args);
+    assert_eq!(code, 0, "revoke {args:?}: {out}{err}");
+    out
+}
+
+/// One token, then a user's older tokens, reach a Redis replica through the change feed;
+/// the cache does not keep a revoked token served; a gap in the feed and a damaged record
+/// are met with a full load that keeps every revocation in force; taking one out serves the
+/// token again; and with Redis gone the replica keeps refusing what it knew (failing open on
+/// what it could not learn) and says its list is stale.
+#[test]
+fn revocations_in_redis_reach_the_router_and_outlive_its_outage() {
+    let mut redis = RedisServer::start();
+    let admin = Admin::new(&store_section(&redis.url(), "admin", None));
+    let backend = Backend::start("instance-a");
+    admin.put(&binding("acme", &backend.url(), "active", None));
+    let keys = TestKeys::new();
+    let mut opts = EdgeOptions::new(keys.jwks(), serde_json::json!({}));
+    opts.store = Some(store_section(&redis.url(), "replica-1", None));
+    opts.extra = "\n[revocation]\nmax_staleness = \"5s\"\n".to_owned();
+    let edge = Edge::start(&opts);
+    wait_instance(&edge, &keys, "acme", "instance-a");
+
+    let leaked = token(&keys, "user-1", "jti-leaked", 0);
+    let other = token(&keys, "user-1", "jti-other", 0);
+    let abuser_old = token(&keys, "user-3", "jti-abuser-old", 120);
+    for t in [&leaked, &other, &abuser_old] {
+        assert_eq!(get(&edge, t).status, 200, "served before any revocation");
+    }
+    assert_eq!(edge.metric("nexus_edge_revocations"), 0);
+
+    // One token, by its jti, read from the token itself: it was verified and cached.
+    let out = revoke_ok(&admin.config, &["token", "--token", &leaked]);
+    assert!(out.contains("token:jti-leaked"), "{out}");
+    wait_revoked(&edge, &leaked, "the leaked token refused");
+    assert_eq!(
+        get(&edge, &other).status,
+        200,
+        "another token of the same user"
+    );
+
+    // A user's tokens issued before now; one issued after is served.
+    revoke_ok(
+        &admin.config,
+        &[
+            "user", "--tenant", "acme", "--sub", "user-3", "--until", "1h",
+        ],
+    );
+    wait_revoked(&edge, &abuser_old, "the user's older token refused");
+    let mut later = claims("acme", None);
+    later["sub"] = "user-3".into();
+    later["iat"] = (now() + 2).into();
+    let abuser_new = keys.es.sign(&later).expect("sign");
+    assert_eq!(get(&edge, &abuser_new).status, 200, "a token issued after");
+    assert_eq!(edge.metric("nexus_edge_revocations"), 2);
+
+    // A gap in the feed (a change whose entry the replica never saw): the next entry's seq
+    // is not the next one, and the replica loads the whole list.
+    redis.cmd(&["INCR", "nexus:revocations:seq"]);
+    redis.cmd(&[
+        "HSET",
+        "nexus:revocations",
+        "token:jti-other",
+        &format!(
+            r#"{{"token":"jti-other","until":"{}"}}"#,
+            nexus_binding_store::revocations::model::format_time(now() + 3600)
+        ),
+    ]);
+    let fourth = token(&keys, "user-1", "jti-fourth", 0);
+    revoke_ok(
+        &admin.config,
+        &["token", "--jti", "jti-fourth", "--until", "1h"],
+    );
+    wait_revoked(&edge, &fourth, "the change after the gap");
+    assert!(
+        revoked(&edge, &other),
+        "the change in the gap, by the full load"
+    );
+
+    // A damaged record over a revocation in force keeps that revocation, and is counted.
+    redis.cmd(&["HSET", "nexus:revocations", "token:jti-leaked", "{not json"]);
+    redis.cmd(&["INCR", "nexus:revocations:seq"]);
+    let fifth = token(&keys, "user-1", "jti-fifth", 0);
+    revoke_ok(
+        &admin.config,
+        &["token", "--jti", "jti-fifth", "--until", "1h"],
+    );
+    wait_revoked(&edge, &fifth, "the change after the damaged record");
+    assert!(
+        revoked(&edge, &leaked),
+        "the damaged record's revocation stays"
+    );
+    wait::until(Duration::from_secs(10), "the refusal counted", || {
+        (edge.metric("nexus_edge_revocation_records_refused_total") >= 1).then_some(())
+    });
+    assert!(
+        edge.log().contains("revocation record refused"),
+        "{}",
+        edge.log()
+    );
+
+    // Taken out: served again (it is still in the cache, and the cache serves it).
+    revoke_ok(&admin.config, &["remove", "token:jti-fourth"]);
+    wait_served(&edge, &fourth, "the token whose revocation was removed");
+    let (code, _, err) = revoke(&admin.config, &["remove", "token:jti-fourth"]);
+    assert_ne!(code, 0, "a second removal finds nothing");
+    assert!(err.contains("no revocation token:jti-fourth"), "{err}");
+
+    // Audited, in Redis.
+    let audit = redis.cmd(&["LRANGE", "nexus:revocations:audit", "0", "-1"]);
+    assert!(
+        audit.contains("test-admin") && audit.contains("jti-leaked"),
+        "{audit}"
+    );
+
+    // Redis gone: the revocations in force stay, other tokens are served, and the list is
+    // said to be stale once max_staleness has passed.
+    redis.stop();
+    assert!(revoked(&edge, &leaked) && revoked(&edge, &abuser_old));
+    assert_eq!(get(&edge, &abuser_new).status, 200);
+    wait::until(
+        Duration::from_secs(20),
+        "the revocations said stale",
+        || (edge.metric("nexus_edge_revocations_stale") == 1).then_some(()),
+    );
+    assert!(edge.metric("nexus_edge_revocations_sync_age_seconds") >= 5);
+    wait::until(Duration::from_secs(10), "the staleness logged", || {
+        edge.log().contains("revocations are stale").then_some(())
+    });
+
+    // Back: in sync again.
+    redis.restart();
+    wait::until(
+        Duration::from_secs(20),
+        "the revocations fresh again",
+        || (edge.metric("nexus_edge_revocations_stale") == 0).then_some(()),
+    );
+    assert!(revoked(&edge, &leaked));
+}
+
+/// A replica with a snapshot path keeps its revocations beside its binding snapshot, and a
+/// restart while Redis is away starts from them: a revoked token is not served again.
+#[test]
+fn a_restart_while_redis_is_away_starts_from_the_revocation_snapshot() {
+    let mut redis = RedisServer::start();
+    let admin = Admin::new(&store_section(&redis.url(), "admin", None));
+    let backend = Backend::start("instance-a");
+    admin.put(&binding("acme", &backend.url(), "active", None));
+    let keys = TestKeys::new();
+    let dir = tempfile::tempdir().expect("dir");
+    let snap = dir.path().join("bindings.snapshot");
+    let snap_s = snap.to_str().expect("utf8");
+    let mut opts = EdgeOptions::new(keys.jwks(), serde_json::json!({}));
+    opts.store = Some(store_section(&redis.url(), "replica-1", Some(snap_s)));
+    let edge = Edge::start(&opts);
+    wait_instance(&edge, &keys, "acme", "instance-a");
+
+    let leaked = token(&keys, "user-1", "jti-leaked", 0);
+    revoke_ok(
+        &admin.config,
+        &["token", "--jti", "jti-leaked", "--until", "1h"],
+    );
+    wait_revoked(&edge, &leaked, "the leaked token refused");
+    let revocations = dir.path().join("bindings.snapshot.revocations.json");
+    wait::until(Duration::from_secs(10), "the revocation snapshot", || {
+        std::fs::read_to_string(&revocations)
+            .ok()
+            .filter(|t| t.contains("jti-leaked"))
+    });
+    wait::until(Duration::from_secs(10), "the binding snapshot", || {
+        snap.exists().then_some(())
+    });
+    drop(edge);
+
+    redis.stop();
+    let edge = Edge::start(&opts);
+    assert_eq!(
+        get(&edge, &token(&keys, "user-1", "jti-fine", 0)).status,
+        200,
+        "served from the binding snapshot"
+    );
+    assert!(
+        revoked(&edge, &leaked),
+        "refused from the revocation snapshot"
+    );
+    assert!(
+        edge.log().contains("from=\"snapshot\"") || edge.log().contains("from=snapshot"),
+        "{}",
+        edge.log()
+    );
+}
+
+/// Without Redis: a revocations file, written by the same CLI (audited beside it) and
+/// followed by the router; a damaged version keeps the revocations in force, and `check`
+/// names it.
+#[test]
+fn a_revocations_file_is_followed_and_a_damaged_one_changes_nothing() {
+    let keys = TestKeys::new();
+    let backend = Backend::start("instance-a");
+    let bindings =
+        nexus_e2e::edge::bindings_file(vec![binding("acme", &backend.url(), "active", None)]);
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("revocations.json");
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
+    opts.extra = format!(
+        "\n[revocation]\nfile = {:?}\npoll_interval = \"50ms\"\n",
+        file.to_str().expect("utf8")
+    );
+    // Refused at start while the file is missing: a typo in its path must not pass for an
+    // empty list.
+    let err = Edge::try_start(&opts)
+        .err()
+        .expect("no start without the file");
+    assert!(err.contains("revocation.file"), "{err}");
+    std::fs::write(&file, "{\"revocations\": []}").expect("write");
+    let edge = Edge::start(&opts);
+
+    let leaked = token(&keys, "user-1", "jti-leaked", 0);
+    let other = token(&keys, "user-2", "jti-other", 0);
+    assert_eq!(get(&edge, &leaked).status, 200);
+    revoke_ok(&edge.config_path, &["token", "--token", &leaked]);
+    wait_revoked(&edge, &leaked, "the leaked token refused");
+    assert_eq!(get(&edge, &other).status, 200);
+    let audit = std::fs::read_to_string(dir.path().join("revocations.json.audit.jsonl"))
+        .expect("audit log");
+    assert!(
+        audit.contains("test-admin") && audit.contains("jti-leaked"),
+        "{audit}"
+    );
+
+    let (code, out, _) = revoke(&edge.config_path, &["list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"key\":\"token:jti-leaked\""), "{out}");
+
+    // A damaged version: nothing changes, it is said and counted, and check names it.
+    nexus_e2e::edge::write_atomically(&file, "{\"revocations\": [ {\"token\": 7} ]}");
+    wait::until(Duration::from_secs(10), "the damaged file refused", || {
+        (edge.metric("nexus_edge_revocation_records_refused_total") >= 1).then_some(())
+    });
+    assert!(revoked(&edge, &leaked), "the revocation in force stays");
+    assert_eq!(get(&edge, &other).status, 200);
+    let check = cli(&[
+        "check",
+        "--config",
+        edge.config_path.to_str().expect("utf8"),
+    ]);
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        !check.status.success() && said.contains("revocation.file"),
+        "{said}"
+    );
+}
