@@ -1838,3 +1838,39 @@ fn metrics_settings_default_to_the_briefs_triggers_and_are_checked() {
     .expect("valid");
     assert!((s.metrics.queue_delay_factor - 16.0).abs() < f64::EPSILON);
 }
+
+#[test]
+fn revocations_come_from_a_file_named_or_else_a_redis_store() {
+    let origin = Path::new("/etc/nexus/edge.toml");
+    let s = parse_str(MINIMAL, origin).expect("valid");
+    assert_eq!(s.revocation, embedded_default().revocation);
+    assert_eq!(s.revocation.source, RevocationSource::None);
+    assert_eq!(s.revocation.max_staleness, Duration::from_secs(300));
+    let s = parse_str(
+        "[auth]\njwks_file = \"k.json\"\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1/\"\n",
+        origin,
+    )
+    .expect("valid");
+    assert_eq!(s.revocation.source, RevocationSource::Store);
+    let text = format!(
+        "{MINIMAL}[revocation]\nfile = \"revoked.json\"\nmax_staleness = \"1m\"\n\
+         poll_interval = \"250ms\"\n"
+    );
+    let s = parse_str(&text, origin).expect("valid");
+    assert_eq!(
+        s.revocation,
+        RevocationSettings {
+            source: RevocationSource::File(std::path::PathBuf::from("/etc/nexus/revoked.json")),
+            max_staleness: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(250),
+        }
+    );
+    // Line 8 is `[revocation]`, 9 its first key.
+    let ps = problems(&format!(
+        "{MINIMAL}[revocation]\nfile = \"\"\nmax_staleness = \"1s\"\npoll_interval = 5\nsource = \"redis\"\n"
+    ));
+    has(&ps, "revocation.file", 9, "must not be empty");
+    has(&ps, "revocation.max_staleness", 10, "out of range");
+    has(&ps, "revocation.poll_interval", 11, "");
+    has(&ps, "revocation.source", 12, "unknown");
+}

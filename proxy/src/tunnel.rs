@@ -105,10 +105,11 @@ impl TunnelClose {
     }
 }
 
-/// Checks the token a tunnel was opened with at `now_unix`: within its time claims, and, when
-/// the key set in use is no longer the one it was last verified under (`verified_under`),
-/// verified again under the current keys (then `verified_under` moves on). `token` gives the
-/// token again, read from the request that opened the tunnel; it is asked for only then.
+/// Checks the token a tunnel was opened with at `now_unix`: within its time claims, not
+/// revoked, and, when the key set in use is no longer the one it was last verified under
+/// (`verified_under`), verified again under the current keys (then `verified_under` moves
+/// on). `token` gives the token again, read from the request that opened the tunnel; it is
+/// asked for only then.
 pub fn token_still_accepted<'a>(
     identity: &VerifiedToken,
     auth: &Authenticator,
@@ -368,5 +369,51 @@ mod tests {
             Err(TunnelEnd::TokenRefused(TokenError::UnknownKey))
         );
         assert_eq!(asked.get(), 2);
+    }
+
+    /// A revocation made while a tunnel is open ends it at its next piece, without the
+    /// token being read again (the keys did not change).
+    #[test]
+    fn a_tunnel_token_is_refused_once_revoked() {
+        use crate::auth::mint::SigningKey;
+        use nexus_binding_store::revocations::{Revocation, RevocationList, Revocations, Revoked};
+        use serde_json::json;
+        let key = SigningKey::generate_es256("k1").expect("key");
+        let dir = tempfile::tempdir().expect("dir");
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, json!({ "keys": [key.public_jwk()] }).to_string()).expect("write");
+        let revocations = Revocations::followed();
+        let auth = Authenticator::new(&nexus_config::AuthSettings {
+            jwks: nexus_config::JwksSource::File(jwks),
+            issuers: vec!["https://id.test".into()],
+            issuer_keys: None,
+            audiences: vec!["nexus".into()],
+            ..nexus_config::embedded_default().auth
+        })
+        .expect("auth")
+        .with_revocations(revocations.clone());
+        let now = 1_800_000_000;
+        let token = key
+            .sign(
+                &json!({ "iss": "https://id.test", "aud": "nexus", "sub": "u1",
+                "iat": now, "exp": now + 60, "tenant_id": "acme" }),
+            )
+            .expect("sign");
+        let identity = auth.verify(&token, now).expect("valid");
+        let mut under = auth.key_generation();
+        let mut check = || token_still_accepted(&identity, &auth, &mut under, now + 1, || None);
+        assert_eq!(check(), Ok(()));
+        revocations.install(RevocationList::new([Revocation {
+            what: Revoked::Subject {
+                tenant: nexus_binding_store::TenantId::parse("acme").expect("id"),
+                sub: "u1".into(),
+                issued_before: now + 1,
+            },
+            until: now + 60,
+            at: None,
+            actor: None,
+            reason: None,
+        }]));
+        assert_eq!(check(), Err(TunnelEnd::TokenRefused(TokenError::Revoked)));
     }
 }

@@ -28,3 +28,6 @@ pub enum AdminFailure {
     #[error("revocations unavailable: {0}")]
     Unavailable(String),
 }
+
+#[cfg(test)]
+mod tests;

@@ -648,6 +648,67 @@ fn cache_skips_signature_but_not_time() {
     assert!(auth.verify(&tampered, NOW).is_err());
 }
 
+/// A revocation refuses a token whether it comes from the cache or is verified in full, and
+/// taken back, the cached token is served again. A `jti` that is not a string is refused:
+/// read as none, it would slip past a revocation of the token.
+#[test]
+fn revocations_are_checked_on_every_request_cached_or_not() {
+    use nexus_binding_store::revocations::{Revocation, RevocationList, Revocations, Revoked};
+    let f = fixture("revoked");
+    let revocations = Revocations::followed();
+    let auth = Authenticator::new(&settings(&f))
+        .expect("auth")
+        .with_revocations(revocations.clone());
+    let cached =
+        f.rs.sign(&claims_with(json!({ "jti": "j-1" })))
+            .expect("sign");
+    let fresh =
+        f.es.sign(&claims_with(json!({ "jti": "j-1" })))
+            .expect("sign");
+    let other =
+        f.rs.sign(&claims_with(json!({ "jti": "j-2" })))
+            .expect("sign");
+    auth.verify(&cached, NOW).expect("ok");
+    let revoke = |what: Revoked| {
+        revocations.install(RevocationList::new([Revocation {
+            what,
+            until: NOW + 600,
+            at: None,
+            actor: None,
+            reason: None,
+        }]))
+    };
+    revoke(Revoked::Token { jti: "j-1".into() });
+    for t in [&cached, &fresh] {
+        assert_eq!(auth.verify(t, NOW).map(|_| ()), Err(TokenError::Revoked));
+    }
+    assert!(auth.verify(&other, NOW).is_ok());
+    // Every token of the tenant issued before NOW + 1: both, whatever their jti.
+    let acme = nexus_binding_store::TenantId::parse("acme").expect("id");
+    revoke(Revoked::Tenant {
+        tenant: acme,
+        issued_before: NOW + 1,
+    });
+    assert_eq!(
+        auth.verify(&other, NOW).map(|_| ()),
+        Err(TokenError::Revoked)
+    );
+    revocations.install(RevocationList::default());
+    let checks = auth.signature_checks();
+    assert!(auth.verify(&cached, NOW).is_ok());
+    assert_eq!(
+        auth.signature_checks(),
+        checks,
+        "served from the cache again"
+    );
+
+    let numeric = f.rs.sign(&claims_with(json!({ "jti": 7 }))).expect("sign");
+    assert_eq!(
+        auth.verify(&numeric, NOW).map(|_| ()),
+        Err(TokenError::Malformed("jti is not a string"))
+    );
+}
+
 #[test]
 fn with_the_cache_off_every_request_is_verified_in_full() {
     let f = fixture("nocache");
