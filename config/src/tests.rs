@@ -1873,4 +1873,13 @@ fn revocations_come_from_a_file_named_or_else_a_redis_store() {
     has(&ps, "revocation.max_staleness", 10, "out of range");
     has(&ps, "revocation.poll_interval", 11, "");
     has(&ps, "revocation.source", 12, "unknown");
+    let ps = problems(&format!(
+        "{MINIMAL}[revocation]\nfile = \"r.json\"\nmax_staleness = \"10s\"\npoll_interval = \"10s\"\n"
+    ));
+    has(
+        &ps,
+        "revocation.poll_interval",
+        11,
+        "shorter than revocation.max_staleness",
+    );
 }

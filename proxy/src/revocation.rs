@@ -120,7 +120,7 @@ impl BackgroundService for RevocationSync {
             let revocations = revocations.clone();
             let poll = settings.poll_interval;
             let stop = stop.clone();
-            tokio::spawn(async move { follow(&feed, revocations, poll, stop).await })
+            tokio::spawn(async move { follow(feed, revocations, poll, stop).await })
         };
         watch_staleness(&revocations, settings.max_staleness, stop).await;
         let _ = follow.await;
@@ -128,15 +128,15 @@ impl BackgroundService for RevocationSync {
 }
 
 async fn follow(
-    feed: &Feed,
+    feed: Arc<Feed>,
     revocations: Revocations,
     poll: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    match feed {
+    match &*feed {
         Feed::None => {}
         Feed::Redis(redis) => redis.follow(revocations, stop).await,
-        Feed::File(watched) => {
+        Feed::File(_) => {
             let mut tick = tokio::time::interval(poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -144,11 +144,18 @@ async fn follow(
                     _ = tick.tick() => {}
                     _ = stop.changed() => return,
                 }
-                // A panic while reading (logged and counted by the panic hook) must not end
-                // the following for the life of the process.
-                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    watched.reload(&revocations)
-                }));
+                // Off the async threads (it reads and hashes a file of up to 64 MiB). A panic
+                // while reading (logged and counted by the panic hook) must not end the
+                // following for the life of the process: it ends only this look.
+                let read = tokio::task::spawn_blocking({
+                    let feed = Arc::clone(&feed);
+                    let revocations = revocations.clone();
+                    move || match &*feed {
+                        Feed::File(watched) => watched.reload(&revocations),
+                        Feed::None | Feed::Redis(_) => Ok(Looked::Unchanged),
+                    }
+                })
+                .await;
                 match read {
                     Ok(Ok(Looked::Installed(n))) => {
                         tracing::info!(revocations = n, "revocations file reloaded");

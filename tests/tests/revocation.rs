@@ -127,6 +127,24 @@ fn revocations_in_redis_reach_the_router_and_outlive_its_outage() {
         ],
     );
     wait_revoked(&edge, &abuser_old, "the user's older token refused");
+    // Written again with an earlier moment and end (a script's stale run): the revocation
+    // keeps its reach, and says so.
+    let (code, out, err) = revoke(
+        &admin.config,
+        &[
+            "user",
+            "--tenant",
+            "acme",
+            "--sub",
+            "user-3",
+            "--issued-before",
+            "2020-01-01T00:00:00Z",
+            "--until",
+            "10m",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("only ever extended"), "{err}");
     let mut later = claims("acme", None);
     later["sub"] = "user-3".into();
     later["iat"] = (now() + 2).into();
@@ -268,6 +286,28 @@ fn a_restart_while_redis_is_away_starts_from_the_revocation_snapshot() {
         "{}",
         edge.log()
     );
+
+    // Redis back, but empty (a restart without its data): the router keeps its revocations
+    // rather than take an empty list, and an import of its snapshot puts them back in Redis.
+    redis.restart();
+    redis.cmd(&["FLUSHALL"]);
+    wait::until(Duration::from_secs(20), "the wiped store noticed", || {
+        edge.log().contains("looks wiped").then_some(())
+    });
+    assert!(revoked(&edge, &leaked), "kept over a wiped Redis");
+    let out = revoke_ok(
+        &admin.config,
+        &["import", revocations.to_str().expect("utf8")],
+    );
+    assert!(out.contains("imported 1 revocation"), "{out}");
+    let (_, listed, _) = revoke(&admin.config, &["list"]);
+    assert!(listed.contains("token:jti-leaked"), "{listed}");
+    wait::until(Duration::from_secs(20), "in sync again", || {
+        (edge.metric("nexus_edge_revocations_stale") == 0
+            && edge.metric("nexus_edge_revocations_sync_age_seconds") < 3)
+            .then_some(())
+    });
+    assert!(revoked(&edge, &leaked));
 }
 
 /// Without Redis: a revocations file, written by the same CLI (audited beside it) and
@@ -329,4 +369,23 @@ fn a_revocations_file_is_followed_and_a_damaged_one_changes_nothing() {
         !check.status.success() && said.contains("revocation.file"),
         "{said}"
     );
+
+    // Pruned: a revocation past its until goes, the others stay.
+    let until = |at: u64| nexus_binding_store::revocations::model::format_time(at);
+    nexus_e2e::edge::write_atomically(
+        &file,
+        &format!(
+            r#"{{"revocations": [{{"token":"jti-leaked","until":"{}"}}, {{"token":"jti-old","until":"{}"}}]}}"#,
+            until(now() + 3600),
+            until(now() - 10)
+        ),
+    );
+    let out = revoke_ok(&edge.config_path, &["prune"]);
+    assert!(out.contains("pruned 1 revocation"), "{out}");
+    let (_, listed, _) = revoke(&edge.config_path, &["list"]);
+    assert!(
+        listed.contains("jti-leaked") && !listed.contains("jti-old"),
+        "{listed}"
+    );
+    assert!(revoked(&edge, &leaked));
 }

@@ -212,25 +212,14 @@ impl RedisStore {
     }
 
     /// Behind Sentinel, says so (a warning the admin CLI prints) when no standby acknowledged
-    /// the write at `revision` within [`STANDBY_ACK_WAIT`] (`WAIT 1`): replication is
-    /// asynchronous, and a failover now would lose it, though the write, and a `--wait`
-    /// after it, succeed. Redis that answers nothing to `WAIT` (a user without the right)
-    /// says nothing here.
+    /// the write at `revision` within [`STANDBY_ACK_WAIT`] (see [`RedisStore::unreplicated`]).
     async fn warn_unless_replicated(
         &self,
         con: &mut MultiplexedConnection,
         tenant: &TenantId,
         revision: u64,
     ) {
-        if !matches!(self.opts.endpoint, RedisEndpoint::Sentinel(_)) {
-            return;
-        }
-        let acked: redis::RedisResult<u64> = redis::cmd("WAIT")
-            .arg(1)
-            .arg(STANDBY_ACK_WAIT.as_millis() as u64)
-            .query_async(con)
-            .await;
-        if acked == Ok(0) {
+        if self.unreplicated(con).await {
             tracing::warn!(
                 "tenant {tenant} at revision {revision} is written on the primary, but no \
                  standby acknowledged it within {}s: a failover now would lose it (after one, \
@@ -238,6 +227,22 @@ impl RedisStore {
                 STANDBY_ACK_WAIT.as_secs()
             );
         }
+    }
+
+    /// Behind Sentinel, whether no standby acknowledged the connection's last write within
+    /// [`STANDBY_ACK_WAIT`] (`WAIT 1`): replication is asynchronous, and a failover now would
+    /// lose it, though the write succeeded. `false` with a fixed URL (no failover to lose it
+    /// to), and when Redis answers nothing to `WAIT` (a user without the right).
+    pub(crate) async fn unreplicated(&self, con: &mut MultiplexedConnection) -> bool {
+        if !matches!(self.opts.endpoint, RedisEndpoint::Sentinel(_)) {
+            return false;
+        }
+        let acked: redis::RedisResult<u64> = redis::cmd("WAIT")
+            .arg(1)
+            .arg(STANDBY_ACK_WAIT.as_millis() as u64)
+            .query_async(con)
+            .await;
+        acked == Ok(0)
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Watched {
     path: std::path::PathBuf,
     /// SHA-256 of the content last taken or refused, and whether it was refused.
     last: std::sync::Mutex<Option<([u8; 32], bool)>>,
+    /// Why the file could not be read at the last look, while that holds: said once.
+    unreadable: std::sync::Mutex<Option<String>>,
 }
 
 /// What a look at a watched file found.
@@ -99,6 +101,7 @@ impl Watched {
         Self {
             path,
             last: std::sync::Mutex::new(None),
+            unreadable: std::sync::Mutex::new(None),
         }
     }
 
@@ -108,13 +111,32 @@ impl Watched {
     }
 
     /// Reads the file and, when its content changed and is valid, puts it in force. A file
-    /// that cannot be read or is refused keeps the list in force; a refused content is said
-    /// once (`Err`), then `Unchanged` until it changes. The list is marked synced whenever
+    /// that cannot be read or is refused keeps the list in force; either is said once
+    /// (`Err`), then `Unchanged` until it changes. Blocking: it reads and hashes the file. The list is marked synced whenever
     /// the file was read and its content is the one in force: a refused file leaves it
     /// growing stale, as a Redis out of reach does.
     pub fn reload(&self, into: &super::Revocations) -> Result<Looked, RevocationError> {
-        let bytes = nexus_config::files::read_regular(&self.path, MAX_FILE_BYTES)
-            .map_err(|e| RevocationError(format!("{}: {e}", self.path.display())))?;
+        let read = nexus_config::files::read_regular(&self.path, MAX_FILE_BYTES);
+        let mut unreadable = self
+            .unreadable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bytes = match read {
+            Ok(bytes) => {
+                *unreadable = None;
+                bytes
+            }
+            // Said once while it stays so: the file is looked at every poll.
+            Err(e) => {
+                let said = format!("{}: {e}", self.path.display());
+                if unreadable.as_deref() == Some(said.as_str()) {
+                    return Ok(Looked::Unchanged);
+                }
+                *unreadable = Some(said.clone());
+                return Err(RevocationError(said));
+            }
+        };
+        drop(unreadable);
         let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &bytes)
             .as_ref()
             .try_into()
@@ -150,25 +172,42 @@ impl Watched {
     }
 }
 
-/// Puts `r` in force in the revocations file at `path` (in place of the one under its key),
-/// under the file's lock, with an audit line. A missing file is a new, empty one.
+/// Puts `r` in force in the revocations file at `path`, merged over the one held under its
+/// key ([`Revocation::merged_over`]), under the file's lock, with an audit line. A missing
+/// file is a new, empty one.
 pub fn put(
     path: &Path,
     r: &Revocation,
     actor: &str,
     reason: &str,
-) -> Result<(), super::AdminFailure> {
-    edit(path, &r.key(), Some(r), actor, reason)
+) -> Result<super::Stored, super::AdminFailure> {
+    let key = r.key();
+    let mut stored = None;
+    edit(path, &key, actor, reason, |held| {
+        let new = held.map_or_else(|| r.clone(), |h| r.merged_over(h));
+        stored = Some(super::Stored {
+            revocation: new.clone(),
+            replaced: held.cloned(),
+        });
+        Ok(Some(new))
+    })?;
+    stored.ok_or_else(|| super::AdminFailure::Unavailable("nothing was written".to_owned()))
 }
 
-/// Takes the revocation under `key` out of the file at `path`, as [`put`] does.
+/// Takes the revocation under `key` out of the file at `path`, as [`put`] does; with
+/// `expect`, only while it is that one, else [`super::AdminFailure::Changed`].
 pub fn delete(
     path: &Path,
     key: &str,
+    expect: Option<&Revocation>,
     actor: &str,
     reason: &str,
 ) -> Result<(), super::AdminFailure> {
-    edit(path, key, None, actor, reason)
+    edit(path, key, actor, reason, |held| match (held, expect) {
+        (None, _) => Err(super::AdminFailure::NotFound(key.to_owned())),
+        (Some(h), Some(e)) if h != e => Err(super::AdminFailure::Changed(key.to_owned())),
+        _ => Ok(None),
+    })
 }
 
 /// The audit log beside a revocations file: one JSON line per change, written and synced
@@ -179,12 +218,14 @@ pub fn audit_path(path: &Path) -> std::path::PathBuf {
     p.into()
 }
 
+/// Under the file's lock: reads it, asks `change` what to put under `key` given what it holds
+/// there (`None`: take it out), writes the audit line, then the file.
 fn edit(
     path: &Path,
     key: &str,
-    new: Option<&Revocation>,
     actor: &str,
     reason: &str,
+    change: impl FnOnce(Option<&Revocation>) -> Result<Option<Revocation>, super::AdminFailure>,
 ) -> Result<(), super::AdminFailure> {
     use std::io::Write;
     let failed = |what: &Path, e: &dyn std::fmt::Display| {
@@ -201,17 +242,18 @@ fn edit(
         .open(&lock_path)
         .map_err(|e| failed(&lock_path, &e))?;
     lock.lock().map_err(|e| failed(&lock_path, &e))?;
-    let current = match read(path) {
+    let mut list = match read(path) {
         Ok(list) => RevocationList::new(list),
         Err(_) if !path.exists() => RevocationList::default(),
         Err(e) => return Err(super::AdminFailure::Unavailable(e.to_string())),
     };
-    let old = current.get(key).map(|r| r.to_json());
-    let mut list = current;
-    match new {
+    let held = list.get(key).map(|r| (**r).clone());
+    let new = change(held.as_ref())?;
+    match &new {
         Some(r) => list.put(std::sync::Arc::new(r.clone())),
-        None if list.remove(key) => {}
-        None => return Err(super::AdminFailure::NotFound(key.to_owned())),
+        None => {
+            list.remove(key);
+        }
     }
     let line = serde_json::json!({
         "at": super::model::format_time(super::list::now_ms() / 1000),
@@ -219,8 +261,8 @@ fn edit(
         "reason": (!reason.is_empty()).then_some(reason),
         "op": if new.is_some() { "put" } else { "delete" },
         "key": key,
-        "old": old,
-        "new": new.map(Revocation::to_json),
+        "old": held.as_ref().map(Revocation::to_json),
+        "new": new.as_ref().map(Revocation::to_json),
     });
     let audit = audit_path(path);
     let mut log = std::fs::OpenOptions::new()

@@ -18,12 +18,25 @@ pub mod redis;
 pub use list::{RevocationList, Revocations};
 pub use model::{Revocation, RevocationError, Revoked, TokenFacts};
 
+/// What a put left in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The revocation now in force under its key ([`Revocation::merged_over`] the one held).
+    pub revocation: Revocation,
+    /// The one it replaced, if any.
+    pub replaced: Option<Revocation>,
+}
+
 /// Why an admin's revocation command did nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminFailure {
     /// No revocation under this key.
     #[error("no revocation {0}")]
     NotFound(String),
+    /// The revocation under this key is not the one the command read: another admin changed
+    /// it meanwhile.
+    #[error("revocation {0} changed meanwhile")]
+    Changed(String),
     /// The store could not be reached or refused the command.
     #[error("revocations unavailable: {0}")]
     Unavailable(String),

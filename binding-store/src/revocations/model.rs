@@ -11,9 +11,9 @@ use time::OffsetDateTime;
 
 use crate::model::TenantId;
 
-/// Longest `jti` or `sub` a revocation names. Issuers use ids of a few dozen bytes; a longer
-/// value is a mistake (a whole token pasted), not an id.
-pub const MAX_CLAIM_LEN: usize = 1024;
+/// Longest `jti` or `sub` a revocation names: a token is at most 64 KiB (`[auth]
+/// max_token_bytes`), so no token the router accepts holds a longer one.
+pub const MAX_CLAIM_LEN: usize = 64 * 1024;
 
 /// Which tokens a revocation refuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,10 +106,15 @@ pub fn format_time(unix: u64) -> String {
         .unwrap_or_else(|| "9999-12-31T23:59:59Z".to_owned())
 }
 
-/// An RFC 3339 time as Unix seconds (a time before 1970 reads as 0, a fraction is dropped).
+/// An RFC 3339 time as Unix seconds (a time before 1970 reads as 0). A fraction rounds up,
+/// the way that refuses more: `issued_before` 10.5 refuses a token issued at 10, and `until`
+/// 10.5 lasts through second 10.
 pub fn parse_time(field: &str, text: &str) -> Result<u64, RevocationError> {
     OffsetDateTime::parse(text, &Rfc3339)
-        .map(|t| u64::try_from(t.unix_timestamp()).unwrap_or(0))
+        .map(|t| {
+            let whole = u64::try_from(t.unix_timestamp()).unwrap_or(0);
+            whole + u64::from(t.nanosecond() > 0 && t.unix_timestamp() >= 0)
+        })
         .map_err(|e| {
             RevocationError(format!(
                 "{field}: {} is not an RFC 3339 time: {e}",
@@ -128,19 +133,16 @@ fn shown(text: &str) -> String {
     }
 }
 
-/// A claim value a revocation names: not empty, at most [`MAX_CLAIM_LEN`] bytes, no control
-/// characters (no verified token carries one in `sub`, and a `jti` with one is a paste error).
+/// A claim value a revocation names: not empty (no token the router accepts has an empty
+/// `sub`, and an empty `jti` names no token), at most [`MAX_CLAIM_LEN`] bytes. Any other
+/// string is some token's claim, compared byte for byte: a value refused here would be a
+/// token that only its tenant's revocation could reach.
 fn claim_value(field: &str, v: String) -> Result<String, RevocationError> {
     if v.is_empty() {
         Err(RevocationError(format!("{field} is empty")))
     } else if v.len() > MAX_CLAIM_LEN {
         Err(RevocationError(format!(
             "{field} is longer than {MAX_CLAIM_LEN} bytes"
-        )))
-    } else if v.chars().any(char::is_control) {
-        Err(RevocationError(format!(
-            "{field} {} has control characters",
-            shown(&v)
         )))
     } else {
         Ok(v)
@@ -177,6 +179,36 @@ impl Revocation {
                 issued_before: before,
             } => t.tenant == Some(tenant.as_str()) && issued_before(*before),
         }
+    }
+
+    /// `self` put in place of `held`, the revocation in force under the same key: a put only
+    /// ever refuses more, so the later `issued_before` and `until` of the two are kept (a
+    /// revocation written again by a script with an older `issued_before` must not let
+    /// tokens back in). Who made it and why are `self`'s. Taking one back is `remove`.
+    pub fn merged_over(&self, held: &Revocation) -> Revocation {
+        let mut merged = self.clone();
+        if held.key() != self.key() {
+            return merged;
+        }
+        merged.until = merged.until.max(held.until);
+        match (&mut merged.what, &held.what) {
+            (
+                Revoked::Subject { issued_before, .. },
+                Revoked::Subject {
+                    issued_before: before,
+                    ..
+                },
+            )
+            | (
+                Revoked::Tenant { issued_before, .. },
+                Revoked::Tenant {
+                    issued_before: before,
+                    ..
+                },
+            ) => *issued_before = (*issued_before).max(*before),
+            _ => {}
+        }
+        merged
     }
 
     /// Reads one revocation from its JSON text.

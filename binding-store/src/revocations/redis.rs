@@ -13,6 +13,8 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -21,7 +23,7 @@ use tokio::sync::watch;
 use super::file;
 use super::list::{now_ms, RevocationList, Revocations};
 use super::model::{Revocation, RevocationError};
-use super::AdminFailure;
+use super::{AdminFailure, Stored};
 use crate::redis_store::follow::{rand_u8, FailureLines};
 use crate::redis_store::{field_str, field_u64, script_error, Entries, RedisOptions, RedisStore};
 
@@ -30,14 +32,26 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long one feed read blocks: the list is known to be in sync at least this often.
 const BLOCK: Duration = Duration::from_secs(1);
+/// Entries one feed read takes at most: a read that returns this many may leave more behind.
+const READ_COUNT: usize = 1000;
+/// How often the Sentinels are asked whether the primary moved.
+const PRIMARY_CHECK: Duration = Duration::from_secs(1);
 /// Audit entries kept.
 const AUDIT_CAP: usize = 1000;
+/// How often a put whose key another admin changed meanwhile is tried again.
+const PUT_TRIES: usize = 10;
 
 /// Revocations in the Redis store of `[store]`.
 pub struct RedisRevocations {
     store: RedisStore,
     opts: RedisOptions,
     script: redis::Script,
+    /// Keys whose record is refused now: each is logged and counted once, until it changes.
+    refused: Mutex<HashSet<String>>,
+    /// Wakes the snapshot writer ([`RedisRevocations::write_snapshots`]).
+    snapshot_due: tokio::sync::Notify,
+    /// Whether this process asked for its snapshot since it began following.
+    snapshot_asked: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisRevocations {
@@ -46,6 +60,11 @@ impl std::fmt::Debug for RedisRevocations {
             .field("prefix", &self.opts.key_prefix)
             .finish_non_exhaustive()
     }
+}
+
+/// A lock a panic elsewhere does not make unusable: the value is a plain set.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Where the follower is in the feed.
@@ -62,11 +81,23 @@ enum FollowError {
     Redis(#[from] redis::RedisError),
     #[error(
         "Redis holds no revocation counter ({0}), yet this router holds {1} revocations: it looks \
-         wiped; keeping them until revocations are written again"
+         wiped; keeping them until revocations are written again (`nexus-edge revoke import` of \
+         a replica's revocation snapshot puts them back)"
     )]
     NoCounter(String, usize),
     #[error("{0} holds {1:?}, which is no change count: written outside nexus-edge")]
     BadCounter(String, String),
+}
+
+/// A record the hash holds.
+#[derive(Debug)]
+pub struct Listed {
+    /// Its field: the revocation's key, when the record is right.
+    pub key: String,
+    /// The record as held (what a conditional delete expects).
+    pub held: String,
+    /// The revocation it is, or why it is refused.
+    pub read: Result<Revocation, RevocationError>,
 }
 
 /// The file a Redis replica keeps its revocations in beside its binding snapshot.
@@ -84,6 +115,9 @@ impl RedisRevocations {
             store: RedisStore::new(opts.clone())?,
             opts,
             script: redis::Script::new(include_str!("revoke.lua")),
+            refused: Mutex::new(HashSet::new()),
+            snapshot_due: tokio::sync::Notify::new(),
+            snapshot_asked: AtomicBool::new(false),
         })
     }
 
@@ -92,59 +126,69 @@ impl RedisRevocations {
     }
 
     /// The start's load: from Redis, or, when it cannot be read within the store's timeout,
-    /// from this replica's revocation snapshot (marked synced as of the file's time). Says
-    /// where the list came from; an error means neither could be read (the list stays empty).
+    /// from this replica's revocation snapshot (marked synced as of the file's write: the
+    /// list is at least that old). The snapshot is read first either way: a record Redis
+    /// holds that is refused keeps the snapshot's revocation under its key, as it keeps the
+    /// one in force later. Says where the list came from; an error means neither could be
+    /// read (the list stays empty).
     pub async fn initial_load(&self, into: &Revocations) -> Result<&'static str, String> {
+        let snapshot = match self.snapshot() {
+            None => Err("no snapshot_path, so no revocation snapshot".to_owned()),
+            Some(path) => tokio::task::spawn_blocking(move || {
+                let written = std::fs::metadata(&path).and_then(|m| m.modified());
+                file::read(&path).map(|list| (list, written.ok()))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|read| read.map_err(|e| format!("snapshot: {e}"))),
+        };
+        let written = snapshot.map(|(list, written)| {
+            into.install(RevocationList::new(list));
+            written
+        });
         let from_redis = async {
             let mut con = self.store.connect().await?;
-            self.full_load(&mut con, into, &mut HashSet::new()).await
+            self.full_load(&mut con, into).await
         };
         let failed = match tokio::time::timeout(self.opts.timeout * 2, from_redis).await {
             Ok(Ok(_)) => return Ok("redis"),
             Ok(Err(e)) => e.to_string(),
             Err(_) => "no answer".to_owned(),
         };
-        let Some(path) = self.snapshot() else {
-            return Err(format!(
-                "{failed}; no snapshot_path, so no revocation snapshot"
-            ));
-        };
-        let read = tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || {
-                let synced = std::fs::metadata(&path).and_then(|m| m.modified());
-                file::read(&path).map(|list| (list, synced))
-            }
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        match read {
-            Ok((list, synced)) => {
-                into.install(RevocationList::new(list));
-                if let Ok(at) = synced {
+        match written {
+            Ok(at) => {
+                if let Some(at) = at {
                     let ms = at
                         .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                     into.mark_synced(ms);
                 }
                 Ok("snapshot")
             }
-            Err(e) => Err(format!("{failed}; snapshot: {e}")),
+            Err(e) => Err(format!("{failed}; {e}")),
         }
     }
 
     /// Follows the feed until `stop`, reconnecting with backoff; the list in force stays
-    /// as it is while Redis is away.
-    pub async fn follow(&self, into: Revocations, mut stop: watch::Receiver<bool>) {
+    /// as it is while Redis is away. Keeps the snapshot beside it.
+    pub async fn follow(&self, into: Revocations, stop: watch::Receiver<bool>) {
+        let writer = self.write_snapshots(&into);
+        tokio::pin!(writer);
+        tokio::select! {
+            () = self.follow_feed(&into, stop) => {}
+            () = &mut writer => {}
+        }
+    }
+
+    async fn follow_feed(&self, into: &Revocations, mut stop: watch::Receiver<bool>) {
         let mut backoff = FIRST_BACKOFF;
         let mut told = FailureLines::default();
-        let mut refused = HashSet::new();
         loop {
             if *stop.borrow() {
                 return;
             }
             let started = Instant::now();
-            let Err(e) = self.session(&into, &mut stop, &mut refused).await else {
+            let Err(e) = self.session(into, &mut stop).await else {
                 return;
             };
             if started.elapsed() >= Duration::from_secs(10) {
@@ -164,25 +208,69 @@ impl RedisRevocations {
         }
     }
 
+    /// The snapshot writer: one write at a time, each of the list in force when it begins,
+    /// so a later list is never overwritten by an earlier one. Asked for by
+    /// [`RedisRevocations::want_snapshot`]; asks made during a write make one more.
+    async fn write_snapshots(&self, from: &Revocations) {
+        let Some(path) = self.snapshot() else {
+            return std::future::pending().await;
+        };
+        loop {
+            self.snapshot_due.notified().await;
+            let list = from.load_full();
+            let path = path.clone();
+            let wrote = tokio::task::spawn_blocking(move || {
+                file::write(&path, &list).map_err(|e| (path, e))
+            })
+            .await;
+            if let Ok(Err((path, e))) = wrote {
+                tracing::warn!(path = %path.display(), error = %e, "revocation snapshot not written");
+            }
+        }
+    }
+
+    /// Asks the snapshot writer for a write.
+    fn want_snapshot(&self) {
+        self.snapshot_due.notify_one();
+    }
+
     /// One connection's worth of following: a full load, then the feed.
     async fn session(
         &self,
         into: &Revocations,
         stop: &mut watch::Receiver<bool>,
-        refused: &mut HashSet<String>,
     ) -> Result<(), FollowError> {
         let (mut con, mut blocking) = self.store.connect_follower().await?;
-        let mut pos = self.full_load(&mut con, into, refused).await?;
+        let mut pos = self.full_load(&mut con, into).await?;
+        // The first list this process follows from is written whatever it changed: the file
+        // may be of an older run, or missing.
+        if !self.snapshot_asked.swap(true, Ordering::Relaxed) {
+            self.want_snapshot();
+        }
         let mut reconciled = Instant::now();
+        let mut primary_checked = Instant::now();
         loop {
+            // Behind Sentinel an old primary may go on answering after a failover, with no
+            // new entry ever: its reads would look in sync.
+            if primary_checked.elapsed() >= PRIMARY_CHECK {
+                primary_checked = Instant::now();
+                if let Some(named) = self.store.primary_moved().await {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::IoError,
+                        "the Sentinels name another primary",
+                        named,
+                    ))
+                    .into());
+                }
+            }
             if reconciled.elapsed() >= self.opts.reconcile_interval {
-                pos = self.full_load(&mut con, into, refused).await?;
+                pos = self.full_load(&mut con, into).await?;
                 reconciled = Instant::now();
             }
             let mut xread = redis::cmd("XREAD");
             xread
                 .arg("COUNT")
-                .arg(1000)
+                .arg(READ_COUNT)
                 .arg("BLOCK")
                 .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
@@ -201,19 +289,21 @@ impl RedisRevocations {
                 _ = stop.changed() => return Ok(()),
             };
             let entries: Entries = streams.into_iter().flatten().flat_map(|(_, e)| e).collect();
-            if !entries.is_empty() {
-                match self.apply(into, &entries, &mut pos, refused) {
-                    Applied::Changed => self.write_snapshot(into),
-                    Applied::Same => {}
-                    Applied::Gap => {
-                        pos = self.full_load(&mut con, into, refused).await?;
-                        reconciled = Instant::now();
-                        continue;
-                    }
+            let whole = entries.len() < READ_COUNT;
+            match self.apply(into, &entries, &mut pos) {
+                Applied::Changed => self.want_snapshot(),
+                Applied::Same => {}
+                Applied::Gap => {
+                    pos = self.full_load(&mut con, into).await?;
+                    reconciled = Instant::now();
+                    continue;
                 }
             }
-            // Everything written before the read was asked for has been applied.
-            into.mark_synced(asked);
+            // Everything written before the read was asked for has been applied, unless the
+            // read was cut at its count: the rest comes with the next.
+            if whole {
+                into.mark_synced(asked);
+            }
         }
     }
 
@@ -224,7 +314,6 @@ impl RedisRevocations {
         &self,
         con: &mut MultiplexedConnection,
         into: &Revocations,
-        refused: &mut HashSet<String>,
     ) -> Result<Position, FollowError> {
         let keys = self.store.keys();
         let asked = now_ms();
@@ -259,29 +348,32 @@ impl RedisRevocations {
         };
         let mut list = RevocationList::default();
         let mut now_refused = HashSet::new();
-        for (key, value) in fields {
-            let key = String::from_utf8_lossy(&key).into_owned();
-            match read_record(&key, &value) {
-                Ok(r) => list.put(r.into()),
-                Err(e) => {
-                    if let Some(kept) = current.get(&key) {
-                        list.put(kept.clone());
+        {
+            let mut refused = lock(&self.refused);
+            for (key, value) in fields {
+                let key = String::from_utf8_lossy(&key).into_owned();
+                match read_record(&key, &value) {
+                    Ok(r) => list.put(r.into()),
+                    Err(e) => {
+                        if let Some(kept) = current.get(&key) {
+                            list.put(kept.clone());
+                        }
+                        if !refused.contains(&key) {
+                            into.count_refused(1);
+                            tracing::error!(key = %cut(&key), problem = %e,
+                                "revocation record refused; the revocation in force under its key, if any, stays");
+                        }
+                        now_refused.insert(key);
                     }
-                    if !refused.contains(&key) {
-                        into.count_refused(1);
-                        tracing::error!(key = %cut(&key), problem = %e,
-                            "revocation record refused; the revocation in force under its key, if any, stays");
-                    }
-                    now_refused.insert(key);
                 }
             }
+            *refused = now_refused;
         }
-        *refused = now_refused;
         let changed = list_differs(&current, &list);
         into.install(list);
         into.mark_synced(asked);
         if changed {
-            self.write_snapshot(into);
+            self.want_snapshot();
         }
         let stream_id = head
             .into_iter()
@@ -291,13 +383,11 @@ impl RedisRevocations {
     }
 
     /// Applies feed entries to the list in force; a gap in `seq` applies nothing more.
-    fn apply(
-        &self,
-        into: &Revocations,
-        entries: &Entries,
-        pos: &mut Position,
-        refused: &mut HashSet<String>,
-    ) -> Applied {
+    fn apply(&self, into: &Revocations, entries: &Entries, pos: &mut Position) -> Applied {
+        if entries.is_empty() {
+            return Applied::Same;
+        }
+        let mut refused = lock(&self.refused);
         let mut list = (*into.load_full()).clone();
         let mut changed = false;
         let mut result = Applied::Same;
@@ -350,122 +440,157 @@ impl RedisRevocations {
         result
     }
 
-    /// Writes the revocation snapshot, when there is one to write, off the async threads.
-    fn write_snapshot(&self, from: &Revocations) {
-        let Some(path) = self.snapshot() else { return };
-        let list = from.load_full();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = file::write(&path, &list) {
-                tracing::warn!(path = %path.display(), error = %e, "revocation snapshot not written");
-            }
-        });
-    }
-
-    /// Puts `r` in force on every replica: a new revocation, or one replacing the one under
-    /// its key. Returns the change's number.
+    /// Puts `r` in force on every replica, merged over the revocation held under its key
+    /// ([`Revocation::merged_over`]); tried again when another admin changes that key
+    /// meanwhile.
     pub async fn put(
         &self,
         r: &Revocation,
         actor: &str,
         reason: &str,
-    ) -> Result<u64, AdminFailure> {
-        self.change("put", &r.key(), &r.to_json(), actor, reason)
+    ) -> Result<Stored, AdminFailure> {
+        let key = r.key();
+        let mut con = self.admin_connection().await?;
+        for _ in 0..PUT_TRIES {
+            let held: Option<Vec<u8>> = redis::cmd("HGET")
+                .arg(self.store.keys().revocations())
+                .arg(&key)
+                .query_async(&mut con)
+                .await
+                .map_err(|e| self.unavailable(&e))?;
+            // A damaged record says nothing to merge with: it is replaced.
+            let replaced = held.as_deref().and_then(|h| read_record(&key, h).ok());
+            let stored = replaced
+                .as_ref()
+                .map_or_else(|| r.clone(), |h| r.merged_over(h));
+            let expect =
+                held.map_or_else(String::new, |h| String::from_utf8_lossy(&h).into_owned());
+            let change = Change {
+                op: "put",
+                key: &key,
+                entry: &stored.to_json(),
+                expect: &expect,
+            };
+            match self.change(&mut con, &change, actor, reason).await {
+                Ok(_) => {
+                    return Ok(Stored {
+                        revocation: stored,
+                        replaced,
+                    })
+                }
+                Err(AdminFailure::Changed(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(AdminFailure::Changed(key))
+    }
+
+    /// Takes the revocation under `key` out of force on every replica; with `expect`, only
+    /// while its record is that text (as [`RedisRevocations::list`] read it), else
+    /// [`AdminFailure::Changed`].
+    pub async fn delete(
+        &self,
+        key: &str,
+        expect: Option<&str>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), AdminFailure> {
+        let mut con = self.admin_connection().await?;
+        let change = Change {
+            op: "delete",
+            key,
+            entry: "",
+            expect: expect.unwrap_or("*"),
+        };
+        self.change(&mut con, &change, actor, reason)
             .await
+            .map(|_| ())
     }
 
-    /// Takes the revocation under `key` out of force on every replica.
-    pub async fn delete(&self, key: &str, actor: &str, reason: &str) -> Result<u64, AdminFailure> {
-        self.change("delete", key, "", actor, reason).await
+    async fn admin_connection(&self) -> Result<MultiplexedConnection, AdminFailure> {
+        self.store
+            .admin_connection()
+            .await
+            .map_err(|e| AdminFailure::Unavailable(e.to_string()))
     }
 
+    fn unavailable(&self, e: &redis::RedisError) -> AdminFailure {
+        AdminFailure::Unavailable(format!("redis at {}: {e}", self.opts.endpoint.describe()))
+    }
+
+    /// Runs `revoke.lua`; behind Sentinel, warns when no standby acknowledged the change.
     async fn change(
         &self,
-        op: &str,
-        key: &str,
-        entry: &str,
+        con: &mut MultiplexedConnection,
+        c: &Change<'_>,
         actor: &str,
         reason: &str,
     ) -> Result<u64, AdminFailure> {
-        let mut con = self
-            .store
-            .admin_connection()
-            .await
-            .map_err(|e| AdminFailure::Unavailable(e.to_string()))?;
         let keys = self.store.keys();
-        self.script
+        let seq = self
+            .script
             .key(keys.revocations())
             .key(keys.revocation_seq())
             .key(keys.revocation_changes())
             .key(keys.revocation_audit())
-            .arg(op)
-            .arg(key)
-            .arg(entry)
+            .arg(c.op)
+            .arg(c.key)
+            .arg(c.entry)
             .arg(actor)
             .arg(reason)
             .arg(self.opts.stream_maxlen)
             .arg(AUDIT_CAP)
-            .invoke_async::<u64>(&mut con)
+            .arg(c.expect)
+            .invoke_async::<u64>(con)
             .await
             .map_err(|e| match script_error(&e) {
-                Some(("NOTFOUND", _)) => AdminFailure::NotFound(key.to_owned()),
-                _ => AdminFailure::Unavailable(format!(
-                    "redis at {}: {e}",
-                    self.opts.endpoint.describe()
-                )),
-            })
+                Some(("NOTFOUND", _)) => AdminFailure::NotFound(c.key.to_owned()),
+                Some(("CHANGED", _)) => AdminFailure::Changed(c.key.to_owned()),
+                _ => self.unavailable(&e),
+            })?;
+        if self.store.unreplicated(con).await {
+            tracing::warn!(
+                "revocation {} is changed on the primary, but no standby acknowledged it: a \
+                 failover now would lose it (`nexus-edge revoke list` after one says whether \
+                 it is there)",
+                c.key
+            );
+        }
+        Ok(seq)
     }
 
-    /// Every record the hash holds, read or refused, by key.
-    pub async fn list(
-        &self,
-    ) -> Result<Vec<(String, Result<Revocation, RevocationError>)>, AdminFailure> {
-        let mut con = self
-            .store
-            .admin_connection()
-            .await
-            .map_err(|e| AdminFailure::Unavailable(e.to_string()))?;
+    /// Every record the hash holds, by key.
+    pub async fn list(&self) -> Result<Vec<Listed>, AdminFailure> {
+        let mut con = self.admin_connection().await?;
         let fields: Fields = redis::cmd("HGETALL")
             .arg(self.store.keys().revocations())
             .query_async(&mut con)
             .await
-            .map_err(|e| {
-                AdminFailure::Unavailable(format!(
-                    "redis at {}: {e}",
-                    self.opts.endpoint.describe()
-                ))
-            })?;
+            .map_err(|e| self.unavailable(&e))?;
         let mut out: Vec<_> = fields
             .into_iter()
             .map(|(k, v)| {
                 let key = String::from_utf8_lossy(&k).into_owned();
                 let read = read_record(&key, &v);
-                (key, read)
+                Listed {
+                    key,
+                    held: String::from_utf8_lossy(&v).into_owned(),
+                    read,
+                }
             })
             .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
+}
 
-    /// The audit entries, newest first, at most `n`.
-    pub async fn audit(&self, n: usize) -> Result<Vec<String>, AdminFailure> {
-        let mut con = self
-            .store
-            .admin_connection()
-            .await
-            .map_err(|e| AdminFailure::Unavailable(e.to_string()))?;
-        redis::cmd("LRANGE")
-            .arg(self.store.keys().revocation_audit())
-            .arg(0)
-            .arg(n.saturating_sub(1))
-            .query_async(&mut con)
-            .await
-            .map_err(|e| {
-                AdminFailure::Unavailable(format!(
-                    "redis at {}: {e}",
-                    self.opts.endpoint.describe()
-                ))
-            })
-    }
+/// One change for `revoke.lua`.
+struct Change<'a> {
+    op: &'a str,
+    key: &'a str,
+    entry: &'a str,
+    /// What the field must hold: `*` anything, empty nothing.
+    expect: &'a str,
 }
 
 /// A hash's fields and values, as `HGETALL` gives them.

@@ -12,9 +12,11 @@
 -- ARGV[5] reason ("" for none)
 -- ARGV[6] the feed's MAXLEN (approximate trim)
 -- ARGV[7] the audit list's cap
+-- ARGV[8] what the field must hold for the change to be made: "*" anything, "" nothing
+--         (absent), else exactly that JSON (what the admin read before merging or pruning)
 --
--- Returns the change's seq. A delete of a key not held fails with NOTFOUND and writes
--- nothing. The counter is taken first and the feed written before the hash: a command that
+-- Returns the change's seq. A delete of a key not held fails with NOTFOUND, and a field that
+-- does not hold ARGV[8] with CHANGED; both write nothing. The counter is taken first and the feed written before the hash: a command that
 -- fails after the counter leaves a gap in seq, which makes every follower reload in full.
 local op, key, entry = ARGV[1], ARGV[2], ARGV[3]
 if op ~= 'put' and op ~= 'delete' then
@@ -23,6 +25,10 @@ end
 local old = redis.call('HGET', KEYS[1], key)
 if op == 'delete' and not old then
   return redis.error_reply('NOTFOUND ' .. key)
+end
+local expect = ARGV[8]
+if expect ~= '*' and (old or '') ~= expect then
+  return redis.error_reply('CHANGED ' .. key)
 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*',

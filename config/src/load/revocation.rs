@@ -40,7 +40,17 @@ pub(super) fn parse(
             p,
         )
         .unwrap_or(d.poll_interval);
+    let poll_at = s.raw("poll_interval").map(|v| v.span().start);
     s.finish(p);
+    // A file looked at less often than the staleness bound would read stale between looks.
+    if file.is_some() && p.list.len() == before && poll_interval >= max_staleness {
+        p.push(
+            "revocation.poll_interval",
+            poll_at,
+            "must be shorter than revocation.max_staleness: the file is looked at less often \
+             than the list may grow stale",
+        );
+    }
     let source = match (file, store) {
         (Some(path), _) => RevocationSource::File(path),
         (None, Some(StoreSettings::Redis(_))) => RevocationSource::Store,

@@ -34,8 +34,8 @@ type Entry = (Arc<VerifiedToken>, u64);
 /// Claim bytes one unit of capacity stands for.
 const UNIT: usize = 1024;
 
-/// An entry's weight: one per KiB started of the claims it keeps (`sub`, tenant, org, `kid`;
-/// at least one). A common token weighs one, so capacity reads as tokens; a token whose
+/// An entry's weight: one per KiB started of the claims it keeps (`sub`, tenant, org, `kid`,
+/// `jti`; at least one). A common token weighs one, so capacity reads as tokens; a token whose
 /// claims fill `max_token_bytes` would otherwise pin several KiB (each claim is kept as text
 /// and as a header value) for one unit, `capacity` times over.
 #[derive(Clone, Copy, Debug)]
@@ -43,11 +43,17 @@ struct ClaimKib;
 
 impl Weighter<TokenHash, Entry> for ClaimKib {
     fn weight(&self, _: &TokenHash, (token, _): &Entry) -> u64 {
-        let bytes = [&token.sub, &token.tenant, &token.org, &token.kid]
-            .iter()
-            .filter_map(|c| c.as_ref())
-            .map(String::len)
-            .sum::<usize>();
+        let bytes = [
+            &token.sub,
+            &token.tenant,
+            &token.org,
+            &token.kid,
+            &token.jti,
+        ]
+        .iter()
+        .filter_map(|c| c.as_ref())
+        .map(String::len)
+        .sum::<usize>();
         bytes.div_ceil(UNIT).max(1) as u64
     }
 }

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use nexus_binding_store::revocations::list::now_ms;
 use nexus_binding_store::revocations::model::{format_time, parse_time};
 use nexus_binding_store::revocations::redis::RedisRevocations;
-use nexus_binding_store::revocations::{file, Revocation, Revoked};
+use nexus_binding_store::revocations::{file, AdminFailure, Revocation, Revoked, Stored};
 use nexus_binding_store::TenantId;
 use nexus_config::{RevocationSource, Settings, StoreSettings};
 
@@ -35,7 +35,8 @@ pub struct RevokeArgs {
 pub struct Until {
     /// When the revocation may end: an RFC 3339 time, or a duration from now (`30d`). Past
     /// it, every token it names must have expired. Default: the token's own `exp` with
-    /// `--token`; else `[auth] max_token_lifetime` (plus the leeway) after `issued_before`.
+    /// `--token`; else `[auth] max_token_lifetime` after `issued_before` (tokens carrying
+    /// `iat`), plus twice the leeway.
     #[arg(long)]
     pub until: Option<String>,
 }
@@ -62,8 +63,8 @@ pub enum RevokeOp {
         /// The user's `sub` claim.
         #[arg(long)]
         sub: String,
-        /// Tokens issued (`iat`) before this RFC 3339 time are refused; default: now, this
-        /// second's tokens included.
+        /// Tokens issued (`iat`) before this RFC 3339 time are refused (not later than
+        /// now); default: now, this second's tokens included.
         #[arg(long)]
         issued_before: Option<String>,
         #[command(flatten)]
@@ -89,6 +90,12 @@ pub enum RevokeOp {
     Prune,
     /// List the revocations, one JSON object per line, with their keys.
     List,
+    /// Put every revocation of a revocations file in force (a replica's revocation snapshot,
+    /// after Redis lost its data), each merged over the one held under its key.
+    Import {
+        /// A revocations file (`{"revocations": [...]}`).
+        file: PathBuf,
+    },
 }
 
 impl RevokeOp {
@@ -101,6 +108,72 @@ impl RevokeOp {
 enum Target {
     File(PathBuf),
     Redis(Box<RedisRevocations>),
+}
+
+impl Target {
+    async fn put(&self, r: &Revocation, actor: &str, reason: &str) -> Result<Stored, AdminFailure> {
+        match self {
+            Target::Redis(s) => s.put(r, actor, reason).await,
+            Target::File(p) => file::put(p, r, actor, reason),
+        }
+    }
+
+    /// Deletes `key`; with `expect`, only while it holds that revocation, as listed.
+    async fn delete(
+        &self,
+        key: &str,
+        expect: Option<&Listed>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), AdminFailure> {
+        match self {
+            Target::Redis(s) => {
+                s.delete(key, expect.map(|l| l.held.as_str()), actor, reason)
+                    .await
+            }
+            Target::File(p) => file::delete(p, key, expect.map(|l| &l.revocation), actor, reason),
+        }
+    }
+
+    /// Every revocation held, with the records refused (by key, with why).
+    async fn list(&self) -> Result<(Vec<Listed>, Vec<(String, String)>), AdminFailure> {
+        match self {
+            Target::Redis(s) => {
+                let mut listed = Vec::new();
+                let mut refused = Vec::new();
+                for l in s.list().await? {
+                    match l.read {
+                        Ok(revocation) => listed.push(Listed {
+                            revocation,
+                            held: l.held,
+                        }),
+                        Err(e) => refused.push((l.key, e.to_string())),
+                    }
+                }
+                Ok((listed, refused))
+            }
+            Target::File(p) if !p.exists() => Ok((Vec::new(), Vec::new())),
+            Target::File(p) => {
+                let list = file::read(p).map_err(|e| AdminFailure::Unavailable(e.to_string()))?;
+                let mut listed: Vec<_> = list
+                    .into_iter()
+                    .map(|revocation| Listed {
+                        held: revocation.to_json(),
+                        revocation,
+                    })
+                    .collect();
+                listed.sort_by_key(|l| l.revocation.key());
+                Ok((listed, Vec::new()))
+            }
+        }
+    }
+}
+
+/// A revocation as a listing read it.
+struct Listed {
+    revocation: Revocation,
+    /// Its record as held.
+    held: String,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -145,38 +218,50 @@ pub(super) fn run(args: RevokeArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     let now = now_ms() / 1000;
-    let change = match args.op {
-        RevokeOp::List => return rt.block_on(list(&target)),
-        RevokeOp::Prune => return rt.block_on(prune(&target, now, &actor.name)),
-        RevokeOp::Remove { key } => Err(key),
-        op => match revocation(op, &settings, now, &actor.name, &reason) {
-            Ok(r) => Ok(r),
-            Err(e) => return fail(e),
+    let who = &actor.name;
+    match args.op {
+        RevokeOp::List => rt.block_on(list(&target)),
+        RevokeOp::Prune => rt.block_on(prune(&target, now, who, &reason)),
+        RevokeOp::Import { file: from } => rt.block_on(import(&target, &from, who, &reason)),
+        RevokeOp::Remove { key } => match rt.block_on(target.delete(&key, None, who, &reason)) {
+            Ok(()) => {
+                outln!("removed {key}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
         },
-    };
-    let done = rt.block_on(async {
-        match (&target, &change) {
-            (Target::Redis(r), Ok(rev)) => r.put(rev, &actor.name, &reason).await.map(|_| ()),
-            (Target::Redis(r), Err(key)) => r.delete(key, &actor.name, &reason).await.map(|_| ()),
-            (Target::File(p), Ok(rev)) => file::put(p, rev, &actor.name, &reason),
-            (Target::File(p), Err(key)) => file::delete(p, key, &actor.name, &reason),
+        op => {
+            let r = match revocation(op, &settings, now, who, &reason) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            match rt.block_on(target.put(&r, who, &reason)) {
+                Ok(stored) => {
+                    say_stored(&stored, &r);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
         }
-    });
-    match (done, change) {
-        (Ok(()), Ok(rev)) => {
-            outln!(
-                "revoked {} until {} (key {})",
-                rev.what,
-                format_time(rev.until),
-                rev.key()
-            );
-            ExitCode::SUCCESS
-        }
-        (Ok(()), Err(key)) => {
-            outln!("removed {key}");
-            ExitCode::SUCCESS
-        }
-        (Err(e), _) => fail(e),
+    }
+}
+
+/// Says what a put left in force, and when it kept more of the revocation it replaced than
+/// was asked.
+fn say_stored(stored: &Stored, asked: &Revocation) {
+    let r = &stored.revocation;
+    outln!(
+        "revoked {} until {} (key {})",
+        r.what,
+        format_time(r.until),
+        r.key()
+    );
+    if stored.replaced.is_some() && (r.until != asked.until || r.what != asked.what) {
+        errln!(
+            "nexus-edge: note: the revocation it replaces reached further, and a revocation is \
+             only ever extended: kept as above (`revoke remove {}` first to shorten it)",
+            r.key()
+        );
     }
 }
 
@@ -195,12 +280,31 @@ fn target(settings: &Settings) -> Result<Target, String> {
     }
 }
 
-/// A time given as RFC 3339, or as a duration from `now`.
-fn time_arg(flag: &str, text: &str, now: u64) -> Result<u64, String> {
+/// An `--until`: RFC 3339, or a duration from `now`.
+fn until_arg(text: &str, now: u64) -> Result<u64, String> {
     if let Ok(d) = nexus_config::parse_duration(text) {
         return Ok(now.saturating_add(d.as_secs()));
     }
-    parse_time(flag, text).map_err(|e| format!("{e} (or give a duration from now, e.g. 30d)"))
+    parse_time("--until", text).map_err(|e| format!("{e} (or give a duration from now, e.g. 30d)"))
+}
+
+/// An `--issued-before`: RFC 3339, not later than now (this second's tokens included).
+/// Durations are refused: `1h` could mean an hour ago or an hour ahead.
+fn issued_before_arg(given: Option<String>, now: u64) -> Result<u64, String> {
+    let Some(text) = given else {
+        // Tokens issued from the next second on are accepted: this second's may be the
+        // caller's own, issued before they asked.
+        return Ok(now + 1);
+    };
+    let at = parse_time("--issued-before", &text)
+        .map_err(|e| format!("{e} (a time, e.g. 2026-12-07T14:00:00Z)"))?;
+    if at > now + 1 {
+        return Err(format!(
+            "--issued-before {} is in the future: it would refuse tokens not issued yet",
+            format_time(at)
+        ));
+    }
+    Ok(at)
 }
 
 /// The revocation an operation asks for.
@@ -211,19 +315,15 @@ fn revocation(
     actor: &str,
     reason: &str,
 ) -> Result<Revocation, String> {
+    // A token is accepted until `exp` plus the leeway, and its `exp` may lie up to
+    // max_token_lifetime plus the leeway past its `iat`.
     let leeway = settings.auth.leeway.as_secs();
-    // Tokens issued from the next second on are accepted: this second's are the caller's
-    // own, issued before they asked.
-    let issued = |given: Option<String>| match given {
-        Some(t) => time_arg("--issued-before", &t, now),
-        None => Ok(now + 1),
-    };
     let until = |given: &Until, issued_before: u64| match &given.until {
-        Some(t) => time_arg("--until", t, now),
+        Some(t) => until_arg(t, now),
         None => settings
             .auth
             .max_token_lifetime
-            .map(|max| issued_before + max.as_secs() + leeway)
+            .map(|max| issued_before + max.as_secs() + 2 * leeway)
             .ok_or_else(|| {
                 "--until is required: [auth] max_token_lifetime is not set, so how long the \
                  tokens live is not known"
@@ -241,7 +341,7 @@ fn revocation(
             (None, Some(token)) => {
                 let (jti, exp) = read_token(&token)?;
                 let end = match &u.until {
-                    Some(t) => time_arg("--until", t, now)?,
+                    Some(t) => until_arg(t, now)?,
                     None => exp.saturating_add(leeway + 1),
                 };
                 (Revoked::Token { jti }, end)
@@ -254,7 +354,7 @@ fn revocation(
             issued_before,
             until: u,
         } => {
-            let issued_before = issued(issued_before)?;
+            let issued_before = issued_before_arg(issued_before, now)?;
             (
                 Revoked::Subject {
                     tenant: tenant(&t)?,
@@ -269,7 +369,7 @@ fn revocation(
             issued_before,
             until: u,
         } => {
-            let issued_before = issued(issued_before)?;
+            let issued_before = issued_before_arg(issued_before, now)?;
             (
                 Revoked::Tenant {
                     tenant: tenant(&t)?,
@@ -278,15 +378,24 @@ fn revocation(
                 until(&u, issued_before)?,
             )
         }
-        RevokeOp::Remove { .. } | RevokeOp::Prune | RevokeOp::List => {
+        RevokeOp::Remove { .. } | RevokeOp::Prune | RevokeOp::List | RevokeOp::Import { .. } => {
             return Err("not a revocation".to_owned())
         }
     };
     if until <= now {
         return Err(format!(
-            "--until {} has passed: the revocation would refuse nothing",
+            "the revocation would end at {}, which has passed: every token it names has \
+             expired (give a later --until)",
             format_time(until)
         ));
+    }
+    if let Revoked::Token { jti } | Revoked::Subject { sub: jti, .. } = &what {
+        if jti.trim() != jti || jti.chars().any(char::is_control) {
+            errln!(
+                "nexus-edge: note: the claim given has blanks at an end or control characters; \
+                 it is compared byte for byte, so it names only a token whose claim is exactly so"
+            );
+        }
     }
     let r = Revocation {
         what,
@@ -306,77 +415,87 @@ fn read_token(token: &str) -> Result<(String, u64), String> {
     let jti = claims
         .get("jti")
         .and_then(|v| v.as_str())
-        .ok_or("--token: the token has no jti claim, so it cannot be revoked alone: revoke its user (`revoke user`) instead")?
+        .ok_or(
+            "--token: the token has no jti claim, so it cannot be revoked alone: revoke its \
+             user (`revoke user`) instead",
+        )?
         .to_owned();
     let exp = claims
         .get("exp")
-        .and_then(serde_json::Value::as_u64)
-        .ok_or("--token: the token has no whole-second exp; give --until")?;
-    Ok((jti, exp))
+        .and_then(serde_json::Value::as_f64)
+        .filter(|e| e.is_finite() && *e >= 0.0)
+        .ok_or("--token: the token has no exp; give --until")?;
+    // Rounded up: the revocation lasts as long as the token could.
+    Ok((jti, exp.ceil() as u64))
 }
 
 async fn list(target: &Target) -> ExitCode {
-    let entries = match target {
-        Target::Redis(r) => match r.list().await {
-            Ok(l) => l,
-            Err(e) => return fail(e),
-        },
-        Target::File(p) => match file::read(p) {
-            Ok(l) => l.into_iter().map(|r| (r.key(), Ok(r))).collect(),
-            Err(_) if !p.exists() => Vec::new(),
-            Err(e) => return fail(e),
-        },
+    let (listed, refused) = match target.list().await {
+        Ok(l) => l,
+        Err(e) => return fail(e),
     };
-    let mut refused = 0;
-    for (key, read) in entries {
-        match read {
-            Ok(r) => outln!(
-                "{{\"key\":{},\"revocation\":{}}}",
-                serde_json::Value::from(key),
-                r.to_json()
-            ),
-            Err(e) => {
-                refused += 1;
-                errln!("nexus-edge: record {key} refused: {e}");
-            }
-        }
+    for l in &listed {
+        outln!(
+            "{{\"key\":{},\"revocation\":{}}}",
+            serde_json::Value::from(l.revocation.key()),
+            l.revocation.to_json()
+        );
     }
-    if refused > 0 {
+    for (key, why) in &refused {
+        errln!("nexus-edge: record {key} refused: {why}");
+    }
+    if !refused.is_empty() {
         return fail(format!(
-            "{refused} record(s) refused: the list is incomplete"
+            "{} record(s) refused: the list is incomplete",
+            refused.len()
         ));
     }
     ExitCode::SUCCESS
 }
 
-async fn prune(target: &Target, now: u64, actor: &str) -> ExitCode {
-    let entries: Vec<Revocation> = match target {
-        Target::Redis(r) => match r.list().await {
-            Ok(l) => l.into_iter().filter_map(|(_, r)| r.ok()).collect(),
-            Err(e) => return fail(e),
-        },
-        Target::File(p) => match file::read(p) {
-            Ok(l) => l,
-            Err(e) => return fail(e),
-        },
+async fn prune(target: &Target, now: u64, actor: &str, reason: &str) -> ExitCode {
+    let (listed, _) = match target.list().await {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let why = if reason.is_empty() {
+        "prune: past its until".to_owned()
+    } else {
+        format!("prune: past its until; {reason}")
     };
     let mut pruned = 0;
-    for r in entries.iter().filter(|r| r.until <= now) {
-        let key = r.key();
-        let done = match target {
-            Target::Redis(s) => s
-                .delete(&key, actor, "prune: past its until")
-                .await
-                .map(|_| ()),
-            Target::File(p) => file::delete(p, &key, actor, "prune: past its until"),
-        };
-        match done {
+    for l in listed.iter().filter(|l| l.revocation.until <= now) {
+        // Only the revocation listed: one put under its key since (extended) stays.
+        match target
+            .delete(&l.revocation.key(), Some(l), actor, &why)
+            .await
+        {
             Ok(()) => pruned += 1,
-            // Taken out meanwhile by another admin: the same end.
-            Err(nexus_binding_store::revocations::AdminFailure::NotFound(_)) => {}
+            Err(AdminFailure::NotFound(_) | AdminFailure::Changed(_)) => {}
             Err(e) => return fail(e),
         }
     }
     outln!("pruned {pruned} revocation(s) past their until");
+    ExitCode::SUCCESS
+}
+
+async fn import(target: &Target, from: &std::path::Path, actor: &str, reason: &str) -> ExitCode {
+    let list = match file::read(from) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let now = now_ms() / 1000;
+    let mut put = 0;
+    for r in list.iter().filter(|r| r.until > now) {
+        if let Err(e) = target.put(r, actor, reason).await {
+            return fail(format!("{e} ({put} put in force before it)"));
+        }
+        put += 1;
+    }
+    outln!(
+        "imported {put} revocation(s) from {} ({} past their until left out)",
+        from.display(),
+        list.len() - put
+    );
     ExitCode::SUCCESS
 }
