@@ -27,20 +27,7 @@ impl Admin {
 
     /// Runs `nexus-edge tenant ARGS --config admin.toml`; returns (exit code, stdout, stderr).
     pub fn tenant(&self, args: &[&str]) -> (i32, String, String) {
-        let mut all = vec![
-            "tenant",
-            "--config",
-            self.config.to_str().expect("utf8"),
-            "--actor",
-            "test-admin",
-        ];
-        all.extend_from_slice(args);
-        let out = cli(&all);
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        as_admin("tenant", &self.config, args)
     }
 
     /// `list` and `export` each print `kept` and not `left_out`, and exit 1 saying so: every
@@ -87,4 +74,23 @@ impl Admin {
     pub fn put(&self, record: &serde_json::Value) {
         self.put_with(&[], record);
     }
+}
+
+/// Runs `nexus-edge COMMAND --config CONFIG --actor test-admin ARGS`; returns (exit code,
+/// stdout, stderr).
+pub fn as_admin(command: &str, config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec![
+        command,
+        "--config",
+        config.to_str().expect("utf8"),
+        "--actor",
+        "test-admin",
+    ];
+    all.extend_from_slice(args);
+    let out = cli(&all);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

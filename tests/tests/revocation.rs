@@ -59,22 +59,9 @@ fn wait_served(edge: &Edge, token: &str, what: &str) {
     });
 }
 
-/// Runs `nexus-edge revoke ARGS --config CONFIG --actor test-admin`; returns (code, stdout, stderr).
+/// Runs `nexus-edge revoke ARGS` as the test admin; returns (code, stdout, stderr).
 fn revoke(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let mut all = vec![
-        "revoke",
-        "--config",
-        config.to_str().expect("utf8"),
-        "--actor",
-        "test-admin",
-    ];
-    all.extend_from_slice(args);
-    let out = cli(&all);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    nexus_e2e::admin::as_admin("revoke", config, args)
 }
 
 fn revoke_ok(config: &std::path::Path, args: &[&str]) -> String {
