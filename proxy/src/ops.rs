@@ -272,6 +272,7 @@ impl ServeHttp for OpsApp {
                     "store_up": s.sync_health.store_up(),
                     "last_sync_unix_ms": s.sync_health.last_sync_unix_ms(),
                     "keys": s.auth.key_count(),
+                    "revocations": s.auth.revocations().load().len(),
                     "draining": draining,
                 });
                 text(

@@ -138,6 +138,7 @@ fn revocations_in_redis_reach_the_router_and_outlive_its_outage() {
     let abuser_new = keys.es.sign(&later).expect("sign");
     assert_eq!(get(&edge, &abuser_new).status, 200, "a token issued after");
     assert_eq!(edge.metric("nexus_edge_revocations"), 2);
+    assert_eq!(edge.ops_get("/readyz").json()["revocations"], 2);
 
     // A gap in the feed (a change whose entry the replica never saw): the next entry's seq
     // is not the next one, and the replica loads the whole list.
