@@ -66,6 +66,9 @@ pub struct Metrics {
     /// `revocation_records_refused_total`: revocation records (Redis fields, feed entries)
     /// and revocations file versions refused so far; each also an error line.
     pub revocation_records_refused: prometheus::IntCounter,
+    /// `revocation_snapshot_write_failures_total`: revocation snapshots not written (Redis
+    /// store with a `snapshot_path`); each also a warning, and tried again a second later.
+    pub revocation_snapshot_write_failures: prometheus::IntCounter,
     /// `token_cache_entries`: verified tokens cached now (see `[auth] token_cache_capacity`).
     pub token_cache_entries: IntGauge,
     /// `token_signature_checks_total`: signatures verified (tokens not served from the
@@ -562,6 +565,10 @@ impl Metrics {
             "revocation_records_refused_total",
             "Revocation records (Redis fields and feed entries) and revocations file versions refused so far",
         )?;
+        let revocation_snapshot_write_failures = prometheus::IntCounter::new(
+            "revocation_snapshot_write_failures_total",
+            "Revocation snapshots that could not be written so far (Redis store with a snapshot_path): a restart during a Redis outage starts from the last one written",
+        )?;
         let token_cache_entries = IntGauge::new(
             "token_cache_entries",
             "Verified tokens cached now (auth.token_cache_capacity bounds them)",
@@ -626,6 +633,7 @@ impl Metrics {
             Box::new(revocations_sync_age_seconds.clone()),
             Box::new(revocations_stale.clone()),
             Box::new(revocation_records_refused.clone()),
+            Box::new(revocation_snapshot_write_failures.clone()),
             Box::new(panics.clone()),
             Box::new(rejected_records.clone()),
             Box::new(full_reloads.clone()),
@@ -683,6 +691,7 @@ impl Metrics {
             revocations_sync_age_seconds,
             revocations_stale,
             revocation_records_refused,
+            revocation_snapshot_write_failures,
             panics,
             rejected_records,
             full_reloads,
@@ -721,6 +730,8 @@ impl Metrics {
         c.inc_by(auth.signature_checks().saturating_sub(c.get()));
         let c = &self.revocation_records_refused;
         c.inc_by(revocations.refused().saturating_sub(c.get()));
+        let c = &self.revocation_snapshot_write_failures;
+        c.inc_by(revocations.snapshot_failures().saturating_sub(c.get()));
     }
 
     /// Refreshes the gauges that mirror state, then renders the text exposition format.

@@ -45,10 +45,18 @@ pub enum RevocationSetupError {
 pub fn open(settings: &Settings) -> Result<(Feed, Revocations), RevocationSetupError> {
     match (&settings.revocation.source, &settings.store) {
         (RevocationSource::None, _) => Ok((Feed::None, Revocations::none())),
-        (RevocationSource::File(path), _) => Ok((
-            Feed::File(Watched::new(path.clone())),
-            Revocations::followed(),
-        )),
+        (RevocationSource::File(path), store) => {
+            if matches!(store, StoreSettings::Redis(_)) {
+                tracing::warn!(file = %path.display(),
+                    "[revocation] file is set beside a Redis store: revocations come from the \
+                     file, and those written to Redis (`nexus-edge revoke` with a config \
+                     without the file) are not followed");
+            }
+            Ok((
+                Feed::File(Watched::new(path.clone())),
+                Revocations::followed(),
+            ))
+        }
         (RevocationSource::Store, StoreSettings::Redis(r)) => {
             let opts = crate::store::redis_options(r)
                 .map_err(|e| RevocationSetupError::Redis(e.to_string()))?;

@@ -185,6 +185,27 @@ fn revocations_in_redis_reach_the_router_and_outlive_its_outage() {
         edge.log()
     );
 
+    // A record that is no UTF-8 (written by hand) is replaced by a revocation under its key,
+    // and the command says so.
+    redis.cmd(&[
+        "EVAL",
+        "redis.call('HSET', KEYS[1], ARGV[1], string.char(255)) return 1",
+        "1",
+        "nexus:revocations",
+        "token:jti-binary",
+    ]);
+    let (code, out, err) = revoke(
+        &admin.config,
+        &["token", "--jti", "jti-binary", "--until", "1h"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("was damaged"), "{err}");
+    wait_revoked(
+        &edge,
+        &token(&keys, "user-1", "jti-binary", 0),
+        "the token whose damaged record was replaced",
+    );
+
     // Taken out: served again (it is still in the cache, and the cache serves it).
     revoke_ok(&admin.config, &["remove", "token:jti-fourth"]);
     wait_served(&edge, &fourth, "the token whose revocation was removed");
@@ -288,6 +309,9 @@ fn a_restart_while_redis_is_away_starts_from_the_revocation_snapshot() {
         &["import", revocations.to_str().expect("utf8")],
     );
     assert!(out.contains("imported 1 revocation"), "{out}");
+    // In one step, announced as a reset of the whole list.
+    let feed = redis.cmd(&["XRANGE", "nexus:revocations:changes", "-", "+"]);
+    assert!(feed.contains("reset") && !feed.contains("put"), "{feed}");
     let (_, listed, _) = revoke(&admin.config, &["list"]);
     assert!(listed.contains("token:jti-leaked"), "{listed}");
     wait::until(Duration::from_secs(20), "in sync again", || {

@@ -45,6 +45,7 @@ mod replace;
 mod tests;
 
 pub use replace::write_atomically;
+pub(crate) use replace::write_checked;
 
 /// The demo bindings compiled into the binary (the no-config default).
 const DEMO_BINDINGS: &str = include_str!("../../../deploy/demo/bindings.json");

@@ -24,7 +24,7 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
 }
 
 /// Checks the file a replace took the place of: an error puts it back.
-pub(super) type ReplacedCheck<'a> = &'a dyn Fn(&Path, &std::fs::Metadata) -> std::io::Result<()>;
+pub(crate) type ReplacedCheck<'a> = &'a dyn Fn(&Path, &std::fs::Metadata) -> std::io::Result<()>;
 
 /// [`write_atomically`], with `last_check` run once the new file is written and synced,
 /// right before the rename: an error from it leaves the old file in place. What must still
@@ -38,7 +38,7 @@ pub(super) type ReplacedCheck<'a> = &'a dyn Fn(&Path, &std::fs::Metadata) -> std
 /// Where the kernel or the filesystem cannot swap, it is a plain rename, as before (so is a
 /// build on another C library than glibc: `renameat2` comes through it). Between the swap and
 /// the swap back, a few microseconds, the refused file is the one at `path`.
-pub(super) fn write_checked(
+pub(crate) fn write_checked(
     path: &Path,
     content: &[u8],
     last_check: impl FnOnce() -> std::io::Result<()>,

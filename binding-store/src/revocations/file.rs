@@ -188,6 +188,7 @@ pub fn put(
         stored = Some(super::Stored {
             revocation: new.clone(),
             replaced: held.cloned(),
+            replaced_damaged: false,
         });
         Ok(Some(new))
     })?;
@@ -242,10 +243,16 @@ fn edit(
         .open(&lock_path)
         .map_err(|e| failed(&lock_path, &e))?;
     lock.lock().map_err(|e| failed(&lock_path, &e))?;
-    let mut list = match read(path) {
-        Ok(list) => RevocationList::new(list),
-        Err(_) if !path.exists() => RevocationList::default(),
-        Err(e) => return Err(super::AdminFailure::Unavailable(e.to_string())),
+    // Kept as read: a hand edit saved between this read and the replace is not undone
+    // unseen (see the replace below).
+    let before = match nexus_config::files::read_regular(path, MAX_FILE_BYTES) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(failed(path, &e)),
+    };
+    let mut list = match &before {
+        Some(bytes) => RevocationList::new(parse(bytes).map_err(|e| failed(path, &e))?),
+        None => RevocationList::default(),
     };
     let held = list.get(key).map(|r| (**r).clone());
     let new = change(held.as_ref())?;
@@ -273,5 +280,25 @@ fn edit(
     writeln!(log, "{line}")
         .and_then(|()| log.sync_data())
         .map_err(|e| failed(&audit, &e))?;
-    write(path, &list).map_err(|e| failed(path, &e))
+    let unchanged = |old: &Path, _: &std::fs::Metadata| {
+        if std::fs::read(old).ok() == before {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(
+                "the file was changed (by hand?) while this change was being made; nothing \
+                 written, run the command again",
+            ))
+        }
+    };
+    crate::file_store::write_checked(path, render(&list).as_bytes(), || Ok(()), Some(&unchanged))
+        .map_err(|e| {
+            // The line above is of a change not made: said so after it (best effort).
+            let _ = writeln!(
+                log,
+                "{}",
+                serde_json::json!({ "op": "not-made", "key": key, "actor": actor })
+            )
+            .and_then(|()| log.sync_data());
+            failed(path, &e)
+        })
 }

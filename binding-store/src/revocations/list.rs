@@ -139,6 +139,8 @@ struct Shared {
     synced_ms: AtomicU64,
     /// Records the source held that were refused, so far.
     refused: AtomicU64,
+    /// Snapshot writes that failed, so far.
+    snapshot_failures: AtomicU64,
     /// Whether a source is configured at all.
     followed: bool,
     /// Unix milliseconds when the handle was made: the age of a list never synced.
@@ -162,6 +164,7 @@ impl Revocations {
                 list: ArcSwap::from_pointee(RevocationList::default()),
                 synced_ms: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                snapshot_failures: AtomicU64::new(0),
                 followed,
                 created_ms: now_ms(),
             }),
@@ -216,6 +219,16 @@ impl Revocations {
     /// Counts a record of the source that was refused.
     pub fn count_refused(&self, n: u64) {
         self.inner.refused.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a snapshot write that failed.
+    pub fn count_snapshot_failure(&self) {
+        self.inner.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Snapshot writes that failed so far.
+    pub fn snapshot_failures(&self) -> u64 {
+        self.inner.snapshot_failures.load(Ordering::Relaxed)
     }
 
     /// Records of the source refused so far.

@@ -25,6 +25,9 @@ pub struct Stored {
     pub revocation: Revocation,
     /// The one it replaced, if any.
     pub replaced: Option<Revocation>,
+    /// Whether it replaced a record that was refused (routers kept the revocation they held
+    /// under its key, which this one may reach less far than).
+    pub replaced_damaged: bool,
 }
 
 /// Why an admin's revocation command did nothing.
@@ -37,6 +40,9 @@ pub enum AdminFailure {
     /// it meanwhile.
     #[error("revocation {0} changed meanwhile")]
     Changed(String),
+    /// The store holds revocations (or a change counter): a restore is for an empty one.
+    #[error("{0} is not empty: a restore puts a whole list into a store that holds none")]
+    NotEmpty(String),
     /// The store could not be reached or refused the command.
     #[error("revocations unavailable: {0}")]
     Unavailable(String),

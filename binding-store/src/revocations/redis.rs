@@ -40,18 +40,23 @@ const PRIMARY_CHECK: Duration = Duration::from_secs(1);
 const AUDIT_CAP: usize = 1000;
 /// How often a put whose key another admin changed meanwhile is tried again.
 const PUT_TRIES: usize = 10;
+/// How long after a failed snapshot write it is tried again.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 
 /// Revocations in the Redis store of `[store]`.
 pub struct RedisRevocations {
     store: RedisStore,
     opts: RedisOptions,
     script: redis::Script,
+    restore: redis::Script,
     /// Keys whose record is refused now: each is logged and counted once, until it changes.
     refused: Mutex<HashSet<String>>,
     /// Wakes the snapshot writer ([`RedisRevocations::write_snapshots`]).
     snapshot_due: tokio::sync::Notify,
     /// Whether this process asked for its snapshot since it began following.
     snapshot_asked: AtomicBool,
+    /// Whether a write was asked for and not yet begun (or failed): what a stop writes.
+    snapshot_pending: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisRevocations {
@@ -59,6 +64,15 @@ impl std::fmt::Debug for RedisRevocations {
         f.debug_struct("RedisRevocations")
             .field("prefix", &self.opts.key_prefix)
             .finish_non_exhaustive()
+    }
+}
+
+/// Returns once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -95,7 +109,7 @@ pub struct Listed {
     /// Its field: the revocation's key, when the record is right.
     pub key: String,
     /// The record as held (what a conditional delete expects).
-    pub held: String,
+    pub held: Vec<u8>,
     /// The revocation it is, or why it is refused.
     pub read: Result<Revocation, RevocationError>,
 }
@@ -115,9 +129,11 @@ impl RedisRevocations {
             store: RedisStore::new(opts.clone())?,
             opts,
             script: redis::Script::new(include_str!("revoke.lua")),
+            restore: redis::Script::new(include_str!("restore.lua")),
             refused: Mutex::new(HashSet::new()),
             snapshot_due: tokio::sync::Notify::new(),
             snapshot_asked: AtomicBool::new(false),
+            snapshot_pending: AtomicBool::new(false),
         })
     }
 
@@ -158,10 +174,12 @@ impl RedisRevocations {
         match written {
             Ok(at) => {
                 if let Some(at) = at {
+                    // A file dated ahead (a copy, a skewed clock) must not read as fresher
+                    // than now: staleness would stay hidden until then.
                     let ms = at
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                    into.mark_synced(ms);
+                    into.mark_synced(ms.min(now_ms()));
                 }
                 Ok("snapshot")
             }
@@ -170,14 +188,13 @@ impl RedisRevocations {
     }
 
     /// Follows the feed until `stop`, reconnecting with backoff; the list in force stays
-    /// as it is while Redis is away. Keeps the snapshot beside it.
+    /// as it is while Redis is away. Keeps the snapshot beside it, and writes it once more
+    /// as it stops.
     pub async fn follow(&self, into: Revocations, stop: watch::Receiver<bool>) {
-        let writer = self.write_snapshots(&into);
-        tokio::pin!(writer);
-        tokio::select! {
-            () = self.follow_feed(&into, stop) => {}
-            () = &mut writer => {}
-        }
+        tokio::join!(
+            self.follow_feed(&into, stop.clone()),
+            self.write_snapshots(&into, stop)
+        );
     }
 
     async fn follow_feed(&self, into: &Revocations, mut stop: watch::Receiver<bool>) {
@@ -210,28 +227,57 @@ impl RedisRevocations {
 
     /// The snapshot writer: one write at a time, each of the list in force when it begins,
     /// so a later list is never overwritten by an earlier one. Asked for by
-    /// [`RedisRevocations::want_snapshot`]; asks made during a write make one more.
-    async fn write_snapshots(&self, from: &Revocations) {
-        let Some(path) = self.snapshot() else {
-            return std::future::pending().await;
-        };
+    /// [`RedisRevocations::want_snapshot`] (asks made during a write make one more); a failed
+    /// write is tried again a second later; at `stop`, a write asked for is made before it
+    /// ends (the process is about to exit, and a restart while Redis is away starts from it).
+    async fn write_snapshots(&self, from: &Revocations, mut stop: watch::Receiver<bool>) {
+        let Some(path) = self.snapshot() else { return };
         loop {
-            self.snapshot_due.notified().await;
-            let list = from.load_full();
-            let path = path.clone();
-            let wrote = tokio::task::spawn_blocking(move || {
-                file::write(&path, &list).map_err(|e| (path, e))
-            })
-            .await;
-            if let Ok(Err((path, e))) = wrote {
-                tracing::warn!(path = %path.display(), error = %e, "revocation snapshot not written");
+            tokio::select! {
+                () = self.snapshot_due.notified() => {}
+                () = stopped(&mut stop) => {
+                    if self.snapshot_pending.swap(false, Ordering::Relaxed) {
+                        self.write_snapshot(&path, from).await;
+                    }
+                    return;
+                }
+            }
+            self.snapshot_pending.store(false, Ordering::Relaxed);
+            if !self.write_snapshot(&path, from).await {
+                self.snapshot_pending.store(true, Ordering::Relaxed);
+                tokio::select! {
+                    () = tokio::time::sleep(SNAPSHOT_RETRY) => self.want_snapshot(),
+                    () = stopped(&mut stop) => return,
+                }
             }
         }
     }
 
+    /// Writes the list in force to `path`, off the async threads; whether it was written.
+    async fn write_snapshot(&self, path: &std::path::Path, from: &Revocations) -> bool {
+        let list = from.load_full();
+        let path = path.to_owned();
+        let wrote = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || file::write(&path, &list)
+        })
+        .await;
+        let failed = match wrote {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the write panicked: {e}"),
+        };
+        from.count_snapshot_failure();
+        tracing::warn!(path = %path.display(), error = %failed, "revocation snapshot not written");
+        false
+    }
+
     /// Asks the snapshot writer for a write.
     fn want_snapshot(&self) {
-        self.snapshot_due.notify_one();
+        if self.snapshot().is_some() {
+            self.snapshot_pending.store(true, Ordering::Relaxed);
+            self.snapshot_due.notify_one();
+        }
     }
 
     /// One connection's worth of following: a full load, then the feed.
@@ -291,8 +337,7 @@ impl RedisRevocations {
             let entries: Entries = streams.into_iter().flatten().flat_map(|(_, e)| e).collect();
             let whole = entries.len() < READ_COUNT;
             match self.apply(into, &entries, &mut pos) {
-                Applied::Changed => self.want_snapshot(),
-                Applied::Same => {}
+                Applied::Changed | Applied::Same => {}
                 Applied::Gap => {
                     pos = self.full_load(&mut con, into).await?;
                     reconciled = Instant::now();
@@ -424,6 +469,11 @@ impl RedisRevocations {
                         }
                     }
                 }
+                // A restore replaced the whole list (`revoke import` into an empty store).
+                Some("reset") => {
+                    result = Applied::Gap;
+                    break;
+                }
                 other => {
                     into.count_refused(1);
                     tracing::error!(key = %cut(key), op = ?other.map(cut),
@@ -433,6 +483,8 @@ impl RedisRevocations {
         }
         if changed {
             into.install(list);
+            // Before a gap too: the full load after it may find nothing more to change.
+            self.want_snapshot();
             if matches!(result, Applied::Same) {
                 result = Applied::Changed;
             }
@@ -449,32 +501,100 @@ impl RedisRevocations {
         actor: &str,
         reason: &str,
     ) -> Result<Stored, AdminFailure> {
-        let key = r.key();
         let mut con = self.admin_connection().await?;
+        self.put_on(&mut con, r, actor, reason).await
+    }
+
+    /// Puts each of `list` in force as [`RedisRevocations::put`] does, on one connection;
+    /// says how many were put before a failure.
+    pub async fn put_all(
+        &self,
+        list: &[Revocation],
+        actor: &str,
+        reason: &str,
+    ) -> Result<usize, (usize, AdminFailure)> {
+        let mut con = self.admin_connection().await.map_err(|e| (0, e))?;
+        for (done, r) in list.iter().enumerate() {
+            self.put_on(&mut con, r, actor, reason)
+                .await
+                .map_err(|e| (done, e))?;
+        }
+        Ok(list.len())
+    }
+
+    /// Puts `list` into a store that holds no revocation and no change counter, in one atomic
+    /// step (`restore.lua`); [`AdminFailure::NotEmpty`] when it holds either.
+    pub async fn restore(
+        &self,
+        list: &[Revocation],
+        actor: &str,
+        reason: &str,
+    ) -> Result<u64, AdminFailure> {
+        let mut con = self.admin_connection().await?;
+        let keys = self.store.keys();
+        let mut call = self.restore.prepare_invoke();
+        call.key(keys.revocations())
+            .key(keys.revocation_seq())
+            .key(keys.revocation_changes())
+            .key(keys.revocation_audit())
+            .arg(actor)
+            .arg(reason)
+            .arg(self.opts.stream_maxlen)
+            .arg(AUDIT_CAP);
+        for r in list {
+            call.arg(r.key()).arg(r.to_json());
+        }
+        let seq = call
+            .invoke_async::<u64>(&mut con)
+            .await
+            .map_err(|e| match script_error(&e) {
+                Some(("NOTEMPTY", _)) => AdminFailure::NotEmpty(keys.revocations()),
+                _ => self.unavailable(&e),
+            })?;
+        if self.store.unreplicated(&mut con).await {
+            tracing::warn!(
+                "the revocations are written on the primary, but no standby acknowledged them: \
+                 a failover now would lose them"
+            );
+        }
+        Ok(seq)
+    }
+
+    async fn put_on(
+        &self,
+        con: &mut MultiplexedConnection,
+        r: &Revocation,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Stored, AdminFailure> {
+        let key = r.key();
         for _ in 0..PUT_TRIES {
             let held: Option<Vec<u8>> = redis::cmd("HGET")
                 .arg(self.store.keys().revocations())
                 .arg(&key)
-                .query_async(&mut con)
+                .query_async(con)
                 .await
                 .map_err(|e| self.unavailable(&e))?;
-            // A damaged record says nothing to merge with: it is replaced.
+            // A damaged record says nothing to merge with: it is replaced (routers keep the
+            // revocation they had under its key until then; said by the CLI).
             let replaced = held.as_deref().and_then(|h| read_record(&key, h).ok());
             let stored = replaced
                 .as_ref()
                 .map_or_else(|| r.clone(), |h| r.merged_over(h));
-            let expect =
-                held.map_or_else(String::new, |h| String::from_utf8_lossy(&h).into_owned());
             let change = Change {
                 op: "put",
                 key: &key,
                 entry: &stored.to_json(),
-                expect: &expect,
+                expect: match &held {
+                    Some(h) => Expect::Equals(h),
+                    None => Expect::Absent,
+                },
             };
-            match self.change(&mut con, &change, actor, reason).await {
+            match self.change(con, &change, actor, reason).await {
                 Ok(_) => {
                     return Ok(Stored {
                         revocation: stored,
+                        replaced_damaged: held.is_some() && replaced.is_none(),
                         replaced,
                     })
                 }
@@ -486,12 +606,12 @@ impl RedisRevocations {
     }
 
     /// Takes the revocation under `key` out of force on every replica; with `expect`, only
-    /// while its record is that text (as [`RedisRevocations::list`] read it), else
+    /// while its record is those bytes (as [`RedisRevocations::list`] read it), else
     /// [`AdminFailure::Changed`].
     pub async fn delete(
         &self,
         key: &str,
-        expect: Option<&str>,
+        expect: Option<&[u8]>,
         actor: &str,
         reason: &str,
     ) -> Result<(), AdminFailure> {
@@ -500,7 +620,7 @@ impl RedisRevocations {
             op: "delete",
             key,
             entry: "",
-            expect: expect.unwrap_or("*"),
+            expect: expect.map_or(Expect::Any, Expect::Equals),
         };
         self.change(&mut con, &change, actor, reason)
             .await
@@ -540,7 +660,8 @@ impl RedisRevocations {
             .arg(reason)
             .arg(self.opts.stream_maxlen)
             .arg(AUDIT_CAP)
-            .arg(c.expect)
+            .arg(c.expect.mode())
+            .arg(c.expect.record())
             .invoke_async::<u64>(con)
             .await
             .map_err(|e| match script_error(&e) {
@@ -572,11 +693,7 @@ impl RedisRevocations {
             .map(|(k, v)| {
                 let key = String::from_utf8_lossy(&k).into_owned();
                 let read = read_record(&key, &v);
-                Listed {
-                    key,
-                    held: String::from_utf8_lossy(&v).into_owned(),
-                    read,
-                }
+                Listed { key, held: v, read }
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -589,8 +706,36 @@ struct Change<'a> {
     op: &'a str,
     key: &'a str,
     entry: &'a str,
-    /// What the field must hold: `*` anything, empty nothing.
-    expect: &'a str,
+    /// What the field must hold for the change to be made.
+    expect: Expect<'a>,
+}
+
+/// What a field must hold for a change to be made.
+#[derive(Clone, Copy)]
+enum Expect<'a> {
+    /// Anything, or nothing.
+    Any,
+    /// Nothing.
+    Absent,
+    /// These bytes, as read.
+    Equals(&'a [u8]),
+}
+
+impl<'a> Expect<'a> {
+    fn mode(self) -> &'static str {
+        match self {
+            Expect::Any => "any",
+            Expect::Absent => "absent",
+            Expect::Equals(_) => "equals",
+        }
+    }
+
+    fn record(self) -> &'a [u8] {
+        match self {
+            Expect::Equals(r) => r,
+            Expect::Any | Expect::Absent => b"",
+        }
+    }
 }
 
 /// A hash's fields and values, as `HGETALL` gives them.

@@ -12,8 +12,9 @@
 -- ARGV[5] reason ("" for none)
 -- ARGV[6] the feed's MAXLEN (approximate trim)
 -- ARGV[7] the audit list's cap
--- ARGV[8] what the field must hold for the change to be made: "*" anything, "" nothing
---         (absent), else exactly that JSON (what the admin read before merging or pruning)
+-- ARGV[8] what the field must hold for the change to be made: "any", "absent", or "equals"
+--         ARGV[9] (what the admin read before merging or pruning, byte for byte)
+-- ARGV[9] the record expected with "equals", else ""
 --
 -- Returns the change's seq. A delete of a key not held fails with NOTFOUND, and a field that
 -- does not hold ARGV[8] with CHANGED; both write nothing. The counter is taken first and the feed written before the hash: a command that
@@ -26,8 +27,9 @@ local old = redis.call('HGET', KEYS[1], key)
 if op == 'delete' and not old then
   return redis.error_reply('NOTFOUND ' .. key)
 end
-local expect = ARGV[8]
-if expect ~= '*' and (old or '') ~= expect then
+local mode = ARGV[8]
+if (mode == 'absent' and old) or (mode == 'equals' and old ~= ARGV[9])
+    or (mode ~= 'any' and mode ~= 'absent' and mode ~= 'equals') then
   return redis.error_reply('CHANGED ' .. key)
 end
 local seq = redis.call('INCR', KEYS[2])

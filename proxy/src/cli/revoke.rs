@@ -34,9 +34,9 @@ pub struct RevokeArgs {
 #[derive(Debug, Args)]
 pub struct Until {
     /// When the revocation may end: an RFC 3339 time, or a duration from now (`30d`). Past
-    /// it, every token it names must have expired. Default: the token's own `exp` with
-    /// `--token`; else `[auth] max_token_lifetime` after `issued_before` (tokens carrying
-    /// `iat`), plus twice the leeway.
+    /// it, every token it names must have expired. Default: with `--token`, its `exp` plus
+    /// the leeway; else `[auth] max_token_lifetime` plus twice the leeway after now (`--jti`)
+    /// or `--issued-before` (tokens carrying `iat`).
     #[arg(long)]
     pub until: Option<String>,
 }
@@ -90,8 +90,8 @@ pub enum RevokeOp {
     Prune,
     /// List the revocations, one JSON object per line, with their keys.
     List,
-    /// Put every revocation of a revocations file in force (a replica's revocation snapshot,
-    /// after Redis lost its data), each merged over the one held under its key.
+    /// Put every revocation of a revocations file in force, each merged over the one held
+    /// under its key; into a Redis that holds none (it lost its data), all in one step.
     Import {
         /// A revocations file (`{"revocations": [...]}`).
         file: PathBuf,
@@ -128,7 +128,7 @@ impl Target {
     ) -> Result<(), AdminFailure> {
         match self {
             Target::Redis(s) => {
-                s.delete(key, expect.map(|l| l.held.as_str()), actor, reason)
+                s.delete(key, expect.map(|l| l.held.as_slice()), actor, reason)
                     .await
             }
             Target::File(p) => file::delete(p, key, expect.map(|l| &l.revocation), actor, reason),
@@ -158,7 +158,7 @@ impl Target {
                 let mut listed: Vec<_> = list
                     .into_iter()
                     .map(|revocation| Listed {
-                        held: revocation.to_json(),
+                        held: revocation.to_json().into_bytes(),
                         revocation,
                     })
                     .collect();
@@ -173,7 +173,7 @@ impl Target {
 struct Listed {
     revocation: Revocation,
     /// Its record as held.
-    held: String,
+    held: Vec<u8>,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -256,6 +256,13 @@ fn say_stored(stored: &Stored, asked: &Revocation) {
         format_time(r.until),
         r.key()
     );
+    if stored.replaced_damaged {
+        errln!(
+            "nexus-edge: note: the record held under {} was damaged (routers kept the \
+             revocation they had under that key): replaced by this one",
+            r.key()
+        );
+    }
     if stored.replaced.is_some() && (r.until != asked.until || r.what != asked.what) {
         errln!(
             "nexus-edge: note: the revocation it replaces reached further, and a revocation is \
@@ -479,23 +486,46 @@ async fn prune(target: &Target, now: u64, actor: &str, reason: &str) -> ExitCode
     ExitCode::SUCCESS
 }
 
+/// Into a Redis store that holds no revocation (it lost its data): the whole list in one
+/// step, so routers that kept theirs never take a part of it. Anywhere else: each merged
+/// over the one held under its key.
 async fn import(target: &Target, from: &std::path::Path, actor: &str, reason: &str) -> ExitCode {
-    let list = match file::read(from) {
+    let read = match file::read(from) {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
     let now = now_ms() / 1000;
-    let mut put = 0;
-    for r in list.iter().filter(|r| r.until > now) {
-        if let Err(e) = target.put(r, actor, reason).await {
-            return fail(format!("{e} ({put} put in force before it)"));
+    let list: Vec<Revocation> = read.iter().filter(|r| r.until > now).cloned().collect();
+    let past = read.len() - list.len();
+    let put = match target {
+        Target::Redis(s) => match s.restore(&list, actor, reason).await {
+            Ok(_) => Ok(list.len()),
+            Err(AdminFailure::NotEmpty(_)) => s.put_all(&list, actor, reason).await,
+            Err(e) => Err((0, e)),
+        },
+        Target::File(_) => {
+            let mut done = 0;
+            let mut failed = None;
+            for r in &list {
+                if let Err(e) = target.put(r, actor, reason).await {
+                    failed = Some(e);
+                    break;
+                }
+                done += 1;
+            }
+            failed.map_or(Ok(done), |e| Err((done, e)))
         }
-        put += 1;
+    };
+    match put {
+        Ok(n) => {
+            outln!(
+                "imported {n} revocation(s) from {} ({past} past their until left out)",
+                from.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err((done, e)) => fail(format!(
+            "{e} ({done} put in force before it; run the import again: each is merged)"
+        )),
     }
-    outln!(
-        "imported {put} revocation(s) from {} ({} past their until left out)",
-        from.display(),
-        list.len() - put
-    );
-    ExitCode::SUCCESS
 }
