@@ -401,3 +401,87 @@ fn a_revocations_file_is_followed_and_a_damaged_one_changes_nothing() {
     );
     assert!(revoked(&edge, &leaked));
 }
+
+/// Opens a WebSocket to acme's instance with `token` and checks it with one echoed frame.
+/// A fresh tunnel Pingora tears down at its first frame (its issue #946, see request_path.rs)
+/// is opened again.
+fn open_websocket(edge: &Edge, token: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    for _ in 0..5 {
+        let mut s = std::net::TcpStream::connect(edge.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            host("acme")
+        )
+        .expect("write");
+        let resp = nexus_e2e::http::read_response(&mut s).expect("101");
+        assert_eq!(resp.status, 101);
+        match echo(&mut s) {
+            Ok(()) => return s,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => continue,
+            Err(e) => panic!("echo over a fresh tunnel: {e}"),
+        }
+    }
+    panic!("every tunnel was torn down at its first frame");
+}
+
+/// Sends a frame over the tunnel and reads back its echo.
+fn echo(s: &mut std::net::TcpStream) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let frame = b"tick";
+    s.write_all(frame)?;
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got)?;
+    Ok(())
+}
+
+/// A revocation reaches the tunnels its token opened: closed at their next piece, while a
+/// tunnel of another token goes on.
+#[test]
+fn a_websocket_is_closed_once_its_token_is_revoked() {
+    let keys = TestKeys::new();
+    let backend = Backend::start("instance-a");
+    let bindings =
+        nexus_e2e::edge::bindings_file(vec![binding("acme", &backend.url(), "active", None)]);
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("revocations.json");
+    std::fs::write(&file, "{\"revocations\": []}").expect("write");
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
+    opts.extra = format!(
+        "\n[revocation]\nfile = {:?}\npoll_interval = \"50ms\"\n",
+        file.to_str().expect("utf8")
+    );
+    let edge = Edge::start(&opts);
+    let revoked_token = token(&keys, "user-1", "jti-ws", 0);
+    let kept_token = token(&keys, "user-2", "jti-ws-kept", 0);
+    let mut s = open_websocket(&edge, &revoked_token);
+    let mut kept = open_websocket(&edge, &kept_token);
+
+    revoke_ok(
+        &edge.config_path,
+        &["token", "--jti", "jti-ws", "--until", "1h"],
+    );
+    wait::until(
+        Duration::from_secs(15),
+        "the tunnel closed once its token was revoked",
+        || echo(&mut s).is_err().then_some(()),
+    );
+    assert!(
+        echo(&mut kept).is_ok(),
+        "a tunnel of another token was closed"
+    );
+    wait::until(Duration::from_secs(10), "the close counted", || {
+        (edge.metric("nexus_edge_tunnels_closed_total{end=\"token_refused\"}") >= 1).then_some(())
+    });
+    let log = edge.log();
+    assert!(
+        log.contains("the tunnel's token is no longer accepted (token revoked)"),
+        "{log}"
+    );
+    assert!(!log.contains(&revoked_token), "a token was logged");
+}
