@@ -111,6 +111,8 @@ impl RevocationSync {
 
 /// How often staleness is looked at.
 const STALENESS_CHECK: Duration = Duration::from_secs(1);
+/// How long a follower stopped by a panic waits before it starts again.
+const RESTART_AFTER_PANIC: Duration = Duration::from_secs(1);
 
 #[async_trait]
 impl BackgroundService for RevocationSync {
@@ -127,8 +129,27 @@ impl BackgroundService for RevocationSync {
             let feed = Arc::clone(&self.state.revocation_feed);
             let revocations = revocations.clone();
             let poll = settings.poll_interval;
-            let stop = stop.clone();
-            tokio::spawn(async move { follow(feed, revocations, poll, stop).await })
+            let mut stop = stop.clone();
+            // A panic inside the follower (logged and counted by the panic hook) would leave
+            // the list as it is for the life of the process: it starts over instead, as the
+            // binding sync does (it begins with a full load).
+            tokio::spawn(async move {
+                loop {
+                    let run = follow(Arc::clone(&feed), revocations.clone(), poll, stop.clone());
+                    match tokio::spawn(run).await {
+                        Err(e) if e.is_panic() => {
+                            tracing::error!(
+                                "revocation sync stopped by a panic; starting it again"
+                            );
+                        }
+                        _ => return,
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(RESTART_AFTER_PANIC) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            })
         };
         watch_staleness(&revocations, settings.max_staleness, stop).await;
         let _ = follow.await;

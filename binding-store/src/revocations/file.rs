@@ -112,9 +112,10 @@ impl Watched {
 
     /// Reads the file and, when its content changed and is valid, puts it in force. A file
     /// that cannot be read or is refused keeps the list in force; either is said once
-    /// (`Err`), then `Unchanged` until it changes. Blocking: it reads and hashes the file. The list is marked synced whenever
-    /// the file was read and its content is the one in force: a refused file leaves it
-    /// growing stale, as a Redis out of reach does.
+    /// (`Err`), then `Unchanged` until it changes. The list is marked synced whenever the
+    /// file was read and its content is the one in force: a refused or unreadable file
+    /// leaves it growing stale, as a Redis out of reach does. Blocking: it reads and hashes
+    /// the file.
     pub fn reload(&self, into: &super::Revocations) -> Result<Looked, RevocationError> {
         let read = nexus_config::files::read_regular(&self.path, MAX_FILE_BYTES);
         let mut unreadable = self

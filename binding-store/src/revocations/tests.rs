@@ -287,6 +287,14 @@ fn a_followed_file_keeps_the_list_in_force_through_a_bad_version() {
     file::write(&path, &RevocationList::default()).unwrap();
     assert_eq!(watched.reload(&handle).unwrap(), Looked::Installed(0));
     assert!(handle.load().is_empty());
+
+    // A file gone is said once, then quiet while it stays gone; the list stays.
+    file::write(&path, &RevocationList::new([token("j2", T0)])).unwrap();
+    assert_eq!(watched.reload(&handle).unwrap(), Looked::Installed(1));
+    std::fs::remove_file(&path).unwrap();
+    assert!(watched.reload(&handle).is_err());
+    assert_eq!(watched.reload(&handle).unwrap(), Looked::Unchanged);
+    assert_eq!(handle.load().len(), 1);
 }
 
 #[test]
