@@ -30,10 +30,30 @@ pub struct JobsStop {
 #[derive(Debug)]
 struct JobsStopInner {
     exit: watch::Sender<bool>,
-    /// Whether the binding sync has finished its last steps.
-    sync_done: Mutex<bool>,
+    /// Whether the binding sync has finished its last steps, and how many other jobs with
+    /// last steps (the revocation snapshot's) are still running.
+    sync_done: Mutex<(bool, u32)>,
     finished: Condvar,
     grace: Duration,
+}
+
+/// Held by a job with last steps other than the binding sync while it runs: the drain's end
+/// waits for it ([`JobsStop::finish`]) until it is dropped.
+#[derive(Debug)]
+pub(crate) struct LastSteps {
+    inner: Arc<JobsStopInner>,
+}
+
+impl Drop for LastSteps {
+    fn drop(&mut self) {
+        let mut done = self
+            .inner
+            .sync_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        done.1 = done.1.saturating_sub(1);
+        self.inner.finished.notify_all();
+    }
 }
 
 impl JobsStop {
@@ -42,7 +62,7 @@ impl JobsStop {
         Self {
             inner: Arc::new(JobsStopInner {
                 exit: watch::channel(false).0,
-                sync_done: Mutex::new(false),
+                sync_done: Mutex::new((false, 0)),
                 finished: Condvar::new(),
                 grace,
             }),
@@ -61,7 +81,20 @@ impl JobsStop {
         let _ = self
             .inner
             .finished
-            .wait_timeout_while(done, wait, |done| !*done);
+            .wait_timeout_while(done, wait, |(sync, others)| !*sync || *others > 0);
+    }
+
+    /// Marks a job with last steps as running until the returned guard is dropped (see
+    /// [`LastSteps`]).
+    pub(crate) fn last_steps(&self) -> LastSteps {
+        self.inner
+            .sync_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1 += 1;
+        LastSteps {
+            inner: Arc::clone(&self.inner),
+        }
     }
 
     /// A watch that turns true when the job is to stop: at [`JobsStop::finish`], or
@@ -90,11 +123,11 @@ impl JobsStop {
     }
 
     fn sync_finished(&self) {
-        *self
-            .inner
+        self.inner
             .sync_done
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0 = true;
         self.inner.finished.notify_all();
     }
 }

@@ -111,6 +111,9 @@ impl RevocationSync {
 
 /// How often staleness is looked at.
 const STALENESS_CHECK: Duration = Duration::from_secs(1);
+/// How long before shutdown_grace runs out a replica keeping a revocation snapshot is told
+/// to stop: the time its last write needs.
+const LAST_STEPS: Duration = Duration::from_secs(1);
 /// How long a follower stopped by a panic waits before it starts again.
 const RESTART_AFTER_PANIC: Duration = Duration::from_secs(1);
 
@@ -120,9 +123,19 @@ impl BackgroundService for RevocationSync {
         if matches!(*self.state.revocation_feed, Feed::None) {
             return;
         }
-        // No last steps: revocations are followed to the end of the drain (they close
-        // tunnels).
-        let stop = self.stop.signal(shutdown, Duration::ZERO);
+        // A Redis replica's last step is its revocation snapshot, written as it stops: the
+        // drain's end waits for it, and should shutdown_grace run out first the job is told
+        // that long before. Otherwise revocations are followed to the end of the drain (they
+        // close tunnels).
+        let snapshots =
+            matches!(&*self.state.revocation_feed, Feed::Redis(r) if r.keeps_snapshot());
+        let _held = snapshots.then(|| self.stop.last_steps());
+        let margin = if snapshots {
+            LAST_STEPS
+        } else {
+            Duration::ZERO
+        };
+        let stop = self.stop.signal(shutdown, margin);
         let revocations = self.state.auth.revocations().clone();
         let settings = &self.state.settings.revocation;
         let follow = {

@@ -291,15 +291,35 @@ fn edit(
             ))
         }
     };
-    crate::file_store::write_checked(path, render(&list).as_bytes(), || Ok(()), Some(&unchanged))
-        .map_err(|e| {
-            // The line above is of a change not made: said so after it (best effort).
-            let _ = writeln!(
-                log,
-                "{}",
-                serde_json::json!({ "op": "not-made", "key": key, "actor": actor })
-            )
-            .and_then(|()| log.sync_data());
-            failed(path, &e)
-        })
+    // Checked right before the replace, and on the file the replace takes out where the
+    // filesystem swaps in one step (a plain rename otherwise: the first check then stands).
+    let still_as_read = || match nexus_config::files::read_regular(path, MAX_FILE_BYTES) {
+        Ok(now) if Some(&now) == before.as_ref() => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && before.is_none() => Ok(()),
+        _ => Err(std::io::Error::other(
+            "the file was changed (by hand?) while this change was being made; nothing \
+             written, run the command again",
+        )),
+    };
+    crate::file_store::write_checked(
+        path,
+        render(&list).as_bytes(),
+        still_as_read,
+        Some(&unchanged),
+    )
+    .map_err(|e| {
+        // The line above is of a change not made: said so after it (best effort).
+        let _ = writeln!(
+            log,
+            "{}",
+            serde_json::json!({
+                "at": super::model::format_time(super::list::now_ms() / 1000),
+                "op": "not-made",
+                "key": key,
+                "actor": actor,
+            })
+        )
+        .and_then(|()| log.sync_data());
+        failed(path, &e)
+    })
 }

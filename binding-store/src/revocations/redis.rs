@@ -137,6 +137,12 @@ impl RedisRevocations {
         })
     }
 
+    /// Whether a revocation snapshot is kept (a `snapshot_path`): written as the follower
+    /// stops, its last step.
+    pub fn keeps_snapshot(&self) -> bool {
+        self.opts.snapshot_path.is_some()
+    }
+
     fn snapshot(&self) -> Option<PathBuf> {
         self.opts.snapshot_path.as_deref().map(snapshot_path)
     }
@@ -195,6 +201,14 @@ impl RedisRevocations {
             self.follow_feed(&into, stop.clone()),
             self.write_snapshots(&into, stop)
         );
+        // Both have ended: a write still asked for (a change the follower applied as it
+        // stopped, or one whose write failed) is made now, the process being about to exit.
+        if let Some(path) = self.snapshot() {
+            if self.snapshot_pending.swap(false, Ordering::Relaxed) {
+                self.write_snapshot(&path, &into, &mut FailureLines::default())
+                    .await;
+            }
+        }
     }
 
     async fn follow_feed(&self, into: &Revocations, mut stop: watch::Receiver<bool>) {
@@ -228,22 +242,19 @@ impl RedisRevocations {
     /// The snapshot writer: one write at a time, each of the list in force when it begins,
     /// so a later list is never overwritten by an earlier one. Asked for by
     /// [`RedisRevocations::want_snapshot`] (asks made during a write make one more); a failed
-    /// write is tried again a second later; at `stop`, a write asked for is made before it
-    /// ends (the process is about to exit, and a restart while Redis is away starts from it).
+    /// write is tried again a second later (said once while it keeps failing). What is still
+    /// asked for at `stop` is written by [`RedisRevocations::follow`] once the follower has
+    /// ended too.
     async fn write_snapshots(&self, from: &Revocations, mut stop: watch::Receiver<bool>) {
         let Some(path) = self.snapshot() else { return };
+        let mut told = FailureLines::default();
         loop {
             tokio::select! {
                 () = self.snapshot_due.notified() => {}
-                () = stopped(&mut stop) => {
-                    if self.snapshot_pending.swap(false, Ordering::Relaxed) {
-                        self.write_snapshot(&path, from).await;
-                    }
-                    return;
-                }
+                () = stopped(&mut stop) => return,
             }
             self.snapshot_pending.store(false, Ordering::Relaxed);
-            if !self.write_snapshot(&path, from).await {
+            if !self.write_snapshot(&path, from, &mut told).await {
                 self.snapshot_pending.store(true, Ordering::Relaxed);
                 tokio::select! {
                     () = tokio::time::sleep(SNAPSHOT_RETRY) => self.want_snapshot(),
@@ -254,7 +265,12 @@ impl RedisRevocations {
     }
 
     /// Writes the list in force to `path`, off the async threads; whether it was written.
-    async fn write_snapshot(&self, path: &std::path::Path, from: &Revocations) -> bool {
+    async fn write_snapshot(
+        &self,
+        path: &std::path::Path,
+        from: &Revocations,
+        told: &mut FailureLines,
+    ) -> bool {
         let list = from.load_full();
         let path = path.to_owned();
         let wrote = tokio::task::spawn_blocking({
@@ -263,12 +279,18 @@ impl RedisRevocations {
         })
         .await;
         let failed = match wrote {
-            Ok(Ok(())) => return true,
+            Ok(Ok(())) => {
+                *told = FailureLines::default();
+                return true;
+            }
             Ok(Err(e)) => e.to_string(),
             Err(e) => format!("the write panicked: {e}"),
         };
         from.count_snapshot_failure();
-        tracing::warn!(path = %path.display(), error = %failed, "revocation snapshot not written");
+        if let Some(not_logged) = told.admit(failed.clone()) {
+            tracing::warn!(path = %path.display(), error = %failed, not_logged,
+                "revocation snapshot not written; tried again every second");
+        }
         false
     }
 

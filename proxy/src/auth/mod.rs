@@ -239,14 +239,10 @@ impl Authenticator {
     /// Whether a revocation in force refuses `verified` at `now_unix`: for a token relied on
     /// after its request was decided (a tunnel's). [`Authenticator::verify`] checks it too.
     pub fn check_revoked(&self, verified: &VerifiedToken, now_unix: u64) -> Result<(), TokenError> {
-        let mut facts = verified.revocation_facts();
-        // An `iat` ahead of now (an issuer's clock running fast) cannot show the token came
-        // after a revocation made now: read as none, which a user's or tenant's revocation
-        // refuses.
-        facts.iat = facts
-            .iat
-            .filter(|&iat| iat <= now_unix.saturating_add(self.rules.leeway));
-        match self.revocations.refusing(&facts, now_unix) {
+        match self
+            .revocations
+            .refusing(&verified.revocation_facts(), now_unix)
+        {
             Some(_) => Err(TokenError::Revoked),
             None => Ok(()),
         }

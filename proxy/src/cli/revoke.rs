@@ -497,11 +497,26 @@ async fn import(target: &Target, from: &std::path::Path, actor: &str, reason: &s
     let now = now_ms() / 1000;
     let list: Vec<Revocation> = read.iter().filter(|r| r.until > now).cloned().collect();
     let past = read.len() - list.len();
+    if list.is_empty() {
+        // Into a wiped Redis, an empty restore would start the list anew, empty, and every
+        // router would drop the revocations it kept.
+        outln!(
+            "nothing to import from {} ({past} past their until left out)",
+            from.display()
+        );
+        return ExitCode::SUCCESS;
+    }
     let put = match target {
         Target::Redis(s) => match s.restore(&list, actor, reason).await {
             Ok(_) => Ok(list.len()),
             Err(AdminFailure::NotEmpty(_)) => s.put_all(&list, actor, reason).await,
-            Err(e) => Err((0, e)),
+            // The script may have run with its reply lost: run again (then merged puts).
+            Err(e) => {
+                return fail(format!(
+                    "{e} (whether the list was put in force is not known; run the import \
+                     again: into a store that holds it, each is merged)"
+                ))
+            }
         },
         Target::File(_) => {
             let mut done = 0;
