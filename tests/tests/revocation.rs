@@ -64,6 +64,21 @@ fn revoke(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     nexus_e2e::admin::as_admin("revoke", config, args)
 }
 
+/// Revokes the token whose `jti` is `jti` for an hour and waits until `edge` refuses it;
+/// returns that token (user-1's).
+fn revoke_jti(
+    edge: &Edge,
+    config: &std::path::Path,
+    keys: &TestKeys,
+    jti: &str,
+    what: &str,
+) -> String {
+    let t = token(keys, "user-1", jti, 0);
+    revoke_ok(config, &["token", "--jti", jti, "--until", "1h"]);
+    wait_revoked(edge, &t, what);
+    t
+}
+
 fn revoke_ok(config: &std::path::Path, args: &[&str]) -> String {
     let (code, out, err) = revoke(config, args);
     assert_eq!(code, 0, "revoke {args:?}: {out}{err}");
@@ -152,12 +167,13 @@ fn revocations_in_redis_reach_the_router_and_outlive_its_outage() {
             nexus_binding_store::revocations::model::format_time(now() + 3600)
         ),
     ]);
-    let fourth = token(&keys, "user-1", "jti-fourth", 0);
-    revoke_ok(
+    let fourth = revoke_jti(
+        &edge,
         &admin.config,
-        &["token", "--jti", "jti-fourth", "--until", "1h"],
+        &keys,
+        "jti-fourth",
+        "the change after the gap",
     );
-    wait_revoked(&edge, &fourth, "the change after the gap");
     assert!(
         revoked(&edge, &other),
         "the change in the gap, by the full load"
@@ -166,12 +182,13 @@ fn revocations_in_redis_reach_the_router_and_outlive_its_outage() {
     // A damaged record over a revocation in force keeps that revocation, and is counted.
     redis.cmd(&["HSET", "nexus:revocations", "token:jti-leaked", "{not json"]);
     redis.cmd(&["INCR", "nexus:revocations:seq"]);
-    let fifth = token(&keys, "user-1", "jti-fifth", 0);
-    revoke_ok(
+    revoke_jti(
+        &edge,
         &admin.config,
-        &["token", "--jti", "jti-fifth", "--until", "1h"],
+        &keys,
+        "jti-fifth",
+        "the change after the damaged record",
     );
-    wait_revoked(&edge, &fifth, "the change after the damaged record");
     assert!(
         revoked(&edge, &leaked),
         "the damaged record's revocation stays"
