@@ -230,12 +230,21 @@ fn revocations_in_redis_reach_the_router_and_outlive_its_outage() {
     assert_ne!(code, 0, "a second removal finds nothing");
     assert!(err.contains("no revocation token:jti-fourth"), "{err}");
 
-    // Audited, in Redis.
+    // Audited, in Redis, and shown newest first.
     let audit = redis.cmd(&["LRANGE", "nexus:revocations:audit", "0", "-1"]);
     assert!(
         audit.contains("test-admin") && audit.contains("jti-leaked"),
         "{audit}"
     );
+    let history = revoke_ok(&admin.config, &["history", "-n", "2"]);
+    let lines: Vec<serde_json::Value> = history
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{history}");
+    assert_eq!(lines[0]["op"], "delete", "{history}");
+    assert_eq!(lines[0]["key"], "token:jti-fourth");
+    assert_eq!(lines[0]["actor"], "test-admin");
 
     // Redis gone: the revocations in force stay, other tokens are served, and the list is
     // said to be stale once max_staleness has passed.
@@ -380,6 +389,11 @@ fn a_revocations_file_is_followed_and_a_damaged_one_changes_nothing() {
     let (code, out, _) = revoke(&edge.config_path, &["list"]);
     assert_eq!(code, 0);
     assert!(out.contains("\"key\":\"token:jti-leaked\""), "{out}");
+    let history = revoke_ok(&edge.config_path, &["history"]);
+    assert!(
+        history.starts_with('{') && history.contains("jti-leaked"),
+        "{history}"
+    );
 
     // A damaged version: nothing changes, it is said and counted, and check names it.
     nexus_e2e::edge::write_atomically(&file, "{\"revocations\": [ {\"token\": 7} ]}");

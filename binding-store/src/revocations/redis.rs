@@ -702,6 +702,22 @@ impl RedisRevocations {
         Ok(seq)
     }
 
+    /// The newest `n` audit entries (JSON text), newest first.
+    pub async fn audit(&self, n: usize) -> Result<Vec<String>, AdminFailure> {
+        let mut con = self.admin_connection().await?;
+        let entries: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(self.store.keys().revocation_audit())
+            .arg(0)
+            .arg(n.saturating_sub(1))
+            .query_async(&mut con)
+            .await
+            .map_err(|e| self.unavailable(&e))?;
+        Ok(entries
+            .into_iter()
+            .map(|e| String::from_utf8_lossy(&e).into_owned())
+            .collect())
+    }
+
     /// Every record the hash holds, by key.
     pub async fn list(&self) -> Result<Vec<Listed>, AdminFailure> {
         let mut con = self.admin_connection().await?;

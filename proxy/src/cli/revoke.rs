@@ -90,6 +90,13 @@ pub enum RevokeOp {
     Prune,
     /// List the revocations, one JSON object per line, with their keys.
     List,
+    /// The audit entries (who changed which revocation, when, why, old and new), newest
+    /// first, one JSON object per line.
+    History {
+        /// How many entries, at most.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        limit: usize,
+    },
     /// Put every revocation of a revocations file in force, each merged over the one held
     /// under its key; into a Redis that holds none (it lost its data), all in one step.
     Import {
@@ -100,7 +107,7 @@ pub enum RevokeOp {
 
 impl RevokeOp {
     fn writes(&self) -> bool {
-        !matches!(self, RevokeOp::List)
+        !matches!(self, RevokeOp::List | RevokeOp::History { .. })
     }
 }
 
@@ -221,6 +228,7 @@ pub(super) fn run(args: RevokeArgs) -> ExitCode {
     let who = &actor.name;
     match args.op {
         RevokeOp::List => rt.block_on(list(&target)),
+        RevokeOp::History { limit } => rt.block_on(history(&target, limit)),
         RevokeOp::Prune => rt.block_on(prune(&target, now, who, &reason)),
         RevokeOp::Import { file: from } => rt.block_on(import(&target, &from, who, &reason)),
         RevokeOp::Remove { key } => match rt.block_on(target.delete(&key, None, who, &reason)) {
@@ -385,9 +393,11 @@ fn revocation(
                 until(&u, issued_before)?,
             )
         }
-        RevokeOp::Remove { .. } | RevokeOp::Prune | RevokeOp::List | RevokeOp::Import { .. } => {
-            return Err("not a revocation".to_owned())
-        }
+        RevokeOp::Remove { .. }
+        | RevokeOp::Prune
+        | RevokeOp::List
+        | RevokeOp::History { .. }
+        | RevokeOp::Import { .. } => return Err("not a revocation".to_owned()),
     };
     if until <= now {
         return Err(format!(
@@ -456,6 +466,34 @@ async fn list(target: &Target) -> ExitCode {
             "{} record(s) refused: the list is incomplete",
             refused.len()
         ));
+    }
+    ExitCode::SUCCESS
+}
+
+/// The audit, newest first: Redis's list, or the file's log read backwards.
+async fn history(target: &Target, limit: usize) -> ExitCode {
+    let entries = match target {
+        Target::Redis(s) => match s.audit(limit).await {
+            Ok(e) => e,
+            Err(e) => return fail(e),
+        },
+        Target::File(p) => {
+            let log = file::audit_path(p);
+            match std::fs::read_to_string(&log) {
+                Ok(text) => text
+                    .lines()
+                    .rev()
+                    .filter(|l| !l.trim().is_empty())
+                    .take(limit)
+                    .map(str::to_owned)
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return fail(format!("{}: {e}", log.display())),
+            }
+        }
+    };
+    for e in entries {
+        outln!("{e}");
     }
     ExitCode::SUCCESS
 }
