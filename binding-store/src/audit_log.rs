@@ -28,10 +28,16 @@ pub(crate) enum Tail {
     Unreadable,
 }
 
-/// The log next to a bindings file.
+/// The log next to a bindings file (or a revocations file).
 pub(crate) fn path_for(bindings: &Path) -> PathBuf {
-    let mut p = bindings.as_os_str().to_owned();
-    p.push(".audit.jsonl");
+    beside(bindings, ".audit.jsonl")
+}
+
+/// The path of the file beside `path` named as it is with `suffix` added (`x.json` →
+/// `x.json.lock`).
+pub(crate) fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
     PathBuf::from(p)
 }
 

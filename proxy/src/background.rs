@@ -30,15 +30,16 @@ pub struct JobsStop {
 #[derive(Debug)]
 struct JobsStopInner {
     exit: watch::Sender<bool>,
-    /// Whether the binding sync has finished its last steps, and how many other jobs with
-    /// last steps (the revocation snapshot's) are still running.
-    sync_done: Mutex<(bool, u32)>,
+    /// Jobs with last steps (the binding sync's goodbye heartbeat and snapshot, a revocation
+    /// snapshot) made and not yet ended: [`JobsStop::finish`] waits for none to be left.
+    running: Mutex<u32>,
     finished: Condvar,
     grace: Duration,
 }
 
-/// Held by a job with last steps other than the binding sync while it runs: the drain's end
-/// waits for it ([`JobsStop::finish`]) until it is dropped.
+/// Held by a job with last steps from when it is made until it ends: the drain's end waits
+/// for it ([`JobsStop::finish`]) until it is dropped. Taken when the job is made, not when
+/// it starts: a drain that ends before the job has started still waits for it.
 #[derive(Debug)]
 pub(crate) struct LastSteps {
     inner: Arc<JobsStopInner>,
@@ -46,13 +47,41 @@ pub(crate) struct LastSteps {
 
 impl Drop for LastSteps {
     fn drop(&mut self) {
-        let mut done = self
+        let mut running = self
             .inner
-            .sync_done
+            .running
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        done.1 = done.1.saturating_sub(1);
+        *running = running.saturating_sub(1);
         self.inner.finished.notify_all();
+    }
+}
+
+/// A job's [`LastSteps`], let go of once its `start` ends.
+#[derive(Debug)]
+pub(crate) struct HeldLastSteps(Mutex<Option<LastSteps>>);
+
+impl HeldLastSteps {
+    pub(crate) fn new(held: Option<LastSteps>) -> Self {
+        Self(Mutex::new(held))
+    }
+
+    /// Whether the job has last steps not yet done.
+    pub(crate) fn held(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// The job's last steps are done.
+    pub(crate) fn release(&self) {
+        drop(
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
@@ -62,36 +91,36 @@ impl JobsStop {
         Self {
             inner: Arc::new(JobsStopInner {
                 exit: watch::channel(false).0,
-                sync_done: Mutex::new((false, 0)),
+                running: Mutex::new(0),
                 finished: Condvar::new(),
                 grace,
             }),
         }
     }
 
-    /// Tells the jobs the process is about to exit and waits, `wait` at most, for the binding
-    /// sync's last steps. Blocking: called from the drain's own thread.
+    /// Tells the jobs the process is about to exit and waits, `wait` at most, for their last
+    /// steps. Blocking: called from the drain's own thread.
     pub fn finish(&self, wait: Duration) {
         self.inner.exit.send_replace(true);
-        let done = self
+        let running = self
             .inner
-            .sync_done
+            .running
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _ = self
             .inner
             .finished
-            .wait_timeout_while(done, wait, |(sync, others)| !*sync || *others > 0);
+            .wait_timeout_while(running, wait, |running| *running > 0);
     }
 
-    /// Marks a job with last steps as running until the returned guard is dropped (see
+    /// Counts a job with last steps as running until the returned guard is dropped (see
     /// [`LastSteps`]).
     pub(crate) fn last_steps(&self) -> LastSteps {
-        self.inner
-            .sync_done
+        *self
+            .inner
+            .running
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .1 += 1;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
         LastSteps {
             inner: Arc::clone(&self.inner),
         }
@@ -121,14 +150,33 @@ impl JobsStop {
         });
         rx
     }
+}
 
-    fn sync_finished(&self) {
-        self.inner
-            .sync_done
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0 = true;
-        self.inner.finished.notify_all();
+/// Runs the job `run` makes until it ends, making it again after a panic (logged and counted
+/// by the panic hook, and said here as `what`): a bug one input meets must not end a sync for
+/// the life of the process. Ends at a panic once `stop` is true.
+pub(crate) async fn restarting_after_panic<F, R>(
+    what: &'static str,
+    mut stop: watch::Receiver<bool>,
+    mut run: F,
+) where
+    F: FnMut() -> R,
+    R: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match tokio::spawn(run()).await {
+            Err(e) if e.is_panic() => {
+                tracing::error!("{what} stopped by a panic; starting it again");
+            }
+            _ => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RESTART_AFTER_PANIC) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
     }
 }
 
@@ -137,6 +185,7 @@ pub struct BindingSync {
     source: Arc<dyn BindingSource>,
     handle: BindingHandle,
     stop: JobsStop,
+    last_steps: HeldLastSteps,
 }
 
 impl BindingSync {
@@ -145,12 +194,13 @@ impl BindingSync {
         Self {
             source,
             handle,
+            last_steps: HeldLastSteps::new(Some(stop.last_steps())),
             stop,
         }
     }
 }
 
-/// How long a sync stopped by a panic waits before it starts again: long enough that a
+/// How long a job stopped by a panic waits before it starts again: long enough that a
 /// panic met at every start does not spin a core, short enough that the table is not left
 /// stale for long.
 const RESTART_AFTER_PANIC: Duration = Duration::from_secs(1);
@@ -159,33 +209,17 @@ const RESTART_AFTER_PANIC: Duration = Duration::from_secs(1);
 impl BackgroundService for BindingSync {
     /// Follows the source until shutdown. A panic inside it (a bug met by one record, say)
     /// would otherwise end the sync for good, leaving the replica on a table that never
-    /// changes again: it is logged and counted by the panic hook, and the sync starts over
-    /// (a source's `run` begins by catching up from wherever it is).
+    /// changes again: the sync starts over (a source's `run` begins by catching up from
+    /// wherever it is).
     async fn start(&self, shutdown: ShutdownWatch) {
         // Told to stop early only for its last steps: bindings go on being followed through
         // the drain (a rebind closes tunnels), to its end for a store with no last steps.
-        let mut stop = self.stop.signal(shutdown, self.source.last_steps());
-        loop {
-            let run = Arc::clone(&self.source).run(self.handle.clone(), stop.clone());
-            match tokio::spawn(run).await {
-                Ok(()) => break,
-                Err(e) if e.is_panic() => {
-                    tracing::error!(
-                        source = self.source.kind(),
-                        "binding sync stopped by a panic; starting it again"
-                    );
-                }
-                Err(_) => break,
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(RESTART_AFTER_PANIC) => {}
-                _ = stop.changed() => break,
-            }
-            if *stop.borrow() {
-                break;
-            }
-        }
-        self.stop.sync_finished();
+        let stop = self.stop.signal(shutdown, self.source.last_steps());
+        restarting_after_panic("binding sync", stop.clone(), || {
+            Arc::clone(&self.source).run(self.handle.clone(), stop.clone())
+        })
+        .await;
+        self.last_steps.release();
     }
 }
 
@@ -311,13 +345,14 @@ mod tests {
         let jobs = JobsStop::new(Duration::from_secs(60));
         let (_pingora, shutdown) = watch::channel(false);
         let mut stop = jobs.signal(shutdown, Duration::from_secs(2));
+        let sync = jobs.last_steps();
         let finishing = {
             let jobs = jobs.clone();
             std::thread::spawn(move || jobs.finish(Duration::from_secs(3600)))
         };
         stop.wait_for(|s| *s).await.expect("told");
         assert!(!finishing.is_finished(), "did not wait for the sync");
-        jobs.sync_finished();
+        drop(sync);
         finishing
             .join()
             .expect("finish returns once the sync is done");

@@ -719,7 +719,7 @@ impl Metrics {
         self.token_cache_entries
             .set(gauge_value(auth.cached_tokens()));
         let revocations = auth.revocations();
-        let age_ms = revocations.age_ms(nexus_binding_store::revocations::list::now_ms());
+        let age_ms = revocations.age_ms(nexus_binding_store::source::now_unix_ms());
         self.revocations.set(gauge_value(revocations.load().len()));
         self.revocations_sync_age_seconds
             .set(gauge_value(age_ms / 1000));

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nexus_binding_store::revocations::file::{Looked, Watched};
-use nexus_binding_store::revocations::list::now_ms;
 use nexus_binding_store::revocations::redis::RedisRevocations;
 use nexus_binding_store::revocations::Revocations;
+use nexus_binding_store::source::now_unix_ms as now_ms;
 use nexus_config::{RevocationSource, Settings, StoreSettings};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::background::JobsStop;
+use crate::background::{restarting_after_panic, HeldLastSteps, JobsStop};
 
 /// Where the revocations come from.
 #[derive(Debug)]
@@ -25,7 +25,7 @@ pub enum Feed {
     /// No source: nothing is revoked.
     None,
     /// A revocations file, looked at every `[revocation] poll_interval`.
-    File(Watched),
+    File(Arc<Watched>),
     /// The Redis store's revocations.
     Redis(Box<RedisRevocations>),
 }
@@ -53,7 +53,7 @@ pub fn open(settings: &Settings) -> Result<(Feed, Revocations), RevocationSetupE
                      without the file) are not followed");
             }
             Ok((
-                Feed::File(Watched::new(path.clone())),
+                Feed::File(Arc::new(Watched::new(path.clone()))),
                 Revocations::followed(),
             ))
         }
@@ -100,12 +100,20 @@ pub fn initial_load(
 pub struct RevocationSync {
     state: Arc<crate::state::EdgeState>,
     stop: JobsStop,
+    /// Held by a Redis replica keeping a revocation snapshot: its last step is that
+    /// snapshot, written as it stops, and the drain's end waits for it.
+    last_steps: HeldLastSteps,
 }
 
 impl RevocationSync {
     /// A job following the state's revocation feed into its authenticator's revocations.
     pub fn new(state: Arc<crate::state::EdgeState>, stop: JobsStop) -> Self {
-        Self { state, stop }
+        let snapshots = matches!(&*state.revocation_feed, Feed::Redis(r) if r.keeps_snapshot());
+        Self {
+            last_steps: HeldLastSteps::new(snapshots.then(|| stop.last_steps())),
+            state,
+            stop,
+        }
     }
 }
 
@@ -114,8 +122,6 @@ const STALENESS_CHECK: Duration = Duration::from_secs(1);
 /// How long before shutdown_grace runs out a replica keeping a revocation snapshot is told
 /// to stop: the time its last write needs.
 const LAST_STEPS: Duration = Duration::from_secs(1);
-/// How long a follower stopped by a panic waits before it starts again.
-const RESTART_AFTER_PANIC: Duration = Duration::from_secs(1);
 
 #[async_trait]
 impl BackgroundService for RevocationSync {
@@ -123,14 +129,10 @@ impl BackgroundService for RevocationSync {
         if matches!(*self.state.revocation_feed, Feed::None) {
             return;
         }
-        // A Redis replica's last step is its revocation snapshot, written as it stops: the
-        // drain's end waits for it, and should shutdown_grace run out first the job is told
-        // that long before. Otherwise revocations are followed to the end of the drain (they
-        // close tunnels).
-        let snapshots =
-            matches!(&*self.state.revocation_feed, Feed::Redis(r) if r.keeps_snapshot());
-        let _held = snapshots.then(|| self.stop.last_steps());
-        let margin = if snapshots {
+        // Should shutdown_grace run out first, a job with last steps is told that long
+        // before. Otherwise revocations are followed to the end of the drain (they close
+        // tunnels).
+        let margin = if self.last_steps.held() {
             LAST_STEPS
         } else {
             Duration::ZERO
@@ -138,34 +140,22 @@ impl BackgroundService for RevocationSync {
         let stop = self.stop.signal(shutdown, margin);
         let revocations = self.state.auth.revocations().clone();
         let settings = &self.state.settings.revocation;
-        let follow = {
-            let feed = Arc::clone(&self.state.revocation_feed);
-            let revocations = revocations.clone();
-            let poll = settings.poll_interval;
-            let mut stop = stop.clone();
-            // A panic inside the follower (logged and counted by the panic hook) would leave
-            // the list as it is for the life of the process: it starts over instead, as the
-            // binding sync does (it begins with a full load).
-            tokio::spawn(async move {
-                loop {
-                    let run = follow(Arc::clone(&feed), revocations.clone(), poll, stop.clone());
-                    match tokio::spawn(run).await {
-                        Err(e) if e.is_panic() => {
-                            tracing::error!(
-                                "revocation sync stopped by a panic; starting it again"
-                            );
-                        }
-                        _ => return,
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(RESTART_AFTER_PANIC) => {}
-                        _ = stop.changed() => return,
-                    }
-                }
-            })
-        };
-        watch_staleness(&revocations, settings.max_staleness, stop).await;
-        let _ = follow.await;
+        let feed = &self.state.revocation_feed;
+        // A panic inside the follower would leave the list as it is for the life of the
+        // process: it starts over instead (it begins with a full load).
+        let following = restarting_after_panic("revocation sync", stop.clone(), || {
+            follow(
+                Arc::clone(feed),
+                revocations.clone(),
+                settings.poll_interval,
+                stop.clone(),
+            )
+        });
+        tokio::join!(
+            following,
+            watch_staleness(&revocations, settings.max_staleness, stop.clone())
+        );
+        self.last_steps.release();
     }
 }
 
@@ -178,7 +168,7 @@ async fn follow(
     match &*feed {
         Feed::None => {}
         Feed::Redis(redis) => redis.follow(revocations, stop).await,
-        Feed::File(_) => {
+        Feed::File(watched) => {
             let mut tick = tokio::time::interval(poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -190,12 +180,9 @@ async fn follow(
                 // while reading (logged and counted by the panic hook) must not end the
                 // following for the life of the process: it ends only this look.
                 let read = tokio::task::spawn_blocking({
-                    let feed = Arc::clone(&feed);
+                    let watched = Arc::clone(watched);
                     let revocations = revocations.clone();
-                    move || match &*feed {
-                        Feed::File(watched) => watched.reload(&revocations),
-                        Feed::None | Feed::Redis(_) => Ok(Looked::Unchanged),
-                    }
+                    move || watched.reload(&revocations)
                 })
                 .await;
                 match read {

@@ -112,3 +112,19 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// The `heartbeat_interval` [`store_section`] sets: short, so tests see replicas soon.
+pub const HEARTBEAT: &str = "100ms";
+
+/// A `[store]` section for replica `replica` following the Redis at `url` under `prefix`
+/// (hourly reconciles, so a test sees the change feed at work), with a `snapshot_path` when
+/// given.
+pub fn store_section(prefix: &str, url: &str, replica: &str, snapshot: Option<&str>) -> String {
+    let snap = snapshot
+        .map(|s| format!("snapshot_path = \"{s}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[store]\nkind = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\nreconcile_interval = \"1h\"\n\
+         heartbeat_interval = \"{HEARTBEAT}\"\nreplica_id = \"{replica}\"\n{snap}"
+    )
+}

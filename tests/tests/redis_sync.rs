@@ -13,23 +13,11 @@ use nexus_e2e::edge::{binding, cli, Edge, EdgeOptions};
 use nexus_e2e::http::get_with_token;
 use nexus_e2e::keys::TestKeys;
 use nexus_e2e::probe::{host, instance_of, wait_instance, Traffic};
-use nexus_e2e::redis_server::RedisServer;
+use nexus_e2e::redis_server::{store_section as store_section_under, RedisServer, HEARTBEAT};
 use nexus_e2e::wait;
-
-const HEARTBEAT: &str = "100ms";
 
 fn store_section(url: &str, replica: &str, snapshot: Option<&str>) -> String {
     store_section_under("nexus", url, replica, snapshot)
-}
-
-fn store_section_under(prefix: &str, url: &str, replica: &str, snapshot: Option<&str>) -> String {
-    let snap = snapshot
-        .map(|s| format!("snapshot_path = \"{s}\"\n"))
-        .unwrap_or_default();
-    format!(
-        "[store]\nkind = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"{prefix}\"\nreconcile_interval = \"1h\"\n\
-         heartbeat_interval = \"{HEARTBEAT}\"\nreplica_id = \"{replica}\"\n{snap}"
-    )
 }
 
 /// The admin CLI on the same Redis as the replicas.

@@ -17,13 +17,7 @@ use nexus_e2e::redis_server::RedisServer;
 use nexus_e2e::wait;
 
 fn store_section(url: &str, replica: &str, snapshot: Option<&str>) -> String {
-    let snap = snapshot
-        .map(|s| format!("snapshot_path = \"{s}\"\n"))
-        .unwrap_or_default();
-    format!(
-        "[store]\nkind = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"nexus\"\n\
-         reconcile_interval = \"1h\"\nheartbeat_interval = \"100ms\"\nreplica_id = \"{replica}\"\n{snap}"
-    )
+    nexus_e2e::redis_server::store_section("nexus", url, replica, snapshot)
 }
 
 /// A token of `sub` in tenant acme, with its own `jti` and `iat` `age` seconds ago.
@@ -348,22 +342,52 @@ fn a_restart_while_redis_is_away_starts_from_the_revocation_snapshot() {
     assert!(revoked(&edge, &leaked));
 }
 
+/// Without Redis: acme on one instance, and a router's options naming a revocations file
+/// (not written yet) that it looks at every 50 ms.
+struct FileWorld {
+    keys: TestKeys,
+    _backend: Backend,
+    /// Holds the revocations file.
+    dir: tempfile::TempDir,
+    file: std::path::PathBuf,
+    opts: EdgeOptions,
+}
+
+impl FileWorld {
+    fn new() -> FileWorld {
+        let keys = TestKeys::new();
+        let backend = Backend::start("instance-a");
+        let bindings =
+            nexus_e2e::edge::bindings_file(vec![binding("acme", &backend.url(), "active", None)]);
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("revocations.json");
+        let mut opts = EdgeOptions::new(keys.jwks(), bindings);
+        opts.extra = format!(
+            "\n[revocation]\nfile = {:?}\npoll_interval = \"50ms\"\n",
+            file.to_str().expect("utf8")
+        );
+        FileWorld {
+            keys,
+            _backend: backend,
+            dir,
+            file,
+            opts,
+        }
+    }
+}
+
 /// Without Redis: a revocations file, written by the same CLI (audited beside it) and
 /// followed by the router; a damaged version keeps the revocations in force, and `check`
 /// names it.
 #[test]
 fn a_revocations_file_is_followed_and_a_damaged_one_changes_nothing() {
-    let keys = TestKeys::new();
-    let backend = Backend::start("instance-a");
-    let bindings =
-        nexus_e2e::edge::bindings_file(vec![binding("acme", &backend.url(), "active", None)]);
-    let dir = tempfile::tempdir().expect("dir");
-    let file = dir.path().join("revocations.json");
-    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
-    opts.extra = format!(
-        "\n[revocation]\nfile = {:?}\npoll_interval = \"50ms\"\n",
-        file.to_str().expect("utf8")
-    );
+    let FileWorld {
+        keys,
+        _backend,
+        dir,
+        file,
+        opts,
+    } = FileWorld::new();
     // Refused at start while the file is missing: a typo in its path must not pass for an
     // empty list.
     let err = Edge::try_start(&opts)
@@ -475,19 +499,9 @@ fn echo(s: &mut std::net::TcpStream) -> std::io::Result<()> {
 /// tunnel of another token goes on.
 #[test]
 fn a_websocket_is_closed_once_its_token_is_revoked() {
-    let keys = TestKeys::new();
-    let backend = Backend::start("instance-a");
-    let bindings =
-        nexus_e2e::edge::bindings_file(vec![binding("acme", &backend.url(), "active", None)]);
-    let dir = tempfile::tempdir().expect("dir");
-    let file = dir.path().join("revocations.json");
-    std::fs::write(&file, "{\"revocations\": []}").expect("write");
-    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
-    opts.extra = format!(
-        "\n[revocation]\nfile = {:?}\npoll_interval = \"50ms\"\n",
-        file.to_str().expect("utf8")
-    );
-    let edge = Edge::start(&opts);
+    let w = FileWorld::new();
+    std::fs::write(&w.file, "{\"revocations\": []}").expect("write");
+    let (keys, edge) = (w.keys, Edge::start(&w.opts));
     let revoked_token = token(&keys, "user-1", "jti-ws", 0);
     let kept_token = token(&keys, "user-2", "jti-ws-kept", 0);
     let mut s = open_websocket(&edge, &revoked_token);

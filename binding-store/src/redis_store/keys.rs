@@ -22,29 +22,14 @@ impl Keys {
         format!("{}:revision", self.prefix)
     }
 
-    /// The revision counter's value as read (`GET`): a whole number, or none. Anything else
-    /// was written outside the schema, and the error names the key and what it holds, where
-    /// a plain conversion would say only that a value was not a number.
+    /// The revision counter's value as read (`GET`): see [`counter_value`].
     pub(crate) fn counter(&self, raw: Option<Vec<u8>>) -> redis::RedisResult<Option<u64>> {
-        let Some(raw) = raw else { return Ok(None) };
-        // Digits only, as `write.lua` reads it (Rust's parse would take a `+` too).
-        std::str::from_utf8(&raw)
-            .ok()
-            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|t| t.parse::<u64>().ok())
-            .map(Some)
-            .ok_or_else(|| {
-                let shown: String = String::from_utf8_lossy(&raw).chars().take(40).collect();
-                redis::RedisError::from((
-                    redis::ErrorKind::TypeError,
-                    "revision counter is no whole number",
-                    format!(
-                        "{} holds {shown:?}, written outside nexus-edge: set it to the highest \
-                         revision written, or restore the store",
-                        self.revision()
-                    ),
-                ))
-            })
+        counter_value(
+            &self.revision(),
+            "revision counter is no whole number",
+            raw,
+            "set it to the highest revision written, or restore the store",
+        )
     }
     pub(crate) fn changes(&self) -> String {
         format!("{}:changes", self.prefix)
@@ -82,6 +67,32 @@ impl Keys {
     pub(crate) fn revocation_audit(&self) -> String {
         format!("{}:revocations:audit", self.prefix)
     }
+}
+
+/// A counter's value as read (`GET` of `key`): a whole number, or none. Anything else was
+/// written outside the schema, and the error (`what`) names the key, what it holds and
+/// `remedy`, where a plain conversion would say only that a value was not a number.
+pub(crate) fn counter_value(
+    key: &str,
+    what: &'static str,
+    raw: Option<Vec<u8>>,
+    remedy: &str,
+) -> redis::RedisResult<Option<u64>> {
+    let Some(raw) = raw else { return Ok(None) };
+    // Digits only, as the scripts read it (Rust's parse would take a `+` too).
+    std::str::from_utf8(&raw)
+        .ok()
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            let shown: String = String::from_utf8_lossy(&raw).chars().take(40).collect();
+            redis::RedisError::from((
+                redis::ErrorKind::TypeError,
+                what,
+                format!("{key} holds {shown:?}, written outside nexus-edge: {remedy}"),
+            ))
+        })
 }
 
 /// A new random id for a history that a write or restore may begin (`write.lua` uses it only

@@ -50,7 +50,7 @@ pub use fleet::{Confirmation, ReplicaStatus, WaitOutcome};
 
 use endpoint::Connector;
 pub use keys::confirm_command;
-pub(crate) use keys::{began_by, new_history_id, random_hex, Keys, StoreHistory};
+pub(crate) use keys::{began_by, counter_value, new_history_id, random_hex, Keys, StoreHistory};
 pub(crate) use load::LoadError;
 pub(crate) use replies::{
     brief, check_key, field_str, field_u64, last_number, lossy, misplaced, parse_json_record,
@@ -188,8 +188,9 @@ pub struct RedisStore {
     snapshot_writing: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// A lock that a panic elsewhere does not make unusable: the value is two plain fields.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A lock that a panic elsewhere does not make unusable: the values kept so are plain
+/// fields and sets.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

@@ -146,7 +146,7 @@ impl Watched {
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = super::list::now_ms();
+        let now = crate::source::now_unix_ms();
         if let Some((d, refused)) = *last {
             if d == digest {
                 if !refused {
@@ -166,7 +166,7 @@ impl Watched {
             }
             Err(e) => {
                 *last = Some((digest, true));
-                into.count_refused(1);
+                into.count_refused();
                 Err(RevocationError(format!("{}: {e}", self.path.display())))
             }
         }
@@ -215,9 +215,7 @@ pub fn delete(
 /// The audit log beside a revocations file: one JSON line per change, written and synced
 /// before the change is made.
 pub fn audit_path(path: &Path) -> std::path::PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".audit.jsonl");
-    p.into()
+    crate::audit_log::path_for(path)
 }
 
 /// Under the file's lock: reads it, asks `change` what to put under `key` given what it holds
@@ -233,9 +231,7 @@ fn edit(
     let failed = |what: &Path, e: &dyn std::fmt::Display| {
         super::AdminFailure::Unavailable(format!("{}: {e}", what.display()))
     };
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = std::path::PathBuf::from(lock_path);
+    let lock_path = crate::audit_log::beside(path, ".lock");
     // One admin change at a time: two at once would each write the list without the other's.
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -264,7 +260,7 @@ fn edit(
         }
     }
     let line = serde_json::json!({
-        "at": super::model::format_time(super::list::now_ms() / 1000),
+        "at": super::model::format_time(crate::source::now_unix_ms() / 1000),
         "actor": actor,
         "reason": (!reason.is_empty()).then_some(reason),
         "op": if new.is_some() { "put" } else { "delete" },
@@ -313,7 +309,7 @@ fn edit(
             log,
             "{}",
             serde_json::json!({
-                "at": super::model::format_time(super::list::now_ms() / 1000),
+                "at": super::model::format_time(crate::source::now_unix_ms() / 1000),
                 "op": "not-made",
                 "key": key,
                 "actor": actor,

@@ -31,7 +31,7 @@ impl RevocationList {
         list
     }
 
-    /// Revocations held (some may have run out: see [`RevocationList::in_force`]).
+    /// Revocations held (some may have run out, until their source drops them).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -39,11 +39,6 @@ impl RevocationList {
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    /// Revocations that still refuse something at `now`.
-    pub fn in_force(&self, now: u64) -> usize {
-        self.iter().filter(|r| now < r.until).count()
     }
 
     /// Every revocation, in no particular order.
@@ -56,13 +51,10 @@ impl RevocationList {
 
     /// The revocation with this key, if held.
     pub fn get(&self, key: &str) -> Option<&Arc<Revocation>> {
-        if let Some(jti) = key.strip_prefix("token:") {
-            self.tokens.get(jti)
-        } else if let Some(tenant) = key.strip_prefix("tenant:") {
-            self.tenants.get(tenant)
-        } else {
-            let (tenant, sub) = key.strip_prefix("subject:")?.split_once(':')?;
-            self.subjects.get(tenant)?.get(sub)
+        match KeyRef::parse(key)? {
+            KeyRef::Token(jti) => self.tokens.get(jti),
+            KeyRef::Tenant(tenant) => self.tenants.get(tenant),
+            KeyRef::Subject(tenant, sub) => self.subjects.get(tenant)?.get(sub),
         }
     }
 
@@ -101,28 +93,46 @@ impl RevocationList {
 
     /// Takes out the revocation with this key; whether one was held.
     pub fn remove(&mut self, key: &str) -> bool {
-        let removed = if let Some(jti) = key.strip_prefix("token:") {
-            self.tokens.remove(jti).is_some()
-        } else if let Some(tenant) = key.strip_prefix("tenant:") {
-            self.tenants.remove(tenant).is_some()
-        } else if let Some((tenant, sub)) =
-            key.strip_prefix("subject:").and_then(|k| k.split_once(':'))
-        {
-            let Some(subs) = self.subjects.get_mut(tenant) else {
-                return false;
-            };
-            let removed = subs.remove(sub).is_some();
-            if subs.is_empty() {
-                self.subjects.remove(tenant);
+        let removed = match KeyRef::parse(key) {
+            None => false,
+            Some(KeyRef::Token(jti)) => self.tokens.remove(jti).is_some(),
+            Some(KeyRef::Tenant(tenant)) => self.tenants.remove(tenant).is_some(),
+            Some(KeyRef::Subject(tenant, sub)) => {
+                let Some(subs) = self.subjects.get_mut(tenant) else {
+                    return false;
+                };
+                let removed = subs.remove(sub).is_some();
+                if subs.is_empty() {
+                    self.subjects.remove(tenant);
+                }
+                removed
             }
-            removed
-        } else {
-            false
         };
         if removed {
             self.len -= 1;
         }
         removed
+    }
+}
+
+/// A revocation key ([`Revoked::key`]) read back: `token:<jti>`, `tenant:<tenant>`,
+/// `subject:<tenant>:<sub>` (a tenant id holds no `:`, so the first one after it ends it).
+enum KeyRef<'k> {
+    Token(&'k str),
+    Tenant(&'k str),
+    Subject(&'k str, &'k str),
+}
+
+impl<'k> KeyRef<'k> {
+    fn parse(key: &'k str) -> Option<Self> {
+        if let Some(jti) = key.strip_prefix("token:") {
+            Some(KeyRef::Token(jti))
+        } else if let Some(tenant) = key.strip_prefix("tenant:") {
+            Some(KeyRef::Tenant(tenant))
+        } else {
+            let (tenant, sub) = key.strip_prefix("subject:")?.split_once(':')?;
+            Some(KeyRef::Subject(tenant, sub))
+        }
     }
 }
 
@@ -166,7 +176,7 @@ impl Revocations {
                 refused: AtomicU64::new(0),
                 snapshot_failures: AtomicU64::new(0),
                 followed,
-                created_ms: now_ms(),
+                created_ms: crate::source::now_unix_ms(),
             }),
         }
     }
@@ -186,10 +196,10 @@ impl Revocations {
         self.inner.list.load_full()
     }
 
-    /// The revocation that refuses a token with these claims at `now`, if one does; `None`
-    /// at once while the list is empty. The returned `Arc` is the list's own entry.
-    pub fn refusing(&self, t: &TokenFacts<'_>, now: u64) -> Option<Arc<Revocation>> {
-        self.inner.list.load().refusing(t, now).cloned()
+    /// Whether a revocation in force refuses a token with these claims at `now`; `false` at
+    /// once while the list is empty.
+    pub fn refuses(&self, t: &TokenFacts<'_>, now: u64) -> bool {
+        self.inner.list.load().refusing(t, now).is_some()
     }
 
     /// Puts `list` in force.
@@ -217,8 +227,8 @@ impl Revocations {
     }
 
     /// Counts a record of the source that was refused.
-    pub fn count_refused(&self, n: u64) {
-        self.inner.refused.fetch_add(n, Ordering::Relaxed);
+    pub fn count_refused(&self) {
+        self.inner.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a snapshot write that failed.
@@ -235,11 +245,4 @@ impl Revocations {
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)
     }
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -18,6 +18,17 @@ pub mod redis;
 pub use list::{RevocationList, Revocations};
 pub use model::{Revocation, RevocationError, Revoked, TokenFacts};
 
+/// A revocation record as a source holds it, read or refused.
+#[derive(Debug)]
+pub struct Listed {
+    /// Its key (a Redis field): the revocation's, when the record is right.
+    pub key: String,
+    /// The record as held (what a conditional delete expects).
+    pub held: Vec<u8>,
+    /// The revocation it is, or why it is refused.
+    pub read: Result<Revocation, RevocationError>,
+}
+
 /// What a put left in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {

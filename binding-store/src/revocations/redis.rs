@@ -21,11 +21,15 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
 use super::file;
-use super::list::{now_ms, RevocationList, Revocations};
+use super::list::{RevocationList, Revocations};
 use super::model::{Revocation, RevocationError};
-use super::{AdminFailure, Stored};
+use super::{AdminFailure, Listed, Stored};
+use crate::records::brief;
 use crate::redis_store::follow::{rand_u8, FailureLines};
-use crate::redis_store::{field_str, field_u64, script_error, Entries, RedisOptions, RedisStore};
+use crate::redis_store::{
+    counter_value, field_str, field_u64, lock, script_error, Entries, RedisOptions, RedisStore,
+};
+use crate::source::now_unix_ms as now_ms;
 
 /// The first pause before reconnecting, and the longest.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -47,6 +51,8 @@ const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 pub struct RedisRevocations {
     store: RedisStore,
     opts: RedisOptions,
+    /// `<snapshot_path>.revocations.json`, when the store keeps a snapshot.
+    snapshot: Option<PathBuf>,
     script: redis::Script,
     restore: redis::Script,
     /// Keys whose record is refused now: each is logged and counted once, until it changes.
@@ -76,11 +82,6 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// A lock a panic elsewhere does not make unusable: the value is a plain set.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Where the follower is in the feed.
 #[derive(Debug, Clone)]
 struct Position {
@@ -99,26 +100,11 @@ enum FollowError {
          a replica's revocation snapshot puts them back)"
     )]
     NoCounter(String, usize),
-    #[error("{0} holds {1:?}, which is no change count: written outside nexus-edge")]
-    BadCounter(String, String),
-}
-
-/// A record the hash holds.
-#[derive(Debug)]
-pub struct Listed {
-    /// Its field: the revocation's key, when the record is right.
-    pub key: String,
-    /// The record as held (what a conditional delete expects).
-    pub held: Vec<u8>,
-    /// The revocation it is, or why it is refused.
-    pub read: Result<Revocation, RevocationError>,
 }
 
 /// The file a Redis replica keeps its revocations in beside its binding snapshot.
 pub fn snapshot_path(binding_snapshot: &std::path::Path) -> PathBuf {
-    let mut p = binding_snapshot.as_os_str().to_owned();
-    p.push(".revocations.json");
-    PathBuf::from(p)
+    crate::audit_log::beside(binding_snapshot, ".revocations.json")
 }
 
 impl RedisRevocations {
@@ -127,6 +113,7 @@ impl RedisRevocations {
     pub fn new(opts: RedisOptions) -> Result<Self, String> {
         Ok(Self {
             store: RedisStore::new(opts.clone())?,
+            snapshot: opts.snapshot_path.as_deref().map(snapshot_path),
             opts,
             script: redis::Script::new(include_str!("revoke.lua")),
             restore: redis::Script::new(include_str!("restore.lua")),
@@ -140,11 +127,7 @@ impl RedisRevocations {
     /// Whether a revocation snapshot is kept (a `snapshot_path`): written as the follower
     /// stops, its last step.
     pub fn keeps_snapshot(&self) -> bool {
-        self.opts.snapshot_path.is_some()
-    }
-
-    fn snapshot(&self) -> Option<PathBuf> {
-        self.opts.snapshot_path.as_deref().map(snapshot_path)
+        self.snapshot.is_some()
     }
 
     /// The start's load: from Redis, or, when it cannot be read within the store's timeout,
@@ -154,7 +137,7 @@ impl RedisRevocations {
     /// one in force later. Says where the list came from; an error means neither could be
     /// read (the list stays empty).
     pub async fn initial_load(&self, into: &Revocations) -> Result<&'static str, String> {
-        let snapshot = match self.snapshot() {
+        let snapshot = match self.snapshot.clone() {
             None => Err("no snapshot_path, so no revocation snapshot".to_owned()),
             Some(path) => tokio::task::spawn_blocking(move || {
                 let written = std::fs::metadata(&path).and_then(|m| m.modified());
@@ -203,9 +186,9 @@ impl RedisRevocations {
         );
         // Both have ended: a write still asked for (a change the follower applied as it
         // stopped, or one whose write failed) is made now, the process being about to exit.
-        if let Some(path) = self.snapshot() {
+        if let Some(path) = &self.snapshot {
             if self.snapshot_pending.swap(false, Ordering::Relaxed) {
-                self.write_snapshot(&path, &into, &mut FailureLines::default())
+                self.write_snapshot(path, &into, &mut FailureLines::default())
                     .await;
             }
         }
@@ -246,7 +229,7 @@ impl RedisRevocations {
     /// asked for at `stop` is written by [`RedisRevocations::follow`] once the follower has
     /// ended too.
     async fn write_snapshots(&self, from: &Revocations, mut stop: watch::Receiver<bool>) {
-        let Some(path) = self.snapshot() else { return };
+        let Some(path) = &self.snapshot else { return };
         let mut told = FailureLines::default();
         loop {
             tokio::select! {
@@ -254,7 +237,7 @@ impl RedisRevocations {
                 () = stopped(&mut stop) => return,
             }
             self.snapshot_pending.store(false, Ordering::Relaxed);
-            if !self.write_snapshot(&path, from, &mut told).await {
+            if !self.write_snapshot(path, from, &mut told).await {
                 self.snapshot_pending.store(true, Ordering::Relaxed);
                 tokio::select! {
                     () = tokio::time::sleep(SNAPSHOT_RETRY) => self.want_snapshot(),
@@ -296,7 +279,7 @@ impl RedisRevocations {
 
     /// Asks the snapshot writer for a write.
     fn want_snapshot(&self) {
-        if self.snapshot().is_some() {
+        if self.keeps_snapshot() {
             self.snapshot_pending.store(true, Ordering::Relaxed);
             self.snapshot_due.notify_one();
         }
@@ -358,13 +341,10 @@ impl RedisRevocations {
             };
             let entries: Entries = streams.into_iter().flatten().flat_map(|(_, e)| e).collect();
             let whole = entries.len() < READ_COUNT;
-            match self.apply(into, &entries, &mut pos) {
-                Applied::Changed | Applied::Same => {}
-                Applied::Gap => {
-                    pos = self.full_load(&mut con, into).await?;
-                    reconciled = Instant::now();
-                    continue;
-                }
+            if let Applied::Gap = self.apply(into, &entries, &mut pos) {
+                pos = self.full_load(&mut con, into).await?;
+                reconciled = Instant::now();
+                continue;
             }
             // Everything written before the read was asked for has been applied, unless the
             // read was cut at its count: the rest comes with the next.
@@ -397,21 +377,18 @@ impl RedisRevocations {
             .query_async(con)
             .await?;
         let current = into.load_full();
+        let counter = counter_value(
+            &keys.revocation_seq(),
+            "revocation counter is no whole number",
+            counter,
+            "revocations are changed by `nexus-edge revoke` only",
+        )?;
         let seq = match counter {
             None if !current.is_empty() => {
                 return Err(FollowError::NoCounter(keys.revocation_seq(), current.len()))
             }
             None => 0,
-            Some(raw) => std::str::from_utf8(&raw)
-                .ok()
-                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|t| t.parse().ok())
-                .ok_or_else(|| {
-                    FollowError::BadCounter(
-                        keys.revocation_seq(),
-                        String::from_utf8_lossy(&raw).chars().take(40).collect(),
-                    )
-                })?,
+            Some(seq) => seq,
         };
         let mut list = RevocationList::default();
         let mut now_refused = HashSet::new();
@@ -426,8 +403,8 @@ impl RedisRevocations {
                             list.put(kept.clone());
                         }
                         if !refused.contains(&key) {
-                            into.count_refused(1);
-                            tracing::error!(key = %cut(&key), problem = %e,
+                            into.count_refused();
+                            tracing::error!(key = %brief(&key), problem = %e,
                                 "revocation record refused; the revocation in force under its key, if any, stays");
                         }
                         now_refused.insert(key);
@@ -452,12 +429,12 @@ impl RedisRevocations {
     /// Applies feed entries to the list in force; a gap in `seq` applies nothing more.
     fn apply(&self, into: &Revocations, entries: &Entries, pos: &mut Position) -> Applied {
         if entries.is_empty() {
-            return Applied::Same;
+            return Applied::InOrder;
         }
         let mut refused = lock(&self.refused);
         let mut list = (*into.load_full()).clone();
         let mut changed = false;
-        let mut result = Applied::Same;
+        let mut result = Applied::InOrder;
         for (id, fields) in entries {
             let seq = field_u64(fields, "seq");
             if seq != pos.seq + 1 {
@@ -484,9 +461,9 @@ impl RedisRevocations {
                             changed = true;
                         }
                         Err(e) => {
-                            into.count_refused(1);
+                            into.count_refused();
                             refused.insert(key.to_owned());
-                            tracing::error!(key = %cut(key), problem = %e,
+                            tracing::error!(key = %brief(key), problem = %e,
                                 "revocation change refused; the revocation in force under its key, if any, stays");
                         }
                     }
@@ -497,8 +474,8 @@ impl RedisRevocations {
                     break;
                 }
                 other => {
-                    into.count_refused(1);
-                    tracing::error!(key = %cut(key), op = ?other.map(cut),
+                    into.count_refused();
+                    tracing::error!(key = %brief(key), op = ?other.map(brief),
                         "revocation change with an unknown op skipped");
                 }
             }
@@ -507,9 +484,6 @@ impl RedisRevocations {
             into.install(list);
             // Before a gap too: the full load after it may find nothing more to change.
             self.want_snapshot();
-            if matches!(result, Applied::Same) {
-                result = Applied::Changed;
-            }
         }
         result
     }
@@ -553,13 +527,8 @@ impl RedisRevocations {
         reason: &str,
     ) -> Result<u64, AdminFailure> {
         let mut con = self.admin_connection().await?;
-        let keys = self.store.keys();
-        let mut call = self.restore.prepare_invoke();
-        call.key(keys.revocations())
-            .key(keys.revocation_seq())
-            .key(keys.revocation_changes())
-            .key(keys.revocation_audit())
-            .arg(actor)
+        let mut call = self.keyed(&self.restore);
+        call.arg(actor)
             .arg(reason)
             .arg(self.opts.stream_maxlen)
             .arg(AUDIT_CAP);
@@ -570,7 +539,7 @@ impl RedisRevocations {
             .invoke_async::<u64>(&mut con)
             .await
             .map_err(|e| match script_error(&e) {
-                Some(("NOTEMPTY", _)) => AdminFailure::NotEmpty(keys.revocations()),
+                Some(("NOTEMPTY", _)) => AdminFailure::NotEmpty(self.store.keys().revocations()),
                 _ => self.unavailable(&e),
             })?;
         if self.store.unreplicated(&mut con).await {
@@ -649,6 +618,17 @@ impl RedisRevocations {
             .map(|_| ())
     }
 
+    /// An invocation of `script` (`revoke.lua`, `restore.lua`) with the four keys both take.
+    fn keyed<'s>(&self, script: &'s redis::Script) -> redis::ScriptInvocation<'s> {
+        let keys = self.store.keys();
+        let mut call = script.prepare_invoke();
+        call.key(keys.revocations())
+            .key(keys.revocation_seq())
+            .key(keys.revocation_changes())
+            .key(keys.revocation_audit());
+        call
+    }
+
     async fn admin_connection(&self) -> Result<MultiplexedConnection, AdminFailure> {
         self.store
             .admin_connection()
@@ -668,13 +648,8 @@ impl RedisRevocations {
         actor: &str,
         reason: &str,
     ) -> Result<u64, AdminFailure> {
-        let keys = self.store.keys();
         let seq = self
-            .script
-            .key(keys.revocations())
-            .key(keys.revocation_seq())
-            .key(keys.revocation_changes())
-            .key(keys.revocation_audit())
+            .keyed(&self.script)
             .arg(c.op)
             .arg(c.key)
             .arg(c.entry)
@@ -779,11 +754,12 @@ impl<'a> Expect<'a> {
 /// A hash's fields and values, as `HGETALL` gives them.
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// What applying feed entries did.
+/// What applying feed entries met.
 enum Applied {
-    Changed,
-    Same,
-    /// An entry's `seq` is not the next one: entries were missed.
+    /// Every entry, in order.
+    InOrder,
+    /// An entry whose `seq` is not the next one (entries were missed), or a reset: the
+    /// entries from it on were not applied.
     Gap,
 }
 
@@ -794,9 +770,9 @@ fn read_record(key: &str, value: &[u8]) -> Result<Revocation, RevocationError> {
     if r.key() != key {
         return Err(RevocationError(format!(
             "filed under {} but it revokes {} (key {})",
-            cut(key),
+            brief(key),
             r.what,
-            cut(&r.key())
+            brief(&r.key())
         )));
     }
     Ok(r)
@@ -804,9 +780,4 @@ fn read_record(key: &str, value: &[u8]) -> Result<Revocation, RevocationError> {
 
 fn list_differs(a: &RevocationList, b: &RevocationList) -> bool {
     a.len() != b.len() || b.iter().any(|r| a.get(&r.key()).is_none_or(|x| **x != **r))
-}
-
-/// A key or value cut for a log line.
-fn cut(s: &str) -> String {
-    s.chars().take(100).collect()
 }

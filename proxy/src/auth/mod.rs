@@ -239,12 +239,13 @@ impl Authenticator {
     /// Whether a revocation in force refuses `verified` at `now_unix`: for a token relied on
     /// after its request was decided (a tunnel's). [`Authenticator::verify`] checks it too.
     pub fn check_revoked(&self, verified: &VerifiedToken, now_unix: u64) -> Result<(), TokenError> {
-        match self
+        if self
             .revocations
-            .refusing(&verified.revocation_facts(), now_unix)
+            .refuses(&verified.revocation_facts(), now_unix)
         {
-            Some(_) => Err(TokenError::Revoked),
-            None => Ok(()),
+            Err(TokenError::Revoked)
+        } else {
+            Ok(())
         }
     }
 

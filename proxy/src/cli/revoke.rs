@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use nexus_binding_store::revocations::list::now_ms;
 use nexus_binding_store::revocations::model::{format_time, parse_time};
 use nexus_binding_store::revocations::redis::RedisRevocations;
-use nexus_binding_store::revocations::{file, AdminFailure, Revocation, Revoked, Stored};
+use nexus_binding_store::revocations::{file, AdminFailure, Listed, Revocation, Revoked, Stored};
+use nexus_binding_store::source::now_unix_ms as now_ms;
 use nexus_binding_store::TenantId;
 use nexus_config::{RevocationSource, Settings, StoreSettings};
 
@@ -138,49 +138,33 @@ impl Target {
                 s.delete(key, expect.map(|l| l.held.as_slice()), actor, reason)
                     .await
             }
-            Target::File(p) => file::delete(p, key, expect.map(|l| &l.revocation), actor, reason),
+            Target::File(p) => {
+                let expect = expect.and_then(|l| l.read.as_ref().ok());
+                file::delete(p, key, expect, actor, reason)
+            }
         }
     }
 
-    /// Every revocation held, with the records refused (by key, with why).
-    async fn list(&self) -> Result<(Vec<Listed>, Vec<(String, String)>), AdminFailure> {
+    /// Every record held, read or refused, by key.
+    async fn list(&self) -> Result<Vec<Listed>, AdminFailure> {
         match self {
-            Target::Redis(s) => {
-                let mut listed = Vec::new();
-                let mut refused = Vec::new();
-                for l in s.list().await? {
-                    match l.read {
-                        Ok(revocation) => listed.push(Listed {
-                            revocation,
-                            held: l.held,
-                        }),
-                        Err(e) => refused.push((l.key, e.to_string())),
-                    }
-                }
-                Ok((listed, refused))
-            }
-            Target::File(p) if !p.exists() => Ok((Vec::new(), Vec::new())),
+            Target::Redis(s) => s.list().await,
+            Target::File(p) if !p.exists() => Ok(Vec::new()),
             Target::File(p) => {
                 let list = file::read(p).map_err(|e| AdminFailure::Unavailable(e.to_string()))?;
                 let mut listed: Vec<_> = list
                     .into_iter()
-                    .map(|revocation| Listed {
-                        held: revocation.to_json().into_bytes(),
-                        revocation,
+                    .map(|r| Listed {
+                        key: r.key(),
+                        held: r.to_json().into_bytes(),
+                        read: Ok(r),
                     })
                     .collect();
-                listed.sort_by_key(|l| l.revocation.key());
-                Ok((listed, Vec::new()))
+                listed.sort_by(|a, b| a.key.cmp(&b.key));
+                Ok(listed)
             }
         }
     }
-}
-
-/// A revocation as a listing read it.
-struct Listed {
-    revocation: Revocation,
-    /// Its record as held.
-    held: Vec<u8>,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -447,16 +431,20 @@ fn read_token(token: &str) -> Result<(String, u64), String> {
 }
 
 async fn list(target: &Target) -> ExitCode {
-    let (listed, refused) = match target.list().await {
+    let listed = match target.list().await {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
+    let mut refused = Vec::new();
     for l in &listed {
-        outln!(
-            "{{\"key\":{},\"revocation\":{}}}",
-            serde_json::Value::from(l.revocation.key()),
-            l.revocation.to_json()
-        );
+        match &l.read {
+            Ok(r) => outln!(
+                "{{\"key\":{},\"revocation\":{}}}",
+                serde_json::Value::from(r.key()),
+                r.to_json()
+            ),
+            Err(why) => refused.push((&l.key, why)),
+        }
     }
     for (key, why) in &refused {
         errln!("nexus-edge: record {key} refused: {why}");
@@ -499,7 +487,7 @@ async fn history(target: &Target, limit: usize) -> ExitCode {
 }
 
 async fn prune(target: &Target, now: u64, actor: &str, reason: &str) -> ExitCode {
-    let (listed, _) = match target.list().await {
+    let listed = match target.list().await {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
@@ -509,12 +497,13 @@ async fn prune(target: &Target, now: u64, actor: &str, reason: &str) -> ExitCode
         format!("prune: past its until; {reason}")
     };
     let mut pruned = 0;
-    for l in listed.iter().filter(|l| l.revocation.until <= now) {
+    // Records refused are not pruned: their `until` is not known.
+    let past = listed
+        .iter()
+        .filter(|l| l.read.as_ref().is_ok_and(|r| r.until <= now));
+    for l in past {
         // Only the revocation listed: one put under its key since (extended) stays.
-        match target
-            .delete(&l.revocation.key(), Some(l), actor, &why)
-            .await
-        {
+        match target.delete(&l.key, Some(l), actor, &why).await {
             Ok(()) => pruned += 1,
             Err(AdminFailure::NotFound(_) | AdminFailure::Changed(_)) => {}
             Err(e) => return fail(e),
