@@ -270,17 +270,46 @@ pub struct AuthSettings {
     /// Longest token accepted, in bytes.
     pub max_token_bytes: usize,
     /// How often the JWKS file is checked for changes: the longest a key taken out of it
-    /// still verifies tokens.
+    /// still verifies tokens. (A fetched JWKS has its own timings: [`RemoteJwks`].)
     pub jwks_poll_interval: Duration,
 }
 
 /// Where verification keys come from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JwksSource {
-    /// A JWKS file, reloaded when it changes. A config file must name one.
+    /// A JWKS file, reloaded when it changes. A config file names one or a URL.
     File(PathBuf),
+    /// A JWKS fetched from the identity provider, refreshed, and kept when it cannot be.
+    Url(Box<RemoteJwks>),
     /// The demo key set compiled into the binary; only the no-config embedded default uses it.
     EmbeddedDemo,
+}
+
+/// `[auth] jwks_url` and the settings that go with it: where the identity provider publishes
+/// its keys and how closely the router follows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteJwks {
+    /// `https://`, or `http://` to a loopback address (a key set read over a network in the
+    /// clear could be swapped by anyone on the path).
+    pub url: url::Url,
+    /// PEM bundle the provider's certificate is verified against, instead of the system's
+    /// roots.
+    pub ca_file: Option<PathBuf>,
+    /// Longest between two fetches: how long a key the provider withdrew may still verify
+    /// tokens. A shorter `Cache-Control: max-age` from the provider is followed.
+    pub refresh_interval: Duration,
+    /// Shortest between two fetches, whatever asks for one: a token naming an unknown `kid`
+    /// (a key newly rotated in), or a provider's short `max-age`. Bounds the fetches a flood
+    /// of made-up `kid`s can cause.
+    pub min_refresh_interval: Duration,
+    /// Longest one fetch may take, connecting included.
+    pub timeout: Duration,
+    /// Where the last key set fetched is kept, to start with when the provider cannot be
+    /// reached at start; `None`: not kept.
+    pub cache_file: Option<PathBuf>,
+    /// Keys not confirmed by a fetch for this long are stale (logged, on `/metrics`); they
+    /// keep verifying tokens, as refusing every token would take every tenant down.
+    pub max_staleness: Duration,
 }
 
 /// A shared HMAC secret, enabled explicitly.

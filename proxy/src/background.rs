@@ -279,6 +279,43 @@ impl BackgroundService for KeyReload {
     }
 }
 
+/// Follows a key set the identity provider publishes (`[auth] jwks_url`): see
+/// [`crate::auth::remote`].
+pub struct KeyRefresh {
+    remote: Arc<crate::auth::remote::RemoteKeys>,
+    state: Arc<EdgeState>,
+    stop: JobsStop,
+}
+
+impl KeyRefresh {
+    /// Follows `remote` into `state`'s authenticator until the process ends ([`JobsStop`]).
+    pub fn new(
+        remote: Arc<crate::auth::remote::RemoteKeys>,
+        state: Arc<EdgeState>,
+        stop: JobsStop,
+    ) -> Self {
+        Self {
+            remote,
+            state,
+            stop,
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for KeyRefresh {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        // No last steps, as for a key file: keys are followed to the end of the drain.
+        let stop = self.stop.signal(shutdown, Duration::ZERO);
+        crate::auth::remote::follow_restarting(
+            Arc::clone(&self.remote),
+            Arc::clone(&self.state),
+            stop,
+        )
+        .await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

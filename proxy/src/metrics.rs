@@ -54,6 +54,16 @@ pub struct Metrics {
     /// `verification_keys`: keys tokens are verified with now. 0 refuses every token (a key
     /// set emptied on purpose revokes them all: worth an alert either way).
     pub verification_keys: IntGauge,
+    /// `jwks_age_seconds`: for a key set fetched from `[auth] jwks_url`, seconds since the
+    /// provider last confirmed the keys in use (a fetch, or the cache file's time; start-up
+    /// when never); 0 for a key file.
+    pub jwks_age_seconds: IntGauge,
+    /// `jwks_stale`: 1 while that age is past `[auth] jwks_max_staleness`, or no key set was
+    /// ever fetched: a key the provider withdrew may still verify tokens.
+    pub jwks_stale: IntGauge,
+    /// `jwks_fetch_failures_total`: fetches of the key set that brought none (the provider
+    /// unreachable or answering otherwise than 200, or a set refused); each said in the log.
+    pub jwks_fetch_failures: prometheus::IntCounter,
     /// `revocations`: revocations held (those run out included, until their source drops
     /// them; see [`crate::revocation`]).
     pub revocations: IntGauge,
@@ -549,6 +559,18 @@ impl Metrics {
             "verification_keys",
             "Keys tokens are verified with now (0: every token is refused)",
         )?;
+        let jwks_age_seconds = IntGauge::new(
+            "jwks_age_seconds",
+            "Seconds since the identity provider last confirmed the fetched key set in use (auth.jwks_url; 0 for a key file)",
+        )?;
+        let jwks_stale = IntGauge::new(
+            "jwks_stale",
+            "1 while jwks_age_seconds is past auth.jwks_max_staleness, or no key set was ever fetched (a key withdrawn since may still verify tokens)",
+        )?;
+        let jwks_fetch_failures = prometheus::IntCounter::new(
+            "jwks_fetch_failures_total",
+            "Fetches of the key set from auth.jwks_url that brought none (unreachable, not 200, too large, or refused)",
+        )?;
         let revocations = IntGauge::new(
             "revocations",
             "Token revocations held (from [revocation]: the Redis store or a revocations file)",
@@ -627,6 +649,9 @@ impl Metrics {
             Box::new(sync_age_seconds.clone()),
             Box::new(key_set_refused.clone()),
             Box::new(verification_keys.clone()),
+            Box::new(jwks_age_seconds.clone()),
+            Box::new(jwks_stale.clone()),
+            Box::new(jwks_fetch_failures.clone()),
             Box::new(token_cache_entries.clone()),
             Box::new(token_signature_checks.clone()),
             Box::new(revocations.clone()),
@@ -685,6 +710,9 @@ impl Metrics {
             sync_age_seconds,
             key_set_refused,
             verification_keys,
+            jwks_age_seconds,
+            jwks_stale,
+            jwks_fetch_failures,
             token_cache_entries,
             token_signature_checks,
             revocations,
@@ -732,6 +760,24 @@ impl Metrics {
         c.inc_by(revocations.refused().saturating_sub(c.get()));
         let c = &self.revocation_snapshot_write_failures;
         c.inc_by(revocations.snapshot_failures().saturating_sub(c.get()));
+    }
+
+    /// Refreshes the metrics of a key set fetched from `[auth] jwks_url` (a key file's are
+    /// set by its reload job), at each scrape.
+    pub fn mirror_remote_keys(
+        &self,
+        auth: &crate::auth::Authenticator,
+        remote: &crate::auth::remote::RemoteKeys,
+    ) {
+        let now = nexus_binding_store::source::now_unix_ms();
+        self.jwks_age_seconds
+            .set(gauge_value(remote.age_ms(now) / 1000));
+        self.jwks_stale.set(i64::from(remote.stale(auth, now)));
+        self.key_set_refused.set(i64::from(auth.refusing()));
+        self.verification_keys.set(gauge_value(auth.key_count()));
+        let _held = self.mirror.lock();
+        let c = &self.jwks_fetch_failures;
+        c.inc_by(remote.failures().saturating_sub(c.get()));
     }
 
     /// Refreshes the gauges that mirror state, then renders the text exposition format.

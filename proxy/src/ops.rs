@@ -253,6 +253,9 @@ impl ServeHttp for OpsApp {
             "/metrics" => {
                 s.metrics
                     .mirror_auth(&s.auth, s.settings.revocation.max_staleness);
+                if let Some(remote) = &s.remote_keys {
+                    s.metrics.mirror_remote_keys(&s.auth, remote);
+                }
                 text(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
@@ -266,6 +269,9 @@ impl ServeHttp for OpsApp {
                 // (fail-static).
                 let table = s.bindings.load();
                 let draining = s.is_draining();
+                // A fetched key set not in hand yet (neither fetched nor cached): every
+                // token would be refused.
+                let keys_awaited = !s.auth.has_key_set();
                 let body = serde_json::json!({
                     "bindings": table.len(),
                     "revision": table.revision().get(),
@@ -274,9 +280,10 @@ impl ServeHttp for OpsApp {
                     "keys": s.auth.key_count(),
                     "revocations": s.auth.revocations().load().len(),
                     "draining": draining,
+                    "keys_awaited": keys_awaited,
                 });
                 text(
-                    if draining {
+                    if draining || keys_awaited {
                         StatusCode::SERVICE_UNAVAILABLE
                     } else {
                         StatusCode::OK

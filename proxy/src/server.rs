@@ -10,7 +10,8 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::auth::{AuthSetupError, Authenticator};
-use crate::background::{BindingSync, JobsStop, KeyReload};
+use crate::auth::remote::RemoteKeys;
+use crate::background::{BindingSync, JobsStop, KeyRefresh, KeyReload};
 use crate::connections::{Connections, Guarded, Limits};
 use crate::https::{CertReload, Certificates};
 use crate::listening::{self, BindError, BoundListeners, Prebound};
@@ -45,6 +46,9 @@ pub enum StartError {
     /// The upstream CA bundle cannot be used (Pingora's connector would panic on it).
     #[error("upstream.ca_file: {0}")]
     CaBundle(String),
+    /// The identity provider's CA bundle cannot be used (as [`StartError::CaBundle`]).
+    #[error("auth.jwks_ca_file: {0}")]
+    JwksCaBundle(String),
     /// A token header (its index, why) is one the router takes off every request.
     #[error("auth.token_headers[{0}]: {1}")]
     TokenHeader(usize, String),
@@ -167,6 +171,17 @@ pub fn prepare(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let remote_keys = match &settings.auth.jwks {
+        nexus_config::JwksSource::Url(remote) => {
+            if let Some(ca) = &remote.ca_file {
+                check_ca_bundle(ca).map_err(StartError::JwksCaBundle)?;
+            }
+            let remote = Arc::new(RemoteKeys::new(remote));
+            rt.block_on(remote.initial_load(&auth));
+            Some(remote)
+        }
+        _ => None,
+    };
     let table = rt.block_on(source.initial_load())?;
     crate::revocation::initial_load(&feed, &revocations, &rt)?;
     tracing::info!(
@@ -183,6 +198,7 @@ pub fn prepare(
         sync_health: source.health(),
         bindings: BindingHandle::new(table),
         auth,
+        remote_keys,
         revocation_feed: Arc::new(feed),
         log_budgets: Arc::new(crate::log_budget::LogBudgets::new(
             settings.log.request_lines_per_second,
@@ -231,7 +247,10 @@ pub fn serve(settings: Settings, config: Option<&std::path::Path>) -> std::proce
                 })
                 .map_err(|e| {
                     let in_config = match e {
-                        StartError::Keys(_) | StartError::CaBundle(_) | StartError::Https(_) => {
+                        StartError::Keys(_)
+                        | StartError::CaBundle(_)
+                        | StartError::JwksCaBundle(_)
+                        | StartError::Https(_) => {
                             true
                         }
                         StartError::Bindings(_) => file_store,
@@ -383,10 +402,16 @@ pub fn run(
         "revocation sync",
         crate::revocation::RevocationSync::new(Arc::clone(&state), jobs.clone()),
     ));
-    server.add_service(background_service(
-        "key reload",
-        KeyReload::new(Arc::clone(&state), s.auth.jwks_poll_interval, jobs),
-    ));
+    match &state.remote_keys {
+        Some(remote) => server.add_service(background_service(
+            "key refresh",
+            KeyRefresh::new(Arc::clone(remote), Arc::clone(&state), jobs),
+        )),
+        None => server.add_service(background_service(
+            "key reload",
+            KeyReload::new(Arc::clone(&state), s.auth.jwks_poll_interval, jobs),
+        )),
+    };
 
     tracing::info!(
         listen = %listen.unwrap_or(s.server.listen),

@@ -22,6 +22,9 @@ pub struct EdgeState {
     pub sync_health: Arc<SyncHealth>,
     /// Token verification (keys hot-reloaded inside, revocations checked inside).
     pub auth: Authenticator,
+    /// The fetcher of a key set published by the identity provider (`[auth] jwks_url`);
+    /// `None` for a key file.
+    pub remote_keys: Option<Arc<crate::auth::remote::RemoteKeys>>,
     /// Where the revocations the authenticator checks come from (followed by
     /// [`crate::revocation::RevocationSync`]).
     pub revocation_feed: Arc<crate::revocation::Feed>,

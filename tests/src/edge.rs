@@ -124,6 +124,9 @@ pub struct EdgeOptions {
     pub upstream_extra: String,
     /// Extra `[auth]` keys (e.g. `max_token_lifetime = "1h"`).
     pub auth_extra: String,
+    /// Where `[auth]` takes its keys from, replacing `jwks_file = "jwks.json"` (e.g.
+    /// `jwks_url = "..."`); the `jwks` file is written either way.
+    pub jwks_source: Option<String>,
     /// `[auth] issuers` (the test tokens' issuer alone by default).
     pub issuers: Vec<String>,
     /// Start the router with this soft open-file limit (`ulimit -S -n`).
@@ -148,6 +151,7 @@ impl EdgeOptions {
             server_extra: String::new(),
             upstream_extra: String::new(),
             auth_extra: String::new(),
+            jwks_source: None,
             issuers: vec!["https://id.edge.test".to_owned()],
             open_files: None,
             open_files_hard: false,
@@ -217,7 +221,7 @@ past_due_header = "x-nexus-billing-notice"
 {tenancy_extra}
 
 [auth]
-jwks_file = "jwks.json"
+{jwks_source}
 issuers = {issuers:?}
 audiences = ["nexus"]
 leeway = "5s"
@@ -240,6 +244,10 @@ filter = "info"
             server_extra = opts.server_extra,
             upstream_extra = opts.upstream_extra,
             auth_extra = opts.auth_extra,
+            jwks_source = opts
+                .jwks_source
+                .as_deref()
+                .unwrap_or("jwks_file = \"jwks.json\""),
             tenancy_extra = opts.tenancy_extra,
             issuers = opts.issuers,
             extra = opts.extra,

@@ -9,6 +9,7 @@
 //!   headers, absolute-form targets, spoofed identity headers).
 //! - [`in_process`]: nexus-edge's service run inside the test, with names resolved as the
 //!   test says.
+//! - [`key_server`]: an identity provider's key set endpoint whose answer the test sets.
 //! - [`keys`]: signing keys and their JWKS for tests.
 //! - [`loopback`]: the thread-and-runtime TCP server every in-test server runs on.
 //! - [`probe`]: which instance a tenant reaches, and steady traffic that counts failures.
@@ -29,6 +30,7 @@ pub mod edge;
 pub mod http;
 pub mod https_client;
 pub mod in_process;
+pub mod key_server;
 pub mod keys;
 pub mod loopback;
 pub mod probe;

@@ -26,20 +26,7 @@ pub(super) fn parse(
 ) -> Option<AuthSettings> {
     let before = p.list.len();
     let mut s = Section::open(root, "auth", p);
-    let jwks = match s.raw("jwks_file") {
-        Some(_) => {
-            named.jwks_file = s.path("jwks_file", base, p);
-            named.jwks_file.clone().map(JwksSource::File)
-        }
-        None => {
-            p.push(
-                "auth.jwks_file",
-                None,
-                "is required (the JWKS file with the token verification keys)",
-            );
-            None
-        }
-    };
+    let jwks = super::jwks::parse(&mut s, base, named, p);
     let hmac_keys = hmac_keys(&mut s, base, p);
     // An empty or blank entry would accept a token whose claim is empty or blank: a value an
     // issuer never means, and one a forged token's author picks first.

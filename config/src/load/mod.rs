@@ -19,7 +19,9 @@ use crate::settings::*;
 use key_paths::duplicates_named;
 
 mod auth;
+
 mod cors;
+mod jwks;
 mod key_paths;
 mod log;
 mod metrics;

@@ -152,6 +152,22 @@ impl KeySet {
         Ok(set)
     }
 
+    /// The HMAC secrets alone: the set a fetched JWKS starts from, before its first fetch.
+    /// (Their `kid`s are checked against the JWKS's when one comes, by [`KeySet::load`].)
+    pub(crate) fn hmac_only(hmac: &[HmacKey]) -> KeySet {
+        let mut set = KeySet {
+            generation: 1,
+            ..KeySet::default()
+        };
+        for h in hmac {
+            set.by_kid.insert(
+                h.kid.clone(),
+                vec![Arc::new(VerifyKey::hmac(&h.kid, h.alg, &h.secret))],
+            );
+        }
+        set
+    }
+
     /// Adds a parsed JWKS key; a second key with the same `kid` and algorithm is skipped.
     fn insert(&mut self, key: VerifyKey, name: &str, skipped: &mut Vec<String>) {
         match key.kid.clone() {

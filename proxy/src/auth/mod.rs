@@ -4,7 +4,8 @@
 //! - [`jwk`]: keys pinned to their algorithms; `keyset`: the JWKS plus HMAC secrets;
 //! - [`claims`]: `exp`/`nbf`/`iss`/`aud` and the identity claims;
 //! - `cache`: the verified-token cache; [`credential`]: where the token comes from;
-//! - [`mint`]: signing, for the CLI, demo and tests.
+//! - [`mint`]: signing, for the CLI, demo and tests;
+//! - [`remote`]: a key set fetched from the identity provider (`[auth] jwks_url`).
 //!
 //! Whether the token belongs to the *addressed tenant* is not decided here but in
 //! [`crate::authz`], on every request, cached token or not.
@@ -17,9 +18,10 @@ pub mod jwk;
 pub mod jws;
 mod keyset;
 pub mod mint;
+pub mod remote;
 pub(crate) mod strict_json;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -60,6 +62,9 @@ pub struct Authenticator {
     refused: Mutex<Option<Refused>>,
     /// The revocations every token is checked against, cached or not (`[revocation]`).
     revocations: Revocations,
+    /// Whether a key set was ever installed: a fetched one starts without (see
+    /// [`Authenticator::has_key_set`]).
+    key_set_installed: AtomicBool,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -90,6 +95,11 @@ enum Refused {
 /// The key file's bytes, at most [`MAX_JWKS_BYTES`], and where they came from.
 fn read_source(source: &JwksSource) -> Result<(Vec<u8>, String), AuthSetupError> {
     match source {
+        // Fetched by [`remote::RemoteKeys`], which hands the bytes to `install_fetched`.
+        JwksSource::Url(remote) => Err(AuthSetupError::Format {
+            path: remote.url.to_string(),
+            reason: "a fetched key set is not read here".to_owned(),
+        }),
         JwksSource::File(p) => {
             let path = p.display().to_string();
             // Opened and then looked at (a FIFO or a device there would block the read, and
@@ -178,9 +188,21 @@ impl IssuerKeyGaps {
 
 impl Authenticator {
     /// Loads the key set named by the settings.
+    /// A fetched key set (`jwks_url`) is not loaded here: the authenticator starts with the
+    /// HMAC secrets alone, until [`remote::RemoteKeys`] installs one.
     pub fn new(settings: &AuthSettings) -> Result<Self, AuthSetupError> {
-        let (bytes, origin) = read_source(&settings.jwks)?;
-        let keys = load_set(&bytes, &origin, &settings.hmac_keys, 1, false)?;
+        let (keys, origin, installed) = match &settings.jwks {
+            JwksSource::Url(remote) => (
+                KeySet::hmac_only(&settings.hmac_keys),
+                remote.url.to_string(),
+                false,
+            ),
+            source => {
+                let (bytes, origin) = read_source(source)?;
+                let keys = load_set(&bytes, &origin, &settings.hmac_keys, 1, false)?;
+                (keys, origin, true)
+            }
+        };
         if settings.issuers.is_empty() {
             tracing::warn!(
                 "[auth] issuers is empty: the iss claim is not checked, so a token of any \
@@ -222,6 +244,7 @@ impl Authenticator {
             key_set_loads: AtomicU64::new(1),
             refused: Mutex::new(None),
             revocations: Revocations::none(),
+            key_set_installed: AtomicBool::new(installed),
         })
     }
 
@@ -254,7 +277,33 @@ impl Authenticator {
     /// new key set was installed. A refused content is refused once: until the file holds
     /// something else, it is `Ok(false)`, as the current keys stay.
     pub fn reload_keys(&self) -> Result<bool, AuthSetupError> {
-        let read = read_source(&self.source);
+        if matches!(self.source, JwksSource::Url(_)) {
+            return Ok(false);
+        }
+        self.install(read_source(&self.source))
+    }
+
+    /// Installs a key set fetched (or read from its cache file) by [`remote::RemoteKeys`],
+    /// by the rules of [`Authenticator::reload_keys`]: the same content is no change, a
+    /// refused one keeps the current keys and is refused once, an empty `keys` array
+    /// withdraws every key. `origin` names it in what is logged.
+    pub fn install_fetched(&self, bytes: Vec<u8>, origin: String) -> Result<bool, AuthSetupError> {
+        self.install(Ok((bytes, origin)))
+    }
+
+    /// Whether a key set is in use: always, but for a fetched one that was neither fetched
+    /// nor found in its cache file yet (until then only HMAC secrets verify tokens, and the
+    /// router is not ready).
+    pub fn has_key_set(&self) -> bool {
+        self.key_set_installed.load(Ordering::Relaxed)
+    }
+
+    /// [`Authenticator::reload_keys`] and [`Authenticator::install_fetched`]: what was read,
+    /// taken unless it is the set in use or the one refused last.
+    fn install(
+        &self,
+        read: Result<(Vec<u8>, String), AuthSetupError>,
+    ) -> Result<bool, AuthSetupError> {
         let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
         let (bytes, origin) = match read {
             Ok(read) => read,
@@ -285,6 +334,7 @@ impl Authenticator {
                 *refused = None;
                 warn_unowned(&keys, &self.rules, &origin);
                 self.keys.store(Arc::new(keys));
+                self.key_set_installed.store(true, Ordering::Relaxed);
                 // Entries of the old set are never served again (their generation is past);
                 // kept, they would hold places and read as cached tokens. One verified in
                 // flight under the old set may still be put back, ignored the same way.

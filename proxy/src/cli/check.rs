@@ -50,6 +50,19 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     {
         None => None,
         Some(Ok(auth)) => {
+            if let Some(nexus_config::JwksSource::Url(remote)) =
+                sections.auth.as_ref().map(|a| &a.jwks)
+            {
+                match fetch_for_check(remote, &auth) {
+                    Ok(()) => {}
+                    Err(FetchProblem::CaBundle(e)) => problem("auth.jwks_ca_file", e),
+                    Err(FetchProblem::Refused(e)) => problem("auth.jwks_url", e),
+                    Err(FetchProblem::Unreachable(e)) => eprintln!(
+                        "{}: warning: auth.jwks_url: the key set could not be fetched now                          ({e}); a router starts with auth.jwks_cache_file's, or with no keys                          (not ready) until a fetch succeeds",
+                        path.display()
+                    ),
+                }
+            }
             // Said, not refused: a provider's set may hold keys for other uses.
             for s in auth.skipped_keys() {
                 eprintln!(
@@ -579,4 +592,33 @@ mod tests {
             );
         }
     }
+}
+
+/// Why `check` could not take the key set `auth.jwks_url` serves.
+enum FetchProblem {
+    /// `auth.jwks_ca_file` cannot be used.
+    CaBundle(String),
+    /// The provider did not answer with a key set: said, not refused (it may be away now).
+    Unreachable(String),
+    /// It answered with a key set the router refuses.
+    Refused(String),
+}
+
+/// Fetches the key set once into `auth`, as a router would at start.
+fn fetch_for_check(
+    remote: &nexus_config::RemoteJwks,
+    auth: &crate::auth::Authenticator,
+) -> Result<(), FetchProblem> {
+    if let Some(ca) = &remote.ca_file {
+        crate::server::check_ca_bundle(ca).map_err(FetchProblem::CaBundle)?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| FetchProblem::Unreachable(e.to_string()))?;
+    let fetcher = crate::auth::remote::RemoteKeys::new(remote);
+    rt.block_on(fetcher.fetch_once(auth)).map_err(|e| match e {
+        Ok(why) => FetchProblem::Unreachable(why),
+        Err(why) => FetchProblem::Refused(why),
+    })
 }

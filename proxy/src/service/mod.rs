@@ -20,7 +20,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::auth::extract_token;
+use crate::auth::{extract_token, TokenError};
 use crate::connections::HeaderTooLarge;
 use crate::decision::{address, decide, decide_addressed, Decision, RequestFacts};
 use crate::errors::RejectReason;
@@ -302,6 +302,15 @@ impl EdgeService {
         }
     }
 
+    /// For a token naming an unknown `kid`: whether a fetch of the provider's key set brought
+    /// a new one (never, for a key file).
+    async fn keys_refreshed(&self) -> bool {
+        match &self.state.remote_keys {
+            Some(remote) => remote.refreshed_for_unknown_kid(&self.state.auth).await,
+            None => false,
+        }
+    }
+
     /// The scheme the client reached the router by, `https` or `http` (see
     /// [`crate::route::forwarded_proto`]); `client` is the client's header.
     fn client_scheme(&self, session: &Session, client: &http::HeaderMap) -> &'static str {
@@ -492,6 +501,17 @@ impl ProxyHttp for EdgeService {
                 Err(RejectReason::BadFraming(FramingError::BadChunk(Some(why))))
             }
             (Ok(()), Ok(()), Ok(())) => self.decide_request(session, ctx),
+        };
+        // A token signed by a key the set does not hold yet: the provider may have rotated
+        // it in since the last fetch. Asked for (as often as `jwks_min_refresh_interval`
+        // lets), and decided again if a new key set came.
+        let outcome = match outcome {
+            Err(RejectReason::InvalidToken(TokenError::UnknownKey))
+                if self.keys_refreshed().await =>
+            {
+                self.decide_request(session, ctx)
+            }
+            outcome => outcome,
         };
         let reason = match outcome {
             Ok(Routed::Preflight(answer)) => {

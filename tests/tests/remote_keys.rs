@@ -1,0 +1,138 @@
+//! A key set fetched from the identity provider (`[auth] jwks_url`): the real binary against
+//! a real HTTP(S) key set endpoint whose answer each test sets. Keys rotated in are taken at
+//! the first token that needs them; keys withdrawn stop verifying at the next fetch; an
+//! endpoint that fails or answers nonsense keeps the keys in use; a restart while it is away
+//! starts from the cache file.
+
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use nexus_e2e::backend::Backend;
+use nexus_e2e::edge::{binding, bindings_file, cli, Edge, EdgeOptions};
+use nexus_e2e::http::get_with_token;
+use nexus_e2e::key_server::{Answer, KeyServer};
+use nexus_e2e::keys::{claims, TestKeys};
+use nexus_e2e::probe::host;
+use nexus_e2e::tls::TestPki;
+use nexus_e2e::wait;
+use nexus_edge::auth::mint::SigningKey;
+
+/// A router for tenant acme at `instance`, its keys fetched from `url` with `settings`
+/// (more `[auth]` lines).
+fn options(instance: &Backend, keys: &TestKeys, url: &str, settings: &str) -> EdgeOptions {
+    let bindings = bindings_file(vec![binding("acme", &instance.url(), "active", None)]);
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings);
+    opts.jwks_source = Some(format!("jwks_url = {url:?}\n{settings}"));
+    opts
+}
+
+fn status(edge: &Edge, token: &str) -> u16 {
+    get_with_token(edge.addr, &host("acme"), "/", token).status
+}
+
+fn wait_status(edge: &Edge, token: &str, want: u16, what: &str) {
+    wait::until(Duration::from_secs(15), what, || {
+        (status(edge, token) == want).then_some(())
+    });
+}
+
+fn jwks(keys: &[&SigningKey]) -> serde_json::Value {
+    serde_json::json!({ "keys": keys.iter().map(|k| k.public_jwk()).collect::<Vec<_>>() })
+}
+
+fn token(key: &SigningKey) -> String {
+    key.sign(&claims("acme", None)).unwrap()
+}
+
+#[test]
+fn keys_rotated_in_are_taken_at_once_and_keys_withdrawn_stop_verifying() {
+    let instance = Backend::start("acme-1");
+    let keys = TestKeys::new();
+    let rotated = SigningKey::generate_es256("rotated-in").unwrap();
+    // A long max-age and refresh interval: only a token's unknown kid can cause a fetch.
+    let server = KeyServer::start(
+        Answer::keys(&jwks(&[&keys.es])).with_header("cache-control", "public, max-age=3600"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("jwks-cache.json");
+    let edge = Edge::start(&options(
+        &instance,
+        &keys,
+        &server.url,
+        &format!(
+            "jwks_refresh_interval = \"1h\"\njwks_min_refresh_interval = \"1s\"\n\
+             jwks_cache_file = {:?}",
+            cache.display().to_string()
+        ),
+    ));
+    assert_eq!(server.requests(), 1, "one fetch at start");
+    assert_eq!(server.paths(), ["/.well-known/jwks.json"]);
+    assert_eq!(status(&edge, &token(&keys.es)), 200);
+    assert_eq!(edge.metric("nexus_edge_verification_keys"), 1);
+    assert_eq!(edge.metric("nexus_edge_jwks_stale"), 0);
+    assert_eq!(edge.metric("nexus_edge_jwks_fetch_failures_total"), 0);
+    let cached: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cache).unwrap()).unwrap();
+    assert_eq!(cached, jwks(&[&keys.es]));
+
+    // The provider rotates a key in (sent in chunks this time): the first token it signed
+    // is served, by a fetch made for it.
+    let mut both = Answer::keys(&jwks(&[&keys.es, &rotated]))
+        .with_header("cache-control", "max-age=3600");
+    both.chunked = Some(64);
+    server.set(both);
+    wait_min_interval(&server);
+    let fetched = server.requests();
+    assert_eq!(status(&edge, &token(&rotated)), 200, "the rotated-in key at once");
+    assert_eq!(server.requests(), fetched + 1);
+    assert_eq!(status(&edge, &token(&keys.es)), 200, "the old key still");
+    assert_eq!(edge.metric("nexus_edge_verification_keys"), 2);
+    wait::until(Duration::from_secs(5), "the cache file follows", || {
+        let text = std::fs::read_to_string(&cache).ok()?;
+        let cached: serde_json::Value = serde_json::from_str(&text).ok()?;
+        (cached == jwks(&[&keys.es, &rotated])).then_some(())
+    });
+
+    // A flood of made-up kids: refused, and at most one fetch a second for all of them.
+    let before = server.requests();
+    let start = Instant::now();
+    for i in 0..40 {
+        let junk = SigningKey::generate_es256(&format!("made-up-{i}")).unwrap();
+        assert_eq!(status(&edge, &token(&junk)), 401);
+    }
+    let allowed = start.elapsed().as_secs() + 1;
+    let made = server.requests() - before;
+    assert!(made <= allowed, "{made} fetches in {:?}", start.elapsed());
+
+    // The provider withdraws the old key and asks for fetches every second: the old key's
+    // token (cached) is refused once a fetch brings the new set.
+    server.set(Answer::keys(&jwks(&[&rotated])).with_header("cache-control", "max-age=1"));
+    wait_min_interval(&server);
+    let made_up = SigningKey::generate_es256("made-up").unwrap();
+    assert_eq!(status(&edge, &token(&made_up)), 401);
+    wait_status(&edge, &token(&keys.es), 401, "the withdrawn key refused");
+    assert_eq!(status(&edge, &token(&rotated)), 200);
+    // max-age=1 now drives the fetches, with no request asking for one.
+    let before = server.requests();
+    wait::until(Duration::from_secs(10), "fetches every second", || {
+        (server.requests() >= before + 2).then_some(())
+    });
+    server.set(Answer::keys(&jwks(&[&keys.es, &rotated])).with_header("cache-control", "max-age=1"));
+    let before = server.requests();
+    wait::until(Duration::from_secs(10), "the key back after a fetch", || {
+        (server.requests() > before + 1).then_some(())
+    });
+    assert_eq!(status(&edge, &token(&keys.es)), 200);
+    assert_eq!(edge.metric("nexus_edge_jwks_fetch_failures_total"), 0);
+    assert!(edge.metric("nexus_edge_jwks_age_seconds") <= 5);
+}
+
+/// Polls until `jwks_min_refresh_interval` (1 s) has passed since the last fetch, so the
+/// next token naming an unknown kid may ask for one.
+fn wait_min_interval(server: &KeyServer) {
+    wait::until(Duration::from_secs(5), "a second since the last fetch", || {
+        (server.since_last_request() > Duration::from_millis(1100)).then_some(())
+    });
+}
