@@ -136,3 +136,143 @@ fn wait_min_interval(server: &KeyServer) {
         (server.since_last_request() > Duration::from_millis(1100)).then_some(())
     });
 }
+
+#[test]
+fn a_failing_provider_keeps_the_keys_and_a_restart_starts_from_the_cache_file() {
+    let instance = Backend::start("acme-1");
+    let keys = TestKeys::new();
+    let server = KeyServer::start(Answer::keys(&jwks(&[&keys.es])));
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("jwks-cache.json");
+    let settings = format!(
+        "jwks_refresh_interval = \"1h\"\njwks_min_refresh_interval = \"1s\"\n\
+         jwks_fetch_timeout = \"1s\"\njwks_cache_file = {:?}",
+        cache.display().to_string()
+    );
+    let opts = options(&instance, &keys, &server.url, &settings);
+    let edge = Edge::start(&opts);
+    let es = token(&keys.es);
+    assert_eq!(status(&edge, &es), 200);
+
+    // Each bad answer in turn, a fetch asked for by a made-up kid: counted as a failure,
+    // said in the log, and the keys in use stay.
+    let mut huge = Answer::keys(&serde_json::json!({
+        "keys": [], "padding": "x".repeat(2 << 20)
+    }));
+    huge.chunked = Some(64 * 1024);
+    let mut slow = Answer::keys(&jwks(&[&keys.es]));
+    slow.delay = Duration::from_secs(3);
+    let bad = [
+        (Answer::status(500), "answered 500"),
+        (
+            Answer::status(302).with_header("location", "http://elsewhere.test/jwks"),
+            "redirects are not followed",
+        ),
+        (huge, "larger than"),
+        (slow, "no answer within"),
+    ];
+    for (answer, said) in bad {
+        let failures = edge.metric("nexus_edge_jwks_fetch_failures_total");
+        server.set(answer);
+        wait_min_interval(&server);
+        let made_up = SigningKey::generate_es256("made-up").unwrap();
+        assert_eq!(status(&edge, &token(&made_up)), 401);
+        // (Failed fetches are retried on their own too, so there may be more than one.)
+        wait::until(Duration::from_secs(10), said, || {
+            (edge.metric("nexus_edge_jwks_fetch_failures_total") > failures
+                && edge.log().contains(said))
+            .then_some(())
+        });
+        assert_eq!(status(&edge, &es), 200, "after {said}");
+    }
+    // A key set that is no key set: refused (once), the keys in use stay.
+    server.set(Answer {
+        body: br#"{"keys": "none"}"#.to_vec(),
+        ..Answer::keys(&serde_json::json!({}))
+    });
+    wait_min_interval(&server);
+    let made_up = SigningKey::generate_es256("made-up").unwrap();
+    assert_eq!(status(&edge, &token(&made_up)), 401);
+    wait::until(Duration::from_secs(10), "refused", || {
+        (edge.metric("nexus_edge_key_set_refused") == 1).then_some(())
+    });
+    assert!(edge.log().contains("the fetched key set is refused"));
+    assert_eq!(status(&edge, &es), 200);
+    assert_eq!(edge.metric("nexus_edge_verification_keys"), 1);
+    let cached: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cache).unwrap()).unwrap();
+    assert_eq!(cached, jwks(&[&keys.es]), "only a key set taken is cached");
+    drop(edge);
+
+    // A restart while the provider fails: the cache file's keys, ready at once.
+    server.set(Answer::status(503));
+    let edge = Edge::start(&opts);
+    assert_eq!(status(&edge, &es), 200);
+    assert!(edge.log().contains("taken from auth.jwks_cache_file"));
+    drop(edge);
+
+    // Without a cache file: up but not ready, every token refused, until the provider
+    // answers; then ready without a restart.
+    let opts = options(
+        &instance,
+        &keys,
+        &server.url,
+        "jwks_min_refresh_interval = \"1s\"\njwks_fetch_timeout = \"1s\"",
+    );
+    let mut edge = Edge::spawn(&opts).unwrap();
+    edge.wait_listening(Duration::from_secs(20)).unwrap();
+    let ready = edge.ops_get("/readyz");
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(ready.json()["keys_awaited"], true);
+    assert_eq!(status(&edge, &es), 401);
+    assert_eq!(edge.metric("nexus_edge_jwks_stale"), 1);
+    server.set(Answer::keys(&jwks(&[&keys.es])));
+    edge.wait_ready(Duration::from_secs(20)).unwrap();
+    assert_eq!(status(&edge, &es), 200);
+    assert_eq!(edge.metric("nexus_edge_jwks_stale"), 0);
+    assert!(edge.log().contains("the key set was fetched again"));
+}
+
+#[test]
+fn an_https_provider_is_verified_against_jwks_ca_file() {
+    let instance = Backend::start("acme-1");
+    let keys = TestKeys::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path());
+    let server = KeyServer::start_tls(
+        Answer::keys(&jwks(&[&keys.es])),
+        &pki.server_cert,
+        &pki.server_key,
+    );
+    assert!(server.url.starts_with("https://localhost:"));
+    let ca = format!("jwks_ca_file = {:?}", pki.ca.display().to_string());
+    let opts = options(&instance, &keys, &server.url, &ca);
+    let edge = Edge::start(&opts);
+    assert_eq!(status(&edge, &token(&keys.es)), 200);
+    // `check` fetches it too, through the same CA.
+    let out = cli(&["check", "--config", &edge.config_path.display().to_string()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("ok (1 verification key)"), "{said}");
+    drop(edge);
+
+    // Without the CA, the provider's certificate is not trusted: no keys, not ready.
+    let opts = options(
+        &instance,
+        &keys,
+        &server.url,
+        "jwks_fetch_timeout = \"2s\"",
+    );
+    let mut edge = Edge::spawn(&opts).unwrap();
+    edge.wait_listening(Duration::from_secs(20)).unwrap();
+    assert_eq!(edge.ops_get("/readyz").status, 503);
+    assert_eq!(status(&edge, &token(&keys.es)), 401);
+    assert!(
+        edge.log().contains("the key set could not be fetched"),
+        "{}",
+        edge.log()
+    );
+    let out = cli(&["check", "--config", &edge.config_path.display().to_string()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("warning: auth.jwks_url: the key set could not be fetched"), "{said}");
+}
