@@ -4,7 +4,7 @@
 //! set compiled into the binary and the demo bindings. It starts no instance: the demo
 //! bindings point at loopback ports where nothing listens, so a request that passes every
 //! check gets 502 (`nexus-edge demo` starts instances of its own). A config file never falls
-//! back to the demo keys or bindings: there `auth.jwks_file` and `store.path` are required.
+//! back to the demo keys or bindings: there `auth.jwks_file` (or `auth.jwks_url`) and `store.path` are required.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

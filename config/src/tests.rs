@@ -886,6 +886,91 @@ fn the_key_file_is_polled_as_often_as_configured() {
 }
 
 #[test]
+fn a_key_set_url_is_read_with_its_settings_and_their_bounds() {
+    let with = |lines: &str| {
+        MINIMAL.replace(
+            "jwks_file = \"keys/jwks.json\"\n",
+            &format!("jwks_url = \"https://id.example.com/jwks\"\n{lines}"),
+        )
+    };
+    let at = Path::new("/etc/nexus/edge.toml");
+    let s = parse_str(&with(""), at).expect("valid");
+    let JwksSource::Url(r) = &s.auth.jwks else {
+        panic!("{:?}", s.auth.jwks)
+    };
+    assert_eq!(r.url.as_str(), "https://id.example.com/jwks");
+    assert_eq!(r.refresh_interval, Duration::from_secs(300));
+    assert_eq!(r.min_refresh_interval, Duration::from_secs(30));
+    assert_eq!(r.timeout, Duration::from_secs(5));
+    assert_eq!(r.max_staleness, Duration::from_secs(3600));
+    assert_eq!((r.ca_file.as_ref(), r.cache_file.as_ref()), (None, None));
+    let s = parse_str(
+        &with(
+            "jwks_ca_file = \"ca.pem\"\njwks_cache_file = \"/var/lib/nexus/jwks.json\"\n\
+             jwks_refresh_interval = \"2h\"\njwks_min_refresh_interval = \"1s\"\n\
+             jwks_fetch_timeout = \"2s\"\n",
+        ),
+        at,
+    )
+    .expect("valid");
+    let JwksSource::Url(r) = &s.auth.jwks else {
+        panic!("{:?}", s.auth.jwks)
+    };
+    assert_eq!(r.ca_file.as_deref(), Some(Path::new("/etc/nexus/ca.pem")));
+    assert_eq!(
+        r.cache_file.as_deref(),
+        Some(Path::new("/var/lib/nexus/jwks.json"))
+    );
+    assert_eq!(r.refresh_interval, Duration::from_secs(7200));
+    assert_eq!(r.min_refresh_interval, Duration::from_secs(1));
+    assert_eq!(r.timeout, Duration::from_secs(2));
+    // Three refreshes by default when that is more than an hour.
+    assert_eq!(r.max_staleness, Duration::from_secs(3 * 7200));
+
+    names(
+        &problems(&with("jwks_min_refresh_interval = \"10m\"\n")),
+        "auth.jwks_min_refresh_interval",
+        "not be longer than auth.jwks_refresh_interval",
+    );
+    names(
+        &problems(&with("jwks_max_staleness = \"5m\"\n")),
+        "auth.jwks_max_staleness",
+        "must be longer than auth.jwks_refresh_interval",
+    );
+    names(
+        &problems(&with("jwks_poll_interval = \"1s\"\n")),
+        "auth.jwks_poll_interval",
+        "applies to auth.jwks_file",
+    );
+    names(
+        &problems(&with("jwks_fetch_timeout = \"5m\"\n")),
+        "auth.jwks_fetch_timeout",
+        "out of range",
+    );
+    let plain = MINIMAL.replace(
+        "jwks_file = \"keys/jwks.json\"\n",
+        "jwks_url = \"http://id.example.com/jwks\"\n",
+    );
+    names(&problems(&plain), "auth.jwks_url", "plain http");
+    let both = MINIMAL.replace(
+        "jwks_file = \"keys/jwks.json\"\n",
+        "jwks_file = \"keys/jwks.json\"\njwks_url = \"https://id.example.com/jwks\"\n",
+    );
+    names(&problems(&both), "auth.jwks_url", "keep one of the two");
+    let beside_file = MINIMAL.replace(
+        "jwks_file = \"keys/jwks.json\"\n",
+        "jwks_file = \"keys/jwks.json\"\njwks_cache_file = \"c.json\"\n",
+    );
+    names(
+        &problems(&beside_file),
+        "auth.jwks_cache_file",
+        "not to auth.jwks_file",
+    );
+    let neither = MINIMAL.replace("jwks_file = \"keys/jwks.json\"\n", "");
+    names(&problems(&neither), "auth.jwks_file", "or auth.jwks_url");
+}
+
+#[test]
 fn the_past_due_notice_cannot_be_a_framing_or_router_header() {
     for name in [
         "content-length",

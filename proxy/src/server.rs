@@ -9,8 +9,8 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use crate::auth::{AuthSetupError, Authenticator};
 use crate::auth::remote::RemoteKeys;
+use crate::auth::{AuthSetupError, Authenticator};
 use crate::background::{BindingSync, JobsStop, KeyRefresh, KeyReload};
 use crate::connections::{Connections, Guarded, Limits};
 use crate::https::{CertReload, Certificates};
@@ -250,9 +250,7 @@ pub fn serve(settings: Settings, config: Option<&std::path::Path>) -> std::proce
                         StartError::Keys(_)
                         | StartError::CaBundle(_)
                         | StartError::JwksCaBundle(_)
-                        | StartError::Https(_) => {
-                            true
-                        }
+                        | StartError::Https(_) => true,
                         StartError::Bindings(_) => file_store,
                         _ => false,
                     };

@@ -183,7 +183,11 @@ where
     *seen.last.lock().unwrap() = Some(Instant::now());
     seen.requests.fetch_add(1, Ordering::SeqCst);
     let text = String::from_utf8_lossy(&head);
-    let target = text.split_whitespace().nth(1).unwrap_or_default().to_owned();
+    let target = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
     seen.paths.lock().unwrap().push(target);
     let a = answer.lock().unwrap().clone();
     tokio::time::sleep(a.delay).await;

@@ -79,13 +79,17 @@ fn keys_rotated_in_are_taken_at_once_and_keys_withdrawn_stop_verifying() {
 
     // The provider rotates a key in (sent in chunks this time): the first token it signed
     // is served, by a fetch made for it.
-    let mut both = Answer::keys(&jwks(&[&keys.es, &rotated]))
-        .with_header("cache-control", "max-age=3600");
+    let mut both =
+        Answer::keys(&jwks(&[&keys.es, &rotated])).with_header("cache-control", "max-age=3600");
     both.chunked = Some(64);
     server.set(both);
     wait_min_interval(&server);
     let fetched = server.requests();
-    assert_eq!(status(&edge, &token(&rotated)), 200, "the rotated-in key at once");
+    assert_eq!(
+        status(&edge, &token(&rotated)),
+        200,
+        "the rotated-in key at once"
+    );
     assert_eq!(server.requests(), fetched + 1);
     assert_eq!(status(&edge, &token(&keys.es)), 200, "the old key still");
     assert_eq!(edge.metric("nexus_edge_verification_keys"), 2);
@@ -119,11 +123,14 @@ fn keys_rotated_in_are_taken_at_once_and_keys_withdrawn_stop_verifying() {
     wait::until(Duration::from_secs(10), "fetches every second", || {
         (server.requests() >= before + 2).then_some(())
     });
-    server.set(Answer::keys(&jwks(&[&keys.es, &rotated])).with_header("cache-control", "max-age=1"));
+    server
+        .set(Answer::keys(&jwks(&[&keys.es, &rotated])).with_header("cache-control", "max-age=1"));
     let before = server.requests();
-    wait::until(Duration::from_secs(10), "the key back after a fetch", || {
-        (server.requests() > before + 1).then_some(())
-    });
+    wait::until(
+        Duration::from_secs(10),
+        "the key back after a fetch",
+        || (server.requests() > before + 1).then_some(()),
+    );
     assert_eq!(status(&edge, &token(&keys.es)), 200);
     assert_eq!(edge.metric("nexus_edge_jwks_fetch_failures_total"), 0);
     assert!(edge.metric("nexus_edge_jwks_age_seconds") <= 5);
@@ -132,9 +139,11 @@ fn keys_rotated_in_are_taken_at_once_and_keys_withdrawn_stop_verifying() {
 /// Polls until `jwks_min_refresh_interval` (1 s) has passed since the last fetch, so the
 /// next token naming an unknown kid may ask for one.
 fn wait_min_interval(server: &KeyServer) {
-    wait::until(Duration::from_secs(5), "a second since the last fetch", || {
-        (server.since_last_request() > Duration::from_millis(1100)).then_some(())
-    });
+    wait::until(
+        Duration::from_secs(5),
+        "a second since the last fetch",
+        || (server.since_last_request() > Duration::from_millis(1100)).then_some(()),
+    );
 }
 
 #[test]
@@ -252,17 +261,16 @@ fn an_https_provider_is_verified_against_jwks_ca_file() {
     // `check` fetches it too, through the same CA.
     let out = cli(&["check", "--config", &edge.config_path.display().to_string()]);
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(said.contains("ok (1 verification key)"), "{said}");
     drop(edge);
 
     // Without the CA, the provider's certificate is not trusted: no keys, not ready.
-    let opts = options(
-        &instance,
-        &keys,
-        &server.url,
-        "jwks_fetch_timeout = \"2s\"",
-    );
+    let opts = options(&instance, &keys, &server.url, "jwks_fetch_timeout = \"2s\"");
     let mut edge = Edge::spawn(&opts).unwrap();
     edge.wait_listening(Duration::from_secs(20)).unwrap();
     assert_eq!(edge.ops_get("/readyz").status, 503);
@@ -274,5 +282,8 @@ fn an_https_provider_is_verified_against_jwks_ca_file() {
     );
     let out = cli(&["check", "--config", &edge.config_path.display().to_string()]);
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("warning: auth.jwks_url: the key set could not be fetched"), "{said}");
+    assert!(
+        said.contains("warning: auth.jwks_url: the key set could not be fetched"),
+        "{said}"
+    );
 }

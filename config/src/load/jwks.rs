@@ -160,9 +160,7 @@ fn jwks_url(v: &str) -> Result<url::Url, String> {
         return Err(format!("{v:?} names no host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "holds a user name or password, which would be logged with the URL".to_owned(),
-        );
+        return Err("holds a user name or password, which would be logged with the URL".to_owned());
     }
     if url.fragment().is_some() {
         return Err(format!(

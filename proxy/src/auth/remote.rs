@@ -444,7 +444,11 @@ impl RemoteKeys {
     }
 
     /// GET the key set from one address.
-    async fn fetch_from(&self, addr: std::net::SocketAddr, host: &str) -> Result<Fetched, FetchError> {
+    async fn fetch_from(
+        &self,
+        addr: std::net::SocketAddr,
+        host: &str,
+    ) -> Result<Fetched, FetchError> {
         let url = &self.settings.url;
         let connect = |e: Box<pingora::Error>| FetchError::Connect(format!("{addr}: {e}"));
         // The name is the SNI and what the certificate must carry.
@@ -460,8 +464,7 @@ impl RemoteKeys {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
         };
-        let mut request =
-            RequestHeader::build("GET", target.as_bytes(), None).map_err(connect)?;
+        let mut request = RequestHeader::build("GET", target.as_bytes(), None).map_err(connect)?;
         let authority = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_owned(),
@@ -469,7 +472,10 @@ impl RemoteKeys {
         for (name, value) in [
             ("host", authority.as_str()),
             ("accept", "application/jwk-set+json, application/json"),
-            ("user-agent", concat!("nexus-edge/", env!("CARGO_PKG_VERSION"))),
+            (
+                "user-agent",
+                concat!("nexus-edge/", env!("CARGO_PKG_VERSION")),
+            ),
             ("connection", "close"),
         ] {
             request.insert_header(name, value).map_err(connect)?;
@@ -529,7 +535,9 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
                 return Some(Duration::ZERO);
             }
             if name.eq_ignore_ascii_case("max-age") {
-                let seconds = arg.map(|a| a.trim_matches('"')).and_then(|a| a.parse().ok());
+                let seconds = arg
+                    .map(|a| a.trim_matches('"'))
+                    .and_then(|a| a.parse().ok());
                 // Two that disagree: the shorter, as a cache would be safe to take.
                 if let Some(s) = seconds {
                     found = Some(found.map_or(s, |f: u64| f.min(s)));
@@ -554,10 +562,14 @@ pub(crate) async fn follow_restarting(
     stop: watch::Receiver<bool>,
 ) {
     let restart_stop = stop.clone();
-    crate::background::restarting_after_panic("verification key refresh", restart_stop, move || {
-        let (remote, state, stop) = (Arc::clone(&remote), Arc::clone(&state), stop.clone());
-        async move { remote.follow(&state.auth, stop).await }
-    })
+    crate::background::restarting_after_panic(
+        "verification key refresh",
+        restart_stop,
+        move || {
+            let (remote, state, stop) = (Arc::clone(&remote), Arc::clone(&state), stop.clone());
+            async move { remote.follow(&state.auth, stop).await }
+        },
+    )
     .await;
 }
 

@@ -760,6 +760,71 @@ fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
     assert!(auth.verify(&f.rs.sign(&claims()).expect("s"), NOW).is_ok());
 }
 
+/// A fetched key set (`jwks_url`): none until one is installed (HMAC secrets verify from the
+/// start), then installed by the key file's rules.
+#[test]
+fn a_fetched_key_set_starts_with_the_hmac_secrets_and_is_installed_by_the_file_rules() {
+    let f = fixture("fetched");
+    let mut s = settings(&f);
+    s.jwks = JwksSource::Url(Box::new(nexus_config::RemoteJwks {
+        url: "https://id.test/jwks".parse().expect("url"),
+        ca_file: None,
+        refresh_interval: Duration::from_secs(300),
+        min_refresh_interval: Duration::from_secs(30),
+        timeout: Duration::from_secs(5),
+        cache_file: None,
+        max_staleness: Duration::from_secs(3600),
+    }));
+    let auth = Authenticator::new(&s).expect("auth");
+    assert!(!auth.has_key_set());
+    assert_eq!(auth.key_count(), 2, "the two HMAC secrets");
+    assert!(auth
+        .verify(&hs("HS256", "hs", HMAC_SECRET, &claims()), NOW)
+        .is_ok());
+    let es = f.es.sign(&claims()).expect("sign");
+    assert_eq!(
+        auth.verify(&es, NOW).map(|_| ()),
+        Err(TokenError::UnknownKey)
+    );
+    // Nothing to read from a file.
+    assert_eq!(auth.reload_keys().ok(), Some(false));
+
+    let set = json!({ "keys": [f.es.public_jwk()] })
+        .to_string()
+        .into_bytes();
+    assert!(auth
+        .install_fetched(set.clone(), "https://id.test/jwks".into())
+        .expect("taken"));
+    assert!(auth.has_key_set());
+    assert_eq!(auth.key_count(), 3);
+    auth.verify(&es, NOW).expect("the fetched key verifies");
+    let generation = auth.key_generation();
+    assert!(!auth
+        .install_fetched(set, "https://id.test/jwks".into())
+        .expect("same"));
+    assert_eq!(
+        auth.key_generation(),
+        generation,
+        "the same set is no change"
+    );
+
+    // A set that is refused keeps the keys, and is refused once.
+    let bad = b"{\"keys\": 5}".to_vec();
+    assert!(auth.install_fetched(bad.clone(), "u".into()).is_err());
+    assert!(auth.refusing());
+    assert_eq!(auth.install_fetched(bad, "u".into()).ok(), Some(false));
+    auth.verify(&es, NOW).expect("kept");
+    // A set whose key has an HMAC secret's kid is refused whole.
+    let mut taken = f.rs.public_jwk();
+    taken["kid"] = "hs".into();
+    let clash = json!({ "keys": [taken] }).to_string().into_bytes();
+    assert!(matches!(
+        auth.install_fetched(clash, "u".into()),
+        Err(AuthSetupError::HmacKidTaken { .. })
+    ));
+    auth.verify(&es, NOW).expect("kept");
+}
+
 /// The key file is polled every `jwks_poll_interval`: a refused content (JSON that does not
 /// parse, or keys all unusable) is parsed and reported once, not once a poll (an error line,
 /// and a warning per skipped key, every poll until fixed), and `refusing` says so meanwhile.

@@ -566,34 +566,6 @@ fn public_path_warnings(t: &nexus_config::TenancySettings) -> Vec<String> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn certificates_out_of_date_or_nearly_are_said_so() {
-        const DAY: i64 = 24 * 3600;
-        let now = 1_800_000_000;
-        for (not_before, not_after, want) in [
-            (now - 90 * DAY, now + 60 * DAY, None),
-            (now - 90 * DAY, now + 14 * DAY, None),
-            (now - 90 * DAY, now + 5 * DAY, Some("expires in 5 days")),
-            (now - 90 * DAY, now - 3 * DAY, Some("expired 3 days ago")),
-            (
-                now + 2 * DAY,
-                now + 92 * DAY,
-                Some("is not valid for 2 more days"),
-            ),
-        ] {
-            assert_eq!(
-                out_of_date(not_before, not_after, now).as_deref(),
-                want,
-                "{not_before}..{not_after}"
-            );
-        }
-    }
-}
-
 /// Why `check` could not take the key set `auth.jwks_url` serves.
 enum FetchProblem {
     /// `auth.jwks_ca_file` cannot be used.
@@ -621,4 +593,32 @@ fn fetch_for_check(
         Ok(why) => FetchProblem::Unreachable(why),
         Err(why) => FetchProblem::Refused(why),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_out_of_date_or_nearly_are_said_so() {
+        const DAY: i64 = 24 * 3600;
+        let now = 1_800_000_000;
+        for (not_before, not_after, want) in [
+            (now - 90 * DAY, now + 60 * DAY, None),
+            (now - 90 * DAY, now + 14 * DAY, None),
+            (now - 90 * DAY, now + 5 * DAY, Some("expires in 5 days")),
+            (now - 90 * DAY, now - 3 * DAY, Some("expired 3 days ago")),
+            (
+                now + 2 * DAY,
+                now + 92 * DAY,
+                Some("is not valid for 2 more days"),
+            ),
+        ] {
+            assert_eq!(
+                out_of_date(not_before, not_after, now).as_deref(),
+                want,
+                "{not_before}..{not_after}"
+            );
+        }
+    }
 }
