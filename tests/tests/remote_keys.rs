@@ -99,6 +99,27 @@ fn keys_rotated_in_are_taken_at_once_and_keys_withdrawn_stop_verifying() {
         (cached == jwks(&[&keys.es, &rotated])).then_some(())
     });
 
+    // A key rotated in within the interval after a fetch: its token is refused then (on a
+    // machine that keeps up), and the fetch it asked for is made once the interval is over,
+    // with no request asking again.
+    let later = SigningKey::generate_es256("rotated-later").unwrap();
+    wait_min_interval(&server);
+    let made_up = SigningKey::generate_es256("made-up").unwrap();
+    let before = server.requests();
+    assert_eq!(status(&edge, &token(&made_up)), 401);
+    assert_eq!(server.requests(), before + 1);
+    server.set(
+        Answer::keys(&jwks(&[&keys.es, &rotated, &later]))
+            .with_header("cache-control", "max-age=3600"),
+    );
+    if status(&edge, &token(&later)) == 401 {
+        wait::until(Duration::from_secs(5), "the fetch asked for", || {
+            (server.requests() == before + 2).then_some(())
+        });
+        wait_status(&edge, &token(&later), 200, "the key rotated in later");
+    }
+    assert_eq!(status(&edge, &token(&later)), 200);
+
     // A flood of made-up kids: refused, and at most one fetch a second for all of them.
     let before = server.requests();
     let start = Instant::now();
@@ -113,7 +134,7 @@ fn keys_rotated_in_are_taken_at_once_and_keys_withdrawn_stop_verifying() {
     // The provider withdraws the old key and asks for fetches every second: the old key's
     // token (cached) is refused once a fetch brings the new set.
     server.set(Answer::keys(&jwks(&[&rotated])).with_header("cache-control", "max-age=1"));
-    wait_min_interval(&server);
+    // (A fetch now, or at the end of the interval the flood's last one began.)
     let made_up = SigningKey::generate_es256("made-up").unwrap();
     assert_eq!(status(&edge, &token(&made_up)), 401);
     wait_status(&edge, &token(&keys.es), 401, "the withdrawn key refused");

@@ -222,11 +222,24 @@ impl RemoteKeys {
 
     /// For a request whose token names a `kid` the set does not hold: asks for a fetch, when
     /// one may happen now (or one is under way), and waits for it, `jwks_fetch_timeout` at
-    /// most. Whether it brought a new key set (the request is then decided again).
+    /// most. Whether it brought a new key set (the request is then decided again). Within
+    /// `jwks_min_refresh_interval` of the last fetch, the request is refused at once and the
+    /// fetch is made when the interval ends: a key rotated in just after a fetch is taken
+    /// then, not at the next refresh.
     pub async fn refreshed_for_unknown_kid(&self, auth: &Authenticator) -> bool {
         let generation = auth.key_generation();
         let mut done = self.done.subscribe();
         if !self.may_fetch_now() {
+            let mut s = self.schedule();
+            if let Some(last) = s.last_started {
+                let allowed = last + self.settings.min_refresh_interval;
+                if s.next_at.is_none_or(|next| next > allowed) {
+                    s.next_at = Some(allowed);
+                    drop(s);
+                    // The job sleeps toward the old time: woken, it sleeps toward this one.
+                    self.wake.notify_one();
+                }
+            }
             return false;
         }
         self.wake.notify_one();
