@@ -153,6 +153,21 @@ pub struct TenancySettings {
     pub trusted_origins: Vec<String>,
     /// Which pages may frame a tenant's pages.
     pub frame_ancestors: FrameAncestors,
+    /// Path prefixes each deployment mode's tenants are refused: what their plan never
+    /// includes.
+    pub refused_paths: ModePaths,
+}
+
+/// Path prefixes refused to the tenants of each deployment mode (`[tenancy]
+/// isolated_refused_paths`, `cooperative_refused_paths`). The brief: Solo (`isolated`) never
+/// gets API or CI/CD access, custom integrations or background jobs; asking for them means
+/// upgrading.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModePaths {
+    /// Refused to `isolated` tenants; by default the API prefix.
+    pub isolated: Vec<String>,
+    /// Refused to `cooperative` tenants; none by default.
+    pub cooperative: Vec<String>,
 }
 
 /// Which pages may show a tenant's pages in a frame (`[tenancy] frame_ancestors`). Every

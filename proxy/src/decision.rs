@@ -30,7 +30,9 @@ use crate::auth::{extract_token, Authenticator, VerifiedToken};
 use crate::authz::check_claims;
 use crate::errors::RejectReason;
 use crate::host::{request_authority, resolve_host, HostTarget};
-use crate::path::{has_prefix, normalize_path, split_target, under_prefix_as_routed};
+use crate::path::{
+    has_prefix, may_reach_prefix, normalize_path, split_target, under_prefix_as_routed,
+};
 use crate::policy::{status_decision, BillingNotice, StatusDecision};
 
 /// What the router knows about a request before deciding.
@@ -176,6 +178,15 @@ pub fn decide_addressed(
         }
         Some(identity)
     };
+
+    // What the tenant's plan never includes, refused once the caller is known (a stranger
+    // is told to sign in, not what the plan holds), public paths too.
+    if may_reach_prefix(
+        &path,
+        crate::policy::refused_paths(binding.mode, &tenancy.refused_paths),
+    ) {
+        return Err(RejectReason::NotInPlan);
+    }
 
     let upstream = if binding.api_url.is_some() && has_prefix(&path, &tenancy.api_prefix) {
         UpstreamKind::Api

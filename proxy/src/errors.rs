@@ -67,6 +67,9 @@ pub enum RejectReason {
     CorsOriginRefused,
     /// The tenant is suspended and the path is not a recovery path.
     Suspended,
+    /// The path is one the tenant's deployment mode refuses (`[tenancy]
+    /// isolated_refused_paths`): its plan does not include it.
+    NotInPlan,
     /// The tenant was canceled.
     Canceled,
     /// The tenant's instance is still being provisioned.
@@ -128,7 +131,8 @@ impl RejectReason {
             RejectReason::WrongTenant(_)
             | RejectReason::CrossTenantOrigin
             | RejectReason::CorsOriginRefused
-            | RejectReason::Suspended => 403,
+            | RejectReason::Suspended
+            | RejectReason::NotInPlan => 403,
             RejectReason::Canceled => 410,
             RejectReason::NotReady { .. } | RejectReason::Unavailable => 503,
             RejectReason::UpstreamUnreachable | RejectReason::UpstreamInvalid => 502,
@@ -160,7 +164,7 @@ impl RejectReason {
     /// Every [`Self::label`], so that each `requests_total` series exists (at 0) from start-up:
     /// a rate or an alert over an outcome that has not happened yet then reads 0, not
     /// nothing. A test holds it to `label`.
-    pub const LABELS: [&'static str; 27] = [
+    pub const LABELS: [&'static str; 28] = [
         "trace_refused",
         "connect_refused",
         "bad_framing",
@@ -181,6 +185,7 @@ impl RejectReason {
         "cross_tenant_origin",
         "cors_origin_refused",
         "suspended",
+        "not_in_plan",
         "canceled",
         "not_ready",
         "unavailable",
@@ -213,6 +218,7 @@ impl RejectReason {
             RejectReason::CrossTenantOrigin => "cross_tenant_origin",
             RejectReason::CorsOriginRefused => "cors_origin_refused",
             RejectReason::Suspended => "suspended",
+            RejectReason::NotInPlan => "not_in_plan",
             RejectReason::Canceled => "canceled",
             RejectReason::NotReady { .. } => "not_ready",
             RejectReason::Unavailable => "unavailable",
@@ -325,6 +331,9 @@ impl RejectReason {
             RejectReason::Suspended => {
                 "forbidden: this workspace is suspended; only billing and admin recovery are available\n"
             }
+            RejectReason::NotInPlan => {
+                "forbidden: this workspace's plan does not include this (API and CI/CD access, integrations); it comes with an upgrade\n"
+            }
             RejectReason::Canceled => "gone: this workspace has been canceled\n",
             RejectReason::NotReady { .. } => "not ready yet: this workspace is still being set up; try again shortly\n",
             RejectReason::Unavailable => "unavailable: this workspace is temporarily unavailable\n",
@@ -388,6 +397,7 @@ mod tests {
                 | RejectReason::CrossTenantOrigin
                 | RejectReason::CorsOriginRefused
                 | RejectReason::Suspended
+                | RejectReason::NotInPlan
                 | RejectReason::Canceled
                 | RejectReason::NotReady { .. }
                 | RejectReason::Unavailable
@@ -418,6 +428,7 @@ mod tests {
             RejectReason::CrossTenantOrigin,
             RejectReason::CorsOriginRefused,
             RejectReason::Suspended,
+            RejectReason::NotInPlan,
             RejectReason::Canceled,
             RejectReason::NotReady {
                 retry_after: Duration::from_secs(1),

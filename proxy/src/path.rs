@@ -724,6 +724,40 @@ pub fn under_prefix_as_routed(path: &str, prefixes: &[String]) -> bool {
     prefixes.iter().any(|p| has_prefix(path, p)) && !runs_through_script(path)
 }
 
+/// Whether the app may route `path` to somewhere under one of `prefixes`: for the paths a
+/// tenant's mode refuses, a deny list, read the other way round from
+/// [`under_prefix_as_routed`]'s allow lists. Letters are compared without case (Express and
+/// ASP.NET route `/API/keys` as `/api/keys`), and a path that runs through a PHP script is
+/// judged by what follows the script too (`/index.php/api/keys` reaches `/api/keys`).
+pub fn may_reach_prefix(path: &str, prefixes: &[String]) -> bool {
+    if prefixes.is_empty() {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    let reaches = |p: &str| {
+        prefixes
+            .iter()
+            .any(|prefix| has_prefix(p, &prefix.to_ascii_lowercase()))
+    };
+    if reaches(&lower) {
+        return true;
+    }
+    // Each segment that names a script, with the rest of the path after it.
+    let mut at = 0;
+    for segment in lower.split('/') {
+        at += segment.len() + 1;
+        // `at - 1` is the slash after the segment (none after the last).
+        if segment.len() > ".php".len()
+            && segment.ends_with(".php")
+            && at <= lower.len()
+            && reaches(&lower[at - 1..])
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// Whether a segment before the last names a PHP script (`….php`, in any case).
 fn runs_through_script(path: &str) -> bool {
     const SCRIPT: &[u8] = b".php";
@@ -743,6 +777,33 @@ fn runs_through_script(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_prefix_is_reached_in_any_case_and_through_a_script() {
+        let refused = ["/api/".to_owned(), "/ci".to_owned()];
+        for (path, want) in [
+            ("/api", true),
+            ("/api/", true),
+            ("/api/v1/keys", true),
+            ("/API/v1/keys", true),
+            ("/Ci/builds", true),
+            ("/ci", true),
+            ("/index.php/api/keys", true),
+            ("/public/INDEX.PHP/Api", true),
+            ("/a.php/b.php/api/x", true),
+            ("/apis", false),
+            ("/app/api", false),
+            ("/cis", false),
+            ("/", false),
+            ("/index.php", false),
+            ("/index.php/", false),
+            ("/.php/api/x", false),
+            ("/x.php.bak/api", false),
+        ] {
+            assert_eq!(may_reach_prefix(path, &refused), want, "{path}");
+        }
+        assert!(!may_reach_prefix("/api/x", &[]));
+    }
 
     #[test]
     fn a_path_through_a_php_script_is_under_no_prefix() {

@@ -3,7 +3,8 @@
 //! One exhaustive `match` on [`TenantStatus`], with no catch-all arm: adding a state to the
 //! binding model does not compile until someone decides here what the router does with it.
 
-use nexus_binding_store::TenantStatus;
+use nexus_binding_store::{Mode, TenantStatus};
+use nexus_config::ModePaths;
 
 use crate::path::under_prefix_as_routed;
 
@@ -60,6 +61,16 @@ pub fn status_decision(
         | TenantStatus::Validation
         | TenantStatus::AwaitingCustomerAction => StatusDecision::NotReady,
         TenantStatus::Blocked | TenantStatus::Incident => StatusDecision::Unavailable,
+    }
+}
+
+/// The path prefixes a tenant's deployment mode refuses it (`[tenancy]
+/// isolated_refused_paths`, `cooperative_refused_paths`): one exhaustive `match`, as for the
+/// status, so a new mode is decided here before it compiles.
+pub fn refused_paths(mode: Mode, paths: &ModePaths) -> &[String] {
+    match mode {
+        Mode::Isolated => &paths.isolated,
+        Mode::Cooperative => &paths.cooperative,
     }
 }
 

@@ -42,8 +42,10 @@ const SLASHED: Prefixes = Prefixes {
 };
 
 /// Every status, with the tenant id that carries it (`acme` is `active`).
-const STATUSES: [(&str, &str); 17] = [
+const STATUSES: [(&str, &str); 18] = [
     ("acme", "active"),
+    // On the Solo plan: isolated, refused the API prefix.
+    ("solo", "active"),
     ("beta", "active"),
     // A tenant named like the nested base domain's first label.
     ("eu", "active"),
@@ -92,7 +94,7 @@ fn record(tenant: &str, status: &str) -> BindingRecord {
         api_url: (tenant != "trial").then(|| format!("http://10.0.0.2:8080/{tenant}")),
         identity_org_id: (tenant != "grace").then(|| format!("org-{tenant}")),
         status: status.into(),
-        plan: "team".into(),
+        plan: if tenant == "solo" { "solo" } else { "team" }.into(),
         region: "eu-west".into(),
         domains: domains_of(tenant),
         revision: 1,
@@ -154,6 +156,11 @@ impl World {
                 past_due_header: "x-nexus-billing-notice".into(),
                 trusted_origins: Vec::new(),
                 frame_ancestors: nexus_config::FrameAncestors::Any,
+                // The default: the API prefix, for isolated tenants.
+                refused_paths: nexus_config::ModePaths {
+                    isolated: vec![prefixes.api.into()],
+                    cooperative: Vec::new(),
+                },
             },
             table,
             auth,
@@ -484,6 +491,21 @@ fn model(pre: &Prefixes, req: &Req) -> Outcome {
             Tok::Valid(..) => {}
         }
     }
+    // "Isolated (Solo) tenants are refused the API prefix, in any case, and through a PHP
+    // script to it (`/index.php/api/x`), once the caller is known; public paths too."
+    if tenant == "solo" {
+        let lower = path.to_ascii_lowercase();
+        let after_script = lower
+            .match_indices(".php/")
+            .filter(|(i, _)| *i > 0 && !lower[..*i].ends_with('/'))
+            .map(|(i, _)| &lower[i + 4..]);
+        if std::iter::once(lower.as_str())
+            .chain(after_script)
+            .any(|p| under(p, pre.api))
+        {
+            return reject(403);
+        }
+    }
     let api = under(&path, pre.api) && record(&tenant, status).api_url.is_some();
     Outcome::Route {
         tenant,
@@ -627,6 +649,10 @@ fn every_status_with_every_kind_of_path() {
         "/api",
         "/api/",
         "/api/v1",
+        "/API/v1",
+        "/Api",
+        "/index.php/api/v1",
+        "/app/x.PHP/API",
         "/apix",
         "/api/../billing",
         "/billing/../app",

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 
 use nexus_edge::host::{request_authority, resolve_host, HostTarget};
-use nexus_edge::path::{has_prefix, normalize_path, split_target};
+use nexus_edge::path::{has_prefix, may_reach_prefix, normalize_path, split_target};
 use proptest::prelude::*;
 
 fn bases() -> Vec<String> {
@@ -130,6 +130,25 @@ proptest! {
         prefix in "/|(/[ab.]{1,2}){1,2}/?",
     ) {
         prop_assert_eq!(has_prefix(&path, &prefix), prefix_model(&path, &prefix), "{} vs {}", path, prefix);
+    }
+
+    #[test]
+    fn a_refused_prefix_is_reached_whatever_the_case_or_a_script_before_it(
+        path in "(/[aAbB.pPhH]{0,5}){1,5}/?",
+        prefix in "(/[ab]{1,2}){1,2}/?",
+        any_path in any::<String>(),
+    ) {
+        let refused = [prefix.clone()];
+        let got = may_reach_prefix(&path, &refused);
+        // At least what the plain segment test refuses, and the same in any case.
+        prop_assert!(got || !has_prefix(&path, &prefix));
+        prop_assert_eq!(got, may_reach_prefix(&path.to_ascii_uppercase(), &refused));
+        // Behind a script, as the app would route it.
+        if has_prefix(&path.to_ascii_lowercase(), &prefix) {
+            let behind = format!("/app/INDEX.php{path}");
+            prop_assert!(may_reach_prefix(&behind, &refused), "{}", behind);
+        }
+        let _ = may_reach_prefix(&any_path, &refused);
     }
 
     #[test]

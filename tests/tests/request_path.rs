@@ -1880,6 +1880,57 @@ fn api_prefix_goes_to_api_url() {
     assert_eq!(app.json()["instance"], "instance-a");
 }
 
+/// A Solo tenant (isolated mode) is refused the API prefix, once its caller is known, in any
+/// spelling its app would route there; a Team tenant is not; a mode a binding sets wins over
+/// its plan's; the refused paths are the config's.
+#[test]
+fn an_isolated_tenant_is_refused_the_api_prefix() {
+    let w = world_configured(
+        |records, a, _| {
+            let mut solo = binding("solo", &a.url(), "active", None);
+            solo["plan"] = "solo".into();
+            records.push(solo);
+            let mut upgraded = binding("upgraded", &a.url(), "active", None);
+            upgraded["plan"] = "solo".into();
+            upgraded["mode"] = "cooperative".into();
+            records.push(upgraded);
+        },
+        |opts| opts.tenancy_extra = "isolated_refused_paths = [\"/api/\", \"/ci/\"]".into(),
+    );
+    let solo = w.keys.token("solo", None);
+    for path in [
+        "/api/items",
+        "/API/items",
+        "/api",
+        "/index.php/api/items",
+        "/ci/builds",
+    ] {
+        let r = get_with_token(w.edge.addr, &host("solo"), path, &solo);
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+        assert!(r.text().contains("plan does not include"), "{}", r.text());
+    }
+    // Without a token: told to sign in first, not what the plan holds.
+    let r = get(w.edge.addr, &host("solo"), "/api/items", &[]);
+    assert_eq!(r.status, 401);
+    assert_eq!(w.a.hits(), 0, "no refused request reached the instance");
+    for (tenant, path) in [
+        ("solo", "/app"),
+        ("solo", "/apiary"),
+        ("upgraded", "/api/items"),
+        ("acme", "/api/items"),
+    ] {
+        let org = (tenant == "acme").then_some("org-acme");
+        let token = w.keys.token(tenant, org);
+        let r = get_with_token(w.edge.addr, &host(tenant), path, &token);
+        assert_eq!(r.status, 200, "{tenant} {path}: {}", r.text());
+    }
+    assert!(w
+        .edge
+        .ops_get("/metrics")
+        .text()
+        .contains("outcome=\"not_in_plan\"} 5"));
+}
+
 /// Upgrades a connection to `acme`'s instance (a WebSocket) and checks the tunnel with one
 /// echoed frame, which is returned.
 ///

@@ -88,6 +88,16 @@ pub(super) fn parse(
             p,
         )
         .unwrap_or(d.frame_ancestors);
+    let refused_paths = ModePaths {
+        isolated: refused_paths(
+            &mut s,
+            "isolated_refused_paths",
+            &api_prefix,
+            &recovery_paths,
+            p,
+        ),
+        cooperative: refused_paths(&mut s, "cooperative_refused_paths", "/", &recovery_paths, p),
+    };
     s.finish(p);
     (p.list.len() == before).then_some(TenancySettings {
         base_domains,
@@ -98,7 +108,53 @@ pub(super) fn parse(
         past_due_header,
         trusted_origins,
         frame_ancestors,
+        refused_paths,
     })
+}
+
+/// A mode's refused path prefixes; left out, `default` alone (none when it is `/`: the API
+/// prefix can be the whole site, where refusing it would refuse the tenant everything).
+/// Neither `/` nor a prefix that takes in a recovery path is taken: a suspended tenant's
+/// admins must reach billing whatever the plan.
+fn refused_paths(
+    s: &mut Section<'_, '_>,
+    k: &'static str,
+    default: &str,
+    recovery: &[String],
+    p: &mut Problems<'_>,
+) -> Vec<String> {
+    let at = s.raw(k).map(|v| v.span().start);
+    let Some(paths) = s.strings(k, p, check_prefix) else {
+        return if default == "/" {
+            Vec::new()
+        } else {
+            vec![default.to_owned()]
+        };
+    };
+    for path in &paths {
+        let base = path.trim_end_matches('/');
+        let takes_in = |r: &String| {
+            r.strip_prefix(base)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if base.is_empty() {
+            p.push(
+                format!("tenancy.{k}"),
+                at,
+                "\"/\" would refuse these tenants every path",
+            );
+        } else if let Some(r) = recovery.iter().find(|r| takes_in(r)) {
+            p.push(
+                format!("tenancy.{k}"),
+                at,
+                format!(
+                    "{path:?} takes in the recovery path {r:?}, which a suspended tenant's \
+                     admins must reach whatever the plan"
+                ),
+            );
+        }
+    }
+    paths
 }
 
 /// Response headers the past-due notice may not be: framing and hop-by-hop headers (a
