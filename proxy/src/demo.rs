@@ -325,11 +325,13 @@ pub fn run(args: &DemoArgs) -> ExitCode {
          curl -si -H 'Host: acme.{base}' http://{l}/dashboard\n\n\
          # 4. globex is past_due: served, with a billing notice header for the app\n\
          curl -si -H 'Host: globex.{base}' -H 'Authorization: Bearer {globex_token}' http://{l}/\n\n\
-         # 5. initech is still being provisioned -> 503 with Retry-After\n\
+         # 5. globex is on the Solo plan (isolated): no API access -> 403 not_in_plan\n\
+         curl -si -H 'Host: globex.{base}' -H 'Authorization: Bearer {globex_token}' http://{l}/api/keys\n\n\
+         # 6. initech is still being provisioned -> 503 with Retry-After\n\
          curl -si -H 'Host: initech.{base}' http://{l}/\n\n\
-         # 6. acme's custom domain, public login page (no token needed)\n\
+         # 7. acme's custom domain, public login page (no token needed)\n\
          curl -si -H 'Host: acme.example.test' http://{l}/login\n\n\
-         # 7. more tokens, for any tenant (initech's, once you set its status to active in\n\
+         # 8. more tokens, for any tenant (initech's, once you set its status to active in\n\
          #    the bindings file), signed with the demo's key, saved beside the bindings\n\
          {me} token --tenant initech --key {k} --kid {DEMO_KID} --iss {iss} --aud {aud}\n\n\
          Ctrl-C stops the demo.\n",

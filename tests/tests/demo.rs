@@ -124,7 +124,7 @@ fn start_demo_in(dir: tempfile::TempDir) -> (Demo, Vec<Example>, SocketAddr) {
 #[test]
 fn every_printed_demo_command_does_what_its_comment_says() {
     let (_demo, examples, listen) = start_demo();
-    assert_eq!(examples.len(), 6, "{examples:#?}");
+    assert_eq!(examples.len(), 7, "{examples:#?}");
     for e in &examples {
         assert_eq!(e.addr, listen, "{}", e.comment);
     }
@@ -149,10 +149,16 @@ fn every_printed_demo_command_does_what_its_comment_says() {
         "{}",
         context(3)
     );
-    assert_eq!(r[4].status, 503, "{}", context(4));
-    assert!(r[4].header("retry-after").is_some(), "{}", context(4));
-    assert_eq!(r[5].status, 200, "{}", context(5));
-    assert_eq!(r[5].json()["instance"], "demo-instance-a", "{}", context(5));
+    assert_eq!(r[4].status, 403, "{}", context(4));
+    assert!(
+        r[4].text().contains("plan does not include"),
+        "{}",
+        context(4)
+    );
+    assert_eq!(r[5].status, 503, "{}", context(5));
+    assert!(r[5].header("retry-after").is_some(), "{}", context(5));
+    assert_eq!(r[6].status, 200, "{}", context(6));
+    assert_eq!(r[6].json()["instance"], "demo-instance-a", "{}", context(6));
 }
 
 #[test]
