@@ -49,6 +49,9 @@ pub enum StartError {
     /// The identity provider's CA bundle cannot be used (as [`StartError::CaBundle`]).
     #[error("auth.jwks_ca_file: {0}")]
     JwksCaBundle(String),
+    /// No client to fetch the key set with could be built.
+    #[error("auth.jwks_url: {0}")]
+    JwksClient(String),
     /// A token header (its index, why) is one the router takes off every request.
     #[error("auth.token_headers[{0}]: {1}")]
     TokenHeader(usize, String),
@@ -176,7 +179,7 @@ pub fn prepare(
             if let Some(ca) = &remote.ca_file {
                 check_ca_bundle(ca).map_err(StartError::JwksCaBundle)?;
             }
-            let remote = Arc::new(RemoteKeys::new(remote));
+            let remote = Arc::new(RemoteKeys::new(remote).map_err(StartError::JwksClient)?);
             rt.block_on(remote.initial_load(&auth));
             Some(remote)
         }
@@ -184,6 +187,9 @@ pub fn prepare(
     };
     let table = rt.block_on(source.initial_load())?;
     crate::revocation::initial_load(&feed, &revocations, &rt)?;
+    // Not waited for: a name lookup of the key set's fetch that timed out may still hold a
+    // blocking thread, and the start must not wait on the resolver past jwks_fetch_timeout.
+    rt.shutdown_background();
     tracing::info!(
         bindings = table.len(),
         revision = table.revision().get(),

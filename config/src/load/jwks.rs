@@ -133,16 +133,16 @@ fn remote(s: &mut Section<'_, '_>, base: &Path, p: &mut Problems<'_>) -> Option<
 }
 
 /// A JWKS URL the router may fetch keys from: `https://`, or `http://` to a loopback address
-/// (keys read in the clear over a network could be replaced by anyone on the path, and with
-/// them every tenant's tokens forged). No user info (it would be logged with the URL), no
-/// fragment (never sent, so not what the writer meant).
+/// written as one (keys read in the clear over a network could be replaced by anyone on the
+/// path, and with them every tenant's tokens forged; a name such as `localhost` is resolved,
+/// and could resolve elsewhere). No user info (it would be logged with the URL), no fragment
+/// (never sent, so not what the writer meant).
 fn jwks_url(v: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(v).map_err(|e| format!("{v:?} is not a URL ({e})"))?;
     let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Domain(_)) | None => false,
         Some(url::Host::Ipv4(a)) => IpAddr::V4(a).is_loopback(),
         Some(url::Host::Ipv6(a)) => IpAddr::V6(a).is_loopback(),
-        None => false,
     };
     match url.scheme() {
         "https" => {}
@@ -151,7 +151,7 @@ fn jwks_url(v: &str) -> Result<url::Url, String> {
             return Err(format!(
                 "{v:?} is plain http to another host: keys fetched in the clear could be \
                  replaced on the way, and tokens forged with them; use https:// (http:// is \
-                 taken for a loopback address only)"
+                 taken for a loopback address written as one, 127.0.0.1 or [::1])"
             ))
         }
         other => return Err(format!("{v:?}: scheme {other:?}, not https")),
@@ -173,6 +173,70 @@ fn jwks_url(v: &str) -> Result<url::Url, String> {
     Ok(url)
 }
 
+/// `jwks_cache_file` naming a file the router reads or writes for something else (the
+/// bindings file, a snapshot, the revocations, a CA bundle, their audit logs): each fetch
+/// would write over it.
+pub(super) fn cache_file_problem(
+    auth: Option<&AuthSettings>,
+    upstream: Option<&UpstreamSettings>,
+    store: Option<&StoreSettings>,
+    revocation: Option<&RevocationSettings>,
+    p: &mut Problems<'_>,
+) {
+    let Some(JwksSource::Url(remote)) = auth.map(|a| &a.jwks) else {
+        return;
+    };
+    let Some(cache) = &remote.cache_file else {
+        return;
+    };
+    let with_suffix = |path: &Path, suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    let mut taken: Vec<(std::path::PathBuf, &str)> = Vec::new();
+    if let Some(ca) = &remote.ca_file {
+        taken.push((ca.clone(), "auth.jwks_ca_file"));
+    }
+    if let Some(ca) = upstream.and_then(|u| u.ca_file.as_ref()) {
+        taken.push((ca.clone(), "upstream.ca_file"));
+    }
+    match store {
+        Some(StoreSettings::File(f)) => {
+            if let Some(path) = &f.path {
+                taken.push((path.clone(), "store.path"));
+                taken.push((with_suffix(path, ".audit.jsonl"), "store.path's audit log"));
+            }
+        }
+        Some(StoreSettings::Redis(r)) => {
+            if let Some(path) = &r.snapshot_path {
+                taken.push((path.clone(), "store.snapshot_path"));
+                taken.push((
+                    with_suffix(path, ".revocations.json"),
+                    "store.snapshot_path's revocations snapshot",
+                ));
+            }
+        }
+        None => {}
+    }
+    if let Some(RevocationSource::File(path)) = revocation.map(|r| &r.source) {
+        taken.push((path.clone(), "revocation.file"));
+        taken.push((
+            with_suffix(path, ".audit.jsonl"),
+            "revocation.file's audit log",
+        ));
+    }
+    if let Some((_, what)) = taken.iter().find(|(path, _)| path == cache) {
+        p.push(
+            "auth.jwks_cache_file",
+            None,
+            format!(
+                "is {what}: every fetch would write the key set over it; name a file of its own"
+            ),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::jwks_url;
@@ -184,13 +248,13 @@ mod tests {
             "https://id.example.com:8443/keys?v=2",
             "http://127.0.0.1:9000/jwks",
             "http://[::1]/jwks",
-            "http://localhost/jwks",
         ] {
             assert!(jwks_url(ok).is_ok(), "{ok}");
         }
         for (bad, said) in [
             ("http://id.example.com/jwks", "plain http"),
             ("http://10.0.0.1/jwks", "plain http"),
+            ("http://localhost/jwks", "plain http"),
             ("ftp://id.example.com/jwks", "scheme"),
             ("https://u:p@id.example.com/jwks", "password"),
             ("https://id.example.com/jwks#k", "fragment"),

@@ -178,6 +178,13 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
         &mut named,
         &mut p,
     );
+    jwks::cache_file_problem(
+        auth.as_ref(),
+        upstream.as_ref(),
+        store.as_ref(),
+        revocation.as_ref(),
+        &mut p,
+    );
     // Whenever both bounds parsed, whatever else is wrong in their sections.
     if let (Some(header), Some(token)) = (header_bound, token_bound) {
         token_fits_in_header(root, header, token, &mut p);

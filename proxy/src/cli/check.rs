@@ -42,6 +42,8 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
         }),
         _ => None,
     };
+    // A key set at auth.jwks_url that could not be fetched now (said, not refused).
+    let mut unfetched = false;
     let keys = match sections
         .auth
         .as_ref()
@@ -57,22 +59,28 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
                     Ok(()) => {}
                     Err(FetchProblem::CaBundle(e)) => problem("auth.jwks_ca_file", e),
                     Err(FetchProblem::Refused(e)) => problem("auth.jwks_url", e),
-                    Err(FetchProblem::Unreachable(e)) => eprintln!(
-                        "{}: warning: auth.jwks_url: the key set could not be fetched now                          ({e}); a router starts with auth.jwks_cache_file's, or with no keys                          (not ready) until a fetch succeeds",
-                        path.display()
-                    ),
+                    Err(FetchProblem::Unreachable(e)) => {
+                        unfetched = true;
+                        eprintln!(
+                            "{}: warning: auth.jwks_url: the key set could not be fetched now \
+                             ({e}); a router starts with auth.jwks_cache_file's (from this URL, \
+                             not stale), or with no keys (not ready) until a fetch succeeds",
+                            path.display()
+                        );
+                    }
                 }
             }
+            let source = match sections.auth.as_ref().map(|a| &a.jwks) {
+                Some(nexus_config::JwksSource::Url(_)) => "auth.jwks_url",
+                _ => "auth.jwks_file",
+            };
             // Said, not refused: a provider's set may hold keys for other uses.
             for s in auth.skipped_keys() {
-                eprintln!(
-                    "{}: warning: auth.jwks_file: key left out: {s}",
-                    path.display()
-                );
+                eprintln!("{}: warning: {source}: key left out: {s}", path.display());
             }
             for k in auth.rs256_by_default() {
                 eprintln!(
-                    "{}: note: auth.jwks_file: {k} has no alg, so it verifies RS256 only",
+                    "{}: note: {source}: {k} has no alg, so it verifies RS256 only",
                     path.display()
                 );
             }
@@ -224,6 +232,13 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
         }
     }
     match keys {
+        Some(_) if problems.is_empty() && unfetched => {
+            outln!(
+                "{}: ok (the key set at auth.jwks_url not fetched now: see the warning)",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
         Some(n) if problems.is_empty() => {
             outln!(
                 "{}: ok ({n} verification key{})",
@@ -588,7 +603,8 @@ fn fetch_for_check(
         .enable_all()
         .build()
         .map_err(|e| FetchProblem::Unreachable(e.to_string()))?;
-    let fetcher = crate::auth::remote::RemoteKeys::new(remote);
+    let fetcher =
+        crate::auth::remote::RemoteKeys::new(remote).map_err(FetchProblem::Unreachable)?;
     rt.block_on(fetcher.fetch_once(auth)).map_err(|e| match e {
         Ok(why) => FetchProblem::Unreachable(why),
         Err(why) => FetchProblem::Refused(why),

@@ -302,11 +302,15 @@ impl EdgeService {
         }
     }
 
-    /// For a token naming an unknown `kid`: whether a fetch of the provider's key set brought
-    /// a new one (never, for a key file).
-    async fn keys_refreshed(&self) -> bool {
+    /// For a token naming an unknown `kid`, decided with the key set of generation `seen`:
+    /// whether a newer one is in use, from the provider (never, for a key file).
+    async fn keys_refreshed(&self, seen: u64) -> bool {
         match &self.state.remote_keys {
-            Some(remote) => remote.refreshed_for_unknown_kid(&self.state.auth).await,
+            Some(remote) => {
+                remote
+                    .refreshed_for_unknown_kid(&self.state.auth, seen)
+                    .await
+            }
             None => false,
         }
     }
@@ -494,6 +498,8 @@ impl ProxyHttp for EdgeService {
         } else {
             Ok(())
         };
+        // The key set the decision below is made with (or an older one).
+        let keys_seen = self.state.auth.key_generation();
         let outcome = match (header_size, line_ends, chunks) {
             (Err(HeaderTooLarge), _, _) => Err(RejectReason::HeaderTooLarge),
             (Ok(()), Err(e), _) => Err(RejectReason::BadFraming(e)),
@@ -504,10 +510,10 @@ impl ProxyHttp for EdgeService {
         };
         // A token signed by a key the set does not hold yet: the provider may have rotated
         // it in since the last fetch. Asked for (as often as `jwks_min_refresh_interval`
-        // lets), and decided again if a new key set came.
+        // lets), and decided again if a new key set came (or came meanwhile).
         let outcome = match outcome {
             Err(RejectReason::InvalidToken(TokenError::UnknownKey))
-                if self.keys_refreshed().await =>
+                if self.keys_refreshed(keys_seen).await =>
             {
                 self.decide_request(session, ctx)
             }
