@@ -38,10 +38,7 @@ pub fn embedded_default() -> Settings {
             past_due_header: "x-nexus-billing-notice".to_owned(),
             trusted_origins: Vec::new(),
             frame_ancestors: FrameAncestors::Any,
-            refused_paths: ModePaths {
-                isolated: vec!["/api/".to_owned()],
-                cooperative: Vec::new(),
-            },
+            refused_paths: ModePaths::default(),
         },
         auth: AuthSettings {
             jwks: JwksSource::EmbeddedDemo,

@@ -159,14 +159,15 @@ pub struct TenancySettings {
 }
 
 /// Path prefixes refused to the tenants of each deployment mode (`[tenancy]
-/// isolated_refused_paths`, `cooperative_refused_paths`). The brief: Solo (`isolated`) never
-/// gets API or CI/CD access, custom integrations or background jobs; asking for them means
-/// upgrading.
+/// isolated_refused_paths`, `cooperative_refused_paths`), lowercase. The brief: Solo
+/// (`isolated`) never gets API or CI/CD access, custom integrations or background jobs;
+/// asking for them means upgrading. Which paths those are is the app's: its own pages call
+/// its API too, so none is refused unless listed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModePaths {
-    /// Refused to `isolated` tenants; by default the API prefix.
+    /// Refused to `isolated` tenants.
     pub isolated: Vec<String>,
-    /// Refused to `cooperative` tenants; none by default.
+    /// Refused to `cooperative` tenants.
     pub cooperative: Vec<String>,
 }
 

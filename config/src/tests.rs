@@ -886,42 +886,41 @@ fn the_key_file_is_polled_as_often_as_configured() {
 }
 
 #[test]
-fn each_mode_refuses_its_paths_isolated_the_api_prefix_by_default() {
+fn each_mode_refuses_the_paths_it_lists_none_by_default() {
     let at = Path::new("/etc/nexus/edge.toml");
     let s = parse_str(MINIMAL, at).expect("valid");
-    assert_eq!(s.tenancy.refused_paths.isolated, ["/api/"]);
-    assert!(s.tenancy.refused_paths.cooperative.is_empty());
-    // The default follows the API prefix; a whole-site API prefix refuses nothing.
+    assert_eq!(s.tenancy.refused_paths, ModePaths::default());
     let with = |tenancy: &str| format!("[tenancy]\n{tenancy}{MINIMAL}");
-    let s = parse_str(&with("api_prefix = \"/v2/api\"\n"), at).expect("valid");
-    assert_eq!(s.tenancy.refused_paths.isolated, ["/v2/api"]);
-    let s = parse_str(&with("api_prefix = \"/\"\n"), at).expect("valid");
-    assert!(s.tenancy.refused_paths.isolated.is_empty());
+    // Kept lowercase: matched without case.
     let s = parse_str(
         &with(
-            "isolated_refused_paths = [\"/api/\", \"/ci/\"]\n\
+            "isolated_refused_paths = [\"/API/Integrations/\", \"/ci/\"]\n\
              cooperative_refused_paths = [\"/labs/\"]\n",
         ),
         at,
     )
     .expect("valid");
-    assert_eq!(s.tenancy.refused_paths.isolated, ["/api/", "/ci/"]);
+    assert_eq!(
+        s.tenancy.refused_paths.isolated,
+        ["/api/integrations/", "/ci/"]
+    );
     assert_eq!(s.tenancy.refused_paths.cooperative, ["/labs/"]);
-    let s = parse_str(&with("isolated_refused_paths = []\n"), at).expect("valid");
-    assert!(s.tenancy.refused_paths.isolated.is_empty());
 
     names(
         &problems(&with("isolated_refused_paths = [\"/\"]\n")),
         "tenancy.isolated_refused_paths",
         "every path",
     );
-    names(
-        &problems(&with(
-            "recovery_paths = [\"/admin/recovery\"]\ncooperative_refused_paths = [\"/admin\"]\n",
-        )),
-        "tenancy.cooperative_refused_paths",
-        "takes in the recovery path \"/admin/recovery\"",
-    );
+    // A recovery path taken in, in any case.
+    for refused in ["/admin", "/Admin/Recovery"] {
+        names(
+            &problems(&with(&format!(
+                "recovery_paths = [\"/admin/recovery\"]\ncooperative_refused_paths = [{refused:?}]\n"
+            ))),
+            "tenancy.cooperative_refused_paths",
+            "takes in the recovery path \"/admin/recovery\"",
+        );
+    }
     names(
         &problems(&with("isolated_refused_paths = [\"api\"]\n")),
         "tenancy.isolated_refused_paths[0]",

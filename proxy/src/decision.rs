@@ -179,8 +179,9 @@ pub fn decide_addressed(
         Some(identity)
     };
 
-    // What the tenant's plan never includes, refused once the caller is known (a stranger
-    // is told to sign in, not what the plan holds), public paths too.
+    // What the tenant's plan never includes, refused after the status and the token: on a
+    // private path a stranger is told to sign in first; a public path under a refused
+    // prefix is refused to anyone.
     if may_reach_prefix(
         &path,
         crate::policy::refused_paths(binding.mode, &tenancy.refused_paths),

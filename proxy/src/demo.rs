@@ -275,6 +275,9 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     // limit is too low for them.
     settings.server.max_connections = 256;
     settings.upstream.idle_connections = 64;
+    // What a Solo workspace's plan leaves out, as an operator would list it for its app.
+    settings.tenancy.refused_paths.isolated =
+        vec!["/api/integrations/".to_owned(), "/api/ci/".to_owned()];
     settings.auth.jwks = JwksSource::File(jwks_path);
     settings.store = StoreSettings::File(FileStoreSettings {
         path: Some(bindings_path.clone()),
@@ -325,8 +328,8 @@ pub fn run(args: &DemoArgs) -> ExitCode {
          curl -si -H 'Host: acme.{base}' http://{l}/dashboard\n\n\
          # 4. globex is past_due: served, with a billing notice header for the app\n\
          curl -si -H 'Host: globex.{base}' -H 'Authorization: Bearer {globex_token}' http://{l}/\n\n\
-         # 5. globex is on the Solo plan (isolated): no API access -> 403 not_in_plan\n\
-         curl -si -H 'Host: globex.{base}' -H 'Authorization: Bearer {globex_token}' http://{l}/api/keys\n\n\
+         # 5. globex is on the Solo plan (isolated): no integrations -> 403 not_in_plan\n\
+         curl -si -H 'Host: globex.{base}' -H 'Authorization: Bearer {globex_token}' http://{l}/api/integrations/slack\n\n\
          # 6. initech is still being provisioned -> 503 with Retry-After\n\
          curl -si -H 'Host: initech.{base}' http://{l}/\n\n\
          # 7. acme's custom domain, public login page (no token needed)\n\

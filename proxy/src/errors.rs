@@ -332,7 +332,7 @@ impl RejectReason {
                 "forbidden: this workspace is suspended; only billing and admin recovery are available\n"
             }
             RejectReason::NotInPlan => {
-                "forbidden: this workspace's plan does not include this (API and CI/CD access, integrations); it comes with an upgrade\n"
+                "forbidden: this workspace's plan does not include this; it comes with an upgrade\n"
             }
             RejectReason::Canceled => "gone: this workspace has been canceled\n",
             RejectReason::NotReady { .. } => "not ready yet: this workspace is still being set up; try again shortly\n",

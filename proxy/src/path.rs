@@ -724,38 +724,45 @@ pub fn under_prefix_as_routed(path: &str, prefixes: &[String]) -> bool {
     prefixes.iter().any(|p| has_prefix(path, p)) && !runs_through_script(path)
 }
 
-/// Whether the app may route `path` to somewhere under one of `prefixes`: for the paths a
-/// tenant's mode refuses, a deny list, read the other way round from
-/// [`under_prefix_as_routed`]'s allow lists. Letters are compared without case (Express and
-/// ASP.NET route `/API/keys` as `/api/keys`), and a path that runs through a PHP script is
-/// judged by what follows the script too (`/index.php/api/keys` reaches `/api/keys`).
+/// Whether the app may route `path` to somewhere under one of `prefixes` (lowercase): for the
+/// paths a tenant's mode refuses, a deny list, read the other way round from
+/// [`under_prefix_as_routed`]'s allow lists. The path is read as apps may route it: without
+/// letter case (Express and ASP.NET route `/API/keys` as `/api/keys`), each segment cut at its
+/// first `;` (servlet containers and Spring drop path parameters: `/api;x/keys`) and without
+/// trailing dots and blanks (IIS drops them: `/api./keys`), and past a PHP script
+/// (`/index.php/api/keys`) or a Next.js data route (`/_next/data/<build>/api/…`, which runs
+/// the page's handler).
 pub fn may_reach_prefix(path: &str, prefixes: &[String]) -> bool {
     if prefixes.is_empty() {
         return false;
     }
-    let lower = path.to_ascii_lowercase();
-    let reaches = |p: &str| {
-        prefixes
-            .iter()
-            .any(|prefix| has_prefix(p, &prefix.to_ascii_lowercase()))
+    let segments: Vec<String> = path
+        .split('/')
+        .map(|segment| {
+            let mut s = segment.split(';').next().unwrap_or_default();
+            loop {
+                let trimmed = s.trim_end_matches(['.', ' ']).trim_end_matches("%20");
+                if trimmed.len() == s.len() {
+                    break;
+                }
+                s = trimmed;
+            }
+            s.to_ascii_lowercase()
+        })
+        .collect();
+    let reaches = |from: usize| {
+        let rest = format!("/{}", segments[from..].join("/"));
+        prefixes.iter().any(|prefix| has_prefix(&rest, prefix))
     };
-    if reaches(&lower) {
+    if reaches(1.min(segments.len())) {
         return true;
     }
-    // Each segment that names a script, with the rest of the path after it.
-    let mut at = 0;
-    for segment in lower.split('/') {
-        at += segment.len() + 1;
-        // `at - 1` is the slash after the segment (none after the last).
-        if segment.len() > ".php".len()
-            && segment.ends_with(".php")
-            && at <= lower.len()
-            && reaches(&lower[at - 1..])
-        {
-            return true;
-        }
-    }
-    false
+    (1..segments.len()).any(|i| {
+        let script = segments[i].len() > ".php".len() && segments[i].ends_with(".php");
+        let data = segments[i] == "_next" && segments.get(i + 1).is_some_and(|s| s == "data");
+        (script && i + 1 < segments.len() && reaches(i + 1))
+            || (data && i + 3 < segments.len() && reaches(i + 3))
+    })
 }
 
 /// Whether a segment before the last names a PHP script (`….php`, in any case).
@@ -799,6 +806,17 @@ mod tests {
             ("/index.php/", false),
             ("/.php/api/x", false),
             ("/x.php.bak/api", false),
+            ("/api;x/keys", true),
+            ("/API;a=b/keys", true),
+            ("/api;", true),
+            ("/api./keys", true),
+            ("/api.%20./keys", true),
+            ("/api%20/keys", true),
+            ("/_next/data/b1/api/x.json", true),
+            ("/_next/data/b1/app.json", false),
+            ("/_next/data/api", false),
+            ("/apix;/keys", false),
+            ("/a;/api", false),
         ] {
             assert_eq!(may_reach_prefix(path, &refused), want, "{path}");
         }

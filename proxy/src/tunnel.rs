@@ -166,6 +166,9 @@ pub fn still_routed(
     if !matches!(
         status_decision(now.status, &decision.path, &tenancy.recovery_paths),
         StatusDecision::Serve { .. }
+    ) || crate::path::may_reach_prefix(
+        &decision.path,
+        crate::policy::refused_paths(now.mode, &tenancy.refused_paths),
     ) {
         return Err(TunnelEnd::NotServed);
     }
@@ -274,6 +277,27 @@ mod tests {
         };
         let d = decision(&opened, "/billing/live");
         assert_eq!(still_routed(&d, &table(Some(suspended)), &tenancy), Ok(()));
+    }
+
+    #[test]
+    fn a_tunnel_ends_once_its_tenants_mode_refuses_its_path() {
+        let mut tenancy = nexus_config::embedded_default().tenancy;
+        tenancy.refused_paths.isolated = vec!["/api/live/".to_owned()];
+        let opened = Arc::new(crate::test_support::binding(
+            "http://10.0.0.1",
+            Some("org-1"),
+        ));
+        let isolated = Binding {
+            mode: nexus_binding_store::Mode::Isolated,
+            ..crate::test_support::binding("http://10.0.0.1", Some("org-1"))
+        };
+        let d = decision(&opened, "/API/live/feed");
+        assert_eq!(
+            still_routed(&d, &table(Some(isolated.clone())), &tenancy),
+            Err(TunnelEnd::NotServed)
+        );
+        let d = decision(&opened, "/ws");
+        assert_eq!(still_routed(&d, &table(Some(isolated)), &tenancy), Ok(()));
     }
 
     #[test]

@@ -491,10 +491,16 @@ fn model(pre: &Prefixes, req: &Req) -> Outcome {
             Tok::Valid(..) => {}
         }
     }
-    // "Isolated (Solo) tenants are refused the API prefix, in any case, and through a PHP
-    // script to it (`/index.php/api/x`), once the caller is known; public paths too."
+    // "An isolated (Solo) tenant is refused the prefixes its mode lists (here the API
+    // prefix), in any case, with `;` parameters cut, and through a PHP script to it
+    // (`/index.php/api/x`), after the token; public paths too."
     if tenant == "solo" {
-        let lower = path.to_ascii_lowercase();
+        let lower: String = path
+            .to_ascii_lowercase()
+            .split('/')
+            .map(|seg| seg.split(';').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("/");
         let after_script = lower
             .match_indices(".php/")
             .filter(|(i, _)| *i > 0 && !lower[..*i].ends_with('/'))
@@ -653,6 +659,7 @@ fn every_status_with_every_kind_of_path() {
         "/Api",
         "/index.php/api/v1",
         "/app/x.PHP/API",
+        "/api;x/v1",
         "/apix",
         "/api/../billing",
         "/billing/../app",

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::tls::{ServerConfig, TlsAcceptor};
+use pingora::tls::TlsAcceptor;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::loopback::LoopbackServer;
@@ -53,18 +53,7 @@ impl Backend {
     /// and key in the PEM files `cert` and `key`. A connection whose TLS handshake fails is
     /// closed without reading a request.
     pub fn start_tls(name: &str, cert: &Path, key: &Path) -> Backend {
-        pingora::tls::install_default_crypto_provider();
-        let (chain, key) = pingora::tls::load_certs_and_key_files(
-            &cert.display().to_string(),
-            &key.display().to_string(),
-        )
-        .expect("read certificate files")
-        .expect("a certificate and a key");
-        let config = ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server certificate");
-        Self::start_with(name, Some(TlsAcceptor::from(Arc::new(config))))
+        Self::start_with(name, Some(crate::tls::acceptor(cert, key)))
     }
 
     /// Plain HTTP without `tls`; with it, HTTPS only, recording each connection's SNI.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pingora::tls::{ServerConfig, TlsAcceptor};
+use pingora::tls::TlsAcceptor;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::loopback::LoopbackServer;
@@ -77,18 +77,7 @@ impl KeyServer {
     /// HTTPS with the certificate chain and key in the PEM files `cert` and `key`, whose
     /// names must include `localhost`.
     pub fn start_tls(answer: Answer, cert: &Path, key: &Path) -> KeyServer {
-        pingora::tls::install_default_crypto_provider();
-        let (chain, key) = pingora::tls::load_certs_and_key_files(
-            &cert.display().to_string(),
-            &key.display().to_string(),
-        )
-        .expect("read certificate files")
-        .expect("a certificate and a key");
-        let config = ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server certificate");
-        Self::start_with(answer, Some(TlsAcceptor::from(Arc::new(config))))
+        Self::start_with(answer, Some(crate::tls::acceptor(cert, key)))
     }
 
     fn start_with(answer: Answer, tls: Option<TlsAcceptor>) -> KeyServer {

@@ -128,3 +128,20 @@ pub fn leaf_der(pem: &str) -> Vec<u8> {
         .expect("PEM")
         .to_vec()
 }
+
+/// A TLS acceptor serving the certificate chain and key in the PEM files `cert` and `key`,
+/// as Pingora's rustls reads them: for the test servers that speak HTTPS.
+pub fn acceptor(cert: &Path, key: &Path) -> pingora::tls::TlsAcceptor {
+    pingora::tls::install_default_crypto_provider();
+    let (chain, key) = pingora::tls::load_certs_and_key_files(
+        &cert.display().to_string(),
+        &key.display().to_string(),
+    )
+    .expect("read certificate files")
+    .expect("a certificate and a key");
+    let config = pingora::tls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server certificate");
+    pingora::tls::TlsAcceptor::from(std::sync::Arc::new(config))
+}

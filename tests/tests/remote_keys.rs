@@ -268,8 +268,8 @@ fn a_failing_provider_keeps_the_keys_and_a_restart_starts_from_a_fresh_cache_fil
     let (_, record) = cached(&cache).unwrap();
     for (field, value, said) in [
         (
-            "url",
-            Value::from("http://127.0.0.1:1/jwks"),
+            "url_sha256",
+            Value::from("0".repeat(64)),
             "not from auth.jwks_url",
         ),
         (

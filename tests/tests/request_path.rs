@@ -1880,11 +1880,11 @@ fn api_prefix_goes_to_api_url() {
     assert_eq!(app.json()["instance"], "instance-a");
 }
 
-/// A Solo tenant (isolated mode) is refused the API prefix, once its caller is known, in any
-/// spelling its app would route there; a Team tenant is not; a mode a binding sets wins over
-/// its plan's; the refused paths are the config's.
+/// A Solo tenant (isolated mode) is refused the prefixes the config lists for its mode (here
+/// the whole API prefix, and `/ci/`), once its caller is known, in any spelling its app would
+/// route there; a Team tenant is not; a mode a binding sets wins over its plan's.
 #[test]
-fn an_isolated_tenant_is_refused_the_api_prefix() {
+fn an_isolated_tenant_is_refused_the_paths_its_mode_lists() {
     let w = world_configured(
         |records, a, _| {
             let mut solo = binding("solo", &a.url(), "active", None);
@@ -1902,6 +1902,8 @@ fn an_isolated_tenant_is_refused_the_api_prefix() {
         "/api/items",
         "/API/items",
         "/api",
+        "/api;x/items",
+        "/api./items",
         "/index.php/api/items",
         "/ci/builds",
     ] {
@@ -1928,7 +1930,7 @@ fn an_isolated_tenant_is_refused_the_api_prefix() {
         .edge
         .ops_get("/metrics")
         .text()
-        .contains("outcome=\"not_in_plan\"} 5"));
+        .contains("outcome=\"not_in_plan\"} 7"));
 }
 
 /// Upgrades a connection to `acme`'s instance (a WebSocket) and checks the tunnel with one

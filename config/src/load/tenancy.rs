@@ -89,14 +89,8 @@ pub(super) fn parse(
         )
         .unwrap_or(d.frame_ancestors);
     let refused_paths = ModePaths {
-        isolated: refused_paths(
-            &mut s,
-            "isolated_refused_paths",
-            &api_prefix,
-            &recovery_paths,
-            p,
-        ),
-        cooperative: refused_paths(&mut s, "cooperative_refused_paths", "/", &recovery_paths, p),
+        isolated: refused_paths(&mut s, "isolated_refused_paths", &recovery_paths, p),
+        cooperative: refused_paths(&mut s, "cooperative_refused_paths", &recovery_paths, p),
     };
     s.finish(p);
     (p.list.len() == before).then_some(TenancySettings {
@@ -112,29 +106,24 @@ pub(super) fn parse(
     })
 }
 
-/// A mode's refused path prefixes; left out, `default` alone (none when it is `/`: the API
-/// prefix can be the whole site, where refusing it would refuse the tenant everything).
-/// Neither `/` nor a prefix that takes in a recovery path is taken: a suspended tenant's
-/// admins must reach billing whatever the plan.
+/// A mode's refused path prefixes (none when left out), lowercase: they are matched without
+/// case. Neither `/` nor a prefix that takes in a recovery path, in any case, is taken: a
+/// suspended tenant's admins must reach billing whatever the plan.
 fn refused_paths(
     s: &mut Section<'_, '_>,
     k: &'static str,
-    default: &str,
     recovery: &[String],
     p: &mut Problems<'_>,
 ) -> Vec<String> {
     let at = s.raw(k).map(|v| v.span().start);
-    let Some(paths) = s.strings(k, p, check_prefix) else {
-        return if default == "/" {
-            Vec::new()
-        } else {
-            vec![default.to_owned()]
-        };
+    let Some(paths) = s.strings(k, p, |v| check_prefix(&v.to_ascii_lowercase())) else {
+        return Vec::new();
     };
     for path in &paths {
         let base = path.trim_end_matches('/');
         let takes_in = |r: &String| {
-            r.strip_prefix(base)
+            r.to_ascii_lowercase()
+                .strip_prefix(base)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         };
         if base.is_empty() {

@@ -766,15 +766,7 @@ fn key_rotation_invalidates_cache_and_bad_file_keeps_keys() {
 fn a_fetched_key_set_starts_with_the_hmac_secrets_and_is_installed_by_the_file_rules() {
     let f = fixture("fetched");
     let mut s = settings(&f);
-    s.jwks = JwksSource::Url(Box::new(nexus_config::RemoteJwks {
-        url: "https://id.test/jwks".parse().expect("url"),
-        ca_file: None,
-        refresh_interval: Duration::from_secs(300),
-        min_refresh_interval: Duration::from_secs(30),
-        timeout: Duration::from_secs(5),
-        cache_file: None,
-        max_staleness: Duration::from_secs(3600),
-    }));
+    s.jwks = JwksSource::Url(Box::new(remote::settings_for_tests("https://id.test/jwks")));
     let auth = Authenticator::new(&s).expect("auth");
     assert!(!auth.has_key_set());
     assert_eq!(auth.key_count(), 2, "the two HMAC secrets");

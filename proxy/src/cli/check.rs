@@ -605,7 +605,10 @@ fn fetch_for_check(
         .map_err(|e| FetchProblem::Unreachable(e.to_string()))?;
     let fetcher =
         crate::auth::remote::RemoteKeys::new(remote).map_err(FetchProblem::Unreachable)?;
-    rt.block_on(fetcher.fetch_once(auth)).map_err(|e| match e {
+    let fetched = rt.block_on(fetcher.fetch_once(auth));
+    // Not waited for: a name lookup that timed out may still hold a blocking thread.
+    rt.shutdown_background();
+    fetched.map_err(|e| match e {
         Ok(why) => FetchProblem::Unreachable(why),
         Err(why) => FetchProblem::Refused(why),
     })

@@ -1,5 +1,6 @@
-//! The cache file of a fetched key set (`jwks_cache_file`): the set, the URL it came from and
-//! when the provider last confirmed it. A router that starts while the provider is away takes
+//! The cache file of a fetched key set (`jwks_cache_file`): the set, the URL it came from (as
+//! a SHA-256, and as logged: its query, which may hold a secret, left out) and when the
+//! provider last confirmed it. A router that starts while the provider is away takes
 //! a set from its own URL only (not the one a changed `jwks_url` left behind), and only while
 //! it is not stale: keys a running router keeps past `jwks_max_staleness` stay trusted so that
 //! no user is logged out, but a router starting anew does not begin with them.
@@ -20,7 +21,10 @@ pub(super) const MAX_CACHE_BYTES: u64 = 2 * MAX_JWKS_BYTES as u64 + 4096;
 #[serde(deny_unknown_fields)]
 struct Cached {
     format: String,
+    /// The URL as logged, for a reader.
     url: String,
+    /// SHA-256 of the whole URL, hex: what is compared.
+    url_sha256: String,
     confirmed_unix_ms: u64,
     /// The key set as the provider served it (its bytes, so its digest is the same).
     jwks: String,
@@ -32,7 +36,7 @@ pub(super) enum Unusable {
     /// Not this format (hand-written, or another file).
     #[error("not a key set cache ({0})")]
     NotACache(String),
-    /// Written for another `jwks_url`.
+    /// Written for another `jwks_url` (named as logged).
     #[error("kept from {0}, not from auth.jwks_url")]
     OtherUrl(String),
     /// Last confirmed longer ago than `jwks_max_staleness`.
@@ -40,12 +44,21 @@ pub(super) enum Unusable {
     Stale(Duration),
 }
 
-/// The file's content for `jwks` (UTF-8, as every key set installed is), from `url`,
-/// confirmed at `confirmed_unix_ms`.
-pub(super) fn encode(url: &str, confirmed_unix_ms: u64, jwks: &[u8]) -> Vec<u8> {
+/// SHA-256 of a URL, hex.
+fn url_digest(url: &str) -> String {
+    crate::auth::keyset::digest(url.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The file's content for `jwks` (UTF-8, as every key set installed is), from `url` (logged
+/// as `shown`), confirmed at `confirmed_unix_ms`.
+pub(super) fn encode(url: &str, shown: &str, confirmed_unix_ms: u64, jwks: &[u8]) -> Vec<u8> {
     let cached = Cached {
         format: FORMAT.to_owned(),
-        url: url.to_owned(),
+        url: shown.to_owned(),
+        url_sha256: url_digest(url),
         confirmed_unix_ms,
         jwks: String::from_utf8_lossy(jwks).into_owned(),
     };
@@ -67,7 +80,7 @@ pub(super) fn decode(
     if cached.format != FORMAT {
         return Err(Unusable::NotACache(format!("format {:?}", cached.format)));
     }
-    if cached.url != url {
+    if cached.url_sha256 != url_digest(url) {
         return Err(Unusable::OtherUrl(cached.url));
     }
     // A time ahead of now (a clock set back since) counts as now, not as fresher.
@@ -89,7 +102,7 @@ mod tests {
     #[test]
     fn a_cache_is_taken_from_its_own_url_while_fresh() {
         let jwks = br#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "\u00e9\""}]}"#;
-        let file = encode(URL, 1_000_000, jwks);
+        let file = encode(URL, URL, 1_000_000, jwks);
         assert_eq!(
             decode(&file, URL, 1_000_000 + 60_000, HOUR),
             Ok((jwks.to_vec(), 1_000_000))
@@ -103,6 +116,16 @@ mod tests {
             decode(&file, "https://other.test/jwks", 1_000_000, HOUR),
             Err(Unusable::OtherUrl(URL.to_owned()))
         );
+        // Only the digest is compared; the query stays out of the file.
+        let secret = encode(
+            "https://id.test/jwks?k=s3cret",
+            "https://id.test/jwks?…",
+            1,
+            jwks,
+        );
+        assert!(!String::from_utf8_lossy(&secret).contains("s3cret"));
+        assert!(decode(&secret, "https://id.test/jwks?k=s3cret", 1, HOUR).is_ok());
+        assert!(decode(&secret, "https://id.test/jwks?k=other", 1, HOUR).is_err());
         assert_eq!(
             decode(&file, URL, 1_000_000 + 2 * 3_600_000, HOUR),
             Err(Unusable::Stale(2 * HOUR))
@@ -110,7 +133,7 @@ mod tests {
         for bad in [
             &br#"{"keys": []}"#[..],
             b"",
-            br#"{"format": "other", "url": "u", "confirmed_unix_ms": 1, "jwks": ""}"#,
+            br#"{"format": "other", "url": "u", "url_sha256": "", "confirmed_unix_ms": 1, "jwks": ""}"#,
         ] {
             assert!(matches!(
                 decode(bad, URL, 1, HOUR),

@@ -34,6 +34,9 @@ pub use fetch::FetchError;
 
 use super::{keyset, Authenticator};
 
+/// Longest a write of the cache file is waited for.
+const CACHE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// When fetches happen and what the last ones came to.
 #[derive(Debug, Default)]
 struct Schedule {
@@ -47,8 +50,9 @@ struct Schedule {
     failures: u32,
     /// The last failure said (said once while it repeats).
     said: Option<String>,
-    /// Digest of the key set last written to the cache file, and when.
-    written: Option<([u8; 32], Instant)>,
+    /// Digest of the key set last written to the cache file, and the confirmation time
+    /// written with it (Unix ms).
+    written: Option<([u8; 32], u64)>,
     /// Whether "stale" was said and not yet taken back.
     said_stale: bool,
 }
@@ -85,7 +89,12 @@ struct InFlight<'a>(&'a RemoteKeys);
 
 impl<'a> InFlight<'a> {
     fn begin(keys: &'a RemoteKeys) -> Self {
-        keys.schedule().in_flight = true;
+        let mut s = keys.schedule();
+        s.in_flight = true;
+        // Replaced when the fetch ends; kept if it panics, so the job started again after
+        // the panic does not fetch at once, and again, a second apart.
+        s.next_at = Some(Instant::now() + keys.settings.min_refresh_interval);
+        drop(s);
         Self(keys)
     }
 }
@@ -185,7 +194,7 @@ impl RemoteKeys {
         match auth.install_fetched(jwks, format!("{shown_path} (kept from {})", self.shown)) {
             Ok(_) => {
                 self.confirmed_ms.store(confirmed, Ordering::Relaxed);
-                self.schedule().written = Some((digest, Instant::now()));
+                self.schedule().written = Some((digest, confirmed));
                 tracing::warn!(file = %shown_path, keys = auth.key_count(),
                     age_s = self.age_ms(now) / 1000,
                     "verification keys taken from auth.jwks_cache_file until a fetch succeeds");
@@ -219,7 +228,8 @@ impl RemoteKeys {
         {
             let mut s = self.schedule();
             if s.failures > 0 {
-                return false;
+                // (A set installed since the check above still serves this request.)
+                return auth.key_generation() != seen;
             }
             let allowed = s.last_ended.map(|t| t + self.settings.min_refresh_interval);
             if let Some(allowed) = allowed.filter(|&a| !s.in_flight && a > Instant::now()) {
@@ -229,7 +239,7 @@ impl RemoteKeys {
                     // The job sleeps toward the old time: woken, it sleeps toward this one.
                     self.wake.notify_one();
                 }
-                return false;
+                return auth.key_generation() != seen;
             }
         }
         self.wake.notify_one();
@@ -352,7 +362,8 @@ impl RemoteKeys {
                 "the key set could not be fetched; the keys in use stay");
             s.said = Some(why);
         }
-        s.next_at = Some(Instant::now() + backoff(&self.settings, s.failures, has_keys));
+        let wait = backoff(&self.settings, s.failures, has_keys);
+        s.next_at = Some(Instant::now() + jittered(wait, self.settings.min_refresh_interval));
     }
 
     /// Logs when the keys go stale (unconfirmed past `jwks_max_staleness`) and when they are
@@ -380,27 +391,30 @@ impl RemoteKeys {
         let Some(path) = self.settings.cache_file.clone() else {
             return;
         };
-        let due = self.settings.max_staleness / 4;
+        let confirmed = self.confirmed_ms.load(Ordering::Relaxed);
+        let due = u64::try_from((self.settings.max_staleness / 4).as_millis()).unwrap_or(u64::MAX);
         if self
             .schedule()
             .written
-            .is_some_and(|(d, at)| d == digest && at.elapsed() < due)
+            .is_some_and(|(d, at)| d == digest && confirmed.saturating_sub(at) < due)
         {
             return;
         }
-        let content = cache::encode(
-            self.settings.url.as_str(),
-            self.confirmed_ms.load(Ordering::Relaxed),
-            body,
-        );
+        let content = cache::encode(self.settings.url.as_str(), &self.shown, confirmed, body);
         let shown = path.display().to_string();
-        let wrote = tokio::task::spawn_blocking(move || {
+        let write = tokio::task::spawn_blocking(move || {
             nexus_binding_store::file_store::write_atomically(&path, &content)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        });
+        // A disk that hangs (a stuck network mount) must not stop the refreshes: the write
+        // is given up on (its thread left to finish), and tried again at the next fetch.
+        let wrote = match tokio::time::timeout(CACHE_WRITE_TIMEOUT, write).await {
+            Ok(joined) => joined.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
+            Err(_) => Err(std::io::Error::other(format!(
+                "not written within {CACHE_WRITE_TIMEOUT:?}"
+            ))),
+        };
         match wrote {
-            Ok(()) => self.schedule().written = Some((digest, Instant::now())),
+            Ok(()) => self.schedule().written = Some((digest, confirmed)),
             Err(e) => tracing::warn!(file = %shown, error = %e,
                 "the fetched key set could not be written to auth.jwks_cache_file"),
         }
@@ -418,6 +432,13 @@ fn next_interval(settings: &RemoteJwks, max_age: Option<Duration>, random: u8) -
     let wanted = max_age.unwrap_or(max).clamp(min, max);
     let jitter = wanted.mul_f64(f64::from(random) / 2550.0);
     wanted.saturating_sub(jitter).max(min)
+}
+
+/// `wait` less up to a tenth, never below `min`: routers that failed together (the provider
+/// went away) do not all come back to it in the same second.
+fn jittered(wait: Duration, min: Duration) -> Duration {
+    let jitter = wait.mul_f64(f64::from(random_byte()) / 2550.0);
+    wait.saturating_sub(jitter).max(min)
 }
 
 /// How long until the next fetch after `failures` in a row: `jwks_min_refresh_interval`,
@@ -457,20 +478,26 @@ pub(crate) async fn follow_restarting(
     .await;
 }
 
+/// The defaults' timings for a key set at `url`, for tests.
+#[cfg(test)]
+pub(crate) fn settings_for_tests(url: &str) -> RemoteJwks {
+    RemoteJwks {
+        url: url.parse().expect("url"),
+        ca_file: None,
+        refresh_interval: Duration::from_secs(300),
+        min_refresh_interval: Duration::from_secs(30),
+        timeout: Duration::from_secs(5),
+        cache_file: None,
+        max_staleness: Duration::from_secs(3600),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn settings() -> RemoteJwks {
-        RemoteJwks {
-            url: "https://id.test/jwks?key=secret".parse().expect("url"),
-            ca_file: None,
-            refresh_interval: Duration::from_secs(300),
-            min_refresh_interval: Duration::from_secs(30),
-            timeout: Duration::from_secs(5),
-            cache_file: None,
-            max_staleness: Duration::from_secs(3600),
-        }
+        settings_for_tests("https://id.test/jwks?key=secret")
     }
 
     #[test]
