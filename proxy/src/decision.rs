@@ -17,7 +17,9 @@
 //!    to the tenant is used as anywhere else; any other credential is not refused (an expired
 //!    session must still reach `/login`) but taken off the request, so the instance never
 //!    receives a credential the router did not accept for it;
-//! 5. the token (401), then its tenant/org claims against the binding (403).
+//! 5. the token (401), then its tenant/org claims against the binding (403);
+//! 6. the paths the tenant's deployment mode refuses (403 `not_in_plan`): after the token,
+//!    so on a private path only a member learns what the plan holds.
 
 use std::borrow::Cow;
 use std::sync::Arc;
