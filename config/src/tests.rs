@@ -1012,7 +1012,7 @@ fn a_key_set_url_is_read_with_its_settings_and_their_bounds() {
     let neither = MINIMAL.replace("jwks_file = \"keys/jwks.json\"\n", "");
     names(&problems(&neither), "auth.jwks_file", "or auth.jwks_url");
     // The cache file is the router's own: not the bindings file, nor their audit log.
-    for cache in ["bindings.json", "bindings.json.audit.jsonl"] {
+    for cache in ["bindings.json", "bindings.json.audit.jsonl", "edge.toml"] {
         names(
             &problems(&with(&format!("jwks_cache_file = {cache:?}\n"))),
             "auth.jwks_cache_file",

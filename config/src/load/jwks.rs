@@ -173,16 +173,31 @@ fn jwks_url(v: &str) -> Result<url::Url, String> {
     Ok(url)
 }
 
-/// `jwks_cache_file` naming a file the router reads or writes for something else (the
-/// bindings file, a snapshot, the revocations, a CA bundle, their audit logs): each fetch
-/// would write over it.
+/// The files the router reads or writes for something else, which `jwks_cache_file` may not
+/// name: each fetch would write over it. Compared as written (relative to the config's
+/// folder), not through links.
+pub(super) struct OtherFiles<'a> {
+    pub(super) config: &'a Path,
+    pub(super) upstream: Option<&'a UpstreamSettings>,
+    pub(super) store: Option<&'a StoreSettings>,
+    pub(super) revocation: Option<&'a RevocationSettings>,
+    pub(super) tls: Option<&'a TlsListenerSettings>,
+}
+
+/// `jwks_cache_file` naming one of [`OtherFiles`] (the config, the bindings file, a snapshot,
+/// the revocations, a CA bundle, a certificate, their audit logs).
 pub(super) fn cache_file_problem(
     auth: Option<&AuthSettings>,
-    upstream: Option<&UpstreamSettings>,
-    store: Option<&StoreSettings>,
-    revocation: Option<&RevocationSettings>,
+    others: OtherFiles<'_>,
     p: &mut Problems<'_>,
 ) {
+    let OtherFiles {
+        config,
+        upstream,
+        store,
+        revocation,
+        tls,
+    } = others;
     let Some(JwksSource::Url(remote)) = auth.map(|a| &a.jwks) else {
         return;
     };
@@ -194,7 +209,11 @@ pub(super) fn cache_file_problem(
         name.push(suffix);
         std::path::PathBuf::from(name)
     };
-    let mut taken: Vec<(std::path::PathBuf, &str)> = Vec::new();
+    let mut taken: Vec<(std::path::PathBuf, &str)> =
+        vec![(config.to_path_buf(), "the config file")];
+    for cert in tls.iter().flat_map(|t| &t.certificates) {
+        taken.push((cert.clone(), "a tls.certificates file"));
+    }
     if let Some(ca) = &remote.ca_file {
         taken.push((ca.clone(), "auth.jwks_ca_file"));
     }
@@ -209,6 +228,13 @@ pub(super) fn cache_file_problem(
             }
         }
         Some(StoreSettings::Redis(r)) => {
+            if let Some(ca) = &r.tls.ca_file {
+                taken.push((ca.clone(), "store.tls.ca_file"));
+            }
+            if let Some((cert, key)) = &r.tls.client_cert {
+                taken.push((cert.clone(), "store.tls's client certificate"));
+                taken.push((key.clone(), "store.tls's client key"));
+            }
             if let Some(path) = &r.snapshot_path {
                 taken.push((path.clone(), "store.snapshot_path"));
                 taken.push((

@@ -180,9 +180,13 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     );
     jwks::cache_file_problem(
         auth.as_ref(),
-        upstream.as_ref(),
-        store.as_ref(),
-        revocation.as_ref(),
+        jwks::OtherFiles {
+            config: origin,
+            upstream: upstream.as_ref(),
+            store: store.as_ref(),
+            revocation: revocation.as_ref(),
+            tls: tls.as_ref().and_then(Option::as_ref),
+        },
         &mut p,
     );
     // Whenever both bounds parsed, whatever else is wrong in their sections.
