@@ -1000,6 +1000,13 @@ fn a_key_set_url_is_read_with_its_settings_and_their_bounds() {
         "jwks_file = \"keys/jwks.json\"\njwks_url = \"https://id.example.com/jwks\"\n",
     );
     names(&problems(&both), "auth.jwks_url", "keep one of the two");
+    let both_timed = both.replace("[auth]\n", "[auth]\njwks_refresh_interval = \"1m\"\n");
+    assert_eq!(
+        problems(&both_timed).len(),
+        1,
+        "{:#?}",
+        problems(&both_timed)
+    );
     let beside_file = MINIMAL.replace(
         "jwks_file = \"keys/jwks.json\"\n",
         "jwks_file = \"keys/jwks.json\"\njwks_cache_file = \"c.json\"\n",

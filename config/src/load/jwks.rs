@@ -37,6 +37,8 @@ pub(super) fn parse(
 ) -> Option<JwksSource> {
     let file_at = s.raw("jwks_file").map(|v| v.span().start);
     let url_at = s.raw("jwks_url").map(|v| v.span().start);
+    // Known whichever source is set: a wrong source is said once, not as unknown keys too.
+    s.allow(&URL_ONLY);
     match (file_at, url_at) {
         (Some(_), Some(at)) => {
             p.push(
