@@ -174,22 +174,27 @@ pub fn prepare(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let remote_keys = match &settings.auth.jwks {
-        nexus_config::JwksSource::Url(remote) => {
-            if let Some(ca) = &remote.ca_file {
-                check_ca_bundle(ca).map_err(StartError::JwksCaBundle)?;
+    let loaded = (|| {
+        let remote_keys = match &settings.auth.jwks {
+            nexus_config::JwksSource::Url(remote) => {
+                if let Some(ca) = &remote.ca_file {
+                    check_ca_bundle(ca).map_err(StartError::JwksCaBundle)?;
+                }
+                let remote = Arc::new(RemoteKeys::new(remote).map_err(StartError::JwksClient)?);
+                rt.block_on(remote.initial_load(&auth));
+                Some(remote)
             }
-            let remote = Arc::new(RemoteKeys::new(remote).map_err(StartError::JwksClient)?);
-            rt.block_on(remote.initial_load(&auth));
-            Some(remote)
-        }
-        _ => None,
-    };
-    let table = rt.block_on(source.initial_load())?;
-    crate::revocation::initial_load(&feed, &revocations, &rt)?;
-    // Not waited for: a name lookup of the key set's fetch that timed out may still hold a
-    // blocking thread, and the start must not wait on the resolver past jwks_fetch_timeout.
+            _ => None,
+        };
+        let table = rt.block_on(source.initial_load())?;
+        crate::revocation::initial_load(&feed, &revocations, &rt)?;
+        Ok::<_, StartError>((remote_keys, table))
+    })();
+    // Not waited for, whether the loads succeeded or not: a name lookup of the key set's
+    // fetch that timed out may still hold a blocking thread, and the start (or its failure)
+    // must not wait on the resolver past jwks_fetch_timeout.
     rt.shutdown_background();
+    let (remote_keys, table) = loaded?;
     tracing::info!(
         bindings = table.len(),
         revision = table.revision().get(),
