@@ -224,7 +224,7 @@ impl BackgroundService for BindingSync {
 }
 
 /// Re-reads the JWKS file periodically; a bad file keeps the current keys, is logged once
-/// and shows in `key_set_refused` until it changes.
+/// and shows in `key_set_refused` (mirrored at each scrape) until it changes.
 pub struct KeyReload {
     state: Arc<EdgeState>,
     every: Duration,
@@ -268,10 +268,6 @@ impl BackgroundService for KeyReload {
                         Ok(Err(e)) => tracing::error!(error = %e, "verification keys not reloaded; keeping the current keys"),
                         Err(_) => tracing::error!("verification keys not reloaded: the reload panicked; keeping the current keys"),
                     }
-                    self.state.metrics.key_set_refused.set(i64::from(refused));
-                    self.state.metrics.verification_keys.set(
-                        crate::metrics::gauge_value(self.state.auth.key_count()),
-                    );
                 }
                 _ = shutdown.changed() => break,
             }
@@ -307,11 +303,11 @@ impl BackgroundService for KeyRefresh {
     async fn start(&self, shutdown: ShutdownWatch) {
         // No last steps, as for a key file: keys are followed to the end of the drain.
         let stop = self.stop.signal(shutdown, Duration::ZERO);
-        crate::auth::remote::follow_restarting(
-            Arc::clone(&self.remote),
-            Arc::clone(&self.state),
-            stop,
-        )
+        let (remote, state) = (Arc::clone(&self.remote), Arc::clone(&self.state));
+        restarting_after_panic("verification key refresh", stop.clone(), move || {
+            let (remote, state, stop) = (Arc::clone(&remote), Arc::clone(&state), stop.clone());
+            async move { remote.follow(&state.auth, stop).await }
+        })
         .await;
     }
 }

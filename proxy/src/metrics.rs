@@ -737,13 +737,16 @@ impl Metrics {
         })
     }
 
-    /// Mirrors the token cache's size, the signature checks made so far and the
-    /// revocations' state (before a render); `max_staleness`: `[revocation] max_staleness`.
+    /// Mirrors the key set's state (whatever its source), the token cache's size, the
+    /// signature checks made so far and the revocations' state (before a render);
+    /// `max_staleness`: `[revocation] max_staleness`.
     pub fn mirror_auth(
         &self,
         auth: &crate::auth::Authenticator,
         max_staleness: std::time::Duration,
     ) {
+        self.key_set_refused.set(i64::from(auth.refusing()));
+        self.verification_keys.set(gauge_value(auth.key_count()));
         self.token_cache_entries
             .set(gauge_value(auth.cached_tokens()));
         let revocations = auth.revocations();
@@ -762,8 +765,7 @@ impl Metrics {
         c.inc_by(revocations.snapshot_failures().saturating_sub(c.get()));
     }
 
-    /// Refreshes the metrics of a key set fetched from `[auth] jwks_url` (a key file's are
-    /// set by its reload job), at each scrape.
+    /// Refreshes the metrics of a key set fetched from `[auth] jwks_url`, at each scrape.
     pub fn mirror_remote_keys(
         &self,
         auth: &crate::auth::Authenticator,
@@ -773,8 +775,6 @@ impl Metrics {
         self.jwks_age_seconds
             .set(gauge_value(remote.age_ms(now) / 1000));
         self.jwks_stale.set(i64::from(remote.stale(auth, now)));
-        self.key_set_refused.set(i64::from(auth.refusing()));
-        self.verification_keys.set(gauge_value(auth.key_count()));
         let _held = self.mirror.lock();
         let c = &self.jwks_fetch_failures;
         c.inc_by(remote.failures().saturating_sub(c.get()));

@@ -758,7 +758,7 @@ pub fn may_reach_prefix(path: &str, prefixes: &[String]) -> bool {
         return true;
     }
     (1..segments.len()).any(|i| {
-        let script = segments[i].len() > ".php".len() && segments[i].ends_with(".php");
+        let script = names_script(&segments[i]);
         let data = segments[i] == "_next" && segments.get(i + 1).is_some_and(|s| s == "data");
         (script && i + 1 < segments.len() && reaches(i + 1))
             || (data && i + 3 < segments.len() && reaches(i + 3))
@@ -767,18 +767,20 @@ pub fn may_reach_prefix(path: &str, prefixes: &[String]) -> bool {
 
 /// Whether a segment before the last names a PHP script (`….php`, in any case).
 fn runs_through_script(path: &str) -> bool {
-    const SCRIPT: &[u8] = b".php";
     let mut segments = path.split('/').peekable();
     while let Some(segment) = segments.next() {
-        let s = segment.as_bytes();
-        if segments.peek().is_some()
-            && s.len() > SCRIPT.len()
-            && s[s.len() - SCRIPT.len()..].eq_ignore_ascii_case(SCRIPT)
-        {
+        if segments.peek().is_some() && names_script(segment) {
             return true;
         }
     }
     false
+}
+
+/// Whether a path segment names a PHP script (`….php`, in any case, with a name before it).
+fn names_script(segment: &str) -> bool {
+    const SCRIPT: &[u8] = b".php";
+    let s = segment.as_bytes();
+    s.len() > SCRIPT.len() && s[s.len() - SCRIPT.len()..].eq_ignore_ascii_case(SCRIPT)
 }
 
 #[cfg(test)]

@@ -202,9 +202,6 @@ pub fn prepare(
         "binding table loaded"
     );
     let metrics = Metrics::new().map_err(|e| StartError::Metrics(e.to_string()))?;
-    metrics
-        .verification_keys
-        .set(crate::metrics::gauge_value(auth.key_count()));
     Ok(Arc::new(EdgeState {
         sync_health: source.health(),
         bindings: BindingHandle::new(table),

@@ -332,7 +332,7 @@ where
 }
 
 /// Reads until `buf` holds `end`; its position, or `None` if the connection ended first.
-async fn read_to<S: AsyncRead + Unpin>(
+pub(crate) async fn read_to<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     end: &[u8],

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pingora::tls::TlsAcceptor;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::loopback::LoopbackServer;
 
@@ -161,13 +161,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
+    if crate::backend::read_to(&mut stream, &mut head, b"\r\n\r\n")
+        .await?
+        .is_none()
+    {
+        return Ok(());
     }
     *seen.last.lock().unwrap() = Some(Instant::now());
     seen.requests.fetch_add(1, Ordering::SeqCst);
@@ -179,6 +177,8 @@ where
         .to_owned();
     seen.paths.lock().unwrap().push(target);
     let a = answer.lock().unwrap().clone();
+    // The server's own behaviour (a slow provider, as `Backend`'s `/slow/<ms>`), not a test
+    // waiting for something.
     tokio::time::sleep(a.delay).await;
     let mut out = format!("HTTP/1.1 {} Answer\r\nconnection: close\r\n", a.status);
     for (n, v) in &a.headers {

@@ -92,14 +92,11 @@ enum Refused {
     Unreadable(String),
 }
 
-/// The key file's bytes, at most [`MAX_JWKS_BYTES`], and where they came from.
-fn read_source(source: &JwksSource) -> Result<(Vec<u8>, String), AuthSetupError> {
-    match source {
-        // Fetched by [`remote::RemoteKeys`], which hands the bytes to `install_fetched`.
-        JwksSource::Url(remote) => Err(AuthSetupError::Format {
-            path: remote.url.to_string(),
-            reason: "a fetched key set is not read here".to_owned(),
-        }),
+/// The key file's bytes, at most [`MAX_JWKS_BYTES`], and where they came from; `None` for a
+/// fetched key set, which [`remote::RemoteKeys`] hands to `install_fetched`.
+fn read_source(source: &JwksSource) -> Option<Result<(Vec<u8>, String), AuthSetupError>> {
+    Some(match source {
+        JwksSource::Url(_) => return None,
         JwksSource::File(p) => {
             let path = p.display().to_string();
             // Opened and then looked at (a FIFO or a device there would block the read, and
@@ -120,7 +117,7 @@ fn read_source(source: &JwksSource) -> Result<(Vec<u8>, String), AuthSetupError>
             DEMO_JWKS.as_bytes().to_vec(),
             "embedded demo key set".to_owned(),
         )),
-    }
+    })
 }
 
 /// Builds a key set from what [`read_source`] read (bounded there).
@@ -191,14 +188,14 @@ impl Authenticator {
     /// A fetched key set (`jwks_url`) is not loaded here: the authenticator starts with the
     /// HMAC secrets alone, until [`remote::RemoteKeys`] installs one.
     pub fn new(settings: &AuthSettings) -> Result<Self, AuthSetupError> {
-        let (keys, origin, installed) = match &settings.jwks {
-            JwksSource::Url(remote) => (
+        let (keys, origin, installed) = match read_source(&settings.jwks) {
+            None => (
                 KeySet::hmac_only(&settings.hmac_keys),
-                remote.url.to_string(),
+                "the key set to be fetched".to_owned(),
                 false,
             ),
-            source => {
-                let (bytes, origin) = read_source(source)?;
+            Some(read) => {
+                let (bytes, origin) = read?;
                 let keys = load_set(&bytes, &origin, &settings.hmac_keys, 1, false)?;
                 (keys, origin, true)
             }
@@ -277,10 +274,10 @@ impl Authenticator {
     /// new key set was installed. A refused content is refused once: until the file holds
     /// something else, it is `Ok(false)`, as the current keys stay.
     pub fn reload_keys(&self) -> Result<bool, AuthSetupError> {
-        if matches!(self.source, JwksSource::Url(_)) {
-            return Ok(false);
+        match read_source(&self.source) {
+            Some(read) => self.install(read),
+            None => Ok(false),
         }
-        self.install(read_source(&self.source))
     }
 
     /// Installs a key set fetched (or read from its cache file) by [`remote::RemoteKeys`],

@@ -596,6 +596,7 @@ fn fetch_for_check(
     remote: &nexus_config::RemoteJwks,
     auth: &crate::auth::Authenticator,
 ) -> Result<(), FetchProblem> {
+    use crate::auth::remote::Unfetched;
     if let Some(ca) = &remote.ca_file {
         crate::server::check_ca_bundle(ca).map_err(FetchProblem::CaBundle)?;
     }
@@ -609,8 +610,8 @@ fn fetch_for_check(
     // Not waited for: a name lookup that timed out may still hold a blocking thread.
     rt.shutdown_background();
     fetched.map_err(|e| match e {
-        Ok(why) => FetchProblem::Unreachable(why),
-        Err(why) => FetchProblem::Refused(why),
+        Unfetched::Unreachable(why) => FetchProblem::Unreachable(why.to_string()),
+        Unfetched::Refused(why) => FetchProblem::Refused(why.to_string()),
     })
 }
 

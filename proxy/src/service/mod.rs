@@ -302,16 +302,16 @@ impl EdgeService {
         }
     }
 
-    /// For a token naming an unknown `kid`, decided with the key set of generation `seen`:
-    /// whether a newer one is in use, from the provider (never, for a key file).
-    async fn keys_refreshed(&self, seen: u64) -> bool {
-        match &self.state.remote_keys {
-            Some(remote) => {
+    /// For a token naming an unknown `kid`, decided with the key set of generation `seen`
+    /// (taken only for a fetched key set): whether a newer one is in use, from the provider.
+    async fn keys_refreshed(&self, seen: Option<u64>) -> bool {
+        match (&self.state.remote_keys, seen) {
+            (Some(remote), Some(seen)) => {
                 remote
                     .refreshed_for_unknown_kid(&self.state.auth, seen)
                     .await
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -498,8 +498,9 @@ impl ProxyHttp for EdgeService {
         } else {
             Ok(())
         };
-        // The key set the decision below is made with (or an older one).
-        let keys_seen = self.state.auth.key_generation();
+        // The key set the decision below is made with (or an older one), for a fetched one
+        // (a key file's is never asked for again: no load on its routers' requests).
+        let keys_seen = (self.state.remote_keys.as_ref()).map(|_| self.state.auth.key_generation());
         let outcome = match (header_size, line_ends, chunks) {
             (Err(HeaderTooLarge), _, _) => Err(RejectReason::HeaderTooLarge),
             (Ok(()), Err(e), _) => Err(RejectReason::BadFraming(e)),

@@ -46,10 +46,7 @@ pub(super) enum Unusable {
 
 /// SHA-256 of a URL, hex.
 fn url_digest(url: &str) -> String {
-    crate::auth::keyset::digest(url.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    nexus_binding_store::snapshot::hex(&crate::auth::keyset::digest(url.as_bytes()))
 }
 
 /// The file's content for `jwks` (UTF-8, as every key set installed is), from `url` (logged

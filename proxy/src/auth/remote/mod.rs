@@ -23,7 +23,7 @@ mod cache;
 mod fetch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nexus_binding_store::source::now_unix_ms;
@@ -81,6 +81,16 @@ impl std::fmt::Debug for RemoteKeys {
             .field("url", &self.shown)
             .finish_non_exhaustive()
     }
+}
+
+/// Why [`RemoteKeys::fetch_once`] brought no key set.
+#[derive(Debug)]
+pub enum Unfetched {
+    /// The provider could not be fetched from: a router would start with the cache file's
+    /// set, or none.
+    Unreachable(FetchError),
+    /// What it serves is refused.
+    Refused(super::AuthSetupError),
 }
 
 /// Marks a fetch under way; dropped (at its end, or if it panics), marks it ended and wakes
@@ -204,14 +214,12 @@ impl RemoteKeys {
         }
     }
 
-    /// One fetch, installed, for `check`: `Err(Ok(why))` when the provider could not be
-    /// fetched from (a router would start without, or with the cache file's), `Err(Err(why))`
-    /// when what it serves is refused.
-    pub async fn fetch_once(&self, auth: &Authenticator) -> Result<(), Result<String, String>> {
-        let fetched = self.fetch().await.map_err(|e| Ok(e.to_string()))?;
+    /// One fetch, installed, for `check`.
+    pub async fn fetch_once(&self, auth: &Authenticator) -> Result<(), Unfetched> {
+        let fetched = self.fetch().await.map_err(Unfetched::Unreachable)?;
         auth.install_fetched(fetched.body, self.shown.clone())
             .map(|_| ())
-            .map_err(|e| Err(e.to_string()))
+            .map_err(Unfetched::Refused)
     }
 
     /// For a request whose token names a `kid` the set does not hold, decided with the key set
@@ -363,7 +371,8 @@ impl RemoteKeys {
             s.said = Some(why);
         }
         let wait = backoff(&self.settings, s.failures, has_keys);
-        s.next_at = Some(Instant::now() + jittered(wait, self.settings.min_refresh_interval));
+        let wait = jittered(wait, self.settings.min_refresh_interval, random_byte());
+        s.next_at = Some(Instant::now() + wait);
     }
 
     /// Logs when the keys go stale (unconfirmed past `jwks_max_staleness`) and when they are
@@ -429,15 +438,13 @@ fn next_interval(settings: &RemoteJwks, max_age: Option<Duration>, random: u8) -
         settings.min_refresh_interval,
         settings.refresh_interval.max(settings.min_refresh_interval),
     );
-    let wanted = max_age.unwrap_or(max).clamp(min, max);
-    let jitter = wanted.mul_f64(f64::from(random) / 2550.0);
-    wanted.saturating_sub(jitter).max(min)
+    jittered(max_age.unwrap_or(max).clamp(min, max), min, random)
 }
 
-/// `wait` less up to a tenth, never below `min`: routers that failed together (the provider
-/// went away) do not all come back to it in the same second.
-fn jittered(wait: Duration, min: Duration) -> Duration {
-    let jitter = wait.mul_f64(f64::from(random_byte()) / 2550.0);
+/// `wait` less up to a tenth (`random` of 255), never below `min`: routers started together,
+/// or that failed together when the provider went away, do not fetch in the same second.
+fn jittered(wait: Duration, min: Duration, random: u8) -> Duration {
+    let jitter = wait.mul_f64(f64::from(random) / 2550.0);
     wait.saturating_sub(jitter).max(min)
 }
 
@@ -458,24 +465,6 @@ fn random_byte() -> u8 {
     let mut b = [0u8; 1];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     b[0]
-}
-
-/// Runs [`RemoteKeys::follow`] for the router, starting it again after a panic.
-pub(crate) async fn follow_restarting(
-    remote: Arc<RemoteKeys>,
-    state: Arc<crate::state::EdgeState>,
-    stop: watch::Receiver<bool>,
-) {
-    let restart_stop = stop.clone();
-    crate::background::restarting_after_panic(
-        "verification key refresh",
-        restart_stop,
-        move || {
-            let (remote, state, stop) = (Arc::clone(&remote), Arc::clone(&state), stop.clone());
-            async move { remote.follow(&state.auth, stop).await }
-        },
-    )
-    .await;
 }
 
 /// The defaults' timings for a key set at `url`, for tests.
