@@ -28,6 +28,7 @@ pub fn embedded_default() -> Settings {
             max_request_header_bytes: 64 * 1024,
             max_connections: 10_000,
             trusted_proxies: Vec::new(),
+            upgrade_socket: None,
         },
         tenancy: TenancySettings {
             base_domains: vec!["nexus.localhost".to_owned()],

@@ -130,6 +130,10 @@ pub struct ServerSettings {
     /// Peers whose `X-Forwarded-For` is read (right to left, up to the client); anyone
     /// else's is replaced.
     pub trusted_proxies: Vec<crate::IpNet>,
+    /// Where the router offers its listening sockets to its successor (`serve --upgrade`),
+    /// and where a successor asks for them; `None` = no handover (SIGQUIT drains as
+    /// SIGTERM does).
+    pub upgrade_socket: Option<std::path::PathBuf>,
 }
 
 /// `[tenancy]`

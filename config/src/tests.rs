@@ -2027,3 +2027,24 @@ fn revocations_come_from_a_file_named_or_else_a_redis_store() {
         "shorter than revocation.max_staleness",
     );
 }
+
+#[test]
+fn the_upgrade_socket_is_off_unless_set_and_must_fit_a_socket_address() {
+    let s = parse_str(MINIMAL, Path::new("/etc/nexus/edge.toml")).expect("valid");
+    assert_eq!(s.server.upgrade_socket, None);
+    let s = parse_str(
+        &format!("{MINIMAL}[server]\nupgrade_socket = \"run/upgrade.sock\"\n"),
+        Path::new("/etc/nexus/edge.toml"),
+    )
+    .expect("valid");
+    assert_eq!(
+        s.server.upgrade_socket.as_deref(),
+        Some(Path::new("/etc/nexus/run/upgrade.sock")),
+        "relative to the config file's directory"
+    );
+    let long = format!("/run/{}/upgrade.sock", "n".repeat(100));
+    let ps = problems(&format!("{MINIMAL}[server]\nupgrade_socket = \"{long}\"\n"));
+    has(&ps, "server.upgrade_socket", 9, "may be at most 107");
+    let ps = problems(&format!("{MINIMAL}[server]\nupgrade_socket = \"\"\n"));
+    has(&ps, "server.upgrade_socket", 9, "must not be empty");
+}

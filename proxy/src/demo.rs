@@ -343,7 +343,7 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         k = shell_word(&key_path.display().to_string()),
     );
 
-    crate::server::serve(settings, None)
+    crate::server::serve(settings, None, false)
 }
 
 #[cfg(test)]

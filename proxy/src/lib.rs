@@ -26,7 +26,8 @@
 //! | [`service`] | the Pingora `ProxyHttp` glue |
 //!
 //! Around them: [`server`] assembles and runs Pingora on sockets [`listening`] bound up front,
-//! [`signals`] turns SIGTERM and SIGINT into its shutdown,
+//! [`signals`] turns SIGTERM and SIGINT into its shutdown, [`handover`] passes the listening
+//! sockets to a successor (zero-downtime upgrade), [`systemd`] tells a `Type=notify` unit,
 //! [`connections`] caps client connections and bounds how long a request header may take,
 //! [`ops`] serves metrics and probes, [`scale`] judges each instance against the scale
 //! triggers, [`background`] runs binding sync and key reload, [`cli`]
@@ -45,6 +46,7 @@ pub mod errors;
 pub mod field_name;
 pub mod frames;
 pub mod framing;
+pub mod handover;
 pub mod host;
 pub mod https;
 pub mod huge_pages;
@@ -71,6 +73,7 @@ pub mod service;
 pub mod signals;
 pub mod state;
 pub mod store;
+pub mod systemd;
 #[cfg(test)]
 mod test_support;
 pub mod tunnel;

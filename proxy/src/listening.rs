@@ -8,9 +8,10 @@
 //!   its service thread while the process lives on, serving nothing on that port.
 //!
 //! So [`bind`] binds every listener up front, where a failure is a start-up error naming the
-//! address, and [`Prebound`] hands the bound socket to Pingora through its listener fd table
-//! (the table a zero-downtime upgrade fills with inherited sockets). Any later failure of a
-//! listening service stops the process rather than leaving it half alive.
+//! address (or [`adopt`] takes one over from the router this one succeeds, see
+//! [`crate::handover`]), and [`Prebound`] hands the socket to Pingora through its listener fd
+//! table. Any later failure of a listening service stops the process rather than leaving it
+//! half alive.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -78,33 +79,57 @@ pub fn bind(
 /// 1.6 GB/s with it, 1.7 without (`docs/benchmarks.md`), the same CPU per byte.
 pub const CLIENT_NOTSENT_LOWAT: u32 = 128 * 1024;
 
+/// Takes `socket`, a listener of the router this one succeeds, as the one configured as
+/// `addr`: it listens already, with the options [`bind`] set.
+pub fn adopt(listeners: &mut BoundListeners, addr: SocketAddr, socket: TcpListener) {
+    listeners.sockets.insert(key(addr), socket);
+}
+
 impl BoundListeners {
     /// The address the listener configured as `addr` is bound to: with port 0 the system
     /// picks the port, and this is the one to connect to.
     pub fn local_addr(&self, addr: SocketAddr) -> Option<SocketAddr> {
         self.sockets.get(&key(addr))?.local_addr().ok()
     }
+
+    /// A copy of each socket, under its key, to offer to a successor: Pingora owns (and
+    /// closes) the ones it is given.
+    pub fn duplicates(&self) -> std::io::Result<Vec<(String, TcpListener)>> {
+        self.sockets
+            .iter()
+            .map(|(key, s)| Ok((key.clone(), s.try_clone()?)))
+            .collect()
+    }
 }
 
-/// The string a listener is registered under, both in Pingora's `add_tcp` and its fd table.
-fn key(addr: SocketAddr) -> String {
+/// The string a listener is registered under, both in Pingora's `add_tcp` and its fd table,
+/// and in a handover.
+pub fn key(addr: SocketAddr) -> String {
     addr.to_string()
 }
 
 /// A shutdown watch that fires when Pingora stops its runtimes (the drain is over, or its
-/// grace ran out), not when the drain begins.
+/// grace ran out), not when the drain begins; or once `handed_over` turns true.
 fn shutdown_at_runtime_stop(
     mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    mut handed_over: tokio::sync::watch::Receiver<bool>,
 ) -> ShutdownWatch {
     let (stop, watch) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
-        loop {
-            match phases.recv().await {
-                Ok(ExecutionPhase::ShutdownRuntimes | ExecutionPhase::Terminated)
-                | Err(RecvError::Closed) => break,
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
+        let runtimes_stop = async {
+            loop {
+                match phases.recv().await {
+                    Ok(ExecutionPhase::ShutdownRuntimes | ExecutionPhase::Terminated)
+                    | Err(RecvError::Closed) => break,
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                }
             }
+        };
+        tokio::select! {
+            () = runtimes_stop => {}
+            // A sender dropped without a handover leaves the runtimes' stop to wait for.
+            Ok(_) = handed_over.wait_for(|h| *h) => {}
         }
         let _ = stop.send(true);
     });
@@ -119,9 +144,12 @@ pub struct Prebound<S> {
     name: String,
     threads: Option<usize>,
     addresses: Option<Vec<String>>,
-    /// Pingora's phases, when the listener goes on accepting through the drain (see
-    /// [`Prebound::serving_through_the_drain`]).
-    through_drain: Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>,
+    /// Pingora's phases and the handover's end, when the listener goes on accepting through
+    /// the drain (see [`Prebound::serving_through_the_drain`]).
+    through_drain: Option<(
+        tokio::sync::broadcast::Receiver<ExecutionPhase>,
+        tokio::sync::watch::Receiver<bool>,
+    )>,
 }
 
 impl<A> Prebound<ListeningService<A>>
@@ -174,11 +202,14 @@ impl<S> Prebound<S> {
     /// when the drain begins: the ops listener, so that `/readyz` says `draining` and
     /// `/metrics` show the drain (requests finishing, connections left) while it lasts. Its
     /// connections are not the drain's to wait for, and it holds no client's request.
+    /// Closed at once, though, when `handed_over` turns true: the successor accepts on the
+    /// same socket, and a probe must hear the successor, not a draining router.
     pub fn serving_through_the_drain(
         mut self,
         phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+        handed_over: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
-        self.through_drain = Some(phases);
+        self.through_drain = Some((phases, handed_over));
         self
     }
 }
@@ -196,9 +227,8 @@ impl<S: Service + 'static> ServiceWithDependents for Prebound<S> {
             tracing::error!(service = %self.name, "started twice; ignored");
             return;
         };
-        // The router does not run Pingora's socket-passing upgrade, so the table holds no
-        // inherited socket for this address (if it ever does, `bind` must skip those
-        // addresses: the old process still listens on them).
+        // The router does not run Pingora's socket-passing upgrade (its own hands the sockets
+        // over before this: see `crate::handover`), so the table holds none of them yet.
         if let Some(table) = &fds {
             for (key, socket) in self.sockets.drain(..) {
                 table.lock().add(key, socket.into_raw_fd());
@@ -207,7 +237,7 @@ impl<S: Service + 'static> ServiceWithDependents for Prebound<S> {
         // The socket already accepts: dependents may start.
         ready.notify_ready();
         let shutdown = match self.through_drain.take() {
-            Some(phases) => shutdown_at_runtime_stop(phases),
+            Some((phases, handed_over)) => shutdown_at_runtime_stop(phases, handed_over),
             None => shutdown,
         };
         let run = tokio::spawn(async move {

@@ -1,5 +1,6 @@
 //! Assembles and runs the Pingora server: proxy listener, ops listener, background tasks.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use nexus_binding_store::{BindingHandle, BindingSource};
@@ -13,6 +14,7 @@ use crate::auth::remote::RemoteKeys;
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::background::{BindingSync, JobsStop, KeyRefresh, KeyReload};
 use crate::connections::{Connections, Guarded, Limits};
+use crate::handover;
 use crate::https::{CertReload, Certificates};
 use crate::listening::{self, BindError, BoundListeners, Prebound};
 use crate::metrics::Metrics;
@@ -61,6 +63,9 @@ pub enum StartError {
     /// The revocations file is refused, or the Redis client for revocations cannot be built.
     #[error("{0}")]
     Revocations(#[from] crate::revocation::RevocationSetupError),
+    /// The upgrade socket cannot be claimed, or the listeners cannot be taken over.
+    #[error("{0}")]
+    Handover(#[from] crate::handover::HandoverError),
 }
 
 /// Loads the CA bundle for https instances the way Pingora's connector will (every PEM item a
@@ -228,7 +233,13 @@ pub fn prepare(
 /// Opens the configured store, loads everything, and serves until shutdown. A start-up
 /// failure is logged and printed, and becomes the process's failure exit code.
 /// `config`: the file the settings came from, which a failed start names the check of.
-pub fn serve(settings: Settings, config: Option<&std::path::Path>) -> std::process::ExitCode {
+/// `upgrade`: take the listeners over from the router running with the same
+/// `upgrade_socket` (the caller checked there is one) instead of binding them.
+pub fn serve(
+    settings: Settings,
+    config: Option<&std::path::Path>,
+    upgrade: bool,
+) -> std::process::ExitCode {
     if let Err(e) = crate::signals::ignore_reload_signals() {
         tracing::warn!(error = %e, "SIGHUP, SIGUSR1 and SIGUSR2 are not caught: each ends the process");
     }
@@ -250,8 +261,18 @@ pub fn serve(settings: Settings, config: Option<&std::path::Path>) -> std::proce
                     let certificates = load_certificates(&state)?;
                     let signals =
                         Signals::catch(Arc::clone(&state)).map_err(StartError::Signals)?;
-                    let listeners = bind_listeners(&state.settings)?;
-                    Ok((state, source, listeners, signals, certificates))
+                    // Everything is loaded: only now are the running router's sockets asked
+                    // for, so that it serves alone for as long as this one is not ready.
+                    let (plan, mut taken) = plan_handover(&state.settings, upgrade)?;
+                    let listeners = bind_listeners(&state.settings, &mut taken)?;
+                    for key in taken.keys() {
+                        tracing::info!(
+                            listener = %key,
+                            "the predecessor's listener at this address is not in this config: \
+                             not served here (the predecessor closes it as it drains)"
+                        );
+                    }
+                    Ok((state, source, listeners, signals, certificates, plan))
                 })
                 .map_err(|e| {
                     let in_config = match e {
@@ -266,8 +287,8 @@ pub fn serve(settings: Settings, config: Option<&std::path::Path>) -> std::proce
                 })
         });
     match started {
-        Ok((state, source, listeners, signals, certificates)) => {
-            run(state, source, listeners, signals, certificates);
+        Ok((state, source, listeners, signals, certificates, plan)) => {
+            run(state, source, listeners, signals, certificates, plan);
             std::process::ExitCode::SUCCESS
         }
         Err((e, in_config)) => {
@@ -300,18 +321,90 @@ fn load_certificates(state: &EdgeState) -> Result<Option<Arc<Certificates>>, Sta
     Ok(Some(Arc::new(certificates)))
 }
 
+/// The handover at start: with `upgrade`, the running router's sockets taken (by the
+/// address each was configured as); otherwise the upgrade socket claimed, when configured.
+fn plan_handover(
+    settings: &Settings,
+    upgrade: bool,
+) -> Result<(handover::Plan, HashMap<String, std::net::TcpListener>), StartError> {
+    let Some(path) = &settings.server.upgrade_socket else {
+        return Ok((handover::Plan::Off, HashMap::new()));
+    };
+    if !upgrade {
+        return Ok((
+            handover::Plan::Offer(handover::Offer::claim(path)?),
+            HashMap::new(),
+        ));
+    }
+    let mut taken = handover::take(path)?;
+    tracing::info!(
+        predecessor_pid = taken.from_pid,
+        listeners = ?taken.sockets.keys().collect::<Vec<_>>(),
+        "took the running router's listeners; serving on them"
+    );
+    let sockets = std::mem::take(&mut taken.sockets);
+    Ok((
+        handover::Plan::Succeed {
+            taken,
+            path: path.clone(),
+        },
+        sockets,
+    ))
+}
+
 /// Binds the public, HTTPS and ops listeners, so an address that cannot be had stops start-up
-/// with an error naming it, and so all accept before any service runs.
-pub fn bind_listeners(settings: &Settings) -> Result<BoundListeners, StartError> {
+/// with an error naming it, and so all accept before any service runs. A listener `taken`
+/// from the router this one succeeds, configured at the same address, is taken out of it and
+/// used instead.
+pub fn bind_listeners(
+    settings: &Settings,
+    taken: &mut HashMap<String, std::net::TcpListener>,
+) -> Result<BoundListeners, StartError> {
     let mut bound = BoundListeners::default();
-    listening::bind(&mut bound, settings.server.listen, "public")?;
+    let mut listen = |addr, role| match taken.remove(&listening::key(addr)) {
+        Some(socket) => {
+            listening::adopt(&mut bound, addr, socket);
+            Ok(())
+        }
+        None => listening::bind(&mut bound, addr, role),
+    };
+    listen(settings.server.listen, "public")?;
     if let Some(tls) = &settings.tls {
-        listening::bind(&mut bound, tls.listen, "https")?;
+        listen(tls.listen, "https")?;
     }
     if let Some(ops) = settings.server.admin_listen {
-        listening::bind(&mut bound, ops, "ops")?;
+        listen(ops, "ops")?;
     }
     Ok(bound)
+}
+
+/// Offers the listeners to a successor as `plan` says: at once, or (for a successor itself)
+/// once the handover is confirmed, after the `listening` services accept.
+fn offer_listeners(
+    server: &mut Server,
+    plan: handover::Plan,
+    offered: handover::Offered,
+    signals: &Signals,
+    listening: &[pingora::services::ServiceHandle],
+) {
+    signals.withdraw_on_stop(offered.clone());
+    match plan {
+        handover::Plan::Off => {}
+        handover::Plan::Offer(offer) => {
+            if let Err(e) = offer.open(offered, signals.handover_notice()) {
+                tracing::warn!(error = %e, "cannot offer the listeners to a successor");
+            }
+        }
+        handover::Plan::Succeed { taken, path } => {
+            let confirm = server.add_service(background_service(
+                "handover",
+                handover::Confirm::new(taken, path, offered, signals.handover_notice()),
+            ));
+            for service in listening {
+                confirm.add_dependency(service);
+            }
+        }
+    }
 }
 
 /// Runs the router on `listeners` (from [`bind_listeners`]) until SIGTERM/SIGINT, then drains
@@ -324,6 +417,7 @@ pub fn run(
     mut listeners: BoundListeners,
     signals: Signals,
     certificates: Option<Arc<Certificates>>,
+    plan: handover::Plan,
 ) {
     let s = &state.settings;
     // As bound: with port 0 in the config, the port the system chose.
@@ -368,12 +462,21 @@ pub fn run(
     // The background jobs go on through the drain (see `JobsStop`).
     let jobs = JobsStop::new(s.server.shutdown_grace);
     signals.end_drain_with(guarded.drain(), jobs.clone());
+    // Copies of the sockets for a successor, taken before Pingora is given (and owns) them.
+    let offered = match (&plan, listeners.duplicates()) {
+        (handover::Plan::Off, _) => handover::Offered::default(),
+        (_, Ok(sockets)) => handover::Offered::new(sockets),
+        (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot copy the listening sockets: a successor will be refused them");
+            handover::Offered::default()
+        }
+    };
     let proxy = Service::new("nexus-edge".to_owned(), guarded);
     let mut proxy = Prebound::new(proxy, &mut listeners, s.server.listen);
     if let Some((tls, _)) = https {
         proxy = proxy.also_on(&mut listeners, tls.listen);
     }
-    server.add_service(proxy);
+    let mut listening = vec![server.add_service(proxy)];
 
     if let Some(addr) = s.server.admin_listen {
         let ops = Service::new(
@@ -385,10 +488,15 @@ pub fn run(
             ),
         );
         let phases = server.watch_execution_phase();
-        server.add_service(
-            Prebound::new(ops, &mut listeners, addr).serving_through_the_drain(phases),
+        listening.push(
+            server.add_service(
+                Prebound::new(ops, &mut listeners, addr)
+                    .serving_through_the_drain(phases, signals.watch_handover()),
+            ),
         );
     }
+    let succeeding = matches!(plan, handover::Plan::Succeed { .. });
+    offer_listeners(&mut server, plan, offered, &signals, &listening);
 
     server.add_service(background_service(
         "binding sync",
@@ -425,6 +533,10 @@ pub fn run(
         https = ?https.map(|(_, addr)| addr),
         "nexus-edge serving"
     );
+    // The listeners accept (a successor says so once its predecessor lets go).
+    if !succeeding {
+        crate::systemd::ready();
+    }
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });

@@ -1,5 +1,6 @@
-//! SIGTERM, SIGINT and SIGQUIT (as SIGTERM): when the router stops, and how fast. (SIGHUP,
-//! SIGUSR1 and SIGUSR2 are caught and ignored from the start: [`ignore_reload_signals`].)
+//! SIGTERM, SIGINT and SIGQUIT (as SIGTERM), and a successor's handover: when the router
+//! stops, and how fast. (SIGHUP, SIGUSR1 and SIGUSR2 are caught and ignored from the start:
+//! [`ignore_reload_signals`].)
 //!
 //! Both are caught by a thread of their own, and queued, from before the listeners are bound
 //! (while the router only loads its keys and bindings, their default action ends it, as it
@@ -12,6 +13,10 @@
 //! - SIGTERM: `/readyz` turns 503 and every response closes its connection for
 //!   `[server] shutdown_delay` while a load balancer notices, then the listeners close and the
 //!   drain runs for `shutdown_grace`. SIGINT, or a second SIGTERM, skips the delay.
+//! - A handover ([`crate::handover`]): the successor serves on the listeners, so this router
+//!   stops accepting and drains at once, as on SIGINT; its ops listener closes too (the
+//!   successor answers `/readyz` there now). Once a stop has begun, the listeners are no
+//!   longer offered.
 //! - The drain ends as soon as no client connection is left (exit code 0), not at the end of
 //!   `shutdown_grace`: Pingora sleeps through the whole grace period whatever is in flight,
 //!   so an idle router would take the full grace to stop, and a rolling deploy that long per
@@ -25,10 +30,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::background::JobsStop;
 use crate::connections::Drain;
+use crate::handover::Offered;
 use crate::state::EdgeState;
 
 /// Which signal came.
@@ -36,6 +42,8 @@ use crate::state::EdgeState;
 enum Stop {
     Term,
     Int,
+    /// The successor with this process id serves on the listeners.
+    HandedOver(u32),
 }
 
 /// The stop signals, in the order they came.
@@ -44,10 +52,12 @@ struct StopSignals {
 }
 
 impl StopSignals {
-    /// Catches SIGTERM, SIGINT and SIGQUIT from now on. Returns once they are caught.
-    fn install() -> std::io::Result<Self> {
+    /// Catches SIGTERM, SIGINT and SIGQUIT from now on. Returns once they are caught, with
+    /// the queue's sender, for a handover.
+    fn install() -> std::io::Result<(Self, mpsc::UnboundedSender<Stop>)> {
         use tokio::signal::unix::SignalKind;
         let (tx, queue) = mpsc::unbounded_channel();
+        let handover = tx.clone();
         let kinds = [
             SignalKind::terminate(),
             SignalKind::interrupt(),
@@ -61,10 +71,9 @@ impl StopSignals {
                     let stop = tokio::select! {
                         _ = term.recv() => Stop::Term,
                         _ = int.recv() => Stop::Int,
-                        // nginx's graceful stop, and Pingora's graceful upgrade (handing the
-                        // listeners to a new process, which the router does not do): its default
-                        // action dumps core. Drained as SIGTERM is; the new process binds once the
-                        // listeners close.
+                        // nginx's graceful stop, and Pingora's graceful upgrade (the router's
+                        // is `serve --upgrade`, asked by the new process): its default action
+                        // dumps core. Drained as SIGTERM is.
                         _ = quit.recv() => {
                             tracing::info!("SIGQUIT: taken as SIGTERM");
                             Stop::Term
@@ -76,7 +85,7 @@ impl StopSignals {
                 }
             },
         )?;
-        Ok(Self { queue })
+        Ok((Self { queue }, handover))
     }
 
     /// Forgets the signals queued so far.
@@ -182,16 +191,45 @@ pub struct Signals {
     /// The public listener's connections, whose end ends the drain (set once it is built),
     /// and the background jobs to stop then.
     drain: OnceLock<(Drain, JobsStop)>,
+    /// Where a handover's completion is queued, as a stop.
+    handover: mpsc::UnboundedSender<Stop>,
+    /// Turns true once a successor serves on the listeners.
+    handed_over: Arc<watch::Sender<bool>>,
+    /// The listeners offered to a successor, withdrawn once a stop begins.
+    offered: OnceLock<Offered>,
 }
 
 impl Signals {
     /// Catches the stop signals from now on: call it before the listeners are bound.
     pub fn catch(state: Arc<EdgeState>) -> std::io::Result<Self> {
+        let (signals, handover) = StopSignals::install()?;
         Ok(Self {
             state,
-            caught: Mutex::new(Some(StopSignals::install()?)),
+            caught: Mutex::new(Some(signals)),
             drain: OnceLock::new(),
+            handover,
+            handed_over: Arc::new(watch::channel(false).0),
+            offered: OnceLock::new(),
         })
+    }
+
+    /// What the handover calls once the successor serves: the router stops as on SIGINT.
+    pub fn handover_notice(&self) -> impl FnOnce(u32) + Send + 'static {
+        let (queue, handed_over) = (self.handover.clone(), Arc::clone(&self.handed_over));
+        move |successor| {
+            handed_over.send_replace(true);
+            let _ = queue.send(Stop::HandedOver(successor));
+        }
+    }
+
+    /// Turns true once a successor serves on the listeners.
+    pub fn watch_handover(&self) -> watch::Receiver<bool> {
+        self.handed_over.subscribe()
+    }
+
+    /// Withdraws `offered` as soon as a stop begins.
+    pub fn withdraw_on_stop(&self, offered: Offered) {
+        let _ = self.offered.set(offered);
     }
 
     /// Ends the drain as soon as `drain` says it is over, `jobs` finished first. Without it,
@@ -218,18 +256,28 @@ impl ShutdownSignalWatch for Signals {
         };
         let delay = self.state.settings.server.shutdown_delay;
         let first = signals.next().await;
+        if let Some(offered) = self.offered.get() {
+            offered.withdraw();
+        }
         match first {
             Stop::Term => {
                 tracing::info!(shutdown_delay = ?delay, "SIGTERM: not ready; the listeners close after shutdown_delay")
             }
             Stop::Int => tracing::info!("SIGINT: draining"),
+            Stop::HandedOver(successor) => tracing::info!(
+                successor_pid = successor,
+                "handed over: the successor serves on the listeners; draining"
+            ),
         }
         self.state.start_draining();
         if first == Stop::Term && !delay.is_zero() {
             // An impatient operator's second signal skips the rest of the wait.
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                _ = signals.next() => tracing::info!("another signal: closing the listeners now"),
+                stop = signals.next() => match stop {
+                    Stop::HandedOver(_) => tracing::info!("handed over: closing the listeners now"),
+                    Stop::Term | Stop::Int => tracing::info!("another signal: closing the listeners now"),
+                },
             }
             tracing::info!("draining");
         }
@@ -300,9 +348,17 @@ fn finish_drain(
                     );
                 }
             });
+            // A handover that was under way when the stop began completes: not a signal.
+            let signal = async {
+                loop {
+                    if !matches!(signals.next().await, Stop::HandedOver(_)) {
+                        return;
+                    }
+                }
+            };
             rt.block_on(async {
                 tokio::select! {
-                    _ = signals.next() => {
+                    () = signal => {
                         tracing::warn!(
                             "another signal during the drain: exiting now, cutting requests in flight"
                         );

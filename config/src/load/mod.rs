@@ -159,7 +159,7 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
     let base = origin.parent().unwrap_or(Path::new("."));
     let d = embedded_default();
     let mut header_bound = None;
-    let server = server::parse(root, &d.server, &mut header_bound, &mut p);
+    let server = server::parse(root, &d.server, base, &mut header_bound, &mut p);
     let tenancy = tenancy::parse(root, &d.tenancy, &mut p);
     let mut named = NamedFiles::default();
     let mut token_bound = None;

@@ -16,6 +16,7 @@ use super::{listener_clash, MAX_TIMEOUT};
 pub(super) fn parse(
     root: &DeTable<'_>,
     d: &ServerSettings,
+    base: &std::path::Path,
     header_bound: &mut Option<usize>,
     p: &mut Problems<'_>,
 ) -> Option<ServerSettings> {
@@ -93,6 +94,7 @@ pub(super) fn parse(
     let trusted_proxies = s
         .strings("trusted_proxies", p, IpNet::parse)
         .unwrap_or_else(|| d.trusted_proxies.clone());
+    let upgrade_socket = upgrade_socket(&mut s, base, p);
     s.finish(p);
     (p.list.len() == before).then_some(ServerSettings {
         listen,
@@ -106,5 +108,34 @@ pub(super) fn parse(
         max_request_header_bytes,
         max_connections,
         trusted_proxies,
+        upgrade_socket,
     })
+}
+
+/// The longest path a Unix socket may be bound at (`sun_path` holds 108 bytes on Linux, the
+/// last a NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `upgrade_socket`: a path (relative to the config file's directory) short enough to bind.
+fn upgrade_socket(
+    s: &mut Section<'_, '_>,
+    base: &std::path::Path,
+    p: &mut Problems<'_>,
+) -> Option<std::path::PathBuf> {
+    let at = s.raw("upgrade_socket").map(|v| v.span().start);
+    let path = s.path("upgrade_socket", base, p)?;
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        p.push(
+            "server.upgrade_socket",
+            at,
+            format!(
+                "{} is {len} bytes long; a Unix socket's path may be at most \
+                 {MAX_SOCKET_PATH} (e.g. /run/nexus-edge/upgrade.sock)",
+                path.display()
+            ),
+        );
+        return None;
+    }
+    Some(path)
 }

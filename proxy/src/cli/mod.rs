@@ -79,6 +79,11 @@ pub enum Command {
         /// ops listener off, as `admin_listen = ""` does).
         #[arg(long, value_parser = ops_address)]
         admin_listen: Option<OpsAddress>,
+        /// Take the listening sockets over from the router running with this config's
+        /// `[server] upgrade_socket`, once everything is loaded; that router then drains and
+        /// exits. No connection is refused in between.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file; exits non-zero and lists every problem if it is invalid.
     Check {
@@ -130,7 +135,8 @@ pub fn run(cli: Cli) -> ExitCode {
             config,
             listen,
             admin_listen,
-        } => serve::run(config.as_deref(), listen, admin_listen),
+            upgrade,
+        } => serve::run(config.as_deref(), listen, admin_listen, upgrade),
         Command::Check { config } => check::run(config.as_deref()),
         Command::Token(args) => token::run(&args),
         Command::Demo(args) => crate::demo::run(&args),

@@ -8,6 +8,7 @@ pub(super) fn run(
     config: Option<&Path>,
     listen: Option<SocketAddr>,
     admin_listen: Option<super::OpsAddress>,
+    upgrade: bool,
 ) -> ExitCode {
     let mut settings = match super::load_settings(config) {
         Ok(s) => s,
@@ -61,6 +62,17 @@ pub(super) fn run(
             return ExitCode::FAILURE;
         }
     }
+    if upgrade && settings.server.upgrade_socket.is_none() {
+        eprintln!(
+            "nexus-edge: --upgrade takes the listeners over through [server] upgrade_socket, \
+             which {} does not set (the running router must have it too)",
+            config.map_or_else(
+                || "the embedded default".to_owned(),
+                |c| c.display().to_string()
+            )
+        );
+        return ExitCode::FAILURE;
+    }
     crate::logging::init(&settings.log);
     if config.is_none() {
         tracing::warn!(
@@ -68,5 +80,5 @@ pub(super) fn run(
              never use it in production"
         );
     }
-    crate::server::serve(settings, config)
+    crate::server::serve(settings, config, upgrade)
 }

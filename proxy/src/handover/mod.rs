@@ -1,0 +1,173 @@
+//! Zero-downtime upgrade: a new router process takes the listening sockets over from the
+//! running one, which then drains and exits. No connection is refused in between: the
+//! sockets never close, and connections that arrive while neither process accepts wait in
+//! the kernel's backlog.
+//!
+//! With `[server] upgrade_socket` set, every router offers its listeners on that Unix socket
+//! ([`Offer`]). `nexus-edge serve --upgrade` with the same config loads everything first
+//! (keys, bindings, certificates), then asks there ([`take`]):
+//!
+//! 1. the successor sends [`wire::REQUEST`];
+//! 2. the running router checks that the peer runs as its own user (or root) and sends its
+//!    listening sockets (`SCM_RIGHTS`) with the address each was configured as;
+//! 3. the successor serves on them (binding only addresses the old router did not have) and,
+//!    once its listeners run, sends [`wire::SERVING`];
+//! 4. the old router answers [`wire::DRAINING`], stops accepting, and drains as on SIGINT
+//!    (no `shutdown_delay`: the listeners stay served); its ops listener closes at once, so
+//!    that `/readyz` on the shared port is the successor's.
+//!
+//! A successor that fails or dies before step 3 leaves the old router serving as before:
+//! a failed upgrade changes nothing. Pingora's own upgrade (SIGQUIT sends the sockets to a
+//! process started beforehand with `--upgrade`) is not used: it hands them over whether or
+//! not the new process is ready, and would need the old process to be told when; here the
+//! successor asks once it is ready, and the old one lets go only once it serves.
+
+mod offer;
+mod take;
+mod wire;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub use offer::Offer;
+pub use take::{take, Confirm, Taken};
+
+/// What a starting router does about handovers.
+#[derive(Debug)]
+pub enum Plan {
+    /// No `upgrade_socket`: nothing is offered or taken.
+    Off,
+    /// Offers its listeners at the socket it claimed.
+    Offer(Offer),
+    /// Took its listeners from the router running at `path` (`serve --upgrade`).
+    Succeed {
+        /// The predecessor's sockets, and the connection to confirm on.
+        taken: Taken,
+        /// The upgrade socket, offered at in turn once confirmed.
+        path: PathBuf,
+    },
+}
+
+/// The listening sockets a router offers to its successor, each under the address it was
+/// configured as (the key of [`crate::listening::BoundListeners`]). Shared between the offer
+/// and the shutdown: withdrawn (closed) once the router stops, so that a socket no one
+/// accepts on does not stay open holding connections that will never be answered.
+#[derive(Clone, Debug, Default)]
+pub struct Offered(Arc<Mutex<Option<Sockets>>>);
+
+/// Listening sockets, each under the address it was configured as.
+type Sockets = Vec<(String, TcpListener)>;
+
+impl Offered {
+    /// Offers `sockets` (duplicates of the ones the router accepts on).
+    pub fn new(sockets: Sockets) -> Self {
+        Self(Arc::new(Mutex::new(Some(sockets))))
+    }
+
+    /// Closes the offered copies: the router is stopping, and hands nothing over any more.
+    pub fn withdraw(&self) {
+        drop(self.lock().take());
+    }
+
+    /// Duplicates of the offered sockets, or `None` once withdrawn.
+    fn duplicates(&self) -> Option<std::io::Result<Sockets>> {
+        let offered = self.lock();
+        let sockets = offered.as_ref()?;
+        Some(
+            sockets
+                .iter()
+                .map(|(key, s)| Ok((key.clone(), s.try_clone()?)))
+                .collect(),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Sockets>> {
+        // Nothing panics while the lock is held.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What a handover could not do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandoverError {
+    /// A router already offers its listeners at the path: a second one cannot start beside it.
+    #[error(
+        "a router is already running with upgrade_socket {0}: take its listeners over with \
+         `nexus-edge serve --upgrade`, or stop it first"
+    )]
+    RouterRunning(PathBuf),
+    /// The socket cannot be bound (no such directory, no permission).
+    #[error("cannot listen at upgrade_socket {path}: {source}")]
+    Bind {
+        /// The configured path.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The path holds something other than a socket, which the router will not delete.
+    #[error("upgrade_socket {0} exists and is not a socket: remove it, or choose another path")]
+    NotASocket(PathBuf),
+    /// No router answers at the path: there is nothing to take over.
+    #[error(
+        "no router answers at upgrade_socket {path} ({source}): start without --upgrade, \
+         or check that the running router has this upgrade_socket"
+    )]
+    NoRouter {
+        /// The configured path.
+        path: PathBuf,
+        /// What connecting said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer runs as another user, who may not take (or give) this router's sockets.
+    #[error("the peer at the upgrade socket runs as user {peer}, not as this router's user {own} (nor root)")]
+    Stranger {
+        /// The peer's user id.
+        peer: u32,
+        /// This process's user id.
+        own: u32,
+    },
+    /// The running router refused (it is stopping).
+    #[error("the running router refused the handover: {0}")]
+    Refused(String),
+    /// The other side said something the handover does not expect.
+    #[error("handover: {0}")]
+    Protocol(String),
+    /// A step of the handover failed at the system level.
+    #[error("handover: cannot {step}: {source}")]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl HandoverError {
+    fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| Self::Io { step, source }
+    }
+}
+
+/// Checks that the peer of `conn` runs as this process's user, or as root.
+fn same_user(conn: &std::os::unix::net::UnixStream) -> Result<u32, HandoverError> {
+    let peer = rustix::net::sockopt::socket_peercred(conn)
+        .map_err(|e| HandoverError::io("read the peer's credentials")(e.into()))?;
+    let own = rustix::process::getuid();
+    if peer.uid != own && !peer.uid.is_root() {
+        return Err(HandoverError::Stranger {
+            peer: peer.uid.as_raw(),
+            own: own.as_raw(),
+        });
+    }
+    Ok(peer.pid.as_raw_nonzero().get().unsigned_abs())
+}
+
+#[cfg(test)]
+mod tests;

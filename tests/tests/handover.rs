@@ -1,0 +1,342 @@
+//! Zero-downtime upgrade: `nexus-edge serve --upgrade` takes the listening sockets over from
+//! the running router, which drains and exits; the real binary on both sides, requests
+//! flowing throughout.
+
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nexus_e2e::backend::Backend;
+use nexus_e2e::edge::{binary, binding, bindings_file, cli, is_ready, Edge, EdgeOptions, BASE};
+use nexus_e2e::http::{get, get_with_token, send_raw};
+use nexus_e2e::keys::TestKeys;
+use nexus_e2e::process::Running;
+use nexus_e2e::wait;
+
+const UPGRADE: &str = "upgrade_socket = \"upgrade.sock\"";
+
+fn host() -> String {
+    format!("acme.{BASE}")
+}
+
+/// What the routers tell systemd: a stand-in for its notify socket (`NOTIFY_SOCKET`).
+struct Systemd {
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    heard: Mutex<Vec<String>>,
+}
+
+impl Systemd {
+    fn new() -> Systemd {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        Systemd {
+            socket,
+            path,
+            _dir: dir,
+            heard: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every message so far, in order.
+    fn heard(&self) -> Vec<String> {
+        let mut heard = self.heard.lock().unwrap();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        heard.clone()
+    }
+
+    /// The process systemd would take as the service's main one: the last `MAINPID`, if any.
+    fn main_pid(&self) -> Option<u32> {
+        self.heard().iter().rev().find_map(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MAINPID="))
+                .and_then(|p| p.parse().ok())
+        })
+    }
+}
+
+fn world(systemd: &Systemd) -> (TestKeys, Backend, Edge) {
+    let keys = TestKeys::new();
+    let backend = Backend::start("instance-a");
+    let mut opts = EdgeOptions::new(
+        keys.jwks(),
+        bindings_file(vec![binding("acme", &backend.url(), "active", None)]),
+    );
+    opts.server_extra = UPGRADE.to_owned();
+    opts.env = vec![(
+        "NOTIFY_SOCKET".to_owned(),
+        systemd.path.display().to_string(),
+    )];
+    let edge = Edge::start(&opts);
+    (keys, backend, edge)
+}
+
+/// `nexus-edge serve --upgrade` with `config`, under `systemd`.
+fn successor(config: &Path, systemd: &Systemd) -> Running {
+    Running::spawn(
+        Command::new(binary())
+            .env("NOTIFY_SOCKET", &systemd.path)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--upgrade"),
+    )
+}
+
+/// Clients sending requests, each on a new connection, until stopped: what they got.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, token: &str, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                let raw = format!(
+                    "GET /work HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+                     Connection: close\r\n\r\n",
+                    host()
+                );
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match send_raw(addr, raw.as_bytes()) {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => {
+                                failures
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("{}: {}", r.status, r.text()))
+                            }
+                            Err(e) => failures.lock().unwrap().push(e.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            clients,
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits for `n` more answered requests.
+    fn wait_more(&self, n: u64) {
+        let from = self.ok();
+        wait::until(Duration::from_secs(30), "requests answered", || {
+            (self.ok() >= from + n).then_some(())
+        });
+    }
+
+    /// Stops the clients; the requests answered, and every failure.
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.join().unwrap();
+        }
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+#[test]
+fn an_upgrade_takes_the_listeners_over_without_failing_a_request_and_applies_the_new_config() {
+    let systemd = Systemd::new();
+    let (keys, _backend, mut edge) = world(&systemd);
+    assert_eq!(systemd.heard(), ["READY=1\nSTATUS=serving"]);
+    let token = keys.token("acme", None);
+    // Not public yet: the new config makes it so.
+    assert_eq!(get(edge.addr, &host(), "/open/page", &[]).status, 401);
+    let config = std::fs::read_to_string(&edge.config_path).unwrap();
+    let changed = config.replace(
+        "public_paths = [\"/login\", \"/assets/\"]",
+        "public_paths = [\"/login\", \"/assets/\", \"/open/\"]",
+    );
+    assert_ne!(changed, config);
+
+    let load = Load::start(edge.addr, &token, 4);
+    load.wait_more(50);
+    // A request in flight across the handover is answered by the router that took it.
+    let addr = edge.addr;
+    let slow_token = token.clone();
+    let in_flight =
+        std::thread::spawn(move || get_with_token(addr, &host(), "/slow/1500", &slow_token));
+
+    std::fs::write(&edge.config_path, &changed).unwrap();
+    let mut next = successor(&edge.config_path, &systemd);
+    next.wait_for(Duration::from_secs(30), "the take-over", |_, err| {
+        err.contains("took the listeners over").then_some(())
+    });
+    // Told before the old router could exit: systemd never sees the service's main process end.
+    assert_eq!(systemd.main_pid(), Some(next.pid()));
+    let old = edge.wait_exit(Duration::from_secs(20));
+    assert!(old.success(), "the old router exits 0 once drained: {old}");
+    assert_eq!(in_flight.join().unwrap().status, 200);
+    // The successor alone now: the same ports, the new config.
+    load.wait_more(50);
+    let (answered, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed across the handover: {:?}\n{}",
+        failures.len(),
+        answered + failures.len() as u64,
+        &failures[..failures.len().min(5)],
+        next.describe()
+    );
+    assert_eq!(get(edge.addr, &host(), "/open/page", &[]).status, 200);
+    assert!(
+        is_ready(edge.ops_addr),
+        "the ops listener is the successor's"
+    );
+    let log = edge.log();
+    assert!(log.contains("handed over: the successor serves"), "{log}");
+    assert!(
+        log.contains(&format!("successor_pid={}", next.pid())),
+        "{log}"
+    );
+
+    // The successor offers the listeners in turn: a second upgrade.
+    let load = Load::start(edge.addr, &token, 2);
+    load.wait_more(20);
+    let mut third = successor(&edge.config_path, &systemd);
+    third.wait_for(Duration::from_secs(30), "the second take-over", |_, err| {
+        err.contains("took the listeners over").then_some(())
+    });
+    assert_eq!(systemd.main_pid(), Some(third.pid()));
+    assert!(next.wait_exit(Duration::from_secs(20)).success());
+    load.wait_more(20);
+    let (_, failures) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}\n{}", third.describe());
+    assert!(
+        next.stderr()
+            .contains(&format!("successor_pid={}", third.pid())),
+        "{}",
+        next.describe()
+    );
+}
+
+#[test]
+fn a_successor_that_fails_after_taking_the_sockets_leaves_the_running_router_serving() {
+    let systemd = Systemd::new();
+    let (keys, _backend, mut edge) = world(&systemd);
+    let token = keys.token("acme", None);
+    // The successor's config moves the ops listener to an address another socket holds:
+    // it takes the public listener, then cannot bind that one, and exits.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = std::fs::read_to_string(&edge.config_path).unwrap();
+    let ops_line = config
+        .lines()
+        .find(|l| l.starts_with("admin_listen"))
+        .unwrap()
+        .to_owned();
+    let broken = edge.dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        config.replace(
+            &ops_line,
+            &format!("admin_listen = \"{}\"", held.local_addr().unwrap()),
+        ),
+    )
+    .unwrap();
+
+    let load = Load::start(edge.addr, &token, 2);
+    load.wait_more(20);
+    let failed = successor(&broken, &systemd).finish(Duration::from_secs(30));
+    assert!(!failed.status.success());
+    let said = String::from_utf8_lossy(&failed.stderr).into_owned();
+    assert!(said.contains("cannot listen on"), "{said}");
+    edge.wait_for("the handover given up", || {
+        edge.log()
+            .contains("handover not done: this router goes on serving")
+    });
+    load.wait_more(20);
+    let (_, failures) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(edge.try_exit_status().is_none(), "{}", edge.log());
+    assert_eq!(systemd.main_pid(), None, "{:?}", systemd.heard());
+
+    // And it still hands over to a successor that can serve.
+    let mut next = successor(&edge.config_path, &systemd);
+    next.wait_for(Duration::from_secs(30), "the take-over", |_, err| {
+        err.contains("took the listeners over").then_some(())
+    });
+    assert!(edge.wait_exit(Duration::from_secs(20)).success());
+    assert_eq!(get_with_token(edge.addr, &host(), "/x", &token).status, 200);
+}
+
+#[test]
+fn the_upgrade_socket_is_one_routers_and_an_upgrade_needs_one() {
+    let systemd = Systemd::new();
+    let (_keys, _backend, edge) = world(&systemd);
+    // A second router with the same config: refused before it binds anything.
+    let beside = cli(&["serve", "--config", &edge.config_path.display().to_string()]);
+    assert!(!beside.status.success());
+    let said = String::from_utf8_lossy(&beside.stderr).into_owned();
+    assert!(
+        said.contains("a router is already running with upgrade_socket")
+            && said.contains("serve --upgrade"),
+        "{said}"
+    );
+
+    // Nothing to take over.
+    let dir = tempfile::tempdir().unwrap();
+    let lonely = edge.dir.path().join("lonely.toml");
+    let nobody = format!(
+        "upgrade_socket = {:?}",
+        dir.path().join("nobody.sock").display().to_string()
+    );
+    let config = std::fs::read_to_string(&edge.config_path)
+        .unwrap()
+        .replace(UPGRADE, &nobody);
+    std::fs::write(&lonely, &config).unwrap();
+    let alone = successor(&lonely, &systemd).finish(Duration::from_secs(30));
+    assert!(!alone.status.success());
+    let said = String::from_utf8_lossy(&alone.stderr).into_owned();
+    assert!(
+        said.contains("no router answers at upgrade_socket"),
+        "{said}"
+    );
+
+    // No upgrade socket in the config.
+    let without = edge.dir.path().join("without.toml");
+    std::fs::write(&without, config.replace(&nobody, "")).unwrap();
+    let refused = successor(&without, &systemd).finish(Duration::from_secs(30));
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        said.contains("--upgrade takes the listeners over through [server] upgrade_socket"),
+        "{said}"
+    );
+    // The running router noticed none of it.
+    assert!(is_ready(edge.ops_addr));
+    assert!(!edge.log().contains("handover not done"), "{}", edge.log());
+    assert_eq!(systemd.heard(), ["READY=1\nSTATUS=serving"]);
+}
