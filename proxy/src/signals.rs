@@ -14,8 +14,9 @@
 //!   `[server] shutdown_delay` while a load balancer notices, then the listeners close and the
 //!   drain runs for `shutdown_grace`. SIGINT, or a second SIGTERM, skips the delay.
 //! - A handover ([`crate::handover`]): the successor serves on the listeners, so this router
-//!   stops accepting and drains at once, as on SIGINT; its ops listener closes too (the
-//!   successor answers `/readyz` there now). Once a stop has begun, the listeners are no
+//!   drains as on SIGTERM (for `shutdown_delay` every response closes its connection, so busy
+//!   keep-alive clients reconnect, to the successor), but its ops listener closes at once
+//!   (the successor answers `/readyz` there now). Once a stop has begun, the listeners are no
 //!   longer offered.
 //! - The drain ends as soon as no client connection is left (exit code 0), not at the end of
 //!   `shutdown_grace`: Pingora sleeps through the whole grace period whatever is in flight,
@@ -266,11 +267,14 @@ impl ShutdownSignalWatch for Signals {
             Stop::Int => tracing::info!("SIGINT: draining"),
             Stop::HandedOver(successor) => tracing::info!(
                 successor_pid = successor,
-                "handed over: the successor serves on the listeners; draining"
+                shutdown_delay = ?delay,
+                "handed over: the successor serves on the listeners; this router stops accepting after shutdown_delay, then drains"
             ),
         }
         self.state.start_draining();
-        if first == Stop::Term && !delay.is_zero() {
+        // After a handover too: busy keep-alive connections are told to reconnect (to the
+        // successor) before the idle ones are closed.
+        if matches!(first, Stop::Term | Stop::HandedOver(_)) && !delay.is_zero() {
             // An impatient operator's second signal skips the rest of the wait.
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}

@@ -5,7 +5,8 @@
 // Test helpers: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
@@ -16,12 +17,16 @@ use std::time::Duration;
 
 use nexus_e2e::backend::Backend;
 use nexus_e2e::edge::{binary, binding, bindings_file, cli, is_ready, Edge, EdgeOptions, BASE};
-use nexus_e2e::http::{get, get_with_token, send_raw};
+use nexus_e2e::http::{get, get_with_token, read_response, send_raw, Response};
 use nexus_e2e::keys::TestKeys;
 use nexus_e2e::process::Running;
 use nexus_e2e::wait;
 
 const UPGRADE: &str = "upgrade_socket = \"upgrade.sock\"";
+
+/// Long enough for the keep-alive clients to be told to reconnect before the old router's
+/// idle connections are closed.
+const DELAY: &str = "shutdown_delay = \"1s\"";
 
 fn host() -> String {
     format!("acme.{BASE}")
@@ -76,7 +81,7 @@ fn world(systemd: &Systemd) -> (TestKeys, Backend, Edge) {
         keys.jwks(),
         bindings_file(vec![binding("acme", &backend.url(), "active", None)]),
     );
-    opts.server_extra = UPGRADE.to_owned();
+    opts.server_extra = format!("{UPGRADE}\n{DELAY}");
     opts.env = vec![(
         "NOTIFY_SOCKET".to_owned(),
         systemd.path.display().to_string(),
@@ -97,7 +102,8 @@ fn successor(config: &Path, systemd: &Systemd) -> Running {
     )
 }
 
-/// Clients sending requests, each on a new connection, until stopped: what they got.
+/// Clients sending requests until stopped, half of them each on a new connection, half on
+/// keep-alive connections (reconnecting when told to close): what they got.
 struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
@@ -105,37 +111,78 @@ struct Load {
     clients: Vec<JoinHandle<()>>,
 }
 
+/// Sends `raw` on `conn` (a new connection when there is none) and reads the answer; drops
+/// the connection when the answer says it closes.
+fn keep_alive_get(
+    conn: &mut Option<TcpStream>,
+    addr: SocketAddr,
+    raw: &[u8],
+) -> std::io::Result<Response> {
+    let mut s = match conn.take() {
+        Some(s) => s,
+        None => {
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s
+        }
+    };
+    s.write_all(raw)?;
+    let r = read_response(&mut s)?;
+    if !r
+        .header("connection")
+        .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+    {
+        *conn = Some(s);
+    }
+    Ok(r)
+}
+
 impl Load {
     fn start(addr: SocketAddr, token: &str, clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let clients = (0..clients)
-            .map(|_| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                let raw = format!(
-                    "GET /work HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
-                     Connection: close\r\n\r\n",
-                    host()
+        let clients =
+            (0..clients)
+                .map(|i| {
+                    let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                    let keep_alive = i % 2 == 1;
+                    let raw =
+                        format!(
+                    "GET /work HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{}\r\n",
+                    host(),
+                    if keep_alive { "" } else { "Connection: close\r\n" }
                 );
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        match send_raw(addr, raw.as_bytes()) {
-                            Ok(r) if r.status == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
+                    std::thread::spawn(move || {
+                        let mut conn: Option<TcpStream> = None;
+                        while !stop.load(Ordering::Relaxed) {
+                            let answer = if keep_alive {
+                                keep_alive_get(&mut conn, addr, raw.as_bytes())
+                            } else {
+                                send_raw(addr, raw.as_bytes())
+                            };
+                            match answer {
+                                Ok(r) if r.status == 200 => {
+                                    ok.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Ok(r) => failures.lock().unwrap().push(format!(
+                                    "{}: {}",
+                                    r.status,
+                                    r.text()
+                                )),
+                                Err(e) => failures.lock().unwrap().push(format!(
+                                    "{}: {e}",
+                                    if keep_alive {
+                                        "keep-alive"
+                                    } else {
+                                        "new connection"
+                                    }
+                                )),
                             }
-                            Ok(r) => {
-                                failures
-                                    .lock()
-                                    .unwrap()
-                                    .push(format!("{}: {}", r.status, r.text()))
-                            }
-                            Err(e) => failures.lock().unwrap().push(e.to_string()),
                         }
-                    }
+                    })
                 })
-            })
-            .collect();
+                .collect();
         Load {
             stop,
             ok,

@@ -401,3 +401,50 @@ fn a_websocket_over_https_passes_through() {
     });
     assert_eq!(echoed.as_deref(), Some(&probe[..]));
 }
+
+#[test]
+fn the_https_listener_is_handed_over_to_a_successor_without_a_failed_handshake() {
+    let pki = Pki::new();
+    let wildcard = pki.write("wildcard.pem", &["*.edge.test"]);
+    let Served {
+        instance: _instance,
+        mut edge,
+        https,
+        client,
+        ..
+    } = pki.serve("upgrade_socket = \"upgrade.sock\"");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handshakes = {
+        let (stop, client) = (stop.clone(), client.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match login(&client, https, "acme.edge.test") {
+                    Ok(r) if r.response.status == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("{}", r.response.status)),
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let mut next = nexus_e2e::process::Running::spawn(
+        std::process::Command::new(nexus_e2e::edge::binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&edge.config_path)
+            .arg("--upgrade"),
+    );
+    next.wait_for(Duration::from_secs(30), "the take-over", |_, err| {
+        err.contains("took the listeners over").then_some(())
+    });
+    assert!(edge.wait_exit(Duration::from_secs(20)).success());
+    // The successor alone answers on the same HTTPS port, with the certificate it loaded.
+    let r = login(&client, https, "acme.edge.test").unwrap();
+    assert_eq!(r.leaf, leaf_der(&wildcard));
+    assert_eq!(r.response.status, 200);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = handshakes.join().unwrap();
+    assert!(ok > 0);
+    assert!(failed.is_empty(), "{failed:?}\n{}", next.describe());
+}

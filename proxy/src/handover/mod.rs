@@ -12,9 +12,10 @@
 //!    listening sockets (`SCM_RIGHTS`) with the address each was configured as;
 //! 3. the successor serves on them (binding only addresses the old router did not have) and,
 //!    once its listeners run, sends [`wire::SERVING`];
-//! 4. the old router answers [`wire::DRAINING`], stops accepting, and drains as on SIGINT
-//!    (no `shutdown_delay`: the listeners stay served); its ops listener closes at once, so
-//!    that `/readyz` on the shared port is the successor's.
+//! 4. the old router answers [`wire::DRAINING`] and drains as on SIGTERM (for
+//!    `shutdown_delay` every response closes its connection, so that busy keep-alive clients
+//!    reconnect, to the successor; then it stops accepting); its ops listener closes at once,
+//!    so that `/readyz` on the shared port is the successor's.
 //!
 //! A successor that fails or dies before step 3 leaves the old router serving as before:
 //! a failed upgrade changes nothing. Pingora's own upgrade (SIGQUIT sends the sockets to a
