@@ -288,8 +288,11 @@ pub fn serve(
         });
     match started {
         Ok((state, source, listeners, signals, certificates, plan)) => {
-            run(state, source, listeners, signals, certificates, plan);
-            std::process::ExitCode::SUCCESS
+            if run(state, source, listeners, signals, certificates, plan) {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
         Err((e, in_config)) => {
             // Text logs go to the terminal the plain line goes to: said once there. A JSON
@@ -386,6 +389,7 @@ fn offer_listeners(
     offered: handover::Offered,
     signals: &Signals,
     listening: &[pingora::services::ServiceHandle],
+    state: Arc<EdgeState>,
 ) {
     signals.withdraw_on_stop(offered.clone());
     match plan {
@@ -398,7 +402,16 @@ fn offer_listeners(
         handover::Plan::Succeed { taken, path } => {
             let confirm = server.add_service(background_service(
                 "handover",
-                handover::Confirm::new(taken, path, offered, signals.handover_notice()),
+                handover::Confirm::new(
+                    taken,
+                    path,
+                    offered,
+                    handover::Outcome {
+                        stopping: Box::new(move || state.is_draining()),
+                        handed_over: Box::new(signals.handover_notice()),
+                        abandoned: Box::new(signals.abandon_notice()),
+                    },
+                ),
             ));
             for service in listening {
                 confirm.add_dependency(service);
@@ -410,7 +423,8 @@ fn offer_listeners(
 /// Runs the router on `listeners` (from [`bind_listeners`]) until SIGTERM/SIGINT, then drains
 /// until no client connection is left, for `server.shutdown_grace` at most (after
 /// `server.shutdown_delay`, for SIGTERM), as `signals` (caught before the listeners were
-/// bound) say.
+/// bound) say. False when it stopped because a handover it took part in as the successor
+/// was abandoned.
 pub fn run(
     state: Arc<EdgeState>,
     source: Arc<dyn BindingSource>,
@@ -418,7 +432,7 @@ pub fn run(
     signals: Signals,
     certificates: Option<Arc<Certificates>>,
     plan: handover::Plan,
-) {
+) -> bool {
     let s = &state.settings;
     // As bound: with port 0 in the config, the port the system chose.
     let listen = listeners.local_addr(s.server.listen);
@@ -496,7 +510,14 @@ pub fn run(
         );
     }
     let succeeding = matches!(plan, handover::Plan::Succeed { .. });
-    offer_listeners(&mut server, plan, offered, &signals, &listening);
+    offer_listeners(
+        &mut server,
+        plan,
+        offered,
+        &signals,
+        &listening,
+        Arc::clone(&state),
+    );
 
     server.add_service(background_service(
         "binding sync",
@@ -533,14 +554,16 @@ pub fn run(
         https = ?https.map(|(_, addr)| addr),
         "nexus-edge serving"
     );
-    // The listeners accept (a successor says so once its predecessor lets go).
+    // The listeners accept. (A successor's predecessor tells systemd, as it lets go.)
     if !succeeding {
         crate::systemd::ready();
     }
+    let abandoned = signals.abandoned();
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });
     tracing::info!("nexus-edge stopped");
+    !abandoned.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(test)]

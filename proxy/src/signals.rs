@@ -45,6 +45,9 @@ enum Stop {
     Int,
     /// The successor with this process id serves on the listeners.
     HandedOver(u32),
+    /// This router took the listeners over, but its predecessor never let go: it stops, and
+    /// the predecessor serves on.
+    Abandoned,
 }
 
 /// The stop signals, in the order they came.
@@ -198,6 +201,9 @@ pub struct Signals {
     handed_over: Arc<watch::Sender<bool>>,
     /// The listeners offered to a successor, withdrawn once a stop begins.
     offered: OnceLock<Offered>,
+    /// Set once a handover this router took part in as the successor was abandoned: the
+    /// process then ends with a failure exit code.
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Signals {
@@ -211,7 +217,23 @@ impl Signals {
             handover,
             handed_over: Arc::new(watch::channel(false).0),
             offered: OnceLock::new(),
+            abandoned: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
+    }
+
+    /// What a successor calls when its predecessor never let go: it drains, then exits 1.
+    pub fn abandon_notice(&self) -> impl FnOnce() + Send + 'static {
+        let (queue, abandoned) = (self.handover.clone(), Arc::clone(&self.abandoned));
+        move || {
+            abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = queue.send(Stop::Abandoned);
+        }
+    }
+
+    /// Whether the router stops because its handover was abandoned (see
+    /// [`Signals::abandon_notice`]).
+    pub fn abandoned(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        Arc::clone(&self.abandoned)
     }
 
     /// What the handover calls once the successor serves: the router stops as on SIGINT.
@@ -270,24 +292,33 @@ impl ShutdownSignalWatch for Signals {
                 shutdown_delay = ?delay,
                 "handed over: the successor serves on the listeners; this router stops accepting after shutdown_delay, then drains"
             ),
+            Stop::Abandoned => tracing::warn!(
+                shutdown_delay = ?delay,
+                "the predecessor serves on: this router stops accepting after shutdown_delay, drains, and exits 1"
+            ),
         }
         self.state.start_draining();
-        // After a handover too: busy keep-alive connections are told to reconnect (to the
-        // successor) before the idle ones are closed.
-        if matches!(first, Stop::Term | Stop::HandedOver(_)) && !delay.is_zero() {
+        // After a handover too (either way): busy keep-alive connections are told to
+        // reconnect, to the router that stays, before the idle ones are closed.
+        if first != Stop::Int && !delay.is_zero() {
             // An impatient operator's second signal skips the rest of the wait.
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 stop = signals.next() => match stop {
                     Stop::HandedOver(_) => tracing::info!("handed over: closing the listeners now"),
-                    Stop::Term | Stop::Int => tracing::info!("another signal: closing the listeners now"),
+                    Stop::Term | Stop::Int | Stop::Abandoned => tracing::info!("another signal: closing the listeners now"),
                 },
             }
             tracing::info!("draining");
         }
         signals.discard_queued();
         let (drain, jobs) = self.drain.get().cloned().unzip();
-        finish_drain(signals, drain, jobs, Arc::clone(&self.state));
+        let ending = Ending {
+            // A signal after a handover is the operator's first: the drain goes on.
+            spare_signals: u8::from(matches!(first, Stop::HandedOver(_))),
+            code: if first == Stop::Abandoned { 1 } else { 0 },
+        };
+        finish_drain(signals, drain, jobs, Arc::clone(&self.state), ending);
         ShutdownSignal::GracefulTerminate
     }
 }
@@ -304,15 +335,25 @@ const GRACE_END_NOTICE: Duration = Duration::from_millis(100);
 /// just before the listener closed is counted once its task first runs, a moment later.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
-/// From the drain on: the process exits as soon as `drain` is over (exit code 0), or at once
-/// on one more SIGTERM or SIGINT (exit code 1); failing both, Pingora ends it after
-/// `shutdown_grace`. The queue is already catching, so a signal that comes while this starts
-/// is not lost.
+/// How a drain ends.
+#[derive(Debug, Clone, Copy)]
+struct Ending {
+    /// Signals that are only logged before one ends the process at once.
+    spare_signals: u8,
+    /// The exit code once drained.
+    code: i32,
+}
+
+/// From the drain on: the process exits as soon as `drain` is over (with `ending.code`), or
+/// at once on one more SIGTERM or SIGINT past `ending.spare_signals` (exit code 1); failing
+/// both, Pingora ends it after `shutdown_grace`. The queue is already catching, so a signal
+/// that comes while this starts is not lost.
 fn finish_drain(
     mut signals: StopSignals,
     drain: Option<Drain>,
     jobs: Option<JobsStop>,
     state: Arc<EdgeState>,
+    ending: Ending,
 ) {
     // Whole seconds, as Pingora takes it: the config refuses any other.
     let grace = state.settings.server.shutdown_grace;
@@ -354,9 +395,18 @@ fn finish_drain(
             });
             // A handover that was under way when the stop began completes: not a signal.
             let signal = async {
+                let mut spare = ending.spare_signals;
                 loop {
-                    if !matches!(signals.next().await, Stop::HandedOver(_)) {
-                        return;
+                    match signals.next().await {
+                        Stop::HandedOver(_) | Stop::Abandoned => {}
+                        Stop::Term | Stop::Int if spare > 0 => {
+                            spare -= 1;
+                            tracing::info!(
+                                "a signal after the handover: already draining (one more ends \
+                                 the process at once)"
+                            );
+                        }
+                        Stop::Term | Stop::Int => return,
                     }
                 }
             };
@@ -375,7 +425,7 @@ fn finish_drain(
                             jobs.finish(JOBS_FINISH_WAIT);
                         }
                         tracing::info!("drained: no client connection is left; nexus-edge stopped");
-                        std::process::exit(0);
+                        std::process::exit(ending.code);
                     }
                 }
             });

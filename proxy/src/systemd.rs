@@ -30,7 +30,8 @@ fn notify(state: &str) {
     }
 }
 
-fn send(target: &std::ffi::OsStr, state: &str) -> std::io::Result<usize> {
+/// Sends `state` as one datagram to `target` (a path, or `@` and an abstract name).
+pub(crate) fn send(target: &std::ffi::OsStr, state: &str) -> std::io::Result<usize> {
     use std::os::unix::ffi::OsStrExt;
     let socket = UnixDatagram::unbound()?;
     match target.as_bytes().strip_prefix(b"@") {

@@ -21,6 +21,7 @@ use nexus_e2e::http::{get, get_with_token, read_response, send_raw, Response};
 use nexus_e2e::keys::TestKeys;
 use nexus_e2e::process::Running;
 use nexus_e2e::wait;
+use nexus_edge::handover::wire;
 
 const UPGRADE: &str = "upgrade_socket = \"upgrade.sock\"";
 
@@ -235,7 +236,7 @@ fn an_upgrade_takes_the_listeners_over_without_failing_a_request_and_applies_the
     let addr = edge.addr;
     let slow_token = token.clone();
     let in_flight =
-        std::thread::spawn(move || get_with_token(addr, &host(), "/slow/1500", &slow_token));
+        std::thread::spawn(move || get_with_token(addr, &host(), "/slow/3000", &slow_token));
 
     std::fs::write(&edge.config_path, &changed).unwrap();
     let mut next = successor(&edge.config_path, &systemd);
@@ -244,6 +245,16 @@ fn an_upgrade_takes_the_listeners_over_without_failing_a_request_and_applies_the
     });
     // Told before the old router could exit: systemd never sees the service's main process end.
     assert_eq!(systemd.main_pid(), Some(next.pid()));
+    // A signal to the old router once it drains (a supervisor stopping whatever is left) does
+    // not cut what is in flight there: the first is only noted.
+    edge.wait_for("the drain", || {
+        edge.log().contains("INFO nexus_edge::signals: draining")
+    });
+    edge.terminate();
+    edge.wait_for("the signal noted", || {
+        edge.log()
+            .contains("a signal after the handover: already draining")
+    });
     let old = edge.wait_exit(Duration::from_secs(20));
     assert!(old.success(), "the old router exits 0 once drained: {old}");
     assert_eq!(in_flight.join().unwrap().status, 200);
@@ -270,24 +281,66 @@ fn an_upgrade_takes_the_listeners_over_without_failing_a_request_and_applies_the
         "{log}"
     );
 
-    // The successor offers the listeners in turn: a second upgrade.
+    // The successor offers the listeners in turn: a second upgrade, by `nexus-edge upgrade`,
+    // which returns once the new router has taken over and leaves it running.
     let load = Load::start(edge.addr, &token, 2);
     load.wait_more(20);
-    let mut third = successor(&edge.config_path, &systemd);
-    third.wait_for(Duration::from_secs(30), "the second take-over", |_, err| {
-        err.contains("took the listeners over").then_some(())
+    // Its output to files: the new router inherits them, and outlives it.
+    let (out, err) = (
+        edge.dir.path().join("upgrade.out"),
+        edge.dir.path().join("upgrade.err"),
+    );
+    let mut upgrading = Command::new(binary())
+        .env("NOTIFY_SOCKET", &systemd.path)
+        .arg("upgrade")
+        .arg("--config")
+        .arg(&edge.config_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait::poll(Duration::from_secs(60), || {
+        upgrading.try_wait().ok().flatten()
     });
-    assert_eq!(systemd.main_pid(), Some(third.pid()));
+    let said = std::fs::read_to_string(&out).unwrap();
+    let logged = std::fs::read_to_string(&err).unwrap();
+    let Some(status) = status else {
+        let _ = upgrading.kill();
+        panic!("`nexus-edge upgrade` still running after 60 s: {said}{logged}");
+    };
+    assert!(status.success(), "{said}{logged}");
+    let third: u32 = said
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {said:?}"));
+    let _third = Detached(third);
+    assert!(said.contains("took the listeners over"), "{said}");
+    assert_eq!(systemd.main_pid(), Some(third));
     assert!(next.wait_exit(Duration::from_secs(20)).success());
     load.wait_more(20);
     let (_, failures) = load.finish();
-    assert!(failures.is_empty(), "{failures:?}\n{}", third.describe());
+    assert!(failures.is_empty(), "{failures:?}");
     assert!(
-        next.stderr()
-            .contains(&format!("successor_pid={}", third.pid())),
+        next.stderr().contains(&format!("successor_pid={third}")),
         "{}",
         next.describe()
     );
+    assert!(is_ready(edge.ops_addr), "the third router serves");
+}
+
+/// A router started by `nexus-edge upgrade` (not this test's child): killed on drop.
+struct Detached(u32);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.0.to_string())
+            .status();
+    }
 }
 
 #[test]
@@ -372,6 +425,16 @@ fn the_upgrade_socket_is_one_routers_and_an_upgrade_needs_one() {
         "{said}"
     );
 
+    // `nexus-edge upgrade` says when the new router gave up.
+    let gave_up = cli(&["upgrade", "--config", &lonely.display().to_string()]);
+    assert!(!gave_up.status.success());
+    let said = String::from_utf8_lossy(&gave_up.stderr).into_owned();
+    assert!(
+        said.contains("no router answers at upgrade_socket")
+            && said.contains("without taking the listeners over"),
+        "{said}"
+    );
+
     // No upgrade socket in the config.
     let without = edge.dir.path().join("without.toml");
     std::fs::write(&without, config.replace(&nobody, "")).unwrap();
@@ -386,4 +449,46 @@ fn the_upgrade_socket_is_one_routers_and_an_upgrade_needs_one() {
     assert!(is_ready(edge.ops_addr));
     assert!(!edge.log().contains("handover not done"), "{}", edge.log());
     assert_eq!(systemd.heard(), ["READY=1\nSTATUS=serving"]);
+}
+
+#[test]
+fn a_successor_whose_predecessor_never_confirms_drains_and_exits_1() {
+    let systemd = Systemd::new();
+    let (_keys, _backend, mut edge) = world(&systemd);
+    // Its config, without it: this test plays the predecessor.
+    edge.terminate();
+    assert!(edge.wait_exit(Duration::from_secs(20)).success());
+    let path = edge.dir.path().join("upgrade.sock");
+    assert!(!path.exists(), "a stopped router leaves its upgrade socket");
+    let door = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let public = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = public.local_addr().unwrap();
+    let ops = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let copies = (public.try_clone().unwrap(), ops.try_clone().unwrap());
+
+    let mut next = successor(&edge.config_path, &systemd);
+    let (mut conn, _) = door.accept().unwrap();
+    assert_eq!(wire::read_line(&mut conn).unwrap(), wire::REQUEST);
+    wire::send_answer(
+        &mut conn,
+        &wire::Answer::Listeners(vec!["127.0.0.1:0".to_owned(), "127.0.0.2:0".to_owned()]),
+        &[copies.0, copies.1],
+    )
+    .unwrap();
+    assert_eq!(wire::read_line(&mut conn).unwrap(), wire::SERVING);
+    // It serves on the socket it was given.
+    assert_eq!(get(addr, &host(), "/login", &[]).status, 200);
+    // And hears nothing back.
+    drop(conn);
+    let status = next.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", next.describe());
+    assert!(
+        next.stderr().contains("handover not confirmed"),
+        "{}",
+        next.describe()
+    );
+    // The sockets are the predecessor's still: open, queueing connections for it.
+    let _queued = TcpStream::connect(addr).unwrap();
+    assert!(!systemd.heard().iter().any(|m| m.contains("MAINPID")));
+    drop((public, ops));
 }

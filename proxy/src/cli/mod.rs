@@ -34,6 +34,7 @@ mod serve;
 pub(crate) mod shown;
 mod tenant;
 mod token;
+mod upgrade;
 
 /// Writes a command's output. A reader that has gone away (`tenant list | head -1`) ends the
 /// command quietly, with success, as the default SIGPIPE action would: Rust ignores SIGPIPE,
@@ -103,6 +104,14 @@ pub enum Command {
     /// Revoke tokens before they expire (one token, a user's, a tenant's), on every router
     /// (audited); list and remove revocations.
     Revoke(revoke::RevokeArgs),
+    /// Start the new router (`serve --upgrade`) in the background and wait until it has
+    /// taken the listeners over from the running one (exit 0) or given up (exit 1; the
+    /// running router goes on serving). For deploy scripts and systemd's `ExecReload=`.
+    Upgrade {
+        /// Config file (TOML) of the running router, with `[server] upgrade_socket`.
+        #[arg(long, short, env = "NEXUS_EDGE_CONFIG")]
+        config: PathBuf,
+    },
     /// List the router replicas following the Redis store, their applied revision and lag.
     Replicas {
         /// Config file naming a Redis store (required: the default, the embedded demo store,
@@ -142,6 +151,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Demo(args) => crate::demo::run(&args),
         Command::Tenant(args) => tenant::run(args),
         Command::Revoke(args) => revoke::run(args),
+        Command::Upgrade { config } => upgrade::run(&config),
         Command::Replicas { config, json } => tenant::replicas(config.as_deref(), json),
     }
 }

@@ -25,14 +25,21 @@
 
 mod offer;
 mod take;
-mod wire;
+pub mod wire;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 pub use offer::Offer;
-pub use take::{take, Confirm, Taken};
+
+/// The environment variable `nexus-edge upgrade` gives the new router: a datagram socket to
+/// tell it, with [`TOOK_OVER`], that the handover is done.
+pub const REPORT_ENV: &str = "NEXUS_EDGE_UPGRADE_REPORT";
+
+/// What the new router sends to [`REPORT_ENV`]'s socket once the handover is confirmed.
+pub const TOOK_OVER: &str = "took-over";
+pub use take::{take, Confirm, Outcome, Taken};
 
 /// What a starting router does about handovers.
 #[derive(Debug)]
@@ -52,29 +59,65 @@ pub enum Plan {
 
 /// The listening sockets a router offers to its successor, each under the address it was
 /// configured as (the key of [`crate::listening::BoundListeners`]). Shared between the offer
-/// and the shutdown: withdrawn (closed) once the router stops, so that a socket no one
-/// accepts on does not stay open holding connections that will never be answered.
+/// and the shutdown: withdrawn once the router stops, which closes the copies (a socket no
+/// one accepts on must not stay open, holding connections that will never be answered) and
+/// the upgrade socket (a router started once this one is gone must not find it).
 #[derive(Clone, Debug, Default)]
-pub struct Offered(Arc<Mutex<Option<Sockets>>>);
+pub struct Offered(Arc<Mutex<OfferState>>);
 
 /// Listening sockets, each under the address it was configured as.
 type Sockets = Vec<(String, TcpListener)>;
 
+#[derive(Debug, Default)]
+struct OfferState {
+    /// `None` once withdrawn.
+    sockets: Option<Sockets>,
+    /// The upgrade socket the offer listens on, once it does.
+    door: Option<offer::Door>,
+}
+
 impl Offered {
     /// Offers `sockets` (duplicates of the ones the router accepts on).
     pub fn new(sockets: Sockets) -> Self {
-        Self(Arc::new(Mutex::new(Some(sockets))))
+        Self(Arc::new(Mutex::new(OfferState {
+            sockets: Some(sockets),
+            door: None,
+        })))
     }
 
-    /// Closes the offered copies: the router is stopping, and hands nothing over any more.
+    /// Closes the offered copies and the upgrade socket: the router is stopping, and hands
+    /// nothing over any more (a handover already under way completes).
     pub fn withdraw(&self) {
-        drop(self.lock().take());
+        let (sockets, door) = {
+            let mut state = self.lock();
+            (state.sockets.take(), state.door.take())
+        };
+        drop(sockets);
+        if let Some(door) = door {
+            door.close();
+        }
+    }
+
+    /// Whether [`Offered::withdraw`] was called.
+    fn is_withdrawn(&self) -> bool {
+        self.lock().sockets.is_none()
+    }
+
+    /// Keeps `door` to close on [`Offered::withdraw`] (at once, if that already came).
+    fn attach(&self, door: offer::Door) {
+        let mut state = self.lock();
+        if state.sockets.is_none() {
+            drop(state);
+            door.close();
+        } else {
+            state.door = Some(door);
+        }
     }
 
     /// Duplicates of the offered sockets, or `None` once withdrawn.
     fn duplicates(&self) -> Option<std::io::Result<Sockets>> {
         let offered = self.lock();
-        let sockets = offered.as_ref()?;
+        let sockets = offered.sockets.as_ref()?;
         Some(
             sockets
                 .iter()
@@ -83,7 +126,7 @@ impl Offered {
         )
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Sockets>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OfferState> {
         // Nothing panics while the lock is held.
         self.0
             .lock()
@@ -156,18 +199,21 @@ impl HandoverError {
     }
 }
 
-/// Checks that the peer of `conn` runs as this process's user, or as root.
-fn same_user(conn: &std::os::unix::net::UnixStream) -> Result<u32, HandoverError> {
-    let peer = rustix::net::sockopt::socket_peercred(conn)
+/// Checks that the peer of `conn` runs as this process's user, or as root; returns its
+/// process id, `None` when the peer is in another pid namespace (the kernel says 0).
+fn same_user(conn: &std::os::unix::net::UnixStream) -> Result<Option<u32>, HandoverError> {
+    // nix's, not rustix's: rustix takes the pid for non-zero, which the kernel does not
+    // promise.
+    let peer = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(|e| HandoverError::io("read the peer's credentials")(e.into()))?;
-    let own = rustix::process::getuid();
-    if peer.uid != own && !peer.uid.is_root() {
+    let own = rustix::process::getuid().as_raw();
+    if peer.uid() != own && peer.uid() != 0 {
         return Err(HandoverError::Stranger {
-            peer: peer.uid.as_raw(),
-            own: own.as_raw(),
+            peer: peer.uid(),
+            own,
         });
     }
-    Ok(peer.pid.as_raw_nonzero().get().unsigned_abs())
+    Ok(u32::try_from(peer.pid()).ok().filter(|&pid| pid != 0))
 }
 
 #[cfg(test)]

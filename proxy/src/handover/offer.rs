@@ -22,6 +22,35 @@ const SERVING_WAIT: Duration = Duration::from_secs(30);
 pub struct Offer {
     listener: UnixListener,
     path: PathBuf,
+    /// The socket file's device and inode, to tell it from a successor's at the same path.
+    file: (u64, u64),
+}
+
+/// What closes the upgrade socket when the router stops: a copy of the listener, to wake
+/// the offer's `accept`, and the file, removed unless a successor has replaced it.
+#[derive(Debug)]
+pub(super) struct Door {
+    listener: UnixListener,
+    path: PathBuf,
+    file: (u64, u64),
+}
+
+impl Door {
+    /// Stops the offer's `accept` and removes the socket file if it is still this router's.
+    pub(super) fn close(self) {
+        // A listening socket shut down wakes the thread waiting in `accept` with an error.
+        let _ = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Both);
+        if file_id(&self.path).is_some_and(|id| id == self.file) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The device and inode of the file at `path`.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 impl Offer {
@@ -69,25 +98,40 @@ impl Offer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
             HandoverError::io("restrict the upgrade socket to this user"),
         )?;
+        let file = file_id(path).ok_or_else(|| {
+            HandoverError::io("read the upgrade socket's file")(std::io::Error::other(
+                "it is gone just after being bound",
+            ))
+        })?;
         Ok(Self {
             listener,
             path: path.to_owned(),
+            file,
         })
     }
 
-    /// Offers `offered` to the first successor that asks, on a thread of its own; calls
-    /// `handed_over` with the successor's process id once it serves on them, and stops. A
-    /// handover that fails on the way is logged and the offer stands.
+    /// Offers `offered` to the first successor that asks, on a thread of its own, until it
+    /// is withdrawn; calls `handed_over` with the successor's process id (0 when unknown)
+    /// once it serves on them, and stops. A handover that fails on the way is logged and the
+    /// offer stands.
     pub fn open(
         self,
         offered: Offered,
         handed_over: impl FnOnce(u32) + Send + 'static,
     ) -> std::io::Result<()> {
+        offered.attach(Door {
+            listener: self.listener.try_clone()?,
+            path: self.path.clone(),
+            file: self.file,
+        });
         std::thread::Builder::new()
             .name("handover".to_owned())
             .spawn(move || {
                 tracing::info!(path = %self.path.display(), "listeners offered to a successor (`serve --upgrade`)");
                 for conn in self.listener.incoming() {
+                    if offered.is_withdrawn() {
+                        return;
+                    }
                     let conn = match conn {
                         Ok(conn) => conn,
                         Err(e) => {
@@ -130,10 +174,10 @@ fn remove_socket(path: &Path) -> Result<(), HandoverError> {
     }
 }
 
-/// One successor's handover, to the end: the successor's process id once it serves, or
-/// `None` for a connection closed without a word.
+/// One successor's handover, to the end: the successor's process id once it serves (0 when
+/// unknown), or `None` for a connection closed without a word.
 fn hand_over(mut conn: UnixStream, offered: &Offered) -> Result<Option<u32>, HandoverError> {
-    let successor = super::same_user(&conn)?;
+    let successor = super::same_user(&conn)?.unwrap_or(0);
     conn.set_read_timeout(Some(REQUEST_WAIT))
         .map_err(HandoverError::io("set a read timeout"))?;
     conn.set_write_timeout(Some(REQUEST_WAIT))
@@ -185,7 +229,15 @@ fn hand_over(mut conn: UnixStream, offered: &Offered) -> Result<Option<u32>, Han
             serving.chars().take(80).collect::<String>()
         )));
     }
-    wire::write_line(&mut conn, wire::DRAINING)
-        .map_err(HandoverError::io("tell the successor this router drains"))?;
+    // systemd hears it from the main process, before it may exit.
+    if successor != 0 {
+        crate::systemd::main_process_is(successor);
+    }
+    if let Err(e) = wire::write_line(&mut conn, wire::DRAINING) {
+        crate::systemd::main_process_is(std::process::id());
+        return Err(HandoverError::io("tell the successor this router drains")(
+            e,
+        ));
+    }
     Ok(Some(successor))
 }

@@ -14,13 +14,20 @@ use super::HandoverError;
 /// answers at once, from a thread of its own.
 const STEP_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a successor may take from receiving the sockets to confirming: less than the
+/// running router waits for it (30 s), so that a successor stuck on the way ends before the
+/// running router gives up on it, and never serves beside it.
+const CONFIRM_DEADLINE: Duration = Duration::from_secs(20);
+
 /// The running router's listening sockets, taken; the handover is complete once
-/// [`Taken::confirm`] returns.
+/// [`Taken::confirm`] returns. Held past [`CONFIRM_DEADLINE`], it ends the process.
 #[derive(Debug)]
 pub struct Taken {
     conn: UnixStream,
-    /// The running router's process id.
-    pub from_pid: u32,
+    /// Dropped with this, which disarms the deadline.
+    _deadline: std::sync::mpsc::Sender<()>,
+    /// The running router's process id (`None` when it is in another pid namespace).
+    pub from_pid: Option<u32>,
     /// The sockets by the address each was configured as.
     pub sockets: HashMap<String, TcpListener>,
 }
@@ -71,15 +78,34 @@ pub fn take(path: &Path) -> Result<Taken, HandoverError> {
     }
     Ok(Taken {
         conn,
+        _deadline: deadline()?,
         from_pid,
         sockets,
     })
 }
 
+/// Ends the process at [`CONFIRM_DEADLINE`] unless the returned sender is dropped first.
+fn deadline() -> Result<std::sync::mpsc::Sender<()>, HandoverError> {
+    let (disarm, armed) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("handover-deadline".to_owned())
+        .spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                armed.recv_timeout(CONFIRM_DEADLINE)
+            {
+                tracing::error!(deadline = ?CONFIRM_DEADLINE, "the handover was not confirmed in time: exiting; the running router goes on serving");
+                eprintln!("nexus-edge: the handover was not confirmed within {CONFIRM_DEADLINE:?}: exiting; the running router goes on serving");
+                std::process::exit(1);
+            }
+        })
+        .map_err(HandoverError::io("start the handover's deadline"))?;
+    Ok(disarm)
+}
+
 impl Taken {
     /// Tells the running router this process serves on the sockets, and waits for it to say
-    /// it drains. An error means it may still be accepting: this process must not stay.
-    pub fn confirm(mut self) -> Result<u32, HandoverError> {
+    /// it drains. An error means it may still be accepting.
+    pub fn confirm(mut self) -> Result<(), HandoverError> {
         wire::write_line(&mut self.conn, wire::SERVING)
             .map_err(HandoverError::io("tell the running router this one serves"))?;
         let answer = wire::read_line(&mut self.conn)?;
@@ -89,14 +115,13 @@ impl Taken {
                 answer.chars().take(80).collect::<String>()
             )));
         }
-        Ok(self.from_pid)
+        Ok(())
     }
 }
 
 /// The successor's last step, run once its listeners accept (a Pingora background service
 /// that depends on them): confirms the handover, then offers the listeners in turn at the
-/// same path. A handover that cannot be confirmed ends this process: the old router may
-/// still accept on the sockets, and goes on serving alone.
+/// same path.
 pub struct Confirm {
     pending: std::sync::Mutex<Option<Pending>>,
 }
@@ -105,24 +130,35 @@ struct Pending {
     taken: Taken,
     path: std::path::PathBuf,
     offered: super::Offered,
-    notice: Box<dyn FnOnce(u32) + Send>,
+    outcome: Outcome,
+}
+
+/// What the successor's [`Confirm`] reports to the rest of the router.
+pub struct Outcome {
+    /// Whether this router has begun to stop (a signal since it took the sockets): then it
+    /// does not confirm, and the predecessor serves on.
+    pub stopping: Box<dyn Fn() -> bool + Send>,
+    /// Called with this router's own successor's process id once it serves.
+    pub handed_over: Box<dyn FnOnce(u32) + Send>,
+    /// Called when the predecessor never let go and is still alive: this router drains and
+    /// leaves the sockets to it.
+    pub abandoned: Box<dyn FnOnce() + Send>,
 }
 
 impl Confirm {
-    /// Confirms `taken`, then offers `offered` at `path`, calling `notice` when this router's
-    /// own successor serves.
+    /// Confirms `taken`, then offers `offered` at `path`.
     pub fn new(
         taken: Taken,
         path: std::path::PathBuf,
         offered: super::Offered,
-        notice: impl FnOnce(u32) + Send + 'static,
+        outcome: Outcome,
     ) -> Self {
         Self {
             pending: std::sync::Mutex::new(Some(Pending {
                 taken,
                 path,
                 offered,
-                notice: Box::new(notice),
+                outcome,
             })),
         }
     }
@@ -140,46 +176,84 @@ impl pingora::services::background::BackgroundService for Confirm {
             taken,
             path,
             offered,
-            notice,
+            outcome,
         }) = pending
         else {
             return;
         };
-        // systemd must know the main process before the predecessor may exit.
+        if (outcome.stopping)() {
+            // Dropped unconfirmed: the predecessor goes on serving; this router drains.
+            tracing::warn!("stopping before the handover was confirmed: the predecessor serves on");
+            return;
+        }
         let predecessor = taken.from_pid;
-        crate::systemd::main_process_is(std::process::id());
         let confirmed = tokio::task::spawn_blocking(move || {
-            let predecessor = taken.confirm()?;
-            Ok::<_, HandoverError>((predecessor, super::Offer::replace(&path)))
+            taken.confirm()?;
+            Ok::<_, HandoverError>(super::Offer::replace(&path))
         })
         .await;
-        if !matches!(confirmed, Ok(Ok(_))) {
-            crate::systemd::main_process_is(predecessor);
-        }
         match confirmed {
-            Ok(Ok((predecessor, offer))) => {
+            Ok(Ok(offer)) => {
                 tracing::info!(
                     predecessor_pid = predecessor,
                     "took the listeners over; the predecessor drains"
                 );
-                let opened = offer
-                    .map_err(|e| e.to_string())
-                    .and_then(|offer| offer.open(offered, notice).map_err(|e| e.to_string()));
+                report_taken_over();
+                let opened = offer.map_err(|e| e.to_string()).and_then(|offer| {
+                    offer
+                        .open(offered, outcome.handed_over)
+                        .map_err(|e| e.to_string())
+                });
                 if let Err(e) = opened {
                     tracing::warn!(error = %e, "the listeners are not offered to a successor: `serve --upgrade` will not find this router");
                 }
             }
-            Ok(Err(e)) => abandon(&e.to_string()),
-            Err(e) => abandon(&e.to_string()),
+            Ok(Err(e)) => not_confirmed(&e.to_string(), predecessor, outcome.abandoned),
+            Err(e) => not_confirmed(&e.to_string(), predecessor, outcome.abandoned),
         }
     }
 }
 
-/// Ends a successor whose handover was not confirmed.
-fn abandon(why: &str) {
-    tracing::error!(error = %why, "handover not confirmed: exiting, the running router goes on serving");
+/// Tells `nexus-edge upgrade`, when it started this router, that the handover is done.
+fn report_taken_over() {
+    let Some(target) = std::env::var_os(super::REPORT_ENV) else {
+        return;
+    };
+    if let Err(e) = crate::systemd::send(&target, super::TOOK_OVER) {
+        tracing::warn!(error = %e, "cannot tell `nexus-edge upgrade` the handover is done");
+    }
+}
+
+/// A handover that was not confirmed: the predecessor may still accept on the sockets. If it
+/// lives, this router leaves them to it (`abandoned`); if it is gone, this one serves alone.
+fn not_confirmed(why: &str, predecessor: Option<u32>, abandoned: Box<dyn FnOnce() + Send>) {
+    if predecessor.is_some_and(|pid| !is_alive(pid)) {
+        tracing::warn!(
+            error = %why,
+            predecessor_pid = predecessor,
+            "handover not confirmed, and the predecessor is gone: this router serves alone \
+             (it does not offer its listeners: restart it to have them offered again)"
+        );
+        return;
+    }
+    tracing::error!(error = %why, "handover not confirmed: this router drains and exits 1; the predecessor serves on");
     eprintln!(
-        "nexus-edge: handover not confirmed ({why}): exiting; the running router goes on serving"
+        "nexus-edge: handover not confirmed ({why}): draining and exiting; the running router \
+         goes on serving"
     );
-    std::process::exit(1);
+    abandoned();
+}
+
+/// Whether a process `pid` exists (a signal could be sent to it).
+pub(super) fn is_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return true;
+    };
+    !matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
 }

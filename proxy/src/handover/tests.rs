@@ -34,7 +34,7 @@ fn the_successor_gets_the_very_socket_and_the_old_router_hears_once_it_serves() 
     let (_offered, addr, handed_over) = offering(&path);
 
     let mut taken = take(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(taken.from_pid, std::process::id());
+    assert_eq!(taken.from_pid, Some(std::process::id()));
     let socket = taken
         .sockets
         .remove("public")
@@ -55,7 +55,7 @@ fn the_successor_gets_the_very_socket_and_the_old_router_hears_once_it_serves() 
 
     // Not handed over until the successor serves.
     assert!(handed_over.try_recv().is_err());
-    assert_eq!(taken.confirm().ok(), Some(std::process::id()));
+    assert!(taken.confirm().is_ok());
     let pid = handed_over
         .recv_timeout(Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -87,10 +87,10 @@ fn a_successor_that_goes_away_before_serving_leaves_the_offer_standing() {
 }
 
 #[test]
-fn a_stopping_router_refuses_and_a_running_one_cannot_be_started_beside() {
+fn a_running_router_cannot_be_started_beside_and_a_stopping_one_takes_its_socket_away() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("upgrade.sock");
-    let (offered, _, _) = offering(&path);
+    let (offered, addr, _) = offering(&path);
     let beside = Offer::claim(&path).err().map(|e| e.to_string());
     assert!(
         beside
@@ -99,13 +99,33 @@ fn a_stopping_router_refuses_and_a_running_one_cannot_be_started_beside() {
         "{beside:?}"
     );
     offered.withdraw();
-    let refused = take(&path).err().map(|e| e.to_string());
+    // The socket file is gone, and with it the offer: a router may start afresh.
+    assert!(!path.exists());
+    let nothing = take(&path).err().map(|e| e.to_string());
     assert!(
-        refused
+        nothing
             .as_deref()
-            .is_some_and(|m| m.contains("refused") && m.contains("it is stopping")),
-        "{refused:?}"
+            .is_some_and(|m| m.contains("no router answers")),
+        "{nothing:?}"
     );
+    // The offered copy of the listener is closed: nothing listens at its address now.
+    assert!(TcpStream::connect(addr).is_err());
+    assert!(Offer::claim(&path).is_ok());
+}
+
+#[test]
+fn a_router_stopping_after_its_handover_leaves_the_successors_socket() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("upgrade.sock");
+    let (offered, _, handed_over) = offering(&path);
+    let taken = take(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(taken.confirm().is_ok());
+    assert!(handed_over.recv_timeout(Duration::from_secs(10)).is_ok());
+    // The successor's own offer, at the same path.
+    let successors = Offer::replace(&path).unwrap_or_else(|e| panic!("{e}"));
+    offered.withdraw();
+    assert!(path.exists(), "the successor's socket was removed");
+    drop(successors);
 }
 
 #[test]
@@ -144,4 +164,49 @@ fn a_dead_routers_socket_is_replaced_and_any_other_file_is_left_alone() {
         ))),
         "{e:?}"
     );
+}
+
+#[test]
+fn a_predecessor_that_never_says_it_drains_leaves_the_handover_unconfirmed() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("upgrade.sock");
+    let door = std::os::unix::net::UnixListener::bind(&path).unwrap_or_else(|e| panic!("{e}"));
+    // A predecessor that hands a socket over, hears the successor serves, and hangs up.
+    let predecessor = std::thread::spawn(move || {
+        let (mut conn, _) = door.accept().unwrap_or_else(|e| panic!("{e}"));
+        let request = wire::read_line(&mut conn).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(request, wire::REQUEST);
+        let (socket, _) = listening();
+        wire::send_answer(
+            &mut conn,
+            &wire::Answer::Listeners(vec!["public".to_owned()]),
+            &[socket],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let serving = wire::read_line(&mut conn).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(serving, wire::SERVING);
+    });
+    let taken = take(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(taken.sockets.len(), 1);
+    let unconfirmed = taken.confirm().err().map(|e| e.to_string());
+    assert!(
+        unconfirmed
+            .as_deref()
+            .is_some_and(|m| m.contains("closed the connection")),
+        "{unconfirmed:?}"
+    );
+    predecessor
+        .join()
+        .unwrap_or_else(|_| panic!("the predecessor failed"));
+}
+
+#[test]
+fn a_predecessor_is_alive_until_its_process_is_gone() {
+    assert!(take::is_alive(std::process::id()));
+    let mut gone = std::process::Command::new("true")
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pid = gone.id();
+    gone.wait().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!take::is_alive(pid));
 }

@@ -15,14 +15,14 @@ use serde::{Deserialize, Serialize};
 use super::HandoverError;
 
 /// The successor's request (the version is the protocol's).
-pub(super) const REQUEST: &str = "nexus-edge handover 1";
+pub const REQUEST: &str = "nexus-edge handover 1";
 /// The successor serves on the sockets it got.
-pub(super) const SERVING: &str = "serving";
+pub const SERVING: &str = "serving";
 /// The old router has stopped accepting and drains.
-pub(super) const DRAINING: &str = "draining";
+pub const DRAINING: &str = "draining";
 
 /// The most sockets one handover carries (a router has three listeners at most).
-pub(super) const MAX_SOCKETS: usize = 8;
+pub const MAX_SOCKETS: usize = 8;
 
 /// The longest line either side reads: a message past it is not one of the handover's.
 const MAX_LINE: usize = 64 * 1024;
@@ -30,7 +30,7 @@ const MAX_LINE: usize = 64 * 1024;
 /// The old router's answer to [`REQUEST`]; with `Listeners`, the sockets ride along.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub(super) enum Answer {
+pub enum Answer {
     /// The configured address of each socket sent, in order.
     Listeners(Vec<String>),
     /// Why no socket is sent.
@@ -38,18 +38,18 @@ pub(super) enum Answer {
 }
 
 /// Writes `line` and its newline.
-pub(super) fn write_line(conn: &mut UnixStream, line: &str) -> std::io::Result<()> {
+pub fn write_line(conn: &mut UnixStream, line: &str) -> std::io::Result<()> {
     conn.write_all(format!("{line}\n").as_bytes())
 }
 
 /// Reads one line (without its newline), byte by byte so that nothing after it is taken.
-pub(super) fn read_line(conn: &mut UnixStream) -> Result<String, HandoverError> {
+pub fn read_line(conn: &mut UnixStream) -> Result<String, HandoverError> {
     read_first_line(conn)?
         .ok_or_else(|| HandoverError::Protocol("the other side closed the connection".to_owned()))
 }
 
 /// Like [`read_line`], but `None` when the connection is closed before its first byte.
-pub(super) fn read_first_line(conn: &mut UnixStream) -> Result<Option<String>, HandoverError> {
+pub fn read_first_line(conn: &mut UnixStream) -> Result<Option<String>, HandoverError> {
     let mut line = Vec::new();
     let mut byte = [0u8];
     loop {
@@ -75,7 +75,7 @@ pub(super) fn read_first_line(conn: &mut UnixStream) -> Result<Option<String>, H
 }
 
 /// Sends `answer` as one line, with `sockets` attached to its first byte.
-pub(super) fn send_answer(
+pub fn send_answer(
     conn: &mut UnixStream,
     answer: &Answer,
     sockets: &[impl AsFd],
@@ -111,7 +111,7 @@ pub(super) fn send_answer(
 }
 
 /// Receives the answer line and the sockets attached to it (close-on-exec).
-pub(super) fn recv_answer(conn: &mut UnixStream) -> Result<(Answer, Vec<OwnedFd>), HandoverError> {
+pub fn recv_answer(conn: &mut UnixStream) -> Result<(Answer, Vec<OwnedFd>), HandoverError> {
     let mut first = vec![0u8; 4096];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SOCKETS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);

@@ -1,0 +1,123 @@
+//! `nexus-edge upgrade`: starts the new router (`serve --upgrade`) in the background and
+//! returns once it has taken the listeners over (exit 0) or has given up (exit 1), so that a
+//! deploy script, or systemd's `ExecReload=`, learns how the upgrade went.
+
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use crate::handover::REPORT_ENV;
+
+pub(super) fn run(config: &Path) -> ExitCode {
+    let settings = match super::load_settings(Some(config)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if settings.server.upgrade_socket.is_none() {
+        eprintln!(
+            "nexus-edge: upgrade takes the listeners over through [server] upgrade_socket, \
+             which {} does not set (the running router must have it too)",
+            config.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let report = match Report::open() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nexus-edge: cannot open a socket to hear the new router on: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("nexus-edge: cannot find this program's own path: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Its own process group: a Ctrl-C meant for this command does not reach the new router,
+    // which outlives it.
+    let spawned = Command::new(exe)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--upgrade")
+        .env(REPORT_ENV, &report.path)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("nexus-edge: cannot start the new router: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pid = child.id();
+    loop {
+        if report.took_over(Duration::from_millis(100)) {
+            println!("nexus-edge: the new router (pid {pid}) took the listeners over; the old one drains");
+            return ExitCode::SUCCESS;
+        }
+        match child.try_wait() {
+            Ok(None) => {}
+            Ok(Some(status)) => {
+                eprintln!(
+                    "nexus-edge: the new router (pid {pid}) ended ({status}) without taking the \
+                     listeners over; the running router goes on serving"
+                );
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("nexus-edge: cannot watch the new router (pid {pid}): {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+}
+
+/// A datagram socket in a directory of its own (readable by this user only), where the new
+/// router says it took over; removed on drop.
+struct Report {
+    socket: UnixDatagram,
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Report {
+    fn open() -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!("nexus-edge-upgrade-{}", std::process::id()));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let path = dir.join("report.sock");
+        let socket = match UnixDatagram::bind(&path) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(e);
+            }
+        };
+        Ok(Self { socket, dir, path })
+    }
+
+    /// Whether the new router said it took over within `wait`.
+    fn took_over(&self, wait: Duration) -> bool {
+        if self.socket.set_read_timeout(Some(wait)).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 256];
+        matches!(self.socket.recv(&mut buf), Ok(n) if buf[..n].starts_with(crate::handover::TOOK_OVER.as_bytes()))
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
