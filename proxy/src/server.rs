@@ -481,7 +481,7 @@ pub fn run(
         (handover::Plan::Off, _) => handover::Offered::default(),
         (_, Ok(sockets)) => handover::Offered::new(sockets),
         (_, Err(e)) => {
-            tracing::warn!(error = %e, "cannot copy the listening sockets: a successor will be refused them");
+            tracing::warn!(error = %e, "cannot copy the listening sockets: they are not offered to a successor");
             handover::Offered::default()
         }
     };

@@ -414,6 +414,30 @@ fn a_snapshot_path_that_is_a_directory_is_refused() {
     assert_eq!(code, 0, "{out}");
 }
 
+#[test]
+fn an_upgrade_socket_that_could_not_be_bound_is_refused_with_its_line() {
+    let (dir, bindings) = demo_key_set_and_bindings();
+    std::fs::write(dir.path().join("bindings.json"), bindings.to_string()).unwrap();
+    std::fs::write(dir.path().join("taken"), "x").unwrap();
+    let config = |socket: &str| {
+        format!(
+            "[server]\nupgrade_socket = \"{socket}\"\n[auth]\njwks_file = \"jwks.json\"\n\
+             [store]\nkind = \"file\"\npath = \"bindings.json\"\n"
+        )
+    };
+    let (code, out) = check(dir.path(), &config("missing/upgrade.sock"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("edge.toml:2: server.upgrade_socket:") && out.contains("is not a directory"),
+        "{out}"
+    );
+    let (code, out) = check(dir.path(), &config("taken"));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("exists and is not a socket"), "{out}");
+    let (code, out) = check(dir.path(), &config("upgrade.sock"));
+    assert_eq!(code, 0, "{out}");
+}
+
 /// A folder holding the demo key set, and the demo bindings document to change and write.
 fn demo_key_set_and_bindings() -> (tempfile::TempDir, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();

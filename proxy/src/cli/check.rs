@@ -231,6 +231,15 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             problem(key, message);
         }
     }
+    if let Some(socket) = sections
+        .server
+        .as_ref()
+        .and_then(|s| s.upgrade_socket.as_deref())
+    {
+        if let Err(e) = check_upgrade_socket(socket) {
+            problem("server.upgrade_socket", e);
+        }
+    }
     match keys {
         Some(_) if problems.is_empty() && unfetched => {
             outln!(
@@ -368,6 +377,30 @@ fn auth_warnings(path: &Path, auth: &nexus_config::AuthSettings) {
              refused (RFC 7519 §4.1.3); list this service's audience",
             path.display()
         );
+    }
+}
+
+/// The upgrade socket is bound at start, in a directory that must be there already, at a
+/// path that is free or holds a socket (a dead router's is replaced).
+fn check_upgrade_socket(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(format!(
+            "{}: {} is not a directory: the socket could not be bound",
+            path.display(),
+            dir.display()
+        ));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => Err(format!(
+            "{}: exists and is not a socket (the router does not remove it)",
+            path.display()
+        )),
+        _ => Ok(()),
     }
 }
 
