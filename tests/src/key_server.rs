@@ -1,6 +1,8 @@
 //! An identity provider's key set endpoint for tests: a real HTTP (or HTTPS) server on
 //! `127.0.0.1:0` answering every request with the answer the test sets, counting requests,
-//! stopped on drop. Each answer closes its connection.
+//! stopped on drop. Each answer closes its connection. A `200` answer with an `etag` is
+//! answered `304 Not Modified` (its other fields, no body) to a request whose
+//! `If-None-Match` names that tag, as a provider's server does.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +67,7 @@ pub struct KeyServer {
     requests: Arc<AtomicU64>,
     paths: Arc<Mutex<Vec<String>>>,
     last: Arc<Mutex<Option<Instant>>>,
+    not_modified: Arc<AtomicU64>,
     _server: LoopbackServer,
 }
 
@@ -85,10 +88,12 @@ impl KeyServer {
         let requests = Arc::new(AtomicU64::new(0));
         let paths: Arc<Mutex<Vec<String>>> = Arc::default();
         let last: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let not_modified = Arc::new(AtomicU64::new(0));
         let seen = Seen {
             requests: Arc::clone(&requests),
             paths: Arc::clone(&paths),
             last: Arc::clone(&last),
+            not_modified: Arc::clone(&not_modified),
         };
         let (a, t) = (Arc::clone(&answer), tls.clone());
         let server = LoopbackServer::start(move |stream| {
@@ -119,6 +124,7 @@ impl KeyServer {
             requests,
             paths,
             last,
+            not_modified,
             _server: server,
         }
     }
@@ -141,6 +147,11 @@ impl KeyServer {
             .map_or(Duration::MAX, |t| t.elapsed())
     }
 
+    /// Requests answered `304 Not Modified` so far.
+    pub fn not_modified(&self) -> u64 {
+        self.not_modified.load(Ordering::SeqCst)
+    }
+
     /// Each request's target, in order.
     pub fn paths(&self) -> Vec<String> {
         self.paths.lock().unwrap().clone()
@@ -153,6 +164,7 @@ struct Seen {
     requests: Arc<AtomicU64>,
     paths: Arc<Mutex<Vec<String>>>,
     last: Arc<Mutex<Option<Instant>>>,
+    not_modified: Arc<AtomicU64>,
 }
 
 /// Reads one request head and answers it; the connection then closes.
@@ -176,7 +188,22 @@ where
         .unwrap_or_default()
         .to_owned();
     seen.paths.lock().unwrap().push(target);
-    let a = answer.lock().unwrap().clone();
+    let mut a = answer.lock().unwrap().clone();
+    let asked = text.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("if-none-match")
+            .then(|| value.trim().to_owned())
+    });
+    let tag = a
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("etag"))
+        .map(|(_, v)| v.clone());
+    if a.status == 200 && asked.is_some() && asked == tag {
+        seen.not_modified.fetch_add(1, Ordering::SeqCst);
+        a.status = 304;
+        a.body.clear();
+    }
     // The server's own behaviour (a slow provider, as `Backend`'s `/slow/<ms>`), not a test
     // waiting for something.
     tokio::time::sleep(a.delay).await;

@@ -163,6 +163,49 @@ fn keys_rotated_in_are_taken_at_once_and_keys_withdrawn_stop_verifying() {
     assert!(edge.metric("nexus_edge_jwks_age_seconds") <= 5);
 }
 
+/// A provider that tags its key set (`ETag`) is asked `If-None-Match`: its `304` confirms
+/// the set in use, and a set changed (a new tag) comes whole.
+#[test]
+fn an_unchanged_key_set_is_confirmed_by_a_304_and_a_changed_one_comes_whole() {
+    let instance = Backend::start("acme-1");
+    let keys = TestKeys::new();
+    let rotated = SigningKey::generate_es256("rotated-in").unwrap();
+    let tagged = |set: Value, tag: &str| {
+        Answer::keys(&set)
+            .with_header("cache-control", "max-age=1")
+            .with_header("etag", tag)
+    };
+    let server = KeyServer::start(tagged(jwks(&[&keys.es]), "\"v1\""));
+    let edge = Edge::start(&options(
+        &instance,
+        &keys,
+        &server.url,
+        "jwks_refresh_interval = \"1h\"\njwks_min_refresh_interval = \"1s\"",
+    ));
+    // max-age=1 drives the fetches; each after the first is conditional, and confirms.
+    wait::until(Duration::from_secs(15), "fetches answered 304", || {
+        (server.not_modified() >= 3).then_some(())
+    });
+    assert_eq!(status(&edge, &token(&keys.es)), 200);
+    assert_eq!(edge.metric("nexus_edge_jwks_fetch_failures_total"), 0);
+    assert!(
+        edge.metric("nexus_edge_jwks_age_seconds") <= 3,
+        "confirmed by each 304"
+    );
+
+    server.set(tagged(jwks(&[&rotated]), "\"v2\""));
+    wait_status(&edge, &token(&rotated), 200, "the new set");
+    wait_status(&edge, &token(&keys.es), 401, "the old key withdrawn");
+    let before = server.not_modified();
+    wait::until(
+        Duration::from_secs(15),
+        "the new set confirmed by 304",
+        || (server.not_modified() >= before + 2).then_some(()),
+    );
+    assert_eq!(status(&edge, &token(&rotated)), 200);
+    assert_eq!(edge.metric("nexus_edge_jwks_fetch_failures_total"), 0);
+}
+
 /// A key rotated in just after a fetch: its token is refused within the interval, and the
 /// fetch it asked for is made when the interval ends, with no request asking again (the
 /// refresh interval is an hour).

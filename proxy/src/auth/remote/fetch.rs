@@ -48,11 +48,19 @@ pub enum FetchError {
 /// What a fetch brought.
 #[derive(Debug)]
 pub(super) struct Fetched {
-    pub(super) body: Vec<u8>,
+    /// The key set's text, or `None` when the provider answered `304 Not Modified` to an
+    /// `If-None-Match`: the set it validated is still the one.
+    pub(super) body: Option<Vec<u8>>,
     /// How long the provider says the set may be kept: `Cache-Control: max-age` less `Age`
     /// (0 for `no-cache` and `no-store`).
     pub(super) max_age: Option<Duration>,
+    /// The set's `ETag`, to ask with next time (when it is one a request may carry back).
+    pub(super) etag: Option<String>,
 }
+
+/// The longest `ETag` kept: a validator is an opaque short string; a longer one is not
+/// sent back (the next fetch is then a plain one).
+const MAX_ETAG_BYTES: usize = 256;
 
 /// Informational answers (`103 Early Hints` from a CDN) read past before the real one.
 const MAX_INFORMATIONAL: usize = 4;
@@ -83,11 +91,12 @@ impl Client {
     /// GET `url`: to each address of its name in turn until one answers, each given its
     /// share of `timeout` to connect (a first address that drops packets, an IPv6 one a
     /// network cannot reach, must not take it all). Unbounded in time as a whole (the caller
-    /// bounds it).
+    /// bounds it). With `if_none_match`, the set it names may be answered `304`.
     pub(super) async fn get(
         &self,
         url: &url::Url,
         timeout: Duration,
+        if_none_match: Option<&str>,
     ) -> Result<Fetched, FetchError> {
         let host = url.host_str().unwrap_or_default();
         // `[::1]` is looked up without its brackets.
@@ -107,7 +116,7 @@ impl Client {
             why: "no address".to_owned(),
         };
         for addr in addrs {
-            match self.get_from(url, addr, bare, connect).await {
+            match self.get_from(url, addr, bare, connect, if_none_match).await {
                 Err(FetchError::Connect(why)) => last = FetchError::Connect(why),
                 other => return other,
             }
@@ -122,6 +131,7 @@ impl Client {
         addr: SocketAddr,
         host: &str,
         connect_timeout: Duration,
+        if_none_match: Option<&str>,
     ) -> Result<Fetched, FetchError> {
         let failed = |e: Box<pingora::Error>| FetchError::Connect(format!("{addr}: {e}"));
         // The name is the SNI and what the certificate must carry (never empty: the config
@@ -159,6 +169,11 @@ impl Client {
         ] {
             request.insert_header(name, value).map_err(failed)?;
         }
+        if let Some(etag) = if_none_match {
+            request
+                .insert_header("if-none-match", etag)
+                .map_err(failed)?;
+        }
         session
             .write_request_header(Box::new(request))
             .await
@@ -173,6 +188,14 @@ impl Client {
             head = session.read_resp_header_parts().await.map_err(failed)?;
         }
         let status = head.status.as_u16();
+        if status == 304 && if_none_match.is_some() {
+            session.shutdown().await;
+            return Ok(Fetched {
+                body: None,
+                max_age: max_age(&head.headers),
+                etag: etag(&head.headers),
+            });
+        }
         if (300..400).contains(&status) && status != 304 {
             let location = head
                 .headers
@@ -195,10 +218,26 @@ impl Client {
         }
         session.shutdown().await;
         Ok(Fetched {
-            body: body.to_vec(),
+            body: Some(body.to_vec()),
             max_age: max_age(&head.headers),
+            etag: etag(&head.headers),
         })
     }
+}
+
+/// The response's `ETag`, when it is one a request can carry back as it came: one, of
+/// visible ASCII (`W/` and quotes included), at most [`MAX_ETAG_BYTES`].
+pub(super) fn etag(headers: &http::HeaderMap) -> Option<String> {
+    let mut all = headers.get_all(http::header::ETAG).iter();
+    let value = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    let bytes = value.as_bytes();
+    let visible = !bytes.is_empty()
+        && bytes.len() <= MAX_ETAG_BYTES
+        && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+    visible.then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// How long a response may be kept (RFC 9111 §4.2.1): `Cache-Control: max-age` less `Age`;
@@ -236,7 +275,28 @@ pub(super) fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::max_age;
+    use super::{etag, max_age};
+
+    #[test]
+    fn an_etag_is_kept_only_when_it_can_be_sent_back_as_it_came() {
+        let with = |values: &[&[u8]]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(
+                    http::header::ETAG,
+                    http::HeaderValue::from_bytes(v).unwrap_or_else(|e| panic!("{e}")),
+                );
+            }
+            etag(&h)
+        };
+        assert_eq!(with(&[b"\"v1\""]).as_deref(), Some("\"v1\""));
+        assert_eq!(with(&[b"W/\"v1\""]).as_deref(), Some("W/\"v1\""));
+        assert_eq!(with(&[]), None);
+        assert_eq!(with(&[b"\"a\"", b"\"b\""]), None, "two: which one?");
+        assert_eq!(with(&[b"\"with space\""]), None);
+        assert_eq!(with(&[b"\"caf\xc3\xa9\""]), None);
+        assert_eq!(with(&["\"x".repeat(200).as_bytes()]), None, "too long");
+    }
 
     #[test]
     fn max_age_read_from_cache_control_less_age() {

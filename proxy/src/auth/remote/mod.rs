@@ -55,6 +55,9 @@ struct Schedule {
     written: Option<([u8; 32], u64)>,
     /// Whether "stale" was said and not yet taken back.
     said_stale: bool,
+    /// The `ETag` of the key set in use, when a fetch brought it with one, and that set's
+    /// text: the next fetch asks `If-None-Match`, and a `304` confirms this set.
+    validated: Option<(String, std::sync::Arc<Vec<u8>>)>,
 }
 
 /// The fetcher, shared by the refresh job and the requests that ask it for an unknown `kid`.
@@ -216,8 +219,8 @@ impl RemoteKeys {
 
     /// One fetch, installed, for `check`.
     pub async fn fetch_once(&self, auth: &Authenticator) -> Result<(), Unfetched> {
-        let fetched = self.fetch().await.map_err(Unfetched::Unreachable)?;
-        auth.install_fetched(fetched.body, self.shown.clone())
+        let (body, _) = self.fetch().await.map_err(Unfetched::Unreachable)?;
+        auth.install_fetched(body, self.shown.clone())
             .map(|_| ())
             .map_err(Unfetched::Refused)
     }
@@ -293,7 +296,7 @@ impl RemoteKeys {
     async fn refresh(&self, auth: &Authenticator) -> bool {
         let flight = InFlight::begin(self);
         let taken = match self.fetch().await {
-            Ok(fetched) => self.take(auth, fetched),
+            Ok((body, fetched)) => self.take(auth, body, fetched),
             Err(e) => {
                 self.failed(e.to_string(), auth.has_key_set());
                 None
@@ -310,22 +313,43 @@ impl RemoteKeys {
         }
     }
 
-    /// GET the key set, bounded by `jwks_fetch_timeout`.
-    async fn fetch(&self) -> Result<fetch::Fetched, FetchError> {
+    /// GET the key set, bounded by `jwks_fetch_timeout`: its text (the one in use again, on
+    /// `304 Not Modified`), and what came with it.
+    async fn fetch(&self) -> Result<(Vec<u8>, fetch::Fetched), FetchError> {
         let timeout = self.settings.timeout;
-        tokio::time::timeout(timeout, self.client.get(&self.settings.url, timeout))
-            .await
-            .unwrap_or(Err(FetchError::Timeout(timeout)))
+        let validated = self.schedule().validated.clone();
+        let etag = validated.as_ref().map(|(etag, _)| etag.as_str());
+        let fetched =
+            tokio::time::timeout(timeout, self.client.get(&self.settings.url, timeout, etag))
+                .await
+                .unwrap_or(Err(FetchError::Timeout(timeout)))?;
+        match (fetched.body.clone(), validated) {
+            (Some(body), _) => Ok((body, fetched)),
+            (None, Some((etag, body))) => {
+                let fetched = fetch::Fetched {
+                    etag: fetched.etag.or(Some(etag)),
+                    ..fetched
+                };
+                Ok((body.to_vec(), fetched))
+            }
+            // Not asked conditionally: not an answer to take.
+            (None, None) => Err(FetchError::Status(304)),
+        }
     }
 
-    /// Installs what a fetch brought and schedules the next fetch by its `max-age`. The set,
-    /// for the cache file, when it is the one in use now.
-    fn take(&self, auth: &Authenticator, fetched: fetch::Fetched) -> Option<([u8; 32], Vec<u8>)> {
-        let digest = keyset::digest(&fetched.body);
+    /// Installs what a fetch brought (`body`) and schedules the next fetch by its `max-age`.
+    /// The set, for the cache file, when it is the one in use now.
+    fn take(
+        &self,
+        auth: &Authenticator,
+        body: Vec<u8>,
+        fetched: fetch::Fetched,
+    ) -> Option<([u8; 32], Vec<u8>)> {
+        let digest = keyset::digest(&body);
         // A panic while parsing a key set (logged and counted by the panic hook) must not
         // end key rotation: the keys in use stay, as for a refused set.
         let installed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            auth.install_fetched(fetched.body.clone(), self.shown.clone())
+            auth.install_fetched(body.clone(), self.shown.clone())
         }));
         let refused = match installed {
             Ok(Ok(changed)) => {
@@ -341,11 +365,16 @@ impl RemoteKeys {
             Err(_) => Some("the key set it serves made the router panic".to_owned()),
         };
         if let Some(why) = refused {
+            // Asked plainly next time: a 304 must not confirm a set that is not in use.
+            self.schedule().validated = None;
             self.failed(why, auth.has_key_set());
             return None;
         }
         let failures = {
             let mut s = self.schedule();
+            s.validated = fetched
+                .etag
+                .map(|etag| (etag, std::sync::Arc::new(body.clone())));
             s.said = None;
             s.next_at = Some(
                 Instant::now() + next_interval(&self.settings, fetched.max_age, random_byte()),
@@ -356,7 +385,7 @@ impl RemoteKeys {
         if failures > 0 {
             tracing::info!(url = %self.shown, failures, "the key set was fetched again");
         }
-        Some((digest, fetched.body))
+        Some((digest, body))
     }
 
     /// A fetch that brought no key set in use: counted, said once while the same failure
