@@ -263,7 +263,7 @@ pub fn serve(
                         Signals::catch(Arc::clone(&state)).map_err(StartError::Signals)?;
                     // Everything is loaded: only now are the running router's sockets asked
                     // for, so that it serves alone for as long as this one is not ready.
-                    let (plan, mut taken) = plan_handover(&state.settings, upgrade)?;
+                    let (plan, mut taken) = plan_handover(&state.settings, upgrade, &signals)?;
                     let listeners = bind_listeners(&state.settings, &mut taken)?;
                     for key in taken.keys() {
                         tracing::info!(
@@ -329,6 +329,7 @@ fn load_certificates(state: &EdgeState) -> Result<Option<Arc<Certificates>>, Sta
 fn plan_handover(
     settings: &Settings,
     upgrade: bool,
+    signals: &Signals,
 ) -> Result<(handover::Plan, HashMap<String, std::net::TcpListener>), StartError> {
     let Some(path) = &settings.server.upgrade_socket else {
         return Ok((handover::Plan::Off, HashMap::new()));
@@ -339,7 +340,17 @@ fn plan_handover(
             HashMap::new(),
         ));
     }
-    let mut taken = handover::take(path)?;
+    // Stuck past the deadline: the sockets are left to the running router, and this one
+    // drains; should it not manage that either, it ends.
+    let leave = signals.abandon_notice();
+    let grace = settings.server.shutdown_grace + settings.server.shutdown_delay;
+    let on_deadline = Box::new(move || {
+        leave();
+        std::thread::sleep(grace + std::time::Duration::from_secs(10));
+        eprintln!("nexus-edge: the handover was not confirmed, and the drain did not end: exiting");
+        std::process::exit(1);
+    });
+    let mut taken = handover::take(path, on_deadline)?;
     tracing::info!(
         predecessor_pid = taken.from_pid,
         listeners = ?taken.sockets.keys().collect::<Vec<_>>(),
@@ -389,7 +400,6 @@ fn offer_listeners(
     offered: handover::Offered,
     signals: &Signals,
     listening: &[pingora::services::ServiceHandle],
-    state: Arc<EdgeState>,
 ) {
     signals.withdraw_on_stop(offered.clone());
     match plan {
@@ -407,7 +417,7 @@ fn offer_listeners(
                     path,
                     offered,
                     handover::Outcome {
-                        stopping: Box::new(move || state.is_draining()),
+                        stopping: Box::new(signals.stop_signalled()),
                         handed_over: Box::new(signals.handover_notice()),
                         abandoned: Box::new(signals.abandon_notice()),
                     },
@@ -510,14 +520,7 @@ pub fn run(
         );
     }
     let succeeding = matches!(plan, handover::Plan::Succeed { .. });
-    offer_listeners(
-        &mut server,
-        plan,
-        offered,
-        &signals,
-        &listening,
-        Arc::clone(&state),
-    );
+    offer_listeners(&mut server, plan, offered, &signals, &listening);
 
     server.add_service(background_service(
         "binding sync",

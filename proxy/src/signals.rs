@@ -16,8 +16,12 @@
 //! - A handover ([`crate::handover`]): the successor serves on the listeners, so this router
 //!   drains as on SIGTERM (for `shutdown_delay` every response closes its connection, so busy
 //!   keep-alive clients reconnect, to the successor), but its ops listener closes at once
-//!   (the successor answers `/readyz` there now). Once a stop has begun, the listeners are no
-//!   longer offered.
+//!   (the successor answers `/readyz` there now). The first signal after it is only noted (a
+//!   supervisor stopping every process of the service must not cut what this one still
+//!   serves). Once a stop has begun, the listeners are no longer offered, and a handover
+//!   under way is waited for before the process exits.
+//! - A successor that leaves the listeners to its predecessor (never confirmed, or told to
+//!   stop first) drains as on SIGTERM, its ops listener closed at once, and exits 1.
 //! - The drain ends as soon as no client connection is left (exit code 0), not at the end of
 //!   `shutdown_grace`: Pingora sleeps through the whole grace period whatever is in flight,
 //!   so an idle router would take the full grace to stop, and a rolling deploy that long per
@@ -56,9 +60,12 @@ struct StopSignals {
 }
 
 impl StopSignals {
-    /// Catches SIGTERM, SIGINT and SIGQUIT from now on. Returns once they are caught, with
-    /// the queue's sender, for a handover.
-    fn install() -> std::io::Result<(Self, mpsc::UnboundedSender<Stop>)> {
+    /// Catches SIGTERM, SIGINT and SIGQUIT from now on, setting `signalled` as each comes
+    /// (before Pingora asks for the queue). Returns once they are caught, with the queue's
+    /// sender, for a handover.
+    fn install(
+        signalled: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::io::Result<(Self, mpsc::UnboundedSender<Stop>)> {
         use tokio::signal::unix::SignalKind;
         let (tx, queue) = mpsc::unbounded_channel();
         let handover = tx.clone();
@@ -83,6 +90,7 @@ impl StopSignals {
                             Stop::Term
                         }
                     };
+                    signalled.store(true, std::sync::atomic::Ordering::SeqCst);
                     if tx.send(stop).is_err() {
                         return;
                     }
@@ -197,19 +205,23 @@ pub struct Signals {
     drain: OnceLock<(Drain, JobsStop)>,
     /// Where a handover's completion is queued, as a stop.
     handover: mpsc::UnboundedSender<Stop>,
-    /// Turns true once a successor serves on the listeners.
+    /// Turns true once this router lets go of the listeners: a successor serves on them, or
+    /// (for a successor) they are left to the predecessor.
     handed_over: Arc<watch::Sender<bool>>,
     /// The listeners offered to a successor, withdrawn once a stop begins.
     offered: OnceLock<Offered>,
     /// Set once a handover this router took part in as the successor was abandoned: the
     /// process then ends with a failure exit code.
     abandoned: Arc<std::sync::atomic::AtomicBool>,
+    /// Set as soon as a stop signal comes, before the queue is read.
+    signalled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Signals {
     /// Catches the stop signals from now on: call it before the listeners are bound.
     pub fn catch(state: Arc<EdgeState>) -> std::io::Result<Self> {
-        let (signals, handover) = StopSignals::install()?;
+        let signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (signals, handover) = StopSignals::install(Arc::clone(&signalled))?;
         Ok(Self {
             state,
             caught: Mutex::new(Some(signals)),
@@ -218,14 +230,29 @@ impl Signals {
             handed_over: Arc::new(watch::channel(false).0),
             offered: OnceLock::new(),
             abandoned: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            signalled,
         })
     }
 
-    /// What a successor calls when its predecessor never let go: it drains, then exits 1.
+    /// Whether a stop signal has come (true from the moment it does, before the router
+    /// begins to stop).
+    pub fn stop_signalled(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let signalled = Arc::clone(&self.signalled);
+        move || signalled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// What a successor calls when it leaves the listeners to its predecessor (which never
+    /// let go, or this one was told to stop first): it drains, its ops listener closed at once
+    /// (the predecessor answers there), then exits 1.
     pub fn abandon_notice(&self) -> impl FnOnce() + Send + 'static {
-        let (queue, abandoned) = (self.handover.clone(), Arc::clone(&self.abandoned));
+        let (queue, abandoned, let_go) = (
+            self.handover.clone(),
+            Arc::clone(&self.abandoned),
+            Arc::clone(&self.handed_over),
+        );
         move || {
-            abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
+            abandoned.store(true, std::sync::atomic::Ordering::SeqCst);
+            let_go.send_replace(true);
             let _ = queue.send(Stop::Abandoned);
         }
     }
@@ -236,7 +263,8 @@ impl Signals {
         Arc::clone(&self.abandoned)
     }
 
-    /// What the handover calls once the successor serves: the router stops as on SIGINT.
+    /// What the handover calls once the successor serves: the router lets go of the
+    /// listeners (its ops listener closes at once) and drains as on SIGTERM.
     pub fn handover_notice(&self) -> impl FnOnce(u32) + Send + 'static {
         let (queue, handed_over) = (self.handover.clone(), Arc::clone(&self.handed_over));
         move |successor| {
@@ -245,7 +273,7 @@ impl Signals {
         }
     }
 
-    /// Turns true once a successor serves on the listeners.
+    /// Turns true once this router lets go of the listeners (see `handed_over`).
     pub fn watch_handover(&self) -> watch::Receiver<bool> {
         self.handed_over.subscribe()
     }
@@ -298,25 +326,36 @@ impl ShutdownSignalWatch for Signals {
             ),
         }
         self.state.start_draining();
+        // A signal after a handover is the operator's first: it is only noted (in the delay,
+        // it ends the delay), and one more ends the process at once.
+        let mut spare = u8::from(matches!(first, Stop::HandedOver(_)));
         // After a handover too (either way): busy keep-alive connections are told to
         // reconnect, to the router that stays, before the idle ones are closed.
-        if first != Stop::Int && !delay.is_zero() {
+        let delayed = first != Stop::Int && !delay.is_zero();
+        if delayed {
             // An impatient operator's second signal skips the rest of the wait.
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 stop = signals.next() => match stop {
                     Stop::HandedOver(_) => tracing::info!("handed over: closing the listeners now"),
-                    Stop::Term | Stop::Int | Stop::Abandoned => tracing::info!("another signal: closing the listeners now"),
+                    Stop::Abandoned => tracing::info!("left to the predecessor: closing the listeners now"),
+                    Stop::Term | Stop::Int => {
+                        spare = spare.saturating_sub(1);
+                        tracing::info!("another signal: closing the listeners now");
+                    }
                 },
             }
+        }
+        // Before "draining" is said: a signal from then on counts.
+        signals.discard_queued();
+        if delayed {
             tracing::info!("draining");
         }
-        signals.discard_queued();
         let (drain, jobs) = self.drain.get().cloned().unzip();
         let ending = Ending {
-            // A signal after a handover is the operator's first: the drain goes on.
-            spare_signals: u8::from(matches!(first, Stop::HandedOver(_))),
-            code: if first == Stop::Abandoned { 1 } else { 0 },
+            spare_signals: spare,
+            abandoned: Arc::clone(&self.abandoned),
+            offered: self.offered.get().cloned(),
         };
         finish_drain(signals, drain, jobs, Arc::clone(&self.state), ending);
         ShutdownSignal::GracefulTerminate
@@ -336,18 +375,26 @@ const GRACE_END_NOTICE: Duration = Duration::from_millis(100);
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 /// How a drain ends.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Ending {
     /// Signals that are only logged before one ends the process at once.
     spare_signals: u8,
-    /// The exit code once drained.
-    code: i32,
+    /// Set when the router stops because it left a handover's sockets to its predecessor:
+    /// the exit code is then 1.
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
+    /// The listeners offered to a successor: a handover under way is waited for (bounded)
+    /// before the process exits, or the successor would find no one to confirm it.
+    offered: Option<Offered>,
 }
 
-/// From the drain on: the process exits as soon as `drain` is over (with `ending.code`), or
-/// at once on one more SIGTERM or SIGINT past `ending.spare_signals` (exit code 1); failing
-/// both, Pingora ends it after `shutdown_grace`. The queue is already catching, so a signal
-/// that comes while this starts is not lost.
+/// Longest the end of a drain waits for a handover under way to complete.
+const HANDOVER_FINISH_WAIT: Duration = Duration::from_secs(30);
+
+/// From the drain on: the process exits as soon as `drain` is over (exit code 0, or 1 when
+/// the handover was abandoned), or at once on one more SIGTERM or SIGINT past
+/// `ending.spare_signals` (exit code 1); failing both, Pingora ends it after
+/// `shutdown_grace`. The queue is already catching, so a signal that comes while this starts
+/// is not lost.
 fn finish_drain(
     mut signals: StopSignals,
     drain: Option<Drain>,
@@ -394,8 +441,8 @@ fn finish_drain(
                 }
             });
             // A handover that was under way when the stop began completes: not a signal.
+            let mut spare = ending.spare_signals;
             let signal = async {
-                let mut spare = ending.spare_signals;
                 loop {
                     match signals.next().await {
                         Stop::HandedOver(_) | Stop::Abandoned => {}
@@ -424,8 +471,12 @@ fn finish_drain(
                         if let Some(jobs) = jobs {
                             jobs.finish(JOBS_FINISH_WAIT);
                         }
+                        if let Some(offered) = &ending.offered {
+                            offered.wait_handover_done(HANDOVER_FINISH_WAIT);
+                        }
+                        let abandoned = ending.abandoned.load(std::sync::atomic::Ordering::SeqCst);
                         tracing::info!("drained: no client connection is left; nexus-edge stopped");
-                        std::process::exit(ending.code);
+                        std::process::exit(i32::from(abandoned));
                     }
                 }
             });

@@ -13,9 +13,10 @@ pub fn ready() {
     notify("READY=1\nSTATUS=serving");
 }
 
-/// The process `pid` is the service's main one from now on: this one, as it takes the
-/// listeners over (said before its predecessor can exit, so that systemd never sees the main
-/// process end), or back to the predecessor when the handover fails.
+/// The process `pid` is the service's main one from now on. Said by the running router
+/// (the main one until then) for its successor just before it lets go of the listeners, so
+/// that systemd never sees the main process end; and for itself again should the successor
+/// vanish at that moment.
 pub fn main_process_is(pid: u32) {
     notify(&format!("MAINPID={pid}\nREADY=1\nSTATUS=serving"));
 }

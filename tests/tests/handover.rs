@@ -83,6 +83,8 @@ fn world(systemd: &Systemd) -> (TestKeys, Backend, Edge) {
         bindings_file(vec![binding("acme", &backend.url(), "active", None)]),
     );
     opts.server_extra = format!("{UPGRADE}\n{DELAY}");
+    // Room for a slow request in flight across a handover.
+    opts.read_timeout = "30s";
     opts.env = vec![(
         "NOTIFY_SOCKET".to_owned(),
         systemd.path.display().to_string(),
@@ -236,7 +238,7 @@ fn an_upgrade_takes_the_listeners_over_without_failing_a_request_and_applies_the
     let addr = edge.addr;
     let slow_token = token.clone();
     let in_flight =
-        std::thread::spawn(move || get_with_token(addr, &host(), "/slow/3000", &slow_token));
+        std::thread::spawn(move || get_with_token(addr, &host(), "/slow/6000", &slow_token));
 
     std::fs::write(&edge.config_path, &changed).unwrap();
     let mut next = successor(&edge.config_path, &systemd);
@@ -250,6 +252,10 @@ fn an_upgrade_takes_the_listeners_over_without_failing_a_request_and_applies_the
     edge.wait_for("the drain", || {
         edge.log().contains("INFO nexus_edge::signals: draining")
     });
+    assert!(
+        !in_flight.is_finished(),
+        "the slow request is still in flight"
+    );
     edge.terminate();
     edge.wait_for("the signal noted", || {
         edge.log()
@@ -451,30 +457,58 @@ fn the_upgrade_socket_is_one_routers_and_an_upgrade_needs_one() {
     assert_eq!(systemd.heard(), ["READY=1\nSTATUS=serving"]);
 }
 
+/// A router's config, with no router: the test plays the predecessor at its upgrade socket,
+/// with listeners of its own at the config's addresses.
+struct Predecessor {
+    door: std::os::unix::net::UnixListener,
+    public: std::net::TcpListener,
+    ops: std::net::TcpListener,
+}
+
+impl Predecessor {
+    fn instead_of(edge: &mut Edge) -> Predecessor {
+        edge.terminate();
+        assert!(edge.wait_exit(Duration::from_secs(20)).success());
+        let path = edge.dir.path().join("upgrade.sock");
+        assert!(!path.exists(), "a stopped router leaves its upgrade socket");
+        Predecessor {
+            door: std::os::unix::net::UnixListener::bind(&path).unwrap(),
+            public: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            ops: std::net::TcpListener::bind("127.0.0.2:0").unwrap(),
+        }
+    }
+
+    /// Takes the successor's request.
+    fn asked(&self) -> std::os::unix::net::UnixStream {
+        let (mut conn, _) = self.door.accept().unwrap();
+        assert_eq!(wire::read_line(&mut conn).unwrap(), wire::REQUEST);
+        conn
+    }
+
+    /// Sends copies of its listeners.
+    fn hand_over(&self, conn: &mut std::os::unix::net::UnixStream) {
+        wire::send_answer(
+            conn,
+            &wire::Answer::Listeners(vec!["127.0.0.1:0".to_owned(), "127.0.0.2:0".to_owned()]),
+            &[
+                self.public.try_clone().unwrap(),
+                self.ops.try_clone().unwrap(),
+            ],
+        )
+        .unwrap();
+    }
+}
+
 #[test]
 fn a_successor_whose_predecessor_never_confirms_drains_and_exits_1() {
     let systemd = Systemd::new();
     let (_keys, _backend, mut edge) = world(&systemd);
-    // Its config, without it: this test plays the predecessor.
-    edge.terminate();
-    assert!(edge.wait_exit(Duration::from_secs(20)).success());
-    let path = edge.dir.path().join("upgrade.sock");
-    assert!(!path.exists(), "a stopped router leaves its upgrade socket");
-    let door = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let public = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = public.local_addr().unwrap();
-    let ops = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
-    let copies = (public.try_clone().unwrap(), ops.try_clone().unwrap());
+    let predecessor = Predecessor::instead_of(&mut edge);
+    let addr = predecessor.public.local_addr().unwrap();
 
     let mut next = successor(&edge.config_path, &systemd);
-    let (mut conn, _) = door.accept().unwrap();
-    assert_eq!(wire::read_line(&mut conn).unwrap(), wire::REQUEST);
-    wire::send_answer(
-        &mut conn,
-        &wire::Answer::Listeners(vec!["127.0.0.1:0".to_owned(), "127.0.0.2:0".to_owned()]),
-        &[copies.0, copies.1],
-    )
-    .unwrap();
+    let mut conn = predecessor.asked();
+    predecessor.hand_over(&mut conn);
     assert_eq!(wire::read_line(&mut conn).unwrap(), wire::SERVING);
     // It serves on the socket it was given.
     assert_eq!(get(addr, &host(), "/login", &[]).status, 200);
@@ -490,5 +524,37 @@ fn a_successor_whose_predecessor_never_confirms_drains_and_exits_1() {
     // The sockets are the predecessor's still: open, queueing connections for it.
     let _queued = TcpStream::connect(addr).unwrap();
     assert!(!systemd.heard().iter().any(|m| m.contains("MAINPID")));
-    drop((public, ops));
+}
+
+#[test]
+fn a_successor_told_to_stop_before_it_confirms_leaves_the_sockets_to_its_predecessor() {
+    let systemd = Systemd::new();
+    let (_keys, _backend, mut edge) = world(&systemd);
+    let predecessor = Predecessor::instead_of(&mut edge);
+    let addr = predecessor.public.local_addr().unwrap();
+
+    let mut next = successor(&edge.config_path, &systemd);
+    let mut conn = predecessor.asked();
+    // The operator calls the upgrade off while the successor waits for the sockets.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(next.pid().to_string())
+        .status();
+    predecessor.hand_over(&mut conn);
+    // It never says it serves: the connection ends without a word.
+    let said = wire::read_line(&mut conn).map_err(|e| e.to_string());
+    assert!(
+        said.as_ref().is_err_and(|e| e.contains("closed")),
+        "{said:?}\n{}",
+        next.describe()
+    );
+    let status = next.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", next.describe());
+    assert!(
+        next.stderr()
+            .contains("a stop signal came before the handover was confirmed"),
+        "{}",
+        next.describe()
+    );
+    let _queued = TcpStream::connect(addr).unwrap();
 }

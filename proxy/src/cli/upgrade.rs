@@ -4,7 +4,7 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ pub(super) fn run(config: &Path) -> ExitCode {
         .arg("--config")
         .arg(config)
         .arg("--upgrade")
-        .env(REPORT_ENV, &report.path)
+        .env(REPORT_ENV, &report.address)
         .stdin(Stdio::null())
         .process_group(0)
         .spawn();
@@ -66,6 +66,11 @@ pub(super) fn run(config: &Path) -> ExitCode {
         }
         match child.try_wait() {
             Ok(None) => {}
+            // What it said just before it ended counts.
+            Ok(Some(_)) if report.took_over(Duration::ZERO) => {
+                println!("nexus-edge: the new router (pid {pid}) took the listeners over; the old one drains");
+                return ExitCode::SUCCESS;
+            }
             Ok(Some(status)) => {
                 eprintln!(
                     "nexus-edge: the new router (pid {pid}) ended ({status}) without taking the \
@@ -81,43 +86,40 @@ pub(super) fn run(config: &Path) -> ExitCode {
     }
 }
 
-/// A datagram socket in a directory of its own (readable by this user only), where the new
-/// router says it took over; removed on drop.
+/// A datagram socket at an abstract address (no file to leave behind, a random name no one
+/// else holds), where the new router says it took over.
 struct Report {
     socket: UnixDatagram,
-    dir: PathBuf,
-    path: PathBuf,
+    /// `@` and the name, as `NOTIFY_SOCKET` writes an abstract address.
+    address: String,
 }
 
 impl Report {
     fn open() -> std::io::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        let dir = std::env::temp_dir().join(format!("nexus-edge-upgrade-{}", std::process::id()));
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        let path = dir.join("report.sock");
-        let socket = match UnixDatagram::bind(&path) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = std::fs::remove_dir(&dir);
-                return Err(e);
-            }
-        };
-        Ok(Self { socket, dir, path })
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("nexus-edge-upgrade-{}", uuid::Uuid::new_v4().simple());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        let socket = UnixDatagram::bind_addr(&addr)?;
+        Ok(Self {
+            socket,
+            address: format!("@{name}"),
+        })
     }
 
-    /// Whether the new router said it took over within `wait`.
+    /// Whether the new router said it took over, waiting `wait` at most (not at all for
+    /// zero).
     fn took_over(&self, wait: Duration) -> bool {
-        if self.socket.set_read_timeout(Some(wait)).is_err() {
+        let set = if wait.is_zero() {
+            self.socket.set_nonblocking(true)
+        } else {
+            self.socket
+                .set_nonblocking(false)
+                .and_then(|()| self.socket.set_read_timeout(Some(wait)))
+        };
+        if set.is_err() {
             return false;
         }
         let mut buf = [0u8; 256];
         matches!(self.socket.recv(&mut buf), Ok(n) if buf[..n].starts_with(crate::handover::TOOK_OVER.as_bytes()))
-    }
-}
-
-impl Drop for Report {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_dir(&self.dir);
     }
 }

@@ -74,6 +74,8 @@ struct OfferState {
     sockets: Option<Sockets>,
     /// The upgrade socket the offer listens on, once it does.
     door: Option<offer::Door>,
+    /// A successor has the sockets and the handover is not over yet.
+    handing_over: bool,
 }
 
 impl Offered {
@@ -82,7 +84,30 @@ impl Offered {
         Self(Arc::new(Mutex::new(OfferState {
             sockets: Some(sockets),
             door: None,
+            handing_over: false,
         })))
+    }
+
+    /// Waits, `at_most` long, while a successor has the sockets and the handover is not over:
+    /// a process that exits then leaves the successor with no one to confirm it.
+    pub fn wait_handover_done(&self, at_most: std::time::Duration) {
+        let until = std::time::Instant::now() + at_most;
+        while self.lock().handing_over && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Marks a handover under way (`true`) or over.
+    fn handing_over(&self, under_way: bool) {
+        self.lock().handing_over = under_way;
+    }
+
+    /// The upgrade socket's file is left where it is when the socket closes: a successor is
+    /// about to replace it, and removing it could remove the successor's.
+    fn keep_file(&self) {
+        if let Some(door) = self.lock().door.as_mut() {
+            door.keep_file();
+        }
     }
 
     /// Closes the offered copies and the upgrade socket: the router is stopping, and hands

@@ -33,16 +33,26 @@ pub(super) struct Door {
     listener: UnixListener,
     path: PathBuf,
     file: (u64, u64),
+    /// Leave the file: a successor replaces it (see [`Door::keep_file`]).
+    keep_file: bool,
 }
 
 impl Door {
-    /// Stops the offer's `accept` and removes the socket file if it is still this router's.
+    /// Stops the offer's `accept` and removes the socket file if it is still this router's
+    /// (and no successor is to replace it).
     pub(super) fn close(self) {
         // A listening socket shut down wakes the thread waiting in `accept` with an error.
         let _ = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Both);
-        if file_id(&self.path).is_some_and(|id| id == self.file) {
+        if !self.keep_file && file_id(&self.path).is_some_and(|id| id == self.file) {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+
+    /// Leaves the file when the socket closes: the successor that has just been told to take
+    /// over replaces it, and a removal racing that would remove the successor's. (Should that
+    /// successor vanish, the file is a dead router's, which the next start replaces.)
+    pub(super) fn keep_file(&mut self) {
+        self.keep_file = true;
     }
 }
 
@@ -123,6 +133,7 @@ impl Offer {
             listener: self.listener.try_clone()?,
             path: self.path.clone(),
             file: self.file,
+            keep_file: false,
         });
         std::thread::Builder::new()
             .name("handover".to_owned())
@@ -161,6 +172,22 @@ impl Offer {
                 }
             })
             .map(drop)
+    }
+}
+
+/// A handover under way, for as long as this lives.
+struct UnderWay<'a>(&'a Offered);
+
+impl<'a> UnderWay<'a> {
+    fn begin(offered: &'a Offered) -> Self {
+        offered.handing_over(true);
+        Self(offered)
+    }
+}
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.handing_over(false);
     }
 }
 
@@ -214,6 +241,9 @@ fn hand_over(mut conn: UnixStream, offered: &Offered) -> Result<Option<u32>, Han
     };
     let (keys, sockets): (Vec<_>, Vec<_>) = sockets.into_iter().unzip();
     tracing::info!(successor_pid = successor, listeners = ?keys, "handing the listeners over");
+    // From the moment the successor may hold the sockets until this ends, a drain ending
+    // waits for it (see `Offered::wait_handover_done`).
+    let _under_way = UnderWay::begin(offered);
     wire::send_answer(&mut conn, &Answer::Listeners(keys), &sockets)?;
     // The successor has the sockets; until it serves on them, this router accepts on them
     // too, and goes on doing so if it never does.
@@ -233,6 +263,7 @@ fn hand_over(mut conn: UnixStream, offered: &Offered) -> Result<Option<u32>, Han
     if successor != 0 {
         crate::systemd::main_process_is(successor);
     }
+    offered.keep_file();
     if let Err(e) = wire::write_line(&mut conn, wire::DRAINING) {
         crate::systemd::main_process_is(std::process::id());
         return Err(HandoverError::io("tell the successor this router drains")(

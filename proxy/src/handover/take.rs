@@ -14,26 +14,28 @@ use super::HandoverError;
 /// answers at once, from a thread of its own.
 const STEP_WAIT: Duration = Duration::from_secs(10);
 
-/// How long a successor may take from receiving the sockets to confirming: less than the
-/// running router waits for it (30 s), so that a successor stuck on the way ends before the
-/// running router gives up on it, and never serves beside it.
+/// How long a successor may take from receiving the sockets to saying it serves: less than
+/// the running router waits for it (30 s), so that a successor stuck on the way gives up
+/// before the running router does, and never serves beside it.
 const CONFIRM_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The running router's listening sockets, taken; the handover is complete once
-/// [`Taken::confirm`] returns. Held past [`CONFIRM_DEADLINE`], it ends the process.
+/// [`Taken::confirm`] returns. Held past [`CONFIRM_DEADLINE`] before confirming, the deadline
+/// given to [`take`] is called.
 #[derive(Debug)]
 pub struct Taken {
     conn: UnixStream,
-    /// Dropped with this, which disarms the deadline.
-    _deadline: std::sync::mpsc::Sender<()>,
+    /// Dropped (with this, or as the confirmation begins), it disarms the deadline.
+    deadline: Option<std::sync::mpsc::Sender<()>>,
     /// The running router's process id (`None` when it is in another pid namespace).
     pub from_pid: Option<u32>,
     /// The sockets by the address each was configured as.
     pub sockets: HashMap<String, TcpListener>,
 }
 
-/// Asks the router answering at `path` for its listening sockets.
-pub fn take(path: &Path) -> Result<Taken, HandoverError> {
+/// Asks the router answering at `path` for its listening sockets; `on_deadline` is called
+/// if they are held [`CONFIRM_DEADLINE`] without confirming.
+pub fn take(path: &Path, on_deadline: Box<dyn FnOnce() + Send>) -> Result<Taken, HandoverError> {
     let mut conn = UnixStream::connect(path).map_err(|source| HandoverError::NoRouter {
         path: path.to_owned(),
         source,
@@ -78,14 +80,16 @@ pub fn take(path: &Path) -> Result<Taken, HandoverError> {
     }
     Ok(Taken {
         conn,
-        _deadline: deadline()?,
+        deadline: Some(deadline(on_deadline)?),
         from_pid,
         sockets,
     })
 }
 
-/// Ends the process at [`CONFIRM_DEADLINE`] unless the returned sender is dropped first.
-fn deadline() -> Result<std::sync::mpsc::Sender<()>, HandoverError> {
+/// Calls `on_deadline` at [`CONFIRM_DEADLINE`] unless the returned sender is dropped first.
+fn deadline(
+    on_deadline: Box<dyn FnOnce() + Send>,
+) -> Result<std::sync::mpsc::Sender<()>, HandoverError> {
     let (disarm, armed) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("handover-deadline".to_owned())
@@ -93,9 +97,8 @@ fn deadline() -> Result<std::sync::mpsc::Sender<()>, HandoverError> {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 armed.recv_timeout(CONFIRM_DEADLINE)
             {
-                tracing::error!(deadline = ?CONFIRM_DEADLINE, "the handover was not confirmed in time: exiting; the running router goes on serving");
-                eprintln!("nexus-edge: the handover was not confirmed within {CONFIRM_DEADLINE:?}: exiting; the running router goes on serving");
-                std::process::exit(1);
+                tracing::error!(deadline = ?CONFIRM_DEADLINE, "the handover was not confirmed in time: the listeners are left to the running router");
+                on_deadline();
             }
         })
         .map_err(HandoverError::io("start the handover's deadline"))?;
@@ -106,6 +109,9 @@ impl Taken {
     /// Tells the running router this process serves on the sockets, and waits for it to say
     /// it drains. An error means it may still be accepting.
     pub fn confirm(mut self) -> Result<(), HandoverError> {
+        // Once "serving" is on its way, the running router may let go at any moment: giving
+        // up then (the deadline) could leave no one serving.
+        drop(self.deadline.take());
         wire::write_line(&mut self.conn, wire::SERVING)
             .map_err(HandoverError::io("tell the running router this one serves"))?;
         let answer = wire::read_line(&mut self.conn)?;
@@ -135,13 +141,13 @@ struct Pending {
 
 /// What the successor's [`Confirm`] reports to the rest of the router.
 pub struct Outcome {
-    /// Whether this router has begun to stop (a signal since it took the sockets): then it
-    /// does not confirm, and the predecessor serves on.
+    /// Whether a stop signal has come to this router: then it does not confirm, and the
+    /// predecessor serves on. Asked last thing before saying it serves.
     pub stopping: Box<dyn Fn() -> bool + Send>,
     /// Called with this router's own successor's process id once it serves.
     pub handed_over: Box<dyn FnOnce(u32) + Send>,
-    /// Called when the predecessor never let go and is still alive: this router drains and
-    /// leaves the sockets to it.
+    /// Called when this router leaves the sockets to its predecessor (which never let go and
+    /// is still alive, or this one was told to stop first): it drains, and exits 1.
     pub abandoned: Box<dyn FnOnce() + Send>,
 }
 
@@ -181,17 +187,28 @@ impl pingora::services::background::BackgroundService for Confirm {
         else {
             return;
         };
-        if (outcome.stopping)() {
-            // Dropped unconfirmed: the predecessor goes on serving; this router drains.
-            tracing::warn!("stopping before the handover was confirmed: the predecessor serves on");
-            return;
-        }
         let predecessor = taken.from_pid;
+        let stopping = outcome.stopping;
         let confirmed = tokio::task::spawn_blocking(move || {
+            // Checked last thing before saying it serves: a stop signal to this router means
+            // the upgrade is off, and the predecessor must not let go.
+            if stopping() {
+                return Ok(None);
+            }
             taken.confirm()?;
-            Ok::<_, HandoverError>(super::Offer::replace(&path))
+            Ok::<_, HandoverError>(Some(super::Offer::replace(&path)))
         })
         .await;
+        let confirmed = match confirmed {
+            Ok(Ok(None)) => {
+                tracing::warn!("a stop signal came before the handover was confirmed: the listeners are left to the predecessor, which serves on");
+                (outcome.abandoned)();
+                return;
+            }
+            Ok(Ok(Some(offer))) => Ok(Ok(offer)),
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(e) => Err(e),
+        };
         match confirmed {
             Ok(Ok(offer)) => {
                 tracing::info!(
@@ -244,16 +261,33 @@ fn not_confirmed(why: &str, predecessor: Option<u32>, abandoned: Box<dyn FnOnce(
     abandoned();
 }
 
-/// Whether a process `pid` exists (a signal could be sent to it).
+/// Whether a `/proc/<pid>/stat` line is a process's that has not exited: `pid (name) S ...`,
+/// the state after the name's last `)` (the name may hold anything), neither zombie (`Z`)
+/// nor dead (`X`).
+pub(super) fn stat_says_running(stat: &str) -> bool {
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .is_none_or(|state| !matches!(state, 'Z' | 'X'))
+}
+
+/// Whether process `pid` runs: it exists and has not exited (a zombie, not yet reaped by its
+/// parent, has).
 pub(super) fn is_alive(pid: u32) -> bool {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return true;
-    };
-    !matches!(
-        rustix::process::test_kill_process(pid),
-        Err(rustix::io::Errno::SRCH)
-    )
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat_says_running(&stat),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        // No /proc: whether a signal could be sent to it.
+        Err(_) => {
+            let Some(pid) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            else {
+                return true;
+            };
+            !matches!(
+                rustix::process::test_kill_process(pid),
+                Err(rustix::io::Errno::SRCH)
+            )
+        }
+    }
 }
