@@ -499,19 +499,52 @@ impl Predecessor {
     }
 }
 
-#[test]
-fn a_successor_whose_predecessor_never_confirms_drains_and_exits_1() {
+/// A successor started against a predecessor the test plays, which has its request.
+struct Staged {
+    systemd: Systemd,
+    _backend: Backend,
+    _edge: Edge,
+    predecessor: Predecessor,
+    /// The predecessor's public listener.
+    addr: SocketAddr,
+    next: Running,
+    conn: std::os::unix::net::UnixStream,
+}
+
+fn staged() -> Staged {
     let systemd = Systemd::new();
-    let (_keys, _backend, mut edge) = world(&systemd);
+    let (_keys, backend, mut edge) = world(&systemd);
     let predecessor = Predecessor::instead_of(&mut edge);
     let addr = predecessor.public.local_addr().unwrap();
+    let next = successor(&edge.config_path, &systemd);
+    let conn = predecessor.asked();
+    Staged {
+        systemd,
+        _backend: backend,
+        _edge: edge,
+        predecessor,
+        addr,
+        next,
+        conn,
+    }
+}
 
-    let mut next = successor(&edge.config_path, &systemd);
-    let mut conn = predecessor.asked();
+#[test]
+fn a_successor_whose_predecessor_never_confirms_drains_and_exits_1() {
+    let Staged {
+        systemd,
+        _backend,
+        _edge,
+        predecessor,
+        addr,
+        mut next,
+        mut conn,
+    } = staged();
     predecessor.hand_over(&mut conn);
     assert_eq!(wire::read_line(&mut conn).unwrap(), wire::SERVING);
     // It serves on the socket it was given.
-    assert_eq!(get(addr, &host(), "/login", &[]).status, 200);
+    let r = get(addr, &host(), "/login", &[]);
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), next.describe());
     // And hears nothing back.
     drop(conn);
     let status = next.wait_exit(Duration::from_secs(20));
@@ -528,13 +561,15 @@ fn a_successor_whose_predecessor_never_confirms_drains_and_exits_1() {
 
 #[test]
 fn a_successor_told_to_stop_before_it_confirms_leaves_the_sockets_to_its_predecessor() {
-    let systemd = Systemd::new();
-    let (_keys, _backend, mut edge) = world(&systemd);
-    let predecessor = Predecessor::instead_of(&mut edge);
-    let addr = predecessor.public.local_addr().unwrap();
-
-    let mut next = successor(&edge.config_path, &systemd);
-    let mut conn = predecessor.asked();
+    let Staged {
+        systemd: _systemd,
+        _backend,
+        _edge,
+        predecessor,
+        addr,
+        mut next,
+        mut conn,
+    } = staged();
     // The operator calls the upgrade off while the successor waits for the sockets.
     let _ = Command::new("kill")
         .arg("-TERM")

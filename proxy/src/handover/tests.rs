@@ -27,6 +27,17 @@ fn offering(path: &std::path::Path) -> (Offered, SocketAddr, mpsc::Receiver<u32>
     (offered, addr, rx)
 }
 
+/// Asks at `path`, where no router may answer.
+fn no_router_answers(path: &std::path::Path) {
+    let nothing = take(path, Box::new(|| {})).err().map(|e| e.to_string());
+    assert!(
+        nothing
+            .as_deref()
+            .is_some_and(|m| m.contains("no router answers")),
+        "{nothing:?}"
+    );
+}
+
 #[test]
 fn the_successor_gets_the_very_socket_and_the_old_router_hears_once_it_serves() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -101,13 +112,7 @@ fn a_running_router_cannot_be_started_beside_and_a_stopping_one_takes_its_socket
     offered.withdraw();
     // The socket file is gone, and with it the offer: a router may start afresh.
     assert!(!path.exists());
-    let nothing = take(&path, Box::new(|| {})).err().map(|e| e.to_string());
-    assert!(
-        nothing
-            .as_deref()
-            .is_some_and(|m| m.contains("no router answers")),
-        "{nothing:?}"
-    );
+    no_router_answers(&path);
     // The offered copy of the listener is closed: nothing listens at its address now.
     assert!(TcpStream::connect(addr).is_err());
     assert!(Offer::claim(&path).is_ok());
@@ -135,13 +140,7 @@ fn a_dead_routers_socket_is_replaced_and_any_other_file_is_left_alone() {
     // A socket no one accepts on any more.
     drop(Offer::claim(&path).unwrap_or_else(|e| panic!("{e}")));
     assert!(path.exists());
-    let nothing = take(&path, Box::new(|| {})).err().map(|e| e.to_string());
-    assert!(
-        nothing
-            .as_deref()
-            .is_some_and(|m| m.contains("no router answers")),
-        "{nothing:?}"
-    );
+    no_router_answers(&path);
     assert!(Offer::claim(&path).is_ok());
 
     let file = dir.path().join("edge.toml");
