@@ -235,10 +235,14 @@ impl Signals {
     }
 
     /// Whether a stop signal has come (true from the moment it does, before the router
-    /// begins to stop).
+    /// begins to stop), or the router has left a handover's sockets to its predecessor
+    /// (its deadline passed): either way it must not confirm the handover any more.
     pub fn stop_signalled(&self) -> impl Fn() -> bool + Send + Sync + 'static {
-        let signalled = Arc::clone(&self.signalled);
-        move || signalled.load(std::sync::atomic::Ordering::SeqCst)
+        let (signalled, abandoned) = (Arc::clone(&self.signalled), Arc::clone(&self.abandoned));
+        move || {
+            signalled.load(std::sync::atomic::Ordering::SeqCst)
+                || abandoned.load(std::sync::atomic::Ordering::SeqCst)
+        }
     }
 
     /// What a successor calls when it leaves the listeners to its predecessor (which never

@@ -587,7 +587,7 @@ fn a_successor_told_to_stop_before_it_confirms_leaves_the_sockets_to_its_predece
     assert_eq!(status.code(), Some(1), "{}", next.describe());
     assert!(
         next.stderr()
-            .contains("a stop signal came before the handover was confirmed"),
+            .contains("called off before the handover was confirmed"),
         "{}",
         next.describe()
     );

@@ -190,9 +190,28 @@ struct Shared {
     /// The shutdown's wait for headers in progress is over: one still in progress is
     /// answered 503 as the application lets go of it (see [`Guarded::cleanup`]).
     cutting: AtomicBool,
+    /// TLS handshakes under way (their client has sent its hello): a shutdown waits for them
+    /// as for headers in progress, since a request follows.
+    handshaking: AtomicUsize,
 }
 
 const FULL_WARNING_EVERY: u64 = 10;
+
+/// One in a count, for as long as this lives (however the future holding it ends).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// A place among the open connections, given back when the connection ends (however it ends).
 struct Slot<'a>(&'a Shared);
@@ -248,15 +267,21 @@ impl Shared {
         let mut queued = reclaim::Queued::new(&self.reclaim);
         let asked = std::future::poll_fn(|cx| queued.poll_asked(cx));
         let mut byte = [0u8; 1];
-        tokio::select! {
-            peeked = stream.try_peek(&mut byte) => peeked.is_ok(),
+        let shut = tokio::select! {
+            peeked = stream.try_peek(&mut byte) => return peeked.is_ok(),
             () = asked => {
                 self.metrics.reclaimed.inc();
-                false
+                return false;
             }
-            () = tokio::time::sleep_until(deadline) => false,
-            _ = shutdown.wait_for(|down| *down) => false,
-        }
+            () = tokio::time::sleep_until(deadline) => return false,
+            _ = shutdown.wait_for(|down| *down) => true,
+        };
+        // Accepted as the listener closed: its hello may be on its way (see
+        // `ARRIVAL_GRACE`).
+        let grace = (tokio::time::Instant::now() + ARRIVAL_GRACE).min(deadline);
+        shut && tokio::time::timeout_at(grace, stream.try_peek(&mut byte))
+            .await
+            .is_ok_and(|peeked| peeked.is_ok())
     }
 }
 
@@ -299,6 +324,7 @@ impl<A> Guarded<A> {
                 last_full_warning: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 cutting: AtomicBool::new(false),
+                handshaking: AtomicUsize::new(0),
             }),
             tls: None,
         }
@@ -317,6 +343,14 @@ impl<A> Guarded<A> {
         Drain(Arc::clone(&self.shared))
     }
 }
+
+/// How long, once the listener has closed, a connection accepted just before is given to
+/// begin its request (or its TLS hello) before the drain lets go of connections that sent
+/// nothing. A client sends as soon as it has connected, so its first bytes come within a
+/// round trip; without this wait, one accepted in the listener's last moments (an upgrade's
+/// old router closing its copy while the new one accepts, a SIGTERM without
+/// `shutdown_delay`) was closed under it.
+const ARRIVAL_GRACE: Duration = Duration::from_millis(250);
 
 /// Whether a shutdown's drain is over: the listener closed and every connection it admitted
 /// is gone (a connection idle between requests is let go at the close; one with a request in
@@ -376,6 +410,7 @@ where
                     tls.failed.inc();
                     return None;
                 }
+                let _counted = Counted::new(&self.shared.handshaking);
                 tls.handshake(stream, deadline).await?
             }
             _ => stream,
@@ -401,8 +436,17 @@ where
         let limits = &self.shared.limits;
         let gauge = &self.shared.metrics.headers_in_progress;
         let wait = limits.request_header_timeout.min(limits.shutdown_grace / 2);
-        let until = std::time::Instant::now() + wait;
-        while gauge.get() > 0 && std::time::Instant::now() < until {
+        let now = std::time::Instant::now();
+        let until = now + wait;
+        // Connections accepted just before the listener closed have their first request (or
+        // hello) on its way: given ARRIVAL_GRACE to begin it, they are served, not cut.
+        let arrivals = now + ARRIVAL_GRACE.min(wait);
+        let handshaking = &self.shared.handshaking;
+        while (gauge.get() > 0
+            || handshaking.load(Ordering::Acquire) > 0
+            || std::time::Instant::now() < arrivals)
+            && std::time::Instant::now() < until
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.shared.cutting.store(true, Ordering::Release);

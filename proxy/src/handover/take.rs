@@ -201,7 +201,7 @@ impl pingora::services::background::BackgroundService for Confirm {
         .await;
         let confirmed = match confirmed {
             Ok(Ok(None)) => {
-                tracing::warn!("a stop signal came before the handover was confirmed: the listeners are left to the predecessor, which serves on");
+                tracing::warn!("called off before the handover was confirmed (a stop signal, or the deadline): the listeners are left to the predecessor, which serves on");
                 (outcome.abandoned)();
                 return;
             }
