@@ -12,16 +12,20 @@
 //!    listening sockets (`SCM_RIGHTS`) with the address each was configured as;
 //! 3. the successor serves on them (binding only addresses the old router did not have) and,
 //!    once its listeners run, sends [`wire::SERVING`];
-//! 4. the old router answers [`wire::DRAINING`] and drains as on SIGTERM (for
+//! 4. the old router tells systemd the successor is the main process (when it runs under
+//!    one, see [`crate::systemd`]), answers [`wire::DRAINING`] and drains as on SIGTERM (for
 //!    `shutdown_delay` every response closes its connection, so that busy keep-alive clients
 //!    reconnect, to the successor; then it stops accepting); its ops listener closes at once,
 //!    so that `/readyz` on the shared port is the successor's.
 //!
-//! A successor that fails or dies before step 3 leaves the old router serving as before:
-//! a failed upgrade changes nothing. Pingora's own upgrade (SIGQUIT sends the sockets to a
-//! process started beforehand with `--upgrade`) is not used: it hands them over whether or
-//! not the new process is ready, and would need the old process to be told when; here the
-//! successor asks once it is ready, and the old one lets go only once it serves.
+//! A successor that fails or dies before step 3 leaves the old router serving as before: a
+//! failed upgrade changes nothing. One that gets no answer at step 4, is told to stop, or is
+//! stuck past [`take`]'s deadline leaves the sockets to the old router and drains.
+//!
+//! Pingora's own upgrade (SIGQUIT sends the sockets to a process started beforehand with
+//! `--upgrade`) is not used: it hands them over whether or not the new process is ready, and
+//! would need the old process to be told when; here the successor asks once it is ready, and
+//! the old one lets go only once it serves.
 
 mod offer;
 mod take;
