@@ -113,6 +113,7 @@ fn keys_rotated_in_are_taken_at_once_and_keys_withdrawn_stop_verifying() {
     server.set(both);
     wait_interval(&server, SECOND);
     let fetched = server.requests();
+    let decided = edge.metric("nexus_edge_decision_duration_seconds_count");
     let rotated_token = token(&rotated);
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let asks: Vec<_> = (0..6)
@@ -122,6 +123,11 @@ fn keys_rotated_in_are_taken_at_once_and_keys_withdrawn_stop_verifying() {
     });
     assert_eq!(statuses, [200; 6], "the rotated-in key at once");
     assert_eq!(server.requests(), fetched + 1, "one fetch for all of them");
+    assert_eq!(
+        edge.metric("nexus_edge_decision_duration_seconds_count"),
+        decided + 6,
+        "each decision timed once, not again after the fetch"
+    );
     assert_eq!(status(&edge, &token(&keys.es)), 200, "the old key still");
     assert_eq!(edge.metric("nexus_edge_verification_keys"), 2);
     wait::until(Duration::from_secs(5), "the cache file follows", || {

@@ -56,6 +56,14 @@ use upgrade::{
     tunnel_idled_out, MAX_INTERIM_RESPONSES,
 };
 
+/// Whether a decision is observed in `decision_duration` (a request decided again, after
+/// a key set fetch it waited for, is observed once: at its first decision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timed {
+    Yes,
+    No,
+}
+
 /// The Nexus Edge HTTP service.
 #[derive(Debug, Clone)]
 pub struct EdgeService {
@@ -197,6 +205,7 @@ impl EdgeService {
         &self,
         session: &Session,
         ctx: &mut RequestCtx,
+        timed: Timed,
     ) -> Result<Routed, RejectReason> {
         let req = session.req_header();
         if crate::method::is_echo(&req.method) {
@@ -264,9 +273,11 @@ impl EdgeService {
                 let tenancy = &self.state.settings.tenancy;
                 let auth = &self.state.auth;
                 let observe = || {
-                    let m = &self.state.metrics;
-                    m.decision_duration
-                        .observe(ctx.start.elapsed().as_secs_f64());
+                    if timed == Timed::Yes {
+                        let m = &self.state.metrics;
+                        m.decision_duration
+                            .observe(ctx.start.elapsed().as_secs_f64());
+                    }
                 };
                 let Some(cors) = &self.state.cors else {
                     let d = decide(&facts, tenancy, &table, auth);
@@ -507,7 +518,7 @@ impl ProxyHttp for EdgeService {
             (Ok(()), Ok(()), Err(crate::connections::BadChunkLine(why))) => {
                 Err(RejectReason::BadFraming(FramingError::BadChunk(Some(why))))
             }
-            (Ok(()), Ok(()), Ok(())) => self.decide_request(session, ctx),
+            (Ok(()), Ok(()), Ok(())) => self.decide_request(session, ctx, Timed::Yes),
         };
         // A token signed by a key the set does not hold yet: the provider may have rotated
         // it in since the last fetch. Asked for (as often as `jwks_min_refresh_interval`
@@ -516,7 +527,9 @@ impl ProxyHttp for EdgeService {
             Err(RejectReason::InvalidToken(TokenError::UnknownKey))
                 if self.keys_refreshed(keys_seen).await =>
             {
-                self.decide_request(session, ctx)
+                // Not timed again: `decision_duration` is the decision's cost, once per
+                // request, not the fetch waited for.
+                self.decide_request(session, ctx, Timed::No)
             }
             outcome => outcome,
         };
