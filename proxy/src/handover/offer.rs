@@ -262,6 +262,11 @@ fn hand_over(mut conn: UnixStream, offered: &Offered) -> Result<Option<u32>, Han
     // systemd hears it from the main process, before it may exit.
     if successor != 0 {
         crate::systemd::main_process_is(successor);
+    } else if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        tracing::warn!(
+            "the successor's process id is unknown (another pid namespace): systemd is not \
+             told it is the service's main process now, and may stop it when this one exits"
+        );
     }
     offered.keep_file();
     if let Err(e) = wire::write_line(&mut conn, wire::DRAINING) {
