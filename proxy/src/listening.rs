@@ -95,11 +95,18 @@ impl BoundListeners {
     /// A copy of each socket, under its key, to offer to a successor: Pingora owns (and
     /// closes) the ones it is given.
     pub fn duplicates(&self) -> std::io::Result<Vec<(String, TcpListener)>> {
-        self.sockets
-            .iter()
-            .map(|(key, s)| Ok((key.clone(), s.try_clone()?)))
-            .collect()
+        copies(&self.sockets)
     }
+}
+
+/// A copy (`dup`) of each socket, under its key.
+pub fn copies<'a>(
+    sockets: impl IntoIterator<Item = (&'a String, &'a TcpListener)>,
+) -> std::io::Result<Vec<(String, TcpListener)>> {
+    sockets
+        .into_iter()
+        .map(|(key, s)| Ok((key.clone(), s.try_clone()?)))
+        .collect()
 }
 
 /// The string a listener is registered under, both in Pingora's `add_tcp` and its fd table,

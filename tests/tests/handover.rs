@@ -531,65 +531,50 @@ fn staged() -> Staged {
 
 #[test]
 fn a_successor_whose_predecessor_never_confirms_drains_and_exits_1() {
-    let Staged {
-        systemd,
-        _backend,
-        _edge,
-        predecessor,
-        addr,
-        mut next,
-        mut conn,
-    } = staged();
-    predecessor.hand_over(&mut conn);
-    assert_eq!(wire::read_line(&mut conn).unwrap(), wire::SERVING);
+    let mut s = staged();
+    s.predecessor.hand_over(&mut s.conn);
+    assert_eq!(wire::read_line(&mut s.conn).unwrap(), wire::SERVING);
     // It serves on the socket it was given.
-    let r = get(addr, &host(), "/login", &[]);
-    assert_eq!(r.status, 200, "{}\n{}", r.text(), next.describe());
+    let r = get(s.addr, &host(), "/login", &[]);
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), s.next.describe());
     // And hears nothing back.
-    drop(conn);
-    let status = next.wait_exit(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(1), "{}", next.describe());
+    drop(s.conn);
+    let status = s.next.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", s.next.describe());
     assert!(
-        next.stderr().contains("handover not confirmed"),
+        s.next.stderr().contains("handover not confirmed"),
         "{}",
-        next.describe()
+        s.next.describe()
     );
     // The sockets are the predecessor's still: open, queueing connections for it.
-    let _queued = TcpStream::connect(addr).unwrap();
-    assert!(!systemd.heard().iter().any(|m| m.contains("MAINPID")));
+    let _queued = TcpStream::connect(s.addr).unwrap();
+    assert!(!s.systemd.heard().iter().any(|m| m.contains("MAINPID")));
 }
 
 #[test]
 fn a_successor_told_to_stop_before_it_confirms_leaves_the_sockets_to_its_predecessor() {
-    let Staged {
-        systemd: _systemd,
-        _backend,
-        _edge,
-        predecessor,
-        addr,
-        mut next,
-        mut conn,
-    } = staged();
+    let mut s = staged();
     // The operator calls the upgrade off while the successor waits for the sockets.
     let _ = Command::new("kill")
         .arg("-TERM")
-        .arg(next.pid().to_string())
+        .arg(s.next.pid().to_string())
         .status();
-    predecessor.hand_over(&mut conn);
+    s.predecessor.hand_over(&mut s.conn);
     // It never says it serves: the connection ends without a word.
-    let said = wire::read_line(&mut conn).map_err(|e| e.to_string());
+    let said = wire::read_line(&mut s.conn).map_err(|e| e.to_string());
     assert!(
         said.as_ref().is_err_and(|e| e.contains("closed")),
         "{said:?}\n{}",
-        next.describe()
+        s.next.describe()
     );
-    let status = next.wait_exit(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(1), "{}", next.describe());
+    let status = s.next.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", s.next.describe());
     assert!(
-        next.stderr()
+        s.next
+            .stderr()
             .contains("called off before the handover was confirmed"),
         "{}",
-        next.describe()
+        s.next.describe()
     );
-    let _queued = TcpStream::connect(addr).unwrap();
+    let _queued = TcpStream::connect(s.addr).unwrap();
 }

@@ -60,17 +60,18 @@ pub(super) fn run(config: &Path) -> ExitCode {
     };
     let pid = child.id();
     loop {
-        if report.took_over(Duration::from_millis(100)) {
+        let ended = child.try_wait();
+        // What it said just before it ended counts.
+        let wait = match ended {
+            Ok(None) => Duration::from_millis(100),
+            _ => Duration::ZERO,
+        };
+        if report.took_over(wait) {
             println!("nexus-edge: the new router (pid {pid}) took the listeners over; the old one drains");
             return ExitCode::SUCCESS;
         }
-        match child.try_wait() {
+        match ended {
             Ok(None) => {}
-            // What it said just before it ended counts.
-            Ok(Some(_)) if report.took_over(Duration::ZERO) => {
-                println!("nexus-edge: the new router (pid {pid}) took the listeners over; the old one drains");
-                return ExitCode::SUCCESS;
-            }
             Ok(Some(status)) => {
                 eprintln!(
                     "nexus-edge: the new router (pid {pid}) ended ({status}) without taking the \

@@ -147,12 +147,9 @@ impl Offered {
     fn duplicates(&self) -> Option<std::io::Result<Sockets>> {
         let offered = self.lock();
         let sockets = offered.sockets.as_ref()?;
-        Some(
-            sockets
-                .iter()
-                .map(|(key, s)| Ok((key.clone(), s.try_clone()?)))
-                .collect(),
-        )
+        Some(crate::listening::copies(
+            sockets.iter().map(|(k, s)| (k, s)),
+        ))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, OfferState> {

@@ -68,19 +68,14 @@ impl Offer {
     /// gone (nothing accepts on it) is replaced; one a router answers on is an error, as is
     /// anything at the path that is not a socket.
     pub fn claim(path: &Path) -> Result<Self, HandoverError> {
-        match std::fs::symlink_metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(HandoverError::io("read the upgrade socket's path")(e)),
-            Ok(meta) if !meta.file_type().is_socket() => {
-                return Err(HandoverError::NotASocket(path.to_owned()))
-            }
-            Ok(_) => match UnixStream::connect(path) {
+        if socket_at(path)? {
+            match UnixStream::connect(path) {
                 Ok(_) => return Err(HandoverError::RouterRunning(path.to_owned())),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                     remove_socket(path)?;
                 }
                 Err(e) => return Err(HandoverError::io("connect to the upgrade socket")(e)),
-            },
+            }
         }
         Self::bind(path)
     }
@@ -88,12 +83,8 @@ impl Offer {
     /// Binds `path` for a successor that has just taken over: the socket there is its
     /// predecessor's, which is draining and offers nothing any more.
     pub fn replace(path: &Path) -> Result<Self, HandoverError> {
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if !meta.file_type().is_socket() => {
-                return Err(HandoverError::NotASocket(path.to_owned()))
-            }
-            Ok(_) => remove_socket(path)?,
-            Err(_) => {}
+        if socket_at(path)? {
+            remove_socket(path)?;
         }
         Self::bind(path)
     }
@@ -188,6 +179,19 @@ impl<'a> UnderWay<'a> {
 impl Drop for UnderWay<'_> {
     fn drop(&mut self) {
         self.0.handing_over(false);
+    }
+}
+
+/// Whether a socket file is at `path`; anything else there is an error (it is not the
+/// router's to remove).
+fn socket_at(path: &Path) -> Result<bool, HandoverError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(HandoverError::io("read the upgrade socket's path")(e)),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            Err(HandoverError::NotASocket(path.to_owned()))
+        }
+        Ok(_) => Ok(true),
     }
 }
 

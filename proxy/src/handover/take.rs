@@ -198,19 +198,14 @@ impl pingora::services::background::BackgroundService for Confirm {
             taken.confirm()?;
             Ok::<_, HandoverError>(Some(super::Offer::replace(&path)))
         })
-        .await;
-        let confirmed = match confirmed {
-            Ok(Ok(None)) => {
+        .await
+        .unwrap_or_else(|e| Err(HandoverError::io("confirm")(std::io::Error::other(e))));
+        match confirmed {
+            Ok(None) => {
                 tracing::warn!("called off before the handover was confirmed (a stop signal, or the deadline): the listeners are left to the predecessor, which serves on");
                 (outcome.abandoned)();
-                return;
             }
-            Ok(Ok(Some(offer))) => Ok(Ok(offer)),
-            Ok(Err(e)) => Ok(Err(e)),
-            Err(e) => Err(e),
-        };
-        match confirmed {
-            Ok(Ok(offer)) => {
+            Ok(Some(offer)) => {
                 tracing::info!(
                     predecessor_pid = predecessor,
                     "took the listeners over; the predecessor drains"
@@ -225,7 +220,6 @@ impl pingora::services::background::BackgroundService for Confirm {
                     tracing::warn!(error = %e, "the listeners are not offered to a successor: `serve --upgrade` will not find this router");
                 }
             }
-            Ok(Err(e)) => not_confirmed(&e.to_string(), predecessor, outcome.abandoned),
             Err(e) => not_confirmed(&e.to_string(), predecessor, outcome.abandoned),
         }
     }

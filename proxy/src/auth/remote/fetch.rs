@@ -236,7 +236,7 @@ pub(super) fn etag(headers: &http::HeaderMap) -> Option<String> {
     let bytes = value.as_bytes();
     let visible = !bytes.is_empty()
         && bytes.len() <= MAX_ETAG_BYTES
-        && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+        && bytes.iter().all(u8::is_ascii_graphic);
     visible.then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 

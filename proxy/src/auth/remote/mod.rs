@@ -23,7 +23,7 @@ mod cache;
 mod fetch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nexus_binding_store::source::now_unix_ms;
@@ -57,7 +57,7 @@ struct Schedule {
     said_stale: bool,
     /// The `ETag` of the key set in use, when a fetch brought it with one, and that set's
     /// text: the next fetch asks `If-None-Match`, and a `304` confirms this set.
-    validated: Option<(String, std::sync::Arc<Vec<u8>>)>,
+    validated: Option<(String, Arc<Vec<u8>>)>,
 }
 
 /// The fetcher, shared by the refresh job and the requests that ask it for an unknown `kid`.
@@ -220,7 +220,7 @@ impl RemoteKeys {
     /// One fetch, installed, for `check`.
     pub async fn fetch_once(&self, auth: &Authenticator) -> Result<(), Unfetched> {
         let (body, _) = self.fetch().await.map_err(Unfetched::Unreachable)?;
-        auth.install_fetched(body, self.shown.clone())
+        auth.install_fetched(Arc::unwrap_or_clone(body), self.shown.clone())
             .map(|_| ())
             .map_err(Unfetched::Refused)
     }
@@ -315,22 +315,19 @@ impl RemoteKeys {
 
     /// GET the key set, bounded by `jwks_fetch_timeout`: its text (the one in use again, on
     /// `304 Not Modified`), and what came with it.
-    async fn fetch(&self) -> Result<(Vec<u8>, fetch::Fetched), FetchError> {
+    async fn fetch(&self) -> Result<(Arc<Vec<u8>>, fetch::Fetched), FetchError> {
         let timeout = self.settings.timeout;
         let validated = self.schedule().validated.clone();
         let etag = validated.as_ref().map(|(etag, _)| etag.as_str());
-        let fetched =
+        let mut fetched =
             tokio::time::timeout(timeout, self.client.get(&self.settings.url, timeout, etag))
                 .await
                 .unwrap_or(Err(FetchError::Timeout(timeout)))?;
-        match (fetched.body.clone(), validated) {
-            (Some(body), _) => Ok((body, fetched)),
+        match (fetched.body.take(), validated) {
+            (Some(body), _) => Ok((Arc::new(body), fetched)),
             (None, Some((etag, body))) => {
-                let fetched = fetch::Fetched {
-                    etag: fetched.etag.or(Some(etag)),
-                    ..fetched
-                };
-                Ok((body.to_vec(), fetched))
+                fetched.etag = fetched.etag.or(Some(etag));
+                Ok((body, fetched))
             }
             // Not asked conditionally: not an answer to take.
             (None, None) => Err(FetchError::Status(304)),
@@ -342,14 +339,14 @@ impl RemoteKeys {
     fn take(
         &self,
         auth: &Authenticator,
-        body: Vec<u8>,
+        body: Arc<Vec<u8>>,
         fetched: fetch::Fetched,
-    ) -> Option<([u8; 32], Vec<u8>)> {
+    ) -> Option<([u8; 32], Arc<Vec<u8>>)> {
         let digest = keyset::digest(&body);
         // A panic while parsing a key set (logged and counted by the panic hook) must not
         // end key rotation: the keys in use stay, as for a refused set.
         let installed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            auth.install_fetched(body.clone(), self.shown.clone())
+            auth.install_fetched(body.to_vec(), self.shown.clone())
         }));
         let refused = match installed {
             Ok(Ok(changed)) => {
@@ -372,9 +369,7 @@ impl RemoteKeys {
         }
         let failures = {
             let mut s = self.schedule();
-            s.validated = fetched
-                .etag
-                .map(|etag| (etag, std::sync::Arc::new(body.clone())));
+            s.validated = fetched.etag.map(|etag| (etag, Arc::clone(&body)));
             s.said = None;
             s.next_at = Some(
                 Instant::now() + next_interval(&self.settings, fetched.max_age, random_byte()),
