@@ -107,5 +107,6 @@ pub fn embedded_default() -> Settings {
             max_staleness: Duration::from_secs(300),
             poll_interval: Duration::from_secs(1),
         },
+        admin_api: None,
     }
 }

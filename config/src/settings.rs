@@ -31,6 +31,19 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// Where revoked tokens are listed, and how stale that list may grow unnoticed.
     pub revocation: RevocationSettings,
+    /// The HTTP admin API; `None`: off (the `nexus-edge tenant` commands still work).
+    pub admin_api: Option<AdminApiSettings>,
+}
+
+/// `[admin_api]`: binding changes over HTTP, for a provisioning pipeline, on a listener of
+/// its own (never the public one, nor the ops one that probes and scrapes reach).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminApiSettings {
+    /// The admin API's listener.
+    pub listen: SocketAddr,
+    /// The tokens it accepts, each by its SHA-256 digest and the name its writes are audited
+    /// under. Read at every request, so a token added or taken out counts at once.
+    pub tokens_file: PathBuf,
 }
 
 /// `[revocation]`: the deny list of tokens refused before they expire.

@@ -1925,6 +1925,49 @@ fn tls_is_off_unless_its_section_names_a_listener_and_certificates() {
 }
 
 #[test]
+fn the_admin_api_is_off_unless_its_section_names_a_listener_and_a_tokens_file() {
+    let origin = Path::new("/etc/nexus/edge.toml");
+    assert_eq!(parse_str(MINIMAL, origin).expect("valid").admin_api, None);
+    let text = format!(
+        "{MINIMAL}[admin_api]\nlisten = \"127.0.0.1:9091\"\ntokens_file = \"admin-tokens.toml\"\n"
+    );
+    assert_eq!(
+        parse_str(&text, origin).expect("valid").admin_api,
+        Some(AdminApiSettings {
+            listen: "127.0.0.1:9091".parse().unwrap(),
+            tokens_file: "/etc/nexus/admin-tokens.toml".into(),
+        })
+    );
+    // Line 8 is `[admin_api]`, 9 its first key.
+    let ps = problems(&format!("{MINIMAL}[admin_api]\ntoken = \"secret\"\n"));
+    names(&ps, "admin_api.listen", "is required in [admin_api]");
+    names(&ps, "admin_api.tokens_file", "is required in [admin_api]");
+    has(&ps, "admin_api.token", 9, "unknown");
+    let ps = problems(&format!(
+        "{MINIMAL}[admin_api]\nlisten = \"here\"\ntokens_file = \"\"\n"
+    ));
+    has(&ps, "admin_api.listen", 9, "not an address");
+    has(&ps, "admin_api.tokens_file", 10, "must not be empty");
+    // Not on another listener's port: the public one, the ops one, the HTTPS one.
+    for (before, named) in [
+        ("[server]\nlisten = \"0.0.0.0:9091\"\n", "server.listen"),
+        (
+            "[server]\nadmin_listen = \"127.0.0.1:9091\"\n",
+            "server.admin_listen",
+        ),
+        (
+            "[tls]\nlisten = \"0.0.0.0:9091\"\ncertificates = [\"c\"]\n",
+            "tls.listen",
+        ),
+    ] {
+        let ps = problems(&format!(
+            "{before}{MINIMAL}[admin_api]\nlisten = \"127.0.0.1:9091\"\ntokens_file = \"t\"\n"
+        ));
+        names(&ps, "admin_api.listen", named);
+    }
+}
+
+#[test]
 fn metrics_settings_default_to_the_briefs_triggers_and_are_checked() {
     let origin = Path::new("/etc/nexus/edge.toml");
     let s = parse_str(MINIMAL, origin).expect("valid");

@@ -29,11 +29,14 @@
 //! [`signals`] turns SIGTERM and SIGINT into its shutdown, [`handover`] passes the listening
 //! sockets to a successor (zero-downtime upgrade), [`systemd`] tells a `Type=notify` unit,
 //! [`connections`] caps client connections and bounds how long a request header may take,
-//! [`ops`] serves metrics and probes, [`scale`] judges each instance against the scale
-//! triggers, [`background`] runs binding sync and key reload, [`cli`]
-//! is the command line, [`demo`] the newcomer's first five minutes.
+//! [`ops`] serves metrics and probes, [`admin_api`] binding changes over HTTP (with
+//! [`admin_input`]'s checks, shared with the `tenant` commands), [`scale`] judges each
+//! instance against the scale triggers, [`background`] runs binding sync and key reload,
+//! [`cli`] is the command line, [`demo`] the newcomer's first five minutes.
 #![warn(missing_docs)]
 
+pub mod admin_api;
+pub mod admin_input;
 pub mod auth;
 pub mod authz;
 pub mod background;

@@ -418,6 +418,9 @@ pub struct ConnectionMetrics {
     /// `ops_connections_refused_total`: connections to the ops listener closed at once
     /// because [`crate::ops::MAX_OPS_CONNECTIONS`] were open (probes failing then say why).
     pub ops_refused: prometheus::IntCounter,
+    /// `admin_api_connections_refused_total`: connections to the admin API closed at once
+    /// because [`crate::admin_api::MAX_ADMIN_CONNECTIONS`] were open.
+    pub admin_refused: prometheus::IntCounter,
     /// `requests_total{outcome="unparsable_request"}`: requests Pingora answered 400 itself,
     /// its parser refusing the header, before the router saw them.
     pub unparsable: prometheus::IntCounter,
@@ -484,13 +487,21 @@ impl ConnectionMetrics {
                     crate::ops::MAX_OPS_CONNECTIONS
                 ),
             )?,
+            admin_refused: prometheus::IntCounter::new(
+                "admin_api_connections_refused_total",
+                format!(
+                    "Connections to the admin API closed at once because its cap ({}, less \
+                     when the open-file limit is too low for it) were open",
+                    crate::admin_api::MAX_ADMIN_CONNECTIONS
+                ),
+            )?,
             unparsable: requests.with_label_values(&["unparsable_request"]),
             connect_refused: requests.with_label_values(&["connect_refused"]),
             shutting_down: requests.with_label_values(&["shutting_down"]),
         })
     }
 
-    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 10] {
+    fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 11] {
         [
             Box::new(self.open.clone()),
             Box::new(self.limit.clone()),
@@ -502,6 +513,7 @@ impl ConnectionMetrics {
             Box::new(self.headers_too_large.clone()),
             Box::new(self.headers_in_progress.clone()),
             Box::new(self.ops_refused.clone()),
+            Box::new(self.admin_refused.clone()),
         ]
     }
 }

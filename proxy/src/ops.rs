@@ -38,7 +38,7 @@ pub const OPS_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 /// as closed, and Pingora lets it go unanswered.
 pub const OPS_REQUEST_BYTES: usize = 64 * 1024;
 
-/// An ops client's stream, read up to [`OPS_REQUEST_BYTES`] in all.
+/// A client's stream, read up to [`Caps::read_bytes`] in all.
 #[derive(Debug)]
 struct ReadBudget {
     inner: Stream,
@@ -102,11 +102,39 @@ impl AsyncWrite for ReadBudget {
 
 crate::connections::forward_stream_traits!(ReadBudget);
 
-/// The ops application behind [`MAX_OPS_CONNECTIONS`] and [`OPS_CONNECTION_LIFETIME`].
+/// What a [`Capped`] listener takes: how many connections at once, for how long each, how
+/// much each may send, and what to log when one is turned away.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    /// Connections open at once, at most.
+    pub max: usize,
+    /// The longest a connection lives, whatever it does.
+    pub lifetime: Duration,
+    /// The most a connection may send; past it the connection reads as closed.
+    pub read_bytes: usize,
+    /// Logged (once a minute at most) when a connection is turned away at the cap.
+    pub refused_warning: &'static str,
+}
+
+impl Caps {
+    /// The ops listener's: [`MAX_OPS_CONNECTIONS`] (or `max`, fewer when the open-file limit
+    /// holds no more), [`OPS_CONNECTION_LIFETIME`], [`OPS_REQUEST_BYTES`].
+    pub fn ops(max: usize) -> Self {
+        Self {
+            max,
+            lifetime: OPS_CONNECTION_LIFETIME,
+            read_bytes: OPS_REQUEST_BYTES,
+            refused_warning: "ops connection closed unanswered: the ops listener's connections \
+                              are all open (counted by ops_connections_refused_total); probes \
+                              and scrapes fail meanwhile",
+        }
+    }
+}
+
+/// An application behind [`Caps`]: the ops listener's, and the admin API's.
 pub struct Capped<A> {
     app: Arc<A>,
-    /// Connections open at once, at most.
-    max: usize,
+    caps: Caps,
     slots: Arc<tokio::sync::Semaphore>,
     refused: pingora_prometheus::prometheus::IntCounter,
     /// When the cap was made: refusals are logged by the seconds since (a monotonic clock:
@@ -118,13 +146,12 @@ pub struct Capped<A> {
 }
 
 impl<A> Capped<A> {
-    /// Wraps `app`, with `max` connections open at once ([`MAX_OPS_CONNECTIONS`], or fewer
-    /// when the open-file limit holds no more); `refused` counts the connections turned away.
-    pub fn new(app: A, max: usize, refused: pingora_prometheus::prometheus::IntCounter) -> Self {
+    /// Wraps `app` behind `caps`; `refused` counts the connections turned away.
+    pub fn new(app: A, caps: Caps, refused: pingora_prometheus::prometheus::IntCounter) -> Self {
         Self {
             app: Arc::new(app),
-            max,
-            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            caps,
+            slots: Arc::new(tokio::sync::Semaphore::new(caps.max)),
             refused,
             made: std::time::Instant::now(),
             last_warning: std::sync::atomic::AtomicU64::new(0),
@@ -146,11 +173,7 @@ impl<A> Capped<A> {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            tracing::warn!(
-                max = self.max,
-                "ops connection closed unanswered: the ops listener's connections are all open \
-                 (counted by ops_connections_refused_total); probes and scrapes fail meanwhile"
-            );
+            tracing::warn!(max = self.caps.max, "{}", self.caps.refused_warning);
         }
     }
 }
@@ -172,7 +195,7 @@ where
         };
         let stream: Stream = Box::new(ReadBudget {
             inner: stream,
-            left: OPS_REQUEST_BYTES,
+            left: self.caps.read_bytes,
         });
         let serve = async {
             let mut next = Some(stream);
@@ -180,7 +203,7 @@ where
                 next = self.app.process_new(stream, shutdown).await;
             }
         };
-        let _ = tokio::time::timeout(OPS_CONNECTION_LIFETIME, serve).await;
+        let _ = tokio::time::timeout(self.caps.lifetime, serve).await;
         None
     }
 

@@ -252,6 +252,22 @@ pub fn serve(
         .map_err(|e| (e.to_string(), true))
         .and_then(|store| {
             let source = store.source();
+            // The admin API writes through a store of its own, as `nexus-edge tenant` does:
+            // the sync's state is never touched by a write.
+            let admin_api = match &settings.admin_api {
+                Some(a) => Some(
+                    crate::store::Store::open(&settings.store)
+                        .map(|own| {
+                            crate::admin_api::AdminApi::new(
+                                own,
+                                a.tokens_file.clone(),
+                                settings.tenancy.base_domains.clone(),
+                            )
+                        })
+                        .map_err(|e| (e.to_string(), true))?,
+                ),
+                None => None,
+            };
             // Bound only once the state is loaded: a socket that accepts must soon be served. The
             // stop signals are caught from before that on (until then their default action ends
             // the process, as it should while it only loads), so a client that reaches a listener
@@ -272,7 +288,15 @@ pub fn serve(
                              not served here (the predecessor closes it as it drains)"
                         );
                     }
-                    Ok((state, source, listeners, signals, certificates, plan))
+                    Ok((
+                        state,
+                        source,
+                        listeners,
+                        signals,
+                        certificates,
+                        plan,
+                        admin_api,
+                    ))
                 })
                 .map_err(|e| {
                     let in_config = match e {
@@ -287,8 +311,16 @@ pub fn serve(
                 })
         });
     match started {
-        Ok((state, source, listeners, signals, certificates, plan)) => {
-            if run(state, source, listeners, signals, certificates, plan) {
+        Ok((state, source, listeners, signals, certificates, plan, admin_api)) => {
+            let parts = Parts {
+                source,
+                listeners,
+                signals,
+                certificates,
+                plan,
+                admin_api,
+            };
+            if run(state, parts) {
                 std::process::ExitCode::SUCCESS
             } else {
                 std::process::ExitCode::FAILURE
@@ -366,7 +398,7 @@ fn plan_handover(
     ))
 }
 
-/// Binds the public, HTTPS and ops listeners, so an address that cannot be had stops start-up
+/// Binds the public, HTTPS, ops and admin API listeners, so an address that cannot be had stops start-up
 /// with an error naming it, and so all accept before any service runs. A listener `taken`
 /// from the router this one succeeds, configured at the same address, is taken out of it and
 /// used instead.
@@ -388,6 +420,9 @@ pub fn bind_listeners(
     }
     if let Some(ops) = settings.server.admin_listen {
         listen(ops, "ops")?;
+    }
+    if let Some(api) = &settings.admin_api {
+        listen(api.listen, "admin API")?;
     }
     Ok(bound)
 }
@@ -430,19 +465,36 @@ fn offer_listeners(
     }
 }
 
+/// What [`run`] serves with, beside the state: all loaded, bound or caught before it runs.
+pub struct Parts {
+    /// Where the bindings come from.
+    pub source: Arc<dyn BindingSource>,
+    /// The listening sockets ([`bind_listeners`]).
+    pub listeners: BoundListeners,
+    /// The stop signals, caught before the listeners were bound.
+    pub signals: Signals,
+    /// The HTTPS listener's certificates.
+    pub certificates: Option<Arc<Certificates>>,
+    /// Whether and how the listeners are handed over.
+    pub plan: handover::Plan,
+    /// The admin API, when `[admin_api]` configures one.
+    pub admin_api: Option<crate::admin_api::AdminApi>,
+}
+
 /// Runs the router on `listeners` (from [`bind_listeners`]) until SIGTERM/SIGINT, then drains
 /// until no client connection is left, for `server.shutdown_grace` at most (after
 /// `server.shutdown_delay`, for SIGTERM), as `signals` (caught before the listeners were
 /// bound) say. False when it stopped because a handover it took part in as the successor
 /// was abandoned.
-pub fn run(
-    state: Arc<EdgeState>,
-    source: Arc<dyn BindingSource>,
-    mut listeners: BoundListeners,
-    signals: Signals,
-    certificates: Option<Arc<Certificates>>,
-    plan: handover::Plan,
-) -> bool {
+pub fn run(state: Arc<EdgeState>, parts: Parts) -> bool {
+    let Parts {
+        source,
+        mut listeners,
+        signals,
+        certificates,
+        plan,
+        admin_api,
+    } = parts;
     let s = &state.settings;
     // As bound: with port 0 in the config, the port the system chose.
     let listen = listeners.local_addr(s.server.listen);
@@ -459,6 +511,11 @@ pub fn run(
             idle: conf.upstream_keepalive_pool_size.saturating_mul(threads),
             ops: if s.server.admin_listen.is_some() {
                 crate::ops::MAX_OPS_CONNECTIONS
+            } else {
+                0
+            },
+            admin: if s.admin_api.is_some() {
+                crate::admin_api::MAX_ADMIN_CONNECTIONS
             } else {
                 0
             },
@@ -507,7 +564,7 @@ pub fn run(
             "nexus-edge ops".to_owned(),
             crate::ops::Capped::new(
                 pingora::apps::http_app::HttpServer::new_app(OpsApp::new(Arc::clone(&state))),
-                fitted.ops,
+                crate::ops::Caps::ops(fitted.ops),
                 state.metrics.connections.ops_refused.clone(),
             ),
         );
@@ -519,6 +576,32 @@ pub fn run(
             ),
         );
     }
+    let admin_api_addr = match (admin_api, &s.admin_api) {
+        (Some(api), Some(settings)) => {
+            let addr = settings.listen;
+            // As bound, before the service takes the socket.
+            let bound = listeners.local_addr(addr).unwrap_or(addr);
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    admin_api = %addr,
+                    "the admin API listens beyond this host over plain HTTP: its bearer tokens \
+                     cross the network in the clear; keep it on loopback, or on a network only \
+                     the pipeline reaches"
+                );
+            }
+            let service = Service::new(
+                "nexus-edge admin API".to_owned(),
+                crate::ops::Capped::new(
+                    pingora::apps::http_app::HttpServer::new_app(api),
+                    crate::admin_api::caps(fitted.admin),
+                    state.metrics.connections.admin_refused.clone(),
+                ),
+            );
+            listening.push(server.add_service(Prebound::new(service, &mut listeners, addr)));
+            Some(bound)
+        }
+        _ => None,
+    };
     let succeeding = matches!(plan, handover::Plan::Succeed { .. });
     offer_listeners(&mut server, plan, offered, &signals, &listening);
 
@@ -555,6 +638,7 @@ pub fn run(
         listen = %listen.unwrap_or(s.server.listen),
         admin = ?admin.or(s.server.admin_listen),
         https = ?https.map(|(_, addr)| addr),
+        admin_api = ?admin_api_addr,
         "nexus-edge serving"
     );
     // The listeners accept. (A successor's predecessor tells systemd, as it lets go.)

@@ -438,6 +438,63 @@ fn an_upgrade_socket_that_could_not_be_bound_is_refused_with_its_line() {
     assert_eq!(code, 0, "{out}");
 }
 
+#[test]
+fn an_admin_api_tokens_file_the_api_could_not_use_is_refused_with_its_line() {
+    let (dir, bindings) = demo_key_set_and_bindings();
+    std::fs::write(dir.path().join("bindings.json"), bindings.to_string()).unwrap();
+    let config = "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"file\"\n\
+                  path = \"bindings.json\"\n[admin_api]\nlisten = \"127.0.0.1:9091\"\n\
+                  tokens_file = \"admin-tokens.toml\"\n";
+    let (code, out) = check(dir.path(), config);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("edge.toml:8: admin_api.tokens_file: cannot read"),
+        "{out}"
+    );
+    let tokens = dir.path().join("admin-tokens.toml");
+    std::fs::write(&tokens, "[[token]]\nname = \"ci\"\nsha256 = \"abc\"\n").unwrap();
+    let (code, out) = check(dir.path(), config);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("token \"ci\"") && out.contains("64 hex digits"),
+        "{out}"
+    );
+    // No token at all: valid, and said, as every request would be refused.
+    std::fs::write(&tokens, "").unwrap();
+    let (code, out) = check(dir.path(), config);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("lists no token"), "{out}");
+    // The command that makes a token makes the file valid.
+    let made = cli(&[
+        "admin-token",
+        "--name",
+        "ci",
+        "--append",
+        tokens.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let token = String::from_utf8(made.stdout).unwrap();
+    assert!(token.trim().starts_with("nxa_"), "{token}");
+    assert!(!std::fs::read_to_string(&tokens)
+        .unwrap()
+        .contains(token.trim()));
+    let (code, out) = check(dir.path(), config);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    // A name taken already is refused, and the file left as it was.
+    let before = std::fs::read(&tokens).unwrap();
+    let again = cli(&[
+        "admin-token",
+        "--name",
+        "ci",
+        "--append",
+        tokens.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert!(again.stdout.is_empty(), "no token printed: {again:?}");
+    assert_eq!(std::fs::read(&tokens).unwrap(), before);
+}
+
 /// A folder holding the demo key set, and the demo bindings document to change and write.
 fn demo_key_set_and_bindings() -> (tempfile::TempDir, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();

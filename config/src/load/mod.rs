@@ -18,8 +18,8 @@ use crate::settings::*;
 
 use key_paths::duplicates_named;
 
+mod admin_api;
 mod auth;
-
 mod cors;
 mod jwks;
 mod key_paths;
@@ -34,7 +34,7 @@ mod tenancy;
 mod tls;
 mod upstream;
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "server",
     "tenancy",
     "auth",
@@ -45,6 +45,7 @@ const SECTIONS: [&str; 10] = [
     "tls",
     "metrics",
     "revocation",
+    "admin_api",
 ];
 
 /// Parses and validates config text; `origin` names the file in messages and anchors relative
@@ -82,6 +83,8 @@ pub struct Sections {
     pub metrics: Option<MetricsSettings>,
     /// `[revocation]`.
     pub revocation: Option<RevocationSettings>,
+    /// `[admin_api]` (`Some(None)`: the file has no such section).
+    pub admin_api: Option<Option<AdminApiSettings>>,
     /// The files the config names that parsed, whether or not their section did: `check`
     /// checks them too, so that a bad key beside them does not hide their problems.
     pub named: NamedFiles,
@@ -116,6 +119,7 @@ impl Sections {
             tls: self.tls?,
             metrics: self.metrics?,
             revocation: self.revocation?,
+            admin_api: self.admin_api?,
         })
     }
 }
@@ -178,6 +182,13 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
         &mut named,
         &mut p,
     );
+    let admin_api = admin_api::parse(
+        root,
+        base,
+        server.as_ref(),
+        tls.as_ref().and_then(Option::as_ref),
+        &mut p,
+    );
     jwks::cache_file_problem(
         auth.as_ref(),
         jwks::OtherFiles {
@@ -204,6 +215,7 @@ pub fn parse_sections(text: &str, origin: &Path) -> (Sections, Vec<Problem>) {
         tls,
         metrics,
         revocation,
+        admin_api,
         named,
     };
     (sections, p.list)

@@ -240,6 +240,19 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             problem("server.upgrade_socket", e);
         }
     }
+    // A tokens file the admin API could not use refuses every request (it is read at each).
+    if let Some(Some(api)) = &sections.admin_api {
+        match crate::admin_api::tokens::Tokens::read(&api.tokens_file) {
+            Ok(tokens) if tokens.is_empty() => eprintln!(
+                "{}: warning: admin_api.tokens_file: {} lists no token: every admin API \
+                 request is refused (`nexus-edge admin-token --name NAME --append FILE` adds one)",
+                path.display(),
+                api.tokens_file.display()
+            ),
+            Ok(_) => {}
+            Err(e) => problem("admin_api.tokens_file", e.to_string()),
+        }
+    }
     match keys {
         Some(_) if problems.is_empty() && unfetched => {
             outln!(

@@ -1,5 +1,5 @@
 //! The `nexus-edge` command line: `serve`, `check`, `token`, `demo`, `tenant`, `revoke`,
-//! `replicas`.
+//! `replicas`, `upgrade`, `admin-token`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +28,7 @@ macro_rules! errln {
     };
 }
 
+mod admin_token;
 mod check;
 mod revoke;
 mod serve;
@@ -122,6 +123,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a token for the admin API (`[admin_api]`): printed once on stdout, its digest
+    /// added to the tokens file (`--append`) or printed on stderr.
+    AdminToken(admin_token::AdminTokenArgs),
 }
 
 /// An `--admin-listen` value: an address, or none (the ops listener off).
@@ -153,6 +157,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Revoke(args) => revoke::run(args),
         Command::Upgrade { config } => upgrade::run(&config),
         Command::Replicas { config, json } => tenant::replicas(config.as_deref(), json),
+        Command::AdminToken(args) => admin_token::run(&args),
     }
 }
 

@@ -91,6 +91,8 @@ pub struct Connections {
     pub idle: usize,
     /// Ops listener connections ([`crate::ops::MAX_OPS_CONNECTIONS`], 0 without one).
     pub ops: usize,
+    /// Admin API connections ([`crate::admin_api::MAX_ADMIN_CONNECTIONS`], 0 without one).
+    pub admin: usize,
 }
 
 impl Connections {
@@ -103,6 +105,7 @@ impl Connections {
             .saturating_mul(2)
             .saturating_add(wanted(self.idle))
             .saturating_add(wanted(self.ops))
+            .saturating_add(wanted(self.admin))
             .saturating_add(RESERVED_DESCRIPTORS)
     }
 
@@ -112,7 +115,8 @@ impl Connections {
     /// bindings files' reads included. So each is cut down to what fits, the reserve kept:
     /// an eighth of what is left at most for the ops listener (at least 8, so probes still
     /// get in), a third of what is left after that for idle instance connections, the rest
-    /// two descriptors a client (its own, and its instance connection's). Ops connections
+    /// two descriptors a client (its own, and its instance connection's); the admin API's
+    /// take a sixteenth at most (at least 2) before the ops listener's. Ops connections
     /// were once left out of the count: 27 idle ones took the last descriptors of a router
     /// whose clients were at their cap.
     ///
@@ -129,6 +133,8 @@ impl Connections {
         let narrow = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let threads = wanted(threads.max(1));
         let budget = limit.saturating_sub(RESERVED_DESCRIPTORS);
+        let admin = wanted(self.admin).min((budget / 16).max(2));
+        let budget = budget.saturating_sub(admin);
         let ops = wanted(self.ops).min((budget / 8).max(8));
         let budget = budget.saturating_sub(ops);
         let idle = wanted(self.idle).min(budget / 3);
@@ -138,6 +144,7 @@ impl Connections {
             clients: narrow(clients),
             idle: narrow(idle),
             ops: narrow(ops),
+            admin: narrow(admin),
         }
     }
 }
@@ -529,7 +536,12 @@ mod tests {
 
     /// `(clients, idle, ops)` as [`Connections`].
     fn conns(clients: usize, idle: usize, ops: usize) -> Connections {
-        Connections { clients, idle, ops }
+        Connections {
+            clients,
+            idle,
+            ops,
+            admin: 0,
+        }
     }
 
     #[test]

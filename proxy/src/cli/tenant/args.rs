@@ -66,53 +66,6 @@ impl UnchangedArgs {
     }
 }
 
-/// Refuses a JSON document that repeats a member name in one of its objects: the store would
-/// read the last value (`{"tenant_id": "dup", "tenant_id": "acme"}` replaced acme), while
-/// whoever wrote or checked the file may read the first. As tokens and key sets are.
-pub(super) fn refuse_repeated_members(json: &[u8]) -> Result<(), String> {
-    use crate::auth::strict_json::{parse_object, StrictError};
-    match parse_object(json) {
-        Err(StrictError::Duplicate) => Err(
-            "an object in it repeats a member name, so which of its values is meant is unclear"
-                .to_owned(),
-        ),
-        // Anything else is said by the reading that follows.
-        _ => Ok(()),
-    }
-}
-
-/// Refuses an `--actor` or `--reason` with a control character: the audit history prints
-/// them as they are, so a line break would forge an entry and an escape sequence drive the
-/// reader's terminal. And one longer than [`MAX_AUDIT_TEXT`]: it is kept in every entry
-/// (up to 1,000 per tenant), and shown by every `history`.
-pub(super) fn printable(name: &str, value: Option<&str>) -> Result<(), String> {
-    let bad = |c: &char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
-    match value {
-        Some(v) if v.len() > MAX_AUDIT_TEXT => Err(format!(
-            "{name} is {} bytes long; at most {MAX_AUDIT_TEXT} are kept in the audit log (name \
-             a ticket or a document instead)",
-            v.len()
-        )),
-        Some(v) if v.trim().is_empty() => {
-            Err(format!("{name} is empty: say it, or leave the option out"))
-        }
-        Some(v) => match (
-            v.chars().find(bad),
-            v.chars().find(|c| crate::invisible::is_invisible(*c)),
-        ) {
-            (Some(c), _) => Err(format!("{name} holds the control character {c:?}")),
-            // Shown by `history` as nothing, or turning the text after it around: an entry
-            // that reads as another actor's, or says something else than it holds.
-            (None, Some(c)) => Err(format!("{name} holds the invisible character {c:?}")),
-            (None, None) => Ok(()),
-        },
-        None => Ok(()),
-    }
-}
-
-/// The longest `--actor` or `--reason`, in bytes.
-pub(super) const MAX_AUDIT_TEXT: usize = 1024;
-
 /// A status argument, refused with the other arguments (exit code 2) when it names none.
 pub(super) fn status_arg(text: &str) -> Result<TenantStatus, String> {
     text.parse()

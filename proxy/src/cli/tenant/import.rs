@@ -11,9 +11,9 @@ use nexus_binding_store::{
     AdminError, Binding, ImportError, ImportSeen, ImportSource, Listing, Revision,
 };
 
-use super::args::refuse_repeated_members;
 use super::print::print_confirmation;
-use super::{check_domains, fail, note_unconfirmed, store_history, Command};
+use super::{fail, note_unconfirmed, store_history, Command};
+use crate::admin_input::{check_domains, refuse_repeated_members};
 use crate::store::Store;
 
 impl Command<'_> {

@@ -10,7 +10,7 @@
 use std::process::ExitCode;
 
 use nexus_binding_store::redis_store::{RedisStore, WipedStore};
-use nexus_binding_store::{Actor, AdminError, Binding, IfUnchanged, Mutation};
+use nexus_binding_store::{Actor, AdminError, IfUnchanged, Mutation};
 
 use crate::store::Store;
 
@@ -22,7 +22,7 @@ mod read;
 mod wait;
 mod write;
 
-use args::printable;
+use crate::admin_input::printable;
 pub(super) use args::{TenantArgs, TenantOp, WaitArgs};
 pub(super) use fleet::replicas;
 
@@ -173,36 +173,6 @@ pub(super) fn run(args: TenantArgs) -> ExitCode {
     rt.block_on(exec(&store, &settings.tenancy.base_domains, args))
 }
 
-/// Refuses a binding's custom domains that the router would never route to its tenant: a
-/// base domain itself, a tenant's subdomain (routed by name, not through the domain index),
-/// or a name under another tenant's subdomain (that tenant's namespace). Said here, at write
-/// time, instead of leaving a claim that only ever answers 404 and blocks the rightful owner.
-fn check_domains(binding: &Binding, base_domains: &[String]) -> Result<(), String> {
-    use crate::host::{resolve_host, HostTarget};
-    let tenant = binding.tenant_id.as_str();
-    for domain in &binding.domains {
-        let why = match resolve_host(domain.as_str(), base_domains) {
-            Ok(HostTarget::CustomDomain(_)) => continue,
-            Ok(HostTarget::UnderTenant { tenant: owner, .. }) if owner.as_str() == tenant => {
-                continue
-            }
-            Ok(HostTarget::UnderTenant { tenant: owner, .. }) => {
-                format!("it is under tenant {}'s subdomain", owner.as_str())
-            }
-            Ok(HostTarget::Subdomain(owner)) => {
-                format!(
-                    "it is tenant {}'s subdomain, routed by name",
-                    owner.as_str()
-                )
-            }
-            Ok(HostTarget::Reserved) => "it is a base domain, no tenant's".to_owned(),
-            Err(e) => e.to_string(),
-        };
-        return Err(format!("{tenant}: domain {domain}: {why}"));
-    }
-    Ok(())
-}
-
 /// What every operation of one command shares: the store, the base domains (a record's
 /// custom domains are checked against them), who makes the change, and the output form.
 struct Command<'a> {
@@ -290,7 +260,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
             expect_revision,
             unchanged,
             wait,
-        } => match write::rebind(
+        } => match crate::admin_input::rebind(
             &instance_id,
             &instance_url,
             api_url.as_deref(),
@@ -344,7 +314,7 @@ async fn exec(store: &Store, base_domains: &[String], args: TenantArgs) -> ExitC
 
 /// A valid binding of `tenant` at `revision`, for the operations' tests.
 #[cfg(test)]
-fn test_binding(tenant: &str, revision: u64) -> Binding {
+fn test_binding(tenant: &str, revision: u64) -> nexus_binding_store::Binding {
     nexus_binding_store::records::parse_record(&serde_json::json!({
         "tenant_id": tenant, "subscription_id": "s", "instance_id": "i",
         "instance_url": "http://10.0.0.1/", "status": "active", "plan": "team",

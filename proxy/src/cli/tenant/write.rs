@@ -4,14 +4,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use nexus_binding_store::{
-    AdminError, Applied, IfUnchanged, InstanceId, Mutation, Revision, UpstreamUrl,
-};
+use nexus_binding_store::{AdminError, Applied, IfUnchanged, Mutation, Revision};
 
-use super::args::{refuse_repeated_members, tenant_id, NEEDS_REDIS};
+use super::args::{tenant_id, NEEDS_REDIS};
 use super::fleet::{wait_fleet, Awaited};
 use super::print::print_binding;
-use super::{check_domains, fail, note_empty_prefix, note_unconfirmed, Command, WaitArgs};
+use super::{fail, note_empty_prefix, note_unconfirmed, Command, WaitArgs};
+use crate::admin_input::{check_domains, refuse_repeated_members};
 use crate::store::Store;
 
 impl Command<'_> {
@@ -189,28 +188,4 @@ impl Command<'_> {
         self.write(tenant, m, expect_revision, if_unchanged, wait)
             .await
     }
-}
-
-/// `tenant rebind`'s change: the instance (and API URL) checked as the record's would be.
-pub(super) fn rebind(
-    instance_id: &str,
-    instance_url: &str,
-    api_url: Option<&str>,
-    clear_api_url: bool,
-) -> Result<Mutation, String> {
-    let instance_id = InstanceId::parse(instance_id).map_err(|e| e.to_string())?;
-    let instance_url =
-        UpstreamUrl::parse("instance_url", instance_url).map_err(|e| e.to_string())?;
-    let api_url = match (api_url, clear_api_url) {
-        (Some(a), _) => Some(Some(
-            UpstreamUrl::parse("api_url", a).map_err(|e| e.to_string())?,
-        )),
-        (None, true) => Some(None),
-        (None, false) => None,
-    };
-    Ok(Mutation::Rebind {
-        instance_id,
-        instance_url,
-        api_url,
-    })
 }

@@ -1,0 +1,69 @@
+//! `[admin_api]`: the HTTP admin API's own listener and the file of tokens it accepts.
+
+use std::path::Path;
+
+use toml::de::DeTable;
+
+use crate::reader::{Problems, Section};
+use crate::settings::*;
+
+use super::listener_clash;
+
+/// `[admin_api]`: `None` inside the `Some` when the file has no such section (no admin API).
+/// `server` and `tls`, when their sections parsed, are what its address must not clash with.
+pub(super) fn parse(
+    root: &DeTable<'_>,
+    base: &Path,
+    server: Option<&ServerSettings>,
+    tls: Option<&TlsListenerSettings>,
+    p: &mut Problems<'_>,
+) -> Option<Option<AdminApiSettings>> {
+    let before = p.list.len();
+    let mut s = Section::open(root, "admin_api", p);
+    if !s.present() {
+        s.finish(p);
+        return (p.list.len() == before).then_some(None);
+    }
+    let listen_at = s.raw("listen").map(|v| v.span().start);
+    let listen = s.socket_addr("listen", p);
+    if listen_at.is_none() {
+        p.push(
+            "admin_api.listen",
+            None,
+            "is required in [admin_api]: the address of the admin API's listener (e.g. \
+             \"127.0.0.1:9091\")",
+        );
+    }
+    if let Some(listen) = listen {
+        let others = [
+            server.map(|s| (s.listen, "server.listen")),
+            server.and_then(|s| s.admin_listen.map(|a| (a, "server.admin_listen"))),
+            tls.map(|t| (t.listen, "tls.listen")),
+        ];
+        if let Some(clash) = others
+            .into_iter()
+            .flatten()
+            .find_map(|(other, named)| listener_clash(other, listen, named))
+        {
+            p.push("admin_api.listen", listen_at, clash);
+        }
+    }
+    let tokens_at = s.raw("tokens_file").map(|v| v.span().start);
+    let tokens_file = s.path("tokens_file", base, p);
+    if tokens_at.is_none() {
+        p.push(
+            "admin_api.tokens_file",
+            None,
+            "is required in [admin_api]: the file listing the tokens the admin API accepts \
+             (`nexus-edge admin-token --name NAME --append FILE` makes one)",
+        );
+    }
+    s.finish(p);
+    if p.list.len() != before {
+        return None;
+    }
+    Some(Some(AdminApiSettings {
+        listen: listen?,
+        tokens_file: tokens_file?,
+    }))
+}

@@ -1,0 +1,291 @@
+//! The admin API's pure parts, table-driven: routes, queries, preconditions, tokens, bodies.
+//! The API against a real router and store is tested in `tests/tests/admin_api.rs`.
+
+use http::Method;
+use nexus_binding_store::{IfUnchanged, Mutation, Revision, TenantId};
+
+use super::exec::{rebind_change, status_change};
+use super::route::{precondition, query, route, Route, RouteError, WriteQuery};
+use super::tokens::{entry_for, new_token, Tokens};
+
+fn t(id: &str) -> TenantId {
+    TenantId::parse(id).unwrap()
+}
+
+#[test]
+fn each_resource_answers_its_methods_and_nothing_else_is_one() {
+    let ok = [
+        (Method::GET, "/v1/tenants", Route::List),
+        (Method::GET, "/v1/tenants/acme", Route::Get(t("acme"))),
+        (Method::PUT, "/v1/tenants/acme", Route::Put(t("acme"))),
+        (Method::DELETE, "/v1/tenants/acme", Route::Delete(t("acme"))),
+        (
+            Method::POST,
+            "/v1/tenants/acme/rebind",
+            Route::Rebind(t("acme")),
+        ),
+        (
+            Method::PUT,
+            "/v1/tenants/acme/status",
+            Route::SetStatus(t("acme")),
+        ),
+        (
+            Method::GET,
+            "/v1/tenants/acme/history",
+            Route::History(t("acme")),
+        ),
+        (Method::GET, "/v1/replicas", Route::Replicas),
+    ];
+    for (m, path, want) in ok {
+        assert_eq!(route(&m, path), Ok(want), "{m} {path}");
+    }
+    let refused = [
+        (
+            Method::POST,
+            "/v1/tenants",
+            RouteError::MethodNotAllowed("GET"),
+        ),
+        (
+            Method::PATCH,
+            "/v1/tenants/acme",
+            RouteError::MethodNotAllowed("GET, PUT, DELETE"),
+        ),
+        (
+            Method::GET,
+            "/v1/tenants/acme/rebind",
+            RouteError::MethodNotAllowed("POST"),
+        ),
+        (
+            Method::POST,
+            "/v1/replicas",
+            RouteError::MethodNotAllowed("GET"),
+        ),
+        (Method::GET, "/", RouteError::NotFound),
+        (Method::GET, "/v1", RouteError::NotFound),
+        (Method::GET, "/v1/", RouteError::NotFound),
+        (Method::GET, "/v1/tenants/", RouteError::NotFound),
+        (Method::GET, "/v1/tenants/acme/", RouteError::NotFound),
+        (Method::GET, "/v1//tenants", RouteError::NotFound),
+        (Method::GET, "/v2/tenants", RouteError::NotFound),
+        (Method::GET, "/v1/tenants/acme/audit", RouteError::NotFound),
+        (Method::GET, "/metrics", RouteError::NotFound),
+    ];
+    for (m, path, want) in refused {
+        assert_eq!(route(&m, path), Err(want), "{m} {path}");
+    }
+    // A path's tenant is checked as a record's: never decoded, never folded.
+    for bad in ["ACME", "acme%2Fx", "..", "a.b", "%61cme"] {
+        let path = format!("/v1/tenants/{bad}");
+        assert!(
+            matches!(route(&Method::GET, &path), Err(RouteError::BadTenant(_))),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn a_write_takes_always_write_and_wait_and_a_read_no_query() {
+    let put = Route::Put(t("acme"));
+    let get = Route::Get(t("acme"));
+    assert_eq!(query(&put, None), Ok(WriteQuery::default()));
+    assert_eq!(query(&put, Some("")), Ok(WriteQuery::default()));
+    assert_eq!(
+        query(&put, Some("always_write=true&wait=10s")),
+        Ok(WriteQuery {
+            if_unchanged: IfUnchanged::Write,
+            wait: Some(std::time::Duration::from_secs(10)),
+        })
+    );
+    for (route, q) in [
+        (&get, "wait=10s"),
+        (&put, "wiat=10s"),
+        (&put, "wait=10s&wait=20s"),
+        (&put, "wait=0s"),
+        (&put, "wait=500ms"),
+        (&put, "wait=31s"),
+        (&put, "wait=soon"),
+        (&put, "always_write=yes"),
+        (&put, "always_write"),
+    ] {
+        assert!(query(route, Some(q)).is_err(), "{route:?} ?{q}");
+    }
+}
+
+#[test]
+fn preconditions_are_one_quoted_revision_or_a_star_for_absent() {
+    assert_eq!(precondition(&[], &[]), Ok(None));
+    assert_eq!(precondition(&[b"\"12\""], &[]), Ok(Some(Revision(12))));
+    assert_eq!(precondition(&[b" \"7\" "], &[]), Ok(Some(Revision(7))));
+    assert_eq!(precondition(&[], &[b"*"]), Ok(Some(Revision::ZERO)));
+    // Each pair: the If-Match values, the If-None-Match values.
+    type Fields<'a> = &'a [&'a [u8]];
+    let refused: [(Fields, Fields); 11] = [
+        (&[b"12"], &[]),
+        (&[b"W/\"12\""], &[]),
+        (&[b"\"12\", \"13\""], &[]),
+        (&[b"*"], &[]),
+        (&[b"\"\""], &[]),
+        (&[b"\"0\""], &[]),
+        (&[b"\"-1\""], &[]),
+        (&[b"\"99999999999999999999999\""], &[]),
+        (&[], &[b"\"12\""]),
+        (&[b"\"1\"", b"\"1\""], &[]),
+        (&[b"\"1\""], &[b"*"]),
+    ];
+    for (m, n) in refused {
+        assert!(
+            precondition(m, n).is_err(),
+            "If-Match {m:?} If-None-Match {n:?}"
+        );
+    }
+}
+
+#[test]
+fn a_token_is_known_by_its_digest_under_its_name() {
+    let token = new_token().unwrap();
+    assert!(token.starts_with("nxa_") && token.len() == 47, "{token}");
+    assert_ne!(token, new_token().unwrap());
+    let other = new_token().unwrap();
+    let file = format!(
+        "{}\n{}",
+        entry_for("provisioner", &token).unwrap(),
+        entry_for("alice@ops", &other).unwrap()
+    );
+    let tokens = Tokens::parse(&file).unwrap();
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(tokens.who(&token), Some("provisioner"));
+    assert_eq!(tokens.who(&other), Some("alice@ops"));
+    assert_eq!(tokens.who("nxa_guess"), None);
+    assert_eq!(tokens.who(""), None);
+    // A token differing in its last character is another token.
+    let mut near = token.clone();
+    near.pop();
+    near.push('#');
+    assert_eq!(tokens.who(&near), None);
+    // No token at all: valid, and refuses everyone.
+    assert!(Tokens::parse("").unwrap().is_empty());
+}
+
+#[test]
+fn a_tokens_file_with_a_mistake_is_refused_whole() {
+    let good = "0".repeat(64);
+    let other = "1".repeat(64);
+    let cases = [
+        ("[[token]]\nname = \"a\"\n".to_owned(), "sha256"),
+        (format!("[[token]]\nsha256 = \"{good}\"\n"), "name"),
+        (format!("[[token]]\nname = \"\"\nsha256 = \"{good}\"\n"), "is empty"),
+        (format!("[[token]]\nname = \"bob smith\"\nsha256 = \"{good}\"\n"), "holds ' '"),
+        (format!("[[token]]\nname = \"{}\"\nsha256 = \"{good}\"\n", "a".repeat(65)), "longer"),
+        ("[[token]]\nname = \"a\"\nsha256 = \"abc\"\n".to_owned(), "64 hex digits"),
+        (format!("[[token]]\nname = \"a\"\nsha256 = \"{}\"\n", "g".repeat(64)), "64 hex digits"),
+        (
+            format!("[[token]]\nname = \"a\"\nsha256 = \"{good}\"\nrole = \"admin\"\n"),
+            "role",
+        ),
+        (
+            format!("[[token]]\nname = \"a\"\nsha256 = \"{good}\"\n[[token]]\nname = \"a\"\nsha256 = \"{other}\"\n"),
+            "another token",
+        ),
+        (
+            format!("[[token]]\nname = \"a\"\nsha256 = \"{good}\"\n[[token]]\nname = \"b\"\nsha256 = \"{good}\"\n"),
+            "one token, two names",
+        ),
+        ("[[tokens]]\nname = \"a\"\n".to_owned(), "tokens"),
+        ("[[token]\n".to_owned(), "line 1"),
+    ];
+    for (text, says) in cases {
+        let e = Tokens::parse(&text).expect_err(&text);
+        assert!(e.contains(says), "{text:?}: {e}");
+    }
+    // The name must be one `entry_for` accepts too.
+    assert!(entry_for("bad name", "x").is_err());
+}
+
+#[test]
+fn a_rebind_body_keeps_clears_or_moves_the_api_url_and_refuses_the_unknown() {
+    let keep = rebind_change(br#"{"instance_id":"inst-2","instance_url":"http://10.0.0.2"}"#);
+    assert!(
+        matches!(keep, Ok(Mutation::Rebind { api_url: None, .. })),
+        "{keep:?}"
+    );
+    let clear = rebind_change(
+        br#"{"instance_id":"inst-2","instance_url":"http://10.0.0.2","api_url":null}"#,
+    );
+    assert!(
+        matches!(
+            clear,
+            Ok(Mutation::Rebind {
+                api_url: Some(None),
+                ..
+            })
+        ),
+        "{clear:?}"
+    );
+    let moved = rebind_change(
+        br#"{"instance_id":"inst-2","instance_url":"http://10.0.0.2","api_url":"http://10.0.0.3"}"#,
+    );
+    assert!(
+        matches!(
+            moved,
+            Ok(Mutation::Rebind {
+                api_url: Some(Some(_)),
+                ..
+            })
+        ),
+        "{moved:?}"
+    );
+    for (body, says) in [
+        (&b""[..], "no body"),
+        (b"[]", "JSON object"),
+        (b"{", "not JSON"),
+        (
+            br#"{"instance_url":"http://10.0.0.2"}"#,
+            "instance_id is required",
+        ),
+        (br#"{"instance_id":"inst-2"}"#, "instance_url is required"),
+        (
+            br#"{"instance_id":2,"instance_url":"http://10.0.0.2"}"#,
+            "must be a string",
+        ),
+        (
+            br#"{"instance_id":"inst-2","instance_url":"ftp://x"}"#,
+            "instance_url",
+        ),
+        (
+            br#"{"instance_id":"inst-2","instance_url":"http://x","api_ulr":"http://y"}"#,
+            "api_ulr",
+        ),
+        (
+            br#"{"instance_id":"inst-2","instance_url":"http://x","api_url":5}"#,
+            "null to clear",
+        ),
+        (
+            br#"{"instance_id":"inst-2","instance_id":"inst-3","instance_url":"http://x"}"#,
+            "repeats a member name",
+        ),
+    ] {
+        let e = rebind_change(body).expect_err(&String::from_utf8_lossy(body));
+        assert!(e.contains(says), "{}: {e}", String::from_utf8_lossy(body));
+    }
+}
+
+#[test]
+fn a_status_body_names_one_status() {
+    assert!(matches!(
+        status_change(br#"{"status":"suspended"}"#),
+        Ok(Mutation::SetStatus(_))
+    ));
+    for body in [
+        &br#"{"status":"Suspended"}"#[..],
+        br#"{"status":"gone"}"#,
+        br#"{"status":"active","why":"x"}"#,
+        br#"{}"#,
+        br#""suspended""#,
+    ] {
+        assert!(
+            status_change(body).is_err(),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
