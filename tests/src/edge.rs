@@ -29,7 +29,9 @@ pub fn binary() -> PathBuf {
 ///
 /// The harness keeps loopback addresses apart: 127.0.0.1 for every server a test starts
 /// (routers' public listeners, instances, Redis), [`OPS_LISTEN`]'s 127.0.0.2 for routers' ops
-/// listeners, and [`UNBOUND_IP`] for nothing at all. None binds a wildcard address.
+/// listeners, [`HTTPS_LISTEN`]'s 127.0.0.4 and [`ADMIN_API_LISTEN`]'s 127.0.0.5 for routers'
+/// HTTPS and admin API listeners, and [`UNBOUND_IP`] for nothing at all. None binds a wildcard
+/// address.
 pub const PUBLIC_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
 
 /// Where a router's ops listener is configured: port 0 on another loopback address than
@@ -42,6 +44,11 @@ pub const OPS_LISTEN: SocketAddr =
 /// port 0 on a loopback address of its own, for the reason [`OPS_LISTEN`] has one.
 pub const HTTPS_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 4), 0));
+
+/// Where a router's admin API listens (`[admin_api] listen`), when a test gives it one: port 0
+/// on a loopback address of its own, for the reason [`OPS_LISTEN`] has one.
+pub const ADMIN_API_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 5), 0));
 
 /// A loopback address no harness server ever binds (see [`dead_addr`]).
 pub const UNBOUND_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
@@ -92,6 +99,25 @@ pub fn serving_https(log: &str) -> Option<SocketAddr> {
     value.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok()
 }
 
+/// The admin API's address a router says it bound (`admin_api=Some(ADDR)` in the line
+/// [`serving_addrs`] reads), when it has one.
+pub fn serving_admin_api(log: &str) -> Option<SocketAddr> {
+    let line = log
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .find(|l| l.contains("nexus-edge serving listen="))?;
+    let value = line
+        .split(" admin_api=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    let addr = value
+        .strip_prefix("Some(")
+        .and_then(|v| v.strip_suffix(')'))
+        .unwrap_or(value);
+    addr.parse().ok()
+}
+
 /// Whether the router whose ops listener is `ops` answers `/readyz` with 200.
 pub fn is_ready(ops: SocketAddr) -> bool {
     crate::http::send_raw(
@@ -135,6 +161,9 @@ pub struct EdgeOptions {
     pub open_files_hard: bool,
     /// More environment variables for the router (e.g. [`crate::clock::skewed`]).
     pub env: Vec<(String, String)>,
+    /// More files written into the config's directory before the router starts: (name
+    /// relative to that directory, content), e.g. an `[admin_api] tokens_file`.
+    pub files: Vec<(String, String)>,
 }
 
 impl EdgeOptions {
@@ -156,6 +185,7 @@ impl EdgeOptions {
             open_files: None,
             open_files_hard: false,
             env: Vec::new(),
+            files: Vec::new(),
         }
     }
 }
@@ -202,6 +232,9 @@ impl Edge {
         let bindings_path = dir.path().join("bindings.json");
         std::fs::write(&jwks_path, opts.jwks.to_string()).map_err(|e| e.to_string())?;
         write_atomically(&bindings_path, &opts.bindings.to_string());
+        for (name, content) in &opts.files {
+            std::fs::write(dir.path().join(name), content).map_err(|e| e.to_string())?;
+        }
         let (addr, ops_addr) = (PUBLIC_LISTEN, OPS_LISTEN);
         let config = format!(
             r#"[server]
@@ -344,6 +377,13 @@ filter = "info"
             .unwrap_or_else(|| panic!("no HTTPS listener in the log: {}", self.log()))
     }
 
+    /// The admin API's address, as bound (the router must have an `[admin_api]` section, and
+    /// be listening: see [`Edge::wait_listening`]).
+    pub fn admin_api_addr(&self) -> SocketAddr {
+        serving_admin_api(&self.log())
+            .unwrap_or_else(|| panic!("no admin API listener in the log: {}", self.log()))
+    }
+
     /// The router's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("edge.log")).unwrap_or_default()
@@ -474,5 +514,23 @@ mod tests {
             serving_addrs(no_ops),
             Some(("127.0.0.1:1".parse().expect("addr"), None))
         );
+    }
+
+    #[test]
+    fn the_serving_line_gives_the_admin_api_address_when_there_is_one() {
+        let line = "x nexus-edge serving listen=127.0.0.1:1 admin=Some(127.0.0.2:2) https=None \
+                    admin_api=Some(127.0.0.5:40919)\n";
+        assert_eq!(
+            serving_admin_api(line),
+            Some("127.0.0.5:40919".parse().expect("addr"))
+        );
+        // The ops listener is not read for it, nor it for the ops listener.
+        assert_eq!(
+            serving_addrs(line).and_then(|(_, ops)| ops),
+            Some("127.0.0.2:2".parse().expect("addr"))
+        );
+        let none = "x nexus-edge serving listen=127.0.0.1:1 admin=None https=None admin_api=None\n";
+        assert_eq!(serving_admin_api(none), None);
+        assert_eq!(serving_admin_api(&line[..line.len() - 1]), None);
     }
 }
