@@ -16,7 +16,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nexus_e2e::backend::Backend;
-use nexus_e2e::edge::{binary, binding, bindings_file, cli, is_ready, Edge, EdgeOptions, BASE};
+use nexus_e2e::edge::{
+    binary, binding, bindings_file, cli, is_ready, Edge, EdgeOptions, ADMIN_API_LISTEN, BASE,
+};
 use nexus_e2e::http::{get, get_with_token, read_response, send_raw, Response};
 use nexus_e2e::keys::TestKeys;
 use nexus_e2e::process::Running;
@@ -28,6 +30,9 @@ const UPGRADE: &str = "upgrade_socket = \"upgrade.sock\"";
 /// Long enough for the keep-alive clients to be told to reconnect before the old router's
 /// idle connections are closed.
 const DELAY: &str = "shutdown_delay = \"1s\"";
+
+/// The admin API's token in the routers' tokens file: its listener is handed over too.
+const ADMIN_TOKEN: &str = "nxa_handover-test-token";
 
 fn host() -> String {
     format!("acme.{BASE}")
@@ -83,6 +88,18 @@ fn world(systemd: &Systemd) -> (TestKeys, Backend, Edge) {
         bindings_file(vec![binding("acme", &backend.url(), "active", None)]),
     );
     opts.server_extra = format!("{UPGRADE}\n{DELAY}");
+    opts.extra = format!(
+        "\n[admin_api]\nlisten = \"{ADMIN_API_LISTEN}\"\ntokens_file = \"admin-tokens.toml\"\n"
+    );
+    let digest: String = ring::digest::digest(&ring::digest::SHA256, ADMIN_TOKEN.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    opts.files = vec![(
+        "admin-tokens.toml".to_owned(),
+        format!("[[token]]\nname = \"ci\"\nsha256 = \"{digest}\"\n"),
+    )];
     // Room for a slow request in flight across a handover.
     opts.read_timeout = "30s";
     opts.env = vec![(
@@ -279,6 +296,12 @@ fn an_upgrade_takes_the_listeners_over_without_failing_a_request_and_applies_the
     assert!(
         is_ready(edge.ops_addr),
         "the ops listener is the successor's"
+    );
+    let api = edge.admin_api_addr();
+    let listed = get_with_token(api, "admin", "/v1/tenants/acme", ADMIN_TOKEN);
+    assert_eq!(
+        listed.status, 200,
+        "the admin API is the successor's: {listed:?}"
     );
     let log = edge.log();
     assert!(log.contains("handed over: the successor serves"), "{log}");
