@@ -156,7 +156,7 @@ pub enum WipedStore {
     StartNewHistory,
 }
 
-/// Why an admin write or read failed. Nothing was written.
+/// Why an admin write or read failed. Nothing was written, but for [`AdminError::Unanswered`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdminError {
@@ -191,6 +191,11 @@ pub enum AdminError {
     /// The store could not be reached or answered with an error.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The write was sent and no answer came back (the connection failed, or the writing
+    /// task died, after it left): it may have been made. Unlike every other error, this one
+    /// does not say that nothing was written: the tenant's history says whether it was.
+    #[error("store unavailable: {0}")]
+    Unanswered(String),
     /// Redis holds no revision counter while replicas serve revision `served`: its data was
     /// lost under them, and a write would start a history that unbinds every other tenant.
     #[error(

@@ -108,7 +108,8 @@ crate::connections::forward_stream_traits!(ReadBudget);
 pub struct Caps {
     /// Connections open at once, at most.
     pub max: usize,
-    /// The longest a connection lives, whatever it does.
+    /// The longest a connection lives, whatever it does, unless its application grants it
+    /// more ([`extend_connection`]).
     pub lifetime: Duration,
     /// The most a connection may send; past it the connection reads as closed.
     pub read_bytes: usize,
@@ -129,6 +130,32 @@ impl Caps {
                               and scrapes fail meanwhile",
         }
     }
+}
+
+tokio::task_local! {
+    /// The end of the connection a [`Capped`] application serves on this task.
+    static CONNECTION_END: Arc<std::sync::Mutex<tokio::time::Instant>>;
+}
+
+fn connection_end(end: &std::sync::Mutex<tokio::time::Instant>) -> tokio::time::Instant {
+    *end.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Grants the connection being served (by a [`Capped`] application, on this task) at least
+/// `from_now` more: for work the application has taken on, such as an authenticated admin
+/// write, which the short lifetime meant for a client that has not yet said who it is must
+/// not cut. Outside a `Capped` connection it does nothing.
+pub fn extend_connection(from_now: Duration) {
+    let _ = CONNECTION_END.try_with(|end| {
+        let wanted = tokio::time::Instant::now() + from_now;
+        let mut end = end
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *end < wanted {
+            *end = wanted;
+        }
+    });
 }
 
 /// An application behind [`Caps`]: the ops listener's, and the admin API's.
@@ -203,7 +230,24 @@ where
                 next = self.app.process_new(stream, shutdown).await;
             }
         };
-        let _ = tokio::time::timeout(self.caps.lifetime, serve).await;
+        // The end may be pushed back while the connection is served (`extend_connection`):
+        // slept towards, and looked at again when reached.
+        let end = Arc::new(std::sync::Mutex::new(
+            tokio::time::Instant::now() + self.caps.lifetime,
+        ));
+        let serve = CONNECTION_END.scope(Arc::clone(&end), serve);
+        tokio::pin!(serve);
+        loop {
+            let until = connection_end(&end);
+            tokio::select! {
+                () = &mut serve => break,
+                () = tokio::time::sleep_until(until) => {
+                    if connection_end(&end) <= tokio::time::Instant::now() {
+                        break;
+                    }
+                }
+            }
+        }
         None
     }
 

@@ -115,8 +115,8 @@ fn fit_open_files(wanted: Connections, threads: usize) -> Connections {
         tracing::info!(
             from = files.before,
             to = files.now,
-            "open-file limit raised for max_connections, idle instance connections and the ops \
-             listener"
+            "open-file limit raised for max_connections, idle instance connections, the ops \
+             listener and the admin API"
         );
     }
     let fitted = wanted.fit(threads, files.now);
@@ -127,9 +127,11 @@ fn fit_open_files(wanted: Connections, threads: usize) -> Connections {
             max_connections = fitted.clients,
             idle_connections = fitted.idle,
             ops_connections = fitted.ops,
+            admin_api_connections = fitted.admin,
             "the open-file limit is below what server.max_connections and \
              upstream.idle_connections need (a client and an instance connection each, \
-             the idle ones, the ops listener's, and a reserve): all are cut down to what \
+             the idle ones, the ops listener's and the admin API's, and a reserve): all are \
+             cut down to what \
              fits, so that the caps work and file reloads keep descriptors. Raise the hard \
              limit (ulimit -Hn, LimitNOFILE= for systemd) or lower max_connections and \
              idle_connections"
@@ -542,7 +544,12 @@ pub fn run(state: Arc<EdgeState>, parts: Parts) -> bool {
     };
     // The background jobs go on through the drain (see `JobsStop`).
     let jobs = JobsStop::new(s.server.shutdown_grace);
-    signals.end_drain_with(guarded.drain(), jobs.clone());
+    // The admin API's requests are waited for too: a write under way must not be cut.
+    let drain = match &admin_api {
+        Some(api) => guarded.drain().and(api.busy()),
+        None => guarded.drain(),
+    };
+    signals.end_drain_with(drain, jobs.clone());
     // Copies of the sockets for a successor, taken before Pingora is given (and owns) them.
     let offered = match (&plan, listeners.duplicates()) {
         (handover::Plan::Off, _) => handover::Offered::default(),
@@ -581,7 +588,7 @@ pub fn run(state: Arc<EdgeState>, parts: Parts) -> bool {
             let addr = settings.listen;
             // As bound, before the service takes the socket.
             let bound = listeners.local_addr(addr).unwrap_or(addr);
-            if !addr.ip().is_loopback() {
+            if !addr.ip().to_canonical().is_loopback() {
                 tracing::warn!(
                     admin_api = %addr,
                     "the admin API listens beyond this host over plain HTTP: its bearer tokens \

@@ -72,6 +72,7 @@ impl BindingAdmin for FileStore {
         actor: &Actor,
     ) -> Result<Applied, AdminError> {
         let path = self.writable_path()?.to_path_buf();
+        let asked = tenant.clone();
         let tenant = tenant.clone();
         let actor = actor.clone();
         let wiped = self.wiped_store;
@@ -86,9 +87,13 @@ impl BindingAdmin for FileStore {
                 wiped,
             )
         };
-        tokio::task::spawn_blocking(task)
-            .await
-            .map_err(|e| AdminError::Unavailable(format!("write task failed: {e}")))?
+        // A task that died (a panic) may have died after the file was replaced.
+        tokio::task::spawn_blocking(task).await.map_err(|e| {
+            AdminError::Unanswered(format!(
+                "write task failed: {e}; the write may have been made: `nexus-edge tenant \
+                 history {asked}` says whether it was"
+            ))
+        })?
     }
 
     async fn import(

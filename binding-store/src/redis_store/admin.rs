@@ -538,7 +538,7 @@ impl BindingAdmin for RedisStore {
                     if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
                         // No answer: the script may have run, whole (it is atomic), before
                         // the connection failed. Said, so the write is not taken as not made.
-                        return Err(AdminError::Unavailable(format!(
+                        return Err(AdminError::Unanswered(format!(
                             "{e}: the write was sent and Redis did not answer, so it may have \
                              been made; `nexus-edge tenant history {tenant}` says whether it \
                              was before you write again"

@@ -10,14 +10,15 @@ use nexus_binding_store::{
 use serde_json::{json, Value};
 
 use super::reply::{Code, Reply};
-use super::route::{Route, WriteQuery};
+use super::route::{Read, Write, WriteQuery};
 use crate::admin_input::{check_domains, printable, rebind, refuse_repeated_members};
 use crate::store::Store;
 
-/// One authenticated request's context.
-pub(super) struct Request<'a> {
-    pub(super) store: &'a Store,
-    pub(super) base_domains: &'a [String],
+/// One authenticated request's context: its own, so that a write can outlive its
+/// connection.
+pub(super) struct Request {
+    pub(super) store: Store,
+    pub(super) base_domains: std::sync::Arc<[String]>,
     /// The token's name: the audit entry's actor.
     pub(super) actor: String,
 }
@@ -38,8 +39,8 @@ impl WriteHead {
     pub(super) fn read(
         req: &pingora::http::RequestHeader,
         query: WriteQuery,
-    ) -> Result<Self, Box<Reply>> {
-        let bad = |m: String| Box::new(Reply::error(Code::BadRequest, m));
+    ) -> Result<Self, String> {
+        let bad = |m: String| m;
         let all = |name: http::header::HeaderName| -> Vec<&[u8]> {
             req.headers
                 .get_all(name)
@@ -73,15 +74,15 @@ impl WriteHead {
     }
 }
 
-impl Request<'_> {
+impl Request {
     fn admin(&self) -> &dyn BindingAdmin {
         self.store.admin()
     }
 
     /// A read: it changes nothing.
-    pub(super) async fn read(&self, route: Route) -> Reply {
-        match route {
-            Route::List => match self.admin().list().await {
+    pub(super) async fn read(&self, read: Read) -> Reply {
+        match read {
+            Read::List => match self.admin().list().await {
                 Ok(l) => Reply::json(
                     StatusCode::OK,
                     json!({
@@ -92,19 +93,19 @@ impl Request<'_> {
                 ),
                 Err(e) => Reply::store_error(&e),
             },
-            Route::Get(t) => match self.admin().get(&t).await {
+            Read::Get(t) => match self.admin().get(&t).await {
                 Ok(Some(b)) => Reply::json(StatusCode::OK, record(&b)).etag(b.revision.get()),
                 Ok(None) => Reply::store_error(&AdminError::NotFound(t)),
                 Err(e) => Reply::store_error(&e),
             },
-            Route::History(t) => match self.admin().history(&t).await {
+            Read::History(t) => match self.admin().history(&t).await {
                 Ok(h) => Reply::json(
                     StatusCode::OK,
                     json!({"entries": h.entries, "unreadable": h.unreadable}),
                 ),
                 Err(e) => Reply::store_error(&e),
             },
-            Route::Replicas => match self.store {
+            Read::Replicas => match &self.store {
                 Store::Redis(r) => match r.replicas().await {
                     Ok(list) => Reply::json(StatusCode::OK, json!({ "replicas": list })),
                     Err(e) => Reply::store_error(&e),
@@ -114,23 +115,18 @@ impl Request<'_> {
                     "the file store has no replicas to list (the Redis store has)",
                 ),
             },
-            Route::Put(_) | Route::Delete(_) | Route::Rebind(_) | Route::SetStatus(_) => {
-                Reply::error(Code::Internal, "a write was taken for a read")
-            }
         }
     }
 
     /// A write: `body` read into the change `route` names, applied under `head`'s
     /// precondition, then waited for when the query asks.
-    pub(super) async fn write(&self, route: Route, head: WriteHead, body: &[u8]) -> Reply {
-        let (tenant, op, change) = match &route {
-            Route::Put(t) => (t, "put", self.put(t, body)),
-            Route::Rebind(t) => (t, "rebind", rebind_change(body)),
-            Route::SetStatus(t) => (t, "set-status", status_change(body)),
-            Route::Delete(t) => (t, "delete", no_body(body).map(|()| Mutation::Delete)),
-            Route::List | Route::Get(_) | Route::History(_) | Route::Replicas => {
-                return Reply::error(Code::Internal, "a read was taken for a write")
-            }
+    pub(super) async fn write(&self, write: Write, head: WriteHead, body: &[u8]) -> Reply {
+        let (tenant, op) = (write.tenant(), write.op());
+        let change = match &write {
+            Write::Put(t) => self.put(t, body),
+            Write::Rebind(_) => rebind_change(body),
+            Write::SetStatus(_) => status_change(body),
+            Write::Delete(_) => no_body(body).map(|()| Mutation::Delete),
         };
         let change = match change {
             Ok(m) => m,
@@ -138,7 +134,7 @@ impl Request<'_> {
         };
         // Refused before the write, as `--wait` is: after it, a refusal would read as a
         // change not made, and be made again.
-        let fleet = match (self.store, head.query.wait) {
+        let fleet = match (&self.store, head.query.wait) {
             (Store::Redis(r), Some(w)) => Some((r, w)),
             (Store::File(_), Some(_)) => {
                 return Reply::error(
@@ -228,7 +224,7 @@ impl Request<'_> {
                 binding.tenant_id
             ));
         }
-        check_domains(&binding, self.base_domains).map_err(|e| format!("invalid record: {e}"))?;
+        check_domains(&binding, &self.base_domains).map_err(|e| format!("invalid record: {e}"))?;
         Ok(Mutation::Put(Box::new(binding)))
     }
 }

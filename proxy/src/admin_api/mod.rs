@@ -3,15 +3,19 @@
 //!
 //! It is the `nexus-edge tenant` commands' other door: the same store, the same checks
 //! ([`crate::admin_input`]), the same atomic, audited writes, with the caller's token naming
-//! the actor. Every request needs a bearer token from the tokens file ([`tokens`]), read at
-//! every request. What a request asks for is read by [`route`]; what it gets is said by
-//! [`reply`]; the work against the store is in `exec`.
+//! the actor. Every request needs a bearer token from the tokens file ([`tokens`]), looked
+//! at for every request. What a request asks for is read by [`route`]; what it gets is said
+//! by [`reply`]; the work against the store is in `exec`.
 //!
-//! Each connection serves one request (answered `Connection: close`), sends 1 MiB of body
-//! at most, and lives [`ADMIN_CONNECTION_LIFETIME`] at most; [`MAX_ADMIN_CONNECTIONS`] are
-//! open at once.
+//! Each connection serves one request (answered `Connection: close`) and sends 1 MiB of
+//! body at most; [`MAX_ADMIN_CONNECTIONS`] are open at once. A connection has
+//! [`ADMIN_REQUEST_DEADLINE`] to show a token the file lists, and only then gets
+//! [`ADMIN_WORK_LIFETIME`] for its body, its write and its wait. A write once begun is not
+//! cut by its connection's end, and a drain waits for it.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,6 +26,7 @@ use pingora::protocols::http::ServerSession;
 use crate::store::Store;
 
 mod exec;
+mod quiet;
 pub mod reply;
 pub mod route;
 pub mod tokens;
@@ -29,14 +34,22 @@ pub mod tokens;
 #[cfg(test)]
 mod tests;
 
+use quiet::Quiet;
 use reply::{Code, Reply};
+use route::Route;
 
 /// Admin API connections open at once: a pipeline and a few operators need a handful.
 pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 
-/// The longest an admin connection lives: a write's `wait` (30 s at most, lengthened to the
-/// slowest replica's heartbeat interval and a second, 61 s at most) and the write itself.
-pub const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(90);
+/// How long a connection has, from its accept, to send a request header carrying a token
+/// the tokens file lists. Clients that say nothing, trickle, or hold no token are let go by
+/// then, so that they cannot keep the pipeline's places for long.
+pub const ADMIN_REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What an authenticated request gets, from its authentication: its body, the write, and a
+/// write's `wait` (30 s at most, lengthened to the slowest replica's heartbeat interval and
+/// a second: 61 s at most).
+pub const ADMIN_WORK_LIFETIME: Duration = Duration::from_secs(90);
 
 /// The largest request body: a binding record is a few hundred bytes; one with a thousand
 /// custom domains is far below this.
@@ -50,7 +63,7 @@ const HEADER_ROOM: usize = 64 * 1024;
 pub fn caps(max: usize) -> crate::ops::Caps {
     crate::ops::Caps {
         max,
-        lifetime: ADMIN_CONNECTION_LIFETIME,
+        lifetime: ADMIN_REQUEST_DEADLINE,
         read_bytes: MAX_BODY_BYTES + HEADER_ROOM,
         refused_warning: "admin API connection closed unanswered: its connections are all open \
                           (counted by admin_api_connections_refused_total)",
@@ -61,9 +74,32 @@ pub fn caps(max: usize) -> crate::ops::Caps {
 #[derive(Debug)]
 pub struct AdminApi {
     store: Store,
-    tokens_file: PathBuf,
+    tokens: tokens::TokensFile,
     /// A record's custom domains are checked against them, as `tenant put` checks them.
-    base_domains: Vec<String>,
+    base_domains: Arc<[String]>,
+    /// Requests being answered (a write's, until it is done, whether or not its client is
+    /// still there): the drain waits for them.
+    busy: Arc<AtomicUsize>,
+    /// Refusals are logged at most once every few seconds each: an unauthenticated flood
+    /// must not write the log full.
+    unauthorized: Quiet,
+    unusable: Quiet,
+}
+
+/// Counts one request as being answered, for as long as it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(counter))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl AdminApi {
@@ -71,17 +107,27 @@ impl AdminApi {
     pub fn new(store: Store, tokens_file: PathBuf, base_domains: Vec<String>) -> Self {
         Self {
             store,
-            tokens_file,
-            base_domains,
+            tokens: tokens::TokensFile::new(tokens_file),
+            base_domains: base_domains.into(),
+            busy: Arc::default(),
+            unauthorized: Quiet::default(),
+            unusable: Quiet::default(),
         }
     }
 
+    /// The requests being answered now: 0 once every one is done.
+    pub fn busy(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.busy)
+    }
+
     async fn handle(&self, session: &mut ServerSession) -> Reply {
-        // Read at every request: a token taken out stops working at once.
-        let tokens = match tokens::Tokens::read(&self.tokens_file) {
+        // Looked at for every request: a token taken out stops working at once.
+        let tokens = match self.tokens.current() {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!(error = %e, "admin API request refused: the tokens file cannot be used");
+                self.unusable.log(|skipped| {
+                    tracing::error!(error = %e, not_logged = skipped, "admin API request refused: the tokens file cannot be used");
+                });
                 return Reply::error(
                     Code::TokensUnusable,
                     "the admin API's tokens file cannot be used; the router's log says why",
@@ -91,16 +137,22 @@ impl AdminApi {
         let actor = match authenticate(session.req_header(), &tokens) {
             Some(name) => name.to_owned(),
             None => {
-                tracing::info!(
-                    peer = ?session.client_addr(),
-                    "admin API request refused: no token the tokens file lists"
-                );
+                let peer = session.client_addr().map(ToString::to_string);
+                self.unauthorized.log(|skipped| {
+                    tracing::info!(
+                        peer,
+                        not_logged = skipped,
+                        "admin API request refused: no token the tokens file lists"
+                    );
+                });
                 return Reply::error(
                     Code::Unauthorized,
                     "a bearer token the admin API's tokens file lists is required",
                 );
             }
         };
+        // Known now: it may take its time.
+        crate::ops::extend_connection(ADMIN_WORK_LIFETIME);
         let req = session.req_header();
         // RFC 9112 §3.2, as the ops listener.
         if req.headers.get(http::header::HOST).is_none() && req.version >= http::Version::HTTP_11 {
@@ -118,27 +170,48 @@ impl AdminApi {
                 return Reply::error(Code::BadRequest, format!("the path's tenant id: {e}"))
             }
         };
-        let query = match route::query(&found, req.uri.query()) {
-            Ok(q) => q,
-            Err(e) => return Reply::error(Code::BadRequest, e),
-        };
         let ctx = exec::Request {
-            store: &self.store,
-            base_domains: &self.base_domains,
+            store: self.store.clone(),
+            base_domains: Arc::clone(&self.base_domains),
             actor,
         };
-        if !found.writes() {
-            return ctx.read(found).await;
-        }
-        let write = match exec::WriteHead::read(req, query) {
-            Ok(w) => w,
-            Err(reply) => return *reply,
+        let write = match found {
+            Route::Read(read) => {
+                if let Err(e) = route::read_query(req.uri.query()) {
+                    return Reply::error(Code::BadRequest, e);
+                }
+                return ctx.read(read).await;
+            }
+            Route::Write(w) => w,
+        };
+        let head = match route::write_query(req.uri.query())
+            .and_then(|query| exec::WriteHead::read(req, query))
+        {
+            Ok(h) => h,
+            Err(e) => return Reply::error(Code::BadRequest, e),
         };
         let body = match read_body(session).await {
             Ok(b) => b,
             Err(reply) => return *reply,
         };
-        ctx.write(found, write, &body).await
+        // A task of its own: a client that goes away (or a connection that reaches its
+        // end) does not cut a write half way through its wait, nor leave it unlogged; the
+        // drain waits for it, as it is counted busy until done.
+        let busy = Busy::new(&self.busy);
+        let task = tokio::spawn(async move {
+            let _busy = busy;
+            ctx.write(write, head, &body).await
+        });
+        match task.await {
+            Ok(reply) => reply,
+            Err(e) => Reply::error(
+                Code::OutcomeUnknown,
+                format!(
+                    "the write failed within the router ({e}): it may have been made; the \
+                     tenant's history says whether it was"
+                ),
+            ),
+        }
     }
 }
 
@@ -147,6 +220,7 @@ impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         // One request a connection, as on the ops listener: nothing pipelined is lost unseen.
         session.set_keepalive(None);
+        let _busy = Busy::new(&self.busy);
         self.handle(session).await.into_response()
     }
 }
@@ -172,6 +246,19 @@ fn authenticate<'t>(
     tokens.who(token)
 }
 
+/// The length a request declares, if it does: every `Content-Length` value, each of which
+/// may be a list (`5000000, 5000000`, which Pingora takes when its members agree), read
+/// whole. A value that reads as no number is left to Pingora, which refuses it.
+fn declared_length(req: &pingora::http::RequestHeader) -> Option<u64> {
+    req.headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .max()
+}
+
 /// The request's body, [`MAX_BODY_BYTES`] at most. A length declared past it is refused
 /// before any of it is read; a client that asked to (`Expect: 100-continue`) is told to send
 /// it once the request is known to be acceptable.
@@ -183,12 +270,7 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Box<Reply>> {
         ))
     };
     let req = session.req_header();
-    let declared = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared_length(req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
     let expects = req

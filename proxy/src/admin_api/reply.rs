@@ -27,6 +27,9 @@ pub enum Code {
     TokensUnusable,
     /// 500: the store's data is damaged, or the router failed.
     Internal,
+    /// 504: the write was sent to the store and no answer came: it may have been made. The
+    /// tenant's history says whether it was; retrying blindly may make it twice.
+    OutcomeUnknown,
 }
 
 impl Code {
@@ -41,6 +44,7 @@ impl Code {
             Code::Conflict => StatusCode::CONFLICT,
             Code::Unavailable | Code::TokensUnusable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -57,6 +61,7 @@ impl Code {
             Code::Unavailable => "unavailable",
             Code::TokensUnusable => "tokens_unusable",
             Code::Internal => "internal",
+            Code::OutcomeUnknown => "outcome_unknown",
         }
     }
 
@@ -66,6 +71,7 @@ impl Code {
             AdminError::NotFound(_) => Code::NotFound,
             AdminError::Conflict { .. } | AdminError::Exists { .. } => Code::PreconditionFailed,
             AdminError::Invalid { .. } => Code::Conflict,
+            AdminError::Unanswered(_) => Code::OutcomeUnknown,
             AdminError::Unavailable(_)
             | AdminError::Wiped { .. }
             | AdminError::WipedRead { .. }

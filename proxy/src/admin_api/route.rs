@@ -6,13 +6,31 @@ use std::time::Duration;
 use http::Method;
 use nexus_binding_store::{IfUnchanged, Revision, TenantId};
 
-/// What a request asks for.
+/// What a request asks for: a read, or a write (audited, and may wait for the fleet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    /// Changes nothing.
+    Read(Read),
+    /// Changes one tenant's binding.
+    Write(Write),
+}
+
+/// The reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
     /// `GET /v1/tenants`.
     List,
     /// `GET /v1/tenants/{id}`.
     Get(TenantId),
+    /// `GET /v1/tenants/{id}/history`.
+    History(TenantId),
+    /// `GET /v1/replicas`.
+    Replicas,
+}
+
+/// The writes, each of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
     /// `PUT /v1/tenants/{id}`: create or replace the record.
     Put(TenantId),
     /// `DELETE /v1/tenants/{id}`.
@@ -21,19 +39,24 @@ pub enum Route {
     Rebind(TenantId),
     /// `PUT /v1/tenants/{id}/status`.
     SetStatus(TenantId),
-    /// `GET /v1/tenants/{id}/history`.
-    History(TenantId),
-    /// `GET /v1/replicas`.
-    Replicas,
 }
 
-impl Route {
-    /// Whether it changes the store (and so is audited, and may wait for the fleet).
-    pub fn writes(&self) -> bool {
-        matches!(
-            self,
-            Route::Put(_) | Route::Delete(_) | Route::Rebind(_) | Route::SetStatus(_)
-        )
+impl Write {
+    /// The tenant it changes.
+    pub fn tenant(&self) -> &TenantId {
+        match self {
+            Write::Put(t) | Write::Delete(t) | Write::Rebind(t) | Write::SetStatus(t) => t,
+        }
+    }
+
+    /// Its name in the log, as the audit log names the operation.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Write::Put(_) => "put",
+            Write::Delete(_) => "delete",
+            Write::Rebind(_) => "rebind",
+            Write::SetStatus(_) => "set-status",
+        }
     }
 }
 
@@ -61,32 +84,29 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
     let allowed = |allow: &'static str| Err(RouteError::MethodNotAllowed(allow));
     match segments.as_slice() {
         ["tenants"] => match *method {
-            Method::GET => Ok(Route::List),
+            Method::GET => Ok(Route::Read(Read::List)),
             _ => allowed("GET"),
         },
-        ["tenants", id] => {
-            let build = match *method {
-                Method::GET => Route::Get,
-                Method::PUT => Route::Put,
-                Method::DELETE => Route::Delete,
-                _ => return allowed("GET, PUT, DELETE"),
-            };
-            Ok(build(tenant(id)?))
-        }
+        ["tenants", id] => match *method {
+            Method::GET => Ok(Route::Read(Read::Get(tenant(id)?))),
+            Method::PUT => Ok(Route::Write(Write::Put(tenant(id)?))),
+            Method::DELETE => Ok(Route::Write(Write::Delete(tenant(id)?))),
+            _ => allowed("GET, PUT, DELETE"),
+        },
         ["tenants", id, "rebind"] => match *method {
-            Method::POST => Ok(Route::Rebind(tenant(id)?)),
+            Method::POST => Ok(Route::Write(Write::Rebind(tenant(id)?))),
             _ => allowed("POST"),
         },
         ["tenants", id, "status"] => match *method {
-            Method::PUT => Ok(Route::SetStatus(tenant(id)?)),
+            Method::PUT => Ok(Route::Write(Write::SetStatus(tenant(id)?))),
             _ => allowed("PUT"),
         },
         ["tenants", id, "history"] => match *method {
-            Method::GET => Ok(Route::History(tenant(id)?)),
+            Method::GET => Ok(Route::Read(Read::History(tenant(id)?))),
             _ => allowed("GET"),
         },
         ["replicas"] => match *method {
-            Method::GET => Ok(Route::Replicas),
+            Method::GET => Ok(Route::Read(Read::Replicas)),
             _ => allowed("GET"),
         },
         _ => Err(RouteError::NotFound),
@@ -110,18 +130,13 @@ pub struct WriteQuery {
     pub wait: Option<Duration>,
 }
 
-/// Reads a request's query. A read takes none; a write `always_write` and `wait`, each once.
-/// Anything else is refused, so that a misspelt `wiat=10s` does not pass for a wait.
-pub fn query(route: &Route, query: Option<&str>) -> Result<WriteQuery, String> {
+/// Reads a write's query: `always_write` and `wait`, each once. Anything else is refused,
+/// so that a misspelt `wiat=10s` does not pass for a wait.
+pub fn write_query(query: Option<&str>) -> Result<WriteQuery, String> {
     let mut q = WriteQuery::default();
     let mut seen: Vec<&str> = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !route.writes() {
-            return Err(format!(
-                "unknown query parameter {name:?}: a read takes none"
-            ));
-        }
         if seen.contains(&name) {
             return Err(format!("query parameter {name:?} is given twice"));
         }
@@ -153,6 +168,17 @@ pub fn query(route: &Route, query: Option<&str>) -> Result<WriteQuery, String> {
         }
     }
     Ok(q)
+}
+
+/// A read takes no query: a parameter it would ignore is refused, not passed over.
+pub fn read_query(query: Option<&str>) -> Result<(), String> {
+    match query.unwrap_or("").split('&').find(|p| !p.is_empty()) {
+        Some(pair) => Err(format!(
+            "unknown query parameter {:?}: a read takes none",
+            pair.split_once('=').map_or(pair, |(name, _)| name)
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A write's precondition, from `If-Match` and `If-None-Match`: the revision the tenant must

@@ -5,7 +5,9 @@ use http::Method;
 use nexus_binding_store::{IfUnchanged, Mutation, Revision, TenantId};
 
 use super::exec::{rebind_change, status_change};
-use super::route::{precondition, query, route, Route, RouteError, WriteQuery};
+use super::route::{
+    precondition, read_query, route, write_query, Read, Route, RouteError, Write, WriteQuery,
+};
 use super::tokens::{entry_for, new_token, Tokens};
 
 fn t(id: &str) -> TenantId {
@@ -15,26 +17,38 @@ fn t(id: &str) -> TenantId {
 #[test]
 fn each_resource_answers_its_methods_and_nothing_else_is_one() {
     let ok = [
-        (Method::GET, "/v1/tenants", Route::List),
-        (Method::GET, "/v1/tenants/acme", Route::Get(t("acme"))),
-        (Method::PUT, "/v1/tenants/acme", Route::Put(t("acme"))),
-        (Method::DELETE, "/v1/tenants/acme", Route::Delete(t("acme"))),
+        (Method::GET, "/v1/tenants", Route::Read(Read::List)),
+        (
+            Method::GET,
+            "/v1/tenants/acme",
+            Route::Read(Read::Get(t("acme"))),
+        ),
+        (
+            Method::PUT,
+            "/v1/tenants/acme",
+            Route::Write(Write::Put(t("acme"))),
+        ),
+        (
+            Method::DELETE,
+            "/v1/tenants/acme",
+            Route::Write(Write::Delete(t("acme"))),
+        ),
         (
             Method::POST,
             "/v1/tenants/acme/rebind",
-            Route::Rebind(t("acme")),
+            Route::Write(Write::Rebind(t("acme"))),
         ),
         (
             Method::PUT,
             "/v1/tenants/acme/status",
-            Route::SetStatus(t("acme")),
+            Route::Write(Write::SetStatus(t("acme"))),
         ),
         (
             Method::GET,
             "/v1/tenants/acme/history",
-            Route::History(t("acme")),
+            Route::Read(Read::History(t("acme"))),
         ),
-        (Method::GET, "/v1/replicas", Route::Replicas),
+        (Method::GET, "/v1/replicas", Route::Read(Read::Replicas)),
     ];
     for (m, path, want) in ok {
         assert_eq!(route(&m, path), Ok(want), "{m} {path}");
@@ -85,29 +99,31 @@ fn each_resource_answers_its_methods_and_nothing_else_is_one() {
 
 #[test]
 fn a_write_takes_always_write_and_wait_and_a_read_no_query() {
-    let put = Route::Put(t("acme"));
-    let get = Route::Get(t("acme"));
-    assert_eq!(query(&put, None), Ok(WriteQuery::default()));
-    assert_eq!(query(&put, Some("")), Ok(WriteQuery::default()));
+    assert_eq!(write_query(None), Ok(WriteQuery::default()));
+    assert_eq!(write_query(Some("")), Ok(WriteQuery::default()));
     assert_eq!(
-        query(&put, Some("always_write=true&wait=10s")),
+        write_query(Some("always_write=true&wait=10s")),
         Ok(WriteQuery {
             if_unchanged: IfUnchanged::Write,
             wait: Some(std::time::Duration::from_secs(10)),
         })
     );
-    for (route, q) in [
-        (&get, "wait=10s"),
-        (&put, "wiat=10s"),
-        (&put, "wait=10s&wait=20s"),
-        (&put, "wait=0s"),
-        (&put, "wait=500ms"),
-        (&put, "wait=31s"),
-        (&put, "wait=soon"),
-        (&put, "always_write=yes"),
-        (&put, "always_write"),
+    for q in [
+        "wiat=10s",
+        "wait=10s&wait=20s",
+        "wait=0s",
+        "wait=500ms",
+        "wait=31s",
+        "wait=soon",
+        "always_write=yes",
+        "always_write",
     ] {
-        assert!(query(route, Some(q)).is_err(), "{route:?} ?{q}");
+        assert!(write_query(Some(q)).is_err(), "?{q}");
+    }
+    assert_eq!(read_query(None), Ok(()));
+    assert_eq!(read_query(Some("&")), Ok(()));
+    for q in ["wait=10s", "x", "a=1&b=2"] {
+        assert!(read_query(Some(q)).is_err(), "?{q}");
     }
 }
 
@@ -178,6 +194,10 @@ fn a_tokens_file_with_a_mistake_is_refused_whole() {
         (format!("[[token]]\nname = \"{}\"\nsha256 = \"{good}\"\n", "a".repeat(65)), "longer"),
         ("[[token]]\nname = \"a\"\nsha256 = \"abc\"\n".to_owned(), "64 hex digits"),
         (format!("[[token]]\nname = \"a\"\nsha256 = \"{}\"\n", "g".repeat(64)), "64 hex digits"),
+        (
+            format!("[[token]]\nname = \"a\"\nsha256 = \"{}\"\n", "+f".repeat(32)),
+            "64 hex digits",
+        ),
         (
             format!("[[token]]\nname = \"a\"\nsha256 = \"{good}\"\nrole = \"admin\"\n"),
             "role",
@@ -288,4 +308,57 @@ fn a_status_body_names_one_status() {
             String::from_utf8_lossy(body)
         );
     }
+}
+
+#[test]
+fn only_one_bearer_header_with_a_listed_token_authenticates() {
+    use pingora::http::RequestHeader;
+    let token = new_token().unwrap();
+    let tokens = Tokens::parse(&entry_for("ci", &token).unwrap()).unwrap();
+    let with = |values: &[&str]| {
+        let mut req = RequestHeader::build("GET", b"/v1/tenants", None).unwrap();
+        for v in values {
+            req.append_header("authorization", *v).unwrap();
+        }
+        super::authenticate(&req, &tokens).map(str::to_owned)
+    };
+    let bearer = format!("Bearer {token}");
+    assert_eq!(with(&[&bearer]).as_deref(), Some("ci"));
+    assert_eq!(with(&[&format!("bearer {token}")]).as_deref(), Some("ci"));
+    assert_eq!(with(&[&format!("BEARER {token}")]).as_deref(), Some("ci"));
+    let long = format!("Bearer {}", "a".repeat(super::tokens::MAX_TOKEN_BYTES + 1));
+    let (two_spaces, trailing) = (format!("Bearer  {token}"), format!("Bearer {token} "));
+    let (basic, other) = (format!("Basic {token}"), format!("Token {token}"));
+    let refused: [&[&str]; 10] = [
+        &[],
+        &[&bearer, &bearer],
+        &[&token],
+        &["Bearer"],
+        &["Bearer "],
+        &[&two_spaces],
+        &[&trailing],
+        &[&basic],
+        &[&other],
+        &[&long],
+    ];
+    for values in refused {
+        assert_eq!(with(values), None, "{values:?}");
+    }
+}
+
+#[test]
+fn a_declared_length_is_read_from_every_value_and_list() {
+    use pingora::http::RequestHeader;
+    let with = |values: &[&str]| {
+        let mut req = RequestHeader::build("PUT", b"/v1/tenants/acme", None).unwrap();
+        for v in values {
+            req.append_header("content-length", *v).unwrap();
+        }
+        super::declared_length(&req)
+    };
+    assert_eq!(with(&[]), None);
+    assert_eq!(with(&["12"]), Some(12));
+    assert_eq!(with(&["5000000, 5000000"]), Some(5_000_000));
+    assert_eq!(with(&["12", "5000000"]), Some(5_000_000));
+    assert_eq!(with(&["x"]), None);
 }

@@ -7,8 +7,8 @@
 //! sha256 = "<64 hex digits: SHA-256 of the token>"
 //! ```
 //!
-//! The file is read at every request: a token added counts at once, and one taken out (a
-//! leak) stops at once, with no restart. A file that cannot be read or holds a mistake
+//! The file is looked at for every request (read again when it has changed): a token added
+//! counts at once, and one taken out (a leak) stops at once, with no restart. A file that cannot be read or holds a mistake
 //! refuses every request ([`TokensError`]) rather than fall back on an older version.
 
 use std::path::{Path, PathBuf};
@@ -145,6 +145,73 @@ impl Tokens {
     }
 }
 
+/// The tokens file, parsed again only when it has changed: each request looks at the file's
+/// identity and times (a `stat`), so a token removed stops working at the next request, and
+/// an unauthenticated flood costs no parsing.
+#[derive(Debug)]
+pub struct TokensFile {
+    path: PathBuf,
+    parsed: std::sync::Mutex<Option<(FileKey, std::sync::Arc<Tokens>)>>,
+}
+
+/// What tells one version of a file from another: its inode and device (a file replaced by
+/// a rename), its size, and its modification and change times to the nanosecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileKey {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+impl TokensFile {
+    /// The tokens file at `path`, not read yet.
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            parsed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The tokens the file lists now. A file read at one version and changed before its key
+    /// was taken is read again at the next request, its key then differing.
+    pub fn current(&self) -> Result<std::sync::Arc<Tokens>, TokensError> {
+        let read_failed = |source| TokensError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        let key = FileKey::of(&std::fs::metadata(&self.path).map_err(read_failed)?);
+        let mut parsed = self
+            .parsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((k, tokens)) = parsed.as_ref() {
+            if *k == key {
+                return Ok(std::sync::Arc::clone(tokens));
+            }
+        }
+        // A file that fails is forgotten with its version: no older one stands in for it.
+        *parsed = None;
+        let tokens = std::sync::Arc::new(Tokens::read(&self.path)?);
+        *parsed = Some((key, std::sync::Arc::clone(&tokens)));
+        Ok(tokens)
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -172,7 +239,8 @@ fn check_name(name: &str) -> Result<(), String> {
 fn parse_digest(hex: &str) -> Result<[u8; 32], String> {
     let wrong =
         || "must be 64 hex digits (SHA-256 of the token: `printf %s TOKEN | sha256sum`)".to_owned();
-    if hex.len() != 64 {
+    // Every byte a hex digit: `from_str_radix` alone takes a sign (`+f`).
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(wrong());
     }
     let mut out = [0u8; 32];

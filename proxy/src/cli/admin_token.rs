@@ -51,26 +51,73 @@ pub(super) fn run(args: &AdminTokenArgs) -> ExitCode {
 
 /// Adds `entry` to the tokens file at `path`, once the file with it is known to be valid: a
 /// name taken already, or a file that is already wrong, is refused and the file left as is.
+/// The new file is written beside it and renamed over it, so a router never reads half of
+/// it; it keeps the old file's mode, owner and group (a router that reads it as its owner
+/// must go on reading it), and a new one is made readable by its owner only.
 fn append(path: &Path, entry: &str) -> Result<(), String> {
-    let existing = match nexus_config::files::read_regular(path, 256 * 1024) {
-        Ok(bytes) => String::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+    use std::os::unix::fs::MetadataExt as _;
+    // A symlink's file is the one replaced, not the link.
+    let path = match std::fs::canonicalize(path) {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_path_buf(),
         Err(e) => return Err(e.to_string()),
     };
-    let separator = if existing.is_empty() || existing.ends_with('\n') {
+    let existing = match nexus_config::files::read_regular(&path, 256 * 1024) {
+        Ok(bytes) => Some(String::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.to_string()),
+    };
+    let old = existing.as_deref().unwrap_or("");
+    let separator = if old.is_empty() || old.ends_with('\n') {
         ""
     } else {
         "\n"
     };
-    let added = format!("{separator}{entry}");
-    Tokens::parse(&format!("{existing}{added}"))?;
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    file.write_all(added.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| e.to_string())
+    let text = format!("{old}{separator}{entry}");
+    Tokens::parse(&text)?;
+    let meta = match existing {
+        Some(_) => Some(std::fs::metadata(&path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(meta.as_ref().map_or(0o600, |m| m.mode() & 0o7777))
+            .open(&temp)?;
+        if let Some(m) = &meta {
+            // The mode again: the umask took bits off the one asked at creation.
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                m.mode() & 0o7777,
+            ))?;
+            if let Err(e) = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid())) {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot give the new file the old one's owner and group ({}:{}): {e}; \
+                         run as its owner or root",
+                        m.uid(),
+                        m.gid()
+                    ),
+                ));
+            }
+        }
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &path)?;
+        // The rename itself, on disk.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written.map_err(|e| e.to_string())
 }

@@ -347,7 +347,10 @@ impl<A> Guarded<A> {
 
     /// A view of the connections for the shutdown: see [`Drain`].
     pub fn drain(&self) -> Drain {
-        Drain(Arc::clone(&self.shared))
+        Drain {
+            shared: Arc::clone(&self.shared),
+            busy: Vec::new(),
+        }
     }
 }
 
@@ -362,22 +365,36 @@ const ARRIVAL_GRACE: Duration = Duration::from_millis(250);
 /// Whether a shutdown's drain is over: the listener closed and every connection it admitted
 /// is gone (a connection idle between requests is let go at the close; one with a request in
 /// flight ends once that response is out, since a draining router closes every connection
-/// after its response). Pingora itself waits out the whole grace period whatever is left.
+/// after its response), and no other work it was told to wait for is left ([`Drain::and`]).
+/// Pingora itself waits out the whole grace period whatever is left.
 #[derive(Clone)]
-pub struct Drain(Arc<Shared>);
+pub struct Drain {
+    shared: Arc<Shared>,
+    /// Other work under way, each a count that reads 0 once it is done.
+    busy: Vec<Arc<std::sync::atomic::AtomicUsize>>,
+}
 
 impl Drain {
-    /// True once the listener has closed and no connection is open.
+    /// The drain, also waiting for `busy` to read 0 (the admin API's requests).
+    #[must_use]
+    pub fn and(mut self, busy: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        self.busy.push(busy);
+        self
+    }
+
+    /// True once the listener has closed and no connection is open, nor other work busy.
     pub fn is_over(&self) -> bool {
-        self.0.closed.load(Ordering::Acquire) && self.0.open.load(Ordering::Acquire) == 0
+        self.shared.closed.load(Ordering::Acquire)
+            && self.shared.open.load(Ordering::Acquire) == 0
+            && self.busy.iter().all(|b| b.load(Ordering::Acquire) == 0)
     }
 }
 
 impl std::fmt::Debug for Drain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Drain")
-            .field("closed", &self.0.closed.load(Ordering::Relaxed))
-            .field("open", &self.0.open.load(Ordering::Relaxed))
+            .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .field("open", &self.shared.open.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -592,6 +609,24 @@ mod tests {
             conns(7_792, 4_096, 256)
         );
         assert_eq!(conns(1_000, 500, 256).descriptors(), 2_820);
+    }
+
+    /// The admin API's connections are counted too, cut to a sixteenth of what the reserve
+    /// leaves (2 at least) before the ops listener's share is taken.
+    #[test]
+    fn the_admin_api_connections_are_counted_and_cut_first() {
+        let with_admin = |clients, idle, ops, admin| Connections {
+            admin,
+            ..conns(clients, idle, ops)
+        };
+        let wanted = with_admin(10_000, 4_096, 256, 64);
+        assert_eq!(wanted.descriptors(), 20_000 + 4_096 + 256 + 64 + 64);
+        assert_eq!(wanted.fit(2, 20_000), with_admin(7_760, 4_096, 256, 64));
+        // 128: everything adds up to the limit.
+        let tight = wanted.fit(2, 128);
+        assert_eq!(tight, with_admin(18, 16, 8, 4));
+        assert_eq!(tight.descriptors(), 128);
+        assert_eq!(with_admin(10, 0, 0, 64).fit(1, 64), with_admin(1, 0, 0, 2));
     }
 
     #[test]
