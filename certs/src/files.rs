@@ -23,7 +23,7 @@ struct FileState {
     source: Option<usize>,
     /// The file's metadata when it was last read: unchanged, it is not read again (a
     /// directory may hold thousands of certificates, polled every few seconds).
-    stamp: Option<Stamp>,
+    stamp: Option<nexus_config::files::Stamp>,
     /// The bytes last read: a file read again unchanged is not parsed again, nor reported
     /// again.
     bytes: Option<Vec<u8>>,
@@ -124,7 +124,7 @@ impl CertFiles {
         for (path, source) in listed {
             let state = self.files.entry(path.clone()).or_default();
             state.source = Some(source);
-            let stamp = Stamp::of(&path);
+            let stamp = nexus_config::files::Stamp::of(&path);
             if stamp.is_some() && stamp == state.stamp && state.bytes.is_some() {
                 continue;
             }
@@ -170,41 +170,6 @@ impl CertFiles {
     /// The files (or sources) not in use as they are now, with why.
     pub fn refused(&self) -> impl Iterator<Item = &CertError> {
         self.files.values().filter_map(|s| s.refused.as_ref())
-    }
-}
-
-/// What tells that a file may have changed without reading it: the file (device, inode: a
-/// rename puts another in its place), its length, and its modification and change times
-/// (nanoseconds; any write or rename sets them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    modified: (i64, i64),
-    changed: (i64, i64),
-}
-
-impl Stamp {
-    /// Whether the file changed within the last two seconds: a file system that keeps whole
-    /// seconds could hide a second write of the same length in the same second, so a stamp
-    /// so recent is not kept, and the file is read again until its times are older.
-    fn recent(&self) -> bool {
-        self.modified.0.max(self.changed.0) >= crate::unix_now().saturating_sub(2)
-    }
-
-    /// `path`'s stamp, following a symbolic link as the read does; `None` when it cannot be
-    /// had (the file is then read every time, and its read says why).
-    fn of(path: &Path) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
-        Some(Self {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            modified: (m.mtime(), m.mtime_nsec()),
-            changed: (m.ctime(), m.ctime_nsec()),
-        })
     }
 }
 

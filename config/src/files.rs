@@ -48,6 +48,45 @@ pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// What tells that a file may have changed without reading it: the file (device, inode: a
+/// rename puts another in its place), its length, and its modification and change times
+/// (nanoseconds; any write or rename sets them). For files read again only when changed
+/// (certificates, the admin API's tokens).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    /// `path`'s stamp, following a symbolic link as a read does; `None` when it cannot be
+    /// had (the file is then read every time, and its read says why).
+    pub fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            modified: (m.mtime(), m.mtime_nsec()),
+            changed: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// Whether the file changed within the last two seconds: a file system that keeps whole
+    /// seconds could hide a second write of the same length in the same second, so a stamp
+    /// so recent is not to be kept: the file is read again until its times are older.
+    pub fn recent(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.modified.0.max(self.changed.0) >= now.saturating_sub(2)
+    }
+}
+
 /// Makes a FIFO at `path` (tests: what a read must not wait on).
 #[cfg(test)]
 pub(crate) fn mkfifo(path: &Path) {

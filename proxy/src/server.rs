@@ -290,15 +290,15 @@ pub fn serve(
                              not served here (the predecessor closes it as it drains)"
                         );
                     }
-                    Ok((
-                        state,
+                    let parts = Parts {
                         source,
                         listeners,
                         signals,
                         certificates,
                         plan,
                         admin_api,
-                    ))
+                    };
+                    Ok((state, parts))
                 })
                 .map_err(|e| {
                     let in_config = match e {
@@ -313,15 +313,7 @@ pub fn serve(
                 })
         });
     match started {
-        Ok((state, source, listeners, signals, certificates, plan, admin_api)) => {
-            let parts = Parts {
-                source,
-                listeners,
-                signals,
-                certificates,
-                plan,
-                admin_api,
-            };
+        Ok((state, parts)) => {
             if run(state, parts) {
                 std::process::ExitCode::SUCCESS
             } else {

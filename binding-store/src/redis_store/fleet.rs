@@ -209,6 +209,18 @@ pub struct WaitOutcome {
     pub silent: Vec<String>,
 }
 
+/// The shortest wait that can confirm a change on every live replica of `replicas`: the
+/// slowest one's heartbeat interval (60 s at most, the longest a replica may be given) and
+/// a second for its write, as only heartbeats written during a wait count. `None` when none
+/// is live.
+pub fn wait_floor(replicas: &[ReplicaStatus]) -> Option<Duration> {
+    replicas
+        .iter()
+        .filter(|r| r.live)
+        .map(|r| Duration::from_millis(r.interval_ms.min(60_000)) + Duration::from_secs(1))
+        .max()
+}
+
 /// A replica silent for longer than this is no longer counted: 10 heartbeats and at least
 /// 5 s, so a replica that is briefly stalled (or stopped mid-migration) still holds up
 /// `--wait` and is named in its timeout instead of being silently skipped. An interval past

@@ -46,7 +46,7 @@ use crate::source::{BindingSource, SyncHealth};
 use crate::table::{BindingHandle, BindingTable};
 
 pub use endpoint::{RedisEndpoint, RedisTls, SentinelOptions};
-pub use fleet::{Confirmation, ReplicaStatus, WaitOutcome};
+pub use fleet::{wait_floor, Confirmation, ReplicaStatus, WaitOutcome};
 
 use endpoint::Connector;
 pub use keys::confirm_command;

@@ -313,17 +313,11 @@ async fn lengthened(
     asked: Duration,
     redis: &nexus_binding_store::redis_store::RedisStore,
 ) -> Duration {
-    let slowest = redis
+    let floor = redis
         .replicas()
         .await
         .ok()
-        .into_iter()
-        .flatten()
-        .filter(|r| r.live)
-        .map(|r| Duration::from_millis(r.interval_ms.min(60_000)))
-        .max();
-    match slowest.map(|i| i + Duration::from_secs(1)) {
-        Some(floor) if floor > asked => floor,
-        _ => asked,
-    }
+        .as_deref()
+        .and_then(nexus_binding_store::redis_store::wait_floor);
+    floor.map_or(asked, |f| f.max(asked))
 }

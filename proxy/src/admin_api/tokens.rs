@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use nexus_config::files::Stamp;
 use ring::digest::{digest, SHA256};
 
 /// The largest tokens file read: a few hundred entries.
@@ -151,31 +152,7 @@ impl Tokens {
 #[derive(Debug)]
 pub struct TokensFile {
     path: PathBuf,
-    parsed: std::sync::Mutex<Option<(FileKey, std::sync::Arc<Tokens>)>>,
-}
-
-/// What tells one version of a file from another: its inode and device (a file replaced by
-/// a rename), its size, and its modification and change times to the nanosecond.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileKey {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileKey {
-    fn of(m: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt as _;
-        Self {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        }
-    }
+    parsed: std::sync::Mutex<Option<(Stamp, std::sync::Arc<Tokens>)>>,
 }
 
 impl TokensFile {
@@ -187,27 +164,26 @@ impl TokensFile {
         }
     }
 
-    /// The tokens the file lists now. A file read at one version and changed before its key
-    /// was taken is read again at the next request, its key then differing.
+    /// The tokens the file lists now. The stamp is taken before the read: a file changed in
+    /// between is read again at the next request, its stamp then differing.
     pub fn current(&self) -> Result<std::sync::Arc<Tokens>, TokensError> {
-        let read_failed = |source| TokensError::Read {
-            path: self.path.clone(),
-            source,
-        };
-        let key = FileKey::of(&std::fs::metadata(&self.path).map_err(read_failed)?);
+        let stamp = Stamp::of(&self.path);
         let mut parsed = self
             .parsed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((k, tokens)) = parsed.as_ref() {
-            if *k == key {
+        if let (Some((kept, tokens)), Some(now)) = (parsed.as_ref(), stamp) {
+            if *kept == now {
                 return Ok(std::sync::Arc::clone(tokens));
             }
         }
         // A file that fails is forgotten with its version: no older one stands in for it.
         *parsed = None;
         let tokens = std::sync::Arc::new(Tokens::read(&self.path)?);
-        *parsed = Some((key, std::sync::Arc::clone(&tokens)));
+        // Kept only once old: a write within the same second could share a recent stamp.
+        if let Some(stamp) = stamp.filter(|s| !s.recent()) {
+            *parsed = Some((stamp, std::sync::Arc::clone(&tokens)));
+        }
         Ok(tokens)
     }
 }

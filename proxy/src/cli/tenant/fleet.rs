@@ -47,13 +47,11 @@ pub(super) async fn wait_fleet(
     // Only heartbeats written during the wait count: one shorter than the slowest live
     // replica's heartbeat interval (and a second for its write) times out on replicas that
     // had applied the change long before.
-    let slowest = replicas
-        .iter()
-        .flatten()
-        .filter(|r| r.live)
-        .map(|r| Duration::from_millis(r.interval_ms.min(60_000)))
-        .max();
-    let timeout = match slowest.map(|i| i + Duration::from_secs(1)) {
+    let floor = replicas
+        .as_deref()
+        .ok()
+        .and_then(nexus_binding_store::redis_store::wait_floor);
+    let timeout = match floor {
         Some(floor) if floor > timeout => {
             errln!(
                 "nexus-edge: note: waiting up to {}, not {}: replicas heartbeat every {}, and \
