@@ -96,6 +96,9 @@ pub struct Metrics {
     pub sync_failures: prometheus::IntCounter,
     /// `binding_snapshot_write_failures_total`: local snapshots not written (Redis store).
     pub snapshot_write_failures: prometheus::IntCounter,
+    /// `admin_api_requests_total{outcome}`: admin API requests by how they were answered
+    /// (`ok`, `not_confirmed`, or a refusal's code; see [`crate::admin_api::reply`]).
+    pub admin_api_requests: IntCounterVec,
     /// Held while the counters above catch up with the store's totals, so that two scrapes
     /// at once do not both add the same difference.
     mirror: Arc<std::sync::Mutex<()>>,
@@ -651,6 +654,16 @@ impl Metrics {
         let tunnels = TunnelMetrics::new()?;
         let tls = TlsMetrics::new()?;
         let scale = ScaleMetrics::new()?;
+        let admin_api_requests = IntCounterVec::new(
+            Opts::new(
+                "admin_api_requests_total",
+                "Admin API requests by outcome: ok, not_confirmed (a write whose wait the fleet did not confirm), or the refusal's error code",
+            ),
+            &["outcome"],
+        )?;
+        for outcome in crate::admin_api::reply::OUTCOMES {
+            admin_api_requests.with_label_values(&[outcome]);
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -681,6 +694,7 @@ impl Metrics {
             Box::new(log_lines_not_logged.clone()),
             Box::new(tunnels.open.clone()),
             Box::new(tunnels.closed.clone()),
+            Box::new(admin_api_requests.clone()),
         ]
         .into_iter()
         .chain(connections.collectors())
@@ -737,6 +751,7 @@ impl Metrics {
             full_reloads,
             sync_failures,
             snapshot_write_failures,
+            admin_api_requests,
             mirror: Arc::default(),
             upstream_connect_retries,
             instance_connections_new,

@@ -591,7 +591,9 @@ pub fn run(state: Arc<EdgeState>, parts: Parts) -> bool {
             let service = Service::new(
                 "nexus-edge admin API".to_owned(),
                 crate::ops::Capped::new(
-                    pingora::apps::http_app::HttpServer::new_app(api),
+                    pingora::apps::http_app::HttpServer::new_app(
+                        api.counted(state.metrics.admin_api_requests.clone()),
+                    ),
                     crate::admin_api::caps(fitted.admin),
                     state.metrics.connections.admin_refused.clone(),
                 ),

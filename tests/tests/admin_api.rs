@@ -294,6 +294,16 @@ fn requests_need_a_token_of_the_tokens_file_as_it_is_at_that_request() {
 
     let listed = asked(Some(&w.token.secret), "/v1/tenants");
     assert_eq!(listed.status, 200, "{}", listed.text());
+    // Counted by outcome, for the SREs: every answer so far.
+    let counted = |outcome: &str| {
+        w.edge.metric(&format!(
+            "nexus_edge_admin_api_requests_total{{outcome=\"{outcome}\"}}"
+        ))
+    };
+    assert_eq!(counted("unauthorized"), 4);
+    assert_eq!(counted("not_found"), 1);
+    assert_eq!(counted("ok"), 1);
+    assert_eq!(counted("precondition_failed"), 0);
     assert_eq!(listed.json()["bindings"], json!([]), "{}", listed.text());
 
     // A token added while the router runs counts at the next request.

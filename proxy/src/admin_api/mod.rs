@@ -23,6 +23,8 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use pingora_prometheus::prometheus;
+
 use crate::store::Store;
 
 mod exec;
@@ -84,6 +86,8 @@ pub struct AdminApi {
     /// must not write the log full.
     unauthorized: Quiet,
     unusable: Quiet,
+    /// `admin_api_requests_total`, once the router's metrics are given ([`AdminApi::counted`]).
+    requests: Option<prometheus::IntCounterVec>,
 }
 
 /// Counts one request as being answered, for as long as it lives.
@@ -112,7 +116,15 @@ impl AdminApi {
             busy: Arc::default(),
             unauthorized: Quiet::default(),
             unusable: Quiet::default(),
+            requests: None,
         }
+    }
+
+    /// Counts its requests by outcome in `requests` (`admin_api_requests_total`).
+    #[must_use]
+    pub fn counted(mut self, requests: prometheus::IntCounterVec) -> Self {
+        self.requests = Some(requests);
+        self
     }
 
     /// The requests being answered now: 0 once every one is done.
@@ -221,7 +233,11 @@ impl ServeHttp for AdminApi {
         // One request a connection, as on the ops listener: nothing pipelined is lost unseen.
         session.set_keepalive(None);
         let _busy = Busy::new(&self.busy);
-        self.handle(session).await.into_response()
+        let reply = self.handle(session).await;
+        if let Some(requests) = &self.requests {
+            requests.with_label_values(&[reply.outcome()]).inc();
+        }
+        reply.into_response()
     }
 }
 

@@ -4,6 +4,23 @@
 use http::{HeaderValue, Response, StatusCode};
 use nexus_binding_store::AdminError;
 
+/// Every `outcome` label of `admin_api_requests_total`: the answers' and the refusals'.
+pub const OUTCOMES: [&str; 13] = [
+    "ok",
+    "not_confirmed",
+    "unauthorized",
+    "not_found",
+    "method_not_allowed",
+    "bad_request",
+    "payload_too_large",
+    "precondition_failed",
+    "conflict",
+    "unavailable",
+    "tokens_unusable",
+    "internal",
+    "outcome_unknown",
+];
+
 /// The kinds of refusal, each with its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
@@ -86,15 +103,23 @@ impl Code {
 #[derive(Debug)]
 pub struct Reply {
     status: StatusCode,
+    /// Its `outcome` label (one of [`OUTCOMES`]).
+    outcome: &'static str,
     body: serde_json::Value,
     headers: Vec<(http::header::HeaderName, HeaderValue)>,
 }
 
 impl Reply {
-    /// `status` with `body`.
+    /// `status` with `body`: a request done (200, 201), or a write whose reach across the
+    /// fleet is not confirmed (202).
     pub fn json(status: StatusCode, body: serde_json::Value) -> Self {
         Self {
             status,
+            outcome: if status == StatusCode::ACCEPTED {
+                "not_confirmed"
+            } else {
+                "ok"
+            },
             body,
             headers: Vec::new(),
         }
@@ -102,10 +127,11 @@ impl Reply {
 
     /// A refusal: `{"error": code, "message": message}`.
     pub fn error(code: Code, message: impl Into<String>) -> Self {
-        let reply = Self::json(
+        let mut reply = Self::json(
             code.status(),
             serde_json::json!({"error": code.as_str(), "message": message.into()}),
         );
+        reply.outcome = code.as_str();
         match code {
             // RFC 6750 §3: a 401 says which scheme it wants.
             Code::Unauthorized => reply.header(
@@ -147,6 +173,11 @@ impl Reply {
     /// The status it answers with.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// Its `outcome` label.
+    pub fn outcome(&self) -> &'static str {
+        self.outcome
     }
 
     /// The HTTP response.

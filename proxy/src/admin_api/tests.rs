@@ -362,3 +362,33 @@ fn a_declared_length_is_read_from_every_value_and_list() {
     assert_eq!(with(&["12", "5000000"]), Some(5_000_000));
     assert_eq!(with(&["x"]), None);
 }
+
+#[test]
+fn every_refusal_has_its_series_and_its_status() {
+    use super::reply::{Code, Reply, OUTCOMES};
+    let all = [
+        (Code::Unauthorized, 401),
+        (Code::NotFound, 404),
+        (Code::MethodNotAllowed, 405),
+        (Code::BadRequest, 400),
+        (Code::PayloadTooLarge, 413),
+        (Code::PreconditionFailed, 412),
+        (Code::Conflict, 409),
+        (Code::Unavailable, 503),
+        (Code::TokensUnusable, 503),
+        (Code::Internal, 500),
+        (Code::OutcomeUnknown, 504),
+    ];
+    for (code, status) in all {
+        let reply = Reply::error(code, "x");
+        assert_eq!(reply.status().as_u16(), status, "{code:?}");
+        assert_eq!(reply.outcome(), code.as_str());
+        assert!(OUTCOMES.contains(&code.as_str()), "{code:?}");
+    }
+    // Each refusal and the two answers: no label counted that has no series from the start.
+    assert_eq!(OUTCOMES.len(), all.len() + 2);
+    let accepted = Reply::json(http::StatusCode::ACCEPTED, serde_json::json!({}));
+    assert_eq!(accepted.outcome(), "not_confirmed");
+    let ok = Reply::json(http::StatusCode::OK, serde_json::json!({}));
+    assert_eq!(ok.outcome(), "ok");
+}
