@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side load run: bare Pingora (also with nexus-edge's timeouts) vs nexus-edge (cache on / off)
-# vs HAProxy if installed.
+# vs HAProxy and nginx (installed by deps.sh --load).
 # Pass --smoke for a 1-second-per-target check.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,7 +6,7 @@
 #   faketime:            tests run a replica or admin whose clock is off from the host's (--test).
 #   promtool:            the shipped Prometheus alert rules are checked and unit-tested (--test;
 #                        Debian's prometheus package, without its recommends: no server is run).
-#   wrk, haproxy:        the side-by-side load harness (--load).
+#   wrk, haproxy, nginx: the side-by-side load harness (--load).
 set -euo pipefail
 
 need=()
@@ -24,6 +24,7 @@ fi
 if [[ "${1:-}" == "--load" ]]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
   command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+  command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
   command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 fi
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo is not installed (install Rust with rustup first)" >&2; exit 1; }

@@ -1,7 +1,8 @@
 //! The load harness: the same workload against a bare Pingora proxy (and the same proxy with
 //! nexus-edge's default timeouts, to show what Pingora's timers cost), Nexus Edge (tokens in
 //! rotation, and every token verified in full) and, when installed, HAProxy doing RS256
-//! `jwt_verify` plus a map lookup — side by side in one run, with the ratios printed.
+//! `jwt_verify` plus a map lookup and nginx routing by a host map (no token check: its
+//! open-source build has none) — side by side in one run, with the ratios printed.
 //!
 //! Workload: HTTP/1.1 keep-alive, 10,000 tenants, RS256 tokens. Each proxy runs one worker
 //! thread pinned to core 0 and wrk is pinned to core 1, so the proxy's core is the
@@ -74,6 +75,8 @@ const ROTATION: &str = "nexus-edge, 1,000 tokens in rotation";
 const EVERY_TOKEN: &str = "nexus-edge, every token verified (cache off)";
 /// HAProxy, when installed.
 const HAPROXY: &str = "HAProxy 2.6 (jwt_verify RS256 + map)";
+/// nginx, when installed: routing by host alone (its open-source build verifies no JWT).
+const NGINX: &str = "nginx (host map, no token check)";
 
 /// Where callgrind profiles go, when the run is under callgrind.
 static CALLGRIND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -651,6 +654,85 @@ fn main() {
         }
     }
 
+    // 5. nginx: the host looked up in a map naming the upstream (the shared instance, or
+    // under `--addresses` the tenant's own), keep-alive to it; no token check, which its
+    // open-source build cannot do: a peer for the bare proxies, not for nexus-edge's auth.
+    if Command::new("nginx").arg("-v").output().is_ok() {
+        let addr = free_addr();
+        let map: String = (0..tenants)
+            .map(|i| match own_slot(i) {
+                Some(j) => format!("{}.{BASE} i{j};\n", tenant(i)),
+                None => format!("{}.{BASE} be;\n", tenant(i)),
+            })
+            .collect();
+        std::fs::write(dir.path().join("nginx-hosts.map"), map).unwrap();
+        let instances: String = slots
+            .iter()
+            .enumerate()
+            .map(|(j, a)| {
+                format!(
+                    "  upstream i{j} {{ server {a}; keepalive 4; keepalive_requests 1000000; }}\n"
+                )
+            })
+            .collect();
+        let d = dir.path().display();
+        // One process (no master), so that the pinned pid is the one serving and its CPU
+        // time is what is counted. An upstream connection serves 1,000 requests by default,
+        // then closes: unbounded here, as the other proxies keep theirs.
+        let cfg = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/nginx-error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n\
+             \x20 client_body_temp_path {d}/nginx-body;\n  proxy_temp_path {d}/nginx-proxy;\n\
+             \x20 fastcgi_temp_path {d}/nginx-fastcgi;\n  uwsgi_temp_path {d}/nginx-uwsgi;\n\
+             \x20 scgi_temp_path {d}/nginx-scgi;\n\
+             \x20 keepalive_requests 1000000;\n\
+             \x20 map_hash_max_size 65536;\n  map_hash_bucket_size 128;\n\
+             \x20 map $host $instance {{\n    hostnames;\n    default \"\";\n    include {d}/nginx-hosts.map;\n  }}\n\
+             \x20 upstream be {{ server {backend}; keepalive 64; keepalive_requests 1000000; }}\n\
+             {instances}\
+             \x20 server {{\n    listen {addr};\n    location / {{\n\
+             \x20     if ($instance = \"\") {{ return 404; }}\n\
+             \x20     proxy_pass http://$instance;\n      proxy_http_version 1.1;\n\
+             \x20     proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+        );
+        let cfg_path = dir.path().join("nginx.conf");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let check = Command::new("nginx")
+            .arg("-t")
+            .arg("-q")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&cfg_path)
+            .output();
+        match check {
+            Ok(o) if o.status.success() => {
+                let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+                    .into_iter()
+                    .map(Path::new)
+                    .find(|p| p.exists())
+                    .unwrap_or(Path::new("nginx"));
+                let mut cmd = pinned("0", nginx);
+                cmd.arg("-p")
+                    .arg(dir.path())
+                    .arg("-c")
+                    .arg(&cfg_path)
+                    .stderr(Stdio::inherit());
+                let p = Proc(cmd.spawn().unwrap());
+                wait_http(addr, &first_host);
+                targets.push(target(NGINX, addr, p));
+            }
+            other => eprintln!(
+                "nginx skipped: its config did not validate: {}",
+                other
+                    .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
     // Every target runs from here on, idle but for its own burst; all share core 0.
     for t in &targets {
         REACHED.lock().unwrap().clear();
@@ -736,6 +818,23 @@ fn report(targets: &[Target], tenants: usize, rounds: usize, secs: u64) {
             let (rps, cpu) = round_ratios(t, h);
             println!(
                 "{} / HAProxy = {} by requests/s, {} by CPU per request",
+                t.label,
+                spread(&rps, false),
+                spread(&cpu, false)
+            );
+        }
+    }
+    if let Some(n) = targets.iter().find(|t| t.label == NGINX) {
+        let (rps, cpu) = round_ratios(bare, n);
+        println!(
+            "\nbare Pingora / nginx = {} by requests/s, {} by CPU per request",
+            spread(&rps, false),
+            spread(&cpu, false)
+        );
+        if let Some(t) = targets.iter().find(|t| t.label == ROTATION) {
+            let (rps, cpu) = round_ratios(t, n);
+            println!(
+                "{} / nginx = {} by requests/s, {} by CPU per request (nginx checks no token)",
                 t.label,
                 spread(&rps, false),
                 spread(&cpu, false)
