@@ -194,7 +194,7 @@ pub enum AdminError {
     /// The write was sent and no answer came back (the connection failed, or the writing
     /// task died, after it left): it may have been made. Unlike every other error, this one
     /// does not say that nothing was written: the tenant's history says whether it was.
-    #[error("store unavailable: {0}")]
+    #[error("no answer from the store: {0}")]
     Unanswered(String),
     /// Redis holds no revision counter while replicas serve revision `served`: its data was
     /// lost under them, and a write would start a history that unbinds every other tenant.

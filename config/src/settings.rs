@@ -42,7 +42,8 @@ pub struct AdminApiSettings {
     /// The admin API's listener.
     pub listen: SocketAddr,
     /// The tokens it accepts, each by its SHA-256 digest and the name its writes are audited
-    /// under. Read at every request, so a token added or taken out counts at once.
+    /// under. Looked at for every request (read again when it changed), so a token added or
+    /// taken out counts at once.
     pub tokens_file: PathBuf,
 }
 

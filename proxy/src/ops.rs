@@ -1,4 +1,6 @@
-//! The operations listener: `/metrics`, `/healthz`, `/readyz`, `/bindings/revision`.
+//! The operations listener: `/metrics`, `/healthz`, `/readyz`, `/bindings/revision`; and
+//! the connection caps it shares with the admin API ([`Caps`], [`Capped`],
+//! [`extend_connection`]).
 //!
 //! It runs on its own address (never the public one), so probes and scrapes cannot be
 //! reached through a tenant's host, and it serves through the drain, until Pingora stops its

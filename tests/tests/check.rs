@@ -481,6 +481,29 @@ fn an_admin_api_tokens_file_the_api_could_not_use_is_refused_with_its_line() {
     let (code, out) = check(dir.path(), config);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("warning"), "{out}");
+    // An existing file keeps its mode (a router reading it must go on reading it), through a
+    // symlink too: the file it names is replaced, the link kept.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let link = dir.path().join("tokens-link.toml");
+    std::os::unix::fs::symlink(&tokens, &link).unwrap();
+    let via_link = cli(&[
+        "admin-token",
+        "--name",
+        "ci2",
+        "--append",
+        link.to_str().unwrap(),
+    ]);
+    assert!(via_link.status.success(), "{via_link:?}");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let mode = std::fs::metadata(&tokens).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    assert!(std::fs::read_to_string(&tokens)
+        .unwrap()
+        .contains("name = \"ci2\""));
     // A name taken already is refused, and the file left as it was.
     let before = std::fs::read(&tokens).unwrap();
     let again = cli(&[

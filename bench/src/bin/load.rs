@@ -657,7 +657,13 @@ fn main() {
     // 5. nginx: the host looked up in a map naming the upstream (the shared instance, or
     // under `--addresses` the tenant's own), keep-alive to it; no token check, which its
     // open-source build cannot do: a peer for the bare proxies, not for nexus-edge's auth.
-    if Command::new("nginx").arg("-v").output().is_ok() {
+    // Found where Debian puts it, off a non-root user's PATH, or on the PATH.
+    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("nginx"));
+    if Command::new(nginx).arg("-v").output().is_ok() {
         let addr = free_addr();
         let map: String = (0..tenants)
             .map(|i| match own_slot(i) {
@@ -699,7 +705,7 @@ fn main() {
         );
         let cfg_path = dir.path().join("nginx.conf");
         std::fs::write(&cfg_path, cfg).unwrap();
-        let check = Command::new("nginx")
+        let check = Command::new(nginx)
             .arg("-t")
             .arg("-q")
             .arg("-p")
@@ -709,11 +715,6 @@ fn main() {
             .output();
         match check {
             Ok(o) if o.status.success() => {
-                let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
-                    .into_iter()
-                    .map(Path::new)
-                    .find(|p| p.exists())
-                    .unwrap_or(Path::new("nginx"));
                 let mut cmd = pinned("0", nginx);
                 cmd.arg("-p")
                     .arg(dir.path())

@@ -184,6 +184,7 @@ impl Request {
         let mut status = StatusCode::OK;
         if let Some((redis, asked)) = fleet {
             let wait = lengthened(asked, redis).await;
+            let began = std::time::Instant::now();
             let outcome = redis
                 .wait_for_revision(revision.get(), tenant.as_str(), wait, before)
                 .await;
@@ -197,7 +198,9 @@ impl Request {
             }
             body["wait"] = serde_json::to_value(&o).unwrap_or(Value::Null);
             body["wait"]["confirmed"] = Value::Bool(confirmed);
-            body["wait"]["waited_ms"] = json!(wait.as_millis() as u64);
+            // How long it waited, and the longest it would have (as asked, lengthened).
+            body["wait"]["waited_ms"] = json!(began.elapsed().as_millis() as u64);
+            body["wait"]["timeout_ms"] = json!(wait.as_millis() as u64);
         }
         let reply = Reply::json(status, body);
         match binding {

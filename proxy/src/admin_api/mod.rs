@@ -10,8 +10,9 @@
 //! Each connection serves one request (answered `Connection: close`) and sends 1 MiB of
 //! body at most; [`MAX_ADMIN_CONNECTIONS`] are open at once. A connection has
 //! [`ADMIN_REQUEST_DEADLINE`] to show a token the file lists, and only then gets
-//! [`ADMIN_WORK_LIFETIME`] for its body, its write and its wait. A write once begun is not
-//! cut by its connection's end, and a drain waits for it.
+//! [`ADMIN_WORK_LIFETIME`] for its body or a read, and [`ADMIN_WRITE_LIFETIME`] once its
+//! write is under way. A write once begun is not cut by its connection's end, and a drain
+//! waits for it; [`MAX_ADMIN_WRITES`] are under way at once.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,10 +49,20 @@ pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// then, so that they cannot keep the pipeline's places for long.
 pub const ADMIN_REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
-/// What an authenticated request gets, from its authentication: its body, the write, and a
-/// write's `wait` (30 s at most, lengthened to the slowest replica's heartbeat interval and
-/// a second: 61 s at most).
+/// What an authenticated request gets, from its authentication, for its body and a read.
 pub const ADMIN_WORK_LIFETIME: Duration = Duration::from_secs(90);
+
+/// What a write's connection gets once the write is under way: the write (behind Sentinel,
+/// each store connection may wait out a failover, 30 s), and its `wait` (30 s at most,
+/// lengthened to the slowest replica's heartbeat interval and a second: 61 s at most), with
+/// room to spare. The write runs in a task of its own: its client is answered unless it has
+/// gone away.
+pub const ADMIN_WRITE_LIFETIME: Duration = Duration::from_secs(180);
+
+/// Writes under way at once, at most: each holds a store connection, and may outlive the
+/// client that asked for it (one that timed out, then retried). Past it a write is refused
+/// (503) before anything is written.
+pub const MAX_ADMIN_WRITES: usize = MAX_ADMIN_CONNECTIONS;
 
 /// The largest request body: a binding record is a few hundred bytes; one with a thousand
 /// custom domains is far below this.
@@ -82,6 +93,8 @@ pub struct AdminApi {
     /// Requests being answered (a write's, until it is done, whether or not its client is
     /// still there): the drain waits for them.
     busy: Arc<AtomicUsize>,
+    /// Places for writes under way ([`MAX_ADMIN_WRITES`]).
+    writes: Arc<tokio::sync::Semaphore>,
     /// Refusals are logged at most once every few seconds each: an unauthenticated flood
     /// must not write the log full.
     unauthorized: Quiet,
@@ -114,6 +127,7 @@ impl AdminApi {
             tokens: tokens::TokensFile::new(tokens_file),
             base_domains: base_domains.into(),
             busy: Arc::default(),
+            writes: Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_WRITES)),
             unauthorized: Quiet::default(),
             unusable: Quiet::default(),
             requests: None,
@@ -206,14 +220,24 @@ impl AdminApi {
             Ok(b) => b,
             Err(reply) => return *reply,
         };
+        let Ok(place) = Arc::clone(&self.writes).try_acquire_owned() else {
+            return Reply::error(
+                Code::Unavailable,
+                format!(
+                    "{MAX_ADMIN_WRITES} writes are under way (clients that gave up on theirs \
+                     included): nothing was written; try again shortly"
+                ),
+            );
+        };
         // A task of its own: a client that goes away (or a connection that reaches its
         // end) does not cut a write half way through its wait, nor leave it unlogged; the
         // drain waits for it, as it is counted busy until done.
         let busy = Busy::new(&self.busy);
         let task = tokio::spawn(async move {
-            let _busy = busy;
+            let (_busy, _place) = (busy, place);
             ctx.write(write, head, &body).await
         });
+        crate::ops::extend_connection(ADMIN_WRITE_LIFETIME);
         match task.await {
             Ok(reply) => reply,
             Err(e) => Reply::error(

@@ -366,22 +366,35 @@ fn a_declared_length_is_read_from_every_value_and_list() {
 #[test]
 fn every_refusal_has_its_series_and_its_status() {
     use super::reply::{Code, Reply, OUTCOMES};
+    // Exhaustive: a code added without a line below does not compile.
+    let status = |c: Code| match c {
+        Code::Unauthorized => 401,
+        Code::NotFound => 404,
+        Code::MethodNotAllowed => 405,
+        Code::BadRequest => 400,
+        Code::PayloadTooLarge => 413,
+        Code::PreconditionFailed => 412,
+        Code::Conflict => 409,
+        Code::Unavailable | Code::TokensUnusable => 503,
+        Code::Internal => 500,
+        Code::OutcomeUnknown => 504,
+    };
     let all = [
-        (Code::Unauthorized, 401),
-        (Code::NotFound, 404),
-        (Code::MethodNotAllowed, 405),
-        (Code::BadRequest, 400),
-        (Code::PayloadTooLarge, 413),
-        (Code::PreconditionFailed, 412),
-        (Code::Conflict, 409),
-        (Code::Unavailable, 503),
-        (Code::TokensUnusable, 503),
-        (Code::Internal, 500),
-        (Code::OutcomeUnknown, 504),
+        Code::Unauthorized,
+        Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::BadRequest,
+        Code::PayloadTooLarge,
+        Code::PreconditionFailed,
+        Code::Conflict,
+        Code::Unavailable,
+        Code::TokensUnusable,
+        Code::Internal,
+        Code::OutcomeUnknown,
     ];
-    for (code, status) in all {
+    for code in all {
         let reply = Reply::error(code, "x");
-        assert_eq!(reply.status().as_u16(), status, "{code:?}");
+        assert_eq!(reply.status().as_u16(), status(code), "{code:?}");
         assert_eq!(reply.outcome(), code.as_str());
         assert!(OUTCOMES.contains(&code.as_str()), "{code:?}");
     }
@@ -391,4 +404,37 @@ fn every_refusal_has_its_series_and_its_status() {
     assert_eq!(accepted.outcome(), "not_confirmed");
     let ok = Reply::json(http::StatusCode::OK, serde_json::json!({}));
     assert_eq!(ok.outcome(), "ok");
+}
+
+/// The tokens file is parsed again only when its stamp changes, and a stamp too recent to
+/// tell two writes of one second apart is not kept: a rewrite of the same length is seen.
+#[test]
+fn the_tokens_file_is_parsed_again_only_when_it_changed() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin-tokens.toml");
+    let (one, two) = (new_token().unwrap(), new_token().unwrap());
+    std::fs::write(&path, entry_for("ci", &one).unwrap()).unwrap();
+    let file = super::tokens::TokensFile::new(path.clone());
+    // Fresh, the file is read at each call; once its times are two seconds old, kept.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let kept = loop {
+        let (a, b) = (file.current().unwrap(), file.current().unwrap());
+        if Arc::ptr_eq(&a, &b) {
+            break a;
+        }
+        assert!(std::time::Instant::now() < deadline, "never kept");
+        std::thread::park_timeout(Duration::from_millis(100));
+    };
+    assert_eq!(kept.who(&one), Some("ci"));
+    // The same length, another token: a new stamp (its times), read again at once.
+    std::fs::write(&path, entry_for("ci", &two).unwrap()).unwrap();
+    let now = file.current().unwrap();
+    assert!(!Arc::ptr_eq(&kept, &now));
+    assert_eq!(now.who(&two), Some("ci"));
+    assert_eq!(now.who(&one), None);
+    // Gone: refused, with nothing older standing in.
+    std::fs::remove_file(&path).unwrap();
+    assert!(file.current().is_err());
 }

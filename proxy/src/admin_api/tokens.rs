@@ -18,7 +18,7 @@ use nexus_config::files::Stamp;
 use ring::digest::{digest, SHA256};
 
 /// The largest tokens file read: a few hundred entries.
-const MAX_TOKENS_FILE_BYTES: u64 = 256 * 1024;
+pub const MAX_TOKENS_FILE_BYTES: u64 = 256 * 1024;
 
 /// The longest token name: it is the actor of every audit entry its writes make.
 const MAX_NAME_BYTES: usize = 64;

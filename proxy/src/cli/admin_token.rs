@@ -5,7 +5,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::admin_api::tokens::{entry_for, new_token, Tokens};
+use crate::admin_api::tokens::{entry_for, new_token, Tokens, MAX_TOKENS_FILE_BYTES};
 
 /// Arguments of `admin-token`.
 #[derive(Debug, clap::Args)]
@@ -15,7 +15,8 @@ pub struct AdminTokenArgs {
     #[arg(long)]
     name: String,
     /// Add its entry to this tokens file (`[admin_api] tokens_file`; created, mode 0600, if
-    /// missing). Without it the entry is printed on stderr, to be added by hand.
+    /// missing; an existing one keeps its mode, owner and group). Without it the entry is
+    /// printed on stderr, to be added by hand.
     #[arg(long)]
     append: Option<PathBuf>,
 }
@@ -38,7 +39,7 @@ pub(super) fn run(args: &AdminTokenArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             eprintln!(
-                "nexus-edge: token {} added to {} (the admin API reads it at every request)",
+                "nexus-edge: token {} added to {} (the admin API takes it at its next request)",
                 args.name,
                 path.display()
             );
@@ -50,10 +51,12 @@ pub(super) fn run(args: &AdminTokenArgs) -> ExitCode {
 }
 
 /// Adds `entry` to the tokens file at `path`, once the file with it is known to be valid: a
-/// name taken already, or a file that is already wrong, is refused and the file left as is.
-/// The new file is written beside it and renamed over it, so a router never reads half of
-/// it; it keeps the old file's mode, owner and group (a router that reads it as its owner
-/// must go on reading it), and a new one is made readable by its owner only.
+/// name taken already, a file that is already wrong, or one the router would find too
+/// large, is refused and the file left as is. The new file is written beside it and renamed
+/// over it, so a router never reads half of it; it keeps the old file's mode, owner and
+/// group (a router that reads it as its owner must go on reading it), and a new one is made
+/// readable by its owner only. Two commands at once take turns (a lock on the directory),
+/// so neither loses the other's token.
 fn append(path: &Path, entry: &str) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt as _;
     // A symlink's file is the one replaced, not the link.
@@ -62,7 +65,14 @@ fn append(path: &Path, entry: &str) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_path_buf(),
         Err(e) => return Err(e.to_string()),
     };
-    let existing = match nexus_config::files::read_regular(&path, 256 * 1024) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let turn = std::fs::File::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    turn.lock()
+        .map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
+    let existing = match nexus_config::files::read_regular(&path, MAX_TOKENS_FILE_BYTES) {
         Ok(bytes) => Some(String::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e.to_string()),
@@ -75,6 +85,12 @@ fn append(path: &Path, entry: &str) -> Result<(), String> {
     };
     let text = format!("{old}{separator}{entry}");
     Tokens::parse(&text)?;
+    if text.len() as u64 > MAX_TOKENS_FILE_BYTES {
+        return Err(format!(
+            "with this entry the file would be larger than the {MAX_TOKENS_FILE_BYTES} bytes \
+             the router reads: take out tokens no longer used first"
+        ));
+    }
     let meta = match existing {
         Some(_) => Some(std::fs::metadata(&path).map_err(|e| e.to_string())?),
         None => None,
@@ -109,15 +125,20 @@ fn append(path: &Path, entry: &str) -> Result<(), String> {
         }
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
-        std::fs::rename(&temp, &path)?;
-        // The rename itself, on disk.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        std::fs::rename(&temp, &path)
     })();
-    if written.is_err() {
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&temp);
+        return Err(e.to_string());
     }
-    written.map_err(|e| e.to_string())
+    // The rename itself, on disk. The token is in the file by now: a failure here is said,
+    // not taken for a token not made.
+    if let Err(e) = turn.sync_all() {
+        eprintln!(
+            "nexus-edge: warning: {}: the directory could not be synced ({e}); the entry is \
+             written, and a crash now could lose it",
+            dir.display()
+        );
+    }
+    Ok(())
 }

@@ -240,7 +240,7 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             problem("server.upgrade_socket", e);
         }
     }
-    // A tokens file the admin API could not use refuses every request (it is read at each).
+    // A tokens file the admin API could not use refuses every request.
     if let Some(Some(api)) = &sections.admin_api {
         match crate::admin_api::tokens::Tokens::read(&api.tokens_file) {
             Ok(tokens) if tokens.is_empty() => eprintln!(

@@ -77,6 +77,10 @@ impl Limits {
     }
 }
 
+/// Descriptors an admin API connection may hold: its own, its store connection, and that
+/// of a write it began, which may outlive it (as many writes as connections at most).
+const ADMIN_DESCRIPTORS: u64 = 3;
+
 /// Descriptors kept beside the connections: listeners, the binding store's connections,
 /// files being read, the log.
 const RESERVED_DESCRIPTORS: u64 = 64;
@@ -91,21 +95,22 @@ pub struct Connections {
     pub idle: usize,
     /// Ops listener connections ([`crate::ops::MAX_OPS_CONNECTIONS`], 0 without one).
     pub ops: usize,
-    /// Admin API connections ([`crate::admin_api::MAX_ADMIN_CONNECTIONS`], 0 without one).
+    /// Admin API connections ([`crate::admin_api::MAX_ADMIN_CONNECTIONS`], 0 without one),
+    /// [`ADMIN_DESCRIPTORS`] each.
     pub admin: usize,
 }
 
 impl Connections {
     /// What a router holding these may need: a descriptor for each client and one for the
     /// instance connection serving it, the idle instance connections, the ops connections,
-    /// and the reserve.
+    /// the admin API's, and the reserve.
     fn descriptors(&self) -> u64 {
         let wanted = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         wanted(self.clients)
             .saturating_mul(2)
             .saturating_add(wanted(self.idle))
             .saturating_add(wanted(self.ops))
-            .saturating_add(wanted(self.admin))
+            .saturating_add(wanted(self.admin).saturating_mul(ADMIN_DESCRIPTORS))
             .saturating_add(RESERVED_DESCRIPTORS)
     }
 
@@ -116,7 +121,7 @@ impl Connections {
     /// an eighth of what is left at most for the ops listener (at least 8, so probes still
     /// get in), a third of what is left after that for idle instance connections, the rest
     /// two descriptors a client (its own, and its instance connection's); the admin API's
-    /// take a sixteenth at most (at least 2) before the ops listener's. Ops connections
+    /// take a sixteenth at most (at least one connection) before the ops listener's. Ops connections
     /// were once left out of the count: 27 idle ones took the last descriptors of a router
     /// whose clients were at their cap.
     ///
@@ -133,8 +138,8 @@ impl Connections {
         let narrow = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let threads = wanted(threads.max(1));
         let budget = limit.saturating_sub(RESERVED_DESCRIPTORS);
-        let admin = wanted(self.admin).min((budget / 16).max(2));
-        let budget = budget.saturating_sub(admin);
+        let admin = wanted(self.admin).min((budget / 16 / ADMIN_DESCRIPTORS).max(1));
+        let budget = budget.saturating_sub(admin * ADMIN_DESCRIPTORS);
         let ops = wanted(self.ops).min((budget / 8).max(8));
         let budget = budget.saturating_sub(ops);
         let idle = wanted(self.idle).min(budget / 3);
@@ -611,8 +616,9 @@ mod tests {
         assert_eq!(conns(1_000, 500, 256).descriptors(), 2_820);
     }
 
-    /// The admin API's connections are counted too, cut to a sixteenth of what the reserve
-    /// leaves (2 at least) before the ops listener's share is taken.
+    /// The admin API's connections are counted too (three descriptors each), cut to a
+    /// sixteenth of what the reserve leaves (one connection at least) before the ops
+    /// listener's share is taken.
     #[test]
     fn the_admin_api_connections_are_counted_and_cut_first() {
         let with_admin = |clients, idle, ops, admin| Connections {
@@ -620,13 +626,13 @@ mod tests {
             ..conns(clients, idle, ops)
         };
         let wanted = with_admin(10_000, 4_096, 256, 64);
-        assert_eq!(wanted.descriptors(), 20_000 + 4_096 + 256 + 64 + 64);
-        assert_eq!(wanted.fit(2, 20_000), with_admin(7_760, 4_096, 256, 64));
-        // 128: everything adds up to the limit.
+        assert_eq!(wanted.descriptors(), 20_000 + 4_096 + 256 + 3 * 64 + 64);
+        assert_eq!(wanted.fit(2, 20_000), with_admin(7_696, 4_096, 256, 64));
+        // 128: everything fits (one descriptor left over: a client takes two).
         let tight = wanted.fit(2, 128);
-        assert_eq!(tight, with_admin(18, 16, 8, 4));
-        assert_eq!(tight.descriptors(), 128);
-        assert_eq!(with_admin(10, 0, 0, 64).fit(1, 64), with_admin(1, 0, 0, 2));
+        assert_eq!(tight, with_admin(18, 16, 8, 1));
+        assert_eq!(tight.descriptors(), 127);
+        assert_eq!(with_admin(10, 0, 0, 64).fit(1, 64), with_admin(1, 0, 0, 1));
     }
 
     #[test]
