@@ -417,6 +417,7 @@ fn finish_drain(
             else {
                 return;
             };
+            let watched = drain.clone();
             let drained = async {
                 let Some(drain) = drain else {
                     return std::future::pending().await;
@@ -441,6 +442,17 @@ fn finish_drain(
                         shutdown_grace = ?grace,
                         "shutdown_grace is ending with client connections still open: their \
                          requests and tunnels are cut"
+                    );
+                }
+                // A write is atomic in the store: cut, it is done or not, and its caller
+                // is not told which (`tenant history` says).
+                let admin = watched.as_ref().map_or(0, Drain::busy_work);
+                if admin > 0 {
+                    tracing::warn!(
+                        admin_api_requests = admin,
+                        shutdown_grace = ?grace,
+                        "shutdown_grace is ending with admin API requests under way: their \
+                         callers get no answer (a write's outcome is in `tenant history`)"
                     );
                 }
             });

@@ -845,78 +845,118 @@ fn a_write_on_the_redis_store_waits_for_the_replicas_and_they_are_listed() {
     assert_eq!(w.history("acme")[0]["actor"], ACTOR);
 }
 
+/// A write on the Redis store waiting for a second replica stopped (SIGSTOP) mid-wait, and
+/// what the test needs to go on with it.
+struct StalledWrite {
+    _redis: RedisServer,
+    w: World,
+    second: Edge,
+    second_keys: TestKeys,
+    /// The revision of the write made before the second replica stopped.
+    first: u64,
+    /// The `PUT ?wait=1s` under way: its answer, or the error reading it.
+    put: std::thread::JoinHandle<Result<Response, String>>,
+}
+
+impl StalledWrite {
+    /// Starts a router (`shutdown_grace`) and a second replica, stops the second, and sends
+    /// a write that waits for it; returns once the write is made (its wait under way).
+    fn start(shutdown_grace: &'static str) -> StalledWrite {
+        let redis = RedisServer::start();
+        let w = World::with(
+            Some(store_section("nexus", &redis.url(), "replica-1", None)),
+            shutdown_grace,
+        );
+        // Written before the second replica starts: into a Redis with no history yet, a
+        // replica first waits two of its heartbeat intervals for others'.
+        let first = w.put("acme", &binding("acme", &w.a.url(), "active", None));
+        // A second replica heartbeating every 12 s stays live for 120 s after its last
+        // heartbeat (ten intervals): stopped (SIGSTOP), it is a live replica that applies
+        // nothing, and a wait is lengthened to its interval and a second: 13 s.
+        let second_keys = TestKeys::new();
+        let mut opts = EdgeOptions::new(second_keys.jwks(), bindings_file(vec![]));
+        opts.store = Some(
+            store_section("nexus", &redis.url(), "replica-2", None).replace(
+                &format!("heartbeat_interval = \"{HEARTBEAT}\""),
+                "heartbeat_interval = \"12s\"",
+            ),
+        );
+        let second = Edge::start(&opts);
+        wait::until(
+            Duration::from_secs(20),
+            "replica-2 on the first write",
+            || {
+                let body = w.get("/v1/replicas").json();
+                body["replicas"]
+                    .as_array()?
+                    .iter()
+                    .any(|r| {
+                        r["id"] == "replica-2"
+                            && r["live"] == true
+                            && r["applied_revision"] == first
+                    })
+                    .then_some(())
+            },
+        );
+        signal(&second, "-STOP");
+        let (api, secret) = (w.api, w.token.secret.clone());
+        let moved = binding("acme", &w.b.url(), "active", None).to_string();
+        let put = std::thread::spawn(move || {
+            std::panic::catch_unwind(|| {
+                call(
+                    api,
+                    "PUT",
+                    "/v1/tenants/acme?wait=1s",
+                    Some(&secret),
+                    &[("Audit-Reason", "while replica-2 is stopped")],
+                    moved.as_bytes(),
+                )
+            })
+            .map_err(|e| {
+                e.downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_else(|| "no answer".to_owned())
+            })
+        });
+        // Written (the second change the log names: the first was `first`'s), and waiting.
+        w.edge.wait_for("the write", || {
+            w.edge.log().matches("admin API change").count() >= 2
+        });
+        StalledWrite {
+            _redis: redis,
+            w,
+            second,
+            second_keys,
+            first,
+            put,
+        }
+    }
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`) to `edge`'s process.
+fn signal(edge: &Edge, sig: &str) {
+    let done = std::process::Command::new("kill")
+        .args([sig, &edge.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(done.success(), "kill {sig}");
+}
+
 /// A wait that a live replica does not confirm: 202, the change written all the same. The
 /// wait outlasts the 10 s a connection has before it authenticates (it is granted more
 /// once it has), and a SIGTERM to the router during it does not cut it: the drain waits
 /// for the admin API's requests.
 #[test]
 fn a_wait_a_live_replica_does_not_confirm_answers_202_with_the_change_written() {
-    let redis = RedisServer::start();
-    let w = World::with(
-        Some(store_section("nexus", &redis.url(), "replica-1", None)),
-        "60s",
-    );
-    // Written before the second replica starts: into a Redis with no history yet, a replica
-    // first waits two of its heartbeat intervals for others'.
-    let first = w.put("acme", &binding("acme", &w.a.url(), "active", None));
-    // A second replica heartbeating every 12 s stays live for 120 s after its last
-    // heartbeat (ten intervals): stopped (SIGSTOP), it is a live replica that applies
-    // nothing, and a wait is lengthened to its interval and a second: 13 s.
-    let keys = TestKeys::new();
-    let mut opts = EdgeOptions::new(keys.jwks(), bindings_file(vec![]));
-    opts.store = Some(
-        store_section("nexus", &redis.url(), "replica-2", None).replace(
-            &format!("heartbeat_interval = \"{HEARTBEAT}\""),
-            "heartbeat_interval = \"12s\"",
-        ),
-    );
-    let second = Edge::start(&opts);
-    wait::until(
-        Duration::from_secs(20),
-        "replica-2 on the first write",
-        || {
-            let body = w.get("/v1/replicas").json();
-            body["replicas"]
-                .as_array()?
-                .iter()
-                .any(|r| {
-                    r["id"] == "replica-2" && r["live"] == true && r["applied_revision"] == first
-                })
-                .then_some(())
-        },
-    );
-    let signal = |sig: &str| {
-        let done = std::process::Command::new("kill")
-            .args([sig, &second.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(done.success(), "kill {sig}");
-    };
-    signal("-STOP");
-    let (api, secret) = (w.api, w.token.secret.clone());
-    let moved = binding("acme", &w.b.url(), "active", None).to_string();
-    let put = std::thread::spawn(move || {
-        call(
-            api,
-            "PUT",
-            "/v1/tenants/acme?wait=1s",
-            Some(&secret),
-            &[("Audit-Reason", "while replica-2 is stopped")],
-            moved.as_bytes(),
-        )
-    });
-    // Written (the second change the log names: the first was `first`'s), and waiting:
-    // the router is told to stop.
-    w.edge.wait_for("the write", || {
-        w.edge.log().matches("admin API change").count() >= 2
-    });
-    w.edge.terminate();
-    let put = put.join().unwrap();
-    signal("-CONT");
+    let stalled = StalledWrite::start("60s");
+    // The router is told to stop during the wait.
+    stalled.w.edge.terminate();
+    let put = stalled.put.join().unwrap().unwrap();
+    signal(&stalled.second, "-CONT");
     assert_eq!(put.status, 202, "{}", put.text());
     let body = put.json();
     let revision = written_revision(&put);
-    assert!(revision > first, "{body}");
+    assert!(revision > stalled.first, "{body}");
     let waited = &body["wait"];
     assert_eq!(waited["confirmed"], false, "{body}");
     assert_eq!(waited["live"], 2, "{body}");
@@ -924,10 +964,41 @@ fn a_wait_a_live_replica_does_not_confirm_answers_202_with_the_change_written() 
     assert_eq!(waited["behind"], json!(["replica-2"]), "{body}");
     assert!(waited["waited_ms"].as_u64() >= Some(13_000), "{body}");
     // The router exits once the write's answer is out.
-    let mut edge = w.edge;
+    let mut edge = stalled.w.edge;
     assert!(edge.wait_exit(Duration::from_secs(30)).success());
+    assert!(
+        !edge.log().contains("admin API requests under way"),
+        "{}",
+        edge.log()
+    );
     // Written all the same: the other replica, running again, serves it.
-    wait_instance(&second, &keys, "acme", "instance-b");
+    wait_instance(&stalled.second, &stalled.second_keys, "acme", "instance-b");
+}
+
+/// A write whose wait outlasts `shutdown_grace` is cut with the process: the log says so
+/// before the end (its caller gets no answer; the write itself was made, whole).
+#[test]
+fn a_write_cut_by_the_end_of_shutdown_grace_is_said_in_the_log() {
+    let stalled = StalledWrite::start("2s");
+    stalled.w.edge.terminate();
+    let mut edge = stalled.w.edge;
+    assert!(edge.wait_exit(Duration::from_secs(30)).success());
+    let unanswered = stalled.put.join().unwrap();
+    assert!(unanswered.is_err(), "{unanswered:?}");
+    assert!(
+        edge.log()
+            .contains("shutdown_grace is ending with admin API requests under way"),
+        "{}",
+        edge.log()
+    );
+    assert!(
+        edge.log().contains("admin_api_requests=1"),
+        "{}",
+        edge.log()
+    );
+    // Written all the same: the other replica, running again, serves it.
+    signal(&stalled.second, "-CONT");
+    wait_instance(&stalled.second, &stalled.second_keys, "acme", "instance-b");
 }
 
 /// A write sent to Redis that no answer came back for may have been made: said as such

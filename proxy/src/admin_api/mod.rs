@@ -90,8 +90,8 @@ pub struct AdminApi {
     tokens: tokens::TokensFile,
     /// A record's custom domains are checked against them, as `tenant put` checks them.
     base_domains: Arc<[String]>,
-    /// Requests being answered (a write's, until it is done, whether or not its client is
-    /// still there): the drain waits for them.
+    /// Requests being answered, each counted once (a write's, until it is done, whether or
+    /// not its client is still there): the drain waits for them.
     busy: Arc<AtomicUsize>,
     /// Places for writes under way ([`MAX_ADMIN_WRITES`]).
     writes: Arc<tokio::sync::Semaphore>,
@@ -146,7 +146,8 @@ impl AdminApi {
         Arc::clone(&self.busy)
     }
 
-    async fn handle(&self, session: &mut ServerSession) -> Reply {
+    /// Answers the request, `busy` counting it meanwhile: a write takes it into its task.
+    async fn handle(&self, session: &mut ServerSession, busy: Busy) -> Reply {
         // Looked at for every request: a token taken out stops working at once.
         let tokens = match self.tokens.current() {
             Ok(t) => t,
@@ -232,7 +233,6 @@ impl AdminApi {
         // A task of its own: a client that goes away (or a connection that reaches its
         // end) does not cut a write half way through its wait, nor leave it unlogged; the
         // drain waits for it, as it is counted busy until done.
-        let busy = Busy::new(&self.busy);
         let task = tokio::spawn(async move {
             let (_busy, _place) = (busy, place);
             ctx.write(write, head, &body).await
@@ -256,8 +256,7 @@ impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         // One request a connection, as on the ops listener: nothing pipelined is lost unseen.
         session.set_keepalive(None);
-        let _busy = Busy::new(&self.busy);
-        let reply = self.handle(session).await;
+        let reply = self.handle(session, Busy::new(&self.busy)).await;
         if let Some(requests) = &self.requests {
             requests.with_label_values(&[reply.outcome()]).inc();
         }

@@ -387,6 +387,11 @@ impl Drain {
         self
     }
 
+    /// The other work still under way ([`Drain::and`]): the admin API's requests.
+    pub fn busy_work(&self) -> usize {
+        self.busy.iter().map(|b| b.load(Ordering::Acquire)).sum()
+    }
+
     /// True once the listener has closed and no connection is open, nor other work busy.
     pub fn is_over(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
