@@ -133,7 +133,7 @@ impl<'a, 'i> Section<'a, 'i> {
         }
     }
 
-    fn key(&self, k: &str) -> String {
+    pub(crate) fn key(&self, k: &str) -> String {
         format!("{}.{k}", self.name)
     }
 

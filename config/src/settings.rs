@@ -45,6 +45,21 @@ pub struct AdminApiSettings {
     /// under. Looked at for every request (read again when it changed), so a token added or
     /// taken out counts at once.
     pub tokens_file: PathBuf,
+    /// HTTPS on the listener, when `certificates` are named: the bearer tokens then never
+    /// cross the network in the clear. `None`: plain HTTP.
+    pub tls: Option<AdminApiTls>,
+}
+
+/// The admin API's certificates: chosen by the name its clients ask for (SNI) and read again
+/// every `reload_interval`, as `[tls]`'s are, but a set of their own (an internal name need
+/// not be served to the public, nor a public certificate to the pipeline).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminApiTls {
+    /// PEM files, each a certificate chain followed by its private key, or directories of
+    /// such `*.pem` files.
+    pub certificates: Vec<PathBuf>,
+    /// How often the files are read again.
+    pub reload_interval: Duration,
 }
 
 /// `[revocation]`: the deny list of tokens refused before they expire.

@@ -1936,8 +1936,38 @@ fn the_admin_api_is_off_unless_its_section_names_a_listener_and_a_tokens_file() 
         Some(AdminApiSettings {
             listen: "127.0.0.1:9091".parse().unwrap(),
             tokens_file: "/etc/nexus/admin-tokens.toml".into(),
+            tls: None,
         })
     );
+    // HTTPS with certificates of its own, read again as [tls]'s are.
+    let https = format!("{text}certificates = [\"admin.pem\", \"/pki/admin\"]\n");
+    assert_eq!(
+        parse_str(&https, origin).expect("valid").admin_api,
+        Some(AdminApiSettings {
+            listen: "127.0.0.1:9091".parse().unwrap(),
+            tokens_file: "/etc/nexus/admin-tokens.toml".into(),
+            tls: Some(AdminApiTls {
+                certificates: vec!["/etc/nexus/admin.pem".into(), "/pki/admin".into()],
+                reload_interval: Duration::from_secs(10),
+            }),
+        })
+    );
+    let reloaded = parse_str(&format!("{https}reload_interval = \"2s\"\n"), origin)
+        .expect("valid")
+        .admin_api
+        .and_then(|a| a.tls)
+        .expect("tls");
+    assert_eq!(reloaded.reload_interval, Duration::from_secs(2));
+    // A reload interval without certificates, or an empty list, names the missing key.
+    for extra in ["reload_interval = \"2s\"\n", "certificates = []\n"] {
+        let ps = problems(&format!("{text}{extra}"));
+        names(&ps, "admin_api.certificates", "lists no certificate");
+    }
+    let ps = problems(&format!(
+        "{text}certificates = [\"\"]\nreload_interval = \"1h1s\"\n"
+    ));
+    names(&ps, "admin_api.certificates[0]", "must not be empty");
+    names(&ps, "admin_api.reload_interval", "");
     // Line 8 is `[admin_api]`, 9 its first key.
     let ps = problems(&format!("{MINIMAL}[admin_api]\ntoken = \"secret\"\n"));
     names(&ps, "admin_api.listen", "is required in [admin_api]");

@@ -8,6 +8,9 @@
 //! So the listener is a plain one to Pingora, and [`crate::connections::Guarded`] takes a
 //! place among the open connections first and then runs the handshake
 //! ([`TlsEndpoint::handshake`]) within `[server] request_header_timeout`.
+//!
+//! The admin API, given certificates, serves HTTPS the same way, with a [`Certificates`] of
+//! its own: its handshakes run within its connections' caps ([`crate::ops::Capped`]).
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -33,41 +36,51 @@ use crate::metrics::{gauge_value, TlsMetrics};
 /// Why the HTTPS listener cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpsError {
-    /// No certificate file could be used: every one is named with its problem.
-    #[error("tls.certificates: no certificate could be loaded{}", listed(.0))]
-    NoCertificate(Vec<CertError>),
+    /// No certificate file could be used: every one is named with its problem, after the
+    /// setting that names them (`tls.certificates`, `admin_api.certificates`).
+    #[error("{}: no certificate could be loaded{}", .0, listed(.1))]
+    NoCertificate(&'static str, Vec<CertError>),
 }
 
 fn listed(problems: &[CertError]) -> String {
     problems.iter().map(|p| format!("\n  {p}")).collect()
 }
 
-/// The certificates in use, and the files they come from.
+/// The certificates in use, and the files they come from: the HTTPS listener's, or the
+/// admin API's.
 pub struct Certificates {
+    /// The setting naming the files (`tls.certificates`), said with what the log says of them.
+    setting: &'static str,
     resolver: Arc<SniResolver>,
     files: Mutex<CertFiles>,
     metrics: TlsMetrics,
 }
 
 impl Certificates {
-    /// Reads `sources` (files and directories). Files that cannot be used are logged and
-    /// counted, and the rest serve: one bad customer certificate must not keep every tenant
-    /// off HTTPS. With none usable, start-up fails naming each file's problem.
-    pub fn load(sources: Vec<std::path::PathBuf>, metrics: TlsMetrics) -> Result<Self, HttpsError> {
+    /// Reads `sources` (files and directories), as `setting` names them. Files that cannot
+    /// be used are logged and counted, and the rest serve: one bad customer certificate must
+    /// not keep every tenant off HTTPS. With none usable, start-up fails naming each file's
+    /// problem.
+    pub fn load(
+        setting: &'static str,
+        sources: Vec<std::path::PathBuf>,
+        metrics: TlsMetrics,
+    ) -> Result<Self, HttpsError> {
         let mut files = CertFiles::new(sources);
         let first = files.reload();
         let set = files.set();
         if set.is_empty() {
-            return Err(HttpsError::NoCertificate(first.new_problems));
+            return Err(HttpsError::NoCertificate(setting, first.new_problems));
         }
         for problem in &first.new_problems {
-            tracing::error!(error = %problem, "certificate file not used");
+            tracing::error!(setting, error = %problem, "certificate file not used");
         }
         for cert in &first.loaded {
-            warn_if_out_of_date(cert);
+            warn_if_out_of_date(setting, cert);
         }
-        tracing::info!(certificates = set.len(), "TLS certificates loaded");
+        tracing::info!(setting, certificates = set.len(), "TLS certificates loaded");
         let this = Self {
+            setting,
             resolver: Arc::new(SniResolver::new(set)),
             files: Mutex::new(files),
             metrics,
@@ -78,14 +91,15 @@ impl Certificates {
 
     /// Reads the files again; a change serves from the next handshake on.
     pub fn reload(&self) {
+        let setting = self.setting;
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let reload = files.reload();
         for problem in &reload.new_problems {
-            tracing::error!(error = %problem, "certificate file not used; its last good certificate, if any, keeps serving");
+            tracing::error!(setting, error = %problem, "certificate file not used; its last good certificate, if any, keeps serving");
         }
         for cert in &reload.loaded {
-            tracing::info!(file = %cert.path.display(), names = ?cert.names().collect::<Vec<_>>(), "TLS certificate loaded");
-            warn_if_out_of_date(cert);
+            tracing::info!(setting, file = %cert.path.display(), names = ?cert.names().collect::<Vec<_>>(), "TLS certificate loaded");
+            warn_if_out_of_date(setting, cert);
         }
         // A certificate given that has just become valid may now serve a name another did.
         let now = nexus_certs::unix_now();
@@ -96,7 +110,11 @@ impl Certificates {
             .is_some_and(|t| now >= t);
         if reload.changed || due {
             let set = files.set();
-            tracing::info!(certificates = set.len(), "TLS certificates in use changed");
+            tracing::info!(
+                setting,
+                certificates = set.len(),
+                "TLS certificates in use changed"
+            );
             self.resolver.replace(set);
         }
         self.show(&files);
@@ -132,13 +150,13 @@ impl Certificates {
 /// Says so when `cert` is expired or not valid yet: it is served all the same (where it
 /// names what no other certificate does, browsers refuse it rather than find no handshake),
 /// and the expiry gauge shows the earliest.
-fn warn_if_out_of_date(cert: &nexus_certs::LoadedCert) {
+fn warn_if_out_of_date(setting: &str, cert: &nexus_certs::LoadedCert) {
     match cert.validity_at(nexus_certs::unix_now()) {
         Validity::Expired => {
-            tracing::warn!(file = %cert.path.display(), not_after = cert.not_after, "TLS certificate expired: clients will refuse it")
+            tracing::warn!(setting, file = %cert.path.display(), not_after = cert.not_after, "TLS certificate expired: clients will refuse it")
         }
         Validity::NotYet => {
-            tracing::warn!(file = %cert.path.display(), not_before = cert.not_before, "TLS certificate not valid yet: clients will refuse it where it serves")
+            tracing::warn!(setting, file = %cert.path.display(), not_before = cert.not_before, "TLS certificate not valid yet: clients will refuse it where it serves")
         }
         Validity::Valid => {}
     }
@@ -213,7 +231,7 @@ impl TlsEndpoint {
             }
             Err(_) => {
                 self.failed.inc();
-                tracing::debug!("TLS handshake not complete within request_header_timeout");
+                tracing::debug!("TLS handshake not complete by its deadline");
                 None
             }
         }

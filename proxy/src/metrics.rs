@@ -138,6 +138,8 @@ pub struct Metrics {
     pub tunnels: TunnelMetrics,
     /// The HTTPS listener's certificates and handshakes (see [`crate::https`]).
     pub tls: TlsMetrics,
+    /// The admin API's certificates and handshakes (`admin_api_tls_*`), as [`Self::tls`]'s.
+    pub admin_api_tls: TlsMetrics,
     /// Each instance's latency and queue delay, judged per interval (see [`crate::scale`]).
     pub scale: ScaleMetrics,
 }
@@ -281,8 +283,9 @@ impl ScaleMetrics {
     }
 }
 
-/// The HTTPS listener: its certificates (what serves, what was refused, when the first
-/// expires) and the handshakes that failed. All at 0 without `[tls]`.
+/// A TLS listener (the HTTPS one, or the admin API's): its certificates (what serves, what
+/// was refused, when the first expires) and the handshakes that failed. All at 0 without
+/// `[tls]` (or, for the admin API's, without `[admin_api] certificates`).
 #[derive(Clone)]
 pub struct TlsMetrics {
     /// `tls_certificates`: certificates serving now.
@@ -301,23 +304,42 @@ pub struct TlsMetrics {
 }
 
 impl TlsMetrics {
+    /// The HTTPS listener's: `tls_*`.
     fn new() -> prometheus::Result<Self> {
+        Self::named(
+            "",
+            "the HTTPS listener",
+            "no certificate for the name asked, no SNI, a client that gave up or was too slow, or one silent so far closed to make room at max_connections",
+        )
+    }
+
+    /// The admin API's, when it serves HTTPS: `admin_api_tls_*`.
+    fn admin_api() -> prometheus::Result<Self> {
+        Self::named(
+            "admin_api_",
+            "the admin API's listener",
+            "no certificate for the name asked, no SNI, a client that gave up, or none within the admin API's 10 s to authenticate",
+        )
+    }
+
+    /// `prefix` before each name; `listener` and why a handshake fails in the help texts.
+    fn named(prefix: &str, listener: &str, failures: &str) -> prometheus::Result<Self> {
         Ok(Self {
             certificates: IntGauge::new(
-                "tls_certificates",
-                "Certificates the HTTPS listener serves now",
+                format!("{prefix}tls_certificates"),
+                format!("Certificates {listener} serves now"),
             )?,
             files_refused: IntGauge::new(
-                "tls_certificate_files_refused",
-                "Certificate files not in use as they are now (unreadable or refused; each keeps its last good certificate serving)",
+                format!("{prefix}tls_certificate_files_refused"),
+                format!("Certificate files of {listener} not in use as they are now (unreadable or refused; each keeps its last good certificate serving)"),
             )?,
             earliest_expiry: IntGauge::new(
-                "tls_certificate_earliest_expiry_timestamp_seconds",
-                "The earliest notAfter (Unix seconds) of the certificates the HTTPS listener serves",
+                format!("{prefix}tls_certificate_earliest_expiry_timestamp_seconds"),
+                format!("The earliest notAfter (Unix seconds) of the certificates {listener} serves"),
             )?,
             handshakes_failed: prometheus::IntCounter::new(
-                "tls_handshakes_failed_total",
-                "TLS handshakes that did not complete (no certificate for the name asked, no SNI, a client that gave up or was too slow, or one silent so far closed to make room at max_connections)",
+                format!("{prefix}tls_handshakes_failed_total"),
+                format!("TLS handshakes on {listener} that did not complete ({failures})"),
             )?,
         })
     }
@@ -653,6 +675,7 @@ impl Metrics {
         let connections = ConnectionMetrics::new(&requests)?;
         let tunnels = TunnelMetrics::new()?;
         let tls = TlsMetrics::new()?;
+        let admin_api_tls = TlsMetrics::admin_api()?;
         let scale = ScaleMetrics::new()?;
         let admin_api_requests = IntCounterVec::new(
             Opts::new(
@@ -699,6 +722,7 @@ impl Metrics {
         .into_iter()
         .chain(connections.collectors())
         .chain(tls.collectors())
+        .chain(admin_api_tls.collectors())
         .chain(scale.collectors())
         {
             registry.register(c)?;
@@ -760,6 +784,7 @@ impl Metrics {
             connections,
             tunnels,
             tls,
+            admin_api_tls,
             scale,
         })
     }

@@ -172,6 +172,9 @@ pub struct Capped<A> {
     /// When a refusal was last logged, in seconds since `made` plus one (0: never): once a
     /// minute at most.
     last_warning: std::sync::atomic::AtomicU64,
+    /// The TLS handshake each connection makes first (the admin API's, when it has
+    /// certificates), within the connection's lifetime.
+    tls: Option<crate::https::TlsEndpoint>,
 }
 
 impl<A> Capped<A> {
@@ -184,7 +187,16 @@ impl<A> Capped<A> {
             refused,
             made: std::time::Instant::now(),
             last_warning: std::sync::atomic::AtomicU64::new(0),
+            tls: None,
         }
+    }
+
+    /// Each connection served over TLS: its handshake first, within the connection's
+    /// [`Caps::lifetime`] (failures counted by `tls`).
+    #[must_use]
+    pub fn over_tls(mut self, tls: crate::https::TlsEndpoint) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Counts a connection turned away, and says so in the log once a minute at most: a
@@ -222,11 +234,20 @@ where
             self.refuse();
             return None;
         };
-        let stream: Stream = Box::new(ReadBudget {
-            inner: stream,
-            left: self.caps.read_bytes,
-        });
+        let lifetime = tokio::time::Instant::now() + self.caps.lifetime;
         let serve = async {
+            let stream = match &self.tls {
+                Some(tls) => match tls.handshake(stream, lifetime).await {
+                    Some(tls) => tls,
+                    None => return,
+                },
+                None => stream,
+            };
+            // The budget counts what the client says: over TLS, the plaintext.
+            let stream: Stream = Box::new(ReadBudget {
+                inner: stream,
+                left: self.caps.read_bytes,
+            });
             let mut next = Some(stream);
             while let Some(stream) = next {
                 next = self.app.process_new(stream, shutdown).await;
@@ -234,9 +255,7 @@ where
         };
         // The end may be pushed back while the connection is served (`extend_connection`):
         // slept towards, and looked at again when reached.
-        let end = Arc::new(std::sync::Mutex::new(
-            tokio::time::Instant::now() + self.caps.lifetime,
-        ));
+        let end = Arc::new(std::sync::Mutex::new(lifetime));
         let serve = CONNECTION_END.scope(Arc::clone(&end), serve);
         tokio::pin!(serve);
         loop {

@@ -277,6 +277,7 @@ pub fn serve(
             prepare(settings, &source)
                 .and_then(|state| {
                     let certificates = load_certificates(&state)?;
+                    let admin_api_certificates = load_admin_api_certificates(&state)?;
                     let signals =
                         Signals::catch(Arc::clone(&state)).map_err(StartError::Signals)?;
                     // Everything is loaded: only now are the running router's sockets asked
@@ -297,6 +298,7 @@ pub fn serve(
                         certificates,
                         plan,
                         admin_api,
+                        admin_api_certificates,
                     };
                     Ok((state, parts))
                 })
@@ -346,7 +348,29 @@ fn load_certificates(state: &EdgeState) -> Result<Option<Arc<Certificates>>, Sta
     let Some(tls) = &state.settings.tls else {
         return Ok(None);
     };
-    let certificates = Certificates::load(tls.certificates.clone(), state.metrics.tls.clone())?;
+    let certificates = Certificates::load(
+        "tls.certificates",
+        tls.certificates.clone(),
+        state.metrics.tls.clone(),
+    )?;
+    Ok(Some(Arc::new(certificates)))
+}
+
+/// The admin API's certificates, when `[admin_api]` names some.
+fn load_admin_api_certificates(state: &EdgeState) -> Result<Option<Arc<Certificates>>, StartError> {
+    let Some(tls) = state
+        .settings
+        .admin_api
+        .as_ref()
+        .and_then(|a| a.tls.as_ref())
+    else {
+        return Ok(None);
+    };
+    let certificates = Certificates::load(
+        "admin_api.certificates",
+        tls.certificates.clone(),
+        state.metrics.admin_api_tls.clone(),
+    )?;
     Ok(Some(Arc::new(certificates)))
 }
 
@@ -473,6 +497,8 @@ pub struct Parts {
     pub plan: handover::Plan,
     /// The admin API, when `[admin_api]` configures one.
     pub admin_api: Option<crate::admin_api::AdminApi>,
+    /// The admin API's certificates, when it serves HTTPS.
+    pub admin_api_certificates: Option<Arc<Certificates>>,
 }
 
 /// Runs the router on `listeners` (from [`bind_listeners`]) until SIGTERM/SIGINT, then drains
@@ -488,6 +514,7 @@ pub fn run(state: Arc<EdgeState>, parts: Parts) -> bool {
         certificates,
         plan,
         admin_api,
+        admin_api_certificates,
     } = parts;
     let s = &state.settings;
     // As bound: with port 0 in the config, the port the system chose.
@@ -580,24 +607,26 @@ pub fn run(state: Arc<EdgeState>, parts: Parts) -> bool {
             let addr = settings.listen;
             // As bound, before the service takes the socket.
             let bound = listeners.local_addr(addr).unwrap_or(addr);
-            if !addr.ip().to_canonical().is_loopback() {
+            if admin_api_certificates.is_none() && !addr.ip().to_canonical().is_loopback() {
                 tracing::warn!(
                     admin_api = %addr,
                     "the admin API listens beyond this host over plain HTTP: its bearer tokens \
-                     cross the network in the clear; keep it on loopback, or on a network only \
-                     the pipeline reaches"
+                     cross the network in the clear; name admin_api.certificates to serve it \
+                     over HTTPS, or keep it on loopback"
                 );
             }
-            let service = Service::new(
-                "nexus-edge admin API".to_owned(),
-                crate::ops::Capped::new(
-                    pingora::apps::http_app::HttpServer::new_app(
-                        api.counted(state.metrics.admin_api_requests.clone()),
-                    ),
-                    crate::admin_api::caps(fitted.admin),
-                    state.metrics.connections.admin_refused.clone(),
+            let capped = crate::ops::Capped::new(
+                pingora::apps::http_app::HttpServer::new_app(
+                    api.counted(state.metrics.admin_api_requests.clone()),
                 ),
+                crate::admin_api::caps(fitted.admin),
+                state.metrics.connections.admin_refused.clone(),
             );
+            let capped = match &admin_api_certificates {
+                Some(certificates) => capped.over_tls(certificates.endpoint(bound)),
+                None => capped,
+            };
+            let service = Service::new("nexus-edge admin API".to_owned(), capped);
             listening.push(server.add_service(Prebound::new(service, &mut listeners, addr)));
             Some(bound)
         }
@@ -613,6 +642,15 @@ pub fn run(state: Arc<EdgeState>, parts: Parts) -> bool {
     if let (Some(certificates), Some((tls, _))) = (certificates, https) {
         server.add_service(background_service(
             "certificate reload",
+            CertReload::new(certificates, tls.reload_interval, jobs.clone()),
+        ));
+    }
+    if let (Some(certificates), Some(tls)) = (
+        admin_api_certificates,
+        s.admin_api.as_ref().and_then(|a| a.tls.as_ref()),
+    ) {
+        server.add_service(background_service(
+            "admin API certificate reload",
             CertReload::new(certificates, tls.reload_interval, jobs.clone()),
         ));
     }

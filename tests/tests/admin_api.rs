@@ -16,11 +16,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use nexus_e2e::backend::Backend;
-use nexus_e2e::edge::{binding, bindings_file, cli, Edge, EdgeOptions, ADMIN_API_LISTEN};
+use nexus_e2e::edge::{
+    binding, bindings_file, cli, write_atomically, Edge, EdgeOptions, ADMIN_API_LISTEN,
+};
 use nexus_e2e::http::{get_with_token, read_response, Response};
+use nexus_e2e::https_client::{connect, exchange, trusting};
 use nexus_e2e::keys::{b64, TestKeys};
 use nexus_e2e::probe::{host, instance_of, wait_instance};
 use nexus_e2e::redis_server::{store_section, RedisServer, HEARTBEAT};
+use nexus_e2e::tls::{leaf_der, TestCa};
 use nexus_e2e::wait;
 use ring::rand::SecureRandom;
 use serde_json::{json, Value};
@@ -999,6 +1003,112 @@ fn a_write_cut_by_the_end_of_shutdown_grace_is_said_in_the_log() {
     // Written all the same: the other replica, running again, serves it.
     signal(&stalled.second, "-CONT");
     wait_instance(&stalled.second, &stalled.second_keys, "acme", "instance-b");
+}
+
+/// With certificates of its own, the admin API serves HTTPS only: a request over TLS (the
+/// name it asks for choosing the certificate) is answered and its write served; plain HTTP
+/// on its port gets no answer and counts as a failed handshake of the admin API's, not the
+/// public listener's; a certificate renewed on disk serves the next handshake.
+#[test]
+fn with_certificates_of_its_own_the_admin_api_serves_https_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let certs = dir.path().join("admin-certs");
+    std::fs::create_dir(&certs).unwrap();
+    let first = ca.issue(&["admin.edge.test"]);
+    std::fs::write(certs.join("admin.pem"), &first).unwrap();
+    let keys = TestKeys::new();
+    let instance = Backend::start("instance-a");
+    let token = ApiToken::new(ACTOR);
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings_file(vec![]));
+    opts.extra = format!(
+        "\n[admin_api]\nlisten = \"{ADMIN_API_LISTEN}\"\ntokens_file = \"{TOKENS_FILE}\"\n\
+         certificates = [{:?}]\nreload_interval = \"100ms\"\n",
+        certs.display().to_string()
+    );
+    opts.files = vec![(TOKENS_FILE.to_owned(), token.entry())];
+    let edge = Edge::start(&opts);
+    let api = edge.admin_api_addr();
+    let client = trusting(&ca.ca_pem);
+    let over_tls = |method: &str, target: &str, auth: bool, body: &str| {
+        let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: admin.edge.test\r\n");
+        if auth {
+            raw.push_str(&format!("Authorization: Bearer {}\r\n", token.secret));
+        }
+        if !body.is_empty() {
+            raw.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        raw.push_str("Connection: close\r\n\r\n");
+        raw.push_str(body);
+        exchange(&client, api, "admin.edge.test", raw.as_bytes())
+    };
+    let record = binding("acme", &instance.url(), "active", None).to_string();
+    let put = over_tls("PUT", "/v1/tenants/acme", true, &record).unwrap();
+    assert_eq!(put.response.status, 200, "{}", put.response.text());
+    assert_eq!(put.leaf, leaf_der(&first));
+    wait_instance(&edge, &keys, "acme", "instance-a");
+    // Still a token for every request.
+    let anonymous = over_tls("GET", "/v1/tenants", false, "").unwrap();
+    assert_eq!(anonymous.response.status, 401);
+    // Plain HTTP, token and all, is not answered: the bytes are no TLS hello.
+    let mut plain = TcpStream::connect(api).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let request = format!(
+        "GET /v1/tenants HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\n\r\n",
+        token.secret
+    );
+    plain.write_all(request.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut got);
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // A name no certificate covers gets no handshake.
+    assert!(connect(&client, api, "other.edge.test").is_err());
+    edge.wait_for("both failed handshakes counted", || {
+        edge.metric("nexus_edge_admin_api_tls_handshakes_failed_total") >= 2
+    });
+    assert_eq!(edge.metric("nexus_edge_tls_handshakes_failed_total"), 0);
+    assert_eq!(edge.metric("nexus_edge_admin_api_tls_certificates"), 1);
+    assert_eq!(edge.metric("nexus_edge_tls_certificates"), 0);
+    // Renewed on disk (as a renewal writes it: a whole new file moved in place).
+    let renewed = ca.issue(&["admin.edge.test"]);
+    write_atomically(&certs.join("admin.pem"), &renewed);
+    wait::until(Duration::from_secs(10), "the renewed certificate", || {
+        let listed = over_tls("GET", "/v1/tenants", true, "").ok()?;
+        assert_eq!(listed.response.status, 200, "{}", listed.response.text());
+        (listed.leaf == leaf_der(&renewed)).then_some(())
+    });
+}
+
+/// An admin API whose certificates cannot be used keeps the router from starting, naming
+/// the setting and each file, as `check` does.
+#[test]
+fn admin_api_certificates_that_cannot_be_used_are_named() {
+    let keys = TestKeys::new();
+    let token = ApiToken::new(ACTOR);
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings_file(vec![]));
+    opts.extra = format!(
+        "\n[admin_api]\nlisten = \"{ADMIN_API_LISTEN}\"\ntokens_file = \"{TOKENS_FILE}\"\n\
+         certificates = [\"broken.pem\"]\n"
+    );
+    opts.files = vec![
+        (TOKENS_FILE.to_owned(), token.entry()),
+        ("broken.pem".to_owned(), "not a certificate".to_owned()),
+    ];
+    let e = Edge::try_start(&opts).err().expect("refused to start");
+    assert!(
+        e.contains("admin_api.certificates: no certificate could be loaded"),
+        "{e}"
+    );
+    assert!(e.contains("broken.pem: holds no certificate"), "{e}");
 }
 
 /// A write sent to Redis that no answer came back for may have been made: said as such

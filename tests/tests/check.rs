@@ -438,6 +438,49 @@ fn an_upgrade_socket_that_could_not_be_bound_is_refused_with_its_line() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// The admin API's certificates are checked as the HTTPS listener's are, under their own
+/// setting: a file it would pass over is a problem, an expired one a warning.
+#[test]
+fn check_names_each_admin_api_certificate_file_it_would_not_use() {
+    let (dir, bindings) = demo_key_set_and_bindings();
+    std::fs::write(dir.path().join("bindings.json"), bindings.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("admin-tokens.toml"),
+        format!(
+            "[[token]]\nname = \"ci\"\nsha256 = \"{}\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let ca = nexus_e2e::tls::TestCa::new(dir.path());
+    let certs = dir.path().join("admin-certs");
+    std::fs::create_dir(&certs).unwrap();
+    let cert_only = ca.issue(&["admin.edge.test"]);
+    let cert_only = &cert_only[..cert_only.find("-----BEGIN PRIVATE KEY").unwrap()];
+    std::fs::write(certs.join("no-key.pem"), cert_only).unwrap();
+    let config = "[auth]\njwks_file = \"jwks.json\"\n[store]\nkind = \"file\"\n\
+                  path = \"bindings.json\"\n[admin_api]\nlisten = \"127.0.0.1:9091\"\n\
+                  tokens_file = \"admin-tokens.toml\"\ncertificates = [\"admin-certs\"]\n";
+    let (code, out) = check(dir.path(), config);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("admin_api.certificates"), "{out}");
+    assert!(out.contains("no-key.pem: holds 0 private keys"), "{out}");
+    assert!(out.contains("no certificate could be loaded"), "{out}");
+    assert!(!out.contains("tls.certificates"), "{out}");
+    std::fs::remove_file(certs.join("no-key.pem")).unwrap();
+    std::fs::write(
+        certs.join("old.pem"),
+        ca.issue_for_years(&["admin.edge.test"], 2001, 2002),
+    )
+    .unwrap();
+    let (code, out) = check(dir.path(), config);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: admin_api.certificates:") && out.contains("old.pem expired "),
+        "{out}"
+    );
+}
+
 #[test]
 fn an_admin_api_tokens_file_the_api_could_not_use_is_refused_with_its_line() {
     let (dir, bindings) = demo_key_set_and_bindings();

@@ -1,4 +1,5 @@
-//! `[admin_api]`: the HTTP admin API's own listener and the file of tokens it accepts.
+//! `[admin_api]`: the admin API's own listener, the file of tokens it accepts, and the
+//! certificates it serves HTTPS with (plain HTTP without them).
 
 use std::path::Path;
 
@@ -58,6 +59,18 @@ pub(super) fn parse(
              (`nexus-edge admin-token --name NAME --append FILE` makes one)",
         );
     }
+    // HTTPS when it names certificates (a `reload_interval` alone is a section missing them).
+    let tls = if s.raw("certificates").is_some() || s.raw("reload_interval").is_some() {
+        let (certificates, reload_interval) = super::tls::certificate_sources(&mut s, base, p);
+        certificates.map(|certificates| {
+            Some(AdminApiTls {
+                certificates,
+                reload_interval,
+            })
+        })
+    } else {
+        Some(None)
+    };
     s.finish(p);
     if p.list.len() != before {
         return None;
@@ -65,5 +78,6 @@ pub(super) fn parse(
     Some(Some(AdminApiSettings {
         listen: listen?,
         tokens_file: tokens_file?,
+        tls: tls?,
     }))
 }

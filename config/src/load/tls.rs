@@ -1,6 +1,6 @@
 //! `[tls]`: the HTTPS listener and the certificates it chooses from by SNI.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::de::DeTable;
@@ -43,6 +43,26 @@ pub(super) fn parse(
             p.push("tls.listen", listen_at, clash);
         }
     }
+    let (certificates, reload_interval) = certificate_sources(&mut s, base, p);
+    s.finish(p);
+    if p.list.len() != before {
+        return None;
+    }
+    Some(Some(TlsListenerSettings {
+        listen: listen?,
+        certificates: certificates?,
+        reload_interval,
+    }))
+}
+
+/// A section's `certificates` (required, not empty: PEM files or directories of them,
+/// relative to `base`) and `reload_interval`: `[tls]`'s, and `[admin_api]`'s when it serves
+/// HTTPS.
+pub(super) fn certificate_sources(
+    s: &mut Section<'_, '_>,
+    base: &Path,
+    p: &mut Problems<'_>,
+) -> (Option<Vec<PathBuf>>, Duration) {
     let certificates_at = s.raw("certificates").map(|v| v.span().start);
     let certificates = s.strings("certificates", p, |c| {
         if c.is_empty() {
@@ -53,7 +73,7 @@ pub(super) fn parse(
     });
     if certificates.as_ref().is_some_and(Vec::is_empty) || certificates_at.is_none() {
         p.push(
-            "tls.certificates",
+            s.key("certificates"),
             certificates_at,
             "lists no certificate: name PEM files each holding a certificate chain and its \
              key, or directories of such files (*.pem)",
@@ -67,15 +87,7 @@ pub(super) fn parse(
             p,
         )
         .unwrap_or(DEFAULT_RELOAD_INTERVAL);
-    s.finish(p);
-    if p.list.len() != before {
-        return None;
-    }
-    Some(Some(TlsListenerSettings {
-        listen: listen?,
-        certificates: certificates?,
-        reload_interval,
-    }))
+    (certificates, reload_interval)
 }
 
 /// How often the certificate files are read again when `reload_interval` is not set.

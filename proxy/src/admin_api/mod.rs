@@ -1,5 +1,6 @@
 //! The admin API: binding changes over HTTP, for a provisioning pipeline or an operator's
-//! tooling, on a listener of its own (`[admin_api] listen`).
+//! tooling, on a listener of its own (`[admin_api] listen`), over HTTPS when it has
+//! certificates of its own (`[admin_api] certificates`; see [`crate::https`]).
 //!
 //! It is the `nexus-edge tenant` commands' other door: the same store, the same checks
 //! ([`crate::admin_input`]), the same atomic, audited writes, with the caller's token naming
@@ -44,9 +45,10 @@ use route::Route;
 /// Admin API connections open at once: a pipeline and a few operators need a handful.
 pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 
-/// How long a connection has, from its accept, to send a request header carrying a token
-/// the tokens file lists. Clients that say nothing, trickle, or hold no token are let go by
-/// then, so that they cannot keep the pipeline's places for long.
+/// How long a connection has, from its accept (its TLS handshake included, over HTTPS), to
+/// send a request header carrying a token the tokens file lists. Clients that say nothing,
+/// trickle, or hold no token are let go by then, so that they cannot keep the pipeline's
+/// places for long.
 pub const ADMIN_REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What an authenticated request gets, from its authentication, for its body and a read.

@@ -146,24 +146,34 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
     }
     // Every certificate file, as the HTTPS listener would read it at start: a file it would
     // pass over is a problem here.
-    let certs = sections.tls.as_ref().and_then(Option::as_ref).map(|tls| {
-        let mut files = nexus_certs::CertFiles::new(tls.certificates.clone());
+    let mut read_certificates = |setting: &'static str, sources: &[std::path::PathBuf]| {
+        let mut files = nexus_certs::CertFiles::new(sources.to_vec());
         let read = files.reload();
         for e in read.new_problems {
-            problem("tls.certificates", e.to_string());
+            problem(setting, e.to_string());
         }
         for cert in &read.loaded {
-            expiry_warning(path, cert, nexus_certs::unix_now());
+            expiry_warning(path, setting, cert, nexus_certs::unix_now());
         }
         let set = files.set();
         if set.is_empty() {
-            problem(
-                "tls.certificates",
-                "no certificate could be loaded".to_owned(),
-            );
+            problem(setting, "no certificate could be loaded".to_owned());
         }
         set
-    });
+    };
+    let certs = sections
+        .tls
+        .as_ref()
+        .and_then(Option::as_ref)
+        .map(|tls| read_certificates("tls.certificates", &tls.certificates));
+    if let Some(Some(tls)) = sections
+        .admin_api
+        .as_ref()
+        .and_then(Option::as_ref)
+        .map(|a| a.tls.as_ref())
+    {
+        read_certificates("admin_api.certificates", &tls.certificates);
+    }
     if let Some(Err(e)) = sections
         .named
         .log_filter
@@ -324,12 +334,12 @@ const EXPIRES_SOON: i64 = 14 * 24 * 3600;
 /// A certificate the HTTPS listener would serve that clients refuse, or soon will: expired,
 /// not valid yet, or expiring within [`EXPIRES_SOON`]. Warnings: it still serves (an expired
 /// certificate is the tenant's HTTPS cut off either way, and renewing it is the fix).
-fn expiry_warning(config: &Path, cert: &nexus_certs::LoadedCert, now: i64) {
+fn expiry_warning(config: &Path, setting: &str, cert: &nexus_certs::LoadedCert, now: i64) {
     let Some(state) = out_of_date(cert.not_before, cert.not_after, now) else {
         return;
     };
     eprintln!(
-        "{}: warning: tls.certificates: {} {state}: clients refuse it",
+        "{}: warning: {setting}: {} {state}: clients refuse it",
         config.display(),
         cert.path.display()
     );
