@@ -193,8 +193,10 @@ pub fn server_name(session: &Session) -> Option<&str> {
     )
 }
 
-/// The HTTPS listener's address and acceptor, as [`crate::connections::Guarded`] tells its
-/// connections from the plain listener's.
+/// A TLS listener's address and acceptor: the HTTPS listener's, whose connections
+/// [`crate::connections::Guarded`] tells from the plain listener's by the address; or the
+/// admin API's, whose connections are all TLS ([`crate::ops::Capped::over_tls`]: only the
+/// handshake is used).
 pub struct TlsEndpoint {
     /// The address bound (with port 0 configured, the port the system chose).
     pub addr: SocketAddr,

@@ -113,7 +113,9 @@ pub struct Caps {
     /// The longest a connection lives, whatever it does, unless its application grants it
     /// more ([`extend_connection`]).
     pub lifetime: Duration,
-    /// The most a connection may send; past it the connection reads as closed.
+    /// The most a connection may send; past it the connection reads as closed. Over TLS,
+    /// counted in plaintext: the handshake and the records' overhead are bounded by the
+    /// lifetime (and rustls's own buffer limits) instead.
     pub read_bytes: usize,
     /// Logged (once a minute at most) when a connection is turned away at the cap.
     pub refused_warning: &'static str,
@@ -261,6 +263,9 @@ where
         loop {
             let until = connection_end(&end);
             tokio::select! {
+                // The connection first: a handshake timing out at this very end is counted
+                // by it (as failed) before the end drops it.
+                biased;
                 () = &mut serve => break,
                 () = tokio::time::sleep_until(until) => {
                     if connection_end(&end) <= tokio::time::Instant::now() {

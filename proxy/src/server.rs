@@ -276,8 +276,25 @@ pub fn serve(
             // can rely on a SIGTERM being drained, not ended on.
             prepare(settings, &source)
                 .and_then(|state| {
-                    let certificates = load_certificates(&state)?;
-                    let admin_api_certificates = load_admin_api_certificates(&state)?;
+                    let certificates = load_certificates(
+                        "tls.certificates",
+                        state
+                            .settings
+                            .tls
+                            .as_ref()
+                            .map(|t| t.certificates.as_slice()),
+                        &state.metrics.tls,
+                    )?;
+                    let admin_api_certificates = load_certificates(
+                        "admin_api.certificates",
+                        state
+                            .settings
+                            .admin_api
+                            .as_ref()
+                            .and_then(|a| a.tls.as_ref())
+                            .map(|t| t.certificates.as_slice()),
+                        &state.metrics.admin_api_tls,
+                    )?;
                     let signals =
                         Signals::catch(Arc::clone(&state)).map_err(StartError::Signals)?;
                     // Everything is loaded: only now are the running router's sockets asked
@@ -343,34 +360,17 @@ pub fn serve(
     }
 }
 
-/// The HTTPS listener's certificates, when `[tls]` configures one.
-fn load_certificates(state: &EdgeState) -> Result<Option<Arc<Certificates>>, StartError> {
-    let Some(tls) = &state.settings.tls else {
+/// The certificates `setting` names (`None`: no such listener), loaded; a listener with no
+/// usable one does not start.
+fn load_certificates(
+    setting: &'static str,
+    sources: Option<&[std::path::PathBuf]>,
+    metrics: &crate::metrics::TlsMetrics,
+) -> Result<Option<Arc<Certificates>>, StartError> {
+    let Some(sources) = sources else {
         return Ok(None);
     };
-    let certificates = Certificates::load(
-        "tls.certificates",
-        tls.certificates.clone(),
-        state.metrics.tls.clone(),
-    )?;
-    Ok(Some(Arc::new(certificates)))
-}
-
-/// The admin API's certificates, when `[admin_api]` names some.
-fn load_admin_api_certificates(state: &EdgeState) -> Result<Option<Arc<Certificates>>, StartError> {
-    let Some(tls) = state
-        .settings
-        .admin_api
-        .as_ref()
-        .and_then(|a| a.tls.as_ref())
-    else {
-        return Ok(None);
-    };
-    let certificates = Certificates::load(
-        "admin_api.certificates",
-        tls.certificates.clone(),
-        state.metrics.admin_api_tls.clone(),
-    )?;
+    let certificates = Certificates::load(setting, sources.to_vec(), metrics.clone())?;
     Ok(Some(Arc::new(certificates)))
 }
 

@@ -1008,7 +1008,8 @@ fn a_write_cut_by_the_end_of_shutdown_grace_is_said_in_the_log() {
 /// With certificates of its own, the admin API serves HTTPS only: a request over TLS (the
 /// name it asks for choosing the certificate) is answered and its write served; plain HTTP
 /// on its port gets no answer and counts as a failed handshake of the admin API's, not the
-/// public listener's; a certificate renewed on disk serves the next handshake.
+/// public listener's, as does a client silent until the connection's deadline; a
+/// certificate renewed on disk serves the next handshake.
 #[test]
 fn with_certificates_of_its_own_the_admin_api_serves_https_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -1029,6 +1030,8 @@ fn with_certificates_of_its_own_the_admin_api_serves_https_only() {
     opts.files = vec![(TOKENS_FILE.to_owned(), token.entry())];
     let edge = Edge::start(&opts);
     let api = edge.admin_api_addr();
+    // A client that never begins its handshake: let go at the connection's 10 s deadline.
+    let mut silent = TcpStream::connect(api).unwrap();
     let client = trusting(&ca.ca_pem);
     let over_tls = |method: &str, target: &str, auth: bool, body: &str| {
         let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: admin.edge.test\r\n");
@@ -1085,6 +1088,19 @@ fn with_certificates_of_its_own_the_admin_api_serves_https_only() {
         let listed = over_tls("GET", "/v1/tenants", true, "").ok()?;
         assert_eq!(listed.response.status, 200, "{}", listed.response.text());
         (listed.leaf == leaf_der(&renewed)).then_some(())
+    });
+    // The silent client is closed by the deadline (well before this read's 30 s), its
+    // unfinished handshake counted.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    match std::io::Read::read_to_end(&mut silent, &mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest)),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    edge.wait_for("the silent client's handshake counted", || {
+        edge.metric("nexus_edge_admin_api_tls_handshakes_failed_total") >= 3
     });
 }
 

@@ -479,6 +479,19 @@ fn check_names_each_admin_api_certificate_file_it_would_not_use() {
         out.contains("warning: admin_api.certificates:") && out.contains("old.pem expired "),
         "{out}"
     );
+    assert!(!out.contains("plain HTTP"), "{out}");
+    // Beyond loopback without certificates: a warning.
+    let plain = config
+        .replace("127.0.0.1:9091", "0.0.0.0:9091")
+        .replace("certificates = [\"admin-certs\"]\n", "");
+    let (code, out) = check(dir.path(), &plain);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "warning: admin_api.listen: 0.0.0.0:9091 is beyond this host, over plain HTTP"
+        ),
+        "{out}"
+    );
 }
 
 #[test]

@@ -262,6 +262,15 @@ pub(super) fn run(config: Option<&Path>) -> ExitCode {
             Ok(_) => {}
             Err(e) => problem("admin_api.tokens_file", e.to_string()),
         }
+        if api.tls.is_none() && !api.listen.ip().to_canonical().is_loopback() {
+            eprintln!(
+                "{}: warning: admin_api.listen: {} is beyond this host, over plain HTTP: the \
+                 bearer tokens cross the network in the clear (admin_api.certificates serves \
+                 it over HTTPS)",
+                path.display(),
+                api.listen
+            );
+        }
     }
     match keys {
         Some(_) if problems.is_empty() && unfetched => {
