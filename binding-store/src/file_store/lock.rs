@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::admin::{AdminError, AuditEntry, WipedStore};
 use crate::audit_log::{AuditLog, Tail};
@@ -40,10 +41,28 @@ fn share_ownership(created: &File, created_path: &Path, bindings: &Path) {
     }
 }
 
+/// How long a writer waits for another's locks, at most, before it gives up having written
+/// nothing: a writer stopped mid-write (a suspended `nexus-edge tenant`, a hung disk) must
+/// not hold every later one, the admin API's among them, for ever.
+pub(super) const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a waiting writer tries the lock again.
+const LOCK_RETRY: Duration = Duration::from_millis(20);
+
 /// Takes the exclusive advisory lock on `<file>.lock`, so concurrent writers (several
 /// `nexus-edge tenant` commands) never lose an update, then reads the file and its audit log.
 /// Logged changes the file does not hold get their `not-made` entries here.
 pub(super) fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, AdminError> {
+    lock_for_write_within(path, wiped, LOCK_WAIT)
+}
+
+/// [`lock_for_write`], waiting `wait` at most for the locks (both together).
+pub(super) fn lock_for_write_within(
+    path: &Path,
+    wiped: WipedStore,
+    wait: Duration,
+) -> Result<Locked, AdminError> {
+    let deadline = (Instant::now() + wait, wait);
     let mut lock_path = home(path).into_os_string();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
@@ -61,7 +80,7 @@ pub(super) fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, A
         .unwrap_or(Path::new("."));
     let dir_failed = |e: std::io::Error| AdminError::Unavailable(format!("{}: {e}", dir.display()));
     let dir_lock = File::open(dir).map_err(dir_failed)?;
-    wait_for_lock(&dir_lock, dir).map_err(dir_failed)?;
+    wait_for_lock(&dir_lock, dir, deadline).map_err(dir_failed)?;
     let mut tries = 0;
     let lock = loop {
         let new_lock = !lock_path.exists();
@@ -84,7 +103,7 @@ pub(super) fn lock_for_write(path: &Path, wiped: WipedStore) -> Result<Locked, A
             // Said in it: an empty file looks like a stale one to remove.
             let _ = (&lock).write_all(LOCK_NOTE.as_bytes());
         }
-        wait_for_lock(&lock, &lock_path).map_err(lock_failed)?;
+        wait_for_lock(&lock, &lock_path, deadline).map_err(lock_failed)?;
         // Removed (or replaced) while this writer waited for it: another writer may hold the
         // file now at that name, and would not be kept out by this one. Taken again.
         if is_at(&lock, &lock_path) || tries >= 10 {
@@ -204,15 +223,40 @@ fn remove_left_temp_files(home: &Path) {
 
 /// Takes the exclusive advisory lock on `file` (at `at`), saying so when it must wait: a
 /// writer that hangs holds every other, which waited in silence.
-fn wait_for_lock(file: &File, at: &Path) -> std::io::Result<()> {
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            tracing::warn!(lock = %at.display(),
-                "another writer holds the bindings file's lock; waiting for it");
-            file.lock()
+/// Takes `file`'s lock, waiting until `deadline` (the instant, and the wait it ends) at most.
+fn wait_for_lock(
+    file: &File,
+    at: &Path,
+    (deadline, wait): (Instant, Duration),
+) -> std::io::Result<()> {
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !said {
+                    said = true;
+                    tracing::warn!(lock = %at.display(),
+                        "another writer holds the bindings file's lock; waiting for it");
+                }
+                // Tried until the deadline: a blocking lock could not be given up, and a
+                // thread waiting on it could not be reclaimed.
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "another writer held the bindings file's lock for the {} s a \
+                             writer waits: nothing was written (a `nexus-edge tenant` command \
+                             stopped mid-write holds it until it ends)",
+                            wait.as_secs_f64()
+                        ),
+                    ));
+                }
+                std::thread::sleep(LOCK_RETRY.min(deadline - now));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 

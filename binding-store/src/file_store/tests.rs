@@ -1,5 +1,5 @@
 use super::admin::{apply_locked, commit, import_locked};
-use super::lock::{lock_for_write, Locked};
+use super::lock::{lock_for_write, lock_for_write_within, Locked};
 use super::replace::{audit_path, in_group, owner_could_read, write_checked};
 use super::*;
 use crate::admin::{Actor, Applied, AuditEntry, IfUnchanged, ImportSeen, Mutation};
@@ -443,6 +443,30 @@ fn a_writer_waiting_for_the_lock_says_so() {
         .expect("writer")
         .expect("written once the lock is free");
     assert_eq!(written.revision(), Revision(2));
+}
+
+#[test]
+fn a_writer_gives_up_on_a_lock_held_past_its_wait_having_written_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("bindings.json");
+    put(&path, "acme", "http://10.0.0.1").expect("first write");
+    let before = std::fs::read_to_string(&path).expect("file");
+    let held = lock_for_write(&path, WipedStore::Refuse).expect("locked");
+    let e = match lock_for_write_within(&path, WipedStore::Refuse, Duration::from_millis(200)) {
+        Ok(_) => panic!("locked beside the holder"),
+        Err(e) => e,
+    };
+    assert!(matches!(e, AdminError::Unavailable(_)), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("another writer held the bindings file's lock for the 0.2 s a writer waits"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).expect("file"), before);
+    assert_eq!(audited(&path).len(), 1);
+    // Free again: the next writer writes.
+    drop(held);
+    put(&path, "acme", "http://10.0.0.2").expect("written once the lock is free");
 }
 
 #[test]
