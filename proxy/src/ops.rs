@@ -136,14 +136,36 @@ impl Caps {
     }
 }
 
-tokio::task_local! {
-    /// The end of the connection a [`Capped`] application serves on this task.
-    static CONNECTION_END: Arc<std::sync::Mutex<tokio::time::Instant>>;
+/// What a [`Capped`] connection's task knows of it: when it ends, and what is to live until
+/// then.
+struct Connection {
+    end: std::sync::Mutex<tokio::time::Instant>,
+    held: std::sync::Mutex<Vec<Box<dyn Send>>>,
 }
 
-fn connection_end(end: &std::sync::Mutex<tokio::time::Instant>) -> tokio::time::Instant {
-    *end.lock()
+tokio::task_local! {
+    /// The connection a [`Capped`] application serves on this task.
+    static CONNECTION: Arc<Connection>;
+}
+
+fn connection_end(c: &Connection) -> tokio::time::Instant {
+    *c.end
+        .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Keeps `value` until the connection being served (by a [`Capped`] application, on this
+/// task) ends: after its response is written, not just handed to Pingora. The admin API
+/// holds a request's busy count so, which the drain waits on. Outside a `Capped` connection
+/// it is dropped at once.
+pub fn hold_until_connection_end(value: impl Send + 'static) {
+    let value: Box<dyn Send> = Box::new(value);
+    let _ = CONNECTION.try_with(|c| {
+        c.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(value);
+    });
 }
 
 /// Grants the connection being served (by a [`Capped`] application, on this task) at least
@@ -151,9 +173,10 @@ fn connection_end(end: &std::sync::Mutex<tokio::time::Instant>) -> tokio::time::
 /// write, which the short lifetime meant for a client that has not yet said who it is must
 /// not cut. Outside a `Capped` connection it does nothing.
 pub fn extend_connection(from_now: Duration) {
-    let _ = CONNECTION_END.try_with(|end| {
+    let _ = CONNECTION.try_with(|c| {
         let wanted = tokio::time::Instant::now() + from_now;
-        let mut end = end
+        let mut end = c
+            .end
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *end < wanted {
@@ -257,8 +280,12 @@ where
         };
         // The end may be pushed back while the connection is served (`extend_connection`):
         // slept towards, and looked at again when reached.
-        let end = Arc::new(std::sync::Mutex::new(lifetime));
-        let serve = CONNECTION_END.scope(Arc::clone(&end), serve);
+        // What it holds is dropped once this returns: the stream is closed by then.
+        let end = Arc::new(Connection {
+            end: std::sync::Mutex::new(lifetime),
+            held: std::sync::Mutex::default(),
+        });
+        let serve = CONNECTION.scope(Arc::clone(&end), serve);
         tokio::pin!(serve);
         loop {
             let until = connection_end(&end);
@@ -395,5 +422,78 @@ impl ServeHttp for OpsApp {
             }
             _ => text(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts itself alive.
+    struct Alive(Arc<AtomicUsize>);
+
+    impl Alive {
+        fn new(count: &Arc<AtomicUsize>) -> Self {
+            count.fetch_add(1, Ordering::SeqCst);
+            Self(Arc::clone(count))
+        }
+    }
+
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Holds an `Alive` until its connection's end, then says whether it was still alive
+    /// when the application returned.
+    struct Holding {
+        alive: Arc<AtomicUsize>,
+        seen_at_return: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl ServerApp for Holding {
+        async fn process_new(
+            self: &Arc<Self>,
+            stream: Stream,
+            _shutdown: &ShutdownWatch,
+        ) -> Option<Stream> {
+            hold_until_connection_end(Alive::new(&self.alive));
+            drop(stream);
+            self.seen_at_return
+                .store(self.alive.load(Ordering::SeqCst), Ordering::SeqCst);
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_connection_holds_lives_until_its_end_and_no_longer() {
+        let alive = Arc::new(AtomicUsize::new(0));
+        let seen_at_return = Arc::new(AtomicUsize::new(0));
+        let capped = Arc::new(Capped::new(
+            Holding {
+                alive: Arc::clone(&alive),
+                seen_at_return: Arc::clone(&seen_at_return),
+            },
+            Caps::ops(1),
+            pingora_prometheus::prometheus::IntCounter::new("refused", "refused").unwrap(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(server));
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        assert!(capped.process_new(stream, &shutdown).await.is_none());
+        // Alive when the application was done with the connection, gone once it ended.
+        assert_eq!(seen_at_return.load(Ordering::SeqCst), 1);
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+        // Outside a connection, dropped at once.
+        hold_until_connection_end(Alive::new(&alive));
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
     }
 }

@@ -105,7 +105,8 @@ pub struct AdminApi {
     requests: Option<prometheus::IntCounterVec>,
 }
 
-/// Counts one request as being answered, for as long as it lives.
+/// Counts one request as being answered, for as long as it lives (shared, as an `Arc`, by
+/// the connection answering it and the task making its write).
 struct Busy(Arc<AtomicUsize>);
 
 impl Busy {
@@ -148,8 +149,8 @@ impl AdminApi {
         Arc::clone(&self.busy)
     }
 
-    /// Answers the request, `busy` counting it meanwhile: a write takes it into its task.
-    async fn handle(&self, session: &mut ServerSession, busy: Busy) -> Reply {
+    /// Answers the request, `busy` counting it meanwhile: a write takes it into its task too.
+    async fn handle(&self, session: &mut ServerSession, busy: Arc<Busy>) -> Reply {
         // Looked at for every request: a token taken out stops working at once.
         let tokens = match self.tokens.current() {
             Ok(t) => t,
@@ -258,7 +259,11 @@ impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         // One request a connection, as on the ops listener: nothing pipelined is lost unseen.
         session.set_keepalive(None);
-        let reply = self.handle(session, Busy::new(&self.busy)).await;
+        // Counted until the answer is written and, for a write, until the write is done,
+        // whichever comes last: the drain must not end between the two.
+        let busy = Arc::new(Busy::new(&self.busy));
+        crate::ops::hold_until_connection_end(Arc::clone(&busy));
+        let reply = self.handle(session, busy).await;
         if let Some(requests) = &self.requests {
             requests.with_label_values(&[reply.outcome()]).inc();
         }
