@@ -1127,6 +1127,70 @@ fn admin_api_certificates_that_cannot_be_used_are_named() {
     assert!(e.contains("broken.pem: holds no certificate"), "{e}");
 }
 
+/// One listing of every binding at a time: it holds the whole table until its client has
+/// taken it, so a second waits for its turn (15 s at most, then 503) and gets it once the
+/// first client has read its answer.
+#[test]
+fn listings_of_every_binding_are_made_one_at_a_time() {
+    use std::io::Read;
+    let keys = TestKeys::new();
+    let token = ApiToken::new(ACTOR);
+    // About 12 MB of JSON: more than the socket buffers of a client that reads nothing and
+    // of the router take (4 MB at most for the router's here), so the first answer stays
+    // unsent while its client does not read.
+    let many: Vec<Value> = (0..60_000)
+        .map(|i| binding(&format!("t{i}"), "http://10.0.0.1:8080", "active", None))
+        .collect();
+    let mut opts = EdgeOptions::new(keys.jwks(), bindings_file(many));
+    opts.extra = format!(
+        "\n[admin_api]\nlisten = \"{ADMIN_API_LISTEN}\"\ntokens_file = \"{TOKENS_FILE}\"\n"
+    );
+    opts.files = vec![(TOKENS_FILE.to_owned(), token.entry())];
+    let edge = Edge::start(&opts);
+    let api = edge.admin_api_addr();
+    let mut first = TcpStream::connect(api).unwrap();
+    first
+        .write_all(
+            format!(
+                "GET /v1/tenants HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\n\
+                 Connection: close\r\n\r\n",
+                token.secret
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    // Its answer has begun: the listing is made, and holds its place.
+    first
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut begun = [0u8; 1];
+    first.read_exact(&mut begun).unwrap();
+    let second = call(api, "GET", "/v1/tenants", Some(&token.secret), &[], b"");
+    let shown = |r: &Response| r.text().chars().take(300).collect::<String>();
+    assert_eq!(second.status, 503, "{}", shown(&second));
+    assert_error(&second, 503, "unavailable");
+    assert!(
+        second.text().contains("one is made at a time"),
+        "{}",
+        second.text()
+    );
+    // A read of one tenant is not held up.
+    let one = call(api, "GET", "/v1/tenants/t7", Some(&token.secret), &[], b"");
+    assert_eq!(one.status, 200, "{}", one.text());
+    // The first client takes its answer: whole, and the next listing is made.
+    let mut answer = begun.to_vec();
+    first.read_to_end(&mut answer).unwrap();
+    let body = &answer[answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head")
+        + 4..];
+    let listed: Value = serde_json::from_slice(body).expect("the whole listing");
+    assert_eq!(listed["bindings"].as_array().map(Vec::len), Some(60_000));
+    let third = call(api, "GET", "/v1/tenants", Some(&token.secret), &[], b"");
+    assert_eq!(third.status, 200, "{}", shown(&third));
+}
+
 /// A write sent to Redis that no answer came back for may have been made: said as such
 /// (504 `outcome_unknown`), not as a store out of reach, which a client would retry blindly.
 #[test]

@@ -83,14 +83,7 @@ impl Request {
     pub(super) async fn read(&self, read: Read) -> Reply {
         match read {
             Read::List => match self.admin().list().await {
-                Ok(l) => Reply::json(
-                    StatusCode::OK,
-                    json!({
-                        "bindings": l.bindings.iter().map(record).collect::<Vec<_>>(),
-                        "revision": l.revision.get(),
-                        "left_out": l.left_out,
-                    }),
-                ),
+                Ok(l) => Reply::serialized(StatusCode::OK, &Listed(&l)),
                 Err(e) => Reply::store_error(&e),
             },
             Read::Get(t) => match self.admin().get(&t).await {
@@ -233,7 +226,29 @@ impl Request {
 }
 
 /// A binding as the API shows it: the record as stored (what `tenant get --json` prints).
-fn record(b: &nexus_binding_store::Binding) -> Value {
+/// `GET /v1/tenants`' document: `{"bindings": [...], "revision": N, "left_out": [...]}`,
+/// each record made as it is written (a million bindings are a few hundred megabytes as
+/// JSON; as a tree of values, several times that).
+pub(super) struct Listed<'l>(pub(super) &'l nexus_binding_store::Listing);
+
+impl serde::Serialize for Listed<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Records<'b>(&'b [nexus_binding_store::Binding]);
+        impl serde::Serialize for Records<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(nexus_binding_store::Binding::to_record))
+            }
+        }
+        let mut map = s.serialize_map(Some(3))?;
+        map.serialize_entry("bindings", &Records(&self.0.bindings))?;
+        map.serialize_entry("revision", &self.0.revision.get())?;
+        map.serialize_entry("left_out", &self.0.left_out)?;
+        map.end()
+    }
+}
+
+pub(super) fn record(b: &nexus_binding_store::Binding) -> Value {
     serde_json::to_value(b.to_record()).unwrap_or(Value::Null)
 }
 

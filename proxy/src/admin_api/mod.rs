@@ -66,6 +66,14 @@ pub const ADMIN_WRITE_LIFETIME: Duration = Duration::from_secs(180);
 /// (503) before anything is written.
 pub const MAX_ADMIN_WRITES: usize = MAX_ADMIN_CONNECTIONS;
 
+/// Listings of every binding made at once: each holds the whole table, read and written
+/// out, until its client has taken it (a million bindings are a few hundred megabytes). A
+/// pipeline lists now and then; many at once must not take the router's memory.
+pub const MAX_ADMIN_LISTINGS: usize = 1;
+
+/// How long a listing waits for its turn before it is refused (503, `unavailable`).
+pub const LISTING_WAIT: Duration = Duration::from_secs(15);
+
 /// The largest request body: a binding record is a few hundred bytes; one with a thousand
 /// custom domains is far below this.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -97,6 +105,8 @@ pub struct AdminApi {
     busy: Arc<AtomicUsize>,
     /// Places for writes under way ([`MAX_ADMIN_WRITES`]).
     writes: Arc<tokio::sync::Semaphore>,
+    /// Places for listings being made or sent ([`MAX_ADMIN_LISTINGS`]).
+    listings: Arc<tokio::sync::Semaphore>,
     /// Refusals are logged at most once every few seconds each: an unauthenticated flood
     /// must not write the log full.
     unauthorized: Quiet,
@@ -131,6 +141,7 @@ impl AdminApi {
             base_domains: base_domains.into(),
             busy: Arc::default(),
             writes: Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_WRITES)),
+            listings: Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_LISTINGS)),
             unauthorized: Quiet::default(),
             unusable: Quiet::default(),
             requests: None,
@@ -209,6 +220,27 @@ impl AdminApi {
             Route::Read(read) => {
                 if let Err(e) = route::read_query(req.uri.query()) {
                     return Reply::error(Code::BadRequest, e);
+                }
+                if read == route::Read::List {
+                    // Its place is kept until the answer is written, not only made.
+                    let waited = tokio::time::timeout(
+                        LISTING_WAIT,
+                        Arc::clone(&self.listings).acquire_owned(),
+                    )
+                    .await;
+                    match waited {
+                        Ok(Ok(place)) => crate::ops::hold_until_connection_end(place),
+                        _ => {
+                            return Reply::error(
+                                Code::Unavailable,
+                                format!(
+                                    "another listing of every binding has been under way for \
+                                     {} s (one is made at a time): try again shortly",
+                                    LISTING_WAIT.as_secs()
+                                ),
+                            )
+                        }
+                    }
                 }
                 return ctx.read(read).await;
             }

@@ -105,7 +105,9 @@ pub struct Reply {
     status: StatusCode,
     /// Its `outcome` label (one of [`OUTCOMES`]).
     outcome: &'static str,
-    body: serde_json::Value,
+    /// The JSON document, serialized as it was made: a listing of every binding goes from
+    /// the store's records to bytes without a tree of values between.
+    body: Vec<u8>,
     headers: Vec<(http::header::HeaderName, HeaderValue)>,
 }
 
@@ -113,6 +115,13 @@ impl Reply {
     /// `status` with `body`: a request done (200, 201), or a write whose reach across the
     /// fleet is not confirmed (202).
     pub fn json(status: StatusCode, body: serde_json::Value) -> Self {
+        Self::serialized(status, &body)
+    }
+
+    /// As [`Reply::json`], of any document that serializes (a type's own `Serialize`).
+    pub fn serialized(status: StatusCode, body: &impl serde::Serialize) -> Self {
+        let mut body = serde_json::to_vec(body).unwrap_or_default();
+        body.push(b'\n');
         Self {
             status,
             outcome: if status == StatusCode::ACCEPTED {
@@ -182,9 +191,7 @@ impl Reply {
 
     /// The HTTP response.
     pub fn into_response(self) -> Response<Vec<u8>> {
-        let mut body = serde_json::to_vec(&self.body).unwrap_or_default();
-        body.push(b'\n');
-        let mut resp = Response::new(body);
+        let mut resp = Response::new(self.body);
         *resp.status_mut() = self.status;
         let h = resp.headers_mut();
         h.insert(

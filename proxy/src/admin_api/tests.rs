@@ -4,7 +4,7 @@
 use http::Method;
 use nexus_binding_store::{IfUnchanged, Mutation, Revision, TenantId};
 
-use super::exec::{rebind_change, status_change};
+use super::exec::{rebind_change, record, status_change, Listed};
 use super::route::{
     precondition, read_query, route, write_query, Read, Route, RouteError, Write, WriteQuery,
 };
@@ -437,4 +437,45 @@ fn the_tokens_file_is_parsed_again_only_when_it_changed() {
     // Gone: refused, with nothing older standing in.
     std::fs::remove_file(&path).unwrap();
     assert!(file.current().is_err());
+}
+
+#[test]
+fn a_listing_is_written_record_by_record_as_the_records_read() {
+    use nexus_binding_store::{Binding, BindingRecord, Listing};
+    let binding = |json: serde_json::Value| {
+        let r: BindingRecord = serde_json::from_value(json).unwrap();
+        Binding::from_record(&r).unwrap()
+    };
+    let listing = Listing {
+        bindings: vec![
+            binding(serde_json::json!({
+                "tenant_id": "acme", "subscription_id": "sub-1", "instance_id": "inst-1",
+                "instance_url": "http://10.0.0.1:8080", "region": "eu-west-1",
+                "status": "active", "plan": "team", "domains": ["shop.acme.example"],
+                "identity_org_id": "org-acme", "revision": 7
+            })),
+            binding(serde_json::json!({
+                "tenant_id": "globex", "subscription_id": "sub-2", "instance_id": "inst-2",
+                "instance_url": "https://globex.internal", "api_url": "https://api.globex.internal",
+                "region": "us-east-1", "status": "suspended", "plan": "solo"
+            })),
+        ],
+        revision: Revision(9),
+        left_out: vec!["initech: instance_url: not a URL".to_owned()],
+    };
+    let written: serde_json::Value =
+        serde_json::from_slice(&serde_json::to_vec(&Listed(&listing)).unwrap()).unwrap();
+    assert_eq!(
+        written,
+        serde_json::json!({
+            "bindings": listing.bindings.iter().map(record).collect::<Vec<_>>(),
+            "revision": 9,
+            "left_out": ["initech: instance_url: not a URL"],
+        })
+    );
+    assert_eq!(written["bindings"][0]["domains"][0], "shop.acme.example");
+    assert_eq!(
+        written["bindings"][1]["api_url"],
+        "https://api.globex.internal/"
+    );
 }
