@@ -87,6 +87,7 @@ impl BindingAdmin for FileStore {
                 wiped,
             )
         };
+        let _turn = self.writers.lock().await;
         // A task that died (a panic) may have died after the file was replaced.
         tokio::task::spawn_blocking(task).await.map_err(|e| {
             AdminError::Unanswered(format!(
@@ -110,6 +111,7 @@ impl BindingAdmin for FileStore {
         let actor = actor.clone();
         let wiped = self.wiped_store;
         let seen = seen.clone();
+        let _turn = self.writers.lock().await;
         tokio::task::spawn_blocking(move || import_locked(&path, bindings, &actor, wiped, &seen))
             .await
             .map_err(|e| {

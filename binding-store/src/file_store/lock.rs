@@ -41,9 +41,10 @@ fn share_ownership(created: &File, created_path: &Path, bindings: &Path) {
     }
 }
 
-/// How long a writer waits for another's locks, at most, before it gives up having written
-/// nothing: a writer stopped mid-write (a suspended `nexus-edge tenant`, a hung disk) must
-/// not hold every later one, the admin API's among them, for ever.
+/// How long a writer waits for another process's locks, at most, before it gives up having
+/// written nothing: a writer stopped mid-write (a suspended `nexus-edge tenant`, a hung
+/// disk) must not hold every later one, the admin API's among them, for ever. (A process's
+/// own writers queue first, in order: see `FileStore::writers`.)
 pub(super) const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// How often a waiting writer tries the lock again.
@@ -247,8 +248,8 @@ fn wait_for_lock(
                         std::io::ErrorKind::TimedOut,
                         format!(
                             "another writer held the bindings file's lock for the {} s a \
-                             writer waits: nothing was written (a `nexus-edge tenant` command \
-                             stopped mid-write holds it until it ends)",
+                             writer waits (a writer stopped mid-write, or a long import): \
+                             nothing was written",
                             wait.as_secs_f64()
                         ),
                     ));

@@ -83,6 +83,10 @@ pub struct FileStore {
     /// The read failure last logged: the same failure again (the file still missing, at
     /// every poll) is not logged again until a read succeeds or it fails otherwise.
     read_failure: Mutex<Option<String>>,
+    /// This process's writers take their turns here, in order, before the file's locks:
+    /// the admin API's writes then queue rather than race for the lock, each of which a
+    /// writer waits for a bounded time only.
+    pub(super) writers: tokio::sync::Mutex<()>,
 }
 
 /// A version of the file that was read, and its verdict. The verdict is kept with it because
@@ -150,6 +154,7 @@ impl FileStore {
             loaded_revision: AtomicU64::new(0),
             wiped_store: WipedStore::Refuse,
             read_failure: Mutex::new(None),
+            writers: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -120,7 +120,18 @@ impl Reply {
 
     /// As [`Reply::json`], of any document that serializes (a type's own `Serialize`).
     pub fn serialized(status: StatusCode, body: &impl serde::Serialize) -> Self {
-        let mut body = serde_json::to_vec(body).unwrap_or_default();
+        let mut body = match serde_json::to_vec(body) {
+            Ok(b) => b,
+            // Not from a `Value`, nor from the store's records: said, never a 200 with no
+            // document.
+            Err(e) if status != StatusCode::INTERNAL_SERVER_ERROR => {
+                return Self::error(
+                    Code::Internal,
+                    format!("the answer could not be written: {e}"),
+                )
+            }
+            Err(_) => b"{\"error\": \"internal\"}".to_vec(),
+        };
         body.push(b'\n');
         Self {
             status,
