@@ -8,8 +8,6 @@ use toml::de::DeTable;
 use crate::reader::{Problems, Section};
 use crate::settings::*;
 
-use super::listener_clash;
-
 /// `[admin_api]`: `None` inside the `Some` when the file has no such section (no admin API).
 /// `server` and `tls`, when their sections parsed, are what its address must not clash with.
 pub(super) fn parse(
@@ -25,30 +23,17 @@ pub(super) fn parse(
         s.finish(p);
         return (p.list.len() == before).then_some(None);
     }
-    let listen_at = s.raw("listen").map(|v| v.span().start);
-    let listen = s.socket_addr("listen", p);
-    if listen_at.is_none() {
-        p.push(
-            "admin_api.listen",
-            None,
-            "is required in [admin_api]: the address of the admin API's listener (e.g. \
-             \"127.0.0.1:9091\")",
-        );
-    }
-    if let Some(listen) = listen {
-        let others = [
+    let listen = super::section_listen(
+        &mut s,
+        "the admin API's listener",
+        "127.0.0.1:9091",
+        &[
             server.map(|s| (s.listen, "server.listen")),
             server.and_then(|s| s.admin_listen.map(|a| (a, "server.admin_listen"))),
             tls.map(|t| (t.listen, "tls.listen")),
-        ];
-        if let Some(clash) = others
-            .into_iter()
-            .flatten()
-            .find_map(|(other, named)| listener_clash(other, listen, named))
-        {
-            p.push("admin_api.listen", listen_at, clash);
-        }
-    }
+        ],
+        p,
+    );
     let tokens_at = s.raw("tokens_file").map(|v| v.span().start);
     let tokens_file = s.path("tokens_file", base, p);
     if tokens_at.is_none() {

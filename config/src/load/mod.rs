@@ -352,6 +352,40 @@ pub fn listener_clash(
     }
 }
 
+/// A listener section's `listen` (`[tls]`, `[admin_api]`): required, said with `what` it is
+/// the address of and an `example`, and on no port the `others` (address, key) take.
+pub(super) fn section_listen(
+    s: &mut crate::reader::Section<'_, '_>,
+    what: &str,
+    example: &str,
+    others: &[Option<(std::net::SocketAddr, &str)>],
+    p: &mut Problems<'_>,
+) -> Option<std::net::SocketAddr> {
+    let key = s.key("listen");
+    let listen_at = s.raw("listen").map(|v| v.span().start);
+    let listen = s.socket_addr("listen", p);
+    if listen_at.is_none() {
+        p.push(
+            key.clone(),
+            None,
+            format!(
+                "is required in [{}]: the address of {what} (e.g. \"{example}\")",
+                s.name
+            ),
+        );
+    }
+    let clash = listen.and_then(|listen| {
+        others
+            .iter()
+            .flatten()
+            .find_map(|&(other, named)| listener_clash(other, listen, named))
+    });
+    if let Some(clash) = clash {
+        p.push(key, listen_at, clash);
+    }
+    listen
+}
+
 /// Whether two listeners would take one port, as Linux binds them (std sets SO_REUSEADDR,
 /// which lets no second socket bind beside a listening one, and leaves IPV6_V6ONLY off): the
 /// same port (not 0, which the system picks) on the same address, an IPv4-mapped IPv6

@@ -8,8 +8,6 @@ use toml::de::DeTable;
 use crate::reader::{Problems, Section};
 use crate::settings::*;
 
-use super::listener_clash;
-
 /// `[tls]`: `None` inside the `Some` when the file has no such section (plain HTTP only).
 /// `server`, when its section parsed, is what the HTTPS address must not clash with.
 pub(super) fn parse(
@@ -24,25 +22,16 @@ pub(super) fn parse(
         s.finish(p);
         return (p.list.len() == before).then_some(None);
     }
-    let listen_at = s.raw("listen").map(|v| v.span().start);
-    let listen = s.socket_addr("listen", p);
-    if listen_at.is_none() {
-        p.push(
-            "tls.listen",
-            None,
-            "is required in [tls]: the address of the HTTPS listener (e.g. \"0.0.0.0:443\")",
-        );
-    }
-    if let (Some(listen), Some(server)) = (listen, server) {
-        let clash = listener_clash(server.listen, listen, "server.listen").or_else(|| {
-            server
-                .admin_listen
-                .and_then(|a| listener_clash(a, listen, "server.admin_listen"))
-        });
-        if let Some(clash) = clash {
-            p.push("tls.listen", listen_at, clash);
-        }
-    }
+    let listen = super::section_listen(
+        &mut s,
+        "the HTTPS listener",
+        "0.0.0.0:443",
+        &[
+            server.map(|s| (s.listen, "server.listen")),
+            server.and_then(|s| s.admin_listen.map(|a| (a, "server.admin_listen"))),
+        ],
+        p,
+    );
     let (certificates, reload_interval) = certificate_sources(&mut s, base, p);
     s.finish(p);
     if p.list.len() != before {

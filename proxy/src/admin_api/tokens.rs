@@ -8,8 +8,9 @@
 //! ```
 //!
 //! The file is looked at for every request (read again when it has changed): a token added
-//! counts at once, and one taken out (a leak) stops at once, with no restart. A file that cannot be read or holds a mistake
-//! refuses every request ([`TokensError`]) rather than fall back on an older version.
+//! counts at once, and one taken out (a leak) stops at once, with no restart. A file that
+//! cannot be read or holds a mistake refuses every request ([`TokensError`]) rather than fall
+//! back on an older version.
 
 use std::path::{Path, PathBuf};
 
@@ -215,14 +216,13 @@ fn check_name(name: &str) -> Result<(), String> {
 fn parse_digest(hex: &str) -> Result<[u8; 32], String> {
     let wrong =
         || "must be 64 hex digits (SHA-256 of the token: `printf %s TOKEN | sha256sum`)".to_owned();
-    // Every byte a hex digit: `from_str_radix` alone takes a sign (`+f`).
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if hex.len() != 64 {
         return Err(wrong());
     }
     let mut out = [0u8; 32];
-    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
-        let text = std::str::from_utf8(pair).map_err(|_| wrong())?;
-        out[i] = u8::from_str_radix(text, 16).map_err(|_| wrong())?;
+    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        let digit = |i: usize| crate::path::hex_val(pair[i]).ok_or_else(wrong);
+        *byte = (digit(0)? << 4) | digit(1)?;
     }
     Ok(out)
 }
@@ -243,11 +243,7 @@ pub fn new_token() -> Result<String, String> {
 /// The tokens file entry that accepts `token` under `name` (checked as the file's are).
 pub fn entry_for(name: &str, token: &str) -> Result<String, String> {
     check_name(name).map_err(|e| format!("--name {e}"))?;
-    let hex: String = digest(&SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = nexus_binding_store::snapshot::hex(digest(&SHA256, token.as_bytes()).as_ref());
     Ok(format!(
         "[[token]]\nname = \"{name}\"\nsha256 = \"{hex}\"\n"
     ))
